@@ -1,0 +1,27 @@
+//! The wire contract every SoulBox component shares.
+//!
+//! - [`process`] and [`filesystem`]: envd's protobuf messages (prost) with ProtoJSON serde impls (pbjson).
+//! - [`connect`]: Connect protocol framing, codecs and error codes.
+//! - [`signature`]: signed file URLs (E2B's `v1_` scheme and SoulBox's HMAC scheme).
+//! - [`version`]: agent versions and the SDK feature gates tied to them.
+
+pub mod connect;
+pub mod signature;
+pub mod version;
+
+/// `process.Process` messages (package `process`).
+#[allow(clippy::all, missing_docs)]
+pub mod process {
+    include!(concat!(env!("OUT_DIR"), "/process.rs"));
+    include!(concat!(env!("OUT_DIR"), "/process.serde.rs"));
+}
+
+/// `filesystem.Filesystem` messages (package `filesystem`).
+#[allow(clippy::all, missing_docs)]
+pub mod filesystem {
+    include!(concat!(env!("OUT_DIR"), "/filesystem.rs"));
+    include!(concat!(env!("OUT_DIR"), "/filesystem.serde.rs"));
+}
+
+/// Port envd listens on inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
