@@ -1,0 +1,74 @@
+//! soulbox-envd: the agent inside every SoulBox sandbox, wire-compatible with E2B's envd.
+
+mod auth;
+mod filesystem;
+mod http;
+mod init_process;
+mod paths;
+mod process;
+mod rpc;
+mod server;
+mod state;
+mod users;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use clap::Parser;
+use soulbox_protocol::ENVD_PORT;
+use tracing_subscriber::EnvFilter;
+
+use crate::state::{AppState, InitRequest, SandboxConfig};
+
+/// Environment variable carrying the initial `/init` JSON (so the runtime needs no extra round trip).
+const INIT_ENV: &str = "SOULBOX_ENVD_INIT";
+
+#[derive(Debug, Parser)]
+#[command(name = "soulbox-envd", version, about = "SoulBox in-sandbox agent (E2B envd compatible)")]
+struct Args {
+    /// Port to serve Connect RPC and HTTP on.
+    #[arg(long, default_value_t = ENVD_PORT)]
+    port: u16,
+    /// Address to bind.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    listen: IpAddr,
+    /// File descriptor to write one byte to (then close) once the server listens.
+    #[arg(long)]
+    ready_fd: Option<i32>,
+}
+
+fn main() -> anyhow::Result<()> {
+    if init_process::should_run_as_init() {
+        let code = init_process::run()?;
+        std::process::exit(code);
+    }
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("SOULBOX_ENVD_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut config = SandboxConfig::default();
+    if let Ok(raw) = std::env::var(INIT_ENV) {
+        let init: InitRequest = serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
+        config.apply(init);
+    }
+    // Children get an environment built per call; the init JSON (with the token) must not leak to them.
+    // SAFETY: single-threaded here, before the runtime starts.
+    unsafe { std::env::remove_var(INIT_ENV) };
+
+    let ready_fd = args.ready_fd.map(|fd| {
+        // SAFETY: the fd number comes from our parent (the node runtime), which passed it open for us alone.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    });
+    let state = AppState::new(config);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(server::serve(state, SocketAddr::new(args.listen, args.port), move || {
+        if let Some(fd) = ready_fd {
+            let mut file = std::fs::File::from(fd);
+            if let Err(e) = std::io::Write::write_all(&mut file, b"R") {
+                tracing::warn!(error = %e, "could not signal readiness");
+            }
+        }
+    }))
+}

@@ -1,0 +1,45 @@
+//! The HTTP server: routes, middleware, and a listener that speaks HTTP/1.1 and h2c with `TCP_NODELAY`.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use tower_http::cors::{Any, CorsLayer};
+
+use crate::state::AppState;
+use crate::{auth, filesystem, http, process};
+
+pub fn router(state: AppState) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_headers(Any)
+        .allow_methods(Any)
+        .expose_headers(Any);
+    Router::new()
+        .route("/health", get(http::health))
+        .route("/init", axum::routing::post(http::init))
+        .route("/envs", get(http::envs))
+        .route("/metrics", get(http::metrics::handler))
+        .route("/files", get(http::files::download).post(http::files::upload))
+        .merge(process::routes())
+        .merge(filesystem::routes())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_access_token))
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Binds `addr`, reports readiness through `ready` (see `main`), then serves until the process ends.
+pub async fn serve(state: AppState, addr: SocketAddr, ready: impl FnOnce()) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "envd listening");
+    ready();
+    // Small Connect messages must not wait for Nagle: without NODELAY each request can stall ~40 ms.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "could not set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, router(state)).await?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Shared agent state: the sandbox configuration set by `/init`, and the registries of the services.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use crate::filesystem::watch::WatchRegistry;
+use crate::process::registry::ProcessRegistry;
+
+/// Everything `/init` (or `SOULBOX_ENVD_INIT` at start) configures.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxConfig {
+    pub sandbox_id: Option<String>,
+    pub access_token: Option<String>,
+    pub default_user: Option<String>,
+    pub default_workdir: Option<String>,
+    /// Sandbox-level environment variables, given to every process before its per-call ones.
+    pub env_vars: BTreeMap<String, String>,
+}
+
+/// Body of `POST /init` (E2B's shape; unknown fields are ignored).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitRequest {
+    pub env_vars: Option<BTreeMap<String, String>>,
+    pub access_token: Option<String>,
+    pub default_user: Option<String>,
+    pub default_workdir: Option<String>,
+    /// SoulBox extension: the sandbox's id, reported by `/health`.
+    pub sandbox_id: Option<String>,
+}
+
+impl SandboxConfig {
+    /// Applies an init request: present fields replace, absent ones stay.
+    pub fn apply(&mut self, init: InitRequest) {
+        if let Some(env) = init.env_vars {
+            self.env_vars = env;
+        }
+        if let Some(token) = init.access_token {
+            self.access_token = (!token.is_empty()).then_some(token);
+        }
+        if let Some(user) = init.default_user {
+            self.default_user = (!user.is_empty()).then_some(user);
+        }
+        if let Some(dir) = init.default_workdir {
+            self.default_workdir = (!dir.is_empty()).then_some(dir);
+        }
+        if let Some(id) = init.sandbox_id {
+            self.sandbox_id = (!id.is_empty()).then_some(id);
+        }
+    }
+}
+
+pub struct Envd {
+    pub started: Instant,
+    /// Read on every request, written only by `/init`; never held across an await.
+    pub config: RwLock<SandboxConfig>,
+    pub processes: ProcessRegistry,
+    pub watchers: WatchRegistry,
+    pub metrics: crate::http::metrics::MetricsSampler,
+}
+
+#[derive(Clone)]
+pub struct AppState(pub Arc<Envd>);
+
+impl std::ops::Deref for AppState {
+    type Target = Envd;
+    fn deref(&self) -> &Envd {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: SandboxConfig) -> AppState {
+        AppState(Arc::new(Envd {
+            started: Instant::now(),
+            config: RwLock::new(config),
+            processes: ProcessRegistry::default(),
+            watchers: WatchRegistry::default(),
+            metrics: crate::http::metrics::MetricsSampler::default(),
+        }))
+    }
+
+    /// A copy of the current sandbox configuration.
+    pub fn config(&self) -> SandboxConfig {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn update_config(&self, init: InitRequest) {
+        let mut guard = match self.config.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        guard.apply(init);
+    }
+}
+
+impl Envd {
+    /// Why the agent is unhealthy, if it is: currently a root filesystem with no free space left, which makes
+    /// every upload and most commands fail.
+    pub fn health_problem(&self) -> Option<String> {
+        match rustix::fs::statvfs("/") {
+            Ok(st) if st.f_bavail == 0 && st.f_blocks > 0 => Some("root filesystem is full".to_owned()),
+            _ => None,
+        }
+    }
+}
