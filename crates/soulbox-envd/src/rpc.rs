@@ -294,3 +294,151 @@ pub fn unary_error(error: &RpcError) -> Response {
         .body(Body::from(error.unary_body()))
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::SandboxConfig;
+    use soulbox_protocol::connect::{Envelope, FLAG_END_STREAM};
+    use soulbox_protocol::process as pb;
+    use tower::ServiceExt;
+
+    fn app() -> axum::Router {
+        async fn echo_list(_: AppState, ctx: RpcContext, _: pb::ListRequest) -> Result<pb::ListResponse, RpcError> {
+            if ctx.headers.contains_key("x-fail") {
+                return Err(RpcError::not_found("nothing here"));
+            }
+            Ok(pb::ListResponse { processes: vec![pb::ProcessInfo { pid: 7, ..Default::default() }] })
+        }
+        async fn slow_unary(_: AppState, _: RpcContext, _: pb::ListRequest) -> Result<pb::ListResponse, RpcError> {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(pb::ListResponse::default())
+        }
+        async fn counter(_: AppState, ctx: RpcContext, req: pb::ConnectRequest) -> Result<RpcStream<pb::ConnectResponse>, RpcError> {
+            let Some(pb::process_selector::Selector::Pid(n)) = req.process.and_then(|p| p.selector) else {
+                return Err(RpcError::invalid_argument("pid required"));
+            };
+            let items = futures::stream::iter((0..n).map(|pid| {
+                Ok(pb::ConnectResponse {
+                    event: Some(pb::ProcessEvent { event: Some(pb::process_event::Event::Start(pb::process_event::StartEvent { pid })) }),
+                })
+            }));
+            // After the items, stay silent so keepalives (and the deadline) become visible.
+            let stream = items.chain(futures::stream::pending()).boxed();
+            Ok(with_keepalive(stream, ctx.keepalive.min(Duration::from_millis(50)), || pb::ConnectResponse {
+                event: Some(pb::ProcessEvent { event: Some(pb::process_event::Event::Keepalive(pb::process_event::KeepAlive {})) }),
+            }))
+        }
+        async fn sum_input(_: AppState, _: RpcContext, mut input: RpcStream<pb::SendInputRequest>) -> Result<pb::ListResponse, RpcError> {
+            let mut total = 0u32;
+            while let Some(msg) = input.next().await {
+                if let Some(pb::process_input::Input::Stdin(b)) = msg?.input.and_then(|i| i.input) {
+                    total += b.len() as u32;
+                }
+            }
+            Ok(pb::ListResponse { processes: vec![pb::ProcessInfo { pid: total, ..Default::default() }] })
+        }
+        axum::Router::new()
+            .route("/t/List", unary(echo_list))
+            .route("/t/Slow", unary(slow_unary))
+            .route("/t/Count", server_stream(counter))
+            .route("/t/Sum", client_stream(sum_input))
+            .with_state(AppState::new(SandboxConfig::default()))
+    }
+
+    async fn call(path: &str, content_type: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, HeaderMap, Bytes) {
+        let mut req = http::Request::post(path).header(header::CONTENT_TYPE, content_type);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = app().oneshot(req.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        (status, headers, resp.into_body().collect().await.unwrap().to_bytes())
+    }
+
+    fn envelopes(bytes: &[u8]) -> Vec<Envelope> {
+        let mut dec = EnvelopeDecoder::new(1 << 20);
+        dec.push(bytes);
+        std::iter::from_fn(|| dec.next_envelope().unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn unary_json_success_and_error_shapes() {
+        let (status, headers, body) = call("/t/List", "application/json", &[], b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(&body[..], br#"{"processes":[{"pid":7}]}"#);
+
+        let (status, _, body) = call("/t/List", "application/json", &[("x-fail", "1")], b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(&body[..], br#"{"code":"not_found","message":"nothing here"}"#);
+
+        let (status, _, body) = call("/t/List", "application/json", &[], b"{not json".to_vec()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(std::str::from_utf8(&body).unwrap().contains("invalid_argument"));
+
+        let (status, _, _) = call("/t/List", "text/plain", &[], b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test]
+    async fn unary_binary_codec() {
+        let (status, headers, body) = call("/t/List", "application/proto", &[], vec![]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/proto");
+        assert_eq!(pb::ListResponse::decode(body).unwrap().processes[0].pid, 7);
+    }
+
+    #[tokio::test]
+    async fn unary_deadline_from_timeout_header() {
+        let (status, _, body) = call("/t/Slow", "application/json", &[("connect-timeout-ms", "20")], b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(std::str::from_utf8(&body).unwrap().contains("deadline_exceeded"));
+    }
+
+    #[tokio::test]
+    async fn server_stream_messages_keepalive_and_deadline() {
+        let req = encode_envelope(0, br#"{"process":{"pid":2}}"#).to_vec();
+        let (status, headers, body) =
+            call("/t/Count", "application/connect+json", &[("connect-timeout-ms", "300"), ("keepalive-ping-interval", "1")], req).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::CONTENT_TYPE], "application/connect+json");
+        let envs = envelopes(&body);
+        assert_eq!(&envs[0].payload[..], br#"{"event":{"start":{}}}"#); // pid 0 is the zero value, omitted
+        assert_eq!(&envs[1].payload[..], br#"{"event":{"start":{"pid":1}}}"#);
+        assert_eq!(&envs[2].payload[..], br#"{"event":{"keepalive":{}}}"#);
+        let last = envs.last().unwrap();
+        assert_eq!(last.flags, FLAG_END_STREAM);
+        assert_eq!(last.end_stream_error().unwrap().code, Code::DeadlineExceeded);
+    }
+
+    #[tokio::test]
+    async fn server_stream_errors_are_http_200_end_stream() {
+        let req = encode_envelope(0, b"{}").to_vec();
+        let (status, _, body) = call("/t/Count", "application/connect+json", &[], req).await;
+        assert_eq!(status, StatusCode::OK);
+        let envs = envelopes(&body);
+        assert_eq!(envs.len(), 1);
+        assert_eq!(envs[0].end_stream_error().unwrap(), RpcError::invalid_argument("pid required"));
+
+        // A truncated envelope is a protocol error reported the same way.
+        let (status, _, body) = call("/t/Count", "application/connect+json", &[], vec![0, 0, 0, 0, 9, b'{']).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(envelopes(&body)[0].end_stream_error().unwrap().code, Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn client_stream_collects_all_messages() {
+        let mut body = Vec::new();
+        for chunk in ["aGVsbG8=", "d29ybGQh"] {
+            body.extend_from_slice(&encode_envelope(0, format!(r#"{{"input":{{"stdin":"{chunk}"}}}}"#).as_bytes()));
+        }
+        body.extend_from_slice(&end_stream_envelope(None));
+        let (status, _, resp) = call("/t/Sum", "application/connect+json", &[], body).await;
+        assert_eq!(status, StatusCode::OK);
+        let envs = envelopes(&resp);
+        assert_eq!(&envs[0].payload[..], br#"{"processes":[{"pid":11}]}"#);
+        assert!(envs[1].is_end_stream() && envs[1].end_stream_error().is_none());
+    }
+}

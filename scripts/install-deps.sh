@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the Debian packages SoulBox needs to build, run and test on a fresh Debian 12 machine.
+set -euo pipefail
+packages=(
+  protobuf-compiler   # prost-build compiles the envd protos
+  runc                # default OCI runtime
+  mmdebstrap          # builds the base template from Debian's packages, no registry needed
+  nftables iptables iproute2  # sandbox networks and firewall
+  attr sudo           # xattr tools for tests; sudo for the `user` account in sandboxes and the compat suite
+  busybox-static      # the tiny test template
+  python3-venv        # compat suite virtualenvs (harmless where python3 already has venv)
+)
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps.sh must run as root (it calls apt-get)" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${packages[@]}"

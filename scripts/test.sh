@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Runs every SoulBox test: the Rust workspace (unit + integration; root-only tests need root) and the
+# compatibility suite that drives envd with the official e2b Python SDK.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --all-targets
+cargo nextest run --workspace --no-fail-fast
+if [ -x tests/compat/run.sh ]; then
+  tests/compat/run.sh
+fi
