@@ -1,10 +1,12 @@
 //! The wire contract every SoulBox component shares.
 //!
 //! - [`process`] and [`filesystem`]: envd's protobuf messages (prost) with ProtoJSON serde impls (pbjson).
+//! - [`api`]: the E2B control-plane REST JSON models.
 //! - [`connect`]: Connect protocol framing, codecs and error codes.
 //! - [`signature`]: signed file URLs (E2B's `v1_` scheme and SoulBox's HMAC scheme).
 //! - [`version`]: agent versions and the SDK feature gates tied to them.
 
+pub mod api;
 pub mod connect;
 pub mod signature;
 pub mod version;
