@@ -1,0 +1,4 @@
+//! The SoulBox control plane. This crate grows with issue 4: today it holds the store and API-key handling.
+
+pub mod keys;
+pub mod store;
