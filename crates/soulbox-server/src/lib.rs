@@ -1,4 +1,6 @@
 //! The SoulBox control plane. This crate grows with issue 4: today it holds the store and API-key handling.
 
+pub mod deadlines;
 pub mod keys;
+pub mod listing;
 pub mod store;
