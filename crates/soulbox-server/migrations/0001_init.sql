@@ -1,5 +1,5 @@
 -- Portable between SQLite and PostgreSQL (used through sqlx's Any driver): times are unix milliseconds,
--- JSON documents are TEXT, booleans are BOOLEAN.
+-- JSON documents are TEXT, booleans are INTEGER 0/1 (sqlx Any cannot decode SQLite BOOLEAN).
 CREATE TABLE api_keys (
     id          TEXT PRIMARY KEY,
     name        TEXT NOT NULL,
@@ -24,11 +24,13 @@ CREATE TABLE sandboxes (
     envd_access_token   TEXT,
     metadata            TEXT NOT NULL,
     env_vars            TEXT NOT NULL,
-    auto_pause          BOOLEAN NOT NULL,
+    auto_pause          INTEGER NOT NULL,
     auto_pause_grace_s  INTEGER NOT NULL,
-    auto_resume         BOOLEAN NOT NULL,
-    allow_internet      BOOLEAN NOT NULL,
-    network             TEXT NOT NULL
+    auto_resume         INTEGER NOT NULL,
+    allow_internet      INTEGER NOT NULL,
+    network             TEXT NOT NULL,
+    auto_pause_memory   INTEGER NOT NULL,
+    address             TEXT
 );
 
 CREATE INDEX sandboxes_end_at ON sandboxes (end_at);

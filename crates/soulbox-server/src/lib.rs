@@ -3,4 +3,5 @@
 pub mod deadlines;
 pub mod keys;
 pub mod listing;
+pub mod node;
 pub mod store;

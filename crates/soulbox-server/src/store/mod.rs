@@ -2,8 +2,10 @@
 //! through sqlx's `Any` driver so every query is written once. Migrations are embedded.
 
 mod api_keys;
+mod sandboxes;
 
 pub use api_keys::ApiKeyRecord;
+pub use sandboxes::SandboxRecord;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;

@@ -1,0 +1,121 @@
+//! What the control plane needs from a node. One machine: the runtime in-process (`local_node`); a cluster:
+//! node agents over HTTP (issue 7). The API and lifecycle code only see this trait.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use async_trait::async_trait;
+
+/// A template as the node knows it (ids and aliases are matched by the API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    pub template_id: String,
+    pub aliases: Vec<String>,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u32,
+    pub envd_version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub allow_internet: bool,
+    pub allow_out: Vec<String>,
+    pub deny_out: Vec<String>,
+}
+
+/// Everything a node needs to start a sandbox.
+#[derive(Debug, Clone)]
+pub struct SandboxSpec {
+    pub sandbox_id: String,
+    pub template_id: String,
+    pub cpu_count: u32,
+    pub memory_mb: u32,
+    pub disk_size_mb: u32,
+    pub env_vars: BTreeMap<String, String>,
+    pub envd_access_token: Option<String>,
+    pub network: NetworkPolicy,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Counters sampled from a sandbox's cgroup and veth (monotonic counters are totals since start).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SandboxStats {
+    pub cpu_usage_ns: u64,
+    pub cpu_count: u32,
+    pub mem_used_bytes: u64,
+    pub mem_total_bytes: u64,
+    pub mem_cache_bytes: u64,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+    pub disk_read_bytes: u64,
+    pub disk_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub process_count: u64,
+}
+
+/// Seed feature 10: node status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Connecting,
+    Healthy,
+    Degraded,
+    Draining,
+    Unhealthy,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Connecting => "connecting",
+            NodeStatus::Healthy => "healthy",
+            NodeStatus::Degraded => "degraded",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub status: NodeStatus,
+    pub region: String,
+    pub version: String,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub cpu_available: f64,
+    pub memory_available_mb: u64,
+    pub sandbox_count: u32,
+    pub last_health_check_unix_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("sandbox {0} not found on this node")]
+    SandboxNotFound(String),
+    #[error("template {0} not found")]
+    TemplateNotFound(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("not enough resources: {0}")]
+    NoCapacity(String),
+    #[error("node failure: {0}")]
+    Failed(String),
+}
+
+#[async_trait]
+pub trait Node: Send + Sync + 'static {
+    async fn info(&self) -> NodeInfo;
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError>;
+    /// Starts a sandbox and returns once its envd answers; the result is the sandbox's address.
+    async fn create(&self, spec: SandboxSpec) -> Result<IpAddr, NodeError>;
+    /// Freezes (keep_memory) or stops to disk (filesystem kept).
+    async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError>;
+    /// Thaws or restarts from disk; returns the (possibly new) address once envd answers.
+    async fn resume(&self, sandbox_id: &str) -> Result<IpAddr, NodeError>;
+    /// Kills and deletes everything the sandbox holds. Killing an unknown sandbox is not an error.
+    async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError>;
+    async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError>;
+}

@@ -1,0 +1,212 @@
+//! Sandbox records: everything the control plane must remember about a running or paused sandbox.
+
+use std::collections::BTreeMap;
+
+use soulbox_protocol::api::SandboxState;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::{Store, StoreError};
+use crate::node::NetworkPolicy;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxRecord {
+    pub id: String,
+    pub template_id: String,
+    pub alias: Option<String>,
+    pub node_id: String,
+    pub state: SandboxState,
+    pub started_at_ms: i64,
+    pub end_at_ms: i64,
+    pub cpu_count: i32,
+    pub memory_mb: i32,
+    pub disk_size_mb: i32,
+    pub envd_version: String,
+    pub envd_access_token: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub auto_pause: bool,
+    pub auto_pause_memory: bool,
+    pub auto_pause_grace_s: i32,
+    pub auto_resume: bool,
+    pub network: NetworkPolicy,
+    /// The sandbox's address on its node (absent while paused to disk).
+    pub address: Option<String>,
+}
+
+const COLUMNS: &str = "id, template_id, alias, node_id, state, started_at, end_at, cpu_count, memory_mb, disk_size_mb, \
+    envd_version, envd_access_token, metadata, env_vars, auto_pause, auto_pause_memory, auto_pause_grace_s, auto_resume, \
+    allow_internet, network, address";
+
+fn state_str(state: SandboxState) -> &'static str {
+    match state {
+        SandboxState::Running => "running",
+        SandboxState::Paused => "paused",
+    }
+}
+
+fn network_json(n: &NetworkPolicy) -> String {
+    serde_json::json!({ "allowOut": n.allow_out, "denyOut": n.deny_out }).to_string()
+}
+
+fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
+    let state: String = row.try_get("state")?;
+    let metadata: String = row.try_get("metadata")?;
+    let env_vars: String = row.try_get("env_vars")?;
+    let network: String = row.try_get("network")?;
+    let network: serde_json::Value = serde_json::from_str(&network).unwrap_or_default();
+    let list = |key: &str| -> Vec<String> {
+        network[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+    };
+    Ok(SandboxRecord {
+        id: row.try_get("id")?,
+        template_id: row.try_get("template_id")?,
+        alias: row.try_get("alias")?,
+        node_id: row.try_get("node_id")?,
+        state: if state == "paused" { SandboxState::Paused } else { SandboxState::Running },
+        started_at_ms: row.try_get("started_at")?,
+        end_at_ms: row.try_get("end_at")?,
+        cpu_count: row.try_get("cpu_count")?,
+        memory_mb: row.try_get("memory_mb")?,
+        disk_size_mb: row.try_get("disk_size_mb")?,
+        envd_version: row.try_get("envd_version")?,
+        envd_access_token: row.try_get("envd_access_token")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        env_vars: serde_json::from_str(&env_vars).unwrap_or_default(),
+        auto_pause: row.try_get::<i32, _>("auto_pause")? != 0,
+        auto_pause_memory: row.try_get::<i32, _>("auto_pause_memory")? != 0,
+        auto_pause_grace_s: row.try_get("auto_pause_grace_s")?,
+        auto_resume: row.try_get::<i32, _>("auto_resume")? != 0,
+        network: NetworkPolicy { allow_internet: row.try_get::<i32, _>("allow_internet")? != 0, allow_out: list("allowOut"), deny_out: list("denyOut") },
+        address: row.try_get("address")?,
+    })
+}
+
+impl Store {
+    pub async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        let sql = format!(
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+        );
+        sqlx::query(&sql)
+            .bind(&s.id)
+            .bind(&s.template_id)
+            .bind(&s.alias)
+            .bind(&s.node_id)
+            .bind(state_str(s.state))
+            .bind(s.started_at_ms)
+            .bind(s.end_at_ms)
+            .bind(s.cpu_count)
+            .bind(s.memory_mb)
+            .bind(s.disk_size_mb)
+            .bind(&s.envd_version)
+            .bind(&s.envd_access_token)
+            .bind(serde_json::to_string(&s.metadata).unwrap_or_else(|_| "{}".into()))
+            .bind(serde_json::to_string(&s.env_vars).unwrap_or_else(|_| "{}".into()))
+            .bind(s.auto_pause as i32)
+            .bind(s.auto_pause_memory as i32)
+            .bind(s.auto_pause_grace_s)
+            .bind(s.auto_resume as i32)
+            .bind(s.network.allow_internet as i32)
+            .bind(network_json(&s.network))
+            .bind(&s.address)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn get_sandbox(&self, id: &str) -> Result<SandboxRecord, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM sandboxes WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        match row {
+            Some(r) => from_row(&r),
+            None => Err(StoreError::NotFound(format!("sandbox {id}"))),
+        }
+    }
+
+    pub async fn list_sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM sandboxes ORDER BY started_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn set_sandbox_end(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE sandboxes SET end_at = $1 WHERE id = $2").bind(end_at_ms).bind(id).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("sandbox {id}")));
+        }
+        Ok(())
+    }
+
+    /// Moves a sandbox between running and paused; `expected` guards against a concurrent transition.
+    /// Returns false when the sandbox was not in `expected`.
+    pub async fn transition_sandbox(
+        &self,
+        id: &str,
+        expected: SandboxState,
+        next: SandboxState,
+        address: Option<&str>,
+        end_at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sandboxes SET state = $1, address = $2, end_at = $3 WHERE id = $4 AND state = $5")
+            .bind(state_str(next))
+            .bind(address)
+            .bind(end_at_ms)
+            .bind(id)
+            .bind(state_str(expected))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            template_id: "base".into(),
+            alias: Some("base".into()),
+            node_id: "local".into(),
+            state: SandboxState::Running,
+            started_at_ms: 1_000,
+            end_at_ms: 301_000,
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+            envd_version: "0.6.13".into(),
+            envd_access_token: Some("tok".into()),
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+            env_vars: BTreeMap::new(),
+            auto_pause: true,
+            auto_pause_memory: true,
+            auto_pause_grace_s: 5,
+            auto_resume: false,
+            network: NetworkPolicy { allow_internet: true, allow_out: vec!["1.1.1.1/32".into()], deny_out: vec![] },
+            address: Some("10.77.0.2".into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn sandbox_round_trip_and_guarded_transitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+        let rec = record("iabc");
+        store.insert_sandbox(&rec).await.unwrap();
+        assert_eq!(store.get_sandbox("iabc").await.unwrap(), rec);
+        assert!(store.transition_sandbox("iabc", SandboxState::Running, SandboxState::Paused, None, 9).await.unwrap());
+        assert!(!store.transition_sandbox("iabc", SandboxState::Running, SandboxState::Paused, None, 9).await.unwrap());
+        let paused = store.get_sandbox("iabc").await.unwrap();
+        assert_eq!((paused.state, paused.address, paused.end_at_ms), (SandboxState::Paused, None, 9));
+        store.set_sandbox_end("iabc", 42).await.unwrap();
+        assert_eq!(store.list_sandboxes().await.unwrap().len(), 1);
+        assert!(store.delete_sandbox("iabc").await.unwrap());
+        assert!(matches!(store.get_sandbox("iabc").await, Err(StoreError::NotFound(_))));
+    }
+}
