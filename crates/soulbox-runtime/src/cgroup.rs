@@ -1,0 +1,131 @@
+//! cgroup counters and leftover cleanup, for cgroup v1 (incl. hybrid) and v2.
+//! Limits themselves are set by the OCI runtime from `config.json`; this module only reads and GCs.
+use crate::spec::Stats;
+use std::path::{Path, PathBuf};
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+pub fn is_v2() -> bool {
+    Path::new(ROOT).join("cgroup.controllers").exists()
+}
+
+/// Every directory that may hold this sandbox's cgroup (one per v1 hierarchy, or the v2 one).
+pub fn dirs(parent: &str, id: &str) -> Vec<PathBuf> {
+    hierarchies().into_iter().map(|h| h.join(parent).join(id)).collect()
+}
+
+fn hierarchies() -> Vec<PathBuf> {
+    if is_v2() {
+        return vec![PathBuf::from(ROOT)];
+    }
+    std::fs::read_dir(ROOT)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                // skip symlinked co-mounts (cpu,cpuacct → cpu) and the empty v2 mount of hybrid
+                .filter(|p| p.is_dir() && !p.is_symlink() && !p.ends_with("unified"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Child cgroup names under `parent` in any hierarchy.
+pub fn children(parent: &str) -> Vec<String> {
+    let mut v: Vec<String> = hierarchies()
+        .into_iter()
+        .flat_map(|h| std::fs::read_dir(h.join(parent)).map(|rd| rd.flatten().collect::<Vec<_>>()).unwrap_or_default())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Kill what is left in the sandbox's cgroups and remove them (idempotent).
+pub fn remove(parent: &str, id: &str) {
+    for d in dirs(parent, id) {
+        if !d.exists() {
+            continue;
+        }
+        for _ in 0..50 {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
+            if pids.is_empty() {
+                break;
+            }
+            // A frozen v1 cgroup must be thawed for SIGKILL to be delivered.
+            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+            for p in pids {
+                // SAFETY: plain kill(2) on pids read from the sandbox's own cgroup.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Err(e) = std::fs::remove_dir(&d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %d.display(), error = %e, "could not remove cgroup");
+            }
+        }
+    }
+}
+
+/// Remove the (empty) parent cgroup dirs of this instance.
+pub fn remove_parent(parent: &str) {
+    for h in hierarchies() {
+        let _ = std::fs::remove_dir(h.join(parent));
+    }
+}
+
+fn read_u64(p: PathBuf) -> u64 {
+    std::fs::read_to_string(p).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+fn keyed(p: PathBuf, key: &str) -> u64 {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// cgroup counters of one sandbox (network counters are added by the caller).
+pub fn stats(parent: &str, id: &str) -> Stats {
+    let mut s = Stats::default();
+    if is_v2() {
+        let d = Path::new(ROOT).join(parent).join(id);
+        s.cpu_usage_ns = keyed(d.join("cpu.stat"), "usage_usec ") * 1000;
+        s.memory_bytes = read_u64(d.join("memory.current"));
+        s.memory_limit_bytes = read_u64(d.join("memory.max"));
+        s.oom_kills = keyed(d.join("memory.events"), "oom_kill ");
+        s.pids = read_u64(d.join("pids.current"));
+        for l in std::fs::read_to_string(d.join("io.stat")).unwrap_or_default().lines() {
+            for kv in l.split_whitespace() {
+                if let Some(v) = kv.strip_prefix("rbytes=") {
+                    s.io_read_bytes += v.parse::<u64>().unwrap_or(0);
+                } else if let Some(v) = kv.strip_prefix("wbytes=") {
+                    s.io_write_bytes += v.parse::<u64>().unwrap_or(0);
+                }
+            }
+        }
+    } else {
+        let d = |c: &str| Path::new(ROOT).join(c).join(parent).join(id);
+        s.cpu_usage_ns = read_u64(d("cpuacct").join("cpuacct.usage"));
+        s.memory_bytes = read_u64(d("memory").join("memory.usage_in_bytes"));
+        s.memory_limit_bytes = read_u64(d("memory").join("memory.limit_in_bytes"));
+        s.oom_kills = keyed(d("memory").join("memory.oom_control"), "oom_kill ");
+        s.pids = read_u64(d("pids").join("pids.current"));
+        for l in std::fs::read_to_string(d("blkio").join("blkio.throttle.io_service_bytes")).unwrap_or_default().lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() == 3 {
+                match f[1] {
+                    "Read" => s.io_read_bytes += f[2].parse::<u64>().unwrap_or(0),
+                    "Write" => s.io_write_bytes += f[2].parse::<u64>().unwrap_or(0),
+                    _ => {}
+                }
+            }
+        }
+    }
+    s
+}

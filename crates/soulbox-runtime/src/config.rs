@@ -1,0 +1,150 @@
+//! Runtime configuration and the names derived from it.
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+/// Port envd listens on inside every sandbox.
+pub const ENVD_PORT: u16 = 49983;
+/// Where the envd binary is bind-mounted inside the sandbox.
+pub const ENVD_MOUNT: &str = "/.soulbox/envd";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RuntimeConfig {
+    /// Sandboxes, runtime state and (by default) the template store live here.
+    pub data_dir: PathBuf,
+    /// Template store (layers/ + templates/); defaults to `data_dir`.
+    pub store_dir: Option<PathBuf>,
+    /// runc-compatible OCI runtime binary (runc, runsc, crun, or a path).
+    pub runtime_bin: String,
+    /// Extra global flags for the runtime binary (e.g. `--platform=systrap` for runsc).
+    pub runtime_args: Vec<String>,
+    /// Static envd binary on the host.
+    pub envd_path: PathBuf,
+    /// Replace envd as PID 1 (plumbing tests only); readiness is then "runtime start returned".
+    pub init_override: Option<Vec<String>>,
+    /// Name prefix of everything this instance creates on the host (netns `<prefix>-<id>`,
+    /// veth `<prefix><id…>`, nft table, cgroup parent). 2–5 chars [a-z0-9], must start with a letter.
+    pub prefix: String,
+    /// IPv4 pool for sandboxes: network address and prefix length (default 10.77.0.0/16).
+    pub pool_net: Ipv4Addr,
+    pub pool_prefix_len: u8,
+    /// DNS servers written to the sandbox's resolv.conf (and allowed through the firewall).
+    pub dns: Vec<Ipv4Addr>,
+    /// TCP ports on the host that sandboxes may reach (deliberately exposed node services).
+    pub host_allowed_tcp_ports: Vec<u16>,
+    /// Network slots (netns + veth + IP) prepared ahead of time.
+    pub pool_size: usize,
+    /// Time to wait for envd readiness.
+    pub ready_timeout_ms: u64,
+    /// Set no_new_privs on sandbox processes. Off by default: E2B users need `sudo` (setuid).
+    pub no_new_privileges: bool,
+    /// oom_score_adj of PID 1 (envd). None = inherit. Only lower it if envd resets its children.
+    pub envd_oom_score_adj: Option<i32>,
+}
+
+impl RuntimeConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        RuntimeConfig {
+            data_dir: data_dir.into(),
+            store_dir: None,
+            runtime_bin: "runc".into(),
+            runtime_args: vec![],
+            envd_path: PathBuf::from("target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"),
+            init_override: None,
+            prefix: "sbx".into(),
+            pool_net: Ipv4Addr::new(10, 77, 0, 0),
+            pool_prefix_len: 16,
+            dns: host_dns(),
+            host_allowed_tcp_ports: vec![],
+            pool_size: 0,
+            ready_timeout_ms: 10_000,
+            no_new_privileges: false,
+            envd_oom_score_adj: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let p = &self.prefix;
+        if p.len() < 2 || p.len() > 5 || !p.starts_with(|c: char| c.is_ascii_lowercase())
+            || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
+            return Err(Error::Invalid(format!("prefix {p:?} must be 2-5 chars [a-z0-9]")));
+        }
+        if !(8..=30).contains(&self.pool_prefix_len) {
+            return Err(Error::Invalid("pool prefix length must be within 8..=30".into()));
+        }
+        Ok(())
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        self.store_dir.clone().unwrap_or_else(|| self.data_dir.clone())
+    }
+    pub fn sandboxes_dir(&self) -> PathBuf {
+        self.data_dir.join("sandboxes")
+    }
+    pub fn runtime_root(&self) -> PathBuf {
+        self.data_dir.join("oci")
+    }
+    pub fn nft_table(&self) -> String {
+        if self.prefix == "sbx" { "soulbox".into() } else { format!("soulbox_{}", self.prefix) }
+    }
+    pub fn cgroup_parent(&self) -> String {
+        if self.prefix == "sbx" { "soulbox".into() } else { format!("soulbox_{}", self.prefix) }
+    }
+    pub fn netns_name(&self, id: &str) -> String {
+        format!("{}-{}", self.prefix, id)
+    }
+    pub fn veth_name(&self, id: &str) -> String {
+        let room = 15 - self.prefix.len();
+        format!("{}{}", self.prefix, &id[..room.min(id.len())])
+    }
+    pub fn chain_name(&self, id: &str) -> String {
+        format!("sb_{id}")
+    }
+    pub fn cgroups_path(&self, id: &str) -> String {
+        format!("/{}/{}", self.cgroup_parent(), id)
+    }
+    pub fn pool_mask(&self) -> u32 {
+        u32::MAX << (32 - self.pool_prefix_len as u32)
+    }
+    pub fn pool_cidr(&self) -> String {
+        format!("{}/{}", self.pool_net, self.pool_prefix_len)
+    }
+    /// Gateway address (first host of the pool) used on every host-side veth.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from((u32::from(self.pool_net) & self.pool_mask()) + 1)
+    }
+}
+
+/// Non-loopback nameservers of the host's resolv.conf.
+fn host_dns() -> Vec<Ipv4Addr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .filter(|a| !a.is_loopback())
+        .collect()
+}
+
+/// Generate a sandbox id: 20 chars [a-z0-9], starting with a letter (E2B-like).
+pub fn new_sandbox_id() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let mut s = String::with_capacity(20);
+    s.push((b'a' + rng.random_range(0..26u8)) as char);
+    for _ in 0..19 {
+        s.push(CHARS[rng.random_range(0..CHARS.len())] as char);
+    }
+    s
+}
+
+/// Validate an id coming from outside before it is used in paths or names.
+pub fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return Err(Error::Invalid(format!("bad sandbox id {id:?}")));
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! SoulBox node runtime: turns a template into a running, isolated sandbox with `soulbox-envd` as
+//! PID 1, and takes it apart again without leaving anything behind. See README.md.
+pub mod cgroup;
+pub mod config;
+pub mod driver;
+pub mod error;
+pub mod firewall;
+pub mod lifecycle;
+pub mod network;
+pub mod oci_spec;
+pub mod reconcile;
+pub mod record;
+pub mod rootfs;
+pub mod seccomp;
+pub mod spec;
+pub mod template;
+pub mod util;
+
+pub use config::RuntimeConfig;
+pub use error::{Error, Result};
+pub use lifecycle::Runtime;
+pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
+pub use template::{Store, TemplateMeta};

@@ -1,0 +1,519 @@
+//! The sandbox lifecycle: create → (pause ⇄ resume) → stop-to-disk ⇄ start-from-disk → delete,
+//! plus snapshot and stats. Every resource has one idempotent release path: [`Inner::release`].
+use crate::config::{ENVD_PORT, RuntimeConfig, check_id, new_sandbox_id};
+use crate::driver::Driver;
+use crate::error::{Error, IoCtx, Result};
+use crate::firewall::{self, Firewall};
+use crate::network::{self, IpPool, NetLease};
+use crate::oci_spec::{self, BundleParams};
+use crate::record::Record;
+use crate::rootfs;
+use crate::spec::{SandboxInfo, SandboxSpec, Stats, Status};
+use crate::template::{Store, TemplateMeta};
+use crate::{cgroup, util};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex as AsyncMutex;
+
+type Handle = Arc<AsyncMutex<Record>>;
+
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub cfg: RuntimeConfig,
+    pub store: Store,
+    pub driver: Driver,
+    pub ips: IpPool,
+    pub fw: Firewall,
+    pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
+    pub pool: std::sync::Mutex<VecDeque<(String, NetLease)>>,
+    pub refilling: std::sync::atomic::AtomicBool,
+    pub _lock: std::fs::File,
+}
+
+impl Inner {
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.cfg.sandboxes_dir().join(id)
+    }
+
+    fn handle(&self, id: &str) -> Result<Handle> {
+        check_id(id)?;
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.into()))
+    }
+
+    /// Release everything a sandbox holds on the host. Idempotent and safe after a crash at any
+    /// point: names are derived from the id, so nothing needs to have been recorded.
+    /// `keep_dir`: keep the directory (upper layer + record) for stop-to-disk.
+    pub async fn release(&self, id: &str, keep_dir: bool) -> Result<()> {
+        let dir = self.dir(id);
+        let mut first_err: Option<Error> = None;
+        fn note(first_err: &mut Option<Error>, id: &str, r: Result<()>, what: &str) {
+            if let Err(e) = r {
+                tracing::warn!(sandbox = id, what, error = %e, "release step failed");
+                if first_err.is_none() {
+                    *first_err = Some(e);
+                }
+            }
+        }
+        // 1. processes and the runtime's state
+        note(&mut first_err, id, self.driver.delete_force(id).await, "runtime delete");
+        let _ = std::fs::remove_dir_all(self.cfg.runtime_root().join(id));
+        // 2. cgroups (kills stragglers)
+        let parent = self.cfg.cgroup_parent();
+        let id2 = id.to_string();
+        let _ = tokio::task::spawn_blocking(move || cgroup::remove(&parent, &id2)).await;
+        // 3. rootfs mount
+        note(&mut first_err, id, rootfs::unmount(&dir), "unmount");
+        // 4. firewall, network, address
+        let lease = NetLease::load(&dir);
+        let veth = lease.as_ref().map(|l| l.veth.clone()).unwrap_or_else(|| self.cfg.veth_name(id));
+        note(&mut first_err, id, self.fw.remove_sandbox(id, &veth).await, "firewall");
+        note(&mut first_err, id, network::teardown(&self.cfg.netns_name(id), &veth).await, "network");
+        if first_err.is_none() {
+            if let Some(l) = &lease {
+                self.ips.release(l.ip);
+            }
+            note(&mut first_err, id, util::remove_file_idem(&NetLease::file(&dir)), "lease");
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        // 5. the directory itself, never while anything is mounted below it
+        if !keep_dir {
+            if !rootfs::mounts_under(&dir).is_empty() {
+                return Err(Error::Invalid(format!("{} still has mounts", dir.display())));
+            }
+            util::remove_dir_all_idem(&dir)?;
+        } else {
+            let _ = std::fs::remove_dir_all(dir.join("work"));
+            let _ = std::fs::remove_file(dir.join("config.json"));
+        }
+        Ok(())
+    }
+
+    /// Allocate an address, record the lease, create netns + veth.
+    async fn acquire_network(&self, id: &str) -> Result<NetLease> {
+        let ip = self.ips.allocate()?;
+        let lease = network::lease_for(&self.cfg, id, ip);
+        util::write_json(&NetLease::file(&self.dir(id)), &lease)?;
+        network::setup(&lease).await?;
+        Ok(lease)
+    }
+
+    /// Take a prepared network slot from the pool, or make one now.
+    async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease)> {
+        let slot = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        if self.cfg.pool_size > 0 {
+            self.spawn_refill();
+        }
+        if let Some(s) = slot {
+            return Ok(s);
+        }
+        let id = self.fresh_id()?;
+        Record { id: id.clone(), status: Status::Creating, template: None, spec: None }.save(&self.dir(&id))?;
+        match self.acquire_network(&id).await {
+            Ok(l) => Ok((id, l)),
+            Err(e) => {
+                let _ = self.release(&id, false).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn fresh_id(&self) -> Result<String> {
+        loop {
+            let id = new_sandbox_id();
+            let dir = self.dir(&id);
+            let veth_taken = network::host_links(&self.cfg.veth_name(&id)).len() > 0;
+            if !dir.exists() && !veth_taken {
+                std::fs::create_dir_all(&dir).ctx(&dir)?;
+                return Ok(id);
+            }
+        }
+    }
+
+    pub fn spawn_refill(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.refilling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let _ = me.fill_pool().await;
+            me.refilling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    pub async fn fill_pool(&self) -> Result<()> {
+        loop {
+            if self.pool.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.cfg.pool_size {
+                return Ok(());
+            }
+            let id = self.fresh_id()?;
+            Record { id: id.clone(), status: Status::Pooled, template: None, spec: None }.save(&self.dir(&id))?;
+            match self.acquire_network(&id).await {
+                Ok(l) => self.pool.lock().unwrap_or_else(|e| e.into_inner()).push_back((id, l)),
+                Err(e) => {
+                    let _ = self.release(&id, false).await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Mount the rootfs, write the bundle, start the container, wait for envd.
+    async fn boot(&self, rec: &Record, lease: &NetLease) -> Result<()> {
+        let id = &rec.id;
+        let dir = self.dir(id);
+        let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
+            return Err(Error::Invalid("record without template/spec".into()));
+        };
+        let etc = dir.join("etc");
+        std::fs::create_dir_all(&etc).ctx(&etc)?;
+        std::fs::write(etc.join("hostname"), format!("{id}\n")).ctx(etc.join("hostname"))?;
+        std::fs::write(
+            etc.join("hosts"),
+            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{id}\n", lease.ip),
+        )
+        .ctx(etc.join("hosts"))?;
+        let resolv: String = self.cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        std::fs::write(etc.join("resolv.conf"), resolv).ctx(etc.join("resolv.conf"))?;
+
+        rootfs::mount(&dir, &self.store.layer_dirs(meta))?;
+
+        let mut env_vars: serde_json::Map<String, serde_json::Value> = meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
+        for (k, v) in &spec.env {
+            env_vars.insert(k.clone(), v.clone().into());
+        }
+        let mut init = serde_json::json!({
+            "envVars": env_vars,
+            "defaultUser": meta.default_user,
+            "defaultWorkdir": meta.default_workdir,
+            "sandboxId": id,
+        });
+        if let Some(t) = &spec.access_token {
+            init["accessToken"] = t.clone().into();
+        }
+        let params = BundleParams {
+            id,
+            sandbox_dir: &dir,
+            netns_path: lease.netns_path(),
+            cpu_count: spec.cpu_count.unwrap_or(meta.cpu_count),
+            memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
+            pids_limit: spec.pids_limit.unwrap_or(4096),
+            envd_init: init.to_string(),
+        };
+        let oci = oci_spec::build(&self.cfg, &params)?;
+        oci_spec::write(&dir, &oci)?;
+
+        let log = dir.join("sandbox.log");
+        if self.cfg.init_override.is_some() {
+            self.driver.create(id, &dir, &log, None).await?;
+            self.driver.start(id).await?;
+            return Ok(());
+        }
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
+            .map_err(|e| Error::Io { path: "pipe".into(), source: e.into() })?;
+        // The write end is blocking for envd's sake; only our read end is non-blocking.
+        let _ = rustix::fs::fcntl_setfl(&w, rustix::fs::OFlags::empty());
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
+            .map_err(|e| Error::Io { path: "pipe".into(), source: e })?;
+        self.driver.create(id, &dir, &log, Some(w)).await?;
+        self.driver.start(id).await?;
+        let mut b = [0u8; 1];
+        let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
+        let reason = match res {
+            Ok(Ok(1)) => return Ok(()),
+            Ok(Ok(_)) => "envd exited (or closed fd 3) before it was ready".to_string(),
+            Ok(Err(e)) => format!("reading the ready pipe: {e}"),
+            Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
+        };
+        Err(Error::NotReady { id: id.clone(), reason, log_tail: util::tail(&log, 4000) })
+    }
+}
+
+impl Runtime {
+    /// Open the runtime on its data dir: take the instance lock, reconcile what a previous
+    /// instance left (re-adopt live sandboxes, collect everything leaked), fill the warm pool.
+    pub async fn open(cfg: RuntimeConfig) -> Result<Runtime> {
+        cfg.validate()?;
+        if !util::is_root() {
+            return Err(Error::NotRoot("the runtime needs root (mounts, netns, cgroups, nftables)".into()));
+        }
+        for d in [cfg.data_dir.clone(), cfg.sandboxes_dir(), cfg.runtime_root()] {
+            std::fs::create_dir_all(&d).ctx(&d)?;
+        }
+        let lock_path = cfg.data_dir.join("runtime.lock");
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx(&lock_path)?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(Error::Locked(cfg.data_dir.clone()));
+        }
+        if cfg.init_override.is_none() && !cfg.envd_path.is_file() {
+            return Err(Error::Invalid(format!("envd binary {} not found (run scripts/build-envd.sh)", cfg.envd_path.display())));
+        }
+        network::enable_forwarding()?;
+        let store = Store::new(cfg.store_dir())?;
+        let inner = Arc::new(Inner {
+            driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
+            ips: IpPool::new(&cfg),
+            fw: Firewall::new(&cfg),
+            store,
+            sandboxes: Default::default(),
+            pool: Default::default(),
+            refilling: Default::default(),
+            _lock: lock,
+            cfg,
+        });
+        crate::reconcile::reconcile(&inner).await?;
+        if inner.cfg.pool_size > 0 {
+            inner.fill_pool().await?;
+        }
+        Ok(Runtime { inner })
+    }
+
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.cfg
+    }
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    pub fn driver(&self) -> &Driver {
+        &self.inner.driver
+    }
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.inner.dir(id)
+    }
+
+    /// Create a sandbox and wait until envd is ready.
+    pub async fn create(&self, spec: SandboxSpec) -> Result<SandboxInfo> {
+        let inner = &self.inner;
+        firewall::validate_policy(&spec.network)?;
+        for (k, v) in spec.env.iter().chain(spec.metadata.iter()) {
+            if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || k.len() + v.len() > 65536 {
+                return Err(Error::Invalid(format!("bad env/metadata entry {k:?}")));
+            }
+        }
+        let meta: TemplateMeta = inner.store.get(&spec.template)?;
+        let (id, lease) = inner.claim_slot().await?;
+        let dir = inner.dir(&id);
+        let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec) };
+        let res: Result<()> = async {
+            rec.save(&dir)?;
+            inner.fw.add_sandbox(&id, &lease.veth, &rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default()).await?;
+            inner.boot(&rec, &lease).await
+        }
+        .await;
+        if let Err(e) = res {
+            if let Err(e2) = inner.release(&id, false).await {
+                tracing::error!(sandbox = %id, error = %e2, "release after failed create");
+            }
+            return Err(e);
+        }
+        let mut rec = rec;
+        rec.status = Status::Running;
+        rec.save(&dir)?;
+        let info = info_of(&rec, Some(&lease));
+        inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
+        Ok(info)
+    }
+
+    pub async fn info(&self, id: &str) -> Result<SandboxInfo> {
+        let h = self.inner.handle(id)?;
+        let rec = h.lock().await;
+        Ok(info_of(&rec, NetLease::load(&self.inner.dir(id)).as_ref()))
+    }
+
+    pub async fn list(&self) -> Vec<SandboxInfo> {
+        let hs: Vec<Handle> = self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut v = Vec::new();
+        for h in hs {
+            let rec = h.lock().await;
+            v.push(info_of(&rec, NetLease::load(&self.inner.dir(&rec.id)).as_ref()));
+        }
+        v
+    }
+
+    /// Freeze all processes (cgroup freezer via the OCI runtime). envd stops answering.
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        let h = self.inner.handle(id)?;
+        let mut rec = h.lock().await;
+        want(&rec, &[Status::Running])?;
+        self.inner.driver.pause(id).await?;
+        rec.status = Status::Paused;
+        rec.save(&self.inner.dir(id))
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        let h = self.inner.handle(id)?;
+        let mut rec = h.lock().await;
+        want(&rec, &[Status::Paused])?;
+        self.inner.driver.resume(id).await?;
+        rec.status = Status::Running;
+        rec.save(&self.inner.dir(id))
+    }
+
+    /// Stop to disk: processes, network and mount go away, the writable layer stays.
+    pub async fn stop(&self, id: &str) -> Result<()> {
+        let h = self.inner.handle(id)?;
+        let mut rec = h.lock().await;
+        want(&rec, &[Status::Running, Status::Paused])?;
+        self.inner.release(id, true).await?;
+        rec.status = Status::Stopped;
+        rec.save(&self.inner.dir(id))
+    }
+
+    /// Start a stopped sandbox from its kept writable layer (new address, same id and files).
+    pub async fn start(&self, id: &str) -> Result<SandboxInfo> {
+        let h = self.inner.handle(id)?;
+        let mut rec = h.lock().await;
+        want(&rec, &[Status::Stopped])?;
+        let inner = &self.inner;
+        let res: Result<NetLease> = async {
+            let lease = inner.acquire_network(id).await?;
+            let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
+            inner.fw.add_sandbox(id, &lease.veth, &policy).await?;
+            inner.boot(&rec, &lease).await?;
+            Ok(lease)
+        }
+        .await;
+        match res {
+            Ok(lease) => {
+                rec.status = Status::Running;
+                rec.save(&inner.dir(id))?;
+                Ok(info_of(&rec, Some(&lease)))
+            }
+            Err(e) => {
+                let _ = inner.release(id, true).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Copy the sandbox's writable layer into a new layer and register template `name`
+    /// = the sandbox's template layers + that layer. A running sandbox is paused while copying.
+    pub async fn snapshot(&self, id: &str, name: &str) -> Result<TemplateMeta> {
+        crate::template::check_name(name)?;
+        let h = self.inner.handle(id)?;
+        let rec = h.lock().await;
+        want(&rec, &[Status::Running, Status::Paused, Status::Stopped])?;
+        let Some(mut meta) = rec.template.clone() else { return Err(Error::Invalid("no template".into())) };
+        let was_running = rec.status == Status::Running;
+        if was_running {
+            self.inner.driver.pause(id).await?;
+        }
+        let tmp = self.inner.store.temp_layer()?;
+        let upper = rootfs::paths(&self.inner.dir(id)).upper;
+        let copy = util::run("cp", &["-a", "--reflink=auto", &format!("{}/.", upper.display()), &tmp.to_string_lossy()]).await;
+        if was_running {
+            self.inner.driver.resume(id).await?;
+        }
+        if let Err(e) = copy {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        let store = self.inner.store.clone();
+        let digest = tokio::task::spawn_blocking(move || {
+            let r = store.commit_layer(&tmp);
+            if r.is_err() {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            r
+        })
+        .await
+        .map_err(|e| Error::Invalid(e.to_string()))??;
+        meta.parent = Some(meta.name.clone());
+        meta.name = name.to_string();
+        meta.layers.push(digest);
+        meta.recipe_hash = format!("snapshot:{id}");
+        self.inner.store.put(&meta)?;
+        Ok(meta)
+    }
+
+    /// Kill and delete a sandbox; releases everything it holds, including its directory.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let h = self.inner.handle(id)?;
+        let mut rec = h.lock().await;
+        rec.status = Status::Deleting;
+        let _ = rec.save(&self.inner.dir(id));
+        self.inner.release(id, false).await?;
+        self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        Ok(())
+    }
+
+    /// cgroup + veth counters.
+    pub async fn stats(&self, id: &str) -> Result<Stats> {
+        let h = self.inner.handle(id)?;
+        let _rec = h.lock().await;
+        let mut s = cgroup::stats(&self.inner.cfg.cgroup_parent(), id);
+        if let Some(l) = NetLease::load(&self.inner.dir(id)) {
+            (s.net_rx_bytes, s.net_tx_bytes) = network::veth_counters(&l.veth);
+        }
+        Ok(s)
+    }
+
+    /// Delete every sandbox and pooled slot, remove the firewall table and cgroup parent.
+    /// For tests and node decommissioning.
+    pub async fn destroy_all(&self) -> Result<()> {
+        let ids: Vec<String> = self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let mut first: Option<Error> = None;
+        for id in ids {
+            if let Err(e) = self.delete(&id).await {
+                first.get_or_insert(e);
+            }
+        }
+        self.drain_pool().await?;
+        if let Err(e) = self.inner.fw.destroy().await {
+            first.get_or_insert(e);
+        }
+        cgroup::remove_parent(&self.inner.cfg.cgroup_parent());
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Release all prepared pool slots.
+    pub async fn drain_pool(&self) -> Result<()> {
+        loop {
+            let slot = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            let Some((id, _)) = slot else { return Ok(()) };
+            self.inner.release(&id, false).await?;
+        }
+    }
+
+    pub fn pool_len(&self) -> usize {
+        self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn want(rec: &Record, ok: &[Status]) -> Result<()> {
+    if ok.contains(&rec.status) {
+        return Ok(());
+    }
+    Err(Error::WrongState {
+        id: rec.id.clone(),
+        state: rec.status.to_string(),
+        wanted: ok.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("|"),
+    })
+}
+
+fn info_of(rec: &Record, lease: Option<&NetLease>) -> SandboxInfo {
+    let has_net = matches!(rec.status, Status::Running | Status::Paused);
+    let ip = if has_net { lease.map(|l| l.ip) } else { None };
+    SandboxInfo {
+        id: rec.id.clone(),
+        template: rec.template.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
+        status: rec.status,
+        ip,
+        envd_addr: ip.map(|i| format!("{i}:{ENVD_PORT}")),
+        spec: rec.spec.clone().unwrap_or_else(|| SandboxSpec::new("")),
+    }
+}

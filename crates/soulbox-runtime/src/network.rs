@@ -1,0 +1,163 @@
+//! Per-sandbox network: a named netns, a veth pair (host side `<prefix><id…>`, sandbox side `eth0`)
+//! and an address from the pool. Addressing is point-to-point: every host-side veth carries the
+//! pool's gateway address (`/32 peer <sandbox ip>`), the sandbox has `<ip>/32 peer <gateway>` and a
+//! default route via it — no bridge, so sandboxes share no L2 segment.
+//!
+//! The lease (`net.json` in the sandbox dir) is written *before* anything is created, so a crash at
+//! any point leaves a record that reconcile can release.
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use crate::util;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NetLease {
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub netns: String,
+    pub veth: String,
+}
+
+impl NetLease {
+    pub fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+    pub fn file(sandbox_dir: &Path) -> PathBuf {
+        sandbox_dir.join("net.json")
+    }
+    pub fn load(sandbox_dir: &Path) -> Option<NetLease> {
+        util::read_json(&Self::file(sandbox_dir)).ok()
+    }
+}
+
+/// IPv4 allocator over the pool (in memory; rebuilt from lease files on open).
+pub struct IpPool {
+    first: u32,
+    last: u32,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl IpPool {
+    pub fn new(cfg: &RuntimeConfig) -> Self {
+        let net = u32::from(cfg.pool_net) & cfg.pool_mask();
+        let bcast = net | !cfg.pool_mask();
+        IpPool { first: net + 2, last: bcast - 1, used: Mutex::new(BTreeSet::new()) }
+    }
+    pub fn mark_used(&self, ip: Ipv4Addr) {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(u32::from(ip));
+    }
+    pub fn allocate(&self) -> Result<Ipv4Addr> {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        // lowest free address: walk gaps in the sorted set
+        let mut cand = self.first;
+        for &u in used.range(self.first..=self.last) {
+            if u != cand {
+                break;
+            }
+            cand += 1;
+        }
+        if cand > self.last {
+            return Err(Error::PoolExhausted);
+        }
+        used.insert(cand);
+        Ok(Ipv4Addr::from(cand))
+    }
+    pub fn release(&self, ip: Ipv4Addr) {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).remove(&u32::from(ip));
+    }
+    pub fn in_use(&self) -> usize {
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+pub fn lease_for(cfg: &RuntimeConfig, id: &str, ip: Ipv4Addr) -> NetLease {
+    NetLease { ip, gateway: cfg.gateway(), netns: cfg.netns_name(id), veth: cfg.veth_name(id) }
+}
+
+/// Create netns + veth + addresses + routes. Not idempotent by itself: callers tear down first on retry.
+pub async fn setup(lease: &NetLease) -> Result<()> {
+    let host = format!(
+        "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
+        ns = lease.netns,
+        veth = lease.veth,
+        gw = lease.gateway,
+        ip = lease.ip
+    );
+    util::run_stdin("ip", &["-batch", "-"], Some(&host)).await?;
+    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", lease.veth), "1");
+    let inner = format!(
+        "link set lo up\naddr add {ip}/32 peer {gw}/32 dev eth0\nlink set eth0 up\nroute add default via {gw} dev eth0\n",
+        gw = lease.gateway,
+        ip = lease.ip
+    );
+    util::run_stdin("ip", &["-n", &lease.netns, "-batch", "-"], Some(&inner)).await?;
+    Ok(())
+}
+
+/// Remove veth and netns (idempotent).
+pub async fn teardown(netns: &str, veth: &str) -> Result<()> {
+    if Path::new("/sys/class/net").join(veth).exists() {
+        if let Err(e) = util::run("ip", &["link", "del", veth]).await {
+            if Path::new("/sys/class/net").join(veth).exists() {
+                return Err(e);
+            }
+        }
+    }
+    if Path::new("/run/netns").join(netns).exists() {
+        if let Err(e) = util::run("ip", &["netns", "del", netns]).await {
+            if Path::new("/run/netns").join(netns).exists() {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Host links whose name starts with `prefix`.
+pub fn host_links(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Named netns starting with `<prefix>-`.
+pub fn netns_list(prefix: &str) -> Vec<String> {
+    let pre = format!("{prefix}-");
+    std::fs::read_dir("/run/netns")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&pre))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn veth_counters(veth: &str) -> (u64, u64) {
+    let rd = |f: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{veth}/statistics/{f}"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // host side tx = sandbox rx
+    (rd("tx_bytes"), rd("rx_bytes"))
+}
+
+/// NAT needs IPv4 forwarding on the host.
+pub fn enable_forwarding() -> Result<()> {
+    let p = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(p).map(|s| s.trim() == "1").unwrap_or(false) {
+        return Ok(());
+    }
+    std::fs::write(p, "1").map_err(|e| Error::Io { path: p.into(), source: e })
+}

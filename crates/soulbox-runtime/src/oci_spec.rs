@@ -1,0 +1,198 @@
+//! OCI runtime bundle (`config.json`) built with the `oci-spec` crate.
+use crate::config::{ENVD_MOUNT, ENVD_PORT, RuntimeConfig};
+use crate::error::{Error, Result};
+use crate::seccomp;
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
+    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_mounts,
+};
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// Capabilities granted to sandbox processes (bounding/effective/permitted; no ambient).
+///
+/// Docker's default set minus `NET_RAW` (ping works through `ping_group_range`) and `MKNOD`
+/// (device cgroup allows only the standard devices anyway): enough for root-in-sandbox to run
+/// apt/dpkg (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETFCAP), sudo/su (SETUID, SETGID, SETPCAP,
+/// AUDIT_WRITE), chroot builds (SYS_CHROOT), killing its own processes (KILL) and binding low
+/// ports (NET_BIND_SERVICE). No SYS_ADMIN, SYS_MODULE, SYS_PTRACE, NET_ADMIN, SYS_RESOURCE, …
+pub const CAPABILITIES: &[Capability] = &[
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::Setfcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::AuditWrite,
+];
+
+pub const MASKED_PATHS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+pub struct BundleParams<'a> {
+    pub id: &'a str,
+    pub sandbox_dir: &'a Path,
+    pub netns_path: PathBuf,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub pids_limit: i64,
+    /// JSON for `SOULBOX_ENVD_INIT`.
+    pub envd_init: String,
+}
+
+fn oci<E: std::fmt::Display>(e: E) -> Error {
+    Error::Oci(e.to_string())
+}
+
+pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
+    let caps: HashSet<Capability> = CAPABILITIES.iter().copied().collect();
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .permitted(caps)
+        .inheritable(HashSet::new())
+        .ambient(HashSet::new())
+        .build()
+        .map_err(oci)?;
+
+    let args = match &cfg.init_override {
+        Some(a) => a.clone(),
+        None => vec![ENVD_MOUNT.into(), "--port".into(), ENVD_PORT.to_string(), "--ready-fd".into(), "3".into()],
+    };
+    let mut process = ProcessBuilder::default()
+        .terminal(false)
+        .user(UserBuilder::default().uid(0u32).gid(0u32).umask(0o022u32).build().map_err(oci)?)
+        .args(args)
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            format!("SOULBOX_ENVD_INIT={}", p.envd_init),
+        ])
+        .cwd("/")
+        .capabilities(capabilities)
+        .no_new_privileges(cfg.no_new_privileges)
+        .rlimits(vec![
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(nofile_limit())
+                .hard(nofile_limit())
+                .build()
+                .map_err(oci)?,
+        ])
+        .build()
+        .map_err(oci)?;
+    if let Some(adj) = cfg.envd_oom_score_adj {
+        process.set_oom_score_adj(Some(adj));
+    }
+
+    let mut mounts = get_default_mounts();
+    // Size-limit /dev/shm and keep it nosuid/nodev.
+    for m in mounts.iter_mut() {
+        if m.destination() == Path::new("/dev/shm") {
+            m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "mode=1777".into(), "size=65536k".into()]));
+        }
+    }
+    let bind = |src: PathBuf, dst: &str, ro: bool| {
+        let mut o = vec!["rbind".to_string(), "nosuid".into(), "nodev".into()];
+        o.push(if ro { "ro".into() } else { "rw".into() });
+        MountBuilder::default().destination(dst).typ("bind").source(src).options(o).build().map_err(oci)
+    };
+    if cfg.init_override.is_none() {
+        mounts.push(bind(cfg.envd_path.clone(), ENVD_MOUNT, true)?);
+    }
+    let etc = p.sandbox_dir.join("etc");
+    mounts.push(bind(etc.join("hosts"), "/etc/hosts", false)?);
+    mounts.push(bind(etc.join("hostname"), "/etc/hostname", false)?);
+    mounts.push(bind(etc.join("resolv.conf"), "/etc/resolv.conf", false)?);
+
+    let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci);
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid)?,
+        ns(LinuxNamespaceType::Ipc)?,
+        ns(LinuxNamespaceType::Uts)?,
+        ns(LinuxNamespaceType::Mount)?,
+        ns(LinuxNamespaceType::Cgroup)?,
+        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(p.netns_path.clone()).build().map_err(oci)?,
+    ];
+
+    let mem = (p.memory_mb as i64).saturating_mul(1024 * 1024);
+    let period: u64 = 100_000;
+    let resources = LinuxResourcesBuilder::default()
+        .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?])
+        // swap == limit: memory+swap total equals memory, i.e. no swap.
+        .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().map_err(oci)?)
+        .cpu(LinuxCpuBuilder::default().period(period).quota(period as i64 * p.cpu_count.max(1) as i64).build().map_err(oci)?)
+        .pids(LinuxPidsBuilder::default().limit(p.pids_limit).build().map_err(oci)?)
+        .build()
+        .map_err(oci)?;
+
+    let mut sysctl = HashMap::new();
+    sysctl.insert("net.ipv4.ping_group_range".to_string(), "0 2147483647".to_string());
+    if Path::new("/proc/sys/net/ipv6").exists() {
+        sysctl.insert("net.ipv6.conf.all.disable_ipv6".to_string(), "1".to_string());
+    }
+
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .resources(resources)
+        .cgroups_path(PathBuf::from(cfg.cgroups_path(p.id)))
+        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .seccomp(seccomp::default_profile()?)
+        .sysctl(sysctl)
+        .rootfs_propagation("private")
+        .build()
+        .map_err(oci)?;
+
+    let mut annotations = HashMap::new();
+    annotations.insert("io.soulbox.sandbox-id".to_string(), p.id.to_string());
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .root(RootBuilder::default().path("rootfs").readonly(false).build().map_err(oci)?)
+        .hostname(p.id.to_string())
+        .mounts(mounts)
+        .process(process)
+        .linux(linux)
+        .annotations(annotations)
+        .build()
+        .map_err(oci)
+}
+
+/// Write `config.json` into the bundle (sandbox) dir, mode 0600 (it carries the access token).
+pub fn write(bundle: &Path, spec: &Spec) -> Result<()> {
+    let data = serde_json::to_vec(spec).map_err(|source| Error::Json { path: bundle.join("config.json"), source })?;
+    let path = bundle.join("config.json");
+    crate::util::write_atomic(&path, &data)?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    Ok(())
+}
+
+/// 65536, or the host's hard limit if lower (raising it needs CAP_SYS_RESOURCE, which runc has
+/// already dropped when it applies rlimits).
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+        return (r.rlim_max as u64).min(65536);
+    }
+    1024
+}

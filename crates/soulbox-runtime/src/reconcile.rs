@@ -1,0 +1,142 @@
+//! Boot-time reconcile: re-adopt sandboxes the OCI runtime still runs and collect everything a
+//! crashed instance may have leaked (runtime CLI processes, containers, runtime state, cgroups,
+//! mounts, netns, veths, nft rules, IP leases, temp layers).
+use crate::cgroup;
+use crate::error::Result;
+use crate::lifecycle::Inner;
+use crate::network::{self, NetLease};
+use crate::record::Record;
+use crate::rootfs;
+use crate::spec::Status;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::Mutex as AsyncMutex;
+
+pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
+    let cfg = &inner.cfg;
+    // 0. runtime CLI invocations of a crashed instance (e.g. a `runc create` in flight) would race
+    //    with the cleanup below: kill them first. They are recognised by our `--root` argument.
+    kill_stray_cli(&cfg.runtime_root().to_string_lossy());
+
+    let containers: HashMap<String, String> =
+        inner.driver.list().await.unwrap_or_default().into_iter().map(|c| (c.id, c.status)).collect();
+
+    let mut adopted: HashSet<String> = HashSet::new();
+    let mut live_fw = Vec::new();
+    let entries: Vec<_> = std::fs::read_dir(cfg.sandboxes_dir()).map(|rd| rd.flatten().collect()).unwrap_or_default();
+    for e in entries {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if crate::config::check_id(&id).is_err() {
+            continue;
+        }
+        let dir = e.path();
+        let rec = Record::load(&dir).ok();
+        let cstate = containers.get(&id).map(|s| s.as_str());
+        match rec {
+            Some(mut rec) if matches!(rec.status, Status::Running | Status::Paused) && matches!(cstate, Some("running") | Some("paused")) => {
+                rec.status = if cstate == Some("paused") { Status::Paused } else { Status::Running };
+                let lease = NetLease::load(&dir);
+                if let Some(l) = &lease {
+                    inner.ips.mark_used(l.ip);
+                    if let Some(spec) = &rec.spec {
+                        live_fw.push((id.clone(), l.veth.clone(), spec.network.clone()));
+                    }
+                }
+                let _ = rec.save(&dir);
+                tracing::info!(sandbox = %id, status = %rec.status, "re-adopted");
+                adopted.insert(id.clone());
+                inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
+            }
+            Some(mut rec) if matches!(rec.status, Status::Running | Status::Paused | Status::Stopped) && rec.template.is_some() => {
+                // Died while we were away (or was stopped): keep its files as a stopped sandbox.
+                if let Err(e) = inner.release(&id, true).await {
+                    tracing::warn!(sandbox = %id, error = %e, "release of dead sandbox failed");
+                }
+                if rec.status != Status::Stopped {
+                    tracing::info!(sandbox = %id, "sandbox died while the runtime was down; now stopped");
+                }
+                rec.status = Status::Stopped;
+                let _ = rec.save(&dir);
+                adopted.insert(id.clone());
+                inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
+            }
+            _ => {
+                // Pooled, Creating, Deleting, unreadable: collect all of it.
+                tracing::info!(sandbox = %id, "collecting leftovers of an unfinished sandbox");
+                if let Err(e) = inner.release(&id, false).await {
+                    tracing::warn!(sandbox = %id, error = %e, "collect failed");
+                }
+            }
+        }
+    }
+
+    // Containers with no sandbox dir.
+    for id in containers.keys() {
+        if !adopted.contains(id) {
+            tracing::info!(container = %id, "deleting unknown container");
+            let _ = inner.driver.delete_force(id).await;
+        }
+    }
+    // Runtime state dirs nobody owns.
+    if let Ok(rd) = std::fs::read_dir(cfg.runtime_root()) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if !adopted.contains(&n) && e.path().is_dir() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    // Mounts below the sandboxes dir that belong to no adopted running sandbox.
+    let live_mounts: HashSet<_> = adopted.iter().map(|id| rootfs::paths(&inner.dir(id)).mountpoint).collect();
+    for m in rootfs::mounts_under(&cfg.sandboxes_dir()) {
+        if !live_mounts.contains(&m) {
+            tracing::info!(mount = %m.display(), "unmounting leaked mount");
+            let _ = rootfs::umount_path(&m);
+        }
+    }
+    // netns and veths with our prefix that belong to nobody.
+    let live_ns: HashSet<String> = adopted.iter().map(|id| cfg.netns_name(id)).collect();
+    for ns in network::netns_list(&cfg.prefix) {
+        if !live_ns.contains(&ns) {
+            tracing::info!(netns = %ns, "deleting leaked netns");
+            let _ = network::teardown(&ns, "").await;
+        }
+    }
+    let live_veth: HashSet<String> = adopted.iter().map(|id| cfg.veth_name(id)).collect();
+    for l in network::host_links(&cfg.prefix) {
+        if !live_veth.contains(&l) {
+            tracing::info!(link = %l, "deleting leaked link");
+            let _ = crate::util::run("ip", &["link", "del", &l]).await;
+        }
+    }
+    // cgroups
+    let parent = cfg.cgroup_parent();
+    for c in cgroup::children(&parent) {
+        if !adopted.contains(&c) {
+            let p = parent.clone();
+            let _ = tokio::task::spawn_blocking(move || cgroup::remove(&p, &c)).await;
+        }
+    }
+    // Firewall: rebuild the table atomically from the live sandboxes (drops leaked chains).
+    inner.fw.rebuild(&live_fw).await?;
+    inner.store.gc_temp();
+    Ok(())
+}
+
+fn kill_stray_cli(root: &str) {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.iter().any(|a| *a == root.as_bytes()) && args.iter().any(|a| *a == b"--root") {
+            tracing::info!(pid, "killing stray runtime CLI process of a previous instance");
+            // SAFETY: kill(2) on a pid whose cmdline names our private runtime root.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! What the caller asks for when creating a sandbox, and what it gets back.
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicy {
+    /// E2B `allowInternetAccess` (default true).
+    pub allow_internet: bool,
+    /// CIDRs always allowed (take precedence over deny and over internet off).
+    #[serde(default)]
+    pub allow_out: Vec<String>,
+    /// CIDRs always denied.
+    #[serde(default)]
+    pub deny_out: Vec<String>,
+}
+
+impl NetworkPolicy {
+    pub fn open() -> Self {
+        NetworkPolicy { allow_internet: true, ..Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpec {
+    pub template: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Overrides of the template defaults.
+    #[serde(default)]
+    pub cpu_count: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub pids_limit: Option<i64>,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    pub network: NetworkPolicy,
+}
+
+impl SandboxSpec {
+    pub fn new(template: &str) -> Self {
+        SandboxSpec {
+            template: template.into(),
+            env: BTreeMap::new(),
+            metadata: BTreeMap::new(),
+            cpu_count: None,
+            memory_mb: None,
+            pids_limit: None,
+            access_token: None,
+            network: NetworkPolicy::open(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// A prepared network slot in the warm pool (not a sandbox yet).
+    Pooled,
+    Creating,
+    Running,
+    Paused,
+    /// Stopped to disk: upper dir kept, no process, no network.
+    Stopped,
+    Deleting,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", serde_json::to_value(self).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxInfo {
+    pub id: String,
+    pub template: String,
+    pub status: Status,
+    pub ip: Option<Ipv4Addr>,
+    /// `ip:49983` while the sandbox has a network.
+    pub envd_addr: Option<String>,
+    pub spec: SandboxSpec,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub oom_kills: u64,
+    pub pids: u64,
+    pub io_read_bytes: u64,
+    pub io_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}

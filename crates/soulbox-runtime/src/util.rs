@@ -1,0 +1,92 @@
+//! Small helpers: running external commands, atomic JSON files.
+use crate::error::{Error, IoCtx, Result};
+use serde::{Serialize, de::DeserializeOwned};
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// Run a command to completion; non-zero exit becomes `Error::Command` with stderr.
+pub async fn run(program: &str, args: &[&str]) -> Result<String> {
+    run_stdin(program, args, None).await
+}
+
+/// Run a command feeding `stdin`, returning stdout.
+pub async fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(false);
+    let cmdline = || format!("{} {}", program, args.join(" "));
+    let mut child = cmd.spawn().map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
+    if let Some(input) = stdin {
+        if let Some(mut w) = child.stdin.take() {
+            w.write_all(input.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
+            drop(w);
+        }
+    }
+    let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            cmd: cmdline(),
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Write JSON atomically (tmp file + fsync + rename).
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(|source| Error::Json { path: path.into(), source })?;
+    write_atomic(path, &data)
+}
+
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp).ctx(&tmp)?;
+        f.write_all(data).ctx(&tmp)?;
+        f.sync_data().ctx(&tmp)?;
+    }
+    std::fs::rename(&tmp, path).ctx(path)
+}
+
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let data = std::fs::read(path).ctx(path)?;
+    serde_json::from_slice(&data).map_err(|source| Error::Json { path: path.into(), source })
+}
+
+/// Remove a file, treating "not found" as success.
+pub fn remove_file_idem(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx(path),
+        _ => Ok(()),
+    }
+}
+
+/// Remove a directory tree, treating "not found" as success.
+pub fn remove_dir_all_idem(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx(path),
+        _ => Ok(()),
+    }
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// Last `n` bytes of a file as lossy text (for error messages).
+pub fn tail(path: &Path, n: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(n)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
