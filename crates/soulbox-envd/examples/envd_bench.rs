@@ -1,0 +1,325 @@
+//! Benchmark client for a running soulbox-envd (not a test; driven by `bench/envd.sh`).
+//!
+//! Measures the command round trip with a raw HTTP/1.1 client: one kept-alive TCP connection with
+//! `TCP_NODELAY`, a hand-written `POST /process.Process/Start` carrying one Connect JSON envelope for
+//! `/bin/true`, and the response read up to the end-stream envelope (flag `0x02`). As a baseline it times a plain
+//! spawn+wait of `/bin/true` (Rust's `Command` uses `posix_spawn` on Linux) and of `/bin/bash -l -c true` (what the
+//! SDK's `commands.run("true")` executes).
+//!
+//! ```text
+//! cargo run -p soulbox-envd --release --example envd_bench -- [--addr 127.0.0.1:49983] [--token T] [-n 200]
+//!     [--warmup 20] [--no-spawn]
+//! ```
+//! The token defaults to `$SOULBOX_ENVD_TOKEN`. Output: one `key=value` line per measurement.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+struct Args {
+    addr: String,
+    token: Option<String>,
+    n: usize,
+    warmup: usize,
+    spawn: bool,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        addr: "127.0.0.1:49983".to_owned(),
+        token: std::env::var("SOULBOX_ENVD_TOKEN").ok().filter(|t| !t.is_empty()),
+        n: 200,
+        warmup: 20,
+        spawn: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        match flag.as_str() {
+            "--addr" => args.addr = value("--addr")?,
+            "--token" => args.token = Some(value("--token")?),
+            "-n" | "--n" => args.n = value("-n")?.parse()?,
+            "--warmup" => args.warmup = value("--warmup")?.parse()?,
+            "--no-spawn" => args.spawn = false,
+            "-h" | "--help" => {
+                println!("envd_bench [--addr HOST:PORT] [--token T] [-n N] [--warmup N] [--no-spawn]");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if args.n == 0 {
+        return Err("-n must be > 0".into());
+    }
+    Ok(args)
+}
+
+/// One kept-alive HTTP/1.1 connection to envd.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    host: String,
+    reusable: bool,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Result<Conn> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let writer = stream.try_clone()?;
+        Ok(Conn { reader: BufReader::with_capacity(64 * 1024, stream), writer, host: addr.to_owned(), reusable: true })
+    }
+
+    /// Sends `Process/Start` for `/bin/true` and reads the stream to its end-stream envelope.
+    /// Returns the exit code from the `end` event.
+    fn start_true(&mut self, token: Option<&str>) -> Result<i64> {
+        const PAYLOAD: &[u8] = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
+        let mut req = Vec::with_capacity(512);
+        write!(
+            req,
+            "POST /process.Process/Start HTTP/1.1\r\nHost: {}\r\nContent-Type: application/connect+json\r\n\
+             Connect-Protocol-Version: 1\r\nContent-Length: {}\r\n",
+            self.host,
+            5 + PAYLOAD.len()
+        )?;
+        if let Some(token) = token {
+            write!(req, "X-Access-Token: {token}\r\n")?;
+        }
+        req.extend_from_slice(b"\r\n");
+        req.push(0);
+        req.extend_from_slice(&(PAYLOAD.len() as u32).to_be_bytes());
+        req.extend_from_slice(PAYLOAD);
+        self.writer.write_all(&req)?;
+
+        let head = self.read_head()?;
+        if head.status != 200 {
+            let mut body = Vec::new();
+            let _ = Body::new(&mut self.reader, &head).read_to_end(&mut body);
+            return Err(format!("HTTP {}: {}", head.status, String::from_utf8_lossy(&body)).into());
+        }
+        if head.content_type.as_deref() != Some("application/connect+json") {
+            return Err(format!("unexpected content-type {:?}", head.content_type).into());
+        }
+        self.reusable = !head.close;
+        let mut body = Body::new(&mut self.reader, &head);
+        let mut exit_code = None;
+        let mut saw_start = false;
+        loop {
+            let mut prefix = [0u8; 5];
+            body.read_exact(&mut prefix)?;
+            let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+            let mut payload = vec![0u8; len];
+            body.read_exact(&mut payload)?;
+            let json: serde_json::Value = serde_json::from_slice(&payload)?;
+            if prefix[0] & 0x02 != 0 {
+                if let Some(err) = json.get("error") {
+                    return Err(format!("end-stream error: {err}").into());
+                }
+                break;
+            }
+            let event = &json["event"];
+            if event.get("start").is_some() {
+                saw_start = true;
+            } else if let Some(end) = event.get("end") {
+                exit_code = Some(end.get("exitCode").and_then(|c| c.as_i64()).unwrap_or(0));
+            }
+        }
+        // Consume the rest of the body (chunked terminator) so the connection can carry the next request.
+        let mut rest = Vec::new();
+        body.read_to_end(&mut rest)?;
+        if !saw_start {
+            return Err("no start event".into());
+        }
+        exit_code.ok_or_else(|| "no end event before end-stream".into())
+    }
+
+    fn read_head(&mut self) -> Result<Head> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Err("connection closed before the response".into());
+        }
+        let status: u16 = line.split_whitespace().nth(1).ok_or("bad status line")?.parse()?;
+        let http10 = line.starts_with("HTTP/1.0");
+        let mut head = Head { status, chunked: false, length: None, content_type: None, close: http10 };
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err("connection closed in headers".into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let Some((name, value)) = l.split_once(':') else { continue };
+            let value = value.trim();
+            match name.to_ascii_lowercase().as_str() {
+                "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
+                "content-length" => head.length = Some(value.parse()?),
+                "content-type" => head.content_type = Some(value.to_owned()),
+                "connection" => head.close = value.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        Ok(head)
+    }
+}
+
+struct Head {
+    status: u16,
+    chunked: bool,
+    length: Option<u64>,
+    content_type: Option<String>,
+    close: bool,
+}
+
+/// A response body: chunked, fixed length, or (connection close) until EOF.
+struct Body<'a> {
+    r: &'a mut BufReader<TcpStream>,
+    chunked: bool,
+    /// Bytes left in the current chunk, or in the whole body when not chunked.
+    left: u64,
+    done: bool,
+    until_eof: bool,
+}
+
+impl<'a> Body<'a> {
+    fn new(r: &'a mut BufReader<TcpStream>, head: &Head) -> Body<'a> {
+        Body {
+            r,
+            chunked: head.chunked,
+            left: if head.chunked { 0 } else { head.length.unwrap_or(0) },
+            done: !head.chunked && head.length == Some(0),
+            until_eof: !head.chunked && head.length.is_none(),
+        }
+    }
+}
+
+impl Read for Body<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.until_eof {
+            return self.r.read(buf);
+        }
+        if self.chunked && self.left == 0 {
+            let mut line = String::new();
+            self.r.read_line(&mut line)?;
+            let size_str = line.trim().split(';').next().unwrap_or("");
+            let size = u64::from_str_radix(size_str, 16)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunk size {line:?}: {e}")))?;
+            if size == 0 {
+                // trailers until the empty line
+                loop {
+                    line.clear();
+                    if self.r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = size;
+        }
+        let want = buf.len().min(self.left as usize);
+        let n = self.r.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left -= n as u64;
+        if self.left == 0 {
+            if self.chunked {
+                let mut crlf = [0u8; 2];
+                self.r.read_exact(&mut crlf)?;
+            } else {
+                self.done = true;
+            }
+        }
+        Ok(n)
+    }
+}
+
+struct Stats {
+    p50: Duration,
+    p99: Duration,
+    mean: Duration,
+    min: Duration,
+}
+
+fn stats(mut samples: Vec<Duration>) -> Stats {
+    samples.sort();
+    let n = samples.len();
+    let pick = |p: usize| samples[((n * p).div_ceil(100)).saturating_sub(1).min(n - 1)];
+    Stats { p50: pick(50), p99: pick(99), mean: samples.iter().sum::<Duration>() / n as u32, min: samples[0] }
+}
+
+fn report(name: &str, n: usize, s: &Stats) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "{name} n={n} p50_ms={:.3} p99_ms={:.3} mean_ms={:.3} min_ms={:.3}",
+        ms(s.p50),
+        ms(s.p99),
+        ms(s.mean),
+        ms(s.min)
+    );
+}
+
+fn bench_raw(args: &Args) -> Result<()> {
+    let mut conn = Conn::open(&args.addr)?;
+    let mut connections = 1;
+    let mut samples = Vec::with_capacity(args.n);
+    for i in 0..args.warmup + args.n {
+        if !conn.reusable {
+            conn = Conn::open(&args.addr)?;
+            connections += 1;
+        }
+        let t = Instant::now();
+        let code = conn.start_true(args.token.as_deref())?;
+        let elapsed = t.elapsed();
+        if code != 0 {
+            return Err(format!("/bin/true exited with {code}").into());
+        }
+        if i >= args.warmup {
+            samples.push(elapsed);
+        }
+    }
+    report("raw_http_start_true", args.n, &stats(samples));
+    println!("raw_http_connections={connections}");
+    Ok(())
+}
+
+fn bench_spawn(name: &str, program: &str, argv: &[&str], args: &Args) -> Result<()> {
+    let mut samples = Vec::with_capacity(args.n);
+    for i in 0..args.warmup + args.n {
+        let t = Instant::now();
+        let status = Command::new(program)
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        let elapsed = t.elapsed();
+        if !status.success() {
+            return Err(format!("{program} failed: {status}").into());
+        }
+        if i >= args.warmup {
+            samples.push(elapsed);
+        }
+    }
+    report(name, args.n, &stats(samples));
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    bench_raw(&args)?;
+    if args.spawn {
+        bench_spawn("posix_spawn_true", "/bin/true", &[], &args)?;
+        bench_spawn("posix_spawn_bash_login_true", "/bin/bash", &["-l", "-c", "true"], &args)?;
+    }
+    Ok(())
+}
