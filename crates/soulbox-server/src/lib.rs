@@ -1,7 +1,9 @@
 //! The SoulBox control plane. This crate grows with issue 4: today it holds the store and API-key handling.
 
 pub mod deadlines;
+pub mod ids;
 pub mod keys;
+pub mod lifecycle;
 pub mod listing;
 pub mod node;
 pub mod store;

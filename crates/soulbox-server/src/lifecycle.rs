@@ -1,0 +1,401 @@
+//! Sandbox lifecycle: create, connect, timeouts, refresh, pause/resume (auto-pause, seed feature 4), kill.
+//!
+//! The store is the source of truth; the node does the work; the deadline timer fires timeouts. Every operation
+//! is ordered so that a failure leaves no partial state: a sandbox is recorded only after its node started it,
+//! and a node-side sandbox whose record could not be written is killed again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use soulbox_protocol::api::{self, SandboxState};
+use tokio_util::sync::CancellationToken;
+
+use crate::deadlines::Deadlines;
+use crate::ids;
+use crate::node::{Node, NodeError, SandboxSpec, TemplateInfo};
+use crate::store::{SandboxRecord, Store, StoreError, now_ms};
+
+/// E2B's constant (deprecated) client id.
+pub const CLIENT_ID: &str = "6532622b";
+
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    pub default_timeout_s: i32,
+    /// Largest timeout a create/connect/set-timeout may ask for.
+    pub max_timeout_s: i32,
+    /// Seed feature 7: refresh never extends a sandbox past `started_at + max_lifetime_s`.
+    pub max_lifetime_s: i64,
+    pub node_id: String,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig { default_timeout_s: 300, max_timeout_s: 24 * 3600, max_lifetime_s: 24 * 3600, node_id: "local".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for LifecycleError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => LifecycleError::NotFound(format!("{what} not found")),
+            other => LifecycleError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<NodeError> for LifecycleError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::SandboxNotFound(id) => LifecycleError::NotFound(format!("sandbox \"{id}\" not found")),
+            NodeError::TemplateNotFound(t) => LifecycleError::NotFound(format!("template '{t}' not found")),
+            NodeError::Invalid(m) => LifecycleError::BadRequest(m),
+            NodeError::NoCapacity(m) => LifecycleError::Unavailable(m),
+            NodeError::Failed(m) => LifecycleError::Internal(m),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, LifecycleError>;
+
+/// What a create asks for, from either API version.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub template: String,
+    pub timeout_s: Option<i32>,
+    pub metadata: BTreeMap<String, String>,
+    pub env_vars: BTreeMap<String, String>,
+    pub auto_pause: bool,
+    pub auto_pause_memory: bool,
+    pub auto_pause_grace_s: u32,
+    pub auto_resume: bool,
+    pub allow_internet: bool,
+    pub allow_out: Vec<String>,
+    pub deny_out: Vec<String>,
+    /// v1 issues an access token only when `secure`; v2 always does.
+    pub secure: bool,
+}
+
+pub struct Lifecycle {
+    store: Store,
+    node: Arc<dyn Node>,
+    deadlines: Deadlines,
+    config: LifecycleConfig,
+    /// Cancelled when a sandbox stops serving (kill, pause): the proxy cuts its open streams on it.
+    live: Mutex<HashMap<String, CancellationToken>>,
+}
+
+impl Lifecycle {
+    /// Builds the lifecycle, re-arms deadlines from the store, and starts handling timeouts.
+    pub async fn start(store: Store, node: Arc<dyn Node>, config: LifecycleConfig) -> Result<Arc<Lifecycle>> {
+        let (deadlines, mut fired) = Deadlines::start();
+        let lifecycle = Arc::new(Lifecycle { store, node, deadlines, config, live: Mutex::default() });
+        for record in lifecycle.store.list_sandboxes().await? {
+            if record.state == SandboxState::Running {
+                lifecycle.arm(&record);
+            }
+        }
+        let weak = Arc::downgrade(&lifecycle);
+        tokio::spawn(async move {
+            while let Some(id) = fired.recv().await {
+                let Some(lifecycle) = weak.upgrade() else { return };
+                tokio::spawn(async move {
+                    if let Err(e) = lifecycle.on_deadline(&id).await {
+                        tracing::warn!(sandbox = %id, error = %e, "timeout handling failed");
+                    }
+                });
+            }
+        });
+        Ok(lifecycle)
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn node(&self) -> &Arc<dyn Node> {
+        &self.node
+    }
+
+    pub fn config(&self) -> &LifecycleConfig {
+        &self.config
+    }
+
+    /// A token cancelled when the sandbox stops serving traffic.
+    pub fn liveness(&self, id: &str) -> CancellationToken {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.entry(id.to_owned()).or_default().clone()
+    }
+
+    fn cut_traffic(&self, id: &str) {
+        let token = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        if let Some(token) = token {
+            token.cancel();
+        }
+    }
+
+    pub async fn resolve_template(&self, wanted: &str) -> Result<TemplateInfo> {
+        // `name:tag` — tags arrive with the template system (issue 5); `name:default` is the name.
+        let name = wanted.strip_suffix(":default").unwrap_or(wanted);
+        let templates = self.node.templates().await?;
+        templates
+            .into_iter()
+            .find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name))
+            .ok_or_else(|| LifecycleError::NotFound(format!("template '{wanted}' not found")))
+    }
+
+    fn check_timeout(&self, timeout_s: i32) -> Result<()> {
+        if timeout_s <= 0 {
+            return Err(LifecycleError::BadRequest("Timeout must be greater than 0 seconds".into()));
+        }
+        if timeout_s > self.config.max_timeout_s {
+            return Err(LifecycleError::BadRequest(format!(
+                "Timeout cannot be greater than {} hours",
+                self.config.max_timeout_s / 3600
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn create(&self, req: CreateRequest) -> Result<api::Sandbox> {
+        let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
+        self.check_timeout(timeout_s)?;
+        let template = self.resolve_template(&req.template).await?;
+        let id = ids::sandbox_id();
+        let token = req.secure.then(ids::access_token);
+        let spec = SandboxSpec {
+            sandbox_id: id.clone(),
+            template_id: template.template_id.clone(),
+            cpu_count: template.cpu_count,
+            memory_mb: template.memory_mb,
+            disk_size_mb: template.disk_size_mb,
+            env_vars: req.env_vars.clone(),
+            envd_access_token: token.clone(),
+            network: crate::node::NetworkPolicy {
+                allow_internet: req.allow_internet,
+                allow_out: req.allow_out.clone(),
+                deny_out: req.deny_out.clone(),
+            },
+            metadata: req.metadata.clone(),
+        };
+        let address = self.node.create(spec).await?;
+        let now = now_ms();
+        let record = SandboxRecord {
+            id: id.clone(),
+            template_id: template.template_id.clone(),
+            alias: template.aliases.first().cloned(),
+            node_id: self.config.node_id.clone(),
+            state: SandboxState::Running,
+            started_at_ms: now,
+            end_at_ms: now + i64::from(timeout_s) * 1000,
+            cpu_count: template.cpu_count as i32,
+            memory_mb: template.memory_mb as i32,
+            disk_size_mb: template.disk_size_mb as i32,
+            envd_version: template.envd_version.clone(),
+            envd_access_token: token,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            auto_pause: req.auto_pause,
+            auto_pause_memory: req.auto_pause_memory,
+            auto_pause_grace_s: req.auto_pause_grace_s as i32,
+            auto_resume: req.auto_resume,
+            network: crate::node::NetworkPolicy { allow_internet: req.allow_internet, allow_out: req.allow_out, deny_out: req.deny_out },
+            address: Some(address.to_string()),
+        };
+        if let Err(e) = self.store.insert_sandbox(&record).await {
+            // Leave nothing behind: the node's sandbox goes too.
+            if let Err(kill) = self.node.kill(&id).await {
+                tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");
+            }
+            return Err(e.into());
+        }
+        self.arm(&record);
+        tracing::info!(sandbox = %id, template = %record.template_id, "sandbox created");
+        Ok(self.sandbox_response(&record))
+    }
+
+    pub fn sandbox_response(&self, r: &SandboxRecord) -> api::Sandbox {
+        api::Sandbox {
+            template_id: r.template_id.clone(),
+            sandbox_id: r.id.clone(),
+            client_id: CLIENT_ID.into(),
+            envd_version: r.envd_version.clone(),
+            alias: r.alias.clone(),
+            envd_access_token: r.envd_access_token.clone(),
+            traffic_access_token: None,
+            domain: None,
+        }
+    }
+
+    /// Connect: a running sandbox's end is only ever extended (200); a paused one is resumed (201).
+    pub async fn connect(&self, id: &str, timeout_s: Option<i32>) -> Result<(api::Sandbox, bool)> {
+        let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
+        self.check_timeout(timeout_s)?;
+        let record = self.store.get_sandbox(id).await?;
+        let wanted_end = now_ms() + i64::from(timeout_s) * 1000;
+        match record.state {
+            SandboxState::Running => {
+                if wanted_end > record.end_at_ms {
+                    self.store.set_sandbox_end(id, wanted_end).await?;
+                    self.arm(&SandboxRecord { end_at_ms: wanted_end, ..record.clone() });
+                }
+                Ok((self.sandbox_response(&record), false))
+            }
+            SandboxState::Paused => {
+                let resumed = self.resume_paused(record, wanted_end).await?;
+                Ok((self.sandbox_response(&resumed), true))
+            }
+        }
+    }
+
+    async fn resume_paused(&self, record: SandboxRecord, end_at_ms: i64) -> Result<SandboxRecord> {
+        let address = self.node.resume(&record.id).await?;
+        let address = address.to_string();
+        if !self.store.transition_sandbox(&record.id, SandboxState::Paused, SandboxState::Running, Some(&address), end_at_ms).await? {
+            return Err(LifecycleError::Conflict(format!("sandbox {} changed state while resuming", record.id)));
+        }
+        let resumed = SandboxRecord { state: SandboxState::Running, address: Some(address), end_at_ms, ..record };
+        self.arm(&resumed);
+        tracing::info!(sandbox = %resumed.id, "sandbox resumed");
+        Ok(resumed)
+    }
+
+    /// Deprecated v1 resume: only paused sandboxes (409 otherwise).
+    pub async fn resume(&self, id: &str, timeout_s: Option<i32>) -> Result<api::Sandbox> {
+        let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
+        self.check_timeout(timeout_s)?;
+        let record = self.store.get_sandbox(id).await?;
+        if record.state == SandboxState::Running {
+            return Err(LifecycleError::Conflict(format!("sandbox {id} is already running")));
+        }
+        let resumed = self.resume_paused(record, now_ms() + i64::from(timeout_s) * 1000).await?;
+        Ok(self.sandbox_response(&resumed))
+    }
+
+    /// Wakes a paused sandbox with auto-resume (for proxied traffic). Returns the running record.
+    pub async fn auto_resume(&self, id: &str) -> Result<SandboxRecord> {
+        let record = self.store.get_sandbox(id).await?;
+        match record.state {
+            SandboxState::Running => Ok(record),
+            SandboxState::Paused if record.auto_resume => {
+                let end = now_ms() + i64::from(self.config.default_timeout_s) * 1000;
+                self.resume_paused(record, end).await
+            }
+            SandboxState::Paused => Err(LifecycleError::NotFound(format!("sandbox {id} is paused"))),
+        }
+    }
+
+    pub async fn pause(&self, id: &str, keep_memory: bool) -> Result<()> {
+        let record = self.store.get_sandbox(id).await?;
+        if record.state == SandboxState::Paused {
+            return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
+        }
+        self.cut_traffic(id);
+        self.node.pause(id, keep_memory).await?;
+        let address = if keep_memory { record.address.as_deref() } else { None };
+        if !self.store.transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, record.end_at_ms).await? {
+            return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
+        }
+        self.deadlines.cancel(id);
+        tracing::info!(sandbox = %id, keep_memory, "sandbox paused");
+        Ok(())
+    }
+
+    pub async fn kill(&self, id: &str) -> Result<()> {
+        // Existence first, so an unknown id is a 404 and not a silent success.
+        self.store.get_sandbox(id).await?;
+        self.cut_traffic(id);
+        self.deadlines.cancel(id);
+        self.node.kill(id).await?;
+        self.store.delete_sandbox(id).await?;
+        tracing::info!(sandbox = %id, "sandbox killed");
+        Ok(())
+    }
+
+    /// `POST /sandboxes/{id}/timeout`: end = now + timeout (may shorten).
+    pub async fn set_timeout(&self, id: &str, timeout_s: i32) -> Result<()> {
+        self.check_timeout(timeout_s)?;
+        let record = self.store.get_sandbox(id).await?;
+        let end = now_ms() + i64::from(timeout_s) * 1000;
+        self.store.set_sandbox_end(id, end).await?;
+        if record.state == SandboxState::Running {
+            self.arm(&SandboxRecord { end_at_ms: end, ..record });
+        }
+        Ok(())
+    }
+
+    /// Seed feature 7: extend the lifetime by `duration_s` from now, never shortening and never past the maximum
+    /// total lifetime. Returns the new end (unix ms).
+    pub async fn refresh(&self, id: &str, duration_s: Option<i32>) -> Result<i64> {
+        let duration_s = duration_s.unwrap_or(self.config.default_timeout_s);
+        if duration_s <= 0 {
+            return Err(LifecycleError::BadRequest("duration must be greater than 0 seconds".into()));
+        }
+        let record = self.store.get_sandbox(id).await?;
+        let limit = record.started_at_ms + self.config.max_lifetime_s * 1000;
+        let wanted = now_ms() + i64::from(duration_s) * 1000;
+        if wanted > limit {
+            return Err(LifecycleError::BadRequest(format!(
+                "refresh would extend sandbox {id} past its maximum lifetime of {} seconds",
+                self.config.max_lifetime_s
+            )));
+        }
+        let end = wanted.max(record.end_at_ms);
+        self.store.set_sandbox_end(id, end).await?;
+        if record.state == SandboxState::Running {
+            self.arm(&SandboxRecord { end_at_ms: end, ..record });
+        }
+        Ok(end)
+    }
+
+    /// Schedules the timeout of a running sandbox: at `end` (kill) or `end + grace` (auto-pause).
+    fn arm(&self, record: &SandboxRecord) {
+        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
+        let fire_at = record.end_at_ms + grace_ms;
+        let delay = Duration::from_millis((fire_at - now_ms()).max(0) as u64);
+        self.deadlines.set(&record.id, tokio::time::Instant::now() + delay);
+    }
+
+    async fn on_deadline(&self, id: &str) -> Result<()> {
+        let record = match self.store.get_sandbox(id).await {
+            Ok(r) => r,
+            Err(StoreError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if record.state != SandboxState::Running {
+            return Ok(());
+        }
+        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
+        if record.end_at_ms + grace_ms > now_ms() {
+            self.arm(&record); // extended meanwhile
+            return Ok(());
+        }
+        if record.auto_pause {
+            tracing::info!(sandbox = %id, "timeout reached: pausing");
+            match self.pause(id, record.auto_pause_memory).await {
+                Err(LifecycleError::Conflict(_)) => Ok(()),
+                other => other,
+            }
+        } else {
+            tracing::info!(sandbox = %id, "timeout reached: killing");
+            match self.kill(id).await {
+                Err(LifecycleError::NotFound(_)) => Ok(()),
+                other => other,
+            }
+        }
+    }
+}
