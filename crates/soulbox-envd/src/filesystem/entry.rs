@@ -206,7 +206,7 @@ mod tests {
     #[test]
     fn go_mode_strings() {
         assert_eq!(go_mode_string(S_IFREG | 0o644), "-rw-r--r--");
-        assert_eq!(go_mode_string(S_IFREG | 0o000), "----------");
+        assert_eq!(go_mode_string(S_IFREG), "----------");
         assert_eq!(go_mode_string(S_IFREG | 0o200), "--w-------");
         assert_eq!(go_mode_string(S_IFDIR | 0o755), "drwxr-xr-x");
         assert_eq!(go_mode_string(S_IFLNK | 0o777), "Lrwxrwxrwx");

@@ -73,7 +73,8 @@ async fn make_dir(state: AppState, ctx: RpcContext, req: pb::MakeDirRequest) -> 
                     path.display()
                 )));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A file where an ancestor should be is reported by `ensure_dirs` below.
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
             Err(e) => return Err(RpcError::internal(format!("error getting file info: {e}"))),
         }
         if !ops::ensure_dirs(&path, user.uid, user.gid)? {

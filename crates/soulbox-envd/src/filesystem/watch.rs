@@ -418,7 +418,7 @@ impl WatchState {
         if self.queue.len() >= MAX_BUFFERED_EVENTS {
             self.queue.pop_front();
             self.dropped += 1;
-            if self.dropped == 1 || self.dropped % 1000 == 0 {
+            if self.dropped == 1 || self.dropped.is_multiple_of(1000) {
                 tracing::warn!(
                     root = %options.root.display(),
                     dropped = self.dropped,
