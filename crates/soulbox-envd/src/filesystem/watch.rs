@@ -365,8 +365,12 @@ impl WatchState {
                 self.forget_subtree(&rel);
             }
             if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                // Only a freshly created directory can have gained content the kernel did not report to us
+                // (created before its watch existed); a directory moved in brings content that was not
+                // created now, so it is watched silently.
+                let announce = mask.contains(EventMask::CREATE).then_some(options);
                 let absolute = options.root.join(&rel);
-                self.watch_tree(&absolute, &rel, Some(options));
+                self.watch_tree(&absolute, &rel, announce);
             }
         }
     }
@@ -534,6 +538,28 @@ mod tests {
         ] {
             assert!(got.contains(&want), "missing {want:?} in {got:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn directories_moved_inside_the_tree_stay_watched_under_their_new_name() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/sub")).unwrap();
+        std::fs::write(dir.path().join("a/sub/old"), b"").unwrap();
+        let registry = WatchRegistry::default();
+        let (_, watcher) = registry.create(options(dir.path(), true), Delivery::Polled).unwrap();
+        std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        registry.sync();
+        std::fs::write(dir.path().join("b/sub/new"), b"1").unwrap();
+        let got = names(&watcher.take_events().unwrap());
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), EventType::Rename),
+                ("b".to_owned(), EventType::Create),
+                ("b/sub/new".to_owned(), EventType::Create),
+                ("b/sub/new".to_owned(), EventType::Write),
+            ]
+        );
     }
 
     #[tokio::test]
