@@ -69,10 +69,10 @@ async fn serve(file: File, meta: &Metadata, path: &Path, headers: &HeaderMap) ->
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::VARY, "Accept-Encoding")
         .header(header::ACCEPT_RANGES, "bytes");
-    if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-        if let Ok(value) = HeaderValue::from_str(&content_disposition(name)) {
-            builder = builder.header(header::CONTENT_DISPOSITION, value);
-        }
+    if let Some(name) = path.file_name().and_then(|n| n.to_str())
+        && let Ok(value) = HeaderValue::from_str(&content_disposition(name))
+    {
+        builder = builder.header(header::CONTENT_DISPOSITION, value);
     }
     if let Some(m) = modified {
         builder = builder.header(header::LAST_MODIFIED, httpdate::fmt_http_date(m));
@@ -114,13 +114,19 @@ async fn serve(file: File, meta: &Metadata, path: &Path, headers: &HeaderMap) ->
                 let reader = BufReader::with_capacity(CHUNK, file);
                 let gz = GzipEncoder::with_quality(reader, Level::Fastest);
                 let body = Body::from_stream(ReaderStream::with_capacity(gz, CHUNK));
-                Ok(builder.status(StatusCode::OK).header(header::CONTENT_ENCODING, "gzip").body(body).unwrap_or_default())
+                Ok(builder
+                    .status(StatusCode::OK)
+                    .header(header::CONTENT_ENCODING, "gzip")
+                    .body(body)
+                    .unwrap_or_default())
             }
             Some(Encoding::Identity) => {
                 let body = Body::from_stream(ReaderStream::with_capacity(file.take(size), CHUNK));
                 Ok(builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, size).body(body).unwrap_or_default())
             }
-            None => Ok(json_error(StatusCode::NOT_ACCEPTABLE, "no acceptable content encoding (supported: gzip, identity)")),
+            None => {
+                Ok(json_error(StatusCode::NOT_ACCEPTABLE, "no acceptable content encoding (supported: gzip, identity)"))
+            }
         },
     }
 }
@@ -137,8 +143,18 @@ pub fn content_disposition(name: &str) -> String {
         format!("inline; filename=\"{escaped}\"")
     } else {
         const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-            .remove(b'!').remove(b'#').remove(b'$').remove(b'&').remove(b'+').remove(b'-').remove(b'.')
-            .remove(b'^').remove(b'_').remove(b'`').remove(b'|').remove(b'~');
+            .remove(b'!')
+            .remove(b'#')
+            .remove(b'$')
+            .remove(b'&')
+            .remove(b'+')
+            .remove(b'-')
+            .remove(b'.')
+            .remove(b'^')
+            .remove(b'_')
+            .remove(b'`')
+            .remove(b'|')
+            .remove(b'~');
         format!("inline; filename*=utf-8''{}", percent_encoding::utf8_percent_encode(name, ATTR_CHAR))
     }
 }
@@ -162,7 +178,10 @@ fn range_applies(headers: &HeaderMap, modified: Option<SystemTime>) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub enum RangeRequest {
     /// One satisfiable range, `end` inclusive.
-    Bytes { start: u64, end: u64 },
+    Bytes {
+        start: u64,
+        end: u64,
+    },
     Unsatisfiable,
     /// Not a single byte range we serve (other units, several ranges): the whole file is sent (RFC 9110
     /// lets a server ignore Range).

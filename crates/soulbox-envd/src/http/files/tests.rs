@@ -61,10 +61,8 @@ fn parse_reply(raw: &[u8]) -> Reply {
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
+    let headers: Vec<(String, String)> =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())).collect();
     let mut body = raw[split + 4..].to_vec();
     if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
         body = dechunk(&body);
@@ -134,7 +132,14 @@ async fn octet_stream_upload_then_download() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("new/sub/a.txt");
     let t = target.to_str().unwrap();
-    let r = request(addr, "POST", &format!("/files?path={}", enc(t)), &[("Content-Type", "application/octet-stream")], b"hello").await;
+    let r = request(
+        addr,
+        "POST",
+        &format!("/files?path={}", enc(t)),
+        &[("Content-Type", "application/octet-stream")],
+        b"hello",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json(), serde_json::json!([{"name": "a.txt", "type": "file", "path": t}]));
     assert_eq!(std::fs::read(&target).unwrap(), b"hello");
@@ -151,7 +156,14 @@ async fn octet_stream_upload_then_download() {
     assert!(r.header("last-modified").is_some());
 
     // Overwrite in place with a shorter body: truncated.
-    let r = request(addr, "POST", &format!("/files?path={}", enc(t)), &[("Content-Type", "application/octet-stream")], b"hi").await;
+    let r = request(
+        addr,
+        "POST",
+        &format!("/files?path={}", enc(t)),
+        &[("Content-Type", "application/octet-stream")],
+        b"hi",
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(std::fs::read(&target).unwrap(), b"hi");
 
@@ -181,7 +193,9 @@ async fn multipart_single_and_multi_with_full_paths() {
     // With `path` given, the single part goes there whatever its filename.
     let c = dir.path().join("c.txt");
     let (ct, body) = multipart(&[("ignored-name.txt", b"CCC")]);
-    let r = request(addr, "POST", &format!("/files?path={}", enc(c.to_str().unwrap())), &[("Content-Type", &ct)], &body).await;
+    let r =
+        request(addr, "POST", &format!("/files?path={}", enc(c.to_str().unwrap())), &[("Content-Type", &ct)], &body)
+            .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(std::fs::read(&c).unwrap(), b"CCC");
     assert!(!dir.path().join("ignored-name.txt").exists());
@@ -200,7 +214,14 @@ async fn duplicate_parts_and_directory_targets_leave_nothing_behind() {
 
     let sub = dir.path().join("adir");
     std::fs::create_dir(&sub).unwrap();
-    let r = request(addr, "POST", &format!("/files?path={}", enc(sub.to_str().unwrap())), &[("Content-Type", "application/octet-stream")], b"x").await;
+    let r = request(
+        addr,
+        "POST",
+        &format!("/files?path={}", enc(sub.to_str().unwrap())),
+        &[("Content-Type", "application/octet-stream")],
+        b"x",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(r.json()["message"].as_str().unwrap().contains("is a directory"));
 
@@ -219,7 +240,14 @@ async fn gzip_request_bodies_and_gzip_downloads() {
     let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
     let p = dir.path().join("g.bin");
     let target = format!("/files?path={}", enc(p.to_str().unwrap()));
-    let r = request(addr, "POST", &target, &[("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip")], &gzip(&data)).await;
+    let r = request(
+        addr,
+        "POST",
+        &target,
+        &[("Content-Type", "application/octet-stream"), ("Content-Encoding", "gzip")],
+        &gzip(&data),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(std::fs::read(&p).unwrap(), data);
 
@@ -230,7 +258,14 @@ async fn gzip_request_bodies_and_gzip_downloads() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(std::fs::read(&q).unwrap(), b"multi gz");
 
-    let r = request(addr, "POST", &target, &[("Content-Type", "application/octet-stream"), ("Content-Encoding", "br")], b"x").await;
+    let r = request(
+        addr,
+        "POST",
+        &target,
+        &[("Content-Type", "application/octet-stream"), ("Content-Encoding", "br")],
+        b"x",
+    )
+    .await;
     assert_eq!(r.status, 400);
 
     let r = request(addr, "GET", &target, &[("Accept-Encoding", "gzip, deflate")], b"").await;
@@ -278,7 +313,10 @@ async fn ranges_conditionals_and_errors() {
     let missing = dir.path().join("nope.txt");
     let r = request(addr, "GET", &format!("/files?path={}", enc(missing.to_str().unwrap())), &[], b"").await;
     assert_eq!(r.status, 404);
-    assert_eq!(r.json(), serde_json::json!({"code": 404, "message": format!("path '{}' does not exist", missing.display())}));
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"code": 404, "message": format!("path '{}' does not exist", missing.display())})
+    );
 
     let r = request(addr, "GET", &format!("{target}&username=no-such-user-xyz"), &[], b"").await;
     assert_eq!(r.status, 401);
@@ -296,7 +334,8 @@ async fn metadata_headers_become_xattrs_and_are_replaced() {
     let p = dir.path().join("meta.txt");
     let target = format!("/files?path={}", enc(p.to_str().unwrap()));
     let octet = ("Content-Type", "application/octet-stream");
-    let r = request(addr, "POST", &target, &[octet, ("X-Metadata-Owner", "Alice"), ("X-Metadata-Tag", "v1")], b"m").await;
+    let r =
+        request(addr, "POST", &target, &[octet, ("X-Metadata-Owner", "Alice"), ("X-Metadata-Tag", "v1")], b"m").await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()[0]["metadata"], serde_json::json!({"owner": "Alice", "tag": "v1"}));
     assert_eq!(xattr(&p, "user.e2b.owner").as_deref(), Some("Alice"));
@@ -315,7 +354,14 @@ async fn metadata_headers_become_xattrs_and_are_replaced() {
     // Invalid metadata is refused before anything is written.
     let fresh = dir.path().join("never.txt");
     let big = "v".repeat(5000);
-    let r = request(addr, "POST", &format!("/files?path={}", enc(fresh.to_str().unwrap())), &[octet, ("X-Metadata-Big", &big)], b"m").await;
+    let r = request(
+        addr,
+        "POST",
+        &format!("/files?path={}", enc(fresh.to_str().unwrap())),
+        &[octet, ("X-Metadata-Big", &big)],
+        b"m",
+    )
+    .await;
     assert_eq!(r.status, 400);
     assert!(!fresh.exists());
 }
@@ -345,7 +391,10 @@ async fn token_and_signed_urls() {
     let r = request(addr, "GET", &format!("/files?path={}", enc(path)), &[], b"").await;
     assert_eq!((r.status, r.json()["message"].as_str()), (401, Some("missing signature query parameter")));
     let r = request(addr, "GET", &format!("/files?path={}", enc(path)), &[("X-Access-Token", "wrong")], b"").await;
-    assert_eq!((r.status, r.json()["message"].as_str()), (401, Some("access token present in header but does not match")));
+    assert_eq!(
+        (r.status, r.json()["message"].as_str()),
+        (401, Some("access token present in header but does not match"))
+    );
     let r = request(addr, "GET", &format!("/files?path={}", enc(path)), &[("X-Access-Token", TOKEN)], b"").await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"signed"[..]));
 
@@ -357,9 +406,23 @@ async fn token_and_signed_urls() {
         let r = request(addr, "GET", &signed(path, Operation::Read, "root", None, scheme), &[], b"").await;
         assert_eq!(r.status, 200, "{}", r.text());
         // A read signature does not allow a write.
-        let r = request(addr, "POST", &signed(path, Operation::Read, "", None, scheme), &[("Content-Type", "application/octet-stream")], b"x").await;
+        let r = request(
+            addr,
+            "POST",
+            &signed(path, Operation::Read, "", None, scheme),
+            &[("Content-Type", "application/octet-stream")],
+            b"x",
+        )
+        .await;
         assert_eq!((r.status, r.json()["message"].as_str()), (401, Some("invalid signature")));
-        let r = request(addr, "POST", &signed(path, Operation::Write, "", None, scheme), &[("Content-Type", "application/octet-stream")], b"written").await;
+        let r = request(
+            addr,
+            "POST",
+            &signed(path, Operation::Write, "", None, scheme),
+            &[("Content-Type", "application/octet-stream")],
+            b"written",
+        )
+        .await;
         assert_eq!(r.status, 200, "{}", r.text());
         std::fs::write(&p, b"signed").unwrap();
 
@@ -372,7 +435,8 @@ async fn token_and_signed_urls() {
     let url = signed(path, Operation::Read, "", None, Scheme::E2b).replace("s%2Etxt", "t%2Etxt");
     assert!(url.contains("t%2Etxt"));
     assert_eq!(request(addr, "GET", &url, &[], b"").await.json()["message"], "invalid signature");
-    let url = signed(path, Operation::Read, "", Some(now - 10), Scheme::E2b).replace(&format!("={}", now - 10), &format!("={}", now - 11));
+    let url = signed(path, Operation::Read, "", Some(now - 10), Scheme::E2b)
+        .replace(&format!("={}", now - 10), &format!("={}", now - 11));
     assert_eq!(request(addr, "GET", &url, &[], b"").await.json()["message"], "invalid signature");
     let url = signed(path, Operation::Read, "", Some(now), Scheme::E2b).replace(&format!("={now}"), "=soon");
     assert_eq!(request(addr, "GET", &url, &[], b"").await.status, 400);
@@ -392,14 +456,22 @@ async fn downloads_and_uploads_use_the_users_permissions() {
     let secret = dir.path().join("secret.txt");
     std::fs::write(&secret, b"root only").unwrap();
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let r = request(addr, "GET", &format!("/files?path={}&username=nobody", enc(secret.to_str().unwrap())), &[], b"").await;
+    let r =
+        request(addr, "GET", &format!("/files?path={}&username=nobody", enc(secret.to_str().unwrap())), &[], b"").await;
     assert_eq!(r.status, 403, "{}", r.text());
     let r = request(addr, "GET", &format!("/files?path={}", enc(secret.to_str().unwrap())), &[], b"").await;
     assert_eq!(r.status, 200);
 
     // Writing into a root-owned 0755 directory as nobody: refused, nothing created.
     let target = dir.path().join("sub/new.txt");
-    let r = request(addr, "POST", &format!("/files?path={}&username=nobody", enc(target.to_str().unwrap())), &[("Content-Type", "application/octet-stream")], b"x").await;
+    let r = request(
+        addr,
+        "POST",
+        &format!("/files?path={}&username=nobody", enc(target.to_str().unwrap())),
+        &[("Content-Type", "application/octet-stream")],
+        b"x",
+    )
+    .await;
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(!dir.path().join("sub").exists());
 
@@ -408,7 +480,14 @@ async fn downloads_and_uploads_use_the_users_permissions() {
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let target = open.join("deep/file.txt");
-    let r = request(addr, "POST", &format!("/files?path={}&username=nobody", enc(target.to_str().unwrap())), &[("Content-Type", "application/octet-stream")], b"x").await;
+    let r = request(
+        addr,
+        "POST",
+        &format!("/files?path={}&username=nobody", enc(target.to_str().unwrap())),
+        &[("Content-Type", "application/octet-stream")],
+        b"x",
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     use std::os::unix::fs::MetadataExt;
     let nobody = crate::users::Accounts::load().user("nobody").unwrap();
@@ -475,9 +554,22 @@ async fn metrics_over_http() {
     assert_eq!(r.status, 200, "{}", r.text());
     let m = r.json();
     for key in [
-        "ts", "cpu_count", "cpu_used_pct", "mem_total", "mem_used", "mem_cache", "mem_total_mib", "mem_used_mib",
-        "disk_used", "disk_total", "mem_used_pct", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes",
-        "net_tx_bytes", "process_count",
+        "ts",
+        "cpu_count",
+        "cpu_used_pct",
+        "mem_total",
+        "mem_used",
+        "mem_cache",
+        "mem_total_mib",
+        "mem_used_mib",
+        "disk_used",
+        "disk_total",
+        "mem_used_pct",
+        "disk_read_bytes",
+        "disk_write_bytes",
+        "net_rx_bytes",
+        "net_tx_bytes",
+        "process_count",
     ] {
         assert!(m.get(key).is_some(), "missing {key} in {m}");
     }

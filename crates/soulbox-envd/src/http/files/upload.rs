@@ -90,7 +90,9 @@ async fn handle(state: &AppState, headers: &HeaderMap, uri: &Uri, body: Body) ->
         BodyKind::Multipart(boundary) => {
             let mut multipart = multer::Multipart::new(stream, boundary);
             let mut parts = 0usize;
-            while let Some(field) = multipart.next_field().await.map_err(|e| bad(&format!("invalid multipart body: {e}")))? {
+            while let Some(field) =
+                multipart.next_field().await.map_err(|e| bad(&format!("invalid multipart body: {e}")))?
+            {
                 parts += 1;
                 if parts > MAX_PARTS {
                     return Err(bad(&format!("too many multipart parts (at most {MAX_PARTS})")));
@@ -104,7 +106,11 @@ async fn handle(state: &AppState, headers: &HeaderMap, uri: &Uri, body: Body) ->
                 } else {
                     match field.file_name() {
                         Some(name) if !name.is_empty() => resolve(name, &access.user, workdir.as_deref())?,
-                        _ => return Err(bad("multipart part 'file' has no filename and no path query parameter is given")),
+                        _ => {
+                            return Err(bad(
+                                "multipart part 'file' has no filename and no path query parameter is given",
+                            ));
+                        }
                     }
                 };
                 let chunks = futures::stream::unfold(field, |mut field| async move {

@@ -58,7 +58,8 @@ impl Cgroup {
             });
             own.filter(|d| d.is_dir()).or_else(|| mount.is_dir().then_some(mount))
         };
-        let v1 = Cgroup::V1 { memory: find("memory"), cpu: find("cpu"), cpuacct: find("cpuacct"), blkio: find("blkio") };
+        let v1 =
+            Cgroup::V1 { memory: find("memory"), cpu: find("cpu"), cpuacct: find("cpuacct"), blkio: find("blkio") };
         match &v1 {
             Cgroup::V1 { memory: None, cpu: None, cpuacct: None, blkio: None } => None,
             _ => Some(v1),
@@ -68,7 +69,9 @@ impl Cgroup {
     pub fn stats(&self) -> CgroupStats {
         match self {
             Cgroup::V2(dir) => v2_stats(dir),
-            Cgroup::V1 { memory, cpu, cpuacct, blkio } => v1_stats(memory.as_deref(), cpu.as_deref(), cpuacct.as_deref(), blkio.as_deref()),
+            Cgroup::V1 { memory, cpu, cpuacct, blkio } => {
+                v1_stats(memory.as_deref(), cpu.as_deref(), cpuacct.as_deref(), blkio.as_deref())
+            }
         }
     }
 }
@@ -203,7 +206,10 @@ mod tests {
         std::fs::write(dir.path().join("cpu.max"), "200000 100000\n").unwrap();
         let cg = Cgroup::detect_in(dir.path(), "0::/\n").unwrap();
         let s = cg.stats();
-        assert_eq!((s.memory_usage, s.memory_limit, s.memory_cache, s.memory_anon), (Some(1234), None, Some(200), Some(1000)));
+        assert_eq!(
+            (s.memory_usage, s.memory_limit, s.memory_cache, s.memory_anon),
+            (Some(1234), None, Some(200), Some(1000))
+        );
         assert_eq!((s.cpu_usage_usec, s.cpu_limit), (Some(5000), Some(2.0)));
 
         let v1 = tempfile::tempdir().unwrap();

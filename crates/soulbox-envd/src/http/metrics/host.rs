@@ -92,7 +92,9 @@ pub fn process_count() -> u64 {
     std::fs::read_dir("/proc")
         .map(|dir| {
             dir.filter_map(Result::ok)
-                .filter(|e| e.file_name().to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+                .filter(|e| {
+                    e.file_name().to_str().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                })
                 .count() as u64
         })
         .unwrap_or(0)
@@ -115,7 +117,9 @@ mod tests {
 
     #[test]
     fn parses_proc_files() {
-        let m = parse_meminfo("MemTotal:       2048 kB\nMemFree: 1 kB\nMemAvailable:   1024 kB\nBuffers: 1 kB\nCached: 3 kB\nSwapCached: 100 kB\n");
+        let m = parse_meminfo(
+            "MemTotal:       2048 kB\nMemFree: 1 kB\nMemAvailable:   1024 kB\nBuffers: 1 kB\nCached: 3 kB\nSwapCached: 100 kB\n",
+        );
         assert_eq!(m, Meminfo { total: 2048 * 1024, available: 1024 * 1024, cache: 4 * 1024 });
         assert_eq!(parse_cpu_busy_usec("cpu  10 0 5 100 50 1 1 0 0 0\ncpu0 1 1 1 1\n"), Some(17 * 10_000));
         let net = "Inter-|\n face |\n    lo: 100 1 0 0 0 0 0 0 100 1 0 0 0 0 0 0\n  eth0: 200 2 0 0 0 0 0 0 300 3 0 0 0 0 0 0\n";
