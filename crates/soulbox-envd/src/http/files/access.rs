@@ -1,7 +1,7 @@
 //! Who may use `/files` and as whom: the access-token / signed-URL gate (spec §2.7, §3), then the user and the
 //! resolved path.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::response::Response;
@@ -84,7 +84,7 @@ fn check_token_or_signature(
 }
 
 /// The response for a failed filesystem call on `path` made as `user`.
-pub fn io_failure(err: &std::io::Error, path: &std::path::Path, user: &User) -> Response {
+pub fn io_failure(err: &std::io::Error, path: &Path, user: &User) -> Response {
     use std::io::ErrorKind;
     let shown = path.display();
     match err.kind() {
@@ -106,5 +106,22 @@ pub fn io_failure(err: &std::io::Error, path: &std::path::Path, user: &User) -> 
             tracing::warn!(path = %shown, error = %err, "file operation failed");
             json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("error accessing path '{shown}': {err}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_map_to_e2b_statuses() {
+        let user = User { name: "u".into(), uid: 1, gid: 1, home: "/h".into(), shell: String::new(), groups: vec![] };
+        let status = |errno: i32| io_failure(&std::io::Error::from_raw_os_error(errno), Path::new("/p"), &user).status();
+        assert_eq!(status(28), StatusCode::INSUFFICIENT_STORAGE); // ENOSPC
+        assert_eq!(status(122), StatusCode::INSUFFICIENT_STORAGE); // EDQUOT
+        assert_eq!(status(2), StatusCode::NOT_FOUND); // ENOENT
+        assert_eq!(status(21), StatusCode::BAD_REQUEST); // EISDIR
+        assert_eq!(status(13), StatusCode::FORBIDDEN); // EACCES
+        assert_eq!(status(5), StatusCode::INTERNAL_SERVER_ERROR); // EIO
     }
 }
