@@ -1,14 +1,26 @@
-//! `GET /files` (download) and `POST /files` (upload).
+//! `GET /files` (download) and `POST /files` (upload), E2B envd's plain-HTTP file transfer (spec §2.7, §3).
+//!
+//! Both stream: a download is read from disk in bounded chunks, an upload is written as it arrives, so a
+//! transfer's memory use does not depend on the file's size.
+//!
+//! Permissions: envd runs as root, but a `/files` request acts for a user (`username`, else the default user).
+//! Every path-touching system call (stat/open/mkdir) runs on a short-lived thread that has taken on that user's
+//! uid, gid and groups (Linux credentials are per thread), so the kernel applies exactly the checks it would
+//! apply to a command run as that user (modes, ACLs, search permission on every parent). See [`as_user`].
 
-use axum::response::Response;
-use http::StatusCode;
+// Errors here are finished E2B error responses (`json_error`), built on the cold path and returned as is;
+// boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
 
-use crate::http::json_error;
+mod access;
+mod as_user;
+mod download;
+mod metadata;
+mod query;
+mod upload;
 
-pub async fn download() -> Response {
-    json_error(StatusCode::NOT_IMPLEMENTED, "not yet")
-}
+#[cfg(test)]
+mod tests;
 
-pub async fn upload() -> Response {
-    json_error(StatusCode::NOT_IMPLEMENTED, "not yet")
-}
+pub use download::download;
+pub use upload::upload;
