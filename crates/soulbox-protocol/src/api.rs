@@ -192,7 +192,7 @@ pub struct SandboxPauseRequest {
 }
 
 /// `POST /sandboxes/{id}/refreshes` (seed feature 7): extend by `duration` seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SandboxRefreshRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<i32>,

@@ -118,4 +118,12 @@ pub trait Node: Send + Sync + 'static {
     /// Kills and deletes everything the sandbox holds. Killing an unknown sandbox is not an error.
     async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError>;
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError>;
+    /// The sandbox's agent log (envd's stdout/stderr), oldest first.
+    async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub unix_ms: i64,
+    pub line: String,
 }

@@ -1,0 +1,91 @@
+//! The E2B REST API (spec §1) plus SoulBox's additions, in E2B's error shape everywhere.
+
+mod sandboxes;
+mod system;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use soulbox_protocol::api::ApiError;
+
+use crate::lifecycle::{Lifecycle, LifecycleError};
+use crate::metrics::MetricsStore;
+
+/// Everything the API handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub lifecycle: Arc<Lifecycle>,
+    pub metrics: Arc<MetricsStore>,
+    /// Base domain returned to clients (`null` when unset: clients then use their own `E2B_DOMAIN`).
+    pub domain: Option<String>,
+    pub started: std::time::Instant,
+}
+
+pub fn router(state: ApiState) -> Router {
+    let authenticated = Router::new()
+        .route("/sandboxes", post(sandboxes::create_v1).get(sandboxes::list_v1))
+        .route("/v2/sandboxes", post(sandboxes::create_v2).get(sandboxes::list_v2))
+        .route("/sandboxes/metrics", get(sandboxes::metrics_many))
+        .route("/sandboxes/{id}", get(sandboxes::get).delete(sandboxes::kill))
+        .route("/sandboxes/{id}/connect", post(sandboxes::connect_v1))
+        .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect_v2))
+        .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/resume", post(sandboxes::resume))
+        .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
+        .route("/sandboxes/{id}/metrics", get(sandboxes::metrics_one))
+        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/nodes", get(system::nodes))
+        .route("/templates", get(system::templates))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
+    Router::new()
+        .route("/health", get(system::health))
+        .route("/metrics", get(system::prometheus))
+        .route("/openapi.json", get(system::openapi))
+        .merge(authenticated)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .with_state(state)
+}
+
+/// `X-API-Key` on every API route, checked against the store (hashes, constant-time).
+async fn require_api_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(key) = key else {
+        return error(StatusCode::UNAUTHORIZED, "missing API key: set the X-API-Key header");
+    };
+    match state.lifecycle.store().verify_api_key(&key).await {
+        Ok(true) => next.run(request).await,
+        Ok(false) => error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        Err(e) => {
+            tracing::error!(error = %e, "api key check failed");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "could not check the API key")
+        }
+    }
+}
+
+/// An E2B error response: `{"code": <status>, "message": ...}`.
+pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    let body = ApiError { code: status.as_u16(), message: message.into(), error_code: None };
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for LifecycleError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            LifecycleError::NotFound(_) => StatusCode::NOT_FOUND,
+            LifecycleError::Conflict(_) => StatusCode::CONFLICT,
+            LifecycleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            LifecycleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LifecycleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self, "request failed");
+        }
+        error(status, self.to_string())
+    }
+}

@@ -1,0 +1,360 @@
+//! Sandbox endpoints (spec §1.4–§1.7) and SoulBox's refresh and metrics additions.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use serde::de::DeserializeOwned;
+use soulbox_protocol::api::{
+    ConnectSandbox, ListedSandbox, NewSandbox, SandboxDetail, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
+    SandboxTimeoutRequest, Lifecycle as ApiLifecycle, OnTimeout, SandboxNetworkConfig,
+};
+
+use super::{ApiState, error};
+use crate::lifecycle::{CreateRequest, LifecycleError};
+use crate::listing::{PageCursor, parse_metadata_filter, parse_states};
+use crate::store::SandboxRecord;
+use crate::time::{parse_rfc3339_ms, rfc3339};
+
+type Params = Query<HashMap<String, String>>;
+
+/// Parses a JSON body into `T`, answering 400 in E2B's shape; an empty body is `T::default()`.
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+fn create_request(req: NewSandbox, secure: bool) -> CreateRequest {
+    let network = req.network.unwrap_or_default();
+    CreateRequest {
+        template: req.template_id,
+        timeout_s: req.timeout,
+        metadata: req.metadata.unwrap_or_default(),
+        env_vars: req.env_vars.unwrap_or_default(),
+        auto_pause: req.auto_pause.unwrap_or(false),
+        auto_pause_memory: req.auto_pause_memory.unwrap_or(true),
+        auto_pause_grace_s: req.auto_pause_grace_period.unwrap_or(0),
+        auto_resume: req.auto_resume.map(|a| a.enabled).unwrap_or(false),
+        allow_internet: req.allow_internet_access.unwrap_or(true),
+        allow_out: network.allow_out.unwrap_or_default(),
+        deny_out: network.deny_out.unwrap_or_default(),
+        secure,
+    }
+}
+
+async fn create(state: ApiState, bytes: Bytes, v2: bool) -> Response {
+    let req: NewSandbox = match body(&bytes) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    if req.template_id.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "templateID is required");
+    }
+    // v1 issues an access token only for `secure: true`; v2 always secures the sandbox.
+    let secure = v2 || req.secure.unwrap_or(false);
+    state.metrics.creates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    match state.lifecycle.create(create_request(req, secure)).await {
+        Ok(mut sandbox) => {
+            sandbox.domain = state.domain.clone();
+            (StatusCode::CREATED, Json(sandbox)).into_response()
+        }
+        Err(e) => {
+            state.metrics.create_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            e.into_response()
+        }
+    }
+}
+
+pub async fn create_v1(State(state): State<ApiState>, bytes: Bytes) -> Response {
+    create(state, bytes, false).await
+}
+
+pub async fn create_v2(State(state): State<ApiState>, bytes: Bytes) -> Response {
+    create(state, bytes, true).await
+}
+
+fn listed(r: &SandboxRecord) -> ListedSandbox {
+    ListedSandbox {
+        template_id: r.template_id.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: crate::lifecycle::CLIENT_ID.into(),
+        started_at: rfc3339(r.started_at_ms),
+        end_at: rfc3339(r.end_at_ms),
+        cpu_count: r.cpu_count,
+        memory_mb: r.memory_mb,
+        disk_size_mb: r.disk_size_mb,
+        state: r.state,
+        envd_version: r.envd_version.clone(),
+        alias: r.alias.clone(),
+        metadata: Some(r.metadata.clone()),
+    }
+}
+
+fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
+    SandboxDetail {
+        template_id: r.template_id.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: crate::lifecycle::CLIENT_ID.into(),
+        started_at: rfc3339(r.started_at_ms),
+        end_at: rfc3339(r.end_at_ms),
+        envd_version: r.envd_version.clone(),
+        cpu_count: r.cpu_count,
+        memory_mb: r.memory_mb,
+        disk_size_mb: r.disk_size_mb,
+        state: r.state,
+        alias: r.alias.clone(),
+        envd_access_token: r.envd_access_token.clone(),
+        domain,
+        allow_internet_access: Some(r.network.allow_internet),
+        metadata: Some(r.metadata.clone()),
+        network: Some(SandboxNetworkConfig {
+            allow_out: Some(r.network.allow_out.clone()),
+            deny_out: Some(r.network.deny_out.clone()),
+            ..Default::default()
+        }),
+        lifecycle: Some(ApiLifecycle {
+            auto_resume: r.auto_resume,
+            on_timeout: if r.auto_pause { OnTimeout::Pause } else { OnTimeout::Kill },
+        }),
+    }
+}
+
+pub async fn list_v2(State(state): State<ApiState>, Query(params): Params) -> Response {
+    let filter = match params.get("metadata").map(|m| parse_metadata_filter(m)).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let states = match parse_states(params.get("state").map(String::as_str)) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let ascending = match params.get("order").map(String::as_str) {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(other) => return error(StatusCode::BAD_REQUEST, format!("invalid order {other:?}: expected asc or desc")),
+    };
+    let started_after = match params.get("startedAfter") {
+        Some(raw) => match parse_rfc3339_ms(raw) {
+            Some(ms) => Some(ms),
+            None => return error(StatusCode::BAD_REQUEST, format!("invalid startedAfter {raw:?}: expected RFC 3339")),
+        },
+        None => None,
+    };
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
+    };
+    let cursor = match params.get("nextToken").filter(|t| !t.is_empty()).map(|t| PageCursor::decode(t)).transpose() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let template = params.get("template");
+
+    let mut records = match state.lifecycle.store().list_sandboxes().await {
+        Ok(r) => r,
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
+    records.retain(|r| {
+        states.contains(&r.state)
+            && filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v))
+            && started_after.is_none_or(|after| r.started_at_ms >= after)
+            && template.is_none_or(|t| r.template_id == *t || r.alias.as_deref() == Some(t.as_str()))
+    });
+    let total_running = records.iter().filter(|r| r.state == SandboxState::Running).count();
+    let key = |r: &SandboxRecord| (r.started_at_ms, r.id.clone());
+    records.sort_by_key(key);
+    if !ascending {
+        records.reverse();
+    }
+    if let Some(c) = &cursor {
+        let pos = (c.started_at_ms, c.sandbox_id.clone());
+        records.retain(|r| if ascending { key(r) > pos } else { key(r) < pos });
+    }
+    let has_more = records.len() > limit;
+    records.truncate(limit);
+
+    let items: Vec<ListedSandbox> = records.iter().map(listed).collect();
+    let mut response = Json(items).into_response();
+    let headers = response.headers_mut();
+    if has_more && let Some(last) = records.last() {
+        let token = PageCursor { started_at_ms: last.started_at_ms, sandbox_id: last.id.clone() }.encode();
+        if let Ok(v) = HeaderValue::from_str(&token) {
+            headers.insert("x-next-token", v);
+        }
+    }
+    if states.contains(&SandboxState::Running) {
+        headers.insert("x-total-running", HeaderValue::from(total_running));
+    }
+    response
+}
+
+/// Deprecated v1 list: running sandboxes, optional metadata filter.
+pub async fn list_v1(State(state): State<ApiState>, Query(params): Params) -> Response {
+    let filter = match params.get("metadata").map(|m| parse_metadata_filter(m)).transpose() {
+        Ok(f) => f.unwrap_or_default(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match state.lifecycle.store().list_sandboxes().await {
+        Ok(records) => Json(
+            records
+                .iter()
+                .filter(|r| r.state == SandboxState::Running && filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+                .map(listed)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}
+
+pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.lifecycle.store().get_sandbox(&id).await {
+        Ok(r) => Json(detail(&r, state.domain.clone())).into_response(),
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}
+
+pub async fn kill(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.lifecycle.kill(&id).await {
+        Ok(()) => {
+            state.metrics.forget(&id);
+            state.metrics.kills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn connect(state: ApiState, id: String, req: ConnectSandbox) -> Response {
+    match state.lifecycle.connect(&id, req.timeout).await {
+        Ok((mut sandbox, resumed)) => {
+            sandbox.domain = state.domain.clone();
+            let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
+            (status, Json(sandbox)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn connect_v1(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+    match body::<ConnectSandbox>(&bytes) {
+        Ok(req) if req.timeout.is_none() => error(StatusCode::BAD_REQUEST, "timeout is required"),
+        Ok(req) => connect(state, id, req).await,
+        Err(resp) => resp,
+    }
+}
+
+pub async fn connect_v2(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+    match body::<ConnectSandbox>(&bytes) {
+        Ok(req) => connect(state, id, req).await,
+        Err(resp) => resp,
+    }
+}
+
+pub async fn set_timeout(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+    let req: SandboxTimeoutRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
+    };
+    match state.lifecycle.set_timeout(&id, req.timeout).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn pause(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+    let req: SandboxPauseRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match state.lifecycle.pause(&id, req.memory.unwrap_or(true)).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+struct ResumeRequest {
+    timeout: Option<i32>,
+}
+
+pub async fn resume(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+    let req: ResumeRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match state.lifecycle.resume(&id, req.timeout).await {
+        Ok(mut sandbox) => {
+            sandbox.domain = state.domain.clone();
+            (StatusCode::CREATED, Json(sandbox)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn refresh(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+    let req: SandboxRefreshRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    match state.lifecycle.refresh(&id, req.duration).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn unix_s_param(params: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Response> {
+    params
+        .get(key)
+        .map(|v| v.parse::<i64>().map_err(|_| error(StatusCode::BAD_REQUEST, format!("{key} must be unix seconds"))))
+        .transpose()
+}
+
+pub async fn metrics_one(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Params) -> Response {
+    if let Err(e) = state.lifecycle.store().get_sandbox(&id).await {
+        return LifecycleError::from(e).into_response();
+    }
+    let (start, end) = match (unix_s_param(&params, "start"), unix_s_param(&params, "end")) {
+        (Ok(s), Ok(e)) => (s.map(|s| s * 1000).unwrap_or(0), e.map(|e| e * 1000 + 999).unwrap_or(i64::MAX)),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let samples: Vec<_> = state.metrics.range(&id, start, end).iter().map(|s| s.to_api()).collect();
+    Json(samples).into_response()
+}
+
+pub async fn metrics_many(State(state): State<ApiState>, Query(params): Params) -> Response {
+    let ids = params.get("sandbox_ids").map(String::as_str).unwrap_or_default();
+    let map: HashMap<String, _> = ids
+        .split(',')
+        .filter(|i| !i.is_empty())
+        .filter_map(|id| state.metrics.latest(id).map(|s| (id.to_owned(), s.to_api())))
+        .collect();
+    Json(serde_json::json!({ "sandboxes": map })).into_response()
+}
+
+pub async fn logs(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Params) -> Response {
+    if let Err(e) = state.lifecycle.store().get_sandbox(&id).await {
+        return LifecycleError::from(e).into_response();
+    }
+    let start = params.get("start").and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+    let limit = params.get("limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(1000).min(10_000);
+    match state.lifecycle.node().logs(&id).await {
+        Ok(lines) => {
+            let lines: Vec<_> = lines.into_iter().filter(|l| l.unix_ms >= start).take(limit).collect();
+            let logs: Vec<_> =
+                lines.iter().map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "line": l.line })).collect();
+            let entries: Vec<_> = lines
+                .iter()
+                .map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "level": "info", "message": l.line, "fields": {} }))
+                .collect();
+            Json(serde_json::json!({ "logs": logs, "logEntries": entries })).into_response()
+        }
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}

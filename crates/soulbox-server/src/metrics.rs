@@ -1,0 +1,150 @@
+//! Seed feature 8: per-sandbox metrics sampled on an interval, one hour kept, served by time range.
+//!
+//! Samples live in memory on the server that owns the node (a cluster moves them next to the node, issue 7).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use soulbox_protocol::api::{SandboxMetric, SandboxState};
+
+use crate::lifecycle::Lifecycle;
+use crate::node::SandboxStats;
+use crate::store::now_ms;
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+pub const RETENTION: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub at_ms: i64,
+    pub cpu_used_pct: f64,
+    pub stats: SandboxStats,
+}
+
+impl Sample {
+    pub fn to_api(&self) -> SandboxMetric {
+        let s = &self.stats;
+        SandboxMetric {
+            timestamp: crate::time::rfc3339(self.at_ms),
+            timestamp_unix: self.at_ms / 1000,
+            cpu_count: s.cpu_count as i32,
+            cpu_used_pct: self.cpu_used_pct,
+            mem_used: s.mem_used_bytes as i64,
+            mem_total: s.mem_total_bytes as i64,
+            mem_cache: s.mem_cache_bytes as i64,
+            disk_used: s.disk_used_bytes as i64,
+            disk_total: s.disk_total_bytes as i64,
+            disk_read_bytes: Some(s.disk_read_bytes as i64),
+            disk_write_bytes: Some(s.disk_write_bytes as i64),
+            net_rx_bytes: Some(s.net_rx_bytes as i64),
+            net_tx_bytes: Some(s.net_tx_bytes as i64),
+            process_count: Some(s.process_count as i64),
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct MetricsStore {
+    series: Mutex<HashMap<String, VecDeque<Sample>>>,
+    pub creates: AtomicU64,
+    pub create_failures: AtomicU64,
+    pub kills: AtomicU64,
+}
+
+impl MetricsStore {
+    /// Adds a raw reading; CPU % is the usage since the previous reading over the wall time between them.
+    pub fn record(&self, id: &str, at_ms: i64, stats: SandboxStats) {
+        let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        let samples = series.entry(id.to_owned()).or_default();
+        let cpu_used_pct = match samples.back() {
+            Some(prev) if at_ms > prev.at_ms && stats.cpu_count > 0 => {
+                let used_ns = stats.cpu_usage_ns.saturating_sub(prev.stats.cpu_usage_ns) as f64;
+                let wall_ns = (at_ms - prev.at_ms) as f64 * 1e6 * f64::from(stats.cpu_count);
+                (used_ns / wall_ns * 100.0).clamp(0.0, 100.0)
+            }
+            _ => 0.0,
+        };
+        samples.push_back(Sample { at_ms, cpu_used_pct, stats });
+        let oldest = at_ms - RETENTION.as_millis() as i64;
+        while samples.front().is_some_and(|s| s.at_ms < oldest) {
+            samples.pop_front();
+        }
+    }
+
+    /// Samples with `start_ms <= at <= end_ms`.
+    pub fn range(&self, id: &str, start_ms: i64, end_ms: i64) -> Vec<Sample> {
+        let series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        series
+            .get(id)
+            .map(|s| s.iter().filter(|x| x.at_ms >= start_ms && x.at_ms <= end_ms).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn latest(&self, id: &str) -> Option<Sample> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner()).get(id).and_then(|s| s.back().cloned())
+    }
+
+    pub fn forget(&self, id: &str) {
+        self.series.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    fn retain(&self, alive: &std::collections::HashSet<String>) {
+        self.series.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| alive.contains(id));
+    }
+
+    pub fn counter(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// Samples every running sandbox each `interval`, concurrently, on one task.
+pub fn spawn_sampler(lifecycle: Arc<Lifecycle>, metrics: Arc<MetricsStore>, interval: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let records = match lifecycle.store().list_sandboxes().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: cannot list sandboxes");
+                    continue;
+                }
+            };
+            metrics.retain(&records.iter().map(|r| r.id.clone()).collect());
+            let running = records.into_iter().filter(|r| r.state == SandboxState::Running);
+            let reads = running.map(|r| {
+                let node = lifecycle.node().clone();
+                async move { (r.id.clone(), node.stats(&r.id).await) }
+            });
+            for (id, result) in futures::future::join_all(reads).await {
+                match result {
+                    Ok(stats) => metrics.record(&id, now_ms(), stats),
+                    Err(e) => tracing::debug!(sandbox = %id, error = %e, "metrics: no stats"),
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_percent_and_retention() {
+        let m = MetricsStore::default();
+        let stats = |ns| SandboxStats { cpu_usage_ns: ns, cpu_count: 2, ..Default::default() };
+        m.record("a", 1_000, stats(0));
+        m.record("a", 2_000, stats(1_000_000_000)); // 1 s of CPU over 1 s on 2 CPUs = 50 %
+        let got = m.range("a", 0, 10_000);
+        assert_eq!(got.len(), 2);
+        assert!((got[1].cpu_used_pct - 50.0).abs() < 1e-9);
+        assert_eq!(m.range("a", 1_500, 10_000).len(), 1);
+        m.record("a", 2_000 + RETENTION.as_millis() as i64 + 1, stats(2_000_000_000));
+        assert_eq!(m.range("a", 0, i64::MAX).len(), 1, "samples older than an hour are dropped");
+        assert_eq!(m.latest("a").unwrap().to_api().timestamp_unix, (2_000 + RETENTION.as_millis() as i64 + 1) / 1000);
+    }
+}

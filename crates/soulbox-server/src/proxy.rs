@@ -1,0 +1,246 @@
+//! Sandbox traffic through the server (envd RPC, `/files`, and any port a sandbox opens).
+//!
+//! Routing, in E2B's order: `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers (what `E2B_SANDBOX_URL` clients send),
+//! then a host `<port>-<sandboxID>.<domain>`, then — for signed `/files` URLs opened without headers — the
+//! sandbox whose access token the signature verifies with. A killed, unknown or paused (without auto-resume)
+//! sandbox answers 502 `The sandbox was not found`; streams open when a sandbox stops are cut at the transport
+//! level (the SDKs turn that into "sandbox was killed").
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use soulbox_protocol::ENVD_PORT;
+use soulbox_protocol::api::SandboxState;
+use soulbox_protocol::signature::{self, Claims, Operation};
+
+use crate::ids::is_valid_sandbox_id;
+use crate::lifecycle::Lifecycle;
+use crate::store::SandboxRecord;
+
+/// Where a request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Sandbox { id: String, port: u16 },
+    /// A signed `/files` URL without routing headers: find the sandbox by its signature.
+    BySignature,
+}
+
+/// Decides whether a request is sandbox traffic (and for which sandbox) or an API call (`None`).
+pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
+    if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
+        let port = headers
+            .get("e2b-sandbox-port")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(ENVD_PORT);
+        return Some(Target::Sandbox { id: id.to_owned(), port });
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.host());
+    if let Some(target) = host.and_then(|h| host_target(h, domain)) {
+        return Some(target);
+    }
+    let signed_files = uri.path() == "/files"
+        && (method == Method::GET || method == Method::POST)
+        && !headers.contains_key("x-api-key")
+        && query_param(uri, "signature").is_some();
+    signed_files.then_some(Target::BySignature)
+}
+
+/// `<port>-<sandboxID>.<domain>` (the domain must match when one is configured).
+fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
+    let host = host.split(':').next().unwrap_or(host);
+    let (label, rest) = host.split_once('.')?;
+    if let Some(domain) = domain
+        && !rest.eq_ignore_ascii_case(domain)
+    {
+        return None;
+    }
+    let (port, id) = label.split_once('-')?;
+    let port: u16 = port.parse().ok()?;
+    is_valid_sandbox_id(id).then(|| Target::Sandbox { id: id.to_owned(), port })
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    let query = uri.query()?;
+    form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
+}
+
+fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
+        (decode(k), decode(v))
+    })
+}
+
+pub struct Proxy {
+    lifecycle: Arc<Lifecycle>,
+    client: Client<HttpConnector, Body>,
+}
+
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+impl Proxy {
+    pub fn new(lifecycle: Arc<Lifecycle>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector);
+        Proxy { lifecycle, client }
+    }
+
+    pub async fn forward(&self, target: Target, request: Request) -> Response {
+        let (record, port) = match target {
+            Target::Sandbox { id, port } => match self.running_sandbox(&id).await {
+                Some(r) => (r, port),
+                None => return not_found(&id),
+            },
+            Target::BySignature => match self.sandbox_by_signature(&request).await {
+                Some(r) => (r, ENVD_PORT),
+                None => {
+                    return crate::api::error(StatusCode::UNAUTHORIZED, "invalid signature: no sandbox matches it");
+                }
+            },
+        };
+        let Some(address) = record.address.clone() else { return not_found(&record.id) };
+        let liveness = self.lifecycle.liveness(&record.id);
+
+        let (mut parts, body) = request.into_parts();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = match format!("http://{address}:{port}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return crate::api::error(StatusCode::BAD_REQUEST, "invalid request path"),
+        };
+        parts.uri = uri;
+        parts.version = http::Version::HTTP_11;
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::HOST);
+        let upstream = match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(sandbox = %record.id, port, error = %e, "proxy: upstream unreachable");
+                return port_not_open(&record.id, port);
+            }
+        };
+        let (mut parts, body) = upstream.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
+        // clean end, which is what E2B clients recognise as a killed sandbox.
+        let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), |(mut body, live, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                chunk = body.next() => chunk.map(|c| (c.map_err(std::io::Error::other), (body, live, false))),
+                _ = live.cancelled() => Some((
+                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
+                    (body, live, true),
+                )),
+            }
+        });
+        Response::from_parts(parts, Body::from_stream(frames.boxed()))
+    }
+
+    /// The sandbox's record if it can take traffic now (waking it when paused with auto-resume).
+    async fn running_sandbox(&self, id: &str) -> Option<SandboxRecord> {
+        let record = self.lifecycle.store().get_sandbox(id).await.ok()?;
+        match record.state {
+            SandboxState::Running => Some(record),
+            SandboxState::Paused if record.auto_resume => self.lifecycle.auto_resume(id).await.ok(),
+            SandboxState::Paused => None,
+        }
+    }
+
+    async fn sandbox_by_signature(&self, request: &Request) -> Option<SandboxRecord> {
+        let query = request.uri().query()?;
+        let first = |name: &str| form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v);
+        let sig = first("signature")?;
+        let path = first("path").unwrap_or_default();
+        let user = first("username").unwrap_or_default();
+        let expiration = first("signature_expiration").and_then(|e| e.parse::<i64>().ok());
+        let operation = if request.method() == Method::POST { Operation::Write } else { Operation::Read };
+        let claims = Claims { path: &path, operation, user: &user, expiration };
+        let records = self.lifecycle.store().list_sandboxes().await.ok()?;
+        let now = crate::store::now_ms() / 1000;
+        let owner = records.into_iter().find(|r| {
+            r.envd_access_token.as_deref().is_some_and(|token| {
+                // An expired but genuine signature still identifies its sandbox; envd answers with the exact error.
+                matches!(signature::verify(&sig, &claims, token, now), Ok(_) | Err(signature::SignatureError::Expired))
+            })
+        })?;
+        match owner.state {
+            SandboxState::Running => Some(owner),
+            SandboxState::Paused => self.running_sandbox(&owner.id).await,
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(HeaderName::from_static(name));
+    }
+}
+
+/// E2B's proxy answer for a sandbox that does not run (killed, expired, paused, unknown).
+pub fn not_found(id: &str) -> Response {
+    let body = serde_json::json!({ "sandboxId": id, "message": "The sandbox was not found", "code": 502 });
+    (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+}
+
+fn port_not_open(id: &str, port: u16) -> Response {
+    let body = serde_json::json!({
+        "sandboxId": id,
+        "message": format!("The sandbox is running but port is not open ({port})"),
+        "port": port,
+        "code": 502,
+    });
+    (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn routing_rules() {
+        let uri: Uri = "/process.Process/Start".parse().unwrap();
+        let by_header = classify(&Method::POST, &uri, &headers(&[("e2b-sandbox-id", "iabc"), ("e2b-sandbox-port", "49983")]), None);
+        assert_eq!(by_header, Some(Target::Sandbox { id: "iabc".into(), port: 49983 }));
+
+        let by_host = classify(&Method::GET, &uri, &headers(&[("host", "8001-iabc.sb.local:3000")]), Some("sb.local"));
+        assert_eq!(by_host, Some(Target::Sandbox { id: "iabc".into(), port: 8001 }));
+        assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "8001-iabc.other.com")]), Some("sb.local")), None);
+        assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "127.0.0.1:3000")]), None), None);
+        assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "api.sb.local")]), Some("sb.local")), None);
+
+        let signed: Uri = "/files?path=a.txt&signature=v1_abc".parse().unwrap();
+        assert_eq!(classify(&Method::GET, &signed, &headers(&[("host", "localhost:3000")]), None), Some(Target::BySignature));
+        assert_eq!(classify(&Method::GET, &signed, &headers(&[("x-api-key", "k")]), None), None);
+        let unsigned: Uri = "/files?path=a.txt".parse().unwrap();
+        assert_eq!(classify(&Method::GET, &unsigned, &HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn query_values_are_form_decoded() {
+        let uri: Uri = "/files?path=%2Fhome%2Fuser%2Fa+b.txt&signature=v1_x%2By".parse().unwrap();
+        assert_eq!(query_param(&uri, "path").as_deref(), Some("/home/user/a b.txt"));
+        assert_eq!(query_param(&uri, "signature").as_deref(), Some("v1_x+y"));
+    }
+}
