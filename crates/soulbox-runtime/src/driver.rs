@@ -139,8 +139,20 @@ impl Driver {
 
     /// `exec <id> <args…>` collecting output (tests and debugging; the product path is envd).
     pub async fn exec(&self, id: &str, args: &[&str]) -> Result<std::process::Output> {
+        self.exec_as(id, None, None, args).await
+    }
+
+    /// `exec [--user uid:gid] [--cwd dir] <id> <args…>`.
+    pub async fn exec_as(&self, id: &str, user: Option<&str>, cwd: Option<&str>, args: &[&str]) -> Result<std::process::Output> {
         let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(&self.global).arg("exec").arg(id).args(args).stdin(Stdio::null());
+        cmd.args(&self.global).arg("exec");
+        if let Some(u) = user {
+            cmd.arg("--user").arg(u);
+        }
+        if let Some(c) = cwd {
+            cmd.arg("--cwd").arg(c);
+        }
+        cmd.arg(id).args(args).stdin(Stdio::null());
         cmd.output().await.map_err(|source| Error::Spawn { cmd: format!("{} exec", self.bin), source })
     }
 }

@@ -15,6 +15,15 @@ struct Cli {
     envd: PathBuf,
     #[arg(long, env = "SOULBOX_OCI_RUNTIME", default_value = "runc")]
     oci_runtime: String,
+    /// Template store (layers/, templates/); default: the data dir.
+    #[arg(long, env = "SOULBOX_STORE_DIR")]
+    store: Option<PathBuf>,
+    /// Host name prefix of this instance (netns, veth, nft table, cgroup parent).
+    #[arg(long, default_value = "sbx")]
+    prefix: String,
+    /// Sandbox address pool.
+    #[arg(long, default_value = "10.77.0.0/16")]
+    pool: String,
     /// Replace envd as PID 1 (plumbing tests), e.g. `--init "/bin/sleep 1d"`.
     #[arg(long)]
     init: Option<String>,
@@ -71,6 +80,11 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = RuntimeConfig::new(&cli.data_dir);
     cfg.envd_path = std::fs::canonicalize(&cli.envd).unwrap_or(cli.envd.clone());
     cfg.runtime_bin = cli.oci_runtime.clone();
+    cfg.store_dir = cli.store.clone();
+    cfg.prefix = cli.prefix.clone();
+    let (net, len) = cli.pool.split_once('/').ok_or_else(|| anyhow::anyhow!("--pool wants a CIDR"))?;
+    cfg.pool_net = net.parse()?;
+    cfg.pool_prefix_len = len.parse()?;
     cfg.init_override = cli.init.as_ref().map(|s| s.split_whitespace().map(String::from).collect());
     if let Cmd::Template { name, mirror } = &cli.cmd {
         let store = soulbox_runtime::Store::new(cfg.store_dir())?;

@@ -1,0 +1,209 @@
+//! Test harness: one runtime instance per test (own data dir, name prefix, /24 of the pool, nft
+//! table), a shared template store, and a guard that deletes everything even when a test fails.
+#![allow(dead_code)]
+use soulbox_runtime::{Runtime, RuntimeConfig};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn store_dir() -> PathBuf {
+    std::env::var_os("SOULBOX_TEST_STORE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/soulbox-test-store"))
+}
+
+/// Root check: tests that need root print why and return early.
+pub fn skip_unless_root(name: &str) -> bool {
+    if !soulbox_runtime::util::is_root() {
+        eprintln!("SKIP {name}: needs root (mounts, netns, cgroups, nftables)");
+        return true;
+    }
+    false
+}
+
+/// The static envd binary; built with scripts/build-envd.sh when missing.
+pub fn envd() -> PathBuf {
+    if let Some(p) = std::env::var_os("SOULBOX_ENVD") {
+        return PathBuf::from(p);
+    }
+    let p = workspace().join("target/static/x86_64-unknown-linux-gnu/release/soulbox-envd");
+    if !p.exists() {
+        let lock = std::fs::File::create(std::env::temp_dir().join("soulbox-envd-build.lock")).unwrap();
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+        if !p.exists() {
+            eprintln!("building envd with scripts/build-envd.sh ...");
+            let st = std::process::Command::new("bash").arg(workspace().join("scripts/build-envd.sh")).status().unwrap();
+            assert!(st.success(), "scripts/build-envd.sh failed");
+        }
+    }
+    p
+}
+
+pub struct Harness {
+    pub rt: Option<Runtime>,
+    pub cfg: RuntimeConfig,
+}
+
+/// `n` selects the test's prefix (`tq<n>`), pool (10.77.<n>.0/24) and data dir.
+pub async fn harness(n: u8) -> Harness {
+    let cfg = config(n);
+    let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
+    store.ensure_test_template(Path::new("/bin/busybox")).unwrap();
+    let rt = Runtime::open(cfg.clone()).await.expect("runtime open");
+    Harness { rt: Some(rt), cfg }
+}
+
+pub fn config(n: u8) -> RuntimeConfig {
+    let mut cfg = RuntimeConfig::new(format!("/var/tmp/soulbox-test/t{n}"));
+    cfg.store_dir = Some(store_dir());
+    cfg.envd_path = envd();
+    cfg.prefix = format!("tq{n}");
+    cfg.pool_net = Ipv4Addr::new(10, 77, n, 0);
+    cfg.pool_prefix_len = 24;
+    cfg.dns = vec![];
+    cfg
+}
+
+impl Harness {
+    pub fn rt(&self) -> &Runtime {
+        self.rt.as_ref().unwrap()
+    }
+    pub async fn base(&self) {
+        self.rt().store().ensure_base_template("http://deb.debian.org/debian").await.expect("base template");
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            let dir = self.cfg.data_dir.clone();
+            let _ = std::thread::spawn(move || {
+                let tr = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                if let Err(e) = tr.block_on(rt.destroy_all()) {
+                    eprintln!("cleanup error: {e}");
+                }
+                drop(rt);
+                let _ = std::fs::remove_dir_all(&dir);
+            })
+            .join();
+        }
+    }
+}
+
+/// `runc exec <id> sh -c <script>` → (exit code, stdout+stderr).
+pub async fn sh(rt: &Runtime, id: &str, script: &str) -> (i32, String) {
+    let o = rt.driver().exec(id, &["/bin/sh", "-c", script]).await.expect("exec");
+    let mut s = String::from_utf8_lossy(&o.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&o.stderr));
+    (o.status.code().unwrap_or(-1), s)
+}
+
+/// Raw HTTP/1.1 request with `Connection: close`; returns (status, decoded body).
+pub async fn http(addr: &str, method: &str, path: &str, ctype: &str, body: &[u8], timeout: Duration) -> Option<(u16, Vec<u8>)> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.ok()?;
+        s.write_all(body).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let headers = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+        let status: u16 = headers.split_whitespace().nth(1)?.parse().ok()?;
+        let mut rest = buf[split + 4..].to_vec();
+        if headers.contains("transfer-encoding: chunked") {
+            let mut out = Vec::new();
+            let mut i = 0;
+            while let Some(p) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+                let len = usize::from_str_radix(String::from_utf8_lossy(&rest[i..i + p]).trim(), 16).ok()?;
+                i += p + 2;
+                if len == 0 {
+                    break;
+                }
+                out.extend_from_slice(rest.get(i..i + len)?);
+                i += len + 2;
+            }
+            rest = out;
+        }
+        Some((status, rest))
+    };
+    tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+pub async fn health(ip: Ipv4Addr, timeout: Duration) -> Option<u16> {
+    http(&format!("{ip}:49983"), "GET", "/health", "text/plain", b"", timeout).await.map(|(s, _)| s)
+}
+
+/// Run a command as the sandbox's default user (`user`, cwd /home/user) through envd's process
+/// API; while envd answers `unimplemented` for it, through `runc exec --user 1000:1000`.
+pub async fn run_user(rt: &Runtime, info: &soulbox_runtime::SandboxInfo, cmd: &str) -> (i64, String, String) {
+    if let Some(r) = envd_run(info.ip.expect("ip"), cmd).await {
+        return r;
+    }
+    let o = rt
+        .driver()
+        .exec_as(&info.id, Some("1000:1000"), Some("/home/user"), &["/bin/sh", "-c", cmd])
+        .await
+        .expect("exec");
+    (
+        o.status.code().unwrap_or(-1) as i64,
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Run a command through envd's process API (Connect, JSON). Returns (exit code, stdout, stderr),
+/// or None when envd does not implement the call yet.
+pub async fn envd_run(ip: Ipv4Addr, cmd: &str) -> Option<(i64, String, String)> {
+    use base64::Engine;
+    let req = serde_json::json!({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}});
+    let path = "/process.Process/Start".to_string();
+    let body = serde_json::to_vec(&req).unwrap();
+    let mut env = vec![0u8];
+    env.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    env.extend_from_slice(&body);
+    let (status, resp) = http(&format!("{ip}:49983"), "POST", &path, "application/connect+json", &env, Duration::from_secs(30))
+        .await
+        .expect("envd request");
+    assert_eq!(status, 200, "envd status: {}", String::from_utf8_lossy(&resp));
+    if resp.len() > 5 && resp[0] & 2 != 0 && String::from_utf8_lossy(&resp[5..]).contains("unimplemented") {
+        return None;
+    }
+    let (mut out, mut err, mut code) = (Vec::new(), Vec::new(), -1i64);
+    let mut i = 0;
+    while i + 5 <= resp.len() {
+        let len = u32::from_be_bytes(resp[i + 1..i + 5].try_into().unwrap()) as usize;
+        let msg: serde_json::Value = serde_json::from_slice(&resp[i + 5..i + 5 + len]).unwrap_or_default();
+        i += 5 + len;
+        let ev = &msg["event"];
+        let b64 = base64::engine::general_purpose::STANDARD;
+        if let Some(s) = ev["data"]["stdout"].as_str() {
+            out.extend(b64.decode(s).unwrap_or_default());
+        }
+        if let Some(s) = ev["data"]["stderr"].as_str() {
+            err.extend(b64.decode(s).unwrap_or_default());
+        }
+        if ev.get("end").is_some() {
+            code = ev["end"]["exitCode"].as_i64().unwrap_or(0);
+        }
+    }
+    Some((code, String::from_utf8_lossy(&out).into_owned(), String::from_utf8_lossy(&err).into_owned()))
+}
+
+/// Leftovers of one instance on the host: (netns, links, mounts, cgroups, containers).
+pub async fn leftovers(cfg: &RuntimeConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    v.extend(soulbox_runtime::network::netns_list(&cfg.prefix).into_iter().map(|n| format!("netns {n}")));
+    v.extend(soulbox_runtime::network::host_links(&cfg.prefix).into_iter().map(|n| format!("link {n}")));
+    v.extend(soulbox_runtime::rootfs::mounts_under(&cfg.data_dir).into_iter().map(|m| format!("mount {}", m.display())));
+    v.extend(soulbox_runtime::cgroup::children(&cfg.cgroup_parent()).into_iter().map(|c| format!("cgroup {c}")));
+    let d = soulbox_runtime::driver::Driver::new(&cfg.runtime_bin, &[], &cfg.runtime_root());
+    v.extend(d.list().await.unwrap_or_default().into_iter().map(|c| format!("container {}", c.id)));
+    v
+}
