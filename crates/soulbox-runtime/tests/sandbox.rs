@@ -298,7 +298,8 @@ async fn killing_the_runtime_mid_create_leaks_nothing() {
     // make sure the table etc. exist and nothing is left from earlier runs
     drop(soulbox_runtime::Runtime::open(cfg.clone()).await.unwrap());
     let bin = env!("CARGO_BIN_EXE_soulbox-runtime");
-    for delay_ms in [0u64, 5, 10, 20, 30, 45, 60, 80, 120, 200] {
+    let mut mid_create = 0;
+    for delay_ms in [0u64, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 120, 150, 200, 300] {
         let mut child = std::process::Command::new(bin)
             .env("SOULBOX_DATA_DIR", &cfg.data_dir)
             .env("RUST_LOG", "error")
@@ -311,9 +312,15 @@ async fn killing_the_runtime_mid_create_leaks_nothing() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
+        let pre = leftovers(&cfg).await;
         // a new instance reconciles: whatever is left must belong to a re-adopted sandbox
         let rt = soulbox_runtime::Runtime::open(cfg.clone()).await.unwrap();
         let live: Vec<String> = rt.list().await.into_iter().map(|i| i.id).collect();
+        let dirs = std::fs::read_dir(cfg.sandboxes_dir()).map(|d| d.count()).unwrap_or(0);
+        eprintln!("killed at {delay_ms} ms: {} resources held before reconcile {pre:?}; {} re-adopted, {dirs} sandbox dirs after", pre.len(), live.len());
+        if live.is_empty() && !pre.is_empty() {
+            mid_create += 1;
+        }
         for l in leftovers(&cfg).await {
             assert!(live.iter().any(|id| l.contains(&id[..8])), "after kill at {delay_ms} ms: leaked {l} (live {live:?})");
         }
@@ -322,6 +329,7 @@ async fn killing_the_runtime_mid_create_leaks_nothing() {
         drop(rt);
     }
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    assert!(mid_create > 0, "no kill landed in the middle of a create; adjust the delays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
