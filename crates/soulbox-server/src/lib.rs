@@ -5,6 +5,7 @@ pub mod ids;
 pub mod keys;
 pub mod lifecycle;
 pub mod listing;
+pub mod local_node;
 pub mod metrics;
 pub mod node;
 pub mod proxy;

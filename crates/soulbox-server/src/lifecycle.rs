@@ -175,10 +175,8 @@ impl Lifecycle {
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         let template = self.resolve_template(&req.template).await?;
-        let id = ids::sandbox_id();
         let token = req.secure.then(ids::access_token);
         let spec = SandboxSpec {
-            sandbox_id: id.clone(),
             template_id: template.template_id.clone(),
             cpu_count: template.cpu_count,
             memory_mb: template.memory_mb,
@@ -192,7 +190,8 @@ impl Lifecycle {
             },
             metadata: req.metadata.clone(),
         };
-        let address = self.node.create(spec).await?;
+        let created = self.node.create(spec).await?;
+        let (id, address) = (created.sandbox_id, created.address);
         let now = now_ms();
         let record = SandboxRecord {
             id: id.clone(),

@@ -27,7 +27,6 @@ pub struct NetworkPolicy {
 /// Everything a node needs to start a sandbox.
 #[derive(Debug, Clone)]
 pub struct SandboxSpec {
-    pub sandbox_id: String,
     pub template_id: String,
     pub cpu_count: u32,
     pub memory_mb: u32,
@@ -36,6 +35,12 @@ pub struct SandboxSpec {
     pub envd_access_token: Option<String>,
     pub network: NetworkPolicy,
     pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedSandbox {
+    pub sandbox_id: String,
+    pub address: IpAddr,
 }
 
 /// Counters sampled from a sandbox's cgroup and veth (monotonic counters are totals since start).
@@ -109,8 +114,9 @@ pub enum NodeError {
 pub trait Node: Send + Sync + 'static {
     async fn info(&self) -> NodeInfo;
     async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError>;
-    /// Starts a sandbox and returns once its envd answers; the result is the sandbox's address.
-    async fn create(&self, spec: SandboxSpec) -> Result<IpAddr, NodeError>;
+    /// Starts a sandbox and returns once its envd answers. The node picks the id (`^[a-z0-9]+$`, unique on
+    /// the node, random enough to be unique in a cluster) so it can hand out a pre-warmed slot.
+    async fn create(&self, spec: SandboxSpec) -> Result<CreatedSandbox, NodeError>;
     /// Freezes (keep_memory) or stops to disk (filesystem kept).
     async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError>;
     /// Thaws or restarts from disk; returns the (possibly new) address once envd answers.

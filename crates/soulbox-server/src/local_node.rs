@@ -1,0 +1,221 @@
+//! The node of a one-machine SoulBox: `soulbox-runtime` in-process.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use soulbox_protocol::version::{ENVD_PROTOCOL_VERSION, SOULBOX_VERSION};
+use soulbox_runtime::{Error as RuntimeError, Runtime, SandboxSpec as RuntimeSpec, Status};
+
+use crate::node::{
+    CreatedSandbox, LogLine, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo,
+};
+use crate::store::now_ms;
+
+pub struct LocalNode {
+    runtime: Runtime,
+    node_id: String,
+    templates_dir: PathBuf,
+}
+
+impl LocalNode {
+    pub fn new(runtime: Runtime, node_id: impl Into<String>) -> LocalNode {
+        let templates_dir = runtime.config().store_dir().join("templates");
+        LocalNode { runtime, node_id: node_id.into(), templates_dir }
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}
+
+fn node_error(e: RuntimeError) -> NodeError {
+    match e {
+        RuntimeError::TemplateNotFound(t) => NodeError::TemplateNotFound(t),
+        RuntimeError::NotFound(id) => NodeError::SandboxNotFound(id),
+        RuntimeError::Invalid(m) => NodeError::Invalid(m),
+        other => NodeError::Failed(other.to_string()),
+    }
+}
+
+fn address(info: &soulbox_runtime::SandboxInfo) -> Result<IpAddr, NodeError> {
+    info.ip.map(IpAddr::V4).ok_or_else(|| NodeError::Failed(format!("sandbox {} has no address", info.id)))
+}
+
+#[async_trait]
+impl Node for LocalNode {
+    async fn info(&self) -> NodeInfo {
+        let sandboxes = self.runtime.list().await;
+        let cpu_count = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let (total_mb, available_mb) = meminfo_mb();
+        NodeInfo {
+            node_id: self.node_id.clone(),
+            status: NodeStatus::Healthy,
+            region: "local".into(),
+            version: SOULBOX_VERSION.into(),
+            cpu_count,
+            memory_mb: total_mb,
+            cpu_available: f64::from(cpu_count) * (1.0 - load_fraction(cpu_count)),
+            memory_available_mb: available_mb,
+            sandbox_count: sandboxes.iter().filter(|s| s.status != Status::Pooled).count() as u32,
+            last_health_check_unix_ms: now_ms(),
+        }
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&self.templates_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(NodeError::Failed(format!("reading templates: {e}"))),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(meta) = self.runtime.store().get(&name) {
+                out.push(TemplateInfo {
+                    template_id: meta.name.clone(),
+                    aliases: vec![meta.name.clone()],
+                    cpu_count: meta.cpu_count,
+                    memory_mb: meta.memory_mb as u32,
+                    disk_size_mb: meta.disk_mb.unwrap_or(0) as u32,
+                    envd_version: ENVD_PROTOCOL_VERSION.into(),
+                });
+            }
+        }
+        out.sort_by(|a, b| a.template_id.cmp(&b.template_id));
+        Ok(out)
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+        let runtime_spec = RuntimeSpec {
+            template: spec.template_id,
+            env: spec.env_vars,
+            metadata: spec.metadata,
+            cpu_count: Some(spec.cpu_count),
+            memory_mb: Some(u64::from(spec.memory_mb)),
+            pids_limit: None,
+            access_token: spec.envd_access_token,
+            network: soulbox_runtime::NetworkPolicy {
+                allow_internet: spec.network.allow_internet,
+                allow_out: spec.network.allow_out,
+                deny_out: spec.network.deny_out,
+            },
+        };
+        let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
+        Ok(CreatedSandbox { address: address(&info)?, sandbox_id: info.id })
+    }
+
+    async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError> {
+        let result = if keep_memory { self.runtime.pause(sandbox_id).await } else { self.runtime.stop(sandbox_id).await };
+        result.map_err(node_error)
+    }
+
+    async fn resume(&self, sandbox_id: &str) -> Result<IpAddr, NodeError> {
+        let info = self.runtime.info(sandbox_id).await.map_err(node_error)?;
+        let info = match info.status {
+            Status::Paused => {
+                self.runtime.resume(sandbox_id).await.map_err(node_error)?;
+                info
+            }
+            Status::Stopped => self.runtime.start(sandbox_id).await.map_err(node_error)?,
+            Status::Running => info,
+            other => return Err(NodeError::Failed(format!("sandbox {sandbox_id} cannot resume from {other}"))),
+        };
+        address(&info)
+    }
+
+    async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError> {
+        match self.runtime.delete(sandbox_id).await {
+            Ok(()) | Err(RuntimeError::NotFound(_)) => Ok(()),
+            Err(e) => Err(node_error(e)),
+        }
+    }
+
+    async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError> {
+        let info = self.runtime.info(sandbox_id).await.map_err(node_error)?;
+        let s = self.runtime.stats(sandbox_id).await.map_err(node_error)?;
+        let disk = disk_usage(&self.runtime.sandbox_dir(sandbox_id));
+        Ok(SandboxStats {
+            cpu_usage_ns: s.cpu_usage_ns,
+            cpu_count: info.spec.cpu_count.unwrap_or(1),
+            mem_used_bytes: s.memory_bytes,
+            mem_total_bytes: s.memory_limit_bytes,
+            mem_cache_bytes: 0,
+            disk_used_bytes: disk,
+            disk_total_bytes: 0,
+            disk_read_bytes: s.io_read_bytes,
+            disk_write_bytes: s.io_write_bytes,
+            net_rx_bytes: s.net_rx_bytes,
+            net_tx_bytes: s.net_tx_bytes,
+            process_count: s.pids,
+        })
+    }
+
+    async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError> {
+        let path = self.runtime.sandbox_dir(sandbox_id).join("sandbox.log");
+        let text = tokio::fs::read(&path).await.map_err(|e| NodeError::Failed(format!("reading {}: {e}", path.display())))?;
+        // The log is envd's own tracing output; its first field is an RFC 3339 timestamp.
+        let fallback = now_ms();
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .map(strip_ansi)
+            .map(|line| {
+                let unix_ms = line.split_whitespace().next().and_then(crate::time::parse_rfc3339_ms).unwrap_or(fallback);
+                LogLine { unix_ms, line }
+            })
+            .collect())
+    }
+}
+
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Bytes in the sandbox's writable layer (what it has added to its template).
+fn disk_usage(sandbox_dir: &std::path::Path) -> u64 {
+    fn walk(dir: &std::path::Path, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => walk(&entry.path(), total),
+                Ok(_) => *total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                Err(_) => {}
+            }
+        }
+    }
+    let mut total = 0;
+    walk(&sandbox_dir.join("upper"), &mut total);
+    total
+}
+
+fn meminfo_mb() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            / 1024
+    };
+    (field("MemTotal:"), field("MemAvailable:"))
+}
+
+fn load_fraction(cpus: u32) -> f64 {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: f64 = text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
+    (load / f64::from(cpus.max(1))).clamp(0.0, 1.0)
+}
