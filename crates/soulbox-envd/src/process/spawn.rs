@@ -58,6 +58,8 @@ pub fn environment(user: &User, sandbox: &std::collections::BTreeMap<String, Str
         ("HOME".to_owned(), user.home.to_string_lossy().into_owned()),
         ("USER".to_owned(), user.name.clone()),
         ("LOGNAME".to_owned(), user.name.clone()),
+        // E2B's envd marks every process as running inside a sandbox; tools and SDK users test for it.
+        ("E2B_SANDBOX".to_owned(), "true".to_owned()),
     ];
     env.extend(sandbox.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(call.iter().map(|(k, v)| (k.clone(), v.clone())));
