@@ -8,7 +8,7 @@ use crate::network::{self, IpPool, NetLease};
 use crate::oci_spec::{self, BundleParams};
 use crate::record::Record;
 use crate::rootfs;
-use crate::spec::{SandboxInfo, SandboxSpec, Stats, Status};
+use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 use crate::template::{Store, TemplateMeta};
 use crate::{cgroup, util};
 use std::collections::{HashMap, VecDeque};
@@ -112,18 +112,19 @@ impl Inner {
     }
 
     /// Take a prepared network slot from the pool, or make one now.
-    async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease)> {
+    /// Returns (id, lease, whether the firewall already holds the default open policy).
+    async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease, bool)> {
         let slot = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         if self.cfg.pool_size > 0 {
             self.spawn_refill();
         }
-        if let Some(s) = slot {
-            return Ok(s);
+        if let Some((id, l)) = slot {
+            return Ok((id, l, true));
         }
         let id = self.fresh_id()?;
         Record { id: id.clone(), status: Status::Creating, template: None, spec: None }.save(&self.dir(&id))?;
         match self.acquire_network(&id).await {
-            Ok(l) => Ok((id, l)),
+            Ok(l) => Ok((id, l, false)),
             Err(e) => {
                 let _ = self.release(&id, false).await;
                 Err(e)
@@ -162,7 +163,13 @@ impl Inner {
             }
             let id = self.fresh_id()?;
             Record { id: id.clone(), status: Status::Pooled, template: None, spec: None }.save(&self.dir(&id))?;
-            match self.acquire_network(&id).await {
+            let res = async {
+                let l = self.acquire_network(&id).await?;
+                self.fw.add_sandbox(&id, &l.veth, &NetworkPolicy::open()).await?;
+                Ok::<_, Error>(l)
+            }
+            .await;
+            match res {
                 Ok(l) => self.pool.lock().unwrap_or_else(|e| e.into_inner()).push_back((id, l)),
                 Err(e) => {
                     let _ = self.release(&id, false).await;
@@ -176,6 +183,7 @@ impl Inner {
     async fn boot(&self, rec: &Record, lease: &NetLease) -> Result<()> {
         let id = &rec.id;
         let dir = self.dir(id);
+        let t0 = std::time::Instant::now();
         let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
             return Err(Error::Invalid("record without template/spec".into()));
         };
@@ -229,12 +237,18 @@ impl Inner {
         let _ = rustix::fs::fcntl_setfl(&w, rustix::fs::OFlags::empty());
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
             .map_err(|e| Error::Io { path: "pipe".into(), source: e })?;
+        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "rootfs mounted, bundle written");
         self.driver.create(id, &dir, &log, Some(w)).await?;
+        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
         self.driver.start(id).await?;
+        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
         let reason = match res {
-            Ok(Ok(1)) => return Ok(()),
+            Ok(Ok(1)) => {
+                tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "envd ready");
+                return Ok(());
+            }
             Ok(Ok(_)) => "envd exited (or closed fd 3) before it was ready".to_string(),
             Ok(Err(e)) => format!("reading the ready pipe: {e}"),
             Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
@@ -305,12 +319,15 @@ impl Runtime {
             }
         }
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
-        let (id, lease) = inner.claim_slot().await?;
+        let (id, lease, open_fw) = inner.claim_slot().await?;
         let dir = inner.dir(&id);
         let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec) };
         let res: Result<()> = async {
             rec.save(&dir)?;
-            inner.fw.add_sandbox(&id, &lease.veth, &rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default()).await?;
+            let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
+            if !(open_fw && policy == NetworkPolicy::open()) {
+                inner.fw.add_sandbox(&id, &lease.veth, &policy).await?;
+            }
             inner.boot(&rec, &lease).await
         }
         .await;
