@@ -1,5 +1,6 @@
-//! The SoulBox control plane. This crate grows with issue 4: today it holds the store and API-key handling.
+//! The SoulBox control plane: E2B-compatible REST API, sandbox proxy, lifecycle, store and the `soulbox` command.
 
+pub mod config;
 pub mod deadlines;
 pub mod ids;
 pub mod keys;
@@ -9,6 +10,7 @@ pub mod local_node;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+pub mod server;
 pub mod store;
 pub mod time;
 pub mod api;

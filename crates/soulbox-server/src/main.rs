@@ -1,10 +1,11 @@
-//! `soulbox`: the SoulBox command. Today: `soulbox keys create|list|revoke` on a data dir's store.
-//! `soulbox server` arrives with issue 4.
+//! `soulbox`: the SoulBox command — `soulbox server` runs everything on one machine; `soulbox keys` manages
+//! API keys.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use soulbox_server::config::{self, FileConfig, ServerConfig};
 use soulbox_server::store::Store;
 
 #[derive(Parser)]
@@ -19,9 +20,68 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the control plane with the node runtime in-process (one machine, SQLite inside).
+    Server(ServerArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+}
+
+/// Flags override `SOULBOX_*` environment variables, which override the config file.
+#[derive(Args)]
+struct ServerArgs {
+    /// TOML config file (default: <data-dir>/config.toml when it exists).
+    #[arg(long, env = "SOULBOX_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address for the API and sandbox traffic [default: 127.0.0.1:3000].
+    #[arg(long, env = "SOULBOX_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
+    /// Database URL [default: SQLite in the data dir]; `postgres://…` for a shared database.
+    #[arg(long, env = "SOULBOX_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Domain for host-based routing `<port>-<sandboxID>.<domain>` (returned to clients as `domain`).
+    #[arg(long, env = "SOULBOX_DOMAIN")]
+    domain: Option<String>,
+    /// OCI runtime binary [default: runc].
+    #[arg(long, env = "SOULBOX_RUNTIME")]
+    runtime: Option<String>,
+    /// Static soulbox-envd binary to run in sandboxes.
+    #[arg(long, env = "SOULBOX_ENVD_PATH")]
+    envd_path: Option<PathBuf>,
+    /// Debian mirror for building the base template.
+    #[arg(long, env = "SOULBOX_DEBIAN_MIRROR")]
+    debian_mirror: Option<String>,
+    /// Pre-warmed network slots.
+    #[arg(long, env = "SOULBOX_WARM_POOL")]
+    warm_pool: Option<usize>,
+    /// Longest total lifetime a refresh may extend a sandbox to, in seconds [default: 86400].
+    #[arg(long, env = "SOULBOX_MAX_LIFETIME_S")]
+    max_lifetime_s: Option<i64>,
+}
+
+impl ServerArgs {
+    fn resolve(self, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
+        let file_path = self.config.clone().or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists()));
+        let file = match file_path {
+            Some(p) => FileConfig::load(&p)?,
+            None => FileConfig::default(),
+        };
+        Ok(ServerConfig {
+            listen: self.listen.or(file.listen).unwrap_or(config::DEFAULT_LISTEN),
+            database_url: self.database_url.or(file.database_url).unwrap_or_else(|| Store::sqlite_url(&data_dir.join("soulbox.db"))),
+            domain: self.domain.or(file.domain),
+            runtime: self.runtime.or(file.runtime).unwrap_or_else(|| "runc".into()),
+            envd_path: self.envd_path.or(file.envd_path).unwrap_or_else(config::default_envd_path),
+            debian_mirror: self.debian_mirror.or(file.debian_mirror).unwrap_or_else(|| config::DEFAULT_MIRROR.into()),
+            default_timeout_s: file.default_timeout_s.unwrap_or(300),
+            max_timeout_s: file.max_timeout_s.unwrap_or(24 * 3600),
+            max_lifetime_s: self.max_lifetime_s.or(file.max_lifetime_s).unwrap_or(24 * 3600),
+            warm_pool: self.warm_pool.or(file.warm_pool).unwrap_or(4),
+            network_pool: file.network_pool.unwrap_or_else(|| "10.77.0.0/16".into()),
+            metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
+            data_dir,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -40,22 +100,32 @@ enum KeysCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SOULBOX_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let keys = match cli.command {
+        Command::Server(args) => return soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
+        Command::Keys(keys) => keys,
+    };
     std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating data dir {}", cli.data_dir.display()))?;
     let store = Store::open(&Store::sqlite_url(&cli.data_dir.join("soulbox.db"))).await.context("opening the store")?;
-    match cli.command {
-        Command::Keys(KeysCommand::Create { name }) => {
+    match keys {
+        KeysCommand::Create { name } => {
             let (record, key) = store.create_api_key(&name).await?;
             println!("created key {} ({})", record.id, record.name);
             println!("export E2B_API_KEY={}", key.secret);
         }
-        Command::Keys(KeysCommand::List) => {
+        KeysCommand::List => {
             println!("{:<20} {:<16} {:<12} STATUS", "ID", "NAME", "PREFIX");
             for k in store.list_api_keys().await? {
                 let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
                 println!("{:<20} {:<16} {:<12} {status}", k.id, k.name, k.key_prefix);
             }
         }
-        Command::Keys(KeysCommand::Revoke { id }) => {
+        KeysCommand::Revoke { id } => {
             store.revoke_api_key(&id).await.with_context(|| format!("revoking {id}"))?;
             println!("revoked {id}");
         }

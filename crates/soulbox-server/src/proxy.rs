@@ -104,7 +104,7 @@ impl Proxy {
                 Some(r) => (r, port),
                 None => return not_found(&id),
             },
-            Target::BySignature => match self.sandbox_by_signature(&request).await {
+            Target::BySignature => match self.sandbox_by_signature(request.method().clone(), request.uri().clone()).await {
                 Some(r) => (r, ENVD_PORT),
                 None => {
                     return crate::api::error(StatusCode::UNAUTHORIZED, "invalid signature: no sandbox matches it");
@@ -160,14 +160,14 @@ impl Proxy {
         }
     }
 
-    async fn sandbox_by_signature(&self, request: &Request) -> Option<SandboxRecord> {
-        let query = request.uri().query()?;
+    async fn sandbox_by_signature(&self, method: Method, uri: Uri) -> Option<SandboxRecord> {
+        let query = uri.query()?;
         let first = |name: &str| form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v);
         let sig = first("signature")?;
         let path = first("path").unwrap_or_default();
         let user = first("username").unwrap_or_default();
         let expiration = first("signature_expiration").and_then(|e| e.parse::<i64>().ok());
-        let operation = if request.method() == Method::POST { Operation::Write } else { Operation::Read };
+        let operation = if method == Method::POST { Operation::Write } else { Operation::Read };
         let claims = Claims { path: &path, operation, user: &user, expiration };
         let records = self.lifecycle.store().list_sandboxes().await.ok()?;
         let now = crate::store::now_ms() / 1000;

@@ -1,0 +1,110 @@
+//! `soulbox server`: one process, one port for the API and for sandbox traffic, SQLite inside, the node runtime
+//! in-process.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::serve::ListenerExt;
+
+use crate::api::{self, ApiState};
+use crate::config::ServerConfig;
+use crate::lifecycle::{Lifecycle, LifecycleConfig};
+use crate::local_node::LocalNode;
+use crate::metrics::{self, MetricsStore};
+use crate::proxy::{self, Proxy};
+use crate::store::Store;
+
+#[derive(Clone)]
+struct Routing {
+    proxy: Arc<Proxy>,
+    domain: Option<String>,
+}
+
+/// Sandbox traffic goes to the proxy; everything else to the API.
+async fn route_sandbox_traffic(State(routing): State<Routing>, request: Request, next: Next) -> Response {
+    match proxy::classify(request.method(), request.uri(), request.headers(), routing.domain.as_deref()) {
+        Some(target) => routing.proxy.forward(target, request).await,
+        None => next.run(request).await,
+    }
+}
+
+pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = Store::open(&config.database_url).await.context("opening the store")?;
+
+    let fresh_key = if store.count_active_api_keys().await? == 0 {
+        let (_, key) = store.create_api_key("admin").await?;
+        Some(key.secret)
+    } else {
+        None
+    };
+
+    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(config.data_dir.join("node"));
+    runtime_config.runtime_bin = config.runtime.clone();
+    runtime_config.envd_path = std::fs::canonicalize(&config.envd_path).with_context(|| {
+        format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
+    })?;
+    runtime_config.pool_size = config.warm_pool;
+    let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
+    runtime_config.pool_net = pool_net;
+    runtime_config.pool_prefix_len = pool_len;
+    let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
+    eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
+    runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
+    let node = Arc::new(LocalNode::new(runtime, "local"));
+
+    let lifecycle = Lifecycle::start(
+        store,
+        node,
+        LifecycleConfig {
+            default_timeout_s: config.default_timeout_s,
+            max_timeout_s: config.max_timeout_s,
+            max_lifetime_s: config.max_lifetime_s,
+            node_id: "local".into(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
+    let metrics_store = Arc::new(MetricsStore::default());
+    metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
+
+    let routing = Routing { proxy: Arc::new(Proxy::new(lifecycle.clone())), domain: config.domain.clone() };
+    let app = api::router(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started })
+        .layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic));
+
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let url = format!("http://{}", config.listen);
+    println!("SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:", started.elapsed().as_millis());
+    println!("export E2B_API_URL={url}");
+    println!("export E2B_SANDBOX_URL={url}");
+    match fresh_key {
+        Some(key) => println!("export E2B_API_KEY={key}    # shown once; manage keys with `soulbox keys`"),
+        None => println!("export E2B_API_KEY=<a key from `soulbox keys create`>"),
+    }
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
