@@ -8,7 +8,7 @@ PORT="${PORT:-49983}"
 PYTHON="${PYTHON:-python3}"
 SANDBOX_USER="${SANDBOX_USER:-user}"
 SANDBOX_HOME="${SANDBOX_HOME:-/home/user}"
-ENVD_BIN="$ROOT/target/release/soulbox-envd"
+ENVD_BIN="${SOULBOX_ENVD_BIN:-$ROOT/target/release/soulbox-envd}"
 LOG_DIR="$ROOT/target/compat"
 ENVD_PID=""
 

@@ -8,6 +8,7 @@
 # Environment:
 #   SOULBOX_COMPAT_VERSIONS="2.45 latest" which requirements-<v>.txt to run
 #   SOULBOX_COMPAT_SKIP_BUILD=1           use the existing target/release/soulbox-envd
+#   SOULBOX_ENVD_BIN=path                 run this envd binary instead (implies no build)
 #   PYTHON=python3                        interpreter for the venvs
 # envd logs: target/compat/envd-<version>.log
 set -euo pipefail
@@ -41,7 +42,7 @@ trap 'exit 130' INT TERM
 
 require_root
 ensure_user
-if [ -z "${SOULBOX_COMPAT_SKIP_BUILD:-}" ]; then
+if [ -z "${SOULBOX_COMPAT_SKIP_BUILD:-}" ] && [ -z "${SOULBOX_ENVD_BIN:-}" ]; then
   log "building soulbox-envd (release)"
   (cd "$ROOT" && cargo build -p soulbox-envd --release)
 fi

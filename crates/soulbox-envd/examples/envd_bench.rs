@@ -4,16 +4,18 @@
 //! `TCP_NODELAY`, a hand-written `POST /process.Process/Start` carrying one Connect JSON envelope for
 //! `/bin/true`, and the response read up to the end-stream envelope (flag `0x02`). As a baseline it times a plain
 //! spawn+wait of `/bin/true` (Rust's `Command` uses `posix_spawn` on Linux) and of `/bin/bash -l -c true` (what the
-//! SDK's `commands.run("true")` executes).
+//! SDK's `commands.run("true")` executes), the latter as the sandbox user (`--bash-user`, default `user`, if it
+//! exists) because a login shell's cost depends on that user's profile.
 //!
 //! ```text
 //! cargo run -p soulbox-envd --release --example envd_bench -- [--addr 127.0.0.1:49983] [--token T] [-n 200]
-//!     [--warmup 20] [--no-spawn]
+//!     [--warmup 20] [--no-spawn] [--bash-user user]
 //! ```
 //! The token defaults to `$SOULBOX_ENVD_TOKEN`. Output: one `key=value` line per measurement.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,7 @@ struct Args {
     n: usize,
     warmup: usize,
     spawn: bool,
+    bash_user: String,
 }
 
 fn parse_args() -> Result<Args> {
@@ -34,6 +37,7 @@ fn parse_args() -> Result<Args> {
         n: 200,
         warmup: 20,
         spawn: true,
+        bash_user: "user".to_owned(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -44,8 +48,9 @@ fn parse_args() -> Result<Args> {
             "-n" | "--n" => args.n = value("-n")?.parse()?,
             "--warmup" => args.warmup = value("--warmup")?.parse()?,
             "--no-spawn" => args.spawn = false,
+            "--bash-user" => args.bash_user = value("--bash-user")?,
             "-h" | "--help" => {
-                println!("envd_bench [--addr HOST:PORT] [--token T] [-n N] [--warmup N] [--no-spawn]");
+                println!("envd_bench [--addr HOST:PORT] [--token T] [-n N] [--warmup N] [--no-spawn] [--bash-user U]");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}").into()),
@@ -71,7 +76,12 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let writer = stream.try_clone()?;
-        Ok(Conn { reader: BufReader::with_capacity(64 * 1024, stream), writer, host: addr.to_owned(), reusable: true })
+        Ok(Conn {
+            reader: BufReader::with_capacity(64 * 1024, stream),
+            writer,
+            host: addr.to_owned(),
+            reusable: true,
+        })
     }
 
     /// Sends `Process/Start` for `/bin/true` and reads the stream to its end-stream envelope.
@@ -144,7 +154,13 @@ impl Conn {
         }
         let status: u16 = line.split_whitespace().nth(1).ok_or("bad status line")?.parse()?;
         let http10 = line.starts_with("HTTP/1.0");
-        let mut head = Head { status, chunked: false, length: None, content_type: None, close: http10 };
+        let mut head = Head {
+            status,
+            chunked: false,
+            length: None,
+            content_type: None,
+            close: http10,
+        };
         loop {
             line.clear();
             if self.reader.read_line(&mut line)? == 0 {
@@ -154,7 +170,9 @@ impl Conn {
             if l.is_empty() {
                 break;
             }
-            let Some((name, value)) = l.split_once(':') else { continue };
+            let Some((name, value)) = l.split_once(':') else {
+                continue;
+            };
             let value = value.trim();
             match name.to_ascii_lowercase().as_str() {
                 "transfer-encoding" => head.chunked = value.to_ascii_lowercase().contains("chunked"),
@@ -210,8 +228,9 @@ impl Read for Body<'_> {
             let mut line = String::new();
             self.r.read_line(&mut line)?;
             let size_str = line.trim().split(';').next().unwrap_or("");
-            let size = u64::from_str_radix(size_str, 16)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunk size {line:?}: {e}")))?;
+            let size = u64::from_str_radix(size_str, 16).map_err(|e| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, format!("chunk size {line:?}: {e}"))
+            })?;
             if size == 0 {
                 // trailers until the empty line
                 loop {
@@ -254,7 +273,12 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let n = samples.len();
     let pick = |p: usize| samples[((n * p).div_ceil(100)).saturating_sub(1).min(n - 1)];
-    Stats { p50: pick(50), p99: pick(99), mean: samples.iter().sum::<Duration>() / n as u32, min: samples[0] }
+    Stats {
+        p50: pick(50),
+        p99: pick(99),
+        mean: samples.iter().sum::<Duration>() / n as u32,
+        min: samples[0],
+    }
 }
 
 fn report(name: &str, n: usize, s: &Stats) {
@@ -292,16 +316,38 @@ fn bench_raw(args: &Args) -> Result<()> {
     Ok(())
 }
 
-fn bench_spawn(name: &str, program: &str, argv: &[&str], args: &Args) -> Result<()> {
+/// uid, gid and home of `name` from /etc/passwd.
+fn lookup_user(name: &str) -> Option<(u32, u32, String)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() >= 7 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, f[5].to_owned())))?
+    })
+}
+
+fn bench_spawn(name: &str, program: &str, argv: &[&str], user: Option<&str>, args: &Args) -> Result<()> {
+    let identity = match user {
+        Some(u) => Some((u, lookup_user(u).ok_or_else(|| format!("no user {u}"))?)),
+        None => None,
+    };
     let mut samples = Vec::with_capacity(args.n);
     for i in 0..args.warmup + args.n {
         let t = Instant::now();
-        let status = Command::new(program)
-            .args(argv)
+        let mut cmd = Command::new(program);
+        cmd.args(argv)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()?;
+            .stderr(Stdio::null());
+        if let Some((u, (uid, gid, home))) = &identity {
+            // fork+exec (std cannot posix_spawn with a uid change); fine for a login-shell baseline
+            cmd.uid(*uid)
+                .gid(*gid)
+                .env("HOME", home)
+                .env("USER", u)
+                .env("LOGNAME", u)
+                .current_dir(home);
+        }
+        let status = cmd.status()?;
         let elapsed = t.elapsed();
         if !status.success() {
             return Err(format!("{program} failed: {status}").into());
@@ -314,12 +360,32 @@ fn bench_spawn(name: &str, program: &str, argv: &[&str], args: &Args) -> Result<
     Ok(())
 }
 
+/// Whether we may switch users (std only: the effective uid from /proc).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
     bench_raw(&args)?;
     if args.spawn {
-        bench_spawn("posix_spawn_true", "/bin/true", &[], &args)?;
-        bench_spawn("posix_spawn_bash_login_true", "/bin/bash", &["-l", "-c", "true"], &args)?;
+        bench_spawn("posix_spawn_true", "/bin/true", &[], None, &args)?;
+        let as_user = (running_as_root() && lookup_user(&args.bash_user).is_some()).then_some(args.bash_user.as_str());
+        bench_spawn(
+            "spawn_bash_login_true",
+            "/bin/bash",
+            &["-l", "-c", "true"],
+            as_user,
+            &args,
+        )?;
+        println!("spawn_bash_login_user={}", as_user.unwrap_or("(current)"));
     }
     Ok(())
 }
