@@ -129,3 +129,35 @@ pub fn stats(parent: &str, id: &str) -> Stats {
     }
     s
 }
+
+/// Freeze (`true`) or thaw the sandbox's cgroup and wait until the kernel reports the new state.
+/// v2: `cgroup.freeze` + `cgroup.events`; v1: `freezer.state` (FREEZING → FROZEN).
+pub async fn set_frozen(parent: &str, id: &str, frozen: bool) -> std::io::Result<()> {
+    let (ctl, val, events, want): (PathBuf, &str, PathBuf, &str) = if is_v2() {
+        let d = Path::new(ROOT).join(parent).join(id);
+        (d.join("cgroup.freeze"), if frozen { "1" } else { "0" }, d.join("cgroup.events"), if frozen { "frozen 1" } else { "frozen 0" })
+    } else {
+        let d = Path::new(ROOT).join("freezer").join(parent).join(id);
+        let f = d.join("freezer.state");
+        (f.clone(), if frozen { "FROZEN" } else { "THAWED" }, f, if frozen { "FROZEN" } else { "THAWED" })
+    };
+    std::fs::write(&ctl, val)?;
+    // The kernel offers no wakeup for the v1 freezer; the transition takes microseconds, so
+    // yield first and back off to 1 ms sleeps only if it drags (bounded at ~2 s).
+    for i in 0..3000u32 {
+        let s = std::fs::read_to_string(&events)?;
+        if s.lines().any(|l| l.trim() == want) {
+            return Ok(());
+        }
+        if !is_v2() && frozen && i % 50 == 49 {
+            // re-kick a v1 freeze that raced with a fork
+            std::fs::write(&ctl, val)?;
+        }
+        if i < 1000 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("cgroup did not reach {want}")))
+}

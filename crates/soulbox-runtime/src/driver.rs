@@ -44,6 +44,15 @@ impl Driver {
     /// `create --bundle <dir> [--preserve-fds 1] <id>`; the container's stdout/stderr go to `log`.
     /// `ready_fd` (if any) becomes fd 3 in the container.
     pub async fn create(&self, id: &str, bundle: &Path, log: &Path, ready_fd: Option<OwnedFd>) -> Result<()> {
+        self.create_or_run("create", id, bundle, log, ready_fd).await
+    }
+
+    /// `run --detach`: create + start in one runtime invocation (saves a process start).
+    pub async fn run_detached(&self, id: &str, bundle: &Path, log: &Path, ready_fd: Option<OwnedFd>) -> Result<()> {
+        self.create_or_run("run", id, bundle, log, ready_fd).await
+    }
+
+    async fn create_or_run(&self, verb: &str, id: &str, bundle: &Path, log: &Path, ready_fd: Option<OwnedFd>) -> Result<()> {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -51,9 +60,11 @@ impl Driver {
             .map_err(|e| Error::Io { path: log.into(), source: e })?;
         let logf2 = logf.try_clone().map_err(|e| Error::Io { path: log.into(), source: e })?;
         let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(&self.global)
-            .arg("create")
-            .arg("--bundle")
+        cmd.args(&self.global).arg(verb);
+        if verb == "run" {
+            cmd.arg("--detach");
+        }
+        cmd.arg("--bundle")
             .arg(bundle)
             .arg("--pid-file")
             .arg(bundle.join("init.pid"));
@@ -78,16 +89,16 @@ impl Driver {
                 });
             }
         }
-        let child = cmd.spawn().map_err(|source| Error::Spawn { cmd: format!("{} create", self.bin), source })?;
+        let child = cmd.spawn().map_err(|source| Error::Spawn { cmd: format!("{} {verb}", self.bin), source })?;
         // Our copy of the write end must be closed so that envd's death shows as EOF.
         drop(ready_fd);
         let out = child
             .wait_with_output()
             .await
-            .map_err(|source| Error::Spawn { cmd: format!("{} create", self.bin), source })?;
+            .map_err(|source| Error::Spawn { cmd: format!("{} {verb}", self.bin), source })?;
         if !out.status.success() {
             return Err(Error::Command {
-                cmd: format!("{} create {id}", self.bin),
+                cmd: format!("{} {verb} {id}", self.bin),
                 status: out.status.to_string(),
                 stderr: util::tail(log, 2000),
             });

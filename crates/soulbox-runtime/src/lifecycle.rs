@@ -102,6 +102,16 @@ impl Inner {
         Ok(())
     }
 
+    /// Pause (freeze) or resume, via the cgroup freezer directly or the runtime's CLI.
+    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
+        if self.cfg.use_cgroup_freezer() {
+            return cgroup::set_frozen(&self.cfg.cgroup_parent(), id, frozen)
+                .await
+                .map_err(|e| Error::Io { path: PathBuf::from(format!("freezer of {id}")), source: e });
+        }
+        if frozen { self.driver.pause(id).await } else { self.driver.resume(id).await }
+    }
+
     /// Allocate an address, record the lease, create netns + veth.
     async fn acquire_network(&self, id: &str) -> Result<NetLease> {
         let ip = self.ips.allocate()?;
@@ -238,9 +248,13 @@ impl Inner {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
             .map_err(|e| Error::Io { path: "pipe".into(), source: e })?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "rootfs mounted, bundle written");
-        self.driver.create(id, &dir, &log, Some(w)).await?;
-        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
-        self.driver.start(id).await?;
+        if self.cfg.run_detached {
+            self.driver.run_detached(id, &dir, &log, Some(w)).await?;
+        } else {
+            self.driver.create(id, &dir, &log, Some(w)).await?;
+            tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
+            self.driver.start(id).await?;
+        }
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
@@ -366,7 +380,7 @@ impl Runtime {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
         want(&rec, &[Status::Running])?;
-        self.inner.driver.pause(id).await?;
+        self.inner.freeze(id, true).await?;
         rec.status = Status::Paused;
         rec.save(&self.inner.dir(id))
     }
@@ -375,7 +389,7 @@ impl Runtime {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
         want(&rec, &[Status::Paused])?;
-        self.inner.driver.resume(id).await?;
+        self.inner.freeze(id, false).await?;
         rec.status = Status::Running;
         rec.save(&self.inner.dir(id))
     }
@@ -427,13 +441,13 @@ impl Runtime {
         let Some(mut meta) = rec.template.clone() else { return Err(Error::Invalid("no template".into())) };
         let was_running = rec.status == Status::Running;
         if was_running {
-            self.inner.driver.pause(id).await?;
+            self.inner.freeze(id, true).await?;
         }
         let tmp = self.inner.store.temp_layer()?;
         let upper = rootfs::paths(&self.inner.dir(id)).upper;
         let copy = util::run("cp", &["-a", "--reflink=auto", &format!("{}/.", upper.display()), &tmp.to_string_lossy()]).await;
         if was_running {
-            self.inner.driver.resume(id).await?;
+            self.inner.freeze(id, false).await?;
         }
         if let Err(e) = copy {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -254,8 +254,15 @@ async fn internet_access_on_off_and_cidr_lists() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envd_dying_before_ready_is_an_error_with_log_tail() {
     root_or_skip!("envd_dying_before_ready_is_an_error_with_log_tail");
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let dir = std::path::PathBuf::from("/var/tmp/soulbox-test/fake-envd");
     std::fs::create_dir_all(&dir).unwrap();
+    let _rm = RmDir(dir.clone());
     let fake = dir.join("envd.sh");
     std::fs::write(&fake, "#!/bin/sh\necho envd-is-dying >&2\nexit 3\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
