@@ -274,6 +274,18 @@ def test_connect_to_running_process(sandbox: Sandbox):
     assert original.stderr == "world\n"
 
 
+def test_late_connect_gets_end_event(sandbox: Sandbox):
+    # The end event of a finished process stays available for a late Connect (spec §2.4: start + end).
+    handle = sandbox.commands.run("exit 7", background=True)
+    with pytest.raises(CommandExitException):
+        handle.wait()
+    late = sandbox.commands.connect(handle.pid)
+    assert late.pid == handle.pid
+    with pytest.raises(CommandExitException) as exc_info:
+        late.wait()
+    assert exc_info.value.exit_code == 7
+
+
 def test_connect_to_non_existing_process(sandbox: Sandbox):
     with pytest.raises(NotFoundException):
         sandbox.commands.connect(999999)
@@ -393,3 +405,38 @@ def test_umask_022(sandbox: Sandbox, name):
     info = sandbox.files.get_info(f"{name}/f")
     assert info.owner == "user" and info.group == "user"
     assert grp.getgrnam("user")  # the group exists on the host that envd runs on
+
+
+# --- StreamInput (client stream; Python SDK 2.63+ only) --------------------------------------------------------------
+
+needs_stream_input = pytest.mark.skipif(
+    not hasattr(Sandbox.create().commands, "stream_input"), reason="this e2b SDK has no commands.stream_input"
+)
+
+
+@needs_stream_input
+def test_stream_input(sandbox: Sandbox):
+    cmd = sandbox.commands.run("cat", background=True, stdin=True)
+    sandbox.commands.stream_input(cmd.pid, iter(["Hello, ", b"streamed ", "World!"]))
+    sandbox.commands.close_stdin(cmd.pid)
+    result = cmd.wait()
+    assert result.exit_code == 0
+    assert result.stdout == "Hello, streamed World!"
+
+
+@needs_stream_input
+def test_stream_input_unknown_pid(sandbox: Sandbox):
+    with pytest.raises(NotFoundException):
+        sandbox.commands.stream_input(999999, iter(["x"]))
+
+
+@needs_stream_input
+def test_pty_stream_input(sandbox: Sandbox):
+    from e2b.sandbox.commands.command_handle import PtySize
+
+    terminal = sandbox.pty.create(PtySize(cols=80, rows=24))
+    sandbox.pty.stream_input(terminal.pid, iter([b"echo stre", b"amed-$((40+2))\n", b"exit\n"]))
+    chunks = []
+    result = terminal.wait(on_pty=lambda d: chunks.append(bytes(d)))
+    assert result.exit_code == 0
+    assert "streamed-42" in b"".join(chunks).decode("utf-8", "replace")
