@@ -60,7 +60,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     let lifecycle = Lifecycle::start(
         store,
-        node,
+        node.clone(),
         LifecycleConfig {
             default_timeout_s: config.default_timeout_s,
             max_timeout_s: config.max_timeout_s,
@@ -90,6 +90,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    // Pre-warmed slots are not sandboxes: give their namespaces and addresses back.
+    if let Err(e) = node.runtime().drain_pool().await {
+        tracing::warn!(error = %e, "could not release the warm pool");
+    }
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
     Ok(())
 }
