@@ -38,7 +38,9 @@ pub async fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Res
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Write JSON atomically (tmp file + fsync + rename).
+/// Write JSON atomically (tmp file + rename). No fsync: these records exist to survive a crash of
+/// the runtime process (page cache survives that); after a host crash every netns, mount and
+/// process is gone anyway and reconcile treats a missing/partial record as garbage to collect.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let data = serde_json::to_vec_pretty(value).map_err(|source| Error::Json { path: path.into(), source })?;
     write_atomic(path, &data)
@@ -50,7 +52,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     {
         let mut f = std::fs::File::create(&tmp).ctx(&tmp)?;
         f.write_all(data).ctx(&tmp)?;
-        f.sync_data().ctx(&tmp)?;
     }
     std::fs::rename(&tmp, path).ctx(path)
 }
