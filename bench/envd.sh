@@ -76,14 +76,18 @@ timed() { local t0 t1; t0="$(now)"; "$@" >/dev/null; t1="$(now)"; awk -v a="$t0"
 sdk_seconds() { field "$("$PY" "$HERE/sdk_bench.py" "$@")" seconds; }
 check_sum() { [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SRC_SUM" ] || die "$2: content differs"; rm -f "$1"; }
 
-CP_T=(); CURL_DL_T=(); CURL_UL_T=(); SDK_DL_T=(); SDK_UL_T=()
+CP_T=(); CAT_T=(); CURL_DL_T=(); CURL_NULL_T=(); CURL_UL_T=(); SDK_DL_T=(); SDK_UL_T=()
 HAVE_CURL=""; command -v curl >/dev/null && HAVE_CURL=1
 for _ in $(seq 1 "$RUNS"); do
   sync
   CP_T+=("$(timed cp "$SRC" "$BENCH_DIR/cp.bin")"); check_sum "$BENCH_DIR/cp.bin" cp
+  # cp may copy in the kernel (copy_file_range); a userspace read+write copy for reference
+  CAT_T+=("$(timed dd if="$SRC" of="$BENCH_DIR/dd.bin" bs=1M status=none)"); check_sum "$BENCH_DIR/dd.bin" dd
   if [ -n "$HAVE_CURL" ]; then
     CURL_DL_T+=("$(curl -sS --fail -o "$BENCH_DIR/dl.bin" -w '%{time_total}' -H "X-Access-Token: $TOKEN" \
       "http://127.0.0.1:$PORT/files?path=$SRC")"); check_sum "$BENCH_DIR/dl.bin" "curl download"
+    CURL_NULL_T+=("$(curl -sS --fail -o /dev/null -w '%{time_total}' -H "X-Access-Token: $TOKEN" \
+      "http://127.0.0.1:$PORT/files?path=$SRC")")
     CURL_UL_T+=("$(curl -sS --fail -o /dev/null -w '%{time_total}' -X POST -T "$SRC" \
       -H 'Content-Type: application/octet-stream' -H "X-Access-Token: $TOKEN" \
       "http://127.0.0.1:$PORT/files?path=$BENCH_DIR/ul.bin")"); check_sum "$BENCH_DIR/ul.bin" "curl upload"
@@ -124,8 +128,10 @@ row "(c) spawn bash -l -c true (as $BASH_USER)" "${BASH_P50} ms" "${BASH_P99} ms
 row "(b) raw HTTP Process/Start /bin/true" "${RAW_P50} ms" "${RAW_P99} ms" "$(ratio "$RAW_P50" "$SP_P50")x spawn" "p50 < 2 ms: $(verdict "$RAW_P50" 2 "<")"
 row "(a) SDK commands.run(\"true\") (bash -l)" "${SDK_P50} ms" "${SDK_P99} ms" "$(ratio "$SDK_P50" "$BASH_P50")x bash" ""
 row "(d) local cp" "$CP_MIBPS MiB/s" "" "1.00x" ""
+v="$(mibps "$(med "${CAT_T[@]}")")"; row "(d) local dd bs=1M (userspace copy)" "$v MiB/s" "" "$(ratio "$v" "$CP_MIBPS")x cp" ""
 if [ -n "$HAVE_CURL" ]; then
   v="$(mibps "$(med "${CURL_DL_T[@]}")")"; row "(d) download, curl GET /files" "$v MiB/s" "" "$(ratio "$v" "$CP_MIBPS")x cp" ">= 0.5x: $(verdict "$(ratio "$v" "$CP_MIBPS")" 0.5 ">=")"
+  v="$(mibps "$(med "${CURL_NULL_T[@]}")")"; row "(d) download, curl GET /files > /dev/null" "$v MiB/s" "" "$(ratio "$v" "$CP_MIBPS")x cp" "(envd serving rate)"
   v="$(mibps "$(med "${CURL_UL_T[@]}")")"; row "(d) upload, curl POST /files (octet-stream)" "$v MiB/s" "" "$(ratio "$v" "$CP_MIBPS")x cp" ">= 0.5x: $(verdict "$(ratio "$v" "$CP_MIBPS")" 0.5 ">=")"
 fi
 v="$(mibps "$(med "${SDK_DL_T[@]}")")"; row "(d) download, SDK files.read(stream)" "$v MiB/s" "" "$(ratio "$v" "$CP_MIBPS")x cp" ">= 0.5x: $(verdict "$(ratio "$v" "$CP_MIBPS")" 0.5 ">=")"
