@@ -84,9 +84,22 @@ start_envd() {
   die "envd did not answer GET /health within 10 s"
 }
 
+# Children of a pid from /proc (no procps needed on a minimal machine).
+children_of() {
+  local target="$1" f line rest
+  for f in /proc/[0-9]*/stat; do
+    { read -r line <"$f"; } 2>/dev/null || continue
+    rest="${line##*) }"            # after the command name: "<state> <ppid> ..."
+    set -- $rest
+    [ "${2:-}" = "$target" ] || continue
+    f="${f#/proc/}"
+    echo "${f%/stat}"
+  done
+}
+
 descendants() {
   local pid="$1" child
-  for child in $(ps -o pid= --ppid "$pid" 2>/dev/null); do
+  for child in $(children_of "$pid"); do
     descendants "$child"
     echo "$child"
   done
