@@ -2,6 +2,8 @@
 
 mod sandboxes;
 mod system;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -49,7 +51,31 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(system::openapi))
         .merge(authenticated)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Largest JSON body the API accepts.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Rewrites errors produced outside our handlers (axum's extractor rejections: bad paths, queries, oversized
+/// bodies, wrong methods) into E2B's `{"code","message"}` shape, which the Python SDK always parses.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+    let message = if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text };
+    error(status, message)
 }
 
 /// `X-API-Key` on every API route, checked against the store (hashes, constant-time).

@@ -1,0 +1,280 @@
+//! API behaviour over an in-memory node: status codes, E2B error shapes, list filters and paging, lifecycle
+//! rules. (The real node and the official SDKs are exercised by tests/e2e.)
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::lifecycle::LifecycleConfig;
+use crate::node::*;
+use crate::store::Store;
+
+#[derive(Default)]
+struct FakeNode {
+    next: AtomicU32,
+    sandboxes: Mutex<HashMap<String, bool>>, // id → paused
+}
+
+#[async_trait]
+impl Node for FakeNode {
+    async fn info(&self) -> NodeInfo {
+        NodeInfo {
+            node_id: "fake".into(),
+            status: NodeStatus::Healthy,
+            region: "test".into(),
+            version: "0".into(),
+            cpu_count: 2,
+            memory_mb: 1024,
+            cpu_available: 2.0,
+            memory_available_mb: 1024,
+            sandbox_count: self.sandboxes.lock().unwrap().len() as u32,
+            last_health_check_unix_ms: 0,
+        }
+    }
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
+        Ok(vec![TemplateInfo {
+            template_id: "base".into(),
+            aliases: vec!["base".into()],
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+            envd_version: "0.6.13".into(),
+        }])
+    }
+    async fn create(&self, _spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+        let id = format!("f{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.sandboxes.lock().unwrap().insert(id.clone(), false);
+        Ok(CreatedSandbox { sandbox_id: id, address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
+    }
+    async fn pause(&self, id: &str, _keep_memory: bool) -> Result<(), NodeError> {
+        self.sandboxes.lock().unwrap().insert(id.into(), true);
+        Ok(())
+    }
+    async fn resume(&self, id: &str) -> Result<IpAddr, NodeError> {
+        self.sandboxes.lock().unwrap().insert(id.into(), false);
+        Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+    async fn kill(&self, id: &str) -> Result<(), NodeError> {
+        self.sandboxes.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
+        Ok(SandboxStats { cpu_count: 2, ..Default::default() })
+    }
+    async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
+        Ok(vec![LogLine { unix_ms: 5, line: "envd listening".into() }])
+    }
+}
+
+struct Harness {
+    app: axum::Router,
+    key: String,
+    node: std::sync::Arc<FakeNode>,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+    let (_, key) = store.create_api_key("test").await.unwrap();
+    let node = std::sync::Arc::new(FakeNode::default());
+    let config = LifecycleConfig { max_lifetime_s: 600, ..Default::default() };
+    let lifecycle = Lifecycle::start(store, node.clone(), config).await.unwrap();
+    let state = ApiState {
+        lifecycle,
+        metrics: std::sync::Arc::new(MetricsStore::default()),
+        domain: Some("sb.test".into()),
+        started: std::time::Instant::now(),
+    };
+    Harness { app: router(state), key: key.secret, node, _dir: dir }
+}
+
+impl Harness {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, http::HeaderMap, Value) {
+        self.raw(method, path, body.map(|b| b.to_string()), true).await
+    }
+
+    async fn raw(&self, method: &str, path: &str, body: Option<String>, auth: bool) -> (StatusCode, http::HeaderMap, Value) {
+        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+        if auth {
+            req = req.header("x-api-key", &self.key);
+        }
+        let resp = self.app.clone().oneshot(req.body(body.map(Body::from).unwrap_or_default()).unwrap()).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        (status, headers, value)
+    }
+
+    async fn create(&self, metadata: Value) -> String {
+        let (status, _, body) = self.call("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "metadata": metadata}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["sandboxID"].as_str().unwrap().to_owned()
+    }
+}
+
+fn assert_e2b_error(status: StatusCode, body: &Value, want: StatusCode) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["code"], want.as_u16(), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+#[tokio::test]
+async fn create_connect_kill_with_e2b_statuses() {
+    let h = harness().await;
+    let (status, _, created) = h.call("POST", "/sandboxes", Some(json!({"templateID": "base", "timeout": 60, "secure": true}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    for key in ["templateID", "sandboxID", "clientID", "envdVersion", "envdAccessToken"] {
+        assert!(created.get(key).is_some(), "{key} missing: {created}");
+    }
+    assert_eq!(created["domain"], "sb.test");
+    let id = created["sandboxID"].as_str().unwrap();
+
+    let (status, _, _) = h.call("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 30}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, info) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["memoryMB"], 512);
+
+    assert_eq!(h.call("POST", &format!("/sandboxes/{id}/pause"), None).await.0, StatusCode::NO_CONTENT);
+    let (status, _, body) = h.call("POST", &format!("/sandboxes/{id}/pause"), Some(json!({}))).await;
+    assert_e2b_error(status, &body, StatusCode::CONFLICT);
+    assert_eq!(h.call("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({}))).await.0, StatusCode::CREATED);
+
+    assert_eq!(h.call("DELETE", &format!("/sandboxes/{id}"), None).await.0, StatusCode::NO_CONTENT);
+    let (status, _, body) = h.call("DELETE", &format!("/sandboxes/{id}"), None).await;
+    assert_e2b_error(status, &body, StatusCode::NOT_FOUND);
+    assert!(h.node.sandboxes.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn v1_only_secures_when_asked() {
+    let h = harness().await;
+    let (_, _, created) = h.call("POST", "/sandboxes", Some(json!({"templateID": "base"}))).await;
+    assert!(created.get("envdAccessToken").is_none(), "{created}");
+    let (_, _, created) = h.call("POST", "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
+    assert!(created["envdAccessToken"].as_str().is_some_and(|t| t.len() == 64));
+}
+
+#[tokio::test]
+async fn bad_input_gets_e2b_errors_and_leaves_nothing() {
+    let h = harness().await;
+    let cases: Vec<(&str, &str, Option<String>, StatusCode)> = vec![
+        ("POST", "/v2/sandboxes", Some("{not json".into()), StatusCode::BAD_REQUEST),
+        ("POST", "/v2/sandboxes", Some(r#"{"templateID": 5}"#.into()), StatusCode::BAD_REQUEST),
+        ("POST", "/v2/sandboxes", Some(r#"{"templateID": "base", "timeout": 0}"#.into()), StatusCode::BAD_REQUEST),
+        ("POST", "/v2/sandboxes", Some(r#"{"templateID": "base", "timeout": 999999999}"#.into()), StatusCode::BAD_REQUEST),
+        ("POST", "/v2/sandboxes", Some(r#"{"templateID": "nope"}"#.into()), StatusCode::NOT_FOUND),
+        ("POST", "/v2/sandboxes", Some(format!(r#"{{"templateID": "base", "metadata": {{"k": "{}"}}}}"#, "x".repeat(2 << 20))), StatusCode::PAYLOAD_TOO_LARGE),
+        ("GET", "/v2/sandboxes?metadata=novalue", None, StatusCode::BAD_REQUEST),
+        ("GET", "/v2/sandboxes?state=dead", None, StatusCode::BAD_REQUEST),
+        ("GET", "/v2/sandboxes?limit=0", None, StatusCode::BAD_REQUEST),
+        ("GET", "/v2/sandboxes?nextToken=%21%21", None, StatusCode::BAD_REQUEST),
+        ("GET", "/no/such/route", None, StatusCode::NOT_FOUND),
+        ("PUT", "/v2/sandboxes", None, StatusCode::METHOD_NOT_ALLOWED),
+        ("POST", "/sandboxes/x/connect", Some("{}".into()), StatusCode::BAD_REQUEST),
+        ("POST", "/sandboxes/missing/timeout", Some(r#"{"timeout": 5}"#.into()), StatusCode::NOT_FOUND),
+    ];
+    for (method, path, body, want) in cases {
+        let (status, _, value) = h.raw(method, path, body, true).await;
+        assert_e2b_error(status, &value, want);
+    }
+    let (status, _, value) = h.raw("GET", "/v2/sandboxes", None, false).await;
+    assert_e2b_error(status, &value, StatusCode::UNAUTHORIZED);
+    let mut req = Request::get("/v2/sandboxes").header("x-api-key", "e2b_0123").body(Body::empty()).unwrap();
+    req.headers_mut().insert("x-api-key", "e2b_0123".parse().unwrap());
+    let resp = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(h.node.sandboxes.lock().unwrap().is_empty(), "no partial sandbox");
+    let (_, _, list) = h.call("GET", "/v2/sandboxes", None).await;
+    assert_eq!(list, json!([]));
+}
+
+#[tokio::test]
+async fn list_filters_and_pages() {
+    let h = harness().await;
+    let a = h.create(json!({"team": "red", "user id": "a&b=c"})).await;
+    let b = h.create(json!({"team": "blue"})).await;
+    let c = h.create(json!({"team": "red"})).await;
+    h.call("POST", &format!("/sandboxes/{c}/pause"), None).await;
+
+    let ids = |v: &Value| v.as_array().unwrap().iter().map(|s| s["sandboxID"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let (_, headers, all) = h.call("GET", "/v2/sandboxes?order=asc", None).await;
+    assert_eq!(ids(&all), vec![a.clone(), b.clone(), c.clone()]);
+    assert_eq!(headers["x-total-running"], "2");
+    assert!(headers.get("x-next-token").is_none());
+
+    // Python: urlencode({quote(k): quote(v)}), then encoded again as a query value.
+    let (_, _, red) = h.call("GET", "/v2/sandboxes?metadata=team%3Dred", None).await;
+    assert_eq!(ids(&red).len(), 2);
+    let (_, _, special) = h.call("GET", "/v2/sandboxes?metadata=user%252520id%3Da%252526b%25253Dc", None).await;
+    assert_eq!(ids(&special), vec![a.clone()]);
+    let (_, _, paused) = h.call("GET", "/v2/sandboxes?state=paused", None).await;
+    assert_eq!(ids(&paused), vec![c.clone()]);
+    let (_, _, none) = h.call("GET", "/v2/sandboxes?template=unknown", None).await;
+    assert_eq!(none, json!([]));
+
+    let mut seen = Vec::new();
+    let mut path = "/v2/sandboxes?limit=1".to_owned();
+    loop {
+        let (status, headers, page) = h.call("GET", &path, None).await;
+        assert_eq!(status, StatusCode::OK);
+        seen.extend(ids(&page));
+        match headers.get("x-next-token") {
+            Some(t) => path = format!("/v2/sandboxes?limit=1&nextToken={}", t.to_str().unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![c, b, a], "newest first across pages");
+}
+
+#[tokio::test]
+async fn refresh_and_timeouts() {
+    let h = harness().await;
+    let id = h.create(json!({})).await;
+    let end = |v: &Value| crate::time::parse_rfc3339_ms(v["endAt"].as_str().unwrap()).unwrap();
+    let (_, _, before) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(h.call("POST", &format!("/sandboxes/{id}/refreshes"), Some(json!({"duration": 500}))).await.0, StatusCode::NO_CONTENT);
+    let (_, _, after) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert!(end(&after) > end(&before));
+    let (status, _, body) = h.call("POST", &format!("/sandboxes/{id}/refreshes"), Some(json!({"duration": 700}))).await;
+    assert_e2b_error(status, &body, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("maximum lifetime"));
+
+    // Connect never shortens; set_timeout may.
+    h.call("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 10}))).await;
+    let (_, _, connected) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(end(&connected), end(&after));
+    assert_eq!(h.call("POST", &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 10}))).await.0, StatusCode::NO_CONTENT);
+    let (_, _, shortened) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert!(end(&shortened) < end(&after));
+}
+
+#[tokio::test]
+async fn system_endpoints() {
+    let h = harness().await;
+    let (status, _, health) = h.raw("GET", "/health", None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["status"], "healthy");
+    let (status, _, text) = h.raw("GET", "/metrics", None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.as_str().unwrap().contains("soulbox_sandboxes{state=\"running\"} 0"));
+    let (_, _, nodes) = h.call("GET", "/nodes", None).await;
+    assert_eq!(nodes[0]["status"], "healthy");
+    let (status, _, doc) = h.raw("GET", "/openapi.json", None, false).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc.is_object());
+    let id = h.create(json!({})).await;
+    let (_, _, logs) = h.call("GET", &format!("/sandboxes/{id}/logs"), None).await;
+    assert_eq!(logs["logs"][0]["line"], "envd listening");
+}
