@@ -21,6 +21,8 @@ pub struct FileConfig {
     pub max_lifetime_s: Option<i64>,
     pub warm_pool: Option<usize>,
     pub network_pool: Option<String>,
+    /// Name prefix of the node's host objects (netns `<prefix>-<id>`, veths, nft table, cgroup parent).
+    pub prefix: Option<String>,
     pub metrics_interval_s: Option<u64>,
 }
 
@@ -47,6 +49,9 @@ pub struct ServerConfig {
     pub warm_pool: usize,
     /// `a.b.c.d/len`
     pub network_pool: String,
+    /// Runtime name prefix (2-5 chars [a-z0-9], starting with a letter); default `sbx`. Two servers on one
+    /// machine need different prefixes and network pools.
+    pub prefix: String,
     pub metrics_interval_s: u64,
 }
 

@@ -10,7 +10,11 @@ pub mod local_node;
 pub mod metrics;
 pub mod node;
 pub mod proxy;
+#[cfg(test)]
+mod proxy_tests;
 pub mod server;
 pub mod store;
 pub mod time;
 pub mod api;
+#[cfg(test)]
+pub(crate) mod testing;

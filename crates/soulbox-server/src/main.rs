@@ -57,6 +57,13 @@ struct ServerArgs {
     /// Longest total lifetime a refresh may extend a sandbox to, in seconds [default: 86400].
     #[arg(long, env = "SOULBOX_MAX_LIFETIME_S")]
     max_lifetime_s: Option<i64>,
+    /// Name prefix of host objects (netns, veths, nft table, cgroup parent) [default: sbx]; servers sharing a
+    /// machine need distinct prefixes (and network pools).
+    #[arg(long, env = "SOULBOX_PREFIX")]
+    prefix: Option<String>,
+    /// Sandbox address pool, a.b.c.d/len [default: 10.77.0.0/16].
+    #[arg(long, env = "SOULBOX_NETWORK_POOL")]
+    network_pool: Option<String>,
 }
 
 impl ServerArgs {
@@ -77,7 +84,8 @@ impl ServerArgs {
             max_timeout_s: file.max_timeout_s.unwrap_or(24 * 3600),
             max_lifetime_s: self.max_lifetime_s.or(file.max_lifetime_s).unwrap_or(24 * 3600),
             warm_pool: self.warm_pool.or(file.warm_pool).unwrap_or(4),
-            network_pool: file.network_pool.unwrap_or_else(|| "10.77.0.0/16".into()),
+            network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
+            prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
             data_dir,
         })

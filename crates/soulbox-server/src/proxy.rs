@@ -114,6 +114,8 @@ impl Proxy {
         let Some(address) = record.address.clone() else { return not_found(&record.id) };
         let liveness = self.lifecycle.liveness(&record.id);
 
+        let mut request = request;
+        let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let uri: Uri = match format!("http://{address}:{port}{path}").parse() {
@@ -122,7 +124,11 @@ impl Proxy {
         };
         parts.uri = uri;
         parts.version = http::Version::HTTP_11;
+        let upgrade_headers = upgrade.is_some().then(|| upgrade_headers(&parts.headers));
         strip_hop_by_hop(&mut parts.headers);
+        if let Some(kept) = upgrade_headers {
+            parts.headers.extend(kept);
+        }
         parts.headers.remove(header::HOST);
         let upstream = match self.client.request(Request::from_parts(parts, body)).await {
             Ok(r) => r,
@@ -131,6 +137,11 @@ impl Proxy {
                 return port_not_open(&record.id, port);
             }
         };
+        if let Some(client_side) = upgrade
+            && upstream.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            return splice_upgrade(client_side, upstream, liveness);
+        }
         let (mut parts, body) = upstream.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
@@ -182,6 +193,51 @@ impl Proxy {
             SandboxState::Paused => self.running_sandbox(&owner.id).await,
         }
     }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn upgrade_headers(headers: &HeaderMap) -> HeaderMap {
+    let mut kept = HeaderMap::new();
+    for name in [header::CONNECTION, header::UPGRADE] {
+        if let Some(v) = headers.get(&name) {
+            kept.insert(name, v.clone());
+        }
+    }
+    kept
+}
+
+/// A WebSocket (or any HTTP/1.1 upgrade) to a sandbox port: answer 101 to the client, then copy bytes both ways
+/// until either side closes or the sandbox stops.
+fn splice_upgrade(
+    client_side: hyper::upgrade::OnUpgrade,
+    mut upstream: http::Response<hyper::body::Incoming>,
+    liveness: tokio_util::sync::CancellationToken,
+) -> Response {
+    let upstream_side = hyper::upgrade::on(&mut upstream);
+    tokio::spawn(async move {
+        let (client, sandbox) = match tokio::try_join!(client_side, upstream_side) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "proxy: upgrade failed");
+                return;
+            }
+        };
+        let mut client = hyper_util::rt::TokioIo::new(client);
+        let mut sandbox = hyper_util::rt::TokioIo::new(sandbox);
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(&mut client, &mut sandbox) => {}
+            _ = liveness.cancelled() => {}
+        }
+    });
+    let (parts, _) = upstream.into_parts();
+    Response::from_parts(parts, Body::empty())
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -32,6 +32,12 @@ async fn route_sandbox_traffic(State(routing): State<Routing>, request: Request,
     }
 }
 
+/// The whole HTTP surface: sandbox traffic to the proxy, the rest to the API.
+pub fn app(state: ApiState) -> axum::Router {
+    let routing = Routing { proxy: Arc::new(Proxy::new(state.lifecycle.clone())), domain: state.domain.clone() };
+    api::router(state).layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic))
+}
+
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
@@ -50,6 +56,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
     })?;
     runtime_config.pool_size = config.warm_pool;
+    runtime_config.prefix = config.prefix.clone();
     let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
@@ -73,9 +80,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let metrics_store = Arc::new(MetricsStore::default());
     metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
-    let routing = Routing { proxy: Arc::new(Proxy::new(lifecycle.clone())), domain: config.domain.clone() };
-    let app = api::router(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started })
-        .layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic));
+    let app = app(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started });
 
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let url = format!("http://{}", config.listen);

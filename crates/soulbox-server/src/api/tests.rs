@@ -1,12 +1,7 @@
 //! API behaviour over an in-memory node: status codes, E2B error shapes, list filters and paging, lifecycle
 //! rules. (The real node and the official SDKs are exercised by tests/e2e.)
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use async_trait::async_trait;
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -15,65 +10,8 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::lifecycle::LifecycleConfig;
-use crate::node::*;
+use crate::testing::FakeNode;
 use crate::store::Store;
-
-#[derive(Default)]
-struct FakeNode {
-    next: AtomicU32,
-    sandboxes: Mutex<HashMap<String, bool>>, // id → paused
-}
-
-#[async_trait]
-impl Node for FakeNode {
-    async fn info(&self) -> NodeInfo {
-        NodeInfo {
-            node_id: "fake".into(),
-            status: NodeStatus::Healthy,
-            region: "test".into(),
-            version: "0".into(),
-            cpu_count: 2,
-            memory_mb: 1024,
-            cpu_available: 2.0,
-            memory_available_mb: 1024,
-            sandbox_count: self.sandboxes.lock().unwrap().len() as u32,
-            last_health_check_unix_ms: 0,
-        }
-    }
-    async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
-        Ok(vec![TemplateInfo {
-            template_id: "base".into(),
-            aliases: vec!["base".into()],
-            cpu_count: 2,
-            memory_mb: 512,
-            disk_size_mb: 1024,
-            envd_version: "0.6.13".into(),
-        }])
-    }
-    async fn create(&self, _spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
-        let id = format!("f{}", self.next.fetch_add(1, Ordering::SeqCst));
-        self.sandboxes.lock().unwrap().insert(id.clone(), false);
-        Ok(CreatedSandbox { sandbox_id: id, address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
-    }
-    async fn pause(&self, id: &str, _keep_memory: bool) -> Result<(), NodeError> {
-        self.sandboxes.lock().unwrap().insert(id.into(), true);
-        Ok(())
-    }
-    async fn resume(&self, id: &str) -> Result<IpAddr, NodeError> {
-        self.sandboxes.lock().unwrap().insert(id.into(), false);
-        Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
-    }
-    async fn kill(&self, id: &str) -> Result<(), NodeError> {
-        self.sandboxes.lock().unwrap().remove(id);
-        Ok(())
-    }
-    async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
-        Ok(SandboxStats { cpu_count: 2, ..Default::default() })
-    }
-    async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
-        Ok(vec![LogLine { unix_ms: 5, line: "envd listening".into() }])
-    }
-}
 
 struct Harness {
     app: axum::Router,

@@ -1,0 +1,70 @@
+//! Test doubles shared by the crate's tests.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use async_trait::async_trait;
+
+use crate::node::*;
+
+/// An in-memory node: sandboxes are names in a map, every address is 127.0.0.1 (so the proxy reaches servers
+/// the test runs on loopback).
+#[derive(Default)]
+pub struct FakeNode {
+    next: AtomicU32,
+    pub sandboxes: Mutex<HashMap<String, bool>>, // id → paused
+}
+
+#[async_trait]
+impl Node for FakeNode {
+    async fn info(&self) -> NodeInfo {
+        NodeInfo {
+            node_id: "fake".into(),
+            status: NodeStatus::Healthy,
+            region: "test".into(),
+            version: "0".into(),
+            cpu_count: 2,
+            memory_mb: 1024,
+            cpu_available: 2.0,
+            memory_available_mb: 1024,
+            sandbox_count: self.sandboxes.lock().unwrap().len() as u32,
+            last_health_check_unix_ms: 0,
+        }
+    }
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
+        Ok(vec![TemplateInfo {
+            template_id: "base".into(),
+            aliases: vec!["base".into()],
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+            envd_version: "0.6.13".into(),
+        }])
+    }
+    async fn create(&self, _spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+        let id = format!("f{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.sandboxes.lock().unwrap().insert(id.clone(), false);
+        Ok(CreatedSandbox { sandbox_id: id, address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
+    }
+    async fn pause(&self, id: &str, _keep_memory: bool) -> Result<(), NodeError> {
+        self.sandboxes.lock().unwrap().insert(id.into(), true);
+        Ok(())
+    }
+    async fn resume(&self, id: &str) -> Result<IpAddr, NodeError> {
+        self.sandboxes.lock().unwrap().insert(id.into(), false);
+        Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+    async fn kill(&self, id: &str) -> Result<(), NodeError> {
+        self.sandboxes.lock().unwrap().remove(id);
+        Ok(())
+    }
+    async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
+        Ok(SandboxStats { cpu_count: 2, ..Default::default() })
+    }
+    async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
+        Ok(vec![LogLine { unix_ms: 5, line: "envd listening".into() }])
+    }
+}
+
