@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets
+scripts/build-envd.sh   # the static agent the runtime and server tests run in sandboxes
 cargo nextest run --workspace --no-fail-fast
 if [ -x tests/compat/run.sh ]; then
   tests/compat/run.sh
