@@ -85,7 +85,7 @@ impl Store {
     }
     /// A fresh temp directory inside the layer store (same filesystem, so it can be renamed in).
     pub fn temp_layer(&self) -> Result<PathBuf> {
-        let p = self.root.join("layers").join(format!(".tmp-{}", crate::config::new_sandbox_id()));
+        let p = self.root.join("layers").join(format!(".tmp-{}-{}", std::process::id(), crate::config::new_sandbox_id()));
         std::fs::create_dir_all(&p).ctx(&p)?;
         Ok(p)
     }
@@ -100,12 +100,23 @@ impl Store {
         }
         Ok(digest)
     }
-    /// Remove temp layers left by a crash.
+    /// Remove temp layers left by a crashed process (`.tmp-<pid>-…` whose pid is gone); a store
+    /// may be shared by several processes, so live builders' temp dirs are kept.
     pub fn gc_temp(&self) {
         if let Ok(rd) = std::fs::read_dir(self.root.join("layers")) {
             for e in rd.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp-") {
-                    let _ = std::fs::remove_dir_all(e.path());
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix(".tmp-") else { continue };
+                let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+                let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    // a crashed mmdebstrap may have left /proc, /sys, /dev/pts mounted inside
+                    for m in crate::rootfs::mounts_under(&e.path()) {
+                        let _ = crate::rootfs::umount_path(&m);
+                    }
+                    if crate::rootfs::mounts_under(&e.path()).is_empty() {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
                 }
             }
         }
