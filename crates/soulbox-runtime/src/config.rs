@@ -46,7 +46,8 @@ pub struct RuntimeConfig {
     /// process start). Only for runtimes whose pause *is* the cgroup freezer (runc, crun);
     /// default: on when `runtime_bin` is runc or crun.
     pub cgroup_freezer: bool,
-    /// oom_score_adj of PID 1 (envd). None = inherit. Only lower it if envd resets its children.
+    /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
+    /// its own score (100) before exec.
     pub envd_oom_score_adj: Option<i32>,
 }
 
@@ -67,7 +68,9 @@ impl RuntimeConfig {
             pool_size: 0,
             ready_timeout_ms: 10_000,
             no_new_privileges: false,
-            envd_oom_score_adj: None,
+            // envd sets every process it starts to oom_score_adj 100 before exec, so an OOM inside the
+            // sandbox kills user code and leaves the agent alive to report it.
+            envd_oom_score_adj: Some(-900),
             run_detached: true,
             cgroup_freezer: true,
         }
