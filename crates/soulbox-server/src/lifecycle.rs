@@ -4,7 +4,7 @@
 //! is ordered so that a failure leaves no partial state: a sandbox is recorded only after its node started it,
 //! and a node-side sandbox whose record could not be written is killed again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -97,13 +97,16 @@ pub struct Lifecycle {
     config: LifecycleConfig,
     /// Cancelled when a sandbox stops serving (kill, pause): the proxy cuts its open streams on it.
     live: Mutex<HashMap<String, CancellationToken>>,
+    /// Sandboxes being killed or paused: from the moment their streams are cut until the operation ends, the
+    /// proxy answers "not found" for them (their record still says running, but envd is going away).
+    stopping: Mutex<HashSet<String>>,
 }
 
 impl Lifecycle {
     /// Builds the lifecycle, re-arms deadlines from the store, and starts handling timeouts.
     pub async fn start(store: Store, node: Arc<dyn Node>, config: LifecycleConfig) -> Result<Arc<Lifecycle>> {
         let (deadlines, mut fired) = Deadlines::start();
-        let lifecycle = Arc::new(Lifecycle { store, node, deadlines, config, live: Mutex::default() });
+        let lifecycle = Arc::new(Lifecycle { store, node, deadlines, config, live: Mutex::default(), stopping: Mutex::default() });
         for record in lifecycle.store.list_sandboxes().await? {
             if record.state == SandboxState::Running {
                 lifecycle.arm(&record);
@@ -141,11 +144,27 @@ impl Lifecycle {
         live.entry(id.to_owned()).or_default().clone()
     }
 
-    fn cut_traffic(&self, id: &str) {
+    /// The liveness token for proxying to a sandbox, or `None` while it is being killed or paused (the proxy then
+    /// answers "not found" instead of trying an envd that is going away).
+    pub fn serving(&self, id: &str) -> Option<CancellationToken> {
+        // Token first, then the check: `stop_serving` marks before it cancels, so a token handed out here is
+        // either cancelled by it or refused by the check.
+        let token = self.liveness(id);
+        let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
+        (!stopping).then_some(token)
+    }
+
+    /// Marks the sandbox as stopping and cuts its open streams. Undo with `done_stopping`.
+    fn stop_serving(&self, id: &str) {
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
         let token = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         if let Some(token) = token {
             token.cancel();
         }
+    }
+
+    fn done_stopping(&self, id: &str) {
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     pub async fn resolve_template(&self, wanted: &str) -> Result<TemplateInfo> {
@@ -303,7 +322,14 @@ impl Lifecycle {
         if record.state == SandboxState::Paused {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         }
-        self.cut_traffic(id);
+        self.stop_serving(id);
+        let result = self.pause_running(&record, keep_memory).await;
+        self.done_stopping(id);
+        result
+    }
+
+    async fn pause_running(&self, record: &SandboxRecord, keep_memory: bool) -> Result<()> {
+        let id = record.id.as_str();
         self.node.pause(id, keep_memory).await?;
         let address = if keep_memory { record.address.as_deref() } else { None };
         if !self.store.transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, record.end_at_ms).await? {
@@ -317,12 +343,19 @@ impl Lifecycle {
     pub async fn kill(&self, id: &str) -> Result<()> {
         // Existence first, so an unknown id is a 404 and not a silent success.
         self.store.get_sandbox(id).await?;
-        self.cut_traffic(id);
+        self.stop_serving(id);
         self.deadlines.cancel(id);
-        self.node.kill(id).await?;
-        self.store.delete_sandbox(id).await?;
-        tracing::info!(sandbox = %id, "sandbox killed");
-        Ok(())
+        let result = async {
+            self.node.kill(id).await?;
+            self.store.delete_sandbox(id).await?;
+            Ok(())
+        }
+        .await;
+        self.done_stopping(id);
+        if result.is_ok() {
+            tracing::info!(sandbox = %id, "sandbox killed");
+        }
+        result
     }
 
     /// `POST /sandboxes/{id}/timeout`: end = now + timeout (may shorten).

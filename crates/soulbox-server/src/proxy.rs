@@ -112,7 +112,8 @@ impl Proxy {
             },
         };
         let Some(address) = record.address.clone() else { return not_found(&record.id) };
-        let liveness = self.lifecycle.liveness(&record.id);
+        // None while the sandbox is being killed or paused: its envd is going away.
+        let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
 
         let mut request = request;
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
