@@ -51,6 +51,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(system::openapi))
         .merge(authenticated)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
+        .layer(axum::middleware::from_fn(refuse_oversized_bodies))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
@@ -58,6 +59,22 @@ pub fn router(state: ApiState) -> Router {
 
 /// Largest JSON body the API accepts.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A declared `Content-Length` over the limit is refused before any of the body is read (and before hyper sends
+/// `100 Continue`), so the client gets the 413 instead of a connection closed mid-upload.
+async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {n} bytes is over the limit of {MAX_BODY_BYTES} bytes"))
+        }
+        _ => next.run(request).await,
+    }
+}
 
 /// Rewrites errors produced outside our handlers (axum's extractor rejections: bad paths, queries, oversized
 /// bodies, wrong methods) into E2B's `{"code","message"}` shape, which the Python SDK always parses.
