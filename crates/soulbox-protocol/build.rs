@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prost_build::Config::new()
         .file_descriptor_set_path(&descriptor_path)
         .compile_well_known_types()
+        .extern_path(".google.protobuf.Timestamp", "crate::timestamp::Timestamp")
         .extern_path(".google.protobuf", "::pbjson_types")
         .bytes(["."])
         .compile_protos(&protos, &["proto"])?;
@@ -17,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .extern_path(".google.protobuf.Timestamp", "crate::timestamp::Timestamp")
         .ignore_unknown_fields()
         .build(&[".process", ".filesystem"])?;
 

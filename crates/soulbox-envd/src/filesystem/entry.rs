@@ -108,7 +108,7 @@ impl EntryBuilder {
             permissions: go_mode_string(st_mode),
             owner: self.accounts.user_name(meta.uid()),
             group: self.accounts.group_name(meta.gid()),
-            modified_time: Some(pbjson_types::Timestamp { seconds: meta.mtime(), nanos: meta.mtime_nsec() as i32 }),
+            modified_time: Some(soulbox_protocol::timestamp::Timestamp::new(meta.mtime(), meta.mtime_nsec() as i32)),
             symlink_target,
             metadata: read_metadata(path),
             is_symlink,
