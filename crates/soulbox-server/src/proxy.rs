@@ -81,6 +81,65 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
+/// The client connection's socket, recorded per connection (the listener's address type, so
+/// `into_make_service_with_connect_info::<ClientSocket>` puts it in every request) so a stream cut on kill can
+/// reset the connection instead of closing it cleanly.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSocket {
+    pub peer: std::net::SocketAddr,
+    fd: Option<std::os::fd::RawFd>,
+}
+
+/// The server's listener: TCP, `TCP_NODELAY` on every accepted connection, [`ClientSocket`] as its address.
+pub struct ServerListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for ServerListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = ClientSocket;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, peer) = axum::serve::Listener::accept(&mut self.0).await;
+        let _ = io.set_nodelay(true);
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
+        (io, ClientSocket { peer, fd: Some(fd) })
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(ClientSocket { peer: self.0.local_addr()?, fd: None })
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ServerListener>> for ClientSocket {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ServerListener>) -> Self {
+        *stream.remote_addr()
+    }
+}
+
+/// Makes the next close of the socket an RST (SO_LINGER 0). E2B clients treat a reset mid-body as "the sandbox
+/// was killed"; a FIN in the middle of a chunked body reads as a protocol error instead (e2b 2.45 then reports a
+/// plain timeout).
+///
+/// Only called while hyper is polling the response body of an HTTP/1 connection, i.e. while the connection —
+/// and so this descriptor — is open.
+fn reset_on_close(socket: ClientSocket) {
+    let Some(fd) = socket.fd else { return };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: the descriptor belongs to the live connection that is polling us (see above); setsockopt reads
+    // `linger` only for the duration of the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "proxy: could not set SO_LINGER on a cut stream");
+    }
+}
+
 pub struct Proxy {
     lifecycle: Arc<Lifecycle>,
     client: Client<HttpConnector, Body>,
@@ -115,6 +174,10 @@ impl Proxy {
         // None while the sandbox is being killed or paused: its envd is going away.
         let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
 
+        // HTTP/1 only: on h2 a body error resets just this stream, and the connection carries others.
+        let socket = (request.version() <= http::Version::HTTP_11)
+            .then(|| request.extensions().get::<axum::extract::ConnectInfo<ClientSocket>>().map(|c| c.0))
+            .flatten();
         let mut request = request;
         let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
         let (mut parts, body) = request.into_parts();
@@ -147,16 +210,21 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
         // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
         // clean end, which is what E2B clients recognise as a killed sandbox.
-        let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), |(mut body, live, done)| async move {
+        let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
             if done {
                 return None;
             }
             tokio::select! {
                 chunk = body.next() => chunk.map(|c| (c.map_err(std::io::Error::other), (body, live, false))),
-                _ = live.cancelled() => Some((
-                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
-                    (body, live, true),
-                )),
+                _ = live.cancelled() => {
+                    if let Some(socket) = socket {
+                        reset_on_close(socket);
+                    }
+                    Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
+                        (body, live, true),
+                    ))
+                }
             }
         });
         Response::from_parts(parts, Body::from_stream(frames.boxed()))

@@ -8,7 +8,6 @@ use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::serve::ListenerExt;
 
 use crate::api::{self, ApiState};
 use crate::config::ServerConfig;
@@ -97,10 +96,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(key) => println!("export E2B_API_KEY={key}    # shown once; manage keys with `soulbox keys`"),
         None => println!("export E2B_API_KEY=<a key from `soulbox keys create`>"),
     }
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let listener = proxy::ServerListener(listener);
+    axum::serve(listener, app.into_make_service_with_connect_info::<proxy::ClientSocket>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     // Pre-warmed slots are not sandboxes: give their namespaces and addresses back.
     if let Err(e) = node.runtime().drain_pool().await {
         tracing::warn!(error = %e, "could not release the warm pool");
