@@ -9,3 +9,4 @@ cargo nextest run --workspace --no-fail-fast
 if [ -x tests/compat/run.sh ]; then
   tests/compat/run.sh
 fi
+tests/e2e/run.sh   # soulbox server end to end with the official e2b Python SDK (2.45.1 and latest)
