@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end proof of issue 4: a real `soulbox server` (runc, the in-process node runtime, the static envd) driven
 # by the official e2b Python SDK — pinned 2.45.1 (v1 create/connect paths) and the newest release (v2 paths) —
-# plus raw HTTP, through E2B_API_URL + E2B_SANDBOX_URL.
+# plus raw HTTP, through E2B_API_URL + E2B_SANDBOX_URL; then a server restart (kill -9) with a running and a paused
+# sandbox (test_restart.py, newest SDK); then cleanup through the API and a host leak check (also on failure).
 #
 # Usage (as root: the node runtime needs mounts, netns, cgroups, nftables):
 #   tests/e2e/run.sh                      # both SDK versions
@@ -75,30 +76,35 @@ kill_all_sandboxes() {
 }
 
 start_server() {
-  local port
-  port="$(free_port)"
+  local port="${1:-}"
+  [ -n "$port" ] || port="$(free_port)"
   API_URL="http://127.0.0.1:$port"
   mkdir -p "$E2E_LOG_DIR" "$DATA_DIR"
+  [ -n "$API_KEY" ] || : >"$SERVER_LOG"
   # Metrics every second so get_metrics has samples quickly; the rest comes from flags below.
   cat >"$DATA_DIR/config.toml" <<EOF
 metrics_interval_s = 1
 warm_pool = 2
 EOF
-  # A fresh key per run (the admin key is printed only on the store's first start).
-  local out
-  out="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name "e2e-$(date +%s)")"
-  KEY_ID="$(sed -n 's/^created key \([^ ]*\) .*/\1/p' <<<"$out")"
-  API_KEY="$(sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out")"
-  [ -n "$API_KEY" ] || die "could not create an API key: $out"
+  # A fresh key per run (the admin key is printed only on the store's first start); a restart keeps it.
+  if [ -z "$API_KEY" ]; then
+    local out
+    out="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name "e2e-$(date +%s)")"
+    KEY_ID="$(sed -n 's/^created key \([^ ]*\) .*/\1/p' <<<"$out")"
+    API_KEY="$(sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out")"
+    [ -n "$API_KEY" ] || die "could not create an API key: $out"
+  fi
   log "starting soulbox server on $API_URL (data dir $DATA_DIR, log $SERVER_LOG)"
   SOULBOX_LOG="${SOULBOX_LOG:-info}" "$SOULBOX" --data-dir "$DATA_DIR" server --listen "127.0.0.1:$port" \
     --envd-path "$ENVD" --domain "$DOMAIN" --max-lifetime-s "$MAX_LIFETIME_S" \
-    --prefix "$PREFIX" --network-pool "$POOL" >"$SERVER_LOG" 2>&1 &
+    --prefix "$PREFIX" --network-pool "$POOL" >>"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   local _
   # First start builds the base template (minutes); later starts take seconds.
+  local starts
+  starts="$(grep -c '^export E2B_API_KEY=' "$SERVER_LOG" 2>/dev/null || true)"
   for _ in $(seq 1 1800); do
-    grep -q '^export E2B_API_KEY=' "$SERVER_LOG" 2>/dev/null && return 0
+    [ "$(grep -c '^export E2B_API_KEY=' "$SERVER_LOG" 2>/dev/null || true)" -gt "$starts" ] && return 0
     kill -0 "$SERVER_PID" 2>/dev/null || { tail -50 "$SERVER_LOG" >&2; SERVER_PID=""; die "server exited during start"; }
     sleep 0.2
   done
@@ -199,6 +205,34 @@ for ver in $VERSIONS; do
     summary+="  e2b $sdk: passed"$'\n'
   fi
 done
+
+# A server restart (kill -9) in the middle: running and paused sandboxes survive it (newest SDK).
+last="${VERSIONS##* }"
+py="$ROOT/tests/compat/.venv-$last/bin/python"
+state_file="$E2E_LOG_DIR/restart-state.json"
+run_phase() {
+  (
+    cd "$HERE"
+    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
+    SOULBOX_E2E_RESTART_PHASE="$1" SOULBOX_E2E_RESTART_STATE="$state_file" NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
+      "$py" -m pytest -q test_restart.py
+  )
+}
+log "server restart (kill -9) with a running and a paused sandbox"
+rc=0
+run_phase before || rc=$?
+if [ "$rc" -eq 0 ]; then
+  port="${API_URL##*:}"
+  kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+  start_server "$port"
+  run_phase after || rc=$?
+fi
+if [ "$rc" -ne 0 ]; then
+  status=1
+  summary+="  server restart: FAILED"$'\n'
+else
+  summary+="  server restart: passed"$'\n'
+fi
 
 log "e2e summary"
 printf '%s' "$summary"

@@ -1,0 +1,57 @@
+"""Server restart (kill -9) in the middle: run.sh runs phase `before`, kills the server with SIGKILL, starts it
+again on the same port and data dir, then runs phase `after`. Running and paused sandboxes must survive with
+their files, processes and state. Skipped unless SOULBOX_E2E_RESTART_PHASE is set."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from e2b import Sandbox
+from e2b.sandbox.sandbox_api import SandboxState
+
+from conftest import RUN_ID, wait_until
+
+PHASE = os.environ.get("SOULBOX_E2E_RESTART_PHASE")
+STATE_FILE = os.environ.get("SOULBOX_E2E_RESTART_STATE", "/tmp/soulbox-e2e-restart.json")
+
+pytestmark = pytest.mark.skipif(PHASE is None, reason="run by tests/e2e/run.sh around a server restart")
+
+COUNTER = "i=0; while true; do echo $i > /tmp/counter; i=$((i+1)); sleep 0.2; done"
+
+
+def counter(sbx: Sandbox) -> int:
+    text = sbx.commands.run("cat /tmp/counter 2>/dev/null || true").stdout.strip()
+    return int(text) if text.isdigit() else -1
+
+
+@pytest.mark.skipif(PHASE != "before", reason="phase before")
+def test_before_restart():
+    running = Sandbox.create(timeout=300, metadata={"e2e-run": RUN_ID, "restart": "running"})
+    running.files.write("/home/user/restart.txt", "kept across restart")
+    pid = running.commands.run(COUNTER, background=True).pid
+    wait_until(lambda: counter(running) >= 5, 30, "the counter to start")
+    paused = Sandbox.create(timeout=300, metadata={"e2e-run": RUN_ID, "restart": "paused"})
+    paused.files.write("/home/user/restart.txt", "paused across restart")
+    assert paused.pause() is True
+    with open(STATE_FILE, "w") as f:
+        json.dump({"running": running.sandbox_id, "pid": pid, "paused": paused.sandbox_id}, f)
+
+
+@pytest.mark.skipif(PHASE != "after", reason="phase after")
+def test_after_restart():
+    with open(STATE_FILE) as f:
+        state = json.load(f)
+    running = Sandbox.connect(state["running"], timeout=120)
+    assert Sandbox.get_info(state["running"]).state == SandboxState.RUNNING
+    assert running.files.read("/home/user/restart.txt") == "kept across restart"
+    assert running.commands.run(f"kill -0 {state['pid']} && echo alive").stdout == "alive\n"
+    n = counter(running)
+    wait_until(lambda: counter(running) > n, 30, "the counter to keep counting after the restart")
+
+    assert Sandbox.get_info(state["paused"]).state == SandboxState.PAUSED
+    resumed = Sandbox.connect(state["paused"], timeout=120)
+    assert resumed.files.read("/home/user/restart.txt") == "paused across restart"
+    assert running.kill() is True and resumed.kill() is True
