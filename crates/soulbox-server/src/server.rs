@@ -56,12 +56,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     })?;
     runtime_config.pool_size = config.warm_pool;
     runtime_config.prefix = config.prefix.clone();
-    // Lowering envd's oom_score_adj needs CAP_SYS_RESOURCE; without it (some containers) runc cannot start any
-    // sandbox, so envd then keeps the inherited score.
-    if runtime_config.envd_oom_score_adj.is_some_and(|adj| adj < 0) && !has_capability(CAP_SYS_RESOURCE) {
-        tracing::warn!("no CAP_SYS_RESOURCE: envd keeps the inherited oom_score_adj (an OOM in a sandbox may hit envd)");
-        runtime_config.envd_oom_score_adj = None;
-    }
     let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
@@ -106,18 +100,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
     Ok(())
-}
-
-const CAP_SYS_RESOURCE: u32 = 24;
-
-/// Whether this process has the capability in its effective set (`CapEff` of /proc/self/status).
-fn has_capability(cap: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
 
 async fn shutdown_signal() {
