@@ -8,6 +8,7 @@ packages=(
   nftables iptables iproute2  # sandbox networks and firewall
   attr sudo           # xattr tools for tests; sudo for the `user` account in sandboxes and the compat suite
   busybox-static      # the tiny test template
+  xfsprogs            # mkfs.xfs for the sandboxes disk image (disk limits via project quotas)
   python3-venv        # compat suite virtualenvs (harmless where python3 already has venv)
 )
 if [ "$(id -u)" -ne 0 ]; then

@@ -49,7 +49,26 @@ pub struct RuntimeConfig {
     /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
     /// its own score (100) before exec.
     pub envd_oom_score_adj: Option<i32>,
+    /// Disk size limit of the writable layer via project quotas (see `quota.rs`):
+    /// `auto` (default: use them when possible, otherwise warn once and run without limits),
+    /// `required` (fail `Runtime::open` without them), `off`.
+    #[serde(default)]
+    pub disk_quota: crate::quota::DiskQuotaMode,
+    /// Size of the sparse XFS image made when the data dir's filesystem has no project quotas, in
+    /// GiB. None: half of the free space at creation time, between 1 and 64 GiB.
+    #[serde(default)]
+    pub disk_image_gb: Option<u64>,
+    /// Disk limit (MiB) when neither the sandbox spec nor the template sets one; 0 = none.
+    #[serde(default = "default_disk_mb")]
+    pub default_disk_mb: u64,
 }
+
+fn default_disk_mb() -> u64 {
+    DEFAULT_DISK_MB
+}
+
+/// 10 GiB: E2B's default sandbox disk.
+pub const DEFAULT_DISK_MB: u64 = 10 * 1024;
 
 impl RuntimeConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -74,6 +93,9 @@ impl RuntimeConfig {
             envd_oom_score_adj: has_capability(CAP_SYS_RESOURCE).then_some(-900),
             run_detached: true,
             cgroup_freezer: true,
+            disk_quota: Default::default(),
+            disk_image_gb: None,
+            default_disk_mb: DEFAULT_DISK_MB,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod lifecycle;
 pub mod network;
 pub mod oci_spec;
+pub mod quota;
 pub mod reconcile;
 pub mod record;
 pub mod rootfs;

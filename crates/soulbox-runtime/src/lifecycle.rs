@@ -6,6 +6,7 @@ use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
 use crate::oci_spec::{self, BundleParams};
+use crate::quota::DiskQuota;
 use crate::record::Record;
 use crate::rootfs;
 use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
@@ -31,6 +32,7 @@ pub(crate) struct Inner {
     pub driver: Driver,
     pub ips: IpPool,
     pub fw: Firewall,
+    pub quota: DiskQuota,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     pub pool: std::sync::Mutex<VecDeque<(String, NetLease)>>,
     pub refilling: std::sync::atomic::AtomicBool,
@@ -89,10 +91,15 @@ impl Inner {
         if let Some(e) = first_err {
             return Err(e);
         }
-        // 5. the directory itself, never while anything is mounted below it
+        // 5. the directory itself, never while anything is mounted below it; its disk quota
+        //    (stop keeps both: the writable layer stays accounted and limited)
         if !keep_dir {
             if !rootfs::mounts_under(&dir).is_empty() {
                 return Err(Error::Invalid(format!("{} still has mounts", dir.display())));
+            }
+            if let Err(e) = self.quota.release(&dir) {
+                // Not fatal: the files go with the directory; reconcile clears leaked limits.
+                tracing::warn!(sandbox = id, error = %e, "clearing the disk quota failed");
             }
             util::remove_dir_all_idem(&dir)?;
         } else {
@@ -208,6 +215,15 @@ impl Inner {
         let resolv: String = self.cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         std::fs::write(etc.join("resolv.conf"), resolv).ctx(etc.join("resolv.conf"))?;
 
+        // Writable layer: project id + limit before anything is written into it.
+        let rp = rootfs::paths(&dir);
+        for d in [&rp.upper, &rp.work] {
+            std::fs::create_dir_all(d).ctx(d)?;
+        }
+        let disk_mb = spec.disk_mb.or(meta.disk_mb).unwrap_or(self.cfg.default_disk_mb);
+        let tq = std::time::Instant::now();
+        self.quota.apply(id, &dir, disk_mb)?;
+        tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk quota applied");
         rootfs::mount(&dir, &self.store.layer_dirs(meta))?;
 
         let mut env_vars: serde_json::Map<String, serde_json::Value> = meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
@@ -274,8 +290,17 @@ impl Inner {
 impl Runtime {
     /// Open the runtime on its data dir: take the instance lock, reconcile what a previous
     /// instance left (re-adopt live sandboxes, collect everything leaked), fill the warm pool.
-    pub async fn open(cfg: RuntimeConfig) -> Result<Runtime> {
+    pub async fn open(mut cfg: RuntimeConfig) -> Result<Runtime> {
         cfg.validate()?;
+        if let Some(adj) = cfg.envd_oom_score_adj {
+            // Lowering oom_score_adj below our own needs CAP_SYS_RESOURCE; without it the OCI
+            // runtime would fail every create.
+            let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            if adj < own && !util::has_cap(24 /* CAP_SYS_RESOURCE */) {
+                tracing::warn!(adj, own, "no CAP_SYS_RESOURCE: envd keeps the inherited oom_score_adj");
+                cfg.envd_oom_score_adj = None;
+            }
+        }
         if !util::is_root() {
             return Err(Error::NotRoot("the runtime needs root (mounts, netns, cgroups, nftables)".into()));
         }
@@ -292,10 +317,12 @@ impl Runtime {
         }
         network::enable_forwarding()?;
         let store = Store::new(cfg.store_dir())?;
+        let quota = DiskQuota::open(&cfg.data_dir, &cfg.sandboxes_dir(), cfg.disk_quota, cfg.disk_image_gb).await?;
         let inner = Arc::new(Inner {
             driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
             ips: IpPool::new(&cfg),
             fw: Firewall::new(&cfg),
+            quota,
             store,
             sandboxes: Default::default(),
             pool: Default::default(),
@@ -490,6 +517,9 @@ impl Runtime {
         if let Some(l) = NetLease::load(&self.inner.dir(id)) {
             (s.net_rx_bytes, s.net_tx_bytes) = network::veth_counters(&l.veth);
         }
+        if let Some(u) = crate::quota::DiskRecord::load(&self.inner.dir(id)).and_then(|r| self.inner.quota.usage(r.project_id)) {
+            (s.disk_used_bytes, s.disk_limit_bytes) = (u.used_bytes, u.limit_bytes);
+        }
         Ok(s)
     }
 
@@ -503,11 +533,17 @@ impl Runtime {
                 first.get_or_insert(e);
             }
         }
-        self.drain_pool().await?;
+        if let Err(e) = self.drain_pool().await {
+            first.get_or_insert(e);
+        }
         if let Err(e) = self.inner.fw.destroy().await {
             first.get_or_insert(e);
         }
         cgroup::remove_parent(&self.inner.cfg.cgroup_parent());
+        // The node's disk image goes last (nothing may be mounted below it any more).
+        if let Err(e) = self.inner.quota.teardown() {
+            first.get_or_insert(e);
+        }
         first.map_or(Ok(()), Err)
     }
 
@@ -518,6 +554,11 @@ impl Runtime {
             let Some((id, _)) = slot else { return Ok(()) };
             self.inner.release(&id, false).await?;
         }
+    }
+
+    /// The disk-limit mechanism in use (None: sandboxes have no disk limit).
+    pub fn disk_quota(&self) -> &DiskQuota {
+        &self.inner.quota
     }
 
     pub fn pool_len(&self) -> usize {

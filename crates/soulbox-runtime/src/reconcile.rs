@@ -94,6 +94,8 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
             let _ = rootfs::umount_path(&m);
         }
     }
+    // Disk quotas: ids in use from the sandboxes kept above; leaked limits cleared.
+    inner.quota.reconcile();
     // netns and veths with our prefix that belong to nobody.
     let live_ns: HashSet<String> = adopted.iter().map(|id| cfg.netns_name(id)).collect();
     for ns in network::netns_list(&cfg.prefix) {

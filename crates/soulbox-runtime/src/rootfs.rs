@@ -86,7 +86,7 @@ pub fn is_mounted(p: &Path) -> bool {
     info.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| unescape(m) == s)
 }
 
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     // mountinfo escapes space, tab, newline and backslash as \ooo
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

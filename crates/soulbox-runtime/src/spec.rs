@@ -37,6 +37,10 @@ pub struct SandboxSpec {
     pub memory_mb: Option<u64>,
     #[serde(default)]
     pub pids_limit: Option<i64>,
+    /// Disk size limit of the writable layer in MiB (overrides the template's `diskMb`, which
+    /// overrides `RuntimeConfig::default_disk_mb`; 0 = no limit).
+    #[serde(default)]
+    pub disk_mb: Option<u64>,
     #[serde(default)]
     pub access_token: Option<String>,
     pub network: NetworkPolicy,
@@ -51,6 +55,7 @@ impl SandboxSpec {
             cpu_count: None,
             memory_mb: None,
             pids_limit: None,
+            disk_mb: None,
             access_token: None,
             network: NetworkPolicy::open(),
         }
@@ -100,4 +105,9 @@ pub struct Stats {
     pub io_write_bytes: u64,
     pub net_rx_bytes: u64,
     pub net_tx_bytes: u64,
+    /// Writable layer: bytes used and the limit (0 when disk limits are off).
+    #[serde(default)]
+    pub disk_used_bytes: u64,
+    #[serde(default)]
+    pub disk_limit_bytes: u64,
 }

@@ -77,6 +77,15 @@ pub fn remove_dir_all_idem(path: &Path) -> Result<()> {
     }
 }
 
+/// Whether the effective capability set holds `cap` (from /proc/self/status).
+pub fn has_cap(cap: u32) -> bool {
+    let st = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    st.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|m| m & (1u64 << cap) != 0)
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

@@ -333,6 +333,8 @@ async fn killing_the_runtime_mid_create_leaks_nothing() {
         }
         rt.destroy_all().await.unwrap();
         assert!(leftovers(&cfg).await.is_empty(), "{:?}", leftovers(&cfg).await);
+        let node = wait_no_node_leftovers(&cfg).await;
+        assert!(node.is_empty(), "{node:?}");
         drop(rt);
     }
     let _ = std::fs::remove_dir_all(&cfg.data_dir);
@@ -350,4 +352,108 @@ async fn base_template_user_sudo_python() {
     let (code, out, err) = run_user(rt, &a, "id -un; pwd; umask; sudo -n id -u; python3 -c 'print(6*7)'; git --version >/dev/null && echo git; curl --version >/dev/null && echo curl; touch x && setfattr -n user.t -v 1 x && getfattr -n user.t --only-values x").await;
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(out, "user\n/home/user\n0022\n0\n42\ngit\ncurl\n1", "stderr: {err}");
+}
+
+/// The disk image's loop device goes with the mount (autoclear); give the kernel a moment.
+async fn wait_no_node_leftovers(cfg: &soulbox_runtime::RuntimeConfig) -> Vec<String> {
+    for _ in 0..50 {
+        if node_leftovers(cfg).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node_leftovers(cfg)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_limit_on_the_writable_layer() {
+    root_or_skip!("disk_limit_on_the_writable_layer");
+    use soulbox_runtime::quota::{self, DiskRecord};
+    let mut h = harness(22).await;
+    let rt = h.rt();
+    let mut spec = SandboxSpec::new("test");
+    spec.disk_mb = Some(64);
+    let a = rt.create(spec).await.unwrap();
+    let b = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let write = "dd if=/dev/zero of=/home/user/big bs=1M count=128 2>&1; echo rc=$?; sync";
+    if !rt.disk_quota().enabled() {
+        // Warned once at open; sandboxes work, without a limit, and no image/loop device is left.
+        eprintln!("SKIP disk limit enforcement: project quotas unavailable on this host (see the warning above)");
+        let (_, out, _) = run_user(rt, &a, write).await;
+        assert!(out.contains("rc=0"), "{out}");
+        assert!(DiskRecord::load(&rt.sandbox_dir(&a.id)).is_none());
+        assert!(node_leftovers(&h.cfg).is_empty(), "{:?}", node_leftovers(&h.cfg));
+        assert!(!h.cfg.data_dir.join(quota::IMAGE_FILE).exists());
+        return;
+    }
+    eprintln!("disk quota backend: {:?}", rt.disk_quota().backend());
+    let dir_a = rt.sandbox_dir(&a.id);
+    let rec = DiskRecord::load(&dir_a).expect("disk.json");
+    assert_eq!(rec.limit_mb, 64);
+    assert_eq!(quota::project_of(&dir_a.join("upper")).unwrap(), rec.project_id);
+    // 128 MiB into a 64 MiB sandbox fails with ENOSPC (XFS) / EDQUOT (ext4)
+    let (_, out, err) = run_user(rt, &a, write).await;
+    let all = format!("{out}{err}");
+    assert!(all.contains("No space left") || all.contains("quota exceeded"), "write past the limit: {all}");
+    assert!(!all.contains("rc=0"), "{all}");
+    let st = rt.stats(&a.id).await.unwrap();
+    assert_eq!(st.disk_limit_bytes, 64 << 20);
+    assert!(st.disk_used_bytes > 32 << 20 && st.disk_used_bytes <= 64 << 20, "{st:?}");
+    // the sandbox sees its limit as its disk size
+    let (_, out) = sh(rt, &a.id, "df -m / | tail -1").await;
+    eprintln!("df in the limited sandbox: {out}");
+    // another sandbox is unaffected
+    let (_, out, _) = run_user(rt, &b, write).await;
+    assert!(out.contains("rc=0"), "{out}");
+    // after removing the file there is room again
+    let (_, out, _) = run_user(rt, &a, "rm -f /home/user/big; dd if=/dev/zero of=/home/user/small bs=1M count=16 2>&1; echo rc=$?").await;
+    assert!(out.contains("rc=0"), "{out}");
+    // delete: no quota/project residue
+    rt.delete(&a.id).await.unwrap();
+    let residue = rt.disk_quota().usage(rec.project_id).filter(|u| *u != Default::default());
+    assert!(residue.is_none(), "project {} after delete: {residue:?}", rec.project_id);
+    assert!(!rt.disk_quota().projects().iter().any(|(p, _)| *p == rec.project_id));
+    // per-create cost of the quota step (ioctl + quotactl on fresh dirs), measured directly
+    let q = rt.disk_quota();
+    let base = h.cfg.sandboxes_dir();
+    let n = 200;
+    let mut dirs = Vec::new();
+    for i in 0..n {
+        let d = base.join(format!("qbench{i}"));
+        std::fs::create_dir_all(d.join("upper")).unwrap();
+        std::fs::create_dir_all(d.join("work")).unwrap();
+        dirs.push(d);
+    }
+    let t = std::time::Instant::now();
+    for (i, d) in dirs.iter().enumerate() {
+        q.apply(&format!("qbench{i}"), d, 100).unwrap();
+    }
+    let per_apply = t.elapsed() / n;
+    let t = std::time::Instant::now();
+    for d in &dirs {
+        q.release(d).unwrap();
+    }
+    let per_release = t.elapsed() / n;
+    for d in &dirs {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+    eprintln!("disk quota cost per sandbox: apply {per_apply:?}, release {per_release:?}");
+    assert!(per_apply < Duration::from_millis(5), "apply took {per_apply:?}");
+    // simulated restart: the mount stays, b keeps its limit, nothing leaks
+    let rec_b = DiskRecord::load(&rt.sandbox_dir(&b.id)).unwrap();
+    drop(h.rt.take());
+    assert!(soulbox_runtime::rootfs::is_mounted(&h.cfg.sandboxes_dir()), "image unmounted on exit");
+    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    let rt = h.rt();
+    assert!(rt.disk_quota().enabled());
+    let loops = quota::loop_devices_for(&h.cfg.data_dir.join(quota::IMAGE_FILE));
+    assert!(loops.len() <= 1, "image attached twice: {loops:?}");
+    let st = rt.stats(&b.id).await.unwrap();
+    assert_eq!(st.disk_limit_bytes, rec_b.limit_mb << 20);
+    assert!(health(b.ip.unwrap(), Duration::from_secs(2)).await.is_some());
+    // teardown: everything of the node goes, including the image mount and its loop device
+    rt.destroy_all().await.unwrap();
+    assert!(leftovers(&h.cfg).await.is_empty(), "{:?}", leftovers(&h.cfg).await);
+    let node = wait_no_node_leftovers(&h.cfg).await;
+    assert!(node.is_empty(), "{node:?}");
 }

@@ -16,12 +16,14 @@ pub struct LocalNode {
     runtime: Runtime,
     node_id: String,
     templates_dir: PathBuf,
+    engine: crate::templates::engine::Engine,
 }
 
 impl LocalNode {
     pub fn new(runtime: Runtime, node_id: impl Into<String>) -> LocalNode {
         let templates_dir = runtime.config().store_dir().join("templates");
-        LocalNode { runtime, node_id: node_id.into(), templates_dir }
+        let engine = crate::templates::engine::Engine::new(runtime.clone(), Default::default());
+        LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -94,6 +96,7 @@ impl Node for LocalNode {
             cpu_count: Some(spec.cpu_count),
             memory_mb: Some(u64::from(spec.memory_mb)),
             pids_limit: None,
+            disk_mb: (spec.disk_size_mb > 0).then_some(u64::from(spec.disk_size_mb)),
             access_token: spec.envd_access_token,
             network: soulbox_runtime::NetworkPolicy {
                 allow_internet: spec.network.allow_internet,
@@ -149,6 +152,22 @@ impl Node for LocalNode {
             net_tx_bytes: s.net_tx_bytes,
             process_count: s.pids,
         })
+    }
+
+    async fn build_template(
+        &self,
+        job: crate::templates::BuildJob,
+        log: crate::templates::LogSink,
+    ) -> Result<(), crate::templates::BuildFailure> {
+        self.engine.build(job, log).await.map(|_| ())
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
+        self.runtime.store().delete(name).map_err(node_error)
+    }
+
+    fn template_files_dir(&self) -> Option<PathBuf> {
+        Some(self.runtime.config().store_dir().join("uploads"))
     }
 
     async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError> {

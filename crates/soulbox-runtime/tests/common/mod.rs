@@ -201,9 +201,26 @@ pub async fn leftovers(cfg: &RuntimeConfig) -> Vec<String> {
     let mut v = Vec::new();
     v.extend(soulbox_runtime::network::netns_list(&cfg.prefix).into_iter().map(|n| format!("netns {n}")));
     v.extend(soulbox_runtime::network::host_links(&cfg.prefix).into_iter().map(|n| format!("link {n}")));
-    v.extend(soulbox_runtime::rootfs::mounts_under(&cfg.data_dir).into_iter().map(|m| format!("mount {}", m.display())));
+    // The node-level disk image mounted on `sandboxes/` is not a per-sandbox resource: see node_leftovers.
+    v.extend(
+        soulbox_runtime::rootfs::mounts_under(&cfg.data_dir)
+            .into_iter()
+            .filter(|m| *m != cfg.sandboxes_dir())
+            .map(|m| format!("mount {}", m.display())),
+    );
     v.extend(soulbox_runtime::cgroup::children(&cfg.cgroup_parent()).into_iter().map(|c| format!("cgroup {c}")));
     let d = soulbox_runtime::driver::Driver::new(&cfg.runtime_bin, &[], &cfg.runtime_root());
     v.extend(d.list().await.unwrap_or_default().into_iter().map(|c| format!("container {}", c.id)));
+    v
+}
+
+/// Node-level leftovers after `destroy_all`: the disk image's mount and loop devices.
+pub fn node_leftovers(cfg: &RuntimeConfig) -> Vec<String> {
+    let mut v = Vec::new();
+    if soulbox_runtime::rootfs::is_mounted(&cfg.sandboxes_dir()) {
+        v.push(format!("mount {}", cfg.sandboxes_dir().display()));
+    }
+    let img = cfg.data_dir.join(soulbox_runtime::quota::IMAGE_FILE);
+    v.extend(soulbox_runtime::quota::loop_devices_for(&img).into_iter().map(|d| format!("loop device {d}")));
     v
 }

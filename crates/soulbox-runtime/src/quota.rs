@@ -1,0 +1,600 @@
+//! Disk size limit of a sandbox's writable layer: project quotas.
+//!
+//! Node level (once, in `Runtime::open`): `<data_dir>/sandboxes` must sit on a filesystem with
+//! project quotas enforced. If it already does (XFS mounted `prjquota`, ext4 with the `project`
+//! feature mounted `prjquota`, or something an operator mounted there), it is used directly
+//! ([`Backend::Direct`]). Otherwise the runtime creates a sparse `<data_dir>/disk.img` once,
+//! `mkfs.xfs`es it (ext4 with `quota,project` when XFS quotas are not available) and mounts it with `prjquota` on `<data_dir>/sandboxes` through a loop device
+//! it attaches itself (`LOOP_CONFIGURE` with autoclear, so the device goes away with the mount and
+//! a crash between attach and mount leaks nothing) ([`Backend::Image`]). A later instance finds
+//! the mount and reuses it; after a reboot it mounts the image again. Only `destroy_all` unmounts.
+//!
+//! Per sandbox (hot path, syscalls only, no process spawned): a project id (hash of the sandbox
+//! id, probed until neither this instance nor the filesystem uses it) is recorded in
+//! `<sandbox>/disk.json` first, then set with inheritance on `upper/` and `work/`
+//! (`FS_IOC_FSSETXATTR`, `FS_XFLAG_PROJINHERIT`; both, because XFS refuses renames across project
+//! ids and overlayfs renames from work/ into upper/), then the block hard limit is set with
+//! `quotactl_fd(Q_SETQUOTA)`. Release clears the limit and forgets the id; reconcile rebuilds the
+//! set of ids in use from the `disk.json` files and (image backend only: the filesystem is ours)
+//! clears every other limit it finds.
+use crate::error::{Error, IoCtx, Result};
+use crate::util;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// `RuntimeConfig::disk_quota`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskQuotaMode {
+    /// No disk limit.
+    Off,
+    /// Use project quotas when possible; otherwise warn once and run without a limit.
+    #[default]
+    Auto,
+    /// `Runtime::open` fails when the mechanism is unavailable.
+    Required,
+}
+
+pub const IMAGE_FILE: &str = "disk.img";
+const RECORD_FILE: &str = "disk.json";
+/// Project ids we hand out: [BASE, BASE + SPAN). High, so they do not meet an operator's own ids.
+const PROJID_BASE: u32 = 0x1000_0000;
+const PROJID_SPAN: u32 = 0x6000_0000;
+
+/// `<sandbox>/disk.json`: the project id and limit of a sandbox (written before they are applied).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskRecord {
+    pub project_id: u32,
+    /// 0 = no limit.
+    pub limit_mb: u64,
+}
+
+impl DiskRecord {
+    pub fn load(sandbox_dir: &Path) -> Option<DiskRecord> {
+        util::read_json(&sandbox_dir.join(RECORD_FILE)).ok()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The data dir's own filesystem (or whatever is mounted on `sandboxes/`) has project quotas.
+    Direct,
+    /// Our loop-mounted XFS image.
+    Image { image: PathBuf },
+}
+
+/// Usage and limit of one project, in bytes / inodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectUsage {
+    pub limit_bytes: u64,
+    pub used_bytes: u64,
+    pub inodes: u64,
+}
+
+pub struct DiskQuota {
+    /// None: no limits (off, or unavailable). No fd is held: it would pin the mount.
+    state: Option<Backend>,
+    root: PathBuf,
+    used: Mutex<HashSet<u32>>,
+}
+
+impl DiskQuota {
+    pub fn disabled(root: PathBuf) -> DiskQuota {
+        DiskQuota { state: None, root, used: Default::default() }
+    }
+
+    pub fn backend(&self) -> Option<&Backend> {
+        self.state.as_ref()
+    }
+    pub fn enabled(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// Make sure `sandboxes_dir` is on a filesystem with project quotas (see the module docs).
+    pub async fn open(data_dir: &Path, sandboxes_dir: &Path, mode: DiskQuotaMode, image_size_gb: Option<u64>) -> Result<DiskQuota> {
+        if mode == DiskQuotaMode::Off {
+            return Ok(DiskQuota::disabled(sandboxes_dir.into()));
+        }
+        match setup(data_dir, sandboxes_dir, image_size_gb).await {
+            Ok(backend) => {
+                tracing::info!(?backend, dir = %sandboxes_dir.display(), "disk limits: project quotas");
+                Ok(DiskQuota { state: Some(backend), root: sandboxes_dir.into(), used: Default::default() })
+            }
+            Err(e) if mode == DiskQuotaMode::Auto => {
+                tracing::warn!(error = %e, "disk limits unavailable; sandboxes run WITHOUT a disk size limit");
+                Ok(DiskQuota::disabled(sandboxes_dir.into()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Give the sandbox's writable layer (`upper/`, `work/`, both must exist) its project and
+    /// limit. Idempotent: a sandbox keeps its project id across stop/start.
+    pub fn apply(&self, id: &str, sandbox_dir: &Path, limit_mb: u64) -> Result<()> {
+        if self.state.is_none() {
+            return Ok(());
+        }
+        let fsfd = &open_dir(&self.root)?;
+        let rec = match DiskRecord::load(sandbox_dir) {
+            Some(r) => {
+                self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(r.project_id);
+                DiskRecord { limit_mb, ..r }
+            }
+            None => DiskRecord { project_id: self.allocate(id, fsfd)?, limit_mb },
+        };
+        util::write_json(&sandbox_dir.join(RECORD_FILE), &rec)?;
+        for d in ["upper", "work"] {
+            set_project(&sandbox_dir.join(d), rec.project_id)?;
+        }
+        set_limit(fsfd, rec.project_id, rec.limit_mb.saturating_mul(1024))
+            .map_err(|e| Error::Io { path: format!("quotactl project {}", rec.project_id).into(), source: e })
+    }
+
+    /// Clear the sandbox's limit and forget its project id (idempotent).
+    pub fn release(&self, sandbox_dir: &Path) -> Result<()> {
+        let Some(rec) = DiskRecord::load(sandbox_dir) else { return Ok(()) };
+        if self.state.is_some() {
+            set_limit(&open_dir(&self.root)?, rec.project_id, 0)
+                .map_err(|e| Error::Io { path: format!("quotactl project {}", rec.project_id).into(), source: e })?;
+        }
+        self.used.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.project_id);
+        util::remove_file_idem(&sandbox_dir.join(RECORD_FILE))
+    }
+
+    /// Usage and limit of a project (None when quotas are off or the project is unknown).
+    pub fn usage(&self, project_id: u32) -> Option<ProjectUsage> {
+        self.state.as_ref()?;
+        get_quota(&open_dir(&self.root).ok()?, project_id).ok()
+    }
+
+    /// Projects with a limit or usage on the filesystem (image backend: all of them are ours).
+    pub fn projects(&self) -> Vec<(u32, ProjectUsage)> {
+        if self.state.is_none() {
+            return vec![];
+        }
+        let Ok(fsfd) = open_dir(&self.root) else { return vec![] };
+        let fsfd = &fsfd;
+        let mut out = Vec::new();
+        let mut next = 1u32;
+        while let Ok(Some((id, u))) = get_next_quota(fsfd, next) {
+            out.push((id, u));
+            match id.checked_add(1) {
+                Some(n) => next = n,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Boot-time: ids in use = the `disk.json` of every sandbox dir left after the collection;
+    /// on our own image, every other limit is a leak and is cleared.
+    pub fn reconcile(&self) {
+        let mut live = HashSet::new();
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                if let Some(r) = DiskRecord::load(&e.path()) {
+                    live.insert(r.project_id);
+                }
+            }
+        }
+        *self.used.lock().unwrap_or_else(|e| e.into_inner()) = live.clone();
+        if let (Some(Backend::Image { .. }), Ok(fsfd)) = (&self.state, open_dir(&self.root)) {
+            for (pid, u) in self.projects() {
+                if !live.contains(&pid) && u.limit_bytes != 0 {
+                    tracing::info!(project = pid, "clearing leaked disk quota");
+                    let _ = set_limit(&fsfd, pid, 0);
+                }
+            }
+        }
+    }
+
+    /// Unmount our image (node teardown). Direct backends are left alone.
+    pub fn teardown(&self) -> Result<()> {
+        if let Some(Backend::Image { .. }) = &self.state {
+            crate::rootfs::umount_path(&self.root)?;
+        }
+        Ok(())
+    }
+
+    fn allocate(&self, id: &str, fsfd: &OwnedFd) -> Result<u32> {
+        use sha2::Digest;
+        let h = sha2::Sha256::digest(id.as_bytes());
+        let mut n = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) % PROJID_SPAN;
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..1000 {
+            let pid = PROJID_BASE + n;
+            let busy_fs = get_quota(fsfd, pid).map(|u| u != ProjectUsage::default()).unwrap_or(false);
+            if !used.contains(&pid) && !busy_fs {
+                used.insert(pid);
+                return Ok(pid);
+            }
+            n = (n + 1) % PROJID_SPAN;
+        }
+        Err(Error::Invalid("no free project id".into()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// node-level setup
+
+async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) -> Result<Backend> {
+    let image = data_dir.join(IMAGE_FILE);
+    // 1. Our image is already mounted there (a previous instance, or a crash).
+    if let Some(src) = mount_source(sandboxes) {
+        if let Some(dev) = src.strip_prefix("/dev/") {
+            if backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
+                probe(sandboxes)?;
+                return Ok(Backend::Image { image });
+            }
+        }
+    }
+    // 2. The filesystem already enforces project quotas.
+    if probe(sandboxes).is_ok() {
+        return Ok(Backend::Direct);
+    }
+    // 3. Our image, mounted now. Never over existing sandboxes: they would vanish under the mount.
+    if std::fs::read_dir(sandboxes).ctx(sandboxes)?.next().is_some() {
+        return Err(Error::Invalid(format!(
+            "{} is not empty and its filesystem has no project quotas; delete its sandboxes (or move them) to enable disk limits",
+            sandboxes.display()
+        )));
+    }
+    // Loop devices still bound to the image but not mounted (e.g. a manual losetup): detach.
+    for dev in loop_devices_for(&image) {
+        if !mounted_devices().contains(&format!("/dev/{dev}")) {
+            tracing::info!(device = %dev, "detaching leaked loop device of the disk image");
+            detach_loop(&dev);
+        }
+    }
+    if image.exists() {
+        attach_and_mount(&image, sandboxes)?;
+        probe(sandboxes)?;
+        return Ok(Backend::Image { image });
+    }
+    // A new image: XFS, or ext4 (`quota,project`) when the kernel or host cannot do XFS quotas.
+    let mut errors = Vec::new();
+    for fs in [ImageFs::Xfs, ImageFs::Ext4] {
+        let res = async {
+            create_image(data_dir, &image, image_size_gb, fs).await?;
+            attach_and_mount(&image, sandboxes)?;
+            probe(sandboxes)
+        }
+        .await;
+        match res {
+            Ok(()) => return Ok(Backend::Image { image }),
+            Err(e) => {
+                errors.push(format!("{fs:?}: {e}"));
+                let _ = crate::rootfs::umount_path(sandboxes);
+                let _ = std::fs::remove_file(&image);
+            }
+        }
+    }
+    Err(Error::Invalid(format!(
+        "no filesystem image with project quotas could be mounted (kernel needs CONFIG_XFS_QUOTA, or CONFIG_QUOTA + CONFIG_QFMT_V2 for ext4; see dmesg): {}",
+        errors.join("; ")
+    )))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ImageFs {
+    Xfs,
+    Ext4,
+}
+
+/// Filesystem of an image, from its superblock magic.
+fn image_fs(image: &Path) -> Option<ImageFs> {
+    use std::io::Read;
+    let mut b = vec![0u8; 1082];
+    std::fs::File::open(image).ok()?.read_exact(&mut b).ok()?;
+    if &b[..4] == b"XFSB" {
+        Some(ImageFs::Xfs)
+    } else if b[1080..1082] == [0x53, 0xEF] {
+        Some(ImageFs::Ext4)
+    } else {
+        None
+    }
+}
+
+async fn create_image(data_dir: &Path, image: &Path, size_gb: Option<u64>, fs: ImageFs) -> Result<()> {
+    let size = match size_gb {
+        Some(g) => g << 30,
+        None => {
+            // Sparse: half the free space of the data dir's filesystem, at most 64 GiB, at least 1 GiB.
+            let st = rustix::fs::statvfs(data_dir).map_err(|e| Error::Io { path: data_dir.into(), source: e.into() })?;
+            let free = st.f_bavail * st.f_frsize;
+            (free / 2).clamp(1 << 30, 64 << 30) & !((1 << 20) - 1)
+        }
+    };
+    let tmp = image.with_extension("img.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let f = std::fs::File::create(&tmp).ctx(&tmp)?;
+    f.set_len(size).ctx(&tmp)?;
+    drop(f);
+    let t = std::time::Instant::now();
+    let path = tmp.to_string_lossy();
+    let res = match fs {
+        // -K: no discard pass at mkfs time (the file is sparse already).
+        ImageFs::Xfs => util::run("mkfs.xfs", &["-q", "-K", "-L", "soulbox", &path]).await,
+        // no root reserve, one inode per 8 KiB, project quota only, lazy init (sparse file).
+        ImageFs::Ext4 => {
+            let opts = ["-q", "-F", "-m", "0", "-i", "8192", "-O", "quota,project", "-E"];
+            let ext = "quotatype=prjquota,lazy_itable_init=1,lazy_journal_init=1,nodiscard";
+            util::run("mkfs.ext4", &[&opts[..], &[ext, "-L", "soulbox", &path]].concat()).await
+        }
+    };
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, image).ctx(image)?;
+    tracing::info!(image = %image.display(), ?fs, size_gib = size >> 30, ms = t.elapsed().as_millis() as u64, "created the sandboxes disk image (sparse)");
+    Ok(())
+}
+
+fn open_dir(p: &Path) -> Result<OwnedFd> {
+    use rustix::fs::{Mode, OFlags};
+    rustix::fs::open(p, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::Io { path: p.into(), source: e.into() })
+}
+
+/// Does the filesystem of `dir` enforce project quotas?
+fn probe(dir: &Path) -> Result<()> {
+    let fd = open_dir(dir)?;
+    match get_quota(&fd, 0) {
+        // ENOENT: quotas are on, project 0 just has no record.
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(Error::Io { path: format!("project quota on {}", dir.display()).into(), source: e }),
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Source device of the topmost mount at exactly `mp`.
+fn mount_source(mp: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let s = mp.to_string_lossy();
+    info.lines()
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| crate::rootfs::unescape(m) == s))
+        .filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1).map(String::from))
+        .last()
+}
+
+fn mounted_devices() -> HashSet<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines().filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1).map(String::from)).collect()
+}
+
+fn backing_file(dev: &str) -> Option<PathBuf> {
+    let s = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).ok()?;
+    Some(PathBuf::from(s.trim_end_matches('\n').trim_end_matches(" (deleted)")))
+}
+
+/// Loop devices (`loopN`) whose backing file is `image` (what `losetup -j` shows).
+pub fn loop_devices_for(image: &Path) -> Vec<String> {
+    let Ok(want) = std::fs::canonicalize(image) else { return vec![] };
+    let Ok(rd) = std::fs::read_dir("/sys/block") else { return vec![] };
+    rd.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("loop"))
+        .filter(|n| backing_file(n).is_some_and(|b| b == want))
+        .collect()
+}
+
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+fn detach_loop(dev: &str) {
+    if let Ok(f) = std::fs::OpenOptions::new().read(true).open(format!("/dev/{dev}")) {
+        // SAFETY: LOOP_CLR_FD takes no argument.
+        unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD, 0) };
+    }
+}
+
+/// Attach `image` to a free loop device (autoclear) and mount it `prjquota` on `mp`.
+fn attach_and_mount(image: &Path, mp: &Path) -> Result<()> {
+    let io = |what: &str, e: std::io::Error| Error::Io { path: PathBuf::from(what), source: e };
+    let fstype = match image_fs(image) {
+        Some(ImageFs::Xfs) => "xfs",
+        Some(ImageFs::Ext4) => "ext4",
+        None => return Err(Error::Invalid(format!("{}: neither XFS nor ext4", image.display()))),
+    };
+    let img = std::fs::OpenOptions::new().read(true).write(true).open(image).ctx(image)?;
+    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").ctx("/dev/loop-control")?;
+    let mut last_err = None;
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io("/dev/loop-control", std::io::Error::last_os_error()));
+        }
+        let devpath = format!("/dev/loop{n}");
+        let dev = match std::fs::OpenOptions::new().read(true).write(true).open(&devpath) {
+            Ok(d) => d,
+            Err(e) => {
+                last_err = Some(io(&devpath, e));
+                continue;
+            }
+        };
+        // SAFETY: all-zero is a valid LoopConfig.
+        let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
+        cfg.fd = img.as_raw_fd() as u32;
+        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
+        let name = image.to_string_lossy();
+        let nb = name.as_bytes();
+        let k = nb.len().min(63);
+        cfg.info.lo_file_name[..k].copy_from_slice(&nb[..k]);
+        // SAFETY: cfg is a properly laid out struct loop_config that outlives the call.
+        let mut r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+            // Kernels before 5.8: LOOP_SET_FD + LOOP_SET_STATUS64.
+            // SAFETY: plain fd argument / pointer to a loop_info64 that outlives the call.
+            r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, img.as_raw_fd() as libc::c_ulong) };
+            if r == 0 && unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info as *const LoopInfo64) } < 0 {
+                let e = std::io::Error::last_os_error();
+                unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
+                return Err(io(&devpath, e));
+            }
+        }
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBUSY) {
+                last_err = Some(io(&devpath, e));
+                continue; // raced with someone else for the free device
+            }
+            return Err(io(&devpath, e));
+        }
+        let data = c"prjquota,discard";
+        let res = rustix::mount::mount(devpath.as_str(), mp, fstype, rustix::mount::MountFlags::NOATIME, Some(data));
+        // Closing `dev` now: with autoclear the device is released when the mount goes (or now,
+        // if the mount failed).
+        drop(dev);
+        return res.map_err(|e| io(&format!("mount {devpath} on {}", mp.display()), e.into()));
+    }
+    Err(last_err.unwrap_or_else(|| Error::Invalid("no free loop device".into())))
+}
+
+// ---------------------------------------------------------------------------------------------
+// syscalls: FS_IOC_FS[GS]ETXATTR and quotactl_fd
+
+#[repr(C)]
+#[derive(Default)]
+struct FsXattr {
+    fsx_xflags: u32,
+    fsx_extsize: u32,
+    fsx_nextents: u32,
+    fsx_projid: u32,
+    fsx_cowextsize: u32,
+    fsx_pad: [u8; 8],
+}
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+const FS_XFLAG_PROJINHERIT: u32 = 0x0000_0200;
+
+/// Set project id + inheritance on a directory.
+pub fn set_project(dir: &Path, project_id: u32) -> Result<()> {
+    let fd = open_dir(dir)?;
+    let err = |e: std::io::Error| Error::Io { path: dir.into(), source: e };
+    let mut x = FsXattr::default();
+    // SAFETY: FsXattr matches struct fsxattr; the pointer is valid for the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut x as *mut FsXattr) } < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    if x.fsx_projid == project_id && x.fsx_xflags & FS_XFLAG_PROJINHERIT != 0 {
+        return Ok(());
+    }
+    x.fsx_projid = project_id;
+    x.fsx_xflags |= FS_XFLAG_PROJINHERIT;
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, &x as *const FsXattr) } < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Project id of a file or directory.
+pub fn project_of(path: &Path) -> Result<u32> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
+        .map_err(|e| Error::Io { path: path.into(), source: e.into() })?;
+    let mut x = FsXattr::default();
+    // SAFETY: FsXattr matches struct fsxattr.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut x as *mut FsXattr) } < 0 {
+        return Err(Error::Io { path: path.into(), source: std::io::Error::last_os_error() });
+    }
+    Ok(x.fsx_projid)
+}
+
+/// struct if_dqblk / if_nextdqblk (generic quotactl; XFS and ext4 both implement it).
+#[repr(C)]
+#[derive(Default)]
+struct IfNextDqblk {
+    dqb_bhardlimit: u64, // 1 KiB blocks
+    dqb_bsoftlimit: u64,
+    dqb_curspace: u64, // bytes
+    dqb_ihardlimit: u64,
+    dqb_isoftlimit: u64,
+    dqb_curinodes: u64,
+    dqb_btime: u64,
+    dqb_itime: u64,
+    dqb_valid: u32,
+    dqb_id: u32, // if_nextdqblk only; if_dqblk ends before it (padding)
+}
+const PRJQUOTA: u32 = 2;
+const Q_GETQUOTA: u32 = 0x800007;
+const Q_SETQUOTA: u32 = 0x800008;
+const Q_GETNEXTQUOTA: u32 = 0x800009;
+const QIF_BLIMITS: u32 = 1;
+const QIF_ILIMITS: u32 = 4;
+const fn qcmd(cmd: u32) -> u32 {
+    (cmd << 8) | PRJQUOTA
+}
+
+fn quotactl(fsfd: &impl AsRawFd, cmd: u32, id: u32, q: &mut IfNextDqblk) -> std::io::Result<()> {
+    // SAFETY: quotactl_fd(fd, cmd, id, addr) with addr pointing to a struct at least as large as
+    // the kernel's if_dqblk / if_nextdqblk.
+    let r = unsafe { libc::syscall(libc::SYS_quotactl_fd, fsfd.as_raw_fd(), qcmd(cmd), id, q as *mut IfNextDqblk) };
+    if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+}
+
+fn get_quota(fsfd: &impl AsRawFd, project_id: u32) -> std::io::Result<ProjectUsage> {
+    let mut q = IfNextDqblk::default();
+    quotactl(fsfd, Q_GETQUOTA, project_id, &mut q)?;
+    Ok(ProjectUsage { limit_bytes: q.dqb_bhardlimit * 1024, used_bytes: q.dqb_curspace, inodes: q.dqb_curinodes })
+}
+
+fn get_next_quota(fsfd: &impl AsRawFd, from: u32) -> std::io::Result<Option<(u32, ProjectUsage)>> {
+    let mut q = IfNextDqblk::default();
+    match quotactl(fsfd, Q_GETNEXTQUOTA, from, &mut q) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+        Ok(()) => Ok(Some((
+            q.dqb_id,
+            ProjectUsage { limit_bytes: q.dqb_bhardlimit * 1024, used_bytes: q.dqb_curspace, inodes: q.dqb_curinodes },
+        ))),
+    }
+}
+
+/// Block hard limit (KiB; 0 = none). Soft and inode limits are cleared.
+fn set_limit(fsfd: &impl AsRawFd, project_id: u32, limit_kib: u64) -> std::io::Result<()> {
+    let mut q = IfNextDqblk { dqb_bhardlimit: limit_kib, dqb_valid: QIF_BLIMITS | QIF_ILIMITS, ..Default::default() };
+    quotactl(fsfd, Q_SETQUOTA, project_id, &mut q)
+}
