@@ -14,6 +14,7 @@
 #                                         store; every run creates a fresh API key and kills every sandbox it
 #                                         finds before and after the tests. `rm -rf` it to start from scratch.
 #   SOULBOX_E2E_SKIP_BUILD=1              use the existing target/debug/soulbox and static envd
+#   SOULBOX_E2E_SKIP_JS=1                 skip the e2b npm SDK tests (tests/e2e/js)
 #   PYTHON=python3                        interpreter for the venvs (shared with tests/compat)
 # Isolation on a shared machine: the server runs with its own runtime prefix (`sbe2e`: netns `sbe2e-<id>`, nft
 # table `soulbox_sbe2e`, cgroup parent `soulbox_sbe2e`) and address pool (10.213.0.0/16), so it never touches
@@ -205,6 +206,23 @@ for ver in $VERSIONS; do
     summary+="  e2b $sdk: passed"$'\n'
   fi
 done
+
+# The official e2b npm SDK through Node (tests/e2e/js, pinned in its package-lock.json).
+if [ -z "${SOULBOX_E2E_SKIP_JS:-}" ]; then
+  log "e2b npm SDK against soulbox server $API_URL"
+  rc=0
+  (
+    cd "$HERE/js"
+    npm ci --no-audit --no-fund --silent
+    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" npm test --silent
+  ) || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    status=1
+    summary+="  e2b npm SDK: FAILED (exit $rc)"$'\n'
+  else
+    summary+="  e2b npm SDK: passed"$'\n'
+  fi
+fi
 
 # A server restart (kill -9) in the middle: running and paused sandboxes survive it (newest SDK).
 last="${VERSIONS##* }"
