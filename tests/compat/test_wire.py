@@ -102,7 +102,8 @@ def _stdout_of(envs) -> bytes:
 
 def test_late_chunk_terminator_does_not_truncate_stream():
     expected = "".join(f"{i}\n" for i in range(1, 150001)).encode()
-    request = _envelope({"process": {"cmd": "/bin/bash", "args": ["-c", "seq 1 150000"]}, "stdin": False})
+    # the output is written at once; the stream then stays open while the process sleeps
+    request = _envelope({"process": {"cmd": "/bin/bash", "args": ["-c", "seq 1 150000; sleep 0.6"]}, "stdin": False})
     with socket.create_connection(("127.0.0.1", ENVD_PORT), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_start_request_head() + _chunk(request))
@@ -111,8 +112,9 @@ def test_late_chunk_terminator_does_not_truncate_stream():
         assert status == 200
         assert headers.get("content-type") == "application/connect+json"
         # the body's terminator arrives while the response is streaming; then let envd finish before reading on
+        time.sleep(0.2)
         sock.sendall(b"0\r\n\r\n")
-        time.sleep(1.0)
+        time.sleep(1.5)
         envs = _envelopes(reader.chunked_body())
         assert envs[-1] == (2, {})
         assert _stdout_of(envs) == expected
@@ -124,12 +126,14 @@ def test_connection_reused_after_stream_with_late_terminator():
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_start_request_head() + _chunk(request))
         reader = _Reader(sock)
-        status, _ = reader.head()
+        status, headers = reader.head()
         assert status == 200
         time.sleep(0.3)  # /bin/true has ended; the request body is still open
         sock.sendall(b"0\r\n\r\n")
         envs = _envelopes(reader.chunked_body())
         assert envs[-1] == (2, {})
+        if headers.get("connection", "").lower() == "close":
+            return  # announced: a pooled client will not reuse it
         # a pooled client reuses the connection for its next call
         sock.sendall(f"GET /health HTTP/1.1\r\nHost: localhost:{ENVD_PORT}\r\n\r\n".encode())
         status, _ = reader.head()
