@@ -88,9 +88,9 @@ impl RuntimeConfig {
             ready_timeout_ms: 10_000,
             no_new_privileges: false,
             // envd sets every process it starts to oom_score_adj 100 before exec, so an OOM inside the
-            // sandbox kills user code and leaves the agent alive to report it. Lowering a score needs
-            // CAP_SYS_RESOURCE, which root inside some containers lacks; runc would then fail every create.
-            envd_oom_score_adj: has_capability(CAP_SYS_RESOURCE).then_some(-900),
+            // sandbox kills user code and leaves the agent alive to report it. (`Runtime::open` drops it when
+            // the process lacks CAP_SYS_RESOURCE, which lowering a score needs.)
+            envd_oom_score_adj: Some(-900),
             run_detached: true,
             cgroup_freezer: true,
             disk_quota: Default::default(),
@@ -188,16 +188,4 @@ pub fn check_id(id: &str) -> Result<()> {
         return Err(Error::Invalid(format!("bad sandbox id {id:?}")));
     }
     Ok(())
-}
-
-const CAP_SYS_RESOURCE: u32 = 24;
-
-/// Whether this process has the capability in its effective set (`CapEff` of /proc/self/status).
-fn has_capability(cap: u32) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .is_some_and(|caps| caps & (1 << cap) != 0)
 }
