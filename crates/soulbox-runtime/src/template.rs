@@ -79,6 +79,19 @@ impl Store {
         }
         util::write_json(&f, meta)
     }
+    /// Remove template `name` (its layers stay: they may be shared). `Ok(false)` when there was none.
+    pub fn delete(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let dir = self.root.join("templates").join(name);
+        if !dir.exists() {
+            return Ok(false);
+        }
+        util::remove_dir_all_idem(&dir)?;
+        Ok(true)
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
     /// Layer directories bottom→top.
     pub fn layer_dirs(&self, meta: &TemplateMeta) -> Vec<PathBuf> {
         meta.layers.iter().map(|l| self.layer_dir(l)).collect()

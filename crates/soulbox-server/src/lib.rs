@@ -14,6 +14,7 @@ pub mod proxy;
 mod proxy_tests;
 pub mod server;
 pub mod store;
+pub mod templates;
 pub mod time;
 pub mod api;
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use async_trait::async_trait;
 
+use crate::templates::{BuildFailure, BuildJob, LogSink};
+
 /// A template as the node knows it (ids and aliases are matched by the API).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateInfo {
@@ -126,6 +128,22 @@ pub trait Node: Send + Sync + 'static {
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError>;
     /// The sandbox's agent log (envd's stdout/stderr), oldest first.
     async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError>;
+
+    /// Builds a template (issue 5, `crate::templates`); on success the node has the template `job.template_name`.
+    /// Every log line goes to `log` as it is produced. Nodes that cannot build say so.
+    async fn build_template(&self, job: BuildJob, log: LogSink) -> Result<(), BuildFailure> {
+        let _ = (job, log);
+        Err(BuildFailure::new("this node cannot build templates", Some("base")))
+    }
+    /// Removes a template from the node (its layers may stay for other templates). `Ok(false)`: there was none.
+    async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
+        let _ = name;
+        Err(NodeError::Invalid("this node cannot delete templates".into()))
+    }
+    /// Where uploaded COPY contexts are kept (`<dir>/<filesHash>`), when this node builds templates.
+    fn template_files_dir(&self) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -44,6 +44,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/nodes", get(system::nodes))
         .route("/templates", get(system::templates))
+        .merge(crate::templates::api::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/health", get(system::health))
@@ -54,6 +55,8 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn(refuse_oversized_bodies))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Template file uploads (large, token in the URL) are outside the body limit and the API key.
+        .merge(crate::templates::api::upload_routes())
         .with_state(state)
 }
 

@@ -3,9 +3,11 @@
 
 mod api_keys;
 mod sandboxes;
+mod templates;
 
 pub use api_keys::ApiKeyRecord;
 pub use sandboxes::SandboxRecord;
+pub use templates::{BuildLogRecord, BuildRecord, TemplateRecord};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;

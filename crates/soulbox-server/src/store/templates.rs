@@ -1,0 +1,246 @@
+//! Templates built through the API, their builds and the builds' log entries.
+
+use sqlx::Row;
+
+use super::{Store, StoreError, now_ms};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRecord {
+    pub id: String,
+    pub public: bool,
+    pub cpu_count: i32,
+    pub memory_mb: i32,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub latest_build_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildRecord {
+    pub id: String,
+    pub template_id: String,
+    /// `waiting` | `building` | `ready` | `error`
+    pub status: String,
+    pub recipe: Option<String>,
+    pub reason: Option<String>,
+    pub reason_step: Option<String>,
+    pub cpu_count: i32,
+    pub memory_mb: i32,
+    pub created_at_ms: i64,
+    pub finished_at_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildLogRecord {
+    pub seq: i64,
+    pub unix_ms: i64,
+    pub level: String,
+    pub message: String,
+    pub step: Option<String>,
+}
+
+impl Store {
+    /// Creates the template row if needed and a new `waiting` build for it.
+    pub async fn create_template_build(&self, template_id: &str, build_id: &str, cpu_count: i32, memory_mb: i32) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let exists = sqlx::query("SELECT id FROM templates WHERE id = $1").bind(template_id).fetch_optional(&mut *tx).await?;
+        if exists.is_none() {
+            sqlx::query(
+                "INSERT INTO templates (id, public, cpu_count, memory_mb, created_at, updated_at, latest_build_id) \
+                 VALUES ($1, 0, $2, $3, $4, $5, $6)",
+            )
+            .bind(template_id)
+            .bind(cpu_count)
+            .bind(memory_mb)
+            .bind(now)
+            .bind(now)
+            .bind(build_id)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query("UPDATE templates SET cpu_count = $1, memory_mb = $2, updated_at = $3, latest_build_id = $4 WHERE id = $5")
+                .bind(cpu_count)
+                .bind(memory_mb)
+                .bind(now)
+                .bind(build_id)
+                .bind(template_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at) VALUES ($1, $2, 'waiting', $3, $4, $5)",
+        )
+        .bind(build_id)
+        .bind(template_id)
+        .bind(cpu_count)
+        .bind(memory_mb)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_template_record(&self, id: &str) -> Result<Option<TemplateRecord>, StoreError> {
+        let row = sqlx::query("SELECT id, public, cpu_count, memory_mb, created_at, updated_at, latest_build_id FROM templates WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(TemplateRecord {
+                id: r.try_get("id")?,
+                public: r.try_get::<i32, _>("public")? != 0,
+                cpu_count: r.try_get("cpu_count")?,
+                memory_mb: r.try_get("memory_mb")?,
+                created_at_ms: r.try_get("created_at")?,
+                updated_at_ms: r.try_get("updated_at")?,
+                latest_build_id: r.try_get("latest_build_id")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn get_build(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, template_id, status, recipe, reason, reason_step, cpu_count, memory_mb, created_at, finished_at \
+             FROM template_builds WHERE id = $1",
+        )
+        .bind(build_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(BuildRecord {
+                id: r.try_get("id")?,
+                template_id: r.try_get("template_id")?,
+                status: r.try_get("status")?,
+                recipe: r.try_get("recipe")?,
+                reason: r.try_get("reason")?,
+                reason_step: r.try_get("reason_step")?,
+                cpu_count: r.try_get("cpu_count")?,
+                memory_mb: r.try_get("memory_mb")?,
+                created_at_ms: r.try_get("created_at")?,
+                finished_at_ms: r.try_get("finished_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// `waiting` → `building` with the recipe; false when the build was not waiting (started twice).
+    pub async fn start_build(&self, build_id: &str, recipe_json: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("UPDATE template_builds SET status = 'building', recipe = $1 WHERE id = $2 AND status = 'waiting'")
+            .bind(recipe_json)
+            .bind(build_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn finish_build(&self, build_id: &str, status: &str, reason: Option<&str>, reason_step: Option<&str>) -> Result<(), StoreError> {
+        sqlx::query("UPDATE template_builds SET status = $1, reason = $2, reason_step = $3, finished_at = $4 WHERE id = $5")
+            .bind(status)
+            .bind(reason)
+            .bind(reason_step)
+            .bind(now_ms())
+            .bind(build_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Builds a previous server left `waiting`/`building` can never finish: mark them failed.
+    pub async fn fail_unfinished_builds(&self, reason: &str) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "UPDATE template_builds SET status = 'error', reason = $1, finished_at = $2 WHERE status = 'waiting' OR status = 'building'",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    pub async fn append_build_logs(&self, build_id: &str, entries: &[BuildLogRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for e in entries {
+            sqlx::query("INSERT INTO template_build_logs (build_id, seq, ts, level, message, step) VALUES ($1, $2, $3, $4, $5, $6)")
+                .bind(build_id)
+                .bind(e.seq)
+                .bind(e.unix_ms)
+                .bind(&e.level)
+                .bind(&e.message)
+                .bind(&e.step)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Entries with `seq >= offset`, oldest first, at most `limit`.
+    pub async fn build_logs(&self, build_id: &str, offset: i64, limit: i64) -> Result<Vec<BuildLogRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT seq, ts, level, message, step FROM template_build_logs WHERE build_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(build_id)
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(BuildLogRecord {
+                    seq: r.try_get("seq")?,
+                    unix_ms: r.try_get("ts")?,
+                    level: r.try_get("level")?,
+                    message: r.try_get("message")?,
+                    step: r.try_get("step")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the template's row, builds and logs; false when there was no row.
+    pub async fn delete_template_record(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM template_build_logs WHERE build_id IN (SELECT id FROM template_builds WHERE template_id = $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM template_builds WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
+        let r = sqlx::query("DELETE FROM templates WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn builds_and_logs_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("t.db"))).await.unwrap();
+        store.create_template_build("tpl", "b1", 2, 1024).await.unwrap();
+        assert_eq!(store.get_build("b1").await.unwrap().unwrap().status, "waiting");
+        assert!(store.start_build("b1", "{}").await.unwrap());
+        assert!(!store.start_build("b1", "{}").await.unwrap(), "a build starts once");
+        let logs: Vec<BuildLogRecord> = (0..5)
+            .map(|i| BuildLogRecord { seq: i, unix_ms: i, level: "info".into(), message: format!("m{i}"), step: Some("1".into()) })
+            .collect();
+        store.append_build_logs("b1", &logs).await.unwrap();
+        let page = store.build_logs("b1", 2, 2).await.unwrap();
+        assert_eq!(page.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
+        store.finish_build("b1", "error", Some("boom"), Some("1")).await.unwrap();
+        let b = store.get_build("b1").await.unwrap().unwrap();
+        assert_eq!((b.status.as_str(), b.reason.as_deref(), b.reason_step.as_deref()), ("error", Some("boom"), Some("1")));
+        store.create_template_build("tpl", "b2", 1, 512).await.unwrap();
+        assert_eq!(store.get_template_record("tpl").await.unwrap().unwrap().latest_build_id.as_deref(), Some("b2"));
+        assert_eq!(store.fail_unfinished_builds("restart").await.unwrap(), 1);
+        assert!(store.delete_template_record("tpl").await.unwrap());
+        assert!(store.get_build("b1").await.unwrap().is_none());
+        assert!(store.build_logs("b1", 0, 100).await.unwrap().is_empty());
+        assert!(!store.delete_template_record("tpl").await.unwrap());
+    }
+}

@@ -1,0 +1,464 @@
+//! The build engine on a node: resolve the base, then one build sandbox per layer-producing step (RUN, COPY,
+//! WORKDIR of a missing directory), each snapshotted into a new content-addressed layer; ENV/USER and an
+//! existing WORKDIR only change metadata. Every layer-producing step is cached under
+//! `<store>/cache/<key>` → layer digest, where the key chains the parent key, the step's content and the
+//! user/workdir/env it runs with ([`super::step_cache_key`]). A cache entry is written only after its layer
+//! was committed, so a failed step never poisons the cache; the template is registered only at the end.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
+
+use super::dockerfile::shell_quote;
+use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
+
+/// How many output lines a failed step's error message carries.
+const FAILURE_TAIL: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Image references rewritten to local templates (`e2bdev/base` → `base`): hosts without a registry still
+    /// build the recipes users bring.
+    pub image_rewrites: BTreeMap<String, String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let mut image_rewrites = BTreeMap::new();
+        for img in ["e2bdev/base", "e2bdev/base:latest", "docker.io/e2bdev/base", "docker.io/e2bdev/base:latest"] {
+            image_rewrites.insert(img.to_string(), "base".to_string());
+        }
+        EngineConfig { image_rewrites }
+    }
+}
+
+/// What must be undone whatever happens (also after a timeout dropped the build future).
+#[derive(Default)]
+struct Tracker {
+    sandbox: Option<String>,
+    temp_templates: Vec<String>,
+    step: Option<String>,
+}
+
+/// The state of the image being built.
+struct State {
+    layers: Vec<String>,
+    ctx: StepContext,
+    key: String,
+}
+
+enum Action {
+    Run { cmd: String, user: String },
+    Copy { files: PathBuf, src: String, dest: String, owner: String, mode: String },
+    Mkdir { dir: String, owner: String },
+}
+
+pub struct Engine {
+    runtime: Runtime,
+    config: EngineConfig,
+}
+
+fn fail(step: &str) -> impl Fn(String) -> BuildFailure + '_ {
+    move |m| BuildFailure::new(m, Some(step))
+}
+
+impl Engine {
+    pub fn new(runtime: Runtime, config: EngineConfig) -> Engine {
+        Engine { runtime, config }
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.runtime.store().root().join("cache")
+    }
+
+    fn cached_layer(&self, key: &str) -> Option<String> {
+        let digest = std::fs::read_to_string(self.cache_dir().join(key)).ok()?;
+        let digest = digest.trim().to_string();
+        self.runtime.store().layer_dir(&digest).is_dir().then_some(digest)
+    }
+
+    fn remember(&self, key: &str, digest: &str) {
+        let dir = self.cache_dir();
+        let _ = std::fs::create_dir_all(&dir);
+        let tmp = dir.join(format!(".{key}.{}", std::process::id()));
+        if std::fs::write(&tmp, digest).is_ok() {
+            let _ = std::fs::rename(&tmp, dir.join(key));
+        }
+    }
+
+    /// The local template a recipe starts from.
+    pub fn resolve_base(&self, recipe: &super::Recipe) -> Result<String, BuildFailure> {
+        if let Some(t) = &recipe.from_template {
+            return Ok(t.strip_suffix(":default").unwrap_or(t).to_string());
+        }
+        let image = recipe.from_image.as_deref().unwrap_or("e2bdev/base");
+        let short = image.strip_prefix("docker.io/").unwrap_or(image);
+        let short = short.strip_prefix("library/").unwrap_or(short);
+        let untagged = short.strip_suffix(":latest").unwrap_or(short);
+        for candidate in [image, short, untagged] {
+            if let Some(t) = self.config.image_rewrites.get(candidate) {
+                return Ok(t.clone());
+            }
+        }
+        if soulbox_runtime::template::check_name(untagged).is_ok() && self.runtime.store().get(untagged).is_ok() {
+            return Ok(untagged.to_string());
+        }
+        Err(BuildFailure::new(
+            format!(
+                "image '{image}': pulling images from registries is not supported yet; build from a template \
+                 (fromTemplate) or map the image to a local template in the image rewrites"
+            ),
+            Some("base"),
+        ))
+    }
+
+    /// Runs a build; on success the template `job.template_name` is registered and returned.
+    pub async fn build(&self, job: BuildJob, log: LogSink) -> Result<TemplateMeta, BuildFailure> {
+        let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let res = match tokio::time::timeout(job.timeout, self.build_inner(&job, &log, &tracker)).await {
+            Ok(r) => r,
+            Err(_) => {
+                let step = tracker.lock().unwrap_or_else(|e| e.into_inner()).step.clone();
+                Err(BuildFailure { message: format!("the build timed out after {} s", job.timeout.as_secs()), step })
+            }
+        };
+        let (sandbox, temps) = {
+            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+            (t.sandbox.take(), std::mem::take(&mut t.temp_templates))
+        };
+        if let Some(id) = sandbox {
+            if let Err(e) = self.runtime.delete(&id).await {
+                tracing::warn!(sandbox = %id, error = %e, "could not delete a build sandbox");
+            }
+        }
+        for t in temps {
+            let _ = self.runtime.store().delete(&t);
+        }
+        res
+    }
+
+    async fn build_inner(&self, job: &BuildJob, log: &LogSink, tracker: &Arc<Mutex<Tracker>>) -> Result<TemplateMeta, BuildFailure> {
+        let set_step = |s: &str| tracker.lock().unwrap_or_else(|e| e.into_inner()).step = Some(s.to_string());
+        set_step("base");
+        let base_name = self.resolve_base(&job.recipe)?;
+        let base = self
+            .runtime
+            .store()
+            .get(&base_name)
+            .map_err(|e| BuildFailure::new(format!("base template '{base_name}': {e}"), Some("base")))?;
+        log(LogLevel::Info, format!("Using template '{base_name}' as the base ({} layers)", base.layers.len()), Some("base".into()));
+        let mut st = State {
+            key: base_cache_key(&base.layers),
+            layers: base.layers.clone(),
+            ctx: StepContext { user: base.default_user.clone(), workdir: base.default_workdir.clone(), env: base.env.clone() },
+        };
+        let total = job.recipe.steps.len();
+        let mut forced = job.recipe.force;
+        for (i, step) in job.recipe.steps.iter().enumerate() {
+            let n = (i + 1).to_string();
+            set_step(&n);
+            let title = format!("[{n}/{total}] {} {}", step.kind, step.args.join(" "));
+            let arg = |k: usize| step.args.get(k).cloned().unwrap_or_default();
+            let action = match step.kind.as_str() {
+                "ENV" => {
+                    if step.args.len() % 2 != 0 {
+                        return Err(BuildFailure::new("ENV needs key/value pairs", Some(&n)));
+                    }
+                    for kv in step.args.chunks(2) {
+                        st.ctx.env.insert(kv[0].clone(), kv[1].clone());
+                    }
+                    log(LogLevel::Info, title, Some(n.clone()));
+                    continue;
+                }
+                "USER" => {
+                    st.ctx.user = arg(0);
+                    log(LogLevel::Info, title, Some(n.clone()));
+                    continue;
+                }
+                "WORKDIR" => {
+                    let dir = absolute(&st.ctx.workdir, &arg(0));
+                    st.ctx.workdir = dir.clone();
+                    if self.exists_in_layers(&st.layers, &dir) {
+                        log(LogLevel::Info, title, Some(n.clone()));
+                        continue;
+                    }
+                    Action::Mkdir { dir, owner: st.ctx.user.clone() }
+                }
+                "RUN" => {
+                    let user = step.args.get(1).filter(|u| !u.is_empty()).cloned().unwrap_or_else(|| st.ctx.user.clone());
+                    Action::Run { cmd: arg(0), user }
+                }
+                "COPY" => {
+                    let Some(hash) = step.files_hash.clone().filter(|h| is_hex(h)) else {
+                        return Err(BuildFailure::new("COPY step without a valid filesHash", Some(&n)));
+                    };
+                    let files = job.files_dir.join(&hash);
+                    if !files.is_file() {
+                        return Err(BuildFailure::new(format!("the files of COPY step {n} ({hash}) were not uploaded"), Some(&n)));
+                    }
+                    let owner = Some(arg(2)).filter(|u| !u.is_empty()).unwrap_or_else(|| st.ctx.user.clone());
+                    Action::Copy { files, src: arg(0), dest: absolute(&st.ctx.workdir, &arg(1)), owner, mode: arg(3) }
+                }
+                other => return Err(BuildFailure::new(format!("unsupported step type {other}"), Some(&n))),
+            };
+            let key = step_cache_key(&st.key, step, &st.ctx);
+            if step.force == Some(true) {
+                forced = true;
+            }
+            if !forced {
+                if let Some(digest) = self.cached_layer(&key) {
+                    log(LogLevel::Info, format!("CACHED {title}"), Some(n.clone()));
+                    st.layers.push(digest);
+                    st.key = key;
+                    continue;
+                }
+            }
+            log(LogLevel::Info, title, Some(n.clone()));
+            let started = std::time::Instant::now();
+            let digest = self.layer_step(job, &st, &n, action, log, tracker).await?;
+            log(LogLevel::Info, format!("step {n} done in {:.1} s, layer {}", started.elapsed().as_secs_f64(), &digest[..12]), Some(n.clone()));
+            self.remember(&key, &digest);
+            st.layers.push(digest);
+            st.key = key;
+        }
+        set_step("finalize");
+        let meta = TemplateMeta {
+            name: job.template_name.clone(),
+            layers: st.layers.clone(),
+            default_user: st.ctx.user.clone(),
+            default_workdir: st.ctx.workdir.clone(),
+            env: st.ctx.env.clone(),
+            start_cmd: job.recipe.start_cmd.clone().filter(|c| !c.is_empty()),
+            ready_cmd: job.recipe.ready_cmd.clone().filter(|c| !c.is_empty()),
+            cpu_count: job.cpu_count.max(1),
+            memory_mb: u64::from(job.memory_mb.max(128)),
+            disk_mb: base.disk_mb,
+            recipe_hash: st.key.clone(),
+            parent: Some(base_name),
+        };
+        self.runtime.store().put(&meta).map_err(|e| BuildFailure::new(format!("registering the template: {e}"), Some("finalize")))?;
+        log(
+            LogLevel::Info,
+            format!("Template '{}' registered: {} layers, user {}, workdir {}", meta.name, meta.layers.len(), meta.default_user, meta.default_workdir),
+            Some("finalize".into()),
+        );
+        Ok(meta)
+    }
+
+    /// Whether `path` exists in one of the layers (a quick check; whiteouts are not followed).
+    fn exists_in_layers(&self, layers: &[String], path: &str) -> bool {
+        let rel = path.trim_start_matches('/');
+        layers.iter().rev().any(|l| std::fs::symlink_metadata(self.runtime.store().layer_dir(l).join(rel)).is_ok_and(|m| m.is_dir()))
+    }
+
+    fn shell(&self, layers: &[String]) -> &'static str {
+        let has_bash = layers.iter().any(|l| {
+            let d = self.runtime.store().layer_dir(l);
+            std::fs::symlink_metadata(d.join("usr/bin/bash")).is_ok() || std::fs::symlink_metadata(d.join("bin/bash")).is_ok()
+        });
+        if has_bash { "/bin/bash" } else { "/bin/sh" }
+    }
+
+    /// One build sandbox on the current layers: do `action`, snapshot the writable layer, return its digest.
+    async fn layer_step(
+        &self,
+        job: &BuildJob,
+        st: &State,
+        n: &str,
+        action: Action,
+        log: &LogSink,
+        tracker: &Arc<Mutex<Tracker>>,
+    ) -> Result<String, BuildFailure> {
+        let f = fail(n);
+        let store = self.runtime.store();
+        let name = format!("sbbuild-{}-{n}", job.build_id);
+        let meta = TemplateMeta {
+            name: name.clone(),
+            layers: st.layers.clone(),
+            default_user: "root".into(),
+            default_workdir: "/".into(),
+            env: st.ctx.env.clone(),
+            start_cmd: None,
+            ready_cmd: None,
+            cpu_count: job.cpu_count.max(1),
+            memory_mb: u64::from(job.memory_mb.max(128)),
+            disk_mb: None,
+            recipe_hash: "build".into(),
+            parent: None,
+        };
+        tracker.lock().unwrap_or_else(|e| e.into_inner()).temp_templates.extend([name.clone(), format!("{name}-s")]);
+        store.put(&meta).map_err(|e| f(format!("preparing the build sandbox: {e}")))?;
+        let mut spec = SandboxSpec::new(&name);
+        spec.cpu_count = Some(meta.cpu_count);
+        spec.memory_mb = Some(meta.memory_mb);
+        let info = self.runtime.create(spec).await.map_err(|e| f(format!("starting the build sandbox: {e}")))?;
+        tracker.lock().unwrap_or_else(|e| e.into_inner()).sandbox = Some(info.id.clone());
+        let addr = info.envd_addr.clone().ok_or_else(|| f("the build sandbox has no address".into()))?;
+        let shell = self.shell(&st.layers);
+        let mut tail: Vec<String> = Vec::new();
+        let mut on_line = |is_err: bool, line: String| {
+            log(if is_err { LogLevel::Warn } else { LogLevel::Info }, line.clone(), Some(n.to_string()));
+            tail.push(line);
+            if tail.len() > FAILURE_TAIL {
+                tail.remove(0);
+            }
+        };
+        let (user, cmd, cwd) = match action {
+            Action::Run { cmd, user } => (user, cmd, st.ctx.workdir.clone()),
+            Action::Mkdir { dir, owner } => {
+                let d = shell_quote(&dir);
+                ("root".to_string(), format!("[ -d {d} ] || {{ mkdir -p {d} && chown {} {d}; }}", shell_quote(&owner)), "/".to_string())
+            }
+            Action::Copy { files, src, dest, owner, mode } => {
+                let data = tokio::fs::read(&files).await.map_err(|e| f(format!("reading {}: {e}", files.display())))?;
+                let gz = data.starts_with(&[0x1f, 0x8b]);
+                let archive = format!("/tmp/.soulbox-copy-{}-{n}.tar", job.build_id);
+                envd::upload(&addr, "root", &archive, data, gz).await.map_err(|e| f(format!("uploading the COPY files: {e}")))?;
+                ("root".to_string(), copy_script(&archive, &src, &dest, &owner, &mode), "/".to_string())
+            }
+        };
+        let code = envd::run(&addr, shell, &user, &cmd, &st.ctx.env, &cwd, &mut on_line)
+            .await
+            .map_err(|e| f(format!("step {n}: {e}")))?;
+        if code != 0 {
+            let mut m = format!("step {n} failed: the command exited with code {code}");
+            if !tail.is_empty() {
+                m.push_str("; last output:\n");
+                m.push_str(&tail.join("\n"));
+            }
+            return Err(f(m));
+        }
+        let snap = self.runtime.snapshot(&info.id, &format!("{name}-s")).await.map_err(|e| f(format!("saving the layer: {e}")))?;
+        let digest = snap.layers.last().cloned().ok_or_else(|| f("snapshot has no layer".into()))?;
+        if let Err(e) = self.runtime.delete(&info.id).await {
+            tracing::warn!(sandbox = %info.id, error = %e, "could not delete a build sandbox");
+        } else {
+            tracker.lock().unwrap_or_else(|e| e.into_inner()).sandbox = None;
+        }
+        let _ = store.delete(&name);
+        let _ = store.delete(&format!("{name}-s"));
+        Ok(digest)
+    }
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// `p` against `cwd` (the WORKDIR), normalised without touching the filesystem.
+pub fn absolute(cwd: &str, p: &str) -> String {
+    let joined = if p.starts_with('/') { p.to_string() } else { format!("{cwd}/{p}") };
+    let mut parts: Vec<&str> = Vec::new();
+    for c in joined.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = format!("/{}", parts.join("/"));
+    if p.ends_with('/') && out != "/" {
+        out.push('/');
+    }
+    out
+}
+
+/// The shell script that applies a COPY inside the build sandbox: unpack the context into a staging dir,
+/// then copy each match of `src` (a path or glob relative to the context) like Docker: a directory's
+/// contents go into `dest`; a file goes into `dest` when it ends in `/` or is a directory, else becomes
+/// `dest`. Copied entries get `owner` and, when given, `mode`.
+pub fn copy_script(archive: &str, src: &str, dest: &str, owner: &str, mode: &str) -> String {
+    let src = src.trim_start_matches("./").trim_end_matches('/');
+    let src = if src.is_empty() { "." } else { src };
+    let q = shell_quote;
+    let chmod = if mode.is_empty() { String::new() } else { format!("chmod -R {} \"$t\"; ", q(mode)) };
+    let glob = src.replace(['"', '\\', '$', '`'], "");
+    format!(
+        r#"set -e
+S=$(mktemp -d /tmp/.soulbox-copy.XXXXXX)
+tar -xf {archive} -C "$S"
+rm -f {archive}
+cd "$S"
+D={dest}
+O={owner}
+new=0; [ -e "$D" ] || new=1
+found=0
+IFS='
+'
+for f in {glob}; do
+  [ -e "$f" ] || [ -L "$f" ] || continue
+  found=1
+  if [ -d "$f" ] && [ ! -L "$f" ]; then
+    mkdir -p "$D"
+    for e in $(ls -A "$f"); do cp -a "$f/$e" "$D/"; t="$D/$e"; chown -R "$O" "$t"; {chmod}done
+  else
+    case "$D" in */) mkdir -p "$D"; t="$D$(basename "$f")";; *) if [ -d "$D" ]; then t="$D/$(basename "$f")"; else mkdir -p "$(dirname "$D")"; t="$D"; fi;; esac
+    cp -a "$f" "$t"; chown -R "$O" "$t"; {chmod}
+  fi
+done
+[ "$new" = 1 ] && [ -d "$D" ] && chown "$O" "$D"
+cd / && rm -rf "$S"
+[ "$found" = 1 ] || {{ echo "COPY: no files match {srcq}" >&2; exit 1; }}
+"#,
+        archive = q(archive),
+        dest = q(dest),
+        owner = q(owner),
+        glob = if glob == "." { ".".to_string() } else { glob.split('/').map(|c| if c.contains(['*', '?', '[']) { c.to_string() } else { q(c) }).collect::<Vec<_>>().join("/") },
+        srcq = src.replace(['\'', '"', '\\', '$', '`'], ""),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_the_workdir() {
+        assert_eq!(absolute("/home/user", "app"), "/home/user/app");
+        assert_eq!(absolute("/home/user", "/opt/x/../y/"), "/opt/y/");
+        assert_eq!(absolute("/", "."), "/");
+        assert_eq!(absolute("/a", "../../b"), "/b");
+    }
+
+    /// The COPY script against a real staging tree with /bin/sh (GNU/busybox tools on the host).
+    #[test]
+    fn copy_script_semantics() {
+        let root = tempfile::tempdir().unwrap();
+        let ctx = root.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
+        std::fs::write(ctx.join("dir/a.txt"), "a").unwrap();
+        std::fs::write(ctx.join("dir/.hidden"), "h").unwrap();
+        std::fs::write(ctx.join("dir/sub/b.txt"), "b").unwrap();
+        std::fs::write(ctx.join("one.txt"), "1").unwrap();
+        std::fs::write(ctx.join("x.py"), "x").unwrap();
+        std::fs::write(ctx.join("y.py"), "y").unwrap();
+        let tar = root.path().join("ctx.tar");
+        let me = format!("{}", unsafe { libc::getuid() });
+        let run = |src: &str, dest: &str, mode: &str| {
+            let ok = std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&ctx).arg(".").status().unwrap();
+            assert!(ok.success());
+            let script = copy_script(&tar.to_string_lossy(), src, dest, &me, mode);
+            std::process::Command::new("/bin/sh").arg("-c").arg(script).output().unwrap()
+        };
+        let out = root.path().join("out");
+        let d = |p: &str| format!("{}/{p}", out.display());
+        assert!(run("dir/", &d("app"), "").status.success());
+        assert_eq!(std::fs::read_to_string(out.join("app/a.txt")).unwrap(), "a");
+        assert_eq!(std::fs::read_to_string(out.join("app/.hidden")).unwrap(), "h");
+        assert_eq!(std::fs::read_to_string(out.join("app/sub/b.txt")).unwrap(), "b");
+        assert!(run("one.txt", &d("file.txt"), "0600").status.success());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(out.join("file.txt")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(run("one.txt", &d("into/"), "").status.success());
+        assert!(out.join("into/one.txt").is_file());
+        assert!(run("*.py", &d("py/"), "").status.success());
+        assert!(out.join("py/x.py").is_file() && out.join("py/y.py").is_file());
+        let missing = run("nope.txt", &d("z"), "");
+        assert!(!missing.status.success());
+        assert!(String::from_utf8_lossy(&missing.stderr).contains("no files match nope.txt"));
+    }
+}
