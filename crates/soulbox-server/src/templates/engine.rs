@@ -309,7 +309,7 @@ impl Engine {
             Action::Run { cmd, user } => (user, cmd, st.ctx.workdir.clone()),
             Action::Mkdir { dir, owner } => {
                 let d = shell_quote(&dir);
-                ("root".to_string(), format!("[ -d {d} ] || {{ mkdir -p {d} && chown {} {d}; }}", shell_quote(&owner)), "/".to_string())
+                ("root".to_string(), format!("[ -d {d} ] || {{ mkdir -p {d} && {{ chown {o}: {d} 2>/dev/null || chown {o} {d}; }}; }}", o = shell_quote(&owner)), "/".to_string())
             }
             Action::Copy { files, src, dest, owner, mode } => {
                 let data = tokio::fs::read(&files).await.map_err(|e| f(format!("reading {}: {e}", files.display())))?;
@@ -385,6 +385,8 @@ rm -f {archive}
 cd "$S"
 D={dest}
 O={owner}
+# owner plus its login group when it has one
+own() {{ chown -R "$O:" "$1" 2>/dev/null || chown -R "$O" "$1"; }}
 new=0; [ -e "$D" ] || new=1
 found=0
 IFS='
@@ -394,13 +396,13 @@ for f in {glob}; do
   found=1
   if [ -d "$f" ] && [ ! -L "$f" ]; then
     mkdir -p "$D"
-    for e in $(ls -A "$f"); do cp -a "$f/$e" "$D/"; t="$D/$e"; chown -R "$O" "$t"; {chmod}done
+    for e in $(ls -A "$f"); do cp -a "$f/$e" "$D/"; t="$D/$e"; own "$t"; {chmod}done
   else
     case "$D" in */) mkdir -p "$D"; t="$D$(basename "$f")";; *) if [ -d "$D" ]; then t="$D/$(basename "$f")"; else mkdir -p "$(dirname "$D")"; t="$D"; fi;; esac
-    cp -a "$f" "$t"; chown -R "$O" "$t"; {chmod}
+    cp -a "$f" "$t"; own "$t"; {chmod}
   fi
 done
-[ "$new" = 1 ] && [ -d "$D" ] && chown "$O" "$D"
+if [ "$new" = 1 ] && [ -d "$D" ]; then chown "$O:" "$D" 2>/dev/null || chown "$O" "$D"; fi
 cd / && rm -rf "$S"
 [ "$found" = 1 ] || {{ echo "COPY: no files match {srcq}" >&2; exit 1; }}
 "#,
