@@ -153,3 +153,21 @@ def test_aliases_and_delete(names, api):
     assert api.get(f"/templates/aliases/{name}").status_code == 404
     assert api.delete(f"/templates/{name}").status_code == 404
     assert not Template.exists(name)
+
+
+def test_start_command_runs_and_create_waits_for_the_ready_command(names, sandboxes: Sandboxes):
+    from e2b import wait_for_file
+
+    name = names("start")
+    tpl = (
+        Template()
+        .from_template("base")
+        .run_cmd("true")
+        .set_start_cmd("sleep 1; echo started > /tmp/started; exec sleep infinity", wait_for_file("/tmp/started"))
+    )
+    build(tpl, name)
+    t0 = time.monotonic()
+    sbx = sandboxes.create(template=name)
+    assert time.monotonic() - t0 >= 0.9, "create waited for the ready command"
+    assert sbx.files.read("/tmp/started") == "started\n"
+    assert "sleep infinity" in sbx.commands.run("ps -eo args").stdout

@@ -104,7 +104,13 @@ impl Node for LocalNode {
                 deny_out: spec.network.deny_out,
             },
         };
+        let token = runtime_spec.access_token.clone();
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
+        // A built template's start command runs now; create returns once its ready command succeeds.
+        if let Err(e) = crate::templates::engine::start_and_wait_ready(&self.runtime, &info, token).await {
+            let _ = self.runtime.delete(&info.id).await;
+            return Err(NodeError::Failed(e));
+        }
         Ok(CreatedSandbox { address: address(&info)?, sandbox_id: info.id })
     }
 

@@ -59,6 +59,7 @@ pub async fn run(
     cmd: &str,
     env: &BTreeMap<String, String>,
     cwd: &str,
+    access_token: Option<&str>,
     mut on_line: impl FnMut(bool, String) + Send,
 ) -> Result<i64, String> {
     let msg = serde_json::json!({"process": {"cmd": shell, "args": ["-c", cmd], "envs": env, "cwd": cwd}});
@@ -70,7 +71,12 @@ pub async fn run(
     let req = http::Request::post(format!("http://{addr}/process.Process/Start"))
         .header(http::header::CONTENT_TYPE, "application/connect+json")
         .header("connect-protocol-version", "1")
-        .header(http::header::AUTHORIZATION, basic(user))
+        .header(http::header::AUTHORIZATION, basic(user));
+    let req = match access_token {
+        Some(t) => req.header("x-access-token", t),
+        None => req,
+    };
+    let req = req
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = client().request(req).await.map_err(|e| format!("envd: {e}"))?;
