@@ -41,6 +41,12 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_url).await.context("opening the store")?;
+    // Template builds run in this process: those a previous process left unfinished can never finish.
+    match store.fail_unfinished_builds("the server stopped during the build").await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(builds = n, "marked template builds interrupted by a server stop as failed"),
+        Err(e) => tracing::warn!(error = %e, "could not mark interrupted template builds"),
+    }
 
     let fresh_key = if store.count_active_api_keys().await? == 0 {
         let (_, key) = store.create_api_key("admin").await?;
