@@ -107,14 +107,16 @@ def test_late_chunk_terminator_does_not_truncate_stream():
     with socket.create_connection(("127.0.0.1", ENVD_PORT), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_start_request_head() + _chunk(request))
+        # The body's terminator follows a little later (as with the SDK's client, in its own packet). A server
+        # may start the response before it or wait for it (connect-go reads to EOF first); either way it must
+        # not be left unread. Then let envd finish before reading on.
+        time.sleep(0.2)
+        sock.sendall(b"0\r\n\r\n")
+        time.sleep(1.5)
         reader = _Reader(sock)
         status, headers = reader.head()
         assert status == 200
         assert headers.get("content-type") == "application/connect+json"
-        # the body's terminator arrives while the response is streaming; then let envd finish before reading on
-        time.sleep(0.2)
-        sock.sendall(b"0\r\n\r\n")
-        time.sleep(1.5)
         envs = _envelopes(reader.chunked_body())
         assert envs[-1] == (2, {})
         assert _stdout_of(envs) == expected
@@ -125,11 +127,11 @@ def test_connection_reused_after_stream_with_late_terminator():
     with socket.create_connection(("127.0.0.1", ENVD_PORT), timeout=30) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(_start_request_head() + _chunk(request))
+        time.sleep(0.3)  # long enough for /bin/true to end; the request body is still open
+        sock.sendall(b"0\r\n\r\n")
         reader = _Reader(sock)
         status, headers = reader.head()
         assert status == 200
-        time.sleep(0.3)  # /bin/true has ended; the request body is still open
-        sock.sendall(b"0\r\n\r\n")
         envs = _envelopes(reader.chunked_body())
         assert envs[-1] == (2, {})
         if headers.get("connection", "").lower() == "close":
