@@ -8,6 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use soulbox_server::config::{self, FileConfig, ServerConfig};
 use soulbox_server::store::Store;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(name = "soulbox", version, about = "SoulBox: self-hosted E2B-compatible sandboxes")]
 struct Cli {
@@ -25,6 +27,8 @@ enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    #[command(flatten)]
+    Client(cli::ClientCommand),
 }
 
 /// Flags override `SOULBOX_*` environment variables, which override the config file.
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
     let keys = match cli.command {
         Command::Server(args) => return soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
         Command::Keys(keys) => keys,
+        Command::Client(c) => std::process::exit(cli::run(c).await),
     };
     std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating data dir {}", cli.data_dir.display()))?;
     let store = Store::open(&Store::sqlite_url(&cli.data_dir.join("soulbox.db"))).await.context("opening the store")?;

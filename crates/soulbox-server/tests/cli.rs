@@ -1,0 +1,175 @@
+//! The client commands of the `soulbox` binary against a real server. Skipped (with a message) unless
+//! `SOULBOX_TEST_API_URL` and `SOULBOX_TEST_API_KEY` are set; `crates/soulbox/tests/run.sh` sets them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+struct Env {
+    api_url: String,
+    key: String,
+}
+
+fn env() -> Option<Env> {
+    Some(Env { api_url: std::env::var("SOULBOX_TEST_API_URL").ok()?, key: std::env::var("SOULBOX_TEST_API_KEY").ok()? })
+}
+
+macro_rules! live {
+    () => {
+        match env() {
+            Some(e) => e,
+            None => {
+                eprintln!("skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)");
+                return;
+            }
+        }
+    };
+}
+
+fn cmd(e: &Env) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_soulbox"));
+    for v in ["E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "SOULBOX_API_URL", "SOULBOX_SANDBOX_URL", "SOULBOX_API_KEY", "E2B_DOMAIN"] {
+        c.env_remove(v);
+    }
+    c.env("SOULBOX_API_URL", &e.api_url).env("SOULBOX_API_KEY", &e.key).env("SOULBOX_LOG", "warn");
+    c
+}
+
+fn run(e: &Env, args: &[&str]) -> Output {
+    cmd(e).args(args).output().unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+struct Sbx<'a>(&'a Env, String);
+impl Drop for Sbx<'_> {
+    fn drop(&mut self) {
+        let _ = run(self.0, &["sandbox", "kill", &self.1]);
+    }
+}
+
+fn create<'a>(e: &'a Env, extra: &[&str]) -> Sbx<'a> {
+    let mut args = vec!["sandbox", "create", "--json", "--timeout", "300"];
+    args.extend_from_slice(extra);
+    let v = json(&run(e, &args));
+    Sbx(e, v["sandboxID"].as_str().unwrap().to_owned())
+}
+
+#[test]
+fn sandbox_commands_json_and_exit_codes() {
+    let e = live!();
+    let tag = format!("cli{}", std::process::id());
+    let s = create(&e, &["-m", &format!("suite={tag}"), "-e", "FOO=bar", "--auto-pause", "--grace", "10"]);
+    let id = s.1.as_str();
+
+    let list = json(&run(&e, &["sandbox", "list", "--json", "-m", &format!("suite={tag}")]));
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["sandboxID"], id);
+    let table = run(&e, &["sandbox", "list", "-m", &format!("suite={tag}")]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("SANDBOX ID"), "{text}");
+    assert!(text.contains(id));
+
+    let info = json(&run(&e, &["sandbox", "info", id, "--json"]));
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["lifecycle"]["onTimeout"], "pause");
+
+    let t = json(&run(&e, &["sandbox", "timeout", id, "120", "--json"]));
+    assert!(t["status"].as_str().unwrap().starts_with("ends at"));
+    json(&run(&e, &["sandbox", "refresh", id, "200", "--json"]));
+    assert_eq!(run(&e, &["sandbox", "refresh", id, "99999999"]).status.code(), Some(8), "past the max lifetime");
+
+    assert_eq!(json(&run(&e, &["sandbox", "pause", id, "--json"]))["status"], "paused");
+    assert_eq!(json(&run(&e, &["sandbox", "pause", id, "--json"]))["status"], "already paused");
+    assert_eq!(json(&run(&e, &["sandbox", "info", id, "--json"]))["state"], "paused");
+    assert_eq!(json(&run(&e, &["sandbox", "resume", id, "--json"]))["status"], "running");
+    let out = run(&e, &["exec", id, "--", "echo $FOO"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "bar\n");
+
+    let metrics = json(&run(&e, &["sandbox", "metrics", id, "--json"]));
+    assert!(metrics.is_array());
+    assert!(json(&run(&e, &["sandbox", "logs", id, "--json"])).is_array());
+
+    // exit codes: not found 3, auth 4, usage 2
+    assert_eq!(run(&e, &["sandbox", "info", "nosuchsandbox"]).status.code(), Some(3));
+    let bad = cmd(&e).env("SOULBOX_API_KEY", "e2b_0000000000000000000000000000000000000000").args(["sandbox", "list"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: authentication failed"));
+    assert_eq!(run(&e, &["sandbox", "create", "--grace", "5"]).status.code(), Some(2));
+
+    let nodes = json(&run(&e, &["nodes", "list", "--json"]));
+    assert!(nodes[0]["memoryMB"].as_u64().unwrap() > 0);
+
+    let killed = json(&run(&e, &["sandbox", "kill", id, "--json"]));
+    assert_eq!(killed[0]["killed"], true);
+    assert_eq!(run(&e, &["sandbox", "kill", id]).status.code(), Some(3));
+}
+
+#[test]
+fn exec_streams_output_and_passes_the_exit_code() {
+    let e = live!();
+    let s = create(&e, &[]);
+    let id = s.1.as_str();
+    let out = run(&e, &["exec", id, "--", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let out = run(&e, &["exec", id, "--cwd", "/tmp", "-e", "A=1 2", "--", "printf", "%s|", "$A", "a b"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "$A|a b|", "words are quoted");
+
+    // streaming: the first line arrives while the command still runs
+    let mut child = cmd(&e).args(["exec", id, "--", "echo first; sleep 2; echo second"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let t0 = Instant::now();
+    assert_eq!(lines.next().unwrap().unwrap(), "first");
+    assert!(child.try_wait().unwrap().is_none(), "first line must arrive before the command ends");
+    assert!(t0.elapsed() < Duration::from_millis(1800));
+    assert_eq!(lines.next().unwrap().unwrap(), "second");
+    assert!(child.wait().unwrap().success());
+
+    // stdin forwarding
+    let mut child = cmd(&e).args(["exec", "-i", id, "--", "tr a-z A-Z"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
+
+    // a timeout is 124
+    assert_eq!(run(&e, &["exec", "--timeout", "1", id, "--", "sleep 20"]).status.code(), Some(124));
+}
+
+#[test]
+fn cp_round_trip() {
+    let e = live!();
+    let s = create(&e, &[]);
+    let id = s.1.as_str();
+    let dir = std::env::temp_dir().join(format!("soulbox-cli-cp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("src.bin");
+    let data: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let up = json(&run(&e, &["cp", src.to_str().unwrap(), &format!("{id}:/tmp/cp/"), "--json"]));
+    assert_eq!(up["path"], "/tmp/cp/src.bin");
+    assert_eq!(up["bytes"], data.len());
+    let dst = dir.join("dst.bin");
+    let down = run(&e, &["cp", &format!("{id}:/tmp/cp/src.bin"), dst.to_str().unwrap()]);
+    assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
+    assert!(std::fs::read(&dst).unwrap() == data);
+    assert_eq!(run(&e, &["cp", &format!("{id}:/nope"), dst.to_str().unwrap()]).status.code(), Some(3));
+    assert_eq!(run(&e, &["cp", "a", "b"]).status.code(), Some(8));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_has_examples() {
+    let out = Command::new(env!("CARGO_BIN_EXE_soulbox")).args(["sandbox", "create", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Examples:") && text.contains("soulbox sandbox create"), "{text}");
+    for sub in ["exec", "cp", "shell"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_soulbox")).args([sub, "--help"]).output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{sub}");
+    }
+}
