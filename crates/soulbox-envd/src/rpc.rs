@@ -124,6 +124,19 @@ where
                     return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None);
                 }
             };
+            // Read the body to its end (it must hold exactly one message) before answering: clients may send the
+            // chunked terminator after the envelope, and hyper cannot reuse — and the kernel resets — a connection
+            // whose request was not fully read, which cuts the tail of the response.
+            match requests.next().await {
+                None => {}
+                Some(Ok(_)) => {
+                    let e = RpcError::invalid_argument("a server-streaming request carries exactly one message");
+                    return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None);
+                }
+                Some(Err(e)) => {
+                    return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None);
+                }
+            }
             let deadline = ctx.timeout;
             let responses = match handler(state, ctx, first).await {
                 Ok(stream) => stream,

@@ -330,7 +330,11 @@ fn open_target(path: &Path) -> io::Result<(File, bool)> {
     match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).custom_flags(flags).open(path) {
         Ok(file) => {
             // The umask may have taken bits away; new uploads are 0644 like in E2B's sandboxes.
-            file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            // Only when needed: every extra chmod is an extra CHMOD event for watchers (E2B's sequence for a new
+            // file is CREATE, CHMOD (chown), WRITE).
+            if file.metadata()?.permissions().mode() & 0o7777 != 0o644 {
+                file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+            }
             Ok((file, true))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -352,19 +356,20 @@ struct Finish {
 /// and metadata. Without the marker (a broken body, a cancelled request) it stops and leaves the clean-up to
 /// the session.
 fn write_chunks(mut file: File, mut rx: mpsc::Receiver<Option<Bytes>>, finish: Finish) -> io::Result<()> {
-    loop {
-        match rx.blocking_recv() {
-            Some(Some(chunk)) => file.write_all(&chunk)?,
-            Some(None) => break,
-            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
-        }
-    }
+    // Ownership before content, as E2B does: watchers then see CHMOD (from the chown) before WRITE.
     if rustix::process::geteuid().is_root() {
         rustix::fs::fchown(
             &file,
             Some(rustix::process::Uid::from_raw(finish.uid)),
             Some(rustix::process::Gid::from_raw(finish.gid)),
         )?;
+    }
+    loop {
+        match rx.blocking_recv() {
+            Some(Some(chunk)) => file.write_all(&chunk)?,
+            Some(None) => break,
+            None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned")),
+        }
     }
     metadata::replace_on(&file, &finish.metadata)?;
     Ok(())
