@@ -116,11 +116,11 @@ def test_health(raw):
     assert r.headers.get("content-type", "").startswith("application/json")
     body = r.json()
     assert body["status"] == "healthy"
-    # seed feature 1 names it sandbox_id; envd's JSON is camelCase. The value is null until the runtime sets it.
-    assert "sandboxId" in body or "sandbox_id" in body
+    # Seed feature 1's field names. The sandbox id is null until the runtime (or /init) sets it.
+    assert "sandbox_id" in body
     if INIT_SANDBOX_ID:
-        assert body.get("sandboxId", body.get("sandbox_id")) == INIT_SANDBOX_ID
-    uptime = body.get("uptimeSeconds", body.get("uptime_seconds"))
+        assert body["sandbox_id"] == INIT_SANDBOX_ID
+    uptime = body["uptime_seconds"]
     assert isinstance(uptime, int) and uptime >= 0
     assert isinstance(body["version"], str) and body["version"]
 

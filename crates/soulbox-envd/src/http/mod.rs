@@ -24,8 +24,8 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
         .unwrap_or_default()
 }
 
+/// Seed feature 1's shape (snake_case field names as in the seed).
 #[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
 struct Health {
     status: &'static str,
     sandbox_id: Option<String>,

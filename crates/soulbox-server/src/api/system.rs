@@ -22,7 +22,7 @@ pub async fn health(State(state): State<ApiState>) -> Response {
     let body = serde_json::json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "version": SOULBOX_VERSION,
-        "uptimeSeconds": state.started.elapsed().as_secs(),
+        "uptime_seconds": state.started.elapsed().as_secs(),
         "checks": { "store": store_ok, "node": node.status.as_str() },
     });
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
