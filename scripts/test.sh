@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 cargo build --workspace --all-targets
 scripts/build-envd.sh   # the static agent the runtime and server tests run in sandboxes
 cargo nextest run --workspace --no-fail-fast
+[ "$(id -u)" != 0 ] || SOULBOX_SDK_TEST_SKIP_BUILD=1 crates/soulbox/tests/run.sh   # SDK + CLI against a real server
 if [ -x tests/compat/run.sh ]; then
   tests/compat/run.sh
 fi

@@ -7,7 +7,7 @@
 #   SOULBOX_SDK_TEST_DIR=/var/tmp/soulbox-sdk-test  persistent data dir (keeps the built `base` template)
 #   SOULBOX_SDK_TEST_SKIP_BUILD=1                  use the existing binary and static envd
 #   SOULBOX_BIN=target/debug/soulbox               server binary
-# Isolation: runtime prefix `sbsdkt`, address pool 10.215.0.0/16. Server log: target/sdk-test/server.log.
+# Isolation: runtime prefix `sbsdt`, address pool 10.215.0.0/16. Server log: target/sdk-test/server.log.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT"
@@ -26,16 +26,19 @@ API="http://127.0.0.1:$PORT"
 KEY="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name sdk-test | sed -n 's/^export E2B_API_KEY=//p')"
 [ -n "$KEY" ] || { echo "could not create an API key" >&2; exit 1; }
 
-"$SOULBOX" --data-dir "$DATA_DIR" server --listen "127.0.0.1:$PORT" --prefix sbsdkt --network-pool 10.215.0.0/16 \
+"$SOULBOX" --data-dir "$DATA_DIR" server --listen "127.0.0.1:$PORT" --prefix sbsdt --network-pool 10.215.0.0/16 \
   --envd-path "$ENVD" --max-lifetime-s 3600 >"$LOG_DIR/server.log" 2>&1 &
 SERVER_PID=$!
 
+# Through the CLI under test (no curl needed).
 kill_sandboxes() {
-  for id in $(curl -s -H "X-API-Key: $KEY" "$API/v2/sandboxes" | python3 -c 'import json,sys
-try: [print(s["sandboxID"]) for s in json.load(sys.stdin)]
-except Exception: pass'); do
-    curl -s -o /dev/null -H "X-API-Key: $KEY" -X DELETE "$API/sandboxes/$id" || true
-  done
+  local ids
+  ids="$(SOULBOX_API_URL="$API" SOULBOX_API_KEY="$KEY" "$SOULBOX" sandbox list --json 2>/dev/null \
+    | python3 -c 'import json,sys; [print(s["sandboxID"]) for s in json.load(sys.stdin)]' 2>/dev/null)" || true
+  if [ -n "$ids" ]; then
+    # shellcheck disable=SC2086
+    SOULBOX_API_URL="$API" SOULBOX_API_KEY="$KEY" "$SOULBOX" sandbox kill $ids >/dev/null 2>&1 || true
+  fi
 }
 cleanup() {
   kill_sandboxes || true
@@ -46,8 +49,8 @@ trap cleanup EXIT
 
 # The first start builds the base template (~1 min).
 for _ in $(seq 1 600); do
-  if curl -sf "$API/health" >/dev/null 2>&1; then break; fi
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$LOG_DIR/server.log" >&2; exit 1; }
+  if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$API/health" 2>/dev/null; then break; fi
+  kill -0 "$SERVER_PID" 2>/dev/null || { head -n 20 "$LOG_DIR/server.log" >&2; exit 1; }
   sleep 0.5
 done
 kill_sandboxes
