@@ -8,6 +8,7 @@ middle of a command's output), or the next request on the pooled connection fail
 message completed").
 """
 
+import base64
 import json
 import socket
 import struct
@@ -140,3 +141,47 @@ def test_connection_reused_after_stream_with_late_terminator():
         sock.sendall(f"GET /health HTTP/1.1\r\nHost: localhost:{ENVD_PORT}\r\n\r\n".encode())
         status, _ = reader.head()
         assert 200 <= status < 300
+
+
+def _decode_envelopes(body: bytes):
+    out, pos = [], 0
+    while pos + 5 <= len(body):
+        flags, length = struct.unpack(">BI", body[pos:pos + 5])
+        out.append((flags, json.loads(body[pos + 5:pos + 5 + length])))
+        pos += 5 + length
+    assert pos == len(body), "trailing bytes after the last envelope"
+    return out
+
+
+def test_h2c_unary_and_streaming_with_both_codecs():
+    """envd speaks HTTP/2 without TLS (prior knowledge) on the same port, for JSON and binary protobuf."""
+    import httpx
+
+    base = f"http://127.0.0.1:{ENVD_PORT}"
+    headers = {"X-Access-Token": TOKEN, "Connect-Protocol-Version": "1"}
+    with httpx.Client(http1=False, http2=True, timeout=30) as client:
+        unary = client.post(f"{base}/process.Process/List", content=b"{}",
+                            headers={**headers, "Content-Type": "application/json"})
+        assert unary.http_version == "HTTP/2"
+        assert unary.status_code == 200
+        assert isinstance(unary.json().get("processes", []), list)
+
+        body = _envelope({"process": {"cmd": "/bin/echo", "args": ["over", "h2c"]}})
+        stream = client.post(f"{base}/process.Process/Start", content=body,
+                             headers={**headers, "Content-Type": "application/connect+json"})
+        assert stream.http_version == "HTTP/2"
+        assert stream.headers["content-type"] == "application/connect+json"
+        envelopes = _decode_envelopes(stream.content)
+        assert "start" in envelopes[0][1]["event"]
+        stdout = b"".join(
+            base64.b64decode(m["event"]["data"]["stdout"])
+            for _, m in envelopes if "data" in m.get("event", {}) and "stdout" in m["event"]["data"]
+        )
+        assert stdout == b"over h2c\n"
+        assert envelopes[-1] == (2, {})
+
+        # Binary protobuf codec: an empty ListRequest is zero bytes; the response decodes as protobuf, not JSON.
+        proto = client.post(f"{base}/process.Process/List", content=b"",
+                            headers={**headers, "Content-Type": "application/proto"})
+        assert proto.status_code == 200
+        assert proto.headers["content-type"] == "application/proto"
