@@ -173,3 +173,53 @@ fn help_has_examples() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Example"), "{sub}");
     }
 }
+
+/// `soulbox shell` driven in tmux: type a command, read the screen, resize the window, exit with a code.
+#[test]
+fn shell_in_tmux() {
+    let e = live!();
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("skipped: tmux is not installed");
+        return;
+    }
+    let s = create(&e, &[]);
+    let session = format!("sbcli{}", std::process::id());
+    let tmux = |args: &[&str]| Command::new("tmux").args(args).output().unwrap();
+    let screen = || String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-t", &session]).stdout).into_owned();
+    let wait_for = |needle: &str| {
+        let t0 = Instant::now();
+        loop {
+            let text = screen();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(15), "{needle:?} not on screen:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let shell = format!(
+        "SOULBOX_API_URL={} SOULBOX_API_KEY={} SOULBOX_LOG=warn {} shell {}; echo SHELL-EXIT=$?; sleep 60",
+        e.api_url,
+        e.key,
+        env!("CARGO_BIN_EXE_soulbox"),
+        s.1
+    );
+    assert!(tmux(&["new-session", "-d", "-s", &session, "-x", "100", "-y", "30", &shell]).status.success());
+    struct KillSession(String);
+    impl Drop for KillSession {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux").args(["kill-session", "-t", &self.0]).output();
+        }
+    }
+    let _session_guard = KillSession(session.clone());
+    wait_for(":~$");
+    tmux(&["send-keys", "-t", &session, "stty size; echo v=$((6*7))", "Enter"]);
+    wait_for("v=42");
+    assert!(screen().contains("30 100"));
+    tmux(&["resize-window", "-t", &session, "-x", "120", "-y", "40"]);
+    std::thread::sleep(Duration::from_millis(500));
+    tmux(&["send-keys", "-t", &session, "clear; stty size", "Enter"]);
+    wait_for("40 120");
+    tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
+    wait_for("SHELL-EXIT=5");
+}

@@ -93,7 +93,19 @@ async fn main() -> soulbox::Result<()> {
     ];
     let mut sdk = Vec::with_capacity(n);
     let mut rawt = Vec::with_capacity(n);
+    let mut reqw = Vec::with_capacity(n);
+    let plain = reqwest::Client::builder().no_proxy().tcp_nodelay(true).build().unwrap();
+    let start_url = format!("{}/process.Process/Start", cfg.sandbox_url.as_deref().unwrap().trim_end_matches('/'));
     for i in 0..n + 20 {
+        // the same request through plain reqwest (the HTTP client the SDK uses), without the SDK
+        let t = Instant::now();
+        let mut rb = plain.post(&start_url);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        let bytes = rb.body(body.clone()).send().await.unwrap().bytes().await.unwrap();
+        let d_reqw = t.elapsed();
+        assert!(bytes.windows(5).any(|w| w == [2, 0, 0, 0, 2]), "no end-stream");
         let t = Instant::now();
         cmds.run("true").await?;
         let d_sdk = t.elapsed();
@@ -104,6 +116,7 @@ async fn main() -> soulbox::Result<()> {
         if i >= 20 {
             sdk.push(d_sdk);
             rawt.push(d_raw);
+            reqw.push(d_reqw);
         }
     }
     sbx.kill().await?;
@@ -147,12 +160,15 @@ async fn main() -> soulbox::Result<()> {
 
     let (sp50, sp99) = pct(sdk);
     let (rp50, rp99) = pct(rawt);
+    let (qp50, qp99) = pct(reqw);
     let (scp50, scp99) = pct(sdk_c);
     let (rcp50, rcp99) = pct(raw_c);
     println!("{:<34} {:>9} {:>9}", "ms", "p50", "p99");
     println!("{:<34} {:>9.3} {:>9.3}", format!("raw HTTP run(\"true\") n={n}"), rp50, rp99);
+    println!("{:<34} {:>9.3} {:>9.3}", format!("plain reqwest run(\"true\") n={n}"), qp50, qp99);
     println!("{:<34} {:>9.3} {:>9.3}", format!("Rust SDK run(\"true\") n={n}"), sp50, sp99);
-    println!("{:<34} {:>9.3} {:>9.3}", "  SDK overhead", sp50 - rp50, sp99 - rp99);
+    println!("{:<34} {:>9.3} {:>9.3}", "  SDK over plain reqwest", sp50 - qp50, sp99 - qp99);
+    println!("{:<34} {:>9.3} {:>9.3}", "  SDK over raw socket", sp50 - rp50, sp99 - rp99);
     println!("{:<34} {:>9.3} {:>9.3}", format!("raw create->first cmd n={creates}"), rcp50, rcp99);
     println!("{:<34} {:>9.3} {:>9.3}", format!("Rust SDK create->first cmd n={creates}"), scp50, scp99);
     Ok(())
