@@ -115,8 +115,7 @@ impl Filesystem {
             q.push(("username", u.to_owned()));
         }
         // /files takes the user from the query, not from the Basic header.
-        let rb = self.envd.request(method, "/files", None).query(&q);
-        rb
+        self.envd.request(method, "/files", None).query(&q)
     }
 
     /// Streams a file's contents.
