@@ -409,3 +409,31 @@ async fn auth_errors_not_found_nodes_health() {
     assert!(!nodes[0].status.is_empty());
     assert_eq!(c.health().await.unwrap()["status"], "healthy");
 }
+
+#[tokio::test]
+async fn timeout_behavior_pause_after_grace() {
+    let e = live!();
+    let c = client(&e);
+    let s = Sandbox::builder(&e.template)
+        .client(c.clone())
+        .timeout(Duration::from_secs(1))
+        .set_timeout_behavior(TimeoutBehavior::Pause { grace: Duration::from_secs(2) })
+        .create()
+        .await
+        .unwrap();
+    let _g = Guard(config(&e), s.id().into());
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert_eq!(c.get_info(s.id()).await.unwrap().state, SandboxState::Running, "still in its grace period");
+    loop {
+        if c.get_info(s.id()).await.unwrap().state == SandboxState::Paused {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "not paused after timeout + grace");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(t0.elapsed() >= Duration::from_secs(3), "paused before timeout + grace: {:?}", t0.elapsed());
+    // A paused sandbox can be connected to again.
+    let s2 = Sandbox::connect(&c, s.id(), Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(s2.commands().run("echo resumed").await.unwrap().stdout, "resumed\n");
+}
