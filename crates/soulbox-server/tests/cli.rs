@@ -85,6 +85,9 @@ fn sandbox_commands_json_and_exit_codes() {
     assert_eq!(json(&run(&e, &["sandbox", "pause", id, "--json"]))["status"], "paused");
     assert_eq!(json(&run(&e, &["sandbox", "pause", id, "--json"]))["status"], "already paused");
     assert_eq!(json(&run(&e, &["sandbox", "info", id, "--json"]))["state"], "paused");
+    let paused = run(&e, &["exec", id, "--", "true"]);
+    assert_eq!(paused.status.code(), Some(8), "exec never resumes implicitly");
+    assert!(String::from_utf8_lossy(&paused.stderr).contains("paused"));
     assert_eq!(json(&run(&e, &["sandbox", "resume", id, "--json"]))["status"], "running");
     let out = run(&e, &["exec", id, "--", "echo $FOO"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "bar\n");

@@ -155,6 +155,26 @@ impl Sandbox {
         Sandbox::from_api(client.clone(), s)
     }
 
+    /// A handle to a running sandbox without touching its lifecycle (connect would extend its timeout and resume
+    /// it): reads `GET /sandboxes/{id}`. A paused sandbox is [`Error::Invalid`]; use [`Sandbox::connect`] to resume.
+    pub async fn get(client: &Client, sandbox_id: &str) -> Result<Sandbox> {
+        let d = client.get_info(sandbox_id).await?;
+        if d.state == api::SandboxState::Paused {
+            return Err(Error::Invalid(format!("sandbox {sandbox_id} is paused: resume it first")));
+        }
+        let s = api::Sandbox {
+            template_id: d.template_id,
+            sandbox_id: d.sandbox_id,
+            client_id: d.client_id,
+            envd_version: d.envd_version,
+            alias: d.alias,
+            envd_access_token: d.envd_access_token,
+            traffic_access_token: None,
+            domain: d.domain,
+        };
+        Sandbox::from_api(client.clone(), s)
+    }
+
     /// Builds a handle from a create/connect answer, checking the agent version (seed feature 3).
     pub fn from_api(client: Client, s: api::Sandbox) -> Result<Sandbox> {
         let v = version::parse_version(&s.envd_version)?;

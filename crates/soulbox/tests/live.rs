@@ -138,8 +138,12 @@ async fn lifecycle_list_info_timeout_refresh_metrics_pause_resume_kill() {
     assert!(!a.pause().await.unwrap(), "second pause reports already paused");
     assert!(!a.is_running().await.unwrap());
     assert_eq!(c.get_info(a.id()).await.unwrap().state, SandboxState::Paused);
+    assert!(matches!(Sandbox::get(&c, a.id()).await.unwrap_err(), Error::Invalid(_)));
     let a2 = a.resume(Some(Duration::from_secs(60))).await.unwrap();
     assert!(a2.is_running().await.unwrap());
+    let a3 = Sandbox::get(&c, a.id()).await.unwrap();
+    assert_eq!(a3.envd_version(), a.envd_version());
+    assert_eq!(a3.access_token(), a2.access_token());
     assert_eq!(a2.commands().run("echo back").await.unwrap().stdout, "back\n");
 
     // Kill: true, then false; info is NotFound; a command on it is SandboxKilled.

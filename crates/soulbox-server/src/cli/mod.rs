@@ -526,7 +526,7 @@ fn shell_join(words: &[String]) -> String {
 
 async fn exec(a: ExecArgs) -> soulbox::Result<i32> {
     let client = a.conn.client()?;
-    let s = Sandbox::connect(&client, &a.id, None).await?;
+    let s = Sandbox::get(&client, &a.id).await?;
     let mut opts = CommandOptions::default()
         .timeout(Duration::from_secs(a.timeout))
         .stdin(a.interactive)

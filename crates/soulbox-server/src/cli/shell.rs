@@ -41,7 +41,7 @@ fn size() -> PtySize {
 
 pub async fn run(a: ShellArgs) -> soulbox::Result<i32> {
     let client = a.conn.client()?;
-    let s = Sandbox::connect(&client, &a.id, None).await?;
+    let s = Sandbox::get(&client, &a.id).await?;
     let pty = s.pty();
     let mut opts = PtyOptions::default().on_data(|b| {
         let mut out = std::io::stdout().lock();

@@ -38,7 +38,7 @@ pub async fn cp(a: CpArgs) -> soulbox::Result<i32> {
     let client = a.conn.client()?;
     match (remote(&a.src), remote(&a.dst)) {
         (None, Some((id, path))) => {
-            let s = Sandbox::connect(&client, id, None).await?;
+            let s = Sandbox::get(&client, id).await?;
             let file = tokio::fs::File::open(&a.src).await.map_err(|e| Error::Invalid(format!("{}: {e}", a.src)))?;
             let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
             let pb = bar(len, a.quiet);
@@ -63,7 +63,7 @@ pub async fn cp(a: CpArgs) -> soulbox::Result<i32> {
             }
         }
         (Some((id, path)), None) => {
-            let s = Sandbox::connect(&client, id, None).await?;
+            let s = Sandbox::get(&client, id).await?;
             let len = s.files().get_info(path).await?.size.max(0) as u64;
             let pb = bar(len, a.quiet);
             let mut dst = a.dst.clone();
