@@ -44,6 +44,8 @@ cleanup() {
   kill_sandboxes || true
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
+  # The server keeps its (then empty) nftables table for the next start; this test's prefix is ours alone.
+  if command -v nft >/dev/null; then nft delete table inet soulbox_sbsdt 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 
