@@ -17,10 +17,14 @@ use soulbox::{Client, CommandOptions, ConnectionConfig, Error, ListQuery, Sandbo
 
 use output::{print_json, table};
 
+/// API URL when nothing is configured: `soulbox server`'s default listen address.
+const LOCAL_API_URL: &str = "http://127.0.0.1:3000";
+
 /// Connection flags shared by every client command (flags win over the environment).
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
-    /// API URL [env: SOULBOX_API_URL / E2B_API_URL].
+    /// API URL [env: SOULBOX_API_URL / E2B_API_URL; default http://127.0.0.1:3000, or https://api.<domain> when
+    /// SOULBOX_DOMAIN / E2B_DOMAIN is set].
     #[arg(long, global = true)]
     pub api_url: Option<String>,
     /// Sandbox (agent) URL; defaults to the API URL, where `soulbox server` serves both [env: SOULBOX_SANDBOX_URL /
@@ -38,6 +42,13 @@ pub struct Conn {
 impl Conn {
     fn client(&self) -> soulbox::Result<Client> {
         let mut c = ConnectionConfig::from_env();
+        let configured = ["SOULBOX_API_URL", "E2B_API_URL", "SOULBOX_DOMAIN", "E2B_DOMAIN"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty()));
+        if !configured {
+            // A self-hosted default: the local `soulbox server`, never a public host.
+            c.api_url = LOCAL_API_URL.to_owned();
+        }
         if let Some(u) = &self.api_url {
             c.api_url = u.clone();
         }
