@@ -269,7 +269,7 @@ impl Client {
             .map_err(|e| Error::Other(format!("unexpected response body: {e}: {}", String::from_utf8_lossy(&bytes))))
     }
 
-    /// `GET /health` of the server: its JSON (status, version, uptimeSeconds).
+    /// `GET /health` of the server: its JSON (status, version, uptime_seconds).
     pub async fn health(&self) -> Result<serde_json::Value> {
         let url = format!("{}/health", self.inner.config.api_url.trim_end_matches('/'));
         let resp = self.inner.http.get(url).send().await.map_err(Error::transport)?;

@@ -216,3 +216,23 @@ async fn system_endpoints() {
     let (_, _, logs) = h.call("GET", &format!("/sandboxes/{id}/logs"), None).await;
     assert_eq!(logs["logs"][0]["line"], "envd listening");
 }
+
+/// Every route the OpenAPI document names exists, and its auth requirement matches the document.
+#[tokio::test]
+async fn openapi_document_matches_router() {
+    let doc: Value = serde_json::from_str(include_str!("../../openapi.json")).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let h = harness().await;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{sandboxID}", "inosuchsandbox");
+        for (method, op) in ops.as_object().unwrap() {
+            let m = method.to_uppercase();
+            let (status, _, body) = h.raw(&m, &concrete, None, true).await;
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{m} {path}");
+            assert_ne!(body.get("message"), Some(&json!("no such route")), "{m} {path} is not routed");
+            let public = op.get("security") == Some(&json!([]));
+            let (status, _, _) = h.raw(&m, &concrete, None, false).await;
+            assert_eq!(status == StatusCode::UNAUTHORIZED, !public, "{m} {path}: auth differs from the document");
+        }
+    }
+}
