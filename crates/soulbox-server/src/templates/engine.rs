@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
 
 use super::dockerfile::shell_quote;
+use super::source::{BaseSource, Rewrites};
 use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
 
 /// How many output lines a failed step's error message carries.
@@ -19,18 +20,14 @@ const FAILURE_TAIL: usize = 20;
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Image references rewritten to local templates (`e2bdev/base` → `base`): hosts without a registry still
-    /// build the recipes users bring.
-    pub image_rewrites: BTreeMap<String, String>,
+    /// Image references rewritten to local sources (`e2bdev/base` → `template:base`, a registry host → a
+    /// mirror): hosts without a registry still build the recipes users bring.
+    pub image_rewrites: Rewrites,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        let mut image_rewrites = BTreeMap::new();
-        for img in ["e2bdev/base", "e2bdev/base:latest", "docker.io/e2bdev/base", "docker.io/e2bdev/base:latest"] {
-            image_rewrites.insert(img.to_string(), "base".to_string());
-        }
-        EngineConfig { image_rewrites }
+        EngineConfig { image_rewrites: Rewrites::with_defaults() }
     }
 }
 
@@ -88,30 +85,23 @@ impl Engine {
         }
     }
 
-    /// The local template a recipe starts from.
-    pub fn resolve_base(&self, recipe: &super::Recipe) -> Result<String, BuildFailure> {
+    /// Where a recipe starts from: `fromTemplate`, else `fromImage` (default `e2bdev/base`) after rewrites. A
+    /// plain Docker Hub name that is also a local template (`FROM mytemplate` in a Dockerfile) is that template.
+    pub fn resolve_base(&self, recipe: &super::Recipe) -> Result<BaseSource, BuildFailure> {
         if let Some(t) = &recipe.from_template {
-            return Ok(t.strip_suffix(":default").unwrap_or(t).to_string());
+            return Ok(BaseSource::Template(t.strip_suffix(":default").unwrap_or(t).to_string()));
         }
         let image = recipe.from_image.as_deref().unwrap_or("e2bdev/base");
-        let short = image.strip_prefix("docker.io/").unwrap_or(image);
-        let short = short.strip_prefix("library/").unwrap_or(short);
-        let untagged = short.strip_suffix(":latest").unwrap_or(short);
-        for candidate in [image, short, untagged] {
-            if let Some(t) = self.config.image_rewrites.get(candidate) {
-                return Ok(t.clone());
+        let source = self.config.image_rewrites.resolve(image).map_err(|e| BuildFailure::new(e.to_string(), Some("base")))?;
+        if let BaseSource::Registry(r) = &source {
+            let local = r.repository.strip_prefix("library/").filter(|_| r.registry == super::source::DOCKER_HUB);
+            if let Some(name) = local.filter(|_| r.tag.as_deref() == Some("latest") && r.digest.is_none()) {
+                if soulbox_runtime::template::check_name(name).is_ok() && self.runtime.store().get(name).is_ok() {
+                    return Ok(BaseSource::Template(name.to_string()));
+                }
             }
         }
-        if soulbox_runtime::template::check_name(untagged).is_ok() && self.runtime.store().get(untagged).is_ok() {
-            return Ok(untagged.to_string());
-        }
-        Err(BuildFailure::new(
-            format!(
-                "image '{image}': pulling images from registries is not supported yet; build from a template \
-                 (fromTemplate) or map the image to a local template in the image rewrites"
-            ),
-            Some("base"),
-        ))
+        Ok(source)
     }
 
     /// Runs a build; on success the template `job.template_name` is registered and returned.
@@ -142,7 +132,15 @@ impl Engine {
     async fn build_inner(&self, job: &BuildJob, log: &LogSink, tracker: &Arc<Mutex<Tracker>>) -> Result<TemplateMeta, BuildFailure> {
         let set_step = |s: &str| tracker.lock().unwrap_or_else(|e| e.into_inner()).step = Some(s.to_string());
         set_step("base");
-        let base_name = self.resolve_base(&job.recipe)?;
+        let base_name = match self.resolve_base(&job.recipe)? {
+            BaseSource::Template(name) => name,
+            other => {
+                return Err(BuildFailure::new(
+                    format!("base {other:?}: this source is not supported yet; build from a template or map the image to one in the image rewrites"),
+                    Some("base"),
+                ));
+            }
+        };
         let base = self
             .runtime
             .store()

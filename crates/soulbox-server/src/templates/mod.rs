@@ -3,6 +3,7 @@
 //!
 //! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]).
 //! - [`engine`]: the build engine on a node (build sandboxes, one layer per step, the step cache).
+//! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
@@ -10,6 +11,7 @@ pub mod api;
 pub mod dockerfile;
 pub mod engine;
 pub mod envd;
+pub mod source;
 
 use std::path::PathBuf;
 use std::sync::Arc;
