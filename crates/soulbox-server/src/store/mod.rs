@@ -4,6 +4,8 @@
 mod api_keys;
 mod sandboxes;
 mod templates;
+#[cfg(test)]
+pub(crate) mod test_db;
 
 pub use api_keys::ApiKeyRecord;
 pub use sandboxes::SandboxRecord;

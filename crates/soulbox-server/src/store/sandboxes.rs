@@ -193,10 +193,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sandbox_round_trip_and_guarded_transitions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+    use crate::store::test_db::store_test;
+
+    store_test!(sandbox_round_trip_and_guarded_transitions, |db| {
+        let store = db.open().await;
         let rec = record("iabc");
         store.insert_sandbox(&rec).await.unwrap();
         assert_eq!(store.get_sandbox("iabc").await.unwrap(), rec);
@@ -208,5 +208,5 @@ mod tests {
         assert_eq!(store.list_sandboxes().await.unwrap().len(), 1);
         assert!(store.delete_sandbox("iabc").await.unwrap());
         assert!(matches!(store.get_sandbox("iabc").await, Err(StoreError::NotFound(_))));
-    }
+    });
 }
