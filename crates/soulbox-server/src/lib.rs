@@ -12,6 +12,8 @@ pub mod node;
 pub mod proxy;
 #[cfg(test)]
 mod proxy_tests;
+#[cfg(test)]
+mod replica_tests;
 pub mod server;
 pub mod store;
 pub mod templates;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadlines::Deadlines;
 use crate::ids;
 use crate::node::{Node, NodeError, SandboxSpec, TemplateInfo};
-use crate::store::{SandboxRecord, Store, StoreError, now_ms};
+use crate::store::{ClaimCondition, SandboxRecord, Store, StoreError, now_ms};
 
 /// E2B's constant (deprecated) client id.
 pub const CLIENT_ID: &str = "6532622b";
@@ -27,11 +27,24 @@ pub struct LifecycleConfig {
     /// Seed feature 7: refresh never extends a sandbox past `started_at + max_lifetime_s`.
     pub max_lifetime_s: i64,
     pub node_id: String,
+    /// How often every replica looks in the store for deadlines due soon (the in-memory wheel then fires them
+    /// precisely): a sandbox whose timeout was set through a replica that has gone still times out.
+    pub deadline_sweep: Duration,
+    /// How long a claim on a sandbox (timeout, auto-pause, resume) blocks other replicas when its holder dies
+    /// mid-operation; longer than any pause or resume takes.
+    pub claim_lease: Duration,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        LifecycleConfig { default_timeout_s: 300, max_timeout_s: 24 * 3600, max_lifetime_s: 24 * 3600, node_id: "local".into() }
+        LifecycleConfig {
+            default_timeout_s: 300,
+            max_timeout_s: 24 * 3600,
+            max_lifetime_s: 24 * 3600,
+            node_id: "local".into(),
+            deadline_sweep: Duration::from_secs(5),
+            claim_lease: Duration::from_secs(120),
+        }
     }
 }
 
@@ -100,13 +113,29 @@ pub struct Lifecycle {
     /// Sandboxes being killed or paused: from the moment their streams are cut until the operation ends, the
     /// proxy answers "not found" for them (their record still says running, but envd is going away).
     stopping: Mutex<HashSet<String>>,
+    /// Names this process in sandbox claims (random per start: a restarted replica is a new claimer).
+    replica_id: String,
 }
+
+/// How often a replica that lost a resume claim looks whether the winner has finished. Only concurrent resumes
+/// of one sandbox wait here, and the winner may be another process: there is no notification to wait on.
+const RESUME_WAIT_POLL: Duration = Duration::from_millis(50);
 
 impl Lifecycle {
     /// Builds the lifecycle, re-arms deadlines from the store, and starts handling timeouts.
     pub async fn start(store: Store, node: Arc<dyn Node>, config: LifecycleConfig) -> Result<Arc<Lifecycle>> {
         let (deadlines, mut fired) = Deadlines::start();
-        let lifecycle = Arc::new(Lifecycle { store, node, deadlines, config, live: Mutex::default(), stopping: Mutex::default() });
+        let replica_id = format!("replica-{}", &ids::access_token()[..16]);
+        tracing::info!(replica = %replica_id, "lifecycle starting");
+        let lifecycle = Arc::new(Lifecycle {
+            store,
+            node,
+            deadlines,
+            config,
+            live: Mutex::default(),
+            stopping: Mutex::default(),
+            replica_id,
+        });
         for record in lifecycle.store.list_sandboxes().await? {
             if record.state == SandboxState::Running {
                 lifecycle.arm(&record);
@@ -123,7 +152,33 @@ impl Lifecycle {
                 });
             }
         });
+        tokio::spawn(Self::sweep_deadlines(Arc::downgrade(&lifecycle)));
         Ok(lifecycle)
+    }
+
+    /// Every `deadline_sweep`, arms the wheel with the deadlines the store says are due before the next sweep,
+    /// whichever replica set them. All replicas then fire; the claim in `on_deadline` lets one act.
+    async fn sweep_deadlines(lifecycle: std::sync::Weak<Lifecycle>) {
+        let Some(interval) = lifecycle.upgrade().map(|l| l.config.deadline_sweep) else { return };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(lifecycle) = lifecycle.upgrade() else { return };
+            let horizon = now_ms() + interval.as_millis() as i64;
+            match lifecycle.store.sandboxes_due(horizon).await {
+                Ok(due) => due.iter().for_each(|record| lifecycle.arm(record)),
+                Err(e) => tracing::warn!(error = %e, "deadline sweep: cannot read the store"),
+            }
+        }
+    }
+
+    pub fn replica_id(&self) -> &str {
+        &self.replica_id
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.config.claim_lease.as_millis() as i64
     }
 
     pub fn store(&self) -> &Store {
@@ -280,9 +335,28 @@ impl Lifecycle {
         }
     }
 
+    /// Resumes a paused sandbox once, however many requests on however many replicas ask at the same time: the
+    /// one whose claim succeeds resumes it; the others wait for it to be running and answer with that.
     async fn resume_paused(&self, record: SandboxRecord, end_at_ms: i64) -> Result<SandboxRecord> {
-        let address = self.node.resume(&record.id).await?;
-        let address = address.to_string();
+        let paused = ClaimCondition { state: SandboxState::Paused, end_at_ms: None };
+        let give_up = tokio::time::Instant::now() + self.config.claim_lease + self.config.claim_lease;
+        while !self.store.claim_sandbox(&record.id, paused, &self.replica_id, self.lease_ms()).await? {
+            let current = self.store.get_sandbox(&record.id).await?;
+            if current.state == SandboxState::Running {
+                return Ok(current);
+            }
+            if tokio::time::Instant::now() >= give_up {
+                return Err(LifecycleError::Unavailable(format!("sandbox {} is being resumed elsewhere", record.id)));
+            }
+            tokio::time::sleep(RESUME_WAIT_POLL).await;
+        }
+        let address = match self.node.resume(&record.id).await {
+            Ok(address) => address.to_string(),
+            Err(e) => {
+                self.release_claim(&record.id).await;
+                return Err(e.into());
+            }
+        };
         if !self.store.transition_sandbox(&record.id, SandboxState::Paused, SandboxState::Running, Some(&address), end_at_ms).await? {
             return Err(LifecycleError::Conflict(format!("sandbox {} changed state while resuming", record.id)));
         }
@@ -416,18 +490,59 @@ impl Lifecycle {
             self.arm(&record); // extended meanwhile
             return Ok(());
         }
-        if record.auto_pause {
+        // Every replica that knows this deadline fires it; the one whose claim changes the row acts. A claim
+        // that fails because the end moved is fine too: the sweep re-arms the new deadline.
+        let running_at_end = ClaimCondition { state: SandboxState::Running, end_at_ms: Some(record.end_at_ms) };
+        if !self.store.claim_sandbox(id, running_at_end, &self.replica_id, self.lease_ms()).await? {
+            tracing::debug!(sandbox = %id, "timeout claimed elsewhere or the end moved");
+            return Ok(());
+        }
+        let result = if record.auto_pause {
             tracing::info!(sandbox = %id, "timeout reached: pausing");
-            match self.pause(id, record.auto_pause_memory).await {
-                Err(LifecycleError::Conflict(_)) => Ok(()),
-                other => other,
-            }
+            self.stop_serving(id);
+            let paused = self.pause_running(&record, record.auto_pause_memory).await;
+            self.done_stopping(id);
+            paused
         } else {
             tracing::info!(sandbox = %id, "timeout reached: killing");
-            match self.kill(id).await {
-                Err(LifecycleError::NotFound(_)) => Ok(()),
-                other => other,
+            self.expire(id).await
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.release_claim(id).await; // another replica (or our sweep) tries again
+                match e {
+                    LifecycleError::Conflict(_) => Ok(()), // paused through the API meanwhile
+                    other => Err(other),
+                }
             }
+        }
+    }
+
+    /// The timeout's kill: like `kill`, but a sandbox the node no longer has is only forgotten (a replica that
+    /// died between the node's kill and the delete left exactly that behind).
+    async fn expire(&self, id: &str) -> Result<()> {
+        self.stop_serving(id);
+        self.deadlines.cancel(id);
+        let result = async {
+            match self.node.kill(id).await {
+                Ok(()) | Err(NodeError::SandboxNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.store.delete_sandbox(id).await?;
+            Ok(())
+        }
+        .await;
+        self.done_stopping(id);
+        if result.is_ok() {
+            tracing::info!(sandbox = %id, "sandbox killed at its timeout");
+        }
+        result
+    }
+
+    async fn release_claim(&self, id: &str) {
+        if let Err(e) = self.store.release_sandbox_claim(id, &self.replica_id).await {
+            tracing::warn!(sandbox = %id, error = %e, "could not release a sandbox claim; it expires with its lease");
         }
     }
 }

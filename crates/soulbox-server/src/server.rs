@@ -78,6 +78,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             max_timeout_s: config.max_timeout_s,
             max_lifetime_s: config.max_lifetime_s,
             node_id: "local".into(),
+            ..LifecycleConfig::default()
         },
     )
     .await

@@ -98,10 +98,10 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn key_lifecycle_on_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("soulbox.db"))).await.unwrap();
+    use crate::store::test_db::store_test;
+
+    store_test!(key_lifecycle, |db| {
+        let store = db.open().await;
         assert_eq!(store.count_active_api_keys().await.unwrap(), 0);
         let (record, key) = store.create_api_key("admin").await.unwrap();
         assert!(store.verify_api_key(&key.secret).await.unwrap());
@@ -110,12 +110,15 @@ mod tests {
         let listed = store.list_api_keys().await.unwrap();
         assert_eq!(listed, vec![record.clone()]);
         assert!(!listed[0].key_prefix.is_empty() && !key.secret.contains(&listed[0].id));
+        assert_eq!(store.count_active_api_keys().await.unwrap(), 1);
         store.revoke_api_key(&record.id).await.unwrap();
         assert!(!store.verify_api_key(&key.secret).await.unwrap());
         assert!(matches!(store.revoke_api_key(&record.id).await, Err(StoreError::NotFound(_))));
+        let revoked = store.list_api_keys().await.unwrap();
+        assert!(revoked[0].revoked_at_ms.is_some_and(|t| t >= record.created_at_ms));
         // Re-opening applies no migration twice and keeps the data.
         drop(store);
-        let again = Store::open(&Store::sqlite_url(&dir.path().join("soulbox.db"))).await.unwrap();
+        let again = db.open().await;
         assert_eq!(again.list_api_keys().await.unwrap().len(), 1);
-    }
+    });
 }

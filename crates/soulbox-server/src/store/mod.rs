@@ -4,9 +4,11 @@
 mod api_keys;
 mod sandboxes;
 mod templates;
+#[cfg(test)]
+pub(crate) mod test_db;
 
 pub use api_keys::ApiKeyRecord;
-pub use sandboxes::SandboxRecord;
+pub use sandboxes::{ClaimCondition, SandboxRecord};
 pub use templates::{BuildLogRecord, BuildRecord, TemplateRecord};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};

@@ -6,7 +6,7 @@ use soulbox_protocol::api::SandboxState;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, now_ms};
 use crate::node::NetworkPolicy;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,7 +152,11 @@ impl Store {
         address: Option<&str>,
         end_at_ms: i64,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query("UPDATE sandboxes SET state = $1, address = $2, end_at = $3 WHERE id = $4 AND state = $5")
+        // A transition ends any claim on the row (it was the claimed operation's last step).
+        let done = sqlx::query(
+            "UPDATE sandboxes SET state = $1, address = $2, end_at = $3, claimed_by = NULL, claim_until = NULL \
+             WHERE id = $4 AND state = $5",
+        )
             .bind(state_str(next))
             .bind(address)
             .bind(end_at_ms)
@@ -161,6 +165,57 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// What a claim requires of the row besides being unclaimed (or its claim having expired).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimCondition {
+    pub state: SandboxState,
+    /// The end time the claimer acted on: a timeout claim fails when another replica extended it meanwhile.
+    pub end_at_ms: Option<i64>,
+}
+
+impl Store {
+    /// Claims the sandbox for a state change, for `lease_ms`: true only for the one caller whose conditional
+    /// UPDATE changed the row (the database serialises concurrent UPDATEs of a row, on SQLite and PostgreSQL
+    /// alike). A claim held by someone else counts only until it expires.
+    pub async fn claim_sandbox(&self, id: &str, condition: ClaimCondition, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let base = "UPDATE sandboxes SET claimed_by = $1, claim_until = $2 \
+                    WHERE id = $3 AND state = $4 AND (claim_until IS NULL OR claim_until < $5)";
+        let sql = match condition.end_at_ms {
+            Some(_) => format!("{base} AND end_at = $6"),
+            None => base.to_owned(),
+        };
+        let mut query = sqlx::query(&sql).bind(owner).bind(now + lease_ms).bind(id).bind(state_str(condition.state)).bind(now);
+        if let Some(end) = condition.end_at_ms {
+            query = query.bind(end);
+        }
+        Ok(query.execute(&self.pool).await?.rows_affected() == 1)
+    }
+
+    /// Gives a claim back after the claimed operation failed (only the owner's claim).
+    pub async fn release_sandbox_claim(&self, id: &str, owner: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE sandboxes SET claimed_by = NULL, claim_until = NULL WHERE id = $1 AND claimed_by = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Running sandboxes whose deadline (end, plus the auto-pause grace when auto-pause is on) is at or before
+    /// `before_ms`: every replica sweeps these, so a timeout fires even when the replica that set it is gone.
+    pub async fn sandboxes_due(&self, before_ms: i64) -> Result<Vec<SandboxRecord>, StoreError> {
+        // `end_at <= $1` first: the deadline is never before the end, and it can use the end_at index.
+        let sql = format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE end_at <= $1 AND state = 'running' \
+             AND end_at + (CASE WHEN auto_pause <> 0 THEN CAST(auto_pause_grace_s AS BIGINT) * 1000 ELSE 0 END) <= $2 \
+             ORDER BY end_at, id"
+        );
+        let rows = sqlx::query(&sql).bind(before_ms).bind(before_ms).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
     }
 }
 
@@ -193,10 +248,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn sandbox_round_trip_and_guarded_transitions() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+    use crate::store::test_db::store_test;
+
+    store_test!(sandbox_round_trip_and_guarded_transitions, |db| {
+        let store = db.open().await;
         let rec = record("iabc");
         store.insert_sandbox(&rec).await.unwrap();
         assert_eq!(store.get_sandbox("iabc").await.unwrap(), rec);
@@ -208,5 +263,49 @@ mod tests {
         assert_eq!(store.list_sandboxes().await.unwrap().len(), 1);
         assert!(store.delete_sandbox("iabc").await.unwrap());
         assert!(matches!(store.get_sandbox("iabc").await, Err(StoreError::NotFound(_))));
-    }
+    });
+
+    store_test!(deadlines_due_and_exclusive_claims, |db| {
+        let store = db.open().await;
+        // iabc: auto-pause, end 301 s + 5 s grace; kill1: plain kill at 100 ms; gone: paused, never due.
+        store.insert_sandbox(&record("iabc")).await.unwrap();
+        store.insert_sandbox(&SandboxRecord { auto_pause: false, end_at_ms: 100, ..record("kill1") }).await.unwrap();
+        store.insert_sandbox(&SandboxRecord { state: SandboxState::Paused, end_at_ms: 0, ..record("gone") }).await.unwrap();
+        let due = |before| {
+            let store = store.clone();
+            async move { store.sandboxes_due(before).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
+        };
+        assert!(due(99).await.is_empty());
+        assert_eq!(due(100).await, ["kill1"]);
+        assert_eq!(due(305_999).await, ["kill1"], "the auto-pause grace delays the deadline");
+        assert_eq!(due(306_000).await, ["kill1", "iabc"]);
+
+        let running_at = |end| ClaimCondition { state: SandboxState::Running, end_at_ms: Some(end) };
+        assert!(!store.claim_sandbox("iabc", running_at(1), "a", 60_000).await.unwrap(), "extended meanwhile");
+        assert!(!store.claim_sandbox("iabc", ClaimCondition { state: SandboxState::Paused, end_at_ms: None }, "a", 60_000).await.unwrap());
+        assert!(store.claim_sandbox("iabc", running_at(301_000), "a", 60_000).await.unwrap());
+        assert!(!store.claim_sandbox("iabc", running_at(301_000), "b", 60_000).await.unwrap(), "held by a");
+        store.release_sandbox_claim("iabc", "b").await.unwrap(); // not b's: no effect
+        assert!(!store.claim_sandbox("iabc", running_at(301_000), "b", 60_000).await.unwrap());
+        store.release_sandbox_claim("iabc", "a").await.unwrap();
+        assert!(store.claim_sandbox("iabc", running_at(301_000), "b", 60_000).await.unwrap());
+        // The claimed operation's transition ends the claim.
+        assert!(store.transition_sandbox("iabc", SandboxState::Running, SandboxState::Paused, None, 301_000).await.unwrap());
+        let paused = ClaimCondition { state: SandboxState::Paused, end_at_ms: None };
+        assert!(store.claim_sandbox("iabc", paused, "c", 60_000).await.unwrap());
+
+        // A claim whose holder died expires: an already expired lease does not block anyone.
+        assert!(store.claim_sandbox("kill1", running_at(100), "dead", -1).await.unwrap());
+        assert!(store.claim_sandbox("kill1", running_at(100), "b", 60_000).await.unwrap());
+        assert!(!store.claim_sandbox("kill1", running_at(100), "c", 60_000).await.unwrap());
+
+        // Many concurrent claimers (separate connections on PostgreSQL): exactly one wins.
+        store.insert_sandbox(&record("race")).await.unwrap();
+        let claims = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.claim_sandbox("race", running_at(301_000), &format!("r{i}"), 60_000).await.unwrap() })
+        });
+        let won = futures::future::join_all(claims).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
+        assert_eq!(won, 1);
+    });
 }

@@ -218,10 +218,10 @@ impl Store {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn builds_and_logs_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("t.db"))).await.unwrap();
+    use crate::store::test_db::store_test;
+
+    store_test!(builds_and_logs_round_trip, |db| {
+        let store = db.open().await;
         store.create_template_build("tpl", "b1", 2, 1024).await.unwrap();
         assert_eq!(store.get_build("b1").await.unwrap().unwrap().status, "waiting");
         assert!(store.start_build("b1", "{}").await.unwrap());
@@ -242,5 +242,5 @@ mod tests {
         assert!(store.get_build("b1").await.unwrap().is_none());
         assert!(store.build_logs("b1", 0, 100).await.unwrap().is_empty());
         assert!(!store.delete_template_record("tpl").await.unwrap());
-    }
+    });
 }
