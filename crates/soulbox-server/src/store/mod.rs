@@ -2,10 +2,12 @@
 //! through sqlx's `Any` driver so every query is written once. Migrations are embedded.
 
 mod api_keys;
+mod nodes;
 mod sandboxes;
 mod templates;
 
 pub use api_keys::ApiKeyRecord;
+pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::SandboxRecord;
 pub use templates::{BuildLogRecord, BuildRecord, TemplateRecord};
 
