@@ -7,7 +7,7 @@
 //!   agent (runtime + node API + sandbox proxy + heartbeats); [`control`] the server side of heartbeats,
 //!   reconciliation and lost-node handling; [`wire`] the node API's JSON.
 
-// agent: next increment
+pub mod agent;
 pub mod control;
 pub mod registry;
 pub mod remote;
