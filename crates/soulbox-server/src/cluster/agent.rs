@@ -114,16 +114,18 @@ impl Agent {
     /// Sandboxes the control plane should know about (see [`REPORT_AFTER`]).
     async fn reportable_sandboxes(&self) -> Vec<String> {
         use soulbox_runtime::Status;
-        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        created.retain(|_, at| at.elapsed() < REPORT_AFTER);
-        self.created.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, at| at.elapsed() < REPORT_AFTER);
+        let created: std::collections::HashSet<String> = {
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            created.retain(|_, at| at.elapsed() < REPORT_AFTER);
+            created.keys().cloned().collect()
+        };
         self.node
             .runtime()
             .list()
             .await
             .into_iter()
             .filter(|s| matches!(s.status, Status::Running | Status::Paused | Status::Stopped))
-            .filter(|s| !created.contains_key(&s.id))
+            .filter(|s| !created.contains(&s.id))
             .map(|s| s.id)
             .collect()
     }

@@ -100,10 +100,11 @@ async fn reconcile(lifecycle: &Lifecycle, node_id: &str, reported: &[String]) ->
     let kill: Vec<String> = reported.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
     let cutoff = now_ms() - RECONCILE_MIN_AGE_MS;
     for (id, started_at) in &known {
-        if *started_at < cutoff && !reported_set.contains(id.as_str()) {
-            if let Err(e) = lifecycle.forget(id, "its node no longer has it").await {
-                tracing::warn!(sandbox = %id, error = %e, "could not drop the record of a vanished sandbox");
-            }
+        if *started_at < cutoff
+            && !reported_set.contains(id.as_str())
+            && let Err(e) = lifecycle.forget(id, "its node no longer has it").await
+        {
+            tracing::warn!(sandbox = %id, error = %e, "could not drop the record of a vanished sandbox");
         }
     }
     if !kill.is_empty() {
