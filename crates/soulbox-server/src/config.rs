@@ -24,6 +24,13 @@ pub struct FileConfig {
     /// Name prefix of the node's host objects (netns `<prefix>-<id>`, veths, nft table, cgroup parent).
     pub prefix: Option<String>,
     pub metrics_interval_s: Option<u64>,
+    /// Cluster mode: node agents join with this token (`soulbox node --token`); the server then runs no runtime
+    /// of its own and places sandboxes on the nodes.
+    pub node_token: Option<String>,
+    /// Cluster mode: a node without a heartbeat for this long is Unhealthy [default: 10].
+    pub node_heartbeat_timeout_s: Option<u64>,
+    /// Cluster mode: sandboxes on a node Unhealthy for this long are lost [default: 60].
+    pub node_lost_after_s: Option<u64>,
 }
 
 impl FileConfig {
@@ -53,6 +60,10 @@ pub struct ServerConfig {
     /// machine need different prefixes and network pools.
     pub prefix: String,
     pub metrics_interval_s: u64,
+    /// `Some` = cluster mode (see [`FileConfig::node_token`]).
+    pub node_token: Option<String>,
+    pub node_heartbeat_timeout_s: u64,
+    pub node_lost_after_s: u64,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);

@@ -19,5 +19,6 @@ pub mod store;
 pub mod templates;
 pub mod time;
 pub mod api;
+pub mod cluster;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -13,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::deadlines::Deadlines;
 use crate::ids;
-use crate::node::{Node, NodeError, SandboxSpec, TemplateInfo};
+use crate::cluster::{NodeSet, Requirements, SingleNode};
+use crate::node::{LogLine, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
 use crate::store::{ClaimCondition, SandboxRecord, Store, StoreError, now_ms};
 
 /// E2B's constant (deprecated) client id.
@@ -79,6 +80,8 @@ impl From<NodeError> for LifecycleError {
             NodeError::Invalid(m) => LifecycleError::BadRequest(m),
             NodeError::NoCapacity(m) => LifecycleError::Unavailable(m),
             NodeError::Failed(m) => LifecycleError::Internal(m),
+            NodeError::Unreachable(m) => LifecycleError::Unavailable(m),
+            NodeError::NodeNotFound(id) => LifecycleError::NotFound(format!("node {id} not found")),
         }
     }
 }
@@ -105,7 +108,10 @@ pub struct CreateRequest {
 
 pub struct Lifecycle {
     store: Store,
-    node: Arc<dyn Node>,
+    /// Where sandboxes live: the in-process node (one machine) or the cluster's node agents.
+    nodes: Arc<dyn NodeSet>,
+    /// The node asked about templates (`nodes.template_node()`).
+    template_node: Arc<dyn Node>,
     deadlines: Deadlines,
     config: LifecycleConfig,
     /// Cancelled when a sandbox stops serving (kill, pause): the proxy cuts its open streams on it.
@@ -124,12 +130,20 @@ const RESUME_WAIT_POLL: Duration = Duration::from_millis(50);
 impl Lifecycle {
     /// Builds the lifecycle, re-arms deadlines from the store, and starts handling timeouts.
     pub async fn start(store: Store, node: Arc<dyn Node>, config: LifecycleConfig) -> Result<Arc<Lifecycle>> {
+        let nodes = Arc::new(SingleNode::new(config.node_id.clone(), node));
+        Lifecycle::start_with_nodes(store, nodes, config).await
+    }
+
+    /// Like [`Lifecycle::start`], with sandboxes placed on and routed to `nodes` (cluster mode).
+    pub async fn start_with_nodes(store: Store, nodes: Arc<dyn NodeSet>, config: LifecycleConfig) -> Result<Arc<Lifecycle>> {
         let (deadlines, mut fired) = Deadlines::start();
+        let template_node = nodes.template_node();
         let replica_id = format!("replica-{}", &ids::access_token()[..16]);
         tracing::info!(replica = %replica_id, "lifecycle starting");
         let lifecycle = Arc::new(Lifecycle {
             store,
-            node,
+            nodes,
+            template_node,
             deadlines,
             config,
             live: Mutex::default(),
@@ -185,8 +199,40 @@ impl Lifecycle {
         &self.store
     }
 
+    /// The node for template questions (on one machine: the only node).
     pub fn node(&self) -> &Arc<dyn Node> {
-        &self.node
+        &self.template_node
+    }
+
+    pub fn nodes(&self) -> &Arc<dyn NodeSet> {
+        &self.nodes
+    }
+
+    /// The node a sandbox lives on.
+    pub async fn node_of(&self, record: &SandboxRecord) -> Result<Arc<dyn Node>> {
+        Ok(self.nodes.get(&record.node_id).await?)
+    }
+
+    pub async fn sandbox_logs(&self, id: &str) -> Result<Vec<LogLine>> {
+        let record = self.store.get_sandbox(id).await?;
+        Ok(self.node_of(&record).await?.logs(id).await?)
+    }
+
+    pub async fn sandbox_stats(&self, record: &SandboxRecord) -> Result<SandboxStats> {
+        Ok(self.node_of(record).await?.stats(&record.id).await?)
+    }
+
+    /// Drops a sandbox the control plane can no longer reach (its node was lost or removed, or it reported
+    /// the sandbox gone): no node call, streams cut, timer cancelled, record deleted — it answers 404 from now on.
+    pub async fn forget(&self, id: &str, reason: &str) -> Result<()> {
+        self.stop_serving(id);
+        self.deadlines.cancel(id);
+        let deleted = self.store.delete_sandbox(id).await;
+        self.done_stopping(id);
+        if deleted? {
+            tracing::warn!(sandbox = %id, reason, "sandbox lost");
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &LifecycleConfig {
@@ -225,7 +271,7 @@ impl Lifecycle {
     pub async fn resolve_template(&self, wanted: &str) -> Result<TemplateInfo> {
         // `name:tag` — tags arrive with the template system (issue 5); `name:default` is the name.
         let name = wanted.strip_suffix(":default").unwrap_or(wanted);
-        let templates = self.node.templates().await?;
+        let templates = self.template_node.templates().await?;
         templates
             .into_iter()
             .find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name))
@@ -264,14 +310,16 @@ impl Lifecycle {
             },
             metadata: req.metadata.clone(),
         };
-        let created = self.node.create(spec).await?;
+        let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
+        let (node_id, node) = self.nodes.place(need).await?;
+        let created = node.create(spec).await?;
         let (id, address) = (created.sandbox_id, created.address);
         let now = now_ms();
         let record = SandboxRecord {
             id: id.clone(),
             template_id: template.template_id.clone(),
             alias: template.aliases.first().cloned(),
-            node_id: self.config.node_id.clone(),
+            node_id,
             state: SandboxState::Running,
             started_at_ms: now,
             end_at_ms: now + i64::from(timeout_s) * 1000,
@@ -291,7 +339,7 @@ impl Lifecycle {
         };
         if let Err(e) = self.store.insert_sandbox(&record).await {
             // Leave nothing behind: the node's sandbox goes too.
-            if let Err(kill) = self.node.kill(&id).await {
+            if let Err(kill) = node.kill(&id).await {
                 tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");
             }
             return Err(e.into());
@@ -338,6 +386,8 @@ impl Lifecycle {
     /// Resumes a paused sandbox once, however many requests on however many replicas ask at the same time: the
     /// one whose claim succeeds resumes it; the others wait for it to be running and answer with that.
     async fn resume_paused(&self, record: SandboxRecord, end_at_ms: i64) -> Result<SandboxRecord> {
+        // The node holding its files, before the claim: a lost node fails here without leaving a claim behind.
+        let node = self.node_of(&record).await?;
         let paused = ClaimCondition { state: SandboxState::Paused, end_at_ms: None };
         let give_up = tokio::time::Instant::now() + self.config.claim_lease + self.config.claim_lease;
         while !self.store.claim_sandbox(&record.id, paused, &self.replica_id, self.lease_ms()).await? {
@@ -350,7 +400,7 @@ impl Lifecycle {
             }
             tokio::time::sleep(RESUME_WAIT_POLL).await;
         }
-        let address = match self.node.resume(&record.id).await {
+        let address = match node.resume(&record.id).await {
             Ok(address) => address.to_string(),
             Err(e) => {
                 self.release_claim(&record.id).await;
@@ -404,7 +454,7 @@ impl Lifecycle {
 
     async fn pause_running(&self, record: &SandboxRecord, keep_memory: bool) -> Result<()> {
         let id = record.id.as_str();
-        self.node.pause(id, keep_memory).await?;
+        self.node_of(record).await?.pause(id, keep_memory).await?;
         let address = if keep_memory { record.address.as_deref() } else { None };
         if !self.store.transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, record.end_at_ms).await? {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
@@ -416,11 +466,19 @@ impl Lifecycle {
 
     pub async fn kill(&self, id: &str) -> Result<()> {
         // Existence first, so an unknown id is a 404 and not a silent success.
-        self.store.get_sandbox(id).await?;
+        let record = self.store.get_sandbox(id).await?;
         self.stop_serving(id);
         self.deadlines.cancel(id);
         let result = async {
-            self.node.kill(id).await?;
+            match self.nodes.get(&record.node_id).await {
+                Ok(node) => match node.kill(id).await {
+                    // A node that cannot be reached kills it when it reconciles (the record is gone by then).
+                    Err(NodeError::Unreachable(why)) => tracing::warn!(sandbox = %id, why, "killing on an unreachable node"),
+                    other => other?,
+                },
+                Err(NodeError::Unreachable(why)) => tracing::warn!(sandbox = %id, why, "killing on an unreachable node"),
+                Err(e) => return Err(e.into()),
+            }
             self.store.delete_sandbox(id).await?;
             Ok(())
         }
@@ -525,8 +583,18 @@ impl Lifecycle {
         self.stop_serving(id);
         self.deadlines.cancel(id);
         let result = async {
-            match self.node.kill(id).await {
-                Ok(()) | Err(NodeError::SandboxNotFound(_)) => {}
+            let record = match self.store.get_sandbox(id).await {
+                Ok(r) => r,
+                Err(StoreError::NotFound(_)) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let killed = match self.nodes.get(&record.node_id).await {
+                Ok(node) => node.kill(id).await,
+                Err(e) => Err(e),
+            };
+            match killed {
+                // Unreachable: the node kills it when it reconciles (the record is gone by then).
+                Ok(()) | Err(NodeError::SandboxNotFound(_)) | Err(NodeError::Unreachable(_)) => {}
                 Err(e) => return Err(e.into()),
             }
             self.store.delete_sandbox(id).await?;

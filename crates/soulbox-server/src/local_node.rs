@@ -61,6 +61,7 @@ impl Node for LocalNode {
             memory_available_mb: available_mb,
             sandbox_count: sandboxes.iter().filter(|s| s.status != Status::Pooled).count() as u32,
             last_health_check_unix_ms: now_ms(),
+            trouble: memory_pressure(total_mb, available_mb),
         }
     }
 
@@ -237,6 +238,12 @@ fn meminfo_mb() -> (u64, u64) {
             / 1024
     };
     (field("MemTotal:"), field("MemAvailable:"))
+}
+
+/// Less than 5 % of the host's memory left is pressure: new sandboxes would push it into the OOM killer.
+fn memory_pressure(total_mb: u64, available_mb: u64) -> Option<String> {
+    (total_mb > 0 && available_mb * 20 < total_mb)
+        .then(|| format!("memory pressure: {available_mb} MiB of {total_mb} MiB available"))
 }
 
 fn load_fraction(cpus: u32) -> f64 {

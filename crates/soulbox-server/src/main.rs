@@ -24,6 +24,9 @@ struct Cli {
 enum Command {
     /// Run the control plane with the node runtime in-process (one machine, SQLite inside).
     Server(ServerArgs),
+    /// Run a node agent: this host's runtime, driven by a cluster's control plane (`soulbox server` with a
+    /// node token).
+    Node(NodeArgs),
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -68,6 +71,81 @@ struct ServerArgs {
     /// Sandbox address pool, a.b.c.d/len [default: 10.77.0.0/16].
     #[arg(long, env = "SOULBOX_NETWORK_POOL")]
     network_pool: Option<String>,
+    /// Cluster mode: node agents join with this token; the server then runs no sandboxes itself.
+    #[arg(long, env = "SOULBOX_NODE_TOKEN", hide_env_values = true)]
+    node_token: Option<String>,
+    /// Cluster mode: seconds without a heartbeat before a node is Unhealthy [default: 10].
+    #[arg(long, env = "SOULBOX_NODE_HEARTBEAT_TIMEOUT_S")]
+    node_heartbeat_timeout_s: Option<u64>,
+    /// Cluster mode: seconds a node stays Unhealthy before its sandboxes are lost [default: 60].
+    #[arg(long, env = "SOULBOX_NODE_LOST_AFTER_S")]
+    node_lost_after_s: Option<u64>,
+}
+
+/// `soulbox node`: flags or `SOULBOX_*` environment variables.
+#[derive(Args)]
+struct NodeArgs {
+    /// Control plane URL (any API replica).
+    #[arg(long, env = "SOULBOX_SERVER")]
+    server: String,
+    /// The cluster's node token (the server's `node_token`).
+    #[arg(long, env = "SOULBOX_NODE_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This node's id [default: saved in <data-dir>/node-id, generated on first start].
+    #[arg(long, env = "SOULBOX_NODE_ID")]
+    node_id: Option<String>,
+    /// Address of the node API and sandbox proxy.
+    #[arg(long, env = "SOULBOX_LISTEN", default_value = "127.0.0.1:3001")]
+    listen: std::net::SocketAddr,
+    /// URL the control plane reaches this node at [default: http://<listen>].
+    #[arg(long, env = "SOULBOX_ADVERTISE_URL")]
+    advertise_url: Option<String>,
+    #[arg(long, env = "SOULBOX_REGION", default_value = "default")]
+    region: String,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "SOULBOX_HEARTBEAT_INTERVAL_S", default_value_t = 2)]
+    heartbeat_interval_s: u64,
+    /// Template store [default: the data dir]; agents on one host may share one.
+    #[arg(long, env = "SOULBOX_TEMPLATE_DIR")]
+    template_dir: Option<PathBuf>,
+    #[arg(long, env = "SOULBOX_RUNTIME", default_value = "runc")]
+    runtime: String,
+    #[arg(long, env = "SOULBOX_ENVD_PATH")]
+    envd_path: Option<PathBuf>,
+    #[arg(long, env = "SOULBOX_WARM_POOL", default_value_t = 4)]
+    warm_pool: usize,
+    /// Name prefix of host objects; agents sharing a host need distinct prefixes and pools.
+    #[arg(long, env = "SOULBOX_PREFIX", default_value = "sbx")]
+    prefix: String,
+    #[arg(long, env = "SOULBOX_NETWORK_POOL", default_value = "10.77.0.0/16")]
+    network_pool: String,
+    #[arg(long, env = "SOULBOX_DEBIAN_MIRROR", default_value = config::DEFAULT_MIRROR)]
+    debian_mirror: String,
+}
+
+impl NodeArgs {
+    fn resolve(self, data_dir: PathBuf) -> anyhow::Result<soulbox_server::cluster::agent::NodeSettings> {
+        use soulbox_server::cluster::agent::{AgentConfig, NodeSettings, node_id};
+        Ok(NodeSettings {
+            agent: AgentConfig {
+                node_id: node_id(&data_dir, self.node_id)?,
+                server_url: self.server,
+                token: self.token,
+                listen: self.listen,
+                advertise_url: self.advertise_url.unwrap_or_else(|| format!("http://{}", self.listen)),
+                region: self.region,
+                heartbeat_interval: std::time::Duration::from_secs(self.heartbeat_interval_s.max(1)),
+            },
+            data_dir,
+            template_dir: self.template_dir,
+            runtime: self.runtime,
+            envd_path: self.envd_path.unwrap_or_else(config::default_envd_path),
+            warm_pool: self.warm_pool,
+            prefix: self.prefix,
+            network_pool: self.network_pool,
+            debian_mirror: self.debian_mirror,
+        })
+    }
 }
 
 impl ServerArgs {
@@ -91,6 +169,9 @@ impl ServerArgs {
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
+            node_token: self.node_token.or(file.node_token).filter(|t| !t.is_empty()),
+            node_heartbeat_timeout_s: self.node_heartbeat_timeout_s.or(file.node_heartbeat_timeout_s).unwrap_or(10),
+            node_lost_after_s: self.node_lost_after_s.or(file.node_lost_after_s).unwrap_or(60),
             data_dir,
         })
     }
@@ -120,6 +201,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let keys = match cli.command {
         Command::Server(args) => return soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
+        Command::Node(args) => return soulbox_server::cluster::agent::run(args.resolve(cli.data_dir)?).await,
         Command::Keys(keys) => keys,
         Command::Client(c) => std::process::exit(cli::run(c).await),
     };

@@ -116,8 +116,8 @@ pub fn spawn_sampler(lifecycle: Arc<Lifecycle>, metrics: Arc<MetricsStore>, inte
             metrics.retain(&records.iter().map(|r| r.id.clone()).collect());
             let running = records.into_iter().filter(|r| r.state == SandboxState::Running);
             let reads = running.map(|r| {
-                let node = lifecycle.node().clone();
-                async move { (r.id.clone(), node.stats(&r.id).await) }
+                let lifecycle = lifecycle.clone();
+                async move { (r.id.clone(), lifecycle.sandbox_stats(&r).await) }
             });
             for (id, result) in futures::future::join_all(reads).await {
                 match result {

@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::templates::{BuildFailure, BuildJob, LogSink};
 
 /// A template as the node knows it (ids and aliases are matched by the API).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TemplateInfo {
     pub template_id: String,
     pub aliases: Vec<String>,
@@ -19,7 +21,8 @@ pub struct TemplateInfo {
     pub envd_version: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NetworkPolicy {
     pub allow_internet: bool,
     pub allow_out: Vec<String>,
@@ -27,7 +30,8 @@ pub struct NetworkPolicy {
 }
 
 /// Everything a node needs to start a sandbox.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SandboxSpec {
     pub template_id: String,
     pub cpu_count: u32,
@@ -39,14 +43,16 @@ pub struct SandboxSpec {
     pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CreatedSandbox {
     pub sandbox_id: String,
     pub address: IpAddr,
 }
 
 /// Counters sampled from a sandbox's cgroup and veth (monotonic counters are totals since start).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SandboxStats {
     pub cpu_usage_ns: u64,
     pub cpu_count: u32,
@@ -63,7 +69,8 @@ pub struct SandboxStats {
 }
 
 /// Seed feature 10: node status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Connecting,
     Healthy,
@@ -82,9 +89,16 @@ impl NodeStatus {
             NodeStatus::Unhealthy => "unhealthy",
         }
     }
+
+    pub fn parse(s: &str) -> Option<NodeStatus> {
+        [NodeStatus::Connecting, NodeStatus::Healthy, NodeStatus::Degraded, NodeStatus::Draining, NodeStatus::Unhealthy]
+            .into_iter()
+            .find(|status| status.as_str() == s)
+    }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     pub node_id: String,
     pub status: NodeStatus,
@@ -96,6 +110,9 @@ pub struct NodeInfo {
     pub memory_available_mb: u64,
     pub sandbox_count: u32,
     pub last_health_check_unix_ms: i64,
+    /// Why the node reports itself degraded (runtime errors, resource pressure); `None` when all is well.
+    #[serde(default)]
+    pub trouble: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +127,11 @@ pub enum NodeError {
     NoCapacity(String),
     #[error("node failure: {0}")]
     Failed(String),
+    /// The node did not answer (cluster mode: down, partitioned, or removed). Its sandboxes' state is unknown.
+    #[error("node unreachable: {0}")]
+    Unreachable(String),
+    #[error("node {0} not found")]
+    NodeNotFound(String),
 }
 
 #[async_trait]
@@ -146,7 +168,8 @@ pub trait Node: Send + Sync + 'static {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LogLine {
     pub unix_ms: i64,
     pub line: String,

@@ -21,6 +21,8 @@ use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
 use soulbox_protocol::signature::{self, Claims, Operation};
 
+use crate::cluster::Route;
+use crate::cluster::wire::SECRET_HEADER;
 use crate::ids::is_valid_sandbox_id;
 use crate::lifecycle::Lifecycle;
 use crate::store::SandboxRecord;
@@ -150,11 +152,7 @@ const HOP_BY_HOP: [&str; 8] =
 
 impl Proxy {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector);
-        Proxy { lifecycle, client }
+        Proxy { lifecycle, client: http_client() }
     }
 
     pub async fn forward(&self, target: Target, request: Request) -> Response {
@@ -170,66 +168,31 @@ impl Proxy {
                 }
             },
         };
-        let Some(address) = record.address.clone() else { return not_found(&record.id) };
         // None while the sandbox is being killed or paused: its envd is going away.
         let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
-
-        // HTTP/1 only: on h2 a body error resets just this stream, and the connection carries others.
-        let socket = (request.version() <= http::Version::HTTP_11)
-            .then(|| request.extensions().get::<axum::extract::ConnectInfo<ClientSocket>>().map(|c| c.0))
-            .flatten();
-        let mut request = request;
-        let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
-        let (mut parts, body) = request.into_parts();
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let uri: Uri = match format!("http://{address}:{port}{path}").parse() {
-            Ok(u) => u,
-            Err(_) => return crate::api::error(StatusCode::BAD_REQUEST, "invalid request path"),
-        };
-        parts.uri = uri;
-        parts.version = http::Version::HTTP_11;
-        let upgrade_headers = upgrade.is_some().then(|| upgrade_headers(&parts.headers));
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(kept) = upgrade_headers {
-            parts.headers.extend(kept);
-        }
-        parts.headers.remove(header::HOST);
-        let upstream = match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(sandbox = %record.id, port, error = %e, "proxy: upstream unreachable");
-                return port_not_open(&record.id, port);
+        let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
+            Some(Route::Direct) => {
+                let Some(address) = record.address.clone() else { return not_found(&record.id) };
+                Upstream { authority: format!("{address}:{port}"), headers: HeaderMap::new(), sandbox_id: record.id.clone(), port }
             }
-        };
-        if let Some(client_side) = upgrade
-            && upstream.status() == StatusCode::SWITCHING_PROTOCOLS
-        {
-            return splice_upgrade(client_side, upstream, liveness);
-        }
-        let (mut parts, body) = upstream.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
-        // clean end, which is what E2B clients recognise as a killed sandbox.
-        let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
-            if done {
-                return None;
-            }
-            tokio::select! {
-                chunk = body.next() => chunk.map(|c| (c.map_err(std::io::Error::other), (body, live, false))),
-                _ = live.cancelled() => {
-                    if let Some(socket) = socket {
-                        reset_on_close(socket);
-                    }
-                    Some((
-                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
-                        (body, live, true),
-                    ))
+            // Through the owning node agent's proxy: it reaches the sandbox's address on its host and cuts the
+            // sandbox's streams itself when it is killed or paused there.
+            Some(Route::ViaNode { authority, secret }) => {
+                let mut headers = HeaderMap::new();
+                let values = [("e2b-sandbox-id", record.id.clone()), ("e2b-sandbox-port", port.to_string()), (SECRET_HEADER, secret)];
+                for (name, value) in values {
+                    match http::HeaderValue::from_str(&value) {
+                        Ok(v) => headers.insert(HeaderName::from_static(name), v),
+                        Err(_) => return not_found(&record.id),
+                    };
                 }
+                Upstream { authority, headers, sandbox_id: record.id.clone(), port }
             }
-        });
-        Response::from_parts(parts, Body::from_stream(frames.boxed()))
+            // Its node is unhealthy or gone.
+            None => return not_found(&record.id),
+        };
+        forward_to(&self.client, upstream, liveness, request).await
     }
-
     /// The sandbox's record if it can take traffic now (waking it when paused with auto-resume).
     async fn running_sandbox(&self, id: &str) -> Option<SandboxRecord> {
         let record = self.lifecycle.store().get_sandbox(id).await.ok()?;
@@ -239,6 +202,7 @@ impl Proxy {
             SandboxState::Paused => None,
         }
     }
+
 
     async fn sandbox_by_signature(&self, method: Method, uri: Uri) -> Option<SandboxRecord> {
         let query = uri.query()?;
@@ -262,6 +226,104 @@ impl Proxy {
             SandboxState::Paused => self.running_sandbox(&owner.id).await,
         }
     }
+}
+
+/// Where one proxied request goes.
+pub struct Upstream {
+    /// `host:port` to connect to: the sandbox's envd/port, or the node agent that owns the sandbox.
+    pub authority: String,
+    /// Set on the forwarded request (routing headers and the node secret when going through a node agent).
+    pub headers: HeaderMap,
+    pub sandbox_id: String,
+    pub port: u16,
+}
+
+pub fn http_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+    Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector)
+}
+
+/// Forwards `request` to `upstream`, streaming both ways; the response body is cut (and an HTTP/1 client
+/// connection reset) when `liveness` is cancelled or the upstream fails mid-body, so a client sees a killed
+/// sandbox the same way whether it was cut here or on the node one hop further.
+pub async fn forward_to(
+    client: &Client<HttpConnector, Body>,
+    upstream: Upstream,
+    liveness: tokio_util::sync::CancellationToken,
+    request: Request,
+) -> Response {
+    let Upstream { authority, headers: extra_headers, sandbox_id, port } = upstream;
+    // HTTP/1 only: on h2 a body error resets just this stream, and the connection carries others.
+    let socket = (request.version() <= http::Version::HTTP_11)
+        .then(|| request.extensions().get::<axum::extract::ConnectInfo<ClientSocket>>().map(|c| c.0))
+        .flatten();
+    let mut request = request;
+    let upgrade = is_upgrade(request.headers()).then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri: Uri = match format!("http://{authority}{path}").parse() {
+        Ok(u) => u,
+        Err(_) => return crate::api::error(StatusCode::BAD_REQUEST, "invalid request path"),
+    };
+    parts.uri = uri;
+    parts.version = http::Version::HTTP_11;
+    let upgrade_headers = upgrade.is_some().then(|| upgrade_headers(&parts.headers));
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(kept) = upgrade_headers {
+        parts.headers.extend(kept);
+    }
+    parts.headers.remove(header::HOST);
+    // Never pass a node secret on to a sandbox: only the hop to a node agent carries one (set just below).
+    parts.headers.remove(SECRET_HEADER);
+    let via_node = extra_headers.contains_key(SECRET_HEADER);
+    parts.headers.extend(extra_headers);
+    let upstream = match client.request(Request::from_parts(parts, body)).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(sandbox = %sandbox_id, port, error = %e, "proxy: upstream unreachable");
+            return if via_node { not_found(&sandbox_id) } else { port_not_open(&sandbox_id, port) };
+        }
+    };
+    if let Some(client_side) = upgrade
+        && upstream.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        return splice_upgrade(client_side, upstream, liveness);
+    }
+    let (mut parts, body) = upstream.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
+    // clean end, which is what E2B clients recognise as a killed sandbox.
+    let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
+        if done {
+            return None;
+        }
+        tokio::select! {
+            chunk = body.next() => match chunk {
+                Some(Ok(data)) => Some((Ok(data), (body, live, false))),
+                // The upstream broke off (envd died, or the node agent cut the stream because the sandbox stopped
+                // there): pass the break on the same way.
+                Some(Err(e)) => {
+                    if let Some(socket) = socket {
+                        reset_on_close(socket);
+                    }
+                    Some((Err(std::io::Error::other(e)), (body, live, true)))
+                }
+                None => None,
+            },
+            _ = live.cancelled() => {
+                if let Some(socket) = socket {
+                    reset_on_close(socket);
+                }
+                Some((
+                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
+                    (body, live, true),
+                ))
+            }
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(frames.boxed()))
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {

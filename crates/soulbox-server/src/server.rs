@@ -10,6 +10,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use crate::api::{self, ApiState};
+use crate::cluster::registry::{ClusterConfig, Registry};
 use crate::config::ServerConfig;
 use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::local_node::LocalNode;
@@ -55,34 +56,35 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None
     };
 
-    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(config.data_dir.join("node"));
-    runtime_config.runtime_bin = config.runtime.clone();
-    runtime_config.envd_path = std::fs::canonicalize(&config.envd_path).with_context(|| {
-        format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
-    })?;
-    runtime_config.pool_size = config.warm_pool;
-    runtime_config.prefix = config.prefix.clone();
-    let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
-    runtime_config.pool_net = pool_net;
-    runtime_config.pool_prefix_len = pool_len;
-    let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
-    eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
-    runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
-    let node = Arc::new(LocalNode::new(runtime, "local"));
-
-    let lifecycle = Lifecycle::start(
-        store,
-        node.clone(),
-        LifecycleConfig {
-            default_timeout_s: config.default_timeout_s,
-            max_timeout_s: config.max_timeout_s,
-            max_lifetime_s: config.max_lifetime_s,
-            node_id: "local".into(),
-            ..LifecycleConfig::default()
-        },
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
+    let lifecycle_config = LifecycleConfig {
+        default_timeout_s: config.default_timeout_s,
+        max_timeout_s: config.max_timeout_s,
+        max_lifetime_s: config.max_lifetime_s,
+        node_id: "local".into(),
+        ..LifecycleConfig::default()
+    };
+    let (lifecycle, local_node) = match &config.node_token {
+        // Cluster mode: no runtime here; node agents register with the token and run the sandboxes.
+        Some(token) => {
+            let mut cluster = ClusterConfig::new(token.clone());
+            cluster.heartbeat_timeout = Duration::from_secs(config.node_heartbeat_timeout_s.max(1));
+            cluster.lost_after = Duration::from_secs(config.node_lost_after_s);
+            let registry = Arc::new(Registry::new(store.clone(), cluster));
+            let lifecycle = Lifecycle::start_with_nodes(store, registry, lifecycle_config)
+                .await
+                .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
+            crate::cluster::control::spawn_lost_node_sweep(lifecycle.clone());
+            eprintln!("cluster mode: waiting for node agents (`soulbox node --server <this URL> --token <node token>`)");
+            (lifecycle, None)
+        }
+        None => {
+            let node = Arc::new(open_local_node(&config).await?);
+            let lifecycle = Lifecycle::start(store, node.clone(), lifecycle_config)
+                .await
+                .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
+            (lifecycle, Some(node))
+        }
+    };
     let metrics_store = Arc::new(MetricsStore::default());
     metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
@@ -102,14 +104,34 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     // Pre-warmed slots are not sandboxes: give their namespaces and addresses back.
-    if let Err(e) = node.runtime().drain_pool().await {
+    if let Some(node) = local_node
+        && let Err(e) = node.runtime().drain_pool().await
+    {
         tracing::warn!(error = %e, "could not release the warm pool");
     }
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// The runtime in-process, as the one node of a one-machine server.
+async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
+    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(config.data_dir.join("node"));
+    runtime_config.runtime_bin = config.runtime.clone();
+    runtime_config.envd_path = std::fs::canonicalize(&config.envd_path).with_context(|| {
+        format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
+    })?;
+    runtime_config.pool_size = config.warm_pool;
+    runtime_config.prefix = config.prefix.clone();
+    let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
+    runtime_config.pool_net = pool_net;
+    runtime_config.pool_prefix_len = pool_len;
+    let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
+    eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
+    runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
+    Ok(LocalNode::new(runtime, "local"))
+}
+
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(t) => t,

@@ -31,6 +31,7 @@ impl Node for FakeNode {
             memory_available_mb: 1024,
             sandbox_count: self.sandboxes.lock().unwrap().len() as u32,
             last_health_check_unix_ms: 0,
+            trouble: None,
         }
     }
     async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {

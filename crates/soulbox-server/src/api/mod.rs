@@ -43,6 +43,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics_one))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/nodes", get(system::nodes))
+        .route("/nodes/{id}", get(system::node).delete(system::remove_node))
+        .route("/nodes/{id}/drain", post(system::drain))
+        .route("/nodes/{id}/undrain", post(system::undrain))
         .route("/templates", get(system::templates))
         .merge(crate::templates::api::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
@@ -50,6 +53,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/health", get(system::health))
         .route("/metrics", get(system::prometheus))
         .route("/openapi.json", get(system::openapi))
+        // Node agents authenticate with the cluster's node token, checked in the handler.
+        .route(crate::cluster::wire::HEARTBEAT_PATH, post(system::heartbeat))
         .merge(authenticated)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn(refuse_oversized_bodies))

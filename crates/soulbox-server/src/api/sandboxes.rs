@@ -339,12 +339,9 @@ pub async fn metrics_many(State(state): State<ApiState>, Query(params): Params) 
 }
 
 pub async fn logs(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Params) -> Response {
-    if let Err(e) = state.lifecycle.store().get_sandbox(&id).await {
-        return LifecycleError::from(e).into_response();
-    }
     let start = params.get("start").and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
     let limit = params.get("limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(1000).min(10_000);
-    match state.lifecycle.node().logs(&id).await {
+    match state.lifecycle.sandbox_logs(&id).await {
         Ok(lines) => {
             let lines: Vec<_> = lines.into_iter().filter(|l| l.unix_ms >= start).take(limit).collect();
             let logs: Vec<_> =
@@ -355,6 +352,6 @@ pub async fn logs(State(state): State<ApiState>, Path(id): Path<String>, Query(p
                 .collect();
             Json(serde_json::json!({ "logs": logs, "logEntries": entries })).into_response()
         }
-        Err(e) => LifecycleError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }

@@ -2,7 +2,9 @@
 //! templates as the node knows them.
 
 use axum::Json;
-use axum::extract::State;
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use soulbox_protocol::api::SandboxState;
@@ -11,13 +13,17 @@ use soulbox_protocol::version::SOULBOX_VERSION;
 use super::ApiState;
 use crate::lifecycle::LifecycleError;
 use crate::metrics::MetricsStore;
+use crate::node::NodeStatus;
 use crate::time::rfc3339;
 
 /// `GET /health`: 200 when the store answers and the node is usable, else 503 with the reason.
 pub async fn health(State(state): State<ApiState>) -> Response {
     let store_ok = state.lifecycle.store().count_active_api_keys().await.is_ok();
+    // On one machine the node is part of the server; in a cluster the control plane is healthy with its store
+    // (`checks.node` then says whether any node is alive).
     let node = state.lifecycle.node().info().await;
-    let node_ok = !matches!(node.status, crate::node::NodeStatus::Unhealthy);
+    let cluster = state.lifecycle.nodes().cluster().is_some();
+    let node_ok = cluster || !matches!(node.status, NodeStatus::Unhealthy);
     let healthy = store_ok && node_ok;
     let body = serde_json::json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
@@ -62,9 +68,9 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json")).into_response()
 }
 
-pub async fn nodes(State(state): State<ApiState>) -> Response {
-    let n = state.lifecycle.node().info().await;
-    Json(serde_json::json!([{
+fn node_json(v: &crate::cluster::NodeView) -> serde_json::Value {
+    let n = &v.info;
+    serde_json::json!({
         "nodeID": n.node_id,
         "status": n.status.as_str(),
         "region": n.region,
@@ -75,8 +81,105 @@ pub async fn nodes(State(state): State<ApiState>) -> Response {
         "memoryAvailableMB": n.memory_available_mb,
         "sandboxCount": n.sandbox_count,
         "lastHealthCheck": rfc3339(n.last_health_check_unix_ms),
-    }]))
-    .into_response()
+        "trouble": n.trouble,
+        "address": v.address,
+        "draining": v.draining,
+        "registeredAt": v.registered_at_ms.map(rfc3339),
+        "lastHeartbeat": v.last_heartbeat_ms.map(rfc3339),
+    })
+}
+
+/// `GET /nodes`: every node with status and capacity (seed feature 10).
+pub async fn nodes(State(state): State<ApiState>) -> Response {
+    match state.lifecycle.nodes().list().await {
+        Ok(list) => Json(list.iter().map(node_json).collect::<Vec<_>>()).into_response(),
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}
+
+/// `GET /nodes/{id}`.
+pub async fn node(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.lifecycle.nodes().list().await {
+        Ok(list) => match list.iter().find(|v| v.info.node_id == id) {
+            Some(v) => Json(node_json(v)).into_response(),
+            None => LifecycleError::NotFound(format!("node {id} not found")).into_response(),
+        },
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}
+
+/// `POST /nodes/{id}/drain`: the node takes no new sandboxes; those it has run to their end.
+pub async fn drain(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    set_draining(state, id, true).await
+}
+
+/// `POST /nodes/{id}/undrain`.
+pub async fn undrain(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    set_draining(state, id, false).await
+}
+
+async fn set_draining(state: ApiState, id: String, draining: bool) -> Response {
+    match state.lifecycle.nodes().set_draining(&id, draining).await {
+        Ok(()) => {
+            tracing::info!(node = %id, draining, "node drain flag set");
+            node(State(state), Path(id)).await
+        }
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}
+
+/// `DELETE /nodes/{id}[?force=true]`: forgets a node. Refused (409) while it holds sandboxes and still
+/// heartbeats, unless forced; its sandboxes are then lost (and killed by the node if it comes back).
+pub async fn remove_node(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let force = params.get("force").is_some_and(|v| v == "true" || v == "1");
+    let views = match state.lifecycle.nodes().list().await {
+        Ok(v) => v,
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
+    let Some(view) = views.iter().find(|v| v.info.node_id == id) else {
+        return LifecycleError::NotFound(format!("node {id} not found")).into_response();
+    };
+    let sandboxes = match state.lifecycle.store().sandboxes_on_node(&id).await {
+        Ok(s) => s,
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
+    if !sandboxes.is_empty() && view.info.status != NodeStatus::Unhealthy && !force {
+        return LifecycleError::Conflict(format!(
+            "node {id} still has {} sandboxes: drain it and wait, or remove with ?force=true (they are then lost)",
+            sandboxes.len()
+        ))
+        .into_response();
+    }
+    if let Err(e) = state.lifecycle.nodes().remove(&id).await {
+        return LifecycleError::from(e).into_response();
+    }
+    for (sandbox, _) in sandboxes {
+        if let Err(e) = state.lifecycle.forget(&sandbox, &format!("node {id} was removed")).await {
+            tracing::warn!(sandbox = %sandbox, error = %e, "could not drop a removed node's sandbox");
+        }
+    }
+    tracing::info!(node = %id, "node removed");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `POST /cluster/heartbeat`: node agents register and report (authenticated by the cluster's node token, not
+/// an API key).
+pub async fn heartbeat(State(state): State<ApiState>, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
+    let Some(registry) = state.lifecycle.nodes().cluster() else {
+        return super::error(StatusCode::NOT_FOUND, "this server is not in cluster mode (no node_token configured)");
+    };
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !crate::cluster::control::token_matches(&registry.config().node_token, authorization) {
+        return super::error(StatusCode::UNAUTHORIZED, "invalid node token");
+    }
+    let request: crate::cluster::wire::HeartbeatRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return super::error(StatusCode::BAD_REQUEST, format!("invalid heartbeat: {e}")),
+    };
+    match crate::cluster::control::heartbeat(&state.lifecycle, registry, request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
 }
 
 pub async fn templates(State(state): State<ApiState>) -> Response {

@@ -4,6 +4,7 @@
 //! Exit codes: 0 ok; 1 other error; 2 usage; 3 not found; 4 auth; 5 rate limited; 6 sandbox killed;
 //! 7 agent version; 8 invalid request; 124 timeout; `exec` passes the command's own exit code through.
 
+mod nodes;
 mod output;
 mod shell;
 mod transfer;
@@ -41,6 +42,11 @@ pub struct Conn {
 
 impl Conn {
     fn client(&self) -> soulbox::Result<Client> {
+        Client::new(self.connection())
+    }
+
+    /// The resolved connection settings (flags over environment over the local default).
+    fn connection(&self) -> ConnectionConfig {
         let mut c = ConnectionConfig::from_env();
         let configured = ["SOULBOX_API_URL", "E2B_API_URL", "SOULBOX_DOMAIN", "E2B_DOMAIN"]
             .iter()
@@ -60,7 +66,7 @@ impl Conn {
             None if c.sandbox_url.is_none() => c.sandbox_url = Some(c.api_url.clone()),
             None => {}
         }
-        Client::new(c)
+        c
     }
 }
 
@@ -79,9 +85,9 @@ pub enum ClientCommand {
     /// Copy a file to or from a sandbox (`<sandbox-id>:<path>` names the sandbox side).
     #[command(after_help = "Examples:\n  soulbox cp ./data.csv i1a2b3:/home/user/data.csv\n  soulbox cp i1a2b3:/var/log/app.log ./app.log")]
     Cp(CpArgs),
-    /// Cluster nodes.
+    /// Cluster nodes: list, show, drain, undrain, remove.
     #[command(subcommand)]
-    Nodes(NodesCommand),
+    Nodes(nodes::NodesCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -250,15 +256,6 @@ pub struct CpArgs {
     pub conn: Conn,
 }
 
-#[derive(Subcommand, Debug)]
-pub enum NodesCommand {
-    /// Nodes with status and capacity.
-    List {
-        #[command(flatten)]
-        conn: Conn,
-    },
-}
-
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| format!("expected KEY=value, got {s:?}"))
 }
@@ -285,7 +282,7 @@ pub async fn run(cmd: ClientCommand) -> i32 {
         ClientCommand::Exec(a) => exec(a).await,
         ClientCommand::Shell(a) => shell::run(a).await,
         ClientCommand::Cp(a) => transfer::cp(a).await,
-        ClientCommand::Nodes(NodesCommand::List { conn }) => nodes(conn).await,
+        ClientCommand::Nodes(c) => nodes::run(c).await,
     };
     match result {
         Ok(code) => code,
@@ -586,30 +583,6 @@ async fn exec(a: ExecArgs) -> soulbox::Result<i32> {
         }
         Err(e) => Err(e),
     }
-}
-
-async fn nodes(conn: Conn) -> soulbox::Result<i32> {
-    let nodes = conn.client()?.list_nodes().await?;
-    if conn.json {
-        print_json(&nodes);
-    } else {
-        let rows = nodes
-            .iter()
-            .map(|n| {
-                vec![
-                    n.node_id.clone(),
-                    n.status.clone(),
-                    n.region.clone(),
-                    format!("{:.1}/{}", n.cpu_available, n.cpu_count),
-                    format!("{}/{}", n.memory_available_mb, n.memory_mb),
-                    n.sandbox_count.to_string(),
-                    n.last_health_check.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        table(&["NODE", "STATUS", "REGION", "CPU FREE/TOTAL", "MEM MiB FREE/TOTAL", "SANDBOXES", "LAST CHECK"], rows);
-    }
-    Ok(0)
 }
 
 #[cfg(test)]

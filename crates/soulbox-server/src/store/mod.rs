@@ -2,12 +2,14 @@
 //! through sqlx's `Any` driver so every query is written once. Migrations are embedded.
 
 mod api_keys;
+mod nodes;
 mod sandboxes;
 mod templates;
 #[cfg(test)]
 pub(crate) mod test_db;
 
 pub use api_keys::ApiKeyRecord;
+pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::{ClaimCondition, SandboxRecord};
 pub use templates::{BuildLogRecord, BuildRecord, TemplateRecord};
 

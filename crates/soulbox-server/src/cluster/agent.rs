@@ -1,0 +1,365 @@
+//! `soulbox node`: the node agent. It owns the runtime on its host (the same [`LocalNode`] a one-machine server
+//! runs in-process), serves the node API and a header-routed sandbox proxy on one port — both only for callers
+//! presenting the node's secret — and registers and heartbeats with the control plane.
+//!
+//! The secret is generated at every start and handed to the control plane inside the heartbeat, which is itself
+//! authenticated with the cluster's node token: the token lets a node join, the secret lets the control plane in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::StatusCode;
+use soulbox_protocol::ENVD_PORT;
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
+use crate::local_node::LocalNode;
+use crate::node::{Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
+use crate::proxy::{self, Upstream};
+
+/// A sandbox created less recently than this is reported in heartbeats (younger ones may not be recorded by the
+/// control plane yet, and would look unknown to it).
+const REPORT_AFTER: Duration = Duration::from_secs(15);
+/// A runtime error keeps the node Degraded this long.
+const TROUBLE_WINDOW: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub node_id: String,
+    /// Control plane URL (any API replica).
+    pub server_url: String,
+    /// The cluster's node token.
+    pub token: String,
+    pub listen: SocketAddr,
+    /// Where the control plane reaches this agent (default `http://<listen>`).
+    pub advertise_url: String,
+    pub region: String,
+    pub heartbeat_interval: Duration,
+}
+
+pub struct Agent {
+    node: LocalNode,
+    config: AgentConfig,
+    secret: String,
+    /// Cancelled when a sandbox stops serving here (kill, pause): the agent's proxy cuts its open streams.
+    live: Mutex<HashMap<String, CancellationToken>>,
+    created: Mutex<HashMap<String, Instant>>,
+    last_error: Mutex<Option<(Instant, String)>>,
+    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, axum::body::Body>,
+}
+
+impl Agent {
+    pub fn new(node: LocalNode, config: AgentConfig) -> Arc<Agent> {
+        Arc::new(Agent {
+            node,
+            config,
+            secret: crate::ids::access_token(),
+            live: Mutex::default(),
+            created: Mutex::default(),
+            last_error: Mutex::default(),
+            client: proxy::http_client(),
+        })
+    }
+
+    pub fn local_node(&self) -> &LocalNode {
+        &self.node
+    }
+
+    fn note<T>(&self, result: Result<T, NodeError>) -> Result<T, NodeError> {
+        if let Err(NodeError::Failed(message)) = &result {
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), message.clone()));
+        }
+        result
+    }
+
+    fn cut_streams(&self, id: &str) {
+        if let Some(token) = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
+            token.cancel();
+        }
+    }
+
+    fn liveness(&self, id: &str) -> CancellationToken {
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The runtime's own report plus the agent's: recent runtime errors make the node Degraded.
+    pub async fn info(&self) -> NodeInfo {
+        let mut info = self.node.info().await;
+        info.region = self.config.region.clone();
+        let recent_error = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .filter(|(at, _)| at.elapsed() < TROUBLE_WINDOW)
+            .map(|(at, m)| format!("runtime error {} s ago: {m}", at.elapsed().as_secs()));
+        info.trouble = match (info.trouble.take(), recent_error) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        if info.trouble.is_some() {
+            info.status = NodeStatus::Degraded;
+        }
+        info
+    }
+
+    /// Sandboxes the control plane should know about (see [`REPORT_AFTER`]).
+    async fn reportable_sandboxes(&self) -> Vec<String> {
+        use soulbox_runtime::Status;
+        let created: std::collections::HashSet<String> = {
+            let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+            created.retain(|_, at| at.elapsed() < REPORT_AFTER);
+            created.keys().cloned().collect()
+        };
+        self.node
+            .runtime()
+            .list()
+            .await
+            .into_iter()
+            .filter(|s| matches!(s.status, Status::Running | Status::Paused | Status::Stopped))
+            .filter(|s| !created.contains(&s.id))
+            .map(|s| s.id)
+            .collect()
+    }
+
+    /// One heartbeat: report, then kill what the control plane no longer knows.
+    async fn heartbeat(&self, http: &reqwest::Client) -> Result<NodeStatus, String> {
+        let body = HeartbeatRequest {
+            address: self.config.advertise_url.clone(),
+            secret: self.secret.clone(),
+            info: self.info().await,
+            sandboxes: self.reportable_sandboxes().await,
+        };
+        let url = format!("{}{HEARTBEAT_PATH}", self.config.server_url.trim_end_matches('/'));
+        let response = http
+            .post(&url)
+            .bearer_auth(&self.config.token)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            return Err(format!("{url} answered {status}: {}", response.text().await.unwrap_or_default()));
+        }
+        let answer: HeartbeatResponse = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+        for id in &answer.kill {
+            tracing::info!(sandbox = %id, "reconcile: the control plane no longer knows this sandbox, killing it");
+            self.cut_streams(id);
+            if let Err(e) = self.note(self.node.kill(id).await) {
+                tracing::warn!(sandbox = %id, error = %e, "reconcile: kill failed");
+            }
+        }
+        Ok(answer.status)
+    }
+}
+
+/// Heartbeats forever (first one at once). Failures are logged and retried at the next beat.
+pub async fn heartbeat_loop(agent: Arc<Agent>) {
+    let http = super::remote::RemoteNode::http_client();
+    let mut tick = tokio::time::interval(agent.config.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last: Option<Result<NodeStatus, String>> = None;
+    loop {
+        tick.tick().await;
+        let result = agent.heartbeat(&http).await;
+        let changed = match (&last, &result) {
+            (Some(Ok(a)), Ok(b)) => a != b,
+            (Some(Err(_)), Err(_)) => false,
+            _ => true,
+        };
+        if changed {
+            match &result {
+                Ok(status) => tracing::info!(node = %agent.config.node_id, status = status.as_str(), "heartbeat accepted"),
+                Err(e) => tracing::warn!(node = %agent.config.node_id, error = %e, "heartbeat failed; retrying"),
+            }
+        }
+        last = Some(result);
+    }
+}
+
+/// The agent's HTTP surface: the node API under `/node/v1`, and sandbox traffic routed by `E2b-Sandbox-Id`.
+pub fn router(agent: Arc<Agent>) -> axum::Router {
+    let api = axum::Router::new()
+        .route("/info", get(info))
+        .route("/templates", get(templates))
+        .route("/sandboxes", post(create))
+        .route("/sandboxes/{id}", axum::routing::delete(kill))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/stats", get(stats))
+        .route("/sandboxes/{id}/logs", get(logs));
+    axum::Router::new()
+        .nest(NODE_API_PREFIX, api)
+        .fallback(proxy_traffic)
+        .layer(axum::middleware::from_fn_with_state(agent.clone(), require_secret))
+        .with_state(agent)
+}
+
+async fn require_secret(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
+    let presented = request.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+    if !bool::from(presented.ct_eq(agent.secret.as_bytes())) {
+        return crate::api::error(StatusCode::UNAUTHORIZED, "this is a SoulBox node agent: only its control plane may call it");
+    }
+    next.run(request).await
+}
+
+fn node_error(e: NodeError) -> Response {
+    let (status, body) = ErrorBody::from_error(&e);
+    (status, Json(body)).into_response()
+}
+
+fn respond<T: serde::Serialize>(result: Result<T, NodeError>) -> Response {
+    match result {
+        Ok(value) => Json(value).into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn info(State(agent): State<Arc<Agent>>) -> Response {
+    Json(agent.info().await).into_response()
+}
+
+async fn templates(State(agent): State<Arc<Agent>>) -> Response {
+    respond(agent.node.templates().await)
+}
+
+async fn create(State(agent): State<Arc<Agent>>, Json(spec): Json<SandboxSpec>) -> Response {
+    let result = agent.note(agent.node.create(spec).await);
+    if let Ok(created) = &result {
+        agent.created.lock().unwrap_or_else(|p| p.into_inner()).insert(created.sandbox_id.clone(), Instant::now());
+        tracing::info!(sandbox = %created.sandbox_id, "sandbox created");
+    }
+    respond(result)
+}
+
+async fn kill(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    agent.cut_streams(&id);
+    match agent.note(agent.node.kill(&id).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Json(req): Json<PauseRequest>) -> Response {
+    agent.cut_streams(&id);
+    match agent.note(agent.node.pause(&id, req.keep_memory).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    respond(agent.note(agent.node.resume(&id).await).map(|address| AddressResponse { address }))
+}
+
+async fn stats(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    respond(agent.node.stats(&id).await)
+}
+
+async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    respond(agent.node.logs(&id).await)
+}
+
+/// Sandbox traffic from the control plane's proxy: `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`) name the sandbox,
+/// which must be running on this node.
+async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Response {
+    let (id, port) = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (header("e2b-sandbox-id"), header("e2b-sandbox-port").and_then(|p| p.parse::<u16>().ok()).unwrap_or(ENVD_PORT))
+    };
+    let Some(id) = id else {
+        return crate::api::error(StatusCode::NOT_FOUND, "no such route");
+    };
+    let running = match agent.node.runtime().info(&id).await {
+        Ok(info) if info.status == soulbox_runtime::Status::Running => info.ip,
+        _ => None,
+    };
+    let Some(ip) = running else { return proxy::not_found(&id) };
+    let liveness = agent.liveness(&id);
+    let upstream = Upstream { authority: format!("{ip}:{port}"), headers: http::HeaderMap::new(), sandbox_id: id, port };
+    proxy::forward_to(&agent.client, upstream, liveness, request).await
+}
+
+/// Runs the agent until SIGINT/SIGTERM: binds, starts heartbeating, serves. Sandboxes keep running when it stops
+/// and are re-adopted by the next start (the control plane reconciles them).
+pub async fn serve(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(agent.config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", agent.config.listen))?;
+    let beats = tokio::spawn(heartbeat_loop(agent.clone()));
+    tracing::info!(node = %agent.config.node_id, listen = %agent.config.listen, server = %agent.config.server_url, "node agent running");
+    let app = router(agent.clone());
+    let served = axum::serve(proxy::ServerListener(listener), app.into_make_service_with_connect_info::<proxy::ClientSocket>())
+        .with_graceful_shutdown(shutdown)
+        .await;
+    beats.abort();
+    if let Err(e) = agent.node.runtime().drain_pool().await {
+        tracing::warn!(error = %e, "could not release the warm pool");
+    }
+    served.map_err(Into::into)
+}
+
+/// Everything `soulbox node` needs besides the agent's own settings: how to open the runtime.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub agent: AgentConfig,
+    pub data_dir: std::path::PathBuf,
+    /// Template store shared by several agents on one host (layers are read-only); default: the data dir.
+    pub template_dir: Option<std::path::PathBuf>,
+    pub runtime: String,
+    pub envd_path: std::path::PathBuf,
+    pub warm_pool: usize,
+    pub prefix: String,
+    pub network_pool: String,
+    pub debian_mirror: String,
+}
+
+/// The node's id: `--node-id`, else the one saved in the data dir, else a new random one saved there (so a
+/// restarted agent comes back as the same node and its sandboxes are reconciled, not orphaned).
+pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Result<String> {
+    if let Some(id) = wanted {
+        anyhow::ensure!(super::control::valid_node_id(&id), "invalid node id {id:?}: use [a-z0-9-], at most 63 characters");
+        return Ok(id);
+    }
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if super::control::valid_node_id(id.trim()) => Ok(id.trim().to_owned()),
+        _ => {
+            let id = format!("node-{}", &crate::ids::access_token()[..8]);
+            std::fs::create_dir_all(data_dir)?;
+            std::fs::write(&path, &id).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+/// `soulbox node`: opens the runtime (re-adopting what runs), makes sure the `base` template exists, and serves.
+pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
+    runtime_config.store_dir = settings.template_dir.clone();
+    runtime_config.runtime_bin = settings.runtime.clone();
+    runtime_config.envd_path = std::fs::canonicalize(&settings.envd_path)
+        .with_context(|| format!("the static envd binary {} is missing", settings.envd_path.display()))?;
+    runtime_config.pool_size = settings.warm_pool;
+    runtime_config.prefix = settings.prefix.clone();
+    let (pool_net, pool_len) = crate::config::parse_cidr(&settings.network_pool)?;
+    runtime_config.pool_net = pool_net;
+    runtime_config.pool_prefix_len = pool_len;
+    let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
+    eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
+    runtime.store().ensure_base_template(&settings.debian_mirror).await.context("building the base template")?;
+    let node = LocalNode::new(runtime, settings.agent.node_id.clone());
+    serve(Agent::new(node, settings.agent), crate::server::shutdown_signal()).await
+}

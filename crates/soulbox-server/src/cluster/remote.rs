@@ -1,0 +1,132 @@
+//! `Node` over HTTP: the control plane's handle on one node agent.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::{Method, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::wire::{AddressResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
+use crate::node::{CreatedSandbox, LogLine, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, TemplateInfo};
+
+/// Creating waits for envd (and a template's ready command); everything else is quick.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct RemoteNode {
+    node_id: String,
+    base_url: String,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl RemoteNode {
+    /// `http` is shared by all nodes (one connection pool per replica).
+    pub fn new(node_id: impl Into<String>, base_url: &str, secret: impl Into<String>, http: reqwest::Client) -> RemoteNode {
+        RemoteNode { node_id: node_id.into(), base_url: base_url.trim_end_matches('/').to_owned(), secret: secret.into(), http }
+    }
+
+    /// A client suited to node API calls (no proxy from the environment: nodes are addressed directly).
+    pub fn http_client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, NodeError> {
+        let url = format!("{}{NODE_API_PREFIX}{path}", self.base_url);
+        let mut request = self.http.request(method, &url).header(SECRET_HEADER, &self.secret).timeout(timeout);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            if status == StatusCode::NO_CONTENT {
+                return serde_json::from_str("null").map_err(|e| NodeError::Failed(e.to_string()));
+            }
+            return response.json::<T>().await.map_err(|e| self.unreachable(e));
+        }
+        let text = response.text().await.map_err(|e| self.unreachable(e))?;
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => body.into_error(),
+            Err(_) => NodeError::Failed(format!("node {} answered {status}: {}", self.node_id, text.trim())),
+        })
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> NodeError {
+        NodeError::Unreachable(format!("node {} ({}): {e}", self.node_id, self.base_url))
+    }
+}
+
+fn segment(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[async_trait]
+impl Node for RemoteNode {
+    async fn info(&self) -> NodeInfo {
+        match self.call::<(), NodeInfo>(Method::GET, "/info", None, CALL_TIMEOUT).await {
+            Ok(info) => info,
+            Err(e) => NodeInfo {
+                node_id: self.node_id.clone(),
+                status: crate::node::NodeStatus::Unhealthy,
+                region: String::new(),
+                version: String::new(),
+                cpu_count: 0,
+                memory_mb: 0,
+                cpu_available: 0.0,
+                memory_available_mb: 0,
+                sandbox_count: 0,
+                last_health_check_unix_ms: 0,
+                trouble: Some(e.to_string()),
+            },
+        }
+    }
+
+    async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
+        self.call::<(), _>(Method::GET, "/templates", None, CALL_TIMEOUT).await
+    }
+
+    async fn create(&self, spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+        self.call(Method::POST, "/sandboxes", Some(&spec), CREATE_TIMEOUT).await
+    }
+
+    async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError> {
+        let path = format!("/sandboxes/{}/pause", segment(sandbox_id));
+        self.call::<_, ()>(Method::POST, &path, Some(&PauseRequest { keep_memory }), CREATE_TIMEOUT).await
+    }
+
+    async fn resume(&self, sandbox_id: &str) -> Result<IpAddr, NodeError> {
+        let path = format!("/sandboxes/{}/resume", segment(sandbox_id));
+        let r: AddressResponse = self.call::<(), _>(Method::POST, &path, None, CREATE_TIMEOUT).await?;
+        Ok(r.address)
+    }
+
+    async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError> {
+        let path = format!("/sandboxes/{}", segment(sandbox_id));
+        self.call::<(), ()>(Method::DELETE, &path, None, CALL_TIMEOUT).await
+    }
+
+    async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError> {
+        let path = format!("/sandboxes/{}/stats", segment(sandbox_id));
+        self.call::<(), _>(Method::GET, &path, None, CALL_TIMEOUT).await
+    }
+
+    async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError> {
+        let path = format!("/sandboxes/{}/logs", segment(sandbox_id));
+        self.call::<(), _>(Method::GET, &path, None, CALL_TIMEOUT).await
+    }
+}

@@ -1,0 +1,102 @@
+//! The node API's JSON (server ⇄ node agent). Every request carries the node's secret in [`SECRET_HEADER`];
+//! heartbeats to the server carry the cluster's node token as `Authorization: Bearer`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::node::{NodeError, NodeInfo, NodeStatus};
+
+/// Header with the node's own secret on every control-plane → node request (node API and proxied traffic). A
+/// dedicated header, so proxied requests keep their own `Authorization` for the sandbox's services.
+pub const SECRET_HEADER: &str = "x-soulbox-node-secret";
+/// The server's endpoint for registration and heartbeats.
+pub const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
+pub const NODE_API_PREFIX: &str = "/node/v1";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatRequest {
+    /// Where the control plane reaches the node agent (`http://host:port`).
+    pub address: String,
+    /// The secret the control plane must present to the node.
+    pub secret: String,
+    pub info: NodeInfo,
+    /// Sandboxes the node holds (running, paused or stopped to disk), except those created in the last few
+    /// seconds (their records may not be written yet). What reconciliation compares.
+    pub sandboxes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatResponse {
+    pub status: NodeStatus,
+    /// Sandboxes the control plane no longer knows: the node kills them.
+    pub kill: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseRequest {
+    pub keep_memory: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressResponse {
+    pub address: std::net::IpAddr,
+}
+
+/// A node API error: `kind` names the [`NodeError`] variant so it survives the hop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub kind: String,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn from_error(e: &NodeError) -> (http::StatusCode, ErrorBody) {
+        use http::StatusCode as S;
+        let (status, kind, message) = match e {
+            NodeError::SandboxNotFound(m) => (S::NOT_FOUND, "sandbox_not_found", m),
+            NodeError::TemplateNotFound(m) => (S::NOT_FOUND, "template_not_found", m),
+            NodeError::Invalid(m) => (S::BAD_REQUEST, "invalid", m),
+            NodeError::NoCapacity(m) => (S::SERVICE_UNAVAILABLE, "no_capacity", m),
+            NodeError::Failed(m) => (S::INTERNAL_SERVER_ERROR, "failed", m),
+            NodeError::Unreachable(m) => (S::BAD_GATEWAY, "unreachable", m),
+            NodeError::NodeNotFound(m) => (S::NOT_FOUND, "node_not_found", m),
+        };
+        (status, ErrorBody { kind: kind.into(), message: message.clone() })
+    }
+
+    pub fn into_error(self) -> NodeError {
+        match self.kind.as_str() {
+            "sandbox_not_found" => NodeError::SandboxNotFound(self.message),
+            "template_not_found" => NodeError::TemplateNotFound(self.message),
+            "invalid" => NodeError::Invalid(self.message),
+            "no_capacity" => NodeError::NoCapacity(self.message),
+            "unreachable" => NodeError::Unreachable(self.message),
+            "node_not_found" => NodeError::NodeNotFound(self.message),
+            _ => NodeError::Failed(self.message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_survive_the_hop() {
+        for e in [
+            NodeError::SandboxNotFound("i1".into()),
+            NodeError::TemplateNotFound("t".into()),
+            NodeError::Invalid("bad".into()),
+            NodeError::NoCapacity("full".into()),
+            NodeError::Failed("boom".into()),
+        ] {
+            let (_, body) = ErrorBody::from_error(&e);
+            let json = serde_json::to_string(&body).unwrap();
+            let back: ErrorBody = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.into_error().to_string(), e.to_string());
+        }
+    }
+}

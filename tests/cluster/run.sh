@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Cluster proof (issue 7): `soulbox server` in cluster mode + three `soulbox node` agents as separate processes
+# on this machine, driven by cluster_test.py (HTTP API, the soulbox CLI, the official e2b Python SDK).
+#
+# Usage (root: node runtimes need mounts, netns, cgroups, nftables):
+#   tests/cluster/run.sh
+# Environment:
+#   SOULBOX_CLUSTER_DATABASE_URL   database of the control plane (default: SQLite in the run dir); a
+#                                  postgres:// URL runs the same test on a shared PostgreSQL
+#   SOULBOX_CLUSTER_STORE=/var/tmp/soulbox-cluster/templates
+#                                  template store shared by the three agents (kept between runs). When it has no
+#                                  `base`, it is seeded with hard links from SOULBOX_CLUSTER_SEED (default: the e2e
+#                                  store /var/tmp/soulbox-e2e/node) when that has one, else the first agent builds it
+#   SOULBOX_BIN, SOULBOX_ENVD      binaries (default: target/debug/soulbox, the static envd)
+#   SOULBOX_CLUSTER_SKIP_BUILD=1   do not build
+# Host objects are this test's own: prefixes sbc1..sbc3 (netns sbcN-*, nft tables soulbox_sbcN, cgroups
+# soulbox_sbcN), pools 10.81/10.82/10.83.0.0/16, a fresh run dir; all removed at the end, also on failure.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+PREFIXES="sbc1 sbc2 sbc3"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+BIN="${SOULBOX_BIN:-$TARGET/debug/soulbox}"
+ENVD="${SOULBOX_ENVD:-$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd}"
+STORE="${SOULBOX_CLUSTER_STORE:-/var/tmp/soulbox-cluster/templates}"
+SEED="${SOULBOX_CLUSTER_SEED:-/var/tmp/soulbox-e2e/node}"
+PY="${PYTHON_E2B:-$ROOT/tests/compat/.venv-latest/bin/python}"
+
+log() { echo "[cluster] $*" >&2; }
+die() { log "$*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "must run as root"
+
+RUN_DIR="$(mktemp -d /var/tmp/soulbox-cluster-run.XXXXXX)"
+
+# Removes every host object of this test's prefixes and run dir (whatever the test left, e.g. after a crash).
+collect() {
+  local dir prefix c ns leaks=""
+  for dir in "$RUN_DIR"/node*; do
+    [ -d "$dir/node/oci" ] || continue
+    for c in $(runc --root "$dir/node/oci" list -q 2>/dev/null); do
+      leaks+="runc $c; "
+      runc --root "$dir/node/oci" delete --force "$c" >/dev/null 2>&1 || true
+    done
+  done
+  for prefix in $PREFIXES; do
+    for ns in $(ip netns list | awk '{print $1}' | grep -E "^$prefix-" || true); do
+      leaks+="netns $ns; "
+      ip netns delete "$ns" 2>/dev/null || true
+    done
+    if nft list table inet "soulbox_$prefix" 2>/dev/null | grep -qE '^\s*chain sb_'; then leaks+="nft chains of $prefix; "; fi
+    nft delete table inet "soulbox_$prefix" 2>/dev/null || true
+    if [ -d "/sys/fs/cgroup/soulbox_$prefix" ]; then
+      find "/sys/fs/cgroup/soulbox_$prefix" -depth -type d -exec rmdir {} + 2>/dev/null || true
+    fi
+  done
+  awk -v d="$RUN_DIR/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
+  if [ -n "$leaks" ]; then log "collected leftovers: $leaks"; return 1; fi
+  return 0
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  # cluster_test.py stops its processes itself and records their pids; any still running (it crashed) go now.
+  local pid
+  for pid in $(cat "$RUN_DIR/pids" 2>/dev/null); do
+    grep -qF "$RUN_DIR" "/proc/$pid/cmdline" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  done
+  if ! collect && [ "$rc" -eq 0 ]; then
+    log "the test passed but left host objects behind"
+    rc=1
+  fi
+  if [ "$rc" -eq 0 ]; then rm -rf "$RUN_DIR"; else log "logs kept in $RUN_DIR (server.log, nodeN.log)"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "${SOULBOX_CLUSTER_SKIP_BUILD:-}" ]; then
+  log "building soulbox (debug)"
+  (cd "$ROOT" && cargo build -p soulbox-server --bin soulbox)
+fi
+[ -x "$BIN" ] || die "no $BIN"
+[ -x "$ENVD" ] || die "no static envd at $ENVD (scripts/build-envd.sh)"
+[ -x "$PY" ] || die "no e2b venv at $PY (tests/compat sets it up)"
+
+mkdir -p "$STORE/templates" "$STORE/layers"
+if [ ! -f "$STORE/templates/base/template.json" ] && [ -f "$SEED/templates/base/template.json" ]; then
+  log "seeding the shared template store from $SEED (hard links; layers are read-only)"
+  for layer in $("$PY" -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["layers"]))' "$SEED/templates/base/template.json"); do
+    [ -e "$STORE/layers/$layer" ] || cp -al "$SEED/layers/$layer" "$STORE/layers/$layer" 2>/dev/null || cp -a "$SEED/layers/$layer" "$STORE/layers/$layer"
+  done
+  mkdir -p "$STORE/templates/base" && cp "$SEED/templates/base/template.json" "$STORE/templates/base/template.json"
+fi
+
+log "run dir $RUN_DIR"
+SOULBOX_BIN="$BIN" SOULBOX_ENVD="$ENVD" SOULBOX_CLUSTER_DIR="$RUN_DIR" SOULBOX_TEMPLATE_DIR="$STORE" \
+  PYTHONDONTWRITEBYTECODE=1 "$PY" "$HERE/cluster_test.py"
