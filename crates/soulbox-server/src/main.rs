@@ -91,6 +91,7 @@ impl ServerArgs {
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
+            templates: file.templates.unwrap_or_default(),
             data_dir,
         })
     }

@@ -68,7 +68,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
     runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
-    let node = Arc::new(LocalNode::new(runtime, "local"));
+    let node = Arc::new(LocalNode::with_engine_config(runtime, "local", config.templates.engine_config()));
 
     let lifecycle = Lifecycle::start(
         store,
