@@ -206,12 +206,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            if let Err(e) = std::fs::remove_dir_all(&p) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(path = %p.display(), error = %e, "could not remove a temp dir");
-                }
-            }
+        if let Some(p) = self.0.take()
+            && let Err(e) = std::fs::remove_dir_all(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove a temp dir");
         }
     }
 }
@@ -244,10 +243,10 @@ pub fn import_blob(store: &Store, blob: &Path, compression: Compression, expecte
     let file = std::fs::File::open(blob).map_err(io_at(blob))?;
     let reader = compression.decoder(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     let stats = unpack::unpack(reader, tmp.path()).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
-    if let Some(expected) = expected_diff_id {
-        if expected != stats.diff_id {
-            return Err(ImageError::DigestMismatch { what: format!("layer {label}: uncompressed content (diff_id)"), expected: expected.into(), actual: stats.diff_id });
-        }
+    if let Some(expected) = expected_diff_id
+        && expected != stats.diff_id
+    {
+        return Err(ImageError::DigestMismatch { what: format!("layer {label}: uncompressed content (diff_id)"), expected: expected.into(), actual: stats.diff_id });
     }
     let path = tmp.take();
     match store.commit_layer(&path) {

@@ -114,7 +114,7 @@ fn a_benign_layer_keeps_owner_mode_mtime_links_and_xattrs() {
     assert_eq!(std::fs::read_link(d.join("etc/mtab")).unwrap(), Path::new("/proc/self/mounts"), "absolute symlink targets are fine");
     assert!(std::fs::symlink_metadata(d.join("run/ctl")).unwrap().file_type().is_fifo());
     assert_eq!(std::fs::symlink_metadata(d.join("etc")).unwrap().mtime(), MTIME as i64, "dir mtime set after its children");
-    let mut buf = vec![0u8; 16];
+    let mut buf = [0u8; 16];
     let n = rustix::fs::lgetxattr(d.join("etc/noted"), "user.note", &mut buf[..]);
     if let Ok(n) = n {
         assert_eq!(&buf[..n], b"hi");
