@@ -216,14 +216,20 @@ struct Registry {
 }
 
 impl Registry {
-    async fn start() -> Registry {
+    /// `htpasswd`: `(user, password)` required for every request (basic auth), else anonymous.
+    async fn start_with(htpasswd: Option<(&str, &str)>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
+        if let Some((user, password)) = htpasswd {
+            let file = dir.path().join("htpasswd");
+            std::fs::write(&file, format!("{user}:{}\n", bcrypt::hash(password, 4).unwrap())).unwrap();
+            config.push_str(&format!("auth:\n  htpasswd:\n    realm: soulbox-test\n    path: {}\n", file.display()));
+        }
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let child = std::process::Command::new(REGISTRY_BIN)
             .arg("serve")
@@ -241,6 +247,10 @@ impl Registry {
         }
         reg
     }
+
+    async fn start() -> Registry {
+        Registry::start_with(None).await
+    }
 }
 
 impl Drop for Registry {
@@ -251,10 +261,13 @@ impl Drop for Registry {
 }
 
 async fn push(reg: &Registry, img: &TestImage) {
+    push_as(reg, img, oci_client::secrets::RegistryAuth::Anonymous).await
+}
+
+async fn push_as(reg: &Registry, img: &TestImage, auth: oci_client::secrets::RegistryAuth) {
     use oci_client::Reference;
     let settings = registry::RegistrySettings::default();
     let client = registry::client_for(&reg.addr, &settings);
-    let auth = oci_client::secrets::RegistryAuth::Anonymous;
     let tagged = Reference::with_tag(reg.addr.clone(), "test/img".into(), "1".into());
     // Any call stores the auth for the registry; a tags listing of an empty repository is harmless.
     client.store_auth_if_needed(tagged.resolve_registry(), &auth).await;
@@ -487,5 +500,39 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     let err = missing.result.unwrap_err();
     assert!(err.contains("pulling") && err.contains("\"base\""), "{err}");
     assert!(rt.store().get(&format!("{tname}-missing")).is_err());
+    drop(reg);
+}
+
+/// Basic auth against a registry that requires it (htpasswd): the configured credentials pull, no credentials
+/// and wrong ones fail with nothing cached. Needs no runtime (the image is imported into a temp store).
+#[tokio::test]
+async fn registry_basic_auth_from_the_config() {
+    if !Path::new(REGISTRY_BIN).exists() || !Path::new("/bin/busybox").exists() {
+        eprintln!("SKIP registry_basic_auth_from_the_config: needs {REGISTRY_BIN} (docker-registry) and /bin/busybox (busybox-static)");
+        return;
+    }
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP registry_basic_auth_from_the_config: needs root (the image has whiteouts: mknod)");
+        return;
+    }
+    let img = build_image();
+    let reg = Registry::start_with(Some(("puller", "s3cret"))).await;
+    push_as(&reg, &img, oci_client::secrets::RegistryAuth::Basic("puller".into(), "s3cret".into())).await;
+    let store_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = Store::new(store_dir.path()).unwrap();
+    let image_ref = soulbox_server::templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
+    let quiet = |_: String| {};
+    let anonymous = registry::pull(&store, &registry::RegistrySettings::default(), &image_ref, &quiet).await.unwrap_err();
+    assert!(anonymous.to_string().contains("manifest"), "{anonymous}");
+    let cfg = |password: &str| soulbox_server::config::TemplatesConfig {
+        registry_auth: toml::from_str(&format!("[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n", reg.addr)).unwrap(),
+        ..Default::default()
+    };
+    let wrong = registry::pull(&store, &cfg("nope").engine_config().registries, &image_ref, &quiet).await.unwrap_err();
+    assert!(!wrong.to_string().contains("nope"), "no secret in errors: {wrong}");
+    assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_none());
+    let pulled = registry::pull(&store, &cfg("s3cret").engine_config().registries, &image_ref, &quiet).await.expect("pull with basic auth");
+    assert_eq!(pulled.layers.len(), 2);
+    assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_some());
     drop(reg);
 }
