@@ -31,6 +31,46 @@ pub struct FileConfig {
     pub node_heartbeat_timeout_s: Option<u64>,
     /// Cluster mode: sandboxes on a node Unhealthy for this long are lost [default: 60].
     pub node_lost_after_s: Option<u64>,
+    /// `[templates]`: image rewrites, insecure registries, registry credentials.
+    pub templates: Option<TemplatesConfig>,
+}
+
+/// The `[templates]` section:
+///
+/// ```toml
+/// [templates]
+/// insecure_registries = ["mirror.lan:5000"]     # plain HTTP (loopback hosts always are)
+/// [templates.image_rewrites]                    # merged over the defaults (`e2bdev/base` = "template:base")
+/// "python:3.12" = "oci-archive:/srv/images/python-3.12.tar"
+/// "docker.io" = "mirror.lan:5000"                # a registry host → a mirror host
+/// [templates.registry_auth."ghcr.io"]
+/// username = "me"
+/// password = "…"                                # or: token = "…" (bearer)
+/// ```
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesConfig {
+    #[serde(default)]
+    pub image_rewrites: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+    #[serde(default)]
+    pub registry_auth: std::collections::BTreeMap<String, crate::templates::registry::RegistryCredential>,
+}
+
+impl TemplatesConfig {
+    /// The build engine's configuration: SoulBox's default rewrites overridden by the configured ones.
+    pub fn engine_config(&self) -> crate::templates::engine::EngineConfig {
+        let mut rewrites = crate::templates::source::Rewrites::with_defaults();
+        rewrites.map.extend(self.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
+        crate::templates::engine::EngineConfig {
+            image_rewrites: rewrites,
+            registries: crate::templates::registry::RegistrySettings {
+                insecure: self.insecure_registries.clone(),
+                auth: self.registry_auth.clone(),
+            },
+        }
+    }
 }
 
 impl FileConfig {
@@ -64,6 +104,7 @@ pub struct ServerConfig {
     pub node_token: Option<String>,
     pub node_heartbeat_timeout_s: u64,
     pub node_lost_after_s: u64,
+    pub templates: TemplatesConfig,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);
@@ -96,5 +137,19 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("lisen = 1").is_err());
         assert_eq!(parse_cidr("10.77.0.0/16").unwrap().1, 16);
         assert!(parse_cidr("10.77.0.0").is_err());
+    }
+
+    #[test]
+    fn templates_section_merges_rewrites_over_the_defaults() {
+        let c: FileConfig = toml::from_str(
+            "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
+        )
+        .unwrap();
+        let engine = c.templates.unwrap().engine_config();
+        assert_eq!(engine.image_rewrites.map.get("e2bdev/base").map(String::as_str), Some("template:base"));
+        assert_eq!(engine.image_rewrites.map.get("docker.io").map(String::as_str), Some("mirror.lan:5000"));
+        assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);
+        assert!(engine.registries.auth.contains_key("ghcr.io"));
+        assert!(toml::from_str::<FileConfig>("[templates]\nmirrors = 1\n").is_err());
     }
 }

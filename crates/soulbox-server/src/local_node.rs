@@ -21,8 +21,13 @@ pub struct LocalNode {
 
 impl LocalNode {
     pub fn new(runtime: Runtime, node_id: impl Into<String>) -> LocalNode {
+        LocalNode::with_engine_config(runtime, node_id, Default::default())
+    }
+
+    /// With the template build engine's configuration (image rewrites, registries) from the server config.
+    pub fn with_engine_config(runtime: Runtime, node_id: impl Into<String>, engine: crate::templates::engine::EngineConfig) -> LocalNode {
         let templates_dir = runtime.config().store_dir().join("templates");
-        let engine = crate::templates::engine::Engine::new(runtime.clone(), Default::default());
+        let engine = crate::templates::engine::Engine::new(runtime.clone(), engine);
         LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
     }
 

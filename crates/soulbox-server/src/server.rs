@@ -128,7 +128,7 @@ async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
     runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
-    Ok(LocalNode::new(runtime, "local"))
+    Ok(LocalNode::with_engine_config(runtime, "local", config.templates.engine_config()))
 }
 
 pub async fn shutdown_signal() {

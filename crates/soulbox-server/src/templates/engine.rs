@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
 
 use super::dockerfile::shell_quote;
+use super::registry::RegistrySettings;
 use super::source::{BaseSource, Rewrites};
 use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
 
@@ -23,12 +24,25 @@ pub struct EngineConfig {
     /// Image references rewritten to local sources (`e2bdev/base` → `template:base`, a registry host → a
     /// mirror): hosts without a registry still build the recipes users bring.
     pub image_rewrites: Rewrites,
+    /// Insecure (plain HTTP) registry hosts and credentials per registry host.
+    pub registries: RegistrySettings,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { image_rewrites: Rewrites::with_defaults() }
+        EngineConfig { image_rewrites: Rewrites::with_defaults(), registries: RegistrySettings::default() }
     }
+}
+
+/// Where the steps start: the base's layers and the context its config gives them.
+struct Base {
+    layers: Vec<String>,
+    ctx: StepContext,
+    /// The image's Entrypoint + Cmd, used when the recipe sets no start command.
+    start_cmd: Option<String>,
+    /// The base template's name (`None` for an image).
+    parent: Option<String>,
+    disk_mb: Option<u64>,
 }
 
 /// What must be undone whatever happens (also after a timeout dropped the build future).
@@ -104,6 +118,48 @@ impl Engine {
         Ok(source)
     }
 
+    /// Makes the base available locally: a template as it is; a registry image, a local OCI layout or a rootfs
+    /// tarball imported into the layer store (layers cached by OCI digest). Logs at step `base`.
+    async fn load_base(&self, source: BaseSource, log: &LogSink) -> Result<Base, BuildFailure> {
+        let base_fail = |m: String| BuildFailure::new(m, Some("base"));
+        let progress = |m: String| log(LogLevel::Info, m, Some("base".into()));
+        let store = self.runtime.store();
+        let imported = match source {
+            BaseSource::Template(name) => {
+                let t = store.get(&name).map_err(|e| base_fail(format!("base template '{name}': {e}")))?;
+                progress(format!("Using template '{name}' as the base ({} layers)", t.layers.len()));
+                return Ok(Base {
+                    layers: t.layers,
+                    ctx: StepContext { user: t.default_user, workdir: t.default_workdir, env: t.env },
+                    start_cmd: None,
+                    parent: Some(name),
+                    disk_mb: t.disk_mb,
+                });
+            }
+            BaseSource::Registry(image) => {
+                let r = super::registry::pull(store, &self.config.registries, &image, &progress).await;
+                r.map_err(|e| base_fail(format!("pulling {image}: {e}")))?
+            }
+            BaseSource::OciArchive(path) => super::image::import_oci_archive(store, &path, &progress)
+                .await
+                .map_err(|e| base_fail(format!("oci-archive:{}: {e}", path.display())))?,
+            BaseSource::RootfsTarball(path) => {
+                super::image::import_rootfs(store, &path, &progress).await.map_err(|e| base_fail(format!("rootfs:{}: {e}", path.display())))?
+            }
+            other => {
+                return Err(base_fail(format!(
+                    "base {other:?}: this source is not supported yet; build from a template or map the image to one in the image rewrites"
+                )));
+            }
+        };
+        let config = imported.config;
+        // Docker's `USER uid:gid` / `name:group`: builds run as the user part.
+        let user = config.user.as_deref().map(|u| u.split(':').next().unwrap_or(u).to_string()).filter(|u| !u.is_empty());
+        let ctx = StepContext { user: user.unwrap_or_else(|| "root".into()), workdir: config.workdir.unwrap_or_else(|| "/".into()), env: config.env };
+        progress(format!("image ready: {} layers, user {}, workdir {}", imported.layers.len(), ctx.user, ctx.workdir));
+        Ok(Base { layers: imported.layers, ctx, start_cmd: config.start_cmd, parent: None, disk_mb: None })
+    }
+
     /// Runs a build; on success the template `job.template_name` is registered and returned.
     pub async fn build(&self, job: BuildJob, log: LogSink) -> Result<TemplateMeta, BuildFailure> {
         let tracker = Arc::new(Mutex::new(Tracker::default()));
@@ -132,26 +188,9 @@ impl Engine {
     async fn build_inner(&self, job: &BuildJob, log: &LogSink, tracker: &Arc<Mutex<Tracker>>) -> Result<TemplateMeta, BuildFailure> {
         let set_step = |s: &str| tracker.lock().unwrap_or_else(|e| e.into_inner()).step = Some(s.to_string());
         set_step("base");
-        let base_name = match self.resolve_base(&job.recipe)? {
-            BaseSource::Template(name) => name,
-            other => {
-                return Err(BuildFailure::new(
-                    format!("base {other:?}: this source is not supported yet; build from a template or map the image to one in the image rewrites"),
-                    Some("base"),
-                ));
-            }
-        };
-        let base = self
-            .runtime
-            .store()
-            .get(&base_name)
-            .map_err(|e| BuildFailure::new(format!("base template '{base_name}': {e}"), Some("base")))?;
-        log(LogLevel::Info, format!("Using template '{base_name}' as the base ({} layers)", base.layers.len()), Some("base".into()));
-        let mut st = State {
-            key: base_cache_key(&base.layers),
-            layers: base.layers.clone(),
-            ctx: StepContext { user: base.default_user.clone(), workdir: base.default_workdir.clone(), env: base.env.clone() },
-        };
+        let source = self.resolve_base(&job.recipe)?;
+        let base = self.load_base(source, log).await?;
+        let mut st = State { key: base_cache_key(&base.layers), layers: base.layers.clone(), ctx: base.ctx.clone() };
         let total = job.recipe.steps.len();
         let mut forced = job.recipe.force;
         for (i, step) in job.recipe.steps.iter().enumerate() {
@@ -228,13 +267,13 @@ impl Engine {
             default_user: st.ctx.user.clone(),
             default_workdir: st.ctx.workdir.clone(),
             env: st.ctx.env.clone(),
-            start_cmd: job.recipe.start_cmd.clone().filter(|c| !c.is_empty()),
+            start_cmd: job.recipe.start_cmd.clone().filter(|c| !c.is_empty()).or(base.start_cmd.clone()),
             ready_cmd: job.recipe.ready_cmd.clone().filter(|c| !c.is_empty()),
             cpu_count: job.cpu_count.max(1),
             memory_mb: u64::from(job.memory_mb.max(128)),
             disk_mb: base.disk_mb,
             recipe_hash: st.key.clone(),
-            parent: Some(base_name),
+            parent: base.parent.clone(),
         };
         self.runtime.store().put(&meta).map_err(|e| BuildFailure::new(format!("registering the template: {e}"), Some("finalize")))?;
         log(

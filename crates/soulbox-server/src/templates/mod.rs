@@ -4,6 +4,8 @@
 //! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]).
 //! - [`engine`]: the build engine on a node (build sandboxes, one layer per step, the step cache).
 //! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
+//! - [`image`], [`registry`], [`unpack`]: image bases (registry pulls with oci-client, local OCI layouts, rootfs
+//!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
@@ -11,7 +13,10 @@ pub mod api;
 pub mod dockerfile;
 pub mod engine;
 pub mod envd;
+pub mod image;
+pub mod registry;
 pub mod source;
+pub mod unpack;
 
 use std::path::PathBuf;
 use std::sync::Arc;

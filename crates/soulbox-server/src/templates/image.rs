@@ -1,0 +1,533 @@
+//! Image bases: OCI image layers (from a registry or a local OCI layout) and rootfs tarballs imported into the
+//! runtime's content-addressed layer store, one OCI layer = one SoulBox layer.
+//!
+//! A layer is cached by its OCI digest (`<store>/cache/oci-layer-<alg>-<hex>` → SoulBox layer digest): a
+//! re-pull, or another image sharing that layer, neither downloads nor unpacks it again. Every blob is
+//! checked against its digest before it is unpacked (registry blobs while they stream to a temp file, local
+//! blobs by hashing the file), and a layer's uncompressed stream against the config's `diff_id`. Temp files
+//! and half-unpacked layers live in `.tmp-<pid>-…` dirs of the layer store, removed on every failure (and by
+//! `Store::gc_temp` after a crash); the cache entry is written only after the layer was committed.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256, Sha512};
+use soulbox_runtime::Store;
+
+use super::unpack::{self, Compression, UnpackError, UnpackStats};
+
+/// Manifests, indexes and configs are small; anything bigger is refused rather than read into memory.
+const MAX_JSON_BLOB: u64 = 16 << 20;
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("layer {layer}: {source}")]
+    Unpack { layer: String, source: UnpackError },
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("layer store: {0}")]
+    Store(String),
+    #[error("registry: {0}")]
+    Registry(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{what} {expected}: content has digest {actual}")]
+    DigestMismatch { what: String, expected: String, actual: String },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
+    move |source| ImageError::Io { path: path.display().to_string(), source }
+}
+
+fn store_err(e: soulbox_runtime::Error) -> ImageError {
+    ImageError::Store(e.to_string())
+}
+
+/// Build log lines of the base phase.
+pub type Progress<'a> = &'a (dyn Fn(String) + Send + Sync);
+
+/// What a build starts with from an image's config (`config` of the OCI image config JSON).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    /// Entrypoint + Cmd, shell-quoted; `None` when both are empty or it is just an interactive shell.
+    pub start_cmd: Option<String>,
+    pub diff_ids: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase", default)]
+struct RawRunConfig {
+    env: Option<Vec<String>>,
+    user: Option<String>,
+    working_dir: Option<String>,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawRootfs {
+    diff_ids: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawImageConfig {
+    config: Option<RawRunConfig>,
+    rootfs: RawRootfs,
+}
+
+impl ImageConfig {
+    /// The config of an image without one (a rootfs tarball): root in `/` with the default PATH.
+    pub fn plain() -> ImageConfig {
+        let mut c = ImageConfig::default();
+        c.env.insert("PATH".into(), DEFAULT_PATH.into());
+        c
+    }
+
+    pub fn parse(json: &[u8]) -> Result<ImageConfig, ImageError> {
+        let raw: RawImageConfig = serde_json::from_slice(json).map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
+        let run = raw.config.unwrap_or_default();
+        let mut c = ImageConfig::plain();
+        for kv in run.env.unwrap_or_default() {
+            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+            if !k.is_empty() {
+                c.env.insert(k.to_string(), v.to_string());
+            }
+        }
+        c.user = run.user.filter(|u| !u.is_empty());
+        c.workdir = run.working_dir.filter(|w| w.starts_with('/'));
+        let argv: Vec<String> = run.entrypoint.unwrap_or_default().into_iter().chain(run.cmd.unwrap_or_default()).collect();
+        let just_a_shell = argv.len() == 1 && matches!(argv[0].as_str(), "sh" | "bash" | "/bin/sh" | "/bin/bash" | "/usr/bin/bash");
+        if !argv.is_empty() && !just_a_shell {
+            c.start_cmd = Some(argv.iter().map(|a| super::dockerfile::shell_quote(a)).collect::<Vec<_>>().join(" "));
+        }
+        c.diff_ids = raw.rootfs.diff_ids;
+        Ok(c)
+    }
+}
+
+/// An image imported into the layer store.
+#[derive(Debug, Clone)]
+pub struct ImportedImage {
+    /// SoulBox layer digests, bottom first.
+    pub layers: Vec<String>,
+    pub config: ImageConfig,
+}
+
+/// An OCI content descriptor (the fields SoulBox uses).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: i64,
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+}
+
+/// `(algorithm, hex)` of a digest SoulBox accepts: `sha256:<64 hex>` or `sha512:<128 hex>` (lowercase). Digests
+/// become file names (cache keys, blob paths), so nothing else gets through.
+pub fn check_digest(digest: &str) -> Result<(&str, &str), ImageError> {
+    let bad = || ImageError::Invalid(format!("invalid digest {digest:?}"));
+    let (alg, hex) = digest.split_once(':').ok_or_else(bad)?;
+    let len = match alg {
+        "sha256" => 64,
+        "sha512" => 128,
+        _ => return Err(bad()),
+    };
+    if hex.len() != len || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad());
+    }
+    Ok((alg, hex))
+}
+
+/// `sha256:0123456789ab` for log lines.
+pub fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(19)]
+}
+
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1 << 20)),
+        b if b >= 1 << 10 => format!("{:.1} KB", b as f64 / f64::from(1 << 10)),
+        b => format!("{b} B"),
+    }
+}
+
+fn cache_file(store: &Store, digest: &str) -> Result<PathBuf, ImageError> {
+    let (alg, hex) = check_digest(digest)?;
+    Ok(store.root().join("cache").join(format!("oci-layer-{alg}-{hex}")))
+}
+
+/// The SoulBox layer an OCI layer digest was imported as, if it is still in the store.
+pub fn cached_layer(store: &Store, digest: &str) -> Option<String> {
+    let layer = std::fs::read_to_string(cache_file(store, digest).ok()?).ok()?;
+    let layer = layer.trim().to_string();
+    store.layer_dir(&layer).is_dir().then_some(layer)
+}
+
+fn remember_layer(store: &Store, digest: &str, layer: &str) -> Result<(), ImageError> {
+    let file = cache_file(store, digest)?;
+    let dir = store.root().join("cache");
+    std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+    let tmp = dir.join(format!(".{}.{}", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    std::fs::write(&tmp, layer).map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, &file).map_err(io_at(&file))
+}
+
+/// A `.tmp-<pid>-…` dir of the layer store, removed when dropped unless taken.
+pub struct TempDir(Option<PathBuf>);
+
+impl TempDir {
+    pub fn new(store: &Store) -> Result<TempDir, ImageError> {
+        Ok(TempDir(Some(store.temp_layer().map_err(store_err)?)))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new("/nonexistent"))
+    }
+    fn take(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take()
+            && let Err(e) = std::fs::remove_dir_all(&p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove a temp dir");
+        }
+    }
+}
+
+/// Streams `path` through `alg` and returns `alg:<hex>`.
+pub fn file_digest(path: &Path, alg: &str) -> Result<String, ImageError> {
+    fn run<D: Digest>(path: &Path, mut h: D) -> Result<Vec<u8>, ImageError> {
+        let mut f = std::fs::File::open(path).map_err(io_at(path))?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).map_err(io_at(path))?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(h.finalize().to_vec())
+    }
+    let bytes = match alg {
+        "sha512" => run(path, Sha512::new())?,
+        _ => run(path, Sha256::new())?,
+    };
+    Ok(format!("{alg}:{}", unpack::hex(&bytes)))
+}
+
+/// Unpacks the blob file into a new layer and commits it (blocking: call from `spawn_blocking`). Nothing is
+/// left in the store on failure.
+pub fn import_blob(store: &Store, blob: &Path, compression: Compression, expected_diff_id: Option<&str>, label: &str) -> Result<(String, UnpackStats), ImageError> {
+    let tmp = TempDir::new(store)?;
+    let file = std::fs::File::open(blob).map_err(io_at(blob))?;
+    let reader = compression.decoder(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
+    let stats = unpack::unpack(reader, tmp.path()).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
+    if let Some(expected) = expected_diff_id
+        && expected != stats.diff_id
+    {
+        return Err(ImageError::DigestMismatch { what: format!("layer {label}: uncompressed content (diff_id)"), expected: expected.into(), actual: stats.diff_id });
+    }
+    let path = tmp.take();
+    match store.commit_layer(&path) {
+        Ok(digest) => Ok((digest, stats)),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&path);
+            Err(store_err(e))
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ImageError> + Send + 'static) -> Result<T, ImageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ImageError::Store(format!("a blocking task failed: {e}")))?
+}
+
+/// Where layer blobs come from.
+#[async_trait::async_trait]
+pub trait BlobSource: Send + Sync {
+    /// A local file holding the verified blob of `layer`, and whether it is a temp file (in `scratch`).
+    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<(PathBuf, bool), ImageError>;
+    /// "downloaded" / "read" for the log.
+    fn verb(&self) -> &'static str;
+}
+
+/// Imports `layers` in order (cache first), checking `diff_ids` when the config lists one per layer.
+pub async fn import_layers(store: &Store, layers: &[Descriptor], diff_ids: &[String], source: &dyn BlobSource, progress: Progress<'_>) -> Result<Vec<String>, ImageError> {
+    let scratch = TempDir::new(store)?;
+    let total = layers.len();
+    let mut out = Vec::with_capacity(total);
+    for (i, layer) in layers.iter().enumerate() {
+        let n = i + 1;
+        check_digest(&layer.digest)?;
+        let label = format!("{n}/{total} {}", short(&layer.digest));
+        if let Some(cached) = cached_layer(store, &layer.digest) {
+            progress(format!("layer {label} CACHED (layer {})", &cached[..12]));
+            out.push(cached);
+            continue;
+        }
+        let compression = Compression::from_media_type(&layer.media_type).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
+        let started = Instant::now();
+        let (blob, is_temp) = source.fetch(layer, scratch.path()).await?;
+        let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
+        progress(format!("layer {label}: {} {} in {:.1} s, digest verified", source.verb(), human_size(size), started.elapsed().as_secs_f64()));
+        let started = Instant::now();
+        let diff_id = (diff_ids.len() == total).then(|| diff_ids[i].clone());
+        let (st, b, l) = (store.clone(), blob.clone(), label.clone());
+        let (digest, stats) = blocking(move || import_blob(&st, &b, compression, diff_id.as_deref(), &l)).await?;
+        if is_temp {
+            let _ = std::fs::remove_file(&blob);
+        }
+        progress(format!(
+            "unpack layer {label}: {} entries, {} of files, {} whiteouts, {} opaque dirs in {:.1} s → layer {}",
+            stats.entries,
+            human_size(stats.file_bytes),
+            stats.whiteouts,
+            stats.opaque_dirs,
+            started.elapsed().as_secs_f64(),
+            &digest[..12]
+        ));
+        remember_layer(store, &layer.digest, &digest)?;
+        out.push(digest);
+    }
+    Ok(out)
+}
+
+const MANIFEST_TYPES: [&str; 2] = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
+const INDEX_TYPES: [&str; 2] = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+
+/// Picks the linux/amd64 entry of an index (or its only entry).
+pub fn select_platform<'a>(entries: &'a [Descriptor], what: &str) -> Result<&'a Descriptor, ImageError> {
+    let images: Vec<&Descriptor> = entries.iter().filter(|d| MANIFEST_TYPES.contains(&d.media_type.as_str()) || INDEX_TYPES.contains(&d.media_type.as_str())).collect();
+    if let Some(d) = images.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")) {
+        return Ok(d);
+    }
+    match images.as_slice() {
+        [only] if only.platform.is_none() => Ok(only),
+        [] => Err(ImageError::Invalid(format!("{what} lists no image manifest"))),
+        _ => Err(ImageError::Invalid(format!("{what} has no linux/amd64 image"))),
+    }
+}
+
+#[derive(Deserialize)]
+struct IndexJson {
+    #[serde(default)]
+    manifests: Vec<Descriptor>,
+}
+
+#[derive(Deserialize)]
+struct ManifestJson {
+    config: Descriptor,
+    #[serde(default)]
+    layers: Vec<Descriptor>,
+}
+
+/// An OCI image layout directory (`index.json`, `blobs/<alg>/<hex>`).
+struct LayoutBlobs {
+    dir: PathBuf,
+}
+
+impl LayoutBlobs {
+    fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
+        let (alg, hex) = check_digest(digest)?;
+        Ok(self.dir.join("blobs").join(alg).join(hex))
+    }
+
+    /// A small JSON blob, checked against its digest.
+    fn read_json_blob(&self, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
+        let path = self.blob_path(&d.digest)?;
+        let data = read_limited(&path)?;
+        let actual = match check_digest(&d.digest)?.0 {
+            "sha512" => format!("sha512:{}", unpack::hex(&Sha512::digest(&data))),
+            _ => format!("sha256:{}", unpack::hex(&Sha256::digest(&data))),
+        };
+        if actual != d.digest {
+            return Err(ImageError::DigestMismatch { what: format!("blob {}", d.media_type), expected: d.digest.clone(), actual });
+        }
+        Ok(data)
+    }
+}
+
+fn read_limited(path: &Path) -> Result<Vec<u8>, ImageError> {
+    let md = std::fs::metadata(path).map_err(io_at(path))?;
+    if md.len() > MAX_JSON_BLOB {
+        return Err(ImageError::Invalid(format!("{} is larger than {} (not a manifest or config)", path.display(), human_size(MAX_JSON_BLOB))));
+    }
+    std::fs::read(path).map_err(io_at(path))
+}
+
+#[async_trait::async_trait]
+impl BlobSource for LayoutBlobs {
+    async fn fetch(&self, layer: &Descriptor, _scratch: &Path) -> Result<(PathBuf, bool), ImageError> {
+        let path = self.blob_path(&layer.digest)?;
+        let (alg, _) = check_digest(&layer.digest)?;
+        let (p, alg) = (path.clone(), alg.to_string());
+        let actual = blocking(move || file_digest(&p, &alg)).await?;
+        if actual != layer.digest {
+            return Err(ImageError::DigestMismatch { what: "layer blob".into(), expected: layer.digest.clone(), actual });
+        }
+        Ok((path, false))
+    }
+    fn verb(&self) -> &'static str {
+        "read"
+    }
+}
+
+/// Extracts an OCI layout tar (only `index.json`, `oci-layout` and `blobs/<alg>/<hex>` regular files; every
+/// other entry is skipped, so nothing can land outside `dest`).
+fn extract_layout(archive: &Path, dest: &Path) -> Result<(), ImageError> {
+    let compression = Compression::sniff(archive).map_err(|source| ImageError::Unpack { layer: archive.display().to_string(), source })?;
+    let file = std::fs::File::open(archive).map_err(io_at(archive))?;
+    let reader = compression.decoder(std::io::BufReader::new(file)).map_err(|source| ImageError::Unpack { layer: archive.display().to_string(), source })?;
+    let mut tar = tar::Archive::new(reader);
+    let bad_tar = |e: std::io::Error| ImageError::Invalid(format!("{}: {e}", archive.display()));
+    for entry in tar.entries().map_err(bad_tar)? {
+        let mut entry = entry.map_err(bad_tar)?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&entry.path_bytes()).trim_start_matches("./").to_string();
+        let rel = match name.split('/').collect::<Vec<_>>().as_slice() {
+            ["index.json"] | ["oci-layout"] => PathBuf::from(&name),
+            ["blobs", alg, hex] if check_digest(&format!("{alg}:{hex}")).is_ok() => PathBuf::from(&name),
+            _ => continue,
+        };
+        let out = dest.join(rel);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+        }
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&out).map_err(io_at(&out))?;
+        std::io::copy(&mut entry, &mut f).map_err(io_at(&out))?;
+    }
+    Ok(())
+}
+
+/// `oci-archive:<path>`: an OCI image layout as a directory or a tar (optionally gzip) file.
+pub async fn import_oci_archive(store: &Store, path: &Path, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+    progress(format!("pull oci-archive:{}", path.display()));
+    let md = std::fs::metadata(path).map_err(io_at(path))?;
+    let extracted = TempDir::new(store)?;
+    let dir = if md.is_dir() {
+        path.to_path_buf()
+    } else {
+        let (a, d) = (path.to_path_buf(), extracted.path().to_path_buf());
+        let started = Instant::now();
+        blocking(move || extract_layout(&a, &d)).await?;
+        progress(format!("extracted the archive ({}) in {:.1} s", human_size(md.len()), started.elapsed().as_secs_f64()));
+        extracted.path().to_path_buf()
+    };
+    let layout = LayoutBlobs { dir: dir.clone() };
+    let index: IndexJson = serde_json::from_slice(&read_limited(&dir.join("index.json"))?).map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
+    let mut entry = select_platform(&index.manifests, "index.json")?.clone();
+    for _ in 0..4 {
+        if !INDEX_TYPES.contains(&entry.media_type.as_str()) {
+            break;
+        }
+        let nested: IndexJson = serde_json::from_slice(&layout.read_json_blob(&entry)?).map_err(|e| ImageError::Invalid(format!("image index: {e}")))?;
+        entry = select_platform(&nested.manifests, "the image index")?.clone();
+    }
+    if !MANIFEST_TYPES.contains(&entry.media_type.as_str()) {
+        return Err(ImageError::Invalid(format!("unsupported manifest media type {:?}", entry.media_type)));
+    }
+    let manifest: ManifestJson = serde_json::from_slice(&layout.read_json_blob(&entry)?).map_err(|e| ImageError::Invalid(format!("image manifest: {e}")))?;
+    let config = ImageConfig::parse(&layout.read_json_blob(&manifest.config)?)?;
+    progress(format!("manifest {} ({} layers)", short(&entry.digest), manifest.layers.len()));
+    let layers = import_layers(store, &manifest.layers, &config.diff_ids, &layout, progress).await?;
+    Ok(ImportedImage { layers, config })
+}
+
+/// `rootfs:<path>`: a root filesystem tarball (plain, gzip or zstd), one layer, cached by the file's sha256.
+pub async fn import_rootfs(store: &Store, path: &Path, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+    progress(format!("pull rootfs:{}", path.display()));
+    let p = path.to_path_buf();
+    let digest = blocking(move || file_digest(&p, "sha256")).await?;
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let label = format!("1/1 {}", short(&digest));
+    let layer = if let Some(cached) = cached_layer(store, &digest) {
+        progress(format!("layer {label} CACHED (layer {})", &cached[..12]));
+        cached
+    } else {
+        let compression = Compression::sniff(path).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
+        let started = Instant::now();
+        let (st, p, l) = (store.clone(), path.to_path_buf(), label.clone());
+        let (layer, stats) = blocking(move || import_blob(&st, &p, compression, None, &l)).await?;
+        progress(format!(
+            "unpack layer {label}: {} ({:?}), {} entries, {} of files in {:.1} s → layer {}",
+            human_size(size),
+            compression,
+            stats.entries,
+            human_size(stats.file_bytes),
+            started.elapsed().as_secs_f64(),
+            &layer[..12]
+        ));
+        remember_layer(store, &digest, &layer)?;
+        layer
+    };
+    Ok(ImportedImage { layers: vec![layer], config: ImageConfig::plain() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_maps_env_user_workdir_and_start_command() {
+        let c = ImageConfig::parse(
+            br#"{"config":{"Env":["PATH=/bin","A=1=2","B"],"User":"app","WorkingDir":"/srv","Entrypoint":["/bin/run"],"Cmd":["--port","80 80"]},"rootfs":{"type":"layers","diff_ids":["sha256:x"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.env.get("PATH").map(String::as_str), Some("/bin"));
+        assert_eq!(c.env.get("A").map(String::as_str), Some("1=2"));
+        assert_eq!(c.env.get("B").map(String::as_str), Some(""));
+        assert_eq!((c.user.as_deref(), c.workdir.as_deref()), (Some("app"), Some("/srv")));
+        assert_eq!(c.start_cmd.as_deref(), Some("/bin/run --port '80 80'"));
+        assert_eq!(c.diff_ids, vec!["sha256:x".to_string()]);
+        let shell = ImageConfig::parse(br#"{"config":{"Cmd":["bash"]}}"#).unwrap();
+        assert_eq!(shell.start_cmd, None, "an interactive shell is no start command");
+        assert_eq!(shell.env.get("PATH").map(String::as_str), Some(DEFAULT_PATH));
+        assert_eq!(ImageConfig::parse(b"{}").unwrap(), ImageConfig::plain());
+    }
+
+    #[test]
+    fn digests_that_could_be_paths_are_refused() {
+        let good = format!("sha256:{}", "a".repeat(64));
+        assert!(check_digest(&good).is_ok());
+        for bad in ["sha256:../../etc", "md5:abc", "sha256:ABC", &format!("sha256:{}/x", "a".repeat(62))] {
+            assert!(check_digest(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn platform_selection() {
+        let d = |mt: &str, os: &str, arch: &str| Descriptor {
+            media_type: mt.into(),
+            digest: format!("sha256:{}{}", arch.len(), "0".repeat(63)),
+            size: 1,
+            platform: Some(Platform { os: os.into(), architecture: arch.into() }),
+        };
+        let list = vec![d(MANIFEST_TYPES[0], "linux", "arm64"), d(MANIFEST_TYPES[0], "linux", "amd64")];
+        assert_eq!(select_platform(&list, "x").unwrap().platform.as_ref().unwrap().architecture, "amd64");
+        assert!(select_platform(&list[..1], "x").is_err());
+        let plain = vec![Descriptor { media_type: MANIFEST_TYPES[0].into(), ..Default::default() }];
+        assert!(select_platform(&plain, "x").is_ok());
+    }
+}

@@ -1,0 +1,225 @@
+//! The unpacker against tarballs built here byte by byte (the `tar` crate's builder refuses hostile names,
+//! so names are written into the raw header), benign and hostile.
+
+use super::*;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+use crate::templates::image::{self, TempDir};
+use soulbox_runtime::Store;
+
+const MTIME: u64 = 1_600_000_000;
+
+/// A tar being built: raw names, any entry type.
+pub struct Tar(tar::Builder<Vec<u8>>);
+
+impl Tar {
+    pub fn new() -> Tar {
+        Tar(tar::Builder::new(Vec::new()))
+    }
+
+    fn raw(&mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8], mode: u32, owner: (u64, u64)) -> &mut Tar {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(MTIME);
+        let g = h.as_gnu_mut().unwrap();
+        g.name[..name.len()].copy_from_slice(name.as_bytes());
+        g.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        self.0.append(&h, data).unwrap();
+        self
+    }
+    pub fn dir(&mut self, name: &str) -> &mut Tar {
+        self.raw(tar::EntryType::Directory, name, "", b"", 0o755, (0, 0))
+    }
+    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Tar {
+        self.raw(tar::EntryType::Regular, name, "", data, 0o644, (0, 0))
+    }
+    pub fn file_as(&mut self, name: &str, data: &[u8], mode: u32, owner: (u64, u64)) -> &mut Tar {
+        self.raw(tar::EntryType::Regular, name, "", data, mode, owner)
+    }
+    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
+        self.raw(tar::EntryType::Symlink, name, target, b"", 0o777, (0, 0))
+    }
+    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
+        self.raw(tar::EntryType::Link, name, target, b"", 0o644, (0, 0))
+    }
+    pub fn device(&mut self, name: &str, kind: tar::EntryType) -> &mut Tar {
+        self.raw(kind, name, "", b"", 0o600, (0, 0))
+    }
+    pub fn fifo(&mut self, name: &str) -> &mut Tar {
+        self.raw(tar::EntryType::Fifo, name, "", b"", 0o600, (0, 0))
+    }
+    pub fn pax(&mut self, headers: &[(&str, &[u8])]) -> &mut Tar {
+        self.0.append_pax_extensions(headers.iter().copied()).unwrap();
+        self
+    }
+    pub fn bytes(&mut self) -> Vec<u8> {
+        let mut b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
+        b.finish().unwrap();
+        b.into_inner().unwrap()
+    }
+}
+
+fn root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn go(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().unwrap().is_dir() {
+                go(base, &p, out);
+            }
+        }
+    }
+    go(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+#[test]
+fn a_benign_layer_keeps_owner_mode_mtime_links_and_xattrs() {
+    let dest = tempfile::tempdir().unwrap();
+    let data = Tar::new()
+        .dir("./etc/")
+        .file("etc/hosts", b"127.0.0.1 localhost\n")
+        .file_as("usr/bin/tool", b"#!/bin/sh\n", 0o4755, (1000, 1001))
+        .symlink("bin", "usr/bin")
+        .symlink("etc/mtab", "/proc/self/mounts")
+        .hardlink("usr/bin/tool2", "usr/bin/tool")
+        .fifo("run/ctl")
+        .pax(&[("SCHILY.xattr.user.note", b"hi"), ("SCHILY.xattr.trusted.overlay.redirect", b"/x")])
+        .file("etc/noted", b"x")
+        .bytes();
+    let stats = unpack(&data[..], dest.path()).unwrap();
+    let d = dest.path();
+    assert_eq!(stats.diff_id, format!("sha256:{}", hex(&Sha256::digest(&data))), "diff_id is the sha256 of the whole tar stream");
+    assert_eq!(stats.tar_bytes, data.len() as u64);
+    assert_eq!(std::fs::read_to_string(d.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n");
+    let tool = std::fs::symlink_metadata(d.join("usr/bin/tool")).unwrap();
+    assert_eq!(tool.mode() & 0o7777, 0o4755, "setuid kept (mode applied after chown)");
+    if root() {
+        assert_eq!((tool.uid(), tool.gid()), (1000, 1001));
+    }
+    assert_eq!(tool.mtime(), MTIME as i64);
+    assert_eq!(tool.nlink(), 2, "hardlink shares the inode");
+    assert_eq!(std::fs::read_link(d.join("bin")).unwrap(), Path::new("usr/bin"));
+    assert_eq!(std::fs::read_link(d.join("etc/mtab")).unwrap(), Path::new("/proc/self/mounts"), "absolute symlink targets are fine");
+    assert!(std::fs::symlink_metadata(d.join("run/ctl")).unwrap().file_type().is_fifo());
+    assert_eq!(std::fs::symlink_metadata(d.join("etc")).unwrap().mtime(), MTIME as i64, "dir mtime set after its children");
+    let mut buf = [0u8; 16];
+    let n = rustix::fs::lgetxattr(d.join("etc/noted"), "user.note", &mut buf[..]);
+    if let Ok(n) = n {
+        assert_eq!(&buf[..n], b"hi");
+    }
+    assert!(rustix::fs::lgetxattr(d.join("etc/noted"), "trusted.overlay.redirect", &mut buf[..]).is_err(), "trusted.* xattrs are dropped");
+    assert_eq!(stats.dropped_xattrs, 1);
+}
+
+/// Each hostile tarball is refused, and writes nothing outside the destination.
+#[test]
+fn hostile_layers_are_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let o = outside.path().display().to_string();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("dotdot", Tar::new().file("../escape", b"x").bytes(), "`..` component"),
+        ("dotdot deep", Tar::new().dir("a/").file("a/../../escape", b"x").bytes(), "`..` component"),
+        ("absolute", Tar::new().file(&format!("{o}/abs"), b"x").bytes(), "absolute path"),
+        ("absolute symlink then write", Tar::new().symlink("etc", "/").file("etc/passwd", b"root::0:0::/:/bin/sh\n").bytes(), "through a symlink"),
+        ("symlink to outside then write", Tar::new().symlink("out", &o).file("out/pwned", b"x").bytes(), "through a symlink"),
+        ("relative symlink up then write", Tar::new().dir("a/").symlink("a/up", "../..").file("a/up/pwned", b"x").bytes(), "through a symlink"),
+        ("hardlink out", Tar::new().hardlink("passwd", "/etc/passwd").bytes(), "outside the layer"),
+        ("hardlink dotdot", Tar::new().hardlink("passwd", "../../etc/passwd").bytes(), "outside the layer"),
+        ("hardlink via symlink", Tar::new().symlink("e", "/etc").hardlink("passwd", "e/passwd").bytes(), "outside the layer"),
+        ("hardlink missing", Tar::new().hardlink("x", "not/here").bytes(), "outside the layer"),
+        ("char device", Tar::new().device("dev/mem", tar::EntryType::Char).bytes(), "device node"),
+        ("block device", Tar::new().device("dev/sda", tar::EntryType::Block).bytes(), "device node"),
+        ("whiteout of ..", Tar::new().dir("a/").file("a/.wh...", b"").bytes(), "invalid name"),
+    ];
+    for (name, data, expect) in cases {
+        let dest = tempfile::tempdir().unwrap();
+        match unpack(&data[..], dest.path()) {
+            Err(e @ UnpackError::Refused { .. }) => assert!(e.to_string().contains(expect), "{name}: {e}"),
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+        assert!(walk(outside.path()).is_empty(), "{name}: wrote outside: {:?}", walk(outside.path()));
+        assert!(!Path::new("/etc/passwd-soulbox-test").exists());
+    }
+    // The store-level import removes the half-unpacked layer: nothing registered, no temp dirs.
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::new(store_dir.path()).unwrap();
+    let blob = store_dir.path().join("hostile.tar");
+    std::fs::write(&blob, Tar::new().file("ok", b"fine").symlink("etc", "/").file("etc/passwd", b"x").bytes()).unwrap();
+    let err = image::import_blob(&store, &blob, Compression::None, None, "1/1").unwrap_err();
+    assert!(err.to_string().contains("through a symlink"), "{err}");
+    assert!(walk(&store_dir.path().join("layers")).is_empty(), "left behind: {:?}", walk(&store_dir.path().join("layers")));
+}
+
+#[test]
+fn compression_by_media_type_and_magic() {
+    assert_eq!(Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(), Compression::Zstd);
+    assert_eq!(Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip").unwrap(), Compression::Gzip);
+    assert_eq!(Compression::from_media_type("application/vnd.oci.image.layer.v1.tar").unwrap(), Compression::None);
+    assert!(Compression::from_media_type("application/vnd.wasm.content.layer.v1+wasm").is_err());
+    let data = Tar::new().file("a", b"1").bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &data).unwrap();
+    let gz_path = dir.path().join("l.tgz");
+    std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
+    assert_eq!(Compression::sniff(&gz_path).unwrap(), Compression::Gzip);
+    let dest = dir.path().join("out");
+    std::fs::create_dir(&dest).unwrap();
+    let stats = unpack(Compression::Gzip.decoder(std::fs::File::open(&gz_path).unwrap()).unwrap(), &dest).unwrap();
+    assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "1");
+    assert_eq!(stats.diff_id, format!("sha256:{}", hex(&Sha256::digest(&data))), "diff_id is of the uncompressed stream");
+}
+
+struct Mount(PathBuf);
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `.wh.<name>` and `.wh..wh..opq` become overlay whiteouts that hide the lower layer's entries in a real
+/// overlay mount (root: mknod and trusted.* xattrs).
+#[test]
+fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
+    if !root() {
+        eprintln!("SKIP whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay: needs root (mknod 0:0, trusted.* xattrs, mount)");
+        return;
+    }
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::new(store_dir.path()).unwrap();
+    let lower = TempDir::new(&store).unwrap();
+    let upper = TempDir::new(&store).unwrap();
+    unpack(&Tar::new().file("a/x", b"x").file("a/y", b"y").file("b", b"b").file("c/z", b"z").file("keep", b"k").bytes()[..], lower.path()).unwrap();
+    let stats = unpack(&Tar::new().file("a/.wh.x", b"").file(".wh.b", b"").file("c/.wh..wh..opq", b"").file("c/new", b"n").bytes()[..], upper.path()).unwrap();
+    assert_eq!((stats.whiteouts, stats.opaque_dirs), (2, 1));
+    // The produced layer itself.
+    for w in ["a/x", "b"] {
+        let md = std::fs::symlink_metadata(upper.path().join(w)).unwrap();
+        assert!(md.file_type().is_char_device() && md.rdev() == 0, "{w} is a 0:0 whiteout");
+    }
+    let mut buf = [0u8; 4];
+    let n = rustix::fs::lgetxattr(upper.path().join("c"), "trusted.overlay.opaque", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"y");
+    assert!(!upper.path().join(".wh.b").exists() && !upper.path().join("c/.wh..wh..opq").exists());
+    // The merged view.
+    let work = TempDir::new(&store).unwrap();
+    let merged = work.path().join("merged");
+    std::fs::create_dir(&merged).unwrap();
+    let opts = format!("lowerdir={}:{}", upper.path().display(), lower.path().display());
+    let st = std::process::Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).status().unwrap();
+    assert!(st.success(), "mount overlay");
+    let _guard = Mount(merged.clone());
+    assert_eq!(walk(&merged), vec!["a", "a/y", "c", "c/new", "keep"]);
+}
