@@ -7,7 +7,7 @@ mod templates;
 
 pub use api_keys::ApiKeyRecord;
 pub use sandboxes::SandboxRecord;
-pub use templates::{BuildLogRecord, BuildRecord, TemplateRecord};
+pub use templates::{BuildLogRecord, BuildRecord, TagRecord, TemplateRecord};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;
