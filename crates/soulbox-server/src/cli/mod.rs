@@ -274,6 +274,7 @@ pub fn exit_code(e: &Error) -> i32 {
         Error::Invalid(_) => 8,
         Error::Timeout(_) => 124,
         Error::CommandExit { exit_code, .. } => *exit_code,
+        Error::Build { .. } => 9,
         Error::Other(_) => 1,
     }
 }
