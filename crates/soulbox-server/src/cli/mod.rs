@@ -2,10 +2,11 @@
 //! `cp`, `nodes`. Human tables by default, `--json` for scripts.
 //!
 //! Exit codes: 0 ok; 1 other error; 2 usage; 3 not found; 4 auth; 5 rate limited; 6 sandbox killed;
-//! 7 agent version; 8 invalid request; 124 timeout; `exec` passes the command's own exit code through.
+//! 7 agent version; 8 invalid request; 9 template build failed; 124 timeout; `exec` passes the command's own exit code through.
 
 mod output;
 mod shell;
+mod template;
 mod transfer;
 
 use std::collections::BTreeMap;
@@ -82,6 +83,9 @@ pub enum ClientCommand {
     /// Cluster nodes.
     #[command(subcommand)]
     Nodes(NodesCommand),
+    /// Build (from a Dockerfile, with the live log), list and delete templates.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -287,6 +291,7 @@ pub async fn run(cmd: ClientCommand) -> i32 {
         ClientCommand::Shell(a) => shell::run(a).await,
         ClientCommand::Cp(a) => transfer::cp(a).await,
         ClientCommand::Nodes(NodesCommand::List { conn }) => nodes(conn).await,
+        ClientCommand::Template(c) => template::run(c).await,
     };
     match result {
         Ok(code) => code,

@@ -500,18 +500,21 @@ async fn alias(State(state): State<ApiState>, Path(alias): Path<String>) -> Resp
     let (name, tag) = split_tag(&alias);
     let found = || Json(serde_json::json!({"templateID": name, "public": false})).into_response();
     let store = state.lifecycle.store();
-    // A built template with that tag (also one built only under other tags than `default`).
-    match store.get_template_record(name).await {
-        Ok(Some(_)) if !alias.contains(':') => return found(),
-        Ok(Some(_)) => match store.tag_build(name, tag).await {
-            Ok(Some(_)) => return found(),
-            Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
-            Err(e) => return internal(e),
-        },
-        Ok(None) => {}
+    // A built template with that tag, or with any tag for a plain name (also one built only under other tags
+    // than `default`); a template whose builds all failed has none.
+    if alias.contains(':') && tag != "default" {
+        return match store.tag_build(name, tag).await {
+            Ok(Some(_)) => found(),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
+            Err(e) => internal(e),
+        };
+    }
+    match store.tags(name).await {
+        Ok(tags) if !tags.is_empty() => return found(),
+        Ok(_) => {}
         Err(e) => return internal(e),
     }
-    if tag != "default" || is_internal_template(name) {
+    if is_internal_template(name) {
         return error(StatusCode::NOT_FOUND, format!("template '{alias}' not found"));
     }
     match state.lifecycle.node().templates().await {
