@@ -180,7 +180,7 @@ impl Lifecycle {
         let templates = self.node.templates().await?;
         let mut found = templates
             .into_iter()
-            .find(|t| t.template_id == runtime_name || t.aliases.iter().any(|a| *a == runtime_name))
+            .find(|t| t.template_id == runtime_name || t.aliases.contains(&runtime_name))
             .ok_or_else(|| LifecycleError::NotFound(format!("template '{wanted}' not found")))?;
         if tag != "default" {
             found.aliases = vec![wanted.to_string()];

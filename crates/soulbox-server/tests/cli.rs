@@ -243,9 +243,10 @@ fn template_build_list_delete() {
     let _guard = Tpl(&e, name.clone());
     let ctx = tempfile::tempdir().unwrap();
     std::fs::write(ctx.path().join("greeting.txt"), "hi from cli\n").unwrap();
+    // The id in the RUN keeps the step out of the cache of earlier runs, so its output is printed.
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        "FROM base\nARG WHO=world\nENV WHO=$WHO\nCOPY greeting.txt /opt/greeting.txt\nRUN echo built-for-$WHO\nWORKDIR /opt\n",
+        format!("FROM base\nARG WHO=world\nENV WHO=$WHO\nCOPY greeting.txt /opt/greeting.txt\nRUN echo built-for-$WHO # {id}\nWORKDIR /opt\n"),
     )
     .unwrap();
     let dockerfile = ctx.path().join("Dockerfile");

@@ -198,11 +198,11 @@ impl Display {
     }
 
     fn finish(&mut self, ok: bool) {
-        if let Display::Progress { current, .. } = self {
-            if let Some((_, bar)) = current.take() {
-                let mark = if ok { "✓" } else { "✗" };
-                bar.finish_with_message(format!("{mark} {}", bar.message()));
-            }
+        if let Display::Progress { current, .. } = self
+            && let Some((_, bar)) = current.take()
+        {
+            let mark = if ok { "✓" } else { "✗" };
+            bar.finish_with_message(format!("{mark} {}", bar.message()));
         }
     }
 }

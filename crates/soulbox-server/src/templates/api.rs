@@ -606,10 +606,10 @@ async fn remove_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> 
     if let Err(e) = state.lifecycle.store().remove_tags(name, &req.tags).await {
         return internal(e);
     }
-    if req.tags.iter().any(|t| t == "default") {
-        if let Err(e) = state.lifecycle.node().delete_template(name).await {
-            return internal(e);
-        }
+    if req.tags.iter().any(|t| t == "default")
+        && let Err(e) = state.lifecycle.node().delete_template(name).await
+    {
+        return internal(e);
     }
     StatusCode::NO_CONTENT.into_response()
 }
