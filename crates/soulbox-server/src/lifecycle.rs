@@ -269,13 +269,24 @@ impl Lifecycle {
     }
 
     pub async fn resolve_template(&self, wanted: &str) -> Result<TemplateInfo> {
-        // `name:tag` — tags arrive with the template system (issue 5); `name:default` is the name.
-        let name = wanted.strip_suffix(":default").unwrap_or(wanted);
+        // `name:tag`: `default` is the runtime template `name`; another tag is the build it points at.
+        let (name, tag) = crate::templates::api::split_tag(wanted);
+        let runtime_name = match tag {
+            "default" => name.to_string(),
+            tag => match self.store.tag_build(name, tag).await? {
+                Some(build) => crate::templates::api::build_template_name(&build),
+                None => return Err(LifecycleError::NotFound(format!("template '{wanted}' not found"))),
+            },
+        };
         let templates = self.template_node.templates().await?;
-        templates
+        let mut found = templates
             .into_iter()
-            .find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name))
-            .ok_or_else(|| LifecycleError::NotFound(format!("template '{wanted}' not found")))
+            .find(|t| t.template_id == runtime_name || t.aliases.contains(&runtime_name))
+            .ok_or_else(|| LifecycleError::NotFound(format!("template '{wanted}' not found")))?;
+        if tag != "default" {
+            found.aliases = vec![wanted.to_string()];
+        }
+        Ok(found)
     }
 
     fn check_timeout(&self, timeout_s: i32) -> Result<()> {

@@ -178,6 +178,12 @@ impl Node for LocalNode {
         self.runtime.store().delete(name).map_err(node_error)
     }
 
+    async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {
+        let mut meta = self.runtime.store().get(from).map_err(node_error)?;
+        meta.name = to.to_string();
+        self.runtime.store().put(&meta).map_err(node_error)
+    }
+
     fn template_files_dir(&self) -> Option<PathBuf> {
         Some(self.runtime.config().store_dir().join("uploads"))
     }

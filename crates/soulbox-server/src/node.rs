@@ -162,6 +162,11 @@ pub trait Node: Send + Sync + 'static {
         let _ = name;
         Err(NodeError::Invalid("this node cannot delete templates".into()))
     }
+    /// Registers the template `from` also as `to` (same layers and settings; tags point names at builds).
+    async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {
+        let _ = (from, to);
+        Err(NodeError::Invalid("this node cannot copy templates".into()))
+    }
     /// Where uploaded COPY contexts are kept (`<dir>/<filesHash>`), when this node builds templates.
     fn template_files_dir(&self) -> Option<std::path::PathBuf> {
         None

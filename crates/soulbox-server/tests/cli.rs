@@ -226,3 +226,64 @@ fn shell_in_tmux() {
     tmux(&["send-keys", "-t", &session, "exit 5", "Enter"]);
     wait_for("SHELL-EXIT=5");
 }
+
+/// `template build` from a Dockerfile (plain log lines when not on a terminal), `list` (table and JSON), a failing
+/// build's exit code naming its step, `delete`.
+#[test]
+fn template_build_list_delete() {
+    let e = live!();
+    let id = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000;
+    let name = format!("cli-tpl-{id}");
+    struct Tpl<'a>(&'a Env, String);
+    impl Drop for Tpl<'_> {
+        fn drop(&mut self) {
+            let _ = run(self.0, &["template", "delete", &self.1, &format!("{}-fail", self.1)]);
+        }
+    }
+    let _guard = Tpl(&e, name.clone());
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(ctx.path().join("greeting.txt"), "hi from cli\n").unwrap();
+    // The id in the RUN keeps the step out of the cache of earlier runs, so its output is printed.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM base\nARG WHO=world\nENV WHO=$WHO\nCOPY greeting.txt /opt/greeting.txt\nRUN echo built-for-$WHO # {id}\nWORKDIR /opt\n"),
+    )
+    .unwrap();
+    let dockerfile = ctx.path().join("Dockerfile");
+    let out = run(
+        &e,
+        &["template", "build", "-f", dockerfile.to_str().unwrap(), ctx.path().to_str().unwrap(), "--name", &format!("{name}:v1"), "--build-arg", "WHO=cli", "--cpu", "1", "--memory-mb", "512"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "[3] built-for-cli"), "plain lines `[step] message` when not a TTY:\n{stdout}");
+    assert!(stdout.contains(&format!("Built {name}:v1")), "{stdout}");
+
+    let sbx = create(&e, &[&format!("{name}:v1")]);
+    let out = run(&e, &["exec", &sbx.1, "--", "cat greeting.txt; echo $WHO"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from cli\ncli\n");
+    drop(sbx);
+
+    // `--json`: the log goes to stderr, stdout is one JSON document.
+    let failing = ctx.path().join("Dockerfile.fail");
+    std::fs::write(&failing, "FROM base\nRUN echo going-down; exit 7\n").unwrap();
+    let out = run(&e, &["template", "build", "-f", failing.to_str().unwrap(), "--name", &format!("{name}-fail"), "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(9), "{stderr}");
+    assert!(stderr.contains("failed at step 1") && stderr.contains("going-down"), "{stderr}");
+    let bad = ctx.path().join("Dockerfile.bad");
+    std::fs::write(&bad, "FROM base\nHEALTHCHECK CMD true\n").unwrap();
+    let out = run(&e, &["template", "build", "-f", bad.to_str().unwrap(), "--name", &name]);
+    assert_eq!(out.status.code(), Some(8));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let list = json(&run(&e, &["template", "list", "--json"]));
+    assert!(list.as_array().unwrap().iter().any(|t| t["templateID"] == "base"), "{list}");
+    let table = run(&e, &["template", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("TEMPLATE"));
+
+    let out = run(&e, &["template", "delete", &name]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&e, &["template", "delete", &name]);
+    assert_eq!(out.status.code(), Some(3), "deleting a missing template is 'not found'");
+}

@@ -30,6 +30,10 @@ pub enum Error {
     /// A command finished with a non-zero exit code; carries everything it printed.
     #[error("command exited with code {exit_code}{}", error.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     CommandExit { exit_code: i32, stdout: String, stderr: String, error: Option<String> },
+    /// A template build failed: the step it failed at (`"base"`, the 1-based step number, or `"finalize"`), the
+    /// server's reason and the last log lines.
+    #[error("template {template_id} build {build_id} failed{}: {message}", step.as_ref().map(|s| format!(" at step {s}")).unwrap_or_default())]
+    Build { template_id: String, build_id: String, step: Option<String>, message: String, last_logs: Vec<String> },
     /// The agent is too old, or lacks a feature (the message names the version needed).
     #[error(transparent)]
     Version(#[from] VersionError),

@@ -27,6 +27,7 @@ mod error;
 mod files;
 mod pty;
 mod sandbox;
+mod template;
 
 pub use client::{Client, ListQuery, ListedSandbox, LogLine, NodeInfo, Order, Page, SandboxInfo, SandboxMetric, SandboxState};
 pub use commands::{
@@ -37,6 +38,10 @@ pub use error::{Error, Result};
 pub use files::{EntryInfo, EntryType, EventKind, Filesystem, FilesystemEvent, SignedUrlOptions, WriteInfo};
 pub use pty::{Pty, PtyOptions, PtySize};
 pub use sandbox::{Sandbox, SandboxBuilder, TimeoutBehavior};
+pub use template::{
+    AssignedTags, BASE_IMAGE, BuildHandle, BuildLogEntry, BuildOptions, BuildReason, BuildStatus, BuildStatusPage, LogLevel, Template,
+    TemplateStep, TemplateSummary, TemplateTag, files_hash,
+};
 /// The wire types and version gates this SDK is built on.
 pub use soulbox_protocol as protocol;
 pub use soulbox_protocol::version::{Feature, VersionError};

@@ -186,6 +186,7 @@ pub async fn templates(State(state): State<ApiState>) -> Response {
     match state.lifecycle.node().templates().await {
         Ok(list) => Json(
             list.iter()
+                .filter(|t| !crate::templates::api::is_internal_template(&t.template_id))
                 .map(|t| {
                     serde_json::json!({
                         "templateID": t.template_id,

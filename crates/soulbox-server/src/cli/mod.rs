@@ -2,11 +2,12 @@
 //! `cp`, `nodes`. Human tables by default, `--json` for scripts.
 //!
 //! Exit codes: 0 ok; 1 other error; 2 usage; 3 not found; 4 auth; 5 rate limited; 6 sandbox killed;
-//! 7 agent version; 8 invalid request; 124 timeout; `exec` passes the command's own exit code through.
+//! 7 agent version; 8 invalid request; 9 template build failed; 124 timeout; `exec` passes the command's own exit code through.
 
 mod nodes;
 mod output;
 mod shell;
+mod template;
 mod transfer;
 
 use std::collections::BTreeMap;
@@ -88,6 +89,9 @@ pub enum ClientCommand {
     /// Cluster nodes: list, show, drain, undrain, remove.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
+    /// Build (from a Dockerfile, with the live log), list and delete templates.
+    #[command(subcommand)]
+    Template(template::TemplateCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -271,6 +275,7 @@ pub fn exit_code(e: &Error) -> i32 {
         Error::Invalid(_) => 8,
         Error::Timeout(_) => 124,
         Error::CommandExit { exit_code, .. } => *exit_code,
+        Error::Build { .. } => 9,
         Error::Other(_) => 1,
     }
 }
@@ -283,6 +288,7 @@ pub async fn run(cmd: ClientCommand) -> i32 {
         ClientCommand::Shell(a) => shell::run(a).await,
         ClientCommand::Cp(a) => transfer::cp(a).await,
         ClientCommand::Nodes(c) => nodes::run(c).await,
+        ClientCommand::Template(c) => template::run(c).await,
     };
     match result {
         Ok(code) => code,

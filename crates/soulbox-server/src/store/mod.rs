@@ -11,7 +11,7 @@ pub(crate) mod test_db;
 pub use api_keys::ApiKeyRecord;
 pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::{ClaimCondition, SandboxRecord};
-pub use templates::{BuildLogRecord, BuildRecord, TemplateRecord};
+pub use templates::{BuildLogRecord, BuildRecord, TagRecord, TemplateRecord};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;

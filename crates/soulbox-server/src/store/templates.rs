@@ -28,6 +28,16 @@ pub struct BuildRecord {
     pub memory_mb: i32,
     pub created_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// The tags the build asked for; assigned when it succeeds.
+    pub tags: Vec<String>,
+}
+
+/// A tag: `template:tag` → build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagRecord {
+    pub tag: String,
+    pub build_id: String,
+    pub created_at_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,8 +50,15 @@ pub struct BuildLogRecord {
 }
 
 impl Store {
-    /// Creates the template row if needed and a new `waiting` build for it.
-    pub async fn create_template_build(&self, template_id: &str, build_id: &str, cpu_count: i32, memory_mb: i32) -> Result<(), StoreError> {
+    /// Creates the template row if needed and a new `waiting` build for it; `tags` are assigned on success.
+    pub async fn create_template_build(
+        &self,
+        template_id: &str,
+        build_id: &str,
+        cpu_count: i32,
+        memory_mb: i32,
+        tags: &[String],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         let exists = sqlx::query("SELECT id FROM templates WHERE id = $1").bind(template_id).fetch_optional(&mut *tx).await?;
@@ -69,13 +86,15 @@ impl Store {
                 .await?;
         }
         sqlx::query(
-            "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at) VALUES ($1, $2, 'waiting', $3, $4, $5)",
+            "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at, tags) \
+             VALUES ($1, $2, 'waiting', $3, $4, $5, $6)",
         )
         .bind(build_id)
         .bind(template_id)
         .bind(cpu_count)
         .bind(memory_mb)
         .bind(now)
+        .bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -103,7 +122,7 @@ impl Store {
 
     pub async fn get_build(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, template_id, status, recipe, reason, reason_step, cpu_count, memory_mb, created_at, finished_at \
+            "SELECT id, template_id, status, recipe, reason, reason_step, cpu_count, memory_mb, created_at, finished_at, tags \
              FROM template_builds WHERE id = $1",
         )
         .bind(build_id)
@@ -121,6 +140,10 @@ impl Store {
                 memory_mb: r.try_get("memory_mb")?,
                 created_at_ms: r.try_get("created_at")?,
                 finished_at_ms: r.try_get("finished_at")?,
+                tags: r
+                    .try_get::<Option<String>, _>("tags")?
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .unwrap_or_else(|| vec!["default".to_string()]),
             })
         })
         .transpose()
@@ -200,9 +223,70 @@ impl Store {
             .collect()
     }
 
-    /// Deletes the template's row, builds and logs; false when there was no row.
+    /// Points `tags` of the template at `build_id` (moving them from other builds).
+    pub async fn set_tags(&self, template_id: &str, build_id: &str, tags: &[String]) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for tag in tags {
+            sqlx::query("DELETE FROM template_tags WHERE template_id = $1 AND tag = $2").bind(template_id).bind(tag).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO template_tags (template_id, tag, build_id, created_at) VALUES ($1, $2, $3, $4)")
+                .bind(template_id)
+                .bind(tag)
+                .bind(build_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Removes tags; returns how many existed.
+    pub async fn remove_tags(&self, template_id: &str, tags: &[String]) -> Result<u64, StoreError> {
+        let mut n = 0;
+        let mut tx = self.pool.begin().await?;
+        for tag in tags {
+            let r = sqlx::query("DELETE FROM template_tags WHERE template_id = $1 AND tag = $2").bind(template_id).bind(tag).execute(&mut *tx).await?;
+            n += r.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// The template's tags, by name.
+    pub async fn tags(&self, template_id: &str) -> Result<Vec<TagRecord>, StoreError> {
+        let rows = sqlx::query("SELECT tag, build_id, created_at FROM template_tags WHERE template_id = $1 ORDER BY tag")
+            .bind(template_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(TagRecord { tag: r.try_get("tag")?, build_id: r.try_get("build_id")?, created_at_ms: r.try_get("created_at")? }))
+            .collect()
+    }
+
+    /// The build a tag points at.
+    pub async fn tag_build(&self, template_id: &str, tag: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT build_id FROM template_tags WHERE template_id = $1 AND tag = $2")
+            .bind(template_id)
+            .bind(tag)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("build_id")).transpose()?)
+    }
+
+    /// Ids of the template's builds that succeeded (each is a runtime template `sbb-<id>`).
+    pub async fn ready_build_ids(&self, template_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM template_builds WHERE template_id = $1 AND status = 'ready'")
+            .bind(template_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
+    /// Deletes the template's row, builds, logs and tags; false when there was no row.
     pub async fn delete_template_record(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM template_tags WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM template_build_logs WHERE build_id IN (SELECT id FROM template_builds WHERE template_id = $1)")
             .bind(id)
             .execute(&mut *tx)
@@ -222,7 +306,7 @@ mod tests {
 
     store_test!(builds_and_logs_round_trip, |db| {
         let store = db.open().await;
-        store.create_template_build("tpl", "b1", 2, 1024).await.unwrap();
+        store.create_template_build("tpl", "b1", 2, 1024, &["default".to_string()]).await.unwrap();
         assert_eq!(store.get_build("b1").await.unwrap().unwrap().status, "waiting");
         assert!(store.start_build("b1", "{}").await.unwrap());
         assert!(!store.start_build("b1", "{}").await.unwrap(), "a build starts once");
@@ -235,11 +319,20 @@ mod tests {
         store.finish_build("b1", "error", Some("boom"), Some("1")).await.unwrap();
         let b = store.get_build("b1").await.unwrap().unwrap();
         assert_eq!((b.status.as_str(), b.reason.as_deref(), b.reason_step.as_deref()), ("error", Some("boom"), Some("1")));
-        store.create_template_build("tpl", "b2", 1, 512).await.unwrap();
+        store.create_template_build("tpl", "b2", 1, 512, &["v2".to_string()]).await.unwrap();
         assert_eq!(store.get_template_record("tpl").await.unwrap().unwrap().latest_build_id.as_deref(), Some("b2"));
+        assert_eq!(store.get_build("b2").await.unwrap().unwrap().tags, ["v2"]);
+        store.set_tags("tpl", "b1", &["default".into(), "v1".into()]).await.unwrap();
+        store.set_tags("tpl", "b2", &["v1".into()]).await.unwrap();
+        assert_eq!(store.tag_build("tpl", "v1").await.unwrap().as_deref(), Some("b2"), "a tag moves");
+        let tags: Vec<(String, String)> = store.tags("tpl").await.unwrap().into_iter().map(|t| (t.tag, t.build_id)).collect();
+        assert_eq!(tags, [("default".to_string(), "b1".to_string()), ("v1".to_string(), "b2".to_string())]);
+        assert_eq!(store.remove_tags("tpl", &["v1".into(), "nope".into()]).await.unwrap(), 1);
+        assert!(store.tag_build("tpl", "v1").await.unwrap().is_none());
         assert_eq!(store.fail_unfinished_builds("restart").await.unwrap(), 1);
         assert!(store.delete_template_record("tpl").await.unwrap());
         assert!(store.get_build("b1").await.unwrap().is_none());
+        assert!(store.tags("tpl").await.unwrap().is_empty());
         assert!(store.build_logs("b1", 0, 100).await.unwrap().is_empty());
         assert!(!store.delete_template_record("tpl").await.unwrap());
     });

@@ -9,6 +9,12 @@
 //! - `GET /templates/{id}/builds/{buildID}/logs/stream` → NDJSON, one log entry per line as it is produced
 //!   (replayed from the start), then `{"status": "ready"|"error", "reason"?}`; no polling: a broadcast per build
 //! - `GET /templates/aliases/{alias}` → 200/404, `DELETE /templates/{id}` → 204/404
+//! - tags: `POST /templates/tags` `{target: "name:tag", tags}` → 201 `{buildID, tags}`, `DELETE /templates/tags`
+//!   `{name, tags}` → 204, `GET /templates/{id}/tags` → 200 `[{tag, buildID, createdAt}]`
+//!
+//! Tags: every successful build is registered on the node as its own runtime template `sbb-<buildID>`; the store
+//! maps `(template, tag)` → build, and the `default` tag is also the runtime template `<name>` (a copy of the
+//! build's metadata: same layers), so `Sandbox.create("name")` needs no lookup.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -55,6 +61,8 @@ pub fn routes() -> Router<ApiState> {
         .route("/v2/templates/{id}/builds/{build}", post(start_build))
         .route("/templates/{id}/builds/{build}/status", get(build_status))
         .route("/templates/{id}/builds/{build}/logs/stream", get(stream_logs))
+        .route("/templates/tags", post(assign_tags).delete(remove_tags))
+        .route("/templates/{id}/tags", get(list_tags))
 }
 
 /// The upload route: authenticated by its URL token, outside the JSON body limit.
@@ -90,7 +98,30 @@ fn valid_hash(h: &str) -> bool {
 }
 
 fn valid_name(n: &str) -> bool {
-    soulbox_runtime::template::check_name(n).is_ok() && !n.starts_with("sbbuild-")
+    soulbox_runtime::template::check_name(n).is_ok() && !is_internal_template(n)
+}
+
+/// Tags: the characters of template names, at most 64.
+fn valid_tag(t: &str) -> bool {
+    soulbox_runtime::template::check_name(t).is_ok()
+}
+
+/// The runtime template a successful build is registered as (tags point at it).
+pub fn build_template_name(build_id: &str) -> String {
+    format!("sbb-{build_id}")
+}
+
+/// Runtime templates that are not user templates: builds (`sbb-`) and build steps (`sbbuild-`).
+pub fn is_internal_template(name: &str) -> bool {
+    name.starts_with("sbb-") || name.starts_with("sbbuild-")
+}
+
+/// `name` or `name:tag` → (name, tag), the tag `default` when absent.
+pub fn split_tag(full: &str) -> (&str, &str) {
+    match full.split_once(':') {
+        Some((n, t)) => (n, t),
+        None => (full, "default"),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -111,15 +142,19 @@ async fn request_build(State(state): State<ApiState>, body: axum::body::Bytes) -
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
     let Some(full) = req.name.or(req.alias) else { return error(StatusCode::BAD_REQUEST, "name is required") };
-    let (name, tag) = match full.split_once(':') {
-        Some((n, t)) => (n.to_string(), t.to_string()),
-        None => (full.clone(), "default".to_string()),
-    };
+    let name = full.split_once(':').map_or(full.as_str(), |(n, _)| n).to_string();
     if !valid_name(&name) {
         return error(StatusCode::BAD_REQUEST, format!("invalid template name '{name}': use letters, digits, '-', '_' and '.'"));
     }
-    if tag != "default" || req.tags.iter().any(|t| t != "default") {
-        return error(StatusCode::BAD_REQUEST, "template tags other than 'default' are not supported yet");
+    // The tag in the name plus `tags`; `default` when neither names one.
+    let mut tags: Vec<String> = full.split_once(':').map(|(_, t)| t.to_string()).into_iter().chain(req.tags).collect();
+    if tags.is_empty() {
+        tags.push("default".into());
+    }
+    let mut seen = std::collections::HashSet::new();
+    tags.retain(|t| seen.insert(t.clone()));
+    if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
+        return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
     }
     let cpu = req.cpu_count.unwrap_or(DEFAULT_CPU);
     let mem = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
@@ -127,7 +162,7 @@ async fn request_build(State(state): State<ApiState>, body: axum::body::Bytes) -
         return error(StatusCode::BAD_REQUEST, "cpuCount must be 1..64 and memoryMB 128..65536");
     }
     let build_id = uuid_like();
-    if let Err(e) = state.lifecycle.store().create_template_build(&name, &build_id, cpu, mem).await {
+    if let Err(e) = state.lifecycle.store().create_template_build(&name, &build_id, cpu, mem, &tags).await {
         return internal(e);
     }
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(build_id.clone(), broadcast::channel(4096).0);
@@ -135,7 +170,7 @@ async fn request_build(State(state): State<ApiState>, body: axum::body::Bytes) -
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
             "templateID": name, "buildID": build_id, "public": false,
-            "names": [name], "tags": ["default"], "aliases": [name],
+            "names": [name], "tags": tags, "aliases": [name],
         })),
     )
         .into_response()
@@ -224,11 +259,19 @@ async fn upload(
 }
 
 async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
-    let recipe: Recipe = match serde_json::from_slice(&body) {
+    let mut recipe: Recipe = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
     let store = state.lifecycle.store().clone();
+    // `fromTemplate: "name:tag"` builds on that tag's build.
+    if let Some((base, tag)) = recipe.from_template.as_deref().and_then(|f| f.split_once(':')).filter(|(_, t)| *t != "default") {
+        match store.tag_build(base, tag).await {
+            Ok(Some(b)) => recipe.from_template = Some(build_template_name(&b)),
+            Ok(None) => return error(StatusCode::BAD_REQUEST, format!("base template '{base}:{tag}' not found")),
+            Err(e) => return internal(e),
+        }
+    }
     let record = match store.get_build(&build).await {
         Ok(Some(b)) if b.template_id == id => b,
         Ok(_) => return error(StatusCode::NOT_FOUND, format!("build '{build}' of template '{id}' not found")),
@@ -244,7 +287,7 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
         Err(e) => return internal(e),
     }
     let job = BuildJob {
-        template_name: id,
+        template_name: build_template_name(&build),
         build_id: build,
         recipe,
         cpu_count: record.cpu_count as u32,
@@ -252,7 +295,7 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
         files_dir,
         timeout: build_timeout(),
     };
-    tokio::spawn(run_build(state, job));
+    tokio::spawn(run_build(state, job, id, record.tags));
     StatusCode::ACCEPTED.into_response()
 }
 
@@ -264,10 +307,9 @@ struct Pending {
 }
 
 /// Runs a build: the node builds, its lines are stored (batched) and broadcast, then the status is final.
-async fn run_build(state: ApiState, job: BuildJob) {
+async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<String>) {
     let store = state.lifecycle.store().clone();
     let build_id = job.build_id.clone();
-    let template = job.template_name.clone();
     let sender = LIVE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -281,7 +323,13 @@ async fn run_build(state: ApiState, job: BuildJob) {
     });
     log(LogLevel::Info, format!("Building template '{template}' (build {build_id})"), Some("base".into()));
     let started = std::time::Instant::now();
-    let result = state.lifecycle.node().build_template(job, log.clone()).await;
+    let mut result = state.lifecycle.node().build_template(job, log.clone()).await;
+    if result.is_ok() {
+        result = point_tags(&state, &template, &build_id, &tags).await.map_err(|m| super::BuildFailure::new(m, Some("finalize")));
+        if result.is_ok() {
+            log(LogLevel::Info, format!("Tags {} of '{template}' point at this build", tags.join(", ")), Some("finalize".into()));
+        }
+    }
     match &result {
         Ok(()) => log(LogLevel::Info, format!("Build finished in {:.1} s", started.elapsed().as_secs_f64()), Some("finalize".into())),
         Err(f) => log(LogLevel::Error, format!("Build failed: {}", f.message), f.step.clone()),
@@ -298,6 +346,14 @@ async fn run_build(state: ApiState, job: BuildJob) {
     tracing::info!(template = %template, build = %build_id, status, "template build finished");
     let _ = sender.send(StreamItem::End);
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).remove(&build_id);
+}
+
+/// Points `tags` of `template` at a successful build; the `default` tag also becomes the runtime template `<name>`.
+async fn point_tags(state: &ApiState, template: &str, build_id: &str, tags: &[String]) -> Result<(), String> {
+    if tags.iter().any(|t| t == "default") {
+        state.lifecycle.node().copy_template(&build_template_name(build_id), template).await.map_err(|e| format!("registering '{template}': {e}"))?;
+    }
+    state.lifecycle.store().set_tags(template, build_id, tags).await.map_err(|e| format!("storing the tags: {e}"))
 }
 
 async fn write_logs(store: Store, build_id: String, mut rx: mpsc::UnboundedReceiver<Pending>, sender: broadcast::Sender<StreamItem>) {
@@ -441,7 +497,26 @@ async fn stream_logs(State(state): State<ApiState>, Path((id, build)): Path<(Str
 }
 
 async fn alias(State(state): State<ApiState>, Path(alias): Path<String>) -> Response {
-    let name = alias.strip_suffix(":default").unwrap_or(&alias);
+    let (name, tag) = split_tag(&alias);
+    let found = || Json(serde_json::json!({"templateID": name, "public": false})).into_response();
+    let store = state.lifecycle.store();
+    // A built template with that tag, or with any tag for a plain name (also one built only under other tags
+    // than `default`); a template whose builds all failed has none.
+    if alias.contains(':') && tag != "default" {
+        return match store.tag_build(name, tag).await {
+            Ok(Some(_)) => found(),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
+            Err(e) => internal(e),
+        };
+    }
+    match store.tags(name).await {
+        Ok(tags) if !tags.is_empty() => return found(),
+        Ok(_) => {}
+        Err(e) => return internal(e),
+    }
+    if is_internal_template(name) {
+        return error(StatusCode::NOT_FOUND, format!("template '{alias}' not found"));
+    }
     match state.lifecycle.node().templates().await {
         Ok(list) => match list.iter().find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name)) {
             Some(t) => Json(serde_json::json!({"templateID": t.template_id, "public": false})).into_response(),
@@ -463,9 +538,304 @@ async fn delete_template(State(state): State<ApiState>, Path(id): Path<String>) 
         Err(crate::node::NodeError::Invalid(_)) => false,
         Err(e) => return internal(e),
     };
+    // Every build of it is a runtime template too (what its tags point at).
+    let builds = match state.lifecycle.store().ready_build_ids(&id).await {
+        Ok(b) => b,
+        Err(e) => return internal(e),
+    };
+    for b in builds {
+        if let Err(e) = state.lifecycle.node().delete_template(&build_template_name(&b)).await {
+            tracing::warn!(template = %id, build = %b, error = %e, "could not delete a build's runtime template");
+        }
+    }
     let in_store = match state.lifecycle.store().delete_template_record(&id).await {
         Ok(b) => b,
         Err(e) => return internal(e),
     };
     if on_node || in_store { StatusCode::NO_CONTENT.into_response() } else { error(StatusCode::NOT_FOUND, format!("template '{id}' not found")) }
+}
+
+#[derive(Deserialize)]
+struct AssignTags {
+    target: String,
+    tags: Vec<String>,
+}
+
+/// `POST /templates/tags`: points `tags` at the build `target` (`name:tag`, `name` = `name:default`) names.
+async fn assign_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let req: AssignTags = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    if req.tags.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "tags must not be empty");
+    }
+    if let Some(bad) = req.tags.iter().find(|t| !valid_tag(t)) {
+        return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
+    }
+    let (name, tag) = split_tag(&req.target);
+    let build = match state.lifecycle.store().tag_build(name, tag).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{}' not found", req.target)),
+        Err(e) => return internal(e),
+    };
+    if let Err(m) = point_tags(&state, name, &build, &req.tags).await {
+        return internal(m);
+    }
+    (StatusCode::CREATED, Json(serde_json::json!({"buildID": build, "tags": req.tags}))).into_response()
+}
+
+#[derive(Deserialize)]
+struct RemoveTags {
+    name: String,
+    tags: Vec<String>,
+}
+
+/// `DELETE /templates/tags`: removes tags; removing `default` also removes the runtime template `<name>`.
+async fn remove_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let req: RemoveTags = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
+    };
+    let name = split_tag(&req.name).0;
+    match state.lifecycle.store().get_template_record(name).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{name}' not found")),
+        Err(e) => return internal(e),
+    }
+    if let Err(e) = state.lifecycle.store().remove_tags(name, &req.tags).await {
+        return internal(e);
+    }
+    if req.tags.iter().any(|t| t == "default")
+        && let Err(e) = state.lifecycle.node().delete_template(name).await
+    {
+        return internal(e);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// `GET /templates/{id}/tags` → `[{tag, buildID, createdAt}]`.
+async fn list_tags(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let store = state.lifecycle.store();
+    match store.get_template_record(&id).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{id}' not found")),
+        Err(e) => return internal(e),
+    }
+    match store.tags(&id).await {
+        Ok(tags) => Json(
+            tags.iter()
+                .map(|t| serde_json::json!({"tag": t.tag, "buildID": t.build_id, "createdAt": rfc3339(t.created_at_ms)}))
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => internal(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Tags over the API with a node that "builds" by registering templates in memory.
+
+    use std::collections::BTreeMap;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use async_trait::async_trait;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::lifecycle::{Lifecycle, LifecycleConfig};
+    use crate::node::*;
+
+    #[derive(Default)]
+    struct BuildingNode {
+        templates: Mutex<BTreeMap<String, TemplateInfo>>,
+        created_from: Mutex<Vec<String>>,
+    }
+
+    fn info(name: &str, cpu: u32) -> TemplateInfo {
+        TemplateInfo {
+            template_id: name.into(),
+            aliases: vec![name.into()],
+            cpu_count: cpu,
+            memory_mb: 512,
+            disk_size_mb: 0,
+            envd_version: "0.6.13".into(),
+        }
+    }
+
+    #[async_trait]
+    impl Node for BuildingNode {
+        async fn info(&self) -> NodeInfo {
+            crate::testing::FakeNode::default().info().await
+        }
+        async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
+            let mut all = vec![info("base", 2)];
+            all.extend(self.templates.lock().unwrap().values().cloned());
+            Ok(all)
+        }
+        async fn create(&self, spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+            let mut created = self.created_from.lock().unwrap();
+            created.push(spec.template_id);
+            Ok(CreatedSandbox { sandbox_id: format!("t{}", created.len()), address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
+        }
+        async fn pause(&self, _: &str, _: bool) -> Result<(), NodeError> {
+            Ok(())
+        }
+        async fn resume(&self, _: &str) -> Result<IpAddr, NodeError> {
+            Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
+        }
+        async fn kill(&self, _: &str) -> Result<(), NodeError> {
+            Ok(())
+        }
+        async fn stats(&self, _: &str) -> Result<SandboxStats, NodeError> {
+            Err(NodeError::Failed("no stats".into()))
+        }
+        async fn logs(&self, _: &str) -> Result<Vec<LogLine>, NodeError> {
+            Ok(vec![])
+        }
+        /// The build's cpu count marks which build a template came from.
+        async fn build_template(&self, job: BuildJob, log: LogSink) -> Result<(), super::super::BuildFailure> {
+            log(LogLevel::Info, format!("[1/1] building {}", job.template_name), Some("1".into()));
+            self.templates.lock().unwrap().insert(job.template_name.clone(), info(&job.template_name, job.cpu_count));
+            Ok(())
+        }
+        async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
+            Ok(self.templates.lock().unwrap().remove(name).is_some())
+        }
+        async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {
+            let mut t = self.templates.lock().unwrap();
+            let mut copy = t.get(from).cloned().ok_or_else(|| NodeError::TemplateNotFound(from.into()))?;
+            copy.template_id = to.into();
+            copy.aliases = vec![to.into()];
+            t.insert(to.into(), copy);
+            Ok(())
+        }
+        fn template_files_dir(&self) -> Option<std::path::PathBuf> {
+            Some(std::env::temp_dir())
+        }
+    }
+
+    struct Harness {
+        app: axum::Router,
+        key: String,
+        node: Arc<BuildingNode>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Harness {
+        async fn new() -> Harness {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+            let (_, key) = store.create_api_key("test").await.unwrap();
+            let node = Arc::new(BuildingNode::default());
+            let lifecycle = Lifecycle::start(store, node.clone(), LifecycleConfig::default()).await.unwrap();
+            let state = ApiState {
+                lifecycle,
+                metrics: Arc::new(crate::metrics::MetricsStore::default()),
+                domain: None,
+                started: std::time::Instant::now(),
+            };
+            Harness { app: crate::api::router(state), key: key.secret, node, _dir: dir }
+        }
+
+        async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json")
+                .header("x-api-key", &self.key)
+                .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
+                .unwrap();
+            let resp = self.app.clone().oneshot(req).await.unwrap();
+            let status = resp.status();
+            let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
+        }
+
+        /// Requests and runs a build; the live stream ends with the build, so reading it to the end waits for it.
+        async fn build(&self, name: &str, tags: &[&str], cpu: i32) -> (String, Value) {
+            let (status, req) = self.call("POST", "/v3/templates", Some(json!({"name": name, "tags": tags, "cpuCount": cpu}))).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{req}");
+            let (id, build) = (req["templateID"].as_str().unwrap().to_string(), req["buildID"].as_str().unwrap().to_string());
+            let (status, _) = self.call("POST", &format!("/v2/templates/{id}/builds/{build}"), Some(json!({"fromTemplate": "base"}))).await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            let (status, log) = self.call("GET", &format!("/templates/{id}/builds/{build}/logs/stream"), None).await;
+            assert_eq!(status, StatusCode::OK);
+            let last = log.as_str().unwrap().lines().last().unwrap().to_string();
+            assert_eq!(serde_json::from_str::<Value>(&last).unwrap()["status"], "ready", "{log}");
+            (build, req)
+        }
+
+        async fn create_from(&self, template: &str) -> (StatusCode, Option<String>) {
+            let (status, body) = self.call("POST", "/v2/sandboxes", Some(json!({"templateID": template}))).await;
+            (status, (status == StatusCode::CREATED).then(|| self.node.created_from.lock().unwrap().last().cloned().unwrap()).inspect(|_| {
+                assert!(body["sandboxID"].is_string());
+            }))
+        }
+    }
+
+    #[tokio::test]
+    async fn tags_point_names_at_builds() {
+        let h = Harness::new().await;
+        // `name:tag` plus `tags`: the build gets both, not `default`.
+        let (b1, req) = h.build("app:v1", &["stable"], 1).await;
+        assert_eq!(req["tags"], json!(["v1", "stable"]));
+        assert_eq!(h.create_from("app:v1").await, (StatusCode::CREATED, Some(build_template_name(&b1))));
+        assert_eq!(h.create_from("app:stable").await.1, Some(build_template_name(&b1)));
+        assert_eq!(h.create_from("app").await.0, StatusCode::NOT_FOUND, "no default tag yet");
+        assert_eq!(h.call("GET", "/templates/aliases/app:v1", None).await.0, StatusCode::OK);
+        assert_eq!(h.call("GET", "/templates/aliases/app:nope", None).await.0, StatusCode::NOT_FOUND);
+
+        // A plain name is the `default` tag: the runtime template `app` is that build.
+        let (b2, req) = h.build("app", &[], 3).await;
+        assert_eq!(req["tags"], json!(["default"]));
+        assert_eq!(h.create_from("app").await.1.as_deref(), Some("app"));
+        assert_eq!(h.node.templates.lock().unwrap()["app"].cpu_count, 3);
+
+        let (status, tags) = h.call("GET", "/templates/app/tags", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let pairs: Vec<(String, String)> = tags
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                assert!(t["createdAt"].as_str().is_some_and(|c| c.ends_with('Z')), "{t}");
+                (t["tag"].as_str().unwrap().into(), t["buildID"].as_str().unwrap().into())
+            })
+            .collect();
+        assert_eq!(pairs, [("default".into(), b2.clone()), ("stable".into(), b1.clone()), ("v1".into(), b1.clone())]);
+
+        // Assign: new tags on v1's build; `default` moves and re-registers `app` as that build.
+        let (status, body) = h.call("POST", "/templates/tags", Some(json!({"target": "app:v1", "tags": ["prod", "default"]}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body, json!({"buildID": b1, "tags": ["prod", "default"]}));
+        assert_eq!(h.create_from("app:prod").await.1, Some(build_template_name(&b1)));
+        assert_eq!(h.node.templates.lock().unwrap()["app"].cpu_count, 1, "`app` is now build 1");
+        let (status, _) = h.call("POST", "/templates/tags", Some(json!({"target": "app:nope", "tags": ["x"]}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = h.call("POST", "/templates/tags", Some(json!({"target": "app:v1", "tags": ["bad tag"]}))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        // Remove: the tag no longer resolves; removing `default` removes `app` as a startable name.
+        let (status, _) = h.call("DELETE", "/templates/tags", Some(json!({"name": "app", "tags": ["prod", "default"]}))).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert_eq!(h.create_from("app:prod").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.create_from("app").await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.create_from("app:v1").await.0, StatusCode::CREATED, "other tags stay");
+        let (status, _) = h.call("DELETE", "/templates/tags", Some(json!({"name": "nope", "tags": ["v1"]}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(h.call("GET", "/templates/nope/tags", None).await.0, StatusCode::NOT_FOUND);
+
+        // Build runtime templates are not listed; deleting the template removes every build of it.
+        let (_, list) = h.call("GET", "/templates", None).await;
+        assert!(list.as_array().unwrap().iter().all(|t| !t["templateID"].as_str().unwrap().starts_with("sbb-")), "{list}");
+        assert_eq!(h.call("DELETE", "/templates/app", None).await.0, StatusCode::NO_CONTENT);
+        assert!(h.node.templates.lock().unwrap().is_empty(), "{:?}", h.node.templates.lock().unwrap().keys());
+        assert_eq!(h.call("GET", "/templates/app/tags", None).await.0, StatusCode::NOT_FOUND);
+        assert_eq!(h.call("POST", "/v3/templates", Some(json!({"name": "sbb-x"}))).await.0, StatusCode::BAD_REQUEST);
+    }
 }

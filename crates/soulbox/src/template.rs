@@ -1,0 +1,773 @@
+//! Templates: build a sandbox image from a recipe, follow its build log live, list, delete and tag templates.
+//!
+//! A [`Template`] is E2B's recipe (`Template()` in the Python/JS SDKs): a base (another template or an image),
+//! then steps (RUN, COPY, ENV, WORKDIR, USER) and a start/ready command. [`Client::build_template`] speaks E2B's
+//! build protocol (`POST /v3/templates`, COPY context uploads through `GET /templates/{id}/files/{hash}`,
+//! `POST /v2/templates/{id}/builds/{build}`) and returns a [`BuildHandle`]; its [`BuildHandle::logs`] is a
+//! [`Stream`] of log entries delivered while the build runs (SoulBox's NDJSON stream
+//! `GET /templates/{id}/builds/{build}/logs/stream`; against a server without it, the SDK falls back to polling
+//! E2B's status endpoint).
+//!
+//! ```no_run
+//! # async fn demo() -> soulbox::Result<()> {
+//! use futures::StreamExt;
+//! use soulbox::{BuildOptions, Client, Template};
+//!
+//! let client = Client::from_env()?;
+//! let recipe = Template::from_template("base")
+//!     .context("./app")
+//!     .copy("src", "/app")
+//!     .run_cmd_as("apt-get install -y jq", "root")
+//!     .env("MODE", "prod")
+//!     .workdir("/app")
+//!     .start_cmd("python3 -m http.server 8000", "curl -sf localhost:8000");
+//! let build = client.build_template(&recipe, BuildOptions::new("my-app:v1")).await?;
+//! let mut logs = build.logs();
+//! while let Some(entry) = logs.next().await {
+//!     let entry = entry?; // the last item is Err(Error::Build { .. }) when the build failed
+//!     println!("[{}] {}", entry.step.as_deref().unwrap_or("-"), entry.message);
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::collections::VecDeque;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::client::{Client, api_error, seg};
+use crate::error::{Error, Result};
+
+/// The image E2B's `Template().from_base_image()` asks for (SoulBox maps it to its `base` template).
+pub const BASE_IMAGE: &str = "e2bdev/base";
+/// Log lines a [`Error::Build`] carries.
+const LAST_LOG_LINES: usize = 20;
+/// How often the polling fallback asks for the status (E2B's SDKs poll at this rate).
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// One step of a recipe, in E2B's JSON (`TemplateStep {type, args, force?, filesHash?}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateStep {
+    /// `RUN`, `COPY`, `ENV`, `WORKDIR` or `USER`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RUN `[cmd, user?]`, COPY `[src, dest, user, mode]`, ENV `[k1, v1, …]`, WORKDIR `[path]`, USER `[user]`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Re-run this step (and every later one) even when cached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+    /// COPY: sha256 of the copied files; the SDK computes it when building.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_hash: Option<String>,
+}
+
+/// A recipe: base + steps + start/ready command, and the local directory COPY sources are relative to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Template {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_template: Option<String>,
+    #[serde(default)]
+    pub steps: Vec<TemplateStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_cmd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_cmd: Option<String>,
+    /// Ignore the step cache for the whole build (E2B's `skip_cache()` before any step).
+    #[serde(default)]
+    pub force: bool,
+    /// Where COPY sources are read from (default: the current directory). Not sent.
+    #[serde(skip)]
+    pub context: Option<PathBuf>,
+    /// `skip_cache()` after some steps: the next step is forced.
+    #[serde(skip)]
+    force_next: bool,
+}
+
+impl Template {
+    fn empty() -> Template {
+        Template { from_image: None, from_template: None, steps: Vec::new(), start_cmd: None, ready_cmd: None, force: false, context: None, force_next: false }
+    }
+
+    /// Starts from another template (`name` or `name:tag`).
+    pub fn from_template(name: impl Into<String>) -> Template {
+        Template { from_template: Some(name.into()), ..Template::empty() }
+    }
+
+    /// Starts from an image reference (the server maps it to a local source or pulls it).
+    pub fn from_image(image: impl Into<String>) -> Template {
+        Template { from_image: Some(image.into()), ..Template::empty() }
+    }
+
+    /// Starts from E2B's base image ([`BASE_IMAGE`]).
+    pub fn from_base_image() -> Template {
+        Template::from_image(BASE_IMAGE)
+    }
+
+    /// A recipe from E2B's `TemplateBuildStartV2` JSON (e.g. the output of a Dockerfile front end); COPY steps
+    /// without `filesHash` get it computed from [`Template::context`] at build time.
+    pub fn from_json(value: serde_json::Value) -> Result<Template> {
+        serde_json::from_value(value).map_err(|e| Error::Invalid(format!("not a template recipe: {e}")))
+    }
+
+    /// The directory COPY sources are relative to.
+    pub fn context(mut self, dir: impl Into<PathBuf>) -> Template {
+        self.context = Some(dir.into());
+        self
+    }
+
+    fn step(mut self, kind: &str, args: Vec<String>) -> Template {
+        // The server re-runs a forced step and every later one.
+        let force = std::mem::take(&mut self.force_next).then_some(true);
+        self.steps.push(TemplateStep { kind: kind.into(), args, force, files_hash: None });
+        self
+    }
+
+    /// `RUN cmd` as the current user.
+    pub fn run_cmd(self, cmd: impl Into<String>) -> Template {
+        self.step("RUN", vec![cmd.into()])
+    }
+
+    /// `RUN cmd` as `user`.
+    pub fn run_cmd_as(self, cmd: impl Into<String>, user: impl Into<String>) -> Template {
+        self.step("RUN", vec![cmd.into(), user.into()])
+    }
+
+    /// Copies `src` (a file or directory under the context) to `dest` in the image.
+    pub fn copy(self, src: impl Into<String>, dest: impl Into<String>) -> Template {
+        self.copy_with(src, dest, None, None)
+    }
+
+    /// [`Template::copy`] with an owner and a mode (e.g. `0o755`) for the copied entries.
+    pub fn copy_with(self, src: impl Into<String>, dest: impl Into<String>, user: Option<&str>, mode: Option<u32>) -> Template {
+        let mode = mode.map(|m| format!("{m:04o}")).unwrap_or_default();
+        self.step("COPY", vec![src.into(), dest.into(), user.unwrap_or_default().to_string(), mode])
+    }
+
+    /// `ENV key=value`.
+    pub fn env(self, key: impl Into<String>, value: impl Into<String>) -> Template {
+        self.step("ENV", vec![key.into(), value.into()])
+    }
+
+    /// `WORKDIR dir` (created when missing); also the sandboxes' default working directory if it is the last.
+    pub fn workdir(self, dir: impl Into<String>) -> Template {
+        self.step("WORKDIR", vec![dir.into()])
+    }
+
+    /// `USER name`; also the sandboxes' default user if it is the last.
+    pub fn user(self, user: impl Into<String>) -> Template {
+        self.step("USER", vec![user.into()])
+    }
+
+    /// The command started when a sandbox of this template starts, and the check that says it is ready
+    /// (create returns once it exits 0).
+    pub fn start_cmd(mut self, cmd: impl Into<String>, ready_cmd: impl Into<String>) -> Template {
+        self.start_cmd = Some(cmd.into());
+        self.ready_cmd = Some(ready_cmd.into());
+        self
+    }
+
+    /// Only a ready check.
+    pub fn ready_cmd(mut self, cmd: impl Into<String>) -> Template {
+        self.ready_cmd = Some(cmd.into());
+        self
+    }
+
+    /// Re-runs every step after this point even when cached (before any step: the whole build).
+    pub fn skip_cache(mut self) -> Template {
+        if self.steps.is_empty() {
+            self.force = true;
+        } else {
+            self.force_next = true;
+        }
+        self
+    }
+}
+
+/// What to build as: `name` or `name:tag`, extra tags, resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildOptions {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub cpu_count: Option<u32>,
+    pub memory_mb: Option<u32>,
+}
+
+impl BuildOptions {
+    /// `name` or `name:tag` (no tag: the `default` tag, which is what `Sandbox.create("name")` starts).
+    pub fn new(name: impl Into<String>) -> BuildOptions {
+        BuildOptions { name: name.into(), tags: Vec::new(), cpu_count: None, memory_mb: None }
+    }
+    pub fn tag(mut self, tag: impl Into<String>) -> BuildOptions {
+        self.tags.push(tag.into());
+        self
+    }
+    pub fn cpu_count(mut self, cpus: u32) -> BuildOptions {
+        self.cpu_count = Some(cpus);
+        self
+    }
+    pub fn memory_mb(mut self, mb: u32) -> BuildOptions {
+        self.memory_mb = Some(mb);
+        self
+    }
+}
+
+/// Severity of a build log entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Debug,
+    Warn,
+    Error,
+    /// Also any level this SDK does not know.
+    #[serde(other)]
+    Info,
+}
+
+/// One build log line: `step` is `"base"` (the FROM phase), the 1-based step number, or `"finalize"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildLogEntry {
+    /// RFC 3339.
+    pub timestamp: String,
+    pub level: LogLevel,
+    pub message: String,
+    #[serde(default)]
+    pub step: Option<String>,
+}
+
+/// Where a build is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuildStatus {
+    Waiting,
+    Building,
+    Ready,
+    Error,
+}
+
+/// Why a build failed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BuildReason {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub step: Option<String>,
+}
+
+/// One answer of the status endpoint: the status and a page of the log from `logsOffset`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildStatusPage {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub status: BuildStatus,
+    #[serde(default)]
+    pub log_entries: Vec<BuildLogEntry>,
+    #[serde(default)]
+    pub reason: Option<BuildReason>,
+}
+
+/// A template as `GET /templates` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateSummary {
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub cpu_count: u32,
+    #[serde(rename = "memoryMB", default)]
+    pub memory_mb: u32,
+    #[serde(rename = "diskSizeMB", default)]
+    pub disk_size_mb: u32,
+    #[serde(default)]
+    pub envd_version: String,
+}
+
+/// A tag of a template: `name:tag` → build.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateTag {
+    pub tag: String,
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// The answer of [`Client::assign_template_tags`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AssignedTags {
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RequestedBuild {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "buildID")]
+    build_id: String,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct FilesLink {
+    present: bool,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// A started build: follow its log ([`BuildHandle::logs`]), wait for it, or poll its status.
+#[derive(Debug, Clone)]
+pub struct BuildHandle {
+    client: Client,
+    pub template_id: String,
+    pub build_id: String,
+    /// The tags the build gets when it succeeds.
+    pub tags: Vec<String>,
+}
+
+impl Client {
+    /// Builds `template` as `options.name`: requests the build, uploads every COPY context the server does not
+    /// have yet, starts the build and returns at once (the build runs on the server).
+    pub async fn build_template(&self, template: &Template, options: BuildOptions) -> Result<BuildHandle> {
+        let mut body = serde_json::json!({ "name": options.name, "tags": options.tags });
+        if let Some(c) = options.cpu_count {
+            body["cpuCount"] = c.into();
+        }
+        if let Some(m) = options.memory_mb {
+            body["memoryMB"] = m.into();
+        }
+        let requested: RequestedBuild = self.api_json(Method::POST, "/v3/templates", &[], Some(body)).await?;
+        let mut recipe = template.clone();
+        let context = template.context.clone().unwrap_or_else(|| PathBuf::from("."));
+        for step in recipe.steps.iter_mut().filter(|s| s.kind == "COPY") {
+            let src = step.args.first().cloned().unwrap_or_default();
+            let dest = step.args.get(1).cloned().unwrap_or_default();
+            let hash = match &step.files_hash {
+                Some(h) => h.clone(),
+                None => {
+                    let (ctx, s, d) = (context.clone(), src.clone(), dest.clone());
+                    let h = blocking(move || files_hash(&ctx, &s, &d)).await?;
+                    step.files_hash = Some(h.clone());
+                    h
+                }
+            };
+            self.upload_context(&requested.template_id, &hash, &context, &src).await?;
+        }
+        let path = format!("/v2/templates/{}/builds/{}", seg(&requested.template_id), seg(&requested.build_id));
+        let start = serde_json::to_value(&recipe).map_err(|e| Error::Other(format!("encoding the recipe: {e}")))?;
+        self.api_send(Method::POST, &path, &[], Some(start)).await?;
+        Ok(BuildHandle { client: self.clone(), template_id: requested.template_id, build_id: requested.build_id, tags: requested.tags })
+    }
+
+    /// E2B's upload: ask whether the files are there; if not, `PUT` a tar.gz of them to the URL given.
+    async fn upload_context(&self, template_id: &str, hash: &str, context: &Path, src: &str) -> Result<()> {
+        let link: FilesLink = self.api_json(Method::GET, &format!("/templates/{}/files/{hash}", seg(template_id)), &[], None).await?;
+        let (false, Some(url)) = (link.present, link.url) else { return Ok(()) };
+        let (ctx, s) = (context.to_path_buf(), src.to_string());
+        let archive = blocking(move || tar_gz(&ctx, &s)).await?;
+        let len = archive.metadata().map_err(|e| Error::Other(format!("reading the COPY archive: {e}")))?.len();
+        let file = tokio::fs::File::from_std(archive);
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        let mut rb = self.http().put(url).header(http::header::CONTENT_LENGTH, len).timeout(Duration::from_secs(3600)).body(body);
+        for (k, v) in link.headers.unwrap_or_default() {
+            rb = rb.header(k, v);
+        }
+        let resp = rb.send().await.map_err(Error::transport)?;
+        if !resp.status().is_success() {
+            return Err(api_error(resp).await);
+        }
+        Ok(())
+    }
+
+    /// Whether a template (`name` or `name:tag`) exists.
+    pub async fn template_exists(&self, name: &str) -> Result<bool> {
+        match self.api_send(Method::GET, &format!("/templates/aliases/{}", seg(name)), &[], None).await {
+            Ok(_) => Ok(true),
+            // E2B: 403 = exists but belongs to another team.
+            Err(Error::Auth(m)) if !m.contains("API key") => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The templates sandboxes can start from.
+    pub async fn list_templates(&self) -> Result<Vec<TemplateSummary>> {
+        self.api_json(Method::GET, "/templates", &[], None).await
+    }
+
+    /// Deletes a template with its builds and tags; `Ok(false)` when there was none.
+    pub async fn delete_template(&self, name: &str) -> Result<bool> {
+        match self.api_send(Method::DELETE, &format!("/templates/{}", seg(name)), &[], None).await {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Points `tags` at the build `target` (`name:tag`; `name` alone is `name:default`) names.
+    pub async fn assign_template_tags(&self, target: &str, tags: &[&str]) -> Result<AssignedTags> {
+        self.api_json(Method::POST, "/templates/tags", &[], Some(serde_json::json!({"target": target, "tags": tags}))).await
+    }
+
+    /// Removes tags of a template (removing `default` makes the plain name unstartable).
+    pub async fn remove_template_tags(&self, name: &str, tags: &[&str]) -> Result<()> {
+        self.api_send(Method::DELETE, "/templates/tags", &[], Some(serde_json::json!({"name": name, "tags": tags}))).await?;
+        Ok(())
+    }
+
+    /// A template's tags.
+    pub async fn template_tags(&self, name: &str) -> Result<Vec<TemplateTag>> {
+        self.api_json(Method::GET, &format!("/templates/{}/tags", seg(name)), &[], None).await
+    }
+}
+
+
+impl BuildHandle {
+    /// A handle for a build started elsewhere.
+    pub fn new(client: Client, template_id: impl Into<String>, build_id: impl Into<String>) -> BuildHandle {
+        BuildHandle { client, template_id: template_id.into(), build_id: build_id.into(), tags: Vec::new() }
+    }
+
+    /// One status poll: the status and up to 100 log entries from `logs_offset`.
+    pub async fn status(&self, logs_offset: usize) -> Result<BuildStatusPage> {
+        let path = format!("/templates/{}/builds/{}/status", seg(&self.template_id), seg(&self.build_id));
+        self.client.api_json(Method::GET, &path, &[("logsOffset", logs_offset.to_string())], None).await
+    }
+
+    /// The build's log from its first entry, each entry as soon as the server has it; the stream ends when the
+    /// build ended — after the last entry, or with `Err(Error::Build { .. })` when it failed. Reads the live
+    /// NDJSON stream; when the server has none (or it breaks), continues by polling the status endpoint.
+    pub fn logs(&self) -> impl Stream<Item = Result<BuildLogEntry>> + Send + 'static {
+        let state = Follow { handle: self.clone(), phase: Phase::Connect, seen: 0, buf: BytesMut::new(), last: VecDeque::new(), pending: VecDeque::new() };
+        futures::stream::unfold(state, |mut st| async move { st.next().await.map(|item| (item, st)) })
+    }
+
+    /// Waits for the end of the build (following the live log); `Err(Error::Build)` when it failed.
+    pub async fn wait(&self) -> Result<()> {
+        let mut logs = std::pin::pin!(self.logs());
+        while let Some(item) = logs.next().await {
+            item?;
+        }
+        Ok(())
+    }
+
+    /// Waits by polling the status endpoint only (E2B's way; for servers without the live stream).
+    pub async fn wait_polling(&self) -> Result<()> {
+        let mut state = Follow { handle: self.clone(), phase: Phase::Poll, seen: 0, buf: BytesMut::new(), last: VecDeque::new(), pending: VecDeque::new() };
+        while let Some(item) = state.next().await {
+            item?;
+        }
+        Ok(())
+    }
+
+    fn failure(&self, reason: Option<BuildReason>, last: &VecDeque<String>) -> Error {
+        let reason = reason.unwrap_or(BuildReason { message: None, step: None });
+        Error::Build {
+            template_id: self.template_id.clone(),
+            build_id: self.build_id.clone(),
+            step: reason.step,
+            message: reason.message.unwrap_or_else(|| "the build failed".into()),
+            last_logs: last.iter().cloned().collect(),
+        }
+    }
+}
+
+enum Phase {
+    Connect,
+    Streaming(Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>),
+    Poll,
+    Done,
+}
+
+/// The state of [`BuildHandle::logs`]: entries already delivered (`seen`) let the polling fallback resume
+/// where the stream stopped.
+struct Follow {
+    handle: BuildHandle,
+    phase: Phase,
+    seen: usize,
+    buf: BytesMut,
+    last: VecDeque<String>,
+    pending: VecDeque<Result<BuildLogEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StreamLine {
+    Entry(BuildLogEntry),
+    End { status: BuildStatus, #[serde(default)] reason: Option<BuildReason> },
+}
+
+impl Follow {
+    fn remember(&mut self, entry: &BuildLogEntry) {
+        self.seen += 1;
+        if self.last.len() == LAST_LOG_LINES {
+            self.last.pop_front();
+        }
+        self.last.push_back(entry.message.clone());
+    }
+
+    fn end(&mut self, status: BuildStatus, reason: Option<BuildReason>) -> Option<Result<BuildLogEntry>> {
+        self.phase = Phase::Done;
+        (status == BuildStatus::Error).then(|| Err(self.handle.failure(reason, &self.last)))
+    }
+
+    async fn next(&mut self) -> Option<Result<BuildLogEntry>> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some(item);
+            }
+            match &mut self.phase {
+                Phase::Done => return None,
+                Phase::Connect => {
+                    let h = &self.handle;
+                    let path = format!("/templates/{}/builds/{}/logs/stream", seg(&h.template_id), seg(&h.build_id));
+                    let url = format!("{}{path}", h.client.config().api_url.trim_end_matches('/'));
+                    let Some(key) = h.client.config().api_key.clone() else {
+                        self.phase = Phase::Done;
+                        return Some(Err(Error::Auth("no API key".into())));
+                    };
+                    // No request timeout: the stream lasts as long as the build.
+                    match h.client.http().get(url).header("X-API-Key", key).send().await {
+                        Ok(r) if r.status().is_success() => self.phase = Phase::Streaming(Box::pin(r.bytes_stream())),
+                        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
+                            self.phase = Phase::Done;
+                            return Some(Err(api_error(r).await));
+                        }
+                        // No live stream on this server (or a transient failure): poll.
+                        Ok(_) | Err(_) => self.phase = Phase::Poll,
+                    }
+                }
+                Phase::Streaming(body) => {
+                    if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                        let line = self.buf.split_to(nl + 1);
+                        let text = &line[..nl];
+                        if text.iter().all(u8::is_ascii_whitespace) {
+                            continue;
+                        }
+                        match serde_json::from_slice::<StreamLine>(text) {
+                            Ok(StreamLine::Entry(e)) => {
+                                self.remember(&e);
+                                return Some(Ok(e));
+                            }
+                            Ok(StreamLine::End { status, reason }) => match self.end(status, reason) {
+                                Some(err) => return Some(err),
+                                None => return None,
+                            },
+                            Err(e) => {
+                                self.phase = Phase::Done;
+                                return Some(Err(Error::Other(format!("bad build log line: {e}: {}", String::from_utf8_lossy(text)))));
+                            }
+                        }
+                    }
+                    match body.next().await {
+                        Some(Ok(chunk)) => self.buf.extend_from_slice(chunk.chunk()),
+                        // The stream broke or ended without the status line: continue from the status endpoint.
+                        Some(Err(_)) | None => {
+                            self.buf.clear();
+                            self.phase = Phase::Poll;
+                        }
+                    }
+                }
+                Phase::Poll => {
+                    let page = match self.handle.status(self.seen).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.phase = Phase::Done;
+                            return Some(Err(e));
+                        }
+                    };
+                    let empty = page.log_entries.is_empty();
+                    for e in page.log_entries {
+                        self.remember(&e);
+                        self.pending.push_back(Ok(e));
+                    }
+                    match page.status {
+                        // Finished: drain the remaining pages first (a page holds at most 100 entries).
+                        BuildStatus::Ready | BuildStatus::Error if empty => {
+                            if let Some(err) = self.end(page.status, page.reason) {
+                                self.pending.push_back(err);
+                            }
+                        }
+                        BuildStatus::Ready | BuildStatus::Error => {}
+                        BuildStatus::Waiting | BuildStatus::Building if empty => tokio::time::sleep(POLL_INTERVAL).await,
+                        BuildStatus::Waiting | BuildStatus::Building => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Error::Other(format!("a blocking task failed: {e}")))?
+}
+
+/// The files of `src` under `context`, sorted: the source itself and, for a directory, everything below it.
+fn collect(context: &Path, src: &str) -> Result<Vec<PathBuf>> {
+    let rel = Path::new(src.trim_start_matches("./"));
+    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(Error::Invalid(format!("COPY source '{src}' must be a path inside the context")));
+    }
+    if src.contains(['*', '?', '[']) {
+        return Err(Error::Invalid(format!("COPY source '{src}': glob patterns are not supported by this SDK yet")));
+    }
+    let root = context.join(rel);
+    let meta = std::fs::symlink_metadata(&root).map_err(|e| Error::Invalid(format!("COPY source {}: {e}", root.display())))?;
+    let mut out = Vec::new();
+    if rel.as_os_str().is_empty() || rel == Path::new(".") {
+        // The whole context: its entries, not the directory itself.
+    } else {
+        out.push(root.clone());
+    }
+    if meta.is_dir() {
+        let mut stack = vec![root];
+        while let Some(dir) = stack.pop() {
+            let rd = std::fs::read_dir(&dir).map_err(|e| Error::Other(format!("reading {}: {e}", dir.display())))?;
+            for entry in rd {
+                let entry = entry.map_err(|e| Error::Other(format!("reading {}: {e}", dir.display())))?;
+                let path = entry.path();
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    stack.push(path.clone());
+                }
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn rel_name(context: &Path, path: &Path) -> String {
+    path.strip_prefix(context).unwrap_or(path).to_string_lossy().into_owned()
+}
+
+/// E2B's `filesHash`: sha256 of `"COPY {src} {dest}"`, then per entry its relative path, `st_mode`, size (not
+/// for directories) and content (a symlink: its target).
+pub fn files_hash(context: &Path, src: &str, dest: &str) -> Result<String> {
+    let mut h = Sha256::new();
+    h.update(format!("COPY {src} {dest}").as_bytes());
+    let io = |p: &Path, e: std::io::Error| Error::Other(format!("hashing {}: {e}", p.display()));
+    for path in collect(context, src)? {
+        h.update(rel_name(context, &path).as_bytes());
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
+        h.update(meta.mode().to_string().as_bytes());
+        if !meta.is_dir() {
+            h.update(meta.len().to_string().as_bytes());
+        }
+        if meta.file_type().is_symlink() {
+            h.update(std::fs::read_link(&path).map_err(|e| io(&path, e))?.to_string_lossy().as_bytes());
+        } else if meta.is_file() {
+            let mut f = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
+            let mut chunk = vec![0u8; 64 << 10];
+            loop {
+                let n = f.read(&mut chunk).map_err(|e| io(&path, e))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&chunk[..n]);
+            }
+        }
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A gzip'd tar of `src` (members relative to the context), spooled to an anonymous temporary file.
+fn tar_gz(context: &Path, src: &str) -> Result<std::fs::File> {
+    let err = |e: std::io::Error| Error::Other(format!("packing the COPY context: {e}"));
+    let file = tempfile::tempfile().map_err(err)?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    for path in collect(context, src)? {
+        let name = rel_name(context, &path);
+        let meta = std::fs::symlink_metadata(&path).map_err(err)?;
+        if meta.is_dir() {
+            tar.append_dir(&name, &path).map_err(err)?;
+        } else {
+            tar.append_path_with_name(&path, &name).map_err(err)?;
+        }
+    }
+    let mut file = tar.into_inner().map_err(err)?.finish().map_err(err)?;
+    use std::io::Seek;
+    file.rewind().map_err(err)?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builder_produces_e2b_steps() {
+        let t = Template::from_template("base")
+            .run_cmd("echo a")
+            .run_cmd_as("apt-get update", "root")
+            .copy_with("app", "/app", Some("user"), Some(0o755))
+            .env("A", "1")
+            .workdir("/app")
+            .user("user")
+            .start_cmd("serve", "check");
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(v["fromTemplate"], "base");
+        assert_eq!(v["steps"][1], serde_json::json!({"type": "RUN", "args": ["apt-get update", "root"]}));
+        assert_eq!(v["steps"][2]["args"], serde_json::json!(["app", "/app", "user", "0755"]));
+        assert_eq!(v["steps"][3]["args"], serde_json::json!(["A", "1"]));
+        assert_eq!((v["startCmd"].as_str(), v["readyCmd"].as_str()), (Some("serve"), Some("check")));
+        assert!(v.get("context").is_none());
+        assert!(Template::from_template("base").skip_cache().force);
+        let t = Template::from_template("base").run_cmd("a").skip_cache().run_cmd("b").run_cmd("c");
+        assert_eq!(t.steps.iter().map(|s| s.force).collect::<Vec<_>>(), [None, Some(true), None]);
+    }
+
+    #[test]
+    fn files_hash_follows_content_and_names() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("d/a"), "one").unwrap();
+        let h1 = files_hash(dir.path(), "d", "/x").unwrap();
+        assert_eq!(h1, files_hash(dir.path(), "d", "/x").unwrap());
+        assert_ne!(h1, files_hash(dir.path(), "d", "/y").unwrap(), "dest matters");
+        std::fs::write(dir.path().join("d/a"), "two").unwrap();
+        assert_ne!(h1, files_hash(dir.path(), "d", "/x").unwrap(), "content matters");
+        assert!(matches!(files_hash(dir.path(), "../etc", "/x"), Err(Error::Invalid(_))));
+        assert!(matches!(files_hash(dir.path(), "missing", "/x"), Err(Error::Invalid(_))));
+        let archive = tar_gz(dir.path(), "d").unwrap();
+        let mut names: Vec<String> = tar::Archive::new(flate2::read::GzDecoder::new(archive))
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["d", "d/a"]);
+    }
+
+    #[test]
+    fn stream_lines_parse() {
+        let e: StreamLine = serde_json::from_str(r#"{"timestamp":"2026-01-01T00:00:00Z","level":"warn","message":"m","step":"2"}"#).unwrap();
+        assert!(matches!(e, StreamLine::Entry(BuildLogEntry { level: LogLevel::Warn, .. })));
+        let end: StreamLine = serde_json::from_str(r#"{"status":"error","reason":{"message":"boom","step":"3"}}"#).unwrap();
+        assert!(matches!(end, StreamLine::End { status: BuildStatus::Error, reason: Some(BuildReason { step: Some(_), .. }) }));
+    }
+}
