@@ -9,6 +9,7 @@
 pub mod api;
 pub mod connect;
 pub mod signature;
+pub mod template;
 pub mod timestamp;
 pub mod version;
 

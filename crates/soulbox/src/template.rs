@@ -22,7 +22,7 @@
 //!     .workdir("/app")
 //!     .start_cmd("python3 -m http.server 8000", "curl -sf localhost:8000");
 //! let build = client.build_template(&recipe, BuildOptions::new("my-app:v1")).await?;
-//! let mut logs = build.logs();
+//! let mut logs = std::pin::pin!(build.logs());
 //! while let Some(entry) = logs.next().await {
 //!     let entry = entry?; // the last item is Err(Error::Build { .. }) when the build failed
 //!     println!("[{}] {}", entry.step.as_deref().unwrap_or("-"), entry.message);
@@ -53,23 +53,8 @@ const LAST_LOG_LINES: usize = 20;
 /// How often the polling fallback asks for the status (E2B's SDKs poll at this rate).
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// One step of a recipe, in E2B's JSON (`TemplateStep {type, args, force?, filesHash?}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateStep {
-    /// `RUN`, `COPY`, `ENV`, `WORKDIR` or `USER`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// RUN `[cmd, user?]`, COPY `[src, dest, user, mode]`, ENV `[k1, v1, …]`, WORKDIR `[path]`, USER `[user]`.
-    #[serde(default)]
-    pub args: Vec<String>,
-    /// Re-run this step (and every later one) even when cached.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub force: Option<bool>,
-    /// COPY: sha256 of the copied files; the SDK computes it when building.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_hash: Option<String>,
-}
+/// One recipe step (E2B's `TemplateStep`), shared with the server through `soulbox-protocol`.
+pub use soulbox_protocol::template::TemplateStep;
 
 /// A recipe: base + steps + start/ready command, and the local directory COPY sources are relative to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +105,20 @@ impl Template {
     /// without `filesHash` get it computed from [`Template::context`] at build time.
     pub fn from_json(value: serde_json::Value) -> Result<Template> {
         serde_json::from_value(value).map_err(|e| Error::Invalid(format!("not a template recipe: {e}")))
+    }
+
+    /// A recipe from a Dockerfile (one stage: FROM, RUN, COPY/ADD of local files, ENV, ARG, WORKDIR, USER,
+    /// CMD/ENTRYPOINT as the start command), parsed by the same front end the server and CLI use. `build_args`
+    /// fill `ARG`s. COPY sources are read from [`Template::context`] (default: the current directory).
+    ///
+    /// ```
+    /// let t = soulbox::Template::from_dockerfile("FROM base\nRUN echo hi > /hi\n", &Default::default()).unwrap();
+    /// assert_eq!(t.steps.len(), 1);
+    /// ```
+    pub fn from_dockerfile(text: &str, build_args: &std::collections::BTreeMap<String, String>) -> Result<Template> {
+        let recipe = soulbox_protocol::template::dockerfile::parse(text, build_args).map_err(|e| Error::Invalid(e.to_string()))?;
+        let json = serde_json::to_value(&recipe).map_err(|e| Error::Invalid(format!("encoding the recipe: {e}")))?;
+        Template::from_json(json)
     }
 
     /// The directory COPY sources are relative to.

@@ -67,9 +67,9 @@ pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
         TemplateCommand::Build { file, context, name, tags, cpu, memory_mb, build_args, no_cache, conn } => {
             let text = std::fs::read_to_string(&file).map_err(|e| Error::Invalid(format!("reading {}: {e}", file.display())))?;
             let args: BTreeMap<String, String> = build_args.into_iter().collect();
-            let recipe = soulbox_server::templates::dockerfile::parse(&text, &args).map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?;
-            let json = serde_json::to_value(&recipe).map_err(|e| Error::Other(format!("encoding the recipe: {e}")))?;
-            let mut template = Template::from_json(json)?.context(context);
+            let mut template = Template::from_dockerfile(&text, &args)
+                .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?
+                .context(context);
             template.force = template.force || no_cache;
             let mut options = BuildOptions::new(&name);
             options.tags = tags;

@@ -10,7 +10,6 @@
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
 pub mod api;
-pub mod dockerfile;
 pub mod engine;
 pub mod envd;
 pub mod image;
@@ -25,43 +24,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// E2B's `TemplateStep {type, args, force?, filesHash?}` (`forceUpload` is a client-side flag, ignored).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateStep {
-    #[serde(rename = "type")]
-    pub kind: String,
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub force: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_hash: Option<String>,
-}
-
-impl TemplateStep {
-    pub fn new(kind: &str, args: Vec<String>) -> TemplateStep {
-        TemplateStep { kind: kind.to_string(), args, force: None, files_hash: None }
-    }
-}
-
-/// What a build starts from and does: the body of `POST /v2/templates/{id}/builds/{buildID}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Recipe {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_template: Option<String>,
-    #[serde(default)]
-    pub steps: Vec<TemplateStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_cmd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_cmd: Option<String>,
-    #[serde(default)]
-    pub force: bool,
-}
+/// The recipe types and the Dockerfile front end live in `soulbox-protocol`: the SDK builds the same recipes.
+pub use soulbox_protocol::template::{Recipe, TemplateStep, dockerfile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
