@@ -8,6 +8,7 @@ scripts/build-envd.sh   # the static agent the runtime and server tests run in s
 # The store and replica tests run on SQLite and on a throwaway PostgreSQL (install-deps.sh installs it); here
 # a missing PostgreSQL is a failure, not a skip. SOULBOX_REQUIRE_POSTGRES=0 to allow skipping.
 SOULBOX_REQUIRE_POSTGRES="${SOULBOX_REQUIRE_POSTGRES:-1}" cargo nextest run --workspace --no-fail-fast
+cargo test --doc --workspace   # the examples in the API docs (nextest does not run doctests)
 [ "$(id -u)" != 0 ] || SOULBOX_SDK_TEST_SKIP_BUILD=1 crates/soulbox/tests/run.sh   # SDK + CLI against a real server
 if [ -x tests/compat/run.sh ]; then
   tests/compat/run.sh
