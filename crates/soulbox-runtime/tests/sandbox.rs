@@ -140,7 +140,8 @@ async fn pause_freezes_and_resume_continues() {
     let rt = h.rt();
     let a = rt.create(SandboxSpec::new("test")).await.unwrap();
     sh(rt, &a.id, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/c; usleep 20000; done) >/dev/null 2>&1 </dev/null &").await;
-    let counter = rt.sandbox_dir(&a.id).join("upper/tmp/c");
+    // the writable layer: `upper/`, or `disk/upper/` inside the sandbox's own disk image
+    let counter = soulbox_runtime::rootfs::paths(&rt.sandbox_dir(&a.id)).upper.join("tmp/c");
     let read = || std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(read() > 0);
