@@ -137,13 +137,11 @@ impl Inner {
         Ok(lease)
     }
 
-    /// Take a prepared network slot from the pool, or make one now.
-    /// Returns (id, lease, whether the firewall already holds the default open policy).
+    /// Take a prepared slot (network, default firewall chain, disk image) from the pool, or make
+    /// one now. Returns (id, lease, whether the firewall already holds the default open policy).
+    /// The caller refills the pool once its create is done.
     async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease, bool)> {
         let slot = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        if self.cfg.pool_size > 0 {
-            self.spawn_refill();
-        }
         if let Some((id, l)) = slot {
             return Ok((id, l, true));
         }
@@ -367,7 +365,11 @@ impl Runtime {
             }
         }
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
-        let (id, lease, open_fw) = inner.claim_slot().await?;
+        let claimed = inner.claim_slot().await;
+        // Refill after this create, not during it: on a busy node the refill's work (netns, mkfs
+        // and mount of a disk image) would otherwise compete with the create it was triggered by.
+        let _refill = RefillOnDrop(inner);
+        let (id, lease, open_fw) = claimed?;
         let dir = inner.dir(&id);
         let disk_mb = inner.disk_limit_mb(&spec, &meta);
         let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec) };
@@ -593,6 +595,18 @@ impl Runtime {
 
     pub fn pool_len(&self) -> usize {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Starts a pool refill when dropped (every exit of `create`).
+struct RefillOnDrop<'a>(&'a Arc<Inner>);
+
+impl Drop for RefillOnDrop<'_> {
+    fn drop(&mut self) {
+        // (a create future dropped outside the tokio runtime cannot spawn; the next create refills)
+        if self.0.cfg.pool_size > 0 && tokio::runtime::Handle::try_current().is_ok() {
+            self.0.spawn_refill();
+        }
     }
 }
 

@@ -625,6 +625,12 @@ async fn disk_image_mounts_left_by_a_crash_are_collected() {
     // the re-adopted sandbox still works on its image; the stopped one starts with its files
     let (_, out, _) = run_user(rt, &a, "cat /home/user/file").await;
     assert_eq!(out, "a\n");
+    // as after a host crash while it was mounted: superblock state "not clean" → e2fsck on start
+    {
+        use std::os::unix::fs::FileExt;
+        let img = std::fs::OpenOptions::new().write(true).open(soulbox_runtime::disk_image::image_path(&rt.sandbox_dir(&b.id))).unwrap();
+        img.write_all_at(&[0, 0], 1024 + 0x3A).unwrap();
+    }
     let b2 = rt.start(&b.id).await.unwrap();
     let (_, out, _) = run_user(rt, &b2, "cat /home/user/file").await;
     assert_eq!(out, "b\n");
