@@ -494,10 +494,8 @@ impl Runtime {
             Ok::<_, Error>((tmp, res))
         }
         .await;
-        if mount_stopped {
-            if let Err(e) = self.inner.disk.unmount(&dir) {
-                tracing::warn!(sandbox = id, error = %e, "unmounting the disk image after the snapshot copy");
-            }
+        if mount_stopped && let Err(e) = self.inner.disk.unmount(&dir) {
+            tracing::warn!(sandbox = id, error = %e, "unmounting the disk image after the snapshot copy");
         }
         if was_running {
             self.inner.freeze(id, false).await?;

@@ -626,11 +626,12 @@ async fn disk_image_mounts_left_by_a_crash_are_collected() {
     let (_, out, _) = run_user(rt, &a, "cat /home/user/file").await;
     assert_eq!(out, "a\n");
     // as after a host crash while it was mounted: superblock state "not clean" → e2fsck on start
-    {
-        use std::os::unix::fs::FileExt;
-        let img = std::fs::OpenOptions::new().write(true).open(soulbox_runtime::disk_image::image_path(&rt.sandbox_dir(&b.id))).unwrap();
-        img.write_all_at(&[0, 0], 1024 + 0x3A).unwrap();
-    }
+    // (debugfs rewrites the superblock checksum too)
+    let img = soulbox_runtime::disk_image::image_path(&rt.sandbox_dir(&b.id));
+    let st = std::process::Command::new("debugfs").args(["-w", "-R", "ssv state 0"]).arg(&img).output().unwrap();
+    assert!(st.status.success(), "{st:?}");
+    let out = std::process::Command::new("dumpe2fs").arg("-h").arg(&img).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not clean"), "state was not changed");
     let b2 = rt.start(&b.id).await.unwrap();
     let (_, out, _) = run_user(rt, &b2, "cat /home/user/file").await;
     assert_eq!(out, "b\n");
