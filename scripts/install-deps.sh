@@ -9,6 +9,7 @@ packages=(
   attr sudo           # xattr tools for tests; sudo for the `user` account in sandboxes and the compat suite
   busybox-static      # the tiny test template
   xfsprogs            # mkfs.xfs for the sandboxes disk image (disk limits via project quotas)
+  e2fsprogs           # mkfs.ext4/e2fsck for per-sandbox disk images (disk limits without kernel quotas)
   python3-venv        # compat suite virtualenvs (harmless where python3 already has venv)
 )
 if [ "$(id -u)" -ne 0 ]; then

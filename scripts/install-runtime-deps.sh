@@ -8,6 +8,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v nft >/dev/null || need+=(nftables)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v mkfs.xfs >/dev/null || need+=(xfsprogs)   # sandboxes disk image (project quotas)
+command -v mkfs.ext4 >/dev/null && command -v e2fsck >/dev/null || need+=(e2fsprogs)   # per-sandbox disk images
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
