@@ -9,6 +9,7 @@ packages=(
   attr sudo           # xattr tools for tests; sudo for the `user` account in sandboxes and the compat suite
   busybox-static      # the tiny test template
   xfsprogs            # mkfs.xfs for the sandboxes disk image (disk limits via project quotas)
+  e2fsprogs           # mkfs.ext4/e2fsck for per-sandbox disk images (disk limits without kernel quotas)
   python3-venv        # compat suite virtualenvs (harmless where python3 already has venv)
   postgresql          # store + replica tests start throwaway PostgreSQL clusters (initdb/postgres binaries)
   docker-registry     # a real OCI registry the template tests start on a loopback port (FROM <image> pulls)

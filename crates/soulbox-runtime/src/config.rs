@@ -49,11 +49,15 @@ pub struct RuntimeConfig {
     /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
     /// its own score (100) before exec.
     pub envd_oom_score_adj: Option<i32>,
-    /// Disk size limit of the writable layer via project quotas (see `quota.rs`):
-    /// `auto` (default: use them when possible, otherwise warn once and run without limits),
-    /// `required` (fail `Runtime::open` without them), `off`.
+    /// Disk size limit of the writable layer (see `disk.rs`): `auto` (default: use the mechanism
+    /// `disk_backend` picks when possible, otherwise warn once and run without limits),
+    /// `required` (fail `Runtime::open` without one), `off`.
     #[serde(default)]
     pub disk_quota: crate::quota::DiskQuotaMode,
+    /// How the limit is enforced: `auto` (default: project quotas when the filesystem enforces
+    /// them, else one ext4 image per sandbox), `project-quota`, `image`.
+    #[serde(default)]
+    pub disk_backend: crate::disk::DiskBackend,
     /// Size of the sparse XFS image made when the data dir's filesystem has no project quotas, in
     /// GiB. None: half of the free space at creation time, between 1 and 64 GiB.
     #[serde(default)]
@@ -94,6 +98,7 @@ impl RuntimeConfig {
             run_detached: true,
             cgroup_freezer: true,
             disk_quota: Default::default(),
+            disk_backend: Default::default(),
             disk_image_gb: None,
             default_disk_mb: DEFAULT_DISK_MB,
         }

@@ -2,10 +2,13 @@
 //! PID 1, and takes it apart again without leaving anything behind. See README.md.
 pub mod cgroup;
 pub mod config;
+pub mod disk;
+pub mod disk_image;
 pub mod driver;
 pub mod error;
 pub mod firewall;
 pub mod lifecycle;
+pub mod loopdev;
 pub mod network;
 pub mod oci_spec;
 pub mod quota;

@@ -6,6 +6,7 @@ use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
 use crate::oci_spec::{self, BundleParams};
+use crate::disk::{DiskLimits, Mechanism};
 use crate::quota::DiskQuota;
 use crate::record::Record;
 use crate::rootfs;
@@ -32,7 +33,7 @@ pub(crate) struct Inner {
     pub driver: Driver,
     pub ips: IpPool,
     pub fw: Firewall,
-    pub quota: DiskQuota,
+    pub disk: DiskLimits,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     pub pool: std::sync::Mutex<VecDeque<(String, NetLease)>>,
     pub refilling: std::sync::atomic::AtomicBool,
@@ -75,8 +76,12 @@ impl Inner {
         let parent = self.cfg.cgroup_parent();
         let id2 = id.to_string();
         let _ = tokio::task::spawn_blocking(move || cgroup::remove(&parent, &id2)).await;
-        // 3. rootfs mount
+        // 3. rootfs mount, then the disk image below it (if the sandbox has one; stop keeps the file)
         note(&mut first_err, id, rootfs::unmount(&dir), "unmount");
+        if keep_dir {
+            let _ = std::fs::remove_dir_all(rootfs::paths(&dir).work);
+        }
+        note(&mut first_err, id, self.disk.unmount(&dir), "unmount disk image");
         // 4. firewall, network, address
         let lease = NetLease::load(&dir);
         let veth = lease.as_ref().map(|l| l.veth.clone()).unwrap_or_else(|| self.cfg.veth_name(id));
@@ -97,16 +102,20 @@ impl Inner {
             if !rootfs::mounts_under(&dir).is_empty() {
                 return Err(Error::Invalid(format!("{} still has mounts", dir.display())));
             }
-            if let Err(e) = self.quota.release(&dir) {
+            if let Err(e) = self.disk.forget(&dir) {
                 // Not fatal: the files go with the directory; reconcile clears leaked limits.
                 tracing::warn!(sandbox = id, error = %e, "clearing the disk quota failed");
             }
             util::remove_dir_all_idem(&dir)?;
         } else {
-            let _ = std::fs::remove_dir_all(dir.join("work"));
             let _ = std::fs::remove_file(dir.join("config.json"));
         }
         Ok(())
+    }
+
+    /// Disk limit of a sandbox (MiB, 0 = none): spec, else template, else the node default.
+    fn disk_limit_mb(&self, spec: &SandboxSpec, meta: &TemplateMeta) -> u64 {
+        spec.disk_mb.or(meta.disk_mb).unwrap_or(self.cfg.default_disk_mb)
     }
 
     /// Pause (freeze) or resume, via the cgroup freezer directly or the runtime's CLI.
@@ -128,13 +137,11 @@ impl Inner {
         Ok(lease)
     }
 
-    /// Take a prepared network slot from the pool, or make one now.
-    /// Returns (id, lease, whether the firewall already holds the default open policy).
+    /// Take a prepared slot (network, default firewall chain, disk image) from the pool, or make
+    /// one now. Returns (id, lease, whether the firewall already holds the default open policy).
+    /// The caller refills the pool once its create is done.
     async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease, bool)> {
         let slot = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        if self.cfg.pool_size > 0 {
-            self.spawn_refill();
-        }
         if let Some((id, l)) = slot {
             return Ok((id, l, true));
         }
@@ -183,6 +190,7 @@ impl Inner {
             let res = async {
                 let l = self.acquire_network(&id).await?;
                 self.fw.add_sandbox(&id, &l.veth, &NetworkPolicy::open()).await?;
+                self.disk.prepare_pooled(&self.dir(&id)).await?;
                 Ok::<_, Error>(l)
             }
             .await;
@@ -215,15 +223,12 @@ impl Inner {
         let resolv: String = self.cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         std::fs::write(etc.join("resolv.conf"), resolv).ctx(etc.join("resolv.conf"))?;
 
-        // Writable layer: project id + limit before anything is written into it.
-        let rp = rootfs::paths(&dir);
-        for d in [&rp.upper, &rp.work] {
-            std::fs::create_dir_all(d).ctx(d)?;
-        }
-        let disk_mb = spec.disk_mb.or(meta.disk_mb).unwrap_or(self.cfg.default_disk_mb);
+        // Writable layer: its disk limit (project quota, or its own image mounted) before
+        // anything is written into it.
+        let disk_mb = self.disk_limit_mb(spec, meta);
         let tq = std::time::Instant::now();
-        self.quota.apply(id, &dir, disk_mb)?;
-        tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk quota applied");
+        self.disk.apply(id, &dir, disk_mb).await?;
+        tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk limit applied");
         rootfs::mount(&dir, &self.store.layer_dirs(meta))?;
 
         let mut env_vars: serde_json::Map<String, serde_json::Value> = meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
@@ -317,12 +322,12 @@ impl Runtime {
         }
         network::enable_forwarding()?;
         let store = Store::new(cfg.store_dir())?;
-        let quota = DiskQuota::open(&cfg.data_dir, &cfg.sandboxes_dir(), cfg.disk_quota, cfg.disk_image_gb).await?;
+        let disk = DiskLimits::open(&cfg).await?;
         let inner = Arc::new(Inner {
             driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
             ips: IpPool::new(&cfg),
             fw: Firewall::new(&cfg),
-            quota,
+            disk,
             store,
             sandboxes: Default::default(),
             pool: Default::default(),
@@ -360,11 +365,17 @@ impl Runtime {
             }
         }
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
-        let (id, lease, open_fw) = inner.claim_slot().await?;
+        let claimed = inner.claim_slot().await;
+        // Refill after this create, not during it: on a busy node the refill's work (netns, mkfs
+        // and mount of a disk image) would otherwise compete with the create it was triggered by.
+        let _refill = RefillOnDrop(inner);
+        let (id, lease, open_fw) = claimed?;
         let dir = inner.dir(&id);
+        let disk_mb = inner.disk_limit_mb(&spec, &meta);
         let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec) };
         let res: Result<()> = async {
             rec.save(&dir)?;
+            inner.disk.fit_pooled(&dir, disk_mb)?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
             if !(open_fw && policy == NetworkPolicy::open()) {
                 inner.fw.add_sandbox(&id, &lease.veth, &policy).await?;
@@ -470,12 +481,26 @@ impl Runtime {
         if was_running {
             self.inner.freeze(id, true).await?;
         }
-        let tmp = self.inner.store.temp_layer()?;
-        let upper = rootfs::paths(&self.inner.dir(id)).upper;
-        let copy = util::run("cp", &["-a", "--reflink=auto", &format!("{}/.", upper.display()), &tmp.to_string_lossy()]).await;
+        let dir = self.inner.dir(id);
+        // A stopped sandbox's image is not mounted: mount it for the copy only.
+        let mount_stopped = rec.status == Status::Stopped && crate::disk_image::has_image(&dir);
+        let copy = async {
+            let tmp = self.inner.store.temp_layer()?;
+            if mount_stopped {
+                self.inner.disk.apply(id, &dir, 0).await?;
+            }
+            let upper = rootfs::paths(&dir).upper;
+            let res = util::run("cp", &["-a", "--reflink=auto", &format!("{}/.", upper.display()), &tmp.to_string_lossy()]).await;
+            Ok::<_, Error>((tmp, res))
+        }
+        .await;
+        if mount_stopped && let Err(e) = self.inner.disk.unmount(&dir) {
+            tracing::warn!(sandbox = id, error = %e, "unmounting the disk image after the snapshot copy");
+        }
         if was_running {
             self.inner.freeze(id, false).await?;
         }
+        let (tmp, copy) = copy?;
         if let Err(e) = copy {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
@@ -517,8 +542,8 @@ impl Runtime {
         if let Some(l) = NetLease::load(&self.inner.dir(id)) {
             (s.net_rx_bytes, s.net_tx_bytes) = network::veth_counters(&l.veth);
         }
-        if let Some(u) = crate::quota::DiskRecord::load(&self.inner.dir(id)).and_then(|r| self.inner.quota.usage(r.project_id)) {
-            (s.disk_used_bytes, s.disk_limit_bytes) = (u.used_bytes, u.limit_bytes);
+        if let Some((used, limit)) = self.inner.disk.usage(&self.inner.dir(id)) {
+            (s.disk_used_bytes, s.disk_limit_bytes) = (used, limit);
         }
         Ok(s)
     }
@@ -541,7 +566,7 @@ impl Runtime {
         }
         cgroup::remove_parent(&self.inner.cfg.cgroup_parent());
         // The node's disk image goes last (nothing may be mounted below it any more).
-        if let Err(e) = self.inner.quota.teardown() {
+        if let Err(e) = self.inner.disk.teardown() {
             first.get_or_insert(e);
         }
         first.map_or(Ok(()), Err)
@@ -556,13 +581,30 @@ impl Runtime {
         }
     }
 
-    /// The disk-limit mechanism in use (None: sandboxes have no disk limit).
+    /// The project-quota backend (disabled unless it is the mechanism in use).
     pub fn disk_quota(&self) -> &DiskQuota {
-        &self.inner.quota
+        self.inner.disk.quota()
+    }
+
+    /// The disk-limit mechanism new sandboxes get.
+    pub fn disk_mechanism(&self) -> Mechanism {
+        self.inner.disk.mechanism()
     }
 
     pub fn pool_len(&self) -> usize {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Starts a pool refill when dropped (every exit of `create`).
+struct RefillOnDrop<'a>(&'a Arc<Inner>);
+
+impl Drop for RefillOnDrop<'_> {
+    fn drop(&mut self) {
+        // (a create future dropped outside the tokio runtime cannot spawn; the next create refills)
+        if self.0.cfg.pool_size > 0 && tokio::runtime::Handle::try_current().is_ok() {
+            self.0.spawn_refill();
+        }
     }
 }
 

@@ -18,7 +18,7 @@
 //! set of ids in use from the `disk.json` files and (image backend only: the filesystem is ours)
 //! clears every other limit it finds.
 use crate::error::{Error, IoCtx, Result};
-use crate::util;
+use crate::{loopdev, util};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -226,7 +226,7 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
     // 1. Our image is already mounted there (a previous instance, or a crash).
     if let Some(src) = mount_source(sandboxes) {
         if let Some(dev) = src.strip_prefix("/dev/") {
-            if backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
+            if loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
                 probe(sandboxes)?;
                 return Ok(Backend::Image { image });
             }
@@ -247,7 +247,7 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
     for dev in loop_devices_for(&image) {
         if !mounted_devices().contains(&format!("/dev/{dev}")) {
             tracing::info!(device = %dev, "detaching leaked loop device of the disk image");
-            detach_loop(&dev);
+            loopdev::detach(&dev);
         }
     }
     if image.exists() {
@@ -374,122 +374,25 @@ fn mounted_devices() -> HashSet<String> {
     info.lines().filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1).map(String::from)).collect()
 }
 
-fn backing_file(dev: &str) -> Option<PathBuf> {
-    let s = std::fs::read_to_string(format!("/sys/block/{dev}/loop/backing_file")).ok()?;
-    Some(PathBuf::from(s.trim_end_matches('\n').trim_end_matches(" (deleted)")))
-}
-
 /// Loop devices (`loopN`) whose backing file is `image` (what `losetup -j` shows).
 pub fn loop_devices_for(image: &Path) -> Vec<String> {
-    let Ok(want) = std::fs::canonicalize(image) else { return vec![] };
-    let Ok(rd) = std::fs::read_dir("/sys/block") else { return vec![] };
-    rd.flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("loop"))
-        .filter(|n| backing_file(n).is_some_and(|b| b == want))
-        .collect()
-}
-
-const LOOP_SET_FD: libc::c_ulong = 0x4C00;
-const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
-const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
-const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
-const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
-
-#[repr(C)]
-struct LoopInfo64 {
-    lo_device: u64,
-    lo_inode: u64,
-    lo_rdevice: u64,
-    lo_offset: u64,
-    lo_sizelimit: u64,
-    lo_number: u32,
-    lo_encrypt_type: u32,
-    lo_encrypt_key_size: u32,
-    lo_flags: u32,
-    lo_file_name: [u8; 64],
-    lo_crypt_name: [u8; 64],
-    lo_encrypt_key: [u8; 32],
-    lo_init: [u64; 2],
-}
-
-#[repr(C)]
-struct LoopConfig {
-    fd: u32,
-    block_size: u32,
-    info: LoopInfo64,
-    reserved: [u64; 8],
-}
-
-fn detach_loop(dev: &str) {
-    if let Ok(f) = std::fs::OpenOptions::new().read(true).open(format!("/dev/{dev}")) {
-        // SAFETY: LOOP_CLR_FD takes no argument.
-        unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD, 0) };
-    }
+    loopdev::devices_for(image)
 }
 
 /// Attach `image` to a free loop device (autoclear) and mount it `prjquota` on `mp`.
 fn attach_and_mount(image: &Path, mp: &Path) -> Result<()> {
-    let io = |what: &str, e: std::io::Error| Error::Io { path: PathBuf::from(what), source: e };
     let fstype = match image_fs(image) {
         Some(ImageFs::Xfs) => "xfs",
         Some(ImageFs::Ext4) => "ext4",
         None => return Err(Error::Invalid(format!("{}: neither XFS nor ext4", image.display()))),
     };
-    let img = std::fs::OpenOptions::new().read(true).write(true).open(image).ctx(image)?;
-    let ctl = std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").ctx("/dev/loop-control")?;
-    let mut last_err = None;
-    for _ in 0..16 {
-        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
-        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
-        if n < 0 {
-            return Err(io("/dev/loop-control", std::io::Error::last_os_error()));
-        }
-        let devpath = format!("/dev/loop{n}");
-        let dev = match std::fs::OpenOptions::new().read(true).write(true).open(&devpath) {
-            Ok(d) => d,
-            Err(e) => {
-                last_err = Some(io(&devpath, e));
-                continue;
-            }
-        };
-        // SAFETY: all-zero is a valid LoopConfig.
-        let mut cfg: LoopConfig = unsafe { std::mem::zeroed() };
-        cfg.fd = img.as_raw_fd() as u32;
-        cfg.info.lo_flags = LO_FLAGS_AUTOCLEAR;
-        let name = image.to_string_lossy();
-        let nb = name.as_bytes();
-        let k = nb.len().min(63);
-        cfg.info.lo_file_name[..k].copy_from_slice(&nb[..k]);
-        // SAFETY: cfg is a properly laid out struct loop_config that outlives the call.
-        let mut r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
-            // Kernels before 5.8: LOOP_SET_FD + LOOP_SET_STATUS64.
-            // SAFETY: plain fd argument / pointer to a loop_info64 that outlives the call.
-            r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, img.as_raw_fd() as libc::c_ulong) };
-            if r == 0 && unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info as *const LoopInfo64) } < 0 {
-                let e = std::io::Error::last_os_error();
-                unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
-                return Err(io(&devpath, e));
-            }
-        }
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                last_err = Some(io(&devpath, e));
-                continue; // raced with someone else for the free device
-            }
-            return Err(io(&devpath, e));
-        }
-        let data = c"prjquota,discard";
-        let res = rustix::mount::mount(devpath.as_str(), mp, fstype, rustix::mount::MountFlags::NOATIME, Some(data));
-        // Closing `dev` now: with autoclear the device is released when the mount goes (or now,
-        // if the mount failed).
-        drop(dev);
-        return res.map_err(|e| io(&format!("mount {devpath} on {}", mp.display()), e.into()));
-    }
-    Err(last_err.unwrap_or_else(|| Error::Invalid("no free loop device".into())))
+    let dev = loopdev::attach(image)?;
+    let data = c"prjquota,discard";
+    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, rustix::mount::MountFlags::NOATIME, Some(data));
+    // With autoclear the device is released when the mount goes (or now, if the mount failed).
+    let devpath = dev.path.clone();
+    drop(dev);
+    res.map_err(|e| Error::Io { path: PathBuf::from(format!("mount {devpath} on {}", mp.display())), source: e.into() })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -87,15 +87,19 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
         }
     }
     // Mounts below the sandboxes dir that belong to no adopted running sandbox.
-    let live_mounts: HashSet<_> = adopted.iter().map(|id| rootfs::paths(&inner.dir(id)).mountpoint).collect();
+    let live_mounts: HashSet<_> = adopted
+        .iter()
+        .flat_map(|id| [rootfs::paths(&inner.dir(id)).mountpoint, crate::disk_image::mount_dir(&inner.dir(id))])
+        .collect();
     for m in rootfs::mounts_under(&cfg.sandboxes_dir()) {
         if !live_mounts.contains(&m) {
             tracing::info!(mount = %m.display(), "unmounting leaked mount");
             let _ = rootfs::umount_path(&m);
         }
     }
-    // Disk quotas: ids in use from the sandboxes kept above; leaked limits cleared.
-    inner.quota.reconcile();
+    // Disk limits: project ids in use from the sandboxes kept above, leaked limits cleared;
+    // loop devices of sandbox images that lost their mount detached.
+    inner.disk.reconcile(&cfg.sandboxes_dir());
     // netns and veths with our prefix that belong to nobody.
     let live_ns: HashSet<String> = adopted.iter().map(|id| cfg.netns_name(id)).collect();
     for ns in network::netns_list(&cfg.prefix) {

@@ -1,6 +1,7 @@
 //! Sandbox root filesystem: overlayfs(template layers as lowerdir, per-sandbox upper/work).
 //!
-//! Layout in the sandbox dir: `upper/`, `work/`, `rootfs/` (mount point). The mount is made in the
+//! Layout in the sandbox dir: `upper/`, `work/` (or `disk/upper/`, `disk/work/` inside the sandbox's
+//! disk image), `rootfs/` (mount point). The mount is made in the
 //! host mount namespace (like containerd's snapshotters); runc then pivots into it.
 use crate::error::{Error, IoCtx, Result};
 use std::path::{Path, PathBuf};
@@ -11,12 +12,15 @@ pub struct RootfsPaths {
     pub mountpoint: PathBuf,
 }
 
+/// The writable layer is `<sandbox>/upper` + `work`, or `<sandbox>/disk/upper` + `work` when the
+/// sandbox has its own disk image (`disk_image.rs`; the image file's existence decides).
 pub fn paths(sandbox_dir: &Path) -> RootfsPaths {
-    RootfsPaths {
-        upper: sandbox_dir.join("upper"),
-        work: sandbox_dir.join("work"),
-        mountpoint: sandbox_dir.join("rootfs"),
-    }
+    let layer = if crate::disk_image::has_image(sandbox_dir) {
+        crate::disk_image::mount_dir(sandbox_dir)
+    } else {
+        sandbox_dir.to_path_buf()
+    };
+    RootfsPaths { upper: layer.join("upper"), work: layer.join("work"), mountpoint: sandbox_dir.join("rootfs") }
 }
 
 /// Mount the overlay (idempotent: an existing mount at the mount point is kept).

@@ -234,7 +234,8 @@ fn disk_usage(sandbox_dir: &std::path::Path) -> u64 {
         }
     }
     let mut total = 0;
-    walk(&sandbox_dir.join("upper"), &mut total);
+    // `upper/`, or `disk/upper/` when the sandbox has its own disk image
+    walk(&soulbox_runtime::rootfs::paths(sandbox_dir).upper, &mut total);
     total
 }
 

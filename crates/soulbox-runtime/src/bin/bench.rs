@@ -29,6 +29,15 @@ struct Args {
     /// Skip the base template (needs mmdebstrap and a Debian mirror the first time).
     #[arg(long)]
     no_base: bool,
+    /// Host name prefix (netns, veth, nft table, cgroup parent) of the bench's runtime instance.
+    #[arg(long, default_value = "sbxb")]
+    prefix: String,
+    /// Address pool (a /16) of the bench's sandboxes.
+    #[arg(long, default_value = "10.78.0.0")]
+    pool_net: std::net::Ipv4Addr,
+    /// Disk limit: `off`, or the backend: `auto`, `project-quota`, `image`.
+    #[arg(long, default_value = "auto")]
+    disk: String,
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
@@ -95,8 +104,13 @@ async fn main() -> anyhow::Result<()> {
     let mut cfg = RuntimeConfig::new(&a.data_dir);
     cfg.store_dir = Some(a.store.clone());
     cfg.envd_path = std::fs::canonicalize(&a.envd)?;
-    cfg.prefix = "sbxb".into();
-    cfg.pool_net = "10.78.0.0".parse()?;
+    cfg.prefix = a.prefix.clone();
+    cfg.pool_net = a.pool_net;
+    if a.disk == "off" {
+        cfg.disk_quota = soulbox_runtime::quota::DiskQuotaMode::Off;
+    } else {
+        cfg.disk_backend = a.disk.parse()?;
+    }
     cfg.pool_prefix_len = 16;
     cfg.pool_size = a.pool;
     cfg.dns = vec![];
@@ -116,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: &Args, rt: &Runtime, store: &soulbox_runtime::Store, templates: &[&str]) -> anyhow::Result<()> {
-    println!("## soulbox-runtime bench ({} iterations, warm pool {})", a.iterations, a.pool);
+    println!("## soulbox-runtime bench ({} iterations, warm pool {}, disk limit: {:?})", a.iterations, a.pool, rt.disk_mechanism());
     println!("| template | create→envd-ready p50 | p99 | bare `runc run -d` p50 | p99 | ratio p50 |");
     println!("|---|---|---|---|---|---|");
     for t in templates {

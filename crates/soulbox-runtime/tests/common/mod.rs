@@ -49,7 +49,11 @@ pub struct Harness {
 
 /// `n` selects the test's prefix (`tq<n>`), pool (10.77.<n>.0/24) and data dir.
 pub async fn harness(n: u8) -> Harness {
-    let cfg = config(n);
+    harness_with(config(n)).await
+}
+
+/// A harness on a config made with [`config`] and then adjusted.
+pub async fn harness_with(cfg: RuntimeConfig) -> Harness {
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
     store.ensure_test_template(Path::new("/bin/busybox")).unwrap();
     let rt = Runtime::open(cfg.clone()).await.expect("runtime open");
@@ -207,6 +211,12 @@ pub async fn leftovers(cfg: &RuntimeConfig) -> Vec<String> {
             .into_iter()
             .filter(|m| *m != cfg.sandboxes_dir())
             .map(|m| format!("mount {}", m.display())),
+    );
+    // Loop devices of per-sandbox disk images (they go with their mount: autoclear).
+    v.extend(
+        soulbox_runtime::loopdev::devices_backed_under(&cfg.sandboxes_dir())
+            .into_iter()
+            .map(|(d, b)| format!("loop device {d} ({})", b.display())),
     );
     v.extend(soulbox_runtime::cgroup::children(&cfg.cgroup_parent()).into_iter().map(|c| format!("cgroup {c}")));
     let d = soulbox_runtime::driver::Driver::new(&cfg.runtime_bin, &[], &cfg.runtime_root());

@@ -1,0 +1,203 @@
+//! Disk size limit, second backend: one ext4 image per sandbox.
+//!
+//! `<sandbox>/disk.img` is a sparse file of exactly the limit's size, formatted ext4 without a
+//! journal, attached to a loop device with autoclear (`loopdev`) and mounted on `<sandbox>/disk/`,
+//! which holds the overlay's `upper/` and `work/` (`rootfs::paths` switches to them when the image
+//! exists). Writes past the limit fail with ENOSPC because the filesystem is full; `df /` inside
+//! the sandbox shows the image (overlayfs reports its upper filesystem). Works on any kernel with
+//! loop devices and ext4 — no quota support needed.
+//!
+//! No journal: a sandbox's writable layer is scratch space that only has to survive the runtime
+//! (the kernel keeps the mount) and clean stops (unmount writes everything back). A journal would
+//! cost a jbd2 kernel thread per mounted sandbox and up to its size (64 MiB for 10 GiB) of real
+//! host disk per sandbox as it cycles through the sparse file, and double-write metadata. After a
+//! host crash the superblock is left "not clean", and [`mount`] runs `e2fsck -p` first.
+use crate::error::{Error, IoCtx, Result};
+use crate::{loopdev, rootfs, util};
+use std::path::{Path, PathBuf};
+
+pub const IMAGE_FILE: &str = "disk.img";
+/// Mount point of the image inside the sandbox dir; holds `upper/` and `work/`.
+pub const MOUNT_DIR: &str = "disk";
+/// Smallest image we format: ext4 with 4 KiB blocks needs room for its metadata.
+pub const MIN_MB: u64 = 16;
+
+pub fn image_path(sandbox_dir: &Path) -> PathBuf {
+    sandbox_dir.join(IMAGE_FILE)
+}
+pub fn mount_dir(sandbox_dir: &Path) -> PathBuf {
+    sandbox_dir.join(MOUNT_DIR)
+}
+/// Whether the sandbox's writable layer lives in its own image.
+pub fn has_image(sandbox_dir: &Path) -> bool {
+    image_path(sandbox_dir).exists()
+}
+
+/// Host tools the backend needs, found once at open.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    mkfs: PathBuf,
+    fsck: PathBuf,
+}
+
+impl Tools {
+    /// Loop devices, ext4 and e2fsprogs present?
+    pub fn find() -> Result<Tools> {
+        std::fs::OpenOptions::new().read(true).write(true).open("/dev/loop-control").ctx("/dev/loop-control")?;
+        let fs = std::fs::read_to_string("/proc/filesystems").ctx("/proc/filesystems")?;
+        if !fs.lines().any(|l| l.split_whitespace().last() == Some("ext4")) {
+            return Err(Error::Invalid("the kernel has no ext4".into()));
+        }
+        let find = |name: &str| -> Result<PathBuf> {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            std::env::split_paths(&path)
+                .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+                .ok_or_else(|| Error::Invalid(format!("{name} not found (package e2fsprogs)")))
+        };
+        Ok(Tools { mkfs: find("mkfs.ext4")?, fsck: find("e2fsck")? })
+    }
+}
+
+/// Image size for a limit (MiB → bytes), never below [`MIN_MB`].
+pub fn size_for(limit_mb: u64) -> u64 {
+    limit_mb.max(MIN_MB) << 20
+}
+
+/// Create and format `<sandbox>/disk.img` (sparse, `limit_mb`). Written under a temporary name and
+/// renamed, so an image that exists is always formatted.
+pub async fn create(tools: &Tools, sandbox_dir: &Path, limit_mb: u64) -> Result<()> {
+    let image = image_path(sandbox_dir);
+    let tmp = image.with_extension("img.tmp");
+    let f = std::fs::File::create(&tmp).ctx(&tmp)?;
+    f.set_len(size_for(limit_mb)).ctx(&tmp)?;
+    drop(f);
+    // 4 KiB blocks (mke2fs would pick 1 KiB for small images), no root reserve, one inode per
+    // 16 KiB, no journal (module docs); the file is sparse, so the inode tables are zero already:
+    // `assume_storage_prezeroed` skips writing them now and the lazy-init thread later.
+    let args = [
+        "-q", "-F", "-b", "4096", "-m", "0", "-i", "16384", "-O", "^has_journal", "-E",
+        "lazy_itable_init=1,assume_storage_prezeroed=1,nodiscard", "-L", "soulbox",
+    ];
+    let path = tmp.to_string_lossy();
+    if let Err(e) = util::run(&tools.mkfs.to_string_lossy(), &[&args[..], &[path.as_ref()]].concat()).await {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &image).ctx(&image)
+}
+
+/// Mount the image on `<sandbox>/disk/` and make sure `upper/` and `work/` exist in it.
+/// Idempotent: an image already mounted there is kept.
+pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
+    let image = image_path(sandbox_dir);
+    let mp = mount_dir(sandbox_dir);
+    std::fs::create_dir_all(&mp).ctx(&mp)?;
+    if !is_mountpoint(sandbox_dir, &mp) {
+        if !superblock(&image)?.clean {
+            // Not unmounted cleanly (host crash while it was mounted): repair before use.
+            tracing::warn!(image = %image.display(), "sandbox disk image was not unmounted cleanly; running e2fsck -p");
+            let img = image.to_string_lossy();
+            match util::run(&tools.fsck.to_string_lossy(), &["-p", &img]).await {
+                // exit 1: errors corrected — the image is usable
+                Ok(_) => {}
+                Err(Error::Command { status, .. }) if status.contains("exit status: 1") => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let dev = loopdev::attach(&image)?;
+        let res = rustix::mount::mount(dev.path.as_str(), &mp, "ext4", rustix::mount::MountFlags::NOATIME, Some(c"discard"));
+        // Autoclear: the device now lives as long as the mount (or goes right here on failure).
+        let devpath = dev.path.clone();
+        drop(dev);
+        res.map_err(|e| Error::Io { path: format!("mount {devpath} on {}", mp.display()).into(), source: e.into() })?;
+    }
+    for d in ["upper", "work"] {
+        let p = mp.join(d);
+        std::fs::create_dir_all(&p).ctx(&p)?;
+    }
+    Ok(())
+}
+
+/// Unmount the image (idempotent). Its loop device goes with the mount.
+pub fn unmount(sandbox_dir: &Path) -> Result<()> {
+    rootfs::umount_path(&mount_dir(sandbox_dir))
+}
+
+/// Unmount and delete the image (a pooled image of the wrong size).
+pub fn discard(sandbox_dir: &Path) -> Result<()> {
+    unmount(sandbox_dir)?;
+    util::remove_file_idem(&image_path(sandbox_dir))?;
+    let mp = mount_dir(sandbox_dir);
+    match std::fs::remove_dir(&mp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e).ctx(&mp),
+        _ => Ok(()),
+    }
+}
+
+/// Something is mounted on `mp` (a child of `parent`): it is on another device. Two stats instead
+/// of reading mountinfo, which is long on a node with hundreds of sandboxes.
+fn is_mountpoint(parent: &Path, mp: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(parent), std::fs::metadata(mp)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        _ => false,
+    }
+}
+
+/// (used, total) bytes of the sandbox's image: statfs while mounted (what `df` in the sandbox
+/// shows), else the superblock's counters.
+pub fn usage(sandbox_dir: &Path) -> Option<(u64, u64)> {
+    let mp = mount_dir(sandbox_dir);
+    if is_mountpoint(sandbox_dir, &mp) {
+        let st = rustix::fs::statvfs(&mp).ok()?;
+        return Some(((st.f_blocks - st.f_bfree) * st.f_frsize, st.f_blocks * st.f_frsize));
+    }
+    let sb = superblock(&image_path(sandbox_dir)).ok()?;
+    Some(((sb.blocks - sb.free_blocks) * sb.block_size, sb.blocks * sb.block_size))
+}
+
+struct Superblock {
+    clean: bool,
+    blocks: u64,
+    free_blocks: u64,
+    block_size: u64,
+}
+
+/// The few ext4 superblock fields we need (at byte 1024 of the image).
+fn superblock(image: &Path) -> Result<Superblock> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(image).ctx(image)?;
+    let mut b = [0u8; 1024];
+    f.read_exact_at(&mut b, 1024).ctx(image)?;
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+    let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+    if u16_at(0x38) != 0xEF53 {
+        return Err(Error::Invalid(format!("{}: not an ext4 image", image.display())));
+    }
+    // s_state: bit 0 = cleanly unmounted, bit 1 = errors detected.
+    let state = u16_at(0x3A);
+    let incompat_64bit = u32_at(0x60) & 0x80 != 0;
+    let hi = |o: usize| if incompat_64bit { (u32_at(o) as u64) << 32 } else { 0 };
+    Ok(Superblock {
+        clean: state & 1 != 0 && state & 2 == 0,
+        blocks: u32_at(0x04) as u64 | hi(0x150),
+        free_blocks: u32_at(0x0C) as u64 | hi(0x158),
+        block_size: 1024u64 << u32_at(0x18),
+    })
+}
+
+/// Loop devices bound to an image below `sandboxes_dir` whose device is not mounted: possible
+/// only through the pre-5.8 attach fallback (no atomic autoclear). Ours by path, so detached.
+pub fn detach_unmounted(sandboxes_dir: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mounted: std::collections::HashSet<&str> =
+        info.lines().filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1)).collect();
+    for (dev, backing) in loopdev::devices_backed_under(sandboxes_dir) {
+        if !mounted.contains(format!("/dev/{dev}").as_str()) && backing.ends_with(IMAGE_FILE) {
+            tracing::info!(device = %dev, image = %backing.display(), "detaching a leaked loop device of a sandbox image");
+            loopdev::detach(&dev);
+        }
+    }
+}
