@@ -74,12 +74,21 @@ impl DiskLimits {
             return Ok(disabled(tools.ok()));
         }
         let mut errors = Vec::new();
-        if matches!(cfg.disk_backend, DiskBackend::Auto | DiskBackend::ProjectQuota) {
+        // In auto mode a kernel that could not enforce project quotas before is not asked again (the probe
+        // formats and tries to mount a node image: slow, and it cannot succeed until the kernel changes).
+        let memo = ProbeMemo::path(&cfg.data_dir);
+        let known_unusable = cfg.disk_backend == DiskBackend::Auto && ProbeMemo::says_unusable(&memo);
+        if known_unusable {
+            errors.push(format!("project quotas: unusable on this kernel (cached in {})", memo.display()));
+        } else if matches!(cfg.disk_backend, DiskBackend::Auto | DiskBackend::ProjectQuota) {
             match DiskQuota::open(&cfg.data_dir, &sandboxes, DiskQuotaMode::Required, cfg.disk_image_gb).await {
                 Ok(quota) => {
                     return Ok(DiskLimits { mechanism: Mechanism::ProjectQuota, quota, tools: tools.ok(), pool_image_mb: 0 });
                 }
-                Err(e) => errors.push(format!("project quotas: {e}")),
+                Err(e) => {
+                    ProbeMemo::record_unusable(&memo, &e.to_string());
+                    errors.push(format!("project quotas: {e}"));
+                }
             }
         }
         if matches!(cfg.disk_backend, DiskBackend::Auto | DiskBackend::Image) {
@@ -192,5 +201,37 @@ impl DiskLimits {
     /// Node teardown (`destroy_all`): the project-quota image, if we mounted one.
     pub fn teardown(&self) -> Result<()> {
         self.quota.teardown()
+    }
+}
+
+/// `<data_dir>/disk-probe.json`: the kernel release on which project quotas were found unusable.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ProbeMemo {
+    kernel: String,
+    project_quota_error: String,
+}
+
+impl ProbeMemo {
+    fn path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("disk-probe.json")
+    }
+
+    fn kernel_release() -> String {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    }
+
+    fn says_unusable(path: &Path) -> bool {
+        let memo: Option<ProbeMemo> = std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        memo.is_some_and(|m| !m.kernel.is_empty() && m.kernel == Self::kernel_release())
+    }
+
+    fn record_unusable(path: &Path, error: &str) {
+        let memo = ProbeMemo { kernel: Self::kernel_release(), project_quota_error: error.to_string() };
+        if let Ok(json) = serde_json::to_vec_pretty(&memo) {
+            if let Err(e) = std::fs::write(path, json) {
+                tracing::debug!(path = %path.display(), error = %e, "could not remember the project quota probe");
+            }
+        }
     }
 }
