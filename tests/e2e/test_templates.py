@@ -107,10 +107,11 @@ def test_a_failing_run_fails_the_build_with_its_step(names, api):
     assert "fixed-now" in logs and Template.exists(name)
 
 
-def test_registry_images_are_refused_clearly_and_e2bdev_base_maps_to_base(names):
+def test_an_unreachable_registry_fails_the_base_step_clearly_and_e2bdev_base_maps_to_base(names):
+    # Loopback port 9 (discard): nothing listens, so the pull is refused without any traffic leaving the host.
     with pytest.raises(BuildException) as e:
-        build(Template().from_image("registry.example.com/some/image:1").run_cmd("true"), names("img"))
-    assert "pulling images from registries is not supported yet" in str(e.value)
+        build(Template().from_image("127.0.0.1:9/some/image:1").run_cmd("true"), names("img"))
+    assert "127.0.0.1:9/some/image:1" in str(e.value)
     _, logs, _ = build(Template().from_base_image().run_cmd("echo on-e2bdev-base"), names("e2bbase"), skip_cache=True)
     assert "on-e2bdev-base" in logs
 

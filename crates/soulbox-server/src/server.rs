@@ -82,6 +82,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let lifecycle = Lifecycle::start(store, node.clone(), lifecycle_config)
                 .await
                 .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
+            reconcile_local_node(&node, &lifecycle).await?;
             (lifecycle, Some(node))
         }
     };
@@ -110,6 +111,26 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         tracing::warn!(error = %e, "could not release the warm pool");
     }
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
+    Ok(())
+}
+
+/// After a crash the runtime and the store can disagree: a sandbox the runtime has but the store does not (a
+/// create or a template build sandbox interrupted by the crash) is deleted; a record whose sandbox the runtime
+/// no longer has (its files are gone) is forgotten, so it answers 404 instead of failing every call. Nothing else
+/// runs on this node yet, so there is no in-flight create to spare.
+async fn reconcile_local_node(node: &LocalNode, lifecycle: &Lifecycle) -> anyhow::Result<()> {
+    let records = lifecycle.store().list_sandboxes().await.context("listing sandboxes")?;
+    let known: std::collections::HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let present: std::collections::HashSet<String> = node.runtime().list().await.into_iter().map(|s| s.id).collect();
+    for id in present.iter().filter(|id| !known.contains(id.as_str())) {
+        tracing::warn!(sandbox = %id, "reconcile: the runtime has a sandbox the store does not know (left by a crash); deleting it");
+        if let Err(e) = node.runtime().delete(id).await {
+            tracing::warn!(sandbox = %id, error = %e, "reconcile: delete failed");
+        }
+    }
+    for record in records.iter().filter(|r| !present.contains(&r.id)) {
+        lifecycle.forget(&record.id, "the node no longer has it").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
     Ok(())
 }
 
