@@ -21,9 +21,19 @@ pub struct LocalNode {
 
 impl LocalNode {
     pub fn new(runtime: Runtime, node_id: impl Into<String>) -> LocalNode {
+        LocalNode::with_engine_config(runtime, node_id, Default::default())
+    }
+
+    pub fn with_engine_config(runtime: Runtime, node_id: impl Into<String>, engine: crate::templates::engine::EngineConfig) -> LocalNode {
         let templates_dir = runtime.config().store_dir().join("templates");
-        let engine = crate::templates::engine::Engine::new(runtime.clone(), Default::default());
+        let engine = crate::templates::engine::Engine::new(runtime.clone(), engine);
         LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
+    }
+
+    /// Builds the `base` template through the engine (cached after the first start), its log on stderr.
+    pub async fn ensure_base_template(&self) -> Result<std::time::Duration, crate::templates::BuildFailure> {
+        let files_dir = self.runtime.config().store_dir().join("uploads");
+        crate::templates::base::ensure_base(&self.engine, files_dir, crate::templates::base::stderr_log()).await
     }
 
     pub fn runtime(&self) -> &Runtime {

@@ -66,9 +66,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
-    eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
-    runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
-    let node = Arc::new(LocalNode::new(runtime, "local"));
+    let engine_config = crate::templates::engine::EngineConfig::new(
+        crate::templates::source::Rewrites::with_defaults(),
+        crate::templates::bootstrap::BootstrapConfig::new(config.debian_mirror.clone()),
+    );
+    let node = Arc::new(LocalNode::with_engine_config(runtime, "local", engine_config));
+    eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");
+    let took = node.ensure_base_template().await.map_err(|f| {
+        anyhow::anyhow!("building the base template failed at step {}: {}", f.step.as_deref().unwrap_or("?"), f.message)
+    })?;
+    eprintln!("base template ready in {:.1} s", took.as_secs_f64());
 
     let lifecycle = Lifecycle::start(
         store,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
 
 use super::dockerfile::shell_quote;
+use super::bootstrap::{BootstrapConfig, BootstrapPlan};
 use super::source::{BaseSource, Rewrites};
 use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
 
@@ -23,11 +24,22 @@ pub struct EngineConfig {
     /// Image references rewritten to local sources (`e2bdev/base` → `template:base`, a registry host → a
     /// mirror): hosts without a registry still build the recipes users bring.
     pub image_rewrites: Rewrites,
+    /// Mirrors, variant and packages of `bootstrap:` bases.
+    pub bootstrap: BootstrapConfig,
+}
+
+impl EngineConfig {
+    /// `image_rewrites` (the defaults plus the config's own) completed with the default bootstrap rewrites
+    /// (`debian:bookworm` → `bootstrap:debian:bookworm`, which yield to configured registries).
+    pub fn new(mut image_rewrites: Rewrites, bootstrap: BootstrapConfig) -> EngineConfig {
+        super::bootstrap::add_default_rewrites(&mut image_rewrites, &bootstrap);
+        EngineConfig { image_rewrites, bootstrap }
+    }
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { image_rewrites: Rewrites::with_defaults() }
+        EngineConfig::new(Rewrites::with_defaults(), BootstrapConfig::default())
     }
 }
 
@@ -132,8 +144,23 @@ impl Engine {
     async fn build_inner(&self, job: &BuildJob, log: &LogSink, tracker: &Arc<Mutex<Tracker>>) -> Result<TemplateMeta, BuildFailure> {
         let set_step = |s: &str| tracker.lock().unwrap_or_else(|e| e.into_inner()).step = Some(s.to_string());
         set_step("base");
-        let base_name = match self.resolve_base(&job.recipe)? {
-            BaseSource::Template(name) => name,
+        let (base_name, base) = match self.resolve_base(&job.recipe)? {
+            BaseSource::Template(name) => {
+                let base = self
+                    .runtime
+                    .store()
+                    .get(&name)
+                    .map_err(|e| BuildFailure::new(format!("base template '{name}': {e}"), Some("base")))?;
+                log(LogLevel::Info, format!("Using template '{name}' as the base ({} layers)", base.layers.len()), Some("base".into()));
+                (name, base)
+            }
+            BaseSource::Bootstrap { distro, suite } => {
+                let failed = |e: super::bootstrap::BootstrapError| BuildFailure::new(e.to_string(), Some("base"));
+                let plan = BootstrapPlan::new(&self.config.bootstrap, distro, &suite).map_err(failed)?;
+                let layer = super::bootstrap::bootstrap_layer(self.runtime.store(), &plan, log).await.map_err(failed)?;
+                let name = format!("bootstrap:{}:{suite}", plan.distro);
+                (name.clone(), bootstrap_base(name, layer))
+            }
             other => {
                 return Err(BuildFailure::new(
                     format!("base {other:?}: this source is not supported yet; build from a template or map the image to one in the image rewrites"),
@@ -141,12 +168,6 @@ impl Engine {
                 ));
             }
         };
-        let base = self
-            .runtime
-            .store()
-            .get(&base_name)
-            .map_err(|e| BuildFailure::new(format!("base template '{base_name}': {e}"), Some("base")))?;
-        log(LogLevel::Info, format!("Using template '{base_name}' as the base ({} layers)", base.layers.len()), Some("base".into()));
         let mut st = State {
             key: base_cache_key(&base.layers),
             layers: base.layers.clone(),
@@ -334,6 +355,24 @@ impl Engine {
         let _ = store.delete(&name);
         let _ = store.delete(&format!("{name}-s"));
         Ok(digest)
+    }
+}
+
+/// A bootstrapped root filesystem as a base: one layer, root in `/`, no environment of its own.
+fn bootstrap_base(name: String, layer: String) -> TemplateMeta {
+    TemplateMeta {
+        name,
+        layers: vec![layer],
+        default_user: "root".into(),
+        default_workdir: "/".into(),
+        env: BTreeMap::new(),
+        start_cmd: None,
+        ready_cmd: None,
+        cpu_count: 1,
+        memory_mb: 512,
+        disk_mb: None,
+        recipe_hash: String::new(),
+        parent: None,
     }
 }
 

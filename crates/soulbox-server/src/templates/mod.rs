@@ -4,10 +4,14 @@
 //! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]).
 //! - [`engine`]: the build engine on a node (build sandboxes, one layer per step, the step cache).
 //! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
+//! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
+//! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
 pub mod api;
+pub mod base;
+pub mod bootstrap;
 pub mod dockerfile;
 pub mod engine;
 pub mod envd;
