@@ -75,7 +75,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let took = node.ensure_base_template().await.map_err(|f| {
         anyhow::anyhow!("building the base template failed at step {}: {}", f.step.as_deref().unwrap_or("?"), f.message)
     })?;
-    eprintln!("base template ready in {:.1} s", took.as_secs_f64());
+    eprintln!("base template ready in {} ms", took.as_millis());
 
     let lifecycle = Lifecycle::start(
         store,

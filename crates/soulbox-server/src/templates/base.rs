@@ -60,16 +60,17 @@ pub async fn ensure_base(engine: &Engine, files_dir: PathBuf, log: LogSink) -> R
     Ok(started.elapsed())
 }
 
-/// A log sink for the server's own output: `[template base] <step> <message>` on stderr, line by line.
+/// A log sink for the server's own output: `[template base/<step>] <message>` on stderr as each line comes
+/// (a multi-line message, like the setup step's title, is indented).
 pub fn stderr_log() -> LogSink {
     std::sync::Arc::new(|level, message, step| {
-        let step = step.map(|s| format!(" {s}")).unwrap_or_default();
+        let step = step.map(|s| format!("/{s}")).unwrap_or_default();
         let level = match level {
             super::LogLevel::Warn => " warning:",
             super::LogLevel::Error => " error:",
             _ => "",
         };
-        eprintln!("[template base{step}]{level} {message}");
+        eprintln!("[template base{step}]{level} {}", message.replace('\n', "\n    "));
     })
 }
 
