@@ -63,7 +63,7 @@ impl Node {
         cfg.store_dir = store_dir;
         cfg.envd_path = envd_binary();
         cfg.prefix = prefix.to_string();
-        cfg.pool_net = Ipv4Addr::new(10, 78, subnet, 0);
+        cfg.pool_net = Ipv4Addr::new(10, 243, subnet, 0);
         cfg.pool_prefix_len = 24;
         cfg.pool_size = 0;
         cfg.dns = vec![];
