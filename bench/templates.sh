@@ -42,5 +42,9 @@ for run in 1 2; do
   PID=$!
   for _ in $(seq 1 1200); do grep -q 'SoulBox is running' "$LOG" && break; kill -0 "$PID" 2>/dev/null || { cat "$LOG"; exit 1; }; sleep 0.5; done
   kill "$PID"; wait "$PID" 2>/dev/null || true
-  echo "server start $run: $(grep -o 'base template ready in [0-9]* ms' "$LOG"), $(grep -o 'ready in [0-9]* ms)' "$LOG" | tail -1)"
+  echo "server start $run: $(grep -o 'base template ready in [0-9]* ms' "$LOG"), serving $(grep -o 'ready in [0-9]* ms' "$LOG" | tail -1)"
 done
+# The server keeps its nftables table and cgroup parents for its next start; this prefix is the bench's alone.
+nft delete table inet soulbox_sbtb 2>/dev/null || true
+for d in /sys/fs/cgroup/*/soulbox_sbtb; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+true

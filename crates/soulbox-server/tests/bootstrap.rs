@@ -96,9 +96,12 @@ impl Drop for Node {
     }
 }
 
+/// A log line with the time it arrived: (arrival, level, message, step).
+type Entry = (Instant, LogLevel, String, Option<String>);
+
 /// Every log line with the time it arrived.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<(Instant, LogLevel, String, Option<String>)>>>);
+struct Captured(Arc<Mutex<Vec<Entry>>>);
 
 impl Captured {
     fn sink(&self) -> LogSink {
@@ -108,7 +111,7 @@ impl Captured {
             lines.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), level, message, step));
         })
     }
-    fn lines(&self) -> Vec<(Instant, LogLevel, String, Option<String>)> {
+    fn lines(&self) -> Vec<Entry> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
     fn text(&self) -> String {
