@@ -214,6 +214,10 @@ impl Store {
 
     /// The `base` template: Debian 12 via mmdebstrap with what E2B users expect.
     /// Cached by recipe hash; progress lines go to stderr.
+    ///
+    /// This is the runtime's standalone builder (its tests, bench and `soulbox-runtime template base`).
+    /// `soulbox server` builds `base` as an ordinary recipe of its template engine instead
+    /// (`soulbox-server/src/templates/base.rs`); both must give the same properties.
     pub async fn ensure_base_template(&self, mirror: &str) -> Result<TemplateMeta> {
         let recipe = base_recipe(mirror);
         let recipe_hash = hex(&Sha256::digest(recipe.join("\n").as_bytes()));

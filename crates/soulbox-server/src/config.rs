@@ -60,16 +60,14 @@ pub struct TemplatesConfig {
 
 impl TemplatesConfig {
     /// The build engine's configuration: SoulBox's default rewrites overridden by the configured ones.
-    pub fn engine_config(&self) -> crate::templates::engine::EngineConfig {
+    pub fn engine_config(&self, debian_mirror: &str) -> crate::templates::engine::EngineConfig {
         let mut rewrites = crate::templates::source::Rewrites::with_defaults();
         rewrites.map.extend(self.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
-        crate::templates::engine::EngineConfig {
-            image_rewrites: rewrites,
-            registries: crate::templates::registry::RegistrySettings {
-                insecure: self.insecure_registries.clone(),
-                auth: self.registry_auth.clone(),
-            },
-        }
+        crate::templates::engine::EngineConfig::new(
+            rewrites,
+            crate::templates::registry::RegistrySettings { insecure: self.insecure_registries.clone(), auth: self.registry_auth.clone() },
+            crate::templates::bootstrap::BootstrapConfig::new(debian_mirror.to_string()),
+        )
     }
 }
 
@@ -145,7 +143,7 @@ mod tests {
             "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
         )
         .unwrap();
-        let engine = c.templates.unwrap().engine_config();
+        let engine = c.templates.unwrap().engine_config(DEFAULT_MIRROR);
         assert_eq!(engine.image_rewrites.map.get("e2bdev/base").map(String::as_str), Some("template:base"));
         assert_eq!(engine.image_rewrites.map.get("docker.io").map(String::as_str), Some("mirror.lan:5000"));
         assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);

@@ -31,6 +31,12 @@ impl LocalNode {
         LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
     }
 
+    /// Builds the `base` template through the engine (cached after the first start), its log on stderr.
+    pub async fn ensure_base_template(&self) -> Result<std::time::Duration, crate::templates::BuildFailure> {
+        let files_dir = self.runtime.config().store_dir().join("uploads");
+        crate::templates::base::ensure_base(&self.engine, files_dir, crate::templates::base::stderr_log()).await
+    }
+
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }

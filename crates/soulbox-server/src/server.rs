@@ -147,9 +147,13 @@ async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
-    eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
-    runtime.store().ensure_base_template(&config.debian_mirror).await.context("building the base template")?;
-    Ok(LocalNode::with_engine_config(runtime, "local", config.templates.engine_config()))
+    let node = LocalNode::with_engine_config(runtime, "local", config.templates.engine_config(&config.debian_mirror));
+    eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");
+    let took = node.ensure_base_template().await.map_err(|f| {
+        anyhow::anyhow!("building the base template failed at step {}: {}", f.step.as_deref().unwrap_or("?"), f.message)
+    })?;
+    eprintln!("base template ready in {} ms", took.as_millis());
+    Ok(node)
 }
 
 pub async fn shutdown_signal() {

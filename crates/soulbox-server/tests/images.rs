@@ -528,10 +528,10 @@ async fn registry_basic_auth_from_the_config() {
         registry_auth: toml::from_str(&format!("[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n", reg.addr)).unwrap(),
         ..Default::default()
     };
-    let wrong = registry::pull(&store, &cfg("nope").engine_config().registries, &image_ref, &quiet).await.unwrap_err();
+    let wrong = registry::pull(&store, &cfg("nope").engine_config(soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.unwrap_err();
     assert!(!wrong.to_string().contains("nope"), "no secret in errors: {wrong}");
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_none());
-    let pulled = registry::pull(&store, &cfg("s3cret").engine_config().registries, &image_ref, &quiet).await.expect("pull with basic auth");
+    let pulled = registry::pull(&store, &cfg("s3cret").engine_config(soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
     assert_eq!(pulled.layers.len(), 2);
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_some());
     drop(reg);

@@ -13,6 +13,7 @@ use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
 
 use super::dockerfile::shell_quote;
 use super::registry::RegistrySettings;
+use super::bootstrap::{BootstrapConfig, BootstrapPlan};
 use super::source::{BaseSource, Rewrites};
 use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
 
@@ -26,11 +27,22 @@ pub struct EngineConfig {
     pub image_rewrites: Rewrites,
     /// Insecure (plain HTTP) registry hosts and credentials per registry host.
     pub registries: RegistrySettings,
+    /// Mirrors, variant and packages of `bootstrap:` bases.
+    pub bootstrap: BootstrapConfig,
+}
+
+impl EngineConfig {
+    /// `image_rewrites` (the defaults plus the config's own) completed with the default bootstrap rewrites
+    /// (`debian:bookworm` → `bootstrap:debian:bookworm`, which yield to configured registries).
+    pub fn new(mut image_rewrites: Rewrites, registries: RegistrySettings, bootstrap: BootstrapConfig) -> EngineConfig {
+        super::bootstrap::add_default_rewrites(&mut image_rewrites, &bootstrap);
+        EngineConfig { image_rewrites, registries, bootstrap }
+    }
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { image_rewrites: Rewrites::with_defaults(), registries: RegistrySettings::default() }
+        EngineConfig::new(Rewrites::with_defaults(), RegistrySettings::default(), BootstrapConfig::default())
     }
 }
 
@@ -146,10 +158,12 @@ impl Engine {
             BaseSource::RootfsTarball(path) => {
                 super::image::import_rootfs(store, &path, &progress).await.map_err(|e| base_fail(format!("rootfs:{}: {e}", path.display())))?
             }
-            other => {
-                return Err(base_fail(format!(
-                    "base {other:?}: this source is not supported yet; build from a template or map the image to one in the image rewrites"
-                )));
+            BaseSource::Bootstrap { distro, suite } => {
+                let failed = |e: super::bootstrap::BootstrapError| base_fail(e.to_string());
+                let plan = BootstrapPlan::new(&self.config.bootstrap, distro, &suite).map_err(failed)?;
+                let layer = super::bootstrap::bootstrap_layer(store, &plan, log).await.map_err(failed)?;
+                let ctx = StepContext { user: "root".into(), workdir: "/".into(), env: BTreeMap::new() };
+                return Ok(Base { layers: vec![layer], ctx, start_cmd: None, parent: None, disk_mb: None });
             }
         };
         let config = imported.config;

@@ -6,10 +6,14 @@
 //! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
 //! - [`image`], [`registry`], [`unpack`]: image bases (registry pulls with oci-client, local OCI layouts, rootfs
 //!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
+//! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
+//! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
 pub mod api;
+pub mod base;
+pub mod bootstrap;
 pub mod engine;
 pub mod envd;
 pub mod image;

@@ -1,0 +1,93 @@
+//! The `base` template (what `Sandbox.create()` without a template and E2B's `from_base_image()` get) is an
+//! ordinary recipe of the build engine: a Debian 12 bootstrap with the tools E2B users expect, then one RUN
+//! step that adds the user `user` (uid 1000, home `/home/user`, passwordless sudo), umask 022 for login
+//! shells, a world-writable `/code` and `/usr/local` (so `pip install` works as `user`), then USER/WORKDIR.
+//!
+//! The server builds it at every start; the engine's caches (bootstrap layer, step layers) make that a few
+//! milliseconds once built, and a changed recipe rebuilds only what changed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::engine::Engine;
+use super::{BuildFailure, BuildJob, LogSink, Recipe, TemplateStep};
+
+pub const BASE_TEMPLATE: &str = "base";
+pub const BASE_FROM: &str = "bootstrap:debian:bookworm";
+
+/// Run as root in the bootstrapped system; every line keeps a property the SDKs and tests rely on.
+const SETUP: &str = r#"set -e
+useradd -m -s /bin/bash -u 1000 user
+usermod -aG sudo user
+echo 'user ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/user
+chmod 0440 /etc/sudoers.d/user
+passwd -d root
+sed -i 's/^UMASK.*/UMASK 022/' /etc/login.defs
+echo 'umask 022' > /etc/profile.d/umask.sh
+mkdir -p /code && chmod 777 /code && chmod -R 777 /usr/local
+chown -R user:user /home/user"#;
+
+/// The recipe of `base`. Packages come with the bootstrap ([`super::bootstrap::DEFAULT_PACKAGES`]), so no
+/// step needs the network.
+pub fn recipe() -> Recipe {
+    Recipe {
+        from_image: Some(BASE_FROM.to_string()),
+        steps: vec![
+            TemplateStep::new("RUN", vec![SETUP.to_string(), "root".to_string()]),
+            TemplateStep::new("USER", vec!["user".to_string()]),
+            TemplateStep::new("WORKDIR", vec!["/home/user".to_string()]),
+        ],
+        ..Recipe::default()
+    }
+}
+
+/// Builds (or, when every layer is cached, just re-registers) `base`, each log line to `log`.
+pub async fn ensure_base(engine: &Engine, files_dir: PathBuf, log: LogSink) -> Result<Duration, BuildFailure> {
+    let recipe = recipe();
+    let recipe_hash = super::sha256_hex(serde_json::to_string(&recipe).unwrap_or_default().as_bytes());
+    let job = BuildJob {
+        template_name: BASE_TEMPLATE.to_string(),
+        // Build sandboxes are named after the build: keep it short and stable per recipe.
+        build_id: format!("base-{}", &recipe_hash[..12]),
+        recipe,
+        cpu_count: 2,
+        memory_mb: 512,
+        files_dir,
+        timeout: Duration::from_secs(3600),
+    };
+    let started = Instant::now();
+    engine.build(job, log).await?;
+    Ok(started.elapsed())
+}
+
+/// A log sink for the server's own output: `[template base/<step>] <message>` on stderr as each line comes
+/// (a multi-line message, like the setup step's title, is indented).
+pub fn stderr_log() -> LogSink {
+    std::sync::Arc::new(|level, message, step| {
+        let step = step.map(|s| format!("/{s}")).unwrap_or_default();
+        let level = match level {
+            super::LogLevel::Warn => " warning:",
+            super::LogLevel::Error => " error:",
+            _ => "",
+        };
+        eprintln!("[template base{step}]{level} {}", message.replace('\n', "\n    "));
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base_recipe_keeps_the_e2b_properties() {
+        let r = recipe();
+        assert_eq!(r.from_image.as_deref(), Some("bootstrap:debian:bookworm"));
+        let run = &r.steps[0];
+        assert_eq!((run.kind.as_str(), run.args[1].as_str()), ("RUN", "root"));
+        for needed in ["useradd -m -s /bin/bash -u 1000 user", "NOPASSWD: ALL", "umask 022", "chmod 777 /code"] {
+            assert!(run.args[0].contains(needed), "{needed}");
+        }
+        assert_eq!(r.steps[1], TemplateStep::new("USER", vec!["user".into()]));
+        assert_eq!(r.steps[2], TemplateStep::new("WORKDIR", vec!["/home/user".into()]));
+    }
+}
