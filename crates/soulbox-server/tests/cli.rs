@@ -246,7 +246,15 @@ fn template_build_list_delete() {
     // The id in the RUN keeps the step out of the cache of earlier runs, so its output is printed.
     std::fs::write(
         ctx.path().join("Dockerfile"),
-        format!("FROM base\nARG WHO=world\nENV WHO=$WHO\nCOPY greeting.txt /opt/greeting.txt\nRUN echo built-for-$WHO # {id}\nWORKDIR /opt\n"),
+        // Every instruction the front end supports: comments, continuations, ARG/ENV substitution, COPY and ADD with
+        // --chown/--chmod, RUN in shell and exec form, WORKDIR, USER, ENTRYPOINT + CMD as the start command.
+        format!(
+            "# syntax is ignored\nFROM base\nUSER root\nARG WHO=world\nENV WHO=$WHO \\\n    MODE=test\nCOPY greeting.txt /opt/greeting.txt\n\
+             ADD --chown=user --chmod=640 greeting.txt /opt/added.txt\nRUN echo built-for-$WHO # {id}\n\
+             RUN [\"/bin/sh\", \"-c\", \"echo exec-form > /opt/exec.txt\"]\nWORKDIR /opt\nUSER user\n\
+             RUN whoami > /home/user/built-as.txt\nENTRYPOINT [\"/bin/sh\", \"-c\"]\n\
+             CMD [\"echo started-as-$(whoami) > /tmp/started.txt; exec sleep infinity\"]\n"
+        ),
     )
     .unwrap();
     let dockerfile = ctx.path().join("Dockerfile");
@@ -256,12 +264,18 @@ fn template_build_list_delete() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.lines().any(|l| l == "[3] built-for-cli"), "plain lines `[step] message` when not a TTY:\n{stdout}");
+    assert!(stdout.lines().any(|l| l == "[5] built-for-cli"), "plain lines `[step] message` when not a TTY:\n{stdout}");
     assert!(stdout.contains(&format!("Built {name}:v1")), "{stdout}");
 
     let sbx = create(&e, &[&format!("{name}:v1")]);
-    let out = run(&e, &["exec", &sbx.1, "--", "cat greeting.txt; echo $WHO"]);
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from cli\ncli\n");
+    let out = run(&e, &["exec", &sbx.1, "--", "cat greeting.txt; echo $WHO $MODE; pwd; whoami; cat exec.txt /home/user/built-as.txt"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from cli\ncli test\n/opt\nuser\nexec-form\nuser\n");
+    let out = run(&e, &["exec", &sbx.1, "--", "stat -c '%U %a' /opt/added.txt"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "user 640\n", "ADD --chown --chmod");
+    // The start command (ENTRYPOINT + CMD) runs when the sandbox starts; create does not wait for it (no ready
+    // command), so give it a bounded moment inside the sandbox.
+    let out = run(&e, &["exec", &sbx.1, "--", "for i in $(seq 100); do [ -s /tmp/started.txt ] && break; sleep 0.1; done; cat /tmp/started.txt"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started-as-user\n", "the start command ran as the image's user");
     drop(sbx);
 
     // `--json`: the log goes to stderr, stdout is one JSON document.
