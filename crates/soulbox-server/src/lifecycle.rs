@@ -481,15 +481,7 @@ impl Lifecycle {
         self.stop_serving(id);
         self.deadlines.cancel(id);
         let result = async {
-            match self.nodes.get(&record.node_id).await {
-                Ok(node) => match node.kill(id).await {
-                    // A node that cannot be reached kills it when it reconciles (the record is gone by then).
-                    Err(NodeError::Unreachable(why)) => tracing::warn!(sandbox = %id, why, "killing on an unreachable node"),
-                    other => other?,
-                },
-                Err(NodeError::Unreachable(why)) => tracing::warn!(sandbox = %id, why, "killing on an unreachable node"),
-                Err(e) => return Err(e.into()),
-            }
+            self.kill_on_node(&record).await?;
             self.store.delete_sandbox(id).await?;
             Ok(())
         }
@@ -599,13 +591,8 @@ impl Lifecycle {
                 Err(StoreError::NotFound(_)) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
-            let killed = match self.nodes.get(&record.node_id).await {
-                Ok(node) => node.kill(id).await,
-                Err(e) => Err(e),
-            };
-            match killed {
-                // Unreachable: the node kills it when it reconciles (the record is gone by then).
-                Ok(()) | Err(NodeError::SandboxNotFound(_)) | Err(NodeError::Unreachable(_)) => {}
+            match self.kill_on_node(&record).await {
+                Ok(()) | Err(NodeError::SandboxNotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }
             self.store.delete_sandbox(id).await?;
@@ -617,6 +604,22 @@ impl Lifecycle {
             tracing::info!(sandbox = %id, "sandbox killed at its timeout");
         }
         result
+    }
+
+    /// Kills the sandbox on its node. A node that cannot be reached kills it when it reconciles (the record is
+    /// gone by then), so that counts as done.
+    async fn kill_on_node(&self, record: &SandboxRecord) -> std::result::Result<(), NodeError> {
+        let killed = match self.nodes.get(&record.node_id).await {
+            Ok(node) => node.kill(&record.id).await,
+            Err(e) => Err(e),
+        };
+        match killed {
+            Err(NodeError::Unreachable(why)) => {
+                tracing::warn!(sandbox = %record.id, why, "killing on an unreachable node");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     async fn release_claim(&self, id: &str) {
