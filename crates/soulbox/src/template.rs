@@ -53,26 +53,16 @@ const LAST_LOG_LINES: usize = 20;
 /// How often the polling fallback asks for the status (E2B's SDKs poll at this rate).
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
-/// One recipe step (E2B's `TemplateStep`), shared with the server through `soulbox-protocol`.
-pub use soulbox_protocol::template::TemplateStep;
+/// The recipe types shared with the server through `soulbox-protocol` (E2B's JSON).
+pub use soulbox_protocol::template::{Recipe, TemplateStep};
 
-/// A recipe: base + steps + start/ready command, and the local directory COPY sources are relative to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// A recipe being built up (base + steps + start/ready command) and the local directory COPY sources are
+/// relative to.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Template {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_image: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub from_template: Option<String>,
-    #[serde(default)]
-    pub steps: Vec<TemplateStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_cmd: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_cmd: Option<String>,
-    /// Ignore the step cache for the whole build (E2B's `skip_cache()` before any step).
-    #[serde(default)]
-    pub force: bool,
+    /// What is sent to the server.
+    #[serde(flatten)]
+    pub recipe: Recipe,
     /// Where COPY sources are read from (default: the current directory). Not sent.
     #[serde(skip)]
     pub context: Option<PathBuf>,
@@ -82,18 +72,18 @@ pub struct Template {
 }
 
 impl Template {
-    fn empty() -> Template {
-        Template { from_image: None, from_template: None, steps: Vec::new(), start_cmd: None, ready_cmd: None, force: false, context: None, force_next: false }
+    fn from_recipe(recipe: Recipe) -> Template {
+        Template { recipe, ..Template::default() }
     }
 
     /// Starts from another template (`name` or `name:tag`).
     pub fn from_template(name: impl Into<String>) -> Template {
-        Template { from_template: Some(name.into()), ..Template::empty() }
+        Template::from_recipe(Recipe { from_template: Some(name.into()), ..Recipe::default() })
     }
 
     /// Starts from an image reference (the server maps it to a local source or pulls it).
     pub fn from_image(image: impl Into<String>) -> Template {
-        Template { from_image: Some(image.into()), ..Template::empty() }
+        Template::from_recipe(Recipe { from_image: Some(image.into()), ..Recipe::default() })
     }
 
     /// Starts from E2B's base image ([`BASE_IMAGE`]).
@@ -113,12 +103,11 @@ impl Template {
     ///
     /// ```
     /// let t = soulbox::Template::from_dockerfile("FROM base\nRUN echo hi > /hi\n", &Default::default()).unwrap();
-    /// assert_eq!(t.steps.len(), 1);
+    /// assert_eq!(t.recipe.steps.len(), 1);
     /// ```
     pub fn from_dockerfile(text: &str, build_args: &std::collections::BTreeMap<String, String>) -> Result<Template> {
         let recipe = soulbox_protocol::template::dockerfile::parse(text, build_args).map_err(|e| Error::Invalid(e.to_string()))?;
-        let json = serde_json::to_value(&recipe).map_err(|e| Error::Invalid(format!("encoding the recipe: {e}")))?;
-        Template::from_json(json)
+        Ok(Template::from_recipe(recipe))
     }
 
     /// The directory COPY sources are relative to.
@@ -130,7 +119,7 @@ impl Template {
     fn step(mut self, kind: &str, args: Vec<String>) -> Template {
         // The server re-runs a forced step and every later one.
         let force = std::mem::take(&mut self.force_next).then_some(true);
-        self.steps.push(TemplateStep { kind: kind.into(), args, force, files_hash: None });
+        self.recipe.steps.push(TemplateStep { kind: kind.into(), args, force, files_hash: None });
         self
     }
 
@@ -173,21 +162,21 @@ impl Template {
     /// The command started when a sandbox of this template starts, and the check that says it is ready
     /// (create returns once it exits 0).
     pub fn start_cmd(mut self, cmd: impl Into<String>, ready_cmd: impl Into<String>) -> Template {
-        self.start_cmd = Some(cmd.into());
-        self.ready_cmd = Some(ready_cmd.into());
+        self.recipe.start_cmd = Some(cmd.into());
+        self.recipe.ready_cmd = Some(ready_cmd.into());
         self
     }
 
     /// Only a ready check.
     pub fn ready_cmd(mut self, cmd: impl Into<String>) -> Template {
-        self.ready_cmd = Some(cmd.into());
+        self.recipe.ready_cmd = Some(cmd.into());
         self
     }
 
     /// Re-runs every step after this point even when cached (before any step: the whole build).
     pub fn skip_cache(mut self) -> Template {
-        if self.steps.is_empty() {
-            self.force = true;
+        if self.recipe.steps.is_empty() {
+            self.recipe.force = true;
         } else {
             self.force_next = true;
         }
@@ -360,7 +349,7 @@ impl Client {
         let requested: RequestedBuild = self.api_json(Method::POST, "/v3/templates", &[], Some(body)).await?;
         let mut recipe = template.clone();
         let context = template.context.clone().unwrap_or_else(|| PathBuf::from("."));
-        for step in recipe.steps.iter_mut().filter(|s| s.kind == "COPY") {
+        for step in recipe.recipe.steps.iter_mut().filter(|s| s.kind == "COPY") {
             let src = step.args.first().cloned().unwrap_or_default();
             let dest = step.args.get(1).cloned().unwrap_or_default();
             let hash = match &step.files_hash {
@@ -735,9 +724,9 @@ mod tests {
         assert_eq!(v["steps"][3]["args"], serde_json::json!(["A", "1"]));
         assert_eq!((v["startCmd"].as_str(), v["readyCmd"].as_str()), (Some("serve"), Some("check")));
         assert!(v.get("context").is_none());
-        assert!(Template::from_template("base").skip_cache().force);
+        assert!(Template::from_template("base").skip_cache().recipe.force);
         let t = Template::from_template("base").run_cmd("a").skip_cache().run_cmd("b").run_cmd("c");
-        assert_eq!(t.steps.iter().map(|s| s.force).collect::<Vec<_>>(), [None, Some(true), None]);
+        assert_eq!(t.recipe.steps.iter().map(|s| s.force).collect::<Vec<_>>(), [None, Some(true), None]);
     }
 
     #[test]

@@ -70,14 +70,14 @@ pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
             let mut template = Template::from_dockerfile(&text, &args)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?
                 .context(context);
-            template.force = template.force || no_cache;
+            template.recipe.force = template.recipe.force || no_cache;
             let mut options = BuildOptions::new(&name);
             options.tags = tags;
             options.cpu_count = cpu;
             options.memory_mb = memory_mb;
             let client = conn.client()?;
             let build = client.build_template(&template, options).await?;
-            let total = template.steps.len();
+            let total = template.recipe.steps.len();
             let mut display = if std::io::stderr().is_terminal() && !conn.json { Display::progress(total) } else { Display::Plain };
             if !conn.json {
                 display.line(&format!("Building {name} (template {}, build {})", build.template_id, build.build_id));
