@@ -63,11 +63,10 @@ pub fn remove(parent: &str, id: &str) {
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        if let Err(e) = std::fs::remove_dir(&d) {
-            if e.kind() != std::io::ErrorKind::NotFound {
+        if let Err(e) = std::fs::remove_dir(&d)
+            && e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(dir = %d.display(), error = %e, "could not remove cgroup");
             }
-        }
     }
 }
 

@@ -228,10 +228,9 @@ impl ProbeMemo {
 
     fn record_unusable(path: &Path, error: &str) {
         let memo = ProbeMemo { kernel: Self::kernel_release(), project_quota_error: error.to_string() };
-        if let Ok(json) = serde_json::to_vec_pretty(&memo) {
-            if let Err(e) = std::fs::write(path, json) {
+        if let Ok(json) = serde_json::to_vec_pretty(&memo)
+            && let Err(e) = std::fs::write(path, json) {
                 tracing::debug!(path = %path.display(), error = %e, "could not remember the project quota probe");
             }
-        }
     }
 }

@@ -160,7 +160,7 @@ impl Inner {
         loop {
             let id = new_sandbox_id();
             let dir = self.dir(&id);
-            let veth_taken = network::host_links(&self.cfg.veth_name(&id)).len() > 0;
+            let veth_taken = !network::host_links(&self.cfg.veth_name(&id)).is_empty();
             if !dir.exists() && !veth_taken {
                 std::fs::create_dir_all(&dir).ctx(&dir)?;
                 return Ok(id);

@@ -100,20 +100,16 @@ pub async fn setup(lease: &NetLease) -> Result<()> {
 
 /// Remove veth and netns (idempotent).
 pub async fn teardown(netns: &str, veth: &str) -> Result<()> {
-    if Path::new("/sys/class/net").join(veth).exists() {
-        if let Err(e) = util::run("ip", &["link", "del", veth]).await {
-            if Path::new("/sys/class/net").join(veth).exists() {
+    if Path::new("/sys/class/net").join(veth).exists()
+        && let Err(e) = util::run("ip", &["link", "del", veth]).await
+            && Path::new("/sys/class/net").join(veth).exists() {
                 return Err(e);
             }
-        }
-    }
-    if Path::new("/run/netns").join(netns).exists() {
-        if let Err(e) = util::run("ip", &["netns", "del", netns]).await {
-            if Path::new("/run/netns").join(netns).exists() {
+    if Path::new("/run/netns").join(netns).exists()
+        && let Err(e) = util::run("ip", &["netns", "del", netns]).await
+            && Path::new("/run/netns").join(netns).exists() {
                 return Err(e);
             }
-        }
-    }
     Ok(())
 }
 

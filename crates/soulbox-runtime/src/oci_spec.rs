@@ -192,7 +192,7 @@ fn nofile_limit() -> u64 {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit writes into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
-        return (r.rlim_max as u64).min(65536);
+        return r.rlim_max.min(65536);
     }
     1024
 }

@@ -224,14 +224,12 @@ impl DiskQuota {
 async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) -> Result<Backend> {
     let image = data_dir.join(IMAGE_FILE);
     // 1. Our image is already mounted there (a previous instance, or a crash).
-    if let Some(src) = mount_source(sandboxes) {
-        if let Some(dev) = src.strip_prefix("/dev/") {
-            if loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
+    if let Some(src) = mount_source(sandboxes)
+        && let Some(dev) = src.strip_prefix("/dev/")
+            && loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
                 probe(sandboxes)?;
                 return Ok(Backend::Image { image });
             }
-        }
-    }
     // 2. The filesystem already enforces project quotas.
     if probe(sandboxes).is_ok() {
         return Ok(Backend::Direct);
@@ -366,7 +364,7 @@ fn mount_source(mp: &Path) -> Option<String> {
     info.lines()
         .filter(|l| l.split(' ').nth(4).is_some_and(|m| crate::rootfs::unescape(m) == s))
         .filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1).map(String::from))
-        .last()
+        .next_back()
 }
 
 fn mounted_devices() -> HashSet<String> {

@@ -139,7 +139,7 @@ fn kill_stray_cli(root: &str) {
         }
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == root.as_bytes()) && args.iter().any(|a| *a == b"--root") {
+        if args.contains(&root.as_bytes()) && args.iter().any(|a| *a == b"--root") {
             tracing::info!(pid, "killing stray runtime CLI process of a previous instance");
             // SAFETY: kill(2) on a pid whose cmdline names our private runtime root.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };

@@ -147,11 +147,10 @@ impl Store {
         let recipe = format!("test-v2\n{}", hex(&Sha256::digest(&bb)));
         let recipe_hash = hex(&Sha256::digest(recipe.as_bytes()));
         let _lock = self.lock("test")?;
-        if let Ok(m) = self.get("test") {
-            if m.recipe_hash == recipe_hash {
+        if let Ok(m) = self.get("test")
+            && m.recipe_hash == recipe_hash {
                 return Ok(m);
             }
-        }
         let tmp = self.temp_layer()?;
         let res = (|| -> Result<String> {
             for d in ["bin", "etc", "tmp", "root", "home/user", "proc", "sys", "dev", "run", "var/tmp", ".soulbox", "code"] {
@@ -225,12 +224,11 @@ impl Store {
         let _lock = tokio::task::spawn_blocking(move || store.lock("base"))
             .await
             .map_err(|e| Error::TemplateBuild(e.to_string()))??;
-        if let Ok(m) = self.get("base") {
-            if m.recipe_hash == recipe_hash {
+        if let Ok(m) = self.get("base")
+            && m.recipe_hash == recipe_hash {
                 eprintln!("[template base] cached ({})", &recipe_hash[..12]);
                 return Ok(m);
             }
-        }
         eprintln!("[template base] building with mmdebstrap (recipe {})", &recipe_hash[..12]);
         let tmp = self.temp_layer()?;
         // mmdebstrap wants to create/own the target directory itself.

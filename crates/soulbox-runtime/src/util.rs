@@ -21,12 +21,11 @@ pub async fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Res
         .kill_on_drop(false);
     let cmdline = || format!("{} {}", program, args.join(" "));
     let mut child = cmd.spawn().map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
-    if let Some(input) = stdin {
-        if let Some(mut w) = child.stdin.take() {
+    if let Some(input) = stdin
+        && let Some(mut w) = child.stdin.take() {
             w.write_all(input.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
             drop(w);
         }
-    }
     let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
     if !out.status.success() {
         return Err(Error::Command {
