@@ -33,6 +33,7 @@ procs = {}
 ports = {}
 api_url = ""
 api_key = ""
+agent_server = ""
 
 
 def log(msg):
@@ -79,30 +80,35 @@ def remember(proc):
     return proc
 
 
-def start_server():
-    global api_url
+REPLICATED = DB_URL.startswith("postgres")
+replica_urls = {}
+
+
+def start_server(name="server"):
+    """Starts a control-plane replica; returns its URL and the admin key it printed (None after the first start)."""
     port = free_port()
-    api_url = f"http://127.0.0.1:{port}"
-    os.makedirs(f"{RUN_DIR}/server", exist_ok=True)
-    out = open(f"{RUN_DIR}/server.log", "ab")
-    procs["server"] = remember(subprocess.Popen(
-        [BIN, "--data-dir", f"{RUN_DIR}/server", "server", "--listen", f"127.0.0.1:{port}", "--database-url", DB_URL,
+    url = f"http://127.0.0.1:{port}"
+    replica_urls[name] = url
+    os.makedirs(f"{RUN_DIR}/{name}", exist_ok=True)
+    out = open(f"{RUN_DIR}/{name}.log", "ab")
+    procs[name] = remember(subprocess.Popen(
+        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "server", "--listen", f"127.0.0.1:{port}", "--database-url", DB_URL,
          "--node-token", TOKEN, "--node-heartbeat-timeout-s", str(HEARTBEAT_TIMEOUT_S), "--node-lost-after-s", str(LOST_AFTER_S)],
         stdout=subprocess.PIPE, stderr=out, env={**os.environ, "SOULBOX_LOG": "info"}))
-    for line in procs["server"].stdout:
+    for line in procs[name].stdout:
         line = line.decode()
         if line.startswith("export E2B_API_KEY=") and "shown once" in line:
-            return line.split("=", 1)[1].split()[0]
+            return url, line.split("=", 1)[1].split()[0]
         if line.startswith("export E2B_API_KEY=<"):
-            raise AssertionError("the cluster test needs a fresh store (the admin key is printed on first start only)")
-    raise AssertionError("server exited during start; see server.log")
+            return url, None
+    raise AssertionError(f"{name} exited during start; see {name}.log")
 
 
 def start_node(name, prefix, pool):
     port = ports.setdefault(name, free_port())
     out = open(f"{RUN_DIR}/{name}.log", "ab")
     procs[name] = remember(subprocess.Popen(
-        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "node", "--server", api_url, "--token", TOKEN, "--node-id", name,
+        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "node", "--server", agent_server, "--token", TOKEN, "--node-id", name,
          "--listen", f"127.0.0.1:{port}", "--region", "test", "--heartbeat-interval-s", "1", "--template-dir", TEMPLATE_DIR,
          "--envd-path", ENVD, "--prefix", prefix, "--network-pool", pool, "--warm-pool", "1"],
         stdout=out, stderr=out, env={**os.environ, "SOULBOX_LOG": "info"}))
@@ -146,10 +152,17 @@ def cli(*args):
 
 
 def main():
-    global api_key
-    api_key = start_server()
+    global api_key, api_url, agent_server
+    api_url, api_key = start_server("server")
+    assert api_key, "the cluster test needs a fresh store (the admin key is printed on first start only)"
+    agent_server = api_url
+    if REPLICATED:
+        # A second replica on the same database; the agents heartbeat to it while the test talks to the first, so
+        # every check below also shows the first replica seeing nodes, placements and sandboxes through the database.
+        agent_server, second_key = start_server("replica2")
+        assert second_key is None, "the second replica found the first one's admin key in the shared database"
     os.environ.update({"E2B_API_URL": api_url, "E2B_SANDBOX_URL": api_url, "E2B_API_KEY": api_key, "NO_PROXY": "*"})
-    log(f"server on {api_url}; starting three node agents")
+    log(f"server on {api_url}" + (f", replica on {agent_server} (PostgreSQL)" if REPLICATED else "") + "; starting three node agents")
     for name, prefix, pool in NODES:
         start_node(name, prefix, pool)
     wait_for("three healthy nodes", lambda: all(status_of(n) == "healthy" for n, _, _ in NODES))
@@ -218,6 +231,9 @@ def main():
     finally:
         sbx.kill()
 
+    if REPLICATED:
+        replicas(everything, on_node2)
+
     log("kill everything through the API; remove a stopped node")
     for sid in everything:
         if sid not in on_node2:
@@ -231,8 +247,54 @@ def main():
     log("all cluster checks passed")
 
 
+def replicas(everything, gone):
+    """Two API replicas on one PostgreSQL database act as one control plane (the official SDK through either)."""
+    global api_url
+    from e2b import Sandbox
+    first, second = replica_urls["server"], replica_urls["replica2"]
+    log("two replicas: a sandbox created through one is used and managed through the other")
+    a = Sandbox.create(timeout=300, api_url=first, sandbox_url=first)
+    everything.append(a.sandbox_id)
+    via_b = Sandbox.connect(a.sandbox_id, api_url=second, sandbox_url=second)
+    assert via_b.commands.run("echo through-b").stdout == "through-b\n"
+    via_b.files.write("/tmp/replica.txt", "written through b")
+    assert a.files.read("/tmp/replica.txt") == "written through b"
+    listed = {s.sandbox_id for s in Sandbox.list(api_url=second).next_items()}
+    assert a.sandbox_id in listed, listed
+
+    log("two replicas: a timeout set through one fires once while both run")
+    short = Sandbox.create(timeout=300, api_url=second, sandbox_url=second)
+    Sandbox.set_timeout(short.sandbox_id, 2, api_url=first)
+    for url in (first, second):
+        wait_for(f"the timed-out sandbox gone on {url}", lambda: call_at(url, "GET", f"/sandboxes/{short.sandbox_id}")[0] == 404, 30)
+    wait_for("the timed-out sandbox gone from its node", lambda: all(short.sandbox_id not in runc_ids(n) for n, _, _ in NODES), 30)
+
+    log("two replicas: kill -9 the first; the second serves every sandbox and creates new ones")
+    procs["server"].send_signal(signal.SIGKILL)
+    procs["server"].wait()
+    api_url = second
+    os.environ.update({"E2B_API_URL": second, "E2B_SANDBOX_URL": second})
+    survivors = [sid for sid in everything if sid not in gone]
+    listed = {s["sandboxID"] for s in call("GET", "/sandboxes", expect=200)[1]}
+    assert set(survivors) <= listed, (survivors, listed)
+    assert run_in(a.sandbox_id, "cat /tmp/replica.txt") == "written through b"
+    c = Sandbox.create(timeout=300)
+    everything.append(c.sandbox_id)
+    assert c.commands.run("echo after-failover").stdout == "after-failover\n"
+    assert status_of("node1") == "healthy"
+
+
+def call_at(url, method, path):
+    global api_url
+    saved, api_url = api_url, url
+    try:
+        return call(method, path)
+    finally:
+        api_url = saved
+
+
 def stop_all():
-    for name in ["node1", "node2", "node3", "server"]:
+    for name in ["node1", "node2", "node3", "server", "replica2"]:
         p = procs.get(name)
         if p and p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -250,7 +312,7 @@ if __name__ == "__main__":
         main()
         ok = True
     finally:
-        if not ok and api_key and procs.get("server") and procs["server"].poll() is None:
+        if not ok and api_key:
             # Kill what the API still knows; run.sh collects the rest by prefix.
             try:
                 for s in call("GET", "/sandboxes")[1] or []:

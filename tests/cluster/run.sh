@@ -5,8 +5,10 @@
 # Usage (root: node runtimes need mounts, netns, cgroups, nftables):
 #   tests/cluster/run.sh
 # Environment:
-#   SOULBOX_CLUSTER_DATABASE_URL   database of the control plane (default: SQLite in the run dir); a
-#                                  postgres:// URL runs the same test on a shared PostgreSQL
+#   SOULBOX_CLUSTER_DB=postgres    (default when PostgreSQL's binaries are installed) a throwaway PostgreSQL
+#                                  cluster (initdb in the run dir, unix socket only, removed at the end) and TWO
+#                                  `soulbox server` replicas on it; `sqlite`: one server on SQLite
+#   SOULBOX_CLUSTER_DATABASE_URL   use this database instead (one replica unless it is postgres://)
 #   SOULBOX_CLUSTER_STORE=/var/tmp/soulbox-cluster/templates
 #                                  template store shared by the three agents (kept between runs). When it has no
 #                                  `base`, it is seeded with hard links from SOULBOX_CLUSTER_SEED (default: the e2e
@@ -69,6 +71,9 @@ cleanup() {
   for pid in $(cat "$RUN_DIR/pids" 2>/dev/null); do
     grep -qF "$RUN_DIR" "/proc/$pid/cmdline" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
   done
+  if [ -n "${PG_DATA:-}" ] && [ -f "$PG_DATA/postmaster.pid" ]; then
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -m immediate -w stop >/dev/null 2>&1
+  fi
   if ! collect && [ "$rc" -eq 0 ]; then
     log "the test passed but left host objects behind"
     rc=1
@@ -97,5 +102,19 @@ if [ ! -f "$STORE/templates/base/template.json" ] && [ -f "$SEED/templates/base/
 fi
 
 log "run dir $RUN_DIR"
+PG_BIN="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)"
+DB_KIND="${SOULBOX_CLUSTER_DB:-$([ -x "$PG_BIN/initdb" ] && echo postgres || echo sqlite)}"
+if [ -z "${SOULBOX_CLUSTER_DATABASE_URL:-}" ] && [ "$DB_KIND" = postgres ]; then
+  [ -x "$PG_BIN/initdb" ] || die "SOULBOX_CLUSTER_DB=postgres but no initdb (apt-get install postgresql)"
+  # A private cluster: data and socket in the run dir (owned by postgres, which refuses to run as root), no TCP.
+  PG_DIR="$RUN_DIR/pg"; PG_DATA="$PG_DIR/data"
+  mkdir -p "$PG_DIR" && chmod 755 "$RUN_DIR" && chown postgres: "$PG_DIR"
+  runuser -u postgres -- "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres >"$RUN_DIR/pg-initdb.log" 2>&1 \
+    || die "initdb failed: $(tail -n 5 "$RUN_DIR/pg-initdb.log")"
+  runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DIR/postgres.log" -w \
+    -o "-c listen_addresses='' -k $PG_DIR -c fsync=off" start >/dev/null || die "postgres did not start: $(tail -n 5 "$PG_DIR/postgres.log")"
+  export SOULBOX_CLUSTER_DATABASE_URL="postgres://postgres@localhost:5432/postgres?host=$PG_DIR"
+  log "PostgreSQL at $PG_DIR (two API replicas share it)"
+fi
 SOULBOX_BIN="$BIN" SOULBOX_ENVD="$ENVD" SOULBOX_CLUSTER_DIR="$RUN_DIR" SOULBOX_TEMPLATE_DIR="$STORE" \
   PYTHONDONTWRITEBYTECODE=1 "$PY" "$HERE/cluster_test.py"
