@@ -322,7 +322,22 @@ impl Lifecycle {
             metadata: req.metadata.clone(),
         };
         let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
-        let (node_id, node) = self.nodes.place(need).await?;
+        let placement = self.nodes.place(need).await?;
+        let result = self.create_on(&placement, spec, &template, timeout_s, req, token).await;
+        self.nodes.release(&placement).await;
+        result
+    }
+
+    async fn create_on(
+        &self,
+        placement: &crate::cluster::Placement,
+        spec: SandboxSpec,
+        template: &TemplateInfo,
+        timeout_s: i32,
+        req: CreateRequest,
+        token: Option<String>,
+    ) -> Result<api::Sandbox> {
+        let (node_id, node) = (placement.node_id.clone(), &placement.node);
         let created = node.create(spec).await?;
         let (id, address) = (created.sandbox_id, created.address);
         let now = now_ms();

@@ -41,12 +41,26 @@ pub enum Route {
     ViaNode { authority: String, secret: String },
 }
 
+/// Where a new sandbox goes, and the capacity hold taken there (cluster mode).
+pub struct Placement {
+    pub node_id: String,
+    pub node: Arc<dyn Node>,
+    /// The id of the hold in the store's `placements` table.
+    pub hold: Option<String>,
+}
+
 #[async_trait]
 pub trait NodeSet: Send + Sync + 'static {
     /// The node a sandbox recorded on `node_id` lives on. `Unreachable` when that node is removed or unhealthy.
     async fn get(&self, node_id: &str) -> Result<Arc<dyn Node>, NodeError>;
-    /// Chooses a node for a new sandbox (`NoCapacity` with the reason when none fits).
-    async fn place(&self, need: Requirements) -> Result<(String, Arc<dyn Node>), NodeError>;
+    /// Chooses a node for a new sandbox and holds its capacity there (`NoCapacity` with the reason when none
+    /// fits). The caller releases the hold with [`NodeSet::release`] once the sandbox's record exists or the
+    /// create failed.
+    async fn place(&self, need: Requirements) -> Result<Placement, NodeError>;
+    /// Drops a placement hold (its capacity now counts through the sandbox's record, or was not used).
+    async fn release(&self, placement: &Placement) {
+        let _ = placement;
+    }
     /// How the proxy reaches sandboxes on `node_id`; `None` when it cannot right now.
     async fn route(&self, node_id: &str) -> Option<Route>;
     /// The node asked about templates (and, on one machine, the one that builds them).
@@ -80,9 +94,9 @@ impl NodeSet for SingleNode {
         Ok(self.node.clone())
     }
 
-    async fn place(&self, _need: Requirements) -> Result<(String, Arc<dyn Node>), NodeError> {
+    async fn place(&self, _need: Requirements) -> Result<Placement, NodeError> {
         // As before cluster mode: the runtime itself refuses what does not fit.
-        Ok((self.node_id.clone(), self.node.clone()))
+        Ok(Placement { node_id: self.node_id.clone(), node: self.node.clone(), hold: None })
     }
 
     async fn route(&self, _node_id: &str) -> Option<Route> {

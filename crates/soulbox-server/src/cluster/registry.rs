@@ -12,9 +12,12 @@ use async_trait::async_trait;
 
 use super::remote::RemoteNode;
 use super::scheduler::{self, Candidate, PlacementError, Policy, Requirements};
-use super::{NodeSet, NodeView, Route};
+use super::{NodeSet, NodeView, Placement, Route};
 use crate::node::{CreatedSandbox, LogLine, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo};
-use crate::store::{NodeRecord, Store, StoreError, now_ms};
+use crate::store::{NodeRecord, NodeReservation, Store, StoreError, now_ms};
+
+/// How long a placement hold outlives a replica that died mid-create (a create with a slow ready command fits).
+const PLACEMENT_HOLD_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -144,33 +147,61 @@ impl NodeSet for Registry {
         Ok(self.client(&node))
     }
 
-    async fn place(&self, need: Requirements) -> Result<(String, Arc<dyn Node>), NodeError> {
-        let nodes = self.store.list_nodes().await.map_err(store_error)?;
-        let reservations = self.store.node_reservations().await.map_err(store_error)?;
-        let now = now_ms();
-        let candidates: Vec<Candidate> = nodes
-            .iter()
-            .map(|n| {
-                let reserved = reservations.get(&n.id).copied().unwrap_or_default();
-                Candidate {
-                    node_id: n.id.clone(),
-                    status: derive_status(n, now, self.config.heartbeat_timeout),
-                    cpu_count: n.cpu_count,
-                    memory_mb: n.memory_mb,
-                    memory_available_mb: n.memory_available_mb,
-                    reserved_cpu: reserved.cpu,
-                    reserved_memory_mb: reserved.memory_mb,
-                    sandbox_count: reserved.sandboxes,
+    async fn place(&self, need: Requirements) -> Result<Placement, NodeError> {
+        let mut passed_over: Vec<String> = Vec::new();
+        loop {
+            let nodes = self.store.list_nodes().await.map_err(store_error)?;
+            let reservations = self.store.node_reservations().await.map_err(store_error)?;
+            let now = now_ms();
+            let candidates: Vec<Candidate> = nodes
+                .iter()
+                .filter(|n| !passed_over.contains(&n.id))
+                                .map(|n| {
+                    let held = reservations.get(&n.id).copied().unwrap_or_default();
+                    Candidate {
+                        node_id: n.id.clone(),
+                        status: derive_status(n, now, self.config.heartbeat_timeout),
+                        cpu_count: n.cpu_count,
+                        memory_mb: n.memory_mb,
+                        memory_available_mb: n.memory_available_mb,
+                        reserved_cpu: held.cpu,
+                        reserved_memory_mb: held.memory_mb,
+                        sandbox_count: held.sandboxes,
+                    }
+                })
+                .collect();
+            let chosen = scheduler::place(&candidates, &need, &self.config.policy, &mut rand::rng()).map_err(|e| match e {
+                PlacementError::NoNodes | PlacementError::NoHealthyNode(_) | PlacementError::NoCapacity { .. } => {
+                    NodeError::NoCapacity(e.to_string())
                 }
-            })
-            .collect();
-        let chosen = scheduler::place(&candidates, &need, &self.config.policy, &mut rand::rng()).map_err(|e| match e {
-            PlacementError::NoNodes | PlacementError::NoHealthyNode(_) | PlacementError::NoCapacity { .. } => {
-                NodeError::NoCapacity(e.to_string())
+            })?;
+            // The choice was made on a snapshot; the hold re-checks under the node's lock, so another replica's
+            // create in the meantime cannot make two sandboxes share the last room.
+            let hold = crate::ids::access_token();
+            let fits = |held: NodeReservation| {
+                Candidate { reserved_cpu: held.cpu, reserved_memory_mb: held.memory_mb, sandbox_count: held.sandboxes, ..chosen.clone() }
+                    .fits(&need, &self.config.policy)
+            };
+            let held = self
+                .store
+                .hold_placement(&hold, &chosen.node_id, need.cpu_count, need.memory_mb, PLACEMENT_HOLD_MS, fits)
+                .await
+                .map_err(store_error)?;
+            if held {
+                let record = nodes.iter().find(|n| n.id == chosen.node_id).ok_or_else(|| NodeError::Failed("placement lost its node".into()))?;
+                return Ok(Placement { node_id: record.id.clone(), node: self.client(record), hold: Some(hold) });
             }
-        })?;
-        let record = nodes.iter().find(|n| n.id == chosen.node_id).ok_or_else(|| NodeError::Failed("placement lost its node".into()))?;
-        Ok((record.id.clone(), self.client(record)))
+            tracing::debug!(node = %chosen.node_id, "placement: the node filled up meanwhile; choosing again");
+            passed_over.push(chosen.node_id.clone());
+        }
+    }
+
+    async fn release(&self, placement: &Placement) {
+        if let Some(hold) = &placement.hold
+            && let Err(e) = self.store.release_placement(hold).await
+        {
+            tracing::warn!(node = %placement.node_id, error = %e, "could not release a placement hold; it expires on its own");
+        }
     }
 
     async fn route(&self, node_id: &str) -> Option<Route> {
@@ -318,4 +349,71 @@ mod tests {
         assert_eq!(derive_status(&record(now - 10_001, true, true, None), now, timeout), NodeStatus::Unhealthy);
         assert_eq!(derive_status(&record(now - 10_000, true, false, None), now, timeout), NodeStatus::Healthy);
     }
+
+    crate::store::test_db::store_test!(replicas_placing_at_once_never_overfill_a_node, |db| {
+        // Two replicas (own connection pools) on one database, two nodes with room for four 512 MiB sandboxes
+        // each (1 GiB × memory overcommit 2): sixteen concurrent placements whose sandboxes are still being
+        // created (holds not released) must get exactly eight, four per node.
+        let now = now_ms();
+        let replicas = [db.open().await, db.open().await];
+        for id in ["n1", "n2"] {
+            let node = NodeRecord {
+                id: id.into(),
+                address: "http://127.0.0.1:1".into(),
+                api_secret: "s".into(),
+                region: "r".into(),
+                version: "v".into(),
+                cpu_count: 8,
+                memory_mb: 1024,
+                cpu_available: 8.0,
+                memory_available_mb: 4096,
+                sandbox_count: 0,
+                trouble: None,
+                confirmed: false,
+                draining: false,
+                registered_at_ms: now,
+                last_heartbeat_ms: now,
+                last_health_check_ms: now,
+            };
+            replicas[0].record_node_heartbeat(&node).await.unwrap();
+            assert!(replicas[0].confirm_node(id, "http://127.0.0.1:1", "s").await.unwrap());
+        }
+        let registries: Vec<Arc<Registry>> =
+            replicas.iter().map(|store| Arc::new(Registry::new(store.clone(), ClusterConfig::new("token")))).collect();
+        let need = Requirements { cpu_count: 1, memory_mb: 512 };
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let registry = registries[i % 2].clone();
+                tokio::spawn(async move { registry.place(need).await })
+            })
+            .collect();
+        let mut placed: HashMap<String, usize> = HashMap::new();
+        let mut holds = Vec::new();
+        let mut refused = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(p) => {
+                    *placed.entry(p.node_id.clone()).or_default() += 1;
+                    holds.push(p);
+                }
+                Err(NodeError::NoCapacity(_)) => refused += 1,
+                Err(e) => panic!("unexpected placement error: {e}"),
+            }
+        }
+        assert_eq!(placed, HashMap::from([("n1".to_string(), 4), ("n2".to_string(), 4)]), "{refused} refused");
+        assert_eq!(refused, 8);
+        let held = replicas[1].node_reservations().await.unwrap();
+        assert_eq!((held["n1"].memory_mb, held["n2"].memory_mb), (2048, 2048));
+
+        // Released holds give the room back.
+        let placement = registries[0].place(need).await;
+        assert!(matches!(placement, Err(NodeError::NoCapacity(_))));
+        for p in holds.iter().filter(|p| p.node_id == "n1") {
+            registries[0].release(p).await;
+        }
+        let again = registries[1].place(need).await.unwrap();
+        assert_eq!(again.node_id, "n1");
+        registries[1].release(&again).await;
+        assert_eq!(replicas[0].node_reservations().await.unwrap().get("n1").map(|r| r.sandboxes), None);
+    });
 }

@@ -62,7 +62,7 @@ pub enum PlacementError {
 }
 
 impl Candidate {
-    fn fits(&self, need: &Requirements, policy: &Policy) -> bool {
+    pub fn fits(&self, need: &Requirements, policy: &Policy) -> bool {
         let cpu_cap = f64::from(self.cpu_count) * policy.cpu_overcommit;
         let memory_cap = self.memory_mb as f64 * policy.memory_overcommit;
         (self.reserved_cpu + u64::from(need.cpu_count)) as f64 <= cpu_cap

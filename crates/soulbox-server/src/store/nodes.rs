@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, now_ms};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRecord {
@@ -60,6 +60,19 @@ fn from_row(row: &AnyRow) -> Result<NodeRecord, StoreError> {
         registered_at_ms: row.try_get("registered_at")?,
         last_heartbeat_ms: row.try_get("last_heartbeat")?,
         last_health_check_ms: row.try_get("last_health_check")?,
+    })
+}
+
+/// Every unit of capacity in use, one row each: running sandboxes and unexpired placement holds (`$1` = now).
+const USED_ROWS: &str = "SELECT node_id, cpu_count AS cpu, memory_mb AS mem FROM sandboxes WHERE state = 'running' \
+     UNION ALL SELECT node_id, cpu_count AS cpu, memory_mb AS mem FROM placements WHERE expires_at > $1";
+const USAGE_COLUMNS: &str = "COUNT(*) AS n, SUM(cpu) AS cpu, SUM(mem) AS mem";
+
+fn reservation_of(row: &AnyRow) -> Result<NodeReservation, StoreError> {
+    Ok(NodeReservation {
+        sandboxes: row.try_get::<i64, _>("n")?.max(0) as u64,
+        cpu: row.try_get::<Option<i64>, _>("cpu")?.unwrap_or(0).max(0) as u64,
+        memory_mb: row.try_get::<Option<i64>, _>("mem")?.unwrap_or(0).max(0) as u64,
     })
 }
 
@@ -138,26 +151,62 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// What the running sandboxes in the store hold on each node (placement adds to a node's reservations
-    /// between its heartbeats).
+    /// What each node holds: its running sandboxes plus the unexpired placement holds of creates in flight.
     pub async fn node_reservations(&self) -> Result<HashMap<String, NodeReservation>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT node_id, COUNT(*) AS n, SUM(cpu_count) AS cpu, SUM(memory_mb) AS mem FROM sandboxes \
-             WHERE state = 'running' GROUP BY node_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT node_id, {USAGE_COLUMNS} FROM ({USED_ROWS}) AS used GROUP BY node_id"))
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = HashMap::new();
         for row in rows {
-            let node: String = row.try_get("node_id")?;
-            let reservation = NodeReservation {
-                sandboxes: row.try_get::<i64, _>("n")?.max(0) as u64,
-                cpu: row.try_get::<Option<i64>, _>("cpu")?.unwrap_or(0).max(0) as u64,
-                memory_mb: row.try_get::<Option<i64>, _>("mem")?.unwrap_or(0).max(0) as u64,
-            };
-            out.insert(node, reservation);
+            out.insert(row.try_get("node_id")?, reservation_of(&row)?);
         }
         Ok(out)
+    }
+
+    /// Holds `cpu`/`memory_mb` on `node_id` for a create in flight, if `fits` accepts what the node holds already.
+    /// The check and the insert run under the node row's lock, so two replicas cannot both take the last room.
+    /// `Ok(false)`: it does not fit (or the node is gone). Release with [`Store::release_placement`].
+    pub async fn hold_placement(
+        &self,
+        hold_id: &str,
+        node_id: &str,
+        cpu: u32,
+        memory_mb: u64,
+        ttl_ms: i64,
+        fits: impl FnOnce(NodeReservation) -> bool,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        // The row lock (PostgreSQL) or the write lock (SQLite) serialises every placement on this node until commit.
+        let locked = sqlx::query("UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?;
+        if locked.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let row = sqlx::query(&format!("SELECT {USAGE_COLUMNS} FROM ({USED_ROWS}) AS used WHERE node_id = $2"))
+            .bind(now)
+            .bind(node_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !fits(reservation_of(&row)?) {
+            return Ok(false);
+        }
+        sqlx::query("DELETE FROM placements WHERE expires_at <= $1").bind(now).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO placements (id, node_id, cpu_count, memory_mb, expires_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(hold_id)
+            .bind(node_id)
+            .bind(i32::try_from(cpu).unwrap_or(i32::MAX))
+            .bind(i32::try_from(memory_mb).unwrap_or(i32::MAX))
+            .bind(now + ttl_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn release_placement(&self, hold_id: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM placements WHERE id = $1").bind(hold_id).execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Ids and start times of every sandbox (running or paused) the store places on `node_id`.
