@@ -14,6 +14,7 @@
 #                                  `base`, it is seeded with hard links from SOULBOX_CLUSTER_SEED (default: the e2e
 #                                  store /var/tmp/soulbox-e2e/node) when that has one, else the first agent builds it
 #   SOULBOX_BIN, SOULBOX_ENVD      binaries (default: target/debug/soulbox, the static envd)
+#   SOULBOX_CLUSTER_PY             the driver (default cluster_test.py; bench/cluster_bench.py reuses this setup)
 #   SOULBOX_CLUSTER_SKIP_BUILD=1   do not build
 # Host objects are this test's own: prefixes sbc1..sbc3 (netns sbcN-*, nft tables soulbox_sbcN, cgroups
 # soulbox_sbcN), pools 10.81/10.82/10.83.0.0/16, a fresh run dir; all removed at the end, also on failure.
@@ -117,4 +118,4 @@ if [ -z "${SOULBOX_CLUSTER_DATABASE_URL:-}" ] && [ "$DB_KIND" = postgres ]; then
   log "PostgreSQL at $PG_DIR (two API replicas share it)"
 fi
 SOULBOX_BIN="$BIN" SOULBOX_ENVD="$ENVD" SOULBOX_CLUSTER_DIR="$RUN_DIR" SOULBOX_TEMPLATE_DIR="$STORE" \
-  PYTHONDONTWRITEBYTECODE=1 "$PY" "$HERE/cluster_test.py"
+  PYTHONDONTWRITEBYTECODE=1 "$PY" "${SOULBOX_CLUSTER_PY:-$HERE/cluster_test.py}"

@@ -363,7 +363,7 @@ impl Lifecycle {
             network: crate::node::NetworkPolicy { allow_internet: req.allow_internet, allow_out: req.allow_out, deny_out: req.deny_out },
             address: Some(address.to_string()),
         };
-        if let Err(e) = self.store.insert_sandbox(&record).await {
+        if let Err(e) = self.store.insert_sandbox_for_hold(&record, placement.hold.as_deref()).await {
             // Leave nothing behind: the node's sandbox goes too.
             if let Err(kill) = node.kill(&id).await {
                 tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");

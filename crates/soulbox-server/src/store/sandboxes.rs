@@ -84,6 +84,13 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
 
 impl Store {
     pub async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        self.insert_sandbox_for_hold(s, None).await
+    }
+
+    /// Inserts the record and, in the same transaction, drops the placement hold its capacity was held under
+    /// (from then on the record counts), so the node's usage never counts the sandbox twice or not at all.
+    pub async fn insert_sandbox_for_hold(&self, s: &SandboxRecord, hold: Option<&str>) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
         let sql = format!(
             "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         );
@@ -109,8 +116,12 @@ impl Store {
             .bind(s.network.allow_internet as i32)
             .bind(network_json(&s.network))
             .bind(&s.address)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if let Some(hold) = hold {
+            sqlx::query("DELETE FROM placements WHERE id = $1").bind(hold).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
