@@ -25,8 +25,8 @@ pub fn run() -> anyhow::Result<i32> {
             Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == server_pid => {
                 let code = status
                     .exit_status()
-                    .map(|c| c as i32)
-                    .or_else(|| status.terminating_signal().map(|s| 128 + s as i32))
+                    .map(|c| c)
+                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
                     .unwrap_or(1);
                 return Ok(code);
             }

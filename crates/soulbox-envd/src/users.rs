@@ -75,7 +75,7 @@ impl Accounts {
     pub fn user(&self, name: &str) -> Option<User> {
         let (name, uid, gid, home, shell) = self.users.iter().find(|u| u.0 == name)?.clone();
         let mut groups = vec![gid];
-        groups.extend(self.groups.iter().filter(|g| g.members.iter().any(|m| *m == name)).map(|g| g.gid));
+        groups.extend(self.groups.iter().filter(|g| g.members.contains(&name)).map(|g| g.gid));
         groups.sort_unstable();
         groups.dedup();
         Some(User { name, uid, gid, home, shell, groups })

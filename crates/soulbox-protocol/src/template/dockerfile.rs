@@ -48,11 +48,10 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
             }
             None => current = Some((n, body.trim().to_string())),
         }
-        if !continues {
-            if let Some(c) = current.take() {
+        if !continues
+            && let Some(c) = current.take() {
                 out.push(c);
             }
-        }
     }
     if let Some(c) = current.take() {
         out.push(c);

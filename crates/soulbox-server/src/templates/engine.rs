@@ -121,11 +121,10 @@ impl Engine {
         let source = self.config.image_rewrites.resolve(image).map_err(|e| BuildFailure::new(e.to_string(), Some("base")))?;
         if let BaseSource::Registry(r) = &source {
             let local = r.repository.strip_prefix("library/").filter(|_| r.registry == super::source::DOCKER_HUB);
-            if let Some(name) = local.filter(|_| r.tag.as_deref() == Some("latest") && r.digest.is_none()) {
-                if soulbox_runtime::template::check_name(name).is_ok() && self.runtime.store().get(name).is_ok() {
+            if let Some(name) = local.filter(|_| r.tag.as_deref() == Some("latest") && r.digest.is_none())
+                && soulbox_runtime::template::check_name(name).is_ok() && self.runtime.store().get(name).is_ok() {
                     return Ok(BaseSource::Template(name.to_string()));
                 }
-            }
         }
         Ok(source)
     }
@@ -188,11 +187,10 @@ impl Engine {
             let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
             (t.sandbox.take(), std::mem::take(&mut t.temp_templates))
         };
-        if let Some(id) = sandbox {
-            if let Err(e) = self.runtime.delete(&id).await {
+        if let Some(id) = sandbox
+            && let Err(e) = self.runtime.delete(&id).await {
                 tracing::warn!(sandbox = %id, error = %e, "could not delete a build sandbox");
             }
-        }
         for t in temps {
             let _ = self.runtime.store().delete(&t);
         }
@@ -258,14 +256,13 @@ impl Engine {
             if step.force == Some(true) {
                 forced = true;
             }
-            if !forced {
-                if let Some(digest) = self.cached_layer(&key) {
+            if !forced
+                && let Some(digest) = self.cached_layer(&key) {
                     log(LogLevel::Info, format!("CACHED {title}"), Some(n.clone()));
                     st.layers.push(digest);
                     st.key = key;
                     continue;
                 }
-            }
             log(LogLevel::Info, title, Some(n.clone()));
             let started = std::time::Instant::now();
             let digest = self.layer_step(job, &st, &n, action, log, tracker).await?;
