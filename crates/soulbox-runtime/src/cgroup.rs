@@ -22,8 +22,9 @@ fn hierarchies() -> Vec<PathBuf> {
         .map(|rd| {
             rd.flatten()
                 .map(|e| e.path())
-                // skip symlinked co-mounts (cpu,cpuacct → cpu) and the empty v2 mount of hybrid
-                .filter(|p| p.is_dir() && !p.is_symlink() && !p.ends_with("unified"))
+                // Skip symlinked co-mounts (cpu,cpuacct → cpu). Keep hybrid's v2 mount (`unified`): it has no
+                // controllers, but runc creates the sandbox's cgroup there too, and it must be removed with the rest.
+                .filter(|p| p.is_dir() && !p.is_symlink())
                 .collect()
         })
         .unwrap_or_default()
