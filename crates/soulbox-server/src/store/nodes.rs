@@ -63,8 +63,10 @@ fn from_row(row: &AnyRow) -> Result<NodeRecord, StoreError> {
     })
 }
 
-/// Every unit of capacity in use, one row each: running sandboxes and unexpired placement holds (`$1` = now).
-const USED_ROWS: &str = "SELECT node_id, cpu_count AS cpu, memory_mb AS mem FROM sandboxes WHERE state = 'running' \
+/// Every unit of capacity in use, one row each (`$1` = now): running sandboxes, sandboxes paused with their memory
+/// (frozen on the node; they keep their address, a sandbox paused to disk has none) and unexpired placement holds.
+const USED_ROWS: &str = "SELECT node_id, cpu_count AS cpu, memory_mb AS mem FROM sandboxes \
+     WHERE state = 'running' OR (state = 'paused' AND address IS NOT NULL) \
      UNION ALL SELECT node_id, cpu_count AS cpu, memory_mb AS mem FROM placements WHERE expires_at > $1";
 const USAGE_COLUMNS: &str = "COUNT(*) AS n, SUM(cpu) AS cpu, SUM(mem) AS mem";
 
@@ -299,8 +301,12 @@ mod tests {
         store.insert_sandbox(&super::super::SandboxRecord { id: "b".into(), ..rec.clone() }).await.unwrap();
         store.insert_sandbox(&super::super::SandboxRecord { id: "c".into(), state: SandboxState::Paused, ..rec.clone() }).await.unwrap();
         let r = store.node_reservations().await.unwrap();
-        assert_eq!(r["n1"], NodeReservation { sandboxes: 2, cpu: 4, memory_mb: 1024 });
-        assert_eq!(store.sandboxes_on_node("n1").await.unwrap().len(), 3);
+        assert_eq!(r["n1"], NodeReservation { sandboxes: 2, cpu: 4, memory_mb: 1024 }, "paused to disk holds nothing");
+        let frozen = super::super::SandboxRecord { id: "d".into(), state: SandboxState::Paused, address: Some("10.0.0.2".into()), ..rec.clone() };
+        store.insert_sandbox(&frozen).await.unwrap();
+        let r = store.node_reservations().await.unwrap();
+        assert_eq!(r["n1"], NodeReservation { sandboxes: 3, cpu: 6, memory_mb: 1536 }, "paused with memory still holds it");
+        assert_eq!(store.sandboxes_on_node("n1").await.unwrap().len(), 4);
         assert!(store.sandboxes_on_node("n2").await.unwrap().is_empty());
     }
 }
