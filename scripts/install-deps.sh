@@ -13,6 +13,7 @@ packages=(
   python3-venv        # compat suite virtualenvs (harmless where python3 already has venv)
   postgresql          # store + replica tests start throwaway PostgreSQL clusters (initdb/postgres binaries)
   docker-registry     # a real OCI registry the template tests start on a loopback port (FROM <image> pulls)
+  tmux                # the CLI test drives `soulbox shell` (a PTY) in tmux
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh must run as root (it calls apt-get)" >&2
