@@ -53,9 +53,10 @@ collect() {
     done
     if nft list table inet "soulbox_$prefix" 2>/dev/null | grep -qE '^\s*chain sb_'; then leaks+="nft chains of $prefix; "; fi
     nft delete table inet "soulbox_$prefix" 2>/dev/null || true
-    if [ -d "/sys/fs/cgroup/soulbox_$prefix" ]; then
-      find "/sys/fs/cgroup/soulbox_$prefix" -depth -type d -exec rmdir {} + 2>/dev/null || true
-    fi
+    # Every hierarchy: the v2 root, or each v1 controller plus hybrid's empty v2 mount (`unified`).
+    for cg in /sys/fs/cgroup/soulbox_"$prefix" /sys/fs/cgroup/*/soulbox_"$prefix"; do
+      [ -d "$cg" ] && { find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true; }
+    done
   done
   awk -v d="$RUN_DIR/" 'index($5, d) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
