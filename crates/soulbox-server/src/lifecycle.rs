@@ -493,17 +493,27 @@ impl Lifecycle {
     pub async fn kill(&self, id: &str) -> Result<()> {
         // Existence first, so an unknown id is a 404 and not a silent success.
         let record = self.store.get_sandbox(id).await?;
+        self.remove(&record, false, "sandbox killed").await
+    }
+
+    /// Cuts the sandbox's streams, cancels its timer, kills it on its node and deletes its record. With
+    /// `gone_is_done`, a sandbox its node no longer has only needs the record deleted.
+    async fn remove(&self, record: &SandboxRecord, gone_is_done: bool, what: &str) -> Result<()> {
+        let id = record.id.as_str();
         self.stop_serving(id);
         self.deadlines.cancel(id);
         let result = async {
-            self.kill_on_node(&record).await?;
+            match self.kill_on_node(record).await {
+                Err(NodeError::SandboxNotFound(_)) if gone_is_done => {}
+                other => other?,
+            }
             self.store.delete_sandbox(id).await?;
             Ok(())
         }
         .await;
         self.done_stopping(id);
         if result.is_ok() {
-            tracing::info!(sandbox = %id, "sandbox killed");
+            tracing::info!(sandbox = %id, "{what}");
         }
         result
     }
@@ -598,27 +608,17 @@ impl Lifecycle {
     /// The timeout's kill: like `kill`, but a sandbox the node no longer has is only forgotten (a replica that
     /// died between the node's kill and the delete left exactly that behind).
     async fn expire(&self, id: &str) -> Result<()> {
-        self.stop_serving(id);
-        self.deadlines.cancel(id);
-        let result = async {
-            let record = match self.store.get_sandbox(id).await {
-                Ok(r) => r,
-                Err(StoreError::NotFound(_)) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            match self.kill_on_node(&record).await {
-                Ok(()) | Err(NodeError::SandboxNotFound(_)) => {}
-                Err(e) => return Err(e.into()),
+        match self.store.get_sandbox(id).await {
+            Ok(record) => self.remove(&record, true, "sandbox killed at its timeout").await,
+            // Gone already (killed through another replica): only what this process holds for it goes.
+            Err(StoreError::NotFound(_)) => {
+                self.stop_serving(id);
+                self.deadlines.cancel(id);
+                self.done_stopping(id);
+                Ok(())
             }
-            self.store.delete_sandbox(id).await?;
-            Ok(())
+            Err(e) => Err(e.into()),
         }
-        .await;
-        self.done_stopping(id);
-        if result.is_ok() {
-            tracing::info!(sandbox = %id, "sandbox killed at its timeout");
-        }
-        result
     }
 
     /// Kills the sandbox on its node. A node that cannot be reached kills it when it reconciles (the record is
