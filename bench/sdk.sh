@@ -19,24 +19,15 @@ scripts/build-envd.sh >/dev/null
 cargo build --release -p soulbox-server --bin soulbox -p soulbox --example bench
 SOULBOX="$ROOT/target/release/soulbox"
 mkdir -p "$DATA_DIR" "$LOG_DIR"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
-API="http://127.0.0.1:$PORT"
-KEY="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name sdk-bench | sed -n 's/^export E2B_API_KEY=//p')"
-[ -n "$KEY" ] || { echo "could not create an API key" >&2; exit 1; }
-"$SOULBOX" --data-dir "$DATA_DIR" server --listen "127.0.0.1:$PORT" --prefix sbsdb --network-pool 10.216.0.0/16 \
-  --envd-path "$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd" >"$LOG_DIR/server.log" 2>&1 &
-SERVER_PID=$!
+SERVER_PID=""
 cleanup() {
-  kill -TERM "$SERVER_PID" 2>/dev/null || true
-  wait "$SERVER_PID" 2>/dev/null || true
+  [ -z "$SERVER_PID" ] || kill -TERM "$SERVER_PID" 2>/dev/null || true
+  [ -z "$SERVER_PID" ] || wait "$SERVER_PID" 2>/dev/null || true
   nft delete table inet soulbox_sbsdb 2>/dev/null || true
 }
 trap cleanup EXIT
-for _ in $(seq 1 600); do   # the first start on an empty data dir builds `base` (~1 min)
-  if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$API/health" 2>/dev/null; then break; fi
-  kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$LOG_DIR/server.log" >&2; exit 1; }
-  sleep 0.5
-done
+. scripts/lib/local-server.sh
+start_local_server "$SOULBOX" "$DATA_DIR" sbsdb 10.216.0.0/16 "$LOG_DIR/server.log"
 export E2B_API_URL="$API" E2B_SANDBOX_URL="$API" E2B_API_KEY="$KEY"
 echo "== Rust SDK (and raw HTTP, plain reqwest)"
 target/release/examples/bench

@@ -13,7 +13,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 cd "$ROOT"
 DATA_DIR="${SOULBOX_SDK_TEST_DIR:-/var/tmp/soulbox-sdk-test}"
 SOULBOX="${SOULBOX_BIN:-$ROOT/target/debug/soulbox}"
-ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
 LOG_DIR="$ROOT/target/sdk-test"
 [ "$(id -u)" = 0 ] || { echo "must run as root" >&2; exit 1; }
 if [ -z "${SOULBOX_SDK_TEST_SKIP_BUILD:-}" ]; then
@@ -21,15 +20,7 @@ if [ -z "${SOULBOX_SDK_TEST_SKIP_BUILD:-}" ]; then
   cargo build -p soulbox-server
 fi
 mkdir -p "$DATA_DIR" "$LOG_DIR"
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
-API="http://127.0.0.1:$PORT"
-KEY="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name sdk-test | sed -n 's/^export E2B_API_KEY=//p')"
-[ -n "$KEY" ] || { echo "could not create an API key" >&2; exit 1; }
-
-"$SOULBOX" --data-dir "$DATA_DIR" server --listen "127.0.0.1:$PORT" --prefix sbsdt --network-pool 10.215.0.0/16 \
-  --envd-path "$ENVD" --max-lifetime-s 3600 >"$LOG_DIR/server.log" 2>&1 &
-SERVER_PID=$!
-
+SERVER_PID="" API="" KEY=""
 # Through the CLI under test (no curl needed).
 kill_sandboxes() {
   local ids
@@ -49,12 +40,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The first start builds the base template (~1 min).
-for _ in $(seq 1 600); do
-  if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$API/health" 2>/dev/null; then break; fi
-  kill -0 "$SERVER_PID" 2>/dev/null || { head -n 20 "$LOG_DIR/server.log" >&2; exit 1; }
-  sleep 0.5
-done
+. scripts/lib/local-server.sh
+start_local_server "$SOULBOX" "$DATA_DIR" sbsdt 10.215.0.0/16 "$LOG_DIR/server.log" --max-lifetime-s 3600
 kill_sandboxes
 
 export SOULBOX_TEST_API_URL="$API" SOULBOX_TEST_SANDBOX_URL="$API" SOULBOX_TEST_API_KEY="$KEY"
