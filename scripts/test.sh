@@ -14,4 +14,5 @@ if [ -x tests/compat/run.sh ]; then
   tests/compat/run.sh
 fi
 tests/e2e/run.sh   # soulbox server end to end with the official e2b Python SDK (2.45.1 and latest)
+SOULBOX_SECURITY_SKIP_BUILD=1 tests/security/run.sh   # the attack suite (reuses the e2e data dir and its base)
 SOULBOX_CLUSTER_SKIP_BUILD=1 tests/cluster/run.sh   # cluster mode: server + three node agents (reuses the e2e base template)

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The attack suite (issue 11): a real `soulbox server` attacked as root inside its sandboxes (through the official
+# e2b SDK) and with ordinary API keys of two teams; one test per attack and per defence, each failing when its
+# defence is removed. Root only (the node runtime needs mounts, netns, cgroups, nftables).
+#
+# Usage: tests/security/run.sh [pytest args, e.g. -k takeover -x]
+# Environment:
+#   SOULBOX_SECURITY_DIR=/var/tmp/soulbox-e2e   data dir; by default the e2e suite's, so the `base` template it
+#                                               built is reused (the suites run one after the other)
+#   SOULBOX_SECURITY_PREFIX=sbsec, SOULBOX_SECURITY_POOL=10.217.0.0/16
+#                                               runtime prefix and address pool (this suite's host objects)
+#   SOULBOX_SECURITY_SKIP_BUILD=1               use the existing target/debug/soulbox and static envd
+# Server settings the attacks need are in server.toml beside this file. Server log: target/security/server.log.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=../compat/envd-lib.sh
+. "$ROOT/tests/compat/envd-lib.sh" # log, die, ensure_venv
+
+DATA_DIR="${SOULBOX_SECURITY_DIR:-/var/tmp/soulbox-e2e}"
+PREFIX="${SOULBOX_SECURITY_PREFIX:-sbsec}"
+POOL="${SOULBOX_SECURITY_POOL:-10.217.0.0/16}"
+DOMAIN=security.soulbox.test
+MAX_LIFETIME_S=600
+SERVER_LOG="$ROOT/target/security/server.log"
+SOULBOX="$ROOT/target/debug/soulbox"
+ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
+KEY_NAME=security-a
+SERVER_CONFIG_EXTRA="$(cat "$HERE/server.toml")"
+# shellcheck source=../lib/server.sh
+. "$ROOT/tests/lib/server.sh"
+
+[ "$(id -u)" = 0 ] || die "must run as root (the node runtime needs mounts, netns, cgroups, nftables)"
+
+EXTRA_KEY_IDS=()
+# new_key NAME [keys create args...]: prints the secret, remembers the id for revocation.
+new_key() {
+  local name="$1" out id
+  shift
+  out="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name "$name-$(date +%s)" "$@")"
+  id="$(sed -n 's/^created key \([^ ]*\) .*/\1/p' <<<"$out")"
+  [ -n "$id" ] || die "could not create key $name: $out"
+  EXTRA_KEY_IDS+=("$id")
+  sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out"
+}
+
+cleanup() {
+  local rc=$? id
+  set +e
+  shutdown_server
+  for id in "${EXTRA_KEY_IDS[@]}"; do "$SOULBOX" --data-dir "$DATA_DIR" keys revoke "$id" >/dev/null 2>&1; done
+  log "leak check"
+  if ! check_leaks; then
+    [ "$rc" -ne 0 ] || rc=1
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ -z "${SOULBOX_SECURITY_SKIP_BUILD:-}" ]; then
+  log "building the static envd and the server (debug)"
+  (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-server)
+fi
+[ -x "$SOULBOX" ] || die "no $SOULBOX"
+[ -x "$ENVD" ] || die "no $ENVD"
+ensure_venv latest
+
+start_server
+KEY_B="$(new_key security-b)"
+ADMIN_KEY="$(new_key security-admin)"
+kill_all_sandboxes
+
+py="$ROOT/tests/compat/.venv-latest/bin/python"
+log "attack suite: e2b $("$py" -c 'from importlib.metadata import version; print(version("e2b"))') against $API_URL"
+cd "$HERE"
+E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
+SOULBOX_SEC_KEY_B="$KEY_B" SOULBOX_SEC_ADMIN_KEY="$ADMIN_KEY" SOULBOX_SEC_DATA_DIR="$DATA_DIR" \
+SOULBOX_SEC_PREFIX="$PREFIX" SOULBOX_SEC_SERVER_LOG="$SERVER_LOG" SOULBOX_SEC_BIN="$SOULBOX" SOULBOX_SEC_ENVD="$ENVD" \
+NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
+  "$py" -m pytest "$@"
