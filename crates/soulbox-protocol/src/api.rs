@@ -223,6 +223,82 @@ pub struct SandboxMetric {
     pub process_count: Option<i64>,
 }
 
+/// `GET /teams` items: the team of the key that asks (a SoulBox key belongs to exactly one team).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Team {
+    #[serde(rename = "teamID")]
+    pub team_id: String,
+    pub name: String,
+    /// The key the request was made with (E2B returns the team's key here).
+    pub api_key: String,
+    pub is_default: bool,
+    /// SoulBox: the team's effective limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<TeamLimits>,
+}
+
+/// SoulBox: what a team may run at once (`[teams]` defaults with the team's overrides).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamLimits {
+    pub max_sandboxes: u64,
+    pub max_vcpus: u64,
+    #[serde(rename = "maxMemoryMB")]
+    pub max_memory_mb: u64,
+    pub max_builds: u64,
+}
+
+/// How a key is shown without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentifierMaskingDetails {
+    pub prefix: String,
+    pub value_length: u32,
+    pub masked_value_prefix: String,
+    pub masked_value_suffix: String,
+}
+
+/// `GET /api-keys` items (E2B's `TeamAPIKey`, plus SoulBox's team and role).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamApiKey {
+    pub id: String,
+    pub name: String,
+    pub mask: IdentifierMaskingDetails,
+    pub created_at: String,
+    #[serde(default)]
+    pub created_by: Option<serde_json::Value>,
+    #[serde(default)]
+    pub last_used: Option<String>,
+    /// SoulBox: the key's team and role (`admin` | `member`).
+    #[serde(rename = "teamID", default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// `POST /api-keys` answer: the key's secret, shown once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTeamApiKey {
+    pub id: String,
+    pub key: String,
+    pub mask: IdentifierMaskingDetails,
+    pub name: String,
+    pub created_at: String,
+    #[serde(default)]
+    pub created_by: Option<serde_json::Value>,
+    #[serde(default)]
+    pub last_used: Option<String>,
+}
+
+/// `POST /api-keys` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTeamApiKey {
+    pub name: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,5 +332,35 @@ mod tests {
         let d: SandboxDetail = serde_json::from_str(detail_json).unwrap();
         assert_eq!(d.state, SandboxState::Paused);
         assert_eq!(serde_json::to_value(&d).unwrap()["memoryMB"], 512);
+    }
+
+    #[test]
+    fn team_and_key_shapes_match_e2b() {
+        let team = Team { team_id: "t".into(), name: "a".into(), api_key: "e2b_1".into(), is_default: true, limits: None };
+        let v = serde_json::to_value(&team).unwrap();
+        for key in ["teamID", "name", "apiKey", "isDefault"] {
+            assert!(v.get(key).is_some(), "missing {key}: {v}");
+        }
+        let mask = IdentifierMaskingDetails {
+            prefix: "e2b_".into(),
+            value_length: 44,
+            masked_value_prefix: "abcdef".into(),
+            masked_value_suffix: String::new(),
+        };
+        let key = TeamApiKey {
+            id: "key_1".into(),
+            name: "ci".into(),
+            mask,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: None,
+            last_used: None,
+            team_id: None,
+            role: None,
+        };
+        let v = serde_json::to_value(&key).unwrap();
+        for key in ["id", "name", "mask", "createdAt", "createdBy", "lastUsed"] {
+            assert!(v.get(key).is_some(), "missing {key}: {v}");
+        }
+        assert_eq!(v["mask"]["valueLength"], 44);
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod deadlines;
+pub mod egress;
 pub mod ids;
 pub mod keys;
 pub mod lifecycle;

@@ -15,7 +15,9 @@ use crate::deadlines::Deadlines;
 use crate::ids;
 use crate::cluster::{NodeSet, Requirements, SingleNode};
 use crate::node::{LogLine, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
-use crate::store::{ClaimCondition, SandboxRecord, Store, StoreError, now_ms};
+use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
+
+mod teams;
 
 /// E2B's constant (deprecated) client id.
 pub const CLIENT_ID: &str = "6532622b";
@@ -34,6 +36,10 @@ pub struct LifecycleConfig {
     /// How long a claim on a sandbox (timeout, auto-pause, resume) blocks other replicas when its holder dies
     /// mid-operation; longer than any pause or resume takes.
     pub claim_lease: Duration,
+    /// Every team's limits unless the team overrides them (`[teams]` in the server config).
+    pub team_limits: TeamLimits,
+    /// Whether `allowOut` may name private, link-local and metadata ranges (`allow_private_egress`).
+    pub allow_private_egress: bool,
 }
 
 impl Default for LifecycleConfig {
@@ -45,6 +51,8 @@ impl Default for LifecycleConfig {
             node_id: "local".into(),
             deadline_sweep: Duration::from_secs(5),
             claim_lease: Duration::from_secs(120),
+            team_limits: TeamLimits::default(),
+            allow_private_egress: false,
         }
     }
 }
@@ -59,6 +67,9 @@ pub enum LifecycleError {
     BadRequest(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Over one of the team's limits (E2B's 429).
+    #[error("{0}")]
+    LimitExceeded(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -67,6 +78,9 @@ impl From<StoreError> for LifecycleError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(what) => LifecycleError::NotFound(format!("{what} not found")),
+            StoreError::Conflict(m) => LifecycleError::Conflict(m),
+            StoreError::Invalid(m) => LifecycleError::BadRequest(m),
+            StoreError::LimitExceeded(e) => LifecycleError::LimitExceeded(e.to_string()),
             other => LifecycleError::Internal(other.to_string()),
         }
     }
@@ -91,6 +105,8 @@ pub type Result<T> = std::result::Result<T, LifecycleError>;
 /// What a create asks for, from either API version.
 #[derive(Debug, Clone, Default)]
 pub struct CreateRequest {
+    /// The team of the key that asks: it owns the sandbox and pays for it from its limits.
+    pub team_id: String,
     pub template: String,
     pub timeout_s: Option<i32>,
     pub metadata: BTreeMap<String, String>,
@@ -213,8 +229,8 @@ impl Lifecycle {
         Ok(self.nodes.get(&record.node_id).await?)
     }
 
-    pub async fn sandbox_logs(&self, id: &str) -> Result<Vec<LogLine>> {
-        let record = self.store.get_sandbox(id).await?;
+    pub async fn sandbox_logs(&self, team_id: &str, id: &str) -> Result<Vec<LogLine>> {
+        let record = self.team_sandbox(team_id, id).await?;
         Ok(self.node_of(&record).await?.logs(id).await?)
     }
 
@@ -268,27 +284,6 @@ impl Lifecycle {
         self.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
-    pub async fn resolve_template(&self, wanted: &str) -> Result<TemplateInfo> {
-        // `name:tag`: `default` is the runtime template `name`; another tag is the build it points at.
-        let (name, tag) = crate::templates::api::split_tag(wanted);
-        let runtime_name = match tag {
-            "default" => name.to_string(),
-            tag => match self.store.tag_build(name, tag).await? {
-                Some(build) => crate::templates::api::build_template_name(&build),
-                None => return Err(LifecycleError::NotFound(format!("template '{wanted}' not found"))),
-            },
-        };
-        let templates = self.template_node.templates().await?;
-        let mut found = templates
-            .into_iter()
-            .find(|t| t.template_id == runtime_name || t.aliases.contains(&runtime_name))
-            .ok_or_else(|| LifecycleError::NotFound(format!("template '{wanted}' not found")))?;
-        if tag != "default" {
-            found.aliases = vec![wanted.to_string()];
-        }
-        Ok(found)
-    }
-
     fn check_timeout(&self, timeout_s: i32) -> Result<()> {
         if timeout_s <= 0 {
             return Err(LifecycleError::BadRequest("Timeout must be greater than 0 seconds".into()));
@@ -305,7 +300,10 @@ impl Lifecycle {
     pub async fn create(&self, req: CreateRequest) -> Result<api::Sandbox> {
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
-        let template = self.resolve_template(&req.template).await?;
+        if !self.config.allow_private_egress {
+            crate::egress::check_allow_out(&req.allow_out).map_err(LifecycleError::BadRequest)?;
+        }
+        let template = self.resolve_template(&req.team_id, &req.template).await?;
         let token = req.secure.then(ids::access_token);
         let spec = SandboxSpec {
             template_id: template.template_id.clone(),
@@ -321,10 +319,19 @@ impl Lifecycle {
             },
             metadata: req.metadata.clone(),
         };
+        // The team's limits first (a refused create touches no node), then a node with room.
+        let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
         let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
-        let placement = self.nodes.place(need).await?;
-        let result = self.create_on(&placement, spec, &template, timeout_s, req, token).await;
-        self.nodes.release(&placement).await;
+        let result = match self.nodes.place(need).await {
+            Ok(placement) => {
+                let created = self.create_on(&placement, spec, &template, timeout_s, req, token, &team_hold).await;
+                self.nodes.release(&placement).await;
+                created
+            }
+            Err(e) => Err(e.into()),
+        };
+        // Dropped with the record's insert on success; a failed create gives the room back.
+        self.release_team_hold(&team_hold).await;
         result
     }
 
@@ -336,6 +343,7 @@ impl Lifecycle {
         timeout_s: i32,
         req: CreateRequest,
         token: Option<String>,
+        team_hold: &str,
     ) -> Result<api::Sandbox> {
         let (node_id, node) = (placement.node_id.clone(), &placement.node);
         let created = node.create(spec).await?;
@@ -362,8 +370,10 @@ impl Lifecycle {
             auto_resume: req.auto_resume,
             network: crate::node::NetworkPolicy { allow_internet: req.allow_internet, allow_out: req.allow_out, deny_out: req.deny_out },
             address: Some(address.to_string()),
+            team_id: req.team_id,
         };
-        if let Err(e) = self.store.insert_sandbox_for_hold(&record, placement.hold.as_deref()).await {
+        let holds = Holds { placement: placement.hold.as_deref(), team: Some(team_hold) };
+        if let Err(e) = self.store.insert_sandbox_for_holds(&record, holds).await {
             // Leave nothing behind: the node's sandbox goes too.
             if let Err(kill) = node.kill(&id).await {
                 tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");
@@ -389,10 +399,10 @@ impl Lifecycle {
     }
 
     /// Connect: a running sandbox's end is only ever extended (200); a paused one is resumed (201).
-    pub async fn connect(&self, id: &str, timeout_s: Option<i32>) -> Result<(api::Sandbox, bool)> {
+    pub async fn connect(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<(api::Sandbox, bool)> {
         let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
-        let record = self.store.get_sandbox(id).await?;
+        let record = self.team_sandbox(team_id, id).await?;
         let wanted_end = now_ms() + i64::from(timeout_s) * 1000;
         match record.state {
             SandboxState::Running => {
@@ -426,14 +436,31 @@ impl Lifecycle {
             }
             tokio::time::sleep(RESUME_WAIT_POLL).await;
         }
+        // A sandbox paused to disk holds nothing of its team's limits (one paused with its memory still does):
+        // running it again needs the room.
+        let team_hold = match record.address {
+            Some(_) => None,
+            None => match self.hold_team_capacity(&record.team_id, record.cpu_count.max(0) as u32, record.memory_mb.max(0) as u32).await {
+                Ok(hold) => Some(hold),
+                Err(e) => {
+                    self.release_claim(&record.id).await;
+                    return Err(e);
+                }
+            },
+        };
         let address = match node.resume(&record.id).await {
             Ok(address) => address.to_string(),
             Err(e) => {
                 self.release_claim(&record.id).await;
+                if let Some(hold) = &team_hold {
+                    self.release_team_hold(hold).await;
+                }
                 return Err(e.into());
             }
         };
-        if !self.store.transition_sandbox(&record.id, SandboxState::Paused, SandboxState::Running, Some(&address), end_at_ms).await? {
+        let holds = Holds { placement: None, team: team_hold.as_deref() };
+        let (paused, running) = (SandboxState::Paused, SandboxState::Running);
+        if !self.store.transition_sandbox_for_holds(&record.id, paused, running, Some(&address), end_at_ms, holds).await? {
             return Err(LifecycleError::Conflict(format!("sandbox {} changed state while resuming", record.id)));
         }
         let resumed = SandboxRecord { state: SandboxState::Running, address: Some(address), end_at_ms, ..record };
@@ -443,10 +470,10 @@ impl Lifecycle {
     }
 
     /// Deprecated v1 resume: only paused sandboxes (409 otherwise).
-    pub async fn resume(&self, id: &str, timeout_s: Option<i32>) -> Result<api::Sandbox> {
+    pub async fn resume(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<api::Sandbox> {
         let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
-        let record = self.store.get_sandbox(id).await?;
+        let record = self.team_sandbox(team_id, id).await?;
         if record.state == SandboxState::Running {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already running")));
         }
@@ -467,8 +494,8 @@ impl Lifecycle {
         }
     }
 
-    pub async fn pause(&self, id: &str, keep_memory: bool) -> Result<()> {
-        let record = self.store.get_sandbox(id).await?;
+    pub async fn pause(&self, team_id: &str, id: &str, keep_memory: bool) -> Result<()> {
+        let record = self.team_sandbox(team_id, id).await?;
         if record.state == SandboxState::Paused {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         }
@@ -490,9 +517,9 @@ impl Lifecycle {
         Ok(())
     }
 
-    pub async fn kill(&self, id: &str) -> Result<()> {
+    pub async fn kill(&self, team_id: &str, id: &str) -> Result<()> {
         // Existence first, so an unknown id is a 404 and not a silent success.
-        let record = self.store.get_sandbox(id).await?;
+        let record = self.team_sandbox(team_id, id).await?;
         self.remove(&record, false, "sandbox killed").await
     }
 
@@ -519,9 +546,9 @@ impl Lifecycle {
     }
 
     /// `POST /sandboxes/{id}/timeout`: end = now + timeout (may shorten).
-    pub async fn set_timeout(&self, id: &str, timeout_s: i32) -> Result<()> {
+    pub async fn set_timeout(&self, team_id: &str, id: &str, timeout_s: i32) -> Result<()> {
         self.check_timeout(timeout_s)?;
-        let record = self.store.get_sandbox(id).await?;
+        let record = self.team_sandbox(team_id, id).await?;
         let end = now_ms() + i64::from(timeout_s) * 1000;
         self.store.set_sandbox_end(id, end).await?;
         if record.state == SandboxState::Running {
@@ -532,12 +559,12 @@ impl Lifecycle {
 
     /// Seed feature 7: extend the lifetime by `duration_s` from now, never shortening and never past the maximum
     /// total lifetime. Returns the new end (unix ms).
-    pub async fn refresh(&self, id: &str, duration_s: Option<i32>) -> Result<i64> {
+    pub async fn refresh(&self, team_id: &str, id: &str, duration_s: Option<i32>) -> Result<i64> {
         let duration_s = duration_s.unwrap_or(self.config.default_timeout_s);
         if duration_s <= 0 {
             return Err(LifecycleError::BadRequest("duration must be greater than 0 seconds".into()));
         }
-        let record = self.store.get_sandbox(id).await?;
+        let record = self.team_sandbox(team_id, id).await?;
         let limit = record.started_at_ms + self.config.max_lifetime_s * 1000;
         let wanted = now_ms() + i64::from(duration_s) * 1000;
         if wanted > limit {

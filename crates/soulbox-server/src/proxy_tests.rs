@@ -71,7 +71,12 @@ async fn server() -> (Arc<Lifecycle>, u16, tempfile::TempDir) {
 }
 
 async fn sandbox(lifecycle: &Lifecycle) -> String {
-    let req = CreateRequest { template: "base".into(), allow_internet: true, ..Default::default() };
+    let req = CreateRequest {
+        team_id: crate::store::DEFAULT_TEAM_ID.into(),
+        template: "base".into(),
+        allow_internet: true,
+        ..Default::default()
+    };
     lifecycle.create(req).await.unwrap().sandbox_id
 }
 
@@ -91,7 +96,7 @@ async fn streams_flow_and_are_cut_when_the_sandbox_is_killed() {
         assert!(n > 0, "stream ended early");
         got.extend_from_slice(&buf[..n]);
     }
-    lifecycle.kill(&id).await.unwrap();
+    lifecycle.kill(crate::store::DEFAULT_TEAM_ID, &id).await.unwrap();
     let rest = tokio::time::timeout(Duration::from_secs(10), async {
         let mut rest = Vec::new();
         loop {

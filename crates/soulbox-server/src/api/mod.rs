@@ -2,6 +2,9 @@
 
 mod sandboxes;
 mod system;
+mod teams;
+#[cfg(test)]
+mod teams_tests;
 #[cfg(test)]
 mod tests;
 
@@ -11,12 +14,13 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use http::StatusCode;
 use soulbox_protocol::api::ApiError;
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::MetricsStore;
+use crate::store::Caller;
 
 /// Everything the API handlers share.
 #[derive(Clone)]
@@ -42,12 +46,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics_one))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
-        .route("/nodes", get(system::nodes))
-        .route("/nodes/{id}", get(system::node).delete(system::remove_node))
-        .route("/nodes/{id}/drain", post(system::drain))
-        .route("/nodes/{id}/undrain", post(system::undrain))
         .route("/templates", get(system::templates))
+        .route("/teams", get(teams::list_teams))
         .merge(crate::templates::api::routes())
+        .merge(admin_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
         .route("/health", get(system::health))
@@ -63,6 +65,18 @@ pub fn router(state: ApiState) -> Router {
         // Template file uploads (large, token in the URL) are outside the body limit and the API key.
         .merge(crate::templates::api::upload_routes())
         .with_state(state)
+}
+
+/// Routes for the admin role only (nodes, keys): other keys get 403.
+fn admin_routes() -> Router<ApiState> {
+    Router::new()
+        .route("/nodes", get(system::nodes))
+        .route("/nodes/{id}", get(system::node).delete(system::remove_node))
+        .route("/nodes/{id}/drain", post(system::drain))
+        .route("/nodes/{id}/undrain", post(system::undrain))
+        .route("/api-keys", get(teams::list_keys).post(teams::create_key))
+        .route("/api-keys/{id}", delete(teams::revoke_key))
+        .route_layer(axum::middleware::from_fn(require_admin))
 }
 
 /// Largest JSON body the API accepts.
@@ -103,19 +117,31 @@ async fn json_errors(request: Request, next: Next) -> Response {
     error(status, message)
 }
 
-/// `X-API-Key` on every API route, checked against the store (hashes, constant-time).
-async fn require_api_key(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+/// `X-API-Key` on every API route, checked against the store (hashes, constant-time); the handlers get the
+/// key's [`Caller`] (its team scopes what they see).
+async fn require_api_key(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let Some(key) = key else {
         return error(StatusCode::UNAUTHORIZED, "missing API key: set the X-API-Key header");
     };
-    match state.lifecycle.store().verify_api_key(&key).await {
-        Ok(true) => next.run(request).await,
-        Ok(false) => error(StatusCode::UNAUTHORIZED, "invalid API key"),
+    match state.lifecycle.store().authenticate_api_key(&key).await {
+        Ok(Some(caller)) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Ok(None) => error(StatusCode::UNAUTHORIZED, "invalid API key"),
         Err(e) => {
             tracing::error!(error = %e, "api key check failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "could not check the API key")
         }
+    }
+}
+
+/// The admin routes: 403 in E2B's shape for any other key (it is valid, so not 401).
+async fn require_admin(request: Request, next: Next) -> Response {
+    match request.extensions().get::<Caller>() {
+        Some(caller) if caller.is_admin() => next.run(request).await,
+        _ => error(StatusCode::FORBIDDEN, "this route needs an admin API key (`soulbox keys create --admin`)"),
     }
 }
 
@@ -132,6 +158,7 @@ impl IntoResponse for LifecycleError {
             LifecycleError::Conflict(_) => StatusCode::CONFLICT,
             LifecycleError::BadRequest(_) => StatusCode::BAD_REQUEST,
             LifecycleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            LifecycleError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             LifecycleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
@@ -16,7 +16,7 @@ use soulbox_protocol::api::{
 use super::{ApiState, error};
 use crate::lifecycle::{CreateRequest, LifecycleError};
 use crate::listing::{PageCursor, parse_metadata_filter, parse_states};
-use crate::store::SandboxRecord;
+use crate::store::{Caller, SandboxRecord};
 use crate::time::{parse_rfc3339_ms, rfc3339};
 
 type Params = Query<HashMap<String, String>>;
@@ -29,9 +29,10 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
     serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
 }
 
-fn create_request(req: NewSandbox, secure: bool) -> CreateRequest {
+fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateRequest {
     let network = req.network.unwrap_or_default();
     CreateRequest {
+        team_id,
         template: req.template_id,
         timeout_s: req.timeout,
         metadata: req.metadata.unwrap_or_default(),
@@ -47,7 +48,7 @@ fn create_request(req: NewSandbox, secure: bool) -> CreateRequest {
     }
 }
 
-async fn create(state: ApiState, bytes: Bytes, v2: bool) -> Response {
+async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Response {
     let req: NewSandbox = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -58,7 +59,7 @@ async fn create(state: ApiState, bytes: Bytes, v2: bool) -> Response {
     // v1 issues an access token only for `secure: true`; v2 always secures the sandbox.
     let secure = v2 || req.secure.unwrap_or(false);
     state.metrics.creates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match state.lifecycle.create(create_request(req, secure)).await {
+    match state.lifecycle.create(create_request(caller.team_id, req, secure)).await {
         Ok(mut sandbox) => {
             sandbox.domain = state.domain.clone();
             (StatusCode::CREATED, Json(sandbox)).into_response()
@@ -70,12 +71,12 @@ async fn create(state: ApiState, bytes: Bytes, v2: bool) -> Response {
     }
 }
 
-pub async fn create_v1(State(state): State<ApiState>, bytes: Bytes) -> Response {
-    create(state, bytes, false).await
+pub async fn create_v1(State(state): State<ApiState>, Extension(caller): Extension<Caller>, bytes: Bytes) -> Response {
+    create(state, caller, bytes, false).await
 }
 
-pub async fn create_v2(State(state): State<ApiState>, bytes: Bytes) -> Response {
-    create(state, bytes, true).await
+pub async fn create_v2(State(state): State<ApiState>, Extension(caller): Extension<Caller>, bytes: Bytes) -> Response {
+    create(state, caller, bytes, true).await
 }
 
 fn listed(r: &SandboxRecord) -> ListedSandbox {
@@ -124,7 +125,7 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
     }
 }
 
-pub async fn list_v2(State(state): State<ApiState>, Query(params): Params) -> Response {
+pub async fn list_v2(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Params) -> Response {
     let filter = match params.get("metadata").map(|m| parse_metadata_filter(m)).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -156,7 +157,7 @@ pub async fn list_v2(State(state): State<ApiState>, Query(params): Params) -> Re
     };
     let template = params.get("template");
 
-    let mut records = match state.lifecycle.store().list_sandboxes().await {
+    let mut records = match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
         Ok(r) => r,
         Err(e) => return LifecycleError::from(e).into_response(),
     };
@@ -195,12 +196,12 @@ pub async fn list_v2(State(state): State<ApiState>, Query(params): Params) -> Re
 }
 
 /// Deprecated v1 list: running sandboxes, optional metadata filter.
-pub async fn list_v1(State(state): State<ApiState>, Query(params): Params) -> Response {
+pub async fn list_v1(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Params) -> Response {
     let filter = match params.get("metadata").map(|m| parse_metadata_filter(m)).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match state.lifecycle.store().list_sandboxes().await {
+    match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
         Ok(records) => Json(
             records
                 .iter()
@@ -213,15 +214,15 @@ pub async fn list_v1(State(state): State<ApiState>, Query(params): Params) -> Re
     }
 }
 
-pub async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    match state.lifecycle.store().get_sandbox(&id).await {
+pub async fn get(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+    match state.lifecycle.team_sandbox(&caller.team_id, &id).await {
         Ok(r) => Json(detail(&r, state.domain.clone())).into_response(),
-        Err(e) => LifecycleError::from(e).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
-pub async fn kill(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    match state.lifecycle.kill(&id).await {
+pub async fn kill(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+    match state.lifecycle.kill(&caller.team_id, &id).await {
         Ok(()) => {
             state.metrics.forget(&id);
             state.metrics.kills.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -231,8 +232,8 @@ pub async fn kill(State(state): State<ApiState>, Path(id): Path<String>) -> Resp
     }
 }
 
-async fn connect(state: ApiState, id: String, req: ConnectSandbox) -> Response {
-    match state.lifecycle.connect(&id, req.timeout).await {
+async fn connect(state: ApiState, caller: Caller, id: String, req: ConnectSandbox) -> Response {
+    match state.lifecycle.connect(&caller.team_id, &id, req.timeout).await {
         Ok((mut sandbox, resumed)) => {
             sandbox.domain = state.domain.clone();
             let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
@@ -242,38 +243,38 @@ async fn connect(state: ApiState, id: String, req: ConnectSandbox) -> Response {
     }
 }
 
-pub async fn connect_v1(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn connect_v1(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
     match body::<ConnectSandbox>(&bytes) {
         Ok(req) if req.timeout.is_none() => error(StatusCode::BAD_REQUEST, "timeout is required"),
-        Ok(req) => connect(state, id, req).await,
+        Ok(req) => connect(state, caller, id, req).await,
         Err(resp) => resp,
     }
 }
 
-pub async fn connect_v2(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn connect_v2(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
     match body::<ConnectSandbox>(&bytes) {
-        Ok(req) => connect(state, id, req).await,
+        Ok(req) => connect(state, caller, id, req).await,
         Err(resp) => resp,
     }
 }
 
-pub async fn set_timeout(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn set_timeout(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
     let req: SandboxTimeoutRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
     };
-    match state.lifecycle.set_timeout(&id, req.timeout).await {
+    match state.lifecycle.set_timeout(&caller.team_id, &id, req.timeout).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn pause(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn pause(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
     let req: SandboxPauseRequest = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match state.lifecycle.pause(&id, req.memory.unwrap_or(true)).await {
+    match state.lifecycle.pause(&caller.team_id, &id, req.memory.unwrap_or(true)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
@@ -284,12 +285,12 @@ struct ResumeRequest {
     timeout: Option<i32>,
 }
 
-pub async fn resume(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn resume(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
     let req: ResumeRequest = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match state.lifecycle.resume(&id, req.timeout).await {
+    match state.lifecycle.resume(&caller.team_id, &id, req.timeout).await {
         Ok(mut sandbox) => {
             sandbox.domain = state.domain.clone();
             (StatusCode::CREATED, Json(sandbox)).into_response()
@@ -298,12 +299,12 @@ pub async fn resume(State(state): State<ApiState>, Path(id): Path<String>, bytes
     }
 }
 
-pub async fn refresh(State(state): State<ApiState>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn refresh(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
     let req: SandboxRefreshRequest = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
     };
-    match state.lifecycle.refresh(&id, req.duration).await {
+    match state.lifecycle.refresh(&caller.team_id, &id, req.duration).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
@@ -316,9 +317,9 @@ fn unix_s_param(params: &HashMap<String, String>, key: &str) -> Result<Option<i6
         .transpose()
 }
 
-pub async fn metrics_one(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Params) -> Response {
-    if let Err(e) = state.lifecycle.store().get_sandbox(&id).await {
-        return LifecycleError::from(e).into_response();
+pub async fn metrics_one(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(params): Params) -> Response {
+    if let Err(e) = state.lifecycle.team_sandbox(&caller.team_id, &id).await {
+        return e.into_response();
     }
     let (start, end) = match (unix_s_param(&params, "start"), unix_s_param(&params, "end")) {
         (Ok(s), Ok(e)) => (s.map(|s| s * 1000).unwrap_or(0), e.map(|e| e * 1000 + 999).unwrap_or(i64::MAX)),
@@ -328,20 +329,25 @@ pub async fn metrics_one(State(state): State<ApiState>, Path(id): Path<String>, 
     Json(samples).into_response()
 }
 
-pub async fn metrics_many(State(state): State<ApiState>, Query(params): Params) -> Response {
+pub async fn metrics_many(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Params) -> Response {
     let ids = params.get("sandbox_ids").map(String::as_str).unwrap_or_default();
+    // Only the team's own sandboxes; another team's id is left out as an unknown one is.
+    let own: std::collections::HashSet<String> = match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
+        Ok(records) => records.into_iter().map(|r| r.id).collect(),
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
     let map: HashMap<String, _> = ids
         .split(',')
-        .filter(|i| !i.is_empty())
+        .filter(|i| own.contains(*i))
         .filter_map(|id| state.metrics.latest(id).map(|s| (id.to_owned(), s.to_api())))
         .collect();
     Json(serde_json::json!({ "sandboxes": map })).into_response()
 }
 
-pub async fn logs(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Params) -> Response {
+pub async fn logs(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(params): Params) -> Response {
     let start = params.get("start").and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
     let limit = params.get("limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(1000).min(10_000);
-    match state.lifecycle.sandbox_logs(&id).await {
+    match state.lifecycle.sandbox_logs(&caller.team_id, &id).await {
         Ok(lines) => {
             let lines: Vec<_> = lines.into_iter().filter(|l| l.unix_ms >= start).take(limit).collect();
             let logs: Vec<_> =

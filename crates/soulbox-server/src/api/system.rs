@@ -4,7 +4,7 @@
 use axum::Json;
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use soulbox_protocol::api::SandboxState;
@@ -14,6 +14,7 @@ use super::ApiState;
 use crate::lifecycle::LifecycleError;
 use crate::metrics::MetricsStore;
 use crate::node::NodeStatus;
+use crate::store::Caller;
 use crate::time::rfc3339;
 
 /// `GET /health`: 200 when the store answers and the node is usable, else 503 with the reason.
@@ -182,12 +183,26 @@ pub async fn heartbeat(State(state): State<ApiState>, headers: http::HeaderMap, 
     }
 }
 
-pub async fn templates(State(state): State<ApiState>) -> Response {
+/// `GET /templates[?teamID=]`: the server's templates (public) and the caller's team's own.
+pub async fn templates(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Query<HashMap<String, String>>) -> Response {
+    if let Some(team) = params.get("teamID").filter(|t| **t != caller.team_id) {
+        return super::error(StatusCode::FORBIDDEN, format!("the API key does not belong to team {team}"));
+    }
+    let records: HashMap<String, crate::store::TemplateRecord> = match state.lifecycle.store().list_template_records().await {
+        Ok(list) => list.into_iter().map(|r| (r.id.clone(), r)).collect(),
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
     match state.lifecycle.node().templates().await {
         Ok(list) => Json(
             list.iter()
                 .filter(|t| !crate::templates::api::is_internal_template(&t.template_id))
-                .map(|t| {
+                // A server template has no record and is public; an API-built one is its team's unless public.
+                .filter_map(|t| match records.get(&t.template_id) {
+                    None => Some((t, true)),
+                    Some(r) if r.team_id == caller.team_id || r.public => Some((t, r.public)),
+                    Some(_) => None,
+                })
+                .map(|(t, public)| {
                     serde_json::json!({
                         "templateID": t.template_id,
                         "buildID": t.template_id,
@@ -197,7 +212,7 @@ pub async fn templates(State(state): State<ApiState>) -> Response {
                         "memoryMB": t.memory_mb,
                         "diskSizeMB": t.disk_size_mb,
                         "envdVersion": t.envd_version,
-                        "public": false,
+                        "public": public,
                         "buildStatus": "ready",
                     })
                 })

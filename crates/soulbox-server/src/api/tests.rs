@@ -23,7 +23,8 @@ struct Harness {
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
-    let (_, key) = store.create_api_key("test").await.unwrap();
+    // The admin: these tests cover the admin routes (nodes) too; teams_tests.rs covers what members may not.
+    let (_, key) = store.create_api_key_in("test", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await.unwrap();
     let node = std::sync::Arc::new(FakeNode::default());
     let config = LifecycleConfig { max_lifetime_s: 600, ..Default::default() };
     let lifecycle = Lifecycle::start(store, node.clone(), config).await.unwrap();

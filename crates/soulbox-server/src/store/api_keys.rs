@@ -1,8 +1,10 @@
 //! API key records: hashed keys, listing and revocation.
 
 use sqlx::Row;
+use sqlx::any::AnyRow;
 use subtle::ConstantTimeEq;
 
+use super::teams::{DEFAULT_TEAM_NAME, Role};
 use super::{Store, StoreError, now_ms};
 use crate::keys::{self, NewKey};
 
@@ -13,47 +15,84 @@ pub struct ApiKeyRecord {
     pub key_prefix: String,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    pub team_id: String,
+    pub team_name: String,
+    pub role: Role,
+}
+
+/// Who a request comes from: the key's team scopes everything it sees; the role gates the admin routes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub key_id: String,
+    pub team_id: String,
+    pub team_name: String,
+    pub role: Role,
+}
+
+impl Caller {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+const KEY_COLUMNS: &str = "k.id AS id, k.name AS name, k.key_prefix AS key_prefix, k.created_at AS created_at, \
+    k.revoked_at AS revoked_at, k.team_id AS team_id, t.name AS team_name, k.role AS role";
+
+fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        key_prefix: r.try_get("key_prefix")?,
+        created_at_ms: r.try_get("created_at")?,
+        revoked_at_ms: r.try_get("revoked_at")?,
+        team_id: r.try_get("team_id")?,
+        team_name: r.try_get("team_name")?,
+        role: Role::parse(&r.try_get::<String, _>("role")?),
+    })
 }
 
 impl Store {
-    /// Stores a new key's hash; returns the record and the secret (to print once).
+    /// A member key in the default team; returns the record and the secret (to print once).
     pub async fn create_api_key(&self, name: &str) -> Result<(ApiKeyRecord, NewKey), StoreError> {
+        self.create_api_key_in(name, DEFAULT_TEAM_NAME, Role::Member).await
+    }
+
+    /// A key in the team called `team` (created if it does not exist) with `role`.
+    pub async fn create_api_key_in(&self, name: &str, team: &str, role: Role) -> Result<(ApiKeyRecord, NewKey), StoreError> {
+        let team = self.ensure_team(team).await?;
         let key = keys::generate();
         let id = format!("key_{}", &key.hash[..12]);
         let created = now_ms();
-        sqlx::query("INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(&id)
-            .bind(name)
-            .bind(&key.hash)
-            .bind(&key.display_prefix)
-            .bind(created)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at, team_id, role) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(&key.hash)
+        .bind(&key.display_prefix)
+        .bind(created)
+        .bind(&team.id)
+        .bind(role.as_str())
+        .execute(&self.pool)
+        .await?;
         let record = ApiKeyRecord {
             id,
             name: name.to_owned(),
             key_prefix: key.display_prefix.clone(),
             created_at_ms: created,
             revoked_at_ms: None,
+            team_id: team.id,
+            team_name: team.name,
+            role,
         };
         Ok((record, key))
     }
 
+    /// Every key of every team, oldest first (never the secrets).
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, key_prefix, created_at, revoked_at FROM api_keys ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ApiKeyRecord {
-                    id: r.try_get("id")?,
-                    name: r.try_get("name")?,
-                    key_prefix: r.try_get("key_prefix")?,
-                    created_at_ms: r.try_get("created_at")?,
-                    revoked_at_ms: r.try_get("revoked_at")?,
-                })
-            })
-            .collect()
+        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN teams t ON t.id = k.team_id ORDER BY k.created_at, k.id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(key_from_row).collect()
     }
 
     pub async fn count_active_api_keys(&self) -> Result<i64, StoreError> {
@@ -74,23 +113,31 @@ impl Store {
         Ok(())
     }
 
-    /// Whether `secret` is an active key. The lookup is by hash; the final comparison is constant-time.
-    pub async fn verify_api_key(&self, secret: &str) -> Result<bool, StoreError> {
+    /// The caller behind `secret` when it is an active key. The lookup is by hash; the final comparison is
+    /// constant-time.
+    pub async fn authenticate_api_key(&self, secret: &str) -> Result<Option<Caller>, StoreError> {
         if !keys::looks_like_key(secret) {
-            return Ok(false);
+            return Ok(None);
         }
         let wanted = keys::hash(secret);
-        let row = sqlx::query("SELECT key_hash FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(&wanted)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => {
-                let stored: String = r.try_get("key_hash")?;
-                bool::from(stored.as_bytes().ct_eq(wanted.as_bytes()))
-            }
-            None => false,
-        })
+        let row = sqlx::query(
+            "SELECT k.id AS id, k.key_hash AS key_hash, k.team_id AS team_id, t.name AS team_name, k.role AS role \
+             FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        )
+        .bind(&wanted)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let stored: String = r.try_get("key_hash")?;
+        if !bool::from(stored.as_bytes().ct_eq(wanted.as_bytes())) {
+            return Ok(None);
+        }
+        Ok(Some(Caller {
+            key_id: r.try_get("id")?,
+            team_id: r.try_get("team_id")?,
+            team_name: r.try_get("team_name")?,
+            role: Role::parse(&r.try_get::<String, _>("role")?),
+        }))
     }
 }
 
@@ -104,15 +151,16 @@ mod tests {
         let store = db.open().await;
         assert_eq!(store.count_active_api_keys().await.unwrap(), 0);
         let (record, key) = store.create_api_key("admin").await.unwrap();
-        assert!(store.verify_api_key(&key.secret).await.unwrap());
-        assert!(!store.verify_api_key("e2b_0000000000000000000000000000000000000000").await.unwrap());
-        assert!(!store.verify_api_key("not-a-key").await.unwrap());
+        let caller = store.authenticate_api_key(&key.secret).await.unwrap().unwrap();
+        assert_eq!((caller.key_id.as_str(), caller.team_name.as_str(), caller.role), (record.id.as_str(), "default", Role::Member));
+        assert!(store.authenticate_api_key("e2b_0000000000000000000000000000000000000000").await.unwrap().is_none());
+        assert!(store.authenticate_api_key("not-a-key").await.unwrap().is_none());
         let listed = store.list_api_keys().await.unwrap();
         assert_eq!(listed, vec![record.clone()]);
         assert!(!listed[0].key_prefix.is_empty() && !key.secret.contains(&listed[0].id));
         assert_eq!(store.count_active_api_keys().await.unwrap(), 1);
         store.revoke_api_key(&record.id).await.unwrap();
-        assert!(!store.verify_api_key(&key.secret).await.unwrap());
+        assert!(store.authenticate_api_key(&key.secret).await.unwrap().is_none());
         assert!(matches!(store.revoke_api_key(&record.id).await, Err(StoreError::NotFound(_))));
         let revoked = store.list_api_keys().await.unwrap();
         assert!(revoked[0].revoked_at_ms.is_some_and(|t| t >= record.created_at_ms));

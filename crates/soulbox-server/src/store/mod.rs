@@ -4,13 +4,20 @@
 mod api_keys;
 mod nodes;
 mod sandboxes;
+mod teams;
+#[cfg(test)]
+mod teams_tests;
 mod templates;
 #[cfg(test)]
 pub(crate) mod test_db;
 
-pub use api_keys::ApiKeyRecord;
+pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
-pub use sandboxes::{ClaimCondition, SandboxRecord};
+pub use sandboxes::{ClaimCondition, Holds, SandboxRecord};
+pub use teams::{
+    DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, LimitChange, LimitChanges, LimitExceeded, LimitKind, LimitOverrides, Role, TeamLimits,
+    TeamRecord, TeamUsage, valid_team_name,
+};
 pub use templates::{BuildLogRecord, BuildRecord, TagRecord, TemplateRecord};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
@@ -24,6 +31,13 @@ pub enum StoreError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// A name another team holds (template names are unique across teams, like E2B's aliases).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    LimitExceeded(#[from] LimitExceeded),
 }
 
 #[derive(Clone)]

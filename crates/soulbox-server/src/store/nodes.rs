@@ -296,6 +296,7 @@ mod tests {
             auto_resume: false,
             network: Default::default(),
             address: None,
+            team_id: crate::store::DEFAULT_TEAM_ID.into(),
         };
         store.insert_sandbox(&rec).await.unwrap();
         store.insert_sandbox(&super::super::SandboxRecord { id: "b".into(), ..rec.clone() }).await.unwrap();

@@ -32,11 +32,13 @@ pub struct SandboxRecord {
     pub network: NetworkPolicy,
     /// The sandbox's address on its node (absent while paused to disk).
     pub address: Option<String>,
+    /// The team whose key created it: only that team sees it.
+    pub team_id: String,
 }
 
 const COLUMNS: &str = "id, template_id, alias, node_id, state, started_at, end_at, cpu_count, memory_mb, disk_size_mb, \
     envd_version, envd_access_token, metadata, env_vars, auto_pause, auto_pause_memory, auto_pause_grace_s, auto_resume, \
-    allow_internet, network, address";
+    allow_internet, network, address, team_id";
 
 fn state_str(state: SandboxState) -> &'static str {
     match state {
@@ -79,20 +81,21 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
         auto_resume: row.try_get::<i32, _>("auto_resume")? != 0,
         network: NetworkPolicy { allow_internet: row.try_get::<i32, _>("allow_internet")? != 0, allow_out: list("allowOut"), deny_out: list("denyOut") },
         address: row.try_get("address")?,
+        team_id: row.try_get("team_id")?,
     })
 }
 
 impl Store {
     pub async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
-        self.insert_sandbox_for_hold(s, None).await
+        self.insert_sandbox_for_holds(s, Holds::default()).await
     }
 
-    /// Inserts the record and, in the same transaction, drops the placement hold its capacity was held under
-    /// (from then on the record counts), so the node's usage never counts the sandbox twice or not at all.
-    pub async fn insert_sandbox_for_hold(&self, s: &SandboxRecord, hold: Option<&str>) -> Result<(), StoreError> {
+    /// Inserts the record and, in the same transaction, drops the holds its capacity was held under (from then on
+    /// the record counts), so neither the node's nor the team's usage counts the sandbox twice or not at all.
+    pub async fn insert_sandbox_for_holds(&self, s: &SandboxRecord, holds: Holds<'_>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let sql = format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         );
         sqlx::query(&sql)
             .bind(&s.id)
@@ -116,11 +119,10 @@ impl Store {
             .bind(s.network.allow_internet as i32)
             .bind(network_json(&s.network))
             .bind(&s.address)
+            .bind(&s.team_id)
             .execute(&mut *tx)
             .await?;
-        if let Some(hold) = hold {
-            sqlx::query("DELETE FROM placements WHERE id = $1").bind(hold).execute(&mut *tx).await?;
-        }
+        holds.drop_in(&mut tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -137,6 +139,13 @@ impl Store {
     pub async fn list_sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM sandboxes ORDER BY started_at, id");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The team's sandboxes (running and paused).
+    pub async fn list_team_sandboxes(&self, team_id: &str) -> Result<Vec<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM sandboxes WHERE team_id = $1 ORDER BY started_at, id");
+        let rows = sqlx::query(&sql).bind(team_id).fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 
@@ -163,6 +172,21 @@ impl Store {
         address: Option<&str>,
         end_at_ms: i64,
     ) -> Result<bool, StoreError> {
+        self.transition_sandbox_for_holds(id, expected, next, address, end_at_ms, Holds::default()).await
+    }
+
+    /// [`Store::transition_sandbox`], dropping `holds` in the same transaction (a resume held the team's capacity
+    /// until the record counts again).
+    pub async fn transition_sandbox_for_holds(
+        &self,
+        id: &str,
+        expected: SandboxState,
+        next: SandboxState,
+        address: Option<&str>,
+        end_at_ms: i64,
+        holds: Holds<'_>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         // A transition ends any claim on the row (it was the claimed operation's last step).
         let done = sqlx::query(
             "UPDATE sandboxes SET state = $1, address = $2, end_at = $3, claimed_by = NULL, claim_until = NULL \
@@ -173,9 +197,30 @@ impl Store {
             .bind(end_at_ms)
             .bind(id)
             .bind(state_str(expected))
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        holds.drop_in(&mut tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Capacity held for a sandbox until its record counts: a node placement (cluster mode) and its team's admission.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Holds<'a> {
+    pub placement: Option<&'a str>,
+    pub team: Option<&'a str>,
+}
+
+impl Holds<'_> {
+    async fn drop_in(self, tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<(), StoreError> {
+        if let Some(hold) = self.placement {
+            sqlx::query("DELETE FROM placements WHERE id = $1").bind(hold).execute(&mut **tx).await?;
+        }
+        if let Some(hold) = self.team {
+            sqlx::query("DELETE FROM team_holds WHERE id = $1").bind(hold).execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 }
 
@@ -256,6 +301,7 @@ mod tests {
             auto_resume: false,
             network: NetworkPolicy { allow_internet: true, allow_out: vec!["1.1.1.1/32".into()], deny_out: vec![] },
             address: Some("10.77.0.2".into()),
+            team_id: crate::store::DEFAULT_TEAM_ID.into(),
         }
     }
 

@@ -13,6 +13,8 @@ pub struct TemplateRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub latest_build_id: Option<String>,
+    /// The team whose key built it; only that team sees it unless it is public.
+    pub team_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,10 +51,27 @@ pub struct BuildLogRecord {
     pub step: Option<String>,
 }
 
+const TEMPLATE_COLUMNS: &str = "id, public, cpu_count, memory_mb, created_at, updated_at, latest_build_id, team_id";
+
+fn template_from_row(r: &sqlx::any::AnyRow) -> Result<TemplateRecord, StoreError> {
+    Ok(TemplateRecord {
+        id: r.try_get("id")?,
+        public: r.try_get::<i32, _>("public")? != 0,
+        cpu_count: r.try_get("cpu_count")?,
+        memory_mb: r.try_get("memory_mb")?,
+        created_at_ms: r.try_get("created_at")?,
+        updated_at_ms: r.try_get("updated_at")?,
+        latest_build_id: r.try_get("latest_build_id")?,
+        team_id: r.try_get("team_id")?,
+    })
+}
+
 impl Store {
-    /// Creates the template row if needed and a new `waiting` build for it; `tags` are assigned on success.
+    /// Creates the template row for `team_id` if needed and a new `waiting` build for it; `tags` are assigned on
+    /// success. Template names are unique across teams (like E2B's aliases): `Conflict` when another team owns it.
     pub async fn create_template_build(
         &self,
+        team_id: &str,
         template_id: &str,
         build_id: &str,
         cpu_count: i32,
@@ -61,30 +80,33 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let exists = sqlx::query("SELECT id FROM templates WHERE id = $1").bind(template_id).fetch_optional(&mut *tx).await?;
-        if exists.is_none() {
-            sqlx::query(
-                "INSERT INTO templates (id, public, cpu_count, memory_mb, created_at, updated_at, latest_build_id) \
-                 VALUES ($1, 0, $2, $3, $4, $5, $6)",
-            )
-            .bind(template_id)
+        // Insert-if-absent, then read the owner: two teams racing for a new name both pass the INSERT, and the
+        // database's unique key makes exactly one row, whose owner the loser then sees.
+        sqlx::query(
+            "INSERT INTO templates (id, public, cpu_count, memory_mb, created_at, updated_at, latest_build_id, team_id) \
+             VALUES ($1, 0, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(template_id)
+        .bind(cpu_count)
+        .bind(memory_mb)
+        .bind(now)
+        .bind(now)
+        .bind(build_id)
+        .bind(team_id)
+        .execute(&mut *tx)
+        .await?;
+        let owner: String = sqlx::query("SELECT team_id FROM templates WHERE id = $1").bind(template_id).fetch_one(&mut *tx).await?.try_get("team_id")?;
+        if owner != team_id {
+            return Err(StoreError::Conflict(format!("the template name '{template_id}' is taken: choose another name")));
+        }
+        sqlx::query("UPDATE templates SET cpu_count = $1, memory_mb = $2, updated_at = $3, latest_build_id = $4 WHERE id = $5")
             .bind(cpu_count)
             .bind(memory_mb)
             .bind(now)
-            .bind(now)
             .bind(build_id)
+            .bind(template_id)
             .execute(&mut *tx)
             .await?;
-        } else {
-            sqlx::query("UPDATE templates SET cpu_count = $1, memory_mb = $2, updated_at = $3, latest_build_id = $4 WHERE id = $5")
-                .bind(cpu_count)
-                .bind(memory_mb)
-                .bind(now)
-                .bind(build_id)
-                .bind(template_id)
-                .execute(&mut *tx)
-                .await?;
-        }
         sqlx::query(
             "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at, tags) \
              VALUES ($1, $2, 'waiting', $3, $4, $5, $6)",
@@ -102,22 +124,16 @@ impl Store {
     }
 
     pub async fn get_template_record(&self, id: &str) -> Result<Option<TemplateRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, public, cpu_count, memory_mb, created_at, updated_at, latest_build_id FROM templates WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| {
-            Ok(TemplateRecord {
-                id: r.try_get("id")?,
-                public: r.try_get::<i32, _>("public")? != 0,
-                cpu_count: r.try_get("cpu_count")?,
-                memory_mb: r.try_get("memory_mb")?,
-                created_at_ms: r.try_get("created_at")?,
-                updated_at_ms: r.try_get("updated_at")?,
-                latest_build_id: r.try_get("latest_build_id")?,
-            })
-        })
-        .transpose()
+        let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(template_from_row).transpose()
+    }
+
+    /// Every template built through the API, of every team.
+    pub async fn list_template_records(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(template_from_row).collect()
     }
 
     pub async fn get_build(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
@@ -147,16 +163,6 @@ impl Store {
             })
         })
         .transpose()
-    }
-
-    /// `waiting` → `building` with the recipe; false when the build was not waiting (started twice).
-    pub async fn start_build(&self, build_id: &str, recipe_json: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("UPDATE template_builds SET status = 'building', recipe = $1 WHERE id = $2 AND status = 'waiting'")
-            .bind(recipe_json)
-            .bind(build_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected() == 1)
     }
 
     pub async fn finish_build(&self, build_id: &str, status: &str, reason: Option<&str>, reason_step: Option<&str>) -> Result<(), StoreError> {
@@ -306,10 +312,12 @@ mod tests {
 
     store_test!(builds_and_logs_round_trip, |db| {
         let store = db.open().await;
-        store.create_template_build("tpl", "b1", 2, 1024, &["default".to_string()]).await.unwrap();
+        let team = crate::store::DEFAULT_TEAM_ID;
+        let limits = crate::store::TeamLimits::default();
+        store.create_template_build(team, "tpl", "b1", 2, 1024, &["default".to_string()]).await.unwrap();
         assert_eq!(store.get_build("b1").await.unwrap().unwrap().status, "waiting");
-        assert!(store.start_build("b1", "{}").await.unwrap());
-        assert!(!store.start_build("b1", "{}").await.unwrap(), "a build starts once");
+        assert!(store.start_build("b1", "{}", &limits).await.unwrap());
+        assert!(!store.start_build("b1", "{}", &limits).await.unwrap(), "a build starts once");
         let logs: Vec<BuildLogRecord> = (0..5)
             .map(|i| BuildLogRecord { seq: i, unix_ms: i, level: "info".into(), message: format!("m{i}"), step: Some("1".into()) })
             .collect();
@@ -319,7 +327,7 @@ mod tests {
         store.finish_build("b1", "error", Some("boom"), Some("1")).await.unwrap();
         let b = store.get_build("b1").await.unwrap().unwrap();
         assert_eq!((b.status.as_str(), b.reason.as_deref(), b.reason_step.as_deref()), ("error", Some("boom"), Some("1")));
-        store.create_template_build("tpl", "b2", 1, 512, &["v2".to_string()]).await.unwrap();
+        store.create_template_build(team, "tpl", "b2", 1, 512, &["v2".to_string()]).await.unwrap();
         assert_eq!(store.get_template_record("tpl").await.unwrap().unwrap().latest_build_id.as_deref(), Some("b2"));
         assert_eq!(store.get_build("b2").await.unwrap().unwrap().tags, ["v2"]);
         store.set_tags("tpl", "b1", &["default".into(), "v1".into()]).await.unwrap();

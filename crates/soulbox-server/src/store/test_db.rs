@@ -52,6 +52,10 @@ impl TestDatabase {
         }
     }
 
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     pub async fn open(&self) -> Store {
         Store::open(&self.url).await.expect("open the test store")
     }

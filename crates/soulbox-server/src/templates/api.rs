@@ -24,7 +24,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use bytes::Bytes;
@@ -35,9 +35,11 @@ use subtle::ConstantTimeEq;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
+use super::access::{self, own_build, own_template, template_not_found};
 use super::{BuildJob, LogLevel, LogSink, Recipe, sha256_hex};
 use crate::api::{ApiState, error};
-use crate::store::{BuildLogRecord, Store, now_ms};
+use crate::lifecycle::LifecycleError;
+use crate::store::{BuildLogRecord, Caller, Store, now_ms};
 use crate::time::rfc3339;
 
 /// Defaults of E2B's build request.
@@ -84,8 +86,9 @@ fn live_subscribe(build: &str) -> Option<broadcast::Receiver<StreamItem>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).get(build).map(|s| s.subscribe())
 }
 
-fn upload_token(template: &str, hash: &str) -> String {
-    sha256_hex(format!("{}:{template}:{hash}", *UPLOAD_SECRET).as_bytes())
+/// Binds an upload URL to the team, template and hash it was issued for.
+fn upload_token(team_id: &str, template: &str, hash: &str) -> String {
+    sha256_hex(format!("{}:{team_id}:{template}:{hash}", *UPLOAD_SECRET).as_bytes())
 }
 
 fn internal(e: impl std::fmt::Display) -> Response {
@@ -134,13 +137,19 @@ struct BuildRequestV3 {
     cpu_count: Option<i32>,
     #[serde(rename = "memoryMB")]
     memory_mb: Option<i32>,
+    /// Deprecated in E2B; the key decides the team, so another team's id is refused.
+    #[serde(rename = "teamID")]
+    team_id: Option<String>,
 }
 
-async fn request_build(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+async fn request_build(State(state): State<ApiState>, Extension(caller): Extension<Caller>, body: axum::body::Bytes) -> Response {
     let req: BuildRequestV3 = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
+    if let Err(r) = access::check_team_id(&caller, req.team_id.as_deref()) {
+        return r;
+    }
     let Some(full) = req.name.or(req.alias) else { return error(StatusCode::BAD_REQUEST, "name is required") };
     let name = full.split_once(':').map_or(full.as_str(), |(n, _)| n).to_string();
     if !valid_name(&name) {
@@ -161,9 +170,12 @@ async fn request_build(State(state): State<ApiState>, body: axum::body::Bytes) -
     if !(1..=64).contains(&cpu) || !(128..=65536).contains(&mem) {
         return error(StatusCode::BAD_REQUEST, "cpuCount must be 1..64 and memoryMB 128..65536");
     }
+    if let Err(r) = access::check_not_a_server_template(&state, &name).await {
+        return r;
+    }
     let build_id = uuid_like();
-    if let Err(e) = state.lifecycle.store().create_template_build(&name, &build_id, cpu, mem, &tags).await {
-        return internal(e);
+    if let Err(e) = state.lifecycle.store().create_template_build(&caller.team_id, &name, &build_id, cpu, mem, &tags).await {
+        return LifecycleError::from(e).into_response();
     }
     LIVE.lock().unwrap_or_else(|e| e.into_inner()).insert(build_id.clone(), broadcast::channel(4096).0);
     (
@@ -182,18 +194,22 @@ fn uuid_like() -> String {
     format!("{}-{}-{}-{}-{}", &t[0..8], &t[8..12], &t[12..16], &t[16..20], &t[20..32])
 }
 
-async fn file_link(State(state): State<ApiState>, Path((id, hash)): Path<(String, String)>, headers: HeaderMap) -> Response {
+async fn file_link(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, hash)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
     if !valid_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "invalid files hash");
     }
-    match state.lifecycle.store().get_template_record(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{id}' not found")),
-        Err(e) => return internal(e),
+    if let Err(r) = own_template(&state, &caller, &id).await {
+        return r;
     }
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
+    let dir = access::team_files_dir(&dir, &caller.team_id);
     if dir.join(&hash).is_file() {
         return (StatusCode::CREATED, Json(serde_json::json!({"present": true}))).into_response();
     }
@@ -201,7 +217,7 @@ async fn file_link(State(state): State<ApiState>, Path((id, hash)): Path<(String
     let url = format!(
         "http://{host}/templates/{}/files/{hash}?token={}",
         percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC),
-        upload_token(&id, &hash)
+        upload_token(&caller.team_id, &id, &hash)
     );
     (StatusCode::CREATED, Json(serde_json::json!({"present": false, "url": url}))).into_response()
 }
@@ -217,14 +233,20 @@ async fn upload(
     Query(q): Query<TokenQuery>,
     body: Body,
 ) -> Response {
-    let expected = upload_token(&id, &hash);
-    let ok = q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
+    // The token names the team it was issued to; the upload lands in that team's directory.
+    let team = match state.lifecycle.store().get_template_record(&id).await {
+        Ok(record) => record.map(|r| r.team_id).unwrap_or_default(),
+        Err(e) => return internal(e),
+    };
+    let expected = upload_token(&team, &id, &hash);
+    let ok = !team.is_empty() && q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
     if !ok || !valid_hash(&hash) {
         return error(StatusCode::FORBIDDEN, "invalid upload token");
     }
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
+    let dir = access::team_files_dir(&dir, &team);
     if let Err(e) = tokio::fs::create_dir_all(&dir).await {
         return internal(e);
     }
@@ -258,33 +280,51 @@ async fn upload(
     }
 }
 
-async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
+async fn start_build(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, build)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
     let mut recipe: Recipe = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
     let store = state.lifecycle.store().clone();
-    // `fromTemplate: "name:tag"` builds on that tag's build.
-    if let Some((base, tag)) = recipe.from_template.as_deref().and_then(|f| f.split_once(':')).filter(|(_, t)| *t != "default") {
+    let record = match own_build(&state, &caller, &id, &build).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // `fromTemplate: "name:tag"` builds on that tag's build (of a template the team may see).
+    let mut tag_build = None;
+    if let Some((base, tag)) = recipe.from_template.clone().as_deref().and_then(|f| f.split_once(':')).filter(|(_, t)| *t != "default") {
+        let base_not_found = || error(StatusCode::BAD_REQUEST, format!("base template '{base}:{tag}' not found"));
+        match state.lifecycle.template_visible(&caller.team_id, base).await {
+            Ok(true) => {}
+            Ok(false) => return base_not_found(),
+            Err(e) => return e.into_response(),
+        }
         match store.tag_build(base, tag).await {
-            Ok(Some(b)) => recipe.from_template = Some(build_template_name(&b)),
-            Ok(None) => return error(StatusCode::BAD_REQUEST, format!("base template '{base}:{tag}' not found")),
+            Ok(Some(b)) => {
+                recipe.from_template = Some(build_template_name(&b));
+                tag_build = recipe.from_template.clone();
+            }
+            Ok(None) => return base_not_found(),
             Err(e) => return internal(e),
         }
     }
-    let record = match store.get_build(&build).await {
-        Ok(Some(b)) if b.template_id == id => b,
-        Ok(_) => return error(StatusCode::NOT_FOUND, format!("build '{build}' of template '{id}' not found")),
-        Err(e) => return internal(e),
+    let base_access = match access::base_access(&state, &caller, tag_build).await {
+        Ok(a) => a,
+        Err(r) => return r,
     };
     let Some(files_dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
     let recipe_json = serde_json::to_string(&recipe).unwrap_or_default();
-    match store.start_build(&build, &recipe_json).await {
+    match store.start_build(&build, &recipe_json, &state.lifecycle.config().team_limits).await {
         Ok(true) => {}
         Ok(false) => return error(StatusCode::CONFLICT, format!("build '{build}' was already started")),
-        Err(e) => return internal(e),
+        Err(e) => return LifecycleError::from(e).into_response(),
     }
     let job = BuildJob {
         template_name: build_template_name(&build),
@@ -292,8 +332,9 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
         recipe,
         cpu_count: record.cpu_count as u32,
         memory_mb: record.memory_mb as u32,
-        files_dir,
+        files_dir: access::team_files_dir(&files_dir, &caller.team_id),
         timeout: build_timeout(),
+        base_access,
     };
     tokio::spawn(run_build(state, job, id, record.tags));
     StatusCode::ACCEPTED.into_response()
@@ -398,12 +439,16 @@ struct StatusQuery {
     limit: Option<i64>,
 }
 
-async fn build_status(State(state): State<ApiState>, Path((id, build)): Path<(String, String)>, Query(q): Query<StatusQuery>) -> Response {
+async fn build_status(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((id, build)): Path<(String, String)>,
+    Query(q): Query<StatusQuery>,
+) -> Response {
     let store = state.lifecycle.store();
-    let record = match store.get_build(&build).await {
-        Ok(Some(b)) if b.template_id == id => b,
-        Ok(_) => return error(StatusCode::NOT_FOUND, format!("build '{build}' of template '{id}' not found")),
-        Err(e) => return internal(e),
+    let record = match own_build(&state, &caller, &id, &build).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     let limit = q.limit.unwrap_or(100).clamp(0, 100);
     let logs = match store.build_logs(&build, q.logs_offset.unwrap_or(0).max(0), limit).await {
@@ -428,12 +473,10 @@ async fn build_status(State(state): State<ApiState>, Path((id, build)): Path<(St
 }
 
 /// NDJSON: every stored entry, then the live ones, then the final status line.
-async fn stream_logs(State(state): State<ApiState>, Path((id, build)): Path<(String, String)>) -> Response {
+async fn stream_logs(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path((id, build)): Path<(String, String)>) -> Response {
     let store = state.lifecycle.store().clone();
-    match store.get_build(&build).await {
-        Ok(Some(b)) if b.template_id == id => {}
-        Ok(_) => return error(StatusCode::NOT_FOUND, format!("build '{build}' of template '{id}' not found")),
-        Err(e) => return internal(e),
+    if let Err(r) = own_build(&state, &caller, &id, &build).await {
+        return r;
     }
     // Subscribe before reading the store: an entry is stored before it is broadcast, so none is missed.
     let live = live_subscribe(&build);
@@ -496,10 +539,16 @@ async fn stream_logs(State(state): State<ApiState>, Path((id, build)): Path<(Str
     ([(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-async fn alias(State(state): State<ApiState>, Path(alias): Path<String>) -> Response {
+async fn alias(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(alias): Path<String>) -> Response {
     let (name, tag) = split_tag(&alias);
     let found = || Json(serde_json::json!({"templateID": name, "public": false})).into_response();
     let store = state.lifecycle.store();
+    // Another team's template is not confirmed to exist; the server's own are public.
+    match state.lifecycle.template_visible(&caller.team_id, name).await {
+        Ok(true) => {}
+        Ok(false) => return template_not_found(&alias),
+        Err(e) => return e.into_response(),
+    }
     // A built template with that tag, or with any tag for a plain name (also one built only under other tags
     // than `default`); a template whose builds all failed has none.
     if alias.contains(':') && tag != "default" {
@@ -519,19 +568,27 @@ async fn alias(State(state): State<ApiState>, Path(alias): Path<String>) -> Resp
     }
     match state.lifecycle.node().templates().await {
         Ok(list) => match list.iter().find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name)) {
-            Some(t) => Json(serde_json::json!({"templateID": t.template_id, "public": false})).into_response(),
+            Some(t) => Json(serde_json::json!({"templateID": t.template_id, "public": true})).into_response(),
             None => error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
         },
         Err(e) => internal(e),
     }
 }
 
-async fn delete_template(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn delete_template(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
     if id == "base" {
         return error(StatusCode::BAD_REQUEST, "the base template cannot be deleted");
     }
     if !valid_name(&id) {
         return error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
+    }
+    // A team deletes its own templates; the server's (no record) only the admin.
+    match state.lifecycle.store().get_template_record(&id).await {
+        Ok(Some(r)) if r.team_id == caller.team_id => {}
+        Ok(Some(_)) => return template_not_found(&id),
+        Ok(None) if caller.is_admin() => {}
+        Ok(None) => return error(StatusCode::FORBIDDEN, format!("template '{id}' is a server template: only an admin key may delete it")),
+        Err(e) => return internal(e),
     }
     let on_node = match state.lifecycle.node().delete_template(&id).await {
         Ok(b) => b,
@@ -562,7 +619,7 @@ struct AssignTags {
 }
 
 /// `POST /templates/tags`: points `tags` at the build `target` (`name:tag`, `name` = `name:default`) names.
-async fn assign_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+async fn assign_tags(State(state): State<ApiState>, Extension(caller): Extension<Caller>, body: axum::body::Bytes) -> Response {
     let req: AssignTags = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
@@ -574,6 +631,9 @@ async fn assign_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> 
         return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
     }
     let (name, tag) = split_tag(&req.target);
+    if own_template(&state, &caller, name).await.is_err() {
+        return template_not_found(&req.target);
+    }
     let build = match state.lifecycle.store().tag_build(name, tag).await {
         Ok(Some(b)) => b,
         Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{}' not found", req.target)),
@@ -592,16 +652,14 @@ struct RemoveTags {
 }
 
 /// `DELETE /templates/tags`: removes tags; removing `default` also removes the runtime template `<name>`.
-async fn remove_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+async fn remove_tags(State(state): State<ApiState>, Extension(caller): Extension<Caller>, body: axum::body::Bytes) -> Response {
     let req: RemoveTags = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
     let name = split_tag(&req.name).0;
-    match state.lifecycle.store().get_template_record(name).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{name}' not found")),
-        Err(e) => return internal(e),
+    if let Err(r) = own_template(&state, &caller, name).await {
+        return r;
     }
     if let Err(e) = state.lifecycle.store().remove_tags(name, &req.tags).await {
         return internal(e);
@@ -615,12 +673,10 @@ async fn remove_tags(State(state): State<ApiState>, body: axum::body::Bytes) -> 
 }
 
 /// `GET /templates/{id}/tags` → `[{tag, buildID, createdAt}]`.
-async fn list_tags(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn list_tags(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
     let store = state.lifecycle.store();
-    match store.get_template_record(&id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{id}' not found")),
-        Err(e) => return internal(e),
+    if let Err(r) = own_template(&state, &caller, &id).await {
+        return r;
     }
     match store.tags(&id).await {
         Ok(tags) => Json(

@@ -54,6 +54,7 @@ pub async fn ensure_base(engine: &Engine, files_dir: PathBuf, log: LogSink) -> R
         memory_mb: 512,
         files_dir,
         timeout: Duration::from_secs(3600),
+        base_access: super::BaseAccess::Any,
     };
     let started = Instant::now();
     engine.build(job, log).await?;

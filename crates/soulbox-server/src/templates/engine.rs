@@ -201,6 +201,12 @@ impl Engine {
         let set_step = |s: &str| tracker.lock().unwrap_or_else(|e| e.into_inner()).step = Some(s.to_string());
         set_step("base");
         let source = self.resolve_base(&job.recipe)?;
+        if let BaseSource::Template(name) = &source
+            && !job.base_access.permits(name)
+        {
+            // Exactly what a missing template says: another team's template is not confirmed to exist.
+            return Err(BuildFailure::new(format!("base template '{name}' not found"), Some("base")));
+        }
         let base = self.load_base(source, log).await?;
         let mut st = State { key: base_cache_key(&base.layers), layers: base.layers.clone(), ctx: base.ctx.clone() };
         let total = job.recipe.steps.len();

@@ -11,6 +11,7 @@
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
+pub mod access;
 pub mod api;
 pub mod base;
 pub mod bootstrap;
@@ -83,6 +84,38 @@ pub struct BuildJob {
     /// Where uploaded COPY contexts are (`<files_dir>/<filesHash>`).
     pub files_dir: PathBuf,
     pub timeout: Duration,
+    /// Which local templates the build may start from (a team's build: not another team's).
+    pub base_access: BaseAccess,
+}
+
+/// Which local templates a build may use as its base. The server's own builds (`base`) may use any; a team's
+/// build may not use another team's private templates, nor any build-internal template (`sbb-`, `sbbuild-`)
+/// except the one its `fromTemplate: name:tag` was resolved to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum BaseAccess {
+    #[default]
+    Any,
+    Team {
+        /// Other teams' private templates.
+        hidden: std::collections::BTreeSet<String>,
+        /// The build template a checked tag resolved to.
+        tag_build: Option<String>,
+    },
+}
+
+impl BaseAccess {
+    pub fn permits(&self, template: &str) -> bool {
+        match self {
+            BaseAccess::Any => true,
+            BaseAccess::Team { hidden, tag_build } => {
+                if api::is_internal_template(template) {
+                    tag_build.as_deref() == Some(template)
+                } else {
+                    !hidden.contains(template)
+                }
+            }
+        }
+    }
 }
 
 /// Why a build failed; `step` as in [`BuildLog`].

@@ -1,0 +1,154 @@
+//! Which `allowOut` entries need the server setting `allow_private_egress` (issue 11).
+//!
+//! A sandbox's firewall drops private, link-local and metadata destinations (the runtime's `PRIVATE` set in
+//! `soulbox-runtime/src/firewall.rs`) before its `allowOut` accepts unless the node runs with
+//! `allow_private_egress`. So that a create asking to open such a range is told why instead of silently getting
+//! a sandbox that cannot reach it, the API refuses it with 400 naming the setting. Internet-wide entries
+//! (`0.0.0.0/0`, `0.0.0.0/1`, `128.0.0.0/1`) stay allowed: they open the internet, and the firewall's earlier
+//! drop keeps the private ranges closed.
+
+use std::net::Ipv4Addr;
+
+/// The runtime firewall's private/link-local/metadata/multicast/reserved set (kept equal by a test).
+pub const PRIVATE_RANGES: [(Ipv4Addr, u8); 9] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::new(240, 0, 0, 0), 4),
+];
+
+/// Entries this short are internet-wide: allowed without the setting.
+const INTERNET_WIDE_MAX_PREFIX: u8 = 1;
+
+/// `a.b.c.d[/len]` → the first and last address, as integers; `None` when it is not an IPv4 CIDR (the runtime
+/// refuses those with its own message).
+fn range(cidr: &str) -> Option<(u32, u32, u8)> {
+    let (addr, len) = match cidr.trim().split_once('/') {
+        Some((a, l)) => (a, l.parse::<u8>().ok()?),
+        None => (cidr.trim(), 32),
+    };
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    if len > 32 {
+        return None;
+    }
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    let first = u32::from(addr) & mask;
+    Some((first, first | !mask, len))
+}
+
+/// The private range `cidr` overlaps, when it needs `allow_private_egress` to be opened.
+pub fn private_range_opened_by(cidr: &str) -> Option<String> {
+    let (first, last, len) = range(cidr)?;
+    if len <= INTERNET_WIDE_MAX_PREFIX {
+        return None;
+    }
+    PRIVATE_RANGES.iter().find_map(|(net, plen)| {
+        let (p_first, p_last, _) = range(&format!("{net}/{plen}"))?;
+        (first <= p_last && p_first <= last).then(|| format!("{net}/{plen}"))
+    })
+}
+
+/// Checks a create's `allowOut` when the server does not allow private egress: the error names the entry, the
+/// range it opens and the setting.
+pub fn check_allow_out(allow_out: &[String]) -> Result<(), String> {
+    for entry in allow_out {
+        if let Some(private) = private_range_opened_by(entry) {
+            return Err(format!(
+                "allowOut {entry} opens the private, link-local or metadata range {private}: that needs the server setting \
+                 allow_private_egress = true"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_link_local_and_metadata_entries_need_the_setting() {
+        for (entry, opens) in [
+            ("169.254.169.254/32", "169.254.0.0/16"),
+            ("169.254.169.254", "169.254.0.0/16"),
+            ("10.0.0.0/8", "10.0.0.0/8"),
+            ("10.1.2.3/32", "10.0.0.0/8"),
+            ("172.20.0.0/16", "172.16.0.0/12"),
+            ("172.0.0.0/8", "172.16.0.0/12"),
+            ("192.168.1.0/24", "192.168.0.0/16"),
+            ("100.100.100.200", "100.64.0.0/10"),
+            ("127.0.0.1", "127.0.0.0/8"),
+            ("0.0.0.0/8", "0.0.0.0/8"),
+            ("224.0.0.251", "224.0.0.0/4"),
+            ("255.255.255.255", "240.0.0.0/4"),
+            ("8.0.0.0/4", "0.0.0.0/8"),
+            ("64.0.0.0/2", "100.64.0.0/10"),
+        ] {
+            assert_eq!(
+                private_range_opened_by(entry).as_deref(),
+                Some(opens),
+                "{entry}"
+            );
+        }
+        let err = check_allow_out(&["1.1.1.1/32".into(), "169.254.169.254/32".into()]).unwrap_err();
+        assert!(
+            err.contains("169.254.169.254/32") && err.contains("allow_private_egress"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn public_and_internet_wide_entries_do_not() {
+        for entry in [
+            "1.1.1.1/32",
+            "8.8.8.0/24",
+            "203.0.113.0/24",
+            "11.0.0.0/8",
+            "172.32.0.0/11",
+            "0.0.0.0/0",
+            "0.0.0.0/1",
+            "128.0.0.0/1",
+        ] {
+            assert_eq!(private_range_opened_by(entry), None, "{entry}");
+        }
+        // Not IPv4 CIDRs: left to the runtime's validation.
+        for entry in ["::/0", "10.0.0.0/33", "example.com"] {
+            assert_eq!(private_range_opened_by(entry), None, "{entry}");
+        }
+        assert!(check_allow_out(&["0.0.0.0/0".into(), "1.1.1.1".into()]).is_ok());
+    }
+
+    /// The list must stay the runtime firewall's: read its definition from the source.
+    #[test]
+    fn ranges_match_the_runtime_firewall() {
+        let source = include_str!("../../soulbox-runtime/src/firewall.rs");
+        let start = source
+            .find("const PRIVATE")
+            .expect("firewall.rs defines PRIVATE");
+        let definition = &source[start..start + source[start..].find(';').expect("PRIVATE ends")];
+        let mut theirs: Vec<String> = definition
+            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '/'))
+            .filter(|t| t.contains('/') && range(t).is_some())
+            .map(str::to_owned)
+            .collect();
+        let mut ours: Vec<String> = PRIVATE_RANGES
+            .iter()
+            .map(|(n, l)| format!("{n}/{l}"))
+            .collect();
+        theirs.sort();
+        ours.sort();
+        assert_eq!(
+            ours, theirs,
+            "PRIVATE_RANGES differs from the runtime firewall's PRIVATE"
+        );
+    }
+}
