@@ -7,7 +7,8 @@ start_local_server() {
   shift 5
   port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')"
   API="http://127.0.0.1:$port"
-  KEY="$("$bin" --data-dir "$data_dir" keys create --name "$prefix" | sed -n 's/^export E2B_API_KEY=//p')"
+  # An admin key: the SDK and CLI tests list nodes too.
+  KEY="$("$bin" --data-dir "$data_dir" keys create --name "$prefix" --admin | sed -n 's/^export E2B_API_KEY=//p')"
   [ -n "$KEY" ] || { echo "could not create an API key" >&2; return 1; }
   "$bin" --data-dir "$data_dir" server --listen "127.0.0.1:$port" --prefix "$prefix" --network-pool "$pool" \
     --envd-path "$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd" "$@" >"$log" 2>&1 &

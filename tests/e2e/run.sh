@@ -33,6 +33,7 @@ DATA_DIR="${SOULBOX_E2E_DIR:-/var/tmp/soulbox-e2e}"
 PREFIX="${SOULBOX_E2E_PREFIX:-sbe2e}"
 POOL="${SOULBOX_E2E_POOL:-10.213.0.0/16}"
 KEY_NAME=e2e
+KEY_ARGS=--admin # test_nodes uses the admin routes
 DOMAIN=e2e.soulbox.test
 MAX_LIFETIME_S=600
 E2E_LOG_DIR="$ROOT/target/e2e"

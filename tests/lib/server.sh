@@ -3,18 +3,21 @@
 # the host.
 #
 # The caller sets, before sourcing: ROOT, PYTHON, DATA_DIR, PREFIX, POOL, DOMAIN, MAX_LIFETIME_S, SOULBOX, ENVD,
-# SERVER_LOG, and optionally KEY_NAME (the run's API key name) and SERVER_CONFIG_EXTRA (lines appended to the
-# server's config.toml). start_server sets API_URL, API_KEY, KEY_ID, SERVER_PID.
+# SERVER_LOG, and optionally KEY_NAME (the run's API key name), KEY_ARGS (more `soulbox keys create` arguments for
+# it, e.g. `--admin` or `--team NAME`) and SERVER_CONFIG_EXTRA (lines appended to the server's config.toml).
+# start_server sets API_URL, API_KEY, KEY_ID, SERVER_PID. A suite that makes keys of other teams adds them to
+# CLEANUP_KEYS (space-separated) so the cleanup also kills their sandboxes (a key sees only its team's).
 SERVER_PID="${SERVER_PID:-}"
 API_URL="${API_URL:-}"
 API_KEY="${API_KEY:-}"
 KEY_ID="${KEY_ID:-}"
+CLEANUP_KEYS="${CLEANUP_KEYS:-}"
 
 free_port() {
   "$PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
 }
 
-# api <method> <path>: prints the body; fails on a transport error only.
+# api <method> <path>: prints the body; fails on a transport error only. API_KEY overrides the run's key.
 api() {
   "$PYTHON" - "$API_URL" "$API_KEY" "$1" "$2" <<'PY'
 import sys, urllib.request, urllib.error
@@ -34,13 +37,23 @@ sandbox_ids() {
     | "$PYTHON" -c 'import json,sys; [print(s["sandboxID"]) for s in json.load(sys.stdin)]'
 }
 
+# Kills the sandboxes of the run's key's team and of every team in CLEANUP_KEYS.
 kill_all_sandboxes() {
-  local id ids
-  ids="$(sandbox_ids)" || { echo "could not list sandboxes" >&2; return 1; }
-  for id in $ids; do
-    echo "killing sandbox $id" >&2
-    api DELETE "/sandboxes/$id" >/dev/null || true
+  local id ids key rc=0
+  for key in "$API_KEY" $CLEANUP_KEYS; do
+    ids="$(API_KEY="$key" sandbox_ids)" || { echo "could not list sandboxes" >&2; rc=1; continue; }
+    for id in $ids; do
+      echo "killing sandbox $id" >&2
+      API_KEY="$key" api DELETE "/sandboxes/$id" >/dev/null || true
+    done
   done
+  return "$rc"
+}
+
+# Sandbox ids of every team the cleanup knows about.
+all_sandbox_ids() {
+  local key
+  for key in "$API_KEY" $CLEANUP_KEYS; do API_KEY="$key" sandbox_ids; done
 }
 
 # start_server [port]: (re)starts the server on the port (a free one by default) and waits until it is ready.
@@ -59,7 +72,8 @@ TOML
   # A fresh key per run (the admin key is printed only on the store's first start); a restart keeps it.
   if [ -z "$API_KEY" ]; then
     local out
-    out="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name "${KEY_NAME:-run}-$(date +%s)")"
+    # shellcheck disable=SC2086 # KEY_ARGS is a list of arguments
+    out="$("$SOULBOX" --data-dir "$DATA_DIR" keys create --name "${KEY_NAME:-run}-$(date +%s)" ${KEY_ARGS:-})"
     KEY_ID="$(sed -n 's/^created key \([^ ]*\) .*/\1/p' <<<"$out")"
     API_KEY="$(sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out")"
     [ -n "$API_KEY" ] || die "could not create an API key: $out"
@@ -100,7 +114,7 @@ shutdown_server() {
     log "cleanup: killing remaining sandboxes through the API"
     kill_all_sandboxes
     # Kills are synchronous; a sandbox the lifecycle was still pausing/resuming shows up on a second look.
-    [ -z "$(sandbox_ids)" ] || kill_all_sandboxes
+    [ -z "$(all_sandbox_ids)" ] || kill_all_sandboxes
   fi
   stop_server
   [ -z "$KEY_ID" ] || "$SOULBOX" --data-dir "$DATA_DIR" keys revoke "$KEY_ID" >/dev/null 2>&1

@@ -26,7 +26,9 @@ MAX_LIFETIME_S=600
 SERVER_LOG="$ROOT/target/security/server.log"
 SOULBOX="$ROOT/target/debug/soulbox"
 ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
+# Keys: team A's member key (E2B_API_KEY, made by start_server), team B's member key, the admin (default team).
 KEY_NAME=security-a
+KEY_ARGS="--team security-a"
 SERVER_CONFIG_EXTRA="$(cat "$HERE/server.toml")"
 # shellcheck source=../lib/server.sh
 . "$ROOT/tests/lib/server.sh"
@@ -34,7 +36,8 @@ SERVER_CONFIG_EXTRA="$(cat "$HERE/server.toml")"
 [ "$(id -u)" = 0 ] || die "must run as root (the node runtime needs mounts, netns, cgroups, nftables)"
 
 EXTRA_KEY_IDS=()
-# new_key NAME [keys create args...]: prints the secret, remembers the id for revocation.
+# new_key NAME [keys create args...]: sets NEW_KEY to the secret and remembers the id for revocation (not in a
+# subshell, so the id is kept).
 new_key() {
   local name="$1" out id
   shift
@@ -42,7 +45,7 @@ new_key() {
   id="$(sed -n 's/^created key \([^ ]*\) .*/\1/p' <<<"$out")"
   [ -n "$id" ] || die "could not create key $name: $out"
   EXTRA_KEY_IDS+=("$id")
-  sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out"
+  NEW_KEY="$(sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out")"
 }
 
 cleanup() {
@@ -68,8 +71,11 @@ fi
 ensure_venv latest
 
 start_server
-KEY_B="$(new_key security-b)"
-ADMIN_KEY="$(new_key security-admin)"
+new_key security-b --team security-b
+KEY_B="$NEW_KEY"
+new_key security-admin --admin
+ADMIN_KEY="$NEW_KEY"
+CLEANUP_KEYS="$KEY_B"
 kill_all_sandboxes
 
 py="$ROOT/tests/compat/.venv-latest/bin/python"

@@ -65,6 +65,10 @@ pub struct RuntimeConfig {
     /// Disk limit (MiB) when neither the sandbox spec nor the template sets one; 0 = none.
     #[serde(default = "default_disk_mb")]
     pub default_disk_mb: u64,
+    /// Whether a sandbox's allowOut may open private, link-local and metadata ranges (the server setting
+    /// `allow_private_egress`). Off: the firewall drops those ranges before any allowOut accept.
+    #[serde(default)]
+    pub allow_private_egress: bool,
 }
 
 fn default_disk_mb() -> u64 {
@@ -101,6 +105,7 @@ impl RuntimeConfig {
             disk_backend: Default::default(),
             disk_image_gb: None,
             default_disk_mb: DEFAULT_DISK_MB,
+            allow_private_egress: false,
         }
     }
 

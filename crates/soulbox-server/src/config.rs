@@ -33,6 +33,11 @@ pub struct FileConfig {
     pub node_lost_after_s: Option<u64>,
     /// `[templates]`: image rewrites, insecure registries, registry credentials.
     pub templates: Option<TemplatesConfig>,
+    /// Whether `allowOut` may open private, link-local and metadata ranges (10/8, 169.254/16, ...). Off by
+    /// default: such a create is refused with 400 and the sandbox firewall drops those ranges first.
+    pub allow_private_egress: Option<bool>,
+    /// `[teams]`: every team's limits unless `soulbox teams limits` overrides them for a team.
+    pub teams: Option<crate::store::TeamLimits>,
 }
 
 /// The `[templates]` section:
@@ -103,6 +108,8 @@ pub struct ServerConfig {
     pub node_heartbeat_timeout_s: u64,
     pub node_lost_after_s: u64,
     pub templates: TemplatesConfig,
+    pub allow_private_egress: bool,
+    pub team_limits: crate::store::TeamLimits,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);
@@ -149,5 +156,15 @@ mod tests {
         assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);
         assert!(engine.registries.auth.contains_key("ghcr.io"));
         assert!(toml::from_str::<FileConfig>("[templates]\nmirrors = 1\n").is_err());
+    }
+
+    #[test]
+    fn teams_section_and_private_egress() {
+        let c: FileConfig = toml::from_str("allow_private_egress = true\n[teams]\nmax_sandboxes = 5\nmax_builds = 1\n").unwrap();
+        assert_eq!(c.allow_private_egress, Some(true));
+        let teams = c.teams.unwrap();
+        let defaults = crate::store::TeamLimits::default();
+        assert_eq!((teams.max_sandboxes, teams.max_builds, teams.max_vcpus), (5, 1, defaults.max_vcpus), "unset keys keep the defaults");
+        assert!(toml::from_str::<FileConfig>("[teams]\nmax_sandbox = 5\n").is_err());
     }
 }

@@ -324,7 +324,7 @@ impl Lifecycle {
         let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
         let result = match self.nodes.place(need).await {
             Ok(placement) => {
-                let created = self.create_on(&placement, spec, &template, timeout_s, req, token, &team_hold).await;
+                let created = self.create_on(&placement, spec, &template, timeout_s, req, &team_hold).await;
                 self.nodes.release(&placement).await;
                 created
             }
@@ -342,10 +342,10 @@ impl Lifecycle {
         template: &TemplateInfo,
         timeout_s: i32,
         req: CreateRequest,
-        token: Option<String>,
         team_hold: &str,
     ) -> Result<api::Sandbox> {
         let (node_id, node) = (placement.node_id.clone(), &placement.node);
+        let token = spec.envd_access_token.clone();
         let created = node.create(spec).await?;
         let (id, address) = (created.sandbox_id, created.address);
         let now = now_ms();

@@ -1,14 +1,14 @@
-//! `soulbox`: the SoulBox command — `soulbox server` runs everything on one machine; `soulbox keys` manages
-//! API keys.
+//! `soulbox`: the SoulBox command — `soulbox server` runs everything on one machine; `soulbox keys` and
+//! `soulbox teams` manage API keys, teams and team limits.
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use soulbox_server::config::{self, FileConfig, ServerConfig};
 use soulbox_server::store::Store;
 
 mod cli;
+mod keys_cli;
 
 #[derive(Parser)]
 #[command(name = "soulbox", version, about = "SoulBox: self-hosted E2B-compatible sandboxes")]
@@ -27,9 +27,20 @@ enum Command {
     /// Run a node agent: this host's runtime, driven by a cluster's control plane (`soulbox server` with a
     /// node token).
     Node(NodeArgs),
-    /// Manage API keys.
-    #[command(subcommand)]
-    Keys(KeysCommand),
+    /// Manage API keys (each belongs to a team; `--admin` keys also manage nodes and keys).
+    Keys {
+        #[command(flatten)]
+        store: keys_cli::StoreArgs,
+        #[command(subcommand)]
+        command: keys_cli::KeysCommand,
+    },
+    /// Teams and their limits.
+    Teams {
+        #[command(flatten)]
+        store: keys_cli::StoreArgs,
+        #[command(subcommand)]
+        command: keys_cli::TeamsCommand,
+    },
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
@@ -80,6 +91,9 @@ struct ServerArgs {
     /// Cluster mode: seconds a node stays Unhealthy before its sandboxes are lost [default: 60].
     #[arg(long, env = "SOULBOX_NODE_LOST_AFTER_S")]
     node_lost_after_s: Option<u64>,
+    /// Let `allowOut` open private, link-local and metadata ranges (10/8, 172.16/12, 192.168/16, 169.254/16, ...).
+    #[arg(long, env = "SOULBOX_ALLOW_PRIVATE_EGRESS")]
+    allow_private_egress: bool,
 }
 
 /// `soulbox node`: flags or `SOULBOX_*` environment variables.
@@ -121,6 +135,9 @@ struct NodeArgs {
     network_pool: String,
     #[arg(long, env = "SOULBOX_DEBIAN_MIRROR", default_value = config::DEFAULT_MIRROR)]
     debian_mirror: String,
+    /// Let `allowOut` open private, link-local and metadata ranges (set it like the control plane's).
+    #[arg(long, env = "SOULBOX_ALLOW_PRIVATE_EGRESS")]
+    allow_private_egress: bool,
 }
 
 impl NodeArgs {
@@ -144,6 +161,7 @@ impl NodeArgs {
             prefix: self.prefix,
             network_pool: self.network_pool,
             debian_mirror: self.debian_mirror,
+            allow_private_egress: self.allow_private_egress,
         })
     }
 }
@@ -173,22 +191,11 @@ impl ServerArgs {
             node_heartbeat_timeout_s: self.node_heartbeat_timeout_s.or(file.node_heartbeat_timeout_s).unwrap_or(10),
             node_lost_after_s: self.node_lost_after_s.or(file.node_lost_after_s).unwrap_or(60),
             templates: file.templates.unwrap_or_default(),
+            allow_private_egress: self.allow_private_egress || file.allow_private_egress.unwrap_or(false),
+            team_limits: file.teams.unwrap_or_default(),
             data_dir,
         })
     }
-}
-
-#[derive(Subcommand)]
-enum KeysCommand {
-    /// Create a key and print it once.
-    Create {
-        #[arg(long, default_value = "default")]
-        name: String,
-    },
-    /// List keys (never the secrets).
-    List,
-    /// Revoke a key by id.
-    Revoke { id: String },
 }
 
 #[tokio::main]
@@ -200,31 +207,11 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let keys = match cli.command {
-        Command::Server(args) => return soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
-        Command::Node(args) => return soulbox_server::cluster::agent::run(args.resolve(cli.data_dir)?).await,
-        Command::Keys(keys) => keys,
+    match cli.command {
+        Command::Server(args) => soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
+        Command::Node(args) => soulbox_server::cluster::agent::run(args.resolve(cli.data_dir)?).await,
+        Command::Keys { store, command } => keys_cli::keys(&cli.data_dir, &store, command).await,
+        Command::Teams { store, command } => keys_cli::teams(&cli.data_dir, &store, command).await,
         Command::Client(c) => std::process::exit(cli::run(c).await),
-    };
-    std::fs::create_dir_all(&cli.data_dir).with_context(|| format!("creating data dir {}", cli.data_dir.display()))?;
-    let store = Store::open(&Store::sqlite_url(&cli.data_dir.join("soulbox.db"))).await.context("opening the store")?;
-    match keys {
-        KeysCommand::Create { name } => {
-            let (record, key) = store.create_api_key(&name).await?;
-            println!("created key {} ({})", record.id, record.name);
-            println!("export E2B_API_KEY={}", key.secret);
-        }
-        KeysCommand::List => {
-            println!("{:<20} {:<16} {:<12} STATUS", "ID", "NAME", "PREFIX");
-            for k in store.list_api_keys().await? {
-                let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
-                println!("{:<20} {:<16} {:<12} {status}", k.id, k.name, k.key_prefix);
-            }
-        }
-        KeysCommand::Revoke { id } => {
-            store.revoke_api_key(&id).await.with_context(|| format!("revoking {id}"))?;
-            println!("revoked {id}");
-        }
     }
-    Ok(())
 }

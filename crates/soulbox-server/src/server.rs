@@ -49,8 +49,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not mark interrupted template builds"),
     }
 
+    // The first key is the admin (nodes, keys), in the default team.
     let fresh_key = if store.count_active_api_keys().await? == 0 {
-        let (_, key) = store.create_api_key("admin").await?;
+        let (_, key) = store.create_api_key_in("admin", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await?;
         Some(key.secret)
     } else {
         None
@@ -61,6 +62,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         max_timeout_s: config.max_timeout_s,
         max_lifetime_s: config.max_lifetime_s,
         node_id: "local".into(),
+        team_limits: config.team_limits,
+        allow_private_egress: config.allow_private_egress,
         ..LifecycleConfig::default()
     };
     let (lifecycle, local_node) = match &config.node_token {
@@ -98,7 +101,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     println!("export E2B_SANDBOX_URL={url}");
     match fresh_key {
         Some(key) => println!("export E2B_API_KEY={key}    # shown once; manage keys with `soulbox keys`"),
-        None => println!("export E2B_API_KEY=<a key from `soulbox keys create`>"),
+        None => println!("export E2B_API_KEY=<a key from `soulbox keys create [--team NAME] [--admin]`>"),
     }
     let listener = proxy::ServerListener(listener);
     axum::serve(listener, app.into_make_service_with_connect_info::<proxy::ClientSocket>())
@@ -146,6 +149,7 @@ async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
     let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
+    runtime_config.allow_private_egress = config.allow_private_egress;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     let node = LocalNode::with_engine_config(runtime, "local", config.templates.engine_config(&config.debian_mirror));
     eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");

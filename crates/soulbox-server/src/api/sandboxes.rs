@@ -22,6 +22,7 @@ use crate::time::{parse_rfc3339_ms, rfc3339};
 type Params = Query<HashMap<String, String>>;
 
 /// Parses a JSON body into `T`, answering 400 in E2B's shape; an empty body is `T::default()`.
+#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
 fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
@@ -310,6 +311,7 @@ pub async fn refresh(State(state): State<ApiState>, Extension(caller): Extension
     }
 }
 
+#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
 fn unix_s_param(params: &HashMap<String, String>, key: &str) -> Result<Option<i64>, Response> {
     params
         .get(key)

@@ -322,6 +322,8 @@ pub struct NodeSettings {
     pub prefix: String,
     pub network_pool: String,
     pub debian_mirror: String,
+    /// allowOut may open private, link-local and metadata ranges (the runtime's firewall drops them otherwise).
+    pub allow_private_egress: bool,
 }
 
 /// The node's id: `--node-id`, else the one saved in the data dir, else a new random one saved there (so a
@@ -357,6 +359,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     let (pool_net, pool_len) = crate::config::parse_cidr(&settings.network_pool)?;
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
+    runtime_config.allow_private_egress = settings.allow_private_egress;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
     runtime.store().ensure_base_template(&settings.debian_mirror).await.context("building the base template")?;

@@ -104,13 +104,12 @@ pub fn team_files_dir(files_dir: &Path, team_id: &str) -> PathBuf {
     files_dir.join(team_id)
 }
 
-/// A deprecated `teamID` in a build request must be the key's own team.
-pub fn check_team_id(caller: &Caller, team_id: Option<&str>) -> Result<(), Response> {
-    match team_id {
-        Some(team) if team != caller.team_id => Err(error(
+/// A deprecated `teamID` in a build request must be the key's own team: the refusal when it is another.
+pub fn foreign_team_id(caller: &Caller, team_id: Option<&str>) -> Option<Response> {
+    team_id.filter(|team| *team != caller.team_id).map(|team| {
+        error(
             StatusCode::FORBIDDEN,
             format!("the API key does not belong to team {team}"),
-        )),
-        _ => Ok(()),
-    }
+        )
+    })
 }

@@ -147,8 +147,8 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
     };
-    if let Err(r) = access::check_team_id(&caller, req.team_id.as_deref()) {
-        return r;
+    if let Some(refused) = access::foreign_team_id(&caller, req.team_id.as_deref()) {
+        return refused;
     }
     let Some(full) = req.name.or(req.alias) else { return error(StatusCode::BAD_REQUEST, "name is required") };
     let name = full.split_once(':').map_or(full.as_str(), |(n, _)| n).to_string();
@@ -582,12 +582,18 @@ async fn delete_template(State(state): State<ApiState>, Extension(caller): Exten
     if !valid_name(&id) {
         return error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
     }
-    // A team deletes its own templates; the server's (no record) only the admin.
+    // A team deletes its own templates; a server template (no record, public) only the admin.
     match state.lifecycle.store().get_template_record(&id).await {
         Ok(Some(r)) if r.team_id == caller.team_id => {}
         Ok(Some(_)) => return template_not_found(&id),
         Ok(None) if caller.is_admin() => {}
-        Ok(None) => return error(StatusCode::FORBIDDEN, format!("template '{id}' is a server template: only an admin key may delete it")),
+        Ok(None) => match state.lifecycle.node().templates().await {
+            Ok(list) if list.iter().any(|t| t.template_id == id) => {
+                return error(StatusCode::FORBIDDEN, format!("template '{id}' is a server template: only an admin key may delete it"));
+            }
+            Ok(_) => return template_not_found(&id),
+            Err(e) => return internal(e),
+        },
         Err(e) => return internal(e),
     }
     let on_node = match state.lifecycle.node().delete_template(&id).await {

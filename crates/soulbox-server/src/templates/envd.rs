@@ -52,6 +52,7 @@ fn clean(line: &[u8]) -> String {
 
 /// Runs `cmd` with `shell -c` as `user` in `cwd`; every output line goes to `on_line(is_stderr, line)`.
 /// Returns the exit code (-1 when the process ended without one, e.g. killed by a signal).
+#[allow(clippy::too_many_arguments)] // one call site; each argument is one of the process's settings
 pub async fn run(
     addr: &str,
     shell: &str,
