@@ -122,14 +122,14 @@ async fn json_errors(request: Request, next: Next) -> Response {
 async fn require_api_key(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
     let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let Some(key) = key else {
-        return error(StatusCode::UNAUTHORIZED, "missing API key: set the X-API-Key header");
+        return refuse_unread(&request, StatusCode::UNAUTHORIZED, "missing API key: set the X-API-Key header");
     };
     match state.lifecycle.store().authenticate_api_key(&key).await {
         Ok(Some(caller)) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
-        Ok(None) => error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        Ok(None) => refuse_unread(&request, StatusCode::UNAUTHORIZED, "invalid API key"),
         Err(e) => {
             tracing::error!(error = %e, "api key check failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "could not check the API key")
@@ -141,8 +141,21 @@ async fn require_api_key(State(state): State<ApiState>, mut request: Request, ne
 async fn require_admin(request: Request, next: Next) -> Response {
     match request.extensions().get::<Caller>() {
         Some(caller) if caller.is_admin() => next.run(request).await,
-        _ => error(StatusCode::FORBIDDEN, "this route needs an admin API key (`soulbox keys create --admin`)"),
+        _ => refuse_unread(&request, StatusCode::FORBIDDEN, "this route needs an admin API key (`soulbox keys create --admin`)"),
     }
+}
+
+/// A refusal sent before the request's body was read. hyper then closes the connection unless the body had
+/// already arrived whole, and a keep-alive client that reuses it gets "server disconnected" on its next request:
+/// `Connection: close` tells it not to.
+fn refuse_unread(request: &Request, status: StatusCode, message: &str) -> Response {
+    let mut response = error(status, message);
+    let headers = request.headers();
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > 0) || headers.contains_key(http::header::TRANSFER_ENCODING) {
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// An E2B error response: `{"code": <status>, "message": ...}`.

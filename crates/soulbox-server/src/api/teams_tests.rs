@@ -219,6 +219,24 @@ async fn members_get_403_on_admin_routes_and_the_admin_manages_keys() {
         t.call(&t.admin, "GET", "/nodes", None).await.0,
         StatusCode::OK
     );
+    // Refused before its body was read: hyper closes such a connection, so the answer says so (a keep-alive
+    // client would otherwise send its next request into a closed connection).
+    let refused = Request::post("/api-keys")
+        .header("x-api-key", &t.a)
+        .header("content-length", "12")
+        .body(Body::from(r#"{"name":"x"}"#))
+        .unwrap();
+    let refused = t.app.clone().oneshot(refused).await.unwrap();
+    assert_eq!(
+        (
+            refused.status(),
+            refused
+                .headers()
+                .get("connection")
+                .map(|v| v.to_str().unwrap())
+        ),
+        (StatusCode::FORBIDDEN, Some("close"))
+    );
 
     // The admin's key management, in E2B's shapes.
     let (status, created) = t
