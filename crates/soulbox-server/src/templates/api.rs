@@ -696,8 +696,9 @@ async fn list_tags(State(state): State<ApiState>, Extension(caller): Extension<C
 }
 
 #[cfg(test)]
-mod tests {
-    //! Tags over the API with a node that "builds" by registering templates in memory.
+pub(crate) mod tests {
+    //! Tags over the API with a node that "builds" by registering templates in memory (the harness is shared
+    //! with `access_tests.rs`).
 
     use std::collections::BTreeMap;
     use std::net::{IpAddr, Ipv4Addr};
@@ -713,9 +714,11 @@ mod tests {
     use crate::node::*;
 
     #[derive(Default)]
-    struct BuildingNode {
-        templates: Mutex<BTreeMap<String, TemplateInfo>>,
-        created_from: Mutex<Vec<String>>,
+    pub(crate) struct BuildingNode {
+        pub(crate) templates: Mutex<BTreeMap<String, TemplateInfo>>,
+        pub(crate) created_from: Mutex<Vec<String>>,
+        /// Where uploads go (default: the system temp dir).
+        pub(crate) files_dir: Option<std::path::PathBuf>,
     }
 
     fn info(name: &str, cpu: u32) -> TemplateInfo {
@@ -777,23 +780,26 @@ mod tests {
             Ok(())
         }
         fn template_files_dir(&self) -> Option<std::path::PathBuf> {
-            Some(std::env::temp_dir())
+            Some(self.files_dir.clone().unwrap_or_else(std::env::temp_dir))
         }
     }
 
-    struct Harness {
+    pub(crate) struct Harness {
         app: axum::Router,
-        key: String,
-        node: Arc<BuildingNode>,
+        pub(crate) key: String,
+        /// A member key of another team.
+        pub(crate) key_b: String,
+        pub(crate) node: Arc<BuildingNode>,
         _dir: tempfile::TempDir,
     }
 
     impl Harness {
-        async fn new() -> Harness {
+        pub(crate) async fn new() -> Harness {
             let dir = tempfile::tempdir().unwrap();
             let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
             let (_, key) = store.create_api_key("test").await.unwrap();
-            let node = Arc::new(BuildingNode::default());
+            let (_, key_b) = store.create_api_key_in("b", "other", crate::store::Role::Member).await.unwrap();
+            let node = Arc::new(BuildingNode { files_dir: Some(dir.path().join("uploads")), ..Default::default() });
             let lifecycle = Lifecycle::start(store, node.clone(), LifecycleConfig::default()).await.unwrap();
             let state = ApiState {
                 lifecycle,
@@ -801,15 +807,19 @@ mod tests {
                 domain: None,
                 started: std::time::Instant::now(),
             };
-            Harness { app: crate::api::router(state), key: key.secret, node, _dir: dir }
+            Harness { app: crate::api::router(state), key: key.secret, key_b: key_b.secret, node, _dir: dir }
         }
 
-        async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+            self.call_as(&self.key, method, path, body).await
+        }
+
+        pub(crate) async fn call_as(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
             let req = Request::builder()
                 .method(method)
                 .uri(path)
                 .header("content-type", "application/json")
-                .header("x-api-key", &self.key)
+                .header("x-api-key", key)
                 .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
                 .unwrap();
             let resp = self.app.clone().oneshot(req).await.unwrap();
@@ -819,7 +829,7 @@ mod tests {
         }
 
         /// Requests and runs a build; the live stream ends with the build, so reading it to the end waits for it.
-        async fn build(&self, name: &str, tags: &[&str], cpu: i32) -> (String, Value) {
+        pub(crate) async fn build(&self, name: &str, tags: &[&str], cpu: i32) -> (String, Value) {
             let (status, req) = self.call("POST", "/v3/templates", Some(json!({"name": name, "tags": tags, "cpuCount": cpu}))).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{req}");
             let (id, build) = (req["templateID"].as_str().unwrap().to_string(), req["buildID"].as_str().unwrap().to_string());
@@ -832,7 +842,7 @@ mod tests {
             (build, req)
         }
 
-        async fn create_from(&self, template: &str) -> (StatusCode, Option<String>) {
+        pub(crate) async fn create_from(&self, template: &str) -> (StatusCode, Option<String>) {
             let (status, body) = self.call("POST", "/v2/sandboxes", Some(json!({"templateID": template}))).await;
             (status, (status == StatusCode::CREATED).then(|| self.node.created_from.lock().unwrap().last().cloned().unwrap()).inspect(|_| {
                 assert!(body["sandboxID"].is_string());

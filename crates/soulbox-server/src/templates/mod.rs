@@ -12,6 +12,8 @@
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
 
 pub mod access;
+#[cfg(test)]
+mod access_tests;
 pub mod api;
 pub mod base;
 pub mod bootstrap;
