@@ -78,10 +78,15 @@ struct Replica {
 }
 
 async fn replica(db: &TestDatabase, node: Arc<CountingNode>) -> Replica {
+    replica_with_limits(db, node, crate::store::TeamLimits::default()).await
+}
+
+async fn replica_with_limits(db: &TestDatabase, node: Arc<CountingNode>, team_limits: crate::store::TeamLimits) -> Replica {
     let store = db.open().await; // its own pool, as its own process would have
     let config = LifecycleConfig {
         deadline_sweep: Duration::from_millis(100),
         claim_lease: Duration::from_secs(3),
+        team_limits,
         ..LifecycleConfig::default()
     };
     let lifecycle = Lifecycle::start(store, node, config).await.unwrap();
@@ -268,4 +273,24 @@ store_test!(concurrent_resumes_through_both_replicas_resume_once, |db| {
     assert!(on_a.0.is_success() && on_b.0.is_success(), "{on_a:?} {on_b:?}");
     assert_eq!(node.resumes.load(Ordering::SeqCst), 2, "the second pause was resumed once");
     assert_eq!(db.open().await.get_sandbox(&id).await.unwrap().state, SandboxState::Running);
+});
+
+store_test!(creates_racing_through_both_replicas_stop_at_the_team_limit, |db| {
+    let key = admin_key(&db).await;
+    let node = Arc::new(CountingNode::default());
+    // The base template is 2 vCPUs: 3 sandboxes' worth of vCPUs for the team, and room for 2 already taken.
+    let limits = crate::store::TeamLimits { max_sandboxes: 100, max_vcpus: 6, ..Default::default() };
+    let (a, b) = (replica_with_limits(&db, node.clone(), limits).await, replica_with_limits(&db, node.clone(), limits).await);
+    for replica in [&a, &b] {
+        let (status, created) = call(&key, replica, Method::POST, "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+    // Eight creates for the last place, four through each replica, at the same moment: exactly one gets it.
+    let creates = (0..8).map(|i| call(&key, if i % 2 == 0 { &a } else { &b }, Method::POST, "/v2/sandboxes", Some(json!({"templateID": "base"}))));
+    let answers = futures::future::join_all(creates).await;
+    let created = answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
+    let limited: Vec<&Value> = answers.iter().filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS).map(|(_, body)| body).collect();
+    assert_eq!((created, limited.len()), (1, 7), "{answers:?}");
+    assert!(limited.iter().all(|body| body["message"].as_str().unwrap().contains("teams.max_vcpus")), "{limited:?}");
+    assert_eq!(node.inner.sandboxes.lock().unwrap().len(), 3, "the refused create reached no node");
 });
