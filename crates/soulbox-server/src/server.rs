@@ -54,6 +54,11 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let (_, key) = store.create_api_key_in("admin", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await?;
         Some(key.secret)
     } else {
+        // Keys made with `soulbox keys create` before the first start are members: say how to get an admin.
+        let keys = store.list_api_keys().await?;
+        if !keys.iter().any(|k| k.revoked_at_ms.is_none() && k.role == crate::store::Role::Admin) {
+            tracing::warn!("no active admin key: nodes and keys cannot be managed through the API until `soulbox keys create --admin`");
+        }
         None
     };
 
