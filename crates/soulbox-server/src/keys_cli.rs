@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use soulbox_server::config::FileConfig;
-use soulbox_server::store::{DEFAULT_TEAM_NAME, LimitChange, LimitChanges, Role, Store, TeamLimits};
+use soulbox_server::store::{
+    DEFAULT_TEAM_NAME, LimitChange, LimitChanges, Role, Store, TeamLimits,
+};
 
 /// Which database: `--database-url` / `SOULBOX_DATABASE_URL`, else the server config's `database_url`, else the
 /// SQLite file in the data dir — the same one `soulbox server` opens.
@@ -22,17 +24,26 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     fn file_config(&self, data_dir: &Path) -> anyhow::Result<FileConfig> {
-        match self.config.clone().or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists())) {
+        match self
+            .config
+            .clone()
+            .or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists()))
+        {
             Some(path) => FileConfig::load(&path),
             None => Ok(FileConfig::default()),
         }
     }
 
     async fn open(&self, data_dir: &Path, file: &FileConfig) -> anyhow::Result<Store> {
-        let url = match self.database_url.clone().or_else(|| file.database_url.clone()) {
+        let url = match self
+            .database_url
+            .clone()
+            .or_else(|| file.database_url.clone())
+        {
             Some(url) => url,
             None => {
-                std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+                std::fs::create_dir_all(data_dir)
+                    .with_context(|| format!("creating data dir {}", data_dir.display()))?;
                 Store::sqlite_url(&data_dir.join("soulbox.db"))
             }
         };
@@ -64,7 +75,9 @@ fn limit_arg(raw: &str) -> Result<LimitChange, String> {
     if raw == "default" {
         return Ok(LimitChange::Default);
     }
-    raw.parse::<u64>().map(LimitChange::Set).map_err(|_| format!("{raw:?} is neither a number nor `default`"))
+    raw.parse::<u64>()
+        .map(LimitChange::Set)
+        .map_err(|_| format!("{raw:?} is neither a number nor `default`"))
 }
 
 #[derive(Subcommand)]
@@ -72,7 +85,9 @@ pub enum TeamsCommand {
     /// List teams, their limits and what they run now.
     List,
     /// Override a team's limits; `default` goes back to the server's `[teams]` value.
-    #[command(after_help = "Example:\n  soulbox teams limits team-b --max-sandboxes 20 --max-memory-mb 40960 --max-builds default")]
+    #[command(
+        after_help = "Example:\n  soulbox teams limits team-b --max-sandboxes 20 --max-memory-mb 40960 --max-builds default"
+    )]
     Limits {
         name: String,
         /// Sandboxes running (or paused with their memory) at once.
@@ -90,7 +105,11 @@ pub enum TeamsCommand {
     },
 }
 
-pub async fn keys(data_dir: &Path, store_args: &StoreArgs, command: KeysCommand) -> anyhow::Result<()> {
+pub async fn keys(
+    data_dir: &Path,
+    store_args: &StoreArgs,
+    command: KeysCommand,
+) -> anyhow::Result<()> {
     let file = store_args.file_config(data_dir)?;
     let store = store_args.open(data_dir, &file).await?;
     match command {
@@ -98,36 +117,68 @@ pub async fn keys(data_dir: &Path, store_args: &StoreArgs, command: KeysCommand)
             let role = if admin { Role::Admin } else { Role::Member };
             let (record, key) = store.create_api_key_in(&name, &team, role).await?;
             // Scripts parse these two lines (`created key <id> ...`, `export E2B_API_KEY=...`).
-            println!("created key {} ({}, team {}, {})", record.id, record.name, record.team_name, record.role.as_str());
+            println!(
+                "created key {} ({}, team {}, {})",
+                record.id,
+                record.name,
+                record.team_name,
+                record.role.as_str()
+            );
             println!("export E2B_API_KEY={}", key.secret);
         }
         KeysCommand::List => {
-            println!("{:<20} {:<16} {:<16} {:<7} {:<12} STATUS", "ID", "NAME", "TEAM", "ROLE", "PREFIX");
+            println!(
+                "{:<20} {:<16} {:<16} {:<7} {:<12} STATUS",
+                "ID", "NAME", "TEAM", "ROLE", "PREFIX"
+            );
             for k in store.list_api_keys().await? {
-                let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
-                println!("{:<20} {:<16} {:<16} {:<7} {:<12} {status}", k.id, k.name, k.team_name, k.role.as_str(), k.key_prefix);
+                let status = if k.revoked_at_ms.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<20} {:<16} {:<16} {:<7} {:<12} {status}",
+                    k.id,
+                    k.name,
+                    k.team_name,
+                    k.role.as_str(),
+                    k.key_prefix
+                );
             }
         }
         KeysCommand::Revoke { id } => {
-            store.revoke_api_key(&id).await.with_context(|| format!("revoking {id}"))?;
+            store
+                .revoke_api_key(&id)
+                .await
+                .with_context(|| format!("revoking {id}"))?;
             println!("revoked {id}");
         }
     }
     Ok(())
 }
 
-pub async fn teams(data_dir: &Path, store_args: &StoreArgs, command: TeamsCommand) -> anyhow::Result<()> {
+pub async fn teams(
+    data_dir: &Path,
+    store_args: &StoreArgs,
+    command: TeamsCommand,
+) -> anyhow::Result<()> {
     let file = store_args.file_config(data_dir)?;
     let defaults = file.teams.unwrap_or_default();
     let store = store_args.open(data_dir, &file).await?;
     match command {
         TeamsCommand::List => {
-            println!("{:<16} {:<22} {:<16} {:<16} {:<18} {:<14} IN USE", "TEAM", "ID", "SANDBOXES", "VCPUS", "MEMORY MB", "BUILDS");
+            println!(
+                "{:<16} {:<22} {:<16} {:<16} {:<18} {:<14} IN USE",
+                "TEAM", "ID", "SANDBOXES", "VCPUS", "MEMORY MB", "BUILDS"
+            );
             for team in store.list_teams().await? {
                 let usage = store.team_usage(&team.id).await?;
                 let o = team.overrides;
                 // A team's own value as it is; a server default marked as one.
-                let show = |own: Option<u64>, default: u64| own.map_or_else(|| format!("{default} (default)"), |v| v.to_string());
+                let show = |own: Option<u64>, default: u64| {
+                    own.map_or_else(|| format!("{default} (default)"), |v| v.to_string())
+                };
                 println!(
                     "{:<16} {:<22} {:<16} {:<16} {:<18} {:<14} {} sandboxes, {} vCPUs, {} MiB",
                     team.name,
@@ -142,14 +193,23 @@ pub async fn teams(data_dir: &Path, store_args: &StoreArgs, command: TeamsComman
                 );
             }
         }
-        TeamsCommand::Limits { name, max_sandboxes, max_vcpus, max_memory_mb, max_builds } => {
+        TeamsCommand::Limits {
+            name,
+            max_sandboxes,
+            max_vcpus,
+            max_memory_mb,
+            max_builds,
+        } => {
             let changes = LimitChanges {
                 max_sandboxes: max_sandboxes.unwrap_or_default(),
                 max_vcpus: max_vcpus.unwrap_or_default(),
                 max_memory_mb: max_memory_mb.unwrap_or_default(),
                 max_builds: max_builds.unwrap_or_default(),
             };
-            let team = store.set_team_limits(&name, changes).await.with_context(|| format!("setting the limits of team {name}"))?;
+            let team = store
+                .set_team_limits(&name, changes)
+                .await
+                .with_context(|| format!("setting the limits of team {name}"))?;
             let l: TeamLimits = defaults.with(team.overrides);
             println!(
                 "team {}: max_sandboxes {}, max_vcpus {}, max_memory_mb {}, max_builds {}",
