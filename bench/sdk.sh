@@ -24,6 +24,7 @@ cleanup() {
   [ -z "$SERVER_PID" ] || kill -TERM "$SERVER_PID" 2>/dev/null || true
   [ -z "$SERVER_PID" ] || wait "$SERVER_PID" 2>/dev/null || true
   nft delete table inet soulbox_sbsdb 2>/dev/null || true
+  [ -z "${KEY_ID:-}" ] || "$SOULBOX" --data-dir "$DATA_DIR" keys revoke "$KEY_ID" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 . scripts/lib/local-server.sh

@@ -20,7 +20,7 @@ if [ -z "${SOULBOX_SDK_TEST_SKIP_BUILD:-}" ]; then
   cargo build -p soulbox-server
 fi
 mkdir -p "$DATA_DIR" "$LOG_DIR"
-SERVER_PID="" API="" KEY=""
+SERVER_PID="" API="" KEY="" KEY_ID=""
 # Through the CLI under test (no curl needed).
 kill_sandboxes() {
   local ids
@@ -35,6 +35,8 @@ cleanup() {
   kill_sandboxes || true
   kill -TERM "$SERVER_PID" 2>/dev/null || true
   wait "$SERVER_PID" 2>/dev/null || true
+  # The run's key is an admin: it does not outlive the run.
+  [ -z "${KEY_ID:-}" ] || "$SOULBOX" --data-dir "$DATA_DIR" keys revoke "$KEY_ID" >/dev/null 2>&1 || true
   # The server keeps its (then empty) nftables table for the next start; this test's prefix is ours alone.
   if command -v nft >/dev/null; then nft delete table inet soulbox_sbsdt 2>/dev/null || true; fi
 }
