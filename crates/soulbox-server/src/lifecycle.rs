@@ -330,8 +330,10 @@ impl Lifecycle {
             }
             Err(e) => Err(e.into()),
         };
-        // Dropped with the record's insert on success; a failed create gives the room back.
-        self.release_team_hold(&team_hold).await;
+        // On success the hold went with the record's insert; a failed create gives the room back.
+        if result.is_err() {
+            self.release_team_hold(&team_hold).await;
+        }
         result
     }
 
