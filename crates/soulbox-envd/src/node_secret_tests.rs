@@ -30,7 +30,11 @@ struct Reply {
 impl Reply {
     fn refused_for_secret(&self) -> bool {
         self.status == 403
-            && self.head.to_ascii_lowercase().contains(&format!("{}: {}", envd_secret::REFUSED_HEADER, envd_secret::REFUSED_VALUE))
+            && self.head.to_ascii_lowercase().contains(&format!(
+                "{}: {}",
+                envd_secret::REFUSED_HEADER,
+                envd_secret::REFUSED_VALUE
+            ))
     }
 }
 
@@ -70,7 +74,12 @@ fn every_route() -> Vec<(&'static str, &'static str, Vec<(&'static str, &'static
         ("POST", "/files?path=/tmp/pwned", vec![("Content-Type", "application/octet-stream")], b"x".to_vec()),
         ("POST", "/process.Process/Start", vec![("Content-Type", "application/connect+json")], start),
         ("POST", "/process.Process/List", vec![("Content-Type", "application/json")], b"{}".to_vec()),
-        ("POST", "/filesystem.Filesystem/ListDir", vec![("Content-Type", "application/json")], br#"{"path":"/"}"#.to_vec()),
+        (
+            "POST",
+            "/filesystem.Filesystem/ListDir",
+            vec![("Content-Type", "application/json")],
+            br#"{"path":"/"}"#.to_vec(),
+        ),
         ("OPTIONS", "/health", vec![("Origin", "http://evil.test"), ("Access-Control-Request-Method", "GET")], vec![]),
         ("GET", "/no/such/route", vec![], vec![]),
     ]
@@ -113,7 +122,12 @@ async fn with_the_secret_every_route_answers_as_before() {
         }
         headers.push((envd_secret::HEADER, SECRET));
         let reply = request(addr, method, target, &headers, &body).await;
-        assert!(!reply.refused_for_secret() && reply.status != 401, "{method} {target} with the secret: {} {}", reply.head, reply.body);
+        assert!(
+            !reply.refused_for_secret() && reply.status != 401,
+            "{method} {target} with the secret: {} {}",
+            reply.head,
+            reply.body
+        );
     }
     let health = request(addr, "GET", "/health", &[(envd_secret::HEADER, SECRET)], b"").await;
     assert_eq!(health.status, 200, "{}", health.body);
@@ -140,10 +154,14 @@ async fn the_secret_comes_before_the_access_token_and_does_not_replace_it() {
 async fn init_cannot_set_or_change_the_secret() {
     let (addr, state) = start(Some(SECRET), None).await;
     let body = br#"{"envdSecret":"attacker-secret","envVars":{"A":"1"}}"#;
-    let reply = request(addr, "POST", "/init", &[(envd_secret::HEADER, SECRET), ("Content-Type", "application/json")], body).await;
+    let reply =
+        request(addr, "POST", "/init", &[(envd_secret::HEADER, SECRET), ("Content-Type", "application/json")], body)
+            .await;
     assert_eq!(reply.status, 204, "{}", reply.body);
     assert_eq!(state.config().env_vars.get("A").map(String::as_str), Some("1"), "the rest of /init applies");
-    assert!(request(addr, "GET", "/health", &[(envd_secret::HEADER, "attacker-secret")], b"").await.refused_for_secret());
+    assert!(
+        request(addr, "GET", "/health", &[(envd_secret::HEADER, "attacker-secret")], b"").await.refused_for_secret()
+    );
     assert_eq!(request(addr, "GET", "/health", &[(envd_secret::HEADER, SECRET)], b"").await.status, 200);
 
     // A standalone agent cannot be locked by /init either: the field is ignored there too.
