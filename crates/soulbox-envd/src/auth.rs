@@ -50,12 +50,10 @@ fn node_secret_refused() -> Response {
 /// With an access token configured, every route except `GET /health`, `/files` (which checks the token or a
 /// signature itself) and `POST /init` needs a matching `X-Access-Token`.
 pub async fn require_access_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let exempt = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/health") | (&Method::POST, "/init") => true,
-        (&Method::GET | &Method::POST, "/files") => true,
-        (&Method::OPTIONS, _) => true,
-        _ => false,
-    };
+    let exempt = matches!(
+        (request.method(), request.uri().path()),
+        (&Method::GET, "/health") | (&Method::POST, "/init") | (&Method::GET | &Method::POST, "/files") | (&Method::OPTIONS, _)
+    );
     if exempt {
         return next.run(request).await;
     }
@@ -96,6 +94,7 @@ pub fn rpc_user(state: &AppState, headers: &HeaderMap) -> Result<User, RpcError>
 }
 
 /// The user a `/files` request acts as: the `username` query parameter, else the default user, else root.
+#[allow(clippy::result_large_err)] // the error is the ready response, built only on the error path
 pub fn files_user(state: &AppState, username: Option<&str>) -> Result<User, Response> {
     let name = username
         .filter(|u| !u.is_empty())

@@ -62,8 +62,11 @@ fn connect_envelope(json: &str) -> Vec<u8> {
     body
 }
 
+/// (method, target, headers, body)
+type Probe = (&'static str, &'static str, Vec<(&'static str, &'static str)>, Vec<u8>);
+
 /// Every kind of request a stranger could send: each route (and an unknown one, and a CORS preflight).
-fn every_route() -> Vec<(&'static str, &'static str, Vec<(&'static str, &'static str)>, Vec<u8>)> {
+fn every_route() -> Vec<Probe> {
     let start = connect_envelope(r#"{"process":{"cmd":"/bin/echo","args":["pwned"]}}"#);
     vec![
         ("GET", "/health", vec![], vec![]),
