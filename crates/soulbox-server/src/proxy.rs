@@ -26,8 +26,8 @@ use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
 use soulbox_protocol::envd_secret;
-use soulbox_runtime::EnvdSecret;
 use soulbox_protocol::signature::{self, Claims, Operation};
+use soulbox_runtime::EnvdSecret;
 
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
@@ -280,6 +280,7 @@ pub async fn forward_to(
     let Upstream { authority, headers: extra_headers, sandbox_id, port, envd_secret } = upstream;
     let to_envd = port == ENVD_PORT;
     if to_envd && is_init_path(request.uri().path()) {
+        tracing::info!(sandbox = %sandbox_id, path = request.uri().path(), "proxy: refused a client's /init");
         return crate::api::error(
             StatusCode::FORBIDDEN,
             "/init is reserved for the sandbox's node: a sandbox is configured when it is created (E2B's SDKs never call /init)",
