@@ -138,9 +138,11 @@ def bench_proxy():
         headers = {"X-Access-Token": sbx["envdAccessToken"]}
         via_proxy = throughput(f"http://{API.hostname}:{API.port}/files?path=/tmp/big",
                                {**headers, "E2b-Sandbox-Id": sbx["sandboxID"], "E2b-Sandbox-Port": "49983"})
-        # Straight to envd at the sandbox's address (recorded by the node runtime), bypassing the proxy.
-        addr = sandbox_address(sbx["sandboxID"])
-        direct = throughput(f"http://{addr}:49983/files?path=/tmp/big", headers) if addr else None
+        # Straight to envd at the sandbox's address (recorded by the node runtime), bypassing the proxy: as the
+        # node, with the envd secret from the sandbox's record (envd answers nothing else).
+        addr, secret = sandbox_address(sbx["sandboxID"]), sandbox_secret(sbx["sandboxID"])
+        direct_headers = {**headers, "X-Soulbox-Envd-Secret": secret or ""}
+        direct = throughput(f"http://{addr}:49983/files?path=/tmp/big", direct_headers) if addr else None
         return via_proxy, direct
     finally:
         api(c, "DELETE", f"/sandboxes/{sbx['sandboxID']}")
@@ -152,6 +154,16 @@ def sandbox_address(sandbox_id):
     try:
         with open(lease) as f:
             return json.load(f).get("ip")
+    except OSError:
+        return None
+
+
+def sandbox_secret(sandbox_id):
+    data_dir = os.environ.get("SOULBOX_DATA_DIR", "")
+    record = os.path.join(data_dir, "node", "sandboxes", sandbox_id, "sandbox.json")
+    try:
+        with open(record) as f:
+            return json.load(f).get("envdSecret")
     except OSError:
         return None
 

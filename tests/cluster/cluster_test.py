@@ -228,6 +228,18 @@ def main():
         assert r.stdout.split() == ["sdk-ok", "user"], r.stdout
         sbx.files.write("/tmp/x.txt", "cluster")
         assert sbx.files.read("/tmp/x.txt") == "cluster"
+        # Nobody installs an access token through the proxy (issue 11): /init is the node's, not a client's.
+        req = urllib.request.Request(
+            api_url + "/init", data=b'{"accessToken":"attacker"}', method="POST",
+            headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983", "Content-Type": "application/json"},
+        )
+        try:
+            with OPENER.open(req, timeout=30) as r:
+                status = r.status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status == 403, f"/init through the cluster's proxy answered {status}"
+        assert sbx.commands.run("echo still-mine").stdout.strip() == "still-mine"
     finally:
         sbx.kill()
 

@@ -6,6 +6,7 @@ use axum::response::Response;
 use base64::Engine;
 use http::{HeaderMap, Method, StatusCode};
 use soulbox_protocol::connect::RpcError;
+use soulbox_protocol::envd_secret;
 use subtle::ConstantTimeEq;
 
 use crate::http::json_error;
@@ -16,15 +17,43 @@ pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
 /// The user everything runs as when neither the call nor `/init` names one.
 pub const FALLBACK_USER: &str = "root";
 
+/// The outermost gate: an agent started with a node secret answers only requests that carry it — every route,
+/// `/health`, `/init`, CORS preflights and unknown paths alike. Only the node that started the sandbox knows the
+/// secret (its proxy adds it), so nothing else that reaches the sandbox's address talks to envd.
+pub async fn require_node_secret(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(secret) = state.node_secret.as_deref()
+        && !secret_matches(request.headers(), secret)
+    {
+        tracing::debug!(method = %request.method(), path = request.uri().path(), "refused a request without the node's secret");
+        return node_secret_refused();
+    }
+    next.run(request).await
+}
+
+/// Constant-time check of the node secret header against `secret`.
+pub fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
+    headers
+        .get(envd_secret::HEADER)
+        .map(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
+        .unwrap_or(false)
+}
+
+/// 403 in E2B's error shape, marked so that a proxy can tell this refusal from the access-token checks.
+fn node_secret_refused() -> Response {
+    let mut response = json_error(StatusCode::FORBIDDEN, "this agent answers only the node that started its sandbox");
+    response
+        .headers_mut()
+        .insert(envd_secret::REFUSED_HEADER, http::HeaderValue::from_static(envd_secret::REFUSED_VALUE));
+    response
+}
+
 /// With an access token configured, every route except `GET /health`, `/files` (which checks the token or a
 /// signature itself) and `POST /init` needs a matching `X-Access-Token`.
 pub async fn require_access_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let exempt = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/health") | (&Method::POST, "/init") => true,
-        (&Method::GET | &Method::POST, "/files") => true,
-        (&Method::OPTIONS, _) => true,
-        _ => false,
-    };
+    let exempt = matches!(
+        (request.method(), request.uri().path()),
+        (&Method::GET, "/health") | (&Method::POST, "/init") | (&Method::GET | &Method::POST, "/files") | (&Method::OPTIONS, _)
+    );
     if exempt {
         return next.run(request).await;
     }
@@ -65,6 +94,7 @@ pub fn rpc_user(state: &AppState, headers: &HeaderMap) -> Result<User, RpcError>
 }
 
 /// The user a `/files` request acts as: the `username` query parameter, else the default user, else root.
+#[allow(clippy::result_large_err)] // the error is the ready response, built only on the error path
 pub fn files_user(state: &AppState, username: Option<&str>) -> Result<User, Response> {
     let name = username
         .filter(|u| !u.is_empty())
@@ -92,6 +122,18 @@ mod tests {
         assert_eq!(basic_auth_user(&h).as_deref(), Some("user"));
         h.insert(http::header::AUTHORIZATION, "Basic !!!".parse().unwrap());
         assert_eq!(basic_auth_user(&h), None);
+    }
+
+    #[test]
+    fn secret_compare() {
+        let mut h = HeaderMap::new();
+        assert!(!secret_matches(&h, "s3cret"));
+        h.insert(envd_secret::HEADER, "s3cret".parse().unwrap());
+        assert!(secret_matches(&h, "s3cret"));
+        assert!(!secret_matches(&h, "s3cre"));
+        assert!(!secret_matches(&h, "s3cret!"));
+        h.insert(envd_secret::HEADER, "".parse().unwrap());
+        assert!(!secret_matches(&h, "s3cret"));
     }
 
     #[test]

@@ -25,7 +25,6 @@ pub fn run() -> anyhow::Result<i32> {
             Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == server_pid => {
                 let code = status
                     .exit_status()
-                    .map(|c| c)
                     .or_else(|| status.terminating_signal().map(|s| 128 + s))
                     .unwrap_or(1);
                 return Ok(code);

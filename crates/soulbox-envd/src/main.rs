@@ -4,6 +4,8 @@ mod auth;
 mod filesystem;
 mod http;
 mod init_process;
+#[cfg(test)]
+mod node_secret_tests;
 mod paths;
 mod process;
 mod rpc;
@@ -38,6 +40,13 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The boot configuration (node secret, access token) stays readable in this process's initial environment
+    // (`/proc/<pid>/environ`) even after `remove_var`. Not dumpable: only a caller with CAP_SYS_PTRACE (the
+    // host, not root inside a sandbox) may read our environ, memory or fds. Children are dumpable again after
+    // their exec.
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        eprintln!("soulbox-envd: could not make the agent non-dumpable: {e}");
+    }
     if init_process::should_run_as_init() {
         let code = init_process::run()?;
         std::process::exit(code);
@@ -49,9 +58,14 @@ fn main() -> anyhow::Result<()> {
         .init();
 
     let mut config = SandboxConfig::default();
+    let mut node_secret = None;
     if let Ok(raw) = std::env::var(INIT_ENV) {
-        let init: InitRequest = serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
+        let mut init: InitRequest = serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
+        node_secret = init.envd_secret.take();
         config.apply(init);
+    }
+    if node_secret.is_none() {
+        tracing::warn!("started without a node secret: anything that reaches this agent's port may call it");
     }
     // Children get an environment built per call; the init JSON (with the token) must not leak to them.
     // SAFETY: single-threaded here, before the runtime starts.
@@ -61,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: the fd number comes from our parent (the node runtime), which passed it open for us alone.
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
-    let state = AppState::new(config);
+    let state = AppState::with_node_secret(config, node_secret);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(server::serve(state, SocketAddr::new(args.listen, args.port), move || {
         if let Some(fd) = ready_fd {

@@ -190,6 +190,7 @@ where
     .boxed()
 }
 
+#[allow(clippy::result_large_err)] // the error is the ready response, built only on the error path
 fn request_content_type(headers: &HeaderMap, streaming: bool) -> Result<ContentType, Response> {
     let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     match ContentType::parse(raw) {

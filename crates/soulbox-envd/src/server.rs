@@ -26,6 +26,8 @@ pub fn router(state: AppState) -> Router {
         .merge(filesystem::routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_access_token))
         .layer(cors)
+        // Outermost, so that nothing (not even a CORS preflight or a 404) answers a caller without the secret.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_node_secret))
         .with_state(state)
 }
 

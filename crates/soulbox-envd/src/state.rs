@@ -30,6 +30,10 @@ pub struct InitRequest {
     pub default_workdir: Option<String>,
     /// SoulBox extension: the sandbox's id, reported by `/health`.
     pub sandbox_id: Option<String>,
+    /// SoulBox extension: the node's secret (`soulbox_protocol::envd_secret`). Taken from the boot
+    /// configuration only; [`SandboxConfig::apply`] never looks at it, so `POST /init` cannot set or change it.
+    #[serde(rename = "envdSecret")]
+    pub envd_secret: Option<String>,
 }
 
 impl SandboxConfig {
@@ -55,6 +59,9 @@ impl SandboxConfig {
 
 pub struct Envd {
     pub started: Instant,
+    /// The secret every request must carry (`soulbox_protocol::envd_secret::HEADER`); `None` for a standalone
+    /// envd, which checks nothing. Set once at start, never changed.
+    pub node_secret: Option<String>,
     /// Read on every request, written only by `/init`; never held across an await.
     pub config: RwLock<SandboxConfig>,
     pub processes: ProcessRegistry,
@@ -73,9 +80,16 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    #[cfg(test)]
     pub fn new(config: SandboxConfig) -> AppState {
+        AppState::with_node_secret(config, None)
+    }
+
+    /// An agent that answers only requests carrying `node_secret` (when there is one).
+    pub fn with_node_secret(config: SandboxConfig, node_secret: Option<String>) -> AppState {
         AppState(Arc::new(Envd {
             started: Instant::now(),
+            node_secret: node_secret.filter(|s| !s.is_empty()),
             config: RwLock::new(config),
             processes: ProcessRegistry::default(),
             watchers: WatchRegistry::default(),

@@ -3,11 +3,13 @@
 //! - [`process`] and [`filesystem`]: envd's protobuf messages (prost) with ProtoJSON serde impls (pbjson).
 //! - [`api`]: the E2B control-plane REST JSON models.
 //! - [`connect`]: Connect protocol framing, codecs and error codes.
+//! - [`envd_secret`]: the header and init field by which only a sandbox's node may talk to its envd.
 //! - [`signature`]: signed file URLs (E2B's `v1_` scheme and SoulBox's HMAC scheme).
 //! - [`version`]: agent versions and the SDK feature gates tied to them.
 
 pub mod api;
 pub mod connect;
+pub mod envd_secret;
 pub mod signature;
 pub mod template;
 pub mod timestamp;

@@ -5,6 +5,7 @@ pub mod config;
 pub mod disk;
 pub mod disk_image;
 pub mod driver;
+pub mod envd_secret;
 pub mod error;
 pub mod firewall;
 pub mod lifecycle;
@@ -21,6 +22,7 @@ pub mod template;
 pub mod util;
 
 pub use config::RuntimeConfig;
+pub use envd_secret::EnvdSecret;
 pub use error::{Error, Result};
 pub use lifecycle::Runtime;
 pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};

@@ -2,6 +2,7 @@
 //! plus snapshot and stats. Every resource has one idempotent release path: [`Inner::release`].
 use crate::config::{ENVD_PORT, RuntimeConfig, check_id, new_sandbox_id};
 use crate::driver::Driver;
+use crate::envd_secret::{self, EnvdSecret};
 use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
@@ -35,6 +36,9 @@ pub(crate) struct Inner {
     pub fw: Firewall,
     pub disk: DiskLimits,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
+    /// Every known sandbox's envd secret (as in its record), read on the proxy's hot path without touching the
+    /// record's lock or the disk. Kept in step with `sandboxes` by [`Inner::remember`] and `delete`.
+    pub secrets: std::sync::RwLock<HashMap<String, EnvdSecret>>,
     pub pool: std::sync::Mutex<VecDeque<(String, NetLease)>>,
     pub refilling: std::sync::atomic::AtomicBool,
     pub _lock: std::fs::File,
@@ -43,6 +47,13 @@ pub(crate) struct Inner {
 impl Inner {
     pub fn dir(&self, id: &str) -> PathBuf {
         self.cfg.sandboxes_dir().join(id)
+    }
+
+    /// Makes a sandbox's envd secret available to [`Runtime::envd_secret`].
+    pub fn remember(&self, rec: &Record) {
+        if let Some(secret) = &rec.envd_secret {
+            self.secrets.write().unwrap_or_else(|e| e.into_inner()).insert(rec.id.clone(), secret.clone());
+        }
     }
 
     fn handle(&self, id: &str) -> Result<Handle> {
@@ -146,7 +157,7 @@ impl Inner {
             return Ok((id, l, true));
         }
         let id = self.fresh_id()?;
-        Record { id: id.clone(), status: Status::Creating, template: None, spec: None }.save(&self.dir(&id))?;
+        Record { id: id.clone(), status: Status::Creating, template: None, spec: None, envd_secret: None }.save(&self.dir(&id))?;
         match self.acquire_network(&id).await {
             Ok(l) => Ok((id, l, false)),
             Err(e) => {
@@ -186,7 +197,7 @@ impl Inner {
                 return Ok(());
             }
             let id = self.fresh_id()?;
-            Record { id: id.clone(), status: Status::Pooled, template: None, spec: None }.save(&self.dir(&id))?;
+            Record { id: id.clone(), status: Status::Pooled, template: None, spec: None, envd_secret: None }.save(&self.dir(&id))?;
             let res = async {
                 let l = self.acquire_network(&id).await?;
                 self.fw.add_sandbox(&id, &l.veth, &NetworkPolicy::open()).await?;
@@ -243,6 +254,9 @@ impl Inner {
         });
         if let Some(t) = &spec.access_token {
             init["accessToken"] = t.clone().into();
+        }
+        if let Some(secret) = &rec.envd_secret {
+            init[envd_secret::INIT_FIELD] = secret.expose().into();
         }
         let params = BundleParams {
             id,
@@ -330,6 +344,7 @@ impl Runtime {
             disk,
             store,
             sandboxes: Default::default(),
+            secrets: Default::default(),
             pool: Default::default(),
             refilling: Default::default(),
             _lock: lock,
@@ -372,7 +387,8 @@ impl Runtime {
         let (id, lease, open_fw) = claimed?;
         let dir = inner.dir(&id);
         let disk_mb = inner.disk_limit_mb(&spec, &meta);
-        let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec) };
+        let envd_secret = Some(EnvdSecret::generate());
+        let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec), envd_secret };
         let res: Result<()> = async {
             rec.save(&dir)?;
             inner.disk.fit_pooled(&dir, disk_mb)?;
@@ -393,6 +409,7 @@ impl Runtime {
         rec.status = Status::Running;
         rec.save(&dir)?;
         let info = info_of(&rec, Some(&lease));
+        inner.remember(&rec);
         inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
         Ok(info)
     }
@@ -448,6 +465,12 @@ impl Runtime {
         let mut rec = h.lock().await;
         want(&rec, &[Status::Stopped])?;
         let inner = &self.inner;
+        if rec.envd_secret.is_none() {
+            // Stopped before envd had secrets: it gets one now, like every sandbox.
+            rec.envd_secret = Some(EnvdSecret::generate());
+            rec.save(&inner.dir(id))?;
+            inner.remember(&rec);
+        }
         let res: Result<NetLease> = async {
             let lease = inner.acquire_network(id).await?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
@@ -531,6 +554,7 @@ impl Runtime {
         let _ = rec.save(&self.inner.dir(id));
         self.inner.release(id, false).await?;
         self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.inner.secrets.write().unwrap_or_else(|e| e.into_inner()).remove(id);
         Ok(())
     }
 
@@ -591,6 +615,12 @@ impl Runtime {
         self.inner.disk.mechanism()
     }
 
+    /// The secret envd inside `id` requires from this node, from memory (cheap enough for every proxied
+    /// request). `None` for an unknown sandbox, or one made before envd had secrets (whose envd checks none).
+    pub fn envd_secret(&self, id: &str) -> Option<EnvdSecret> {
+        self.inner.secrets.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
     pub fn pool_len(&self) -> usize {
         self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -629,5 +659,6 @@ fn info_of(rec: &Record, lease: Option<&NetLease>) -> SandboxInfo {
         ip,
         envd_addr: ip.map(|i| format!("{i}:{ENVD_PORT}")),
         spec: rec.spec.clone().unwrap_or_else(|| SandboxSpec::new("")),
+        envd_secret: rec.envd_secret.clone(),
     }
 }

@@ -176,14 +176,11 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .map_err(oci)
 }
 
-/// Write `config.json` into the bundle (sandbox) dir, mode 0600 (it carries the access token).
+/// Write `config.json` into the bundle (sandbox) dir, created 0600 (it carries the access token and the envd
+/// secret).
 pub fn write(bundle: &Path, spec: &Spec) -> Result<()> {
     let data = serde_json::to_vec(spec).map_err(|source| Error::Json { path: bundle.join("config.json"), source })?;
-    let path = bundle.join("config.json");
-    crate::util::write_atomic(&path, &data)?;
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    Ok(())
+    crate::util::write_atomic_private(&bundle.join("config.json"), &data)
 }
 
 /// 65536, or the host's hard limit if lower (raising it needs CAP_SYS_RESOURCE, which runc has

@@ -45,6 +45,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                 let _ = rec.save(&dir);
                 tracing::info!(sandbox = %id, status = %rec.status, "re-adopted");
                 adopted.insert(id.clone());
+                inner.remember(&rec);
                 inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
             }
             Some(mut rec) if matches!(rec.status, Status::Running | Status::Paused | Status::Stopped) && rec.template.is_some() => {
@@ -58,6 +59,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                 rec.status = Status::Stopped;
                 let _ = rec.save(&dir);
                 adopted.insert(id.clone());
+                inner.remember(&rec);
                 inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
             }
             _ => {

@@ -1,4 +1,5 @@
 //! What the caller asks for when creating a sandbox, and what it gets back.
+use crate::envd_secret::EnvdSecret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -91,6 +92,9 @@ pub struct SandboxInfo {
     /// `ip:49983` while the sandbox has a network.
     pub envd_addr: Option<String>,
     pub spec: SandboxSpec,
+    /// What the node sends envd in `X-Soulbox-Envd-Secret` (see [`crate::envd_secret`]); never serialized.
+    #[serde(skip)]
+    pub envd_secret: Option<EnvdSecret>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]

@@ -55,6 +55,34 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).ctx(path)
 }
 
+/// [`write_json`] for files with secrets in them (see [`write_atomic_private`]).
+pub fn write_json_private<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let data = serde_json::to_vec_pretty(value).map_err(|source| Error::Json { path: path.into(), source })?;
+    write_atomic_private(path, &data)
+}
+
+/// [`write_atomic`] for files with secrets in them: the new file is created 0600 (never readable by another
+/// user, not even between create and a chmod) and atomically replaces the old one, whatever mode that had.
+pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A fresh name each time: a leftover temp file of a crash (whatever its mode, whoever holds it open) is
+    // never reused, and concurrent writers do not share one.
+    let tmp = path.with_extension(format!("tmp{:016x}", rand::random::<u64>()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(data))
+        .ctx(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, path).ctx(path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let data = std::fs::read(path).ctx(path)?;
     serde_json::from_slice(&data).map_err(|source| Error::Json { path: path.into(), source })

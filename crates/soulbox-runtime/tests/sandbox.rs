@@ -20,8 +20,7 @@ async fn create_ready_envd_and_delete_leaves_nothing() {
     let h = harness(11).await;
     let rt = h.rt();
     let info = rt.create(SandboxSpec::new("test")).await.expect("create");
-    let ip = info.ip.unwrap();
-    assert_eq!(health(ip, Duration::from_secs(2)).await.map(|s| s == 200 || s == 204), Some(true));
+    assert_eq!(health(&info, Duration::from_secs(2)).await.map(|s| s == 200 || s == 204), Some(true));
     let (code, out, _) = run_user(rt, &info, "id -un; pwd").await;
     assert_eq!(code, 0);
     assert!(out.starts_with("user\n/home/user\n"), "got {out:?}");
@@ -58,7 +57,7 @@ async fn sandbox_cannot_see_host_or_other_sandboxes() {
     // network: A cannot reach B (envd port), the host can
     let (code, out) = sh(rt, &a.id, &format!("echo x | nc -w 2 {} 49983", b.ip.unwrap())).await;
     assert_ne!(code, 0, "A reached B: {out}");
-    assert!(health(b.ip.unwrap(), Duration::from_secs(2)).await.is_some());
+    assert!(health(&b, Duration::from_secs(2)).await.is_some());
     // host services: a listener on the host is not reachable from the sandbox
     let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
     let port = l.local_addr().unwrap().port();
@@ -127,10 +126,10 @@ async fn fork_bomb_and_memory_bomb_stay_inside() {
     let st = rt.stats(&a.id).await.unwrap();
     assert!(st.oom_kills >= 1, "{st:?}");
     // envd of that sandbox, the other sandbox and the host keep working
-    assert!(health(a.ip.unwrap(), Duration::from_secs(3)).await.is_some(), "envd died with the bomb");
+    assert!(health(&a, Duration::from_secs(3)).await.is_some(), "envd died with the bomb");
     let (code, out, _) = run_user(rt, &a, "echo alive").await;
     assert_eq!((code, out.as_str()), (0, "alive\n"));
-    assert!(health(other.ip.unwrap(), Duration::from_secs(3)).await.is_some());
+    assert!(health(&other, Duration::from_secs(3)).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,11 +151,11 @@ async fn pause_freezes_and_resume_continues() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(read(), v1, "counter moved while paused");
     assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Paused);
-    assert!(health(a.ip.unwrap(), Duration::from_millis(500)).await.is_none(), "envd answered while paused");
+    assert!(health(&a, Duration::from_millis(500)).await.is_none(), "envd answered while paused");
     rt.resume(&a.id).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(read() > v1, "counter did not continue");
-    assert!(health(a.ip.unwrap(), Duration::from_secs(2)).await.is_some());
+    assert!(health(&a, Duration::from_secs(2)).await.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,7 +291,7 @@ async fn new_runtime_readopts_running_sandboxes() {
     let info = h.rt().info(&a.id).await.unwrap();
     assert_eq!(info.status, Status::Running);
     assert_eq!(info.ip, a.ip);
-    assert!(health(a.ip.unwrap(), Duration::from_secs(2)).await.is_some());
+    assert!(health(&a, Duration::from_secs(2)).await.is_some());
     h.rt().pause(&a.id).await.unwrap();
     h.rt().resume(&a.id).await.unwrap();
 }
@@ -480,7 +479,7 @@ async fn disk_limit_on_the_writable_layer() {
     assert!(loops.len() <= 1, "image attached twice: {loops:?}");
     let st = rt.stats(&b.id).await.unwrap();
     assert_eq!(st.disk_limit_bytes, rec_b.limit_mb << 20);
-    assert!(health(b.ip.unwrap(), Duration::from_secs(2)).await.is_some());
+    assert!(health(&b, Duration::from_secs(2)).await.is_some());
     // teardown: everything of the node goes, including the image mount and its loop device
     rt.destroy_all().await.unwrap();
     assert!(leftovers(&h.cfg).await.is_empty(), "{:?}", leftovers(&h.cfg).await);
@@ -522,7 +521,7 @@ async fn disk_image_limit_holds_across_stop_start_and_snapshot() {
     let (_, out, err) = run_user(rt, &a, "dd if=/dev/zero of=/home/user/big bs=1M count=100 2>&1; echo rc=$?").await;
     let all = format!("{out}{err}");
     assert!(all.contains("No space left on device") && !all.contains("rc=0"), "{all}");
-    assert!(health(a.ip.unwrap(), Duration::from_secs(2)).await.is_some(), "envd stopped answering");
+    assert!(health(&a, Duration::from_secs(2)).await.is_some(), "envd stopped answering");
     let (code, out, _) = run_user(rt, &a, "echo alive; cat /home/user/file").await;
     assert_eq!((code, out.as_str()), (0, "alive\nkept\n"));
     let host_file = h.cfg.data_dir.join("host-write-check");

@@ -12,6 +12,8 @@ pub mod metrics;
 pub mod node;
 pub mod proxy;
 #[cfg(test)]
+mod proxy_secret_tests;
+#[cfg(test)]
 mod proxy_tests;
 #[cfg(test)]
 mod replica_tests;

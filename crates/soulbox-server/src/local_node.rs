@@ -116,10 +116,9 @@ impl Node for LocalNode {
                 deny_out: spec.network.deny_out,
             },
         };
-        let token = runtime_spec.access_token.clone();
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
         // A built template's start command runs now; create returns once its ready command succeeds.
-        if let Err(e) = crate::templates::engine::start_and_wait_ready(&self.runtime, &info, token).await {
+        if let Err(e) = crate::templates::engine::start_and_wait_ready(&self.runtime, &info).await {
             let _ = self.runtime.delete(&info.id).await;
             return Err(NodeError::Failed(e));
         }
@@ -188,6 +187,10 @@ impl Node for LocalNode {
         let mut meta = self.runtime.store().get(from).map_err(node_error)?;
         meta.name = to.to_string();
         self.runtime.store().put(&meta).map_err(node_error)
+    }
+
+    fn envd_secret(&self, sandbox_id: &str) -> Option<soulbox_runtime::EnvdSecret> {
+        self.runtime.envd_secret(sandbox_id)
     }
 
     fn template_files_dir(&self) -> Option<PathBuf> {

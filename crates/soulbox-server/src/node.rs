@@ -167,6 +167,13 @@ pub trait Node: Send + Sync + 'static {
         let _ = (from, to);
         Err(NodeError::Invalid("this node cannot copy templates".into()))
     }
+    /// The secret the sandbox's envd requires from its node (`soulbox_protocol::envd_secret`), for the proxy
+    /// to add on requests to envd's port. Cheap (from memory: it is called per request). Only a node whose
+    /// sandboxes this process reaches directly knows it; a remote node's agent adds it itself.
+    fn envd_secret(&self, sandbox_id: &str) -> Option<soulbox_runtime::EnvdSecret> {
+        let _ = sandbox_id;
+        None
+    }
     /// Where uploaded COPY contexts are kept (`<dir>/<filesHash>`), when this node builds templates.
     fn template_files_dir(&self) -> Option<std::path::PathBuf> {
         None

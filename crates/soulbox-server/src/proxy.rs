@@ -5,6 +5,12 @@
 //! sandbox whose access token the signature verifies with. A killed, unknown or paused (without auto-resume)
 //! sandbox answers 502 `The sandbox was not found`; streams open when a sandbox stops are cut at the transport
 //! level (the SDKs turn that into "sandbox was killed").
+//!
+//! Only the node talks to envd (issue 11): on every port a client's copy of the envd secret header is dropped;
+//! on envd's port the sandbox's real secret is added (never on another port: a user's service must not learn
+//! it) and `/init` is refused — the node configures envd at boot, and E2B's SDKs never call it, so nobody can
+//! install an access token on a sandbox through here. envd refusing the secret means the address answers for
+//! another sandbox than the one meant: that is E2B's 502 "sandbox not found", like any sandbox that is gone.
 
 use std::sync::Arc;
 
@@ -19,7 +25,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
+use soulbox_protocol::envd_secret;
 use soulbox_protocol::signature::{self, Claims, Operation};
+use soulbox_runtime::EnvdSecret;
 
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
@@ -173,7 +181,18 @@ impl Proxy {
         let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
             Some(Route::Direct) => {
                 let Some(address) = record.address.clone() else { return not_found(&record.id) };
-                Upstream { authority: format!("{address}:{port}"), headers: HeaderMap::new(), sandbox_id: record.id.clone(), port }
+                // From the owning node's memory (no store or file access per request); envd's port only.
+                let envd_secret = match port {
+                    ENVD_PORT => self.lifecycle.nodes().get(&record.node_id).await.ok().and_then(|n| n.envd_secret(&record.id)),
+                    _ => None,
+                };
+                Upstream {
+                    authority: format!("{address}:{port}"),
+                    headers: HeaderMap::new(),
+                    sandbox_id: record.id.clone(),
+                    port,
+                    envd_secret,
+                }
             }
             // Through the owning node agent's proxy: it reaches the sandbox's address on its host and cuts the
             // sandbox's streams itself when it is killed or paused there.
@@ -186,7 +205,8 @@ impl Proxy {
                         Err(_) => return not_found(&record.id),
                     };
                 }
-                Upstream { authority, headers, sandbox_id: record.id.clone(), port }
+                // The node agent adds the envd secret itself: the control plane never holds it.
+                Upstream { authority, headers, sandbox_id: record.id.clone(), port, envd_secret: None }
             }
             // Its node is unhealthy or gone.
             None => return not_found(&record.id),
@@ -236,6 +256,9 @@ pub struct Upstream {
     pub headers: HeaderMap,
     pub sandbox_id: String,
     pub port: u16,
+    /// The secret of the sandbox's envd, known to the node that owns the sandbox. Sent only when `port` is
+    /// envd's.
+    pub envd_secret: Option<EnvdSecret>,
 }
 
 pub fn http_client() -> Client<HttpConnector, Body> {
@@ -254,7 +277,15 @@ pub async fn forward_to(
     liveness: tokio_util::sync::CancellationToken,
     request: Request,
 ) -> Response {
-    let Upstream { authority, headers: extra_headers, sandbox_id, port } = upstream;
+    let Upstream { authority, headers: extra_headers, sandbox_id, port, envd_secret } = upstream;
+    let to_envd = port == ENVD_PORT;
+    if to_envd && is_init_path(request.uri().path()) {
+        tracing::info!(sandbox = %sandbox_id, path = request.uri().path(), "proxy: refused a client's /init");
+        return crate::api::error(
+            StatusCode::FORBIDDEN,
+            "/init is reserved for the sandbox's node: a sandbox is configured when it is created (E2B's SDKs never call /init)",
+        );
+    }
     // HTTP/1 only: on h2 a body error resets just this stream, and the connection carries others.
     let socket = (request.version() <= http::Version::HTTP_11)
         .then(|| request.extensions().get::<axum::extract::ConnectInfo<ClientSocket>>().map(|c| c.0))
@@ -277,8 +308,15 @@ pub async fn forward_to(
     parts.headers.remove(header::HOST);
     // Never pass a node secret on to a sandbox: only the hop to a node agent carries one (set just below).
     parts.headers.remove(SECRET_HEADER);
+    // Nor a client's envd secret, on any port: only the node's own (set just below, on envd's port only).
+    parts.headers.remove(envd_secret::HEADER);
     let via_node = extra_headers.contains_key(SECRET_HEADER);
     parts.headers.extend(extra_headers);
+    if to_envd && let Some(secret) = &envd_secret {
+        let Ok(mut value) = http::HeaderValue::from_str(secret.expose()) else { return not_found(&sandbox_id) };
+        value.set_sensitive(true);
+        parts.headers.insert(envd_secret::HEADER, value);
+    }
     let upstream = match client.request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => {
@@ -286,6 +324,11 @@ pub async fn forward_to(
             return if via_node { not_found(&sandbox_id) } else { port_not_open(&sandbox_id, port) };
         }
     };
+    if to_envd && refused_for_secret(&upstream) {
+        // This envd is not the sandbox's (its address answers for another one now): the sandbox is gone.
+        tracing::warn!(sandbox = %sandbox_id, "proxy: envd at the sandbox's address refused its secret; answering not found");
+        return not_found(&sandbox_id);
+    }
     if let Some(client_side) = upgrade
         && upstream.status() == StatusCode::SWITCHING_PROTOCOLS
     {
@@ -293,6 +336,7 @@ pub async fn forward_to(
     }
     let (mut parts, body) = upstream.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(envd_secret::HEADER);
     // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
     // clean end, which is what E2B clients recognise as a killed sandbox.
     let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
@@ -324,6 +368,29 @@ pub async fn forward_to(
         }
     });
     Response::from_parts(parts, Body::from_stream(frames.boxed()))
+}
+
+/// Whether `path` names envd's `/init`, however it is spelled (percent-encoded, repeated or trailing slashes,
+/// dot segments, any case). envd routes only the exact path, but the refusal must not depend on that.
+fn is_init_path(path: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    matches!(segments.as_slice(), [only] if only.eq_ignore_ascii_case("init"))
+}
+
+/// envd's refusal of the node secret (`soulbox_protocol::envd_secret`), as opposed to its access-token checks.
+fn refused_for_secret<B>(response: &http::Response<B>) -> bool {
+    response.status() == StatusCode::FORBIDDEN
+        && response.headers().get(envd_secret::REFUSED_HEADER).is_some_and(|v| v == envd_secret::REFUSED_VALUE)
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -422,6 +489,16 @@ mod tests {
         assert_eq!(classify(&Method::GET, &signed, &headers(&[("x-api-key", "k")]), None), None);
         let unsigned: Uri = "/files?path=a.txt".parse().unwrap();
         assert_eq!(classify(&Method::GET, &unsigned, &HeaderMap::new(), None), None);
+    }
+
+    #[test]
+    fn init_is_recognised_however_it_is_spelled() {
+        for path in ["/init", "/init/", "//init", "/./init", "/x/../init", "/%69nit", "/%2Finit", "/INIT", "/Init//"] {
+            assert!(is_init_path(path), "{path}");
+        }
+        for path in ["/", "/health", "/initialize", "/init/x", "/files", "/x/init", "/process.Process/Start"] {
+            assert!(!is_init_path(path), "{path}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::node::*;
 pub struct FakeNode {
     next: AtomicU32,
     pub sandboxes: Mutex<HashMap<String, bool>>, // id → paused
+    /// Each sandbox's envd secret, as a real node's runtime keeps it.
+    pub secrets: Mutex<HashMap<String, soulbox_runtime::EnvdSecret>>,
 }
 
 #[async_trait]
@@ -47,6 +49,7 @@ impl Node for FakeNode {
     async fn create(&self, _spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
         let id = format!("f{}", self.next.fetch_add(1, Ordering::SeqCst));
         self.sandboxes.lock().unwrap().insert(id.clone(), false);
+        self.secrets.lock().unwrap().insert(id.clone(), soulbox_runtime::EnvdSecret::generate());
         Ok(CreatedSandbox { sandbox_id: id, address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
     }
     async fn pause(&self, id: &str, _keep_memory: bool) -> Result<(), NodeError> {
@@ -59,10 +62,14 @@ impl Node for FakeNode {
     }
     async fn kill(&self, id: &str) -> Result<(), NodeError> {
         self.sandboxes.lock().unwrap().remove(id);
+        self.secrets.lock().unwrap().remove(id);
         Ok(())
     }
     async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
         Ok(SandboxStats { cpu_count: 2, ..Default::default() })
+    }
+    fn envd_secret(&self, id: &str) -> Option<soulbox_runtime::EnvdSecret> {
+        self.secrets.lock().unwrap().get(id).cloned()
     }
     async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
         Ok(vec![LogLine { unix_ms: 5, line: "envd listening".into() }])

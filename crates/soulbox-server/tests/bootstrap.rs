@@ -135,9 +135,9 @@ fn job(name: &str, recipe: Recipe, files_dir: &Path) -> BuildJob {
 /// Runs `cmd` in a sandbox of `template` as `user`; returns (exit code, stdout+stderr).
 async fn run_in(rt: &Runtime, id: &str, user: &str, cmd: &str) -> (i64, String) {
     let info = rt.info(id).await.expect("sandbox info");
-    let addr = info.envd_addr.expect("envd address");
+    let envd = envd::Endpoint::of(&info).expect("envd endpoint");
     let mut out = String::new();
-    let code = envd::run(&addr, "/bin/bash", user, cmd, &BTreeMap::new(), "/", None, |_, line| {
+    let code = envd::run(&envd, "/bin/bash", user, cmd, &BTreeMap::new(), "/", |_, line| {
         out.push_str(&line);
         out.push('\n');
     })

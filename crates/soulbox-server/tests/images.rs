@@ -351,9 +351,10 @@ async fn build(engine: &Engine, name: &str, recipe: Recipe) -> Build {
 }
 
 /// Runs `cmd` through envd in the sandbox (as the template's user, template env applied by envd).
-async fn sh(addr: &str, cmd: &str) -> (i64, String) {
+async fn sh(info: &soulbox_runtime::SandboxInfo, cmd: &str) -> (i64, String) {
     let mut out = String::new();
-    let code = envd::run(addr, "/bin/sh", "root", cmd, &BTreeMap::new(), "/", None, |_, l| {
+    let envd = envd::Endpoint::of(info).expect("envd endpoint");
+    let code = envd::run(&envd, "/bin/sh", "root", cmd, &BTreeMap::new(), "/", |_, l| {
         out.push_str(&l);
         out.push('\n');
     })
@@ -413,8 +414,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert_eq!(meta.start_cmd.as_deref(), Some("/bin/sh -c 'echo started > /tmp/started; exec sleep 3600'"));
 
     let info = rt.create(SandboxSpec::new(&meta.name)).await.expect("sandbox from the pulled image");
-    let addr = info.envd_addr.clone().unwrap();
-    let (code, out) = sh(&addr, "cat /app/hello.txt /app/layer2.txt /app/built.txt; ls /app; ls /data; ls /; echo \"env=$GREETING\"; stat -c '%a' /app/layer2.txt").await;
+    let (code, out) = sh(&info, "cat /app/hello.txt /app/layer2.txt /app/built.txt; ls /app; ls /data; ls /; echo \"env=$GREETING\"; stat -c '%a' /app/layer2.txt").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("hello from layer 1\nlayer 2\nbuilt with hello from the image config in /app\n"), "{out}");
     assert!(!out.contains("old.txt"), "the whiteout hides app/old.txt: {out}");
@@ -423,10 +423,10 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert!(out.contains("env=hello from the image config"), "{out}");
     assert!(out.contains("\n600\n"), "mode kept: {out}");
     // The image's Cmd is the template's start command (E2B semantics: run when a sandbox starts).
-    soulbox_server::templates::engine::start_and_wait_ready(rt, &info, None).await.unwrap();
+    soulbox_server::templates::engine::start_and_wait_ready(rt, &info).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (code, _) = sh(&addr, "test -s /tmp/started").await;
+        let (code, _) = sh(&info, "test -s /tmp/started").await;
         if code == 0 {
             break;
         }
@@ -491,7 +491,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert!(from_rootfs.lines.iter().any(|l| l.contains("unpack layer 1/1")), "{}", from_rootfs.lines.join("\n"));
     assert_eq!((meta4.default_user.as_str(), meta4.default_workdir.as_str(), meta4.start_cmd.as_deref()), ("root", "/", None));
     let info = rt.create(SandboxSpec::new(&meta4.name)).await.expect("sandbox from the rootfs template");
-    let (code, out) = sh(info.envd_addr.as_deref().unwrap(), "cat /rootfs-marker; echo PATH=$PATH").await;
+    let (code, out) = sh(&info, "cat /rootfs-marker; echo PATH=$PATH").await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("from a rootfs tarball") && out.contains(&format!("PATH={}", image::DEFAULT_PATH)), "{out}");
     rt.delete(&info.id).await.unwrap();

@@ -12,7 +12,9 @@ pub fn workspace() -> PathBuf {
 }
 
 pub fn store_dir() -> PathBuf {
-    std::env::var_os("SOULBOX_TEST_STORE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/soulbox-test-store"))
+    std::env::var_os("SOULBOX_TEST_STORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/soulbox-test-store"))
 }
 
 /// Root check: tests that need root print why and return early.
@@ -35,7 +37,8 @@ pub fn envd() -> PathBuf {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
         if !p.exists() {
             eprintln!("building envd with scripts/build-envd.sh ...");
-            let st = std::process::Command::new("bash").arg(workspace().join("scripts/build-envd.sh")).status().unwrap();
+            let st =
+                std::process::Command::new("bash").arg(workspace().join("scripts/build-envd.sh")).status().unwrap();
             assert!(st.success(), "scripts/build-envd.sh failed");
         }
     }
@@ -106,11 +109,31 @@ pub async fn sh(rt: &Runtime, id: &str, script: &str) -> (i32, String) {
 }
 
 /// Raw HTTP/1.1 request with `Connection: close`; returns (status, decoded body).
-pub async fn http(addr: &str, method: &str, path: &str, ctype: &str, body: &[u8], timeout: Duration) -> Option<(u16, Vec<u8>)> {
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Option<(u16, Vec<u8>)> {
+    http_with(addr, method, path, &[("Content-Type", ctype)], body, timeout).await
+}
+
+/// [`http`] with any request headers.
+pub async fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> Option<(u16, Vec<u8>)> {
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes()).await.ok()?;
@@ -140,14 +163,21 @@ pub async fn http(addr: &str, method: &str, path: &str, ctype: &str, body: &[u8]
     tokio::time::timeout(timeout, fut).await.ok().flatten()
 }
 
-pub async fn health(ip: Ipv4Addr, timeout: Duration) -> Option<u16> {
-    http(&format!("{ip}:49983"), "GET", "/health", "text/plain", b"", timeout).await.map(|(s, _)| s)
+/// The node's secret header for a sandbox's envd (what the server's proxy adds to every request).
+pub fn secret_header(info: &soulbox_runtime::SandboxInfo) -> (&'static str, &str) {
+    ("X-Soulbox-Envd-Secret", info.envd_secret.as_ref().expect("every sandbox has an envd secret").expose())
+}
+
+/// `GET /health` of a sandbox's envd, as its node (with the secret).
+pub async fn health(info: &soulbox_runtime::SandboxInfo, timeout: Duration) -> Option<u16> {
+    let addr = format!("{}:49983", info.ip.expect("ip"));
+    http_with(&addr, "GET", "/health", &[secret_header(info)], b"", timeout).await.map(|(s, _)| s)
 }
 
 /// Run a command as the sandbox's default user (`user`, cwd /home/user) through envd's process
 /// API; while envd answers `unimplemented` for it, through `runc exec --user 1000:1000`.
 pub async fn run_user(rt: &Runtime, info: &soulbox_runtime::SandboxInfo, cmd: &str) -> (i64, String, String) {
-    if let Some(r) = envd_run(info.ip.expect("ip"), cmd).await {
+    if let Some(r) = envd_run(info, cmd).await {
         return r;
     }
     let o = rt
@@ -164,7 +194,16 @@ pub async fn run_user(rt: &Runtime, info: &soulbox_runtime::SandboxInfo, cmd: &s
 
 /// Run a command through envd's process API (Connect, JSON). Returns (exit code, stdout, stderr),
 /// or None when envd does not implement the call yet.
-pub async fn envd_run(ip: Ipv4Addr, cmd: &str) -> Option<(i64, String, String)> {
+pub async fn envd_run(info: &soulbox_runtime::SandboxInfo, cmd: &str) -> Option<(i64, String, String)> {
+    envd_run_as(info, None, cmd).await
+}
+
+/// [`envd_run`] as `user` (HTTP Basic, as the SDKs name it), or the sandbox's default user.
+pub async fn envd_run_as(
+    info: &soulbox_runtime::SandboxInfo,
+    user: Option<&str>,
+    cmd: &str,
+) -> Option<(i64, String, String)> {
     use base64::Engine;
     let req = serde_json::json!({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}});
     let path = "/process.Process/Start".to_string();
@@ -172,9 +211,12 @@ pub async fn envd_run(ip: Ipv4Addr, cmd: &str) -> Option<(i64, String, String)> 
     let mut env = vec![0u8];
     env.extend_from_slice(&(body.len() as u32).to_be_bytes());
     env.extend_from_slice(&body);
-    let (status, resp) = http(&format!("{ip}:49983"), "POST", &path, "application/connect+json", &env, Duration::from_secs(30))
-        .await
-        .expect("envd request");
+    let addr = format!("{}:49983", info.ip.expect("ip"));
+    let auth = user.map(|u| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{u}:"))));
+    let mut headers = vec![("Content-Type", "application/connect+json"), secret_header(info)];
+    headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
+    let (status, resp) =
+        http_with(&addr, "POST", &path, &headers, &env, Duration::from_secs(30)).await.expect("envd request");
     assert_eq!(status, 200, "envd status: {}", String::from_utf8_lossy(&resp));
     if resp.len() > 5 && resp[0] & 2 != 0 && String::from_utf8_lossy(&resp[5..]).contains("unimplemented") {
         return None;

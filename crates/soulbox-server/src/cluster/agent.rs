@@ -286,7 +286,9 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
     };
     let Some(ip) = running else { return proxy::not_found(&id) };
     let liveness = agent.liveness(&id);
-    let upstream = Upstream { authority: format!("{ip}:{port}"), headers: http::HeaderMap::new(), sandbox_id: id, port };
+    let envd_secret = if port == ENVD_PORT { agent.node.envd_secret(&id) } else { None };
+    let upstream =
+        Upstream { authority: format!("{ip}:{port}"), headers: http::HeaderMap::new(), sandbox_id: id, port, envd_secret };
     proxy::forward_to(&agent.client, upstream, liveness, request).await
 }
 

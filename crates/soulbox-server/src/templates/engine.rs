@@ -345,7 +345,8 @@ impl Engine {
         spec.memory_mb = Some(meta.memory_mb);
         let info = self.runtime.create(spec).await.map_err(|e| f(format!("starting the build sandbox: {e}")))?;
         tracker.lock().unwrap_or_else(|e| e.into_inner()).sandbox = Some(info.id.clone());
-        let addr = info.envd_addr.clone().ok_or_else(|| f("the build sandbox has no address".into()))?;
+        // The build sandbox's envd answers only its node (this engine): the endpoint carries the secret.
+        let addr = envd::Endpoint::of(&info).map_err(|e| f(format!("the build sandbox: {e}")))?;
         let shell = self.shell(&st.layers);
         let mut tail: Vec<String> = Vec::new();
         let mut on_line = |is_err: bool, line: String| {
@@ -369,7 +370,7 @@ impl Engine {
                 ("root".to_string(), copy_script(&archive, &src, &dest, &owner, &mode), "/".to_string())
             }
         };
-        let code = envd::run(&addr, shell, &user, &cmd, &st.ctx.env, &cwd, None, &mut on_line)
+        let code = envd::run(&addr, shell, &user, &cmd, &st.ctx.env, &cwd, &mut on_line)
             .await
             .map_err(|e| f(format!("step {n}: {e}")))?;
         if code != 0 {
@@ -404,18 +405,18 @@ fn shell_of(store: &soulbox_runtime::Store, layers: &[String]) -> &'static str {
 /// E2B's start/ready semantics for a sandbox of a built template: the start command is started (in the
 /// background, as the template's user in its workdir) and the sandbox counts as created once the ready
 /// command exits 0 (tried every 200 ms, up to `SOULBOX_READY_TIMEOUT_S`, default 120 s).
-pub async fn start_and_wait_ready(runtime: &Runtime, info: &soulbox_runtime::SandboxInfo, access_token: Option<String>) -> Result<(), String> {
+pub async fn start_and_wait_ready(runtime: &Runtime, info: &soulbox_runtime::SandboxInfo) -> Result<(), String> {
     let Ok(meta) = runtime.store().get(&info.template) else { return Ok(()) };
     if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
         return Ok(());
     }
-    let addr = info.envd_addr.clone().ok_or("the sandbox has no address")?;
+    let addr = envd::Endpoint::of(info)?;
     let shell = shell_of(runtime.store(), &meta.layers);
     let no_env = BTreeMap::new();
     if let Some(cmd) = meta.start_cmd.clone() {
-        let (addr, user, cwd, token, id) = (addr.clone(), meta.default_user.clone(), meta.default_workdir.clone(), access_token.clone(), info.id.clone());
+        let (addr, user, cwd, id) = (addr.clone(), meta.default_user.clone(), meta.default_workdir.clone(), info.id.clone());
         tokio::spawn(async move {
-            let r = envd::run(&addr, shell, &user, &cmd, &BTreeMap::new(), &cwd, token.as_deref(), |_, line| {
+            let r = envd::run(&addr, shell, &user, &cmd, &BTreeMap::new(), &cwd, |_, line| {
                 tracing::debug!(sandbox = %id, line = %line, "start command output");
             })
             .await;
@@ -426,7 +427,7 @@ pub async fn start_and_wait_ready(runtime: &Runtime, info: &soulbox_runtime::San
         let limit = std::env::var("SOULBOX_READY_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(120u64);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
         loop {
-            let code = envd::run(&addr, shell, &meta.default_user, &ready, &no_env, &meta.default_workdir, access_token.as_deref(), |_, _| {}).await?;
+            let code = envd::run(&addr, shell, &meta.default_user, &ready, &no_env, &meta.default_workdir, |_, _| {}).await?;
             if code == 0 {
                 return Ok(());
             }

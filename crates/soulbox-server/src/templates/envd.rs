@@ -1,5 +1,6 @@
 //! A small client for the envd inside a (build) sandbox: run a command and stream its output lines, upload a
-//! file. Connect JSON over HTTP/1.1, the same wire the SDKs speak (spec §2).
+//! file. Connect JSON over HTTP/1.1, the same wire the SDKs speak (spec §2), plus the node's envd secret: these
+//! calls come from the node itself, straight to the sandbox's address.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,43 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::connect::EnvelopeDecoder;
+use soulbox_protocol::envd_secret;
+use soulbox_runtime::{EnvdSecret, SandboxInfo};
+
+/// A sandbox's envd as its node reaches it: the address, the node's secret for it, and the sandbox's access
+/// token when it has one.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: String,
+    pub secret: Option<EnvdSecret>,
+    pub access_token: Option<String>,
+}
+
+impl Endpoint {
+    /// From the runtime's report of a sandbox (the node's own view, which includes the secret).
+    pub fn of(info: &SandboxInfo) -> Result<Endpoint, String> {
+        Ok(Endpoint {
+            addr: info.envd_addr.clone().ok_or_else(|| format!("sandbox {} has no address", info.id))?,
+            secret: info.envd_secret.clone(),
+            access_token: info.spec.access_token.clone(),
+        })
+    }
+
+    /// A request to `path_and_query` with the node's secret and the access token set.
+    fn request(&self, path_and_query: &str) -> http::request::Builder {
+        let mut req = http::Request::post(format!("http://{}{path_and_query}", self.addr));
+        if let Some(secret) = &self.secret
+            && let Ok(mut value) = http::HeaderValue::from_str(secret.expose())
+        {
+            value.set_sensitive(true);
+            req = req.header(envd_secret::HEADER, value);
+        }
+        if let Some(token) = &self.access_token {
+            req = req.header("x-access-token", token);
+        }
+        req
+    }
+}
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
@@ -54,13 +92,12 @@ fn clean(line: &[u8]) -> String {
 /// Returns the exit code (-1 when the process ended without one, e.g. killed by a signal).
 #[allow(clippy::too_many_arguments)] // one call site; each argument is one of the process's settings
 pub async fn run(
-    addr: &str,
+    envd: &Endpoint,
     shell: &str,
     user: &str,
     cmd: &str,
     env: &BTreeMap<String, String>,
     cwd: &str,
-    access_token: Option<&str>,
     mut on_line: impl FnMut(bool, String) + Send,
 ) -> Result<i64, String> {
     let msg = serde_json::json!({"process": {"cmd": shell, "args": ["-c", cmd], "envs": env, "cwd": cwd}});
@@ -69,15 +106,11 @@ pub async fn run(
     body.push(0u8);
     body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     body.extend_from_slice(&payload);
-    let req = http::Request::post(format!("http://{addr}/process.Process/Start"))
+    let req = envd
+        .request("/process.Process/Start")
         .header(http::header::CONTENT_TYPE, "application/connect+json")
         .header("connect-protocol-version", "1")
-        .header(http::header::AUTHORIZATION, basic(user));
-    let req = match access_token {
-        Some(t) => req.header("x-access-token", t),
-        None => req,
-    };
-    let req = req
+        .header(http::header::AUTHORIZATION, basic(user))
         .body(Full::new(Bytes::from(body)))
         .map_err(|e| e.to_string())?;
     let resp = client().request(req).await.map_err(|e| format!("envd: {e}"))?;
@@ -133,9 +166,10 @@ pub async fn run(
 
 /// Writes `data` to `path` as `user` (parents created by envd). `gzip`: the bytes are gzip-compressed and envd
 /// stores them decompressed.
-pub async fn upload(addr: &str, user: &str, path: &str, data: Vec<u8>, gzip: bool) -> Result<(), String> {
+pub async fn upload(envd: &Endpoint, user: &str, path: &str, data: Vec<u8>, gzip: bool) -> Result<(), String> {
     let q: String = url_encode(path);
-    let mut req = http::Request::post(format!("http://{addr}/files?path={q}&username={}", url_encode(user)))
+    let mut req = envd
+        .request(&format!("/files?path={q}&username={}", url_encode(user)))
         .header(http::header::CONTENT_TYPE, "application/octet-stream");
     if gzip {
         req = req.header(http::header::CONTENT_ENCODING, "gzip");
