@@ -105,6 +105,11 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     // Disk limits: project ids in use from the sandboxes kept above, leaked limits cleared;
     // loop devices of sandbox images that lost their mount detached.
     inner.disk.reconcile(&cfg.sandboxes_dir());
+    if let Some(ranges) = &inner.userns
+        && let Err(e) = ranges.collect_stale(&cfg.sandboxes_dir())
+    {
+        tracing::warn!(error = %e, "collecting stale user namespace range claims");
+    }
     // netns and veths with our prefix that belong to nobody.
     let live_ns: HashSet<String> = adopted.iter().map(|id| cfg.netns_name(id)).collect();
     for ns in network::netns_list(&cfg.prefix) {

@@ -215,6 +215,34 @@ impl IdRanges {
         Ok(true)
     }
 
+    /// Reconcile: remove stale claims naming a directory below `sandboxes_dir` (a crash between
+    /// the claim and `userns.json`, or a directory removed while the runtime was down).
+    pub fn collect_stale(&self, sandboxes_dir: &Path) -> Result<()> {
+        let _lock = self.host_lock()?;
+        let entries = std::fs::read_dir(&self.claims_dir).ctx(&self.claims_dir)?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Ok(base) = u32::from_str_radix(&name, 16) else {
+                continue;
+            };
+            let named = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let ours = Path::new(named.trim_end_matches('\n')).parent() == Some(sandboxes_dir);
+            if ours && self.claimant(base).is_none() {
+                tracing::info!(
+                    base,
+                    dir = named.trim_end_matches('\n'),
+                    "removing a stale user namespace range claim"
+                );
+                util::remove_file_idem(&e.path())?;
+                self.held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&base);
+            }
+        }
+        Ok(())
+    }
+
     /// The sandbox dir is gone (or never named the range): give the range back.
     pub fn release(&self, sandbox_dir: &Path, range: IdRange) -> Result<()> {
         let _lock = self.host_lock()?;
@@ -309,8 +337,18 @@ fn with_child<T>(flags: libc::c_int, f: impl FnOnce(libc::pid_t) -> Result<T>) -
         )
     };
     if pid == 0 {
+        // SAFETY: async-signal-safe syscalls only. Should we die before killing the child, it goes too.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
         loop {
-            // SAFETY: async-signal-safe; the parent kills us.
+            // SAFETY: as above; the parent kills us.
             unsafe { libc::pause() };
         }
     }
@@ -491,6 +529,14 @@ mod tests {
         let d4 = root.join("s4");
         std::fs::create_dir_all(&d4).unwrap();
         assert_eq!(c.acquire(&d4).unwrap(), r2);
+        // a crash between the claim and userns.json: the claim is collected at reconcile, others stay
+        std::fs::remove_file(IdRange::file(&d4)).unwrap();
+        c.collect_stale(&root).unwrap();
+        assert!(!c.claim_file(r2.host_base).exists(), "stale claim kept");
+        assert!(
+            c.claim_file(r1.host_base).exists(),
+            "a live claim was collected"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }
