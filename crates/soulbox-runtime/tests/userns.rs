@@ -334,3 +334,31 @@ async fn without_user_namespaces_root_is_host_root() {
     let (code, _, _) = run_user(rt, &a, "id -u").await;
     assert_eq!(code, 0);
 }
+
+/// Unmounts (lazily) and removes a directory when dropped.
+struct MountGuard(PathBuf);
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = soulbox_runtime::rootfs::umount_path(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_idmapped_layers_the_runtime_runs_sandboxes_without_user_namespaces() {
+    root_or_skip!("without_idmapped_layers_the_runtime_runs_sandboxes_without_user_namespaces");
+    // ramfs has no idmapped mounts: a template store there cannot be mounted through idmapped layers
+    let store = PathBuf::from("/var/tmp/soulbox-test/t229-ramfs-store");
+    std::fs::create_dir_all(&store).unwrap();
+    let _unmount = MountGuard(store.clone());
+    rustix::mount::mount("ramfs", &store, "ramfs", rustix::mount::MountFlags::empty(), None::<&std::ffi::CStr>).unwrap();
+    let mut cfg = config(229);
+    cfg.store_dir = Some(store);
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    assert!(!rt.user_namespaces(), "the probe accepted a store without idmapped mounts");
+    let a = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let (_, out) = sh(rt, &a.id, "cat /proc/self/uid_map").await;
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "0", "4294967295"]);
+    assert_eq!(std::fs::metadata(&h.cfg.data_dir).unwrap().mode() & 0o777, 0o700);
+}
