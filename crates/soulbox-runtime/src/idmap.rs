@@ -172,6 +172,28 @@ pub fn mount_rootfs(
     res.and(cleanup)
 }
 
+/// [`mount_rootfs`] for a sandbox: its template's layers from the store, its writable layer (in
+/// its dir or its disk image), the mapping of its pinned user namespace.
+pub fn mount_sandbox_rootfs(
+    sandbox_dir: &Path,
+    store: &crate::template::Store,
+    layers: &[String],
+    range: IdRange,
+) -> Result<()> {
+    let userns_at = crate::userns::userns_path(sandbox_dir);
+    let userns = std::fs::File::open(&userns_at).ctx(&userns_at)?;
+    let upper = crate::rootfs::paths(sandbox_dir).upper;
+    let rw_root = upper.parent().unwrap_or(sandbox_dir);
+    mount_rootfs(
+        sandbox_dir,
+        &store.root().join("layers"),
+        layers,
+        rw_root,
+        range,
+        userns.as_fd(),
+    )
+}
+
 /// Detach the idmapped helper mounts (idempotent).
 pub fn unmount_helpers(sandbox_dir: &Path) -> Result<()> {
     let helpers = helper_dir(sandbox_dir);

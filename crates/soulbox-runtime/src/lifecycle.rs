@@ -241,10 +241,7 @@ impl Inner {
 
         // The sandbox's range (given with its network) owns the sandbox dir, so the sandbox's
         // mapped root (runc's init) can walk to the rootfs and no host user can.
-        let id_range = match &self.userns {
-            Some(_) => Some(crate::userns::IdRange::load(&dir).ok_or_else(|| Error::Invalid(format!("sandbox {id} has no user namespace range")))?),
-            None => None,
-        };
+        let id_range = self.userns.as_ref().map(|_| crate::userns::IdRange::of_sandbox(&dir)).transpose()?;
         crate::perms::secure_sandbox_dir(&dir, id_range.map_or(0, |r| r.host_base))?;
 
         // Writable layer: its disk limit (project quota, or its own image mounted) before
@@ -254,13 +251,7 @@ impl Inner {
         self.disk.apply(id, &dir, disk_mb).await?;
         tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk limit applied");
         match id_range {
-            Some(range) => {
-                let userns_at = crate::userns::userns_path(&dir);
-                let userns = std::fs::File::open(&userns_at).ctx(&userns_at)?;
-                let rw_root = rootfs::paths(&dir).upper.parent().map(PathBuf::from).unwrap_or_else(|| dir.clone());
-                let layers = self.store.root().join("layers");
-                crate::idmap::mount_rootfs(&dir, &layers, &meta.layers, &rw_root, range, std::os::fd::AsFd::as_fd(&userns))?;
-            }
+            Some(range) => crate::idmap::mount_sandbox_rootfs(&dir, &self.store, &meta.layers, range)?,
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 

@@ -17,7 +17,7 @@
 //! - records (`sandbox.json`, `net.json`, `userns.json`, `disk.json`, `config.json`) are 0600
 //!   (`util::write_atomic`).
 use crate::config::RuntimeConfig;
-use crate::error::{IoCtx, Result};
+use crate::error::{Error, IoCtx, Result};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -49,4 +49,55 @@ pub fn install_envd(cfg: &RuntimeConfig) -> Result<PathBuf> {
 pub fn secure_sandbox_dir(dir: &Path, owner: u32) -> Result<()> {
     std::os::unix::fs::chown(dir, Some(owner), Some(owner)).ctx(dir)?;
     set_mode(dir, 0o700)
+}
+
+/// With user namespaces runc's init walks to the rootfs as the sandbox's mapped root: every
+/// directory above the data dir must let it through (`o+x`). Docker refuses to start in the same
+/// case; so do we, naming the directory, instead of failing every create with "permission denied".
+pub fn check_traversable(data_dir: &Path, uid: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in data_dir.ancestors().skip(1) {
+        let md = std::fs::metadata(dir).ctx(dir)?;
+        let mode = md.mode();
+        let ok = if md.uid() == uid {
+            mode & 0o100 != 0
+        } else if md.gid() == uid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !ok {
+            return Err(Error::Invalid(format!(
+                "{} (mode {:o}) above the data dir {} does not let the sandboxes' mapped root users through: \
+                 allow o+x on it (chmod o+x), move the data dir, or turn user namespaces off",
+                dir.display(),
+                mode & 0o7777,
+                data_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parent_without_o_x_is_named() {
+        let root = std::env::temp_dir().join(format!("soulbox-perms-{}", std::process::id()));
+        let data = root.join("closed/data");
+        std::fs::create_dir_all(&data).unwrap();
+        set_mode(&root, 0o755).unwrap();
+        set_mode(&root.join("closed"), 0o755).unwrap();
+        assert!(check_traversable(&data, 0x1000_0000).is_ok());
+        set_mode(&root.join("closed"), 0o700).unwrap();
+        let err = check_traversable(&data, 0x1000_0000)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("closed (mode 700)"), "{err}");
+        set_mode(&root.join("closed"), 0o711).unwrap();
+        assert!(check_traversable(&data, 0x1000_0000).is_ok());
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

@@ -61,6 +61,15 @@ impl IdRange {
     pub fn load(sandbox_dir: &Path) -> Option<IdRange> {
         util::read_json(&Self::file(sandbox_dir)).ok()
     }
+    /// The range of a sandbox that must have one (given with its network).
+    pub fn of_sandbox(sandbox_dir: &Path) -> Result<IdRange> {
+        Self::load(sandbox_dir).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{} has no user namespace range",
+                sandbox_dir.display()
+            ))
+        })
+    }
     pub fn contains(&self, host_id: u32) -> bool {
         host_id >= self.host_base && (host_id as u64) < self.host_base as u64 + self.size as u64
     }
@@ -274,6 +283,7 @@ pub fn open(
         return Ok(None);
     }
     let ranges = IdRanges::new(cfg.userns_base, cfg.userns_ranges, &cfg.userns_claims_dir)?;
+    crate::perms::check_traversable(&cfg.data_dir, cfg.userns_base)?;
     let probe = (|| {
         let range = ranges.first();
         let ns = new_namespace(range)?;
