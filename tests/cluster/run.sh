@@ -35,6 +35,8 @@ die() { log "$*"; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
 
 RUN_DIR="$(mktemp -d /var/tmp/soulbox-cluster-run.XXXXXX)"
+# The agents' data dirs are below it: sandboxes' mapped root users (user namespaces) must pass through (mktemp: 0700).
+chmod 0711 "$RUN_DIR"
 
 # Removes every host object of this test's prefixes and run dir (whatever the test left, e.g. after a crash).
 collect() {

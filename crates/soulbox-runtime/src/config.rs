@@ -69,6 +69,33 @@ pub struct RuntimeConfig {
     /// `allow_private_egress`). Off: the firewall drops those ranges before any allowOut accept.
     #[serde(default)]
     pub allow_private_egress: bool,
+    /// Run every sandbox in its own user namespace (`userns.rs`): root inside is an unprivileged
+    /// host uid of the sandbox's own range. Default on; a kernel without idmapped overlay layers
+    /// gets a loud warning at open and sandboxes without user namespaces.
+    #[serde(default = "default_true")]
+    pub user_namespaces: bool,
+    /// First host id of the user namespace ranges (65536 ids per sandbox).
+    #[serde(default = "default_userns_base")]
+    pub userns_base: u32,
+    /// Number of ranges (the most sandboxes, stopped ones included, this instance can hold).
+    #[serde(default = "default_userns_ranges")]
+    pub userns_ranges: u32,
+    /// Host-wide directory of range claims, shared by every runtime instance on the host.
+    #[serde(default = "default_userns_claims_dir")]
+    pub userns_claims_dir: PathBuf,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_userns_base() -> u32 {
+    crate::userns::DEFAULT_BASE
+}
+fn default_userns_ranges() -> u32 {
+    crate::userns::DEFAULT_RANGES
+}
+fn default_userns_claims_dir() -> PathBuf {
+    PathBuf::from(crate::userns::DEFAULT_CLAIMS_DIR)
 }
 
 fn default_disk_mb() -> u64 {
@@ -106,6 +133,10 @@ impl RuntimeConfig {
             disk_image_gb: None,
             default_disk_mb: DEFAULT_DISK_MB,
             allow_private_egress: false,
+            user_namespaces: true,
+            userns_base: crate::userns::DEFAULT_BASE,
+            userns_ranges: crate::userns::DEFAULT_RANGES,
+            userns_claims_dir: default_userns_claims_dir(),
         }
     }
 
@@ -118,6 +149,9 @@ impl RuntimeConfig {
         }
         if !(8..=30).contains(&self.pool_prefix_len) {
             return Err(Error::Invalid("pool prefix length must be within 8..=30".into()));
+        }
+        if self.user_namespaces {
+            crate::userns::validate(self.userns_base, self.userns_ranges)?;
         }
         Ok(())
     }

@@ -35,6 +35,8 @@ pub(crate) struct Inner {
     pub ips: IpPool,
     pub fw: Firewall,
     pub disk: DiskLimits,
+    /// Some: every sandbox gets its own user namespace range (`userns.rs`).
+    pub userns: Option<crate::userns::IdRanges>,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     /// Every known sandbox's envd secret (as in its record), read on the proxy's hot path without touching the
     /// record's lock or the disk. Kept in step with `sandboxes` by [`Inner::remember`] and `delete`.
@@ -89,6 +91,7 @@ impl Inner {
         let _ = tokio::task::spawn_blocking(move || cgroup::remove(&parent, &id2)).await;
         // 3. rootfs mount, then the disk image below it (if the sandbox has one; stop keeps the file)
         note(&mut first_err, id, rootfs::unmount(&dir), "unmount");
+        note(&mut first_err, id, crate::idmap::unmount_all(&dir), "unmount idmapped layers, unpin the user namespace");
         if keep_dir {
             let _ = std::fs::remove_dir_all(rootfs::paths(&dir).work);
         }
@@ -117,7 +120,12 @@ impl Inner {
                 // Not fatal: the files go with the directory; reconcile clears leaked limits.
                 tracing::warn!(sandbox = id, error = %e, "clearing the disk quota failed");
             }
+            let range = crate::userns::IdRange::load(&dir);
             util::remove_dir_all_idem(&dir)?;
+            // Only now that no directory names it can the id range go to another sandbox.
+            if let (Some(ranges), Some(range)) = (&self.userns, range) {
+                ranges.release(&dir, range)?;
+            }
         } else {
             let _ = std::fs::remove_file(dir.join("config.json"));
         }
@@ -143,7 +151,14 @@ impl Inner {
     async fn acquire_network(&self, id: &str) -> Result<NetLease> {
         let ip = self.ips.allocate()?;
         let lease = network::lease_for(&self.cfg, id, ip);
-        util::write_json(&NetLease::file(&self.dir(id)), &lease)?;
+        let dir = self.dir(id);
+        util::write_json(&NetLease::file(&dir), &lease)?;
+        if let Some(ranges) = &self.userns {
+            // The sandbox's user namespace (its range, kept across stop/start) and the netns it
+            // owns; `network::setup` then finds the netns made.
+            let range = ranges.acquire(&dir)?;
+            crate::userns::create_namespaces(range, &crate::userns::userns_path(&dir), &lease.netns_path())?;
+        }
         network::setup(&lease).await?;
         Ok(lease)
     }
@@ -174,6 +189,7 @@ impl Inner {
             let veth_taken = !network::host_links(&self.cfg.veth_name(&id)).is_empty();
             if !dir.exists() && !veth_taken {
                 std::fs::create_dir_all(&dir).ctx(&dir)?;
+                crate::perms::set_mode(&dir, 0o700)?;
                 return Ok(id);
             }
         }
@@ -234,13 +250,21 @@ impl Inner {
         let resolv: String = self.cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
         std::fs::write(etc.join("resolv.conf"), resolv).ctx(etc.join("resolv.conf"))?;
 
+        // The sandbox's range (given with its network) owns the sandbox dir, so the sandbox's
+        // mapped root (runc's init) can walk to the rootfs and no host user can.
+        let id_range = self.userns.as_ref().map(|_| crate::userns::IdRange::of_sandbox(&dir)).transpose()?;
+        crate::perms::secure_sandbox_dir(&dir, id_range.map_or(0, |r| r.host_base))?;
+
         // Writable layer: its disk limit (project quota, or its own image mounted) before
         // anything is written into it.
         let disk_mb = self.disk_limit_mb(spec, meta);
         let tq = std::time::Instant::now();
         self.disk.apply(id, &dir, disk_mb).await?;
         tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk limit applied");
-        rootfs::mount(&dir, &self.store.layer_dirs(meta))?;
+        match id_range {
+            Some(range) => crate::idmap::mount_sandbox_rootfs(&dir, &self.store, &meta.layers, range)?,
+            None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
+        }
 
         let mut env_vars: serde_json::Map<String, serde_json::Value> = meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         for (k, v) in &spec.env {
@@ -266,6 +290,7 @@ impl Inner {
             memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
             pids_limit: spec.pids_limit.unwrap_or(4096),
             envd_init: init.to_string(),
+            id_range,
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
@@ -326,6 +351,8 @@ impl Runtime {
         for d in [cfg.data_dir.clone(), cfg.sandboxes_dir(), cfg.runtime_root()] {
             std::fs::create_dir_all(&d).ctx(&d)?;
         }
+        // Absolute: sandbox dirs are named in host-wide user namespace claims.
+        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).ctx(&cfg.data_dir)?;
         let lock_path = cfg.data_dir.join("runtime.lock");
         let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx(&lock_path)?;
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
@@ -334,14 +361,20 @@ impl Runtime {
         if cfg.init_override.is_none() && !cfg.envd_path.is_file() {
             return Err(Error::Invalid(format!("envd binary {} not found (run scripts/build-envd.sh)", cfg.envd_path.display())));
         }
+        if cfg.init_override.is_none() {
+            cfg.envd_path = crate::perms::install_envd(&cfg)?;
+        }
         network::enable_forwarding()?;
         let store = Store::new(cfg.store_dir())?;
         let disk = DiskLimits::open(&cfg).await?;
+        let userns = crate::userns::open(&cfg, &store)?;
+        crate::perms::secure_data_dir(&cfg, userns.is_some())?;
         let inner = Arc::new(Inner {
             driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
             ips: IpPool::new(&cfg),
             fw: Firewall::new(&cfg),
             disk,
+            userns,
             store,
             sandboxes: Default::default(),
             secrets: Default::default(),
@@ -619,6 +652,9 @@ impl Runtime {
     /// request). `None` for an unknown sandbox, or one made before envd had secrets (whose envd checks none).
     pub fn envd_secret(&self, id: &str) -> Option<EnvdSecret> {
         self.inner.secrets.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    /// Whether sandboxes get their own user namespace (configured and supported by the kernel).
+    pub fn user_namespaces(&self) -> bool {
+        self.inner.userns.is_some()
     }
 
     pub fn pool_len(&self) -> usize {

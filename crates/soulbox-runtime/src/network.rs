@@ -79,9 +79,11 @@ pub fn lease_for(cfg: &RuntimeConfig, id: &str, ip: Ipv4Addr) -> NetLease {
 }
 
 /// Create netns + veth + addresses + routes. Not idempotent by itself: callers tear down first on retry.
+/// A netns already at `/run/netns/<name>` (made in the sandbox's user namespace, `userns.rs`) is used.
 pub async fn setup(lease: &NetLease) -> Result<()> {
+    let add = if lease.netns_path().exists() { String::new() } else { format!("netns add {}\n", lease.netns) };
     let host = format!(
-        "netns add {ns}\nlink add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
+        "{add}link add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
         ns = lease.netns,
         veth = lease.veth,
         gw = lease.gateway,

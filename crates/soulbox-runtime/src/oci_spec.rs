@@ -3,7 +3,7 @@ use crate::config::{ENVD_MOUNT, ENVD_PORT, RuntimeConfig};
 use crate::error::{Error, Result};
 use crate::seccomp;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
     PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_mounts,
 };
@@ -56,6 +56,8 @@ pub struct BundleParams<'a> {
     pub pids_limit: i64,
     /// JSON for `SOULBOX_ENVD_INIT`.
     pub envd_init: String,
+    /// The sandbox's user namespace range; None = no user namespace.
+    pub id_range: Option<crate::userns::IdRange>,
 }
 
 fn oci<E: std::fmt::Display>(e: E) -> Error {
@@ -123,7 +125,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
     mounts.push(bind(etc.join("resolv.conf"), "/etc/resolv.conf", false)?);
 
     let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci);
-    let namespaces = vec![
+    let mut namespaces = vec![
         ns(LinuxNamespaceType::Pid)?,
         ns(LinuxNamespaceType::Ipc)?,
         ns(LinuxNamespaceType::Uts)?,
@@ -144,12 +146,31 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .map_err(oci)?;
 
     let mut sysctl = HashMap::new();
-    sysctl.insert("net.ipv4.ping_group_range".to_string(), "0 2147483647".to_string());
+    // ping without CAP_NET_RAW for every group the sandbox has (the value is read in the user
+    // namespace of the writer: runc's init, inside the sandbox's when there is one).
+    let max_gid = p.id_range.map_or(2147483647, |r| r.size - 1);
+    sysctl.insert("net.ipv4.ping_group_range".to_string(), format!("0 {max_gid}"));
     if Path::new("/proc/sys/net/ipv6").exists() {
         sysctl.insert("net.ipv6.conf.all.disable_ipv6".to_string(), "1".to_string());
     }
 
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(range) = p.id_range {
+        // Joined by path: the user namespace made with the network namespace, which it owns
+        // (`userns.rs`). runc wants the mappings too (it does not write them for a joined one).
+        namespaces.insert(
+            0,
+            LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::User)
+                .path(crate::userns::userns_path(p.sandbox_dir))
+                .build()
+                .map_err(oci)?,
+        );
+        let map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(range.host_base).size(range.size).build().map_err(oci)?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
+
+    let linux = linux
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(cfg.cgroups_path(p.id)))

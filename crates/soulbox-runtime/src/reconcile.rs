@@ -43,6 +43,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                     }
                 }
                 let _ = rec.save(&dir);
+                keep_id_range(inner, &id, &dir, true);
                 tracing::info!(sandbox = %id, status = %rec.status, "re-adopted");
                 adopted.insert(id.clone());
                 inner.remember(&rec);
@@ -58,6 +59,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                 }
                 rec.status = Status::Stopped;
                 let _ = rec.save(&dir);
+                keep_id_range(inner, &id, &dir, false);
                 adopted.insert(id.clone());
                 inner.remember(&rec);
                 inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
@@ -91,7 +93,10 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     // Mounts below the sandboxes dir that belong to no adopted running sandbox.
     let live_mounts: HashSet<_> = adopted
         .iter()
-        .flat_map(|id| [rootfs::paths(&inner.dir(id)).mountpoint, crate::disk_image::mount_dir(&inner.dir(id))])
+        .flat_map(|id| {
+            let dir = inner.dir(id);
+            [rootfs::paths(&dir).mountpoint, crate::disk_image::mount_dir(&dir), crate::userns::userns_path(&dir)]
+        })
         .collect();
     for m in rootfs::mounts_under(&cfg.sandboxes_dir()) {
         if !live_mounts.contains(&m) {
@@ -102,6 +107,11 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     // Disk limits: project ids in use from the sandboxes kept above, leaked limits cleared;
     // loop devices of sandbox images that lost their mount detached.
     inner.disk.reconcile(&cfg.sandboxes_dir());
+    if let Some(ranges) = &inner.userns
+        && let Err(e) = ranges.collect_stale(&cfg.sandboxes_dir())
+    {
+        tracing::warn!(error = %e, "collecting stale user namespace range claims");
+    }
     // netns and veths with our prefix that belong to nobody.
     let live_ns: HashSet<String> = adopted.iter().map(|id| cfg.netns_name(id)).collect();
     for ns in network::netns_list(&cfg.prefix) {
@@ -129,6 +139,23 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     inner.fw.rebuild(&live_fw).await?;
     inner.store.gc_temp();
     Ok(())
+}
+
+/// A kept sandbox holds on to its user namespace range (host-wide claim re-made after a reboot).
+/// If another sandbox holds it now, a stopped sandbox forgets it (its next start takes a new one;
+/// its files are stored unshifted, so any range fits them); a running one cannot be fixed.
+fn keep_id_range(inner: &Inner, id: &str, dir: &std::path::Path, running: bool) {
+    let (Some(ranges), Some(range)) = (&inner.userns, crate::userns::IdRange::load(dir)) else { return };
+    match ranges.keep(dir, range) {
+        Ok(true) => {}
+        Ok(false) if running => {
+            tracing::error!(sandbox = %id, base = range.host_base, "the sandbox's user namespace range is claimed by another sandbox")
+        }
+        Ok(false) => {
+            let _ = crate::util::remove_file_idem(&crate::userns::IdRange::file(dir));
+        }
+        Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not re-claim the user namespace range"),
+    }
 }
 
 fn kill_stray_cli(root: &str) {

@@ -48,6 +48,9 @@ impl Store {
         let root = root.into();
         for d in ["layers", "templates"] {
             std::fs::create_dir_all(root.join(d)).ctx(root.join(d))?;
+            // Layers hold files as the templates' builds made them (setuid-root binaries too):
+            // root's alone (`perms.rs`).
+            crate::perms::set_mode(&root.join(d), 0o700)?;
         }
         Ok(Store { root })
     }

@@ -45,11 +45,15 @@ pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &data)
 }
 
+/// Records are root's alone: files written here are 0600.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::File::create(&tmp).ctx(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).ctx(&tmp)?;
+        // (a leftover temp file keeps its old mode through O_CREAT)
+        f.set_permissions(std::fs::Permissions::from_mode(0o600)).ctx(&tmp)?;
         f.write_all(data).ctx(&tmp)?;
     }
     std::fs::rename(&tmp, path).ctx(path)

@@ -23,6 +23,10 @@ pub struct FileConfig {
     pub network_pool: Option<String>,
     /// Name prefix of the node's host objects (netns `<prefix>-<id>`, veths, nft table, cgroup parent).
     pub prefix: Option<String>,
+    /// Every sandbox in its own user namespace [default: true]; `false` makes root in a sandbox host root.
+    pub user_namespaces: Option<bool>,
+    /// First host uid of the sandboxes' id ranges (65536 each) [default: 0x10000000].
+    pub userns_base: Option<u32>,
     pub metrics_interval_s: Option<u64>,
     /// Cluster mode: node agents join with this token (`soulbox node --token`); the server then runs no runtime
     /// of its own and places sandboxes on the nodes.
@@ -102,6 +106,9 @@ pub struct ServerConfig {
     /// Runtime name prefix (2-5 chars [a-z0-9], starting with a letter); default `sbx`. Two servers on one
     /// machine need different prefixes and network pools.
     pub prefix: String,
+    /// Sandboxes in user namespaces (see [`FileConfig::user_namespaces`]).
+    pub user_namespaces: bool,
+    pub userns_base: Option<u32>,
     pub metrics_interval_s: u64,
     /// `Some` = cluster mode (see [`FileConfig::node_token`]).
     pub node_token: Option<String>,
@@ -140,6 +147,8 @@ mod tests {
         assert_eq!(c.listen.unwrap().port(), 8080);
         assert_eq!(c.max_lifetime_s, Some(7200));
         assert!(toml::from_str::<FileConfig>("lisen = 1").is_err());
+        let c: FileConfig = toml::from_str("user_namespaces = false\nuserns_base = 0x20000000\n").unwrap();
+        assert_eq!((c.user_namespaces, c.userns_base), (Some(false), Some(0x2000_0000)));
         assert_eq!(parse_cidr("10.77.0.0/16").unwrap().1, 16);
         assert!(parse_cidr("10.77.0.0").is_err());
     }

@@ -79,6 +79,10 @@ struct ServerArgs {
     /// machine need distinct prefixes (and network pools).
     #[arg(long, env = "SOULBOX_PREFIX")]
     prefix: Option<String>,
+    /// Run every sandbox in its own user namespace (root inside is an unprivileged host uid) [default: true].
+    /// `false` only for kernels without idmapped overlay layers or for comparisons.
+    #[arg(long, env = "SOULBOX_USER_NAMESPACES")]
+    user_namespaces: Option<bool>,
     /// Sandbox address pool, a.b.c.d/len [default: 10.77.0.0/16].
     #[arg(long, env = "SOULBOX_NETWORK_POOL")]
     network_pool: Option<String>,
@@ -131,6 +135,12 @@ struct NodeArgs {
     /// Name prefix of host objects; agents sharing a host need distinct prefixes and pools.
     #[arg(long, env = "SOULBOX_PREFIX", default_value = "sbx")]
     prefix: String,
+    /// Run every sandbox in its own user namespace (root inside is an unprivileged host uid).
+    #[arg(long, env = "SOULBOX_USER_NAMESPACES", default_value_t = true, action = clap::ArgAction::Set)]
+    user_namespaces: bool,
+    /// First host uid of the sandboxes' id ranges (65536 each) [default: 0x10000000].
+    #[arg(long, env = "SOULBOX_USERNS_BASE")]
+    userns_base: Option<u32>,
     #[arg(long, env = "SOULBOX_NETWORK_POOL", default_value = "10.77.0.0/16")]
     network_pool: String,
     #[arg(long, env = "SOULBOX_DEBIAN_MIRROR", default_value = config::DEFAULT_MIRROR)]
@@ -159,6 +169,8 @@ impl NodeArgs {
             envd_path: self.envd_path.unwrap_or_else(config::default_envd_path),
             warm_pool: self.warm_pool,
             prefix: self.prefix,
+            user_namespaces: self.user_namespaces,
+            userns_base: self.userns_base,
             network_pool: self.network_pool,
             debian_mirror: self.debian_mirror,
             allow_private_egress: self.allow_private_egress,
@@ -186,6 +198,8 @@ impl ServerArgs {
             warm_pool: self.warm_pool.or(file.warm_pool).unwrap_or(4),
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
+            user_namespaces: self.user_namespaces.or(file.user_namespaces).unwrap_or(true),
+            userns_base: file.userns_base,
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
             node_token: self.node_token.or(file.node_token).filter(|t| !t.is_empty()),
             node_heartbeat_timeout_s: self.node_heartbeat_timeout_s.or(file.node_heartbeat_timeout_s).unwrap_or(10),

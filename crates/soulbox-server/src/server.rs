@@ -151,6 +151,10 @@ async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
     })?;
     runtime_config.pool_size = config.warm_pool;
     runtime_config.prefix = config.prefix.clone();
+    runtime_config.user_namespaces = config.user_namespaces;
+    if let Some(base) = config.userns_base {
+        runtime_config.userns_base = base;
+    }
     let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;

@@ -27,6 +27,9 @@ struct Cli {
     /// Replace envd as PID 1 (plumbing tests), e.g. `--init "/bin/sleep 1d"`.
     #[arg(long)]
     init: Option<String>,
+    /// Run sandboxes without user namespaces (root inside is root on the host).
+    #[arg(long)]
+    no_userns: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -85,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let (net, len) = cli.pool.split_once('/').ok_or_else(|| anyhow::anyhow!("--pool wants a CIDR"))?;
     cfg.pool_net = net.parse()?;
     cfg.pool_prefix_len = len.parse()?;
+    cfg.user_namespaces = !cli.no_userns;
     cfg.init_override = cli.init.as_ref().map(|s| s.split_whitespace().map(String::from).collect());
     if let Cmd::Template { name, mirror } = &cli.cmd {
         let store = soulbox_runtime::Store::new(cfg.store_dir())?;

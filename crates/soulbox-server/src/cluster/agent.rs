@@ -322,6 +322,8 @@ pub struct NodeSettings {
     pub envd_path: std::path::PathBuf,
     pub warm_pool: usize,
     pub prefix: String,
+    pub user_namespaces: bool,
+    pub userns_base: Option<u32>,
     pub network_pool: String,
     pub debian_mirror: String,
     /// allowOut may open private, link-local and metadata ranges (the runtime's firewall drops them otherwise).
@@ -358,6 +360,10 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         .with_context(|| format!("the static envd binary {} is missing", settings.envd_path.display()))?;
     runtime_config.pool_size = settings.warm_pool;
     runtime_config.prefix = settings.prefix.clone();
+    runtime_config.user_namespaces = settings.user_namespaces;
+    if let Some(base) = settings.userns_base {
+        runtime_config.userns_base = base;
+    }
     let (pool_net, pool_len) = crate::config::parse_cidr(&settings.network_pool)?;
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
