@@ -652,6 +652,8 @@ impl Runtime {
     /// request). `None` for an unknown sandbox, or one made before envd had secrets (whose envd checks none).
     pub fn envd_secret(&self, id: &str) -> Option<EnvdSecret> {
         self.inner.secrets.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
     /// Whether sandboxes get their own user namespace (configured and supported by the kernel).
     pub fn user_namespaces(&self) -> bool {
         self.inner.userns.is_some()
