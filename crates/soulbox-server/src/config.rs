@@ -40,6 +40,7 @@ pub struct FileConfig {
 /// ```toml
 /// [templates]
 /// insecure_registries = ["mirror.lan:5000"]     # plain HTTP (loopback hosts always are)
+/// host_source_dirs = ["/srv/images"]            # where a caller's rootfs:/oci-archive: paths may be
 /// [templates.image_rewrites]                    # merged over the defaults (`e2bdev/base` = "template:base")
 /// "python:3.12" = "oci-archive:/srv/images/python-3.12.tar"
 /// "docker.io" = "mirror.lan:5000"                # a registry host → a mirror host
@@ -56,6 +57,10 @@ pub struct TemplatesConfig {
     pub insecure_registries: Vec<String>,
     #[serde(default)]
     pub registry_auth: std::collections::BTreeMap<String, crate::templates::registry::RegistryCredential>,
+    /// Directories a caller's `rootfs:<path>` / `oci-archive:<path>` base must be inside (none by default: no
+    /// caller can name a host path). Paths in `image_rewrites` targets are the administrator's and not limited.
+    #[serde(default)]
+    pub host_source_dirs: Vec<PathBuf>,
 }
 
 impl TemplatesConfig {
@@ -63,11 +68,13 @@ impl TemplatesConfig {
     pub fn engine_config(&self, debian_mirror: &str) -> crate::templates::engine::EngineConfig {
         let mut rewrites = crate::templates::source::Rewrites::with_defaults();
         rewrites.map.extend(self.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
-        crate::templates::engine::EngineConfig::new(
+        let mut engine = crate::templates::engine::EngineConfig::new(
             rewrites,
             crate::templates::registry::RegistrySettings { insecure: self.insecure_registries.clone(), auth: self.registry_auth.clone() },
             crate::templates::bootstrap::BootstrapConfig::new(debian_mirror.to_string()),
-        )
+        );
+        engine.host_source_dirs = crate::templates::host_path::HostSourceDirs::new(self.host_source_dirs.iter().cloned());
+        engine
     }
 }
 

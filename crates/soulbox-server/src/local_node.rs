@@ -190,6 +190,10 @@ impl Node for LocalNode {
         self.runtime.store().put(&meta).map_err(node_error)
     }
 
+    fn check_recipe(&self, recipe: &crate::templates::Recipe) -> Result<(), String> {
+        self.engine.check_recipe(recipe)
+    }
+
     fn template_files_dir(&self) -> Option<PathBuf> {
         Some(self.runtime.config().store_dir().join("uploads"))
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use soulbox_runtime::{Runtime, RuntimeConfig, SandboxSpec, Store};
 use soulbox_server::templates::engine::{Engine, EngineConfig};
-use soulbox_server::templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, image, registry};
+use soulbox_server::templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, host_path, image, registry};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -34,6 +34,10 @@ fn envd_binary() -> Option<PathBuf> {
     }
     let p = workspace().join("target/static/x86_64-unknown-linux-gnu/release/soulbox-envd");
     p.exists().then_some(p)
+}
+
+fn trusted(path: &Path) -> host_path::OpenedPath {
+    host_path::OpenedPath::open_trusted(path).unwrap()
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -388,7 +392,11 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     push(&reg, &img).await;
     let node = Node::open(envd_binary().unwrap()).await;
     let rt = node.rt();
-    let engine = Engine::new(rt.clone(), EngineConfig::default());
+    // The archives below are written here; a caller's `oci-archive:`/`rootfs:` path must be in a listed dir.
+    let work = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::default();
+    config.host_source_dirs = host_path::HostSourceDirs::new([work.path().to_path_buf()]);
+    let engine = Engine::new(rt.clone(), config);
     let image_ref = format!("{}/test/img:1", reg.addr);
     let tname = format!("imgtest-{}", std::process::id());
 
@@ -443,7 +451,6 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert_eq!(meta2.layers, meta.layers);
 
     // 3. The same image as an OCI layout tar: layers shared with the pull are CACHED; the template works.
-    let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     img.write_layout(&layout);
     let archive = work.path().join("img.oci.tar");
@@ -461,10 +468,10 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     let fresh = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = Store::new(fresh.path()).unwrap();
     let quiet = |_: String| {};
-    let imported = image::import_oci_archive(&store, &archive, &quiet).await.expect("import oci-archive");
+    let imported = image::import_oci_archive(&store, &trusted(&archive), &quiet).await.expect("import oci-archive");
     assert_eq!(imported.layers, meta.layers[..2], "same content, same layer digests");
     assert_eq!(imported.config.workdir.as_deref(), Some("/app"));
-    let again = image::import_oci_archive(&store, &layout, &quiet).await.expect("import layout dir");
+    let again = image::import_oci_archive(&store, &trusted(&layout), &quiet).await.expect("import layout dir");
     assert_eq!(again.layers, imported.layers);
     let leftovers: Vec<_> = std::fs::read_dir(fresh.path().join("layers")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "temp dirs left: {leftovers:?}");
@@ -475,7 +482,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     std::fs::write(corrupt_dir.join("blobs/sha256").join(l2.trim_start_matches("sha256:")), b"not the layer").unwrap();
     let store2_dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store2 = Store::new(store2_dir.path()).unwrap();
-    let err = image::import_oci_archive(&store2, &corrupt_dir, &quiet).await.unwrap_err();
+    let err = image::import_oci_archive(&store2, &trusted(&corrupt_dir), &quiet).await.unwrap_err();
     assert!(err.to_string().contains("content has digest"), "{err}");
     assert!(image::cached_layer(&store2, &l2).is_none());
 

@@ -280,6 +280,11 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
     let Some(files_dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
+    // A base the caller may not use (a host path outside the config's allowed dirs) is refused now, with
+    // nothing started or registered: the build stays `waiting` and can be started with another recipe.
+    if let Err(m) = state.lifecycle.node().check_recipe(&recipe) {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
     let recipe_json = serde_json::to_string(&recipe).unwrap_or_default();
     match store.start_build(&build, &recipe_json).await {
         Ok(true) => {}

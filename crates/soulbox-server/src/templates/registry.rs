@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
@@ -14,7 +14,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use soulbox_runtime::Store;
 
-use super::image::{self, BlobSource, Descriptor, ImageConfig, ImageError, ImportedImage, Progress, human_size, short};
+use super::image::{self, BlobSource, Descriptor, FetchedBlob, ImageConfig, ImageError, ImportedImage, Progress, human_size, short};
 use super::source::ImageRef;
 
 /// An image config blob is small; a bigger one is refused before download.
@@ -113,7 +113,7 @@ struct RegistryBlobs {
 
 #[async_trait::async_trait]
 impl BlobSource for RegistryBlobs {
-    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<(PathBuf, bool), ImageError> {
+    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<FetchedBlob, ImageError> {
         let (_, hex) = image::check_digest(&layer.digest)?;
         let path = scratch.join(hex);
         let file = tokio::fs::File::create(&path).await.map_err(|source| ImageError::Io { path: path.display().to_string(), source })?;
@@ -122,7 +122,7 @@ impl BlobSource for RegistryBlobs {
             .pull_blob(&self.reference, &oci_descriptor(layer), file)
             .await
             .map_err(registry_err(&format!("downloading layer {}", short(&layer.digest))))?;
-        Ok((path, true))
+        Ok(FetchedBlob { path, temp: true, held: None })
     }
     fn verb(&self) -> &'static str {
         "downloaded"
