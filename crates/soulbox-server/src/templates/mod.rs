@@ -4,6 +4,7 @@
 //! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]).
 //! - [`engine`]: the build engine on a node (build sandboxes, one layer per step, the step cache).
 //! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
+//! - [`egress`]: the proxy every registry pull connects through (no private addresses unless configured).
 //! - [`host_path`]: host-path bases opened beneath the directories the config allows.
 //! - [`image`], [`registry`], [`unpack`]: image bases (registry pulls with oci-client, local OCI layouts, rootfs
 //!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod base;
 pub mod bootstrap;
+pub mod egress;
 pub mod engine;
 pub mod envd;
 pub mod host_path;
