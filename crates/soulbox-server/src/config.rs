@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub node_lost_after_s: Option<u64>,
     /// `[templates]`: image rewrites, insecure registries, registry credentials.
     pub templates: Option<TemplatesConfig>,
+    /// `[http]`: connection cap, header-read and idle timeouts, body limits of the proxy and uploads.
+    pub http: Option<crate::serve::HttpConfig>,
 }
 
 /// The `[templates]` section:
@@ -137,6 +139,7 @@ pub struct ServerConfig {
     pub node_heartbeat_timeout_s: u64,
     pub node_lost_after_s: u64,
     pub templates: TemplatesConfig,
+    pub http: crate::serve::HttpConfig,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);

@@ -14,6 +14,9 @@ pub mod proxy;
 mod proxy_tests;
 #[cfg(test)]
 mod replica_tests;
+pub mod serve;
+#[cfg(test)]
+mod serve_tests;
 pub mod server;
 pub mod store;
 pub mod templates;

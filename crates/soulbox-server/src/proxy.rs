@@ -92,6 +92,12 @@ pub struct ClientSocket {
     fd: Option<std::os::fd::RawFd>,
 }
 
+impl ClientSocket {
+    pub(crate) fn new(peer: std::net::SocketAddr, fd: std::os::fd::RawFd) -> ClientSocket {
+        ClientSocket { peer, fd: Some(fd) }
+    }
+}
+
 /// The server's listener: TCP, `TCP_NODELAY` on every accepted connection, [`ClientSocket`] as its address.
 pub struct ServerListener(pub tokio::net::TcpListener);
 
@@ -145,6 +151,8 @@ fn reset_on_close(socket: ClientSocket) {
 pub struct Proxy {
     lifecycle: Arc<Lifecycle>,
     client: Client<HttpConnector, Body>,
+    /// Largest request body passed on to a sandbox (`[http] max_proxy_body_mb`).
+    max_body: u64,
 }
 
 const HOP_BY_HOP: [&str; 8] =
@@ -152,10 +160,31 @@ const HOP_BY_HOP: [&str; 8] =
 
 impl Proxy {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Proxy {
-        Proxy { lifecycle, client: http_client() }
+        Proxy { lifecycle, client: http_client(), max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes }
     }
 
+    pub fn with_max_body(mut self, bytes: u64) -> Proxy {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Forwards `request`, its body limited to `max_body`: a declared length over it is answered 413 before
+    /// anything is read, and a streamed body that grows past it is cut (and answered 413 when nothing was
+    /// answered yet).
     pub async fn forward(&self, target: Target, request: Request) -> Response {
+        let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > self.max_body) {
+            return too_large(n, self.max_body);
+        }
+        let (request, overflow) = limit_body(request, self.max_body);
+        let response = self.forward_unlimited(target, request).await;
+        if overflow.load(std::sync::atomic::Ordering::SeqCst) && !response.status().is_success() {
+            return crate::api::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the limit of {} bytes", self.max_body));
+        }
+        response
+    }
+
+    async fn forward_unlimited(&self, target: Target, request: Request) -> Response {
         let (record, port) = match target {
             Target::Sandbox { id, port } => match self.running_sandbox(&id).await {
                 Some(r) => (r, port),
@@ -225,6 +254,55 @@ impl Proxy {
             SandboxState::Running => Some(owner),
             SandboxState::Paused => self.running_sandbox(&owner.id).await,
         }
+    }
+}
+
+fn too_large(declared: u64, limit: u64) -> Response {
+    crate::api::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {declared} bytes is over the limit of {limit} bytes"))
+}
+
+/// `request` with its body cut off (an error frame) once more than `limit` bytes passed; the flag says it was.
+/// Length and end-of-stream hints pass through, so a request without a body is forwarded without one.
+fn limit_body(request: Request, limit: u64) -> (Request, Arc<std::sync::atomic::AtomicBool>) {
+    let overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, inner) = request.into_parts();
+    let body = CappedBody { inner, seen: 0, limit, overflow: overflow.clone() };
+    (Request::from_parts(parts, Body::new(body)), overflow)
+}
+
+struct CappedBody {
+    inner: Body,
+    seen: u64,
+    limit: u64,
+    overflow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for CappedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            self.seen += data.len() as u64;
+            if self.seen > self.limit {
+                self.overflow.store(true, std::sync::atomic::Ordering::SeqCst);
+                let message = format!("request body over the limit of {} bytes", self.limit);
+                return std::task::Poll::Ready(Some(Err(axum::Error::new(std::io::Error::other(message)))));
+            }
+        }
+        std::task::Poll::Ready(frame)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

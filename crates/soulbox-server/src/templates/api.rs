@@ -43,8 +43,15 @@ use crate::time::rfc3339;
 /// Defaults of E2B's build request.
 const DEFAULT_CPU: i32 = 2;
 const DEFAULT_MEMORY_MB: i32 = 1024;
-/// Largest upload of a COPY context.
-const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// Largest upload of a COPY context (`[http] max_upload_mb`), set on the router by `server::app_with`.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimit(pub u64);
+
+impl Default for UploadLimit {
+    fn default() -> Self {
+        UploadLimit(crate::serve::HttpSettings::default().max_upload_bytes)
+    }
+}
 
 fn build_timeout() -> Duration {
     let s = std::env::var("SOULBOX_TEMPLATE_BUILD_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3600);
@@ -215,12 +222,19 @@ async fn upload(
     State(state): State<ApiState>,
     Path((id, hash)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
+    limit: Option<axum::Extension<UploadLimit>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let expected = upload_token(&id, &hash);
     let ok = q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
     if !ok || !valid_hash(&hash) {
         return error(StatusCode::FORBIDDEN, "invalid upload token");
+    }
+    let max = limit.map(|l| l.0).unwrap_or_default().0;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > max) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("upload of {n} bytes is over the limit of {max} bytes"));
     }
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
@@ -236,8 +250,8 @@ async fn upload(
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| format!("reading the upload: {e}"))?;
             n += chunk.len() as u64;
-            if n > MAX_UPLOAD_BYTES {
-                return Err(format!("upload over {MAX_UPLOAD_BYTES} bytes"));
+            if n > max {
+                return Err(format!("upload over the limit of {max} bytes"));
             }
             f.write_all(&chunk).await.map_err(|e| e.to_string())?;
         }
