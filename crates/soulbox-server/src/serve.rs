@@ -293,8 +293,10 @@ impl Phase {
     fn on_read(&self, data: &[u8]) {
         let now = self.now_ms();
         self.last_activity_ms.store(now, Ordering::Relaxed);
+        // "PRI" starts no HTTP/1 method, so three bytes tell the prior-knowledge h2 preface apart.
         if !self.first_bytes_seen.swap(true, Ordering::Relaxed)
-            && data.starts_with(&H2_PREFACE[..data.len().min(H2_PREFACE.len())])
+            && data.len() >= 3
+            && H2_PREFACE.starts_with(&data[..data.len().min(H2_PREFACE.len())])
         {
             self.h2.store(true, Ordering::Relaxed);
         }
