@@ -18,6 +18,7 @@ pub mod serve;
 #[cfg(test)]
 mod serve_tests;
 pub mod server;
+pub mod signed_routing;
 pub mod store;
 pub mod templates;
 pub mod time;

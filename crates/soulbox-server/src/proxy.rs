@@ -2,7 +2,8 @@
 //!
 //! Routing, in E2B's order: `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers (what `E2B_SANDBOX_URL` clients send),
 //! then a host `<port>-<sandboxID>.<domain>`, then — for signed `/files` URLs opened without headers — the
-//! sandbox whose access token the signature verifies with. A killed, unknown or paused (without auto-resume)
+//! `sandbox_id` query parameter SoulBox's SDK adds, else the sandbox whose access token the signature verifies
+//! with (found through [`crate::signed_routing`], not a scan of the store). A killed, unknown or paused (without auto-resume)
 //! sandbox answers 502 `The sandbox was not found`; streams open when a sandbox stops are cut at the transport
 //! level (the SDKs turn that into "sandbox was killed").
 
@@ -19,12 +20,13 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
-use soulbox_protocol::signature::{self, Claims, Operation};
+use soulbox_protocol::signature::Operation;
 
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
 use crate::ids::is_valid_sandbox_id;
 use crate::lifecycle::Lifecycle;
+use crate::signed_routing::{SignedRequest, SignedRouter};
 use crate::store::SandboxRecord;
 
 /// Where a request goes.
@@ -53,8 +55,18 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<
         && (method == Method::GET || method == Method::POST)
         && !headers.contains_key("x-api-key")
         && query_param(uri, "signature").is_some();
-    signed_files.then_some(Target::BySignature)
+    if !signed_files {
+        return None;
+    }
+    // The id in the URL only routes: envd checks the signature against its own token.
+    match query_param(uri, SANDBOX_ID_PARAM).filter(|id| is_valid_sandbox_id(id)) {
+        Some(id) => Some(Target::Sandbox { id, port: ENVD_PORT }),
+        None => Some(Target::BySignature),
+    }
 }
+
+/// The query parameter SoulBox's SDK adds to signed `/files` URLs (E2B's SDKs name no sandbox there).
+pub const SANDBOX_ID_PARAM: &str = "sandbox_id";
 
 /// `<port>-<sandboxID>.<domain>` (the domain must match when one is configured).
 fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
@@ -150,6 +162,7 @@ fn reset_on_close(socket: ClientSocket) {
 
 pub struct Proxy {
     lifecycle: Arc<Lifecycle>,
+    signed: SignedRouter,
     client: Client<HttpConnector, Body>,
     /// Largest request body passed on to a sandbox (`[http] max_proxy_body_mb`).
     max_body: u64,
@@ -160,7 +173,8 @@ const HOP_BY_HOP: [&str; 8] =
 
 impl Proxy {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Proxy {
-        Proxy { lifecycle, client: http_client(), max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes }
+        let signed = SignedRouter::new(lifecycle.store().clone());
+        Proxy { lifecycle, signed, client: http_client(), max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes }
     }
 
     pub fn with_max_body(mut self, bytes: u64) -> Proxy {
@@ -236,24 +250,15 @@ impl Proxy {
     async fn sandbox_by_signature(&self, method: Method, uri: Uri) -> Option<SandboxRecord> {
         let query = uri.query()?;
         let first = |name: &str| form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v);
-        let sig = first("signature")?;
-        let path = first("path").unwrap_or_default();
-        let user = first("username").unwrap_or_default();
-        let expiration = first("signature_expiration").and_then(|e| e.parse::<i64>().ok());
-        let operation = if method == Method::POST { Operation::Write } else { Operation::Read };
-        let claims = Claims { path: &path, operation, user: &user, expiration };
-        let records = self.lifecycle.store().list_sandboxes().await.ok()?;
-        let now = crate::store::now_ms() / 1000;
-        let owner = records.into_iter().find(|r| {
-            r.envd_access_token.as_deref().is_some_and(|token| {
-                // An expired but genuine signature still identifies its sandbox; envd answers with the exact error.
-                matches!(signature::verify(&sig, &claims, token, now), Ok(_) | Err(signature::SignatureError::Expired))
-            })
-        })?;
-        match owner.state {
-            SandboxState::Running => Some(owner),
-            SandboxState::Paused => self.running_sandbox(&owner.id).await,
-        }
+        let request = SignedRequest {
+            signature: first("signature")?,
+            path: first("path").unwrap_or_default(),
+            user: first("username").unwrap_or_default(),
+            expiration: first("signature_expiration").and_then(|e| e.parse::<i64>().ok()),
+            operation: if method == Method::POST { Operation::Write } else { Operation::Read },
+        };
+        let id = self.signed.route(&request).await?;
+        self.running_sandbox(&id).await
     }
 }
 
@@ -498,6 +503,11 @@ mod tests {
         let signed: Uri = "/files?path=a.txt&signature=v1_abc".parse().unwrap();
         assert_eq!(classify(&Method::GET, &signed, &headers(&[("host", "localhost:3000")]), None), Some(Target::BySignature));
         assert_eq!(classify(&Method::GET, &signed, &headers(&[("x-api-key", "k")]), None), None);
+        // SoulBox's SDK names the sandbox: routed like a header, no signature search.
+        let with_id: Uri = "/files?path=a.txt&signature=sb1_abc&sandbox_id=iabc".parse().unwrap();
+        assert_eq!(classify(&Method::GET, &with_id, &HeaderMap::new(), None), Some(Target::Sandbox { id: "iabc".into(), port: 49983 }));
+        let bad_id: Uri = "/files?path=a.txt&signature=sb1_abc&sandbox_id=../x".parse().unwrap();
+        assert_eq!(classify(&Method::GET, &bad_id, &HeaderMap::new(), None), Some(Target::BySignature));
         let unsigned: Uri = "/files?path=a.txt".parse().unwrap();
         assert_eq!(classify(&Method::GET, &unsigned, &HeaderMap::new(), None), None);
     }
