@@ -98,7 +98,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
     };
     let metrics_store = Arc::new(MetricsStore::default());
-    metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
+    let _sampler = metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
     let mut http = config.http.settings();
     http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
