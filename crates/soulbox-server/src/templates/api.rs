@@ -28,13 +28,13 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
+use super::build_log::{self, BoundedLog, Line};
+use super::uploads::{Stored, UploadError, Uploads};
 use super::{BuildJob, LogLevel, LogSink, Recipe, sha256_hex};
 use crate::api::{ApiState, error};
 use crate::store::{BuildLogRecord, Store, now_ms};
@@ -201,7 +201,7 @@ async fn file_link(State(state): State<ApiState>, Path((id, hash)): Path<(String
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
-    if dir.join(&hash).is_file() {
+    if Uploads::new(dir).present(&id, &hash) {
         return (StatusCode::CREATED, Json(serde_json::json!({"present": true}))).into_response();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
@@ -228,7 +228,7 @@ async fn upload(
 ) -> Response {
     let expected = upload_token(&id, &hash);
     let ok = q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
-    if !ok || !valid_hash(&hash) {
+    if !ok || !valid_hash(&hash) || !valid_name(&id) {
         return error(StatusCode::FORBIDDEN, "invalid upload token");
     }
     let max = limit.map(|l| l.0).unwrap_or_default().0;
@@ -239,37 +239,42 @@ async fn upload(
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        return internal(e);
-    }
-    let tmp = dir.join(format!(".{hash}.{}", crate::ids::access_token()));
-    let res: Result<u64, String> = async {
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
-        let mut stream = body.into_data_stream();
-        let mut n = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading the upload: {e}"))?;
-            n += chunk.len() as u64;
-            if n > max {
-                return Err(format!("upload over the limit of {max} bytes"));
-            }
-            f.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
-        f.flush().await.map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, dir.join(&hash)).await.map_err(|e| e.to_string())?;
-        Ok(n)
-    }
-    .await;
-    match res {
-        Ok(n) => {
+    match Uploads::new(dir).store(&id, &hash, body, max).await {
+        Ok(Stored::New(n)) => {
             tracing::info!(template = %id, hash = %hash, bytes = n, "template files uploaded");
             StatusCode::OK.into_response()
         }
-        Err(m) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            error(StatusCode::BAD_REQUEST, m)
+        Ok(Stored::AlreadyPresent) => {
+            tracing::info!(template = %id, hash = %hash, "template files uploaded again: the first upload is kept");
+            StatusCode::OK.into_response()
+        }
+        Err(e @ UploadError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        Err(e @ UploadError::Body(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ UploadError::Io(_)) => internal(e),
+    }
+}
+
+/// Checks every COPY step's uploaded files against its `filesHash` (see `uploads`); a mismatch deletes that
+/// upload. A step whose files are not uploaded is left to the build (its layer may be cached).
+async fn verify_uploads(uploads: &Uploads, template: &str, recipe: &Recipe) -> Result<(), String> {
+    for (i, step) in recipe.steps.iter().enumerate().filter(|(_, s)| s.kind == "COPY") {
+        let Some(hash) = step.files_hash.clone().filter(|h| valid_hash(h)) else { continue };
+        let archive = uploads.path(template, &hash);
+        if !archive.is_file() {
+            continue;
+        }
+        let (src, dest) = (step.args.first().cloned().unwrap_or_default(), step.args.get(1).cloned().unwrap_or_default());
+        let expected = hash.clone();
+        let verdict = tokio::task::spawn_blocking(move || super::uploads::verify(&archive, &src, &dest, &expected))
+            .await
+            .map_err(|e| format!("verifying the files of COPY step {}: {e}", i + 1))?;
+        if let Err(e) = verdict {
+            uploads.remove(template, &hash).await;
+            tracing::warn!(template, hash = %hash, step = i + 1, error = %e, "refused a COPY upload");
+            return Err(format!("COPY step {}: {e}", i + 1));
         }
     }
+    Ok(())
 }
 
 async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
@@ -291,14 +296,24 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
         Ok(_) => return error(StatusCode::NOT_FOUND, format!("build '{build}' of template '{id}' not found")),
         Err(e) => return internal(e),
     };
+    // Before any check below touches uploads a running build may be using.
+    if record.status != "waiting" {
+        return error(StatusCode::CONFLICT, format!("build '{build}' was already started"));
+    }
     let Some(files_dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
-    // A base the caller may not use (a host path outside the config's allowed dirs) is refused now, with
-    // nothing started or registered: the build stays `waiting` and can be started with another recipe.
+    // A base the caller may not use (a host path outside the config's allowed dirs), or uploaded files that are
+    // not what their hash says, are refused now, with nothing started or registered: the build stays `waiting`
+    // and can be started again.
     if let Err(m) = state.lifecycle.node().check_recipe(&recipe) {
         return error(StatusCode::BAD_REQUEST, m);
     }
+    let uploads = Uploads::new(files_dir);
+    if let Err(m) = verify_uploads(&uploads, &id, &recipe).await {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    let files_dir = uploads.dir(&id);
     let recipe_json = serde_json::to_string(&recipe).unwrap_or_default();
     match store.start_build(&build, &recipe_json).await {
         Ok(true) => {}
@@ -318,12 +333,8 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
     StatusCode::ACCEPTED.into_response()
 }
 
-struct Pending {
-    unix_ms: i64,
-    level: LogLevel,
-    message: String,
-    step: Option<String>,
-}
+/// Longest failure reason stored with a build (it quotes the failed step's last output lines).
+const MAX_REASON_BYTES: usize = 16 * 1024;
 
 /// Runs a build: the node builds, its lines are stored (batched) and broadcast, then the status is final.
 async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<String>) {
@@ -335,10 +346,16 @@ async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<S
         .entry(build_id.clone())
         .or_insert_with(|| broadcast::channel(4096).0)
         .clone();
-    let (tx, rx) = mpsc::unbounded_channel::<Pending>();
+    let (tx, rx) = mpsc::unbounded_channel::<Line>();
     let writer = tokio::spawn(write_logs(store.clone(), build_id.clone(), rx, sender.clone()));
+    // What is stored is bounded (build_log.rs), and so is what waits in the channel for the writer.
+    let bounded = Arc::new(Mutex::new(BoundedLog::new(build_log::Limits::default())));
+    let (sink_tx, sink_log) = (tx.clone(), bounded.clone());
     let log: LogSink = Arc::new(move |level, message, step| {
-        let _ = tx.send(Pending { unix_ms: now_ms(), level, message, step });
+        let lines = sink_log.lock().unwrap_or_else(|e| e.into_inner()).push(Line { unix_ms: now_ms(), level, message, step });
+        for line in lines {
+            let _ = sink_tx.send(line);
+        }
     });
     log(LogLevel::Info, format!("Building template '{template}' (build {build_id})"), Some("base".into()));
     let started = std::time::Instant::now();
@@ -354,12 +371,17 @@ async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<S
         Err(f) => log(LogLevel::Error, format!("Build failed: {}", f.message), f.step.clone()),
     }
     drop(log);
+    for line in bounded.lock().unwrap_or_else(|e| e.into_inner()).finish(now_ms()) {
+        let _ = tx.send(line);
+    }
+    drop(tx);
     let _ = writer.await;
-    let (status, reason, step) = match &result {
-        Ok(()) => ("ready", None, None),
-        Err(f) => ("error", Some(f.message.as_str()), f.step.as_deref()),
+    let reason = result.as_ref().err().map(|f| build_log::cut_line(f.message.clone(), MAX_REASON_BYTES));
+    let (status, step) = match &result {
+        Ok(()) => ("ready", None),
+        Err(f) => ("error", f.step.as_deref()),
     };
-    if let Err(e) = store.finish_build(&build_id, status, reason, step).await {
+    if let Err(e) = store.finish_build(&build_id, status, reason.as_deref(), step).await {
         tracing::error!(build = %build_id, error = %e, "could not record the end of a build");
     }
     tracing::info!(template = %template, build = %build_id, status, "template build finished");
@@ -375,7 +397,7 @@ async fn point_tags(state: &ApiState, template: &str, build_id: &str, tags: &[St
     state.lifecycle.store().set_tags(template, build_id, tags).await.map_err(|e| format!("storing the tags: {e}"))
 }
 
-async fn write_logs(store: Store, build_id: String, mut rx: mpsc::UnboundedReceiver<Pending>, sender: broadcast::Sender<StreamItem>) {
+async fn write_logs(store: Store, build_id: String, mut rx: mpsc::UnboundedReceiver<Line>, sender: broadcast::Sender<StreamItem>) {
     let mut seq = 0i64;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -571,6 +593,9 @@ async fn delete_template(State(state): State<ApiState>, Path(id): Path<String>) 
         Ok(b) => b,
         Err(e) => return internal(e),
     };
+    if let Some(dir) = state.lifecycle.node().template_files_dir() {
+        Uploads::new(dir).remove_template(&id).await;
+    }
     if on_node || in_store { StatusCode::NO_CONTENT.into_response() } else { error(StatusCode::NOT_FOUND, format!("template '{id}' not found")) }
 }
 

@@ -381,10 +381,9 @@ impl Engine {
                 ("root".to_string(), format!("[ -d {d} ] || {{ mkdir -p {d} && {{ chown {o}: {d} 2>/dev/null || chown {o} {d}; }}; }}", o = shell_quote(&owner)), "/".to_string())
             }
             Action::Copy { files, src, dest, owner, mode } => {
-                let data = tokio::fs::read(&files).await.map_err(|e| f(format!("reading {}: {e}", files.display())))?;
-                let gz = data.starts_with(&[0x1f, 0x8b]);
+                // Streamed from disk: an upload may be gigabytes.
                 let archive = format!("/tmp/.soulbox-copy-{}-{n}.tar", job.build_id);
-                envd::upload(&addr, "root", &archive, data, gz).await.map_err(|e| f(format!("uploading the COPY files: {e}")))?;
+                envd::upload_file(&addr, "root", &archive, &files).await.map_err(|e| f(format!("uploading the COPY files: {e}")))?;
                 ("root".to_string(), copy_script(&archive, &src, &dest, &owner, &mode), "/".to_string())
             }
         };

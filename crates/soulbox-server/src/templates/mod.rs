@@ -12,10 +12,12 @@
 //! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
+//! - [`build_log`]: a build's stored log, bounded; [`uploads`]: COPY context uploads, stored and verified.
 
 pub mod api;
 pub mod base;
 pub mod bootstrap;
+pub mod build_log;
 pub mod egress;
 pub mod engine;
 pub mod envd;
@@ -24,6 +26,7 @@ pub mod image;
 pub mod registry;
 pub mod source;
 pub mod unpack;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::sync::Arc;
