@@ -27,7 +27,8 @@ SERVER_LOG="$ROOT/target/security/server.log"
 SOULBOX="$ROOT/target/debug/soulbox"
 ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
 KEY_NAME=security-a
-SERVER_CONFIG_EXTRA="$(cat "$HERE/server.toml")"
+# server.toml may name paths in the data dir as @DATA_DIR@.
+SERVER_CONFIG_EXTRA="$(sed "s|@DATA_DIR@|$DATA_DIR|g" "$HERE/server.toml")"
 # shellcheck source=../lib/server.sh
 . "$ROOT/tests/lib/server.sh"
 
@@ -67,6 +68,9 @@ fi
 [ -x "$ENVD" ] || die "no $ENVD"
 ensure_venv latest
 
+# The usual soft open-file limit (systemd's default): the server must raise its own to hold many connections
+# (test_abuse.py); the test process raises its own too.
+ulimit -Sn 1024
 start_server
 KEY_B="$(new_key security-b)"
 ADMIN_KEY="$(new_key security-admin)"
