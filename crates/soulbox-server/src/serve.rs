@@ -445,6 +445,42 @@ impl http_body::Body for TrackedBody {
     }
 }
 
+/// Request bodies up to this declared length are read before the app sees the request.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// Reads a small body (declared `Content-Length` ≤ [`SMALL_BODY`]) before the app runs. A handler that answers
+/// without reading the body (a 401 from the key check, a 404) otherwise leaves hyper with an unread body: if
+/// its bytes have not all arrived yet, hyper closes the connection after the response, without having said so,
+/// and a client that already reused the kept-alive connection for its next request sees "server disconnected".
+/// Bigger and chunked bodies stream to the app as they come.
+async fn read_small_body(
+    request: Request<Incoming>,
+) -> Result<Request<Body>, http::Response<Body>> {
+    let declared = request
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let (parts, body) = request.into_parts();
+    match declared {
+        Some(n) if n > 0 && n <= SMALL_BODY => {
+            match http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                body,
+                SMALL_BODY as usize,
+            ))
+            .await
+            {
+                Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
+                Err(e) => Err(crate::api::error(
+                    http::StatusCode::BAD_REQUEST,
+                    format!("reading the request body: {e}"),
+                )),
+            }
+        }
+        _ => Ok(Request::from_parts(parts, Body::new(body))),
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -469,6 +505,10 @@ async fn serve_connection(
         let in_flight = InFlight(service_phase.clone());
         let app = app.clone();
         async move {
+            let request = match read_small_body(request).await {
+                Ok(r) => r,
+                Err(response) => return Ok(response),
+            };
             let response = tower::ServiceExt::oneshot(app, request).await?;
             Ok::<_, std::convert::Infallible>(response.map(|inner| {
                 Body::new(TrackedBody {

@@ -184,3 +184,57 @@ async fn idle_connections_close_at_the_idle_timeout_and_requests_in_flight_never
         "{answer}"
     );
 }
+
+/// Virtual time: a POST whose small body arrives after its head, answered by a handler that never reads it (as
+/// the API-key check does), leaves the kept-alive connection usable for the next request.
+#[tokio::test(start_paused = true)]
+async fn a_small_body_is_read_before_the_app_so_an_unread_one_cannot_break_keep_alive() {
+    let ran = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = ran.clone();
+    let app = Router::new().route("/ok", get(|| async { "ok" })).route(
+        "/reject",
+        axum::routing::post(move || {
+            let signal = signal.clone();
+            async move {
+                signal.notify_one();
+                (http::StatusCode::UNAUTHORIZED, "no")
+            }
+        }),
+    );
+    let listener = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve::serve(
+        listener,
+        app,
+        HttpSettings::default(),
+        std::future::pending(),
+    ));
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(b"POST /reject HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        .await
+        .unwrap();
+    // The body follows once the server has nothing else to do (virtual time advances only then), or at once if
+    // the handler already ran without it.
+    tokio::select! {
+        _ = ran.notified() => {}
+        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+    }
+    sock.write_all(b"0123456789").await.unwrap();
+    let mut first = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&first).ends_with("no") {
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the first response");
+        first.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        first.starts_with(b"HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&first)
+    );
+    let second = get_on(&mut sock, "/ok").await;
+    assert!(
+        second.is_some_and(|r| r.ends_with("ok")),
+        "the kept-alive connection must still serve"
+    );
+}

@@ -14,8 +14,13 @@
 //! they upload (names, type and permission bits, sizes, contents, link targets), except `src` and `dest`, which
 //! only arrive with the build's steps. So the hash cannot be checked when the upload arrives, only when a build
 //! starts: [`verify`] recomputes it from the archive for the step's `src`/`dest`; a mismatch refuses the build
-//! (400) and deletes the upload, so the next attempt uploads again. (E2B's older SDKs also hashed a directory's
-//! `st_size`, which a tar does not carry: their directory COPYs are refused with a message saying so.)
+//! (400) and deletes the upload, so the next attempt uploads again.
+//!
+//! E2B's older SDKs (2.45 does, 2.63 does not) also hashed a directory's `st_size`, which a tar does not carry
+//! and which depends on the client's filesystem. For an archive with directories that does not verify, the
+//! legacy form is tried with 4096 bytes per directory (ext4 and most Linux filesystems for directories of
+//! ordinary size); an old SDK on another filesystem (tmpfs, btrfs, APFS, …) has its directory COPYs refused
+//! with a message saying to update the SDK.
 
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -30,6 +35,8 @@ use super::unpack::Compression;
 
 /// Hard links (a tar's second name for a file) whose content is re-read to verify a hash; more are refused.
 const MAX_HARDLINKS: usize = 64;
+/// The directory `st_size` tried for E2B's legacy hash (see the module doc).
+const LEGACY_DIR_SIZE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
@@ -152,7 +159,7 @@ async fn write_then_place(
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
     #[error(
-        "the uploaded files do not match filesHash {expected} (they hash to {actual}); the upload was discarded, build again to re-upload (e2b SDKs that hash a directory's size cannot be verified for directory COPYs: update the SDK)"
+        "the uploaded files do not match filesHash {expected} (they hash to {actual}); the upload was discarded, build again to re-upload (an e2b SDK older than 2.63 hashes a directory's size, which only verifies for 4096-byte directories: update the SDK)"
     )]
     Mismatch { expected: String, actual: String },
     #[error("the uploaded files cannot be read: {0}")]
@@ -160,16 +167,24 @@ pub enum VerifyError {
 }
 
 /// Checks that `archive` (a tar, plain or gzip) is what `filesHash` `expected` describes for `COPY src dest`.
+/// E2B's current form, or for an archive with directories its legacy form (see the module doc).
 pub fn verify(archive: &Path, src: &str, dest: &str, expected: &str) -> Result<(), VerifyError> {
-    let actual = files_hash(archive, src, dest).map_err(VerifyError::Unreadable)?;
+    let (actual, has_dirs) =
+        files_hash(archive, src, dest, None).map_err(VerifyError::Unreadable)?;
     if actual.eq_ignore_ascii_case(expected) {
-        Ok(())
-    } else {
-        Err(VerifyError::Mismatch {
-            expected: expected.to_string(),
-            actual,
-        })
+        return Ok(());
     }
+    if has_dirs {
+        let (legacy, _) = files_hash(archive, src, dest, Some(LEGACY_DIR_SIZE))
+            .map_err(VerifyError::Unreadable)?;
+        if legacy.eq_ignore_ascii_case(expected) {
+            return Ok(());
+        }
+    }
+    Err(VerifyError::Mismatch {
+        expected: expected.to_string(),
+        actual,
+    })
 }
 
 fn open_tar(archive: &Path) -> Result<tar::Archive<Box<dyn Read>>, String> {
@@ -182,11 +197,19 @@ fn open_tar(archive: &Path) -> Result<tar::Archive<Box<dyn Read>>, String> {
 }
 
 /// E2B's `filesHash` of the files in `archive` for `COPY src dest` (see the module doc).
-pub fn files_hash(archive: &Path, src: &str, dest: &str) -> Result<String, String> {
+/// `legacy_dir_size`: hash this as every directory's `st_size`, as older SDKs did. Also says whether the archive
+/// has directories.
+pub fn files_hash(
+    archive: &Path,
+    src: &str,
+    dest: &str,
+    legacy_dir_size: Option<u64>,
+) -> Result<(String, bool), String> {
     let mut h = Sha256::new();
     h.update(format!("COPY {src} {dest}").as_bytes());
     let mut tar = open_tar(archive)?;
     let mut hardlinks = 0usize;
+    let mut has_dirs = false;
     let bad = |e: std::io::Error| format!("reading the archive: {e}");
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -204,7 +227,12 @@ pub fn files_hash(archive: &Path, src: &str, dest: &str) -> Result<String, Strin
         h.update(&name);
         h.update(mode.to_string().as_bytes());
         match kind {
-            tar::EntryType::Directory => {}
+            tar::EntryType::Directory => {
+                has_dirs = true;
+                if let Some(size) = legacy_dir_size {
+                    h.update(size.to_string().as_bytes());
+                }
+            }
             tar::EntryType::Symlink => {
                 let target = entry
                     .link_name_bytes()
@@ -230,7 +258,8 @@ pub fn files_hash(archive: &Path, src: &str, dest: &str) -> Result<String, Strin
             }
         }
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    let hex = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok((hex, has_dirs))
 }
 
 /// A hard link stands for the file it links to: its size and content, read from that entry in a second pass.
@@ -294,6 +323,52 @@ mod tests {
         std::fs::write(&tampered, rust_sdk_archive(ctx.path(), "app")).unwrap();
         let err = verify(&tampered, "app", "/app", &expected).unwrap_err();
         assert!(err.to_string().contains("do not match filesHash"), "{err}");
+    }
+
+    /// e2b 2.45's form: like today's, plus every directory's `st_size` (4096 on ext4).
+    fn legacy_hash(ctx: &Path, src: &str, dest: &str, dir_size: u64) -> String {
+        use std::os::unix::fs::MetadataExt;
+        let mut paths = vec![ctx.join(src)];
+        let mut i = 0;
+        while i < paths.len() {
+            if paths[i].is_dir() && !paths[i].is_symlink() {
+                paths.extend(
+                    std::fs::read_dir(&paths[i])
+                        .unwrap()
+                        .map(|e| e.unwrap().path()),
+                );
+            }
+            i += 1;
+        }
+        paths.sort();
+        let mut h = Sha256::new();
+        h.update(format!("COPY {src} {dest}"));
+        for p in paths {
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            h.update(p.strip_prefix(ctx).unwrap().to_string_lossy().as_bytes());
+            h.update(md.mode().to_string());
+            h.update(if md.is_dir() { dir_size } else { md.len() }.to_string());
+            if md.is_symlink() {
+                h.update(std::fs::read_link(&p).unwrap().to_string_lossy().as_bytes());
+            } else if md.is_file() {
+                h.update(std::fs::read(&p).unwrap());
+            }
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn older_sdks_hashing_directory_sizes_verify_for_4096_byte_directories_only() {
+        let ctx = context();
+        let archive = ctx.path().join("upload.tar.gz");
+        std::fs::write(&archive, rust_sdk_archive(ctx.path(), "app")).unwrap();
+        let legacy = |size| legacy_hash(ctx.path(), "app", "/app", size);
+        assert_eq!(verify(&archive, "app", "/app", &legacy(4096)), Ok(()));
+        assert!(
+            verify(&archive, "app", "/app", &legacy(60)).is_err(),
+            "tmpfs-sized dirs"
+        );
+        assert!(verify(&archive, "app", "/x", &legacy(4096)).is_err());
     }
 
     /// What `soulbox::Template` uploads: a gzip'd tar of the hashed entries, in the hashed order.
