@@ -254,29 +254,6 @@ async fn upload(
     }
 }
 
-/// Checks every COPY step's uploaded files against its `filesHash` (see `uploads`); a mismatch deletes that
-/// upload. A step whose files are not uploaded is left to the build (its layer may be cached).
-async fn verify_uploads(uploads: &Uploads, template: &str, recipe: &Recipe) -> Result<(), String> {
-    for (i, step) in recipe.steps.iter().enumerate().filter(|(_, s)| s.kind == "COPY") {
-        let Some(hash) = step.files_hash.clone().filter(|h| valid_hash(h)) else { continue };
-        let archive = uploads.path(template, &hash);
-        if !archive.is_file() {
-            continue;
-        }
-        let (src, dest) = (step.args.first().cloned().unwrap_or_default(), step.args.get(1).cloned().unwrap_or_default());
-        let expected = hash.clone();
-        let verdict = tokio::task::spawn_blocking(move || super::uploads::verify(&archive, &src, &dest, &expected))
-            .await
-            .map_err(|e| format!("verifying the files of COPY step {}: {e}", i + 1))?;
-        if let Err(e) = verdict {
-            uploads.remove(template, &hash).await;
-            tracing::warn!(template, hash = %hash, step = i + 1, error = %e, "refused a COPY upload");
-            return Err(format!("COPY step {}: {e}", i + 1));
-        }
-    }
-    Ok(())
-}
-
 async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(String, String)>, body: axum::body::Bytes) -> Response {
     let mut recipe: Recipe = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -310,7 +287,7 @@ async fn start_build(State(state): State<ApiState>, Path((id, build)): Path<(Str
         return error(StatusCode::BAD_REQUEST, m);
     }
     let uploads = Uploads::new(files_dir);
-    if let Err(m) = verify_uploads(&uploads, &id, &recipe).await {
+    if let Err(m) = uploads.verify_recipe(&id, &recipe).await {
         return error(StatusCode::BAD_REQUEST, m);
     }
     let files_dir = uploads.dir(&id);

@@ -103,6 +103,43 @@ impl Uploads {
         let _ = tokio::fs::remove_file(self.path(template, hash)).await;
     }
 
+    /// Checks every COPY step's uploaded files against its `filesHash` ([`verify`]); a mismatch deletes that
+    /// upload. A step whose files are not uploaded is left to the build (its layer may be cached). Hashes are
+    /// validated by the caller's route (hex only) before they become file names; others are skipped here.
+    pub async fn verify_recipe(
+        &self,
+        template: &str,
+        recipe: &super::Recipe,
+    ) -> Result<(), String> {
+        let copies = recipe
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.kind == "COPY");
+        for (i, step) in copies {
+            let Some(hash) = step.files_hash.clone().filter(|h| is_hash(h)) else {
+                continue;
+            };
+            let archive = self.path(template, &hash);
+            if !archive.is_file() {
+                continue;
+            }
+            let src = step.args.first().cloned().unwrap_or_default();
+            let dest = step.args.get(1).cloned().unwrap_or_default();
+            let expected = hash.clone();
+            let verdict =
+                tokio::task::spawn_blocking(move || verify(&archive, &src, &dest, &expected))
+                    .await
+                    .map_err(|e| format!("verifying the files of COPY step {}: {e}", i + 1))?;
+            if let Err(e) = verdict {
+                self.remove(template, &hash).await;
+                tracing::warn!(template, hash = %hash, step = i + 1, error = %e, "refused a COPY upload");
+                return Err(format!("COPY step {}: {e}", i + 1));
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every upload of a deleted template.
     pub async fn remove_template(&self, template: &str) {
         match tokio::fs::remove_dir_all(self.dir(template)).await {
@@ -154,6 +191,11 @@ async fn write_then_place(
         Err(rustix::io::Errno::EXIST) => Ok(Stored::AlreadyPresent),
         Err(e) => Err(UploadError::Io(e.into())),
     }
+}
+
+/// A files hash as it may name a file: hex, at most 128 characters.
+fn is_hash(h: &str) -> bool {
+    !h.is_empty() && h.len() <= 128 && h.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
