@@ -16,6 +16,8 @@ use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::local_node::LocalNode;
 use crate::metrics::{self, MetricsStore};
 use crate::proxy::{self, Proxy};
+use crate::serve::{self, HttpSettings};
+use crate::templates::api::UploadLimit;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -32,10 +34,19 @@ async fn route_sandbox_traffic(State(routing): State<Routing>, request: Request,
     }
 }
 
-/// The whole HTTP surface: sandbox traffic to the proxy, the rest to the API.
+/// The whole HTTP surface: sandbox traffic to the proxy, the rest to the API (default limits).
 pub fn app(state: ApiState) -> axum::Router {
-    let routing = Routing { proxy: Arc::new(Proxy::new(state.lifecycle.clone())), domain: state.domain.clone() };
-    api::router(state).layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic))
+    app_with(state, &HttpSettings::default())
+}
+
+/// The whole HTTP surface with the body limits of `http`: proxied request bodies and template uploads have
+/// their own (the API's JSON limit is fixed, see `api::router`).
+pub fn app_with(state: ApiState, http: &HttpSettings) -> axum::Router {
+    let proxy = Proxy::new(state.lifecycle.clone()).with_max_body(http.max_proxy_body_bytes);
+    let routing = Routing { proxy: Arc::new(proxy), domain: state.domain.clone() };
+    api::router(state)
+        .layer(axum::Extension(UploadLimit(http.max_upload_bytes)))
+        .layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic))
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -95,11 +106,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
     };
     let metrics_store = Arc::new(MetricsStore::default());
-    metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
+    let _sampler = metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
-    let app = app(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started });
+    let mut http = config.http.settings();
+    http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
+    let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http);
 
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let url = format!("http://{}", config.listen);
     println!("SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:", started.elapsed().as_millis());
     println!("export E2B_API_URL={url}");
@@ -108,10 +121,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Some(key) => println!("export E2B_API_KEY={key}    # shown once; manage keys with `soulbox keys`"),
         None => println!("export E2B_API_KEY=<a key from `soulbox keys create [--team NAME] [--admin]`>"),
     }
-    let listener = proxy::ServerListener(listener);
-    axum::serve(listener, app.into_make_service_with_connect_info::<proxy::ClientSocket>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve::serve(listener, app, http, shutdown_signal()).await;
     // Pre-warmed slots are not sandboxes: give their namespaces and addresses back.
     if let Some(node) = local_node
         && let Err(e) = node.runtime().drain_pool().await
