@@ -236,7 +236,12 @@ impl Store {
         let tmp = self.temp_layer()?;
         // mmdebstrap wants to create/own the target directory itself.
         let target = tmp.join("root");
-        let res = run_progress("mmdebstrap", &recipe_args(&recipe, &target)).await;
+        // In a private mount namespace: the /proc, /sys, /dev binds mmdebstrap makes inside the target vanish
+        // with it, even when it is killed mid-build, so removing the temp layer can never walk into a mount of
+        // the host's (a leftover bind of /dev/shm once cost a removal the host's shared memory).
+        let mut args: Vec<String> = ["--mount", "--propagation", "private", "--", "mmdebstrap"].map(String::from).to_vec();
+        args.extend(recipe_args(&recipe, &target));
+        let res = run_progress("unshare", &args).await;
         if let Err(e) = res {
             let _ = std::fs::remove_dir_all(&tmp);
             return Err(e);
