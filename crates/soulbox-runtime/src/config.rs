@@ -65,6 +65,11 @@ pub struct RuntimeConfig {
     /// Disk limit (MiB) when neither the sandbox spec nor the template sets one; 0 = none.
     #[serde(default = "default_disk_mb")]
     pub default_disk_mb: u64,
+    /// Let `allowOut` open private, link-local (incl. the cloud metadata service 169.254.169.254),
+    /// CGNAT, loopback and multicast ranges. Off (default): every sandbox chain drops those before
+    /// its allow rules, so only the runtime's own DNS servers (port 53) stay reachable there.
+    #[serde(default)]
+    pub allow_private_egress: bool,
 }
 
 fn default_disk_mb() -> u64 {
@@ -101,6 +106,7 @@ impl RuntimeConfig {
             disk_backend: Default::default(),
             disk_image_gb: None,
             default_disk_mb: DEFAULT_DISK_MB,
+            allow_private_egress: false,
         }
     }
 
