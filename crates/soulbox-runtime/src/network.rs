@@ -208,3 +208,48 @@ pub fn enable_forwarding() -> Result<()> {
     }
     std::fs::write(p, "1").map_err(|e| Error::Io { path: p.into(), source: e })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> IpPool {
+        let mut cfg = RuntimeConfig::new("/nonexistent");
+        cfg.pool_net = Ipv4Addr::new(10, 9, 0, 0);
+        cfg.pool_prefix_len = 29; // .2 ..= .6
+        IpPool::new(&cfg)
+    }
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 9, 0, last)
+    }
+
+    #[test]
+    fn only_the_owner_frees_an_address() {
+        let p = pool();
+        assert_eq!(p.allocate("a").unwrap(), ip(2));
+        p.release(ip(2), "b");
+        assert_eq!(p.allocate("b").unwrap(), ip(3), "b's stale release freed a's address");
+        p.release(ip(2), "a");
+        assert_eq!(p.allocate("c").unwrap(), ip(2));
+        assert!(!p.mark_used(ip(3), "a"), "two owners for one address");
+        assert!(p.claim(ip(3), "b"), "its owner claims it again");
+        assert!(!p.claim(ip(9), "b"), "outside the pool");
+    }
+
+    #[test]
+    fn reservations_keep_addresses_from_the_pool() {
+        let p = pool();
+        let b = p.allocate("b").unwrap();
+        let conflicts = p.set_reservations(&[("x".into(), ip(3)), ("b".into(), b), ("y".into(), b)]);
+        assert_eq!(conflicts, vec![("y".to_string(), b)], "b's own record needs no reservation; y's is a conflict");
+        assert_eq!(p.allocate("c").unwrap(), ip(4));
+        assert!(p.claim(ip(3), "x"), "the reserved record's sandbox may take it");
+        p.set_reservations(&[]);
+        assert_eq!(p.allocate("d").unwrap(), ip(5));
+        p.release(ip(3), "x");
+        p.set_reservations(&[("z".into(), ip(6))]);
+        assert_eq!(p.allocate("e").unwrap(), ip(3), "lifting a reservation frees it");
+        assert!(matches!(p.allocate("f"), Err(Error::PoolExhausted)));
+    }
+}

@@ -1,0 +1,386 @@
+//! Network state that cannot point at the wrong sandbox (root only; skipped with a message
+//! otherwise): private ranges dropped before allowOut, the firewall table repaired after someone
+//! deletes or flushes it, a dead sandbox's address never handed to another, a failed open leaving
+//! nothing behind.
+//!
+//! Network rule: traffic only to sandbox veths and to the fake outside world this file builds
+//! itself — a netns on 203.0.113.64/26 ("the internet") that also carries 10.78.<n>.2/24, a
+//! private address standing in for the metadata service and LAN hosts. Both are routed to the
+//! test's own veth before any packet is sent; nothing goes to a real private or metadata address.
+mod common;
+use common::*;
+use soulbox_runtime::{NetworkPolicy, Runtime, SandboxSpec, Status};
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+macro_rules! root_or_skip {
+    ($name:expr) => {
+        if skip_unless_root($name) {
+            return;
+        }
+    };
+}
+
+/// Generous bound for event-driven waits (the repair itself takes milliseconds).
+const REPAIR_BOUND: Duration = Duration::from_secs(30);
+
+/// The fake outside world: netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
+/// answering `outside-ok` on 8080 and `dns-ok` on 53, at the public address 203.0.113.66 (n=0) /
+/// 203.0.113.70 (n=1) … and the private address 10.78.<n>.2.
+struct Outside {
+    ns: String,
+    link: String,
+    public: Ipv4Addr,
+    private: Ipv4Addr,
+    children: Vec<std::process::Child>,
+}
+
+impl Outside {
+    fn new(n: u8) -> Outside {
+        let ns = format!("sbns-out{n}");
+        let link = format!("sbnsout{n}");
+        Outside::cleanup(&ns, &link);
+        let run = |a: &[&str]| {
+            let st = std::process::Command::new("ip").args(a).status().unwrap();
+            assert!(st.success(), "ip {a:?}");
+        };
+        // A /30 per test inside 203.0.113.64/26: host .64+4n+1, outside .64+4n+2.
+        let host_pub = Ipv4Addr::new(203, 0, 113, 65 + 4 * n);
+        let public = Ipv4Addr::new(203, 0, 113, 66 + 4 * n);
+        let private = Ipv4Addr::new(10, 78, n, 2);
+        run(&["netns", "add", &ns]);
+        run(&["link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run(&["addr", "add", &format!("{host_pub}/30"), "dev", &link]);
+        run(&["addr", "add", &format!("10.78.{n}.1/24"), "dev", &link]);
+        run(&["link", "set", &link, "up"]);
+        run(&["-n", &ns, "addr", "add", &format!("{public}/30"), "dev", "eth0"]);
+        run(&["-n", &ns, "addr", "add", &format!("{private}/24"), "dev", "eth0"]);
+        run(&["-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        let mut children = Vec::new();
+        for (port, answer) in [("8080", "outside-ok"), ("53", "dns-ok")] {
+            children.push(
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", "/bin/echo", answer])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let o = Outside { ns, link, public, private, children };
+        o.wait_listening();
+        o
+    }
+
+    /// Until both listeners are up (`ss` inside the netns), bounded.
+    fn wait_listening(&self) {
+        for _ in 0..500 {
+            let out = std::process::Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-ltnH"]).output().unwrap();
+            let s = String::from_utf8_lossy(&out.stdout);
+            if s.contains(":8080") && s.contains(":53") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the fake outside world's listeners did not start");
+    }
+
+    fn cleanup(ns: &str, link: &str) {
+        let _ = std::process::Command::new("ip").args(["link", "del", link]).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).stderr(std::process::Stdio::null()).status();
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Outside::cleanup(&self.ns, &self.link);
+    }
+}
+
+/// Whether the sandbox gets the answer of `ip:port`.
+async fn reaches(rt: &Runtime, id: &str, ip: Ipv4Addr, port: u16, answer: &str) -> bool {
+    let (_, out) = sh(rt, id, &format!("nc -w 2 {ip} {port} </dev/null")).await;
+    out.contains(answer)
+}
+
+fn spec(policy: NetworkPolicy) -> SandboxSpec {
+    let mut s = SandboxSpec::new("test");
+    s.network = policy;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_ranges_are_dropped_before_allow_out() {
+    root_or_skip!("private_ranges_are_dropped_before_allow_out");
+    let out = Outside::new(0);
+    let mut cfg = config(71);
+    // The fake private host doubles as the node's DNS server: it stays reachable on port 53.
+    cfg.dns = vec![out.private];
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let allow_private = NetworkPolicy { allow_internet: false, allow_out: vec![format!("{}/32", out.private)], deny_out: vec![] };
+    let allow_all = NetworkPolicy { allow_internet: true, allow_out: vec!["0.0.0.0/0".into()], deny_out: vec![] };
+    for policy in [allow_private, allow_all.clone()] {
+        let s = rt.create(spec(policy.clone())).await.unwrap();
+        assert!(!reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "{policy:?} opened a private address");
+        rt.delete(&s.id).await.unwrap();
+    }
+    let s = rt.create(spec(allow_all)).await.unwrap();
+    assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "the internet is still open");
+    assert!(reaches(rt, &s.id, out.private, 53, "dns-ok").await, "the node's DNS server is reachable");
+    rt.delete(&s.id).await.unwrap();
+    drop(h);
+
+    // A node that allows private egress: allowOut opens it (today's order).
+    let mut cfg = config(72);
+    cfg.dns = vec![];
+    cfg.allow_private_egress = true;
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let s = rt.create(spec(NetworkPolicy { allow_internet: false, allow_out: vec![format!("{}/32", out.private)], deny_out: vec![] })).await.unwrap();
+    assert!(reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "allow_private_egress lets allowOut open it");
+    let open = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(!reaches(rt, &open.id, out.private, 8080, "outside-ok").await, "without allowOut private ranges stay closed");
+}
+
+/// Log lines of this test binary (the firewall's warnings are asserted on).
+fn log_lines() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        struct Sink;
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                log_lines().lock().unwrap().extend_from_slice(b);
+                std::io::stderr().write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(|| Sink).try_init();
+        Mutex::new(Vec::new())
+    })
+}
+
+fn logged(needle: &str, table: &str) -> bool {
+    String::from_utf8_lossy(&log_lines().lock().unwrap()).lines().any(|l| l.contains(needle) && l.contains(table))
+}
+
+/// Waits (event-driven, bounded) for the next repair after `seen`.
+async fn next_repair(repairs: &mut tokio::sync::watch::Receiver<u64>, seen: u64) -> u64 {
+    tokio::time::timeout(REPAIR_BOUND, repairs.wait_for(|n| *n > seen)).await.expect("the table was not repaired in time").map(|n| *n).unwrap()
+}
+
+fn nft(args: &[&str]) {
+    let st = std::process::Command::new("nft").args(args).status().unwrap();
+    assert!(st.success(), "nft {args:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_or_flushed_table_is_rebuilt() {
+    root_or_skip!("deleted_or_flushed_table_is_rebuilt");
+    log_lines();
+    let out = Outside::new(1);
+    let mut cfg = config(73);
+    cfg.pool_size = 1;
+    let table = cfg.nft_table();
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let offline = rt.create(spec(NetworkPolicy { allow_internet: false, ..Default::default() })).await.unwrap();
+    let denied = rt.create(spec(NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec!["203.0.113.64/26".into()] })).await.unwrap();
+    let sandboxes = (offline.id.as_str(), denied.id.as_str(), denied.ip.unwrap());
+    assert_isolated(rt, sandboxes, out.public).await;
+    let mut repairs = rt.firewall_repairs();
+    let mut seen = *repairs.borrow();
+
+    // 1. someone deletes the table
+    nft(&["delete", "table", "inet", &table]);
+    seen = next_repair(&mut repairs, seen).await;
+    assert_isolated(rt, sandboxes, out.public).await;
+    assert!(logged("table inet soulbox_tq73 is gone", &table), "the log says what happened");
+    assert!(logged("firewall table restored", &table), "the log says it was restored");
+
+    // 2. someone flushes it (a host firewall reload that flushes only our table)
+    nft(&["flush", "table", "inet", &table]);
+    seen = next_repair(&mut repairs, seen).await;
+    assert_isolated(rt, sandboxes, out.public).await;
+    assert!(logged("chain forward has 0 rules", &table), "the log says what happened");
+
+    // 3. someone slips an accept into our forward chain
+    nft(&["insert", "rule", "inet", &table, "forward", "accept"]);
+    next_repair(&mut repairs, seen).await;
+    assert_isolated(rt, sandboxes, out.public).await;
+
+    // The pool slot and the sandboxes made before the repairs still work as before.
+    let extra = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(reaches(rt, &extra.id, out.public, 8080, "outside-ok").await, "an open sandbox made after the repairs reaches the outside");
+}
+
+/// The internet-off sandbox and the denyOut one cannot reach the outside, nor each other.
+async fn assert_isolated(rt: &Runtime, (offline, denied, denied_ip): (&str, &str, Ipv4Addr), public: Ipv4Addr) {
+    assert!(!reaches(rt, offline, public, 8080, "outside-ok").await, "internet-off sandbox reached the outside");
+    assert!(!reaches(rt, denied, public, 8080, "outside-ok").await, "denyOut sandbox reached the outside");
+    // sandbox → sandbox stays dropped (envd listens on the neighbour's 49983)
+    let (_, o) = sh(rt, offline, &format!("nc -w 2 {denied_ip} 49983 </dev/null && echo reached")).await;
+    assert!(!o.contains("reached"), "sandbox reached its neighbour: {o}");
+}
+
+/// SIGKILL every process of the sandbox from the host (its PID 1 dies, the pid namespace with it),
+/// and wait for that death through a pidfd.
+async fn kill_sandbox_processes(rt: &Runtime, id: &str) {
+    let pid = rt.driver().state(id).await.unwrap().expect("container state").pid as libc::pid_t;
+    assert!(pid > 0);
+    // SAFETY: pidfd_open on a pid we just read; the fd is closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
+    assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    // SAFETY: kill(2) of the sandbox's init, which this test owns.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let died = tokio::task::spawn_blocking(move || {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, 30_000) };
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+        n == 1
+    })
+    .await
+    .unwrap();
+    assert!(died, "the sandbox's init did not die");
+}
+
+/// A dropped runtime lets go of its data dir once its background work (a warm-pool refill) ends:
+/// wait for its instance lock, blocking on it (bounded).
+async fn wait_instance_gone(cfg: &soulbox_runtime::RuntimeConfig) {
+    let path = cfg.data_dir.join("runtime.lock");
+    let wait = tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    });
+    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("the old instance kept its lock").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_sandbox_address_is_not_handed_out() {
+    root_or_skip!("dead_sandbox_address_is_not_handed_out");
+    let mut cfg = config(74);
+    cfg.pool_size = 2;
+    let mut h = harness_with(cfg).await;
+    let dead = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+    let dead_ip = dead.ip.unwrap();
+    assert_eq!(h.rt().address(&dead.id), Some(dead_ip));
+    kill_sandbox_processes(h.rt(), &dead.id).await;
+    // The node "crashes" and comes back (no cleanup in between).
+    drop(h.rt.take());
+    wait_instance_gone(&h.cfg).await;
+    h.rt = Some(Runtime::open(h.cfg.clone()).await.unwrap());
+    let rt = h.rt();
+    let info = rt.info(&dead.id).await.unwrap();
+    assert_eq!(info.status, Status::Stopped, "a dead sandbox is kept as stopped");
+    assert_eq!(rt.address(&dead.id), None, "no traffic is routed to a dead sandbox");
+    let mut others = Vec::new();
+    for _ in 0..6 {
+        let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+        assert_ne!(s.ip, Some(dead_ip), "the dead sandbox's address was handed to {}", s.id);
+        others.push(s);
+    }
+    // It keeps its address across start, and it is a sandbox again.
+    let restarted = rt.start(&dead.id).await.unwrap();
+    assert_eq!(restarted.ip, Some(dead_ip));
+    assert_eq!(rt.address(&dead.id), Some(dead_ip));
+    // Stop keeps it too; only delete gives it back.
+    rt.stop(&dead.id).await.unwrap();
+    assert_eq!(rt.address(&dead.id), None);
+    let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert_ne!(s.ip, Some(dead_ip), "a stopped sandbox's address was handed out");
+    rt.delete(&dead.id).await.unwrap();
+    // Deleted, it is free again: a node without a warm pool hands out the lowest free address.
+    drop(h.rt.take());
+    wait_instance_gone(&h.cfg).await;
+    let mut no_pool = h.cfg.clone();
+    no_pool.pool_size = 0;
+    h.rt = Some(Runtime::open(no_pool).await.unwrap());
+    let s = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+    assert_eq!(s.ip, Some(dead_ip), "a deleted sandbox's address is free again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_named_by_records_are_reserved() {
+    root_or_skip!("addresses_named_by_records_are_reserved");
+    let mut cfg = config(75);
+    cfg.pool_size = 2;
+    let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
+    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
+    // The lowest addresses of the pool, as a control plane's stale records would name them.
+    let stale: Vec<(String, Ipv4Addr)> =
+        [2u8, 3].iter().map(|i| (format!("gone{i}"), Ipv4Addr::new(10, 77, 75, *i))).collect();
+    let rt = Runtime::open_reserving(cfg.clone(), &stale).await.unwrap();
+    let h = Harness { rt: Some(rt), cfg };
+    let rt = h.rt();
+    for _ in 0..3 {
+        let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+        assert!(!stale.iter().any(|(_, ip)| Some(*ip) == s.ip), "{:?} was reserved", s.ip);
+    }
+    let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+    // A reservation of an address another sandbox holds is a conflict, reported back.
+    let conflicts = rt.set_reserved_addresses(&[("someone-else".into(), s.ip.unwrap())]);
+    assert_eq!(conflicts, vec![("someone-else".to_string(), s.ip.unwrap())]);
+    assert!(rt.set_reserved_addresses(&[(s.id.clone(), s.ip.unwrap())]).is_empty(), "its own record names it");
+}
+
+fn table_exists(table: &str) -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_open_and_close_leave_nothing() {
+    root_or_skip!("failed_open_and_close_leave_nothing");
+    let mut cfg = config(76);
+    let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
+    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
+    // A pool of one address and a warm pool of three: open fails after making a slot.
+    cfg.pool_prefix_len = 30;
+    cfg.pool_net = Ipv4Addr::new(10, 77, 76, 0);
+    cfg.pool_size = 3;
+    let err = Runtime::open(cfg.clone()).await.err().expect("open must fail");
+    assert!(matches!(err, soulbox_runtime::Error::PoolExhausted), "{err}");
+    assert_eq!(leftovers(&cfg).await, Vec::<String>::new());
+    assert!(!table_exists(&cfg.nft_table()), "the firewall table stayed");
+    assert!(soulbox_runtime::cgroup::children(&cfg.cgroup_parent()).is_empty());
+
+    // A runtime binary that does not work fails before anything is made.
+    let mut bad = config(76);
+    bad.runtime_bin = "/nonexistent/runc".into();
+    bad.pool_size = 2;
+    let err = Runtime::open(bad.clone()).await.err().expect("open must fail");
+    assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
+    assert_eq!(leftovers(&bad).await, Vec::<String>::new());
+    assert!(!table_exists(&bad.nft_table()));
+
+    // close() of a runtime with no sandboxes gives back pool, table and cgroup parent; with a
+    // sandbox running it keeps the table (the sandbox needs it).
+    let mut ok = config(76);
+    ok.pool_size = 2;
+    let rt = Runtime::open(ok.clone()).await.unwrap();
+    let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+    rt.close().await.unwrap();
+    assert!(table_exists(&ok.nft_table()), "closing with a running sandbox removed its firewall");
+    assert!(health(s.ip.unwrap(), Duration::from_secs(2)).await.is_some(), "the sandbox keeps running");
+    rt.delete(&s.id).await.unwrap();
+    rt.close().await.unwrap();
+    assert_eq!(leftovers(&ok).await, Vec::<String>::new());
+    assert!(!table_exists(&ok.nft_table()));
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&ok.data_dir);
+}
