@@ -171,9 +171,14 @@ impl Proxy {
         // None while the sandbox is being killed or paused: its envd is going away.
         let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
         let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
+            // The node says where the sandbox is (not the record): a sandbox that died or was removed there gets
+            // no traffic, even while a record still names its old address.
             Some(Route::Direct) => {
-                let Some(address) = record.address.clone() else { return not_found(&record.id) };
-                Upstream { authority: format!("{address}:{port}"), headers: HeaderMap::new(), sandbox_id: record.id.clone(), port }
+                let recorded = record.address.as_deref().and_then(|a| a.parse().ok());
+                let Ok(node) = self.lifecycle.node_of(&record).await else { return not_found(&record.id) };
+                let Some(address) = node.traffic_address(&record.id, recorded).await else { return not_found(&record.id) };
+                let authority = std::net::SocketAddr::new(address, port).to_string();
+                Upstream { authority, headers: HeaderMap::new(), sandbox_id: record.id.clone(), port }
             }
             // Through the owning node agent's proxy: it reaches the sandbox's address on its host and cuts the
             // sandbox's streams itself when it is killed or paused there.
