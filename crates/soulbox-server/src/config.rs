@@ -24,6 +24,9 @@ pub struct FileConfig {
     /// Name prefix of the node's host objects (netns `<prefix>-<id>`, veths, nft table, cgroup parent).
     pub prefix: Option<String>,
     pub metrics_interval_s: Option<u64>,
+    /// Template store (layers, templates, build cache) [default: `<data_dir>/node`]; servers and node agents on
+    /// one host may share one.
+    pub template_dir: Option<PathBuf>,
     /// Cluster mode: node agents join with this token (`soulbox node --token`); the server then runs no runtime
     /// of its own and places sandboxes on the nodes.
     pub node_token: Option<String>,
@@ -98,6 +101,8 @@ pub struct ServerConfig {
     /// machine need different prefixes and network pools.
     pub prefix: String,
     pub metrics_interval_s: u64,
+    /// See [`FileConfig::template_dir`].
+    pub template_dir: Option<PathBuf>,
     /// `Some` = cluster mode (see [`FileConfig::node_token`]).
     pub node_token: Option<String>,
     pub node_heartbeat_timeout_s: u64,

@@ -214,6 +214,7 @@ async fn reconcile_local_node(node: &LocalNode, lifecycle: &Lifecycle) -> anyhow
 /// name, kept from the warm pool. A failure after the runtime opened gives back what it made.
 async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::Ipv4Addr)]) -> anyhow::Result<LocalNode> {
     let mut runtime_config = soulbox_runtime::RuntimeConfig::new(config.data_dir.join("node"));
+    runtime_config.store_dir = config.template_dir.clone();
     runtime_config.runtime_bin = config.runtime.clone();
     runtime_config.envd_path = std::fs::canonicalize(&config.envd_path).with_context(|| {
         format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
