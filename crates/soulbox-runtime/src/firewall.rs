@@ -9,6 +9,9 @@
 //!   53), then allowOut accept, denyOut drop, internet off → drop, DNS servers accept,
 //!   private ranges drop, IPv6 drop, else accept.
 //!
+//! Every sandbox's network namespace carries a copy of its policy too ([`guard`]): deleting or
+//! flushing the host's table, or `nft flush ruleset` on the host, does not reach it.
+//!
 //! The table is rebuilt atomically (one `nft -f` transaction) on `Runtime::open` from the
 //! sandboxes that exist, which is also the GC of leaked rules. The firewall remembers what the
 //! table should hold (every sandbox's veth and policy), so [`watch`] can check the kernel's table
@@ -23,6 +26,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 pub mod check;
+pub mod guard;
 pub mod watch;
 
 /// Destinations a sandbox never reaches unless the node allows private egress: "this network",
@@ -119,6 +123,7 @@ pub struct Firewall {
     table: String,
     prefix: String,
     pool: String,
+    gateway: Ipv4Addr,
     dns: Vec<Ipv4Addr>,
     host_ports: Vec<u16>,
     allow_private_egress: bool,
@@ -138,6 +143,7 @@ impl Firewall {
             table: cfg.nft_table(),
             prefix: cfg.prefix.clone(),
             pool: cfg.pool_cidr(),
+            gateway: cfg.gateway(),
             dns: cfg.dns.clone(),
             host_ports: cfg.host_allowed_tcp_ports.clone(),
             allow_private_egress: cfg.allow_private_egress,

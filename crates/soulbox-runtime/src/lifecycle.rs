@@ -215,6 +215,7 @@ impl Inner {
             let res = async {
                 let l = self.acquire_network(&id).await?;
                 self.fw.add_sandbox(&id, &l.veth, &NetworkPolicy::open()).await?;
+                self.fw.guard_sandbox(&id, &l.netns, &NetworkPolicy::open()).await?;
                 self.disk.prepare_pooled(&self.dir(&id)).await?;
                 Ok::<_, Error>(l)
             }
@@ -430,6 +431,7 @@ impl Runtime {
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
             if !(open_fw && policy == NetworkPolicy::open()) {
                 inner.fw.add_sandbox(&id, &lease.veth, &policy).await?;
+                inner.fw.guard_sandbox(&id, &lease.netns, &policy).await?;
             }
             inner.boot(&rec, &lease).await
         }
@@ -515,6 +517,7 @@ impl Runtime {
             let lease = inner.acquire_network(id).await?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
             inner.fw.add_sandbox(id, &lease.veth, &policy).await?;
+            inner.fw.guard_sandbox(id, &lease.netns, &policy).await?;
             inner.boot(&rec, &lease).await?;
             Ok(lease)
         }

@@ -25,7 +25,7 @@ macro_rules! root_or_skip {
 /// Generous bound for event-driven waits (the repair itself takes milliseconds).
 const REPAIR_BOUND: Duration = Duration::from_secs(30);
 
-/// The fake outside world: netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
+/// The fake outside world (routed back through the host): netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
 /// answering `outside-ok` on 8080 and `dns-ok` on 53, at the public address 203.0.113.66 (n=0) /
 /// 203.0.113.70 (n=1) … and the private address 10.78.<n>.2.
 struct Outside {
@@ -58,6 +58,9 @@ impl Outside {
         run(&["-n", &ns, "addr", "add", &format!("{private}/24"), "dev", "eth0"]);
         run(&["-n", &ns, "link", "set", "eth0", "up"]);
         run(&["-n", &ns, "link", "set", "lo", "up"]);
+        // Routed back through the host like a real network: without the host's NAT a sandbox's
+        // packets would still get answers, so only a drop keeps the outside out of reach.
+        run(&["-n", &ns, "route", "add", "default", "via", &host_pub.to_string()]);
         let mut children = Vec::new();
         for (port, answer) in [("8080", "outside-ok"), ("53", "dns-ok")] {
             children.push(
@@ -383,4 +386,59 @@ async fn failed_open_and_close_leave_nothing() {
     assert!(!table_exists(&ok.nft_table()));
     drop(rt);
     let _ = std::fs::remove_dir_all(&ok.data_dir);
+}
+
+/// A TCP listener of the test's own on the host's gateway address (the address every host veth
+/// carries), answering `host-ok`: stands in for a host service a sandbox must not reach.
+struct HostService(tokio::task::JoinHandle<()>);
+
+impl HostService {
+    async fn new(addr: Ipv4Addr, port: u16) -> HostService {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind((addr, port)).await.expect("bind the host service");
+        HostService(tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let _ = conn.write_all(b"host-ok\n").await;
+            }
+        }))
+    }
+}
+
+impl Drop for HostService {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_holds_while_the_host_table_is_gone() {
+    root_or_skip!("isolation_holds_while_the_host_table_is_gone");
+    let out = Outside::new(2);
+    let cfg = config(77);
+    let table = cfg.nft_table();
+    let gateway = cfg.gateway();
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let offline = rt.create(spec(NetworkPolicy { allow_internet: false, ..Default::default() })).await.unwrap();
+    let open = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let _host = HostService::new(gateway, 7777).await;
+    let open_ip = open.ip.unwrap();
+    let check = |when: &'static str| {
+        let (offline, open) = (offline.id.clone(), open.id.clone());
+        async move {
+            assert!(!reaches(rt, &offline, out.public, 8080, "outside-ok").await, "{when}: internet-off sandbox reached the outside");
+            let (_, o) = sh(rt, &offline, &format!("nc -w 2 {open_ip} 49983 </dev/null && echo reached")).await;
+            assert!(!o.contains("reached"), "{when}: sandbox reached its neighbour: {o}");
+            for id in [&offline, &open] {
+                assert!(!reaches(rt, id, gateway, 7777, "host-ok").await, "{when}: sandbox reached a host service");
+            }
+            assert!(reaches(rt, &open, out.public, 8080, "outside-ok").await, "{when}: the open sandbox lost the outside");
+        }
+    };
+    check("with the host table").await;
+    // Nothing watches the table any more (as while no runtime runs), and it goes.
+    rt.close().await.unwrap();
+    nft(&["delete", "table", "inet", &table]);
+    assert!(!table_exists(&table));
+    check("without the host table").await;
 }
