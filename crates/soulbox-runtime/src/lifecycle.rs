@@ -214,8 +214,7 @@ impl Inner {
             Record { id: id.clone(), status: Status::Pooled, template: None, spec: None }.save(&self.dir(&id))?;
             let res = async {
                 let l = self.acquire_network(&id).await?;
-                self.fw.add_sandbox(&id, &l.veth, &NetworkPolicy::open()).await?;
-                self.fw.guard_sandbox(&id, &l.netns, &NetworkPolicy::open()).await?;
+                self.fw.apply_policy(&id, &l, &NetworkPolicy::open()).await?;
                 self.disk.prepare_pooled(&self.dir(&id)).await?;
                 Ok::<_, Error>(l)
             }
@@ -430,8 +429,7 @@ impl Runtime {
             inner.disk.fit_pooled(&dir, disk_mb)?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
             if !(open_fw && policy == NetworkPolicy::open()) {
-                inner.fw.add_sandbox(&id, &lease.veth, &policy).await?;
-                inner.fw.guard_sandbox(&id, &lease.netns, &policy).await?;
+                inner.fw.apply_policy(&id, &lease, &policy).await?;
             }
             inner.boot(&rec, &lease).await
         }
@@ -516,8 +514,7 @@ impl Runtime {
         let res: Result<NetLease> = async {
             let lease = inner.acquire_network(id).await?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
-            inner.fw.add_sandbox(id, &lease.veth, &policy).await?;
-            inner.fw.guard_sandbox(id, &lease.netns, &policy).await?;
+            inner.fw.apply_policy(id, &lease, &policy).await?;
             inner.boot(&rec, &lease).await?;
             Ok(lease)
         }

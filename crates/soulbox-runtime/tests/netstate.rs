@@ -4,7 +4,7 @@
 //! nothing behind.
 //!
 //! Network rule: traffic only to sandbox veths and to the fake outside world this file builds
-//! itself — a netns on 203.0.113.64/26 ("the internet") that also carries 10.78.<n>.2/24, a
+//! itself — a netns on 203.0.113.64/26 ("the internet") that also carries 172.30.<n>.2/24, a
 //! private address standing in for the metadata service and LAN hosts. Both are routed to the
 //! test's own veth before any packet is sent; nothing goes to a real private or metadata address.
 mod common;
@@ -27,7 +27,7 @@ const REPAIR_BOUND: Duration = Duration::from_secs(30);
 
 /// The fake outside world (routed back through the host): netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
 /// answering `outside-ok` on 8080 and `dns-ok` on 53, at the public address 203.0.113.66 (n=0) /
-/// 203.0.113.70 (n=1) … and the private address 10.78.<n>.2.
+/// 203.0.113.70 (n=1) … and the private address 172.30.<n>.2.
 struct Outside {
     ns: String,
     link: String,
@@ -48,11 +48,11 @@ impl Outside {
         // A /30 per test inside 203.0.113.64/26: host .64+4n+1, outside .64+4n+2.
         let host_pub = Ipv4Addr::new(203, 0, 113, 65 + 4 * n);
         let public = Ipv4Addr::new(203, 0, 113, 66 + 4 * n);
-        let private = Ipv4Addr::new(10, 78, n, 2);
+        let private = Ipv4Addr::new(172, 30, n, 2);
         run(&["netns", "add", &ns]);
         run(&["link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
         run(&["addr", "add", &format!("{host_pub}/30"), "dev", &link]);
-        run(&["addr", "add", &format!("10.78.{n}.1/24"), "dev", &link]);
+        run(&["addr", "add", &format!("172.30.{n}.1/24"), "dev", &link]);
         run(&["link", "set", &link, "up"]);
         run(&["-n", &ns, "addr", "add", &format!("{public}/30"), "dev", "eth0"]);
         run(&["-n", &ns, "addr", "add", &format!("{private}/24"), "dev", "eth0"]);

@@ -56,6 +56,12 @@ impl Firewall {
         Ok(s)
     }
 
+    /// A sandbox's policy in both places: its chain in the host table and its guard, written
+    /// concurrently (two `nft` runs; each is tens of milliseconds on a busy host).
+    pub async fn apply_policy(&self, id: &str, lease: &crate::network::NetLease, p: &NetworkPolicy) -> Result<()> {
+        tokio::try_join!(self.add_sandbox(id, &lease.veth, p), self.guard_sandbox(id, &lease.netns, p)).map(|_| ())
+    }
+
     /// Write the guard into the network namespace `netns` (one `nft` run inside it).
     pub async fn guard_sandbox(&self, id: &str, netns: &str, p: &NetworkPolicy) -> Result<()> {
         let script = self.guard_script(id, p)?;
