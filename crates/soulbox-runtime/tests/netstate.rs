@@ -50,29 +50,73 @@ impl Outside {
         let public = Ipv4Addr::new(203, 0, 113, 66 + 4 * n);
         let private = Ipv4Addr::new(172, 30, n, 2);
         run(&["netns", "add", &ns]);
-        run(&["link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
         run(&["addr", "add", &format!("{host_pub}/30"), "dev", &link]);
         run(&["addr", "add", &format!("172.30.{n}.1/24"), "dev", &link]);
         run(&["link", "set", &link, "up"]);
-        run(&["-n", &ns, "addr", "add", &format!("{public}/30"), "dev", "eth0"]);
-        run(&["-n", &ns, "addr", "add", &format!("{private}/24"), "dev", "eth0"]);
+        run(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{public}/30"),
+            "dev",
+            "eth0",
+        ]);
+        run(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{private}/24"),
+            "dev",
+            "eth0",
+        ]);
         run(&["-n", &ns, "link", "set", "eth0", "up"]);
         run(&["-n", &ns, "link", "set", "lo", "up"]);
         // Routed back through the host like a real network: without the host's NAT a sandbox's
         // packets would still get answers, so only a drop keeps the outside out of reach.
-        run(&["-n", &ns, "route", "add", "default", "via", &host_pub.to_string()]);
+        run(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host_pub.to_string(),
+        ]);
         let mut children = Vec::new();
         for (port, answer) in [("8080", "outside-ok"), ("53", "dns-ok")] {
             children.push(
                 std::process::Command::new("ip")
-                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", "/bin/echo", answer])
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns,
+                        "busybox",
+                        "nc",
+                        "-ll",
+                        "-p",
+                        port,
+                        "-e",
+                        "/bin/echo",
+                        answer,
+                    ])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .unwrap(),
             );
         }
-        let o = Outside { ns, link, public, private, children };
+        let o = Outside {
+            ns,
+            link,
+            public,
+            private,
+            children,
+        };
         o.wait_listening();
         o
     }
@@ -80,7 +124,10 @@ impl Outside {
     /// Until both listeners are up (`ss` inside the netns), bounded.
     fn wait_listening(&self) {
         for _ in 0..500 {
-            let out = std::process::Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-ltnH"]).output().unwrap();
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns, "ss", "-ltnH"])
+                .output()
+                .unwrap();
             let s = String::from_utf8_lossy(&out.stdout);
             if s.contains(":8080") && s.contains(":53") {
                 return;
@@ -91,8 +138,14 @@ impl Outside {
     }
 
     fn cleanup(ns: &str, link: &str) {
-        let _ = std::process::Command::new("ip").args(["link", "del", link]).stderr(std::process::Stdio::null()).status();
-        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", link])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -127,16 +180,33 @@ async fn private_ranges_are_dropped_before_allow_out() {
     cfg.dns = vec![out.private];
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let allow_private = NetworkPolicy { allow_internet: false, allow_out: vec![format!("{}/32", out.private)], deny_out: vec![] };
-    let allow_all = NetworkPolicy { allow_internet: true, allow_out: vec!["0.0.0.0/0".into()], deny_out: vec![] };
+    let allow_private = NetworkPolicy {
+        allow_internet: false,
+        allow_out: vec![format!("{}/32", out.private)],
+        deny_out: vec![],
+    };
+    let allow_all = NetworkPolicy {
+        allow_internet: true,
+        allow_out: vec!["0.0.0.0/0".into()],
+        deny_out: vec![],
+    };
     for policy in [allow_private, allow_all.clone()] {
         let s = rt.create(spec(policy.clone())).await.unwrap();
-        assert!(!reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "{policy:?} opened a private address");
+        assert!(
+            !reaches(rt, &s.id, out.private, 8080, "outside-ok").await,
+            "{policy:?} opened a private address"
+        );
         rt.delete(&s.id).await.unwrap();
     }
     let s = rt.create(spec(allow_all)).await.unwrap();
-    assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "the internet is still open");
-    assert!(reaches(rt, &s.id, out.private, 53, "dns-ok").await, "the node's DNS server is reachable");
+    assert!(
+        reaches(rt, &s.id, out.public, 8080, "outside-ok").await,
+        "the internet is still open"
+    );
+    assert!(
+        reaches(rt, &s.id, out.private, 53, "dns-ok").await,
+        "the node's DNS server is reachable"
+    );
     rt.delete(&s.id).await.unwrap();
     drop(h);
 
@@ -146,10 +216,23 @@ async fn private_ranges_are_dropped_before_allow_out() {
     cfg.allow_private_egress = true;
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let s = rt.create(spec(NetworkPolicy { allow_internet: false, allow_out: vec![format!("{}/32", out.private)], deny_out: vec![] })).await.unwrap();
-    assert!(reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "allow_private_egress lets allowOut open it");
+    let s = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: false,
+            allow_out: vec![format!("{}/32", out.private)],
+            deny_out: vec![],
+        }))
+        .await
+        .unwrap();
+    assert!(
+        reaches(rt, &s.id, out.private, 8080, "outside-ok").await,
+        "allow_private_egress lets allowOut open it"
+    );
     let open = rt.create(SandboxSpec::new("test")).await.unwrap();
-    assert!(!reaches(rt, &open.id, out.private, 8080, "outside-ok").await, "without allowOut private ranges stay closed");
+    assert!(
+        !reaches(rt, &open.id, out.private, 8080, "outside-ok").await,
+        "without allowOut private ranges stay closed"
+    );
 }
 
 /// Log lines of this test binary (the firewall's warnings are asserted on).
@@ -166,22 +249,34 @@ fn log_lines() -> &'static Mutex<Vec<u8>> {
                 Ok(())
             }
         }
-        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(|| Sink).try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .try_init();
         Mutex::new(Vec::new())
     })
 }
 
 fn logged(needle: &str, table: &str) -> bool {
-    String::from_utf8_lossy(&log_lines().lock().unwrap()).lines().any(|l| l.contains(needle) && l.contains(table))
+    String::from_utf8_lossy(&log_lines().lock().unwrap())
+        .lines()
+        .any(|l| l.contains(needle) && l.contains(table))
 }
 
 /// Waits (event-driven, bounded) for the next repair after `seen`.
 async fn next_repair(repairs: &mut tokio::sync::watch::Receiver<u64>, seen: u64) -> u64 {
-    tokio::time::timeout(REPAIR_BOUND, repairs.wait_for(|n| *n > seen)).await.expect("the table was not repaired in time").map(|n| *n).unwrap()
+    tokio::time::timeout(REPAIR_BOUND, repairs.wait_for(|n| *n > seen))
+        .await
+        .expect("the table was not repaired in time")
+        .map(|n| *n)
+        .unwrap()
 }
 
 fn nft(args: &[&str]) {
-    let st = std::process::Command::new("nft").args(args).status().unwrap();
+    let st = std::process::Command::new("nft")
+        .args(args)
+        .status()
+        .unwrap();
     assert!(st.success(), "nft {args:?}");
 }
 
@@ -195,8 +290,21 @@ async fn deleted_or_flushed_table_is_rebuilt() {
     let table = cfg.nft_table();
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let offline = rt.create(spec(NetworkPolicy { allow_internet: false, ..Default::default() })).await.unwrap();
-    let denied = rt.create(spec(NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec!["203.0.113.64/26".into()] })).await.unwrap();
+    let offline = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: false,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let denied = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: true,
+            allow_out: vec![],
+            deny_out: vec!["203.0.113.64/26".into()],
+        }))
+        .await
+        .unwrap();
     let sandboxes = (offline.id.as_str(), denied.id.as_str(), denied.ip.unwrap());
     assert_isolated(rt, sandboxes, out.public).await;
     let mut repairs = rt.firewall_repairs();
@@ -206,14 +314,23 @@ async fn deleted_or_flushed_table_is_rebuilt() {
     nft(&["delete", "table", "inet", &table]);
     seen = next_repair(&mut repairs, seen).await;
     assert_isolated(rt, sandboxes, out.public).await;
-    assert!(logged("table inet soulbox_tq73 is gone", &table), "the log says what happened");
-    assert!(logged("firewall table restored", &table), "the log says it was restored");
+    assert!(
+        logged("table inet soulbox_tq73 is gone", &table),
+        "the log says what happened"
+    );
+    assert!(
+        logged("firewall table restored", &table),
+        "the log says it was restored"
+    );
 
     // 2. someone flushes it (a host firewall reload that flushes only our table)
     nft(&["flush", "table", "inet", &table]);
     seen = next_repair(&mut repairs, seen).await;
     assert_isolated(rt, sandboxes, out.public).await;
-    assert!(logged("chain forward has 0 rules", &table), "the log says what happened");
+    assert!(
+        logged("chain forward has 0 rules", &table),
+        "the log says what happened"
+    );
 
     // 3. someone slips an accept into our forward chain
     nft(&["insert", "rule", "inet", &table, "forward", "accept"]);
@@ -222,22 +339,46 @@ async fn deleted_or_flushed_table_is_rebuilt() {
 
     // The pool slot and the sandboxes made before the repairs still work as before.
     let extra = rt.create(SandboxSpec::new("test")).await.unwrap();
-    assert!(reaches(rt, &extra.id, out.public, 8080, "outside-ok").await, "an open sandbox made after the repairs reaches the outside");
+    assert!(
+        reaches(rt, &extra.id, out.public, 8080, "outside-ok").await,
+        "an open sandbox made after the repairs reaches the outside"
+    );
 }
 
 /// The internet-off sandbox and the denyOut one cannot reach the outside, nor each other.
-async fn assert_isolated(rt: &Runtime, (offline, denied, denied_ip): (&str, &str, Ipv4Addr), public: Ipv4Addr) {
-    assert!(!reaches(rt, offline, public, 8080, "outside-ok").await, "internet-off sandbox reached the outside");
-    assert!(!reaches(rt, denied, public, 8080, "outside-ok").await, "denyOut sandbox reached the outside");
+async fn assert_isolated(
+    rt: &Runtime,
+    (offline, denied, denied_ip): (&str, &str, Ipv4Addr),
+    public: Ipv4Addr,
+) {
+    assert!(
+        !reaches(rt, offline, public, 8080, "outside-ok").await,
+        "internet-off sandbox reached the outside"
+    );
+    assert!(
+        !reaches(rt, denied, public, 8080, "outside-ok").await,
+        "denyOut sandbox reached the outside"
+    );
     // sandbox → sandbox stays dropped (envd listens on the neighbour's 49983)
-    let (_, o) = sh(rt, offline, &format!("nc -w 2 {denied_ip} 49983 </dev/null && echo reached")).await;
+    let (_, o) = sh(
+        rt,
+        offline,
+        &format!("nc -w 2 {denied_ip} 49983 </dev/null && echo reached"),
+    )
+    .await;
     assert!(!o.contains("reached"), "sandbox reached its neighbour: {o}");
 }
 
 /// SIGKILL every process of the sandbox from the host (its PID 1 dies, the pid namespace with it),
 /// and wait for that death through a pidfd.
 async fn kill_sandbox_processes(rt: &Runtime, id: &str) {
-    let pid = rt.driver().state(id).await.unwrap().expect("container state").pid as libc::pid_t;
+    let pid = rt
+        .driver()
+        .state(id)
+        .await
+        .unwrap()
+        .expect("container state")
+        .pid as libc::pid_t;
     assert!(pid > 0);
     // SAFETY: pidfd_open on a pid we just read; the fd is closed below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
@@ -245,7 +386,11 @@ async fn kill_sandbox_processes(rt: &Runtime, id: &str) {
     // SAFETY: kill(2) of the sandbox's init, which this test owns.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let died = tokio::task::spawn_blocking(move || {
-        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut p = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, 30_000) };
         // SAFETY: our own descriptor.
@@ -265,7 +410,10 @@ async fn wait_instance_gone(cfg: &soulbox_runtime::RuntimeConfig) {
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
     });
-    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("the old instance kept its lock").unwrap();
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .expect("the old instance kept its lock")
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,12 +432,25 @@ async fn dead_sandbox_address_is_not_handed_out() {
     h.rt = Some(Runtime::open(h.cfg.clone()).await.unwrap());
     let rt = h.rt();
     let info = rt.info(&dead.id).await.unwrap();
-    assert_eq!(info.status, Status::Stopped, "a dead sandbox is kept as stopped");
-    assert_eq!(rt.address(&dead.id), None, "no traffic is routed to a dead sandbox");
+    assert_eq!(
+        info.status,
+        Status::Stopped,
+        "a dead sandbox is kept as stopped"
+    );
+    assert_eq!(
+        rt.address(&dead.id),
+        None,
+        "no traffic is routed to a dead sandbox"
+    );
     let mut others = Vec::new();
     for _ in 0..6 {
         let s = rt.create(SandboxSpec::new("test")).await.unwrap();
-        assert_ne!(s.ip, Some(dead_ip), "the dead sandbox's address was handed to {}", s.id);
+        assert_ne!(
+            s.ip,
+            Some(dead_ip),
+            "the dead sandbox's address was handed to {}",
+            s.id
+        );
         others.push(s);
     }
     // It keeps its address across start, and it is a sandbox again.
@@ -300,7 +461,11 @@ async fn dead_sandbox_address_is_not_handed_out() {
     rt.stop(&dead.id).await.unwrap();
     assert_eq!(rt.address(&dead.id), None);
     let s = rt.create(SandboxSpec::new("test")).await.unwrap();
-    assert_ne!(s.ip, Some(dead_ip), "a stopped sandbox's address was handed out");
+    assert_ne!(
+        s.ip,
+        Some(dead_ip),
+        "a stopped sandbox's address was handed out"
+    );
     rt.delete(&dead.id).await.unwrap();
     // Deleted, it is free again: a node without a warm pool hands out the lowest free address.
     drop(h.rt.take());
@@ -309,7 +474,11 @@ async fn dead_sandbox_address_is_not_handed_out() {
     no_pool.pool_size = 0;
     h.rt = Some(Runtime::open(no_pool).await.unwrap());
     let s = h.rt().create(SandboxSpec::new("test")).await.unwrap();
-    assert_eq!(s.ip, Some(dead_ip), "a deleted sandbox's address is free again");
+    assert_eq!(
+        s.ip,
+        Some(dead_ip),
+        "a deleted sandbox's address is free again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,22 +487,34 @@ async fn addresses_named_by_records_are_reserved() {
     let mut cfg = config(75);
     cfg.pool_size = 2;
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
-    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
+    store
+        .ensure_test_template(std::path::Path::new("/bin/busybox"))
+        .unwrap();
     // The lowest addresses of the pool, as a control plane's stale records would name them.
-    let stale: Vec<(String, Ipv4Addr)> =
-        [2u8, 3].iter().map(|i| (format!("gone{i}"), Ipv4Addr::new(10, 77, 75, *i))).collect();
+    let stale: Vec<(String, Ipv4Addr)> = [2u8, 3]
+        .iter()
+        .map(|i| (format!("gone{i}"), Ipv4Addr::new(10, 77, 75, *i)))
+        .collect();
     let rt = Runtime::open_reserving(cfg.clone(), &stale).await.unwrap();
     let h = Harness { rt: Some(rt), cfg };
     let rt = h.rt();
     for _ in 0..3 {
         let s = rt.create(SandboxSpec::new("test")).await.unwrap();
-        assert!(!stale.iter().any(|(_, ip)| Some(*ip) == s.ip), "{:?} was reserved", s.ip);
+        assert!(
+            !stale.iter().any(|(_, ip)| Some(*ip) == s.ip),
+            "{:?} was reserved",
+            s.ip
+        );
     }
     let s = rt.create(SandboxSpec::new("test")).await.unwrap();
     // A reservation of an address another sandbox holds is a conflict, reported back.
     let conflicts = rt.set_reserved_addresses(&[("someone-else".into(), s.ip.unwrap())]);
     assert_eq!(conflicts, vec![("someone-else".to_string(), s.ip.unwrap())]);
-    assert!(rt.set_reserved_addresses(&[(s.id.clone(), s.ip.unwrap())]).is_empty(), "its own record names it");
+    assert!(
+        rt.set_reserved_addresses(&[(s.id.clone(), s.ip.unwrap())])
+            .is_empty(),
+        "its own record names it"
+    );
 }
 
 fn table_exists(table: &str) -> bool {
@@ -351,13 +532,21 @@ async fn failed_open_and_close_leave_nothing() {
     root_or_skip!("failed_open_and_close_leave_nothing");
     let mut cfg = config(76);
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
-    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
+    store
+        .ensure_test_template(std::path::Path::new("/bin/busybox"))
+        .unwrap();
     // A pool of one address and a warm pool of three: open fails after making a slot.
     cfg.pool_prefix_len = 30;
     cfg.pool_net = Ipv4Addr::new(10, 77, 76, 0);
     cfg.pool_size = 3;
-    let err = Runtime::open(cfg.clone()).await.err().expect("open must fail");
-    assert!(matches!(err, soulbox_runtime::Error::PoolExhausted), "{err}");
+    let err = Runtime::open(cfg.clone())
+        .await
+        .err()
+        .expect("open must fail");
+    assert!(
+        matches!(err, soulbox_runtime::Error::PoolExhausted),
+        "{err}"
+    );
     assert_eq!(leftovers(&cfg).await, Vec::<String>::new());
     assert!(!table_exists(&cfg.nft_table()), "the firewall table stayed");
     assert!(soulbox_runtime::cgroup::children(&cfg.cgroup_parent()).is_empty());
@@ -366,7 +555,10 @@ async fn failed_open_and_close_leave_nothing() {
     let mut bad = config(76);
     bad.runtime_bin = "/nonexistent/runc".into();
     bad.pool_size = 2;
-    let err = Runtime::open(bad.clone()).await.err().expect("open must fail");
+    let err = Runtime::open(bad.clone())
+        .await
+        .err()
+        .expect("open must fail");
     assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
     assert_eq!(leftovers(&bad).await, Vec::<String>::new());
     assert!(!table_exists(&bad.nft_table()));
@@ -378,8 +570,15 @@ async fn failed_open_and_close_leave_nothing() {
     let rt = Runtime::open(ok.clone()).await.unwrap();
     let s = rt.create(SandboxSpec::new("test")).await.unwrap();
     rt.close().await.unwrap();
-    assert!(table_exists(&ok.nft_table()), "closing with a running sandbox removed its firewall");
-    assert_eq!(sh(&rt, &s.id, "echo alive").await.1.trim(), "alive", "the sandbox keeps running");
+    assert!(
+        table_exists(&ok.nft_table()),
+        "closing with a running sandbox removed its firewall"
+    );
+    assert_eq!(
+        sh(&rt, &s.id, "echo alive").await.1.trim(),
+        "alive",
+        "the sandbox keeps running"
+    );
     rt.delete(&s.id).await.unwrap();
     rt.close().await.unwrap();
     assert_eq!(leftovers(&ok).await, Vec::<String>::new());
@@ -395,7 +594,9 @@ struct HostService(tokio::task::JoinHandle<()>);
 impl HostService {
     async fn new(addr: Ipv4Addr, port: u16) -> HostService {
         use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind((addr, port)).await.expect("bind the host service");
+        let listener = tokio::net::TcpListener::bind((addr, port))
+            .await
+            .expect("bind the host service");
         HostService(tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let _ = conn.write_all(b"host-ok\n").await;
@@ -419,20 +620,43 @@ async fn isolation_holds_while_the_host_table_is_gone() {
     let gateway = cfg.gateway();
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let offline = rt.create(spec(NetworkPolicy { allow_internet: false, ..Default::default() })).await.unwrap();
+    let offline = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: false,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
     let open = rt.create(SandboxSpec::new("test")).await.unwrap();
     let _host = HostService::new(gateway, 7777).await;
     let open_ip = open.ip.unwrap();
     let check = |when: &'static str| {
         let (offline, open) = (offline.id.clone(), open.id.clone());
         async move {
-            assert!(!reaches(rt, &offline, out.public, 8080, "outside-ok").await, "{when}: internet-off sandbox reached the outside");
-            let (_, o) = sh(rt, &offline, &format!("nc -w 2 {open_ip} 49983 </dev/null && echo reached")).await;
-            assert!(!o.contains("reached"), "{when}: sandbox reached its neighbour: {o}");
+            assert!(
+                !reaches(rt, &offline, out.public, 8080, "outside-ok").await,
+                "{when}: internet-off sandbox reached the outside"
+            );
+            let (_, o) = sh(
+                rt,
+                &offline,
+                &format!("nc -w 2 {open_ip} 49983 </dev/null && echo reached"),
+            )
+            .await;
+            assert!(
+                !o.contains("reached"),
+                "{when}: sandbox reached its neighbour: {o}"
+            );
             for id in [&offline, &open] {
-                assert!(!reaches(rt, id, gateway, 7777, "host-ok").await, "{when}: sandbox reached a host service");
+                assert!(
+                    !reaches(rt, id, gateway, 7777, "host-ok").await,
+                    "{when}: sandbox reached a host service"
+                );
             }
-            assert!(reaches(rt, &open, out.public, 8080, "outside-ok").await, "{when}: the open sandbox lost the outside");
+            assert!(
+                reaches(rt, &open, out.public, 8080, "outside-ok").await,
+                "{when}: the open sandbox lost the outside"
+            );
         }
     };
     check("with the host table").await;

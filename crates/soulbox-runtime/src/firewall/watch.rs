@@ -72,7 +72,11 @@ async fn check(fw: &Firewall) {
 fn subscribe() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the descriptor is owned right after the check.
     let raw = unsafe {
-        libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, libc::NETLINK_NETFILTER)
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_NETFILTER,
+        )
     };
     if raw < 0 {
         return Err(std::io::Error::last_os_error());
@@ -84,19 +88,33 @@ fn subscribe() -> std::io::Result<OwnedFd> {
     addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
     // SAFETY: `addr` is a valid sockaddr_nl of the size passed.
     let rc = unsafe {
-        libc::bind(socket.as_raw_fd(), (&addr as *const libc::sockaddr_nl).cast(), std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t)
+        libc::bind(
+            socket.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    setsockopt_int(&socket, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)?;
+    setsockopt_int(
+        &socket,
+        libc::SOL_NETLINK,
+        libc::NETLINK_ADD_MEMBERSHIP,
+        NFNLGRP_NFTABLES,
+    )?;
     // Bursts of our own transactions (many creates at once) must not overflow the queue; as root
     // the limit can be raised past rmem_max. A failure only makes ENOBUFS (→ a check) likelier.
     let _ = setsockopt_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20);
     Ok(socket)
 }
 
-fn setsockopt_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
+fn setsockopt_int(
+    socket: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> std::io::Result<()> {
     // SAFETY: the option value is a c_int that lives for the duration of the call.
     let rc = unsafe {
         libc::setsockopt(
@@ -107,12 +125,17 @@ fn setsockopt_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+    if rc != 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 async fn watch_events(fw: &Firewall, socket: OwnedFd) -> std::io::Result<()> {
     // SAFETY: an OwnedFd always returns its own, open descriptor, which lives as long as the AsyncFd.
-    let socket = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }.map_err(std::io::Error::from)?;
+    let socket = unsafe { AsyncFd::register_with_interest(socket, tokio::io::Interest::READABLE) }
+        .map_err(std::io::Error::from)?;
     let mut buf = vec![0u8; 256 * 1024];
     // Whether the transaction being read so far touched our table.
     let mut touched = false;
@@ -127,7 +150,14 @@ async fn watch_events(fw: &Firewall, socket: OwnedFd) -> std::io::Result<()> {
         let mut guard = socket.readable().await?;
         loop {
             // SAFETY: recv into a buffer we own, of the length passed.
-            let n = unsafe { libc::recv(guard.get_inner().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(
+                    guard.get_inner().as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 match e.raw_os_error() {
@@ -150,7 +180,8 @@ async fn watch_events(fw: &Firewall, socket: OwnedFd) -> std::io::Result<()> {
                 match event {
                     Event::TouchesTable => touched = true,
                     Event::Generation { pid } => {
-                        if std::mem::take(&mut touched) && !pid.is_some_and(|p| fw.take_own_pid(p)) {
+                        if std::mem::take(&mut touched) && !pid.is_some_and(|p| fw.take_own_pid(p))
+                        {
                             tracing::debug!(table = %fw.table(), ?pid, "another process changed the firewall table");
                             dirty = true;
                         }
@@ -189,7 +220,9 @@ fn parse(mut buf: &[u8], table: &str) -> Vec<Event> {
                     .map(|(_, v)| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
                 events.push(Event::Generation { pid });
             } else if family == NFPROTO_INET
-                && attrs.iter().any(|(t, v)| *t == ATTR_TABLE && v.split(|b| *b == 0).next() == Some(table.as_bytes()))
+                && attrs.iter().any(|(t, v)| {
+                    *t == ATTR_TABLE && v.split(|b| *b == 0).next() == Some(table.as_bytes())
+                })
             {
                 events.push(Event::TouchesTable);
             }
@@ -246,12 +279,35 @@ mod tests {
         const DELTABLE: u16 = 2;
         const DELRULE: u16 = 8;
         let datagram = [
-            message(DELRULE, NFPROTO_INET, &[attr(ATTR_TABLE, b"soulbox_tq1\0"), attr(2, b"forward\0")]),
-            message(DELTABLE, NFPROTO_INET, &[attr(ATTR_TABLE, b"soulbox_tq10\0")]),
-            message(DELTABLE, 2 /* ip */, &[attr(ATTR_TABLE, b"soulbox_tq1\0")]),
-            message(NFT_MSG_NEWGEN, 0, &[attr(1, &7u32.to_be_bytes()), attr(NFTA_GEN_PROC_PID, &4242u32.to_be_bytes()), attr(3, b"nft\0")]),
+            message(
+                DELRULE,
+                NFPROTO_INET,
+                &[attr(ATTR_TABLE, b"soulbox_tq1\0"), attr(2, b"forward\0")],
+            ),
+            message(
+                DELTABLE,
+                NFPROTO_INET,
+                &[attr(ATTR_TABLE, b"soulbox_tq10\0")],
+            ),
+            message(
+                DELTABLE,
+                2, /* ip */
+                &[attr(ATTR_TABLE, b"soulbox_tq1\0")],
+            ),
+            message(
+                NFT_MSG_NEWGEN,
+                0,
+                &[
+                    attr(1, &7u32.to_be_bytes()),
+                    attr(NFTA_GEN_PROC_PID, &4242u32.to_be_bytes()),
+                    attr(3, b"nft\0"),
+                ],
+            ),
         ]
         .concat();
-        assert_eq!(parse(&datagram, "soulbox_tq1"), vec![Event::TouchesTable, Event::Generation { pid: Some(4242) }]);
+        assert_eq!(
+            parse(&datagram, "soulbox_tq1"),
+            vec![Event::TouchesTable, Event::Generation { pid: Some(4242) }]
+        );
     }
 }
