@@ -39,7 +39,8 @@ ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
 # Keys: team A's member key (E2B_API_KEY, made by start_server), team B's member key, the admin (default team).
 KEY_NAME=security-a
 KEY_ARGS="--team security-a"
-SERVER_CONFIG_EXTRA="$(cat "$HERE/server.toml")"
+# server.toml may name paths in the data dir as @DATA_DIR@.
+SERVER_CONFIG_EXTRA="$(sed "s|@DATA_DIR@|$DATA_DIR|g" "$HERE/server.toml")"
 # shellcheck source=../lib/server.sh
 . "$ROOT/tests/lib/server.sh"
 
@@ -80,6 +81,9 @@ fi
 [ -x "$ENVD" ] || die "no $ENVD"
 ensure_venv latest
 
+# The usual soft open-file limit (systemd's default): the server must raise its own to hold many connections
+# (test_abuse.py); the test process raises its own too.
+ulimit -Sn 1024
 start_server
 new_key security-b --team security-b
 KEY_B="$NEW_KEY"

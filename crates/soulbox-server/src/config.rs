@@ -45,6 +45,8 @@ pub struct FileConfig {
     pub allow_private_egress: Option<bool>,
     /// `[teams]`: every team's limits unless `soulbox teams limits` overrides them for a team.
     pub teams: Option<crate::store::TeamLimits>,
+    /// `[http]`: connection cap, header-read and idle timeouts, body limits of the proxy and uploads.
+    pub http: Option<crate::serve::HttpConfig>,
 }
 
 /// The `[templates]` section:
@@ -52,6 +54,8 @@ pub struct FileConfig {
 /// ```toml
 /// [templates]
 /// insecure_registries = ["mirror.lan:5000"]     # plain HTTP (loopback hosts always are)
+/// registry_private_hosts = ["blobs.lan:9000"]   # more hosts pulls may reach at private addresses
+/// host_source_dirs = ["/srv/images"]            # where a caller's rootfs:/oci-archive: paths may be
 /// [templates.image_rewrites]                    # merged over the defaults (`e2bdev/base` = "template:base")
 /// "python:3.12" = "oci-archive:/srv/images/python-3.12.tar"
 /// "docker.io" = "mirror.lan:5000"                # a registry host → a mirror host
@@ -68,6 +72,15 @@ pub struct TemplatesConfig {
     pub insecure_registries: Vec<String>,
     #[serde(default)]
     pub registry_auth: std::collections::BTreeMap<String, crate::templates::registry::RegistryCredential>,
+    /// Hosts (`host` or `host:port`) registry pulls may reach at loopback, link-local or private addresses, besides
+    /// those named in `insecure_registries`, `registry_auth` and `image_rewrites` targets (e.g. the blob store a
+    /// private registry redirects to). Any other non-public address is refused, redirects included.
+    #[serde(default)]
+    pub registry_private_hosts: Vec<String>,
+    /// Directories a caller's `rootfs:<path>` / `oci-archive:<path>` base must be inside (none by default: no
+    /// caller can name a host path). Paths in `image_rewrites` targets are the administrator's and not limited.
+    #[serde(default)]
+    pub host_source_dirs: Vec<PathBuf>,
 }
 
 impl TemplatesConfig {
@@ -75,11 +88,34 @@ impl TemplatesConfig {
     pub fn engine_config(&self, debian_mirror: &str) -> crate::templates::engine::EngineConfig {
         let mut rewrites = crate::templates::source::Rewrites::with_defaults();
         rewrites.map.extend(self.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
-        crate::templates::engine::EngineConfig::new(
+        let registries = crate::templates::registry::RegistrySettings {
+            insecure: self.insecure_registries.clone(),
+            auth: self.registry_auth.clone(),
+            private_hosts: self.registry_private_hosts.iter().cloned().chain(self.rewrite_target_hosts()).collect(),
+        };
+        let mut engine = crate::templates::engine::EngineConfig::new(
             rewrites,
-            crate::templates::registry::RegistrySettings { insecure: self.insecure_registries.clone(), auth: self.registry_auth.clone() },
+            registries,
             crate::templates::bootstrap::BootstrapConfig::new(debian_mirror.to_string()),
-        )
+        );
+        engine.host_source_dirs = crate::templates::host_path::HostSourceDirs::new(self.host_source_dirs.iter().cloned());
+        engine
+    }
+}
+
+impl TemplatesConfig {
+    /// Registry hosts the rewrites point at (a mirror host, or the registry of a target reference): the
+    /// administrator named them, so pulls may reach them at private addresses.
+    fn rewrite_target_hosts(&self) -> Vec<String> {
+        let is_scheme = |v: &str| ["template:", "oci-archive:", "rootfs:", "bootstrap:"].iter().any(|s| v.starts_with(s));
+        self.image_rewrites
+            .values()
+            .filter(|v| !is_scheme(v))
+            .filter_map(|v| match v.contains('/') {
+                true => crate::templates::source::ImageRef::parse(v).ok().map(|r| r.registry),
+                false => Some(v.clone()),
+            })
+            .collect()
     }
 }
 
@@ -122,6 +158,7 @@ pub struct ServerConfig {
     pub templates: TemplatesConfig,
     pub allow_private_egress: bool,
     pub team_limits: crate::store::TeamLimits,
+    pub http: crate::serve::HttpConfig,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);
@@ -161,7 +198,7 @@ mod tests {
     #[test]
     fn templates_section_merges_rewrites_over_the_defaults() {
         let c: FileConfig = toml::from_str(
-            "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
+            "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\nregistry_private_hosts = [\"blobs.lan\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n\"alpine\" = \"rewrite.lan:5001/alpine:3\"\n\"py\" = \"oci-archive:/srv/py.tar\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
         )
         .unwrap();
         let engine = c.templates.unwrap().engine_config(DEFAULT_MIRROR);
@@ -169,6 +206,12 @@ mod tests {
         assert_eq!(engine.image_rewrites.map.get("docker.io").map(String::as_str), Some("mirror.lan:5000"));
         assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);
         assert!(engine.registries.auth.contains_key("ghcr.io"));
+        // Every host the config names may be reached at a private address; nothing else.
+        let policy = engine.registries.egress_policy();
+        for named in [("mirror.lan", 5000), ("ghcr.io", 443), ("rewrite.lan", 5001), ("blobs.lan", 9000)] {
+            assert!(policy.names(named.0, named.1), "{named:?}");
+        }
+        assert!(!policy.names("other.lan", 5000));
         assert!(toml::from_str::<FileConfig>("[templates]\nmirrors = 1\n").is_err());
     }
 

@@ -17,7 +17,11 @@ mod proxy_secret_tests;
 mod proxy_tests;
 #[cfg(test)]
 mod replica_tests;
+pub mod serve;
+#[cfg(test)]
+mod serve_tests;
 pub mod server;
+pub mod signed_routing;
 pub mod store;
 pub mod templates;
 pub mod time;

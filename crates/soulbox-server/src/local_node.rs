@@ -197,6 +197,10 @@ impl Node for LocalNode {
         self.runtime.envd_secret(sandbox_id)
     }
 
+    fn check_recipe(&self, recipe: &crate::templates::Recipe) -> Result<(), String> {
+        self.engine.check_recipe(recipe)
+    }
+
     fn template_files_dir(&self) -> Option<PathBuf> {
         Some(self.runtime.config().store_dir().join("uploads"))
     }

@@ -212,6 +212,7 @@ impl ServerArgs {
             templates: file.templates.unwrap_or_default(),
             allow_private_egress: self.allow_private_egress || file.allow_private_egress.unwrap_or(false),
             team_limits: file.teams.unwrap_or_default(),
+            http: file.http.unwrap_or_default(),
             data_dir,
         })
     }

@@ -1,6 +1,7 @@
 //! Seed feature 8: per-sandbox metrics sampled on an interval, one hour kept, served by time range.
 //!
 //! Samples live in memory on the server that owns the node (a cluster moves them next to the node, issue 7).
+//! The sampler's rounds run off the request workers (see [`spawn_sampler`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,34 +100,57 @@ impl MetricsStore {
     }
 }
 
-/// Samples every running sandbox each `interval`, concurrently, on one task.
-pub fn spawn_sampler(lifecycle: Arc<Lifecycle>, metrics: Arc<MetricsStore>, interval: Duration) {
-    tokio::spawn(async move {
+/// The running sampler; dropping it stops it.
+pub struct Sampler {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Samples every running sandbox each `interval`. Each round runs on a thread of the blocking pool (one round
+/// at a time), driven by this runtime's handle: the per-sandbox work — the node's cgroup and disk reads, which
+/// block — never runs on the workers that serve requests, so a round over many sandboxes does not delay API
+/// answers. Being driven by the same runtime (not a second one), the store's and the nodes' connections and the
+/// tasks they spawn stay on the server's runtime: nothing the API shares waits for the sampler's thread.
+pub fn spawn_sampler(lifecycle: Arc<Lifecycle>, metrics: Arc<MetricsStore>, interval: Duration) -> Sampler {
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let records = match lifecycle.store().list_sandboxes().await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: cannot list sandboxes");
-                    continue;
-                }
-            };
-            metrics.retain(&records.iter().map(|r| r.id.clone()).collect());
-            let running = records.into_iter().filter(|r| r.state == SandboxState::Running);
-            let reads = running.map(|r| {
-                let lifecycle = lifecycle.clone();
-                async move { (r.id.clone(), lifecycle.sandbox_stats(&r).await) }
-            });
-            for (id, result) in futures::future::join_all(reads).await {
-                match result {
-                    Ok(stats) => metrics.record(&id, now_ms(), stats),
-                    Err(e) => tracing::debug!(sandbox = %id, error = %e, "metrics: no stats"),
-                }
+            let (lifecycle, metrics, handle) = (lifecycle.clone(), metrics.clone(), handle.clone());
+            let round = tokio::task::spawn_blocking(move || handle.block_on(sample_round(&lifecycle, &metrics)));
+            if let Err(e) = round.await {
+                tracing::warn!(error = %e, "metrics: a sample round failed");
             }
         }
     });
+    Sampler { task }
+}
+
+/// One reading of every running sandbox (on the round's blocking-pool thread).
+async fn sample_round(lifecycle: &Lifecycle, metrics: &MetricsStore) {
+    let records = match lifecycle.store().list_sandboxes().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot list sandboxes");
+            return;
+        }
+    };
+    metrics.retain(&records.iter().map(|r| r.id.clone()).collect());
+    let running = records.into_iter().filter(|r| r.state == SandboxState::Running);
+    let reads = running.map(|r| async move { (r.id.clone(), lifecycle.sandbox_stats(&r).await) });
+    for (id, result) in futures::future::join_all(reads).await {
+        match result {
+            Ok(stats) => metrics.record(&id, now_ms(), stats),
+            Err(e) => tracing::debug!(sandbox = %id, error = %e, "metrics: no stats"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -146,5 +170,83 @@ mod tests {
         m.record("a", 2_000 + RETENTION.as_millis() as i64 + 1, stats(2_000_000_000));
         assert_eq!(m.range("a", 0, i64::MAX).len(), 1, "samples older than an hour are dropped");
         assert_eq!(m.latest("a").unwrap().to_api().timestamp_unix, (2_000 + RETENTION.as_millis() as i64 + 1) / 1000);
+    }
+
+    /// A node whose `stats` blocks its thread until the test lets it go (as slow cgroup and disk reads would).
+    struct BlockingNode {
+        inner: crate::testing::FakeNode,
+        entered: std::sync::mpsc::SyncSender<()>,
+        release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::node::Node for BlockingNode {
+        async fn info(&self) -> crate::node::NodeInfo {
+            self.inner.info().await
+        }
+        async fn templates(&self) -> Result<Vec<crate::node::TemplateInfo>, crate::node::NodeError> {
+            self.inner.templates().await
+        }
+        async fn create(&self, spec: crate::node::SandboxSpec) -> Result<crate::node::CreatedSandbox, crate::node::NodeError> {
+            self.inner.create(spec).await
+        }
+        async fn pause(&self, id: &str, keep: bool) -> Result<(), crate::node::NodeError> {
+            self.inner.pause(id, keep).await
+        }
+        async fn resume(&self, id: &str) -> Result<std::net::IpAddr, crate::node::NodeError> {
+            self.inner.resume(id).await
+        }
+        async fn kill(&self, id: &str) -> Result<(), crate::node::NodeError> {
+            self.inner.kill(id).await
+        }
+        async fn stats(&self, _id: &str) -> Result<SandboxStats, crate::node::NodeError> {
+            let _ = self.entered.send(());
+            // Blocks the thread it runs on: the sampler's own, never a request worker.
+            let _ = self.release.lock().unwrap().recv();
+            Ok(SandboxStats { cpu_count: 1, ..Default::default() })
+        }
+        async fn logs(&self, id: &str) -> Result<Vec<crate::node::LogLine>, crate::node::NodeError> {
+            self.inner.logs(id).await
+        }
+    }
+
+    /// One request worker only: if the sampler's blocking reads ran on it, the API call below could not finish
+    /// (nor if the store connection the round used were held by a runtime that waits for the sampler).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_sample_round_does_not_hold_up_requests() {
+        use crate::lifecycle::{CreateRequest, LifecycleConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&crate::store::Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+        let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(16);
+        let (release_tx, release_rx) = std::sync::mpsc::channel();
+        let node = BlockingNode { inner: Default::default(), entered: entered_tx, release: std::sync::Mutex::new(release_rx) };
+        let lifecycle = Lifecycle::start(store, Arc::new(node), LifecycleConfig::default()).await.unwrap();
+        let id = lifecycle.create(CreateRequest { template: "base".into(), ..Default::default() }).await.unwrap().sandbox_id;
+        let metrics = Arc::new(MetricsStore::default());
+        let sampler = spawn_sampler(lifecycle.clone(), metrics.clone(), Duration::from_millis(10));
+        // The sampler is inside a blocking read now.
+        tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)).unwrap()).await.unwrap();
+        let state = crate::api::ApiState { lifecycle: lifecycle.clone(), metrics: metrics.clone(), domain: None, started: std::time::Instant::now() };
+        let request = http::Request::get("/health").body(axum::body::Body::empty()).unwrap();
+        // Served by a task, i.e. on the request worker (the test body itself runs on another thread); waited for
+        // with a plain thread, since tokio's timers would stop too if that worker were stuck.
+        let (answer_tx, answer_rx) = std::sync::mpsc::channel();
+        tokio::spawn(async move {
+            let response = tower::ServiceExt::oneshot(crate::api::router(state), request).await;
+            let _ = answer_tx.send(response.is_ok_and(|r| r.status().is_success()));
+        });
+        let answered = tokio::task::spawn_blocking(move || answer_rx.recv_timeout(Duration::from_secs(30))).await.unwrap();
+        assert_eq!(answered, Ok(true), "/health must not wait for the sampler");
+        release_tx.send(()).unwrap();
+        drop(release_tx);
+        // The released round records its sample (bounded wait; rounds repeat every 10 ms).
+        let recorded = tokio::time::timeout(Duration::from_secs(30), async {
+            while metrics.latest(&id).is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(recorded.is_ok(), "the round finished and recorded its sample");
+        drop(sampler);
     }
 }

@@ -163,6 +163,12 @@ pub trait Node: Send + Sync + 'static {
         let _ = (job, log);
         Err(BuildFailure::new("this node cannot build templates", Some("base")))
     }
+    /// Refuses a recipe before its build starts when its base is not allowed for a caller (a host path outside
+    /// the node's `[templates] host_source_dirs`); the message names the setting. The build itself checks again.
+    fn check_recipe(&self, recipe: &crate::templates::Recipe) -> Result<(), String> {
+        let _ = recipe;
+        Ok(())
+    }
     /// Removes a template from the node (its layers may stay for other templates). `Ok(false)`: there was none.
     async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
         let _ = name;

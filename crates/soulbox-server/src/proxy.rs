@@ -2,7 +2,8 @@
 //!
 //! Routing, in E2B's order: `E2b-Sandbox-Id`/`E2b-Sandbox-Port` headers (what `E2B_SANDBOX_URL` clients send),
 //! then a host `<port>-<sandboxID>.<domain>`, then — for signed `/files` URLs opened without headers — the
-//! sandbox whose access token the signature verifies with. A killed, unknown or paused (without auto-resume)
+//! `sandbox_id` query parameter SoulBox's SDK adds, else the sandbox whose access token the signature verifies
+//! with (found through [`crate::signed_routing`], not a scan of the store). A killed, unknown or paused (without auto-resume)
 //! sandbox answers 502 `The sandbox was not found`; streams open when a sandbox stops are cut at the transport
 //! level (the SDKs turn that into "sandbox was killed").
 //!
@@ -26,13 +27,14 @@ use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
 use soulbox_protocol::envd_secret;
-use soulbox_protocol::signature::{self, Claims, Operation};
+use soulbox_protocol::signature::Operation;
 use soulbox_runtime::EnvdSecret;
 
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
 use crate::ids::is_valid_sandbox_id;
 use crate::lifecycle::Lifecycle;
+use crate::signed_routing::{SignedRequest, SignedRouter};
 use crate::store::SandboxRecord;
 
 /// Where a request goes.
@@ -61,8 +63,18 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<
         && (method == Method::GET || method == Method::POST)
         && !headers.contains_key("x-api-key")
         && query_param(uri, "signature").is_some();
-    signed_files.then_some(Target::BySignature)
+    if !signed_files {
+        return None;
+    }
+    // The id in the URL only routes: envd checks the signature against its own token.
+    match query_param(uri, SANDBOX_ID_PARAM).filter(|id| is_valid_sandbox_id(id)) {
+        Some(id) => Some(Target::Sandbox { id, port: ENVD_PORT }),
+        None => Some(Target::BySignature),
+    }
 }
+
+/// The query parameter SoulBox's SDK adds to signed `/files` URLs (E2B's SDKs name no sandbox there).
+pub const SANDBOX_ID_PARAM: &str = "sandbox_id";
 
 /// `<port>-<sandboxID>.<domain>` (the domain must match when one is configured).
 fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
@@ -98,6 +110,12 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 pub struct ClientSocket {
     pub peer: std::net::SocketAddr,
     fd: Option<std::os::fd::RawFd>,
+}
+
+impl ClientSocket {
+    pub(crate) fn new(peer: std::net::SocketAddr, fd: std::os::fd::RawFd) -> ClientSocket {
+        ClientSocket { peer, fd: Some(fd) }
+    }
 }
 
 /// The server's listener: TCP, `TCP_NODELAY` on every accepted connection, [`ClientSocket`] as its address.
@@ -152,7 +170,10 @@ fn reset_on_close(socket: ClientSocket) {
 
 pub struct Proxy {
     lifecycle: Arc<Lifecycle>,
+    signed: SignedRouter,
     client: Client<HttpConnector, Body>,
+    /// Largest request body passed on to a sandbox (`[http] max_proxy_body_mb`).
+    max_body: u64,
 }
 
 const HOP_BY_HOP: [&str; 8] =
@@ -160,10 +181,32 @@ const HOP_BY_HOP: [&str; 8] =
 
 impl Proxy {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Proxy {
-        Proxy { lifecycle, client: http_client() }
+        let signed = SignedRouter::new(lifecycle.store().clone());
+        Proxy { lifecycle, signed, client: http_client(), max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes }
     }
 
+    pub fn with_max_body(mut self, bytes: u64) -> Proxy {
+        self.max_body = bytes;
+        self
+    }
+
+    /// Forwards `request`, its body limited to `max_body`: a declared length over it is answered 413 before
+    /// anything is read, and a streamed body that grows past it is cut (and answered 413 when nothing was
+    /// answered yet).
     pub async fn forward(&self, target: Target, request: Request) -> Response {
+        let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = declared.filter(|n| *n > self.max_body) {
+            return too_large(n, self.max_body);
+        }
+        let (request, overflow) = limit_body(request, self.max_body);
+        let response = self.forward_unlimited(target, request).await;
+        if overflow.load(std::sync::atomic::Ordering::SeqCst) && !response.status().is_success() {
+            return crate::api::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the limit of {} bytes", self.max_body));
+        }
+        response
+    }
+
+    async fn forward_unlimited(&self, target: Target, request: Request) -> Response {
         let (record, port) = match target {
             Target::Sandbox { id, port } => match self.running_sandbox(&id).await {
                 Some(r) => (r, port),
@@ -231,24 +274,64 @@ impl Proxy {
     async fn sandbox_by_signature(&self, method: Method, uri: Uri) -> Option<SandboxRecord> {
         let query = uri.query()?;
         let first = |name: &str| form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v);
-        let sig = first("signature")?;
-        let path = first("path").unwrap_or_default();
-        let user = first("username").unwrap_or_default();
-        let expiration = first("signature_expiration").and_then(|e| e.parse::<i64>().ok());
-        let operation = if method == Method::POST { Operation::Write } else { Operation::Read };
-        let claims = Claims { path: &path, operation, user: &user, expiration };
-        let records = self.lifecycle.store().list_sandboxes().await.ok()?;
-        let now = crate::store::now_ms() / 1000;
-        let owner = records.into_iter().find(|r| {
-            r.envd_access_token.as_deref().is_some_and(|token| {
-                // An expired but genuine signature still identifies its sandbox; envd answers with the exact error.
-                matches!(signature::verify(&sig, &claims, token, now), Ok(_) | Err(signature::SignatureError::Expired))
-            })
-        })?;
-        match owner.state {
-            SandboxState::Running => Some(owner),
-            SandboxState::Paused => self.running_sandbox(&owner.id).await,
+        let request = SignedRequest {
+            signature: first("signature")?,
+            path: first("path").unwrap_or_default(),
+            user: first("username").unwrap_or_default(),
+            expiration: first("signature_expiration").and_then(|e| e.parse::<i64>().ok()),
+            operation: if method == Method::POST { Operation::Write } else { Operation::Read },
+        };
+        let id = self.signed.route(&request).await?;
+        self.running_sandbox(&id).await
+    }
+}
+
+fn too_large(declared: u64, limit: u64) -> Response {
+    crate::api::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {declared} bytes is over the limit of {limit} bytes"))
+}
+
+/// `request` with its body cut off (an error frame) once more than `limit` bytes passed; the flag says it was.
+/// Length and end-of-stream hints pass through, so a request without a body is forwarded without one.
+fn limit_body(request: Request, limit: u64) -> (Request, Arc<std::sync::atomic::AtomicBool>) {
+    let overflow = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (parts, inner) = request.into_parts();
+    let body = CappedBody { inner, seen: 0, limit, overflow: overflow.clone() };
+    (Request::from_parts(parts, Body::new(body)), overflow)
+}
+
+struct CappedBody {
+    inner: Body,
+    seen: u64,
+    limit: u64,
+    overflow: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for CappedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(data) = f.data_ref()
+        {
+            self.seen += data.len() as u64;
+            if self.seen > self.limit {
+                self.overflow.store(true, std::sync::atomic::Ordering::SeqCst);
+                let message = format!("request body over the limit of {} bytes", self.limit);
+                return std::task::Poll::Ready(Some(Err(axum::Error::new(std::io::Error::other(message)))));
+            }
         }
+        std::task::Poll::Ready(frame)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -491,6 +574,11 @@ mod tests {
         let signed: Uri = "/files?path=a.txt&signature=v1_abc".parse().unwrap();
         assert_eq!(classify(&Method::GET, &signed, &headers(&[("host", "localhost:3000")]), None), Some(Target::BySignature));
         assert_eq!(classify(&Method::GET, &signed, &headers(&[("x-api-key", "k")]), None), None);
+        // SoulBox's SDK names the sandbox: routed like a header, no signature search.
+        let with_id: Uri = "/files?path=a.txt&signature=sb1_abc&sandbox_id=iabc".parse().unwrap();
+        assert_eq!(classify(&Method::GET, &with_id, &HeaderMap::new(), None), Some(Target::Sandbox { id: "iabc".into(), port: 49983 }));
+        let bad_id: Uri = "/files?path=a.txt&signature=sb1_abc&sandbox_id=../x".parse().unwrap();
+        assert_eq!(classify(&Method::GET, &bad_id, &HeaderMap::new(), None), Some(Target::BySignature));
         let unsigned: Uri = "/files?path=a.txt".parse().unwrap();
         assert_eq!(classify(&Method::GET, &unsigned, &HeaderMap::new(), None), None);
     }

@@ -55,6 +55,11 @@ async fn read_head(sock: &mut TcpStream) -> String {
 }
 
 async fn server() -> (Arc<Lifecycle>, u16, tempfile::TempDir) {
+    server_with(crate::serve::HttpSettings::default()).await
+}
+
+/// The whole app behind the real HTTP front (`serve::serve`), with `http`'s limits.
+async fn server_with(http: crate::serve::HttpSettings) -> (Arc<Lifecycle>, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
     let lifecycle = Lifecycle::start(store, Arc::new(FakeNode::default()), LifecycleConfig::default()).await.unwrap();
@@ -64,9 +69,10 @@ async fn server() -> (Arc<Lifecycle>, u16, tempfile::TempDir) {
         domain: Some("sb.test".into()),
         started: std::time::Instant::now(),
     };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = crate::serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, crate::server::app(state)).await });
+    let app = crate::server::app_with(state, &http);
+    tokio::spawn(crate::serve::serve(listener, app, http, std::future::pending()));
     (lifecycle, port, dir)
 }
 
@@ -153,4 +159,56 @@ async fn closed_ports_and_unknown_sandboxes_are_502() {
         client.read_to_string(&mut response).await.unwrap();
         assert!(response.starts_with("HTTP/1.1 502") && response.contains(needle), "{response}");
     }
+}
+
+/// A loopback "sandbox port" that reads a request with its body and answers 200 with the byte count.
+async fn body_counter() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(sock);
+                let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let n = http_body_util::BodyExt::collect(req.into_body()).await?.to_bytes().len();
+                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("got {n}")))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn proxied_bodies_over_the_limit_are_413_in_e2b_shape() {
+    // Above the 64 KiB that serve.rs reads ahead, so the declared length is refused before any body is sent.
+    let limit = 100_000u64;
+    let (lifecycle, port, _dir) = server_with(crate::serve::HttpSettings { max_proxy_body_bytes: limit, ..Default::default() }).await;
+    let target = body_counter().await;
+    let id = sandbox(&lifecycle).await;
+    let head = |extra: &str| format!("POST /files HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {target}\r\nConnection: close\r\n{extra}\r\n");
+    let exchange = |request: Vec<u8>| async move {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        client.write_all(&request).await.unwrap();
+        let mut response = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut response)).await.expect("an answer");
+        response
+    };
+    // Under the limit: passed on.
+    let small = [head("Content-Length: 100\r\n").into_bytes(), vec![b'a'; 100]].concat();
+    assert!(exchange(small).await.ends_with("got 100"));
+    // A declared length over the limit: 413 before any of the body is sent.
+    let declared = exchange(head("Content-Length: 200000\r\n").into_bytes()).await;
+    assert!(declared.starts_with("HTTP/1.1 413"), "{declared}");
+    assert!(declared.contains(r#""code":413"#) && declared.contains("over the limit"), "{declared}");
+    // A chunked body that grows past it: cut and answered 413.
+    let mut chunked = head("Transfer-Encoding: chunked\r\n").into_bytes();
+    for _ in 0..3 {
+        chunked.extend_from_slice(format!("{:x}\r\n{}\r\n", 60_000, "b".repeat(60_000)).as_bytes());
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let streamed = exchange(chunked).await;
+    assert!(streamed.starts_with("HTTP/1.1 413") && streamed.contains(r#""code":413"#), "{streamed}");
 }

@@ -16,6 +16,8 @@ use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::local_node::LocalNode;
 use crate::metrics::{self, MetricsStore};
 use crate::proxy::{self, Proxy};
+use crate::serve::{self, HttpSettings};
+use crate::templates::api::UploadLimit;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -32,17 +34,26 @@ async fn route_sandbox_traffic(State(routing): State<Routing>, request: Request,
     }
 }
 
-/// The whole HTTP surface: sandbox traffic to the proxy, the rest to the API.
+/// The whole HTTP surface: sandbox traffic to the proxy, the rest to the API (default limits).
 pub fn app(state: ApiState) -> axum::Router {
-    let routing = Routing { proxy: Arc::new(Proxy::new(state.lifecycle.clone())), domain: state.domain.clone() };
-    api::router(state).layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic))
+    app_with(state, &HttpSettings::default())
+}
+
+/// The whole HTTP surface with the body limits of `http`: proxied request bodies and template uploads have
+/// their own (the API's JSON limit is fixed, see `api::router`).
+pub fn app_with(state: ApiState, http: &HttpSettings) -> axum::Router {
+    let proxy = Proxy::new(state.lifecycle.clone()).with_max_body(http.max_proxy_body_bytes);
+    let routing = Routing { proxy: Arc::new(proxy), domain: state.domain.clone() };
+    api::router(state)
+        .layer(axum::Extension(UploadLimit(http.max_upload_bytes)))
+        .layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic))
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     // The port first: a taken port fails the start before anything is made on the host.
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let store = Store::open(&config.database_url).await.context("opening the store")?;
     // Template builds run in this process: those a previous process left unfinished can never finish.
     match store.fail_unfinished_builds("the server stopped during the build").await {
@@ -118,9 +129,11 @@ async fn serve(
     fresh_key: Option<String>,
 ) -> anyhow::Result<()> {
     let metrics_store = Arc::new(MetricsStore::default());
-    metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
+    let _sampler = metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
-    let app = app(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started });
+    let mut http = config.http.settings();
+    http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
+    let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http);
 
     let url = format!("http://{}", config.listen);
     println!("SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:", started.elapsed().as_millis());
@@ -130,10 +143,7 @@ async fn serve(
         Some(key) => println!("export E2B_API_KEY={key}    # shown once; manage keys with `soulbox keys`"),
         None => println!("export E2B_API_KEY=<a key from `soulbox keys create [--team NAME] [--admin]`>"),
     }
-    let listener = proxy::ServerListener(listener);
-    axum::serve(listener, app.into_make_service_with_connect_info::<proxy::ClientSocket>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    serve::serve(listener, app, http, shutdown_signal()).await;
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
     Ok(())
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use soulbox_runtime::{Runtime, RuntimeConfig, SandboxSpec, Store};
 use soulbox_server::templates::engine::{Engine, EngineConfig};
-use soulbox_server::templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, image, registry};
+use soulbox_server::templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, host_path, image, registry};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -34,6 +34,10 @@ fn envd_binary() -> Option<PathBuf> {
     }
     let p = workspace().join("target/static/x86_64-unknown-linux-gnu/release/soulbox-envd");
     p.exists().then_some(p)
+}
+
+fn trusted(path: &Path) -> host_path::OpenedPath {
+    host_path::OpenedPath::open_trusted(path).unwrap()
 }
 
 fn sha256(data: &[u8]) -> String {
@@ -222,7 +226,7 @@ impl Registry {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let addr = format!("127.0.0.1:{port}");
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
             dir.path().join("data").display()
         );
         if let Some((user, password)) = htpasswd {
@@ -390,7 +394,13 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     push(&reg, &img).await;
     let node = Node::open(envd_binary().unwrap()).await;
     let rt = node.rt();
-    let engine = Engine::new(rt.clone(), EngineConfig::default());
+    // The archives below are written here; a caller's `oci-archive:`/`rootfs:` path must be in a listed dir.
+    let work = tempfile::tempdir().unwrap();
+    let mut config = EngineConfig::default();
+    // A loopback registry is reachable only because the config names it (see the egress test below).
+    config.registries.insecure = vec![reg.addr.clone()];
+    config.host_source_dirs = host_path::HostSourceDirs::new([work.path().to_path_buf()]);
+    let engine = Engine::new(rt.clone(), config);
     let image_ref = format!("{}/test/img:1", reg.addr);
     let tname = format!("imgtest-{}", std::process::id());
 
@@ -444,7 +454,6 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert_eq!(meta2.layers, meta.layers);
 
     // 3. The same image as an OCI layout tar: layers shared with the pull are CACHED; the template works.
-    let work = tempfile::tempdir().unwrap();
     let layout = work.path().join("layout");
     img.write_layout(&layout);
     let archive = work.path().join("img.oci.tar");
@@ -462,10 +471,10 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     let fresh = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = Store::new(fresh.path()).unwrap();
     let quiet = |_: String| {};
-    let imported = image::import_oci_archive(&store, &archive, &quiet).await.expect("import oci-archive");
+    let imported = image::import_oci_archive(&store, &trusted(&archive), &quiet).await.expect("import oci-archive");
     assert_eq!(imported.layers, meta.layers[..2], "same content, same layer digests");
     assert_eq!(imported.config.workdir.as_deref(), Some("/app"));
-    let again = image::import_oci_archive(&store, &layout, &quiet).await.expect("import layout dir");
+    let again = image::import_oci_archive(&store, &trusted(&layout), &quiet).await.expect("import layout dir");
     assert_eq!(again.layers, imported.layers);
     let leftovers: Vec<_> = std::fs::read_dir(fresh.path().join("layers")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "temp dirs left: {leftovers:?}");
@@ -476,7 +485,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     std::fs::write(corrupt_dir.join("blobs/sha256").join(l2.trim_start_matches("sha256:")), b"not the layer").unwrap();
     let store2_dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store2 = Store::new(store2_dir.path()).unwrap();
-    let err = image::import_oci_archive(&store2, &corrupt_dir, &quiet).await.unwrap_err();
+    let err = image::import_oci_archive(&store2, &trusted(&corrupt_dir), &quiet).await.unwrap_err();
     assert!(err.to_string().contains("content has digest"), "{err}");
     assert!(image::cached_layer(&store2, &l2).is_none());
 
@@ -523,7 +532,8 @@ async fn registry_basic_auth_from_the_config() {
     let store = Store::new(store_dir.path()).unwrap();
     let image_ref = soulbox_server::templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
     let quiet = |_: String| {};
-    let anonymous = registry::pull(&store, &registry::RegistrySettings::default(), &image_ref, &quiet).await.unwrap_err();
+    let named = registry::RegistrySettings { insecure: vec![reg.addr.clone()], ..Default::default() };
+    let anonymous = registry::pull(&store, &named, &image_ref, &quiet).await.unwrap_err();
     assert!(anonymous.to_string().contains("manifest"), "{anonymous}");
     let cfg = |password: &str| soulbox_server::config::TemplatesConfig {
         registry_auth: toml::from_str(&format!("[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n", reg.addr)).unwrap(),
@@ -535,5 +545,50 @@ async fn registry_basic_auth_from_the_config() {
     let pulled = registry::pull(&store, &cfg("s3cret").engine_config(soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
     assert_eq!(pulled.layers.len(), 2);
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_some());
+    drop(reg);
+}
+
+/// Registry pulls never reach loopback (nor link-local or private) addresses unless the config names the
+/// registry: an unnamed loopback registry is refused before any connection reaches it, with a message naming the
+/// settings; named in `insecure_registries` (or `registry_private_hosts`, or as a rewrite target) it pulls.
+/// Only loopback is used here: no traffic is ever sent to a private or metadata address.
+#[tokio::test]
+async fn a_loopback_registry_not_named_in_the_config_is_refused() {
+    if !Path::new(REGISTRY_BIN).exists() || !Path::new("/bin/busybox").exists() || !rustix::process::geteuid().is_root() {
+        eprintln!("SKIP a_loopback_registry_not_named_in_the_config_is_refused: needs root, {REGISTRY_BIN} and /bin/busybox");
+        return;
+    }
+    let img = build_image();
+    let reg = Registry::start().await;
+    push(&reg, &img).await;
+    let store_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = Store::new(store_dir.path()).unwrap();
+    let quiet = |_: String| {};
+    let image_ref = soulbox_server::templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
+    let log_before = std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default();
+
+    for unnamed in [
+        registry::RegistrySettings::default(),
+        registry::RegistrySettings { insecure: vec!["127.0.0.1:1".into()], private_hosts: vec!["localhost".into()], ..Default::default() },
+    ] {
+        let err = registry::pull(&store, &unnamed, &image_ref, &quiet).await.unwrap_err().to_string();
+        assert!(err.contains("not a public address") && err.contains("insecure_registries"), "{err}");
+        assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_none());
+    }
+    let log_after = std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default();
+    let requests = |log: &str| log.matches("response completed").count();
+    assert_eq!(requests(&log_before), requests(&log_after), "the registry saw no request:\n{log_after}");
+
+    // The same registry named by a config key of each kind pulls.
+    let by_private_hosts = registry::RegistrySettings { private_hosts: vec![reg.addr.clone()], ..Default::default() };
+    let pulled = registry::pull(&store, &by_private_hosts, &image_ref, &quiet).await.expect("pull from a named loopback registry");
+    assert_eq!(pulled.layers.len(), 2);
+    let log = std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default();
+    assert!(requests(&log) > requests(&log_after), "the log counts requests, so the check above means something:\n{log}");
+    let rewrite: soulbox_server::config::TemplatesConfig =
+        toml::from_str(&format!("[image_rewrites]\n\"docker.io\" = \"{}\"\n", reg.addr)).unwrap();
+    let via_rewrite = rewrite.engine_config(soulbox_server::config::DEFAULT_MIRROR).registries;
+    let again = registry::pull(&store, &via_rewrite, &image_ref, &quiet).await.expect("pull from a rewrite target");
+    assert_eq!(again.layers, pulled.layers);
     drop(reg);
 }

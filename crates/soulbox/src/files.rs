@@ -323,6 +323,9 @@ impl Filesystem {
             if let Some(e) = expiration {
                 q.append_pair("signature_expiration", &e.to_string());
             }
+            // Not signed and not read by envd: it lets SoulBox's proxy route the URL without searching for the
+            // token the signature was made with (E2B's SDKs cannot be routed that cheaply).
+            q.append_pair("sandbox_id", &self.envd.sandbox_id);
         }
         Ok(url.to_string())
     }

@@ -342,6 +342,7 @@ async fn signed_urls_both_schemes_and_expiry() {
         let s2 = Sandbox::connect(&c, s.id(), None).await.unwrap();
         let url = s2.files().download_url("/tmp/signed.txt", &SignedUrlOptions::default()).unwrap();
         assert!(url.contains(if scheme == SignatureScheme::E2b { "signature=v1_" } else { "signature=sb1_" }), "{url}");
+        assert!(url.contains(&format!("sandbox_id={}", s.id())), "the proxy routes by id, not by search: {url}");
         let body = plain.get(&url).send().await.unwrap();
         assert_eq!(body.status(), 200, "{url}");
         assert_eq!(body.text().await.unwrap(), "signed-content");

@@ -295,7 +295,7 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
 /// Runs the agent until SIGINT/SIGTERM: binds, starts heartbeating, serves. Sandboxes keep running when it stops
 /// and are re-adopted by the next start (the control plane reconciles them).
 pub async fn serve(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = match tokio::net::TcpListener::bind(agent.config.listen).await {
+    let listener = match crate::serve::bind(agent.config.listen) {
         Ok(listener) => listener,
         Err(e) => {
             close_runtime(&agent).await;
@@ -305,12 +305,13 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl std::future::Future<Output 
     let beats = tokio::spawn(heartbeat_loop(agent.clone()));
     tracing::info!(node = %agent.config.node_id, listen = %agent.config.listen, server = %agent.config.server_url, "node agent running");
     let app = router(agent.clone());
-    let served = axum::serve(proxy::ServerListener(listener), app.into_make_service_with_connect_info::<proxy::ClientSocket>())
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // The same HTTP front as the server's (header-read and idle timeouts, connection cap).
+    let mut http = crate::serve::HttpSettings::default();
+    http.max_connections = crate::serve::raise_fd_limit_and_cap(http.max_connections);
+    crate::serve::serve(listener, app, http, shutdown).await;
     beats.abort();
     close_runtime(&agent).await;
-    served.map_err(Into::into)
+    Ok(())
 }
 
 /// The warm pool (and the firewall table, when no sandbox needs it) goes back; sandboxes keep running.

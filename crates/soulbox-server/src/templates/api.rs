@@ -28,14 +28,14 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{broadcast, mpsc};
 
 use super::access::{self, own_build, own_template, template_not_found};
+use super::build_log::{self, BoundedLog, Line};
+use super::uploads::{Stored, UploadError, Uploads};
 use super::{BuildJob, LogLevel, LogSink, Recipe, sha256_hex};
 use crate::api::{ApiState, error};
 use crate::lifecycle::LifecycleError;
@@ -45,8 +45,15 @@ use crate::time::rfc3339;
 /// Defaults of E2B's build request.
 const DEFAULT_CPU: i32 = 2;
 const DEFAULT_MEMORY_MB: i32 = 1024;
-/// Largest upload of a COPY context.
-const MAX_UPLOAD_BYTES: u64 = 4 << 30;
+/// Largest upload of a COPY context (`[http] max_upload_mb`), set on the router by `server::app_with`.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimit(pub u64);
+
+impl Default for UploadLimit {
+    fn default() -> Self {
+        UploadLimit(crate::serve::HttpSettings::default().max_upload_bytes)
+    }
+}
 
 fn build_timeout() -> Duration {
     let s = std::env::var("SOULBOX_TEMPLATE_BUILD_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3600);
@@ -209,8 +216,7 @@ async fn file_link(
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
-    let dir = access::team_files_dir(&dir, &caller.team_id);
-    if dir.join(&hash).is_file() {
+    if Uploads::new(access::team_files_dir(&dir, &caller.team_id)).present(&id, &hash) {
         return (StatusCode::CREATED, Json(serde_json::json!({"present": true}))).into_response();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
@@ -231,6 +237,8 @@ async fn upload(
     State(state): State<ApiState>,
     Path((id, hash)): Path<(String, String)>,
     Query(q): Query<TokenQuery>,
+    limit: Option<axum::Extension<UploadLimit>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     // The token names the team it was issued to; the upload lands in that team's directory.
@@ -240,43 +248,29 @@ async fn upload(
     };
     let expected = upload_token(&team, &id, &hash);
     let ok = !team.is_empty() && q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
-    if !ok || !valid_hash(&hash) {
+    if !ok || !valid_hash(&hash) || !valid_name(&id) {
         return error(StatusCode::FORBIDDEN, "invalid upload token");
+    }
+    let max = limit.map(|l| l.0).unwrap_or_default().0;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared.filter(|n| *n > max) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("upload of {n} bytes is over the limit of {max} bytes"));
     }
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
-    let dir = access::team_files_dir(&dir, &team);
-    if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-        return internal(e);
-    }
-    let tmp = dir.join(format!(".{hash}.{}", crate::ids::access_token()));
-    let res: Result<u64, String> = async {
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(|e| e.to_string())?;
-        let mut stream = body.into_data_stream();
-        let mut n = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading the upload: {e}"))?;
-            n += chunk.len() as u64;
-            if n > MAX_UPLOAD_BYTES {
-                return Err(format!("upload over {MAX_UPLOAD_BYTES} bytes"));
-            }
-            f.write_all(&chunk).await.map_err(|e| e.to_string())?;
-        }
-        f.flush().await.map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, dir.join(&hash)).await.map_err(|e| e.to_string())?;
-        Ok(n)
-    }
-    .await;
-    match res {
-        Ok(n) => {
+    match Uploads::new(access::team_files_dir(&dir, &team)).store(&id, &hash, body, max).await {
+        Ok(Stored::New(n)) => {
             tracing::info!(template = %id, hash = %hash, bytes = n, "template files uploaded");
             StatusCode::OK.into_response()
         }
-        Err(m) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            error(StatusCode::BAD_REQUEST, m)
+        Ok(Stored::AlreadyPresent) => {
+            tracing::info!(template = %id, hash = %hash, "template files uploaded again: the first upload is kept");
+            StatusCode::OK.into_response()
         }
+        Err(e @ UploadError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+        Err(e @ UploadError::Body(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ UploadError::Io(_)) => internal(e),
     }
 }
 
@@ -317,9 +311,24 @@ async fn start_build(
         Ok(a) => a,
         Err(r) => return r,
     };
+    // Before any check below touches uploads a running build may be using.
+    if record.status != "waiting" {
+        return error(StatusCode::CONFLICT, format!("build '{build}' was already started"));
+    }
     let Some(files_dir) = state.lifecycle.node().template_files_dir() else {
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
+    // A base the caller may not use (a host path outside the config's allowed dirs), or uploaded files that are
+    // not what their hash says, are refused now, with nothing started or registered: the build stays `waiting`
+    // and can be started again.
+    if let Err(m) = state.lifecycle.node().check_recipe(&recipe) {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    let uploads = Uploads::new(access::team_files_dir(&files_dir, &caller.team_id));
+    if let Err(m) = uploads.verify_recipe(&id, &recipe).await {
+        return error(StatusCode::BAD_REQUEST, m);
+    }
+    let files_dir = uploads.dir(&id);
     let recipe_json = serde_json::to_string(&recipe).unwrap_or_default();
     match store.start_build(&build, &recipe_json, &state.lifecycle.config().team_limits).await {
         Ok(true) => {}
@@ -332,7 +341,7 @@ async fn start_build(
         recipe,
         cpu_count: record.cpu_count as u32,
         memory_mb: record.memory_mb as u32,
-        files_dir: access::team_files_dir(&files_dir, &caller.team_id),
+        files_dir,
         timeout: build_timeout(),
         base_access,
     };
@@ -340,12 +349,8 @@ async fn start_build(
     StatusCode::ACCEPTED.into_response()
 }
 
-struct Pending {
-    unix_ms: i64,
-    level: LogLevel,
-    message: String,
-    step: Option<String>,
-}
+/// Longest failure reason stored with a build (it quotes the failed step's last output lines).
+const MAX_REASON_BYTES: usize = 16 * 1024;
 
 /// Runs a build: the node builds, its lines are stored (batched) and broadcast, then the status is final.
 async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<String>) {
@@ -357,10 +362,16 @@ async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<S
         .entry(build_id.clone())
         .or_insert_with(|| broadcast::channel(4096).0)
         .clone();
-    let (tx, rx) = mpsc::unbounded_channel::<Pending>();
+    let (tx, rx) = mpsc::unbounded_channel::<Line>();
     let writer = tokio::spawn(write_logs(store.clone(), build_id.clone(), rx, sender.clone()));
+    // What is stored is bounded (build_log.rs), and so is what waits in the channel for the writer.
+    let bounded = Arc::new(Mutex::new(BoundedLog::new(build_log::Limits::default())));
+    let (sink_tx, sink_log) = (tx.clone(), bounded.clone());
     let log: LogSink = Arc::new(move |level, message, step| {
-        let _ = tx.send(Pending { unix_ms: now_ms(), level, message, step });
+        let lines = sink_log.lock().unwrap_or_else(|e| e.into_inner()).push(Line { unix_ms: now_ms(), level, message, step });
+        for line in lines {
+            let _ = sink_tx.send(line);
+        }
     });
     log(LogLevel::Info, format!("Building template '{template}' (build {build_id})"), Some("base".into()));
     let started = std::time::Instant::now();
@@ -376,12 +387,17 @@ async fn run_build(state: ApiState, job: BuildJob, template: String, tags: Vec<S
         Err(f) => log(LogLevel::Error, format!("Build failed: {}", f.message), f.step.clone()),
     }
     drop(log);
+    for line in bounded.lock().unwrap_or_else(|e| e.into_inner()).finish(now_ms()) {
+        let _ = tx.send(line);
+    }
+    drop(tx);
     let _ = writer.await;
-    let (status, reason, step) = match &result {
-        Ok(()) => ("ready", None, None),
-        Err(f) => ("error", Some(f.message.as_str()), f.step.as_deref()),
+    let reason = result.as_ref().err().map(|f| build_log::cut_line(f.message.clone(), MAX_REASON_BYTES));
+    let (status, step) = match &result {
+        Ok(()) => ("ready", None),
+        Err(f) => ("error", f.step.as_deref()),
     };
-    if let Err(e) = store.finish_build(&build_id, status, reason, step).await {
+    if let Err(e) = store.finish_build(&build_id, status, reason.as_deref(), step).await {
         tracing::error!(build = %build_id, error = %e, "could not record the end of a build");
     }
     tracing::info!(template = %template, build = %build_id, status, "template build finished");
@@ -397,7 +413,7 @@ async fn point_tags(state: &ApiState, template: &str, build_id: &str, tags: &[St
     state.lifecycle.store().set_tags(template, build_id, tags).await.map_err(|e| format!("storing the tags: {e}"))
 }
 
-async fn write_logs(store: Store, build_id: String, mut rx: mpsc::UnboundedReceiver<Pending>, sender: broadcast::Sender<StreamItem>) {
+async fn write_logs(store: Store, build_id: String, mut rx: mpsc::UnboundedReceiver<Line>, sender: broadcast::Sender<StreamItem>) {
     let mut seq = 0i64;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -615,6 +631,9 @@ async fn delete_template(State(state): State<ApiState>, Extension(caller): Exten
         Ok(b) => b,
         Err(e) => return internal(e),
     };
+    if let Some(dir) = state.lifecycle.node().template_files_dir() {
+        Uploads::new(access::team_files_dir(&dir, &caller.team_id)).remove_template(&id).await;
+    }
     if on_node || in_store { StatusCode::NO_CONTENT.into_response() } else { error(StatusCode::NOT_FOUND, format!("template '{id}' not found")) }
 }
 

@@ -14,7 +14,8 @@ use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
 use super::dockerfile::shell_quote;
 use super::registry::RegistrySettings;
 use super::bootstrap::{BootstrapConfig, BootstrapPlan};
-use super::source::{BaseSource, Rewrites};
+use super::host_path::{HostSourceDirs, OpenedPath};
+use super::source::{BaseSource, HostSource, Origin, Rewrites};
 use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
 
 /// How many output lines a failed step's error message carries.
@@ -29,6 +30,8 @@ pub struct EngineConfig {
     pub registries: RegistrySettings,
     /// Mirrors, variant and packages of `bootstrap:` bases.
     pub bootstrap: BootstrapConfig,
+    /// Where host-path bases a caller names (`rootfs:`, `oci-archive:`) may be; none by default.
+    pub host_source_dirs: HostSourceDirs,
 }
 
 impl EngineConfig {
@@ -36,7 +39,7 @@ impl EngineConfig {
     /// (`debian:bookworm` → `bootstrap:debian:bookworm`, which yield to configured registries).
     pub fn new(mut image_rewrites: Rewrites, registries: RegistrySettings, bootstrap: BootstrapConfig) -> EngineConfig {
         super::bootstrap::add_default_rewrites(&mut image_rewrites, &bootstrap);
-        EngineConfig { image_rewrites, registries, bootstrap }
+        EngineConfig { image_rewrites, registries, bootstrap, host_source_dirs: HostSourceDirs::default() }
     }
 }
 
@@ -129,6 +132,24 @@ impl Engine {
         Ok(source)
     }
 
+    /// Refuses a recipe whose base the caller may not use, before anything runs: a host path outside
+    /// `[templates] host_source_dirs` (or escaping it), or a base string that does not parse.
+    pub fn check_recipe(&self, recipe: &super::Recipe) -> Result<(), String> {
+        match self.resolve_base(recipe).map_err(|f| f.message)? {
+            BaseSource::OciArchive(host) | BaseSource::RootfsTarball(host) => self.open_host(&host).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens a host-path base: a caller's beneath the allowed directories, the config's as written.
+    fn open_host(&self, host: &HostSource) -> Result<OpenedPath, String> {
+        let opened = match host.origin {
+            Origin::Caller => self.config.host_source_dirs.open(&host.path),
+            Origin::Config => OpenedPath::open_trusted(&host.path),
+        };
+        opened.map_err(|e| e.to_string())
+    }
+
     /// Makes the base available locally: a template as it is; a registry image, a local OCI layout or a rootfs
     /// tarball imported into the layer store (layers cached by OCI digest). Logs at step `base`.
     async fn load_base(&self, source: BaseSource, log: &LogSink) -> Result<Base, BuildFailure> {
@@ -151,11 +172,15 @@ impl Engine {
                 let r = super::registry::pull(store, &self.config.registries, &image, &progress).await;
                 r.map_err(|e| base_fail(format!("pulling {image}: {e}")))?
             }
-            BaseSource::OciArchive(path) => super::image::import_oci_archive(store, &path, &progress)
-                .await
-                .map_err(|e| base_fail(format!("oci-archive:{}: {e}", path.display())))?,
-            BaseSource::RootfsTarball(path) => {
-                super::image::import_rootfs(store, &path, &progress).await.map_err(|e| base_fail(format!("rootfs:{}: {e}", path.display())))?
+            BaseSource::OciArchive(host) => {
+                let opened = self.open_host(&host).map_err(base_fail)?;
+                super::image::import_oci_archive(store, &opened, &progress)
+                    .await
+                    .map_err(|e| base_fail(format!("oci-archive:{}: {e}", host.path.display())))?
+            }
+            BaseSource::RootfsTarball(host) => {
+                let opened = self.open_host(&host).map_err(base_fail)?;
+                super::image::import_rootfs(store, &opened, &progress).await.map_err(|e| base_fail(format!("rootfs:{}: {e}", host.path.display())))?
             }
             BaseSource::Bootstrap { distro, suite } => {
                 let failed = |e: super::bootstrap::BootstrapError| base_fail(e.to_string());
@@ -363,10 +388,9 @@ impl Engine {
                 ("root".to_string(), format!("[ -d {d} ] || {{ mkdir -p {d} && {{ chown {o}: {d} 2>/dev/null || chown {o} {d}; }}; }}", o = shell_quote(&owner)), "/".to_string())
             }
             Action::Copy { files, src, dest, owner, mode } => {
-                let data = tokio::fs::read(&files).await.map_err(|e| f(format!("reading {}: {e}", files.display())))?;
-                let gz = data.starts_with(&[0x1f, 0x8b]);
+                // Streamed from disk: an upload may be gigabytes.
                 let archive = format!("/tmp/.soulbox-copy-{}-{n}.tar", job.build_id);
-                envd::upload(&addr, "root", &archive, data, gz).await.map_err(|e| f(format!("uploading the COPY files: {e}")))?;
+                envd::upload_file(&addr, "root", &archive, &files).await.map_err(|e| f(format!("uploading the COPY files: {e}")))?;
                 ("root".to_string(), copy_script(&archive, &src, &dest, &owner, &mode), "/".to_string())
             }
         };

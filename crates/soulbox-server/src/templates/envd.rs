@@ -164,18 +164,27 @@ pub async fn run(
     Ok(exit.unwrap_or(-1))
 }
 
-/// Writes `data` to `path` as `user` (parents created by envd). `gzip`: the bytes are gzip-compressed and envd
-/// stores them decompressed.
-pub async fn upload(envd: &Endpoint, user: &str, path: &str, data: Vec<u8>, gzip: bool) -> Result<(), String> {
-    let q: String = url_encode(path);
+/// Streams the file at `local` to `path` as `user`, never holding it whole in memory; a gzip file (by its magic
+/// bytes) is sent with `Content-Encoding: gzip` and stored decompressed by envd.
+pub async fn upload_file(envd: &Endpoint, user: &str, path: &str, local: &std::path::Path) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let io = |e: std::io::Error| format!("{}: {e}", local.display());
+    let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+    let len = file.metadata().await.map_err(io)?.len();
+    let mut magic = [0u8; 2];
+    let gzip = file.read_exact(&mut magic).await.is_ok() && magic == [0x1f, 0x8b];
+    file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
     let mut req = envd
-        .request(&format!("/files?path={q}&username={}", url_encode(user)))
-        .header(http::header::CONTENT_TYPE, "application/octet-stream");
+        .request(&format!("/files?path={}&username={}", url_encode(path), url_encode(user)))
+        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(http::header::CONTENT_LENGTH, len);
     if gzip {
         req = req.header(http::header::CONTENT_ENCODING, "gzip");
     }
-    let req = req.body(Full::new(Bytes::from(data))).map_err(|e| e.to_string())?;
-    let resp = client().request(req).await.map_err(|e| format!("envd: {e}"))?;
+    let req = req.body(body).map_err(|e| e.to_string())?;
+    let client: Client<HttpConnector, axum::body::Body> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client.request(req).await.map_err(|e| format!("envd: {e}"))?;
     let status = resp.status();
     if !status.is_success() {
         let text = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256, Sha512};
 use soulbox_runtime::Store;
 
+use super::host_path::OpenedPath;
 use super::unpack::{self, Compression, UnpackError, UnpackStats};
 
 /// Manifests, indexes and configs are small; anything bigger is refused rather than read into memory.
@@ -262,11 +263,21 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ImageError> +
     tokio::task::spawn_blocking(f).await.map_err(|e| ImageError::Store(format!("a blocking task failed: {e}")))?
 }
 
+/// A verified layer blob on the local disk.
+pub struct FetchedBlob {
+    /// Where to read it (for a blob of a host directory, its open file's `/proc/self/fd/N`).
+    pub path: PathBuf,
+    /// A temp file in the scratch dir, removed once unpacked.
+    pub temp: bool,
+    /// Keeps the file `path` names open.
+    pub held: Option<std::fs::File>,
+}
+
 /// Where layer blobs come from.
 #[async_trait::async_trait]
 pub trait BlobSource: Send + Sync {
-    /// A local file holding the verified blob of `layer`, and whether it is a temp file (in `scratch`).
-    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<(PathBuf, bool), ImageError>;
+    /// A local file holding the verified blob of `layer` (temp files go to `scratch`).
+    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<FetchedBlob, ImageError>;
     /// "downloaded" / "read" for the log.
     fn verb(&self) -> &'static str;
 }
@@ -287,16 +298,18 @@ pub async fn import_layers(store: &Store, layers: &[Descriptor], diff_ids: &[Str
         }
         let compression = Compression::from_media_type(&layer.media_type).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
         let started = Instant::now();
-        let (blob, is_temp) = source.fetch(layer, scratch.path()).await?;
+        let fetched = source.fetch(layer, scratch.path()).await?;
+        let blob = fetched.path.clone();
         let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
         progress(format!("layer {label}: {} {} in {:.1} s, digest verified", source.verb(), human_size(size), started.elapsed().as_secs_f64()));
         let started = Instant::now();
         let diff_id = (diff_ids.len() == total).then(|| diff_ids[i].clone());
         let (st, b, l) = (store.clone(), blob.clone(), label.clone());
         let (digest, stats) = blocking(move || import_blob(&st, &b, compression, diff_id.as_deref(), &l)).await?;
-        if is_temp {
+        if fetched.temp {
             let _ = std::fs::remove_file(&blob);
         }
+        drop(fetched);
         progress(format!(
             "unpack layer {label}: {} entries, {} of files, {} whiteouts, {} opaque dirs in {:.1} s → layer {}",
             stats.entries,
@@ -341,21 +354,44 @@ struct ManifestJson {
     layers: Vec<Descriptor>,
 }
 
-/// An OCI image layout directory (`index.json`, `blobs/<alg>/<hex>`).
+/// An OCI image layout directory (`index.json`, `blobs/<alg>/<hex>`), open: every entry is opened beneath it, so
+/// a symbolic link inside the layout cannot make SoulBox read anything outside it.
 struct LayoutBlobs {
-    dir: PathBuf,
+    dir: std::fs::File,
+    shown: PathBuf,
 }
 
 impl LayoutBlobs {
-    fn blob_path(&self, digest: &str) -> Result<PathBuf, ImageError> {
+    /// A regular file of the layout (a FIFO or device planted there is refused, not read).
+    fn open(&self, rel: &str) -> Result<std::fs::File, ImageError> {
+        let shown = self.shown.join(rel);
+        let file = super::host_path::open_beneath(&self.dir, Path::new(rel)).map_err(io_at(&shown))?;
+        if !file.metadata().map_err(io_at(&shown))?.is_file() {
+            return Err(ImageError::Invalid(format!("{} is not a regular file", shown.display())));
+        }
+        Ok(file)
+    }
+
+    fn blob_rel(digest: &str) -> Result<String, ImageError> {
         let (alg, hex) = check_digest(digest)?;
-        Ok(self.dir.join("blobs").join(alg).join(hex))
+        Ok(format!("blobs/{alg}/{hex}"))
+    }
+
+    /// A small JSON file of the layout (at most [`MAX_JSON_BLOB`]).
+    fn read_json(&self, rel: &str) -> Result<Vec<u8>, ImageError> {
+        let shown = self.shown.join(rel);
+        let file = self.open(rel)?;
+        let mut data = Vec::new();
+        file.take(MAX_JSON_BLOB + 1).read_to_end(&mut data).map_err(io_at(&shown))?;
+        if data.len() as u64 > MAX_JSON_BLOB {
+            return Err(ImageError::Invalid(format!("{} is larger than {} (not a manifest or config)", shown.display(), human_size(MAX_JSON_BLOB))));
+        }
+        Ok(data)
     }
 
     /// A small JSON blob, checked against its digest.
     fn read_json_blob(&self, d: &Descriptor) -> Result<Vec<u8>, ImageError> {
-        let path = self.blob_path(&d.digest)?;
-        let data = read_limited(&path)?;
+        let data = self.read_json(&Self::blob_rel(&d.digest)?)?;
         let actual = match check_digest(&d.digest)?.0 {
             "sha512" => format!("sha512:{}", unpack::hex(&Sha512::digest(&data))),
             _ => format!("sha256:{}", unpack::hex(&Sha256::digest(&data))),
@@ -367,25 +403,18 @@ impl LayoutBlobs {
     }
 }
 
-fn read_limited(path: &Path) -> Result<Vec<u8>, ImageError> {
-    let md = std::fs::metadata(path).map_err(io_at(path))?;
-    if md.len() > MAX_JSON_BLOB {
-        return Err(ImageError::Invalid(format!("{} is larger than {} (not a manifest or config)", path.display(), human_size(MAX_JSON_BLOB))));
-    }
-    std::fs::read(path).map_err(io_at(path))
-}
-
 #[async_trait::async_trait]
 impl BlobSource for LayoutBlobs {
-    async fn fetch(&self, layer: &Descriptor, _scratch: &Path) -> Result<(PathBuf, bool), ImageError> {
-        let path = self.blob_path(&layer.digest)?;
+    async fn fetch(&self, layer: &Descriptor, _scratch: &Path) -> Result<FetchedBlob, ImageError> {
+        let file = self.open(&Self::blob_rel(&layer.digest)?)?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file)));
         let (alg, _) = check_digest(&layer.digest)?;
         let (p, alg) = (path.clone(), alg.to_string());
         let actual = blocking(move || file_digest(&p, &alg)).await?;
         if actual != layer.digest {
             return Err(ImageError::DigestMismatch { what: "layer blob".into(), expected: layer.digest.clone(), actual });
         }
-        Ok((path, false))
+        Ok(FetchedBlob { path, temp: false, held: Some(file) })
     }
     fn verb(&self) -> &'static str {
         "read"
@@ -421,22 +450,25 @@ fn extract_layout(archive: &Path, dest: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// `oci-archive:<path>`: an OCI image layout as a directory or a tar (optionally gzip) file.
-pub async fn import_oci_archive(store: &Store, path: &Path, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
-    progress(format!("pull oci-archive:{}", path.display()));
-    let md = std::fs::metadata(path).map_err(io_at(path))?;
+/// `oci-archive:<path>`: an OCI image layout as a directory or a tar (optionally gzip) file, already open
+/// (see [`super::host_path`] for who may name which path).
+pub async fn import_oci_archive(store: &Store, source: &OpenedPath, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+    let shown = source.shown().to_path_buf();
+    progress(format!("pull oci-archive:{}", shown.display()));
     let extracted = TempDir::new(store)?;
-    let dir = if md.is_dir() {
-        path.to_path_buf()
+    let layout = if source.is_dir() {
+        let dir = source.file().try_clone().map_err(io_at(&shown))?;
+        LayoutBlobs { dir, shown: shown.clone() }
     } else {
-        let (a, d) = (path.to_path_buf(), extracted.path().to_path_buf());
+        let size = source.file().metadata().map(|m| m.len()).unwrap_or(0);
+        let (a, d) = (source.proc_path(), extracted.path().to_path_buf());
         let started = Instant::now();
         blocking(move || extract_layout(&a, &d)).await?;
-        progress(format!("extracted the archive ({}) in {:.1} s", human_size(md.len()), started.elapsed().as_secs_f64()));
-        extracted.path().to_path_buf()
+        progress(format!("extracted the archive ({}) in {:.1} s", human_size(size), started.elapsed().as_secs_f64()));
+        let dir = std::fs::File::open(extracted.path()).map_err(io_at(extracted.path()))?;
+        LayoutBlobs { dir, shown: shown.clone() }
     };
-    let layout = LayoutBlobs { dir: dir.clone() };
-    let index: IndexJson = serde_json::from_slice(&read_limited(&dir.join("index.json"))?).map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
+    let index: IndexJson = serde_json::from_slice(&layout.read_json("index.json")?).map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
     let mut entry = select_platform(&index.manifests, "index.json")?.clone();
     for _ in 0..4 {
         if !INDEX_TYPES.contains(&entry.media_type.as_str()) {
@@ -455,20 +487,25 @@ pub async fn import_oci_archive(store: &Store, path: &Path, progress: Progress<'
     Ok(ImportedImage { layers, config })
 }
 
-/// `rootfs:<path>`: a root filesystem tarball (plain, gzip or zstd), one layer, cached by the file's sha256.
-pub async fn import_rootfs(store: &Store, path: &Path, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
-    progress(format!("pull rootfs:{}", path.display()));
-    let p = path.to_path_buf();
+/// `rootfs:<path>`: a root filesystem tarball (plain, gzip or zstd), already open; one layer, cached by the
+/// file's sha256.
+pub async fn import_rootfs(store: &Store, source: &OpenedPath, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+    progress(format!("pull rootfs:{}", source.shown().display()));
+    if source.is_dir() {
+        return Err(ImageError::Invalid(format!("{} is a directory, not a tarball", source.shown().display())));
+    }
+    let path = source.proc_path();
+    let p = path.clone();
     let digest = blocking(move || file_digest(&p, "sha256")).await?;
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let size = source.file().metadata().map(|m| m.len()).unwrap_or(0);
     let label = format!("1/1 {}", short(&digest));
     let layer = if let Some(cached) = cached_layer(store, &digest) {
         progress(format!("layer {label} CACHED (layer {})", &cached[..12]));
         cached
     } else {
-        let compression = Compression::sniff(path).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
+        let compression = Compression::sniff(&path).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
         let started = Instant::now();
-        let (st, p, l) = (store.clone(), path.to_path_buf(), label.clone());
+        let (st, p, l) = (store.clone(), path.clone(), label.clone());
         let (layer, stats) = blocking(move || import_blob(&st, &p, compression, None, &l)).await?;
         progress(format!(
             "unpack layer {label}: {} ({:?}), {} entries, {} of files in {:.1} s → layer {}",

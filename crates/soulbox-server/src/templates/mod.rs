@@ -4,12 +4,15 @@
 //! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]).
 //! - [`engine`]: the build engine on a node (build sandboxes, one layer per step, the step cache).
 //! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
+//! - [`egress`]: the proxy every registry pull connects through (no private addresses unless configured).
+//! - [`host_path`]: host-path bases opened beneath the directories the config allows.
 //! - [`image`], [`registry`], [`unpack`]: image bases (registry pulls with oci-client, local OCI layouts, rootfs
 //!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
 //! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
 //! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
+//! - [`build_log`]: a build's stored log, bounded; [`uploads`]: COPY context uploads, stored and verified.
 
 pub mod access;
 #[cfg(test)]
@@ -17,12 +20,16 @@ mod access_tests;
 pub mod api;
 pub mod base;
 pub mod bootstrap;
+pub mod build_log;
+pub mod egress;
 pub mod engine;
 pub mod envd;
+pub mod host_path;
 pub mod image;
 pub mod registry;
 pub mod source;
 pub mod unpack;
+pub mod uploads;
 
 use std::path::PathBuf;
 use std::sync::Arc;

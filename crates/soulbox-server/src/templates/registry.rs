@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::OciDescriptor;
@@ -14,7 +14,8 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use soulbox_runtime::Store;
 
-use super::image::{self, BlobSource, Descriptor, ImageConfig, ImageError, ImportedImage, Progress, human_size, short};
+use super::egress::{EgressPolicy, EgressProxy};
+use super::image::{self, BlobSource, Descriptor, FetchedBlob, ImageConfig, ImageError, ImportedImage, Progress, human_size, short};
 use super::source::ImageRef;
 
 /// An image config blob is small; a bigger one is refused before download.
@@ -44,6 +45,16 @@ pub struct RegistrySettings {
     pub insecure: Vec<String>,
     /// Credentials by registry host (`docker.io`, `ghcr.io`, `127.0.0.1:5000`); others are pulled anonymously.
     pub auth: BTreeMap<String, RegistryCredential>,
+    /// More hosts a pull may reach at loopback, link-local or private addresses (e.g. the blob store a private
+    /// registry redirects to; the config's rewrite targets are added here).
+    pub private_hosts: Vec<String>,
+}
+
+impl RegistrySettings {
+    /// Every host the administrator named: only these may be reached at non-public addresses.
+    pub fn egress_policy(&self) -> EgressPolicy {
+        EgressPolicy::new(self.insecure.iter().chain(self.auth.keys()).chain(self.private_hosts.iter()).cloned())
+    }
 }
 
 /// Whether `host[:port]` is a loopback address or `localhost`.
@@ -66,20 +77,33 @@ fn ensure_crypto_provider() {
     });
 }
 
-/// An oci-client for `registry` under `settings` (also used by tests to push).
-pub fn client_for(registry: &str, settings: &RegistrySettings) -> Client {
+fn client_config(registry: &str, settings: &RegistrySettings) -> ClientConfig {
     ensure_crypto_provider();
     let mut http_hosts = settings.insecure.clone();
     if is_loopback(registry) {
         http_hosts.push(registry.to_string());
     }
-    Client::new(ClientConfig {
+    ClientConfig {
         protocol: ClientProtocol::HttpsExcept(http_hosts),
         platform_resolver: Some(Box::new(oci_client::client::linux_amd64_resolver)),
         connect_timeout: Some(std::time::Duration::from_secs(30)),
         read_timeout: Some(std::time::Duration::from_secs(300)),
         ..Default::default()
-    })
+    }
+}
+
+/// A direct oci-client for `registry` under `settings`, without the egress policy: for tests that push.
+pub fn client_for(registry: &str, settings: &RegistrySettings) -> Client {
+    Client::new(client_config(registry, settings))
+}
+
+/// An oci-client whose every connection goes through `egress` (the policy-checking proxy).
+fn pulling_client(registry: &str, settings: &RegistrySettings, egress: &EgressProxy) -> Result<Client, ImageError> {
+    let mut config = client_config(registry, settings);
+    config.http_proxy = Some(egress.url().to_string());
+    config.https_proxy = Some(egress.url().to_string());
+    config.no_proxy = None;
+    Client::try_from(config).map_err(|e| ImageError::Registry(format!("creating the registry client: {e}")))
 }
 
 pub fn auth_for(registry: &str, settings: &RegistrySettings) -> RegistryAuth {
@@ -98,8 +122,12 @@ pub fn reference(image: &ImageRef) -> Reference {
     }
 }
 
-fn registry_err(what: &str) -> impl Fn(oci_client::errors::OciDistributionError) -> ImageError + '_ {
-    move |e| ImageError::Registry(format!("{what}: {e}"))
+/// A registry error; when the egress policy refused a connection, the reason (which names the setting) too.
+fn registry_err<'a>(what: &'a str, egress: &'a EgressProxy) -> impl Fn(oci_client::errors::OciDistributionError) -> ImageError + 'a {
+    move |e| match egress.last_refusal() {
+        Some(why) => ImageError::Registry(format!("{what}: {e} (refused: {why})")),
+        None => ImageError::Registry(format!("{what}: {e}")),
+    }
 }
 
 fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
@@ -109,11 +137,12 @@ fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
 struct RegistryBlobs {
     client: Client,
     reference: Reference,
+    egress: EgressProxy,
 }
 
 #[async_trait::async_trait]
 impl BlobSource for RegistryBlobs {
-    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<(PathBuf, bool), ImageError> {
+    async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<FetchedBlob, ImageError> {
         let (_, hex) = image::check_digest(&layer.digest)?;
         let path = scratch.join(hex);
         let file = tokio::fs::File::create(&path).await.map_err(|source| ImageError::Io { path: path.display().to_string(), source })?;
@@ -121,8 +150,8 @@ impl BlobSource for RegistryBlobs {
         self.client
             .pull_blob(&self.reference, &oci_descriptor(layer), file)
             .await
-            .map_err(registry_err(&format!("downloading layer {}", short(&layer.digest))))?;
-        Ok((path, true))
+            .map_err(registry_err(&format!("downloading layer {}", short(&layer.digest)), &self.egress))?;
+        Ok(FetchedBlob { path, temp: true, held: None })
     }
     fn verb(&self) -> &'static str {
         "downloaded"
@@ -132,13 +161,14 @@ impl BlobSource for RegistryBlobs {
 /// Pulls `image` into the layer store.
 pub async fn pull(store: &Store, settings: &RegistrySettings, image: &ImageRef, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
     progress(format!("pull {image}"));
-    let client = client_for(&image.registry, settings);
+    let egress = EgressProxy::start(settings.egress_policy()).await.map_err(|e| ImageError::Registry(format!("starting the egress proxy: {e}")))?;
+    let client = pulling_client(&image.registry, settings, &egress)?;
     let auth = auth_for(&image.registry, settings);
     let reference = reference(image);
     let (manifest, digest, list_digest) = client
         .pull_image_manifest_and_list_digest(&reference, &auth)
         .await
-        .map_err(registry_err(&format!("manifest of {image}")))?;
+        .map_err(registry_err(&format!("manifest of {image}"), &egress))?;
     let total: i64 = manifest.layers.iter().map(|l| l.size.max(0)).sum();
     match list_digest {
         Some(list) => progress(format!("index {} → linux/amd64 manifest {} ({} layers, {})", short(&list), short(&digest), manifest.layers.len(), human_size(total as u64))),
@@ -149,14 +179,14 @@ pub async fn pull(store: &Store, settings: &RegistrySettings, image: &ImageRef, 
     }
     image::check_digest(&manifest.config.digest)?;
     let mut config_json: Vec<u8> = Vec::new();
-    client.pull_blob(&reference, &manifest.config, &mut config_json).await.map_err(registry_err("image config"))?;
+    client.pull_blob(&reference, &manifest.config, &mut config_json).await.map_err(registry_err("image config", &egress))?;
     let config = ImageConfig::parse(&config_json)?;
     let layers: Vec<Descriptor> = manifest
         .layers
         .iter()
         .map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest.clone(), size: l.size, platform: None })
         .collect();
-    let source = RegistryBlobs { client, reference };
+    let source = RegistryBlobs { client, reference, egress };
     let layers = image::import_layers(store, &layers, &config.diff_ids, &source, progress).await?;
     Ok(ImportedImage { layers, config })
 }
@@ -183,7 +213,7 @@ mod tests {
         assert_eq!(m["r.example"], RegistryCredential::Bearer { token: "t".into() });
         assert_eq!(format!("{:?}", m["ghcr.io"]), "Basic(u, ***)");
         assert_eq!(format!("{:?}", m["r.example"]), "Bearer(***)");
-        let settings = RegistrySettings { insecure: vec![], auth: m };
+        let settings = RegistrySettings { auth: m, ..Default::default() };
         assert!(matches!(auth_for("ghcr.io", &settings), RegistryAuth::Basic(..)));
         assert!(matches!(auth_for("docker.io", &settings), RegistryAuth::Anonymous));
     }

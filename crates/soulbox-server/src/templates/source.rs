@@ -125,12 +125,27 @@ pub enum Distro {
     Ubuntu,
 }
 
+/// Who wrote a host path: the caller (restricted to `[templates] host_source_dirs`) or the administrator's config
+/// (an `image_rewrites` target, trusted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Caller,
+    Config,
+}
+
+/// A base read from a host path (`oci-archive:`, `rootfs:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostSource {
+    pub path: PathBuf,
+    pub origin: Origin,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BaseSource {
     Template(String),
     Registry(ImageRef),
-    OciArchive(PathBuf),
-    RootfsTarball(PathBuf),
+    OciArchive(HostSource),
+    RootfsTarball(HostSource),
     Bootstrap { distro: Distro, suite: String },
 }
 
@@ -151,16 +166,20 @@ impl Rewrites {
         Rewrites { map }
     }
 
-    /// Parses `raw` after applying rewrites (a rewrite target may itself be rewritten, up to a small depth).
+    /// Parses `raw` after applying rewrites (a rewrite target may itself be rewritten, up to a small depth). A
+    /// host path in `raw` itself is the caller's ([`Origin::Caller`]); one reached through a rewrite is the
+    /// config's ([`Origin::Config`]): rewrite keys and targets are only ever written by the administrator.
     pub fn resolve(&self, raw: &str) -> Result<BaseSource, SourceError> {
         let mut current = raw.trim().to_string();
+        let mut origin = Origin::Caller;
         for _ in 0..8 {
-            if let Some(source) = parse_scheme(&current)? {
+            if let Some(source) = parse_scheme(&current, origin)? {
                 return Ok(source);
             }
             let image = ImageRef::parse(&current)?;
             if let Some(target) = image.spellings().iter().find_map(|s| self.map.get(s)) {
                 current = target.clone();
+                origin = Origin::Config;
                 continue;
             }
             if let Some(mirror) = self.map.get(&image.registry) {
@@ -172,7 +191,7 @@ impl Rewrites {
     }
 }
 
-fn parse_scheme(raw: &str) -> Result<Option<BaseSource>, SourceError> {
+fn parse_scheme(raw: &str, origin: Origin) -> Result<Option<BaseSource>, SourceError> {
     let bad = |why| SourceError::InvalidReference(raw.to_string(), why);
     let Some((scheme, rest)) = raw.split_once(':') else { return Ok(None) };
     let source = match scheme {
@@ -187,8 +206,8 @@ fn parse_scheme(raw: &str) -> Result<Option<BaseSource>, SourceError> {
             if !rest.starts_with('/') {
                 return Err(bad("a local image path must be absolute"));
             }
-            let path = PathBuf::from(rest);
-            if scheme == "rootfs" { BaseSource::RootfsTarball(path) } else { BaseSource::OciArchive(path) }
+            let host = HostSource { path: PathBuf::from(rest), origin };
+            if scheme == "rootfs" { BaseSource::RootfsTarball(host) } else { BaseSource::OciArchive(host) }
         }
         "bootstrap" => {
             let (distro, suite) = rest.split_once(':').ok_or_else(|| bad("bootstrap:<debian|ubuntu>:<suite>"))?;
@@ -245,7 +264,15 @@ mod tests {
         assert_eq!(rw.resolve("ghcr.io/o/r:2").unwrap(), reg("127.0.0.1:5000/o/r:2"));
         assert_eq!(rw.resolve("debian:trixie").unwrap(), reg("debian:trixie"));
         assert_eq!(rw.resolve("template:mine:default").unwrap(), BaseSource::Template("mine".into()));
-        assert_eq!(rw.resolve("rootfs:/srv/r.tar.gz").unwrap(), BaseSource::RootfsTarball("/srv/r.tar.gz".into()));
+        let caller = |p: &str| HostSource { path: p.into(), origin: Origin::Caller };
+        assert_eq!(rw.resolve("rootfs:/srv/r.tar.gz").unwrap(), BaseSource::RootfsTarball(caller("/srv/r.tar.gz")));
+        // A host path reached through the config's rewrites is the administrator's, even two hops away.
+        rw.map.insert("python:3.12".into(), "oci-archive:/srv/py.tar".into());
+        rw.map.insert("py".into(), "python:3.12".into());
+        let config = HostSource { path: "/srv/py.tar".into(), origin: Origin::Config };
+        assert_eq!(rw.resolve("py").unwrap(), BaseSource::OciArchive(config.clone()));
+        assert_eq!(rw.resolve("docker.io/library/python:3.12").unwrap(), BaseSource::OciArchive(config));
+        assert_eq!(rw.resolve("oci-archive:/srv/py.tar").unwrap(), BaseSource::OciArchive(caller("/srv/py.tar")));
         assert!(rw.resolve("oci-archive:relative.tar").is_err());
         assert!(rw.resolve("bootstrap:arch:latest").is_err());
         rw.map.insert("a/x".into(), "a/y".into());
