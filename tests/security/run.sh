@@ -8,7 +8,11 @@
 #   SOULBOX_SECURITY_DIR=/var/tmp/soulbox-e2e   data dir; by default the e2e suite's, so the `base` template it
 #                                               built is reused (the suites run one after the other)
 #   SOULBOX_SECURITY_PREFIX=sbsec, SOULBOX_SECURITY_POOL=10.217.0.0/16
-#                                               runtime prefix and address pool (this suite's host objects)
+#                                               runtime prefix and address pool (this suite's host objects); the
+#                                               suite's server takes the pool's lower half, the upper half is
+#                                               for servers that tests start themselves (test_netstate.py)
+#   SOULBOX_SECURITY_SPARE_PREFIX=z<prefix[1:]>  prefix of those servers (must not start with the suite's prefix
+#                                               nor the other way round: prefixes select links and nft rules)
 #   SOULBOX_SECURITY_SKIP_BUILD=1               use the existing target/debug/soulbox and static envd
 # Server settings the attacks need are in server.toml beside this file. Server log: target/security/server.log.
 set -euo pipefail
@@ -20,7 +24,13 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 
 DATA_DIR="${SOULBOX_SECURITY_DIR:-/var/tmp/soulbox-e2e}"
 PREFIX="${SOULBOX_SECURITY_PREFIX:-sbsec}"
-POOL="${SOULBOX_SECURITY_POOL:-10.217.0.0/16}"
+FULL_POOL="${SOULBOX_SECURITY_POOL:-10.217.0.0/16}"
+# halves of the pool: "<lower> <upper>"
+read -r POOL SPARE_POOL < <(python3 -c '
+import ipaddress, sys
+lower, upper = ipaddress.ip_network(sys.argv[1], strict=False).subnets(1)
+print(lower, upper)' "$FULL_POOL")
+SPARE_PREFIX="${SOULBOX_SECURITY_SPARE_PREFIX:-z${PREFIX:1}}"
 DOMAIN=security.soulbox.test
 MAX_LIFETIME_S=600
 SERVER_LOG="$ROOT/target/security/server.log"
@@ -87,6 +97,7 @@ log "attack suite: e2b $("$py" -c 'from importlib.metadata import version; print
 cd "$HERE"
 E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
 SOULBOX_SEC_KEY_B="$KEY_B" SOULBOX_SEC_ADMIN_KEY="$ADMIN_KEY" SOULBOX_SEC_DATA_DIR="$DATA_DIR" \
-SOULBOX_SEC_PREFIX="$PREFIX" SOULBOX_SEC_SERVER_LOG="$SERVER_LOG" SOULBOX_SEC_BIN="$SOULBOX" SOULBOX_SEC_ENVD="$ENVD" \
+SOULBOX_SEC_PREFIX="$PREFIX" SOULBOX_SEC_SPARE_PREFIX="$SPARE_PREFIX" SOULBOX_SEC_SPARE_POOL="$SPARE_POOL" \
+SOULBOX_SEC_SERVER_LOG="$SERVER_LOG" SOULBOX_SEC_BIN="$SOULBOX" SOULBOX_SEC_ENVD="$ENVD" \
 NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
   "$py" -m pytest "$@"

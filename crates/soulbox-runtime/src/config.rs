@@ -65,8 +65,10 @@ pub struct RuntimeConfig {
     /// Disk limit (MiB) when neither the sandbox spec nor the template sets one; 0 = none.
     #[serde(default = "default_disk_mb")]
     pub default_disk_mb: u64,
-    /// Whether a sandbox's allowOut may open private, link-local and metadata ranges (the server setting
-    /// `allow_private_egress`). Off: the firewall drops those ranges before any allowOut accept.
+    /// Let `allowOut` open private, link-local (incl. the cloud metadata service 169.254.169.254),
+    /// CGNAT, loopback and multicast ranges (the server setting `allow_private_egress`). Off
+    /// (default): every sandbox chain drops those before its allow rules, so only the runtime's own
+    /// DNS servers (port 53) stay reachable there.
     #[serde(default)]
     pub allow_private_egress: bool,
     /// Run every sandbox in its own user namespace (`userns.rs`): root inside is an unprivileged

@@ -24,6 +24,15 @@ pub struct ContainerState {
     pub bundle: Option<PathBuf>,
 }
 
+/// Fail early, before anything is made on the host, when the OCI runtime binary cannot run
+/// (missing, not executable, not a runc-style CLI): `<bin> --version` must succeed.
+pub async fn check_runtime_binary(bin: &str) -> Result<()> {
+    util::run(bin, &["--version"])
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Invalid(format!("the OCI runtime {bin:?} does not work: {e}")))
+}
+
 impl Driver {
     pub fn new(bin: &str, extra_args: &[String], root: &Path) -> Self {
         let mut global = vec!["--root".to_string(), root.to_string_lossy().into_owned()];

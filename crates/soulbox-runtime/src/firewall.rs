@@ -4,30 +4,87 @@
 //!   sandbox's outbound traffic jumps (via a verdict map keyed by its host veth) to its own chain.
 //! - `input`: sandboxes reach no host service except `host_allowed_tcp_ports`.
 //! - `postrouting`: masquerade pool → outside.
-//! - per-sandbox chain `sb_<id>`: allowOut accept, denyOut drop, internet off → drop, DNS servers
-//!   accept, private/link-local/multicast ranges drop, IPv6 drop, else accept.
+//! - per-sandbox chain `sb_<id>`: private/link-local/multicast/metadata ranges dropped first
+//!   (unless `allow_private_egress`; the DNS servers the runtime configured stay reachable on port
+//!   53), then allowOut accept, denyOut drop, internet off → drop, DNS servers accept,
+//!   private ranges drop, IPv6 drop, else accept.
+//!
+//! Every sandbox's network namespace carries a copy of its policy too ([`guard`]): deleting or
+//! flushing the host's table, or `nft flush ruleset` on the host, does not reach it.
 //!
 //! The table is rebuilt atomically (one `nft -f` transaction) on `Runtime::open` from the
-//! sandboxes that exist, which is also the GC of leaked rules.
+//! sandboxes that exist, which is also the GC of leaked rules. The firewall remembers what the
+//! table should hold (every sandbox's veth and policy), so [`watch`] can check the kernel's table
+//! against it and rebuild it when someone deleted or flushed it.
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::spec::NetworkPolicy;
-use crate::util;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::Ipv4Addr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
-const PRIVATE: &str = "0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12, 192.168.0.0/16, 224.0.0.0/4, 240.0.0.0/4";
+pub mod check;
+pub mod guard;
+pub mod watch;
+
+/// Destinations a sandbox never reaches unless the node allows private egress: "this network",
+/// RFC 1918, CGNAT, loopback, link-local (incl. the cloud metadata service 169.254.169.254),
+/// multicast and reserved.
+pub const PRIVATE_RANGES: [(Ipv4Addr, u8); 9] = [
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::new(240, 0, 0, 0), 4),
+];
+
+fn private_set() -> String {
+    let v: Vec<String> = PRIVATE_RANGES
+        .iter()
+        .map(|(a, l)| format!("{a}/{l}"))
+        .collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+/// Whether `ip` lies in one of [`PRIVATE_RANGES`].
+pub fn is_private(ip: Ipv4Addr) -> bool {
+    PRIVATE_RANGES.iter().any(|(net, len)| {
+        let mask = if *len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(*len))
+        };
+        u32::from(ip) & mask == u32::from(*net)
+    })
+}
 
 /// Parse and normalise an IPv4 CIDR or address.
 pub fn parse_cidr(s: &str) -> Result<String> {
     let (a, l) = match s.trim().split_once('/') {
-        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| Error::Invalid(format!("bad CIDR {s:?}")))?),
+        Some((a, l)) => (
+            a,
+            l.parse::<u8>()
+                .map_err(|_| Error::Invalid(format!("bad CIDR {s:?}")))?,
+        ),
         None => (s.trim(), 32),
     };
-    let ip: Ipv4Addr = a.parse().map_err(|_| Error::Invalid(format!("bad CIDR {s:?} (only IPv4 is supported)")))?;
+    let ip: Ipv4Addr = a
+        .parse()
+        .map_err(|_| Error::Invalid(format!("bad CIDR {s:?} (only IPv4 is supported)")))?;
     if l > 32 {
         return Err(Error::Invalid(format!("bad CIDR {s:?}")));
     }
-    let mask = if l == 0 { 0 } else { u32::MAX << (32 - l as u32) };
+    let mask = if l == 0 {
+        0
+    } else {
+        u32::MAX << (32 - l as u32)
+    };
     Ok(format!("{}/{}", Ipv4Addr::from(u32::from(ip) & mask), l))
 }
 
@@ -49,13 +106,53 @@ fn set_expr(cidrs: &[String]) -> Result<Option<String>> {
     Ok(Some(format!("{{ {} }}", v?.join(", "))))
 }
 
+fn addr_set(addrs: &[Ipv4Addr]) -> String {
+    let v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+/// A chain as rule texts (without the `add rule inet <table> <chain>` prefix), so the script and
+/// the structural check ([`check`]) come from one source.
+pub(crate) struct ChainRules {
+    pub name: String,
+    /// `type filter hook forward priority -10; policy accept;` for base chains.
+    pub hook: Option<String>,
+    pub rules: Vec<String>,
+}
+
+/// What the kernel's table should hold: base chains, one chain per sandbox, the veth → chain map.
+pub(crate) struct Expected {
+    pub chains: Vec<ChainRules>,
+    /// veth → sandbox chain
+    pub map: BTreeMap<String, String>,
+}
+
+/// What the firewall has applied (the live sandboxes' veths and policies). Guarded by one async
+/// mutex with every `nft` transaction, so a check never sees a half-applied change.
+#[derive(Default)]
+struct State {
+    live: BTreeMap<String, (String, NetworkPolicy)>,
+    /// Set by `destroy`: the table is meant to be gone and must not be repaired.
+    closed: bool,
+}
+
 pub struct Firewall {
     table: String,
     prefix: String,
     pool: String,
+    gateway: Ipv4Addr,
     dns: Vec<Ipv4Addr>,
     host_ports: Vec<u16>,
+    allow_private_egress: bool,
+    state: tokio::sync::Mutex<State>,
+    /// Pids of our own recent `nft` processes: the watcher ignores the transactions they commit.
+    own_pids: std::sync::Mutex<VecDeque<(u32, Instant)>>,
+    /// Counts repairs; tests and callers wait on it.
+    repairs: tokio::sync::watch::Sender<u64>,
 }
+
+/// How long an own `nft` pid is remembered (its transaction's event arrives right after it commits).
+const OWN_PID_TTL: Duration = Duration::from_secs(60);
 
 impl Firewall {
     pub fn new(cfg: &RuntimeConfig) -> Self {
@@ -63,82 +160,234 @@ impl Firewall {
             table: cfg.nft_table(),
             prefix: cfg.prefix.clone(),
             pool: cfg.pool_cidr(),
+            gateway: cfg.gateway(),
             dns: cfg.dns.clone(),
             host_ports: cfg.host_allowed_tcp_ports.clone(),
+            allow_private_egress: cfg.allow_private_egress,
+            state: Default::default(),
+            own_pids: Default::default(),
+            repairs: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The number of repairs so far; changes every time the watcher rebuilt the table.
+    pub fn repairs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.repairs.subscribe()
+    }
+
+    /// One sandbox's chain: the policy as rules, in order.
+    fn sandbox_chain(&self, id: &str, p: &NetworkPolicy) -> Result<ChainRules> {
+        let mut rules = Vec::new();
+        let private = private_set();
+        if !self.allow_private_egress {
+            // Before allowOut: no allow rule can open private ranges or the metadata service.
+            // The runtime's own DNS servers may be private (a LAN or cloud resolver): they are
+            // exempt on port 53 only, and the rest of the chain decides about them as before.
+            let private_dns: Vec<Ipv4Addr> = self
+                .dns
+                .iter()
+                .copied()
+                .filter(|a| is_private(*a))
+                .collect();
+            if private_dns.is_empty() {
+                rules.push(format!("ip daddr {private} drop"));
+            } else {
+                let dns = addr_set(&private_dns);
+                rules.push(format!("ip daddr {private} ip daddr != {dns} drop"));
+                rules.push(format!(
+                    "ip daddr {dns} meta l4proto != {{ tcp, udp }} drop"
+                ));
+                rules.push(format!("ip daddr {dns} th dport != 53 drop"));
+            }
+        }
+        if let Some(set) = set_expr(&p.allow_out)? {
+            rules.push(format!("ip daddr {set} accept"));
+        }
+        if let Some(set) = set_expr(&p.deny_out)? {
+            rules.push(format!("ip daddr {set} drop"));
+        }
+        if !p.allow_internet {
+            rules.push("drop".into());
+        }
+        if !self.dns.is_empty() {
+            rules.push(format!(
+                "ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+                addr_set(&self.dns)
+            ));
+        }
+        rules.push(format!("ip daddr {private} drop"));
+        rules.push("meta nfproto ipv6 drop".into());
+        rules.push("accept".into());
+        Ok(ChainRules {
+            name: format!("sb_{id}"),
+            hook: None,
+            rules,
+        })
+    }
+
+    fn base_chains(&self) -> Vec<ChainRules> {
+        let p = &self.prefix;
+        let mut input = vec![format!(
+            "iifname \"{p}*\" ct state established,related accept"
+        )];
+        if !self.host_ports.is_empty() {
+            let v: Vec<String> = self.host_ports.iter().map(|p| p.to_string()).collect();
+            input.push(format!(
+                "iifname \"{p}*\" tcp dport {{ {} }} accept",
+                v.join(", ")
+            ));
+        }
+        input.push(format!("iifname \"{p}*\" drop"));
+        vec![
+            ChainRules {
+                name: "forward".into(),
+                hook: Some("type filter hook forward priority -10; policy accept;".into()),
+                rules: vec![
+                    format!("iifname \"{p}*\" oifname \"{p}*\" drop"),
+                    format!("oifname \"{p}*\" ct state established,related accept"),
+                    format!("oifname \"{p}*\" drop"),
+                    format!("iifname \"{p}*\" iifname vmap @sb_out"),
+                    format!("iifname \"{p}*\" drop"),
+                ],
+            },
+            ChainRules {
+                name: "input".into(),
+                hook: Some("type filter hook input priority -10; policy accept;".into()),
+                rules: input,
+            },
+            ChainRules {
+                name: "postrouting".into(),
+                hook: Some("type nat hook postrouting priority srcnat; policy accept;".into()),
+                rules: vec![format!(
+                    "ip saddr {} oifname != \"{p}*\" masquerade",
+                    self.pool
+                )],
+            },
+        ]
     }
 
     /// Script that adds (or replaces) one sandbox's chain and map element.
     fn sandbox_script(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<String> {
         let t = &self.table;
-        let c = format!("sb_{id}");
+        let chain = self.sandbox_chain(id, p)?;
+        let c = &chain.name;
         let mut s = format!("add chain inet {t} {c}\nflush chain inet {t} {c}\n");
-        if let Some(set) = set_expr(&p.allow_out)? {
-            s += &format!("add rule inet {t} {c} ip daddr {set} accept\n");
+        for r in &chain.rules {
+            s += &format!("add rule inet {t} {c} {r}\n");
         }
-        if let Some(set) = set_expr(&p.deny_out)? {
-            s += &format!("add rule inet {t} {c} ip daddr {set} drop\n");
-        }
-        if !p.allow_internet {
-            s += &format!("add rule inet {t} {c} drop\n");
-        }
-        if !self.dns.is_empty() {
-            let d: Vec<String> = self.dns.iter().map(|a| a.to_string()).collect();
-            s += &format!("add rule inet {t} {c} ip daddr {{ {} }} meta l4proto {{ tcp, udp }} th dport 53 accept\n", d.join(", "));
-        }
-        s += &format!("add rule inet {t} {c} ip daddr {{ {PRIVATE} }} drop\n");
-        s += &format!("add rule inet {t} {c} meta nfproto ipv6 drop\n");
-        s += &format!("add rule inet {t} {c} accept\n");
         s += &format!("add element inet {t} sb_out {{ \"{veth}\" : jump {c} }}\n");
         Ok(s)
     }
 
-    fn base_script(&self) -> String {
+    /// Script that replaces the whole table with the base chains and the given sandboxes.
+    fn table_script(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) -> Result<String> {
         let t = &self.table;
-        let p = &self.prefix;
-        let ports = if self.host_ports.is_empty() {
-            String::new()
-        } else {
-            let v: Vec<String> = self.host_ports.iter().map(|p| p.to_string()).collect();
-            format!("    iifname \"{p}*\" tcp dport {{ {} }} accept\n", v.join(", "))
-        };
-        format!(
-            "table inet {t} {{}}\ndelete table inet {t}\ntable inet {t} {{
-  map sb_out {{ type ifname : verdict; }}
-  chain forward {{
-    type filter hook forward priority -10; policy accept;
-    iifname \"{p}*\" oifname \"{p}*\" drop
-    oifname \"{p}*\" ct state established,related accept
-    oifname \"{p}*\" drop
-    iifname \"{p}*\" iifname vmap @sb_out
-    iifname \"{p}*\" drop
-  }}
-  chain input {{
-    type filter hook input priority -10; policy accept;
-    iifname \"{p}*\" ct state established,related accept
-{ports}    iifname \"{p}*\" drop
-  }}
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr {pool} oifname != \"{p}*\" masquerade
-  }}
-}}\n",
-            pool = self.pool
-        )
-    }
-
-    /// Atomically (re)build the table with the given live sandboxes.
-    pub async fn rebuild(&self, live: &[(String, String, NetworkPolicy)]) -> Result<()> {
-        let mut s = self.base_script();
-        for (id, veth, p) in live {
+        let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\nadd table inet {t}\n");
+        s += &format!("add map inet {t} sb_out {{ type ifname : verdict; }}\n");
+        for chain in self.base_chains() {
+            let hook = chain.hook.as_deref().unwrap_or_default();
+            s += &format!("add chain inet {t} {} {{ {hook} }}\n", chain.name);
+            for r in &chain.rules {
+                s += &format!("add rule inet {t} {} {r}\n", chain.name);
+            }
+        }
+        for (id, (veth, p)) in live {
             s += &self.sandbox_script(id, veth, p)?;
         }
-        util::run_stdin("nft", &["-f", "-"], Some(&s)).await.map(|_| ())
+        Ok(s)
+    }
+
+    /// What the table should hold for `live`.
+    fn expected(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) -> Result<Expected> {
+        let mut chains = self.base_chains();
+        let mut map = BTreeMap::new();
+        for (id, (veth, p)) in live {
+            let chain = self.sandbox_chain(id, p)?;
+            map.insert(veth.clone(), chain.name.clone());
+            chains.push(chain);
+        }
+        Ok(Expected { chains, map })
+    }
+
+    /// Run one `nft -f -` transaction, remembering its pid so the watcher knows it is ours.
+    async fn apply(&self, script: &str) -> Result<()> {
+        let cmd = || "nft -f -".to_string();
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+        if let Some(pid) = child.id() {
+            let mut own = self.own_pids.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            while own
+                .front()
+                .is_some_and(|(_, at)| now.duration_since(*at) > OWN_PID_TTL)
+                || own.len() > 1024
+            {
+                own.pop_front();
+            }
+            own.push_back((pid, now));
+        }
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .await
+                .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+        }
+        let out = child
+            .wait_with_output()
+            .await
+            .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+        if !out.status.success() {
+            return Err(Error::Command {
+                cmd: cmd(),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `pid` committed one of our own transactions (forgets it: one transaction per run).
+    pub(crate) fn take_own_pid(&self, pid: u32) -> bool {
+        let mut own = self.own_pids.lock().unwrap_or_else(|e| e.into_inner());
+        match own.iter().position(|(p, _)| *p == pid) {
+            Some(i) => {
+                own.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Atomically (re)build the table with the given live sandboxes (id, veth, policy).
+    pub async fn rebuild(&self, live: &[(String, String, NetworkPolicy)]) -> Result<()> {
+        let live: BTreeMap<_, _> = live
+            .iter()
+            .map(|(id, veth, p)| (id.clone(), (veth.clone(), p.clone())))
+            .collect();
+        let mut state = self.state.lock().await;
+        self.apply(&self.table_script(&live)?).await?;
+        state.live = live;
+        state.closed = false;
+        Ok(())
     }
 
     pub async fn add_sandbox(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<()> {
         let s = self.sandbox_script(id, veth, p)?;
-        util::run_stdin("nft", &["-f", "-"], Some(&s)).await.map(|_| ())
+        let mut state = self.state.lock().await;
+        self.apply(&s).await?;
+        state
+            .live
+            .insert(id.to_string(), (veth.to_string(), p.clone()));
+        Ok(())
     }
 
     /// Remove one sandbox's chain and map element (idempotent).
@@ -148,12 +397,155 @@ impl Firewall {
         let s = format!(
             "add chain inet {t} {c}\nadd element inet {t} sb_out {{ \"{veth}\" : jump {c} }}\ndelete element inet {t} sb_out {{ \"{veth}\" }}\nflush chain inet {t} {c}\ndelete chain inet {t} {c}\n"
         );
-        util::run_stdin("nft", &["-f", "-"], Some(&s)).await.map(|_| ())
+        let mut state = self.state.lock().await;
+        if let Err(e) = self.apply(&s).await {
+            // Without the table there is no chain to remove (the watcher rebuilds the table
+            // without this sandbox); anything else is a real failure.
+            if self.table_exists().await {
+                return Err(e);
+            }
+        }
+        state.live.remove(id);
+        Ok(())
     }
 
-    /// Remove the whole table (used by tests / uninstall).
+    async fn table_exists(&self) -> bool {
+        tokio::process::Command::new("nft")
+            .args(["list", "table", "inet", &self.table])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .map(|s| s.success())
+            // Cannot tell: assume it exists, so the caller sees the original error.
+            .unwrap_or(true)
+    }
+
+    /// Remove the whole table (node decommissioning, tests, a runtime closing with no sandboxes).
+    /// The watcher leaves it gone.
     pub async fn destroy(&self) -> Result<()> {
         let t = &self.table;
-        util::run_stdin("nft", &["-f", "-"], Some(&format!("table inet {t} {{}}\ndelete table inet {t}\n"))).await.map(|_| ())
+        let mut state = self.state.lock().await;
+        state.closed = true;
+        state.live.clear();
+        self.apply(&format!("table inet {t} {{}}\ndelete table inet {t}\n"))
+            .await
+    }
+
+    /// Compare the kernel's table with what was applied; rebuild it when they differ. Returns
+    /// whether it repaired something.
+    pub async fn check_and_repair(&self) -> Result<bool> {
+        let state = self.state.lock().await;
+        if state.closed {
+            return Ok(false);
+        }
+        let expected = self.expected(&state.live)?;
+        let listing = tokio::process::Command::new("nft")
+            .args(["-j", "list", "table", "inet", &self.table])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| Error::Spawn {
+                cmd: format!("nft -j list table inet {}", self.table),
+                source,
+            })?;
+        let found = if listing.status.success() {
+            check::differences(&self.table, &expected, &listing.stdout)
+        } else {
+            vec![format!("table inet {} is gone", self.table)]
+        };
+        if found.is_empty() {
+            return Ok(false);
+        }
+        tracing::warn!(table = %self.table, problems = %found.join("; "), "firewall table was changed from outside; rebuilding it");
+        self.apply(&self.table_script(&state.live)?).await?;
+        tracing::warn!(table = %self.table, sandboxes = state.live.len(), "firewall table restored");
+        self.repairs.send_modify(|n| *n += 1);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fw(dns: Vec<Ipv4Addr>, allow_private: bool) -> Firewall {
+        let mut cfg = RuntimeConfig::new("/nonexistent");
+        cfg.dns = dns;
+        cfg.allow_private_egress = allow_private;
+        Firewall::new(&cfg)
+    }
+
+    fn rules(f: &Firewall, p: &NetworkPolicy) -> Vec<String> {
+        f.sandbox_chain("x", p).unwrap().rules
+    }
+
+    #[test]
+    fn private_drop_comes_before_allow_out() {
+        let p = NetworkPolicy {
+            allow_internet: true,
+            allow_out: vec!["169.254.169.254/32".into(), "0.0.0.0/0".into()],
+            deny_out: vec![],
+        };
+        let r = rules(&fw(vec![], false), &p);
+        let drop = r
+            .iter()
+            .position(|r| r.contains("169.254.0.0/16") && r.ends_with("drop"))
+            .unwrap();
+        let allow = r
+            .iter()
+            .position(|r| r.contains("169.254.169.254/32") && r.ends_with("accept"))
+            .unwrap();
+        assert!(drop < allow, "{r:#?}");
+        // Node allows private egress: today's order, allowOut first.
+        let r = rules(&fw(vec![], true), &p);
+        assert!(
+            r[0].contains("169.254.169.254/32") && r[0].ends_with("accept"),
+            "{r:#?}"
+        );
+    }
+
+    #[test]
+    fn private_dns_servers_stay_reachable_on_port_53_only() {
+        let dns = Ipv4Addr::new(10, 255, 255, 53);
+        let r = rules(
+            &fw(vec![dns, Ipv4Addr::new(8, 8, 8, 8)], false),
+            &NetworkPolicy::open(),
+        );
+        assert!(
+            r[0].contains("ip daddr != { 10.255.255.53 } drop"),
+            "{r:#?}"
+        );
+        assert!(
+            r[1].contains("{ 10.255.255.53 } meta l4proto != { tcp, udp } drop"),
+            "{r:#?}"
+        );
+        assert!(
+            r[2].contains("{ 10.255.255.53 } th dport != 53 drop"),
+            "{r:#?}"
+        );
+        assert!(
+            !r[..3].iter().any(|r| r.contains("8.8.8.8")),
+            "public resolvers need no exemption: {r:#?}"
+        );
+    }
+
+    #[test]
+    fn private_ranges() {
+        for a in [
+            "169.254.169.254",
+            "10.1.2.3",
+            "172.31.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(is_private(a.parse().unwrap()), "{a}");
+        }
+        for a in ["8.8.8.8", "203.0.113.2", "172.32.0.1", "100.128.0.1"] {
+            assert!(!is_private(a.parse().unwrap()), "{a}");
+        }
     }
 }

@@ -15,11 +15,15 @@ use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 use crate::template::{Store, TemplateMeta};
 use crate::{cgroup, util};
 use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex as AsyncMutex;
+
+mod addresses;
+mod close;
 
 type Handle = Arc<AsyncMutex<Record>>;
 
@@ -33,7 +37,12 @@ pub(crate) struct Inner {
     pub store: Store,
     pub driver: Driver,
     pub ips: IpPool,
-    pub fw: Firewall,
+    pub fw: Arc<Firewall>,
+    /// Repairs the firewall table when it is deleted or changed from outside; stopped on close.
+    pub fw_watch: std::sync::Mutex<Option<firewall::watch::WatchHandle>>,
+    /// Address of every running sandbox, for callers that route traffic by sandbox id (the proxy):
+    /// a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
+    pub serving: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
     pub disk: DiskLimits,
     /// Some: every sandbox gets its own user namespace range (`userns.rs`).
     pub userns: Option<crate::userns::IdRanges>,
@@ -73,6 +82,7 @@ impl Inner {
     /// `keep_dir`: keep the directory (upper layer + record) for stop-to-disk.
     pub async fn release(&self, id: &str, keep_dir: bool) -> Result<()> {
         let dir = self.dir(id);
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let mut first_err: Option<Error> = None;
         fn note(first_err: &mut Option<Error>, id: &str, r: Result<()>, what: &str) {
             if let Err(e) = r {
@@ -101,9 +111,12 @@ impl Inner {
         let veth = lease.as_ref().map(|l| l.veth.clone()).unwrap_or_else(|| self.cfg.veth_name(id));
         note(&mut first_err, id, self.fw.remove_sandbox(id, &veth).await, "firewall");
         note(&mut first_err, id, network::teardown(&self.cfg.netns_name(id), &veth).await, "network");
-        if first_err.is_none() {
+        // The address stays the sandbox's until it is deleted (stop keeps the lease file; start
+        // takes the same address again): a record anywhere that still names it can only ever
+        // reach this sandbox, never a new one.
+        if first_err.is_none() && !keep_dir {
             if let Some(l) = &lease {
-                self.ips.release(l.ip);
+                self.ips.release(l.ip, id);
             }
             note(&mut first_err, id, util::remove_file_idem(&NetLease::file(&dir)), "lease");
         }
@@ -132,6 +145,13 @@ impl Inner {
         Ok(())
     }
 
+    /// Route traffic for `id` to its leased address again (it runs).
+    pub fn mark_serving(&self, id: &str) {
+        if let Some(l) = NetLease::load(&self.dir(id)) {
+            self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), l.ip);
+        }
+    }
+
     /// Disk limit of a sandbox (MiB, 0 = none): spec, else template, else the node default.
     fn disk_limit_mb(&self, spec: &SandboxSpec, meta: &TemplateMeta) -> u64 {
         spec.disk_mb.or(meta.disk_mb).unwrap_or(self.cfg.default_disk_mb)
@@ -147,9 +167,14 @@ impl Inner {
         if frozen { self.driver.pause(id).await } else { self.driver.resume(id).await }
     }
 
-    /// Allocate an address, record the lease, create netns + veth.
+    /// Allocate an address (the one a stopped sandbox kept, if it still can), record the lease,
+    /// create netns + veth.
     async fn acquire_network(&self, id: &str) -> Result<NetLease> {
-        let ip = self.ips.allocate()?;
+        let kept = NetLease::load(&self.dir(id)).map(|l| l.ip).filter(|ip| self.ips.claim(*ip, id));
+        let ip = match kept {
+            Some(ip) => ip,
+            None => self.ips.allocate(id)?,
+        };
         let lease = network::lease_for(&self.cfg, id, ip);
         let dir = self.dir(id);
         util::write_json(&NetLease::file(&dir), &lease)?;
@@ -216,7 +241,7 @@ impl Inner {
             Record { id: id.clone(), status: Status::Pooled, template: None, spec: None, envd_secret: None }.save(&self.dir(&id))?;
             let res = async {
                 let l = self.acquire_network(&id).await?;
-                self.fw.add_sandbox(&id, &l.veth, &NetworkPolicy::open()).await?;
+                self.fw.apply_policy(&id, &l, &NetworkPolicy::open()).await?;
                 self.disk.prepare_pooled(&self.dir(&id)).await?;
                 Ok::<_, Error>(l)
             }
@@ -334,7 +359,14 @@ impl Inner {
 impl Runtime {
     /// Open the runtime on its data dir: take the instance lock, reconcile what a previous
     /// instance left (re-adopt live sandboxes, collect everything leaked), fill the warm pool.
-    pub async fn open(mut cfg: RuntimeConfig) -> Result<Runtime> {
+    pub async fn open(cfg: RuntimeConfig) -> Result<Runtime> {
+        Runtime::open_reserving(cfg, &[]).await
+    }
+
+    /// [`Runtime::open`], keeping `reserved` (sandbox id, address) out of the pool: addresses the
+    /// caller's records still name (see [`Runtime::set_reserved_addresses`]). They are reserved
+    /// before the warm pool takes any address.
+    pub async fn open_reserving(mut cfg: RuntimeConfig, reserved: &[(String, Ipv4Addr)]) -> Result<Runtime> {
         cfg.validate()?;
         if let Some(adj) = cfg.envd_oom_score_adj {
             // Lowering oom_score_adj below our own needs CAP_SYS_RESOURCE; without it the OCI
@@ -364,6 +396,7 @@ impl Runtime {
         if cfg.init_override.is_none() {
             cfg.envd_path = crate::perms::install_envd(&cfg)?;
         }
+        crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
         network::enable_forwarding()?;
         let store = Store::new(cfg.store_dir())?;
         let disk = DiskLimits::open(&cfg).await?;
@@ -372,7 +405,9 @@ impl Runtime {
         let inner = Arc::new(Inner {
             driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
             ips: IpPool::new(&cfg),
-            fw: Firewall::new(&cfg),
+            fw: Arc::new(Firewall::new(&cfg)),
+            fw_watch: Default::default(),
+            serving: Default::default(),
             disk,
             userns,
             store,
@@ -383,11 +418,27 @@ impl Runtime {
             _lock: lock,
             cfg,
         });
-        crate::reconcile::reconcile(&inner).await?;
+        let runtime = Runtime { inner };
+        // From here on the runtime has made things on the host (table, pool slots, maybe the
+        // node's disk image): a failure gives back what it can.
+        if let Err(e) = runtime.finish_open(reserved).await {
+            if let Err(e2) = runtime.close().await {
+                tracing::warn!(error = %e2, "cleaning up after a failed open");
+            }
+            return Err(e);
+        }
+        Ok(runtime)
+    }
+
+    async fn finish_open(&self, reserved: &[(String, Ipv4Addr)]) -> Result<()> {
+        let inner = &self.inner;
+        crate::reconcile::reconcile(inner).await?;
+        self.set_reserved_addresses(reserved);
         if inner.cfg.pool_size > 0 {
             inner.fill_pool().await?;
         }
-        Ok(Runtime { inner })
+        *inner.fw_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(firewall::watch::spawn(inner.fw.clone()));
+        Ok(())
     }
 
     pub fn config(&self) -> &RuntimeConfig {
@@ -427,7 +478,7 @@ impl Runtime {
             inner.disk.fit_pooled(&dir, disk_mb)?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
             if !(open_fw && policy == NetworkPolicy::open()) {
-                inner.fw.add_sandbox(&id, &lease.veth, &policy).await?;
+                inner.fw.apply_policy(&id, &lease, &policy).await?;
             }
             inner.boot(&rec, &lease).await
         }
@@ -440,9 +491,16 @@ impl Runtime {
         }
         let mut rec = rec;
         rec.status = Status::Running;
-        rec.save(&dir)?;
+        if let Err(e) = rec.save(&dir) {
+            // Unrecorded, it would be collected as a half-made sandbox at the next open: do it now.
+            if let Err(e2) = inner.release(&id, false).await {
+                tracing::error!(sandbox = %id, error = %e2, "release after failed create");
+            }
+            return Err(e);
+        }
         let info = info_of(&rec, Some(&lease));
         inner.remember(&rec);
+        inner.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), lease.ip);
         inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
         Ok(info)
     }
@@ -468,7 +526,11 @@ impl Runtime {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
         want(&rec, &[Status::Running])?;
-        self.inner.freeze(id, true).await?;
+        self.inner.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        if let Err(e) = self.inner.freeze(id, true).await {
+            self.inner.mark_serving(id);
+            return Err(e);
+        }
         rec.status = Status::Paused;
         rec.save(&self.inner.dir(id))
     }
@@ -479,6 +541,7 @@ impl Runtime {
         want(&rec, &[Status::Paused])?;
         self.inner.freeze(id, false).await?;
         rec.status = Status::Running;
+        self.inner.mark_serving(id);
         rec.save(&self.inner.dir(id))
     }
 
@@ -507,7 +570,7 @@ impl Runtime {
         let res: Result<NetLease> = async {
             let lease = inner.acquire_network(id).await?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
-            inner.fw.add_sandbox(id, &lease.veth, &policy).await?;
+            inner.fw.apply_policy(id, &lease, &policy).await?;
             inner.boot(&rec, &lease).await?;
             Ok(lease)
         }
@@ -516,6 +579,7 @@ impl Runtime {
             Ok(lease) => {
                 rec.status = Status::Running;
                 rec.save(&inner.dir(id))?;
+                inner.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), lease.ip);
                 Ok(info_of(&rec, Some(&lease)))
             }
             Err(e) => {
@@ -609,6 +673,7 @@ impl Runtime {
     /// For tests and node decommissioning.
     pub async fn destroy_all(&self) -> Result<()> {
         let ids: Vec<String> = self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        self.stop_watching();
         let mut first: Option<Error> = None;
         for id in ids {
             if let Err(e) = self.delete(&id).await {

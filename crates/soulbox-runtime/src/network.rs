@@ -9,7 +9,7 @@ use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::util;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -34,27 +34,56 @@ impl NetLease {
     }
 }
 
-/// IPv4 allocator over the pool (in memory; rebuilt from lease files on open).
+/// IPv4 allocator over the pool (in memory; rebuilt from lease files on open). Every address has
+/// an owner: the sandbox (or pooled slot) id whose `net.json` names it, or a reservation
+/// ([`reservation_owner`]) for an address the control plane's records still name. An address is
+/// only ever freed by its owner, so a stale or repeated release cannot free another sandbox's.
 pub struct IpPool {
     first: u32,
     last: u32,
-    used: Mutex<BTreeSet<u32>>,
+    used: Mutex<BTreeMap<u32, String>>,
+}
+
+/// The owner of a reservation made for the control plane's record of sandbox `id`.
+pub fn reservation_owner(id: &str) -> String {
+    format!("record:{id}")
 }
 
 impl IpPool {
     pub fn new(cfg: &RuntimeConfig) -> Self {
         let net = u32::from(cfg.pool_net) & cfg.pool_mask();
         let bcast = net | !cfg.pool_mask();
-        IpPool { first: net + 2, last: bcast - 1, used: Mutex::new(BTreeSet::new()) }
+        IpPool { first: net + 2, last: bcast - 1, used: Mutex::new(BTreeMap::new()) }
     }
-    pub fn mark_used(&self, ip: Ipv4Addr) {
-        self.used.lock().unwrap_or_else(|e| e.into_inner()).insert(u32::from(ip));
+    fn used(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, String>> {
+        self.used.lock().unwrap_or_else(|e| e.into_inner())
     }
-    pub fn allocate(&self) -> Result<Ipv4Addr> {
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+    fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&u32::from(ip))
+    }
+    /// Record that `owner` holds `ip` (reconcile: its lease file says so). Returns false, and
+    /// changes nothing, when another owner already holds it.
+    pub fn mark_used(&self, ip: Ipv4Addr, owner: &str) -> bool {
+        let mut used = self.used();
+        match used.get(&u32::from(ip)) {
+            Some(o) if o != owner && *o != reservation_owner(owner) => false,
+            _ => {
+                used.insert(u32::from(ip), owner.to_string());
+                true
+            }
+        }
+    }
+    /// Take `ip` for `owner` again (start of a stopped sandbox that kept its address): only if it
+    /// is in the pool and free, or already `owner`'s (or its record's reservation).
+    pub fn claim(&self, ip: Ipv4Addr, owner: &str) -> bool {
+        self.in_range(ip) && self.mark_used(ip, owner)
+    }
+    /// The lowest free address, now owned by `owner`.
+    pub fn allocate(&self, owner: &str) -> Result<Ipv4Addr> {
+        let mut used = self.used();
         // lowest free address: walk gaps in the sorted set
         let mut cand = self.first;
-        for &u in used.range(self.first..=self.last) {
+        for &u in used.range(self.first..=self.last).map(|(k, _)| k) {
             if u != cand {
                 break;
             }
@@ -63,14 +92,36 @@ impl IpPool {
         if cand > self.last {
             return Err(Error::PoolExhausted);
         }
-        used.insert(cand);
+        used.insert(cand, owner.to_string());
         Ok(Ipv4Addr::from(cand))
     }
-    pub fn release(&self, ip: Ipv4Addr) {
-        self.used.lock().unwrap_or_else(|e| e.into_inner()).remove(&u32::from(ip));
+    /// Free `ip` if `owner` holds it.
+    pub fn release(&self, ip: Ipv4Addr, owner: &str) {
+        let mut used = self.used();
+        if used.get(&u32::from(ip)).is_some_and(|o| o == owner) {
+            used.remove(&u32::from(ip));
+        }
+    }
+    /// Replace all reservations with `reserved` (record id, address). An address a sandbox holds
+    /// is not reserved again; one held by a different sandbox is reported back (a conflict the
+    /// caller must resolve: two owners name the same address).
+    pub fn set_reservations(&self, reserved: &[(String, Ipv4Addr)]) -> Vec<(String, Ipv4Addr)> {
+        let mut used = self.used();
+        used.retain(|_, o| !o.starts_with("record:"));
+        let mut conflicts = Vec::new();
+        for (id, ip) in reserved {
+            match used.get(&u32::from(*ip)) {
+                None => {
+                    used.insert(u32::from(*ip), reservation_owner(id));
+                }
+                Some(o) if o == id => {}
+                Some(_) => conflicts.push((id.clone(), *ip)),
+            }
+        }
+        conflicts
     }
     pub fn in_use(&self) -> usize {
-        self.used.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.used().len()
     }
 }
 
@@ -158,4 +209,49 @@ pub fn enable_forwarding() -> Result<()> {
         return Ok(());
     }
     std::fs::write(p, "1").map_err(|e| Error::Io { path: p.into(), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> IpPool {
+        let mut cfg = RuntimeConfig::new("/nonexistent");
+        cfg.pool_net = Ipv4Addr::new(10, 9, 0, 0);
+        cfg.pool_prefix_len = 29; // .2 ..= .6
+        IpPool::new(&cfg)
+    }
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 9, 0, last)
+    }
+
+    #[test]
+    fn only_the_owner_frees_an_address() {
+        let p = pool();
+        assert_eq!(p.allocate("a").unwrap(), ip(2));
+        p.release(ip(2), "b");
+        assert_eq!(p.allocate("b").unwrap(), ip(3), "b's stale release freed a's address");
+        p.release(ip(2), "a");
+        assert_eq!(p.allocate("c").unwrap(), ip(2));
+        assert!(!p.mark_used(ip(3), "a"), "two owners for one address");
+        assert!(p.claim(ip(3), "b"), "its owner claims it again");
+        assert!(!p.claim(ip(9), "b"), "outside the pool");
+    }
+
+    #[test]
+    fn reservations_keep_addresses_from_the_pool() {
+        let p = pool();
+        let b = p.allocate("b").unwrap();
+        let conflicts = p.set_reservations(&[("x".into(), ip(3)), ("b".into(), b), ("y".into(), b)]);
+        assert_eq!(conflicts, vec![("y".to_string(), b)], "b's own record needs no reservation; y's is a conflict");
+        assert_eq!(p.allocate("c").unwrap(), ip(4));
+        assert!(p.claim(ip(3), "x"), "the reserved record's sandbox may take it");
+        p.set_reservations(&[]);
+        assert_eq!(p.allocate("d").unwrap(), ip(5));
+        p.release(ip(3), "x");
+        p.set_reservations(&[("z".into(), ip(6))]);
+        assert_eq!(p.allocate("e").unwrap(), ip(3), "lifting a reservation frees it");
+        assert!(matches!(p.allocate("f"), Err(Error::PoolExhausted)));
+    }
 }

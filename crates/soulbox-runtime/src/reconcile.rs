@@ -23,6 +23,9 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
 
     let mut adopted: HashSet<String> = HashSet::new();
     let mut live_fw = Vec::new();
+    // Stopped sandboxes keep their address until deleted; marked after the loop so that a running
+    // sandbox wins if two lease files ever name one address.
+    let mut kept_leases: Vec<(String, NetLease)> = Vec::new();
     let entries: Vec<_> = std::fs::read_dir(cfg.sandboxes_dir()).map(|rd| rd.flatten().collect()).unwrap_or_default();
     for e in entries {
         let id = e.file_name().to_string_lossy().into_owned();
@@ -37,7 +40,12 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                 rec.status = if cstate == Some("paused") { Status::Paused } else { Status::Running };
                 let lease = NetLease::load(&dir);
                 if let Some(l) = &lease {
-                    inner.ips.mark_used(l.ip);
+                    if !inner.ips.mark_used(l.ip, &id) {
+                        tracing::error!(sandbox = %id, ip = %l.ip, "two running sandboxes have the same address");
+                    }
+                    if rec.status == Status::Running {
+                        inner.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), l.ip);
+                    }
                     if let Some(spec) = &rec.spec {
                         live_fw.push((id.clone(), l.veth.clone(), spec.network.clone()));
                     }
@@ -55,7 +63,10 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                     tracing::warn!(sandbox = %id, error = %e, "release of dead sandbox failed");
                 }
                 if rec.status != Status::Stopped {
-                    tracing::info!(sandbox = %id, "sandbox died while the runtime was down; now stopped");
+                    tracing::warn!(sandbox = %id, "sandbox died while the runtime was down; now stopped (files and address kept)");
+                }
+                if let Some(l) = NetLease::load(&dir) {
+                    kept_leases.push((id.clone(), l));
                 }
                 rec.status = Status::Stopped;
                 let _ = rec.save(&dir);
@@ -74,6 +85,13 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
         }
     }
 
+    for (id, lease) in kept_leases {
+        if !inner.ips.mark_used(lease.ip, &id) {
+            // Another sandbox runs on it: this one gets a new address when it starts.
+            tracing::warn!(sandbox = %id, ip = %lease.ip, "stopped sandbox's address is taken; it gets a new one at start");
+            let _ = crate::util::remove_file_idem(&NetLease::file(&inner.dir(&id)));
+        }
+    }
     // Containers with no sandbox dir.
     for id in containers.keys() {
         if !adopted.contains(id) {

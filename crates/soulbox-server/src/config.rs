@@ -28,6 +28,9 @@ pub struct FileConfig {
     /// First host uid of the sandboxes' id ranges (65536 each) [default: 0x10000000].
     pub userns_base: Option<u32>,
     pub metrics_interval_s: Option<u64>,
+    /// Template store (layers, templates, build cache) [default: `<data_dir>/node`]; servers and node agents on
+    /// one host may share one.
+    pub template_dir: Option<PathBuf>,
     /// Cluster mode: node agents join with this token (`soulbox node --token`); the server then runs no runtime
     /// of its own and places sandboxes on the nodes.
     pub node_token: Option<String>,
@@ -146,6 +149,8 @@ pub struct ServerConfig {
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
     pub metrics_interval_s: u64,
+    /// See [`FileConfig::template_dir`].
+    pub template_dir: Option<PathBuf>,
     /// `Some` = cluster mode (see [`FileConfig::node_token`]).
     pub node_token: Option<String>,
     pub node_heartbeat_timeout_s: u64,

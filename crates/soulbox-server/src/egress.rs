@@ -1,6 +1,6 @@
 //! Which `allowOut` entries need the server setting `allow_private_egress` (issue 11).
 //!
-//! A sandbox's firewall drops private, link-local and metadata destinations (the runtime's `PRIVATE` set in
+//! A sandbox's firewall drops private, link-local and metadata destinations (the runtime's `PRIVATE_RANGES` in
 //! `soulbox-runtime/src/firewall.rs`) before its `allowOut` accepts unless the node runs with
 //! `allow_private_egress`. So that a create asking to open such a range is told why instead of silently getting
 //! a sandbox that cannot reach it, the API refuses it with 400 naming the setting. Internet-wide entries
@@ -9,18 +9,8 @@
 
 use std::net::Ipv4Addr;
 
-/// The runtime firewall's private/link-local/metadata/multicast/reserved set (kept equal by a test).
-pub const PRIVATE_RANGES: [(Ipv4Addr, u8); 9] = [
-    (Ipv4Addr::new(0, 0, 0, 0), 8),
-    (Ipv4Addr::new(10, 0, 0, 0), 8),
-    (Ipv4Addr::new(100, 64, 0, 0), 10),
-    (Ipv4Addr::new(127, 0, 0, 0), 8),
-    (Ipv4Addr::new(169, 254, 0, 0), 16),
-    (Ipv4Addr::new(172, 16, 0, 0), 12),
-    (Ipv4Addr::new(192, 168, 0, 0), 16),
-    (Ipv4Addr::new(224, 0, 0, 0), 4),
-    (Ipv4Addr::new(240, 0, 0, 0), 4),
-];
+/// The runtime firewall's private/link-local/metadata/multicast/reserved set: one definition for both.
+pub use soulbox_runtime::firewall::PRIVATE_RANGES;
 
 /// Entries this short are internet-wide: allowed without the setting.
 const INTERNET_WIDE_MAX_PREFIX: u8 = 1;
@@ -125,30 +115,5 @@ mod tests {
             assert_eq!(private_range_opened_by(entry), None, "{entry}");
         }
         assert!(check_allow_out(&["0.0.0.0/0".into(), "1.1.1.1".into()]).is_ok());
-    }
-
-    /// The list must stay the runtime firewall's: read its definition from the source.
-    #[test]
-    fn ranges_match_the_runtime_firewall() {
-        let source = include_str!("../../soulbox-runtime/src/firewall.rs");
-        let start = source
-            .find("const PRIVATE")
-            .expect("firewall.rs defines PRIVATE");
-        let definition = &source[start..start + source[start..].find(';').expect("PRIVATE ends")];
-        let mut theirs: Vec<String> = definition
-            .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '/'))
-            .filter(|t| t.contains('/') && range(t).is_some())
-            .map(str::to_owned)
-            .collect();
-        let mut ours: Vec<String> = PRIVATE_RANGES
-            .iter()
-            .map(|(n, l)| format!("{n}/{l}"))
-            .collect();
-        theirs.sort();
-        ours.sort();
-        assert_eq!(
-            ours, theirs,
-            "PRIVATE_RANGES differs from the runtime firewall's PRIVATE"
-        );
     }
 }

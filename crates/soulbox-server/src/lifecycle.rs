@@ -251,6 +251,20 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Makes a record agree with its node after a crash (the server's reconcile): its state and address
+    /// become what the node has; a sandbox that no longer runs has no deadline.
+    pub async fn correct_record(&self, record: &SandboxRecord, state: SandboxState, address: Option<&str>) -> Result<()> {
+        let id = record.id.as_str();
+        if !self.store.transition_sandbox(id, record.state, state, address, record.end_at_ms).await? {
+            return Err(LifecycleError::Conflict(format!("sandbox {id} changed while it was reconciled")));
+        }
+        if state != SandboxState::Running {
+            self.deadlines.cancel(id);
+        }
+        tracing::info!(sandbox = %id, from = ?record.state, to = ?state, address, "record corrected to match the node");
+        Ok(())
+    }
+
     pub fn config(&self) -> &LifecycleConfig {
         &self.config
     }

@@ -151,6 +151,10 @@ impl Node for LocalNode {
         }
     }
 
+    async fn traffic_address(&self, sandbox_id: &str, _recorded: Option<IpAddr>) -> Option<IpAddr> {
+        self.runtime.address(sandbox_id).map(IpAddr::V4)
+    }
+
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError> {
         let info = self.runtime.info(sandbox_id).await.map_err(node_error)?;
         let s = self.runtime.stats(sandbox_id).await.map_err(node_error)?;

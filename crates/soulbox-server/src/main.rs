@@ -86,6 +86,10 @@ struct ServerArgs {
     /// Sandbox address pool, a.b.c.d/len [default: 10.77.0.0/16].
     #[arg(long, env = "SOULBOX_NETWORK_POOL")]
     network_pool: Option<String>,
+    /// Template store (layers, templates, build cache) [default: <data-dir>/node]; servers and node agents on one
+    /// host may share one.
+    #[arg(long, env = "SOULBOX_TEMPLATE_DIR")]
+    template_dir: Option<PathBuf>,
     /// Cluster mode: node agents join with this token; the server then runs no sandboxes itself.
     #[arg(long, env = "SOULBOX_NODE_TOKEN", hide_env_values = true)]
     node_token: Option<String>,
@@ -201,6 +205,7 @@ impl ServerArgs {
             user_namespaces: self.user_namespaces.or(file.user_namespaces).unwrap_or(true),
             userns_base: file.userns_base,
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
+            template_dir: self.template_dir.or(file.template_dir),
             node_token: self.node_token.or(file.node_token).filter(|t| !t.is_empty()),
             node_heartbeat_timeout_s: self.node_heartbeat_timeout_s.or(file.node_heartbeat_timeout_s).unwrap_or(10),
             node_lost_after_s: self.node_lost_after_s.or(file.node_lost_after_s).unwrap_or(60),

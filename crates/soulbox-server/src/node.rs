@@ -150,6 +150,12 @@ pub trait Node: Send + Sync + 'static {
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError>;
     /// The sandbox's agent log (envd's stdout/stderr), oldest first.
     async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError>;
+    /// Where the proxy sends traffic for a sandbox it reaches directly (the in-process node): the node's own
+    /// answer, `None` when the sandbox does not run there — so traffic for a dead or removed sandbox goes nowhere,
+    /// whatever address a record still names. Default: the address the control plane recorded.
+    async fn traffic_address(&self, _sandbox_id: &str, recorded: Option<IpAddr>) -> Option<IpAddr> {
+        recorded
+    }
 
     /// Builds a template (issue 5, `crate::templates`); on success the node has the template `job.template_name`.
     /// Every log line goes to `log` as it is produced. Nodes that cannot build say so.

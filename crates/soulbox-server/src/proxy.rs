@@ -222,15 +222,19 @@ impl Proxy {
         // None while the sandbox is being killed or paused: its envd is going away.
         let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
         let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
+            // The node says where the sandbox is (not the record): a sandbox that died or was removed there gets
+            // no traffic, even while a record still names its old address.
             Some(Route::Direct) => {
-                let Some(address) = record.address.clone() else { return not_found(&record.id) };
+                let recorded = record.address.as_deref().and_then(|a| a.parse().ok());
+                let Ok(node) = self.lifecycle.node_of(&record).await else { return not_found(&record.id) };
+                let Some(address) = node.traffic_address(&record.id, recorded).await else { return not_found(&record.id) };
                 // From the owning node's memory (no store or file access per request); envd's port only.
                 let envd_secret = match port {
-                    ENVD_PORT => self.lifecycle.nodes().get(&record.node_id).await.ok().and_then(|n| n.envd_secret(&record.id)),
+                    ENVD_PORT => node.envd_secret(&record.id),
                     _ => None,
                 };
                 Upstream {
-                    authority: format!("{address}:{port}"),
+                    authority: std::net::SocketAddr::new(address, port).to_string(),
                     headers: HeaderMap::new(),
                     sandbox_id: record.id.clone(),
                     port,

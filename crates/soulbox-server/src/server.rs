@@ -52,6 +52,8 @@ pub fn app_with(state: ApiState, http: &HttpSettings) -> axum::Router {
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // The port first: a taken port fails the start before anything is made on the host.
+    let listener = serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let store = Store::open(&config.database_url).await.context("opening the store")?;
     // Template builds run in this process: those a previous process left unfinished can never finish.
     match store.fail_unfinished_builds("the server stopped during the build").await {
@@ -82,7 +84,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         allow_private_egress: config.allow_private_egress,
         ..LifecycleConfig::default()
     };
-    let (lifecycle, local_node) = match &config.node_token {
+    match &config.node_token {
         // Cluster mode: no runtime here; node agents register with the token and run the sandboxes.
         Some(token) => {
             let mut cluster = ClusterConfig::new(token.clone());
@@ -94,17 +96,38 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
             crate::cluster::control::spawn_lost_node_sweep(lifecycle.clone());
             eprintln!("cluster mode: waiting for node agents (`soulbox node --server <this URL> --token <node token>`)");
-            (lifecycle, None)
+            serve(&config, lifecycle, listener, started, fresh_key).await
         }
         None => {
-            let node = Arc::new(open_local_node(&config).await?);
-            let lifecycle = Lifecycle::start(store, node.clone(), lifecycle_config)
-                .await
-                .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
-            reconcile_local_node(&node, &lifecycle).await?;
-            (lifecycle, Some(node))
+            let reserved = recorded_addresses(&store).await?;
+            let node = Arc::new(open_local_node(&config, &reserved).await?);
+            // From here on a failure must give back what the runtime made (warm pool, firewall table).
+            let started_node = async {
+                let lifecycle = Lifecycle::start(store, node.clone(), lifecycle_config.clone())
+                    .await
+                    .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
+                reconcile_local_node(&node, &lifecycle).await?;
+                Ok::<_, anyhow::Error>(lifecycle)
+            }
+            .await;
+            let result = match started_node {
+                Ok(lifecycle) => serve(&config, lifecycle, listener, started, fresh_key).await,
+                Err(e) => Err(e),
+            };
+            close_local_node(&node).await;
+            result
         }
-    };
+    }
+}
+
+/// Serves the API and sandbox traffic until SIGINT/SIGTERM.
+async fn serve(
+    config: &ServerConfig,
+    lifecycle: Arc<Lifecycle>,
+    listener: tokio::net::TcpListener,
+    started: Instant,
+    fresh_key: Option<String>,
+) -> anyhow::Result<()> {
     let metrics_store = Arc::new(MetricsStore::default());
     let _sampler = metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
@@ -112,7 +135,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
     let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http);
 
-    let listener = serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let url = format!("http://{}", config.listen);
     println!("SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:", started.elapsed().as_millis());
     println!("export E2B_API_URL={url}");
@@ -122,39 +144,95 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None => println!("export E2B_API_KEY=<a key from `soulbox keys create [--team NAME] [--admin]`>"),
     }
     serve::serve(listener, app, http, shutdown_signal()).await;
-    // Pre-warmed slots are not sandboxes: give their namespaces and addresses back.
-    if let Some(node) = local_node
-        && let Err(e) = node.runtime().drain_pool().await
-    {
-        tracing::warn!(error = %e, "could not release the warm pool");
-    }
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
     Ok(())
 }
 
-/// After a crash the runtime and the store can disagree: a sandbox the runtime has but the store does not (a
-/// create or a template build sandbox interrupted by the crash) is deleted; a record whose sandbox the runtime
-/// no longer has (its files are gone) is forgotten, so it answers 404 instead of failing every call. Nothing else
-/// runs on this node yet, so there is no in-flight create to spare.
+/// Pre-warmed slots are not sandboxes: their namespaces and addresses go back, and so does the firewall
+/// table when no sandbox needs it (after a failed start or at a stop).
+async fn close_local_node(node: &LocalNode) {
+    if let Err(e) = node.runtime().close().await {
+        tracing::warn!(error = %e, "could not release what the node runtime holds for itself");
+    }
+}
+
+/// The addresses the store's records name (sandbox id, address): the runtime hands none of them to a new
+/// sandbox until [`reconcile_local_node`] has made the records agree with what the runtime has.
+async fn recorded_addresses(store: &Store) -> anyhow::Result<Vec<(String, std::net::Ipv4Addr)>> {
+    let records = store.list_sandboxes().await.context("listing sandboxes")?;
+    Ok(records.iter().filter_map(|r| Some((r.id.clone(), r.address.as_deref()?.parse().ok()?))).collect())
+}
+
+/// After a crash the runtime and the store can disagree. The runtime's view of its own sandboxes wins:
+/// - a sandbox the runtime has but the store does not (a create or a template build sandbox interrupted by the
+///   crash) is deleted;
+/// - a record whose sandbox the runtime no longer has (its files are gone) is forgotten, so it answers 404
+///   instead of failing every call;
+/// - a running record whose sandbox died (the runtime keeps its files as stopped) becomes paused without an
+///   address — connect or resume starts it again from its files; a paused-with-memory record whose sandbox
+///   died loses its address the same way;
+/// - a record whose address differs from the one its sandbox holds gets the sandbox's;
+/// - a record that says paused while its sandbox runs (a crash mid-resume) has the sandbox paused again.
+///
+/// Then the address reservations made at open are lifted (or kept for records that could not be corrected).
+/// Nothing else runs on this node yet, so there is no in-flight create to spare.
 async fn reconcile_local_node(node: &LocalNode, lifecycle: &Lifecycle) -> anyhow::Result<()> {
-    let records = lifecycle.store().list_sandboxes().await.context("listing sandboxes")?;
+    use soulbox_protocol::api::SandboxState;
+    use soulbox_runtime::Status;
+    let runtime = node.runtime();
+    let store = lifecycle.store();
+    let records = store.list_sandboxes().await.context("listing sandboxes")?;
     let known: std::collections::HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    let present: std::collections::HashSet<String> = node.runtime().list().await.into_iter().map(|s| s.id).collect();
-    for id in present.iter().filter(|id| !known.contains(id.as_str())) {
+    let present: std::collections::HashMap<String, soulbox_runtime::SandboxInfo> =
+        runtime.list().await.into_iter().map(|s| (s.id.clone(), s)).collect();
+    for id in present.keys().filter(|id| !known.contains(id.as_str())) {
         tracing::warn!(sandbox = %id, "reconcile: the runtime has a sandbox the store does not know (left by a crash); deleting it");
-        if let Err(e) = node.runtime().delete(id).await {
+        if let Err(e) = runtime.delete(id).await {
             tracing::warn!(sandbox = %id, error = %e, "reconcile: delete failed");
         }
     }
-    for record in records.iter().filter(|r| !present.contains(&r.id)) {
-        lifecycle.forget(&record.id, "the node no longer has it").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    for record in &records {
+        let Some(info) = present.get(&record.id) else {
+            lifecycle.forget(&record.id, "the node no longer has it").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            continue;
+        };
+        let held = info.ip.map(|ip| ip.to_string());
+        let (state, address) = match (record.state, info.status) {
+            (SandboxState::Running, Status::Running) => (SandboxState::Running, held),
+            (SandboxState::Running | SandboxState::Paused, Status::Paused) => (SandboxState::Paused, held),
+            (SandboxState::Paused, Status::Running) => {
+                tracing::warn!(sandbox = %record.id, "reconcile: the record says paused but the sandbox runs; pausing it");
+                runtime.pause(&record.id).await.with_context(|| format!("pausing {}", record.id))?;
+                (SandboxState::Paused, held)
+            }
+            (_, Status::Stopped) => {
+                if record.state == SandboxState::Running || record.address.is_some() {
+                    tracing::warn!(sandbox = %record.id, "reconcile: the sandbox's processes died; it is paused now (its files are kept, connect starts it again)");
+                }
+                (SandboxState::Paused, None)
+            }
+            (_, other) => {
+                tracing::warn!(sandbox = %record.id, status = %other, "reconcile: unexpected runtime state; forgetting the record");
+                lifecycle.forget(&record.id, "the node has it half made").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                continue;
+            }
+        };
+        if state != record.state || address != record.address {
+            lifecycle.correct_record(record, state, address.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
     }
+    // Records now name only addresses their own sandboxes hold: nothing left to keep from the pool.
+    let still_named = recorded_addresses(store).await?;
+    let unbacked: Vec<_> = still_named.into_iter().filter(|(id, ip)| runtime.address(id) != Some(*ip)).collect();
+    runtime.set_reserved_addresses(&unbacked);
     Ok(())
 }
 
-/// The runtime in-process, as the one node of a one-machine server.
-async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
+/// The runtime in-process, as the one node of a one-machine server. `reserved`: addresses the store's records
+/// name, kept from the warm pool. A failure after the runtime opened gives back what it made.
+async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::Ipv4Addr)]) -> anyhow::Result<LocalNode> {
     let mut runtime_config = soulbox_runtime::RuntimeConfig::new(config.data_dir.join("node"));
+    runtime_config.store_dir = config.template_dir.clone();
     runtime_config.runtime_bin = config.runtime.clone();
     runtime_config.envd_path = std::fs::canonicalize(&config.envd_path).with_context(|| {
         format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
@@ -169,14 +247,19 @@ async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
     runtime_config.pool_net = pool_net;
     runtime_config.pool_prefix_len = pool_len;
     runtime_config.allow_private_egress = config.allow_private_egress;
-    let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
+    let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved).await.context("starting the node runtime")?;
     let node = LocalNode::with_engine_config(runtime, "local", config.templates.engine_config(&config.debian_mirror));
     eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");
-    let took = node.ensure_base_template().await.map_err(|f| {
-        anyhow::anyhow!("building the base template failed at step {}: {}", f.step.as_deref().unwrap_or("?"), f.message)
-    })?;
-    eprintln!("base template ready in {} ms", took.as_millis());
-    Ok(node)
+    match node.ensure_base_template().await {
+        Ok(took) => {
+            eprintln!("base template ready in {} ms", took.as_millis());
+            Ok(node)
+        }
+        Err(f) => {
+            close_local_node(&node).await;
+            Err(anyhow::anyhow!("building the base template failed at step {}: {}", f.step.as_deref().unwrap_or("?"), f.message))
+        }
+    }
 }
 
 pub async fn shutdown_signal() {

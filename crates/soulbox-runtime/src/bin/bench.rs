@@ -220,6 +220,9 @@ async fn run(a: &Args, rts: &[(&str, Runtime)], store: &soulbox_runtime::Store, 
             p50s.push((t.to_string(), mode, op50, op99));
         }
     }
+    if let Some((_, rt)) = rts.first() {
+        network_costs(a, rt).await?;
+    }
     // pause / resume
     println!();
     println!("| op | user namespaces | p50 | p99 |\n|---|---|---|---|");
@@ -334,4 +337,50 @@ async fn idle_phase(a: &Args, rt: &Runtime) -> anyhow::Result<Idle> {
         rt.delete(&id).await?;
     }
     Ok(m)
+}
+
+/// What the network defences cost: a create with a non-default policy (its host chain and its
+/// netns guard are written on the create path; the warm pool prepares only the open policy) next
+/// to a default create, interleaved; and how long the firewall watcher takes from someone deleting
+/// the table to the table being back.
+async fn network_costs(a: &Args, rt: &Runtime) -> anyhow::Result<()> {
+    let restricted = soulbox_runtime::NetworkPolicy { allow_internet: false, allow_out: vec!["203.0.113.0/24".into()], deny_out: vec![] };
+    let (mut open_ms, mut restricted_ms) = (Vec::new(), Vec::new());
+    for _ in 0..a.iterations {
+        for (policy, out) in [(soulbox_runtime::NetworkPolicy::open(), &mut open_ms), (restricted.clone(), &mut restricted_ms)] {
+            while rt.pool_len() < a.pool {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let mut spec = SandboxSpec::new("test");
+            spec.network = policy;
+            let t0 = Instant::now();
+            let info = rt.create(spec).await?;
+            out.push(ms(t0.elapsed()));
+            rt.delete(&info.id).await?;
+        }
+    }
+    let (op50, rp50) = (pct(&mut open_ms, 0.5), pct(&mut restricted_ms, 0.5));
+    println!();
+    println!("| network policy (template test) | create→envd-ready p50 | p99 |\n|---|---|---|");
+    println!("| default (open, prepared by the warm pool) | {op50:.1} ms | {:.1} ms |", pct(&mut open_ms, 0.99));
+    println!("| internet off + allowOut (chain and guard on the create path) | {rp50:.1} ms | {:.1} ms |", pct(&mut restricted_ms, 0.99));
+    println!("restricted / default p50: {:.2}×", rp50 / op50);
+
+    // Firewall repair: delete the table, wait for the watcher's repair (with two sandboxes in it).
+    let held: Vec<_> = [rt.create(SandboxSpec::new("test")).await?, rt.create(SandboxSpec::new("test")).await?].into_iter().map(|i| i.id).collect();
+    let mut repairs = rt.firewall_repairs();
+    let mut repair_ms = Vec::new();
+    for _ in 0..a.iterations.min(20) {
+        let seen = *repairs.borrow_and_update();
+        let t0 = Instant::now();
+        let st = tokio::process::Command::new("nft").args(["delete", "table", "inet", &rt.config().nft_table()]).status().await?;
+        anyhow::ensure!(st.success(), "nft delete table failed");
+        tokio::time::timeout(Duration::from_secs(30), repairs.wait_for(|n| *n > seen)).await??;
+        repair_ms.push(ms(t0.elapsed()));
+    }
+    println!("firewall table deleted → rebuilt by the watcher: p50 {:.1} ms, p99 {:.1} ms (includes the `nft delete` process)", pct(&mut repair_ms.clone(), 0.5), pct(&mut repair_ms, 0.99));
+    for id in held {
+        rt.delete(&id).await?;
+    }
+    Ok(())
 }

@@ -295,7 +295,13 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
 /// Runs the agent until SIGINT/SIGTERM: binds, starts heartbeating, serves. Sandboxes keep running when it stops
 /// and are re-adopted by the next start (the control plane reconciles them).
 pub async fn serve(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listener = crate::serve::bind(agent.config.listen).map_err(|e| anyhow::anyhow!("binding {}: {e}", agent.config.listen))?;
+    let listener = match crate::serve::bind(agent.config.listen) {
+        Ok(listener) => listener,
+        Err(e) => {
+            close_runtime(&agent).await;
+            return Err(anyhow::anyhow!("binding {}: {e}", agent.config.listen));
+        }
+    };
     let beats = tokio::spawn(heartbeat_loop(agent.clone()));
     tracing::info!(node = %agent.config.node_id, listen = %agent.config.listen, server = %agent.config.server_url, "node agent running");
     let app = router(agent.clone());
@@ -304,10 +310,15 @@ pub async fn serve(agent: Arc<Agent>, shutdown: impl std::future::Future<Output 
     http.max_connections = crate::serve::raise_fd_limit_and_cap(http.max_connections);
     crate::serve::serve(listener, app, http, shutdown).await;
     beats.abort();
-    if let Err(e) = agent.node.runtime().drain_pool().await {
-        tracing::warn!(error = %e, "could not release the warm pool");
-    }
+    close_runtime(&agent).await;
     Ok(())
+}
+
+/// The warm pool (and the firewall table, when no sandbox needs it) goes back; sandboxes keep running.
+async fn close_runtime(agent: &Agent) {
+    if let Err(e) = agent.node.runtime().close().await {
+        tracing::warn!(error = %e, "could not release what the node runtime holds for itself");
+    }
 }
 
 /// Everything `soulbox node` needs besides the agent's own settings: how to open the runtime.
@@ -369,7 +380,13 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     runtime_config.allow_private_egress = settings.allow_private_egress;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
-    runtime.store().ensure_base_template(&settings.debian_mirror).await.context("building the base template")?;
+    if let Err(e) = runtime.store().ensure_base_template(&settings.debian_mirror).await {
+        // A failed start gives back what the runtime made for itself (warm pool, firewall table).
+        if let Err(e2) = runtime.close().await {
+            tracing::warn!(error = %e2, "could not release what the node runtime holds for itself");
+        }
+        return Err(anyhow::Error::new(e).context("building the base template"));
+    }
     let node = LocalNode::new(runtime, settings.agent.node_id.clone());
     serve(Agent::new(node, settings.agent), crate::server::shutdown_signal()).await
 }

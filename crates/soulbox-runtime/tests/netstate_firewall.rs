@@ -1,0 +1,460 @@
+//! The firewall (root only; skipped with a message otherwise): private ranges dropped before
+//! allowOut, the table repaired after someone deletes, flushes or edits it, and sandboxes still
+//! fenced by their netns guard while the host table is gone.
+//!
+//! Network rule: traffic only to sandbox veths, to a listener this file runs on the host's gateway
+//! address, and to the fake outside world this file builds itself — a netns on 203.0.113.64/26
+//! ("the internet") that also carries 172.30.<n>.2/24, a private address standing in for the
+//! metadata service and LAN hosts. Both are routed to the test's own veth before any packet is
+//! sent; nothing goes to a real private or metadata address.
+mod common;
+use common::*;
+use soulbox_runtime::{NetworkPolicy, Runtime, SandboxSpec};
+use std::net::Ipv4Addr;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+macro_rules! root_or_skip {
+    ($name:expr) => {
+        if skip_unless_root($name) {
+            return;
+        }
+    };
+}
+
+/// Generous bound for event-driven waits (the repair itself takes milliseconds).
+const REPAIR_BOUND: Duration = Duration::from_secs(30);
+
+/// The fake outside world (routed back through the host): netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
+/// answering `outside-ok` on 8080 and `dns-ok` on 53, at the public address 203.0.113.66 (n=0) /
+/// 203.0.113.70 (n=1) … and the private address 172.30.<n>.2.
+struct Outside {
+    ns: String,
+    link: String,
+    public: Ipv4Addr,
+    private: Ipv4Addr,
+    children: Vec<std::process::Child>,
+}
+
+impl Outside {
+    fn new(n: u8) -> Outside {
+        let ns = format!("sbns-out{n}");
+        let link = format!("sbnsout{n}");
+        Outside::cleanup(&ns, &link);
+        let run = |a: &[&str]| {
+            let st = std::process::Command::new("ip").args(a).status().unwrap();
+            assert!(st.success(), "ip {a:?}");
+        };
+        // A /30 per test inside 203.0.113.64/26: host .64+4n+1, outside .64+4n+2.
+        let host_pub = Ipv4Addr::new(203, 0, 113, 65 + 4 * n);
+        let public = Ipv4Addr::new(203, 0, 113, 66 + 4 * n);
+        let private = Ipv4Addr::new(172, 30, n, 2);
+        run(&["netns", "add", &ns]);
+        run(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
+        run(&["addr", "add", &format!("{host_pub}/30"), "dev", &link]);
+        run(&["addr", "add", &format!("172.30.{n}.1/24"), "dev", &link]);
+        run(&["link", "set", &link, "up"]);
+        run(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{public}/30"),
+            "dev",
+            "eth0",
+        ]);
+        run(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{private}/24"),
+            "dev",
+            "eth0",
+        ]);
+        run(&["-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        // Routed back through the host like a real network: without the host's NAT a sandbox's
+        // packets would still get answers, so only a drop keeps the outside out of reach.
+        run(&[
+            "-n",
+            &ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &host_pub.to_string(),
+        ]);
+        let mut children = Vec::new();
+        for (port, answer) in [("8080", "outside-ok"), ("53", "dns-ok")] {
+            children.push(
+                std::process::Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &ns,
+                        "busybox",
+                        "nc",
+                        "-ll",
+                        "-p",
+                        port,
+                        "-e",
+                        "/bin/echo",
+                        answer,
+                    ])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let o = Outside {
+            ns,
+            link,
+            public,
+            private,
+            children,
+        };
+        o.wait_listening();
+        o
+    }
+
+    /// Until both listeners are up (`ss` inside the netns), bounded.
+    fn wait_listening(&self) {
+        for _ in 0..500 {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &self.ns, "ss", "-ltnH"])
+                .output()
+                .unwrap();
+            let s = String::from_utf8_lossy(&out.stdout);
+            if s.contains(":8080") && s.contains(":53") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the fake outside world's listeners did not start");
+    }
+
+    fn cleanup(ns: &str, link: &str) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", link])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Outside::cleanup(&self.ns, &self.link);
+    }
+}
+
+/// Whether the sandbox gets the answer of `ip:port`.
+async fn reaches(rt: &Runtime, id: &str, ip: Ipv4Addr, port: u16, answer: &str) -> bool {
+    let (_, out) = sh(rt, id, &format!("nc -w 2 {ip} {port} </dev/null")).await;
+    out.contains(answer)
+}
+
+fn spec(policy: NetworkPolicy) -> SandboxSpec {
+    let mut s = SandboxSpec::new("test");
+    s.network = policy;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_ranges_are_dropped_before_allow_out() {
+    root_or_skip!("private_ranges_are_dropped_before_allow_out");
+    let out = Outside::new(0);
+    let mut cfg = config(71);
+    // The fake private host doubles as the node's DNS server: it stays reachable on port 53.
+    cfg.dns = vec![out.private];
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let allow_private = NetworkPolicy {
+        allow_internet: false,
+        allow_out: vec![format!("{}/32", out.private)],
+        deny_out: vec![],
+    };
+    let allow_all = NetworkPolicy {
+        allow_internet: true,
+        allow_out: vec!["0.0.0.0/0".into()],
+        deny_out: vec![],
+    };
+    for policy in [allow_private, allow_all.clone()] {
+        let s = rt.create(spec(policy.clone())).await.unwrap();
+        assert!(
+            !reaches(rt, &s.id, out.private, 8080, "outside-ok").await,
+            "{policy:?} opened a private address"
+        );
+        rt.delete(&s.id).await.unwrap();
+    }
+    let s = rt.create(spec(allow_all)).await.unwrap();
+    assert!(
+        reaches(rt, &s.id, out.public, 8080, "outside-ok").await,
+        "the internet is still open"
+    );
+    assert!(
+        reaches(rt, &s.id, out.private, 53, "dns-ok").await,
+        "the node's DNS server is reachable"
+    );
+    rt.delete(&s.id).await.unwrap();
+    drop(h);
+
+    // A node that allows private egress: allowOut opens it (today's order).
+    let mut cfg = config(72);
+    cfg.dns = vec![];
+    cfg.allow_private_egress = true;
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let s = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: false,
+            allow_out: vec![format!("{}/32", out.private)],
+            deny_out: vec![],
+        }))
+        .await
+        .unwrap();
+    assert!(
+        reaches(rt, &s.id, out.private, 8080, "outside-ok").await,
+        "allow_private_egress lets allowOut open it"
+    );
+    let open = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(
+        !reaches(rt, &open.id, out.private, 8080, "outside-ok").await,
+        "without allowOut private ranges stay closed"
+    );
+}
+
+/// Log lines of this test binary (the firewall's warnings are asserted on).
+fn log_lines() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<Mutex<Vec<u8>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        struct Sink;
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                log_lines().lock().unwrap().extend_from_slice(b);
+                std::io::stderr().write(b)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(|| Sink)
+            .try_init();
+        Mutex::new(Vec::new())
+    })
+}
+
+fn logged(needle: &str, table: &str) -> bool {
+    String::from_utf8_lossy(&log_lines().lock().unwrap())
+        .lines()
+        .any(|l| l.contains(needle) && l.contains(table))
+}
+
+/// Waits (event-driven, bounded) for the next repair after `seen`.
+async fn next_repair(repairs: &mut tokio::sync::watch::Receiver<u64>, seen: u64) -> u64 {
+    tokio::time::timeout(REPAIR_BOUND, repairs.wait_for(|n| *n > seen))
+        .await
+        .expect("the table was not repaired in time")
+        .map(|n| *n)
+        .unwrap()
+}
+
+fn nft(args: &[&str]) {
+    let st = std::process::Command::new("nft")
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.success(), "nft {args:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_or_flushed_table_is_rebuilt() {
+    root_or_skip!("deleted_or_flushed_table_is_rebuilt");
+    log_lines();
+    let out = Outside::new(1);
+    let mut cfg = config(73);
+    cfg.pool_size = 1;
+    let table = cfg.nft_table();
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let offline = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: false,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let denied = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: true,
+            allow_out: vec![],
+            deny_out: vec!["203.0.113.64/26".into()],
+        }))
+        .await
+        .unwrap();
+    let sandboxes = (offline.id.as_str(), denied.id.as_str(), denied.ip.unwrap());
+    assert_isolated(rt, sandboxes, out.public).await;
+    let mut repairs = rt.firewall_repairs();
+    let mut seen = *repairs.borrow();
+
+    // 1. someone deletes the table
+    nft(&["delete", "table", "inet", &table]);
+    seen = next_repair(&mut repairs, seen).await;
+    assert_isolated(rt, sandboxes, out.public).await;
+    assert!(
+        logged("table inet soulbox_tq73 is gone", &table),
+        "the log says what happened"
+    );
+    assert!(
+        logged("firewall table restored", &table),
+        "the log says it was restored"
+    );
+
+    // 2. someone flushes it (a host firewall reload that flushes only our table)
+    nft(&["flush", "table", "inet", &table]);
+    seen = next_repair(&mut repairs, seen).await;
+    assert_isolated(rt, sandboxes, out.public).await;
+    assert!(
+        logged("chain forward has 0 rules", &table),
+        "the log says what happened"
+    );
+
+    // 3. someone slips an accept into our forward chain
+    nft(&["insert", "rule", "inet", &table, "forward", "accept"]);
+    next_repair(&mut repairs, seen).await;
+    assert_isolated(rt, sandboxes, out.public).await;
+
+    // The pool slot and the sandboxes made before the repairs still work as before.
+    let extra = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(
+        reaches(rt, &extra.id, out.public, 8080, "outside-ok").await,
+        "an open sandbox made after the repairs reaches the outside"
+    );
+}
+
+/// The internet-off sandbox and the denyOut one cannot reach the outside, nor each other.
+async fn assert_isolated(
+    rt: &Runtime,
+    (offline, denied, denied_ip): (&str, &str, Ipv4Addr),
+    public: Ipv4Addr,
+) {
+    assert!(
+        !reaches(rt, offline, public, 8080, "outside-ok").await,
+        "internet-off sandbox reached the outside"
+    );
+    assert!(
+        !reaches(rt, denied, public, 8080, "outside-ok").await,
+        "denyOut sandbox reached the outside"
+    );
+    // sandbox → sandbox stays dropped (envd listens on the neighbour's 49983)
+    let (_, o) = sh(
+        rt,
+        offline,
+        &format!("nc -w 2 {denied_ip} 49983 </dev/null && echo reached"),
+    )
+    .await;
+    assert!(!o.contains("reached"), "sandbox reached its neighbour: {o}");
+}
+
+/// A TCP listener of the test's own on the host's gateway address (the address every host veth
+/// carries), answering `host-ok`: stands in for a host service a sandbox must not reach.
+struct HostService(tokio::task::JoinHandle<()>);
+
+impl HostService {
+    async fn new(addr: Ipv4Addr, port: u16) -> HostService {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind((addr, port))
+            .await
+            .expect("bind the host service");
+        HostService(tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let _ = conn.write_all(b"host-ok\n").await;
+            }
+        }))
+    }
+}
+
+impl Drop for HostService {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_holds_while_the_host_table_is_gone() {
+    root_or_skip!("isolation_holds_while_the_host_table_is_gone");
+    let out = Outside::new(2);
+    let cfg = config(77);
+    let table = cfg.nft_table();
+    let gateway = cfg.gateway();
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let offline = rt
+        .create(spec(NetworkPolicy {
+            allow_internet: false,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let open = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let _host = HostService::new(gateway, 7777).await;
+    let open_ip = open.ip.unwrap();
+    let check = |when: &'static str| {
+        let (offline, open) = (offline.id.clone(), open.id.clone());
+        async move {
+            assert!(
+                !reaches(rt, &offline, out.public, 8080, "outside-ok").await,
+                "{when}: internet-off sandbox reached the outside"
+            );
+            let (_, o) = sh(
+                rt,
+                &offline,
+                &format!("nc -w 2 {open_ip} 49983 </dev/null && echo reached"),
+            )
+            .await;
+            assert!(
+                !o.contains("reached"),
+                "{when}: sandbox reached its neighbour: {o}"
+            );
+            for id in [&offline, &open] {
+                assert!(
+                    !reaches(rt, id, gateway, 7777, "host-ok").await,
+                    "{when}: sandbox reached a host service"
+                );
+            }
+            assert!(
+                reaches(rt, &open, out.public, 8080, "outside-ok").await,
+                "{when}: the open sandbox lost the outside"
+            );
+        }
+    };
+    check("with the host table").await;
+    // Nothing watches the table any more (as while no runtime runs), and it goes.
+    rt.close().await.unwrap();
+    nft(&["delete", "table", "inet", &table]);
+    assert!(!table_exists(&table));
+    check("without the host table").await;
+}
+
+fn table_exists(table: &str) -> bool {
+    std::process::Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
