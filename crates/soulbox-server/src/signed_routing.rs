@@ -219,7 +219,11 @@ mod tests {
         let lifecycle = Lifecycle::start(
             store,
             Arc::new(crate::testing::FakeNode::default()),
-            LifecycleConfig::default(),
+            // More sandboxes than a team's default limit of concurrent ones.
+            LifecycleConfig {
+                team_limits: crate::store::TeamLimits { max_sandboxes: 1000, max_vcpus: 10_000, max_memory_mb: 10_000_000, max_builds: 1 },
+                ..LifecycleConfig::default()
+            },
         )
         .await
         .unwrap();
@@ -235,6 +239,7 @@ mod tests {
         let req = CreateRequest {
             template: "base".into(),
             secure,
+            team_id: crate::store::DEFAULT_TEAM_ID.into(),
             ..Default::default()
         };
         let sandbox = lifecycle.create(req).await.unwrap();
