@@ -267,6 +267,8 @@ struct Phase {
     /// The connection speaks HTTP/2 (its control frames while idle do not start a request head).
     h2: AtomicBool,
     first_bytes_seen: AtomicBool,
+    /// Set when hyper ended the connection itself (not a timeout, the cap or shutdown): its close lingers.
+    linger_on_close: AtomicBool,
     changed: Notify,
 }
 
@@ -282,6 +284,7 @@ impl Phase {
             head_started_ms: AtomicU64::new(1),
             h2: AtomicBool::new(false),
             first_bytes_seen: AtomicBool::new(false),
+            linger_on_close: AtomicBool::new(false),
             changed: Notify::new(),
         }
     }
@@ -412,6 +415,64 @@ impl AsyncWrite for TrackedIo {
     }
 }
 
+impl Drop for TrackedIo {
+    fn drop(&mut self) {
+        if self.phase.linger_on_close.load(Ordering::Relaxed) && !resets_on_close(&self.inner) {
+            linger(&self.inner);
+        }
+    }
+}
+
+/// How long, and for how many bytes, a closing connection keeps reading what the client still sends.
+const LINGER_TIME: Duration = Duration::from_secs(10);
+const LINGER_BYTES: usize = 64 << 20;
+
+/// A lingering close (nginx's `lingering_close`): a response sent before the request body was read (a 413, a
+/// 401) is lost when the socket closes while the client is still sending — the kernel answers the client's next
+/// segment with a reset, its write fails, and it never reads the answer. So stop sending (FIN), read and discard
+/// what still comes for a bounded time and size, then close. A duplicate descriptor keeps the socket open after
+/// hyper drops its own.
+fn linger(stream: &TcpStream) {
+    use std::os::fd::AsFd;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
+    let Ok(fd) = stream.as_fd().try_clone_to_owned() else { return };
+    let socket = std::net::TcpStream::from(fd);
+    if socket.shutdown(std::net::Shutdown::Write).is_err() {
+        return;
+    }
+    let Ok(socket) = TcpStream::from_std(socket) else { return };
+    handle.spawn(async move {
+        let mut socket = socket;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut drained = 0usize;
+        let deadline = tokio::time::Instant::now() + LINGER_TIME;
+        while drained < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut socket, &mut buf)).await {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+    });
+}
+
+/// Whether the proxy asked for a reset on close (`SO_LINGER` 0: how a cut sandbox stream reads as "killed"):
+/// lingering would turn that reset into a clean FIN.
+fn resets_on_close(stream: &TcpStream) -> bool {
+    let mut linger = libc::linger { l_onoff: 0, l_linger: 0 };
+    let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `linger`, which lives for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&mut linger as *mut libc::linger).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && linger.l_onoff != 0 && linger.l_linger == 0
+}
+
 /// Ends a request's in-flight span when dropped: with its response body, or with the handler if the client left.
 struct InFlight(Arc<Phase>);
 
@@ -529,6 +590,7 @@ async fn serve_connection(
             if let Err(e) = res {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            phase.linger_on_close.store(true, Ordering::Relaxed);
         }
         why = phase.expired(settings.header_read_timeout, settings.idle_timeout) => {
             tracing::debug!(%peer, reason = why, "closing a client connection");

@@ -238,3 +238,41 @@ async fn a_small_body_is_read_before_the_app_so_an_unread_one_cannot_break_keep_
         "the kept-alive connection must still serve"
     );
 }
+
+/// A response sent before the body was read (a 413) must reach a client that is still sending: the close
+/// lingers, reading what still comes, instead of resetting the client's writes.
+#[tokio::test]
+async fn an_early_answer_reaches_a_client_still_sending_its_body() {
+    let app = Router::new().route(
+        "/refuse",
+        axum::routing::post(|| async { (http::StatusCode::PAYLOAD_TOO_LARGE, "too large") }),
+    );
+    let listener = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve::serve(listener, app, HttpSettings::default(), async move {
+        let _ = stopped.await;
+    }));
+    let body_len: usize = 16 << 20;
+    let mut sock = TcpStream::connect(addr).await.unwrap();
+    sock.write_all(format!("POST /refuse HTTP/1.1\r\nHost: t\r\nContent-Length: {body_len}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    // The answer comes before a byte of the body was sent.
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&head).contains("too large") {
+        let n = sock.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before answering");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 413"));
+    // A client that sends its body before reading (most do) must still be able to send all of it.
+    let block = vec![b'x'; 1 << 20];
+    for _ in 0..body_len / block.len() {
+        sock.write_all(&block).await.expect("the server reset the connection while the body was being sent");
+    }
+    let mut rest = Vec::new();
+    sock.read_to_end(&mut rest).await.expect("a clean end after the body");
+    let _ = stop.send(());
+}
