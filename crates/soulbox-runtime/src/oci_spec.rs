@@ -32,9 +32,14 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
+/// Masked (a file under /dev/null, a directory under an empty read-only tmpfs): runc's and
+/// Docker's current defaults — the kernel's memory image, key and timer lists, hardware and
+/// interrupt counters (side channels), firmware, power capping (RAPL energy counters leak what
+/// other tenants compute) — plus, per CPU, `thermal_throttle` ([`masked_paths`]).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -45,6 +50,25 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ];
+
+/// [`MASKED_PATHS`] plus `/sys/devices/system/cpu/cpu<N>/thermal_throttle` of every CPU the host
+/// has (Docker masks them since 28: their counters are a side channel). runc skips paths that do
+/// not exist inside the container.
+pub fn masked_paths() -> Vec<String> {
+    let mut paths: Vec<String> = MASKED_PATHS.iter().map(|s| s.to_string()).collect();
+    let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") else { return paths };
+    let mut throttle: Vec<String> = cpus
+        .flatten()
+        .filter(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("cpu")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        .map(|e| e.path().join("thermal_throttle"))
+        .filter(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    throttle.sort();
+    paths.extend(throttle);
+    paths
+}
+
 pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 pub struct BundleParams<'a> {
@@ -153,7 +177,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(cfg.cgroups_path(p.id)))
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(masked_paths())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .seccomp(seccomp::default_profile()?)
         .sysctl(sysctl)
