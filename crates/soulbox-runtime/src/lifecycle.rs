@@ -212,16 +212,9 @@ impl Inner {
         let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
             return Err(Error::Invalid("record without template/spec".into()));
         };
-        let etc = dir.join("etc");
-        std::fs::create_dir_all(&etc).ctx(&etc)?;
-        std::fs::write(etc.join("hostname"), format!("{id}\n")).ctx(etc.join("hostname"))?;
-        std::fs::write(
-            etc.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{id}\n", lease.ip),
-        )
-        .ctx(etc.join("hosts"))?;
-        let resolv: String = self.cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
-        std::fs::write(etc.join("resolv.conf"), resolv).ctx(etc.join("resolv.conf"))?;
+        // /etc/hosts, hostname and resolv.conf are written by envd inside the sandbox (`network` in its start
+        // configuration); host files of sandboxes from before that are not used any more.
+        let _ = std::fs::remove_dir_all(dir.join("etc"));
 
         // Writable layer: its disk limit (project quota, or its own image mounted) before
         // anything is written into it.
@@ -240,6 +233,11 @@ impl Inner {
             "defaultUser": meta.default_user,
             "defaultWorkdir": meta.default_workdir,
             "sandboxId": id,
+            "network": {
+                "hostname": id,
+                "address": lease.ip.to_string(),
+                "nameservers": self.cfg.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            },
         });
         if let Some(t) = &spec.access_token {
             init["accessToken"] = t.clone().into();

@@ -133,18 +133,14 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
             m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "mode=1777".into(), "size=65536k".into()]));
         }
     }
-    let bind = |src: PathBuf, dst: &str, ro: bool| {
-        let mut o = vec!["rbind".to_string(), "nosuid".into(), "nodev".into()];
-        o.push(if ro { "ro".into() } else { "rw".into() });
-        MountBuilder::default().destination(dst).typ("bind").source(src).options(o).build().map_err(oci)
-    };
+    // The only host file inside a sandbox is the envd binary, read-only. /etc/hosts and friends are the
+    // sandbox's own files (envd writes them at start), so no host file is writable from inside.
     if cfg.init_override.is_none() {
-        mounts.push(bind(cfg.envd_path.clone(), ENVD_MOUNT, true)?);
+        let options = vec!["rbind".to_string(), "nosuid".into(), "nodev".into(), "ro".into()];
+        mounts.push(
+            MountBuilder::default().destination(ENVD_MOUNT).typ("bind").source(cfg.envd_path.clone()).options(options).build().map_err(oci)?,
+        );
     }
-    let etc = p.sandbox_dir.join("etc");
-    mounts.push(bind(etc.join("hosts"), "/etc/hosts", false)?);
-    mounts.push(bind(etc.join("hostname"), "/etc/hostname", false)?);
-    mounts.push(bind(etc.join("resolv.conf"), "/etc/resolv.conf", false)?);
 
     let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci);
     let namespaces = vec![

@@ -171,7 +171,7 @@ fn refuse_other_families(syscall: &str, allowed: &[u64]) -> Result<Vec<LinuxSysc
         }
         // The largest aligned power-of-two block starting here that holds no allowed family.
         let mut size = 1u64;
-        while family % (size * 2) == 0
+        while family.is_multiple_of(size * 2)
             && family + size * 2 - 1 <= max
             && !(family..family + size * 2).any(|f| allowed.contains(&f))
         {
