@@ -65,6 +65,22 @@ pub struct RuntimeConfig {
     /// Disk limit (MiB) when neither the sandbox spec nor the template sets one; 0 = none.
     #[serde(default = "default_disk_mb")]
     pub default_disk_mb: u64,
+    /// Cap of a sandbox's log on the host (`sandbox.log`; one rotated file of at most the same size beside
+    /// it). At least 64 KiB.
+    #[serde(default = "default_sandbox_log_max_bytes")]
+    pub sandbox_log_max_bytes: u64,
+    /// Host disk writes per second of one sandbox's log; past it the runtime stops reading until the next
+    /// second (envd's lines are then dropped, never waited for).
+    #[serde(default = "default_sandbox_log_bytes_per_sec")]
+    pub sandbox_log_bytes_per_sec: u64,
+}
+
+fn default_sandbox_log_max_bytes() -> u64 {
+    1 << 20
+}
+
+fn default_sandbox_log_bytes_per_sec() -> u64 {
+    256 << 10
 }
 
 fn default_disk_mb() -> u64 {
@@ -101,6 +117,8 @@ impl RuntimeConfig {
             disk_backend: Default::default(),
             disk_image_gb: None,
             default_disk_mb: DEFAULT_DISK_MB,
+            sandbox_log_max_bytes: default_sandbox_log_max_bytes(),
+            sandbox_log_bytes_per_sec: default_sandbox_log_bytes_per_sec(),
         }
     }
 
@@ -121,6 +139,10 @@ impl RuntimeConfig {
     pub fn use_cgroup_freezer(&self) -> bool {
         let name = std::path::Path::new(&self.runtime_bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         self.cgroup_freezer && (name == "runc" || name == "crun")
+    }
+
+    pub fn sandbox_log_limits(&self) -> crate::sandbox_log::LogLimits {
+        crate::sandbox_log::LogLimits { max_bytes: self.sandbox_log_max_bytes, bytes_per_sec: self.sandbox_log_bytes_per_sec }
     }
 
     pub fn store_dir(&self) -> PathBuf {

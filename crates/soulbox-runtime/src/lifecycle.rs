@@ -34,6 +34,8 @@ pub(crate) struct Inner {
     pub ips: IpPool,
     pub fw: Firewall,
     pub disk: DiskLimits,
+    /// Drainers of the sandboxes' logs (`sandbox_log.rs`).
+    pub logs: crate::sandbox_log::Logs,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     pub pool: std::sync::Mutex<VecDeque<(String, NetLease)>>,
     pub refilling: std::sync::atomic::AtomicBool,
@@ -69,8 +71,9 @@ impl Inner {
                 }
             }
         }
-        // 1. processes and the runtime's state
+        // 1. processes and the runtime's state; then the rest of their log
         note(&mut first_err, id, self.driver.delete_force(id).await, "runtime delete");
+        self.logs.detach(id).await;
         let _ = std::fs::remove_dir_all(self.cfg.runtime_root().join(id));
         // 2. cgroups (kills stragglers)
         let parent = self.cfg.cgroup_parent();
@@ -254,11 +257,14 @@ impl Inner {
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
 
-        let log = dir.join("sandbox.log");
+        // stdout/stderr of the container (and of the runtime CLI): the log's FIFO, drained on the host.
+        let stdio = self.logs.attach(id, &dir)?;
         if self.cfg.init_override.is_some() {
-            self.driver.create(id, &dir, &log, None).await?;
-            self.driver.start(id).await?;
-            return Ok(());
+            let started = async {
+                self.driver.create(id, &dir, stdio, None).await?;
+                self.driver.start(id).await
+            };
+            return self.with_log(id, started.await).await;
         }
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
             .map_err(|e| Error::Io { path: "pipe".into(), source: e.into() })?;
@@ -267,13 +273,16 @@ impl Inner {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
             .map_err(|e| Error::Io { path: "pipe".into(), source: e })?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "rootfs mounted, bundle written");
-        if self.cfg.run_detached {
-            self.driver.run_detached(id, &dir, &log, Some(w)).await?;
-        } else {
-            self.driver.create(id, &dir, &log, Some(w)).await?;
-            tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
-            self.driver.start(id).await?;
-        }
+        let started = async {
+            if self.cfg.run_detached {
+                self.driver.run_detached(id, &dir, stdio, Some(w)).await
+            } else {
+                self.driver.create(id, &dir, stdio, Some(w)).await?;
+                tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
+                self.driver.start(id).await
+            }
+        };
+        self.with_log(id, started.await).await?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
@@ -286,7 +295,19 @@ impl Inner {
             Ok(Err(e)) => format!("reading the ready pipe: {e}"),
             Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
         };
-        Err(Error::NotReady { id: id.clone(), reason, log_tail: util::tail(&log, 4000) })
+        self.logs.flush(id).await;
+        Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
+    }
+
+    /// A failed runtime CLI call's message went to the sandbox log: add its tail to the error.
+    async fn with_log(&self, id: &str, res: Result<()>) -> Result<()> {
+        match res {
+            Err(Error::Command { cmd, status, stderr }) if stderr.is_empty() => {
+                self.logs.flush(id).await;
+                Err(Error::Command { cmd, status, stderr: crate::sandbox_log::tail(&self.dir(id), 2000) })
+            }
+            other => other,
+        }
     }
 }
 
@@ -326,6 +347,7 @@ impl Runtime {
             ips: IpPool::new(&cfg),
             fw: Firewall::new(&cfg),
             disk,
+            logs: crate::sandbox_log::Logs::new(cfg.sandbox_log_limits()),
             store,
             sandboxes: Default::default(),
             pool: Default::default(),

@@ -43,6 +43,11 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                     }
                 }
                 let _ = rec.save(&dir);
+                match inner.logs.reattach(&id, &dir) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(sandbox = %id, "no log FIFO (started by an older runtime): its log is not capped until it restarts"),
+                    Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not drain the sandbox log again"),
+                }
                 tracing::info!(sandbox = %id, status = %rec.status, "re-adopted");
                 adopted.insert(id.clone());
                 inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));

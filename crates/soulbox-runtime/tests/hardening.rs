@@ -131,3 +131,62 @@ async fn etc_files_live_in_the_sandbox_and_follow_its_address() {
     let (_, out) = sh(rt, &b.id, "cat /etc/hostname").await;
     assert_eq!(out.trim(), b.id);
 }
+
+/// Polls `f` (every 50 ms, up to `secs`) until it returns Some.
+async fn eventually<T>(secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    for _ in 0..secs * 20 {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
+    root_or_skip!("sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart");
+    let mut cfg = config(62);
+    cfg.sandbox_log_max_bytes = 64 * 1024;
+    cfg.sandbox_log_bytes_per_sec = 1 << 30;
+    let mut h = harness_with(cfg).await;
+    let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+    let listening = eventually(10, async || {
+        let lines = h.rt().logs(&a.id, 0, 100).await.unwrap();
+        lines.iter().any(|l| l.line.contains("envd listening")).then_some(lines)
+    })
+    .await
+    .expect("envd's first line in the log");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(listening.iter().all(|l| (now - 60_000..=now).contains(&l.unix_ms)), "{listening:?}");
+    // start/limit: nothing from the future, at most `limit`
+    assert!(h.rt().logs(&a.id, now + 60_000, 100).await.unwrap().is_empty());
+    assert!(h.rt().logs(&a.id, 0, 1).await.unwrap().len() == 1);
+
+    // root inside writes 20 MB to envd's stderr: the host keeps at most twice the cap
+    let (code, out) = sh(h.rt(), &a.id, "yes 0123456789abcdef | head -c 20000000 > /proc/1/fd/2; echo rc=$?").await;
+    assert!(out.contains("rc=0"), "{code} {out}");
+    let dir = h.rt().sandbox_dir(&a.id);
+    // (the disk image is the sandbox's own disk, limited by its size)
+    let total: u64 = host_files(&dir).iter().filter(|(p, _)| !p.ends_with("disk.img")).map(|(_, b)| b).sum();
+    assert!(total < 512 * 1024, "the sandbox dir holds {total} bytes: {:?}", host_files(&dir));
+    for name in [soulbox_runtime::sandbox_log::LOG_FILE, soulbox_runtime::sandbox_log::ROTATED_FILE] {
+        let len = std::fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
+        assert!(len <= 64 * 1024, "{name}: {len} bytes");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777, 0o600, "{name}");
+    }
+    assert!(health(a.ip.unwrap(), std::time::Duration::from_secs(2)).await.is_some(), "envd stopped answering");
+
+    // the runtime restarts ("crash" without cleanup): the re-adopted sandbox's log is drained again
+    drop(h.rt.take());
+    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    sh(h.rt(), &a.id, "echo marker-after-restart > /proc/1/fd/1").await;
+    let found = eventually(10, async || {
+        let lines = h.rt().logs(&a.id, 0, 100_000).await.unwrap();
+        lines.iter().any(|l| l.line == "marker-after-restart").then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "a line written after the restart never reached the log");
+    assert!(matches!(h.rt().logs("nosuchsandbox", 0, 10).await, Err(soulbox_runtime::Error::NotFound(_))));
+}
