@@ -64,8 +64,14 @@ impl Node for FakeNode {
     async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
         Ok(SandboxStats { cpu_count: 2, ..Default::default() })
     }
-    async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
-        Ok(vec![LogLine { unix_ms: 5, line: "envd listening".into() }])
+    async fn logs(&self, _id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
+        let lines = [(5, "envd listening"), (7, "second line"), (9, "third line")];
+        Ok(lines
+            .into_iter()
+            .filter(|(ms, _)| *ms >= query.start_ms)
+            .take(query.limit)
+            .map(|(unix_ms, line)| LogLine { unix_ms, line: line.into() })
+            .collect())
     }
 }
 
