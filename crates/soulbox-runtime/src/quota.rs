@@ -228,6 +228,8 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
         && let Some(dev) = src.strip_prefix("/dev/")
             && loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
                 probe(sandboxes)?;
+                // (mounted by an older runtime, perhaps without them)
+                crate::rootfs::harden_mount(sandboxes);
                 return Ok(Backend::Image { image });
             }
     // 2. The filesystem already enforces project quotas.
@@ -386,7 +388,7 @@ fn attach_and_mount(image: &Path, mp: &Path) -> Result<()> {
     };
     let dev = loopdev::attach(image)?;
     let data = c"prjquota,discard";
-    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, rustix::mount::MountFlags::NOATIME, Some(data));
+    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, crate::rootfs::HOST_MOUNT_FLAGS, Some(data));
     // With autoclear the device is released when the mount goes (or now, if the mount failed).
     let devpath = dev.path.clone();
     drop(dev);

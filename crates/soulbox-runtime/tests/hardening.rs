@@ -190,3 +190,25 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
     assert!(found.is_some(), "a line written after the restart never reached the log");
     assert!(matches!(h.rt().logs("nosuchsandbox", 0, 10).await, Err(soulbox_runtime::Error::NotFound(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_side_mounts_are_nosuid_nodev_and_setuid_still_works_inside() {
+    root_or_skip!("host_side_mounts_are_nosuid_nodev_and_setuid_still_works_inside");
+    use rustix::fs::StatVfsMountFlags as F;
+    let h = harness_with(image_config(63, 0)).await;
+    h.base().await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec { disk_mb: Some(256), ..SandboxSpec::new("base") }).await.unwrap();
+    let dir = rt.sandbox_dir(&a.id);
+    let flags = |p: &Path| rustix::fs::statvfs(p).unwrap().f_flag;
+    let disk = flags(&soulbox_runtime::disk_image::mount_dir(&dir));
+    assert!(disk.contains(F::NOSUID | F::NODEV), "the sandbox's disk is mounted {disk:?} on the host");
+    let root = flags(&dir.join("rootfs"));
+    assert!(root.contains(F::NODEV), "the overlay is mounted {root:?} on the host");
+    // A setuid binary written into the sandbox's own disk (a copy-up into the nosuid image) still works inside:
+    // the sandbox executes it through the overlay, whose flags are the ones that count.
+    let (code, out) = sh(rt, &a.id, "cp -p /usr/bin/sudo /usr/local/bin/sudo-copy && chmod 4755 /usr/local/bin/sudo-copy && echo ok").await;
+    assert_eq!((code, out.trim()), (0, "ok"));
+    let (code, out, err) = run_user(rt, &a, "sudo -n id -u; /usr/local/bin/sudo-copy -n id -u").await;
+    assert_eq!((code, out.as_str()), (0, "0\n0\n"), "{err}");
+}
