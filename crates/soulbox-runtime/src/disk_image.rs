@@ -70,7 +70,7 @@ pub fn size_for(limit_mb: u64) -> u64 {
 pub async fn create(tools: &Tools, sandbox_dir: &Path, limit_mb: u64) -> Result<()> {
     let image = image_path(sandbox_dir);
     let tmp = image.with_extension("img.tmp");
-    let f = std::fs::File::create(&tmp).ctx(&tmp)?;
+    let f = crate::util::create_private(&tmp)?; // a sandbox's files: root only
     f.set_len(size_for(limit_mb)).ctx(&tmp)?;
     drop(f);
     // 4 KiB blocks (mke2fs would pick 1 KiB for small images), no root reserve, one inode per

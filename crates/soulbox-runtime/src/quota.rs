@@ -311,7 +311,7 @@ async fn create_image(data_dir: &Path, image: &Path, size_gb: Option<u64>, fs: I
     };
     let tmp = image.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let f = std::fs::File::create(&tmp).ctx(&tmp)?;
+    let f = crate::util::create_private(&tmp)?; // a sandbox's files: root only
     f.set_len(size).ctx(&tmp)?;
     drop(f);
     let t = std::time::Instant::now();

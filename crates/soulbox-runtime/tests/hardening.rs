@@ -106,6 +106,12 @@ async fn etc_files_live_in_the_sandbox_and_follow_its_address() {
             );
         }
     }
+    // records and the disk image are the runtime's alone (they hold the access token, the sandbox's files)
+    for name in ["sandbox.json", "net.json", "config.json", "disk.img", "sandbox.log", "sandbox.log.fifo"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::symlink_metadata(dir.join(name)).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600), "{name}");
+    }
     sh(rt, &a.id, "echo '10.9.9.9 db.internal' > /etc/hosts").await;
 
     // stop to disk; another sandbox takes the address; start: new address, hosts follows, user lines kept
