@@ -218,3 +218,26 @@ async fn host_side_mounts_are_nosuid_nodev_and_setuid_still_works_inside() {
     let (code, out, err) = run_user(rt, &a, "sudo -n id -u; /usr/local/bin/sudo-copy -n id -u").await;
     assert_eq!((code, out.as_str()), (0, "0\n0\n"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_and_inode_exhaustion_stay_inside_the_sandbox() {
+    root_or_skip!("disk_and_inode_exhaustion_stay_inside_the_sandbox");
+    let h = harness_with(image_config(64, 0)).await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec { disk_mb: Some(32), ..SandboxSpec::new("test") }).await.unwrap();
+    let b = rt.create(SandboxSpec { disk_mb: Some(32), ..SandboxSpec::new("test") }).await.unwrap();
+    // every inode of its disk: creating files stops with ENOSPC inside
+    let (_, out) = sh(rt, &a.id, "mkdir /var/many; i=0; while touch /var/many/f$i 2>/dev/null; do i=$((i+1)); done; echo files=$i; touch /var/one 2>&1").await;
+    let files: u64 = out.split("files=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!((1000..4096).contains(&files) && out.contains("No space left on device"), "{out}");
+    // then every block
+    let (_, out) = sh(rt, &a.id, "rm -rf /var/many; dd if=/dev/zero of=/var/big bs=1M count=64 2>&1; echo rc=$?").await;
+    assert!(out.contains("No space left on device") && !out.contains("rc=0"), "{out}");
+    // the sandbox's agent, its neighbour and the host are unaffected
+    assert!(health(a.ip.unwrap(), std::time::Duration::from_secs(2)).await.is_some(), "envd of the full sandbox");
+    let (code, out) = sh(rt, &b.id, "mkdir /var/many && for i in 1 2 3 4 5 6 7 8 9 10; do touch /var/many/f$i; done && dd if=/dev/zero of=/var/big bs=1M count=8 2>&1; echo rc=$?").await;
+    assert!(code == 0 && out.contains("rc=0"), "the neighbour: {out}");
+    let probe = h.cfg.data_dir.join("host-probe");
+    std::fs::write(&probe, vec![1u8; 1 << 20]).expect("the host's filesystem has room");
+    std::fs::remove_file(&probe).unwrap();
+}
