@@ -69,7 +69,10 @@ pub fn masked_paths() -> Vec<String> {
     paths
 }
 
-pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+/// Read-only: runc's and Docker's list, plus `/sys/fs/cgroup`. The cgroup mount is asked for read-only, but on a
+/// cgroup v1 host runc (1.1, with a cgroup namespace) mounts the hierarchies read-only on a *writable* tmpfs there,
+/// where the sandbox could create files.
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/fs/cgroup"];
 
 pub struct BundleParams<'a> {
     pub id: &'a str,
