@@ -33,6 +33,8 @@ pub struct FileConfig {
     pub node_lost_after_s: Option<u64>,
     /// `[templates]`: image rewrites, insecure registries, registry credentials.
     pub templates: Option<TemplatesConfig>,
+    /// Disk limit (MiB) of sandboxes whose template sets none [default: 10240, E2B's]; 0 = none.
+    pub default_disk_mb: Option<u64>,
 }
 
 /// The `[templates]` section:
@@ -103,6 +105,8 @@ pub struct ServerConfig {
     pub node_heartbeat_timeout_s: u64,
     pub node_lost_after_s: u64,
     pub templates: TemplatesConfig,
+    /// `None`: the runtime's default (10 GiB).
+    pub default_disk_mb: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);

@@ -173,6 +173,7 @@ impl ServerArgs {
             node_heartbeat_timeout_s: self.node_heartbeat_timeout_s.or(file.node_heartbeat_timeout_s).unwrap_or(10),
             node_lost_after_s: self.node_lost_after_s.or(file.node_lost_after_s).unwrap_or(60),
             templates: file.templates.unwrap_or_default(),
+            default_disk_mb: file.default_disk_mb,
             data_dir,
         })
     }

@@ -142,6 +142,9 @@ async fn open_local_node(config: &ServerConfig) -> anyhow::Result<LocalNode> {
         format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
     })?;
     runtime_config.pool_size = config.warm_pool;
+    if let Some(mb) = config.default_disk_mb {
+        runtime_config.default_disk_mb = mb;
+    }
     runtime_config.prefix = config.prefix.clone();
     let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
     runtime_config.pool_net = pool_net;
