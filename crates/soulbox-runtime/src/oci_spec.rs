@@ -12,11 +12,17 @@ use std::path::{Path, PathBuf};
 
 /// Capabilities granted to sandbox processes (bounding/effective/permitted; no ambient).
 ///
-/// Docker's default set minus `NET_RAW` (ping works through `ping_group_range`) and `MKNOD`
-/// (device cgroup allows only the standard devices anyway): enough for root-in-sandbox to run
-/// apt/dpkg (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETFCAP), sudo/su (SETUID, SETGID, SETPCAP,
-/// AUDIT_WRITE), chroot builds (SYS_CHROOT), killing its own processes (KILL) and binding low
-/// ports (NET_BIND_SERVICE). No SYS_ADMIN, SYS_MODULE, SYS_PTRACE, NET_ADMIN, SYS_RESOURCE, …
+/// Docker's default set minus `NET_RAW` (ping works through `ping_group_range`), `MKNOD` (device cgroup allows
+/// only the standard devices anyway) and `SETFCAP`: enough for root-in-sandbox to run apt/dpkg (CHOWN,
+/// DAC_OVERRIDE, FOWNER, FSETID), sudo/su (SETUID, SETGID, SETPCAP, AUDIT_WRITE), chroot builds (SYS_CHROOT),
+/// killing its own processes (KILL) and binding low ports (NET_BIND_SERVICE). No SYS_ADMIN, SYS_MODULE,
+/// SYS_PTRACE, NET_ADMIN, SYS_RESOURCE, …
+///
+/// Why no SETFCAP: a file capability outside the bounding set makes the binary unusable (execve fails with
+/// EPERM when a file's effective capabilities cannot all be granted) — `apt-get install iputils-ping` set
+/// `cap_net_raw+ep` on ping, and ping then failed for everyone. Without SETFCAP `setcap` fails and Debian's
+/// maintainer scripts fall back to setuid, with which ping works through ICMP datagram sockets. It also takes
+/// away a way to craft privileged binaries inside.
 pub const CAPABILITIES: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
@@ -26,7 +32,6 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setpcap,
-    Capability::Setfcap,
     Capability::NetBindService,
     Capability::SysChroot,
     Capability::AuditWrite,

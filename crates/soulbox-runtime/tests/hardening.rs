@@ -241,3 +241,102 @@ async fn disk_and_inode_exhaustion_stay_inside_the_sandbox() {
     std::fs::write(&probe, vec![1u8; 1 << 20]).expect("the host's filesystem has room");
     std::fs::remove_file(&probe).unwrap();
 }
+
+/// A command through envd's process API as `user` (Basic auth names the user, as the SDKs do): what a user's
+/// or root's command goes through, with envd's per-user no_new_privs. Returns (exit code, stdout + stderr).
+async fn envd_as(ip: std::net::Ipv4Addr, user: &str, cmd: &str, timeout_s: u64) -> (i64, String) {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = serde_json::to_vec(&serde_json::json!({"process": {"cmd": "/bin/bash", "args": ["-lc", cmd]}})).unwrap();
+    let mut envelope = vec![0u8];
+    envelope.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(&body);
+    let head = format!(
+        "POST /process.Process/Start HTTP/1.1\r\nHost: {ip}\r\nContent-Type: application/connect+json\r\nAuthorization: Basic {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        b64.encode(format!("{user}:")),
+        envelope.len()
+    );
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect((ip, 49983)).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&envelope).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        raw
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(timeout_s), exchange).await.expect("command timed out");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("http response") + 4;
+    let (headers, mut body) = (String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase(), raw[split..].to_vec());
+    if headers.contains("transfer-encoding: chunked") {
+        let (mut out, mut i) = (Vec::new(), 0);
+        while let Some(p) = body[i..].windows(2).position(|w| w == b"\r\n") {
+            let len = usize::from_str_radix(String::from_utf8_lossy(&body[i..i + p]).trim(), 16).unwrap();
+            i += p + 2;
+            if len == 0 {
+                break;
+            }
+            out.extend_from_slice(&body[i..i + len]);
+            i += len + 2;
+        }
+        body = out;
+    }
+    let (mut out, mut code, mut i) = (Vec::new(), -1i64, 0);
+    while i + 5 <= body.len() {
+        let len = u32::from_be_bytes(body[i + 1..i + 5].try_into().unwrap()) as usize;
+        let msg: serde_json::Value = serde_json::from_slice(&body[i + 5..i + 5 + len]).unwrap_or_default();
+        i += 5 + len;
+        let ev = &msg["event"];
+        for stream in ["stdout", "stderr"] {
+            if let Some(s) = ev["data"][stream].as_str() {
+                out.extend(b64.decode(s).unwrap_or_default());
+            }
+        }
+        if ev.get("end").is_some() {
+            code = ev["end"]["exitCode"].as_i64().unwrap_or(0);
+        }
+    }
+    (code, String::from_utf8_lossy(&out).into_owned())
+}
+
+/// What users run must keep working under the profile: apt/dpkg (as root, with no_new_privs), ping, sudo, su,
+/// gcc, git, python + pip, node + npm. Needs the Debian mirror (package installs, like the base template).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn everyday_tools_work_under_the_profile() {
+    root_or_skip!("everyday_tools_work_under_the_profile");
+    let mut cfg = image_config(65, 0);
+    cfg.dns = soulbox_runtime::RuntimeConfig::new("/").dns; // the host's resolvers, for apt
+    let h = harness_with(cfg).await;
+    h.base().await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec::new("base")).await.unwrap();
+    let ip = a.ip.unwrap();
+    let install = "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+        apt-get install -y -qq --no-install-recommends iputils-ping gcc libc6-dev nodejs npm >/tmp/apt.log 2>&1; \
+        rc=$?; tail -5 /tmp/apt.log; echo apt-rc=$rc";
+    let (_, out) = envd_as(ip, "root", install, 900).await;
+    assert!(out.contains("apt-rc=0"), "apt-get as root: {out}");
+    let (code, out) = envd_as(ip, "root", "sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status", 30).await;
+    assert_eq!((code, out.trim()), (0, "1"), "root's commands run with no_new_privs");
+    let script = r#"set -e
+        cd /tmp
+        ping -c1 -W5 127.0.0.1 >/dev/null && echo ping-ok
+        sudo -n id -u
+        su -s /bin/sh root -c 'echo su-ok $(id -u)'
+        printf '#include <stdio.h>\nint main(void){printf("gcc-ok\\n");return 0;}\n' > hello.c && gcc -o hello hello.c && ./hello
+        git init -q repo && cd repo && git -c user.email=u@x -c user.name=u commit -q --allow-empty -m x && echo git-ok && cd ..
+        mkdir -p pypkg && printf 'from setuptools import setup\nsetup(name="sbprobe", version="1.0", py_modules=["sbprobe"])\n' > pypkg/setup.py
+        echo 'X = 42' > pypkg/sbprobe.py
+        python3 -m pip install -q --user --break-system-packages --no-index --no-build-isolation ./pypkg
+        python3 -c 'import sbprobe; print("pip-ok", sbprobe.X)'
+        node -e 'console.log("node-ok", 6*7)'
+        mkdir -p npmpkg app && printf '{"name":"sbprobe","version":"1.0.0","main":"index.js"}' > npmpkg/package.json
+        echo 'module.exports = 42' > npmpkg/index.js
+        cd app && npm init -y >/dev/null && npm install --offline --no-audit --no-fund ../npmpkg >/dev/null && node -e 'console.log("npm-ok", require("sbprobe"))'
+    "#;
+    let (code, out) = envd_as(ip, "user", script, 300).await;
+    assert_eq!(code, 0, "{out}");
+    for want in ["ping-ok", "\n0\n", "su-ok 0", "gcc-ok", "git-ok", "pip-ok 42", "node-ok 42", "npm-ok 42"] {
+        assert!(out.contains(want), "missing {want:?} in {out}");
+    }
+}
