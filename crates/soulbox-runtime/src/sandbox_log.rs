@@ -255,7 +255,9 @@ fn drain_now(rx: &tokio::net::unix::pipe::Receiver, buf: &mut [u8], sink: &mut S
             sink.end_partial();
             return false;
         }
-        match rx.try_read(buf) {
+        // read(2) itself, not `try_read`: that answers WouldBlock without reading while tokio has not yet seen
+        // the descriptor's readiness, and a flush must take what the FIFO holds now.
+        match rustix::io::read(rx, &mut *buf) {
             Ok(0) => {
                 sink.end_partial();
                 return true;
@@ -264,10 +266,11 @@ fn drain_now(rx: &tokio::net::unix::pipe::Receiver, buf: &mut [u8], sink: &mut S
                 sink.push(&buf[..n]);
                 budget = budget.saturating_sub(n);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            Err(rustix::io::Errno::AGAIN) => {
                 sink.end_partial();
                 return false;
             }
+            Err(rustix::io::Errno::INTR) => {}
             Err(_) => return true,
         }
     }
@@ -358,7 +361,10 @@ impl Sink {
     }
 
     fn write_line(&mut self, line: &[u8]) {
-        for piece in line.chunks(MAX_LINE) {
+        // (an empty line is a line too: `chunks` of an empty slice yields nothing)
+        let empty: &[u8] = &[];
+        let pieces = line.chunks(MAX_LINE);
+        for piece in pieces.chain(line.is_empty().then_some(empty)) {
             let mut rec = format!("{} ", now_ms()).into_bytes();
             rec.extend_from_slice(piece);
             rec.push(b'\n');

@@ -98,14 +98,14 @@ async fn long_lines_are_split_and_an_unfinished_line_is_kept_at_the_end() {
     let drainer = Drainer::spawn(dir.path(), reader, WIDE_OPEN).unwrap();
     let mut w = reopen_writer(dir.path());
     w.write_all(&vec![b'a'; MAX_LINE + 10]).unwrap();
-    w.write_all(b"\nno newline").unwrap();
+    w.write_all(b"\n\nno newline").unwrap();
     drop(w);
     drop(writer);
     drainer.flush().await;
     let lines = read(dir.path(), 0, 10).unwrap();
     let lens: Vec<usize> = lines.iter().map(|l| l.line.len()).collect();
-    assert_eq!(lens, vec![MAX_LINE, 10, 10], "{lines:?}");
-    assert_eq!(lines[2].line, "no newline");
+    assert_eq!(lens, vec![MAX_LINE, 10, 0, 10], "{lines:?}");
+    assert_eq!(lines[3].line, "no newline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
