@@ -206,10 +206,20 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
         for _ in 0..(20_000_000 / line.len()) {
             w.write_all(&line).unwrap();
         }
+        w.write_all(b"flood-done\n").unwrap();
     })
     .await
     .unwrap();
-    // (the writer could only finish because the drainer took all but the last FIFO-full of it)
+    // once the last line is in the log, the drainer is done with the flood (no rotation in flight)
+    let done = eventually(10, async || {
+        let lines = h.rt().logs(&a.id, 0, 100_000).await.unwrap();
+        lines.iter().any(|l| l.line == "flood-done").then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "the flood's last line never reached the log"
+    );
     // (the disk image is the sandbox's own disk, limited by its size)
     let total: u64 = host_files(&dir)
         .iter()
