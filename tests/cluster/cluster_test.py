@@ -178,6 +178,12 @@ def main():
     for sid in first[:3]:
         assert run_in(sid, "echo hi from $(hostname)").startswith("hi from"), sid
 
+    log("sandbox logs through the node agent's wire: E2B's start/limit select on the node")
+    lines = wait_for("the first log line", lambda: call("GET", f"/sandboxes/{first[0]}/logs", expect=200)[1]["logs"], 30)
+    assert any("envd listening" in entry["line"] for entry in lines), lines
+    assert len(call("GET", f"/sandboxes/{first[0]}/logs?limit=1", expect=200)[1]["logs"]) == 1
+    assert call("GET", f"/sandboxes/{first[0]}/logs?start=32503680000000", expect=200)[1]["logs"] == []
+
     log("drain: node3 gets no new sandboxes")
     assert json.loads(cli("nodes", "drain", "node3", "--json"))["status"] == "draining"
     more = [create()["sandboxID"] for _ in range(4)]

@@ -1,6 +1,7 @@
 //! soulbox-envd: the agent inside every SoulBox sandbox, wire-compatible with E2B's envd.
 
 mod auth;
+mod etc_files;
 mod filesystem;
 mod http;
 mod init_process;
@@ -63,6 +64,12 @@ fn main() -> anyhow::Result<()> {
         let mut init: InitRequest = serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
         node_secret = init.envd_secret.take();
         config.apply(init);
+        // Before listening: once the node hears "ready", name resolution inside is already right.
+        if let Some(network) = etc_files::from_init_json(&raw) {
+            for (path, error) in etc_files::write_all(std::path::Path::new("/"), &network) {
+                tracing::warn!(path, %error, "could not write a network file of the sandbox");
+            }
+        }
     }
     if node_secret.is_none() {
         tracing::warn!("started without a node secret: anything that reaches this agent's port may call it");

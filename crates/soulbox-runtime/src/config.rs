@@ -85,6 +85,14 @@ pub struct RuntimeConfig {
     /// Host-wide directory of range claims, shared by every runtime instance on the host.
     #[serde(default = "default_userns_claims_dir")]
     pub userns_claims_dir: PathBuf,
+    /// Cap of a sandbox's log on the host (`sandbox.log`; one rotated file of at most the same size beside
+    /// it). At least 64 KiB.
+    #[serde(default = "default_sandbox_log_max_bytes")]
+    pub sandbox_log_max_bytes: u64,
+    /// Host disk writes per second of one sandbox's log; past it the runtime stops reading until the next
+    /// second (envd's lines are then dropped, never waited for).
+    #[serde(default = "default_sandbox_log_bytes_per_sec")]
+    pub sandbox_log_bytes_per_sec: u64,
 }
 
 fn default_true() -> bool {
@@ -98,6 +106,14 @@ fn default_userns_ranges() -> u32 {
 }
 fn default_userns_claims_dir() -> PathBuf {
     PathBuf::from(crate::userns::DEFAULT_CLAIMS_DIR)
+}
+
+fn default_sandbox_log_max_bytes() -> u64 {
+    1 << 20
+}
+
+fn default_sandbox_log_bytes_per_sec() -> u64 {
+    256 << 10
 }
 
 fn default_disk_mb() -> u64 {
@@ -139,6 +155,8 @@ impl RuntimeConfig {
             userns_base: crate::userns::DEFAULT_BASE,
             userns_ranges: crate::userns::DEFAULT_RANGES,
             userns_claims_dir: default_userns_claims_dir(),
+            sandbox_log_max_bytes: default_sandbox_log_max_bytes(),
+            sandbox_log_bytes_per_sec: default_sandbox_log_bytes_per_sec(),
         }
     }
 
@@ -162,6 +180,10 @@ impl RuntimeConfig {
     pub fn use_cgroup_freezer(&self) -> bool {
         let name = std::path::Path::new(&self.runtime_bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         self.cgroup_freezer && (name == "runc" || name == "crun")
+    }
+
+    pub fn sandbox_log_limits(&self) -> crate::sandbox_log::LogLimits {
+        crate::sandbox_log::LogLimits { max_bytes: self.sandbox_log_max_bytes, bytes_per_sec: self.sandbox_log_bytes_per_sec }
     }
 
     pub fn store_dir(&self) -> PathBuf {

@@ -70,7 +70,7 @@ pub fn size_for(limit_mb: u64) -> u64 {
 pub async fn create(tools: &Tools, sandbox_dir: &Path, limit_mb: u64) -> Result<()> {
     let image = image_path(sandbox_dir);
     let tmp = image.with_extension("img.tmp");
-    let f = std::fs::File::create(&tmp).ctx(&tmp)?;
+    let f = crate::util::create_private(&tmp)?; // a sandbox's files: root only
     f.set_len(size_for(limit_mb)).ctx(&tmp)?;
     drop(f);
     // 4 KiB blocks (mke2fs would pick 1 KiB for small images), no root reserve, one inode per
@@ -107,7 +107,9 @@ pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
             }
         }
         let dev = loopdev::attach(&image)?;
-        let res = rustix::mount::mount(dev.path.as_str(), &mp, "ext4", rustix::mount::MountFlags::NOATIME, Some(c"discard"));
+        // nosuid, nodev: what a sandbox writes there (a setuid-root binary, a device node) means nothing on
+        // the host side; the sandbox sees its files through the overlay, whose own flags apply inside.
+        let res = rustix::mount::mount(dev.path.as_str(), &mp, "ext4", crate::rootfs::HOST_MOUNT_FLAGS, Some(c"discard"));
         // Autoclear: the device now lives as long as the mount (or goes right here on failure).
         let devpath = dev.path.clone();
         drop(dev);

@@ -50,24 +50,20 @@ impl Driver {
         util::run(&self.bin, &all).await
     }
 
-    /// `create --bundle <dir> [--preserve-fds 1] <id>`; the container's stdout/stderr go to `log`.
-    /// `ready_fd` (if any) becomes fd 3 in the container.
-    pub async fn create(&self, id: &str, bundle: &Path, log: &Path, ready_fd: Option<OwnedFd>) -> Result<()> {
-        self.create_or_run("create", id, bundle, log, ready_fd).await
+    /// `create --bundle <dir> [--preserve-fds 1] <id>`; the container's stdout/stderr are `stdio` (the sandbox
+    /// log's FIFO), as are the runtime CLI's own: a failure's message goes there too, so the caller reads it
+    /// from the log. `ready_fd` (if any) becomes fd 3 in the container.
+    pub async fn create(&self, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
+        self.create_or_run("create", id, bundle, stdio, ready_fd).await
     }
 
     /// `run --detach`: create + start in one runtime invocation (saves a process start).
-    pub async fn run_detached(&self, id: &str, bundle: &Path, log: &Path, ready_fd: Option<OwnedFd>) -> Result<()> {
-        self.create_or_run("run", id, bundle, log, ready_fd).await
+    pub async fn run_detached(&self, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
+        self.create_or_run("run", id, bundle, stdio, ready_fd).await
     }
 
-    async fn create_or_run(&self, verb: &str, id: &str, bundle: &Path, log: &Path, ready_fd: Option<OwnedFd>) -> Result<()> {
-        let logf = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|e| Error::Io { path: log.into(), source: e })?;
-        let logf2 = logf.try_clone().map_err(|e| Error::Io { path: log.into(), source: e })?;
+    async fn create_or_run(&self, verb: &str, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
+        let stderr = stdio.try_clone().map_err(|e| Error::Io { path: bundle.join("stdio"), source: e })?;
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(&self.global).arg(verb);
         if verb == "run" {
@@ -80,7 +76,7 @@ impl Driver {
         if ready_fd.is_some() {
             cmd.arg("--preserve-fds").arg("1");
         }
-        cmd.arg(id).stdin(Stdio::null()).stdout(logf).stderr(logf2);
+        cmd.arg(id).stdin(Stdio::null()).stdout(Stdio::from(stdio)).stderr(Stdio::from(stderr));
         if let Some(fd) = &ready_fd {
             let raw = fd.as_raw_fd();
             // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
@@ -106,11 +102,8 @@ impl Driver {
             .await
             .map_err(|source| Error::Spawn { cmd: format!("{} {verb}", self.bin), source })?;
         if !out.status.success() {
-            return Err(Error::Command {
-                cmd: format!("{} {verb} {id}", self.bin),
-                status: out.status.to_string(),
-                stderr: util::tail(log, 2000),
-            });
+            // The message is in the sandbox log; the caller adds it.
+            return Err(Error::Command { cmd: format!("{} {verb} {id}", self.bin), status: out.status.to_string(), stderr: String::new() });
         }
         Ok(())
     }

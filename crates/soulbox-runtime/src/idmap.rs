@@ -162,7 +162,7 @@ pub fn mount_rootfs(
                 "overlay",
                 &mountpoint,
                 "overlay",
-                rustix::mount::MountFlags::empty(),
+                rustix::mount::MountFlags::NODEV, // (not nosuid: runc's root bind inherits it, see rootfs::mount)
                 Some(data.as_c_str()),
             )
             .map_err(|e| io_err(&mountpoint, e))

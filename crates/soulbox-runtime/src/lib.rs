@@ -18,6 +18,7 @@ pub mod quota;
 pub mod reconcile;
 pub mod record;
 pub mod rootfs;
+pub mod sandbox_log;
 pub mod seccomp;
 pub mod spec;
 pub mod template;

@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub disk: DiskLimits,
     /// Some: every sandbox gets its own user namespace range (`userns.rs`).
     pub userns: Option<crate::userns::IdRanges>,
+    /// Drainers of the sandboxes' logs (`sandbox_log.rs`).
+    pub logs: crate::sandbox_log::Logs,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     /// Every known sandbox's envd secret (as in its record), read on the proxy's hot path without touching the
     /// record's lock or the disk. Kept in step with `sandboxes` by [`Inner::remember`] and `delete`.
@@ -92,8 +94,9 @@ impl Inner {
                 }
             }
         }
-        // 1. processes and the runtime's state
+        // 1. processes and the runtime's state; then the rest of their log
         note(&mut first_err, id, self.driver.delete_force(id).await, "runtime delete");
+        self.logs.detach(id).await;
         let _ = std::fs::remove_dir_all(self.cfg.runtime_root().join(id));
         // 2. cgroups (kills stragglers)
         let parent = self.cfg.cgroup_parent();
@@ -264,16 +267,9 @@ impl Inner {
         let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
             return Err(Error::Invalid("record without template/spec".into()));
         };
-        let etc = dir.join("etc");
-        std::fs::create_dir_all(&etc).ctx(&etc)?;
-        std::fs::write(etc.join("hostname"), format!("{id}\n")).ctx(etc.join("hostname"))?;
-        std::fs::write(
-            etc.join("hosts"),
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{}\t{id}\n", lease.ip),
-        )
-        .ctx(etc.join("hosts"))?;
-        let resolv: String = self.cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
-        std::fs::write(etc.join("resolv.conf"), resolv).ctx(etc.join("resolv.conf"))?;
+        // /etc/hosts, hostname and resolv.conf are written by envd inside the sandbox (`network` in its start
+        // configuration); host files of sandboxes from before that are not used any more.
+        let _ = std::fs::remove_dir_all(dir.join("etc"));
 
         // The sandbox's range (given with its network) owns the sandbox dir, so the sandbox's
         // mapped root (runc's init) can walk to the rootfs and no host user can.
@@ -300,6 +296,11 @@ impl Inner {
             "defaultUser": meta.default_user,
             "defaultWorkdir": meta.default_workdir,
             "sandboxId": id,
+            "network": {
+                "hostname": id,
+                "address": lease.ip.to_string(),
+                "nameservers": self.cfg.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+            },
         });
         if let Some(t) = &spec.access_token {
             init["accessToken"] = t.clone().into();
@@ -320,11 +321,14 @@ impl Inner {
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
 
-        let log = dir.join("sandbox.log");
+        // stdout/stderr of the container (and of the runtime CLI): the log's FIFO, drained on the host.
+        let stdio = self.logs.attach(id, &dir)?;
         if self.cfg.init_override.is_some() {
-            self.driver.create(id, &dir, &log, None).await?;
-            self.driver.start(id).await?;
-            return Ok(());
+            let started = async {
+                self.driver.create(id, &dir, stdio, None).await?;
+                self.driver.start(id).await
+            };
+            return self.with_log(id, started.await).await;
         }
         let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
             .map_err(|e| Error::Io { path: "pipe".into(), source: e.into() })?;
@@ -333,13 +337,16 @@ impl Inner {
         let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
             .map_err(|e| Error::Io { path: "pipe".into(), source: e })?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "rootfs mounted, bundle written");
-        if self.cfg.run_detached {
-            self.driver.run_detached(id, &dir, &log, Some(w)).await?;
-        } else {
-            self.driver.create(id, &dir, &log, Some(w)).await?;
-            tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
-            self.driver.start(id).await?;
-        }
+        let started = async {
+            if self.cfg.run_detached {
+                self.driver.run_detached(id, &dir, stdio, Some(w)).await
+            } else {
+                self.driver.create(id, &dir, stdio, Some(w)).await?;
+                tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
+                self.driver.start(id).await
+            }
+        };
+        self.with_log(id, started.await).await?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
@@ -352,7 +359,19 @@ impl Inner {
             Ok(Err(e)) => format!("reading the ready pipe: {e}"),
             Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
         };
-        Err(Error::NotReady { id: id.clone(), reason, log_tail: util::tail(&log, 4000) })
+        self.logs.flush(id).await;
+        Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
+    }
+
+    /// A failed runtime CLI call's message went to the sandbox log: add its tail to the error.
+    async fn with_log(&self, id: &str, res: Result<()>) -> Result<()> {
+        match res {
+            Err(Error::Command { cmd, status, stderr }) if stderr.is_empty() => {
+                self.logs.flush(id).await;
+                Err(Error::Command { cmd, status, stderr: crate::sandbox_log::tail(&self.dir(id), 2000) })
+            }
+            other => other,
+        }
     }
 }
 
@@ -410,6 +429,7 @@ impl Runtime {
             serving: Default::default(),
             disk,
             userns,
+            logs: crate::sandbox_log::Logs::new(cfg.sandbox_log_limits()),
             store,
             sandboxes: Default::default(),
             secrets: Default::default(),

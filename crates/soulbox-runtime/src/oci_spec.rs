@@ -12,11 +12,17 @@ use std::path::{Path, PathBuf};
 
 /// Capabilities granted to sandbox processes (bounding/effective/permitted; no ambient).
 ///
-/// Docker's default set minus `NET_RAW` (ping works through `ping_group_range`) and `MKNOD`
-/// (device cgroup allows only the standard devices anyway): enough for root-in-sandbox to run
-/// apt/dpkg (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETFCAP), sudo/su (SETUID, SETGID, SETPCAP,
-/// AUDIT_WRITE), chroot builds (SYS_CHROOT), killing its own processes (KILL) and binding low
-/// ports (NET_BIND_SERVICE). No SYS_ADMIN, SYS_MODULE, SYS_PTRACE, NET_ADMIN, SYS_RESOURCE, …
+/// Docker's default set minus `NET_RAW` (ping works through `ping_group_range`), `MKNOD` (device cgroup allows
+/// only the standard devices anyway) and `SETFCAP`: enough for root-in-sandbox to run apt/dpkg (CHOWN,
+/// DAC_OVERRIDE, FOWNER, FSETID), sudo/su (SETUID, SETGID, SETPCAP, AUDIT_WRITE), chroot builds (SYS_CHROOT),
+/// killing its own processes (KILL) and binding low ports (NET_BIND_SERVICE). No SYS_ADMIN, SYS_MODULE,
+/// SYS_PTRACE, NET_ADMIN, SYS_RESOURCE, …
+///
+/// Why no SETFCAP: a file capability outside the bounding set makes the binary unusable (execve fails with
+/// EPERM when a file's effective capabilities cannot all be granted) — `apt-get install iputils-ping` set
+/// `cap_net_raw+ep` on ping, and ping then failed for everyone. Without SETFCAP `setcap` fails and Debian's
+/// maintainer scripts fall back to setuid, with which ping works through ICMP datagram sockets. It also takes
+/// away a way to craft privileged binaries inside.
 pub const CAPABILITIES: &[Capability] = &[
     Capability::Chown,
     Capability::DacOverride,
@@ -26,15 +32,19 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability::Setgid,
     Capability::Setuid,
     Capability::Setpcap,
-    Capability::Setfcap,
     Capability::NetBindService,
     Capability::SysChroot,
     Capability::AuditWrite,
 ];
 
+/// Masked (a file under /dev/null, a directory under an empty read-only tmpfs): runc's and
+/// Docker's current defaults — the kernel's memory image, key and timer lists, hardware and
+/// interrupt counters (side channels), firmware, power capping (RAPL energy counters leak what
+/// other tenants compute) — plus, per CPU, `thermal_throttle` ([`masked_paths`]).
 pub const MASKED_PATHS: &[&str] = &[
     "/proc/acpi",
     "/proc/asound",
+    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -45,7 +55,29 @@ pub const MASKED_PATHS: &[&str] = &[
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
 ];
-pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+
+/// [`MASKED_PATHS`] plus `/sys/devices/system/cpu/cpu<N>/thermal_throttle` of every CPU the host
+/// has (Docker masks them since 28: their counters are a side channel). runc skips paths that do
+/// not exist inside the container.
+pub fn masked_paths() -> Vec<String> {
+    let mut paths: Vec<String> = MASKED_PATHS.iter().map(|s| s.to_string()).collect();
+    let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") else { return paths };
+    let mut throttle: Vec<String> = cpus
+        .flatten()
+        .filter(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("cpu")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        .map(|e| e.path().join("thermal_throttle"))
+        .filter(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    throttle.sort();
+    paths.extend(throttle);
+    paths
+}
+
+/// Read-only: runc's and Docker's list, plus `/sys/fs/cgroup`. The cgroup mount is asked for read-only, but on a
+/// cgroup v1 host runc (1.1, with a cgroup namespace) mounts the hierarchies read-only on a *writable* tmpfs there,
+/// where the sandbox could create files.
+pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/fs/cgroup"];
 
 pub struct BundleParams<'a> {
     pub id: &'a str,
@@ -111,18 +143,14 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
             m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "mode=1777".into(), "size=65536k".into()]));
         }
     }
-    let bind = |src: PathBuf, dst: &str, ro: bool| {
-        let mut o = vec!["rbind".to_string(), "nosuid".into(), "nodev".into()];
-        o.push(if ro { "ro".into() } else { "rw".into() });
-        MountBuilder::default().destination(dst).typ("bind").source(src).options(o).build().map_err(oci)
-    };
+    // The only host file inside a sandbox is the envd binary, read-only. /etc/hosts and friends are the
+    // sandbox's own files (envd writes them at start), so no host file is writable from inside.
     if cfg.init_override.is_none() {
-        mounts.push(bind(cfg.envd_path.clone(), ENVD_MOUNT, true)?);
+        let options = vec!["rbind".to_string(), "nosuid".into(), "nodev".into(), "ro".into()];
+        mounts.push(
+            MountBuilder::default().destination(ENVD_MOUNT).typ("bind").source(cfg.envd_path.clone()).options(options).build().map_err(oci)?,
+        );
     }
-    let etc = p.sandbox_dir.join("etc");
-    mounts.push(bind(etc.join("hosts"), "/etc/hosts", false)?);
-    mounts.push(bind(etc.join("hostname"), "/etc/hostname", false)?);
-    mounts.push(bind(etc.join("resolv.conf"), "/etc/resolv.conf", false)?);
 
     let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci);
     let mut namespaces = vec![
@@ -174,7 +202,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(cfg.cgroups_path(p.id)))
-        .masked_paths(MASKED_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .masked_paths(masked_paths())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .seccomp(seccomp::default_profile()?)
         .sysctl(sysctl)

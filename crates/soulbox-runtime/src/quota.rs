@@ -73,6 +73,19 @@ pub struct ProjectUsage {
     pub limit_bytes: u64,
     pub used_bytes: u64,
     pub inodes: u64,
+    pub inode_limit: u64,
+}
+
+/// Bytes per inode the limit allows: the density of the per-sandbox ext4 images (`mkfs.ext4 -i 16384`), so
+/// both backends give a sandbox of the same size the same number of files. Without an inode limit a sandbox
+/// could exhaust the inodes of the filesystem every sandbox shares while staying under its byte limit.
+pub const BYTES_PER_INODE: u64 = 16 * 1024;
+/// The fewest inodes a limited sandbox gets (a tiny limit must still hold a working system's copy-ups).
+pub const MIN_INODES: u64 = 4096;
+
+/// The inode limit that goes with a limit of `limit_mb` (0 = none).
+pub fn inode_limit(limit_mb: u64) -> u64 {
+    if limit_mb == 0 { 0 } else { (limit_mb.saturating_mul(1 << 20) / BYTES_PER_INODE).max(MIN_INODES) }
 }
 
 pub struct DiskQuota {
@@ -130,7 +143,7 @@ impl DiskQuota {
         for d in ["upper", "work"] {
             set_project(&sandbox_dir.join(d), rec.project_id)?;
         }
-        set_limit(fsfd, rec.project_id, rec.limit_mb.saturating_mul(1024))
+        set_limit(fsfd, rec.project_id, rec.limit_mb.saturating_mul(1024), inode_limit(rec.limit_mb))
             .map_err(|e| Error::Io { path: format!("quotactl project {}", rec.project_id).into(), source: e })
     }
 
@@ -138,7 +151,7 @@ impl DiskQuota {
     pub fn release(&self, sandbox_dir: &Path) -> Result<()> {
         let Some(rec) = DiskRecord::load(sandbox_dir) else { return Ok(()) };
         if self.state.is_some() {
-            set_limit(&open_dir(&self.root)?, rec.project_id, 0)
+            set_limit(&open_dir(&self.root)?, rec.project_id, 0, 0)
                 .map_err(|e| Error::Io { path: format!("quotactl project {}", rec.project_id).into(), source: e })?;
         }
         self.used.lock().unwrap_or_else(|e| e.into_inner()).remove(&rec.project_id);
@@ -184,9 +197,9 @@ impl DiskQuota {
         *self.used.lock().unwrap_or_else(|e| e.into_inner()) = live.clone();
         if let (Some(Backend::Image { .. }), Ok(fsfd)) = (&self.state, open_dir(&self.root)) {
             for (pid, u) in self.projects() {
-                if !live.contains(&pid) && u.limit_bytes != 0 {
+                if !live.contains(&pid) && (u.limit_bytes != 0 || u.inode_limit != 0) {
                     tracing::info!(project = pid, "clearing leaked disk quota");
-                    let _ = set_limit(&fsfd, pid, 0);
+                    let _ = set_limit(&fsfd, pid, 0, 0);
                 }
             }
         }
@@ -228,6 +241,8 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
         && let Some(dev) = src.strip_prefix("/dev/")
             && loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
                 probe(sandboxes)?;
+                // (mounted by an older runtime, perhaps without them)
+                crate::rootfs::harden_mount(sandboxes);
                 return Ok(Backend::Image { image });
             }
     // 2. The filesystem already enforces project quotas.
@@ -309,7 +324,7 @@ async fn create_image(data_dir: &Path, image: &Path, size_gb: Option<u64>, fs: I
     };
     let tmp = image.with_extension("img.tmp");
     let _ = std::fs::remove_file(&tmp);
-    let f = std::fs::File::create(&tmp).ctx(&tmp)?;
+    let f = crate::util::create_private(&tmp)?; // a sandbox's files: root only
     f.set_len(size).ctx(&tmp)?;
     drop(f);
     let t = std::time::Instant::now();
@@ -386,7 +401,7 @@ fn attach_and_mount(image: &Path, mp: &Path) -> Result<()> {
     };
     let dev = loopdev::attach(image)?;
     let data = c"prjquota,discard";
-    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, rustix::mount::MountFlags::NOATIME, Some(data));
+    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, crate::rootfs::HOST_MOUNT_FLAGS, Some(data));
     // With autoclear the device is released when the mount goes (or now, if the mount failed).
     let devpath = dev.path.clone();
     drop(dev);
@@ -479,7 +494,7 @@ fn quotactl(fsfd: &impl AsRawFd, cmd: u32, id: u32, q: &mut IfNextDqblk) -> std:
 fn get_quota(fsfd: &impl AsRawFd, project_id: u32) -> std::io::Result<ProjectUsage> {
     let mut q = IfNextDqblk::default();
     quotactl(fsfd, Q_GETQUOTA, project_id, &mut q)?;
-    Ok(ProjectUsage { limit_bytes: q.dqb_bhardlimit * 1024, used_bytes: q.dqb_curspace, inodes: q.dqb_curinodes })
+    Ok(ProjectUsage { limit_bytes: q.dqb_bhardlimit * 1024, used_bytes: q.dqb_curspace, inodes: q.dqb_curinodes, inode_limit: q.dqb_ihardlimit })
 }
 
 fn get_next_quota(fsfd: &impl AsRawFd, from: u32) -> std::io::Result<Option<(u32, ProjectUsage)>> {
@@ -489,13 +504,33 @@ fn get_next_quota(fsfd: &impl AsRawFd, from: u32) -> std::io::Result<Option<(u32
         Err(e) => Err(e),
         Ok(()) => Ok(Some((
             q.dqb_id,
-            ProjectUsage { limit_bytes: q.dqb_bhardlimit * 1024, used_bytes: q.dqb_curspace, inodes: q.dqb_curinodes },
+            ProjectUsage {
+                limit_bytes: q.dqb_bhardlimit * 1024,
+                used_bytes: q.dqb_curspace,
+                inodes: q.dqb_curinodes,
+                inode_limit: q.dqb_ihardlimit,
+            },
         ))),
     }
 }
 
-/// Block hard limit (KiB; 0 = none). Soft and inode limits are cleared.
-fn set_limit(fsfd: &impl AsRawFd, project_id: u32, limit_kib: u64) -> std::io::Result<()> {
-    let mut q = IfNextDqblk { dqb_bhardlimit: limit_kib, dqb_valid: QIF_BLIMITS | QIF_ILIMITS, ..Default::default() };
+/// Block hard limit (KiB) and inode hard limit (0 = none). Soft limits are cleared.
+fn set_limit(fsfd: &impl AsRawFd, project_id: u32, limit_kib: u64, limit_inodes: u64) -> std::io::Result<()> {
+    let mut q = IfNextDqblk {
+        dqb_bhardlimit: limit_kib,
+        dqb_ihardlimit: limit_inodes,
+        dqb_valid: QIF_BLIMITS | QIF_ILIMITS,
+        ..Default::default()
+    };
     quotactl(fsfd, Q_SETQUOTA, project_id, &mut q)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_inode_limit_follows_the_size_like_the_image_backend() {
+        assert_eq!(super::inode_limit(0), 0, "no limit, no inode limit");
+        assert_eq!(super::inode_limit(10 * 1024), 655_360, "10 GiB: one inode per 16 KiB, as mkfs.ext4 -i 16384");
+        assert_eq!(super::inode_limit(16), super::MIN_INODES);
+    }
 }

@@ -51,6 +51,14 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                     }
                 }
                 let _ = rec.save(&dir);
+                if crate::disk_image::has_image(&dir) && rootfs::is_mounted(&crate::disk_image::mount_dir(&dir)) {
+                    rootfs::harden_mount(&crate::disk_image::mount_dir(&dir)); // mounted by an older runtime
+                }
+                match inner.logs.reattach(&id, &dir) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(sandbox = %id, "no log FIFO (started by an older runtime): its log is not capped until it restarts"),
+                    Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not drain the sandbox log again"),
+                }
                 keep_id_range(inner, &id, &dir, true);
                 tracing::info!(sandbox = %id, status = %rec.status, "re-adopted");
                 adopted.insert(id.clone());

@@ -23,6 +23,22 @@ pub fn paths(sandbox_dir: &Path) -> RootfsPaths {
     RootfsPaths { upper: layer.join("upper"), work: layer.join("work"), mountpoint: sandbox_dir.join("rootfs") }
 }
 
+/// Flags of the host-side mounts below the data dir that hold sandbox-written files (disk images, the
+/// project-quota filesystem): no setuid/setgid or file capabilities and no device nodes take effect
+/// through them, so nothing a sandbox writes can be used on the host side.
+pub const HOST_MOUNT_FLAGS: rustix::mount::MountFlags = rustix::mount::MountFlags::NOATIME
+    .union(rustix::mount::MountFlags::NOSUID)
+    .union(rustix::mount::MountFlags::NODEV);
+
+/// Adds [`HOST_MOUNT_FLAGS`] to an existing mount (a bind remount changes only the mount's own flags, not the
+/// filesystem's options). Best effort: a failure is logged.
+pub fn harden_mount(mp: &Path) {
+    let flags = rustix::mount::MountFlags::BIND | HOST_MOUNT_FLAGS;
+    if let Err(e) = rustix::mount::mount_remount(mp, flags, "") {
+        tracing::warn!(mount = %mp.display(), error = %e, "could not make a host-side mount nosuid,nodev");
+    }
+}
+
 /// Mount the overlay (idempotent: an existing mount at the mount point is kept).
 pub fn mount(sandbox_dir: &Path, layers_bottom_first: &[PathBuf]) -> Result<()> {
     let p = paths(sandbox_dir);
@@ -46,7 +62,10 @@ pub fn mount(sandbox_dir: &Path, layers_bottom_first: &[PathBuf]) -> Result<()> 
         return Err(Error::Invalid("overlay options too long (too many layers or long paths)".into()));
     }
     let data = std::ffi::CString::new(opts).map_err(|_| Error::Invalid("NUL in overlay options".into()))?;
-    rustix::mount::mount("overlay", &p.mountpoint, "overlay", rustix::mount::MountFlags::empty(), Some(data.as_c_str()))
+    // nodev, but not nosuid: runc bind-mounts this mount as the sandbox's root, which inherits its flags, and
+    // `sudo`/`su` inside need setuid. The mount point sits under the data dir (0700): no other host user
+    // reaches a setuid file through it.
+    rustix::mount::mount("overlay", &p.mountpoint, "overlay", rustix::mount::MountFlags::NODEV, Some(data.as_c_str()))
         .map_err(|e| Error::Io { path: p.mountpoint.clone(), source: e.into() })
 }
 

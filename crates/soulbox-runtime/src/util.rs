@@ -87,6 +87,14 @@ pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<()> {
     written
 }
 
+/// Creates (or truncates) a file with mode 0600, whatever the umask.
+pub fn create_private(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path).ctx(path)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600)).ctx(path)?;
+    Ok(f)
+}
+
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let data = std::fs::read(path).ctx(path)?;
     serde_json::from_slice(&data).map_err(|source| Error::Json { path: path.into(), source })
@@ -130,4 +138,20 @@ pub fn tail(path: &Path, n: u64) -> String {
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
     String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn records_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandbox.json");
+        std::fs::write(dir.path().join("sandbox.tmp"), "old").unwrap(); // a leftover temp file, 0644
+        super::write_json(&path, &serde_json::json!({"accessToken": "secret"})).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::write_json(&path, &serde_json::json!({})).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "rewritten");
+    }
 }

@@ -420,6 +420,8 @@ async fn disk_limit_on_the_writable_layer() {
     let rec = DiskRecord::load(&dir_a).expect("disk.json");
     assert_eq!(rec.limit_mb, 64);
     assert_eq!(quota::project_of(&dir_a.join("upper")).unwrap(), rec.project_id);
+    let usage = rt.disk_quota().usage(rec.project_id).expect("project usage");
+    assert_eq!(usage.inode_limit, quota::inode_limit(64), "inodes are limited with the bytes");
     // 128 MiB into a 64 MiB sandbox fails with ENOSPC (XFS) / EDQUOT (ext4)
     let (_, out, err) = run_user(rt, &a, write).await;
     let all = format!("{out}{err}");

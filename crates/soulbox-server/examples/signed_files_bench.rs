@@ -81,7 +81,7 @@ impl Node for LoopbackNode {
     async fn stats(&self, _: &str) -> Result<SandboxStats, NodeError> {
         Ok(SandboxStats::default())
     }
-    async fn logs(&self, _: &str) -> Result<Vec<LogLine>, NodeError> {
+    async fn logs(&self, _: &str, _: soulbox_server::node::LogQuery) -> Result<Vec<LogLine>, NodeError> {
         Ok(vec![])
     }
 }

@@ -47,6 +47,8 @@ pub struct FileConfig {
     pub teams: Option<crate::store::TeamLimits>,
     /// `[http]`: connection cap, header-read and idle timeouts, body limits of the proxy and uploads.
     pub http: Option<crate::serve::HttpConfig>,
+    /// Disk limit (MiB) of sandboxes whose template sets none [default: 10240, E2B's]; 0 = none.
+    pub default_disk_mb: Option<u64>,
 }
 
 /// The `[templates]` section:
@@ -159,6 +161,8 @@ pub struct ServerConfig {
     pub allow_private_egress: bool,
     pub team_limits: crate::store::TeamLimits,
     pub http: crate::serve::HttpConfig,
+    /// `None`: the runtime's default (10 GiB).
+    pub default_disk_mb: Option<u64>,
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);

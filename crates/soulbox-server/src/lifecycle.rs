@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::deadlines::Deadlines;
 use crate::ids;
 use crate::cluster::{NodeSet, Requirements, SingleNode};
-use crate::node::{LogLine, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 
 mod teams;
@@ -229,9 +229,9 @@ impl Lifecycle {
         Ok(self.nodes.get(&record.node_id).await?)
     }
 
-    pub async fn sandbox_logs(&self, team_id: &str, id: &str) -> Result<Vec<LogLine>> {
+    pub async fn sandbox_logs(&self, team_id: &str, id: &str, query: LogQuery) -> Result<Vec<LogLine>> {
         let record = self.team_sandbox(team_id, id).await?;
-        Ok(self.node_of(&record).await?.logs(id).await?)
+        Ok(self.node_of(&record).await?.logs(id, query).await?)
     }
 
     pub async fn sandbox_stats(&self, record: &SandboxRecord) -> Result<SandboxStats> {

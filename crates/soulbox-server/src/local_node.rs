@@ -8,7 +8,7 @@ use soulbox_protocol::version::{ENVD_PROTOCOL_VERSION, SOULBOX_VERSION};
 use soulbox_runtime::{Error as RuntimeError, Runtime, SandboxSpec as RuntimeSpec, Status};
 
 use crate::node::{
-    CreatedSandbox, LogLine, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo,
+    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo,
 };
 use crate::store::now_ms;
 
@@ -205,16 +205,18 @@ impl Node for LocalNode {
         Some(self.runtime.config().store_dir().join("uploads"))
     }
 
-    async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError> {
-        let path = self.runtime.sandbox_dir(sandbox_id).join("sandbox.log");
-        let text = tokio::fs::read(&path).await.map_err(|e| NodeError::Failed(format!("reading {}: {e}", path.display())))?;
-        // The log is envd's own tracing output; its first field is an RFC 3339 timestamp.
-        let fallback = now_ms();
-        Ok(String::from_utf8_lossy(&text)
-            .lines()
-            .map(strip_ansi)
-            .map(|line| {
-                let unix_ms = line.split_whitespace().next().and_then(crate::time::parse_rfc3339_ms).unwrap_or(fallback);
+    async fn logs(&self, sandbox_id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
+        // The runtime keeps the log capped on the host (sandbox_log.rs) and stamps each line when it reads it.
+        let lines = self.runtime.logs(sandbox_id, query.start_ms, query.limit).await.map_err(node_error)?;
+        Ok(lines
+            .into_iter()
+            .map(|l| {
+                let line = strip_ansi(&l.line);
+                // Lines of a sandbox started before the log was stamped (0): envd's own RFC 3339 timestamp.
+                let unix_ms = match l.unix_ms {
+                    0 => line.split_whitespace().next().and_then(crate::time::parse_rfc3339_ms).unwrap_or(0),
+                    ms => ms,
+                };
                 LogLine { unix_ms, line }
             })
             .collect())

@@ -213,6 +213,7 @@ impl ServerArgs {
             allow_private_egress: self.allow_private_egress || file.allow_private_egress.unwrap_or(false),
             team_limits: file.teams.unwrap_or_default(),
             http: file.http.unwrap_or_default(),
+            default_disk_mb: file.default_disk_mb,
             data_dir,
         })
     }

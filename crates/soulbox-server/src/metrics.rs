@@ -205,8 +205,8 @@ mod tests {
             let _ = self.release.lock().unwrap().recv();
             Ok(SandboxStats { cpu_count: 1, ..Default::default() })
         }
-        async fn logs(&self, id: &str) -> Result<Vec<crate::node::LogLine>, crate::node::NodeError> {
-            self.inner.logs(id).await
+        async fn logs(&self, id: &str, query: crate::node::LogQuery) -> Result<Vec<crate::node::LogLine>, crate::node::NodeError> {
+            self.inner.logs(id, query).await
         }
     }
 

@@ -148,8 +148,9 @@ pub trait Node: Send + Sync + 'static {
     /// Kills and deletes everything the sandbox holds. Killing an unknown sandbox is not an error.
     async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError>;
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError>;
-    /// The sandbox's agent log (envd's stdout/stderr), oldest first.
-    async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError>;
+    /// The sandbox's agent log (envd's stdout/stderr), oldest first: the lines `query` selects. The node keeps
+    /// the log capped, so neither side ever holds more than the cap.
+    async fn logs(&self, sandbox_id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError>;
     /// Where the proxy sends traffic for a sandbox it reaches directly (the in-process node): the node's own
     /// answer, `None` when the sandbox does not run there — so traffic for a dead or removed sandbox goes nowhere,
     /// whatever address a record still names. Default: the address the control plane recorded.
@@ -189,6 +190,33 @@ pub trait Node: Send + Sync + 'static {
     /// Where uploaded COPY contexts are kept (`<dir>/<filesHash>`), when this node builds templates.
     fn template_files_dir(&self) -> Option<std::path::PathBuf> {
         None
+    }
+}
+
+/// Which lines of a sandbox log to read: stamped at or after `start_ms` (unix ms), at most `limit` — E2B's
+/// `start` and `limit` of `GET /sandboxes/{id}/logs`, and the query of the node API's logs route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    #[serde(rename = "start", default)]
+    pub start_ms: i64,
+    #[serde(default = "LogQuery::default_limit")]
+    pub limit: usize,
+}
+
+impl LogQuery {
+    /// E2B's default `limit`.
+    pub const DEFAULT_LIMIT: usize = 1000;
+    /// The most lines one call returns.
+    pub const MAX_LIMIT: usize = 10_000;
+
+    fn default_limit() -> usize {
+        Self::DEFAULT_LIMIT
+    }
+}
+
+impl Default for LogQuery {
+    fn default() -> Self {
+        LogQuery { start_ms: 0, limit: Self::DEFAULT_LIMIT }
     }
 }
 

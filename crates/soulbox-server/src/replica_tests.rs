@@ -65,8 +65,8 @@ impl Node for CountingNode {
     async fn stats(&self, id: &str) -> Result<SandboxStats, NodeError> {
         self.inner.stats(id).await
     }
-    async fn logs(&self, id: &str) -> Result<Vec<LogLine>, NodeError> {
-        self.inner.logs(id).await
+    async fn logs(&self, id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
+        self.inner.logs(id, query).await
     }
 }
 

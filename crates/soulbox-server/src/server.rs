@@ -238,6 +238,9 @@ async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::I
         format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
     })?;
     runtime_config.pool_size = config.warm_pool;
+    if let Some(mb) = config.default_disk_mb {
+        runtime_config.default_disk_mb = mb;
+    }
     runtime_config.prefix = config.prefix.clone();
     runtime_config.user_namespaces = config.user_namespaces;
     if let Some(base) = config.userns_base {

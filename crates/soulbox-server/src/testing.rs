@@ -71,8 +71,14 @@ impl Node for FakeNode {
     fn envd_secret(&self, id: &str) -> Option<soulbox_runtime::EnvdSecret> {
         self.secrets.lock().unwrap().get(id).cloned()
     }
-    async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
-        Ok(vec![LogLine { unix_ms: 5, line: "envd listening".into() }])
+    async fn logs(&self, _id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
+        let lines = [(5, "envd listening"), (7, "second line"), (9, "third line")];
+        Ok(lines
+            .into_iter()
+            .filter(|(ms, _)| *ms >= query.start_ms)
+            .take(query.limit)
+            .map(|(unix_ms, line)| LogLine { unix_ms, line: line.into() })
+            .collect())
     }
 }
 

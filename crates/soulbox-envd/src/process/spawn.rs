@@ -80,7 +80,12 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
     }
 
     let cwd = CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|e| start_failed(&e))?;
-    let setup = ChildSetup { credentials: credentials(spec.user).map_err(|e| start_failed(&e))?, cwd, pty: spec.pty.is_some() };
+    let setup = ChildSetup {
+        credentials: credentials(spec.user).map_err(|e| start_failed(&e))?,
+        cwd,
+        pty: spec.pty.is_some(),
+        no_new_privs: no_new_privs_for(spec.user),
+    };
 
     let stdio = match spec.pty {
         Some(size) => {
@@ -104,7 +109,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
     };
 
     // SAFETY: the closure only makes raw system calls (open/write/close, setsid, ioctl, setgroups/setgid/
-    // setuid, chdir) on data prepared before the fork; it neither allocates nor takes locks.
+    // setuid, chdir, prctl) on data prepared before the fork; it neither allocates nor takes locks.
     unsafe {
         command.pre_exec(move || setup.run());
     }
@@ -171,11 +176,24 @@ fn credentials(user: &User) -> io::Result<Option<Credentials>> {
     Ok(Some(Credentials { uid: Uid::from_raw(user.uid), gid: Gid::from_raw(user.gid), groups }))
 }
 
+/// Whether a process started as `user` gets `no_new_privs`: yes for root, no for everyone else.
+///
+/// Root's processes gain nothing from setuid binaries or file capabilities, so the flag costs them
+/// nothing, and it keeps a root-started chain that drops to another user (a daemon running as
+/// `www-data`, `su user -c …`) from climbing back through setuid binaries or file capabilities.
+/// For other users it stays off: E2B users expect passwordless `sudo` from `user`, and `sudo` is a
+/// setuid binary, which the flag disarms. The flag cannot be cleared once set, so it is set per
+/// process here and never on envd itself (every process would inherit it).
+pub fn no_new_privs_for(user: &User) -> bool {
+    user.uid == 0
+}
+
 /// What the child does between fork and exec. Runs in the forked child: raw system calls only.
 struct ChildSetup {
     credentials: Option<Credentials>,
     cwd: CString,
     pty: bool,
+    no_new_privs: bool,
 }
 
 impl ChildSetup {
@@ -199,6 +217,9 @@ impl ChildSetup {
         }
         // After dropping privileges, so the user must be able to enter the directory (as with Go's exec).
         rustix::process::chdir(self.cwd.as_c_str())?;
+        if self.no_new_privs {
+            rustix::thread::set_no_new_privs(true)?;
+        }
         Ok(())
     }
 }

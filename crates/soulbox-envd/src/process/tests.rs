@@ -333,6 +333,31 @@ async fn runs_as_another_user_with_its_groups() {
     assert_eq!(lines[3], format!("{} nobody", nobody.home.display()));
 }
 
+/// Root's processes get no_new_privs (a chain that drops privileges cannot climb back through setuid
+/// binaries); other users' do not (`sudo` from `user` must keep working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_new_privs_for_root_processes_only() {
+    let accounts = crate::users::Accounts::load();
+    let (Some(root), Some(nobody)) = (accounts.user("root"), accounts.user("nobody")) else {
+        eprintln!("skipping: no users 'root' and 'nobody' in /etc/passwd");
+        return;
+    };
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipping: not running as root");
+        return;
+    }
+    assert!(super::spawn::no_new_privs_for(&root) && !super::spawn::no_new_privs_for(&nobody));
+    let s = server().await;
+    for (user, want) in [("root", "1"), ("nobody", "0")] {
+        let basic = format!("Basic {}", B64.encode(format!("{user}:")));
+        let mut msg = sh("sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status");
+        msg["process"]["cwd"] = json!("/");
+        let mut events = Events::open(s.addr, "Start", msg, &[("authorization", &basic)]).await;
+        events.start_pid().await;
+        assert_eq!(events.collect().await.out().trim(), want, "NoNewPrivs of a process started as {user}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_send_close_and_disabled() {
     let s = server().await;

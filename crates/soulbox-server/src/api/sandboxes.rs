@@ -16,6 +16,7 @@ use soulbox_protocol::api::{
 use super::{ApiState, error};
 use crate::lifecycle::{CreateRequest, LifecycleError};
 use crate::listing::{PageCursor, parse_metadata_filter, parse_states};
+use crate::node::LogQuery;
 use crate::store::{Caller, SandboxRecord};
 use crate::time::{parse_rfc3339_ms, rfc3339};
 
@@ -347,11 +348,18 @@ pub async fn metrics_many(State(state): State<ApiState>, Extension(caller): Exte
 }
 
 pub async fn logs(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(params): Params) -> Response {
-    let start = params.get("start").and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
-    let limit = params.get("limit").and_then(|s| s.parse::<usize>().ok()).unwrap_or(1000).min(10_000);
-    match state.lifecycle.sandbox_logs(&caller.team_id, &id).await {
+    let number = |key: &str, default: i64| -> Result<i64, String> {
+        match params.get(key) {
+            None => Ok(default),
+            Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| format!("{key} must be a non-negative integer")),
+        }
+    };
+    let (start_ms, limit) = match (number("start", 0), number("limit", LogQuery::DEFAULT_LIMIT as i64)) {
+        (Ok(s), Ok(l)) => (s, (l as usize).min(LogQuery::MAX_LIMIT)),
+        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, m),
+    };
+    match state.lifecycle.sandbox_logs(&caller.team_id, &id, LogQuery { start_ms, limit }).await {
         Ok(lines) => {
-            let lines: Vec<_> = lines.into_iter().filter(|l| l.unix_ms >= start).take(limit).collect();
             let logs: Vec<_> =
                 lines.iter().map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "line": l.line })).collect();
             let entries: Vec<_> = lines

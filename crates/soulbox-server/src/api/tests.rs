@@ -216,6 +216,16 @@ async fn system_endpoints() {
     let id = h.create(json!({})).await;
     let (_, _, logs) = h.call("GET", &format!("/sandboxes/{id}/logs"), None).await;
     assert_eq!(logs["logs"][0]["line"], "envd listening");
+    // E2B's start (unix ms) and limit select a range; the node does the selecting
+    let (_, _, logs) = h.call("GET", &format!("/sandboxes/{id}/logs?start=6&limit=1"), None).await;
+    assert_eq!(logs["logs"].as_array().unwrap().len(), 1);
+    assert_eq!(logs["logs"][0]["line"], "second line");
+    assert_eq!(logs["logEntries"][0]["message"], "second line");
+    for bad in ["start=-1", "limit=x", "start=1.5"] {
+        let (status, _, body) = h.raw("GET", &format!("/sandboxes/{id}/logs?{bad}"), None, true).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(body["code"], 400, "{bad}: {body}");
+    }
 }
 
 /// Every route the OpenAPI document names exists, and its auth requirement matches the document.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
 use crate::local_node::LocalNode;
-use crate::node::{Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
+use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
 use crate::proxy::{self, Upstream};
 
 /// A sandbox created less recently than this is reported in heartbeats (younger ones may not be recorded by the
@@ -266,8 +266,9 @@ async fn stats(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Respo
     respond(agent.node.stats(&id).await)
 }
 
-async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
-    respond(agent.node.logs(&id).await)
+async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Query(query): Query<LogQuery>) -> Response {
+    let query = LogQuery { limit: query.limit.min(LogQuery::MAX_LIMIT), ..query };
+    respond(agent.node.logs(&id, query).await)
 }
 
 /// Sandbox traffic from the control plane's proxy: `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`) name the sandbox,

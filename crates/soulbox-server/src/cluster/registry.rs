@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use super::remote::RemoteNode;
 use super::scheduler::{self, Candidate, PlacementError, Policy, Requirements};
 use super::{NodeSet, NodeView, Placement, Route};
-use crate::node::{CreatedSandbox, LogLine, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo};
 use crate::store::{NodeRecord, NodeReservation, Store, StoreError, now_ms};
 
 /// How long a placement hold outlives a replica that died mid-create (a create with a slow ready command fits).
@@ -304,7 +304,7 @@ impl Node for ClusterTemplates {
     async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
         Err(not_here())
     }
-    async fn logs(&self, _id: &str) -> Result<Vec<LogLine>, NodeError> {
+    async fn logs(&self, _id: &str, _query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
         Err(not_here())
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::{AddressResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
-use crate::node::{CreatedSandbox, LogLine, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, TemplateInfo};
 
 /// Creating waits for envd (and a template's ready command); everything else is quick.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -125,8 +125,36 @@ impl Node for RemoteNode {
         self.call::<(), _>(Method::GET, &path, None, CALL_TIMEOUT).await
     }
 
-    async fn logs(&self, sandbox_id: &str) -> Result<Vec<LogLine>, NodeError> {
-        let path = format!("/sandboxes/{}/logs", segment(sandbox_id));
+    async fn logs(&self, sandbox_id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
+        let path = format!("/sandboxes/{}/logs?start={}&limit={}", segment(sandbox_id), query.start_ms, query.limit);
         self.call::<(), _>(Method::GET, &path, None, CALL_TIMEOUT).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::{Path, Query};
+
+    /// `start` and `limit` cross the node API as the agent's logs route reads them (same query type), and a
+    /// request without them (a control plane from before) gets E2B's defaults.
+    #[tokio::test]
+    async fn log_ranges_cross_the_node_api() {
+        let app = axum::Router::new().route(
+            &format!("{NODE_API_PREFIX}/sandboxes/{{id}}/logs"),
+            axum::routing::get(|Path(id): Path<String>, Query(q): Query<LogQuery>| async move {
+                axum::Json(vec![LogLine { unix_ms: q.start_ms, line: format!("{id} limit {}", q.limit) }])
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let node = RemoteNode::new("n1", &url, "secret", reqwest::Client::builder().no_proxy().build().unwrap());
+        let lines = node.logs("sbx1", LogQuery { start_ms: 1_765_000_000_123, limit: 7 }).await.unwrap();
+        assert_eq!(lines, vec![LogLine { unix_ms: 1_765_000_000_123, line: "sbx1 limit 7".into() }]);
+        let uri: http::Uri = "http://n/logs".parse().unwrap();
+        let Query(q) = Query::<LogQuery>::try_from_uri(&uri).unwrap();
+        assert_eq!(q, LogQuery::default());
+        assert_eq!(q.limit, LogQuery::DEFAULT_LIMIT);
     }
 }

@@ -51,12 +51,24 @@ impl Store {
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         install_default_drivers();
         let is_sqlite = url.starts_with("sqlite:");
+        let sqlite_file = sqlite_path(url);
+        if let Some(path) = &sqlite_file {
+            owner_only(path, true)?;
+        }
         // SQLite serialises writers anyway; one connection avoids "database is locked" under contention.
         let max = if is_sqlite { 1 } else { 16 };
         let pool = AnyPoolOptions::new().max_connections(max).connect(url).await?;
         if is_sqlite {
             sqlx::query("PRAGMA journal_mode=WAL").execute(&pool).await?;
             sqlx::query("PRAGMA foreign_keys=ON").execute(&pool).await?;
+        }
+        if let Some(path) = &sqlite_file {
+            // SQLite gives -wal and -shm the database file's mode; files from an older version get it here.
+            for suffix in ["-wal", "-shm"] {
+                let mut side = path.clone().into_os_string();
+                side.push(suffix);
+                owner_only(std::path::Path::new(&side), false)?;
+            }
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Store { pool })
@@ -67,9 +79,79 @@ impl Store {
     }
 }
 
+/// The file of a `sqlite:` URL (None for other backends and in-memory databases).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes a database file readable and writable by its owner only (0600): it holds API key hashes, sandboxes'
+/// access tokens and the whole control-plane state. `create`: an absent file is created empty (a valid empty
+/// SQLite database) with that mode before SQLite opens it, so it never exists with a wider one.
+fn owner_only(path: &std::path::Path, create: bool) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))));
+    if create {
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    match std::fs::metadata(path) {
+        Ok(md) if md.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(e)),
+    }
+}
+
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod file_mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_database_and_its_side_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("soulbox.db");
+        let store = Store::open(&Store::sqlite_url(&db)).await.unwrap();
+        store.create_api_key("k").await.unwrap();
+        for name in ["soulbox.db", "soulbox.db-wal", "soulbox.db-shm"] {
+            assert_eq!(mode(&dir.path().join(name)), 0o600, "{name}");
+        }
+        drop(store);
+        // files an older version left world-readable are tightened at the next open
+        for name in ["soulbox.db", "soulbox.db-wal", "soulbox.db-shm"] {
+            let p = dir.path().join(name);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let _store = Store::open(&Store::sqlite_url(&db)).await.unwrap();
+        for name in ["soulbox.db", "soulbox.db-wal", "soulbox.db-shm"] {
+            let p = dir.path().join(name);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{name} after reopening");
+            }
+        }
+        assert_eq!(sqlite_path("postgres://x/y"), None);
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("sqlite:///a/b.db?mode=rwc"), Some("/a/b.db".into()));
+    }
 }

@@ -778,7 +778,7 @@ pub(crate) mod tests {
         async fn stats(&self, _: &str) -> Result<SandboxStats, NodeError> {
             Err(NodeError::Failed("no stats".into()))
         }
-        async fn logs(&self, _: &str) -> Result<Vec<LogLine>, NodeError> {
+        async fn logs(&self, _: &str, _: LogQuery) -> Result<Vec<LogLine>, NodeError> {
             Ok(vec![])
         }
         /// The build's cpu count marks which build a template came from.

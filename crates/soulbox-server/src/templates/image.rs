@@ -171,7 +171,19 @@ pub fn human_size(bytes: u64) -> String {
 
 fn cache_file(store: &Store, digest: &str) -> Result<PathBuf, ImageError> {
     let (alg, hex) = check_digest(digest)?;
-    Ok(store.root().join("cache").join(format!("oci-layer-{alg}-{hex}")))
+    // `nosuid`: layers unpacked since setuid bits and file capabilities are dropped (`unpack.rs`); a layer
+    // cached under the old name still has them and is not reused.
+    Ok(store.root().join("cache").join(format!("oci-layer-nosuid-{alg}-{hex}")))
+}
+
+/// The build log's note that an image layer's privileges were dropped.
+fn privileges_note(label: &str, stats: &UnpackStats) -> Option<String> {
+    (stats.privileges_dropped > 0).then(|| {
+        format!(
+            "layer {label}: setuid/setgid bits or file capabilities of {} files dropped (an image's files get no privileges; a RUN step can set them again)",
+            stats.privileges_dropped
+        )
+    })
 }
 
 /// The SoulBox layer an OCI layer digest was imported as, if it is still in the store.
@@ -319,6 +331,9 @@ pub async fn import_layers(store: &Store, layers: &[Descriptor], diff_ids: &[Str
             started.elapsed().as_secs_f64(),
             &digest[..12]
         ));
+        if let Some(note) = privileges_note(&label, &stats) {
+            progress(note);
+        }
         remember_layer(store, &layer.digest, &digest)?;
         out.push(digest);
     }
@@ -516,6 +531,9 @@ pub async fn import_rootfs(store: &Store, source: &OpenedPath, progress: Progres
             started.elapsed().as_secs_f64(),
             &layer[..12]
         ));
+        if let Some(note) = privileges_note(&label, &stats) {
+            progress(note);
+        }
         remember_layer(store, &digest, &layer)?;
         layer
     };

@@ -9,8 +9,13 @@
 //! - char and block device nodes are refused; fifos are allowed (they give no access to a host device);
 //! - OCI whiteouts become overlayfs ones: `.wh.<name>` → a 0:0 char device `<name>`, `.wh..wh..opq` → the
 //!   parent directory gets `trusted.overlay.opaque=y`; other `.wh..wh.*` (aufs metadata) are skipped;
-//! - owner, mode (with setuid/setgid/sticky), mtime and the `user.*` / `security.capability` xattrs are kept
-//!   as the tar gives them; other xattr namespaces (`trusted.*` could forge overlay metadata) are dropped.
+//! - owner, mode, mtime and the `user.*` xattrs are kept as the tar gives them, except privileges: the setuid
+//!   and setgid bits of non-directories and `security.capability` (file capabilities) are dropped — an image
+//!   from outside must not bring binaries that raise privileges inside the sandbox (a setgid directory, which
+//!   only passes its group on, and the sticky bit stay). Layers the template's own build makes (RUN steps, the
+//!   Debian bootstrap of `base`, whose sudo and ping need them) do not come through here and keep theirs; a
+//!   template that needs a setuid binary from an image sets it again in a RUN step (`chmod u+s`, or installs
+//!   the package there). Other xattr namespaces (`trusted.*` could forge overlay metadata) are dropped too.
 //!
 //! The uncompressed stream is hashed on the way (the OCI `diff_id`) so callers can check it against the
 //! image config.
@@ -110,9 +115,16 @@ pub struct UnpackStats {
     pub file_bytes: u64,
     pub whiteouts: u64,
     pub opaque_dirs: u64,
-    /// xattrs outside `user.*` / `security.capability`, not applied.
+    /// xattrs outside `user.*`, not applied (including file capabilities).
     pub dropped_xattrs: u64,
+    /// Files whose setuid/setgid bits or file capabilities were dropped.
+    pub privileges_dropped: u64,
 }
+
+/// setuid and setgid bits of a regular file, symlink or fifo (a directory's setgid bit only passes its group on).
+const SET_ID_BITS: u32 = 0o6000;
+/// The xattr holding file capabilities.
+const CAPABILITY_XATTR: &str = "security.capability";
 
 struct HashingReader<R> {
     inner: R,
@@ -250,7 +262,12 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError
         }
         let path = join(dest, &comps);
         let header = entry.header();
-        let mode = header.mode().map_err(UnpackError::Tar)? & 0o7777;
+        let mut mode = header.mode().map_err(UnpackError::Tar)? & 0o7777;
+        let mut privileged = false;
+        if kind != tar::EntryType::Directory && mode & SET_ID_BITS != 0 {
+            mode &= !SET_ID_BITS;
+            privileged = true;
+        }
         let uid = header.uid().map_err(UnpackError::Tar)?;
         let gid = header.gid().map_err(UnpackError::Tar)?;
         let mtime = header.mtime().unwrap_or(0);
@@ -330,12 +347,17 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError
                 }
             }
             for (xname, value) in xattrs {
-                if xname.starts_with("user.") || xname == "security.capability" {
+                if xname.starts_with("user.") {
                     lsetxattr(&path, &xname, &value)?;
                 } else {
                     stats.dropped_xattrs += 1;
+                    privileged |= xname == CAPABILITY_XATTR;
                 }
             }
+        }
+        if privileged {
+            tracing::debug!(entry = %shown, "dropped setuid/setgid bits or file capabilities");
+            stats.privileges_dropped += 1;
         }
         if kind != tar::EntryType::Directory {
             set_mtime(&path, mtime)?;

@@ -104,7 +104,7 @@ fn a_benign_layer_keeps_owner_mode_mtime_links_and_xattrs() {
     assert_eq!(stats.tar_bytes, data.len() as u64);
     assert_eq!(std::fs::read_to_string(d.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n");
     let tool = std::fs::symlink_metadata(d.join("usr/bin/tool")).unwrap();
-    assert_eq!(tool.mode() & 0o7777, 0o4755, "setuid kept (mode applied after chown)");
+    assert_eq!(tool.mode() & 0o7777, 0o755, "setuid of an image's file dropped");
     if root() {
         assert_eq!((tool.uid(), tool.gid()), (1000, 1001));
     }
@@ -121,6 +121,35 @@ fn a_benign_layer_keeps_owner_mode_mtime_links_and_xattrs() {
     }
     assert!(rustix::fs::lgetxattr(d.join("etc/noted"), "trusted.overlay.redirect", &mut buf[..]).is_err(), "trusted.* xattrs are dropped");
     assert_eq!(stats.dropped_xattrs, 1);
+    assert_eq!(stats.privileges_dropped, 1);
+}
+
+/// A layer from outside brings no setuid/setgid binaries and no file capabilities; a setgid directory and the
+/// sticky bit stay (they grant nothing).
+#[test]
+fn privileges_of_an_images_files_are_dropped() {
+    let dest = tempfile::tempdir().unwrap();
+    let cap = b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    let data = Tar::new()
+        .file_as("usr/bin/su", b"elf", 0o4755, (0, 0))
+        .file_as("usr/bin/wall", b"elf", 0o2755, (0, 5))
+        .pax(&[("SCHILY.xattr.security.capability", &cap[..]), ("SCHILY.xattr.user.keep", b"1")])
+        .file_as("usr/bin/ping", b"elf", 0o755, (0, 0))
+        .raw(tar::EntryType::Directory, "srv/shared/", "", b"", 0o2775, (0, 0))
+        .raw(tar::EntryType::Directory, "tmp/", "", b"", 0o1777, (0, 0))
+        .hardlink("usr/bin/su2", "usr/bin/su")
+        .bytes();
+    let stats = unpack(&data[..], dest.path()).unwrap();
+    let d = dest.path();
+    let mode = |p: &str| std::fs::symlink_metadata(d.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!((mode("usr/bin/su"), mode("usr/bin/su2"), mode("usr/bin/wall")), (0o755, 0o755, 0o755));
+    assert_eq!((mode("srv/shared"), mode("tmp")), (0o2775, 0o1777));
+    let mut buf = [0u8; 64];
+    assert!(rustix::fs::lgetxattr(d.join("usr/bin/ping"), "security.capability", &mut buf[..]).is_err(), "file capabilities dropped");
+    if let Ok(n) = rustix::fs::lgetxattr(d.join("usr/bin/ping"), "user.keep", &mut buf[..]) {
+        assert_eq!(&buf[..n], b"1");
+    }
+    assert_eq!(stats.privileges_dropped, 3);
 }
 
 /// Each hostile tarball is refused, and writes nothing outside the destination.
