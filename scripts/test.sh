@@ -9,6 +9,7 @@ scripts/build-envd.sh   # the static agent the runtime and server tests run in s
 # a missing PostgreSQL is a failure, not a skip. SOULBOX_REQUIRE_POSTGRES=0 to allow skipping.
 SOULBOX_REQUIRE_POSTGRES="${SOULBOX_REQUIRE_POSTGRES:-1}" cargo nextest run --workspace --no-fail-fast
 cargo test --doc --workspace   # the examples in the API docs (nextest does not run doctests)
+scripts/fuzz.sh   # every fuzz target for a bounded time from the checked-in seeds (cargo-fuzz, nightly)
 [ "$(id -u)" != 0 ] || SOULBOX_SDK_TEST_SKIP_BUILD=1 crates/soulbox/tests/run.sh   # SDK + CLI against a real server
 if [ -x tests/compat/run.sh ]; then
   tests/compat/run.sh
