@@ -27,6 +27,8 @@ if [ ${#targets[@]} -eq 0 ]; then
   mapfile -t targets < <(cargo +nightly fuzz list)
 fi
 mkdir -p "$DIR/artifacts"
+# Run as root, a target that writes files (layer_unpack) sees every mount but this dir read-only.
+export SOULBOX_FUZZ_SCRATCH="$DIR"
 cargo +nightly fuzz build --target-dir "$DIR/target"
 for t in "${targets[@]}"; do
   mkdir -p "$DIR/corpus/$t"

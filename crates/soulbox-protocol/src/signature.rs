@@ -6,13 +6,18 @@
 //! - SoulBox's: `"sb1_" + base64url_nopad(hmac_sha256(token, "{path}:{op}:{user}[:{exp}]"))` — a real MAC, so the
 //!   token is never hashed in the clear next to attacker-chosen input.
 //!
-//! The signature is checked (in constant time) before the expiry, as E2B's envd does.
+//! The signature is checked (in constant time) before the expiry, as E2B's envd does. [`SignedQuery`] reads
+//! what a URL carries.
+
+mod query;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+pub use query::{QueryError, SANDBOX_ID_PARAM, SignedQuery};
 
 pub const E2B_PREFIX: &str = "v1_";
 pub const SOULBOX_PREFIX: &str = "sb1_";

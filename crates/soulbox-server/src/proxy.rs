@@ -27,7 +27,7 @@ use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
 use soulbox_protocol::envd_secret;
-use soulbox_protocol::signature::Operation;
+use soulbox_protocol::signature::{Operation, SignedQuery};
 use soulbox_runtime::EnvdSecret;
 
 use crate::cluster::Route;
@@ -61,20 +61,15 @@ pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<
     }
     let signed_files = uri.path() == "/files"
         && (method == Method::GET || method == Method::POST)
-        && !headers.contains_key("x-api-key")
-        && query_param(uri, "signature").is_some();
-    if !signed_files {
-        return None;
-    }
+        && !headers.contains_key("x-api-key");
+    let query = signed_files.then(|| SignedQuery::parse(uri.query()).ok()).flatten()?;
+    query.signature.as_ref()?;
     // The id in the URL only routes: envd checks the signature against its own token.
-    match query_param(uri, SANDBOX_ID_PARAM).filter(|id| is_valid_sandbox_id(id)) {
+    match query.sandbox_id.filter(|id| is_valid_sandbox_id(id)) {
         Some(id) => Some(Target::Sandbox { id, port: ENVD_PORT }),
         None => Some(Target::BySignature),
     }
 }
-
-/// The query parameter SoulBox's SDK adds to signed `/files` URLs (E2B's SDKs name no sandbox there).
-pub const SANDBOX_ID_PARAM: &str = "sandbox_id";
 
 /// `<port>-<sandboxID>.<domain>` (the domain must match when one is configured).
 fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
@@ -88,19 +83,6 @@ fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
     let (port, id) = label.split_once('-')?;
     let port: u16 = port.parse().ok()?;
     is_valid_sandbox_id(id).then(|| Target::Sandbox { id: id.to_owned(), port })
-}
-
-fn query_param(uri: &Uri, name: &str) -> Option<String> {
-    let query = uri.query()?;
-    form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v)
-}
-
-fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| percent_encoding::percent_decode_str(&s.replace('+', " ")).decode_utf8_lossy().into_owned();
-        (decode(k), decode(v))
-    })
 }
 
 /// The client connection's socket, recorded per connection (the listener's address type, so
@@ -272,14 +254,15 @@ impl Proxy {
 
 
     async fn sandbox_by_signature(&self, method: Method, uri: Uri) -> Option<SandboxRecord> {
-        let query = uri.query()?;
-        let first = |name: &str| form_pairs(query).find(|(k, _)| k == name).map(|(_, v)| v);
+        let query = SignedQuery::parse(uri.query()).ok()?;
+        let operation = if method == Method::POST { Operation::Write } else { Operation::Read };
+        let claims = query.claims(operation).ok()?;
         let request = SignedRequest {
-            signature: first("signature")?,
-            path: first("path").unwrap_or_default(),
-            user: first("username").unwrap_or_default(),
-            expiration: first("signature_expiration").and_then(|e| e.parse::<i64>().ok()),
-            operation: if method == Method::POST { Operation::Write } else { Operation::Read },
+            signature: query.signature.clone()?,
+            path: claims.path.to_owned(),
+            user: claims.user.to_owned(),
+            expiration: claims.expiration,
+            operation,
         };
         let id = self.signed.route(&request).await?;
         self.running_sandbox(&id).await
@@ -591,12 +574,5 @@ mod tests {
         for path in ["/", "/health", "/initialize", "/init/x", "/files", "/x/init", "/process.Process/Start"] {
             assert!(!is_init_path(path), "{path}");
         }
-    }
-
-    #[test]
-    fn query_values_are_form_decoded() {
-        let uri: Uri = "/files?path=%2Fhome%2Fuser%2Fa+b.txt&signature=v1_x%2By".parse().unwrap();
-        assert_eq!(query_param(&uri, "path").as_deref(), Some("/home/user/a b.txt"));
-        assert_eq!(query_param(&uri, "signature").as_deref(), Some("v1_x+y"));
     }
 }

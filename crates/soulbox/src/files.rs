@@ -325,7 +325,7 @@ impl Filesystem {
             }
             // Not signed and not read by envd: it lets SoulBox's proxy route the URL without searching for the
             // token the signature was made with (E2B's SDKs cannot be routed that cheaply).
-            q.append_pair("sandbox_id", &self.envd.sandbox_id);
+            q.append_pair(soulbox_protocol::signature::SANDBOX_ID_PARAM, &self.envd.sandbox_id);
         }
         Ok(url.to_string())
     }

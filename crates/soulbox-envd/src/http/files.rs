@@ -16,7 +16,6 @@ mod access;
 mod as_user;
 mod download;
 mod metadata;
-mod query;
 mod upload;
 
 #[cfg(test)]

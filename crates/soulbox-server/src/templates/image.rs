@@ -544,6 +544,20 @@ pub async fn import_rootfs(store: &Store, source: &OpenedPath, progress: Progres
 mod tests {
     use super::*;
 
+    /// A refused layer leaves nothing in the store: no layer registered, no half-unpacked temp dir.
+    #[test]
+    fn a_hostile_layer_is_not_imported_and_leaves_nothing() {
+        use soulbox_layer::testing::Tar;
+        let store_dir = tempfile::tempdir().unwrap();
+        let store = soulbox_runtime::Store::new(store_dir.path()).unwrap();
+        let blob = store_dir.path().join("hostile.tar");
+        std::fs::write(&blob, Tar::new().file("ok", b"fine").symlink("etc", "/").file("etc/passwd", b"x").bytes()).unwrap();
+        let err = import_blob(&store, &blob, Compression::None, None, "1/1").unwrap_err();
+        assert!(err.to_string().contains("through a symlink"), "{err}");
+        let left: Vec<_> = std::fs::read_dir(store_dir.path().join("layers")).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
     #[test]
     fn config_maps_env_user_workdir_and_start_command() {
         let c = ImageConfig::parse(

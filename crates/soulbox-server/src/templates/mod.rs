@@ -28,7 +28,8 @@ pub mod host_path;
 pub mod image;
 pub mod registry;
 pub mod source;
-pub mod unpack;
+/// Layer unpacking lives in its own crate (fuzzed on its own); here under its old name.
+pub use soulbox_layer as unpack;
 pub mod uploads;
 
 use std::path::PathBuf;

@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::response::Response;
 use http::{HeaderMap, StatusCode};
-use soulbox_protocol::signature::{self, Claims, Operation, SignatureError};
+use soulbox_protocol::signature::{self, Operation, SignatureError};
 
-use super::query::FilesQuery;
+use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::auth::{self, ACCESS_TOKEN_HEADER};
 use crate::http::json_error;
 use crate::paths;
@@ -62,18 +62,7 @@ fn check_token_or_signature(
     let Some(sig) = query.signature.as_deref() else {
         return Err(json_error(StatusCode::UNAUTHORIZED, "missing signature query parameter"));
     };
-    let expiration = match query.signature_expiration.as_deref() {
-        None => None,
-        Some(raw) => Some(raw.parse::<i64>().map_err(|_| {
-            json_error(StatusCode::BAD_REQUEST, &format!("invalid signature_expiration '{raw}': not an integer"))
-        })?),
-    };
-    let claims = Claims {
-        path: query.path.as_deref().unwrap_or_default(),
-        operation,
-        user: query.username.as_deref().unwrap_or_default(),
-        expiration,
-    };
+    let claims = query.claims(operation).map_err(|e| json_error(StatusCode::BAD_REQUEST, &e.to_string()))?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     match signature::verify(sig, &claims, token, now) {
         Ok(_) => Ok(()),

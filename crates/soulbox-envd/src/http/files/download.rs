@@ -19,7 +19,7 @@ use tokio_util::io::ReaderStream;
 
 use super::access::{authorize, io_failure};
 use super::as_user::run_as;
-use super::query::FilesQuery;
+use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::http::json_error;
 use crate::state::AppState;
 
@@ -29,7 +29,7 @@ const CHUNK: usize = 256 * 1024;
 pub async fn download(State(state): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
     let query = match FilesQuery::parse(uri.query()) {
         Ok(q) => q,
-        Err(msg) => return json_error(StatusCode::BAD_REQUEST, &msg),
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let access = match authorize(&state, &headers, &query, Operation::Read) {
         Ok(a) => a,

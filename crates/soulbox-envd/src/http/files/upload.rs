@@ -30,7 +30,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::access::{authorize, io_failure, resolve};
 use super::as_user::run_as;
 use super::metadata::{self, Metadata};
-use super::query::FilesQuery;
+use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::http::json_error;
 use crate::state::AppState;
 use crate::users::User;
@@ -72,7 +72,7 @@ enum BodyKind {
 
 async fn handle(state: &AppState, headers: &HeaderMap, uri: &Uri, body: Body) -> Result<Vec<UploadedEntry>, Response> {
     let bad = |msg: &str| json_error(StatusCode::BAD_REQUEST, msg);
-    let query = FilesQuery::parse(uri.query()).map_err(|m| bad(&m))?;
+    let query = FilesQuery::parse(uri.query()).map_err(|e| bad(&e.to_string()))?;
     let access = authorize(state, headers, &query, Operation::Write)?;
     let metadata = metadata::from_headers(headers).map_err(|m| bad(&m))?;
     let kind = body_kind(headers).map_err(|m| bad(&m))?;

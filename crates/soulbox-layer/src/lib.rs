@@ -284,7 +284,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
-                    .custom_flags(libc::O_NOFOLLOW)
+                    .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                     .mode(0o600)
                     .open(&path)
                     .map_err(io_at(&path))?;
@@ -391,6 +391,7 @@ fn check_no_symlink_parents(root: &Path, comps: &[&OsStr], shown: &str) -> Resul
     Ok(())
 }
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
-#[path = "unpack_tests.rs"]
 mod tests;

@@ -1,68 +1,9 @@
-//! The unpacker against tarballs built here byte by byte (the `tar` crate's builder refuses hostile names,
-//! so names are written into the raw header), benign and hostile.
+//! The unpacker against tarballs built byte by byte ([`crate::testing::Tar`]), benign and hostile.
 
 use super::*;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
-use crate::templates::image::{self, TempDir};
-use soulbox_runtime::Store;
-
-const MTIME: u64 = 1_600_000_000;
-
-/// A tar being built: raw names, any entry type.
-pub struct Tar(tar::Builder<Vec<u8>>);
-
-impl Tar {
-    pub fn new() -> Tar {
-        Tar(tar::Builder::new(Vec::new()))
-    }
-
-    fn raw(&mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8], mode: u32, owner: (u64, u64)) -> &mut Tar {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_size(data.len() as u64);
-        h.set_mode(mode);
-        h.set_uid(owner.0);
-        h.set_gid(owner.1);
-        h.set_mtime(MTIME);
-        let g = h.as_gnu_mut().unwrap();
-        g.name[..name.len()].copy_from_slice(name.as_bytes());
-        g.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_cksum();
-        self.0.append(&h, data).unwrap();
-        self
-    }
-    pub fn dir(&mut self, name: &str) -> &mut Tar {
-        self.raw(tar::EntryType::Directory, name, "", b"", 0o755, (0, 0))
-    }
-    pub fn file(&mut self, name: &str, data: &[u8]) -> &mut Tar {
-        self.raw(tar::EntryType::Regular, name, "", data, 0o644, (0, 0))
-    }
-    pub fn file_as(&mut self, name: &str, data: &[u8], mode: u32, owner: (u64, u64)) -> &mut Tar {
-        self.raw(tar::EntryType::Regular, name, "", data, mode, owner)
-    }
-    pub fn symlink(&mut self, name: &str, target: &str) -> &mut Tar {
-        self.raw(tar::EntryType::Symlink, name, target, b"", 0o777, (0, 0))
-    }
-    pub fn hardlink(&mut self, name: &str, target: &str) -> &mut Tar {
-        self.raw(tar::EntryType::Link, name, target, b"", 0o644, (0, 0))
-    }
-    pub fn device(&mut self, name: &str, kind: tar::EntryType) -> &mut Tar {
-        self.raw(kind, name, "", b"", 0o600, (0, 0))
-    }
-    pub fn fifo(&mut self, name: &str) -> &mut Tar {
-        self.raw(tar::EntryType::Fifo, name, "", b"", 0o600, (0, 0))
-    }
-    pub fn pax(&mut self, headers: &[(&str, &[u8])]) -> &mut Tar {
-        self.0.append_pax_extensions(headers.iter().copied()).unwrap();
-        self
-    }
-    pub fn bytes(&mut self) -> Vec<u8> {
-        let mut b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
-        b.finish().unwrap();
-        b.into_inner().unwrap()
-    }
-}
+use crate::testing::{MTIME, Tar};
 
 fn root() -> bool {
     rustix::process::geteuid().is_root()
@@ -181,14 +122,6 @@ fn hostile_layers_are_refused() {
         assert!(walk(outside.path()).is_empty(), "{name}: wrote outside: {:?}", walk(outside.path()));
         assert!(!Path::new("/etc/passwd-soulbox-test").exists());
     }
-    // The store-level import removes the half-unpacked layer: nothing registered, no temp dirs.
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::new(store_dir.path()).unwrap();
-    let blob = store_dir.path().join("hostile.tar");
-    std::fs::write(&blob, Tar::new().file("ok", b"fine").symlink("etc", "/").file("etc/passwd", b"x").bytes()).unwrap();
-    let err = image::import_blob(&store, &blob, Compression::None, None, "1/1").unwrap_err();
-    assert!(err.to_string().contains("through a symlink"), "{err}");
-    assert!(walk(&store_dir.path().join("layers")).is_empty(), "left behind: {:?}", walk(&store_dir.path().join("layers")));
 }
 
 #[test]
@@ -226,10 +159,8 @@ fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
         eprintln!("SKIP whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay: needs root (mknod 0:0, trusted.* xattrs, mount)");
         return;
     }
-    let store_dir = tempfile::tempdir().unwrap();
-    let store = Store::new(store_dir.path()).unwrap();
-    let lower = TempDir::new(&store).unwrap();
-    let upper = TempDir::new(&store).unwrap();
+    let lower = tempfile::tempdir().unwrap();
+    let upper = tempfile::tempdir().unwrap();
     unpack(&Tar::new().file("a/x", b"x").file("a/y", b"y").file("b", b"b").file("c/z", b"z").file("keep", b"k").bytes()[..], lower.path()).unwrap();
     let stats = unpack(&Tar::new().file("a/.wh.x", b"").file(".wh.b", b"").file("c/.wh..wh..opq", b"").file("c/new", b"n").bytes()[..], upper.path()).unwrap();
     assert_eq!((stats.whiteouts, stats.opaque_dirs), (2, 1));
@@ -243,7 +174,7 @@ fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
     assert_eq!(&buf[..n], b"y");
     assert!(!upper.path().join(".wh.b").exists() && !upper.path().join("c/.wh..wh..opq").exists());
     // The merged view.
-    let work = TempDir::new(&store).unwrap();
+    let work = tempfile::tempdir().unwrap();
     let merged = work.path().join("merged");
     std::fs::create_dir(&merged).unwrap();
     let opts = format!("lowerdir={}:{}", upper.path().display(), lower.path().display());
