@@ -12,7 +12,7 @@
 //! CREATE, `IN_MOVED_FROM`/`IN_MOVE_SELF` → RENAME, `IN_ATTRIB` → CHMOD, `IN_MODIFY` → WRITE,
 //! `IN_DELETE`/`IN_DELETE_SELF` → REMOVE; one event per op bit, in that order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -167,6 +167,11 @@ struct WatchState {
     /// Watched directories by watch descriptor id: the descriptor and the path relative to the root ("" is
     /// the root itself).
     dirs: HashMap<i32, (WatchDescriptor, PathBuf)>,
+    /// Entries a scan of a new directory reported as created whose own kernel CREATE may still be queued
+    /// (made after the directory's watch was added but before it was listed). Such a CREATE is dropped
+    /// once; the set is emptied whenever the kernel queue has been read to the end, because every event
+    /// older than the scan has been seen by then.
+    announced: HashSet<PathBuf>,
     queue: VecDeque<QueuedEvent>,
     dropped: u64,
     failure: Option<String>,
@@ -193,6 +198,7 @@ impl Watcher {
             inotify,
             buffer: vec![0u8; READ_BUFFER_BYTES].into_boxed_slice(),
             dirs: HashMap::new(),
+            announced: HashSet::new(),
             queue: VecDeque::new(),
             dropped: 0,
             failure: None,
@@ -323,7 +329,12 @@ impl WatchState {
                         batch.push((event.wd.get_watch_descriptor_id(), event.mask, event.name.map(|n| n.to_owned())));
                     }
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    if e.kind() == io::ErrorKind::WouldBlock {
+                        self.announced.clear();
+                    }
+                    return Err(e);
+                }
             }
             for (wd, mask, name) in batch {
                 self.handle(options, wd, mask, name);
@@ -356,6 +367,15 @@ impl WatchState {
             }
             return;
         }
+        if !self.announced.is_empty() && name.is_some() {
+            if mask.contains(EventMask::CREATE) && self.announced.remove(&rel) {
+                // Already reported (and, for a directory, already watched) by the scan that found it.
+                return;
+            }
+            if mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM) {
+                self.announced.remove(&rel);
+            }
+        }
         for op in ops_of(mask) {
             self.push(options, QueuedEvent { name: rel.clone(), op });
         }
@@ -377,8 +397,8 @@ impl WatchState {
 
     /// Adds watches for the directory `absolute` (relative name `rel`) and every directory below it. With
     /// `announce`, entries found inside are reported as CREATE events: they appeared before the new
-    /// directory's watch existed, so the kernel reported nothing for them (a file created in the narrow
-    /// window between adding the watch and listing may be reported twice).
+    /// directory's watch existed, so the kernel reported nothing for them (one created in the narrow window
+    /// between adding the watch and listing is reported by both; `announced` drops the kernel's copy).
     fn watch_tree(&mut self, absolute: &Path, rel: &Path, announce: Option<&WatchOptions>) {
         if !rel.as_os_str().is_empty() {
             match self.inotify.watches().add(absolute, watch_mask() | WatchMask::ONLYDIR | WatchMask::DONT_FOLLOW) {
@@ -399,6 +419,7 @@ impl WatchState {
         for (child, is_dir) in children {
             let child_rel = rel.join(&child);
             if let Some(options) = announce {
+                self.announced.insert(child_rel.clone());
                 self.push(options, QueuedEvent { name: child_rel.clone(), op: EventType::Create });
             }
             if is_dir {
@@ -560,6 +581,40 @@ mod tests {
                 ("b/sub/new".to_owned(), EventType::Write),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_made_between_watching_and_listing_a_new_directory_is_reported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = WatchRegistry::default();
+        let (_, watcher) = registry.create(options(dir.path(), true), Delivery::Polled).unwrap();
+        {
+            // Holding the state stops the pump, so the race is laid out by hand: the kernel queues
+            // CREATE made, the new directory's watch exists before `deeper` is made (so the kernel reports
+            // it too), and the listing that follows finds `deeper` as well.
+            let mut state = watcher.lock();
+            std::fs::create_dir(dir.path().join("made")).unwrap();
+            let wd = state.inotify.watches().add(dir.path().join("made"), watch_mask() | WatchMask::ONLYDIR).unwrap();
+            state.dirs.insert(wd.get_watch_descriptor_id(), (wd, PathBuf::from("made")));
+            std::fs::create_dir(dir.path().join("made/deeper")).unwrap();
+        }
+        registry.sync();
+        std::fs::write(dir.path().join("made/deeper/y"), b"1").unwrap();
+        let got = names(&watcher.take_events().unwrap());
+        assert_eq!(
+            got,
+            [
+                ("made".to_owned(), EventType::Create),
+                ("made/deeper".to_owned(), EventType::Create),
+                ("made/deeper/y".to_owned(), EventType::Create),
+                ("made/deeper/y".to_owned(), EventType::Write),
+            ]
+        );
+        // Once the queue has been read through, a later CREATE of the same name is real again.
+        std::fs::remove_file(dir.path().join("made/deeper/y")).unwrap();
+        std::fs::write(dir.path().join("made/deeper/y"), b"2").unwrap();
+        let got = names(&watcher.take_events().unwrap());
+        assert_eq!(got.iter().filter(|e| e.1 == EventType::Create).count(), 1, "{got:?}");
     }
 
     #[tokio::test]
