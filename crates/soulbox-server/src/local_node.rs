@@ -118,7 +118,7 @@ impl Node for LocalNode {
         };
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
         // A built template's start command runs now; create returns once its ready command succeeds.
-        if let Err(e) = soulbox_templates::engine::start_and_wait_ready(&self.runtime, &info).await {
+        if let Err(e) = soulbox_templates::start::start_and_wait_ready(&self.runtime, &info).await {
             let _ = self.runtime.delete(&info.id).await;
             return Err(NodeError::Failed(e));
         }

@@ -12,6 +12,7 @@
 //!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
 //! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
 //! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
+//! - [`start`]: a template's start and ready commands, run by the node at every sandbox create.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`config`]: the `[templates]` section of the server's config and the [`engine::EngineConfig`] it makes.
 
@@ -25,6 +26,7 @@ pub mod host_path;
 pub mod image;
 pub mod registry;
 pub mod source;
+pub mod start;
 /// Layer unpacking lives in its own crate (fuzzed on its own); here under its old name.
 pub use soulbox_layer as unpack;
 

@@ -433,7 +433,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert!(out.contains("env=hello from the image config"), "{out}");
     assert!(out.contains("\n600\n"), "mode kept: {out}");
     // The image's Cmd is the template's start command (E2B semantics: run when a sandbox starts).
-    soulbox_templates::engine::start_and_wait_ready(rt, &info).await.unwrap();
+    soulbox_templates::start::start_and_wait_ready(rt, &info).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, _) = sh(&info, "test -s /tmp/started").await;
