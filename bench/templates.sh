@@ -22,7 +22,7 @@ ENVD="${SOULBOX_ENVD:-$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulb
 flag=(); dir=debug
 if [ "$PROFILE" = release ]; then flag=(--release); dir=release; fi
 cargo build "${flag[@]}" -p soulbox-templates --example templates_bench
-cargo build "${flag[@]}" -p soulbox-server --bin soulbox
+cargo build "${flag[@]}" -p soulbox-cli --bin soulbox
 BIN="$(mktemp -d)"
 # Copies: a shared target dir may be rebuilt by someone else while this runs.
 cp "$TARGET/$dir/examples/templates_bench" "$TARGET/$dir/soulbox" "$BIN/"
