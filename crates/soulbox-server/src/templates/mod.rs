@@ -1,6 +1,6 @@
 //! The HTTP side of templates: E2B's template endpoints plus the live log stream ([`api`]), who may see which
 //! template ([`access`]), a build's stored log ([`build_log`]) and COPY context uploads ([`uploads`]). The build
-//! engine itself is the `soulbox-templates` crate.
+//! engine itself is the `soulbox-templates` crate (see its TEMPLATES.md).
 
 pub mod access;
 #[cfg(test)]
