@@ -10,4 +10,6 @@ pub mod build_log;
 pub mod uploads;
 
 /// The engine's types the modules above name as `super::…`.
-pub(crate) use soulbox_templates::{BaseAccess, BuildFailure, BuildJob, LogLevel, LogSink, Recipe, sha256_hex, unpack};
+pub(crate) use soulbox_templates::{
+    BaseAccess, BuildFailure, BuildJob, LogLevel, LogSink, Recipe, sha256_hex, unpack,
+};
