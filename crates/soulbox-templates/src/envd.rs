@@ -3,7 +3,6 @@
 //! run a command and stream its output lines, upload a file.
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use soulbox::{CommandOptions, ConnectionConfig, DirectEnvd, Redirects, Sandbox};
@@ -32,16 +31,12 @@ impl Endpoint {
     }
 }
 
-/// One SDK client for every direct call of this node (its connection pool is shared): no API key (only envd
-/// is called), no request timeout (a build step or an upload may take long), no redirects.
+/// An SDK client for one sandbox's agent: no API key (only envd is called), no request timeout (a build step or
+/// an upload may take long), no redirects. One per [`Endpoint`], not one per node: a sandbox's address is reused
+/// by the next sandbox once it is deleted, and a pooled connection to the old one must never carry a request.
 fn node_client() -> Result<soulbox::Client, String> {
-    static CLIENT: OnceLock<Result<soulbox::Client, String>> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            let config = ConnectionConfig::default().with_request_timeout(None).with_redirects(Redirects::Off).with_retries(0);
-            soulbox::Client::new(config).map_err(|e| e.to_string())
-        })
-        .clone()
+    let config = ConnectionConfig::default().with_request_timeout(None).with_redirects(Redirects::Off).with_retries(0);
+    soulbox::Client::new(config).map_err(|e| e.to_string())
 }
 
 /// Splits a byte stream into lines (a trailing partial line is kept until more arrives or `finish`).
