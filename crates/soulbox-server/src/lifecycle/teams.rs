@@ -27,7 +27,7 @@ impl Lifecycle {
     /// public, an API-built one belongs to its team unless public, a build's own runtime template (`sbb-...`) is
     /// reached only through its template's tags.
     pub async fn template_visible(&self, team_id: &str, name: &str) -> Result<bool> {
-        if crate::templates::api::is_internal_template(name) {
+        if soulbox_templates::is_internal_template(name) {
             return Ok(false);
         }
         Ok(match self.store.get_template_record(name).await? {
@@ -46,7 +46,7 @@ impl Lifecycle {
             "default" => name.to_string(),
             tag if self.template_visible(team_id, name).await? => {
                 match self.store.tag_build(name, tag).await? {
-                    Some(build) => crate::templates::api::build_template_name(&build),
+                    Some(build) => soulbox_templates::build_template_name(&build),
                     None => return Err(not_found()),
                 }
             }

@@ -116,15 +116,7 @@ fn valid_tag(t: &str) -> bool {
     soulbox_runtime::template::check_name(t).is_ok()
 }
 
-/// The runtime template a successful build is registered as (tags point at it).
-pub fn build_template_name(build_id: &str) -> String {
-    format!("sbb-{build_id}")
-}
-
-/// Runtime templates that are not user templates: builds (`sbb-`) and build steps (`sbbuild-`).
-pub fn is_internal_template(name: &str) -> bool {
-    name.starts_with("sbb-") || name.starts_with("sbbuild-")
-}
+pub use soulbox_templates::{build_template_name, is_internal_template};
 
 /// `name` or `name:tag` → (name, tag), the tag `default` when absent.
 pub fn split_tag(full: &str) -> (&str, &str) {

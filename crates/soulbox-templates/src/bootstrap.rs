@@ -51,6 +51,9 @@ const RECIPE_VERSION: u32 = 1;
 /// Runtime plumbing every SoulBox root filesystem needs: the mount point of the envd binary.
 const SOULBOX_HOOK: &str = "mkdir -p \"$1/.soulbox\" && touch \"$1/.soulbox/envd\"";
 
+/// The Debian mirror bootstraps use unless configured (`debian_mirror`, `SOULBOX_DEBIAN_MIRROR`).
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
 /// How many mmdebstrap output lines a failure message carries.
 const FAILURE_TAIL: usize = 20;
 
@@ -91,7 +94,7 @@ impl BootstrapConfig {
 
 impl Default for BootstrapConfig {
     fn default() -> Self {
-        BootstrapConfig::new(crate::config::DEFAULT_MIRROR)
+        BootstrapConfig::new(DEFAULT_MIRROR)
     }
 }
 
