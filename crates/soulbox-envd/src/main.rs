@@ -1,18 +1,23 @@
 //! soulbox-envd: the agent inside every SoulBox sandbox, wire-compatible with E2B's envd.
 
 mod auth;
+mod entry;
+mod errors;
 mod etc_files;
 mod filesystem;
 mod http;
 mod init_process;
+mod metrics;
 #[cfg(test)]
 mod node_secret_tests;
 mod paths;
 mod process;
+mod process_table;
 mod rpc;
 mod server;
 mod state;
 mod users;
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::filesystem::watch::WatchRegistry;
-use crate::process::registry::ProcessRegistry;
+use crate::metrics::MetricsSampler;
+use crate::process_table::ProcessRegistry;
+use crate::watch::WatchRegistry;
 
 /// Everything `/init` (or `SOULBOX_ENVD_INIT` at start) configures.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +67,7 @@ pub struct Envd {
     pub config: RwLock<SandboxConfig>,
     pub processes: ProcessRegistry,
     pub watchers: WatchRegistry,
-    pub metrics: crate::http::metrics::MetricsSampler,
+    pub metrics: MetricsSampler,
 }
 
 #[derive(Clone)]
@@ -93,7 +94,7 @@ impl AppState {
             config: RwLock::new(config),
             processes: ProcessRegistry::default(),
             watchers: WatchRegistry::default(),
-            metrics: crate::http::metrics::MetricsSampler::default(),
+            metrics: MetricsSampler::default(),
         }))
     }
 
