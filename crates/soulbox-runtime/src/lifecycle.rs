@@ -2,7 +2,7 @@
 //! plus snapshot and stats. Every resource has one idempotent release path: [`Inner::release`].
 use crate::config::{ENVD_PORT, RuntimeConfig, check_id, new_sandbox_id};
 use crate::driver::Driver;
-use crate::envd_secret::{self, EnvdSecret};
+use crate::envd_secret::EnvdSecret;
 use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
@@ -14,6 +14,7 @@ use crate::rootfs;
 use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 use crate::template::{Store, TemplateMeta};
 use crate::{cgroup, util};
+use soulbox_protocol::envd_init::{self, InitRequest, NetworkIdentity};
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -287,27 +288,21 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
-        let mut env_vars: serde_json::Map<String, serde_json::Value> = meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        for (k, v) in &spec.env {
-            env_vars.insert(k.clone(), v.clone().into());
-        }
-        let mut init = serde_json::json!({
-            "envVars": env_vars,
-            "defaultUser": meta.default_user,
-            "defaultWorkdir": meta.default_workdir,
-            "sandboxId": id,
-            "network": {
-                "hostname": id,
-                "address": lease.ip.to_string(),
-                "nameservers": self.cfg.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-            },
-        });
-        if let Some(t) = &spec.access_token {
-            init["accessToken"] = t.clone().into();
-        }
-        if let Some(secret) = &rec.envd_secret {
-            init[envd_secret::INIT_FIELD] = secret.expose().into();
-        }
+        let mut env_vars = meta.env.clone();
+        env_vars.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let init = InitRequest {
+            access_token: spec.access_token.clone(),
+            default_user: Some(meta.default_user.clone()),
+            default_workdir: Some(meta.default_workdir.clone()),
+            env_vars: Some(env_vars),
+            envd_secret: rec.envd_secret.as_ref().map(|s| s.expose().to_owned()),
+            network: Some(NetworkIdentity {
+                address: Some(lease.ip.into()),
+                hostname: id.to_owned(),
+                nameservers: self.cfg.dns.iter().map(|&d| d.into()).collect(),
+            }),
+            sandbox_id: Some(id.to_owned()),
+        };
         let params = BundleParams {
             id,
             sandbox_dir: &dir,
@@ -315,7 +310,7 @@ impl Inner {
             cpu_count: spec.cpu_count.unwrap_or(meta.cpu_count),
             memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
             pids_limit: spec.pids_limit.unwrap_or(4096),
-            envd_init: init.to_string(),
+            envd_init: serde_json::to_string(&init).map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
             id_range,
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
