@@ -2,8 +2,6 @@
 # Installs the Debian packages SoulBox needs to build, run and test on a fresh Debian 12 machine.
 set -euo pipefail
 packages=(
-  protobuf-compiler   # prost-build compiles the envd protos
-  libprotobuf-dev     # google/protobuf/*.proto (Timestamp) that the envd protos import
   runc                # default OCI runtime
   mmdebstrap          # builds the base template from Debian's packages, no registry needed
   nftables iptables iproute2  # sandbox networks and firewall
