@@ -14,7 +14,7 @@ use crate::rootfs;
 use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 use crate::template::{Store, TemplateMeta};
 use crate::{cgroup, util};
-use soulbox_protocol::envd_init::{self, InitRequest, NetworkIdentity};
+use soulbox_protocol::envd_init;
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -288,21 +288,7 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
-        let mut env_vars = meta.env.clone();
-        env_vars.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let init = InitRequest {
-            access_token: spec.access_token.clone(),
-            default_user: Some(meta.default_user.clone()),
-            default_workdir: Some(meta.default_workdir.clone()),
-            env_vars: Some(env_vars),
-            envd_secret: rec.envd_secret.as_ref().map(|s| s.expose().to_owned()),
-            network: Some(NetworkIdentity {
-                address: Some(lease.ip.into()),
-                hostname: id.to_owned(),
-                nameservers: self.cfg.dns.iter().map(|&d| d.into()).collect(),
-            }),
-            sandbox_id: Some(id.to_owned()),
-        };
+        let init = crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns);
         let params = BundleParams {
             id,
             sandbox_dir: &dir,
