@@ -2,8 +2,6 @@
 # Installs the Debian packages SoulBox needs to build, run and test on a fresh Debian 12 machine.
 set -euo pipefail
 packages=(
-  protobuf-compiler   # prost-build compiles the envd protos
-  libprotobuf-dev     # google/protobuf/*.proto (Timestamp) that the envd protos import
   runc                # default OCI runtime
   mmdebstrap          # builds the base template from Debian's packages, no registry needed
   nftables iptables iproute2  # sandbox networks and firewall
@@ -23,3 +21,10 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${packages[@]}"
+
+# Rust tools the scripts use, built from crates.io (cached in ~/.cargo/bin; rebuilt only for another version).
+CARGO_DENY_VERSION=0.20.2   # scripts/lint.sh: the dependency audit (deny.toml)
+if command -v cargo >/dev/null 2>&1 \
+  && [ "$(cargo deny --version 2>/dev/null | awk '{print $2}')" != "$CARGO_DENY_VERSION" ]; then
+  cargo install cargo-deny --locked --version "$CARGO_DENY_VERSION"
+fi

@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 missing=0
-for tool in runc mmdebstrap nft protoc ip; do command -v "$tool" >/dev/null 2>&1 || missing=1; done
+for tool in runc mmdebstrap nft ip; do command -v "$tool" >/dev/null 2>&1 || missing=1; done
 if [ "$missing" -eq 1 ]; then scripts/install-deps.sh; fi
 scripts/build-envd.sh >/dev/null
 cargo build --release -p soulbox-cli

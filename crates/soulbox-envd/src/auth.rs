@@ -9,7 +9,7 @@ use soulbox_protocol::connect::RpcError;
 use soulbox_protocol::envd_secret;
 use subtle::ConstantTimeEq;
 
-use crate::http::json_error;
+use crate::errors::json_error;
 use crate::state::AppState;
 use crate::users::{Accounts, User};
 

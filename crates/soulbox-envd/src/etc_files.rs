@@ -12,33 +12,13 @@
 //! entries) is kept.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::path::Path;
-
-use serde::Deserialize;
 
 /// Marks the `/etc/hosts` line envd owns, so the next start can replace it (the address changes).
 pub const MARKER: &str = "# soulbox: this sandbox";
 
 /// The sandbox's network identity, from the node (`network` in the start configuration).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkIdentity {
-    pub hostname: String,
-    #[serde(default)]
-    pub address: Option<IpAddr>,
-    #[serde(default)]
-    pub nameservers: Vec<IpAddr>,
-}
-
-/// The start configuration's `network` object, if the node sent one.
-pub fn from_init_json(raw: &str) -> Option<NetworkIdentity> {
-    #[derive(Deserialize)]
-    struct Wrapper {
-        network: Option<NetworkIdentity>,
-    }
-    serde_json::from_str::<Wrapper>(raw).ok()?.network
-}
+pub use soulbox_protocol::envd_init::NetworkIdentity;
 
 /// Writes the three files below `root` (`/` in a sandbox). Each one independently: a failure (a full disk, a
 /// template whose `/etc/hosts` is a directory) is reported and the others are still written.
@@ -161,21 +141,6 @@ mod tests {
                 && second.contains("db.internal")
         );
         assert_eq!(second.matches("localhost\n").count(), 1);
-    }
-
-    #[test]
-    fn init_json_network_is_optional() {
-        let raw = r#"{"envVars":{},"network":{"hostname":"abc","address":"10.1.2.3","nameservers":["1.1.1.1"]}}"#;
-        let n = from_init_json(raw).unwrap();
-        assert_eq!(
-            (
-                n.hostname.as_str(),
-                n.address.unwrap().to_string(),
-                n.nameservers.len()
-            ),
-            ("abc", "10.1.2.3".into(), 1)
-        );
-        assert!(from_init_json(r#"{"envVars":{}}"#).is_none());
     }
 
     #[test]

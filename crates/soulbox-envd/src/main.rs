@@ -1,42 +1,44 @@
 //! soulbox-envd: the agent inside every SoulBox sandbox, wire-compatible with E2B's envd.
 
 mod auth;
+mod entry;
+mod errors;
 mod etc_files;
 mod filesystem;
 mod http;
 mod init_process;
+mod metrics;
 #[cfg(test)]
 mod node_secret_tests;
 mod paths;
 mod process;
+mod process_table;
 mod rpc;
 mod server;
 mod state;
 mod users;
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use clap::Parser;
-use soulbox_protocol::ENVD_PORT;
+use soulbox_protocol::envd_init::{ENVD_PORT, INIT_ENV, PORT_FLAG, READY_FD_FLAG};
 use tracing_subscriber::EnvFilter;
 
 use crate::state::{AppState, InitRequest, SandboxConfig};
-
-/// Environment variable carrying the initial `/init` JSON (so the runtime needs no extra round trip).
-const INIT_ENV: &str = "SOULBOX_ENVD_INIT";
 
 #[derive(Debug, Parser)]
 #[command(name = "soulbox-envd", version, about = "SoulBox in-sandbox agent (E2B envd compatible)")]
 struct Args {
     /// Port to serve Connect RPC and HTTP on.
-    #[arg(long, default_value_t = ENVD_PORT)]
+    #[arg(long = PORT_FLAG, default_value_t = ENVD_PORT)]
     port: u16,
     /// Address to bind.
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     listen: IpAddr,
     /// File descriptor to write one byte to (then close) once the server listens.
-    #[arg(long)]
+    #[arg(long = READY_FD_FLAG)]
     ready_fd: Option<i32>,
 }
 
@@ -63,9 +65,10 @@ fn main() -> anyhow::Result<()> {
     if let Ok(raw) = std::env::var(INIT_ENV) {
         let mut init: InitRequest = serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
         node_secret = init.envd_secret.take();
+        let network = init.network.take();
         config.apply(init);
         // Before listening: once the node hears "ready", name resolution inside is already right.
-        if let Some(network) = etc_files::from_init_json(&raw) {
+        if let Some(network) = network {
             for (path, error) in etc_files::write_all(std::path::Path::new("/"), &network) {
                 tracing::warn!(path, %error, "could not write a network file of the sandbox");
             }
@@ -92,4 +95,18 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    /// The node starts envd with the protocol's command line; envd must understand every word of it.
+    #[test]
+    fn parses_the_command_line_the_node_uses() {
+        let args = Args::try_parse_from(soulbox_protocol::envd_init::command_line("/.soulbox/envd", 3)).unwrap();
+        assert_eq!((args.port, args.ready_fd), (soulbox_protocol::ENVD_PORT, Some(3)));
+    }
 }

@@ -20,7 +20,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(http::health))
         .route("/init", axum::routing::post(http::init))
         .route("/envs", get(http::envs))
-        .route("/metrics", get(http::metrics::handler))
+        .route("/metrics", get(http::metrics))
         .route("/files", get(http::files::download).post(http::files::upload))
         .merge(process::routes())
         .merge(filesystem::routes())

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use serde::Deserialize;
+pub use soulbox_protocol::envd_init::InitRequest;
 
-use crate::filesystem::watch::WatchRegistry;
-use crate::process::registry::ProcessRegistry;
+use crate::metrics::MetricsSampler;
+use crate::process_table::ProcessRegistry;
+use crate::watch::WatchRegistry;
 
 /// Everything `/init` (or `SOULBOX_ENVD_INIT` at start) configures.
 #[derive(Debug, Clone, Default)]
@@ -20,24 +21,9 @@ pub struct SandboxConfig {
     pub env_vars: BTreeMap<String, String>,
 }
 
-/// Body of `POST /init` (E2B's shape; unknown fields are ignored).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InitRequest {
-    pub env_vars: Option<BTreeMap<String, String>>,
-    pub access_token: Option<String>,
-    pub default_user: Option<String>,
-    pub default_workdir: Option<String>,
-    /// SoulBox extension: the sandbox's id, reported by `/health`.
-    pub sandbox_id: Option<String>,
-    /// SoulBox extension: the node's secret (`soulbox_protocol::envd_secret`). Taken from the boot
-    /// configuration only; [`SandboxConfig::apply`] never looks at it, so `POST /init` cannot set or change it.
-    #[serde(rename = "envdSecret")]
-    pub envd_secret: Option<String>,
-}
-
 impl SandboxConfig {
-    /// Applies an init request: present fields replace, absent ones stay.
+    /// Applies an init request: present fields replace, absent ones stay. Never looks at `envd_secret` or
+    /// `network` (start configuration only), so `POST /init` cannot set or change them.
     pub fn apply(&mut self, init: InitRequest) {
         if let Some(env) = init.env_vars {
             self.env_vars = env;
@@ -66,7 +52,7 @@ pub struct Envd {
     pub config: RwLock<SandboxConfig>,
     pub processes: ProcessRegistry,
     pub watchers: WatchRegistry,
-    pub metrics: crate::http::metrics::MetricsSampler,
+    pub metrics: MetricsSampler,
 }
 
 #[derive(Clone)]
@@ -93,7 +79,7 @@ impl AppState {
             config: RwLock::new(config),
             processes: ProcessRegistry::default(),
             watchers: WatchRegistry::default(),
-            metrics: crate::http::metrics::MetricsSampler::default(),
+            metrics: MetricsSampler::default(),
         }))
     }
 

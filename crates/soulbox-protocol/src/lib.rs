@@ -3,13 +3,18 @@
 //! - [`process`] and [`filesystem`]: envd's protobuf messages (prost) with ProtoJSON serde impls (pbjson).
 //! - [`api`]: the E2B control-plane REST JSON models.
 //! - [`connect`]: Connect protocol framing, codecs and error codes.
+//! - [`envd_init`]: how a node starts envd (port, flags, environment variable) and the `/init` JSON that
+//!   configures it.
 //! - [`envd_secret`]: the header and init field by which only a sandbox's node may talk to its envd.
+//! - [`network`]: a sandbox's egress policy as a node applies it.
 //! - [`signature`]: signed file URLs (E2B's `v1_` scheme and SoulBox's HMAC scheme).
 //! - [`version`]: agent versions and the SDK feature gates tied to them.
 
 pub mod api;
 pub mod connect;
+pub mod envd_init;
 pub mod envd_secret;
+pub mod network;
 pub mod signature;
 pub mod template;
 pub mod timestamp;
@@ -29,5 +34,5 @@ pub mod filesystem {
     include!(concat!(env!("OUT_DIR"), "/filesystem.serde.rs"));
 }
 
-/// Port envd listens on inside every sandbox.
-pub const ENVD_PORT: u16 = 49983;
+pub use envd_init::ENVD_PORT;
+pub use network::NetworkPolicy;

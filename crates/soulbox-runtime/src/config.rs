@@ -4,8 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-/// Port envd listens on inside every sandbox.
-pub const ENVD_PORT: u16 = 49983;
+pub use soulbox_protocol::ENVD_PORT;
 /// Where the envd binary is bind-mounted inside the sandbox.
 pub const ENVD_MOUNT: &str = "/.soulbox/envd";
 

@@ -8,6 +8,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+/// The descriptor a ready pipe becomes in the container: runc's `--preserve-fds 1` passes fd 3 (the first one
+/// after stdio) through to the container's process, which is envd, told so with `--ready-fd`.
+pub const READY_FD: i32 = 3;
+
 #[derive(Debug, Clone)]
 pub struct Driver {
     bin: String,
@@ -52,7 +56,7 @@ impl Driver {
 
     /// `create --bundle <dir> [--preserve-fds 1] <id>`; the container's stdout/stderr are `stdio` (the sandbox
     /// log's FIFO), as are the runtime CLI's own: a failure's message goes there too, so the caller reads it
-    /// from the log. `ready_fd` (if any) becomes fd 3 in the container.
+    /// from the log. `ready_fd` (if any) becomes fd [`READY_FD`] in the container.
     pub async fn create(&self, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
         self.create_or_run("create", id, bundle, stdio, ready_fd).await
     }
@@ -82,12 +86,12 @@ impl Driver {
             // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if raw == 3 {
-                        let flags = libc::fcntl(3, libc::F_GETFD);
-                        if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    if raw == READY_FD {
+                        let flags = libc::fcntl(READY_FD, libc::F_GETFD);
+                        if flags < 0 || libc::fcntl(READY_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
-                    } else if libc::dup2(raw, 3) < 0 {
+                    } else if libc::dup2(raw, READY_FD) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())

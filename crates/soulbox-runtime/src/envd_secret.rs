@@ -8,10 +8,6 @@
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-/// Field of envd's init JSON that carries the secret; must equal `soulbox_protocol::envd_secret::INIT_FIELD`
-/// (this crate does not depend on the protocol crate; soulbox-server's tests check that the two agree).
-pub const INIT_FIELD: &str = "envdSecret";
-
 /// 32 random bytes as hex. Its `Debug` never shows the value, so it cannot end up in a log by accident.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]

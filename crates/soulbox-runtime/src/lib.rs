@@ -6,6 +6,7 @@ pub mod disk;
 pub mod disk_image;
 pub mod driver;
 pub mod envd_secret;
+pub mod envd_start;
 pub mod error;
 pub mod firewall;
 pub mod idmap;

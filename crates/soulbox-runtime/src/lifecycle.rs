@@ -2,7 +2,7 @@
 //! plus snapshot and stats. Every resource has one idempotent release path: [`Inner::release`].
 use crate::config::{ENVD_PORT, RuntimeConfig, check_id, new_sandbox_id};
 use crate::driver::Driver;
-use crate::envd_secret::{self, EnvdSecret};
+use crate::envd_secret::EnvdSecret;
 use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
@@ -14,6 +14,7 @@ use crate::rootfs;
 use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 use crate::template::{Store, TemplateMeta};
 use crate::{cgroup, util};
+use soulbox_protocol::envd_init;
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -287,27 +288,7 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
-        let mut env_vars: serde_json::Map<String, serde_json::Value> = meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
-        for (k, v) in &spec.env {
-            env_vars.insert(k.clone(), v.clone().into());
-        }
-        let mut init = serde_json::json!({
-            "envVars": env_vars,
-            "defaultUser": meta.default_user,
-            "defaultWorkdir": meta.default_workdir,
-            "sandboxId": id,
-            "network": {
-                "hostname": id,
-                "address": lease.ip.to_string(),
-                "nameservers": self.cfg.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
-            },
-        });
-        if let Some(t) = &spec.access_token {
-            init["accessToken"] = t.clone().into();
-        }
-        if let Some(secret) = &rec.envd_secret {
-            init[envd_secret::INIT_FIELD] = secret.expose().into();
-        }
+        let init = crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns);
         let params = BundleParams {
             id,
             sandbox_dir: &dir,
@@ -315,7 +296,7 @@ impl Inner {
             cpu_count: spec.cpu_count.unwrap_or(meta.cpu_count),
             memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
             pids_limit: spec.pids_limit.unwrap_or(4096),
-            envd_init: init.to_string(),
+            envd_init: serde_json::to_string(&init).map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
             id_range,
         };
         let oci = oci_spec::build(&self.cfg, &params)?;

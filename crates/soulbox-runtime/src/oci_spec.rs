@@ -1,5 +1,7 @@
 //! OCI runtime bundle (`config.json`) built with the `oci-spec` crate.
-use crate::config::{ENVD_MOUNT, ENVD_PORT, RuntimeConfig};
+use crate::config::{ENVD_MOUNT, RuntimeConfig};
+use crate::driver::READY_FD;
+use soulbox_protocol::envd_init;
 use crate::error::{Error, Result};
 use crate::seccomp;
 use oci_spec::runtime::{
@@ -86,7 +88,7 @@ pub struct BundleParams<'a> {
     pub cpu_count: u32,
     pub memory_mb: u64,
     pub pids_limit: i64,
-    /// JSON for `SOULBOX_ENVD_INIT`.
+    /// envd's start configuration: an [`envd_init::InitRequest`] as JSON, for [`envd_init::INIT_ENV`].
     pub envd_init: String,
     /// The sandbox's user namespace range; None = no user namespace.
     pub id_range: Option<crate::userns::IdRange>,
@@ -109,7 +111,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
 
     let args = match &cfg.init_override {
         Some(a) => a.clone(),
-        None => vec![ENVD_MOUNT.into(), "--port".into(), ENVD_PORT.to_string(), "--ready-fd".into(), "3".into()],
+        None => envd_init::command_line(ENVD_MOUNT, READY_FD),
     };
     let mut process = ProcessBuilder::default()
         .terminal(false)
@@ -117,7 +119,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .args(args)
         .env(vec![
             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            format!("SOULBOX_ENVD_INIT={}", p.envd_init),
+            format!("{}={}", envd_init::INIT_ENV, p.envd_init),
         ])
         .cwd("/")
         .capabilities(capabilities)

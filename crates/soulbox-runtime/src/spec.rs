@@ -4,24 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkPolicy {
-    /// E2B `allowInternetAccess` (default true).
-    pub allow_internet: bool,
-    /// CIDRs always allowed (take precedence over deny and over internet off).
-    #[serde(default)]
-    pub allow_out: Vec<String>,
-    /// CIDRs always denied.
-    #[serde(default)]
-    pub deny_out: Vec<String>,
-}
-
-impl NetworkPolicy {
-    pub fn open() -> Self {
-        NetworkPolicy { allow_internet: true, ..Default::default() }
-    }
-}
+pub use soulbox_protocol::NetworkPolicy;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

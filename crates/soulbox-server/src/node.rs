@@ -21,13 +21,7 @@ pub struct TemplateInfo {
     pub envd_version: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NetworkPolicy {
-    pub allow_internet: bool,
-    pub allow_out: Vec<String>,
-    pub deny_out: Vec<String>,
-}
+pub use soulbox_protocol::NetworkPolicy;
 
 /// Everything a node needs to start a sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -441,6 +441,7 @@ mod tests {
     }
 
     fn client(proxy: &EgressProxy) -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::Client::builder()
             .proxy(reqwest::Proxy::all(proxy.url()).unwrap())
             .build()

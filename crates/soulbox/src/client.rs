@@ -178,7 +178,7 @@ impl Client {
             Redirects::Follow(n) => reqwest::redirect::Policy::limited(n),
             Redirects::Off => reqwest::redirect::Policy::none(),
         };
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .redirect(redirect)
             .user_agent(config.user_agent.clone())
             .tcp_nodelay(true)

@@ -28,6 +28,7 @@ mod files;
 mod pty;
 mod sandbox;
 mod template;
+mod tls;
 
 pub use client::{Client, ListQuery, ListedSandbox, LogLine, NodeInfo, Order, Page, SandboxInfo, SandboxMetric, SandboxState};
 pub use commands::{

@@ -108,6 +108,8 @@ fn seg(s: &str) -> String {
 async fn call(conn: &Conn, method: Method, path: &str) -> soulbox::Result<serde_json::Value> {
     let config = conn.connection();
     let url = format!("{}{path}", config.api_url.trim_end_matches('/'));
+    // reqwest is built without a crypto provider of its own: ring is the process default (Err: already set).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut request = reqwest::Client::new().request(method, &url);
     if let Some(key) = &config.api_key {
         request = request.header("X-API-Key", key);

@@ -3,9 +3,7 @@
 //! Semantics follow E2B envd (`infra:packages/envd/internal/services/filesystem`, spec §2.5). Paths go through
 //! the E2B path rules for the calling user; the blocking filesystem work runs on Tokio's blocking pool.
 
-pub mod entry;
 pub mod ops;
-pub mod watch;
 
 #[cfg(test)]
 mod tests;
@@ -18,8 +16,8 @@ use futures::StreamExt;
 use soulbox_protocol::connect::{Code, RpcError};
 use soulbox_protocol::filesystem as pb;
 
-use self::entry::{EntryBuilder, entry_error};
-use self::watch::{Delivery, WatchOptions};
+use crate::entry::{EntryBuilder, entry_error};
+use crate::watch::{Delivery, WatchOptions};
 use crate::rpc::{self, RpcContext, RpcStream};
 use crate::state::AppState;
 use crate::users::User;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use soulbox_protocol::connect::RpcError;
 use soulbox_protocol::filesystem::EntryInfo;
 
-use super::entry::EntryBuilder;
+use crate::entry::EntryBuilder;
 
 /// Why [`ensure_dirs`] failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,28 +1,17 @@
 //! envd's plain HTTP endpoints: `/health`, `/init`, `/envs`, `/files`, `/metrics`.
 
 pub mod files;
-pub mod metrics;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{StatusCode, header};
+use http::StatusCode;
 use serde::Serialize;
 use soulbox_protocol::version::{ENVD_PROTOCOL_VERSION, SOULBOX_VERSION};
 
 use crate::auth::token_matches;
+use crate::errors::json_error;
 use crate::state::{AppState, InitRequest};
-
-/// E2B's plain-HTTP error body: `{"code": <status>, "message": "..."}`.
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    let body = serde_json::json!({ "code": status.as_u16(), "message": message }).to_string();
-    Response::builder()
-        .status(status)
-        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(Body::from(body))
-        .unwrap_or_default()
-}
 
 /// Seed feature 1's shape (snake_case field names as in the seed).
 #[derive(Serialize)]
@@ -73,4 +62,12 @@ pub async fn init(State(state): State<AppState>, headers: http::HeaderMap, body:
 /// `GET /envs`: the sandbox-level environment variables.
 pub async fn envs(State(state): State<AppState>) -> Response {
     Json(state.config().env_vars).into_response()
+}
+
+/// `GET /metrics` (seed feature 8): sampled on the blocking pool, since it reads `/proc` and the cgroup.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    match tokio::task::spawn_blocking(move || state.metrics.collect()).await {
+        Ok(metrics) => Json(metrics).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("collecting metrics failed: {e}")),
+    }
 }

@@ -1,16 +1,13 @@
 //! `process.Process`: start, attach to, signal and feed processes (spec §2.4).
 //!
 //! Lifecycle of a started process: [`spawn`] forks it; one [`output::pump`] task per output descriptor
-//! publishes chunks to its [`fanout::Fanout`]; one [`handle::run_input`] task writes its input; [`supervise`]
+//! publishes chunks to its [`Fanout`]; one [`handle::run_input`] task writes its input; [`supervise`]
 //! waits for it (killing it at the `Connect-Timeout-Ms` deadline), lets the pumps drain, publishes the end
 //! event, and forgets it [`registry::FINISHED_RETENTION`] later. Streams are subscribers of the fan-out; a
 //! client going away only drops its subscription, never the process.
 
 mod exit;
-mod fanout;
-mod handle;
 mod output;
-pub mod registry;
 mod spawn;
 #[cfg(test)]
 mod tests;
@@ -30,8 +27,9 @@ use crate::auth;
 use crate::paths;
 use crate::rpc::{self, RpcContext, RpcStream};
 use crate::state::AppState;
-use fanout::{Fanout, Next, Subscription};
-use handle::{Input, InputTarget, ProcessHandle};
+use crate::process_table::fanout::{self, Fanout, Next, Subscription};
+use crate::process_table::handle::{self, Input, InputTarget, ProcessHandle};
+use crate::process_table::registry;
 use output::Kind;
 use spawn::{SpawnSpec, SpawnedStdio};
 

@@ -17,7 +17,7 @@ use soulbox_protocol::process::process_event::data_event::Output;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{oneshot, watch};
 
-use super::fanout::Fanout;
+use crate::process_table::fanout::Fanout;
 
 /// Chunk sizes E2B envd uses: 32 KiB for pipes, 16 KiB for a pty.
 const PIPE_CHUNK: usize = 32 << 10;

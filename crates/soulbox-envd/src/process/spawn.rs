@@ -20,7 +20,7 @@ use soulbox_protocol::process as pb;
 use tokio::io::unix::AsyncFd;
 use tokio::process::{Child, ChildStdin, Command};
 
-use super::handle::winsize;
+use crate::process_table::handle::winsize;
 use crate::users::User;
 
 /// The `PATH` every process starts with (envd's own environment is never passed on).

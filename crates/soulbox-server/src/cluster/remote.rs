@@ -30,6 +30,8 @@ impl RemoteNode {
 
     /// A client suited to node API calls (no proxy from the environment: nodes are addressed directly).
     pub fn http_client() -> reqwest::Client {
+        // reqwest is built without a crypto provider of its own: ring is the process default (Err: already set).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(3))
@@ -149,6 +151,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let node = RemoteNode::new("n1", &url, "secret", reqwest::Client::builder().no_proxy().build().unwrap());
         let lines = node.logs("sbx1", LogQuery { start_ms: 1_765_000_000_123, limit: 7 }).await.unwrap();
         assert_eq!(lines, vec![LogLine { unix_ms: 1_765_000_000_123, line: "sbx1 limit 7".into() }]);

@@ -10,7 +10,7 @@ use soulbox_protocol::signature::{self, Operation, SignatureError};
 
 use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::auth::{self, ACCESS_TOKEN_HEADER};
-use crate::http::json_error;
+use crate::errors::json_error;
 use crate::paths;
 use crate::state::AppState;
 use crate::users::User;

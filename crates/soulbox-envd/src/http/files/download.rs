@@ -20,7 +20,7 @@ use tokio_util::io::ReaderStream;
 use super::access::{authorize, io_failure};
 use super::as_user::run_as;
 use soulbox_protocol::signature::SignedQuery as FilesQuery;
-use crate::http::json_error;
+use crate::errors::json_error;
 use crate::state::AppState;
 
 /// Read size per chunk: large enough for throughput, small enough that a transfer's memory stays bounded.

@@ -31,7 +31,7 @@ use super::access::{authorize, io_failure, resolve};
 use super::as_user::run_as;
 use super::metadata::{self, Metadata};
 use soulbox_protocol::signature::SignedQuery as FilesQuery;
-use crate::http::json_error;
+use crate::errors::json_error;
 use crate::state::AppState;
 use crate::users::User;
 

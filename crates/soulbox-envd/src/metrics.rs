@@ -1,4 +1,4 @@
-//! `GET /metrics`: the sandbox's resource usage as seen from inside — E2B's fields plus SoulBox's (seed
+//! The sandbox's resource usage as seen from inside, served by `GET /metrics` — E2B's fields plus SoulBox's (seed
 //! feature 8). Limits and usage come from the sandbox's cgroup when there is one, otherwise from host-wide
 //! `/proc` numbers; network, disk space and processes always come from `/proc` and `statvfs`.
 //!
@@ -13,15 +13,9 @@ mod host;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::Json;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use serde::Serialize;
 
 use self::cgroup::{Cgroup, CgroupStats};
-use crate::http::json_error;
-use crate::state::AppState;
 
 const MIB: u64 = 1024 * 1024;
 pub const MIN_WINDOW: Duration = Duration::from_millis(100);
@@ -146,13 +140,6 @@ fn cpu_busy_usec(stats: Option<&CgroupStats>) -> Option<u64> {
 
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
-}
-
-pub async fn handler(State(state): State<AppState>) -> Response {
-    match tokio::task::spawn_blocking(move || state.metrics.collect()).await {
-        Ok(metrics) => Json(metrics).into_response(),
-        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("collecting metrics failed: {e}")),
-    }
 }
 
 #[cfg(test)]

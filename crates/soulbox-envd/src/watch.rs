@@ -27,7 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::entry::EntryBuilder;
+use crate::entry::EntryBuilder;
 
 /// Events buffered per watcher before the oldest are dropped (a polled watcher nobody polls, or a stream
 /// whose client reads slower than the filesystem changes, must not grow without bound).
