@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod listing;
 pub mod local_node;
 pub mod metrics;
+pub mod names;
 pub mod node;
 pub mod proxy;
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use soulbox_protocol::api::{self, SandboxState};
+use soulbox_protocol::api::SandboxState;
 use tokio_util::sync::CancellationToken;
 
 use crate::deadlines::Deadlines;
@@ -18,9 +18,6 @@ use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, SandboxStats,
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 
 mod teams;
-
-/// E2B's constant (deprecated) client id.
-pub const CLIENT_ID: &str = "6532622b";
 
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
@@ -311,7 +308,7 @@ impl Lifecycle {
         Ok(())
     }
 
-    pub async fn create(&self, req: CreateRequest) -> Result<api::Sandbox> {
+    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord> {
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         if !self.config.allow_private_egress {
@@ -359,7 +356,7 @@ impl Lifecycle {
         timeout_s: i32,
         req: CreateRequest,
         team_hold: &str,
-    ) -> Result<api::Sandbox> {
+    ) -> Result<SandboxRecord> {
         let (node_id, node) = (placement.node_id.clone(), &placement.node);
         let token = spec.envd_access_token.clone();
         let created = node.create(spec).await?;
@@ -398,24 +395,11 @@ impl Lifecycle {
         }
         self.arm(&record);
         tracing::info!(sandbox = %id, template = %record.template_id, "sandbox created");
-        Ok(self.sandbox_response(&record))
-    }
-
-    pub fn sandbox_response(&self, r: &SandboxRecord) -> api::Sandbox {
-        api::Sandbox {
-            template_id: r.template_id.clone(),
-            sandbox_id: r.id.clone(),
-            client_id: CLIENT_ID.into(),
-            envd_version: r.envd_version.clone(),
-            alias: r.alias.clone(),
-            envd_access_token: r.envd_access_token.clone(),
-            traffic_access_token: None,
-            domain: None,
-        }
+        Ok(record)
     }
 
     /// Connect: a running sandbox's end is only ever extended (200); a paused one is resumed (201).
-    pub async fn connect(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<(api::Sandbox, bool)> {
+    pub async fn connect(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<(SandboxRecord, bool)> {
         let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         let record = self.team_sandbox(team_id, id).await?;
@@ -426,11 +410,11 @@ impl Lifecycle {
                     self.store.set_sandbox_end(id, wanted_end).await?;
                     self.arm(&SandboxRecord { end_at_ms: wanted_end, ..record.clone() });
                 }
-                Ok((self.sandbox_response(&record), false))
+                Ok((record, false))
             }
             SandboxState::Paused => {
                 let resumed = self.resume_paused(record, wanted_end).await?;
-                Ok((self.sandbox_response(&resumed), true))
+                Ok((resumed, true))
             }
         }
     }
@@ -486,15 +470,14 @@ impl Lifecycle {
     }
 
     /// Deprecated v1 resume: only paused sandboxes (409 otherwise).
-    pub async fn resume(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<api::Sandbox> {
+    pub async fn resume(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<SandboxRecord> {
         let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         let record = self.team_sandbox(team_id, id).await?;
         if record.state == SandboxState::Running {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already running")));
         }
-        let resumed = self.resume_paused(record, now_ms() + i64::from(timeout_s) * 1000).await?;
-        Ok(self.sandbox_response(&resumed))
+        self.resume_paused(record, now_ms() + i64::from(timeout_s) * 1000).await
     }
 
     /// Wakes a paused sandbox with auto-resume (for proxied traffic). Returns the running record.

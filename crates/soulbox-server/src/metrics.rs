@@ -221,7 +221,7 @@ mod tests {
         let (release_tx, release_rx) = std::sync::mpsc::channel();
         let node = BlockingNode { inner: Default::default(), entered: entered_tx, release: std::sync::Mutex::new(release_rx) };
         let lifecycle = Lifecycle::start(store, Arc::new(node), LifecycleConfig::default()).await.unwrap();
-        let id = lifecycle.create(CreateRequest { template: "base".into(), team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() }).await.unwrap().sandbox_id;
+        let id = lifecycle.create(CreateRequest { template: "base".into(), team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() }).await.unwrap().id;
         let metrics = Arc::new(MetricsStore::default());
         let sampler = spawn_sampler(lifecycle.clone(), metrics.clone(), Duration::from_millis(10));
         // The sampler is inside a blocking read now.

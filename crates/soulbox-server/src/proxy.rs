@@ -32,7 +32,7 @@ use soulbox_runtime::EnvdSecret;
 
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
-use crate::ids::is_valid_sandbox_id;
+use crate::names::{is_valid_sandbox_id, sandbox_route};
 use crate::lifecycle::Lifecycle;
 use crate::signed_routing::{SignedRequest, SignedRouter};
 use crate::store::SandboxRecord;
@@ -47,13 +47,8 @@ pub enum Target {
 
 /// Decides whether a request is sandbox traffic (and for which sandbox) or an API call (`None`).
 pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
-    if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
-        let port = headers
-            .get("e2b-sandbox-port")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(ENVD_PORT);
-        return Some(Target::Sandbox { id: id.to_owned(), port });
+    if let Some((id, port)) = sandbox_route(headers) {
+        return Some(Target::Sandbox { id, port });
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.host());
     if let Some(target) = host.and_then(|h| host_target(h, domain)) {

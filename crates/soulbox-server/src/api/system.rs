@@ -195,7 +195,7 @@ pub async fn templates(State(state): State<ApiState>, Extension(caller): Extensi
     match state.lifecycle.node().templates().await {
         Ok(list) => Json(
             list.iter()
-                .filter(|t| !crate::templates::api::is_internal_template(&t.template_id))
+                .filter(|t| !crate::names::is_internal_template(&t.template_id))
                 // A server template has no record and is public; an API-built one is its team's unless public.
                 .filter_map(|t| match records.get(&t.template_id) {
                     None => Some((t, true)),

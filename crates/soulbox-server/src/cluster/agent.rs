@@ -274,11 +274,7 @@ async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Query(que
 /// Sandbox traffic from the control plane's proxy: `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`) name the sandbox,
 /// which must be running on this node.
 async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Response {
-    let (id, port) = {
-        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        (header("e2b-sandbox-id"), header("e2b-sandbox-port").and_then(|p| p.parse::<u16>().ok()).unwrap_or(ENVD_PORT))
-    };
-    let Some(id) = id else {
+    let Some((id, port)) = crate::names::sandbox_route(request.headers()) else {
         return crate::api::error(StatusCode::NOT_FOUND, "no such route");
     };
     let running = match agent.node.runtime().info(&id).await {

@@ -40,6 +40,7 @@ use super::{BuildJob, LogLevel, LogSink, Recipe, sha256_hex};
 use crate::api::{ApiState, error};
 use crate::lifecycle::LifecycleError;
 use crate::store::{BuildLogRecord, Caller, Store, now_ms};
+use crate::names::{build_template_name, is_internal_template, is_valid_files_hash, is_valid_tag, is_valid_template_name, split_tag};
 use crate::time::rfc3339;
 
 /// Defaults of E2B's build request.
@@ -103,36 +104,6 @@ fn internal(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
-fn valid_hash(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 128 && h.chars().all(|c| c.is_ascii_hexdigit())
-}
-
-fn valid_name(n: &str) -> bool {
-    soulbox_runtime::template::check_name(n).is_ok() && !is_internal_template(n)
-}
-
-/// Tags: the characters of template names, at most 64.
-fn valid_tag(t: &str) -> bool {
-    soulbox_runtime::template::check_name(t).is_ok()
-}
-
-/// The runtime template a successful build is registered as (tags point at it).
-pub fn build_template_name(build_id: &str) -> String {
-    format!("sbb-{build_id}")
-}
-
-/// Runtime templates that are not user templates: builds (`sbb-`) and build steps (`sbbuild-`).
-pub fn is_internal_template(name: &str) -> bool {
-    name.starts_with("sbb-") || name.starts_with("sbbuild-")
-}
-
-/// `name` or `name:tag` → (name, tag), the tag `default` when absent.
-pub fn split_tag(full: &str) -> (&str, &str) {
-    match full.split_once(':') {
-        Some((n, t)) => (n, t),
-        None => (full, "default"),
-    }
-}
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -159,7 +130,7 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
     }
     let Some(full) = req.name.or(req.alias) else { return error(StatusCode::BAD_REQUEST, "name is required") };
     let name = full.split_once(':').map_or(full.as_str(), |(n, _)| n).to_string();
-    if !valid_name(&name) {
+    if !is_valid_template_name(&name) {
         return error(StatusCode::BAD_REQUEST, format!("invalid template name '{name}': use letters, digits, '-', '_' and '.'"));
     }
     // The tag in the name plus `tags`; `default` when neither names one.
@@ -169,7 +140,7 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
     }
     let mut seen = std::collections::HashSet::new();
     tags.retain(|t| seen.insert(t.clone()));
-    if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
+    if let Some(bad) = tags.iter().find(|t| !is_valid_tag(t)) {
         return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
     }
     let cpu = req.cpu_count.unwrap_or(DEFAULT_CPU);
@@ -180,7 +151,7 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
     if let Err(r) = access::check_not_a_server_template(&state, &name).await {
         return r;
     }
-    let build_id = uuid_like();
+    let build_id = crate::ids::uuid_like();
     if let Err(e) = state.lifecycle.store().create_template_build(&caller.team_id, &name, &build_id, cpu, mem, &tags).await {
         return LifecycleError::from(e).into_response();
     }
@@ -195,11 +166,6 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
         .into_response()
 }
 
-/// A random UUID-shaped id (lowercase hex), as E2B's build ids.
-fn uuid_like() -> String {
-    let t = crate::ids::access_token();
-    format!("{}-{}-{}-{}-{}", &t[0..8], &t[8..12], &t[12..16], &t[16..20], &t[20..32])
-}
 
 async fn file_link(
     State(state): State<ApiState>,
@@ -207,7 +173,7 @@ async fn file_link(
     Path((id, hash)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if !valid_hash(&hash) {
+    if !is_valid_files_hash(&hash) {
         return error(StatusCode::BAD_REQUEST, "invalid files hash");
     }
     if let Err(r) = own_template(&state, &caller, &id).await {
@@ -248,7 +214,7 @@ async fn upload(
     };
     let expected = upload_token(&team, &id, &hash);
     let ok = !team.is_empty() && q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
-    if !ok || !valid_hash(&hash) || !valid_name(&id) {
+    if !ok || !is_valid_files_hash(&hash) || !is_valid_template_name(&id) {
         return error(StatusCode::FORBIDDEN, "invalid upload token");
     }
     let max = limit.map(|l| l.0).unwrap_or_default().0;
@@ -595,7 +561,7 @@ async fn delete_template(State(state): State<ApiState>, Extension(caller): Exten
     if id == "base" {
         return error(StatusCode::BAD_REQUEST, "the base template cannot be deleted");
     }
-    if !valid_name(&id) {
+    if !is_valid_template_name(&id) {
         return error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
     }
     // A team deletes its own templates; a server template (no record, public) only the admin.
@@ -652,7 +618,7 @@ async fn assign_tags(State(state): State<ApiState>, Extension(caller): Extension
     if req.tags.is_empty() {
         return error(StatusCode::BAD_REQUEST, "tags must not be empty");
     }
-    if let Some(bad) = req.tags.iter().find(|t| !valid_tag(t)) {
+    if let Some(bad) = req.tags.iter().find(|t| !is_valid_tag(t)) {
         return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
     }
     let (name, tag) = split_tag(&req.target);

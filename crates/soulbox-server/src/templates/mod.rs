@@ -118,7 +118,7 @@ impl BaseAccess {
         match self {
             BaseAccess::Any => true,
             BaseAccess::Team { hidden, tag_build } => {
-                if api::is_internal_template(template) {
+                if crate::names::is_internal_template(template) {
                     tag_build.as_deref() == Some(template)
                 } else {
                     !hidden.contains(template)

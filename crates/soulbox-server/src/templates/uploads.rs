@@ -117,7 +117,7 @@ impl Uploads {
             .enumerate()
             .filter(|(_, s)| s.kind == "COPY");
         for (i, step) in copies {
-            let Some(hash) = step.files_hash.clone().filter(|h| is_hash(h)) else {
+            let Some(hash) = step.files_hash.clone().filter(|h| crate::names::is_valid_files_hash(h)) else {
                 continue;
             };
             let archive = self.path(template, &hash);
@@ -193,10 +193,6 @@ async fn write_then_place(
     }
 }
 
-/// A files hash as it may name a file: hex, at most 128 characters.
-fn is_hash(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 128 && h.chars().all(|c| c.is_ascii_hexdigit())
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
