@@ -1,5 +1,6 @@
 //! The SoulBox control plane: E2B-compatible REST API, sandbox proxy, lifecycle, store and the `soulbox` command.
 
+pub mod builds;
 pub mod config;
 pub mod deadlines;
 pub mod egress;

@@ -75,7 +75,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(90),
             max_proxy_body_bytes: 10 << 30,
-            max_upload_bytes: 4 << 30,
+            max_upload_bytes: crate::api::templates::DEFAULT_MAX_UPLOAD_BYTES,
             shutdown_grace: Duration::from_secs(10),
         }
     }

@@ -17,7 +17,7 @@ use crate::local_node::LocalNode;
 use crate::metrics::{self, MetricsStore};
 use crate::proxy::{self, Proxy};
 use crate::serve::{self, HttpSettings};
-use crate::templates::api::UploadLimit;
+use crate::api::templates::UploadLimit;
 use crate::store::Store;
 
 #[derive(Clone)]

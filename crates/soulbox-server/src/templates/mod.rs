@@ -11,16 +11,11 @@
 //! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
 //! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
-//! - [`api`]: E2B's template endpoints plus the live log stream; builds and logs live in the store.
-//! - [`build_log`]: a build's stored log, bounded; [`uploads`]: COPY context uploads, stored and verified.
+//!
+//! E2B's template endpoints are in `api/templates`; running a build for the API (its log, uploads) in `builds`.
 
-pub mod access;
-#[cfg(test)]
-mod access_tests;
-pub mod api;
 pub mod base;
 pub mod bootstrap;
-pub mod build_log;
 pub mod egress;
 pub mod engine;
 pub mod envd;
@@ -30,7 +25,6 @@ pub mod registry;
 pub mod source;
 /// Layer unpacking lives in its own crate (fuzzed on its own); here under its old name.
 pub use soulbox_layer as unpack;
-pub mod uploads;
 
 use std::path::PathBuf;
 use std::sync::Arc;
