@@ -25,6 +25,7 @@ mod serve_tests;
 pub mod server;
 pub mod signed_routing;
 pub mod store;
+pub mod stream_cut;
 pub mod templates;
 pub mod time;
 pub mod api;

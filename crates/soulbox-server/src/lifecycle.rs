@@ -4,17 +4,17 @@
 //! is ordered so that a failure leaves no partial state: a sandbox is recorded only after its node started it,
 //! and a node-side sandbox whose record could not be written is killed again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use soulbox_protocol::api::SandboxState;
-use tokio_util::sync::CancellationToken;
 
 use crate::deadlines::Deadlines;
 use crate::ids;
 use crate::cluster::{NodeSet, Requirements, SingleNode};
 use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::stream_cut::StreamCuts;
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 
 mod teams;
@@ -127,11 +127,9 @@ pub struct Lifecycle {
     template_node: Arc<dyn Node>,
     deadlines: Deadlines,
     config: LifecycleConfig,
-    /// Cancelled when a sandbox stops serving (kill, pause): the proxy cuts its open streams on it.
-    live: Mutex<HashMap<String, CancellationToken>>,
-    /// Sandboxes being killed or paused: from the moment their streams are cut until the operation ends, the
-    /// proxy answers "not found" for them (their record still says running, but envd is going away).
-    stopping: Mutex<HashSet<String>>,
+    /// Cut when a sandbox stops serving (kill, pause): the proxy ends its open streams on it, and answers "not
+    /// found" for it while it is being stopped.
+    streams: StreamCuts,
     /// Names this process in sandbox claims (random per start: a restarted replica is a new claimer).
     replica_id: String,
 }
@@ -159,8 +157,7 @@ impl Lifecycle {
             template_node,
             deadlines,
             config,
-            live: Mutex::default(),
-            stopping: Mutex::default(),
+            streams: StreamCuts::default(),
             replica_id,
         });
         for record in lifecycle.store.list_sandboxes().await? {
@@ -238,10 +235,10 @@ impl Lifecycle {
     /// Drops a sandbox the control plane can no longer reach (its node was lost or removed, or it reported
     /// the sandbox gone): no node call, streams cut, timer cancelled, record deleted — it answers 404 from now on.
     pub async fn forget(&self, id: &str, reason: &str) -> Result<()> {
-        self.stop_serving(id);
+        self.streams.stop(id);
         self.deadlines.cancel(id);
         let deleted = self.store.delete_sandbox(id).await;
-        self.done_stopping(id);
+        self.streams.done_stopping(id);
         if deleted? {
             tracing::warn!(sandbox = %id, reason, "sandbox lost");
         }
@@ -266,33 +263,10 @@ impl Lifecycle {
         &self.config
     }
 
-    /// A token cancelled when the sandbox stops serving traffic.
-    pub fn liveness(&self, id: &str) -> CancellationToken {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.entry(id.to_owned()).or_default().clone()
-    }
-
-    /// The liveness token for proxying to a sandbox, or `None` while it is being killed or paused (the proxy then
-    /// answers "not found" instead of trying an envd that is going away).
-    pub fn serving(&self, id: &str) -> Option<CancellationToken> {
-        // Token first, then the check: `stop_serving` marks before it cancels, so a token handed out here is
-        // either cancelled by it or refused by the check.
-        let token = self.liveness(id);
-        let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
-        (!stopping).then_some(token)
-    }
-
-    /// Marks the sandbox as stopping and cuts its open streams. Undo with `done_stopping`.
-    fn stop_serving(&self, id: &str) {
-        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
-        let token = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        if let Some(token) = token {
-            token.cancel();
-        }
-    }
-
-    fn done_stopping(&self, id: &str) {
-        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    /// The sandboxes' live streams: the proxy takes its tokens here (`serving`: `None` while a sandbox is
+    /// being killed or paused, so it answers "not found" instead of trying an envd that is going away).
+    pub fn streams(&self) -> &StreamCuts {
+        &self.streams
     }
 
     fn check_timeout(&self, timeout_s: i32) -> Result<()> {
@@ -498,9 +472,9 @@ impl Lifecycle {
         if record.state == SandboxState::Paused {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         }
-        self.stop_serving(id);
+        self.streams.stop(id);
         let result = self.pause_running(&record, keep_memory).await;
-        self.done_stopping(id);
+        self.streams.done_stopping(id);
         result
     }
 
@@ -526,7 +500,7 @@ impl Lifecycle {
     /// `gone_is_done`, a sandbox its node no longer has only needs the record deleted.
     async fn remove(&self, record: &SandboxRecord, gone_is_done: bool, what: &str) -> Result<()> {
         let id = record.id.as_str();
-        self.stop_serving(id);
+        self.streams.stop(id);
         self.deadlines.cancel(id);
         let result = async {
             match self.kill_on_node(record).await {
@@ -537,7 +511,7 @@ impl Lifecycle {
             Ok(())
         }
         .await;
-        self.done_stopping(id);
+        self.streams.done_stopping(id);
         if result.is_ok() {
             tracing::info!(sandbox = %id, "{what}");
         }
@@ -611,9 +585,9 @@ impl Lifecycle {
         }
         let result = if record.auto_pause {
             tracing::info!(sandbox = %id, "timeout reached: pausing");
-            self.stop_serving(id);
+            self.streams.stop(id);
             let paused = self.pause_running(&record, record.auto_pause_memory).await;
-            self.done_stopping(id);
+            self.streams.done_stopping(id);
             paused
         } else {
             tracing::info!(sandbox = %id, "timeout reached: killing");
@@ -638,9 +612,9 @@ impl Lifecycle {
             Ok(record) => self.remove(&record, true, "sandbox killed at its timeout").await,
             // Gone already (killed through another replica): only what this process holds for it goes.
             Err(StoreError::NotFound(_)) => {
-                self.stop_serving(id);
+                self.streams.stop(id);
                 self.deadlines.cancel(id);
-                self.done_stopping(id);
+                self.streams.done_stopping(id);
                 Ok(())
             }
             Err(e) => Err(e.into()),

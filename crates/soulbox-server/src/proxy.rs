@@ -197,7 +197,7 @@ impl Proxy {
             },
         };
         // None while the sandbox is being killed or paused: its envd is going away.
-        let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
+        let Some(liveness) = self.lifecycle.streams().serving(&record.id) else { return not_found(&record.id) };
         let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
             // The node says where the sandbox is (not the record): a sandbox that died or was removed there gets
             // no traffic, even while a record still names its old address.

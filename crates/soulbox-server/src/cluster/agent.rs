@@ -18,12 +18,12 @@ use axum::routing::{get, post};
 use http::StatusCode;
 use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
 
 use super::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
 use crate::proxy::{self, Upstream};
+use crate::stream_cut::StreamCuts;
 
 /// A sandbox created less recently than this is reported in heartbeats (younger ones may not be recorded by the
 /// control plane yet, and would look unknown to it).
@@ -50,7 +50,7 @@ pub struct Agent {
     config: AgentConfig,
     secret: String,
     /// Cancelled when a sandbox stops serving here (kill, pause): the agent's proxy cuts its open streams.
-    live: Mutex<HashMap<String, CancellationToken>>,
+    streams: StreamCuts,
     created: Mutex<HashMap<String, Instant>>,
     last_error: Mutex<Option<(Instant, String)>>,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, axum::body::Body>,
@@ -62,7 +62,7 @@ impl Agent {
             node,
             config,
             secret: crate::ids::access_token(),
-            live: Mutex::default(),
+            streams: StreamCuts::default(),
             created: Mutex::default(),
             last_error: Mutex::default(),
             client: proxy::http_client(),
@@ -80,15 +80,6 @@ impl Agent {
         result
     }
 
-    fn cut_streams(&self, id: &str) {
-        if let Some(token) = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
-            token.cancel();
-        }
-    }
-
-    fn liveness(&self, id: &str) -> CancellationToken {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default().clone()
-    }
 
     /// The runtime's own report plus the agent's: recent runtime errors make the node Degraded.
     pub async fn info(&self) -> NodeInfo {
@@ -154,7 +145,7 @@ impl Agent {
         let answer: HeartbeatResponse = response.json().await.map_err(|e| format!("{url}: {e}"))?;
         for id in &answer.kill {
             tracing::info!(sandbox = %id, "reconcile: the control plane no longer knows this sandbox, killing it");
-            self.cut_streams(id);
+            self.streams.cut(id);
             if let Err(e) = self.note(self.node.kill(id).await) {
                 tracing::warn!(sandbox = %id, error = %e, "reconcile: kill failed");
             }
@@ -243,7 +234,7 @@ async fn create(State(agent): State<Arc<Agent>>, Json(spec): Json<SandboxSpec>) 
 }
 
 async fn kill(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
-    agent.cut_streams(&id);
+    agent.streams.cut(&id);
     match agent.note(agent.node.kill(&id).await) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
@@ -251,7 +242,7 @@ async fn kill(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Respon
 }
 
 async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Json(req): Json<PauseRequest>) -> Response {
-    agent.cut_streams(&id);
+    agent.streams.cut(&id);
     match agent.note(agent.node.pause(&id, req.keep_memory).await) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
@@ -282,7 +273,7 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
         _ => None,
     };
     let Some(ip) = running else { return proxy::not_found(&id) };
-    let liveness = agent.liveness(&id);
+    let liveness = agent.streams.token(&id);
     let envd_secret = if port == ENVD_PORT { agent.node.envd_secret(&id) } else { None };
     let upstream =
         Upstream { authority: format!("{ip}:{port}"), headers: http::HeaderMap::new(), sandbox_id: id, port, envd_secret };
