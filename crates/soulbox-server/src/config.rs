@@ -85,42 +85,6 @@ pub struct TemplatesConfig {
     pub host_source_dirs: Vec<PathBuf>,
 }
 
-impl TemplatesConfig {
-    /// The build engine's configuration: SoulBox's default rewrites overridden by the configured ones.
-    pub fn engine_config(&self, debian_mirror: &str) -> crate::templates::engine::EngineConfig {
-        let mut rewrites = crate::templates::source::Rewrites::with_defaults();
-        rewrites.map.extend(self.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let registries = crate::templates::registry::RegistrySettings {
-            insecure: self.insecure_registries.clone(),
-            auth: self.registry_auth.clone(),
-            private_hosts: self.registry_private_hosts.iter().cloned().chain(self.rewrite_target_hosts()).collect(),
-        };
-        let mut engine = crate::templates::engine::EngineConfig::new(
-            rewrites,
-            registries,
-            crate::templates::bootstrap::BootstrapConfig::new(debian_mirror.to_string()),
-        );
-        engine.host_source_dirs = crate::templates::host_path::HostSourceDirs::new(self.host_source_dirs.iter().cloned());
-        engine
-    }
-}
-
-impl TemplatesConfig {
-    /// Registry hosts the rewrites point at (a mirror host, or the registry of a target reference): the
-    /// administrator named them, so pulls may reach them at private addresses.
-    fn rewrite_target_hosts(&self) -> Vec<String> {
-        let is_scheme = |v: &str| ["template:", "oci-archive:", "rootfs:", "bootstrap:"].iter().any(|s| v.starts_with(s));
-        self.image_rewrites
-            .values()
-            .filter(|v| !is_scheme(v))
-            .filter_map(|v| match v.contains('/') {
-                true => crate::templates::source::ImageRef::parse(v).ok().map(|r| r.registry),
-                false => Some(v.clone()),
-            })
-            .collect()
-    }
-}
-
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
@@ -166,7 +130,7 @@ pub struct ServerConfig {
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+pub use crate::templates::bootstrap::DEFAULT_MIRROR;
 
 /// Where the static envd is looked for when not configured: next to the `soulbox` binary, then the
 /// workspace's static build output.
@@ -197,26 +161,6 @@ mod tests {
         assert_eq!((c.user_namespaces, c.userns_base), (Some(false), Some(0x2000_0000)));
         assert_eq!(parse_cidr("10.77.0.0/16").unwrap().1, 16);
         assert!(parse_cidr("10.77.0.0").is_err());
-    }
-
-    #[test]
-    fn templates_section_merges_rewrites_over_the_defaults() {
-        let c: FileConfig = toml::from_str(
-            "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\nregistry_private_hosts = [\"blobs.lan\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n\"alpine\" = \"rewrite.lan:5001/alpine:3\"\n\"py\" = \"oci-archive:/srv/py.tar\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
-        )
-        .unwrap();
-        let engine = c.templates.unwrap().engine_config(DEFAULT_MIRROR);
-        assert_eq!(engine.image_rewrites.map.get("e2bdev/base").map(String::as_str), Some("template:base"));
-        assert_eq!(engine.image_rewrites.map.get("docker.io").map(String::as_str), Some("mirror.lan:5000"));
-        assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);
-        assert!(engine.registries.auth.contains_key("ghcr.io"));
-        // Every host the config names may be reached at a private address; nothing else.
-        let policy = engine.registries.egress_policy();
-        for named in [("mirror.lan", 5000), ("ghcr.io", 443), ("rewrite.lan", 5001), ("blobs.lan", 9000)] {
-            assert!(policy.names(named.0, named.1), "{named:?}");
-        }
-        assert!(!policy.names("other.lan", 5000));
-        assert!(toml::from_str::<FileConfig>("[templates]\nmirrors = 1\n").is_err());
     }
 
     #[test]

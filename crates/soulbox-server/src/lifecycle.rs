@@ -13,7 +13,7 @@ use soulbox_protocol::api::SandboxState;
 use crate::deadlines::Deadlines;
 use crate::ids;
 use crate::cluster::{NodeSet, Requirements, SingleNode};
-use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, TemplateInfo};
 use crate::stream_cut::StreamCuts;
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 
@@ -226,10 +226,6 @@ impl Lifecycle {
     pub async fn sandbox_logs(&self, team_id: &str, id: &str, query: LogQuery) -> Result<Vec<LogLine>> {
         let record = self.team_sandbox(team_id, id).await?;
         Ok(self.node_of(&record).await?.logs(id, query).await?)
-    }
-
-    pub async fn sandbox_stats(&self, record: &SandboxRecord) -> Result<SandboxStats> {
-        Ok(self.node_of(record).await?.stats(&record.id).await?)
     }
 
     /// Drops a sandbox the control plane can no longer reach (its node was lost or removed, or it reported

@@ -539,10 +539,10 @@ async fn registry_basic_auth_from_the_config() {
         registry_auth: toml::from_str(&format!("[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n", reg.addr)).unwrap(),
         ..Default::default()
     };
-    let wrong = registry::pull(&store, &cfg("nope").engine_config(soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.unwrap_err();
+    let wrong = registry::pull(&store, &soulbox_server::node_setup::engine_config(&cfg("nope"), soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.unwrap_err();
     assert!(!wrong.to_string().contains("nope"), "no secret in errors: {wrong}");
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_none());
-    let pulled = registry::pull(&store, &cfg("s3cret").engine_config(soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
+    let pulled = registry::pull(&store, &soulbox_server::node_setup::engine_config(&cfg("s3cret"), soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
     assert_eq!(pulled.layers.len(), 2);
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_some());
     drop(reg);
@@ -587,7 +587,7 @@ async fn a_loopback_registry_not_named_in_the_config_is_refused() {
     assert!(requests(&log) > requests(&log_after), "the log counts requests, so the check above means something:\n{log}");
     let rewrite: soulbox_server::config::TemplatesConfig =
         toml::from_str(&format!("[image_rewrites]\n\"docker.io\" = \"{}\"\n", reg.addr)).unwrap();
-    let via_rewrite = rewrite.engine_config(soulbox_server::config::DEFAULT_MIRROR).registries;
+    let via_rewrite = soulbox_server::node_setup::engine_config(&rewrite, soulbox_server::config::DEFAULT_MIRROR).registries;
     let again = registry::pull(&store, &via_rewrite, &image_ref, &quiet).await.expect("pull from a rewrite target");
     assert_eq!(again.layers, pulled.layers);
     drop(reg);

@@ -17,11 +17,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::StatusCode;
-use soulbox_protocol::api::ApiError;
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::MetricsStore;
 use crate::store::Caller;
+pub use crate::reply::error;
 
 /// Everything the API handlers share.
 #[derive(Clone)]
@@ -159,11 +159,6 @@ fn refuse_unread(request: &Request, status: StatusCode, message: &str) -> Respon
     response
 }
 
-/// An E2B error response: `{"code": <status>, "message": ...}`.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = ApiError { code: status.as_u16(), message: message.into(), error_code: None };
-    (status, axum::Json(body)).into_response()
-}
 
 impl IntoResponse for LifecycleError {
     fn into_response(self) -> Response {

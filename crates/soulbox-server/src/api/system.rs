@@ -170,14 +170,14 @@ pub async fn heartbeat(State(state): State<ApiState>, headers: http::HeaderMap, 
         return super::error(StatusCode::NOT_FOUND, "this server is not in cluster mode (no node_token configured)");
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !crate::cluster::control::token_matches(&registry.config().node_token, authorization) {
+    if !crate::cluster::wire::token_matches(&registry.config().node_token, authorization) {
         return super::error(StatusCode::UNAUTHORIZED, "invalid node token");
     }
     let request: crate::cluster::wire::HeartbeatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return super::error(StatusCode::BAD_REQUEST, format!("invalid heartbeat: {e}")),
     };
-    match crate::cluster::control::heartbeat(&state.lifecycle, registry, request).await {
+    match crate::cluster_control::heartbeat(&state.lifecycle, registry, request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => LifecycleError::from(e).into_response(),
     }

@@ -89,9 +89,12 @@ impl BootstrapConfig {
     }
 }
 
+/// Debian's mirror, unless configured otherwise.
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
 impl Default for BootstrapConfig {
     fn default() -> Self {
-        BootstrapConfig::new(crate::config::DEFAULT_MIRROR)
+        BootstrapConfig::new(DEFAULT_MIRROR)
     }
 }
 

@@ -44,16 +44,13 @@ use crate::store::Caller;
 const DEFAULT_CPU: i32 = 2;
 const DEFAULT_MEMORY_MB: i32 = 1024;
 
-/// The default of `[http] max_upload_mb`: 4 GiB.
-pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4 << 30;
-
 /// Largest upload of a COPY context (`[http] max_upload_mb`), set on the router by `server::app_with`.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadLimit(pub u64);
 
 impl Default for UploadLimit {
     fn default() -> Self {
-        UploadLimit(DEFAULT_MAX_UPLOAD_BYTES)
+        UploadLimit(crate::serve::DEFAULT_MAX_UPLOAD_BYTES)
     }
 }
 

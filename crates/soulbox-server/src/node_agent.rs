@@ -19,7 +19,7 @@ use http::StatusCode;
 use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
-use super::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
+use crate::cluster::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
 use crate::proxy::{self, Upstream};
@@ -156,7 +156,7 @@ impl Agent {
 
 /// Heartbeats forever (first one at once). Failures are logged and retried at the next beat.
 pub async fn heartbeat_loop(agent: Arc<Agent>) {
-    let http = super::remote::RemoteNode::http_client();
+    let http = crate::cluster::remote::RemoteNode::http_client();
     let mut tick = tokio::time::interval(agent.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Result<NodeStatus, String>> = None;
@@ -199,7 +199,7 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
 async fn require_secret(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !bool::from(presented.ct_eq(agent.secret.as_bytes())) {
-        return crate::api::error(StatusCode::UNAUTHORIZED, "this is a SoulBox node agent: only its control plane may call it");
+        return crate::reply::error(StatusCode::UNAUTHORIZED, "this is a SoulBox node agent: only its control plane may call it");
     }
     next.run(request).await
 }
@@ -266,7 +266,7 @@ async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Query(que
 /// which must be running on this node.
 async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Response {
     let Some((id, port)) = crate::names::sandbox_route(request.headers()) else {
-        return crate::api::error(StatusCode::NOT_FOUND, "no such route");
+        return crate::reply::error(StatusCode::NOT_FOUND, "no such route");
     };
     let running = match agent.node.runtime().info(&id).await {
         Ok(info) if info.status == soulbox_runtime::Status::Running => info.ip,
@@ -332,12 +332,12 @@ pub struct NodeSettings {
 /// restarted agent comes back as the same node and its sandboxes are reconciled, not orphaned).
 pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Result<String> {
     if let Some(id) = wanted {
-        anyhow::ensure!(super::control::valid_node_id(&id), "invalid node id {id:?}: use [a-z0-9-], at most 63 characters");
+        anyhow::ensure!(crate::cluster::wire::valid_node_id(&id), "invalid node id {id:?}: use [a-z0-9-], at most 63 characters");
         return Ok(id);
     }
     let path = data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(id) if super::control::valid_node_id(id.trim()) => Ok(id.trim().to_owned()),
+        Ok(id) if crate::cluster::wire::valid_node_id(id.trim()) => Ok(id.trim().to_owned()),
         _ => {
             let id = format!("node-{}", &crate::ids::access_token()[..8]);
             std::fs::create_dir_all(data_dir)?;
@@ -351,21 +351,19 @@ pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Re
 pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
-    runtime_config.store_dir = settings.template_dir.clone();
-    runtime_config.runtime_bin = settings.runtime.clone();
-    runtime_config.envd_path = std::fs::canonicalize(&settings.envd_path)
-        .with_context(|| format!("the static envd binary {} is missing", settings.envd_path.display()))?;
-    runtime_config.pool_size = settings.warm_pool;
-    runtime_config.prefix = settings.prefix.clone();
-    runtime_config.user_namespaces = settings.user_namespaces;
-    if let Some(base) = settings.userns_base {
-        runtime_config.userns_base = base;
-    }
-    let (pool_net, pool_len) = crate::config::parse_cidr(&settings.network_pool)?;
-    runtime_config.pool_net = pool_net;
-    runtime_config.pool_prefix_len = pool_len;
-    runtime_config.allow_private_egress = settings.allow_private_egress;
+    let runtime_config = crate::node_setup::runtime_config(crate::node_setup::RuntimeSettings {
+        data_dir: &settings.data_dir,
+        template_dir: settings.template_dir.clone(),
+        runtime: settings.runtime.clone(),
+        envd_path: &settings.envd_path,
+        warm_pool: settings.warm_pool,
+        default_disk_mb: None,
+        prefix: settings.prefix.clone(),
+        user_namespaces: settings.user_namespaces,
+        userns_base: settings.userns_base,
+        network_pool: &settings.network_pool,
+        allow_private_egress: settings.allow_private_egress,
+    })?;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
     if let Err(e) = runtime.store().ensure_base_template(&settings.debian_mirror).await {
