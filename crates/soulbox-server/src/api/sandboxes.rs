@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{
-    ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxDetail, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
+    ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxLog, SandboxLogEntry, SandboxLogs, SandboxDetail, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
     SandboxTimeoutRequest, Lifecycle as ApiLifecycle, OnTimeout, SandboxNetworkConfig,
 };
 
@@ -370,13 +370,17 @@ pub async fn logs(State(state): State<ApiState>, Extension(caller): Extension<Ca
     };
     match state.lifecycle.sandbox_logs(&caller.team_id, &id, LogQuery { start_ms, limit }).await {
         Ok(lines) => {
-            let logs: Vec<_> =
-                lines.iter().map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "line": l.line })).collect();
-            let entries: Vec<_> = lines
+            let logs = lines.iter().map(|l| SandboxLog { line: l.line.clone(), timestamp: rfc3339(l.unix_ms) }).collect();
+            let log_entries = lines
                 .iter()
-                .map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "level": "info", "message": l.line, "fields": {} }))
+                .map(|l| SandboxLogEntry {
+                    fields: Default::default(),
+                    level: "info".into(),
+                    message: l.line.clone(),
+                    timestamp: rfc3339(l.unix_ms),
+                })
                 .collect();
-            Json(serde_json::json!({ "logs": logs, "logEntries": entries })).into_response()
+            Json(SandboxLogs { log_entries, logs }).into_response()
         }
         Err(e) => e.into_response(),
     }

@@ -10,6 +10,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{StatusCode, header};
 use serde::Deserialize;
+use soulbox_protocol::api::{
+    BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel, TemplateBuildInfo,
+};
 
 use super::access::{base_access, own_build};
 use super::internal;
@@ -81,12 +84,22 @@ pub(super) async fn start_build(
     StatusCode::ACCEPTED.into_response()
 }
 
-fn entry_json(r: &BuildLogRecord) -> serde_json::Value {
-    let mut v = serde_json::json!({"timestamp": rfc3339(r.unix_ms), "level": r.level, "message": r.message});
-    if let Some(s) = &r.step {
-        v["step"] = s.clone().into();
-    }
-    v
+fn log_entry(r: &BuildLogRecord) -> BuildLogEntry {
+    let level = match r.level.as_str() {
+        "debug" => LogLevel::Debug,
+        "warn" => LogLevel::Warn,
+        "error" => LogLevel::Error,
+        _ => LogLevel::Info,
+    };
+    BuildLogEntry { level, message: r.message.clone(), step: r.step.clone(), timestamp: rfc3339(r.unix_ms) }
+}
+
+/// A stored build status (`waiting`, `building`, `ready`, `error`).
+fn build_status_of(stored: &str) -> BuildStatus {
+    BuildStatus::parse(stored).unwrap_or_else(|| {
+        tracing::error!(status = stored, "a build has an unknown stored status");
+        BuildStatus::Error
+    })
 }
 
 #[derive(Deserialize)]
@@ -112,21 +125,20 @@ pub(super) async fn build_status(
         Ok(l) => l,
         Err(e) => return internal(e),
     };
-    let mut body = serde_json::json!({
-        "templateID": id,
-        "buildID": build,
-        "status": record.status,
-        "logEntries": logs.iter().map(entry_json).collect::<Vec<_>>(),
-        "logs": logs.iter().map(|l| format!("[{}] {}", rfc3339(l.unix_ms), l.message)).collect::<Vec<_>>(),
+    let status = build_status_of(&record.status);
+    let reason = (status == BuildStatus::Error).then(|| BuildReason {
+        message: Some(record.reason.unwrap_or_else(|| "build failed".into())),
+        step: record.reason_step,
     });
-    if record.status == "error" {
-        let mut reason = serde_json::json!({"message": record.reason.unwrap_or_else(|| "build failed".into())});
-        if let Some(s) = record.reason_step {
-            reason["step"] = s.into();
-        }
-        body["reason"] = reason;
-    }
-    Json(body).into_response()
+    Json(TemplateBuildInfo {
+        build_id: build,
+        log_entries: logs.iter().map(log_entry).collect(),
+        logs: logs.iter().map(|l| format!("[{}] {}", rfc3339(l.unix_ms), l.message)).collect(),
+        reason,
+        status,
+        template_id: id,
+    })
+    .into_response()
 }
 
 /// NDJSON: every stored entry, then the live ones, then the final status line.
@@ -139,19 +151,18 @@ pub(super) async fn stream_logs(
         return r;
     }
     let followed = builds::follow(state.lifecycle.store().clone(), build);
-    let line = |v: serde_json::Value| Ok::<_, Infallible>(Bytes::from(format!("{v}\n")));
     let lines = futures::stream::unfold(followed, move |mut rx| async move {
-        let item = match rx.recv().await? {
-            Followed::Entry(r) => line(entry_json(&r)),
+        let line = match rx.recv().await? {
+            Followed::Entry(r) => BuildStreamLine::Entry(log_entry(&r)),
             Followed::End(b) => {
-                let mut end = serde_json::json!({"status": b.status});
-                if b.status == "error" {
-                    end["reason"] = serde_json::json!({"message": b.reason, "step": b.reason_step});
-                }
-                line(end)
+                let status = build_status_of(&b.status);
+                let reason = (status == BuildStatus::Error).then_some(BuildEndReason { message: b.reason, step: b.reason_step });
+                BuildStreamLine::End(BuildEnd { reason, status })
             }
         };
-        Some((item, rx))
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        Some((Ok::<_, Infallible>(Bytes::from(bytes)), rx))
     });
     ([(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(lines)).into_response()
 }

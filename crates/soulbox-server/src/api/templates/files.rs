@@ -10,6 +10,7 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
+use soulbox_protocol::api::TemplateFilesLink;
 use subtle::ConstantTimeEq;
 
 use super::access::own_template;
@@ -43,7 +44,7 @@ pub(super) async fn file_link(
         return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
     if Uploads::for_team(&dir, &caller.team_id).present(&id, &hash) {
-        return (StatusCode::CREATED, Json(serde_json::json!({"present": true}))).into_response();
+        return (StatusCode::CREATED, Json(TemplateFilesLink { headers: None, present: true, url: None })).into_response();
     }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
     let url = format!(
@@ -51,7 +52,7 @@ pub(super) async fn file_link(
         percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC),
         upload_token(&caller.team_id, &id, &hash)
     );
-    (StatusCode::CREATED, Json(serde_json::json!({"present": false, "url": url}))).into_response()
+    (StatusCode::CREATED, Json(TemplateFilesLink { headers: None, present: false, url: Some(url) })).into_response()
 }
 
 #[derive(Deserialize)]

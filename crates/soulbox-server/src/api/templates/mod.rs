@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use http::StatusCode;
 use serde::Deserialize;
+use soulbox_protocol::api::{TemplateAlias, TemplateBuildRequested};
 
 use self::access::template_not_found;
 use crate::api::{ApiState, error};
@@ -130,10 +131,14 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
     };
     (
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({
-            "templateID": name, "buildID": build_id, "public": false,
-            "names": [name], "tags": tags, "aliases": [name],
-        })),
+        Json(TemplateBuildRequested {
+            aliases: vec![name.clone()],
+            build_id,
+            names: vec![name.clone()],
+            public: false,
+            tags,
+            template_id: name,
+        }),
     )
         .into_response()
 }
@@ -141,7 +146,7 @@ async fn request_build(State(state): State<ApiState>, Extension(caller): Extensi
 
 async fn alias(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(alias): Path<String>) -> Response {
     let (name, tag) = split_tag(&alias);
-    let found = || Json(serde_json::json!({"templateID": name, "public": false})).into_response();
+    let found = || Json(TemplateAlias { public: false, template_id: name.to_owned() }).into_response();
     let store = state.lifecycle.store();
     // Another team's template is not confirmed to exist; the server's own are public.
     match state.lifecycle.template_visible(&caller.team_id, name).await {
@@ -168,7 +173,7 @@ async fn alias(State(state): State<ApiState>, Extension(caller): Extension<Calle
     }
     match state.lifecycle.node().templates().await {
         Ok(list) => match list.iter().find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name)) {
-            Some(t) => Json(serde_json::json!({"templateID": t.template_id, "public": true})).into_response(),
+            Some(t) => Json(TemplateAlias { public: true, template_id: t.template_id.clone() }).into_response(),
             None => error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
         },
         Err(e) => internal(e),

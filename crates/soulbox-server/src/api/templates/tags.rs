@@ -6,6 +6,7 @@ use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
+use soulbox_protocol::api::{AssignedTags, TemplateTag};
 
 use super::access::{own_template, template_not_found};
 use super::internal;
@@ -45,7 +46,7 @@ pub(super) async fn assign_tags(State(state): State<ApiState>, Extension(caller)
     if let Err(m) = builds::point_tags(state.lifecycle.store(), state.lifecycle.node().as_ref(), name, &build, &req.tags).await {
         return internal(m);
     }
-    (StatusCode::CREATED, Json(serde_json::json!({"buildID": build, "tags": req.tags}))).into_response()
+    (StatusCode::CREATED, Json(AssignedTags { build_id: build, tags: req.tags })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -84,7 +85,7 @@ pub(super) async fn list_tags(State(state): State<ApiState>, Extension(caller): 
     match store.tags(&id).await {
         Ok(tags) => Json(
             tags.iter()
-                .map(|t| serde_json::json!({"tag": t.tag, "buildID": t.build_id, "createdAt": rfc3339(t.created_at_ms)}))
+                .map(|t| TemplateTag { build_id: t.build_id.clone(), created_at: rfc3339(t.created_at_ms), tag: t.tag.clone() })
                 .collect::<Vec<_>>(),
         )
         .into_response(),
