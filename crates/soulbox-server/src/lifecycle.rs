@@ -17,6 +17,7 @@ use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, TemplateInfo}
 use crate::stream_cut::StreamCuts;
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 
+mod timeouts;
 mod teams;
 
 #[derive(Debug, Clone)]
@@ -178,23 +179,6 @@ impl Lifecycle {
         });
         tokio::spawn(Self::sweep_deadlines(Arc::downgrade(&lifecycle)));
         Ok(lifecycle)
-    }
-
-    /// Every `deadline_sweep`, arms the wheel with the deadlines the store says are due before the next sweep,
-    /// whichever replica set them. All replicas then fire; the claim in `on_deadline` lets one act.
-    async fn sweep_deadlines(lifecycle: std::sync::Weak<Lifecycle>) {
-        let Some(interval) = lifecycle.upgrade().map(|l| l.config.deadline_sweep) else { return };
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(lifecycle) = lifecycle.upgrade() else { return };
-            let horizon = now_ms() + interval.as_millis() as i64;
-            match lifecycle.store.sandboxes_due(horizon).await {
-                Ok(due) => due.iter().for_each(|record| lifecycle.arm(record)),
-                Err(e) => tracing::warn!(error = %e, "deadline sweep: cannot read the store"),
-            }
-        }
     }
 
     pub fn replica_id(&self) -> &str {
@@ -548,73 +532,6 @@ impl Lifecycle {
             self.arm(&SandboxRecord { end_at_ms: end, ..record });
         }
         Ok(end)
-    }
-
-    /// Schedules the timeout of a running sandbox: at `end` (kill) or `end + grace` (auto-pause).
-    fn arm(&self, record: &SandboxRecord) {
-        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
-        let fire_at = record.end_at_ms + grace_ms;
-        let delay = Duration::from_millis((fire_at - now_ms()).max(0) as u64);
-        self.deadlines.set(&record.id, tokio::time::Instant::now() + delay);
-    }
-
-    async fn on_deadline(&self, id: &str) -> Result<()> {
-        let record = match self.store.get_sandbox(id).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        if record.state != SandboxState::Running {
-            return Ok(());
-        }
-        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
-        if record.end_at_ms + grace_ms > now_ms() {
-            self.arm(&record); // extended meanwhile
-            return Ok(());
-        }
-        // Every replica that knows this deadline fires it; the one whose claim changes the row acts. A claim
-        // that fails because the end moved is fine too: the sweep re-arms the new deadline.
-        let running_at_end = ClaimCondition { state: SandboxState::Running, end_at_ms: Some(record.end_at_ms) };
-        if !self.store.claim_sandbox(id, running_at_end, &self.replica_id, self.lease_ms()).await? {
-            tracing::debug!(sandbox = %id, "timeout claimed elsewhere or the end moved");
-            return Ok(());
-        }
-        let result = if record.auto_pause {
-            tracing::info!(sandbox = %id, "timeout reached: pausing");
-            self.streams.stop(id);
-            let paused = self.pause_running(&record, record.auto_pause_memory).await;
-            self.streams.done_stopping(id);
-            paused
-        } else {
-            tracing::info!(sandbox = %id, "timeout reached: killing");
-            self.expire(id).await
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.release_claim(id).await; // another replica (or our sweep) tries again
-                match e {
-                    LifecycleError::Conflict(_) => Ok(()), // paused through the API meanwhile
-                    other => Err(other),
-                }
-            }
-        }
-    }
-
-    /// The timeout's kill: like `kill`, but a sandbox the node no longer has is only forgotten (a replica that
-    /// died between the node's kill and the delete left exactly that behind).
-    async fn expire(&self, id: &str) -> Result<()> {
-        match self.store.get_sandbox(id).await {
-            Ok(record) => self.remove(&record, true, "sandbox killed at its timeout").await,
-            // Gone already (killed through another replica): only what this process holds for it goes.
-            Err(StoreError::NotFound(_)) => {
-                self.streams.stop(id);
-                self.deadlines.cancel(id);
-                self.streams.done_stopping(id);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Kills the sandbox on its node. A node that cannot be reached kills it when it reconciles (the record is
