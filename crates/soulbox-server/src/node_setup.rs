@@ -30,12 +30,17 @@ pub struct RuntimeSettings<'a> {
 }
 
 /// The runtime's configuration (its state under `<data_dir>/node`).
-pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_runtime::RuntimeConfig> {
+pub fn runtime_config(
+    settings: RuntimeSettings<'_>,
+) -> anyhow::Result<soulbox_runtime::RuntimeConfig> {
     let mut config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
     config.store_dir = settings.template_dir;
     config.runtime_bin = settings.runtime;
     config.envd_path = std::fs::canonicalize(settings.envd_path).with_context(|| {
-        format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", settings.envd_path.display())
+        format!(
+            "the static envd binary {} is missing: build it with scripts/build-envd.sh",
+            settings.envd_path.display()
+        )
     })?;
     config.pool_size = settings.warm_pool;
     if let Some(mb) = settings.default_disk_mb {
@@ -56,13 +61,27 @@ pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_r
 /// The build engine's configuration: SoulBox's default rewrites overridden by the configured ones.
 pub fn engine_config(templates: &TemplatesConfig, debian_mirror: &str) -> EngineConfig {
     let mut rewrites = Rewrites::with_defaults();
-    rewrites.map.extend(templates.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
+    rewrites.map.extend(
+        templates
+            .image_rewrites
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let registries = RegistrySettings {
         insecure: templates.insecure_registries.clone(),
         auth: templates.registry_auth.clone(),
-        private_hosts: templates.registry_private_hosts.iter().cloned().chain(rewrite_target_hosts(templates)).collect(),
+        private_hosts: templates
+            .registry_private_hosts
+            .iter()
+            .cloned()
+            .chain(rewrite_target_hosts(templates))
+            .collect(),
     };
-    let mut engine = EngineConfig::new(rewrites, registries, BootstrapConfig::new(debian_mirror.to_string()));
+    let mut engine = EngineConfig::new(
+        rewrites,
+        registries,
+        BootstrapConfig::new(debian_mirror.to_string()),
+    );
     engine.host_source_dirs = HostSourceDirs::new(templates.host_source_dirs.iter().cloned());
     engine
 }
@@ -70,7 +89,11 @@ pub fn engine_config(templates: &TemplatesConfig, debian_mirror: &str) -> Engine
 /// Registry hosts the rewrites point at (a mirror host, or the registry of a target reference): the
 /// administrator named them, so pulls may reach them at private addresses.
 fn rewrite_target_hosts(templates: &TemplatesConfig) -> Vec<String> {
-    let is_scheme = |v: &str| ["template:", "oci-archive:", "rootfs:", "bootstrap:"].iter().any(|s| v.starts_with(s));
+    let is_scheme = |v: &str| {
+        ["template:", "oci-archive:", "rootfs:", "bootstrap:"]
+            .iter()
+            .any(|s| v.starts_with(s))
+    };
     templates
         .image_rewrites
         .values()
@@ -94,13 +117,35 @@ mod tests {
         )
         .unwrap();
         let engine = engine_config(&c.templates.unwrap(), DEFAULT_MIRROR);
-        assert_eq!(engine.image_rewrites.map.get("e2bdev/base").map(String::as_str), Some("template:base"));
-        assert_eq!(engine.image_rewrites.map.get("docker.io").map(String::as_str), Some("mirror.lan:5000"));
-        assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);
+        assert_eq!(
+            engine
+                .image_rewrites
+                .map
+                .get("e2bdev/base")
+                .map(String::as_str),
+            Some("template:base")
+        );
+        assert_eq!(
+            engine
+                .image_rewrites
+                .map
+                .get("docker.io")
+                .map(String::as_str),
+            Some("mirror.lan:5000")
+        );
+        assert_eq!(
+            engine.registries.insecure,
+            vec!["mirror.lan:5000".to_string()]
+        );
         assert!(engine.registries.auth.contains_key("ghcr.io"));
         // Every host the config names may be reached at a private address; nothing else.
         let policy = engine.registries.egress_policy();
-        for named in [("mirror.lan", 5000), ("ghcr.io", 443), ("rewrite.lan", 5001), ("blobs.lan", 9000)] {
+        for named in [
+            ("mirror.lan", 5000),
+            ("ghcr.io", 443),
+            ("rewrite.lan", 5001),
+            ("blobs.lan", 9000),
+        ] {
             assert!(policy.names(named.0, named.1), "{named:?}");
         }
         assert!(!policy.names("other.lan", 5000));
@@ -126,8 +171,18 @@ mod tests {
             allow_private_egress: false,
         };
         let config = runtime_config(settings(&envd)).unwrap();
-        assert_eq!((config.pool_size, config.default_disk_mb, config.pool_prefix_len), (2, 512, 16));
+        assert_eq!(
+            (
+                config.pool_size,
+                config.default_disk_mb,
+                config.pool_prefix_len
+            ),
+            (2, 512, 16)
+        );
         let missing = runtime_config(settings(&dir.path().join("nope"))).unwrap_err();
-        assert!(format!("{missing:#}").contains("scripts/build-envd.sh"), "{missing:#}");
+        assert!(
+            format!("{missing:#}").contains("scripts/build-envd.sh"),
+            "{missing:#}"
+        );
     }
 }

@@ -23,7 +23,11 @@ struct AssignTags {
 }
 
 /// `POST /templates/tags`: points `tags` at the build `target` (`name:tag`, `name` = `name:default`) names.
-pub(super) async fn assign_tags(State(state): State<ApiState>, Extension(caller): Extension<Caller>, body: axum::body::Bytes) -> Response {
+pub(super) async fn assign_tags(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
     let req: AssignTags = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
@@ -32,7 +36,10 @@ pub(super) async fn assign_tags(State(state): State<ApiState>, Extension(caller)
         return error(StatusCode::BAD_REQUEST, "tags must not be empty");
     }
     if let Some(bad) = req.tags.iter().find(|t| !is_valid_tag(t)) {
-        return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"),
+        );
     }
     let (name, tag) = split_tag(&req.target);
     if own_template(&state, &caller, name).await.is_err() {
@@ -40,13 +47,33 @@ pub(super) async fn assign_tags(State(state): State<ApiState>, Extension(caller)
     }
     let build = match state.lifecycle.store().tag_build(name, tag).await {
         Ok(Some(b)) => b,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("template '{}' not found", req.target)),
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("template '{}' not found", req.target),
+            );
+        }
         Err(e) => return internal(e),
     };
-    if let Err(m) = builds::point_tags(state.lifecycle.store(), state.lifecycle.node().as_ref(), name, &build, &req.tags).await {
+    if let Err(m) = builds::point_tags(
+        state.lifecycle.store(),
+        state.lifecycle.node().as_ref(),
+        name,
+        &build,
+        &req.tags,
+    )
+    .await
+    {
         return internal(m);
     }
-    (StatusCode::CREATED, Json(AssignedTags { build_id: build, tags: req.tags })).into_response()
+    (
+        StatusCode::CREATED,
+        Json(AssignedTags {
+            build_id: build,
+            tags: req.tags,
+        }),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -56,7 +83,11 @@ struct RemoveTags {
 }
 
 /// `DELETE /templates/tags`: removes tags; removing `default` also removes the runtime template `<name>`.
-pub(super) async fn remove_tags(State(state): State<ApiState>, Extension(caller): Extension<Caller>, body: axum::body::Bytes) -> Response {
+pub(super) async fn remove_tags(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
     let req: RemoveTags = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid body: {e}")),
@@ -77,7 +108,11 @@ pub(super) async fn remove_tags(State(state): State<ApiState>, Extension(caller)
 }
 
 /// `GET /templates/{id}/tags` → `[{tag, buildID, createdAt}]`.
-pub(super) async fn list_tags(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+pub(super) async fn list_tags(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     let store = state.lifecycle.store();
     if let Err(r) = own_template(&state, &caller, &id).await {
         return r;
@@ -85,7 +120,11 @@ pub(super) async fn list_tags(State(state): State<ApiState>, Extension(caller): 
     match store.tags(&id).await {
         Ok(tags) => Json(
             tags.iter()
-                .map(|t| TemplateTag { build_id: t.build_id.clone(), created_at: rfc3339(t.created_at_ms), tag: t.tag.clone() })
+                .map(|t| TemplateTag {
+                    build_id: t.build_id.clone(),
+                    created_at: rfc3339(t.created_at_ms),
+                    tag: t.tag.clone(),
+                })
                 .collect::<Vec<_>>(),
         )
         .into_response(),
