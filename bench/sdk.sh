@@ -16,7 +16,7 @@ LOG_DIR="$ROOT/target/sdk-bench"
 PY="$ROOT/tests/compat/.venv-latest/bin/python"
 [ -x "$PY" ] || { echo "no $PY: run tests/compat/run.sh once (it builds the venv)" >&2; exit 1; }
 scripts/build-envd.sh >/dev/null
-cargo build --release -p soulbox-server --bin soulbox -p soulbox --example bench
+cargo build --release -p soulbox-cli --bin soulbox -p soulbox --example bench
 SOULBOX="$ROOT/target/release/soulbox"
 mkdir -p "$DATA_DIR" "$LOG_DIR"
 SERVER_PID=""

@@ -12,7 +12,7 @@ VENV="$ROOT/tests/compat/.venv-latest"
 [ -x "$VENV/bin/python" ] || { echo "missing $VENV: run tests/compat/run.sh once" >&2; exit 1; }
 
 scripts/build-envd.sh >/dev/null
-cargo build --release -p soulbox-server
+cargo build --release -p soulbox-cli
 install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
 mkdir -p "$DATA"
 LOG="$(mktemp)"

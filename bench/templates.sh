@@ -21,7 +21,8 @@ ENVD="${SOULBOX_ENVD:-$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulb
 [ -x "$ENVD" ] || { scripts/build-envd.sh >/dev/null; ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"; }
 flag=(); dir=debug
 if [ "$PROFILE" = release ]; then flag=(--release); dir=release; fi
-cargo build "${flag[@]}" -p soulbox-server --example templates_bench --bin soulbox
+cargo build "${flag[@]}" -p soulbox-templates --example templates_bench
+cargo build "${flag[@]}" -p soulbox-cli --bin soulbox
 BIN="$(mktemp -d)"
 # Copies: a shared target dir may be rebuilt by someone else while this runs.
 cp "$TARGET/$dir/examples/templates_bench" "$TARGET/$dir/soulbox" "$BIN/"

@@ -12,7 +12,7 @@ missing=0
 for tool in runc mmdebstrap nft protoc ip; do command -v "$tool" >/dev/null 2>&1 || missing=1; done
 if [ "$missing" -eq 1 ]; then scripts/install-deps.sh; fi
 scripts/build-envd.sh >/dev/null
-cargo build --release -p soulbox-server
+cargo build --release -p soulbox-cli
 # The server looks for the static agent next to its own binary.
 install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
 exec target/release/soulbox server "$@"

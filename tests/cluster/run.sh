@@ -90,7 +90,7 @@ trap 'exit 130' INT TERM
 
 if [ -z "${SOULBOX_CLUSTER_SKIP_BUILD:-}" ]; then
   log "building soulbox (debug)"
-  (cd "$ROOT" && cargo build -p soulbox-server --bin soulbox)
+  (cd "$ROOT" && cargo build -p soulbox-cli --bin soulbox)
 fi
 [ -x "$BIN" ] || die "no $BIN"
 [ -x "$ENVD" ] || die "no static envd at $ENVD (scripts/build-envd.sh)"

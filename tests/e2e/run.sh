@@ -61,7 +61,7 @@ trap 'exit 130' INT TERM
 
 if [ -z "${SOULBOX_E2E_SKIP_BUILD:-}" ]; then
   log "building the static envd and the server (debug)"
-  (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-server)
+  (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-cli)
 fi
 [ -x "$SOULBOX" ] || die "no $SOULBOX"
 [ -x "$ENVD" ] || die "no $ENVD"

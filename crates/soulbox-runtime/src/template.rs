@@ -219,7 +219,7 @@ impl Store {
     ///
     /// This is the runtime's standalone builder (its tests, bench and `soulbox-runtime template base`).
     /// `soulbox server` builds `base` as an ordinary recipe of its template engine instead
-    /// (`soulbox-server/src/templates/base.rs`); both must give the same properties.
+    /// (`soulbox-templates/src/base.rs`); both must give the same properties.
     pub async fn ensure_base_template(&self, mirror: &str) -> Result<TemplateMeta> {
         let recipe = base_recipe(mirror);
         let recipe_hash = hex(&Sha256::digest(recipe.join("\n").as_bytes()));

@@ -51,39 +51,8 @@ pub struct FileConfig {
     pub default_disk_mb: Option<u64>,
 }
 
-/// The `[templates]` section:
-///
-/// ```toml
-/// [templates]
-/// insecure_registries = ["mirror.lan:5000"]     # plain HTTP (loopback hosts always are)
-/// registry_private_hosts = ["blobs.lan:9000"]   # more hosts pulls may reach at private addresses
-/// host_source_dirs = ["/srv/images"]            # where a caller's rootfs:/oci-archive: paths may be
-/// [templates.image_rewrites]                    # merged over the defaults (`e2bdev/base` = "template:base")
-/// "python:3.12" = "oci-archive:/srv/images/python-3.12.tar"
-/// "docker.io" = "mirror.lan:5000"                # a registry host → a mirror host
-/// [templates.registry_auth."ghcr.io"]
-/// username = "me"
-/// password = "…"                                # or: token = "…" (bearer)
-/// ```
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TemplatesConfig {
-    #[serde(default)]
-    pub image_rewrites: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    pub insecure_registries: Vec<String>,
-    #[serde(default)]
-    pub registry_auth: std::collections::BTreeMap<String, crate::templates::registry::RegistryCredential>,
-    /// Hosts (`host` or `host:port`) registry pulls may reach at loopback, link-local or private addresses, besides
-    /// those named in `insecure_registries`, `registry_auth` and `image_rewrites` targets (e.g. the blob store a
-    /// private registry redirects to). Any other non-public address is refused, redirects included.
-    #[serde(default)]
-    pub registry_private_hosts: Vec<String>,
-    /// Directories a caller's `rootfs:<path>` / `oci-archive:<path>` base must be inside (none by default: no
-    /// caller can name a host path). Paths in `image_rewrites` targets are the administrator's and not limited.
-    #[serde(default)]
-    pub host_source_dirs: Vec<PathBuf>,
-}
+/// The `[templates]` section lives with the engine it configures.
+pub use soulbox_templates::config::TemplatesConfig;
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -130,7 +99,8 @@ pub struct ServerConfig {
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);
-pub use crate::templates::bootstrap::DEFAULT_MIRROR;
+/// The Debian mirror `bootstrap:` bases and the `base` template are made from.
+pub use soulbox_templates::bootstrap::DEFAULT_MIRROR;
 
 /// Where the static envd is looked for when not configured: next to the `soulbox` binary, then the
 /// workspace's static build output.

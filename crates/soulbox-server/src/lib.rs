@@ -31,7 +31,6 @@ pub mod server;
 pub mod signed_routing;
 pub mod store;
 pub mod stream_cut;
-pub mod templates;
 pub mod time;
 pub mod api;
 pub mod cluster;

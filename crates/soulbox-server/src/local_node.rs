@@ -16,7 +16,7 @@ pub struct LocalNode {
     runtime: Runtime,
     node_id: String,
     templates_dir: PathBuf,
-    engine: crate::templates::engine::Engine,
+    engine: soulbox_templates::engine::Engine,
 }
 
 impl LocalNode {
@@ -25,16 +25,16 @@ impl LocalNode {
     }
 
     /// With the template build engine's configuration (image rewrites, registries) from the server config.
-    pub fn with_engine_config(runtime: Runtime, node_id: impl Into<String>, engine: crate::templates::engine::EngineConfig) -> LocalNode {
+    pub fn with_engine_config(runtime: Runtime, node_id: impl Into<String>, engine: soulbox_templates::engine::EngineConfig) -> LocalNode {
         let templates_dir = runtime.config().store_dir().join("templates");
-        let engine = crate::templates::engine::Engine::new(runtime.clone(), engine);
+        let engine = soulbox_templates::engine::Engine::new(runtime.clone(), engine);
         LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
     }
 
     /// Builds the `base` template through the engine (cached after the first start), its log on stderr.
-    pub async fn ensure_base_template(&self) -> Result<std::time::Duration, crate::templates::BuildFailure> {
+    pub async fn ensure_base_template(&self) -> Result<std::time::Duration, soulbox_templates::BuildFailure> {
         let files_dir = self.runtime.config().store_dir().join("uploads");
-        crate::templates::base::ensure_base(&self.engine, files_dir, crate::templates::base::stderr_log()).await
+        soulbox_templates::base::ensure_base(&self.engine, files_dir, soulbox_templates::base::stderr_log()).await
     }
 
     pub fn runtime(&self) -> &Runtime {
@@ -118,7 +118,7 @@ impl Node for LocalNode {
         };
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
         // A built template's start command runs now; create returns once its ready command succeeds.
-        if let Err(e) = crate::templates::engine::start_and_wait_ready(&self.runtime, &info).await {
+        if let Err(e) = soulbox_templates::start::start_and_wait_ready(&self.runtime, &info).await {
             let _ = self.runtime.delete(&info.id).await;
             return Err(NodeError::Failed(e));
         }
@@ -177,9 +177,9 @@ impl Node for LocalNode {
 
     async fn build_template(
         &self,
-        job: crate::templates::BuildJob,
-        log: crate::templates::LogSink,
-    ) -> Result<(), crate::templates::BuildFailure> {
+        job: soulbox_templates::BuildJob,
+        log: soulbox_templates::LogSink,
+    ) -> Result<(), soulbox_templates::BuildFailure> {
         self.engine.build(job, log).await.map(|_| ())
     }
 
@@ -197,7 +197,7 @@ impl Node for LocalNode {
         self.runtime.envd_secret(sandbox_id)
     }
 
-    fn check_recipe(&self, recipe: &crate::templates::Recipe) -> Result<(), String> {
+    fn check_recipe(&self, recipe: &soulbox_templates::Recipe) -> Result<(), String> {
         self.engine.check_recipe(recipe)
     }
 

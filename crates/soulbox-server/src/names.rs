@@ -17,15 +17,9 @@ pub fn split_tag(full: &str) -> (&str, &str) {
     }
 }
 
-/// The runtime template a successful build is registered as (tags point at it).
-pub fn build_template_name(build_id: &str) -> String {
-    format!("sbb-{build_id}")
-}
-
-/// Runtime templates that are not user templates: builds (`sbb-`) and build steps (`sbbuild-`).
-pub fn is_internal_template(name: &str) -> bool {
-    name.starts_with("sbb-") || name.starts_with("sbbuild-")
-}
+/// The runtime template a build is registered as, and which runtime templates are internal (builds and build
+/// steps): the build engine's rules.
+pub use soulbox_templates::{build_template_name, is_internal_template};
 
 /// A name a team may give a template: the runtime's template name rules, and not an internal one.
 pub fn is_valid_template_name(name: &str) -> bool {

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::templates::{BuildFailure, BuildJob, LogSink};
+use soulbox_templates::{BuildFailure, BuildJob, LogSink};
 
 /// A template as the node knows it (ids and aliases are matched by the API).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +166,7 @@ pub trait Node: Send + Sync + 'static {
     }
     /// Refuses a recipe before its build starts when its base is not allowed for a caller (a host path outside
     /// the node's `[templates] host_source_dirs`); the message names the setting. The build itself checks again.
-    fn check_recipe(&self, recipe: &crate::templates::Recipe) -> Result<(), String> {
+    fn check_recipe(&self, recipe: &soulbox_templates::Recipe) -> Result<(), String> {
         let _ = recipe;
         Ok(())
     }

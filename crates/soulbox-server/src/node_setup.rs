@@ -1,16 +1,11 @@
-//! How a node's runtime and build engine are configured from the settings of `soulbox server` (one machine,
+//! How a node's runtime is configured from the settings of `soulbox server` (one machine,
 //! the runtime in-process) and of `soulbox node` (a node agent): one assembly for both.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-use crate::config::{TemplatesConfig, parse_cidr};
-use crate::templates::bootstrap::BootstrapConfig;
-use crate::templates::engine::EngineConfig;
-use crate::templates::host_path::HostSourceDirs;
-use crate::templates::registry::RegistrySettings;
-use crate::templates::source::{ImageRef, Rewrites};
+use crate::config::parse_cidr;
 
 /// What the runtime of a node is opened with.
 #[derive(Debug, Clone)]
@@ -58,99 +53,9 @@ pub fn runtime_config(
     Ok(config)
 }
 
-/// The build engine's configuration: SoulBox's default rewrites overridden by the configured ones.
-pub fn engine_config(templates: &TemplatesConfig, debian_mirror: &str) -> EngineConfig {
-    let mut rewrites = Rewrites::with_defaults();
-    rewrites.map.extend(
-        templates
-            .image_rewrites
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone())),
-    );
-    let registries = RegistrySettings {
-        insecure: templates.insecure_registries.clone(),
-        auth: templates.registry_auth.clone(),
-        private_hosts: templates
-            .registry_private_hosts
-            .iter()
-            .cloned()
-            .chain(rewrite_target_hosts(templates))
-            .collect(),
-    };
-    let mut engine = EngineConfig::new(
-        rewrites,
-        registries,
-        BootstrapConfig::new(debian_mirror.to_string()),
-    );
-    engine.host_source_dirs = HostSourceDirs::new(templates.host_source_dirs.iter().cloned());
-    engine
-}
-
-/// Registry hosts the rewrites point at (a mirror host, or the registry of a target reference): the
-/// administrator named them, so pulls may reach them at private addresses.
-fn rewrite_target_hosts(templates: &TemplatesConfig) -> Vec<String> {
-    let is_scheme = |v: &str| {
-        ["template:", "oci-archive:", "rootfs:", "bootstrap:"]
-            .iter()
-            .any(|s| v.starts_with(s))
-    };
-    templates
-        .image_rewrites
-        .values()
-        .filter(|v| !is_scheme(v))
-        .filter_map(|v| match v.contains('/') {
-            true => ImageRef::parse(v).ok().map(|r| r.registry),
-            false => Some(v.clone()),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{DEFAULT_MIRROR, FileConfig};
-
-    #[test]
-    fn templates_section_merges_rewrites_over_the_defaults() {
-        let c: FileConfig = toml::from_str(
-            "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\nregistry_private_hosts = [\"blobs.lan\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n\"alpine\" = \"rewrite.lan:5001/alpine:3\"\n\"py\" = \"oci-archive:/srv/py.tar\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
-        )
-        .unwrap();
-        let engine = engine_config(&c.templates.unwrap(), DEFAULT_MIRROR);
-        assert_eq!(
-            engine
-                .image_rewrites
-                .map
-                .get("e2bdev/base")
-                .map(String::as_str),
-            Some("template:base")
-        );
-        assert_eq!(
-            engine
-                .image_rewrites
-                .map
-                .get("docker.io")
-                .map(String::as_str),
-            Some("mirror.lan:5000")
-        );
-        assert_eq!(
-            engine.registries.insecure,
-            vec!["mirror.lan:5000".to_string()]
-        );
-        assert!(engine.registries.auth.contains_key("ghcr.io"));
-        // Every host the config names may be reached at a private address; nothing else.
-        let policy = engine.registries.egress_policy();
-        for named in [
-            ("mirror.lan", 5000),
-            ("ghcr.io", 443),
-            ("rewrite.lan", 5001),
-            ("blobs.lan", 9000),
-        ] {
-            assert!(policy.names(named.0, named.1), "{named:?}");
-        }
-        assert!(!policy.names("other.lan", 5000));
-        assert!(toml::from_str::<FileConfig>("[templates]\nmirrors = 1\n").is_err());
-    }
 
     #[test]
     fn runtime_config_from_settings() {

@@ -246,7 +246,7 @@ async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::I
         allow_private_egress: config.allow_private_egress,
     })?;
     let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved).await.context("starting the node runtime")?;
-    let node = LocalNode::with_engine_config(runtime, "local", node_setup::engine_config(&config.templates, &config.debian_mirror));
+    let node = LocalNode::with_engine_config(runtime, "local", config.templates.engine_config(&config.debian_mirror));
     eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");
     match node.ensure_base_template().await {
         Ok(took) => {

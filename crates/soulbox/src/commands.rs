@@ -40,6 +40,11 @@ pub struct CommandOptions {
     pub tag: Option<String>,
     pub on_stdout: Option<OutputCallback>,
     pub on_stderr: Option<OutputCallback>,
+    /// The shell the command runs with, as `<shell> -c <cmd>` (no login shell); `None`: `/bin/bash -l -c`.
+    pub shell: Option<String>,
+    /// Pass output to the callbacks only, without keeping it for [`CommandHandle::stdout`] and
+    /// [`CommandResult`]: for long-running or chatty processes (a build step, a server).
+    pub discard_output: bool,
 }
 
 impl std::fmt::Debug for CommandOptions {
@@ -79,6 +84,14 @@ impl CommandOptions {
     }
     pub fn on_stderr(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_stderr = Some(Arc::new(f));
+        self
+    }
+    pub fn shell(mut self, shell: impl Into<String>) -> Self {
+        self.shell = Some(shell.into());
+        self
+    }
+    pub fn discard_output(mut self, on: bool) -> Self {
+        self.discard_output = on;
         self
     }
     fn effective_timeout(&self) -> Option<Duration> {
@@ -135,9 +148,13 @@ impl Commands {
     }
 
     pub async fn spawn_with(&self, cmd: &str, opts: CommandOptions) -> Result<CommandHandle> {
+        let (program, args) = match &opts.shell {
+            Some(shell) => (shell.clone(), vec!["-c".into(), cmd.into()]),
+            None => ("/bin/bash".into(), vec!["-l".into(), "-c".into(), cmd.into()]),
+        };
         let config = ProcessConfig {
-            cmd: "/bin/bash".into(),
-            args: vec!["-l".into(), "-c".into(), cmd.into()],
+            cmd: program,
+            args,
             envs: opts.envs.clone(),
             cwd: opts.cwd.clone(),
         };
@@ -150,7 +167,8 @@ impl Commands {
             .stream::<_, process::StartResponse>("process.Process/Start", &req, opts.user.as_deref(), opts.effective_timeout())
             .await?;
         let events = stream.map(|r| r.map(|m| m.event)).boxed();
-        CommandHandle::start(self.envd.clone(), events, opts.effective_timeout(), opts.on_stdout, opts.on_stderr, None).await
+        let keep = !opts.discard_output;
+        CommandHandle::start(self.envd.clone(), events, opts.effective_timeout(), opts.on_stdout, opts.on_stderr, None, keep).await
     }
 
     /// Attaches to a running process by pid; output from now on is collected.
@@ -172,7 +190,8 @@ impl Commands {
         let req = process::ConnectRequest { process: Some(ProcessSelector { selector: Some(sel) }) };
         let stream = self.envd.stream::<_, process::ConnectResponse>("process.Process/Connect", &req, None, None).await?;
         let events = stream.map(|r| r.map(|m| m.event)).boxed();
-        CommandHandle::start(self.envd.clone(), events, None, opts.on_stdout, opts.on_stderr, None).await
+        let keep = !opts.discard_output;
+        CommandHandle::start(self.envd.clone(), events, None, opts.on_stdout, opts.on_stderr, None, keep).await
     }
 
     /// Processes running in the sandbox.
@@ -272,6 +291,7 @@ impl CommandHandle {
         on_stdout: Option<OutputCallback>,
         on_stderr: Option<OutputCallback>,
         on_pty: Option<DataCallback>,
+        keep_output: bool,
     ) -> Result<CommandHandle> {
         // The first event carries the pid.
         let pid = loop {
@@ -294,19 +314,25 @@ impl CommandHandle {
                                 if let Some(f) = &on_stdout {
                                     f(&String::from_utf8_lossy(&b));
                                 }
-                                lock(&st).stdout.extend_from_slice(&b);
+                                if keep_output {
+                                    lock(&st).stdout.extend_from_slice(&b);
+                                }
                             }
                             Some(process_event::data_event::Output::Stderr(b)) => {
                                 if let Some(f) = &on_stderr {
                                     f(&String::from_utf8_lossy(&b));
                                 }
-                                lock(&st).stderr.extend_from_slice(&b);
+                                if keep_output {
+                                    lock(&st).stderr.extend_from_slice(&b);
+                                }
                             }
                             Some(process_event::data_event::Output::Pty(b)) => {
                                 if let Some(f) = &on_pty {
                                     f(&b);
                                 }
-                                lock(&st).stdout.extend_from_slice(&b);
+                                if keep_output {
+                                    lock(&st).stdout.extend_from_slice(&b);
+                                }
                             }
                             None => {}
                         },

@@ -26,6 +26,9 @@ pub(crate) struct Envd {
     pub(crate) sandbox_id: String,
     pub(crate) access_token: Option<String>,
     pub(crate) version: Version,
+    /// The node's secret for this sandbox's agent, sent only when the agent is reached directly
+    /// ([`crate::DirectEnvd`]); through a proxy it is the proxy's to add.
+    pub(crate) node_secret: Option<String>,
 }
 
 impl Envd {
@@ -50,6 +53,12 @@ impl Envd {
             && let Some(t) = &self.access_token
         {
             rb = rb.header("X-Access-Token", t);
+        }
+        if let Some(secret) = &self.node_secret
+            && let Ok(mut value) = reqwest::header::HeaderValue::from_str(secret)
+        {
+            value.set_sensitive(true);
+            rb = rb.header(soulbox_protocol::envd_secret::HEADER, value);
         }
         if let Some(u) = self.effective_user(user) {
             let basic = base64::engine::general_purpose::STANDARD.encode(format!("{u}:"));

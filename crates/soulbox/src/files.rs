@@ -185,6 +185,30 @@ impl Filesystem {
         self.finish_write(rb).await?.into_iter().next().ok_or_else(|| Error::Other("upload answered no entry".into()))
     }
 
+    /// Streams the local file `local` to `path`, as `user` (`None`: the sandbox's default user), never holding it
+    /// whole in memory; a gzip file (by its magic bytes) is sent with `Content-Encoding: gzip` and the agent
+    /// stores it decompressed. No request timeout: an upload may be gigabytes.
+    pub async fn upload_file(&self, path: &str, local: &std::path::Path, user: Option<&str>) -> Result<WriteInfo> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        self.envd.require(Feature::OctetStreamUpload)?;
+        let io = |e: std::io::Error| Error::Invalid(format!("{}: {e}", local.display()));
+        let mut file = tokio::fs::File::open(local).await.map_err(io)?;
+        let len = file.metadata().await.map_err(io)?.len();
+        let mut magic = [0u8; 2];
+        let gzip = file.read_exact(&mut magic).await.is_ok() && magic == [0x1f, 0x8b];
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
+        let mut rb = self
+            .files_request(Method::POST, path, user)
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", len)
+            .body(body);
+        if gzip {
+            rb = rb.header("Content-Encoding", "gzip");
+        }
+        self.finish_write(rb).await?.into_iter().next().ok_or_else(|| Error::Other("upload answered no entry".into()))
+    }
+
     /// Writes several files in one multipart request (each part named by its full path).
     pub async fn write_many(&self, files: Vec<(String, Bytes)>) -> Result<Vec<WriteInfo>> {
         let mut form = reqwest::multipart::Form::new();

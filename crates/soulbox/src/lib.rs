@@ -37,7 +37,7 @@ pub use config::{ConnectionConfig, DEFAULT_DOMAIN, DEFAULT_MAX_REDIRECTS, DEFAUL
 pub use error::{Error, Result};
 pub use files::{EntryInfo, EntryType, EventKind, Filesystem, FilesystemEvent, SignedUrlOptions, WriteInfo};
 pub use pty::{Pty, PtyOptions, PtySize};
-pub use sandbox::{Sandbox, SandboxBuilder, TimeoutBehavior};
+pub use sandbox::{DirectEnvd, Sandbox, SandboxBuilder, TimeoutBehavior};
 pub use template::{
     AssignedTags, BASE_IMAGE, BuildHandle, BuildLogEntry, BuildOptions, BuildReason, BuildStatus, BuildStatusPage, LogLevel, Template,
     TemplateStep, TemplateSummary, TemplateTag, files_hash,

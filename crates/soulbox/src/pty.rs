@@ -61,7 +61,7 @@ impl Pty {
         let stream =
             self.envd.stream::<_, process::StartResponse>("process.Process/Start", &req, opts.user.as_deref(), opts.timeout).await?;
         let events = stream.map(|r| r.map(|m| m.event)).boxed();
-        CommandHandle::start(self.envd.clone(), events, opts.timeout, None, None, opts.on_data).await
+        CommandHandle::start(self.envd.clone(), events, opts.timeout, None, None, opts.on_data, true).await
     }
 
     /// Types into the terminal.

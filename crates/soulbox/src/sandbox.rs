@@ -119,6 +119,27 @@ impl SandboxBuilder {
     }
 }
 
+/// Where a sandbox's agent is when reached directly, for [`Sandbox::direct`].
+#[derive(Clone, Default)]
+pub struct DirectEnvd {
+    pub sandbox_id: String,
+    pub template_id: String,
+    /// `host:port` of the agent (plain HTTP: the node reaches it over the sandbox's own veth).
+    pub addr: String,
+    /// Sent in [`soulbox_protocol::envd_secret::HEADER`]: the agent answers its node only with it.
+    pub node_secret: Option<String>,
+    /// The sandbox's access token, when it was created secure.
+    pub access_token: Option<String>,
+    /// The agent's version; `None`: the one this SDK is built with (the node's own agent).
+    pub envd_version: Option<String>,
+}
+
+impl std::fmt::Debug for DirectEnvd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectEnvd").field("sandbox_id", &self.sandbox_id).field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
 /// A running (or paused) sandbox. Cheap to clone.
 #[derive(Clone)]
 pub struct Sandbox {
@@ -189,9 +210,35 @@ impl Sandbox {
         }
         let url = client.config().envd_url(&s.sandbox_id, s.domain.as_deref());
         Ok(Sandbox {
-            envd: Arc::new(Envd { client, url, sandbox_id: s.sandbox_id, access_token: s.envd_access_token, version: v }),
+            envd: Arc::new(Envd {
+                client,
+                url,
+                sandbox_id: s.sandbox_id,
+                access_token: s.envd_access_token,
+                version: v,
+                node_secret: None,
+            }),
             template_id: s.template_id,
             domain: s.domain,
+        })
+    }
+
+    /// A handle to a sandbox's agent reached straight at its address, without the control plane: what the node
+    /// that runs the sandbox does (template build steps, a template's start and ready commands). Only
+    /// [`Sandbox::commands`], [`Sandbox::files`] and [`Sandbox::pty`] work on it; lifecycle calls need the API.
+    pub fn direct(client: Client, envd: DirectEnvd) -> Result<Sandbox> {
+        let version = version::parse_version(envd.envd_version.as_deref().unwrap_or(version::ENVD_PROTOCOL_VERSION))?;
+        Ok(Sandbox {
+            envd: Arc::new(Envd {
+                client,
+                url: format!("http://{}", envd.addr),
+                sandbox_id: envd.sandbox_id,
+                access_token: envd.access_token,
+                version,
+                node_secret: envd.node_secret,
+            }),
+            template_id: envd.template_id,
+            domain: None,
         })
     }
 

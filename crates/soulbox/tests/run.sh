@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the `soulbox` SDK's tests (and the CLI tests in soulbox-server that use the SDK) against a real
+# Runs the `soulbox` SDK's tests (and the CLI tests in soulbox-cli that use the SDK) against a real
 # `soulbox server` started here. Root only (the node runtime needs mounts, netns, cgroups, nftables).
 #
 # Usage: crates/soulbox/tests/run.sh [extra cargo test args, e.g. -- --test-threads 2]
@@ -17,7 +17,7 @@ LOG_DIR="$ROOT/target/sdk-test"
 [ "$(id -u)" = 0 ] || { echo "must run as root" >&2; exit 1; }
 if [ -z "${SOULBOX_SDK_TEST_SKIP_BUILD:-}" ]; then
   scripts/build-envd.sh >/dev/null
-  cargo build -p soulbox-server
+  cargo build -p soulbox-cli
 fi
 mkdir -p "$DATA_DIR" "$LOG_DIR"
 SERVER_PID="" API="" KEY="" KEY_ID=""
@@ -49,6 +49,4 @@ kill_sandboxes
 export SOULBOX_TEST_API_URL="$API" SOULBOX_TEST_SANDBOX_URL="$API" SOULBOX_TEST_API_KEY="$KEY"
 export SOULBOX_TEST_BIN="$SOULBOX"
 cargo test -p soulbox "$@"
-if grep -q '^name = "soulbox-server"' crates/soulbox-server/Cargo.toml && [ -f crates/soulbox-server/tests/cli.rs ]; then
-  cargo test -p soulbox-server --test cli "$@"
-fi
+cargo test -p soulbox-cli --test cli "$@"

@@ -20,7 +20,7 @@ use self::uploads::Uploads;
 use crate::names::build_template_name;
 use crate::node::Node;
 use crate::store::{BuildLogRecord, BuildRecord, Store, StoreError, now_ms};
-use crate::templates::{BaseAccess, BuildFailure, BuildJob, LogLevel, LogSink, Recipe};
+use soulbox_templates::{BaseAccess, BuildFailure, BuildJob, LogLevel, LogSink, Recipe};
 
 /// Longest failure reason stored with a build (it quotes the failed step's last output lines).
 const MAX_REASON_BYTES: usize = 16 * 1024;

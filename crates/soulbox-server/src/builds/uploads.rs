@@ -31,7 +31,7 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use soulbox_layer::Compression;
+use soulbox_templates::unpack::Compression;
 
 /// Hard links (a tar's second name for a file) whose content is re-read to verify a hash; more are refused.
 const MAX_HARDLINKS: usize = 64;
@@ -115,7 +115,7 @@ impl Uploads {
     pub async fn verify_recipe(
         &self,
         template: &str,
-        recipe: &crate::templates::Recipe,
+        recipe: &soulbox_templates::Recipe,
     ) -> Result<(), String> {
         let copies = recipe
             .steps

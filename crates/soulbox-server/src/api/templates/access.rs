@@ -6,7 +6,7 @@
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
-use crate::templates::BaseAccess;
+use soulbox_templates::BaseAccess;
 use crate::api::{ApiState, error};
 use crate::lifecycle::LifecycleError;
 use crate::store::{BuildRecord, Caller, TemplateRecord};

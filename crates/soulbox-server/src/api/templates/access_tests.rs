@@ -4,7 +4,7 @@ use http::StatusCode;
 use serde_json::json;
 
 use super::tests::Harness;
-use crate::templates::BaseAccess;
+use soulbox_templates::BaseAccess;
 
 #[tokio::test]
 async fn another_teams_templates_builds_tags_and_names_are_out_of_reach() {

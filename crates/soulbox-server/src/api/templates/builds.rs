@@ -22,7 +22,7 @@ use crate::builds::{self, Followed, InputError};
 use crate::lifecycle::LifecycleError;
 use crate::names::build_template_name;
 use crate::store::{BuildLogRecord, Caller};
-use crate::templates::Recipe;
+use soulbox_templates::Recipe;
 use crate::time::rfc3339;
 
 pub(super) async fn start_build(

@@ -19,7 +19,7 @@ use crate::api::{ApiState, error};
 use crate::builds::uploads::{Stored, UploadError, Uploads};
 use crate::names::{is_valid_files_hash, is_valid_template_name};
 use crate::store::Caller;
-use crate::templates::sha256_hex;
+use soulbox_templates::sha256_hex;
 
 static UPLOAD_SECRET: LazyLock<String> = LazyLock::new(crate::ids::access_token);
 

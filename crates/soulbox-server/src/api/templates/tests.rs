@@ -20,7 +20,7 @@ use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::names::build_template_name;
 use crate::node::*;
 use crate::store::Store;
-use crate::templates::{BuildFailure, BuildJob, LogLevel, LogSink};
+use soulbox_templates::{BuildFailure, BuildJob, LogLevel, LogSink};
 
 #[derive(Default)]
 pub(crate) struct BuildingNode {

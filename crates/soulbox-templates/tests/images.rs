@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use soulbox_runtime::{Runtime, RuntimeConfig, SandboxSpec, Store};
-use soulbox_server::templates::engine::{Engine, EngineConfig};
-use soulbox_server::templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, host_path, image, registry};
+use soulbox_templates::engine::{Engine, EngineConfig};
+use soulbox_templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, host_path, image, registry};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -41,7 +41,7 @@ fn trusted(path: &Path) -> host_path::OpenedPath {
 }
 
 fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", soulbox_server::templates::unpack::hex(&Sha256::digest(data)))
+    format!("sha256:{}", soulbox_templates::unpack::hex(&Sha256::digest(data)))
 }
 
 /// A blob with its descriptor.
@@ -433,7 +433,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert!(out.contains("env=hello from the image config"), "{out}");
     assert!(out.contains("\n600\n"), "mode kept: {out}");
     // The image's Cmd is the template's start command (E2B semantics: run when a sandbox starts).
-    soulbox_server::templates::engine::start_and_wait_ready(rt, &info).await.unwrap();
+    soulbox_templates::start::start_and_wait_ready(rt, &info).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (code, _) = sh(&info, "test -s /tmp/started").await;
@@ -530,19 +530,19 @@ async fn registry_basic_auth_from_the_config() {
     push_as(&reg, &img, oci_client::secrets::RegistryAuth::Basic("puller".into(), "s3cret".into())).await;
     let store_dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = Store::new(store_dir.path()).unwrap();
-    let image_ref = soulbox_server::templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
+    let image_ref = soulbox_templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
     let quiet = |_: String| {};
     let named = registry::RegistrySettings { insecure: vec![reg.addr.clone()], ..Default::default() };
     let anonymous = registry::pull(&store, &named, &image_ref, &quiet).await.unwrap_err();
     assert!(anonymous.to_string().contains("manifest"), "{anonymous}");
-    let cfg = |password: &str| soulbox_server::config::TemplatesConfig {
+    let cfg = |password: &str| soulbox_templates::config::TemplatesConfig {
         registry_auth: toml::from_str(&format!("[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n", reg.addr)).unwrap(),
         ..Default::default()
     };
-    let wrong = registry::pull(&store, &soulbox_server::node_setup::engine_config(&cfg("nope"), soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.unwrap_err();
+    let wrong = registry::pull(&store, &cfg("nope").engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.unwrap_err();
     assert!(!wrong.to_string().contains("nope"), "no secret in errors: {wrong}");
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_none());
-    let pulled = registry::pull(&store, &soulbox_server::node_setup::engine_config(&cfg("s3cret"), soulbox_server::config::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
+    let pulled = registry::pull(&store, &cfg("s3cret").engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
     assert_eq!(pulled.layers.len(), 2);
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_some());
     drop(reg);
@@ -564,7 +564,7 @@ async fn a_loopback_registry_not_named_in_the_config_is_refused() {
     let store_dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let store = Store::new(store_dir.path()).unwrap();
     let quiet = |_: String| {};
-    let image_ref = soulbox_server::templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
+    let image_ref = soulbox_templates::source::ImageRef::parse(&format!("{}/test/img:1", reg.addr)).unwrap();
     let log_before = std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default();
 
     for unnamed in [
@@ -585,9 +585,9 @@ async fn a_loopback_registry_not_named_in_the_config_is_refused() {
     assert_eq!(pulled.layers.len(), 2);
     let log = std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default();
     assert!(requests(&log) > requests(&log_after), "the log counts requests, so the check above means something:\n{log}");
-    let rewrite: soulbox_server::config::TemplatesConfig =
+    let rewrite: soulbox_templates::config::TemplatesConfig =
         toml::from_str(&format!("[image_rewrites]\n\"docker.io\" = \"{}\"\n", reg.addr)).unwrap();
-    let via_rewrite = soulbox_server::node_setup::engine_config(&rewrite, soulbox_server::config::DEFAULT_MIRROR).registries;
+    let via_rewrite = rewrite.engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries;
     let again = registry::pull(&store, &via_rewrite, &image_ref, &quiet).await.expect("pull from a rewrite target");
     assert_eq!(again.layers, pulled.layers);
     drop(reg);

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use soulbox_runtime::{Runtime, RuntimeConfig, SandboxSpec};
-use soulbox_server::templates::bootstrap::BootstrapConfig;
-use soulbox_server::templates::engine::{Engine, EngineConfig};
-use soulbox_server::templates::source::Rewrites;
-use soulbox_server::templates::{BuildJob, LogSink, Recipe, TemplateStep, base, sha256_hex};
+use soulbox_templates::bootstrap::BootstrapConfig;
+use soulbox_templates::engine::{Engine, EngineConfig};
+use soulbox_templates::source::Rewrites;
+use soulbox_templates::{BuildJob, LogSink, Recipe, TemplateStep, base, sha256_hex};
 
 #[derive(Parser)]
 struct Args {
@@ -24,7 +24,7 @@ struct Args {
     data_dir: PathBuf,
     #[arg(long, default_value = "target/static/x86_64-unknown-linux-gnu/release/soulbox-envd")]
     envd: PathBuf,
-    #[arg(long, default_value = soulbox_server::config::DEFAULT_MIRROR)]
+    #[arg(long, default_value = soulbox_templates::bootstrap::DEFAULT_MIRROR)]
     mirror: String,
     /// Sandboxes created per template.
     #[arg(long, default_value_t = 30)]
@@ -139,7 +139,7 @@ async fn run(a: &Args, rt: &Runtime, node_dir: &Path) -> anyhow::Result<()> {
     let engine = Engine::new(rt.clone(), EngineConfig::new(Rewrites::with_defaults(), Default::default(), BootstrapConfig::new(a.mirror.clone())));
     let files_dir = node_dir.join("uploads");
     std::fs::create_dir_all(&files_dir)?;
-    let fail = |f: soulbox_server::templates::BuildFailure| anyhow::anyhow!("step {:?}: {}", f.step, f.message);
+    let fail = |f: soulbox_templates::BuildFailure| anyhow::anyhow!("step {:?}: {}", f.step, f.message);
 
     let first = base::ensure_base(&engine, files_dir.clone(), sink(a.verbose)).await.map_err(fail)?;
     let cached = base::ensure_base(&engine, files_dir.clone(), sink(a.verbose)).await.map_err(fail)?;

@@ -51,6 +51,9 @@ const RECIPE_VERSION: u32 = 1;
 /// Runtime plumbing every SoulBox root filesystem needs: the mount point of the envd binary.
 const SOULBOX_HOOK: &str = "mkdir -p \"$1/.soulbox\" && touch \"$1/.soulbox/envd\"";
 
+/// The Debian mirror bootstraps use unless configured (`debian_mirror`, `SOULBOX_DEBIAN_MIRROR`).
+pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
+
 /// How many mmdebstrap output lines a failure message carries.
 const FAILURE_TAIL: usize = 20;
 
@@ -88,9 +91,6 @@ impl BootstrapConfig {
         self.ubuntu_keyring.is_file()
     }
 }
-
-/// Debian's mirror, unless configured otherwise.
-pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 
 impl Default for BootstrapConfig {
     fn default() -> Self {

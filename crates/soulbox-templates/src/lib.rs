@@ -1,7 +1,9 @@
-//! Templates (issue 5): recipes in (E2B's `Template()` steps or a Dockerfile), layered cached root filesystems
-//! out, every build's log stored and streamed live. See TEMPLATES.md.
+//! The template build engine (issue 5, its own crate since issue 12): recipes in (E2B's `Template()` steps or a
+//! Dockerfile), layered cached root filesystems out. The HTTP side (E2B's template endpoints, stored build logs,
+//! COPY context uploads) is the server's; this crate runs builds on a node and knows no HTTP API. See
+//! TEMPLATES.md.
 //!
-//! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]).
+//! - [`dockerfile`]: the Dockerfile front end (→ [`Recipe`]), from `soulbox-protocol`.
 //! - [`engine`]: the build engine on a node (build sandboxes, one layer per step, the step cache).
 //! - [`source`]: where a base comes from (template, registry, local archive, bootstrap) and config rewrites.
 //! - [`egress`]: the proxy every registry pull connects through (no private addresses unless configured).
@@ -10,12 +12,13 @@
 //!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
 //! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
 //! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
+//! - [`start`]: a template's start and ready commands, run by the node at every sandbox create.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
-//!
-//! E2B's template endpoints are in `api/templates`; running a build for the API (its log, uploads) in `builds`.
+//! - [`config`]: the `[templates]` section of the server's config and the [`engine::EngineConfig`] it makes.
 
 pub mod base;
 pub mod bootstrap;
+pub mod config;
 pub mod egress;
 pub mod engine;
 pub mod envd;
@@ -23,6 +26,7 @@ pub mod host_path;
 pub mod image;
 pub mod registry;
 pub mod source;
+pub mod start;
 /// Layer unpacking lives in its own crate (fuzzed on its own); here under its old name.
 pub use soulbox_layer as unpack;
 
@@ -112,7 +116,7 @@ impl BaseAccess {
         match self {
             BaseAccess::Any => true,
             BaseAccess::Team { hidden, tag_build } => {
-                if crate::names::is_internal_template(template) {
+                if is_internal_template(template) {
                     tag_build.as_deref() == Some(template)
                 } else {
                     !hidden.contains(template)
@@ -134,6 +138,17 @@ impl BuildFailure {
     pub fn new(message: impl Into<String>, step: Option<&str>) -> BuildFailure {
         BuildFailure { message: message.into(), step: step.map(str::to_string) }
     }
+}
+
+/// The runtime template a successful build is registered as (tags point at it).
+pub fn build_template_name(build_id: &str) -> String {
+    format!("sbb-{build_id}")
+}
+
+/// Runtime templates that are not user templates: builds (`sbb-`) and build steps (`sbbuild-`, made by
+/// [`engine`]).
+pub fn is_internal_template(name: &str) -> bool {
+    name.starts_with("sbb-") || name.starts_with("sbbuild-")
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

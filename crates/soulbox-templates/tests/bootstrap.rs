@@ -16,10 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use soulbox_runtime::{Runtime, RuntimeConfig, SandboxSpec};
-use soulbox_server::templates::bootstrap::BootstrapConfig;
-use soulbox_server::templates::engine::{Engine, EngineConfig};
-use soulbox_server::templates::source::Rewrites;
-use soulbox_server::templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, base, envd};
+use soulbox_templates::bootstrap::BootstrapConfig;
+use soulbox_templates::engine::{Engine, EngineConfig};
+use soulbox_templates::source::Rewrites;
+use soulbox_templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, base, envd};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -47,7 +47,7 @@ fn skip(name: &str) -> bool {
 }
 
 fn mirror() -> String {
-    std::env::var("SOULBOX_DEBIAN_MIRROR").unwrap_or_else(|_| soulbox_server::config::DEFAULT_MIRROR.to_string())
+    std::env::var("SOULBOX_DEBIAN_MIRROR").unwrap_or_else(|_| soulbox_templates::bootstrap::DEFAULT_MIRROR.to_string())
 }
 
 /// A runtime of its own; `destroy_all` and the data dir removal happen on drop, also after a failed assert.
