@@ -155,8 +155,8 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn resolve(self, data_dir: PathBuf) -> anyhow::Result<soulbox_server::cluster::agent::NodeSettings> {
-        use soulbox_server::cluster::agent::{AgentConfig, NodeSettings, node_id};
+    fn resolve(self, data_dir: PathBuf) -> anyhow::Result<soulbox_server::node_agent::NodeSettings> {
+        use soulbox_server::node_agent::{AgentConfig, NodeSettings, node_id};
         Ok(NodeSettings {
             agent: AgentConfig {
                 node_id: node_id(&data_dir, self.node_id)?,
@@ -230,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Server(args) => soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
-        Command::Node(args) => soulbox_server::cluster::agent::run(args.resolve(cli.data_dir)?).await,
+        Command::Node(args) => soulbox_server::node_agent::run(args.resolve(cli.data_dir)?).await,
         Command::Keys { store, command } => keys_cli::keys(&cli.data_dir, &store, command).await,
         Command::Teams { store, command } => keys_cli::teams(&cli.data_dir, &store, command).await,
         Command::Client(c) => std::process::exit(cli::run(c).await),

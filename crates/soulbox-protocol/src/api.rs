@@ -7,6 +7,17 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod logs;
+mod nodes;
+mod templates;
+
+pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
+pub use nodes::NodeInfo;
+pub use templates::{
+    AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel, TemplateAlias,
+    TemplateBuildInfo, TemplateBuildRequested, TemplateFilesLink, TemplateTag,
+};
+
 /// Every API error body: `code` equals the HTTP status (the JS SDK branches on it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiError {

@@ -166,7 +166,7 @@ async fn setup(sandboxes: usize) -> Setup {
         };
         let s = lifecycle.create(req).await.expect("create");
         last = (
-            s.sandbox_id,
+            s.id,
             s.envd_access_token.expect("a secure sandbox has a token"),
         );
     }

@@ -134,26 +134,6 @@ mod tests {
     }
 
     #[test]
-    fn templates_section_merges_rewrites_over_the_defaults() {
-        let c: FileConfig = toml::from_str(
-            "[templates]\ninsecure_registries = [\"mirror.lan:5000\"]\nregistry_private_hosts = [\"blobs.lan\"]\n[templates.image_rewrites]\n\"docker.io\" = \"mirror.lan:5000\"\n\"alpine\" = \"rewrite.lan:5001/alpine:3\"\n\"py\" = \"oci-archive:/srv/py.tar\"\n[templates.registry_auth.\"ghcr.io\"]\ntoken = \"t\"\n",
-        )
-        .unwrap();
-        let engine = c.templates.unwrap().engine_config(DEFAULT_MIRROR);
-        assert_eq!(engine.image_rewrites.map.get("e2bdev/base").map(String::as_str), Some("template:base"));
-        assert_eq!(engine.image_rewrites.map.get("docker.io").map(String::as_str), Some("mirror.lan:5000"));
-        assert_eq!(engine.registries.insecure, vec!["mirror.lan:5000".to_string()]);
-        assert!(engine.registries.auth.contains_key("ghcr.io"));
-        // Every host the config names may be reached at a private address; nothing else.
-        let policy = engine.registries.egress_policy();
-        for named in [("mirror.lan", 5000), ("ghcr.io", 443), ("rewrite.lan", 5001), ("blobs.lan", 9000)] {
-            assert!(policy.names(named.0, named.1), "{named:?}");
-        }
-        assert!(!policy.names("other.lan", 5000));
-        assert!(toml::from_str::<FileConfig>("[templates]\nmirrors = 1\n").is_err());
-    }
-
-    #[test]
     fn teams_section_and_private_egress() {
         let c: FileConfig = toml::from_str("allow_private_egress = true\n[teams]\nmax_sandboxes = 5\nmax_builds = 1\n").unwrap();
         assert_eq!(c.allow_private_egress, Some(true));

@@ -9,8 +9,10 @@ pub fn access_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn is_valid_sandbox_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+/// A random UUID-shaped id (lowercase hex), as E2B's build ids.
+pub fn uuid_like() -> String {
+    let t = access_token();
+    format!("{}-{}-{}-{}-{}", &t[0..8], &t[8..12], &t[12..16], &t[16..20], &t[20..32])
 }
 
 #[cfg(test)]
@@ -18,9 +20,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ids_route_by_host() {
-        assert!(is_valid_sandbox_id("i0abc9"));
-        assert!(!is_valid_sandbox_id("has-dash") && !is_valid_sandbox_id("UPPER"));
+    fn minted_ids_have_their_shapes() {
         assert_eq!(access_token().len(), 64);
+        let u = uuid_like();
+        assert_eq!(u.len(), 36);
+        assert_eq!(u.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12]);
     }
 }

@@ -1,5 +1,8 @@
 //! The SoulBox control plane: E2B-compatible REST API, sandbox proxy, lifecycle, store and the `soulbox` command.
 
+pub mod builds;
+pub mod client_socket;
+pub mod cluster_control;
 pub mod config;
 pub mod deadlines;
 pub mod egress;
@@ -9,8 +12,12 @@ pub mod lifecycle;
 pub mod listing;
 pub mod local_node;
 pub mod metrics;
+pub mod names;
 pub mod node;
+pub mod node_agent;
+pub mod node_setup;
 pub mod proxy;
+pub mod reply;
 #[cfg(test)]
 mod proxy_secret_tests;
 #[cfg(test)]
@@ -23,7 +30,7 @@ mod serve_tests;
 pub mod server;
 pub mod signed_routing;
 pub mod store;
-pub mod templates;
+pub mod stream_cut;
 pub mod time;
 pub mod api;
 pub mod cluster;

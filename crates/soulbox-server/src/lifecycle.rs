@@ -4,23 +4,21 @@
 //! is ordered so that a failure leaves no partial state: a sandbox is recorded only after its node started it,
 //! and a node-side sandbox whose record could not be written is killed again.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use soulbox_protocol::api::{self, SandboxState};
-use tokio_util::sync::CancellationToken;
+use soulbox_protocol::api::SandboxState;
 
 use crate::deadlines::Deadlines;
 use crate::ids;
 use crate::cluster::{NodeSet, Requirements, SingleNode};
-use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, TemplateInfo};
+use crate::stream_cut::StreamCuts;
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 
+mod timeouts;
 mod teams;
-
-/// E2B's constant (deprecated) client id.
-pub const CLIENT_ID: &str = "6532622b";
 
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
@@ -130,11 +128,9 @@ pub struct Lifecycle {
     template_node: Arc<dyn Node>,
     deadlines: Deadlines,
     config: LifecycleConfig,
-    /// Cancelled when a sandbox stops serving (kill, pause): the proxy cuts its open streams on it.
-    live: Mutex<HashMap<String, CancellationToken>>,
-    /// Sandboxes being killed or paused: from the moment their streams are cut until the operation ends, the
-    /// proxy answers "not found" for them (their record still says running, but envd is going away).
-    stopping: Mutex<HashSet<String>>,
+    /// Cut when a sandbox stops serving (kill, pause): the proxy ends its open streams on it, and answers "not
+    /// found" for it while it is being stopped.
+    streams: StreamCuts,
     /// Names this process in sandbox claims (random per start: a restarted replica is a new claimer).
     replica_id: String,
 }
@@ -162,8 +158,7 @@ impl Lifecycle {
             template_node,
             deadlines,
             config,
-            live: Mutex::default(),
-            stopping: Mutex::default(),
+            streams: StreamCuts::default(),
             replica_id,
         });
         for record in lifecycle.store.list_sandboxes().await? {
@@ -184,23 +179,6 @@ impl Lifecycle {
         });
         tokio::spawn(Self::sweep_deadlines(Arc::downgrade(&lifecycle)));
         Ok(lifecycle)
-    }
-
-    /// Every `deadline_sweep`, arms the wheel with the deadlines the store says are due before the next sweep,
-    /// whichever replica set them. All replicas then fire; the claim in `on_deadline` lets one act.
-    async fn sweep_deadlines(lifecycle: std::sync::Weak<Lifecycle>) {
-        let Some(interval) = lifecycle.upgrade().map(|l| l.config.deadline_sweep) else { return };
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let Some(lifecycle) = lifecycle.upgrade() else { return };
-            let horizon = now_ms() + interval.as_millis() as i64;
-            match lifecycle.store.sandboxes_due(horizon).await {
-                Ok(due) => due.iter().for_each(|record| lifecycle.arm(record)),
-                Err(e) => tracing::warn!(error = %e, "deadline sweep: cannot read the store"),
-            }
-        }
     }
 
     pub fn replica_id(&self) -> &str {
@@ -234,17 +212,13 @@ impl Lifecycle {
         Ok(self.node_of(&record).await?.logs(id, query).await?)
     }
 
-    pub async fn sandbox_stats(&self, record: &SandboxRecord) -> Result<SandboxStats> {
-        Ok(self.node_of(record).await?.stats(&record.id).await?)
-    }
-
     /// Drops a sandbox the control plane can no longer reach (its node was lost or removed, or it reported
     /// the sandbox gone): no node call, streams cut, timer cancelled, record deleted — it answers 404 from now on.
     pub async fn forget(&self, id: &str, reason: &str) -> Result<()> {
-        self.stop_serving(id);
+        self.streams.stop(id);
         self.deadlines.cancel(id);
         let deleted = self.store.delete_sandbox(id).await;
-        self.done_stopping(id);
+        self.streams.done_stopping(id);
         if deleted? {
             tracing::warn!(sandbox = %id, reason, "sandbox lost");
         }
@@ -269,33 +243,10 @@ impl Lifecycle {
         &self.config
     }
 
-    /// A token cancelled when the sandbox stops serving traffic.
-    pub fn liveness(&self, id: &str) -> CancellationToken {
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        live.entry(id.to_owned()).or_default().clone()
-    }
-
-    /// The liveness token for proxying to a sandbox, or `None` while it is being killed or paused (the proxy then
-    /// answers "not found" instead of trying an envd that is going away).
-    pub fn serving(&self, id: &str) -> Option<CancellationToken> {
-        // Token first, then the check: `stop_serving` marks before it cancels, so a token handed out here is
-        // either cancelled by it or refused by the check.
-        let token = self.liveness(id);
-        let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
-        (!stopping).then_some(token)
-    }
-
-    /// Marks the sandbox as stopping and cuts its open streams. Undo with `done_stopping`.
-    fn stop_serving(&self, id: &str) {
-        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
-        let token = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-        if let Some(token) = token {
-            token.cancel();
-        }
-    }
-
-    fn done_stopping(&self, id: &str) {
-        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    /// The sandboxes' live streams: the proxy takes its tokens here (`serving`: `None` while a sandbox is
+    /// being killed or paused, so it answers "not found" instead of trying an envd that is going away).
+    pub fn streams(&self) -> &StreamCuts {
+        &self.streams
     }
 
     fn check_timeout(&self, timeout_s: i32) -> Result<()> {
@@ -311,7 +262,7 @@ impl Lifecycle {
         Ok(())
     }
 
-    pub async fn create(&self, req: CreateRequest) -> Result<api::Sandbox> {
+    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord> {
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         if !self.config.allow_private_egress {
@@ -359,7 +310,7 @@ impl Lifecycle {
         timeout_s: i32,
         req: CreateRequest,
         team_hold: &str,
-    ) -> Result<api::Sandbox> {
+    ) -> Result<SandboxRecord> {
         let (node_id, node) = (placement.node_id.clone(), &placement.node);
         let token = spec.envd_access_token.clone();
         let created = node.create(spec).await?;
@@ -398,24 +349,11 @@ impl Lifecycle {
         }
         self.arm(&record);
         tracing::info!(sandbox = %id, template = %record.template_id, "sandbox created");
-        Ok(self.sandbox_response(&record))
-    }
-
-    pub fn sandbox_response(&self, r: &SandboxRecord) -> api::Sandbox {
-        api::Sandbox {
-            template_id: r.template_id.clone(),
-            sandbox_id: r.id.clone(),
-            client_id: CLIENT_ID.into(),
-            envd_version: r.envd_version.clone(),
-            alias: r.alias.clone(),
-            envd_access_token: r.envd_access_token.clone(),
-            traffic_access_token: None,
-            domain: None,
-        }
+        Ok(record)
     }
 
     /// Connect: a running sandbox's end is only ever extended (200); a paused one is resumed (201).
-    pub async fn connect(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<(api::Sandbox, bool)> {
+    pub async fn connect(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<(SandboxRecord, bool)> {
         let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         let record = self.team_sandbox(team_id, id).await?;
@@ -426,11 +364,11 @@ impl Lifecycle {
                     self.store.set_sandbox_end(id, wanted_end).await?;
                     self.arm(&SandboxRecord { end_at_ms: wanted_end, ..record.clone() });
                 }
-                Ok((self.sandbox_response(&record), false))
+                Ok((record, false))
             }
             SandboxState::Paused => {
                 let resumed = self.resume_paused(record, wanted_end).await?;
-                Ok((self.sandbox_response(&resumed), true))
+                Ok((resumed, true))
             }
         }
     }
@@ -486,15 +424,14 @@ impl Lifecycle {
     }
 
     /// Deprecated v1 resume: only paused sandboxes (409 otherwise).
-    pub async fn resume(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<api::Sandbox> {
+    pub async fn resume(&self, team_id: &str, id: &str, timeout_s: Option<i32>) -> Result<SandboxRecord> {
         let timeout_s = timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         let record = self.team_sandbox(team_id, id).await?;
         if record.state == SandboxState::Running {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already running")));
         }
-        let resumed = self.resume_paused(record, now_ms() + i64::from(timeout_s) * 1000).await?;
-        Ok(self.sandbox_response(&resumed))
+        self.resume_paused(record, now_ms() + i64::from(timeout_s) * 1000).await
     }
 
     /// Wakes a paused sandbox with auto-resume (for proxied traffic). Returns the running record.
@@ -515,9 +452,9 @@ impl Lifecycle {
         if record.state == SandboxState::Paused {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         }
-        self.stop_serving(id);
+        self.streams.stop(id);
         let result = self.pause_running(&record, keep_memory).await;
-        self.done_stopping(id);
+        self.streams.done_stopping(id);
         result
     }
 
@@ -543,7 +480,7 @@ impl Lifecycle {
     /// `gone_is_done`, a sandbox its node no longer has only needs the record deleted.
     async fn remove(&self, record: &SandboxRecord, gone_is_done: bool, what: &str) -> Result<()> {
         let id = record.id.as_str();
-        self.stop_serving(id);
+        self.streams.stop(id);
         self.deadlines.cancel(id);
         let result = async {
             match self.kill_on_node(record).await {
@@ -554,7 +491,7 @@ impl Lifecycle {
             Ok(())
         }
         .await;
-        self.done_stopping(id);
+        self.streams.done_stopping(id);
         if result.is_ok() {
             tracing::info!(sandbox = %id, "{what}");
         }
@@ -595,73 +532,6 @@ impl Lifecycle {
             self.arm(&SandboxRecord { end_at_ms: end, ..record });
         }
         Ok(end)
-    }
-
-    /// Schedules the timeout of a running sandbox: at `end` (kill) or `end + grace` (auto-pause).
-    fn arm(&self, record: &SandboxRecord) {
-        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
-        let fire_at = record.end_at_ms + grace_ms;
-        let delay = Duration::from_millis((fire_at - now_ms()).max(0) as u64);
-        self.deadlines.set(&record.id, tokio::time::Instant::now() + delay);
-    }
-
-    async fn on_deadline(&self, id: &str) -> Result<()> {
-        let record = match self.store.get_sandbox(id).await {
-            Ok(r) => r,
-            Err(StoreError::NotFound(_)) => return Ok(()),
-            Err(e) => return Err(e.into()),
-        };
-        if record.state != SandboxState::Running {
-            return Ok(());
-        }
-        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
-        if record.end_at_ms + grace_ms > now_ms() {
-            self.arm(&record); // extended meanwhile
-            return Ok(());
-        }
-        // Every replica that knows this deadline fires it; the one whose claim changes the row acts. A claim
-        // that fails because the end moved is fine too: the sweep re-arms the new deadline.
-        let running_at_end = ClaimCondition { state: SandboxState::Running, end_at_ms: Some(record.end_at_ms) };
-        if !self.store.claim_sandbox(id, running_at_end, &self.replica_id, self.lease_ms()).await? {
-            tracing::debug!(sandbox = %id, "timeout claimed elsewhere or the end moved");
-            return Ok(());
-        }
-        let result = if record.auto_pause {
-            tracing::info!(sandbox = %id, "timeout reached: pausing");
-            self.stop_serving(id);
-            let paused = self.pause_running(&record, record.auto_pause_memory).await;
-            self.done_stopping(id);
-            paused
-        } else {
-            tracing::info!(sandbox = %id, "timeout reached: killing");
-            self.expire(id).await
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.release_claim(id).await; // another replica (or our sweep) tries again
-                match e {
-                    LifecycleError::Conflict(_) => Ok(()), // paused through the API meanwhile
-                    other => Err(other),
-                }
-            }
-        }
-    }
-
-    /// The timeout's kill: like `kill`, but a sandbox the node no longer has is only forgotten (a replica that
-    /// died between the node's kill and the delete left exactly that behind).
-    async fn expire(&self, id: &str) -> Result<()> {
-        match self.store.get_sandbox(id).await {
-            Ok(record) => self.remove(&record, true, "sandbox killed at its timeout").await,
-            // Gone already (killed through another replica): only what this process holds for it goes.
-            Err(StoreError::NotFound(_)) => {
-                self.stop_serving(id);
-                self.deadlines.cancel(id);
-                self.done_stopping(id);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Kills the sandbox on its node. A node that cannot be reached kills it when it reconciles (the record is

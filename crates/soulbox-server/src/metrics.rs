@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use soulbox_protocol::api::{SandboxMetric, SandboxState};
 
-use crate::lifecycle::Lifecycle;
+use crate::cluster::NodeSet;
 use crate::node::SandboxStats;
-use crate::store::now_ms;
+use crate::store::{Store, now_ms};
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 pub const RETENTION: Duration = Duration::from_secs(3600);
@@ -116,15 +116,15 @@ impl Drop for Sampler {
 /// block — never runs on the workers that serve requests, so a round over many sandboxes does not delay API
 /// answers. Being driven by the same runtime (not a second one), the store's and the nodes' connections and the
 /// tasks they spawn stay on the server's runtime: nothing the API shares waits for the sampler's thread.
-pub fn spawn_sampler(lifecycle: Arc<Lifecycle>, metrics: Arc<MetricsStore>, interval: Duration) -> Sampler {
+pub fn spawn_sampler(store: Store, nodes: Arc<dyn NodeSet>, metrics: Arc<MetricsStore>, interval: Duration) -> Sampler {
     let handle = tokio::runtime::Handle::current();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            let (lifecycle, metrics, handle) = (lifecycle.clone(), metrics.clone(), handle.clone());
-            let round = tokio::task::spawn_blocking(move || handle.block_on(sample_round(&lifecycle, &metrics)));
+            let (store, nodes, metrics, handle) = (store.clone(), nodes.clone(), metrics.clone(), handle.clone());
+            let round = tokio::task::spawn_blocking(move || handle.block_on(sample_round(&store, nodes.as_ref(), &metrics)));
             if let Err(e) = round.await {
                 tracing::warn!(error = %e, "metrics: a sample round failed");
             }
@@ -134,8 +134,8 @@ pub fn spawn_sampler(lifecycle: Arc<Lifecycle>, metrics: Arc<MetricsStore>, inte
 }
 
 /// One reading of every running sandbox (on the round's blocking-pool thread).
-async fn sample_round(lifecycle: &Lifecycle, metrics: &MetricsStore) {
-    let records = match lifecycle.store().list_sandboxes().await {
+async fn sample_round(store: &Store, nodes: &dyn NodeSet, metrics: &MetricsStore) {
+    let records = match store.list_sandboxes().await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "metrics: cannot list sandboxes");
@@ -144,7 +144,7 @@ async fn sample_round(lifecycle: &Lifecycle, metrics: &MetricsStore) {
     };
     metrics.retain(&records.iter().map(|r| r.id.clone()).collect());
     let running = records.into_iter().filter(|r| r.state == SandboxState::Running);
-    let reads = running.map(|r| async move { (r.id.clone(), lifecycle.sandbox_stats(&r).await) });
+    let reads = running.map(|r| async move { (r.id.clone(), async { nodes.get(&r.node_id).await?.stats(&r.id).await }.await) });
     for (id, result) in futures::future::join_all(reads).await {
         match result {
             Ok(stats) => metrics.record(&id, now_ms(), stats),
@@ -214,16 +214,16 @@ mod tests {
     /// (nor if the store connection the round used were held by a runtime that waits for the sampler).
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_sample_round_does_not_hold_up_requests() {
-        use crate::lifecycle::{CreateRequest, LifecycleConfig};
+        use crate::lifecycle::{CreateRequest, Lifecycle, LifecycleConfig};
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&crate::store::Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
         let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(16);
         let (release_tx, release_rx) = std::sync::mpsc::channel();
         let node = BlockingNode { inner: Default::default(), entered: entered_tx, release: std::sync::Mutex::new(release_rx) };
         let lifecycle = Lifecycle::start(store, Arc::new(node), LifecycleConfig::default()).await.unwrap();
-        let id = lifecycle.create(CreateRequest { template: "base".into(), team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() }).await.unwrap().sandbox_id;
+        let id = lifecycle.create(CreateRequest { template: "base".into(), team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() }).await.unwrap().id;
         let metrics = Arc::new(MetricsStore::default());
-        let sampler = spawn_sampler(lifecycle.clone(), metrics.clone(), Duration::from_millis(10));
+        let sampler = spawn_sampler(lifecycle.store().clone(), lifecycle.nodes().clone(), metrics.clone(), Duration::from_millis(10));
         // The sampler is inside a blocking read now.
         tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)).unwrap()).await.unwrap();
         let state = crate::api::ApiState { lifecycle: lifecycle.clone(), metrics: metrics.clone(), domain: None, started: std::time::Instant::now() };

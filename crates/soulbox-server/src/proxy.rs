@@ -30,9 +30,10 @@ use soulbox_protocol::envd_secret;
 use soulbox_protocol::signature::{Operation, SignedQuery};
 use soulbox_runtime::EnvdSecret;
 
+use crate::client_socket::{ClientSocket, reset_on_close};
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
-use crate::ids::is_valid_sandbox_id;
+use crate::names::{is_valid_sandbox_id, sandbox_route};
 use crate::lifecycle::Lifecycle;
 use crate::signed_routing::{SignedRequest, SignedRouter};
 use crate::store::SandboxRecord;
@@ -47,13 +48,8 @@ pub enum Target {
 
 /// Decides whether a request is sandbox traffic (and for which sandbox) or an API call (`None`).
 pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
-    if let Some(id) = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
-        let port = headers
-            .get("e2b-sandbox-port")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(ENVD_PORT);
-        return Some(Target::Sandbox { id: id.to_owned(), port });
+    if let Some((id, port)) = sandbox_route(headers) {
+        return Some(Target::Sandbox { id, port });
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.host());
     if let Some(target) = host.and_then(|h| host_target(h, domain)) {
@@ -83,71 +79,6 @@ fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
     let (port, id) = label.split_once('-')?;
     let port: u16 = port.parse().ok()?;
     is_valid_sandbox_id(id).then(|| Target::Sandbox { id: id.to_owned(), port })
-}
-
-/// The client connection's socket, recorded per connection (the listener's address type, so
-/// `into_make_service_with_connect_info::<ClientSocket>` puts it in every request) so a stream cut on kill can
-/// reset the connection instead of closing it cleanly.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientSocket {
-    pub peer: std::net::SocketAddr,
-    fd: Option<std::os::fd::RawFd>,
-}
-
-impl ClientSocket {
-    pub(crate) fn new(peer: std::net::SocketAddr, fd: std::os::fd::RawFd) -> ClientSocket {
-        ClientSocket { peer, fd: Some(fd) }
-    }
-}
-
-/// The server's listener: TCP, `TCP_NODELAY` on every accepted connection, [`ClientSocket`] as its address.
-pub struct ServerListener(pub tokio::net::TcpListener);
-
-impl axum::serve::Listener for ServerListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = ClientSocket;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (io, peer) = axum::serve::Listener::accept(&mut self.0).await;
-        let _ = io.set_nodelay(true);
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
-        (io, ClientSocket { peer, fd: Some(fd) })
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientSocket { peer: self.0.local_addr()?, fd: None })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ServerListener>> for ClientSocket {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, ServerListener>) -> Self {
-        *stream.remote_addr()
-    }
-}
-
-/// Makes the next close of the socket an RST (SO_LINGER 0). E2B clients treat a reset mid-body as "the sandbox
-/// was killed"; a FIN in the middle of a chunked body reads as a protocol error instead (e2b 2.45 then reports a
-/// plain timeout).
-///
-/// Only called while hyper is polling the response body of an HTTP/1 connection, i.e. while the connection —
-/// and so this descriptor — is open.
-fn reset_on_close(socket: ClientSocket) {
-    let Some(fd) = socket.fd else { return };
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: the descriptor belongs to the live connection that is polling us (see above); setsockopt reads
-    // `linger` only for the duration of the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "proxy: could not set SO_LINGER on a cut stream");
-    }
 }
 
 pub struct Proxy {
@@ -183,7 +114,7 @@ impl Proxy {
         let (request, overflow) = limit_body(request, self.max_body);
         let response = self.forward_unlimited(target, request).await;
         if overflow.load(std::sync::atomic::Ordering::SeqCst) && !response.status().is_success() {
-            return crate::api::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the limit of {} bytes", self.max_body));
+            return crate::reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the limit of {} bytes", self.max_body));
         }
         response
     }
@@ -197,12 +128,12 @@ impl Proxy {
             Target::BySignature => match self.sandbox_by_signature(request.method().clone(), request.uri().clone()).await {
                 Some(r) => (r, ENVD_PORT),
                 None => {
-                    return crate::api::error(StatusCode::UNAUTHORIZED, "invalid signature: no sandbox matches it");
+                    return crate::reply::error(StatusCode::UNAUTHORIZED, "invalid signature: no sandbox matches it");
                 }
             },
         };
         // None while the sandbox is being killed or paused: its envd is going away.
-        let Some(liveness) = self.lifecycle.serving(&record.id) else { return not_found(&record.id) };
+        let Some(liveness) = self.lifecycle.streams().serving(&record.id) else { return not_found(&record.id) };
         let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
             // The node says where the sandbox is (not the record): a sandbox that died or was removed there gets
             // no traffic, even while a record still names its old address.
@@ -270,7 +201,7 @@ impl Proxy {
 }
 
 fn too_large(declared: u64, limit: u64) -> Response {
-    crate::api::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {declared} bytes is over the limit of {limit} bytes"))
+    crate::reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {declared} bytes is over the limit of {limit} bytes"))
 }
 
 /// `request` with its body cut off (an error frame) once more than `limit` bytes passed; the flag says it was.
@@ -351,7 +282,7 @@ pub async fn forward_to(
     let to_envd = port == ENVD_PORT;
     if to_envd && is_init_path(request.uri().path()) {
         tracing::info!(sandbox = %sandbox_id, path = request.uri().path(), "proxy: refused a client's /init");
-        return crate::api::error(
+        return crate::reply::error(
             StatusCode::FORBIDDEN,
             "/init is reserved for the sandbox's node: a sandbox is configured when it is created (E2B's SDKs never call /init)",
         );
@@ -366,7 +297,7 @@ pub async fn forward_to(
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let uri: Uri = match format!("http://{authority}{path}").parse() {
         Ok(u) => u,
-        Err(_) => return crate::api::error(StatusCode::BAD_REQUEST, "invalid request path"),
+        Err(_) => return crate::reply::error(StatusCode::BAD_REQUEST, "invalid request path"),
     };
     parts.uri = uri;
     parts.version = http::Version::HTTP_11;

@@ -237,7 +237,7 @@ async fn through_the_server_init_is_refused_by_header_and_by_host() {
         .create(CreateRequest { template: "base".into(), allow_internet: true, team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() })
         .await
         .unwrap()
-        .sandbox_id;
+        .id;
     let routes = [
         format!("Host: x\r\nE2b-Sandbox-Id: {id}\r\n"),
         format!("Host: x\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {ENVD_PORT}\r\n"),
@@ -263,7 +263,7 @@ async fn through_the_server_a_users_port_never_sees_the_secret() {
         .create(CreateRequest { template: "base".into(), allow_internet: true, team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() })
         .await
         .unwrap()
-        .sandbox_id;
+        .id;
     let secret = node.secrets.lock().unwrap().get(&id).cloned().expect("the node has the sandbox's secret");
     let h = envd_secret::HEADER;
     for route in [

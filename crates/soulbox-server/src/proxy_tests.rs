@@ -83,7 +83,7 @@ async fn sandbox(lifecycle: &Lifecycle) -> String {
         allow_internet: true,
         ..Default::default()
     };
-    lifecycle.create(req).await.unwrap().sandbox_id
+    lifecycle.create(req).await.unwrap().id
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ async fn replica_with_limits(db: &TestDatabase, node: Arc<CountingNode>, team_li
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     let server = tokio::spawn(async move {
-        axum::serve(crate::proxy::ServerListener(listener), app.into_make_service_with_connect_info::<crate::proxy::ClientSocket>())
+        axum::serve(crate::client_socket::ServerListener(listener), app.into_make_service_with_connect_info::<crate::client_socket::ClientSocket>())
             .with_graceful_shutdown(shutdown)
             .await
             .unwrap();

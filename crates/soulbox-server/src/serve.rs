@@ -38,7 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::ClientSocket;
+use crate::client_socket::ClientSocket;
 
 /// The `[http]` section of the server config (every field optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,6 +55,9 @@ pub struct HttpConfig {
     /// Largest template COPY context upload, in MiB [default: 4096].
     pub max_upload_mb: Option<u64>,
 }
+
+/// The default of `[http] max_upload_mb`: 4 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 4 << 30;
 
 /// The effective HTTP limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +78,7 @@ impl Default for HttpSettings {
             header_read_timeout: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(90),
             max_proxy_body_bytes: 10 << 30,
-            max_upload_bytes: 4 << 30,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -532,7 +535,7 @@ async fn read_small_body(
             .await
             {
                 Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
-                Err(e) => Err(crate::api::error(
+                Err(e) => Err(crate::reply::error(
                     http::StatusCode::BAD_REQUEST,
                     format!("reading the request body: {e}"),
                 )),

@@ -15,9 +15,10 @@ use crate::config::ServerConfig;
 use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::local_node::LocalNode;
 use crate::metrics::{self, MetricsStore};
+use crate::node_setup::{self, RuntimeSettings};
 use crate::proxy::{self, Proxy};
 use crate::serve::{self, HttpSettings};
-use crate::templates::api::UploadLimit;
+use crate::api::templates::UploadLimit;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -94,7 +95,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let lifecycle = Lifecycle::start_with_nodes(store, registry, lifecycle_config)
                 .await
                 .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
-            crate::cluster::control::spawn_lost_node_sweep(lifecycle.clone());
+            crate::cluster_control::spawn_lost_node_sweep(lifecycle.clone());
             eprintln!("cluster mode: waiting for node agents (`soulbox node --server <this URL> --token <node token>`)");
             serve(&config, lifecycle, listener, started, fresh_key).await
         }
@@ -129,7 +130,7 @@ async fn serve(
     fresh_key: Option<String>,
 ) -> anyhow::Result<()> {
     let metrics_store = Arc::new(MetricsStore::default());
-    let _sampler = metrics::spawn_sampler(lifecycle.clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
+    let _sampler = metrics::spawn_sampler(lifecycle.store().clone(), lifecycle.nodes().clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
 
     let mut http = config.http.settings();
     http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
@@ -231,25 +232,19 @@ async fn reconcile_local_node(node: &LocalNode, lifecycle: &Lifecycle) -> anyhow
 /// The runtime in-process, as the one node of a one-machine server. `reserved`: addresses the store's records
 /// name, kept from the warm pool. A failure after the runtime opened gives back what it made.
 async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::Ipv4Addr)]) -> anyhow::Result<LocalNode> {
-    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(config.data_dir.join("node"));
-    runtime_config.store_dir = config.template_dir.clone();
-    runtime_config.runtime_bin = config.runtime.clone();
-    runtime_config.envd_path = std::fs::canonicalize(&config.envd_path).with_context(|| {
-        format!("the static envd binary {} is missing: build it with scripts/build-envd.sh", config.envd_path.display())
+    let runtime_config = node_setup::runtime_config(RuntimeSettings {
+        data_dir: &config.data_dir,
+        template_dir: config.template_dir.clone(),
+        runtime: config.runtime.clone(),
+        envd_path: &config.envd_path,
+        warm_pool: config.warm_pool,
+        default_disk_mb: config.default_disk_mb,
+        prefix: config.prefix.clone(),
+        user_namespaces: config.user_namespaces,
+        userns_base: config.userns_base,
+        network_pool: &config.network_pool,
+        allow_private_egress: config.allow_private_egress,
     })?;
-    runtime_config.pool_size = config.warm_pool;
-    if let Some(mb) = config.default_disk_mb {
-        runtime_config.default_disk_mb = mb;
-    }
-    runtime_config.prefix = config.prefix.clone();
-    runtime_config.user_namespaces = config.user_namespaces;
-    if let Some(base) = config.userns_base {
-        runtime_config.userns_base = base;
-    }
-    let (pool_net, pool_len) = crate::config::parse_cidr(&config.network_pool)?;
-    runtime_config.pool_net = pool_net;
-    runtime_config.pool_prefix_len = pool_len;
-    runtime_config.allow_private_egress = config.allow_private_egress;
     let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved).await.context("starting the node runtime")?;
     let node = LocalNode::with_engine_config(runtime, "local", config.templates.engine_config(&config.debian_mirror));
     eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");

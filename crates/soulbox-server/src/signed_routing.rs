@@ -244,7 +244,7 @@ mod tests {
         };
         let sandbox = lifecycle.create(req).await.unwrap();
         (
-            sandbox.sandbox_id,
+            sandbox.id,
             sandbox.envd_access_token.unwrap_or_default(),
         )
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
-use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde::de::DeserializeOwned;
 use soulbox_protocol::api;
 
 use crate::config::{ConnectionConfig, Redirects};
@@ -19,45 +19,10 @@ pub type ListedSandbox = api::ListedSandbox;
 /// One metrics sample (seed feature 8).
 pub type SandboxMetric = api::SandboxMetric;
 pub use api::SandboxState;
-
 /// A node of the cluster with its status and capacity (seed feature 10).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeInfo {
-    #[serde(rename = "nodeID")]
-    pub node_id: String,
-    /// `healthy`, `degraded`, `draining`, `connecting` or `unhealthy`.
-    pub status: String,
-    #[serde(default)]
-    pub region: String,
-    #[serde(default)]
-    pub version: String,
-    #[serde(default)]
-    pub cpu_count: u32,
-    #[serde(rename = "memoryMB", default)]
-    pub memory_mb: u64,
-    #[serde(default)]
-    pub cpu_available: f64,
-    #[serde(rename = "memoryAvailableMB", default)]
-    pub memory_available_mb: u64,
-    #[serde(default)]
-    pub sandbox_count: u32,
-    #[serde(default)]
-    pub last_health_check: Option<String>,
-}
-
+pub use api::NodeInfo;
 /// One line of a sandbox's log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogLine {
-    pub timestamp: String,
-    pub line: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-struct LogsBody {
-    #[serde(default)]
-    logs: Vec<LogLine>,
-}
+pub type LogLine = api::SandboxLog;
 
 /// Sort order of a listing (by start time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -335,7 +300,7 @@ impl Client {
         if let Some(l) = limit {
             q.push(("limit", l.to_string()));
         }
-        let body: LogsBody = self.api_json(Method::GET, &format!("/sandboxes/{}/logs", seg(sandbox_id)), &q, None).await?;
+        let body: api::SandboxLogs = self.api_json(Method::GET, &format!("/sandboxes/{}/logs", seg(sandbox_id)), &q, None).await?;
         Ok(body.logs)
     }
 

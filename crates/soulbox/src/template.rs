@@ -212,62 +212,9 @@ impl BuildOptions {
     }
 }
 
-/// Severity of a build log entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogLevel {
-    Debug,
-    Warn,
-    Error,
-    /// Also any level this SDK does not know.
-    #[serde(other)]
-    Info,
-}
-
-/// One build log line: `step` is `"base"` (the FROM phase), the 1-based step number, or `"finalize"`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildLogEntry {
-    /// RFC 3339.
-    pub timestamp: String,
-    pub level: LogLevel,
-    pub message: String,
-    #[serde(default)]
-    pub step: Option<String>,
-}
-
-/// Where a build is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BuildStatus {
-    Waiting,
-    Building,
-    Ready,
-    Error,
-}
-
-/// Why a build failed.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct BuildReason {
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub step: Option<String>,
-}
-
+pub use soulbox_protocol::api::{AssignedTags, BuildLogEntry, BuildReason, BuildStatus, LogLevel, TemplateTag};
 /// One answer of the status endpoint: the status and a page of the log from `logsOffset`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BuildStatusPage {
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    #[serde(rename = "buildID")]
-    pub build_id: String,
-    pub status: BuildStatus,
-    #[serde(default)]
-    pub log_entries: Vec<BuildLogEntry>,
-    #[serde(default)]
-    pub reason: Option<BuildReason>,
-}
+pub type BuildStatusPage = soulbox_protocol::api::TemplateBuildInfo;
 
 /// A template as `GET /templates` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -285,44 +232,6 @@ pub struct TemplateSummary {
     pub disk_size_mb: u32,
     #[serde(default)]
     pub envd_version: String,
-}
-
-/// A tag of a template: `name:tag` → build.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateTag {
-    pub tag: String,
-    #[serde(rename = "buildID")]
-    pub build_id: String,
-    /// RFC 3339.
-    pub created_at: String,
-}
-
-/// The answer of [`Client::assign_template_tags`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct AssignedTags {
-    #[serde(rename = "buildID")]
-    pub build_id: String,
-    pub tags: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct RequestedBuild {
-    #[serde(rename = "templateID")]
-    template_id: String,
-    #[serde(rename = "buildID")]
-    build_id: String,
-    #[serde(default)]
-    tags: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct FilesLink {
-    present: bool,
-    #[serde(default)]
-    url: Option<String>,
-    #[serde(default)]
-    headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A started build: follow its log ([`BuildHandle::logs`]), wait for it, or poll its status.
@@ -346,7 +255,7 @@ impl Client {
         if let Some(m) = options.memory_mb {
             body["memoryMB"] = m.into();
         }
-        let requested: RequestedBuild = self.api_json(Method::POST, "/v3/templates", &[], Some(body)).await?;
+        let requested: soulbox_protocol::api::TemplateBuildRequested = self.api_json(Method::POST, "/v3/templates", &[], Some(body)).await?;
         let mut recipe = template.clone();
         let context = template.context.clone().unwrap_or_else(|| PathBuf::from("."));
         for step in recipe.recipe.steps.iter_mut().filter(|s| s.kind == "COPY") {
@@ -371,7 +280,7 @@ impl Client {
 
     /// E2B's upload: ask whether the files are there; if not, `PUT` a tar.gz of them to the URL given.
     async fn upload_context(&self, template_id: &str, hash: &str, context: &Path, src: &str) -> Result<()> {
-        let link: FilesLink = self.api_json(Method::GET, &format!("/templates/{}/files/{hash}", seg(template_id)), &[], None).await?;
+        let link: soulbox_protocol::api::TemplateFilesLink = self.api_json(Method::GET, &format!("/templates/{}/files/{hash}", seg(template_id)), &[], None).await?;
         let (false, Some(url)) = (link.present, link.url) else { return Ok(()) };
         let (ctx, s) = (context.to_path_buf(), src.to_string());
         let archive = blocking(move || tar_gz(&ctx, &s)).await?;
@@ -500,12 +409,7 @@ struct Follow {
     pending: VecDeque<Result<BuildLogEntry>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum StreamLine {
-    Entry(BuildLogEntry),
-    End { status: BuildStatus, #[serde(default)] reason: Option<BuildReason> },
-}
+use soulbox_protocol::api::BuildStreamLine as StreamLine;
 
 impl Follow {
     fn remember(&mut self, entry: &BuildLogEntry) {
@@ -559,7 +463,7 @@ impl Follow {
                                 self.remember(&e);
                                 return Some(Ok(e));
                             }
-                            Ok(StreamLine::End { status, reason }) => match self.end(status, reason) {
+                            Ok(StreamLine::End(end)) => match self.end(end.status, end.reason.map(|r| BuildReason { message: r.message, step: r.step })) {
                                 Some(err) => return Some(err),
                                 None => return None,
                             },
@@ -756,6 +660,6 @@ mod tests {
         let e: StreamLine = serde_json::from_str(r#"{"timestamp":"2026-01-01T00:00:00Z","level":"warn","message":"m","step":"2"}"#).unwrap();
         assert!(matches!(e, StreamLine::Entry(BuildLogEntry { level: LogLevel::Warn, .. })));
         let end: StreamLine = serde_json::from_str(r#"{"status":"error","reason":{"message":"boom","step":"3"}}"#).unwrap();
-        assert!(matches!(end, StreamLine::End { status: BuildStatus::Error, reason: Some(BuildReason { step: Some(_), .. }) }));
+        assert!(matches!(end, StreamLine::End(e) if e.status == BuildStatus::Error && e.reason.as_ref().is_some_and(|r| r.step.is_some())));
     }
 }

@@ -3,6 +3,7 @@
 mod sandboxes;
 mod system;
 mod teams;
+pub mod templates;
 #[cfg(test)]
 mod teams_tests;
 #[cfg(test)]
@@ -16,11 +17,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use http::StatusCode;
-use soulbox_protocol::api::ApiError;
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::MetricsStore;
 use crate::store::Caller;
+pub use crate::reply::error;
 
 /// Everything the API handlers share.
 #[derive(Clone)]
@@ -48,7 +49,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
         .route("/templates", get(system::templates))
         .route("/teams", get(teams::list_teams))
-        .merge(crate::templates::api::routes())
+        .merge(templates::routes())
         .merge(admin_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
     Router::new()
@@ -63,7 +64,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Template file uploads (large, token in the URL) are outside the body limit and the API key.
-        .merge(crate::templates::api::upload_routes())
+        .merge(templates::upload_routes())
         .with_state(state)
 }
 
@@ -158,11 +159,6 @@ fn refuse_unread(request: &Request, status: StatusCode, message: &str) -> Respon
     response
 }
 
-/// An E2B error response: `{"code": <status>, "message": ...}`.
-pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = ApiError { code: status.as_u16(), message: message.into(), error_code: None };
-    (status, axum::Json(body)).into_response()
-}
 
 impl IntoResponse for LifecycleError {
     fn into_response(self) -> Response {

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{
-    ConnectSandbox, ListedSandbox, NewSandbox, SandboxDetail, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
+    ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxLog, SandboxLogEntry, SandboxLogs, SandboxDetail, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
     SandboxTimeoutRequest, Lifecycle as ApiLifecycle, OnTimeout, SandboxNetworkConfig,
 };
 
@@ -29,6 +29,23 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+/// E2B's constant (deprecated) client id, in every sandbox it describes.
+pub const CLIENT_ID: &str = "6532622b";
+
+/// The REST answer to a create, connect or resume.
+fn sandbox(r: &SandboxRecord, domain: Option<String>) -> Sandbox {
+    Sandbox {
+        template_id: r.template_id.clone(),
+        sandbox_id: r.id.clone(),
+        client_id: CLIENT_ID.into(),
+        envd_version: r.envd_version.clone(),
+        alias: r.alias.clone(),
+        envd_access_token: r.envd_access_token.clone(),
+        traffic_access_token: None,
+        domain,
+    }
 }
 
 fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateRequest {
@@ -62,10 +79,7 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
     let secure = v2 || req.secure.unwrap_or(false);
     state.metrics.creates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match state.lifecycle.create(create_request(caller.team_id, req, secure)).await {
-        Ok(mut sandbox) => {
-            sandbox.domain = state.domain.clone();
-            (StatusCode::CREATED, Json(sandbox)).into_response()
-        }
+        Ok(record) => (StatusCode::CREATED, Json(sandbox(&record, state.domain.clone()))).into_response(),
         Err(e) => {
             state.metrics.create_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             e.into_response()
@@ -85,7 +99,7 @@ fn listed(r: &SandboxRecord) -> ListedSandbox {
     ListedSandbox {
         template_id: r.template_id.clone(),
         sandbox_id: r.id.clone(),
-        client_id: crate::lifecycle::CLIENT_ID.into(),
+        client_id: CLIENT_ID.into(),
         started_at: rfc3339(r.started_at_ms),
         end_at: rfc3339(r.end_at_ms),
         cpu_count: r.cpu_count,
@@ -102,7 +116,7 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
     SandboxDetail {
         template_id: r.template_id.clone(),
         sandbox_id: r.id.clone(),
-        client_id: crate::lifecycle::CLIENT_ID.into(),
+        client_id: CLIENT_ID.into(),
         started_at: rfc3339(r.started_at_ms),
         end_at: rfc3339(r.end_at_ms),
         envd_version: r.envd_version.clone(),
@@ -236,10 +250,9 @@ pub async fn kill(State(state): State<ApiState>, Extension(caller): Extension<Ca
 
 async fn connect(state: ApiState, caller: Caller, id: String, req: ConnectSandbox) -> Response {
     match state.lifecycle.connect(&caller.team_id, &id, req.timeout).await {
-        Ok((mut sandbox, resumed)) => {
-            sandbox.domain = state.domain.clone();
+        Ok((record, resumed)) => {
             let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
-            (status, Json(sandbox)).into_response()
+            (status, Json(sandbox(&record, state.domain.clone()))).into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -293,10 +306,7 @@ pub async fn resume(State(state): State<ApiState>, Extension(caller): Extension<
         Err(resp) => return resp,
     };
     match state.lifecycle.resume(&caller.team_id, &id, req.timeout).await {
-        Ok(mut sandbox) => {
-            sandbox.domain = state.domain.clone();
-            (StatusCode::CREATED, Json(sandbox)).into_response()
-        }
+        Ok(record) => (StatusCode::CREATED, Json(sandbox(&record, state.domain.clone()))).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -360,13 +370,17 @@ pub async fn logs(State(state): State<ApiState>, Extension(caller): Extension<Ca
     };
     match state.lifecycle.sandbox_logs(&caller.team_id, &id, LogQuery { start_ms, limit }).await {
         Ok(lines) => {
-            let logs: Vec<_> =
-                lines.iter().map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "line": l.line })).collect();
-            let entries: Vec<_> = lines
+            let logs = lines.iter().map(|l| SandboxLog { line: l.line.clone(), timestamp: rfc3339(l.unix_ms) }).collect();
+            let log_entries = lines
                 .iter()
-                .map(|l| serde_json::json!({ "timestamp": rfc3339(l.unix_ms), "level": "info", "message": l.line, "fields": {} }))
+                .map(|l| SandboxLogEntry {
+                    fields: Default::default(),
+                    level: "info".into(),
+                    message: l.line.clone(),
+                    timestamp: rfc3339(l.unix_ms),
+                })
                 .collect();
-            Json(serde_json::json!({ "logs": logs, "logEntries": entries })).into_response()
+            Json(SandboxLogs { log_entries, logs }).into_response()
         }
         Err(e) => e.into_response(),
     }

@@ -69,31 +69,31 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], include_str!("../../openapi.json")).into_response()
 }
 
-fn node_json(v: &crate::cluster::NodeView) -> serde_json::Value {
+fn node_view(v: &crate::cluster::NodeView) -> soulbox_protocol::api::NodeInfo {
     let n = &v.info;
-    serde_json::json!({
-        "nodeID": n.node_id,
-        "status": n.status.as_str(),
-        "region": n.region,
-        "version": n.version,
-        "cpuCount": n.cpu_count,
-        "memoryMB": n.memory_mb,
-        "cpuAvailable": n.cpu_available,
-        "memoryAvailableMB": n.memory_available_mb,
-        "sandboxCount": n.sandbox_count,
-        "lastHealthCheck": rfc3339(n.last_health_check_unix_ms),
-        "trouble": n.trouble,
-        "address": v.address,
-        "draining": v.draining,
-        "registeredAt": v.registered_at_ms.map(rfc3339),
-        "lastHeartbeat": v.last_heartbeat_ms.map(rfc3339),
-    })
+    soulbox_protocol::api::NodeInfo {
+        address: v.address.clone(),
+        cpu_available: n.cpu_available,
+        cpu_count: n.cpu_count,
+        draining: v.draining,
+        last_health_check: Some(rfc3339(n.last_health_check_unix_ms)),
+        last_heartbeat: v.last_heartbeat_ms.map(rfc3339),
+        memory_available_mb: n.memory_available_mb,
+        memory_mb: n.memory_mb,
+        node_id: n.node_id.clone(),
+        region: n.region.clone(),
+        registered_at: v.registered_at_ms.map(rfc3339),
+        sandbox_count: n.sandbox_count,
+        status: n.status.as_str().to_owned(),
+        trouble: n.trouble.clone(),
+        version: n.version.clone(),
+    }
 }
 
 /// `GET /nodes`: every node with status and capacity (seed feature 10).
 pub async fn nodes(State(state): State<ApiState>) -> Response {
     match state.lifecycle.nodes().list().await {
-        Ok(list) => Json(list.iter().map(node_json).collect::<Vec<_>>()).into_response(),
+        Ok(list) => Json(list.iter().map(node_view).collect::<Vec<_>>()).into_response(),
         Err(e) => LifecycleError::from(e).into_response(),
     }
 }
@@ -102,7 +102,7 @@ pub async fn nodes(State(state): State<ApiState>) -> Response {
 pub async fn node(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     match state.lifecycle.nodes().list().await {
         Ok(list) => match list.iter().find(|v| v.info.node_id == id) {
-            Some(v) => Json(node_json(v)).into_response(),
+            Some(v) => Json(node_view(v)).into_response(),
             None => LifecycleError::NotFound(format!("node {id} not found")).into_response(),
         },
         Err(e) => LifecycleError::from(e).into_response(),
@@ -170,14 +170,14 @@ pub async fn heartbeat(State(state): State<ApiState>, headers: http::HeaderMap, 
         return super::error(StatusCode::NOT_FOUND, "this server is not in cluster mode (no node_token configured)");
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    if !crate::cluster::control::token_matches(&registry.config().node_token, authorization) {
+    if !crate::cluster::wire::token_matches(&registry.config().node_token, authorization) {
         return super::error(StatusCode::UNAUTHORIZED, "invalid node token");
     }
     let request: crate::cluster::wire::HeartbeatRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return super::error(StatusCode::BAD_REQUEST, format!("invalid heartbeat: {e}")),
     };
-    match crate::cluster::control::heartbeat(&state.lifecycle, registry, request).await {
+    match crate::cluster_control::heartbeat(&state.lifecycle, registry, request).await {
         Ok(answer) => Json(answer).into_response(),
         Err(e) => LifecycleError::from(e).into_response(),
     }
@@ -195,7 +195,7 @@ pub async fn templates(State(state): State<ApiState>, Extension(caller): Extensi
     match state.lifecycle.node().templates().await {
         Ok(list) => Json(
             list.iter()
-                .filter(|t| !soulbox_templates::is_internal_template(&t.template_id))
+                .filter(|t| !crate::names::is_internal_template(&t.template_id))
                 // A server template has no record and is public; an API-built one is its team's unless public.
                 .filter_map(|t| match records.get(&t.template_id) {
                     None => Some((t, true)),

@@ -3,12 +3,11 @@
 //! - [`NodeSet`] is what the lifecycle and proxy see: the node a sandbox lives on, placement of a new one, and the
 //!   nodes for the admin API. [`SingleNode`] is one-machine mode (the in-process runtime is the only node);
 //!   [`registry::Registry`] is cluster mode (every node from the store, so all API replicas agree).
-//! - [`scheduler`] is the pure placement decision; [`remote::RemoteNode`] the `Node` over HTTP; [`agent`] the node
-//!   agent (runtime + node API + sandbox proxy + heartbeats); [`control`] the server side of heartbeats,
-//!   reconciliation and lost-node handling; [`wire`] the node API's JSON.
+//! - [`scheduler`] is the pure placement decision; [`remote::RemoteNode`] the `Node` over HTTP; [`wire`] the node
+//!   API's JSON and its token and id rules.
+//! - Above the cluster: `node_agent` (runtime + node API + sandbox proxy + heartbeats, `soulbox node`) and
+//!   `cluster_control` (the server side of heartbeats, reconciliation and lost-node handling).
 
-pub mod agent;
-pub mod control;
 pub mod registry;
 pub mod remote;
 pub mod scheduler;

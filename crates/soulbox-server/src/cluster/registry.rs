@@ -236,14 +236,6 @@ impl NodeSet for Registry {
     }
 }
 
-impl Registry {
-    /// One node's view (`GET /nodes/{id}`).
-    pub async fn view_of(&self, node_id: &str) -> Result<NodeView, NodeError> {
-        let node = self.store.get_node(node_id).await.map_err(store_error)?;
-        Ok(self.view(&node))
-    }
-}
-
 /// Template questions in cluster mode go to a live node (every node serves the same templates: each builds or
 /// is given the `base` template at start). Sandbox operations never come here: they go to the sandbox's node.
 struct ClusterTemplates {

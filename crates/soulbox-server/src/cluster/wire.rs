@@ -2,6 +2,7 @@
 //! heartbeats to the server carry the cluster's node token as `Authorization: Bearer`.
 
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 use crate::node::{NodeError, NodeInfo, NodeStatus};
 
@@ -80,9 +81,34 @@ impl ErrorBody {
     }
 }
 
+/// Constant-time check of a node's `Authorization: Bearer <token>` against the cluster's node token.
+pub fn token_matches(expected: &str, authorization: Option<&str>) -> bool {
+    let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or_default();
+    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+}
+
+/// Node ids name rows, log lines and URLs: `[a-z0-9][a-z0-9-]{0,62}`.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 63
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tokens_and_ids() {
+        assert!(token_matches("secret", Some("Bearer secret")));
+        assert!(!token_matches("secret", Some("Bearer secreT")));
+        assert!(!token_matches("secret", Some("secret")));
+        assert!(!token_matches("secret", None));
+        assert!(!token_matches("", Some("Bearer ")));
+        assert!(valid_node_id("node-1"));
+        assert!(!valid_node_id("-x") && !valid_node_id("Node") && !valid_node_id("") && !valid_node_id("a/b"));
+    }
 
     #[test]
     fn errors_survive_the_hop() {

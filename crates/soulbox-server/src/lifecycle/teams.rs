@@ -27,7 +27,7 @@ impl Lifecycle {
     /// public, an API-built one belongs to its team unless public, a build's own runtime template (`sbb-...`) is
     /// reached only through its template's tags.
     pub async fn template_visible(&self, team_id: &str, name: &str) -> Result<bool> {
-        if soulbox_templates::is_internal_template(name) {
+        if crate::names::is_internal_template(name) {
             return Ok(false);
         }
         Ok(match self.store.get_template_record(name).await? {
@@ -41,12 +41,12 @@ impl Lifecycle {
     pub async fn resolve_template(&self, team_id: &str, wanted: &str) -> Result<TemplateInfo> {
         let not_found = || LifecycleError::NotFound(format!("template '{wanted}' not found"));
         // `name:tag`: `default` is the runtime template `name`; another tag is the build it points at.
-        let (name, tag) = crate::templates::api::split_tag(wanted);
+        let (name, tag) = crate::names::split_tag(wanted);
         let runtime_name = match tag {
             "default" => name.to_string(),
             tag if self.template_visible(team_id, name).await? => {
                 match self.store.tag_build(name, tag).await? {
-                    Some(build) => soulbox_templates::build_template_name(&build),
+                    Some(build) => crate::names::build_template_name(&build),
                     None => return Err(not_found()),
                 }
             }

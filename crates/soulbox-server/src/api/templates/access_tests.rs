@@ -3,8 +3,8 @@
 use http::StatusCode;
 use serde_json::json;
 
-use super::BaseAccess;
-use super::api::tests::Harness;
+use super::tests::Harness;
+use soulbox_templates::BaseAccess;
 
 #[tokio::test]
 async fn another_teams_templates_builds_tags_and_names_are_out_of_reach() {

@@ -6,10 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use subtle::ConstantTimeEq;
-
-use super::registry::Registry;
-use super::wire::{HeartbeatRequest, HeartbeatResponse};
+use crate::cluster::registry::{ClusterConfig, Registry};
+use crate::cluster::wire::{HeartbeatRequest, HeartbeatResponse, valid_node_id};
 use crate::lifecycle::Lifecycle;
 use crate::node::{Node, NodeError, NodeStatus};
 use crate::store::{NodeRecord, now_ms};
@@ -19,20 +17,6 @@ use crate::store::{NodeRecord, now_ms};
 const RECONCILE_MIN_AGE_MS: i64 = 30_000;
 /// How long the control plane waits for a node to answer the check that confirms it.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Constant-time check of a node's `Authorization: Bearer <token>` against the cluster's node token.
-pub fn token_matches(expected: &str, authorization: Option<&str>) -> bool {
-    let presented = authorization.and_then(|h| h.strip_prefix("Bearer ")).unwrap_or_default();
-    !expected.is_empty() && bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
-}
-
-/// Node ids name rows, log lines and URLs: `[a-z0-9][a-z0-9-]{0,62}`.
-pub fn valid_node_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 63
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !id.starts_with('-')
-}
 
 /// Records a heartbeat (registering the node on its first), confirms the node by calling it back when it is
 /// new or changed, and reconciles its sandboxes with the store. Answers with its status and what to kill.
@@ -134,7 +118,7 @@ pub fn spawn_lost_node_sweep(lifecycle: Arc<Lifecycle>) {
     });
 }
 
-async fn sweep_lost(lifecycle: &Lifecycle, config: &super::registry::ClusterConfig) -> Result<(), crate::store::StoreError> {
+async fn sweep_lost(lifecycle: &Lifecycle, config: &ClusterConfig) -> Result<(), crate::store::StoreError> {
     let lost_after_ms = (config.heartbeat_timeout + config.lost_after).as_millis() as i64;
     let now = now_ms();
     for node in lifecycle.store().list_nodes().await? {
@@ -148,20 +132,4 @@ async fn sweep_lost(lifecycle: &Lifecycle, config: &super::registry::ClusterConf
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_and_ids() {
-        assert!(token_matches("secret", Some("Bearer secret")));
-        assert!(!token_matches("secret", Some("Bearer secreT")));
-        assert!(!token_matches("secret", Some("secret")));
-        assert!(!token_matches("secret", None));
-        assert!(!token_matches("", Some("Bearer ")));
-        assert!(valid_node_id("node-1"));
-        assert!(!valid_node_id("-x") && !valid_node_id("Node") && !valid_node_id("") && !valid_node_id("a/b"));
-    }
 }

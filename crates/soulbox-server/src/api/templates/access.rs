@@ -3,12 +3,10 @@
 //! a build from them. Server templates (`base`, built by the server, with no store record) are public. Template
 //! names are unique across teams, like E2B's aliases: a name another team (or the server) holds is a 409.
 
-use std::path::{Path, PathBuf};
-
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 
-use super::BaseAccess;
+use soulbox_templates::BaseAccess;
 use crate::api::{ApiState, error};
 use crate::lifecycle::LifecycleError;
 use crate::store::{BuildRecord, Caller, TemplateRecord};
@@ -97,11 +95,6 @@ pub async fn base_access(
         .map(|r| r.id)
         .collect();
     Ok(BaseAccess::Team { hidden, tag_build })
-}
-
-/// Each team's COPY uploads live in their own directory, so no team can build from (or probe for) another's.
-pub fn team_files_dir(files_dir: &Path, team_id: &str) -> PathBuf {
-    files_dir.join(team_id)
 }
 
 /// A deprecated `teamID` in a build request must be the key's own team: the refusal when it is another.

@@ -18,12 +18,12 @@ use axum::routing::{get, post};
 use http::StatusCode;
 use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
-use tokio_util::sync::CancellationToken;
 
-use super::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
+use crate::cluster::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
 use crate::proxy::{self, Upstream};
+use crate::stream_cut::StreamCuts;
 
 /// A sandbox created less recently than this is reported in heartbeats (younger ones may not be recorded by the
 /// control plane yet, and would look unknown to it).
@@ -50,7 +50,7 @@ pub struct Agent {
     config: AgentConfig,
     secret: String,
     /// Cancelled when a sandbox stops serving here (kill, pause): the agent's proxy cuts its open streams.
-    live: Mutex<HashMap<String, CancellationToken>>,
+    streams: StreamCuts,
     created: Mutex<HashMap<String, Instant>>,
     last_error: Mutex<Option<(Instant, String)>>,
     client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, axum::body::Body>,
@@ -62,7 +62,7 @@ impl Agent {
             node,
             config,
             secret: crate::ids::access_token(),
-            live: Mutex::default(),
+            streams: StreamCuts::default(),
             created: Mutex::default(),
             last_error: Mutex::default(),
             client: proxy::http_client(),
@@ -80,15 +80,6 @@ impl Agent {
         result
     }
 
-    fn cut_streams(&self, id: &str) {
-        if let Some(token) = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
-            token.cancel();
-        }
-    }
-
-    fn liveness(&self, id: &str) -> CancellationToken {
-        self.live.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default().clone()
-    }
 
     /// The runtime's own report plus the agent's: recent runtime errors make the node Degraded.
     pub async fn info(&self) -> NodeInfo {
@@ -154,7 +145,7 @@ impl Agent {
         let answer: HeartbeatResponse = response.json().await.map_err(|e| format!("{url}: {e}"))?;
         for id in &answer.kill {
             tracing::info!(sandbox = %id, "reconcile: the control plane no longer knows this sandbox, killing it");
-            self.cut_streams(id);
+            self.streams.cut(id);
             if let Err(e) = self.note(self.node.kill(id).await) {
                 tracing::warn!(sandbox = %id, error = %e, "reconcile: kill failed");
             }
@@ -165,7 +156,7 @@ impl Agent {
 
 /// Heartbeats forever (first one at once). Failures are logged and retried at the next beat.
 pub async fn heartbeat_loop(agent: Arc<Agent>) {
-    let http = super::remote::RemoteNode::http_client();
+    let http = crate::cluster::remote::RemoteNode::http_client();
     let mut tick = tokio::time::interval(agent.config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<Result<NodeStatus, String>> = None;
@@ -208,7 +199,7 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
 async fn require_secret(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !bool::from(presented.ct_eq(agent.secret.as_bytes())) {
-        return crate::api::error(StatusCode::UNAUTHORIZED, "this is a SoulBox node agent: only its control plane may call it");
+        return crate::reply::error(StatusCode::UNAUTHORIZED, "this is a SoulBox node agent: only its control plane may call it");
     }
     next.run(request).await
 }
@@ -243,7 +234,7 @@ async fn create(State(agent): State<Arc<Agent>>, Json(spec): Json<SandboxSpec>) 
 }
 
 async fn kill(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
-    agent.cut_streams(&id);
+    agent.streams.cut(&id);
     match agent.note(agent.node.kill(&id).await) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
@@ -251,7 +242,7 @@ async fn kill(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Respon
 }
 
 async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Json(req): Json<PauseRequest>) -> Response {
-    agent.cut_streams(&id);
+    agent.streams.cut(&id);
     match agent.note(agent.node.pause(&id, req.keep_memory).await) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
@@ -274,19 +265,15 @@ async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Query(que
 /// Sandbox traffic from the control plane's proxy: `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`) name the sandbox,
 /// which must be running on this node.
 async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Response {
-    let (id, port) = {
-        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        (header("e2b-sandbox-id"), header("e2b-sandbox-port").and_then(|p| p.parse::<u16>().ok()).unwrap_or(ENVD_PORT))
-    };
-    let Some(id) = id else {
-        return crate::api::error(StatusCode::NOT_FOUND, "no such route");
+    let Some((id, port)) = crate::names::sandbox_route(request.headers()) else {
+        return crate::reply::error(StatusCode::NOT_FOUND, "no such route");
     };
     let running = match agent.node.runtime().info(&id).await {
         Ok(info) if info.status == soulbox_runtime::Status::Running => info.ip,
         _ => None,
     };
     let Some(ip) = running else { return proxy::not_found(&id) };
-    let liveness = agent.liveness(&id);
+    let liveness = agent.streams.token(&id);
     let envd_secret = if port == ENVD_PORT { agent.node.envd_secret(&id) } else { None };
     let upstream =
         Upstream { authority: format!("{ip}:{port}"), headers: http::HeaderMap::new(), sandbox_id: id, port, envd_secret };
@@ -345,12 +332,12 @@ pub struct NodeSettings {
 /// restarted agent comes back as the same node and its sandboxes are reconciled, not orphaned).
 pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Result<String> {
     if let Some(id) = wanted {
-        anyhow::ensure!(super::control::valid_node_id(&id), "invalid node id {id:?}: use [a-z0-9-], at most 63 characters");
+        anyhow::ensure!(crate::cluster::wire::valid_node_id(&id), "invalid node id {id:?}: use [a-z0-9-], at most 63 characters");
         return Ok(id);
     }
     let path = data_dir.join("node-id");
     match std::fs::read_to_string(&path) {
-        Ok(id) if super::control::valid_node_id(id.trim()) => Ok(id.trim().to_owned()),
+        Ok(id) if crate::cluster::wire::valid_node_id(id.trim()) => Ok(id.trim().to_owned()),
         _ => {
             let id = format!("node-{}", &crate::ids::access_token()[..8]);
             std::fs::create_dir_all(data_dir)?;
@@ -364,21 +351,19 @@ pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Re
 pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let mut runtime_config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
-    runtime_config.store_dir = settings.template_dir.clone();
-    runtime_config.runtime_bin = settings.runtime.clone();
-    runtime_config.envd_path = std::fs::canonicalize(&settings.envd_path)
-        .with_context(|| format!("the static envd binary {} is missing", settings.envd_path.display()))?;
-    runtime_config.pool_size = settings.warm_pool;
-    runtime_config.prefix = settings.prefix.clone();
-    runtime_config.user_namespaces = settings.user_namespaces;
-    if let Some(base) = settings.userns_base {
-        runtime_config.userns_base = base;
-    }
-    let (pool_net, pool_len) = crate::config::parse_cidr(&settings.network_pool)?;
-    runtime_config.pool_net = pool_net;
-    runtime_config.pool_prefix_len = pool_len;
-    runtime_config.allow_private_egress = settings.allow_private_egress;
+    let runtime_config = crate::node_setup::runtime_config(crate::node_setup::RuntimeSettings {
+        data_dir: &settings.data_dir,
+        template_dir: settings.template_dir.clone(),
+        runtime: settings.runtime.clone(),
+        envd_path: &settings.envd_path,
+        warm_pool: settings.warm_pool,
+        default_disk_mb: None,
+        prefix: settings.prefix.clone(),
+        user_namespaces: settings.user_namespaces,
+        userns_base: settings.userns_base,
+        network_pool: &settings.network_pool,
+        allow_private_egress: settings.allow_private_egress,
+    })?;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
     if let Err(e) = runtime.store().ensure_base_template(&settings.debian_mirror).await {

@@ -26,12 +26,12 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
-use futures::StreamExt;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::unpack::Compression;
+use soulbox_templates::unpack::Compression;
 
 /// Hard links (a tar's second name for a file) whose content is re-read to verify a hash; more are refused.
 const MAX_HARDLINKS: usize = 64;
@@ -68,6 +68,12 @@ impl Uploads {
         Uploads { root }
     }
 
+    /// A team's uploads on a node: each team's COPY uploads live in their own directory, so no team can build
+    /// from (or probe for) another's.
+    pub fn for_team(files_dir: &Path, team_id: &str) -> Uploads {
+        Uploads::new(files_dir.join(team_id))
+    }
+
     /// Where a template's uploads are (`template` is a validated template name).
     pub fn dir(&self, template: &str) -> PathBuf {
         self.root.join(template)
@@ -86,7 +92,7 @@ impl Uploads {
         &self,
         template: &str,
         hash: &str,
-        body: Body,
+        body: impl Stream<Item = Result<Bytes, impl std::fmt::Display>> + Unpin,
         max: u64,
     ) -> Result<Stored, UploadError> {
         let dir = self.dir(template);
@@ -109,7 +115,7 @@ impl Uploads {
     pub async fn verify_recipe(
         &self,
         template: &str,
-        recipe: &super::Recipe,
+        recipe: &soulbox_templates::Recipe,
     ) -> Result<(), String> {
         let copies = recipe
             .steps
@@ -117,7 +123,7 @@ impl Uploads {
             .enumerate()
             .filter(|(_, s)| s.kind == "COPY");
         for (i, step) in copies {
-            let Some(hash) = step.files_hash.clone().filter(|h| is_hash(h)) else {
+            let Some(hash) = step.files_hash.clone().filter(|h| crate::names::is_valid_files_hash(h)) else {
                 continue;
             };
             let archive = self.path(template, &hash);
@@ -154,7 +160,7 @@ impl Uploads {
 async fn write_then_place(
     tmp: &Path,
     dest: &Path,
-    body: Body,
+    mut stream: impl Stream<Item = Result<Bytes, impl std::fmt::Display>> + Unpin,
     max: u64,
 ) -> Result<Stored, UploadError> {
     let mut file = tokio::fs::OpenOptions::new()
@@ -162,7 +168,6 @@ async fn write_then_place(
         .create_new(true)
         .open(tmp)
         .await?;
-    let mut stream = body.into_data_stream();
     let mut n = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
@@ -193,10 +198,6 @@ async fn write_then_place(
     }
 }
 
-/// A files hash as it may name a file: hex, at most 128 characters.
-fn is_hash(h: &str) -> bool {
-    !h.is_empty() && h.len() <= 128 && h.chars().all(|c| c.is_ascii_hexdigit())
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -447,7 +448,7 @@ mod tests {
     async fn uploads_stream_under_a_limit_and_the_first_one_stays() {
         let root = tempfile::tempdir().unwrap();
         let uploads = Uploads::new(root.path().to_path_buf());
-        let body = |data: &'static [u8]| Body::from(data);
+        let body = |data: &'static [u8]| axum::body::Body::from(data).into_data_stream();
         assert_eq!(
             uploads
                 .store("app", "abc", body(b"first"), 100)

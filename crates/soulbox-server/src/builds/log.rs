@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use super::LogLevel;
+use soulbox_templates::LogLevel;
 
 pub const MAX_LINE_BYTES: usize = 8 * 1024;
 pub const MAX_LINES: usize = 10_000;

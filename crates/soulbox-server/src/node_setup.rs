@@ -1,0 +1,93 @@
+//! How a node's runtime is configured from the settings of `soulbox server` (one machine,
+//! the runtime in-process) and of `soulbox node` (a node agent): one assembly for both.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+use crate::config::parse_cidr;
+
+/// What the runtime of a node is opened with.
+#[derive(Debug, Clone)]
+pub struct RuntimeSettings<'a> {
+    pub data_dir: &'a Path,
+    /// Template store shared by several runtimes on one host (layers are read-only); default: the data dir.
+    pub template_dir: Option<PathBuf>,
+    pub runtime: String,
+    pub envd_path: &'a Path,
+    pub warm_pool: usize,
+    pub default_disk_mb: Option<u64>,
+    pub prefix: String,
+    pub user_namespaces: bool,
+    pub userns_base: Option<u32>,
+    pub network_pool: &'a str,
+    pub allow_private_egress: bool,
+}
+
+/// The runtime's configuration (its state under `<data_dir>/node`).
+pub fn runtime_config(
+    settings: RuntimeSettings<'_>,
+) -> anyhow::Result<soulbox_runtime::RuntimeConfig> {
+    let mut config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
+    config.store_dir = settings.template_dir;
+    config.runtime_bin = settings.runtime;
+    config.envd_path = std::fs::canonicalize(settings.envd_path).with_context(|| {
+        format!(
+            "the static envd binary {} is missing: build it with scripts/build-envd.sh",
+            settings.envd_path.display()
+        )
+    })?;
+    config.pool_size = settings.warm_pool;
+    if let Some(mb) = settings.default_disk_mb {
+        config.default_disk_mb = mb;
+    }
+    config.prefix = settings.prefix;
+    config.user_namespaces = settings.user_namespaces;
+    if let Some(base) = settings.userns_base {
+        config.userns_base = base;
+    }
+    let (pool_net, pool_len) = parse_cidr(settings.network_pool)?;
+    config.pool_net = pool_net;
+    config.pool_prefix_len = pool_len;
+    config.allow_private_egress = settings.allow_private_egress;
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_config_from_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let envd = dir.path().join("envd");
+        std::fs::write(&envd, b"").unwrap();
+        let settings = |envd_path| RuntimeSettings {
+            data_dir: dir.path(),
+            template_dir: None,
+            runtime: "runc".into(),
+            envd_path,
+            warm_pool: 2,
+            default_disk_mb: Some(512),
+            prefix: "sx".into(),
+            user_namespaces: true,
+            userns_base: None,
+            network_pool: "10.77.0.0/16",
+            allow_private_egress: false,
+        };
+        let config = runtime_config(settings(&envd)).unwrap();
+        assert_eq!(
+            (
+                config.pool_size,
+                config.default_disk_mb,
+                config.pool_prefix_len
+            ),
+            (2, 512, 16)
+        );
+        let missing = runtime_config(settings(&dir.path().join("nope"))).unwrap_err();
+        assert!(
+            format!("{missing:#}").contains("scripts/build-envd.sh"),
+            "{missing:#}"
+        );
+    }
+}
