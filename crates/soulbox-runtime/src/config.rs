@@ -71,10 +71,16 @@ pub struct RuntimeConfig {
     #[serde(default)]
     pub allow_private_egress: bool,
     /// Run every sandbox in its own user namespace (`userns.rs`): root inside is an unprivileged
-    /// host uid of the sandbox's own range. Default on; a kernel without idmapped overlay layers
-    /// gets a loud warning at open and sandboxes without user namespaces.
+    /// host uid. Default on; `userns_mode` says whose ids those are.
     #[serde(default = "default_true")]
     pub user_namespaces: bool,
+    /// `auto` (default): one id range per sandbox where overlayfs on idmapped layers works (the
+    /// probe at open), else one range shared by every sandbox, with a warning; `per-sandbox` or
+    /// `shared` force one (`per-sandbox` fails `Runtime::open` where it cannot work). Shared mode
+    /// keeps its layers in their own store (`<store_dir>/shifted-<base>/`, files owned by the
+    /// range's ids).
+    #[serde(default)]
+    pub userns_mode: crate::userns::UsernsMode,
     /// First host id of the user namespace ranges (65536 ids per sandbox).
     #[serde(default = "default_userns_base")]
     pub userns_base: u32,
@@ -151,6 +157,7 @@ impl RuntimeConfig {
             default_disk_mb: DEFAULT_DISK_MB,
             allow_private_egress: false,
             user_namespaces: true,
+            userns_mode: Default::default(),
             userns_base: crate::userns::DEFAULT_BASE,
             userns_ranges: crate::userns::DEFAULT_RANGES,
             userns_claims_dir: default_userns_claims_dir(),
