@@ -255,7 +255,9 @@ pub fn import_blob(store: &Store, blob: &Path, compression: Compression, expecte
     let tmp = TempDir::new(store)?;
     let file = std::fs::File::open(blob).map_err(io_at(blob))?;
     let reader = compression.decoder(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
-    let stats = unpack::unpack(reader, tmp.path()).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
+    // shifted into the store's range in a shared user namespace store (`soulbox_runtime::template`)
+    let opts = unpack::UnpackOptions { id_shift: store.id_shift() };
+    let stats = unpack::unpack_with(reader, tmp.path(), &opts).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     if let Some(expected) = expected_diff_id
         && expected != stats.diff_id
     {
