@@ -87,6 +87,9 @@ struct ServerArgs {
     /// (where overlayfs on idmapped layers is missing; weaker) [default: auto].
     #[arg(long, env = "SOULBOX_USERNS_MODE")]
     userns_mode: Option<soulbox_runtime::userns::UsernsMode>,
+    /// First host uid of the sandboxes' id ranges (65536 each; in shared mode the one range) [default: 0x10000000].
+    #[arg(long, env = "SOULBOX_USERNS_BASE")]
+    userns_base: Option<u32>,
     /// Sandbox address pool, a.b.c.d/len [default: 10.77.0.0/16].
     #[arg(long, env = "SOULBOX_NETWORK_POOL")]
     network_pool: Option<String>,
@@ -211,7 +214,7 @@ impl ServerArgs {
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
             user_namespaces: self.user_namespaces.or(file.user_namespaces).unwrap_or(true),
-            userns_base: file.userns_base,
+            userns_base: self.userns_base.or(file.userns_base),
             userns_mode: self.userns_mode.or(file.userns_mode).unwrap_or_default(),
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
             template_dir: self.template_dir.or(file.template_dir),
