@@ -177,7 +177,7 @@ impl RuntimeConfig {
             return Err(Error::Invalid("pool prefix length must be within 8..=30".into()));
         }
         if self.user_namespaces {
-            crate::userns::validate(self.userns_base, self.userns_ranges)?;
+            crate::userns::validate(self.userns_base, crate::userns::ranges_needed(self))?;
         }
         Ok(())
     }

@@ -169,6 +169,14 @@ pub fn validate(base: u32, ranges: u32) -> Result<()> {
     Ok(())
 }
 
+/// How many ranges from `userns_base` the configured mode may use: one when forced shared.
+pub fn ranges_needed(cfg: &crate::RuntimeConfig) -> u32 {
+    match cfg.userns_mode {
+        UsernsMode::Shared => 1,
+        _ => cfg.userns_ranges,
+    }
+}
+
 /// User namespaces as a runtime instance runs them (module docs).
 pub enum Userns {
     PerSandbox(IdRanges),
@@ -289,7 +297,7 @@ pub fn open(cfg: &crate::RuntimeConfig, store: &crate::template::Store) -> Resul
         return Ok(None);
     }
     let mode = cfg.userns_mode;
-    validate(cfg.userns_base, cfg.userns_ranges)?;
+    validate(cfg.userns_base, ranges_needed(cfg))?;
     crate::perms::check_traversable(&cfg.data_dir, cfg.userns_base)?;
     let first = IdRange::at(cfg.userns_base);
     // No user namespace at all (a kernel without them, or `user.max_user_namespaces` 0): no mode works.
