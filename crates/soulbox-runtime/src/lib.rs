@@ -16,7 +16,6 @@ pub mod network;
 pub mod oci_spec;
 pub mod perms;
 pub mod quota;
-pub mod reconcile;
 pub mod record;
 pub mod rootfs;
 pub mod sandbox_log;

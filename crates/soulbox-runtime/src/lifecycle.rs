@@ -25,6 +25,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 mod addresses;
 mod close;
+mod reconcile;
 
 type Handle = Arc<AsyncMutex<Record>>;
 
@@ -443,7 +444,7 @@ impl Runtime {
 
     async fn finish_open(&self, reserved: &[(String, Ipv4Addr)]) -> Result<()> {
         let inner = &self.inner;
-        crate::reconcile::reconcile(inner).await?;
+        reconcile::reconcile(inner).await?;
         self.set_reserved_addresses(reserved);
         if inner.cfg.pool_size > 0 {
             inner.fill_pool().await?;

@@ -1,9 +1,9 @@
 //! Boot-time reconcile: re-adopt sandboxes the OCI runtime still runs and collect everything a
 //! crashed instance may have leaked (runtime CLI processes, containers, runtime state, cgroups,
 //! mounts, netns, veths, nft rules, IP leases, temp layers).
+use super::Inner;
 use crate::cgroup;
 use crate::error::Result;
-use crate::lifecycle::Inner;
 use crate::network::{self, NetLease};
 use crate::record::Record;
 use crate::rootfs;
