@@ -12,6 +12,7 @@ pub mod firewall;
 pub mod idmap;
 pub mod lifecycle;
 pub mod loopdev;
+pub mod mounts;
 pub mod network;
 pub mod oci_spec;
 pub mod perms;
