@@ -25,18 +25,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// `RuntimeConfig::disk_quota`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskQuotaMode {
-    /// No disk limit.
-    Off,
-    /// Use project quotas when possible; otherwise warn once and run without a limit.
-    #[default]
-    Auto,
-    /// `Runtime::open` fails when the mechanism is unavailable.
-    Required,
-}
+// `RuntimeConfig::disk_quota`'s type is the config's; here under its old path.
+pub use crate::config::DiskQuotaMode;
 
 pub const IMAGE_FILE: &str = "disk.img";
 const RECORD_FILE: &str = "disk.json";

@@ -44,62 +44,10 @@ use std::path::{Path, PathBuf};
 
 mod claims;
 pub use claims::{IdRanges, SharedRange};
-
-/// Ids per sandbox: uid/gid 0..65535 inside.
-pub const RANGE_SIZE: u32 = 65536;
-/// Default first host id of the first range.
-pub const DEFAULT_BASE: u32 = 0x1000_0000;
-/// Default number of ranges (0x10000000..0x30000000).
-pub const DEFAULT_RANGES: u32 = 8192;
-/// Default host-wide claims directory.
-pub const DEFAULT_CLAIMS_DIR: &str = "/run/soulbox/userns";
-/// Highest host id a range may reach (signed 32-bit; `ping_group_range` is written up to it).
-const MAX_HOST_ID: u64 = 0x7FFF_FFFF;
-/// Lowest allowed base: never host root or the system's own accounts.
-const MIN_BASE: u32 = 0x0008_0000;
-
-/// `RuntimeConfig::userns_mode`: whose host ids sandboxes run as (module docs).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum UsernsMode {
-    /// per-sandbox where the kernel and filesystems allow it, else shared (with a warning).
-    #[default]
-    Auto,
-    /// Every sandbox its own range (idmapped layers); `Runtime::open` fails where that cannot work.
-    PerSandbox,
-    /// One range for every sandbox, files stored shifted (no idmapped mounts).
-    Shared,
-}
-
-impl UsernsMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UsernsMode::Auto => "auto",
-            UsernsMode::PerSandbox => "per-sandbox",
-            UsernsMode::Shared => "shared",
-        }
-    }
-}
-
-impl std::fmt::Display for UsernsMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for UsernsMode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "auto" => Ok(UsernsMode::Auto),
-            "per-sandbox" => Ok(UsernsMode::PerSandbox),
-            "shared" => Ok(UsernsMode::Shared),
-            other => Err(format!(
-                "unknown user namespace mode {other:?} (auto, per-sandbox, shared)"
-            )),
-        }
-    }
-}
+// The settings (mode, range space, defaults) are the config's; here under their old paths.
+pub use crate::config::{
+    DEFAULT_BASE, DEFAULT_CLAIMS_DIR, DEFAULT_RANGES, RANGE_SIZE, UsernsMode, ranges_needed, validate,
+};
 
 /// A sandbox's range: inside id `k` is host id `host_base + k`, for `k < size`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -150,30 +98,6 @@ impl IdRange {
     /// `/proc/<pid>/uid_map` line for this range.
     pub fn map_line(&self) -> String {
         format!("0 {} {}\n", self.host_base, self.size)
-    }
-}
-
-/// Check the configured range space.
-pub fn validate(base: u32, ranges: u32) -> Result<()> {
-    if base < MIN_BASE || !base.is_multiple_of(RANGE_SIZE) {
-        return Err(Error::Invalid(format!(
-            "userns base {base:#x} must be a multiple of 65536 and at least {MIN_BASE:#x}"
-        )));
-    }
-    let end = base as u64 + ranges as u64 * RANGE_SIZE as u64;
-    if ranges == 0 || end - 1 > MAX_HOST_ID {
-        return Err(Error::Invalid(format!(
-            "userns ranges: {ranges} ranges of 65536 from {base:#x} must fit below 2^31"
-        )));
-    }
-    Ok(())
-}
-
-/// How many ranges from `userns_base` the configured mode may use: one when forced shared.
-pub fn ranges_needed(cfg: &crate::RuntimeConfig) -> u32 {
-    match cfg.userns_mode {
-        UsernsMode::Shared => 1,
-        _ => cfg.userns_ranges,
     }
 }
 

@@ -5,7 +5,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Ids per range (uid/gid 0..65535 inside).
-const RANGE_SIZE: u32 = crate::userns::RANGE_SIZE;
+const RANGE_SIZE: u32 = crate::config::RANGE_SIZE;
 /// What a user namespace shows for an unmapped id (`nobody`): ids past the range are stored as it,
 /// as `soulbox-layer`'s shifted unpack does.
 const OVERFLOW_ID: u32 = 65534;
