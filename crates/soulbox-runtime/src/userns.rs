@@ -46,7 +46,8 @@ mod claims;
 pub use claims::{IdRanges, SharedRange};
 // The settings (mode, range space, defaults) are the config's; here under their old paths.
 pub use crate::config::{
-    DEFAULT_BASE, DEFAULT_CLAIMS_DIR, DEFAULT_RANGES, RANGE_SIZE, UsernsMode, ranges_needed, validate,
+    DEFAULT_BASE, DEFAULT_CLAIMS_DIR, DEFAULT_RANGES, RANGE_SIZE, UsernsMode, ranges_needed,
+    validate,
 };
 
 /// A sandbox's range: inside id `k` is host id `host_base + k`, for `k < size`.
