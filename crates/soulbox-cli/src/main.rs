@@ -86,7 +86,7 @@ struct ServerArgs {
     /// auto | per-sandbox | shared: one id range per sandbox (idmapped layers), or one range shared by all
     /// (where overlayfs on idmapped layers is missing; weaker) [default: auto].
     #[arg(long, env = "SOULBOX_USERNS_MODE")]
-    userns_mode: Option<soulbox_runtime::userns::UsernsMode>,
+    userns_mode: Option<config::UsernsMode>,
     /// First host uid of the sandboxes' id ranges (65536 each; in shared mode the one range) [default: 0x10000000].
     #[arg(long, env = "SOULBOX_USERNS_BASE")]
     userns_base: Option<u32>,
@@ -154,7 +154,7 @@ struct NodeArgs {
     userns_base: Option<u32>,
     /// auto | per-sandbox | shared (see `soulbox server --help`).
     #[arg(long, env = "SOULBOX_USERNS_MODE", default_value = "auto")]
-    userns_mode: soulbox_runtime::userns::UsernsMode,
+    userns_mode: config::UsernsMode,
     #[arg(long, env = "SOULBOX_NETWORK_POOL", default_value = "10.77.0.0/16")]
     network_pool: String,
     #[arg(long, env = "SOULBOX_DEBIAN_MIRROR", default_value = config::DEFAULT_MIRROR)]

@@ -56,6 +56,8 @@ pub struct FileConfig {
 
 /// The `[templates]` section lives with the engine it configures.
 pub use soulbox_templates::config::TemplatesConfig;
+/// `userns_mode`'s values (the runtime's type), for the CLI.
+pub use soulbox_runtime::userns::UsernsMode;
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
