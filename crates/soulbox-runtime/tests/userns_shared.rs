@@ -89,6 +89,19 @@ async fn upload_as(info: &soulbox_runtime::SandboxInfo, user: &str, path: &str, 
     assert_eq!(status, 200, "upload: {}", String::from_utf8_lossy(&answer));
 }
 
+/// Close `h`'s runtime (as a crash would) and open `cfg` on it instead. Should that fail, the harness gets
+/// its own runtime back first, so that its drop still removes everything.
+async fn reopen(h: &mut Harness, cfg: RuntimeConfig) {
+    drop(h.rt.take());
+    match soulbox_runtime::Runtime::open(cfg).await {
+        Ok(rt) => h.rt = Some(rt),
+        Err(e) => {
+            h.rt = soulbox_runtime::Runtime::open(h.cfg.clone()).await.ok();
+            panic!("reopening the runtime: {e}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shared_range_files_stored_shifted_layers_shared() {
     root_or_skip!("one_shared_range_files_stored_shifted_layers_shared");
@@ -324,19 +337,15 @@ async fn stores_and_sandboxes_of_the_two_modes_are_never_mixed() {
 
     // swap the modes over the same data dirs (a kernel upgrade, a config change): stopped sandboxes
     // of the other mode are refused with the reason, their records and files untouched
-    drop(hs.rt.take());
-    drop(hp.rt.take());
     let mut swapped_shared = cfg_per.clone();
     (swapped_shared.userns_mode, swapped_shared.userns_base) =
         (UsernsMode::Shared, base + 2 * RANGE_SIZE);
     let mut swapped_per = cfg_shared.clone();
     swapped_per.userns_mode = UsernsMode::PerSandbox;
-    hp.rt = Some(
-        soulbox_runtime::Runtime::open(swapped_shared)
-            .await
-            .unwrap(),
-    );
-    hs.rt = Some(soulbox_runtime::Runtime::open(swapped_per).await.unwrap());
+    let swapped_store =
+        soulbox_runtime::Store::shifted_root(&cfg_per.store_dir(), swapped_shared.userns_base);
+    reopen(&mut hp, swapped_shared).await;
+    reopen(&mut hs, swapped_per).await;
     for (h, id, how) in [
         (&hp, &p.id, "stored unshifted"),
         (&hs, &s.id, "shifted into the shared user namespace range"),
@@ -364,10 +373,8 @@ async fn stores_and_sandboxes_of_the_two_modes_are_never_mixed() {
         assert_eq!(h.rt().info(id).await.unwrap().status, Status::Stopped);
     }
     // back to their own modes: both start, owners as before
-    drop(hs.rt.take());
-    drop(hp.rt.take());
-    hs.rt = Some(soulbox_runtime::Runtime::open(cfg_shared).await.unwrap());
-    hp.rt = Some(soulbox_runtime::Runtime::open(cfg_per).await.unwrap());
+    reopen(&mut hs, cfg_shared).await;
+    reopen(&mut hp, cfg_per).await;
     for (h, id) in [(&hs, &s.id), (&hp, &p.id)] {
         let info = h.rt().start(id).await.unwrap();
         let (code, _, err) = run_user(
@@ -378,6 +385,8 @@ async fn stores_and_sandboxes_of_the_two_modes_are_never_mixed() {
         .await;
         assert_eq!(code, 0, "{err}");
     }
+    // (the swapped runtime's empty shifted store)
+    let _ = std::fs::remove_dir_all(swapped_store);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
