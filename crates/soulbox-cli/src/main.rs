@@ -83,6 +83,13 @@ struct ServerArgs {
     /// `false` only for kernels without idmapped overlay layers or for comparisons.
     #[arg(long, env = "SOULBOX_USER_NAMESPACES")]
     user_namespaces: Option<bool>,
+    /// auto | per-sandbox | shared: one id range per sandbox (idmapped layers), or one range shared by all
+    /// (where overlayfs on idmapped layers is missing; weaker) [default: auto].
+    #[arg(long, env = "SOULBOX_USERNS_MODE")]
+    userns_mode: Option<config::UsernsMode>,
+    /// First host uid of the sandboxes' id ranges (65536 each; in shared mode the one range) [default: 0x10000000].
+    #[arg(long, env = "SOULBOX_USERNS_BASE")]
+    userns_base: Option<u32>,
     /// Sandbox address pool, a.b.c.d/len [default: 10.77.0.0/16].
     #[arg(long, env = "SOULBOX_NETWORK_POOL")]
     network_pool: Option<String>,
@@ -145,6 +152,9 @@ struct NodeArgs {
     /// First host uid of the sandboxes' id ranges (65536 each) [default: 0x10000000].
     #[arg(long, env = "SOULBOX_USERNS_BASE")]
     userns_base: Option<u32>,
+    /// auto | per-sandbox | shared (see `soulbox server --help`).
+    #[arg(long, env = "SOULBOX_USERNS_MODE", default_value = "auto")]
+    userns_mode: config::UsernsMode,
     #[arg(long, env = "SOULBOX_NETWORK_POOL", default_value = "10.77.0.0/16")]
     network_pool: String,
     #[arg(long, env = "SOULBOX_DEBIAN_MIRROR", default_value = config::DEFAULT_MIRROR)]
@@ -175,6 +185,7 @@ impl NodeArgs {
             prefix: self.prefix,
             user_namespaces: self.user_namespaces,
             userns_base: self.userns_base,
+            userns_mode: self.userns_mode,
             network_pool: self.network_pool,
             debian_mirror: self.debian_mirror,
             allow_private_egress: self.allow_private_egress,
@@ -203,7 +214,8 @@ impl ServerArgs {
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
             user_namespaces: self.user_namespaces.or(file.user_namespaces).unwrap_or(true),
-            userns_base: file.userns_base,
+            userns_base: self.userns_base.or(file.userns_base),
+            userns_mode: self.userns_mode.or(file.userns_mode).unwrap_or_default(),
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
             template_dir: self.template_dir.or(file.template_dir),
             node_token: self.node_token.or(file.node_token).filter(|t| !t.is_empty()),

@@ -17,6 +17,12 @@
 //!   template that needs a setuid binary from an image sets it again in a RUN step (`chmod u+s`, or installs
 //!   the package there). Other xattr namespaces (`trusted.*` could forge overlay metadata) are dropped too.
 //!
+//! - with an id shift ([`UnpackOptions::id_shift`], a runtime in the shared user namespace mode: its layers are
+//!   stored as the sandboxes' host ids see them, without idmapped mounts) every owner is written shifted into the
+//!   range: tar id `k < 65536` becomes `host_base + k`, any larger id the range's overflow id (`host_base +
+//!   65534`, what a user namespace shows as `nobody`), and missing parents belong to `host_base` (the range's
+//!   root). Whiteouts stay 0:0 like the ones overlayfs makes itself (their owner means nothing).
+//!
 //! The uncompressed stream is hashed on the way (the OCI `diff_id`) so callers can check it against the
 //! image config.
 
@@ -121,6 +127,28 @@ pub struct UnpackStats {
     pub privileges_dropped: u64,
 }
 
+/// Ids of one user namespace range (uid/gid 0..65535 inside).
+pub const ID_RANGE_SIZE: u32 = 65536;
+/// The id a user namespace shows for an unmapped one (`nobody`); ids past the range are stored as it.
+pub const OVERFLOW_ID: u32 = 65534;
+
+/// How [`unpack_with`] writes what it unpacks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UnpackOptions {
+    /// `Some(host_base)`: owners are written shifted into `[host_base, host_base + 65536)` (module docs).
+    pub id_shift: Option<u32>,
+}
+
+impl UnpackOptions {
+    /// The host id a tar owner id is written as.
+    pub fn host_id(&self, id: u64) -> u32 {
+        match self.id_shift {
+            None => id as u32,
+            Some(base) => base.saturating_add(if id < u64::from(ID_RANGE_SIZE) { id as u32 } else { OVERFLOW_ID }),
+        }
+    }
+}
+
 /// setuid and setgid bits of a regular file, symlink or fifo (a directory's setgid bit only passes its group on).
 const SET_ID_BITS: u32 = 0o6000;
 /// The xattr holding file capabilities.
@@ -164,8 +192,9 @@ fn join(root: &Path, comps: &[&OsStr]) -> PathBuf {
     p
 }
 
-/// Makes sure every parent of `comps` is a real directory of this layer (never a symlink), creating missing ones.
-fn prepare_parents(root: &Path, comps: &[&OsStr], shown: &str) -> Result<(), UnpackError> {
+/// Makes sure every parent of `comps` is a real directory of this layer (never a symlink), creating missing ones
+/// (0755, owned by `owner` when given: the root of a shifted layer's range).
+fn prepare_parents(root: &Path, comps: &[&OsStr], shown: &str, owner: Option<u32>) -> Result<(), UnpackError> {
     let mut p = root.to_path_buf();
     for c in &comps[..comps.len().saturating_sub(1)] {
         p.push(c);
@@ -177,6 +206,9 @@ fn prepare_parents(root: &Path, comps: &[&OsStr], shown: &str) -> Result<(), Unp
             Ok(_) => return Err(refused(shown, format!("parent {} is not a directory", p.strip_prefix(root).unwrap_or(&p).display()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 std::fs::create_dir(&p).map_err(io_at(&p))?;
+                if let Some(id) = owner {
+                    std::os::unix::fs::lchown(&p, Some(id), Some(id)).map_err(io_at(&p))?;
+                }
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).map_err(io_at(&p))?;
             }
             Err(e) => return Err(io_at(&p)(e)),
@@ -218,10 +250,17 @@ fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
 /// Unpacks the tar stream `reader` into `dest` (an existing, empty directory) under the module's rules.
 /// On error `dest` holds a partial tree: the caller removes it.
 pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError> {
+    unpack_with(reader, dest, &UnpackOptions::default())
+}
+
+/// [`unpack`] with options (owners shifted into a user namespace range).
+pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
     let hashing = HashingReader { inner: reader, hasher: Sha256::new(), bytes: 0 };
     let mut archive = tar::Archive::new(hashing);
     let mut stats = UnpackStats::default();
     let root_user = is_root();
+    // Parents the tar does not list belong to the layer's root: host root, or the shifted range's root.
+    let parent_owner = opts.id_shift.filter(|_| root_user).map(|_| opts.host_id(0));
     // Directory mtimes are set last: creating their children changes them.
     let mut dir_mtimes: Vec<(PathBuf, u64)> = Vec::new();
     for entry in archive.entries().map_err(UnpackError::Tar)? {
@@ -238,7 +277,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError
             continue;
         };
         stats.entries += 1;
-        prepare_parents(dest, &comps, &shown)?;
+        prepare_parents(dest, &comps, &shown, parent_owner)?;
         let name_bytes = name.as_bytes();
         if name_bytes.starts_with(WHITEOUT_PREFIX.as_bytes()) {
             let parent = join(dest, &comps[..comps.len() - 1]);
@@ -268,8 +307,8 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError
             mode &= !SET_ID_BITS;
             privileged = true;
         }
-        let uid = header.uid().map_err(UnpackError::Tar)?;
-        let gid = header.gid().map_err(UnpackError::Tar)?;
+        let uid = opts.host_id(header.uid().map_err(UnpackError::Tar)?);
+        let gid = opts.host_id(header.gid().map_err(UnpackError::Tar)?);
         let mtime = header.mtime().unwrap_or(0);
         let mut is_symlink = false;
         match kind {
@@ -332,7 +371,7 @@ pub fn unpack(reader: impl Read, dest: &Path) -> Result<UnpackStats, UnpackError
         }
         // Owner first: chown clears setuid/setgid, the mode comes after.
         if root_user {
-            std::os::unix::fs::lchown(&path, Some(uid as u32), Some(gid as u32)).map_err(io_at(&path))?;
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid)).map_err(io_at(&path))?;
         }
         if !is_symlink {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(io_at(&path))?;

@@ -183,3 +183,48 @@ fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
     let _guard = Mount(merged.clone());
     assert_eq!(walk(&merged), vec!["a", "a/y", "c", "c/new", "keep"]);
 }
+
+/// With an id shift (a store of the runtime's shared user namespace mode) every owner lands in the range: tar
+/// ids below 65536 moved by the range's base, larger ones as its `nobody`, and parents the tar does not list
+/// owned by the range's root. Without a shift the same tar keeps its ids.
+#[test]
+fn an_id_shift_moves_every_owner_into_the_range() {
+    let base = 0x3000_0000u32;
+    let opts = UnpackOptions { id_shift: Some(base) };
+    assert_eq!((opts.host_id(0), opts.host_id(1000), opts.host_id(65535)), (base, base + 1000, base + 65535));
+    assert_eq!((opts.host_id(65536), opts.host_id(100_000), opts.host_id(u64::MAX)), (base + OVERFLOW_ID, base + OVERFLOW_ID, base + OVERFLOW_ID));
+    assert_eq!(UnpackOptions::default().host_id(1000), 1000);
+    if !root() {
+        eprintln!("SKIP an_id_shift_moves_every_owner_into_the_range (on disk): needs root (chown)");
+        return;
+    }
+    let data = Tar::new()
+        .file_as("usr/bin/tool", b"elf", 0o755, (0, 0))
+        .file_as("home/user/notes", b"n", 0o644, (1000, 1000))
+        .file_as("srv/odd", b"o", 0o644, (100_000, 5))
+        .symlink("bin", "usr/bin")
+        .dir("etc/")
+        .file(".wh.gone", b"")
+        .bytes();
+    let owners = |d: &Path, p: &str| {
+        let md = std::fs::symlink_metadata(d.join(p)).unwrap();
+        (md.uid(), md.gid())
+    };
+    let shifted = tempfile::tempdir().unwrap();
+    unpack_with(&data[..], shifted.path(), &opts).unwrap();
+    let s = shifted.path();
+    assert_eq!(owners(s, "usr/bin/tool"), (base, base));
+    assert_eq!(owners(s, "home/user/notes"), (base + 1000, base + 1000));
+    assert_eq!(owners(s, "srv/odd"), (base + OVERFLOW_ID, base + 5), "an id past the range is its nobody");
+    assert_eq!(owners(s, "bin"), (base, base), "symlinks are shifted themselves");
+    assert_eq!(owners(s, "etc"), (base, base));
+    for parent in ["usr", "usr/bin", "home", "home/user", "srv"] {
+        assert_eq!(owners(s, parent), (base, base), "parent {parent} not in the tar belongs to the range's root");
+    }
+    let md = std::fs::symlink_metadata(s.join("gone")).unwrap();
+    assert!(md.file_type().is_char_device() && (md.uid(), md.gid()) == (0, 0), "whiteouts stay 0:0");
+    let plain = tempfile::tempdir().unwrap();
+    unpack(&data[..], plain.path()).unwrap();
+    assert_eq!(owners(plain.path(), "home/user/notes"), (1000, 1000));
+    assert_eq!(owners(plain.path(), "usr"), (0, 0));
+}

@@ -52,11 +52,11 @@ pub struct RuntimeConfig {
     /// `disk_backend` picks when possible, otherwise warn once and run without limits),
     /// `required` (fail `Runtime::open` without one), `off`.
     #[serde(default)]
-    pub disk_quota: crate::quota::DiskQuotaMode,
+    pub disk_quota: DiskQuotaMode,
     /// How the limit is enforced: `auto` (default: project quotas when the filesystem enforces
     /// them, else one ext4 image per sandbox), `project-quota`, `image`.
     #[serde(default)]
-    pub disk_backend: crate::disk::DiskBackend,
+    pub disk_backend: DiskBackend,
     /// Size of the sparse XFS image made when the data dir's filesystem has no project quotas, in
     /// GiB. None: half of the free space at creation time, between 1 and 64 GiB.
     #[serde(default)]
@@ -71,10 +71,16 @@ pub struct RuntimeConfig {
     #[serde(default)]
     pub allow_private_egress: bool,
     /// Run every sandbox in its own user namespace (`userns.rs`): root inside is an unprivileged
-    /// host uid of the sandbox's own range. Default on; a kernel without idmapped overlay layers
-    /// gets a loud warning at open and sandboxes without user namespaces.
+    /// host uid. Default on; `userns_mode` says whose ids those are.
     #[serde(default = "default_true")]
     pub user_namespaces: bool,
+    /// `auto` (default): one id range per sandbox where overlayfs on idmapped layers works (the
+    /// probe at open), else one range shared by every sandbox, with a warning; `per-sandbox` or
+    /// `shared` force one (`per-sandbox` fails `Runtime::open` where it cannot work). Shared mode
+    /// keeps its layers in their own store (`<store_dir>/shifted-<base>/`, files owned by the
+    /// range's ids).
+    #[serde(default)]
+    pub userns_mode: UsernsMode,
     /// First host id of the user namespace ranges (65536 ids per sandbox).
     #[serde(default = "default_userns_base")]
     pub userns_base: u32,
@@ -98,13 +104,13 @@ fn default_true() -> bool {
     true
 }
 fn default_userns_base() -> u32 {
-    crate::userns::DEFAULT_BASE
+    DEFAULT_BASE
 }
 fn default_userns_ranges() -> u32 {
-    crate::userns::DEFAULT_RANGES
+    DEFAULT_RANGES
 }
 fn default_userns_claims_dir() -> PathBuf {
-    PathBuf::from(crate::userns::DEFAULT_CLAIMS_DIR)
+    PathBuf::from(DEFAULT_CLAIMS_DIR)
 }
 
 fn default_sandbox_log_max_bytes() -> u64 {
@@ -151,8 +157,9 @@ impl RuntimeConfig {
             default_disk_mb: DEFAULT_DISK_MB,
             allow_private_egress: false,
             user_namespaces: true,
-            userns_base: crate::userns::DEFAULT_BASE,
-            userns_ranges: crate::userns::DEFAULT_RANGES,
+            userns_mode: Default::default(),
+            userns_base: DEFAULT_BASE,
+            userns_ranges: DEFAULT_RANGES,
             userns_claims_dir: default_userns_claims_dir(),
             sandbox_log_max_bytes: default_sandbox_log_max_bytes(),
             sandbox_log_bytes_per_sec: default_sandbox_log_bytes_per_sec(),
@@ -170,7 +177,7 @@ impl RuntimeConfig {
             return Err(Error::Invalid("pool prefix length must be within 8..=30".into()));
         }
         if self.user_namespaces {
-            crate::userns::validate(self.userns_base, self.userns_ranges)?;
+            validate(self.userns_base, ranges_needed(self))?;
         }
         Ok(())
     }
@@ -181,8 +188,8 @@ impl RuntimeConfig {
         self.cgroup_freezer && (name == "runc" || name == "crun")
     }
 
-    pub fn sandbox_log_limits(&self) -> crate::sandbox_log::LogLimits {
-        crate::sandbox_log::LogLimits { max_bytes: self.sandbox_log_max_bytes, bytes_per_sec: self.sandbox_log_bytes_per_sec }
+    pub fn sandbox_log_limits(&self) -> LogLimits {
+        LogLimits { max_bytes: self.sandbox_log_max_bytes, bytes_per_sec: self.sandbox_log_bytes_per_sec }
     }
 
     pub fn store_dir(&self) -> PathBuf {
@@ -255,4 +262,129 @@ pub fn check_id(id: &str) -> Result<()> {
         return Err(Error::Invalid(format!("bad sandbox id {id:?}")));
     }
     Ok(())
+}
+
+// Types and limits of the settings above, owned here (the modules that act on them re-export them).
+
+/// `RuntimeConfig::disk_quota`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskQuotaMode {
+    /// No disk limit.
+    Off,
+    /// Use project quotas when possible; otherwise warn once and run without a limit.
+    #[default]
+    Auto,
+    /// `Runtime::open` fails when the mechanism is unavailable.
+    Required,
+}
+
+/// `RuntimeConfig::disk_backend`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskBackend {
+    /// Project quotas when the filesystem enforces them, else per-sandbox images.
+    #[default]
+    Auto,
+    ProjectQuota,
+    Image,
+}
+
+impl std::str::FromStr for DiskBackend {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| Error::Invalid(format!("disk backend {s:?}: expected auto, project-quota or image")))
+    }
+}
+
+/// Size and pace of one sandbox's log on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimits {
+    /// Cap of `sandbox.log` (the rotated file holds at most as much again).
+    pub max_bytes: u64,
+    /// Host disk writes per second per sandbox.
+    pub bytes_per_sec: u64,
+}
+
+// User namespaces (`userns.rs`).
+
+/// Ids per sandbox: uid/gid 0..65535 inside.
+pub const RANGE_SIZE: u32 = 65536;
+/// Default first host id of the first range.
+pub const DEFAULT_BASE: u32 = 0x1000_0000;
+/// Default number of ranges (0x10000000..0x30000000).
+pub const DEFAULT_RANGES: u32 = 8192;
+/// Default host-wide claims directory.
+pub const DEFAULT_CLAIMS_DIR: &str = "/run/soulbox/userns";
+/// Highest host id a range may reach (signed 32-bit; `ping_group_range` is written up to it).
+const MAX_HOST_ID: u64 = 0x7FFF_FFFF;
+/// Lowest allowed base: never host root or the system's own accounts.
+const MIN_BASE: u32 = 0x0008_0000;
+
+/// `RuntimeConfig::userns_mode`: whose host ids sandboxes run as (`userns.rs` module docs).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UsernsMode {
+    /// per-sandbox where the kernel and filesystems allow it, else shared (with a warning).
+    #[default]
+    Auto,
+    /// Every sandbox its own range (idmapped layers); `Runtime::open` fails where that cannot work.
+    PerSandbox,
+    /// One range for every sandbox, files stored shifted (no idmapped mounts).
+    Shared,
+}
+
+impl UsernsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsernsMode::Auto => "auto",
+            UsernsMode::PerSandbox => "per-sandbox",
+            UsernsMode::Shared => "shared",
+        }
+    }
+}
+
+impl std::fmt::Display for UsernsMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for UsernsMode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(UsernsMode::Auto),
+            "per-sandbox" => Ok(UsernsMode::PerSandbox),
+            "shared" => Ok(UsernsMode::Shared),
+            other => Err(format!(
+                "unknown user namespace mode {other:?} (auto, per-sandbox, shared)"
+            )),
+        }
+    }
+}
+
+/// Check the configured range space.
+pub fn validate(base: u32, ranges: u32) -> Result<()> {
+    if base < MIN_BASE || !base.is_multiple_of(RANGE_SIZE) {
+        return Err(Error::Invalid(format!(
+            "userns base {base:#x} must be a multiple of 65536 and at least {MIN_BASE:#x}"
+        )));
+    }
+    let end = base as u64 + ranges as u64 * RANGE_SIZE as u64;
+    if ranges == 0 || end - 1 > MAX_HOST_ID {
+        return Err(Error::Invalid(format!(
+            "userns ranges: {ranges} ranges of 65536 from {base:#x} must fit below 2^31"
+        )));
+    }
+    Ok(())
+}
+
+/// How many ranges from `userns_base` the configured mode may use: one when forced shared.
+pub fn ranges_needed(cfg: &RuntimeConfig) -> u32 {
+    match cfg.userns_mode {
+        UsernsMode::Shared => 1,
+        _ => cfg.userns_ranges,
+    }
 }

@@ -23,24 +23,8 @@ use crate::quota::{DiskQuota, DiskQuotaMode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// `RuntimeConfig::disk_backend`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DiskBackend {
-    /// Project quotas when the filesystem enforces them, else per-sandbox images.
-    #[default]
-    Auto,
-    ProjectQuota,
-    Image,
-}
-
-impl std::str::FromStr for DiskBackend {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        serde_json::from_value(serde_json::Value::String(s.into()))
-            .map_err(|_| Error::Invalid(format!("disk backend {s:?}: expected auto, project-quota or image")))
-    }
-}
+// `RuntimeConfig::disk_backend`'s type is the config's; here under its old path.
+pub use crate::config::DiskBackend;
 
 /// The mechanism in use for new sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

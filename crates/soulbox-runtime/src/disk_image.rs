@@ -13,7 +13,7 @@
 //! host disk per sandbox as it cycles through the sparse file, and double-write metadata. After a
 //! host crash the superblock is left "not clean", and [`mount`] runs `e2fsck -p` first.
 use crate::error::{Error, IoCtx, Result};
-use crate::{loopdev, rootfs, util};
+use crate::{loopdev, mounts, util};
 use std::path::{Path, PathBuf};
 
 pub const IMAGE_FILE: &str = "disk.img";
@@ -109,7 +109,7 @@ pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
         let dev = loopdev::attach(&image)?;
         // nosuid, nodev: what a sandbox writes there (a setuid-root binary, a device node) means nothing on
         // the host side; the sandbox sees its files through the overlay, whose own flags apply inside.
-        let res = rustix::mount::mount(dev.path.as_str(), &mp, "ext4", crate::rootfs::HOST_MOUNT_FLAGS, Some(c"discard"));
+        let res = rustix::mount::mount(dev.path.as_str(), &mp, "ext4", crate::mounts::HOST_MOUNT_FLAGS, Some(c"discard"));
         // Autoclear: the device now lives as long as the mount (or goes right here on failure).
         let devpath = dev.path.clone();
         drop(dev);
@@ -124,7 +124,7 @@ pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
 
 /// Unmount the image (idempotent). Its loop device goes with the mount.
 pub fn unmount(sandbox_dir: &Path) -> Result<()> {
-    rootfs::umount_path(&mount_dir(sandbox_dir))
+    mounts::umount_path(&mount_dir(sandbox_dir))
 }
 
 /// Unmount and delete the image (a pooled image of the wrong size).

@@ -25,6 +25,7 @@ use tokio::sync::Mutex as AsyncMutex;
 
 mod addresses;
 mod close;
+mod reconcile;
 
 type Handle = Arc<AsyncMutex<Record>>;
 
@@ -45,8 +46,8 @@ pub(crate) struct Inner {
     /// a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
     pub serving: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
     pub disk: DiskLimits,
-    /// Some: every sandbox gets its own user namespace range (`userns.rs`).
-    pub userns: Option<crate::userns::IdRanges>,
+    /// Some: every sandbox runs in a user namespace, of its own range or of the shared one (`userns.rs`).
+    pub userns: Option<crate::userns::Userns>,
     /// Drainers of the sandboxes' logs (`sandbox_log.rs`).
     pub logs: crate::sandbox_log::Logs,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
@@ -140,8 +141,8 @@ impl Inner {
             let range = crate::userns::IdRange::load(&dir);
             util::remove_dir_all_idem(&dir)?;
             // Only now that no directory names it can the id range go to another sandbox.
-            if let (Some(ranges), Some(range)) = (&self.userns, range) {
-                ranges.release(&dir, range)?;
+            if let (Some(userns), Some(range)) = (&self.userns, range) {
+                userns.release(&dir, range)?;
             }
         } else {
             let _ = std::fs::remove_file(dir.join("config.json"));
@@ -182,10 +183,10 @@ impl Inner {
         let lease = network::lease_for(&self.cfg, id, ip);
         let dir = self.dir(id);
         util::write_json(&NetLease::file(&dir), &lease)?;
-        if let Some(ranges) = &self.userns {
+        if let Some(userns) = &self.userns {
             // The sandbox's user namespace (its range, kept across stop/start) and the netns it
             // owns; `network::setup` then finds the netns made.
-            let range = ranges.acquire(&dir)?;
+            let range = userns.acquire(&dir)?;
             crate::userns::create_namespaces(range, &crate::userns::userns_path(&dir), &lease.netns_path())?;
         }
         network::setup(&lease).await?;
@@ -274,6 +275,7 @@ impl Inner {
 
         // The sandbox's range (given with its network) owns the sandbox dir, so the sandbox's
         // mapped root (runc's init) can walk to the rootfs and no host user can.
+        crate::userns::check_files(self.userns.as_ref(), &dir)?;
         let id_range = self.userns.as_ref().map(|_| crate::userns::IdRange::of_sandbox(&dir)).transpose()?;
         crate::perms::secure_sandbox_dir(&dir, id_range.map_or(0, |r| r.host_base))?;
 
@@ -284,7 +286,12 @@ impl Inner {
         self.disk.apply(id, &dir, disk_mb).await?;
         tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk limit applied");
         match id_range {
-            Some(range) => crate::idmap::mount_sandbox_rootfs(&dir, &self.store, &meta.layers, range)?,
+            Some(range) if !range.shared => crate::idmap::mount_sandbox_rootfs(&dir, &self.store, &meta.layers, range)?,
+            // Shared range: the files are stored shifted, the overlay shows them as they are.
+            Some(range) => {
+                crate::userns::own_upper_root(&rootfs::paths(&dir).upper, range)?;
+                rootfs::mount(&dir, &self.store.layer_dirs(meta))?
+            }
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
@@ -398,9 +405,13 @@ impl Runtime {
         }
         crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
         network::enable_forwarding()?;
-        let store = Store::new(cfg.store_dir())?;
+        let mut store = Store::new(cfg.store_dir())?;
         let disk = DiskLimits::open(&cfg).await?;
         let userns = crate::userns::open(&cfg, &store)?;
+        if let Some(range) = userns.as_ref().and_then(crate::userns::Userns::shifted) {
+            // Its layers are stored shifted: a store of their own (`template.rs`).
+            store = Store::shifted(&cfg.store_dir(), range.host_base)?;
+        }
         crate::perms::secure_data_dir(&cfg, userns.is_some())?;
         let inner = Arc::new(Inner {
             driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
@@ -433,7 +444,7 @@ impl Runtime {
 
     async fn finish_open(&self, reserved: &[(String, Ipv4Addr)]) -> Result<()> {
         let inner = &self.inner;
-        crate::reconcile::reconcile(inner).await?;
+        reconcile::reconcile(inner).await?;
         self.set_reserved_addresses(reserved);
         if inner.cfg.pool_size > 0 {
             inner.fill_pool().await?;
@@ -562,6 +573,8 @@ impl Runtime {
         let mut rec = h.lock().await;
         want(&rec, &[Status::Stopped])?;
         let inner = &self.inner;
+        // Before the range is acquired (which records this runtime's range in the dir).
+        crate::userns::check_files(inner.userns.as_ref(), &inner.dir(id))?;
         if rec.envd_secret.is_none() {
             // Stopped before envd had secrets: it gets one now, like every sandbox.
             rec.envd_secret = Some(EnvdSecret::generate());
@@ -598,6 +611,8 @@ impl Runtime {
         let rec = h.lock().await;
         want(&rec, &[Status::Running, Status::Paused, Status::Stopped])?;
         let Some(mut meta) = rec.template.clone() else { return Err(Error::Invalid("no template".into())) };
+        // Its writable layer goes into this runtime's store as it is stored.
+        crate::userns::check_files(self.inner.userns.as_ref(), &self.inner.dir(id))?;
         let was_running = rec.status == Status::Running;
         if was_running {
             self.inner.freeze(id, true).await?;
@@ -723,6 +738,12 @@ impl Runtime {
     /// Whether sandboxes get their own user namespace (configured and supported by the kernel).
     pub fn user_namespaces(&self) -> bool {
         self.inner.userns.is_some()
+    }
+
+    /// How sandboxes get their user namespaces (`per-sandbox` or `shared`, never `auto`); None when
+    /// they get none.
+    pub fn userns_mode(&self) -> Option<crate::userns::UsernsMode> {
+        self.inner.userns.as_ref().map(crate::userns::Userns::mode)
     }
 
     pub fn pool_len(&self) -> usize {

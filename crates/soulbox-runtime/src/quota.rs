@@ -25,18 +25,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// `RuntimeConfig::disk_quota`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DiskQuotaMode {
-    /// No disk limit.
-    Off,
-    /// Use project quotas when possible; otherwise warn once and run without a limit.
-    #[default]
-    Auto,
-    /// `Runtime::open` fails when the mechanism is unavailable.
-    Required,
-}
+// `RuntimeConfig::disk_quota`'s type is the config's; here under its old path.
+pub use crate::config::DiskQuotaMode;
 
 pub const IMAGE_FILE: &str = "disk.img";
 const RECORD_FILE: &str = "disk.json";
@@ -208,7 +198,7 @@ impl DiskQuota {
     /// Unmount our image (node teardown). Direct backends are left alone.
     pub fn teardown(&self) -> Result<()> {
         if let Some(Backend::Image { .. }) = &self.state {
-            crate::rootfs::umount_path(&self.root)?;
+            crate::mounts::umount_path(&self.root)?;
         }
         Ok(())
     }
@@ -242,7 +232,7 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
             && loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
                 probe(sandboxes)?;
                 // (mounted by an older runtime, perhaps without them)
-                crate::rootfs::harden_mount(sandboxes);
+                crate::mounts::harden_mount(sandboxes);
                 return Ok(Backend::Image { image });
             }
     // 2. The filesystem already enforces project quotas.
@@ -281,7 +271,7 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
             Ok(()) => return Ok(Backend::Image { image }),
             Err(e) => {
                 errors.push(format!("{fs:?}: {e}"));
-                let _ = crate::rootfs::umount_path(sandboxes);
+                let _ = crate::mounts::umount_path(sandboxes);
                 let _ = std::fs::remove_file(&image);
             }
         }
@@ -377,7 +367,7 @@ fn mount_source(mp: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let s = mp.to_string_lossy();
     info.lines()
-        .filter(|l| l.split(' ').nth(4).is_some_and(|m| crate::rootfs::unescape(m) == s))
+        .filter(|l| l.split(' ').nth(4).is_some_and(|m| crate::mounts::unescape(m) == s))
         .filter_map(|l| l.split(" - ").nth(1)?.split(' ').nth(1).map(String::from))
         .next_back()
 }
@@ -401,7 +391,7 @@ fn attach_and_mount(image: &Path, mp: &Path) -> Result<()> {
     };
     let dev = loopdev::attach(image)?;
     let data = c"prjquota,discard";
-    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, crate::rootfs::HOST_MOUNT_FLAGS, Some(data));
+    let res = rustix::mount::mount(dev.path.as_str(), mp, fstype, crate::mounts::HOST_MOUNT_FLAGS, Some(data));
     // With autoclear the device is released when the mount goes (or now, if the mount failed).
     let devpath = dev.path.clone();
     drop(dev);

@@ -27,14 +27,8 @@ pub const MAX_LINE: usize = 16 * 1024;
 /// The smallest cap honoured (a few lines must fit).
 pub const MIN_MAX_BYTES: u64 = 64 * 1024;
 
-/// Size and pace of one sandbox's log on the host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogLimits {
-    /// Cap of `sandbox.log` (the rotated file holds at most as much again).
-    pub max_bytes: u64,
-    /// Host disk writes per second per sandbox.
-    pub bytes_per_sec: u64,
-}
+// The config's type (`RuntimeConfig::sandbox_log_limits`); here under its old path.
+pub use crate::config::LogLimits;
 
 /// One line of the sandbox log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,6 +5,15 @@
 //! - `templates/<name>/template.json` — [`TemplateMeta`]: layers bottom→top and defaults.
 //!
 //! A later template-build system adds one layer per build step; the format is ready for it.
+//!
+//! **Shifted stores.** A runtime in the shared user namespace mode (`userns.rs`) mounts layers without
+//! idmapping, so its layers hold files owned by the host ids its sandboxes see (uid `k` inside stored
+//! as `base + k`). Those live in a store of their own, `<store_dir>/shifted-<base in hex>/` ([`Store::shifted`]),
+//! never mixed with the unshifted one at `<store_dir>/`: templates, layers and every cache under the store
+//! root (the server's OCI layer, bootstrap and build-step caches) belong to one way of storing files. Trees
+//! made on the host unshifted (an image layer, an mmdebstrap root, the `test` template) are committed with
+//! [`Store::commit_unshifted_layer`], which shifts them first; trees taken from a sandbox's writable layer
+//! (snapshots, build steps) are already stored the store's way and go through [`Store::commit_layer`].
 use crate::error::{Error, IoCtx, Result};
 use crate::util;
 use serde::{Deserialize, Serialize};
@@ -13,6 +22,9 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+
+mod shift;
+pub use shift::shift_tree;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -41,18 +53,39 @@ pub struct TemplateMeta {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// `Some(base)`: a shifted store (module docs), files owned by `[base, base + 65536)`.
+    id_shift: Option<u32>,
 }
 
 impl Store {
+    /// The unshifted store at `root` (per-sandbox user namespaces, or none).
     pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
-        let root = root.into();
+        Self::open(root.into(), None)
+    }
+
+    /// The shifted store of the shared user namespace range from `base` (module docs), below `store_dir`.
+    pub fn shifted(store_dir: &Path, base: u32) -> Result<Self> {
+        Self::open(Self::shifted_root(store_dir, base), Some(base))
+    }
+
+    /// Where [`Store::shifted`] keeps its layers and templates.
+    pub fn shifted_root(store_dir: &Path, base: u32) -> PathBuf {
+        store_dir.join(format!("shifted-{base:08x}"))
+    }
+
+    /// `Some(base)` for a shifted store: unshifted trees are committed with owners `base + id`.
+    pub fn id_shift(&self) -> Option<u32> {
+        self.id_shift
+    }
+
+    fn open(root: PathBuf, id_shift: Option<u32>) -> Result<Self> {
         for d in ["layers", "templates"] {
             std::fs::create_dir_all(root.join(d)).ctx(root.join(d))?;
             // Layers hold files as the templates' builds made them (setuid-root binaries too):
             // root's alone (`perms.rs`).
             crate::perms::set_mode(&root.join(d), 0o700)?;
         }
-        Ok(Store { root })
+        Ok(Store { root, id_shift })
     }
     pub fn layer_dir(&self, digest: &str) -> PathBuf {
         self.root.join("layers").join(digest)
@@ -115,6 +148,14 @@ impl Store {
             std::fs::rename(tmp, &dst).ctx(&dst)?;
         }
         Ok(digest)
+    }
+    /// [`Store::commit_layer`] for a tree made on the host with unshifted owners (root = 0): a shifted
+    /// store shifts it into its range first (module docs).
+    pub fn commit_unshifted_layer(&self, tmp: &Path) -> Result<String> {
+        if let Some(base) = self.id_shift {
+            shift_tree(tmp, base)?;
+        }
+        self.commit_layer(tmp)
     }
     /// Remove temp layers left by a crashed process (`.tmp-<pid>-…` whose pid is gone); a store
     /// may be shared by several processes, so live builders' temp dirs are kept.
@@ -187,7 +228,7 @@ impl Store {
             for (p, c) in files {
                 std::fs::write(tmp.join(p), c).ctx(tmp.join(p))?;
             }
-            self.commit_layer(&tmp)
+            self.commit_unshifted_layer(&tmp)
         })();
         let digest = match res {
             Ok(d) => d,
@@ -250,7 +291,7 @@ impl Store {
         let store = self.clone();
         let t2 = tmp.clone();
         let digest = tokio::task::spawn_blocking(move || {
-            let r = store.commit_layer(&t2.join("root"));
+            let r = store.commit_unshifted_layer(&t2.join("root"));
             let _ = std::fs::remove_dir_all(&t2);
             r
         })

@@ -1,20 +1,31 @@
-//! User namespaces: every sandbox's uid/gid 0..65535 map to its own range of unprivileged host ids.
+//! User namespaces: every sandbox's uid/gid 0..65535 map to a range of unprivileged host ids.
+//!
+//! **Modes** (`RuntimeConfig::userns_mode`, resolved at open into [`Userns`]):
+//! - **per-sandbox**: each sandbox its own range; files stay stored unshifted and the overlay is
+//!   mounted on idmapped layers (`idmap.rs`). Needs overlayfs on idmapped mounts (Linux >= 5.19,
+//!   a filesystem with idmapped mounts), which the probe at open checks.
+//! - **shared** (Docker's userns-remap): one range `[userns_base, userns_base + 65536)` for every
+//!   sandbox, no idmapped mounts: files are stored *shifted* (owned by the host ids the sandboxes
+//!   see), in a store of their own (`template::Store::shifted`), and the overlay is mounted as it is.
+//!   `auto` picks it where the probe fails; sandboxes then share host ids (weaker: an escape from
+//!   one reaches the files of all, still never host root).
 //!
 //! - **Ranges.** 65536 ids each, `RuntimeConfig::userns_base + i * 65536` for `i < userns_ranges`
 //!   (default from 0x10000000: inside systemd's container range, far from `/etc/subuid`'s usual
 //!   100000+, below 2^31 so `ping_group_range` "0 2147483647" covers every mapped gid).
-//! - **Per sandbox** `userns.json` in its directory names its range. It is written before anything
-//!   uses the range (idmapped mounts, the container), kept by stop (a stopped sandbox holds its
-//!   range), and goes with the directory on delete.
-//! - **Host-wide claims.** Several runtime instances may share a host (tests, cluster agents, two
-//!   servers), and two sandboxes sharing host ids would share a uid on the host. So a range is
-//!   claimed in a host-wide directory (`RuntimeConfig::userns_claims_dir`, default
-//!   `/run/soulbox/userns`): one file per range naming the sandbox dir that holds it, created under
-//!   a host-wide flock. A claim is stale (and may be taken) only when the directory it names no
-//!   longer has a `userns.json` naming that range — so a range is never handed out while any
-//!   sandbox dir still names it. The claims live on tmpfs: after a reboot every instance re-claims
-//!   its sandboxes' ranges at open; a stopped sandbox whose range was taken meanwhile gets another
-//!   one at its next start (its files are stored unshifted, so any range fits them).
+//! - **Per sandbox** `userns.json` in its directory names its range (`shared: true` for the
+//!   shared one: the sandbox's files are shifted, and only a runtime of that range may start it).
+//!   It is written before anything uses the range (idmapped mounts, the container), kept by stop
+//!   (a stopped sandbox holds its range), and goes with the directory on delete.
+//! - **Host-wide claims** (`claims.rs`). Several runtime instances may share a host (tests,
+//!   cluster agents, two servers), and two sandboxes sharing host ids would share a uid on the
+//!   host. So a range is claimed in a host-wide directory (`RuntimeConfig::userns_claims_dir`,
+//!   default `/run/soulbox/userns`) under a host-wide flock: by the sandbox dir that holds it, or,
+//!   for the shared range, by the runtimes that use it. A range is never handed out while any
+//!   sandbox dir (or shared-mode runtime) still names it. The claims live on tmpfs: after a reboot
+//!   every instance re-claims its sandboxes' ranges at open; a stopped sandbox whose range was taken
+//!   meanwhile gets another one at its next start (per-sandbox mode: its files are unshifted, so
+//!   any range fits them).
 //! - **Namespaces.** When a sandbox's network is set up (warm pool, create, start) a throwaway
 //!   child is cloned into a new user namespace *and* a new network namespace, which that user
 //!   namespace then owns; we write the child's id maps, bind-mount both namespaces (the netns at
@@ -22,28 +33,22 @@
 //!   joins that user namespace by path. Because the sandbox's own user namespace owns its netns,
 //!   runc can mount `/sys` and write the net sysctls, root inside binds low ports with its own
 //!   CAP_NET_BIND_SERVICE, and `runc exec` (which joins the user namespace first) can join the
-//!   netns. The same namespace gives the idmapped layers their mapping (`idmap.rs`).
+//!   netns. The same namespace gives the idmapped layers their mapping (`idmap.rs`). In shared
+//!   mode too every sandbox has its own user namespace (with the same mapping): capabilities of
+//!   root inside one count for its own namespaces only.
 use crate::error::{Error, IoCtx, Result};
 use crate::util;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-/// Ids per sandbox: uid/gid 0..65535 inside.
-pub const RANGE_SIZE: u32 = 65536;
-/// Default first host id of the first range.
-pub const DEFAULT_BASE: u32 = 0x1000_0000;
-/// Default number of ranges (0x10000000..0x30000000).
-pub const DEFAULT_RANGES: u32 = 8192;
-/// Default host-wide claims directory.
-pub const DEFAULT_CLAIMS_DIR: &str = "/run/soulbox/userns";
-/// Highest host id a range may reach (signed 32-bit; `ping_group_range` is written up to it).
-const MAX_HOST_ID: u64 = 0x7FFF_FFFF;
-/// Lowest allowed base: never host root or the system's own accounts.
-const MIN_BASE: u32 = 0x0008_0000;
+mod claims;
+pub use claims::{IdRanges, SharedRange};
+// The settings (mode, range space, defaults) are the config's; here under their old paths.
+pub use crate::config::{
+    DEFAULT_BASE, DEFAULT_CLAIMS_DIR, DEFAULT_RANGES, RANGE_SIZE, UsernsMode, ranges_needed,
+    validate,
+};
 
 /// A sandbox's range: inside id `k` is host id `host_base + k`, for `k < size`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,9 +56,27 @@ const MIN_BASE: u32 = 0x0008_0000;
 pub struct IdRange {
     pub host_base: u32,
     pub size: u32,
+    /// The shared range of a shared-mode runtime: the sandbox's files are stored shifted into it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 impl IdRange {
+    /// The (per-sandbox) range of 65536 ids from `host_base`.
+    pub fn at(host_base: u32) -> IdRange {
+        IdRange {
+            host_base,
+            size: RANGE_SIZE,
+            shared: false,
+        }
+    }
+    /// The shared range of 65536 ids from `host_base`.
+    pub fn shared_at(host_base: u32) -> IdRange {
+        IdRange {
+            shared: true,
+            ..IdRange::at(host_base)
+        }
+    }
     pub fn file(sandbox_dir: &Path) -> PathBuf {
         sandbox_dir.join("userns.json")
     }
@@ -79,243 +102,245 @@ impl IdRange {
     }
 }
 
-/// Check the configured range space.
-pub fn validate(base: u32, ranges: u32) -> Result<()> {
-    if base < MIN_BASE || !base.is_multiple_of(RANGE_SIZE) {
-        return Err(Error::Invalid(format!(
-            "userns base {base:#x} must be a multiple of 65536 and at least {MIN_BASE:#x}"
-        )));
+/// User namespaces as a runtime instance runs them (module docs).
+pub enum Userns {
+    PerSandbox(IdRanges),
+    Shared(SharedRange),
+}
+
+impl Userns {
+    pub fn mode(&self) -> UsernsMode {
+        match self {
+            Userns::PerSandbox(_) => UsernsMode::PerSandbox,
+            Userns::Shared(_) => UsernsMode::Shared,
+        }
     }
-    let end = base as u64 + ranges as u64 * RANGE_SIZE as u64;
-    if ranges == 0 || end - 1 > MAX_HOST_ID {
-        return Err(Error::Invalid(format!(
-            "userns ranges: {ranges} ranges of 65536 from {base:#x} must fit below 2^31"
-        )));
+
+    /// The shared range, in shared mode: layers and writable layers are stored shifted into it.
+    pub fn shifted(&self) -> Option<IdRange> {
+        match self {
+            Userns::Shared(s) => Some(s.range()),
+            Userns::PerSandbox(_) => None,
+        }
+    }
+
+    /// The sandbox's range (recorded in its dir before anything uses it).
+    pub fn acquire(&self, sandbox_dir: &Path) -> Result<IdRange> {
+        match self {
+            Userns::PerSandbox(r) => r.acquire(sandbox_dir),
+            Userns::Shared(s) => s.acquire(sandbox_dir),
+        }
+    }
+
+    /// Re-adopt a kept sandbox's recorded range (reconcile). `Ok(false)`: not this runtime's to use.
+    pub fn keep(&self, sandbox_dir: &Path, range: IdRange) -> Result<bool> {
+        match self {
+            Userns::PerSandbox(r) if !range.shared => r.keep(sandbox_dir, range),
+            Userns::Shared(s) => Ok(range == s.range()),
+            Userns::PerSandbox(_) => Ok(false),
+        }
+    }
+
+    /// Whether a stopped sandbox whose recorded range [`Userns::keep`] refused may forget it and get
+    /// another at its next start: only a per-sandbox range in per-sandbox mode (its files are
+    /// unshifted). A shared range's record says how the files are stored and stays.
+    pub fn may_forget(&self, range: IdRange) -> bool {
+        matches!(self, Userns::PerSandbox(_)) && !range.shared
+    }
+
+    /// The sandbox dir is gone: give its range back (the shared range stays the runtime's).
+    pub fn release(&self, sandbox_dir: &Path, range: IdRange) -> Result<()> {
+        match self {
+            Userns::PerSandbox(r) if !range.shared => r.release(sandbox_dir, range),
+            _ => Ok(()),
+        }
+    }
+
+    /// Reconcile: stale claims of this instance's sandbox dirs.
+    pub fn collect_stale(&self, sandboxes_dir: &Path) -> Result<()> {
+        match self {
+            Userns::PerSandbox(r) => r.collect_stale(sandboxes_dir),
+            Userns::Shared(_) => Ok(()),
+        }
+    }
+}
+
+/// Whether a sandbox's files (its writable layer, its template's layers) are stored the way a
+/// runtime with `userns` mounts them: shifted into this runtime's shared range, or unshifted. A
+/// sandbox of the other kind (a mode or `userns_base` changed) is refused at start and snapshot
+/// instead of showing every file with the wrong owner.
+pub fn check_files(userns: Option<&Userns>, sandbox_dir: &Path) -> Result<()> {
+    let stored = IdRange::load(sandbox_dir).filter(|r| r.shared);
+    let wanted = userns.and_then(Userns::shifted);
+    if stored.map(|r| r.host_base) == wanted.map(|r| r.host_base) {
+        return Ok(());
+    }
+    let how = |r: Option<IdRange>| match r {
+        Some(r) => format!(
+            "shifted into the shared user namespace range {:#x}",
+            r.host_base
+        ),
+        None => "unshifted".to_string(),
+    };
+    let fix = match stored {
+        Some(r) => format!(
+            "userns_mode = \"shared\" with userns_base = {:#x}",
+            r.host_base
+        ),
+        None => "userns_mode = \"per-sandbox\" (or user namespaces off)".to_string(),
+    };
+    Err(Error::Invalid(format!(
+        "the files of {} are stored {}, but this runtime stores them {}: run it with {fix}",
+        sandbox_dir.display(),
+        how(stored),
+        how(wanted)
+    )))
+}
+
+/// Shared mode: the sandbox's writable layer root (the rootfs's `/`, which overlayfs takes from the
+/// upper dir) belongs to the range's root, as every file root makes inside it does. Made here on
+/// first use (owned by host root: `nobody` inside); an owner given inside later is kept.
+pub fn own_upper_root(upper: &Path, range: IdRange) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir_all(upper).ctx(upper)?;
+    let md = std::fs::symlink_metadata(upper).ctx(upper)?;
+    if (md.uid(), md.gid()) == (0, 0) {
+        std::os::unix::fs::lchown(upper, Some(range.host_base), Some(range.host_base))
+            .ctx(upper)?;
     }
     Ok(())
 }
 
-/// The allocator of one runtime instance over the host-wide claims.
-pub struct IdRanges {
-    base: u32,
-    count: u32,
-    claims_dir: PathBuf,
-    /// Bases this instance holds (a cache of its claims).
-    held: Mutex<BTreeSet<u32>>,
-}
-
-impl IdRanges {
-    pub fn new(base: u32, count: u32, claims_dir: &Path) -> Result<IdRanges> {
-        validate(base, count)?;
-        create_private_dir(claims_dir)?;
-        Ok(IdRanges {
-            base,
-            count,
-            claims_dir: claims_dir.to_path_buf(),
-            held: Default::default(),
-        })
-    }
-
-    /// The first range of this instance's space (the open-time probe maps it; nothing runs in it).
-    pub fn first(&self) -> IdRange {
-        IdRange {
-            host_base: self.base,
-            size: RANGE_SIZE,
-        }
-    }
-
-    pub fn held(&self) -> usize {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    fn claim_file(&self, base: u32) -> PathBuf {
-        self.claims_dir.join(format!("{base:08x}"))
-    }
-
-    fn host_lock(&self) -> Result<std::fs::File> {
-        let p = self.claims_dir.join(".lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .ctx(&p)?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-            Error::Io {
-                path: p,
-                source: e.into(),
-            }
-        })?;
-        Ok(f)
-    }
-
-    /// Who holds `base` according to its claim: None (free, or a stale claim), or the sandbox dir.
-    fn claimant(&self, base: u32) -> Option<PathBuf> {
-        let named = std::fs::read_to_string(self.claim_file(base)).ok()?;
-        let dir = PathBuf::from(named.trim_end_matches('\n'));
-        (IdRange::load(&dir).map(|r| r.host_base) == Some(base)).then_some(dir)
-    }
-
-    fn write_claim(&self, base: u32, sandbox_dir: &Path) -> Result<()> {
-        let p = self.claim_file(base);
-        let tmp = p.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).ctx(&tmp)?;
-        writeln!(f, "{}", sandbox_dir.display()).ctx(&tmp)?;
-        drop(f);
-        std::fs::rename(&tmp, &p).ctx(&p)
-    }
-
-    /// The sandbox's range: the one its `userns.json` names when that is still its own, else a
-    /// new one (claimed host-wide, then recorded in the sandbox dir).
-    pub fn acquire(&self, sandbox_dir: &Path) -> Result<IdRange> {
-        let _lock = self.host_lock()?;
-        if let Some(r) = IdRange::load(sandbox_dir)
-            && self.keep_locked(sandbox_dir, r)?
-        {
-            return Ok(r);
-        }
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        for i in 0..self.count {
-            let base = self.base + i * RANGE_SIZE;
-            if held.contains(&base) || self.claimant(base).is_some() {
-                continue;
-            }
-            // Claim first: a crash before `userns.json` leaves a claim naming a dir that does not
-            // name the range, i.e. a stale one.
-            self.write_claim(base, sandbox_dir)?;
-            let range = IdRange {
-                host_base: base,
-                size: RANGE_SIZE,
-            };
-            util::write_json(&IdRange::file(sandbox_dir), &range)?;
-            held.insert(base);
-            return Ok(range);
-        }
-        Err(Error::Invalid(format!(
-            "all {} user namespace id ranges are in use",
-            self.count
-        )))
-    }
-
-    /// Re-adopt a sandbox's recorded range (reconcile, start). `Ok(false)`: it is held by another
-    /// sandbox now (claims were lost with a reboot); the caller's sandbox must not use it.
-    pub fn keep(&self, sandbox_dir: &Path, range: IdRange) -> Result<bool> {
-        let _lock = self.host_lock()?;
-        self.keep_locked(sandbox_dir, range)
-    }
-
-    fn keep_locked(&self, sandbox_dir: &Path, range: IdRange) -> Result<bool> {
-        let in_space = range.size == RANGE_SIZE
-            && range.host_base >= self.base
-            && (range.host_base - self.base).is_multiple_of(RANGE_SIZE)
-            && (range.host_base - self.base) / RANGE_SIZE < self.count;
-        match self.claimant(range.host_base) {
-            Some(dir) if dir != sandbox_dir => return Ok(false),
-            Some(_) => {}
-            // Outside this instance's space (configuration changed): fine while running, but a
-            // new claim is only made inside the space.
-            None if !in_space => return Ok(false),
-            None => self.write_claim(range.host_base, sandbox_dir)?,
-        }
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(range.host_base);
-        Ok(true)
-    }
-
-    /// Reconcile: remove stale claims naming a directory below `sandboxes_dir` (a crash between
-    /// the claim and `userns.json`, or a directory removed while the runtime was down).
-    pub fn collect_stale(&self, sandboxes_dir: &Path) -> Result<()> {
-        let _lock = self.host_lock()?;
-        let entries = std::fs::read_dir(&self.claims_dir).ctx(&self.claims_dir)?;
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let Ok(base) = u32::from_str_radix(&name, 16) else {
-                continue;
-            };
-            let named = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let ours = Path::new(named.trim_end_matches('\n')).parent() == Some(sandboxes_dir);
-            if ours && self.claimant(base).is_none() {
-                tracing::info!(
-                    base,
-                    dir = named.trim_end_matches('\n'),
-                    "removing a stale user namespace range claim"
-                );
-                util::remove_file_idem(&e.path())?;
-                self.held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&base);
-            }
-        }
-        Ok(())
-    }
-
-    /// The sandbox dir is gone (or never named the range): give the range back.
-    pub fn release(&self, sandbox_dir: &Path, range: IdRange) -> Result<()> {
-        let _lock = self.host_lock()?;
-        let p = self.claim_file(range.host_base);
-        let named = std::fs::read_to_string(&p).unwrap_or_default();
-        if Path::new(named.trim_end_matches('\n')) == sandbox_dir
-            && IdRange::load(sandbox_dir) != Some(range)
-        {
-            util::remove_file_idem(&p)?;
-        }
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&range.host_base);
-        Ok(())
-    }
-}
-
-/// At `Runtime::open`: the allocator when user namespaces are on and this kernel and these
-/// filesystems support idmapped overlay layers (`idmap::probe`); otherwise None, loudly.
-pub fn open(
-    cfg: &crate::RuntimeConfig,
-    store: &crate::template::Store,
-) -> Result<Option<IdRanges>> {
+/// At `Runtime::open`: how sandboxes get user namespaces (module docs), or None (configured off,
+/// or no user namespaces at all on this host: loudly).
+pub fn open(cfg: &crate::RuntimeConfig, store: &crate::template::Store) -> Result<Option<Userns>> {
     if !cfg.user_namespaces {
         tracing::warn!(
+            userns_mode = "off",
             "user namespaces are OFF by configuration: root in a sandbox is root on the host"
         );
         return Ok(None);
     }
-    let ranges = IdRanges::new(cfg.userns_base, cfg.userns_ranges, &cfg.userns_claims_dir)?;
+    let mode = cfg.userns_mode;
+    validate(cfg.userns_base, ranges_needed(cfg))?;
     crate::perms::check_traversable(&cfg.data_dir, cfg.userns_base)?;
-    let probe = (|| {
-        let range = ranges.first();
-        let ns = new_namespace(range)?;
-        let tmp = store.temp_layer()?;
-        let res = crate::idmap::probe(
-            &tmp,
-            &cfg.sandboxes_dir(),
-            range,
-            std::os::fd::AsFd::as_fd(&ns),
-        );
-        let _ = std::fs::remove_dir_all(&tmp);
-        res
-    })();
-    match probe {
-        Ok(()) => {
-            tracing::info!(
-                base = ranges.base,
-                ranges = ranges.count,
-                "user namespaces: one id range per sandbox, idmapped layers"
-            );
-            Ok(Some(ranges))
+    let first = IdRange::at(cfg.userns_base);
+    // No user namespace at all (a kernel without them, or `user.max_user_namespaces` 0): no mode works.
+    let ns = match new_namespace(first) {
+        Ok(ns) => ns,
+        Err(e) if mode != UsernsMode::Auto => {
+            return Err(Error::Invalid(format!(
+                "userns_mode = {mode}, but this host cannot create user namespaces: {e}"
+            )));
         }
         Err(e) => {
             tracing::error!(
                 error = %e,
-                "USER NAMESPACES UNAVAILABLE: this kernel or filesystem cannot mount overlayfs on idmapped layers \
-                 (Linux >= 5.19 and a filesystem with idmapped mounts, e.g. ext4, xfs, btrfs). Sandboxes run WITHOUT \
-                 a user namespace: root in a sandbox is root on the host"
+                userns_mode = "off",
+                "USER NAMESPACES UNAVAILABLE: this host cannot create user namespaces. Sandboxes run WITHOUT a \
+                 user namespace: root in a sandbox is root on the host"
             );
-            Ok(None)
+            return Ok(None);
+        }
+    };
+    if mode != UsernsMode::Shared {
+        let ranges = IdRanges::new(cfg.userns_base, cfg.userns_ranges, &cfg.userns_claims_dir)?;
+        let probe = with_temp_layer(store, |tmp| {
+            crate::idmap::probe(
+                tmp,
+                &cfg.sandboxes_dir(),
+                first,
+                std::os::fd::AsFd::as_fd(&ns),
+            )
+        });
+        match probe {
+            Ok(()) => {
+                tracing::info!(
+                    userns_mode = %UsernsMode::PerSandbox,
+                    base = ranges.base(),
+                    ranges = ranges.count(),
+                    "user namespaces: one id range per sandbox, idmapped layers"
+                );
+                return Ok(Some(Userns::PerSandbox(ranges)));
+            }
+            Err(e) if mode == UsernsMode::PerSandbox => {
+                return Err(Error::Invalid(format!(
+                    "userns_mode = per-sandbox, but this kernel or filesystem cannot mount overlayfs on idmapped \
+                     layers (Linux >= 5.19 and a filesystem with idmapped mounts, e.g. ext4, xfs, btrfs): {e}; \
+                     use userns_mode = \"auto\" or \"shared\""
+                )));
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "this kernel or filesystem cannot mount overlayfs on idmapped layers (Linux >= 5.19 and a filesystem \
+                 with idmapped mounts, e.g. ext4, xfs, btrfs): falling back to ONE SHARED user namespace range"
+            ),
         }
     }
+    let shared_base = cfg.userns_base;
+    if let Err(e) = with_temp_layer(store, |tmp| probe_shared(tmp, &cfg.sandboxes_dir(), first)) {
+        if mode == UsernsMode::Shared {
+            return Err(Error::Invalid(format!(
+                "userns_mode = shared, but files cannot be given the range's owners here: {e}"
+            )));
+        }
+        tracing::error!(
+            error = %e,
+            userns_mode = "off",
+            "USER NAMESPACES UNAVAILABLE: neither idmapped layers nor files owned by a shared range work on \
+             these filesystems. Sandboxes run WITHOUT a user namespace: root in a sandbox is root on the host"
+        );
+        return Ok(None);
+    }
+    let shared = SharedRange::claim(shared_base, &cfg.userns_claims_dir, &cfg.sandboxes_dir())?;
+    tracing::warn!(
+        userns_mode = %UsernsMode::Shared,
+        base = shared_base,
+        "user namespaces: ONE SHARED id range for every sandbox (Docker's userns-remap); root inside is never \
+         host root, but sandboxes share host ids, so an escape from one reaches the files of every other \
+         sandbox on this host; layers are stored shifted in {}",
+        crate::template::Store::shifted_root(&cfg.store_dir(), shared_base).display()
+    );
+    Ok(Some(Userns::Shared(shared)))
+}
+
+/// `f` on a fresh temp dir of the store (removed afterwards).
+fn with_temp_layer(
+    store: &crate::template::Store,
+    f: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    let tmp = store.temp_layer()?;
+    let res = f(&tmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    res
+}
+
+/// Can files be stored shifted here? A file in the store and one on the sandboxes' filesystem are
+/// given an owner of the range (NFS with root squashing, for one, refuses). Leaves nothing behind.
+fn probe_shared(store_tmp: &Path, sandboxes_dir: &Path, range: IdRange) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let id = range.host_base + 1000;
+    let work = sandboxes_dir.join(".userns-probe-shared");
+    let res = [store_tmp.to_path_buf(), work.clone()]
+        .iter()
+        .try_for_each(|dir| {
+            std::fs::create_dir_all(dir).ctx(dir)?;
+            let f = dir.join("probe");
+            std::fs::write(&f, "shared").ctx(&f)?;
+            std::os::unix::fs::lchown(&f, Some(id), Some(id)).ctx(&f)?;
+            let md = std::fs::symlink_metadata(&f).ctx(&f)?;
+            if (md.uid(), md.gid()) != (id, id) {
+                return Err(Error::Invalid(format!(
+                    "{} was given owner {id} but is owned by {}:{}",
+                    f.display(),
+                    md.uid(),
+                    md.gid()
+                )));
+            }
+            Ok(())
+        });
+    let _ = crate::util::remove_dir_all_idem(&work);
+    res
 }
 
 /// Create `dir` (and parents) and make it 0700.
@@ -466,87 +491,4 @@ fn shared_mount_dir(dir: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_space_is_validated() {
-        assert!(validate(DEFAULT_BASE, DEFAULT_RANGES).is_ok());
-        assert!(validate(0, 1).is_err(), "host root's range");
-        assert!(validate(100_001, 1).is_err(), "not a multiple of 65536");
-        assert!(validate(0x7FFF_0000, 2).is_err(), "past 2^31");
-        assert!(validate(0x7FFF_0000, 1).is_ok());
-        assert!(validate(DEFAULT_BASE, 0).is_err());
-        let r = IdRange {
-            host_base: 0x1000_0000,
-            size: RANGE_SIZE,
-        };
-        assert!(
-            r.contains(0x1000_0000)
-                && r.contains(0x1000_FFFF)
-                && !r.contains(0x1001_0000)
-                && !r.contains(0)
-        );
-        assert_eq!(r.map_line(), "0 268435456 65536\n");
-    }
-
-    fn tmp(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("soulbox-userns-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        p
-    }
-
-    #[test]
-    fn claims_are_host_wide_and_survive_until_the_dir_forgets_them() {
-        let root = tmp("claims");
-        let claims = root.join("claims");
-        let (a, b) = (
-            IdRanges::new(0x2000_0000, 3, &claims).unwrap(),
-            IdRanges::new(0x2000_0000, 3, &claims).unwrap(),
-        );
-        let dirs: Vec<PathBuf> = (0..4).map(|i| root.join(format!("s{i}"))).collect();
-        for d in &dirs {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        // two instances on one claims dir never hand out the same range
-        let r0 = a.acquire(&dirs[0]).unwrap();
-        let r1 = b.acquire(&dirs[1]).unwrap();
-        let r2 = a.acquire(&dirs[2]).unwrap();
-        assert_eq!(
-            BTreeSet::from([r0.host_base, r1.host_base, r2.host_base]).len(),
-            3
-        );
-        assert!(b.acquire(&dirs[3]).is_err(), "space exhausted");
-        // acquiring again for the same dir keeps its range
-        assert_eq!(a.acquire(&dirs[0]).unwrap(), r0);
-        // a stopped sandbox (dir kept) still holds its range after its instance is gone
-        drop(a);
-        let c = IdRanges::new(0x2000_0000, 3, &claims).unwrap();
-        assert!(
-            c.acquire(&dirs[3]).is_err(),
-            "a range named by a sandbox dir was handed out"
-        );
-        // the other instance cannot re-adopt a range another dir holds
-        assert!(!c.keep(&dirs[3], r0).unwrap());
-        assert!(c.keep(&dirs[0], r0).unwrap());
-        // the dir goes: the range is free again
-        std::fs::remove_dir_all(&dirs[0]).unwrap();
-        c.release(&dirs[0], r0).unwrap();
-        assert_eq!(c.acquire(&dirs[3]).unwrap(), r0);
-        // a stale claim (its dir no longer names the range) is taken over
-        std::fs::remove_file(IdRange::file(&dirs[2])).unwrap();
-        let d4 = root.join("s4");
-        std::fs::create_dir_all(&d4).unwrap();
-        assert_eq!(c.acquire(&d4).unwrap(), r2);
-        // a crash between the claim and userns.json: the claim is collected at reconcile, others stay
-        std::fs::remove_file(IdRange::file(&d4)).unwrap();
-        c.collect_stale(&root).unwrap();
-        assert!(!c.claim_file(r2.host_base).exists(), "stale claim kept");
-        assert!(
-            c.claim_file(r1.host_base).exists(),
-            "a live claim was collected"
-        );
-        let _ = std::fs::remove_dir_all(&root);
-    }
-}
+mod tests;

@@ -345,20 +345,30 @@ impl Drop for MountGuard {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_idmapped_layers_the_runtime_runs_sandboxes_without_user_namespaces() {
-    root_or_skip!("without_idmapped_layers_the_runtime_runs_sandboxes_without_user_namespaces");
+async fn without_idmapped_layers_the_runtime_falls_back_to_one_shared_range() {
+    root_or_skip!("without_idmapped_layers_the_runtime_falls_back_to_one_shared_range");
     // ramfs has no idmapped mounts: a template store there cannot be mounted through idmapped layers
     let store = PathBuf::from("/var/tmp/soulbox-test/t229-ramfs-store");
     std::fs::create_dir_all(&store).unwrap();
     let _unmount = MountGuard(store.clone());
     rustix::mount::mount("ramfs", &store, "ramfs", rustix::mount::MountFlags::empty(), None::<&std::ffi::CStr>).unwrap();
-    let mut cfg = config(229);
-    cfg.store_dir = Some(store);
+    let mut cfg = private_ranges(config(229), 0x6600_0000, 2);
+    cfg.store_dir = Some(store.clone());
+    // forced per-sandbox: refused at open, naming what is missing
+    let mut forced = cfg.clone();
+    forced.userns_mode = soulbox_runtime::userns::UsernsMode::PerSandbox;
+    let err = soulbox_runtime::Runtime::open(forced).await.err().expect("per-sandbox mode opened without idmapped layers");
+    assert!(err.to_string().contains("idmapped"), "{err}");
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    assert!(!rt.user_namespaces(), "the probe accepted a store without idmapped mounts");
+    assert_eq!(
+        rt.userns_mode(),
+        Some(soulbox_runtime::userns::UsernsMode::Shared),
+        "the probe accepted a store without idmapped mounts, or gave up user namespaces"
+    );
+    assert!(rt.store().root().starts_with(&store) && rt.store().id_shift() == Some(0x6600_0000));
     let a = rt.create(SandboxSpec::new("test")).await.unwrap();
     let (_, out) = sh(rt, &a.id, "cat /proc/self/uid_map").await;
-    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "0", "4294967295"]);
-    assert_eq!(std::fs::metadata(&h.cfg.data_dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["0", "1711276032", "65536"]);
+    assert_eq!(std::fs::metadata(&h.cfg.data_dir).unwrap().mode() & 0o777, 0o711);
 }

@@ -27,6 +27,9 @@ pub struct FileConfig {
     pub user_namespaces: Option<bool>,
     /// First host uid of the sandboxes' id ranges (65536 each) [default: 0x10000000].
     pub userns_base: Option<u32>,
+    /// `auto` [default]: one id range per sandbox where the kernel mounts overlayfs on idmapped layers, else one
+    /// range shared by every sandbox (a warning says so); `per-sandbox` or `shared` force one.
+    pub userns_mode: Option<soulbox_runtime::userns::UsernsMode>,
     pub metrics_interval_s: Option<u64>,
     /// Template store (layers, templates, build cache) [default: `<data_dir>/node`]; servers and node agents on
     /// one host may share one.
@@ -53,6 +56,8 @@ pub struct FileConfig {
 
 /// The `[templates]` section lives with the engine it configures.
 pub use soulbox_templates::config::TemplatesConfig;
+/// `userns_mode`'s values (the runtime's type), for the CLI.
+pub use soulbox_runtime::userns::UsernsMode;
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -83,6 +88,8 @@ pub struct ServerConfig {
     /// Sandboxes in user namespaces (see [`FileConfig::user_namespaces`]).
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
+    /// See [`FileConfig::userns_mode`].
+    pub userns_mode: soulbox_runtime::userns::UsernsMode,
     pub metrics_interval_s: u64,
     /// See [`FileConfig::template_dir`].
     pub template_dir: Option<PathBuf>,
@@ -129,6 +136,9 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("lisen = 1").is_err());
         let c: FileConfig = toml::from_str("user_namespaces = false\nuserns_base = 0x20000000\n").unwrap();
         assert_eq!((c.user_namespaces, c.userns_base), (Some(false), Some(0x2000_0000)));
+        let c: FileConfig = toml::from_str("userns_mode = \"shared\"\n").unwrap();
+        assert_eq!(c.userns_mode, Some(soulbox_runtime::userns::UsernsMode::Shared));
+        assert!(toml::from_str::<FileConfig>("userns_mode = \"shard\"\n").is_err());
         assert_eq!(parse_cidr("10.77.0.0/16").unwrap().1, 16);
         assert!(parse_cidr("10.77.0.0").is_err());
     }

@@ -26,7 +26,8 @@ impl LocalNode {
 
     /// With the template build engine's configuration (image rewrites, registries) from the server config.
     pub fn with_engine_config(runtime: Runtime, node_id: impl Into<String>, engine: soulbox_templates::engine::EngineConfig) -> LocalNode {
-        let templates_dir = runtime.config().store_dir().join("templates");
+        // (the runtime's store: a shifted one of its own in the shared user namespace mode)
+        let templates_dir = runtime.store().root().join("templates");
         let engine = soulbox_templates::engine::Engine::new(runtime.clone(), engine);
         LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
     }

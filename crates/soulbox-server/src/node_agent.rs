@@ -322,6 +322,7 @@ pub struct NodeSettings {
     pub prefix: String,
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
+    pub userns_mode: soulbox_runtime::userns::UsernsMode,
     pub network_pool: String,
     pub debian_mirror: String,
     /// allowOut may open private, link-local and metadata ranges (the runtime's firewall drops them otherwise).
@@ -361,6 +362,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         prefix: settings.prefix.clone(),
         user_namespaces: settings.user_namespaces,
         userns_base: settings.userns_base,
+        userns_mode: settings.userns_mode,
         network_pool: &settings.network_pool,
         allow_private_egress: settings.allow_private_egress,
     })?;

@@ -20,6 +20,8 @@ pub struct RuntimeSettings<'a> {
     pub prefix: String,
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
+    /// auto, per-sandbox or shared (`soulbox_runtime::userns`).
+    pub userns_mode: soulbox_runtime::userns::UsernsMode,
     pub network_pool: &'a str,
     pub allow_private_egress: bool,
 }
@@ -43,6 +45,7 @@ pub fn runtime_config(
     }
     config.prefix = settings.prefix;
     config.user_namespaces = settings.user_namespaces;
+    config.userns_mode = settings.userns_mode;
     if let Some(base) = settings.userns_base {
         config.userns_base = base;
     }
@@ -72,6 +75,7 @@ mod tests {
             prefix: "sx".into(),
             user_namespaces: true,
             userns_base: None,
+            userns_mode: Default::default(),
             network_pool: "10.77.0.0/16",
             allow_private_egress: false,
         };

@@ -242,6 +242,7 @@ async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::I
         prefix: config.prefix.clone(),
         user_namespaces: config.user_namespaces,
         userns_base: config.userns_base,
+        userns_mode: config.userns_mode,
         network_pool: &config.network_pool,
         allow_private_egress: config.allow_private_egress,
     })?;

@@ -248,7 +248,8 @@ pub async fn bootstrap_layer(store: &soulbox_runtime::Store, plan: &BootstrapPla
     run_mmdebstrap(&plan.mmdebstrap_args(&target), log, &mut guard).await?;
     log(LogLevel::Info, format!("bootstrap finished in {:.1} s; hashing the layer", started.elapsed().as_secs_f64()), base());
     let store2 = store.clone();
-    let digest = tokio::task::spawn_blocking(move || store2.commit_layer(&target))
+    // mmdebstrap made it with host ids: shifted first in a shared user namespace store
+    let digest = tokio::task::spawn_blocking(move || store2.commit_unshifted_layer(&target))
         .await
         .map_err(|e| BootstrapError::Io { context: "hashing the layer".into(), source: std::io::Error::other(e) })??;
     let _ = tokio::fs::remove_dir_all(&tmp).await;

@@ -255,7 +255,9 @@ pub fn import_blob(store: &Store, blob: &Path, compression: Compression, expecte
     let tmp = TempDir::new(store)?;
     let file = std::fs::File::open(blob).map_err(io_at(blob))?;
     let reader = compression.decoder(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
-    let stats = unpack::unpack(reader, tmp.path()).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
+    // shifted into the store's range in a shared user namespace store (`soulbox_runtime::template`)
+    let opts = unpack::UnpackOptions { id_shift: store.id_shift() };
+    let stats = unpack::unpack_with(reader, tmp.path(), &opts).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     if let Some(expected) = expected_diff_id
         && expected != stats.diff_id
     {
@@ -556,6 +558,44 @@ mod tests {
         assert!(err.to_string().contains("through a symlink"), "{err}");
         let left: Vec<_> = std::fs::read_dir(store_dir.path().join("layers")).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// In a shifted store (the runtime's shared user namespace mode) an imported layer's owners are shifted
+    /// into the store's range and its layer and cache entry are the shifted store's own.
+    #[test]
+    fn a_layer_imported_into_a_shifted_store_is_stored_shifted() {
+        use soulbox_layer::testing::Tar;
+        use std::os::unix::fs::MetadataExt;
+        if rustix::process::geteuid().as_raw() != 0 {
+            eprintln!("skipped: needs root to give files owners");
+            return;
+        }
+        let base = 0x2600_0000;
+        let store_dir = tempfile::tempdir().unwrap();
+        let plain = soulbox_runtime::Store::new(store_dir.path()).unwrap();
+        let shifted = soulbox_runtime::Store::shifted(store_dir.path(), base).unwrap();
+        let blob = store_dir.path().join("layer.tar");
+        let tar = Tar::new().file_as("etc/conf", b"c", 0o644, (0, 0)).file_as("home/app/data", b"d", 0o600, (1000, 1000)).bytes();
+        std::fs::write(&blob, tar).unwrap();
+        let (unshifted, _) = import_blob(&plain, &blob, Compression::None, None, "1/1").unwrap();
+        let (layer, _) = import_blob(&shifted, &blob, Compression::None, None, "1/1").unwrap();
+        assert_ne!(layer, unshifted, "one layer for both ways of storing files");
+        let owner = |store: &Store, digest: &str, p: &str| {
+            let md = std::fs::symlink_metadata(store.layer_dir(digest).join(p)).unwrap();
+            (md.uid(), md.gid())
+        };
+        assert_eq!(owner(&plain, &unshifted, "home/app/data"), (1000, 1000));
+        assert_eq!(owner(&shifted, &layer, "etc/conf"), (base, base));
+        assert_eq!(owner(&shifted, &layer, "etc"), (base, base), "a parent the tar does not list");
+        assert_eq!(owner(&shifted, &layer, "home/app/data"), (base + 1000, base + 1000));
+        assert!(!plain.layer_dir(&layer).exists() && !shifted.layer_dir(&unshifted).exists());
+        // the OCI layer cache of one store never names a layer of the other
+        let oci = &format!("sha256:{}", "a".repeat(64));
+        remember_layer(&plain, oci, &unshifted).unwrap();
+        assert_eq!(cached_layer(&shifted, oci), None);
+        remember_layer(&shifted, oci, &layer).unwrap();
+        assert_eq!(cached_layer(&shifted, oci), Some(layer));
+        assert_eq!(cached_layer(&plain, oci), Some(unshifted));
     }
 
     #[test]

@@ -30,6 +30,10 @@ struct Cli {
     /// Run sandboxes without user namespaces (root inside is root on the host).
     #[arg(long)]
     no_userns: bool,
+    /// auto | per-sandbox | shared: one id range per sandbox (idmapped layers) or one shared by all
+    /// (`template` builds into the shared mode's own store only when this says `shared`).
+    #[arg(long, default_value = "auto")]
+    userns_mode: soulbox_runtime::userns::UsernsMode,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -89,9 +93,14 @@ async fn main() -> anyhow::Result<()> {
     cfg.pool_net = net.parse()?;
     cfg.pool_prefix_len = len.parse()?;
     cfg.user_namespaces = !cli.no_userns;
+    cfg.userns_mode = cli.userns_mode;
     cfg.init_override = cli.init.as_ref().map(|s| s.split_whitespace().map(String::from).collect());
     if let Cmd::Template { name, mirror } = &cli.cmd {
-        let store = soulbox_runtime::Store::new(cfg.store_dir())?;
+        let store = if cfg.user_namespaces && cfg.userns_mode == soulbox_runtime::userns::UsernsMode::Shared {
+            soulbox_runtime::Store::shifted(&cfg.store_dir(), cfg.userns_base)?
+        } else {
+            soulbox_runtime::Store::new(cfg.store_dir())?
+        };
         let meta = match name.as_str() {
             "test" => store.ensure_test_template(std::path::Path::new("/bin/busybox"))?,
             "base" => store.ensure_base_template(mirror).await?,

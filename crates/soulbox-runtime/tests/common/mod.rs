@@ -57,9 +57,9 @@ pub async fn harness(n: u8) -> Harness {
 
 /// A harness on a config made with [`config`] and then adjusted.
 pub async fn harness_with(cfg: RuntimeConfig) -> Harness {
-    let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
-    store.ensure_test_template(Path::new("/bin/busybox")).unwrap();
     let rt = Runtime::open(cfg.clone()).await.expect("runtime open");
+    // in the runtime's store: the shared user namespace mode has one of its own
+    rt.store().ensure_test_template(Path::new("/bin/busybox")).unwrap();
     Harness { rt: Some(rt), cfg }
 }
 

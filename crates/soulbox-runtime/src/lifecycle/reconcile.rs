@@ -1,9 +1,9 @@
 //! Boot-time reconcile: re-adopt sandboxes the OCI runtime still runs and collect everything a
 //! crashed instance may have leaked (runtime CLI processes, containers, runtime state, cgroups,
 //! mounts, netns, veths, nft rules, IP leases, temp layers).
+use super::Inner;
 use crate::cgroup;
 use crate::error::Result;
-use crate::lifecycle::Inner;
 use crate::network::{self, NetLease};
 use crate::record::Record;
 use crate::rootfs;
@@ -133,8 +133,8 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     // Disk limits: project ids in use from the sandboxes kept above, leaked limits cleared;
     // loop devices of sandbox images that lost their mount detached.
     inner.disk.reconcile(&cfg.sandboxes_dir());
-    if let Some(ranges) = &inner.userns
-        && let Err(e) = ranges.collect_stale(&cfg.sandboxes_dir())
+    if let Some(userns) = &inner.userns
+        && let Err(e) = userns.collect_stale(&cfg.sandboxes_dir())
     {
         tracing::warn!(error = %e, "collecting stale user namespace range claims");
     }
@@ -169,16 +169,21 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
 
 /// A kept sandbox holds on to its user namespace range (host-wide claim re-made after a reboot).
 /// If another sandbox holds it now, a stopped sandbox forgets it (its next start takes a new one;
-/// its files are stored unshifted, so any range fits them); a running one cannot be fixed.
+/// its files are stored unshifted, so any range fits them); a running one cannot be fixed. A
+/// sandbox whose files are stored shifted into a shared range keeps the record (it says how its
+/// files are stored): only a runtime of that range starts it again (`userns::check_files`).
 fn keep_id_range(inner: &Inner, id: &str, dir: &std::path::Path, running: bool) {
-    let (Some(ranges), Some(range)) = (&inner.userns, crate::userns::IdRange::load(dir)) else { return };
-    match ranges.keep(dir, range) {
+    let (Some(userns), Some(range)) = (&inner.userns, crate::userns::IdRange::load(dir)) else { return };
+    match userns.keep(dir, range) {
         Ok(true) => {}
         Ok(false) if running => {
-            tracing::error!(sandbox = %id, base = range.host_base, "the sandbox's user namespace range is claimed by another sandbox")
+            tracing::error!(sandbox = %id, base = range.host_base, shared = range.shared, "the sandbox's user namespace range is not this runtime's to use (claimed by another sandbox, or another mode)")
+        }
+        Ok(false) if userns.may_forget(range) => {
+            let _ = crate::util::remove_file_idem(&crate::userns::IdRange::file(dir));
         }
         Ok(false) => {
-            let _ = crate::util::remove_file_idem(&crate::userns::IdRange::file(dir));
+            tracing::warn!(sandbox = %id, base = range.host_base, "stopped sandbox stored for another user namespace mode: it starts only under that mode again")
         }
         Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not re-claim the user namespace range"),
     }
