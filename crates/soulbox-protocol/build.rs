@@ -7,10 +7,7 @@
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = [
-        "proto/process/process.proto",
-        "proto/filesystem/filesystem.proto",
-    ];
+    let protos = ["proto/process/process.proto", "proto/filesystem/filesystem.proto"];
 
     // Imports and source info, as prost-build asks protoc for them (the source info becomes doc comments).
     let descriptors = protox::Compiler::new(["proto"])?

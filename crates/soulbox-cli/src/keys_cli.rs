@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use soulbox_server::config::FileConfig;
-use soulbox_server::store::{
-    DEFAULT_TEAM_NAME, LimitChange, LimitChanges, Role, Store, TeamLimits,
-};
+use soulbox_server::store::{DEFAULT_TEAM_NAME, LimitChange, LimitChanges, Role, Store, TeamLimits};
 
 /// Which database: `--database-url` / `SOULBOX_DATABASE_URL`, else the server config's `database_url`, else the
 /// SQLite file in the data dir — the same one `soulbox server` opens.
@@ -24,22 +22,14 @@ pub struct StoreArgs {
 
 impl StoreArgs {
     fn file_config(&self, data_dir: &Path) -> anyhow::Result<FileConfig> {
-        match self
-            .config
-            .clone()
-            .or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists()))
-        {
+        match self.config.clone().or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists())) {
             Some(path) => FileConfig::load(&path),
             None => Ok(FileConfig::default()),
         }
     }
 
     async fn open(&self, data_dir: &Path, file: &FileConfig) -> anyhow::Result<Store> {
-        let url = match self
-            .database_url
-            .clone()
-            .or_else(|| file.database_url.clone())
-        {
+        let url = match self.database_url.clone().or_else(|| file.database_url.clone()) {
             Some(url) => url,
             None => {
                 std::fs::create_dir_all(data_dir)
@@ -75,9 +65,7 @@ fn limit_arg(raw: &str) -> Result<LimitChange, String> {
     if raw == "default" {
         return Ok(LimitChange::Default);
     }
-    raw.parse::<u64>()
-        .map(LimitChange::Set)
-        .map_err(|_| format!("{raw:?} is neither a number nor `default`"))
+    raw.parse::<u64>().map(LimitChange::Set).map_err(|_| format!("{raw:?} is neither a number nor `default`"))
 }
 
 #[derive(Subcommand)]
@@ -105,11 +93,7 @@ pub enum TeamsCommand {
     },
 }
 
-pub async fn keys(
-    data_dir: &Path,
-    store_args: &StoreArgs,
-    command: KeysCommand,
-) -> anyhow::Result<()> {
+pub async fn keys(data_dir: &Path, store_args: &StoreArgs, command: KeysCommand) -> anyhow::Result<()> {
     let file = store_args.file_config(data_dir)?;
     let store = store_args.open(data_dir, &file).await?;
     match command {
@@ -127,16 +111,9 @@ pub async fn keys(
             println!("export E2B_API_KEY={}", key.secret);
         }
         KeysCommand::List => {
-            println!(
-                "{:<20} {:<16} {:<16} {:<7} {:<12} STATUS",
-                "ID", "NAME", "TEAM", "ROLE", "PREFIX"
-            );
+            println!("{:<20} {:<16} {:<16} {:<7} {:<12} STATUS", "ID", "NAME", "TEAM", "ROLE", "PREFIX");
             for k in store.list_api_keys().await? {
-                let status = if k.revoked_at_ms.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
+                let status = if k.revoked_at_ms.is_some() { "revoked" } else { "active" };
                 println!(
                     "{:<20} {:<16} {:<16} {:<7} {:<12} {status}",
                     k.id,
@@ -148,21 +125,14 @@ pub async fn keys(
             }
         }
         KeysCommand::Revoke { id } => {
-            store
-                .revoke_api_key(&id)
-                .await
-                .with_context(|| format!("revoking {id}"))?;
+            store.revoke_api_key(&id).await.with_context(|| format!("revoking {id}"))?;
             println!("revoked {id}");
         }
     }
     Ok(())
 }
 
-pub async fn teams(
-    data_dir: &Path,
-    store_args: &StoreArgs,
-    command: TeamsCommand,
-) -> anyhow::Result<()> {
+pub async fn teams(data_dir: &Path, store_args: &StoreArgs, command: TeamsCommand) -> anyhow::Result<()> {
     let file = store_args.file_config(data_dir)?;
     let defaults = file.teams.unwrap_or_default();
     let store = store_args.open(data_dir, &file).await?;
@@ -193,13 +163,7 @@ pub async fn teams(
                 );
             }
         }
-        TeamsCommand::Limits {
-            name,
-            max_sandboxes,
-            max_vcpus,
-            max_memory_mb,
-            max_builds,
-        } => {
+        TeamsCommand::Limits { name, max_sandboxes, max_vcpus, max_memory_mb, max_builds } => {
             let changes = LimitChanges {
                 max_sandboxes: max_sandboxes.unwrap_or_default(),
                 max_vcpus: max_vcpus.unwrap_or_default(),

@@ -202,7 +202,10 @@ impl ServerArgs {
         };
         Ok(ServerConfig {
             listen: self.listen.or(file.listen).unwrap_or(config::DEFAULT_LISTEN),
-            database_url: self.database_url.or(file.database_url).unwrap_or_else(|| Store::sqlite_url(&data_dir.join("soulbox.db"))),
+            database_url: self
+                .database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| Store::sqlite_url(&data_dir.join("soulbox.db"))),
             domain: self.domain.or(file.domain),
             runtime: self.runtime.or(file.runtime).unwrap_or_else(|| "runc".into()),
             envd_path: self.envd_path.or(file.envd_path).unwrap_or_else(config::default_envd_path),
@@ -236,7 +239,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SOULBOX_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("SOULBOX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -19,7 +19,9 @@ macro_rules! live {
         match env() {
             Some(e) => e,
             None => {
-                eprintln!("skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)");
+                eprintln!(
+                    "skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)"
+                );
                 return;
             }
         }
@@ -28,7 +30,15 @@ macro_rules! live {
 
 fn cmd(e: &Env) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_soulbox"));
-    for v in ["E2B_API_URL", "E2B_SANDBOX_URL", "E2B_API_KEY", "SOULBOX_API_URL", "SOULBOX_SANDBOX_URL", "SOULBOX_API_KEY", "E2B_DOMAIN"] {
+    for v in [
+        "E2B_API_URL",
+        "E2B_SANDBOX_URL",
+        "E2B_API_KEY",
+        "SOULBOX_API_URL",
+        "SOULBOX_SANDBOX_URL",
+        "SOULBOX_API_KEY",
+        "E2B_DOMAIN",
+    ] {
         c.env_remove(v);
     }
     c.env("SOULBOX_API_URL", &e.api_url).env("SOULBOX_API_KEY", &e.key).env("SOULBOX_LOG", "warn");
@@ -98,7 +108,11 @@ fn sandbox_commands_json_and_exit_codes() {
 
     // exit codes: not found 3, auth 4, usage 2
     assert_eq!(run(&e, &["sandbox", "info", "nosuchsandbox"]).status.code(), Some(3));
-    let bad = cmd(&e).env("SOULBOX_API_KEY", "e2b_0000000000000000000000000000000000000000").args(["sandbox", "list"]).output().unwrap();
+    let bad = cmd(&e)
+        .env("SOULBOX_API_KEY", "e2b_0000000000000000000000000000000000000000")
+        .args(["sandbox", "list"])
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("error: authentication failed"));
     assert_eq!(run(&e, &["sandbox", "create", "--grace", "5"]).status.code(), Some(2));
@@ -124,7 +138,8 @@ fn exec_streams_output_and_passes_the_exit_code() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "$A|a b|", "words are quoted");
 
     // streaming: the first line arrives while the command still runs
-    let mut child = cmd(&e).args(["exec", id, "--", "echo first; sleep 2; echo second"]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        cmd(&e).args(["exec", id, "--", "echo first; sleep 2; echo second"]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let t0 = Instant::now();
     assert_eq!(lines.next().unwrap().unwrap(), "first");
@@ -134,7 +149,12 @@ fn exec_streams_output_and_passes_the_exit_code() {
     assert!(child.wait().unwrap().success());
 
     // stdin forwarding
-    let mut child = cmd(&e).args(["exec", "-i", id, "--", "tr a-z A-Z"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd(&e)
+        .args(["exec", "-i", id, "--", "tr a-z A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     use std::io::Write;
     child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -260,7 +280,21 @@ fn template_build_list_delete() {
     let dockerfile = ctx.path().join("Dockerfile");
     let out = run(
         &e,
-        &["template", "build", "-f", dockerfile.to_str().unwrap(), ctx.path().to_str().unwrap(), "--name", &format!("{name}:v1"), "--build-arg", "WHO=cli", "--cpu", "1", "--memory-mb", "512"],
+        &[
+            "template",
+            "build",
+            "-f",
+            dockerfile.to_str().unwrap(),
+            ctx.path().to_str().unwrap(),
+            "--name",
+            &format!("{name}:v1"),
+            "--build-arg",
+            "WHO=cli",
+            "--cpu",
+            "1",
+            "--memory-mb",
+            "512",
+        ],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -268,20 +302,32 @@ fn template_build_list_delete() {
     assert!(stdout.contains(&format!("Built {name}:v1")), "{stdout}");
 
     let sbx = create(&e, &[&format!("{name}:v1")]);
-    let out = run(&e, &["exec", &sbx.1, "--", "cat greeting.txt; echo $WHO $MODE; pwd; whoami; cat exec.txt /home/user/built-as.txt"]);
+    let out = run(
+        &e,
+        &["exec", &sbx.1, "--", "cat greeting.txt; echo $WHO $MODE; pwd; whoami; cat exec.txt /home/user/built-as.txt"],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi from cli\ncli test\n/opt\nuser\nexec-form\nuser\n");
     let out = run(&e, &["exec", &sbx.1, "--", "stat -c '%U %a' /opt/added.txt"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "user 640\n", "ADD --chown --chmod");
     // The start command (ENTRYPOINT + CMD) runs when the sandbox starts; create does not wait for it (no ready
     // command), so give it a bounded moment inside the sandbox.
-    let out = run(&e, &["exec", &sbx.1, "--", "for i in $(seq 100); do [ -s /tmp/started.txt ] && break; sleep 0.1; done; cat /tmp/started.txt"]);
+    let out = run(
+        &e,
+        &[
+            "exec",
+            &sbx.1,
+            "--",
+            "for i in $(seq 100); do [ -s /tmp/started.txt ] && break; sleep 0.1; done; cat /tmp/started.txt",
+        ],
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "started-as-user\n", "the start command ran as the image's user");
     drop(sbx);
 
     // `--json`: the log goes to stderr, stdout is one JSON document.
     let failing = ctx.path().join("Dockerfile.fail");
     std::fs::write(&failing, "FROM base\nRUN echo going-down; exit 7\n").unwrap();
-    let out = run(&e, &["template", "build", "-f", failing.to_str().unwrap(), "--name", &format!("{name}-fail"), "--json"]);
+    let out =
+        run(&e, &["template", "build", "-f", failing.to_str().unwrap(), "--name", &format!("{name}-fail"), "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(9), "{stderr}");
     assert!(stderr.contains("failed at step 1") && stderr.contains("going-down"), "{stderr}");

@@ -76,12 +76,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let writer = stream.try_clone()?;
-        Ok(Conn {
-            reader: BufReader::with_capacity(64 * 1024, stream),
-            writer,
-            host: addr.to_owned(),
-            reusable: true,
-        })
+        Ok(Conn { reader: BufReader::with_capacity(64 * 1024, stream), writer, host: addr.to_owned(), reusable: true })
     }
 
     /// Sends `Process/Start` for `/bin/true` and reads the stream to its end-stream envelope.
@@ -154,13 +149,7 @@ impl Conn {
         }
         let status: u16 = line.split_whitespace().nth(1).ok_or("bad status line")?.parse()?;
         let http10 = line.starts_with("HTTP/1.0");
-        let mut head = Head {
-            status,
-            chunked: false,
-            length: None,
-            content_type: None,
-            close: http10,
-        };
+        let mut head = Head { status, chunked: false, length: None, content_type: None, close: http10 };
         loop {
             line.clear();
             if self.reader.read_line(&mut line)? == 0 {
@@ -273,12 +262,7 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     samples.sort();
     let n = samples.len();
     let pick = |p: usize| samples[((n * p).div_ceil(100)).saturating_sub(1).min(n - 1)];
-    Stats {
-        p50: pick(50),
-        p99: pick(99),
-        mean: samples.iter().sum::<Duration>() / n as u32,
-        min: samples[0],
-    }
+    Stats { p50: pick(50), p99: pick(99), mean: samples.iter().sum::<Duration>() / n as u32, min: samples[0] }
 }
 
 fn report(name: &str, n: usize, s: &Stats) {
@@ -334,18 +318,10 @@ fn bench_spawn(name: &str, program: &str, argv: &[&str], user: Option<&str>, arg
     for i in 0..args.warmup + args.n {
         let t = Instant::now();
         let mut cmd = Command::new(program);
-        cmd.args(argv)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         if let Some((u, (uid, gid, home))) = &identity {
             // fork+exec (std cannot posix_spawn with a uid change); fine for a login-shell baseline
-            cmd.uid(*uid)
-                .gid(*gid)
-                .env("HOME", home)
-                .env("USER", u)
-                .env("LOGNAME", u)
-                .current_dir(home);
+            cmd.uid(*uid).gid(*gid).env("HOME", home).env("USER", u).env("LOGNAME", u).current_dir(home);
         }
         let status = cmd.status()?;
         let elapsed = t.elapsed();
@@ -364,11 +340,7 @@ fn bench_spawn(name: &str, program: &str, argv: &[&str], user: Option<&str>, arg
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(2) == Some("0"))
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
         .unwrap_or(false)
 }
 
@@ -378,13 +350,7 @@ fn main() -> Result<()> {
     if args.spawn {
         bench_spawn("posix_spawn_true", "/bin/true", &[], None, &args)?;
         let as_user = (running_as_root() && lookup_user(&args.bash_user).is_some()).then_some(args.bash_user.as_str());
-        bench_spawn(
-            "spawn_bash_login_true",
-            "/bin/bash",
-            &["-l", "-c", "true"],
-            as_user,
-            &args,
-        )?;
+        bench_spawn("spawn_bash_login_true", "/bin/bash", &["-l", "-c", "true"], as_user, &args)?;
         println!("spawn_bash_login_user={}", as_user.unwrap_or("(current)"));
     }
     Ok(())

@@ -32,10 +32,7 @@ pub async fn require_node_secret(State(state): State<AppState>, request: Request
 
 /// Constant-time check of the node secret header against `secret`.
 pub fn secret_matches(headers: &HeaderMap, secret: &str) -> bool {
-    headers
-        .get(envd_secret::HEADER)
-        .map(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes())))
-        .unwrap_or(false)
+    headers.get(envd_secret::HEADER).map(|v| bool::from(v.as_bytes().ct_eq(secret.as_bytes()))).unwrap_or(false)
 }
 
 /// 403 in E2B's error shape, marked so that a proxy can tell this refusal from the access-token checks.
@@ -52,7 +49,10 @@ fn node_secret_refused() -> Response {
 pub async fn require_access_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let exempt = matches!(
         (request.method(), request.uri().path()),
-        (&Method::GET, "/health") | (&Method::POST, "/init") | (&Method::GET | &Method::POST, "/files") | (&Method::OPTIONS, _)
+        (&Method::GET, "/health")
+            | (&Method::POST, "/init")
+            | (&Method::GET | &Method::POST, "/files")
+            | (&Method::OPTIONS, _)
     );
     if exempt {
         return next.run(request).await;
@@ -69,10 +69,7 @@ pub async fn require_access_token(State(state): State<AppState>, request: Reques
 
 /// Constant-time check of the `X-Access-Token` header against `token`.
 pub fn token_matches(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get(ACCESS_TOKEN_HEADER)
-        .map(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes())))
-        .unwrap_or(false)
+    headers.get(ACCESS_TOKEN_HEADER).map(|v| bool::from(v.as_bytes().ct_eq(token.as_bytes()))).unwrap_or(false)
 }
 
 /// The username of a `Basic base64("<user>:")` authorization header, if there is one.
@@ -87,9 +84,8 @@ pub fn basic_auth_user(headers: &HeaderMap) -> Option<String> {
 
 /// The user an RPC runs as: the Basic-auth user, else the default user from `/init`, else root.
 pub fn rpc_user(state: &AppState, headers: &HeaderMap) -> Result<User, RpcError> {
-    let name = basic_auth_user(headers)
-        .or_else(|| state.config().default_user)
-        .unwrap_or_else(|| FALLBACK_USER.to_owned());
+    let name =
+        basic_auth_user(headers).or_else(|| state.config().default_user).unwrap_or_else(|| FALLBACK_USER.to_owned());
     lookup(&name).ok_or_else(|| RpcError::unauthenticated(format!("invalid username: '{name}'")))
 }
 
@@ -101,15 +97,13 @@ pub fn files_user(state: &AppState, username: Option<&str>) -> Result<User, Resp
         .map(str::to_owned)
         .or_else(|| state.config().default_user)
         .unwrap_or_else(|| FALLBACK_USER.to_owned());
-    lookup(&name).ok_or_else(|| {
-        json_error(StatusCode::UNAUTHORIZED, &format!("error looking up user '{name}': unknown user"))
-    })
+    lookup(&name)
+        .ok_or_else(|| json_error(StatusCode::UNAUTHORIZED, &format!("error looking up user '{name}': unknown user")))
 }
 
 fn lookup(name: &str) -> Option<User> {
     Accounts::load().user(name)
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -28,13 +28,7 @@ pub fn write_all(root: &Path, net: &NetworkIdentity) -> Vec<(String, std::io::Er
     let files = [
         ("hostname", format!("{}\n", net.hostname)),
         ("hosts", hosts(&existing_hosts, net)),
-        (
-            "resolv.conf",
-            net.nameservers
-                .iter()
-                .map(|n| format!("nameserver {n}\n"))
-                .collect(),
-        ),
+        ("resolv.conf", net.nameservers.iter().map(|n| format!("nameserver {n}\n")).collect()),
     ];
     let mut failures = Vec::new();
     for (name, content) in files {
@@ -49,9 +43,7 @@ pub fn write_all(root: &Path, net: &NetworkIdentity) -> Vec<(String, std::io::Er
 fn read_regular(path: &Path) -> String {
     const MAX: u64 = 1 << 20;
     match std::fs::symlink_metadata(path) {
-        Ok(md) if md.is_file() && md.len() <= MAX => {
-            std::fs::read_to_string(path).unwrap_or_default()
-        }
+        Ok(md) if md.is_file() && md.len() <= MAX => std::fs::read_to_string(path).unwrap_or_default(),
         _ => String::new(),
     }
 }
@@ -81,12 +73,7 @@ fn is_localhost_line(line: &str) -> bool {
     let names: Vec<&str> = fields.collect();
     matches!(addr, "127.0.0.1" | "::1")
         && !names.is_empty()
-        && names.iter().all(|n| {
-            matches!(
-                *n,
-                "localhost" | "ip6-localhost" | "ip6-loopback" | "localhost.localdomain"
-            )
-        })
+        && names.iter().all(|n| matches!(*n, "localhost" | "ip6-localhost" | "ip6-loopback" | "localhost.localdomain"))
 }
 
 /// Replaces `dir/name` by a new file (written beside it, then renamed over it: a symlink at `name` is replaced,
@@ -97,11 +84,7 @@ fn replace(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         // create_new: O_EXCL, which never follows a link at `tmp` either.
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
         f.write_all(content)?;
         drop(f);
         std::fs::rename(&tmp, dir.join(name))
@@ -135,11 +118,7 @@ mod tests {
         // a restart with a new address: still one line for this sandbox, the user's line kept
         let second = hosts(&first, &net("10.2.0.9"));
         assert_eq!(second.matches(MARKER).count(), 1);
-        assert!(
-            second.contains("10.2.0.9\tsbx1")
-                && !second.contains("10.2.0.5")
-                && second.contains("db.internal")
-        );
+        assert!(second.contains("10.2.0.9\tsbx1") && !second.contains("10.2.0.5") && second.contains("db.internal"));
         assert_eq!(second.matches("localhost\n").count(), 1);
     }
 
@@ -156,25 +135,10 @@ mod tests {
         let failures = write_all(root.path(), &net("10.2.0.5"));
         assert!(failures.is_empty(), "{failures:?}");
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
-        assert!(
-            !std::fs::symlink_metadata(etc.join("hosts"))
-                .unwrap()
-                .file_type()
-                .is_symlink()
-        );
-        assert!(
-            std::fs::read_to_string(etc.join("hosts"))
-                .unwrap()
-                .contains("10.2.0.5\tsbx1")
-        );
-        assert_eq!(
-            std::fs::read_to_string(etc.join("resolv.conf")).unwrap(),
-            "nameserver 10.0.0.2\n"
-        );
-        assert_eq!(
-            std::fs::read_to_string(etc.join("hostname")).unwrap(),
-            "sbx1\n"
-        );
+        assert!(!std::fs::symlink_metadata(etc.join("hosts")).unwrap().file_type().is_symlink());
+        assert!(std::fs::read_to_string(etc.join("hosts")).unwrap().contains("10.2.0.5\tsbx1"));
+        assert_eq!(std::fs::read_to_string(etc.join("resolv.conf")).unwrap(), "nameserver 10.0.0.2\n");
+        assert_eq!(std::fs::read_to_string(etc.join("hostname")).unwrap(), "sbx1\n");
     }
 
     #[test]
@@ -186,10 +150,7 @@ mod tests {
         let failures = write_all(root.path(), &net("10.2.0.5"));
         assert_eq!(failures.len(), 1, "{failures:?}");
         assert_eq!(failures[0].0, "/etc/hosts");
-        assert_eq!(
-            std::fs::read_to_string(etc.join("hostname")).unwrap(),
-            "sbx1\n"
-        );
+        assert_eq!(std::fs::read_to_string(etc.join("hostname")).unwrap(), "sbx1\n");
         assert!(!etc.join(".hosts.soulbox-new").exists());
     }
 }

@@ -23,10 +23,7 @@ pub fn run() -> anyhow::Result<i32> {
     loop {
         match wait(WaitOptions::empty()) {
             Ok(Some((pid, status))) if pid.as_raw_nonzero().get() == server_pid => {
-                let code = status
-                    .exit_status()
-                    .or_else(|| status.terminating_signal().map(|s| 128 + s))
-                    .unwrap_or(1);
+                let code = status.exit_status().or_else(|| status.terminating_signal().map(|s| 128 + s)).unwrap_or(1);
                 return Ok(code);
             }
             Ok(_) => {} // an orphan, now reaped

@@ -63,7 +63,8 @@ fn main() -> anyhow::Result<()> {
     let mut config = SandboxConfig::default();
     let mut node_secret = None;
     if let Ok(raw) = std::env::var(INIT_ENV) {
-        let mut init: InitRequest = serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
+        let mut init: InitRequest =
+            serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
         node_secret = init.envd_secret.take();
         let network = init.network.take();
         config.apply(init);

@@ -52,7 +52,14 @@ mod tests {
     use super::*;
 
     fn user() -> User {
-        User { name: "user".into(), uid: 1000, gid: 1000, home: "/home/user".into(), shell: "/bin/bash".into(), groups: vec![1000] }
+        User {
+            name: "user".into(),
+            uid: 1000,
+            gid: 1000,
+            home: "/home/user".into(),
+            shell: "/bin/bash".into(),
+            groups: vec![1000],
+        }
     }
 
     #[test]

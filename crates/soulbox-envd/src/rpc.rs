@@ -118,10 +118,20 @@ where
             let mut requests = decode_request_stream::<Req>(body, content_type);
             let first = match requests.next().await {
                 Some(Ok(m)) => m,
-                Some(Err(e)) => return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None),
+                Some(Err(e)) => {
+                    return stream_response::<Resp>(
+                        content_type,
+                        futures::stream::once(async move { Err(e) }).boxed(),
+                        None,
+                    );
+                }
                 None => {
                     let e = RpcError::invalid_argument("request stream ended without a message");
-                    return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None);
+                    return stream_response::<Resp>(
+                        content_type,
+                        futures::stream::once(async move { Err(e) }).boxed(),
+                        None,
+                    );
                 }
             };
             // Read the body to its end (it must hold exactly one message) before answering: clients may send the
@@ -131,10 +141,18 @@ where
                 None => {}
                 Some(Ok(_)) => {
                     let e = RpcError::invalid_argument("a server-streaming request carries exactly one message");
-                    return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None);
+                    return stream_response::<Resp>(
+                        content_type,
+                        futures::stream::once(async move { Err(e) }).boxed(),
+                        None,
+                    );
                 }
                 Some(Err(e)) => {
-                    return stream_response::<Resp>(content_type, futures::stream::once(async move { Err(e) }).boxed(), None);
+                    return stream_response::<Resp>(
+                        content_type,
+                        futures::stream::once(async move { Err(e) }).boxed(),
+                        None,
+                    );
                 }
             }
             let deadline = ctx.timeout;
@@ -251,7 +269,10 @@ where
                 Some(Ok(chunk)) => decoder.push(&chunk),
                 Some(Err(e)) => {
                     done = true;
-                    return Some((Err(RpcError::new(Code::Canceled, format!("reading request: {e}"))), (data, decoder, done)));
+                    return Some((
+                        Err(RpcError::new(Code::Canceled, format!("reading request: {e}"))),
+                        (data, decoder, done),
+                    ));
                 }
                 None if decoder.pending_bytes() > 0 => {
                     done = true;
@@ -286,7 +307,12 @@ where
                 None => responses.next().await,
             };
             let frame = match next {
-                Some(Ok(message)) => return Some((Ok::<_, std::convert::Infallible>(encode_envelope(0, &codec.encode(&message))), (responses, deadline, false))),
+                Some(Ok(message)) => {
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(encode_envelope(0, &codec.encode(&message))),
+                        (responses, deadline, false),
+                    ));
+                }
                 Some(Err(e)) => end_stream_envelope(Some(&e)),
                 None => end_stream_envelope(None),
             };
@@ -328,22 +354,34 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(30)).await;
             Ok(pb::ListResponse::default())
         }
-        async fn counter(_: AppState, ctx: RpcContext, req: pb::ConnectRequest) -> Result<RpcStream<pb::ConnectResponse>, RpcError> {
+        async fn counter(
+            _: AppState,
+            ctx: RpcContext,
+            req: pb::ConnectRequest,
+        ) -> Result<RpcStream<pb::ConnectResponse>, RpcError> {
             let Some(pb::process_selector::Selector::Pid(n)) = req.process.and_then(|p| p.selector) else {
                 return Err(RpcError::invalid_argument("pid required"));
             };
             let items = futures::stream::iter((0..n).map(|pid| {
                 Ok(pb::ConnectResponse {
-                    event: Some(pb::ProcessEvent { event: Some(pb::process_event::Event::Start(pb::process_event::StartEvent { pid })) }),
+                    event: Some(pb::ProcessEvent {
+                        event: Some(pb::process_event::Event::Start(pb::process_event::StartEvent { pid })),
+                    }),
                 })
             }));
             // After the items, stay silent so keepalives (and the deadline) become visible.
             let stream = items.chain(futures::stream::pending()).boxed();
             Ok(with_keepalive(stream, ctx.keepalive.min(Duration::from_millis(50)), || pb::ConnectResponse {
-                event: Some(pb::ProcessEvent { event: Some(pb::process_event::Event::Keepalive(pb::process_event::KeepAlive {})) }),
+                event: Some(pb::ProcessEvent {
+                    event: Some(pb::process_event::Event::Keepalive(pb::process_event::KeepAlive {})),
+                }),
             }))
         }
-        async fn sum_input(_: AppState, _: RpcContext, mut input: RpcStream<pb::SendInputRequest>) -> Result<pb::ListResponse, RpcError> {
+        async fn sum_input(
+            _: AppState,
+            _: RpcContext,
+            mut input: RpcStream<pb::SendInputRequest>,
+        ) -> Result<pb::ListResponse, RpcError> {
             let mut total = 0u32;
             while let Some(msg) = input.next().await {
                 if let Some(pb::process_input::Input::Stdin(b)) = msg?.input.and_then(|i| i.input) {
@@ -360,7 +398,12 @@ mod tests {
             .with_state(AppState::new(SandboxConfig::default()))
     }
 
-    async fn call(path: &str, content_type: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, HeaderMap, Bytes) {
+    async fn call(
+        path: &str,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, HeaderMap, Bytes) {
         let mut req = http::Request::post(path).header(header::CONTENT_TYPE, content_type);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -406,7 +449,8 @@ mod tests {
 
     #[tokio::test]
     async fn unary_deadline_from_timeout_header() {
-        let (status, _, body) = call("/t/Slow", "application/json", &[("connect-timeout-ms", "20")], b"{}".to_vec()).await;
+        let (status, _, body) =
+            call("/t/Slow", "application/json", &[("connect-timeout-ms", "20")], b"{}".to_vec()).await;
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert!(std::str::from_utf8(&body).unwrap().contains("deadline_exceeded"));
     }
@@ -414,8 +458,13 @@ mod tests {
     #[tokio::test]
     async fn server_stream_messages_keepalive_and_deadline() {
         let req = encode_envelope(0, br#"{"process":{"pid":2}}"#).to_vec();
-        let (status, headers, body) =
-            call("/t/Count", "application/connect+json", &[("connect-timeout-ms", "300"), ("keepalive-ping-interval", "1")], req).await;
+        let (status, headers, body) = call(
+            "/t/Count",
+            "application/connect+json",
+            &[("connect-timeout-ms", "300"), ("keepalive-ping-interval", "1")],
+            req,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_TYPE], "application/connect+json");
         let envs = envelopes(&body);

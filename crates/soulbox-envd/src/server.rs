@@ -11,11 +11,7 @@ use crate::state::AppState;
 use crate::{auth, filesystem, http, process};
 
 pub fn router(state: AppState) -> Router {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_headers(Any)
-        .allow_methods(Any)
-        .expose_headers(Any);
+    let cors = CorsLayer::new().allow_origin(Any).allow_headers(Any).allow_methods(Any).expose_headers(Any);
     Router::new()
         .route("/health", get(http::health))
         .route("/init", axum::routing::post(http::init))

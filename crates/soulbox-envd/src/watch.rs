@@ -204,11 +204,10 @@ impl Watcher {
             failure: None,
         };
         // The root may be a symlink to a directory (already checked by the caller), so it is followed.
-        let wd = state
-            .inotify
-            .watches()
-            .add(&options.root, watch_mask() | WatchMask::ONLYDIR)
-            .map_err(|e| RpcError::internal(format!("error adding path {} to watcher: {e}", options.root.display())))?;
+        let wd =
+            state.inotify.watches().add(&options.root, watch_mask() | WatchMask::ONLYDIR).map_err(|e| {
+                RpcError::internal(format!("error adding path {} to watcher: {e}", options.root.display()))
+            })?;
         state.dirs.insert(wd.get_watch_descriptor_id(), (wd, PathBuf::new()));
         if options.recursive {
             let root = options.root.clone();
@@ -287,7 +286,8 @@ impl Watcher {
         queued
             .into_iter()
             .map(|e| {
-                let entry = builder.as_ref().filter(|_| op_carries_entry(e.op)).and_then(|b| self.entry_for(b, &e.name));
+                let entry =
+                    builder.as_ref().filter(|_| op_carries_entry(e.op)).and_then(|b| self.entry_for(b, &e.name));
                 FilesystemEvent { name: display_name(&e.name), r#type: e.op as i32, entry }
             })
             .collect()
@@ -430,7 +430,12 @@ impl WatchState {
 
     /// Stops watching `rel` and everything below it.
     fn forget_subtree(&mut self, rel: &Path) {
-        let stale: Vec<i32> = self.dirs.iter().filter(|(_, (_, dir))| dir.starts_with(rel) && !dir.as_os_str().is_empty()).map(|(id, _)| *id).collect();
+        let stale: Vec<i32> = self
+            .dirs
+            .iter()
+            .filter(|(_, (_, dir))| dir.starts_with(rel) && !dir.as_os_str().is_empty())
+            .map(|(id, _)| *id)
+            .collect();
         for id in stale {
             if let Some((wd, _)) = self.dirs.remove(&id) {
                 // Fails harmlessly if the kernel already dropped the watch.

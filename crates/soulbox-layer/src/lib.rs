@@ -74,14 +74,15 @@ impl Compression {
     /// From an OCI / Docker layer media type.
     pub fn from_media_type(media_type: &str) -> Result<Compression, UnpackError> {
         match media_type {
-            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar" | "application/vnd.docker.image.rootfs.diff.tar" => {
+                Ok(Compression::None)
+            }
             "application/vnd.oci.image.layer.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.diff.tar.gzip"
             | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
             | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
-            "application/vnd.oci.image.layer.v1.tar+zstd" | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => {
-                Ok(Compression::Zstd)
-            }
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+            | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
             other => Err(UnpackError::MediaType(other.to_string())),
         }
     }
@@ -200,10 +201,21 @@ fn prepare_parents(root: &Path, comps: &[&OsStr], shown: &str, owner: Option<u32
         p.push(c);
         match std::fs::symlink_metadata(&p) {
             Ok(md) if md.file_type().is_symlink() => {
-                return Err(refused(shown, format!("written through a symlink ({} is a symlink)", p.strip_prefix(root).unwrap_or(&p).display())));
+                return Err(refused(
+                    shown,
+                    format!(
+                        "written through a symlink ({} is a symlink)",
+                        p.strip_prefix(root).unwrap_or(&p).display()
+                    ),
+                ));
             }
             Ok(md) if md.is_dir() => {}
-            Ok(_) => return Err(refused(shown, format!("parent {} is not a directory", p.strip_prefix(root).unwrap_or(&p).display()))),
+            Ok(_) => {
+                return Err(refused(
+                    shown,
+                    format!("parent {} is not a directory", p.strip_prefix(root).unwrap_or(&p).display()),
+                ));
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 std::fs::create_dir(&p).map_err(io_at(&p))?;
                 if let Some(id) = owner {
@@ -240,7 +252,8 @@ fn is_root() -> bool {
 fn set_mtime(p: &Path, secs: u64) -> Result<(), UnpackError> {
     let t = rustix::fs::Timespec { tv_sec: i64::try_from(secs).unwrap_or(i64::MAX), tv_nsec: 0 };
     let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(|e| io_at(p)(e.into()))
+    rustix::fs::utimensat(rustix::fs::CWD, p, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_at(p)(e.into()))
 }
 
 fn lsetxattr(p: &Path, name: &str, value: &[u8]) -> Result<(), UnpackError> {
@@ -269,7 +282,13 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let comps = components(&raw)?;
         let kind = entry.header().entry_type();
-        if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink) {
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader
+                | tar::EntryType::XHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
             continue;
         }
         let Some(name) = comps.last().copied() else {
@@ -293,8 +312,14 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
                 }
                 let p = parent.join(hidden);
                 remove_existing(&p, false)?;
-                rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
-                    .map_err(|e| io_at(&p)(e.into()))?;
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &p,
+                    rustix::fs::FileType::CharacterDevice,
+                    rustix::fs::Mode::empty(),
+                    0,
+                )
+                .map_err(|e| io_at(&p)(e.into()))?;
                 stats.whiteouts += 1;
             }
             continue;
@@ -330,14 +355,17 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
                 stats.file_bytes += io::copy(&mut entry, &mut f).map_err(io_at(&path))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| refused(&shown, "symlink without a target"))?.into_owned();
+                let target =
+                    entry.link_name_bytes().ok_or_else(|| refused(&shown, "symlink without a target"))?.into_owned();
                 remove_existing(&path, false)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path).map_err(io_at(&path))?;
                 is_symlink = true;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| refused(&shown, "hardlink without a target"))?.into_owned();
-                let target_comps = components(&target).map_err(|_| refused(&shown, "hardlink pointing outside the layer"))?;
+                let target =
+                    entry.link_name_bytes().ok_or_else(|| refused(&shown, "hardlink without a target"))?.into_owned();
+                let target_comps =
+                    components(&target).map_err(|_| refused(&shown, "hardlink pointing outside the layer"))?;
                 if target_comps.is_empty() {
                     return Err(refused(&shown, "hardlink pointing outside the layer"));
                 }
@@ -346,7 +374,12 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
                 match std::fs::symlink_metadata(&target_path) {
                     Ok(md) if md.is_dir() => return Err(refused(&shown, "hardlink to a directory")),
                     Ok(_) => {}
-                    Err(_) => return Err(refused(&shown, "hardlink target is not in this layer (pointing outside the layer)")),
+                    Err(_) => {
+                        return Err(refused(
+                            &shown,
+                            "hardlink target is not in this layer (pointing outside the layer)",
+                        ));
+                    }
                 }
                 if target_path != path {
                     remove_existing(&path, false)?;
@@ -357,8 +390,14 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
             }
             tar::EntryType::Fifo => {
                 remove_existing(&path, false)?;
-                rustix::fs::mknodat(rustix::fs::CWD, &path, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
-                    .map_err(|e| io_at(&path)(e.into()))?;
+                rustix::fs::mknodat(
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::FileType::Fifo,
+                    rustix::fs::Mode::from_raw_mode(0o600),
+                    0,
+                )
+                .map_err(|e| io_at(&path)(e.into()))?;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
                 return Err(refused(&shown, "device node (char/block devices are not allowed in layers)"));
@@ -424,7 +463,12 @@ fn check_no_symlink_parents(root: &Path, comps: &[&OsStr], shown: &str) -> Resul
         p.push(c);
         match std::fs::symlink_metadata(&p) {
             Ok(md) if md.is_dir() => {}
-            _ => return Err(refused(shown, "hardlink target through a symlink or missing directory (pointing outside the layer)")),
+            _ => {
+                return Err(refused(
+                    shown,
+                    "hardlink target through a symlink or missing directory (pointing outside the layer)",
+                ));
+            }
         }
     }
     Ok(())

@@ -19,7 +19,15 @@ impl Tar {
     }
 
     /// Any entry, with a raw name and link target (at most 100 bytes each: the GNU header fields).
-    pub fn raw(&mut self, kind: tar::EntryType, name: &str, link: &str, data: &[u8], mode: u32, owner: (u64, u64)) -> &mut Tar {
+    pub fn raw(
+        &mut self,
+        kind: tar::EntryType,
+        name: &str,
+        link: &str,
+        data: &[u8],
+        mode: u32,
+        owner: (u64, u64),
+    ) -> &mut Tar {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(kind);
         h.set_size(data.len() as u64);
@@ -65,4 +73,3 @@ impl Tar {
         b.into_inner().unwrap()
     }
 }
-

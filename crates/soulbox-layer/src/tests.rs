@@ -41,7 +41,11 @@ fn a_benign_layer_keeps_owner_mode_mtime_links_and_xattrs() {
         .bytes();
     let stats = unpack(&data[..], dest.path()).unwrap();
     let d = dest.path();
-    assert_eq!(stats.diff_id, format!("sha256:{}", hex(&Sha256::digest(&data))), "diff_id is the sha256 of the whole tar stream");
+    assert_eq!(
+        stats.diff_id,
+        format!("sha256:{}", hex(&Sha256::digest(&data))),
+        "diff_id is the sha256 of the whole tar stream"
+    );
     assert_eq!(stats.tar_bytes, data.len() as u64);
     assert_eq!(std::fs::read_to_string(d.join("etc/hosts")).unwrap(), "127.0.0.1 localhost\n");
     let tool = std::fs::symlink_metadata(d.join("usr/bin/tool")).unwrap();
@@ -52,15 +56,26 @@ fn a_benign_layer_keeps_owner_mode_mtime_links_and_xattrs() {
     assert_eq!(tool.mtime(), MTIME as i64);
     assert_eq!(tool.nlink(), 2, "hardlink shares the inode");
     assert_eq!(std::fs::read_link(d.join("bin")).unwrap(), Path::new("usr/bin"));
-    assert_eq!(std::fs::read_link(d.join("etc/mtab")).unwrap(), Path::new("/proc/self/mounts"), "absolute symlink targets are fine");
+    assert_eq!(
+        std::fs::read_link(d.join("etc/mtab")).unwrap(),
+        Path::new("/proc/self/mounts"),
+        "absolute symlink targets are fine"
+    );
     assert!(std::fs::symlink_metadata(d.join("run/ctl")).unwrap().file_type().is_fifo());
-    assert_eq!(std::fs::symlink_metadata(d.join("etc")).unwrap().mtime(), MTIME as i64, "dir mtime set after its children");
+    assert_eq!(
+        std::fs::symlink_metadata(d.join("etc")).unwrap().mtime(),
+        MTIME as i64,
+        "dir mtime set after its children"
+    );
     let mut buf = [0u8; 16];
     let n = rustix::fs::lgetxattr(d.join("etc/noted"), "user.note", &mut buf[..]);
     if let Ok(n) = n {
         assert_eq!(&buf[..n], b"hi");
     }
-    assert!(rustix::fs::lgetxattr(d.join("etc/noted"), "trusted.overlay.redirect", &mut buf[..]).is_err(), "trusted.* xattrs are dropped");
+    assert!(
+        rustix::fs::lgetxattr(d.join("etc/noted"), "trusted.overlay.redirect", &mut buf[..]).is_err(),
+        "trusted.* xattrs are dropped"
+    );
     assert_eq!(stats.dropped_xattrs, 1);
     assert_eq!(stats.privileges_dropped, 1);
 }
@@ -86,7 +101,10 @@ fn privileges_of_an_images_files_are_dropped() {
     assert_eq!((mode("usr/bin/su"), mode("usr/bin/su2"), mode("usr/bin/wall")), (0o755, 0o755, 0o755));
     assert_eq!((mode("srv/shared"), mode("tmp")), (0o2775, 0o1777));
     let mut buf = [0u8; 64];
-    assert!(rustix::fs::lgetxattr(d.join("usr/bin/ping"), "security.capability", &mut buf[..]).is_err(), "file capabilities dropped");
+    assert!(
+        rustix::fs::lgetxattr(d.join("usr/bin/ping"), "security.capability", &mut buf[..]).is_err(),
+        "file capabilities dropped"
+    );
     if let Ok(n) = rustix::fs::lgetxattr(d.join("usr/bin/ping"), "user.keep", &mut buf[..]) {
         assert_eq!(&buf[..n], b"1");
     }
@@ -102,12 +120,28 @@ fn hostile_layers_are_refused() {
         ("dotdot", Tar::new().file("../escape", b"x").bytes(), "`..` component"),
         ("dotdot deep", Tar::new().dir("a/").file("a/../../escape", b"x").bytes(), "`..` component"),
         ("absolute", Tar::new().file(&format!("{o}/abs"), b"x").bytes(), "absolute path"),
-        ("absolute symlink then write", Tar::new().symlink("etc", "/").file("etc/passwd", b"root::0:0::/:/bin/sh\n").bytes(), "through a symlink"),
-        ("symlink to outside then write", Tar::new().symlink("out", &o).file("out/pwned", b"x").bytes(), "through a symlink"),
-        ("relative symlink up then write", Tar::new().dir("a/").symlink("a/up", "../..").file("a/up/pwned", b"x").bytes(), "through a symlink"),
+        (
+            "absolute symlink then write",
+            Tar::new().symlink("etc", "/").file("etc/passwd", b"root::0:0::/:/bin/sh\n").bytes(),
+            "through a symlink",
+        ),
+        (
+            "symlink to outside then write",
+            Tar::new().symlink("out", &o).file("out/pwned", b"x").bytes(),
+            "through a symlink",
+        ),
+        (
+            "relative symlink up then write",
+            Tar::new().dir("a/").symlink("a/up", "../..").file("a/up/pwned", b"x").bytes(),
+            "through a symlink",
+        ),
         ("hardlink out", Tar::new().hardlink("passwd", "/etc/passwd").bytes(), "outside the layer"),
         ("hardlink dotdot", Tar::new().hardlink("passwd", "../../etc/passwd").bytes(), "outside the layer"),
-        ("hardlink via symlink", Tar::new().symlink("e", "/etc").hardlink("passwd", "e/passwd").bytes(), "outside the layer"),
+        (
+            "hardlink via symlink",
+            Tar::new().symlink("e", "/etc").hardlink("passwd", "e/passwd").bytes(),
+            "outside the layer",
+        ),
         ("hardlink missing", Tar::new().hardlink("x", "not/here").bytes(), "outside the layer"),
         ("char device", Tar::new().device("dev/mem", tar::EntryType::Char).bytes(), "device node"),
         ("block device", Tar::new().device("dev/sda", tar::EntryType::Block).bytes(), "device node"),
@@ -127,7 +161,10 @@ fn hostile_layers_are_refused() {
 #[test]
 fn compression_by_media_type_and_magic() {
     assert_eq!(Compression::from_media_type("application/vnd.oci.image.layer.v1.tar+zstd").unwrap(), Compression::Zstd);
-    assert_eq!(Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip").unwrap(), Compression::Gzip);
+    assert_eq!(
+        Compression::from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip").unwrap(),
+        Compression::Gzip
+    );
     assert_eq!(Compression::from_media_type("application/vnd.oci.image.layer.v1.tar").unwrap(), Compression::None);
     assert!(Compression::from_media_type("application/vnd.wasm.content.layer.v1+wasm").is_err());
     let data = Tar::new().file("a", b"1").bytes();
@@ -141,7 +178,11 @@ fn compression_by_media_type_and_magic() {
     std::fs::create_dir(&dest).unwrap();
     let stats = unpack(Compression::Gzip.decoder(std::fs::File::open(&gz_path).unwrap()).unwrap(), &dest).unwrap();
     assert_eq!(std::fs::read_to_string(dest.join("a")).unwrap(), "1");
-    assert_eq!(stats.diff_id, format!("sha256:{}", hex(&Sha256::digest(&data))), "diff_id is of the uncompressed stream");
+    assert_eq!(
+        stats.diff_id,
+        format!("sha256:{}", hex(&Sha256::digest(&data))),
+        "diff_id is of the uncompressed stream"
+    );
 }
 
 struct Mount(PathBuf);
@@ -156,13 +197,19 @@ impl Drop for Mount {
 #[test]
 fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
     if !root() {
-        eprintln!("SKIP whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay: needs root (mknod 0:0, trusted.* xattrs, mount)");
+        eprintln!(
+            "SKIP whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay: needs root (mknod 0:0, trusted.* xattrs, mount)"
+        );
         return;
     }
     let lower = tempfile::tempdir().unwrap();
     let upper = tempfile::tempdir().unwrap();
     unpack(&Tar::new().file("a/x", b"x").file("a/y", b"y").file("b", b"b").file("c/z", b"z").file("keep", b"k").bytes()[..], lower.path()).unwrap();
-    let stats = unpack(&Tar::new().file("a/.wh.x", b"").file(".wh.b", b"").file("c/.wh..wh..opq", b"").file("c/new", b"n").bytes()[..], upper.path()).unwrap();
+    let stats = unpack(
+        &Tar::new().file("a/.wh.x", b"").file(".wh.b", b"").file("c/.wh..wh..opq", b"").file("c/new", b"n").bytes()[..],
+        upper.path(),
+    )
+    .unwrap();
     assert_eq!((stats.whiteouts, stats.opaque_dirs), (2, 1));
     // The produced layer itself.
     for w in ["a/x", "b"] {
@@ -178,7 +225,11 @@ fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
     let merged = work.path().join("merged");
     std::fs::create_dir(&merged).unwrap();
     let opts = format!("lowerdir={}:{}", upper.path().display(), lower.path().display());
-    let st = std::process::Command::new("mount").args(["-t", "overlay", "overlay", "-o", &opts]).arg(&merged).status().unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &opts])
+        .arg(&merged)
+        .status()
+        .unwrap();
     assert!(st.success(), "mount overlay");
     let _guard = Mount(merged.clone());
     assert_eq!(walk(&merged), vec!["a", "a/y", "c", "c/new", "keep"]);
@@ -192,7 +243,10 @@ fn an_id_shift_moves_every_owner_into_the_range() {
     let base = 0x3000_0000u32;
     let opts = UnpackOptions { id_shift: Some(base) };
     assert_eq!((opts.host_id(0), opts.host_id(1000), opts.host_id(65535)), (base, base + 1000, base + 65535));
-    assert_eq!((opts.host_id(65536), opts.host_id(100_000), opts.host_id(u64::MAX)), (base + OVERFLOW_ID, base + OVERFLOW_ID, base + OVERFLOW_ID));
+    assert_eq!(
+        (opts.host_id(65536), opts.host_id(100_000), opts.host_id(u64::MAX)),
+        (base + OVERFLOW_ID, base + OVERFLOW_ID, base + OVERFLOW_ID)
+    );
     assert_eq!(UnpackOptions::default().host_id(1000), 1000);
     if !root() {
         eprintln!("SKIP an_id_shift_moves_every_owner_into_the_range (on disk): needs root (chown)");

@@ -14,8 +14,8 @@ mod templates;
 pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
 pub use nodes::NodeInfo;
 pub use templates::{
-    AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel, TemplateAlias,
-    TemplateBuildInfo, TemplateBuildRequested, TemplateFilesLink, TemplateTag,
+    AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel,
+    TemplateAlias, TemplateBuildInfo, TemplateBuildRequested, TemplateFilesLink, TemplateTag,
 };
 
 /// Every API error body: `code` equals the HTTP status (the JS SDK branches on it).
@@ -347,7 +347,8 @@ mod tests {
 
     #[test]
     fn team_and_key_shapes_match_e2b() {
-        let team = Team { team_id: "t".into(), name: "a".into(), api_key: "e2b_1".into(), is_default: true, limits: None };
+        let team =
+            Team { team_id: "t".into(), name: "a".into(), api_key: "e2b_1".into(), is_default: true, limits: None };
         let v = serde_json::to_value(&team).unwrap();
         for key in ["teamID", "name", "apiKey", "isDefault"] {
             assert!(v.get(key).is_some(), "missing {key}: {v}");

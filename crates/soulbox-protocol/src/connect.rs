@@ -372,10 +372,7 @@ mod tests {
     #[test]
     fn end_stream_error_shape() {
         let env = end_stream_envelope(Some(&RpcError::not_found("process with pid 9 not found")));
-        assert_eq!(
-            &env[5..],
-            br#"{"error":{"code":"not_found","message":"process with pid 9 not found"}}"#
-        );
+        assert_eq!(&env[5..], br#"{"error":{"code":"not_found","message":"process with pid 9 not found"}}"#);
         let mut dec = EnvelopeDecoder::new(1024);
         dec.push(&env);
         let parsed = dec.next_envelope().unwrap().unwrap();
@@ -391,7 +388,10 @@ mod tests {
                 })),
             }),
         };
-        assert_eq!(String::from_utf8(Codec::Json.encode(&event).to_vec()).unwrap(), r#"{"event":{"data":{"stdout":"aGkK"}}}"#);
+        assert_eq!(
+            String::from_utf8(Codec::Json.encode(&event).to_vec()).unwrap(),
+            r#"{"event":{"data":{"stdout":"aGkK"}}}"#
+        );
 
         let end = process::StartResponse {
             event: Some(ProcessEvent {
@@ -408,7 +408,8 @@ mod tests {
             r#"{"event":{"end":{"exited":true,"status":"exit status 0"}}}"#
         );
 
-        let entry = EntryInfo { name: "a".into(), r#type: FileType::File as i32, size: 4, mode: 0o644, ..Default::default() };
+        let entry =
+            EntryInfo { name: "a".into(), r#type: FileType::File as i32, size: 4, mode: 0o644, ..Default::default() };
         let json = String::from_utf8(Codec::Json.encode(&entry).to_vec()).unwrap();
         assert!(json.contains(r#""type":"FILE_TYPE_FILE""#), "{json}");
         assert!(json.contains(r#""size":"4""#), "{json}");
@@ -444,7 +445,10 @@ mod tests {
 
     #[test]
     fn content_types_and_timeouts() {
-        assert_eq!(ContentType::parse("application/json; charset=utf-8"), Some(ContentType { codec: Codec::Json, streaming: false }));
+        assert_eq!(
+            ContentType::parse("application/json; charset=utf-8"),
+            Some(ContentType { codec: Codec::Json, streaming: false })
+        );
         assert_eq!(ContentType::parse("application/connect+proto").unwrap().codec, Codec::Proto);
         assert_eq!(ContentType::parse("text/plain"), None);
         assert_eq!(parse_timeout_ms(Some("60000")), Some(std::time::Duration::from_secs(60)));

@@ -57,19 +57,11 @@ pub struct InitRequest {
     /// SoulBox extension: the node's secret ([`crate::envd_secret`], field
     /// [`crate::envd_secret::INIT_FIELD`]). envd takes it from the start configuration only; `POST /init` cannot
     /// set or change it.
-    #[serde(
-        rename = "envdSecret",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "envdSecret", default, skip_serializing_if = "Option::is_none")]
     pub envd_secret: Option<String>,
     /// SoulBox extension: the sandbox's network identity, written by envd to `/etc` at start. A malformed value
     /// reads as absent (it never makes the rest of the configuration unreadable).
-    #[serde(
-        default,
-        deserialize_with = "lenient",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkIdentity>,
     /// SoulBox extension: the sandbox's id, reported by envd's `/health`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -104,9 +96,7 @@ pub struct NetworkIdentity {
     pub nameservers: Vec<IpAddr>,
 }
 
-fn lenient<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<NetworkIdentity>, D::Error> {
+fn lenient<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<NetworkIdentity>, D::Error> {
     let value = serde_json::Value::deserialize(deserializer)?;
     Ok(serde_json::from_value(value).ok())
 }
@@ -122,18 +112,12 @@ mod tests {
             access_token: Some("tok".into()),
             default_user: Some("user".into()),
             default_workdir: Some("/home/user".into()),
-            env_vars: Some(BTreeMap::from([
-                ("B".into(), "2".into()),
-                ("A".into(), "1".into()),
-            ])),
+            env_vars: Some(BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())])),
             envd_secret: Some("s3cret".into()),
             network: Some(NetworkIdentity {
                 address: Some(IpAddr::V4(Ipv4Addr::new(10, 11, 0, 2))),
                 hostname: "sbx1".into(),
-                nameservers: vec![
-                    IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)),
-                    IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8)),
-                ],
+                nameservers: vec![IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)), IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8))],
             }),
             sandbox_id: Some("sbx1".into()),
         }
@@ -152,11 +136,7 @@ mod tests {
             "sandboxId": "sbx1",
             "network": {"hostname": "sbx1", "address": "10.11.0.2", "nameservers": ["1.1.1.1", "8.8.8.8"]},
         });
-        let new = InitRequest {
-            access_token: None,
-            envd_secret: None,
-            ..full()
-        };
+        let new = InitRequest { access_token: None, envd_secret: None, ..full() };
         assert_eq!(serde_json::to_string(&new).unwrap(), old.to_string());
     }
 
@@ -173,68 +153,34 @@ mod tests {
         let init: InitRequest = serde_json::from_str(body).unwrap();
         assert_eq!(init.access_token.as_deref(), Some("t"));
         assert_eq!(init.env_vars.unwrap()["X"], "y");
-        assert_eq!(
-            serde_json::from_str::<InitRequest>("{}").unwrap(),
-            InitRequest::default()
-        );
-        assert_eq!(
-            serde_json::to_string(&InitRequest::default()).unwrap(),
-            "{}"
-        );
+        assert_eq!(serde_json::from_str::<InitRequest>("{}").unwrap(), InitRequest::default());
+        assert_eq!(serde_json::to_string(&InitRequest::default()).unwrap(), "{}");
     }
 
     #[test]
     fn network_is_optional_and_a_malformed_one_reads_as_absent() {
         let raw = r#"{"envVars":{},"network":{"hostname":"abc","address":"10.1.2.3","nameservers":["1.1.1.1"]}}"#;
-        let n = serde_json::from_str::<InitRequest>(raw)
-            .unwrap()
-            .network
-            .unwrap();
+        let n = serde_json::from_str::<InitRequest>(raw).unwrap().network.unwrap();
         assert_eq!(
-            (
-                n.hostname.as_str(),
-                n.address.unwrap().to_string(),
-                n.nameservers.len()
-            ),
+            (n.hostname.as_str(), n.address.unwrap().to_string(), n.nameservers.len()),
             ("abc", "10.1.2.3".into(), 1)
         );
-        assert!(
-            serde_json::from_str::<InitRequest>(r#"{"envVars":{}}"#)
-                .unwrap()
-                .network
-                .is_none()
-        );
-        for bad in [
-            r#""x""#,
-            "5",
-            r#"{"address":"nope","hostname":"a"}"#,
-            r#"{"address":"10.0.0.1"}"#,
-        ] {
-            let init: InitRequest =
-                serde_json::from_str(&format!(r#"{{"sandboxId":"s","network":{bad}}}"#)).unwrap();
-            assert_eq!(
-                (init.network, init.sandbox_id.as_deref()),
-                (None, Some("s")),
-                "{bad}"
-            );
+        assert!(serde_json::from_str::<InitRequest>(r#"{"envVars":{}}"#).unwrap().network.is_none());
+        for bad in [r#""x""#, "5", r#"{"address":"nope","hostname":"a"}"#, r#"{"address":"10.0.0.1"}"#] {
+            let init: InitRequest = serde_json::from_str(&format!(r#"{{"sandboxId":"s","network":{bad}}}"#)).unwrap();
+            assert_eq!((init.network, init.sandbox_id.as_deref()), (None, Some("s")), "{bad}");
         }
     }
 
     #[test]
     fn debug_never_shows_secrets() {
         let shown = format!("{:?}", full());
-        assert!(
-            !shown.contains("tok\"") && !shown.contains("s3cret"),
-            "{shown}"
-        );
+        assert!(!shown.contains("tok\"") && !shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("sbx1"));
     }
 
     #[test]
     fn command_line_names_port_and_ready_fd() {
-        assert_eq!(
-            command_line("/envd", 3),
-            ["/envd", "--port", "49983", "--ready-fd", "3"]
-        );
+        assert_eq!(command_line("/envd", 3), ["/envd", "--port", "49983", "--ready-fd", "3"]);
     }
 }

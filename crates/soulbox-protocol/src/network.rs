@@ -19,10 +19,7 @@ pub struct NetworkPolicy {
 impl NetworkPolicy {
     /// Internet on, no lists.
     pub fn open() -> Self {
-        NetworkPolicy {
-            allow_internet: true,
-            ..Default::default()
-        }
+        NetworkPolicy { allow_internet: true, ..Default::default() }
     }
 }
 
@@ -32,22 +29,12 @@ mod tests {
 
     #[test]
     fn wire_shape() {
-        let p = NetworkPolicy {
-            allow_internet: false,
-            allow_out: vec!["1.1.1.1/32".into()],
-            deny_out: vec![],
-        };
+        let p = NetworkPolicy { allow_internet: false, allow_out: vec!["1.1.1.1/32".into()], deny_out: vec![] };
         let json = serde_json::to_string(&p).unwrap();
-        assert_eq!(
-            json,
-            r#"{"allowInternet":false,"allowOut":["1.1.1.1/32"],"denyOut":[]}"#
-        );
+        assert_eq!(json, r#"{"allowInternet":false,"allowOut":["1.1.1.1/32"],"denyOut":[]}"#);
         assert_eq!(serde_json::from_str::<NetworkPolicy>(&json).unwrap(), p);
         // The lists may be left out; the switch may not.
-        assert_eq!(
-            serde_json::from_str::<NetworkPolicy>(r#"{"allowInternet":true}"#).unwrap(),
-            NetworkPolicy::open()
-        );
+        assert_eq!(serde_json::from_str::<NetworkPolicy>(r#"{"allowInternet":true}"#).unwrap(), NetworkPolicy::open());
         assert!(serde_json::from_str::<NetworkPolicy>(r#"{"allowOut":[]}"#).is_err());
     }
 }

@@ -117,8 +117,10 @@ mod tests {
         let old = parse_version("0.1.3").unwrap();
         let err = require(&old, Feature::RecursiveWatch).unwrap_err();
         assert!(err.to_string().contains("0.1.4"), "{err}");
-        assert_eq!(check_supported(&parse_version("0.0.9").unwrap()).unwrap_err().to_string(),
-            "agent version 0.0.9 is too old: the minimum supported version is 0.1.0");
+        assert_eq!(
+            check_supported(&parse_version("0.0.9").unwrap()).unwrap_err().to_string(),
+            "agent version 0.0.9 is too old: the minimum supported version is 0.1.0"
+        );
     }
 
     #[test]

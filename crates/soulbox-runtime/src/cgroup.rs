@@ -65,9 +65,10 @@ pub fn remove(parent: &str, id: &str) {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         if let Err(e) = std::fs::remove_dir(&d)
-            && e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %d.display(), error = %e, "could not remove cgroup");
-            }
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %d.display(), error = %e, "could not remove cgroup");
+        }
     }
 }
 
@@ -116,7 +117,8 @@ pub fn stats(parent: &str, id: &str) -> Stats {
         s.memory_limit_bytes = read_u64(d("memory").join("memory.limit_in_bytes"));
         s.oom_kills = keyed(d("memory").join("memory.oom_control"), "oom_kill ");
         s.pids = read_u64(d("pids").join("pids.current"));
-        for l in std::fs::read_to_string(d("blkio").join("blkio.throttle.io_service_bytes")).unwrap_or_default().lines() {
+        for l in std::fs::read_to_string(d("blkio").join("blkio.throttle.io_service_bytes")).unwrap_or_default().lines()
+        {
             let f: Vec<&str> = l.split_whitespace().collect();
             if f.len() == 3 {
                 match f[1] {
@@ -135,7 +137,12 @@ pub fn stats(parent: &str, id: &str) -> Stats {
 pub async fn set_frozen(parent: &str, id: &str, frozen: bool) -> std::io::Result<()> {
     let (ctl, val, events, want): (PathBuf, &str, PathBuf, &str) = if is_v2() {
         let d = Path::new(ROOT).join(parent).join(id);
-        (d.join("cgroup.freeze"), if frozen { "1" } else { "0" }, d.join("cgroup.events"), if frozen { "frozen 1" } else { "frozen 0" })
+        (
+            d.join("cgroup.freeze"),
+            if frozen { "1" } else { "0" },
+            d.join("cgroup.events"),
+            if frozen { "frozen 1" } else { "frozen 0" },
+        )
     } else {
         let d = Path::new(ROOT).join("freezer").join(parent).join(id);
         let f = d.join("freezer.state");

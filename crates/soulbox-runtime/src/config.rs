@@ -168,7 +168,9 @@ impl RuntimeConfig {
 
     pub fn validate(&self) -> Result<()> {
         let p = &self.prefix;
-        if p.len() < 2 || p.len() > 5 || !p.starts_with(|c: char| c.is_ascii_lowercase())
+        if p.len() < 2
+            || p.len() > 5
+            || !p.starts_with(|c: char| c.is_ascii_lowercase())
             || !p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         {
             return Err(Error::Invalid(format!("prefix {p:?} must be 2-5 chars [a-z0-9]")));
@@ -184,7 +186,10 @@ impl RuntimeConfig {
 
     /// Whether pause/resume go straight to the cgroup freezer.
     pub fn use_cgroup_freezer(&self) -> bool {
-        let name = std::path::Path::new(&self.runtime_bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = std::path::Path::new(&self.runtime_bin)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         self.cgroup_freezer && (name == "runc" || name == "crun")
     }
 
@@ -358,9 +363,7 @@ impl std::str::FromStr for UsernsMode {
             "auto" => Ok(UsernsMode::Auto),
             "per-sandbox" => Ok(UsernsMode::PerSandbox),
             "shared" => Ok(UsernsMode::Shared),
-            other => Err(format!(
-                "unknown user namespace mode {other:?} (auto, per-sandbox, shared)"
-            )),
+            other => Err(format!("unknown user namespace mode {other:?} (auto, per-sandbox, shared)")),
         }
     }
 }

@@ -67,7 +67,12 @@ impl DiskLimits {
         } else if matches!(cfg.disk_backend, DiskBackend::Auto | DiskBackend::ProjectQuota) {
             match DiskQuota::open(&cfg.data_dir, &sandboxes, DiskQuotaMode::Required, cfg.disk_image_gb).await {
                 Ok(quota) => {
-                    return Ok(DiskLimits { mechanism: Mechanism::ProjectQuota, quota, tools: tools.ok(), pool_image_mb: 0 });
+                    return Ok(DiskLimits {
+                        mechanism: Mechanism::ProjectQuota,
+                        quota,
+                        tools: tools.ok(),
+                        pool_image_mb: 0,
+                    });
                 }
                 Err(e) => {
                     ProbeMemo::record_unusable(&memo, &e.to_string());
@@ -106,7 +111,9 @@ impl DiskLimits {
     }
 
     fn tools(&self) -> Result<&Tools> {
-        self.tools.as_ref().ok_or_else(|| Error::Invalid("sandbox disk image, but no mkfs.ext4/e2fsck/loop devices".into()))
+        self.tools
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("sandbox disk image, but no mkfs.ext4/e2fsck/loop devices".into()))
     }
 
     /// Warm pool: format and mount an image of the default size ahead of a create.
@@ -126,7 +133,8 @@ impl DiskLimits {
         }
         let fits = self.mechanism == Mechanism::SandboxImage
             && limit_mb > 0
-            && std::fs::metadata(disk_image::image_path(sandbox_dir)).map(|m| m.len()).ok() == Some(disk_image::size_for(limit_mb));
+            && std::fs::metadata(disk_image::image_path(sandbox_dir)).map(|m| m.len()).ok()
+                == Some(disk_image::size_for(limit_mb));
         if fits { Ok(()) } else { disk_image::discard(sandbox_dir) }
     }
 
@@ -213,8 +221,9 @@ impl ProbeMemo {
     fn record_unusable(path: &Path, error: &str) {
         let memo = ProbeMemo { kernel: Self::kernel_release(), project_quota_error: error.to_string() };
         if let Ok(json) = serde_json::to_vec_pretty(&memo)
-            && let Err(e) = std::fs::write(path, json) {
-                tracing::debug!(path = %path.display(), error = %e, "could not remember the project quota probe");
-            }
+            && let Err(e) = std::fs::write(path, json)
+        {
+            tracing::debug!(path = %path.display(), error = %e, "could not remember the project quota probe");
+        }
     }
 }

@@ -77,8 +77,20 @@ pub async fn create(tools: &Tools, sandbox_dir: &Path, limit_mb: u64) -> Result<
     // 16 KiB, no journal (module docs); the file is sparse, so the inode tables are zero already:
     // `assume_storage_prezeroed` skips writing them now and the lazy-init thread later.
     let args = [
-        "-q", "-F", "-b", "4096", "-m", "0", "-i", "16384", "-O", "^has_journal", "-E",
-        "lazy_itable_init=1,assume_storage_prezeroed=1,nodiscard", "-L", "soulbox",
+        "-q",
+        "-F",
+        "-b",
+        "4096",
+        "-m",
+        "0",
+        "-i",
+        "16384",
+        "-O",
+        "^has_journal",
+        "-E",
+        "lazy_itable_init=1,assume_storage_prezeroed=1,nodiscard",
+        "-L",
+        "soulbox",
     ];
     let path = tmp.to_string_lossy();
     if let Err(e) = util::run(&tools.mkfs.to_string_lossy(), &[&args[..], &[path.as_ref()]].concat()).await {
@@ -109,7 +121,8 @@ pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
         let dev = loopdev::attach(&image)?;
         // nosuid, nodev: what a sandbox writes there (a setuid-root binary, a device node) means nothing on
         // the host side; the sandbox sees its files through the overlay, whose own flags apply inside.
-        let res = rustix::mount::mount(dev.path.as_str(), &mp, "ext4", crate::mounts::HOST_MOUNT_FLAGS, Some(c"discard"));
+        let res =
+            rustix::mount::mount(dev.path.as_str(), &mp, "ext4", crate::mounts::HOST_MOUNT_FLAGS, Some(c"discard"));
         // Autoclear: the device now lives as long as the mount (or goes right here on failure).
         let devpath = dev.path.clone();
         drop(dev);

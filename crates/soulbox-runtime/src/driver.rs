@@ -66,17 +66,21 @@ impl Driver {
         self.create_or_run("run", id, bundle, stdio, ready_fd).await
     }
 
-    async fn create_or_run(&self, verb: &str, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
+    async fn create_or_run(
+        &self,
+        verb: &str,
+        id: &str,
+        bundle: &Path,
+        stdio: OwnedFd,
+        ready_fd: Option<OwnedFd>,
+    ) -> Result<()> {
         let stderr = stdio.try_clone().map_err(|e| Error::Io { path: bundle.join("stdio"), source: e })?;
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(&self.global).arg(verb);
         if verb == "run" {
             cmd.arg("--detach");
         }
-        cmd.arg("--bundle")
-            .arg(bundle)
-            .arg("--pid-file")
-            .arg(bundle.join("init.pid"));
+        cmd.arg("--bundle").arg(bundle).arg("--pid-file").arg(bundle.join("init.pid"));
         if ready_fd.is_some() {
             cmd.arg("--preserve-fds").arg("1");
         }
@@ -107,7 +111,11 @@ impl Driver {
             .map_err(|source| Error::Spawn { cmd: format!("{} {verb}", self.bin), source })?;
         if !out.status.success() {
             // The message is in the sandbox log; the caller adds it.
-            return Err(Error::Command { cmd: format!("{} {verb} {id}", self.bin), status: out.status.to_string(), stderr: String::new() });
+            return Err(Error::Command {
+                cmd: format!("{} {verb} {id}", self.bin),
+                status: out.status.to_string(),
+                stderr: String::new(),
+            });
         }
         Ok(())
     }
@@ -151,7 +159,8 @@ impl Driver {
         if t.is_empty() || t == "null" {
             return Ok(vec![]);
         }
-        serde_json::from_str(t).map_err(|source| Error::Json { path: PathBuf::from(format!("{} list", self.bin)), source })
+        serde_json::from_str(t)
+            .map_err(|source| Error::Json { path: PathBuf::from(format!("{} list", self.bin)), source })
     }
 
     /// `exec <id> <args…>` collecting output (tests and debugging; the product path is envd).
@@ -160,7 +169,13 @@ impl Driver {
     }
 
     /// `exec [--user uid:gid] [--cwd dir] <id> <args…>`.
-    pub async fn exec_as(&self, id: &str, user: Option<&str>, cwd: Option<&str>, args: &[&str]) -> Result<std::process::Output> {
+    pub async fn exec_as(
+        &self,
+        id: &str,
+        user: Option<&str>,
+        cwd: Option<&str>,
+        args: &[&str],
+    ) -> Result<std::process::Output> {
         let mut cmd = tokio::process::Command::new(&self.bin);
         cmd.args(&self.global).arg("exec");
         if let Some(u) = user {

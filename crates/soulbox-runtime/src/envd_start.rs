@@ -52,11 +52,8 @@ mod tests {
         ip: Ipv4Addr,
         dns: &[Ipv4Addr],
     ) -> String {
-        let mut env_vars: serde_json::Map<String, serde_json::Value> = meta
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone().into()))
-            .collect();
+        let mut env_vars: serde_json::Map<String, serde_json::Value> =
+            meta.env.iter().map(|(k, v)| (k.clone(), v.clone().into())).collect();
         for (k, v) in &spec.env {
             env_vars.insert(k.clone(), v.clone().into());
         }
@@ -86,10 +83,7 @@ mod tests {
             layers: vec![],
             default_user: "user".into(),
             default_workdir: "/home/user".into(),
-            env: BTreeMap::from([
-                ("PATH".into(), "/usr/bin".into()),
-                ("LANG".into(), "C.UTF-8".into()),
-            ]),
+            env: BTreeMap::from([("PATH".into(), "/usr/bin".into()), ("LANG".into(), "C.UTF-8".into())]),
             start_cmd: None,
             ready_cmd: None,
             cpu_count: 2,
@@ -106,41 +100,16 @@ mod tests {
         let dns = [Ipv4Addr::new(1, 1, 1, 1), Ipv4Addr::new(9, 9, 9, 9)];
         let ip = Ipv4Addr::new(10, 11, 0, 7);
         let mut spec = SandboxSpec::new("base");
-        spec.env = BTreeMap::from([
-            ("LANG".into(), "en_US.UTF-8".into()),
-            ("A \"quoted\" key".into(), "ü\n".into()),
-        ]);
+        spec.env = BTreeMap::from([("LANG".into(), "en_US.UTF-8".into()), ("A \"quoted\" key".into(), "ü\n".into())]);
         let mut no_token = spec.clone();
         spec.access_token = Some("tok".into());
         for (spec, secret, dns) in [(&spec, Some(&secret), &dns[..]), (&no_token, None, &[][..])] {
-            let new = serde_json::to_string(&start_configuration(
-                "sbx-1",
-                &meta(),
-                spec,
-                secret,
-                ip,
-                dns,
-            ))
-            .unwrap();
+            let new = serde_json::to_string(&start_configuration("sbx-1", &meta(), spec, secret, ip, dns)).unwrap();
             assert_eq!(new, old_builder("sbx-1", &meta(), spec, secret, ip, dns));
         }
         no_token.env.clear();
-        let new = serde_json::to_string(&start_configuration(
-            "sbx-2",
-            &meta(),
-            &no_token,
-            None,
-            ip,
-            &dns,
-        ))
-        .unwrap();
-        assert_eq!(
-            new,
-            old_builder("sbx-2", &meta(), &no_token, None, ip, &dns)
-        );
-        assert!(
-            new.contains(r#""envVars":{"LANG":"C.UTF-8","PATH":"/usr/bin"}"#),
-            "{new}"
-        );
+        let new = serde_json::to_string(&start_configuration("sbx-2", &meta(), &no_token, None, ip, &dns)).unwrap();
+        assert_eq!(new, old_builder("sbx-2", &meta(), &no_token, None, ip, &dns));
+        assert!(new.contains(r#""envVars":{"LANG":"C.UTF-8","PATH":"/usr/bin"}"#), "{new}");
     }
 }

@@ -45,21 +45,14 @@ pub const PRIVATE_RANGES: [(Ipv4Addr, u8); 9] = [
 ];
 
 fn private_set() -> String {
-    let v: Vec<String> = PRIVATE_RANGES
-        .iter()
-        .map(|(a, l)| format!("{a}/{l}"))
-        .collect();
+    let v: Vec<String> = PRIVATE_RANGES.iter().map(|(a, l)| format!("{a}/{l}")).collect();
     format!("{{ {} }}", v.join(", "))
 }
 
 /// Whether `ip` lies in one of [`PRIVATE_RANGES`].
 pub fn is_private(ip: Ipv4Addr) -> bool {
     PRIVATE_RANGES.iter().any(|(net, len)| {
-        let mask = if *len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(*len))
-        };
+        let mask = if *len == 0 { 0 } else { u32::MAX << (32 - u32::from(*len)) };
         u32::from(ip) & mask == u32::from(*net)
     })
 }
@@ -67,24 +60,14 @@ pub fn is_private(ip: Ipv4Addr) -> bool {
 /// Parse and normalise an IPv4 CIDR or address.
 pub fn parse_cidr(s: &str) -> Result<String> {
     let (a, l) = match s.trim().split_once('/') {
-        Some((a, l)) => (
-            a,
-            l.parse::<u8>()
-                .map_err(|_| Error::Invalid(format!("bad CIDR {s:?}")))?,
-        ),
+        Some((a, l)) => (a, l.parse::<u8>().map_err(|_| Error::Invalid(format!("bad CIDR {s:?}")))?),
         None => (s.trim(), 32),
     };
-    let ip: Ipv4Addr = a
-        .parse()
-        .map_err(|_| Error::Invalid(format!("bad CIDR {s:?} (only IPv4 is supported)")))?;
+    let ip: Ipv4Addr = a.parse().map_err(|_| Error::Invalid(format!("bad CIDR {s:?} (only IPv4 is supported)")))?;
     if l > 32 {
         return Err(Error::Invalid(format!("bad CIDR {s:?}")));
     }
-    let mask = if l == 0 {
-        0
-    } else {
-        u32::MAX << (32 - l as u32)
-    };
+    let mask = if l == 0 { 0 } else { u32::MAX << (32 - l as u32) };
     Ok(format!("{}/{}", Ipv4Addr::from(u32::from(ip) & mask), l))
 }
 
@@ -187,20 +170,13 @@ impl Firewall {
             // Before allowOut: no allow rule can open private ranges or the metadata service.
             // The runtime's own DNS servers may be private (a LAN or cloud resolver): they are
             // exempt on port 53 only, and the rest of the chain decides about them as before.
-            let private_dns: Vec<Ipv4Addr> = self
-                .dns
-                .iter()
-                .copied()
-                .filter(|a| is_private(*a))
-                .collect();
+            let private_dns: Vec<Ipv4Addr> = self.dns.iter().copied().filter(|a| is_private(*a)).collect();
             if private_dns.is_empty() {
                 rules.push(format!("ip daddr {private} drop"));
             } else {
                 let dns = addr_set(&private_dns);
                 rules.push(format!("ip daddr {private} ip daddr != {dns} drop"));
-                rules.push(format!(
-                    "ip daddr {dns} meta l4proto != {{ tcp, udp }} drop"
-                ));
+                rules.push(format!("ip daddr {dns} meta l4proto != {{ tcp, udp }} drop"));
                 rules.push(format!("ip daddr {dns} th dport != 53 drop"));
             }
         }
@@ -214,32 +190,20 @@ impl Firewall {
             rules.push("drop".into());
         }
         if !self.dns.is_empty() {
-            rules.push(format!(
-                "ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
-                addr_set(&self.dns)
-            ));
+            rules.push(format!("ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept", addr_set(&self.dns)));
         }
         rules.push(format!("ip daddr {private} drop"));
         rules.push("meta nfproto ipv6 drop".into());
         rules.push("accept".into());
-        Ok(ChainRules {
-            name: format!("sb_{id}"),
-            hook: None,
-            rules,
-        })
+        Ok(ChainRules { name: format!("sb_{id}"), hook: None, rules })
     }
 
     fn base_chains(&self) -> Vec<ChainRules> {
         let p = &self.prefix;
-        let mut input = vec![format!(
-            "iifname \"{p}*\" ct state established,related accept"
-        )];
+        let mut input = vec![format!("iifname \"{p}*\" ct state established,related accept")];
         if !self.host_ports.is_empty() {
             let v: Vec<String> = self.host_ports.iter().map(|p| p.to_string()).collect();
-            input.push(format!(
-                "iifname \"{p}*\" tcp dport {{ {} }} accept",
-                v.join(", ")
-            ));
+            input.push(format!("iifname \"{p}*\" tcp dport {{ {} }} accept", v.join(", ")));
         }
         input.push(format!("iifname \"{p}*\" drop"));
         vec![
@@ -262,10 +226,7 @@ impl Firewall {
             ChainRules {
                 name: "postrouting".into(),
                 hook: Some("type nat hook postrouting priority srcnat; policy accept;".into()),
-                rules: vec![format!(
-                    "ip saddr {} oifname != \"{p}*\" masquerade",
-                    self.pool
-                )],
+                rules: vec![format!("ip saddr {} oifname != \"{p}*\" masquerade", self.pool)],
             },
         ]
     }
@@ -326,25 +287,15 @@ impl Firewall {
         if let Some(pid) = child.id() {
             let mut own = self.own_pids.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            while own
-                .front()
-                .is_some_and(|(_, at)| now.duration_since(*at) > OWN_PID_TTL)
-                || own.len() > 1024
-            {
+            while own.front().is_some_and(|(_, at)| now.duration_since(*at) > OWN_PID_TTL) || own.len() > 1024 {
                 own.pop_front();
             }
             own.push_back((pid, now));
         }
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+            stdin.write_all(script.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+        let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
         if !out.status.success() {
             return Err(Error::Command {
                 cmd: cmd(),
@@ -369,10 +320,7 @@ impl Firewall {
 
     /// Atomically (re)build the table with the given live sandboxes (id, veth, policy).
     pub async fn rebuild(&self, live: &[(String, String, NetworkPolicy)]) -> Result<()> {
-        let live: BTreeMap<_, _> = live
-            .iter()
-            .map(|(id, veth, p)| (id.clone(), (veth.clone(), p.clone())))
-            .collect();
+        let live: BTreeMap<_, _> = live.iter().map(|(id, veth, p)| (id.clone(), (veth.clone(), p.clone()))).collect();
         let mut state = self.state.lock().await;
         self.apply(&self.table_script(&live)?).await?;
         state.live = live;
@@ -384,9 +332,7 @@ impl Firewall {
         let s = self.sandbox_script(id, veth, p)?;
         let mut state = self.state.lock().await;
         self.apply(&s).await?;
-        state
-            .live
-            .insert(id.to_string(), (veth.to_string(), p.clone()));
+        state.live.insert(id.to_string(), (veth.to_string(), p.clone()));
         Ok(())
     }
 
@@ -429,8 +375,7 @@ impl Firewall {
         let mut state = self.state.lock().await;
         state.closed = true;
         state.live.clear();
-        self.apply(&format!("table inet {t} {{}}\ndelete table inet {t}\n"))
-            .await
+        self.apply(&format!("table inet {t} {{}}\ndelete table inet {t}\n")).await
     }
 
     /// Compare the kernel's table with what was applied; rebuild it when they differ. Returns
@@ -446,10 +391,7 @@ impl Firewall {
             .stdin(Stdio::null())
             .output()
             .await
-            .map_err(|source| Error::Spawn {
-                cmd: format!("nft -j list table inet {}", self.table),
-                source,
-            })?;
+            .map_err(|source| Error::Spawn { cmd: format!("nft -j list table inet {}", self.table), source })?;
         let found = if listing.status.success() {
             check::differences(&self.table, &expected, &listing.stdout)
         } else {
@@ -489,59 +431,27 @@ mod tests {
             deny_out: vec![],
         };
         let r = rules(&fw(vec![], false), &p);
-        let drop = r
-            .iter()
-            .position(|r| r.contains("169.254.0.0/16") && r.ends_with("drop"))
-            .unwrap();
-        let allow = r
-            .iter()
-            .position(|r| r.contains("169.254.169.254/32") && r.ends_with("accept"))
-            .unwrap();
+        let drop = r.iter().position(|r| r.contains("169.254.0.0/16") && r.ends_with("drop")).unwrap();
+        let allow = r.iter().position(|r| r.contains("169.254.169.254/32") && r.ends_with("accept")).unwrap();
         assert!(drop < allow, "{r:#?}");
         // Node allows private egress: today's order, allowOut first.
         let r = rules(&fw(vec![], true), &p);
-        assert!(
-            r[0].contains("169.254.169.254/32") && r[0].ends_with("accept"),
-            "{r:#?}"
-        );
+        assert!(r[0].contains("169.254.169.254/32") && r[0].ends_with("accept"), "{r:#?}");
     }
 
     #[test]
     fn private_dns_servers_stay_reachable_on_port_53_only() {
         let dns = Ipv4Addr::new(10, 255, 255, 53);
-        let r = rules(
-            &fw(vec![dns, Ipv4Addr::new(8, 8, 8, 8)], false),
-            &NetworkPolicy::open(),
-        );
-        assert!(
-            r[0].contains("ip daddr != { 10.255.255.53 } drop"),
-            "{r:#?}"
-        );
-        assert!(
-            r[1].contains("{ 10.255.255.53 } meta l4proto != { tcp, udp } drop"),
-            "{r:#?}"
-        );
-        assert!(
-            r[2].contains("{ 10.255.255.53 } th dport != 53 drop"),
-            "{r:#?}"
-        );
-        assert!(
-            !r[..3].iter().any(|r| r.contains("8.8.8.8")),
-            "public resolvers need no exemption: {r:#?}"
-        );
+        let r = rules(&fw(vec![dns, Ipv4Addr::new(8, 8, 8, 8)], false), &NetworkPolicy::open());
+        assert!(r[0].contains("ip daddr != { 10.255.255.53 } drop"), "{r:#?}");
+        assert!(r[1].contains("{ 10.255.255.53 } meta l4proto != { tcp, udp } drop"), "{r:#?}");
+        assert!(r[2].contains("{ 10.255.255.53 } th dport != 53 drop"), "{r:#?}");
+        assert!(!r[..3].iter().any(|r| r.contains("8.8.8.8")), "public resolvers need no exemption: {r:#?}");
     }
 
     #[test]
     fn private_ranges() {
-        for a in [
-            "169.254.169.254",
-            "10.1.2.3",
-            "172.31.0.1",
-            "192.168.1.1",
-            "100.64.0.1",
-            "127.0.0.1",
-            "224.0.0.1",
-        ] {
+        for a in ["169.254.169.254", "10.1.2.3", "172.31.0.1", "192.168.1.1", "100.64.0.1", "127.0.0.1", "224.0.0.1"] {
             assert!(is_private(a.parse().unwrap()), "{a}");
         }
         for a in ["8.8.8.8", "203.0.113.2", "172.32.0.1", "100.128.0.1"] {

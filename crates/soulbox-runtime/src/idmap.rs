@@ -38,28 +38,17 @@ struct MountAttr {
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 fn io_err(what: impl Into<PathBuf>, e: impl Into<std::io::Error>) -> Error {
-    Error::Io {
-        path: what.into(),
-        source: e.into(),
-    }
+    Error::Io { path: what.into(), source: e.into() }
 }
 
 /// Mount a clone of `src` (not its submounts) on `dst`, seen through `userns`'s id mapping.
 pub fn idmapped_clone(src: &Path, dst: &Path, userns: BorrowedFd) -> Result<()> {
     use rustix::mount::{MoveMountFlags, OpenTreeFlags, move_mount, open_tree};
     std::fs::create_dir_all(dst).ctx(dst)?;
-    let tree = open_tree(
-        rustix::fs::CWD,
-        src,
-        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
-    )
-    .map_err(|e| io_err(format!("open_tree {}", src.display()), e))?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
+    let tree = open_tree(rustix::fs::CWD, src, OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC)
+        .map_err(|e| io_err(format!("open_tree {}", src.display()), e))?;
+    let attr =
+        MountAttr { attr_set: MOUNT_ATTR_IDMAP, attr_clr: 0, propagation: 0, userns_fd: userns.as_raw_fd() as u64 };
     // SAFETY: mount_setattr(2) reads `attr` (of the size we pass) and an empty path string.
     let rc = unsafe {
         libc::syscall(
@@ -77,14 +66,8 @@ pub fn idmapped_clone(src: &Path, dst: &Path, userns: BorrowedFd) -> Result<()> 
             std::io::Error::last_os_error(),
         ));
     }
-    move_mount(
-        tree.as_fd(),
-        "",
-        rustix::fs::CWD,
-        dst,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| io_err(format!("move_mount to {}", dst.display()), e))
+    move_mount(tree.as_fd(), "", rustix::fs::CWD, dst, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)
+        .map_err(|e| io_err(format!("move_mount to {}", dst.display()), e))
 }
 
 /// Run `f` on a fresh thread with fsuid/fsgid = the range's root and the permitted capabilities
@@ -120,11 +103,7 @@ pub fn mount_rootfs(
     userns: BorrowedFd,
 ) -> Result<()> {
     let mountpoint = crate::rootfs::paths(sandbox_dir).mountpoint;
-    for d in [
-        rw_root.join("upper"),
-        rw_root.join("work"),
-        mountpoint.clone(),
-    ] {
+    for d in [rw_root.join("upper"), rw_root.join("work"), mountpoint.clone()] {
         std::fs::create_dir_all(&d).ctx(&d)?;
     }
     if crate::rootfs::is_mounted(&mountpoint) {
@@ -139,11 +118,8 @@ pub fn mount_rootfs(
         unmount_helpers(sandbox_dir)?;
         idmapped_clone(layer_root, &lower, userns)?;
         idmapped_clone(rw_root, &upper, userns)?;
-        let lowerdirs: Vec<String> = layers
-            .iter()
-            .rev()
-            .map(|l| lower.join(l).to_string_lossy().into_owned())
-            .collect();
+        let lowerdirs: Vec<String> =
+            layers.iter().rev().map(|l| lower.join(l).to_string_lossy().into_owned()).collect();
         let opts = format!(
             "lowerdir={},upperdir={},workdir={},index=off,xino=off",
             lowerdirs.join(":"),
@@ -151,12 +127,9 @@ pub fn mount_rootfs(
             upper.join("work").display()
         );
         if opts.len() >= 4000 {
-            return Err(Error::Invalid(
-                "overlay options too long (too many layers or long paths)".into(),
-            ));
+            return Err(Error::Invalid("overlay options too long (too many layers or long paths)".into()));
         }
-        let data = std::ffi::CString::new(opts)
-            .map_err(|_| Error::Invalid("NUL in overlay options".into()))?;
+        let data = std::ffi::CString::new(opts).map_err(|_| Error::Invalid("NUL in overlay options".into()))?;
         as_range_root(range, || {
             rustix::mount::mount(
                 "overlay",
@@ -184,14 +157,7 @@ pub fn mount_sandbox_rootfs(
     let userns = std::fs::File::open(&userns_at).ctx(&userns_at)?;
     let upper = crate::rootfs::paths(sandbox_dir).upper;
     let rw_root = upper.parent().unwrap_or(sandbox_dir);
-    mount_rootfs(
-        sandbox_dir,
-        &store.root().join("layers"),
-        layers,
-        rw_root,
-        range,
-        userns.as_fd(),
-    )
+    mount_rootfs(sandbox_dir, &store.root().join("layers"), layers, rw_root, range, userns.as_fd())
 }
 
 /// Detach the idmapped helper mounts (idempotent).
@@ -199,8 +165,7 @@ pub fn unmount_helpers(sandbox_dir: &Path) -> Result<()> {
     let helpers = helper_dir(sandbox_dir);
     for d in [helpers.join("lower"), helpers.join("upper")] {
         while crate::rootfs::is_mounted(&d) {
-            rustix::mount::unmount(&d, rustix::mount::UnmountFlags::DETACH)
-                .map_err(|e| io_err(&d, e))?;
+            rustix::mount::unmount(&d, rustix::mount::UnmountFlags::DETACH).map_err(|e| io_err(&d, e))?;
         }
     }
     Ok(())
@@ -217,12 +182,7 @@ pub fn unmount_all(sandbox_dir: &Path) -> Result<()> {
 /// does? Mounts an overlay of an idmapped lower dir (in the store) and an idmapped upper (on the
 /// sandboxes' filesystem), creates a file as the range's root through it and checks it is stored
 /// as 0 and that a lower file owned by 0 shows as the range's root. Leaves nothing behind.
-pub fn probe(
-    store_tmp: &Path,
-    sandboxes_dir: &Path,
-    range: IdRange,
-    userns: BorrowedFd,
-) -> Result<()> {
+pub fn probe(store_tmp: &Path, sandboxes_dir: &Path, range: IdRange, userns: BorrowedFd) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let work = sandboxes_dir.join(".userns-probe");
     let _ = crate::rootfs::umount_path(&work.join("rootfs"));
@@ -232,15 +192,10 @@ pub fn probe(
     let res = (|| {
         std::fs::create_dir_all(layer.join("etc")).ctx(&layer)?;
         std::fs::write(layer.join("etc/probe"), "lower").ctx(&layer)?;
-        let name = layer
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = layer.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         mount_rootfs(&work, store_tmp, &[name], &work, range, userns)?;
         let merged = crate::rootfs::paths(&work).mountpoint;
-        let lower_uid = std::fs::metadata(merged.join("etc/probe"))
-            .ctx(&merged)?
-            .uid();
+        let lower_uid = std::fs::metadata(merged.join("etc/probe")).ctx(&merged)?.uid();
         if lower_uid != range.host_base {
             return Err(Error::Invalid(format!(
                 "a lower file owned by 0 shows as {lower_uid}, not {}",
@@ -249,13 +204,9 @@ pub fn probe(
         }
         let created = merged.join("created");
         as_range_root(range, || std::fs::write(&created, "upper").ctx(&created))?;
-        let stored = std::fs::metadata(work.join("upper/created"))
-            .ctx(&work)?
-            .uid();
+        let stored = std::fs::metadata(work.join("upper/created")).ctx(&work)?.uid();
         if stored != 0 {
-            return Err(Error::Invalid(format!(
-                "a file made by the range's root is stored as {stored}, not 0"
-            )));
+            return Err(Error::Invalid(format!("a file made by the range's root is stored as {stored}, not 0")));
         }
         Ok(())
     })();

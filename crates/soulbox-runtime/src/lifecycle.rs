@@ -1,13 +1,13 @@
 //! The sandbox lifecycle: create → (pause ⇄ resume) → stop-to-disk ⇄ start-from-disk → delete,
 //! plus snapshot and stats. Every resource has one idempotent release path: [`Inner::release`].
 use crate::config::{ENVD_PORT, RuntimeConfig, check_id, new_sandbox_id};
+use crate::disk::{DiskLimits, Mechanism};
 use crate::driver::Driver;
 use crate::envd_secret::EnvdSecret;
 use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
 use crate::oci_spec::{self, BundleParams};
-use crate::disk::{DiskLimits, Mechanism};
 use crate::quota::DiskQuota;
 use crate::record::Record;
 use crate::rootfs;
@@ -202,7 +202,8 @@ impl Inner {
             return Ok((id, l, true));
         }
         let id = self.fresh_id()?;
-        Record { id: id.clone(), status: Status::Creating, template: None, spec: None, envd_secret: None }.save(&self.dir(&id))?;
+        Record { id: id.clone(), status: Status::Creating, template: None, spec: None, envd_secret: None }
+            .save(&self.dir(&id))?;
         match self.acquire_network(&id).await {
             Ok(l) => Ok((id, l, false)),
             Err(e) => {
@@ -243,7 +244,8 @@ impl Inner {
                 return Ok(());
             }
             let id = self.fresh_id()?;
-            Record { id: id.clone(), status: Status::Pooled, template: None, spec: None, envd_secret: None }.save(&self.dir(&id))?;
+            Record { id: id.clone(), status: Status::Pooled, template: None, spec: None, envd_secret: None }
+                .save(&self.dir(&id))?;
             let res = async {
                 let l = self.acquire_network(&id).await?;
                 self.fw.apply_policy(&id, &l, &NetworkPolicy::open()).await?;
@@ -295,7 +297,8 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
-        let init = crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns);
+        let init =
+            crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns);
         let params = BundleParams {
             id,
             sandbox_dir: &dir,
@@ -303,7 +306,8 @@ impl Inner {
             cpu_count: spec.cpu_count.unwrap_or(meta.cpu_count),
             memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
             pids_limit: spec.pids_limit.unwrap_or(4096),
-            envd_init: serde_json::to_string(&init).map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
+            envd_init: serde_json::to_string(&init)
+                .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
             id_range,
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
@@ -378,7 +382,10 @@ impl Runtime {
         if let Some(adj) = cfg.envd_oom_score_adj {
             // Lowering oom_score_adj below our own needs CAP_SYS_RESOURCE; without it the OCI
             // runtime would fail every create.
-            let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
             if adj < own && !util::has_cap(24 /* CAP_SYS_RESOURCE */) {
                 tracing::warn!(adj, own, "no CAP_SYS_RESOURCE: envd keeps the inherited oom_score_adj");
                 cfg.envd_oom_score_adj = None;
@@ -393,12 +400,16 @@ impl Runtime {
         // Absolute: sandbox dirs are named in host-wide user namespace claims.
         cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).ctx(&cfg.data_dir)?;
         let lock_path = cfg.data_dir.join("runtime.lock");
-        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx(&lock_path)?;
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx(&lock_path)?;
         if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
             return Err(Error::Locked(cfg.data_dir.clone()));
         }
         if cfg.init_override.is_none() && !cfg.envd_path.is_file() {
-            return Err(Error::Invalid(format!("envd binary {} not found (run scripts/build-envd.sh)", cfg.envd_path.display())));
+            return Err(Error::Invalid(format!(
+                "envd binary {} not found (run scripts/build-envd.sh)",
+                cfg.envd_path.display()
+            )));
         }
         if cfg.init_override.is_none() {
             cfg.envd_path = crate::perms::install_envd(&cfg)?;
@@ -484,7 +495,8 @@ impl Runtime {
         let dir = inner.dir(&id);
         let disk_mb = inner.disk_limit_mb(&spec, &meta);
         let envd_secret = Some(EnvdSecret::generate());
-        let rec = Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec), envd_secret };
+        let rec =
+            Record { id: id.clone(), status: Status::Creating, template: Some(meta), spec: Some(spec), envd_secret };
         let res: Result<()> = async {
             rec.save(&dir)?;
             inner.disk.fit_pooled(&dir, disk_mb)?;
@@ -524,7 +536,8 @@ impl Runtime {
     }
 
     pub async fn list(&self) -> Vec<SandboxInfo> {
-        let hs: Vec<Handle> = self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let hs: Vec<Handle> =
+            self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         let mut v = Vec::new();
         for h in hs {
             let rec = h.lock().await;
@@ -626,7 +639,9 @@ impl Runtime {
                 self.inner.disk.apply(id, &dir, 0).await?;
             }
             let upper = rootfs::paths(&dir).upper;
-            let res = util::run("cp", &["-a", "--reflink=auto", &format!("{}/.", upper.display()), &tmp.to_string_lossy()]).await;
+            let res =
+                util::run("cp", &["-a", "--reflink=auto", &format!("{}/.", upper.display()), &tmp.to_string_lossy()])
+                    .await;
             Ok::<_, Error>((tmp, res))
         }
         .await;

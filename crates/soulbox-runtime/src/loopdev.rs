@@ -83,7 +83,8 @@ pub fn attach(image: &Path) -> Result<Attached> {
             // Kernels before 5.8: LOOP_SET_FD + LOOP_SET_STATUS64.
             // SAFETY: plain fd argument / pointer to a loop_info64 that outlives the call.
             r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, img.as_raw_fd() as libc::c_ulong) };
-            if r == 0 && unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info as *const LoopInfo64) } < 0 {
+            if r == 0 && unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_STATUS64, &cfg.info as *const LoopInfo64) } < 0
+            {
                 let e = std::io::Error::last_os_error();
                 // SAFETY: LOOP_CLR_FD takes no argument.
                 unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };

@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 /// Flags of the host-side mounts below the data dir that hold sandbox-written files (disk images, the
 /// project-quota filesystem): no setuid/setgid or file capabilities and no device nodes take effect
 /// through them, so nothing a sandbox writes can be used on the host side.
-pub const HOST_MOUNT_FLAGS: rustix::mount::MountFlags = rustix::mount::MountFlags::NOATIME
-    .union(rustix::mount::MountFlags::NOSUID)
-    .union(rustix::mount::MountFlags::NODEV);
+pub const HOST_MOUNT_FLAGS: rustix::mount::MountFlags =
+    rustix::mount::MountFlags::NOATIME.union(rustix::mount::MountFlags::NOSUID).union(rustix::mount::MountFlags::NODEV);
 
 /// Adds [`HOST_MOUNT_FLAGS`] to an existing mount (a bind remount changes only the mount's own flags, not the
 /// filesystem's options). Best effort: a failure is logged.
@@ -62,12 +61,14 @@ pub(crate) fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
         out.push(b[i]);
         i += 1;
     }

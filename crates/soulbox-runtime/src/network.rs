@@ -155,14 +155,16 @@ pub async fn setup(lease: &NetLease) -> Result<()> {
 pub async fn teardown(netns: &str, veth: &str) -> Result<()> {
     if Path::new("/sys/class/net").join(veth).exists()
         && let Err(e) = util::run("ip", &["link", "del", veth]).await
-            && Path::new("/sys/class/net").join(veth).exists() {
-                return Err(e);
-            }
+        && Path::new("/sys/class/net").join(veth).exists()
+    {
+        return Err(e);
+    }
     if Path::new("/run/netns").join(netns).exists()
         && let Err(e) = util::run("ip", &["netns", "del", netns]).await
-            && Path::new("/run/netns").join(netns).exists() {
-                return Err(e);
-            }
+        && Path::new("/run/netns").join(netns).exists()
+    {
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -183,10 +185,7 @@ pub fn netns_list(prefix: &str) -> Vec<String> {
     let pre = format!("{prefix}-");
     std::fs::read_dir("/run/netns")
         .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&pre))
-                .collect()
+            rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with(&pre)).collect()
         })
         .unwrap_or_default()
 }

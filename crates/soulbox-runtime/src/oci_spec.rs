@@ -1,14 +1,15 @@
 //! OCI runtime bundle (`config.json`) built with the `oci-spec` crate.
 use crate::config::{ENVD_MOUNT, RuntimeConfig};
 use crate::driver::READY_FD;
-use soulbox_protocol::envd_init;
 use crate::error::{Error, Result};
 use crate::seccomp;
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxIdMappingBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder,
-    PosixRlimitType, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_mounts,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
+    LinuxIdMappingBuilder, LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder, get_default_mounts,
 };
+use soulbox_protocol::envd_init;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
@@ -66,7 +67,12 @@ pub fn masked_paths() -> Vec<String> {
     let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") else { return paths };
     let mut throttle: Vec<String> = cpus
         .flatten()
-        .filter(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("cpu")).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("cpu"))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        })
         .map(|e| e.path().join("thermal_throttle"))
         .filter(|p| p.exists())
         .map(|p| p.to_string_lossy().into_owned())
@@ -79,7 +85,8 @@ pub fn masked_paths() -> Vec<String> {
 /// Read-only: runc's and Docker's list, plus `/sys/fs/cgroup`. The cgroup mount is asked for read-only, but on a
 /// cgroup v1 host runc (1.1, with a cgroup namespace) mounts the hierarchies read-only on a *writable* tmpfs there,
 /// where the sandbox could create files.
-pub const READONLY_PATHS: &[&str] = &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/fs/cgroup"];
+pub const READONLY_PATHS: &[&str] =
+    &["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/fs/cgroup"];
 
 pub struct BundleParams<'a> {
     pub id: &'a str,
@@ -142,7 +149,13 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
     // Size-limit /dev/shm and keep it nosuid/nodev.
     for m in mounts.iter_mut() {
         if m.destination() == Path::new("/dev/shm") {
-            m.set_options(Some(vec!["nosuid".into(), "noexec".into(), "nodev".into(), "mode=1777".into(), "size=65536k".into()]));
+            m.set_options(Some(vec![
+                "nosuid".into(),
+                "noexec".into(),
+                "nodev".into(),
+                "mode=1777".into(),
+                "size=65536k".into(),
+            ]));
         }
     }
     // The only host file inside a sandbox is the envd binary, read-only. /etc/hosts and friends are the
@@ -150,7 +163,13 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
     if cfg.init_override.is_none() {
         let options = vec!["rbind".to_string(), "nosuid".into(), "nodev".into(), "ro".into()];
         mounts.push(
-            MountBuilder::default().destination(ENVD_MOUNT).typ("bind").source(cfg.envd_path.clone()).options(options).build().map_err(oci)?,
+            MountBuilder::default()
+                .destination(ENVD_MOUNT)
+                .typ("bind")
+                .source(cfg.envd_path.clone())
+                .options(options)
+                .build()
+                .map_err(oci)?,
         );
     }
 
@@ -161,7 +180,11 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         ns(LinuxNamespaceType::Uts)?,
         ns(LinuxNamespaceType::Mount)?,
         ns(LinuxNamespaceType::Cgroup)?,
-        LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network).path(p.netns_path.clone()).build().map_err(oci)?,
+        LinuxNamespaceBuilder::default()
+            .typ(LinuxNamespaceType::Network)
+            .path(p.netns_path.clone())
+            .build()
+            .map_err(oci)?,
     ];
 
     let mem = (p.memory_mb as i64).saturating_mul(1024 * 1024);
@@ -170,7 +193,13 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?])
         // swap == limit: memory+swap total equals memory, i.e. no swap.
         .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().map_err(oci)?)
-        .cpu(LinuxCpuBuilder::default().period(period).quota(period as i64 * p.cpu_count.max(1) as i64).build().map_err(oci)?)
+        .cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota(period as i64 * p.cpu_count.max(1) as i64)
+                .build()
+                .map_err(oci)?,
+        )
         .pids(LinuxPidsBuilder::default().limit(p.pids_limit).build().map_err(oci)?)
         .build()
         .map_err(oci)?;
@@ -196,7 +225,12 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
                 .build()
                 .map_err(oci)?,
         );
-        let map = LinuxIdMappingBuilder::default().container_id(0u32).host_id(range.host_base).size(range.size).build().map_err(oci)?;
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(range.host_base)
+            .size(range.size)
+            .build()
+            .map_err(oci)?;
         linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
     }
 

@@ -92,9 +92,7 @@ mod tests {
         set_mode(&root.join("closed"), 0o755).unwrap();
         assert!(check_traversable(&data, 0x1000_0000).is_ok());
         set_mode(&root.join("closed"), 0o700).unwrap();
-        let err = check_traversable(&data, 0x1000_0000)
-            .unwrap_err()
-            .to_string();
+        let err = check_traversable(&data, 0x1000_0000).unwrap_err().to_string();
         assert!(err.contains("closed (mode 700)"), "{err}");
         set_mode(&root.join("closed"), 0o711).unwrap();
         assert!(check_traversable(&data, 0x1000_0000).is_ok());

@@ -98,7 +98,12 @@ impl DiskQuota {
     }
 
     /// Make sure `sandboxes_dir` is on a filesystem with project quotas (see the module docs).
-    pub async fn open(data_dir: &Path, sandboxes_dir: &Path, mode: DiskQuotaMode, image_size_gb: Option<u64>) -> Result<DiskQuota> {
+    pub async fn open(
+        data_dir: &Path,
+        sandboxes_dir: &Path,
+        mode: DiskQuotaMode,
+        image_size_gb: Option<u64>,
+    ) -> Result<DiskQuota> {
         if mode == DiskQuotaMode::Off {
             return Ok(DiskQuota::disabled(sandboxes_dir.into()));
         }
@@ -229,12 +234,13 @@ async fn setup(data_dir: &Path, sandboxes: &Path, image_size_gb: Option<u64>) ->
     // 1. Our image is already mounted there (a previous instance, or a crash).
     if let Some(src) = mount_source(sandboxes)
         && let Some(dev) = src.strip_prefix("/dev/")
-            && loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image)) {
-                probe(sandboxes)?;
-                // (mounted by an older runtime, perhaps without them)
-                crate::mounts::harden_mount(sandboxes);
-                return Ok(Backend::Image { image });
-            }
+        && loopdev::backing_file(dev).is_some_and(|b| same_file(&b, &image))
+    {
+        probe(sandboxes)?;
+        // (mounted by an older runtime, perhaps without them)
+        crate::mounts::harden_mount(sandboxes);
+        return Ok(Backend::Image { image });
+    }
     // 2. The filesystem already enforces project quotas.
     if probe(sandboxes).is_ok() {
         return Ok(Backend::Direct);
@@ -307,7 +313,8 @@ async fn create_image(data_dir: &Path, image: &Path, size_gb: Option<u64>, fs: I
         Some(g) => g << 30,
         None => {
             // Sparse: half the free space of the data dir's filesystem, at most 64 GiB, at least 1 GiB.
-            let st = rustix::fs::statvfs(data_dir).map_err(|e| Error::Io { path: data_dir.into(), source: e.into() })?;
+            let st =
+                rustix::fs::statvfs(data_dir).map_err(|e| Error::Io { path: data_dir.into(), source: e.into() })?;
             let free = st.f_bavail * st.f_frsize;
             (free / 2).clamp(1 << 30, 64 << 30) & !((1 << 20) - 1)
         }
@@ -484,7 +491,12 @@ fn quotactl(fsfd: &impl AsRawFd, cmd: u32, id: u32, q: &mut IfNextDqblk) -> std:
 fn get_quota(fsfd: &impl AsRawFd, project_id: u32) -> std::io::Result<ProjectUsage> {
     let mut q = IfNextDqblk::default();
     quotactl(fsfd, Q_GETQUOTA, project_id, &mut q)?;
-    Ok(ProjectUsage { limit_bytes: q.dqb_bhardlimit * 1024, used_bytes: q.dqb_curspace, inodes: q.dqb_curinodes, inode_limit: q.dqb_ihardlimit })
+    Ok(ProjectUsage {
+        limit_bytes: q.dqb_bhardlimit * 1024,
+        used_bytes: q.dqb_curspace,
+        inodes: q.dqb_curinodes,
+        inode_limit: q.dqb_ihardlimit,
+    })
 }
 
 fn get_next_quota(fsfd: &impl AsRawFd, from: u32) -> std::io::Result<Option<(u32, ProjectUsage)>> {

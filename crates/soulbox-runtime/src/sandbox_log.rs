@@ -39,10 +39,7 @@ pub struct LogLine {
 }
 
 fn io_err(path: &Path, e: rustix::io::Errno) -> Error {
-    Error::Io {
-        path: path.into(),
-        source: e.into(),
-    }
+    Error::Io { path: path.into(), source: e.into() }
 }
 
 /// Creates the FIFO if needed and opens it: (read end for the drainer, write end for the container). The write
@@ -50,24 +47,14 @@ fn io_err(path: &Path, e: rustix::io::Errno) -> Error {
 pub fn open_fifo(dir: &Path) -> Result<(OwnedFd, OwnedFd)> {
     use rustix::fs::{FileType, Mode, OFlags};
     let path = dir.join(FIFO_FILE);
-    match rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &path,
-        FileType::Fifo,
-        Mode::from_raw_mode(0o600),
-        0,
-    ) {
+    match rustix::fs::mknodat(rustix::fs::CWD, &path, FileType::Fifo, Mode::from_raw_mode(0o600), 0) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(e) => return Err(io_err(&path, e)),
     }
-    let reader = open_reader_at(&path)?
-        .ok_or_else(|| Error::Invalid(format!("{} is not a FIFO", path.display())))?;
-    let writer = rustix::fs::open(
-        &path,
-        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(&path, e))?;
+    let reader = open_reader_at(&path)?.ok_or_else(|| Error::Invalid(format!("{} is not a FIFO", path.display())))?;
+    let writer =
+        rustix::fs::open(&path, OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| io_err(&path, e))?;
     Ok((reader, writer))
 }
 
@@ -83,17 +70,11 @@ pub fn open_reader(dir: &Path) -> Result<Option<OwnedFd>> {
 
 fn open_reader_at(path: &Path) -> Result<Option<OwnedFd>> {
     use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(path, e))?;
+    let fd =
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| io_err(path, e))?;
     let st = rustix::fs::fstat(&fd).map_err(|e| io_err(path, e))?;
-    Ok(
-        (rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo)
-            .then_some(fd),
-    )
+    Ok((rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo).then_some(fd))
 }
 
 /// The drainers of one runtime instance's sandboxes, by sandbox id.
@@ -104,10 +85,7 @@ pub struct Logs {
 
 impl Logs {
     pub fn new(limits: LogLimits) -> Logs {
-        Logs {
-            limits,
-            drainers: Default::default(),
-        }
+        Logs { limits, drainers: Default::default() }
     }
 
     /// Before a container starts: the FIFO is opened and drained; returns the end the container gets as
@@ -115,10 +93,7 @@ impl Logs {
     pub fn attach(&self, id: &str, dir: &Path) -> Result<OwnedFd> {
         let (reader, writer) = open_fifo(dir)?;
         let drainer = Drainer::spawn(dir, reader, self.limits)?;
-        self.drainers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), drainer);
+        self.drainers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), drainer);
         Ok(writer)
     }
 
@@ -129,21 +104,13 @@ impl Logs {
             return Ok(false);
         };
         let drainer = Drainer::spawn(dir, reader, self.limits)?;
-        self.drainers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), drainer);
+        self.drainers.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), drainer);
         Ok(true)
     }
 
     /// Waits until what the sandbox wrote so far is in its log file.
     pub async fn flush(&self, id: &str) {
-        let sender = self
-            .drainers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .map(|d| d.flush.clone());
+        let sender = self.drainers.lock().unwrap_or_else(|e| e.into_inner()).get(id).map(|d| d.flush.clone());
         if let Some(sender) = sender {
             flush_via(&sender).await;
         }
@@ -151,11 +118,7 @@ impl Logs {
 
     /// The sandbox's processes are gone (stop, delete): write what is left and stop draining.
     pub async fn detach(&self, id: &str) {
-        let drainer = self
-            .drainers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
+        let drainer = self.drainers.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         if let Some(d) = drainer {
             d.finish().await;
         }
@@ -178,8 +141,7 @@ pub struct Drainer {
 
 impl Drainer {
     pub fn spawn(dir: &Path, reader: OwnedFd, limits: LogLimits) -> Result<Drainer> {
-        let rx =
-            tokio::net::unix::pipe::Receiver::from_owned_fd(reader).ctx(dir.join(FIFO_FILE))?;
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(reader).ctx(dir.join(FIFO_FILE))?;
         let mut sink = Sink::open(dir, limits)?;
         let (flush, mut requests) = mpsc::channel::<oneshot::Sender<()>>(4);
         let task = tokio::spawn(async move {
@@ -283,10 +245,8 @@ struct Sink {
 
 impl Sink {
     fn open(dir: &Path, limits: LogLimits) -> Result<Sink> {
-        let limits = LogLimits {
-            max_bytes: limits.max_bytes.max(MIN_MAX_BYTES),
-            bytes_per_sec: limits.bytes_per_sec.max(1),
-        };
+        let limits =
+            LogLimits { max_bytes: limits.max_bytes.max(MIN_MAX_BYTES), bytes_per_sec: limits.bytes_per_sec.max(1) };
         let mut sink = Sink {
             dir: dir.to_path_buf(),
             file: None,
@@ -387,10 +347,7 @@ impl Sink {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Splits a stored record into (stamp, text); a line without a stamp (old format) gets 0.
@@ -400,19 +357,11 @@ fn parse(record: &[u8]) -> LogLine {
         && sp > 0
         && sp <= 16
         && record[..sp].iter().all(u8::is_ascii_digit)
-        && let Ok(ms) = std::str::from_utf8(&record[..sp])
-            .unwrap_or("x")
-            .parse::<i64>()
+        && let Ok(ms) = std::str::from_utf8(&record[..sp]).unwrap_or("x").parse::<i64>()
     {
-        return LogLine {
-            unix_ms: ms,
-            line: text(&record[sp + 1..]),
-        };
+        return LogLine { unix_ms: ms, line: text(&record[sp + 1..]) };
     }
-    LogLine {
-        unix_ms: 0,
-        line: text(record),
-    }
+    LogLine { unix_ms: 0, line: text(record) }
 }
 
 /// Calls `f` for every stored line, oldest first (rotated file, then the current one). Reads at most the last
@@ -436,10 +385,7 @@ fn for_each_line(dir: &Path, mut f: impl FnMut(LogLine) -> bool) -> Result<()> {
         let mut record = Vec::new();
         loop {
             record.clear();
-            let n = (&mut reader)
-                .take(MAX_LINE as u64 + 32)
-                .read_until(b'\n', &mut record)
-                .ctx(&path)?;
+            let n = (&mut reader).take(MAX_LINE as u64 + 32).read_until(b'\n', &mut record).ctx(&path)?;
             if n == 0 {
                 break;
             }
@@ -500,13 +446,7 @@ impl crate::Runtime {
     /// `limit` of `GET /sandboxes/{id}/logs`). Works for stopped sandboxes too; memory stays bounded by the cap.
     pub async fn logs(&self, id: &str, start_ms: i64, limit: usize) -> Result<Vec<LogLine>> {
         crate::config::check_id(id)?;
-        if !self
-            .inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
-        {
+        if !self.inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id) {
             return Err(Error::NotFound(id.into()));
         }
         let dir = self.inner.dir(id);

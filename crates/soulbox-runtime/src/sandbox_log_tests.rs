@@ -1,16 +1,10 @@
 use super::*;
 
-const WIDE_OPEN: LogLimits = LogLimits {
-    max_bytes: 64 * 1024,
-    bytes_per_sec: u64::MAX,
-};
+const WIDE_OPEN: LogLimits = LogLimits { max_bytes: 64 * 1024, bytes_per_sec: u64::MAX };
 
 /// A second, blocking writer on the FIFO — what `open("/proc/1/fd/2")` inside the sandbox gets.
 fn reopen_writer(dir: &Path) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.join(FIFO_FILE))
-        .unwrap()
+    std::fs::OpenOptions::new().write(true).open(dir.join(FIFO_FILE)).unwrap()
 }
 
 #[test]
@@ -28,11 +22,7 @@ fn the_containers_write_end_never_blocks() {
         }
         assert!(written < 64 << 20, "the FIFO never filled up");
     };
-    assert_eq!(
-        err.kind(),
-        std::io::ErrorKind::WouldBlock,
-        "after {written} bytes: {err}"
-    );
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "after {written} bytes: {err}");
     let mode = std::fs::symlink_metadata(dir.path().join(FIFO_FILE)).unwrap();
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     assert!(mode.file_type().is_fifo());
@@ -56,11 +46,7 @@ async fn a_flood_stays_within_twice_the_cap_and_keeps_the_newest_lines() {
     .unwrap();
     drop(writer);
     drainer.flush().await;
-    let size = |name: &str| {
-        std::fs::metadata(dir.path().join(name))
-            .map(|m| m.len())
-            .unwrap_or(0)
-    };
+    let size = |name: &str| std::fs::metadata(dir.path().join(name)).map(|m| m.len()).unwrap_or(0);
     assert!(
         size(LOG_FILE) <= 64 * 1024 && size(ROTATED_FILE) <= 64 * 1024,
         "{} + {}",
@@ -69,26 +55,11 @@ async fn a_flood_stays_within_twice_the_cap_and_keeps_the_newest_lines() {
     );
     let lines = read(dir.path(), 0, usize::MAX).unwrap();
     assert!(lines.len() > 500, "{} lines kept", lines.len());
-    assert!(
-        lines.last().unwrap().line.starts_with("line 039999 "),
-        "{:?}",
-        lines.last()
-    );
-    let numbers: Vec<u32> = lines
-        .iter()
-        .map(|l| l.line[5..11].parse().unwrap())
-        .collect();
-    assert!(
-        numbers.windows(2).all(|w| w[1] == w[0] + 1),
-        "lines kept out of order or with gaps"
-    );
+    assert!(lines.last().unwrap().line.starts_with("line 039999 "), "{:?}", lines.last());
+    let numbers: Vec<u32> = lines.iter().map(|l| l.line[5..11].parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "lines kept out of order or with gaps");
     let now = now_ms();
-    assert!(
-        lines
-            .iter()
-            .all(|l| (now - 60_000..=now).contains(&l.unix_ms)),
-        "host stamps"
-    );
+    assert!(lines.iter().all(|l| (now - 60_000..=now).contains(&l.unix_ms)), "host stamps");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,23 +87,12 @@ async fn a_restarted_runtime_drains_the_same_fifo_again() {
     let first = Drainer::spawn(dir.path(), reader, WIDE_OPEN).unwrap();
     envd.write_all(b"before the restart\n").unwrap();
     first.finish().await; // the runtime goes away: no reader
-    assert_eq!(
-        envd.write(b"while nobody reads\n")
-            .unwrap_err()
-            .raw_os_error(),
-        Some(libc::EPIPE)
-    );
-    let reader = open_reader(dir.path())
-        .unwrap()
-        .expect("the FIFO is still there");
+    assert_eq!(envd.write(b"while nobody reads\n").unwrap_err().raw_os_error(), Some(libc::EPIPE));
+    let reader = open_reader(dir.path()).unwrap().expect("the FIFO is still there");
     let second = Drainer::spawn(dir.path(), reader, WIDE_OPEN).unwrap();
     envd.write_all(b"after the restart\n").unwrap();
     second.flush().await;
-    let lines: Vec<String> = read(dir.path(), 0, 10)
-        .unwrap()
-        .into_iter()
-        .map(|l| l.line)
-        .collect();
+    let lines: Vec<String> = read(dir.path(), 0, 10).unwrap().into_iter().map(|l| l.line).collect();
     assert_eq!(lines, ["before the restart", "after the restart"]);
     assert!(open_reader(&dir.path().join("missing")).unwrap().is_none());
 }
@@ -141,47 +101,23 @@ async fn a_restarted_runtime_drains_the_same_fifo_again() {
 fn read_filters_by_start_and_limit_and_tolerates_old_lines() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(ROTATED_FILE), "100 a\n200 b\n").unwrap();
-    std::fs::write(
-        dir.path().join(LOG_FILE),
-        "300 c\n2026-12-06T03:00:00Z old format\n400 d\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(LOG_FILE), "300 c\n2026-12-06T03:00:00Z old format\n400 d\n").unwrap();
     let got = |start, limit| {
-        read(dir.path(), start, limit)
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.unix_ms, l.line))
-            .collect::<Vec<_>>()
+        read(dir.path(), start, limit).unwrap().into_iter().map(|l| (l.unix_ms, l.line)).collect::<Vec<_>>()
     };
-    assert_eq!(
-        got(150, 2),
-        [(200, "b".to_string()), (300, "c".to_string())]
-    );
+    assert_eq!(got(150, 2), [(200, "b".to_string()), (300, "c".to_string())]);
     assert_eq!(got(0, 100).len(), 5);
-    assert_eq!(
-        got(0, 100)[3],
-        (0, "2026-12-06T03:00:00Z old format".to_string())
-    );
+    assert_eq!(got(0, 100)[3], (0, "2026-12-06T03:00:00Z old format".to_string()));
     assert_eq!(got(350, 100), [(400, "d".to_string())]);
     assert!(got(0, 0).is_empty());
     assert_eq!(tail(dir.path(), 6), "d\n");
-    assert_eq!(
-        tail(dir.path(), 1000),
-        "a\nb\nc\n2026-12-06T03:00:00Z old format\nd\n"
-    );
+    assert_eq!(tail(dir.path(), 1000), "a\nb\nc\n2026-12-06T03:00:00Z old format\nd\n");
 }
 
 #[tokio::test(start_paused = true)]
 async fn host_writes_are_paced_per_second() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sink = Sink::open(
-        dir.path(),
-        LogLimits {
-            max_bytes: 1 << 20,
-            bytes_per_sec: 100,
-        },
-    )
-    .unwrap();
+    let mut sink = Sink::open(dir.path(), LogLimits { max_bytes: 1 << 20, bytes_per_sec: 100 }).unwrap();
     assert_eq!(sink.over_budget(), None);
     sink.push(&[b'z'; 150]);
     sink.push(b"\n");

@@ -32,8 +32,8 @@
 //! the newest one in the profile, so the list may name syscalls the host's libseccomp lacks.
 use crate::error::{Error, Result};
 use oci_spec::runtime::{
-    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder,
-    LinuxSeccompBuilder, LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArg, LinuxSeccompArgBuilder, LinuxSeccompBuilder,
+    LinuxSeccompOperator, LinuxSyscall, LinuxSyscallBuilder,
 };
 
 /// Allowed unconditionally (x86_64 names; arch-specific ones are added by [`arch_allowed`]).
@@ -81,14 +81,9 @@ pub const ALLOWED: &[&str] = &[
 fn arch_allowed() -> &'static [&'static str] {
     match std::env::consts::ARCH {
         "x86_64" => &["arch_prctl", "modify_ldt"],
-        "aarch64" => &[
-            "arm_fadvise64_64",
-            "arm_sync_file_range",
-            "sync_file_range2",
-            "breakpoint",
-            "cacheflush",
-            "set_tls",
-        ],
+        "aarch64" => {
+            &["arm_fadvise64_64", "arm_sync_file_range", "sync_file_range2", "breakpoint", "cacheflush", "set_tls"]
+        }
         _ => &[],
     }
 }
@@ -122,26 +117,14 @@ fn oci<E: std::fmt::Display>(e: E) -> Error {
     Error::Oci(e.to_string())
 }
 
-fn arg(
-    index: usize,
-    op: LinuxSeccompOperator,
-    value: u64,
-    value_two: u64,
-) -> Result<LinuxSeccompArg> {
-    LinuxSeccompArgBuilder::default()
-        .index(index)
-        .op(op)
-        .value(value)
-        .value_two(value_two)
-        .build()
-        .map_err(oci)
+fn arg(index: usize, op: LinuxSeccompOperator, value: u64, value_two: u64) -> Result<LinuxSeccompArg> {
+    LinuxSeccompArgBuilder::default().index(index).op(op).value(value).value_two(value_two).build().map_err(oci)
 }
 
 /// One rule; `errno` None = allow. Each rule takes at most one condition: libseccomp cannot
 /// combine two comparisons of the same argument in one rule, and rules of a syscall are ORed.
 fn rule(names: &[&str], errno: Option<u32>, cond: Option<LinuxSeccompArg>) -> Result<LinuxSyscall> {
-    let mut b = LinuxSyscallBuilder::default()
-        .names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let mut b = LinuxSyscallBuilder::default().names(names.iter().map(|s| s.to_string()).collect::<Vec<_>>());
     b = match errno {
         None => b.action(LinuxSeccompAction::ScmpActAllow),
         Some(e) => b.action(LinuxSeccompAction::ScmpActErrno).errno_ret(e),
@@ -180,19 +163,11 @@ fn refuse_other_families(syscall: &str, allowed: &[u64]) -> Result<Vec<LinuxSysc
         {
             size *= 2;
         }
-        let cond = if size == 1 {
-            eq(0, family)?
-        } else {
-            masked(0, !(size - 1) & 0xffff_ffff, family)?
-        };
+        let cond = if size == 1 { eq(0, family)? } else { masked(0, !(size - 1) & 0xffff_ffff, family)? };
         rules.push(rule(&[syscall], Some(EAFNOSUPPORT), cond)?);
         family += size;
     }
-    rules.push(rule(
-        &[syscall],
-        Some(EAFNOSUPPORT),
-        arg(0, LinuxSeccompOperator::ScmpCmpGt, max, 0).map(Some)?,
-    )?);
+    rules.push(rule(&[syscall], Some(EAFNOSUPPORT), arg(0, LinuxSeccompOperator::ScmpCmpGt, max, 0).map(Some)?)?);
     Ok(rules)
 }
 
@@ -212,11 +187,7 @@ pub fn default_profile() -> Result<LinuxSeccomp> {
     }
     // No new namespaces: a new user namespace is the usual way to regain capabilities.
     syscalls.push(rule(&["clone"], None, masked(0, CLONE_NAMESPACES, 0)?)?);
-    syscalls.push(rule(
-        &["unshare"],
-        None,
-        masked(0, CLONE_NAMESPACES | CLONE_NEWTIME, 0)?,
-    )?);
+    syscalls.push(rule(&["unshare"], None, masked(0, CLONE_NAMESPACES | CLONE_NEWTIME, 0)?)?);
     syscalls.push(rule(&["clone3"], Some(ENOSYS), None)?);
     LinuxSeccompBuilder::default()
         .default_action(LinuxSeccompAction::ScmpActErrno)
@@ -243,22 +214,13 @@ mod tests {
                 Some(args) => args.iter().all(|a| match a.op() {
                     LinuxSeccompOperator::ScmpCmpEq => family == a.value(),
                     LinuxSeccompOperator::ScmpCmpGt => family > a.value(),
-                    LinuxSeccompOperator::ScmpCmpMaskedEq => {
-                        family & a.value() == a.value_two().unwrap_or(0)
-                    }
+                    LinuxSeccompOperator::ScmpCmpMaskedEq => family & a.value() == a.value_two().unwrap_or(0),
                     _ => false,
                 }),
             };
             if matches {
-                let v = if r.action() == LinuxSeccompAction::ScmpActAllow {
-                    "allow"
-                } else {
-                    "eafnosupport"
-                };
-                assert!(
-                    verdict == "default" || verdict == v,
-                    "{syscall}({family}) matches conflicting rules"
-                );
+                let v = if r.action() == LinuxSeccompAction::ScmpActAllow { "allow" } else { "eafnosupport" };
+                assert!(verdict == "default" || verdict == v, "{syscall}({family}) matches conflicting rules");
                 verdict = v;
             }
         }
@@ -269,22 +231,10 @@ mod tests {
     fn socket_families_outside_the_allow_list_are_refused() {
         let p = default_profile().unwrap();
         for family in 0..64u64 {
-            let want = if ALLOWED_SOCKET_FAMILIES.contains(&family) {
-                "allow"
-            } else {
-                "eafnosupport"
-            };
-            assert_eq!(
-                classify(&p, "socket", family),
-                want,
-                "socket family {family}"
-            );
+            let want = if ALLOWED_SOCKET_FAMILIES.contains(&family) { "allow" } else { "eafnosupport" };
+            assert_eq!(classify(&p, "socket", family), want, "socket family {family}");
             let want = if family == 1 { "allow" } else { "eafnosupport" };
-            assert_eq!(
-                classify(&p, "socketpair", family),
-                want,
-                "socketpair family {family}"
-            );
+            assert_eq!(classify(&p, "socketpair", family), want, "socketpair family {family}");
         }
         // AF_VSOCK 40, AF_PACKET 17, AF_ALG 38, AF_BLUETOOTH 31, AF_XDP 44; a value with high bits set.
         for family in [40, 17, 38, 31, 44, 0x1_0000_0002] {
@@ -296,10 +246,7 @@ mod tests {
     fn escape_paths_are_not_allowed() {
         let p = default_profile().unwrap();
         let rules = p.syscalls().as_ref().unwrap();
-        let named: Vec<&str> = rules
-            .iter()
-            .flat_map(|r| r.names().iter().map(String::as_str))
-            .collect();
+        let named: Vec<&str> = rules.iter().flat_map(|r| r.names().iter().map(String::as_str)).collect();
         for denied in [
             "mount",
             "umount2",
@@ -349,10 +296,7 @@ mod tests {
         assert_eq!(p.default_errno_ret(), Some(EPERM));
         if std::env::consts::ARCH == "x86_64" {
             assert!(
-                !p.architectures()
-                    .as_ref()
-                    .unwrap()
-                    .contains(&Arch::ScmpArchX86),
+                !p.architectures().as_ref().unwrap().contains(&Arch::ScmpArchX86),
                 "32-bit x86 would bypass the socket filter"
             );
         }
@@ -363,24 +307,14 @@ mod tests {
         let p = default_profile().unwrap();
         let rules = p.syscalls().as_ref().unwrap();
         for name in ["clone", "unshare"] {
-            let r: Vec<_> = rules
-                .iter()
-                .filter(|r| r.names().iter().any(|n| n == name))
-                .collect();
+            let r: Vec<_> = rules.iter().filter(|r| r.names().iter().any(|n| n == name)).collect();
             assert_eq!(r.len(), 1, "{name}");
             let a = &r[0].args().as_ref().unwrap()[0];
             assert_eq!(a.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
-            assert_eq!(
-                a.value() & 0x1000_0000,
-                0x1000_0000,
-                "{name}: CLONE_NEWUSER not masked"
-            );
+            assert_eq!(a.value() & 0x1000_0000, 0x1000_0000, "{name}: CLONE_NEWUSER not masked");
             assert_eq!(a.value_two().unwrap_or(0), 0);
         }
-        let clone3: Vec<_> = rules
-            .iter()
-            .filter(|r| r.names().iter().any(|n| n == "clone3"))
-            .collect();
+        let clone3: Vec<_> = rules.iter().filter(|r| r.names().iter().any(|n| n == "clone3")).collect();
         assert_eq!(clone3[0].errno_ret(), Some(ENOSYS));
     }
 }

@@ -134,7 +134,8 @@ impl Store {
     }
     /// A fresh temp directory inside the layer store (same filesystem, so it can be renamed in).
     pub fn temp_layer(&self) -> Result<PathBuf> {
-        let p = self.root.join("layers").join(format!(".tmp-{}-{}", std::process::id(), crate::config::new_sandbox_id()));
+        let p =
+            self.root.join("layers").join(format!(".tmp-{}-{}", std::process::id(), crate::config::new_sandbox_id()));
         std::fs::create_dir_all(&p).ctx(&p)?;
         Ok(p)
     }
@@ -181,7 +182,8 @@ impl Store {
     fn lock(&self, name: &str) -> Result<std::fs::File> {
         let p = self.root.join("templates").join(format!(".{name}.lock"));
         let f = std::fs::File::create(&p).ctx(&p)?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::Io { path: p, source: e.into() })?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| Error::Io { path: p, source: e.into() })?;
         Ok(f)
     }
 
@@ -192,12 +194,15 @@ impl Store {
         let recipe_hash = hex(&Sha256::digest(recipe.as_bytes()));
         let _lock = self.lock("test")?;
         if let Ok(m) = self.get("test")
-            && m.recipe_hash == recipe_hash {
-                return Ok(m);
-            }
+            && m.recipe_hash == recipe_hash
+        {
+            return Ok(m);
+        }
         let tmp = self.temp_layer()?;
         let res = (|| -> Result<String> {
-            for d in ["bin", "etc", "tmp", "root", "home/user", "proc", "sys", "dev", "run", "var/tmp", ".soulbox", "code"] {
+            for d in
+                ["bin", "etc", "tmp", "root", "home/user", "proc", "sys", "dev", "run", "var/tmp", ".soulbox", "code"]
+            {
                 std::fs::create_dir_all(tmp.join(d)).ctx(tmp.join(d))?;
             }
             set_mode(&tmp.join("tmp"), 0o1777)?;
@@ -218,7 +223,10 @@ impl Store {
             std::fs::create_dir_all(tmp.join("usr")).ctx(tmp.join("usr"))?;
             std::os::unix::fs::symlink("../bin", tmp.join("usr/bin")).ctx(tmp.join("usr/bin"))?;
             let files = [
-                ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n"),
+                (
+                    "etc/passwd",
+                    "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+                ),
                 ("etc/group", "root:x:0:\nsudo:x:27:user\nuser:x:1000:\nnogroup:x:65534:\n"),
                 ("etc/hosts", "127.0.0.1 localhost\n"),
                 ("etc/hostname", "sandbox\n"),
@@ -269,10 +277,11 @@ impl Store {
             .await
             .map_err(|e| Error::TemplateBuild(e.to_string()))??;
         if let Ok(m) = self.get("base")
-            && m.recipe_hash == recipe_hash {
-                eprintln!("[template base] cached ({})", &recipe_hash[..12]);
-                return Ok(m);
-            }
+            && m.recipe_hash == recipe_hash
+        {
+            eprintln!("[template base] cached ({})", &recipe_hash[..12]);
+            return Ok(m);
+        }
         eprintln!("[template base] building with mmdebstrap (recipe {})", &recipe_hash[..12]);
         let tmp = self.temp_layer()?;
         // mmdebstrap wants to create/own the target directory itself.
@@ -280,7 +289,8 @@ impl Store {
         // In a private mount namespace: the /proc, /sys, /dev binds mmdebstrap makes inside the target vanish
         // with it, even when it is killed mid-build, so removing the temp layer can never walk into a mount of
         // the host's (a leftover bind of /dev/shm once cost a removal the host's shared memory).
-        let mut args: Vec<String> = ["--mount", "--propagation", "private", "--", "mmdebstrap"].map(String::from).to_vec();
+        let mut args: Vec<String> =
+            ["--mount", "--propagation", "private", "--", "mmdebstrap"].map(String::from).to_vec();
         args.extend(recipe_args(&recipe, &target));
         let res = run_progress("unshare", &args).await;
         if let Err(e) = res {
@@ -392,7 +402,9 @@ async fn run_progress(program: &str, args: &[String]) -> Result<()> {
 }
 
 pub fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || name.starts_with('.')
+    if name.is_empty()
+        || name.len() > 64
+        || name.starts_with('.')
         || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
     {
         return Err(Error::Invalid(format!("bad template name {name:?}")));

@@ -46,8 +46,7 @@ mod claims;
 pub use claims::{IdRanges, SharedRange};
 // The settings (mode, range space, defaults) are the config's; here under their old paths.
 pub use crate::config::{
-    DEFAULT_BASE, DEFAULT_CLAIMS_DIR, DEFAULT_RANGES, RANGE_SIZE, UsernsMode, ranges_needed,
-    validate,
+    DEFAULT_BASE, DEFAULT_CLAIMS_DIR, DEFAULT_RANGES, RANGE_SIZE, UsernsMode, ranges_needed, validate,
 };
 
 /// A sandbox's range: inside id `k` is host id `host_base + k`, for `k < size`.
@@ -64,18 +63,11 @@ pub struct IdRange {
 impl IdRange {
     /// The (per-sandbox) range of 65536 ids from `host_base`.
     pub fn at(host_base: u32) -> IdRange {
-        IdRange {
-            host_base,
-            size: RANGE_SIZE,
-            shared: false,
-        }
+        IdRange { host_base, size: RANGE_SIZE, shared: false }
     }
     /// The shared range of 65536 ids from `host_base`.
     pub fn shared_at(host_base: u32) -> IdRange {
-        IdRange {
-            shared: true,
-            ..IdRange::at(host_base)
-        }
+        IdRange { shared: true, ..IdRange::at(host_base) }
     }
     pub fn file(sandbox_dir: &Path) -> PathBuf {
         sandbox_dir.join("userns.json")
@@ -86,12 +78,8 @@ impl IdRange {
     }
     /// The range of a sandbox that must have one (given with its network).
     pub fn of_sandbox(sandbox_dir: &Path) -> Result<IdRange> {
-        Self::load(sandbox_dir).ok_or_else(|| {
-            Error::Invalid(format!(
-                "{} has no user namespace range",
-                sandbox_dir.display()
-            ))
-        })
+        Self::load(sandbox_dir)
+            .ok_or_else(|| Error::Invalid(format!("{} has no user namespace range", sandbox_dir.display())))
     }
     pub fn contains(&self, host_id: u32) -> bool {
         host_id >= self.host_base && (host_id as u64) < self.host_base as u64 + self.size as u64
@@ -176,17 +164,11 @@ pub fn check_files(userns: Option<&Userns>, sandbox_dir: &Path) -> Result<()> {
         return Ok(());
     }
     let how = |r: Option<IdRange>| match r {
-        Some(r) => format!(
-            "shifted into the shared user namespace range {:#x}",
-            r.host_base
-        ),
+        Some(r) => format!("shifted into the shared user namespace range {:#x}", r.host_base),
         None => "unshifted".to_string(),
     };
     let fix = match stored {
-        Some(r) => format!(
-            "userns_mode = \"shared\" with userns_base = {:#x}",
-            r.host_base
-        ),
+        Some(r) => format!("userns_mode = \"shared\" with userns_base = {:#x}", r.host_base),
         None => "userns_mode = \"per-sandbox\" (or user namespaces off)".to_string(),
     };
     Err(Error::Invalid(format!(
@@ -205,8 +187,7 @@ pub fn own_upper_root(upper: &Path, range: IdRange) -> Result<()> {
     std::fs::create_dir_all(upper).ctx(upper)?;
     let md = std::fs::symlink_metadata(upper).ctx(upper)?;
     if (md.uid(), md.gid()) == (0, 0) {
-        std::os::unix::fs::lchown(upper, Some(range.host_base), Some(range.host_base))
-            .ctx(upper)?;
+        std::os::unix::fs::lchown(upper, Some(range.host_base), Some(range.host_base)).ctx(upper)?;
     }
     Ok(())
 }
@@ -246,12 +227,7 @@ pub fn open(cfg: &crate::RuntimeConfig, store: &crate::template::Store) -> Resul
     if mode != UsernsMode::Shared {
         let ranges = IdRanges::new(cfg.userns_base, cfg.userns_ranges, &cfg.userns_claims_dir)?;
         let probe = with_temp_layer(store, |tmp| {
-            crate::idmap::probe(
-                tmp,
-                &cfg.sandboxes_dir(),
-                first,
-                std::os::fd::AsFd::as_fd(&ns),
-            )
+            crate::idmap::probe(tmp, &cfg.sandboxes_dir(), first, std::os::fd::AsFd::as_fd(&ns))
         });
         match probe {
             Ok(()) => {
@@ -305,10 +281,7 @@ pub fn open(cfg: &crate::RuntimeConfig, store: &crate::template::Store) -> Resul
 }
 
 /// `f` on a fresh temp dir of the store (removed afterwards).
-fn with_temp_layer(
-    store: &crate::template::Store,
-    f: impl FnOnce(&Path) -> Result<()>,
-) -> Result<()> {
+fn with_temp_layer(store: &crate::template::Store, f: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = store.temp_layer()?;
     let res = f(&tmp);
     let _ = std::fs::remove_dir_all(&tmp);
@@ -321,24 +294,22 @@ fn probe_shared(store_tmp: &Path, sandboxes_dir: &Path, range: IdRange) -> Resul
     use std::os::unix::fs::MetadataExt;
     let id = range.host_base + 1000;
     let work = sandboxes_dir.join(".userns-probe-shared");
-    let res = [store_tmp.to_path_buf(), work.clone()]
-        .iter()
-        .try_for_each(|dir| {
-            std::fs::create_dir_all(dir).ctx(dir)?;
-            let f = dir.join("probe");
-            std::fs::write(&f, "shared").ctx(&f)?;
-            std::os::unix::fs::lchown(&f, Some(id), Some(id)).ctx(&f)?;
-            let md = std::fs::symlink_metadata(&f).ctx(&f)?;
-            if (md.uid(), md.gid()) != (id, id) {
-                return Err(Error::Invalid(format!(
-                    "{} was given owner {id} but is owned by {}:{}",
-                    f.display(),
-                    md.uid(),
-                    md.gid()
-                )));
-            }
-            Ok(())
-        });
+    let res = [store_tmp.to_path_buf(), work.clone()].iter().try_for_each(|dir| {
+        std::fs::create_dir_all(dir).ctx(dir)?;
+        let f = dir.join("probe");
+        std::fs::write(&f, "shared").ctx(&f)?;
+        std::os::unix::fs::lchown(&f, Some(id), Some(id)).ctx(&f)?;
+        let md = std::fs::symlink_metadata(&f).ctx(&f)?;
+        if (md.uid(), md.gid()) != (id, id) {
+            return Err(Error::Invalid(format!(
+                "{} was given owner {id} but is owned by {}:{}",
+                f.display(),
+                md.uid(),
+                md.gid()
+            )));
+        }
+        Ok(())
+    });
     let _ = crate::util::remove_dir_all_idem(&work);
     res
 }
@@ -362,36 +333,18 @@ fn with_child<T>(flags: libc::c_int, f: impl FnOnce(libc::pid_t) -> Result<T>) -
     // SAFETY: the child runs nothing but pause(2) until it is killed: no allocation, no locks,
     // nothing that the fork of a multi-threaded process makes unsafe.
     let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD) as libc::c_ulong, 0usize, 0usize, 0usize, 0usize)
     };
     if pid == 0 {
         // SAFETY: async-signal-safe syscalls only. Should we die before killing the child, it goes too.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) };
         loop {
             // SAFETY: as above; the parent kills us.
             unsafe { libc::pause() };
         }
     }
     if pid < 0 {
-        return Err(Error::Io {
-            path: "clone(new namespaces)".into(),
-            source: std::io::Error::last_os_error(),
-        });
+        return Err(Error::Io { path: "clone(new namespaces)".into(), source: std::io::Error::last_os_error() });
     }
     let pid = pid as libc::pid_t;
     let res = f(pid);
@@ -442,17 +395,9 @@ pub fn create_namespaces(range: IdRange, userns_at: &Path, netns_at: &Path) -> R
 /// Bind-mount `/proc/<pid>/ns/<ns>` on a new empty file `at`.
 fn pin(pid: libc::pid_t, ns: &str, at: &Path) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(at)
-        .ctx(at)?;
+    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o444).open(at).ctx(at)?;
     let src = PathBuf::from(format!("/proc/{pid}/ns/{ns}"));
-    rustix::mount::mount_bind(&src, at).map_err(|e| Error::Io {
-        path: at.into(),
-        source: e.into(),
-    })
+    rustix::mount::mount_bind(&src, at).map_err(|e| Error::Io { path: at.into(), source: e.into() })
 }
 
 /// Undo [`pin`] (idempotent).
@@ -466,27 +411,16 @@ pub fn unpin(at: &Path) -> Result<()> {
 fn shared_mount_dir(dir: &Path) -> Result<()> {
     use rustix::mount::{MountPropagationFlags, mount_bind_recursive, mount_change};
     std::fs::create_dir_all(dir).ctx(dir)?;
-    let shared = || {
-        mount_change(
-            dir,
-            MountPropagationFlags::SHARED | MountPropagationFlags::REC,
-        )
-    };
+    let shared = || mount_change(dir, MountPropagationFlags::SHARED | MountPropagationFlags::REC);
     match shared() {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::INVAL) => {
             // not a mount point yet
             mount_bind_recursive(dir, dir)
                 .and_then(|()| shared())
-                .map_err(|e| Error::Io {
-                    path: dir.into(),
-                    source: e.into(),
-                })
+                .map_err(|e| Error::Io { path: dir.into(), source: e.into() })
         }
-        Err(e) => Err(Error::Io {
-            path: dir.into(),
-            source: e.into(),
-        }),
+        Err(e) => Err(Error::Io { path: dir.into(), source: e.into() }),
     }
 }
 

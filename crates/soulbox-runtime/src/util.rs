@@ -22,10 +22,11 @@ pub async fn run_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Res
     let cmdline = || format!("{} {}", program, args.join(" "));
     let mut child = cmd.spawn().map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
     if let Some(input) = stdin
-        && let Some(mut w) = child.stdin.take() {
-            w.write_all(input.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
-            drop(w);
-        }
+        && let Some(mut w) = child.stdin.take()
+    {
+        w.write_all(input.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
+        drop(w);
+    }
     let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmdline(), source })?;
     if !out.status.success() {
         return Err(Error::Command {
@@ -51,7 +52,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp");
     {
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).ctx(&tmp)?;
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).ctx(&tmp)?;
         // (a leftover temp file keeps its old mode through O_CREAT)
         f.set_permissions(std::fs::Permissions::from_mode(0o600)).ctx(&tmp)?;
         f.write_all(data).ctx(&tmp)?;
@@ -90,7 +92,14 @@ pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<()> {
 /// Creates (or truncates) a file with mode 0600, whatever the umask.
 pub fn create_private(path: &Path) -> Result<std::fs::File> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(path).ctx(path)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .ctx(path)?;
     f.set_permissions(std::fs::Permissions::from_mode(0o600)).ctx(path)?;
     Ok(f)
 }

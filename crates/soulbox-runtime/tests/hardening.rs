@@ -58,66 +58,31 @@ async fn etc_files_live_in_the_sandbox_and_follow_its_address() {
     cfg.dns = vec!["203.0.113.53".parse().unwrap()];
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let spec = SandboxSpec {
-        disk_mb: Some(32),
-        ..SandboxSpec::new("test")
-    };
+    let spec = SandboxSpec { disk_mb: Some(32), ..SandboxSpec::new("test") };
     let a = rt.create(spec.clone()).await.unwrap();
     let ip = a.ip.unwrap();
     let (_, out) = sh(rt, &a.id, "cat /etc/hostname /etc/resolv.conf /etc/hosts").await;
-    assert!(
-        out.starts_with(&format!("{}\nnameserver 203.0.113.53\n", a.id)),
-        "{out}"
-    );
-    assert_eq!(
-        out.matches(&format!("{ip}\t{}\t", a.id)).count(),
-        1,
-        "{out}"
-    );
+    assert!(out.starts_with(&format!("{}\nnameserver 203.0.113.53\n", a.id)), "{out}");
+    assert_eq!(out.matches(&format!("{ip}\t{}\t", a.id)).count(), 1, "{out}");
     // nothing of the host is mounted at these paths any more
-    let (_, out) = sh(
-        rt,
-        &a.id,
-        "grep -E ' /etc/(hosts|hostname|resolv.conf) ' /proc/self/mountinfo; echo end",
-    )
-    .await;
+    let (_, out) = sh(rt, &a.id, "grep -E ' /etc/(hosts|hostname|resolv.conf) ' /proc/self/mountinfo; echo end").await;
     assert_eq!(out.trim(), "end", "host files still bound: {out}");
 
     // the write that once landed 50 MB on the host fills the sandbox's own disk instead
-    let (_, out) = sh(
-        rt,
-        &a.id,
-        "dd if=/dev/zero bs=1M count=50 2>&1 >> /etc/hosts; echo rc=$?",
-    )
-    .await;
-    assert!(
-        out.contains("No space left on device") && !out.contains("rc=0"),
-        "{out}"
-    );
+    let (_, out) = sh(rt, &a.id, "dd if=/dev/zero bs=1M count=50 2>&1 >> /etc/hosts; echo rc=$?").await;
+    assert!(out.contains("No space left on device") && !out.contains("rc=0"), "{out}");
     let dir = rt.sandbox_dir(&a.id);
     for (path, bytes) in host_files(&dir) {
         if path.file_name().is_some_and(|n| n == "disk.img") {
             assert!(bytes <= 33 << 20, "{} holds {bytes} bytes", path.display());
         } else {
-            assert!(
-                bytes < 3 << 20,
-                "host file {} grew to {bytes} bytes",
-                path.display()
-            );
+            assert!(bytes < 3 << 20, "host file {} grew to {bytes} bytes", path.display());
         }
     }
     // records and the disk image are the runtime's alone (they hold the access token, the sandbox's files)
-    for name in [
-        "sandbox.json",
-        "net.json",
-        "config.json",
-        "disk.img",
-        "sandbox.log",
-        "sandbox.log.fifo",
-    ] {
+    for name in ["sandbox.json", "net.json", "config.json", "disk.img", "sandbox.log", "sandbox.log.fifo"] {
         use std::os::unix::fs::PermissionsExt;
-        let mode =
-            std::fs::symlink_metadata(dir.join(name)).map(|m| m.permissions().mode() & 0o777);
+        let mode = std::fs::symlink_metadata(dir.join(name)).map(|m| m.permissions().mode() & 0o777);
         assert_eq!(mode.ok(), Some(0o600), "{name}");
     }
     sh(rt, &a.id, "echo '10.9.9.9 db.internal' > /etc/hosts").await;
@@ -135,10 +100,7 @@ async fn etc_files_live_in_the_sandbox_and_follow_its_address() {
     if ip2 != ip {
         assert!(!out.contains(&format!("{ip}\t")), "{out}");
     }
-    assert!(
-        out.contains("10.9.9.9 db.internal") && out.matches("soulbox: this sandbox").count() == 1,
-        "{out}"
-    );
+    assert!(out.contains("10.9.9.9 db.internal") && out.matches("soulbox: this sandbox").count() == 1, "{out}");
     let (_, out) = sh(rt, &b.id, "cat /etc/hostname").await;
     assert_eq!(out.trim(), b.id);
 }
@@ -164,31 +126,14 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
     let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
     let listening = eventually(10, async || {
         let lines = h.rt().logs(&a.id, 0, 100).await.unwrap();
-        lines
-            .iter()
-            .any(|l| l.line.contains("envd listening"))
-            .then_some(lines)
+        lines.iter().any(|l| l.line.contains("envd listening")).then_some(lines)
     })
     .await
     .expect("envd's first line in the log");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    assert!(
-        listening
-            .iter()
-            .all(|l| (now - 60_000..=now).contains(&l.unix_ms)),
-        "{listening:?}"
-    );
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(listening.iter().all(|l| (now - 60_000..=now).contains(&l.unix_ms)), "{listening:?}");
     // start/limit: nothing from the future, at most `limit`
-    assert!(
-        h.rt()
-            .logs(&a.id, now + 60_000, 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(h.rt().logs(&a.id, now + 60_000, 100).await.unwrap().is_empty());
     assert!(h.rt().logs(&a.id, 0, 1).await.unwrap().len() == 1);
 
     // 20 MB into envd's stdout/stderr — through a second writer on the FIFO, as envd itself would write them (root
@@ -198,10 +143,7 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
     let flood = fifo.clone();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut w = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&flood)
-            .unwrap();
+        let mut w = std::fs::OpenOptions::new().write(true).open(&flood).unwrap();
         let line = [b"0123456789abcdef".repeat(4).as_slice(), b"\n"].concat();
         for _ in 0..(20_000_000 / line.len()) {
             w.write_all(&line).unwrap();
@@ -216,46 +158,17 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
         lines.iter().any(|l| l.line == "flood-done").then_some(())
     })
     .await;
-    assert!(
-        done.is_some(),
-        "the flood's last line never reached the log"
-    );
+    assert!(done.is_some(), "the flood's last line never reached the log");
     // (the disk image is the sandbox's own disk, limited by its size)
-    let total: u64 = host_files(&dir)
-        .iter()
-        .filter(|(p, _)| !p.ends_with("disk.img"))
-        .map(|(_, b)| b)
-        .sum();
-    assert!(
-        total < 512 * 1024,
-        "the sandbox dir holds {total} bytes: {:?}",
-        host_files(&dir)
-    );
-    for name in [
-        soulbox_runtime::sandbox_log::LOG_FILE,
-        soulbox_runtime::sandbox_log::ROTATED_FILE,
-    ] {
-        let len = std::fs::metadata(dir.join(name))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    let total: u64 = host_files(&dir).iter().filter(|(p, _)| !p.ends_with("disk.img")).map(|(_, b)| b).sum();
+    assert!(total < 512 * 1024, "the sandbox dir holds {total} bytes: {:?}", host_files(&dir));
+    for name in [soulbox_runtime::sandbox_log::LOG_FILE, soulbox_runtime::sandbox_log::ROTATED_FILE] {
+        let len = std::fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
         assert!(len <= 64 * 1024, "{name}: {len} bytes");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(dir.join(name))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o600,
-            "{name}"
-        );
+        assert_eq!(std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777, 0o600, "{name}");
     }
-    assert!(
-        health(&a, std::time::Duration::from_secs(2))
-            .await
-            .is_some(),
-        "envd stopped answering"
-    );
+    assert!(health(&a, std::time::Duration::from_secs(2)).await.is_some(), "envd stopped answering");
 
     // the runtime restarts ("crash" without cleanup): the re-adopted sandbox's log is drained again
     drop(h.rt.take());
@@ -267,20 +180,11 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
     }
     let found = eventually(10, async || {
         let lines = h.rt().logs(&a.id, 0, 100_000).await.unwrap();
-        lines
-            .iter()
-            .any(|l| l.line == "marker-after-restart")
-            .then_some(())
+        lines.iter().any(|l| l.line == "marker-after-restart").then_some(())
     })
     .await;
-    assert!(
-        found.is_some(),
-        "a line written after the restart never reached the log"
-    );
-    assert!(matches!(
-        h.rt().logs("nosuchsandbox", 0, 10).await,
-        Err(soulbox_runtime::Error::NotFound(_))
-    ));
+    assert!(found.is_some(), "a line written after the restart never reached the log");
+    assert!(matches!(h.rt().logs("nosuchsandbox", 0, 10).await, Err(soulbox_runtime::Error::NotFound(_))));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,31 +194,20 @@ async fn host_side_mounts_are_nosuid_nodev_and_setuid_still_works_inside() {
     let h = harness_with(image_config(63, 0)).await;
     h.base().await;
     let rt = h.rt();
-    let a = rt
-        .create(SandboxSpec {
-            disk_mb: Some(256),
-            ..SandboxSpec::new("base")
-        })
-        .await
-        .unwrap();
+    let a = rt.create(SandboxSpec { disk_mb: Some(256), ..SandboxSpec::new("base") }).await.unwrap();
     let dir = rt.sandbox_dir(&a.id);
     let flags = |p: &Path| rustix::fs::statvfs(p).unwrap().f_flag;
     let disk = flags(&soulbox_runtime::disk_image::mount_dir(&dir));
-    assert!(
-        disk.contains(F::NOSUID | F::NODEV),
-        "the sandbox's disk is mounted {disk:?} on the host"
-    );
+    assert!(disk.contains(F::NOSUID | F::NODEV), "the sandbox's disk is mounted {disk:?} on the host");
     let root = flags(&dir.join("rootfs"));
-    assert!(
-        root.contains(F::NODEV),
-        "the overlay is mounted {root:?} on the host"
-    );
+    assert!(root.contains(F::NODEV), "the overlay is mounted {root:?} on the host");
     // A setuid binary written into the sandbox's own disk (a copy-up into the nosuid image) still works inside:
     // the sandbox executes it through the overlay, whose flags are the ones that count.
-    let (code, out) = sh(rt, &a.id, "cp -p /usr/bin/sudo /usr/local/bin/sudo-copy && chmod 4755 /usr/local/bin/sudo-copy && echo ok").await;
+    let (code, out) =
+        sh(rt, &a.id, "cp -p /usr/bin/sudo /usr/local/bin/sudo-copy && chmod 4755 /usr/local/bin/sudo-copy && echo ok")
+            .await;
     assert_eq!((code, out.trim()), (0, "ok"));
-    let (code, out, err) =
-        run_user(rt, &a, "sudo -n id -u; /usr/local/bin/sudo-copy -n id -u").await;
+    let (code, out, err) = run_user(rt, &a, "sudo -n id -u; /usr/local/bin/sudo-copy -n id -u").await;
     assert_eq!((code, out.as_str()), (0, "0\n0\n"), "{err}");
 }
 
@@ -323,50 +216,18 @@ async fn disk_and_inode_exhaustion_stay_inside_the_sandbox() {
     root_or_skip!("disk_and_inode_exhaustion_stay_inside_the_sandbox");
     let h = harness_with(image_config(64, 0)).await;
     let rt = h.rt();
-    let a = rt
-        .create(SandboxSpec {
-            disk_mb: Some(32),
-            ..SandboxSpec::new("test")
-        })
-        .await
-        .unwrap();
-    let b = rt
-        .create(SandboxSpec {
-            disk_mb: Some(32),
-            ..SandboxSpec::new("test")
-        })
-        .await
-        .unwrap();
+    let a = rt.create(SandboxSpec { disk_mb: Some(32), ..SandboxSpec::new("test") }).await.unwrap();
+    let b = rt.create(SandboxSpec { disk_mb: Some(32), ..SandboxSpec::new("test") }).await.unwrap();
     // every inode of its disk: creating files stops with ENOSPC inside
     let (_, out) = sh(rt, &a.id, "mkdir /var/many; i=0; while touch /var/many/f$i 2>/dev/null; do i=$((i+1)); done; echo files=$i; touch /var/one 2>&1").await;
-    let files: u64 = out
-        .split("files=")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(
-        (1000..4096).contains(&files) && out.contains("No space left on device"),
-        "{out}"
-    );
+    let files: u64 =
+        out.split("files=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!((1000..4096).contains(&files) && out.contains("No space left on device"), "{out}");
     // then every block
-    let (_, out) = sh(
-        rt,
-        &a.id,
-        "rm -rf /var/many; dd if=/dev/zero of=/var/big bs=1M count=64 2>&1; echo rc=$?",
-    )
-    .await;
-    assert!(
-        out.contains("No space left on device") && !out.contains("rc=0"),
-        "{out}"
-    );
+    let (_, out) = sh(rt, &a.id, "rm -rf /var/many; dd if=/dev/zero of=/var/big bs=1M count=64 2>&1; echo rc=$?").await;
+    assert!(out.contains("No space left on device") && !out.contains("rc=0"), "{out}");
     // the sandbox's agent, its neighbour and the host are unaffected
-    assert!(
-        health(&a, std::time::Duration::from_secs(2))
-            .await
-            .is_some(),
-        "envd of the full sandbox"
-    );
+    assert!(health(&a, std::time::Duration::from_secs(2)).await.is_some(), "envd of the full sandbox");
     let (code, out) = sh(rt, &b.id, "mkdir /var/many && for i in 1 2 3 4 5 6 7 8 9 10; do touch /var/many/f$i; done && dd if=/dev/zero of=/var/big bs=1M count=8 2>&1; echo rc=$?").await;
     assert!(code == 0 && out.contains("rc=0"), "the neighbour: {out}");
     let probe = h.cfg.data_dir.join("host-probe");
@@ -382,10 +243,7 @@ async fn envd_as(info: &soulbox_runtime::SandboxInfo, user: &str, cmd: &str, tim
     use base64::Engine;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let b64 = base64::engine::general_purpose::STANDARD;
-    let body = serde_json::to_vec(
-        &serde_json::json!({"process": {"cmd": "/bin/bash", "args": ["-lc", cmd]}}),
-    )
-    .unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({"process": {"cmd": "/bin/bash", "args": ["-lc", cmd]}})).unwrap();
     let mut envelope = vec![0u8];
     envelope.extend_from_slice(&(body.len() as u32).to_be_bytes());
     envelope.extend_from_slice(&body);
@@ -402,23 +260,14 @@ async fn envd_as(info: &soulbox_runtime::SandboxInfo, user: &str, cmd: &str, tim
         s.read_to_end(&mut raw).await.unwrap();
         raw
     };
-    let raw = tokio::time::timeout(std::time::Duration::from_secs(timeout_s), exchange)
-        .await
-        .expect("command timed out");
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("http response")
-        + 4;
-    let (headers, mut body) = (
-        String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase(),
-        raw[split..].to_vec(),
-    );
+    let raw =
+        tokio::time::timeout(std::time::Duration::from_secs(timeout_s), exchange).await.expect("command timed out");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("http response") + 4;
+    let (headers, mut body) = (String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase(), raw[split..].to_vec());
     if headers.contains("transfer-encoding: chunked") {
         let (mut out, mut i) = (Vec::new(), 0);
         while let Some(p) = body[i..].windows(2).position(|w| w == b"\r\n") {
-            let len =
-                usize::from_str_radix(String::from_utf8_lossy(&body[i..i + p]).trim(), 16).unwrap();
+            let len = usize::from_str_radix(String::from_utf8_lossy(&body[i..i + p]).trim(), 16).unwrap();
             i += p + 2;
             if len == 0 {
                 break;
@@ -431,8 +280,7 @@ async fn envd_as(info: &soulbox_runtime::SandboxInfo, user: &str, cmd: &str, tim
     let (mut out, mut code, mut i) = (Vec::new(), -1i64, 0);
     while i + 5 <= body.len() {
         let len = u32::from_be_bytes(body[i + 1..i + 5].try_into().unwrap()) as usize;
-        let msg: serde_json::Value =
-            serde_json::from_slice(&body[i + 5..i + 5 + len]).unwrap_or_default();
+        let msg: serde_json::Value = serde_json::from_slice(&body[i + 5..i + 5 + len]).unwrap_or_default();
         i += 5 + len;
         let ev = &msg["event"];
         for stream in ["stdout", "stderr"] {
@@ -463,18 +311,8 @@ async fn everyday_tools_work_under_the_profile() {
         rc=$?; tail -5 /tmp/apt.log; echo apt-rc=$rc";
     let (_, out) = envd_as(&a, "root", install, 900).await;
     assert!(out.contains("apt-rc=0"), "apt-get as root: {out}");
-    let (code, out) = envd_as(
-        &a,
-        "root",
-        "sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status",
-        30,
-    )
-    .await;
-    assert_eq!(
-        (code, out.trim()),
-        (0, "1"),
-        "root's commands run with no_new_privs"
-    );
+    let (code, out) = envd_as(&a, "root", "sed -n 's/^NoNewPrivs:[[:space:]]*//p' /proc/self/status", 30).await;
+    assert_eq!((code, out.trim()), (0, "1"), "root's commands run with no_new_privs");
     let script = r#"set -e
         cd /tmp
         ping -c1 -W5 127.0.0.1 >/dev/null && echo ping-ok
@@ -493,16 +331,7 @@ async fn everyday_tools_work_under_the_profile() {
     "#;
     let (code, out) = envd_as(&a, "user", script, 300).await;
     assert_eq!(code, 0, "{out}");
-    for want in [
-        "ping-ok",
-        "\n0\n",
-        "su-ok 0",
-        "gcc-ok",
-        "git-ok",
-        "pip-ok 42",
-        "node-ok 42",
-        "npm-ok 42",
-    ] {
+    for want in ["ping-ok", "\n0\n", "su-ok 0", "gcc-ok", "git-ok", "pip-ok 42", "node-ok 42", "npm-ok 42"] {
         assert!(out.contains(want), "missing {want:?} in {out}");
     }
 }

@@ -20,13 +20,7 @@ macro_rules! root_or_skip {
 /// SIGKILL every process of the sandbox from the host (its PID 1 dies, the pid namespace with it),
 /// and wait for that death through a pidfd.
 async fn kill_sandbox_processes(rt: &Runtime, id: &str) {
-    let pid = rt
-        .driver()
-        .state(id)
-        .await
-        .unwrap()
-        .expect("container state")
-        .pid as libc::pid_t;
+    let pid = rt.driver().state(id).await.unwrap().expect("container state").pid as libc::pid_t;
     assert!(pid > 0);
     // SAFETY: pidfd_open on a pid we just read; the fd is closed below.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
@@ -34,11 +28,7 @@ async fn kill_sandbox_processes(rt: &Runtime, id: &str) {
     // SAFETY: kill(2) of the sandbox's init, which this test owns.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let died = tokio::task::spawn_blocking(move || {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut p, 1, 30_000) };
         // SAFETY: our own descriptor.
@@ -58,10 +48,7 @@ async fn wait_instance_gone(cfg: &soulbox_runtime::RuntimeConfig) {
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).unwrap();
     });
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .expect("the old instance kept its lock")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("the old instance kept its lock").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,25 +67,12 @@ async fn dead_sandbox_address_is_not_handed_out() {
     h.rt = Some(Runtime::open(h.cfg.clone()).await.unwrap());
     let rt = h.rt();
     let info = rt.info(&dead.id).await.unwrap();
-    assert_eq!(
-        info.status,
-        Status::Stopped,
-        "a dead sandbox is kept as stopped"
-    );
-    assert_eq!(
-        rt.address(&dead.id),
-        None,
-        "no traffic is routed to a dead sandbox"
-    );
+    assert_eq!(info.status, Status::Stopped, "a dead sandbox is kept as stopped");
+    assert_eq!(rt.address(&dead.id), None, "no traffic is routed to a dead sandbox");
     let mut others = Vec::new();
     for _ in 0..6 {
         let s = rt.create(SandboxSpec::new("test")).await.unwrap();
-        assert_ne!(
-            s.ip,
-            Some(dead_ip),
-            "the dead sandbox's address was handed to {}",
-            s.id
-        );
+        assert_ne!(s.ip, Some(dead_ip), "the dead sandbox's address was handed to {}", s.id);
         others.push(s);
     }
     // It keeps its address across start, and it is a sandbox again.
@@ -109,11 +83,7 @@ async fn dead_sandbox_address_is_not_handed_out() {
     rt.stop(&dead.id).await.unwrap();
     assert_eq!(rt.address(&dead.id), None);
     let s = rt.create(SandboxSpec::new("test")).await.unwrap();
-    assert_ne!(
-        s.ip,
-        Some(dead_ip),
-        "a stopped sandbox's address was handed out"
-    );
+    assert_ne!(s.ip, Some(dead_ip), "a stopped sandbox's address was handed out");
     rt.delete(&dead.id).await.unwrap();
     // Deleted, it is free again: a node without a warm pool hands out the lowest free address.
     drop(h.rt.take());
@@ -122,11 +92,7 @@ async fn dead_sandbox_address_is_not_handed_out() {
     no_pool.pool_size = 0;
     h.rt = Some(Runtime::open(no_pool).await.unwrap());
     let s = h.rt().create(SandboxSpec::new("test")).await.unwrap();
-    assert_eq!(
-        s.ip,
-        Some(dead_ip),
-        "a deleted sandbox's address is free again"
-    );
+    assert_eq!(s.ip, Some(dead_ip), "a deleted sandbox's address is free again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,34 +101,22 @@ async fn addresses_named_by_records_are_reserved() {
     let mut cfg = config(75);
     cfg.pool_size = 2;
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
-    store
-        .ensure_test_template(std::path::Path::new("/bin/busybox"))
-        .unwrap();
+    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
     // The lowest addresses of the pool, as a control plane's stale records would name them.
-    let stale: Vec<(String, Ipv4Addr)> = [2u8, 3]
-        .iter()
-        .map(|i| (format!("gone{i}"), Ipv4Addr::new(10, 77, 75, *i)))
-        .collect();
+    let stale: Vec<(String, Ipv4Addr)> =
+        [2u8, 3].iter().map(|i| (format!("gone{i}"), Ipv4Addr::new(10, 77, 75, *i))).collect();
     let rt = Runtime::open_reserving(cfg.clone(), &stale).await.unwrap();
     let h = Harness { rt: Some(rt), cfg };
     let rt = h.rt();
     for _ in 0..3 {
         let s = rt.create(SandboxSpec::new("test")).await.unwrap();
-        assert!(
-            !stale.iter().any(|(_, ip)| Some(*ip) == s.ip),
-            "{:?} was reserved",
-            s.ip
-        );
+        assert!(!stale.iter().any(|(_, ip)| Some(*ip) == s.ip), "{:?} was reserved", s.ip);
     }
     let s = rt.create(SandboxSpec::new("test")).await.unwrap();
     // A reservation of an address another sandbox holds is a conflict, reported back.
     let conflicts = rt.set_reserved_addresses(&[("someone-else".into(), s.ip.unwrap())]);
     assert_eq!(conflicts, vec![("someone-else".to_string(), s.ip.unwrap())]);
-    assert!(
-        rt.set_reserved_addresses(&[(s.id.clone(), s.ip.unwrap())])
-            .is_empty(),
-        "its own record names it"
-    );
+    assert!(rt.set_reserved_addresses(&[(s.id.clone(), s.ip.unwrap())]).is_empty(), "its own record names it");
 }
 
 fn table_exists(table: &str) -> bool {
@@ -180,21 +134,13 @@ async fn failed_open_and_close_leave_nothing() {
     root_or_skip!("failed_open_and_close_leave_nothing");
     let mut cfg = config(76);
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
-    store
-        .ensure_test_template(std::path::Path::new("/bin/busybox"))
-        .unwrap();
+    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
     // A pool of one address and a warm pool of three: open fails after making a slot.
     cfg.pool_prefix_len = 30;
     cfg.pool_net = Ipv4Addr::new(10, 77, 76, 0);
     cfg.pool_size = 3;
-    let err = Runtime::open(cfg.clone())
-        .await
-        .err()
-        .expect("open must fail");
-    assert!(
-        matches!(err, soulbox_runtime::Error::PoolExhausted),
-        "{err}"
-    );
+    let err = Runtime::open(cfg.clone()).await.err().expect("open must fail");
+    assert!(matches!(err, soulbox_runtime::Error::PoolExhausted), "{err}");
     assert_eq!(leftovers(&cfg).await, Vec::<String>::new());
     assert!(!table_exists(&cfg.nft_table()), "the firewall table stayed");
     assert!(soulbox_runtime::cgroup::children(&cfg.cgroup_parent()).is_empty());
@@ -203,10 +149,7 @@ async fn failed_open_and_close_leave_nothing() {
     let mut bad = config(76);
     bad.runtime_bin = "/nonexistent/runc".into();
     bad.pool_size = 2;
-    let err = Runtime::open(bad.clone())
-        .await
-        .err()
-        .expect("open must fail");
+    let err = Runtime::open(bad.clone()).await.err().expect("open must fail");
     assert!(err.to_string().contains("/nonexistent/runc"), "{err}");
     assert_eq!(leftovers(&bad).await, Vec::<String>::new());
     assert!(!table_exists(&bad.nft_table()));
@@ -218,15 +161,8 @@ async fn failed_open_and_close_leave_nothing() {
     let rt = Runtime::open(ok.clone()).await.unwrap();
     let s = rt.create(SandboxSpec::new("test")).await.unwrap();
     rt.close().await.unwrap();
-    assert!(
-        table_exists(&ok.nft_table()),
-        "closing with a running sandbox removed its firewall"
-    );
-    assert_eq!(
-        sh(&rt, &s.id, "echo alive").await.1.trim(),
-        "alive",
-        "the sandbox keeps running"
-    );
+    assert!(table_exists(&ok.nft_table()), "closing with a running sandbox removed its firewall");
+    assert_eq!(sh(&rt, &s.id, "echo alive").await.1.trim(), "alive", "the sandbox keeps running");
     rt.delete(&s.id).await.unwrap();
     rt.close().await.unwrap();
     assert_eq!(leftovers(&ok).await, Vec::<String>::new());

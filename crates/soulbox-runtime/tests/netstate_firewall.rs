@@ -50,73 +50,29 @@ impl Outside {
         let public = Ipv4Addr::new(203, 0, 113, 66 + 4 * n);
         let private = Ipv4Addr::new(172, 30, n, 2);
         run(&["netns", "add", &ns]);
-        run(&[
-            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
-        ]);
+        run(&["link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
         run(&["addr", "add", &format!("{host_pub}/30"), "dev", &link]);
         run(&["addr", "add", &format!("172.30.{n}.1/24"), "dev", &link]);
         run(&["link", "set", &link, "up"]);
-        run(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{public}/30"),
-            "dev",
-            "eth0",
-        ]);
-        run(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{private}/24"),
-            "dev",
-            "eth0",
-        ]);
+        run(&["-n", &ns, "addr", "add", &format!("{public}/30"), "dev", "eth0"]);
+        run(&["-n", &ns, "addr", "add", &format!("{private}/24"), "dev", "eth0"]);
         run(&["-n", &ns, "link", "set", "eth0", "up"]);
         run(&["-n", &ns, "link", "set", "lo", "up"]);
         // Routed back through the host like a real network: without the host's NAT a sandbox's
         // packets would still get answers, so only a drop keeps the outside out of reach.
-        run(&[
-            "-n",
-            &ns,
-            "route",
-            "add",
-            "default",
-            "via",
-            &host_pub.to_string(),
-        ]);
+        run(&["-n", &ns, "route", "add", "default", "via", &host_pub.to_string()]);
         let mut children = Vec::new();
         for (port, answer) in [("8080", "outside-ok"), ("53", "dns-ok")] {
             children.push(
                 std::process::Command::new("ip")
-                    .args([
-                        "netns",
-                        "exec",
-                        &ns,
-                        "busybox",
-                        "nc",
-                        "-ll",
-                        "-p",
-                        port,
-                        "-e",
-                        "/bin/echo",
-                        answer,
-                    ])
+                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", "/bin/echo", answer])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
                     .unwrap(),
             );
         }
-        let o = Outside {
-            ns,
-            link,
-            public,
-            private,
-            children,
-        };
+        let o = Outside { ns, link, public, private, children };
         o.wait_listening();
         o
     }
@@ -124,10 +80,8 @@ impl Outside {
     /// Until both listeners are up (`ss` inside the netns), bounded.
     fn wait_listening(&self) {
         for _ in 0..500 {
-            let out = std::process::Command::new("ip")
-                .args(["netns", "exec", &self.ns, "ss", "-ltnH"])
-                .output()
-                .unwrap();
+            let out =
+                std::process::Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-ltnH"]).output().unwrap();
             let s = String::from_utf8_lossy(&out.stdout);
             if s.contains(":8080") && s.contains(":53") {
                 return;
@@ -138,14 +92,10 @@ impl Outside {
     }
 
     fn cleanup(ns: &str, link: &str) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", link])
-            .stderr(std::process::Stdio::null())
-            .status();
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", ns])
-            .stderr(std::process::Stdio::null())
-            .status();
+        let _ =
+            std::process::Command::new("ip").args(["link", "del", link]).stderr(std::process::Stdio::null()).status();
+        let _ =
+            std::process::Command::new("ip").args(["netns", "del", ns]).stderr(std::process::Stdio::null()).status();
     }
 }
 
@@ -180,33 +130,17 @@ async fn private_ranges_are_dropped_before_allow_out() {
     cfg.dns = vec![out.private];
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let allow_private = NetworkPolicy {
-        allow_internet: false,
-        allow_out: vec![format!("{}/32", out.private)],
-        deny_out: vec![],
-    };
-    let allow_all = NetworkPolicy {
-        allow_internet: true,
-        allow_out: vec!["0.0.0.0/0".into()],
-        deny_out: vec![],
-    };
+    let allow_private =
+        NetworkPolicy { allow_internet: false, allow_out: vec![format!("{}/32", out.private)], deny_out: vec![] };
+    let allow_all = NetworkPolicy { allow_internet: true, allow_out: vec!["0.0.0.0/0".into()], deny_out: vec![] };
     for policy in [allow_private, allow_all.clone()] {
         let s = rt.create(spec(policy.clone())).await.unwrap();
-        assert!(
-            !reaches(rt, &s.id, out.private, 8080, "outside-ok").await,
-            "{policy:?} opened a private address"
-        );
+        assert!(!reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "{policy:?} opened a private address");
         rt.delete(&s.id).await.unwrap();
     }
     let s = rt.create(spec(allow_all)).await.unwrap();
-    assert!(
-        reaches(rt, &s.id, out.public, 8080, "outside-ok").await,
-        "the internet is still open"
-    );
-    assert!(
-        reaches(rt, &s.id, out.private, 53, "dns-ok").await,
-        "the node's DNS server is reachable"
-    );
+    assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "the internet is still open");
+    assert!(reaches(rt, &s.id, out.private, 53, "dns-ok").await, "the node's DNS server is reachable");
     rt.delete(&s.id).await.unwrap();
     drop(h);
 
@@ -224,10 +158,7 @@ async fn private_ranges_are_dropped_before_allow_out() {
         }))
         .await
         .unwrap();
-    assert!(
-        reaches(rt, &s.id, out.private, 8080, "outside-ok").await,
-        "allow_private_egress lets allowOut open it"
-    );
+    assert!(reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "allow_private_egress lets allowOut open it");
     let open = rt.create(SandboxSpec::new("test")).await.unwrap();
     assert!(
         !reaches(rt, &open.id, out.private, 8080, "outside-ok").await,
@@ -249,18 +180,13 @@ fn log_lines() -> &'static Mutex<Vec<u8>> {
                 Ok(())
             }
         }
-        let _ = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_writer(|| Sink)
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_ansi(false).with_writer(|| Sink).try_init();
         Mutex::new(Vec::new())
     })
 }
 
 fn logged(needle: &str, table: &str) -> bool {
-    String::from_utf8_lossy(&log_lines().lock().unwrap())
-        .lines()
-        .any(|l| l.contains(needle) && l.contains(table))
+    String::from_utf8_lossy(&log_lines().lock().unwrap()).lines().any(|l| l.contains(needle) && l.contains(table))
 }
 
 /// Waits (event-driven, bounded) for the next repair after `seen`.
@@ -273,10 +199,7 @@ async fn next_repair(repairs: &mut tokio::sync::watch::Receiver<u64>, seen: u64)
 }
 
 fn nft(args: &[&str]) {
-    let st = std::process::Command::new("nft")
-        .args(args)
-        .status()
-        .unwrap();
+    let st = std::process::Command::new("nft").args(args).status().unwrap();
     assert!(st.success(), "nft {args:?}");
 }
 
@@ -290,13 +213,7 @@ async fn deleted_or_flushed_table_is_rebuilt() {
     let table = cfg.nft_table();
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let offline = rt
-        .create(spec(NetworkPolicy {
-            allow_internet: false,
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    let offline = rt.create(spec(NetworkPolicy { allow_internet: false, ..Default::default() })).await.unwrap();
     let denied = rt
         .create(spec(NetworkPolicy {
             allow_internet: true,
@@ -314,23 +231,14 @@ async fn deleted_or_flushed_table_is_rebuilt() {
     nft(&["delete", "table", "inet", &table]);
     seen = next_repair(&mut repairs, seen).await;
     assert_isolated(rt, sandboxes, out.public).await;
-    assert!(
-        logged("table inet soulbox_tq73 is gone", &table),
-        "the log says what happened"
-    );
-    assert!(
-        logged("firewall table restored", &table),
-        "the log says it was restored"
-    );
+    assert!(logged("table inet soulbox_tq73 is gone", &table), "the log says what happened");
+    assert!(logged("firewall table restored", &table), "the log says it was restored");
 
     // 2. someone flushes it (a host firewall reload that flushes only our table)
     nft(&["flush", "table", "inet", &table]);
     seen = next_repair(&mut repairs, seen).await;
     assert_isolated(rt, sandboxes, out.public).await;
-    assert!(
-        logged("chain forward has 0 rules", &table),
-        "the log says what happened"
-    );
+    assert!(logged("chain forward has 0 rules", &table), "the log says what happened");
 
     // 3. someone slips an accept into our forward chain
     nft(&["insert", "rule", "inet", &table, "forward", "accept"]);
@@ -346,26 +254,11 @@ async fn deleted_or_flushed_table_is_rebuilt() {
 }
 
 /// The internet-off sandbox and the denyOut one cannot reach the outside, nor each other.
-async fn assert_isolated(
-    rt: &Runtime,
-    (offline, denied, denied_ip): (&str, &str, Ipv4Addr),
-    public: Ipv4Addr,
-) {
-    assert!(
-        !reaches(rt, offline, public, 8080, "outside-ok").await,
-        "internet-off sandbox reached the outside"
-    );
-    assert!(
-        !reaches(rt, denied, public, 8080, "outside-ok").await,
-        "denyOut sandbox reached the outside"
-    );
+async fn assert_isolated(rt: &Runtime, (offline, denied, denied_ip): (&str, &str, Ipv4Addr), public: Ipv4Addr) {
+    assert!(!reaches(rt, offline, public, 8080, "outside-ok").await, "internet-off sandbox reached the outside");
+    assert!(!reaches(rt, denied, public, 8080, "outside-ok").await, "denyOut sandbox reached the outside");
     // sandbox → sandbox stays dropped (envd listens on the neighbour's 49983)
-    let (_, o) = sh(
-        rt,
-        offline,
-        &format!("nc -w 2 {denied_ip} 49983 </dev/null && echo reached"),
-    )
-    .await;
+    let (_, o) = sh(rt, offline, &format!("nc -w 2 {denied_ip} 49983 </dev/null && echo reached")).await;
     assert!(!o.contains("reached"), "sandbox reached its neighbour: {o}");
 }
 
@@ -376,9 +269,7 @@ struct HostService(tokio::task::JoinHandle<()>);
 impl HostService {
     async fn new(addr: Ipv4Addr, port: u16) -> HostService {
         use tokio::io::AsyncWriteExt;
-        let listener = tokio::net::TcpListener::bind((addr, port))
-            .await
-            .expect("bind the host service");
+        let listener = tokio::net::TcpListener::bind((addr, port)).await.expect("bind the host service");
         HostService(tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 let _ = conn.write_all(b"host-ok\n").await;
@@ -402,13 +293,7 @@ async fn isolation_holds_while_the_host_table_is_gone() {
     let gateway = cfg.gateway();
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let offline = rt
-        .create(spec(NetworkPolicy {
-            allow_internet: false,
-            ..Default::default()
-        }))
-        .await
-        .unwrap();
+    let offline = rt.create(spec(NetworkPolicy { allow_internet: false, ..Default::default() })).await.unwrap();
     let open = rt.create(SandboxSpec::new("test")).await.unwrap();
     let _host = HostService::new(gateway, 7777).await;
     let open_ip = open.ip.unwrap();
@@ -419,21 +304,10 @@ async fn isolation_holds_while_the_host_table_is_gone() {
                 !reaches(rt, &offline, out.public, 8080, "outside-ok").await,
                 "{when}: internet-off sandbox reached the outside"
             );
-            let (_, o) = sh(
-                rt,
-                &offline,
-                &format!("nc -w 2 {open_ip} 49983 </dev/null && echo reached"),
-            )
-            .await;
-            assert!(
-                !o.contains("reached"),
-                "{when}: sandbox reached its neighbour: {o}"
-            );
+            let (_, o) = sh(rt, &offline, &format!("nc -w 2 {open_ip} 49983 </dev/null && echo reached")).await;
+            assert!(!o.contains("reached"), "{when}: sandbox reached its neighbour: {o}");
             for id in [&offline, &open] {
-                assert!(
-                    !reaches(rt, id, gateway, 7777, "host-ok").await,
-                    "{when}: sandbox reached a host service"
-                );
+                assert!(!reaches(rt, id, gateway, 7777, "host-ok").await, "{when}: sandbox reached a host service");
             }
             assert!(
                 reaches(rt, &open, out.public, 8080, "outside-ok").await,

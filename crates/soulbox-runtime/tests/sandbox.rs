@@ -68,7 +68,9 @@ async fn sandbox_cannot_see_host_or_other_sandboxes() {
     sh(rt, &a.id, "nc -ll -p 8000 -e /bin/echo port-ok >/dev/null 2>&1 </dev/null &").await;
     let mut got = String::new();
     for _ in 0..50 {
-        if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((a.ip.unwrap(), 8000))).await {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((a.ip.unwrap(), 8000))).await
+        {
             use tokio::io::AsyncReadExt;
             let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut got)).await;
             break;
@@ -164,7 +166,9 @@ async fn stop_start_keeps_files_and_snapshot_copies_them() {
     let h = harness(16).await;
     let rt = h.rt();
     let a = rt.create(SandboxSpec::new("test")).await.unwrap();
-    let (code, _, _) = run_user(rt, &a, "echo kept > /home/user/file && setfattr -n user.k -v v /home/user/file 2>/dev/null; true").await;
+    let (code, _, _) =
+        run_user(rt, &a, "echo kept > /home/user/file && setfattr -n user.k -v v /home/user/file 2>/dev/null; true")
+            .await;
     assert_eq!(code, 0);
     rt.stop(&a.id).await.unwrap();
     let info = rt.info(&a.id).await.unwrap();
@@ -216,8 +220,14 @@ impl Outside {
         Outside { child }
     }
     fn cleanup() {
-        let _ = std::process::Command::new("ip").args(["link", "del", OUT_LINK]).stderr(std::process::Stdio::null()).status();
-        let _ = std::process::Command::new("ip").args(["netns", "del", OUT_NS]).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", OUT_LINK])
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", OUT_NS])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 impl Drop for Outside {
@@ -324,12 +334,19 @@ async fn killing_the_runtime_mid_create_leaks_nothing() {
         let rt = soulbox_runtime::Runtime::open(cfg.clone()).await.unwrap();
         let live: Vec<String> = rt.list().await.into_iter().map(|i| i.id).collect();
         let dirs = std::fs::read_dir(cfg.sandboxes_dir()).map(|d| d.count()).unwrap_or(0);
-        eprintln!("killed at {delay_ms} ms: {} resources held before reconcile {pre:?}; {} re-adopted, {dirs} sandbox dirs after", pre.len(), live.len());
+        eprintln!(
+            "killed at {delay_ms} ms: {} resources held before reconcile {pre:?}; {} re-adopted, {dirs} sandbox dirs after",
+            pre.len(),
+            live.len()
+        );
         if live.is_empty() && !pre.is_empty() {
             mid_create += 1;
         }
         for l in leftovers(&cfg).await {
-            assert!(live.iter().any(|id| l.contains(&id[..8])), "after kill at {delay_ms} ms: leaked {l} (live {live:?})");
+            assert!(
+                live.iter().any(|id| l.contains(&id[..8])),
+                "after kill at {delay_ms} ms: leaked {l} (live {live:?})"
+            );
         }
         rt.destroy_all().await.unwrap();
         assert!(leftovers(&cfg).await.is_empty(), "{:?}", leftovers(&cfg).await);
@@ -395,7 +412,12 @@ async fn disk_limit_on_the_writable_layer() {
         assert!(df_mb.abs_diff(st.disk_limit_bytes >> 20) <= 1, "df {df_mb} MiB vs {st:?}");
         let (_, out, _) = run_user(rt, &b, write).await;
         assert!(out.contains("rc=0"), "another sandbox is limited too: {out}");
-        let (_, out, _) = run_user(rt, &a, "rm -f /home/user/big; dd if=/dev/zero of=/home/user/small bs=1M count=16 2>&1; echo rc=$?").await;
+        let (_, out, _) = run_user(
+            rt,
+            &a,
+            "rm -f /home/user/big; dd if=/dev/zero of=/home/user/small bs=1M count=16 2>&1; echo rc=$?",
+        )
+        .await;
         assert!(out.contains("rc=0"), "{out}");
         rt.delete(&a.id).await.unwrap();
         assert!(!dir_a.exists());
@@ -437,7 +459,9 @@ async fn disk_limit_on_the_writable_layer() {
     let (_, out, _) = run_user(rt, &b, write).await;
     assert!(out.contains("rc=0"), "{out}");
     // after removing the file there is room again
-    let (_, out, _) = run_user(rt, &a, "rm -f /home/user/big; dd if=/dev/zero of=/home/user/small bs=1M count=16 2>&1; echo rc=$?").await;
+    let (_, out, _) =
+        run_user(rt, &a, "rm -f /home/user/big; dd if=/dev/zero of=/home/user/small bs=1M count=16 2>&1; echo rc=$?")
+            .await;
     assert!(out.contains("rc=0"), "{out}");
     // delete: no quota/project residue
     rt.delete(&a.id).await.unwrap();

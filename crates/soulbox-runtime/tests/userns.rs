@@ -73,15 +73,9 @@ async fn root_inside_is_an_unprivileged_host_uid_of_its_own_range() {
         // inside: uid 0 is the range's first id, not host 0, and nothing else is mapped
         let (code, out) = sh(rt, &s.id, "cat /proc/self/uid_map /proc/self/gid_map").await;
         assert_eq!(code, 0, "{out}");
-        let maps: Vec<Vec<u64>> = out
-            .lines()
-            .map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect())
-            .collect();
-        assert_eq!(
-            maps,
-            vec![vec![0, range.host_base as u64, RANGE_SIZE as u64]; 2],
-            "uid_map/gid_map: {out}"
-        );
+        let maps: Vec<Vec<u64>> =
+            out.lines().map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect()).collect();
+        assert_eq!(maps, vec![vec![0, range.host_base as u64, RANGE_SIZE as u64]; 2], "uid_map/gid_map: {out}");
         // the default user's processes too, through envd
         let (code, out, _) = run_user(rt, s, "id -u; sleep 30 >/dev/null 2>&1 </dev/null & echo started").await;
         assert_eq!((code, out.as_str()), (0, "1000\nstarted\n"));
@@ -89,19 +83,13 @@ async fn root_inside_is_an_unprivileged_host_uid_of_its_own_range() {
         // as the range's first id, the user's sleep as base + 1000
         let pids = sandbox_pids(&h.cfg, &s.id);
         assert!(pids.len() >= 2, "{pids:?}");
-        let init: u32 = std::fs::read_to_string(rt.sandbox_dir(&s.id).join("init.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let init: u32 =
+            std::fs::read_to_string(rt.sandbox_dir(&s.id).join("init.pid")).unwrap().trim().parse().unwrap();
         assert_eq!(host_uids(init), Some(vec![range.host_base; 4]), "envd's host uids");
         let mut seen_user = false;
         for pid in pids {
             let Some(uids) = host_uids(pid) else { continue };
-            assert!(
-                uids.iter().all(|u| range.contains(*u)),
-                "pid {pid} runs as host uids {uids:?}, outside {range:?}"
-            );
+            assert!(uids.iter().all(|u| range.contains(*u)), "pid {pid} runs as host uids {uids:?}, outside {range:?}");
             seen_user |= uids[1] == range.host_base + 1000;
         }
         assert!(seen_user, "no process of the sandbox runs as host uid base+1000");
@@ -123,9 +111,7 @@ async fn owners_are_stored_unshifted_and_survive_stop_start_and_snapshot() {
     let stat = "stat -c '%n %u:%g %U:%G' /root-file /home/user/user-file";
     let want = "/root-file 0:0 root:root\n/home/user/user-file 1000:1000 user:user\n";
     let owners = |p: PathBuf| {
-        std::fs::metadata(&p)
-            .map(|m| (m.uid(), m.gid()))
-            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        std::fs::metadata(&p).map(|m| (m.uid(), m.gid())).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
     };
     let dir = rt.sandbox_dir(&a.id);
     let check_upper = |dir: &Path| {
@@ -138,10 +124,7 @@ async fn owners_are_stored_unshifted_and_survive_stop_start_and_snapshot() {
     check_upper(&dir);
     // the host's view of the merged rootfs is shifted
     let base = range_of(rt, &a.id).host_base;
-    assert_eq!(
-        owners(soulbox_runtime::rootfs::paths(&dir).mountpoint.join("root-file")),
-        (base, base)
-    );
+    assert_eq!(owners(soulbox_runtime::rootfs::paths(&dir).mountpoint.join("root-file")), (base, base));
 
     rt.stop(&a.id).await.unwrap();
     assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Stopped);
@@ -180,11 +163,7 @@ async fn a_range_is_held_while_a_sandbox_dir_names_it_and_released_on_delete() {
     // both ranges are held: a third create fails cleanly
     let err = rt.create(SandboxSpec::new("test")).await.unwrap_err();
     assert!(err.to_string().contains("id ranges are in use"), "{err}");
-    assert_eq!(
-        std::fs::read_dir(h.cfg.sandboxes_dir()).unwrap().count(),
-        2,
-        "the failed create left its directory"
-    );
+    assert_eq!(std::fs::read_dir(h.cfg.sandboxes_dir()).unwrap().count(), 2, "the failed create left its directory");
     // another instance on the same host (same claims) cannot take them either
     let mut cfg2 = config(224);
     (cfg2.userns_base, cfg2.userns_ranges, cfg2.userns_claims_dir) = (base, 2, h.cfg.userns_claims_dir.clone());
@@ -201,11 +180,7 @@ async fn a_range_is_held_while_a_sandbox_dir_names_it_and_released_on_delete() {
     assert!(!claim_file(&h.cfg, ra).exists(), "claim left after delete");
     let left = leftovers(&h.cfg).await;
     assert!(left.iter().all(|l| l.contains(&b.id[..8])), "after deleting a: {left:?}");
-    let c = h2
-        .rt()
-        .create(SandboxSpec::new("test"))
-        .await
-        .expect("the freed range is usable by the other instance");
+    let c = h2.rt().create(SandboxSpec::new("test")).await.expect("the freed range is usable by the other instance");
     assert_eq!(range_of(h2.rt(), &c.id), ra);
     let (_, out) = sh(h2.rt(), &c.id, "cat /proc/self/uid_map").await;
     assert_eq!(out.split_whitespace().nth(1), Some(ra.host_base.to_string().as_str()));
@@ -286,11 +261,7 @@ async fn host_users_cannot_reach_files_planted_in_a_sandbox() {
     assert_eq!(mode(&h.cfg.data_dir), 0o711);
     assert_eq!(mode(&h.cfg.sandboxes_dir()), 0o711);
     assert_eq!(mode(&dir), 0o700);
-    assert_eq!(
-        std::fs::metadata(&dir).unwrap().uid(),
-        range_of(rt, &a.id).host_base,
-        "sandbox dir owner"
-    );
+    assert_eq!(std::fs::metadata(&dir).unwrap().uid(), range_of(rt, &a.id).host_base, "sandbox dir owner");
     assert_eq!(mode(&h.cfg.store_dir().join("layers")), 0o700);
     for f in ["sandbox.json", "net.json", "userns.json", "config.json"] {
         assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
@@ -351,13 +322,15 @@ async fn without_idmapped_layers_the_runtime_falls_back_to_one_shared_range() {
     let store = PathBuf::from("/var/tmp/soulbox-test/t229-ramfs-store");
     std::fs::create_dir_all(&store).unwrap();
     let _unmount = MountGuard(store.clone());
-    rustix::mount::mount("ramfs", &store, "ramfs", rustix::mount::MountFlags::empty(), None::<&std::ffi::CStr>).unwrap();
+    rustix::mount::mount("ramfs", &store, "ramfs", rustix::mount::MountFlags::empty(), None::<&std::ffi::CStr>)
+        .unwrap();
     let mut cfg = private_ranges(config(229), 0x6600_0000, 2);
     cfg.store_dir = Some(store.clone());
     // forced per-sandbox: refused at open, naming what is missing
     let mut forced = cfg.clone();
     forced.userns_mode = soulbox_runtime::userns::UsernsMode::PerSandbox;
-    let err = soulbox_runtime::Runtime::open(forced).await.err().expect("per-sandbox mode opened without idmapped layers");
+    let err =
+        soulbox_runtime::Runtime::open(forced).await.err().expect("per-sandbox mode opened without idmapped layers");
     assert!(err.to_string().contains("idmapped"), "{err}");
     let h = harness_with(cfg).await;
     let rt = h.rt();

@@ -15,7 +15,14 @@ fn main() {
     let nodes: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
     let placements: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let mut rng = StdRng::seed_from_u64(42);
-    let statuses = [NodeStatus::Healthy, NodeStatus::Healthy, NodeStatus::Healthy, NodeStatus::Healthy, NodeStatus::Degraded, NodeStatus::Draining];
+    let statuses = [
+        NodeStatus::Healthy,
+        NodeStatus::Healthy,
+        NodeStatus::Healthy,
+        NodeStatus::Healthy,
+        NodeStatus::Degraded,
+        NodeStatus::Draining,
+    ];
     let mut candidates: Vec<Candidate> = (0..nodes)
         .map(|i| {
             let cpu_count = [8, 16, 32, 64][i % 4];

@@ -64,10 +64,7 @@ impl Node for LoopbackNode {
     }
     async fn create(&self, _spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        Ok(CreatedSandbox {
-            sandbox_id: format!("bench{n}"),
-            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        })
+        Ok(CreatedSandbox { sandbox_id: format!("bench{n}"), address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
     }
     async fn pause(&self, _: &str, _: bool) -> Result<(), NodeError> {
         Ok(())
@@ -89,18 +86,14 @@ impl Node for LoopbackNode {
 /// A private network namespace with `lo` up, entered before any thread exists (threads inherit it).
 fn enter_private_netns() -> Result<(), String> {
     if !rustix::process::geteuid().is_root() {
-        return Err(
-            "needs root (a private network namespace for the fake envd on 127.0.0.1:49983)".into(),
-        );
+        return Err("needs root (a private network namespace for the fake envd on 127.0.0.1:49983)".into());
     }
     // SAFETY: called first thing in `main`, before any other thread exists, so no thread is left behind in the
     // host's network namespace and nothing else observes the switch.
     unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }
         .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
-    let up = std::process::Command::new("ip")
-        .args(["link", "set", "lo", "up"])
-        .status()
-        .map_err(|e| format!("ip: {e}"))?;
+    let up =
+        std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status().map_err(|e| format!("ip: {e}"))?;
     if !up.success() {
         return Err("ip link set lo up failed".into());
     }
@@ -108,9 +101,7 @@ fn enter_private_netns() -> Result<(), String> {
 }
 
 async fn fake_envd() {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", soulbox_protocol::ENVD_PORT))
-        .await
-        .expect("bind 49983");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", soulbox_protocol::ENVD_PORT)).await.expect("bind 49983");
     tokio::spawn(async move {
         loop {
             let Ok((sock, _)) = listener.accept().await else {
@@ -119,13 +110,9 @@ async fn fake_envd() {
             let _ = sock.set_nodelay(true);
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|_req| async {
-                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(
-                        b"hello",
-                    ))))
+                    Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from_static(b"hello"))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(sock), service)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(sock), service).await;
             });
         }
     });
@@ -146,29 +133,15 @@ struct Setup {
 
 async fn setup(sandboxes: usize) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&Store::sqlite_url(&dir.path().join("db")))
+    let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.expect("store");
+    let lifecycle = Lifecycle::start(store, Arc::new(LoopbackNode::default()), LifecycleConfig::default())
         .await
-        .expect("store");
-    let lifecycle = Lifecycle::start(
-        store,
-        Arc::new(LoopbackNode::default()),
-        LifecycleConfig::default(),
-    )
-    .await
-    .expect("lifecycle");
+        .expect("lifecycle");
     let mut last = (String::new(), String::new());
     for _ in 0..sandboxes {
-        let req = CreateRequest {
-            template: "base".into(),
-            secure: true,
-            timeout_s: Some(3600),
-            ..Default::default()
-        };
+        let req = CreateRequest { template: "base".into(), secure: true, timeout_s: Some(3600), ..Default::default() };
         let s = lifecycle.create(req).await.expect("create");
-        last = (
-            s.id,
-            s.envd_access_token.expect("a secure sandbox has a token"),
-        );
+        last = (s.id, s.envd_access_token.expect("a secure sandbox has a token"));
     }
     let state = ApiState {
         lifecycle,
@@ -176,20 +149,11 @@ async fn setup(sandboxes: usize) -> Setup {
         domain: None,
         started: Instant::now(),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let app = soulbox_server::server::app(state);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    Setup {
-        target: Target {
-            port,
-            id: last.0,
-            token: last.1,
-        },
-        _dir: dir,
-    }
+    Setup { target: Target { port, id: last.0, token: last.1 }, _dir: dir }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -210,27 +174,13 @@ impl Variant {
 }
 
 fn url(target: &Target, variant: Variant, n: u64) -> String {
-    let path = if variant == Variant::E2bRepeated {
-        "/home/user/f.txt".to_string()
-    } else {
-        format!("/home/user/f{n}.txt")
-    };
-    let claims = Claims {
-        path: &path,
-        operation: Operation::Read,
-        user: "user",
-        expiration: None,
-    };
+    let path =
+        if variant == Variant::E2bRepeated { "/home/user/f.txt".to_string() } else { format!("/home/user/f{n}.txt") };
+    let claims = Claims { path: &path, operation: Operation::Read, user: "user", expiration: None };
     let sig = sign(Scheme::E2b, &claims, &target.token);
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
-    let mut u = format!(
-        "http://127.0.0.1:{}/files?path={}&username=user&signature={}",
-        target.port,
-        enc(&path),
-        enc(&sig)
-    );
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
+    let mut u =
+        format!("http://127.0.0.1:{}/files?path={}&username=user&signature={}", target.port, enc(&path), enc(&sig));
     if variant == Variant::WithSandboxId {
         u.push_str(&format!("&sandbox_id={}", target.id));
     }
@@ -246,8 +196,7 @@ async fn measure(setup: &Setup, variant: Variant, seconds: u64, clients: usize) 
     let mut tasks = Vec::new();
     let started = Instant::now();
     for _ in 0..clients {
-        let (client, done, stop, counter) =
-            (client.clone(), done.clone(), stop.clone(), counter.clone());
+        let (client, done, stop, counter) = (client.clone(), done.clone(), stop.clone(), counter.clone());
         let target = setup.target.clone();
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -282,7 +231,9 @@ fn main() {
         fake_envd().await;
         let small = setup(1).await;
         let large = setup(100).await;
-        println!("signed /files downloads through the proxy, {clients} keep-alive clients, {seconds} s each (requests/s)");
+        println!(
+            "signed /files downloads through the proxy, {clients} keep-alive clients, {seconds} s each (requests/s)"
+        );
         println!("{:<58} {:>12} {:>14} {:>10}", "URL", "1 sandbox", "100 sandboxes", "100 / 1");
         for variant in [Variant::E2bRepeated, Variant::E2bNewEachTime, Variant::WithSandboxId] {
             let one = measure(&small, variant, seconds, clients).await;

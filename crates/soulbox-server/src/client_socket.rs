@@ -31,16 +31,11 @@ impl axum::serve::Listener for ServerListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientSocket {
-            peer: self.0.local_addr()?,
-            fd: None,
-        })
+        Ok(ClientSocket { peer: self.0.local_addr()?, fd: None })
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ServerListener>>
-    for ClientSocket
-{
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ServerListener>> for ClientSocket {
     fn connect_info(stream: axum::serve::IncomingStream<'_, ServerListener>) -> Self {
         *stream.remote_addr()
     }
@@ -54,10 +49,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Serv
 /// and so this descriptor — is open.
 pub fn reset_on_close(socket: ClientSocket) {
     let Some(fd) = socket.fd else { return };
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     // SAFETY: the descriptor belongs to the live connection that is polling us (see above); setsockopt reads
     // `linger` only for the duration of the call.
     let rc = unsafe {

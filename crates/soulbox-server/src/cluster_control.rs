@@ -20,13 +20,19 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Records a heartbeat (registering the node on its first), confirms the node by calling it back when it is
 /// new or changed, and reconciles its sandboxes with the store. Answers with its status and what to kill.
-pub async fn heartbeat(lifecycle: &Lifecycle, registry: &Registry, req: HeartbeatRequest) -> Result<HeartbeatResponse, NodeError> {
+pub async fn heartbeat(
+    lifecycle: &Lifecycle,
+    registry: &Registry,
+    req: HeartbeatRequest,
+) -> Result<HeartbeatResponse, NodeError> {
     let node_id = req.info.node_id.clone();
     if !valid_node_id(&node_id) {
         return Err(NodeError::Invalid(format!("invalid node id {node_id:?}: use [a-z0-9-], at most 63 characters")));
     }
     if !(req.address.starts_with("http://") || req.address.starts_with("https://")) || req.secret.len() < 16 {
-        return Err(NodeError::Invalid("a node registers with an http(s) address and a secret of at least 16 characters".into()));
+        return Err(NodeError::Invalid(
+            "a node registers with an http(s) address and a secret of at least 16 characters".into(),
+        ));
     }
     let store = registry.store();
     let now = now_ms();
@@ -66,7 +72,9 @@ pub async fn heartbeat(lifecycle: &Lifecycle, registry: &Registry, req: Heartbea
                     tracing::info!(node = %node_id, "node confirmed");
                 }
             }
-            Ok(info) => tracing::warn!(node = %node_id, trouble = ?info.trouble, "node registered but its API does not answer"),
+            Ok(info) => {
+                tracing::warn!(node = %node_id, trouble = ?info.trouble, "node registered but its API does not answer")
+            }
             Err(_) => tracing::warn!(node = %node_id, "node registered but its API did not answer in time"),
         }
     }
@@ -78,8 +86,13 @@ pub async fn heartbeat(lifecycle: &Lifecycle, registry: &Registry, req: Heartbea
 /// while the node was lost, or killed while it was unreachable); records of sandboxes the node no longer has are
 /// dropped. Everything else is kept.
 async fn reconcile(lifecycle: &Lifecycle, node_id: &str, reported: &[String]) -> Result<Vec<String>, NodeError> {
-    let known: HashMap<String, i64> =
-        lifecycle.store().sandboxes_on_node(node_id).await.map_err(|e| NodeError::Failed(e.to_string()))?.into_iter().collect();
+    let known: HashMap<String, i64> = lifecycle
+        .store()
+        .sandboxes_on_node(node_id)
+        .await
+        .map_err(|e| NodeError::Failed(e.to_string()))?
+        .into_iter()
+        .collect();
     let reported_set: HashSet<&str> = reported.iter().map(String::as_str).collect();
     let kill: Vec<String> = reported.iter().filter(|id| !known.contains_key(*id)).cloned().collect();
     let cutoff = now_ms() - RECONCILE_MIN_AGE_MS;
@@ -126,7 +139,9 @@ async fn sweep_lost(lifecycle: &Lifecycle, config: &ClusterConfig) -> Result<(),
             continue;
         }
         for (id, _) in lifecycle.store().sandboxes_on_node(&node.id).await? {
-            if let Err(e) = lifecycle.forget(&id, &format!("node {} has been unhealthy past the grace period", node.id)).await {
+            if let Err(e) =
+                lifecycle.forget(&id, &format!("node {} has been unhealthy past the grace period", node.id)).await
+            {
                 tracing::warn!(sandbox = %id, error = %e, "could not mark a sandbox lost");
             }
         }

@@ -54,10 +54,10 @@ pub struct FileConfig {
     pub default_disk_mb: Option<u64>,
 }
 
-/// The `[templates]` section lives with the engine it configures.
-pub use soulbox_templates::config::TemplatesConfig;
 /// `userns_mode`'s values (the runtime's type), for the CLI.
 pub use soulbox_runtime::userns::UsernsMode;
+/// The `[templates]` section lives with the engine it configures.
+pub use soulbox_templates::config::TemplatesConfig;
 
 impl FileConfig {
     pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
@@ -145,11 +145,16 @@ mod tests {
 
     #[test]
     fn teams_section_and_private_egress() {
-        let c: FileConfig = toml::from_str("allow_private_egress = true\n[teams]\nmax_sandboxes = 5\nmax_builds = 1\n").unwrap();
+        let c: FileConfig =
+            toml::from_str("allow_private_egress = true\n[teams]\nmax_sandboxes = 5\nmax_builds = 1\n").unwrap();
         assert_eq!(c.allow_private_egress, Some(true));
         let teams = c.teams.unwrap();
         let defaults = crate::store::TeamLimits::default();
-        assert_eq!((teams.max_sandboxes, teams.max_builds, teams.max_vcpus), (5, 1, defaults.max_vcpus), "unset keys keep the defaults");
+        assert_eq!(
+            (teams.max_sandboxes, teams.max_builds, teams.max_vcpus),
+            (5, 1, defaults.max_vcpus),
+            "unset keys keep the defaults"
+        );
         assert!(toml::from_str::<FileConfig>("[teams]\nmax_sandbox = 5\n").is_err());
     }
 }

@@ -26,11 +26,7 @@ fn range(cidr: &str) -> Option<(u32, u32, u8)> {
     if len > 32 {
         return None;
     }
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len))
-    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
     let first = u32::from(addr) & mask;
     Some((first, first | !mask, len))
 }
@@ -83,17 +79,10 @@ mod tests {
             ("8.0.0.0/4", "0.0.0.0/8"),
             ("64.0.0.0/2", "100.64.0.0/10"),
         ] {
-            assert_eq!(
-                private_range_opened_by(entry).as_deref(),
-                Some(opens),
-                "{entry}"
-            );
+            assert_eq!(private_range_opened_by(entry).as_deref(), Some(opens), "{entry}");
         }
         let err = check_allow_out(&["1.1.1.1/32".into(), "169.254.169.254/32".into()]).unwrap_err();
-        assert!(
-            err.contains("169.254.169.254/32") && err.contains("allow_private_egress"),
-            "{err}"
-        );
+        assert!(err.contains("169.254.169.254/32") && err.contains("allow_private_egress"), "{err}");
     }
 
     #[test]

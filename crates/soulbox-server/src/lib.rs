@@ -1,7 +1,9 @@
 //! The SoulBox control plane: E2B-compatible REST API, sandbox proxy, lifecycle, store and the `soulbox` command.
 
+pub mod api;
 pub mod builds;
 pub mod client_socket;
+pub mod cluster;
 pub mod cluster_control;
 pub mod config;
 pub mod deadlines;
@@ -17,13 +19,13 @@ pub mod node;
 pub mod node_agent;
 pub mod node_setup;
 pub mod proxy;
-pub mod reply;
 #[cfg(test)]
 mod proxy_secret_tests;
 #[cfg(test)]
 mod proxy_tests;
 #[cfg(test)]
 mod replica_tests;
+pub mod reply;
 pub mod serve;
 #[cfg(test)]
 mod serve_tests;
@@ -31,8 +33,6 @@ pub mod server;
 pub mod signed_routing;
 pub mod store;
 pub mod stream_cut;
-pub mod time;
-pub mod api;
-pub mod cluster;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod time;

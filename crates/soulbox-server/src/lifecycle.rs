@@ -10,15 +10,15 @@ use std::time::Duration;
 
 use soulbox_protocol::api::SandboxState;
 
+use crate::cluster::{NodeSet, Requirements, SingleNode};
 use crate::deadlines::Deadlines;
 use crate::ids;
-use crate::cluster::{NodeSet, Requirements, SingleNode};
 use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, TemplateInfo};
-use crate::stream_cut::StreamCuts;
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
+use crate::stream_cut::StreamCuts;
 
-mod timeouts;
 mod teams;
+mod timeouts;
 
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
@@ -147,7 +147,11 @@ impl Lifecycle {
     }
 
     /// Like [`Lifecycle::start`], with sandboxes placed on and routed to `nodes` (cluster mode).
-    pub async fn start_with_nodes(store: Store, nodes: Arc<dyn NodeSet>, config: LifecycleConfig) -> Result<Arc<Lifecycle>> {
+    pub async fn start_with_nodes(
+        store: Store,
+        nodes: Arc<dyn NodeSet>,
+        config: LifecycleConfig,
+    ) -> Result<Arc<Lifecycle>> {
         let (deadlines, mut fired) = Deadlines::start();
         let template_node = nodes.template_node();
         let replica_id = format!("replica-{}", &ids::access_token()[..16]);
@@ -227,7 +231,12 @@ impl Lifecycle {
 
     /// Makes a record agree with its node after a crash (the server's reconcile): its state and address
     /// become what the node has; a sandbox that no longer runs has no deadline.
-    pub async fn correct_record(&self, record: &SandboxRecord, state: SandboxState, address: Option<&str>) -> Result<()> {
+    pub async fn correct_record(
+        &self,
+        record: &SandboxRecord,
+        state: SandboxState,
+        address: Option<&str>,
+    ) -> Result<()> {
         let id = record.id.as_str();
         if !self.store.transition_sandbox(id, record.state, state, address, record.end_at_ms).await? {
             return Err(LifecycleError::Conflict(format!("sandbox {id} changed while it was reconciled")));
@@ -335,7 +344,11 @@ impl Lifecycle {
             auto_pause_memory: req.auto_pause_memory,
             auto_pause_grace_s: req.auto_pause_grace_s as i32,
             auto_resume: req.auto_resume,
-            network: crate::node::NetworkPolicy { allow_internet: req.allow_internet, allow_out: req.allow_out, deny_out: req.deny_out },
+            network: crate::node::NetworkPolicy {
+                allow_internet: req.allow_internet,
+                allow_out: req.allow_out,
+                deny_out: req.deny_out,
+            },
             address: Some(address.to_string()),
             team_id: req.team_id,
         };
@@ -394,7 +407,10 @@ impl Lifecycle {
         // running it again needs the room.
         let team_hold = match record.address {
             Some(_) => None,
-            None => match self.hold_team_capacity(&record.team_id, record.cpu_count.max(0) as u32, record.memory_mb.max(0) as u32).await {
+            None => match self
+                .hold_team_capacity(&record.team_id, record.cpu_count.max(0) as u32, record.memory_mb.max(0) as u32)
+                .await
+            {
                 Ok(hold) => Some(hold),
                 Err(e) => {
                     self.release_claim(&record.id).await;
@@ -414,7 +430,11 @@ impl Lifecycle {
         };
         let holds = Holds { placement: None, team: team_hold.as_deref() };
         let (paused, running) = (SandboxState::Paused, SandboxState::Running);
-        if !self.store.transition_sandbox_for_holds(&record.id, paused, running, Some(&address), end_at_ms, holds).await? {
+        if !self
+            .store
+            .transition_sandbox_for_holds(&record.id, paused, running, Some(&address), end_at_ms, holds)
+            .await?
+        {
             return Err(LifecycleError::Conflict(format!("sandbox {} changed state while resuming", record.id)));
         }
         let resumed = SandboxRecord { state: SandboxState::Running, address: Some(address), end_at_ms, ..record };
@@ -462,7 +482,11 @@ impl Lifecycle {
         let id = record.id.as_str();
         self.node_of(record).await?.pause(id, keep_memory).await?;
         let address = if keep_memory { record.address.as_deref() } else { None };
-        if !self.store.transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, record.end_at_ms).await? {
+        if !self
+            .store
+            .transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, record.end_at_ms)
+            .await?
+        {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         }
         self.deadlines.cancel(id);

@@ -25,7 +25,11 @@ impl LocalNode {
     }
 
     /// With the template build engine's configuration (image rewrites, registries) from the server config.
-    pub fn with_engine_config(runtime: Runtime, node_id: impl Into<String>, engine: soulbox_templates::engine::EngineConfig) -> LocalNode {
+    pub fn with_engine_config(
+        runtime: Runtime,
+        node_id: impl Into<String>,
+        engine: soulbox_templates::engine::EngineConfig,
+    ) -> LocalNode {
         // (the runtime's store: a shifted one of its own in the shared user namespace mode)
         let templates_dir = runtime.store().root().join("templates");
         let engine = soulbox_templates::engine::Engine::new(runtime.clone(), engine);
@@ -127,7 +131,8 @@ impl Node for LocalNode {
     }
 
     async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError> {
-        let result = if keep_memory { self.runtime.pause(sandbox_id).await } else { self.runtime.stop(sandbox_id).await };
+        let result =
+            if keep_memory { self.runtime.pause(sandbox_id).await } else { self.runtime.stop(sandbox_id).await };
         result.map_err(node_error)
     }
 

@@ -124,7 +124,8 @@ pub fn spawn_sampler(store: Store, nodes: Arc<dyn NodeSet>, metrics: Arc<Metrics
         loop {
             tick.tick().await;
             let (store, nodes, metrics, handle) = (store.clone(), nodes.clone(), metrics.clone(), handle.clone());
-            let round = tokio::task::spawn_blocking(move || handle.block_on(sample_round(&store, nodes.as_ref(), &metrics)));
+            let round =
+                tokio::task::spawn_blocking(move || handle.block_on(sample_round(&store, nodes.as_ref(), &metrics)));
             if let Err(e) = round.await {
                 tracing::warn!(error = %e, "metrics: a sample round failed");
             }
@@ -144,7 +145,8 @@ async fn sample_round(store: &Store, nodes: &dyn NodeSet, metrics: &MetricsStore
     };
     metrics.retain(&records.iter().map(|r| r.id.clone()).collect());
     let running = records.into_iter().filter(|r| r.state == SandboxState::Running);
-    let reads = running.map(|r| async move { (r.id.clone(), async { nodes.get(&r.node_id).await?.stats(&r.id).await }.await) });
+    let reads =
+        running.map(|r| async move { (r.id.clone(), async { nodes.get(&r.node_id).await?.stats(&r.id).await }.await) });
     for (id, result) in futures::future::join_all(reads).await {
         match result {
             Ok(stats) => metrics.record(&id, now_ms(), stats),
@@ -187,7 +189,10 @@ mod tests {
         async fn templates(&self) -> Result<Vec<crate::node::TemplateInfo>, crate::node::NodeError> {
             self.inner.templates().await
         }
-        async fn create(&self, spec: crate::node::SandboxSpec) -> Result<crate::node::CreatedSandbox, crate::node::NodeError> {
+        async fn create(
+            &self,
+            spec: crate::node::SandboxSpec,
+        ) -> Result<crate::node::CreatedSandbox, crate::node::NodeError> {
             self.inner.create(spec).await
         }
         async fn pause(&self, id: &str, keep: bool) -> Result<(), crate::node::NodeError> {
@@ -205,7 +210,11 @@ mod tests {
             let _ = self.release.lock().unwrap().recv();
             Ok(SandboxStats { cpu_count: 1, ..Default::default() })
         }
-        async fn logs(&self, id: &str, query: crate::node::LogQuery) -> Result<Vec<crate::node::LogLine>, crate::node::NodeError> {
+        async fn logs(
+            &self,
+            id: &str,
+            query: crate::node::LogQuery,
+        ) -> Result<Vec<crate::node::LogLine>, crate::node::NodeError> {
             self.inner.logs(id, query).await
         }
     }
@@ -219,14 +228,33 @@ mod tests {
         let store = crate::store::Store::open(&crate::store::Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
         let (entered_tx, entered_rx) = std::sync::mpsc::sync_channel(16);
         let (release_tx, release_rx) = std::sync::mpsc::channel();
-        let node = BlockingNode { inner: Default::default(), entered: entered_tx, release: std::sync::Mutex::new(release_rx) };
+        let node =
+            BlockingNode { inner: Default::default(), entered: entered_tx, release: std::sync::Mutex::new(release_rx) };
         let lifecycle = Lifecycle::start(store, Arc::new(node), LifecycleConfig::default()).await.unwrap();
-        let id = lifecycle.create(CreateRequest { template: "base".into(), team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() }).await.unwrap().id;
+        let id = lifecycle
+            .create(CreateRequest {
+                template: "base".into(),
+                team_id: crate::store::DEFAULT_TEAM_ID.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .id;
         let metrics = Arc::new(MetricsStore::default());
-        let sampler = spawn_sampler(lifecycle.store().clone(), lifecycle.nodes().clone(), metrics.clone(), Duration::from_millis(10));
+        let sampler = spawn_sampler(
+            lifecycle.store().clone(),
+            lifecycle.nodes().clone(),
+            metrics.clone(),
+            Duration::from_millis(10),
+        );
         // The sampler is inside a blocking read now.
         tokio::task::spawn_blocking(move || entered_rx.recv_timeout(Duration::from_secs(30)).unwrap()).await.unwrap();
-        let state = crate::api::ApiState { lifecycle: lifecycle.clone(), metrics: metrics.clone(), domain: None, started: std::time::Instant::now() };
+        let state = crate::api::ApiState {
+            lifecycle: lifecycle.clone(),
+            metrics: metrics.clone(),
+            domain: None,
+            started: std::time::Instant::now(),
+        };
         let request = http::Request::get("/health").body(axum::body::Body::empty()).unwrap();
         // Served by a task, i.e. on the request worker (the test body itself runs on another thread); waited for
         // with a plain thread, since tokio's timers would stop too if that worker were stuck.
@@ -235,7 +263,8 @@ mod tests {
             let response = tower::ServiceExt::oneshot(crate::api::router(state), request).await;
             let _ = answer_tx.send(response.is_ok_and(|r| r.status().is_success()));
         });
-        let answered = tokio::task::spawn_blocking(move || answer_rx.recv_timeout(Duration::from_secs(30))).await.unwrap();
+        let answered =
+            tokio::task::spawn_blocking(move || answer_rx.recv_timeout(Duration::from_secs(30))).await.unwrap();
         assert_eq!(answered, Ok(true), "/health must not wait for the sampler");
         release_tx.send(()).unwrap();
         drop(release_tx);

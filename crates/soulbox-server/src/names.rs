@@ -38,24 +38,15 @@ pub fn is_valid_files_hash(hash: &str) -> bool {
 
 /// Sandbox ids as they appear in hosts (`<port>-<id>.<domain>`): lowercase letters and digits.
 pub fn is_valid_sandbox_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`, envd's port when absent or not a port): where a request with
 /// E2B's routing headers goes. The id is taken as sent; the lookup decides whether it exists.
 pub fn sandbox_route(headers: &HeaderMap) -> Option<(String, u16)> {
-    let id = headers
-        .get("e2b-sandbox-id")
-        .and_then(|v| v.to_str().ok())?;
-    let port = headers
-        .get("e2b-sandbox-port")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(ENVD_PORT);
+    let id = headers.get("e2b-sandbox-id").and_then(|v| v.to_str().ok())?;
+    let port =
+        headers.get("e2b-sandbox-port").and_then(|v| v.to_str().ok()).and_then(|p| p.parse().ok()).unwrap_or(ENVD_PORT);
     Some((id.to_owned(), port))
 }
 
@@ -68,26 +59,16 @@ mod tests {
         assert_eq!(split_tag("app"), ("app", "default"));
         assert_eq!(split_tag("app:v1"), ("app", "v1"));
         assert_eq!(build_template_name("b1"), "sbb-b1");
+        assert!(is_internal_template("sbb-b1") && is_internal_template("sbbuild-x") && !is_internal_template("sb-x"));
         assert!(
-            is_internal_template("sbb-b1")
-                && is_internal_template("sbbuild-x")
-                && !is_internal_template("sb-x")
-        );
-        assert!(
-            is_valid_template_name("my-app.1")
-                && !is_valid_template_name("sbb-x")
-                && !is_valid_template_name("a b")
+            is_valid_template_name("my-app.1") && !is_valid_template_name("sbb-x") && !is_valid_template_name("a b")
         );
         assert!(is_valid_tag("v1") && !is_valid_tag("bad tag"));
     }
 
     #[test]
     fn hashes_and_ids() {
-        assert!(
-            is_valid_files_hash("abcDEF09")
-                && !is_valid_files_hash("")
-                && !is_valid_files_hash("../x")
-        );
+        assert!(is_valid_files_hash("abcDEF09") && !is_valid_files_hash("") && !is_valid_files_hash("../x"));
         assert!(!is_valid_files_hash(&"a".repeat(129)));
         assert!(is_valid_sandbox_id("i0abc9"));
         assert!(!is_valid_sandbox_id("has-dash") && !is_valid_sandbox_id("UPPER"));

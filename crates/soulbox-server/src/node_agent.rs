@@ -19,7 +19,10 @@ use http::StatusCode;
 use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
-use crate::cluster::wire::{AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
+use crate::cluster::wire::{
+    AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest,
+    SECRET_HEADER,
+};
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
 use crate::proxy::{self, Upstream};
@@ -79,7 +82,6 @@ impl Agent {
         }
         result
     }
-
 
     /// The runtime's own report plus the agent's: recent runtime errors make the node Degraded.
     pub async fn info(&self) -> NodeInfo {
@@ -170,7 +172,9 @@ pub async fn heartbeat_loop(agent: Arc<Agent>) {
         };
         if changed {
             match &result {
-                Ok(status) => tracing::info!(node = %agent.config.node_id, status = status.as_str(), "heartbeat accepted"),
+                Ok(status) => {
+                    tracing::info!(node = %agent.config.node_id, status = status.as_str(), "heartbeat accepted")
+                }
                 Err(e) => tracing::warn!(node = %agent.config.node_id, error = %e, "heartbeat failed; retrying"),
             }
         }
@@ -199,7 +203,10 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
 async fn require_secret(State(agent): State<Arc<Agent>>, request: Request, next: Next) -> Response {
     let presented = request.headers().get(SECRET_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
     if !bool::from(presented.ct_eq(agent.secret.as_bytes())) {
-        return crate::reply::error(StatusCode::UNAUTHORIZED, "this is a SoulBox node agent: only its control plane may call it");
+        return crate::reply::error(
+            StatusCode::UNAUTHORIZED,
+            "this is a SoulBox node agent: only its control plane may call it",
+        );
     }
     next.run(request).await
 }
@@ -275,14 +282,22 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
     let Some(ip) = running else { return proxy::not_found(&id) };
     let liveness = agent.streams.token(&id);
     let envd_secret = if port == ENVD_PORT { agent.node.envd_secret(&id) } else { None };
-    let upstream =
-        Upstream { authority: format!("{ip}:{port}"), headers: http::HeaderMap::new(), sandbox_id: id, port, envd_secret };
+    let upstream = Upstream {
+        authority: format!("{ip}:{port}"),
+        headers: http::HeaderMap::new(),
+        sandbox_id: id,
+        port,
+        envd_secret,
+    };
     proxy::forward_to(&agent.client, upstream, liveness, request).await
 }
 
 /// Runs the agent until SIGINT/SIGTERM: binds, starts heartbeating, serves. Sandboxes keep running when it stops
 /// and are re-adopted by the next start (the control plane reconciles them).
-pub async fn serve(agent: Arc<Agent>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    agent: Arc<Agent>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = match crate::serve::bind(agent.config.listen) {
         Ok(listener) => listener,
         Err(e) => {
@@ -333,7 +348,10 @@ pub struct NodeSettings {
 /// restarted agent comes back as the same node and its sandboxes are reconciled, not orphaned).
 pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Result<String> {
     if let Some(id) = wanted {
-        anyhow::ensure!(crate::cluster::wire::valid_node_id(&id), "invalid node id {id:?}: use [a-z0-9-], at most 63 characters");
+        anyhow::ensure!(
+            crate::cluster::wire::valid_node_id(&id),
+            "invalid node id {id:?}: use [a-z0-9-], at most 63 characters"
+        );
         return Ok(id);
     }
     let path = data_dir.join("node-id");

@@ -27,9 +27,7 @@ pub struct RuntimeSettings<'a> {
 }
 
 /// The runtime's configuration (its state under `<data_dir>/node`).
-pub fn runtime_config(
-    settings: RuntimeSettings<'_>,
-) -> anyhow::Result<soulbox_runtime::RuntimeConfig> {
+pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_runtime::RuntimeConfig> {
     let mut config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
     config.store_dir = settings.template_dir;
     config.runtime_bin = settings.runtime;
@@ -80,18 +78,8 @@ mod tests {
             allow_private_egress: false,
         };
         let config = runtime_config(settings(&envd)).unwrap();
-        assert_eq!(
-            (
-                config.pool_size,
-                config.default_disk_mb,
-                config.pool_prefix_len
-            ),
-            (2, 512, 16)
-        );
+        assert_eq!((config.pool_size, config.default_disk_mb, config.pool_prefix_len), (2, 512, 16));
         let missing = runtime_config(settings(&dir.path().join("nope"))).unwrap_err();
-        assert!(
-            format!("{missing:#}").contains("scripts/build-envd.sh"),
-            "{missing:#}"
-        );
+        assert!(format!("{missing:#}").contains("scripts/build-envd.sh"), "{missing:#}");
     }
 }

@@ -33,15 +33,18 @@ use soulbox_runtime::EnvdSecret;
 use crate::client_socket::{ClientSocket, reset_on_close};
 use crate::cluster::Route;
 use crate::cluster::wire::SECRET_HEADER;
-use crate::names::{is_valid_sandbox_id, sandbox_route};
 use crate::lifecycle::Lifecycle;
+use crate::names::{is_valid_sandbox_id, sandbox_route};
 use crate::signed_routing::{SignedRequest, SignedRouter};
 use crate::store::SandboxRecord;
 
 /// Where a request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    Sandbox { id: String, port: u16 },
+    Sandbox {
+        id: String,
+        port: u16,
+    },
     /// A signed `/files` URL without routing headers: find the sandbox by its signature.
     BySignature,
 }
@@ -89,13 +92,26 @@ pub struct Proxy {
     max_body: u64,
 }
 
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 impl Proxy {
     pub fn new(lifecycle: Arc<Lifecycle>) -> Proxy {
         let signed = SignedRouter::new(lifecycle.store().clone());
-        Proxy { lifecycle, signed, client: http_client(), max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes }
+        Proxy {
+            lifecycle,
+            signed,
+            client: http_client(),
+            max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes,
+        }
     }
 
     pub fn with_max_body(mut self, bytes: u64) -> Proxy {
@@ -107,14 +123,21 @@ impl Proxy {
     /// anything is read, and a streamed body that grows past it is cut (and answered 413 when nothing was
     /// answered yet).
     pub async fn forward(&self, target: Target, request: Request) -> Response {
-        let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         if let Some(n) = declared.filter(|n| *n > self.max_body) {
             return too_large(n, self.max_body);
         }
         let (request, overflow) = limit_body(request, self.max_body);
         let response = self.forward_unlimited(target, request).await;
         if overflow.load(std::sync::atomic::Ordering::SeqCst) && !response.status().is_success() {
-            return crate::reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over the limit of {} bytes", self.max_body));
+            return crate::reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over the limit of {} bytes", self.max_body),
+            );
         }
         response
     }
@@ -125,7 +148,10 @@ impl Proxy {
                 Some(r) => (r, port),
                 None => return not_found(&id),
             },
-            Target::BySignature => match self.sandbox_by_signature(request.method().clone(), request.uri().clone()).await {
+            Target::BySignature => match self
+                .sandbox_by_signature(request.method().clone(), request.uri().clone())
+                .await
+            {
                 Some(r) => (r, ENVD_PORT),
                 None => {
                     return crate::reply::error(StatusCode::UNAUTHORIZED, "invalid signature: no sandbox matches it");
@@ -140,7 +166,9 @@ impl Proxy {
             Some(Route::Direct) => {
                 let recorded = record.address.as_deref().and_then(|a| a.parse().ok());
                 let Ok(node) = self.lifecycle.node_of(&record).await else { return not_found(&record.id) };
-                let Some(address) = node.traffic_address(&record.id, recorded).await else { return not_found(&record.id) };
+                let Some(address) = node.traffic_address(&record.id, recorded).await else {
+                    return not_found(&record.id);
+                };
                 // From the owning node's memory (no store or file access per request); envd's port only.
                 let envd_secret = match port {
                     ENVD_PORT => node.envd_secret(&record.id),
@@ -158,7 +186,11 @@ impl Proxy {
             // sandbox's streams itself when it is killed or paused there.
             Some(Route::ViaNode { authority, secret }) => {
                 let mut headers = HeaderMap::new();
-                let values = [("e2b-sandbox-id", record.id.clone()), ("e2b-sandbox-port", port.to_string()), (SECRET_HEADER, secret)];
+                let values = [
+                    ("e2b-sandbox-id", record.id.clone()),
+                    ("e2b-sandbox-port", port.to_string()),
+                    (SECRET_HEADER, secret),
+                ];
                 for (name, value) in values {
                     match http::HeaderValue::from_str(&value) {
                         Ok(v) => headers.insert(HeaderName::from_static(name), v),
@@ -183,7 +215,6 @@ impl Proxy {
         }
     }
 
-
     async fn sandbox_by_signature(&self, method: Method, uri: Uri) -> Option<SandboxRecord> {
         let query = SignedQuery::parse(uri.query()).ok()?;
         let operation = if method == Method::POST { Operation::Write } else { Operation::Read };
@@ -201,7 +232,10 @@ impl Proxy {
 }
 
 fn too_large(declared: u64, limit: u64) -> Response {
-    crate::reply::error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {declared} bytes is over the limit of {limit} bytes"))
+    crate::reply::error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body of {declared} bytes is over the limit of {limit} bytes"),
+    )
 }
 
 /// `request` with its body cut off (an error frame) once more than `limit` bytes passed; the flag says it was.
@@ -340,34 +374,35 @@ pub async fn forward_to(
     parts.headers.remove(envd_secret::HEADER);
     // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
     // clean end, which is what E2B clients recognise as a killed sandbox.
-    let frames = futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
-        if done {
-            return None;
-        }
-        tokio::select! {
-            chunk = body.next() => match chunk {
-                Some(Ok(data)) => Some((Ok(data), (body, live, false))),
-                // The upstream broke off (envd died, or the node agent cut the stream because the sandbox stopped
-                // there): pass the break on the same way.
-                Some(Err(e)) => {
+    let frames =
+        futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
+            if done {
+                return None;
+            }
+            tokio::select! {
+                chunk = body.next() => match chunk {
+                    Some(Ok(data)) => Some((Ok(data), (body, live, false))),
+                    // The upstream broke off (envd died, or the node agent cut the stream because the sandbox stopped
+                    // there): pass the break on the same way.
+                    Some(Err(e)) => {
+                        if let Some(socket) = socket {
+                            reset_on_close(socket);
+                        }
+                        Some((Err(std::io::Error::other(e)), (body, live, true)))
+                    }
+                    None => None,
+                },
+                _ = live.cancelled() => {
                     if let Some(socket) = socket {
                         reset_on_close(socket);
                     }
-                    Some((Err(std::io::Error::other(e)), (body, live, true)))
+                    Some((
+                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
+                        (body, live, true),
+                    ))
                 }
-                None => None,
-            },
-            _ = live.cancelled() => {
-                if let Some(socket) = socket {
-                    reset_on_close(socket);
-                }
-                Some((
-                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
-                    (body, live, true),
-                ))
             }
-        }
-    });
+        });
     Response::from_parts(parts, Body::from_stream(frames.boxed()))
 }
 
@@ -476,7 +511,8 @@ mod tests {
     #[test]
     fn routing_rules() {
         let uri: Uri = "/process.Process/Start".parse().unwrap();
-        let by_header = classify(&Method::POST, &uri, &headers(&[("e2b-sandbox-id", "iabc"), ("e2b-sandbox-port", "49983")]), None);
+        let by_header =
+            classify(&Method::POST, &uri, &headers(&[("e2b-sandbox-id", "iabc"), ("e2b-sandbox-port", "49983")]), None);
         assert_eq!(by_header, Some(Target::Sandbox { id: "iabc".into(), port: 49983 }));
 
         let by_host = classify(&Method::GET, &uri, &headers(&[("host", "8001-iabc.sb.local:3000")]), Some("sb.local"));
@@ -486,11 +522,17 @@ mod tests {
         assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "api.sb.local")]), Some("sb.local")), None);
 
         let signed: Uri = "/files?path=a.txt&signature=v1_abc".parse().unwrap();
-        assert_eq!(classify(&Method::GET, &signed, &headers(&[("host", "localhost:3000")]), None), Some(Target::BySignature));
+        assert_eq!(
+            classify(&Method::GET, &signed, &headers(&[("host", "localhost:3000")]), None),
+            Some(Target::BySignature)
+        );
         assert_eq!(classify(&Method::GET, &signed, &headers(&[("x-api-key", "k")]), None), None);
         // SoulBox's SDK names the sandbox: routed like a header, no signature search.
         let with_id: Uri = "/files?path=a.txt&signature=sb1_abc&sandbox_id=iabc".parse().unwrap();
-        assert_eq!(classify(&Method::GET, &with_id, &HeaderMap::new(), None), Some(Target::Sandbox { id: "iabc".into(), port: 49983 }));
+        assert_eq!(
+            classify(&Method::GET, &with_id, &HeaderMap::new(), None),
+            Some(Target::Sandbox { id: "iabc".into(), port: 49983 })
+        );
         let bad_id: Uri = "/files?path=a.txt&signature=sb1_abc&sandbox_id=../x".parse().unwrap();
         assert_eq!(classify(&Method::GET, &bad_id, &HeaderMap::new(), None), Some(Target::BySignature));
         let unsigned: Uri = "/files?path=a.txt".parse().unwrap();

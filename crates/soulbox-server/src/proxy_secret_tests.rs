@@ -234,7 +234,12 @@ async fn server() -> (Arc<Lifecycle>, Arc<FakeNode>, u16, tempfile::TempDir) {
 async fn through_the_server_init_is_refused_by_header_and_by_host() {
     let (lifecycle, _node, port, _dir) = server().await;
     let id = lifecycle
-        .create(CreateRequest { template: "base".into(), allow_internet: true, team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() })
+        .create(CreateRequest {
+            template: "base".into(),
+            allow_internet: true,
+            team_id: crate::store::DEFAULT_TEAM_ID.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .id;
@@ -260,7 +265,12 @@ async fn through_the_server_a_users_port_never_sees_the_secret() {
     let (lifecycle, node, port, _dir) = server().await;
     let echo = upstream(Answer::Echo).await;
     let id = lifecycle
-        .create(CreateRequest { template: "base".into(), allow_internet: true, team_id: crate::store::DEFAULT_TEAM_ID.into(), ..Default::default() })
+        .create(CreateRequest {
+            template: "base".into(),
+            allow_internet: true,
+            team_id: crate::store::DEFAULT_TEAM_ID.into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .id;

@@ -23,7 +23,11 @@ async fn upstream() -> u16 {
             tokio::spawn(async move {
                 let head = read_head(&mut sock).await;
                 if head.to_ascii_lowercase().contains("upgrade: websocket") {
-                    let _ = sock.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await;
+                    let _ = sock
+                        .write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                        )
+                        .await;
                     let mut buf = [0u8; 64];
                     while let Ok(n) = sock.read(&mut buf).await {
                         if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
@@ -92,7 +96,9 @@ async fn streams_flow_and_are_cut_when_the_sandbox_is_killed() {
     let target = upstream().await;
     let id = sandbox(&lifecycle).await;
     let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {target}\r\n\r\n");
+    let request = format!(
+        "GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {target}\r\n\r\n"
+    );
     client.write_all(request.as_bytes()).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -119,7 +125,12 @@ async fn streams_flow_and_are_cut_when_the_sandbox_is_killed() {
 
     // Afterwards the sandbox answers like E2B's proxy.
     let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    client.write_all(format!("GET /health HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    client
+        .write_all(
+            format!("GET /health HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
     let mut response = String::new();
     client.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 502"), "{response}");
@@ -133,7 +144,8 @@ async fn upgrades_pass_through_by_host_routing() {
     let target = upstream().await;
     let id = sandbox(&lifecycle).await;
     let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET /ws HTTP/1.1\r\nHost: {target}-{id}.sb.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let request =
+        format!("GET /ws HTTP/1.1\r\nHost: {target}-{id}.sb.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
     client.write_all(request.as_bytes()).await.unwrap();
     let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client)).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
@@ -148,12 +160,13 @@ async fn closed_ports_and_unknown_sandboxes_are_502() {
     let (lifecycle, port, _dir) = server().await;
     let id = sandbox(&lifecycle).await;
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port(); // bound then dropped
-    for (sandbox, port_header, needle) in [
-        (id.as_str(), closed, "port is not open"),
-        ("nosuchsandbox", 49983, "The sandbox was not found"),
-    ] {
+    for (sandbox, port_header, needle) in
+        [(id.as_str(), closed, "port is not open"), ("nosuchsandbox", 49983, "The sandbox was not found")]
+    {
         let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let req = format!("GET / HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {sandbox}\r\nE2b-Sandbox-Port: {port_header}\r\nConnection: close\r\n\r\n");
+        let req = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {sandbox}\r\nE2b-Sandbox-Port: {port_header}\r\nConnection: close\r\n\r\n"
+        );
         client.write_all(req.as_bytes()).await.unwrap();
         let mut response = String::new();
         client.read_to_string(&mut response).await.unwrap();
@@ -172,7 +185,9 @@ async fn body_counter() -> u16 {
                 let io = hyper_util::rt::TokioIo::new(sock);
                 let service = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                     let n = http_body_util::BodyExt::collect(req.into_body()).await?.to_bytes().len();
-                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!("got {n}")))))
+                    Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from(format!(
+                        "got {n}"
+                    )))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
             });
@@ -185,15 +200,22 @@ async fn body_counter() -> u16 {
 async fn proxied_bodies_over_the_limit_are_413_in_e2b_shape() {
     // Above the 64 KiB that serve.rs reads ahead, so the declared length is refused before any body is sent.
     let limit = 100_000u64;
-    let (lifecycle, port, _dir) = server_with(crate::serve::HttpSettings { max_proxy_body_bytes: limit, ..Default::default() }).await;
+    let (lifecycle, port, _dir) =
+        server_with(crate::serve::HttpSettings { max_proxy_body_bytes: limit, ..Default::default() }).await;
     let target = body_counter().await;
     let id = sandbox(&lifecycle).await;
-    let head = |extra: &str| format!("POST /files HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {target}\r\nConnection: close\r\n{extra}\r\n");
+    let head = |extra: &str| {
+        format!(
+            "POST /files HTTP/1.1\r\nHost: x\r\nE2b-Sandbox-Id: {id}\r\nE2b-Sandbox-Port: {target}\r\nConnection: close\r\n{extra}\r\n"
+        )
+    };
     let exchange = |request: Vec<u8>| async move {
         let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         client.write_all(&request).await.unwrap();
         let mut response = String::new();
-        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut response)).await.expect("an answer");
+        let _ = tokio::time::timeout(Duration::from_secs(10), client.read_to_string(&mut response))
+            .await
+            .expect("an answer");
         response
     };
     // Under the limit: passed on.

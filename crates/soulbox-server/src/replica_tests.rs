@@ -81,7 +81,11 @@ async fn replica(db: &TestDatabase, node: Arc<CountingNode>) -> Replica {
     replica_with_limits(db, node, crate::store::TeamLimits::default()).await
 }
 
-async fn replica_with_limits(db: &TestDatabase, node: Arc<CountingNode>, team_limits: crate::store::TeamLimits) -> Replica {
+async fn replica_with_limits(
+    db: &TestDatabase,
+    node: Arc<CountingNode>,
+    team_limits: crate::store::TeamLimits,
+) -> Replica {
     let store = db.open().await; // its own pool, as its own process would have
     let config = LifecycleConfig {
         deadline_sweep: Duration::from_millis(100),
@@ -101,10 +105,13 @@ async fn replica_with_limits(db: &TestDatabase, node: Arc<CountingNode>, team_li
     let stop = CancellationToken::new();
     let shutdown = stop.clone().cancelled_owned();
     let server = tokio::spawn(async move {
-        axum::serve(crate::client_socket::ServerListener(listener), app.into_make_service_with_connect_info::<crate::client_socket::ClientSocket>())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .unwrap();
+        axum::serve(
+            crate::client_socket::ServerListener(listener),
+            app.into_make_service_with_connect_info::<crate::client_socket::ClientSocket>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .unwrap();
     });
     Replica { url, lifecycle, stop, server }
 }
@@ -161,20 +168,23 @@ store_test!(a_sandbox_created_through_one_replica_is_managed_through_the_other, 
     let key = admin_key(&db).await;
     let node = Arc::new(CountingNode::default());
     let (a, b) = (replica(&db, node.clone()).await, replica(&db, node.clone()).await);
-    let (status, created) = call(&key, &a, Method::POST, "/sandboxes", Some(json!({"templateID": "base", "timeout": 300}))).await;
+    let (status, created) =
+        call(&key, &a, Method::POST, "/sandboxes", Some(json!({"templateID": "base", "timeout": 300}))).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["sandboxID"].as_str().unwrap().to_owned();
 
     let (status, listed) = call(&key, &b, Method::GET, "/v2/sandboxes", None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(listed.as_array().unwrap().iter().filter(|s| s["sandboxID"] == id.as_str()).count(), 1, "{listed}");
-    let (status, _) = call(&key, &b, Method::POST, &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 600}))).await;
+    let (status, _) =
+        call(&key, &b, Method::POST, &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 600}))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = call(&key, &b, Method::POST, &format!("/sandboxes/{id}/pause"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, info) = call(&key, &a, Method::GET, &format!("/sandboxes/{id}"), None).await;
     assert_eq!((status, info["state"].as_str()), (StatusCode::OK, Some("paused")), "{info}");
-    let (status, _) = call(&key, &a, Method::POST, &format!("/sandboxes/{id}/connect"), Some(json!({"timeout": 60}))).await;
+    let (status, _) =
+        call(&key, &a, Method::POST, &format!("/sandboxes/{id}/connect"), Some(json!({"timeout": 60}))).await;
     assert_eq!(status, StatusCode::CREATED, "connect resumes the sandbox paused through the other replica");
     let (status, _) = call(&key, &b, Method::DELETE, &format!("/sandboxes/{id}"), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
@@ -216,18 +226,21 @@ store_test!(a_timeout_set_through_a_replica_that_is_gone_still_fires, |db| {
     let a = replica(&db, node.clone()).await;
     let b = replica(&db, node.clone()).await;
     let store = db.open().await;
-    let (status, created) = call(&key, &a, Method::POST, "/sandboxes", Some(json!({"templateID": "base", "timeout": 300}))).await;
+    let (status, created) =
+        call(&key, &a, Method::POST, "/sandboxes", Some(json!({"templateID": "base", "timeout": 300}))).await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["sandboxID"].as_str().unwrap().to_owned();
     // Shortened through A (only A's wheel knows the new end), then A goes away before it is due.
-    let (status, _) = call(&key, &a, Method::POST, &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 2}))).await;
+    let (status, _) =
+        call(&key, &a, Method::POST, &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 2}))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     a.shut_down().await;
     wait_for(&store, &id, None).await;
     assert_eq!(node.kills.load(Ordering::SeqCst), 1);
 
     // A replica that died holding a claim (mid-timeout) blocks the others only until its lease runs out.
-    let (status, created) = call(&key, &b, Method::POST, "/sandboxes", Some(json!({"templateID": "base", "timeout": 1}))).await;
+    let (status, created) =
+        call(&key, &b, Method::POST, "/sandboxes", Some(json!({"templateID": "base", "timeout": 1}))).await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["sandboxID"].as_str().unwrap().to_owned();
     let end = store.get_sandbox(&id).await.unwrap().end_at_ms;
@@ -280,16 +293,21 @@ store_test!(creates_racing_through_both_replicas_stop_at_the_team_limit, |db| {
     let node = Arc::new(CountingNode::default());
     // The base template is 2 vCPUs: 3 sandboxes' worth of vCPUs for the team, and room for 2 already taken.
     let limits = crate::store::TeamLimits { max_sandboxes: 100, max_vcpus: 6, ..Default::default() };
-    let (a, b) = (replica_with_limits(&db, node.clone(), limits).await, replica_with_limits(&db, node.clone(), limits).await);
+    let (a, b) =
+        (replica_with_limits(&db, node.clone(), limits).await, replica_with_limits(&db, node.clone(), limits).await);
     for replica in [&a, &b] {
-        let (status, created) = call(&key, replica, Method::POST, "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
+        let (status, created) =
+            call(&key, replica, Method::POST, "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
     }
     // Eight creates for the last place, four through each replica, at the same moment: exactly one gets it.
-    let creates = (0..8).map(|i| call(&key, if i % 2 == 0 { &a } else { &b }, Method::POST, "/v2/sandboxes", Some(json!({"templateID": "base"}))));
+    let creates = (0..8).map(|i| {
+        call(&key, if i % 2 == 0 { &a } else { &b }, Method::POST, "/v2/sandboxes", Some(json!({"templateID": "base"})))
+    });
     let answers = futures::future::join_all(creates).await;
     let created = answers.iter().filter(|(status, _)| *status == StatusCode::CREATED).count();
-    let limited: Vec<&Value> = answers.iter().filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS).map(|(_, body)| body).collect();
+    let limited: Vec<&Value> =
+        answers.iter().filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS).map(|(_, body)| body).collect();
     assert_eq!((created, limited.len()), (1, 7), "{answers:?}");
     assert!(limited.iter().all(|body| body["message"].as_str().unwrap().contains("teams.max_vcpus")), "{limited:?}");
     assert_eq!(node.inner.sandboxes.lock().unwrap().len(), 3, "the refused create reached no node");

@@ -7,10 +7,6 @@ use soulbox_protocol::api::ApiError;
 
 /// An E2B error response: `{"code": <status>, "message": ...}`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    let body = ApiError {
-        code: status.as_u16(),
-        message: message.into(),
-        error_code: None,
-    };
+    let body = ApiError { code: status.as_u16(), message: message.into(), error_code: None };
     (status, axum::Json(body)).into_response()
 }

@@ -92,12 +92,8 @@ impl HttpConfig {
             header_read_timeout: self
                 .header_read_timeout_s
                 .map_or(d.header_read_timeout, |s| Duration::from_secs(s.max(1))),
-            idle_timeout: self
-                .idle_timeout_s
-                .map_or(d.idle_timeout, |s| Duration::from_secs(s.max(1))),
-            max_proxy_body_bytes: self
-                .max_proxy_body_mb
-                .map_or(d.max_proxy_body_bytes, |m| m << 20),
+            idle_timeout: self.idle_timeout_s.map_or(d.idle_timeout, |s| Duration::from_secs(s.max(1))),
+            max_proxy_body_bytes: self.max_proxy_body_mb.map_or(d.max_proxy_body_bytes, |m| m << 20),
             max_upload_bytes: self.max_upload_mb.map_or(d.max_upload_bytes, |m| m << 20),
             shutdown_grace: d.shutdown_grace,
         }
@@ -121,9 +117,7 @@ pub fn raise_fd_limit_and_cap(configured: usize) -> usize {
         }
     }
     let soft = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
-    let allowed = usize::try_from(soft.saturating_sub(FD_RESERVE) / 2)
-        .unwrap_or(usize::MAX)
-        .max(1);
+    let allowed = usize::try_from(soft.saturating_sub(FD_RESERVE) / 2).unwrap_or(usize::MAX).max(1);
     if allowed < configured {
         tracing::warn!(
             configured,
@@ -137,11 +131,7 @@ pub fn raise_fd_limit_and_cap(configured: usize) -> usize {
 
 /// A listener with a deep backlog (bursts of connections wait in the kernel, not in SYN retries).
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
@@ -149,12 +139,7 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every connection to finish
 /// and waits for them (at most `settings.shutdown_grace`).
-pub async fn serve(
-    listener: TcpListener,
-    app: Router,
-    settings: HttpSettings,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve(listener: TcpListener, app: Router, settings: HttpSettings, shutdown: impl Future<Output = ()>) {
     let open = Arc::new(OpenConnections::default());
     let stop = CancellationToken::new();
     let settings = Arc::new(settings);
@@ -182,14 +167,7 @@ pub async fn serve(
         }
         let slot = OpenConnections::enter(&open);
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(
-            stream,
-            peer,
-            slot,
-            app.clone(),
-            settings.clone(),
-            stop.clone(),
-        ));
+        tokio::spawn(serve_connection(stream, peer, slot, app.clone(), settings.clone(), stop.clone()));
     }
     stop.cancel();
     let drained = tokio::time::timeout(settings.shutdown_grace, open.all_closed()).await;
@@ -244,15 +222,8 @@ struct ShedLog {
 impl ShedLog {
     fn note(&mut self, cap: usize) {
         self.since_last += 1;
-        if self
-            .last
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
-        {
-            tracing::warn!(
-                cap,
-                shed = self.since_last,
-                "connection cap reached: new connections are closed at once"
-            );
+        if self.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+            tracing::warn!(cap, shed = self.since_last, "connection cap reached: new connections are closed at once");
             self.since_last = 0;
             self.last = Some(Instant::now());
         }
@@ -308,18 +279,14 @@ impl Phase {
         }
         if self.in_flight.load(Ordering::SeqCst) == 0
             && !self.h2.load(Ordering::Relaxed)
-            && self
-                .head_started_ms
-                .compare_exchange(0, now + 1, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
+            && self.head_started_ms.compare_exchange(0, now + 1, Ordering::SeqCst, Ordering::SeqCst).is_ok()
         {
             self.changed.notify_one();
         }
     }
 
     fn on_write(&self) {
-        self.last_activity_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        self.last_activity_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     fn request_started(&self) {
@@ -329,8 +296,7 @@ impl Phase {
     }
 
     fn request_ended(&self) {
-        self.last_activity_ms
-            .store(self.now_ms(), Ordering::Relaxed);
+        self.last_activity_ms.store(self.now_ms(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.changed.notify_one();
     }
@@ -343,11 +309,7 @@ impl Phase {
                 continue;
             }
             let (since, limit, why) = match self.head_started_ms.load(Ordering::SeqCst) {
-                0 => (
-                    self.last_activity_ms.load(Ordering::Relaxed),
-                    idle,
-                    "idle timeout",
-                ),
+                0 => (self.last_activity_ms.load(Ordering::Relaxed), idle, "idle timeout"),
                 started => (started - 1, header, "header read timeout"),
             };
             let deadline = self.born + Duration::from_millis(since) + limit;
@@ -370,11 +332,7 @@ struct TrackedIo {
 }
 
 impl AsyncRead for TrackedIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let res = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -385,11 +343,7 @@ impl AsyncRead for TrackedIo {
 }
 
 impl AsyncWrite for TrackedIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(res, Poll::Ready(Ok(n)) if n > 0) {
             self.phase.on_write();
@@ -517,9 +471,7 @@ const SMALL_BODY: u64 = 64 * 1024;
 /// its bytes have not all arrived yet, hyper closes the connection after the response, without having said so,
 /// and a client that already reused the kept-alive connection for its next request sees "server disconnected".
 /// Bigger and chunked bodies stream to the app as they come.
-async fn read_small_body(
-    request: Request<Incoming>,
-) -> Result<Request<Body>, http::Response<Body>> {
+async fn read_small_body(request: Request<Incoming>) -> Result<Request<Body>, http::Response<Body>> {
     let declared = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
@@ -528,17 +480,11 @@ async fn read_small_body(
     let (parts, body) = request.into_parts();
     match declared {
         Some(n) if n > 0 && n <= SMALL_BODY => {
-            match http_body_util::BodyExt::collect(http_body_util::Limited::new(
-                body,
-                SMALL_BODY as usize,
-            ))
-            .await
-            {
+            match http_body_util::BodyExt::collect(http_body_util::Limited::new(body, SMALL_BODY as usize)).await {
                 Ok(collected) => Ok(Request::from_parts(parts, Body::from(collected.to_bytes()))),
-                Err(e) => Err(crate::reply::error(
-                    http::StatusCode::BAD_REQUEST,
-                    format!("reading the request body: {e}"),
-                )),
+                Err(e) => {
+                    Err(crate::reply::error(http::StatusCode::BAD_REQUEST, format!("reading the request body: {e}")))
+                }
             }
         }
         _ => Ok(Request::from_parts(parts, Body::new(body))),
@@ -555,16 +501,10 @@ async fn serve_connection(
 ) {
     let socket = ClientSocket::new(peer, std::os::fd::AsRawFd::as_raw_fd(&stream));
     let phase = Arc::new(Phase::new());
-    let io = TrackedIo {
-        inner: stream,
-        phase: phase.clone(),
-        _slot: slot,
-    };
+    let io = TrackedIo { inner: stream, phase: phase.clone(), _slot: slot };
     let service_phase = phase.clone();
     let service = tower::service_fn(move |mut request: Request<Incoming>| {
-        request
-            .extensions_mut()
-            .insert(axum::extract::ConnectInfo(socket));
+        request.extensions_mut().insert(axum::extract::ConnectInfo(socket));
         service_phase.request_started();
         let in_flight = InFlight(service_phase.clone());
         let app = app.clone();
@@ -574,19 +514,14 @@ async fn serve_connection(
                 Err(response) => return Ok(response),
             };
             let response = tower::ServiceExt::oneshot(app, request).await?;
-            Ok::<_, std::convert::Infallible>(response.map(|inner| {
-                Body::new(TrackedBody {
-                    inner,
-                    _in_flight: in_flight,
-                })
-            }))
+            Ok::<_, std::convert::Infallible>(
+                response.map(|inner| Body::new(TrackedBody { inner, _in_flight: in_flight })),
+            )
         }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection_with_upgrades(
-        TokioIo::new(io),
-        hyper_util::service::TowerToHyperService::new(service),
-    );
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service));
     tokio::pin!(conn);
     tokio::select! {
         res = conn.as_mut() => {

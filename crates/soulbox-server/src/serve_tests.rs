@@ -29,19 +29,12 @@ async fn start(settings: HttpSettings) -> (std::net::SocketAddr, tokio::sync::on
 }
 
 fn settings(header: Duration, idle: Duration, max_connections: usize) -> HttpSettings {
-    HttpSettings {
-        header_read_timeout: header,
-        idle_timeout: idle,
-        max_connections,
-        ..HttpSettings::default()
-    }
+    HttpSettings { header_read_timeout: header, idle_timeout: idle, max_connections, ..HttpSettings::default() }
 }
 
 /// Sends a keep-alive `GET path` and reads one response (bodies here are short and have a length).
 async fn get_on(sock: &mut TcpStream, path: &str) -> Option<String> {
-    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    sock.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 1024];
     loop {
@@ -55,9 +48,7 @@ async fn get_on(sock: &mut TcpStream, path: &str) -> Option<String> {
             let len: usize = head
                 .lines()
                 .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length: ")
-                        .map(|v| v.trim().parse().unwrap())
+                    l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
                 })
                 .unwrap_or(0);
             if body.len() >= len {
@@ -84,12 +75,7 @@ async fn closed_within(sock: &mut TcpStream, bound: Duration) -> bool {
 
 #[tokio::test]
 async fn over_the_cap_new_connections_are_closed_and_established_ones_keep_working() {
-    let (addr, _stop) = start(settings(
-        Duration::from_secs(30),
-        Duration::from_secs(30),
-        3,
-    ))
-    .await;
+    let (addr, _stop) = start(settings(Duration::from_secs(30), Duration::from_secs(30), 3)).await;
     let mut held = Vec::new();
     for _ in 0..3 {
         let mut s = TcpStream::connect(addr).await.unwrap();
@@ -98,15 +84,9 @@ async fn over_the_cap_new_connections_are_closed_and_established_ones_keep_worki
     }
     // The fourth is accepted and closed at once: EOF without a response, even to a complete request.
     let mut over = TcpStream::connect(addr).await.unwrap();
-    assert!(
-        get_on(&mut over, "/ok").await.is_none(),
-        "a connection over the cap must not be served"
-    );
+    assert!(get_on(&mut over, "/ok").await.is_none(), "a connection over the cap must not be served");
     for s in &mut held {
-        assert!(
-            get_on(s, "/ok").await.unwrap().ends_with("ok"),
-            "established connections are unaffected"
-        );
+        assert!(get_on(s, "/ok").await.unwrap().ends_with("ok"), "established connections are unaffected");
     }
     // A slot freed is a slot for the next client (the server notices the close asynchronously: retry, bounded).
     drop(held.pop());
@@ -125,32 +105,18 @@ async fn over_the_cap_new_connections_are_closed_and_established_ones_keep_worki
 
 #[tokio::test]
 async fn slow_or_missing_request_heads_are_dropped_after_the_header_timeout() {
-    let (addr, _stop) = start(settings(
-        Duration::from_millis(300),
-        Duration::from_secs(600),
-        100,
-    ))
-    .await;
+    let (addr, _stop) = start(settings(Duration::from_millis(300), Duration::from_secs(600), 100)).await;
     // Slowloris: a head that never ends.
     let mut slow = TcpStream::connect(addr).await.unwrap();
-    slow.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Slow: 1\r\n")
-        .await
-        .unwrap();
+    slow.write_all(b"GET /ok HTTP/1.1\r\nHost: t\r\nX-Slow: 1\r\n").await.unwrap();
     // Connected, nothing sent.
     let mut silent = TcpStream::connect(addr).await.unwrap();
     // Kept alive after a request, then a new head that never ends.
     let mut kept = TcpStream::connect(addr).await.unwrap();
     assert!(get_on(&mut kept, "/ok").await.is_some());
     kept.write_all(b"GET /ok HTTP/1.1\r\n").await.unwrap();
-    for (name, sock) in [
-        ("slowloris", &mut slow),
-        ("silent", &mut silent),
-        ("second head", &mut kept),
-    ] {
-        assert!(
-            closed_within(sock, Duration::from_secs(20)).await,
-            "{name} connection was not closed"
-        );
+    for (name, sock) in [("slowloris", &mut slow), ("silent", &mut silent), ("second head", &mut kept)] {
+        assert!(closed_within(sock, Duration::from_secs(20)).await, "{name} connection was not closed");
     }
 }
 
@@ -158,31 +124,18 @@ async fn slow_or_missing_request_heads_are_dropped_after_the_header_timeout() {
 /// timeout; a request in flight outlives both.
 #[tokio::test(start_paused = true)]
 async fn idle_connections_close_at_the_idle_timeout_and_requests_in_flight_never_time_out() {
-    let (addr, _stop) = start(settings(
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-        100,
-    ))
-    .await;
+    let (addr, _stop) = start(settings(Duration::from_secs(1), Duration::from_secs(30), 100)).await;
     let mut kept = TcpStream::connect(addr).await.unwrap();
     assert!(get_on(&mut kept, "/ok").await.is_some());
     let idle_from = tokio::time::Instant::now();
     assert!(closed_within(&mut kept, Duration::from_secs(3600)).await);
     let idle_for = idle_from.elapsed();
-    assert!(
-        idle_for >= Duration::from_secs(30) && idle_for < Duration::from_secs(60),
-        "closed after {idle_for:?}"
-    );
+    assert!(idle_for >= Duration::from_secs(30) && idle_for < Duration::from_secs(60), "closed after {idle_for:?}");
 
     let mut streaming = TcpStream::connect(addr).await.unwrap();
     let started = tokio::time::Instant::now();
-    let answer = get_on(&mut streaming, "/slow")
-        .await
-        .expect("the slow response arrives");
-    assert!(
-        answer.ends_with("slow") && started.elapsed() >= Duration::from_secs(120),
-        "{answer}"
-    );
+    let answer = get_on(&mut streaming, "/slow").await.expect("the slow response arrives");
+    assert!(answer.ends_with("slow") && started.elapsed() >= Duration::from_secs(120), "{answer}");
 }
 
 /// Virtual time: a POST whose small body arrives after its head, answered by a handler that never reads it (as
@@ -203,16 +156,9 @@ async fn a_small_body_is_read_before_the_app_so_an_unread_one_cannot_break_keep_
     );
     let listener = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(serve::serve(
-        listener,
-        app,
-        HttpSettings::default(),
-        std::future::pending(),
-    ));
+    tokio::spawn(serve::serve(listener, app, HttpSettings::default(), std::future::pending()));
     let mut sock = TcpStream::connect(addr).await.unwrap();
-    sock.write_all(b"POST /reject HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
-        .await
-        .unwrap();
+    sock.write_all(b"POST /reject HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n").await.unwrap();
     // The body follows once the server has nothing else to do (virtual time advances only then), or at once if
     // the handler already ran without it.
     tokio::select! {
@@ -227,26 +173,17 @@ async fn a_small_body_is_read_before_the_app_so_an_unread_one_cannot_break_keep_
         assert!(n > 0, "closed before the first response");
         first.extend_from_slice(&chunk[..n]);
     }
-    assert!(
-        first.starts_with(b"HTTP/1.1 401"),
-        "{}",
-        String::from_utf8_lossy(&first)
-    );
+    assert!(first.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&first));
     let second = get_on(&mut sock, "/ok").await;
-    assert!(
-        second.is_some_and(|r| r.ends_with("ok")),
-        "the kept-alive connection must still serve"
-    );
+    assert!(second.is_some_and(|r| r.ends_with("ok")), "the kept-alive connection must still serve");
 }
 
 /// A response sent before the body was read (a 413) must reach a client that is still sending: the close
 /// lingers, reading what still comes, instead of resetting the client's writes.
 #[tokio::test]
 async fn an_early_answer_reaches_a_client_still_sending_its_body() {
-    let app = Router::new().route(
-        "/refuse",
-        axum::routing::post(|| async { (http::StatusCode::PAYLOAD_TOO_LARGE, "too large") }),
-    );
+    let app = Router::new()
+        .route("/refuse", axum::routing::post(|| async { (http::StatusCode::PAYLOAD_TOO_LARGE, "too large") }));
     let listener = serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

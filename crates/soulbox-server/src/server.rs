@@ -9,6 +9,7 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use crate::api::templates::UploadLimit;
 use crate::api::{self, ApiState};
 use crate::cluster::registry::{ClusterConfig, Registry};
 use crate::config::ServerConfig;
@@ -18,7 +19,6 @@ use crate::metrics::{self, MetricsStore};
 use crate::node_setup::{self, RuntimeSettings};
 use crate::proxy::{self, Proxy};
 use crate::serve::{self, HttpSettings};
-use crate::api::templates::UploadLimit;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -65,13 +65,16 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
 
     // The first key is the admin (nodes, keys), in the default team.
     let fresh_key = if store.count_active_api_keys().await? == 0 {
-        let (_, key) = store.create_api_key_in("admin", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await?;
+        let (_, key) =
+            store.create_api_key_in("admin", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await?;
         Some(key.secret)
     } else {
         // Keys made with `soulbox keys create` before the first start are members: say how to get an admin.
         let keys = store.list_api_keys().await?;
         if !keys.iter().any(|k| k.revoked_at_ms.is_none() && k.role == crate::store::Role::Admin) {
-            tracing::warn!("no active admin key: nodes and keys cannot be managed through the API until `soulbox keys create --admin`");
+            tracing::warn!(
+                "no active admin key: nodes and keys cannot be managed through the API until `soulbox keys create --admin`"
+            );
         }
         None
     };
@@ -96,7 +99,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
                 .await
                 .map_err(|e| anyhow::anyhow!("starting the lifecycle: {e}"))?;
             crate::cluster_control::spawn_lost_node_sweep(lifecycle.clone());
-            eprintln!("cluster mode: waiting for node agents (`soulbox node --server <this URL> --token <node token>`)");
+            eprintln!(
+                "cluster mode: waiting for node agents (`soulbox node --server <this URL> --token <node token>`)"
+            );
             serve(&config, lifecycle, listener, started, fresh_key).await
         }
         None => {
@@ -130,14 +135,22 @@ async fn serve(
     fresh_key: Option<String>,
 ) -> anyhow::Result<()> {
     let metrics_store = Arc::new(MetricsStore::default());
-    let _sampler = metrics::spawn_sampler(lifecycle.store().clone(), lifecycle.nodes().clone(), metrics_store.clone(), Duration::from_secs(config.metrics_interval_s.max(1)));
+    let _sampler = metrics::spawn_sampler(
+        lifecycle.store().clone(),
+        lifecycle.nodes().clone(),
+        metrics_store.clone(),
+        Duration::from_secs(config.metrics_interval_s.max(1)),
+    );
 
     let mut http = config.http.settings();
     http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
     let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http);
 
     let url = format!("http://{}", config.listen);
-    println!("SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:", started.elapsed().as_millis());
+    println!(
+        "SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:",
+        started.elapsed().as_millis()
+    );
     println!("export E2B_API_URL={url}");
     println!("export E2B_SANDBOX_URL={url}");
     match fresh_key {
@@ -231,7 +244,10 @@ async fn reconcile_local_node(node: &LocalNode, lifecycle: &Lifecycle) -> anyhow
 
 /// The runtime in-process, as the one node of a one-machine server. `reserved`: addresses the store's records
 /// name, kept from the warm pool. A failure after the runtime opened gives back what it made.
-async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::Ipv4Addr)]) -> anyhow::Result<LocalNode> {
+async fn open_local_node(
+    config: &ServerConfig,
+    reserved: &[(String, std::net::Ipv4Addr)],
+) -> anyhow::Result<LocalNode> {
     let runtime_config = node_setup::runtime_config(RuntimeSettings {
         data_dir: &config.data_dir,
         template_dir: config.template_dir.clone(),
@@ -246,9 +262,13 @@ async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::I
         network_pool: &config.network_pool,
         allow_private_egress: config.allow_private_egress,
     })?;
-    let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved).await.context("starting the node runtime")?;
+    let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved)
+        .await
+        .context("starting the node runtime")?;
     let node = LocalNode::with_engine_config(runtime, "local", config.templates.engine_config(&config.debian_mirror));
-    eprintln!("preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)");
+    eprintln!(
+        "preparing the base template (the first start bootstraps Debian 12 with mmdebstrap; later starts reuse it)"
+    );
     match node.ensure_base_template().await {
         Ok(took) => {
             eprintln!("base template ready in {} ms", took.as_millis());
@@ -256,7 +276,11 @@ async fn open_local_node(config: &ServerConfig, reserved: &[(String, std::net::I
         }
         Err(f) => {
             close_local_node(&node).await;
-            Err(anyhow::anyhow!("building the base template failed at step {}: {}", f.step.as_deref().unwrap_or("?"), f.message))
+            Err(anyhow::anyhow!(
+                "building the base template failed at step {}: {}",
+                f.step.as_deref().unwrap_or("?"),
+                f.message
+            ))
         }
     }
 }

@@ -47,32 +47,17 @@ pub struct SignedRequest {
 
 impl SignedRequest {
     fn claims(&self) -> Claims<'_> {
-        Claims {
-            path: &self.path,
-            operation: self.operation,
-            user: &self.user,
-            expiration: self.expiration,
-        }
+        Claims { path: &self.path, operation: self.operation, user: &self.user, expiration: self.expiration }
     }
 
     fn key(&self) -> String {
-        format!(
-            "{}\n{}\n{}\n{}\n{:?}",
-            self.signature,
-            self.path,
-            self.operation.as_str(),
-            self.user,
-            self.expiration
-        )
+        format!("{}\n{}\n{}\n{}\n{:?}", self.signature, self.path, self.operation.as_str(), self.user, self.expiration)
     }
 
     /// Whether it was signed with `token` (an expired but genuine signature still names its sandbox: envd then
     /// answers with the exact error).
     fn signed_with(&self, token: &str, now: i64) -> bool {
-        matches!(
-            signature::verify(&self.signature, &self.claims(), token, now),
-            Ok(_) | Err(SignatureError::Expired)
-        )
+        matches!(signature::verify(&self.signature, &self.claims(), token, now), Ok(_) | Err(SignatureError::Expired))
     }
 }
 
@@ -110,12 +95,7 @@ impl SignedRouter {
     /// The id of the sandbox whose access token `request` is signed with, if any.
     pub async fn route(&self, request: &SignedRequest) -> Option<String> {
         let key = request.key();
-        if let Some(id) = self
-            .remembered
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
+        if let Some(id) = self.remembered.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Some(id.clone());
         }
         let mut snapshot = self.current();
@@ -144,10 +124,7 @@ impl SignedRouter {
     }
 
     fn current(&self) -> Arc<Snapshot> {
-        self.snapshot
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     async fn reload(&self, generation: u64) -> Option<Arc<Snapshot>> {
@@ -158,20 +135,9 @@ impl SignedRouter {
                 return None;
             }
         };
-        let entries = records
-            .into_iter()
-            .filter_map(|r| {
-                Some(Entry {
-                    token: r.envd_access_token?,
-                    id: r.id,
-                })
-            })
-            .collect();
-        let fresh = Arc::new(Snapshot {
-            generation,
-            entries,
-            taken: Some(Instant::now()),
-        });
+        let entries =
+            records.into_iter().filter_map(|r| Some(Entry { token: r.envd_access_token?, id: r.id })).collect();
+        let fresh = Arc::new(Snapshot { generation, entries, taken: Some(Instant::now()) });
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         Some(fresh)
     }
@@ -194,11 +160,7 @@ impl SignedRouter {
 }
 
 fn find(snapshot: &Snapshot, request: &SignedRequest, now: i64) -> Option<String> {
-    snapshot
-        .entries
-        .iter()
-        .find(|e| request.signed_with(&e.token, now))
-        .map(|e| e.id.clone())
+    snapshot.entries.iter().find(|e| request.signed_with(&e.token, now)).map(|e| e.id.clone())
 }
 
 #[cfg(test)]
@@ -213,15 +175,18 @@ mod tests {
     /// `n` secure sandboxes (plus one without a token) on a fake node; `(id, token)` of each secure one.
     async fn sandboxes(n: usize) -> (Arc<Lifecycle>, Vec<(String, String)>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("db")))
-            .await
-            .unwrap();
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
         let lifecycle = Lifecycle::start(
             store,
             Arc::new(crate::testing::FakeNode::default()),
             // More sandboxes than a team's default limit of concurrent ones.
             LifecycleConfig {
-                team_limits: crate::store::TeamLimits { max_sandboxes: 1000, max_vcpus: 10_000, max_memory_mb: 10_000_000, max_builds: 1 },
+                team_limits: crate::store::TeamLimits {
+                    max_sandboxes: 1000,
+                    max_vcpus: 10_000,
+                    max_memory_mb: 10_000_000,
+                    max_builds: 1,
+                },
                 ..LifecycleConfig::default()
             },
         )
@@ -243,19 +208,11 @@ mod tests {
             ..Default::default()
         };
         let sandbox = lifecycle.create(req).await.unwrap();
-        (
-            sandbox.id,
-            sandbox.envd_access_token.unwrap_or_default(),
-        )
+        (sandbox.id, sandbox.envd_access_token.unwrap_or_default())
     }
 
     fn signed(token: &str, path: &str, expiration: Option<i64>) -> SignedRequest {
-        let claims = Claims {
-            path,
-            operation: Operation::Read,
-            user: "user",
-            expiration,
-        };
+        let claims = Claims { path, operation: Operation::Read, user: "user", expiration };
         SignedRequest {
             signature: sign(Scheme::E2b, &claims, token),
             path: path.into(),
@@ -271,21 +228,9 @@ mod tests {
             let (lifecycle, made, _dir) = sandboxes(n).await;
             let router = SignedRouter::new(lifecycle.store().clone());
             for (id, token) in made.iter().step_by(n / 3) {
-                assert_eq!(
-                    router
-                        .route(&signed(token, "/a.txt", None))
-                        .await
-                        .as_deref(),
-                    Some(id.as_str())
-                );
+                assert_eq!(router.route(&signed(token, "/a.txt", None)).await.as_deref(), Some(id.as_str()));
                 // Expired but genuine: still its sandbox (envd says "expired").
-                assert_eq!(
-                    router
-                        .route(&signed(token, "/b.txt", Some(1)))
-                        .await
-                        .as_deref(),
-                    Some(id.as_str())
-                );
+                assert_eq!(router.route(&signed(token, "/b.txt", Some(1))).await.as_deref(), Some(id.as_str()));
             }
             let mut forged = signed("not-a-token", "/a.txt", None);
             assert_eq!(router.route(&forged).await, None);
@@ -297,8 +242,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_sandbox_newer_than_the_snapshot_is_found_and_misses_query_the_store_at_a_bounded_rate()
-     {
+    async fn a_sandbox_newer_than_the_snapshot_is_found_and_misses_query_the_store_at_a_bounded_rate() {
         let (lifecycle, _made, _dir) = sandboxes(2).await;
         let router = SignedRouter::new(lifecycle.store().clone());
         assert_eq!(router.route(&signed("nobody", "/x", None)).await, None);
@@ -307,11 +251,7 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(router.route(&signed("nobody", "/x", None)).await, None);
         }
-        assert_eq!(
-            router.current().generation,
-            first,
-            "no store query within MIN_REFRESH"
-        );
+        assert_eq!(router.current().generation, first, "no store query within MIN_REFRESH");
         let (late, late_token) = create(&lifecycle, true).await;
         // Found once the snapshot may be refreshed again (bounded wait, polled: the refresh is rate-limited).
         let found = tokio::time::timeout(Duration::from_secs(10), async {

@@ -19,12 +19,7 @@ pub struct StreamCuts {
 impl StreamCuts {
     /// A token cancelled when the sandbox's streams are cut.
     pub fn token(&self, id: &str) -> CancellationToken {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id.to_owned())
-            .or_default()
-            .clone()
+        self.live.lock().unwrap_or_else(|p| p.into_inner()).entry(id.to_owned()).or_default().clone()
     }
 
     /// The token for a new stream to the sandbox, or `None` while it is being stopped.
@@ -32,40 +27,25 @@ impl StreamCuts {
         // Token first, then the check: `stop` marks before it cancels, so a token handed out here is either
         // cancelled by it or refused by the check.
         let token = self.token(id);
-        let stopping = self
-            .stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id);
+        let stopping = self.stopping.lock().unwrap_or_else(|p| p.into_inner()).contains(id);
         (!stopping).then_some(token)
     }
 
     /// Cuts the sandbox's open streams (later ones get a fresh token).
     pub fn cut(&self, id: &str) {
-        if let Some(token) = self
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
-        {
+        if let Some(token) = self.live.lock().unwrap_or_else(|p| p.into_inner()).remove(id) {
             token.cancel();
         }
     }
 
     /// Marks the sandbox as stopping and cuts its open streams. Undo with [`StreamCuts::done_stopping`].
     pub fn stop(&self, id: &str) {
-        self.stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.to_owned());
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_owned());
         self.cut(id);
     }
 
     pub fn done_stopping(&self, id: &str) {
-        self.stopping
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        self.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 }
 
@@ -85,9 +65,6 @@ mod tests {
         let fresh = cuts.serving("a").unwrap();
         assert!(!fresh.is_cancelled());
         cuts.cut("a");
-        assert!(
-            fresh.is_cancelled() && cuts.serving("a").is_some(),
-            "a cut alone does not refuse new streams"
-        );
+        assert!(fresh.is_cancelled() && cuts.serving("a").is_some(), "a cut alone does not refuse new streams");
     }
 }

@@ -81,4 +81,3 @@ impl Node for FakeNode {
             .collect())
     }
 }
-

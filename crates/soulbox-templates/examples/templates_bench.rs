@@ -99,7 +99,8 @@ fn twenty_layers(files_dir: &Path) -> anyhow::Result<Recipe> {
     let mut steps = Vec::new();
     for i in 1..20 {
         if i % 4 == 0 {
-            let mut copy = TemplateStep::new("COPY", vec![".".into(), "/opt/bench/".into(), "root".into(), String::new()]);
+            let mut copy =
+                TemplateStep::new("COPY", vec![".".into(), "/opt/bench/".into(), "root".into(), String::new()]);
             copy.files_hash = Some(context(files_dir, i)?);
             steps.push(copy);
         } else {
@@ -136,30 +137,60 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(a: &Args, rt: &Runtime, node_dir: &Path) -> anyhow::Result<()> {
-    let engine = Engine::new(rt.clone(), EngineConfig::new(Rewrites::with_defaults(), Default::default(), BootstrapConfig::new(a.mirror.clone())));
+    let engine = Engine::new(
+        rt.clone(),
+        EngineConfig::new(Rewrites::with_defaults(), Default::default(), BootstrapConfig::new(a.mirror.clone())),
+    );
     let files_dir = node_dir.join("uploads");
     std::fs::create_dir_all(&files_dir)?;
     let fail = |f: soulbox_templates::BuildFailure| anyhow::anyhow!("step {:?}: {}", f.step, f.message);
 
     let first = base::ensure_base(&engine, files_dir.clone(), sink(a.verbose)).await.map_err(fail)?;
     let cached = base::ensure_base(&engine, files_dir.clone(), sink(a.verbose)).await.map_err(fail)?;
-    println!("## templates bench ({}, {} creates per template)", if a.cold { "cold store" } else { "existing store" }, a.iterations);
+    println!(
+        "## templates bench ({}, {} creates per template)",
+        if a.cold { "cold store" } else { "existing store" },
+        a.iterations
+    );
     println!("| measure | time |");
     println!("|---|---|");
-    println!("| base template, {} | {:.1} ms |", if a.cold { "cold (empty store)" } else { "first build in this run" }, ms(first));
+    println!(
+        "| base template, {} | {:.1} ms |",
+        if a.cold { "cold (empty store)" } else { "first build in this run" },
+        ms(first)
+    );
     println!("| base template, fully cached | {:.1} ms |", ms(cached));
 
     let t = Instant::now();
-    let one = engine.build(job("bench-l1", Recipe { from_image: Some("bootstrap:debian:bookworm".into()), ..Recipe::default() }, &files_dir), sink(a.verbose)).await.map_err(fail)?;
+    let one = engine
+        .build(
+            job(
+                "bench-l1",
+                Recipe { from_image: Some("bootstrap:debian:bookworm".into()), ..Recipe::default() },
+                &files_dir,
+            ),
+            sink(a.verbose),
+        )
+        .await
+        .map_err(fail)?;
     println!("| 1-layer template build (bootstrap layer cached) | {:.1} ms |", ms(t.elapsed()));
     let recipe = twenty_layers(&files_dir)?;
     let t = Instant::now();
     let twenty = engine.build(job("bench-l20", recipe.clone(), &files_dir), sink(a.verbose)).await.map_err(fail)?;
-    println!("| 20-layer template build (19 steps{}) | {:.1} s |", if a.cold { "" } else { ", maybe cached" }, t.elapsed().as_secs_f64());
+    println!(
+        "| 20-layer template build (19 steps{}) | {:.1} s |",
+        if a.cold { "" } else { ", maybe cached" },
+        t.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     engine.build(job("bench-l20", recipe, &files_dir), sink(a.verbose)).await.map_err(fail)?;
     println!("| 20-layer template rebuild, fully cached | {:.1} ms |", ms(t.elapsed()));
-    anyhow::ensure!(one.layers.len() == 1 && twenty.layers.len() == 20, "layer counts {} / {}", one.layers.len(), twenty.layers.len());
+    anyhow::ensure!(
+        one.layers.len() == 1 && twenty.layers.len() == 20,
+        "layer counts {} / {}",
+        one.layers.len(),
+        twenty.layers.len()
+    );
 
     // Interleaved so that load changes on the machine hit both alike; the warm pool is refilled before each.
     let names = ["bench-l1", "bench-l20", "base"];

@@ -119,7 +119,8 @@ pub fn add_default_rewrites(rewrites: &mut Rewrites, config: &BootstrapConfig) {
         return;
     }
     let ubuntu = if config.ubuntu_available() { UBUNTU_DEFAULTS } else { &[] };
-    let defaults = DEBIAN_DEFAULTS.iter().map(|(r, s)| (r, "debian", s)).chain(ubuntu.iter().map(|(r, s)| (r, "ubuntu", s)));
+    let defaults =
+        DEBIAN_DEFAULTS.iter().map(|(r, s)| (r, "debian", s)).chain(ubuntu.iter().map(|(r, s)| (r, "ubuntu", s)));
     for (reference, distro, suite) in defaults {
         rewrites.map.entry(reference.to_string()).or_insert_with(|| format!("bootstrap:{distro}:{suite}"));
     }
@@ -199,7 +200,8 @@ impl BootstrapPlan {
 
     /// mmdebstrap's arguments for a bootstrap into `target` (a directory mmdebstrap creates).
     pub fn mmdebstrap_args(&self, target: &Path) -> Vec<String> {
-        let mut args = vec!["--mode=root".to_string(), format!("--variant={}", self.variant), "--format=directory".to_string()];
+        let mut args =
+            vec!["--mode=root".to_string(), format!("--variant={}", self.variant), "--format=directory".to_string()];
         if !self.packages.is_empty() {
             args.push(format!("--include={}", self.packages.join(",")));
         }
@@ -216,12 +218,23 @@ impl BootstrapPlan {
 
     /// A short description for log lines.
     pub fn describe(&self) -> String {
-        format!("{} {} from {} ({}, {} extra packages)", self.distro, self.suite, self.mirror, self.variant, self.packages.len())
+        format!(
+            "{} {} from {} ({}, {} extra packages)",
+            self.distro,
+            self.suite,
+            self.mirror,
+            self.variant,
+            self.packages.len()
+        )
     }
 }
 
 /// The layer of `plan`: the cached one, or a fresh bootstrap whose output lines go to `log` (step `base`).
-pub async fn bootstrap_layer(store: &soulbox_runtime::Store, plan: &BootstrapPlan, log: &LogSink) -> Result<String, BootstrapError> {
+pub async fn bootstrap_layer(
+    store: &soulbox_runtime::Store,
+    plan: &BootstrapPlan,
+    log: &LogSink,
+) -> Result<String, BootstrapError> {
     let key = plan.cache_key();
     let cache_dir = store.root().join("cache");
     tokio::fs::create_dir_all(&cache_dir).await.map_err(io_err(cache_dir.display()))?;
@@ -232,9 +245,9 @@ pub async fn bootstrap_layer(store: &soulbox_runtime::Store, plan: &BootstrapPla
         return Ok(digest);
     }
     let lock_path = cache_dir.join(format!(".bootstrap-{key}.lock"));
-    let _lock = tokio::task::spawn_blocking(move || lock_exclusive(&lock_path))
-        .await
-        .map_err(|e| BootstrapError::Io { context: "waiting for the bootstrap lock".into(), source: std::io::Error::other(e) })??;
+    let _lock = tokio::task::spawn_blocking(move || lock_exclusive(&lock_path)).await.map_err(|e| {
+        BootstrapError::Io { context: "waiting for the bootstrap lock".into(), source: std::io::Error::other(e) }
+    })??;
     // Another build may have made it while this one waited for the lock.
     if let Some(digest) = cached(store, &entry) {
         log(LogLevel::Info, format!("CACHED bootstrap {}: layer {}", plan.describe(), short(&digest)), base());
@@ -246,7 +259,11 @@ pub async fn bootstrap_layer(store: &soulbox_runtime::Store, plan: &BootstrapPla
     let mut guard = TempGuard { process_group: None, dir: Some(tmp.clone()) };
     let target = tmp.join("root");
     run_mmdebstrap(&plan.mmdebstrap_args(&target), log, &mut guard).await?;
-    log(LogLevel::Info, format!("bootstrap finished in {:.1} s; hashing the layer", started.elapsed().as_secs_f64()), base());
+    log(
+        LogLevel::Info,
+        format!("bootstrap finished in {:.1} s; hashing the layer", started.elapsed().as_secs_f64()),
+        base(),
+    );
     let store2 = store.clone();
     // mmdebstrap made it with host ids: shifted first in a shared user namespace store
     let digest = tokio::task::spawn_blocking(move || store2.commit_unshifted_layer(&target))
@@ -255,7 +272,11 @@ pub async fn bootstrap_layer(store: &soulbox_runtime::Store, plan: &BootstrapPla
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     guard.dir = None;
     remember(&entry, &digest).await?;
-    log(LogLevel::Info, format!("bootstrap layer {} ({:.1} s)", short(&digest), started.elapsed().as_secs_f64()), base());
+    log(
+        LogLevel::Info,
+        format!("bootstrap layer {} ({:.1} s)", short(&digest), started.elapsed().as_secs_f64()),
+        base(),
+    );
     Ok(digest)
 }
 
@@ -276,7 +297,8 @@ async fn remember(entry: &Path, digest: &str) -> Result<(), BootstrapError> {
 
 fn lock_exclusive(path: &Path) -> Result<std::fs::File, BootstrapError> {
     let file = std::fs::File::create(path).map_err(io_err(path.display()))?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| io_err(path.display())(e.into()))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err(path.display())(e.into()))?;
     Ok(file)
 }
 
@@ -329,7 +351,10 @@ async fn run_mmdebstrap(args: &[String], log: &LogSink, guard: &mut TempGuard) -
         .map_err(BootstrapError::Spawn)?;
     guard.process_group = child.id().and_then(|id| i32::try_from(id).ok());
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
-        return Err(BootstrapError::Io { context: "mmdebstrap's output".into(), source: std::io::Error::other("no pipes") });
+        return Err(BootstrapError::Io {
+            context: "mmdebstrap's output".into(),
+            source: std::io::Error::other("no pipes"),
+        });
     };
     // Split on bytes, not UTF-8 lines: a stray non-UTF-8 byte must not stop the reader (and block mmdebstrap).
     let mut out = BufReader::new(stdout).split(b'\n');
@@ -392,7 +417,11 @@ mod tests {
         assert_eq!(key.len(), 64);
         let mut reordered = c.clone();
         reordered.packages = vec!["bash".into(), "sudo".into(), "bash".into()];
-        assert_eq!(key, BootstrapPlan::new(&reordered, Distro::Debian, "bookworm").unwrap().cache_key(), "order and duplicates");
+        assert_eq!(
+            key,
+            BootstrapPlan::new(&reordered, Distro::Debian, "bookworm").unwrap().cache_key(),
+            "order and duplicates"
+        );
         assert_ne!(key, BootstrapPlan::new(&c, Distro::Debian, "trixie").unwrap().cache_key(), "suite");
         let mut other = c.clone();
         other.debian_mirror = "http://mirror.example/debian".into();
@@ -406,7 +435,10 @@ mod tests {
         let mut ubuntu = c.clone();
         ubuntu.ubuntu_keyring = PathBuf::from("/dev/null");
         // /dev/null is not a file: still refused; a real file is accepted and keys differently from Debian.
-        assert!(matches!(BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "noble"), Err(BootstrapError::NoUbuntuKeyring(_))));
+        assert!(matches!(
+            BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "noble"),
+            Err(BootstrapError::NoUbuntuKeyring(_))
+        ));
         let keyring = tempfile::NamedTempFile::new().unwrap();
         ubuntu.ubuntu_keyring = keyring.path().to_path_buf();
         let u = BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "bookworm").unwrap();
@@ -458,7 +490,10 @@ mod tests {
         for r in ["debian:bookworm", "debian:12", "docker.io/library/debian:12", "debian:bookworm-slim"] {
             assert_eq!(rw.resolve(r).unwrap(), bookworm, "{r}");
         }
-        assert!(matches!(rw.resolve("ubuntu:24.04").unwrap(), BaseSource::Registry(_)), "no keyring, no Ubuntu default");
+        assert!(
+            matches!(rw.resolve("ubuntu:24.04").unwrap(), BaseSource::Registry(_)),
+            "no keyring, no Ubuntu default"
+        );
         // An explicit rewrite of the same reference is kept.
         let mut rw = Rewrites::with_defaults();
         rw.map.insert("debian:12".into(), "template:my-debian".into());
@@ -469,14 +504,19 @@ mod tests {
         let mut rw = Rewrites::with_defaults();
         rw.map.insert("docker.io".into(), "127.0.0.1:5000".into());
         add_default_rewrites(&mut rw, &c);
-        assert!(matches!(rw.resolve("debian:bookworm").unwrap(), BaseSource::Registry(r) if r.registry == "127.0.0.1:5000"));
+        assert!(
+            matches!(rw.resolve("debian:bookworm").unwrap(), BaseSource::Registry(r) if r.registry == "127.0.0.1:5000")
+        );
         // With the keyring, Ubuntu LTS tags bootstrap too.
         let keyring = tempfile::NamedTempFile::new().unwrap();
         let mut c = config();
         c.ubuntu_keyring = keyring.path().to_path_buf();
         let mut rw = Rewrites::with_defaults();
         add_default_rewrites(&mut rw, &c);
-        assert_eq!(rw.resolve("ubuntu:24.04").unwrap(), BaseSource::Bootstrap { distro: Distro::Ubuntu, suite: "noble".into() });
+        assert_eq!(
+            rw.resolve("ubuntu:24.04").unwrap(),
+            BaseSource::Bootstrap { distro: Distro::Ubuntu, suite: "noble".into() }
+        );
     }
 
     #[test]

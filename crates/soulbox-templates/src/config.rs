@@ -42,28 +42,18 @@ impl TemplatesConfig {
     /// The build engine's configuration: SoulBox's default rewrites overridden by the configured ones.
     pub fn engine_config(&self, debian_mirror: &str) -> crate::engine::EngineConfig {
         let mut rewrites = crate::source::Rewrites::with_defaults();
-        rewrites.map.extend(
-            self.image_rewrites
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone())),
-        );
+        rewrites.map.extend(self.image_rewrites.iter().map(|(k, v)| (k.clone(), v.clone())));
         let registries = crate::registry::RegistrySettings {
             insecure: self.insecure_registries.clone(),
             auth: self.registry_auth.clone(),
-            private_hosts: self
-                .registry_private_hosts
-                .iter()
-                .cloned()
-                .chain(self.rewrite_target_hosts())
-                .collect(),
+            private_hosts: self.registry_private_hosts.iter().cloned().chain(self.rewrite_target_hosts()).collect(),
         };
         let mut engine = crate::engine::EngineConfig::new(
             rewrites,
             registries,
             crate::bootstrap::BootstrapConfig::new(debian_mirror.to_string()),
         );
-        engine.host_source_dirs =
-            crate::host_path::HostSourceDirs::new(self.host_source_dirs.iter().cloned());
+        engine.host_source_dirs = crate::host_path::HostSourceDirs::new(self.host_source_dirs.iter().cloned());
         engine
     }
 }
@@ -72,11 +62,8 @@ impl TemplatesConfig {
     /// Registry hosts the rewrites point at (a mirror host, or the registry of a target reference): the
     /// administrator named them, so pulls may reach them at private addresses.
     fn rewrite_target_hosts(&self) -> Vec<String> {
-        let is_scheme = |v: &str| {
-            ["template:", "oci-archive:", "rootfs:", "bootstrap:"]
-                .iter()
-                .any(|s| v.starts_with(s))
-        };
+        let is_scheme =
+            |v: &str| ["template:", "oci-archive:", "rootfs:", "bootstrap:"].iter().any(|s| v.starts_with(s));
         self.image_rewrites
             .values()
             .filter(|v| !is_scheme(v))

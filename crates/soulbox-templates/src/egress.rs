@@ -30,7 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The config settings that let a pull reach a non-public address (named in every refusal).
-pub const SETTINGS: &str = "[templates] insecure_registries, registry_auth, registry_private_hosts or an image_rewrites target";
+pub const SETTINGS: &str =
+    "[templates] insecure_registries, registry_auth, registry_private_hosts or an image_rewrites target";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -87,20 +88,13 @@ pub struct EgressPolicy {
 impl EgressPolicy {
     pub fn new(named: impl IntoIterator<Item = String>) -> EgressPolicy {
         EgressPolicy {
-            named: named
-                .into_iter()
-                .map(|h| h.trim().to_ascii_lowercase())
-                .filter(|h| !h.is_empty())
-                .collect(),
+            named: named.into_iter().map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect(),
         }
     }
 
     /// Whether `host:port` is named (an entry without a port names the host on every port).
     pub fn names(&self, host: &str, port: u16) -> bool {
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
         self.named.iter().any(|entry| {
             let (h, p) = split_host_port(entry);
             h == host && p.is_none_or(|p| p == port)
@@ -117,10 +111,7 @@ impl EgressPolicy {
 fn split_host_port(s: &str) -> (String, Option<u16>) {
     if let Some(rest) = s.strip_prefix('[') {
         let (h, tail) = rest.split_once(']').unwrap_or((rest, ""));
-        return (
-            h.to_string(),
-            tail.strip_prefix(':').and_then(|p| p.parse().ok()),
-        );
+        return (h.to_string(), tail.strip_prefix(':').and_then(|p| p.parse().ok()));
     }
     match s.rsplit_once(':') {
         Some((h, p)) if !h.contains(':') => match p.parse() {
@@ -132,18 +123,11 @@ fn split_host_port(s: &str) -> (String, Option<u16>) {
 }
 
 /// Resolves `host:port` and picks the first address the policy allows; the caller connects to exactly that one.
-async fn checked_address(
-    policy: &EgressPolicy,
-    host: &str,
-    port: u16,
-) -> Result<SocketAddr, String> {
+async fn checked_address(policy: &EgressPolicy, host: &str, port: u16) -> Result<SocketAddr, String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((bare, port))
-            .await
-            .map_err(|e| format!("resolving {bare}: {e}"))?
-            .collect(),
+        Err(_) => tokio::net::lookup_host((bare, port)).await.map_err(|e| format!("resolving {bare}: {e}"))?.collect(),
     };
     match addrs.iter().find(|a| policy.allows(bare, port, a.ip())) {
         Some(a) => Ok(*a),
@@ -172,11 +156,7 @@ async fn connect(policy: &EgressPolicy, host: &str, port: u16) -> Result<TcpStre
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 fn text(status: StatusCode, message: String) -> Response<ProxyBody> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(message))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(Full::new(Bytes::from(message)).map_err(|never| match never {}).boxed());
     *r.status_mut() = status;
     r
 }
@@ -204,17 +184,10 @@ impl EgressProxy {
     pub async fn start(policy: EgressPolicy) -> std::io::Result<EgressProxy> {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
         let port = listener.local_addr()?.port();
-        let shared = Arc::new(Shared {
-            policy,
-            refused: Mutex::new(None),
-        });
+        let shared = Arc::new(Shared { policy, refused: Mutex::new(None) });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
-        Ok(EgressProxy {
-            url: format!("http://127.0.0.1:{port}"),
-            shared,
-            stop,
-        })
+        Ok(EgressProxy { url: format!("http://127.0.0.1:{port}"), shared, stop })
     }
 
     /// The proxy URL, for reqwest/oci-client.
@@ -224,11 +197,7 @@ impl EgressProxy {
 
     /// Why the last connection was refused, if one was.
     pub fn last_refusal(&self) -> Option<String> {
-        self.shared
-            .refused
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -253,10 +222,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
     }
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, hyper::Error> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, hyper::Error> {
     let (host, port) = match target(&req) {
         Some(t) => t,
         None => {
@@ -285,11 +251,7 @@ async fn handle(
                 Err(e) => tracing::debug!(error = %e, "egress proxy: CONNECT upgrade failed"),
             }
         });
-        return Ok(Response::new(
-            Full::new(Bytes::new())
-                .map_err(|never| match never {})
-                .boxed(),
-        ));
+        return Ok(Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed()));
     }
     forward(req, upstream).await
 }
@@ -308,16 +270,9 @@ fn target(req: &Request<Incoming>) -> Option<(String, u16)> {
 }
 
 /// Plain HTTP: the request in origin form over the checked connection.
-async fn forward(
-    req: Request<Incoming>,
-    upstream: TcpStream,
-) -> Result<Response<ProxyBody>, hyper::Error> {
+async fn forward(req: Request<Incoming>, upstream: TcpStream) -> Result<Response<ProxyBody>, hyper::Error> {
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
     let host = parts.uri.authority().map(|a| a.as_str().to_string());
     parts.uri = match path.parse() {
         Ok(u) => u,
@@ -329,11 +284,10 @@ async fn forward(
     if let Some(h) = host.and_then(|h| http::HeaderValue::from_str(&h).ok()) {
         parts.headers.insert(http::header::HOST, h);
     }
-    let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
-            Ok(pair) => pair,
-            Err(e) => return Ok(text(StatusCode::BAD_GATEWAY, format!("upstream: {e}"))),
-        };
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await {
+        Ok(pair) => pair,
+        Err(e) => return Ok(text(StatusCode::BAD_GATEWAY, format!("upstream: {e}"))),
+    };
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -379,25 +333,14 @@ mod tests {
         ] {
             assert!(is_non_public(a.parse().unwrap()), "{a}");
         }
-        for a in [
-            "8.8.8.8",
-            "1.1.1.1",
-            "172.32.0.1",
-            "100.128.0.1",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
+        for a in ["8.8.8.8", "1.1.1.1", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
             assert!(!is_non_public(a.parse().unwrap()), "{a}");
         }
     }
 
     #[test]
     fn named_hosts_match_with_or_without_a_port() {
-        let p = EgressPolicy::new([
-            "127.0.0.1:5000".to_string(),
-            "Mirror.LAN".to_string(),
-            "[::1]:5001".to_string(),
-        ]);
+        let p = EgressPolicy::new(["127.0.0.1:5000".to_string(), "Mirror.LAN".to_string(), "[::1]:5001".to_string()]);
         assert!(p.names("127.0.0.1", 5000));
         assert!(!p.names("127.0.0.1", 5001));
         assert!(p.names("mirror.lan", 443) && p.names("mirror.lan", 80));
@@ -405,10 +348,7 @@ mod tests {
         let loopback: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(p.allows("127.0.0.1", 5000, loopback));
         assert!(!p.allows("127.0.0.1", 6000, loopback));
-        assert!(
-            !p.allows("evil.example", 5000, loopback),
-            "a name that resolves to loopback is not the named host"
-        );
+        assert!(!p.allows("evil.example", 5000, loopback), "a name that resolves to loopback is not the named host");
         assert!(p.allows("registry.example", 443, "8.8.8.8".parse().unwrap()));
     }
 
@@ -430,7 +370,9 @@ mod tests {
                         head.push(b[0]);
                     }
                     let answer = match &location {
-                        Some(l) => format!("HTTP/1.1 302 Found\r\nLocation: {l}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                        Some(l) => format!(
+                            "HTTP/1.1 302 Found\r\nLocation: {l}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        ),
                         None => "HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\norigin".to_string(),
                     };
                     let _ = s.write_all(answer.as_bytes()).await;
@@ -442,10 +384,7 @@ mod tests {
 
     fn client(proxy: &EgressProxy) -> reqwest::Client {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(proxy.url()).unwrap())
-            .build()
-            .unwrap()
+        reqwest::Client::builder().proxy(reqwest::Proxy::all(proxy.url()).unwrap()).build().unwrap()
     }
 
     fn hits(h: &std::sync::atomic::AtomicUsize) -> usize {
@@ -456,32 +395,17 @@ mod tests {
     async fn non_public_addresses_are_reached_only_when_named() {
         let (port, seen) = origin(None).await;
         let refusing = EgressProxy::start(EgressPolicy::default()).await.unwrap();
-        for url in [
-            format!("http://127.0.0.1:{port}/v2/"),
-            format!("http://localhost:{port}/v2/"),
-        ] {
+        for url in [format!("http://127.0.0.1:{port}/v2/"), format!("http://localhost:{port}/v2/")] {
             let r = client(&refusing).get(&url).send().await.unwrap();
             assert_eq!(r.status(), StatusCode::FORBIDDEN, "{url}");
-            assert!(
-                r.text().await.unwrap().contains("insecure_registries"),
-                "the refusal names the settings"
-            );
+            assert!(r.text().await.unwrap().contains("insecure_registries"), "the refusal names the settings");
         }
         assert!(refusing.last_refusal().unwrap().contains("127.0.0.1"));
         assert_eq!(hits(&seen), 0, "no connection reached the loopback server");
 
-        let named = EgressProxy::start(EgressPolicy::new([format!("127.0.0.1:{port}")]))
-            .await
-            .unwrap();
-        let r = client(&named)
-            .get(format!("http://127.0.0.1:{port}/v2/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.status(), r.text().await.unwrap().as_str()),
-            (StatusCode::OK, "origin")
-        );
+        let named = EgressProxy::start(EgressPolicy::new([format!("127.0.0.1:{port}")])).await.unwrap();
+        let r = client(&named).get(format!("http://127.0.0.1:{port}/v2/")).send().await.unwrap();
+        assert_eq!((r.status(), r.text().await.unwrap().as_str()), (StatusCode::OK, "origin"));
         assert_eq!(hits(&seen), 1);
     }
 
@@ -489,14 +413,8 @@ mod tests {
     async fn a_redirect_from_a_named_registry_to_an_unnamed_address_is_refused() {
         let (hidden, hidden_seen) = origin(None).await;
         let (registry, _) = origin(Some(format!("http://127.0.0.1:{hidden}/secret"))).await;
-        let proxy = EgressProxy::start(EgressPolicy::new([format!("127.0.0.1:{registry}")]))
-            .await
-            .unwrap();
-        let r = client(&proxy)
-            .get(format!("http://127.0.0.1:{registry}/v2/blobs/x"))
-            .send()
-            .await
-            .unwrap();
+        let proxy = EgressProxy::start(EgressPolicy::new([format!("127.0.0.1:{registry}")])).await.unwrap();
+        let r = client(&proxy).get(format!("http://127.0.0.1:{registry}/v2/blobs/x")).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert_eq!(hits(&hidden_seen), 0);
     }
@@ -505,15 +423,11 @@ mod tests {
     async fn tunnels_follow_the_policy() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let (port, seen) = origin(None).await;
-        let proxy = EgressProxy::start(EgressPolicy::new([format!("127.0.0.1:{port}")]))
-            .await
-            .unwrap();
+        let proxy = EgressProxy::start(EgressPolicy::new([format!("127.0.0.1:{port}")])).await.unwrap();
         let proxy_addr = proxy.url().trim_start_matches("http://").to_string();
         async fn connect_via(proxy_addr: &str, target: &str) -> (String, TcpStream) {
             let mut s = TcpStream::connect(proxy_addr).await.unwrap();
-            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes()).await.unwrap();
             let mut head = Vec::new();
             let mut b = [0u8; 1];
             while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).await.unwrap_or(0) == 1 {
@@ -522,25 +436,12 @@ mod tests {
             (String::from_utf8_lossy(&head).into_owned(), s)
         }
         let target = format!("127.0.0.1:{port}");
-        assert!(
-            connect_via(&proxy_addr, "127.0.0.2:80")
-                .await
-                .0
-                .starts_with("HTTP/1.1 403")
-        );
-        assert!(
-            connect_via(&proxy_addr, "169.254.169.254:80")
-                .await
-                .0
-                .starts_with("HTTP/1.1 403")
-        );
+        assert!(connect_via(&proxy_addr, "127.0.0.2:80").await.0.starts_with("HTTP/1.1 403"));
+        assert!(connect_via(&proxy_addr, "169.254.169.254:80").await.0.starts_with("HTTP/1.1 403"));
         assert_eq!(hits(&seen), 0);
         let (head, mut tunnel) = connect_via(&proxy_addr, &target).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        tunnel
-            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
+        tunnel.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         let mut answer = String::new();
         tunnel.read_to_string(&mut answer).await.unwrap();
         assert!(answer.ends_with("origin"), "{answer}");

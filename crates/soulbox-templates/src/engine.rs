@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 
 use soulbox_runtime::{Runtime, SandboxSpec, TemplateMeta};
 
-use super::dockerfile::shell_quote;
-use super::registry::RegistrySettings;
 use super::bootstrap::{BootstrapConfig, BootstrapPlan};
+use super::dockerfile::shell_quote;
 use super::host_path::{HostSourceDirs, OpenedPath};
+use super::registry::RegistrySettings;
 use super::source::{BaseSource, HostSource, Origin, Rewrites};
 use super::start::shell_of;
 use super::{BuildFailure, BuildJob, LogLevel, LogSink, StepContext, base_cache_key, envd, step_cache_key};
@@ -122,13 +122,16 @@ impl Engine {
             return Ok(BaseSource::Template(t.strip_suffix(":default").unwrap_or(t).to_string()));
         }
         let image = recipe.from_image.as_deref().unwrap_or("e2bdev/base");
-        let source = self.config.image_rewrites.resolve(image).map_err(|e| BuildFailure::new(e.to_string(), Some("base")))?;
+        let source =
+            self.config.image_rewrites.resolve(image).map_err(|e| BuildFailure::new(e.to_string(), Some("base")))?;
         if let BaseSource::Registry(r) = &source {
             let local = r.repository.strip_prefix("library/").filter(|_| r.registry == super::source::DOCKER_HUB);
             if let Some(name) = local.filter(|_| r.tag.as_deref() == Some("latest") && r.digest.is_none())
-                && soulbox_runtime::template::check_name(name).is_ok() && self.runtime.store().get(name).is_ok() {
-                    return Ok(BaseSource::Template(name.to_string()));
-                }
+                && soulbox_runtime::template::check_name(name).is_ok()
+                && self.runtime.store().get(name).is_ok()
+            {
+                return Ok(BaseSource::Template(name.to_string()));
+            }
         }
         Ok(source)
     }
@@ -181,7 +184,9 @@ impl Engine {
             }
             BaseSource::RootfsTarball(host) => {
                 let opened = self.open_host(&host).map_err(base_fail)?;
-                super::image::import_rootfs(store, &opened, &progress).await.map_err(|e| base_fail(format!("rootfs:{}: {e}", host.path.display())))?
+                super::image::import_rootfs(store, &opened, &progress)
+                    .await
+                    .map_err(|e| base_fail(format!("rootfs:{}: {e}", host.path.display())))?
             }
             BaseSource::Bootstrap { distro, suite } => {
                 let failed = |e: super::bootstrap::BootstrapError| base_fail(e.to_string());
@@ -193,8 +198,13 @@ impl Engine {
         };
         let config = imported.config;
         // Docker's `USER uid:gid` / `name:group`: builds run as the user part.
-        let user = config.user.as_deref().map(|u| u.split(':').next().unwrap_or(u).to_string()).filter(|u| !u.is_empty());
-        let ctx = StepContext { user: user.unwrap_or_else(|| "root".into()), workdir: config.workdir.unwrap_or_else(|| "/".into()), env: config.env };
+        let user =
+            config.user.as_deref().map(|u| u.split(':').next().unwrap_or(u).to_string()).filter(|u| !u.is_empty());
+        let ctx = StepContext {
+            user: user.unwrap_or_else(|| "root".into()),
+            workdir: config.workdir.unwrap_or_else(|| "/".into()),
+            env: config.env,
+        };
         progress(format!("image ready: {} layers, user {}, workdir {}", imported.layers.len(), ctx.user, ctx.workdir));
         Ok(Base { layers: imported.layers, ctx, start_cmd: config.start_cmd, parent: None, disk_mb: None })
     }
@@ -214,16 +224,22 @@ impl Engine {
             (t.sandbox.take(), std::mem::take(&mut t.temp_templates))
         };
         if let Some(id) = sandbox
-            && let Err(e) = self.runtime.delete(&id).await {
-                tracing::warn!(sandbox = %id, error = %e, "could not delete a build sandbox");
-            }
+            && let Err(e) = self.runtime.delete(&id).await
+        {
+            tracing::warn!(sandbox = %id, error = %e, "could not delete a build sandbox");
+        }
         for t in temps {
             let _ = self.runtime.store().delete(&t);
         }
         res
     }
 
-    async fn build_inner(&self, job: &BuildJob, log: &LogSink, tracker: &Arc<Mutex<Tracker>>) -> Result<TemplateMeta, BuildFailure> {
+    async fn build_inner(
+        &self,
+        job: &BuildJob,
+        log: &LogSink,
+        tracker: &Arc<Mutex<Tracker>>,
+    ) -> Result<TemplateMeta, BuildFailure> {
         let set_step = |s: &str| tracker.lock().unwrap_or_else(|e| e.into_inner()).step = Some(s.to_string());
         set_step("base");
         let source = self.resolve_base(&job.recipe)?;
@@ -268,7 +284,8 @@ impl Engine {
                     Action::Mkdir { dir, owner: st.ctx.user.clone() }
                 }
                 "RUN" => {
-                    let user = step.args.get(1).filter(|u| !u.is_empty()).cloned().unwrap_or_else(|| st.ctx.user.clone());
+                    let user =
+                        step.args.get(1).filter(|u| !u.is_empty()).cloned().unwrap_or_else(|| st.ctx.user.clone());
                     Action::Run { cmd: arg(0), user }
                 }
                 "COPY" => {
@@ -277,7 +294,10 @@ impl Engine {
                     };
                     let files = job.files_dir.join(&hash);
                     if !files.is_file() {
-                        return Err(BuildFailure::new(format!("the files of COPY step {n} ({hash}) were not uploaded"), Some(&n)));
+                        return Err(BuildFailure::new(
+                            format!("the files of COPY step {n} ({hash}) were not uploaded"),
+                            Some(&n),
+                        ));
                     }
                     let owner = Some(arg(2)).filter(|u| !u.is_empty()).unwrap_or_else(|| st.ctx.user.clone());
                     Action::Copy { files, src: arg(0), dest: absolute(&st.ctx.workdir, &arg(1)), owner, mode: arg(3) }
@@ -288,17 +308,20 @@ impl Engine {
             if step.force == Some(true) {
                 forced = true;
             }
-            if !forced
-                && let Some(digest) = self.cached_layer(&key) {
-                    log(LogLevel::Info, format!("CACHED {title}"), Some(n.clone()));
-                    st.layers.push(digest);
-                    st.key = key;
-                    continue;
-                }
+            if !forced && let Some(digest) = self.cached_layer(&key) {
+                log(LogLevel::Info, format!("CACHED {title}"), Some(n.clone()));
+                st.layers.push(digest);
+                st.key = key;
+                continue;
+            }
             log(LogLevel::Info, title, Some(n.clone()));
             let started = std::time::Instant::now();
             let digest = self.layer_step(job, &st, &n, action, log, tracker).await?;
-            log(LogLevel::Info, format!("step {n} done in {:.1} s, layer {}", started.elapsed().as_secs_f64(), &digest[..12]), Some(n.clone()));
+            log(
+                LogLevel::Info,
+                format!("step {n} done in {:.1} s, layer {}", started.elapsed().as_secs_f64(), &digest[..12]),
+                Some(n.clone()),
+            );
             self.remember(&key, &digest);
             st.layers.push(digest);
             st.key = key;
@@ -318,10 +341,19 @@ impl Engine {
             recipe_hash: st.key.clone(),
             parent: base.parent.clone(),
         };
-        self.runtime.store().put(&meta).map_err(|e| BuildFailure::new(format!("registering the template: {e}"), Some("finalize")))?;
+        self.runtime
+            .store()
+            .put(&meta)
+            .map_err(|e| BuildFailure::new(format!("registering the template: {e}"), Some("finalize")))?;
         log(
             LogLevel::Info,
-            format!("Template '{}' registered: {} layers, user {}, workdir {}", meta.name, meta.layers.len(), meta.default_user, meta.default_workdir),
+            format!(
+                "Template '{}' registered: {} layers, user {}, workdir {}",
+                meta.name,
+                meta.layers.len(),
+                meta.default_user,
+                meta.default_workdir
+            ),
             Some("finalize".into()),
         );
         Ok(meta)
@@ -330,7 +362,10 @@ impl Engine {
     /// Whether `path` exists in one of the layers (a quick check; whiteouts are not followed).
     fn exists_in_layers(&self, layers: &[String], path: &str) -> bool {
         let rel = path.trim_start_matches('/');
-        layers.iter().rev().any(|l| std::fs::symlink_metadata(self.runtime.store().layer_dir(l).join(rel)).is_ok_and(|m| m.is_dir()))
+        layers
+            .iter()
+            .rev()
+            .any(|l| std::fs::symlink_metadata(self.runtime.store().layer_dir(l).join(rel)).is_ok_and(|m| m.is_dir()))
     }
 
     fn shell(&self, layers: &[String]) -> &'static str {
@@ -386,12 +421,21 @@ impl Engine {
             Action::Run { cmd, user } => (user, cmd, st.ctx.workdir.clone()),
             Action::Mkdir { dir, owner } => {
                 let d = shell_quote(&dir);
-                ("root".to_string(), format!("[ -d {d} ] || {{ mkdir -p {d} && {{ chown {o}: {d} 2>/dev/null || chown {o} {d}; }}; }}", o = shell_quote(&owner)), "/".to_string())
+                (
+                    "root".to_string(),
+                    format!(
+                        "[ -d {d} ] || {{ mkdir -p {d} && {{ chown {o}: {d} 2>/dev/null || chown {o} {d}; }}; }}",
+                        o = shell_quote(&owner)
+                    ),
+                    "/".to_string(),
+                )
             }
             Action::Copy { files, src, dest, owner, mode } => {
                 // Streamed from disk: an upload may be gigabytes.
                 let archive = format!("/tmp/.soulbox-copy-{}-{n}.tar", job.build_id);
-                envd::upload_file(&addr, "root", &archive, &files).await.map_err(|e| f(format!("uploading the COPY files: {e}")))?;
+                envd::upload_file(&addr, "root", &archive, &files)
+                    .await
+                    .map_err(|e| f(format!("uploading the COPY files: {e}")))?;
                 ("root".to_string(), copy_script(&archive, &src, &dest, &owner, &mode), "/".to_string())
             }
         };
@@ -406,7 +450,11 @@ impl Engine {
             }
             return Err(f(m));
         }
-        let snap = self.runtime.snapshot(&info.id, &format!("{name}-s")).await.map_err(|e| f(format!("saving the layer: {e}")))?;
+        let snap = self
+            .runtime
+            .snapshot(&info.id, &format!("{name}-s"))
+            .await
+            .map_err(|e| f(format!("saving the layer: {e}")))?;
         let digest = snap.layers.last().cloned().ok_or_else(|| f("snapshot has no layer".into()))?;
         if let Err(e) = self.runtime.delete(&info.id).await {
             tracing::warn!(sandbox = %info.id, error = %e, "could not delete a build sandbox");
@@ -485,7 +533,14 @@ cd / && rm -rf "$S"
         archive = q(archive),
         dest = q(dest),
         owner = q(owner),
-        glob = if glob == "." { ".".to_string() } else { glob.split('/').map(|c| if c.contains(['*', '?', '[']) { c.to_string() } else { q(c) }).collect::<Vec<_>>().join("/") },
+        glob = if glob == "." {
+            ".".to_string()
+        } else {
+            glob.split('/')
+                .map(|c| if c.contains(['*', '?', '[']) { c.to_string() } else { q(c) })
+                .collect::<Vec<_>>()
+                .join("/")
+        },
         srcq = src.replace(['\'', '"', '\\', '$', '`'], ""),
     )
 }
@@ -517,7 +572,8 @@ mod tests {
         let tar = root.path().join("ctx.tar");
         let me = format!("{}", unsafe { libc::getuid() });
         let run = |src: &str, dest: &str, mode: &str| {
-            let ok = std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&ctx).arg(".").status().unwrap();
+            let ok =
+                std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&ctx).arg(".").status().unwrap();
             assert!(ok.success());
             let script = copy_script(&tar.to_string_lossy(), src, dest, &me, mode);
             std::process::Command::new("/bin/sh").arg("-c").arg(script).output().unwrap()

@@ -103,7 +103,11 @@ pub async fn run(
     let mut lines = Vec::new();
     // Ends when the SDK's reader task is done with the process (it drops the callbacks and their senders).
     while let Some((is_err, chunk)) = rx.recv().await {
-        if is_err { err.push(chunk.as_bytes(), &mut lines) } else { out.push(chunk.as_bytes(), &mut lines) }
+        if is_err {
+            err.push(chunk.as_bytes(), &mut lines)
+        } else {
+            out.push(chunk.as_bytes(), &mut lines)
+        }
         for l in lines.drain(..) {
             on_line(is_err, l);
         }

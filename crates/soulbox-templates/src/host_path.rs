@@ -21,21 +21,14 @@ pub const SETTING: &str = "[templates] host_source_dirs";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostPathError {
-    #[error(
-        "{path} is not inside a directory listed in the server's {SETTING} (host paths a caller names must be)"
-    )]
+    #[error("{path} is not inside a directory listed in the server's {SETTING} (host paths a caller names must be)")]
     NotAllowed { path: String },
-    #[error(
-        "{path} leaves {dir} (through '..' or a symbolic link); {SETTING} only allows what is inside it"
-    )]
+    #[error("{path} leaves {dir} (through '..' or a symbolic link); {SETTING} only allows what is inside it")]
     Escapes { path: String, dir: String },
     #[error("{path}: neither a regular file nor a directory")]
     NotAFileOrDir { path: String },
     #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
 }
 
 /// The directories caller-named host paths must be inside (the config's `host_source_dirs`, as written).
@@ -46,9 +39,7 @@ pub struct HostSourceDirs {
 
 impl HostSourceDirs {
     pub fn new(dirs: impl IntoIterator<Item = PathBuf>) -> HostSourceDirs {
-        HostSourceDirs {
-            dirs: dirs.into_iter().collect(),
-        }
+        HostSourceDirs { dirs: dirs.into_iter().collect() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -65,29 +56,17 @@ impl HostSourceDirs {
         for dir in &self.dirs {
             // The configured spelling or the directory's real path (the config may name a symlink to it).
             let real = std::fs::canonicalize(dir).ok();
-            let Some(rel) = [Some(dir.as_path()), real.as_deref()]
-                .into_iter()
-                .flatten()
-                .find_map(|d| path.strip_prefix(d).ok())
+            let Some(rel) =
+                [Some(dir.as_path()), real.as_deref()].into_iter().flatten().find_map(|d| path.strip_prefix(d).ok())
             else {
                 continue;
             };
             let dir_file = open_plain(dir, OFlags::DIRECTORY)?;
-            let rel = if rel.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                rel
-            };
+            let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
             return match open_beneath(&dir_file, rel) {
                 Ok(file) => OpenedPath::new(file, path),
-                Err(e) if is_escape(&e) => Err(HostPathError::Escapes {
-                    path: shown,
-                    dir: dir.display().to_string(),
-                }),
-                Err(source) => Err(HostPathError::Io {
-                    path: shown,
-                    source,
-                }),
+                Err(e) if is_escape(&e) => Err(HostPathError::Escapes { path: shown, dir: dir.display().to_string() }),
+                Err(source) => Err(HostPathError::Io { path: shown, source }),
             };
         }
         Err(HostPathError::NotAllowed { path: shown })
@@ -107,23 +86,14 @@ fn read_flags() -> OFlags {
 fn open_plain(path: &Path, extra: OFlags) -> Result<File, HostPathError> {
     rustix::fs::open(path, read_flags() | extra, Mode::empty())
         .map(File::from)
-        .map_err(|e| HostPathError::Io {
-            path: path.display().to_string(),
-            source: e.into(),
-        })
+        .map_err(|e| HostPathError::Io { path: path.display().to_string(), source: e.into() })
 }
 
 /// Opens `rel` inside the directory `dir` without ever resolving outside it (`..`, absolute symlinks, symlinks
 /// that climb out and `/proc` magic links all fail).
 pub fn open_beneath(dir: &impl AsFd, rel: &Path) -> std::io::Result<File> {
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    Ok(File::from(rustix::fs::openat2(
-        dir,
-        rel,
-        read_flags(),
-        Mode::empty(),
-        resolve,
-    )?))
+    Ok(File::from(rustix::fs::openat2(dir, rel, read_flags(), Mode::empty(), resolve)?))
 }
 
 /// A host file or directory, open: checks and reads use this one open file, never its path again.
@@ -136,20 +106,11 @@ pub struct OpenedPath {
 
 impl OpenedPath {
     fn new(file: File, shown: &Path) -> Result<OpenedPath, HostPathError> {
-        let md = file.metadata().map_err(|source| HostPathError::Io {
-            path: shown.display().to_string(),
-            source,
-        })?;
+        let md = file.metadata().map_err(|source| HostPathError::Io { path: shown.display().to_string(), source })?;
         if !md.is_file() && !md.is_dir() {
-            return Err(HostPathError::NotAFileOrDir {
-                path: shown.display().to_string(),
-            });
+            return Err(HostPathError::NotAFileOrDir { path: shown.display().to_string() });
         }
-        Ok(OpenedPath {
-            file,
-            shown: shown.to_path_buf(),
-            is_dir: md.is_dir(),
-        })
+        Ok(OpenedPath { file, shown: shown.to_path_buf(), is_dir: md.is_dir() })
     }
 
     /// A path from the administrator's own config: opened as written (symbolic links followed).
@@ -199,11 +160,7 @@ mod tests {
         std::os::unix::fs::symlink("../secret/key", listed.join("rel-link")).unwrap();
         std::os::unix::fs::symlink("ok.tar", listed.join("inside-link")).unwrap();
         std::os::unix::fs::symlink("../../secret", listed.join("sub/up")).unwrap();
-        Fixture {
-            _root: root,
-            listed,
-            outside,
-        }
+        Fixture { _root: root, listed, outside }
     }
 
     #[test]
@@ -213,27 +170,13 @@ mod tests {
         let ok = dirs.open(&f.listed.join("ok.tar")).unwrap();
         assert!(!ok.is_dir());
         assert_eq!(std::fs::read(ok.proc_path()).unwrap(), b"tar");
-        assert_eq!(
-            std::fs::read(
-                dirs.open(&f.listed.join("inside-link"))
-                    .unwrap()
-                    .proc_path()
-            )
-            .unwrap(),
-            b"tar"
-        );
+        assert_eq!(std::fs::read(dirs.open(&f.listed.join("inside-link")).unwrap().proc_path()).unwrap(), b"tar");
         assert!(dirs.open(&f.listed.join("sub")).unwrap().is_dir());
-        assert!(
-            dirs.open(&f.listed).unwrap().is_dir(),
-            "the listed directory itself (an OCI layout)"
-        );
+        assert!(dirs.open(&f.listed).unwrap().is_dir(), "the listed directory itself (an OCI layout)");
 
         for escape in ["abs-link", "rel-link", "sub/up/key"] {
             let err = dirs.open(&f.listed.join(escape)).unwrap_err();
-            assert!(
-                matches!(err, HostPathError::Escapes { .. }),
-                "{escape}: {err}"
-            );
+            assert!(matches!(err, HostPathError::Escapes { .. }), "{escape}: {err}");
         }
         for refused in [
             f.outside.join("key"),
@@ -242,11 +185,7 @@ mod tests {
             PathBuf::from("relative.tar"),
         ] {
             let err = dirs.open(&refused).unwrap_err();
-            assert!(
-                matches!(err, HostPathError::NotAllowed { .. }),
-                "{}: {err}",
-                refused.display()
-            );
+            assert!(matches!(err, HostPathError::NotAllowed { .. }), "{}: {err}", refused.display());
             assert!(err.to_string().contains(SETTING), "{err}");
         }
         assert!(matches!(
@@ -264,34 +203,18 @@ mod tests {
         assert!(dirs.open(&alias.join("ok.tar")).is_ok());
         assert!(dirs.open(&f.listed.join("ok.tar")).is_ok());
         let fifo = f.listed.join("fifo");
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &fifo,
-            rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
-            0,
-        )
-        .unwrap();
-        assert!(matches!(
-            dirs.open(&fifo),
-            Err(HostPathError::NotAFileOrDir { .. })
-        ));
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+        assert!(matches!(dirs.open(&fifo), Err(HostPathError::NotAFileOrDir { .. })));
     }
 
     #[test]
     fn entries_of_a_directory_open_beneath_it_only() {
         let f = fixture();
         let dir = OpenedPath::open_trusted(&f.listed).unwrap();
-        assert_eq!(
-            std::fs::read(dir.proc_path().join("ok.tar")).unwrap(),
-            b"tar"
-        );
+        assert_eq!(std::fs::read(dir.proc_path().join("ok.tar")).unwrap(), b"tar");
         assert!(open_beneath(dir.file(), Path::new("ok.tar")).is_ok());
         for escape in ["abs-link", "rel-link", "../secret/key", "/etc/passwd"] {
-            assert!(
-                open_beneath(dir.file(), Path::new(escape)).is_err(),
-                "{escape}"
-            );
+            assert!(open_beneath(dir.file(), Path::new(escape)).is_err(), "{escape}");
         }
     }
 }

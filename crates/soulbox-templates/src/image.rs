@@ -94,7 +94,8 @@ impl ImageConfig {
     }
 
     pub fn parse(json: &[u8]) -> Result<ImageConfig, ImageError> {
-        let raw: RawImageConfig = serde_json::from_slice(json).map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
+        let raw: RawImageConfig =
+            serde_json::from_slice(json).map_err(|e| ImageError::Invalid(format!("image config: {e}")))?;
         let run = raw.config.unwrap_or_default();
         let mut c = ImageConfig::plain();
         for kv in run.env.unwrap_or_default() {
@@ -105,8 +106,10 @@ impl ImageConfig {
         }
         c.user = run.user.filter(|u| !u.is_empty());
         c.workdir = run.working_dir.filter(|w| w.starts_with('/'));
-        let argv: Vec<String> = run.entrypoint.unwrap_or_default().into_iter().chain(run.cmd.unwrap_or_default()).collect();
-        let just_a_shell = argv.len() == 1 && matches!(argv[0].as_str(), "sh" | "bash" | "/bin/sh" | "/bin/bash" | "/usr/bin/bash");
+        let argv: Vec<String> =
+            run.entrypoint.unwrap_or_default().into_iter().chain(run.cmd.unwrap_or_default()).collect();
+        let just_a_shell =
+            argv.len() == 1 && matches!(argv[0].as_str(), "sh" | "bash" | "/bin/sh" | "/bin/bash" | "/usr/bin/bash");
         if !argv.is_empty() && !just_a_shell {
             c.start_cmd = Some(argv.iter().map(|a| super::dockerfile::shell_quote(a)).collect::<Vec<_>>().join(" "));
         }
@@ -197,7 +200,11 @@ fn remember_layer(store: &Store, digest: &str, layer: &str) -> Result<(), ImageE
     let file = cache_file(store, digest)?;
     let dir = store.root().join("cache");
     std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
-    let tmp = dir.join(format!(".{}.{}", file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.{}",
+        file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        std::process::id()
+    ));
     std::fs::write(&tmp, layer).map_err(io_at(&tmp))?;
     std::fs::rename(&tmp, &file).map_err(io_at(&file))
 }
@@ -251,17 +258,30 @@ pub fn file_digest(path: &Path, alg: &str) -> Result<String, ImageError> {
 
 /// Unpacks the blob file into a new layer and commits it (blocking: call from `spawn_blocking`). Nothing is
 /// left in the store on failure.
-pub fn import_blob(store: &Store, blob: &Path, compression: Compression, expected_diff_id: Option<&str>, label: &str) -> Result<(String, UnpackStats), ImageError> {
+pub fn import_blob(
+    store: &Store,
+    blob: &Path,
+    compression: Compression,
+    expected_diff_id: Option<&str>,
+    label: &str,
+) -> Result<(String, UnpackStats), ImageError> {
     let tmp = TempDir::new(store)?;
     let file = std::fs::File::open(blob).map_err(io_at(blob))?;
-    let reader = compression.decoder(std::io::BufReader::with_capacity(1 << 16, file)).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
+    let reader = compression
+        .decoder(std::io::BufReader::with_capacity(1 << 16, file))
+        .map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     // shifted into the store's range in a shared user namespace store (`soulbox_runtime::template`)
     let opts = unpack::UnpackOptions { id_shift: store.id_shift() };
-    let stats = unpack::unpack_with(reader, tmp.path(), &opts).map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
+    let stats = unpack::unpack_with(reader, tmp.path(), &opts)
+        .map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     if let Some(expected) = expected_diff_id
         && expected != stats.diff_id
     {
-        return Err(ImageError::DigestMismatch { what: format!("layer {label}: uncompressed content (diff_id)"), expected: expected.into(), actual: stats.diff_id });
+        return Err(ImageError::DigestMismatch {
+            what: format!("layer {label}: uncompressed content (diff_id)"),
+            expected: expected.into(),
+            actual: stats.diff_id,
+        });
     }
     let path = tmp.take();
     match store.commit_layer(&path) {
@@ -273,7 +293,9 @@ pub fn import_blob(store: &Store, blob: &Path, compression: Compression, expecte
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ImageError> + Send + 'static) -> Result<T, ImageError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ImageError> + Send + 'static,
+) -> Result<T, ImageError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ImageError::Store(format!("a blocking task failed: {e}")))?
 }
 
@@ -297,7 +319,13 @@ pub trait BlobSource: Send + Sync {
 }
 
 /// Imports `layers` in order (cache first), checking `diff_ids` when the config lists one per layer.
-pub async fn import_layers(store: &Store, layers: &[Descriptor], diff_ids: &[String], source: &dyn BlobSource, progress: Progress<'_>) -> Result<Vec<String>, ImageError> {
+pub async fn import_layers(
+    store: &Store,
+    layers: &[Descriptor],
+    diff_ids: &[String],
+    source: &dyn BlobSource,
+    progress: Progress<'_>,
+) -> Result<Vec<String>, ImageError> {
     let scratch = TempDir::new(store)?;
     let total = layers.len();
     let mut out = Vec::with_capacity(total);
@@ -310,12 +338,18 @@ pub async fn import_layers(store: &Store, layers: &[Descriptor], diff_ids: &[Str
             out.push(cached);
             continue;
         }
-        let compression = Compression::from_media_type(&layer.media_type).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
+        let compression = Compression::from_media_type(&layer.media_type)
+            .map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
         let started = Instant::now();
         let fetched = source.fetch(layer, scratch.path()).await?;
         let blob = fetched.path.clone();
         let size = std::fs::metadata(&blob).map(|m| m.len()).unwrap_or(0);
-        progress(format!("layer {label}: {} {} in {:.1} s, digest verified", source.verb(), human_size(size), started.elapsed().as_secs_f64()));
+        progress(format!(
+            "layer {label}: {} {} in {:.1} s, digest verified",
+            source.verb(),
+            human_size(size),
+            started.elapsed().as_secs_f64()
+        ));
         let started = Instant::now();
         let diff_id = (diff_ids.len() == total).then(|| diff_ids[i].clone());
         let (st, b, l) = (store.clone(), blob.clone(), label.clone());
@@ -342,13 +376,20 @@ pub async fn import_layers(store: &Store, layers: &[Descriptor], diff_ids: &[Str
     Ok(out)
 }
 
-const MANIFEST_TYPES: [&str; 2] = ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
-const INDEX_TYPES: [&str; 2] = ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const MANIFEST_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"];
+const INDEX_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
 
 /// Picks the linux/amd64 entry of an index (or its only entry).
 pub fn select_platform<'a>(entries: &'a [Descriptor], what: &str) -> Result<&'a Descriptor, ImageError> {
-    let images: Vec<&Descriptor> = entries.iter().filter(|d| MANIFEST_TYPES.contains(&d.media_type.as_str()) || INDEX_TYPES.contains(&d.media_type.as_str())).collect();
-    if let Some(d) = images.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64")) {
+    let images: Vec<&Descriptor> = entries
+        .iter()
+        .filter(|d| MANIFEST_TYPES.contains(&d.media_type.as_str()) || INDEX_TYPES.contains(&d.media_type.as_str()))
+        .collect();
+    if let Some(d) =
+        images.iter().find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == "amd64"))
+    {
         return Ok(d);
     }
     match images.as_slice() {
@@ -401,7 +442,11 @@ impl LayoutBlobs {
         let mut data = Vec::new();
         file.take(MAX_JSON_BLOB + 1).read_to_end(&mut data).map_err(io_at(&shown))?;
         if data.len() as u64 > MAX_JSON_BLOB {
-            return Err(ImageError::Invalid(format!("{} is larger than {} (not a manifest or config)", shown.display(), human_size(MAX_JSON_BLOB))));
+            return Err(ImageError::Invalid(format!(
+                "{} is larger than {} (not a manifest or config)",
+                shown.display(),
+                human_size(MAX_JSON_BLOB)
+            )));
         }
         Ok(data)
     }
@@ -414,7 +459,11 @@ impl LayoutBlobs {
             _ => format!("sha256:{}", unpack::hex(&Sha256::digest(&data))),
         };
         if actual != d.digest {
-            return Err(ImageError::DigestMismatch { what: format!("blob {}", d.media_type), expected: d.digest.clone(), actual });
+            return Err(ImageError::DigestMismatch {
+                what: format!("blob {}", d.media_type),
+                expected: d.digest.clone(),
+                actual,
+            });
         }
         Ok(data)
     }
@@ -429,7 +478,11 @@ impl BlobSource for LayoutBlobs {
         let (p, alg) = (path.clone(), alg.to_string());
         let actual = blocking(move || file_digest(&p, &alg)).await?;
         if actual != layer.digest {
-            return Err(ImageError::DigestMismatch { what: "layer blob".into(), expected: layer.digest.clone(), actual });
+            return Err(ImageError::DigestMismatch {
+                what: "layer blob".into(),
+                expected: layer.digest.clone(),
+                actual,
+            });
         }
         Ok(FetchedBlob { path, temp: false, held: Some(file) })
     }
@@ -441,9 +494,12 @@ impl BlobSource for LayoutBlobs {
 /// Extracts an OCI layout tar (only `index.json`, `oci-layout` and `blobs/<alg>/<hex>` regular files; every
 /// other entry is skipped, so nothing can land outside `dest`).
 fn extract_layout(archive: &Path, dest: &Path) -> Result<(), ImageError> {
-    let compression = Compression::sniff(archive).map_err(|source| ImageError::Unpack { layer: archive.display().to_string(), source })?;
+    let compression = Compression::sniff(archive)
+        .map_err(|source| ImageError::Unpack { layer: archive.display().to_string(), source })?;
     let file = std::fs::File::open(archive).map_err(io_at(archive))?;
-    let reader = compression.decoder(std::io::BufReader::new(file)).map_err(|source| ImageError::Unpack { layer: archive.display().to_string(), source })?;
+    let reader = compression
+        .decoder(std::io::BufReader::new(file))
+        .map_err(|source| ImageError::Unpack { layer: archive.display().to_string(), source })?;
     let mut tar = tar::Archive::new(reader);
     let bad_tar = |e: std::io::Error| ImageError::Invalid(format!("{}: {e}", archive.display()));
     for entry in tar.entries().map_err(bad_tar)? {
@@ -469,7 +525,11 @@ fn extract_layout(archive: &Path, dest: &Path) -> Result<(), ImageError> {
 
 /// `oci-archive:<path>`: an OCI image layout as a directory or a tar (optionally gzip) file, already open
 /// (see [`super::host_path`] for who may name which path).
-pub async fn import_oci_archive(store: &Store, source: &OpenedPath, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+pub async fn import_oci_archive(
+    store: &Store,
+    source: &OpenedPath,
+    progress: Progress<'_>,
+) -> Result<ImportedImage, ImageError> {
     let shown = source.shown().to_path_buf();
     progress(format!("pull oci-archive:{}", shown.display()));
     let extracted = TempDir::new(store)?;
@@ -485,19 +545,22 @@ pub async fn import_oci_archive(store: &Store, source: &OpenedPath, progress: Pr
         let dir = std::fs::File::open(extracted.path()).map_err(io_at(extracted.path()))?;
         LayoutBlobs { dir, shown: shown.clone() }
     };
-    let index: IndexJson = serde_json::from_slice(&layout.read_json("index.json")?).map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
+    let index: IndexJson = serde_json::from_slice(&layout.read_json("index.json")?)
+        .map_err(|e| ImageError::Invalid(format!("index.json: {e}")))?;
     let mut entry = select_platform(&index.manifests, "index.json")?.clone();
     for _ in 0..4 {
         if !INDEX_TYPES.contains(&entry.media_type.as_str()) {
             break;
         }
-        let nested: IndexJson = serde_json::from_slice(&layout.read_json_blob(&entry)?).map_err(|e| ImageError::Invalid(format!("image index: {e}")))?;
+        let nested: IndexJson = serde_json::from_slice(&layout.read_json_blob(&entry)?)
+            .map_err(|e| ImageError::Invalid(format!("image index: {e}")))?;
         entry = select_platform(&nested.manifests, "the image index")?.clone();
     }
     if !MANIFEST_TYPES.contains(&entry.media_type.as_str()) {
         return Err(ImageError::Invalid(format!("unsupported manifest media type {:?}", entry.media_type)));
     }
-    let manifest: ManifestJson = serde_json::from_slice(&layout.read_json_blob(&entry)?).map_err(|e| ImageError::Invalid(format!("image manifest: {e}")))?;
+    let manifest: ManifestJson = serde_json::from_slice(&layout.read_json_blob(&entry)?)
+        .map_err(|e| ImageError::Invalid(format!("image manifest: {e}")))?;
     let config = ImageConfig::parse(&layout.read_json_blob(&manifest.config)?)?;
     progress(format!("manifest {} ({} layers)", short(&entry.digest), manifest.layers.len()));
     let layers = import_layers(store, &manifest.layers, &config.diff_ids, &layout, progress).await?;
@@ -506,7 +569,11 @@ pub async fn import_oci_archive(store: &Store, source: &OpenedPath, progress: Pr
 
 /// `rootfs:<path>`: a root filesystem tarball (plain, gzip or zstd), already open; one layer, cached by the
 /// file's sha256.
-pub async fn import_rootfs(store: &Store, source: &OpenedPath, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+pub async fn import_rootfs(
+    store: &Store,
+    source: &OpenedPath,
+    progress: Progress<'_>,
+) -> Result<ImportedImage, ImageError> {
     progress(format!("pull rootfs:{}", source.shown().display()));
     if source.is_dir() {
         return Err(ImageError::Invalid(format!("{} is a directory, not a tarball", source.shown().display())));
@@ -520,7 +587,8 @@ pub async fn import_rootfs(store: &Store, source: &OpenedPath, progress: Progres
         progress(format!("layer {label} CACHED (layer {})", &cached[..12]));
         cached
     } else {
-        let compression = Compression::sniff(&path).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
+        let compression =
+            Compression::sniff(&path).map_err(|source| ImageError::Unpack { layer: label.clone(), source })?;
         let started = Instant::now();
         let (st, p, l) = (store.clone(), path.clone(), label.clone());
         let (layer, stats) = blocking(move || import_blob(&st, &p, compression, None, &l)).await?;
@@ -553,10 +621,12 @@ mod tests {
         let store_dir = tempfile::tempdir().unwrap();
         let store = soulbox_runtime::Store::new(store_dir.path()).unwrap();
         let blob = store_dir.path().join("hostile.tar");
-        std::fs::write(&blob, Tar::new().file("ok", b"fine").symlink("etc", "/").file("etc/passwd", b"x").bytes()).unwrap();
+        std::fs::write(&blob, Tar::new().file("ok", b"fine").symlink("etc", "/").file("etc/passwd", b"x").bytes())
+            .unwrap();
         let err = import_blob(&store, &blob, Compression::None, None, "1/1").unwrap_err();
         assert!(err.to_string().contains("through a symlink"), "{err}");
-        let left: Vec<_> = std::fs::read_dir(store_dir.path().join("layers")).unwrap().flatten().map(|e| e.path()).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(store_dir.path().join("layers")).unwrap().flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "left behind: {left:?}");
     }
 
@@ -575,7 +645,10 @@ mod tests {
         let plain = soulbox_runtime::Store::new(store_dir.path()).unwrap();
         let shifted = soulbox_runtime::Store::shifted(store_dir.path(), base).unwrap();
         let blob = store_dir.path().join("layer.tar");
-        let tar = Tar::new().file_as("etc/conf", b"c", 0o644, (0, 0)).file_as("home/app/data", b"d", 0o600, (1000, 1000)).bytes();
+        let tar = Tar::new()
+            .file_as("etc/conf", b"c", 0o644, (0, 0))
+            .file_as("home/app/data", b"d", 0o600, (1000, 1000))
+            .bytes();
         std::fs::write(&blob, tar).unwrap();
         let (unshifted, _) = import_blob(&plain, &blob, Compression::None, None, "1/1").unwrap();
         let (layer, _) = import_blob(&shifted, &blob, Compression::None, None, "1/1").unwrap();

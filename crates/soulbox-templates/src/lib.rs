@@ -196,7 +196,11 @@ mod tests {
         assert_eq!(k, step_cache_key(&base, &run, &ctx), "deterministic");
         assert_eq!(k.len(), 64);
         assert_ne!(k, step_cache_key(&base_cache_key(&["a".into()]), &run, &ctx), "parent matters");
-        assert_ne!(k, step_cache_key(&base, &TemplateStep::new("RUN", vec!["echo ho".into()]), &ctx), "content matters");
+        assert_ne!(
+            k,
+            step_cache_key(&base, &TemplateStep::new("RUN", vec!["echo ho".into()]), &ctx),
+            "content matters"
+        );
         let mut root = ctx.clone();
         root.user = "root".into();
         assert_ne!(k, step_cache_key(&base, &run, &root), "user matters");
@@ -215,10 +219,14 @@ mod tests {
 
     #[test]
     fn steps_use_e2b_json_names() {
-        let s: TemplateStep =
-            serde_json::from_str(r#"{"type":"COPY","args":["a","b","",""],"force":false,"filesHash":"h","forceUpload":true}"#).unwrap();
+        let s: TemplateStep = serde_json::from_str(
+            r#"{"type":"COPY","args":["a","b","",""],"force":false,"filesHash":"h","forceUpload":true}"#,
+        )
+        .unwrap();
         assert_eq!(s.files_hash.as_deref(), Some("h"));
-        let r: Recipe = serde_json::from_str(r#"{"fromTemplate":"base","force":false,"steps":[],"startCmd":"x","readyCmd":"y"}"#).unwrap();
+        let r: Recipe =
+            serde_json::from_str(r#"{"fromTemplate":"base","force":false,"steps":[],"startCmd":"x","readyCmd":"y"}"#)
+                .unwrap();
         assert_eq!(r.from_template.as_deref(), Some("base"));
         assert_eq!(r.ready_cmd.as_deref(), Some("y"));
     }

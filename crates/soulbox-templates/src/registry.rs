@@ -15,7 +15,9 @@ use serde::Deserialize;
 use soulbox_runtime::Store;
 
 use super::egress::{EgressPolicy, EgressProxy};
-use super::image::{self, BlobSource, Descriptor, FetchedBlob, ImageConfig, ImageError, ImportedImage, Progress, human_size, short};
+use super::image::{
+    self, BlobSource, Descriptor, FetchedBlob, ImageConfig, ImageError, ImportedImage, Progress, human_size, short,
+};
 use super::source::ImageRef;
 
 /// An image config blob is small; a bigger one is refused before download.
@@ -62,7 +64,10 @@ pub fn is_loopback(registry: &str) -> bool {
     let host = if let Some(rest) = registry.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        registry.rsplit_once(':').map(|(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { registry }).unwrap_or(registry)
+        registry
+            .rsplit_once(':')
+            .map(|(h, p)| if p.chars().all(|c| c.is_ascii_digit()) { h } else { registry })
+            .unwrap_or(registry)
     };
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -108,7 +113,9 @@ fn pulling_client(registry: &str, settings: &RegistrySettings, egress: &EgressPr
 
 pub fn auth_for(registry: &str, settings: &RegistrySettings) -> RegistryAuth {
     match settings.auth.get(registry) {
-        Some(RegistryCredential::Basic { username, password }) => RegistryAuth::Basic(username.clone(), password.clone()),
+        Some(RegistryCredential::Basic { username, password }) => {
+            RegistryAuth::Basic(username.clone(), password.clone())
+        }
         Some(RegistryCredential::Bearer { token }) => RegistryAuth::Bearer(token.clone()),
         None => RegistryAuth::Anonymous,
     }
@@ -116,14 +123,23 @@ pub fn auth_for(registry: &str, settings: &RegistrySettings) -> RegistryAuth {
 
 pub fn reference(image: &ImageRef) -> Reference {
     match (&image.tag, &image.digest) {
-        (Some(tag), Some(d)) => Reference::with_tag_and_digest(image.registry.clone(), image.repository.clone(), tag.clone(), d.clone()),
+        (Some(tag), Some(d)) => {
+            Reference::with_tag_and_digest(image.registry.clone(), image.repository.clone(), tag.clone(), d.clone())
+        }
         (_, Some(d)) => Reference::with_digest(image.registry.clone(), image.repository.clone(), d.clone()),
-        (tag, None) => Reference::with_tag(image.registry.clone(), image.repository.clone(), tag.clone().unwrap_or_else(|| "latest".into())),
+        (tag, None) => Reference::with_tag(
+            image.registry.clone(),
+            image.repository.clone(),
+            tag.clone().unwrap_or_else(|| "latest".into()),
+        ),
     }
 }
 
 /// A registry error; when the egress policy refused a connection, the reason (which names the setting) too.
-fn registry_err<'a>(what: &'a str, egress: &'a EgressProxy) -> impl Fn(oci_client::errors::OciDistributionError) -> ImageError + 'a {
+fn registry_err<'a>(
+    what: &'a str,
+    egress: &'a EgressProxy,
+) -> impl Fn(oci_client::errors::OciDistributionError) -> ImageError + 'a {
     move |e| match egress.last_refusal() {
         Some(why) => ImageError::Registry(format!("{what}: {e} (refused: {why})")),
         None => ImageError::Registry(format!("{what}: {e}")),
@@ -145,7 +161,9 @@ impl BlobSource for RegistryBlobs {
     async fn fetch(&self, layer: &Descriptor, scratch: &Path) -> Result<FetchedBlob, ImageError> {
         let (_, hex) = image::check_digest(&layer.digest)?;
         let path = scratch.join(hex);
-        let file = tokio::fs::File::create(&path).await.map_err(|source| ImageError::Io { path: path.display().to_string(), source })?;
+        let file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|source| ImageError::Io { path: path.display().to_string(), source })?;
         // oci-client hashes the stream as it writes it and fails on a digest mismatch.
         self.client
             .pull_blob(&self.reference, &oci_descriptor(layer), file)
@@ -159,9 +177,16 @@ impl BlobSource for RegistryBlobs {
 }
 
 /// Pulls `image` into the layer store.
-pub async fn pull(store: &Store, settings: &RegistrySettings, image: &ImageRef, progress: Progress<'_>) -> Result<ImportedImage, ImageError> {
+pub async fn pull(
+    store: &Store,
+    settings: &RegistrySettings,
+    image: &ImageRef,
+    progress: Progress<'_>,
+) -> Result<ImportedImage, ImageError> {
     progress(format!("pull {image}"));
-    let egress = EgressProxy::start(settings.egress_policy()).await.map_err(|e| ImageError::Registry(format!("starting the egress proxy: {e}")))?;
+    let egress = EgressProxy::start(settings.egress_policy())
+        .await
+        .map_err(|e| ImageError::Registry(format!("starting the egress proxy: {e}")))?;
     let client = pulling_client(&image.registry, settings, &egress)?;
     let auth = auth_for(&image.registry, settings);
     let reference = reference(image);
@@ -171,20 +196,39 @@ pub async fn pull(store: &Store, settings: &RegistrySettings, image: &ImageRef, 
         .map_err(registry_err(&format!("manifest of {image}"), &egress))?;
     let total: i64 = manifest.layers.iter().map(|l| l.size.max(0)).sum();
     match list_digest {
-        Some(list) => progress(format!("index {} → linux/amd64 manifest {} ({} layers, {})", short(&list), short(&digest), manifest.layers.len(), human_size(total as u64))),
-        None => progress(format!("manifest {} ({} layers, {})", short(&digest), manifest.layers.len(), human_size(total as u64))),
+        Some(list) => progress(format!(
+            "index {} → linux/amd64 manifest {} ({} layers, {})",
+            short(&list),
+            short(&digest),
+            manifest.layers.len(),
+            human_size(total as u64)
+        )),
+        None => progress(format!(
+            "manifest {} ({} layers, {})",
+            short(&digest),
+            manifest.layers.len(),
+            human_size(total as u64)
+        )),
     }
     if manifest.config.size > MAX_CONFIG_BYTES {
         return Err(ImageError::Invalid(format!("the image config is {} bytes", manifest.config.size)));
     }
     image::check_digest(&manifest.config.digest)?;
     let mut config_json: Vec<u8> = Vec::new();
-    client.pull_blob(&reference, &manifest.config, &mut config_json).await.map_err(registry_err("image config", &egress))?;
+    client
+        .pull_blob(&reference, &manifest.config, &mut config_json)
+        .await
+        .map_err(registry_err("image config", &egress))?;
     let config = ImageConfig::parse(&config_json)?;
     let layers: Vec<Descriptor> = manifest
         .layers
         .iter()
-        .map(|l| Descriptor { media_type: l.media_type.clone(), digest: l.digest.clone(), size: l.size, platform: None })
+        .map(|l| Descriptor {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            platform: None,
+        })
         .collect();
     let source = RegistryBlobs { client, reference, egress };
     let layers = image::import_layers(store, &layers, &config.diff_ids, &source, progress).await?;
@@ -208,7 +252,8 @@ mod tests {
     #[test]
     fn credentials_parse_from_toml_and_never_print_secrets() {
         let m: BTreeMap<String, RegistryCredential> =
-            toml::from_str("[\"ghcr.io\"]\nusername = \"u\"\npassword = \"p\"\n[\"r.example\"]\ntoken = \"t\"\n").unwrap();
+            toml::from_str("[\"ghcr.io\"]\nusername = \"u\"\npassword = \"p\"\n[\"r.example\"]\ntoken = \"t\"\n")
+                .unwrap();
         assert_eq!(m["ghcr.io"], RegistryCredential::Basic { username: "u".into(), password: "p".into() });
         assert_eq!(m["r.example"], RegistryCredential::Bearer { token: "t".into() });
         assert_eq!(format!("{:?}", m["ghcr.io"]), "Basic(u, ***)");

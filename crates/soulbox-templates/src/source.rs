@@ -59,7 +59,8 @@ impl ImageRef {
         };
         if repository.is_empty()
             || !repository.split('/').all(|c| {
-                !c.is_empty() && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
+                !c.is_empty()
+                    && c.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch))
             })
         {
             return Err(bad("the repository must be lowercase [a-z0-9._-] components"));
@@ -239,7 +240,10 @@ mod tests {
         let r = ImageRef::parse("ubuntu").unwrap();
         assert_eq!(r.to_string(), "docker.io/library/ubuntu:latest");
         let r = ImageRef::parse("127.0.0.1:5000/test/img:1").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "test/img", Some("1")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "test/img", Some("1"))
+        );
         let d = format!("sha256:{}", "a".repeat(64));
         let r = ImageRef::parse(&format!("ghcr.io/o/r@{d}")).unwrap();
         assert_eq!((r.tag, r.digest), (None, Some(d)));

@@ -20,10 +20,7 @@ pub(crate) fn shell_of(store: &soulbox_runtime::Store, layers: &[String]) -> &'s
 /// E2B's start/ready semantics for a sandbox of a built template: the start command is started (in the
 /// background, as the template's user in its workdir) and the sandbox counts as created once the ready
 /// command exits 0 (tried every 200 ms, up to `SOULBOX_READY_TIMEOUT_S`, default 120 s).
-pub async fn start_and_wait_ready(
-    runtime: &Runtime,
-    info: &soulbox_runtime::SandboxInfo,
-) -> Result<(), String> {
+pub async fn start_and_wait_ready(runtime: &Runtime, info: &soulbox_runtime::SandboxInfo) -> Result<(), String> {
     let Ok(meta) = runtime.store().get(&info.template) else {
         return Ok(());
     };
@@ -34,45 +31,22 @@ pub async fn start_and_wait_ready(
     let shell = shell_of(runtime.store(), &meta.layers);
     let no_env = BTreeMap::new();
     if let Some(cmd) = meta.start_cmd.clone() {
-        let (addr, user, cwd, id) = (
-            addr.clone(),
-            meta.default_user.clone(),
-            meta.default_workdir.clone(),
-            info.id.clone(),
-        );
+        let (addr, user, cwd, id) =
+            (addr.clone(), meta.default_user.clone(), meta.default_workdir.clone(), info.id.clone());
         tokio::spawn(async move {
-            let r = envd::run(
-                &addr,
-                shell,
-                &user,
-                &cmd,
-                &BTreeMap::new(),
-                &cwd,
-                |_, line| {
-                    tracing::debug!(sandbox = %id, line = %line, "start command output");
-                },
-            )
+            let r = envd::run(&addr, shell, &user, &cmd, &BTreeMap::new(), &cwd, |_, line| {
+                tracing::debug!(sandbox = %id, line = %line, "start command output");
+            })
             .await;
             tracing::info!(sandbox = %id, result = ?r, "start command ended");
         });
     }
     if let Some(ready) = meta.ready_cmd.clone() {
-        let limit = std::env::var("SOULBOX_READY_TIMEOUT_S")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(120u64);
+        let limit = std::env::var("SOULBOX_READY_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(120u64);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(limit);
         loop {
-            let code = envd::run(
-                &addr,
-                shell,
-                &meta.default_user,
-                &ready,
-                &no_env,
-                &meta.default_workdir,
-                |_, _| {},
-            )
-            .await?;
+            let code =
+                envd::run(&addr, shell, &meta.default_user, &ready, &no_env, &meta.default_workdir, |_, _| {}).await?;
             if code == 0 {
                 return Ok(());
             }

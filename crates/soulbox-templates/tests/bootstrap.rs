@@ -166,7 +166,8 @@ async fn bootstrap_minbase_streams_caches_and_boots() {
     let first = Captured::default();
     let meta = engine.build(job("tbs1-a", recipe.clone(), &files), first.sink()).await.expect("first build");
     let lines = first.lines();
-    let mmdebstrap: Vec<_> = lines.iter().filter(|l| l.2.starts_with("I: ") && l.3.as_deref() == Some("base")).collect();
+    let mmdebstrap: Vec<_> =
+        lines.iter().filter(|l| l.2.starts_with("I: ") && l.3.as_deref() == Some("base")).collect();
     assert!(mmdebstrap.len() >= 5, "mmdebstrap's lines at step base: {}", first.text());
     let finished = lines.iter().find(|l| l.2.starts_with("bootstrap finished")).expect("bootstrap finished line");
     // Live: the first line arrived long before mmdebstrap ended (not collected at the end).
@@ -204,7 +205,10 @@ async fn base_recipe_properties_in_a_sandbox() {
     let store = PathBuf::from("/var/tmp/soulbox-test-bootstrap/base-store");
     let node = Node::open("tbs2", 232, Some(store)).await;
     let rt = node.rt();
-    let engine = Engine::new(rt.clone(), EngineConfig::new(Rewrites::with_defaults(), Default::default(), BootstrapConfig::new(mirror())));
+    let engine = Engine::new(
+        rt.clone(),
+        EngineConfig::new(Rewrites::with_defaults(), Default::default(), BootstrapConfig::new(mirror())),
+    );
     let log = Captured::default();
     base::ensure_base(&engine, node.data_dir.join("uploads"), log.sink()).await.expect("base build");
     let meta = rt.store().get("base").expect("base registered");

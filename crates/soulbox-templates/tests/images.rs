@@ -108,7 +108,14 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 /// The busybox userland: `/bin/busybox`, its applets, `/etc/passwd`, the usual dirs.
 fn busybox_tree(t: &mut TarBuilder) {
     let bb = std::fs::read("/bin/busybox").unwrap();
-    for (d, mode, owner) in [("bin", 0o755, 0), ("etc", 0o755, 0), ("tmp", 0o1777, 0), ("root", 0o700, 0), ("home", 0o755, 0), ("home/user", 0o755, 1000)] {
+    for (d, mode, owner) in [
+        ("bin", 0o755, 0),
+        ("etc", 0o755, 0),
+        ("tmp", 0o1777, 0),
+        ("root", 0o700, 0),
+        ("home", 0o755, 0),
+        ("home/user", 0o755, 1000),
+    ] {
         t.dir(d, mode, owner);
     }
     t.file("bin/busybox", &bb, 0o755);
@@ -158,7 +165,8 @@ fn build_image() -> TestImage {
         },
         "rootfs": {"type": "layers", "diff_ids": [sha256(&l1_tar), sha256(&l2_tar)]},
     });
-    let amd64_layers = vec![Blob { media_type: LAYER_GZIP, data: gzip(&l1_tar) }, Blob { media_type: LAYER_ZSTD, data: l2_zstd }];
+    let amd64_layers =
+        vec![Blob { media_type: LAYER_GZIP, data: gzip(&l1_tar) }, Blob { media_type: LAYER_ZSTD, data: l2_zstd }];
     let amd64_config = Blob { media_type: OCI_CONFIG, data: serde_json::to_vec(&config).unwrap() };
     let manifest = |config: &Blob, layers: &[&Blob]| Blob {
         media_type: OCI_MANIFEST,
@@ -195,7 +203,14 @@ fn build_image() -> TestImage {
 impl TestImage {
     fn blobs(&self) -> Vec<&Blob> {
         let mut v: Vec<&Blob> = self.amd64_layers.iter().collect();
-        v.extend([&self.amd64_config, &self.amd64_manifest, &self.arm64_layer, &self.arm64_config, &self.arm64_manifest, &self.index]);
+        v.extend([
+            &self.amd64_config,
+            &self.amd64_manifest,
+            &self.arm64_layer,
+            &self.arm64_config,
+            &self.arm64_manifest,
+            &self.index,
+        ]);
         v
     }
 
@@ -372,7 +387,9 @@ fn skip_reason() -> Option<String> {
         return Some("needs root (runc, netns, mounts)".into());
     }
     if !Path::new(REGISTRY_BIN).exists() {
-        return Some(format!("{REGISTRY_BIN} is missing (apt-get install docker-registry; scripts/install-deps.sh does)"));
+        return Some(format!(
+            "{REGISTRY_BIN} is missing (apt-get install docker-registry; scripts/install-deps.sh does)"
+        ));
     }
     if !Path::new("/bin/busybox").exists() {
         return Some("/bin/busybox is missing (busybox-static)".into());
@@ -462,9 +479,19 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
         t.append_dir_all(".", &layout).unwrap();
         t.finish().unwrap();
     }
-    let from_archive = build(&engine, &format!("{tname}-oci"), Recipe { from_image: Some(format!("oci-archive:{}", archive.display())), ..Default::default() }).await;
+    let from_archive = build(
+        &engine,
+        &format!("{tname}-oci"),
+        Recipe { from_image: Some(format!("oci-archive:{}", archive.display())), ..Default::default() },
+    )
+    .await;
     let meta3 = from_archive.result.expect("build from oci-archive");
-    assert_eq!(from_archive.lines.iter().filter(|l| l.contains("CACHED")).count(), 2, "{}", from_archive.lines.join("\n"));
+    assert_eq!(
+        from_archive.lines.iter().filter(|l| l.contains("CACHED")).count(),
+        2,
+        "{}",
+        from_archive.lines.join("\n")
+    );
     assert_eq!(meta3.layers[..], meta.layers[..2]);
 
     // ... and unpacked for real into a fresh store, from the tar and from the directory.
@@ -476,7 +503,11 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     assert_eq!(imported.config.workdir.as_deref(), Some("/app"));
     let again = image::import_oci_archive(&store, &trusted(&layout), &quiet).await.expect("import layout dir");
     assert_eq!(again.layers, imported.layers);
-    let leftovers: Vec<_> = std::fs::read_dir(fresh.path().join("layers")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".tmp")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(fresh.path().join("layers"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp"))
+        .collect();
     assert!(leftovers.is_empty(), "temp dirs left: {leftovers:?}");
     // A corrupted blob is refused, nothing registered.
     let l2 = img.amd64_layers[1].digest();
@@ -495,10 +526,18 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     flat.file("rootfs-marker", b"from a rootfs tarball\n", 0o644);
     let rootfs = work.path().join("rootfs.tar.gz");
     std::fs::write(&rootfs, gzip(&flat.finish())).unwrap();
-    let from_rootfs = build(&engine, &format!("{tname}-rootfs"), Recipe { from_image: Some(format!("rootfs:{}", rootfs.display())), ..Default::default() }).await;
+    let from_rootfs = build(
+        &engine,
+        &format!("{tname}-rootfs"),
+        Recipe { from_image: Some(format!("rootfs:{}", rootfs.display())), ..Default::default() },
+    )
+    .await;
     let meta4 = from_rootfs.result.expect("build from rootfs");
     assert!(from_rootfs.lines.iter().any(|l| l.contains("unpack layer 1/1")), "{}", from_rootfs.lines.join("\n"));
-    assert_eq!((meta4.default_user.as_str(), meta4.default_workdir.as_str(), meta4.start_cmd.as_deref()), ("root", "/", None));
+    assert_eq!(
+        (meta4.default_user.as_str(), meta4.default_workdir.as_str(), meta4.start_cmd.as_deref()),
+        ("root", "/", None)
+    );
     let info = rt.create(SandboxSpec::new(&meta4.name)).await.expect("sandbox from the rootfs template");
     let (code, out) = sh(&info, "cat /rootfs-marker; echo PATH=$PATH").await;
     assert_eq!(code, 0, "{out}");
@@ -506,7 +545,12 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     rt.delete(&info.id).await.unwrap();
 
     // 5. A pull of a tag that does not exist fails at step `base` and registers nothing.
-    let missing = build(&engine, &format!("{tname}-missing"), Recipe { from_image: Some(format!("{}/test/img:nope", reg.addr)), ..Default::default() }).await;
+    let missing = build(
+        &engine,
+        &format!("{tname}-missing"),
+        Recipe { from_image: Some(format!("{}/test/img:nope", reg.addr)), ..Default::default() },
+    )
+    .await;
     let err = missing.result.unwrap_err();
     assert!(err.contains("pulling") && err.contains("\"base\""), "{err}");
     assert!(rt.store().get(&format!("{tname}-missing")).is_err());
@@ -518,7 +562,9 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
 #[tokio::test]
 async fn registry_basic_auth_from_the_config() {
     if !Path::new(REGISTRY_BIN).exists() || !Path::new("/bin/busybox").exists() {
-        eprintln!("SKIP registry_basic_auth_from_the_config: needs {REGISTRY_BIN} (docker-registry) and /bin/busybox (busybox-static)");
+        eprintln!(
+            "SKIP registry_basic_auth_from_the_config: needs {REGISTRY_BIN} (docker-registry) and /bin/busybox (busybox-static)"
+        );
         return;
     }
     if !rustix::process::geteuid().is_root() {
@@ -536,13 +582,31 @@ async fn registry_basic_auth_from_the_config() {
     let anonymous = registry::pull(&store, &named, &image_ref, &quiet).await.unwrap_err();
     assert!(anonymous.to_string().contains("manifest"), "{anonymous}");
     let cfg = |password: &str| soulbox_templates::config::TemplatesConfig {
-        registry_auth: toml::from_str(&format!("[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n", reg.addr)).unwrap(),
+        registry_auth: toml::from_str(&format!(
+            "[\"{}\"]\nusername = \"puller\"\npassword = \"{password}\"\n",
+            reg.addr
+        ))
+        .unwrap(),
         ..Default::default()
     };
-    let wrong = registry::pull(&store, &cfg("nope").engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.unwrap_err();
+    let wrong = registry::pull(
+        &store,
+        &cfg("nope").engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries,
+        &image_ref,
+        &quiet,
+    )
+    .await
+    .unwrap_err();
     assert!(!wrong.to_string().contains("nope"), "no secret in errors: {wrong}");
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_none());
-    let pulled = registry::pull(&store, &cfg("s3cret").engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries, &image_ref, &quiet).await.expect("pull with basic auth");
+    let pulled = registry::pull(
+        &store,
+        &cfg("s3cret").engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries,
+        &image_ref,
+        &quiet,
+    )
+    .await
+    .expect("pull with basic auth");
     assert_eq!(pulled.layers.len(), 2);
     assert!(image::cached_layer(&store, &img.amd64_layers[0].digest()).is_some());
     drop(reg);
@@ -554,8 +618,11 @@ async fn registry_basic_auth_from_the_config() {
 /// Only loopback is used here: no traffic is ever sent to a private or metadata address.
 #[tokio::test]
 async fn a_loopback_registry_not_named_in_the_config_is_refused() {
-    if !Path::new(REGISTRY_BIN).exists() || !Path::new("/bin/busybox").exists() || !rustix::process::geteuid().is_root() {
-        eprintln!("SKIP a_loopback_registry_not_named_in_the_config_is_refused: needs root, {REGISTRY_BIN} and /bin/busybox");
+    if !Path::new(REGISTRY_BIN).exists() || !Path::new("/bin/busybox").exists() || !rustix::process::geteuid().is_root()
+    {
+        eprintln!(
+            "SKIP a_loopback_registry_not_named_in_the_config_is_refused: needs root, {REGISTRY_BIN} and /bin/busybox"
+        );
         return;
     }
     let img = build_image();
@@ -569,7 +636,11 @@ async fn a_loopback_registry_not_named_in_the_config_is_refused() {
 
     for unnamed in [
         registry::RegistrySettings::default(),
-        registry::RegistrySettings { insecure: vec!["127.0.0.1:1".into()], private_hosts: vec!["localhost".into()], ..Default::default() },
+        registry::RegistrySettings {
+            insecure: vec!["127.0.0.1:1".into()],
+            private_hosts: vec!["localhost".into()],
+            ..Default::default()
+        },
     ] {
         let err = registry::pull(&store, &unnamed, &image_ref, &quiet).await.unwrap_err().to_string();
         assert!(err.contains("not a public address") && err.contains("insecure_registries"), "{err}");
@@ -581,10 +652,15 @@ async fn a_loopback_registry_not_named_in_the_config_is_refused() {
 
     // The same registry named by a config key of each kind pulls.
     let by_private_hosts = registry::RegistrySettings { private_hosts: vec![reg.addr.clone()], ..Default::default() };
-    let pulled = registry::pull(&store, &by_private_hosts, &image_ref, &quiet).await.expect("pull from a named loopback registry");
+    let pulled = registry::pull(&store, &by_private_hosts, &image_ref, &quiet)
+        .await
+        .expect("pull from a named loopback registry");
     assert_eq!(pulled.layers.len(), 2);
     let log = std::fs::read_to_string(reg._dir.path().join("registry.log")).unwrap_or_default();
-    assert!(requests(&log) > requests(&log_after), "the log counts requests, so the check above means something:\n{log}");
+    assert!(
+        requests(&log) > requests(&log_after),
+        "the log counts requests, so the check above means something:\n{log}"
+    );
     let rewrite: soulbox_templates::config::TemplatesConfig =
         toml::from_str(&format!("[image_rewrites]\n\"docker.io\" = \"{}\"\n", reg.addr)).unwrap();
     let via_rewrite = rewrite.engine_config(soulbox_templates::bootstrap::DEFAULT_MIRROR).registries;

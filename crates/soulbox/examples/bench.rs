@@ -40,7 +40,8 @@ fn raw(sock: &mut TcpStream, method: &str, host: &str, path: &str, headers: &[(&
     };
     let head = String::from_utf8_lossy(&buf[..header_end]).to_ascii_lowercase();
     let chunked = head.contains("transfer-encoding: chunked");
-    let len: Option<usize> = head.lines().find_map(|l| l.strip_prefix("content-length: ").and_then(|v| v.trim().parse().ok()));
+    let len: Option<usize> =
+        head.lines().find_map(|l| l.strip_prefix("content-length: ").and_then(|v| v.trim().parse().ok()));
     loop {
         let body = &buf[header_end..];
         if chunked && body.ends_with(b"0\r\n\r\n") {

@@ -8,7 +8,8 @@ use soulbox::{CommandOptions, Error, Sandbox};
 
 #[tokio::main]
 async fn main() -> soulbox::Result<()> {
-    let sbx = Sandbox::builder("base").timeout(Duration::from_secs(120)).metadata("example", "quickstart").create().await?;
+    let sbx =
+        Sandbox::builder("base").timeout(Duration::from_secs(120)).metadata("example", "quickstart").create().await?;
     println!("sandbox {} (agent {})", sbx.id(), sbx.envd_version());
 
     let out = sbx.commands().run("uname -a").await?;

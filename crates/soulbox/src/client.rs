@@ -18,9 +18,9 @@ pub type SandboxInfo = api::SandboxDetail;
 pub type ListedSandbox = api::ListedSandbox;
 /// One metrics sample (seed feature 8).
 pub type SandboxMetric = api::SandboxMetric;
-pub use api::SandboxState;
 /// A node of the cluster with its status and capacity (seed feature 10).
 pub use api::NodeInfo;
+pub use api::SandboxState;
 /// One line of a sandbox's log.
 pub type LogLine = api::SandboxLog;
 
@@ -76,7 +76,9 @@ impl ListQuery {
             let inner: Vec<String> = self
                 .metadata
                 .iter()
-                .map(|(k, v)| format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC)))
+                .map(|(k, v)| {
+                    format!("{}={}", utf8_percent_encode(k, NON_ALPHANUMERIC), utf8_percent_encode(v, NON_ALPHANUMERIC))
+                })
                 .collect();
             p.push(("metadata", inner.join("&")));
         }
@@ -202,7 +204,8 @@ impl Client {
                 Ok(resp) => {
                     let status = resp.status();
                     let retry_after = retry_after(&resp);
-                    let should_retry = resp.headers().get("should-retry").and_then(|v| v.to_str().ok()).map(|v| v == "true");
+                    let should_retry =
+                        resp.headers().get("should-retry").and_then(|v| v.to_str().ok()).map(|v| v == "true");
                     let transient = matches!(status.as_u16(), 429 | 502 | 503 | 504);
                     if retries_left && should_retry.unwrap_or(idempotent && transient) {
                         tokio::time::sleep(retry_after.unwrap_or_else(|| backoff(attempt))).await;
@@ -272,7 +275,10 @@ impl Client {
 
     /// Pauses a sandbox; `Ok(false)` when it was already paused.
     pub async fn pause(&self, sandbox_id: &str) -> Result<bool> {
-        match self.api_send(Method::POST, &format!("/sandboxes/{}/pause", seg(sandbox_id)), &[], Some(serde_json::json!({}))).await {
+        match self
+            .api_send(Method::POST, &format!("/sandboxes/{}/pause", seg(sandbox_id)), &[], Some(serde_json::json!({})))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(Error::Invalid(m)) if m.contains("paused") => Ok(false),
             Err(e) => Err(e),
@@ -280,7 +286,12 @@ impl Client {
     }
 
     /// Metrics samples between `start` and `end` (unix seconds, inclusive; `None` = open).
-    pub async fn get_metrics(&self, sandbox_id: &str, start: Option<i64>, end: Option<i64>) -> Result<Vec<SandboxMetric>> {
+    pub async fn get_metrics(
+        &self,
+        sandbox_id: &str,
+        start: Option<i64>,
+        end: Option<i64>,
+    ) -> Result<Vec<SandboxMetric>> {
         let mut q = Vec::new();
         if let Some(s) = start {
             q.push(("start", s.to_string()));
@@ -300,7 +311,8 @@ impl Client {
         if let Some(l) = limit {
             q.push(("limit", l.to_string()));
         }
-        let body: api::SandboxLogs = self.api_json(Method::GET, &format!("/sandboxes/{}/logs", seg(sandbox_id)), &q, None).await?;
+        let body: api::SandboxLogs =
+            self.api_json(Method::GET, &format!("/sandboxes/{}/logs", seg(sandbox_id)), &q, None).await?;
         Ok(body.logs)
     }
 
@@ -377,13 +389,17 @@ pub(crate) async fn api_error(resp: Response) -> Error {
     let retry = retry_after(&resp);
     if status.is_redirection() {
         let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
-        return Error::Other(format!("HTTP {status}: redirect to {location} not followed (redirects are off or over the limit)"));
+        return Error::Other(format!(
+            "HTTP {status}: redirect to {location} not followed (redirects are off or over the limit)"
+        ));
     }
     let text = resp.text().await.unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| if text.is_empty() { status.canonical_reason().unwrap_or("").to_owned() } else { text.clone() });
+        .unwrap_or_else(|| {
+            if text.is_empty() { status.canonical_reason().unwrap_or("").to_owned() } else { text.clone() }
+        });
     if status == StatusCode::CONFLICT && message.contains("paused") {
         return Error::Invalid(message);
     }

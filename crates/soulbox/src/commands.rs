@@ -49,7 +49,11 @@ pub struct CommandOptions {
 
 impl std::fmt::Debug for CommandOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CommandOptions").field("cwd", &self.cwd).field("user", &self.user).field("timeout", &self.timeout).finish()
+        f.debug_struct("CommandOptions")
+            .field("cwd", &self.cwd)
+            .field("user", &self.user)
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -152,23 +156,32 @@ impl Commands {
             Some(shell) => (shell.clone(), vec!["-c".into(), cmd.into()]),
             None => ("/bin/bash".into(), vec!["-l".into(), "-c".into(), cmd.into()]),
         };
-        let config = ProcessConfig {
-            cmd: program,
-            args,
-            envs: opts.envs.clone(),
-            cwd: opts.cwd.clone(),
-        };
+        let config = ProcessConfig { cmd: program, args, envs: opts.envs.clone(), cwd: opts.cwd.clone() };
         if opts.stdin == Some(false) {
             self.envd.require(Feature::CommandsStdin)?;
         }
         let req = StartRequest { process: Some(config), pty: None, tag: opts.tag.clone(), stdin: opts.stdin };
         let stream = self
             .envd
-            .stream::<_, process::StartResponse>("process.Process/Start", &req, opts.user.as_deref(), opts.effective_timeout())
+            .stream::<_, process::StartResponse>(
+                "process.Process/Start",
+                &req,
+                opts.user.as_deref(),
+                opts.effective_timeout(),
+            )
             .await?;
         let events = stream.map(|r| r.map(|m| m.event)).boxed();
         let keep = !opts.discard_output;
-        CommandHandle::start(self.envd.clone(), events, opts.effective_timeout(), opts.on_stdout, opts.on_stderr, None, keep).await
+        CommandHandle::start(
+            self.envd.clone(),
+            events,
+            opts.effective_timeout(),
+            opts.on_stdout,
+            opts.on_stderr,
+            None,
+            keep,
+        )
+        .await
     }
 
     /// Attaches to a running process by pid; output from now on is collected.
@@ -188,7 +201,8 @@ impl Commands {
 
     async fn connect_selector(&self, sel: process_selector::Selector, opts: CommandOptions) -> Result<CommandHandle> {
         let req = process::ConnectRequest { process: Some(ProcessSelector { selector: Some(sel) }) };
-        let stream = self.envd.stream::<_, process::ConnectResponse>("process.Process/Connect", &req, None, None).await?;
+        let stream =
+            self.envd.stream::<_, process::ConnectResponse>("process.Process/Connect", &req, None, None).await?;
         let events = stream.map(|r| r.map(|m| m.event)).boxed();
         let keep = !opts.discard_output;
         CommandHandle::start(self.envd.clone(), events, None, opts.on_stdout, opts.on_stderr, None, keep).await
@@ -196,7 +210,8 @@ impl Commands {
 
     /// Processes running in the sandbox.
     pub async fn list(&self) -> Result<Vec<ProcessInfo>> {
-        let resp: process::ListResponse = self.envd.unary("process.Process/List", &process::ListRequest {}, None, None).await?;
+        let resp: process::ListResponse =
+            self.envd.unary("process.Process/List", &process::ListRequest {}, None, None).await?;
         Ok(resp
             .processes
             .into_iter()
@@ -240,7 +255,10 @@ pub(crate) async fn signal(envd: &Envd, pid: u32, sig: process::Signal) -> Resul
 }
 
 pub(crate) async fn send_input(envd: &Envd, pid: u32, input: process_input::Input) -> Result<()> {
-    let req = process::SendInputRequest { process: Some(pid_selector(pid)), input: Some(ProcessInput { input: Some(input) }) };
+    let req = process::SendInputRequest {
+        process: Some(pid_selector(pid)),
+        input: Some(ProcessInput { input: Some(input) }),
+    };
     let _: process::SendInputResponse = envd.unary("process.Process/SendInput", &req, None, None).await?;
     Ok(())
 }

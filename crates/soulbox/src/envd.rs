@@ -178,7 +178,9 @@ impl Envd {
             return Error::SandboxKilled(self.sandbox_id.clone());
         }
         match value {
-            Some(v) if v.get("code").is_some_and(|c| c.is_string()) => Error::from_rpc(RpcError::from_json_value(&v, Some(status))),
+            Some(v) if v.get("code").is_some_and(|c| c.is_string()) => {
+                Error::from_rpc(RpcError::from_json_value(&v, Some(status)))
+            }
             Some(v) => {
                 let m = v.get("message").and_then(|m| m.as_str()).map(str::to_owned).unwrap_or(text);
                 Error::from_status(status, m, None)

@@ -59,7 +59,10 @@ impl From<filesystem::EntryInfo> for EntryInfo {
             permissions: e.permissions,
             owner: e.owner,
             group: e.group,
-            modified_time: e.modified_time.and_then(|t| serde_json::to_value(t).ok()).and_then(|v| v.as_str().map(str::to_owned)),
+            modified_time: e
+                .modified_time
+                .and_then(|t| serde_json::to_value(t).ok())
+                .and_then(|v| v.as_str().map(str::to_owned)),
             symlink_target: e.symlink_target,
             metadata: e.metadata.into_iter().collect(),
         }
@@ -125,7 +128,9 @@ impl Filesystem {
             return Err(self.envd.http_error(resp).await);
         }
         let id = self.envd.sandbox_id.clone();
-        Ok(resp.bytes_stream().map_err(move |e| if e.is_timeout() { Error::Timeout(e.to_string()) } else { Error::SandboxKilled(id.clone()) }))
+        Ok(resp.bytes_stream().map_err(move |e| {
+            if e.is_timeout() { Error::Timeout(e.to_string()) } else { Error::SandboxKilled(id.clone()) }
+        }))
     }
 
     /// Reads a whole file.
@@ -152,7 +157,12 @@ impl Filesystem {
     }
 
     /// Writes a file and sets its metadata (`user.e2b.*` xattrs; needs agent ≥ 0.6.2).
-    pub async fn write_with_metadata(&self, path: &str, data: impl Into<Bytes>, metadata: &HashMap<String, String>) -> Result<WriteInfo> {
+    pub async fn write_with_metadata(
+        &self,
+        path: &str,
+        data: impl Into<Bytes>,
+        metadata: &HashMap<String, String>,
+    ) -> Result<WriteInfo> {
         let data: Bytes = data.into();
         if !metadata.is_empty() {
             self.envd.require(Feature::FileMetadata)?;
@@ -233,7 +243,8 @@ impl Filesystem {
     /// Lists a directory (`depth` 1 = direct children).
     pub async fn list(&self, path: &str, depth: u32) -> Result<Vec<EntryInfo>> {
         let req = filesystem::ListDirRequest { path: path.into(), depth: depth.max(1) };
-        let resp: filesystem::ListDirResponse = self.envd.unary("filesystem.Filesystem/ListDir", &req, None, None).await?;
+        let resp: filesystem::ListDirResponse =
+            self.envd.unary("filesystem.Filesystem/ListDir", &req, None, None).await?;
         Ok(resp.entries.into_iter().map(Into::into).collect())
     }
 
@@ -262,7 +273,8 @@ impl Filesystem {
     /// Creates a directory and its parents; `Ok(false)` when it already existed.
     pub async fn make_dir(&self, path: &str) -> Result<bool> {
         let req = filesystem::MakeDirRequest { path: path.into() };
-        match self.envd.unary::<_, filesystem::MakeDirResponse>("filesystem.Filesystem/MakeDir", &req, None, None).await {
+        match self.envd.unary::<_, filesystem::MakeDirResponse>("filesystem.Filesystem/MakeDir", &req, None, None).await
+        {
             Ok(_) => Ok(true),
             Err(Error::Invalid(m)) if m.starts_with("already_exists") => Ok(false),
             Err(e) => Err(e),
@@ -284,13 +296,24 @@ impl Filesystem {
     }
 
     /// Watches a directory; the stream yields events until dropped. `recursive` needs agent ≥ 0.1.4.
-    pub async fn watch(&self, path: &str, recursive: bool) -> Result<impl Stream<Item = Result<FilesystemEvent>> + Send + 'static + use<>> {
+    pub async fn watch(
+        &self,
+        path: &str,
+        recursive: bool,
+    ) -> Result<impl Stream<Item = Result<FilesystemEvent>> + Send + 'static + use<>> {
         if recursive {
             self.envd.require(Feature::RecursiveWatch)?;
         }
-        let req = filesystem::WatchDirRequest { path: path.into(), recursive, include_entry: false, allow_network_mounts: false };
-        let mut stream =
-            self.envd.stream::<_, filesystem::WatchDirResponse>("filesystem.Filesystem/WatchDir", &req, None, None).await?;
+        let req = filesystem::WatchDirRequest {
+            path: path.into(),
+            recursive,
+            include_entry: false,
+            allow_network_mounts: false,
+        };
+        let mut stream = self
+            .envd
+            .stream::<_, filesystem::WatchDirResponse>("filesystem.Filesystem/WatchDir", &req, None, None)
+            .await?;
         // The agent confirms the watch with a start event; wait for it so no change after this call is missed.
         match stream.next().await {
             Some(Ok(_)) => {}
@@ -299,7 +322,9 @@ impl Filesystem {
         }
         Ok(stream.filter_map(|item| async move {
             match item {
-                Ok(filesystem::WatchDirResponse { event: Some(filesystem::watch_dir_response::Event::Filesystem(ev)) }) => {
+                Ok(filesystem::WatchDirResponse {
+                    event: Some(filesystem::watch_dir_response::Event::Filesystem(ev)),
+                }) => {
                     let kind = match EventType::try_from(ev.r#type) {
                         Ok(EventType::Create) => EventKind::Create,
                         Ok(EventType::Write) => EventKind::Write,
@@ -328,15 +353,22 @@ impl Filesystem {
 
     fn signed_url(&self, path: &str, operation: Operation, opts: &SignedUrlOptions) -> Result<String> {
         let token = self.envd.access_token.as_deref().ok_or_else(|| {
-            Error::Invalid("this sandbox has no access token (not created with secure): its /files needs no signature".into())
+            Error::Invalid(
+                "this sandbox has no access token (not created with secure): its /files needs no signature".into(),
+            )
         })?;
         let expiration = opts.expires_in.map(|d| {
             let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
             now + d.as_secs() as i64
         });
         let user = opts.user.as_deref().unwrap_or("");
-        let sig = signature::sign(self.envd.client.config().signature_scheme, &Claims { path, operation, user, expiration }, token);
-        let mut url = reqwest::Url::parse(&format!("{}/files", self.envd.url)).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sig = signature::sign(
+            self.envd.client.config().signature_scheme,
+            &Claims { path, operation, user, expiration },
+            token,
+        );
+        let mut url =
+            reqwest::Url::parse(&format!("{}/files", self.envd.url)).map_err(|e| Error::Invalid(e.to_string()))?;
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("path", path);

@@ -30,19 +30,24 @@ mod sandbox;
 mod template;
 mod tls;
 
-pub use client::{Client, ListQuery, ListedSandbox, LogLine, NodeInfo, Order, Page, SandboxInfo, SandboxMetric, SandboxState};
-pub use commands::{
-    CommandHandle, CommandOptions, CommandResult, Commands, DEFAULT_COMMAND_TIMEOUT, DataCallback, OutputCallback, ProcessInfo,
+pub use client::{
+    Client, ListQuery, ListedSandbox, LogLine, NodeInfo, Order, Page, SandboxInfo, SandboxMetric, SandboxState,
 };
-pub use config::{ConnectionConfig, DEFAULT_DOMAIN, DEFAULT_MAX_REDIRECTS, DEFAULT_REQUEST_TIMEOUT, Redirects, SignatureScheme};
+pub use commands::{
+    CommandHandle, CommandOptions, CommandResult, Commands, DEFAULT_COMMAND_TIMEOUT, DataCallback, OutputCallback,
+    ProcessInfo,
+};
+pub use config::{
+    ConnectionConfig, DEFAULT_DOMAIN, DEFAULT_MAX_REDIRECTS, DEFAULT_REQUEST_TIMEOUT, Redirects, SignatureScheme,
+};
 pub use error::{Error, Result};
 pub use files::{EntryInfo, EntryType, EventKind, Filesystem, FilesystemEvent, SignedUrlOptions, WriteInfo};
 pub use pty::{Pty, PtyOptions, PtySize};
 pub use sandbox::{DirectEnvd, Sandbox, SandboxBuilder, TimeoutBehavior};
-pub use template::{
-    AssignedTags, BASE_IMAGE, BuildHandle, BuildLogEntry, BuildOptions, BuildReason, BuildStatus, BuildStatusPage, LogLevel, Template,
-    TemplateStep, TemplateSummary, TemplateTag, files_hash,
-};
 /// The wire types and version gates this SDK is built on.
 pub use soulbox_protocol as protocol;
 pub use soulbox_protocol::version::{Feature, VersionError};
+pub use template::{
+    AssignedTags, BASE_IMAGE, BuildHandle, BuildLogEntry, BuildOptions, BuildReason, BuildStatus, BuildStatusPage,
+    LogLevel, Template, TemplateStep, TemplateSummary, TemplateTag, files_hash,
+};

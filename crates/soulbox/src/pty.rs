@@ -53,13 +53,20 @@ impl Pty {
         envs.entry("LANG".into()).or_insert_with(|| "C.UTF-8".into());
         envs.entry("LC_ALL".into()).or_insert_with(|| "C.UTF-8".into());
         let req = StartRequest {
-            process: Some(ProcessConfig { cmd: "/bin/bash".into(), args: vec!["-i".into(), "-l".into()], envs, cwd: opts.cwd.clone() }),
+            process: Some(ProcessConfig {
+                cmd: "/bin/bash".into(),
+                args: vec!["-i".into(), "-l".into()],
+                envs,
+                cwd: opts.cwd.clone(),
+            }),
             pty: Some(process::Pty { size: Some(process::pty::Size { cols: size.cols, rows: size.rows }) }),
             tag: None,
             stdin: None,
         };
-        let stream =
-            self.envd.stream::<_, process::StartResponse>("process.Process/Start", &req, opts.user.as_deref(), opts.timeout).await?;
+        let stream = self
+            .envd
+            .stream::<_, process::StartResponse>("process.Process/Start", &req, opts.user.as_deref(), opts.timeout)
+            .await?;
         let events = stream.map(|r| r.map(|m| m.event)).boxed();
         CommandHandle::start(self.envd.clone(), events, opts.timeout, None, None, opts.on_data, true).await
     }

@@ -72,7 +72,11 @@ impl SandboxBuilder {
     }
     /// Shorthand for [`TimeoutBehavior::Pause`] with no grace period.
     pub fn auto_pause(self, on: bool) -> Self {
-        self.set_timeout_behavior(if on { TimeoutBehavior::Pause { grace: Duration::ZERO } } else { TimeoutBehavior::Kill })
+        self.set_timeout_behavior(if on {
+            TimeoutBehavior::Pause { grace: Duration::ZERO }
+        } else {
+            TimeoutBehavior::Kill
+        })
     }
     /// Resume a paused sandbox automatically when traffic arrives for it.
     pub fn auto_resume(mut self, on: bool) -> Self {
@@ -136,7 +140,10 @@ pub struct DirectEnvd {
 
 impl std::fmt::Debug for DirectEnvd {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DirectEnvd").field("sandbox_id", &self.sandbox_id).field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("DirectEnvd")
+            .field("sandbox_id", &self.sandbox_id)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 

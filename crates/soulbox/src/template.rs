@@ -106,7 +106,8 @@ impl Template {
     /// assert_eq!(t.recipe.steps.len(), 1);
     /// ```
     pub fn from_dockerfile(text: &str, build_args: &std::collections::BTreeMap<String, String>) -> Result<Template> {
-        let recipe = soulbox_protocol::template::dockerfile::parse(text, build_args).map_err(|e| Error::Invalid(e.to_string()))?;
+        let recipe = soulbox_protocol::template::dockerfile::parse(text, build_args)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         Ok(Template::from_recipe(recipe))
     }
 
@@ -139,7 +140,13 @@ impl Template {
     }
 
     /// [`Template::copy`] with an owner and a mode (e.g. `0o755`) for the copied entries.
-    pub fn copy_with(self, src: impl Into<String>, dest: impl Into<String>, user: Option<&str>, mode: Option<u32>) -> Template {
+    pub fn copy_with(
+        self,
+        src: impl Into<String>,
+        dest: impl Into<String>,
+        user: Option<&str>,
+        mode: Option<u32>,
+    ) -> Template {
         let mode = mode.map(|m| format!("{m:04o}")).unwrap_or_default();
         self.step("COPY", vec![src.into(), dest.into(), user.unwrap_or_default().to_string(), mode])
     }
@@ -255,7 +262,8 @@ impl Client {
         if let Some(m) = options.memory_mb {
             body["memoryMB"] = m.into();
         }
-        let requested: soulbox_protocol::api::TemplateBuildRequested = self.api_json(Method::POST, "/v3/templates", &[], Some(body)).await?;
+        let requested: soulbox_protocol::api::TemplateBuildRequested =
+            self.api_json(Method::POST, "/v3/templates", &[], Some(body)).await?;
         let mut recipe = template.clone();
         let context = template.context.clone().unwrap_or_else(|| PathBuf::from("."));
         for step in recipe.recipe.steps.iter_mut().filter(|s| s.kind == "COPY") {
@@ -275,19 +283,30 @@ impl Client {
         let path = format!("/v2/templates/{}/builds/{}", seg(&requested.template_id), seg(&requested.build_id));
         let start = serde_json::to_value(&recipe).map_err(|e| Error::Other(format!("encoding the recipe: {e}")))?;
         self.api_send(Method::POST, &path, &[], Some(start)).await?;
-        Ok(BuildHandle { client: self.clone(), template_id: requested.template_id, build_id: requested.build_id, tags: requested.tags })
+        Ok(BuildHandle {
+            client: self.clone(),
+            template_id: requested.template_id,
+            build_id: requested.build_id,
+            tags: requested.tags,
+        })
     }
 
     /// E2B's upload: ask whether the files are there; if not, `PUT` a tar.gz of them to the URL given.
     async fn upload_context(&self, template_id: &str, hash: &str, context: &Path, src: &str) -> Result<()> {
-        let link: soulbox_protocol::api::TemplateFilesLink = self.api_json(Method::GET, &format!("/templates/{}/files/{hash}", seg(template_id)), &[], None).await?;
+        let link: soulbox_protocol::api::TemplateFilesLink =
+            self.api_json(Method::GET, &format!("/templates/{}/files/{hash}", seg(template_id)), &[], None).await?;
         let (false, Some(url)) = (link.present, link.url) else { return Ok(()) };
         let (ctx, s) = (context.to_path_buf(), src.to_string());
         let archive = blocking(move || tar_gz(&ctx, &s)).await?;
         let len = archive.metadata().map_err(|e| Error::Other(format!("reading the COPY archive: {e}")))?.len();
         let file = tokio::fs::File::from_std(archive);
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
-        let mut rb = self.http().put(url).header(http::header::CONTENT_LENGTH, len).timeout(Duration::from_secs(3600)).body(body);
+        let mut rb = self
+            .http()
+            .put(url)
+            .header(http::header::CONTENT_LENGTH, len)
+            .timeout(Duration::from_secs(3600))
+            .body(body);
         for (k, v) in link.headers.unwrap_or_default() {
             rb = rb.header(k, v);
         }
@@ -325,12 +344,14 @@ impl Client {
 
     /// Points `tags` at the build `target` (`name:tag`; `name` alone is `name:default`) names.
     pub async fn assign_template_tags(&self, target: &str, tags: &[&str]) -> Result<AssignedTags> {
-        self.api_json(Method::POST, "/templates/tags", &[], Some(serde_json::json!({"target": target, "tags": tags}))).await
+        self.api_json(Method::POST, "/templates/tags", &[], Some(serde_json::json!({"target": target, "tags": tags})))
+            .await
     }
 
     /// Removes tags of a template (removing `default` makes the plain name unstartable).
     pub async fn remove_template_tags(&self, name: &str, tags: &[&str]) -> Result<()> {
-        self.api_send(Method::DELETE, "/templates/tags", &[], Some(serde_json::json!({"name": name, "tags": tags}))).await?;
+        self.api_send(Method::DELETE, "/templates/tags", &[], Some(serde_json::json!({"name": name, "tags": tags})))
+            .await?;
         Ok(())
     }
 
@@ -339,7 +360,6 @@ impl Client {
         self.api_json(Method::GET, &format!("/templates/{}/tags", seg(name)), &[], None).await
     }
 }
-
 
 impl BuildHandle {
     /// A handle for a build started elsewhere.
@@ -357,7 +377,14 @@ impl BuildHandle {
     /// build ended — after the last entry, or with `Err(Error::Build { .. })` when it failed. Reads the live
     /// NDJSON stream; when the server has none (or it breaks), continues by polling the status endpoint.
     pub fn logs(&self) -> impl Stream<Item = Result<BuildLogEntry>> + Send + 'static {
-        let state = Follow { handle: self.clone(), phase: Phase::Connect, seen: 0, buf: BytesMut::new(), last: VecDeque::new(), pending: VecDeque::new() };
+        let state = Follow {
+            handle: self.clone(),
+            phase: Phase::Connect,
+            seen: 0,
+            buf: BytesMut::new(),
+            last: VecDeque::new(),
+            pending: VecDeque::new(),
+        };
         futures::stream::unfold(state, |mut st| async move { st.next().await.map(|item| (item, st)) })
     }
 
@@ -372,7 +399,14 @@ impl BuildHandle {
 
     /// Waits by polling the status endpoint only (E2B's way; for servers without the live stream).
     pub async fn wait_polling(&self) -> Result<()> {
-        let mut state = Follow { handle: self.clone(), phase: Phase::Poll, seen: 0, buf: BytesMut::new(), last: VecDeque::new(), pending: VecDeque::new() };
+        let mut state = Follow {
+            handle: self.clone(),
+            phase: Phase::Poll,
+            seen: 0,
+            buf: BytesMut::new(),
+            last: VecDeque::new(),
+            pending: VecDeque::new(),
+        };
         while let Some(item) = state.next().await {
             item?;
         }
@@ -463,13 +497,18 @@ impl Follow {
                                 self.remember(&e);
                                 return Some(Ok(e));
                             }
-                            Ok(StreamLine::End(end)) => match self.end(end.status, end.reason.map(|r| BuildReason { message: r.message, step: r.step })) {
+                            Ok(StreamLine::End(end)) => match self
+                                .end(end.status, end.reason.map(|r| BuildReason { message: r.message, step: r.step }))
+                            {
                                 Some(err) => return Some(err),
                                 None => return None,
                             },
                             Err(e) => {
                                 self.phase = Phase::Done;
-                                return Some(Err(Error::Other(format!("bad build log line: {e}: {}", String::from_utf8_lossy(text)))));
+                                return Some(Err(Error::Other(format!(
+                                    "bad build log line: {e}: {}",
+                                    String::from_utf8_lossy(text)
+                                ))));
                             }
                         }
                     }
@@ -503,7 +542,9 @@ impl Follow {
                             }
                         }
                         BuildStatus::Ready | BuildStatus::Error => {}
-                        BuildStatus::Waiting | BuildStatus::Building if empty => tokio::time::sleep(POLL_INTERVAL).await,
+                        BuildStatus::Waiting | BuildStatus::Building if empty => {
+                            tokio::time::sleep(POLL_INTERVAL).await
+                        }
                         BuildStatus::Waiting | BuildStatus::Building => {}
                     }
                 }
@@ -526,7 +567,8 @@ fn collect(context: &Path, src: &str) -> Result<Vec<PathBuf>> {
         return Err(Error::Invalid(format!("COPY source '{src}': glob patterns are not supported by this SDK yet")));
     }
     let root = context.join(rel);
-    let meta = std::fs::symlink_metadata(&root).map_err(|e| Error::Invalid(format!("COPY source {}: {e}", root.display())))?;
+    let meta =
+        std::fs::symlink_metadata(&root).map_err(|e| Error::Invalid(format!("COPY source {}: {e}", root.display())))?;
     let mut out = Vec::new();
     if rel.as_os_str().is_empty() || rel == Path::new(".") {
         // The whole context: its entries, not the directory itself.
@@ -657,9 +699,14 @@ mod tests {
 
     #[test]
     fn stream_lines_parse() {
-        let e: StreamLine = serde_json::from_str(r#"{"timestamp":"2026-01-01T00:00:00Z","level":"warn","message":"m","step":"2"}"#).unwrap();
+        let e: StreamLine =
+            serde_json::from_str(r#"{"timestamp":"2026-01-01T00:00:00Z","level":"warn","message":"m","step":"2"}"#)
+                .unwrap();
         assert!(matches!(e, StreamLine::Entry(BuildLogEntry { level: LogLevel::Warn, .. })));
-        let end: StreamLine = serde_json::from_str(r#"{"status":"error","reason":{"message":"boom","step":"3"}}"#).unwrap();
-        assert!(matches!(end, StreamLine::End(e) if e.status == BuildStatus::Error && e.reason.as_ref().is_some_and(|r| r.step.is_some())));
+        let end: StreamLine =
+            serde_json::from_str(r#"{"status":"error","reason":{"message":"boom","step":"3"}}"#).unwrap();
+        assert!(
+            matches!(end, StreamLine::End(e) if e.status == BuildStatus::Error && e.reason.as_ref().is_some_and(|r| r.step.is_some()))
+        );
     }
 }

@@ -28,10 +28,7 @@ fn mozilla_roots() -> &'static [reqwest::Certificate] {
 mod tests {
     #[test]
     fn builds_a_client_with_every_bundled_root() {
-        assert_eq!(
-            super::mozilla_roots().len(),
-            webpki_root_certs::TLS_SERVER_ROOT_CERTS.len()
-        );
+        assert_eq!(super::mozilla_roots().len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
         super::client_builder().build().unwrap();
     }
 }

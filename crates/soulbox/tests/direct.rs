@@ -10,12 +10,7 @@ use soulbox::{CommandOptions, ConnectionConfig, DirectEnvd, Error, Redirects, Sa
 use soulbox_protocol::connect::{FLAG_END_STREAM, encode_envelope};
 
 /// An upload as the double saw it: query, `Content-Encoding`, `Content-Length`, body.
-type Upload = (
-    std::collections::HashMap<String, String>,
-    Option<String>,
-    Option<String>,
-    Vec<u8>,
-);
+type Upload = (std::collections::HashMap<String, String>, Option<String>, Option<String>, Vec<u8>);
 
 #[derive(Default, Debug)]
 struct Seen {
@@ -82,18 +77,11 @@ async fn fake_envd(seen: Arc<Mutex<Seen>>) -> String {
 }
 
 fn direct(addr: String) -> Sandbox {
-    let client = soulbox::Client::new(
-        ConnectionConfig::default()
-            .with_request_timeout(None)
-            .with_redirects(Redirects::Off),
-    )
-    .unwrap();
-    let envd = DirectEnvd {
-        sandbox_id: "sbx1".into(),
-        addr,
-        node_secret: Some("node-secret".into()),
-        ..Default::default()
-    };
+    let client =
+        soulbox::Client::new(ConnectionConfig::default().with_request_timeout(None).with_redirects(Redirects::Off))
+            .unwrap();
+    let envd =
+        DirectEnvd { sandbox_id: "sbx1".into(), addr, node_secret: Some("node-secret".into()), ..Default::default() };
     Sandbox::direct(client, envd).unwrap()
 }
 
@@ -111,18 +99,10 @@ async fn a_direct_command_carries_the_node_secret_runs_with_the_given_shell_and_
         .on_stdout(move |s| c1.lock().unwrap().push(format!("out:{s}")))
         .on_stderr(move |s| c2.lock().unwrap().push(format!("err:{s}")));
     let err = sbx.commands().run_with("echo hi", opts).await.unwrap_err();
-    let Error::CommandExit {
-        exit_code, stdout, ..
-    } = err
-    else {
-        panic!("{err:?}")
-    };
+    let Error::CommandExit { exit_code, stdout, .. } = err else { panic!("{err:?}") };
     assert_eq!(exit_code, 3);
     assert_eq!(stdout, "", "discard_output keeps nothing");
-    assert_eq!(
-        *chunks.lock().unwrap(),
-        vec!["out:one\ntw", "err:err\n", "out:o\n"]
-    );
+    assert_eq!(*chunks.lock().unwrap(), vec!["out:one\ntw", "err:err\n", "out:o\n"]);
     let g = seen.lock().unwrap();
     assert_eq!(g.secret, vec!["node-secret"]);
     let basic = base64::engine::general_purpose::STANDARD.encode("root:");
@@ -140,19 +120,12 @@ async fn upload_file_streams_as_the_user_and_marks_gzip() {
     let dir = tempfile::tempdir().unwrap();
     let plain = dir.path().join("plain.tar");
     std::fs::write(&plain, b"plain bytes").unwrap();
-    let info = sbx
-        .files()
-        .upload_file("/tmp/a.tar", &plain, Some("root"))
-        .await
-        .unwrap();
+    let info = sbx.files().upload_file("/tmp/a.tar", &plain, Some("root")).await.unwrap();
     assert_eq!(info.path, "/tmp/a.tar");
     {
         let g = seen.lock().unwrap();
         let (q, encoding, length, body) = g.upload.as_ref().unwrap();
-        assert_eq!(
-            (q["path"].as_str(), q["username"].as_str()),
-            ("/tmp/a.tar", "root")
-        );
+        assert_eq!((q["path"].as_str(), q["username"].as_str()), ("/tmp/a.tar", "root"));
         assert_eq!((encoding.as_deref(), length.as_deref()), (None, Some("11")));
         assert_eq!(body, b"plain bytes");
         assert_eq!(g.secret, vec!["node-secret"]);
@@ -162,20 +135,10 @@ async fn upload_file_streams_as_the_user_and_marks_gzip() {
     std::io::Write::write_all(&mut enc, b"inside").unwrap();
     let gz_bytes = enc.finish().unwrap();
     std::fs::write(&gz, &gz_bytes).unwrap();
-    sbx.files()
-        .upload_file("/tmp/b.tar", &gz, Some("user"))
-        .await
-        .unwrap();
+    sbx.files().upload_file("/tmp/b.tar", &gz, Some("user")).await.unwrap();
     let g = seen.lock().unwrap();
     let (q, encoding, _, body) = g.upload.as_ref().unwrap();
     assert_eq!(q["username"], "user");
-    assert_eq!(
-        encoding.as_deref(),
-        Some("gzip"),
-        "a gzip file is sent as Content-Encoding: gzip"
-    );
-    assert_eq!(
-        body, &gz_bytes,
-        "the body is the file as it is (the agent decompresses)"
-    );
+    assert_eq!(encoding.as_deref(), Some("gzip"), "a gzip file is sent as Content-Encoding: gzip");
+    assert_eq!(body, &gz_bytes, "the body is the file as it is (the agent decompresses)");
 }

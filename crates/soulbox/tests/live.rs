@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use soulbox::{
-    Client, CommandOptions, ConnectionConfig, EntryType, Error, EventKind, ListQuery, PtyOptions, PtySize, Redirects, Sandbox,
-    SandboxState, SignatureScheme, SignedUrlOptions, TimeoutBehavior,
+    Client, CommandOptions, ConnectionConfig, EntryType, Error, EventKind, ListQuery, PtyOptions, PtySize, Redirects,
+    Sandbox, SandboxState, SignatureScheme, SignedUrlOptions, TimeoutBehavior,
 };
 
 struct Env {
@@ -32,7 +32,9 @@ macro_rules! live {
         match env() {
             Some(e) => e,
             None => {
-                eprintln!("skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)");
+                eprintln!(
+                    "skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)"
+                );
                 return;
             }
         }
@@ -63,7 +65,13 @@ impl Drop for Guard {
 }
 
 async fn sandbox(e: &Env) -> (Sandbox, Guard) {
-    let s = Sandbox::builder(&e.template).client(client(e)).timeout(Duration::from_secs(300)).secure(true).create().await.unwrap();
+    let s = Sandbox::builder(&e.template)
+        .client(client(e))
+        .timeout(Duration::from_secs(300))
+        .secure(true)
+        .create()
+        .await
+        .unwrap();
     let g = Guard(config(e), s.id().to_owned());
     (s, g)
 }
@@ -215,7 +223,8 @@ async fn commands_run_spawn_handle_stdin_kill_connect_list() {
     assert_eq!(h.wait().await.unwrap().stdout, "hello stdin\n");
 
     // list, connect by pid and tag, kill
-    let h = cmds.spawn_with("sleep 60", CommandOptions::default().tag("sleeper").timeout(Duration::ZERO)).await.unwrap();
+    let h =
+        cmds.spawn_with("sleep 60", CommandOptions::default().tag("sleeper").timeout(Duration::ZERO)).await.unwrap();
     let procs = cmds.list().await.unwrap();
     let p = procs.iter().find(|p| p.pid == h.pid()).expect("listed");
     assert_eq!(p.tag.as_deref(), Some("sleeper"));
@@ -240,7 +249,13 @@ async fn pty_create_input_resize_kill() {
     let out = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
     let o2 = out.clone();
     let pty = s.pty();
-    let h = pty.create(PtySize { cols: 80, rows: 24 }, PtyOptions::default().on_data(move |b| o2.lock().unwrap().extend_from_slice(b))).await.unwrap();
+    let h = pty
+        .create(
+            PtySize { cols: 80, rows: 24 },
+            PtyOptions::default().on_data(move |b| o2.lock().unwrap().extend_from_slice(b)),
+        )
+        .await
+        .unwrap();
     pty.resize(h.pid(), PtySize { cols: 120, rows: 40 }).await.unwrap();
     pty.send_input(h.pid(), "stty size; echo pty-$((6*7))\n").await.unwrap();
     let t0 = std::time::Instant::now();
@@ -276,7 +291,8 @@ async fn files_read_write_list_info_dirs_rename_remove_metadata_watch() {
 
     // stream both ways, 3 MiB
     let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = big.chunks(64 * 1024).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> =
+        big.chunks(64 * 1024).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
     fs.write_stream(&format!("{dir}/sub/big.bin"), futures::stream::iter(chunks)).await.unwrap();
     let mut got = Vec::new();
     let mut rs = Box::pin(fs.read_stream(&format!("{dir}/sub/big.bin")).await.unwrap());
@@ -287,7 +303,10 @@ async fn files_read_write_list_info_dirs_rename_remove_metadata_watch() {
     assert!(got == big);
 
     let many = fs
-        .write_many(vec![(format!("{dir}/m1"), bytes::Bytes::from_static(b"1")), (format!("{dir}/m2"), bytes::Bytes::from_static(b"2"))])
+        .write_many(vec![
+            (format!("{dir}/m1"), bytes::Bytes::from_static(b"1")),
+            (format!("{dir}/m2"), bytes::Bytes::from_static(b"2")),
+        ])
         .await
         .unwrap();
     assert_eq!(many.len(), 2);
@@ -347,8 +366,15 @@ async fn signed_urls_both_schemes_and_expiry() {
         assert_eq!(body.status(), 200, "{url}");
         assert_eq!(body.text().await.unwrap(), "signed-content");
 
-        let up = s2.files().upload_url("/tmp/up.txt", &SignedUrlOptions { user: Some("user".into()), expires_in: Some(Duration::from_secs(60)) }).unwrap();
-        let r = plain.post(&up).header("Content-Type", "application/octet-stream").body("uploaded").send().await.unwrap();
+        let up = s2
+            .files()
+            .upload_url(
+                "/tmp/up.txt",
+                &SignedUrlOptions { user: Some("user".into()), expires_in: Some(Duration::from_secs(60)) },
+            )
+            .unwrap();
+        let r =
+            plain.post(&up).header("Content-Type", "application/octet-stream").body("uploaded").send().await.unwrap();
         assert!(r.status().is_success(), "{}", r.text().await.unwrap());
         assert_eq!(s2.files().read_text("/tmp/up.txt").await.unwrap(), "uploaded");
         // a read signature does not allow writes
@@ -357,7 +383,10 @@ async fn signed_urls_both_schemes_and_expiry() {
     }
 
     // expiry: valid now, refused after it passes
-    let url = s.files().download_url("/tmp/signed.txt", &SignedUrlOptions { user: None, expires_in: Some(Duration::from_secs(1)) }).unwrap();
+    let url = s
+        .files()
+        .download_url("/tmp/signed.txt", &SignedUrlOptions { user: None, expires_in: Some(Duration::from_secs(1)) })
+        .unwrap();
     assert_eq!(plain.get(&url).send().await.unwrap().status(), 200);
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let r = plain.get(&url).send().await.unwrap();
@@ -389,7 +418,13 @@ async fn redirects_are_followed_with_the_auth_headers_or_refused_when_off() {
     let cfg = ConnectionConfig::default().with_api_url(&api).with_sandbox_url(&sbx_url).with_api_key(&e.key);
     let c = Client::new(cfg.clone()).unwrap();
     // API calls (POST with a body, GET) and agent calls (unary, stream, with X-Access-Token) through a 307.
-    let s = Sandbox::builder(&e.template).client(c.clone()).secure(true).timeout(Duration::from_secs(120)).create().await.unwrap();
+    let s = Sandbox::builder(&e.template)
+        .client(c.clone())
+        .secure(true)
+        .timeout(Duration::from_secs(120))
+        .create()
+        .await
+        .unwrap();
     let _g = Guard(config(&e), s.id().into());
     assert_eq!(c.get_info(s.id()).await.unwrap().sandbox_id, s.id());
     assert_eq!(s.commands().run("echo via-redirect").await.unwrap().stdout, "via-redirect\n");

@@ -19,7 +19,9 @@ macro_rules! live {
         match config() {
             Some(c) => c,
             None => {
-                eprintln!("skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)");
+                eprintln!(
+                    "skipped: set SOULBOX_TEST_API_URL and SOULBOX_TEST_API_KEY (crates/soulbox/tests/run.sh does)"
+                );
                 return;
             }
         }
@@ -50,8 +52,10 @@ fn pid_with(token: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        (pid != std::process::id() && String::from_utf8_lossy(&cmdline).contains(token) && !String::from_utf8_lossy(&cmdline).contains("cargo"))
-            .then_some(pid)
+        (pid != std::process::id()
+            && String::from_utf8_lossy(&cmdline).contains(token)
+            && !String::from_utf8_lossy(&cmdline).contains("cargo"))
+        .then_some(pid)
     })
 }
 
@@ -90,7 +94,10 @@ async fn streamed_build_log_arrives_before_the_build_ends() {
         .copy("app", "/opt/app")
         .env("GREETING", "hi")
         .workdir("/opt/app");
-    let build = client.build_template(&recipe, BuildOptions::new(format!("{name}:v1")).tag("stable").cpu_count(1).memory_mb(512)).await.unwrap();
+    let build = client
+        .build_template(&recipe, BuildOptions::new(format!("{name}:v1")).tag("stable").cpu_count(1).memory_mb(512))
+        .await
+        .unwrap();
     assert_eq!(build.tags, ["v1", "stable"]);
 
     let followed = async {
@@ -114,7 +121,9 @@ async fn streamed_build_log_arrives_before_the_build_ends() {
     };
     let (entries, released) = tokio::time::timeout(Duration::from_secs(900), followed).await.expect("the build ends");
     assert!(released, "never saw the step's first line: {entries:#?}");
-    let pos = |line: &str| entries.iter().position(|e| e.message == line).unwrap_or_else(|| panic!("no '{line}' in {entries:#?}"));
+    let pos = |line: &str| {
+        entries.iter().position(|e| e.message == line).unwrap_or_else(|| panic!("no '{line}' in {entries:#?}"))
+    };
     assert!(pos(&format!("waiting-{token}")) < pos(&format!("released-{token}")));
     assert!(entries.last().unwrap().step.as_deref() == Some("finalize"), "{entries:#?}");
     assert!(entries.iter().all(|e| e.level != LogLevel::Error));
@@ -131,13 +140,21 @@ async fn streamed_build_log_arrives_before_the_build_ends() {
     let assigned = client.assign_template_tags(&format!("{name}:v1"), &["prod"]).await.unwrap();
     assert_eq!(assigned.build_id, build.build_id);
 
-    let sbx = Sandbox::builder(format!("{name}:prod")).client(client.clone()).timeout(Duration::from_secs(120)).create().await.unwrap();
+    let sbx = Sandbox::builder(format!("{name}:prod"))
+        .client(client.clone())
+        .timeout(Duration::from_secs(120))
+        .create()
+        .await
+        .unwrap();
     let out = sbx.commands().run("cat hello.txt; echo $GREETING; pwd").await;
     let _ = sbx.kill().await;
     assert_eq!(out.unwrap().stdout, "hello from the context\nhi\n/opt/app\n");
 
     client.remove_template_tags(&name, &["prod"]).await.unwrap();
-    assert!(matches!(Sandbox::builder(format!("{name}:prod")).client(client.clone()).create().await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        Sandbox::builder(format!("{name}:prod")).client(client.clone()).create().await,
+        Err(Error::NotFound(_))
+    ));
     assert!(client.delete_template(&name).await.unwrap());
     assert!(!client.delete_template(&name).await.unwrap());
     assert!(!client.template_exists(&format!("{name}:v1")).await.unwrap());

@@ -30,9 +30,17 @@ async fn gets_are_retried_on_503_but_posts_are_not() {
                 let g = g.clone();
                 async move {
                     if g.fetch_add(1, Ordering::SeqCst) < 2 {
-                        (http::StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "0")], r#"{"code":503,"message":"busy"}"#.to_owned())
+                        (
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            [("retry-after", "0")],
+                            r#"{"code":503,"message":"busy"}"#.to_owned(),
+                        )
                     } else {
-                        (http::StatusCode::OK, [("retry-after", "0")], r#"[{"nodeID":"n1","status":"healthy"}]"#.to_owned())
+                        (
+                            http::StatusCode::OK,
+                            [("retry-after", "0")],
+                            r#"[{"nodeID":"n1","status":"healthy"}]"#.to_owned(),
+                        )
                     }
                 }
             }),
@@ -59,7 +67,9 @@ async fn gets_are_retried_on_503_but_posts_are_not() {
     // 429 surfaces as RateLimit with the server's hint once retries are exhausted.
     let app = axum::Router::new().route(
         "/nodes",
-        get(|| async { (http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "0")], r#"{"code":429,"message":"slow down"}"#) }),
+        get(|| async {
+            (http::StatusCode::TOO_MANY_REQUESTS, [("retry-after", "0")], r#"{"code":429,"message":"slow down"}"#)
+        }),
     );
     let url = serve(app).await;
     let err = Client::new(client(&url).with_retries(1)).unwrap().list_nodes().await.unwrap_err();
@@ -81,7 +91,11 @@ async fn redirect_loops_stop_at_the_limit_and_off_means_off() {
         }),
     );
     let url = serve(app).await;
-    let err = Client::new(client(&url).with_redirects(Redirects::Follow(3)).with_retries(0)).unwrap().list_nodes().await.unwrap_err();
+    let err = Client::new(client(&url).with_redirects(Redirects::Follow(3)).with_retries(0))
+        .unwrap()
+        .list_nodes()
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("redirect"), "{err}");
     assert_eq!(hits.load(Ordering::SeqCst), 4, "the first request plus 3 redirects");
 

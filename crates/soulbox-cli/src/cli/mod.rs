@@ -78,13 +78,17 @@ pub enum ClientCommand {
     #[command(subcommand)]
     Sandbox(SandboxCommand),
     /// Run a command in a sandbox, streaming its output; exits with the command's exit code.
-    #[command(after_help = "Examples:\n  soulbox exec i1a2b3 -- ls -la /\n  soulbox exec i1a2b3 --cwd /tmp -e A=1 -- 'echo $A > a.txt'\n  echo hi | soulbox exec -i i1a2b3 -- cat")]
+    #[command(
+        after_help = "Examples:\n  soulbox exec i1a2b3 -- ls -la /\n  soulbox exec i1a2b3 --cwd /tmp -e A=1 -- 'echo $A > a.txt'\n  echo hi | soulbox exec -i i1a2b3 -- cat"
+    )]
     Exec(ExecArgs),
     /// Open an interactive shell (PTY) in a sandbox; the terminal follows window size changes.
     #[command(after_help = "Example:\n  soulbox shell i1a2b3")]
     Shell(ShellArgs),
     /// Copy a file to or from a sandbox (`<sandbox-id>:<path>` names the sandbox side).
-    #[command(after_help = "Examples:\n  soulbox cp ./data.csv i1a2b3:/home/user/data.csv\n  soulbox cp i1a2b3:/var/log/app.log ./app.log")]
+    #[command(
+        after_help = "Examples:\n  soulbox cp ./data.csv i1a2b3:/home/user/data.csv\n  soulbox cp i1a2b3:/var/log/app.log ./app.log"
+    )]
     Cp(CpArgs),
     /// Cluster nodes: list, show, drain, undrain, remove.
     #[command(subcommand)]
@@ -97,7 +101,9 @@ pub enum ClientCommand {
 #[derive(Subcommand, Debug)]
 pub enum SandboxCommand {
     /// Create a sandbox and print its id.
-    #[command(after_help = "Examples:\n  soulbox sandbox create\n  soulbox sandbox create base --timeout 600 -m owner=me -e DEBUG=1 --auto-pause --grace 30\n  ID=$(soulbox sandbox create --json | jq -r .sandboxID)")]
+    #[command(
+        after_help = "Examples:\n  soulbox sandbox create\n  soulbox sandbox create base --timeout 600 -m owner=me -e DEBUG=1 --auto-pause --grace 30\n  ID=$(soulbox sandbox create --json | jq -r .sandboxID)"
+    )]
     Create {
         /// Template id or alias.
         #[arg(default_value = "base")]
@@ -136,7 +142,9 @@ pub enum SandboxCommand {
         conn: Conn,
     },
     /// List sandboxes.
-    #[command(after_help = "Examples:\n  soulbox sandbox list\n  soulbox sandbox list --state paused -m owner=me --json")]
+    #[command(
+        after_help = "Examples:\n  soulbox sandbox list\n  soulbox sandbox list --state paused -m owner=me --json"
+    )]
     List {
         /// running | paused (repeatable; default both).
         #[arg(long)]
@@ -399,7 +407,10 @@ async fn sandbox(cmd: SandboxCommand) -> soulbox::Result<i32> {
             if conn.json {
                 print_json(&info);
             } else {
-                let lifecycle = info.lifecycle.as_ref().map(|l| format!("{:?} on timeout, auto-resume {}", l.on_timeout, l.auto_resume));
+                let lifecycle = info
+                    .lifecycle
+                    .as_ref()
+                    .map(|l| format!("{:?} on timeout, auto-resume {}", l.on_timeout, l.auto_resume));
                 let rows = vec![
                     vec!["sandbox".into(), info.sandbox_id.clone()],
                     vec!["template".into(), info.alias.clone().unwrap_or_else(|| info.template_id.clone())],

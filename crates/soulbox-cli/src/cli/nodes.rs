@@ -68,7 +68,10 @@ async fn list(conn: Conn) -> soulbox::Result<i32> {
     if conn.json {
         print_json(&nodes);
     } else {
-        table(&["NODE", "STATUS", "REGION", "CPU FREE/TOTAL", "MEM MiB FREE/TOTAL", "SANDBOXES", "LAST CHECK"], rows(&nodes));
+        table(
+            &["NODE", "STATUS", "REGION", "CPU FREE/TOTAL", "MEM MiB FREE/TOTAL", "SANDBOXES", "LAST CHECK"],
+            rows(&nodes),
+        );
     }
     Ok(0)
 }
@@ -117,7 +120,11 @@ async fn call(conn: &Conn, method: Method, path: &str) -> soulbox::Result<serde_
     let response = request.send().await.map_err(|e| Error::Other(format!("{url}: {e}")))?;
     let status = response.status();
     let text = response.text().await.map_err(|e| Error::Other(format!("{url}: {e}")))?;
-    let body: serde_json::Value = if text.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)) };
+    let body: serde_json::Value = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text))
+    };
     if status.is_success() {
         return Ok(body);
     }

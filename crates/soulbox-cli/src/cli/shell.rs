@@ -73,7 +73,9 @@ pub async fn run(a: ShellArgs) -> soulbox::Result<i32> {
     let resize = {
         let pty = pty.clone();
         tokio::spawn(async move {
-            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else { return };
+            let Ok(mut winch) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change()) else {
+                return;
+            };
             while winch.recv().await.is_some() {
                 let _ = pty.resize(pid, size()).await;
             }

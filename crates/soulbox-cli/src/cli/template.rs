@@ -17,7 +17,9 @@ use super::{Conn, parse_kv};
 #[derive(Subcommand, Debug)]
 pub enum TemplateCommand {
     /// Build a template from a Dockerfile, showing the live build log; exits non-zero naming the failing step.
-    #[command(after_help = "Examples:\n  soulbox template build -f Dockerfile . --name my-app\n  soulbox template build -f app/Dockerfile app --name my-app:v2 --tag stable --cpu 2 --memory-mb 2048\n  soulbox template build -f Dockerfile --name tools --build-arg VERSION=1.2 --no-cache --json\n\nThen: soulbox sandbox create my-app:v2\nExit codes: 0 built; 8 invalid Dockerfile or request; 9 the build failed (the error names the step).")]
+    #[command(
+        after_help = "Examples:\n  soulbox template build -f Dockerfile . --name my-app\n  soulbox template build -f app/Dockerfile app --name my-app:v2 --tag stable --cpu 2 --memory-mb 2048\n  soulbox template build -f Dockerfile --name tools --build-arg VERSION=1.2 --no-cache --json\n\nThen: soulbox sandbox create my-app:v2\nExit codes: 0 built; 8 invalid Dockerfile or request; 9 the build failed (the error names the step)."
+    )]
     Build {
         /// The Dockerfile (FROM, RUN, COPY/ADD, ENV, ARG, WORKDIR, USER, CMD/ENTRYPOINT).
         #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
@@ -47,7 +49,9 @@ pub enum TemplateCommand {
         conn: Conn,
     },
     /// Templates sandboxes can start from.
-    #[command(after_help = "Examples:\n  soulbox template list\n  soulbox template list --json | jq -r '.[].templateID'")]
+    #[command(
+        after_help = "Examples:\n  soulbox template list\n  soulbox template list --json | jq -r '.[].templateID'"
+    )]
     List {
         #[command(flatten)]
         conn: Conn,
@@ -65,7 +69,8 @@ pub enum TemplateCommand {
 pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
     match cmd {
         TemplateCommand::Build { file, context, name, tags, cpu, memory_mb, build_args, no_cache, conn } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| Error::Invalid(format!("reading {}: {e}", file.display())))?;
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| Error::Invalid(format!("reading {}: {e}", file.display())))?;
             let args: BTreeMap<String, String> = build_args.into_iter().collect();
             let mut template = Template::from_dockerfile(&text, &args)
                 .map_err(|e| Error::Invalid(format!("{}: {e}", file.display())))?
@@ -78,7 +83,8 @@ pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
             let client = conn.client()?;
             let build = client.build_template(&template, options).await?;
             let total = template.recipe.steps.len();
-            let mut display = if std::io::stderr().is_terminal() && !conn.json { Display::progress(total) } else { Display::Plain };
+            let mut display =
+                if std::io::stderr().is_terminal() && !conn.json { Display::progress(total) } else { Display::Plain };
             if !conn.json {
                 display.line(&format!("Building {name} (template {}, build {})", build.template_id, build.build_id));
             }
@@ -139,7 +145,9 @@ pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
                 }
             }
             if conn.json {
-                print_json(&serde_json::json!({"deleted": names.iter().filter(|n| !missing.contains(n)).collect::<Vec<_>>(), "notFound": missing}));
+                print_json(
+                    &serde_json::json!({"deleted": names.iter().filter(|n| !missing.contains(n)).collect::<Vec<_>>(), "notFound": missing}),
+                );
             }
             if missing.is_empty() { Ok(0) } else { Err(Error::NotFound(format!("template(s) {}", missing.join(", ")))) }
         }
@@ -172,7 +180,8 @@ impl Display {
         let step = e.step.clone().unwrap_or_else(|| "-".into());
         match self {
             Display::Plain => {
-                let level = if e.level == LogLevel::Info { String::new() } else { format!("{:?}: ", e.level).to_lowercase() };
+                let level =
+                    if e.level == LogLevel::Info { String::new() } else { format!("{:?}: ", e.level).to_lowercase() };
                 let text = format!("[{step}] {level}{}", e.message);
                 if json { eprintln!("{text}") } else { println!("{text}") }
             }
@@ -182,10 +191,16 @@ impl Display {
                         bar.finish_with_message(format!("✓ {}", bar.message()));
                     }
                     let bar = multi.add(ProgressBar::new_spinner());
-                    bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+                    bar.set_style(
+                        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    );
                     bar.enable_steady_tick(Duration::from_millis(120));
                     let title = match step.parse::<usize>() {
-                        Ok(n) => format!("step {n}/{total}: {}", e.message.split_once("] ").map_or(e.message.as_str(), |(_, t)| t)),
+                        Ok(n) => format!(
+                            "step {n}/{total}: {}",
+                            e.message.split_once("] ").map_or(e.message.as_str(), |(_, t)| t)
+                        ),
                         Err(_) => format!("{step}: {}", e.message),
                     };
                     bar.set_message(title);

@@ -49,7 +49,10 @@ pub async fn cp(a: CpArgs) -> soulbox::Result<i32> {
                 }
             });
             let path = if path.ends_with('/') {
-                let name = std::path::Path::new(&a.src).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = std::path::Path::new(&a.src)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 format!("{path}{name}")
             } else {
                 path.to_owned()

@@ -17,10 +17,10 @@ use soulbox_protocol::connect::{Code, RpcError};
 use soulbox_protocol::filesystem as pb;
 
 use crate::entry::{EntryBuilder, entry_error};
-use crate::watch::{Delivery, WatchOptions};
 use crate::rpc::{self, RpcContext, RpcStream};
 use crate::state::AppState;
 use crate::users::User;
+use crate::watch::{Delivery, WatchOptions};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -43,7 +43,9 @@ fn resolve(state: &AppState, ctx: &RpcContext, path: &str) -> Result<(User, Path
 }
 
 /// Runs blocking filesystem work off the runtime's worker threads.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, RpcError> + Send + 'static) -> Result<T, RpcError> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RpcError> + Send + 'static,
+) -> Result<T, RpcError> {
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(RpcError::internal(format!("filesystem task failed: {e}"))))
@@ -63,7 +65,10 @@ async fn make_dir(state: AppState, ctx: RpcContext, req: pb::MakeDirRequest) -> 
     let response = blocking(move || {
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => {
-                return Err(RpcError::new(Code::AlreadyExists, format!("directory already exists: {}", path.display())));
+                return Err(RpcError::new(
+                    Code::AlreadyExists,
+                    format!("directory already exists: {}", path.display()),
+                ));
             }
             Ok(_) => {
                 return Err(RpcError::invalid_argument(format!(
@@ -195,13 +200,19 @@ impl Drop for StreamedWatcher {
     }
 }
 
-async fn watch_dir(state: AppState, ctx: RpcContext, req: pb::WatchDirRequest) -> Result<RpcStream<pb::WatchDirResponse>, RpcError> {
+async fn watch_dir(
+    state: AppState,
+    ctx: RpcContext,
+    req: pb::WatchDirRequest,
+) -> Result<RpcStream<pb::WatchDirResponse>, RpcError> {
     let options =
         watch_options(&state, &ctx, &req.path, req.recursive, req.include_entry, req.allow_network_mounts).await?;
     let (id, watcher) = state.watchers.create(options, Delivery::Streamed)?;
     let guard = StreamedWatcher { state: state.clone(), id };
 
-    let start = pb::WatchDirResponse { event: Some(pb::watch_dir_response::Event::Start(pb::watch_dir_response::StartEvent {})) };
+    let start = pb::WatchDirResponse {
+        event: Some(pb::watch_dir_response::Event::Start(pb::watch_dir_response::StartEvent {})),
+    };
     let events = futures::stream::unfold((watcher, guard), |(watcher, guard)| async move {
         let batch = watcher.next_events().await;
         Some((batch, (watcher, guard)))

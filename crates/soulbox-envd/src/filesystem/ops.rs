@@ -46,7 +46,8 @@ pub fn ensure_dirs(dir: &Path, uid: u32, gid: u32) -> Result<bool, EnsureDirsErr
         match std::fs::DirBuilder::new().mode(0o755).create(&current) {
             Ok(()) => {
                 created_last = true;
-                std::os::unix::fs::chown(&current, Some(uid), Some(gid)).map_err(|e| EnsureDirsError::Io(current.clone(), e))?;
+                std::os::unix::fs::chown(&current, Some(uid), Some(gid))
+                    .map_err(|e| EnsureDirsError::Io(current.clone(), e))?;
             }
             // Someone else created it in between: fine if it is a directory.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && current.is_dir() => {}
@@ -60,13 +61,24 @@ pub fn ensure_dirs(dir: &Path, uid: u32, gid: u32) -> Result<bool, EnsureDirsErr
 /// path>` so symlinked directories keep the caller's path. Like Go's `filepath.WalkDir`: entries sorted by
 /// name, each subdirectory's contents right after it, symlinks inside the tree not followed. Entries that
 /// vanish while walking are skipped.
-pub fn walk_dir(builder: &EntryBuilder, requested: &Path, resolved: &Path, depth: u32) -> Result<Vec<EntryInfo>, RpcError> {
+pub fn walk_dir(
+    builder: &EntryBuilder,
+    requested: &Path,
+    resolved: &Path,
+    depth: u32,
+) -> Result<Vec<EntryInfo>, RpcError> {
     let mut entries = Vec::new();
     walk_level(builder, requested, resolved, depth, &mut entries)?;
     Ok(entries)
 }
 
-fn walk_level(builder: &EntryBuilder, shown: &Path, real: &Path, depth: u32, out: &mut Vec<EntryInfo>) -> Result<(), RpcError> {
+fn walk_level(
+    builder: &EntryBuilder,
+    shown: &Path,
+    real: &Path,
+    depth: u32,
+    out: &mut Vec<EntryInfo>,
+) -> Result<(), RpcError> {
     if depth == 0 {
         return Ok(());
     }
@@ -90,7 +102,9 @@ fn walk_level(builder: &EntryBuilder, shown: &Path, real: &Path, depth: u32, out
         let meta = match std::fs::symlink_metadata(&real_child) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(RpcError::internal(format!("error getting file info for {}: {e}", real_child.display()))),
+            Err(e) => {
+                return Err(RpcError::internal(format!("error getting file info for {}: {e}", real_child.display())));
+            }
         };
         // Described through the real path (so xattrs and symlink targets are read where the file is) but
         // reported under the caller's path.

@@ -137,9 +137,17 @@ impl Stream {
         let envelope = encode_envelope(0, body.to_string().as_bytes());
         let mut tcp = TcpStream::connect(server.addr).await.unwrap();
         let path = format!("/filesystem.Filesystem/{method}");
-        tcp.write_all(request_head(&path, "application/connect+json", envelope.len(), headers).as_bytes()).await.unwrap();
+        tcp.write_all(request_head(&path, "application/connect+json", envelope.len(), headers).as_bytes())
+            .await
+            .unwrap();
         tcp.write_all(&envelope).await.unwrap();
-        Stream { tcp, head: None, pending: Vec::new(), chunks: ChunkDecoder::default(), envelopes: EnvelopeDecoder::new(1 << 20) }
+        Stream {
+            tcp,
+            head: None,
+            pending: Vec::new(),
+            chunks: ChunkDecoder::default(),
+            envelopes: EnvelopeDecoder::new(1 << 20),
+        }
     }
 
     async fn next(&mut self) -> Option<Envelope> {
@@ -179,7 +187,11 @@ impl Stream {
     /// The next message's JSON (panics on end-stream).
     async fn message(&mut self) -> Value {
         let envelope = self.next().await.expect("a message");
-        assert!(!envelope.is_end_stream(), "unexpected end of stream: {:?}", String::from_utf8_lossy(&envelope.payload));
+        assert!(
+            !envelope.is_end_stream(),
+            "unexpected end of stream: {:?}",
+            String::from_utf8_lossy(&envelope.payload)
+        );
         serde_json::from_slice(&envelope.payload).unwrap()
     }
 
@@ -257,7 +269,10 @@ async fn stat_reports_entry_info_exactly() {
     std::os::unix::fs::symlink("realdir", root.join("dlink")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
     let flink = ok(&server, "Stat", json!({"path": p(&root.join("flink"))})).await["entry"].clone();
-    assert_eq!((&flink["type"], &flink["isSymlink"], &flink["permissions"]), (&json!("FILE_TYPE_FILE"), &json!(true), &json!("Lrwxrwxrwx")));
+    assert_eq!(
+        (&flink["type"], &flink["isSymlink"], &flink["permissions"]),
+        (&json!("FILE_TYPE_FILE"), &json!(true), &json!("Lrwxrwxrwx"))
+    );
     assert_eq!(flink["symlinkTarget"], p(&file));
     assert_eq!(flink["mode"], 420);
     let dlink = ok(&server, "Stat", json!({"path": p(&root.join("dlink"))})).await["entry"].clone();
@@ -269,7 +284,8 @@ async fn stat_reports_entry_info_exactly() {
 
     assert_eq!(err(&server, "Stat", json!({"path": p(&root.join("missing"))})).await, (404, "not_found".to_owned()));
     // An unknown Basic user is refused before anything is touched.
-    let (status, body) = unary(&server, "Stat", json!({"path": p(&file)}), &[("Authorization", basic("no-such-user-here"))]).await;
+    let (status, body) =
+        unary(&server, "Stat", json!({"path": p(&file)}), &[("Authorization", basic("no-such-user-here"))]).await;
     assert_eq!((status, body["code"].as_str()), (401, Some("unauthenticated")));
 }
 
@@ -297,18 +313,28 @@ async fn make_dir_creates_parents_and_reports_conflicts() {
     let (_dir, root) = temp_root();
     let deep = root.join("a/b/c");
     let entry = ok(&server, "MakeDir", json!({"path": p(&deep)})).await["entry"].clone();
-    assert_eq!((&entry["name"], &entry["type"], &entry["path"]), (&json!("c"), &json!("FILE_TYPE_DIRECTORY"), &json!(p(&deep))));
+    assert_eq!(
+        (&entry["name"], &entry["type"], &entry["path"]),
+        (&json!("c"), &json!("FILE_TYPE_DIRECTORY"), &json!(p(&deep)))
+    );
     assert!(deep.is_dir());
     assert_eq!(err(&server, "MakeDir", json!({"path": p(&deep)})).await, (409, "already_exists".to_owned()));
     std::fs::write(root.join("file"), b"").unwrap();
-    assert_eq!(err(&server, "MakeDir", json!({"path": p(&root.join("file"))})).await, (400, "invalid_argument".to_owned()));
-    assert_eq!(err(&server, "MakeDir", json!({"path": p(&root.join("file/sub"))})).await, (400, "invalid_argument".to_owned()));
+    assert_eq!(
+        err(&server, "MakeDir", json!({"path": p(&root.join("file"))})).await,
+        (400, "invalid_argument".to_owned())
+    );
+    assert_eq!(
+        err(&server, "MakeDir", json!({"path": p(&root.join("file/sub"))})).await,
+        (400, "invalid_argument".to_owned())
+    );
 
     // Directories made for a user belong to that user (when the sandbox user exists on this machine).
     match Accounts::load().user("user") {
         Some(user) if me() == 0 => {
             let owned = root.join("owned/inner");
-            let (status, body) = unary(&server, "MakeDir", json!({"path": p(&owned)}), &[("Authorization", basic("user"))]).await;
+            let (status, body) =
+                unary(&server, "MakeDir", json!({"path": p(&owned)}), &[("Authorization", basic("user"))]).await;
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["entry"]["owner"], user.name);
             assert_eq!(super::ops::owner_ids(&root.join("owned")), (user.uid, user.gid));
@@ -324,7 +350,9 @@ async fn move_creates_destination_parents() {
     let (_dir, root) = temp_root();
     std::fs::write(root.join("src.txt"), b"hello").unwrap();
     let dest = root.join("x/y/dest.txt");
-    let entry = ok(&server, "Move", json!({"source": p(&root.join("src.txt")), "destination": p(&dest)})).await["entry"].clone();
+    let entry =
+        ok(&server, "Move", json!({"source": p(&root.join("src.txt")), "destination": p(&dest)})).await["entry"]
+            .clone();
     assert_eq!((&entry["name"], &entry["path"], &entry["size"]), (&json!("dest.txt"), &json!(p(&dest)), &json!("5")));
     assert_eq!(std::fs::read(&dest).unwrap(), b"hello");
     assert!(!root.join("src.txt").exists());

@@ -25,11 +25,11 @@ use tokio::time::Instant;
 
 use crate::auth;
 use crate::paths;
-use crate::rpc::{self, RpcContext, RpcStream};
-use crate::state::AppState;
 use crate::process_table::fanout::{self, Fanout, Next, Subscription};
 use crate::process_table::handle::{self, Input, InputTarget, ProcessHandle};
 use crate::process_table::registry;
+use crate::rpc::{self, RpcContext, RpcStream};
+use crate::state::AppState;
 use output::Kind;
 use spawn::{SpawnSpec, SpawnedStdio};
 
@@ -52,11 +52,19 @@ async fn list(state: AppState, _ctx: RpcContext, _req: pb::ListRequest) -> Resul
     Ok(pb::ListResponse { processes: state.processes.running().iter().map(|h| h.info()).collect() })
 }
 
-async fn start(state: AppState, ctx: RpcContext, req: pb::StartRequest) -> Result<RpcStream<pb::StartResponse>, RpcError> {
+async fn start(
+    state: AppState,
+    ctx: RpcContext,
+    req: pb::StartRequest,
+) -> Result<RpcStream<pb::StartResponse>, RpcError> {
     let user = auth::rpc_user(&state, &ctx.headers)?;
     let config = req.process.unwrap_or_default();
     let sandbox = state.config();
-    let cwd = paths::expand_and_resolve(config.cwd.as_deref().unwrap_or_default(), &user, sandbox.default_workdir.as_deref())?;
+    let cwd = paths::expand_and_resolve(
+        config.cwd.as_deref().unwrap_or_default(),
+        &user,
+        sandbox.default_workdir.as_deref(),
+    )?;
     match std::fs::metadata(&cwd) {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -121,7 +129,11 @@ async fn start(state: AppState, ctx: RpcContext, req: pb::StartRequest) -> Resul
     Ok(rpc::with_keepalive(responses, ctx.keepalive, || pb::StartResponse { event: Some(keepalive_event()) }))
 }
 
-async fn connect(state: AppState, ctx: RpcContext, req: pb::ConnectRequest) -> Result<RpcStream<pb::ConnectResponse>, RpcError> {
+async fn connect(
+    state: AppState,
+    ctx: RpcContext,
+    req: pb::ConnectRequest,
+) -> Result<RpcStream<pb::ConnectResponse>, RpcError> {
     let handle = state.processes.connectable_process(req.process.as_ref())?;
     let (subscriber, end) = match handle.fanout.subscribe() {
         Subscription::Live(s) => (Some(s), None),
@@ -144,14 +156,22 @@ async fn update(state: AppState, _ctx: RpcContext, req: pb::UpdateRequest) -> Re
     Ok(pb::UpdateResponse {})
 }
 
-async fn send_input(state: AppState, _ctx: RpcContext, req: pb::SendInputRequest) -> Result<pb::SendInputResponse, RpcError> {
+async fn send_input(
+    state: AppState,
+    _ctx: RpcContext,
+    req: pb::SendInputRequest,
+) -> Result<pb::SendInputResponse, RpcError> {
     let handle = state.processes.running_process(req.process.as_ref())?;
     handle.send_input(req.input).await?;
     Ok(pb::SendInputResponse {})
 }
 
 /// Client stream: `start{process}` first, then `data{input}` messages (keepalives ignored).
-async fn stream_input(state: AppState, _ctx: RpcContext, mut requests: RpcStream<pb::StreamInputRequest>) -> Result<pb::StreamInputResponse, RpcError> {
+async fn stream_input(
+    state: AppState,
+    _ctx: RpcContext,
+    mut requests: RpcStream<pb::StreamInputRequest>,
+) -> Result<pb::StreamInputResponse, RpcError> {
     use pb::stream_input_request::Event as In;
     let mut target: Option<Arc<ProcessHandle>> = None;
     while let Some(request) = requests.next().await {
@@ -170,7 +190,11 @@ async fn stream_input(state: AppState, _ctx: RpcContext, mut requests: RpcStream
     Ok(pb::StreamInputResponse {})
 }
 
-async fn send_signal(state: AppState, _ctx: RpcContext, req: pb::SendSignalRequest) -> Result<pb::SendSignalResponse, RpcError> {
+async fn send_signal(
+    state: AppState,
+    _ctx: RpcContext,
+    req: pb::SendSignalRequest,
+) -> Result<pb::SendSignalResponse, RpcError> {
     let handle = state.processes.running_process(req.process.as_ref())?;
     let signal = match pb::Signal::try_from(req.signal) {
         Ok(pb::Signal::Sigkill) => Signal::KILL,
@@ -182,7 +206,11 @@ async fn send_signal(state: AppState, _ctx: RpcContext, req: pb::SendSignalReque
     Ok(pb::SendSignalResponse {})
 }
 
-async fn close_stdin(state: AppState, _ctx: RpcContext, req: pb::CloseStdinRequest) -> Result<pb::CloseStdinResponse, RpcError> {
+async fn close_stdin(
+    state: AppState,
+    _ctx: RpcContext,
+    req: pb::CloseStdinRequest,
+) -> Result<pb::CloseStdinResponse, RpcError> {
     let handle = state.processes.running_process(req.process.as_ref())?;
     handle.close_stdin().await?;
     Ok(pb::CloseStdinResponse {})
@@ -252,7 +280,11 @@ fn live_events(
                 Next::CutOff => Some((
                     Err(RpcError::new(
                         Code::ResourceExhausted,
-                        format!("process {} output was not read for {:?}; this stream was cut off", handle.pid, fanout::STALL_LIMIT),
+                        format!(
+                            "process {} output was not read for {:?}; this stream was cut off",
+                            handle.pid,
+                            fanout::STALL_LIMIT
+                        ),
                     )),
                     None,
                 )),

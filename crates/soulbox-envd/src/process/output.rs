@@ -73,7 +73,13 @@ fn read_chunk(fd: &OwnedFd, buf: &mut [u8], kind: Kind) -> Read {
 
 /// Pumps `fd` (non-blocking) into `fanout` until EOF; see the module docs for what happens at exit.
 /// `drained` fires once everything the process wrote has been published.
-pub async fn pump(fd: Arc<AsyncFd<OwnedFd>>, kind: Kind, fanout: Arc<Fanout>, mut exited: watch::Receiver<bool>, drained: oneshot::Sender<()>) {
+pub async fn pump(
+    fd: Arc<AsyncFd<OwnedFd>>,
+    kind: Kind,
+    fanout: Arc<Fanout>,
+    mut exited: watch::Receiver<bool>,
+    drained: oneshot::Sender<()>,
+) {
     let mut buf = vec![0u8; kind.chunk()];
     loop {
         tokio::select! {

@@ -13,8 +13,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
-use rustix::pty::OpenptFlags;
 use rustix::process::{Gid, Uid};
+use rustix::pty::OpenptFlags;
 use soulbox_protocol::connect::RpcError;
 use soulbox_protocol::process as pb;
 use tokio::io::unix::AsyncFd;
@@ -52,7 +52,11 @@ pub enum SpawnedStdio {
 }
 
 /// The process environment: base variables, then the sandbox's, then the call's (later entries win).
-pub fn environment(user: &User, sandbox: &std::collections::BTreeMap<String, String>, call: &std::collections::HashMap<String, String>) -> Vec<(String, String)> {
+pub fn environment(
+    user: &User,
+    sandbox: &std::collections::BTreeMap<String, String>,
+    call: &std::collections::HashMap<String, String>,
+) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
         ("HOME".to_owned(), user.home.to_string_lossy().into_owned()),
@@ -71,7 +75,8 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
         .chain(spec.config.args.iter().map(String::as_str))
         .collect::<Vec<_>>()
         .join(" ");
-    let start_failed = |e: &dyn std::fmt::Display| RpcError::invalid_argument(format!("error starting process '{user_command}': {e}"));
+    let start_failed =
+        |e: &dyn std::fmt::Display| RpcError::invalid_argument(format!("error starting process '{user_command}': {e}"));
 
     let mut command = Command::new(&spec.config.cmd);
     command.args(&spec.config.args).env_clear();
@@ -100,10 +105,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
         None => {
             let (stdout, stdout_w) = std::io::pipe().map_err(|e| start_failed(&e))?;
             let (stderr, stderr_w) = std::io::pipe().map_err(|e| start_failed(&e))?;
-            command
-                .stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() })
-                .stdout(stdout_w)
-                .stderr(stderr_w);
+            command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(stdout_w).stderr(stderr_w);
             PendingStdio::Pipes { stdout: OwnedFd::from(stdout), stderr: OwnedFd::from(stderr) }
         }
     };
@@ -119,7 +121,9 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
     let pid = child.id().ok_or_else(|| RpcError::internal("the process exited before its pid was known"))?;
 
     let stdio = match stdio {
-        PendingStdio::Pty { master } => SpawnedStdio::Pty { master: nonblocking(master).map_err(|e| start_failed(&e))? },
+        PendingStdio::Pty { master } => {
+            SpawnedStdio::Pty { master: nonblocking(master).map_err(|e| start_failed(&e))? }
+        }
         PendingStdio::Pipes { stdout, stderr } => SpawnedStdio::Pipes {
             stdin: child.stdin.take(),
             stdout: nonblocking(stdout).map_err(|e| start_failed(&e))?,
@@ -167,7 +171,10 @@ fn credentials(user: &User) -> io::Result<Option<Credentials>> {
         if euid.as_raw() == user.uid && rustix::process::getegid().as_raw() == user.gid {
             return Ok(None);
         }
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, format!("envd is not root and cannot run processes as '{}'", user.name)));
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("envd is not root and cannot run processes as '{}'", user.name),
+        ));
     }
     let mut groups: Vec<Gid> = user.groups.iter().map(|g| Gid::from_raw(*g)).collect();
     if groups.is_empty() {

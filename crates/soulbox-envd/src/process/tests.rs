@@ -78,10 +78,19 @@ impl Body {
     }
 }
 
-async fn request(addr: SocketAddr, path: &str, content_type: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Body) {
+async fn request(
+    addr: SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> (u16, Body) {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
-    let mut head = format!("POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n", body.len());
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: test\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -114,7 +123,9 @@ async fn request(addr: SocketAddr, path: &str, content_type: &str, body: &[u8], 
 }
 
 async fn unary(addr: SocketAddr, method: &str, msg: Value, headers: &[(&str, &str)]) -> (u16, Value) {
-    let (status, body) = request(addr, &format!("/process.Process/{method}"), "application/json", msg.to_string().as_bytes(), headers).await;
+    let (status, body) =
+        request(addr, &format!("/process.Process/{method}"), "application/json", msg.to_string().as_bytes(), headers)
+            .await;
     let bytes = body.all().await;
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
@@ -135,8 +146,14 @@ struct Events {
 
 impl Events {
     async fn open(addr: SocketAddr, method: &str, msg: Value, headers: &[(&str, &str)]) -> Events {
-        let (status, body) =
-            request(addr, &format!("/process.Process/{method}"), "application/connect+json", &envelope(0, &msg), headers).await;
+        let (status, body) = request(
+            addr,
+            &format!("/process.Process/{method}"),
+            "application/connect+json",
+            &envelope(0, &msg),
+            headers,
+        )
+        .await;
         assert_eq!(status, 200);
         Events { body, end: None }
     }
@@ -250,7 +267,10 @@ async fn runs_echo_with_exit_codes_and_stderr() {
 
     let (_, c) = run(&s, sh("echo oops >&2; exit 7")).await;
     assert_eq!(c.stderr, b"oops\n");
-    assert_eq!(c.end, Some(json!({"exitCode": 7, "exited": true, "status": "exit status 7", "error": "exit status 7"})));
+    assert_eq!(
+        c.end,
+        Some(json!({"exitCode": 7, "exited": true, "status": "exit status 7", "error": "exit status 7"}))
+    );
 
     // A command that cannot be executed is a start error.
     let mut events = Events::open(s.addr, "Start", start_msg("/no/such/binary", &[]), &[]).await;
@@ -289,7 +309,10 @@ async fn cwd_rules_and_unknown_users() {
     msg["process"]["cwd"] = json!("~");
     assert_eq!(run(&s, msg).await.1.out().trim(), home.to_str().unwrap());
 
-    for (cwd, shown) in [("/definitely/not/here", "/definitely/not/here".to_owned()), ("not-here-rel", format!("{}/not-here-rel", home.display()))] {
+    for (cwd, shown) in [
+        ("/definitely/not/here", "/definitely/not/here".to_owned()),
+        ("not-here-rel", format!("{}/not-here-rel", home.display())),
+    ] {
         let mut msg = start_msg("/bin/pwd", &[]);
         msg["process"]["cwd"] = json!(cwd);
         let mut events = Events::open(s.addr, "Start", msg, &[]).await;
@@ -302,7 +325,10 @@ async fn cwd_rules_and_unknown_users() {
     let basic = format!("Basic {}", B64.encode("nosuchuser:"));
     let mut events = Events::open(s.addr, "Start", start_msg("/bin/true", &[]), &[("authorization", &basic)]).await;
     assert!(events.next().await.is_none());
-    assert_eq!(events.end.unwrap()["error"], json!({"code": "unauthenticated", "message": "invalid username: 'nosuchuser'"}));
+    assert_eq!(
+        events.end.unwrap()["error"],
+        json!({"code": "unauthenticated", "message": "invalid username: 'nosuchuser'"})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -364,7 +390,8 @@ async fn stdin_send_close_and_disabled() {
     let mut events = Events::open(s.addr, "Start", start_msg("/bin/cat", &[]), &[]).await;
     let pid = events.start_pid().await;
     let sel = json!({"pid": pid});
-    let (status, _) = unary(s.addr, "SendInput", json!({"process": sel, "input": {"stdin": B64.encode("abc")}}), &[]).await;
+    let (status, _) =
+        unary(s.addr, "SendInput", json!({"process": sel, "input": {"stdin": B64.encode("abc")}}), &[]).await;
     assert_eq!(status, 200);
     // Input through the client-streaming RPC too.
     let mut body = envelope(0, &json!({"start": {"process": sel}}));
@@ -386,13 +413,15 @@ async fn stdin_send_close_and_disabled() {
     msg["stdin"] = json!(false);
     let mut events = Events::open(s.addr, "Start", msg, &[]).await;
     let pid = events.start_pid().await;
-    let (status, err) = unary(s.addr, "SendInput", json!({"process": {"pid": pid}, "input": {"stdin": "YQ=="}}), &[]).await;
+    let (status, err) =
+        unary(s.addr, "SendInput", json!({"process": {"pid": pid}, "input": {"stdin": "YQ=="}}), &[]).await;
     assert_eq!(status, 500);
     assert_eq!(err["code"], "internal");
     assert!(err["message"].as_str().unwrap().contains("stdin not enabled or closed"), "{err}");
     let (status, _) = unary(s.addr, "SendInput", json!({"process": {"pid": pid}, "input": {"pty": "YQ=="}}), &[]).await;
     assert_eq!(status, 500);
-    let (status, _) = unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
+    let (status, _) =
+        unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
     assert_eq!(status, 200);
     events.collect().await;
 }
@@ -411,13 +440,15 @@ async fn pty_output_input_and_resize() {
         let event = events.next().await.unwrap();
         seen.extend(B64.decode(event["data"]["pty"].as_str().unwrap()).unwrap());
     }
-    let (status, _) = unary(s.addr, "Update", json!({"process": sel, "pty": {"size": {"cols": 100, "rows": 30}}}), &[]).await;
+    let (status, _) =
+        unary(s.addr, "Update", json!({"process": sel, "pty": {"size": {"cols": 100, "rows": 30}}}), &[]).await;
     assert_eq!(status, 200);
     let (status, err) = unary(s.addr, "SendInput", json!({"process": sel, "input": {"stdin": "YQ=="}}), &[]).await;
     assert_eq!((status, err["code"].as_str()), (500, Some("internal")));
     let (status, err) = unary(s.addr, "CloseStdin", json!({"process": sel}), &[]).await;
     assert_eq!((status, err["code"].as_str()), (500, Some("unknown")));
-    let (status, _) = unary(s.addr, "SendInput", json!({"process": sel, "input": {"pty": B64.encode("hi\n")}}), &[]).await;
+    let (status, _) =
+        unary(s.addr, "SendInput", json!({"process": sel, "input": {"pty": B64.encode("hi\n")}}), &[]).await;
     assert_eq!(status, 200);
     let c = events.collect().await;
     let out = String::from_utf8_lossy(&c.pty);
@@ -429,7 +460,8 @@ async fn pty_output_input_and_resize() {
     // Resizing a process without a pty is an error.
     let mut events = Events::open(s.addr, "Start", start_msg("/bin/cat", &[]), &[]).await;
     let pid = events.start_pid().await;
-    let (status, _) = unary(s.addr, "Update", json!({"process": {"pid": pid}, "pty": {"size": {"cols": 1, "rows": 1}}}), &[]).await;
+    let (status, _) =
+        unary(s.addr, "Update", json!({"process": {"pid": pid}, "pty": {"size": {"cols": 1, "rows": 1}}}), &[]).await;
     assert_eq!(status, 500);
     unary(s.addr, "CloseStdin", json!({"process": {"pid": pid}}), &[]).await;
     events.collect().await;
@@ -439,11 +471,17 @@ async fn pty_output_input_and_resize() {
 async fn signals_end_the_process_group() {
     let s = server().await;
     // bash does not exec the last command here, so `sleep` is a child: it must die with the group.
-    let mut events = Events::open(s.addr, "Start", start_msg("/bin/bash", &["-c", "sleep 100 & echo $!; wait"]), &[]).await;
+    let mut events =
+        Events::open(s.addr, "Start", start_msg("/bin/bash", &["-c", "sleep 100 & echo $!; wait"]), &[]).await;
     let pid = events.start_pid().await;
     let first = events.next().await.unwrap();
-    let child: u64 = String::from_utf8(B64.decode(first["data"]["stdout"].as_str().unwrap()).unwrap()).unwrap().trim().parse().unwrap();
-    let (status, _) = unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
+    let child: u64 = String::from_utf8(B64.decode(first["data"]["stdout"].as_str().unwrap()).unwrap())
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let (status, _) =
+        unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
     assert_eq!(status, 200);
     let c = events.collect().await;
     assert_eq!(c.end, Some(json!({"exitCode": -1, "status": "signal: killed", "error": "signal: killed"})));
@@ -451,12 +489,14 @@ async fn signals_end_the_process_group() {
 
     let mut events = Events::open(s.addr, "Start", start_msg("/bin/sleep", &["100"]), &[]).await;
     let pid = events.start_pid().await;
-    let (status, err) = unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_UNSPECIFIED"}), &[]).await;
+    let (status, err) =
+        unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_UNSPECIFIED"}), &[]).await;
     assert_eq!((status, err["code"].as_str()), (501, Some("unimplemented")));
     unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": 15}), &[]).await;
     assert_eq!(events.collect().await.end.unwrap()["status"], "signal: terminated");
 
-    let (status, err) = unary(s.addr, "SendSignal", json!({"process": {"pid": 999_999_999u32}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
+    let (status, err) =
+        unary(s.addr, "SendSignal", json!({"process": {"pid": 999_999_999u32}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
     assert_eq!(status, 404);
     assert_eq!(err, json!({"code": "not_found", "message": "process with pid 999999999 not found"}));
 }
@@ -465,7 +505,8 @@ async fn signals_end_the_process_group() {
 async fn timeout_header_kills_and_client_close_does_not() {
     let s = server().await;
     let started = Instant::now();
-    let mut events = Events::open(s.addr, "Start", start_msg("/bin/sleep", &["100"]), &[("connect-timeout-ms", "300")]).await;
+    let mut events =
+        Events::open(s.addr, "Start", start_msg("/bin/sleep", &["100"]), &[("connect-timeout-ms", "300")]).await;
     let pid = events.start_pid().await;
     assert!(events.next().await.is_none());
     assert_eq!(events.end.unwrap()["error"]["code"], "deadline_exceeded");
@@ -499,7 +540,8 @@ async fn connect_by_pid_and_tag_fans_out_and_late_connect_gets_the_end() {
     let mut by_tag = Events::open(s.addr, "Connect", json!({"process": {"tag": "fan"}}), &[]).await;
     assert_eq!(by_pid.start_pid().await, pid);
     assert_eq!(by_tag.start_pid().await, pid);
-    unary(s.addr, "SendInput", json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("one\ntwo\n")}}), &[]).await;
+    unary(s.addr, "SendInput", json!({"process": {"pid": pid}, "input": {"stdin": B64.encode("one\ntwo\n")}}), &[])
+        .await;
     for events in [&mut start, &mut by_pid, &mut by_tag] {
         let c = events.collect().await;
         assert_eq!((c.out().as_str(), c.stderr.as_slice()), ("one\n", b"two\n".as_slice()));
@@ -510,7 +552,8 @@ async fn connect_by_pid_and_tag_fans_out_and_late_connect_gets_the_end() {
     // Finished: not listed, not signalable, but a late Connect still gets start + end.
     let (_, list) = unary(s.addr, "List", json!({}), &[]).await;
     assert!(!list.to_string().contains(&format!("\"pid\":{pid}")));
-    let (status, _) = unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
+    let (status, _) =
+        unary(s.addr, "SendSignal", json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}), &[]).await;
     assert_eq!(status, 404);
     let mut late = Events::open(s.addr, "Connect", json!({"process": {"tag": "fan"}}), &[]).await;
     assert_eq!(late.start_pid().await, pid);
@@ -518,7 +561,10 @@ async fn connect_by_pid_and_tag_fans_out_and_late_connect_gets_the_end() {
 
     let mut missing = Events::open(s.addr, "Connect", json!({"process": {"pid": 999_999_999u32}}), &[]).await;
     assert!(missing.next().await.is_none());
-    assert_eq!(missing.end.unwrap()["error"], json!({"code": "not_found", "message": "process with pid 999999999 not found"}));
+    assert_eq!(
+        missing.end.unwrap()["error"],
+        json!({"code": "not_found", "message": "process with pid 999999999 not found"})
+    );
     let mut missing = Events::open(s.addr, "Connect", json!({"process": {"tag": "nope"}}), &[]).await;
     assert!(missing.next().await.is_none());
     assert_eq!(missing.end.unwrap()["error"]["message"], "process with tag nope not found");
@@ -527,7 +573,8 @@ async fn connect_by_pid_and_tag_fans_out_and_late_connect_gets_the_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalive_arrives_on_the_requested_interval() {
     let s = server().await;
-    let mut events = Events::open(s.addr, "Start", start_msg("/bin/sleep", &["1.5"]), &[("keepalive-ping-interval", "1")]).await;
+    let mut events =
+        Events::open(s.addr, "Start", start_msg("/bin/sleep", &["1.5"]), &[("keepalive-ping-interval", "1")]).await;
     events.start_pid().await;
     let c = events.collect().await;
     assert_eq!(c.keepalives, 1);

@@ -30,7 +30,10 @@ pub enum Input {
     /// `stdin: false`: the process reads `/dev/null`.
     Disabled,
     Pipe(mpsc::Sender<InputOp>),
-    Pty { master: Arc<AsyncFd<OwnedFd>>, ops: mpsc::Sender<InputOp> },
+    Pty {
+        master: Arc<AsyncFd<OwnedFd>>,
+        ops: mpsc::Sender<InputOp>,
+    },
 }
 
 pub enum InputOp {
@@ -71,7 +74,9 @@ impl ProcessHandle {
             Input::Pipe(ops) => ops,
             Input::Disabled => return Err(failed(STDIN_CLOSED.to_owned())),
             Input::Pty { .. } => {
-                return Err(failed("tty assigned to process — input should be written to the pty, not the stdin".into()));
+                return Err(failed(
+                    "tty assigned to process — input should be written to the pty, not the stdin".into(),
+                ));
             }
         };
         submit(ops, |reply| InputOp::Write(data, reply))
@@ -85,9 +90,9 @@ impl ProcessHandle {
                 "error writing to tty: tty not assigned to process — input should be written to the stdin, not the tty",
             ));
         };
-        submit(ops, |reply| InputOp::Write(data, reply))
-            .await
-            .map_err(|e| RpcError::internal(format!("error writing to tty: {}", describe_write_error(self.pid, "tty", &e))))
+        submit(ops, |reply| InputOp::Write(data, reply)).await.map_err(|e| {
+            RpcError::internal(format!("error writing to tty: {}", describe_write_error(self.pid, "tty", &e)))
+        })
     }
 
     /// Closes stdin so the process reads EOF. Closing twice, or with stdin disabled, is not an error.
@@ -130,7 +135,10 @@ pub fn winsize(cols: u32, rows: u32) -> rustix::termios::Winsize {
     rustix::termios::Winsize { ws_row: clamp(rows), ws_col: clamp(cols), ws_xpixel: 0, ws_ypixel: 0 }
 }
 
-async fn submit(ops: &mpsc::Sender<InputOp>, op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> InputOp) -> io::Result<()> {
+async fn submit(
+    ops: &mpsc::Sender<InputOp>,
+    op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> InputOp,
+) -> io::Result<()> {
     let (reply, done) = oneshot::channel();
     let gone = || io::Error::new(io::ErrorKind::BrokenPipe, STDIN_CLOSED);
     ops.send(op(reply)).await.map_err(|_| gone())?;

@@ -55,7 +55,11 @@ impl ProcessRegistry {
         self.find(selector, true)
     }
 
-    fn find(&self, selector: Option<&pb::ProcessSelector>, include_finished: bool) -> Result<Arc<ProcessHandle>, RpcError> {
+    fn find(
+        &self,
+        selector: Option<&pb::ProcessSelector>,
+        include_finished: bool,
+    ) -> Result<Arc<ProcessHandle>, RpcError> {
         use pb::process_selector::Selector;
         let usable = |h: &&Arc<ProcessHandle>| include_finished || !h.fanout.is_finished();
         let processes = self.lock();

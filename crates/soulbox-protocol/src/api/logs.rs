@@ -49,17 +49,11 @@ mod tests {
                 message: "hello".into(),
                 timestamp: "2026-01-01T00:00:00Z".into(),
             }],
-            logs: vec![SandboxLog {
-                line: "hello".into(),
-                timestamp: "2026-01-01T00:00:00Z".into(),
-            }],
+            logs: vec![SandboxLog { line: "hello".into(), timestamp: "2026-01-01T00:00:00Z".into() }],
         };
         let json = r#"{"logEntries":[{"fields":{},"level":"info","message":"hello","timestamp":"2026-01-01T00:00:00Z"}],"logs":[{"line":"hello","timestamp":"2026-01-01T00:00:00Z"}]}"#;
         assert_eq!(serde_json::to_string(&logs).unwrap(), json);
         assert_eq!(serde_json::from_str::<SandboxLogs>(json).unwrap(), logs);
-        assert_eq!(
-            serde_json::from_str::<SandboxLogs>("{}").unwrap(),
-            SandboxLogs::default()
-        );
+        assert_eq!(serde_json::from_str::<SandboxLogs>("{}").unwrap(), SandboxLogs::default());
     }
 }

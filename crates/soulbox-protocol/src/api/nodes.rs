@@ -75,9 +75,6 @@ mod tests {
         assert_eq!(serde_json::from_str::<NodeInfo>(json).unwrap(), node);
         // An older server's node (no cluster fields) still reads.
         let old: NodeInfo = serde_json::from_str(r#"{"nodeID":"n","status":"healthy"}"#).unwrap();
-        assert_eq!(
-            (old.node_id.as_str(), old.address, old.draining),
-            ("n", None, false)
-        );
+        assert_eq!((old.node_id.as_str(), old.address, old.draining), ("n", None, false));
     }
 }

@@ -77,14 +77,9 @@ impl BuildStatus {
     }
 
     pub fn parse(s: &str) -> Option<BuildStatus> {
-        [
-            BuildStatus::Waiting,
-            BuildStatus::Building,
-            BuildStatus::Ready,
-            BuildStatus::Error,
-        ]
-        .into_iter()
-        .find(|b| b.as_str() == s)
+        [BuildStatus::Waiting, BuildStatus::Building, BuildStatus::Ready, BuildStatus::Error]
+            .into_iter()
+            .find(|b| b.as_str() == s)
     }
 }
 
@@ -174,10 +169,7 @@ pub struct TemplateAlias {
 mod tests {
     use super::*;
 
-    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
-        value: &T,
-        json: &str,
-    ) {
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T, json: &str) {
         assert_eq!(serde_json::to_string(value).unwrap(), json);
         assert_eq!(&serde_json::from_str::<T>(json).unwrap(), value);
     }
@@ -196,14 +188,7 @@ mod tests {
             &requested,
             r#"{"aliases":["app"],"buildID":"b1","names":["app"],"public":false,"tags":["v1","stable"],"templateID":"app"}"#,
         );
-        round_trip(
-            &TemplateFilesLink {
-                headers: None,
-                present: true,
-                url: None,
-            },
-            r#"{"present":true}"#,
-        );
+        round_trip(&TemplateFilesLink { headers: None, present: true, url: None }, r#"{"present":true}"#);
         round_trip(
             &TemplateFilesLink {
                 headers: None,
@@ -222,27 +207,14 @@ mod tests {
             step: Some("1".into()),
             timestamp: "2026-01-01T00:00:00Z".into(),
         };
-        round_trip(
-            &entry,
-            r#"{"level":"warn","message":"m","step":"1","timestamp":"2026-01-01T00:00:00Z"}"#,
-        );
-        let no_step = BuildLogEntry {
-            step: None,
-            level: LogLevel::Info,
-            ..entry.clone()
-        };
-        round_trip(
-            &no_step,
-            r#"{"level":"info","message":"m","timestamp":"2026-01-01T00:00:00Z"}"#,
-        );
+        round_trip(&entry, r#"{"level":"warn","message":"m","step":"1","timestamp":"2026-01-01T00:00:00Z"}"#);
+        let no_step = BuildLogEntry { step: None, level: LogLevel::Info, ..entry.clone() };
+        round_trip(&no_step, r#"{"level":"info","message":"m","timestamp":"2026-01-01T00:00:00Z"}"#);
         let failed = TemplateBuildInfo {
             build_id: "b1".into(),
             log_entries: vec![entry],
             logs: vec!["[2026-01-01T00:00:00Z] m".into()],
-            reason: Some(BuildReason {
-                message: Some("boom".into()),
-                step: None,
-            }),
+            reason: Some(BuildReason { message: Some("boom".into()), step: None }),
             status: BuildStatus::Error,
             template_id: "app".into(),
         };
@@ -257,77 +229,44 @@ mod tests {
             logs: vec![],
             ..failed
         };
-        round_trip(
-            &building,
-            r#"{"buildID":"b1","logEntries":[],"logs":[],"status":"building","templateID":"app"}"#,
-        );
+        round_trip(&building, r#"{"buildID":"b1","logEntries":[],"logs":[],"status":"building","templateID":"app"}"#);
         // Levels a reader does not know are `info`.
-        assert_eq!(
-            serde_json::from_str::<LogLevel>(r#""trace""#).unwrap(),
-            LogLevel::Info
-        );
-        for s in [
-            BuildStatus::Waiting,
-            BuildStatus::Building,
-            BuildStatus::Ready,
-            BuildStatus::Error,
-        ] {
+        assert_eq!(serde_json::from_str::<LogLevel>(r#""trace""#).unwrap(), LogLevel::Info);
+        for s in [BuildStatus::Waiting, BuildStatus::Building, BuildStatus::Ready, BuildStatus::Error] {
             assert_eq!(BuildStatus::parse(s.as_str()), Some(s));
-            assert_eq!(
-                serde_json::to_string(&s).unwrap(),
-                format!("\"{}\"", s.as_str())
-            );
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
         }
     }
 
     #[test]
     fn stream_lines() {
         round_trip(
-            &BuildStreamLine::End(BuildEnd {
-                reason: None,
-                status: BuildStatus::Ready,
-            }),
+            &BuildStreamLine::End(BuildEnd { reason: None, status: BuildStatus::Ready }),
             r#"{"status":"ready"}"#,
         );
         round_trip(
             &BuildStreamLine::End(BuildEnd {
-                reason: Some(BuildEndReason {
-                    message: Some("boom".into()),
-                    step: None,
-                }),
+                reason: Some(BuildEndReason { message: Some("boom".into()), step: None }),
                 status: BuildStatus::Error,
             }),
             r#"{"reason":{"message":"boom","step":null},"status":"error"}"#,
         );
         let entry = r#"{"level":"info","message":"x","timestamp":"t"}"#;
-        assert!(matches!(
-            serde_json::from_str::<BuildStreamLine>(entry).unwrap(),
-            BuildStreamLine::Entry(_)
-        ));
+        assert!(matches!(serde_json::from_str::<BuildStreamLine>(entry).unwrap(), BuildStreamLine::Entry(_)));
     }
 
     #[test]
     fn tags_and_aliases() {
         round_trip(
-            &AssignedTags {
-                build_id: "b1".into(),
-                tags: vec!["prod".into()],
-            },
+            &AssignedTags { build_id: "b1".into(), tags: vec!["prod".into()] },
             r#"{"buildID":"b1","tags":["prod"]}"#,
         );
         round_trip(
-            &TemplateTag {
-                build_id: "b1".into(),
-                created_at: "2026-01-01T00:00:00Z".into(),
-                tag: "v1".into(),
-            },
+            &TemplateTag { build_id: "b1".into(), created_at: "2026-01-01T00:00:00Z".into(), tag: "v1".into() },
             r#"{"buildID":"b1","createdAt":"2026-01-01T00:00:00Z","tag":"v1"}"#,
         );
         round_trip(
-            &TemplateAlias {
-                public: true,
-                template_id: "base".into(),
-            },
+            &TemplateAlias { public: true, template_id: "base".into() },
             r#"{"public":true,"templateID":"base"}"#,
         );
     }

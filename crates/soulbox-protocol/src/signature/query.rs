@@ -69,10 +69,7 @@ impl SignedQuery {
 
 fn decode(raw: &str) -> Result<String, QueryError> {
     let spaced = raw.replace('+', " ");
-    percent_decode_str(&spaced)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| QueryError::NotUtf8(raw.to_string()))
+    percent_decode_str(&spaced).decode_utf8().map(|s| s.into_owned()).map_err(|_| QueryError::NotUtf8(raw.to_string()))
 }
 
 #[cfg(test)]
@@ -81,8 +78,9 @@ mod tests {
 
     #[test]
     fn decodes_like_go() {
-        let q = SignedQuery::parse(Some("path=%2Fa%20b+c&path=ignored&username=&signature=v1_a%2Bb&x=1&sandbox_id=iabc"))
-            .unwrap();
+        let q =
+            SignedQuery::parse(Some("path=%2Fa%20b+c&path=ignored&username=&signature=v1_a%2Bb&x=1&sandbox_id=iabc"))
+                .unwrap();
         assert_eq!(q.path.as_deref(), Some("/a b c"));
         assert_eq!(q.username.as_deref(), Some(""));
         assert_eq!(q.signature.as_deref(), Some("v1_a+b"));

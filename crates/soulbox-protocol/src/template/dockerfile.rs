@@ -48,10 +48,9 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
             }
             None => current = Some((n, body.trim().to_string())),
         }
-        if !continues
-            && let Some(c) = current.take() {
-                out.push(c);
-            }
+        if !continues && let Some(c) = current.take() {
+            out.push(c);
+        }
     }
     if let Some(c) = current.take() {
         out.push(c);
@@ -244,7 +243,10 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
             }
             "RUN" => {
                 if rest.starts_with("--") {
-                    return Err(err(line, format!("RUN option {} is not supported", rest.split_whitespace().next().unwrap_or(""))));
+                    return Err(err(
+                        line,
+                        format!("RUN option {} is not supported", rest.split_whitespace().next().unwrap_or("")),
+                    ));
                 }
                 let mut c = command_of(&rest, line)?;
                 if c.is_empty() {
@@ -270,7 +272,8 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                     if let Some(v) = flag.strip_prefix("--chown=") {
                         user = v.split(':').next().unwrap_or_default().to_string();
                     } else if let Some(v) = flag.strip_prefix("--chmod=") {
-                        let m = u32::from_str_radix(v, 8).map_err(|_| err(line, format!("--chmod={v} is not an octal mode")))?;
+                        let m = u32::from_str_radix(v, 8)
+                            .map_err(|_| err(line, format!("--chmod={v} is not an octal mode")))?;
                         mode = format!("{m:04o}");
                     } else {
                         return Err(err(line, format!("{instr} option {flag} is not supported")));
@@ -290,8 +293,13 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                     if instr == "ADD" && (src.contains("://") || src.starts_with("git@")) {
                         return Err(err(line, "ADD from a URL is not supported (only local files)"));
                     }
-                    if instr == "ADD" && [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2"].iter().any(|e| src.ends_with(e)) {
-                        return Err(err(line, "ADD of a local archive (auto-extraction) is not supported; COPY it and RUN tar"));
+                    if instr == "ADD"
+                        && [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2"].iter().any(|e| src.ends_with(e))
+                    {
+                        return Err(err(
+                            line,
+                            "ADD of a local archive (auto-extraction) is not supported; COPY it and RUN tar",
+                        ));
                     }
                     recipe.steps.push(TemplateStep::new("COPY", vec![src, dest.clone(), user.clone(), mode.clone()]));
                 }

@@ -74,7 +74,11 @@ fn meminfo_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')).and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .and_then(|r| r.strip_prefix(':'))
+                .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -192,7 +196,12 @@ async fn wait_pool(rt: &Runtime, n: usize) {
     }
 }
 
-async fn run(a: &Args, rts: &[(&str, Runtime)], store: &soulbox_runtime::Store, templates: &[&str]) -> anyhow::Result<()> {
+async fn run(
+    a: &Args,
+    rts: &[(&str, Runtime)],
+    store: &soulbox_runtime::Store,
+    templates: &[&str],
+) -> anyhow::Result<()> {
     let disk = rts.first().map(|(_, rt)| rt.disk_mechanism());
     println!("## soulbox-runtime bench ({} iterations, warm pool {}, disk limit: {disk:?})", a.iterations, a.pool);
     println!("| template | user namespaces | create→envd-ready p50 | p99 | bare `runc run -d` p50 | p99 | ratio p50 |");
@@ -216,7 +225,10 @@ async fn run(a: &Args, rts: &[(&str, Runtime)], store: &soulbox_runtime::Store, 
         let (bp50, bp99) = (pct(&mut b, 0.5), pct(&mut b, 0.99));
         for (i, (mode, _)) in rts.iter().enumerate() {
             let (op50, op99) = (pct(&mut ours[i], 0.5), pct(&mut ours[i], 0.99));
-            println!("| {t} | {mode} | {op50:.1} ms | {op99:.1} ms | {bp50:.1} ms | {bp99:.1} ms | {:.2}× |", op50 / bp50);
+            println!(
+                "| {t} | {mode} | {op50:.1} ms | {op99:.1} ms | {bp50:.1} ms | {bp99:.1} ms | {:.2}× |",
+                op50 / bp50
+            );
             p50s.push((t.to_string(), mode, op50, op99));
         }
     }
@@ -265,7 +277,9 @@ async fn run(a: &Args, rts: &[(&str, Runtime)], store: &soulbox_runtime::Store, 
         println!("| measure | off | on | on/off |");
         println!("|---|---|---|---|");
         for t in templates {
-            let get = |mode: &str| p50s.iter().find(|(tt, m, _, _)| tt == t && *m == mode).map(|(_, _, p50, p99)| (*p50, *p99));
+            let get = |mode: &str| {
+                p50s.iter().find(|(tt, m, _, _)| tt == t && *m == mode).map(|(_, _, p50, p99)| (*p50, *p99))
+            };
             if let (Some((off50, off99)), Some((on50, on99))) = (get("off"), get("on")) {
                 println!("| create→ready p50, `{t}` | {off50:.1} ms | {on50:.1} ms | {:.2}× |", on50 / off50);
                 println!("| create→ready p99, `{t}` | {off99:.1} ms | {on99:.1} ms | {:.2}× |", on99 / off99);
@@ -276,9 +290,15 @@ async fn run(a: &Args, rts: &[(&str, Runtime)], store: &soulbox_runtime::Store, 
             let rounds = a.rounds.max(1);
             let n = idle.iter().flatten().map(|m| m.count).min().unwrap_or(0);
             let (off, on) = (med(&idle[0], |m| m.mem_per_sandbox_mib), med(&idle[1], |m| m.mem_per_sandbox_mib));
-            println!("| host MemAvailable drop per idle sandbox (median of {rounds}, ≥{n} idle) | {off:.2} MiB | {on:.2} MiB | {:.2}× |", on / off);
+            println!(
+                "| host MemAvailable drop per idle sandbox (median of {rounds}, ≥{n} idle) | {off:.2} MiB | {on:.2} MiB | {:.2}× |",
+                on / off
+            );
             let (off, on) = (med(&idle[0], |m| m.kernel_per_sandbox_mib), med(&idle[1], |m| m.kernel_per_sandbox_mib));
-            println!("| unreclaimable kernel memory per idle sandbox (median of {rounds}) | {off:.2} MiB | {on:.2} MiB | {:.2}× |", on / off);
+            println!(
+                "| unreclaimable kernel memory per idle sandbox (median of {rounds}) | {off:.2} MiB | {on:.2} MiB | {:.2}× |",
+                on / off
+            );
             let (off, on) = (med(&idle[0], |m| m.envd_pss_mib), med(&idle[1], |m| m.envd_pss_mib));
             println!("| envd PSS per idle sandbox | {off:.2} MiB | {on:.2} MiB | |");
         }
@@ -312,7 +332,9 @@ async fn idle_phase(a: &Args, rt: &Runtime) -> anyhow::Result<Idle> {
             pss_kib += std::fs::read_to_string(format!("/proc/{}/smaps_rollup", pid.trim()))
                 .unwrap_or_default()
                 .lines()
-                .find_map(|l| l.strip_prefix("Pss:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok()))
+                .find_map(|l| {
+                    l.strip_prefix("Pss:").and_then(|r| r.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
                 .unwrap_or(0);
         }
     }
@@ -344,10 +366,16 @@ async fn idle_phase(a: &Args, rt: &Runtime) -> anyhow::Result<Idle> {
 /// to a default create, interleaved; and how long the firewall watcher takes from someone deleting
 /// the table to the table being back.
 async fn network_costs(a: &Args, rt: &Runtime) -> anyhow::Result<()> {
-    let restricted = soulbox_runtime::NetworkPolicy { allow_internet: false, allow_out: vec!["203.0.113.0/24".into()], deny_out: vec![] };
+    let restricted = soulbox_runtime::NetworkPolicy {
+        allow_internet: false,
+        allow_out: vec!["203.0.113.0/24".into()],
+        deny_out: vec![],
+    };
     let (mut open_ms, mut restricted_ms) = (Vec::new(), Vec::new());
     for _ in 0..a.iterations {
-        for (policy, out) in [(soulbox_runtime::NetworkPolicy::open(), &mut open_ms), (restricted.clone(), &mut restricted_ms)] {
+        for (policy, out) in
+            [(soulbox_runtime::NetworkPolicy::open(), &mut open_ms), (restricted.clone(), &mut restricted_ms)]
+        {
             while rt.pool_len() < a.pool {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -363,22 +391,35 @@ async fn network_costs(a: &Args, rt: &Runtime) -> anyhow::Result<()> {
     println!();
     println!("| network policy (template test) | create→envd-ready p50 | p99 |\n|---|---|---|");
     println!("| default (open, prepared by the warm pool) | {op50:.1} ms | {:.1} ms |", pct(&mut open_ms, 0.99));
-    println!("| internet off + allowOut (chain and guard on the create path) | {rp50:.1} ms | {:.1} ms |", pct(&mut restricted_ms, 0.99));
+    println!(
+        "| internet off + allowOut (chain and guard on the create path) | {rp50:.1} ms | {:.1} ms |",
+        pct(&mut restricted_ms, 0.99)
+    );
     println!("restricted / default p50: {:.2}×", rp50 / op50);
 
     // Firewall repair: delete the table, wait for the watcher's repair (with two sandboxes in it).
-    let held: Vec<_> = [rt.create(SandboxSpec::new("test")).await?, rt.create(SandboxSpec::new("test")).await?].into_iter().map(|i| i.id).collect();
+    let held: Vec<_> = [rt.create(SandboxSpec::new("test")).await?, rt.create(SandboxSpec::new("test")).await?]
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
     let mut repairs = rt.firewall_repairs();
     let mut repair_ms = Vec::new();
     for _ in 0..a.iterations.min(20) {
         let seen = *repairs.borrow_and_update();
         let t0 = Instant::now();
-        let st = tokio::process::Command::new("nft").args(["delete", "table", "inet", &rt.config().nft_table()]).status().await?;
+        let st = tokio::process::Command::new("nft")
+            .args(["delete", "table", "inet", &rt.config().nft_table()])
+            .status()
+            .await?;
         anyhow::ensure!(st.success(), "nft delete table failed");
         tokio::time::timeout(Duration::from_secs(30), repairs.wait_for(|n| *n > seen)).await??;
         repair_ms.push(ms(t0.elapsed()));
     }
-    println!("firewall table deleted → rebuilt by the watcher: p50 {:.1} ms, p99 {:.1} ms (includes the `nft delete` process)", pct(&mut repair_ms.clone(), 0.5), pct(&mut repair_ms, 0.99));
+    println!(
+        "firewall table deleted → rebuilt by the watcher: p50 {:.1} ms, p99 {:.1} ms (includes the `nft delete` process)",
+        pct(&mut repair_ms.clone(), 0.5),
+        pct(&mut repair_ms, 0.99)
+    );
     for id in held {
         rt.delete(&id).await?;
     }

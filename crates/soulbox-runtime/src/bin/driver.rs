@@ -61,16 +61,36 @@ enum Cmd {
         deny_out: Vec<String>,
     },
     List,
-    Info { id: String },
-    Pause { id: String },
-    Resume { id: String },
-    Stop { id: String },
-    Start { id: String },
-    Snapshot { id: String, name: String },
-    Delete { id: String },
-    Stats { id: String },
+    Info {
+        id: String,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    Stop {
+        id: String,
+    },
+    Start {
+        id: String,
+    },
+    Snapshot {
+        id: String,
+        name: String,
+    },
+    Delete {
+        id: String,
+    },
+    Stats {
+        id: String,
+    },
     /// Run a command through the OCI runtime's exec (debugging).
-    Exec { id: String, args: Vec<String> },
+    Exec {
+        id: String,
+        args: Vec<String>,
+    },
     /// Open (reconcile) and exit.
     Gc,
     /// Delete all sandboxes and the firewall table.

@@ -12,11 +12,7 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
     let Ok(doc) = serde_json::from_slice::<Value>(listing_json) else {
         return vec!["the table listing is not JSON".into()];
     };
-    let items = doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let items = doc.get("nftables").and_then(Value::as_array).cloned().unwrap_or_default();
     let ours = |obj: &Value| {
         obj.get("table").and_then(Value::as_str) == Some(table)
             && obj.get("family").and_then(Value::as_str) == Some("inet")
@@ -30,25 +26,13 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
         if let Some(t) = item.get("table") {
             table_seen |= t.get("name").and_then(Value::as_str) == Some(table);
         } else if let Some(c) = item.get("chain").filter(|c| ours(c)) {
-            let name = c
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            chains.insert(
-                name,
-                c.get("hook").and_then(Value::as_str).map(str::to_string),
-            );
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            chains.insert(name, c.get("hook").and_then(Value::as_str).map(str::to_string));
         } else if let Some(r) = item.get("rule").filter(|r| ours(r)) {
-            let chain = r
-                .get("chain")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            let chain = r.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
             *rule_counts.entry(chain).or_default() += 1;
-        } else if let Some(m) = item
-            .get("map")
-            .filter(|m| ours(m) && m.get("name").and_then(Value::as_str) == Some("sb_out"))
+        } else if let Some(m) =
+            item.get("map").filter(|m| ours(m) && m.get("name").and_then(Value::as_str) == Some("sb_out"))
         {
             map = Some(map_elements(m));
         }
@@ -65,18 +49,11 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
         };
         let wanted_hook = chain.hook.as_deref().and_then(hook_name);
         if hook.as_deref() != wanted_hook {
-            problems.push(format!(
-                "chain {} is hooked at {hook:?}, expected {wanted_hook:?}",
-                chain.name
-            ));
+            problems.push(format!("chain {} is hooked at {hook:?}, expected {wanted_hook:?}", chain.name));
         }
         let found = rule_counts.get(&chain.name).copied().unwrap_or(0);
         if found != chain.rules.len() {
-            problems.push(format!(
-                "chain {} has {found} rules, expected {}",
-                chain.name,
-                chain.rules.len()
-            ));
+            problems.push(format!("chain {} has {found} rules, expected {}", chain.name, chain.rules.len()));
         }
     }
     for extra in chains.keys() {
@@ -85,16 +62,11 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
     match map {
         None => problems.push("map sb_out is missing".into()),
         Some(found) if found != expected.map => {
-            let missing = expected
-                .map
-                .keys()
-                .filter(|k| !found.contains_key(*k))
-                .count();
-            let extra = found
-                .keys()
-                .filter(|k| !expected.map.contains_key(*k))
-                .count();
-            problems.push(format!("map sb_out differs ({missing} sandboxes missing, {extra} unexpected, or changed targets)"));
+            let missing = expected.map.keys().filter(|k| !found.contains_key(*k)).count();
+            let extra = found.keys().filter(|k| !expected.map.contains_key(*k)).count();
+            problems.push(format!(
+                "map sb_out differs ({missing} sandboxes missing, {extra} unexpected, or changed targets)"
+            ));
         }
         Some(_) => {}
     }
@@ -111,21 +83,12 @@ fn hook_name(decl: &str) -> Option<&str> {
 /// The map's elements as veth → jump target.
 fn map_elements(map: &Value) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    for elem in map
-        .get("elem")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for elem in map.get("elem").and_then(Value::as_array).into_iter().flatten() {
         let Some(pair) = elem.as_array().filter(|p| p.len() == 2) else {
             continue;
         };
         let key = pair[0].as_str().unwrap_or_default().to_string();
-        let target = pair[1]
-            .pointer("/jump/target")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let target = pair[1].pointer("/jump/target").and_then(Value::as_str).unwrap_or_default().to_string();
         out.insert(key, target);
     }
     out
@@ -144,11 +107,7 @@ mod tests {
                     hook: Some("type filter hook forward priority -10; policy accept;".into()),
                     rules: vec!["a".into(), "b".into()],
                 },
-                ChainRules {
-                    name: "sb_x".into(),
-                    hook: None,
-                    rules: vec!["accept".into()],
-                },
+                ChainRules { name: "sb_x".into(), hook: None, rules: vec!["accept".into()] },
             ],
             map: [("tqx".to_string(), "sb_x".to_string())].into(),
         }
@@ -176,30 +135,15 @@ mod tests {
 
     #[test]
     fn intact_table_has_no_differences() {
-        assert_eq!(
-            differences("t", &expected(), &listing(2, true)),
-            Vec::<String>::new()
-        );
+        assert_eq!(differences("t", &expected(), &listing(2, true)), Vec::<String>::new());
     }
 
     #[test]
     fn flushed_or_edited_tables_are_noticed() {
-        assert_eq!(
-            differences("t", &expected(), &listing(0, true)),
-            vec!["chain forward has 0 rules, expected 2"]
-        );
-        assert_eq!(
-            differences("t", &expected(), &listing(3, true)),
-            vec!["chain forward has 3 rules, expected 2"]
-        );
-        assert!(
-            differences("t", &expected(), &listing(2, false))[0].starts_with("map sb_out differs")
-        );
-        let gone =
-            serde_json::to_vec(&serde_json::json!({"nftables": [{"metainfo": {}}]})).unwrap();
-        assert_eq!(
-            differences("t", &expected(), &gone),
-            vec!["table inet t is gone"]
-        );
+        assert_eq!(differences("t", &expected(), &listing(0, true)), vec!["chain forward has 0 rules, expected 2"]);
+        assert_eq!(differences("t", &expected(), &listing(3, true)), vec!["chain forward has 3 rules, expected 2"]);
+        assert!(differences("t", &expected(), &listing(2, false))[0].starts_with("map sb_out differs"));
+        let gone = serde_json::to_vec(&serde_json::json!({"nftables": [{"metainfo": {}}]})).unwrap();
+        assert_eq!(differences("t", &expected(), &gone), vec!["table inet t is gone"]);
     }
 }

@@ -28,16 +28,10 @@ impl Firewall {
     pub(crate) fn guard_script(&self, id: &str, p: &NetworkPolicy) -> Result<String> {
         let t = GUARD_TABLE;
         let gw = self.gateway;
-        let mut out = vec![
-            "oifname \"lo\" accept".to_string(),
-            "ct state established,related accept".to_string(),
-        ];
+        let mut out = vec!["oifname \"lo\" accept".to_string(), "ct state established,related accept".to_string()];
         if !self.host_ports.is_empty() {
             let v: Vec<String> = self.host_ports.iter().map(|p| p.to_string()).collect();
-            out.push(format!(
-                "ip daddr {gw} tcp dport {{ {} }} accept",
-                v.join(", ")
-            ));
+            out.push(format!("ip daddr {gw} tcp dport {{ {} }} accept", v.join(", ")));
         }
         // The host (at the gateway) and every other sandbox: the host's forward and input chains
         // drop these before any allowOut, and so does the guard.
@@ -51,15 +45,11 @@ impl Firewall {
             "drop".to_string(),
         ];
         let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\nadd table inet {t}\n");
-        s += &format!(
-            "add chain inet {t} output {{ type filter hook output priority 0; policy accept; }}\n"
-        );
+        s += &format!("add chain inet {t} output {{ type filter hook output priority 0; policy accept; }}\n");
         for r in &out {
             s += &format!("add rule inet {t} output {r}\n");
         }
-        s += &format!(
-            "add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}\n"
-        );
+        s += &format!("add chain inet {t} input {{ type filter hook input priority 0; policy accept; }}\n");
         for r in &input {
             s += &format!("add rule inet {t} input {r}\n");
         }
@@ -68,35 +58,19 @@ impl Firewall {
 
     /// A sandbox's policy in both places: its chain in the host table and its guard, written
     /// concurrently (two `nft` runs; each is tens of milliseconds on a busy host).
-    pub async fn apply_policy(
-        &self,
-        id: &str,
-        lease: &crate::network::NetLease,
-        p: &NetworkPolicy,
-    ) -> Result<()> {
-        tokio::try_join!(
-            self.add_sandbox(id, &lease.veth, p),
-            self.guard_sandbox(id, &lease.netns, p)
-        )
-        .map(|_| ())
+    pub async fn apply_policy(&self, id: &str, lease: &crate::network::NetLease, p: &NetworkPolicy) -> Result<()> {
+        tokio::try_join!(self.add_sandbox(id, &lease.veth, p), self.guard_sandbox(id, &lease.netns, p)).map(|_| ())
     }
 
     /// Write the guard into the network namespace `netns` (one `nft` run inside it).
     pub async fn guard_sandbox(&self, id: &str, netns: &str, p: &NetworkPolicy) -> Result<()> {
         let script = self.guard_script(id, p)?;
         let ns_path = std::path::Path::new("/run/netns").join(netns);
-        let ns = std::fs::File::open(&ns_path).map_err(|source| Error::Io {
-            path: ns_path.clone(),
-            source,
-        })?;
+        let ns = std::fs::File::open(&ns_path).map_err(|source| Error::Io { path: ns_path.clone(), source })?;
         let ns_fd = ns.as_raw_fd();
         let cmd = || format!("nft -f - (in netns {netns})");
         let mut command = tokio::process::Command::new("nft");
-        command
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        command.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
         // SAFETY: between fork and exec only setns(2) runs, on a descriptor opened above that lives
         // until the spawn returns (close-on-exec closes it in the child after setns).
         unsafe {
@@ -107,20 +81,12 @@ impl Firewall {
                 Ok(())
             });
         }
-        let mut child = command
-            .spawn()
-            .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+        let mut child = command.spawn().map_err(|source| Error::Spawn { cmd: cmd(), source })?;
         drop(ns);
         if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(script.as_bytes())
-                .await
-                .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+            stdin.write_all(script.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+        let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
         if !out.status.success() {
             return Err(Error::Command {
                 cmd: cmd(),
@@ -144,30 +110,17 @@ mod tests {
         cfg.dns = vec![];
         cfg.host_allowed_tcp_ports = vec![8125];
         let fw = Firewall::new(&cfg);
-        let p = NetworkPolicy {
-            allow_internet: false,
-            allow_out: vec!["10.77.0.9/32".into()],
-            deny_out: vec![],
-        };
+        let p = NetworkPolicy { allow_internet: false, allow_out: vec!["10.77.0.9/32".into()], deny_out: vec![] };
         let s = fw.guard_script("x", &p).unwrap();
         let lines: Vec<&str> = s.lines().collect();
-        let at = |needle: &str| {
-            lines
-                .iter()
-                .position(|l| l.contains(needle))
-                .unwrap_or_else(|| panic!("{needle} in {s}"))
-        };
-        assert!(
-            at("ip daddr 10.77.0.1 tcp dport { 8125 } accept") < at("ip daddr 10.77.0.0/16 drop")
-        );
+        let at =
+            |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle} in {s}"));
+        assert!(at("ip daddr 10.77.0.1 tcp dport { 8125 } accept") < at("ip daddr 10.77.0.0/16 drop"));
         assert!(
             at("ip daddr 10.77.0.0/16 drop") < at("ip daddr { 10.77.0.9/32 } accept"),
             "allowOut cannot open a neighbour"
         );
-        assert!(
-            at("output drop") > at("ip daddr { 10.77.0.9/32 } accept"),
-            "internet off"
-        );
+        assert!(at("output drop") > at("ip daddr { 10.77.0.9/32 } accept"), "internet off");
         assert!(at("input ip saddr 10.77.0.1 accept") < at("input drop"));
     }
 }

@@ -97,24 +97,14 @@ fn subscribe() -> std::io::Result<OwnedFd> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    setsockopt_int(
-        &socket,
-        libc::SOL_NETLINK,
-        libc::NETLINK_ADD_MEMBERSHIP,
-        NFNLGRP_NFTABLES,
-    )?;
+    setsockopt_int(&socket, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)?;
     // Bursts of our own transactions (many creates at once) must not overflow the queue; as root
     // the limit can be raised past rmem_max. A failure only makes ENOBUFS (→ a check) likelier.
     let _ = setsockopt_int(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20);
     Ok(socket)
 }
 
-fn setsockopt_int(
-    socket: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> std::io::Result<()> {
+fn setsockopt_int(socket: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
     // SAFETY: the option value is a c_int that lives for the duration of the call.
     let rc = unsafe {
         libc::setsockopt(
@@ -125,11 +115,7 @@ fn setsockopt_int(
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
-    if rc != 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    if rc != 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 async fn watch_events(fw: &Firewall, socket: OwnedFd) -> std::io::Result<()> {
@@ -151,12 +137,7 @@ async fn watch_events(fw: &Firewall, socket: OwnedFd) -> std::io::Result<()> {
         loop {
             // SAFETY: recv into a buffer we own, of the length passed.
             let n = unsafe {
-                libc::recv(
-                    guard.get_inner().as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+                libc::recv(guard.get_inner().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
@@ -180,8 +161,7 @@ async fn watch_events(fw: &Firewall, socket: OwnedFd) -> std::io::Result<()> {
                 match event {
                     Event::TouchesTable => touched = true,
                     Event::Generation { pid } => {
-                        if std::mem::take(&mut touched) && !pid.is_some_and(|p| fw.take_own_pid(p))
-                        {
+                        if std::mem::take(&mut touched) && !pid.is_some_and(|p| fw.take_own_pid(p)) {
                             tracing::debug!(table = %fw.table(), ?pid, "another process changed the firewall table");
                             dirty = true;
                         }
@@ -220,9 +200,7 @@ fn parse(mut buf: &[u8], table: &str) -> Vec<Event> {
                     .map(|(_, v)| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
                 events.push(Event::Generation { pid });
             } else if family == NFPROTO_INET
-                && attrs.iter().any(|(t, v)| {
-                    *t == ATTR_TABLE && v.split(|b| *b == 0).next() == Some(table.as_bytes())
-                })
+                && attrs.iter().any(|(t, v)| *t == ATTR_TABLE && v.split(|b| *b == 0).next() == Some(table.as_bytes()))
             {
                 events.push(Event::TouchesTable);
             }
@@ -279,35 +257,16 @@ mod tests {
         const DELTABLE: u16 = 2;
         const DELRULE: u16 = 8;
         let datagram = [
-            message(
-                DELRULE,
-                NFPROTO_INET,
-                &[attr(ATTR_TABLE, b"soulbox_tq1\0"), attr(2, b"forward\0")],
-            ),
-            message(
-                DELTABLE,
-                NFPROTO_INET,
-                &[attr(ATTR_TABLE, b"soulbox_tq10\0")],
-            ),
-            message(
-                DELTABLE,
-                2, /* ip */
-                &[attr(ATTR_TABLE, b"soulbox_tq1\0")],
-            ),
+            message(DELRULE, NFPROTO_INET, &[attr(ATTR_TABLE, b"soulbox_tq1\0"), attr(2, b"forward\0")]),
+            message(DELTABLE, NFPROTO_INET, &[attr(ATTR_TABLE, b"soulbox_tq10\0")]),
+            message(DELTABLE, 2 /* ip */, &[attr(ATTR_TABLE, b"soulbox_tq1\0")]),
             message(
                 NFT_MSG_NEWGEN,
                 0,
-                &[
-                    attr(1, &7u32.to_be_bytes()),
-                    attr(NFTA_GEN_PROC_PID, &4242u32.to_be_bytes()),
-                    attr(3, b"nft\0"),
-                ],
+                &[attr(1, &7u32.to_be_bytes()), attr(NFTA_GEN_PROC_PID, &4242u32.to_be_bytes()), attr(3, b"nft\0")],
             ),
         ]
         .concat();
-        assert_eq!(
-            parse(&datagram, "soulbox_tq1"),
-            vec![Event::TouchesTable, Event::Generation { pid: Some(4242) }]
-        );
+        assert_eq!(parse(&datagram, "soulbox_tq1"), vec![Event::TouchesTable, Event::Generation { pid: Some(4242) }]);
     }
 }

@@ -8,12 +8,7 @@ impl Runtime {
     /// routing every proxied request by sandbox id instead of by a recorded address, so traffic
     /// for a sandbox that is gone can reach nothing else.
     pub fn address(&self, id: &str) -> Option<Ipv4Addr> {
-        self.inner
-            .serving
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .copied()
+        self.inner.serving.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied()
     }
 
     /// Keep the addresses `reserved` (record's sandbox id, address) out of the pool until the
@@ -23,10 +18,7 @@ impl Runtime {
     /// holds needs no reservation; one that another sandbox holds is returned (and logged) as a
     /// conflict — the records are wrong about it, and routing by id ([`Runtime::address`]) is what
     /// keeps its traffic away from that sandbox.
-    pub fn set_reserved_addresses(
-        &self,
-        reserved: &[(String, Ipv4Addr)],
-    ) -> Vec<(String, Ipv4Addr)> {
+    pub fn set_reserved_addresses(&self, reserved: &[(String, Ipv4Addr)]) -> Vec<(String, Ipv4Addr)> {
         let conflicts = self.inner.ips.set_reservations(reserved);
         for (id, ip) in &conflicts {
             tracing::warn!(sandbox = %id, %ip, "a record names an address another sandbox holds");

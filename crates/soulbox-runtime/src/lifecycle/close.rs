@@ -17,10 +17,7 @@ impl Runtime {
             first.get_or_insert(e);
         }
         let statuses: Vec<Status> = self.list().await.into_iter().map(|s| s.status).collect();
-        if !statuses
-            .iter()
-            .any(|s| matches!(s, Status::Running | Status::Paused | Status::Creating))
-        {
+        if !statuses.iter().any(|s| matches!(s, Status::Running | Status::Paused | Status::Creating)) {
             if let Err(e) = self.inner.fw.destroy().await {
                 first.get_or_insert(e);
             }
@@ -36,11 +33,7 @@ impl Runtime {
 
     /// Stop repairing the firewall table (before it is removed on purpose).
     pub(crate) fn stop_watching(&self) {
-        self.inner
-            .fw_watch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.inner.fw_watch.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
     /// How many times the firewall table was found changed from outside and rebuilt; the receiver

@@ -36,7 +36,10 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
         let rec = Record::load(&dir).ok();
         let cstate = containers.get(&id).map(|s| s.as_str());
         match rec {
-            Some(mut rec) if matches!(rec.status, Status::Running | Status::Paused) && matches!(cstate, Some("running") | Some("paused")) => {
+            Some(mut rec)
+                if matches!(rec.status, Status::Running | Status::Paused)
+                    && matches!(cstate, Some("running") | Some("paused")) =>
+            {
                 rec.status = if cstate == Some("paused") { Status::Paused } else { Status::Running };
                 let lease = NetLease::load(&dir);
                 if let Some(l) = &lease {
@@ -56,7 +59,9 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                 }
                 match inner.logs.reattach(&id, &dir) {
                     Ok(true) => {}
-                    Ok(false) => tracing::warn!(sandbox = %id, "no log FIFO (started by an older runtime): its log is not capped until it restarts"),
+                    Ok(false) => {
+                        tracing::warn!(sandbox = %id, "no log FIFO (started by an older runtime): its log is not capped until it restarts")
+                    }
                     Err(e) => tracing::warn!(sandbox = %id, error = %e, "could not drain the sandbox log again"),
                 }
                 keep_id_range(inner, &id, &dir, true);
@@ -65,7 +70,10 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                 inner.remember(&rec);
                 inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
             }
-            Some(mut rec) if matches!(rec.status, Status::Running | Status::Paused | Status::Stopped) && rec.template.is_some() => {
+            Some(mut rec)
+                if matches!(rec.status, Status::Running | Status::Paused | Status::Stopped)
+                    && rec.template.is_some() =>
+            {
                 // Died while we were away (or was stopped): keep its files as a stopped sandbox.
                 if let Err(e) = inner.release(&id, true).await {
                     tracing::warn!(sandbox = %id, error = %e, "release of dead sandbox failed");

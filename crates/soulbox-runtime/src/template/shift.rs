@@ -44,27 +44,14 @@ pub fn shift_tree(root: &Path, base: u32) -> Result<()> {
             continue;
         }
         let caps = if ft.is_file() { get_caps(&path)? } else { None };
-        std::os::unix::fs::lchown(
-            &path,
-            Some(shifted_id(base, md.uid())),
-            Some(shifted_id(base, md.gid())),
-        )
-        .ctx(&path)?;
+        std::os::unix::fs::lchown(&path, Some(shifted_id(base, md.uid())), Some(shifted_id(base, md.gid())))
+            .ctx(&path)?;
         if !ft.is_symlink() && !ft.is_dir() && md.mode() & SET_ID_BITS != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-                .ctx(&path)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(md.mode() & 0o7777)).ctx(&path)?;
         }
         if let Some(caps) = caps {
-            rustix::fs::lsetxattr(
-                &path,
-                CAPABILITY_XATTR,
-                &caps,
-                rustix::fs::XattrFlags::empty(),
-            )
-            .map_err(|e| Error::Io {
-                path: path.clone(),
-                source: e.into(),
-            })?;
+            rustix::fs::lsetxattr(&path, CAPABILITY_XATTR, &caps, rustix::fs::XattrFlags::empty())
+                .map_err(|e| Error::Io { path: path.clone(), source: e.into() })?;
         }
     }
     Ok(())
@@ -78,10 +65,7 @@ fn get_caps(path: &Path) -> Result<Option<Vec<u8>>> {
             Ok(Some(buf))
         }
         Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::NOTSUP) => Ok(None),
-        Err(e) => Err(Error::Io {
-            path: path.to_path_buf(),
-            source: e.into(),
-        }),
+        Err(e) => Err(Error::Io { path: path.to_path_buf(), source: e.into() }),
     }
 }
 
@@ -99,11 +83,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("home/user")).unwrap();
         let base = 0x2500_0000;
-        let chown =
-            |p: &str, id: u32| std::os::unix::fs::lchown(root.join(p), Some(id), Some(id)).unwrap();
+        let chown = |p: &str, id: u32| std::os::unix::fs::lchown(root.join(p), Some(id), Some(id)).unwrap();
         std::fs::write(root.join("sudo"), "x").unwrap();
-        std::fs::set_permissions(root.join("sudo"), std::fs::Permissions::from_mode(0o4755))
-            .unwrap();
+        std::fs::set_permissions(root.join("sudo"), std::fs::Permissions::from_mode(0o4755)).unwrap();
         std::fs::write(root.join("home/user/file"), "x").unwrap();
         chown("home/user", 1000);
         chown("home/user/file", 1000);
@@ -114,17 +96,8 @@ mod tests {
         chown("far", 200_000);
         std::fs::write(root.join("ping"), "x").unwrap();
         // v2 file capabilities: cap_net_raw permitted + effective
-        let caps: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0]
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .collect();
-        rustix::fs::lsetxattr(
-            root.join("ping"),
-            CAPABILITY_XATTR,
-            &caps,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        let caps: Vec<u8> = [0x0200_0001u32, 1 << 13, 0, 0, 0].iter().flat_map(|w| w.to_le_bytes()).collect();
+        rustix::fs::lsetxattr(root.join("ping"), CAPABILITY_XATTR, &caps, rustix::fs::XattrFlags::empty()).unwrap();
 
         shift_tree(&root, base).unwrap();
         let owner = |p: &str| {
@@ -134,20 +107,12 @@ mod tests {
         assert_eq!(owner(""), (base, base));
         assert_eq!(owner("sudo"), (base, base));
         assert_eq!(owner("home/user"), (base + 1000, base + 1000));
-        assert_eq!(
-            owner("home/user/file"),
-            (base + 1000, base + 1000),
-            "a hard link was shifted twice"
-        );
+        assert_eq!(owner("home/user/file"), (base + 1000, base + 1000), "a hard link was shifted twice");
         assert_eq!(owner("dangling"), (base + 1000, base + 1000));
         assert_eq!(owner("far"), (base + OVERFLOW_ID, base + OVERFLOW_ID));
         let mode = std::fs::metadata(root.join("sudo")).unwrap().mode() & 0o7777;
         assert_eq!(mode, 0o4755, "setuid lost");
-        assert_eq!(
-            get_caps(&root.join("ping")).unwrap(),
-            Some(caps),
-            "file capabilities lost"
-        );
+        assert_eq!(get_caps(&root.join("ping")).unwrap(), Some(caps), "file capabilities lost");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

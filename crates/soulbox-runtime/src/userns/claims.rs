@@ -31,9 +31,7 @@ impl Claim {
     fn parse(text: &str) -> Claim {
         let mut lines = text.lines();
         match lines.next() {
-            Some(SHARED_MARK) => {
-                Claim::Shared(lines.filter(|l| !l.is_empty()).map(PathBuf::from).collect())
-            }
+            Some(SHARED_MARK) => Claim::Shared(lines.filter(|l| !l.is_empty()).map(PathBuf::from).collect()),
             first => Claim::Sandbox(PathBuf::from(first.unwrap_or_default())),
         }
     }
@@ -54,9 +52,7 @@ impl Claim {
     /// Who holds `base` through this claim now: None when the claim is stale.
     fn holder(self, base: u32) -> Option<PathBuf> {
         match self {
-            Claim::Sandbox(dir) => {
-                (IdRange::load(&dir).map(|r| r.host_base) == Some(base)).then_some(dir)
-            }
+            Claim::Sandbox(dir) => (IdRange::load(&dir).map(|r| r.host_base) == Some(base)).then_some(dir),
             Claim::Shared(dirs) => dirs.into_iter().find(|d| d.is_dir()),
         }
     }
@@ -67,9 +63,7 @@ fn claim_file(claims_dir: &Path, base: u32) -> PathBuf {
 }
 
 fn read_claim(claims_dir: &Path, base: u32) -> Option<Claim> {
-    std::fs::read_to_string(claim_file(claims_dir, base))
-        .ok()
-        .map(|t| Claim::parse(&t))
+    std::fs::read_to_string(claim_file(claims_dir, base)).ok().map(|t| Claim::parse(&t))
 }
 
 fn write_claim(claims_dir: &Path, base: u32, claim: &Claim) -> Result<()> {
@@ -84,16 +78,9 @@ fn write_claim(claims_dir: &Path, base: u32, claim: &Claim) -> Result<()> {
 /// The host-wide lock every claim is made under.
 fn host_lock(claims_dir: &Path) -> Result<std::fs::File> {
     let p = claims_dir.join(".lock");
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .ctx(&p)?;
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::Io {
-        path: p,
-        source: e.into(),
-    })?;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).ctx(&p)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| Error::Io { path: p, source: e.into() })?;
     Ok(f)
 }
 
@@ -110,12 +97,7 @@ impl IdRanges {
     pub fn new(base: u32, count: u32, claims_dir: &Path) -> Result<IdRanges> {
         validate(base, count)?;
         create_private_dir(claims_dir)?;
-        Ok(IdRanges {
-            base,
-            count,
-            claims_dir: claims_dir.to_path_buf(),
-            held: Default::default(),
-        })
+        Ok(IdRanges { base, count, claims_dir: claims_dir.to_path_buf(), held: Default::default() })
     }
 
     /// The first range of this instance's space (the open-time probe maps it; nothing runs in it).
@@ -158,20 +140,13 @@ impl IdRanges {
             }
             // Claim first: a crash before `userns.json` leaves a claim naming a dir that does not
             // name the range, i.e. a stale one.
-            write_claim(
-                &self.claims_dir,
-                base,
-                &Claim::Sandbox(sandbox_dir.to_path_buf()),
-            )?;
+            write_claim(&self.claims_dir, base, &Claim::Sandbox(sandbox_dir.to_path_buf()))?;
             let range = IdRange::at(base);
             util::write_json(&IdRange::file(sandbox_dir), &range)?;
             held.insert(base);
             return Ok(range);
         }
-        Err(Error::Invalid(format!(
-            "all {} user namespace id ranges are in use",
-            self.count
-        )))
+        Err(Error::Invalid(format!("all {} user namespace id ranges are in use", self.count)))
     }
 
     /// Re-adopt a sandbox's recorded range (reconcile, start). `Ok(false)`: it is held by another
@@ -193,16 +168,9 @@ impl IdRanges {
             // Outside this instance's space (configuration changed): fine while running, but a
             // new claim is only made inside the space.
             None if !in_space => return Ok(false),
-            None => write_claim(
-                &self.claims_dir,
-                range.host_base,
-                &Claim::Sandbox(sandbox_dir.to_path_buf()),
-            )?,
+            None => write_claim(&self.claims_dir, range.host_base, &Claim::Sandbox(sandbox_dir.to_path_buf()))?,
         }
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(range.host_base);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).insert(range.host_base);
         Ok(true)
     }
 
@@ -226,10 +194,7 @@ impl IdRanges {
                     "removing a stale user namespace range claim"
                 );
                 util::remove_file_idem(&e.path())?;
-                self.held
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&base);
+                self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&base);
             }
         }
         Ok(())
@@ -238,16 +203,12 @@ impl IdRanges {
     /// The sandbox dir is gone (or never named the range): give the range back.
     pub fn release(&self, sandbox_dir: &Path, range: IdRange) -> Result<()> {
         let _lock = host_lock(&self.claims_dir)?;
-        if read_claim(&self.claims_dir, range.host_base)
-            == Some(Claim::Sandbox(sandbox_dir.to_path_buf()))
+        if read_claim(&self.claims_dir, range.host_base) == Some(Claim::Sandbox(sandbox_dir.to_path_buf()))
             && IdRange::load(sandbox_dir) != Some(range)
         {
             util::remove_file_idem(&claim_file(&self.claims_dir, range.host_base))?;
         }
-        self.held
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&range.host_base);
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&range.host_base);
         Ok(())
     }
 }
@@ -281,9 +242,7 @@ impl SharedRange {
             dirs.push(sandboxes_dir.to_path_buf());
         }
         write_claim(claims_dir, base, &Claim::Shared(dirs))?;
-        Ok(SharedRange {
-            range: IdRange::shared_at(base),
-        })
+        Ok(SharedRange { range: IdRange::shared_at(base) })
     }
 
     pub fn range(&self) -> IdRange {
@@ -314,10 +273,7 @@ mod tests {
     fn claims_are_host_wide_and_survive_until_the_dir_forgets_them() {
         let root = tmp("claims");
         let claims = root.join("claims");
-        let (a, b) = (
-            IdRanges::new(0x2000_0000, 3, &claims).unwrap(),
-            IdRanges::new(0x2000_0000, 3, &claims).unwrap(),
-        );
+        let (a, b) = (IdRanges::new(0x2000_0000, 3, &claims).unwrap(), IdRanges::new(0x2000_0000, 3, &claims).unwrap());
         let dirs: Vec<PathBuf> = (0..4).map(|i| root.join(format!("s{i}"))).collect();
         for d in &dirs {
             std::fs::create_dir_all(d).unwrap();
@@ -326,20 +282,14 @@ mod tests {
         let r0 = a.acquire(&dirs[0]).unwrap();
         let r1 = b.acquire(&dirs[1]).unwrap();
         let r2 = a.acquire(&dirs[2]).unwrap();
-        assert_eq!(
-            BTreeSet::from([r0.host_base, r1.host_base, r2.host_base]).len(),
-            3
-        );
+        assert_eq!(BTreeSet::from([r0.host_base, r1.host_base, r2.host_base]).len(), 3);
         assert!(b.acquire(&dirs[3]).is_err(), "space exhausted");
         // acquiring again for the same dir keeps its range
         assert_eq!(a.acquire(&dirs[0]).unwrap(), r0);
         // a stopped sandbox (dir kept) still holds its range after its instance is gone
         drop(a);
         let c = IdRanges::new(0x2000_0000, 3, &claims).unwrap();
-        assert!(
-            c.acquire(&dirs[3]).is_err(),
-            "a range named by a sandbox dir was handed out"
-        );
+        assert!(c.acquire(&dirs[3]).is_err(), "a range named by a sandbox dir was handed out");
         // the other instance cannot re-adopt a range another dir holds
         assert!(!c.keep(&dirs[3], r0).unwrap());
         assert!(c.keep(&dirs[0], r0).unwrap());
@@ -355,14 +305,8 @@ mod tests {
         // a crash between the claim and userns.json: the claim is collected at reconcile, others stay
         std::fs::remove_file(IdRange::file(&d4)).unwrap();
         c.collect_stale(&root).unwrap();
-        assert!(
-            !claim_file(&claims, r2.host_base).exists(),
-            "stale claim kept"
-        );
-        assert!(
-            claim_file(&claims, r1.host_base).exists(),
-            "a live claim was collected"
-        );
+        assert!(!claim_file(&claims, r2.host_base).exists(), "stale claim kept");
+        assert!(claim_file(&claims, r1.host_base).exists(), "a live claim was collected");
         let _ = std::fs::remove_dir_all(&root);
     }
 
@@ -380,13 +324,7 @@ mod tests {
         let shared_b = SharedRange::claim(base, &claims, &sandboxes_b).unwrap();
         assert_eq!(shared_a.range(), shared_b.range());
         assert!(shared_a.range().shared && shared_a.range().host_base == base);
-        assert_eq!(
-            read_claim(&claims, base),
-            Some(Claim::Shared(vec![
-                sandboxes_a.clone(),
-                sandboxes_b.clone()
-            ]))
-        );
+        assert_eq!(read_claim(&claims, base), Some(Claim::Shared(vec![sandboxes_a.clone(), sandboxes_b.clone()])));
         let s1 = sandboxes_a.join("s1");
         std::fs::create_dir_all(&s1).unwrap();
         assert_eq!(shared_a.acquire(&s1).unwrap(), shared_a.range());
@@ -396,18 +334,12 @@ mod tests {
         let p1 = root.join("p1");
         std::fs::create_dir_all(&p1).unwrap();
         assert_eq!(per.acquire(&p1).unwrap().host_base, base + RANGE_SIZE);
-        assert!(
-            per.acquire(&root.join("p2")).is_err(),
-            "the shared range was handed to one sandbox"
-        );
+        assert!(per.acquire(&root.join("p2")).is_err(), "the shared range was handed to one sandbox");
         // and cannot adopt it, nor does its reconcile or release touch the claim
         assert!(!per.keep(&s1, shared_a.range()).unwrap());
         per.collect_stale(&sandboxes_a).unwrap();
         per.release(&s1, shared_a.range()).unwrap();
-        assert!(
-            claim_file(&claims, base).exists(),
-            "the shared claim was removed"
-        );
+        assert!(claim_file(&claims, base).exists(), "the shared claim was removed");
         // once no runtime dir it names exists, the range is free for one sandbox again
         std::fs::remove_dir_all(root.join("a")).unwrap();
         std::fs::remove_dir_all(root.join("b")).unwrap();
@@ -416,13 +348,8 @@ mod tests {
         assert_eq!(per.acquire(&p2).unwrap().host_base, base);
         // ... and a shared-mode runtime cannot claim it while that sandbox holds it, naming it
         std::fs::create_dir_all(&sandboxes_a).unwrap();
-        let err = SharedRange::claim(base, &claims, &sandboxes_a)
-            .err()
-            .expect("claimed a held range");
-        assert!(
-            err.to_string().contains("p2") && err.to_string().contains("userns_base"),
-            "{err}"
-        );
+        let err = SharedRange::claim(base, &claims, &sandboxes_a).err().expect("claimed a held range");
+        assert!(err.to_string().contains("p2") && err.to_string().contains("userns_base"), "{err}");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -9,12 +9,7 @@ fn range_space_is_validated() {
     assert!(validate(0x7FFF_0000, 1).is_ok());
     assert!(validate(DEFAULT_BASE, 0).is_err());
     let r = IdRange::at(0x1000_0000);
-    assert!(
-        r.contains(0x1000_0000)
-            && r.contains(0x1000_FFFF)
-            && !r.contains(0x1001_0000)
-            && !r.contains(0)
-    );
+    assert!(r.contains(0x1000_0000) && r.contains(0x1000_FFFF) && !r.contains(0x1001_0000) && !r.contains(0));
     assert_eq!(r.map_line(), "0 268435456 65536\n");
 }
 
@@ -22,17 +17,11 @@ fn range_space_is_validated() {
 fn modes_parse_and_ranges_record_whether_they_are_shared() {
     for m in [UsernsMode::Auto, UsernsMode::PerSandbox, UsernsMode::Shared] {
         assert_eq!(m.as_str().parse::<UsernsMode>(), Ok(m));
-        assert_eq!(
-            serde_json::to_string(&m).unwrap(),
-            format!("\"{}\"", m.as_str())
-        );
+        assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.as_str()));
     }
     assert!("per_sandbox".parse::<UsernsMode>().is_err());
     // a per-sandbox range's record is what it was before shared mode existed
-    assert_eq!(
-        serde_json::to_string(&IdRange::at(0x1000_0000)).unwrap(),
-        r#"{"hostBase":268435456,"size":65536}"#
-    );
+    assert_eq!(serde_json::to_string(&IdRange::at(0x1000_0000)).unwrap(), r#"{"hostBase":268435456,"size":65536}"#);
     let old: IdRange = serde_json::from_str(r#"{"hostBase":268435456,"size":65536}"#).unwrap();
     assert_eq!(old, IdRange::at(0x1000_0000));
     let shared = IdRange::shared_at(0x1000_0000);
@@ -54,10 +43,7 @@ fn a_sandbox_is_started_only_by_a_runtime_storing_files_its_way() {
     assert!(check_files(None, &dir).is_ok());
     assert!(check_files(Some(&per), &dir).is_ok());
     let err = check_files(Some(&shared), &dir).unwrap_err().to_string();
-    assert!(
-        err.contains("stored unshifted") && err.contains("per-sandbox"),
-        "{err}"
-    );
+    assert!(err.contains("stored unshifted") && err.contains("per-sandbox"), "{err}");
     util::write_json(&IdRange::file(&dir), &IdRange::at(0x2400_0000)).unwrap();
     assert!(check_files(Some(&per), &dir).is_ok());
     assert!(check_files(Some(&shared), &dir).is_err());
@@ -66,10 +52,7 @@ fn a_sandbox_is_started_only_by_a_runtime_storing_files_its_way() {
     assert!(check_files(Some(&shared), &dir).is_ok());
     for wrong in [None, Some(&per), Some(&other_base)] {
         let err = check_files(wrong, &dir).unwrap_err().to_string();
-        assert!(
-            err.contains("0x22000000") && err.contains("userns_mode = \"shared\""),
-            "{err}"
-        );
+        assert!(err.contains("0x22000000") && err.contains("userns_mode = \"shared\""), "{err}");
     }
     // a shared record is never given up by a per-sandbox runtime, nor a per-sandbox one by a shared runtime
     assert!(!per.keep(&dir, IdRange::shared_at(0x2200_0000)).unwrap());

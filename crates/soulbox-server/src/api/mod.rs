@@ -3,9 +3,9 @@
 mod sandboxes;
 mod system;
 mod teams;
-pub mod templates;
 #[cfg(test)]
 mod teams_tests;
+pub mod templates;
 #[cfg(test)]
 mod tests;
 
@@ -20,8 +20,8 @@ use http::StatusCode;
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
 use crate::metrics::MetricsStore;
-use crate::store::Caller;
 pub use crate::reply::error;
+use crate::store::Caller;
 
 /// Everything the API handlers share.
 #[derive(Clone)]
@@ -92,9 +92,10 @@ async fn refuse_oversized_bodies(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > MAX_BODY_BYTES as u64 => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body of {n} bytes is over the limit of {MAX_BODY_BYTES} bytes"))
-        }
+        Some(n) if n > MAX_BODY_BYTES as u64 => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body of {n} bytes is over the limit of {MAX_BODY_BYTES} bytes"),
+        ),
         _ => next.run(request).await,
     }
 }
@@ -142,7 +143,11 @@ async fn require_api_key(State(state): State<ApiState>, mut request: Request, ne
 async fn require_admin(request: Request, next: Next) -> Response {
     match request.extensions().get::<Caller>() {
         Some(caller) if caller.is_admin() => next.run(request).await,
-        _ => refuse_unread(&request, StatusCode::FORBIDDEN, "this route needs an admin API key (`soulbox keys create --admin`)"),
+        _ => refuse_unread(
+            &request,
+            StatusCode::FORBIDDEN,
+            "this route needs an admin API key (`soulbox keys create --admin`)",
+        ),
     }
 }
 
@@ -152,13 +157,13 @@ async fn require_admin(request: Request, next: Next) -> Response {
 fn refuse_unread(request: &Request, status: StatusCode, message: &str) -> Response {
     let mut response = error(status, message);
     let headers = request.headers();
-    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > 0) || headers.contains_key(http::header::TRANSFER_ENCODING) {
         response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
     }
     response
 }
-
 
 impl IntoResponse for LifecycleError {
     fn into_response(self) -> Response {

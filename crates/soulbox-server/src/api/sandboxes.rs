@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{
-    ConnectSandbox, ListedSandbox, NewSandbox, Sandbox, SandboxLog, SandboxLogEntry, SandboxLogs, SandboxDetail, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
-    SandboxTimeoutRequest, Lifecycle as ApiLifecycle, OnTimeout, SandboxNetworkConfig,
+    ConnectSandbox, Lifecycle as ApiLifecycle, ListedSandbox, NewSandbox, OnTimeout, Sandbox, SandboxDetail,
+    SandboxLog, SandboxLogEntry, SandboxLogs, SandboxNetworkConfig, SandboxPauseRequest, SandboxRefreshRequest,
+    SandboxState, SandboxTimeoutRequest,
 };
 
 use super::{ApiState, error};
@@ -141,7 +142,11 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
     }
 }
 
-pub async fn list_v2(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Params) -> Response {
+pub async fn list_v2(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Params,
+) -> Response {
     let filter = match params.get("metadata").map(|m| parse_metadata_filter(m)).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -212,7 +217,11 @@ pub async fn list_v2(State(state): State<ApiState>, Extension(caller): Extension
 }
 
 /// Deprecated v1 list: running sandboxes, optional metadata filter.
-pub async fn list_v1(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Params) -> Response {
+pub async fn list_v1(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Params,
+) -> Response {
     let filter = match params.get("metadata").map(|m| parse_metadata_filter(m)).transpose() {
         Ok(f) => f.unwrap_or_default(),
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
@@ -221,7 +230,9 @@ pub async fn list_v1(State(state): State<ApiState>, Extension(caller): Extension
         Ok(records) => Json(
             records
                 .iter()
-                .filter(|r| r.state == SandboxState::Running && filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+                .filter(|r| {
+                    r.state == SandboxState::Running && filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v))
+                })
                 .map(listed)
                 .collect::<Vec<_>>(),
         )
@@ -230,14 +241,22 @@ pub async fn list_v1(State(state): State<ApiState>, Extension(caller): Extension
     }
 }
 
-pub async fn get(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+pub async fn get(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     match state.lifecycle.team_sandbox(&caller.team_id, &id).await {
         Ok(r) => Json(detail(&r, state.domain.clone())).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-pub async fn kill(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> Response {
+pub async fn kill(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+) -> Response {
     match state.lifecycle.kill(&caller.team_id, &id).await {
         Ok(()) => {
             state.metrics.forget(&id);
@@ -258,7 +277,12 @@ async fn connect(state: ApiState, caller: Caller, id: String, req: ConnectSandbo
     }
 }
 
-pub async fn connect_v1(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn connect_v1(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     match body::<ConnectSandbox>(&bytes) {
         Ok(req) if req.timeout.is_none() => error(StatusCode::BAD_REQUEST, "timeout is required"),
         Ok(req) => connect(state, caller, id, req).await,
@@ -266,14 +290,24 @@ pub async fn connect_v1(State(state): State<ApiState>, Extension(caller): Extens
     }
 }
 
-pub async fn connect_v2(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn connect_v2(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     match body::<ConnectSandbox>(&bytes) {
         Ok(req) => connect(state, caller, id, req).await,
         Err(resp) => resp,
     }
 }
 
-pub async fn set_timeout(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn set_timeout(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let req: SandboxTimeoutRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
@@ -284,7 +318,12 @@ pub async fn set_timeout(State(state): State<ApiState>, Extension(caller): Exten
     }
 }
 
-pub async fn pause(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn pause(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let req: SandboxPauseRequest = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -300,7 +339,12 @@ struct ResumeRequest {
     timeout: Option<i32>,
 }
 
-pub async fn resume(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn resume(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let req: ResumeRequest = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -311,7 +355,12 @@ pub async fn resume(State(state): State<ApiState>, Extension(caller): Extension<
     }
 }
 
-pub async fn refresh(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, bytes: Bytes) -> Response {
+pub async fn refresh(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
     let req: SandboxRefreshRequest = match body(&bytes) {
         Ok(r) => r,
         Err(resp) => return resp,
@@ -330,7 +379,12 @@ fn unix_s_param(params: &HashMap<String, String>, key: &str) -> Result<Option<i6
         .transpose()
 }
 
-pub async fn metrics_one(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(params): Params) -> Response {
+pub async fn metrics_one(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> Response {
     if let Err(e) = state.lifecycle.team_sandbox(&caller.team_id, &id).await {
         return e.into_response();
     }
@@ -342,13 +396,18 @@ pub async fn metrics_one(State(state): State<ApiState>, Extension(caller): Exten
     Json(samples).into_response()
 }
 
-pub async fn metrics_many(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Params) -> Response {
+pub async fn metrics_many(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Params,
+) -> Response {
     let ids = params.get("sandbox_ids").map(String::as_str).unwrap_or_default();
     // Only the team's own sandboxes; another team's id is left out as an unknown one is.
-    let own: std::collections::HashSet<String> = match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
-        Ok(records) => records.into_iter().map(|r| r.id).collect(),
-        Err(e) => return LifecycleError::from(e).into_response(),
-    };
+    let own: std::collections::HashSet<String> =
+        match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
+            Ok(records) => records.into_iter().map(|r| r.id).collect(),
+            Err(e) => return LifecycleError::from(e).into_response(),
+        };
     let map: HashMap<String, _> = ids
         .split(',')
         .filter(|i| own.contains(*i))
@@ -357,11 +416,18 @@ pub async fn metrics_many(State(state): State<ApiState>, Extension(caller): Exte
     Json(serde_json::json!({ "sandboxes": map })).into_response()
 }
 
-pub async fn logs(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, Query(params): Params) -> Response {
+pub async fn logs(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(params): Params,
+) -> Response {
     let number = |key: &str, default: i64| -> Result<i64, String> {
         match params.get(key) {
             None => Ok(default),
-            Some(v) => v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| format!("{key} must be a non-negative integer")),
+            Some(v) => {
+                v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| format!("{key} must be a non-negative integer"))
+            }
         }
     };
     let (start_ms, limit) = match (number("start", 0), number("limit", LogQuery::DEFAULT_LIMIT as i64)) {
@@ -370,7 +436,8 @@ pub async fn logs(State(state): State<ApiState>, Extension(caller): Extension<Ca
     };
     match state.lifecycle.sandbox_logs(&caller.team_id, &id, LogQuery { start_ms, limit }).await {
         Ok(lines) => {
-            let logs = lines.iter().map(|l| SandboxLog { line: l.line.clone(), timestamp: rfc3339(l.unix_ms) }).collect();
+            let logs =
+                lines.iter().map(|l| SandboxLog { line: l.line.clone(), timestamp: rfc3339(l.unix_ms) }).collect();
             let log_entries = lines
                 .iter()
                 .map(|l| SandboxLogEntry {

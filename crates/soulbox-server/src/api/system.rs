@@ -131,7 +131,11 @@ async fn set_draining(state: ApiState, id: String, draining: bool) -> Response {
 
 /// `DELETE /nodes/{id}[?force=true]`: forgets a node. Refused (409) while it holds sandboxes and still
 /// heartbeats, unless forced; its sandboxes are then lost (and killed by the node if it comes back).
-pub async fn remove_node(State(state): State<ApiState>, Path(id): Path<String>, Query(params): Query<HashMap<String, String>>) -> Response {
+pub async fn remove_node(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     let force = params.get("force").is_some_and(|v| v == "true" || v == "1");
     let views = match state.lifecycle.nodes().list().await {
         Ok(v) => v,
@@ -184,14 +188,19 @@ pub async fn heartbeat(State(state): State<ApiState>, headers: http::HeaderMap, 
 }
 
 /// `GET /templates[?teamID=]`: the server's templates (public) and the caller's team's own.
-pub async fn templates(State(state): State<ApiState>, Extension(caller): Extension<Caller>, Query(params): Query<HashMap<String, String>>) -> Response {
+pub async fn templates(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
     if let Some(team) = params.get("teamID").filter(|t| **t != caller.team_id) {
         return super::error(StatusCode::FORBIDDEN, format!("the API key does not belong to team {team}"));
     }
-    let records: HashMap<String, crate::store::TemplateRecord> = match state.lifecycle.store().list_template_records().await {
-        Ok(list) => list.into_iter().map(|r| (r.id.clone(), r)).collect(),
-        Err(e) => return LifecycleError::from(e).into_response(),
-    };
+    let records: HashMap<String, crate::store::TemplateRecord> =
+        match state.lifecycle.store().list_template_records().await {
+            Ok(list) => list.into_iter().map(|r| (r.id.clone(), r)).collect(),
+            Err(e) => return LifecycleError::from(e).into_response(),
+        };
     match state.lifecycle.node().templates().await {
         Ok(list) => Json(
             list.iter()

@@ -7,9 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, StatusCode};
-use soulbox_protocol::api::{
-    CreatedTeamApiKey, IdentifierMaskingDetails, NewTeamApiKey, Team, TeamApiKey, TeamLimits,
-};
+use soulbox_protocol::api::{CreatedTeamApiKey, IdentifierMaskingDetails, NewTeamApiKey, Team, TeamApiKey, TeamLimits};
 
 use super::{ApiState, error};
 use crate::keys::KEY_PREFIX;
@@ -32,11 +30,7 @@ pub async fn list_teams(
     };
     let limits = state.lifecycle.config().team_limits.with(team.overrides);
     // The key that asked (E2B answers with the team's key; the caller holds this one already).
-    let api_key = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     Json(vec![Team {
         team_id: team.id,
         name: team.name,
@@ -56,11 +50,7 @@ fn mask(record: &ApiKeyRecord) -> IdentifierMaskingDetails {
     IdentifierMaskingDetails {
         prefix: KEY_PREFIX.into(),
         value_length: KEY_LENGTH,
-        masked_value_prefix: record
-            .key_prefix
-            .strip_prefix(KEY_PREFIX)
-            .unwrap_or(&record.key_prefix)
-            .to_owned(),
+        masked_value_prefix: record.key_prefix.strip_prefix(KEY_PREFIX).unwrap_or(&record.key_prefix).to_owned(),
         masked_value_suffix: String::new(),
     }
 }
@@ -89,29 +79,17 @@ pub async fn list_keys(State(state): State<ApiState>) -> Response {
 }
 
 /// `POST /api-keys {name}` (admin): a member key in the admin's team; the secret is in the answer only.
-pub async fn create_key(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    body: Bytes,
-) -> Response {
+pub async fn create_key(State(state): State<ApiState>, Extension(caller): Extension<Caller>, body: Bytes) -> Response {
     let req: NewTeamApiKey = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid request body: {e}"),
-            );
+            return error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}"));
         }
     };
     if req.name.trim().is_empty() || req.name.len() > 128 {
         return error(StatusCode::BAD_REQUEST, "name must be 1-128 characters");
     }
-    match state
-        .lifecycle
-        .store()
-        .create_api_key_in(&req.name, &caller.team_name, Role::Member)
-        .await
-    {
+    match state.lifecycle.store().create_api_key_in(&req.name, &caller.team_name, Role::Member).await {
         Ok((record, key)) => {
             tracing::info!(key = %record.id, team = %record.team_name, by = %caller.key_id, "api key created");
             let created = CreatedTeamApiKey {
@@ -140,9 +118,7 @@ pub async fn revoke_key(
             tracing::info!(key = %id, by = %caller.key_id, "api key revoked");
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(StoreError::NotFound(_)) => {
-            error(StatusCode::NOT_FOUND, format!("api key {id} not found"))
-        }
+        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("api key {id} not found")),
         Err(e) => LifecycleError::from(e).into_response(),
     }
 }

@@ -1,7 +1,6 @@
 //! API behaviour over an in-memory node: status codes, E2B error shapes, list filters and paging, lifecycle
 //! rules. (The real node and the official SDKs are exercised by tests/e2e.)
 
-
 use axum::body::Body;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
@@ -10,8 +9,8 @@ use tower::ServiceExt;
 
 use super::*;
 use crate::lifecycle::LifecycleConfig;
-use crate::testing::FakeNode;
 use crate::store::Store;
+use crate::testing::FakeNode;
 
 struct Harness {
     app: axum::Router,
@@ -24,7 +23,8 @@ async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
     // The admin: these tests cover the admin routes (nodes) too; teams_tests.rs covers what members may not.
-    let (_, key) = store.create_api_key_in("test", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await.unwrap();
+    let (_, key) =
+        store.create_api_key_in("test", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await.unwrap();
     let node = std::sync::Arc::new(FakeNode::default());
     let config = LifecycleConfig { max_lifetime_s: 600, ..Default::default() };
     let lifecycle = Lifecycle::start(store, node.clone(), config).await.unwrap();
@@ -42,7 +42,13 @@ impl Harness {
         self.raw(method, path, body.map(|b| b.to_string()), true).await
     }
 
-    async fn raw(&self, method: &str, path: &str, body: Option<String>, auth: bool) -> (StatusCode, http::HeaderMap, Value) {
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        auth: bool,
+    ) -> (StatusCode, http::HeaderMap, Value) {
         let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
         if auth {
             req = req.header("x-api-key", &self.key);
@@ -56,7 +62,8 @@ impl Harness {
     }
 
     async fn create(&self, metadata: Value) -> String {
-        let (status, _, body) = self.call("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "metadata": metadata}))).await;
+        let (status, _, body) =
+            self.call("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "metadata": metadata}))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["sandboxID"].as_str().unwrap().to_owned()
     }
@@ -71,7 +78,8 @@ fn assert_e2b_error(status: StatusCode, body: &Value, want: StatusCode) {
 #[tokio::test]
 async fn create_connect_kill_with_e2b_statuses() {
     let h = harness().await;
-    let (status, _, created) = h.call("POST", "/sandboxes", Some(json!({"templateID": "base", "timeout": 60, "secure": true}))).await;
+    let (status, _, created) =
+        h.call("POST", "/sandboxes", Some(json!({"templateID": "base", "timeout": 60, "secure": true}))).await;
     assert_eq!(status, StatusCode::CREATED);
     for key in ["templateID", "sandboxID", "clientID", "envdVersion", "envdAccessToken"] {
         assert!(created.get(key).is_some(), "{key} missing: {created}");
@@ -112,9 +120,19 @@ async fn bad_input_gets_e2b_errors_and_leaves_nothing() {
         ("POST", "/v2/sandboxes", Some("{not json".into()), StatusCode::BAD_REQUEST),
         ("POST", "/v2/sandboxes", Some(r#"{"templateID": 5}"#.into()), StatusCode::BAD_REQUEST),
         ("POST", "/v2/sandboxes", Some(r#"{"templateID": "base", "timeout": 0}"#.into()), StatusCode::BAD_REQUEST),
-        ("POST", "/v2/sandboxes", Some(r#"{"templateID": "base", "timeout": 999999999}"#.into()), StatusCode::BAD_REQUEST),
+        (
+            "POST",
+            "/v2/sandboxes",
+            Some(r#"{"templateID": "base", "timeout": 999999999}"#.into()),
+            StatusCode::BAD_REQUEST,
+        ),
         ("POST", "/v2/sandboxes", Some(r#"{"templateID": "nope"}"#.into()), StatusCode::NOT_FOUND),
-        ("POST", "/v2/sandboxes", Some(format!(r#"{{"templateID": "base", "metadata": {{"k": "{}"}}}}"#, "x".repeat(2 << 20))), StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            "POST",
+            "/v2/sandboxes",
+            Some(format!(r#"{{"templateID": "base", "metadata": {{"k": "{}"}}}}"#, "x".repeat(2 << 20))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
         ("GET", "/v2/sandboxes?metadata=novalue", None, StatusCode::BAD_REQUEST),
         ("GET", "/v2/sandboxes?state=dead", None, StatusCode::BAD_REQUEST),
         ("GET", "/v2/sandboxes?limit=0", None, StatusCode::BAD_REQUEST),
@@ -147,7 +165,9 @@ async fn list_filters_and_pages() {
     let c = h.create(json!({"team": "red"})).await;
     h.call("POST", &format!("/sandboxes/{c}/pause"), None).await;
 
-    let ids = |v: &Value| v.as_array().unwrap().iter().map(|s| s["sandboxID"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let ids = |v: &Value| {
+        v.as_array().unwrap().iter().map(|s| s["sandboxID"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
     let (_, headers, all) = h.call("GET", "/v2/sandboxes?order=asc", None).await;
     assert_eq!(ids(&all), vec![a.clone(), b.clone(), c.clone()]);
     assert_eq!(headers["x-total-running"], "2");
@@ -183,7 +203,10 @@ async fn refresh_and_timeouts() {
     let id = h.create(json!({})).await;
     let end = |v: &Value| crate::time::parse_rfc3339_ms(v["endAt"].as_str().unwrap()).unwrap();
     let (_, _, before) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
-    assert_eq!(h.call("POST", &format!("/sandboxes/{id}/refreshes"), Some(json!({"duration": 500}))).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.call("POST", &format!("/sandboxes/{id}/refreshes"), Some(json!({"duration": 500}))).await.0,
+        StatusCode::NO_CONTENT
+    );
     let (_, _, after) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
     assert!(end(&after) > end(&before));
     let (status, _, body) = h.call("POST", &format!("/sandboxes/{id}/refreshes"), Some(json!({"duration": 700}))).await;
@@ -194,7 +217,10 @@ async fn refresh_and_timeouts() {
     h.call("POST", &format!("/v2/sandboxes/{id}/connect"), Some(json!({"timeout": 10}))).await;
     let (_, _, connected) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
     assert_eq!(end(&connected), end(&after));
-    assert_eq!(h.call("POST", &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 10}))).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(
+        h.call("POST", &format!("/sandboxes/{id}/timeout"), Some(json!({"timeout": 10}))).await.0,
+        StatusCode::NO_CONTENT
+    );
     let (_, _, shortened) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
     assert!(end(&shortened) < end(&after));
 }

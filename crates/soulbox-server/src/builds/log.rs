@@ -35,12 +35,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            line_bytes: MAX_LINE_BYTES,
-            lines: MAX_LINES,
-            bytes: MAX_BYTES,
-            tail: TAIL_LINES,
-        }
+        Limits { line_bytes: MAX_LINE_BYTES, lines: MAX_LINES, bytes: MAX_BYTES, tail: TAIL_LINES }
     }
 }
 
@@ -66,11 +61,7 @@ pub fn cut_line(s: String, max: usize) -> String {
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!(
-        "{}… [line truncated: {} more bytes]",
-        &s[..end],
-        s.len() - end
-    )
+    format!("{}… [line truncated: {} more bytes]", &s[..end], s.len() - end)
 }
 
 impl BoundedLog {
@@ -90,10 +81,7 @@ impl BoundedLog {
     pub fn push(&mut self, mut line: Line) -> Vec<Line> {
         line.message = cut_line(line.message, self.limits.line_bytes);
         let size = line.message.len();
-        if !self.full
-            && self.stored_lines < self.limits.lines
-            && self.stored_bytes + size <= self.limits.bytes
-        {
+        if !self.full && self.stored_lines < self.limits.lines && self.stored_bytes + size <= self.limits.bytes {
             self.stored_lines += 1;
             self.stored_bytes += size;
             return vec![line];
@@ -130,8 +118,7 @@ impl BoundedLog {
             return Vec::new();
         }
         let omitted = self.skipped_lines - self.tail.len();
-        let omitted_bytes =
-            self.skipped_bytes - self.tail.iter().map(|l| l.message.len()).sum::<usize>();
+        let omitted_bytes = self.skipped_bytes - self.tail.iter().map(|l| l.message.len()).sum::<usize>();
         let mut out = vec![Line {
             unix_ms,
             level: LogLevel::Warn,
@@ -151,32 +138,18 @@ mod tests {
     use super::*;
 
     fn line(i: usize) -> Line {
-        Line {
-            unix_ms: i as i64,
-            level: LogLevel::Info,
-            message: format!("line {i}"),
-            step: Some("1".into()),
-        }
+        Line { unix_ms: i as i64, level: LogLevel::Info, message: format!("line {i}"), step: Some("1".into()) }
     }
 
     #[test]
     fn lines_past_the_limit_are_counted_and_the_tail_is_kept() {
-        let mut log = BoundedLog::new(Limits {
-            line_bytes: 100,
-            lines: 10,
-            bytes: 1 << 20,
-            tail: 3,
-        });
+        let mut log = BoundedLog::new(Limits { line_bytes: 100, lines: 10, bytes: 1 << 20, tail: 3 });
         let mut stored: Vec<String> = Vec::new();
         for i in 0..1000 {
             stored.extend(log.push(line(i)).into_iter().map(|l| l.message));
         }
         assert_eq!(stored.len(), 11, "10 lines and the marker");
-        assert!(
-            stored[10].starts_with("[log truncated: a build stores at most 10 lines"),
-            "{}",
-            stored[10]
-        );
+        assert!(stored[10].starts_with("[log truncated: a build stores at most 10 lines"), "{}", stored[10]);
         let end: Vec<String> = log.finish(0).into_iter().map(|l| l.message).collect();
         assert!(end[0].starts_with("[log truncated: 987 lines"), "{end:?}");
         assert_eq!(&end[1..], ["line 997", "line 998", "line 999"]);
@@ -184,16 +157,8 @@ mod tests {
 
     #[test]
     fn bytes_are_bounded_too_and_long_lines_are_cut() {
-        let mut log = BoundedLog::new(Limits {
-            line_bytes: 10,
-            lines: 1000,
-            bytes: 60,
-            tail: 1,
-        });
-        let long = Line {
-            message: "é".repeat(100),
-            ..line(0)
-        };
+        let mut log = BoundedLog::new(Limits { line_bytes: 10, lines: 1000, bytes: 60, tail: 1 });
+        let long = Line { message: "é".repeat(100), ..line(0) };
         let first = log.push(long);
         assert_eq!(first[0].message, "ééééé… [line truncated: 190 more bytes]");
         assert_eq!(first[0].message.len(), 46);
@@ -207,9 +172,6 @@ mod tests {
         assert_eq!(log.finish(0).len(), 2);
         let mut quiet = BoundedLog::new(Limits::default());
         assert_eq!(quiet.push(line(0)).len(), 1);
-        assert!(
-            quiet.finish(0).is_empty(),
-            "nothing to add when nothing was left out"
-        );
+        assert!(quiet.finish(0).is_empty(), "nothing to add when nothing was left out");
     }
 }

@@ -30,10 +30,7 @@ const LIVE_CAPACITY: usize = 4096;
 const REPLAY_PAGE: i64 = 500;
 
 fn build_timeout() -> Duration {
-    let s = std::env::var("SOULBOX_TEMPLATE_BUILD_TIMEOUT_S")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3600);
+    let s = std::env::var("SOULBOX_TEMPLATE_BUILD_TIMEOUT_S").ok().and_then(|v| v.parse().ok()).unwrap_or(3600);
     Duration::from_secs(s)
 }
 
@@ -44,8 +41,7 @@ enum LiveItem {
 }
 
 /// Live builds: one broadcast per build, from its creation until it finished.
-static LIVE: LazyLock<Mutex<HashMap<String, broadcast::Sender<LiveItem>>>> =
-    LazyLock::new(Default::default);
+static LIVE: LazyLock<Mutex<HashMap<String, broadcast::Sender<LiveItem>>>> = LazyLock::new(Default::default);
 
 fn live() -> std::sync::MutexGuard<'static, HashMap<String, broadcast::Sender<LiveItem>>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
@@ -62,9 +58,7 @@ pub async fn create(
     tags: &[String],
 ) -> Result<String, StoreError> {
     let build_id = crate::ids::uuid_like();
-    store
-        .create_template_build(team_id, template, &build_id, cpu, memory_mb, tags)
-        .await?;
+    store.create_template_build(team_id, template, &build_id, cpu, memory_mb, tags).await?;
     live().insert(build_id.clone(), broadcast::channel(LIVE_CAPACITY).0);
     Ok(build_id)
 }
@@ -90,20 +84,12 @@ pub async fn check_inputs(
     let files_dir = node.template_files_dir().ok_or(InputError::CannotBuild)?;
     node.check_recipe(recipe).map_err(InputError::Refused)?;
     let uploads = Uploads::for_team(&files_dir, team_id);
-    uploads
-        .verify_recipe(template, recipe)
-        .await
-        .map_err(InputError::Refused)?;
+    uploads.verify_recipe(template, recipe).await.map_err(InputError::Refused)?;
     Ok(uploads.dir(template))
 }
 
 /// The job a started build runs on its node: registered as the build's runtime template on success.
-pub fn job(
-    record: &BuildRecord,
-    recipe: Recipe,
-    files_dir: PathBuf,
-    base_access: BaseAccess,
-) -> BuildJob {
+pub fn job(record: &BuildRecord, recipe: Recipe, files_dir: PathBuf, base_access: BaseAccess) -> BuildJob {
     BuildJob {
         template_name: build_template_name(&record.id),
         build_id: record.id.clone(),
@@ -118,57 +104,26 @@ pub fn job(
 
 /// Runs a build in the background: the node builds, its lines are stored (batched) and broadcast, then the
 /// tags point at it and the status is final.
-pub fn spawn(
-    store: Store,
-    node: Arc<dyn Node>,
-    job: BuildJob,
-    template: String,
-    tags: Vec<String>,
-) {
+pub fn spawn(store: Store, node: Arc<dyn Node>, job: BuildJob, template: String, tags: Vec<String>) {
     tokio::spawn(run(store, node, job, template, tags));
 }
 
-async fn run(
-    store: Store,
-    node: Arc<dyn Node>,
-    job: BuildJob,
-    template: String,
-    tags: Vec<String>,
-) {
+async fn run(store: Store, node: Arc<dyn Node>, job: BuildJob, template: String, tags: Vec<String>) {
     let build_id = job.build_id.clone();
-    let sender = live()
-        .entry(build_id.clone())
-        .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
-        .clone();
+    let sender = live().entry(build_id.clone()).or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0).clone();
     let (tx, rx) = mpsc::unbounded_channel::<Line>();
-    let writer = tokio::spawn(write_logs(
-        store.clone(),
-        build_id.clone(),
-        rx,
-        sender.clone(),
-    ));
+    let writer = tokio::spawn(write_logs(store.clone(), build_id.clone(), rx, sender.clone()));
     // What is stored is bounded (log.rs), and so is what waits in the channel for the writer.
     let bounded = Arc::new(Mutex::new(BoundedLog::new(log::Limits::default())));
     let (sink_tx, sink_log) = (tx.clone(), bounded.clone());
     let log: LogSink = Arc::new(move |level, message, step| {
-        let lines = sink_log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Line {
-                unix_ms: now_ms(),
-                level,
-                message,
-                step,
-            });
+        let lines =
+            sink_log.lock().unwrap_or_else(|e| e.into_inner()).push(Line { unix_ms: now_ms(), level, message, step });
         for line in lines {
             let _ = sink_tx.send(line);
         }
     });
-    log(
-        LogLevel::Info,
-        format!("Building template '{template}' (build {build_id})"),
-        Some("base".into()),
-    );
+    log(LogLevel::Info, format!("Building template '{template}' (build {build_id})"), Some("base".into()));
     let started = std::time::Instant::now();
     let mut result = node.build_template(job, log.clone()).await;
     if result.is_ok() {
@@ -178,10 +133,7 @@ async fn run(
         if result.is_ok() {
             log(
                 LogLevel::Info,
-                format!(
-                    "Tags {} of '{template}' point at this build",
-                    tags.join(", ")
-                ),
+                format!("Tags {} of '{template}' point at this build", tags.join(", ")),
                 Some("finalize".into()),
             );
         }
@@ -192,34 +144,20 @@ async fn run(
             format!("Build finished in {:.1} s", started.elapsed().as_secs_f64()),
             Some("finalize".into()),
         ),
-        Err(f) => log(
-            LogLevel::Error,
-            format!("Build failed: {}", f.message),
-            f.step.clone(),
-        ),
+        Err(f) => log(LogLevel::Error, format!("Build failed: {}", f.message), f.step.clone()),
     }
     drop(log);
-    for line in bounded
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .finish(now_ms())
-    {
+    for line in bounded.lock().unwrap_or_else(|e| e.into_inner()).finish(now_ms()) {
         let _ = tx.send(line);
     }
     drop(tx);
     let _ = writer.await;
-    let reason = result
-        .as_ref()
-        .err()
-        .map(|f| log::cut_line(f.message.clone(), MAX_REASON_BYTES));
+    let reason = result.as_ref().err().map(|f| log::cut_line(f.message.clone(), MAX_REASON_BYTES));
     let (status, step) = match &result {
         Ok(()) => ("ready", None),
         Err(f) => ("error", f.step.as_deref()),
     };
-    if let Err(e) = store
-        .finish_build(&build_id, status, reason.as_deref(), step)
-        .await
-    {
+    if let Err(e) = store.finish_build(&build_id, status, reason.as_deref(), step).await {
         tracing::error!(build = %build_id, error = %e, "could not record the end of a build");
     }
     tracing::info!(template = %template, build = %build_id, status, "template build finished");
@@ -240,10 +178,7 @@ pub async fn point_tags(
             .await
             .map_err(|e| format!("registering '{template}': {e}"))?;
     }
-    store
-        .set_tags(template, build_id, tags)
-        .await
-        .map_err(|e| format!("storing the tags: {e}"))
+    store.set_tags(template, build_id, tags).await.map_err(|e| format!("storing the tags: {e}"))
 }
 
 async fn write_logs(
@@ -301,17 +236,9 @@ pub fn follow(store: Store, build: String) -> mpsc::Receiver<Followed> {
     let (tx, rx) = mpsc::channel::<Followed>(64);
     tokio::spawn(async move {
         let mut next = 0i64;
-        async fn replay(
-            store: &Store,
-            build: &str,
-            next: &mut i64,
-            tx: &mpsc::Sender<Followed>,
-        ) -> Result<(), ()> {
+        async fn replay(store: &Store, build: &str, next: &mut i64, tx: &mpsc::Sender<Followed>) -> Result<(), ()> {
             loop {
-                let page = store
-                    .build_logs(build, *next, REPLAY_PAGE)
-                    .await
-                    .map_err(|_| ())?;
+                let page = store.build_logs(build, *next, REPLAY_PAGE).await.map_err(|_| ())?;
                 if page.is_empty() {
                     return Ok(());
                 }

@@ -112,16 +112,8 @@ impl Uploads {
     /// Checks every COPY step's uploaded files against its `filesHash` ([`verify`]); a mismatch deletes that
     /// upload. A step whose files are not uploaded is left to the build (its layer may be cached). Hashes are
     /// validated by the caller's route (hex only) before they become file names; others are skipped here.
-    pub async fn verify_recipe(
-        &self,
-        template: &str,
-        recipe: &soulbox_templates::Recipe,
-    ) -> Result<(), String> {
-        let copies = recipe
-            .steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.kind == "COPY");
+    pub async fn verify_recipe(&self, template: &str, recipe: &soulbox_templates::Recipe) -> Result<(), String> {
+        let copies = recipe.steps.iter().enumerate().filter(|(_, s)| s.kind == "COPY");
         for (i, step) in copies {
             let Some(hash) = step.files_hash.clone().filter(|h| crate::names::is_valid_files_hash(h)) else {
                 continue;
@@ -133,10 +125,9 @@ impl Uploads {
             let src = step.args.first().cloned().unwrap_or_default();
             let dest = step.args.get(1).cloned().unwrap_or_default();
             let expected = hash.clone();
-            let verdict =
-                tokio::task::spawn_blocking(move || verify(&archive, &src, &dest, &expected))
-                    .await
-                    .map_err(|e| format!("verifying the files of COPY step {}: {e}", i + 1))?;
+            let verdict = tokio::task::spawn_blocking(move || verify(&archive, &src, &dest, &expected))
+                .await
+                .map_err(|e| format!("verifying the files of COPY step {}: {e}", i + 1))?;
             if let Err(e) = verdict {
                 self.remove(template, &hash).await;
                 tracing::warn!(template, hash = %hash, step = i + 1, error = %e, "refused a COPY upload");
@@ -163,11 +154,7 @@ async fn write_then_place(
     mut stream: impl Stream<Item = Result<Bytes, impl std::fmt::Display>> + Unpin,
     max: u64,
 ) -> Result<Stored, UploadError> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(tmp)
-        .await?;
+    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(tmp).await?;
     let mut n = 0u64;
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
@@ -181,13 +168,7 @@ async fn write_then_place(
     drop(file);
     let (from, to) = (tmp.to_path_buf(), dest.to_path_buf());
     let placed = tokio::task::spawn_blocking(move || {
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &from,
-            rustix::fs::CWD,
-            &to,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
+        rustix::fs::renameat_with(rustix::fs::CWD, &from, rustix::fs::CWD, &to, rustix::fs::RenameFlags::NOREPLACE)
     })
     .await
     .map_err(|e| UploadError::Io(std::io::Error::other(e)))?;
@@ -197,7 +178,6 @@ async fn write_then_place(
         Err(e) => Err(UploadError::Io(e.into())),
     }
 }
-
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -212,30 +192,24 @@ pub enum VerifyError {
 /// Checks that `archive` (a tar, plain or gzip) is what `filesHash` `expected` describes for `COPY src dest`.
 /// E2B's current form, or for an archive with directories its legacy form (see the module doc).
 pub fn verify(archive: &Path, src: &str, dest: &str, expected: &str) -> Result<(), VerifyError> {
-    let (actual, has_dirs) =
-        files_hash(archive, src, dest, None).map_err(VerifyError::Unreadable)?;
+    let (actual, has_dirs) = files_hash(archive, src, dest, None).map_err(VerifyError::Unreadable)?;
     if actual.eq_ignore_ascii_case(expected) {
         return Ok(());
     }
     if has_dirs {
-        let (legacy, _) = files_hash(archive, src, dest, Some(LEGACY_DIR_SIZE))
-            .map_err(VerifyError::Unreadable)?;
+        let (legacy, _) = files_hash(archive, src, dest, Some(LEGACY_DIR_SIZE)).map_err(VerifyError::Unreadable)?;
         if legacy.eq_ignore_ascii_case(expected) {
             return Ok(());
         }
     }
-    Err(VerifyError::Mismatch {
-        expected: expected.to_string(),
-        actual,
-    })
+    Err(VerifyError::Mismatch { expected: expected.to_string(), actual })
 }
 
 fn open_tar(archive: &Path) -> Result<tar::Archive<Box<dyn Read>>, String> {
     let compression = Compression::sniff(archive).map_err(|e| e.to_string())?;
     let file = File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
-    let reader: Box<dyn Read> = compression
-        .decoder(BufReader::with_capacity(1 << 16, file))
-        .map_err(|e| e.to_string())?;
+    let reader: Box<dyn Read> =
+        compression.decoder(BufReader::with_capacity(1 << 16, file)).map_err(|e| e.to_string())?;
     Ok(tar::Archive::new(reader))
 }
 
@@ -277,10 +251,7 @@ pub fn files_hash(
                 }
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 h.update(target.len().to_string().as_bytes());
                 h.update(&target);
             }
@@ -289,10 +260,7 @@ pub fn files_hash(
                 if hardlinks > MAX_HARDLINKS {
                     return Err(format!("more than {MAX_HARDLINKS} hard links"));
                 }
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .ok_or("a hard link without a target")?;
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).ok_or("a hard link without a target")?;
                 hash_linked_content(archive, &target, &mut h)?;
             }
             _ => {
@@ -317,10 +285,7 @@ fn hash_linked_content(archive: &Path, target: &[u8], h: &mut Sha256) -> Result<
             return Ok(());
         }
     }
-    Err(format!(
-        "hard link to {} which the archive does not hold",
-        String::from_utf8_lossy(target)
-    ))
+    Err(format!("hard link to {} which the archive does not hold", String::from_utf8_lossy(target)))
 }
 
 struct HashWriter<'a>(&'a mut Sha256);
@@ -357,10 +322,7 @@ mod tests {
         std::fs::write(&archive, rust_sdk_archive(ctx.path(), "app")).unwrap();
         assert_eq!(verify(&archive, "app", "/app", &expected), Ok(()));
         // The same files for another destination, or other files, are another hash.
-        assert!(matches!(
-            verify(&archive, "app", "/elsewhere", &expected),
-            Err(VerifyError::Mismatch { .. })
-        ));
+        assert!(matches!(verify(&archive, "app", "/elsewhere", &expected), Err(VerifyError::Mismatch { .. })));
         std::fs::write(ctx.path().join("app/main.py"), b"print('evil')\n").unwrap();
         let tampered = ctx.path().join("tampered.tar.gz");
         std::fs::write(&tampered, rust_sdk_archive(ctx.path(), "app")).unwrap();
@@ -375,11 +337,7 @@ mod tests {
         let mut i = 0;
         while i < paths.len() {
             if paths[i].is_dir() && !paths[i].is_symlink() {
-                paths.extend(
-                    std::fs::read_dir(&paths[i])
-                        .unwrap()
-                        .map(|e| e.unwrap().path()),
-                );
+                paths.extend(std::fs::read_dir(&paths[i]).unwrap().map(|e| e.unwrap().path()));
             }
             i += 1;
         }
@@ -407,10 +365,7 @@ mod tests {
         std::fs::write(&archive, rust_sdk_archive(ctx.path(), "app")).unwrap();
         let legacy = |size| legacy_hash(ctx.path(), "app", "/app", size);
         assert_eq!(verify(&archive, "app", "/app", &legacy(4096)), Ok(()));
-        assert!(
-            verify(&archive, "app", "/app", &legacy(60)).is_err(),
-            "tmpfs-sized dirs"
-        );
+        assert!(verify(&archive, "app", "/app", &legacy(60)).is_err(), "tmpfs-sized dirs");
         assert!(verify(&archive, "app", "/x", &legacy(4096)).is_err());
     }
 
@@ -423,10 +378,8 @@ mod tests {
         let mut i = 0;
         while i < entries.len() {
             if entries[i].is_dir() && !entries[i].is_symlink() {
-                let mut children: Vec<PathBuf> = std::fs::read_dir(&entries[i])
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .collect();
+                let mut children: Vec<PathBuf> =
+                    std::fs::read_dir(&entries[i]).unwrap().map(|e| e.unwrap().path()).collect();
                 children.sort();
                 entries.extend(children);
             }
@@ -449,40 +402,14 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let uploads = Uploads::new(root.path().to_path_buf());
         let body = |data: &'static [u8]| axum::body::Body::from(data).into_data_stream();
-        assert_eq!(
-            uploads
-                .store("app", "abc", body(b"first"), 100)
-                .await
-                .unwrap(),
-            Stored::New(5)
-        );
-        assert_eq!(
-            uploads
-                .store("app", "abc", body(b"second"), 100)
-                .await
-                .unwrap(),
-            Stored::AlreadyPresent
-        );
-        assert_eq!(
-            std::fs::read(uploads.path("app", "abc")).unwrap(),
-            b"first",
-            "never overwritten"
-        );
+        assert_eq!(uploads.store("app", "abc", body(b"first"), 100).await.unwrap(), Stored::New(5));
+        assert_eq!(uploads.store("app", "abc", body(b"second"), 100).await.unwrap(), Stored::AlreadyPresent);
+        assert_eq!(std::fs::read(uploads.path("app", "abc")).unwrap(), b"first", "never overwritten");
         assert!(!uploads.present("other", "abc"), "per template");
-        let over = uploads
-            .store("app", "big", body(&[0u8; 101]), 100)
-            .await
-            .unwrap_err();
+        let over = uploads.store("app", "big", body(&[0u8; 101]), 100).await.unwrap_err();
         assert!(matches!(over, UploadError::TooLarge { max: 100 }), "{over}");
-        let left: Vec<_> = std::fs::read_dir(uploads.dir("app"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(
-            left,
-            vec![std::ffi::OsString::from("abc")],
-            "no temp file left"
-        );
+        let left: Vec<_> = std::fs::read_dir(uploads.dir("app")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("abc")], "no temp file left");
         uploads.remove_template("app").await;
         assert!(!uploads.dir("app").exists());
     }

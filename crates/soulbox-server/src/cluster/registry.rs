@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use super::remote::RemoteNode;
 use super::scheduler::{self, Candidate, PlacementError, Policy, Requirements};
 use super::{NodeSet, NodeView, Placement, Route};
-use crate::node::{CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{
+    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo,
+};
 use crate::store::{NodeRecord, NodeReservation, Store, StoreError, now_ms};
 
 /// How long a placement hold outlives a replica that died mid-create (a create with a slow ready command fits).
@@ -69,7 +71,11 @@ pub struct Registry {
 impl Registry {
     pub fn new(store: Store, config: ClusterConfig) -> Registry {
         let http = RemoteNode::http_client();
-        let template_node = Arc::new(ClusterTemplates { store: store.clone(), http: http.clone(), heartbeat_timeout: config.heartbeat_timeout });
+        let template_node = Arc::new(ClusterTemplates {
+            store: store.clone(),
+            http: http.clone(),
+            heartbeat_timeout: config.heartbeat_timeout,
+        });
         Registry { store, config, http, clients: Mutex::default(), client_keys: Mutex::default(), template_node }
     }
 
@@ -91,7 +97,8 @@ impl Registry {
         let mut keys = self.client_keys.lock().unwrap_or_else(|p| p.into_inner());
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if keys.get(&node.id) != Some(&key) || !clients.contains_key(&node.id) {
-            let client = Arc::new(RemoteNode::new(node.id.clone(), &node.address, node.api_secret.clone(), self.http.clone()));
+            let client =
+                Arc::new(RemoteNode::new(node.id.clone(), &node.address, node.api_secret.clone(), self.http.clone()));
             clients.insert(node.id.clone(), client);
             keys.insert(node.id.clone(), key);
         }
@@ -156,7 +163,7 @@ impl NodeSet for Registry {
             let candidates: Vec<Candidate> = nodes
                 .iter()
                 .filter(|n| !passed_over.contains(&n.id))
-                                .map(|n| {
+                .map(|n| {
                     let held = reservations.get(&n.id).copied().unwrap_or_default();
                     Candidate {
                         node_id: n.id.clone(),
@@ -170,17 +177,23 @@ impl NodeSet for Registry {
                     }
                 })
                 .collect();
-            let chosen = scheduler::place(&candidates, &need, &self.config.policy, &mut rand::rng()).map_err(|e| match e {
-                PlacementError::NoNodes | PlacementError::NoHealthyNode(_) | PlacementError::NoCapacity { .. } => {
-                    NodeError::NoCapacity(e.to_string())
-                }
-            })?;
+            let chosen =
+                scheduler::place(&candidates, &need, &self.config.policy, &mut rand::rng()).map_err(|e| match e {
+                    PlacementError::NoNodes | PlacementError::NoHealthyNode(_) | PlacementError::NoCapacity { .. } => {
+                        NodeError::NoCapacity(e.to_string())
+                    }
+                })?;
             // The choice was made on a snapshot; the hold re-checks under the node's lock, so another replica's
             // create in the meantime cannot make two sandboxes share the last room.
             let hold = crate::ids::access_token();
             let fits = |held: NodeReservation| {
-                Candidate { reserved_cpu: held.cpu, reserved_memory_mb: held.memory_mb, sandbox_count: held.sandboxes, ..chosen.clone() }
-                    .fits(&need, &self.config.policy)
+                Candidate {
+                    reserved_cpu: held.cpu,
+                    reserved_memory_mb: held.memory_mb,
+                    sandbox_count: held.sandboxes,
+                    ..chosen.clone()
+                }
+                .fits(&need, &self.config.policy)
             };
             let held = self
                 .store
@@ -188,7 +201,10 @@ impl NodeSet for Registry {
                 .await
                 .map_err(store_error)?;
             if held {
-                let record = nodes.iter().find(|n| n.id == chosen.node_id).ok_or_else(|| NodeError::Failed("placement lost its node".into()))?;
+                let record = nodes
+                    .iter()
+                    .find(|n| n.id == chosen.node_id)
+                    .ok_or_else(|| NodeError::Failed("placement lost its node".into()))?;
                 return Ok(Placement { node_id: record.id.clone(), node: self.client(record), hold: Some(hold) });
             }
             tracing::debug!(node = %chosen.node_id, "placement: the node filled up meanwhile; choosing again");
@@ -271,9 +287,15 @@ impl Node for ClusterTemplates {
         let now = now_ms();
         let mut last_error = NodeError::NoCapacity("no node is available to list templates".into());
         for node in nodes.iter().filter(|n| {
-            matches!(derive_status(n, now, self.heartbeat_timeout), NodeStatus::Healthy | NodeStatus::Degraded | NodeStatus::Draining)
+            matches!(
+                derive_status(n, now, self.heartbeat_timeout),
+                NodeStatus::Healthy | NodeStatus::Degraded | NodeStatus::Draining
+            )
         }) {
-            match RemoteNode::new(node.id.clone(), &node.address, node.api_secret.clone(), self.http.clone()).templates().await {
+            match RemoteNode::new(node.id.clone(), &node.address, node.api_secret.clone(), self.http.clone())
+                .templates()
+                .await
+            {
                 Ok(t) => return Ok(t),
                 Err(e) => last_error = e,
             }

@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::{AddressResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
-use crate::node::{CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, TemplateInfo};
+use crate::node::{
+    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, TemplateInfo,
+};
 
 /// Creating waits for envd (and a template's ready command); everything else is quick.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -24,8 +26,18 @@ pub struct RemoteNode {
 
 impl RemoteNode {
     /// `http` is shared by all nodes (one connection pool per replica).
-    pub fn new(node_id: impl Into<String>, base_url: &str, secret: impl Into<String>, http: reqwest::Client) -> RemoteNode {
-        RemoteNode { node_id: node_id.into(), base_url: base_url.trim_end_matches('/').to_owned(), secret: secret.into(), http }
+    pub fn new(
+        node_id: impl Into<String>,
+        base_url: &str,
+        secret: impl Into<String>,
+        http: reqwest::Client,
+    ) -> RemoteNode {
+        RemoteNode {
+            node_id: node_id.into(),
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            secret: secret.into(),
+            http,
+        }
     }
 
     /// A client suited to node API calls (no proxy from the environment: nodes are addressed directly).

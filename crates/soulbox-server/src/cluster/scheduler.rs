@@ -102,10 +102,17 @@ pub fn place<'a, R: Rng + ?Sized>(
     }
     let fitting: Vec<&Candidate> = healthy.iter().copied().filter(|c| c.fits(need, policy)).collect();
     if fitting.is_empty() {
-        return Err(PlacementError::NoCapacity { cpu: need.cpu_count, memory_mb: need.memory_mb, healthy: healthy.len() });
+        return Err(PlacementError::NoCapacity {
+            cpu: need.cpu_count,
+            memory_mb: need.memory_mb,
+            healthy: healthy.len(),
+        });
     }
     let pool: Vec<&Candidate> = if fitting.len() > policy.sample_above && policy.choices > 0 {
-        rand::seq::index::sample(rng, fitting.len(), policy.choices.min(fitting.len())).into_iter().map(|i| fitting[i]).collect()
+        rand::seq::index::sample(rng, fitting.len(), policy.choices.min(fitting.len()))
+            .into_iter()
+            .map(|i| fitting[i])
+            .collect()
     } else {
         fitting
     };
@@ -172,7 +179,11 @@ mod tests {
 
     #[test]
     fn least_loaded_wins_and_ties_go_to_fewer_sandboxes_then_id() {
-        let nodes = [node("a", NodeStatus::Healthy, 8, 1024), node("b", NodeStatus::Healthy, 2, 512), node("c", NodeStatus::Healthy, 4, 256)];
+        let nodes = [
+            node("a", NodeStatus::Healthy, 8, 1024),
+            node("b", NodeStatus::Healthy, 2, 512),
+            node("c", NodeStatus::Healthy, 4, 256),
+        ];
         assert_eq!(place(&nodes, &NEED, &Policy::default(), &mut rng()).unwrap().node_id, "b");
         let tied = [node("z", NodeStatus::Healthy, 0, 0), node("y", NodeStatus::Healthy, 0, 0)];
         assert_eq!(place(&tied, &NEED, &Policy::default(), &mut rng()).unwrap().node_id, "y");
@@ -205,7 +216,8 @@ mod tests {
     #[test]
     fn many_nodes_sample_two_and_spread_without_herding() {
         // 100 equal nodes; placing 1,000 sandboxes one by one (updating reservations) must spread them evenly.
-        let mut nodes: Vec<Candidate> = (0..100).map(|i| node(&format!("n{i:03}"), NodeStatus::Healthy, 0, 0)).collect();
+        let mut nodes: Vec<Candidate> =
+            (0..100).map(|i| node(&format!("n{i:03}"), NodeStatus::Healthy, 0, 0)).collect();
         let policy = Policy::default();
         let mut rng = rng();
         for _ in 0..1000 {

@@ -16,9 +16,7 @@ impl Lifecycle {
     pub async fn team_sandbox(&self, team_id: &str, id: &str) -> Result<SandboxRecord> {
         match self.store.get_sandbox(id).await {
             Ok(record) if record.team_id == team_id => Ok(record),
-            Ok(_) | Err(StoreError::NotFound(_)) => {
-                Err(LifecycleError::NotFound(format!("sandbox {id} not found")))
-            }
+            Ok(_) | Err(StoreError::NotFound(_)) => Err(LifecycleError::NotFound(format!("sandbox {id} not found"))),
             Err(e) => Err(e.into()),
         }
     }
@@ -44,12 +42,10 @@ impl Lifecycle {
         let (name, tag) = crate::names::split_tag(wanted);
         let runtime_name = match tag {
             "default" => name.to_string(),
-            tag if self.template_visible(team_id, name).await? => {
-                match self.store.tag_build(name, tag).await? {
-                    Some(build) => crate::names::build_template_name(&build),
-                    None => return Err(not_found()),
-                }
-            }
+            tag if self.template_visible(team_id, name).await? => match self.store.tag_build(name, tag).await? {
+                Some(build) => crate::names::build_template_name(&build),
+                None => return Err(not_found()),
+            },
             _ => return Err(not_found()),
         };
         let templates = self.template_node.templates().await?;
@@ -71,23 +67,9 @@ impl Lifecycle {
 
     /// Admits a sandbox of `cpu`/`memory_mb` under the team's limits and holds that room until its record
     /// counts; `LimitExceeded` (429) when it does not fit.
-    pub(super) async fn hold_team_capacity(
-        &self,
-        team_id: &str,
-        cpu: u32,
-        memory_mb: u32,
-    ) -> Result<String> {
+    pub(super) async fn hold_team_capacity(&self, team_id: &str, cpu: u32, memory_mb: u32) -> Result<String> {
         let hold = format!("team-{}", ids::access_token());
-        self.store
-            .hold_team_capacity(
-                &hold,
-                team_id,
-                cpu,
-                memory_mb,
-                TEAM_HOLD_MS,
-                &self.config.team_limits,
-            )
-            .await?;
+        self.store.hold_team_capacity(&hold, team_id, cpu, memory_mb, TEAM_HOLD_MS, &self.config.team_limits).await?;
         Ok(hold)
     }
 

@@ -33,15 +33,10 @@ impl Lifecycle {
 
     /// Schedules the timeout of a running sandbox: at `end` (kill) or `end + grace` (auto-pause).
     pub(super) fn arm(&self, record: &SandboxRecord) {
-        let grace_ms = if record.auto_pause {
-            i64::from(record.auto_pause_grace_s) * 1000
-        } else {
-            0
-        };
+        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
         let fire_at = record.end_at_ms + grace_ms;
         let delay = Duration::from_millis((fire_at - now_ms()).max(0) as u64);
-        self.deadlines
-            .set(&record.id, tokio::time::Instant::now() + delay);
+        self.deadlines.set(&record.id, tokio::time::Instant::now() + delay);
     }
 
     pub(super) async fn on_deadline(&self, id: &str) -> Result<()> {
@@ -53,26 +48,15 @@ impl Lifecycle {
         if record.state != SandboxState::Running {
             return Ok(());
         }
-        let grace_ms = if record.auto_pause {
-            i64::from(record.auto_pause_grace_s) * 1000
-        } else {
-            0
-        };
+        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
         if record.end_at_ms + grace_ms > now_ms() {
             self.arm(&record); // extended meanwhile
             return Ok(());
         }
         // Every replica that knows this deadline fires it; the one whose claim changes the row acts. A claim
         // that fails because the end moved is fine too: the sweep re-arms the new deadline.
-        let running_at_end = ClaimCondition {
-            state: SandboxState::Running,
-            end_at_ms: Some(record.end_at_ms),
-        };
-        if !self
-            .store
-            .claim_sandbox(id, running_at_end, &self.replica_id, self.lease_ms())
-            .await?
-        {
+        let running_at_end = ClaimCondition { state: SandboxState::Running, end_at_ms: Some(record.end_at_ms) };
+        if !self.store.claim_sandbox(id, running_at_end, &self.replica_id, self.lease_ms()).await? {
             tracing::debug!(sandbox = %id, "timeout claimed elsewhere or the end moved");
             return Ok(());
         }
@@ -102,10 +86,7 @@ impl Lifecycle {
     /// died between the node's kill and the delete left exactly that behind).
     async fn expire(&self, id: &str) -> Result<()> {
         match self.store.get_sandbox(id).await {
-            Ok(record) => {
-                self.remove(&record, true, "sandbox killed at its timeout")
-                    .await
-            }
+            Ok(record) => self.remove(&record, true, "sandbox killed at its timeout").await,
             // Gone already (killed through another replica): only what this process holds for it goes.
             Err(StoreError::NotFound(_)) => {
                 self.streams.stop(id);

@@ -58,7 +58,12 @@ impl Store {
     }
 
     /// A key in the team called `team` (created if it does not exist) with `role`.
-    pub async fn create_api_key_in(&self, name: &str, team: &str, role: Role) -> Result<(ApiKeyRecord, NewKey), StoreError> {
+    pub async fn create_api_key_in(
+        &self,
+        name: &str,
+        team: &str,
+        role: Role,
+    ) -> Result<(ApiKeyRecord, NewKey), StoreError> {
         let team = self.ensure_team(team).await?;
         let key = keys::generate();
         let id = format!("key_{}", &key.hash[..12]);
@@ -90,13 +95,16 @@ impl Store {
 
     /// Every key of every team, oldest first (never the secrets).
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>, StoreError> {
-        let sql = format!("SELECT {KEY_COLUMNS} FROM api_keys k JOIN teams t ON t.id = k.team_id ORDER BY k.created_at, k.id");
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k JOIN teams t ON t.id = k.team_id ORDER BY k.created_at, k.id"
+        );
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(key_from_row).collect()
     }
 
     pub async fn count_active_api_keys(&self) -> Result<i64, StoreError> {
-        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
+        let row =
+            sqlx::query("SELECT COUNT(*) AS n FROM api_keys WHERE revoked_at IS NULL").fetch_one(&self.pool).await?;
         Ok(row.try_get("n")?)
     }
 
@@ -152,7 +160,10 @@ mod tests {
         assert_eq!(store.count_active_api_keys().await.unwrap(), 0);
         let (record, key) = store.create_api_key("admin").await.unwrap();
         let caller = store.authenticate_api_key(&key.secret).await.unwrap().unwrap();
-        assert_eq!((caller.key_id.as_str(), caller.team_name.as_str(), caller.role), (record.id.as_str(), "default", Role::Member));
+        assert_eq!(
+            (caller.key_id.as_str(), caller.team_name.as_str(), caller.role),
+            (record.id.as_str(), "default", Role::Member)
+        );
         assert!(store.authenticate_api_key("e2b_0000000000000000000000000000000000000000").await.unwrap().is_none());
         assert!(store.authenticate_api_key("not-a-key").await.unwrap().is_none());
         let listed = store.list_api_keys().await.unwrap();

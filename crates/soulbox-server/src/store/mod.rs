@@ -15,13 +15,13 @@ pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::{ClaimCondition, Holds, SandboxRecord};
 pub use teams::{
-    DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, LimitChange, LimitChanges, LimitExceeded, LimitKind, LimitOverrides, Role, TeamLimits,
-    TeamRecord, TeamUsage, valid_team_name,
+    DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, LimitChange, LimitChanges, LimitExceeded, LimitKind, LimitOverrides, Role,
+    TeamLimits, TeamRecord, TeamUsage, valid_team_name,
 };
 pub use templates::{BuildLogRecord, BuildRecord, TagRecord, TemplateRecord};
 
-use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::AnyPool;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -91,7 +91,9 @@ fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
 /// SQLite database) with that mode before SQLite opens it, so it never exists with a wider one.
 fn owner_only(path: &std::path::Path, create: bool) -> Result<(), StoreError> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let io = |e: std::io::Error| StoreError::Database(sqlx::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))));
+    let io = |e: std::io::Error| {
+        StoreError::Database(sqlx::Error::Io(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))))
+    };
     if create {
         match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
             Ok(_) => return Ok(()),
@@ -109,12 +111,8 @@ fn owner_only(path: &std::path::Path, create: bool) -> Result<(), StoreError> {
     }
 }
 
-
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 #[cfg(test)]

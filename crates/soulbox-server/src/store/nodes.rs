@@ -141,7 +141,11 @@ impl Store {
     }
 
     pub async fn set_node_draining(&self, id: &str, draining: bool) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE nodes SET draining = $1 WHERE id = $2").bind(draining as i32).bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("UPDATE nodes SET draining = $1 WHERE id = $2")
+            .bind(draining as i32)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("node {id}")));
         }
@@ -181,7 +185,10 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         // The row lock (PostgreSQL) or the write lock (SQLite) serialises every placement on this node until commit.
-        let locked = sqlx::query("UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1").bind(node_id).execute(&mut *tx).await?;
+        let locked = sqlx::query("UPDATE nodes SET placement_seq = placement_seq + 1 WHERE id = $1")
+            .bind(node_id)
+            .execute(&mut *tx)
+            .await?;
         if locked.rows_affected() == 0 {
             return Ok(false);
         }
@@ -194,14 +201,16 @@ impl Store {
             return Ok(false);
         }
         sqlx::query("DELETE FROM placements WHERE expires_at <= $1").bind(now).execute(&mut *tx).await?;
-        sqlx::query("INSERT INTO placements (id, node_id, cpu_count, memory_mb, expires_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(hold_id)
-            .bind(node_id)
-            .bind(i32::try_from(cpu).unwrap_or(i32::MAX))
-            .bind(i32::try_from(memory_mb).unwrap_or(i32::MAX))
-            .bind(now + ttl_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "INSERT INTO placements (id, node_id, cpu_count, memory_mb, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(hold_id)
+        .bind(node_id)
+        .bind(i32::try_from(cpu).unwrap_or(i32::MAX))
+        .bind(i32::try_from(memory_mb).unwrap_or(i32::MAX))
+        .bind(now + ttl_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -256,7 +265,8 @@ mod tests {
         assert!(!store.confirm_node("n1", "http://127.0.0.1:4001", "other").await.unwrap());
         store.set_node_draining("n1", true).await.unwrap();
 
-        let beat = NodeRecord { last_heartbeat_ms: 2_000, registered_at_ms: 2_000, sandbox_count: 5, ..node("n1", "s1") };
+        let beat =
+            NodeRecord { last_heartbeat_ms: 2_000, registered_at_ms: 2_000, sandbox_count: 5, ..node("n1", "s1") };
         let got = store.record_node_heartbeat(&beat).await.unwrap();
         assert!(got.confirmed && got.draining, "same secret: confirmation and drain kept");
         assert_eq!((got.sandbox_count, got.last_heartbeat_ms, got.registered_at_ms), (5, 2_000, 1_000));
@@ -300,13 +310,25 @@ mod tests {
         };
         store.insert_sandbox(&rec).await.unwrap();
         store.insert_sandbox(&super::super::SandboxRecord { id: "b".into(), ..rec.clone() }).await.unwrap();
-        store.insert_sandbox(&super::super::SandboxRecord { id: "c".into(), state: SandboxState::Paused, ..rec.clone() }).await.unwrap();
+        store
+            .insert_sandbox(&super::super::SandboxRecord { id: "c".into(), state: SandboxState::Paused, ..rec.clone() })
+            .await
+            .unwrap();
         let r = store.node_reservations().await.unwrap();
         assert_eq!(r["n1"], NodeReservation { sandboxes: 2, cpu: 4, memory_mb: 1024 }, "paused to disk holds nothing");
-        let frozen = super::super::SandboxRecord { id: "d".into(), state: SandboxState::Paused, address: Some("10.0.0.2".into()), ..rec.clone() };
+        let frozen = super::super::SandboxRecord {
+            id: "d".into(),
+            state: SandboxState::Paused,
+            address: Some("10.0.0.2".into()),
+            ..rec.clone()
+        };
         store.insert_sandbox(&frozen).await.unwrap();
         let r = store.node_reservations().await.unwrap();
-        assert_eq!(r["n1"], NodeReservation { sandboxes: 3, cpu: 6, memory_mb: 1536 }, "paused with memory still holds it");
+        assert_eq!(
+            r["n1"],
+            NodeReservation { sandboxes: 3, cpu: 6, memory_mb: 1536 },
+            "paused with memory still holds it"
+        );
         assert_eq!(store.sandboxes_on_node("n1").await.unwrap().len(), 4);
         assert!(store.sandboxes_on_node("n2").await.unwrap().is_empty());
     }

@@ -58,7 +58,10 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
     let network: String = row.try_get("network")?;
     let network: serde_json::Value = serde_json::from_str(&network).unwrap_or_default();
     let list = |key: &str| -> Vec<String> {
-        network[key].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default()
+        network[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
     };
     Ok(SandboxRecord {
         id: row.try_get("id")?,
@@ -79,7 +82,11 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
         auto_pause_memory: row.try_get::<i32, _>("auto_pause_memory")? != 0,
         auto_pause_grace_s: row.try_get("auto_pause_grace_s")?,
         auto_resume: row.try_get::<i32, _>("auto_resume")? != 0,
-        network: NetworkPolicy { allow_internet: row.try_get::<i32, _>("allow_internet")? != 0, allow_out: list("allowOut"), deny_out: list("denyOut") },
+        network: NetworkPolicy {
+            allow_internet: row.try_get::<i32, _>("allow_internet")? != 0,
+            allow_out: list("allowOut"),
+            deny_out: list("denyOut"),
+        },
         address: row.try_get("address")?,
         team_id: row.try_get("team_id")?,
     })
@@ -155,7 +162,11 @@ impl Store {
     }
 
     pub async fn set_sandbox_end(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE sandboxes SET end_at = $1 WHERE id = $2").bind(end_at_ms).bind(id).execute(&self.pool).await?;
+        let done = sqlx::query("UPDATE sandboxes SET end_at = $1 WHERE id = $2")
+            .bind(end_at_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("sandbox {id}")));
         }
@@ -192,13 +203,13 @@ impl Store {
             "UPDATE sandboxes SET state = $1, address = $2, end_at = $3, claimed_by = NULL, claim_until = NULL \
              WHERE id = $4 AND state = $5",
         )
-            .bind(state_str(next))
-            .bind(address)
-            .bind(end_at_ms)
-            .bind(id)
-            .bind(state_str(expected))
-            .execute(&mut *tx)
-            .await?;
+        .bind(state_str(next))
+        .bind(address)
+        .bind(end_at_ms)
+        .bind(id)
+        .bind(state_str(expected))
+        .execute(&mut *tx)
+        .await?;
         holds.drop_in(&mut tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)
@@ -236,7 +247,13 @@ impl Store {
     /// Claims the sandbox for a state change, for `lease_ms`: true only for the one caller whose conditional
     /// UPDATE changed the row (the database serialises concurrent UPDATEs of a row, on SQLite and PostgreSQL
     /// alike). A claim held by someone else counts only until it expires.
-    pub async fn claim_sandbox(&self, id: &str, condition: ClaimCondition, owner: &str, lease_ms: i64) -> Result<bool, StoreError> {
+    pub async fn claim_sandbox(
+        &self,
+        id: &str,
+        condition: ClaimCondition,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
         let now = now_ms();
         let base = "UPDATE sandboxes SET claimed_by = $1, claim_until = $2 \
                     WHERE id = $3 AND state = $4 AND (claim_until IS NULL OR claim_until < $5)";
@@ -244,7 +261,8 @@ impl Store {
             Some(_) => format!("{base} AND end_at = $6"),
             None => base.to_owned(),
         };
-        let mut query = sqlx::query(&sql).bind(owner).bind(now + lease_ms).bind(id).bind(state_str(condition.state)).bind(now);
+        let mut query =
+            sqlx::query(&sql).bind(owner).bind(now + lease_ms).bind(id).bind(state_str(condition.state)).bind(now);
         if let Some(end) = condition.end_at_ms {
             query = query.bind(end);
         }
@@ -327,7 +345,10 @@ mod tests {
         // iabc: auto-pause, end 301 s + 5 s grace; kill1: plain kill at 100 ms; gone: paused, never due.
         store.insert_sandbox(&record("iabc")).await.unwrap();
         store.insert_sandbox(&SandboxRecord { auto_pause: false, end_at_ms: 100, ..record("kill1") }).await.unwrap();
-        store.insert_sandbox(&SandboxRecord { state: SandboxState::Paused, end_at_ms: 0, ..record("gone") }).await.unwrap();
+        store
+            .insert_sandbox(&SandboxRecord { state: SandboxState::Paused, end_at_ms: 0, ..record("gone") })
+            .await
+            .unwrap();
         let due = |before| {
             let store = store.clone();
             async move { store.sandboxes_due(before).await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>() }
@@ -339,7 +360,12 @@ mod tests {
 
         let running_at = |end| ClaimCondition { state: SandboxState::Running, end_at_ms: Some(end) };
         assert!(!store.claim_sandbox("iabc", running_at(1), "a", 60_000).await.unwrap(), "extended meanwhile");
-        assert!(!store.claim_sandbox("iabc", ClaimCondition { state: SandboxState::Paused, end_at_ms: None }, "a", 60_000).await.unwrap());
+        assert!(
+            !store
+                .claim_sandbox("iabc", ClaimCondition { state: SandboxState::Paused, end_at_ms: None }, "a", 60_000)
+                .await
+                .unwrap()
+        );
         assert!(store.claim_sandbox("iabc", running_at(301_000), "a", 60_000).await.unwrap());
         assert!(!store.claim_sandbox("iabc", running_at(301_000), "b", 60_000).await.unwrap(), "held by a");
         store.release_sandbox_claim("iabc", "b").await.unwrap(); // not b's: no effect
@@ -347,7 +373,9 @@ mod tests {
         store.release_sandbox_claim("iabc", "a").await.unwrap();
         assert!(store.claim_sandbox("iabc", running_at(301_000), "b", 60_000).await.unwrap());
         // The claimed operation's transition ends the claim.
-        assert!(store.transition_sandbox("iabc", SandboxState::Running, SandboxState::Paused, None, 301_000).await.unwrap());
+        assert!(
+            store.transition_sandbox("iabc", SandboxState::Running, SandboxState::Paused, None, 301_000).await.unwrap()
+        );
         let paused = ClaimCondition { state: SandboxState::Paused, end_at_ms: None };
         assert!(store.claim_sandbox("iabc", paused, "c", 60_000).await.unwrap());
 
@@ -360,7 +388,9 @@ mod tests {
         store.insert_sandbox(&record("race")).await.unwrap();
         let claims = (0..8).map(|i| {
             let store = store.clone();
-            tokio::spawn(async move { store.claim_sandbox("race", running_at(301_000), &format!("r{i}"), 60_000).await.unwrap() })
+            tokio::spawn(async move {
+                store.claim_sandbox("race", running_at(301_000), &format!("r{i}"), 60_000).await.unwrap()
+            })
         });
         let won = futures::future::join_all(claims).await.into_iter().filter(|r| *r.as_ref().unwrap()).count();
         assert_eq!(won, 1);

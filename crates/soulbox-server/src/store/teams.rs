@@ -33,11 +33,7 @@ impl Role {
 
     pub fn parse(raw: &str) -> Role {
         // Anything but the exact admin marker is the least privilege.
-        if raw == "admin" {
-            Role::Admin
-        } else {
-            Role::Member
-        }
+        if raw == "admin" { Role::Admin } else { Role::Member }
     }
 }
 
@@ -96,12 +92,7 @@ pub struct TeamLimits {
 impl Default for TeamLimits {
     /// E2B's Pro tier for sandboxes; vCPUs and memory for that many 2-vCPU / 1 GiB sandboxes.
     fn default() -> Self {
-        TeamLimits {
-            max_sandboxes: 100,
-            max_vcpus: 200,
-            max_memory_mb: 100 * 1024,
-            max_builds: 4,
-        }
+        TeamLimits { max_sandboxes: 100, max_vcpus: 200, max_memory_mb: 100 * 1024, max_builds: 4 }
     }
 }
 
@@ -158,17 +149,16 @@ pub struct LimitExceeded {
 
 impl LimitExceeded {
     fn message(&self) -> String {
-        let (team, limit, used, setting) =
-            (&self.team, self.limit, self.in_use, self.kind.setting());
+        let (team, limit, used, setting) = (&self.team, self.limit, self.in_use, self.kind.setting());
         match self.kind {
             LimitKind::Sandboxes => {
                 format!(
                     "team '{team}' has reached its limit of {limit} concurrent sandboxes ({setting}); {used} are running"
                 )
             }
-            LimitKind::Vcpus => format!(
-                "team '{team}' would exceed its limit of {limit} vCPUs ({setting}); {used} are in use"
-            ),
+            LimitKind::Vcpus => {
+                format!("team '{team}' would exceed its limit of {limit} vCPUs ({setting}); {used} are in use")
+            }
             LimitKind::MemoryMb => {
                 format!(
                     "team '{team}' would exceed its limit of {limit} MiB of memory ({setting}); {used} MiB are in use"
@@ -185,16 +175,11 @@ impl LimitExceeded {
 
 /// Team names: what a person types after `--team`.
 pub fn valid_team_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 fn optional_limit(row: &AnyRow, column: &str) -> Result<Option<u64>, StoreError> {
-    Ok(row
-        .try_get::<Option<i64>, _>(column)?
-        .map(|v| v.max(0) as u64))
+    Ok(row.try_get::<Option<i64>, _>(column)?.map(|v| v.max(0) as u64))
 }
 
 fn team_from_row(row: &AnyRow) -> Result<TeamRecord, StoreError> {
@@ -211,18 +196,14 @@ fn team_from_row(row: &AnyRow) -> Result<TeamRecord, StoreError> {
     })
 }
 
-const TEAM_COLUMNS: &str =
-    "id, name, created_at, max_sandboxes, max_vcpus, max_memory_mb, max_builds";
+const TEAM_COLUMNS: &str = "id, name, created_at, max_sandboxes, max_vcpus, max_memory_mb, max_builds";
 
 fn to_db(limit: Option<u64>) -> Option<i64> {
     limit.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
 }
 
 /// Locks the team's row until the transaction ends and returns it: every admission of the team waits here.
-async fn lock_team(
-    tx: &mut Transaction<'static, Any>,
-    team_id: &str,
-) -> Result<TeamRecord, StoreError> {
+async fn lock_team(tx: &mut Transaction<'static, Any>, team_id: &str) -> Result<TeamRecord, StoreError> {
     let locked = sqlx::query("UPDATE teams SET limit_seq = limit_seq + 1 WHERE id = $1")
         .bind(team_id)
         .execute(&mut **tx)
@@ -245,11 +226,7 @@ pub struct TeamUsage {
     pub memory_mb: u64,
 }
 
-async fn team_usage(
-    tx: &mut Transaction<'static, Any>,
-    team_id: &str,
-    now: i64,
-) -> Result<TeamUsage, StoreError> {
+async fn team_usage(tx: &mut Transaction<'static, Any>, team_id: &str, now: i64) -> Result<TeamUsage, StoreError> {
     let row = sqlx::query(
         "SELECT COUNT(*) AS n, SUM(cpu) AS cpu, SUM(mem) AS mem FROM ( \
            SELECT cpu_count AS cpu, memory_mb AS mem FROM sandboxes \
@@ -292,10 +269,7 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref()
-            .map(team_from_row)
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("team {name}")))
+        row.as_ref().map(team_from_row).transpose()?.ok_or_else(|| StoreError::NotFound(format!("team {name}")))
     }
 
     pub async fn get_team(&self, id: &str) -> Result<TeamRecord, StoreError> {
@@ -303,25 +277,17 @@ impl Store {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref()
-            .map(team_from_row)
-            .transpose()?
-            .ok_or_else(|| StoreError::NotFound(format!("team {id}")))
+        row.as_ref().map(team_from_row).transpose()?.ok_or_else(|| StoreError::NotFound(format!("team {id}")))
     }
 
     pub async fn list_teams(&self) -> Result<Vec<TeamRecord>, StoreError> {
-        let rows = sqlx::query(&format!("SELECT {TEAM_COLUMNS} FROM teams ORDER BY name"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT {TEAM_COLUMNS} FROM teams ORDER BY name")).fetch_all(&self.pool).await?;
         rows.iter().map(team_from_row).collect()
     }
 
     /// Applies `changes` to the named team's overrides; returns the team as it is now.
-    pub async fn set_team_limits(
-        &self,
-        name: &str,
-        changes: LimitChanges,
-    ) -> Result<TeamRecord, StoreError> {
+    pub async fn set_team_limits(&self, name: &str, changes: LimitChanges) -> Result<TeamRecord, StoreError> {
         let team = self.team_by_name(name).await?;
         let mut tx = self.pool.begin().await?;
         let current = lock_team(&mut tx, &team.id).await?.overrides;
@@ -331,19 +297,18 @@ impl Store {
             max_memory_mb: changes.max_memory_mb.apply(current.max_memory_mb),
             max_builds: changes.max_builds.apply(current.max_builds),
         };
-        sqlx::query("UPDATE teams SET max_sandboxes = $1, max_vcpus = $2, max_memory_mb = $3, max_builds = $4 WHERE id = $5")
-            .bind(to_db(next.max_sandboxes))
-            .bind(to_db(next.max_vcpus))
-            .bind(to_db(next.max_memory_mb))
-            .bind(to_db(next.max_builds))
-            .bind(&team.id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE teams SET max_sandboxes = $1, max_vcpus = $2, max_memory_mb = $3, max_builds = $4 WHERE id = $5",
+        )
+        .bind(to_db(next.max_sandboxes))
+        .bind(to_db(next.max_vcpus))
+        .bind(to_db(next.max_memory_mb))
+        .bind(to_db(next.max_builds))
+        .bind(&team.id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(TeamRecord {
-            overrides: next,
-            ..team
-        })
+        Ok(TeamRecord { overrides: next, ..team })
     }
 
     /// What the team holds now (outside any admission; for display).
@@ -374,51 +339,34 @@ impl Store {
         let limits = defaults.with(team.overrides);
         let used = team_usage(&mut tx, team_id, now).await?;
         let refuse = |kind, limit, in_use| {
-            StoreError::LimitExceeded(LimitExceeded {
-                team: team.name.clone(),
-                kind,
-                limit,
-                in_use,
-            })
+            StoreError::LimitExceeded(LimitExceeded { team: team.name.clone(), kind, limit, in_use })
         };
         if used.sandboxes + 1 > limits.max_sandboxes {
-            return Err(refuse(
-                LimitKind::Sandboxes,
-                limits.max_sandboxes,
-                used.sandboxes,
-            ));
+            return Err(refuse(LimitKind::Sandboxes, limits.max_sandboxes, used.sandboxes));
         }
         if used.vcpus + u64::from(cpu) > limits.max_vcpus {
             return Err(refuse(LimitKind::Vcpus, limits.max_vcpus, used.vcpus));
         }
         if used.memory_mb + u64::from(memory_mb) > limits.max_memory_mb {
-            return Err(refuse(
-                LimitKind::MemoryMb,
-                limits.max_memory_mb,
-                used.memory_mb,
-            ));
+            return Err(refuse(LimitKind::MemoryMb, limits.max_memory_mb, used.memory_mb));
         }
-        sqlx::query("DELETE FROM team_holds WHERE expires_at <= $1")
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO team_holds (id, team_id, cpu_count, memory_mb, expires_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(hold_id)
-            .bind(team_id)
-            .bind(i32::try_from(cpu).unwrap_or(i32::MAX))
-            .bind(i32::try_from(memory_mb).unwrap_or(i32::MAX))
-            .bind(now + ttl_ms)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("DELETE FROM team_holds WHERE expires_at <= $1").bind(now).execute(&mut *tx).await?;
+        sqlx::query(
+            "INSERT INTO team_holds (id, team_id, cpu_count, memory_mb, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(hold_id)
+        .bind(team_id)
+        .bind(i32::try_from(cpu).unwrap_or(i32::MAX))
+        .bind(i32::try_from(memory_mb).unwrap_or(i32::MAX))
+        .bind(now + ttl_ms)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn release_team_hold(&self, hold_id: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM team_holds WHERE id = $1")
-            .bind(hold_id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM team_holds WHERE id = $1").bind(hold_id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -455,11 +403,13 @@ impl Store {
                 in_use: running,
             }));
         }
-        let r = sqlx::query("UPDATE template_builds SET status = 'building', recipe = $1 WHERE id = $2 AND status = 'waiting'")
-            .bind(recipe_json)
-            .bind(build_id)
-            .execute(&mut *tx)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE template_builds SET status = 'building', recipe = $1 WHERE id = $2 AND status = 'waiting'",
+        )
+        .bind(recipe_json)
+        .bind(build_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }

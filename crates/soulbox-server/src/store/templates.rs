@@ -95,18 +95,26 @@ impl Store {
         .bind(team_id)
         .execute(&mut *tx)
         .await?;
-        let owner: String = sqlx::query("SELECT team_id FROM templates WHERE id = $1").bind(template_id).fetch_one(&mut *tx).await?.try_get("team_id")?;
-        if owner != team_id {
-            return Err(StoreError::Conflict(format!("the template name '{template_id}' is taken: choose another name")));
-        }
-        sqlx::query("UPDATE templates SET cpu_count = $1, memory_mb = $2, updated_at = $3, latest_build_id = $4 WHERE id = $5")
-            .bind(cpu_count)
-            .bind(memory_mb)
-            .bind(now)
-            .bind(build_id)
+        let owner: String = sqlx::query("SELECT team_id FROM templates WHERE id = $1")
             .bind(template_id)
-            .execute(&mut *tx)
-            .await?;
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("team_id")?;
+        if owner != team_id {
+            return Err(StoreError::Conflict(format!(
+                "the template name '{template_id}' is taken: choose another name"
+            )));
+        }
+        sqlx::query(
+            "UPDATE templates SET cpu_count = $1, memory_mb = $2, updated_at = $3, latest_build_id = $4 WHERE id = $5",
+        )
+        .bind(cpu_count)
+        .bind(memory_mb)
+        .bind(now)
+        .bind(build_id)
+        .bind(template_id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at, tags) \
              VALUES ($1, $2, 'waiting', $3, $4, $5, $6)",
@@ -165,15 +173,23 @@ impl Store {
         .transpose()
     }
 
-    pub async fn finish_build(&self, build_id: &str, status: &str, reason: Option<&str>, reason_step: Option<&str>) -> Result<(), StoreError> {
-        sqlx::query("UPDATE template_builds SET status = $1, reason = $2, reason_step = $3, finished_at = $4 WHERE id = $5")
-            .bind(status)
-            .bind(reason)
-            .bind(reason_step)
-            .bind(now_ms())
-            .bind(build_id)
-            .execute(&self.pool)
-            .await?;
+    pub async fn finish_build(
+        &self,
+        build_id: &str,
+        status: &str,
+        reason: Option<&str>,
+        reason_step: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE template_builds SET status = $1, reason = $2, reason_step = $3, finished_at = $4 WHERE id = $5",
+        )
+        .bind(status)
+        .bind(reason)
+        .bind(reason_step)
+        .bind(now_ms())
+        .bind(build_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -234,7 +250,11 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         for tag in tags {
-            sqlx::query("DELETE FROM template_tags WHERE template_id = $1 AND tag = $2").bind(template_id).bind(tag).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM template_tags WHERE template_id = $1 AND tag = $2")
+                .bind(template_id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
             sqlx::query("INSERT INTO template_tags (template_id, tag, build_id, created_at) VALUES ($1, $2, $3, $4)")
                 .bind(template_id)
                 .bind(tag)
@@ -252,7 +272,11 @@ impl Store {
         let mut n = 0;
         let mut tx = self.pool.begin().await?;
         for tag in tags {
-            let r = sqlx::query("DELETE FROM template_tags WHERE template_id = $1 AND tag = $2").bind(template_id).bind(tag).execute(&mut *tx).await?;
+            let r = sqlx::query("DELETE FROM template_tags WHERE template_id = $1 AND tag = $2")
+                .bind(template_id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
             n += r.rows_affected();
         }
         tx.commit().await?;
@@ -261,12 +285,19 @@ impl Store {
 
     /// The template's tags, by name.
     pub async fn tags(&self, template_id: &str) -> Result<Vec<TagRecord>, StoreError> {
-        let rows = sqlx::query("SELECT tag, build_id, created_at FROM template_tags WHERE template_id = $1 ORDER BY tag")
-            .bind(template_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT tag, build_id, created_at FROM template_tags WHERE template_id = $1 ORDER BY tag")
+                .bind(template_id)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter()
-            .map(|r| Ok(TagRecord { tag: r.try_get("tag")?, build_id: r.try_get("build_id")?, created_at_ms: r.try_get("created_at")? }))
+            .map(|r| {
+                Ok(TagRecord {
+                    tag: r.try_get("tag")?,
+                    build_id: r.try_get("build_id")?,
+                    created_at_ms: r.try_get("created_at")?,
+                })
+            })
             .collect()
     }
 
@@ -293,10 +324,12 @@ impl Store {
     pub async fn delete_template_record(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM template_tags WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM template_build_logs WHERE build_id IN (SELECT id FROM template_builds WHERE template_id = $1)")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "DELETE FROM template_build_logs WHERE build_id IN (SELECT id FROM template_builds WHERE template_id = $1)",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM template_builds WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
         let r = sqlx::query("DELETE FROM templates WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
@@ -319,21 +352,31 @@ mod tests {
         assert!(store.start_build("b1", "{}", &limits).await.unwrap());
         assert!(!store.start_build("b1", "{}", &limits).await.unwrap(), "a build starts once");
         let logs: Vec<BuildLogRecord> = (0..5)
-            .map(|i| BuildLogRecord { seq: i, unix_ms: i, level: "info".into(), message: format!("m{i}"), step: Some("1".into()) })
+            .map(|i| BuildLogRecord {
+                seq: i,
+                unix_ms: i,
+                level: "info".into(),
+                message: format!("m{i}"),
+                step: Some("1".into()),
+            })
             .collect();
         store.append_build_logs("b1", &logs).await.unwrap();
         let page = store.build_logs("b1", 2, 2).await.unwrap();
         assert_eq!(page.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
         store.finish_build("b1", "error", Some("boom"), Some("1")).await.unwrap();
         let b = store.get_build("b1").await.unwrap().unwrap();
-        assert_eq!((b.status.as_str(), b.reason.as_deref(), b.reason_step.as_deref()), ("error", Some("boom"), Some("1")));
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_deref(), b.reason_step.as_deref()),
+            ("error", Some("boom"), Some("1"))
+        );
         store.create_template_build(team, "tpl", "b2", 1, 512, &["v2".to_string()]).await.unwrap();
         assert_eq!(store.get_template_record("tpl").await.unwrap().unwrap().latest_build_id.as_deref(), Some("b2"));
         assert_eq!(store.get_build("b2").await.unwrap().unwrap().tags, ["v2"]);
         store.set_tags("tpl", "b1", &["default".into(), "v1".into()]).await.unwrap();
         store.set_tags("tpl", "b2", &["v1".into()]).await.unwrap();
         assert_eq!(store.tag_build("tpl", "v1").await.unwrap().as_deref(), Some("b2"), "a tag moves");
-        let tags: Vec<(String, String)> = store.tags("tpl").await.unwrap().into_iter().map(|t| (t.tag, t.build_id)).collect();
+        let tags: Vec<(String, String)> =
+            store.tags("tpl").await.unwrap().into_iter().map(|t| (t.tag, t.build_id)).collect();
         assert_eq!(tags, [("default".to_string(), "b1".to_string()), ("v1".to_string(), "b2".to_string())]);
         assert_eq!(store.remove_tags("tpl", &["v1".into(), "nope".into()]).await.unwrap(), 1);
         assert!(store.tag_build("tpl", "v1").await.unwrap().is_none());

@@ -43,7 +43,9 @@ impl TestDatabase {
                     if std::env::var("SOULBOX_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
                         panic!("SOULBOX_REQUIRE_POSTGRES=1 but no PostgreSQL binaries (install Debian's `postgresql`)");
                     }
-                    eprintln!("SKIPPED: PostgreSQL binaries not found (install Debian's `postgresql` or set SOULBOX_PG_BIN)");
+                    eprintln!(
+                        "SKIPPED: PostgreSQL binaries not found (install Debian's `postgresql` or set SOULBOX_PG_BIN)"
+                    );
                     return None;
                 };
                 let cluster = PgCluster::start(&bin);
@@ -195,11 +197,16 @@ impl PgCluster {
                 panic!("postgres exited ({status}): {}", std::fs::read_to_string(log).unwrap_or_default());
             }
             // postmaster.pid's 8th line is the status; "ready" once it accepts connections.
-            let ready = std::fs::read_to_string(&lock).is_ok_and(|pid| pid.lines().nth(7).is_some_and(|l| l.trim() == "ready"));
+            let ready =
+                std::fs::read_to_string(&lock).is_ok_and(|pid| pid.lines().nth(7).is_some_and(|l| l.trim() == "ready"));
             if ready && socket.exists() {
                 return;
             }
-            assert!(Instant::now() < deadline, "postgres did not start: {}", std::fs::read_to_string(log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -8,12 +8,12 @@ use axum::response::Response;
 use http::{HeaderMap, StatusCode};
 use soulbox_protocol::signature::{self, Operation, SignatureError};
 
-use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::auth::{self, ACCESS_TOKEN_HEADER};
 use crate::errors::json_error;
 use crate::paths;
 use crate::state::AppState;
 use crate::users::User;
+use soulbox_protocol::signature::SignedQuery as FilesQuery;
 
 /// An authorized `/files` request: the user it acts for and the absolute target path.
 pub struct FileAccess {
@@ -105,7 +105,8 @@ mod tests {
     #[test]
     fn io_errors_map_to_e2b_statuses() {
         let user = User { name: "u".into(), uid: 1, gid: 1, home: "/h".into(), shell: String::new(), groups: vec![] };
-        let status = |errno: i32| io_failure(&std::io::Error::from_raw_os_error(errno), Path::new("/p"), &user).status();
+        let status =
+            |errno: i32| io_failure(&std::io::Error::from_raw_os_error(errno), Path::new("/p"), &user).status();
         assert_eq!(status(28), StatusCode::INSUFFICIENT_STORAGE); // ENOSPC
         assert_eq!(status(122), StatusCode::INSUFFICIENT_STORAGE); // EDQUOT
         assert_eq!(status(2), StatusCode::NOT_FOUND); // ENOENT

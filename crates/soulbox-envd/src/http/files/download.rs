@@ -19,9 +19,9 @@ use tokio_util::io::ReaderStream;
 
 use super::access::{authorize, io_failure};
 use super::as_user::run_as;
-use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::errors::json_error;
 use crate::state::AppState;
+use soulbox_protocol::signature::SignedQuery as FilesQuery;
 
 /// Read size per chunk: large enough for throughput, small enough that a transfer's memory stays bounded.
 const CHUNK: usize = 256 * 1024;

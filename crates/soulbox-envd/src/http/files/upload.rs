@@ -30,10 +30,10 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::access::{authorize, io_failure, resolve};
 use super::as_user::run_as;
 use super::metadata::{self, Metadata};
-use soulbox_protocol::signature::SignedQuery as FilesQuery;
 use crate::errors::json_error;
 use crate::state::AppState;
 use crate::users::User;
+use soulbox_protocol::signature::SignedQuery as FilesQuery;
 
 /// More parts than this in one request is refused (each part costs a file and a response entry).
 pub const MAX_PARTS: usize = 1000;

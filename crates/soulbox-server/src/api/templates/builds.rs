@@ -11,8 +11,7 @@ use bytes::Bytes;
 use http::{StatusCode, header};
 use serde::Deserialize;
 use soulbox_protocol::api::{
-    BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel,
-    TemplateBuildInfo,
+    BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel, TemplateBuildInfo,
 };
 
 use super::access::{base_access, own_build};
@@ -22,8 +21,8 @@ use crate::builds::{self, Followed, InputError};
 use crate::lifecycle::LifecycleError;
 use crate::names::build_template_name;
 use crate::store::{BuildLogRecord, Caller};
-use soulbox_templates::Recipe;
 use crate::time::rfc3339;
+use soulbox_templates::Recipe;
 
 pub(super) async fn start_build(
     State(state): State<ApiState>,
@@ -42,24 +41,11 @@ pub(super) async fn start_build(
     };
     // `fromTemplate: "name:tag"` builds on that tag's build (of a template the team may see).
     let mut tag_build = None;
-    if let Some((base, tag)) = recipe
-        .from_template
-        .clone()
-        .as_deref()
-        .and_then(|f| f.split_once(':'))
-        .filter(|(_, t)| *t != "default")
+    if let Some((base, tag)) =
+        recipe.from_template.clone().as_deref().and_then(|f| f.split_once(':')).filter(|(_, t)| *t != "default")
     {
-        let base_not_found = || {
-            error(
-                StatusCode::BAD_REQUEST,
-                format!("base template '{base}:{tag}' not found"),
-            )
-        };
-        match state
-            .lifecycle
-            .template_visible(&caller.team_id, base)
-            .await
-        {
+        let base_not_found = || error(StatusCode::BAD_REQUEST, format!("base template '{base}:{tag}' not found"));
+        match state.lifecycle.template_visible(&caller.team_id, base).await {
             Ok(true) => {}
             Ok(false) => return base_not_found(),
             Err(e) => return e.into_response(),
@@ -79,22 +65,12 @@ pub(super) async fn start_build(
     };
     // Before any check below touches uploads a running build may be using.
     if record.status != "waiting" {
-        return error(
-            StatusCode::CONFLICT,
-            format!("build '{build}' was already started"),
-        );
+        return error(StatusCode::CONFLICT, format!("build '{build}' was already started"));
     }
     // A base the caller may not use (a host path outside the config's allowed dirs), or uploaded files that are
     // not what their hash says, are refused now, with nothing started or registered: the build stays `waiting`
     // and can be started again.
-    let files_dir = match builds::check_inputs(
-        state.lifecycle.node().as_ref(),
-        &caller.team_id,
-        &id,
-        &recipe,
-    )
-    .await
-    {
+    let files_dir = match builds::check_inputs(state.lifecycle.node().as_ref(), &caller.team_id, &id, &recipe).await {
         Ok(dir) => dir,
         Err(e @ InputError::CannotBuild) => {
             return error(StatusCode::NOT_IMPLEMENTED, e.to_string());
@@ -102,16 +78,10 @@ pub(super) async fn start_build(
         Err(InputError::Refused(m)) => return error(StatusCode::BAD_REQUEST, m),
     };
     let recipe_json = serde_json::to_string(&recipe).unwrap_or_default();
-    match store
-        .start_build(&build, &recipe_json, &state.lifecycle.config().team_limits)
-        .await
-    {
+    match store.start_build(&build, &recipe_json, &state.lifecycle.config().team_limits).await {
         Ok(true) => {}
         Ok(false) => {
-            return error(
-                StatusCode::CONFLICT,
-                format!("build '{build}' was already started"),
-            );
+            return error(StatusCode::CONFLICT, format!("build '{build}' was already started"));
         }
         Err(e) => return LifecycleError::from(e).into_response(),
     }
@@ -127,12 +97,7 @@ fn log_entry(r: &BuildLogRecord) -> BuildLogEntry {
         "error" => LogLevel::Error,
         _ => LogLevel::Info,
     };
-    BuildLogEntry {
-        level,
-        message: r.message.clone(),
-        step: r.step.clone(),
-        timestamp: rfc3339(r.unix_ms),
-    }
+    BuildLogEntry { level, message: r.message.clone(), step: r.step.clone(), timestamp: rfc3339(r.unix_ms) }
 }
 
 /// A stored build status (`waiting`, `building`, `ready`, `error`).
@@ -162,10 +127,7 @@ pub(super) async fn build_status(
         Err(r) => return r,
     };
     let limit = q.limit.unwrap_or(100).clamp(0, 100);
-    let logs = match store
-        .build_logs(&build, q.logs_offset.unwrap_or(0).max(0), limit)
-        .await
-    {
+    let logs = match store.build_logs(&build, q.logs_offset.unwrap_or(0).max(0), limit).await {
         Ok(l) => l,
         Err(e) => return internal(e),
     };
@@ -177,10 +139,7 @@ pub(super) async fn build_status(
     Json(TemplateBuildInfo {
         build_id: build,
         log_entries: logs.iter().map(log_entry).collect(),
-        logs: logs
-            .iter()
-            .map(|l| format!("[{}] {}", rfc3339(l.unix_ms), l.message))
-            .collect(),
+        logs: logs.iter().map(|l| format!("[{}] {}", rfc3339(l.unix_ms), l.message)).collect(),
         reason,
         status,
         template_id: id,
@@ -203,10 +162,8 @@ pub(super) async fn stream_logs(
             Followed::Entry(r) => BuildStreamLine::Entry(log_entry(&r)),
             Followed::End(b) => {
                 let status = build_status_of(&b.status);
-                let reason = (status == BuildStatus::Error).then_some(BuildEndReason {
-                    message: b.reason,
-                    step: b.reason_step,
-                });
+                let reason =
+                    (status == BuildStatus::Error).then_some(BuildEndReason { message: b.reason, step: b.reason_step });
                 BuildStreamLine::End(BuildEnd { reason, status })
             }
         };
@@ -214,12 +171,6 @@ pub(super) async fn stream_logs(
         bytes.push(b'\n');
         Some((Ok::<_, Infallible>(Bytes::from(bytes)), rx))
     });
-    (
-        [
-            (header::CONTENT_TYPE, "application/x-ndjson"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(lines),
-    )
+    ([(header::CONTENT_TYPE, "application/x-ndjson"), (header::CACHE_CONTROL, "no-cache")], Body::from_stream(lines))
         .into_response()
 }

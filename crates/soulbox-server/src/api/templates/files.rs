@@ -41,40 +41,19 @@ pub(super) async fn file_link(
         return r;
     }
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "this node cannot build templates",
-        );
+        return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
     if Uploads::for_team(&dir, &caller.team_id).present(&id, &hash) {
-        return (
-            StatusCode::CREATED,
-            Json(TemplateFilesLink {
-                headers: None,
-                present: true,
-                url: None,
-            }),
-        )
+        return (StatusCode::CREATED, Json(TemplateFilesLink { headers: None, present: true, url: None }))
             .into_response();
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
     let url = format!(
         "http://{host}/templates/{}/files/{hash}?token={}",
         percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC),
         upload_token(&caller.team_id, &id, &hash)
     );
-    (
-        StatusCode::CREATED,
-        Json(TemplateFilesLink {
-            headers: None,
-            present: false,
-            url: Some(url),
-        }),
-    )
-        .into_response()
+    (StatusCode::CREATED, Json(TemplateFilesLink { headers: None, present: false, url: Some(url) })).into_response()
 }
 
 #[derive(Deserialize)]
@@ -96,34 +75,21 @@ pub(super) async fn upload(
         Err(e) => return internal(e),
     };
     let expected = upload_token(&team, &id, &hash);
-    let ok = !team.is_empty()
-        && q.token
-            .as_deref()
-            .is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
+    let ok =
+        !team.is_empty() && q.token.as_deref().is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
     if !ok || !is_valid_files_hash(&hash) || !is_valid_template_name(&id) {
         return error(StatusCode::FORBIDDEN, "invalid upload token");
     }
     let max = limit.map(|l| l.0).unwrap_or_default().0;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(n) = declared.filter(|n| *n > max) {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("upload of {n} bytes is over the limit of {max} bytes"),
-        );
+        return error(StatusCode::PAYLOAD_TOO_LARGE, format!("upload of {n} bytes is over the limit of {max} bytes"));
     }
     let Some(dir) = state.lifecycle.node().template_files_dir() else {
-        return error(
-            StatusCode::NOT_IMPLEMENTED,
-            "this node cannot build templates",
-        );
+        return error(StatusCode::NOT_IMPLEMENTED, "this node cannot build templates");
     };
-    match Uploads::for_team(&dir, &team)
-        .store(&id, &hash, body.into_data_stream(), max)
-        .await
-    {
+    match Uploads::for_team(&dir, &team).store(&id, &hash, body.into_data_stream(), max).await {
         Ok(Stored::New(n)) => {
             tracing::info!(template = %id, hash = %hash, bytes = n, "template files uploaded");
             StatusCode::OK.into_response()
@@ -132,9 +98,7 @@ pub(super) async fn upload(
             tracing::info!(template = %id, hash = %hash, "template files uploaded again: the first upload is kept");
             StatusCode::OK.into_response()
         }
-        Err(e @ UploadError::TooLarge { .. }) => {
-            error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
+        Err(e @ UploadError::TooLarge { .. }) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ UploadError::Body(_)) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ UploadError::Io(_)) => internal(e),
     }

@@ -38,9 +38,7 @@ use self::access::template_not_found;
 use crate::api::{ApiState, error};
 use crate::builds::uploads::Uploads;
 use crate::lifecycle::LifecycleError;
-use crate::names::{
-    build_template_name, is_internal_template, is_valid_tag, is_valid_template_name, split_tag,
-};
+use crate::names::{build_template_name, is_internal_template, is_valid_tag, is_valid_template_name, split_tag};
 use crate::store::Caller;
 
 /// Defaults of E2B's build request.
@@ -64,22 +62,10 @@ pub fn routes() -> Router<ApiState> {
         .route("/templates/{id}", delete(delete_template))
         .route("/templates/aliases/{alias}", get(alias))
         .route("/templates/{id}/files/{hash}", get(files::file_link))
-        .route(
-            "/v2/templates/{id}/builds/{build}",
-            post(builds::start_build),
-        )
-        .route(
-            "/templates/{id}/builds/{build}/status",
-            get(builds::build_status),
-        )
-        .route(
-            "/templates/{id}/builds/{build}/logs/stream",
-            get(builds::stream_logs),
-        )
-        .route(
-            "/templates/tags",
-            post(tags::assign_tags).delete(tags::remove_tags),
-        )
+        .route("/v2/templates/{id}/builds/{build}", post(builds::start_build))
+        .route("/templates/{id}/builds/{build}/status", get(builds::build_status))
+        .route("/templates/{id}/builds/{build}/logs/stream", get(builds::stream_logs))
+        .route("/templates/tags", post(tags::assign_tags).delete(tags::remove_tags))
         .route("/templates/{id}/tags", get(tags::list_tags))
 }
 
@@ -123,10 +109,7 @@ async fn request_build(
     let Some(full) = req.name.or(req.alias) else {
         return error(StatusCode::BAD_REQUEST, "name is required");
     };
-    let name = full
-        .split_once(':')
-        .map_or(full.as_str(), |(n, _)| n)
-        .to_string();
+    let name = full.split_once(':').map_or(full.as_str(), |(n, _)| n).to_string();
     if !is_valid_template_name(&name) {
         return error(
             StatusCode::BAD_REQUEST,
@@ -134,44 +117,24 @@ async fn request_build(
         );
     }
     // The tag in the name plus `tags`; `default` when neither names one.
-    let mut tags: Vec<String> = full
-        .split_once(':')
-        .map(|(_, t)| t.to_string())
-        .into_iter()
-        .chain(req.tags)
-        .collect();
+    let mut tags: Vec<String> = full.split_once(':').map(|(_, t)| t.to_string()).into_iter().chain(req.tags).collect();
     if tags.is_empty() {
         tags.push("default".into());
     }
     let mut seen = std::collections::HashSet::new();
     tags.retain(|t| seen.insert(t.clone()));
     if let Some(bad) = tags.iter().find(|t| !is_valid_tag(t)) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"),
-        );
+        return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
     }
     let cpu = req.cpu_count.unwrap_or(DEFAULT_CPU);
     let mem = req.memory_mb.unwrap_or(DEFAULT_MEMORY_MB);
     if !(1..=64).contains(&cpu) || !(128..=65536).contains(&mem) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "cpuCount must be 1..64 and memoryMB 128..65536",
-        );
+        return error(StatusCode::BAD_REQUEST, "cpuCount must be 1..64 and memoryMB 128..65536");
     }
     if let Err(r) = access::check_not_a_server_template(&state, &name).await {
         return r;
     }
-    let build_id = match crate::builds::create(
-        state.lifecycle.store(),
-        &caller.team_id,
-        &name,
-        cpu,
-        mem,
-        &tags,
-    )
-    .await
-    {
+    let build_id = match crate::builds::create(state.lifecycle.store(), &caller.team_id, &name, cpu, mem, &tags).await {
         Ok(id) => id,
         Err(e) => return LifecycleError::from(e).into_response(),
     };
@@ -195,20 +158,10 @@ async fn alias(
     Path(alias): Path<String>,
 ) -> Response {
     let (name, tag) = split_tag(&alias);
-    let found = || {
-        Json(TemplateAlias {
-            public: false,
-            template_id: name.to_owned(),
-        })
-        .into_response()
-    };
+    let found = || Json(TemplateAlias { public: false, template_id: name.to_owned() }).into_response();
     let store = state.lifecycle.store();
     // Another team's template is not confirmed to exist; the server's own are public.
-    match state
-        .lifecycle
-        .template_visible(&caller.team_id, name)
-        .await
-    {
+    match state.lifecycle.template_visible(&caller.team_id, name).await {
         Ok(true) => {}
         Ok(false) => return template_not_found(&alias),
         Err(e) => return e.into_response(),
@@ -218,10 +171,7 @@ async fn alias(
     if alias.contains(':') && tag != "default" {
         return match store.tag_build(name, tag).await {
             Ok(Some(_)) => found(),
-            Ok(None) => error(
-                StatusCode::NOT_FOUND,
-                format!("template '{alias}' not found"),
-            ),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
             Err(e) => internal(e),
         };
     }
@@ -231,25 +181,12 @@ async fn alias(
         Err(e) => return internal(e),
     }
     if is_internal_template(name) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("template '{alias}' not found"),
-        );
+        return error(StatusCode::NOT_FOUND, format!("template '{alias}' not found"));
     }
     match state.lifecycle.node().templates().await {
-        Ok(list) => match list
-            .iter()
-            .find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name))
-        {
-            Some(t) => Json(TemplateAlias {
-                public: true,
-                template_id: t.template_id.clone(),
-            })
-            .into_response(),
-            None => error(
-                StatusCode::NOT_FOUND,
-                format!("template '{alias}' not found"),
-            ),
+        Ok(list) => match list.iter().find(|t| t.template_id == name || t.aliases.iter().any(|a| a == name)) {
+            Some(t) => Json(TemplateAlias { public: true, template_id: t.template_id.clone() }).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("template '{alias}' not found")),
         },
         Err(e) => internal(e),
     }
@@ -261,10 +198,7 @@ async fn delete_template(
     Path(id): Path<String>,
 ) -> Response {
     if id == "base" {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "the base template cannot be deleted",
-        );
+        return error(StatusCode::BAD_REQUEST, "the base template cannot be deleted");
     }
     if !is_valid_template_name(&id) {
         return error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
@@ -278,9 +212,7 @@ async fn delete_template(
             Ok(list) if list.iter().any(|t| t.template_id == id) => {
                 return error(
                     StatusCode::FORBIDDEN,
-                    format!(
-                        "template '{id}' is a server template: only an admin key may delete it"
-                    ),
+                    format!("template '{id}' is a server template: only an admin key may delete it"),
                 );
             }
             Ok(_) => return template_not_found(&id),
@@ -299,12 +231,7 @@ async fn delete_template(
         Err(e) => return internal(e),
     };
     for b in builds {
-        if let Err(e) = state
-            .lifecycle
-            .node()
-            .delete_template(&build_template_name(&b))
-            .await
-        {
+        if let Err(e) = state.lifecycle.node().delete_template(&build_template_name(&b)).await {
             tracing::warn!(template = %id, build = %b, error = %e, "could not delete a build's runtime template");
         }
     }
@@ -313,9 +240,7 @@ async fn delete_template(
         Err(e) => return internal(e),
     };
     if let Some(dir) = state.lifecycle.node().template_files_dir() {
-        Uploads::for_team(&dir, &caller.team_id)
-            .remove_template(&id)
-            .await;
+        Uploads::for_team(&dir, &caller.team_id).remove_template(&id).await;
     }
     if on_node || in_store {
         StatusCode::NO_CONTENT.into_response()

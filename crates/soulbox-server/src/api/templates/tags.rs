@@ -36,10 +36,7 @@ pub(super) async fn assign_tags(
         return error(StatusCode::BAD_REQUEST, "tags must not be empty");
     }
     if let Some(bad) = req.tags.iter().find(|t| !is_valid_tag(t)) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"),
-        );
+        return error(StatusCode::BAD_REQUEST, format!("invalid tag '{bad}': use letters, digits, '-', '_' and '.'"));
     }
     let (name, tag) = split_tag(&req.target);
     if own_template(&state, &caller, name).await.is_err() {
@@ -48,32 +45,16 @@ pub(super) async fn assign_tags(
     let build = match state.lifecycle.store().tag_build(name, tag).await {
         Ok(Some(b)) => b,
         Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("template '{}' not found", req.target),
-            );
+            return error(StatusCode::NOT_FOUND, format!("template '{}' not found", req.target));
         }
         Err(e) => return internal(e),
     };
-    if let Err(m) = builds::point_tags(
-        state.lifecycle.store(),
-        state.lifecycle.node().as_ref(),
-        name,
-        &build,
-        &req.tags,
-    )
-    .await
+    if let Err(m) =
+        builds::point_tags(state.lifecycle.store(), state.lifecycle.node().as_ref(), name, &build, &req.tags).await
     {
         return internal(m);
     }
-    (
-        StatusCode::CREATED,
-        Json(AssignedTags {
-            build_id: build,
-            tags: req.tags,
-        }),
-    )
-        .into_response()
+    (StatusCode::CREATED, Json(AssignedTags { build_id: build, tags: req.tags })).into_response()
 }
 
 #[derive(Deserialize)]

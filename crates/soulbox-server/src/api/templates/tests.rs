@@ -54,10 +54,7 @@ impl Node for BuildingNode {
     async fn create(&self, spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
         let mut created = self.created_from.lock().unwrap();
         created.push(spec.template_id);
-        Ok(CreatedSandbox {
-            sandbox_id: format!("t{}", created.len()),
-            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        })
+        Ok(CreatedSandbox { sandbox_id: format!("t{}", created.len()), address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
     }
     async fn pause(&self, _: &str, _: bool) -> Result<(), NodeError> {
         Ok(())
@@ -76,15 +73,8 @@ impl Node for BuildingNode {
     }
     /// The build's cpu count marks which build a template came from.
     async fn build_template(&self, job: BuildJob, log: LogSink) -> Result<(), BuildFailure> {
-        log(
-            LogLevel::Info,
-            format!("[1/1] building {}", job.template_name),
-            Some("1".into()),
-        );
-        self.templates.lock().unwrap().insert(
-            job.template_name.clone(),
-            info(&job.template_name, job.cpu_count),
-        );
+        log(LogLevel::Info, format!("[1/1] building {}", job.template_name), Some("1".into()));
+        self.templates.lock().unwrap().insert(job.template_name.clone(), info(&job.template_name, job.cpu_count));
         Ok(())
     }
     async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
@@ -92,10 +82,7 @@ impl Node for BuildingNode {
     }
     async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {
         let mut t = self.templates.lock().unwrap();
-        let mut copy = t
-            .get(from)
-            .cloned()
-            .ok_or_else(|| NodeError::TemplateNotFound(from.into()))?;
+        let mut copy = t.get(from).cloned().ok_or_else(|| NodeError::TemplateNotFound(from.into()))?;
         copy.template_id = to.into();
         copy.aliases = vec![to.into()];
         t.insert(to.into(), copy);
@@ -118,42 +105,21 @@ pub(crate) struct Harness {
 impl Harness {
     pub(crate) async fn new() -> Harness {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("db")))
-            .await
-            .unwrap();
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
         let (_, key) = store.create_api_key("test").await.unwrap();
-        let (_, key_b) = store
-            .create_api_key_in("b", "other", crate::store::Role::Member)
-            .await
-            .unwrap();
-        let node = Arc::new(BuildingNode {
-            files_dir: Some(dir.path().join("uploads")),
-            ..Default::default()
-        });
-        let lifecycle = Lifecycle::start(store, node.clone(), LifecycleConfig::default())
-            .await
-            .unwrap();
+        let (_, key_b) = store.create_api_key_in("b", "other", crate::store::Role::Member).await.unwrap();
+        let node = Arc::new(BuildingNode { files_dir: Some(dir.path().join("uploads")), ..Default::default() });
+        let lifecycle = Lifecycle::start(store, node.clone(), LifecycleConfig::default()).await.unwrap();
         let state = ApiState {
             lifecycle,
             metrics: Arc::new(crate::metrics::MetricsStore::default()),
             domain: None,
             started: std::time::Instant::now(),
         };
-        Harness {
-            app: crate::api::router(state),
-            key: key.secret,
-            key_b: key_b.secret,
-            node,
-            _dir: dir,
-        }
+        Harness { app: crate::api::router(state), key: key.secret, key_b: key_b.secret, node, _dir: dir }
     }
 
-    pub(crate) async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_as(&self.key, method, path, body).await
     }
 
@@ -174,72 +140,33 @@ impl Harness {
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes)
-                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())),
-        )
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
     }
 
     /// Requests and runs a build; the live stream ends with the build, so reading it to the end waits for it.
     pub(crate) async fn build(&self, name: &str, tags: &[&str], cpu: i32) -> (String, Value) {
-        let (status, req) = self
-            .call(
-                "POST",
-                "/v3/templates",
-                Some(json!({"name": name, "tags": tags, "cpuCount": cpu})),
-            )
-            .await;
+        let (status, req) =
+            self.call("POST", "/v3/templates", Some(json!({"name": name, "tags": tags, "cpuCount": cpu}))).await;
         assert_eq!(status, StatusCode::ACCEPTED, "{req}");
-        let (id, build) = (
-            req["templateID"].as_str().unwrap().to_string(),
-            req["buildID"].as_str().unwrap().to_string(),
-        );
+        let (id, build) =
+            (req["templateID"].as_str().unwrap().to_string(), req["buildID"].as_str().unwrap().to_string());
         let (status, _) = self
-            .call(
-                "POST",
-                &format!("/v2/templates/{id}/builds/{build}"),
-                Some(json!({"fromTemplate": "base"})),
-            )
+            .call("POST", &format!("/v2/templates/{id}/builds/{build}"), Some(json!({"fromTemplate": "base"})))
             .await;
         assert_eq!(status, StatusCode::ACCEPTED);
-        let (status, log) = self
-            .call(
-                "GET",
-                &format!("/templates/{id}/builds/{build}/logs/stream"),
-                None,
-            )
-            .await;
+        let (status, log) = self.call("GET", &format!("/templates/{id}/builds/{build}/logs/stream"), None).await;
         assert_eq!(status, StatusCode::OK);
         let last = log.as_str().unwrap().lines().last().unwrap().to_string();
-        assert_eq!(
-            serde_json::from_str::<Value>(&last).unwrap()["status"],
-            "ready",
-            "{log}"
-        );
+        assert_eq!(serde_json::from_str::<Value>(&last).unwrap()["status"], "ready", "{log}");
         (build, req)
     }
 
     pub(crate) async fn create_from(&self, template: &str) -> (StatusCode, Option<String>) {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/v2/sandboxes",
-                Some(json!({"templateID": template})),
-            )
-            .await;
+        let (status, body) = self.call("POST", "/v2/sandboxes", Some(json!({"templateID": template}))).await;
         (
             status,
             (status == StatusCode::CREATED)
-                .then(|| {
-                    self.node
-                        .created_from
-                        .lock()
-                        .unwrap()
-                        .last()
-                        .cloned()
-                        .unwrap()
-                })
+                .then(|| self.node.created_from.lock().unwrap().last().cloned().unwrap())
                 .inspect(|_| {
                     assert!(body["sandboxID"].is_string());
                 }),
@@ -253,27 +180,11 @@ async fn tags_point_names_at_builds() {
     // `name:tag` plus `tags`: the build gets both, not `default`.
     let (b1, req) = h.build("app:v1", &["stable"], 1).await;
     assert_eq!(req["tags"], json!(["v1", "stable"]));
-    assert_eq!(
-        h.create_from("app:v1").await,
-        (StatusCode::CREATED, Some(build_template_name(&b1)))
-    );
-    assert_eq!(
-        h.create_from("app:stable").await.1,
-        Some(build_template_name(&b1))
-    );
-    assert_eq!(
-        h.create_from("app").await.0,
-        StatusCode::NOT_FOUND,
-        "no default tag yet"
-    );
-    assert_eq!(
-        h.call("GET", "/templates/aliases/app:v1", None).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        h.call("GET", "/templates/aliases/app:nope", None).await.0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(h.create_from("app:v1").await, (StatusCode::CREATED, Some(build_template_name(&b1))));
+    assert_eq!(h.create_from("app:stable").await.1, Some(build_template_name(&b1)));
+    assert_eq!(h.create_from("app").await.0, StatusCode::NOT_FOUND, "no default tag yet");
+    assert_eq!(h.call("GET", "/templates/aliases/app:v1", None).await.0, StatusCode::OK);
+    assert_eq!(h.call("GET", "/templates/aliases/app:nope", None).await.0, StatusCode::NOT_FOUND);
 
     // A plain name is the `default` tag: the runtime template `app` is that build.
     let (b2, req) = h.build("app", &[], 3).await;
@@ -288,116 +199,40 @@ async fn tags_point_names_at_builds() {
         .unwrap()
         .iter()
         .map(|t| {
-            assert!(
-                t["createdAt"].as_str().is_some_and(|c| c.ends_with('Z')),
-                "{t}"
-            );
-            (
-                t["tag"].as_str().unwrap().into(),
-                t["buildID"].as_str().unwrap().into(),
-            )
+            assert!(t["createdAt"].as_str().is_some_and(|c| c.ends_with('Z')), "{t}");
+            (t["tag"].as_str().unwrap().into(), t["buildID"].as_str().unwrap().into())
         })
         .collect();
-    assert_eq!(
-        pairs,
-        [
-            ("default".into(), b2.clone()),
-            ("stable".into(), b1.clone()),
-            ("v1".into(), b1.clone())
-        ]
-    );
+    assert_eq!(pairs, [("default".into(), b2.clone()), ("stable".into(), b1.clone()), ("v1".into(), b1.clone())]);
 
     // Assign: new tags on v1's build; `default` moves and re-registers `app` as that build.
-    let (status, body) = h
-        .call(
-            "POST",
-            "/templates/tags",
-            Some(json!({"target": "app:v1", "tags": ["prod", "default"]})),
-        )
-        .await;
+    let (status, body) =
+        h.call("POST", "/templates/tags", Some(json!({"target": "app:v1", "tags": ["prod", "default"]}))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body, json!({"buildID": b1, "tags": ["prod", "default"]}));
-    assert_eq!(
-        h.create_from("app:prod").await.1,
-        Some(build_template_name(&b1))
-    );
-    assert_eq!(
-        h.node.templates.lock().unwrap()["app"].cpu_count,
-        1,
-        "`app` is now build 1"
-    );
-    let (status, _) = h
-        .call(
-            "POST",
-            "/templates/tags",
-            Some(json!({"target": "app:nope", "tags": ["x"]})),
-        )
-        .await;
+    assert_eq!(h.create_from("app:prod").await.1, Some(build_template_name(&b1)));
+    assert_eq!(h.node.templates.lock().unwrap()["app"].cpu_count, 1, "`app` is now build 1");
+    let (status, _) = h.call("POST", "/templates/tags", Some(json!({"target": "app:nope", "tags": ["x"]}))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = h
-        .call(
-            "POST",
-            "/templates/tags",
-            Some(json!({"target": "app:v1", "tags": ["bad tag"]})),
-        )
-        .await;
+    let (status, _) = h.call("POST", "/templates/tags", Some(json!({"target": "app:v1", "tags": ["bad tag"]}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Remove: the tag no longer resolves; removing `default` removes `app` as a startable name.
-    let (status, _) = h
-        .call(
-            "DELETE",
-            "/templates/tags",
-            Some(json!({"name": "app", "tags": ["prod", "default"]})),
-        )
-        .await;
+    let (status, _) =
+        h.call("DELETE", "/templates/tags", Some(json!({"name": "app", "tags": ["prod", "default"]}))).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(h.create_from("app:prod").await.0, StatusCode::NOT_FOUND);
     assert_eq!(h.create_from("app").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(
-        h.create_from("app:v1").await.0,
-        StatusCode::CREATED,
-        "other tags stay"
-    );
-    let (status, _) = h
-        .call(
-            "DELETE",
-            "/templates/tags",
-            Some(json!({"name": "nope", "tags": ["v1"]})),
-        )
-        .await;
+    assert_eq!(h.create_from("app:v1").await.0, StatusCode::CREATED, "other tags stay");
+    let (status, _) = h.call("DELETE", "/templates/tags", Some(json!({"name": "nope", "tags": ["v1"]}))).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        h.call("GET", "/templates/nope/tags", None).await.0,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(h.call("GET", "/templates/nope/tags", None).await.0, StatusCode::NOT_FOUND);
 
     // Build runtime templates are not listed; deleting the template removes every build of it.
     let (_, list) = h.call("GET", "/templates", None).await;
-    assert!(
-        list.as_array()
-            .unwrap()
-            .iter()
-            .all(|t| !t["templateID"].as_str().unwrap().starts_with("sbb-")),
-        "{list}"
-    );
-    assert_eq!(
-        h.call("DELETE", "/templates/app", None).await.0,
-        StatusCode::NO_CONTENT
-    );
-    assert!(
-        h.node.templates.lock().unwrap().is_empty(),
-        "{:?}",
-        h.node.templates.lock().unwrap().keys()
-    );
-    assert_eq!(
-        h.call("GET", "/templates/app/tags", None).await.0,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        h.call("POST", "/v3/templates", Some(json!({"name": "sbb-x"})))
-            .await
-            .0,
-        StatusCode::BAD_REQUEST
-    );
+    assert!(list.as_array().unwrap().iter().all(|t| !t["templateID"].as_str().unwrap().starts_with("sbb-")), "{list}");
+    assert_eq!(h.call("DELETE", "/templates/app", None).await.0, StatusCode::NO_CONTENT);
+    assert!(h.node.templates.lock().unwrap().is_empty(), "{:?}", h.node.templates.lock().unwrap().keys());
+    assert_eq!(h.call("GET", "/templates/app/tags", None).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(h.call("POST", "/v3/templates", Some(json!({"name": "sbb-x"}))).await.0, StatusCode::BAD_REQUEST);
 }
