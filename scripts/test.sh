@@ -3,6 +3,7 @@
 # compatibility suite that drives envd with the official e2b Python SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/lint.sh   # rustfmt, clippy -D warnings, module/crate dependency rules, cargo-deny (licenses, bans, sources; advisories when the DB is present)
 cargo build --workspace --all-targets
 scripts/build-envd.sh   # the static agent the runtime and server tests run in sandboxes
 # The store and replica tests run on SQLite and on a throwaway PostgreSQL (install-deps.sh installs it); here
