@@ -12,7 +12,8 @@
 #   SOULBOX_CLUSTER_STORE=/var/tmp/soulbox-cluster/templates
 #                                  template store shared by the three agents (kept between runs). When it has no
 #                                  `base`, it is seeded with hard links from SOULBOX_CLUSTER_SEED (default: the e2e
-#                                  store /var/tmp/soulbox-e2e/node) when that has one, else the first agent builds it
+#                                  store /var/tmp/soulbox-e2e/node: its layers and the engine's caches) when that has
+#                                  one, else the first agent builds it (the others wait on the store's base lock)
 #   SOULBOX_BIN, SOULBOX_ENVD      binaries (default: target/debug/soulbox, the static envd)
 #   SOULBOX_CLUSTER_PY             the driver (default cluster_test.py; bench/cluster_bench.py reuses this setup)
 #   SOULBOX_CLUSTER_SKIP_BUILD=1   do not build
@@ -99,8 +100,17 @@ fi
 mkdir -p "$STORE/templates" "$STORE/layers"
 if [ ! -f "$STORE/templates/base/template.json" ] && [ -f "$SEED/templates/base/template.json" ]; then
   log "seeding the shared template store from $SEED (hard links; layers are read-only)"
-  for layer in $("$PY" -c 'import json,sys; print(" ".join(json.load(open(sys.argv[1]))["layers"]))' "$SEED/templates/base/template.json"); do
-    [ -e "$STORE/layers/$layer" ] || cp -al "$SEED/layers/$layer" "$STORE/layers/$layer" 2>/dev/null || cp -a "$SEED/layers/$layer" "$STORE/layers/$layer"
+  # Every layer and the build engine's cache entries (which name layers): the agents build `base` with the same
+  # engine recipe as the server, so with its bootstrap and step caches they find every layer already made.
+  mkdir -p "$STORE/layers" "$STORE/cache"
+  for layer in "$SEED"/layers/*; do
+    name="$(basename "$layer")"
+    if [ ! -e "$STORE/layers/$name" ]; then
+      cp -al "$layer" "$STORE/layers/$name" 2>/dev/null || cp -a "$layer" "$STORE/layers/$name"
+    fi
+  done
+  for entry in "$SEED"/cache/*; do
+    if [ -f "$entry" ] && [ ! -e "$STORE/cache/$(basename "$entry")" ]; then cp -a "$entry" "$STORE/cache/"; fi
   done
   mkdir -p "$STORE/templates/base" && cp "$SEED/templates/base/template.json" "$STORE/templates/base/template.json"
 fi

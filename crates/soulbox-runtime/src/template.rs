@@ -179,7 +179,9 @@ impl Store {
             }
         }
     }
-    fn lock(&self, name: &str) -> Result<std::fs::File> {
+    /// Holds the store-wide lock of template `name` until the file is dropped: builders of the same template in
+    /// runtimes sharing this store (node agents on one host) take turns, and the later ones find it built.
+    pub fn lock(&self, name: &str) -> Result<std::fs::File> {
         let p = self.root.join("templates").join(format!(".{name}.lock"));
         let f = std::fs::File::create(&p).ctx(&p)?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
@@ -266,9 +268,9 @@ impl Store {
     /// The `base` template: Debian 12 via mmdebstrap with what E2B users expect.
     /// Cached by recipe hash; progress lines go to stderr.
     ///
-    /// This is the runtime's standalone builder (its tests, bench and `soulbox-runtime template base`).
-    /// `soulbox server` builds `base` as an ordinary recipe of its template engine instead
-    /// (`soulbox-templates/src/base.rs`); both must give the same properties.
+    /// A fixture of the runtime's own tests, bench and `soulbox-runtime template base` only (the runtime cannot
+    /// depend on the build engine). The product's `base` — `soulbox server` and `soulbox node` alike — is the
+    /// build engine's recipe (`soulbox-templates/src/base.rs`); both give the same properties.
     pub async fn ensure_base_template(&self, mirror: &str) -> Result<TemplateMeta> {
         let recipe = base_recipe(mirror);
         let recipe_hash = hex(&Sha256::digest(recipe.join("\n").as_bytes()));

@@ -37,7 +37,14 @@ impl LocalNode {
     }
 
     /// Builds the `base` template through the engine (cached after the first start), its log on stderr.
+    /// Node agents sharing one template store take turns (the store's `base` lock); the later ones find every
+    /// layer in the engine's caches.
     pub async fn ensure_base_template(&self) -> Result<std::time::Duration, soulbox_templates::BuildFailure> {
+        let store = self.runtime.store().clone();
+        let _turn = tokio::task::spawn_blocking(move || store.lock(soulbox_templates::base::BASE_TEMPLATE))
+            .await
+            .map_err(|e| soulbox_templates::BuildFailure::new(format!("waiting for the base template lock: {e}"), None))?
+            .map_err(|e| soulbox_templates::BuildFailure::new(format!("waiting for the base template lock: {e}"), None))?;
         let files_dir = self.runtime.config().store_dir().join("uploads");
         soulbox_templates::base::ensure_base(&self.engine, files_dir, soulbox_templates::base::stderr_log()).await
     }

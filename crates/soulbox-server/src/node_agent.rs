@@ -385,14 +385,17 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         allow_private_egress: settings.allow_private_egress,
     })?;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
+    // The same `base` as `soulbox server`'s: the build engine's recipe (a node agent has no [templates] section,
+    // and base needs no registry).
+    let engine = soulbox_templates::config::TemplatesConfig::default().engine_config(&settings.debian_mirror);
+    let node = LocalNode::with_engine_config(runtime, settings.agent.node_id.clone(), engine);
     eprintln!("preparing the base template (first start builds Debian 12 with mmdebstrap; later starts reuse it)");
-    if let Err(e) = runtime.store().ensure_base_template(&settings.debian_mirror).await {
+    if let Err(e) = node.ensure_base_template().await {
         // A failed start gives back what the runtime made for itself (warm pool, firewall table).
-        if let Err(e2) = runtime.close().await {
+        if let Err(e2) = node.runtime().close().await {
             tracing::warn!(error = %e2, "could not release what the node runtime holds for itself");
         }
-        return Err(anyhow::Error::new(e).context("building the base template"));
+        anyhow::bail!("building the base template: {}", e.message);
     }
-    let node = LocalNode::new(runtime, settings.agent.node_id.clone());
     serve(Agent::new(node, settings.agent), crate::server::shutdown_signal()).await
 }
