@@ -43,8 +43,12 @@ impl LocalNode {
         let store = self.runtime.store().clone();
         let _turn = tokio::task::spawn_blocking(move || store.lock(soulbox_templates::base::BASE_TEMPLATE))
             .await
-            .map_err(|e| soulbox_templates::BuildFailure::new(format!("waiting for the base template lock: {e}"), None))?
-            .map_err(|e| soulbox_templates::BuildFailure::new(format!("waiting for the base template lock: {e}"), None))?;
+            .map_err(|e| {
+                soulbox_templates::BuildFailure::new(format!("waiting for the base template lock: {e}"), None)
+            })?
+            .map_err(|e| {
+                soulbox_templates::BuildFailure::new(format!("waiting for the base template lock: {e}"), None)
+            })?;
         let files_dir = self.runtime.config().store_dir().join("uploads");
         soulbox_templates::base::ensure_base(&self.engine, files_dir, soulbox_templates::base::stderr_log()).await
     }
