@@ -219,9 +219,6 @@ impl RuntimeConfig {
         let room = 15 - self.prefix.len();
         format!("{}{}", self.prefix, &id[..room.min(id.len())])
     }
-    pub fn chain_name(&self, id: &str) -> String {
-        format!("sb_{id}")
-    }
     pub fn cgroups_path(&self, id: &str) -> String {
         format!("/{}/{}", self.cgroup_parent(), id)
     }

@@ -120,9 +120,6 @@ impl IpPool {
         }
         conflicts
     }
-    pub fn in_use(&self) -> usize {
-        self.used().len()
-    }
 }
 
 pub fn lease_for(cfg: &RuntimeConfig, id: &str, ip: Ipv4Addr) -> NetLease {

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use base64::Engine;
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use reqwest::{RequestBuilder, Response};
 use semver::Version;
@@ -188,14 +187,4 @@ impl Envd {
             None => Error::from_status(status, text, None),
         }
     }
-}
-
-/// Collects a byte stream fully.
-#[allow(dead_code)]
-pub(crate) async fn collect(mut s: impl Stream<Item = Result<Bytes>> + Unpin) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(c) = s.next().await {
-        out.extend_from_slice(&c?);
-    }
-    Ok(out)
 }
