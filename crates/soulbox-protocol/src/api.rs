@@ -9,10 +9,12 @@ use serde::{Deserialize, Serialize};
 
 mod logs;
 mod nodes;
+mod system;
 mod templates;
 
 pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
 pub use nodes::NodeInfo;
+pub use system::{Health, HealthChecks, ProxyError, SandboxesMetrics, TemplateListEntry};
 pub use templates::{
     AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel,
     TemplateAlias, TemplateBuildInfo, TemplateBuildRequested, TemplateFilesLink, TemplateTag,

@@ -13,6 +13,7 @@
 //! install an access token on a sandbox through here. envd refusing the secret means the address answers for
 //! another sandbox than the one meant: that is E2B's 502 "sandbox not found", like any sandbox that is gone.
 
+use soulbox_protocol::api::ProxyError;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -482,17 +483,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// E2B's proxy answer for a sandbox that does not run (killed, expired, paused, unknown).
 pub fn not_found(id: &str) -> Response {
-    let body = serde_json::json!({ "sandboxId": id, "message": "The sandbox was not found", "code": 502 });
+    let body = ProxyError {
+        code: 502,
+        message: "The sandbox was not found".to_owned(),
+        port: None,
+        sandbox_id: id.to_owned(),
+    };
     (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
 }
 
 fn port_not_open(id: &str, port: u16) -> Response {
-    let body = serde_json::json!({
-        "sandboxId": id,
-        "message": format!("The sandbox is running but port is not open ({port})"),
-        "port": port,
-        "code": 502,
-    });
+    let body = ProxyError {
+        code: 502,
+        message: format!("The sandbox is running but port is not open ({port})"),
+        port: Some(port),
+        sandbox_id: id.to_owned(),
+    };
     (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
 }
 

@@ -408,12 +408,12 @@ pub async fn metrics_many(
             Ok(records) => records.into_iter().map(|r| r.id).collect(),
             Err(e) => return LifecycleError::from(e).into_response(),
         };
-    let map: HashMap<String, _> = ids
+    let sandboxes: std::collections::BTreeMap<String, _> = ids
         .split(',')
         .filter(|i| own.contains(*i))
         .filter_map(|id| state.metrics.latest(id).map(|s| (id.to_owned(), s.to_api())))
         .collect();
-    Json(serde_json::json!({ "sandboxes": map })).into_response()
+    Json(soulbox_protocol::api::SandboxesMetrics { sandboxes }).into_response()
 }
 
 pub async fn logs(

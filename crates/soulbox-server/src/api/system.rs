@@ -26,12 +26,12 @@ pub async fn health(State(state): State<ApiState>) -> Response {
     let cluster = state.lifecycle.nodes().cluster().is_some();
     let node_ok = cluster || !matches!(node.status, NodeStatus::Unhealthy);
     let healthy = store_ok && node_ok;
-    let body = serde_json::json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
-        "version": SOULBOX_VERSION,
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "checks": { "store": store_ok, "node": node.status.as_str() },
-    });
+    let body = soulbox_protocol::api::Health {
+        checks: soulbox_protocol::api::HealthChecks { node: node.status.as_str().to_owned(), store: store_ok },
+        status: if healthy { "healthy" } else { "unhealthy" }.to_owned(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        version: SOULBOX_VERSION.to_owned(),
+    };
     let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
@@ -211,19 +211,17 @@ pub async fn templates(
                     Some(r) if r.team_id == caller.team_id || r.public => Some((t, r.public)),
                     Some(_) => None,
                 })
-                .map(|(t, public)| {
-                    serde_json::json!({
-                        "templateID": t.template_id,
-                        "buildID": t.template_id,
-                        "aliases": t.aliases,
-                        "names": t.aliases,
-                        "cpuCount": t.cpu_count,
-                        "memoryMB": t.memory_mb,
-                        "diskSizeMB": t.disk_size_mb,
-                        "envdVersion": t.envd_version,
-                        "public": public,
-                        "buildStatus": "ready",
-                    })
+                .map(|(t, public)| soulbox_protocol::api::TemplateListEntry {
+                    aliases: t.aliases.clone(),
+                    build_id: t.template_id.clone(),
+                    build_status: "ready".to_owned(),
+                    cpu_count: t.cpu_count,
+                    disk_size_mb: t.disk_size_mb,
+                    envd_version: t.envd_version.clone(),
+                    memory_mb: t.memory_mb,
+                    names: t.aliases.clone(),
+                    public,
+                    template_id: t.template_id.clone(),
                 })
                 .collect::<Vec<_>>(),
         )

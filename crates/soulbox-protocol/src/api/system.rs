@@ -1,0 +1,125 @@
+//! The remaining REST bodies the server writes: the template list, `GET /health`, the batch metrics of
+//! `GET /sandboxes/metrics`, and the proxy's 502 answers.
+//!
+//! Fields are declared in the order of their JSON names (bytewise): the order the server wrote them in before
+//! these types existed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::SandboxMetric;
+
+/// One template of `GET /templates` (E2B's `Template`, the fields SoulBox fills).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateListEntry {
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(rename = "buildID", default)]
+    pub build_id: String,
+    /// Always `ready`: a template is listed once a build has made it.
+    #[serde(default)]
+    pub build_status: String,
+    #[serde(default)]
+    pub cpu_count: u32,
+    #[serde(rename = "diskSizeMB", default)]
+    pub disk_size_mb: u32,
+    #[serde(default)]
+    pub envd_version: String,
+    #[serde(rename = "memoryMB", default)]
+    pub memory_mb: u32,
+    /// E2B's newer name for `aliases`.
+    #[serde(default)]
+    pub names: Vec<String>,
+    #[serde(default)]
+    pub public: bool,
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+}
+
+/// `GET /health` (SoulBox's): 200 when healthy, 503 with the same body when not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub checks: HealthChecks,
+    /// `healthy` | `unhealthy`.
+    pub status: String,
+    pub uptime_seconds: u64,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthChecks {
+    /// The node's status (`healthy`, `draining`, `unhealthy`, ...).
+    pub node: String,
+    pub store: bool,
+}
+
+/// `GET /sandboxes/metrics?sandbox_ids=...`: the latest sample of each of the caller's running sandboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxesMetrics {
+    pub sandboxes: BTreeMap<String, SandboxMetric>,
+}
+
+/// The proxy's 502 for a sandbox that does not run, or a port nothing listens on (E2B's shape: the SDKs read
+/// `sandboxId` and `port`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyError {
+    pub code: u16,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub sandbox_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_list_entry_bytes() {
+        let entry = TemplateListEntry {
+            aliases: vec!["base".into()],
+            build_id: "base".into(),
+            build_status: "ready".into(),
+            cpu_count: 2,
+            disk_size_mb: 0,
+            envd_version: "0.6.13".into(),
+            memory_mb: 512,
+            names: vec!["base".into()],
+            public: true,
+            template_id: "base".into(),
+        };
+        let json = r#"{"aliases":["base"],"buildID":"base","buildStatus":"ready","cpuCount":2,"diskSizeMB":0,"envdVersion":"0.6.13","memoryMB":512,"names":["base"],"public":true,"templateID":"base"}"#;
+        assert_eq!(serde_json::to_string(&entry).unwrap(), json);
+        assert_eq!(serde_json::from_str::<TemplateListEntry>(json).unwrap(), entry);
+    }
+
+    #[test]
+    fn health_and_proxy_error_bytes() {
+        let health = Health {
+            checks: HealthChecks { node: "healthy".into(), store: true },
+            status: "healthy".into(),
+            uptime_seconds: 5,
+            version: "0.1.0".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&health).unwrap(),
+            r#"{"checks":{"node":"healthy","store":true},"status":"healthy","uptime_seconds":5,"version":"0.1.0"}"#
+        );
+        let gone =
+            ProxyError { code: 502, message: "The sandbox was not found".into(), port: None, sandbox_id: "s".into() };
+        assert_eq!(
+            serde_json::to_string(&gone).unwrap(),
+            r#"{"code":502,"message":"The sandbox was not found","sandboxId":"s"}"#
+        );
+        let closed = ProxyError { port: Some(8080), ..gone };
+        assert_eq!(
+            serde_json::to_string(&closed).unwrap(),
+            r#"{"code":502,"message":"The sandbox was not found","port":8080,"sandboxId":"s"}"#
+        );
+        let empty = SandboxesMetrics { sandboxes: BTreeMap::new() };
+        assert_eq!(serde_json::to_string(&empty).unwrap(), r#"{"sandboxes":{}}"#);
+    }
+}
