@@ -1,31 +1,32 @@
 //! The sandbox lifecycle: create → (pause ⇄ resume) → stop-to-disk ⇄ start-from-disk → delete,
 //! plus snapshot and stats. Every resource has one idempotent release path: [`Inner::release`].
-use crate::config::{ENVD_PORT, RuntimeConfig, check_id, new_sandbox_id};
+use crate::config::{ENVD_PORT, RuntimeConfig, check_id};
 use crate::disk::{DiskLimits, Mechanism};
 use crate::driver::Driver;
 use crate::envd_secret::EnvdSecret;
-use crate::error::{Error, IoCtx, Result};
+use crate::error::{Error, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool, NetLease};
-use crate::oci_spec::{self, BundleParams};
 use crate::quota::DiskQuota;
 use crate::record::Record;
 use crate::rootfs;
 use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 use crate::template::{Store, TemplateMeta};
 use crate::{cgroup, util};
-use soulbox_protocol::envd_init;
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex as AsyncMutex;
 
 mod addresses;
+mod boot;
 mod close;
+mod open;
+mod pool;
 mod reconcile;
+
+use pool::RefillOnDrop;
 
 type Handle = Arc<AsyncMutex<Record>>;
 
@@ -192,278 +193,9 @@ impl Inner {
         network::setup(&lease).await?;
         Ok(lease)
     }
-
-    /// Take a prepared slot (network, default firewall chain, disk image) from the pool, or make
-    /// one now. Returns (id, lease, whether the firewall already holds the default open policy).
-    /// The caller refills the pool once its create is done.
-    async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease, bool)> {
-        let slot = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-        if let Some((id, l)) = slot {
-            return Ok((id, l, true));
-        }
-        let id = self.fresh_id()?;
-        Record { id: id.clone(), status: Status::Creating, template: None, spec: None, envd_secret: None }
-            .save(&self.dir(&id))?;
-        match self.acquire_network(&id).await {
-            Ok(l) => Ok((id, l, false)),
-            Err(e) => {
-                let _ = self.release(&id, false).await;
-                Err(e)
-            }
-        }
-    }
-
-    fn fresh_id(&self) -> Result<String> {
-        loop {
-            let id = new_sandbox_id();
-            let dir = self.dir(&id);
-            let veth_taken = !network::host_links(&self.cfg.veth_name(&id)).is_empty();
-            if !dir.exists() && !veth_taken {
-                std::fs::create_dir_all(&dir).ctx(&dir)?;
-                crate::perms::set_mode(&dir, 0o700)?;
-                return Ok(id);
-            }
-        }
-    }
-
-    pub fn spawn_refill(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
-        if self.refilling.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let me = self.clone();
-        tokio::spawn(async move {
-            let _ = me.fill_pool().await;
-            me.refilling.store(false, Ordering::SeqCst);
-        });
-    }
-
-    pub async fn fill_pool(&self) -> Result<()> {
-        loop {
-            if self.pool.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.cfg.pool_size {
-                return Ok(());
-            }
-            let id = self.fresh_id()?;
-            Record { id: id.clone(), status: Status::Pooled, template: None, spec: None, envd_secret: None }
-                .save(&self.dir(&id))?;
-            let res = async {
-                let l = self.acquire_network(&id).await?;
-                self.fw.apply_policy(&id, &l, &NetworkPolicy::open()).await?;
-                self.disk.prepare_pooled(&self.dir(&id)).await?;
-                Ok::<_, Error>(l)
-            }
-            .await;
-            match res {
-                Ok(l) => self.pool.lock().unwrap_or_else(|e| e.into_inner()).push_back((id, l)),
-                Err(e) => {
-                    let _ = self.release(&id, false).await;
-                    return Err(e);
-                }
-            }
-        }
-    }
-
-    /// Mount the rootfs, write the bundle, start the container, wait for envd.
-    async fn boot(&self, rec: &Record, lease: &NetLease) -> Result<()> {
-        let id = &rec.id;
-        let dir = self.dir(id);
-        let t0 = std::time::Instant::now();
-        let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
-            return Err(Error::Invalid("record without template/spec".into()));
-        };
-        // /etc/hosts, hostname and resolv.conf are written by envd inside the sandbox (`network` in its start
-        // configuration); host files of sandboxes from before that are not used any more.
-        let _ = std::fs::remove_dir_all(dir.join("etc"));
-
-        // The sandbox's range (given with its network) owns the sandbox dir, so the sandbox's
-        // mapped root (runc's init) can walk to the rootfs and no host user can.
-        crate::userns::check_files(self.userns.as_ref(), &dir)?;
-        let id_range = self.userns.as_ref().map(|_| crate::userns::IdRange::of_sandbox(&dir)).transpose()?;
-        crate::perms::secure_sandbox_dir(&dir, id_range.map_or(0, |r| r.host_base))?;
-
-        // Writable layer: its disk limit (project quota, or its own image mounted) before
-        // anything is written into it.
-        let disk_mb = self.disk_limit_mb(spec, meta);
-        let tq = std::time::Instant::now();
-        self.disk.apply(id, &dir, disk_mb).await?;
-        tracing::debug!(sandbox = %id, us = tq.elapsed().as_micros() as u64, disk_mb, "disk limit applied");
-        match id_range {
-            Some(range) if !range.shared => crate::idmap::mount_sandbox_rootfs(&dir, &self.store, &meta.layers, range)?,
-            // Shared range: the files are stored shifted, the overlay shows them as they are.
-            Some(range) => {
-                crate::userns::own_upper_root(&rootfs::paths(&dir).upper, range)?;
-                rootfs::mount(&dir, &self.store.layer_dirs(meta))?
-            }
-            None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
-        }
-
-        let init =
-            crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns);
-        let params = BundleParams {
-            id,
-            sandbox_dir: &dir,
-            netns_path: lease.netns_path(),
-            cpu_count: spec.cpu_count.unwrap_or(meta.cpu_count),
-            memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
-            pids_limit: spec.pids_limit.unwrap_or(4096),
-            envd_init: serde_json::to_string(&init)
-                .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
-            id_range,
-        };
-        let oci = oci_spec::build(&self.cfg, &params)?;
-        oci_spec::write(&dir, &oci)?;
-
-        // stdout/stderr of the container (and of the runtime CLI): the log's FIFO, drained on the host.
-        let stdio = self.logs.attach(id, &dir)?;
-        if self.cfg.init_override.is_some() {
-            let started = async {
-                self.driver.create(id, &dir, stdio, None).await?;
-                self.driver.start(id).await
-            };
-            return self.with_log(id, started.await).await;
-        }
-        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK)
-            .map_err(|e| Error::Io { path: "pipe".into(), source: e.into() })?;
-        // The write end is blocking for envd's sake; only our read end is non-blocking.
-        let _ = rustix::fs::fcntl_setfl(&w, rustix::fs::OFlags::empty());
-        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(r)
-            .map_err(|e| Error::Io { path: "pipe".into(), source: e })?;
-        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "rootfs mounted, bundle written");
-        let started = async {
-            if self.cfg.run_detached {
-                self.driver.run_detached(id, &dir, stdio, Some(w)).await
-            } else {
-                self.driver.create(id, &dir, stdio, Some(w)).await?;
-                tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
-                self.driver.start(id).await
-            }
-        };
-        self.with_log(id, started.await).await?;
-        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
-        let mut b = [0u8; 1];
-        let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
-        let reason = match res {
-            Ok(Ok(1)) => {
-                tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "envd ready");
-                return Ok(());
-            }
-            Ok(Ok(_)) => "envd exited (or closed fd 3) before it was ready".to_string(),
-            Ok(Err(e)) => format!("reading the ready pipe: {e}"),
-            Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
-        };
-        self.logs.flush(id).await;
-        Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
-    }
-
-    /// A failed runtime CLI call's message went to the sandbox log: add its tail to the error.
-    async fn with_log(&self, id: &str, res: Result<()>) -> Result<()> {
-        match res {
-            Err(Error::Command { cmd, status, stderr }) if stderr.is_empty() => {
-                self.logs.flush(id).await;
-                Err(Error::Command { cmd, status, stderr: crate::sandbox_log::tail(&self.dir(id), 2000) })
-            }
-            other => other,
-        }
-    }
 }
 
 impl Runtime {
-    /// Open the runtime on its data dir: take the instance lock, reconcile what a previous
-    /// instance left (re-adopt live sandboxes, collect everything leaked), fill the warm pool.
-    pub async fn open(cfg: RuntimeConfig) -> Result<Runtime> {
-        Runtime::open_reserving(cfg, &[]).await
-    }
-
-    /// [`Runtime::open`], keeping `reserved` (sandbox id, address) out of the pool: addresses the
-    /// caller's records still name (see [`Runtime::set_reserved_addresses`]). They are reserved
-    /// before the warm pool takes any address.
-    pub async fn open_reserving(mut cfg: RuntimeConfig, reserved: &[(String, Ipv4Addr)]) -> Result<Runtime> {
-        cfg.validate()?;
-        if let Some(adj) = cfg.envd_oom_score_adj {
-            // Lowering oom_score_adj below our own needs CAP_SYS_RESOURCE; without it the OCI
-            // runtime would fail every create.
-            let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0);
-            if adj < own && !util::has_cap(24 /* CAP_SYS_RESOURCE */) {
-                tracing::warn!(adj, own, "no CAP_SYS_RESOURCE: envd keeps the inherited oom_score_adj");
-                cfg.envd_oom_score_adj = None;
-            }
-        }
-        if !util::is_root() {
-            return Err(Error::NotRoot("the runtime needs root (mounts, netns, cgroups, nftables)".into()));
-        }
-        for d in [cfg.data_dir.clone(), cfg.sandboxes_dir(), cfg.runtime_root()] {
-            std::fs::create_dir_all(&d).ctx(&d)?;
-        }
-        // Absolute: sandbox dirs are named in host-wide user namespace claims.
-        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).ctx(&cfg.data_dir)?;
-        let lock_path = cfg.data_dir.join("runtime.lock");
-        let lock =
-            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx(&lock_path)?;
-        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            return Err(Error::Locked(cfg.data_dir.clone()));
-        }
-        if cfg.init_override.is_none() && !cfg.envd_path.is_file() {
-            return Err(Error::Invalid(format!(
-                "envd binary {} not found (run scripts/build-envd.sh)",
-                cfg.envd_path.display()
-            )));
-        }
-        if cfg.init_override.is_none() {
-            cfg.envd_path = crate::perms::install_envd(&cfg)?;
-        }
-        crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
-        network::enable_forwarding()?;
-        let mut store = Store::new(cfg.store_dir())?;
-        let disk = DiskLimits::open(&cfg).await?;
-        let userns = crate::userns::open(&cfg, &store)?;
-        if let Some(range) = userns.as_ref().and_then(crate::userns::Userns::shifted) {
-            // Its layers are stored shifted: a store of their own (`template.rs`).
-            store = Store::shifted(&cfg.store_dir(), range.host_base)?;
-        }
-        crate::perms::secure_data_dir(&cfg, userns.is_some())?;
-        let inner = Arc::new(Inner {
-            driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
-            ips: IpPool::new(&cfg),
-            fw: Arc::new(Firewall::new(&cfg)),
-            fw_watch: Default::default(),
-            serving: Default::default(),
-            disk,
-            userns,
-            logs: crate::sandbox_log::Logs::new(cfg.sandbox_log_limits()),
-            store,
-            sandboxes: Default::default(),
-            secrets: Default::default(),
-            pool: Default::default(),
-            refilling: Default::default(),
-            _lock: lock,
-            cfg,
-        });
-        let runtime = Runtime { inner };
-        // From here on the runtime has made things on the host (table, pool slots, maybe the
-        // node's disk image): a failure gives back what it can.
-        if let Err(e) = runtime.finish_open(reserved).await {
-            if let Err(e2) = runtime.close().await {
-                tracing::warn!(error = %e2, "cleaning up after a failed open");
-            }
-            return Err(e);
-        }
-        Ok(runtime)
-    }
-
-    async fn finish_open(&self, reserved: &[(String, Ipv4Addr)]) -> Result<()> {
-        let inner = &self.inner;
-        reconcile::reconcile(inner).await?;
-        self.set_reserved_addresses(reserved);
-        if inner.cfg.pool_size > 0 {
-            inner.fill_pool().await?;
-        }
-        *inner.fw_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(firewall::watch::spawn(inner.fw.clone()));
-        Ok(())
-    }
-
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.cfg
     }
@@ -725,15 +457,6 @@ impl Runtime {
         first.map_or(Ok(()), Err)
     }
 
-    /// Release all prepared pool slots.
-    pub async fn drain_pool(&self) -> Result<()> {
-        loop {
-            let slot = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-            let Some((id, _)) = slot else { return Ok(()) };
-            self.inner.release(&id, false).await?;
-        }
-    }
-
     /// The project-quota backend (disabled unless it is the mechanism in use).
     pub fn disk_quota(&self) -> &DiskQuota {
         self.inner.disk.quota()
@@ -759,22 +482,6 @@ impl Runtime {
     /// they get none.
     pub fn userns_mode(&self) -> Option<crate::userns::UsernsMode> {
         self.inner.userns.as_ref().map(crate::userns::Userns::mode)
-    }
-
-    pub fn pool_len(&self) -> usize {
-        self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// Starts a pool refill when dropped (every exit of `create`).
-struct RefillOnDrop<'a>(&'a Arc<Inner>);
-
-impl Drop for RefillOnDrop<'_> {
-    fn drop(&mut self) {
-        // (a create future dropped outside the tokio runtime cannot spawn; the next create refills)
-        if self.0.cfg.pool_size > 0 && tokio::runtime::Handle::try_current().is_ok() {
-            self.0.spawn_refill();
-        }
     }
 }
 

@@ -30,28 +30,23 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::VecDeque;
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use futures::{Stream, StreamExt};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::client::{Client, api_error, seg};
 use crate::error::{Error, Result};
 
+mod build_log;
+mod context;
+
+pub use context::files_hash;
+use context::tar_gz;
+
 /// The image E2B's `Template().from_base_image()` asks for (SoulBox maps it to its `base` template).
 pub const BASE_IMAGE: &str = "e2bdev/base";
-/// Log lines a [`Error::Build`] carries.
-const LAST_LOG_LINES: usize = 20;
-/// How often the polling fallback asks for the status (E2B's SDKs poll at this rate).
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The recipe types shared with the server through `soulbox-protocol` (E2B's JSON).
 pub use soulbox_protocol::template::{Recipe, TemplateStep};
@@ -372,286 +367,16 @@ impl BuildHandle {
         let path = format!("/templates/{}/builds/{}/status", seg(&self.template_id), seg(&self.build_id));
         self.client.api_json(Method::GET, &path, &[("logsOffset", logs_offset.to_string())], None).await
     }
-
-    /// The build's log from its first entry, each entry as soon as the server has it; the stream ends when the
-    /// build ended — after the last entry, or with `Err(Error::Build { .. })` when it failed. Reads the live
-    /// NDJSON stream; when the server has none (or it breaks), continues by polling the status endpoint.
-    pub fn logs(&self) -> impl Stream<Item = Result<BuildLogEntry>> + Send + 'static {
-        let state = Follow {
-            handle: self.clone(),
-            phase: Phase::Connect,
-            seen: 0,
-            buf: BytesMut::new(),
-            last: VecDeque::new(),
-            pending: VecDeque::new(),
-        };
-        futures::stream::unfold(state, |mut st| async move { st.next().await.map(|item| (item, st)) })
-    }
-
-    /// Waits for the end of the build (following the live log); `Err(Error::Build)` when it failed.
-    pub async fn wait(&self) -> Result<()> {
-        let mut logs = std::pin::pin!(self.logs());
-        while let Some(item) = logs.next().await {
-            item?;
-        }
-        Ok(())
-    }
-
-    /// Waits by polling the status endpoint only (E2B's way; for servers without the live stream).
-    pub async fn wait_polling(&self) -> Result<()> {
-        let mut state = Follow {
-            handle: self.clone(),
-            phase: Phase::Poll,
-            seen: 0,
-            buf: BytesMut::new(),
-            last: VecDeque::new(),
-            pending: VecDeque::new(),
-        };
-        while let Some(item) = state.next().await {
-            item?;
-        }
-        Ok(())
-    }
-
-    fn failure(&self, reason: Option<BuildReason>, last: &VecDeque<String>) -> Error {
-        let reason = reason.unwrap_or(BuildReason { message: None, step: None });
-        Error::Build {
-            template_id: self.template_id.clone(),
-            build_id: self.build_id.clone(),
-            step: reason.step,
-            message: reason.message.unwrap_or_else(|| "the build failed".into()),
-            last_logs: last.iter().cloned().collect(),
-        }
-    }
-}
-
-enum Phase {
-    Connect,
-    Streaming(Pin<Box<dyn Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>),
-    Poll,
-    Done,
-}
-
-/// The state of [`BuildHandle::logs`]: entries already delivered (`seen`) let the polling fallback resume
-/// where the stream stopped.
-struct Follow {
-    handle: BuildHandle,
-    phase: Phase,
-    seen: usize,
-    buf: BytesMut,
-    last: VecDeque<String>,
-    pending: VecDeque<Result<BuildLogEntry>>,
-}
-
-use soulbox_protocol::api::BuildStreamLine as StreamLine;
-
-impl Follow {
-    fn remember(&mut self, entry: &BuildLogEntry) {
-        self.seen += 1;
-        if self.last.len() == LAST_LOG_LINES {
-            self.last.pop_front();
-        }
-        self.last.push_back(entry.message.clone());
-    }
-
-    fn end(&mut self, status: BuildStatus, reason: Option<BuildReason>) -> Option<Result<BuildLogEntry>> {
-        self.phase = Phase::Done;
-        (status == BuildStatus::Error).then(|| Err(self.handle.failure(reason, &self.last)))
-    }
-
-    async fn next(&mut self) -> Option<Result<BuildLogEntry>> {
-        loop {
-            if let Some(item) = self.pending.pop_front() {
-                return Some(item);
-            }
-            match &mut self.phase {
-                Phase::Done => return None,
-                Phase::Connect => {
-                    let h = &self.handle;
-                    let path = format!("/templates/{}/builds/{}/logs/stream", seg(&h.template_id), seg(&h.build_id));
-                    let url = format!("{}{path}", h.client.config().api_url.trim_end_matches('/'));
-                    let Some(key) = h.client.config().api_key.clone() else {
-                        self.phase = Phase::Done;
-                        return Some(Err(Error::Auth("no API key".into())));
-                    };
-                    // No request timeout: the stream lasts as long as the build.
-                    match h.client.http().get(url).header("X-API-Key", key).send().await {
-                        Ok(r) if r.status().is_success() => self.phase = Phase::Streaming(Box::pin(r.bytes_stream())),
-                        Ok(r) if matches!(r.status().as_u16(), 401 | 403) => {
-                            self.phase = Phase::Done;
-                            return Some(Err(api_error(r).await));
-                        }
-                        // No live stream on this server (or a transient failure): poll.
-                        Ok(_) | Err(_) => self.phase = Phase::Poll,
-                    }
-                }
-                Phase::Streaming(body) => {
-                    if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-                        let line = self.buf.split_to(nl + 1);
-                        let text = &line[..nl];
-                        if text.iter().all(u8::is_ascii_whitespace) {
-                            continue;
-                        }
-                        match serde_json::from_slice::<StreamLine>(text) {
-                            Ok(StreamLine::Entry(e)) => {
-                                self.remember(&e);
-                                return Some(Ok(e));
-                            }
-                            Ok(StreamLine::End(end)) => match self
-                                .end(end.status, end.reason.map(|r| BuildReason { message: r.message, step: r.step }))
-                            {
-                                Some(err) => return Some(err),
-                                None => return None,
-                            },
-                            Err(e) => {
-                                self.phase = Phase::Done;
-                                return Some(Err(Error::Other(format!(
-                                    "bad build log line: {e}: {}",
-                                    String::from_utf8_lossy(text)
-                                ))));
-                            }
-                        }
-                    }
-                    match body.next().await {
-                        Some(Ok(chunk)) => self.buf.extend_from_slice(chunk.chunk()),
-                        // The stream broke or ended without the status line: continue from the status endpoint.
-                        Some(Err(_)) | None => {
-                            self.buf.clear();
-                            self.phase = Phase::Poll;
-                        }
-                    }
-                }
-                Phase::Poll => {
-                    let page = match self.handle.status(self.seen).await {
-                        Ok(p) => p,
-                        Err(e) => {
-                            self.phase = Phase::Done;
-                            return Some(Err(e));
-                        }
-                    };
-                    let empty = page.log_entries.is_empty();
-                    for e in page.log_entries {
-                        self.remember(&e);
-                        self.pending.push_back(Ok(e));
-                    }
-                    match page.status {
-                        // Finished: drain the remaining pages first (a page holds at most 100 entries).
-                        BuildStatus::Ready | BuildStatus::Error if empty => {
-                            if let Some(err) = self.end(page.status, page.reason) {
-                                self.pending.push_back(err);
-                            }
-                        }
-                        BuildStatus::Ready | BuildStatus::Error => {}
-                        BuildStatus::Waiting | BuildStatus::Building if empty => {
-                            tokio::time::sleep(POLL_INTERVAL).await
-                        }
-                        BuildStatus::Waiting | BuildStatus::Building => {}
-                    }
-                }
-            }
-        }
-    }
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Error::Other(format!("a blocking task failed: {e}")))?
 }
 
-/// The files of `src` under `context`, sorted: the source itself and, for a directory, everything below it.
-fn collect(context: &Path, src: &str) -> Result<Vec<PathBuf>> {
-    let rel = Path::new(src.trim_start_matches("./"));
-    if rel.is_absolute() || rel.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(Error::Invalid(format!("COPY source '{src}' must be a path inside the context")));
-    }
-    if src.contains(['*', '?', '[']) {
-        return Err(Error::Invalid(format!("COPY source '{src}': glob patterns are not supported by this SDK yet")));
-    }
-    let root = context.join(rel);
-    let meta =
-        std::fs::symlink_metadata(&root).map_err(|e| Error::Invalid(format!("COPY source {}: {e}", root.display())))?;
-    let mut out = Vec::new();
-    if rel.as_os_str().is_empty() || rel == Path::new(".") {
-        // The whole context: its entries, not the directory itself.
-    } else {
-        out.push(root.clone());
-    }
-    if meta.is_dir() {
-        let mut stack = vec![root];
-        while let Some(dir) = stack.pop() {
-            let rd = std::fs::read_dir(&dir).map_err(|e| Error::Other(format!("reading {}: {e}", dir.display())))?;
-            for entry in rd {
-                let entry = entry.map_err(|e| Error::Other(format!("reading {}: {e}", dir.display())))?;
-                let path = entry.path();
-                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    stack.push(path.clone());
-                }
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-fn rel_name(context: &Path, path: &Path) -> String {
-    path.strip_prefix(context).unwrap_or(path).to_string_lossy().into_owned()
-}
-
-/// E2B's `filesHash`: sha256 of `"COPY {src} {dest}"`, then per entry its relative path, `st_mode`, size (not
-/// for directories) and content (a symlink: its target).
-pub fn files_hash(context: &Path, src: &str, dest: &str) -> Result<String> {
-    let mut h = Sha256::new();
-    h.update(format!("COPY {src} {dest}").as_bytes());
-    let io = |p: &Path, e: std::io::Error| Error::Other(format!("hashing {}: {e}", p.display()));
-    for path in collect(context, src)? {
-        h.update(rel_name(context, &path).as_bytes());
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| io(&path, e))?;
-        h.update(meta.mode().to_string().as_bytes());
-        if !meta.is_dir() {
-            h.update(meta.len().to_string().as_bytes());
-        }
-        if meta.file_type().is_symlink() {
-            h.update(std::fs::read_link(&path).map_err(|e| io(&path, e))?.to_string_lossy().as_bytes());
-        } else if meta.is_file() {
-            let mut f = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
-            let mut chunk = vec![0u8; 64 << 10];
-            loop {
-                let n = f.read(&mut chunk).map_err(|e| io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&chunk[..n]);
-            }
-        }
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A gzip'd tar of `src` (members relative to the context), spooled to an anonymous temporary file.
-fn tar_gz(context: &Path, src: &str) -> Result<std::fs::File> {
-    let err = |e: std::io::Error| Error::Other(format!("packing the COPY context: {e}"));
-    let file = tempfile::tempfile().map_err(err)?;
-    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    for path in collect(context, src)? {
-        let name = rel_name(context, &path);
-        let meta = std::fs::symlink_metadata(&path).map_err(err)?;
-        if meta.is_dir() {
-            tar.append_dir(&name, &path).map_err(err)?;
-        } else {
-            tar.append_path_with_name(&path, &name).map_err(err)?;
-        }
-    }
-    let mut file = tar.into_inner().map_err(err)?.finish().map_err(err)?;
-    use std::io::Seek;
-    file.rewind().map_err(err)?;
-    Ok(file)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use soulbox_protocol::api::BuildStreamLine as StreamLine;
 
     #[test]
     fn builder_produces_e2b_steps() {

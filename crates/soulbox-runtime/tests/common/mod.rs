@@ -276,3 +276,14 @@ pub fn node_leftovers(cfg: &RuntimeConfig) -> Vec<String> {
     v.extend(soulbox_runtime::quota::loop_devices_for(&img).into_iter().map(|d| format!("loop device {d}")));
     v
 }
+
+/// The disk image's loop device goes with the mount (autoclear); give the kernel a moment.
+pub async fn wait_no_node_leftovers(cfg: &RuntimeConfig) -> Vec<String> {
+    for _ in 0..50 {
+        if node_leftovers(cfg).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    node_leftovers(cfg)
+}

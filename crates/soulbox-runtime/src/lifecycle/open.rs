@@ -1,0 +1,110 @@
+//! Opening a runtime on its data dir: checks, instance lock, reconcile, warm pool, firewall watcher.
+use super::{Inner, Runtime, reconcile};
+use crate::config::RuntimeConfig;
+use crate::disk::DiskLimits;
+use crate::driver::Driver;
+use crate::error::{Error, IoCtx, Result};
+use crate::firewall::{self, Firewall};
+use crate::network::{self, IpPool};
+use crate::template::Store;
+use crate::util;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+impl Runtime {
+    /// Open the runtime on its data dir: take the instance lock, reconcile what a previous
+    /// instance left (re-adopt live sandboxes, collect everything leaked), fill the warm pool.
+    pub async fn open(cfg: RuntimeConfig) -> Result<Runtime> {
+        Runtime::open_reserving(cfg, &[]).await
+    }
+
+    /// [`Runtime::open`], keeping `reserved` (sandbox id, address) out of the pool: addresses the
+    /// caller's records still name (see [`Runtime::set_reserved_addresses`]). They are reserved
+    /// before the warm pool takes any address.
+    pub async fn open_reserving(mut cfg: RuntimeConfig, reserved: &[(String, Ipv4Addr)]) -> Result<Runtime> {
+        cfg.validate()?;
+        if let Some(adj) = cfg.envd_oom_score_adj {
+            // Lowering oom_score_adj below our own needs CAP_SYS_RESOURCE; without it the OCI
+            // runtime would fail every create.
+            let own: i32 = std::fs::read_to_string("/proc/self/oom_score_adj")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            if adj < own && !util::has_cap(24 /* CAP_SYS_RESOURCE */) {
+                tracing::warn!(adj, own, "no CAP_SYS_RESOURCE: envd keeps the inherited oom_score_adj");
+                cfg.envd_oom_score_adj = None;
+            }
+        }
+        if !util::is_root() {
+            return Err(Error::NotRoot("the runtime needs root (mounts, netns, cgroups, nftables)".into()));
+        }
+        for d in [cfg.data_dir.clone(), cfg.sandboxes_dir(), cfg.runtime_root()] {
+            std::fs::create_dir_all(&d).ctx(&d)?;
+        }
+        // Absolute: sandbox dirs are named in host-wide user namespace claims.
+        cfg.data_dir = std::fs::canonicalize(&cfg.data_dir).ctx(&cfg.data_dir)?;
+        let lock_path = cfg.data_dir.join("runtime.lock");
+        let lock =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).ctx(&lock_path)?;
+        if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Err(Error::Locked(cfg.data_dir.clone()));
+        }
+        if cfg.init_override.is_none() && !cfg.envd_path.is_file() {
+            return Err(Error::Invalid(format!(
+                "envd binary {} not found (run scripts/build-envd.sh)",
+                cfg.envd_path.display()
+            )));
+        }
+        if cfg.init_override.is_none() {
+            cfg.envd_path = crate::perms::install_envd(&cfg)?;
+        }
+        crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
+        network::enable_forwarding()?;
+        let mut store = Store::new(cfg.store_dir())?;
+        let disk = DiskLimits::open(&cfg).await?;
+        let userns = crate::userns::open(&cfg, &store)?;
+        if let Some(range) = userns.as_ref().and_then(crate::userns::Userns::shifted) {
+            // Its layers are stored shifted: a store of their own (`template.rs`).
+            store = Store::shifted(&cfg.store_dir(), range.host_base)?;
+        }
+        crate::perms::secure_data_dir(&cfg, userns.is_some())?;
+        let inner = Arc::new(Inner {
+            driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
+            ips: IpPool::new(&cfg),
+            fw: Arc::new(Firewall::new(&cfg)),
+            fw_watch: Default::default(),
+            serving: Default::default(),
+            disk,
+            userns,
+            logs: crate::sandbox_log::Logs::new(cfg.sandbox_log_limits()),
+            store,
+            sandboxes: Default::default(),
+            secrets: Default::default(),
+            pool: Default::default(),
+            refilling: Default::default(),
+            _lock: lock,
+            cfg,
+        });
+        let runtime = Runtime { inner };
+        // From here on the runtime has made things on the host (table, pool slots, maybe the
+        // node's disk image): a failure gives back what it can.
+        if let Err(e) = runtime.finish_open(reserved).await {
+            if let Err(e2) = runtime.close().await {
+                tracing::warn!(error = %e2, "cleaning up after a failed open");
+            }
+            return Err(e);
+        }
+        Ok(runtime)
+    }
+
+    async fn finish_open(&self, reserved: &[(String, Ipv4Addr)]) -> Result<()> {
+        let inner = &self.inner;
+        reconcile::reconcile(inner).await?;
+        self.set_reserved_addresses(reserved);
+        if inner.cfg.pool_size > 0 {
+            inner.fill_pool().await?;
+        }
+        *inner.fw_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(firewall::watch::spawn(inner.fw.clone()));
+        Ok(())
+    }
+}
