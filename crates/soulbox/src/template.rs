@@ -218,23 +218,8 @@ pub use soulbox_protocol::api::{AssignedTags, BuildLogEntry, BuildReason, BuildS
 /// One answer of the status endpoint: the status and a page of the log from `logsOffset`.
 pub type BuildStatusPage = soulbox_protocol::api::TemplateBuildInfo;
 
-/// A template as `GET /templates` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TemplateSummary {
-    #[serde(rename = "templateID")]
-    pub template_id: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-    #[serde(default)]
-    pub cpu_count: u32,
-    #[serde(rename = "memoryMB", default)]
-    pub memory_mb: u32,
-    #[serde(rename = "diskSizeMB", default)]
-    pub disk_size_mb: u32,
-    #[serde(default)]
-    pub envd_version: String,
-}
+/// A template as `GET /templates` lists it (the wire shape, from soulbox-protocol).
+pub use soulbox_protocol::api::TemplateListEntry as TemplateSummary;
 
 /// A started build: follow its log ([`BuildHandle::logs`]), wait for it, or poll its status.
 #[derive(Debug, Clone)]
