@@ -57,14 +57,17 @@ store_test!(keys_belong_to_teams_with_roles, |db| {
     let b = store.authenticate_api_key(&b1_key.secret).await.unwrap().unwrap();
     assert!(!b.is_admin() && b.team_id == b1.team_id && b.team_name == "team-b");
 
-    let listed: Vec<(String, String, Role)> =
+    // Listed by creation time; keys made within the same millisecond (as here) fall back to their random ids, so
+    // the comparison is by name.
+    let mut listed: Vec<(String, String, Role)> =
         store.list_api_keys().await.unwrap().into_iter().map(|k| (k.name, k.team_name, k.role)).collect();
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         listed,
         [
-            ("ops".to_string(), "default".to_string(), Role::Admin),
             ("b-ci".to_string(), "team-b".to_string(), Role::Member),
-            ("b-dev".to_string(), "team-b".to_string(), Role::Member)
+            ("b-dev".to_string(), "team-b".to_string(), Role::Member),
+            ("ops".to_string(), "default".to_string(), Role::Admin),
         ]
     );
     let teams: Vec<String> = store.list_teams().await.unwrap().into_iter().map(|t| t.name).collect();
