@@ -19,7 +19,7 @@ pub fn split_tag(full: &str) -> (&str, &str) {
 
 /// The runtime template a build is registered as, and which runtime templates are internal (builds and build
 /// steps): the build engine's rules.
-pub use soulbox_templates::{build_template_name, is_internal_template};
+pub use soulbox_templates::{build_template_name, is_internal_template, is_valid_files_hash};
 
 /// A name a team may give a template: the runtime's template name rules, and not an internal one.
 pub fn is_valid_template_name(name: &str) -> bool {
@@ -29,11 +29,6 @@ pub fn is_valid_template_name(name: &str) -> bool {
 /// Tags: the characters of template names, at most 64.
 pub fn is_valid_tag(tag: &str) -> bool {
     soulbox_runtime::template::check_name(tag).is_ok()
-}
-
-/// A COPY context's files hash as it may name a file: hex, at most 128 characters.
-pub fn is_valid_files_hash(hash: &str) -> bool {
-    !hash.is_empty() && hash.len() <= 128 && hash.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// Sandbox ids as they appear in hosts (`<port>-<id>.<domain>`): lowercase letters and digits.

@@ -289,7 +289,7 @@ impl Engine {
                     Action::Run { cmd: arg(0), user }
                 }
                 "COPY" => {
-                    let Some(hash) = step.files_hash.clone().filter(|h| is_hex(h)) else {
+                    let Some(hash) = step.files_hash.clone().filter(|h| crate::is_valid_files_hash(h)) else {
                         return Err(BuildFailure::new("COPY step without a valid filesHash", Some(&n)));
                     };
                     let files = job.files_dir.join(&hash);
@@ -465,10 +465,6 @@ impl Engine {
         let _ = store.delete(&format!("{name}-s"));
         Ok(digest)
     }
-}
-
-fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
 
 /// `p` against `cwd` (the WORKDIR), normalised without touching the filesystem.

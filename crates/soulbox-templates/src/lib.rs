@@ -140,6 +140,12 @@ impl BuildFailure {
     }
 }
 
+/// A COPY context's files hash as it may name a file (the engine reads `files_dir/<hash>`, the server stores
+/// uploads under it): hex, at most 128 characters.
+pub fn is_valid_files_hash(hash: &str) -> bool {
+    !hash.is_empty() && hash.len() <= 128 && hash.chars().all(|c| c.is_ascii_hexdigit())
+}
+
 /// The runtime template a successful build is registered as (tags point at it).
 pub fn build_template_name(build_id: &str) -> String {
     format!("sbb-{build_id}")
