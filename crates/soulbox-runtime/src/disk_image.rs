@@ -15,6 +15,7 @@
 use crate::error::{Error, IoCtx, Result};
 use crate::{loopdev, mounts, util};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub const IMAGE_FILE: &str = "disk.img";
 /// Mount point of the image inside the sandbox dir; holds `upper/` and `work/`.
@@ -107,6 +108,7 @@ pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
     let mp = mount_dir(sandbox_dir);
     std::fs::create_dir_all(&mp).ctx(&mp)?;
     if !is_mountpoint(sandbox_dir, &mp) {
+        wait_until_released(&image).await?;
         if !superblock(&image)?.clean {
             // Not unmounted cleanly (host crash while it was mounted): repair before use.
             tracing::warn!(image = %image.display(), "sandbox disk image was not unmounted cleanly; running e2fsck -p");
@@ -133,6 +135,39 @@ pub async fn mount(tools: &Tools, sandbox_dir: &Path) -> Result<()> {
         std::fs::create_dir_all(&p).ctx(&p)?;
     }
     Ok(())
+}
+
+/// How long [`mount`] waits for an earlier, lazily detached mount of the same image to go away.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+/// Wait until no loop device is bound to `image`. A stop unmounts the image lazily when something
+/// still holds the overlay on it (the sandbox's last processes still exiting under load); the old
+/// filesystem then lives on, detached, until they are gone. Mounting the image again meanwhile
+/// would put two filesystems on one image: the new one would not see what the old one has yet to
+/// write back (a started sandbox found its files gone), and that write-back would then corrupt it.
+async fn wait_until_released(image: &Path) -> Result<()> {
+    let started = Instant::now();
+    let mut logged = false;
+    loop {
+        let devices = loopdev::devices_for(image);
+        if devices.is_empty() {
+            return Ok(());
+        }
+        for dev in devices.iter().filter(|d| !loopdev::autoclear(d)) {
+            // Left bound by a pre-5.8 attach: on a device still in use this only sets autoclear.
+            loopdev::detach(dev);
+        }
+        if started.elapsed() > RELEASE_WAIT {
+            let busy = std::io::Error::from(std::io::ErrorKind::ResourceBusy);
+            let what = format!("{} (still mounted, detached, on {})", image.display(), devices.join(", "));
+            return Err(Error::Io { path: what.into(), source: busy });
+        }
+        if !logged {
+            tracing::info!(image = %image.display(), ?devices, "waiting for an earlier, detached mount of the image to go");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Unmount the image (idempotent). Its loop device goes with the mount.

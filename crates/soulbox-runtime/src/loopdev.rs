@@ -118,6 +118,12 @@ pub fn backing_file(dev: &str) -> Option<PathBuf> {
     Some(PathBuf::from(s.trim_end_matches('\n').trim_end_matches(" (deleted)")))
 }
 
+/// Whether `loopN` releases itself when its last user goes (false for an unbound device or one a
+/// pre-5.8 attach left without the flag).
+pub fn autoclear(dev: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/block/{dev}/loop/autoclear")).is_ok_and(|s| s.trim() == "1")
+}
+
 /// Bound loop devices as (`loopN`, backing file).
 pub fn bound() -> Vec<(String, PathBuf)> {
     let Ok(rd) = std::fs::read_dir("/sys/block") else { return vec![] };

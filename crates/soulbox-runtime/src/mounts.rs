@@ -27,6 +27,7 @@ pub fn umount_path(mp: &Path) -> Result<()> {
             if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOENT {
                 return Ok(());
             }
+            tracing::info!(mount = %mp.display(), error = %e, "mount busy; detaching it lazily");
             unmount(mp, UnmountFlags::DETACH).map_err(|e| Error::Io { path: mp.into(), source: e.into() })?;
         }
     }

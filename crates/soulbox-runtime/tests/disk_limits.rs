@@ -295,3 +295,51 @@ async fn disk_image_mounts_left_by_a_crash_are_collected() {
     rt.destroy_all().await.unwrap();
     assert!(leftovers(&cfg).await.is_empty(), "{:?}", leftovers(&cfg).await);
 }
+
+/// A sandbox image whose filesystem is still alive, lazily detached because something held it at
+/// stop, is not mounted a second time: the second mount waits for the first to go and then sees
+/// everything written through it. (Two filesystems on one image lost a started sandbox's files in CI.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_still_held_after_unmount_is_not_mounted_twice() {
+    root_or_skip!("an_image_still_held_after_unmount_is_not_mounted_twice");
+    use soulbox_runtime::{disk_image, loopdev, rootfs};
+    use std::io::Write;
+
+    /// Removes the image's mount and directory however the test ends.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = disk_image::unmount(&self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir = std::path::PathBuf::from(format!("/var/tmp/soulbox-test/held-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cleanup = Cleanup(dir.clone());
+    let tools = disk_image::Tools::find().expect("mkfs.ext4, e2fsck and loop devices");
+    disk_image::create(&tools, &dir, disk_image::MIN_MB).await.unwrap();
+    disk_image::mount(&tools, &dir).await.unwrap();
+    let mp = disk_image::mount_dir(&dir);
+    let mut held = std::fs::File::create(mp.join("upper/held")).unwrap();
+    held.write_all(b"before ").unwrap();
+
+    disk_image::unmount(&dir).unwrap();
+    assert!(!rootfs::is_mounted(&mp), "the busy image is detached from the tree");
+    let image = disk_image::image_path(&dir);
+    assert_eq!(loopdev::devices_for(&image).len(), 1, "its filesystem lives on while the file is open");
+    held.write_all(b"after").unwrap();
+
+    let mounting = tokio::spawn({
+        let dir = dir.clone();
+        async move { disk_image::mount(&tools, &dir).await }
+    });
+    // Long enough for an unguarded mount (milliseconds) to finish; the guarded one cannot while `held` is open.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!mounting.is_finished(), "the image was mounted again while its first filesystem was alive");
+    drop(held);
+    mounting.await.unwrap().unwrap();
+    assert_eq!(std::fs::read_to_string(mp.join("upper/held")).unwrap(), "before after");
+    assert_eq!(loopdev::devices_for(&image).len(), 1, "one filesystem on the image");
+    drop(cleanup);
+}
