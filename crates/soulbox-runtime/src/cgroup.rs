@@ -49,11 +49,15 @@ pub fn remove(parent: &str, id: &str) {
         if !d.exists() {
             continue;
         }
-        for _ in 0..50 {
+        for round in 0..50 {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
             let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
             if pids.is_empty() {
                 break;
+            }
+            if round == 49 {
+                // What follows (unmounting the rootfs) then finds it busy and detaches it lazily.
+                tracing::warn!(dir = %d.display(), ?pids, "sandbox processes still alive after SIGKILL for 0.5 s");
             }
             // A frozen v1 cgroup must be thawed for SIGKILL to be delivered.
             let _ = std::fs::write(d.join("freezer.state"), "THAWED");
