@@ -162,31 +162,24 @@ const XATTR_MAX: usize = 64 * 1024;
 
 fn list_xattr_names(path: &Path) -> Option<Vec<u8>> {
     let c_path = path.as_os_str().as_bytes();
-    // The list can change between the size query and the read (ERANGE); retry a couple of times.
-    for _ in 0..3 {
-        let size = rustix::fs::llistxattr_query(c_path).ok()?;
-        if size == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; size.min(XATTR_MAX)];
-        match rustix::fs::llistxattr(c_path, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Some(buf);
-            }
-            Err(rustix::io::Errno::RANGE) => continue,
-            Err(_) => return None,
-        }
-    }
-    None
+    read_sized(|| rustix::fs::llistxattr_query(c_path), |buf| rustix::fs::llistxattr(c_path, buf))
+        .filter(|names| !names.is_empty())
 }
 
 fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let c_path = path.as_os_str().as_bytes();
+    read_sized(|| rustix::fs::lgetxattr_query(c_path, name), |buf| rustix::fs::lgetxattr(c_path, name, buf))
+}
+
+/// Ask for a size, then read that much. The list or value can change between the two (ERANGE); retry a
+/// couple of times.
+fn read_sized(
+    size: impl Fn() -> rustix::io::Result<usize>,
+    read: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> Option<Vec<u8>> {
     for _ in 0..3 {
-        let size = rustix::fs::lgetxattr_query(c_path, name).ok()?;
-        let mut buf = vec![0u8; size.min(XATTR_MAX)];
-        match rustix::fs::lgetxattr(c_path, name, &mut buf[..]) {
+        let mut buf = vec![0u8; size().ok()?.min(XATTR_MAX)];
+        match read(&mut buf[..]) {
             Ok(n) => {
                 buf.truncate(n);
                 return Some(buf);

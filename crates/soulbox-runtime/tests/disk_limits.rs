@@ -152,14 +152,6 @@ async fn df_root_mb(rt: &soulbox_runtime::Runtime, id: &str) -> u64 {
     out.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("df output {out:?}"))
 }
 
-fn image_config(n: u8, pool: usize) -> soulbox_runtime::RuntimeConfig {
-    let mut cfg = config(n);
-    cfg.disk_backend = soulbox_runtime::disk::DiskBackend::Image;
-    cfg.disk_quota = soulbox_runtime::quota::DiskQuotaMode::Required;
-    cfg.pool_size = pool;
-    cfg
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_image_limit_holds_across_stop_start_and_snapshot() {
     root_or_skip!("disk_image_limit_holds_across_stop_start_and_snapshot");

@@ -14,14 +14,6 @@ macro_rules! root_or_skip {
     };
 }
 
-fn image_config(n: u8, pool: usize) -> soulbox_runtime::RuntimeConfig {
-    let mut cfg = config(n);
-    cfg.disk_backend = soulbox_runtime::disk::DiskBackend::Image;
-    cfg.disk_quota = soulbox_runtime::quota::DiskQuotaMode::Required;
-    cfg.pool_size = pool;
-    cfg
-}
-
 /// Regular files below `dir` on the host, not descending into mounts (the sandbox's rootfs and disk), with
 /// their allocated sizes.
 fn host_files(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {

@@ -74,6 +74,15 @@ pub fn config(n: u8) -> RuntimeConfig {
     cfg
 }
 
+/// [`config`] with a per-sandbox disk image as the disk limit (required) and `pool` warm slots.
+pub fn image_config(n: u8, pool: usize) -> RuntimeConfig {
+    let mut cfg = config(n);
+    cfg.disk_backend = soulbox_runtime::disk::DiskBackend::Image;
+    cfg.disk_quota = soulbox_runtime::quota::DiskQuotaMode::Required;
+    cfg.pool_size = pool;
+    cfg
+}
+
 impl Harness {
     pub fn rt(&self) -> &Runtime {
         self.rt.as_ref().unwrap()
