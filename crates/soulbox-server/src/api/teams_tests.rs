@@ -3,7 +3,6 @@
 
 use axum::body::Body;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
@@ -41,17 +40,9 @@ async fn teams(config: LifecycleConfig) -> Teams {
 
 impl Teams {
     async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .header("x-api-key", key)
-            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
+        let (status, _, value) =
+            super::tests::send(&self.app, method, path, body.map(|b| b.to_string()), Some(key)).await;
+        (status, value)
     }
 
     async fn create(&self, key: &str) -> Value {

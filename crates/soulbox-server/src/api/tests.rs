@@ -49,16 +49,7 @@ impl Harness {
         body: Option<String>,
         auth: bool,
     ) -> (StatusCode, http::HeaderMap, Value) {
-        let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
-        if auth {
-            req = req.header("x-api-key", &self.key);
-        }
-        let resp = self.app.clone().oneshot(req.body(body.map(Body::from).unwrap_or_default()).unwrap()).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
-        (status, headers, value)
+        send(&self.app, method, path, body, auth.then_some(self.key.as_str())).await
     }
 
     async fn create(&self, metadata: Value) -> String {
@@ -272,4 +263,25 @@ async fn openapi_document_matches_router() {
             assert_eq!(status == StatusCode::UNAUTHORIZED, !public, "{m} {path}: auth differs from the document");
         }
     }
+}
+
+/// One request to the router as a client sends it (JSON, the key in `x-api-key` when given): the answer's
+/// status, headers and body as JSON (a JSON string when the body is not JSON).
+pub(super) async fn send(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+    key: Option<&str>,
+) -> (StatusCode, http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    if let Some(key) = key {
+        req = req.header("x-api-key", key);
+    }
+    let resp = app.clone().oneshot(req.body(body.map(Body::from).unwrap_or_default()).unwrap()).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, value)
 }

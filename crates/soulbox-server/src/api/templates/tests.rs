@@ -5,14 +5,10 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use async_trait::async_trait;
-use http::Request;
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 use std::sync::{Arc, Mutex};
 
-use axum::body::Body;
 use http::StatusCode;
 
 use crate::api::ApiState;
@@ -130,17 +126,9 @@ impl Harness {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("content-type", "application/json")
-            .header("x-api-key", key)
-            .body(body.map(|b| Body::from(b.to_string())).unwrap_or_default())
-            .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())))
+        let (status, _, value) =
+            crate::api::tests::send(&self.app, method, path, body.map(|b| b.to_string()), Some(key)).await;
+        (status, value)
     }
 
     /// Requests and runs a build; the live stream ends with the build, so reading it to the end waits for it.
