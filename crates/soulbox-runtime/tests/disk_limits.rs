@@ -130,7 +130,7 @@ async fn disk_limit_on_the_writable_layer() {
     let rec_b = DiskRecord::load(&rt.sandbox_dir(&b.id)).unwrap();
     drop(h.rt.take());
     assert!(soulbox_runtime::rootfs::is_mounted(&h.cfg.sandboxes_dir()), "image unmounted on exit");
-    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
     let rt = h.rt();
     assert!(rt.disk_quota().enabled());
     let loops = quota::loop_devices_for(&h.cfg.data_dir.join(quota::IMAGE_FILE));
@@ -252,18 +252,7 @@ async fn disk_image_mounts_left_by_a_crash_are_collected() {
 
     let mut cfg2 = cfg.clone();
     cfg2.pool_size = 0;
-    // the old instance's pool-refill task may still hold the data-dir lock for a moment
-    let mut reopened = None;
-    for _ in 0..100 {
-        match soulbox_runtime::Runtime::open(cfg2.clone()).await {
-            Err(soulbox_runtime::Error::Locked(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
-            r => {
-                reopened = Some(r.unwrap());
-                break;
-            }
-        }
-    }
-    h.rt = Some(reopened.expect("data dir still locked"));
+    h.rt = Some(open_after_drop(cfg2).await.unwrap());
     let rt = h.rt();
     let ids: Vec<String> = rt.list().await.into_iter().map(|i| i.id).collect();
     assert!(ids.contains(&a.id) && ids.contains(&b.id) && !ids.contains(&c.id), "{ids:?}");

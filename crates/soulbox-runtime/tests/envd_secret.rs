@@ -171,7 +171,7 @@ async fn the_secret_lasts_as_long_as_the_sandbox_and_nothing_inside_can_read_it(
 
     // a runtime restart re-adopts the running sandbox with its secret
     drop(h.rt.take());
-    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
     assert_eq!(h.rt().envd_secret(&a.id).map(|x| x.expose().to_owned()), Some(s.clone()));
     let info = h.rt().info(&a.id).await.unwrap();
     assert_eq!(secret(&info), s);
@@ -180,7 +180,7 @@ async fn the_secret_lasts_as_long_as_the_sandbox_and_nothing_inside_can_read_it(
     // ... and a stopped one keeps it for its next start
     h.rt().stop(&a.id).await.unwrap();
     drop(h.rt.take());
-    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
     assert_eq!(h.rt().info(&a.id).await.unwrap().status, Status::Stopped);
     assert_eq!(h.rt().envd_secret(&a.id).map(|x| x.expose().to_owned()), Some(s.clone()));
     let again = h.rt().start(&a.id).await.unwrap();

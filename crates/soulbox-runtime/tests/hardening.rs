@@ -164,7 +164,7 @@ async fn sandbox_log_is_capped_on_the_host_and_drained_again_after_a_restart() {
 
     // the runtime restarts ("crash" without cleanup): the re-adopted sandbox's log is drained again
     drop(h.rt.take());
-    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
     {
         use std::io::Write;
         let mut w = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();

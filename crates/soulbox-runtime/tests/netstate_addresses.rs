@@ -64,7 +64,7 @@ async fn dead_sandbox_address_is_not_handed_out() {
     // The node "crashes" and comes back (no cleanup in between).
     drop(h.rt.take());
     wait_instance_gone(&h.cfg).await;
-    h.rt = Some(Runtime::open(h.cfg.clone()).await.unwrap());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
     let rt = h.rt();
     let info = rt.info(&dead.id).await.unwrap();
     assert_eq!(info.status, Status::Stopped, "a dead sandbox is kept as stopped");

@@ -297,7 +297,7 @@ async fn new_runtime_readopts_running_sandboxes() {
     let mut h = harness(19).await;
     let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
     drop(h.rt.take()); // "crash" without cleanup
-    h.rt = Some(soulbox_runtime::Runtime::open(h.cfg.clone()).await.unwrap());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
     let info = h.rt().info(&a.id).await.unwrap();
     assert_eq!(info.status, Status::Running);
     assert_eq!(info.ip, a.ip);

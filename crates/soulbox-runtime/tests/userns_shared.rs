@@ -84,10 +84,10 @@ async fn upload_as(info: &soulbox_runtime::SandboxInfo, user: &str, path: &str, 
 /// its own runtime back first, so that its drop still removes everything.
 async fn reopen(h: &mut Harness, cfg: RuntimeConfig) {
     drop(h.rt.take());
-    match soulbox_runtime::Runtime::open(cfg).await {
+    match open_after_drop(cfg).await {
         Ok(rt) => h.rt = Some(rt),
         Err(e) => {
-            h.rt = soulbox_runtime::Runtime::open(h.cfg.clone()).await.ok();
+            h.rt = open_after_drop(h.cfg.clone()).await.ok();
             panic!("reopening the runtime: {e}");
         }
     }

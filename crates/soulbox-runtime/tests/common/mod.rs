@@ -74,6 +74,21 @@ pub fn config(n: u8) -> RuntimeConfig {
     cfg
 }
 
+/// Open a runtime on a data dir whose previous instance was just dropped (a "crash" within the test process).
+/// That instance's background tasks (a pool refill in flight, the firewall watcher) hold its data-dir lock
+/// until they end, so `Locked` is retried for a while; a real crash releases the lock with the process.
+pub async fn open_after_drop(cfg: RuntimeConfig) -> soulbox_runtime::Result<Runtime> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match Runtime::open(cfg.clone()).await {
+            Err(soulbox_runtime::Error::Locked(_)) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            r => return r,
+        }
+    }
+}
+
 /// [`config`] with a per-sandbox disk image as the disk limit (required) and `pool` warm slots.
 pub fn image_config(n: u8, pool: usize) -> RuntimeConfig {
     let mut cfg = config(n);
