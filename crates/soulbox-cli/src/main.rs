@@ -213,6 +213,7 @@ impl ServerArgs {
             default_timeout_s: file.default_timeout_s.unwrap_or(300),
             max_timeout_s: file.max_timeout_s.unwrap_or(24 * 3600),
             max_lifetime_s: self.max_lifetime_s.or(file.max_lifetime_s).unwrap_or(24 * 3600),
+            paused_retention_days: file.paused_retention_days.unwrap_or(30),
             warm_pool: self.warm_pool.or(file.warm_pool).unwrap_or(4),
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),

@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 
 mod logs;
 mod nodes;
+mod snapshots;
 mod system;
 mod templates;
 
 pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
 pub use nodes::NodeInfo;
+pub use snapshots::{SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode};
 pub use system::{Health, HealthChecks, ProxyError, SandboxesMetrics, TemplateListEntry};
 pub use templates::{
     AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel,

@@ -19,6 +19,8 @@ pub struct FileConfig {
     pub default_timeout_s: Option<i32>,
     pub max_timeout_s: Option<i32>,
     pub max_lifetime_s: Option<i64>,
+    /// Days a paused sandbox is kept before it is deleted [default: 30] (E2B keeps paused sandboxes long).
+    pub paused_retention_days: Option<u32>,
     pub warm_pool: Option<usize>,
     pub network_pool: Option<String>,
     /// Name prefix of the node's host objects (netns `<prefix>-<id>`, veths, nft table, cgroup parent).
@@ -79,6 +81,8 @@ pub struct ServerConfig {
     pub default_timeout_s: i32,
     pub max_timeout_s: i32,
     pub max_lifetime_s: i64,
+    /// Days a paused sandbox is kept (see [`FileConfig::paused_retention_days`]).
+    pub paused_retention_days: u32,
     pub warm_pool: usize,
     /// `a.b.c.d/len`
     pub network_pool: String,

@@ -10,15 +10,19 @@ use std::time::Duration;
 
 use soulbox_protocol::api::SandboxState;
 
-use crate::cluster::{NodeSet, Requirements, SingleNode};
+use crate::cluster::{NodeSet, SingleNode};
 use crate::deadlines::Deadlines;
 use crate::ids;
-use crate::node::{LogLine, LogQuery, Node, NodeError, SandboxSpec, TemplateInfo};
+use crate::node::{LogLine, LogQuery, Node, NodeError};
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 use crate::stream_cut::StreamCuts;
 
+mod create;
+mod snapshots;
 mod teams;
 mod timeouts;
+
+pub use snapshots::{ForkOutcome, SnapshotFilter};
 
 #[derive(Debug, Clone)]
 pub struct LifecycleConfig {
@@ -27,6 +31,9 @@ pub struct LifecycleConfig {
     pub max_timeout_s: i32,
     /// Seed feature 7: refresh never extends a sandbox past `started_at + max_lifetime_s`.
     pub max_lifetime_s: i64,
+    /// How long a paused sandbox is kept: its record's end is then the pause plus this, and the deadline
+    /// that fires there deletes it.
+    pub paused_retention: Duration,
     pub node_id: String,
     /// How often every replica looks in the store for deadlines due soon (the in-memory wheel then fires them
     /// precisely): a sandbox whose timeout was set through a replica that has gone still times out.
@@ -46,6 +53,7 @@ impl Default for LifecycleConfig {
             default_timeout_s: 300,
             max_timeout_s: 24 * 3600,
             max_lifetime_s: 24 * 3600,
+            paused_retention: Duration::from_secs(30 * 24 * 3600),
             node_id: "local".into(),
             deadline_sweep: Duration::from_secs(5),
             claim_lease: Duration::from_secs(120),
@@ -258,7 +266,7 @@ impl Lifecycle {
         &self.streams
     }
 
-    fn check_timeout(&self, timeout_s: i32) -> Result<()> {
+    pub(super) fn check_timeout(&self, timeout_s: i32) -> Result<()> {
         if timeout_s <= 0 {
             return Err(LifecycleError::BadRequest("Timeout must be greater than 0 seconds".into()));
         }
@@ -269,100 +277,6 @@ impl Lifecycle {
             )));
         }
         Ok(())
-    }
-
-    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord> {
-        let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
-        self.check_timeout(timeout_s)?;
-        if !self.config.allow_private_egress {
-            crate::egress::check_allow_out(&req.allow_out).map_err(LifecycleError::BadRequest)?;
-        }
-        let template = self.resolve_template(&req.team_id, &req.template).await?;
-        let token = req.secure.then(ids::access_token);
-        let spec = SandboxSpec {
-            template_id: template.template_id.clone(),
-            cpu_count: template.cpu_count,
-            memory_mb: template.memory_mb,
-            disk_size_mb: template.disk_size_mb,
-            env_vars: req.env_vars.clone(),
-            envd_access_token: token.clone(),
-            network: crate::node::NetworkPolicy {
-                allow_internet: req.allow_internet,
-                allow_out: req.allow_out.clone(),
-                deny_out: req.deny_out.clone(),
-            },
-            metadata: req.metadata.clone(),
-        };
-        // The team's limits first (a refused create touches no node), then a node with room.
-        let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
-        let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
-        let result = match self.nodes.place(need).await {
-            Ok(placement) => {
-                let created = self.create_on(&placement, spec, &template, timeout_s, req, &team_hold).await;
-                self.nodes.release(&placement).await;
-                created
-            }
-            Err(e) => Err(e.into()),
-        };
-        // On success the hold went with the record's insert; a failed create gives the room back.
-        if result.is_err() {
-            self.release_team_hold(&team_hold).await;
-        }
-        result
-    }
-
-    async fn create_on(
-        &self,
-        placement: &crate::cluster::Placement,
-        spec: SandboxSpec,
-        template: &TemplateInfo,
-        timeout_s: i32,
-        req: CreateRequest,
-        team_hold: &str,
-    ) -> Result<SandboxRecord> {
-        let (node_id, node) = (placement.node_id.clone(), &placement.node);
-        let token = spec.envd_access_token.clone();
-        let created = node.create(spec).await?;
-        let (id, address) = (created.sandbox_id, created.address);
-        let now = now_ms();
-        let record = SandboxRecord {
-            id: id.clone(),
-            template_id: template.template_id.clone(),
-            alias: template.aliases.first().cloned(),
-            node_id,
-            state: SandboxState::Running,
-            started_at_ms: now,
-            end_at_ms: now + i64::from(timeout_s) * 1000,
-            cpu_count: template.cpu_count as i32,
-            memory_mb: template.memory_mb as i32,
-            disk_size_mb: template.disk_size_mb as i32,
-            envd_version: template.envd_version.clone(),
-            envd_access_token: token,
-            metadata: req.metadata,
-            env_vars: req.env_vars,
-            auto_pause: req.auto_pause,
-            auto_pause_memory: req.auto_pause_memory,
-            auto_pause_grace_s: req.auto_pause_grace_s as i32,
-            auto_resume: req.auto_resume,
-            network: crate::node::NetworkPolicy {
-                allow_internet: req.allow_internet,
-                allow_out: req.allow_out,
-                deny_out: req.deny_out,
-            },
-            address: Some(address.to_string()),
-            team_id: req.team_id,
-        };
-        let holds = Holds { placement: placement.hold.as_deref(), team: Some(team_hold) };
-        if let Err(e) = self.store.insert_sandbox_for_holds(&record, holds).await {
-            // Leave nothing behind: the node's sandbox goes too.
-            if let Err(kill) = node.kill(&id).await {
-                tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");
-            }
-            return Err(e.into());
-        }
-        self.arm(&record);
-        tracing::info!(sandbox = %id, template = %record.template_id, "sandbox created");
-        Ok(record)
     }
 
     /// Connect: a running sandbox's end is only ever extended (200); a paused one is resumed (201).
@@ -482,14 +396,16 @@ impl Lifecycle {
         let id = record.id.as_str();
         self.node_of(record).await?.pause(id, keep_memory).await?;
         let address = if keep_memory { record.address.as_deref() } else { None };
-        if !self
-            .store
-            .transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, record.end_at_ms)
-            .await?
-        {
+        let kept_until = now_ms() + self.config.paused_retention.as_millis() as i64;
+        if !self.store.transition_sandbox(id, SandboxState::Running, SandboxState::Paused, address, kept_until).await? {
             return Err(LifecycleError::Conflict(format!("sandbox {id} is already paused")));
         }
-        self.deadlines.cancel(id);
+        self.arm(&SandboxRecord {
+            state: SandboxState::Paused,
+            end_at_ms: kept_until,
+            address: address.map(str::to_owned),
+            ..record.clone()
+        });
         tracing::info!(sandbox = %id, keep_memory, "sandbox paused");
         Ok(())
     }

@@ -46,7 +46,7 @@ pub fn parse_states(raw: Option<&str>) -> Result<Vec<SandboxState>, ListQueryErr
         .collect()
 }
 
-/// Position after the last item of a page: its start time (unix ms) and id (ties broken by id).
+/// Position after the last item of a page: its start (or creation) time (unix ms) and id (ties broken by id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageCursor {
     pub started_at_ms: i64,
@@ -63,7 +63,8 @@ impl PageCursor {
         let text = String::from_utf8(raw).map_err(|_| ListQueryError::Token)?;
         let (ms, id) = text.split_once("__").ok_or(ListQueryError::Token)?;
         let started_at_ms = ms.parse().map_err(|_| ListQueryError::Token)?;
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        // Sandbox ids, and template names for the snapshot listing.
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(ListQueryError::Token);
         }
         Ok(PageCursor { started_at_ms, sandbox_id: id.to_owned() })
@@ -104,5 +105,9 @@ mod tests {
         let c = PageCursor { started_at_ms: 1700000000123, sandbox_id: "iabc123".into() };
         assert_eq!(PageCursor::decode(&c.encode()).unwrap(), c);
         assert_eq!(PageCursor::decode("!!"), Err(ListQueryError::Token));
+        let snapshot = PageCursor { started_at_ms: 1, sandbox_id: "My-snap_1.2".into() };
+        assert_eq!(PageCursor::decode(&snapshot.encode()).unwrap(), snapshot);
+        let bad = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1__a/b");
+        assert_eq!(PageCursor::decode(&bad), Err(ListQueryError::Token));
     }
 }

@@ -8,7 +8,8 @@ use soulbox_protocol::version::{ENVD_PROTOCOL_VERSION, SOULBOX_VERSION};
 use soulbox_runtime::{Error as RuntimeError, Runtime, SandboxSpec as RuntimeSpec, Status};
 
 use crate::node::{
-    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, TemplateInfo,
+    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, SnapshotTaken,
+    TemplateInfo,
 };
 use crate::store::now_ms;
 
@@ -102,14 +103,7 @@ impl Node for LocalNode {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Ok(meta) = self.runtime.store().get(&name) {
-                out.push(TemplateInfo {
-                    template_id: meta.name.clone(),
-                    aliases: vec![meta.name.clone()],
-                    cpu_count: meta.cpu_count,
-                    memory_mb: meta.memory_mb as u32,
-                    disk_size_mb: meta.disk_mb.unwrap_or(0) as u32,
-                    envd_version: ENVD_PROTOCOL_VERSION.into(),
-                });
+                out.push(template_info(&meta));
             }
         }
         out.sort_by(|a, b| a.template_id.cmp(&b.template_id));
@@ -202,6 +196,13 @@ impl Node for LocalNode {
 
     async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
         self.runtime.store().delete(name).map_err(node_error)
+    }
+
+    async fn snapshot(&self, sandbox_id: &str, name: &str) -> Result<SnapshotTaken, NodeError> {
+        // runc cannot checkpoint on this kernel (CRIU): a snapshot here holds the files, and sandboxes started
+        // from it boot cold from them.
+        let meta = self.runtime.snapshot(sandbox_id, name).await.map_err(node_error)?;
+        Ok(SnapshotTaken { template: template_info(&meta), memory: false })
     }
 
     async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {
@@ -298,4 +299,16 @@ fn load_fraction(cpus: u32) -> f64 {
     let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: f64 = text.split_whitespace().next().and_then(|l| l.parse().ok()).unwrap_or(0.0);
     (load / f64::from(cpus.max(1))).clamp(0.0, 1.0)
+}
+
+/// A runtime template as the control plane sees it.
+fn template_info(meta: &soulbox_runtime::TemplateMeta) -> TemplateInfo {
+    TemplateInfo {
+        template_id: meta.name.clone(),
+        aliases: vec![meta.name.clone()],
+        cpu_count: meta.cpu_count,
+        memory_mb: meta.memory_mb as u32,
+        disk_size_mb: meta.disk_mb.unwrap_or(0) as u32,
+        envd_version: ENVD_PROTOCOL_VERSION.into(),
+    }
 }

@@ -54,7 +54,12 @@ mod tests {
         assert_eq!(split_tag("app"), ("app", "default"));
         assert_eq!(split_tag("app:v1"), ("app", "v1"));
         assert_eq!(build_template_name("b1"), "sbb-b1");
-        assert!(is_internal_template("sbb-b1") && is_internal_template("sbbuild-x") && !is_internal_template("sb-x"));
+        assert!(
+            is_internal_template("sbb-b1")
+                && is_internal_template("sbbuild-x")
+                && is_internal_template("sbfork-1")
+                && !is_internal_template("sb-x")
+        );
         assert!(
             is_valid_template_name("my-app.1") && !is_valid_template_name("sbb-x") && !is_valid_template_name("a b")
         );

@@ -109,6 +109,14 @@ pub struct NodeInfo {
     pub trouble: Option<String>,
 }
 
+/// A snapshot a node took: the template it registered and whether that holds the sandbox's memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotTaken {
+    pub template: TemplateInfo,
+    pub memory: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("sandbox {0} not found on this node")]
@@ -168,6 +176,12 @@ pub trait Node: Send + Sync + 'static {
     async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
         let _ = name;
         Err(NodeError::Invalid("this node cannot delete templates".into()))
+    }
+    /// Captures the sandbox (running, paused or stopped; it keeps its state) into the template `name` on this
+    /// node, replacing a template of that name. Its files always; its memory where the runtime can (`memory`).
+    async fn snapshot(&self, sandbox_id: &str, name: &str) -> Result<SnapshotTaken, NodeError> {
+        let _ = (sandbox_id, name);
+        Err(NodeError::Invalid("this node cannot take snapshots".into()))
     }
     /// Registers the template `from` also as `to` (same layers and settings; tags point names at builds).
     async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {

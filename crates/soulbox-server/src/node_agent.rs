@@ -21,7 +21,7 @@ use subtle::ConstantTimeEq;
 
 use crate::cluster::wire::{
     AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest,
-    SECRET_HEADER,
+    SECRET_HEADER, SnapshotRequest,
 };
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
@@ -191,6 +191,7 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
         .route("/sandboxes/{id}", axum::routing::delete(kill))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/snapshot", post(snapshot))
         .route("/sandboxes/{id}/stats", get(stats))
         .route("/sandboxes/{id}/logs", get(logs));
     axum::Router::new()
@@ -254,6 +255,14 @@ async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Json(req
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
     }
+}
+
+async fn snapshot(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(req): Json<SnapshotRequest>,
+) -> Response {
+    respond(agent.note(agent.node.snapshot(&id, &req.name).await))
 }
 
 async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {

@@ -83,6 +83,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         default_timeout_s: config.default_timeout_s,
         max_timeout_s: config.max_timeout_s,
         max_lifetime_s: config.max_lifetime_s,
+        paused_retention: Duration::from_secs(u64::from(config.paused_retention_days) * 24 * 3600),
         node_id: "local".into(),
         team_limits: config.team_limits,
         allow_private_egress: config.allow_private_egress,

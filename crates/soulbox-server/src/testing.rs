@@ -17,6 +17,22 @@ pub struct FakeNode {
     pub sandboxes: Mutex<HashMap<String, bool>>, // id → paused
     /// Each sandbox's envd secret, as a real node's runtime keeps it.
     pub secrets: Mutex<HashMap<String, soulbox_runtime::EnvdSecret>>,
+    /// Templates snapshots made (besides `base`), and the template each sandbox was created from.
+    pub snapshots: Mutex<Vec<String>>,
+    pub created_from: Mutex<HashMap<String, String>>,
+}
+
+impl FakeNode {
+    fn template(name: &str) -> TemplateInfo {
+        TemplateInfo {
+            template_id: name.into(),
+            aliases: vec![name.into()],
+            cpu_count: 2,
+            memory_mb: 512,
+            disk_size_mb: 1024,
+            envd_version: "0.6.13".into(),
+        }
+    }
 }
 
 #[async_trait]
@@ -37,17 +53,16 @@ impl Node for FakeNode {
         }
     }
     async fn templates(&self) -> Result<Vec<TemplateInfo>, NodeError> {
-        Ok(vec![TemplateInfo {
-            template_id: "base".into(),
-            aliases: vec!["base".into()],
-            cpu_count: 2,
-            memory_mb: 512,
-            disk_size_mb: 1024,
-            envd_version: "0.6.13".into(),
-        }])
+        let mut all = vec![Self::template("base")];
+        all.extend(self.snapshots.lock().unwrap().iter().map(|n| Self::template(n)));
+        Ok(all)
     }
-    async fn create(&self, _spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+    async fn create(&self, spec: SandboxSpec) -> Result<CreatedSandbox, NodeError> {
+        if spec.template_id != "base" && !self.snapshots.lock().unwrap().contains(&spec.template_id) {
+            return Err(NodeError::TemplateNotFound(spec.template_id));
+        }
         let id = format!("f{}", self.next.fetch_add(1, Ordering::SeqCst));
+        self.created_from.lock().unwrap().insert(id.clone(), spec.template_id);
         self.sandboxes.lock().unwrap().insert(id.clone(), false);
         self.secrets.lock().unwrap().insert(id.clone(), soulbox_runtime::EnvdSecret::generate());
         Ok(CreatedSandbox { sandbox_id: id, address: IpAddr::V4(Ipv4Addr::LOCALHOST) })
@@ -64,6 +79,22 @@ impl Node for FakeNode {
         self.sandboxes.lock().unwrap().remove(id);
         self.secrets.lock().unwrap().remove(id);
         Ok(())
+    }
+    async fn snapshot(&self, id: &str, name: &str) -> Result<SnapshotTaken, NodeError> {
+        if !self.sandboxes.lock().unwrap().contains_key(id) {
+            return Err(NodeError::SandboxNotFound(id.into()));
+        }
+        let mut snapshots = self.snapshots.lock().unwrap();
+        if !snapshots.iter().any(|n| n == name) {
+            snapshots.push(name.into());
+        }
+        Ok(SnapshotTaken { template: Self::template(name), memory: false })
+    }
+    async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
+        let mut snapshots = self.snapshots.lock().unwrap();
+        let before = snapshots.len();
+        snapshots.retain(|n| n != name);
+        Ok(snapshots.len() < before)
     }
     async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
         Ok(SandboxStats { cpu_count: 2, ..Default::default() })

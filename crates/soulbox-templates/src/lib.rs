@@ -151,10 +151,18 @@ pub fn build_template_name(build_id: &str) -> String {
     format!("sbb-{build_id}")
 }
 
-/// Runtime templates that are not user templates: builds (`sbb-`) and build steps (`sbbuild-`, made by
-/// [`engine`]).
+/// Runtime templates that are not user templates: builds (`sbb-`), build steps (`sbbuild-`, made by
+/// [`engine`]) and the snapshots forks start from (`sbfork-`, [`fork_template_name`]).
 pub fn is_internal_template(name: &str) -> bool {
-    name.starts_with("sbb-") || name.starts_with("sbbuild-")
+    name.starts_with("sbb-") || name.starts_with("sbbuild-") || name.starts_with(FORK_TEMPLATE_PREFIX)
+}
+
+const FORK_TEMPLATE_PREFIX: &str = "sbfork-";
+
+/// The runtime template a fork's snapshot is registered as while its sandboxes start (the control plane
+/// deletes it again; the forks keep its layers).
+pub fn fork_template_name(id: &str) -> String {
+    format!("{FORK_TEMPLATE_PREFIX}{id}")
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -1,6 +1,9 @@
 //! The E2B REST API (spec §1) plus SoulBox's additions, in E2B's error shape everywhere.
 
 mod sandboxes;
+mod snapshots;
+#[cfg(test)]
+mod snapshots_tests;
 mod system;
 mod teams;
 #[cfg(test)]
@@ -47,6 +50,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics_one))
         .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/snapshots", get(snapshots::list))
         .route("/templates", get(system::templates))
         .route("/teams", get(teams::list_teams))
         .merge(templates::routes())
@@ -165,16 +171,21 @@ fn refuse_unread(request: &Request, status: StatusCode, message: &str) -> Respon
     response
 }
 
+/// The HTTP status E2B answers a lifecycle error with.
+fn status_of(e: &LifecycleError) -> StatusCode {
+    match e {
+        LifecycleError::NotFound(_) => StatusCode::NOT_FOUND,
+        LifecycleError::Conflict(_) => StatusCode::CONFLICT,
+        LifecycleError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        LifecycleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        LifecycleError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        LifecycleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl IntoResponse for LifecycleError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            LifecycleError::NotFound(_) => StatusCode::NOT_FOUND,
-            LifecycleError::Conflict(_) => StatusCode::CONFLICT,
-            LifecycleError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            LifecycleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            LifecycleError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
-            LifecycleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(&self);
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!(error = %self, "request failed");
         }

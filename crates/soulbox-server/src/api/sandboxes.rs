@@ -25,7 +25,7 @@ type Params = Query<HashMap<String, String>>;
 
 /// Parses a JSON body into `T`, answering 400 in E2B's shape; an empty body is `T::default()`.
 #[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
-fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
+pub(super) fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -36,7 +36,7 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
 pub const CLIENT_ID: &str = "6532622b";
 
 /// The REST answer to a create, connect or resume.
-fn sandbox(r: &SandboxRecord, domain: Option<String>) -> Sandbox {
+pub(super) fn sandbox(r: &SandboxRecord, domain: Option<String>) -> Sandbox {
     Sandbox {
         template_id: r.template_id.clone(),
         sandbox_id: r.id.clone(),

@@ -11,17 +11,17 @@ use crate::lifecycle::LifecycleConfig;
 use crate::store::{DEFAULT_TEAM_NAME, Role, Store, TeamLimits};
 use crate::testing::FakeNode;
 
-struct Teams {
-    app: axum::Router,
-    a: String,
-    b: String,
+pub(super) struct Teams {
+    pub(super) app: axum::Router,
+    pub(super) a: String,
+    pub(super) b: String,
     admin: String,
-    store: Store,
-    node: std::sync::Arc<FakeNode>,
+    pub(super) store: Store,
+    pub(super) node: std::sync::Arc<FakeNode>,
     _dir: tempfile::TempDir,
 }
 
-async fn teams(config: LifecycleConfig) -> Teams {
+pub(super) async fn teams(config: LifecycleConfig) -> Teams {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
     let (_, admin) = store.create_api_key_in("ops", DEFAULT_TEAM_NAME, Role::Admin).await.unwrap();
@@ -39,20 +39,20 @@ async fn teams(config: LifecycleConfig) -> Teams {
 }
 
 impl Teams {
-    async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    pub(super) async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         let (status, _, value) =
             super::tests::send(&self.app, method, path, body.map(|b| b.to_string()), Some(key)).await;
         (status, value)
     }
 
-    async fn create(&self, key: &str) -> Value {
+    pub(super) async fn create(&self, key: &str) -> Value {
         let (status, body) = self.call(key, "POST", "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }
 }
 
-fn e2b_error(status: StatusCode, body: &Value, want: StatusCode) -> String {
+pub(super) fn e2b_error(status: StatusCode, body: &Value, want: StatusCode) -> String {
     assert_eq!(status, want, "{body}");
     assert_eq!(body["code"], want.as_u16(), "{body}");
     body["message"].as_str().unwrap_or_default().to_owned()

@@ -56,6 +56,8 @@ pub trait NodeSet: Send + Sync + 'static {
     /// fits). The caller releases the hold with [`NodeSet::release`] once the sandbox's record exists or the
     /// create failed.
     async fn place(&self, need: Requirements) -> Result<Placement, NodeError>;
+    /// [`NodeSet::place`] on `node_id` only: a snapshot's sandboxes start where its layers are.
+    async fn place_on(&self, node_id: &str, need: Requirements) -> Result<Placement, NodeError>;
     /// Drops a placement hold (its capacity now counts through the sandbox's record, or was not used).
     async fn release(&self, placement: &Placement) {
         let _ = placement;
@@ -96,6 +98,11 @@ impl NodeSet for SingleNode {
     async fn place(&self, _need: Requirements) -> Result<Placement, NodeError> {
         // As before cluster mode: the runtime itself refuses what does not fit.
         Ok(Placement { node_id: self.node_id.clone(), node: self.node.clone(), hold: None })
+    }
+
+    async fn place_on(&self, _node_id: &str, need: Requirements) -> Result<Placement, NodeError> {
+        // Every sandbox is here, whatever node name an older record carries.
+        self.place(need).await
     }
 
     async fn route(&self, _node_id: &str) -> Option<Route> {

@@ -147,14 +147,9 @@ fn store_error(e: StoreError) -> NodeError {
     }
 }
 
-#[async_trait]
-impl NodeSet for Registry {
-    async fn get(&self, node_id: &str) -> Result<Arc<dyn Node>, NodeError> {
-        let node = self.usable(node_id).await?;
-        Ok(self.client(&node))
-    }
-
-    async fn place(&self, need: Requirements) -> Result<Placement, NodeError> {
+impl Registry {
+    /// Chooses among the nodes (`only`: just that one) and holds the capacity there (`NodeSet::place`).
+    async fn place_among(&self, need: Requirements, only: Option<&str>) -> Result<Placement, NodeError> {
         let mut passed_over: Vec<String> = Vec::new();
         loop {
             let nodes = self.store.list_nodes().await.map_err(store_error)?;
@@ -162,7 +157,7 @@ impl NodeSet for Registry {
             let now = now_ms();
             let candidates: Vec<Candidate> = nodes
                 .iter()
-                .filter(|n| !passed_over.contains(&n.id))
+                .filter(|n| !passed_over.contains(&n.id) && only.is_none_or(|o| o == n.id))
                 .map(|n| {
                     let held = reservations.get(&n.id).copied().unwrap_or_default();
                     Candidate {
@@ -210,6 +205,22 @@ impl NodeSet for Registry {
             tracing::debug!(node = %chosen.node_id, "placement: the node filled up meanwhile; choosing again");
             passed_over.push(chosen.node_id.clone());
         }
+    }
+}
+
+#[async_trait]
+impl NodeSet for Registry {
+    async fn get(&self, node_id: &str) -> Result<Arc<dyn Node>, NodeError> {
+        let node = self.usable(node_id).await?;
+        Ok(self.client(&node))
+    }
+
+    async fn place(&self, need: Requirements) -> Result<Placement, NodeError> {
+        self.place_among(need, None).await
+    }
+
+    async fn place_on(&self, node_id: &str, need: Requirements) -> Result<Placement, NodeError> {
+        self.place_among(need, Some(node_id)).await
     }
 
     async fn release(&self, placement: &Placement) {

@@ -8,9 +8,10 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::wire::{AddressResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER};
+use super::wire::{AddressResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest};
 use crate::node::{
-    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, TemplateInfo,
+    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, SnapshotTaken,
+    TemplateInfo,
 };
 
 /// Creating waits for envd (and a template's ready command); everything else is quick.
@@ -121,6 +122,11 @@ impl Node for RemoteNode {
     async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError> {
         let path = format!("/sandboxes/{}/pause", segment(sandbox_id));
         self.call::<_, ()>(Method::POST, &path, Some(&PauseRequest { keep_memory }), CREATE_TIMEOUT).await
+    }
+
+    async fn snapshot(&self, sandbox_id: &str, name: &str) -> Result<SnapshotTaken, NodeError> {
+        let path = format!("/sandboxes/{}/snapshot", segment(sandbox_id));
+        self.call(Method::POST, &path, Some(&SnapshotRequest { name: name.to_owned() }), CREATE_TIMEOUT).await
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<IpAddr, NodeError> {

@@ -40,6 +40,12 @@ pub struct PauseRequest {
     pub keep_memory: bool,
 }
 
+/// Node API `POST /sandboxes/{id}/snapshot`: the template to capture the sandbox into.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AddressResponse {

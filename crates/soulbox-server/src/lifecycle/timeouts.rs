@@ -31,9 +31,11 @@ impl Lifecycle {
         }
     }
 
-    /// Schedules the timeout of a running sandbox: at `end` (kill) or `end + grace` (auto-pause).
+    /// Schedules the timeout of a running sandbox: at `end` (kill) or `end + grace` (auto-pause); of a paused
+    /// one: at `end`, the end of its retention (delete).
     pub(super) fn arm(&self, record: &SandboxRecord) {
-        let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
+        let running = record.state == SandboxState::Running;
+        let grace_ms = if running && record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
         let fire_at = record.end_at_ms + grace_ms;
         let delay = Duration::from_millis((fire_at - now_ms()).max(0) as u64);
         self.deadlines.set(&record.id, tokio::time::Instant::now() + delay);
@@ -45,8 +47,8 @@ impl Lifecycle {
             Err(StoreError::NotFound(_)) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        if record.state != SandboxState::Running {
-            return Ok(());
+        if record.state == SandboxState::Paused {
+            return self.on_retention_end(record).await;
         }
         let grace_ms = if record.auto_pause { i64::from(record.auto_pause_grace_s) * 1000 } else { 0 };
         if record.end_at_ms + grace_ms > now_ms() {
@@ -80,6 +82,24 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// A paused sandbox kept for the whole retention is deleted (on one replica: the claim).
+    async fn on_retention_end(&self, record: SandboxRecord) -> Result<()> {
+        if record.end_at_ms > now_ms() {
+            self.arm(&record); // resumed and paused again meanwhile
+            return Ok(());
+        }
+        let paused_until = ClaimCondition { state: SandboxState::Paused, end_at_ms: Some(record.end_at_ms) };
+        if !self.store.claim_sandbox(&record.id, paused_until, &self.replica_id, self.lease_ms()).await? {
+            return Ok(());
+        }
+        tracing::info!(sandbox = %record.id, "paused past its retention: deleting");
+        let result = self.remove(&record, true, "paused sandbox deleted after its retention").await;
+        if result.is_err() {
+            self.release_claim(&record.id).await;
+        }
+        result
     }
 
     /// The timeout's kill: like `kill`, but a sandbox the node no longer has is only forgotten (a replica that

@@ -4,6 +4,7 @@
 mod api_keys;
 mod nodes;
 mod sandboxes;
+mod snapshots;
 mod teams;
 #[cfg(test)]
 mod teams_tests;
@@ -14,6 +15,7 @@ pub(crate) mod test_db;
 pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::{ClaimCondition, Holds, SandboxRecord};
+pub use snapshots::SnapshotRecord;
 pub use teams::{
     DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, LimitChange, LimitChanges, LimitExceeded, LimitKind, LimitOverrides, Role,
     TeamLimits, TeamRecord, TeamUsage, valid_team_name,

@@ -280,12 +280,13 @@ impl Store {
     }
 
     /// Running sandboxes whose deadline (end, plus the auto-pause grace when auto-pause is on) is at or before
-    /// `before_ms`: every replica sweeps these, so a timeout fires even when the replica that set it is gone.
+    /// `before_ms`, and paused ones whose retention ends by then: every replica sweeps these, so a timeout fires
+    /// even when the replica that set it is gone.
     pub async fn sandboxes_due(&self, before_ms: i64) -> Result<Vec<SandboxRecord>, StoreError> {
         // `end_at <= $1` first: the deadline is never before the end, and it can use the end_at index.
         let sql = format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE end_at <= $1 AND state = 'running' \
-             AND end_at + (CASE WHEN auto_pause <> 0 THEN CAST(auto_pause_grace_s AS BIGINT) * 1000 ELSE 0 END) <= $2 \
+            "SELECT {COLUMNS} FROM sandboxes WHERE end_at <= $1 AND (state = 'paused' OR \
+             end_at + (CASE WHEN auto_pause <> 0 THEN CAST(auto_pause_grace_s AS BIGINT) * 1000 ELSE 0 END) <= $2) \
              ORDER BY end_at, id"
         );
         let rows = sqlx::query(&sql).bind(before_ms).bind(before_ms).fetch_all(&self.pool).await?;
@@ -342,11 +343,12 @@ mod tests {
 
     store_test!(deadlines_due_and_exclusive_claims, |db| {
         let store = db.open().await;
-        // iabc: auto-pause, end 301 s + 5 s grace; kill1: plain kill at 100 ms; gone: paused, never due.
+        // iabc: auto-pause, end 301 s + 5 s grace; kill1: plain kill at 100 ms; gone: paused, its retention ends at
+        // 200 ms (no grace: a paused sandbox is deleted then).
         store.insert_sandbox(&record("iabc")).await.unwrap();
         store.insert_sandbox(&SandboxRecord { auto_pause: false, end_at_ms: 100, ..record("kill1") }).await.unwrap();
         store
-            .insert_sandbox(&SandboxRecord { state: SandboxState::Paused, end_at_ms: 0, ..record("gone") })
+            .insert_sandbox(&SandboxRecord { state: SandboxState::Paused, end_at_ms: 200, ..record("gone") })
             .await
             .unwrap();
         let due = |before| {
@@ -355,8 +357,9 @@ mod tests {
         };
         assert!(due(99).await.is_empty());
         assert_eq!(due(100).await, ["kill1"]);
-        assert_eq!(due(305_999).await, ["kill1"], "the auto-pause grace delays the deadline");
-        assert_eq!(due(306_000).await, ["kill1", "iabc"]);
+        assert_eq!(due(200).await, ["kill1", "gone"]);
+        assert_eq!(due(305_999).await, ["kill1", "gone"], "the auto-pause grace delays the deadline");
+        assert_eq!(due(306_000).await, ["kill1", "gone", "iabc"]);
 
         let running_at = |end| ClaimCondition { state: SandboxState::Running, end_at_ms: Some(end) };
         assert!(!store.claim_sandbox("iabc", running_at(1), "a", 60_000).await.unwrap(), "extended meanwhile");

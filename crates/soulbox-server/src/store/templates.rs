@@ -320,7 +320,7 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
-    /// Deletes the template's row, builds, logs and tags; false when there was no row.
+    /// Deletes the template's row, builds, logs, tags and snapshot record; false when there was no row.
     pub async fn delete_template_record(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM template_tags WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
@@ -331,6 +331,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM template_builds WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM snapshots WHERE template_id = $1").bind(id).execute(&mut *tx).await?;
         let r = sqlx::query("DELETE FROM templates WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(r.rows_affected() == 1)

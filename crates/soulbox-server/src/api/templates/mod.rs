@@ -200,6 +200,17 @@ async fn delete_template(
     if id == "base" {
         return error(StatusCode::BAD_REQUEST, "the base template cannot be deleted");
     }
+    // A snapshot (the SDKs' `delete_snapshot` sends its id, `name:default`) lives on the node that took it.
+    match state.lifecycle.team_snapshot(&caller.team_id, &id).await {
+        Ok(Some(snapshot)) => {
+            return match state.lifecycle.delete_snapshot(&snapshot).await {
+                Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                Err(e) => e.into_response(),
+            };
+        }
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
     if !is_valid_template_name(&id) {
         return error(StatusCode::NOT_FOUND, format!("template '{id}' not found"));
     }

@@ -1,0 +1,117 @@
+//! Snapshots and forks: `POST /sandboxes/{id}/snapshots`, `GET /snapshots`, `POST /sandboxes/{id}/fork`.
+//! A snapshot is deleted as the template it is (`DELETE /templates/{snapshotID}`, in `templates/`).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode};
+use soulbox_protocol::api::{
+    ApiError, SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode,
+};
+
+use super::sandboxes::{body, sandbox};
+use super::{ApiState, error, status_of};
+use crate::lifecycle::SnapshotFilter;
+use crate::listing::PageCursor;
+use crate::names::DEFAULT_TAG;
+use crate::store::{Caller, SnapshotRecord};
+use crate::time::rfc3339;
+
+fn info(s: &SnapshotRecord) -> SnapshotInfo {
+    let id = format!("{}:{DEFAULT_TAG}", s.template_id);
+    SnapshotInfo {
+        names: if s.named { vec![id.clone()] } else { vec![] },
+        snapshot_id: id,
+        mode: if s.memory { SnapshotMode::Full } else { SnapshotMode::Filesystem },
+        sandbox_id: s.sandbox_id.clone(),
+        created_at: rfc3339(s.created_at_ms),
+    }
+}
+
+pub async fn create(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let req: SandboxSnapshotRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let name = req.name.as_deref().filter(|n| !n.is_empty());
+    match state.lifecycle.snapshot(&caller.team_id, &id, name).await {
+        Ok(s) => (StatusCode::CREATED, Json(info(&s))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /snapshots?sandboxID=&name=&limit=&nextToken=`: the team's snapshots, oldest first, `x-next-token`
+/// when there are more.
+pub async fn list(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
+        None => 100,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
+    };
+    let cursor = match params.get("nextToken").filter(|t| !t.is_empty()).map(|t| PageCursor::decode(t)).transpose() {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let filter = SnapshotFilter { sandbox_id: params.get("sandboxID").cloned(), name: params.get("name").cloned() };
+    let mut snapshots = match state.lifecycle.snapshots(&caller.team_id, &filter).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(c) = &cursor {
+        let after = (c.started_at_ms, c.sandbox_id.as_str());
+        snapshots.retain(|s| (s.created_at_ms, s.template_id.as_str()) > after);
+    }
+    let has_more = snapshots.len() > limit;
+    snapshots.truncate(limit);
+    let items: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
+    let mut response = Json(items).into_response();
+    if has_more && let Some(last) = snapshots.last() {
+        let token = PageCursor { started_at_ms: last.created_at_ms, sandbox_id: last.template_id.clone() }.encode();
+        if let Ok(v) = HeaderValue::from_str(&token) {
+            response.headers_mut().insert("x-next-token", v);
+        }
+    }
+    response
+}
+
+pub async fn fork(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Response {
+    let req: SandboxForkRequest = match body(&bytes) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let outcomes = match state.lifecycle.fork(&caller.team_id, &id, req.timeout, req.count.unwrap_or(1)).await {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    let results: Vec<SandboxForkResult> = outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(record) => SandboxForkResult { sandbox: Some(sandbox(&record, state.domain.clone())), error: None },
+            Err(e) => {
+                let code = status_of(&e).as_u16();
+                SandboxForkResult {
+                    sandbox: None,
+                    error: Some(ApiError { code, message: e.to_string(), error_code: None }),
+                }
+            }
+        })
+        .collect();
+    (StatusCode::CREATED, Json(results)).into_response()
+}

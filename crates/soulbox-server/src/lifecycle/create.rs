@@ -1,0 +1,165 @@
+//! Sandbox create: from a template, a tag's build or a snapshot (which pins the node that holds its layers).
+
+use soulbox_protocol::api::SandboxState;
+use soulbox_protocol::version::ENVD_PROTOCOL_VERSION;
+
+use super::{CreateRequest, Lifecycle, LifecycleError, Result};
+use crate::cluster::Requirements;
+use crate::ids;
+use crate::node::{SandboxSpec, TemplateInfo};
+use crate::store::{Holds, SandboxRecord, SnapshotRecord, now_ms};
+
+/// What a new sandbox starts from.
+pub(super) struct Source {
+    /// As the record names it (`templateID`, alias, size).
+    pub template: TemplateInfo,
+    /// The node's runtime template.
+    pub runtime_template: String,
+    /// The node that must run it (a snapshot's layers live there); any node when `None`.
+    pub node_id: Option<String>,
+}
+
+impl Source {
+    pub(super) fn of_snapshot(snapshot: &SnapshotRecord) -> Source {
+        Source {
+            template: TemplateInfo {
+                template_id: snapshot.template_id.clone(),
+                aliases: vec![snapshot.template_id.clone()],
+                cpu_count: snapshot.cpu_count.max(1) as u32,
+                memory_mb: snapshot.memory_mb.max(0) as u32,
+                disk_size_mb: snapshot.disk_size_mb.max(0) as u32,
+                envd_version: ENVD_PROTOCOL_VERSION.into(),
+            },
+            runtime_template: snapshot.template_id.clone(),
+            node_id: Some(snapshot.node_id.clone()),
+        }
+    }
+}
+
+impl Lifecycle {
+    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord> {
+        let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
+        self.check_timeout(timeout_s)?;
+        if !self.config.allow_private_egress {
+            crate::egress::check_allow_out(&req.allow_out).map_err(LifecycleError::BadRequest)?;
+        }
+        let source = self.resolve_source(&req.team_id, &req.template).await?;
+        self.create_from(source, timeout_s, req).await
+    }
+
+    /// A snapshot of the team's (`name` or `name:default`), else a template.
+    async fn resolve_source(&self, team_id: &str, wanted: &str) -> Result<Source> {
+        let (name, tag) = crate::names::split_tag(wanted);
+        if tag == crate::names::DEFAULT_TAG
+            && let Some(snapshot) = self.store.get_snapshot(name).await?
+        {
+            if snapshot.team_id != team_id {
+                return Err(LifecycleError::NotFound(format!("template '{wanted}' not found")));
+            }
+            return Ok(Source::of_snapshot(&snapshot));
+        }
+        let template = self.resolve_template(team_id, wanted).await?;
+        let runtime_template = template.template_id.clone();
+        Ok(Source { template, runtime_template, node_id: None })
+    }
+
+    /// Starts a sandbox from `source` for `req` (its `template` is not read again): team limits, placement,
+    /// the node's create, the record.
+    pub(super) async fn create_from(
+        &self,
+        source: Source,
+        timeout_s: i32,
+        req: CreateRequest,
+    ) -> Result<SandboxRecord> {
+        let template = &source.template;
+        let token = req.secure.then(ids::access_token);
+        let spec = SandboxSpec {
+            template_id: source.runtime_template.clone(),
+            cpu_count: template.cpu_count,
+            memory_mb: template.memory_mb,
+            disk_size_mb: template.disk_size_mb,
+            env_vars: req.env_vars.clone(),
+            envd_access_token: token.clone(),
+            network: crate::node::NetworkPolicy {
+                allow_internet: req.allow_internet,
+                allow_out: req.allow_out.clone(),
+                deny_out: req.deny_out.clone(),
+            },
+            metadata: req.metadata.clone(),
+        };
+        // The team's limits first (a refused create touches no node), then a node with room.
+        let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
+        let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
+        let placed = match &source.node_id {
+            Some(node_id) => self.nodes.place_on(node_id, need).await,
+            None => self.nodes.place(need).await,
+        };
+        let result = match placed {
+            Ok(placement) => {
+                let created = self.create_on(&placement, spec, template, timeout_s, req, &team_hold).await;
+                self.nodes.release(&placement).await;
+                created
+            }
+            Err(e) => Err(e.into()),
+        };
+        // On success the hold went with the record's insert; a failed create gives the room back.
+        if result.is_err() {
+            self.release_team_hold(&team_hold).await;
+        }
+        result
+    }
+
+    async fn create_on(
+        &self,
+        placement: &crate::cluster::Placement,
+        spec: SandboxSpec,
+        template: &TemplateInfo,
+        timeout_s: i32,
+        req: CreateRequest,
+        team_hold: &str,
+    ) -> Result<SandboxRecord> {
+        let (node_id, node) = (placement.node_id.clone(), &placement.node);
+        let token = spec.envd_access_token.clone();
+        let created = node.create(spec).await?;
+        let (id, address) = (created.sandbox_id, created.address);
+        let now = now_ms();
+        let record = SandboxRecord {
+            id: id.clone(),
+            template_id: template.template_id.clone(),
+            alias: template.aliases.first().cloned(),
+            node_id,
+            state: SandboxState::Running,
+            started_at_ms: now,
+            end_at_ms: now + i64::from(timeout_s) * 1000,
+            cpu_count: template.cpu_count as i32,
+            memory_mb: template.memory_mb as i32,
+            disk_size_mb: template.disk_size_mb as i32,
+            envd_version: template.envd_version.clone(),
+            envd_access_token: token,
+            metadata: req.metadata,
+            env_vars: req.env_vars,
+            auto_pause: req.auto_pause,
+            auto_pause_memory: req.auto_pause_memory,
+            auto_pause_grace_s: req.auto_pause_grace_s as i32,
+            auto_resume: req.auto_resume,
+            network: crate::node::NetworkPolicy {
+                allow_internet: req.allow_internet,
+                allow_out: req.allow_out,
+                deny_out: req.deny_out,
+            },
+            address: Some(address.to_string()),
+            team_id: req.team_id,
+        };
+        let holds = Holds { placement: placement.hold.as_deref(), team: Some(team_hold) };
+        if let Err(e) = self.store.insert_sandbox_for_holds(&record, holds).await {
+            // Leave nothing behind: the node's sandbox goes too.
+            if let Err(kill) = node.kill(&id).await {
+                tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");
+            }
+            return Err(e.into());
+        }
+        self.arm(&record);
+        tracing::info!(sandbox = %id, template = %record.template_id, "sandbox created");
+        Ok(record)
+    }
+}
