@@ -3,6 +3,8 @@
 # loopback port with its own data dir (the base template is cached in /var/tmp/soulbox-bench-server), runs
 # bench/server_bench.py with the official Python SDK, then kills every sandbox and stops the server.
 # Usage (as root): bench/server.sh          env: N=30 SIZE_MIB=256 PORT=3190
+#   BENCH=bench/snapshot_bench.py bench/server.sh   pause, snapshot and fork (issue 13)
+#   RUNTIME=runsc                              the server's OCI runtime (default runc)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -16,7 +18,7 @@ cargo build --release -p soulbox-cli
 install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
 mkdir -p "$DATA"
 LOG="$(mktemp)"
-target/release/soulbox --data-dir "$DATA" server --listen "127.0.0.1:$PORT" >"$LOG" 2>&1 &
+target/release/soulbox --data-dir "$DATA" server --listen "127.0.0.1:$PORT" --runtime "${RUNTIME:-runc}" >"$LOG" 2>&1 &
 SERVER=$!
 KEY=""
 cleanup() {
@@ -36,4 +38,4 @@ if [ -z "$KEY" ]; then
   KEY="$(target/release/soulbox --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
 fi
 E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" \
-  SOULBOX_DATA_DIR="$DATA" "$VENV/bin/python" bench/server_bench.py
+  SOULBOX_DATA_DIR="$DATA" "$VENV/bin/python" "${BENCH:-bench/server_bench.py}"

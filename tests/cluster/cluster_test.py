@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 import urllib.error
 import urllib.request
 
@@ -248,6 +249,29 @@ def main():
         assert sbx.commands.run("echo still-mine").stdout.strip() == "still-mine"
     finally:
         sbx.kill()
+
+    log("snapshots and forks start on the node that holds the snapshot's layers")
+    source = create()["sandboxID"]
+    everything.append(source)
+    home = placement([source])[source]
+    run_in(source, "echo snapped > /tmp/snap.txt")
+    snap_name = f"cluster-snap-{uuid.uuid4().hex[:8]}"  # the template store outlives a failed run
+    status, snap = call("POST", f"/sandboxes/{source}/snapshots", {"name": snap_name})
+    assert status == 201 and snap["snapshotID"] == f"{snap_name}:default", (status, snap)
+    from_snapshot = []
+    for _ in range(2):
+        status, body = call("POST", "/sandboxes", {"templateID": snap["snapshotID"], "timeout": 600})
+        assert status == 201, (status, body)
+        from_snapshot.append(body["sandboxID"])
+    status, forks = call("POST", f"/sandboxes/{source}/fork", {"count": 2, "timeout": 600})
+    assert status == 201 and all("sandbox" in f for f in forks), (status, forks)
+    from_snapshot += [f["sandbox"]["sandboxID"] for f in forks]
+    everything.extend(from_snapshot)
+    assert set(placement(from_snapshot).values()) == {home}, (home, placement(from_snapshot))
+    for sid in from_snapshot:
+        assert run_in(sid, "cat /tmp/snap.txt").strip() == "snapped", sid
+    call("DELETE", f"/templates/{snap_name}%3Adefault", expect=204)
+    assert run_in(from_snapshot[0], "cat /tmp/snap.txt").strip() == "snapped", "deleting a snapshot in use is safe"
 
     if REPLICATED:
         replicas(everything, on_node2)

@@ -213,6 +213,44 @@ def test_team_b_cannot_use_read_tag_or_delete_team_a_template(api, api_b, team_a
     assert api.get(f"/templates/{name}/builds/{build}/status").json()["status"] == "ready"
 
 
+def test_team_b_cannot_use_fork_or_take_over_team_a_snapshots(api, api_b, victim, sandboxes_b):
+    """Snapshots and forks (issue 13) are team A's like its templates: team B gets the unknown's 404 for them and
+    for A's sandbox, cannot reuse the snapshot's name, and never sees a fork's internal template."""
+    name, unknown = f"sec-snap-{RUN_ID}", f"sec-nosnap-{RUN_ID}"
+    r = api.post(f"/sandboxes/{victim.sandbox_id}/snapshots", json={"name": name})
+    assert r.status_code == 201, r.text
+    try:
+        snapshot_id = r.json()["snapshotID"]
+        r = api_b.post("/v2/sandboxes", json={"templateID": snapshot_id})
+        missing = api_b.post("/v2/sandboxes", json={"templateID": f"{unknown}:default"})
+        assert r.status_code == missing.status_code == 404, (r.text, missing.text)
+        assert r.json()["message"].replace(name, unknown) == missing.json()["message"]
+        with pytest.raises(SandboxException):
+            sandboxes_b.create(template=snapshot_id)
+        same_as_unknown(api_b, "DELETE", f"/templates/{name}%3Adefault", name, unknown)
+        same_as_unknown(api_b, "GET", f"/templates/aliases/{name}", name, unknown)
+        assert api_b.get("/snapshots").json() == []
+        assert name not in api_b.get("/templates").text
+        # A's sandbox cannot be snapshotted or forked by B.
+        same_as_unknown(api_b, "POST", f"/sandboxes/{victim.sandbox_id}/snapshots", victim.sandbox_id, UNKNOWN_SANDBOX, json={})
+        same_as_unknown(api_b, "POST", f"/sandboxes/{victim.sandbox_id}/fork", victim.sandbox_id, UNKNOWN_SANDBOX, json={})
+        # The name is A's: B cannot snapshot its own sandbox over it or build a template under it.
+        mine = sandboxes_b.create(timeout=60)
+        r = api_b.post(f"/sandboxes/{mine.sandbox_id}/snapshots", json={"name": name})
+        assert r.status_code == 409, r.text
+        assert api_b.post("/v3/templates", json={"name": name}).status_code == 409
+        # A fork's snapshot is internal: never listed, never started by name.
+        r = api.post(f"/sandboxes/{victim.sandbox_id}/fork", json={"count": 1, "timeout": 30})
+        assert r.status_code == 201 and "sandbox" in r.json()[0], r.text
+        api.delete(f"/sandboxes/{r.json()[0]['sandbox']['sandboxID']}")
+        assert "sbfork-" not in api.get("/templates").text + api_b.get("/templates").text
+        assert api.post("/v2/sandboxes", json={"templateID": "sbfork-0"}).status_code == 404
+        # Team A still has it and can start from it.
+        assert [s["snapshotID"] for s in api.get("/snapshots", params={"name": name}).json()] == [snapshot_id]
+    finally:
+        api.delete(f"/templates/{name}%3Adefault")
+
+
 def test_team_b_cannot_build_from_team_a_template(api_b, team_a_template):
     name = team_a_template["name"]
     for base in [name, f"{name}:v1"]:

@@ -20,8 +20,8 @@ use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::wire::{
-    AddressResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX, PauseRequest,
-    SECRET_HEADER, SnapshotRequest,
+    AddressResponse, DeletedResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX,
+    PauseRequest, SECRET_HEADER, SnapshotRequest,
 };
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
@@ -187,6 +187,7 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
     let api = axum::Router::new()
         .route("/info", get(info))
         .route("/templates", get(templates))
+        .route("/templates/{name}", axum::routing::delete(delete_template))
         .route("/sandboxes", post(create))
         .route("/sandboxes/{id}", axum::routing::delete(kill))
         .route("/sandboxes/{id}/pause", post(pause))
@@ -255,6 +256,10 @@ async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Json(req
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
     }
+}
+
+async fn delete_template(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Response {
+    respond(agent.note(agent.node.delete_template(&name).await).map(|deleted| DeletedResponse { deleted }))
 }
 
 async fn snapshot(

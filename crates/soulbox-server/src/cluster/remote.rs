@@ -8,7 +8,9 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::wire::{AddressResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest};
+use super::wire::{
+    AddressResponse, DeletedResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest,
+};
 use crate::node::{
     CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, SnapshotTaken,
     TemplateInfo,
@@ -127,6 +129,12 @@ impl Node for RemoteNode {
     async fn snapshot(&self, sandbox_id: &str, name: &str) -> Result<SnapshotTaken, NodeError> {
         let path = format!("/sandboxes/{}/snapshot", segment(sandbox_id));
         self.call(Method::POST, &path, Some(&SnapshotRequest { name: name.to_owned() }), CREATE_TIMEOUT).await
+    }
+
+    async fn delete_template(&self, name: &str) -> Result<bool, NodeError> {
+        let path = format!("/templates/{}", segment(name));
+        let r: DeletedResponse = self.call::<(), _>(Method::DELETE, &path, None, CALL_TIMEOUT).await?;
+        Ok(r.deleted)
     }
 
     async fn resume(&self, sandbox_id: &str) -> Result<IpAddr, NodeError> {

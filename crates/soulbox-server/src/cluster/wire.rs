@@ -40,6 +40,12 @@ pub struct PauseRequest {
     pub keep_memory: bool,
 }
 
+/// Node API `DELETE /templates/{name}`: whether there was one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedResponse {
+    pub deleted: bool,
+}
+
 /// Node API `POST /sandboxes/{id}/snapshot`: the template to capture the sandbox into.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotRequest {

@@ -1,0 +1,146 @@
+"""Pause, snapshot and fork benchmark (issue 13; not a test): run by `BENCH=bench/snapshot_bench.py
+bench/server.sh` against a running server. Raw HTTP, so the numbers are the server's and the runtime's.
+
+Prints, for this server's runtime (runc unless the server was started with another):
+  - baseline: create from `base` (POST /v2/sandboxes) p50/p99
+  - pause and resume with memory (freeze/thaw) and filesystem-only pause and resume (stop to disk/cold boot), of
+    a sandbox holding TOUCHED_MIB (default 64 and 256) of touched memory in /dev/shm
+  - snapshot of a sandbox with 64 MiB written to its disk, create from that snapshot, fork (1 and 4 at once)
+Environment: N (samples per measure, default 15).
+"""
+import http.client
+import json
+import os
+import statistics
+import sys
+import time
+import urllib.parse
+
+API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
+KEY = os.environ["E2B_API_KEY"]
+N = int(os.environ.get("N", "15"))
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, round((len(values) - 1) * p))]
+
+
+def conn():
+    c = http.client.HTTPConnection(API.hostname, API.port, timeout=300)
+    c.connect()
+    c.sock.setsockopt(6, 1, 1)  # TCP_NODELAY
+    return c
+
+
+C = None
+
+
+def api(method, path, body=None):
+    C.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"X-API-Key": KEY, "Content-Type": "application/json"})
+    r = C.getresponse()
+    data = r.read()
+    if r.status >= 300:
+        raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
+    return json.loads(data) if data else None
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - t) * 1000, out
+
+
+def run(sandbox, cmd):
+    """A command through the proxy (Process/Start, Connect JSON), waited for."""
+    import struct
+    payload = json.dumps({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}, "stdin": False}).encode()
+    C.request("POST", "/process.Process/Start", body=b"\0" + struct.pack(">I", len(payload)) + payload, headers={
+        "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1",
+        "E2b-Sandbox-Id": sandbox["sandboxID"], "E2b-Sandbox-Port": "49983",
+        "X-Access-Token": sandbox.get("envdAccessToken") or "",
+    })
+    r = C.getresponse()
+    r.read()
+    if r.status != 200:
+        raise RuntimeError(f"run {cmd!r}: {r.status}")
+
+
+def create(template="base"):
+    return api("POST", "/v2/sandboxes", {"templateID": template, "timeout": 600})
+
+
+def kill(sandbox_id):
+    api("DELETE", f"/sandboxes/{sandbox_id}")
+
+
+def row(name, samples):
+    print(f"{name:<58} p50 {pct(samples, 0.5):8.1f} ms   p99 {pct(samples, 0.99):8.1f} ms   (n={len(samples)})")
+
+
+def main():
+    global C
+    C = conn()
+    creates = []
+    for _ in range(N):
+        ms, s = timed(create)
+        creates.append(ms)
+        kill(s["sandboxID"])
+    row("baseline: create from base", creates)
+
+    for mib in (64, 256):
+        sbx = create()
+        try:
+            run(sbx, f"head -c {mib}M /dev/urandom > /dev/shm/touched")
+            pauses, resumes = [], []
+            for _ in range(N):
+                pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {}))[0])
+                resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
+            row(f"pause with memory, {mib} MiB touched", pauses)
+            row(f"resume with memory, {mib} MiB touched", resumes)
+            pauses, resumes = [], []
+            for _ in range(max(3, N // 3)):
+                pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {"memory": False}))[0])
+                resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
+            row(f"filesystem-only pause, {mib} MiB in /dev/shm (dropped)", pauses)
+            row("resume after a filesystem-only pause (cold boot)", resumes)
+        finally:
+            kill(sbx["sandboxID"])
+
+    source = create()
+    try:
+        run(source, "head -c 64M /dev/urandom > /home/user/disk64")
+        snaps, made = [], []
+        for i in range(max(3, N // 3)):
+            ms, info = timed(lambda: api("POST", f"/sandboxes/{source['sandboxID']}/snapshots", {"name": f"bench-{i}"}))
+            snaps.append(ms)
+            made.append(info["snapshotID"])
+        row("snapshot, 64 MiB written to the disk", snaps)
+        from_snapshot = []
+        for _ in range(N):
+            ms, s = timed(lambda: create(made[0]))
+            from_snapshot.append(ms)
+            kill(s["sandboxID"])
+        row("create from a snapshot", from_snapshot)
+        print(f"  ratio create-from-snapshot / create-from-base p50: "
+              f"{statistics.median(from_snapshot) / statistics.median(creates):.2f}")
+        for count in (1, 4):
+            forks = []
+            for _ in range(max(3, N // 3)):
+                ms, results = timed(lambda: api("POST", f"/sandboxes/{source['sandboxID']}/fork", {"count": count, "timeout": 600}))
+                forks.append(ms)
+                for r in results:
+                    if "sandbox" in r:
+                        kill(r["sandbox"]["sandboxID"])
+                    else:
+                        raise RuntimeError(f"fork failed: {r}")
+            row(f"fork, count {count} (all started)", forks)
+        for snapshot_id in made:
+            api("DELETE", f"/templates/{snapshot_id.replace(':', '%3A')}")
+    finally:
+        kill(source["sandboxID"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
