@@ -5,6 +5,7 @@
 # The caller sets, before sourcing: ROOT, PYTHON, DATA_DIR, PREFIX, POOL, DOMAIN, MAX_LIFETIME_S, SOULBOX, ENVD,
 # SERVER_LOG, and optionally KEY_NAME (the run's API key name), KEY_ARGS (more `soulbox keys create` arguments for
 # it, e.g. `--admin` or `--team NAME`) and SERVER_CONFIG_EXTRA (lines appended to the server's config.toml).
+# SOULBOX_RUNTIME (runc by default) is the server's OCI runtime; the leak check lists that runtime's containers.
 # start_server sets API_URL, API_KEY, KEY_ID, SERVER_PID. A suite that makes keys of other teams adds them to
 # CLEANUP_KEYS (space-separated) so the cleanup also kills their sandboxes (a key sees only its team's).
 SERVER_PID="${SERVER_PID:-}"
@@ -81,7 +82,7 @@ TOML
   log "starting soulbox server on $API_URL (data dir $DATA_DIR, log $SERVER_LOG)"
   SOULBOX_LOG="${SOULBOX_LOG:-info}" "$SOULBOX" --data-dir "$DATA_DIR" server --listen "127.0.0.1:$port" \
     --envd-path "$ENVD" --domain "$DOMAIN" --max-lifetime-s "$MAX_LIFETIME_S" \
-    --prefix "$PREFIX" --network-pool "$POOL" >>"$SERVER_LOG" 2>&1 &
+    --prefix "$PREFIX" --network-pool "$POOL" --runtime "${SOULBOX_RUNTIME:-runc}" >>"$SERVER_LOG" 2>&1 &
   SERVER_PID=$!
   local _ starts
   # First start builds the base template (minutes); later starts take seconds.
@@ -123,8 +124,9 @@ shutdown_server() {
 # Everything the runtime creates on the host for this instance; prints leftovers, returns 1 if any.
 check_leaks() {
   local leaks="" out
-  out="$(runc --root "$DATA_DIR/node/oci" list -q 2>/dev/null || true)"
-  [ -z "$out" ] || leaks+="runc containers (runc --root $DATA_DIR/node/oci list):"$'\n'"$out"$'\n'
+  local oci="${SOULBOX_RUNTIME:-runc}"
+  out="$("$oci" --root "$DATA_DIR/node/oci" list -q 2>/dev/null || true)"
+  [ -z "$out" ] || leaks+="$oci containers ($oci --root $DATA_DIR/node/oci list):"$'\n'"$out"$'\n'
   out="$(ip netns list | grep -E "^$PREFIX-" || true)"
   [ -z "$out" ] || leaks+="network namespaces:"$'\n'"$out"$'\n'
   out="$(ip -o link show | grep -oE ": $PREFIX[a-z0-9]*[@:]" || true)"
@@ -141,5 +143,5 @@ check_leaks() {
     printf 'LEAKED after the run:\n%s' "$leaks" >&2
     return 1
   fi
-  echo "leak check: nothing left behind (runc, netns, veths, mounts, sandbox dirs, cgroups, nft chains)" >&2
+  echo "leak check: nothing left behind (${SOULBOX_RUNTIME:-runc}, netns, veths, mounts, sandbox dirs, cgroups, nft chains)" >&2
 }
