@@ -186,11 +186,7 @@ impl RuntimeConfig {
 
     /// Whether pause/resume go straight to the cgroup freezer.
     pub fn use_cgroup_freezer(&self) -> bool {
-        let name = std::path::Path::new(&self.runtime_bin)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.cgroup_freezer && (name == "runc" || name == "crun")
+        self.cgroup_freezer && crate::runtime_kind::RuntimeKind::from_name(&self.runtime_bin).pause_is_cgroup_freezer()
     }
 
     pub fn sandbox_log_limits(&self) -> LogLimits {
