@@ -201,7 +201,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
                 .build()
                 .map_err(oci)?,
         )
-        .pids(LinuxPidsBuilder::default().limit(p.pids_limit).build().map_err(oci)?)
+        .pids(LinuxPidsBuilder::default().limit(p.runtime.host_pids_limit(p.pids_limit)).build().map_err(oci)?)
         .build()
         .map_err(oci)?;
 
