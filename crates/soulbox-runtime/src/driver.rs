@@ -76,18 +76,6 @@ impl Driver {
         self.create_or_run(&["run", "--detach"], id, bundle, stdio, ready_fd).await
     }
 
-    /// `restore --detach --image-path <image>` (runsc): the container `id` of `bundle` brought back from a
-    /// checkpoint, running. Its processes were started before, so no ready pipe.
-    pub async fn restore(&self, id: &str, bundle: &Path, image: &Path, stdio: OwnedFd) -> Result<()> {
-        let image = format!("--image-path={}", image.display());
-        self.create_or_run(&["restore", "--detach", &image], id, bundle, stdio, None).await
-    }
-
-    /// `checkpoint --image-path <image> <id>` (runsc): the container's state into `image`; the container ends.
-    pub async fn checkpoint(&self, id: &str, image: &Path) -> Result<()> {
-        self.run(&["checkpoint", &format!("--image-path={}", image.display()), id]).await.map(|_| ())
-    }
-
     async fn create_or_run(
         &self,
         verb: &[&str],
