@@ -275,8 +275,8 @@ async fn runsc_network_is_fenced_by_the_host_chain() {
     // Root inside cannot take another address or open raw sockets (no NET_ADMIN/NET_RAW; runsc's --net-raw off).
     let (_, o) = root_sh(&open, &format!("ip addr add {}/32 dev eth0 2>&1; ip addr", denied.ip.unwrap())).await;
     assert!(!o.contains(&format!("{}/32", denied.ip.unwrap())), "root took a neighbour's address: {o}");
-    let (code, o) = root_sh(&open, &format!("ping -c 1 -W 1 {} 2>&1", out.ip)).await;
-    assert!(code != 0 || !o.contains("bytes from"), "raw ICMP went out of a policy-open sandbox?: {o}");
+    let (_, o) = root_sh(&open, &format!("ping -c 1 -W 1 {} 2>&1", out.ip)).await;
+    assert!(!o.contains("bytes from"), "a raw ICMP socket worked: {o}");
     // The host kernel inside the netns has no address any more: gVisor owns it.
     let ns = h.cfg.netns_name(&open.id);
     let o = std::process::Command::new("ip").args(["-n", &ns, "-4", "addr", "show", "eth0"]).output().unwrap();
