@@ -213,12 +213,13 @@ impl Driver {
     }
 }
 
-/// In the forked child, before exec: a private mount namespace (mounts from the host still propagate into
-/// it) with an empty read-only tmpfs over `/proc/sys/net`. runsc (2022) takes the presence of
+/// In the forked child, before exec: a mount namespace of its own (a slave of the host's where those mounts
+/// are shared) with an empty read-only tmpfs over `/proc/sys/net`. runsc (2022) takes the presence of
 /// `/proc/sys/net/core/rmem_default` in the joined netns as "this is the host's netns" and refuses to set up
-/// the sandbox's network; since Linux 6.x that sysctl exists in every netns (`runtime_kind.rs`). The sandbox
-/// and gofer processes runsc starts from here make their own mount namespaces and never read host sysctls
-/// under it that they need (netstack's buffer sizes fall back to defaults).
+/// the sandbox's network; since Linux 6.x that sysctl exists in every netns (`runtime_kind.rs`). The namespace
+/// goes with the CLI process: the sandbox and gofer processes runsc starts from it `pivot_root` into mount
+/// namespaces of their own holding only their root (checked: no other sandbox's mounts), and need nothing under
+/// `/proc/sys/net` (netstack's buffer sizes fall back to defaults).
 fn hide_proc_sys_net() -> std::io::Result<()> {
     // SAFETY: plain syscalls on constant, NUL-terminated strings.
     unsafe {

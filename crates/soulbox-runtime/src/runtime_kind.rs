@@ -14,13 +14,16 @@
 //!   packets (netstack sends through a packet socket); the host-side chain still does.
 //! - runsc up to at least 2022-12 decides "this is the host's network namespace, refuse" by whether
 //!   `/proc/sys/net/core/rmem_default` exists after joining the netns; since Linux 6.x that sysctl exists in
-//!   every netns, so every sandbox would be refused. Its `create`/`run`/`restore` therefore run in a private
-//!   mount namespace with an empty read-only tmpfs over `/proc/sys/net` (`driver.rs`).
+//!   every netns, so every sandbox would be refused. Its `create`/`run` therefore run in a mount namespace
+//!   of their own with an empty read-only tmpfs over `/proc/sys/net` (`driver.rs`).
 //! - pause is runsc's own (it stops the sentry's tasks), not the cgroup freezer: pause/resume go through the CLI.
 //! - it is its own kernel: the spec's seccomp profile is ignored (the sentry has its own filters on the host),
 //!   masked paths and sysctls are gVisor's own `/proc`/`/sys`, and the per-sandbox user namespaces
 //!   (`userns.rs`) are not used: the sentry and gofer run in namespaces runsc makes, and files written by root
 //!   inside are stored as root, as with user namespaces off (see the README).
+//! - the host pids cgroup counts gVisor's host tasks, not the sandbox's processes ([`RuntimeKind::host_pids_limit`]).
+//! - no pause to disk: this runsc cannot checkpoint a sandbox whose envd listens, and a failed checkpoint kills
+//!   the container, so `runsc checkpoint` is never called (README, "gVisor").
 use std::path::Path;
 
 /// The OCI runtime family.
@@ -107,7 +110,7 @@ impl RuntimeKind {
         self.is_runsc()
     }
 
-    /// Whether `create`/`run`/`restore` must not see `/proc/sys/net` (runsc's root-netns check, module docs).
+    /// Whether `create`/`run` must not see `/proc/sys/net` (runsc's root-netns check, module docs).
     pub fn hide_proc_sys_net(&self) -> bool {
         self.is_runsc()
     }
