@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(
   runc                # default OCI runtime
+  runsc               # gVisor, the second OCI runtime (runtime_bin = "runsc"; its tests require it)
   mmdebstrap          # builds the base template from Debian's packages, no registry needed
   nftables iptables iproute2  # sandbox networks and firewall
   attr sudo           # xattr tools for tests; sudo for the `user` account in sandboxes and the compat suite

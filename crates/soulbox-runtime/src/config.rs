@@ -42,8 +42,8 @@ pub struct RuntimeConfig {
     /// runtime process less on the hot path).
     pub run_detached: bool,
     /// Pause/resume by writing the cgroup freezer directly (what `runc pause` does, minus a
-    /// process start). Only for runtimes whose pause *is* the cgroup freezer (runc, crun);
-    /// default: on when `runtime_bin` is runc or crun.
+    /// process start). Only for runtimes whose pause *is* the cgroup freezer (runc, crun:
+    /// `RuntimeKind::pause_is_cgroup_freezer`); others (runsc) always pause through their CLI.
     pub cgroup_freezer: bool,
     /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
     /// its own score (100) before exec.
@@ -182,15 +182,6 @@ impl RuntimeConfig {
             validate(self.userns_base, ranges_needed(self))?;
         }
         Ok(())
-    }
-
-    /// Whether pause/resume go straight to the cgroup freezer.
-    pub fn use_cgroup_freezer(&self) -> bool {
-        let name = std::path::Path::new(&self.runtime_bin)
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        self.cgroup_freezer && (name == "runc" || name == "crun")
     }
 
     pub fn sandbox_log_limits(&self) -> LogLimits {

@@ -2,20 +2,18 @@
 //! resume/kill/delete/list/exec. Only the commands and flags common to all of them are used; the
 //! state root (`--root`) lives under the data dir so the containers are ours alone.
 use crate::error::{Error, Result};
+use crate::runtime_kind::RuntimeKind;
 use crate::util;
 use serde::Deserialize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-/// The descriptor a ready pipe becomes in the container: runc's `--preserve-fds 1` passes fd 3 (the first one
-/// after stdio) through to the container's process, which is envd, told so with `--ready-fd`.
-pub const READY_FD: i32 = 3;
-
 #[derive(Debug, Clone)]
 pub struct Driver {
     bin: String,
     global: Vec<String>,
+    kind: RuntimeKind,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -29,23 +27,35 @@ pub struct ContainerState {
 }
 
 /// Fail early, before anything is made on the host, when the OCI runtime binary cannot run
-/// (missing, not executable, not a runc-style CLI): `<bin> --version` must succeed.
-pub async fn check_runtime_binary(bin: &str) -> Result<()> {
+/// (missing, not executable, not a runc-style CLI): `<bin> --version` must succeed. Its answer says which
+/// runtime it is.
+pub async fn check_runtime_binary(bin: &str) -> Result<RuntimeKind> {
     util::run(bin, &["--version"])
         .await
-        .map(|_| ())
+        .map(|out| RuntimeKind::from_version(bin, &out))
         .map_err(|e| Error::Invalid(format!("the OCI runtime {bin:?} does not work: {e}")))
 }
 
 impl Driver {
+    /// A driver for `bin`, its kind known from the name only (see [`Driver::with_kind`]).
     pub fn new(bin: &str, extra_args: &[String], root: &Path) -> Self {
+        Driver::with_kind(bin, RuntimeKind::from_name(bin), extra_args, root)
+    }
+
+    /// A driver for `bin` of `kind`: `--root <root>`, the flags the kind needs, then `extra_args`.
+    pub fn with_kind(bin: &str, kind: RuntimeKind, extra_args: &[String], root: &Path) -> Self {
         let mut global = vec!["--root".to_string(), root.to_string_lossy().into_owned()];
+        global.extend(kind.global_args());
         global.extend(extra_args.iter().cloned());
-        Driver { bin: bin.to_string(), global }
+        Driver { bin: bin.to_string(), global, kind }
     }
 
     pub fn bin(&self) -> &str {
         &self.bin
+    }
+
+    pub fn kind(&self) -> &RuntimeKind {
+        &self.kind
     }
 
     async fn run(&self, args: &[&str]) -> Result<String> {
@@ -56,63 +66,77 @@ impl Driver {
 
     /// `create --bundle <dir> [--preserve-fds 1] <id>`; the container's stdout/stderr are `stdio` (the sandbox
     /// log's FIFO), as are the runtime CLI's own: a failure's message goes there too, so the caller reads it
-    /// from the log. `ready_fd` (if any) becomes fd [`READY_FD`] in the container.
+    /// from the log. `ready_fd` (if any) becomes fd [`RuntimeKind::ready_fd`] in the container.
     pub async fn create(&self, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
-        self.create_or_run("create", id, bundle, stdio, ready_fd).await
+        self.create_or_run(&["create"], id, bundle, stdio, ready_fd).await
     }
 
     /// `run --detach`: create + start in one runtime invocation (saves a process start).
     pub async fn run_detached(&self, id: &str, bundle: &Path, stdio: OwnedFd, ready_fd: Option<OwnedFd>) -> Result<()> {
-        self.create_or_run("run", id, bundle, stdio, ready_fd).await
+        self.create_or_run(&["run", "--detach"], id, bundle, stdio, ready_fd).await
     }
 
     async fn create_or_run(
         &self,
-        verb: &str,
+        verb: &[&str],
         id: &str,
         bundle: &Path,
         stdio: OwnedFd,
         ready_fd: Option<OwnedFd>,
     ) -> Result<()> {
+        let what = format!("{} {}", self.bin, verb[0]);
         let stderr = stdio.try_clone().map_err(|e| Error::Io { path: bundle.join("stdio"), source: e })?;
         let mut cmd = tokio::process::Command::new(&self.bin);
-        cmd.args(&self.global).arg(verb);
-        if verb == "run" {
-            cmd.arg("--detach");
-        }
+        cmd.args(&self.global).args(verb);
         cmd.arg("--bundle").arg(bundle).arg("--pid-file").arg(bundle.join("init.pid"));
-        if ready_fd.is_some() {
-            cmd.arg("--preserve-fds").arg("1");
-        }
-        cmd.arg(id).stdin(Stdio::null()).stdout(Stdio::from(stdio)).stderr(Stdio::from(stderr));
-        if let Some(fd) = &ready_fd {
+        let passed = match ready_fd {
+            Some(fd) if self.kind.passes_extra_fds() => {
+                cmd.arg("--preserve-fds").arg("1");
+                cmd.stdin(Stdio::null());
+                Some(fd)
+            }
+            // No `--preserve-fds` (runsc): the pipe is the container's stdin, which the runtime passes on.
+            Some(fd) => {
+                cmd.stdin(Stdio::from(fd));
+                None
+            }
+            None => {
+                cmd.stdin(Stdio::null());
+                None
+            }
+        };
+        cmd.arg(id).stdout(Stdio::from(stdio)).stderr(Stdio::from(stderr));
+        if let Some(fd) = &passed {
             let raw = fd.as_raw_fd();
+            let target = self.kind.ready_fd();
             // SAFETY: only async-signal-safe calls (dup2/fcntl) between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if raw == READY_FD {
-                        let flags = libc::fcntl(READY_FD, libc::F_GETFD);
-                        if flags < 0 || libc::fcntl(READY_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    if raw == target {
+                        let flags = libc::fcntl(target, libc::F_GETFD);
+                        if flags < 0 || libc::fcntl(target, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                             return Err(std::io::Error::last_os_error());
                         }
-                    } else if libc::dup2(raw, READY_FD) < 0 {
+                    } else if libc::dup2(raw, target) < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
                 });
             }
         }
-        let child = cmd.spawn().map_err(|source| Error::Spawn { cmd: format!("{} {verb}", self.bin), source })?;
+        if self.kind.hide_proc_sys_net() {
+            // SAFETY: only raw syscalls (unshare/mount) between fork and exec.
+            unsafe { cmd.pre_exec(hide_proc_sys_net) };
+        }
+        let child = cmd.spawn().map_err(|source| Error::Spawn { cmd: what.clone(), source })?;
         // Our copy of the write end must be closed so that envd's death shows as EOF.
-        drop(ready_fd);
-        let out = child
-            .wait_with_output()
-            .await
-            .map_err(|source| Error::Spawn { cmd: format!("{} {verb}", self.bin), source })?;
+        drop(passed);
+        drop(cmd);
+        let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: what.clone(), source })?;
         if !out.status.success() {
             // The message is in the sandbox log; the caller adds it.
             return Err(Error::Command {
-                cmd: format!("{} {verb} {id}", self.bin),
+                cmd: format!("{what} {id}"),
                 status: out.status.to_string(),
                 stderr: String::new(),
             });
@@ -187,6 +211,31 @@ impl Driver {
         cmd.arg(id).args(args).stdin(Stdio::null());
         cmd.output().await.map_err(|source| Error::Spawn { cmd: format!("{} exec", self.bin), source })
     }
+}
+
+/// In the forked child, before exec: a mount namespace of its own (a slave of the host's where those mounts
+/// are shared) with an empty read-only tmpfs over `/proc/sys/net`. runsc (2022) takes the presence of
+/// `/proc/sys/net/core/rmem_default` in the joined netns as "this is the host's netns" and refuses to set up
+/// the sandbox's network; since Linux 6.x that sysctl exists in every netns (`runtime_kind.rs`). The namespace
+/// goes with the CLI process: the sandbox and gofer processes runsc starts from it `pivot_root` into mount
+/// namespaces of their own holding only their root (checked: no other sandbox's mounts), and need nothing under
+/// `/proc/sys/net` (netstack's buffer sizes fall back to defaults).
+fn hide_proc_sys_net() -> std::io::Result<()> {
+    // SAFETY: plain syscalls on constant, NUL-terminated strings.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let none = c"none".as_ptr();
+        if libc::mount(none, c"/".as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_SLAVE, std::ptr::null()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        if libc::mount(none, c"/proc/sys/net".as_ptr(), c"tmpfs".as_ptr(), flags, c"size=4k".as_ptr().cast()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn is_not_exist(stderr: &str) -> bool {

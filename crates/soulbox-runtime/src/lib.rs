@@ -19,6 +19,7 @@ pub mod perms;
 pub mod quota;
 pub mod record;
 pub mod rootfs;
+pub mod runtime_kind;
 pub mod sandbox_log;
 pub mod seccomp;
 pub mod spec;

@@ -165,7 +165,7 @@ impl Inner {
 
     /// Pause (freeze) or resume, via the cgroup freezer directly or the runtime's CLI.
     pub async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
-        if self.cfg.use_cgroup_freezer() {
+        if self.cfg.cgroup_freezer && self.driver.kind().pause_is_cgroup_freezer() {
             return cgroup::set_frozen(&self.cfg.cgroup_parent(), id, frozen)
                 .await
                 .map_err(|e| Error::Io { path: PathBuf::from(format!("freezer of {id}")), source: e });
@@ -190,7 +190,7 @@ impl Inner {
             let range = userns.acquire(&dir)?;
             crate::userns::create_namespaces(range, &crate::userns::userns_path(&dir), &lease.netns_path())?;
         }
-        network::setup(&lease).await?;
+        network::setup(&lease, self.driver.kind().own_network_stack()).await?;
         Ok(lease)
     }
 }

@@ -128,7 +128,10 @@ pub fn lease_for(cfg: &RuntimeConfig, id: &str, ip: Ipv4Addr) -> NetLease {
 
 /// Create netns + veth + addresses + routes. Not idempotent by itself: callers tear down first on retry.
 /// A netns already at `/run/netns/<name>` (made in the sandbox's user namespace, `userns.rs`) is used.
-pub async fn setup(lease: &NetLease) -> Result<()> {
+/// `on_link`: the sandbox side gets `ip/32` and an on-link route to the gateway instead of a point-to-point
+/// `peer` address — for a runtime with its own network stack (gVisor), which copies the interface's addresses
+/// and routes and then removes them from the host kernel, and cannot remove a `peer` address.
+pub async fn setup(lease: &NetLease, on_link: bool) -> Result<()> {
     let add = if lease.netns_path().exists() { String::new() } else { format!("netns add {}\n", lease.netns) };
     let host = format!(
         "{add}link add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
@@ -139,11 +142,16 @@ pub async fn setup(lease: &NetLease) -> Result<()> {
     );
     util::run_stdin("ip", &["-batch", "-"], Some(&host)).await?;
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", lease.veth), "1");
-    let inner = format!(
-        "link set lo up\naddr add {ip}/32 peer {gw}/32 dev eth0\nlink set eth0 up\nroute add default via {gw} dev eth0\n",
-        gw = lease.gateway,
-        ip = lease.ip
-    );
+    let (gw, ip) = (lease.gateway, lease.ip);
+    let inner = if on_link {
+        format!(
+            "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\nroute add {gw}/32 dev eth0 scope link\nroute add default via {gw} dev eth0\n"
+        )
+    } else {
+        format!(
+            "link set lo up\naddr add {ip}/32 peer {gw}/32 dev eth0\nlink set eth0 up\nroute add default via {gw} dev eth0\n"
+        )
+    };
     util::run_stdin("ip", &["-n", &lease.netns, "-batch", "-"], Some(&inner)).await?;
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! OCI runtime bundle (`config.json`) built with the `oci-spec` crate.
 use crate::config::{ENVD_MOUNT, RuntimeConfig};
-use crate::driver::READY_FD;
 use crate::error::{Error, Result};
 use crate::seccomp;
 use oci_spec::runtime::{
@@ -99,6 +98,8 @@ pub struct BundleParams<'a> {
     pub envd_init: String,
     /// The sandbox's user namespace range; None = no user namespace.
     pub id_range: Option<crate::userns::IdRange>,
+    /// The OCI runtime that runs the bundle (the ready pipe's descriptor, whether seccomp applies).
+    pub runtime: &'a crate::runtime_kind::RuntimeKind,
 }
 
 fn oci<E: std::fmt::Display>(e: E) -> Error {
@@ -118,7 +119,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
 
     let args = match &cfg.init_override {
         Some(a) => a.clone(),
-        None => envd_init::command_line(ENVD_MOUNT, READY_FD),
+        None => envd_init::command_line(ENVD_MOUNT, p.runtime.ready_fd()),
     };
     let mut process = ProcessBuilder::default()
         .terminal(false)
@@ -200,7 +201,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
                 .build()
                 .map_err(oci)?,
         )
-        .pids(LinuxPidsBuilder::default().limit(p.pids_limit).build().map_err(oci)?)
+        .pids(LinuxPidsBuilder::default().limit(p.runtime.host_pids_limit(p.pids_limit)).build().map_err(oci)?)
         .build()
         .map_err(oci)?;
 
@@ -234,13 +235,15 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
     }
 
+    if p.runtime.applies_spec_seccomp() {
+        linux = linux.seccomp(seccomp::default_profile()?);
+    }
     let linux = linux
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(PathBuf::from(cfg.cgroups_path(p.id)))
         .masked_paths(masked_paths())
         .readonly_paths(READONLY_PATHS.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .seccomp(seccomp::default_profile()?)
         .sysctl(sysctl)
         .rootfs_propagation("private")
         .build()

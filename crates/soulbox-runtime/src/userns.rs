@@ -194,6 +194,24 @@ pub fn own_upper_root(upper: &Path, range: IdRange) -> Result<()> {
 
 /// At `Runtime::open`: how sandboxes get user namespaces (module docs), or None (configured off,
 /// or no user namespaces at all on this host: loudly).
+/// The decision for an OCI runtime that does not take our user namespaces (gVisor: `runtime_kind.rs`): `auto`
+/// runs without (the sentry, not the host kernel, is what sandbox processes talk to; runsc runs the sentry and
+/// gofer in namespaces of its own), an explicit `per-sandbox` or `shared` is refused.
+pub fn not_with_runtime(cfg: &crate::RuntimeConfig, kind: &crate::runtime_kind::RuntimeKind) -> Result<Option<Userns>> {
+    if cfg.user_namespaces && cfg.userns_mode != UsernsMode::Auto {
+        return Err(Error::Invalid(format!(
+            "userns_mode = {}: {} does not run sandboxes in our user namespaces (use auto)",
+            cfg.userns_mode, kind.version
+        )));
+    }
+    tracing::info!(
+        runtime = %kind.version,
+        userns_mode = "off",
+        "no per-sandbox user namespaces with this OCI runtime: gVisor's sentry is the sandbox's kernel"
+    );
+    Ok(None)
+}
+
 pub fn open(cfg: &crate::RuntimeConfig, store: &crate::template::Store) -> Result<Option<Userns>> {
     if !cfg.user_namespaces {
         tracing::warn!(

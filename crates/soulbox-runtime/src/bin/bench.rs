@@ -44,6 +44,9 @@ struct Args {
     /// User namespaces: `both` (off and on side by side in one run), `on`, `off`.
     #[arg(long, default_value = "both")]
     userns: String,
+    /// The OCI runtime (`runc`, `runsc`, …). runsc runs without our user namespaces: use `--userns off`.
+    #[arg(long, default_value = "runc")]
+    runtime: String,
     /// Idle-capacity phases per mode (alternating between the modes); the median is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -174,6 +177,7 @@ async fn main() -> anyhow::Result<()> {
         cfg.pool_size = a.pool;
         cfg.dns = vec![];
         cfg.user_namespaces = userns;
+        cfg.runtime_bin = a.runtime.clone();
         let rt = Runtime::open(cfg).await?;
         if rt.user_namespaces() != userns {
             rt.destroy_all().await?;
@@ -203,7 +207,10 @@ async fn run(
     templates: &[&str],
 ) -> anyhow::Result<()> {
     let disk = rts.first().map(|(_, rt)| rt.disk_mechanism());
-    println!("## soulbox-runtime bench ({} iterations, warm pool {}, disk limit: {disk:?})", a.iterations, a.pool);
+    println!(
+        "## soulbox-runtime bench ({} iterations, warm pool {}, disk limit: {disk:?}, runtime: {})",
+        a.iterations, a.pool, a.runtime
+    );
     println!("| template | user namespaces | create→envd-ready p50 | p99 | bare `runc run -d` p50 | p99 | ratio p50 |");
     println!("|---|---|---|---|---|---|---|");
     // (template, mode) → create p50

@@ -57,6 +57,7 @@ impl Inner {
             envd_init: serde_json::to_string(&init)
                 .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
             id_range,
+            runtime: self.driver.kind(),
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
@@ -95,7 +96,9 @@ impl Inner {
                 tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "envd ready");
                 return Ok(());
             }
-            Ok(Ok(_)) => "envd exited (or closed fd 3) before it was ready".to_string(),
+            Ok(Ok(_)) => {
+                format!("envd exited (or closed fd {}) before it was ready", self.driver.kind().ready_fd())
+            }
             Ok(Err(e)) => format!("reading the ready pipe: {e}"),
             Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
         };

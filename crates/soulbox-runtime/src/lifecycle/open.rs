@@ -58,18 +58,22 @@ impl Runtime {
         if cfg.init_override.is_none() {
             cfg.envd_path = crate::perms::install_envd(&cfg)?;
         }
-        crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
+        let kind = crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
         network::enable_forwarding()?;
         let mut store = Store::new(cfg.store_dir())?;
         let disk = DiskLimits::open(&cfg).await?;
-        let userns = crate::userns::open(&cfg, &store)?;
+        let userns = if kind.supports_user_namespaces() {
+            crate::userns::open(&cfg, &store)?
+        } else {
+            crate::userns::not_with_runtime(&cfg, &kind)?
+        };
         if let Some(range) = userns.as_ref().and_then(crate::userns::Userns::shifted) {
             // Its layers are stored shifted: a store of their own (`template.rs`).
             store = Store::shifted(&cfg.store_dir(), range.host_base)?;
         }
         crate::perms::secure_data_dir(&cfg, userns.is_some())?;
         let inner = Arc::new(Inner {
-            driver: Driver::new(&cfg.runtime_bin, &cfg.runtime_args, &cfg.runtime_root()),
+            driver: Driver::with_kind(&cfg.runtime_bin, kind, &cfg.runtime_args, &cfg.runtime_root()),
             ips: IpPool::new(&cfg),
             fw: Arc::new(Firewall::new(&cfg)),
             fw_watch: Default::default(),

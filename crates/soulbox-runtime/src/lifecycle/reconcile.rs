@@ -207,6 +207,11 @@ fn kill_stray_cli(root: &str) {
         }
         let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        // runsc's long-lived processes (`runsc-sandbox … boot`, `runsc-gofer … gofer`) *are* the sandboxes
+        // being re-adopted, not CLI invocations (they also spell the flag `--root=<dir>`, which never matches).
+        if args.first().is_some_and(|a| a.starts_with(b"runsc-")) {
+            continue;
+        }
         if args.contains(&root.as_bytes()) && args.iter().any(|a| *a == b"--root") {
             tracing::info!(pid, "killing stray runtime CLI process of a previous instance");
             // SAFETY: kill(2) on a pid whose cmdline names our private runtime root.

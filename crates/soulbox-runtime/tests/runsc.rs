@@ -1,0 +1,536 @@
+//! The runtime on gVisor (`runtime_bin = "runsc"`): the same `Runtime` API and the real envd, on runsc.
+//! Root only; without runsc they skip with a message, unless `SOULBOX_REQUIRE_RUNSC=1` (scripts/test.sh), which
+//! makes a missing runsc a failure.
+//!
+//! Network rule: traffic only to sandbox addresses, a listener on the host's gateway address, and the fake
+//! outside world this file builds itself (netns `sbns-rsc<n>` on 203.0.113.200/29, routed to its own veth before
+//! any packet is sent).
+mod common;
+use common::*;
+use soulbox_runtime::{NetworkPolicy, Runtime, RuntimeConfig, SandboxInfo, SandboxSpec, Status};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+/// Skips (returns) without root, or without runsc unless `SOULBOX_REQUIRE_RUNSC=1`.
+macro_rules! runsc_or_skip {
+    ($name:expr) => {
+        if skip_unless_root($name) || skip_unless_runsc($name) {
+            return;
+        }
+    };
+}
+
+fn skip_unless_runsc(name: &str) -> bool {
+    let found = std::process::Command::new("runsc").arg("--version").output().is_ok_and(|o| o.status.success());
+    if found {
+        return false;
+    }
+    if std::env::var("SOULBOX_REQUIRE_RUNSC").is_ok_and(|v| v == "1") {
+        panic!("{name}: SOULBOX_REQUIRE_RUNSC=1 but runsc is not installed (scripts/install-deps.sh installs it)");
+    }
+    eprintln!("SKIP {name}: runsc (gVisor) is not installed");
+    true
+}
+
+/// [`config`] on runsc.
+fn runsc_config(n: u8) -> RuntimeConfig {
+    let mut cfg = config(n);
+    cfg.runtime_bin = "runsc".into();
+    // gVisor's first boot on the ptrace platform of a loaded 2-core machine is slow.
+    cfg.ready_timeout_ms = 30_000;
+    cfg
+}
+
+/// Runs `cmd` as root through envd's process API.
+async fn root_sh(info: &SandboxInfo, cmd: &str) -> (i64, String) {
+    let (code, out, err) = envd_run_as(info, Some("root"), cmd).await.expect("envd process API");
+    (code, out + &err)
+}
+
+/// The fake outside world: netns `sbns-rsc<n>` behind host link `sbnsrsc<n>`, answering `outside-ok` on TCP 8080
+/// at 203.0.113.(202+4n) (a /30 of 203.0.113.200/29 per test).
+struct Outside {
+    ns: String,
+    link: String,
+    ip: Ipv4Addr,
+    child: std::process::Child,
+}
+
+impl Outside {
+    fn new(n: u8) -> Outside {
+        let (ns, link) = (format!("sbns-rsc{n}"), format!("sbnsrsc{n}"));
+        Outside::cleanup(&ns, &link);
+        let run = |a: &[&str]| {
+            let st = std::process::Command::new("ip").args(a).status().unwrap();
+            assert!(st.success(), "ip {a:?}");
+        };
+        let host = Ipv4Addr::new(203, 0, 113, 201 + 4 * n);
+        let ip = Ipv4Addr::new(203, 0, 113, 202 + 4 * n);
+        run(&["netns", "add", &ns]);
+        run(&["link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        run(&["addr", "add", &format!("{host}/30"), "dev", &link]);
+        run(&["link", "set", &link, "up"]);
+        run(&["-n", &ns, "addr", "add", &format!("{ip}/30"), "dev", "eth0"]);
+        run(&["-n", &ns, "link", "set", "eth0", "up"]);
+        run(&["-n", &ns, "link", "set", "lo", "up"]);
+        run(&["-n", &ns, "route", "add", "default", "via", &host.to_string()]);
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/echo", "outside-ok"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let o = Outside { ns, link, ip, child };
+        for _ in 0..500 {
+            let out = std::process::Command::new("ip").args(["netns", "exec", &o.ns, "ss", "-ltnH"]).output().unwrap();
+            if String::from_utf8_lossy(&out.stdout).contains(":8080") {
+                return o;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the fake outside world's listener did not start");
+    }
+
+    fn cleanup(ns: &str, link: &str) {
+        let quiet = |a: &[&str]| {
+            let _ = std::process::Command::new("ip").args(a).stderr(std::process::Stdio::null()).status();
+        };
+        quiet(&["link", "del", link]);
+        quiet(&["netns", "del", ns]);
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Outside::cleanup(&self.ns, &self.link);
+    }
+}
+
+async fn reaches(info: &SandboxInfo, ip: Ipv4Addr, port: u16) -> bool {
+    let (_, out) = root_sh(info, &format!("nc -w 3 {ip} {port} </dev/null")).await;
+    out.contains("outside-ok")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_sandbox_boots_runs_commands_and_leaves_nothing() {
+    runsc_or_skip!("runsc_sandbox_boots_runs_commands_and_leaves_nothing");
+    let h = harness_with(runsc_config(81)).await;
+    let rt = h.rt();
+    assert_eq!(rt.driver().kind().family, soulbox_runtime::runtime_kind::Family::Runsc);
+    assert!(!rt.user_namespaces(), "runsc runs without our user namespaces");
+    let t = Instant::now();
+    let info = rt.create(SandboxSpec::new("test")).await.expect("create on runsc");
+    eprintln!("runsc create->ready: {:?}", t.elapsed());
+    assert_eq!(health(&info, Duration::from_secs(5)).await.map(|s| s == 200 || s == 204), Some(true));
+    let (code, out, _) = run_user(rt, &info, "id -un; pwd").await;
+    assert_eq!((code, out.as_str()), (0, "user\n/home/user\n"));
+    // It is gVisor's kernel that answers, not the host's.
+    let (_, out) = root_sh(&info, "dmesg 2>&1 | head -3; uname -r").await;
+    assert!(out.contains("gVisor") || out.contains("Starting gVisor"), "not gVisor: {out}");
+    // gVisor's netstack carries the sandbox's address; the netns's eth0 gave it up.
+    let (_, out) = root_sh(&info, "ip addr").await;
+    assert!(out.contains(&format!("{}/32", info.ip.unwrap())), "{out}");
+    let st = rt.stats(&info.id).await.unwrap();
+    assert!(st.memory_bytes > 0 && st.cpu_usage_ns > 0, "{st:?}");
+    envd_apis_work(&info).await;
+    rt.delete(&info.id).await.unwrap();
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!rt.sandbox_dir(&info.id).exists());
+}
+
+/// A unary Connect call (JSON) to envd as its default user: (HTTP status, answer).
+async fn unary(info: &SandboxInfo, method: &str, req: serde_json::Value) -> (u16, serde_json::Value) {
+    let addr = format!("{}:49983", info.ip.unwrap());
+    let headers = [("Content-Type", "application/json"), secret_header(info)];
+    let body = serde_json::to_vec(&req).unwrap();
+    let (status, resp) =
+        http_with(&addr, "POST", &format!("/{method}"), &headers, &body, Duration::from_secs(30)).await.expect(method);
+    (status, serde_json::from_slice(&resp).unwrap_or_default())
+}
+
+/// A server-streaming Connect call (JSON envelopes) to envd: every message of the answer.
+async fn streaming(info: &SandboxInfo, method: &str, req: serde_json::Value) -> Vec<serde_json::Value> {
+    let addr = format!("{}:49983", info.ip.unwrap());
+    let headers = [("Content-Type", "application/connect+json"), secret_header(info)];
+    let body = serde_json::to_vec(&req).unwrap();
+    let mut env = vec![0u8];
+    env.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    env.extend_from_slice(&body);
+    let (status, resp) =
+        http_with(&addr, "POST", &format!("/{method}"), &headers, &env, Duration::from_secs(30)).await.expect(method);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&resp));
+    let (mut i, mut msgs) = (0, Vec::new());
+    while i + 5 <= resp.len() {
+        let len = u32::from_be_bytes(resp[i + 1..i + 5].try_into().unwrap()) as usize;
+        msgs.push(serde_json::from_slice(&resp[i + 5..i + 5 + len]).unwrap_or_default());
+        i += 5 + len;
+    }
+    msgs
+}
+
+/// envd's filesystem (make, list, download), watcher and PTY APIs on gVisor's kernel.
+async fn envd_apis_work(info: &SandboxInfo) {
+    use base64::Engine;
+    let (status, _) = unary(info, "filesystem.Filesystem/MakeDir", serde_json::json!({"path": "/home/user/w"})).await;
+    assert_eq!(status, 200);
+    let (status, w) = unary(
+        info,
+        "filesystem.Filesystem/CreateWatcher",
+        serde_json::json!({"path": "/home/user/w", "recursive": false}),
+    )
+    .await;
+    assert_eq!(status, 200, "{w}");
+    let watcher = w["watcherId"].as_str().expect("watcher id").to_string();
+    let (code, _, _) = envd_run(info, "echo hello > /home/user/w/hello.txt").await.unwrap();
+    assert_eq!(code, 0);
+    let (_, list) = unary(info, "filesystem.Filesystem/ListDir", serde_json::json!({"path": "/home/user/w"})).await;
+    assert!(list.to_string().contains("hello.txt"), "{list}");
+    // inotify inside gVisor: the watcher saw the file made by another process
+    let mut seen = String::new();
+    for _ in 0..50 {
+        let (_, ev) =
+            unary(info, "filesystem.Filesystem/GetWatcherEvents", serde_json::json!({"watcherId": watcher})).await;
+        seen.push_str(&ev.to_string());
+        if seen.contains("hello.txt") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen.contains("hello.txt"), "watcher events: {seen}");
+    let addr = format!("{}:49983", info.ip.unwrap());
+    let (status, body) = http_with(
+        &addr,
+        "GET",
+        "/files?path=/home/user/w/hello.txt",
+        &[secret_header(info)],
+        b"",
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("download");
+    assert_eq!((status, body.as_slice()), (200, &b"hello\n"[..]));
+    // a PTY: gVisor's devpts
+    let msgs = streaming(
+        info,
+        "process.Process/Start",
+        serde_json::json!({"process": {"cmd": "/bin/sh", "args": ["-c", "tty; stty size"]},
+            "pty": {"size": {"cols": 91, "rows": 17}}}),
+    )
+    .await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pty: Vec<u8> = msgs
+        .iter()
+        .filter_map(|m| m["event"]["data"]["pty"].as_str())
+        .flat_map(|s| b64.decode(s).unwrap_or_default())
+        .collect();
+    let pty = String::from_utf8_lossy(&pty);
+    assert!(pty.contains("/dev/pts/") && pty.contains("17 91"), "pty output: {pty:?} ({msgs:?})");
+}
+
+/// [`leftovers`] once they are gone, or after 5 s. On runsc the disk image's loop device outlives `stop`/`delete`
+/// by a moment (measured ~26 ms on an idle machine): the gofer's mount namespace, which holds the rootfs, is
+/// torn down after its process has left the cgroup, and the loop device's autoclear runs after that.
+async fn settled_leftovers(cfg: &RuntimeConfig) -> Vec<String> {
+    let t = Instant::now();
+    loop {
+        let left = leftovers(cfg).await;
+        if left.is_empty() || t.elapsed() > Duration::from_secs(5) {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The host pids/memory/cpu cgroup of a sandbox, v1 (this host) or v2.
+fn cgroup_file(cfg: &RuntimeConfig, id: &str, controller: &str, file: &str) -> Option<String> {
+    let v1 = format!("/sys/fs/cgroup/{controller}/{}/{id}/{file}", cfg.cgroup_parent());
+    let v2 = format!("/sys/fs/cgroup/{}/{id}/{file}", cfg.cgroup_parent());
+    std::fs::read_to_string(v1).or_else(|_| std::fs::read_to_string(v2)).ok().map(|s| s.trim().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_network_is_fenced_by_the_host_chain() {
+    runsc_or_skip!("runsc_network_is_fenced_by_the_host_chain");
+    let h = harness_with(runsc_config(82)).await;
+    let out = Outside::new(0);
+    let rt = h.rt();
+    let open = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(reaches(&open, out.ip, 8080).await, "an open sandbox does not reach the outside world");
+    let offline = rt
+        .create(SandboxSpec {
+            network: NetworkPolicy { allow_internet: false, ..Default::default() },
+            ..SandboxSpec::new("test")
+        })
+        .await
+        .unwrap();
+    assert!(!reaches(&offline, out.ip, 8080).await, "internet-off sandbox reached the outside");
+    let denied = rt
+        .create(SandboxSpec {
+            network: NetworkPolicy {
+                allow_internet: true,
+                deny_out: vec![format!("{}/32", out.ip)],
+                ..Default::default()
+            },
+            ..SandboxSpec::new("test")
+        })
+        .await
+        .unwrap();
+    assert!(!reaches(&denied, out.ip, 8080).await, "denyOut did not hold");
+    // Neighbours and host services: the in-netns guard does not see gVisor's packets (netstack sends through a
+    // packet socket), so this is the host table alone.
+    let (code, o) = root_sh(&open, &format!("echo x | nc -w 2 {} 49983", denied.ip.unwrap())).await;
+    assert_ne!(code, 0, "a sandbox reached another sandbox: {o}");
+    let l = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (code, o) = root_sh(&open, &format!("echo x | nc -w 2 {} {port}", h.cfg.gateway())).await;
+    assert_ne!(code, 0, "a sandbox reached a host service: {o}");
+    // Root inside cannot take another address or open raw sockets (no NET_ADMIN/NET_RAW; runsc's --net-raw off).
+    let (_, o) = root_sh(&open, &format!("ip addr add {}/32 dev eth0 2>&1; ip addr", denied.ip.unwrap())).await;
+    assert!(!o.contains(&format!("{}/32", denied.ip.unwrap())), "root took a neighbour's address: {o}");
+    let (_, o) = root_sh(&open, &format!("ping -c 1 -W 1 {} 2>&1", out.ip)).await;
+    assert!(!o.contains("bytes from"), "a raw ICMP socket worked: {o}");
+    // The host kernel inside the netns has no address any more: gVisor owns it.
+    let ns = h.cfg.netns_name(&open.id);
+    let o = std::process::Command::new("ip").args(["-n", &ns, "-4", "addr", "show", "eth0"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("inet "), "{}", String::from_utf8_lossy(&o.stdout));
+    // A port opened inside is reachable from the host at the sandbox's address.
+    root_sh(&open, "nc -ll -p 8000 -e /bin/echo port-ok >/dev/null 2>&1 </dev/null &").await;
+    let mut got = String::new();
+    for _ in 0..100 {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((open.ip.unwrap(), 8000))).await
+        {
+            use tokio::io::AsyncReadExt;
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut got)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got.contains("port-ok"), "got {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_sandbox_reaches_no_host_kernel_interface() {
+    runsc_or_skip!("runsc_sandbox_reaches_no_host_kernel_interface");
+    let h = harness_with(runsc_config(83)).await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec::new("test")).await.unwrap();
+    std::fs::write("/tmp/soulbox-runsc-host-secret", "TOPSECRET42").unwrap();
+    for (script, what) in [
+        ("mount -t tmpfs none /mnt", "mount"),
+        ("echo x > /tmp/m.ko; insmod /tmp/m.ko", "insmod"),
+        ("echo 1 > /proc/sys/kernel/sysrq", "/proc/sys write"),
+        ("echo 1 > /proc/sysrq-trigger", "sysrq-trigger"),
+        ("mknod /sda b 8 0", "mknod on the disk"),
+        // /tmp is gVisor's own tmpfs (runsc mounts one over an empty /tmp): a node can be made there, but gVisor
+        // has no host devices behind it
+        ("mknod /tmp/sda b 8 0 && head -c 1 /tmp/sda | wc -c | grep -qx 1", "a block device"),
+        ("mknod /tmp/mem c 1 1 && head -c 1 /tmp/mem | wc -c | grep -qx 1", "/dev/mem"),
+        ("cat /tmp/soulbox-runsc-host-secret", "host file"),
+        ("cat /proc/kcore | head -c 1 | wc -c | grep -qx 1", "kcore"),
+    ] {
+        let (code, out) = root_sh(&a, script).await;
+        let denied = code != 0 || out.contains("denied") || out.contains("not permitted");
+        assert!(denied && !out.contains("TOPSECRET42"), "{what} was allowed: {code} {out}");
+    }
+    let _ = std::fs::remove_file("/tmp/soulbox-runsc-host-secret");
+    // Only the sandbox's own processes, under gVisor's kernel.
+    let (_, out) =
+        root_sh(&a, "ls /proc | grep -c '^[0-9]'; cat /proc/1/cmdline | tr '\\0' ' '; cat /proc/version").await;
+    let mut lines = out.lines();
+    assert!(lines.next().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n < 10), "{out}");
+    assert!(out.contains("/.soulbox/envd"), "{out}");
+    assert!(!out.contains(&std::fs::read_to_string("/proc/version").unwrap().trim().to_string()), "host kernel: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_disk_limit_gives_enospc_inside() {
+    runsc_or_skip!("runsc_disk_limit_gives_enospc_inside");
+    let mut cfg = image_config(84, 0);
+    cfg.runtime_bin = "runsc".into();
+    cfg.ready_timeout_ms = 30_000;
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let spec = SandboxSpec { disk_mb: Some(48), ..SandboxSpec::new("test") };
+    let a = rt.create(spec).await.unwrap();
+    let (code, _, _) = run_user(rt, &a, "echo kept > /home/user/file").await;
+    assert_eq!(code, 0);
+    let (_, out, err) = run_user(rt, &a, "dd if=/dev/zero of=/home/user/big bs=1M count=100 2>&1; echo rc=$?").await;
+    let all = format!("{out}{err}");
+    assert!(all.contains("No space left on device") && !all.contains("rc=0"), "{all}");
+    let (_, out, _) = run_user(rt, &a, "df -m / | tail -1").await;
+    let size_mb: u64 = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert!((40..=48).contains(&size_mb), "df / inside: {out}");
+    assert!(health(&a, Duration::from_secs(3)).await.is_some(), "envd stopped answering");
+    let (code, out, _) = run_user(rt, &a, "rm /home/user/big; echo alive; cat /home/user/file").await;
+    assert_eq!((code, out.as_str()), (0, "alive\nkept\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_memory_and_pids_limits_hold_on_the_host() {
+    runsc_or_skip!("runsc_memory_and_pids_limits_hold_on_the_host");
+    let h = harness_with(runsc_config(85)).await;
+    let rt = h.rt();
+    let spec =
+        SandboxSpec { memory_mb: Some(128), pids_limit: Some(64), cpu_count: Some(1), ..SandboxSpec::new("test") };
+    let a = rt.create(spec).await.unwrap();
+    let other = rt.create(SandboxSpec::new("test")).await.unwrap();
+    // The limits are on the host cgroup of gVisor's processes (cgroupsPath); pids scaled (RuntimeKind).
+    assert_eq!(cgroup_file(&h.cfg, &a.id, "memory", "memory.limit_in_bytes").as_deref(), Some("134217728"));
+    assert_eq!(cgroup_file(&h.cfg, &a.id, "cpu", "cpu.cfs_quota_us").as_deref(), Some("100000"));
+    let pids_max: i64 = cgroup_file(&h.cfg, &a.id, "pids", "pids.max").unwrap().parse().unwrap();
+    assert_eq!(pids_max, rt.driver().kind().host_pids_limit(64));
+    // gVisor sizes its memory by the limit.
+    let (_, out) = root_sh(&a, "grep MemTotal /proc/meminfo").await;
+    assert!(out.contains("131072 kB"), "{out}");
+    // Memory bomb: gVisor has no OOM killer of its own; the host's kills the sentry in the sandbox's cgroup,
+    // so the whole sandbox ends (on runc only the bomb does). The limit held, nothing else is touched.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        envd_run_as(&a, Some("root"), "dd if=/dev/zero of=/dev/null bs=512M count=1"),
+    )
+    .await;
+    let mut state = None;
+    for _ in 0..100 {
+        state = rt.driver().state(&a.id).await.unwrap().map(|s| s.status);
+        if state.as_deref() == Some("stopped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state.as_deref(), Some("stopped"), "the bombed sandbox still runs?");
+    let st = rt.stats(&a.id).await.unwrap();
+    assert!(st.oom_kills >= 1, "{st:?}");
+    let max: u64 = cgroup_file(&h.cfg, &a.id, "memory", "memory.max_usage_in_bytes").map_or(0, |s| s.parse().unwrap());
+    assert!(max <= 128 << 20, "the cgroup went past its limit: {max}");
+    assert!(health(&other, Duration::from_secs(3)).await.is_some(), "the other sandbox suffered");
+    rt.delete(&a.id).await.unwrap();
+    // Fork bomb: the host cgroup caps gVisor's tasks; the other sandbox and the host keep working.
+    let b = rt.create(SandboxSpec { pids_limit: Some(32), ..SandboxSpec::new("test") }).await.unwrap();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(20),
+        envd_run_as(
+            &b,
+            Some("root"),
+            "i=0; while [ $i -lt 300 ]; do sleep 60 </dev/null >/dev/null 2>&1 & i=$((i+1)); done",
+        ),
+    )
+    .await;
+    let max: i64 = cgroup_file(&h.cfg, &b.id, "pids", "pids.max").unwrap().parse().unwrap();
+    let cur: i64 = cgroup_file(&h.cfg, &b.id, "pids", "pids.current").map_or(0, |s| s.parse().unwrap());
+    assert!(cur <= max, "{cur} > {max}");
+    assert!(health(&other, Duration::from_secs(3)).await.is_some(), "the other sandbox suffered");
+    let (code, out, _) = run_user(rt, &other, "echo alive").await;
+    assert_eq!((code, out.as_str()), (0, "alive\n"));
+    eprintln!(
+        "fork bomb: {cur}/{max} host tasks; the bombed sandbox answers: {:?}",
+        health(&b, Duration::from_secs(2)).await
+    );
+}
+
+/// A counter inside `info` that a background loop bumps every 20 ms in `/tmp/c`, read through envd.
+async fn start_counter(info: &SandboxInfo) {
+    let (code, _) = root_sh(info, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c.tmp; mv /tmp/c.tmp /tmp/c; usleep 20000; done) >/dev/null 2>&1 </dev/null &").await;
+    assert_eq!(code, 0);
+}
+
+async fn counter(info: &SandboxInfo) -> u64 {
+    let (_, out) = root_sh(info, "cat /tmp/c").await;
+    out.trim().parse().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_pause_resume_stop_start_and_reopen() {
+    runsc_or_skip!("runsc_pause_resume_stop_start_and_reopen");
+    let mut h = harness_with(runsc_config(86)).await;
+    let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+    start_counter(&a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    h.rt().pause(&a.id).await.unwrap();
+    eprintln!("runsc pause took {:?}", t.elapsed());
+    assert_eq!(h.rt().info(&a.id).await.unwrap().status, Status::Paused);
+    assert!(health(&a, Duration::from_millis(500)).await.is_none(), "envd answered while paused");
+    // Reopen (a server restart) while paused: it stays paused.
+    drop(h.rt.take());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
+    assert_eq!(h.rt().info(&a.id).await.unwrap().status, Status::Paused);
+    let t = Instant::now();
+    h.rt().resume(&a.id).await.unwrap();
+    eprintln!("runsc resume took {:?}", t.elapsed());
+    let v1 = counter(&a).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(counter(&a).await > v1, "counter did not continue");
+    // Reopen while running: re-adopted, envd answers, same secret.
+    drop(h.rt.take());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
+    let rt = h.rt();
+    assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Running);
+    assert!(health(&a, Duration::from_secs(3)).await.is_some());
+    // Stop keeps the files and the address; nothing else stays on the host.
+    run_user(rt, &a, "echo kept > /home/user/file").await;
+    rt.stop(&a.id).await.unwrap();
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "stopped sandbox holds {left:?}");
+    let b = rt.start(&a.id).await.unwrap();
+    assert_eq!(b.ip, a.ip, "start took another address");
+    let (_, out, _) = run_user(rt, &b, "cat /home/user/file").await;
+    assert_eq!(out, "kept\n");
+    // Died while the runtime was away: kept as stopped, files and address kept.
+    drop(h.rt.take());
+    rt_kill_all_runsc(&h.cfg);
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
+    let rt = h.rt();
+    assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Stopped);
+    let c = rt.start(&a.id).await.unwrap();
+    assert_eq!(c.ip, a.ip);
+    let (_, out, _) = run_user(rt, &c, "cat /home/user/file").await;
+    assert_eq!(out, "kept\n");
+}
+
+/// SIGKILL every runsc sandbox and gofer process of this instance (a host crash, as far as they go).
+fn rt_kill_all_runsc(cfg: &RuntimeConfig) {
+    let root = cfg.runtime_root().canonicalize().unwrap_or(cfg.runtime_root());
+    let flag = format!("--root={}", root.display());
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        if cmd.split(|b| *b == 0).any(|a| a == flag.as_bytes()) {
+            // SAFETY: kill(2) of a process whose command line names this test's runtime root.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
+    runsc_or_skip!("runsc_envd_dying_before_ready_is_an_error_with_log_tail");
+    let dir = std::path::PathBuf::from("/var/tmp/soulbox-test/fake-envd-runsc");
+    std::fs::create_dir_all(&dir).unwrap();
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = RmDir(dir.clone());
+    let fake = dir.join("envd.sh");
+    std::fs::write(&fake, "#!/bin/sh\necho envd-is-dying >&2\nexit 3\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = runsc_config(87);
+    cfg.envd_path = fake;
+    let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
+    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
+    let h = Harness { rt: Some(Runtime::open(cfg.clone()).await.unwrap()), cfg };
+    let t = Instant::now();
+    let err = h.rt().create(SandboxSpec::new("test")).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "waited for the timeout instead of the pipe's EOF");
+    assert!(err.to_string().contains("envd-is-dying"), "{err}");
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+}
