@@ -35,6 +35,14 @@ SERVER_LOG = os.environ.get("SOULBOX_SEC_SERVER_LOG", "")
 SOULBOX_BIN = os.environ.get("SOULBOX_SEC_BIN", "")
 ENVD_BIN = os.environ.get("SOULBOX_SEC_ENVD", "")
 RUN_ID = uuid.uuid4().hex[:10]
+# The server's OCI runtime (tests/lib/server.sh passes it on; the CLI reads the same variable).
+RUNTIME = os.environ.get("SOULBOX_RUNTIME", "runc")
+
+
+def runc_only(why: str):
+    """A defence of runc's profile that gVisor replaces with its own (README, "Choosing a runtime"): skipped on
+    runsc, with what gVisor does instead."""
+    return pytest.mark.skipif(RUNTIME == "runsc", reason=f"runc's profile; on runsc: {why}")
 
 
 def _client(key: str | None) -> httpx.Client:

@@ -251,7 +251,8 @@ def own_servers():
 
 def kill_sandbox_processes(server: OwnServer, sandbox_id: str):
     """SIGKILL the sandbox's init from the host (its pid namespace dies with it) and wait for it through a pidfd."""
-    state = json.loads(sh("runc", "--root", os.path.join(server.data_dir, "node", "oci"), "state", sandbox_id).stdout)
+    oci = os.environ.get("SOULBOX_RUNTIME", "runc")
+    state = json.loads(sh(oci, "--root", os.path.join(server.data_dir, "node", "oci"), "state", sandbox_id).stdout)
     pid = state["pid"]
     fd = os.pidfd_open(pid)
     try:

@@ -13,7 +13,7 @@ property then.
 
 import re
 
-from conftest import SERVER_LOG, root_run
+from conftest import SERVER_LOG, root_run, runc_only
 
 # Run inside the sandbox as root: every host file root can reach, and whether it can open it for writing. Opening
 # is the attack; nothing is written.
@@ -49,6 +49,7 @@ def _map(sbx, which: str):
     return [line.split() for line in r.stdout.strip().splitlines()]
 
 
+@runc_only("no user namespaces of ours: the Sentry is the sandbox's kernel and runs unprivileged on the host (README)")
 def test_uid_and_gid_maps_are_an_unprivileged_range_not_the_host(victim):
     for which in ("uid_map", "gid_map"):
         rows = _map(victim, which)
@@ -67,6 +68,7 @@ def _userns_mode() -> str:
     return found[-1]
 
 
+@runc_only("no user namespaces of ours: the Sentry is the sandbox's kernel and runs unprivileged on the host (README)")
 def test_two_sandboxes_get_disjoint_ranges(victim, sandboxes):
     other = sandboxes.create()
     a, b = int(_map(victim, "uid_map")[0][1]), int(_map(other, "uid_map")[0][1])
@@ -87,6 +89,7 @@ def test_root_inside_cannot_write_host_files_it_can_reach(victim):
     assert not writable, f"root inside can write host files: {writable}"
 
 
+@runc_only("no user namespaces of ours: the Sentry is the sandbox's kernel and runs unprivileged on the host (README)")
 def test_files_written_through_envd_keep_their_owners(victim):
     victim.files.write("/tmp/owned-by-root", "r", user="root")
     victim.files.write("/home/user/owned-by-user", "u", user="user")

@@ -19,6 +19,8 @@ pub fn run() -> anyhow::Result<i32> {
     let exe = std::env::current_exe()?;
     let server = Command::new(exe).args(std::env::args_os().skip(1)).env(CHILD_MARKER, "1").spawn()?;
     let server_pid = server.id() as i32;
+    // The server has its copy of the boot configuration; PID 1's own (its /proc/1/environ) goes. Still one thread.
+    crate::env_scrub::wipe(soulbox_protocol::envd_init::INIT_ENV);
     forward_termination_signals(server_pid);
     loop {
         match wait(WaitOptions::empty()) {

@@ -2,6 +2,7 @@
 
 mod auth;
 mod entry;
+mod env_scrub;
 mod errors;
 mod etc_files;
 mod filesystem;
@@ -78,8 +79,11 @@ fn main() -> anyhow::Result<()> {
     if node_secret.is_none() {
         tracing::warn!("started without a node secret: anything that reaches this agent's port may call it");
     }
-    // Children get an environment built per call; the init JSON (with the token) must not leak to them.
-    // SAFETY: single-threaded here, before the runtime starts.
+    // Children get an environment built per call; the init JSON (with the token) must not leak to them, nor
+    // stay readable in our own initial environment (`env_scrub`).
+    env_scrub::wipe(INIT_ENV);
+    // SAFETY: single-threaded here, before the runtime starts. (A no-op after the wipe; kept for an environment
+    // the wipe did not find the variable in.)
     unsafe { std::env::remove_var(INIT_ENV) };
 
     let ready_fd = args.ready_fd.map(|fd| {

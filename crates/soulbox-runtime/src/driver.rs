@@ -170,6 +170,14 @@ impl Driver {
 
     /// Force-delete (kills if running). Idempotent: an unknown container is success.
     pub async fn delete_force(&self, id: &str) -> Result<()> {
+        // runsc cannot force-delete a paused container: it panics ("invalid state transition: paused =>
+        // stopped") after dropping its state, leaving the sandbox's processes behind. Thaw it first.
+        if self.kind.is_runsc()
+            && let Ok(Some(state)) = self.state(id).await
+            && state.status == "paused"
+        {
+            self.resume(id).await?;
+        }
         match self.run(&["delete", "--force", id]).await {
             Ok(_) => Ok(()),
             Err(Error::Command { stderr, .. }) if is_not_exist(&stderr) => Ok(()),

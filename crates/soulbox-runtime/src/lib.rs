@@ -30,6 +30,6 @@ pub mod util;
 pub use config::RuntimeConfig;
 pub use envd_secret::EnvdSecret;
 pub use error::{Error, Result};
-pub use lifecycle::Runtime;
+pub use lifecycle::{Endpoint, Runtime};
 pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
 pub use template::{Store, TemplateMeta};

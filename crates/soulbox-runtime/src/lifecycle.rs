@@ -20,6 +20,8 @@ use std::sync::Arc;
 use tokio::sync::Mutex as AsyncMutex;
 
 mod addresses;
+mod death;
+pub use addresses::Endpoint;
 mod boot;
 mod close;
 mod open;
@@ -43,9 +45,12 @@ pub(crate) struct Inner {
     pub fw: Arc<Firewall>,
     /// Repairs the firewall table when it is deleted or changed from outside; stopped on close.
     pub fw_watch: std::sync::Mutex<Option<firewall::watch::WatchHandle>>,
-    /// Address of every running sandbox, for callers that route traffic by sandbox id (the proxy):
-    /// a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
-    pub serving: std::sync::Mutex<HashMap<String, Ipv4Addr>>,
+    /// Address and boot of every running sandbox, for callers that route traffic by sandbox id (the
+    /// proxy): a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
+    /// Written only through [`Inner::serve`].
+    pub serving: Arc<std::sync::Mutex<HashMap<String, Endpoint>>>,
+    /// The next [`Endpoint::boot`].
+    pub boots: std::sync::atomic::AtomicU64,
     pub disk: DiskLimits,
     /// Some: every sandbox runs in a user namespace, of its own range or of the shared one (`userns.rs`).
     pub userns: Option<crate::userns::Userns>,
@@ -154,7 +159,16 @@ impl Inner {
     /// Route traffic for `id` to its leased address again (it runs).
     pub fn mark_serving(&self, id: &str) {
         if let Some(l) = NetLease::load(&self.dir(id)) {
-            self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), l.ip);
+            self.serve(id, l.ip);
+        }
+    }
+
+    /// `id` serves at `ip` from now on, as a new boot (see [`Endpoint::boot`]).
+    pub fn serve(&self, id: &str, ip: Ipv4Addr) {
+        let boot = self.boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Endpoint { ip, boot });
+        if self.driver.kind().own_network_stack() {
+            death::watch(self.serving.clone(), id, boot, &self.dir(id));
         }
     }
 
@@ -256,7 +270,7 @@ impl Runtime {
         }
         let info = info_of(&rec, Some(&lease));
         inner.remember(&rec);
-        inner.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), lease.ip);
+        inner.serve(&id, lease.ip);
         inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
         Ok(info)
     }
@@ -338,7 +352,7 @@ impl Runtime {
             Ok(lease) => {
                 rec.status = Status::Running;
                 rec.save(&inner.dir(id))?;
-                inner.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), lease.ip);
+                inner.serve(id, lease.ip);
                 Ok(info_of(&rec, Some(&lease)))
             }
             Err(e) => {

@@ -454,6 +454,11 @@ async fn runsc_pause_resume_stop_start_and_reopen() {
     eprintln!("runsc pause took {:?}", t.elapsed());
     assert_eq!(h.rt().info(&a.id).await.unwrap().status, Status::Paused);
     assert!(health(&a, Duration::from_millis(500)).await.is_none(), "envd answered while paused");
+    // A paused sandbox is deleted (a kill while paused): runsc cannot force-delete a paused container itself.
+    let p = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+    h.rt().pause(&p.id).await.unwrap();
+    h.rt().delete(&p.id).await.expect("deleting a paused runsc sandbox");
+    assert!(h.rt().info(&p.id).await.is_err(), "the paused sandbox is gone");
     // Reopen (a server restart) while paused: it stays paused.
     drop(h.rt.take());
     h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
@@ -533,4 +538,32 @@ async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
     assert!(err.to_string().contains("envd-is-dying"), "{err}");
     let left = settled_leftovers(&h.cfg).await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A runsc sandbox killed outside SoulBox (its Sentry OOM-killed, or killed from the host) never resets its
+/// connections: the runtime stops routing to it as soon as the process exits, instead of at the next open. Every
+/// start is a new boot of its endpoint (the proxy pools connections per boot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed() {
+    runsc_or_skip!("runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed");
+    let h = harness_with(runsc_config(88)).await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let first = rt.endpoint(&a.id).expect("a running sandbox has an endpoint");
+    rt.stop(&a.id).await.unwrap();
+    assert_eq!(rt.endpoint(&a.id), None, "a stopped sandbox is not routed");
+    rt.start(&a.id).await.unwrap();
+    let second = rt.endpoint(&a.id).unwrap();
+    assert_eq!(second.ip, first.ip);
+    assert_ne!(second.boot, first.boot, "a start is a new boot");
+    let pid: i32 = std::fs::read_to_string(rt.sandbox_dir(&a.id).join("init.pid")).unwrap().trim().parse().unwrap();
+    // SAFETY: kill(2) of the sandbox process this test's runtime started (its pid file).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while rt.endpoint(&a.id).is_some() {
+        assert!(Instant::now() < deadline, "the dead sandbox is still routed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Deleting it still cleans up everything.
+    rt.delete(&a.id).await.unwrap();
 }

@@ -36,3 +36,4 @@ pub mod stream_cut;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod time;
+pub mod upstream;

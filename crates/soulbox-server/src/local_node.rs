@@ -9,7 +9,7 @@ use soulbox_runtime::{Error as RuntimeError, Runtime, SandboxSpec as RuntimeSpec
 
 use crate::node::{
     CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, SnapshotTaken,
-    TemplateInfo,
+    TemplateInfo, TrafficAddress,
 };
 use crate::store::now_ms;
 
@@ -162,8 +162,8 @@ impl Node for LocalNode {
         }
     }
 
-    async fn traffic_address(&self, sandbox_id: &str, _recorded: Option<IpAddr>) -> Option<IpAddr> {
-        self.runtime.address(sandbox_id).map(IpAddr::V4)
+    async fn traffic_address(&self, sandbox_id: &str, _recorded: Option<IpAddr>) -> Option<TrafficAddress> {
+        self.runtime.endpoint(sandbox_id).map(|e| TrafficAddress { ip: IpAddr::V4(e.ip), boot: e.boot })
     }
 
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError> {

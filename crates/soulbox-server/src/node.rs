@@ -109,6 +109,14 @@ pub struct NodeInfo {
     pub trouble: Option<String>,
 }
 
+/// Where the proxy sends a sandbox's traffic: its address, and which boot of the sandbox answers there (the proxy
+/// keeps idle connections per boot: `crate::upstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrafficAddress {
+    pub ip: IpAddr,
+    pub boot: u64,
+}
+
 /// A snapshot a node took: the template it registered and whether that holds the sandbox's memory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -156,8 +164,8 @@ pub trait Node: Send + Sync + 'static {
     /// Where the proxy sends traffic for a sandbox it reaches directly (the in-process node): the node's own
     /// answer, `None` when the sandbox does not run there — so traffic for a dead or removed sandbox goes nowhere,
     /// whatever address a record still names. Default: the address the control plane recorded.
-    async fn traffic_address(&self, _sandbox_id: &str, recorded: Option<IpAddr>) -> Option<IpAddr> {
-        recorded
+    async fn traffic_address(&self, _sandbox_id: &str, recorded: Option<IpAddr>) -> Option<TrafficAddress> {
+        recorded.map(|ip| TrafficAddress { ip, boot: 0 })
     }
 
     /// Builds a template (issue 5, `crate::templates`); on success the node has the template `job.template_name`.

@@ -56,7 +56,7 @@ pub struct Agent {
     streams: StreamCuts,
     created: Mutex<HashMap<String, Instant>>,
     last_error: Mutex<Option<(Instant, String)>>,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, axum::body::Body>,
+    client: crate::upstream::UpstreamClient,
 }
 
 impl Agent {
@@ -289,15 +289,14 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
     let Some((id, port)) = crate::names::sandbox_route(request.headers()) else {
         return crate::reply::error(StatusCode::NOT_FOUND, "no such route");
     };
-    let running = match agent.node.runtime().info(&id).await {
-        Ok(info) if info.status == soulbox_runtime::Status::Running => info.ip,
-        _ => None,
-    };
-    let Some(ip) = running else { return proxy::not_found(&id) };
+    // Only a running sandbox has an endpoint.
+    let Some(endpoint) = agent.node.runtime().endpoint(&id) else { return proxy::not_found(&id) };
+    let ip = std::net::IpAddr::V4(endpoint.ip);
     let liveness = agent.streams.token(&id);
     let envd_secret = if port == ENVD_PORT { agent.node.envd_secret(&id) } else { None };
     let upstream = Upstream {
-        authority: format!("{ip}:{port}"),
+        authority: crate::upstream::sandbox_authority(ip, endpoint.boot, port),
+        host: Some(std::net::SocketAddr::new(ip, port).to_string()),
         headers: http::HeaderMap::new(),
         sandbox_id: id,
         port,

@@ -16,15 +16,13 @@
 use soulbox_protocol::api::ProxyError;
 use std::sync::Arc;
 
+use crate::upstream::UpstreamClient;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::SandboxState;
 use soulbox_protocol::envd_secret;
@@ -88,7 +86,7 @@ fn host_target(host: &str, domain: Option<&str>) -> Option<Target> {
 pub struct Proxy {
     lifecycle: Arc<Lifecycle>,
     signed: SignedRouter,
-    client: Client<HttpConnector, Body>,
+    client: UpstreamClient,
     /// Largest request body passed on to a sandbox (`[http] max_proxy_body_mb`).
     max_body: u64,
 }
@@ -167,7 +165,7 @@ impl Proxy {
             Some(Route::Direct) => {
                 let recorded = record.address.as_deref().and_then(|a| a.parse().ok());
                 let Ok(node) = self.lifecycle.node_of(&record).await else { return not_found(&record.id) };
-                let Some(address) = node.traffic_address(&record.id, recorded).await else {
+                let Some(target) = node.traffic_address(&record.id, recorded).await else {
                     return not_found(&record.id);
                 };
                 // From the owning node's memory (no store or file access per request); envd's port only.
@@ -176,7 +174,8 @@ impl Proxy {
                     _ => None,
                 };
                 Upstream {
-                    authority: std::net::SocketAddr::new(address, port).to_string(),
+                    authority: crate::upstream::sandbox_authority(target.ip, target.boot, port),
+                    host: Some(std::net::SocketAddr::new(target.ip, port).to_string()),
                     headers: HeaderMap::new(),
                     sandbox_id: record.id.clone(),
                     port,
@@ -199,7 +198,7 @@ impl Proxy {
                     };
                 }
                 // The node agent adds the envd secret itself: the control plane never holds it.
-                Upstream { authority, headers, sandbox_id: record.id.clone(), port, envd_secret: None }
+                Upstream { authority, host: None, headers, sandbox_id: record.id.clone(), port, envd_secret: None }
             }
             // Its node is unhealthy or gone.
             None => return not_found(&record.id),
@@ -286,8 +285,11 @@ impl http_body::Body for CappedBody {
 
 /// Where one proxied request goes.
 pub struct Upstream {
-    /// `host:port` to connect to: the sandbox's envd/port, or the node agent that owns the sandbox.
+    /// `host:port` to connect to: the sandbox's envd/port ([`crate::upstream::sandbox_authority`]), or the node
+    /// agent that owns the sandbox.
     pub authority: String,
+    /// The `Host` header to send, when it is not `authority` (a sandbox sees its `ip:port`, as it always did).
+    pub host: Option<String>,
     /// Set on the forwarded request (routing headers and the node secret when going through a node agent).
     pub headers: HeaderMap,
     pub sandbox_id: String,
@@ -297,23 +299,18 @@ pub struct Upstream {
     pub envd_secret: Option<EnvdSecret>,
 }
 
-pub fn http_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(60)).build(connector)
-}
+pub use crate::upstream::http_client;
 
 /// Forwards `request` to `upstream`, streaming both ways; the response body is cut (and an HTTP/1 client
 /// connection reset) when `liveness` is cancelled or the upstream fails mid-body, so a client sees a killed
 /// sandbox the same way whether it was cut here or on the node one hop further.
 pub async fn forward_to(
-    client: &Client<HttpConnector, Body>,
+    client: &UpstreamClient,
     upstream: Upstream,
     liveness: tokio_util::sync::CancellationToken,
     request: Request,
 ) -> Response {
-    let Upstream { authority, headers: extra_headers, sandbox_id, port, envd_secret } = upstream;
+    let Upstream { authority, host, headers: extra_headers, sandbox_id, port, envd_secret } = upstream;
     let to_envd = port == ENVD_PORT;
     if to_envd && is_init_path(request.uri().path()) {
         tracing::info!(sandbox = %sandbox_id, path = request.uri().path(), "proxy: refused a client's /init");
@@ -342,6 +339,9 @@ pub async fn forward_to(
         parts.headers.extend(kept);
     }
     parts.headers.remove(header::HOST);
+    if let Some(host) = host.and_then(|h| http::HeaderValue::from_str(&h).ok()) {
+        parts.headers.insert(header::HOST, host);
+    }
     // Never pass a node secret on to a sandbox: only the hop to a node agent carries one (set just below).
     parts.headers.remove(SECRET_HEADER);
     // Nor a client's envd secret, on any port: only the node's own (set just below, on envd's port only).

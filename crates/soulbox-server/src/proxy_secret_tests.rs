@@ -117,7 +117,8 @@ async fn front(target: u16, port: u16, secret: &EnvdSecret) -> u16 {
         let (client, secret) = (client.clone(), secret.clone());
         async move {
             let upstream = Upstream {
-                authority: format!("127.0.0.1:{target}"),
+                authority: crate::upstream::sandbox_authority(std::net::Ipv4Addr::LOCALHOST.into(), 1, target),
+                host: Some(format!("127.0.0.1:{target}")),
                 headers: http::HeaderMap::new(),
                 sandbox_id: "isbx".into(),
                 port,

@@ -490,7 +490,8 @@ pub fn absolute(cwd: &str, p: &str) -> String {
 /// The shell script that applies a COPY inside the build sandbox: unpack the context into a staging dir,
 /// then copy each match of `src` (a path or glob relative to the context) like Docker: a directory's
 /// contents go into `dest`; a file goes into `dest` when it ends in `/` or is a directory, else becomes
-/// `dest`. Copied entries get `owner` and, when given, `mode`.
+/// `dest`. Copied entries get `owner` and, when given, `mode`. A directory's entries come from shell globs, not
+/// `ls`: coreutils' `ls` calls statx in a way gVisor of Debian 12 (runsc 2022-12) refuses with EINVAL.
 pub fn copy_script(archive: &str, src: &str, dest: &str, owner: &str, mode: &str) -> String {
     let src = src.trim_start_matches("./").trim_end_matches('/');
     let src = if src.is_empty() { "." } else { src };
@@ -516,7 +517,10 @@ for f in {glob}; do
   found=1
   if [ -d "$f" ] && [ ! -L "$f" ]; then
     mkdir -p "$D"
-    for e in $(ls -A "$f"); do cp -a "$f/$e" "$D/"; t="$D/$e"; own "$t"; {chmod}done
+    for e in "$f"/* "$f"/.[!.]* "$f"/..?*; do
+      [ -e "$e" ] || [ -L "$e" ] || continue
+      cp -a "$e" "$D/"; t="$D/${{e##*/}}"; own "$t"; {chmod}
+    done
   else
     case "$D" in */) mkdir -p "$D"; t="$D$(basename "$f")";; *) if [ -d "$D" ]; then t="$D/$(basename "$f")"; else mkdir -p "$(dirname "$D")"; t="$D"; fi;; esac
     cp -a "$f" "$t"; own "$t"; {chmod}
@@ -561,6 +565,8 @@ mod tests {
         std::fs::create_dir_all(ctx.join("dir/sub")).unwrap();
         std::fs::write(ctx.join("dir/a.txt"), "a").unwrap();
         std::fs::write(ctx.join("dir/.hidden"), "h").unwrap();
+        std::fs::write(ctx.join("dir/..dots"), "d").unwrap();
+        std::fs::write(ctx.join("dir/with space.txt"), "s").unwrap();
         std::fs::write(ctx.join("dir/sub/b.txt"), "b").unwrap();
         std::fs::write(ctx.join("one.txt"), "1").unwrap();
         std::fs::write(ctx.join("x.py"), "x").unwrap();
@@ -579,6 +585,8 @@ mod tests {
         assert!(run("dir/", &d("app"), "").status.success());
         assert_eq!(std::fs::read_to_string(out.join("app/a.txt")).unwrap(), "a");
         assert_eq!(std::fs::read_to_string(out.join("app/.hidden")).unwrap(), "h");
+        assert_eq!(std::fs::read_to_string(out.join("app/..dots")).unwrap(), "d");
+        assert_eq!(std::fs::read_to_string(out.join("app/with space.txt")).unwrap(), "s");
         assert_eq!(std::fs::read_to_string(out.join("app/sub/b.txt")).unwrap(), "b");
         assert!(run("one.txt", &d("file.txt"), "0600").status.success());
         use std::os::unix::fs::PermissionsExt;

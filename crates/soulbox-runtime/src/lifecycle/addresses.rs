@@ -3,11 +3,27 @@
 use super::Runtime;
 use std::net::Ipv4Addr;
 
+/// Where a running sandbox answers, and which boot of it: `boot` is new whenever the sandbox starts serving
+/// (create, start, resume, re-adoption), unique within this runtime instance. A client that keys its idle
+/// connections by it never reuses one across two boots at one address (a sandbox that was stopped and started,
+/// or the next sandbox to get a freed address): a killed gVisor sandbox never closes its end of them, and a
+/// reused one would reach the new boot's network stack, which resets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub boot: u64,
+}
+
 impl Runtime {
     /// The address of `id` while it runs here, else `None`. Cheap (one map lookup): meant for
     /// routing every proxied request by sandbox id instead of by a recorded address, so traffic
     /// for a sandbox that is gone can reach nothing else.
     pub fn address(&self, id: &str) -> Option<Ipv4Addr> {
+        self.endpoint(id).map(|e| e.ip)
+    }
+
+    /// [`Runtime::address`] with the boot it belongs to.
+    pub fn endpoint(&self, id: &str) -> Option<Endpoint> {
         self.inner.serving.lock().unwrap_or_else(|e| e.into_inner()).get(id).copied()
     }
 

@@ -47,7 +47,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                         tracing::error!(sandbox = %id, ip = %l.ip, "two running sandboxes have the same address");
                     }
                     if rec.status == Status::Running {
-                        inner.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.clone(), l.ip);
+                        inner.serve(&id, l.ip);
                     }
                     if let Some(spec) = &rec.spec {
                         live_fw.push((id.clone(), l.veth.clone(), spec.network.clone()));
