@@ -21,3 +21,11 @@ fi
 tests/e2e/run.sh   # soulbox server end to end with the official e2b Python SDK (2.45.1 and latest)
 SOULBOX_SECURITY_SKIP_BUILD=1 tests/security/run.sh   # the attack suite (reuses the e2e data dir and its base)
 SOULBOX_CLUSTER_SKIP_BUILD=1 tests/cluster/run.sh   # cluster mode: server + three node agents (reuses the e2e base template)
+# gVisor (runsc): the same server end to end (newest Python SDK) and the attack suite, on their own data dir,
+# prefix and pool, sharing the e2e template store (no second `base` build). The attack suite skips runc-profile
+# checks there, naming what gVisor does instead. The runtime's own runsc tests ran with nextest above.
+runsc_env=(SOULBOX_RUNTIME=runsc SOULBOX_TEMPLATE_DIR=/var/tmp/soulbox-e2e/node)
+env "${runsc_env[@]}" SOULBOX_E2E_DIR=/var/tmp/soulbox-e2e-runsc SOULBOX_E2E_PREFIX=sbgv SOULBOX_E2E_POOL=10.219.0.0/16 \
+  SOULBOX_E2E_VERSIONS=latest SOULBOX_E2E_SKIP_JS=1 SOULBOX_E2E_SKIP_BUILD=1 tests/e2e/run.sh
+env "${runsc_env[@]}" SOULBOX_SECURITY_DIR=/var/tmp/soulbox-e2e-runsc SOULBOX_SECURITY_PREFIX=sbgs \
+  SOULBOX_SECURITY_POOL=10.214.0.0/16 SOULBOX_SECURITY_SKIP_BUILD=1 tests/security/run.sh
