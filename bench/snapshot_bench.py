@@ -4,46 +4,26 @@ bench/server.sh` against a running server. Raw HTTP, so the numbers are the serv
 Prints, for this server's runtime (runc unless the server was started with another):
   - baseline: create from `base` (POST /v2/sandboxes) p50/p99
   - pause and resume with memory (freeze/thaw) and filesystem-only pause and resume (stop to disk/cold boot), of
-    a sandbox holding TOUCHED_MIB (default 64 and 256) of touched memory in /dev/shm
+    a sandbox holding 64 and then 256 MiB of touched memory in /dev/shm
   - snapshot of a sandbox with 64 MiB written to its disk, create from that snapshot, fork (1 and 4 at once)
 Environment: N (samples per measure, default 15).
 """
-import http.client
-import json
 import os
 import statistics
 import sys
 import time
-import urllib.parse
 
-API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
-KEY = os.environ["E2B_API_KEY"]
+# The server bench's HTTP helpers (one keep-alive connection, the key, JSON in and out) and percentiles.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import server_bench  # noqa: E402
+from server_bench import pct  # noqa: E402
+
 N = int(os.environ.get("N", "15"))
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
-
-
-def conn():
-    c = http.client.HTTPConnection(API.hostname, API.port, timeout=300)
-    c.connect()
-    c.sock.setsockopt(6, 1, 1)  # TCP_NODELAY
-    return c
-
-
 C = None
 
 
 def api(method, path, body=None):
-    C.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"X-API-Key": KEY, "Content-Type": "application/json"})
-    r = C.getresponse()
-    data = r.read()
-    if r.status >= 300:
-        raise RuntimeError(f"{method} {path}: {r.status} {data[:300]!r}")
-    return json.loads(data) if data else None
+    return server_bench.api(C, method, path, body)
 
 
 def timed(fn):
@@ -53,18 +33,8 @@ def timed(fn):
 
 
 def run(sandbox, cmd):
-    """A command through the proxy (Process/Start, Connect JSON), waited for."""
-    import struct
-    payload = json.dumps({"process": {"cmd": "/bin/sh", "args": ["-c", cmd]}, "stdin": False}).encode()
-    C.request("POST", "/process.Process/Start", body=b"\0" + struct.pack(">I", len(payload)) + payload, headers={
-        "Content-Type": "application/connect+json", "Connect-Protocol-Version": "1",
-        "E2b-Sandbox-Id": sandbox["sandboxID"], "E2b-Sandbox-Port": "49983",
-        "X-Access-Token": sandbox.get("envdAccessToken") or "",
-    })
-    r = C.getresponse()
-    r.read()
-    if r.status != 200:
-        raise RuntimeError(f"run {cmd!r}: {r.status}")
+    """A command through the proxy (Process/Start), waited for."""
+    server_bench.raw_run(C, sandbox, cmd)
 
 
 def create(template="base"):
@@ -81,7 +51,7 @@ def row(name, samples):
 
 def main():
     global C
-    C = conn()
+    C = server_bench.conn()
     creates = []
     for _ in range(N):
         ms, s = timed(create)
