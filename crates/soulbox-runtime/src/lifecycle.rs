@@ -49,6 +49,9 @@ pub(crate) struct Inner {
     /// proxy): a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
     /// Written only through [`Inner::serve`].
     pub serving: Arc<std::sync::Mutex<HashMap<String, Endpoint>>>,
+    /// Endpoints of paused sandboxes, given back on resume: a thaw is the same boot (its connections are
+    /// still good, and on runsc the same process is already watched).
+    pub frozen: std::sync::Mutex<HashMap<String, Endpoint>>,
     /// The next [`Endpoint::boot`].
     pub boots: std::sync::atomic::AtomicU64,
     pub disk: DiskLimits,
@@ -93,6 +96,7 @@ impl Inner {
     pub async fn release(&self, id: &str, keep_dir: bool) -> Result<()> {
         let dir = self.dir(id);
         self.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.frozen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         let mut first_err: Option<Error> = None;
         fn note(first_err: &mut Option<Error>, id: &str, r: Result<()>, what: &str) {
             if let Err(e) = r {
@@ -157,9 +161,27 @@ impl Inner {
     }
 
     /// Route traffic for `id` to its leased address again (it runs).
-    pub fn mark_serving(&self, id: &str) {
+    fn mark_serving(&self, id: &str) {
         if let Some(l) = NetLease::load(&self.dir(id)) {
             self.serve(id, l.ip);
+        }
+    }
+
+    /// Stops routing to `id` while it is paused, keeping its endpoint for [`Inner::resume_serving`].
+    fn hold_serving(&self, id: &str) {
+        if let Some(endpoint) = self.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
+            self.frozen.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), endpoint);
+        }
+    }
+
+    /// Routes to `id` again after a pause: the same boot; a new one when none was held (paused before this
+    /// runtime instance opened).
+    fn resume_serving(&self, id: &str) {
+        match self.frozen.lock().unwrap_or_else(|e| e.into_inner()).remove(id) {
+            Some(endpoint) => {
+                self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), endpoint);
+            }
+            None => self.mark_serving(id),
         }
     }
 
@@ -297,9 +319,9 @@ impl Runtime {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
         want(&rec, &[Status::Running])?;
-        self.inner.serving.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        self.inner.hold_serving(id);
         if let Err(e) = self.inner.freeze(id, true).await {
-            self.inner.mark_serving(id);
+            self.inner.resume_serving(id);
             return Err(e);
         }
         rec.status = Status::Paused;
@@ -312,7 +334,7 @@ impl Runtime {
         want(&rec, &[Status::Paused])?;
         self.inner.freeze(id, false).await?;
         rec.status = Status::Running;
-        self.inner.mark_serving(id);
+        self.inner.resume_serving(id);
         rec.save(&self.inner.dir(id))
     }
 

@@ -298,17 +298,7 @@ async fn runsc_network_is_fenced_by_the_host_chain() {
     assert!(!String::from_utf8_lossy(&o.stdout).contains("inet "), "{}", String::from_utf8_lossy(&o.stdout));
     // A port opened inside is reachable from the host at the sandbox's address.
     root_sh(&open, "nc -ll -p 8000 -e /bin/echo port-ok >/dev/null 2>&1 </dev/null &").await;
-    let mut got = String::new();
-    for _ in 0..100 {
-        if let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((open.ip.unwrap(), 8000))).await
-        {
-            use tokio::io::AsyncReadExt;
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut got)).await;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = banner_from(open.ip.unwrap(), 8000, 100).await;
     assert!(got.contains("port-ok"), "got {got:?}");
 }
 
@@ -541,8 +531,9 @@ async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
 }
 
 /// A runsc sandbox killed outside SoulBox (its Sentry OOM-killed, or killed from the host) never resets its
-/// connections: the runtime stops routing to it as soon as the process exits, instead of at the next open. Every
-/// start is a new boot of its endpoint (the proxy pools connections per boot).
+/// connections: the runtime stops routing to it as soon as the process exits (also after a pause and resume),
+/// instead of at the next open. Every start is a new boot of its endpoint (the proxy pools connections per boot);
+/// a thaw is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed() {
     runsc_or_skip!("runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed");
@@ -556,6 +547,10 @@ async fn runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed() {
     let second = rt.endpoint(&a.id).unwrap();
     assert_eq!(second.ip, first.ip);
     assert_ne!(second.boot, first.boot, "a start is a new boot");
+    rt.pause(&a.id).await.unwrap();
+    assert_eq!(rt.endpoint(&a.id), None, "a paused sandbox is not routed");
+    rt.resume(&a.id).await.unwrap();
+    assert_eq!(rt.endpoint(&a.id), Some(second), "a thaw keeps the boot (its connections stay good)");
     let pid: i32 = std::fs::read_to_string(rt.sandbox_dir(&a.id).join("init.pid")).unwrap().trim().parse().unwrap();
     // SAFETY: kill(2) of the sandbox process this test's runtime started (its pid file).
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);

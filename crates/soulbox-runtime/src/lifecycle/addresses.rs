@@ -3,8 +3,8 @@
 use super::Runtime;
 use std::net::Ipv4Addr;
 
-/// Where a running sandbox answers, and which boot of it: `boot` is new whenever the sandbox starts serving
-/// (create, start, resume, re-adoption), unique within this runtime instance. A client that keys its idle
+/// Where a running sandbox answers, and which boot of it: `boot` is new whenever the sandbox starts anew
+/// (create, start, re-adoption; a pause and resume keeps it), unique within this runtime instance. A client that keys its idle
 /// connections by it never reuses one across two boots at one address (a sandbox that was stopped and started,
 /// or the next sandbox to get a freed address): a killed gVisor sandbox never closes its end of them, and a
 /// reused one would reach the new boot's network stack, which resets it.

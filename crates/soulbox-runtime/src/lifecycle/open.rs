@@ -78,6 +78,7 @@ impl Runtime {
             fw: Arc::new(Firewall::new(&cfg)),
             fw_watch: Default::default(),
             serving: Default::default(),
+            frozen: Default::default(),
             boots: Default::default(),
             disk,
             userns,
