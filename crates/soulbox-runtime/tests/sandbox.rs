@@ -66,17 +66,7 @@ async fn sandbox_cannot_see_host_or_other_sandboxes() {
     assert_ne!(code, 0, "sandbox reached host service: {out}");
     // a port opened inside is reachable from the host at the sandbox address
     sh(rt, &a.id, "nc -ll -p 8000 -e /bin/echo port-ok >/dev/null 2>&1 </dev/null &").await;
-    let mut got = String::new();
-    for _ in 0..50 {
-        if let Ok(Ok(mut s)) =
-            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((a.ip.unwrap(), 8000))).await
-        {
-            use tokio::io::AsyncReadExt;
-            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut got)).await;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = banner_from(a.ip.unwrap(), 8000, 50).await;
     assert!(got.contains("port-ok"), "got {got:?}");
 }
 

@@ -188,6 +188,23 @@ pub async fn http_with(
 }
 
 /// The node's secret header for a sandbox's envd (what the server's proxy adds to every request).
+/// What a one-shot server the test started inside a sandbox (`nc -l … -e /bin/echo <banner>`) sends to a
+/// connection from the host to `ip:port`; tries for ~`attempts` × 50 ms while the server comes up.
+pub async fn banner_from(ip: std::net::Ipv4Addr, port: u16, attempts: usize) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = String::new();
+    for _ in 0..attempts {
+        if let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect((ip, port))).await
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut got)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    got
+}
+
 pub fn secret_header(info: &soulbox_runtime::SandboxInfo) -> (&'static str, &str) {
     ("X-Soulbox-Envd-Secret", info.envd_secret.as_ref().expect("every sandbox has an envd secret").expose())
 }
