@@ -21,18 +21,30 @@ pub(super) struct Source {
 
 impl Source {
     pub(super) fn of_snapshot(snapshot: &SnapshotRecord) -> Source {
+        let id = &snapshot.template_id;
+        let sizes = (snapshot.cpu_count, snapshot.memory_mb, snapshot.disk_size_mb);
         Source {
-            template: TemplateInfo {
-                template_id: snapshot.template_id.clone(),
-                aliases: vec![snapshot.template_id.clone()],
-                cpu_count: snapshot.cpu_count.max(1) as u32,
-                memory_mb: snapshot.memory_mb.max(0) as u32,
-                disk_size_mb: snapshot.disk_size_mb.max(0) as u32,
-                envd_version: ENVD_PROTOCOL_VERSION.into(),
-            },
-            runtime_template: snapshot.template_id.clone(),
+            template: recorded_template(id, vec![id.clone()], sizes),
+            runtime_template: id.clone(),
             node_id: Some(snapshot.node_id.clone()),
         }
+    }
+}
+
+/// A template as a record names it (a snapshot's, or a fork's source's): its id and aliases, its (vCPUs, memory
+/// MiB, disk MiB) as stored, this envd's protocol version.
+pub(super) fn recorded_template(
+    id: &str,
+    aliases: Vec<String>,
+    (cpu, memory_mb, disk_mb): (i32, i32, i32),
+) -> TemplateInfo {
+    TemplateInfo {
+        template_id: id.to_owned(),
+        aliases,
+        cpu_count: cpu.max(1) as u32,
+        memory_mb: memory_mb.max(0) as u32,
+        disk_size_mb: disk_mb.max(0) as u32,
+        envd_version: ENVD_PROTOCOL_VERSION.into(),
     }
 }
 

@@ -4,11 +4,8 @@
 //! The source sandbox keeps its state: the node pauses it for the copy only. What a snapshot holds depends on
 //! the node's runtime (`SnapshotTaken::memory`); the record says which.
 
-use soulbox_protocol::version::ENVD_PROTOCOL_VERSION;
-
-use super::create::Source;
+use super::create::{Source, recorded_template};
 use super::{CreateRequest, Lifecycle, LifecycleError, Result};
-use crate::node::TemplateInfo;
 use crate::store::{SandboxRecord, SnapshotRecord, StoreError, now_ms};
 
 /// Most forks one request may ask for (E2B's `MAX_FORK_COUNT`).
@@ -108,10 +105,9 @@ impl Lifecycle {
     /// start: they hold its layers, which the node keeps (layers are shared, never copied per sandbox).
     pub async fn delete_snapshot(&self, snapshot: &SnapshotRecord) -> Result<()> {
         match self.nodes.get(&snapshot.node_id).await {
-            Ok(node) => match node.delete_template(&snapshot.template_id).await {
-                Ok(_) => {}
-                Err(e) => return Err(e.into()),
-            },
+            Ok(node) => {
+                node.delete_template(&snapshot.template_id).await?;
+            }
             // A removed node took its templates with it.
             Err(crate::node::NodeError::NodeNotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -135,15 +131,9 @@ impl Lifecycle {
         let node = self.node_of(&record).await?;
         let internal = soulbox_templates::fork_template_name(&crate::ids::access_token()[..20]);
         node.snapshot(&record.id, &internal).await?;
+        let sizes = (record.cpu_count, record.memory_mb, record.disk_size_mb);
         let source = || Source {
-            template: TemplateInfo {
-                template_id: record.template_id.clone(),
-                aliases: record.alias.iter().cloned().collect(),
-                cpu_count: record.cpu_count.max(1) as u32,
-                memory_mb: record.memory_mb.max(0) as u32,
-                disk_size_mb: record.disk_size_mb.max(0) as u32,
-                envd_version: ENVD_PROTOCOL_VERSION.into(),
-            },
+            template: recorded_template(&record.template_id, record.alias.iter().cloned().collect(), sizes),
             runtime_template: internal.clone(),
             node_id: Some(record.node_id.clone()),
         };
