@@ -438,15 +438,17 @@ impl Lifecycle {
         result
     }
 
-    /// `POST /sandboxes/{id}/timeout`: end = now + timeout (may shorten).
+    /// `POST /sandboxes/{id}/timeout`: end = now + timeout (may shorten). A paused sandbox's end is its retention,
+    /// which a timeout does not change (connect or resume sets its timeout when it runs again).
     pub async fn set_timeout(&self, team_id: &str, id: &str, timeout_s: i32) -> Result<()> {
         self.check_timeout(timeout_s)?;
         let record = self.team_sandbox(team_id, id).await?;
+        if record.state == SandboxState::Paused {
+            return Ok(());
+        }
         let end = now_ms() + i64::from(timeout_s) * 1000;
         self.store.set_sandbox_end(id, end).await?;
-        if record.state == SandboxState::Running {
-            self.arm(&SandboxRecord { end_at_ms: end, ..record });
-        }
+        self.arm(&SandboxRecord { end_at_ms: end, ..record });
         Ok(())
     }
 
@@ -458,6 +460,9 @@ impl Lifecycle {
             return Err(LifecycleError::BadRequest("duration must be greater than 0 seconds".into()));
         }
         let record = self.team_sandbox(team_id, id).await?;
+        if record.state == SandboxState::Paused {
+            return Ok(record.end_at_ms); // its retention, as for set_timeout
+        }
         let limit = record.started_at_ms + self.config.max_lifetime_s * 1000;
         let wanted = now_ms() + i64::from(duration_s) * 1000;
         if wanted > limit {
@@ -468,9 +473,7 @@ impl Lifecycle {
         }
         let end = wanted.max(record.end_at_ms);
         self.store.set_sandbox_end(id, end).await?;
-        if record.state == SandboxState::Running {
-            self.arm(&SandboxRecord { end_at_ms: end, ..record });
-        }
+        self.arm(&SandboxRecord { end_at_ms: end, ..record });
         Ok(end)
     }
 

@@ -149,6 +149,12 @@ async fn paused_sandboxes_are_deleted_after_their_retention() {
     let end = t.store.get_sandbox(&kept).await.unwrap().end_at_ms;
     let thirty_days = 30 * 24 * 3600 * 1000;
     assert!((end - crate::store::now_ms() - thirty_days).abs() < 60_000, "end {end}");
+    // A timeout or refresh while paused does not cut the retention short.
+    let (status, _) = t.call(&t.a, "POST", &format!("/sandboxes/{kept}/timeout"), Some(json!({"timeout": 1}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = t.call(&t.a, "POST", &format!("/sandboxes/{kept}/refreshes"), Some(json!({"duration": 1}))).await;
+    assert!(status.is_success(), "{status}");
+    assert_eq!(t.store.get_sandbox(&kept).await.unwrap().end_at_ms, end);
 
     // A retention that is over at once: the paused sandbox goes, on its node too.
     let t = teams(LifecycleConfig { paused_retention: Duration::ZERO, ..Default::default() }).await;
