@@ -270,6 +270,7 @@ def main():
     assert set(placement(from_snapshot).values()) == {home}, (home, placement(from_snapshot))
     for sid in from_snapshot:
         assert run_in(sid, "cat /tmp/snap.txt").strip() == "snapped", sid
+    node_api_refuses_strangers(home, source)
     call("DELETE", f"/templates/{snap_name}%3Adefault", expect=204)
     assert run_in(from_snapshot[0], "cat /tmp/snap.txt").strip() == "snapped", "deleting a snapshot in use is safe"
 
@@ -287,6 +288,36 @@ def main():
     assert "removed node node3" in out
     assert call("GET", "/nodes/node3")[0] == 404
     log("all cluster checks passed")
+
+
+def node_api_refuses_strangers(node, sandbox_id):
+    """A node agent's API answers only its control plane (the node secret): without it, or with a wrong one, every
+    route is 401 and nothing happens — the snapshot and template-delete routes included."""
+    base = f"http://127.0.0.1:{ports[node]}/node/v1"
+    attempts = [
+        ("POST", f"/sandboxes/{sandbox_id}/snapshot", {"name": "stolen"}),
+        ("DELETE", "/templates/base", None),
+        ("POST", f"/sandboxes/{sandbox_id}/pause", {"keepMemory": True}),
+        ("DELETE", f"/sandboxes/{sandbox_id}", None),
+        ("POST", "/sandboxes", {"templateId": "base"}),
+        ("GET", "/templates", None),
+    ]
+    for secret in (None, "not-the-secret"):
+        for method, path, body in attempts:
+            headers = {"Content-Type": "application/json"}
+            if secret:
+                headers["X-Soulbox-Node-Secret"] = secret
+            data = json.dumps(body).encode() if body is not None else None
+            req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
+            try:
+                with OPENER.open(req, timeout=30) as r:
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            assert status == 401, f"{method} {path} with secret {secret!r}: {status}"
+    assert call("GET", f"/sandboxes/{sandbox_id}", expect=200)[1]["state"] == "running"
+    templates = {t["templateID"] for t in call("GET", "/templates", expect=200)[1]}
+    assert "base" in templates and "stolen" not in templates, templates
 
 
 def replicas(everything, gone):
