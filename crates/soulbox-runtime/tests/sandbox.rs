@@ -270,14 +270,19 @@ async fn envd_dying_before_ready_is_an_error_with_log_tail() {
     let mut cfg = config(18);
     cfg.envd_path = fake;
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
-    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
-    let h = Harness { rt: Some(soulbox_runtime::Runtime::open(cfg.clone()).await.unwrap()), cfg };
+    let limit = Duration::from_secs(90);
+    let template =
+        tokio::task::spawn_blocking(move || store.ensure_test_template(std::path::Path::new("/bin/busybox")));
+    within(limit, "the test template", template).await.unwrap().unwrap();
+    let rt = within(limit, "Runtime::open", soulbox_runtime::Runtime::open(cfg.clone())).await.unwrap();
+    let h = Harness { rt: Some(rt), cfg };
     let t = std::time::Instant::now();
-    let err = h.rt().create(SandboxSpec::new("test")).await.unwrap_err();
+    let err = within(limit, "create", h.rt().create(SandboxSpec::new("test"))).await.unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(5), "waited for a timeout instead of the pipe EOF");
     let msg = err.to_string();
     assert!(msg.contains("envd-is-dying"), "{msg}");
-    assert!(leftovers(&h.cfg).await.is_empty(), "{:?}", leftovers(&h.cfg).await);
+    let left = within(limit, "leftovers", leftovers(&h.cfg)).await;
+    assert!(left.is_empty(), "{left:?}");
     assert!(h.rt().list().await.is_empty());
 }
 

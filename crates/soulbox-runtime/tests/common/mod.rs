@@ -328,3 +328,19 @@ pub async fn wait_no_node_leftovers(cfg: &RuntimeConfig) -> Vec<String> {
     }
     node_leftovers(cfg)
 }
+
+/// Awaits `fut`, or panics after `limit` naming `what` with the host's process tree (a hung runtime CLI or
+/// lock shows there): a step that hangs fails in a minute with a lead instead of at nextest's timeout without one.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(v) => v,
+        Err(_) => {
+            let ps = std::process::Command::new("ps")
+                .args(["-eo", "pid,ppid,stat,etimes,wchan:24,args", "--forest"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!("{what} did not finish within {limit:?}; processes:\n{ps}");
+        }
+    }
+}
