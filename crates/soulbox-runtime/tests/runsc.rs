@@ -395,7 +395,9 @@ async fn runsc_memory_and_pids_limits_hold_on_the_host() {
     let st = rt.stats(&a.id).await.unwrap();
     assert!(st.oom_kills >= 1, "{st:?}");
     let max: u64 = cgroup_file(&h.cfg, &a.id, "memory", "memory.max_usage_in_bytes").map_or(0, |s| s.parse().unwrap());
-    assert!(max <= 128 << 20, "the cgroup went past its limit: {max}");
+    // The kernel may force-charge a few pages past the limit (an OOM victim's exit, __GFP_NOFAIL allocations):
+    // a page over is the limit holding; the bomb asked for 512 MiB.
+    assert!(max <= (128 << 20) + (2 << 20), "the cgroup went past its limit: {max}");
     assert!(health(&other, Duration::from_secs(3)).await.is_some(), "the other sandbox suffered");
     rt.delete(&a.id).await.unwrap();
     // Fork bomb: the host cgroup caps gVisor's tasks; the other sandbox and the host keep working.
