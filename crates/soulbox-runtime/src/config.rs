@@ -18,6 +18,10 @@ pub struct RuntimeConfig {
     pub runtime_bin: String,
     /// Extra global flags for the runtime binary (e.g. `--platform=systrap` for runsc).
     pub runtime_args: Vec<String>,
+    /// More OCI runtimes (binaries or paths) that templates may ask for by name (`TemplateMeta::runtime`): a
+    /// `runc` node with `runsc` here runs the templates that ask for gVisor on gVisor and the rest on runc. Each
+    /// keeps its own state root (`runtime_root_of`). `runtime_args` are for `runtime_bin` only.
+    pub extra_runtimes: Vec<String>,
     /// Static envd binary on the host.
     pub envd_path: PathBuf,
     /// Replace envd as PID 1 (plumbing tests only); readiness is then "runtime start returned".
@@ -135,6 +139,7 @@ impl RuntimeConfig {
             store_dir: None,
             runtime_bin: "runc".into(),
             runtime_args: vec![],
+            extra_runtimes: vec![],
             envd_path: PathBuf::from("target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"),
             init_override: None,
             prefix: "sbx".into(),
@@ -196,6 +201,10 @@ impl RuntimeConfig {
     }
     pub fn runtime_root(&self) -> PathBuf {
         self.data_dir.join("oci")
+    }
+    /// The state root of an extra runtime (`extra_runtimes`), by its name (`runsc`): beside the default's.
+    pub fn runtime_root_of(&self, name: &str) -> PathBuf {
+        self.data_dir.join(format!("oci-{name}"))
     }
     pub fn nft_table(&self) -> String {
         if self.prefix == "sbx" { "soulbox".into() } else { format!("soulbox_{}", self.prefix) }

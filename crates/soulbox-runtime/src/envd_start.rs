@@ -91,6 +91,7 @@ mod tests {
             disk_mb: None,
             recipe_hash: "h".into(),
             parent: None,
+            runtime: None,
         }
     }
 

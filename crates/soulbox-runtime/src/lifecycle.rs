@@ -24,6 +24,7 @@ mod death;
 pub use addresses::Endpoint;
 mod boot;
 mod close;
+mod drivers;
 mod open;
 mod pool;
 mod reconcile;
@@ -40,7 +41,7 @@ pub struct Runtime {
 pub(crate) struct Inner {
     pub cfg: RuntimeConfig,
     pub store: Store,
-    pub driver: Driver,
+    pub drivers: drivers::Drivers,
     pub ips: IpPool,
     pub fw: Arc<Firewall>,
     /// Repairs the firewall table when it is deleted or changed from outside; stopped on close.
@@ -107,9 +108,13 @@ impl Inner {
             }
         }
         // 1. processes and the runtime's state; then the rest of their log
-        note(&mut first_err, id, self.driver.delete_force(id).await, "runtime delete");
+        for driver in self.drivers.candidates(&dir) {
+            note(&mut first_err, id, driver.delete_force(id).await, "runtime delete");
+        }
         self.logs.detach(id).await;
-        let _ = std::fs::remove_dir_all(self.cfg.runtime_root().join(id));
+        for root in self.drivers.roots(&self.cfg) {
+            let _ = std::fs::remove_dir_all(root.join(id));
+        }
         // 2. cgroups (kills stragglers)
         let parent = self.cfg.cgroup_parent();
         let id2 = id.to_string();
@@ -162,8 +167,11 @@ impl Inner {
 
     /// Route traffic for `id` to its leased address again (it runs).
     fn mark_serving(&self, id: &str) {
-        if let Some(l) = NetLease::load(&self.dir(id)) {
-            self.serve(id, l.ip);
+        let dir = self.dir(id);
+        if let Some(l) = NetLease::load(&dir) {
+            let rec = Record::load(&dir).ok();
+            let driver = rec.as_ref().and_then(|r| self.drivers.for_record(r).ok()).unwrap_or(self.drivers.default());
+            self.serve(id, l.ip, driver);
         }
     }
 
@@ -185,11 +193,11 @@ impl Inner {
         }
     }
 
-    /// `id` serves at `ip` from now on, as a new boot (see [`Endpoint::boot`]).
-    pub fn serve(&self, id: &str, ip: Ipv4Addr) {
+    /// `id` serves at `ip` from now on, as a new boot (see [`Endpoint::boot`]); `driver` runs it.
+    pub fn serve(&self, id: &str, ip: Ipv4Addr, driver: &Driver) {
         let boot = self.boots.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.serving.lock().unwrap_or_else(|e| e.into_inner()).insert(id.to_string(), Endpoint { ip, boot });
-        if self.driver.kind().own_network_stack() {
+        if driver.kind().own_network_stack() {
             death::watch(self.serving.clone(), id, boot, &self.dir(id));
         }
     }
@@ -199,19 +207,39 @@ impl Inner {
         spec.disk_mb.or(meta.disk_mb).unwrap_or(self.cfg.default_disk_mb)
     }
 
-    /// Pause (freeze) or resume, via the cgroup freezer directly or the runtime's CLI.
-    pub async fn freeze(&self, id: &str, frozen: bool) -> Result<()> {
-        if self.cfg.cgroup_freezer && self.driver.kind().pause_is_cgroup_freezer() {
+    /// Pause (freeze) or resume the sandbox `rec`, via the cgroup freezer directly or its runtime's CLI.
+    pub async fn freeze(&self, rec: &Record, frozen: bool) -> Result<()> {
+        let (id, driver) = (&rec.id, self.drivers.for_record(rec)?);
+        if self.cfg.cgroup_freezer && driver.kind().pause_is_cgroup_freezer() {
             return cgroup::set_frozen(&self.cfg.cgroup_parent(), id, frozen)
                 .await
                 .map_err(|e| Error::Io { path: PathBuf::from(format!("freezer of {id}")), source: e });
         }
-        if frozen { self.driver.pause(id).await } else { self.driver.resume(id).await }
+        if frozen { driver.pause(id).await } else { driver.resume(id).await }
+    }
+
+    /// A sandbox without our user namespaces (gVisor) needs its layers as they are: a shifted store (the shared
+    /// range without idmapped mounts, `template.rs`) holds them shifted, which only a mapped sandbox sees right.
+    fn check_layers_fit(&self, driver: &Driver) -> Result<()> {
+        if self.store.id_shift().is_some() && self.userns_for(driver).is_none() {
+            return Err(Error::Invalid(format!(
+                "this node stores template layers shifted for its shared user namespace (no idmapped mounts), \
+                 which a {} sandbox cannot use: run {} on a node with idmapped mounts or user namespaces off",
+                driver.kind().name(driver.bin()),
+                driver.kind().name(driver.bin())
+            )));
+        }
+        Ok(())
+    }
+
+    /// The user namespaces a sandbox on `driver` gets: none where the runtime brings its own (gVisor).
+    pub fn userns_for(&self, driver: &Driver) -> Option<&crate::userns::Userns> {
+        self.userns.as_ref().filter(|_| driver.kind().supports_user_namespaces())
     }
 
     /// Allocate an address (the one a stopped sandbox kept, if it still can), record the lease,
     /// create netns + veth.
-    async fn acquire_network(&self, id: &str) -> Result<NetLease> {
+    async fn acquire_network(&self, id: &str, driver: &Driver) -> Result<NetLease> {
         let kept = NetLease::load(&self.dir(id)).map(|l| l.ip).filter(|ip| self.ips.claim(*ip, id));
         let ip = match kept {
             Some(ip) => ip,
@@ -220,13 +248,13 @@ impl Inner {
         let lease = network::lease_for(&self.cfg, id, ip);
         let dir = self.dir(id);
         util::write_json(&NetLease::file(&dir), &lease)?;
-        if let Some(userns) = &self.userns {
+        if let Some(userns) = self.userns_for(driver) {
             // The sandbox's user namespace (its range, kept across stop/start) and the netns it
             // owns; `network::setup` then finds the netns made.
             let range = userns.acquire(&dir)?;
             crate::userns::create_namespaces(range, &crate::userns::userns_path(&dir), &lease.netns_path())?;
         }
-        network::setup(&lease, self.driver.kind().own_network_stack()).await?;
+        network::setup(&lease, driver.kind().own_network_stack()).await?;
         Ok(lease)
     }
 }
@@ -238,8 +266,9 @@ impl Runtime {
     pub fn store(&self) -> &Store {
         &self.inner.store
     }
+    /// The default OCI runtime's driver (templates may ask for others: `RuntimeConfig::extra_runtimes`).
     pub fn driver(&self) -> &Driver {
-        &self.inner.driver
+        self.inner.drivers.default()
     }
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.inner.dir(id)
@@ -255,7 +284,9 @@ impl Runtime {
             }
         }
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
-        let claimed = inner.claim_slot().await;
+        let driver = inner.drivers.named(spec.runtime.as_deref().or(meta.runtime.as_deref()))?;
+        inner.check_layers_fit(driver)?;
+        let claimed = inner.claim_slot(driver).await;
         // Refill after this create, not during it: on a busy node the refill's work (netns, mkfs
         // and mount of a disk image) would otherwise compete with the create it was triggered by.
         let _refill = RefillOnDrop(inner);
@@ -292,7 +323,7 @@ impl Runtime {
         }
         let info = info_of(&rec, Some(&lease));
         inner.remember(&rec);
-        inner.serve(&id, lease.ip);
+        inner.serve(&id, lease.ip, driver);
         inner.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
         Ok(info)
     }
@@ -320,7 +351,7 @@ impl Runtime {
         let mut rec = h.lock().await;
         want(&rec, &[Status::Running])?;
         self.inner.hold_serving(id);
-        if let Err(e) = self.inner.freeze(id, true).await {
+        if let Err(e) = self.inner.freeze(&rec, true).await {
             self.inner.resume_serving(id);
             return Err(e);
         }
@@ -332,7 +363,7 @@ impl Runtime {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
         want(&rec, &[Status::Paused])?;
-        self.inner.freeze(id, false).await?;
+        self.inner.freeze(&rec, false).await?;
         rec.status = Status::Running;
         self.inner.resume_serving(id);
         rec.save(&self.inner.dir(id))
@@ -354,8 +385,10 @@ impl Runtime {
         let mut rec = h.lock().await;
         want(&rec, &[Status::Stopped])?;
         let inner = &self.inner;
+        let driver = inner.drivers.for_record(&rec)?;
+        inner.check_layers_fit(driver)?;
         // Before the range is acquired (which records this runtime's range in the dir).
-        crate::userns::check_files(inner.userns.as_ref(), &inner.dir(id))?;
+        crate::userns::check_files(inner.userns_for(driver), &inner.dir(id))?;
         if rec.envd_secret.is_none() {
             // Stopped before envd had secrets: it gets one now, like every sandbox.
             rec.envd_secret = Some(EnvdSecret::generate());
@@ -363,7 +396,7 @@ impl Runtime {
             inner.remember(&rec);
         }
         let res: Result<NetLease> = async {
-            let lease = inner.acquire_network(id).await?;
+            let lease = inner.acquire_network(id, driver).await?;
             let policy = rec.spec.as_ref().map(|s| s.network.clone()).unwrap_or_default();
             inner.fw.apply_policy(id, &lease, &policy).await?;
             inner.boot(&rec, &lease).await?;
@@ -374,7 +407,7 @@ impl Runtime {
             Ok(lease) => {
                 rec.status = Status::Running;
                 rec.save(&inner.dir(id))?;
-                inner.serve(id, lease.ip);
+                inner.serve(id, lease.ip, driver);
                 Ok(info_of(&rec, Some(&lease)))
             }
             Err(e) => {
@@ -393,10 +426,10 @@ impl Runtime {
         want(&rec, &[Status::Running, Status::Paused, Status::Stopped])?;
         let Some(mut meta) = rec.template.clone() else { return Err(Error::Invalid("no template".into())) };
         // Its writable layer goes into this runtime's store as it is stored.
-        crate::userns::check_files(self.inner.userns.as_ref(), &self.inner.dir(id))?;
+        crate::userns::check_files(self.inner.userns_for(self.inner.drivers.for_record(&rec)?), &self.inner.dir(id))?;
         let was_running = rec.status == Status::Running;
         if was_running {
-            self.inner.freeze(id, true).await?;
+            self.inner.freeze(&rec, true).await?;
         }
         let dir = self.inner.dir(id);
         // A stopped sandbox's image is not mounted: mount it for the copy only.
@@ -417,7 +450,7 @@ impl Runtime {
             tracing::warn!(sandbox = id, error = %e, "unmounting the disk image after the snapshot copy");
         }
         if was_running {
-            self.inner.freeze(id, false).await?;
+            self.inner.freeze(&rec, false).await?;
         }
         let (tmp, copy) = copy?;
         if let Err(e) = copy {

@@ -78,6 +78,17 @@ impl RuntimeKind {
         RuntimeKind { family, version: first }
     }
 
+    /// The name templates ask for it by (`TemplateMeta::runtime`): `runc`, `crun`, `runsc`, or for another
+    /// runtime its binary's file name.
+    pub fn name(&self, bin: &str) -> String {
+        match self.family {
+            Family::Runc => "runc".into(),
+            Family::Crun => "crun".into(),
+            Family::Runsc => "runsc".into(),
+            Family::Other => Path::new(bin).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        }
+    }
+
     pub fn is_runsc(&self) -> bool {
         self.family == Family::Runsc
     }

@@ -28,6 +28,10 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub access_token: Option<String>,
     pub network: NetworkPolicy,
+    /// The OCI runtime by name (`runc`, `runsc`), overriding the template's `runtime` (template builds run their
+    /// steps on the runtime the template will run on).
+    #[serde(default)]
+    pub runtime: Option<String>,
 }
 
 impl SandboxSpec {
@@ -42,6 +46,7 @@ impl SandboxSpec {
             disk_mb: None,
             access_token: None,
             network: NetworkPolicy::open(),
+            runtime: None,
         }
     }
 }

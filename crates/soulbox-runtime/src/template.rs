@@ -48,6 +48,10 @@ pub struct TemplateMeta {
     pub recipe_hash: String,
     #[serde(default)]
     pub parent: Option<String>,
+    /// The OCI runtime its sandboxes run on, by name (`runc`, `runsc`); `None`: the node's default. A node that
+    /// does not have it refuses to start the template's sandboxes (`RuntimeConfig::extra_runtimes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -260,6 +264,7 @@ impl Store {
             disk_mb: None,
             recipe_hash,
             parent: None,
+            runtime: None,
         };
         self.put(&meta)?;
         Ok(meta)
@@ -322,6 +327,7 @@ impl Store {
             disk_mb: None,
             recipe_hash,
             parent: None,
+            runtime: None,
         };
         self.put(&meta)?;
         eprintln!("[template base] done");

@@ -564,3 +564,63 @@ async fn runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed() {
     // Deleting it still cleans up everything.
     rt.delete(&a.id).await.unwrap();
 }
+
+/// One runtime, two OCI runtimes: a runc node with runsc as an extra runtime runs the templates that ask for
+/// gVisor on gVisor (no user namespace of ours, its own netstack) and the rest on runc, through every verb and a
+/// restart; a runtime the node does not have is refused before anything is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_node_runs_templates_that_ask_for_runsc_on_runsc() {
+    runsc_or_skip!("runc_node_runs_templates_that_ask_for_runsc_on_runsc");
+    let mut cfg = config(89);
+    cfg.extra_runtimes = vec!["runsc".into()];
+    cfg.ready_timeout_ms = 30_000;
+    let mut h = harness_with(cfg).await;
+    let mut meta = h.rt().store().get("test").unwrap();
+    meta.name = "test-gvisor".into();
+    meta.runtime = Some("runsc".into());
+    h.rt().store().put(&meta).unwrap();
+    let rt = h.rt();
+    assert_eq!(rt.driver().kind().family, soulbox_runtime::runtime_kind::Family::Runc);
+    let plain = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let gv = rt.create(SandboxSpec::new("test-gvisor")).await.expect("a runsc template on a runc node");
+    let kernel = |s: &str| s.contains("gVisor");
+    let (_, out) = root_sh(&gv, "dmesg 2>&1 | head -3").await;
+    assert!(kernel(&out), "the runsc template's sandbox is not on gVisor: {out}");
+    let (_, out) = root_sh(&plain, "dmesg 2>&1 | head -3").await;
+    assert!(!kernel(&out), "the runc template's sandbox is on gVisor: {out}");
+    let (_, out) = root_sh(&gv, "ip addr").await;
+    assert!(out.contains(&format!("{}/32", gv.ip.unwrap())), "gVisor's netstack holds the address: {out}");
+    // Root inside the runc sandbox is a mapped uid on the host; gVisor's sentry makes its own namespaces.
+    let (_, out) = root_sh(&plain, "cat /proc/self/uid_map").await;
+    assert!(!out.split_whitespace().eq(["0", "0", "4294967295"]), "the runc sandbox is unmapped: {out}");
+    // A runtime the node does not have: refused, nothing made.
+    let err = rt
+        .create(SandboxSpec { runtime: Some("kata".into()), ..SandboxSpec::new("test") })
+        .await
+        .expect_err("an unknown runtime");
+    assert!(err.to_string().contains("not available on this node"), "{err}");
+    assert_eq!(rt.list().await.len(), 2);
+    // Every verb finds the sandbox's own runtime.
+    rt.pause(&gv.id).await.unwrap();
+    assert!(health(&gv, Duration::from_millis(500)).await.is_none(), "envd answered while paused");
+    rt.resume(&gv.id).await.unwrap();
+    run_user(rt, &gv, "echo kept > /home/user/file").await;
+    rt.stop(&gv.id).await.unwrap();
+    let gv = rt.start(&gv.id).await.unwrap();
+    let (_, out, _) = run_user(rt, &gv, "cat /home/user/file").await;
+    assert_eq!(out, "kept\n");
+    // A restart re-adopts both from their own runtimes' state.
+    drop(h.rt.take());
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
+    let rt = h.rt();
+    for s in [&plain, &gv] {
+        assert_eq!(rt.info(&s.id).await.unwrap().status, Status::Running, "{} after the restart", s.id);
+        assert!(health(s, Duration::from_secs(3)).await.is_some(), "{} does not answer after the restart", s.id);
+    }
+    rt.delete(&gv.id).await.unwrap();
+    rt.delete(&plain.id).await.unwrap();
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+    let runsc = soulbox_runtime::driver::Driver::new("runsc", &[], &h.cfg.runtime_root_of("runsc"));
+    assert!(runsc.list().await.unwrap().is_empty(), "a runsc container is left");
+}

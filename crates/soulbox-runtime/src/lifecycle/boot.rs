@@ -25,8 +25,10 @@ impl Inner {
 
         // The sandbox's range (given with its network) owns the sandbox dir, so the sandbox's
         // mapped root (runc's init) can walk to the rootfs and no host user can.
-        crate::userns::check_files(self.userns.as_ref(), &dir)?;
-        let id_range = self.userns.as_ref().map(|_| crate::userns::IdRange::of_sandbox(&dir)).transpose()?;
+        let driver = self.drivers.for_record(rec)?;
+        let userns = self.userns_for(driver);
+        crate::userns::check_files(userns, &dir)?;
+        let id_range = userns.map(|_| crate::userns::IdRange::of_sandbox(&dir)).transpose()?;
         crate::perms::secure_sandbox_dir(&dir, id_range.map_or(0, |r| r.host_base))?;
 
         // Writable layer: its disk limit (project quota, or its own image mounted) before
@@ -57,7 +59,7 @@ impl Inner {
             envd_init: serde_json::to_string(&init)
                 .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
             id_range,
-            runtime: self.driver.kind(),
+            runtime: driver.kind(),
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
@@ -66,8 +68,8 @@ impl Inner {
         let stdio = self.logs.attach(id, &dir)?;
         if self.cfg.init_override.is_some() {
             let started = async {
-                self.driver.create(id, &dir, stdio, None).await?;
-                self.driver.start(id).await
+                driver.create(id, &dir, stdio, None).await?;
+                driver.start(id).await
             };
             return self.with_log(id, started.await).await;
         }
@@ -80,11 +82,11 @@ impl Inner {
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "rootfs mounted, bundle written");
         let started = async {
             if self.cfg.run_detached {
-                self.driver.run_detached(id, &dir, stdio, Some(w)).await
+                driver.run_detached(id, &dir, stdio, Some(w)).await
             } else {
-                self.driver.create(id, &dir, stdio, Some(w)).await?;
+                driver.create(id, &dir, stdio, Some(w)).await?;
                 tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime create done");
-                self.driver.start(id).await
+                driver.start(id).await
             }
         };
         self.with_log(id, started.await).await?;
@@ -97,7 +99,7 @@ impl Inner {
                 return Ok(());
             }
             Ok(Ok(_)) => {
-                format!("envd exited (or closed fd {}) before it was ready", self.driver.kind().ready_fd())
+                format!("envd exited (or closed fd {}) before it was ready", driver.kind().ready_fd())
             }
             Ok(Err(e)) => format!("reading the ready pipe: {e}"),
             Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),

@@ -2,7 +2,6 @@
 use super::{Inner, Runtime, reconcile};
 use crate::config::RuntimeConfig;
 use crate::disk::DiskLimits;
-use crate::driver::Driver;
 use crate::error::{Error, IoCtx, Result};
 use crate::firewall::{self, Firewall};
 use crate::network::{self, IpPool};
@@ -58,14 +57,17 @@ impl Runtime {
         if cfg.init_override.is_none() {
             cfg.envd_path = crate::perms::install_envd(&cfg)?;
         }
-        let kind = crate::driver::check_runtime_binary(&cfg.runtime_bin).await?;
+        let drivers = super::drivers::Drivers::open(&cfg).await?;
         network::enable_forwarding()?;
         let mut store = Store::new(cfg.store_dir())?;
         let disk = DiskLimits::open(&cfg).await?;
-        let userns = if kind.supports_user_namespaces() {
+        // User namespaces as the default runtime has them; an extra runtime without them (gVisor) runs its
+        // sandboxes without (`Inner::userns_for`). An extra runtime that needs them beside a default that has none
+        // is refused in `Drivers::open`.
+        let userns = if drivers.default().kind().supports_user_namespaces() {
             crate::userns::open(&cfg, &store)?
         } else {
-            crate::userns::not_with_runtime(&cfg, &kind)?
+            crate::userns::not_with_runtime(&cfg, drivers.default().kind())?
         };
         if let Some(range) = userns.as_ref().and_then(crate::userns::Userns::shifted) {
             // Its layers are stored shifted: a store of their own (`template.rs`).
@@ -73,7 +75,7 @@ impl Runtime {
         }
         crate::perms::secure_data_dir(&cfg, userns.is_some())?;
         let inner = Arc::new(Inner {
-            driver: Driver::with_kind(&cfg.runtime_bin, kind, &cfg.runtime_args, &cfg.runtime_root()),
+            drivers,
             ips: IpPool::new(&cfg),
             fw: Arc::new(Firewall::new(&cfg)),
             fw_watch: Default::default(),

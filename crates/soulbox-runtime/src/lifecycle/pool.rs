@@ -2,6 +2,7 @@
 //! `create`, so a create only boots.
 use super::{Inner, Runtime};
 use crate::config::new_sandbox_id;
+use crate::driver::Driver;
 use crate::error::{Error, IoCtx, Result};
 use crate::network::{self, NetLease};
 use crate::record::Record;
@@ -11,16 +12,18 @@ use std::sync::Arc;
 impl Inner {
     /// Take a prepared slot (network, default firewall chain, disk image) from the pool, or make
     /// one now. Returns (id, lease, whether the firewall already holds the default open policy).
-    /// The caller refills the pool once its create is done.
-    pub(super) async fn claim_slot(self: &Arc<Self>) -> Result<(String, NetLease, bool)> {
-        let slot = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+    /// The caller refills the pool once its create is done. The pool's slots are made for the default runtime;
+    /// a sandbox on another one (its network, its user namespace differ) gets a slot made now.
+    pub(super) async fn claim_slot(self: &Arc<Self>, driver: &Driver) -> Result<(String, NetLease, bool)> {
+        let pooled = std::ptr::eq(driver, self.drivers.default());
+        let slot = if pooled { self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front() } else { None };
         if let Some((id, l)) = slot {
             return Ok((id, l, true));
         }
         let id = self.fresh_id()?;
         Record { id: id.clone(), status: Status::Creating, template: None, spec: None, envd_secret: None }
             .save(&self.dir(&id))?;
-        match self.acquire_network(&id).await {
+        match self.acquire_network(&id, driver).await {
             Ok(l) => Ok((id, l, false)),
             Err(e) => {
                 let _ = self.release(&id, false).await;
@@ -63,7 +66,7 @@ impl Inner {
             Record { id: id.clone(), status: Status::Pooled, template: None, spec: None, envd_secret: None }
                 .save(&self.dir(&id))?;
             let res = async {
-                let l = self.acquire_network(&id).await?;
+                let l = self.acquire_network(&id, self.drivers.default()).await?;
                 self.fw.apply_policy(&id, &l, &NetworkPolicy::open()).await?;
                 self.disk.prepare_pooled(&self.dir(&id)).await?;
                 Ok::<_, Error>(l)

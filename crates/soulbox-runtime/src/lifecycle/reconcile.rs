@@ -16,10 +16,20 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     let cfg = &inner.cfg;
     // 0. runtime CLI invocations of a crashed instance (e.g. a `runc create` in flight) would race
     //    with the cleanup below: kill them first. They are recognised by our `--root` argument.
-    kill_stray_cli(&cfg.runtime_root().to_string_lossy());
+    let roots = inner.drivers.roots(cfg);
+    for root in &roots {
+        kill_stray_cli(&root.to_string_lossy());
+    }
 
-    let containers: HashMap<String, String> =
-        inner.driver.list().await.unwrap_or_default().into_iter().map(|c| (c.id, c.status)).collect();
+    // Every runtime's containers, with the runtime that holds each.
+    let mut containers: HashMap<String, String> = HashMap::new();
+    let mut holder: HashMap<String, &crate::driver::Driver> = HashMap::new();
+    for driver in inner.drivers.all() {
+        for c in driver.list().await.unwrap_or_default() {
+            holder.insert(c.id.clone(), driver);
+            containers.insert(c.id, c.status);
+        }
+    }
 
     let mut adopted: HashSet<String> = HashSet::new();
     let mut live_fw = Vec::new();
@@ -47,7 +57,7 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
                         tracing::error!(sandbox = %id, ip = %l.ip, "two running sandboxes have the same address");
                     }
                     if rec.status == Status::Running {
-                        inner.serve(&id, l.ip);
+                        inner.serve(&id, l.ip, inner.drivers.for_record(&rec).unwrap_or(inner.drivers.default()));
                     }
                     if let Some(spec) = &rec.spec {
                         live_fw.push((id.clone(), l.veth.clone(), spec.network.clone()));
@@ -112,11 +122,14 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     for id in containers.keys() {
         if !adopted.contains(id) {
             tracing::info!(container = %id, "deleting unknown container");
-            let _ = inner.driver.delete_force(id).await;
+            if let Some(driver) = holder.get(id) {
+                let _ = driver.delete_force(id).await;
+            }
         }
     }
     // Runtime state dirs nobody owns.
-    if let Ok(rd) = std::fs::read_dir(cfg.runtime_root()) {
+    for root in &roots {
+        let Ok(rd) = std::fs::read_dir(root) else { continue };
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if !adopted.contains(&n) && e.path().is_dir() {
