@@ -63,6 +63,10 @@ struct ServerArgs {
     /// OCI runtime binary [default: runc].
     #[arg(long, env = "SOULBOX_RUNTIME")]
     runtime: Option<String>,
+    /// More OCI runtimes templates may ask for, comma-separated [default: runsc on a runc node when
+    /// installed]; empty for none.
+    #[arg(long, env = "SOULBOX_EXTRA_RUNTIMES", value_delimiter = ',', num_args = 0..)]
+    extra_runtimes: Option<Vec<String>>,
     /// Static soulbox-envd binary to run in sandboxes.
     #[arg(long, env = "SOULBOX_ENVD_PATH")]
     envd_path: Option<PathBuf>,
@@ -139,6 +143,10 @@ struct NodeArgs {
     template_dir: Option<PathBuf>,
     #[arg(long, env = "SOULBOX_RUNTIME", default_value = "runc")]
     runtime: String,
+    /// More OCI runtimes templates may ask for, comma-separated [default: runsc on a runc node when
+    /// installed]; empty for none.
+    #[arg(long, env = "SOULBOX_EXTRA_RUNTIMES", value_delimiter = ',', num_args = 0..)]
+    extra_runtimes: Option<Vec<String>>,
     #[arg(long, env = "SOULBOX_ENVD_PATH")]
     envd_path: Option<PathBuf>,
     #[arg(long, env = "SOULBOX_WARM_POOL", default_value_t = 4)]
@@ -180,6 +188,7 @@ impl NodeArgs {
             data_dir,
             template_dir: self.template_dir,
             runtime: self.runtime,
+            extra_runtimes: self.extra_runtimes.map(non_empty),
             envd_path: self.envd_path.unwrap_or_else(config::default_envd_path),
             warm_pool: self.warm_pool,
             prefix: self.prefix,
@@ -191,6 +200,11 @@ impl NodeArgs {
             allow_private_egress: self.allow_private_egress,
         })
     }
+}
+
+/// `--extra-runtimes ""` (or `SOULBOX_EXTRA_RUNTIMES=`) means none.
+fn non_empty(names: Vec<String>) -> Vec<String> {
+    names.into_iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect()
 }
 
 impl ServerArgs {
@@ -208,6 +222,7 @@ impl ServerArgs {
                 .unwrap_or_else(|| Store::sqlite_url(&data_dir.join("soulbox.db"))),
             domain: self.domain.or(file.domain),
             runtime: self.runtime.or(file.runtime).unwrap_or_else(|| "runc".into()),
+            extra_runtimes: self.extra_runtimes.map(non_empty).or(file.extra_runtimes),
             envd_path: self.envd_path.or(file.envd_path).unwrap_or_else(config::default_envd_path),
             debian_mirror: self.debian_mirror.or(file.debian_mirror).unwrap_or_else(|| config::DEFAULT_MIRROR.into()),
             default_timeout_s: file.default_timeout_s.unwrap_or(300),

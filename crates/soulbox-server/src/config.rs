@@ -14,6 +14,9 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub domain: Option<String>,
     pub runtime: Option<String>,
+    /// More OCI runtimes templates may ask for by name (`runtime` of a template build) [default: runsc on a
+    /// runc node when installed]; `[]` for none.
+    pub extra_runtimes: Option<Vec<String>>,
     pub envd_path: Option<PathBuf>,
     pub debian_mirror: Option<String>,
     pub default_timeout_s: Option<i32>,
@@ -76,6 +79,8 @@ pub struct ServerConfig {
     pub database_url: String,
     pub domain: Option<String>,
     pub runtime: String,
+    /// See [`FileConfig::extra_runtimes`]; `None`: the default.
+    pub extra_runtimes: Option<Vec<String>>,
     pub envd_path: PathBuf,
     pub debian_mirror: String,
     pub default_timeout_s: i32,

@@ -125,6 +125,8 @@ impl Node for LocalNode {
                 allow_out: spec.network.allow_out,
                 deny_out: spec.network.deny_out,
             },
+            // The template's own (`TemplateMeta::runtime`), else the node's default.
+            runtime: None,
         };
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
         // A built template's start command runs now; create returns once its ready command succeeds.

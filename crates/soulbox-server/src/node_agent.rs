@@ -345,6 +345,8 @@ pub struct NodeSettings {
     /// Template store shared by several agents on one host (layers are read-only); default: the data dir.
     pub template_dir: Option<std::path::PathBuf>,
     pub runtime: String,
+    /// See `crate::node_setup::RuntimeSettings::extra_runtimes`.
+    pub extra_runtimes: Option<Vec<String>>,
     pub envd_path: std::path::PathBuf,
     pub warm_pool: usize,
     pub prefix: String,
@@ -387,6 +389,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         data_dir: &settings.data_dir,
         template_dir: settings.template_dir.clone(),
         runtime: settings.runtime.clone(),
+        extra_runtimes: settings.extra_runtimes.clone(),
         envd_path: &settings.envd_path,
         warm_pool: settings.warm_pool,
         default_disk_mb: None,

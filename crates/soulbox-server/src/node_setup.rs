@@ -14,6 +14,9 @@ pub struct RuntimeSettings<'a> {
     /// Template store shared by several runtimes on one host (layers are read-only); default: the data dir.
     pub template_dir: Option<PathBuf>,
     pub runtime: String,
+    /// Runtimes templates may ask for besides `runtime` (`soulbox_runtime::RuntimeConfig::extra_runtimes`);
+    /// `None`: runsc on a runc node when it is installed.
+    pub extra_runtimes: Option<Vec<String>>,
     pub envd_path: &'a Path,
     pub warm_pool: usize,
     pub default_disk_mb: Option<u64>,
@@ -30,6 +33,7 @@ pub struct RuntimeSettings<'a> {
 pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_runtime::RuntimeConfig> {
     let mut config = soulbox_runtime::RuntimeConfig::new(settings.data_dir.join("node"));
     config.store_dir = settings.template_dir;
+    config.extra_runtimes = settings.extra_runtimes.unwrap_or_else(|| other_installed_runtime(&settings.runtime));
     config.runtime_bin = settings.runtime;
     config.envd_path = std::fs::canonicalize(settings.envd_path).with_context(|| {
         format!(
@@ -54,6 +58,19 @@ pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_r
     Ok(config)
 }
 
+/// By default a runc node also offers runsc when that binary is on the `PATH`, so a template that asks for gVisor
+/// runs on a default install. (Not the reverse: a runsc node's runc sandboxes would lack user namespaces.)
+fn other_installed_runtime(runtime: &str) -> Vec<String> {
+    let other = match Path::new(runtime).file_name().and_then(|n| n.to_str()) {
+        Some("runc") => "runsc",
+        _ => return vec![],
+    };
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(other).is_file()))
+        .unwrap_or(false);
+    if on_path { vec![other.to_string()] } else { vec![] }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +84,7 @@ mod tests {
             data_dir: dir.path(),
             template_dir: None,
             runtime: "runc".into(),
+            extra_runtimes: Some(vec![]),
             envd_path,
             warm_pool: 2,
             default_disk_mb: Some(512),

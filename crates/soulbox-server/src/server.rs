@@ -253,6 +253,7 @@ async fn open_local_node(
         data_dir: &config.data_dir,
         template_dir: config.template_dir.clone(),
         runtime: config.runtime.clone(),
+        extra_runtimes: config.extra_runtimes.clone(),
         envd_path: &config.envd_path,
         warm_pool: config.warm_pool,
         default_disk_mb: config.default_disk_mb,

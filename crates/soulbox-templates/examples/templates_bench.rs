@@ -71,6 +71,7 @@ fn job(name: &str, recipe: Recipe, files_dir: &Path) -> BuildJob {
         files_dir: files_dir.to_path_buf(),
         timeout: Duration::from_secs(3600),
         base_access: Default::default(),
+        runtime: None,
     }
 }
 

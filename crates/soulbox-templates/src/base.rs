@@ -55,6 +55,7 @@ pub async fn ensure_base(engine: &Engine, files_dir: PathBuf, log: LogSink) -> R
         files_dir,
         timeout: Duration::from_secs(3600),
         base_access: super::BaseAccess::Any,
+        runtime: None,
     };
     let started = Instant::now();
     engine.build(job, log).await?;

@@ -59,6 +59,8 @@ struct Base {
     /// The base template's name (`None` for an image).
     parent: Option<String>,
     disk_mb: Option<u64>,
+    /// The base template's OCI runtime (`TemplateMeta::runtime`): a template built on it keeps it.
+    runtime: Option<String>,
 }
 
 /// What must be undone whatever happens (also after a timeout dropped the build future).
@@ -74,6 +76,8 @@ struct State {
     layers: Vec<String>,
     ctx: StepContext,
     key: String,
+    /// The runtime the template will run on, and its build steps run on (hostile RUN steps get the same boundary).
+    runtime: Option<String>,
 }
 
 enum Action {
@@ -170,6 +174,7 @@ impl Engine {
                     start_cmd: None,
                     parent: Some(name),
                     disk_mb: t.disk_mb,
+                    runtime: t.runtime,
                 });
             }
             BaseSource::Registry(image) => {
@@ -193,7 +198,14 @@ impl Engine {
                 let plan = BootstrapPlan::new(&self.config.bootstrap, distro, &suite).map_err(failed)?;
                 let layer = super::bootstrap::bootstrap_layer(store, &plan, log).await.map_err(failed)?;
                 let ctx = StepContext { user: "root".into(), workdir: "/".into(), env: BTreeMap::new() };
-                return Ok(Base { layers: vec![layer], ctx, start_cmd: None, parent: None, disk_mb: None });
+                return Ok(Base {
+                    layers: vec![layer],
+                    ctx,
+                    start_cmd: None,
+                    parent: None,
+                    disk_mb: None,
+                    runtime: None,
+                });
             }
         };
         let config = imported.config;
@@ -206,7 +218,14 @@ impl Engine {
             env: config.env,
         };
         progress(format!("image ready: {} layers, user {}, workdir {}", imported.layers.len(), ctx.user, ctx.workdir));
-        Ok(Base { layers: imported.layers, ctx, start_cmd: config.start_cmd, parent: None, disk_mb: None })
+        Ok(Base {
+            layers: imported.layers,
+            ctx,
+            start_cmd: config.start_cmd,
+            parent: None,
+            disk_mb: None,
+            runtime: None,
+        })
     }
 
     /// Runs a build; on success the template `job.template_name` is registered and returned.
@@ -250,7 +269,12 @@ impl Engine {
             return Err(BuildFailure::new(format!("base template '{name}' not found"), Some("base")));
         }
         let base = self.load_base(source, log).await?;
-        let mut st = State { key: base_cache_key(&base.layers), layers: base.layers.clone(), ctx: base.ctx.clone() };
+        let mut st = State {
+            key: base_cache_key(&base.layers),
+            layers: base.layers.clone(),
+            ctx: base.ctx.clone(),
+            runtime: job.runtime.clone().or(base.runtime.clone()),
+        };
         let total = job.recipe.steps.len();
         let mut forced = job.recipe.force;
         for (i, step) in job.recipe.steps.iter().enumerate() {
@@ -340,6 +364,7 @@ impl Engine {
             disk_mb: base.disk_mb,
             recipe_hash: st.key.clone(),
             parent: base.parent.clone(),
+            runtime: st.runtime.clone(),
         };
         self.runtime
             .store()
@@ -398,6 +423,7 @@ impl Engine {
             disk_mb: None,
             recipe_hash: "build".into(),
             parent: None,
+            runtime: st.runtime.clone(),
         };
         tracker.lock().unwrap_or_else(|e| e.into_inner()).temp_templates.extend([name.clone(), format!("{name}-s")]);
         store.put(&meta).map_err(|e| f(format!("preparing the build sandbox: {e}")))?;

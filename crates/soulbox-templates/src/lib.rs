@@ -94,6 +94,9 @@ pub struct BuildJob {
     pub timeout: Duration,
     /// Which local templates the build may start from (a team's build: not another team's).
     pub base_access: BaseAccess,
+    /// The OCI runtime the template runs on (`runc`, `runsc`; `TemplateMeta::runtime`), its build steps too;
+    /// `None`: its base template's, else the node's default.
+    pub runtime: Option<String>,
 }
 
 /// Which local templates a build may use as its base. The server's own builds (`base`) may use any; a team's

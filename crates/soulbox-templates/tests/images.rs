@@ -99,6 +99,7 @@ async fn build(engine: &Engine, name: &str, recipe: Recipe) -> Build {
         files_dir: std::env::temp_dir(),
         timeout: Duration::from_secs(600),
         base_access: Default::default(),
+        runtime: None,
     };
     let result = engine.build(job, log).await.map_err(|e| format!("{e} (step {:?})", e.step));
     let lines = lines.lock().unwrap().clone();

@@ -56,9 +56,10 @@ pub async fn create(
     cpu: i32,
     memory_mb: i32,
     tags: &[String],
+    runtime: Option<&str>,
 ) -> Result<String, StoreError> {
     let build_id = crate::ids::uuid_like();
-    store.create_template_build(team_id, template, &build_id, cpu, memory_mb, tags).await?;
+    store.create_template_build_on(team_id, template, &build_id, (cpu, memory_mb), tags, runtime).await?;
     live().insert(build_id.clone(), broadcast::channel(LIVE_CAPACITY).0);
     Ok(build_id)
 }
@@ -99,6 +100,7 @@ pub fn job(record: &BuildRecord, recipe: Recipe, files_dir: PathBuf, base_access
         files_dir,
         timeout: build_timeout(),
         base_access,
+        runtime: record.runtime.clone(),
     }
 }
 

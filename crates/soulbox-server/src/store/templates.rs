@@ -32,6 +32,8 @@ pub struct BuildRecord {
     pub finished_at_ms: Option<i64>,
     /// The tags the build asked for; assigned when it succeeds.
     pub tags: Vec<String>,
+    /// The OCI runtime the build asked for (`soulbox_templates::BuildJob::runtime`).
+    pub runtime: Option<String>,
 }
 
 /// A tag: `template:tag` → build.
@@ -78,6 +80,19 @@ impl Store {
         memory_mb: i32,
         tags: &[String],
     ) -> Result<(), StoreError> {
+        self.create_template_build_on(team_id, template_id, build_id, (cpu_count, memory_mb), tags, None).await
+    }
+
+    /// [`Store::create_template_build`] for a build that asked for an OCI runtime (`runtime`).
+    pub async fn create_template_build_on(
+        &self,
+        team_id: &str,
+        template_id: &str,
+        build_id: &str,
+        (cpu_count, memory_mb): (i32, i32),
+        tags: &[String],
+        runtime: Option<&str>,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
         // Insert-if-absent, then read the owner: two teams racing for a new name both pass the INSERT, and the
@@ -116,8 +131,8 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query(
-            "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at, tags) \
-             VALUES ($1, $2, 'waiting', $3, $4, $5, $6)",
+            "INSERT INTO template_builds (id, template_id, status, cpu_count, memory_mb, created_at, tags, runtime) \
+             VALUES ($1, $2, 'waiting', $3, $4, $5, $6, $7)",
         )
         .bind(build_id)
         .bind(template_id)
@@ -125,6 +140,7 @@ impl Store {
         .bind(memory_mb)
         .bind(now)
         .bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
+        .bind(runtime)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -146,8 +162,8 @@ impl Store {
 
     pub async fn get_build(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, template_id, status, recipe, reason, reason_step, cpu_count, memory_mb, created_at, finished_at, tags \
-             FROM template_builds WHERE id = $1",
+            "SELECT id, template_id, status, recipe, reason, reason_step, cpu_count, memory_mb, created_at, finished_at, \
+             tags, runtime FROM template_builds WHERE id = $1",
         )
         .bind(build_id)
         .fetch_optional(&self.pool)
@@ -168,6 +184,7 @@ impl Store {
                     .try_get::<Option<String>, _>("tags")?
                     .and_then(|t| serde_json::from_str(&t).ok())
                     .unwrap_or_else(|| vec!["default".to_string()]),
+                runtime: r.try_get("runtime")?,
             })
         })
         .transpose()

@@ -79,6 +79,9 @@ fn internal(e: impl std::fmt::Display) -> Response {
     error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
+/// The runtimes a template may ask for; a node without the one asked for fails the build, saying so.
+const KNOWN_RUNTIMES: [&str; 2] = ["runc", "runsc"];
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct BuildRequestV3 {
@@ -92,6 +95,9 @@ struct BuildRequestV3 {
     /// Deprecated in E2B; the key decides the team, so another team's id is refused.
     #[serde(rename = "teamID")]
     team_id: Option<String>,
+    /// SoulBox's own: the OCI runtime the template runs on (`runc`, `runsc`), its build steps too. Absent: the
+    /// base template's, else the node's default.
+    runtime: Option<String>,
 }
 
 async fn request_build(
@@ -131,10 +137,20 @@ async fn request_build(
     if !(1..=64).contains(&cpu) || !(128..=65536).contains(&mem) {
         return error(StatusCode::BAD_REQUEST, "cpuCount must be 1..64 and memoryMB 128..65536");
     }
+    if let Some(runtime) = req.runtime.as_deref()
+        && !KNOWN_RUNTIMES.contains(&runtime)
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("unknown runtime '{runtime}': use one of {}", KNOWN_RUNTIMES.join(", ")),
+        );
+    }
     if let Err(r) = access::check_not_a_server_template(&state, &name).await {
         return r;
     }
-    let build_id = match crate::builds::create(state.lifecycle.store(), &caller.team_id, &name, cpu, mem, &tags).await {
+    let store = state.lifecycle.store();
+    let created = crate::builds::create(store, &caller.team_id, &name, cpu, mem, &tags, req.runtime.as_deref()).await;
+    let build_id = match created {
         Ok(id) => id,
         Err(e) => return LifecycleError::from(e).into_response(),
     };

@@ -22,6 +22,8 @@ use soulbox_templates::{BuildFailure, BuildJob, LogLevel, LogSink};
 pub(crate) struct BuildingNode {
     pub(crate) templates: Mutex<BTreeMap<String, TemplateInfo>>,
     pub(crate) created_from: Mutex<Vec<String>>,
+    /// The runtime each build job asked for, in order.
+    pub(crate) build_runtimes: Mutex<Vec<Option<String>>>,
     /// Where uploads go (default: the system temp dir).
     pub(crate) files_dir: Option<std::path::PathBuf>,
 }
@@ -70,6 +72,7 @@ impl Node for BuildingNode {
     /// The build's cpu count marks which build a template came from.
     async fn build_template(&self, job: BuildJob, log: LogSink) -> Result<(), BuildFailure> {
         log(LogLevel::Info, format!("[1/1] building {}", job.template_name), Some("1".into()));
+        self.build_runtimes.lock().unwrap().push(job.runtime.clone());
         self.templates.lock().unwrap().insert(job.template_name.clone(), info(&job.template_name, job.cpu_count));
         Ok(())
     }
@@ -223,4 +226,26 @@ async fn tags_point_names_at_builds() {
     assert!(h.node.templates.lock().unwrap().is_empty(), "{:?}", h.node.templates.lock().unwrap().keys());
     assert_eq!(h.call("GET", "/templates/app/tags", None).await.0, StatusCode::NOT_FOUND);
     assert_eq!(h.call("POST", "/v3/templates", Some(json!({"name": "sbb-x"}))).await.0, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn a_build_asking_for_a_runtime_hands_it_to_the_node_and_an_unknown_one_is_refused() {
+    let h = Harness::new().await;
+    let (status, req) = h.call("POST", "/v3/templates", Some(json!({"name": "hostile", "runtime": "runsc"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{req}");
+    let build = req["buildID"].as_str().unwrap();
+    let path = format!("/v2/templates/hostile/builds/{build}");
+    assert_eq!(h.call("POST", &path, Some(json!({"fromTemplate": "base"}))).await.0, StatusCode::ACCEPTED);
+    h.call("GET", &format!("/templates/hostile/builds/{build}/logs/stream"), None).await;
+    h.build("plain", &[], 1).await;
+    assert_eq!(*h.node.build_runtimes.lock().unwrap(), vec![Some("runsc".to_string()), None]);
+
+    let (status, body) = h.call("POST", "/v3/templates", Some(json!({"name": "odd", "runtime": "kata"}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["message"].as_str().unwrap().contains("unknown runtime 'kata'"), "{body}");
+    assert_eq!(
+        h.call("GET", "/templates/aliases/odd", None).await.0,
+        StatusCode::NOT_FOUND,
+        "a refused build left a record"
+    );
 }
