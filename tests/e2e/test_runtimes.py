@@ -5,6 +5,7 @@ field for it). Needs runsc installed (CI installs it; a runc server offers it by
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -66,3 +67,28 @@ def test_an_unknown_runtime_is_refused_before_anything_is_made(api):
     assert r.status_code == 400, r.text
     assert "unknown runtime 'kata'" in r.json()["message"], r.text
     assert api.get(f"/templates/aliases/{name}").status_code == 404
+
+
+@pytest.mark.skipif(os.environ.get("SOULBOX_RUNTIME", "runc") != "runsc", reason="the runsc server's check")
+def test_a_team_cannot_move_its_template_off_a_runsc_server_to_runc(api):
+    """Attack: on a gVisor server, asking for `runc` would take a caller's code to the host kernel. No runc runs
+    beside a runsc default, so the build fails at its first sandbox and registers nothing."""
+    name = f"e2e-downgrade-{uuid.uuid4().hex[:6]}"
+    try:
+        r = api.post("/v3/templates", json={"name": name, "runtime": "runc"})
+        assert r.status_code == 202, r.text
+        build_id = r.json()["buildID"]
+        recipe = {"fromTemplate": "base", "force": True, "steps": [{"type": "RUN", "args": ["true", "root"]}]}
+        assert api.post(f"/v2/templates/{name}/builds/{build_id}", json=recipe).status_code == 202
+        deadline = time.monotonic() + 120
+        st = {}
+        while time.monotonic() < deadline:
+            st = api.get(f"/templates/{name}/builds/{build_id}/status").json()
+            if st["status"] in ("ready", "error"):
+                break
+            time.sleep(0.5)
+        assert st.get("status") == "error", st
+        assert "not available on this node" in json.dumps(st), st
+        assert api.get(f"/templates/aliases/{name}").status_code == 404
+    finally:
+        api.delete(f"/templates/{name}")
