@@ -36,6 +36,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+mod pack;
+pub use pack::{PackError, PackStats, pack};
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -138,6 +141,9 @@ pub const OVERFLOW_ID: u32 = 65534;
 pub struct UnpackOptions {
     /// `Some(host_base)`: owners are written shifted into `[host_base, host_base + 65536)` (module docs).
     pub id_shift: Option<u32>,
+    /// Keep setuid/setgid bits and file capabilities: for a layer SoulBox itself made and [`pack`]ed on another
+    /// node (a snapshot of a sandbox's writable layer, which keeps them where it was made), never for an image.
+    pub keep_privileges: bool,
 }
 
 impl UnpackOptions {
@@ -328,7 +334,7 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
         let header = entry.header();
         let mut mode = header.mode().map_err(UnpackError::Tar)? & 0o7777;
         let mut privileged = false;
-        if kind != tar::EntryType::Directory && mode & SET_ID_BITS != 0 {
+        if !opts.keep_privileges && kind != tar::EntryType::Directory && mode & SET_ID_BITS != 0 {
             mode &= !SET_ID_BITS;
             privileged = true;
         }
@@ -425,7 +431,7 @@ pub fn unpack_with(reader: impl Read, dest: &Path, opts: &UnpackOptions) -> Resu
                 }
             }
             for (xname, value) in xattrs {
-                if xname.starts_with("user.") {
+                if xname.starts_with("user.") || (opts.keep_privileges && xname == CAPABILITY_XATTR) {
                     lsetxattr(&path, &xname, &value)?;
                 } else {
                     stats.dropped_xattrs += 1;

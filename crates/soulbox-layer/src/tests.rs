@@ -241,7 +241,7 @@ fn whiteouts_and_opaque_dirs_hide_lower_entries_in_an_overlay() {
 #[test]
 fn an_id_shift_moves_every_owner_into_the_range() {
     let base = 0x3000_0000u32;
-    let opts = UnpackOptions { id_shift: Some(base) };
+    let opts = UnpackOptions { id_shift: Some(base), ..Default::default() };
     assert_eq!((opts.host_id(0), opts.host_id(1000), opts.host_id(65535)), (base, base + 1000, base + 65535));
     assert_eq!(
         (opts.host_id(65536), opts.host_id(100_000), opts.host_id(u64::MAX)),

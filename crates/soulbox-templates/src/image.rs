@@ -275,7 +275,7 @@ pub fn import_blob(
         .decoder(std::io::BufReader::with_capacity(1 << 16, file))
         .map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     // shifted into the store's range in a shared user namespace store (`soulbox_runtime::template`)
-    let opts = unpack::UnpackOptions { id_shift: store.id_shift() };
+    let opts = unpack::UnpackOptions { id_shift: store.id_shift(), keep_privileges: false };
     let stats = unpack::unpack_with(reader, tmp.path(), &opts)
         .map_err(|source| ImageError::Unpack { layer: label.into(), source })?;
     if let Some(expected) = expected_diff_id
