@@ -286,7 +286,7 @@ impl Runtime {
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
         let driver = inner.drivers.named(spec.runtime.as_deref().or(meta.runtime.as_deref()))?;
         inner.check_layers_fit(driver)?;
-        let claimed = inner.claim_slot(driver).await;
+        let claimed = inner.claim_slot(driver, spec.sandbox_id.as_deref()).await;
         // Refill after this create, not during it: on a busy node the refill's work (netns, mkfs
         // and mount of a disk image) would otherwise compete with the create it was triggered by.
         let _refill = RefillOnDrop(inner);

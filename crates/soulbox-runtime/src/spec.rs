@@ -32,6 +32,10 @@ pub struct SandboxSpec {
     /// steps on the runtime the template will run on).
     #[serde(default)]
     pub runtime: Option<String>,
+    /// The id the sandbox must have (one moved from another node keeps its id); `None`: a new one. Refused when
+    /// a sandbox of that id is on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
 }
 
 impl SandboxSpec {
@@ -47,6 +51,7 @@ impl SandboxSpec {
             access_token: None,
             network: NetworkPolicy::open(),
             runtime: None,
+            sandbox_id: None,
         }
     }
 }

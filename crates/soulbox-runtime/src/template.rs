@@ -24,6 +24,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 mod shift;
+mod transfer;
 pub use shift::shift_tree;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -365,3 +365,25 @@ async fn base_template_user_sudo_python() {
     assert_eq!(code, 0, "{out} {err}");
     assert_eq!(out, "user\n/home/user\n0022\n0\n42\ngit\ncurl\n1", "stderr: {err}");
 }
+
+/// A sandbox moved from another node keeps its id (`SandboxSpec::sandbox_id`): it gets it, a second sandbox of
+/// that id is refused, a malformed id never becomes a path, and neither refusal leaves anything behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_can_be_created_under_the_id_it_had_elsewhere_once() {
+    root_or_skip!("a_sandbox_can_be_created_under_the_id_it_had_elsewhere_once");
+    let h = harness(25).await;
+    let rt = h.rt();
+    let wanted = |id: &str| SandboxSpec { sandbox_id: Some(id.into()), ..SandboxSpec::new("test") };
+    let a = rt.create(wanted("movedhere1")).await.unwrap();
+    assert_eq!(a.id, "movedhere1");
+    assert!(health(&a, Duration::from_secs(3)).await.is_some());
+    let err = rt.create(wanted("movedhere1")).await.expect_err("the same id twice");
+    assert!(err.to_string().contains("already exists"), "{err}");
+    for bad in ["../escape", "UPPER", ""] {
+        assert!(rt.create(wanted(bad)).await.is_err(), "{bad:?}");
+    }
+    assert_eq!(rt.list().await.len(), 1);
+    rt.delete(&a.id).await.unwrap();
+    let left = leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+}

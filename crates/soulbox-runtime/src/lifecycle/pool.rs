@@ -14,13 +14,21 @@ impl Inner {
     /// one now. Returns (id, lease, whether the firewall already holds the default open policy).
     /// The caller refills the pool once its create is done. The pool's slots are made for the default runtime;
     /// a sandbox on another one (its network, its user namespace differ) gets a slot made now.
-    pub(super) async fn claim_slot(self: &Arc<Self>, driver: &Driver) -> Result<(String, NetLease, bool)> {
-        let pooled = std::ptr::eq(driver, self.drivers.default());
+    /// `wanted`: the id the sandbox must have (one moved from another node keeps its id), made now.
+    pub(super) async fn claim_slot(
+        self: &Arc<Self>,
+        driver: &Driver,
+        wanted: Option<&str>,
+    ) -> Result<(String, NetLease, bool)> {
+        let pooled = std::ptr::eq(driver, self.drivers.default()) && wanted.is_none();
         let slot = if pooled { self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front() } else { None };
         if let Some((id, l)) = slot {
             return Ok((id, l, true));
         }
-        let id = self.fresh_id()?;
+        let id = match wanted {
+            Some(id) => self.claim_id(id)?,
+            None => self.fresh_id()?,
+        };
         Record { id: id.clone(), status: Status::Creating, template: None, spec: None, envd_secret: None }
             .save(&self.dir(&id))?;
         match self.acquire_network(&id, driver).await {
@@ -30,6 +38,26 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+
+    /// Makes the directory of sandbox `id`, which must be new on this node.
+    fn claim_id(&self, id: &str) -> Result<String> {
+        crate::config::check_id(id)?;
+        let dir = self.dir(id);
+        let taken = self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).contains_key(id)
+            || !network::host_links(&self.cfg.veth_name(id)).is_empty();
+        if taken {
+            return Err(Error::Invalid(format!("sandbox {id} already exists on this node")));
+        }
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::Invalid(format!("sandbox {id} already exists on this node")));
+            }
+            Err(e) => return Err(Error::Io { path: dir, source: e }),
+        }
+        crate::perms::set_mode(&dir, 0o700)?;
+        Ok(id.to_string())
     }
 
     pub(super) fn fresh_id(&self) -> Result<String> {
