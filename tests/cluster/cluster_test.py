@@ -10,6 +10,7 @@ SOULBOX_CLUSTER_DATABASE_URL (default SQLite in the run dir; a postgres:// URL p
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,12 +106,12 @@ def start_server(name="server"):
     raise AssertionError(f"{name} exited during start; see {name}.log")
 
 
-def start_node(name, prefix, pool):
+def start_node(name, prefix, pool, template_dir=TEMPLATE_DIR):
     port = ports.setdefault(name, free_port())
     out = open(f"{RUN_DIR}/{name}.log", "ab")
     procs[name] = remember(subprocess.Popen(
         [BIN, "--data-dir", f"{RUN_DIR}/{name}", "node", "--server", agent_server, "--token", TOKEN, "--node-id", name,
-         "--listen", f"127.0.0.1:{port}", "--region", "test", "--heartbeat-interval-s", "1", "--template-dir", TEMPLATE_DIR,
+         "--listen", f"127.0.0.1:{port}", "--region", "test", "--heartbeat-interval-s", "1", "--template-dir", template_dir,
          "--envd-path", ENVD, "--prefix", prefix, "--network-pool", pool, "--warm-pool", "1"],
         stdout=out, stderr=out, env={**os.environ, "SOULBOX_LOG": "info"}))
 
@@ -274,6 +275,8 @@ def main():
     call("DELETE", f"/templates/{snap_name}%3Adefault", expect=204)
     assert run_in(from_snapshot[0], "cat /tmp/snap.txt").strip() == "snapped", "deleting a snapshot in use is safe"
 
+    moves_off_a_drained_node()
+
     if REPLICATED:
         replicas(everything, on_node2)
 
@@ -290,11 +293,81 @@ def main():
     log("all cluster checks passed")
 
 
+def moves_off_a_drained_node():
+    """Issue 13 part 5: a sandbox paused to disk and a snapshot on a node that is then drained resume and start on
+    another node — node4, whose template store is its own and lacks their layers, so the layers travel (through the
+    control plane, checked against their digests where they land). Official e2b SDK for pause and connect."""
+    from e2b import Sandbox
+    log("drain: a paused sandbox and a snapshot move to a node with a template store of its own")
+    store = f"{RUN_DIR}/node4-templates"
+    seed_base_only(store)
+    start_node("node4", "sbc4", "10.84.0.0/16", template_dir=store)
+    wait_for("node4 healthy", lambda: status_of("node4") == "healthy", 60)
+    for n in ["node2", "node3", "node4"]:
+        call("POST", f"/nodes/{n}/drain", expect=200)
+    sbx = Sandbox.create(timeout=600)
+    sid = sbx.sandbox_id
+    assert sid in runc_ids("node1"), "the only undrained node runs it"
+    sbx.files.write("/home/user/moved.txt", "moved with me")
+    snap_name = f"cluster-move-{uuid.uuid4().hex[:8]}"
+    status, snap = call("POST", f"/sandboxes/{sid}/snapshots", {"name": snap_name})
+    assert status == 201, (status, snap)
+    sbx.pause(mode="filesystem")
+    layers_before = set(os.listdir(f"{store}/layers"))
+    call("POST", "/nodes/node4/undrain", expect=200)
+    call("POST", "/nodes/node1/drain", expect=200)
+    wait_for("only node4 takes sandboxes", lambda: status_of("node4") == "healthy" and status_of("node1") == "draining", 10)
+    made = [sid]
+    try:
+        resumed = Sandbox.connect(sid, timeout=600)
+        assert sid in runc_ids("node4") and sid not in runc_ids("node1"), "the paused sandbox resumed on node4"
+        assert resumed.files.read("/home/user/moved.txt") == "moved with me"
+        assert resumed.commands.run("echo runs-on-node4").stdout.strip() == "runs-on-node4"
+        assert call("GET", f"/sandboxes/{sid}", expect=200)[1]["state"] == "running"
+        status, body = call("POST", "/sandboxes", {"templateID": snap["snapshotID"], "timeout": 600})
+        assert status == 201, (status, body)
+        made.append(body["sandboxID"])
+        assert body["sandboxID"] in runc_ids("node4"), "the drained node's snapshot starts on node4"
+        assert run_in(body["sandboxID"], "cat /home/user/moved.txt") == "moved with me"
+        arrived = set(os.listdir(f"{store}/layers")) - layers_before
+        assert arrived, "no layer arrived in node4's own store"
+        assert not {t for t in os.listdir(f"{store}/templates") if t.startswith("sbmove-")}, "a move template was left"
+    finally:
+        for s in made:
+            call("DELETE", f"/sandboxes/{s}")
+        call("DELETE", f"/templates/{snap_name}%3Adefault")
+        for n in ["node1", "node2", "node3"]:
+            call("POST", f"/nodes/{n}/undrain", expect=200)
+    procs["node4"].send_signal(signal.SIGTERM)
+    procs["node4"].wait(timeout=30)
+    cli("nodes", "remove", "node4")
+
+
+def seed_base_only(store):
+    """A template store of its own holding only `base` (hard links of the shared store's layers)."""
+    base = json.load(open(f"{TEMPLATE_DIR}/templates/base/template.json"))
+    os.makedirs(f"{store}/layers", exist_ok=True)
+    os.makedirs(f"{store}/templates/base", exist_ok=True)
+    for layer in base["layers"]:
+        if not os.path.exists(f"{store}/layers/{layer}"):
+            subprocess.run(["cp", "-al", f"{TEMPLATE_DIR}/layers/{layer}", f"{store}/layers/{layer}"], check=True)
+    shutil.copy(f"{TEMPLATE_DIR}/templates/base/template.json", f"{store}/templates/base/template.json")
+    # The build engine's caches name layers: with them, the agent finds `base` built and builds nothing.
+    if os.path.isdir(f"{TEMPLATE_DIR}/cache"):
+        subprocess.run(["cp", "-a", f"{TEMPLATE_DIR}/cache", f"{store}/"], check=True)
+
+
 def node_api_refuses_strangers(node, sandbox_id):
     """A node agent's API answers only its control plane (the node secret): without it, or with a wrong one, every
-    route is 401 and nothing happens — the snapshot and template-delete routes included."""
+    route is 401 and nothing happens — the snapshot, template-delete and layer-moving routes included."""
     base = f"http://127.0.0.1:{ports[node]}/node/v1"
+    base_layer = json.load(open(f"{TEMPLATE_DIR}/templates/base/template.json"))["layers"][0]
     attempts = [
+        ("GET", "/templates/base", None),
+        ("PUT", "/templates/stolen", {"name": "stolen", "layers": [base_layer]}),
+        ("GET", f"/layers/{base_layer}", None),
+        ("PUT", f"/layers/{'0' * 64}", "not a tar"),
+        ("POST", "/layers/missing", {"layers": [base_layer]}),
         ("POST", f"/sandboxes/{sandbox_id}/snapshot", {"name": "stolen"}),
         ("DELETE", "/templates/base", None),
         ("POST", f"/sandboxes/{sandbox_id}/pause", {"keepMemory": True}),
@@ -367,7 +440,7 @@ def call_at(url, method, path):
 
 
 def stop_all():
-    for name in ["node1", "node2", "node3", "server", "replica2"]:
+    for name in ["node1", "node2", "node3", "node4", "server", "replica2"]:
         p = procs.get(name)
         if p and p.poll() is None:
             p.send_signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-PREFIXES="sbc1 sbc2 sbc3"
+PREFIXES="sbc1 sbc2 sbc3 sbc4"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${SOULBOX_BIN:-$TARGET/debug/soulbox}"
 ENVD="${SOULBOX_ENVD:-$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd}"

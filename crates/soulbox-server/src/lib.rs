@@ -13,6 +13,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod listing;
 pub mod local_node;
+mod local_transfer;
 pub mod metrics;
 pub mod names;
 pub mod node;

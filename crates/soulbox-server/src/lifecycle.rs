@@ -18,6 +18,7 @@ use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, Team
 use crate::stream_cut::StreamCuts;
 
 mod create;
+mod moves;
 mod snapshots;
 mod teams;
 mod timeouts;
@@ -332,14 +333,33 @@ impl Lifecycle {
                 }
             },
         };
-        let address = match node.resume(&record.id).await {
-            Ok(address) => address.to_string(),
+        // Paused to disk on a drained node: it starts on another one (`lifecycle/moves.rs`), else here.
+        let mut node_id = record.node_id.clone();
+        let moved = match record.address.is_none() && self.nodes.is_draining(&record.node_id).await {
+            true => match self.move_paused(&record).await {
+                Ok(moved) => Some(moved),
+                Err(e) => {
+                    moves::move_failed(&record.id, &e);
+                    None
+                }
+            },
+            false => None,
+        };
+        let resumed = match moved {
+            Some((to, address)) => {
+                node_id = to;
+                Ok(address)
+            }
+            None => node.resume(&record.id).await.map(|a| a.to_string()).map_err(LifecycleError::from),
+        };
+        let address = match resumed {
+            Ok(address) => address,
             Err(e) => {
                 self.release_claim(&record.id).await;
                 if let Some(hold) = &team_hold {
                     self.release_team_hold(hold).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         let holds = Holds { placement: None, team: team_hold.as_deref() };
@@ -351,7 +371,8 @@ impl Lifecycle {
         {
             return Err(LifecycleError::Conflict(format!("sandbox {} changed state while resuming", record.id)));
         }
-        let resumed = SandboxRecord { state: SandboxState::Running, address: Some(address), end_at_ms, ..record };
+        let resumed =
+            SandboxRecord { state: SandboxState::Running, address: Some(address), end_at_ms, node_id, ..record };
         self.arm(&resumed);
         tracing::info!(sandbox = %resumed.id, "sandbox resumed");
         Ok(resumed)

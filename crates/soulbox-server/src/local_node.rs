@@ -127,6 +127,7 @@ impl Node for LocalNode {
             },
             // The template's own (`TemplateMeta::runtime`), else the node's default.
             runtime: None,
+            sandbox_id: spec.sandbox_id,
         };
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
         // A built template's start command runs now; create returns once its ready command succeeds.
@@ -240,6 +241,26 @@ impl Node for LocalNode {
                 LogLine { unix_ms, line }
             })
             .collect())
+    }
+
+    async fn export_template(&self, name: &str) -> Result<crate::node::TemplateMeta, NodeError> {
+        self.template_for_export(name)
+    }
+
+    async fn missing_layers(&self, layers: &[String]) -> Result<Vec<String>, NodeError> {
+        self.layers_missing(layers)
+    }
+
+    async fn export_layer(&self, digest: &str) -> Result<crate::node::ByteStream, NodeError> {
+        self.layer_stream(digest)
+    }
+
+    async fn import_layer(&self, digest: &str, tar: crate::node::ByteStream) -> Result<(), NodeError> {
+        self.layer_import(digest, tar).await
+    }
+
+    async fn import_template(&self, template: crate::node::TemplateMeta) -> Result<(), NodeError> {
+        self.template_import(template)
     }
 }
 

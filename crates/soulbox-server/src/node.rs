@@ -35,6 +35,9 @@ pub struct SandboxSpec {
     pub envd_access_token: Option<String>,
     pub network: NetworkPolicy,
     pub metadata: BTreeMap<String, String>,
+    /// The id the sandbox must have on the node (one moved from another node keeps its id); `None`: a new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,7 +210,42 @@ pub trait Node: Send + Sync + 'static {
     fn template_files_dir(&self) -> Option<std::path::PathBuf> {
         None
     }
+
+    // Moving a template between nodes (cluster mode, `crate::lifecycle::moves`): its description, the layers the
+    // receiving node lacks as OCI layer tars, then the description again on the receiving node.
+
+    /// The template `name` as this node stores it (settings and layer digests).
+    async fn export_template(&self, name: &str) -> Result<TemplateMeta, NodeError> {
+        let _ = name;
+        Err(NodeError::Invalid("this node cannot move templates".into()))
+    }
+    /// Which of `layers` this node does not have.
+    async fn missing_layers(&self, layers: &[String]) -> Result<Vec<String>, NodeError> {
+        let _ = layers;
+        Err(NodeError::Invalid("this node cannot move templates".into()))
+    }
+    /// The layer `digest` as an uncompressed OCI layer tar.
+    async fn export_layer(&self, digest: &str) -> Result<ByteStream, NodeError> {
+        let _ = digest;
+        Err(NodeError::Invalid("this node cannot move templates".into()))
+    }
+    /// Stores the tar `tar` as layer `digest`, refused unless its content has that digest.
+    async fn import_layer(&self, digest: &str, tar: ByteStream) -> Result<(), NodeError> {
+        let _ = (digest, tar);
+        Err(NodeError::Invalid("this node cannot move templates".into()))
+    }
+    /// Registers `template` (every layer must be here), replacing one of that name.
+    async fn import_template(&self, template: TemplateMeta) -> Result<(), NodeError> {
+        let _ = template;
+        Err(NodeError::Invalid("this node cannot move templates".into()))
+    }
 }
+
+/// A template's description as it moves between nodes: the runtime's own.
+pub use soulbox_runtime::TemplateMeta;
+
+/// Bytes moving between nodes (a layer's tar), read as they arrive.
+pub type ByteStream = futures::stream::BoxStream<'static, std::io::Result<bytes::Bytes>>;
 
 /// Which lines of a sandbox log to read: stamped at or after `start_ms` (unix ms), at most `limit` — E2B's
 /// `start` and `limit` of `GET /sandboxes/{id}/logs`, and the query of the node API's logs route.

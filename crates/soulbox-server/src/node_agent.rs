@@ -20,8 +20,8 @@ use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::wire::{
-    AddressResponse, DeletedResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, NODE_API_PREFIX,
-    PauseRequest, SECRET_HEADER, SnapshotRequest,
+    AddressResponse, DeletedResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, LayerList,
+    NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest,
 };
 use crate::local_node::LocalNode;
 use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
@@ -187,7 +187,9 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
     let api = axum::Router::new()
         .route("/info", get(info))
         .route("/templates", get(templates))
-        .route("/templates/{name}", axum::routing::delete(delete_template))
+        .route("/templates/{name}", get(export_template).put(import_template).delete(delete_template))
+        .route("/layers/missing", post(missing_layers))
+        .route("/layers/{digest}", get(export_layer).put(import_layer))
         .route("/sandboxes", post(create))
         .route("/sandboxes/{id}", axum::routing::delete(kill))
         .route("/sandboxes/{id}/pause", post(pause))
@@ -268,6 +270,48 @@ async fn snapshot(
     Json(req): Json<SnapshotRequest>,
 ) -> Response {
     respond(agent.note(agent.node.snapshot(&id, &req.name).await))
+}
+
+async fn export_template(State(agent): State<Arc<Agent>>, Path(name): Path<String>) -> Response {
+    respond(agent.node.export_template(&name).await)
+}
+
+async fn import_template(
+    State(agent): State<Arc<Agent>>,
+    Path(name): Path<String>,
+    Json(template): Json<crate::node::TemplateMeta>,
+) -> Response {
+    if template.name != name {
+        return node_error(NodeError::Invalid(format!(
+            "the template in the body is {:?}, not {name:?}",
+            template.name
+        )));
+    }
+    match agent.note(agent.node.import_template(template).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn missing_layers(State(agent): State<Arc<Agent>>, Json(list): Json<LayerList>) -> Response {
+    respond(agent.node.missing_layers(&list.layers).await.map(|layers| LayerList { layers }))
+}
+
+async fn export_layer(State(agent): State<Arc<Agent>>, Path(digest): Path<String>) -> Response {
+    match agent.node.export_layer(&digest).await {
+        Ok(stream) => axum::body::Body::from_stream(stream).into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+/// The body streams into the store as it arrives (no body limit: the node secret is the gate).
+async fn import_layer(State(agent): State<Arc<Agent>>, Path(digest): Path<String>, request: Request) -> Response {
+    use futures::StreamExt;
+    let body = request.into_body().into_data_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed();
+    match agent.note(agent.node.import_layer(&digest, body).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
 }
 
 async fn resume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {

@@ -157,7 +157,18 @@ pub fn build_template_name(build_id: &str) -> String {
 /// Runtime templates that are not user templates: builds (`sbb-`), build steps (`sbbuild-`, made by
 /// [`engine`]) and the snapshots forks start from (`sbfork-`, [`fork_template_name`]).
 pub fn is_internal_template(name: &str) -> bool {
-    name.starts_with("sbb-") || name.starts_with("sbbuild-") || name.starts_with(FORK_TEMPLATE_PREFIX)
+    name.starts_with("sbb-")
+        || name.starts_with("sbbuild-")
+        || name.starts_with(FORK_TEMPLATE_PREFIX)
+        || name.starts_with(MOVE_TEMPLATE_PREFIX)
+}
+
+const MOVE_TEMPLATE_PREFIX: &str = "sbmove-";
+
+/// The runtime template a sandbox paused to disk travels as when it moves to another node (cluster mode): its
+/// files captured on the node it leaves, registered on the node it goes to, deleted from both once it runs there.
+pub fn move_template_name(id: &str) -> String {
+    format!("{MOVE_TEMPLATE_PREFIX}{id}")
 }
 
 const FORK_TEMPLATE_PREFIX: &str = "sbfork-";

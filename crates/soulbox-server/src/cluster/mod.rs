@@ -62,6 +62,12 @@ pub trait NodeSet: Send + Sync + 'static {
     async fn release(&self, placement: &Placement) {
         let _ = placement;
     }
+    /// Whether the operator drained `node_id`: what it holds on disk moves when it is next used
+    /// (`lifecycle::moves`). Never on one machine.
+    async fn is_draining(&self, node_id: &str) -> bool {
+        let _ = node_id;
+        false
+    }
     /// How the proxy reaches sandboxes on `node_id`; `None` when it cannot right now.
     async fn route(&self, node_id: &str) -> Option<Route>;
     /// The node asked about templates (and, on one machine, the one that builds them).

@@ -231,6 +231,13 @@ impl NodeSet for Registry {
         }
     }
 
+    async fn is_draining(&self, node_id: &str) -> bool {
+        match self.store.get_node(node_id).await {
+            Ok(node) => self.status(&node) == NodeStatus::Draining,
+            Err(_) => false,
+        }
+    }
+
     async fn route(&self, node_id: &str) -> Option<Route> {
         let node = self.usable(node_id).await.ok()?;
         let authority = node.address.strip_prefix("http://").unwrap_or(&node.address).trim_end_matches('/').to_owned();

@@ -9,16 +9,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::wire::{
-    AddressResponse, DeletedResponse, ErrorBody, NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest,
+    AddressResponse, DeletedResponse, ErrorBody, LayerList, NODE_API_PREFIX, PauseRequest, SECRET_HEADER,
+    SnapshotRequest,
 };
 use crate::node::{
-    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, SnapshotTaken,
-    TemplateInfo,
+    ByteStream, CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, SnapshotTaken,
+    TemplateInfo, TemplateMeta,
 };
 
 /// Creating waits for envd (and a template's ready command); everything else is quick.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// A layer moving between nodes (gigabytes at worst).
+const LAYER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 pub struct RemoteNode {
     node_id: String,
@@ -81,6 +84,29 @@ impl RemoteNode {
             Ok(body) => body.into_error(),
             Err(_) => NodeError::Failed(format!("node {} answered {status}: {}", self.node_id, text.trim())),
         })
+    }
+
+    /// A request whose body or answer is a layer's bytes: the error an unsuccessful answer carries.
+    async fn layer_request(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, NodeError> {
+        let response = request
+            .header(SECRET_HEADER, &self.secret)
+            .timeout(LAYER_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.map_err(|e| self.unreachable(e))?;
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => body.into_error(),
+            Err(_) => NodeError::Failed(format!("node {} answered {status}: {}", self.node_id, text.trim())),
+        })
+    }
+
+    fn layer_url(&self, digest: &str) -> String {
+        format!("{}{NODE_API_PREFIX}/layers/{}", self.base_url, segment(digest))
     }
 
     fn unreachable(&self, e: reqwest::Error) -> NodeError {
@@ -156,6 +182,32 @@ impl Node for RemoteNode {
     async fn logs(&self, sandbox_id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
         let path = format!("/sandboxes/{}/logs?start={}&limit={}", segment(sandbox_id), query.start_ms, query.limit);
         self.call::<(), _>(Method::GET, &path, None, CALL_TIMEOUT).await
+    }
+
+    async fn export_template(&self, name: &str) -> Result<TemplateMeta, NodeError> {
+        self.call::<(), _>(Method::GET, &format!("/templates/{}", segment(name)), None, CALL_TIMEOUT).await
+    }
+
+    async fn missing_layers(&self, layers: &[String]) -> Result<Vec<String>, NodeError> {
+        let body = LayerList { layers: layers.to_vec() };
+        let answer: LayerList = self.call(Method::POST, "/layers/missing", Some(&body), CALL_TIMEOUT).await?;
+        Ok(answer.layers)
+    }
+
+    async fn export_layer(&self, digest: &str) -> Result<ByteStream, NodeError> {
+        use futures::StreamExt;
+        let response = self.layer_request(self.http.get(self.layer_url(digest))).await?;
+        Ok(response.bytes_stream().map(|chunk| chunk.map_err(std::io::Error::other)).boxed())
+    }
+
+    async fn import_layer(&self, digest: &str, tar: ByteStream) -> Result<(), NodeError> {
+        let request = self.http.put(self.layer_url(digest)).body(reqwest::Body::wrap_stream(tar));
+        self.layer_request(request).await.map(|_| ())
+    }
+
+    async fn import_template(&self, template: TemplateMeta) -> Result<(), NodeError> {
+        let path = format!("/templates/{}", segment(&template.name));
+        self.call::<_, ()>(Method::PUT, &path, Some(&template), CALL_TIMEOUT).await
     }
 }
 

@@ -46,6 +46,12 @@ pub struct DeletedResponse {
     pub deleted: bool,
 }
 
+/// Node API `POST /layers/missing`: which of these layers the node lacks (the answer's `missing`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LayerList {
+    pub layers: Vec<String>,
+}
+
 /// Node API `POST /sandboxes/{id}/snapshot`: the template to capture the sandbox into.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotRequest {

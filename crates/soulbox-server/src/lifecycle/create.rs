@@ -98,13 +98,18 @@ impl Lifecycle {
                 deny_out: req.deny_out.clone(),
             },
             metadata: req.metadata.clone(),
+            sandbox_id: None,
         };
         // The team's limits first (a refused create touches no node), then a node with room.
         let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
         let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
         let placed = match &source.node_id {
-            Some(node_id) => self.nodes.place_on(node_id, need).await,
-            None => self.nodes.place(need).await,
+            // The node holding the snapshot was drained: the snapshot moves to where the sandbox goes.
+            Some(node_id) if self.nodes.is_draining(node_id).await => {
+                self.place_copy(node_id, &source.runtime_template, need).await
+            }
+            Some(node_id) => self.nodes.place_on(node_id, need).await.map_err(Into::into),
+            None => self.nodes.place(need).await.map_err(Into::into),
         };
         let result = match placed {
             Ok(placement) => {
@@ -112,7 +117,7 @@ impl Lifecycle {
                 self.nodes.release(&placement).await;
                 created
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         };
         // On success the hold went with the record's insert; a failed create gives the room back.
         if result.is_err() {

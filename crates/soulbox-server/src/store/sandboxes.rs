@@ -173,6 +173,18 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the sandbox now lives on `to` (moved off `from`, `lifecycle::moves`); false when its record
+    /// no longer names `from`.
+    pub async fn move_sandbox_node(&self, id: &str, from: &str, to: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE sandboxes SET node_id = $1 WHERE id = $2 AND node_id = $3")
+            .bind(to)
+            .bind(id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Moves a sandbox between running and paused; `expected` guards against a concurrent transition.
     /// Returns false when the sandbox was not in `expected`.
     pub async fn transition_sandbox(

@@ -108,6 +108,17 @@ impl Store {
         Ok(())
     }
 
+    /// Records that the snapshot's layers are now on `node_id` (copied off a draining node); false when there is
+    /// no such snapshot (a fork's template, which has no record).
+    pub async fn set_snapshot_node(&self, template_id: &str, node_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE snapshots SET node_id = $1 WHERE template_id = $2")
+            .bind(node_id)
+            .bind(template_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn get_snapshot(&self, template_id: &str) -> Result<Option<SnapshotRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM snapshots WHERE template_id = $1");
         let row = sqlx::query(&sql).bind(template_id).fetch_optional(&self.pool).await?;
