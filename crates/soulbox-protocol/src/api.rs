@@ -14,7 +14,7 @@ mod system;
 mod templates;
 
 pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
-pub use nodes::NodeInfo;
+pub use nodes::{EvacuationFailure, NodeEvacuation, NodeInfo};
 pub use snapshots::{SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode};
 pub use system::{Health, HealthChecks, ProxyError, SandboxesMetrics, TemplateListEntry};
 pub use templates::{

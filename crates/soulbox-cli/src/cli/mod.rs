@@ -90,7 +90,7 @@ pub enum ClientCommand {
         after_help = "Examples:\n  soulbox cp ./data.csv i1a2b3:/home/user/data.csv\n  soulbox cp i1a2b3:/var/log/app.log ./app.log"
     )]
     Cp(CpArgs),
-    /// Cluster nodes: list, show, drain, undrain, remove.
+    /// Cluster nodes: list, show, drain, undrain, evacuate, remove.
     #[command(subcommand)]
     Nodes(nodes::NodesCommand),
     /// Build (from a Dockerfile, with the live log), list and delete templates.

@@ -1,4 +1,4 @@
-//! `soulbox nodes list|show|drain|undrain|remove`: cluster nodes (seed feature 10, issue 7).
+//! `soulbox nodes list|show|drain|undrain|evacuate|remove`: cluster nodes (seed feature 10, issues 7 and 13).
 
 use clap::Subcommand;
 use reqwest::Method;
@@ -22,6 +22,12 @@ pub enum NodesCommand {
     },
     /// Stop placing new sandboxes on a node; the ones it runs continue to their end.
     Drain {
+        node_id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move a drained node's sandboxes paused to disk and its snapshots to other nodes now.
+    Evacuate {
         node_id: String,
         #[command(flatten)]
         conn: Conn,
@@ -52,6 +58,7 @@ pub async fn run(cmd: NodesCommand) -> soulbox::Result<i32> {
         }
         NodesCommand::Drain { node_id, conn } => set_drain(conn, &node_id, "drain").await,
         NodesCommand::Undrain { node_id, conn } => set_drain(conn, &node_id, "undrain").await,
+        NodesCommand::Evacuate { node_id, conn } => evacuate(conn, &node_id).await,
         NodesCommand::Remove { node_id, force, conn } => {
             let path = format!("/nodes/{}{}", seg(&node_id), if force { "?force=true" } else { "" });
             call(&conn, Method::DELETE, &path).await?;
@@ -101,6 +108,25 @@ async fn set_drain(conn: Conn, node_id: &str, action: &str) -> soulbox::Result<i
         println!("node {node_id}: {}", node["status"].as_str().unwrap_or("?"));
     }
     Ok(0)
+}
+
+async fn evacuate(conn: Conn, node_id: &str) -> soulbox::Result<i32> {
+    let done = call(&conn, Method::POST, &format!("/nodes/{}/evacuate", seg(node_id))).await?;
+    if conn.json {
+        print_json(&done);
+        return Ok(0);
+    }
+    let names = |key: &str| -> Vec<String> {
+        done[key].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+    };
+    println!("moved sandboxes: {}", names("movedSandboxes").join(" "));
+    println!("moved snapshots: {}", names("movedSnapshots").join(" "));
+    println!("remaining (running or paused with memory): {}", names("remaining").join(" "));
+    let failed = done["failed"].as_array().cloned().unwrap_or_default();
+    for f in &failed {
+        println!("failed: {} ({})", f["id"].as_str().unwrap_or("?"), f["message"].as_str().unwrap_or(""));
+    }
+    Ok(if failed.is_empty() { 0 } else { 1 })
 }
 
 fn seg(s: &str) -> String {

@@ -47,6 +47,31 @@ pub struct NodeInfo {
     pub version: String,
 }
 
+/// `POST /nodes/{id}/evacuate`: what moved off a drained node, and what stays on it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeEvacuation {
+    /// What could not move, and why.
+    #[serde(default)]
+    pub failed: Vec<EvacuationFailure>,
+    /// Sandboxes paused to disk, now paused on another node.
+    #[serde(default)]
+    pub moved_sandboxes: Vec<String>,
+    /// Snapshots (their `snapshotID`) now held by another node.
+    #[serde(default)]
+    pub moved_snapshots: Vec<String>,
+    /// Sandboxes that stay: running ones (they end on their own or are killed) and ones paused with their memory
+    /// (which cannot move).
+    #[serde(default)]
+    pub remaining: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvacuationFailure {
+    pub id: String,
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,6 +81,7 @@ fn admin_routes() -> Router<ApiState> {
         .route("/nodes/{id}", get(system::node).delete(system::remove_node))
         .route("/nodes/{id}/drain", post(system::drain))
         .route("/nodes/{id}/undrain", post(system::undrain))
+        .route("/nodes/{id}/evacuate", post(system::evacuate))
         .route("/api-keys", get(teams::list_keys).post(teams::create_key))
         .route("/api-keys/{id}", delete(teams::revoke_key))
         .route_layer(axum::middleware::from_fn(require_admin))

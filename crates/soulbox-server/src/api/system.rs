@@ -119,6 +119,15 @@ pub async fn undrain(State(state): State<ApiState>, Path(id): Path<String>) -> R
     set_draining(state, id, false).await
 }
 
+/// `POST /nodes/{id}/evacuate`: a drained node's sandboxes paused to disk and its snapshots move to other nodes
+/// now (`Lifecycle::evacuate`); 409 unless the node is draining.
+pub async fn evacuate(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match state.lifecycle.evacuate(&id).await {
+        Ok(done) => Json(done).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn set_draining(state: ApiState, id: String, draining: bool) -> Response {
     match state.lifecycle.nodes().set_draining(&id, draining).await {
         Ok(()) => {
@@ -150,7 +159,8 @@ pub async fn remove_node(
     };
     if !sandboxes.is_empty() && view.info.status != NodeStatus::Unhealthy && !force {
         return LifecycleError::Conflict(format!(
-            "node {id} still has {} sandboxes: drain it and wait, or remove with ?force=true (they are then lost)",
+            "node {id} still has {} sandboxes: drain it, evacuate it (moves what is paused to disk) and wait, or \
+             remove with ?force=true (they are then lost)",
             sandboxes.len()
         ))
         .into_response();

@@ -117,6 +117,7 @@ async fn members_get_403_on_admin_routes_and_the_admin_manages_keys() {
         ("DELETE", "/nodes/local", None),
         ("POST", "/nodes/local/drain", None),
         ("POST", "/nodes/local/undrain", None),
+        ("POST", "/nodes/local/evacuate", None),
         ("GET", "/api-keys", None),
         ("POST", "/api-keys", Some(json!({"name": "sneaky"}))),
         ("DELETE", "/api-keys/key_000000000000", None),
@@ -127,6 +128,9 @@ async fn members_get_403_on_admin_routes_and_the_admin_manages_keys() {
         assert!(message.contains("admin"), "{method} {path}: {message}");
     }
     assert_eq!(t.call(&t.admin, "GET", "/nodes", None).await.0, StatusCode::OK);
+    // One machine: its node is never draining, so there is nothing to evacuate.
+    let (status, answer) = t.call(&t.admin, "POST", "/nodes/local/evacuate", None).await;
+    assert!(e2b_error(status, &answer, StatusCode::CONFLICT).contains("not draining"), "{answer}");
     // Refused before its body was read: hyper closes such a connection, so the answer says so (a keep-alive
     // client would otherwise send its next request into a closed connection).
     let refused = Request::post("/api-keys")

@@ -8,10 +8,12 @@
 //! moves that no one asks for again, and the move needs the room a create needs. A sandbox paused with its memory
 //! stays frozen on its node (its memory cannot move on this runtime) and resumes there while the node lives.
 
+use soulbox_protocol::api::{EvacuationFailure, NodeEvacuation, SandboxState};
+
 use super::{Lifecycle, LifecycleError, Result};
 use crate::cluster::{Placement, Requirements};
 use crate::node::{Node, SandboxSpec};
-use crate::store::SandboxRecord;
+use crate::store::{ClaimCondition, SandboxRecord};
 
 impl Lifecycle {
     /// Copies template `name` from `from` to `to`: the layers `to` lacks, then its description.
@@ -107,6 +109,91 @@ impl Lifecycle {
             return Err(LifecycleError::Conflict(format!("sandbox {id} changed while it was being moved")));
         }
         Ok(created.address.to_string())
+    }
+}
+
+impl Lifecycle {
+    /// Moves everything a drained node holds on disk to other nodes now (`POST /nodes/{id}/evacuate`), instead of
+    /// when each is next used: sandboxes paused to disk stay paused on their new node, snapshots are held there.
+    /// One at a time, each logged; a failure is reported and the rest go on.
+    pub async fn evacuate(&self, node_id: &str) -> Result<NodeEvacuation> {
+        if !self.nodes.is_draining(node_id).await {
+            return Err(LifecycleError::Conflict(format!("node {node_id} is not draining: drain it first")));
+        }
+        let mut out = NodeEvacuation::default();
+        let failed = |id: String, e: LifecycleError| {
+            tracing::warn!(node = node_id, id = %id, error = %e, "evacuation: could not move");
+            EvacuationFailure { id, message: e.to_string() }
+        };
+        for (id, _) in self.store.sandboxes_on_node(node_id).await? {
+            let record = match self.store.get_sandbox(&id).await {
+                Ok(record) => record,
+                Err(crate::store::StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if record.state != SandboxState::Paused || record.address.is_some() {
+                out.remaining.push(id);
+                continue;
+            }
+            match self.evacuate_paused(&record).await {
+                Ok(()) => out.moved_sandboxes.push(id),
+                Err(e) => out.failed.push(failed(id, e)),
+            }
+        }
+        for snapshot in self.store.snapshots_on_node(node_id).await? {
+            let need = Requirements {
+                cpu_count: snapshot.cpu_count.max(1) as u32,
+                memory_mb: snapshot.memory_mb.max(0) as u64,
+            };
+            match self.place_copy(node_id, &snapshot.template_id, need).await {
+                Ok(placement) => {
+                    self.nodes.release(&placement).await;
+                    out.moved_snapshots.push(format!("{}:default", snapshot.template_id));
+                }
+                Err(e) => out.failed.push(failed(snapshot.template_id, e)),
+            }
+        }
+        tracing::info!(
+            node = node_id,
+            sandboxes = out.moved_sandboxes.len(),
+            snapshots = out.moved_snapshots.len(),
+            failed = out.failed.len(),
+            remaining = out.remaining.len(),
+            "node evacuated"
+        );
+        Ok(out)
+    }
+
+    /// A sandbox paused to disk moves and is paused to disk again on its new node, under the resume claim (a
+    /// resume meanwhile waits for it). Should the new node fail to pause it, it stays running there, recorded so.
+    async fn evacuate_paused(&self, record: &SandboxRecord) -> Result<()> {
+        let id = record.id.as_str();
+        let paused = ClaimCondition { state: SandboxState::Paused, end_at_ms: None };
+        if !self.store.claim_sandbox(id, paused, &self.replica_id, self.lease_ms()).await? {
+            return Err(LifecycleError::Conflict(format!("sandbox {id} is being resumed")));
+        }
+        let moved = self.move_paused(record).await;
+        let result = match moved {
+            Ok((to, address)) => match self.nodes.get(&to).await?.pause(id, false).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let end = crate::store::now_ms() + i64::from(self.config.default_timeout_s) * 1000;
+                    let running = (SandboxState::Paused, SandboxState::Running);
+                    self.store.transition_sandbox(id, running.0, running.1, Some(&address), end).await?;
+                    self.arm(&SandboxRecord {
+                        state: SandboxState::Running,
+                        address: Some(address),
+                        end_at_ms: end,
+                        node_id: to,
+                        ..record.clone()
+                    });
+                    Err(e.into())
+                }
+            },
+            Err(e) => Err(e),
+        };
+        self.release_claim(id).await;
+        result
     }
 }
 

@@ -353,6 +353,15 @@ mod tests {
         assert!(matches!(store.get_sandbox("iabc").await, Err(StoreError::NotFound(_))));
     });
 
+    store_test!(a_sandbox_moves_between_nodes_only_from_the_node_its_record_names, |db| {
+        let store = db.open().await;
+        store.insert_sandbox(&record("imove")).await.unwrap();
+        assert!(!store.move_sandbox_node("imove", "elsewhere", "node-b").await.unwrap(), "a stale move");
+        assert!(store.move_sandbox_node("imove", "local", "node-b").await.unwrap());
+        assert_eq!(store.get_sandbox("imove").await.unwrap().node_id, "node-b");
+        assert!(!store.move_sandbox_node("imove", "local", "node-c").await.unwrap(), "moved twice from local");
+    });
+
     store_test!(deadlines_due_and_exclusive_claims, |db| {
         let store = db.open().await;
         // iabc: auto-pause, end 301 s + 5 s grace; kill1: plain kill at 100 ms; gone: paused, its retention ends at

@@ -125,6 +125,13 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The snapshots whose layers `node_id` holds.
+    pub async fn snapshots_on_node(&self, node_id: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM snapshots WHERE node_id = $1 ORDER BY template_id");
+        let rows = sqlx::query(&sql).bind(node_id).fetch_all(&self.pool).await?;
+        rows.iter().map(from_row).collect()
+    }
+
     /// The team's snapshots, oldest first (ties by id).
     pub async fn list_team_snapshots(&self, team_id: &str) -> Result<Vec<SnapshotRecord>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM snapshots WHERE team_id = $1 ORDER BY created_at, template_id");
@@ -168,6 +175,17 @@ mod tests {
         // Deleting the template deletes the snapshot.
         assert!(store.delete_template_record("snap").await.unwrap());
         assert_eq!(store.get_snapshot("snap").await.unwrap(), None);
+    });
+
+    store_test!(a_snapshot_moves_to_another_node, |db| {
+        let store = db.open().await;
+        store.claim_snapshot_name("team_a", "snap").await.unwrap();
+        store.put_snapshot(&snapshot("snap", "team_a")).await.unwrap();
+        assert_eq!(store.snapshots_on_node("local").await.unwrap().len(), 1);
+        assert!(store.set_snapshot_node("snap", "node-b").await.unwrap());
+        assert!(store.snapshots_on_node("local").await.unwrap().is_empty());
+        assert_eq!(store.get_snapshot("snap").await.unwrap().unwrap().node_id, "node-b");
+        assert!(!store.set_snapshot_node("sbfork-x", "node-b").await.unwrap(), "a fork's template has no record");
     });
 
     store_test!(a_built_template_is_not_replaced_by_a_snapshot, |db| {
