@@ -5,6 +5,8 @@ Prints, for this server's runtime (runc unless the server was started with anoth
   - baseline: create from `base` (POST /v2/sandboxes) p50/p99
   - pause and resume with memory (freeze/thaw) and filesystem-only pause and resume (stop to disk/cold boot), of
     a sandbox holding 64 and then 256 MiB of touched memory in /dev/shm
+  - pause and resume with memory of a sandbox whose process holds 512 MiB and then 2 GiB of touched memory (a
+    template `bench-big`, 4 GiB and 2 vCPUs, built from `base` for it and deleted after)
   - snapshot of a sandbox with 64 MiB written to its disk, create from that snapshot, fork (1 and 4 at once)
 Environment: N (samples per measure, default 15).
 """
@@ -78,6 +80,8 @@ def main():
         finally:
             kill(sbx["sandboxID"])
 
+    big_memory()
+
     source = create()
     try:
         run(source, "head -c 64M /dev/urandom > /home/user/disk64")
@@ -110,6 +114,34 @@ def main():
             api("DELETE", f"/templates/{snapshot_id.replace(':', '%3A')}")
     finally:
         kill(source["sandboxID"])
+
+
+def big_memory():
+    """Pause/resume with memory of a sandbox whose process holds 512 MiB, then 2 GiB (E2B's anchors)."""
+    built = api("POST", "/v3/templates", {"name": "bench-big", "memoryMB": 4096, "cpuCount": 2})
+    api("POST", f"/v2/templates/bench-big/builds/{built['buildID']}",
+        {"fromTemplate": "base", "steps": [{"type": "RUN", "args": ["true", "root"]}]})
+    while (status := api("GET", f"/templates/bench-big/builds/{built['buildID']}/status")["status"]) not in ("ready", "error"):
+        time.sleep(0.5)
+    if status != "ready":
+        raise RuntimeError("building bench-big failed")
+    try:
+        for mib in (512, 2048):
+            sbx = create("bench-big")
+            try:
+                # A process writes every page of its buffer and keeps it (python3 from `base`).
+                hold = f"b = bytearray({mib} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nopen('/tmp/held', 'w').close()\nimport time\ntime.sleep(10**9)"
+                run(sbx, f"nohup python3 -c \"{hold}\" > /dev/null 2>&1 & while [ ! -e /tmp/held ]; do sleep 0.1; done")
+                pauses, resumes = [], []
+                for _ in range(N):
+                    pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {}))[0])
+                    resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
+                row(f"pause with memory, a process holding {mib} MiB", pauses)
+                row(f"resume with memory, a process holding {mib} MiB", resumes)
+            finally:
+                kill(sbx["sandboxID"])
+    finally:
+        api("DELETE", "/templates/bench-big")
 
 
 if __name__ == "__main__":

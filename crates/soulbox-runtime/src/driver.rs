@@ -9,6 +9,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+/// How long `create`/`run --detach` may take before it is killed and the create fails (gVisor's cold start on a
+/// loaded machine takes seconds; this only catches a CLI that never returns).
+const CREATE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 #[derive(Debug, Clone)]
 pub struct Driver {
     bin: String,
@@ -128,16 +132,28 @@ impl Driver {
             // SAFETY: only raw syscalls (unshare/mount) between fork and exec.
             unsafe { cmd.pre_exec(hide_proc_sys_net) };
         }
-        let child = cmd.spawn().map_err(|source| Error::Spawn { cmd: what.clone(), source })?;
+        let mut child = cmd.spawn().map_err(|source| Error::Spawn { cmd: what.clone(), source })?;
         // Our copy of the write end must be closed so that envd's death shows as EOF.
         drop(passed);
         drop(cmd);
-        let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: what.clone(), source })?;
-        if !out.status.success() {
+        // Bounded: a runtime CLI that never returns must not hold a create (and its caller) forever.
+        let status = match tokio::time::timeout(CREATE_DEADLINE, child.wait()).await {
+            Ok(waited) => waited.map_err(|source| Error::Spawn { cmd: what.clone(), source })?,
+            Err(_) => {
+                let _ = child.start_kill();
+                tracing::error!(sandbox = id, cmd = %what, secs = CREATE_DEADLINE.as_secs(), "the runtime CLI did not return");
+                return Err(Error::Command {
+                    cmd: format!("{what} {id}"),
+                    status: format!("did not return within {} s (killed)", CREATE_DEADLINE.as_secs()),
+                    stderr: String::new(),
+                });
+            }
+        };
+        if !status.success() {
             // The message is in the sandbox log; the caller adds it.
             return Err(Error::Command {
                 cmd: format!("{what} {id}"),
-                status: out.status.to_string(),
+                status: status.to_string(),
                 stderr: String::new(),
             });
         }

@@ -111,7 +111,9 @@ impl Inner {
         for driver in self.drivers.candidates(&dir) {
             note(&mut first_err, id, driver.delete_force(id).await, "runtime delete");
         }
+        tracing::debug!(sandbox = id, "release: runtime state deleted");
         self.logs.detach(id).await;
+        tracing::debug!(sandbox = id, "release: log drained");
         for root in self.drivers.roots(&self.cfg) {
             let _ = std::fs::remove_dir_all(root.join(id));
         }
@@ -119,6 +121,7 @@ impl Inner {
         let parent = self.cfg.cgroup_parent();
         let id2 = id.to_string();
         let _ = tokio::task::spawn_blocking(move || cgroup::remove(&parent, &id2)).await;
+        tracing::debug!(sandbox = id, "release: cgroups removed");
         // 3. rootfs mount, then the disk image below it (if the sandbox has one; stop keeps the file)
         note(&mut first_err, id, rootfs::unmount(&dir), "unmount");
         note(&mut first_err, id, crate::idmap::unmount_all(&dir), "unmount idmapped layers, unpin the user namespace");
@@ -131,6 +134,7 @@ impl Inner {
         let veth = lease.as_ref().map(|l| l.veth.clone()).unwrap_or_else(|| self.cfg.veth_name(id));
         note(&mut first_err, id, self.fw.remove_sandbox(id, &veth).await, "firewall");
         note(&mut first_err, id, network::teardown(&self.cfg.netns_name(id), &veth).await, "network");
+        tracing::debug!(sandbox = id, "release: firewall and network gone");
         // The address stays the sandbox's until it is deleted (stop keeps the lease file; start
         // takes the same address again): a record anywhere that still names it can only ever
         // reach this sandbox, never a new one.

@@ -125,13 +125,21 @@ impl Logs {
     }
 }
 
+/// Best effort, bounded: a drainer that cannot answer (it should always) costs a log tail, never a caller.
 async fn flush_via(sender: &mpsc::Sender<oneshot::Sender<()>>) {
-    let (done, wait) = oneshot::channel();
-    if sender.send(done).await.is_ok() {
-        // An error means the drainer ended, after writing everything up to the end of the FIFO.
-        let _ = wait.await;
+    let flushed = async {
+        let (done, wait) = oneshot::channel();
+        if sender.send(done).await.is_ok() {
+            // An error means the drainer ended, after writing everything up to the end of the FIFO.
+            let _ = wait.await;
+        }
+    };
+    if tokio::time::timeout(FLUSH_DEADLINE, flushed).await.is_err() {
+        tracing::warn!("a sandbox log drainer did not answer a flush");
     }
 }
+
+const FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Drains one sandbox's FIFO into its capped file (a task on the runtime's tokio runtime).
 pub struct Drainer {

@@ -506,6 +506,7 @@ fn rt_kill_all_runsc(cfg: &RuntimeConfig) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
     runsc_or_skip!("runsc_envd_dying_before_ready_is_an_error_with_log_tail");
+    trace_runtime();
     let dir = std::path::PathBuf::from("/var/tmp/soulbox-test/fake-envd-runsc");
     std::fs::create_dir_all(&dir).unwrap();
     struct RmDir(std::path::PathBuf);
@@ -523,10 +524,11 @@ async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
     cfg.envd_path = fake;
     let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
     store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
-    let h = Harness { rt: Some(Runtime::open(cfg.clone()).await.unwrap()), cfg };
+    let limit = Duration::from_secs(150);
+    let h = Harness { rt: Some(within(limit, "Runtime::open", Runtime::open(cfg.clone())).await.unwrap()), cfg };
     let t = Instant::now();
-    let err = h.rt().create(SandboxSpec::new("test")).await.unwrap_err();
-    assert!(t.elapsed() < Duration::from_secs(10), "waited for the timeout instead of the pipe's EOF");
+    let err = within(limit, "create", h.rt().create(SandboxSpec::new("test"))).await.unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(10), "waited for the timeout instead of the pipe's EOF: {err}");
     assert!(err.to_string().contains("envd-is-dying"), "{err}");
     let left = settled_leftovers(&h.cfg).await;
     assert!(left.is_empty(), "{left:?}");

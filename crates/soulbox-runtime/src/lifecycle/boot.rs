@@ -104,6 +104,7 @@ impl Inner {
             Ok(Err(e)) => format!("reading the ready pipe: {e}"),
             Err(_) => format!("timed out after {} ms", self.cfg.ready_timeout_ms),
         };
+        tracing::debug!(sandbox = %id, reason = %reason, "envd not ready");
         self.logs.flush(id).await;
         Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
     }

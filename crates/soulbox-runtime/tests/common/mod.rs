@@ -344,3 +344,9 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Futur
         }
     }
 }
+
+/// The runtime's debug log on stderr, which nextest shows when the test fails or times out.
+pub fn trace_runtime() {
+    let filter = tracing_subscriber::EnvFilter::new("soulbox_runtime=debug");
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
+}
