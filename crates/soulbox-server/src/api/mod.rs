@@ -1,5 +1,6 @@
 //! The E2B REST API (spec §1) plus SoulBox's additions, in E2B's error shape everywhere.
 
+mod linger;
 mod sandboxes;
 mod snapshots;
 #[cfg(test)]
@@ -71,6 +72,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Template file uploads (large, token in the URL) are outside the body limit and the API key.
         .merge(templates::upload_routes())
+        .layer(axum::middleware::from_fn(linger::linger_on_unread_body))
         .with_state(state)
 }
 
