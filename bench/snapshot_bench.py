@@ -65,12 +65,7 @@ def main():
         sbx = create()
         try:
             run(sbx, f"head -c {mib}M /dev/urandom > /dev/shm/touched")
-            pauses, resumes = [], []
-            for _ in range(N):
-                pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {}))[0])
-                resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
-            row(f"pause with memory, {mib} MiB touched", pauses)
-            row(f"resume with memory, {mib} MiB touched", resumes)
+            pause_and_resume_with_memory(sbx, f"{mib} MiB touched")
             pauses, resumes = [], []
             for _ in range(max(3, N // 3)):
                 pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {"memory": False}))[0])
@@ -116,6 +111,16 @@ def main():
         kill(source["sandboxID"])
 
 
+def pause_and_resume_with_memory(sbx, what):
+    """N pauses with memory and resumes (connect) of `sbx`, one row each."""
+    pauses, resumes = [], []
+    for _ in range(N):
+        pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {}))[0])
+        resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
+    row(f"pause with memory, {what}", pauses)
+    row(f"resume with memory, {what}", resumes)
+
+
 def big_memory():
     """Pause/resume with memory of a sandbox whose process holds 512 MiB, then 2 GiB (E2B's anchors)."""
     built = api("POST", "/v3/templates", {"name": "bench-big", "memoryMB": 4096, "cpuCount": 2})
@@ -132,12 +137,7 @@ def big_memory():
                 # A process writes every page of its buffer and keeps it (python3 from `base`).
                 hold = f"b = bytearray({mib} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\nopen('/tmp/held', 'w').close()\nimport time\ntime.sleep(10**9)"
                 run(sbx, f"nohup python3 -c \"{hold}\" > /dev/null 2>&1 & while [ ! -e /tmp/held ]; do sleep 0.1; done")
-                pauses, resumes = [], []
-                for _ in range(N):
-                    pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {}))[0])
-                    resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
-                row(f"pause with memory, a process holding {mib} MiB", pauses)
-                row(f"resume with memory, a process holding {mib} MiB", resumes)
+                pause_and_resume_with_memory(sbx, f"a process holding {mib} MiB")
             finally:
                 kill(sbx["sandboxID"])
     finally:

@@ -241,11 +241,7 @@ def main():
             api_url + "/init", data=b'{"accessToken":"attacker"}', method="POST",
             headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983", "Content-Type": "application/json"},
         )
-        try:
-            with OPENER.open(req, timeout=30) as r:
-                status = r.status
-        except urllib.error.HTTPError as e:
-            status = e.code
+        status = http_status(req)
         assert status == 403, f"/init through the cluster's proxy answered {status}"
         assert sbx.commands.run("echo still-mine").stdout.strip() == "still-mine"
     finally:
@@ -388,6 +384,15 @@ def seed_base_only(store):
         subprocess.run(["cp", "-a", f"{TEMPLATE_DIR}/cache", f"{store}/"], check=True)
 
 
+def http_status(req):
+    """The status a raw request gets (an error status too, without raising)."""
+    try:
+        with OPENER.open(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 def node_api_refuses_strangers(node, sandbox_id):
     """A node agent's API answers only its control plane (the node secret): without it, or with a wrong one, every
     route is 401 and nothing happens — the snapshot, template-delete and layer-moving routes included."""
@@ -412,12 +417,7 @@ def node_api_refuses_strangers(node, sandbox_id):
             if secret:
                 headers["X-Soulbox-Node-Secret"] = secret
             data = json.dumps(body).encode() if body is not None else None
-            req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
-            try:
-                with OPENER.open(req, timeout=30) as r:
-                    status = r.status
-            except urllib.error.HTTPError as e:
-                status = e.code
+            status = http_status(urllib.request.Request(base + path, data=data, method=method, headers=headers))
             assert status == 401, f"{method} {path} with secret {secret!r}: {status}"
     assert call("GET", f"/sandboxes/{sandbox_id}", expect=200)[1]["state"] == "running"
     templates = {t["templateID"] for t in call("GET", "/templates", expect=200)[1]}
