@@ -1,10 +1,16 @@
 //! Host firewall: one nftables table per runtime instance (`inet soulbox` by default).
 //!
-//! - `forward`: sandbox→sandbox dropped; inbound to sandboxes only for established flows; each
-//!   sandbox's outbound traffic jumps (via a verdict map keyed by its host veth) to its own chain.
+//! - `forward`: sandbox→sandbox dropped; inbound to sandboxes only for established flows, and those
+//!   only while the sandbox's policy still allows the remote end; each sandbox's outbound traffic
+//!   jumps (via a verdict map keyed by its host veth) to its own chain, its inbound established
+//!   traffic (via a second map) to the same policy mirrored onto the source address.
+//! - `refuse`: where the outbound policy sends what it denies: established TCP gets a reset (a
+//!   connection the policy forbids since a live update fails at once instead of hanging), the
+//!   rest is dropped.
 //! - `input`: sandboxes reach no host service except `host_allowed_tcp_ports`.
 //! - `postrouting`: masquerade pool → outside.
-//! - per-sandbox chain `sb_<id>`: private/link-local/multicast/metadata ranges dropped first
+//! - per-sandbox chain `sb_<id>` (outbound; `sbi_<id>` mirrors it for inbound):
+//!   private/link-local/multicast/metadata ranges dropped first
 //!   (unless `allow_private_egress`; the DNS servers the runtime configured stay reachable on port
 //!   53), then allowOut accept, denyOut drop, internet off → drop, DNS servers accept,
 //!   private ranges drop, IPv6 drop, else accept.
@@ -26,7 +32,9 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 pub mod check;
+mod cut;
 pub mod guard;
+mod in_netns;
 pub mod watch;
 
 /// Destinations a sandbox never reaches unless the node allows private egress: "this network",
@@ -103,11 +111,23 @@ pub(crate) struct ChainRules {
     pub rules: Vec<String>,
 }
 
-/// What the kernel's table should hold: base chains, one chain per sandbox, the veth → chain map.
+/// What the kernel's table should hold: base chains, two chains per sandbox, the veth → chain maps.
 pub(crate) struct Expected {
     pub chains: Vec<ChainRules>,
-    /// veth → sandbox chain
-    pub map: BTreeMap<String, String>,
+    /// Map name (`sb_out`, `sb_in`) → veth → sandbox chain.
+    pub maps: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The verdict maps: outbound traffic by the veth it comes in on, inbound by the one it leaves on.
+pub(crate) const MAP_OUT: &str = "sb_out";
+pub(crate) const MAP_IN: &str = "sb_in";
+
+/// Which end of a packet a sandbox's policy judges: the destination of what the sandbox sends, the
+/// source of what it receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Out,
+    In,
 }
 
 /// What the firewall has applied (the live sandboxes' veths and policies). Guarded by one async
@@ -162,8 +182,26 @@ impl Firewall {
         self.repairs.subscribe()
     }
 
-    /// One sandbox's chain: the policy as rules, in order.
+    /// One sandbox's outbound chain: the policy as rules, in order.
     fn sandbox_chain(&self, id: &str, p: &NetworkPolicy) -> Result<ChainRules> {
+        let rules = self.policy_rules(p, Direction::Out, "goto refuse")?;
+        Ok(ChainRules { name: format!("sb_{id}"), hook: None, rules })
+    }
+
+    /// The same policy for what reaches the sandbox on established flows, judged by their source: a
+    /// flow opened while the policy allowed its destination stops when an update forbids it.
+    fn inbound_chain(&self, id: &str, p: &NetworkPolicy) -> Result<ChainRules> {
+        let rules = self.policy_rules(p, Direction::In, "drop")?;
+        Ok(ChainRules { name: format!("sbi_{id}"), hook: None, rules })
+    }
+
+    /// The policy as rules on the remote end of the traffic (`direction`), `deny` being the verdict
+    /// for what it forbids.
+    pub(crate) fn policy_rules(&self, p: &NetworkPolicy, direction: Direction, deny: &str) -> Result<Vec<String>> {
+        let (remote, remote_port) = match direction {
+            Direction::Out => ("ip daddr", "th dport"),
+            Direction::In => ("ip saddr", "th sport"),
+        };
         let mut rules = Vec::new();
         let private = private_set();
         if !self.allow_private_egress {
@@ -172,30 +210,30 @@ impl Firewall {
             // exempt on port 53 only, and the rest of the chain decides about them as before.
             let private_dns: Vec<Ipv4Addr> = self.dns.iter().copied().filter(|a| is_private(*a)).collect();
             if private_dns.is_empty() {
-                rules.push(format!("ip daddr {private} drop"));
+                rules.push(format!("{remote} {private} {deny}"));
             } else {
                 let dns = addr_set(&private_dns);
-                rules.push(format!("ip daddr {private} ip daddr != {dns} drop"));
-                rules.push(format!("ip daddr {dns} meta l4proto != {{ tcp, udp }} drop"));
-                rules.push(format!("ip daddr {dns} th dport != 53 drop"));
+                rules.push(format!("{remote} {private} {remote} != {dns} {deny}"));
+                rules.push(format!("{remote} {dns} meta l4proto != {{ tcp, udp }} {deny}"));
+                rules.push(format!("{remote} {dns} {remote_port} != 53 {deny}"));
             }
         }
         if let Some(set) = set_expr(&p.allow_out)? {
-            rules.push(format!("ip daddr {set} accept"));
+            rules.push(format!("{remote} {set} accept"));
         }
         if let Some(set) = set_expr(&p.deny_out)? {
-            rules.push(format!("ip daddr {set} drop"));
+            rules.push(format!("{remote} {set} {deny}"));
         }
         if !p.allow_internet {
-            rules.push("drop".into());
+            rules.push(deny.to_string());
         }
         if !self.dns.is_empty() {
-            rules.push(format!("ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept", addr_set(&self.dns)));
+            rules.push(format!("{remote} {} meta l4proto {{ tcp, udp }} {remote_port} 53 accept", addr_set(&self.dns)));
         }
-        rules.push(format!("ip daddr {private} drop"));
-        rules.push("meta nfproto ipv6 drop".into());
+        rules.push(format!("{remote} {private} {deny}"));
+        rules.push(format!("meta nfproto ipv6 {deny}"));
         rules.push("accept".into());
-        Ok(ChainRules { name: format!("sb_{id}"), hook: None, rules })
+        Ok(rules)
     }
 
     fn base_chains(&self) -> Vec<ChainRules> {
@@ -212,11 +250,18 @@ impl Firewall {
                 hook: Some("type filter hook forward priority -10; policy accept;".into()),
                 rules: vec![
                     format!("iifname \"{p}*\" oifname \"{p}*\" drop"),
-                    format!("oifname \"{p}*\" ct state established,related accept"),
+                    format!("oifname \"{p}*\" ct state established oifname vmap @{MAP_IN}"),
+                    // ICMP errors about a flow (path MTU, unreachable) carry no data: they pass.
+                    format!("oifname \"{p}*\" ct state related accept"),
                     format!("oifname \"{p}*\" drop"),
-                    format!("iifname \"{p}*\" iifname vmap @sb_out"),
+                    format!("iifname \"{p}*\" iifname vmap @{MAP_OUT}"),
                     format!("iifname \"{p}*\" drop"),
                 ],
+            },
+            ChainRules {
+                name: "refuse".into(),
+                hook: None,
+                rules: vec!["meta l4proto tcp ct state established reject with tcp reset".into(), "drop".into()],
             },
             ChainRules {
                 name: "input".into(),
@@ -231,16 +276,18 @@ impl Firewall {
         ]
     }
 
-    /// Script that adds (or replaces) one sandbox's chain and map element.
+    /// Script that adds (or replaces, in the same transaction) one sandbox's chains and map elements.
     fn sandbox_script(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<String> {
         let t = &self.table;
-        let chain = self.sandbox_chain(id, p)?;
-        let c = &chain.name;
-        let mut s = format!("add chain inet {t} {c}\nflush chain inet {t} {c}\n");
-        for r in &chain.rules {
-            s += &format!("add rule inet {t} {c} {r}\n");
+        let mut s = String::new();
+        for (map, chain) in [(MAP_OUT, self.sandbox_chain(id, p)?), (MAP_IN, self.inbound_chain(id, p)?)] {
+            let c = &chain.name;
+            s += &format!("add chain inet {t} {c}\nflush chain inet {t} {c}\n");
+            for r in &chain.rules {
+                s += &format!("add rule inet {t} {c} {r}\n");
+            }
+            s += &format!("add element inet {t} {map} {{ \"{veth}\" : jump {c} }}\n");
         }
-        s += &format!("add element inet {t} sb_out {{ \"{veth}\" : jump {c} }}\n");
         Ok(s)
     }
 
@@ -248,7 +295,9 @@ impl Firewall {
     fn table_script(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) -> Result<String> {
         let t = &self.table;
         let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\nadd table inet {t}\n");
-        s += &format!("add map inet {t} sb_out {{ type ifname : verdict; }}\n");
+        for map in [MAP_OUT, MAP_IN] {
+            s += &format!("add map inet {t} {map} {{ type ifname : verdict; }}\n");
+        }
         for chain in self.base_chains() {
             let hook = chain.hook.as_deref().unwrap_or_default();
             s += &format!("add chain inet {t} {} {{ {hook} }}\n", chain.name);
@@ -265,13 +314,15 @@ impl Firewall {
     /// What the table should hold for `live`.
     fn expected(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) -> Result<Expected> {
         let mut chains = self.base_chains();
-        let mut map = BTreeMap::new();
+        let mut maps: BTreeMap<String, BTreeMap<String, String>> =
+            [MAP_OUT, MAP_IN].into_iter().map(|m| (m.to_string(), BTreeMap::new())).collect();
         for (id, (veth, p)) in live {
-            let chain = self.sandbox_chain(id, p)?;
-            map.insert(veth.clone(), chain.name.clone());
-            chains.push(chain);
+            for (map, chain) in [(MAP_OUT, self.sandbox_chain(id, p)?), (MAP_IN, self.inbound_chain(id, p)?)] {
+                maps.entry(map.to_string()).or_default().insert(veth.clone(), chain.name.clone());
+                chains.push(chain);
+            }
         }
-        Ok(Expected { chains, map })
+        Ok(Expected { chains, maps })
     }
 
     /// Run one `nft -f -` transaction, remembering its pid so the watcher knows it is ours.
@@ -336,13 +387,15 @@ impl Firewall {
         Ok(())
     }
 
-    /// Remove one sandbox's chain and map element (idempotent).
+    /// Remove one sandbox's chains and map elements (idempotent).
     pub async fn remove_sandbox(&self, id: &str, veth: &str) -> Result<()> {
         let t = &self.table;
-        let c = format!("sb_{id}");
-        let s = format!(
-            "add chain inet {t} {c}\nadd element inet {t} sb_out {{ \"{veth}\" : jump {c} }}\ndelete element inet {t} sb_out {{ \"{veth}\" }}\nflush chain inet {t} {c}\ndelete chain inet {t} {c}\n"
-        );
+        let mut s = String::new();
+        for (map, c) in [(MAP_OUT, format!("sb_{id}")), (MAP_IN, format!("sbi_{id}"))] {
+            s += &format!(
+                "add chain inet {t} {c}\nadd element inet {t} {map} {{ \"{veth}\" : jump {c} }}\ndelete element inet {t} {map} {{ \"{veth}\" }}\nflush chain inet {t} {c}\ndelete chain inet {t} {c}\n"
+            );
+        }
         let mut state = self.state.lock().await;
         if let Err(e) = self.apply(&s).await {
             // Without the table there is no chain to remove (the watcher rebuilds the table
@@ -420,7 +473,39 @@ mod tests {
     }
 
     fn rules(f: &Firewall, p: &NetworkPolicy) -> Vec<String> {
-        f.sandbox_chain("x", p).unwrap().rules
+        f.policy_rules(p, Direction::Out, "drop").unwrap()
+    }
+
+    #[test]
+    fn inbound_chain_mirrors_the_outbound_one_on_the_source() {
+        let f = fw(vec![Ipv4Addr::new(10, 255, 255, 53)], false);
+        let p = NetworkPolicy {
+            allow_internet: false,
+            allow_out: vec!["203.0.113.7".into()],
+            deny_out: vec!["203.0.113.0/24".into()],
+        };
+        let out = f.sandbox_chain("x", &p).unwrap().rules;
+        let inbound = f.inbound_chain("x", &p).unwrap().rules;
+        assert_eq!(out.len(), inbound.len());
+        for (o, i) in out.iter().zip(&inbound) {
+            let mirrored =
+                o.replace("ip daddr", "ip saddr").replace("th dport", "th sport").replace("goto refuse", "drop");
+            assert_eq!(&mirrored, i);
+        }
+        // What the outbound chain denies is refused (established TCP reset), not silently dropped.
+        assert!(out.iter().any(|r| r == "ip daddr { 203.0.113.0/24 } goto refuse"), "{out:#?}");
+        assert!(out.iter().all(|r| !r.ends_with(" drop") && r != "drop"), "{out:#?}");
+    }
+
+    #[test]
+    fn a_sandbox_script_writes_both_chains_and_both_map_elements() {
+        let s = fw(vec![], false).sandbox_script("x", "sbv1", &NetworkPolicy::open()).unwrap();
+        for needle in [
+            "add element inet soulbox sb_out { \"sbv1\" : jump sb_x }",
+            "add element inet soulbox sb_in { \"sbv1\" : jump sbi_x }",
+        ] {
+            assert!(s.contains(needle), "{needle} in {s}");
+        }
     }
 
     #[test]

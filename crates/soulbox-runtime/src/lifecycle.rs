@@ -373,6 +373,40 @@ impl Runtime {
         rec.save(&self.inner.dir(id))
     }
 
+    /// Replaces a sandbox's egress policy. Running or paused: its firewall (both chains, one
+    /// transaction, and its guard) changes now, so established flows the new policy forbids stop at
+    /// once (their sockets destroyed where the host kernel holds them, outbound TCP reset, inbound
+    /// dropped) and new ones follow it. Stopped: it applies at
+    /// the next start. The record keeps it for restarts.
+    pub async fn update_network(&self, id: &str, policy: NetworkPolicy) -> Result<()> {
+        firewall::validate_policy(&policy)?;
+        let h = self.inner.handle(id)?;
+        let mut rec = h.lock().await;
+        want(&rec, &[Status::Running, Status::Paused, Status::Stopped])?;
+        let dir = self.inner.dir(id);
+        let Some(spec) = rec.spec.as_mut() else {
+            return Err(Error::Invalid(format!("sandbox {id} has no spec (a pool slot)")));
+        };
+        let previous = std::mem::replace(&mut spec.network, policy.clone());
+        if rec.status != Status::Stopped {
+            let lease = NetLease::load(&dir).ok_or_else(|| Error::Invalid(format!("sandbox {id} has no network")))?;
+            if let Err(e) = self.inner.fw.apply_policy(id, &lease, &policy).await {
+                if let Some(spec) = rec.spec.as_mut() {
+                    spec.network = previous.clone();
+                }
+                // Whatever part was applied goes back; the error is the update's.
+                let _ = self.inner.fw.apply_policy(id, &lease, &previous).await;
+                return Err(e);
+            }
+            // The firewall already stops those flows; this tells the processes now rather than at their
+            // next send (a frozen sandbox's sockets are destroyed the same way).
+            if let Err(e) = self.inner.fw.cut_forbidden(&lease.netns, &policy).await {
+                tracing::warn!(sandbox = id, error = %e, "network update: could not destroy forbidden connections");
+            }
+        }
+        rec.save(&dir)
+    }
+
     /// Stop to disk: processes, network and mount go away, the writable layer stays.
     pub async fn stop(&self, id: &str) -> Result<()> {
         let h = self.inner.handle(id)?;

@@ -26,7 +26,7 @@ macro_rules! root_or_skip {
 const REPAIR_BOUND: Duration = Duration::from_secs(30);
 
 /// The fake outside world (routed back through the host): netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
-/// answering `outside-ok` on 8080 and `dns-ok` on 53, at the public address 203.0.113.66 (n=0) /
+/// answering `outside-ok` on 8080 and `dns-ok` on 53 and echoing on 7, at the public address 203.0.113.66 (n=0) /
 /// 203.0.113.70 (n=1) … and the private address 172.30.<n>.2.
 struct Outside {
     ns: String,
@@ -62,10 +62,12 @@ impl Outside {
         // packets would still get answers, so only a drop keeps the outside out of reach.
         run(&["-n", &ns, "route", "add", "default", "via", &host_pub.to_string()]);
         let mut children = Vec::new();
-        for (port, answer) in [("8080", "outside-ok"), ("53", "dns-ok")] {
+        for (port, program) in
+            [("8080", ["/bin/echo", "outside-ok"]), ("53", ["/bin/echo", "dns-ok"]), ("7", ["/bin/cat", "-u"])]
+        {
             children.push(
                 std::process::Command::new("ip")
-                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", "/bin/echo", answer])
+                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", program[0], program[1]])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn()
@@ -83,7 +85,7 @@ impl Outside {
             let out =
                 std::process::Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-ltnH"]).output().unwrap();
             let s = String::from_utf8_lossy(&out.stdout);
-            if s.contains(":8080") && s.contains(":53") {
+            if s.contains(":8080") && s.contains(":53") && s.contains(":7 ") {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -92,6 +94,12 @@ impl Outside {
     }
 
     fn cleanup(ns: &str, link: &str) {
+        // The services' per-connection children (an echo whose client vanished) end with the netns.
+        if let Ok(out) = std::process::Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+            }
+        }
         let _ =
             std::process::Command::new("ip").args(["link", "del", link]).stderr(std::process::Stdio::null()).status();
         let _ =
@@ -331,4 +339,68 @@ fn table_exists(table: &str) -> bool {
         .status()
         .unwrap()
         .success()
+}
+
+/// Waits (bounded, polling the sandbox's file) until `file` in the sandbox holds `needle`; returns the file.
+async fn file_holds(rt: &Runtime, id: &str, file: &str, needle: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..600 {
+        let (_, out) = sh(rt, id, &format!("cat {file} 2>/dev/null")).await;
+        if out.contains(needle) {
+            return out;
+        }
+        last = out;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{file} never held {needle:?}: {last:?}");
+}
+
+/// A live network update (E2B's `PUT /sandboxes/{id}/network`): tightening cuts open connections the new
+/// policy forbids — one that only reads ends at once, one that writes gets nothing through — and new ones
+/// follow it; loosening opens again; the policy survives in the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_update_cuts_forbidden_connections_and_reopens() {
+    root_or_skip!("a_live_update_cuts_forbidden_connections_and_reopens");
+    log_lines();
+    let out = Outside::new(3);
+    let h = harness(78).await;
+    let rt = h.rt();
+    let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await);
+    let ip = out.public;
+    // Two open connections to the outside's echo: a reader that sends once and then only waits, and a writer
+    // that sends again when told to.
+    // (`exit=` is written when nc ends, not when its whole pipeline does.)
+    let reader = format!("(echo first; sleep 600) | (nc {ip} 7 > /tmp/reader 2>&1; echo exit=$? >> /tmp/reader)");
+    let writer = format!(
+        "(echo first; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second; sleep 600) | (nc {ip} 7 > /tmp/writer 2>&1; echo exit=$? >> /tmp/writer)"
+    );
+    for script in [reader, writer] {
+        sh(rt, &s.id, &format!("setsid sh -c '{script}' </dev/null >/dev/null 2>&1 &")).await;
+    }
+    file_holds(rt, &s.id, "/tmp/reader", "first").await;
+    file_holds(rt, &s.id, "/tmp/writer", "first").await;
+
+    let tight = NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec!["203.0.113.0/24".into()] };
+    rt.update_network(&s.id, tight.clone()).await.unwrap();
+    // The reader's connection is gone without it sending anything (its socket was destroyed).
+    file_holds(rt, &s.id, "/tmp/reader", "exit=").await;
+    sh(rt, &s.id, "touch /tmp/go").await;
+    let written = file_holds(rt, &s.id, "/tmp/writer", "exit=").await;
+    assert!(!written.contains("second"), "an open connection outlived the update: {written:?}");
+    assert!(!reaches(rt, &s.id, ip, 8080, "outside-ok").await, "a new connection ignored the update");
+    assert_eq!(rt.info(&s.id).await.unwrap().spec.network, tight);
+
+    // Loosened: allow wins over deny, as at create.
+    let loose = NetworkPolicy { allow_out: vec![format!("{ip}/32")], ..tight };
+    rt.update_network(&s.id, loose).await.unwrap();
+    assert!(reaches(rt, &s.id, ip, 8080, "outside-ok").await, "the update did not open the allowed host");
+    // Cleared.
+    rt.update_network(&s.id, NetworkPolicy::open()).await.unwrap();
+    assert!(reaches(rt, &s.id, ip, 8080, "outside-ok").await);
+    // A bad entry changes nothing.
+    let bad = NetworkPolicy { allow_internet: false, allow_out: vec!["not-an-address".into()], deny_out: vec![] };
+    assert!(rt.update_network(&s.id, bad).await.is_err());
+    assert!(reaches(rt, &s.id, ip, 8080, "outside-ok").await);
+    assert_eq!(rt.info(&s.id).await.unwrap().spec.network, NetworkPolicy::open());
 }

@@ -48,12 +48,12 @@ async fn root_sh(info: &SandboxInfo, cmd: &str) -> (i64, String) {
 }
 
 /// The fake outside world: netns `sbns-rsc<n>` behind host link `sbnsrsc<n>`, answering `outside-ok` on TCP 8080
-/// at 203.0.113.(202+4n) (a /30 of 203.0.113.200/29 per test).
+/// and echoing on 7, at 203.0.113.(202+4n) (a /30 of 203.0.113.200/29 per test).
 struct Outside {
     ns: String,
     link: String,
     ip: Ipv4Addr,
-    child: std::process::Child,
+    children: Vec<std::process::Child>,
 }
 
 impl Outside {
@@ -74,16 +74,21 @@ impl Outside {
         run(&["-n", &ns, "link", "set", "eth0", "up"]);
         run(&["-n", &ns, "link", "set", "lo", "up"]);
         run(&["-n", &ns, "route", "add", "default", "via", &host.to_string()]);
-        let child = std::process::Command::new("ip")
-            .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", "8080", "-e", "/bin/echo", "outside-ok"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let o = Outside { ns, link, ip, child };
+        let children = [("8080", ["/bin/echo", "outside-ok"]), ("7", ["/bin/cat", "-u"])]
+            .map(|(port, program)| {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", program[0], program[1]])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .into();
+        let o = Outside { ns, link, ip, children };
         for _ in 0..500 {
             let out = std::process::Command::new("ip").args(["netns", "exec", &o.ns, "ss", "-ltnH"]).output().unwrap();
-            if String::from_utf8_lossy(&out.stdout).contains(":8080") {
+            let listening = String::from_utf8_lossy(&out.stdout).into_owned();
+            if listening.contains(":8080") && listening.contains(":7 ") {
                 return o;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -95,6 +100,12 @@ impl Outside {
         let quiet = |a: &[&str]| {
             let _ = std::process::Command::new("ip").args(a).stderr(std::process::Stdio::null()).status();
         };
+        // The services' per-connection children (an echo whose client vanished) end with the netns.
+        if let Ok(out) = std::process::Command::new("ip").args(["netns", "pids", ns]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+            }
+        }
         quiet(&["link", "del", link]);
         quiet(&["netns", "del", ns]);
     }
@@ -102,8 +113,10 @@ impl Outside {
 
 impl Drop for Outside {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         Outside::cleanup(&self.ns, &self.link);
     }
 }
@@ -625,4 +638,46 @@ async fn runc_node_runs_templates_that_ask_for_runsc_on_runsc() {
     assert!(left.is_empty(), "{left:?}");
     let runsc = soulbox_runtime::driver::Driver::new("runsc", &[], &h.cfg.runtime_root_of("runsc"));
     assert!(runsc.list().await.unwrap().is_empty(), "a runsc container is left");
+}
+
+/// A live network update on runsc: gVisor holds its sockets in its own stack (nothing for the host to destroy),
+/// so the host chain's reset is the cut — an open connection's next send ends it, nothing more gets through —
+/// and new connections follow the new policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_a_live_network_update_cuts_an_open_connection() {
+    runsc_or_skip!("runsc_a_live_network_update_cuts_an_open_connection");
+    let h = harness_with(runsc_config(90)).await;
+    let out = Outside::new(2);
+    let rt = h.rt();
+    let s = rt.create(SandboxSpec::new("test")).await.unwrap();
+    assert!(reaches(&s, out.ip, 8080).await);
+    let ip = out.ip;
+    let writer = format!(
+        "(echo first; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo second; sleep 600) | (nc {ip} 7 > /tmp/writer 2>&1; echo exit=$? >> /tmp/writer)"
+    );
+    root_sh(&s, &format!("setsid sh -c '{writer}' </dev/null >/dev/null 2>&1 &")).await;
+    let holds = |needle: &'static str| {
+        let s = s.clone();
+        async move {
+            let mut last = String::new();
+            for _ in 0..600 {
+                let (_, o) = root_sh(&s, "cat /tmp/writer 2>/dev/null").await;
+                if o.contains(needle) {
+                    return o;
+                }
+                last = o;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("/tmp/writer never held {needle:?}: {last:?}");
+        }
+    };
+    holds("first").await;
+    let tight = NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec![format!("{ip}/32")] };
+    rt.update_network(&s.id, tight).await.unwrap();
+    root_sh(&s, "touch /tmp/go").await;
+    let written = holds("exit=").await;
+    assert!(!written.contains("second"), "an open connection outlived the update: {written:?}");
+    assert!(!reaches(&s, ip, 8080).await, "a new connection ignored the update");
+    rt.update_network(&s.id, NetworkPolicy::open()).await.unwrap();
+    assert!(reaches(&s, ip, 8080).await, "loosening did not open it again");
 }

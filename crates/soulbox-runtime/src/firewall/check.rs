@@ -1,6 +1,6 @@
 //! Structural check of the kernel's table (`nft -j list table`) against what the firewall applied:
 //! the same chains (base chains still hooked), the same number of rules in each, and the same
-//! veth → chain map. That catches a deleted or flushed table, deleted chains, rules deleted from
+//! veth → chain maps. That catches a deleted or flushed table, deleted chains, rules deleted from
 //! or inserted into our chains, and map elements removed or added. It does not compare rule
 //! expressions: a rule rewritten in place by someone with root on the host goes unnoticed.
 use super::Expected;
@@ -20,7 +20,7 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
 
     let mut chains: BTreeMap<String, Option<String>> = BTreeMap::new();
     let mut rule_counts: BTreeMap<String, usize> = BTreeMap::new();
-    let mut map: Option<BTreeMap<String, String>> = None;
+    let mut maps: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut table_seen = false;
     for item in &items {
         if let Some(t) = item.get("table") {
@@ -31,10 +31,9 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
         } else if let Some(r) = item.get("rule").filter(|r| ours(r)) {
             let chain = r.get("chain").and_then(Value::as_str).unwrap_or_default().to_string();
             *rule_counts.entry(chain).or_default() += 1;
-        } else if let Some(m) =
-            item.get("map").filter(|m| ours(m) && m.get("name").and_then(Value::as_str) == Some("sb_out"))
-        {
-            map = Some(map_elements(m));
+        } else if let Some(m) = item.get("map").filter(|m| ours(m)) {
+            let name = m.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
+            maps.insert(name, map_elements(m));
         }
     }
     if !table_seen {
@@ -59,16 +58,18 @@ pub(crate) fn differences(table: &str, expected: &Expected, listing_json: &[u8])
     for extra in chains.keys() {
         problems.push(format!("unexpected chain {extra}"));
     }
-    match map {
-        None => problems.push("map sb_out is missing".into()),
-        Some(found) if found != expected.map => {
-            let missing = expected.map.keys().filter(|k| !found.contains_key(*k)).count();
-            let extra = found.keys().filter(|k| !expected.map.contains_key(*k)).count();
-            problems.push(format!(
-                "map sb_out differs ({missing} sandboxes missing, {extra} unexpected, or changed targets)"
-            ));
+    for (name, wanted) in &expected.maps {
+        match maps.get(name) {
+            None => problems.push(format!("map {name} is missing")),
+            Some(found) if found != wanted => {
+                let missing = wanted.keys().filter(|k| !found.contains_key(*k)).count();
+                let extra = found.keys().filter(|k| !wanted.contains_key(*k)).count();
+                problems.push(format!(
+                    "map {name} differs ({missing} sandboxes missing, {extra} unexpected, or changed targets)"
+                ));
+            }
+            Some(_) => {}
         }
-        Some(_) => {}
     }
     problems
 }
@@ -109,7 +110,7 @@ mod tests {
                 },
                 ChainRules { name: "sb_x".into(), hook: None, rules: vec!["accept".into()] },
             ],
-            map: [("tqx".to_string(), "sb_x".to_string())].into(),
+            maps: [("sb_out".to_string(), [("tqx".to_string(), "sb_x".to_string())].into())].into(),
         }
     }
 

@@ -12,20 +12,17 @@
 //! NAT (without it, outbound traffic leaves with the sandbox's private source address).
 //!
 //! It is written once per network namespace (warm-pool slot, create with a non-default policy,
-//! start from disk) and disappears with the namespace.
-use super::Firewall;
-use crate::error::{Error, Result};
+//! start from disk, live network update) and disappears with the namespace.
+use super::{Direction, Firewall};
+use crate::error::Result;
 use crate::spec::NetworkPolicy;
-use std::os::fd::AsRawFd;
-use std::process::Stdio;
-use tokio::io::AsyncWriteExt;
 
 /// Name of the table inside each sandbox's network namespace.
 pub const GUARD_TABLE: &str = "soulbox_guard";
 
 impl Firewall {
     /// The guard table for a sandbox with policy `p` (replaces any previous one atomically).
-    pub(crate) fn guard_script(&self, id: &str, p: &NetworkPolicy) -> Result<String> {
+    pub(crate) fn guard_script(&self, p: &NetworkPolicy) -> Result<String> {
         let t = GUARD_TABLE;
         let gw = self.gateway;
         let mut out = vec!["oifname \"lo\" accept".to_string(), "ct state established,related accept".to_string()];
@@ -36,7 +33,7 @@ impl Firewall {
         // The host (at the gateway) and every other sandbox: the host's forward and input chains
         // drop these before any allowOut, and so does the guard.
         out.push(format!("ip daddr {} drop", self.pool));
-        out.extend(self.sandbox_chain(id, p)?.rules);
+        out.extend(self.policy_rules(p, Direction::Out, "drop")?);
         let input = [
             "iifname \"lo\" accept".to_string(),
             "ct state established,related accept".to_string(),
@@ -59,41 +56,13 @@ impl Firewall {
     /// A sandbox's policy in both places: its chain in the host table and its guard, written
     /// concurrently (two `nft` runs; each is tens of milliseconds on a busy host).
     pub async fn apply_policy(&self, id: &str, lease: &crate::network::NetLease, p: &NetworkPolicy) -> Result<()> {
-        tokio::try_join!(self.add_sandbox(id, &lease.veth, p), self.guard_sandbox(id, &lease.netns, p)).map(|_| ())
+        tokio::try_join!(self.add_sandbox(id, &lease.veth, p), self.guard_sandbox(&lease.netns, p)).map(|_| ())
     }
 
     /// Write the guard into the network namespace `netns` (one `nft` run inside it).
-    pub async fn guard_sandbox(&self, id: &str, netns: &str, p: &NetworkPolicy) -> Result<()> {
-        let script = self.guard_script(id, p)?;
-        let ns_path = std::path::Path::new("/run/netns").join(netns);
-        let ns = std::fs::File::open(&ns_path).map_err(|source| Error::Io { path: ns_path.clone(), source })?;
-        let ns_fd = ns.as_raw_fd();
-        let cmd = || format!("nft -f - (in netns {netns})");
-        let mut command = tokio::process::Command::new("nft");
-        command.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-        // SAFETY: between fork and exec only setns(2) runs, on a descriptor opened above that lives
-        // until the spawn returns (close-on-exec closes it in the child after setns).
-        unsafe {
-            command.pre_exec(move || {
-                if libc::setns(ns_fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().map_err(|source| Error::Spawn { cmd: cmd(), source })?;
-        drop(ns);
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(script.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
-        }
-        let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmd: cmd(),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
+    pub async fn guard_sandbox(&self, netns: &str, p: &NetworkPolicy) -> Result<()> {
+        let script = self.guard_script(p)?;
+        super::in_netns::run(netns, "nft", &["-f", "-"], Some(script.as_bytes())).await?;
         Ok(())
     }
 }
@@ -111,7 +80,7 @@ mod tests {
         cfg.host_allowed_tcp_ports = vec![8125];
         let fw = Firewall::new(&cfg);
         let p = NetworkPolicy { allow_internet: false, allow_out: vec!["10.77.0.9/32".into()], deny_out: vec![] };
-        let s = fw.guard_script("x", &p).unwrap();
+        let s = fw.guard_script(&p).unwrap();
         let lines: Vec<&str> = s.lines().collect();
         let at =
             |needle: &str| lines.iter().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle} in {s}"));
