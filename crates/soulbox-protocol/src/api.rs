@@ -9,12 +9,14 @@ use serde::{Deserialize, Serialize};
 
 mod logs;
 mod nodes;
+mod secrets;
 mod snapshots;
 mod system;
 mod templates;
 
 pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
 pub use nodes::{EvacuationFailure, NodeEvacuation, NodeInfo};
+pub use secrets::{NewSecret, Secret, SecretText, SecretUpdate};
 pub use snapshots::{SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode};
 pub use system::{Health, HealthChecks, ProxyError, SandboxesMetrics, TemplateListEntry};
 pub use templates::{

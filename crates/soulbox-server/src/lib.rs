@@ -27,6 +27,7 @@ mod proxy_tests;
 #[cfg(test)]
 mod replica_tests;
 pub mod reply;
+pub mod secret_box;
 pub mod serve;
 #[cfg(test)]
 mod serve_tests;

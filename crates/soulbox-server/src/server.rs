@@ -18,6 +18,7 @@ use crate::local_node::LocalNode;
 use crate::metrics::{self, MetricsStore};
 use crate::node_setup::{self, RuntimeSettings};
 use crate::proxy::{self, Proxy};
+use crate::secret_box::{self, KeySource, SecretBox};
 use crate::serve::{self, HttpSettings};
 use crate::store::Store;
 
@@ -56,6 +57,15 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     // The port first: a taken port fails the start before anything is made on the host.
     let listener = serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let store = Store::open(&config.database_url).await.context("opening the store")?;
+    let store = store.with_secret_box(secrets_key(&config.data_dir)?);
+    store.check_secrets_key().await.with_context(|| {
+        format!(
+            "the secrets key does not open the stored secrets: was {} replaced, or does {} differ from the other \
+             replicas'?",
+            config.data_dir.join(secret_box::KEY_FILE).display(),
+            secret_box::KEY_ENV
+        )
+    })?;
     // Template builds run in this process: those a previous process left unfinished can never finish.
     match store.fail_unfinished_builds("the server stopped during the build").await {
         Ok(0) => {}
@@ -125,6 +135,24 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// The key secrets are encrypted with: `SOULBOX_SECRETS_KEY`, else `<data_dir>/secrets.key` (made on the first
+/// start). Read here, not through `ServerConfig`: that derives `Debug`, and a key must never be printable.
+fn secrets_key(data_dir: &std::path::Path) -> anyhow::Result<SecretBox> {
+    let env = std::env::var_os(secret_box::KEY_ENV);
+    let (secret_box, source) = SecretBox::load(env.as_deref(), data_dir).context("loading the secrets key")?;
+    match source {
+        KeySource::Env => tracing::info!("secrets key from {}", secret_box::KEY_ENV),
+        KeySource::File(path) => tracing::info!(path = %path.display(), "secrets key"),
+        KeySource::Created(path) => tracing::warn!(
+            path = %path.display(),
+            "created the secrets key: back it up (secrets cannot be read without it); replicas sharing the \
+             database need the same key (its content in {})",
+            secret_box::KEY_ENV
+        ),
+    }
+    Ok(secret_box)
 }
 
 /// Serves the API and sandbox traffic until SIGINT/SIGTERM.

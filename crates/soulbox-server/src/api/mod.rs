@@ -2,6 +2,9 @@
 
 mod linger;
 mod sandboxes;
+mod secrets;
+#[cfg(test)]
+mod secrets_tests;
 mod snapshots;
 #[cfg(test)]
 mod snapshots_tests;
@@ -54,6 +57,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/snapshots", get(snapshots::list))
+        .route("/secrets", post(secrets::create).get(secrets::list))
+        .route("/secrets/{id}", get(secrets::get).post(secrets::update).delete(secrets::delete))
         .route("/templates", get(system::templates))
         .route("/teams", get(teams::list_teams))
         .merge(templates::routes())

@@ -23,7 +23,10 @@ pub(super) struct Teams {
 
 pub(super) async fn teams(config: LifecycleConfig) -> Teams {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
+    let store = Store::open(&Store::sqlite_url(&dir.path().join("db")))
+        .await
+        .unwrap()
+        .with_secret_box(crate::secret_box::SecretBox::random());
     let (_, admin) = store.create_api_key_in("ops", DEFAULT_TEAM_NAME, Role::Admin).await.unwrap();
     let (_, a) = store.create_api_key_in("a", "team-a", Role::Member).await.unwrap();
     let (_, b) = store.create_api_key_in("b", "team-b", Role::Member).await.unwrap();

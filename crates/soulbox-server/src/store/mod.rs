@@ -4,6 +4,9 @@
 mod api_keys;
 mod nodes;
 mod sandboxes;
+mod secrets;
+#[cfg(test)]
+mod secrets_tests;
 mod snapshots;
 mod teams;
 #[cfg(test)]
@@ -15,6 +18,7 @@ pub(crate) mod test_db;
 pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::{ClaimCondition, Holds, SandboxRecord};
+pub use secrets::{SECRET_ID_PREFIX, SecretRecord, SecretValue};
 pub use snapshots::SnapshotRecord;
 pub use teams::{
     DEFAULT_TEAM_ID, DEFAULT_TEAM_NAME, LimitChange, LimitChanges, LimitExceeded, LimitKind, LimitOverrides, Role,
@@ -40,11 +44,17 @@ pub enum StoreError {
     Conflict(String),
     #[error(transparent)]
     LimitExceeded(#[from] LimitExceeded),
+    /// A secret could not be encrypted or decrypted (no key, the wrong key, a damaged row).
+    #[error(transparent)]
+    Secrets(#[from] crate::secret_box::SealError),
 }
 
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// Encrypts secrets' values (`secrets.rs`); `None` until the server gives it one ([`Store::with_secret_box`]):
+    /// tools that open the store for keys and teams never need it.
+    secrets: Option<std::sync::Arc<crate::secret_box::SecretBox>>,
 }
 
 impl Store {
@@ -73,7 +83,13 @@ impl Store {
             }
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { pool, secrets: None })
+    }
+
+    /// The store with the key its secrets are encrypted with.
+    pub fn with_secret_box(mut self, secret_box: crate::secret_box::SecretBox) -> Store {
+        self.secrets = Some(std::sync::Arc::new(secret_box));
+        self
     }
 
     pub fn sqlite_url(path: &std::path::Path) -> String {
