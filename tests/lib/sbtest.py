@@ -74,3 +74,64 @@ def log_tail(path: str, n: int = 40) -> str:
             return "".join(f.readlines()[-n:])
     except OSError:
         return ""
+
+
+class OutsideWorld:
+    """A fake "outside world" for sandboxes: netns `ns` behind host link `link` on a /30 of 203.0.113.0/24
+    (`host_addr` on the host, `addr` inside), routed back through the host, with TCP services started by
+    `serve(port, program...)` (busybox nc, one child per connection). Cleans up the netns, the link and every
+    process in it (also what a test left behind). Root only."""
+
+    def __init__(self, ns: str, link: str, host_addr: str, addr: str):
+        self.ns, self.link, self.host_addr, self.addr = ns, link, host_addr, addr
+        self.procs: list = []
+
+    def _sh(self, *args: str, check: bool = True):
+        import subprocess
+
+        return subprocess.run(args, check=check, capture_output=True, text=True)
+
+    def __enter__(self) -> "OutsideWorld":
+        self.close()
+        sh = self._sh
+        sh("ip", "netns", "add", self.ns)
+        try:
+            sh("ip", "link", "add", self.link, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+            sh("ip", "addr", "add", f"{self.host_addr}/30", "dev", self.link)
+            sh("ip", "link", "set", self.link, "up")
+            sh("ip", "-n", self.ns, "addr", "add", f"{self.addr}/30", "dev", "eth0")
+            sh("ip", "-n", self.ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", self.ns, "link", "set", "lo", "up")
+            sh("ip", "-n", self.ns, "route", "add", "default", "via", self.host_addr)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def serve(self, port: int, *program: str) -> None:
+        import subprocess
+
+        self.procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, "busybox", "nc", "-ll", "-p", str(port), "-e", *program],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        wait_until(
+            lambda: f":{port} " in self._sh("ip", "netns", "exec", self.ns, "ss", "-ltnH").stdout, 10, f"port {port} outside"
+        )
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.procs = []
+        pids = self._sh("ip", "netns", "pids", self.ns, check=False).stdout.split()
+        for pid in pids:
+            self._sh("kill", "-9", pid, check=False)
+        self._sh("ip", "link", "del", self.link, check=False)
+        self._sh("ip", "netns", "del", self.ns, check=False)
+
+    def __exit__(self, *exc) -> None:
+        self.close()

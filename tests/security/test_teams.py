@@ -72,6 +72,7 @@ def test_team_b_gets_the_unknown_sandbox_404_on_every_route_and_never_the_token(
         ("POST", f"/sandboxes/{sid}/resume", {}),
         ("GET", f"/sandboxes/{sid}/metrics", None),
         ("GET", f"/sandboxes/{sid}/logs", None),
+        ("PUT", f"/sandboxes/{sid}/network", {"allow_internet_access": False}),
         ("DELETE", f"/sandboxes/{sid}", None),
     ]
     for method, path, body in routes:
@@ -82,7 +83,9 @@ def test_team_b_gets_the_unknown_sandbox_404_on_every_route_and_never_the_token(
         assert r.status_code == 200 and sid not in r.text and token not in r.text, r.text
     r = api_b.get("/sandboxes/metrics", params={"sandbox_ids": sid})
     assert r.status_code == 200 and sid not in r.text, r.text
-    assert api.get(f"/sandboxes/{sid}").json()["state"] == "running"
+    detail = api.get(f"/sandboxes/{sid}").json()
+    assert detail["state"] == "running"
+    assert detail["allowInternetAccess"] is True, "team B changed team A's network"
 
 
 def test_anonymous_prometheus_metrics_name_no_sandbox(anon, victim):
@@ -141,6 +144,15 @@ def test_allow_out_to_private_or_metadata_ranges_needs_the_setting(api, cidr):
         assert r.status_code == 400, f"{path} {cidr}: {r.status_code} {r.text}"
         assert "allow_private_egress" in r.json()["message"] and cidr in r.json()["message"], r.text
     assert {s["sandboxID"] for s in api.get("/v2/sandboxes").json()} == before, "nothing was created"
+
+
+@pytest.mark.parametrize("cidr", ["169.254.169.254/32", "10.0.0.0/8", "172.16.0.0/12", "127.0.0.1"])
+def test_a_live_update_cannot_open_private_or_metadata_ranges_either(api, victim, cidr):
+    sid = victim.sandbox_id
+    r = api.put(f"/sandboxes/{sid}/network", json={"allowOut": [cidr]})
+    assert r.status_code == 400, f"{cidr}: {r.status_code} {r.text}"
+    assert "allow_private_egress" in r.json()["message"], r.text
+    assert api.get(f"/sandboxes/{sid}").json()["network"]["allowOut"] == [], "a refused update changed the record"
 
 
 # --- templates -------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 mod logs;
+mod network;
 mod nodes;
 mod secrets;
 mod snapshots;
@@ -15,6 +16,10 @@ mod system;
 mod templates;
 
 pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
+pub use network::{
+    EgressProxy, EgressProxyTls, MASK_PORT_PLACEHOLDER, NetworkRule, NetworkTransform, SandboxNetworkConfig,
+    SandboxNetworkUpdate, TRAFFIC_ACCESS_TOKEN_HEADER,
+};
 pub use nodes::{EvacuationFailure, NodeEvacuation, NodeInfo};
 pub use secrets::{NewSecret, Secret, SecretText, SecretUpdate};
 pub use snapshots::{SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode};
@@ -36,19 +41,6 @@ pub struct ApiError {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AutoResume {
     pub enabled: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SandboxNetworkConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow_out: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub deny_out: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow_public_traffic: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mask_request_host: Option<String>,
 }
 
 /// Body of `POST /sandboxes` (v1, has `secure`) and `POST /v2/sandboxes`.

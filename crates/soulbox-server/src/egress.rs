@@ -1,4 +1,6 @@
-//! Which `allowOut` entries need the server setting `allow_private_egress` (issue 11).
+//! Checks of a sandbox's egress lists before any node sees them: every entry an IPv4 address or CIDR (host names
+//! are named as such in the error), and which `allowOut` entries need the server setting `allow_private_egress`
+//! (issue 11); and which E2B network options SoulBox refuses because it does not carry them out yet.
 //!
 //! A sandbox's firewall drops private, link-local and metadata destinations (the runtime's `PRIVATE_RANGES` in
 //! `soulbox-runtime/src/firewall.rs`) before its `allowOut` accepts unless the node runs with
@@ -7,7 +9,10 @@
 //! (`0.0.0.0/0`, `0.0.0.0/1`, `128.0.0.0/1`) stay allowed: they open the internet, and the firewall's earlier
 //! drop keeps the private ranges closed.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+
+use soulbox_protocol::api::{EgressProxy, NetworkRule};
 
 /// The runtime firewall's private/link-local/metadata/multicast/reserved set: one definition for both.
 pub use soulbox_runtime::firewall::PRIVATE_RANGES;
@@ -41,6 +46,45 @@ pub fn private_range_opened_by(cidr: &str) -> Option<String> {
         let (p_first, p_last, _) = range(&format!("{net}/{plen}"))?;
         (first <= p_last && p_first <= last).then(|| format!("{net}/{plen}"))
     })
+}
+
+/// E2B network options SoulBox does not carry out yet, refused with a message that says so instead of a sandbox
+/// that silently ignores them (header rules would not be injected; a proxy meant to carry all traffic would be
+/// bypassed).
+pub fn unsupported(rules: Option<&BTreeMap<String, Vec<NetworkRule>>>, proxy: Option<&EgressProxy>) -> Option<String> {
+    if rules.is_some_and(|r| !r.is_empty()) {
+        return Some("network rules (header transforms for egress requests) are not supported by SoulBox yet".into());
+    }
+    if proxy.is_some() {
+        return Some("egressProxy (tunnelling egress through SOCKS5) is not supported by SoulBox yet".into());
+    }
+    None
+}
+
+/// Most entries in `allowOut` and `denyOut` together (the runtime's limit).
+const MAX_ENTRIES: usize = 1000;
+
+/// Every `allowOut`/`denyOut` entry must be an IPv4 address or CIDR: SoulBox's firewall filters by address. A host
+/// name (E2B's cloud also accepts those) is refused with a message that says so, rather than read as an address.
+pub fn check_entries(allow_out: &[String], deny_out: &[String]) -> Result<(), String> {
+    if allow_out.len() + deny_out.len() > MAX_ENTRIES {
+        return Err(format!("at most {MAX_ENTRIES} allowOut and denyOut entries in all"));
+    }
+    for (list, entry) in allow_out.iter().map(|e| ("allowOut", e)).chain(deny_out.iter().map(|e| ("denyOut", e))) {
+        if range(entry).is_some() {
+            continue;
+        }
+        let looks_like_host = entry.contains(|c: char| c.is_ascii_alphabetic()) && !entry.contains(':');
+        return Err(if looks_like_host {
+            format!(
+                "{list} entry {entry:?} is a host name: SoulBox filters egress by IPv4 address and CIDR only \
+                 (domain rules are not supported yet)"
+            )
+        } else {
+            format!("{list} entry {entry:?} is not an IPv4 address or CIDR (IPv6 is always blocked)")
+        });
+    }
+    Ok(())
 }
 
 /// Checks a create's `allowOut` when the server does not allow private egress: the error names the entry, the
@@ -83,6 +127,29 @@ mod tests {
         }
         let err = check_allow_out(&["1.1.1.1/32".into(), "169.254.169.254/32".into()]).unwrap_err();
         assert!(err.contains("169.254.169.254/32") && err.contains("allow_private_egress"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_options_are_named() {
+        let rules: BTreeMap<String, Vec<NetworkRule>> = [("api.example.com".to_string(), vec![])].into();
+        assert!(unsupported(Some(&rules), None).unwrap().contains("rules"));
+        assert!(unsupported(None, Some(&EgressProxy::default())).unwrap().contains("egressProxy"));
+        assert_eq!(unsupported(Some(&BTreeMap::new()), None), None);
+        assert_eq!(unsupported(None, None), None);
+    }
+
+    #[test]
+    fn entries_must_be_ipv4_and_host_names_are_named() {
+        assert!(check_entries(&["1.1.1.1".into(), "0.0.0.0/0".into()], &["203.0.113.0/24".into()]).is_ok());
+        let err = check_entries(&["api.example.com".into()], &[]).unwrap_err();
+        assert!(err.contains("allowOut") && err.contains("host name"), "{err}");
+        let err = check_entries(&[], &["*.example.com".into()]).unwrap_err();
+        assert!(err.contains("denyOut") && err.contains("host name"), "{err}");
+        for bad in ["::/0", "10.0.0.0/33", "1.2.3", ""] {
+            let err = check_entries(&[bad.into()], &[]).unwrap_err();
+            assert!(err.contains("not an IPv4"), "{bad}: {err}");
+        }
+        assert!(check_entries(&vec!["1.1.1.1".into(); 1001], &[]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod deadlines;
 pub mod egress;
 pub mod ids;
+pub mod ingress;
 pub mod keys;
 pub mod lifecycle;
 pub mod listing;
@@ -20,6 +21,8 @@ pub mod node;
 pub mod node_agent;
 pub mod node_setup;
 pub mod proxy;
+#[cfg(test)]
+mod proxy_ingress_tests;
 #[cfg(test)]
 mod proxy_secret_tests;
 #[cfg(test)]

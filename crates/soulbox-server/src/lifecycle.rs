@@ -19,6 +19,7 @@ use crate::stream_cut::StreamCuts;
 
 mod create;
 mod moves;
+mod network;
 mod snapshots;
 mod teams;
 mod timeouts;
@@ -125,6 +126,10 @@ pub struct CreateRequest {
     pub allow_internet: bool,
     pub allow_out: Vec<String>,
     pub deny_out: Vec<String>,
+    /// E2B's `allowPublicTraffic: false`: the sandbox's ports need its traffic access token.
+    pub private_ports: bool,
+    /// E2B's `maskRequestHost`: the `Host` requests to its ports arrive with.
+    pub mask_request_host: Option<String>,
     /// v1 issues an access token only when `secure`; v2 always does.
     pub secure: bool,
 }

@@ -8,8 +8,8 @@ use soulbox_protocol::version::{ENVD_PROTOCOL_VERSION, SOULBOX_VERSION};
 use soulbox_runtime::{Error as RuntimeError, Runtime, SandboxSpec as RuntimeSpec, Status};
 
 use crate::node::{
-    CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats, SnapshotTaken,
-    TemplateInfo, TrafficAddress,
+    CreatedSandbox, LogLine, LogQuery, NetworkPolicy, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec, SandboxStats,
+    SnapshotTaken, TemplateInfo, TrafficAddress,
 };
 use crate::store::now_ms;
 
@@ -156,6 +156,10 @@ impl Node for LocalNode {
             other => return Err(NodeError::Failed(format!("sandbox {sandbox_id} cannot resume from {other}"))),
         };
         address(&info)
+    }
+
+    async fn update_network(&self, sandbox_id: &str, policy: &NetworkPolicy) -> Result<(), NodeError> {
+        self.runtime.update_network(sandbox_id, policy.clone()).await.map_err(node_error)
     }
 
     async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError> {

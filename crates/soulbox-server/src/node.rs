@@ -158,6 +158,12 @@ pub trait Node: Send + Sync + 'static {
     async fn pause(&self, sandbox_id: &str, keep_memory: bool) -> Result<(), NodeError>;
     /// Thaws or restarts from disk; returns the (possibly new) address once envd answers.
     async fn resume(&self, sandbox_id: &str) -> Result<IpAddr, NodeError>;
+    /// Replaces the sandbox's egress policy (running, paused or stopped on this node): connections it forbids are
+    /// cut, new ones follow it, and a paused or stopped sandbox has it when it resumes.
+    async fn update_network(&self, sandbox_id: &str, policy: &NetworkPolicy) -> Result<(), NodeError> {
+        let _ = (sandbox_id, policy);
+        Err(NodeError::Invalid("this node cannot change a sandbox's network".into()))
+    }
     /// Kills and deletes everything the sandbox holds. Killing an unknown sandbox is not an error.
     async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError>;
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError>;

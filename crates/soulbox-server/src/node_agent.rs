@@ -20,11 +20,11 @@ use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
 use crate::cluster::wire::{
-    AddressResponse, DeletedResponse, ErrorBody, HEARTBEAT_PATH, HeartbeatRequest, HeartbeatResponse, LayerList,
-    NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest,
+    AddressResponse, DeletedResponse, ErrorBody, HEARTBEAT_PATH, HOST_HEADER, HeartbeatRequest, HeartbeatResponse,
+    LayerList, NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest,
 };
 use crate::local_node::LocalNode;
-use crate::node::{LogQuery, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
+use crate::node::{LogQuery, NetworkPolicy, Node, NodeError, NodeInfo, NodeStatus, SandboxSpec};
 use crate::proxy::{self, Upstream};
 use crate::stream_cut::StreamCuts;
 
@@ -193,6 +193,7 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
         .route("/sandboxes", post(create))
         .route("/sandboxes/{id}", axum::routing::delete(kill))
         .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/network", axum::routing::put(update_network))
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/snapshot", post(snapshot))
         .route("/sandboxes/{id}/stats", get(stats))
@@ -255,6 +256,17 @@ async fn kill(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Respon
 async fn pause(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Json(req): Json<PauseRequest>) -> Response {
     agent.streams.cut(&id);
     match agent.note(agent.node.pause(&id, req.keep_memory).await) {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn update_network(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(policy): Json<NetworkPolicy>,
+) -> Response {
+    match agent.note(agent.node.update_network(&id, &policy).await) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
     }
@@ -338,9 +350,11 @@ async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Res
     let ip = std::net::IpAddr::V4(endpoint.ip);
     let liveness = agent.streams.token(&id);
     let envd_secret = if port == ENVD_PORT { agent.node.envd_secret(&id) } else { None };
+    // The sandbox's masked host, from the control plane (the only caller this route accepts).
+    let masked = request.headers().get(HOST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let upstream = Upstream {
         authority: crate::upstream::sandbox_authority(ip, endpoint.boot, port),
-        host: Some(std::net::SocketAddr::new(ip, port).to_string()),
+        host: Some(masked.unwrap_or_else(|| std::net::SocketAddr::new(ip, port).to_string())),
         headers: http::HeaderMap::new(),
         sandbox_id: id,
         port,

@@ -24,14 +24,14 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt;
 use soulbox_protocol::ENVD_PORT;
-use soulbox_protocol::api::SandboxState;
+use soulbox_protocol::api::{SandboxState, TRAFFIC_ACCESS_TOKEN_HEADER};
 use soulbox_protocol::envd_secret;
 use soulbox_protocol::signature::{Operation, SignedQuery};
 use soulbox_runtime::EnvdSecret;
 
 use crate::client_socket::{ClientSocket, reset_on_close};
 use crate::cluster::Route;
-use crate::cluster::wire::SECRET_HEADER;
+use crate::cluster::wire::{HOST_HEADER, SECRET_HEADER};
 use crate::lifecycle::Lifecycle;
 use crate::names::{is_valid_sandbox_id, sandbox_route};
 use crate::signed_routing::{SignedRequest, SignedRouter};
@@ -143,10 +143,21 @@ impl Proxy {
 
     async fn forward_unlimited(&self, target: Target, request: Request) -> Response {
         let (record, port) = match target {
-            Target::Sandbox { id, port } => match self.running_sandbox(&id).await {
-                Some(r) => (r, port),
-                None => return not_found(&id),
-            },
+            Target::Sandbox { id, port } => {
+                let Ok(record) = self.lifecycle.store().get_sandbox(&id).await else { return not_found(&id) };
+                // Before anything else, waking a paused sandbox included: a stranger gets nothing from a private one.
+                if !crate::ingress::admits(&record.ingress, port, request.headers()) {
+                    tracing::debug!(sandbox = %id, port, "proxy: refused a request without the traffic access token");
+                    return crate::reply::error(
+                        StatusCode::FORBIDDEN,
+                        format!("sandbox {id} is private: its ports need the {TRAFFIC_ACCESS_TOKEN_HEADER} header"),
+                    );
+                }
+                match self.running(record).await {
+                    Some(r) => (r, port),
+                    None => return not_found(&id),
+                }
+            }
             Target::BySignature => match self
                 .sandbox_by_signature(request.method().clone(), request.uri().clone())
                 .await
@@ -173,9 +184,13 @@ impl Proxy {
                     ENVD_PORT => node.envd_secret(&record.id),
                     _ => None,
                 };
+                let masked = crate::ingress::masked_host(&record.ingress, port);
                 Upstream {
                     authority: crate::upstream::sandbox_authority(target.ip, target.boot, port),
-                    host: Some(std::net::SocketAddr::new(target.ip, port).to_string()),
+                    host: Some(match masked.as_ref().and_then(|h| h.to_str().ok()) {
+                        Some(mask) => mask.to_owned(),
+                        None => std::net::SocketAddr::new(target.ip, port).to_string(),
+                    }),
                     headers: HeaderMap::new(),
                     sandbox_id: record.id.clone(),
                     port,
@@ -197,6 +212,9 @@ impl Proxy {
                         Err(_) => return not_found(&record.id),
                     };
                 }
+                if let Some(mask) = crate::ingress::masked_host(&record.ingress, port) {
+                    headers.insert(HeaderName::from_static(HOST_HEADER), mask);
+                }
                 // The node agent adds the envd secret itself: the control plane never holds it.
                 Upstream { authority, host: None, headers, sandbox_id: record.id.clone(), port, envd_secret: None }
             }
@@ -206,11 +224,10 @@ impl Proxy {
         forward_to(&self.client, upstream, liveness, request).await
     }
     /// The sandbox's record if it can take traffic now (waking it when paused with auto-resume).
-    async fn running_sandbox(&self, id: &str) -> Option<SandboxRecord> {
-        let record = self.lifecycle.store().get_sandbox(id).await.ok()?;
+    async fn running(&self, record: SandboxRecord) -> Option<SandboxRecord> {
         match record.state {
             SandboxState::Running => Some(record),
-            SandboxState::Paused if record.auto_resume => self.lifecycle.auto_resume(id).await.ok(),
+            SandboxState::Paused if record.auto_resume => self.lifecycle.auto_resume(&record.id).await.ok(),
             SandboxState::Paused => None,
         }
     }
@@ -227,7 +244,8 @@ impl Proxy {
             operation,
         };
         let id = self.signed.route(&request).await?;
-        self.running_sandbox(&id).await
+        let record = self.lifecycle.store().get_sandbox(&id).await.ok()?;
+        self.running(record).await
     }
 }
 
@@ -344,6 +362,10 @@ pub async fn forward_to(
     }
     // Never pass a node secret on to a sandbox: only the hop to a node agent carries one (set just below).
     parts.headers.remove(SECRET_HEADER);
+    // Nor a private sandbox's traffic token (checked already), nor a client's idea of the host a node agent is to
+    // send (only the control plane sets that, just below).
+    parts.headers.remove(TRAFFIC_ACCESS_TOKEN_HEADER);
+    parts.headers.remove(HOST_HEADER);
     // Nor a client's envd secret, on any port: only the node's own (set just below, on envd's port only).
     parts.headers.remove(envd_secret::HEADER);
     let via_node = extra_headers.contains_key(SECRET_HEADER);

@@ -22,7 +22,7 @@ use crate::testing::FakeNode;
 
 /// How the fake upstream answers.
 #[derive(Clone, Copy)]
-enum Answer {
+pub(crate) enum Answer {
     /// 200 with the request's head as the body (and a stray secret header, which must not reach the client).
     Echo,
     /// What envd answers to a request without its secret.
@@ -30,12 +30,12 @@ enum Answer {
 }
 
 /// A loopback upstream that records the head of every request it gets.
-struct Recorder {
-    port: u16,
-    heads: Arc<Mutex<Vec<String>>>,
+pub(crate) struct Recorder {
+    pub(crate) port: u16,
+    pub(crate) heads: Arc<Mutex<Vec<String>>>,
 }
 
-async fn upstream(answer: Answer) -> Recorder {
+pub(crate) async fn upstream(answer: Answer) -> Recorder {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let heads = Arc::new(Mutex::new(Vec::new()));
@@ -91,7 +91,7 @@ async fn read_head(sock: &mut TcpStream) -> String {
 }
 
 /// One request with `Connection: close`; the whole response as text.
-async fn send(port: u16, request: &str) -> String {
+pub(crate) async fn send(port: u16, request: &str) -> String {
     let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     client.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
@@ -100,7 +100,7 @@ async fn send(port: u16, request: &str) -> String {
 }
 
 /// Values of `name` in a request or response head (case-insensitive name).
-fn header_values(head: &str, name: &str) -> Vec<String> {
+pub(crate) fn header_values(head: &str, name: &str) -> Vec<String> {
     head.lines()
         .filter_map(|l| l.split_once(':'))
         .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
@@ -214,7 +214,7 @@ async fn envd_refusing_the_secret_is_the_sandbox_not_found() {
 }
 
 /// The whole server (API + proxy) on a fake node whose sandboxes are on 127.0.0.1.
-async fn server() -> (Arc<Lifecycle>, Arc<FakeNode>, u16, tempfile::TempDir) {
+pub(crate) async fn server() -> (Arc<Lifecycle>, Arc<FakeNode>, u16, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
     let node = Arc::new(FakeNode::default());

@@ -20,6 +20,8 @@ pub struct FakeNode {
     /// Templates snapshots made (besides `base`), and the template each sandbox was created from.
     pub snapshots: Mutex<Vec<String>>,
     pub created_from: Mutex<HashMap<String, String>>,
+    /// The policy of each sandbox whose network was updated.
+    pub networks: Mutex<HashMap<String, NetworkPolicy>>,
 }
 
 impl FakeNode {
@@ -74,6 +76,13 @@ impl Node for FakeNode {
     async fn resume(&self, id: &str) -> Result<IpAddr, NodeError> {
         self.sandboxes.lock().unwrap().insert(id.into(), false);
         Ok(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    }
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), NodeError> {
+        if !self.sandboxes.lock().unwrap().contains_key(id) {
+            return Err(NodeError::SandboxNotFound(id.into()));
+        }
+        self.networks.lock().unwrap().insert(id.into(), policy.clone());
+        Ok(())
     }
     async fn kill(&self, id: &str) -> Result<(), NodeError> {
         self.sandboxes.lock().unwrap().remove(id);

@@ -1,6 +1,9 @@
 //! The E2B REST API (spec §1) plus SoulBox's additions, in E2B's error shape everywhere.
 
 mod linger;
+mod network;
+#[cfg(test)]
+mod network_tests;
 mod sandboxes;
 mod secrets;
 #[cfg(test)]
@@ -22,7 +25,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use http::StatusCode;
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
@@ -50,6 +53,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(sandboxes::connect_v2))
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
         .route("/sandboxes/{id}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{id}/network", put(network::update))
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics_one))

@@ -44,7 +44,7 @@ pub(super) fn sandbox(r: &SandboxRecord, domain: Option<String>) -> Sandbox {
         envd_version: r.envd_version.clone(),
         alias: r.alias.clone(),
         envd_access_token: r.envd_access_token.clone(),
-        traffic_access_token: None,
+        traffic_access_token: r.ingress.traffic_access_token.clone(),
         domain,
     }
 }
@@ -64,6 +64,8 @@ fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateReque
         allow_internet: req.allow_internet_access.unwrap_or(true),
         allow_out: network.allow_out.unwrap_or_default(),
         deny_out: network.deny_out.unwrap_or_default(),
+        private_ports: network.allow_public_traffic == Some(false),
+        mask_request_host: network.mask_request_host,
         secure,
     }
 }
@@ -75,6 +77,11 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
     };
     if req.template_id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "templateID is required");
+    }
+    if let Some(network) = &req.network
+        && let Some(message) = crate::egress::unsupported(network.rules.as_ref(), network.egress_proxy.as_ref())
+    {
+        return error(StatusCode::BAD_REQUEST, message);
     }
     // v1 issues an access token only for `secure: true`; v2 always secures the sandbox.
     let secure = v2 || req.secure.unwrap_or(false);
@@ -133,6 +140,8 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
         network: Some(SandboxNetworkConfig {
             allow_out: Some(r.network.allow_out.clone()),
             deny_out: Some(r.network.deny_out.clone()),
+            allow_public_traffic: Some(r.ingress.traffic_access_token.is_none()),
+            mask_request_host: r.ingress.mask_request_host.clone(),
             ..Default::default()
         }),
         lifecycle: Some(ApiLifecycle {

@@ -12,14 +12,14 @@ use crate::lifecycle::LifecycleConfig;
 use crate::store::Store;
 use crate::testing::FakeNode;
 
-struct Harness {
-    app: axum::Router,
-    key: String,
-    node: std::sync::Arc<FakeNode>,
+pub(super) struct Harness {
+    pub(super) app: axum::Router,
+    pub(super) key: String,
+    pub(super) node: std::sync::Arc<FakeNode>,
     _dir: tempfile::TempDir,
 }
 
-async fn harness() -> Harness {
+pub(super) async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
     // The admin: these tests cover the admin routes (nodes) too; teams_tests.rs covers what members may not.
@@ -38,7 +38,12 @@ async fn harness() -> Harness {
 }
 
 impl Harness {
-    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, http::HeaderMap, Value) {
+    pub(super) async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, http::HeaderMap, Value) {
         self.raw(method, path, body.map(|b| b.to_string()), true).await
     }
 
@@ -52,7 +57,7 @@ impl Harness {
         send(&self.app, method, path, body, auth.then_some(self.key.as_str())).await
     }
 
-    async fn create(&self, metadata: Value) -> String {
+    pub(super) async fn create(&self, metadata: Value) -> String {
         let (status, _, body) =
             self.call("POST", "/v2/sandboxes", Some(json!({"templateID": "base", "metadata": metadata}))).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -60,7 +65,7 @@ impl Harness {
     }
 }
 
-fn assert_e2b_error(status: StatusCode, body: &Value, want: StatusCode) {
+pub(super) fn assert_e2b_error(status: StatusCode, body: &Value, want: StatusCode) {
     assert_eq!(status, want, "{body}");
     assert_eq!(body["code"], want.as_u16(), "{body}");
     assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");

@@ -13,8 +13,8 @@ use super::wire::{
     SnapshotRequest,
 };
 use crate::node::{
-    ByteStream, CreatedSandbox, LogLine, LogQuery, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats, SnapshotTaken,
-    TemplateInfo, TemplateMeta,
+    ByteStream, CreatedSandbox, LogLine, LogQuery, NetworkPolicy, Node, NodeError, NodeInfo, SandboxSpec, SandboxStats,
+    SnapshotTaken, TemplateInfo, TemplateMeta,
 };
 
 /// Creating waits for envd (and a template's ready command); everything else is quick.
@@ -167,6 +167,11 @@ impl Node for RemoteNode {
         let path = format!("/sandboxes/{}/resume", segment(sandbox_id));
         let r: AddressResponse = self.call::<(), _>(Method::POST, &path, None, CREATE_TIMEOUT).await?;
         Ok(r.address)
+    }
+
+    async fn update_network(&self, sandbox_id: &str, policy: &NetworkPolicy) -> Result<(), NodeError> {
+        let path = format!("/sandboxes/{}/network", segment(sandbox_id));
+        self.call::<_, ()>(Method::PUT, &path, Some(policy), CALL_TIMEOUT).await
     }
 
     async fn kill(&self, sandbox_id: &str) -> Result<(), NodeError> {

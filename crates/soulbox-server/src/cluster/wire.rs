@@ -9,6 +9,9 @@ use crate::node::{NodeError, NodeInfo, NodeStatus};
 /// Header with the node's own secret on every control-plane → node request (node API and proxied traffic). A
 /// dedicated header, so proxied requests keep their own `Authorization` for the sandbox's services.
 pub const SECRET_HEADER: &str = "x-soulbox-node-secret";
+/// On proxied traffic to a node agent: the `Host` the sandbox's port is to see (the sandbox's `maskRequestHost`),
+/// which only the control plane knows. Taken from the control plane only; dropped from any client's request.
+pub const HOST_HEADER: &str = "x-soulbox-sandbox-host";
 /// The server's endpoint for registration and heartbeats.
 pub const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
 pub const NODE_API_PREFIX: &str = "/node/v1";

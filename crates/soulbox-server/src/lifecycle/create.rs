@@ -7,7 +7,7 @@ use super::{CreateRequest, Lifecycle, LifecycleError, Result};
 use crate::cluster::Requirements;
 use crate::ids;
 use crate::node::{SandboxSpec, TemplateInfo};
-use crate::store::{Holds, SandboxRecord, SnapshotRecord, now_ms};
+use crate::store::{Holds, Ingress, SandboxRecord, SnapshotRecord, now_ms};
 
 /// What a new sandbox starts from.
 pub(super) struct Source {
@@ -52,8 +52,9 @@ impl Lifecycle {
     pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord> {
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
-        if !self.config.allow_private_egress {
-            crate::egress::check_allow_out(&req.allow_out).map_err(LifecycleError::BadRequest)?;
+        self.check_policy(&req.allow_out, &req.deny_out)?;
+        if let Some(mask) = &req.mask_request_host {
+            crate::ingress::check_mask(mask).map_err(LifecycleError::BadRequest)?;
         }
         let source = self.resolve_source(&req.team_id, &req.template).await?;
         self.create_from(source, timeout_s, req).await
@@ -163,6 +164,10 @@ impl Lifecycle {
                 allow_internet: req.allow_internet,
                 allow_out: req.allow_out,
                 deny_out: req.deny_out,
+            },
+            ingress: Ingress {
+                traffic_access_token: req.private_ports.then(ids::access_token),
+                mask_request_host: req.mask_request_host,
             },
             address: Some(address.to_string()),
             team_id: req.team_id,

@@ -150,6 +150,9 @@ impl Lifecycle {
             allow_internet: record.network.allow_internet,
             allow_out: record.network.allow_out.clone(),
             deny_out: record.network.deny_out.clone(),
+            // Private like its source, with a token of its own.
+            private_ports: record.ingress.traffic_access_token.is_some(),
+            mask_request_host: record.ingress.mask_request_host.clone(),
             secure: record.envd_access_token.is_some(),
         };
         let forks = (0..count).map(|_| self.create_from(source(), timeout_s, request()));

@@ -17,7 +17,7 @@ pub(crate) mod test_db;
 
 pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
-pub use sandboxes::{ClaimCondition, Holds, SandboxRecord};
+pub use sandboxes::{ClaimCondition, Holds, Ingress, SandboxRecord};
 pub use secrets::{SECRET_ID_PREFIX, SecretRecord, SecretValue};
 pub use snapshots::SnapshotRecord;
 pub use teams::{

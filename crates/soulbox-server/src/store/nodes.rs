@@ -305,6 +305,7 @@ mod tests {
             auto_pause_grace_s: 0,
             auto_resume: false,
             network: Default::default(),
+            ingress: Default::default(),
             address: None,
             team_id: crate::store::DEFAULT_TEAM_ID.into(),
         };

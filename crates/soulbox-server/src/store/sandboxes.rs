@@ -30,10 +30,21 @@ pub struct SandboxRecord {
     pub auto_pause_grace_s: i32,
     pub auto_resume: bool,
     pub network: NetworkPolicy,
+    /// Who may reach the sandbox's ports and with which `Host` (set at create, kept for its life).
+    pub ingress: Ingress,
     /// The sandbox's address on its node (absent while paused to disk).
     pub address: Option<String>,
     /// The team whose key created it: only that team sees it.
     pub team_id: String,
+}
+
+/// How requests reach a sandbox's ports (E2B's `allowPublicTraffic: false` and `maskRequestHost`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ingress {
+    /// Set for a private sandbox: requests to its ports (not envd's) must carry it.
+    pub traffic_access_token: Option<String>,
+    /// The `Host` requests to its ports arrive with (`${PORT}` replaced).
+    pub mask_request_host: Option<String>,
 }
 
 const COLUMNS: &str = "id, template_id, alias, node_id, state, started_at, end_at, cpu_count, memory_mb, disk_size_mb, \
@@ -47,8 +58,16 @@ fn state_str(state: SandboxState) -> &'static str {
     }
 }
 
-fn network_json(n: &NetworkPolicy) -> String {
-    serde_json::json!({ "allowOut": n.allow_out, "denyOut": n.deny_out }).to_string()
+/// The `network` column: the egress lists and the ingress settings (`allow_internet` has its own column).
+fn network_json(n: &NetworkPolicy, ingress: &Ingress) -> String {
+    let mut json = serde_json::json!({ "allowOut": n.allow_out, "denyOut": n.deny_out });
+    if let Some(token) = &ingress.traffic_access_token {
+        json["trafficAccessToken"] = token.as_str().into();
+    }
+    if let Some(mask) = &ingress.mask_request_host {
+        json["maskRequestHost"] = mask.as_str().into();
+    }
+    json.to_string()
 }
 
 fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
@@ -87,6 +106,10 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
             allow_out: list("allowOut"),
             deny_out: list("denyOut"),
         },
+        ingress: Ingress {
+            traffic_access_token: network["trafficAccessToken"].as_str().map(str::to_owned),
+            mask_request_host: network["maskRequestHost"].as_str().map(str::to_owned),
+        },
         address: row.try_get("address")?,
         team_id: row.try_get("team_id")?,
     })
@@ -124,7 +147,7 @@ impl Store {
             .bind(s.auto_pause_grace_s)
             .bind(s.auto_resume as i32)
             .bind(s.network.allow_internet as i32)
-            .bind(network_json(&s.network))
+            .bind(network_json(&s.network, &s.ingress))
             .bind(&s.address)
             .bind(&s.team_id)
             .execute(&mut *tx)
@@ -164,6 +187,25 @@ impl Store {
     pub async fn set_sandbox_end(&self, id: &str, end_at_ms: i64) -> Result<(), StoreError> {
         let done = sqlx::query("UPDATE sandboxes SET end_at = $1 WHERE id = $2")
             .bind(end_at_ms)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("sandbox {id}")));
+        }
+        Ok(())
+    }
+
+    /// Replaces the sandbox's egress policy (a live network update); its ingress settings stay.
+    pub async fn set_sandbox_network(
+        &self,
+        id: &str,
+        policy: &NetworkPolicy,
+        ingress: &Ingress,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE sandboxes SET allow_internet = $1, network = $2 WHERE id = $3")
+            .bind(policy.allow_internet as i32)
+            .bind(network_json(policy, ingress))
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -331,6 +373,7 @@ mod tests {
             auto_pause_grace_s: 5,
             auto_resume: false,
             network: NetworkPolicy { allow_internet: true, allow_out: vec!["1.1.1.1/32".into()], deny_out: vec![] },
+            ingress: Default::default(),
             address: Some("10.77.0.2".into()),
             team_id: crate::store::DEFAULT_TEAM_ID.into(),
         }

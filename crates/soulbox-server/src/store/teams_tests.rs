@@ -28,6 +28,7 @@ fn sandbox(id: &str, team_id: &str, cpu: i32, memory_mb: i32) -> SandboxRecord {
         auto_pause_grace_s: 0,
         auto_resume: false,
         network: Default::default(),
+        ingress: Default::default(),
         address: Some("10.0.0.2".into()),
         team_id: team_id.into(),
     }

@@ -1,0 +1,92 @@
+//! `PUT /sandboxes/{id}/network` and the network options of a create, over an in-memory node.
+
+use http::StatusCode;
+use serde_json::json;
+
+use super::tests::{assert_e2b_error, harness};
+use crate::node::NetworkPolicy;
+
+#[tokio::test]
+async fn an_update_replaces_the_policy_on_the_node_and_in_the_record() {
+    let h = harness().await;
+    let id = h.create(json!({})).await;
+    let path = format!("/sandboxes/{id}/network");
+    let body = json!({"allowOut": ["203.0.113.7"], "denyOut": ["0.0.0.0/0"], "dnsServers": ["8.8.8.8"]});
+    let (status, _, answer) = h.call("PUT", &path, Some(body)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let wanted = NetworkPolicy {
+        allow_internet: true,
+        allow_out: vec!["203.0.113.7".into()],
+        deny_out: vec!["0.0.0.0/0".into()],
+    };
+    assert_eq!(h.node.networks.lock().unwrap()[&id], wanted);
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(detail["network"]["allowOut"], json!(["203.0.113.7"]), "{detail}");
+    assert_eq!(detail["network"]["denyOut"], json!(["0.0.0.0/0"]), "{detail}");
+
+    // Replace semantics: an empty body clears everything (internet back on).
+    let (status, _, _) = h.call("PUT", &path, Some(json!({"allow_internet_access": false}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h.node.networks.lock().unwrap()[&id], NetworkPolicy::default());
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(detail["allowInternetAccess"], false, "{detail}");
+    let (status, _, _) = h.call("PUT", &path, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h.node.networks.lock().unwrap()[&id], NetworkPolicy::open());
+}
+
+#[tokio::test]
+async fn bad_updates_are_e2b_errors_and_change_nothing() {
+    let h = harness().await;
+    let id = h.create(json!({})).await;
+    let path = format!("/sandboxes/{id}/network");
+    for body in [
+        json!({"allowOut": ["api.example.com"]}),
+        json!({"denyOut": ["::/0"]}),
+        json!({"allowOut": ["169.254.169.254"]}),
+        json!({"rules": {"api.example.com": [{"transform": {"headers": {"X": "y"}}}]}}),
+        json!({"egressProxy": {"address": "203.0.113.9:1080"}}),
+        json!({"dnsServers": ["dns.google"]}),
+        json!({"allowOut": "not a list"}),
+    ] {
+        let (status, _, answer) = h.call("PUT", &path, Some(body.clone())).await;
+        assert_e2b_error(status, &answer, StatusCode::BAD_REQUEST);
+    }
+    assert!(h.node.networks.lock().unwrap().is_empty(), "a refused update reached the node");
+    let (status, _, answer) = h.call("PUT", "/sandboxes/inosuchsandbox/network", Some(json!({}))).await;
+    assert_e2b_error(status, &answer, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn private_sandboxes_get_a_token_and_forks_get_their_own() {
+    let h = harness().await;
+    let create =
+        json!({"templateID": "base", "network": {"allowPublicTraffic": false, "maskRequestHost": "${PORT}-app.test"}});
+    let (status, _, created) = h.call("POST", "/v2/sandboxes", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["trafficAccessToken"].as_str().expect("a private sandbox has a traffic access token");
+    assert!(token.len() >= 32, "{token}");
+    let id = created["sandboxID"].as_str().unwrap();
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(detail["network"]["allowPublicTraffic"], false, "{detail}");
+    assert_eq!(detail["network"]["maskRequestHost"], "${PORT}-app.test", "{detail}");
+    // Connect hands out the same token.
+    let (_, _, connected) = h.call("POST", &format!("/sandboxes/{id}/connect"), Some(json!({"timeout": 60}))).await;
+    assert_eq!(connected["trafficAccessToken"], token, "{connected}");
+    // A fork is private too, with a token of its own.
+    let (status, _, forks) = h.call("POST", &format!("/sandboxes/{id}/fork"), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{forks}");
+    let fork_token = forks[0]["sandbox"]["trafficAccessToken"].as_str().expect("a private fork has a token");
+    assert_ne!(fork_token, token);
+
+    // Public by default: no token.
+    let (_, _, public) = h.call("POST", "/v2/sandboxes", Some(json!({"templateID": "base"}))).await;
+    assert!(public["trafficAccessToken"].is_null(), "{public}");
+    // A mask that is not a host is refused.
+    let bad = json!({"templateID": "base", "network": {"maskRequestHost": "a\r\nX-Evil: 1"}});
+    let (status, _, answer) = h.call("POST", "/v2/sandboxes", Some(bad)).await;
+    assert_e2b_error(status, &answer, StatusCode::BAD_REQUEST);
+    let rules = json!({"templateID": "base", "network": {"rules": {"a.test": [{}]}}});
+    let (status, _, answer) = h.call("POST", "/v2/sandboxes", Some(rules)).await;
+    assert_e2b_error(status, &answer, StatusCode::BAD_REQUEST);
+}

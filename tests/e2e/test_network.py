@@ -1,0 +1,164 @@
+"""Network control through the official SDK (issue 14): private ports with a traffic access token, masked hosts,
+and live `update_network` on a running and on a paused sandbox.
+
+Network rule: sandboxes only talk to a fake outside world this file builds (a netns on 203.0.113.120/30, routed
+back through the host) and to themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+from e2b import Sandbox
+
+from conftest import DOMAIN, wait_until
+from sbtest import OutsideWorld
+
+TOKEN_HEADER = "e2b-traffic-access-token"
+HOST_ADDR, OUTSIDE_ADDR = "203.0.113.121", "203.0.113.122"
+
+# A sandbox process that opens a connection to the outside's echo, proves it works, waits for /tmp/go, sends again
+# and writes what happened to /tmp/conn: `echo:…` (the connection outlived the update), else how it ended.
+HOLD_CONNECTION = textwrap.dedent(
+    f"""
+    import os, socket, time
+    s = socket.create_connection(("{OUTSIDE_ADDR}", 7), timeout=10)
+    s.sendall(b"first\\n")
+    open("/tmp/conn", "w").write("first:" + s.recv(100).decode())
+    while not os.path.exists("/tmp/go"):
+        time.sleep(0.05)
+    try:
+        s.sendall(b"second\\n")
+        s.settimeout(30)
+        data = s.recv(100)
+        result = "echo:" + data.decode() if data else "closed"
+    except Exception as e:
+        result = "error:" + type(e).__name__
+    open("/tmp/conn", "a").write("|" + result)
+    """
+)
+
+
+def port_get(anon, sbx: Sandbox, port: int, path: str = "/", token: str | None = None):
+    headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(port)}
+    if token is not None:
+        headers[TOKEN_HEADER] = token
+    return anon.get(path, headers=headers)
+
+
+def serve_host_echo(sbx: Sandbox, port: int) -> None:
+    """A server in the sandbox that answers with the Host header it got."""
+    script = textwrap.dedent(
+        f"""
+        import http.server
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = (self.headers.get("Host") or "").encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+        http.server.HTTPServer(("0.0.0.0", {port}), H).serve_forever()
+        """
+    )
+    sbx.files.write("/tmp/host_echo.py", script)
+    sbx.commands.run("python3 /tmp/host_echo.py", background=True)
+
+
+def test_private_ports_need_the_traffic_access_token(sandboxes, anon):
+    sbx = sandboxes.create(network={"allow_public_traffic": False})
+    token = sbx.traffic_access_token
+    assert token, "a private sandbox gets a traffic access token"
+    serve_host_echo(sbx, 8010)
+    r = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(port_get(anon, sbx, 8010, token=token)), 30, "the port")
+    assert r.status_code == 200
+    for wrong in (None, "", "not-the-token", token + "x"):
+        r = port_get(anon, sbx, 8010, token=wrong)
+        assert r.status_code == 403, (wrong, r.status_code, r.text)
+        assert r.json()["code"] == 403
+    if DOMAIN:
+        r = anon.get("/", headers={"Host": f"8010-{sbx.sandbox_id}.{DOMAIN}"})
+        assert r.status_code == 403, r.text
+        r = anon.get("/", headers={"Host": f"8010-{sbx.sandbox_id}.{DOMAIN}", TOKEN_HEADER: token})
+        assert r.status_code == 200, r.text
+    # envd keeps its own token: the SDK's own calls work as before.
+    assert sbx.commands.run("echo ok").stdout.strip() == "ok"
+    # connect hands out the same token; a public sandbox has none.
+    assert Sandbox.connect(sbx.sandbox_id).traffic_access_token == token
+    public = sandboxes.create()
+    assert not public.traffic_access_token
+
+
+def test_mask_request_host_is_the_host_a_port_sees(sandboxes, anon):
+    sbx = sandboxes.create(network={"mask_request_host": "${PORT}-masked.example.test"})
+    serve_host_echo(sbx, 8011)
+    r = wait_until(lambda: (lambda r: r if r.status_code == 200 else None)(port_get(anon, sbx, 8011)), 30, "the port")
+    assert r.text == "8011-masked.example.test"
+
+
+def test_host_names_rules_and_proxies_are_refused_clearly(sandboxes):
+    sbx = sandboxes.create()
+    for network, words in [
+        ({"allow_out": ["api.example.com"]}, "host name"),
+        ({"rules": {"api.example.com": [{"transform": {"headers": {"X-Key": "v"}}}]}}, "rules"),
+        ({"egress_proxy": {"address": "203.0.113.9:1080"}}, "egressProxy"),
+    ]:
+        with pytest.raises(Exception) as info:
+            sbx.update_network(network)
+        assert words in str(info.value), (network, str(info.value))
+    assert sbx.commands.run("echo still-fine").stdout.strip() == "still-fine"
+
+
+@pytest.fixture
+def outside():
+    if os.geteuid() != 0:
+        pytest.skip("the fake outside world needs root")
+    with OutsideWorld("sbns-e2enet", "sbnse2enet", HOST_ADDR, OUTSIDE_ADDR) as world:
+        world.serve(8080, "/bin/echo", "outside-ok")
+        world.serve(7, "/bin/cat")
+        yield world
+
+
+def reaches(sbx: Sandbox) -> bool:
+    r = sbx.commands.run(f"timeout 3 bash -c 'cat </dev/tcp/{OUTSIDE_ADDR}/8080' 2>&1; true", user="root")
+    return "outside-ok" in r.stdout
+
+
+def test_update_network_cuts_tightens_loosens_and_clears(sandboxes, outside):
+    sbx = sandboxes.create()
+    assert reaches(sbx)
+    sbx.files.write("/tmp/hold.py", HOLD_CONNECTION)
+    sbx.commands.run("python3 /tmp/hold.py", background=True)
+    wait_until(lambda: "first:first" in sbx.files.read("/tmp/conn") if sbx.files.exists("/tmp/conn") else None, 30, "the open connection")
+
+    sbx.update_network({"deny_out": ["203.0.113.0/24"]})
+    sbx.files.write("/tmp/go", "")
+    result = wait_until(lambda: (lambda t: t if "|" in t else None)(sbx.files.read("/tmp/conn")), 60, "the connection's end")
+    assert "echo:" not in result, f"an open connection outlived the update: {result}"
+    assert not reaches(sbx), "a new connection ignored the update"
+    info = sbx.get_info()
+    network = getattr(info, "network", None)
+    if network is not None:
+        assert (network.get("deny_out") if isinstance(network, dict) else getattr(network, "deny_out", None)) in (["203.0.113.0/24"], None)
+
+    # Allow wins over deny, as at create: only that host.
+    sbx.update_network({"allow_out": [OUTSIDE_ADDR], "deny_out": ["0.0.0.0/0"]})
+    assert reaches(sbx)
+    # Cleared: omitted fields reset.
+    sbx.update_network({})
+    assert reaches(sbx)
+    sbx.update_network({"allow_internet_access": False})
+    assert not reaches(sbx)
+
+
+def test_a_paused_sandbox_takes_the_update_on_resume(sandboxes, outside):
+    sbx = sandboxes.create()
+    assert reaches(sbx)
+    sbx.pause()
+    Sandbox.update_network(sbx.sandbox_id, {"deny_out": [f"{OUTSIDE_ADDR}/32"]})
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    assert not reaches(resumed), "the resumed sandbox ignored the update it got while paused"
+    resumed.update_network({})
+    assert reaches(resumed)
