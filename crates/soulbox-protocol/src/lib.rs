@@ -14,6 +14,7 @@ pub mod api;
 pub mod connect;
 pub mod envd_init;
 pub mod envd_secret;
+pub mod hosts;
 pub mod network;
 pub mod signature;
 pub mod template;

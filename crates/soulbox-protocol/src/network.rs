@@ -14,12 +14,24 @@ pub struct NetworkPolicy {
     /// CIDRs always denied.
     #[serde(default)]
     pub deny_out: Vec<String>,
+    /// Host names (`api.example.com`, `*.example.com`) always allowed over HTTP and TLS: the node's egress
+    /// gateway matches them against the request's `Host` / the TLS SNI (allow wins over every deny).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_hosts: Vec<String>,
+    /// Host names denied over HTTP and TLS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_hosts: Vec<String>,
 }
 
 impl NetworkPolicy {
     /// Internet on, no lists.
     pub fn open() -> Self {
         NetworkPolicy { allow_internet: true, ..Default::default() }
+    }
+
+    /// Whether host-name rules are in force: the sandbox's HTTP and TLS go through the node's egress gateway.
+    pub fn has_host_rules(&self) -> bool {
+        !self.allow_hosts.is_empty() || !self.deny_hosts.is_empty()
     }
 }
 
@@ -29,12 +41,17 @@ mod tests {
 
     #[test]
     fn wire_shape() {
-        let p = NetworkPolicy { allow_internet: false, allow_out: vec!["1.1.1.1/32".into()], deny_out: vec![] };
+        let p = NetworkPolicy { allow_internet: false, allow_out: vec!["1.1.1.1/32".into()], ..Default::default() };
         let json = serde_json::to_string(&p).unwrap();
         assert_eq!(json, r#"{"allowInternet":false,"allowOut":["1.1.1.1/32"],"denyOut":[]}"#);
         assert_eq!(serde_json::from_str::<NetworkPolicy>(&json).unwrap(), p);
         // The lists may be left out; the switch may not.
         assert_eq!(serde_json::from_str::<NetworkPolicy>(r#"{"allowInternet":true}"#).unwrap(), NetworkPolicy::open());
         assert!(serde_json::from_str::<NetworkPolicy>(r#"{"allowOut":[]}"#).is_err());
+        // Host rules only appear when there are some (older nodes read the same JSON as before).
+        let hosts = NetworkPolicy { allow_hosts: vec!["*.example.com".into()], ..NetworkPolicy::open() };
+        let json = serde_json::to_string(&hosts).unwrap();
+        assert_eq!(json, r#"{"allowInternet":true,"allowOut":[],"denyOut":[],"allowHosts":["*.example.com"]}"#);
+        assert!(hosts.has_host_rules() && !NetworkPolicy::open().has_host_rules());
     }
 }

@@ -36,6 +36,9 @@ pub struct RuntimeConfig {
     pub dns: Vec<Ipv4Addr>,
     /// TCP ports on the host that sandboxes may reach (deliberately exposed node services).
     pub host_allowed_tcp_ports: Vec<u16>,
+    /// The port of the egress gateway on the pool's gateway address (`gateway.rs`): sandboxes with host-name
+    /// rules have their HTTP and TLS redirected there. Reachable only through that redirect.
+    pub egress_gateway_port: u16,
     /// Network slots (netns + veth + IP) prepared ahead of time.
     pub pool_size: usize,
     /// Time to wait for envd readiness.
@@ -147,6 +150,7 @@ impl RuntimeConfig {
             pool_prefix_len: 16,
             dns: host_dns(),
             host_allowed_tcp_ports: vec![],
+            egress_gateway_port: DEFAULT_EGRESS_GATEWAY_PORT,
             pool_size: 0,
             ready_timeout_ms: 10_000,
             no_new_privileges: false,
@@ -233,6 +237,9 @@ impl RuntimeConfig {
         Ipv4Addr::from((u32::from(self.pool_net) & self.pool_mask()) + 1)
     }
 }
+
+/// Below envd's port (49983), in the range the kernel does not hand out for outgoing connections by default.
+pub const DEFAULT_EGRESS_GATEWAY_PORT: u16 = 49980;
 
 /// Non-loopback nameservers of the host's resolv.conf.
 fn host_dns() -> Vec<Ipv4Addr> {

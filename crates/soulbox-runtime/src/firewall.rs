@@ -79,14 +79,35 @@ pub fn parse_cidr(s: &str) -> Result<String> {
     Ok(format!("{}/{}", Ipv4Addr::from(u32::from(ip) & mask), l))
 }
 
+/// Whether the IPv4 CIDR (or address) `cidr` holds `ip`; an entry that does not parse holds nothing
+/// (the policy was validated before it was applied).
+pub(crate) fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
+    let Ok(normal) = parse_cidr(cidr) else { return false };
+    let Some((net, len)) = normal.split_once('/') else { return false };
+    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else { return false };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    u32::from(ip) & mask == u32::from(net)
+}
+
 pub fn validate_policy(p: &NetworkPolicy) -> Result<()> {
     for c in p.allow_out.iter().chain(p.deny_out.iter()) {
         parse_cidr(c)?;
     }
-    if p.allow_out.len() + p.deny_out.len() > 1000 {
+    if let Some(bad) = p.allow_hosts.iter().chain(&p.deny_hosts).find(|h| !soulbox_protocol::hosts::is_pattern(h)) {
+        return Err(Error::Invalid(format!("bad host name {bad:?}")));
+    }
+    if p.allow_out.len() + p.deny_out.len() + p.allow_hosts.len() + p.deny_hosts.len() > 1000 {
         return Err(Error::Invalid("too many allowOut/denyOut entries".into()));
     }
     Ok(())
+}
+
+/// Removes chain `c` and the element of `map` for `veth` that jumps there; idempotent (each is added first, so the
+/// delete always finds it).
+fn remove_chain_script(t: &str, map: &str, c: &str, veth: &str) -> String {
+    format!(
+        "add chain inet {t} {c}\nadd element inet {t} {map} {{ \"{veth}\" : jump {c} }}\ndelete element inet {t} {map} {{ \"{veth}\" }}\nflush chain inet {t} {c}\ndelete chain inet {t} {c}\n"
+    )
 }
 
 fn set_expr(cidrs: &[String]) -> Result<Option<String>> {
@@ -121,6 +142,10 @@ pub(crate) struct Expected {
 /// The verdict maps: outbound traffic by the veth it comes in on, inbound by the one it leaves on.
 pub(crate) const MAP_OUT: &str = "sb_out";
 pub(crate) const MAP_IN: &str = "sb_in";
+/// Sandboxes with host-name rules: their HTTP and TLS are redirected to the egress gateway (`gateway.rs`).
+pub(crate) const MAP_NAT: &str = "sb_nat";
+/// The ports the egress gateway judges by name (HTTP `Host`, TLS SNI).
+pub const GATEWAY_PORTS: &str = "{ 80, 443 }";
 
 /// Which end of a packet a sandbox's policy judges: the destination of what the sandbox sends, the
 /// source of what it receives.
@@ -144,10 +169,15 @@ pub struct Firewall {
     prefix: String,
     pool: String,
     gateway: Ipv4Addr,
+    /// Where the egress gateway listens on the gateway address.
+    gateway_port: u16,
     dns: Vec<Ipv4Addr>,
     host_ports: Vec<u16>,
     allow_private_egress: bool,
     state: tokio::sync::Mutex<State>,
+    /// The policies with host rules, by sandbox: read by the egress gateway per connection, without waiting for
+    /// an `nft` run under `state`. Written together with `state.live`.
+    host_policies: std::sync::RwLock<std::collections::HashMap<String, NetworkPolicy>>,
     /// Pids of our own recent `nft` processes: the watcher ignores the transactions they commit.
     own_pids: std::sync::Mutex<VecDeque<(u32, Instant)>>,
     /// Counts repairs; tests and callers wait on it.
@@ -164,10 +194,12 @@ impl Firewall {
             prefix: cfg.prefix.clone(),
             pool: cfg.pool_cidr(),
             gateway: cfg.gateway(),
+            gateway_port: cfg.egress_gateway_port,
             dns: cfg.dns.clone(),
             host_ports: cfg.host_allowed_tcp_ports.clone(),
             allow_private_egress: cfg.allow_private_egress,
             state: Default::default(),
+            host_policies: Default::default(),
             own_pids: Default::default(),
             repairs: tokio::sync::watch::channel(0).0,
         }
@@ -175,6 +207,26 @@ impl Firewall {
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// Sandbox `id`'s policy when it has host rules (what the egress gateway applies).
+    pub(crate) fn host_policy(&self, id: &str) -> Option<NetworkPolicy> {
+        self.host_policies.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    }
+
+    fn remember_host_policies(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) {
+        let with_hosts =
+            live.iter().filter(|(_, (_, p))| p.has_host_rules()).map(|(id, (_, p))| (id.clone(), p.clone()));
+        *self.host_policies.write().unwrap_or_else(|e| e.into_inner()) = with_hosts.collect();
+    }
+
+    pub(crate) fn allow_private_egress(&self) -> bool {
+        self.allow_private_egress
+    }
+
+    /// Whether `ip` is in the sandboxes' pool (another sandbox, or the node at the gateway address).
+    pub(crate) fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        cidr_contains(&self.pool, ip)
     }
 
     /// The number of repairs so far; changes every time the watcher rebuilt the table.
@@ -193,6 +245,15 @@ impl Firewall {
     fn inbound_chain(&self, id: &str, p: &NetworkPolicy) -> Result<ChainRules> {
         let rules = self.policy_rules(p, Direction::In, "drop")?;
         Ok(ChainRules { name: format!("sbi_{id}"), hook: None, rules })
+    }
+
+    /// The redirect of a sandbox with host rules: its HTTP and TLS to anything but the pool go to the gateway.
+    fn nat_chain(&self, id: &str) -> ChainRules {
+        let rule = format!(
+            "ip daddr != {} tcp dport {GATEWAY_PORTS} dnat ip to {}:{}",
+            self.pool, self.gateway, self.gateway_port
+        );
+        ChainRules { name: format!("sbn_{id}"), hook: None, rules: vec![rule] }
     }
 
     /// The policy as rules on the remote end of the traffic (`direction`), `deny` being the verdict
@@ -217,6 +278,10 @@ impl Firewall {
                 rules.push(format!("{remote} {dns} meta l4proto != {{ tcp, udp }} {deny}"));
                 rules.push(format!("{remote} {dns} {remote_port} != 53 {deny}"));
             }
+        }
+        if p.has_host_rules() && !self.dns.is_empty() {
+            // Names are what host rules match: the node's DNS servers answer even under a deny-all.
+            rules.push(format!("{remote} {} meta l4proto {{ tcp, udp }} {remote_port} 53 accept", addr_set(&self.dns)));
         }
         if let Some(set) = set_expr(&p.allow_out)? {
             rules.push(format!("{remote} {set} accept"));
@@ -243,6 +308,8 @@ impl Firewall {
             let v: Vec<String> = self.host_ports.iter().map(|p| p.to_string()).collect();
             input.push(format!("iifname \"{p}*\" tcp dport {{ {} }} accept", v.join(", ")));
         }
+        // The egress gateway, reached only through the redirect (a sandbox connecting to it directly is dropped).
+        input.push(format!("iifname \"{p}*\" ct status dnat tcp dport {} accept", self.gateway_port));
         input.push(format!("iifname \"{p}*\" drop"));
         vec![
             ChainRules {
@@ -269,6 +336,11 @@ impl Firewall {
                 rules: input,
             },
             ChainRules {
+                name: "prerouting".into(),
+                hook: Some("type nat hook prerouting priority dstnat; policy accept;".into()),
+                rules: vec![format!("iifname \"{p}*\" iifname vmap @{MAP_NAT}")],
+            },
+            ChainRules {
                 name: "postrouting".into(),
                 hook: Some("type nat hook postrouting priority srcnat; policy accept;".into()),
                 rules: vec![format!("ip saddr {} oifname != \"{p}*\" masquerade", self.pool)],
@@ -276,11 +348,25 @@ impl Firewall {
         ]
     }
 
-    /// Script that adds (or replaces, in the same transaction) one sandbox's chains and map elements.
+    /// A sandbox's chains, each with the map whose element for its veth jumps there (the redirect only with
+    /// host rules).
+    fn sandbox_chains(&self, id: &str, p: &NetworkPolicy) -> Result<Vec<(&'static str, ChainRules)>> {
+        let mut chains = vec![(MAP_OUT, self.sandbox_chain(id, p)?), (MAP_IN, self.inbound_chain(id, p)?)];
+        if p.has_host_rules() {
+            chains.push((MAP_NAT, self.nat_chain(id)));
+        }
+        Ok(chains)
+    }
+
+    /// Script that adds (or replaces, in the same transaction) one sandbox's chains and map elements; a redirect
+    /// the new policy does not need goes in the same transaction.
     fn sandbox_script(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<String> {
         let t = &self.table;
         let mut s = String::new();
-        for (map, chain) in [(MAP_OUT, self.sandbox_chain(id, p)?), (MAP_IN, self.inbound_chain(id, p)?)] {
+        if !p.has_host_rules() {
+            s += &remove_chain_script(t, MAP_NAT, &format!("sbn_{id}"), veth);
+        }
+        for (map, chain) in self.sandbox_chains(id, p)? {
             let c = &chain.name;
             s += &format!("add chain inet {t} {c}\nflush chain inet {t} {c}\n");
             for r in &chain.rules {
@@ -295,7 +381,7 @@ impl Firewall {
     fn table_script(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) -> Result<String> {
         let t = &self.table;
         let mut s = format!("table inet {t} {{}}\ndelete table inet {t}\nadd table inet {t}\n");
-        for map in [MAP_OUT, MAP_IN] {
+        for map in [MAP_OUT, MAP_IN, MAP_NAT] {
             s += &format!("add map inet {t} {map} {{ type ifname : verdict; }}\n");
         }
         for chain in self.base_chains() {
@@ -315,9 +401,9 @@ impl Firewall {
     fn expected(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) -> Result<Expected> {
         let mut chains = self.base_chains();
         let mut maps: BTreeMap<String, BTreeMap<String, String>> =
-            [MAP_OUT, MAP_IN].into_iter().map(|m| (m.to_string(), BTreeMap::new())).collect();
+            [MAP_OUT, MAP_IN, MAP_NAT].into_iter().map(|m| (m.to_string(), BTreeMap::new())).collect();
         for (id, (veth, p)) in live {
-            for (map, chain) in [(MAP_OUT, self.sandbox_chain(id, p)?), (MAP_IN, self.inbound_chain(id, p)?)] {
+            for (map, chain) in self.sandbox_chains(id, p)? {
                 maps.entry(map.to_string()).or_default().insert(veth.clone(), chain.name.clone());
                 chains.push(chain);
             }
@@ -374,6 +460,7 @@ impl Firewall {
         let live: BTreeMap<_, _> = live.iter().map(|(id, veth, p)| (id.clone(), (veth.clone(), p.clone()))).collect();
         let mut state = self.state.lock().await;
         self.apply(&self.table_script(&live)?).await?;
+        self.remember_host_policies(&live);
         state.live = live;
         state.closed = false;
         Ok(())
@@ -384,6 +471,7 @@ impl Firewall {
         let mut state = self.state.lock().await;
         self.apply(&s).await?;
         state.live.insert(id.to_string(), (veth.to_string(), p.clone()));
+        self.remember_host_policies(&state.live);
         Ok(())
     }
 
@@ -391,10 +479,8 @@ impl Firewall {
     pub async fn remove_sandbox(&self, id: &str, veth: &str) -> Result<()> {
         let t = &self.table;
         let mut s = String::new();
-        for (map, c) in [(MAP_OUT, format!("sb_{id}")), (MAP_IN, format!("sbi_{id}"))] {
-            s += &format!(
-                "add chain inet {t} {c}\nadd element inet {t} {map} {{ \"{veth}\" : jump {c} }}\ndelete element inet {t} {map} {{ \"{veth}\" }}\nflush chain inet {t} {c}\ndelete chain inet {t} {c}\n"
-            );
+        for (map, c) in [(MAP_OUT, format!("sb_{id}")), (MAP_IN, format!("sbi_{id}")), (MAP_NAT, format!("sbn_{id}"))] {
+            s += &remove_chain_script(t, map, &c, veth);
         }
         let mut state = self.state.lock().await;
         if let Err(e) = self.apply(&s).await {
@@ -405,6 +491,7 @@ impl Firewall {
             }
         }
         state.live.remove(id);
+        self.remember_host_policies(&state.live);
         Ok(())
     }
 
@@ -428,6 +515,7 @@ impl Firewall {
         let mut state = self.state.lock().await;
         state.closed = true;
         state.live.clear();
+        self.remember_host_policies(&state.live);
         self.apply(&format!("table inet {t} {{}}\ndelete table inet {t}\n")).await
     }
 
@@ -483,6 +571,7 @@ mod tests {
             allow_internet: false,
             allow_out: vec!["203.0.113.7".into()],
             deny_out: vec!["203.0.113.0/24".into()],
+            ..Default::default()
         };
         let out = f.sandbox_chain("x", &p).unwrap().rules;
         let inbound = f.inbound_chain("x", &p).unwrap().rules;
@@ -514,6 +603,7 @@ mod tests {
             allow_internet: true,
             allow_out: vec!["169.254.169.254/32".into(), "0.0.0.0/0".into()],
             deny_out: vec![],
+            ..Default::default()
         };
         let r = rules(&fw(vec![], false), &p);
         let drop = r.iter().position(|r| r.contains("169.254.0.0/16") && r.ends_with("drop")).unwrap();

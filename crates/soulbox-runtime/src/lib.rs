@@ -9,6 +9,7 @@ pub mod envd_secret;
 pub mod envd_start;
 pub mod error;
 pub mod firewall;
+mod gateway;
 pub mod idmap;
 pub mod lifecycle;
 pub mod loopdev;

@@ -46,6 +46,9 @@ pub(crate) struct Inner {
     pub fw: Arc<Firewall>,
     /// Repairs the firewall table when it is deleted or changed from outside; stopped on close.
     pub fw_watch: std::sync::Mutex<Option<firewall::watch::WatchHandle>>,
+    /// The egress gateway for sandboxes with host rules (`gateway.rs`); `None` until open finishes, or when it
+    /// could not listen.
+    pub gateway: std::sync::Mutex<Option<crate::gateway::Gateway>>,
     /// Address and boot of every running sandbox, for callers that route traffic by sandbox id (the
     /// proxy): a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
     /// Written only through [`Inner::serve`].
@@ -78,6 +81,13 @@ impl Inner {
     pub fn remember(&self, rec: &Record) {
         if let Some(secret) = &rec.envd_secret {
             self.secrets.write().unwrap_or_else(|e| e.into_inner()).insert(rec.id.clone(), secret.clone());
+        }
+    }
+
+    /// Cuts the gateway connections of sandbox `id` that its current policy (if any) no longer allows.
+    pub fn recheck_gateway(&self, id: &str) {
+        if let Some(gateway) = self.gateway.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            gateway.recheck(id);
         }
     }
 
@@ -133,6 +143,7 @@ impl Inner {
         let lease = NetLease::load(&dir);
         let veth = lease.as_ref().map(|l| l.veth.clone()).unwrap_or_else(|| self.cfg.veth_name(id));
         note(&mut first_err, id, self.fw.remove_sandbox(id, &veth).await, "firewall");
+        self.recheck_gateway(id);
         note(&mut first_err, id, network::teardown(&self.cfg.netns_name(id), &veth).await, "network");
         tracing::debug!(sandbox = id, "release: firewall and network gone");
         // The address stays the sandbox's until it is deleted (stop keeps the lease file; start
@@ -398,6 +409,7 @@ impl Runtime {
                 let _ = self.inner.fw.apply_policy(id, &lease, &previous).await;
                 return Err(e);
             }
+            self.inner.recheck_gateway(id);
             // The firewall already stops those flows; this tells the processes now rather than at their
             // next send (a frozen sandbox's sockets are destroyed the same way).
             if let Err(e) = self.inner.fw.cut_forbidden(&lease.netns, &policy).await {

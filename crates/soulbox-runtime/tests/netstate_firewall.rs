@@ -26,7 +26,7 @@ macro_rules! root_or_skip {
 const REPAIR_BOUND: Duration = Duration::from_secs(30);
 
 /// The fake outside world (routed back through the host): netns `sbns-out<n>` behind host link `sbnsout<n>`, with TCP services
-/// answering `outside-ok` on 8080 and `dns-ok` on 53 and echoing on 7, at the public address 203.0.113.66 (n=0) /
+/// answering `outside-ok` on 8080, `dns-ok` on 53, `http-ok` on 80 and `tls-ok` on 443 and echoing on 7, at the public address 203.0.113.66 (n=0) /
 /// 203.0.113.70 (n=1) … and the private address 172.30.<n>.2.
 struct Outside {
     ns: String,
@@ -45,7 +45,9 @@ impl Outside {
             let st = std::process::Command::new("ip").args(a).status().unwrap();
             assert!(st.success(), "ip {a:?}");
         };
-        // A /30 per test inside 203.0.113.64/26: host .64+4n+1, outside .64+4n+2.
+        // A /30 per test inside 203.0.113.64/26: host .64+4n+1, outside .64+4n+2. Never n = 4: the package
+        // registries resolve to 203.0.113.80 on this machine, and the route to that /30 would take them away.
+        assert_ne!(n, 4, "203.0.113.80/30 holds this machine's package registries");
         let host_pub = Ipv4Addr::new(203, 0, 113, 65 + 4 * n);
         let public = Ipv4Addr::new(203, 0, 113, 66 + 4 * n);
         let private = Ipv4Addr::new(172, 30, n, 2);
@@ -62,9 +64,14 @@ impl Outside {
         // packets would still get answers, so only a drop keeps the outside out of reach.
         run(&["-n", &ns, "route", "add", "default", "via", &host_pub.to_string()]);
         let mut children = Vec::new();
-        for (port, program) in
-            [("8080", ["/bin/echo", "outside-ok"]), ("53", ["/bin/echo", "dns-ok"]), ("7", ["/bin/cat", "-u"])]
-        {
+        for (port, program) in [
+            ("8080", ["/bin/echo", "outside-ok"]),
+            ("53", ["/bin/echo", "dns-ok"]),
+            ("7", ["/bin/cat", "-u"]),
+            // What the egress gateway passes to: it never reads past the request head or the ClientHello.
+            ("80", ["/bin/echo", "http-ok"]),
+            ("443", ["/bin/echo", "tls-ok"]),
+        ] {
             children.push(
                 std::process::Command::new("ip")
                     .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", program[0], program[1]])
@@ -85,7 +92,7 @@ impl Outside {
             let out =
                 std::process::Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-ltnH"]).output().unwrap();
             let s = String::from_utf8_lossy(&out.stdout);
-            if s.contains(":8080") && s.contains(":53") && s.contains(":7 ") {
+            if [":8080", ":53 ", ":7 ", ":80 ", ":443 "].iter().all(|p| s.contains(p)) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -138,9 +145,18 @@ async fn private_ranges_are_dropped_before_allow_out() {
     cfg.dns = vec![out.private];
     let h = harness_with(cfg).await;
     let rt = h.rt();
-    let allow_private =
-        NetworkPolicy { allow_internet: false, allow_out: vec![format!("{}/32", out.private)], deny_out: vec![] };
-    let allow_all = NetworkPolicy { allow_internet: true, allow_out: vec!["0.0.0.0/0".into()], deny_out: vec![] };
+    let allow_private = NetworkPolicy {
+        allow_internet: false,
+        allow_out: vec![format!("{}/32", out.private)],
+        deny_out: vec![],
+        ..Default::default()
+    };
+    let allow_all = NetworkPolicy {
+        allow_internet: true,
+        allow_out: vec!["0.0.0.0/0".into()],
+        deny_out: vec![],
+        ..Default::default()
+    };
     for policy in [allow_private, allow_all.clone()] {
         let s = rt.create(spec(policy.clone())).await.unwrap();
         assert!(!reaches(rt, &s.id, out.private, 8080, "outside-ok").await, "{policy:?} opened a private address");
@@ -163,6 +179,7 @@ async fn private_ranges_are_dropped_before_allow_out() {
             allow_internet: false,
             allow_out: vec![format!("{}/32", out.private)],
             deny_out: vec![],
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -227,6 +244,7 @@ async fn deleted_or_flushed_table_is_rebuilt() {
             allow_internet: true,
             allow_out: vec![],
             deny_out: vec!["203.0.113.64/26".into()],
+            ..Default::default()
         }))
         .await
         .unwrap();
@@ -381,7 +399,12 @@ async fn a_live_update_cuts_forbidden_connections_and_reopens() {
     file_holds(rt, &s.id, "/tmp/reader", "first").await;
     file_holds(rt, &s.id, "/tmp/writer", "first").await;
 
-    let tight = NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec!["203.0.113.0/24".into()] };
+    let tight = NetworkPolicy {
+        allow_internet: true,
+        allow_out: vec![],
+        deny_out: vec!["203.0.113.0/24".into()],
+        ..Default::default()
+    };
     rt.update_network(&s.id, tight.clone()).await.unwrap();
     // The reader's connection is gone without it sending anything (its socket was destroyed).
     file_holds(rt, &s.id, "/tmp/reader", "exit=").await;
@@ -399,8 +422,86 @@ async fn a_live_update_cuts_forbidden_connections_and_reopens() {
     rt.update_network(&s.id, NetworkPolicy::open()).await.unwrap();
     assert!(reaches(rt, &s.id, ip, 8080, "outside-ok").await);
     // A bad entry changes nothing.
-    let bad = NetworkPolicy { allow_internet: false, allow_out: vec!["not-an-address".into()], deny_out: vec![] };
+    let bad = NetworkPolicy {
+        allow_internet: false,
+        allow_out: vec!["not-an-address".into()],
+        deny_out: vec![],
+        ..Default::default()
+    };
     assert!(rt.update_network(&s.id, bad).await.is_err());
     assert!(reaches(rt, &s.id, ip, 8080, "outside-ok").await);
     assert_eq!(rt.info(&s.id).await.unwrap().spec.network, NetworkPolicy::open());
+}
+
+/// Host-name rules through the node's egress gateway: HTTP by `Host`, TLS by SNI, wildcards, allow over a
+/// deny-all; a forged SNI (an allowed name at another address), a name that resolves to a private address, and
+/// the gateway's own port are refused; a live update moves the allowed names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_rules_pass_named_http_and_tls_through_the_gateway() {
+    root_or_skip!("host_rules_pass_named_http_and_tls_through_the_gateway");
+    log_lines();
+    let out = Outside::new(5);
+    // A second address in the outside world, where no allowed name points (203.0.113.90, outside every Outside's
+    // /30), routed there from the host.
+    let spoof_target = Ipv4Addr::new(203, 0, 113, 90);
+    let ip =
+        |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "{args:?}");
+    ip(&["-n", &out.ns, "addr", "add", &format!("{spoof_target}/32"), "dev", "eth0"]);
+    ip(&["route", "add", &format!("{spoof_target}/32"), "via", &out.public.to_string(), "dev", &out.link]);
+    let _dns = FakeDns::start(
+        &out.ns,
+        vec![
+            ("good.test", out.public),
+            ("a.wild.test", out.public),
+            ("bad.test", out.public),
+            ("other.test", spoof_target),
+            ("meta.test", out.private),
+        ],
+    );
+    let mut cfg = config(79);
+    cfg.dns = vec![out.public];
+    let h = harness_with(cfg.clone()).await;
+    let rt = h.rt();
+    let policy = NetworkPolicy {
+        allow_internet: true,
+        deny_out: vec!["0.0.0.0/0".into()],
+        allow_hosts: vec!["good.test".into(), "*.wild.test".into(), "other.test".into(), "meta.test".into()],
+        ..Default::default()
+    };
+    let s = rt.create(spec(policy)).await.unwrap();
+    let http =
+        |host: &str| format!("printf 'GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 3 {} 80", out.public);
+    let tls = |name: &str, to: Ipv4Addr| format!("printf '{}' | nc -w 3 {to} 443", client_hello_escaped(name));
+    let answers = |script: String, answer: &'static str| {
+        let id = s.id.clone();
+        async move { sh(rt, &id, &script).await.1.contains(answer) }
+    };
+    assert!(answers(http("good.test"), "http-ok").await, "an allowed Host");
+    assert!(answers(http("GOOD.test:80"), "http-ok").await, "names compare without case and port");
+    assert!(answers(http("a.wild.test"), "http-ok").await, "a wildcard");
+    assert!(!answers(http("bad.test"), "http-ok").await, "a Host not allowed");
+    assert!(answers(tls("good.test", out.public), "tls-ok").await, "an allowed SNI");
+    assert!(!answers(tls("bad.test", out.public), "tls-ok").await, "an SNI not allowed");
+    assert!(answers(tls("other.test", spoof_target), "tls-ok").await, "the second address is reachable by its name");
+    assert!(
+        !answers(tls("good.test", spoof_target), "tls-ok").await,
+        "an allowed SNI at an address it does not resolve to"
+    );
+    assert!(!answers(tls("meta.test", out.private), "tls-ok").await, "a name resolving to a private address");
+    assert!(!reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "other ports follow the address rules");
+    let gateway = format!("{}:{}", cfg.gateway(), cfg.egress_gateway_port);
+    let (_, direct) =
+        sh(rt, &s.id, &format!("echo x | nc -w 2 {} {} && echo connected", cfg.gateway(), cfg.egress_gateway_port))
+            .await;
+    assert!(!direct.contains("connected"), "the gateway ({gateway}) was reachable without the redirect: {direct}");
+
+    // A live update moves the names: good.test is no longer allowed, bad.test is.
+    let moved = NetworkPolicy { allow_hosts: vec!["bad.test".into()], ..rt.info(&s.id).await.unwrap().spec.network };
+    rt.update_network(&s.id, moved).await.unwrap();
+    assert!(!answers(http("good.test"), "http-ok").await, "the update did not take good.test away");
+    assert!(answers(http("bad.test"), "http-ok").await, "the update did not allow bad.test");
+    // Without host rules nothing is redirected any more: the deny-all holds for 80 too.
+    let plain = NetworkPolicy { allow_internet: true, deny_out: vec!["0.0.0.0/0".into()], ..Default::default() };
+    rt.update_network(&s.id, plain).await.unwrap();
+    assert!(!answers(http("bad.test"), "http-ok").await);
 }

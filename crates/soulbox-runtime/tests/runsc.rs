@@ -48,7 +48,7 @@ async fn root_sh(info: &SandboxInfo, cmd: &str) -> (i64, String) {
 }
 
 /// The fake outside world: netns `sbns-rsc<n>` behind host link `sbnsrsc<n>`, answering `outside-ok` on TCP 8080
-/// and echoing on 7, at 203.0.113.(202+4n) (a /30 of 203.0.113.200/29 per test).
+/// (`http-ok` on 80, `tls-ok` on 443) and echoing on 7, at 203.0.113.(202+4n) (a /30 of 203.0.113.200/29 per test).
 struct Outside {
     ns: String,
     link: String,
@@ -74,21 +74,26 @@ impl Outside {
         run(&["-n", &ns, "link", "set", "eth0", "up"]);
         run(&["-n", &ns, "link", "set", "lo", "up"]);
         run(&["-n", &ns, "route", "add", "default", "via", &host.to_string()]);
-        let children = [("8080", ["/bin/echo", "outside-ok"]), ("7", ["/bin/cat", "-u"])]
-            .map(|(port, program)| {
-                std::process::Command::new("ip")
-                    .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", program[0], program[1]])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap()
-            })
-            .into();
+        let children = [
+            ("8080", ["/bin/echo", "outside-ok"]),
+            ("7", ["/bin/cat", "-u"]),
+            ("80", ["/bin/echo", "http-ok"]),
+            ("443", ["/bin/echo", "tls-ok"]),
+        ]
+        .map(|(port, program)| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", program[0], program[1]])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .into();
         let o = Outside { ns, link, ip, children };
         for _ in 0..500 {
             let out = std::process::Command::new("ip").args(["netns", "exec", &o.ns, "ss", "-ltnH"]).output().unwrap();
             let listening = String::from_utf8_lossy(&out.stdout).into_owned();
-            if listening.contains(":8080") && listening.contains(":7 ") {
+            if [":8080", ":7 ", ":80 ", ":443 "].iter().all(|p| listening.contains(p)) {
                 return o;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -672,7 +677,12 @@ async fn runsc_a_live_network_update_cuts_an_open_connection() {
         }
     };
     holds("first").await;
-    let tight = NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec![format!("{ip}/32")] };
+    let tight = NetworkPolicy {
+        allow_internet: true,
+        allow_out: vec![],
+        deny_out: vec![format!("{ip}/32")],
+        ..Default::default()
+    };
     rt.update_network(&s.id, tight).await.unwrap();
     root_sh(&s, "touch /tmp/go").await;
     let written = holds("exit=").await;
@@ -680,4 +690,39 @@ async fn runsc_a_live_network_update_cuts_an_open_connection() {
     assert!(!reaches(&s, ip, 8080).await, "a new connection ignored the update");
     rt.update_network(&s.id, NetworkPolicy::open()).await.unwrap();
     assert!(reaches(&s, ip, 8080).await, "loosening did not open it again");
+}
+
+/// Host rules on runsc: gVisor's packets leave through the same veth, so the host redirects them to the egress
+/// gateway like runc's; named HTTP and TLS pass or not by name, a forged SNI does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_host_rules_go_through_the_egress_gateway() {
+    runsc_or_skip!("runsc_host_rules_go_through_the_egress_gateway");
+    let out = Outside::new(1);
+    let _dns = FakeDns::start(
+        &out.ns,
+        vec![("good.test", out.ip), ("bad.test", out.ip), ("elsewhere.test", Ipv4Addr::new(203, 0, 113, 99))],
+    );
+    let mut cfg = runsc_config(91);
+    cfg.dns = vec![out.ip];
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let policy = NetworkPolicy {
+        allow_internet: true,
+        deny_out: vec!["0.0.0.0/0".into()],
+        allow_hosts: vec!["good.test".into(), "elsewhere.test".into()],
+        ..Default::default()
+    };
+    let s = rt.create(SandboxSpec { network: policy, ..SandboxSpec::new("test") }).await.unwrap();
+    let ip = out.ip;
+    let http = |host: &str| format!("printf 'GET / HTTP/1.1\\r\\nHost: {host}\\r\\n\\r\\n' | nc -w 3 {ip} 80");
+    let got = |script: String, answer: &'static str| {
+        let s = s.clone();
+        async move { root_sh(&s, &script).await.1.contains(answer) }
+    };
+    assert!(got(http("good.test"), "http-ok").await, "an allowed Host");
+    assert!(!got(http("bad.test"), "http-ok").await, "a Host not allowed");
+    let tls = |name: &str| format!("printf '{}' | nc -w 3 {ip} 443", client_hello_escaped(name));
+    assert!(got(tls("good.test"), "tls-ok").await, "an allowed SNI");
+    assert!(!got(tls("elsewhere.test"), "tls-ok").await, "an allowed name that resolves elsewhere");
+    assert!(!reaches(&s, ip, 8080).await, "other ports follow the address rules");
 }

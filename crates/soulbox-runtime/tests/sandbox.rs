@@ -180,7 +180,9 @@ async fn stop_start_keeps_files_and_snapshot_copies_them() {
     assert_eq!(out, "kept\n");
 }
 
-/// The fake "outside world": a netns on 203.0.113.0/24 routed from the host, with a TCP echo.
+/// The fake "outside world": a netns on 203.0.113.0/30 routed from the host, with a TCP echo. Only a /30: on this
+/// machine the package registries resolve to 203.0.113.80, which a wider route would take away from every other
+/// test and build while this one runs.
 struct Outside {
     child: std::process::Child,
 }
@@ -195,9 +197,9 @@ impl Outside {
         };
         run(&["netns", "add", OUT_NS]);
         run(&["link", "add", OUT_LINK, "type", "veth", "peer", "name", "eth0", "netns", OUT_NS]);
-        run(&["addr", "add", "203.0.113.1/24", "dev", OUT_LINK]);
+        run(&["addr", "add", "203.0.113.1/30", "dev", OUT_LINK]);
         run(&["link", "set", OUT_LINK, "up"]);
-        run(&["-n", OUT_NS, "addr", "add", "203.0.113.2/24", "dev", "eth0"]);
+        run(&["-n", OUT_NS, "addr", "add", "203.0.113.2/30", "dev", "eth0"]);
         run(&["-n", OUT_NS, "link", "set", "eth0", "up"]);
         run(&["-n", OUT_NS, "link", "set", "lo", "up"]);
         let child = std::process::Command::new("ip")
@@ -238,8 +240,24 @@ async fn internet_access_on_off_and_cidr_lists() {
     let cases = [
         (NetworkPolicy { allow_internet: true, ..Default::default() }, true),
         (NetworkPolicy { allow_internet: false, ..Default::default() }, false),
-        (NetworkPolicy { allow_internet: false, allow_out: vec!["203.0.113.2/32".into()], deny_out: vec![] }, true),
-        (NetworkPolicy { allow_internet: true, allow_out: vec![], deny_out: vec!["203.0.113.0/24".into()] }, false),
+        (
+            NetworkPolicy {
+                allow_internet: false,
+                allow_out: vec!["203.0.113.2/32".into()],
+                deny_out: vec![],
+                ..Default::default()
+            },
+            true,
+        ),
+        (
+            NetworkPolicy {
+                allow_internet: true,
+                allow_out: vec![],
+                deny_out: vec!["203.0.113.0/24".into()],
+                ..Default::default()
+            },
+            false,
+        ),
     ];
     for (policy, reachable) in cases {
         let mut spec = SandboxSpec::new("test");

@@ -1,5 +1,5 @@
-//! Checks of a sandbox's egress lists before any node sees them: every entry an IPv4 address or CIDR (host names
-//! are named as such in the error), and which `allowOut` entries need the server setting `allow_private_egress`
+//! Checks of a sandbox's egress lists before any node sees them: every entry an IPv4 address or CIDR or a host
+//! name (split into the node policy's address lists and host lists), and which `allowOut` entries need the server setting `allow_private_egress`
 //! (issue 11); and which E2B network options SoulBox refuses because it does not carry them out yet.
 //!
 //! A sandbox's firewall drops private, link-local and metadata destinations (the runtime's `PRIVATE_RANGES` in
@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use soulbox_protocol::api::{EgressProxy, NetworkRule};
+
+use crate::node::NetworkPolicy;
 
 /// The runtime firewall's private/link-local/metadata/multicast/reserved set: one definition for both.
 pub use soulbox_runtime::firewall::PRIVATE_RANGES;
@@ -64,27 +66,42 @@ pub fn unsupported(rules: Option<&BTreeMap<String, Vec<NetworkRule>>>, proxy: Op
 /// Most entries in `allowOut` and `denyOut` together (the runtime's limit).
 const MAX_ENTRIES: usize = 1000;
 
-/// Every `allowOut`/`denyOut` entry must be an IPv4 address or CIDR: SoulBox's firewall filters by address. A host
-/// name (E2B's cloud also accepts those) is refused with a message that says so, rather than read as an address.
+/// Every `allowOut`/`denyOut` entry must be an IPv4 address or CIDR, or a host name (`api.example.com`) or a
+/// wildcard for its subdomains (`*.example.com`), which the node's egress gateway matches on HTTP and TLS.
 pub fn check_entries(allow_out: &[String], deny_out: &[String]) -> Result<(), String> {
     if allow_out.len() + deny_out.len() > MAX_ENTRIES {
         return Err(format!("at most {MAX_ENTRIES} allowOut and denyOut entries in all"));
     }
     for (list, entry) in allow_out.iter().map(|e| ("allowOut", e)).chain(deny_out.iter().map(|e| ("denyOut", e))) {
-        if range(entry).is_some() {
+        if range(entry).is_some() || soulbox_protocol::hosts::is_pattern(entry) {
             continue;
         }
-        let looks_like_host = entry.contains(|c: char| c.is_ascii_alphabetic()) && !entry.contains(':');
-        return Err(if looks_like_host {
-            format!(
-                "{list} entry {entry:?} is a host name: SoulBox filters egress by IPv4 address and CIDR only \
-                 (domain rules are not supported yet)"
-            )
-        } else {
-            format!("{list} entry {entry:?} is not an IPv4 address or CIDR (IPv6 is always blocked)")
-        });
+        return Err(format!(
+            "{list} entry {entry:?} is neither an IPv4 address or CIDR nor a host name (`api.example.com`, \
+             `*.example.com`); IPv6 is always blocked"
+        ));
     }
     Ok(())
+}
+
+/// The node's policy for E2B's lists (already checked): addresses and CIDRs for the firewall, host names for the
+/// egress gateway (lower-cased).
+pub fn policy(allow_internet: bool, allow_out: &[String], deny_out: &[String]) -> NetworkPolicy {
+    let (allow_out, allow_hosts) = split(allow_out);
+    let (deny_out, deny_hosts) = split(deny_out);
+    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts }
+}
+
+/// E2B's lists for a node's policy: addresses first, then host names (what `GET /sandboxes/{id}` shows).
+pub fn entries(p: &NetworkPolicy) -> (Vec<String>, Vec<String>) {
+    let allow = p.allow_out.iter().chain(&p.allow_hosts).cloned().collect();
+    let deny = p.deny_out.iter().chain(&p.deny_hosts).cloned().collect();
+    (allow, deny)
+}
+
+fn split(entries: &[String]) -> (Vec<String>, Vec<String>) {
+    let (cidrs, hosts): (Vec<&String>, Vec<&String>) = entries.iter().partition(|e| range(e).is_some());
+    (cidrs.into_iter().cloned().collect(), hosts.into_iter().map(|h| h.trim().to_ascii_lowercase()).collect())
 }
 
 /// Checks a create's `allowOut` when the server does not allow private egress: the error names the entry, the
@@ -139,17 +156,22 @@ mod tests {
     }
 
     #[test]
-    fn entries_must_be_ipv4_and_host_names_are_named() {
-        assert!(check_entries(&["1.1.1.1".into(), "0.0.0.0/0".into()], &["203.0.113.0/24".into()]).is_ok());
-        let err = check_entries(&["api.example.com".into()], &[]).unwrap_err();
-        assert!(err.contains("allowOut") && err.contains("host name"), "{err}");
-        let err = check_entries(&[], &["*.example.com".into()]).unwrap_err();
-        assert!(err.contains("denyOut") && err.contains("host name"), "{err}");
-        for bad in ["::/0", "10.0.0.0/33", "1.2.3", ""] {
+    fn entries_are_addresses_or_host_names() {
+        let ok = ["1.1.1.1".to_string(), "0.0.0.0/0".into(), "api.example.com".into(), "*.Example.COM".into()];
+        assert!(check_entries(&ok, &["203.0.113.0/24".into()]).is_ok());
+        for bad in ["::/0", "10.0.0.0/33", "", "a b", "*", "*.com.", "api.*.com", "http://x.com", "x.com:443"] {
             let err = check_entries(&[bad.into()], &[]).unwrap_err();
-            assert!(err.contains("not an IPv4"), "{bad}: {err}");
+            assert!(err.contains("neither"), "{bad}: {err}");
         }
         assert!(check_entries(&vec!["1.1.1.1".into(); 1001], &[]).is_err());
+        let p = policy(true, &ok, &["0.0.0.0/0".into(), "bad.example.com".into()]);
+        assert_eq!(p.allow_out, ["1.1.1.1", "0.0.0.0/0"]);
+        assert_eq!(p.allow_hosts, ["api.example.com", "*.example.com"]);
+        assert_eq!(
+            (p.deny_out.as_slice(), p.deny_hosts.as_slice()),
+            (&["0.0.0.0/0".to_string()][..], &["bad.example.com".to_string()][..])
+        );
+        assert_eq!(entries(&p).0, ["1.1.1.1", "0.0.0.0/0", "api.example.com", "*.example.com"]);
     }
 
     #[test]

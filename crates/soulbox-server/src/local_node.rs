@@ -120,11 +120,7 @@ impl Node for LocalNode {
             pids_limit: None,
             disk_mb: (spec.disk_size_mb > 0).then_some(u64::from(spec.disk_size_mb)),
             access_token: spec.envd_access_token,
-            network: soulbox_runtime::NetworkPolicy {
-                allow_internet: spec.network.allow_internet,
-                allow_out: spec.network.allow_out,
-                deny_out: spec.network.deny_out,
-            },
+            network: spec.network,
             // The template's own (`TemplateMeta::runtime`), else the node's default.
             runtime: None,
             sandbox_id: spec.sandbox_id,

@@ -377,6 +377,7 @@ async fn network_costs(a: &Args, rt: &Runtime) -> anyhow::Result<()> {
         allow_internet: false,
         allow_out: vec!["203.0.113.0/24".into()],
         deny_out: vec![],
+        ..Default::default()
     };
     let (mut open_ms, mut restricted_ms) = (Vec::new(), Vec::new());
     for _ in 0..a.iterations {

@@ -135,7 +135,7 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Template { .. } => {}
         Cmd::Create { template, no_internet, memory_mb, cpus, allow_out, deny_out } => {
             let mut spec = SandboxSpec::new(&template);
-            spec.network = NetworkPolicy { allow_internet: !no_internet, allow_out, deny_out };
+            spec.network = NetworkPolicy { allow_internet: !no_internet, allow_out, deny_out, ..Default::default() };
             spec.memory_mb = memory_mb;
             spec.cpu_count = cpus;
             let t = std::time::Instant::now();

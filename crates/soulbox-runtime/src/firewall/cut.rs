@@ -6,7 +6,7 @@
 //! (runc: its network namespace), the ones whose remote end the policy now forbids are destroyed
 //! (`ss -K`, SOCK_DESTROY): the process sees the connection aborted at once. gVisor keeps its sockets
 //! in its own network stack, where `ss` finds none; there the firewall's reset is the cut.
-use super::{Firewall, in_netns, is_private};
+use super::{Firewall, cidr_contains, in_netns, is_private};
 use crate::error::Result;
 use crate::spec::NetworkPolicy;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -19,6 +19,15 @@ impl Firewall {
         let dns = self.dns.contains(&ip) && port == 53;
         if !self.allow_private_egress && is_private(ip) && !dns {
             return false;
+        }
+        if p.has_host_rules() {
+            if port == 80 || port == 443 {
+                // These belong to the egress gateway now: a direct flow from before the host rules is cut.
+                return false;
+            }
+            if dns {
+                return true;
+            }
         }
         if in_any(&p.allow_out) {
             return true;
@@ -63,16 +72,6 @@ fn peer_of(line: &str) -> Option<SocketAddr> {
     peer.parse().ok()
 }
 
-/// Whether the IPv4 CIDR (or address) `cidr` holds `ip`; an entry that does not parse holds nothing
-/// (the policy was validated before it was applied).
-fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
-    let Ok(normal) = super::parse_cidr(cidr) else { return false };
-    let Some((net, len)) = normal.split_once('/') else { return false };
-    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else { return false };
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(net)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +91,7 @@ mod tests {
             allow_internet: true,
             allow_out: vec!["203.0.113.7".into()],
             deny_out: vec!["203.0.113.0/24".into()],
+            ..Default::default()
         };
         assert!(f.allows(&p, ip("203.0.113.7"), 80), "allow wins over deny");
         assert!(!f.allows(&p, ip("203.0.113.8"), 80));
@@ -101,13 +101,21 @@ mod tests {
             f.allows(&p, ip("10.255.255.53"), 53) && !f.allows(&p, ip("10.255.255.53"), 80),
             "private DNS on 53 only"
         );
-        let closed = NetworkPolicy { allow_internet: false, allow_out: vec![], deny_out: vec![] };
+        let closed = NetworkPolicy { allow_internet: false, allow_out: vec![], deny_out: vec![], ..Default::default() };
         assert!(!f.allows(&closed, ip("198.51.100.1"), 443), "internet off");
         assert!(
             !f.allows(&closed, ip("8.8.8.8"), 53),
             "internet off closes the DNS servers too (the deny comes first)"
         );
-        let all = NetworkPolicy { allow_internet: false, allow_out: vec!["0.0.0.0/0".into()], deny_out: vec![] };
+        let named = NetworkPolicy { allow_hosts: vec!["good.test".into()], ..closed.clone() };
+        assert!(!f.allows(&named, ip("203.0.113.7"), 443), "direct TLS is the gateway's once host rules exist");
+        assert!(f.allows(&named, ip("8.8.8.8"), 53), "host rules keep the DNS servers reachable");
+        let all = NetworkPolicy {
+            allow_internet: false,
+            allow_out: vec!["0.0.0.0/0".into()],
+            deny_out: vec![],
+            ..Default::default()
+        };
         assert!(!f.allows(&all, ip("10.1.2.3"), 80), "allowOut cannot open private ranges");
     }
 

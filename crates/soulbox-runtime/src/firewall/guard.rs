@@ -33,6 +33,10 @@ impl Firewall {
         // The host (at the gateway) and every other sandbox: the host's forward and input chains
         // drop these before any allowOut, and so does the guard.
         out.push(format!("ip daddr {} drop", self.pool));
+        if p.has_host_rules() {
+            // The host redirects these to the egress gateway, which judges them by name (`gateway.rs`).
+            out.push(format!("tcp dport {} accept", super::GATEWAY_PORTS));
+        }
         out.extend(self.policy_rules(p, Direction::Out, "drop")?);
         let input = [
             "iifname \"lo\" accept".to_string(),
@@ -79,7 +83,12 @@ mod tests {
         cfg.dns = vec![];
         cfg.host_allowed_tcp_ports = vec![8125];
         let fw = Firewall::new(&cfg);
-        let p = NetworkPolicy { allow_internet: false, allow_out: vec!["10.77.0.9/32".into()], deny_out: vec![] };
+        let p = NetworkPolicy {
+            allow_internet: false,
+            allow_out: vec!["10.77.0.9/32".into()],
+            deny_out: vec![],
+            ..Default::default()
+        };
         let s = fw.guard_script(&p).unwrap();
         let lines: Vec<&str> = s.lines().collect();
         let at =

@@ -12,6 +12,9 @@ impl Runtime {
     /// re-adopts them). For a server that stops, or fails to start after the runtime opened.
     pub async fn close(&self) -> Result<()> {
         self.stop_watching();
+        // Its port goes back (a runtime opened again in this process listens there); redirected connections of
+        // sandboxes left running are refused until a runtime runs again.
+        self.inner.gateway.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut first: Option<Error> = None;
         if let Err(e) = self.drain_pool().await {
             first.get_or_insert(e);

@@ -79,6 +79,7 @@ impl Runtime {
             ips: IpPool::new(&cfg),
             fw: Arc::new(Firewall::new(&cfg)),
             fw_watch: Default::default(),
+            gateway: Default::default(),
             serving: Default::default(),
             frozen: Default::default(),
             boots: Default::default(),
@@ -113,6 +114,14 @@ impl Runtime {
             inner.fill_pool().await?;
         }
         *inner.fw_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(firewall::watch::spawn(inner.fw.clone()));
+        let serving = inner.serving.clone();
+        let sandbox_of: crate::gateway::SandboxOf = Box::new(move |ip| {
+            let serving = serving.lock().unwrap_or_else(|e| e.into_inner());
+            serving.iter().find(|(_, e)| e.ip == ip).map(|(id, _)| id.clone())
+        });
+        let at = std::net::SocketAddrV4::new(inner.cfg.gateway(), inner.cfg.egress_gateway_port);
+        *inner.gateway.lock().unwrap_or_else(|e| e.into_inner()) =
+            crate::gateway::Gateway::start(at, inner.fw.clone(), &inner.cfg.dns, sandbox_of);
         Ok(())
     }
 }

@@ -350,3 +350,91 @@ pub fn trace_runtime() {
     let filter = tracing_subscriber::EnvFilter::new("soulbox_runtime=debug");
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::io::stderr).try_init();
 }
+
+/// A DNS server (UDP 53) inside network namespace `ns` answering A queries for `names`, NXDOMAIN for the rest;
+/// stops when dropped.
+pub struct FakeDns {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeDns {
+    pub fn start(ns: &str, names: Vec<(&str, Ipv4Addr)>) -> FakeDns {
+        let names: std::collections::HashMap<String, Ipv4Addr> =
+            names.into_iter().map(|(n, ip)| (n.to_string(), ip)).collect();
+        let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let stopping = stop.clone();
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on this thread only, with a descriptor that lives for the call.
+            assert_eq!(unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let socket = std::net::UdpSocket::bind("0.0.0.0:53").unwrap();
+            socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            ready_tx.send(()).unwrap();
+            let mut buf = [0u8; 512];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                if let Some(answer) = dns_answer(&buf[..n], &names) {
+                    let _ = socket.send_to(&answer, from);
+                }
+            }
+        });
+        ready.recv_timeout(Duration::from_secs(10)).expect("the fake DNS server started");
+        FakeDns { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for FakeDns {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The answer to one DNS query: an A record for a known name (no records for other types), NXDOMAIN otherwise.
+fn dns_answer(query: &[u8], names: &std::collections::HashMap<String, Ipv4Addr>) -> Option<Vec<u8>> {
+    let mut labels = Vec::new();
+    let mut at = 12;
+    loop {
+        let len = *query.get(at)? as usize;
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).to_ascii_lowercase());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    let question_end = at + 4;
+    let found = names.get(&labels.join("."));
+    let records = u16::from(found.is_some() && qtype == 1);
+    let rcode = if found.is_some() { 0 } else { 3 };
+    let mut out = Vec::new();
+    out.extend_from_slice(&query[..2]);
+    out.extend_from_slice(&[0x81, 0x80 | rcode, 0, 1, 0, records as u8, 0, 0, 0, 0]);
+    out.extend_from_slice(query.get(12..question_end)?);
+    if let (Some(ip), 1) = (found, records) {
+        out.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        out.extend_from_slice(&ip.octets());
+    }
+    Some(out)
+}
+
+/// A TLS ClientHello naming `name`, as rustls sends it, as `printf` octal escapes.
+pub fn client_hello_escaped(name: &str) -> String {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let server = rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    let mut conn = rustls::ClientConnection::new(std::sync::Arc::new(config), server).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    hello.iter().map(|b| format!("\\{b:03o}")).collect()
+}

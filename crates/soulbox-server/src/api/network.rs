@@ -8,7 +8,6 @@ use soulbox_protocol::api::SandboxNetworkUpdate;
 
 use super::sandboxes::body;
 use super::{ApiState, error};
-use crate::node::NetworkPolicy;
 use crate::store::Caller;
 
 /// Most DNS servers a sandbox may name (E2B's limit).
@@ -43,11 +42,11 @@ pub async fn update(
         return error(StatusCode::BAD_REQUEST, message);
     }
     // Replace, not merge: what the update leaves out is cleared.
-    let policy = NetworkPolicy {
-        allow_internet: update.allow_internet_access.unwrap_or(true),
-        allow_out: update.allow_out.unwrap_or_default(),
-        deny_out: update.deny_out.unwrap_or_default(),
-    };
+    let policy = crate::egress::policy(
+        update.allow_internet_access.unwrap_or(true),
+        &update.allow_out.unwrap_or_default(),
+        &update.deny_out.unwrap_or_default(),
+    );
     match state.lifecycle.update_network(&caller.team_id, &id, policy).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),

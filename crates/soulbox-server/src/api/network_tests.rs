@@ -18,6 +18,7 @@ async fn an_update_replaces_the_policy_on_the_node_and_in_the_record() {
         allow_internet: true,
         allow_out: vec!["203.0.113.7".into()],
         deny_out: vec!["0.0.0.0/0".into()],
+        ..Default::default()
     };
     assert_eq!(h.node.networks.lock().unwrap()[&id], wanted);
     let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
@@ -36,12 +37,33 @@ async fn an_update_replaces_the_policy_on_the_node_and_in_the_record() {
 }
 
 #[tokio::test]
+async fn host_names_go_to_the_host_lists_and_read_back_as_given() {
+    let h = harness().await;
+    let id = h.create(json!({})).await;
+    let body = json!({"allowOut": ["203.0.113.7", "API.example.com", "*.example.org"], "denyOut": ["0.0.0.0/0"]});
+    let (status, _, answer) = h.call("PUT", &format!("/sandboxes/{id}/network"), Some(body)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let policy = h.node.networks.lock().unwrap()[&id].clone();
+    assert_eq!(policy.allow_out, ["203.0.113.7"]);
+    assert_eq!(policy.allow_hosts, ["api.example.com", "*.example.org"]);
+    assert_eq!(policy.deny_out, ["0.0.0.0/0"]);
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(detail["network"]["allowOut"], json!(["203.0.113.7", "api.example.com", "*.example.org"]), "{detail}");
+    // The same at create, through the record.
+    let create = json!({"templateID": "base", "network": {"allowOut": ["api.example.com"], "denyOut": ["0.0.0.0/0"]}});
+    let (status, _, created) = h.call("POST", "/v2/sandboxes", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{}", created["sandboxID"].as_str().unwrap()), None).await;
+    assert_eq!(detail["network"]["allowOut"], json!(["api.example.com"]), "{detail}");
+}
+
+#[tokio::test]
 async fn bad_updates_are_e2b_errors_and_change_nothing() {
     let h = harness().await;
     let id = h.create(json!({})).await;
     let path = format!("/sandboxes/{id}/network");
     for body in [
-        json!({"allowOut": ["api.example.com"]}),
+        json!({"allowOut": ["api.*.example.com"]}),
         json!({"denyOut": ["::/0"]}),
         json!({"allowOut": ["169.254.169.254"]}),
         json!({"rules": {"api.example.com": [{"transform": {"headers": {"X": "y"}}}]}}),

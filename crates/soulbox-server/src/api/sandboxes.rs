@@ -138,8 +138,8 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
         allow_internet_access: Some(r.network.allow_internet),
         metadata: Some(r.metadata.clone()),
         network: Some(SandboxNetworkConfig {
-            allow_out: Some(r.network.allow_out.clone()),
-            deny_out: Some(r.network.deny_out.clone()),
+            allow_out: Some(crate::egress::entries(&r.network).0),
+            deny_out: Some(crate::egress::entries(&r.network).1),
             allow_public_traffic: Some(r.ingress.traffic_access_token.is_none()),
             mask_request_host: r.ingress.mask_request_host.clone(),
             ..Default::default()

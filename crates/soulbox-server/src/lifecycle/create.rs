@@ -93,11 +93,7 @@ impl Lifecycle {
             disk_size_mb: template.disk_size_mb,
             env_vars: req.env_vars.clone(),
             envd_access_token: token.clone(),
-            network: crate::node::NetworkPolicy {
-                allow_internet: req.allow_internet,
-                allow_out: req.allow_out.clone(),
-                deny_out: req.deny_out.clone(),
-            },
+            network: crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out),
             metadata: req.metadata.clone(),
             sandbox_id: None,
         };
@@ -160,11 +156,7 @@ impl Lifecycle {
             auto_pause_memory: req.auto_pause_memory,
             auto_pause_grace_s: req.auto_pause_grace_s as i32,
             auto_resume: req.auto_resume,
-            network: crate::node::NetworkPolicy {
-                allow_internet: req.allow_internet,
-                allow_out: req.allow_out,
-                deny_out: req.deny_out,
-            },
+            network: crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out),
             ingress: Ingress {
                 traffic_access_token: req.private_ports.then(ids::access_token),
                 mask_request_host: req.mask_request_host,

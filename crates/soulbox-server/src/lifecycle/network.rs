@@ -17,7 +17,8 @@ impl Lifecycle {
     /// Paused: its node keeps it for the resume (a frozen sandbox's firewall changes now too). The record follows
     /// the node, so a sandbox that moves or restarts keeps the new policy.
     pub async fn update_network(&self, team_id: &str, id: &str, policy: NetworkPolicy) -> Result<()> {
-        self.check_policy(&policy.allow_out, &policy.deny_out)?;
+        let (allow_out, deny_out) = crate::egress::entries(&policy);
+        self.check_policy(&allow_out, &deny_out)?;
         let record = self.team_sandbox(team_id, id).await?;
         self.node_of(&record).await?.update_network(id, &policy).await?;
         self.store.set_sandbox_network(id, &policy, &record.ingress).await?;

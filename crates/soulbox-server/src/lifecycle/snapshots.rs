@@ -148,8 +148,8 @@ impl Lifecycle {
             auto_pause_grace_s: record.auto_pause_grace_s.max(0) as u32,
             auto_resume: record.auto_resume,
             allow_internet: record.network.allow_internet,
-            allow_out: record.network.allow_out.clone(),
-            deny_out: record.network.deny_out.clone(),
+            allow_out: crate::egress::entries(&record.network).0,
+            deny_out: crate::egress::entries(&record.network).1,
             // Private like its source, with a token of its own.
             private_ports: record.ingress.traffic_access_token.is_some(),
             mask_request_host: record.ingress.mask_request_host.clone(),

@@ -61,6 +61,10 @@ fn state_str(state: SandboxState) -> &'static str {
 /// The `network` column: the egress lists and the ingress settings (`allow_internet` has its own column).
 fn network_json(n: &NetworkPolicy, ingress: &Ingress) -> String {
     let mut json = serde_json::json!({ "allowOut": n.allow_out, "denyOut": n.deny_out });
+    if n.has_host_rules() {
+        json["allowHosts"] = n.allow_hosts.clone().into();
+        json["denyHosts"] = n.deny_hosts.clone().into();
+    }
     if let Some(token) = &ingress.traffic_access_token {
         json["trafficAccessToken"] = token.as_str().into();
     }
@@ -105,6 +109,8 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
             allow_internet: row.try_get::<i32, _>("allow_internet")? != 0,
             allow_out: list("allowOut"),
             deny_out: list("denyOut"),
+            allow_hosts: list("allowHosts"),
+            deny_hosts: list("denyHosts"),
         },
         ingress: Ingress {
             traffic_access_token: network["trafficAccessToken"].as_str().map(str::to_owned),
@@ -372,7 +378,12 @@ mod tests {
             auto_pause_memory: true,
             auto_pause_grace_s: 5,
             auto_resume: false,
-            network: NetworkPolicy { allow_internet: true, allow_out: vec!["1.1.1.1/32".into()], deny_out: vec![] },
+            network: NetworkPolicy {
+                allow_internet: true,
+                allow_out: vec!["1.1.1.1/32".into()],
+                deny_out: vec![],
+                ..Default::default()
+            },
             ingress: Default::default(),
             address: Some("10.77.0.2".into()),
             team_id: crate::store::DEFAULT_TEAM_ID.into(),

@@ -1,0 +1,220 @@
+//! The node's egress gateway (issue 14): where a sandbox with host-name rules (`allowOut: ["api.example.com"]`)
+//! has its HTTP and TLS sent. The firewall redirects the sandbox's TCP to ports 80 and 443 here (`sb_nat`); the
+//! sandbox sees a plain connection to where it connected.
+//!
+//! For each connection the gateway finds the sandbox by its source address, the destination it asked for
+//! (`SO_ORIGINAL_DST`), and the name it asks for from its first bytes (TLS SNI, HTTP `Host`: `peek.rs`), then
+//! applies the sandbox's policy (`decide.rs`: allow wins over deny; private, metadata and pool addresses never).
+//! A named connection must also go where its name resolves (`resolve.rs`, the sandbox's own DNS servers): an SNI
+//! that names an allowed host while connecting elsewhere is refused. Passed connections are spliced to the
+//! destination byte for byte (TLS is not terminated: nothing is read but the opening). A live policy update
+//! re-judges the sandbox's open connections and cuts those it no longer allows.
+//!
+//! Not here yet: header transforms and secrets (they need TLS termination), SOCKS5 upstreams, and a resolver of
+//! SoulBox's own (denied names still resolve; their connections are refused).
+mod decide;
+mod peek;
+mod resolve;
+
+use crate::firewall::Firewall;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long the gateway waits for the destination to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Finds the sandbox that owns an address (the runtime's serving map).
+pub(crate) type SandboxOf = Box<dyn Fn(Ipv4Addr) -> Option<String> + Send + Sync>;
+
+pub(crate) struct Gateway {
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    fw: Arc<Firewall>,
+    names: resolve::Names,
+    sandbox_of: SandboxOf,
+    /// Open connections per sandbox, for re-judging them when its policy changes.
+    open: std::sync::Mutex<HashMap<String, Vec<Open>>>,
+    next: AtomicU64,
+}
+
+/// One passed connection: what it asked for, and how to cut it.
+struct Open {
+    key: u64,
+    name: Option<String>,
+    dst: Ipv4Addr,
+    port: u16,
+    cut: CancellationToken,
+}
+
+impl Gateway {
+    /// Listens on `addr` (the pool's gateway address, bound before any veth carries it). `None` when it cannot:
+    /// sandboxes with host rules then get no HTTP or TLS out (their redirected connections are refused).
+    pub(crate) fn start(
+        addr: SocketAddrV4,
+        fw: Arc<Firewall>,
+        dns: &[Ipv4Addr],
+        sandbox_of: SandboxOf,
+    ) -> Option<Gateway> {
+        let listener = match bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "egress gateway: cannot listen; sandboxes with host rules get no HTTP/TLS out");
+                return None;
+            }
+        };
+        let shared = Arc::new(Shared {
+            fw,
+            names: resolve::Names::new(dns),
+            sandbox_of,
+            open: Default::default(),
+            next: AtomicU64::new(0),
+        });
+        let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        tracing::debug!(%addr, "egress gateway listening");
+        Some(Gateway { shared, accept })
+    }
+
+    /// Re-judges the open connections of sandbox `id` under its current policy (none: it is gone, or has no host
+    /// rules any more) and cuts those it does not allow.
+    pub(crate) fn recheck(&self, id: &str) {
+        let policy = self.shared.fw.host_policy(id);
+        let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(conns) = open.get_mut(id) else { return };
+        conns.retain(|c| {
+            let allowed = policy.as_ref().is_some_and(|p| {
+                decide::verdict(&self.shared.fw, p, c.name.as_deref(), c.dst, c.port).is_ok()
+            });
+            if !allowed {
+                tracing::info!(sandbox = id, name = ?c.name, dst = %c.dst, port = c.port, "egress gateway: cut a connection the policy no longer allows");
+                c.cut.cancel();
+            }
+            allowed
+        });
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for conns in self.shared.open.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            conns.iter().for_each(|c| c.cut.cancel());
+        }
+    }
+}
+
+fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    // The gateway address is on the sandboxes' veths, which may not exist yet.
+    socket.set_freebind_v4(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V4(addr).into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, SocketAddr::V4(peer))) => {
+                tokio::spawn(handle(stream, *peer.ip(), shared.clone()));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "egress gateway: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
+    let Some(id) = (shared.sandbox_of)(source) else { return };
+    let (Some(policy), Some(original)) = (shared.fw.host_policy(&id), original_destination(&stream)) else { return };
+    let (dst, port) = (*original.ip(), original.port());
+    let (opening, head) = peek::opening(&mut stream).await;
+    let name = match opening {
+        peek::Opening::Tls(name) | peek::Opening::Http(name) => name,
+        peek::Opening::Other => None,
+    };
+    let refused = match decide::verdict(&shared.fw, &policy, name.as_deref(), dst, port) {
+        Err(why) => Some(why),
+        Ok(false) => None,
+        Ok(true) => {
+            let name = soulbox_protocol::hosts::normalize(name.as_deref().unwrap_or_default());
+            (!shared.names.resolves_to(&name, dst).await).then_some(decide::Refusal::Mismatch)
+        }
+    };
+    if let Some(why) = refused {
+        tracing::info!(sandbox = %id, name = ?name, %dst, port, ?why, "egress gateway: refused");
+        return;
+    }
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((dst, port))).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            tracing::debug!(sandbox = %id, %dst, port, "egress gateway: destination unreachable");
+            return;
+        }
+    };
+    let cut = CancellationToken::new();
+    let key = shared.next.fetch_add(1, Ordering::Relaxed);
+    let open = Open { key, name: name.clone(), dst, port, cut: cut.clone() };
+    shared.open.lock().unwrap_or_else(|e| e.into_inner()).entry(id.clone()).or_default().push(open);
+    // A policy change between the verdict and the registration must not miss this connection.
+    if shared
+        .fw
+        .host_policy(&id)
+        .as_ref()
+        .is_none_or(|p| decide::verdict(&shared.fw, p, name.as_deref(), dst, port).is_err())
+    {
+        cut.cancel();
+    }
+    splice(stream, upstream, head, &cut).await;
+    let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(conns) = open.get_mut(&id) {
+        conns.retain(|c| c.key != key);
+        if conns.is_empty() {
+            open.remove(&id);
+        }
+    }
+}
+
+/// Sends `head` (what was read to find the name) and then both directions until either side ends or `cut`.
+async fn splice(mut client: TcpStream, mut upstream: TcpStream, head: Vec<u8>, cut: &CancellationToken) {
+    let relay = async {
+        upstream.write_all(&head).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    tokio::select! {
+        _ = relay => {}
+        _ = cut.cancelled() => {}
+    }
+}
+
+/// Where the sandbox connected before the redirect.
+fn original_destination(stream: &TcpStream) -> Option<SocketAddrV4> {
+    // SAFETY: getsockopt(2) writes at most `len` bytes into a zeroed sockaddr_in that lives for the call.
+    unsafe {
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            libc::SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        );
+        (rc == 0)
+            .then(|| SocketAddrV4::new(Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)), u16::from_be(addr.sin_port)))
+    }
+}
