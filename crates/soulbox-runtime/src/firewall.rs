@@ -247,13 +247,15 @@ impl Firewall {
         Ok(ChainRules { name: format!("sbi_{id}"), hook: None, rules })
     }
 
-    /// The redirect of a sandbox with host rules: its HTTP and TLS to anything but the pool go to the gateway.
+    /// The redirect of a sandbox with host rules: its HTTP, TLS and DNS to anything but the pool go to the gateway.
     fn nat_chain(&self, id: &str) -> ChainRules {
-        let rule = format!(
-            "ip daddr != {} tcp dport {GATEWAY_PORTS} dnat ip to {}:{}",
-            self.pool, self.gateway, self.gateway_port
-        );
-        ChainRules { name: format!("sbn_{id}"), hook: None, rules: vec![rule] }
+        let (pool, to) = (&self.pool, format!("{}:{}", self.gateway, self.gateway_port));
+        let rules = vec![
+            format!("ip daddr != {pool} tcp dport {GATEWAY_PORTS} dnat ip to {to}"),
+            // Its DNS too (`gateway/dns.rs`): the names it asks for are the ones the gateway judges.
+            format!("ip daddr != {pool} udp dport 53 dnat ip to {to}"),
+        ];
+        ChainRules { name: format!("sbn_{id}"), hook: None, rules }
     }
 
     /// The policy as rules on the remote end of the traffic (`direction`), `deny` being the verdict
@@ -309,7 +311,10 @@ impl Firewall {
             input.push(format!("iifname \"{p}*\" tcp dport {{ {} }} accept", v.join(", ")));
         }
         // The egress gateway, reached only through the redirect (a sandbox connecting to it directly is dropped).
-        input.push(format!("iifname \"{p}*\" ct status dnat tcp dport {} accept", self.gateway_port));
+        input.push(format!(
+            "iifname \"{p}*\" ct status dnat meta l4proto {{ tcp, udp }} th dport {} accept",
+            self.gateway_port
+        ));
         input.push(format!("iifname \"{p}*\" drop"));
         vec![
             ChainRules {

@@ -10,9 +10,12 @@
 //! destination byte for byte (TLS is not terminated: nothing is read but the opening). A live policy update
 //! re-judges the sandbox's open connections and cuts those it no longer allows.
 //!
-//! Not here yet: header transforms and secrets (they need TLS termination), SOCKS5 upstreams, and a resolver of
-//! SoulBox's own (denied names still resolve; their connections are refused).
+//! The same address on UDP answers the sandbox's DNS (`dns.rs`): names its policy can never reach get NXDOMAIN at
+//! once, the rest go to the runtime's DNS servers.
+//!
+//! Not here yet: header transforms and secrets (they need TLS termination) and SOCKS5 upstreams.
 mod decide;
+mod dns;
 mod peek;
 mod resolve;
 
@@ -36,6 +39,7 @@ pub(crate) type SandboxOf = Box<dyn Fn(Ipv4Addr) -> Option<String> + Send + Sync
 pub(crate) struct Gateway {
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
+    dns: Option<tokio::task::JoinHandle<()>>,
 }
 
 struct Shared {
@@ -62,7 +66,7 @@ impl Gateway {
     pub(crate) fn start(
         addr: SocketAddrV4,
         fw: Arc<Firewall>,
-        dns: &[Ipv4Addr],
+        dns_servers: &[Ipv4Addr],
         sandbox_of: SandboxOf,
     ) -> Option<Gateway> {
         let listener = match bind(addr) {
@@ -74,14 +78,21 @@ impl Gateway {
         };
         let shared = Arc::new(Shared {
             fw,
-            names: resolve::Names::new(dns),
+            names: resolve::Names::new(dns_servers),
             sandbox_of,
             open: Default::default(),
             next: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, shared.clone()));
+        let dns = match bind_udp(addr) {
+            Ok(socket) => Some(tokio::spawn(dns::serve(socket, dns_servers.to_vec(), shared.clone()))),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "egress gateway: no DNS for sandboxes with host rules");
+                None
+            }
+        };
         tracing::debug!(%addr, "egress gateway listening");
-        Some(Gateway { shared, accept })
+        Some(Gateway { shared, accept, dns })
     }
 
     /// Re-judges the open connections of sandbox `id` under its current policy (none: it is gone, or has no host
@@ -106,6 +117,9 @@ impl Gateway {
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.accept.abort();
+        if let Some(dns) = &self.dns {
+            dns.abort();
+        }
         for conns in self.shared.open.lock().unwrap_or_else(|e| e.into_inner()).values() {
             conns.iter().for_each(|c| c.cut.cancel());
         }
@@ -121,6 +135,15 @@ fn bind(addr: SocketAddrV4) -> std::io::Result<TcpListener> {
     socket.bind(&SocketAddr::V4(addr).into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+fn bind_udp(addr: SocketAddrV4) -> std::io::Result<tokio::net::UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_freebind_v4(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::V4(addr).into())?;
+    tokio::net::UdpSocket::from_std(socket.into())
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

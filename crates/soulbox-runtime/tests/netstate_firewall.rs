@@ -489,6 +489,18 @@ async fn host_rules_pass_named_http_and_tls_through_the_gateway() {
     );
     assert!(!answers(tls("meta.test", out.private), "tls-ok").await, "a name resolving to a private address");
     assert!(!reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "other ports follow the address rules");
+    // DNS goes through the gateway too: allowed names resolve, a name the policy can never reach fails at once.
+    let (_, found) = sh(rt, &s.id, "nslookup good.test").await;
+    // (The fake DNS server is at the outside's address, so `Server:` names it either way; `Name:` is an answer.)
+    assert!(
+        found.contains("Name:") && found.contains(&out.public.to_string()),
+        "an allowed name did not resolve: {found}"
+    );
+    let (_, refused) = sh(rt, &s.id, "nslookup bad.test").await;
+    assert!(
+        refused.contains("NXDOMAIN") && !refused.contains("Name:"),
+        "a denied name resolved: {refused}"
+    );
     let gateway = format!("{}:{}", cfg.gateway(), cfg.egress_gateway_port);
     let (_, direct) =
         sh(rt, &s.id, &format!("echo x | nc -w 2 {} {} && echo connected", cfg.gateway(), cfg.egress_gateway_port))
