@@ -98,13 +98,25 @@ def test_mask_request_host_is_the_host_a_port_sees(sandboxes, anon):
     assert r.text == "8011-masked.example.test"
 
 
-def test_rules_and_proxies_are_refused_clearly_and_host_names_read_back(sandboxes):
+def sdk_sends_proxy_tls() -> bool:
+    """Older SDKs (2.45) have no `tls` in `egress_proxy` and drop it."""
+    try:
+        from e2b.api.client.models import sandbox_egress_proxy_tls_config_type_0  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_rules_and_proxy_tls_are_refused_clearly_and_host_names_read_back(sandboxes):
     sbx = sandboxes.create()
-    for network, words in [
+    refused = [
         ({"allow_out": ["api.*.example.com"]}, "neither"),
         ({"rules": {"api.example.com": [{"transform": {"headers": {"X-Key": "v"}}}]}}, "rules"),
-        ({"egress_proxy": {"address": "203.0.113.9:1080"}}, "egressProxy"),
-    ]:
+        ({"egress_proxy": {"address": "169.254.169.254:1080"}}, "private"),
+    ]
+    if sdk_sends_proxy_tls():
+        refused.append(({"egress_proxy": {"address": "203.0.113.9:1080", "tls": True}}, "tls"))
+    for network, words in refused:
         with pytest.raises(Exception) as info:
             sbx.update_network(network)
         assert words in str(info.value), (network, str(info.value))
@@ -165,3 +177,26 @@ def test_a_paused_sandbox_takes_the_update_on_resume(sandboxes, outside):
     assert not reaches(resumed), "the resumed sandbox ignored the update it got while paused"
     resumed.update_network({})
     assert reaches(resumed)
+
+
+def test_an_egress_proxy_tunnels_the_sandboxs_tcp_and_fails_closed(sandboxes, outside, tmp_path):
+    """E2B's `egress_proxy`: a real SOCKS5 server in the fake outside world carries the sandbox's TCP (its log shows
+    the tunnel); with the wrong password nothing goes out, directly or otherwise; the password is never returned."""
+    log = tmp_path / "socks.log"
+    log.touch()
+    script = os.path.join(os.path.dirname(__file__), "..", "lib", "socks5_server.py")
+    outside.run(1080, ["python3", script, "1080", str(log), "agent", "s3cret-pw"])
+    proxy = {"address": f"{OUTSIDE_ADDR}:1080", "username": "agent", "password": "s3cret-pw"}
+    sbx = sandboxes.create(network={"egress_proxy": proxy})
+    assert reaches(sbx), "the sandbox's TCP did not get through the proxy"
+    assert f"CONNECT {OUTSIDE_ADDR}:8080" in log.read_text(), log.read_text()
+    info = sbx.get_info()
+    assert "s3cret-pw" not in repr(info), "the password came back"
+    sbx.update_network({"egress_proxy": {**proxy, "password": "wrong"}})
+    assert not reaches(sbx), "with bad credentials the sandbox still got out"
+    assert "auth refused" in log.read_text(), log.read_text()
+    # Replace semantics: an update without the proxy sends traffic straight out.
+    before = log.read_text()
+    sbx.update_network({})
+    assert reaches(sbx)
+    assert log.read_text() == before, "traffic still went through the proxy"

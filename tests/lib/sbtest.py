@@ -109,11 +109,15 @@ class OutsideWorld:
         return self
 
     def serve(self, port: int, *program: str) -> None:
+        self.run(port, ["busybox", "nc", "-ll", "-p", str(port), "-e", *program])
+
+    def run(self, port: int, argv: list) -> None:
+        """Starts `argv` inside the netns and waits until something listens on TCP `port` there."""
         import subprocess
 
         self.procs.append(
             subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, "busybox", "nc", "-ll", "-p", str(port), "-e", *program],
+                ["ip", "netns", "exec", self.ns, *argv],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

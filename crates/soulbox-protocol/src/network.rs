@@ -21,6 +21,31 @@ pub struct NetworkPolicy {
     /// Host names denied over HTTP and TLS.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny_hosts: Vec<String>,
+    /// A SOCKS5 proxy all of the sandbox's outbound TCP is tunnelled through (after the lists are applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_proxy: Option<SocksProxy>,
+}
+
+/// E2B's `egressProxy` as a node applies it: a SOCKS5 proxy by address, with optional RFC 1929 credentials.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SocksProxy {
+    /// `ip:port` (the control plane resolved a host name and checked the address).
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for SocksProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocksProxy")
+            .field("address", &self.address)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl NetworkPolicy {
@@ -29,9 +54,15 @@ impl NetworkPolicy {
         NetworkPolicy { allow_internet: true, ..Default::default() }
     }
 
-    /// Whether host-name rules are in force: the sandbox's HTTP and TLS go through the node's egress gateway.
+    /// Whether host-name rules are in force: the sandbox's HTTP, TLS and DNS go through the node's egress gateway.
     pub fn has_host_rules(&self) -> bool {
         !self.allow_hosts.is_empty() || !self.deny_hosts.is_empty()
+    }
+
+    /// Whether any of the sandbox's traffic goes through the node's egress gateway (host rules, or a SOCKS5
+    /// proxy, which takes all of its TCP).
+    pub fn uses_gateway(&self) -> bool {
+        self.has_host_rules() || self.egress_proxy.is_some()
     }
 }
 
@@ -53,5 +84,8 @@ mod tests {
         let json = serde_json::to_string(&hosts).unwrap();
         assert_eq!(json, r#"{"allowInternet":true,"allowOut":[],"denyOut":[],"allowHosts":["*.example.com"]}"#);
         assert!(hosts.has_host_rules() && !NetworkPolicy::open().has_host_rules());
+        let proxy =
+            SocksProxy { address: "203.0.113.9:1080".into(), password: Some("p4ss".into()), ..Default::default() };
+        assert!(!format!("{proxy:?}").contains("p4ss"), "the password never reaches a log");
     }
 }

@@ -93,6 +93,11 @@ pub fn validate_policy(p: &NetworkPolicy) -> Result<()> {
     for c in p.allow_out.iter().chain(p.deny_out.iter()) {
         parse_cidr(c)?;
     }
+    if let Some(proxy) = &p.egress_proxy
+        && proxy.address.parse::<std::net::SocketAddrV4>().is_err()
+    {
+        return Err(Error::Invalid(format!("egress proxy address {:?} is not IPv4 address:port", proxy.address)));
+    }
     if let Some(bad) = p.allow_hosts.iter().chain(&p.deny_hosts).find(|h| !soulbox_protocol::hosts::is_pattern(h)) {
         return Err(Error::Invalid(format!("bad host name {bad:?}")));
     }
@@ -177,7 +182,7 @@ pub struct Firewall {
     state: tokio::sync::Mutex<State>,
     /// The policies with host rules, by sandbox: read by the egress gateway per connection, without waiting for
     /// an `nft` run under `state`. Written together with `state.live`.
-    host_policies: std::sync::RwLock<std::collections::HashMap<String, NetworkPolicy>>,
+    gateway_policies: std::sync::RwLock<std::collections::HashMap<String, NetworkPolicy>>,
     /// Pids of our own recent `nft` processes: the watcher ignores the transactions they commit.
     own_pids: std::sync::Mutex<VecDeque<(u32, Instant)>>,
     /// Counts repairs; tests and callers wait on it.
@@ -199,7 +204,7 @@ impl Firewall {
             host_ports: cfg.host_allowed_tcp_ports.clone(),
             allow_private_egress: cfg.allow_private_egress,
             state: Default::default(),
-            host_policies: Default::default(),
+            gateway_policies: Default::default(),
             own_pids: Default::default(),
             repairs: tokio::sync::watch::channel(0).0,
         }
@@ -210,14 +215,13 @@ impl Firewall {
     }
 
     /// Sandbox `id`'s policy when it has host rules (what the egress gateway applies).
-    pub(crate) fn host_policy(&self, id: &str) -> Option<NetworkPolicy> {
-        self.host_policies.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
+    pub(crate) fn gateway_policy(&self, id: &str) -> Option<NetworkPolicy> {
+        self.gateway_policies.read().unwrap_or_else(|e| e.into_inner()).get(id).cloned()
     }
 
-    fn remember_host_policies(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) {
-        let with_hosts =
-            live.iter().filter(|(_, (_, p))| p.has_host_rules()).map(|(id, (_, p))| (id.clone(), p.clone()));
-        *self.host_policies.write().unwrap_or_else(|e| e.into_inner()) = with_hosts.collect();
+    fn remember_gateway_policies(&self, live: &BTreeMap<String, (String, NetworkPolicy)>) {
+        let with_hosts = live.iter().filter(|(_, (_, p))| p.uses_gateway()).map(|(id, (_, p))| (id.clone(), p.clone()));
+        *self.gateway_policies.write().unwrap_or_else(|e| e.into_inner()) = with_hosts.collect();
     }
 
     pub(crate) fn allow_private_egress(&self) -> bool {
@@ -247,14 +251,18 @@ impl Firewall {
         Ok(ChainRules { name: format!("sbi_{id}"), hook: None, rules })
     }
 
-    /// The redirect of a sandbox with host rules: its HTTP, TLS and DNS to anything but the pool go to the gateway.
-    fn nat_chain(&self, id: &str) -> ChainRules {
+    /// The redirect to the gateway of a sandbox that uses it: with a SOCKS5 proxy all of its TCP, else (host
+    /// rules) its HTTP and TLS; with host rules its DNS too. Never traffic to the pool.
+    fn nat_chain(&self, id: &str, p: &NetworkPolicy) -> ChainRules {
         let (pool, to) = (&self.pool, format!("{}:{}", self.gateway, self.gateway_port));
-        let rules = vec![
-            format!("ip daddr != {pool} tcp dport {GATEWAY_PORTS} dnat ip to {to}"),
-            // Its DNS too (`gateway/dns.rs`): the names it asks for are the ones the gateway judges.
-            format!("ip daddr != {pool} udp dport 53 dnat ip to {to}"),
-        ];
+        let mut rules = vec![match p.egress_proxy {
+            Some(_) => format!("ip daddr != {pool} meta l4proto tcp dnat ip to {to}"),
+            None => format!("ip daddr != {pool} tcp dport {GATEWAY_PORTS} dnat ip to {to}"),
+        }];
+        if p.has_host_rules() {
+            // The names it asks for are the ones the gateway judges (`gateway/dns.rs`).
+            rules.push(format!("ip daddr != {pool} udp dport 53 dnat ip to {to}"));
+        }
         ChainRules { name: format!("sbn_{id}"), hook: None, rules }
     }
 
@@ -357,8 +365,8 @@ impl Firewall {
     /// host rules).
     fn sandbox_chains(&self, id: &str, p: &NetworkPolicy) -> Result<Vec<(&'static str, ChainRules)>> {
         let mut chains = vec![(MAP_OUT, self.sandbox_chain(id, p)?), (MAP_IN, self.inbound_chain(id, p)?)];
-        if p.has_host_rules() {
-            chains.push((MAP_NAT, self.nat_chain(id)));
+        if p.uses_gateway() {
+            chains.push((MAP_NAT, self.nat_chain(id, p)));
         }
         Ok(chains)
     }
@@ -368,7 +376,7 @@ impl Firewall {
     fn sandbox_script(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<String> {
         let t = &self.table;
         let mut s = String::new();
-        if !p.has_host_rules() {
+        if !p.uses_gateway() {
             s += &remove_chain_script(t, MAP_NAT, &format!("sbn_{id}"), veth);
         }
         for (map, chain) in self.sandbox_chains(id, p)? {
@@ -465,7 +473,7 @@ impl Firewall {
         let live: BTreeMap<_, _> = live.iter().map(|(id, veth, p)| (id.clone(), (veth.clone(), p.clone()))).collect();
         let mut state = self.state.lock().await;
         self.apply(&self.table_script(&live)?).await?;
-        self.remember_host_policies(&live);
+        self.remember_gateway_policies(&live);
         state.live = live;
         state.closed = false;
         Ok(())
@@ -476,7 +484,7 @@ impl Firewall {
         let mut state = self.state.lock().await;
         self.apply(&s).await?;
         state.live.insert(id.to_string(), (veth.to_string(), p.clone()));
-        self.remember_host_policies(&state.live);
+        self.remember_gateway_policies(&state.live);
         Ok(())
     }
 
@@ -496,7 +504,7 @@ impl Firewall {
             }
         }
         state.live.remove(id);
-        self.remember_host_policies(&state.live);
+        self.remember_gateway_policies(&state.live);
         Ok(())
     }
 
@@ -520,7 +528,7 @@ impl Firewall {
         let mut state = self.state.lock().await;
         state.closed = true;
         state.live.clear();
-        self.remember_host_policies(&state.live);
+        self.remember_gateway_policies(&state.live);
         self.apply(&format!("table inet {t} {{}}\ndelete table inet {t}\n")).await
     }
 

@@ -13,7 +13,11 @@
 //! The same address on UDP answers the sandbox's DNS (`dns.rs`): names its policy can never reach get NXDOMAIN at
 //! once, the rest go to the runtime's DNS servers.
 //!
-//! Not here yet: header transforms and secrets (they need TLS termination) and SOCKS5 upstreams.
+//! A sandbox with a SOCKS5 proxy (E2B's `egressProxy`) has all of its TCP redirected here; what its policy allows
+//! is dialled through the proxy (RFC 1928, with RFC 1929 credentials when given), never directly: a proxy that
+//! fails fails the connection. UDP (DNS, QUIC) is not tunnelled, as in E2B.
+//!
+//! Not here yet: header transforms and secrets (they need TLS termination), and TLS to the proxy.
 mod decide;
 mod dns;
 mod peek;
@@ -98,7 +102,7 @@ impl Gateway {
     /// Re-judges the open connections of sandbox `id` under its current policy (none: it is gone, or has no host
     /// rules any more) and cuts those it does not allow.
     pub(crate) fn recheck(&self, id: &str) {
-        let policy = self.shared.fw.host_policy(id);
+        let policy = self.shared.fw.gateway_policy(id);
         let mut open = self.shared.open.lock().unwrap_or_else(|e| e.into_inner());
         let Some(conns) = open.get_mut(id) else { return };
         conns.retain(|c| {
@@ -163,12 +167,15 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 
 async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
     let Some(id) = (shared.sandbox_of)(source) else { return };
-    let (Some(policy), Some(original)) = (shared.fw.host_policy(&id), original_destination(&stream)) else { return };
+    let (Some(policy), Some(original)) = (shared.fw.gateway_policy(&id), original_destination(&stream)) else { return };
     let (dst, port) = (*original.ip(), original.port());
-    let (opening, head) = peek::opening(&mut stream).await;
-    let name = match opening {
-        peek::Opening::Tls(name) | peek::Opening::Http(name) => name,
-        peek::Opening::Other => None,
+    // Only HTTP and TLS are judged by name: other protocols may wait for the server to speak first.
+    let (name, head) = match policy.has_host_rules() && (port == 80 || port == 443) {
+        true => match peek::opening(&mut stream).await {
+            (peek::Opening::Tls(name) | peek::Opening::Http(name), head) => (name, head),
+            (peek::Opening::Other, head) => (None, head),
+        },
+        false => (None, Vec::new()),
     };
     let refused = match decide::verdict(&shared.fw, &policy, name.as_deref(), dst, port) {
         Err(why) => Some(why),
@@ -182,10 +189,14 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
         tracing::info!(sandbox = %id, name = ?name, %dst, port, ?why, "egress gateway: refused");
         return;
     }
-    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((dst, port))).await {
+    let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(policy.egress_proxy.as_ref(), dst, port)).await {
         Ok(Ok(s)) => s,
-        _ => {
-            tracing::debug!(sandbox = %id, %dst, port, "egress gateway: destination unreachable");
+        Ok(Err(e)) => {
+            tracing::info!(sandbox = %id, %dst, port, error = %e, "egress gateway: could not reach the destination");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(sandbox = %id, %dst, port, "egress gateway: timed out reaching the destination");
             return;
         }
     };
@@ -196,7 +207,7 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
     // A policy change between the verdict and the registration must not miss this connection.
     if shared
         .fw
-        .host_policy(&id)
+        .gateway_policy(&id)
         .as_ref()
         .is_none_or(|p| decide::verdict(&shared.fw, p, name.as_deref(), dst, port).is_err())
     {
@@ -210,6 +221,22 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
             open.remove(&id);
         }
     }
+}
+
+/// The connection to `dst:port`: straight, or tunnelled through the sandbox's SOCKS5 proxy. A proxy that is
+/// unreachable, refuses the credentials or the destination fails the connection: never a direct fallback.
+async fn dial(proxy: Option<&soulbox_protocol::SocksProxy>, dst: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
+    let Some(proxy) = proxy else { return TcpStream::connect((dst, port)).await };
+    let at: SocketAddrV4 = proxy.address.parse().map_err(std::io::Error::other)?;
+    let target = SocketAddrV4::new(dst, port);
+    let tunnel = match (&proxy.username, &proxy.password) {
+        (Some(user), password) => {
+            tokio_socks::tcp::Socks5Stream::connect_with_password(at, target, user, password.as_deref().unwrap_or(""))
+                .await
+        }
+        (None, _) => tokio_socks::tcp::Socks5Stream::connect(at, target).await,
+    };
+    tunnel.map(|t| t.into_inner()).map_err(std::io::Error::other)
 }
 
 /// Sends `head` (what was read to find the name) and then both directions until either side ends or `cut`.

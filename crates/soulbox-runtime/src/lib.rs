@@ -32,5 +32,5 @@ pub use config::RuntimeConfig;
 pub use envd_secret::EnvdSecret;
 pub use error::{Error, Result};
 pub use lifecycle::{Endpoint, Runtime};
-pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Stats, Status};
+pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, SocksProxy, Stats, Status};
 pub use template::{Store, TemplateMeta};

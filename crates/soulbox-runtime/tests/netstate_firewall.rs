@@ -497,10 +497,7 @@ async fn host_rules_pass_named_http_and_tls_through_the_gateway() {
         "an allowed name did not resolve: {found}"
     );
     let (_, refused) = sh(rt, &s.id, "nslookup bad.test").await;
-    assert!(
-        refused.contains("NXDOMAIN") && !refused.contains("Name:"),
-        "a denied name resolved: {refused}"
-    );
+    assert!(refused.contains("NXDOMAIN") && !refused.contains("Name:"), "a denied name resolved: {refused}");
     let gateway = format!("{}:{}", cfg.gateway(), cfg.egress_gateway_port);
     let (_, direct) =
         sh(rt, &s.id, &format!("echo x | nc -w 2 {} {} && echo connected", cfg.gateway(), cfg.egress_gateway_port))
@@ -516,4 +513,46 @@ async fn host_rules_pass_named_http_and_tls_through_the_gateway() {
     let plain = NetworkPolicy { allow_internet: true, deny_out: vec!["0.0.0.0/0".into()], ..Default::default() };
     rt.update_network(&s.id, plain).await.unwrap();
     assert!(!answers(http("bad.test"), "http-ok").await);
+}
+
+/// E2B's `egressProxy`: all of a sandbox's TCP goes through a SOCKS5 proxy (the proxy's log shows each tunnel),
+/// after the policy (a denied address never reaches the proxy); bad credentials fail the connection, never a
+/// direct fallback; an update without the proxy sends traffic straight out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_egress_proxy_tunnels_all_tcp_and_fails_closed() {
+    root_or_skip!("an_egress_proxy_tunnels_all_tcp_and_fails_closed");
+    log_lines();
+    let out = Outside::new(7);
+    let socks = FakeSocks::start(&out.ns, 1080, Some(("agent", "s3cret")));
+    let h = harness(80).await;
+    let rt = h.rt();
+    let proxy = |password: &str| soulbox_runtime::SocksProxy {
+        address: format!("{}:1080", out.public),
+        username: Some("agent".into()),
+        password: Some(password.into()),
+    };
+    let tunnelled = NetworkPolicy { allow_internet: true, egress_proxy: Some(proxy("s3cret")), ..Default::default() };
+    let s = rt.create(spec(tunnelled.clone())).await.unwrap();
+    let target = format!("CONNECT {}:8080", out.public);
+    assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "through the proxy");
+    assert!(socks.logged().contains(&target), "the proxy did not carry it: {:?}", socks.logged());
+
+    // The policy comes first: a denied address never reaches the proxy.
+    let denied = NetworkPolicy { deny_out: vec![format!("{}/32", out.public)], ..tunnelled.clone() };
+    rt.update_network(&s.id, denied).await.unwrap();
+    let before = socks.logged().len();
+    assert!(!reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "a denied address was reached");
+    assert_eq!(socks.logged().len(), before, "a denied connection reached the proxy: {:?}", socks.logged());
+
+    // Bad credentials: the connection fails; nothing goes out directly.
+    let wrong = NetworkPolicy { egress_proxy: Some(proxy("wrong")), ..tunnelled };
+    rt.update_network(&s.id, wrong).await.unwrap();
+    assert!(!reaches(rt, &s.id, out.public, 8080, "outside-ok").await, "fell back to a direct connection");
+    assert!(socks.logged().iter().any(|l| l == "auth refused"), "{:?}", socks.logged());
+
+    // Without the proxy: straight out again, the proxy sees nothing.
+    rt.update_network(&s.id, NetworkPolicy::open()).await.unwrap();
+    let before = socks.logged().len();
+    assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await);
+    assert_eq!(socks.logged().len(), before, "{:?}", socks.logged());
 }

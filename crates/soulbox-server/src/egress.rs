@@ -15,6 +15,7 @@ use std::net::Ipv4Addr;
 use soulbox_protocol::api::{EgressProxy, NetworkRule};
 
 use crate::node::NetworkPolicy;
+use soulbox_protocol::SocksProxy;
 
 /// The runtime firewall's private/link-local/metadata/multicast/reserved set: one definition for both.
 pub use soulbox_runtime::firewall::PRIVATE_RANGES;
@@ -57,10 +58,40 @@ pub fn unsupported(rules: Option<&BTreeMap<String, Vec<NetworkRule>>>, proxy: Op
     if rules.is_some_and(|r| !r.is_empty()) {
         return Some("network rules (header transforms for egress requests) are not supported by SoulBox yet".into());
     }
-    if proxy.is_some() {
-        return Some("egressProxy (tunnelling egress through SOCKS5) is not supported by SoulBox yet".into());
+    if proxy.is_some_and(|p| p.tls.is_some()) {
+        return Some("egressProxy.tls (TLS to the SOCKS5 proxy) is not supported by SoulBox yet".into());
     }
     None
+}
+
+/// Longest SOCKS5 user name or password (RFC 1929: one length byte).
+const MAX_SOCKS_CREDENTIAL: usize = 255;
+
+/// E2B's `egressProxy` as the node takes it, before its host is resolved: `address` is `host:port`.
+pub fn socks_proxy(proxy: &EgressProxy) -> Result<SocksProxy, String> {
+    let Some((host, port)) = proxy.address.rsplit_once(':') else {
+        return Err(format!("egressProxy.address {:?} must be host:port", proxy.address));
+    };
+    if port.parse::<u16>().map_or(true, |p| p == 0)
+        || !(host.parse::<Ipv4Addr>().is_ok() || soulbox_protocol::hosts::is_name(host))
+    {
+        return Err(format!(
+            "egressProxy.address {:?} must be host:port (an IPv4 address or a host name)",
+            proxy.address
+        ));
+    }
+    let too_long = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > MAX_SOCKS_CREDENTIAL);
+    if too_long(&proxy.username) || too_long(&proxy.password) {
+        return Err(format!("egressProxy username and password are at most {MAX_SOCKS_CREDENTIAL} bytes"));
+    }
+    if proxy.password.is_some() && proxy.username.is_none() {
+        return Err("egressProxy.password needs a username".into());
+    }
+    Ok(SocksProxy {
+        address: proxy.address.clone(),
+        username: proxy.username.clone(),
+        password: proxy.password.clone(),
+    })
 }
 
 /// Most entries in `allowOut` and `denyOut` together (the runtime's limit).
@@ -89,7 +120,7 @@ pub fn check_entries(allow_out: &[String], deny_out: &[String]) -> Result<(), St
 pub fn policy(allow_internet: bool, allow_out: &[String], deny_out: &[String]) -> NetworkPolicy {
     let (allow_out, allow_hosts) = split(allow_out);
     let (deny_out, deny_hosts) = split(deny_out);
-    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts }
+    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts, egress_proxy: None }
 }
 
 /// E2B's lists for a node's policy: addresses first, then host names (what `GET /sandboxes/{id}` shows).
@@ -150,9 +181,32 @@ mod tests {
     fn unsupported_options_are_named() {
         let rules: BTreeMap<String, Vec<NetworkRule>> = [("api.example.com".to_string(), vec![])].into();
         assert!(unsupported(Some(&rules), None).unwrap().contains("rules"));
-        assert!(unsupported(None, Some(&EgressProxy::default())).unwrap().contains("egressProxy"));
+        let tls = EgressProxy { tls: Some(Default::default()), ..Default::default() };
+        assert!(unsupported(None, Some(&tls)).unwrap().contains("egressProxy.tls"));
+        assert_eq!(unsupported(None, Some(&EgressProxy::default())), None);
         assert_eq!(unsupported(Some(&BTreeMap::new()), None), None);
         assert_eq!(unsupported(None, None), None);
+    }
+
+    #[test]
+    fn socks_proxies_are_host_port_with_sane_credentials() {
+        let p = |address: &str, user: Option<&str>, password: Option<&str>| EgressProxy {
+            address: address.into(),
+            username: user.map(Into::into),
+            password: password.map(Into::into),
+            tls: None,
+        };
+        assert!(socks_proxy(&p("203.0.113.9:1080", Some("u"), Some("p"))).is_ok());
+        assert!(socks_proxy(&p("proxy.example.com:1080", None, None)).is_ok());
+        for bad in [
+            p("203.0.113.9", None, None),
+            p("203.0.113.9:0", None, None),
+            p("a b:1", None, None),
+            p("x.com:1080", None, Some("p")),
+            p("x.com:1080", Some(&"u".repeat(256)), None),
+        ] {
+            assert!(socks_proxy(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

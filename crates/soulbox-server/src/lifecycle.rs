@@ -126,6 +126,8 @@ pub struct CreateRequest {
     pub allow_internet: bool,
     pub allow_out: Vec<String>,
     pub deny_out: Vec<String>,
+    /// E2B's `egressProxy` (its host not resolved yet: `create` does that).
+    pub egress_proxy: Option<soulbox_protocol::SocksProxy>,
     /// E2B's `allowPublicTraffic: false`: the sandbox's ports need its traffic access token.
     pub private_ports: bool,
     /// E2B's `maskRequestHost`: the `Host` requests to its ports arrive with.

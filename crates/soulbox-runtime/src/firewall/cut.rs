@@ -20,6 +20,10 @@ impl Firewall {
         if !self.allow_private_egress && is_private(ip) && !dns {
             return false;
         }
+        if p.egress_proxy.is_some() && !dns {
+            // All of its TCP belongs to the egress gateway (and the proxy behind it): a direct flow is cut.
+            return false;
+        }
         if p.has_host_rules() {
             if port == 80 || port == 443 {
                 // These belong to the egress gateway now: a direct flow from before the host rules is cut.

@@ -33,7 +33,10 @@ impl Firewall {
         // The host (at the gateway) and every other sandbox: the host's forward and input chains
         // drop these before any allowOut, and so does the guard.
         out.push(format!("ip daddr {} drop", self.pool));
-        if p.has_host_rules() {
+        if p.egress_proxy.is_some() {
+            // The host redirects all of its TCP to the egress gateway, which judges it (`gateway.rs`).
+            out.push("meta l4proto tcp accept".to_string());
+        } else if p.has_host_rules() {
             // The host redirects these to the egress gateway, which judges them by name (`gateway.rs`).
             out.push(format!("tcp dport {} accept", super::GATEWAY_PORTS));
         }

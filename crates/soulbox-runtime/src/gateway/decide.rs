@@ -46,7 +46,7 @@ pub(crate) fn verdict(
 }
 
 fn without_hosts(p: &NetworkPolicy) -> NetworkPolicy {
-    NetworkPolicy { allow_hosts: vec![], deny_hosts: vec![], ..p.clone() }
+    NetworkPolicy { allow_hosts: vec![], deny_hosts: vec![], egress_proxy: None, ..p.clone() }
 }
 
 #[cfg(test)]

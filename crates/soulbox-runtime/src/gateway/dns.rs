@@ -40,7 +40,7 @@ pub(super) async fn serve(socket: UdpSocket, upstreams: Vec<Ipv4Addr>, shared: A
 
 async fn answer(query: &[u8], from: SocketAddrV4, upstreams: &[Ipv4Addr], shared: &Shared) -> Option<Vec<u8>> {
     let id = (shared.sandbox_of)(*from.ip())?;
-    let policy = shared.fw.host_policy(&id)?;
+    let policy = shared.fw.gateway_policy(&id)?;
     let message = Message::from_vec(query).ok()?;
     let refused = message.queries.iter().map(|q| q.name().to_ascii()).find(|name| never_reachable(&policy, name));
     if let Some(name) = refused {

@@ -438,3 +438,115 @@ pub fn client_hello_escaped(name: &str) -> String {
     conn.write_tls(&mut hello).unwrap();
     hello.iter().map(|b| format!("\\{b:03o}")).collect()
 }
+
+/// A SOCKS5 server (RFC 1928, CONNECT to IPv4, optional RFC 1929 user/password) inside network namespace `ns`,
+/// logging `CONNECT ip:port` for every tunnel it opens and `auth refused` for bad credentials.
+pub struct FakeSocks {
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FakeSocks {
+    pub fn start(ns: &str, port: u16, credentials: Option<(&str, &str)>) -> FakeSocks {
+        let ns_file = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        let credentials = credentials.map(|(u, p)| (u.to_string(), p.to_string()));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (stopping, logging) = (stop.clone(), log.clone());
+        let thread = std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns(2) on this thread only (threads it spawns inherit it).
+            assert_eq!(unsafe { libc::setns(ns_file.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+            let listener = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            ready_tx.send(()).unwrap();
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let (credentials, log) = (credentials.clone(), logging.clone());
+                        std::thread::spawn(move || {
+                            let _ = socks_session(client, credentials, &log);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        ready.recv_timeout(Duration::from_secs(10)).expect("the fake SOCKS5 server started");
+        FakeSocks { log, stop, thread: Some(thread) }
+    }
+
+    pub fn logged(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeSocks {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn socks_session(
+    mut client: std::net::TcpStream,
+    credentials: Option<(String, String)>,
+    log: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = [0u8; 2];
+    client.read_exact(&mut head)?;
+    let mut methods = vec![0u8; head[1] as usize];
+    client.read_exact(&mut methods)?;
+    let method = if credentials.is_some() { 2 } else { 0 };
+    if head[0] != 5 || !methods.contains(&method) {
+        return client.write_all(&[5, 0xff]);
+    }
+    client.write_all(&[5, method])?;
+    if let Some((user, password)) = credentials {
+        let field = |c: &mut std::net::TcpStream| -> std::io::Result<String> {
+            let mut len = [0u8; 1];
+            c.read_exact(&mut len)?;
+            let mut v = vec![0u8; len[0] as usize];
+            c.read_exact(&mut v)?;
+            Ok(String::from_utf8_lossy(&v).into_owned())
+        };
+        let mut version = [0u8; 1];
+        client.read_exact(&mut version)?;
+        let (u, p) = (field(&mut client)?, field(&mut client)?);
+        if u != user || p != password {
+            log.lock().unwrap().push("auth refused".into());
+            return client.write_all(&[1, 1]);
+        }
+        client.write_all(&[1, 0])?;
+    }
+    let mut request = [0u8; 4];
+    client.read_exact(&mut request)?;
+    if request[1] != 1 || request[3] != 1 {
+        return client.write_all(&[5, 7, 0, 1, 0, 0, 0, 0, 0, 0]);
+    }
+    let mut target = [0u8; 6];
+    client.read_exact(&mut target)?;
+    let ip = Ipv4Addr::new(target[0], target[1], target[2], target[3]);
+    let port = u16::from_be_bytes([target[4], target[5]]);
+    log.lock().unwrap().push(format!("CONNECT {ip}:{port}"));
+    let upstream = std::net::TcpStream::connect((ip, port))?;
+    client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0])?;
+    client.set_read_timeout(None)?;
+    let (mut c2, mut u2) = (client.try_clone()?, upstream.try_clone()?);
+    let (mut c1, mut u1) = (client, upstream);
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c1, &mut u1);
+        let _ = u1.shutdown(std::net::Shutdown::Write);
+    });
+    let _ = std::io::copy(&mut u2, &mut c2);
+    let _ = c2.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+    Ok(())
+}

@@ -42,11 +42,15 @@ pub async fn update(
         return error(StatusCode::BAD_REQUEST, message);
     }
     // Replace, not merge: what the update leaves out is cleared.
-    let policy = crate::egress::policy(
+    let mut policy = crate::egress::policy(
         update.allow_internet_access.unwrap_or(true),
         &update.allow_out.unwrap_or_default(),
         &update.deny_out.unwrap_or_default(),
     );
+    policy.egress_proxy = match update.egress_proxy.as_ref().map(crate::egress::socks_proxy).transpose() {
+        Ok(proxy) => proxy,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     match state.lifecycle.update_network(&caller.team_id, &id, policy).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),

@@ -58,6 +58,34 @@ async fn host_names_go_to_the_host_lists_and_read_back_as_given() {
 }
 
 #[tokio::test]
+async fn an_egress_proxy_reaches_the_node_and_its_password_never_comes_back() {
+    let h = harness().await;
+    let id = h.create(json!({})).await;
+    let proxy = json!({"address": "203.0.113.9:1080", "username": "agent", "password": "s3cret-pw"});
+    let (status, _, answer) =
+        h.call("PUT", &format!("/sandboxes/{id}/network"), Some(json!({"egressProxy": proxy}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let sent = h.node.networks.lock().unwrap()[&id].egress_proxy.clone().expect("the node got the proxy");
+    assert_eq!((sent.address.as_str(), sent.password.as_deref()), ("203.0.113.9:1080", Some("s3cret-pw")));
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(
+        detail["network"]["egressProxy"],
+        json!({"address": "203.0.113.9:1080", "username": "agent"}),
+        "{detail}"
+    );
+    assert!(!detail.to_string().contains("s3cret-pw"), "{detail}");
+    // At create too, and forks keep it.
+    let create = json!({"templateID": "base", "network": {"egressProxy": proxy}});
+    let (status, _, created) = h.call("POST", "/v2/sandboxes", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(!created.to_string().contains("s3cret-pw"));
+    // An update without it stops tunnelling (replace semantics).
+    let (status, _, _) = h.call("PUT", &format!("/sandboxes/{id}/network"), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(h.node.networks.lock().unwrap()[&id].egress_proxy, None);
+}
+
+#[tokio::test]
 async fn bad_updates_are_e2b_errors_and_change_nothing() {
     let h = harness().await;
     let id = h.create(json!({})).await;
@@ -67,7 +95,11 @@ async fn bad_updates_are_e2b_errors_and_change_nothing() {
         json!({"denyOut": ["::/0"]}),
         json!({"allowOut": ["169.254.169.254"]}),
         json!({"rules": {"api.example.com": [{"transform": {"headers": {"X": "y"}}}]}}),
-        json!({"egressProxy": {"address": "203.0.113.9:1080"}}),
+        json!({"egressProxy": {"address": "203.0.113.9:1080", "tls": {}}}),
+        json!({"egressProxy": {"address": "10.0.0.1:1080"}}),
+        json!({"egressProxy": {"address": "169.254.169.254:1080"}}),
+        json!({"egressProxy": {"address": "203.0.113.9"}}),
+        json!({"egressProxy": {"address": "203.0.113.9:1080", "password": "no-user"}}),
         json!({"dnsServers": ["dns.google"]}),
         json!({"allowOut": "not a list"}),
     ] {

@@ -64,6 +64,7 @@ fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateReque
         allow_internet: req.allow_internet_access.unwrap_or(true),
         allow_out: network.allow_out.unwrap_or_default(),
         deny_out: network.deny_out.unwrap_or_default(),
+        egress_proxy: network.egress_proxy.as_ref().and_then(|p| crate::egress::socks_proxy(p).ok()),
         private_ports: network.allow_public_traffic == Some(false),
         mask_request_host: network.mask_request_host,
         secure,
@@ -78,10 +79,13 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
     if req.template_id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "templateID is required");
     }
-    if let Some(network) = &req.network
-        && let Some(message) = crate::egress::unsupported(network.rules.as_ref(), network.egress_proxy.as_ref())
-    {
-        return error(StatusCode::BAD_REQUEST, message);
+    if let Some(network) = &req.network {
+        if let Some(message) = crate::egress::unsupported(network.rules.as_ref(), network.egress_proxy.as_ref()) {
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+        if let Some(Err(message)) = network.egress_proxy.as_ref().map(crate::egress::socks_proxy) {
+            return error(StatusCode::BAD_REQUEST, message);
+        }
     }
     // v1 issues an access token only for `secure: true`; v2 always secures the sandbox.
     let secure = v2 || req.secure.unwrap_or(false);
@@ -142,6 +146,12 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
             deny_out: Some(crate::egress::entries(&r.network).1),
             allow_public_traffic: Some(r.ingress.traffic_access_token.is_none()),
             mask_request_host: r.ingress.mask_request_host.clone(),
+            // Never the password.
+            egress_proxy: r.network.egress_proxy.as_ref().map(|p| soulbox_protocol::api::EgressProxy {
+                address: p.address.clone(),
+                username: p.username.clone(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         lifecycle: Some(ApiLifecycle {

@@ -6,7 +6,7 @@ use soulbox_protocol::version::ENVD_PROTOCOL_VERSION;
 use super::{CreateRequest, Lifecycle, LifecycleError, Result};
 use crate::cluster::Requirements;
 use crate::ids;
-use crate::node::{SandboxSpec, TemplateInfo};
+use crate::node::{NetworkPolicy, SandboxSpec, TemplateInfo};
 use crate::store::{Holds, Ingress, SandboxRecord, SnapshotRecord, now_ms};
 
 /// What a new sandbox starts from.
@@ -49,13 +49,14 @@ pub(super) fn recorded_template(
 }
 
 impl Lifecycle {
-    pub async fn create(&self, req: CreateRequest) -> Result<SandboxRecord> {
+    pub async fn create(&self, mut req: CreateRequest) -> Result<SandboxRecord> {
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         self.check_policy(&req.allow_out, &req.deny_out)?;
         if let Some(mask) = &req.mask_request_host {
             crate::ingress::check_mask(mask).map_err(LifecycleError::BadRequest)?;
         }
+        req.egress_proxy = self.resolve_proxy(req.egress_proxy.take()).await?;
         let source = self.resolve_source(&req.team_id, &req.template).await?;
         self.create_from(source, timeout_s, req).await
     }
@@ -93,7 +94,10 @@ impl Lifecycle {
             disk_size_mb: template.disk_size_mb,
             env_vars: req.env_vars.clone(),
             envd_access_token: token.clone(),
-            network: crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out),
+            network: NetworkPolicy {
+                egress_proxy: req.egress_proxy.clone(),
+                ..crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out)
+            },
             metadata: req.metadata.clone(),
             sandbox_id: None,
         };
@@ -156,7 +160,10 @@ impl Lifecycle {
             auto_pause_memory: req.auto_pause_memory,
             auto_pause_grace_s: req.auto_pause_grace_s as i32,
             auto_resume: req.auto_resume,
-            network: crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out),
+            network: NetworkPolicy {
+                egress_proxy: req.egress_proxy,
+                ..crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out)
+            },
             ingress: Ingress {
                 traffic_access_token: req.private_ports.then(ids::access_token),
                 mask_request_host: req.mask_request_host,

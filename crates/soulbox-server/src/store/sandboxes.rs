@@ -65,6 +65,9 @@ fn network_json(n: &NetworkPolicy, ingress: &Ingress) -> String {
         json["allowHosts"] = n.allow_hosts.clone().into();
         json["denyHosts"] = n.deny_hosts.clone().into();
     }
+    if let Some(proxy) = &n.egress_proxy {
+        json["egressProxy"] = serde_json::to_value(proxy).unwrap_or_default();
+    }
     if let Some(token) = &ingress.traffic_access_token {
         json["trafficAccessToken"] = token.as_str().into();
     }
@@ -111,6 +114,7 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
             deny_out: list("denyOut"),
             allow_hosts: list("allowHosts"),
             deny_hosts: list("denyHosts"),
+            egress_proxy: serde_json::from_value(network["egressProxy"].clone()).ok(),
         },
         ingress: Ingress {
             traffic_access_token: network["trafficAccessToken"].as_str().map(str::to_owned),
