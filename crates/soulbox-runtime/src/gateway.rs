@@ -34,6 +34,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// Per-direction copy buffer: large enough that a download costs few syscalls per MiB (tokio's default 8 KiB
+/// made a 256 MiB download through the gateway a third as fast as straight out).
+const SPLICE_BUFFER: usize = 256 * 1024;
+
 /// How long the gateway waits for the destination to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -243,7 +247,7 @@ async fn dial(proxy: Option<&soulbox_protocol::SocksProxy>, dst: Ipv4Addr, port:
 async fn splice(mut client: TcpStream, mut upstream: TcpStream, head: Vec<u8>, cut: &CancellationToken) {
     let relay = async {
         upstream.write_all(&head).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, SPLICE_BUFFER, SPLICE_BUFFER).await
     };
     tokio::select! {
         _ = relay => {}
