@@ -498,6 +498,18 @@ async fn host_rules_pass_named_http_and_tls_through_the_gateway() {
     );
     let (_, refused) = sh(rt, &s.id, "nslookup bad.test").await;
     assert!(refused.contains("NXDOMAIN") && !refused.contains("Name:"), "a denied name resolved: {refused}");
+    // The node's own address on the outside link: the gateway connects from the node, and must not hand a sandbox
+    // the node's services (which the firewall's input chain keeps from it).
+    let host_side = Ipv4Addr::new(203, 0, 113, 65 + 4 * 5);
+    let node_service = std::net::TcpListener::bind((host_side, 80)).unwrap();
+    node_service.set_nonblocking(true).unwrap();
+    let own =
+        NetworkPolicy { allow_out: vec![format!("{host_side}/32")], ..rt.info(&s.id).await.unwrap().spec.network };
+    rt.update_network(&s.id, own).await.unwrap();
+    let (_, got) = sh(rt, &s.id, &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | timeout 3 nc {host_side} 80")).await;
+    assert!(node_service.accept().is_err(), "the gateway connected a sandbox to the node's own address: {got}");
+    let back = NetworkPolicy { allow_out: vec![], ..rt.info(&s.id).await.unwrap().spec.network };
+    rt.update_network(&s.id, back).await.unwrap();
     let gateway = format!("{}:{}", cfg.gateway(), cfg.egress_gateway_port);
     let (_, direct) =
         sh(rt, &s.id, &format!("echo x | nc -w 2 {} {} && echo connected", cfg.gateway(), cfg.egress_gateway_port))

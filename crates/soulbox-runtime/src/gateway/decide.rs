@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 /// Why a connection was refused (logged; the sandbox just sees its connection closed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Refusal {
-    /// A private, link-local, loopback or metadata address (without `allow_private_egress`), or the pool.
+    /// A private, link-local, loopback or metadata address (without `allow_private_egress`), the pool, or an
+    /// address of the node itself (the gateway connects from the node: it must not hand a sandbox the node's own
+    /// services, which the firewall's `input` chain keeps from it).
     Private,
     /// The policy denies the name or the address.
     Denied,
@@ -25,7 +27,7 @@ pub(crate) fn verdict(
     dst: Ipv4Addr,
     port: u16,
 ) -> Result<bool, Refusal> {
-    if !fw.allow_private_egress() && is_private(dst) || fw.in_pool(dst) {
+    if !fw.allow_private_egress() && is_private(dst) || fw.in_pool(dst) || is_own_address(dst) {
         return Err(Refusal::Private);
     }
     let address_allowed = fw.allows(&without_hosts(p), dst, port);
@@ -43,6 +45,11 @@ pub(crate) fn verdict(
         return Err(Refusal::Denied);
     }
     Ok(true)
+}
+
+/// Whether `ip` is one of this machine's addresses (binding to it succeeds only then).
+pub(crate) fn is_own_address(ip: Ipv4Addr) -> bool {
+    ip.is_unspecified() || ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 fn without_hosts(p: &NetworkPolicy) -> NetworkPolicy {
@@ -80,6 +87,10 @@ mod tests {
         // Private and metadata addresses never, whatever the name.
         assert_eq!(verdict(&f, &only_good, Some("good.test"), ip("169.254.169.254"), 80), Err(Refusal::Private));
         assert_eq!(verdict(&f, &only_good, Some("good.test"), ip("10.77.0.5"), 80), Err(Refusal::Private));
+        // The machine's own addresses, even public ones an allowOut names.
+        let own = NetworkPolicy { allow_out: vec!["0.0.0.0/0".into()], ..Default::default() };
+        assert_eq!(verdict(&f, &own, None, ip("127.0.0.1"), 80), Err(Refusal::Private));
+        assert!(is_own_address(ip("127.0.0.1")) && !is_own_address(ip("203.0.113.250")));
         // Deny by name, internet on: other names pass (DNS still checked), the denied one does not.
         let deny_bad =
             NetworkPolicy { allow_internet: true, deny_hosts: vec!["bad.test".into()], ..Default::default() };
