@@ -14,7 +14,7 @@ import pytest
 from e2b import Sandbox
 
 from conftest import DOMAIN, wait_until
-from sbtest import OutsideWorld
+from sbtest import outside_world
 
 TOKEN_HEADER = "e2b-traffic-access-token"
 HOST_ADDR, OUTSIDE_ADDR = "203.0.113.121", "203.0.113.122"
@@ -128,12 +128,8 @@ def test_rules_and_proxy_tls_are_refused_clearly_and_host_names_read_back(sandbo
 
 @pytest.fixture
 def outside():
-    if os.geteuid() != 0:
-        pytest.skip("the fake outside world needs root")
-    with OutsideWorld("sbns-e2enet", "sbnse2enet", HOST_ADDR, OUTSIDE_ADDR) as world:
-        world.serve(8080, "/bin/echo", "outside-ok")
-        world.serve(7, "/bin/cat")
-        yield world
+    services = {8080: ["/bin/echo", "outside-ok"], 7: ["/bin/cat"]}
+    yield from outside_world("sbns-e2enet", "sbnse2enet", HOST_ADDR, OUTSIDE_ADDR, services)
 
 
 def reaches(sbx: Sandbox) -> bool:

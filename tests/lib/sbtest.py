@@ -76,6 +76,19 @@ def log_tail(path: str, n: int = 40) -> str:
         return ""
 
 
+def outside_world(ns: str, link: str, host_addr: str, addr: str, services: Dict[int, List[str]]):
+    """A pytest fixture body: an `OutsideWorld` serving `services` (port → program argv for busybox nc -e), or a
+    skip when not root."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("the fake outside world needs root")
+    with OutsideWorld(ns, link, host_addr, addr) as world:
+        for port, program in services.items():
+            world.serve(port, *program)
+        yield world
+
+
 class OutsideWorld:
     """A fake "outside world" for sandboxes: netns `ns` behind host link `link` on a /30 of 203.0.113.0/24
     (`host_addr` on the host, `addr` inside), routed back through the host, with TCP services started by

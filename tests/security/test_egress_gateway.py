@@ -10,14 +10,13 @@ real DNS servers).
 
 from __future__ import annotations
 
-import os
 import socket
 import textwrap
 
 import pytest
 
 from conftest import root_run
-from sbtest import OutsideWorld
+from sbtest import outside_world
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -52,12 +51,8 @@ PROBE = textwrap.dedent(
 
 @pytest.fixture
 def outside():
-    if os.geteuid() != 0:
-        pytest.skip("the fake outside world needs root")
-    with OutsideWorld("sbns-secgw", "sbnssecgw0", HOST_ADDR, OUTSIDE_ADDR) as world:
-        world.serve(80, "/bin/echo", "http-ok")
-        world.serve(443, "/bin/echo", "tls-ok")
-        yield world
+    services = {80: ["/bin/echo", "http-ok"], 443: ["/bin/echo", "tls-ok"]}
+    yield from outside_world("sbns-secgw", "sbnssecgw0", HOST_ADDR, OUTSIDE_ADDR, services)
 
 
 def probe(sbx, kind: str, arg: str, port: int) -> str:
