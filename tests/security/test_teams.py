@@ -358,3 +358,30 @@ def test_team_limits_answer_429_naming_the_limit(limited_team, api):
         assert start.status_code == 429 and "teams.max_builds" in start.json()["message"], start.text
     finally:
         client.delete(f"/templates/{tid}")
+
+
+# --- secrets ---------------------------------------------------------------------------------------------------
+
+
+def test_team_b_cannot_read_change_or_delete_team_a_secrets(api, api_b):
+    name = f"sec-{RUN_ID}".lower()
+    r = api.post("/secrets", json={"name": name, "value": "team-a-value", "metadata": {"k": "v"}})
+    assert r.status_code == 201, r.text
+    sid = r.json()["secretID"]
+    try:
+        for ref in (sid, name):
+            for method, body in (("GET", None), ("POST", {"value": "stolen"}), ("DELETE", None)):
+                unknown = "sec_nosuchsecret0000" if ref == sid else "no-such-secret-name"
+                r = same_as_unknown(api_b, method, f"/secrets/{ref}", ref, unknown, json=body)
+                assert "team-a-value" not in r.text
+        listed = api_b.get("/secrets")
+        assert listed.status_code == 200 and sid not in listed.text and name not in listed.text, listed.text
+        # Names are per team: team B's own secret of that name is a different one, and A's is untouched.
+        r = api_b.post("/secrets", json={"name": name, "value": "team-b-value"})
+        assert r.status_code == 201 and r.json()["secretID"] != sid, r.text
+        assert api_b.delete(f"/secrets/{r.json()['secretID']}").status_code == 204
+        mine = api.get(f"/secrets/{sid}")
+        assert mine.status_code == 200 and mine.json()["currentVersion"] == 1, mine.text
+        assert "team-a-value" not in mine.text
+    finally:
+        api.delete(f"/secrets/{sid}")
