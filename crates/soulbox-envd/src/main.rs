@@ -17,6 +17,7 @@ mod process_table;
 mod rpc;
 mod server;
 mod state;
+mod trust;
 mod users;
 mod watch;
 
@@ -68,11 +69,18 @@ fn main() -> anyhow::Result<()> {
             serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
         node_secret = init.envd_secret.take();
         let network = init.network.take();
+        let egress_ca = init.egress_ca.take();
         config.apply(init);
         // Before listening: once the node hears "ready", name resolution inside is already right.
         if let Some(network) = network {
             for (path, error) in etc_files::write_all(std::path::Path::new("/"), &network) {
                 tracing::warn!(path, %error, "could not write a network file of the sandbox");
+            }
+        }
+        // Also before listening: the first command run already trusts the egress gateway.
+        if let Some(pem) = egress_ca {
+            for (path, error) in trust::install(std::path::Path::new("/"), &pem) {
+                tracing::warn!(path, %error, "could not install the egress CA in the sandbox");
             }
         }
     }

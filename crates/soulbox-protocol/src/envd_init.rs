@@ -51,6 +51,12 @@ pub struct InitRequest {
     pub default_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_workdir: Option<String>,
+    /// SoulBox extension: the installation's egress CA certificate (PEM). envd adds it to the sandbox's trust
+    /// stores at every start ([`EGRESS_CA_FILE`], the system bundles, [`EGRESS_CA_BUNDLE_FILE`]), so HTTPS the
+    /// node's egress gateway intercepts for header rules verifies. The certificate only: its key never leaves
+    /// the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_ca: Option<String>,
     /// Sandbox-level environment variables (replace the previous set as a whole).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_vars: Option<BTreeMap<String, String>>,
@@ -76,12 +82,32 @@ impl std::fmt::Debug for InitRequest {
             .field("access_token", &redacted(&self.access_token))
             .field("default_user", &self.default_user)
             .field("default_workdir", &self.default_workdir)
+            .field("egress_ca", &self.egress_ca.as_ref().map(|_| "<certificate>"))
             .field("env_vars", &self.env_vars)
             .field("envd_secret", &redacted(&self.envd_secret))
             .field("network", &self.network)
             .field("sandbox_id", &self.sandbox_id)
             .finish()
     }
+}
+
+/// Where envd puts the egress CA certificate: the directory `update-ca-certificates` reads, so a system bundle
+/// rebuilt later (a package install) keeps it.
+pub const EGRESS_CA_FILE: &str = "/usr/local/share/ca-certificates/soulbox-egress.crt";
+/// A bundle envd writes at every start: the system bundle with the egress CA, for the variables below.
+pub const EGRESS_CA_BUNDLE_FILE: &str = "/usr/local/share/soulbox/ca-bundle.pem";
+
+/// The variables runtimes and tools read their trust from (Python's `ssl` and `httpx`, `requests`, curl, git,
+/// Node), as the node sets them by default when the sandbox has an egress CA (a template's or a create's own
+/// value wins).
+pub fn egress_ca_env() -> [(&'static str, &'static str); 5] {
+    [
+        ("SSL_CERT_FILE", EGRESS_CA_BUNDLE_FILE),
+        ("REQUESTS_CA_BUNDLE", EGRESS_CA_BUNDLE_FILE),
+        ("CURL_CA_BUNDLE", EGRESS_CA_BUNDLE_FILE),
+        ("GIT_SSL_CAINFO", EGRESS_CA_BUNDLE_FILE),
+        ("NODE_EXTRA_CA_CERTS", EGRESS_CA_FILE),
+    ]
 }
 
 /// The sandbox's network identity (`network` in the start configuration): envd writes `/etc/hostname`,
@@ -112,6 +138,7 @@ mod tests {
             access_token: Some("tok".into()),
             default_user: Some("user".into()),
             default_workdir: Some("/home/user".into()),
+            egress_ca: None,
             env_vars: Some(BTreeMap::from([("B".into(), "2".into()), ("A".into(), "1".into())])),
             envd_secret: Some("s3cret".into()),
             network: Some(NetworkIdentity {

@@ -36,4 +36,4 @@ pub mod filesystem {
 }
 
 pub use envd_init::ENVD_PORT;
-pub use network::{NetworkPolicy, SocksProxy};
+pub use network::{HeaderRule, NetworkPolicy, SocksProxy};
