@@ -39,6 +39,14 @@ pub struct RuntimeConfig {
     /// The port of the egress gateway on the pool's gateway address (`gateway.rs`): sandboxes with host-name
     /// rules have their HTTP and TLS redirected there. Reachable only through that redirect.
     pub egress_gateway_port: u16,
+    /// The installation's egress CA (`egress_ca.rs`): sandboxes trust its certificate (envd installs it), the
+    /// egress gateway signs with it to terminate TLS to hosts with header rules. `None`: no interception of TLS.
+    #[serde(default)]
+    pub egress_ca: Option<crate::egress_ca::CaPem>,
+    /// Extra CA certificates (a PEM file) the egress gateway trusts, besides the node's trust store, when it
+    /// re-makes intercepted TLS to a destination (internal services with their own CA).
+    #[serde(default)]
+    pub egress_trusted_ca: Option<PathBuf>,
     /// Network slots (netns + veth + IP) prepared ahead of time.
     pub pool_size: usize,
     /// Time to wait for envd readiness.
@@ -151,6 +159,8 @@ impl RuntimeConfig {
             dns: host_dns(),
             host_allowed_tcp_ports: vec![],
             egress_gateway_port: DEFAULT_EGRESS_GATEWAY_PORT,
+            egress_ca: None,
+            egress_trusted_ca: None,
             pool_size: 0,
             ready_timeout_ms: 10_000,
             no_new_privileges: false,

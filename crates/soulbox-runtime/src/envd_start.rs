@@ -25,6 +25,7 @@ pub fn start_configuration(
         access_token: spec.access_token.clone(),
         default_user: Some(meta.default_user.clone()),
         default_workdir: Some(meta.default_workdir.clone()),
+        egress_ca: None,
         env_vars: Some(env_vars),
         envd_secret: secret.map(|s| s.expose().to_owned()),
         network: Some(NetworkIdentity {
@@ -34,6 +35,18 @@ pub fn start_configuration(
         }),
         sandbox_id: Some(id.to_owned()),
     }
+}
+
+/// `init` with the installation's egress CA for envd to install, and the variables that point tools at the trust
+/// store holding it (where the template or the create did not set them).
+pub fn with_egress_ca(mut init: InitRequest, cert_pem: Option<&str>) -> InitRequest {
+    let Some(pem) = cert_pem else { return init };
+    init.egress_ca = Some(pem.to_owned());
+    let env = init.env_vars.get_or_insert_with(Default::default);
+    for (name, path) in soulbox_protocol::envd_init::egress_ca_env() {
+        env.entry(name.to_owned()).or_insert_with(|| path.to_owned());
+    }
+    init
 }
 
 #[cfg(test)]
@@ -112,5 +125,20 @@ mod tests {
         let new = serde_json::to_string(&start_configuration("sbx-2", &meta(), &no_token, None, ip, &dns)).unwrap();
         assert_eq!(new, old_builder("sbx-2", &meta(), &no_token, None, ip, &dns));
         assert!(new.contains(r#""envVars":{"LANG":"C.UTF-8","PATH":"/usr/bin"}"#), "{new}");
+    }
+
+    #[test]
+    fn the_egress_ca_comes_with_its_variables_unless_set() {
+        let init = InitRequest {
+            env_vars: Some([("SSL_CERT_FILE".to_string(), "/mine.pem".to_string())].into()),
+            ..Default::default()
+        };
+        let init = with_egress_ca(init, Some("PEM"));
+        assert_eq!(init.egress_ca.as_deref(), Some("PEM"));
+        let env = init.env_vars.unwrap();
+        assert_eq!(env["SSL_CERT_FILE"], "/mine.pem", "the user's own value wins");
+        assert_eq!(env["REQUESTS_CA_BUNDLE"], soulbox_protocol::envd_init::EGRESS_CA_BUNDLE_FILE);
+        assert_eq!(env["NODE_EXTRA_CA_CERTS"], soulbox_protocol::envd_init::EGRESS_CA_FILE);
+        assert_eq!(with_egress_ca(InitRequest::default(), None), InitRequest::default());
     }
 }

@@ -82,11 +82,16 @@ pub fn parse_cidr(s: &str) -> Result<String> {
 /// Whether the IPv4 CIDR (or address) `cidr` holds `ip`; an entry that does not parse holds nothing
 /// (the policy was validated before it was applied).
 pub(crate) fn cidr_contains(cidr: &str, ip: Ipv4Addr) -> bool {
-    let Ok(normal) = parse_cidr(cidr) else { return false };
-    let Some((net, len)) = normal.split_once('/') else { return false };
-    let (Ok(net), Ok(len)) = (net.parse::<Ipv4Addr>(), len.parse::<u32>()) else { return false };
+    cidr_contains_checked(cidr, ip).unwrap_or(false)
+}
+
+/// Whether `cidr` holds `ip`; `None` when `cidr` is not an IPv4 address or CIDR.
+pub(crate) fn cidr_contains_checked(cidr: &str, ip: Ipv4Addr) -> Option<bool> {
+    let normal = parse_cidr(cidr).ok()?;
+    let (net, len) = normal.split_once('/')?;
+    let (net, len) = (net.parse::<Ipv4Addr>().ok()?, len.parse::<u32>().ok()?);
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    u32::from(ip) & mask == u32::from(net)
+    Some(u32::from(ip) & mask == u32::from(net))
 }
 
 pub fn validate_policy(p: &NetworkPolicy) -> Result<()> {
@@ -101,7 +106,20 @@ pub fn validate_policy(p: &NetworkPolicy) -> Result<()> {
     if let Some(bad) = p.allow_hosts.iter().chain(&p.deny_hosts).find(|h| !soulbox_protocol::hosts::is_pattern(h)) {
         return Err(Error::Invalid(format!("bad host name {bad:?}")));
     }
-    if p.allow_out.len() + p.deny_out.len() + p.allow_hosts.len() + p.deny_hosts.len() > 1000 {
+    for rule in &p.rules {
+        if cidr_contains_checked(&rule.host, Ipv4Addr::UNSPECIFIED).is_none()
+            && !soulbox_protocol::hosts::is_pattern(&rule.host)
+        {
+            return Err(Error::Invalid(format!("bad header rule host {:?}", rule.host)));
+        }
+        for (name, value) in &rule.headers {
+            if !soulbox_protocol::network::is_header_name(name) {
+                return Err(Error::Invalid(format!("bad header name {name:?} in the rules for {}", rule.host)));
+            }
+            soulbox_protocol::network::header_value_parts(value).map_err(Error::Invalid)?;
+        }
+    }
+    if p.allow_out.len() + p.deny_out.len() + p.allow_hosts.len() + p.deny_hosts.len() + p.rules.len() > 1000 {
         return Err(Error::Invalid("too many allowOut/denyOut entries".into()));
     }
     Ok(())

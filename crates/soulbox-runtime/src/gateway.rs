@@ -17,9 +17,13 @@
 //! is dialled through the proxy (RFC 1928, with RFC 1929 credentials when given), never directly: a proxy that
 //! fails fails the connection. UDP (DNS, QUIC) is not tunnelled, as in E2B.
 //!
-//! Not here yet: header transforms and secrets (they need TLS termination), and TLS to the proxy.
+//! Hosts with header rules (E2B's `rules`) are not spliced but served (`intercept.rs`): TLS terminated with the
+//! installation's egress CA, each HTTP request given the rules' headers with its secrets filled in.
+//!
+//! Not here yet: TLS to the SOCKS5 proxy.
 mod decide;
 mod dns;
+mod intercept;
 mod peek;
 mod resolve;
 
@@ -44,6 +48,16 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finds the sandbox that owns an address (the runtime's serving map).
 pub(crate) type SandboxOf = Box<dyn Fn(Ipv4Addr) -> Option<String> + Send + Sync>;
 
+/// Where header rules' secrets come from, set by whoever runs the runtime (`Runtime::set_egress_secrets`).
+pub(crate) type Secrets = Arc<std::sync::RwLock<Option<Arc<dyn crate::egress_secrets::EgressSecrets>>>>;
+
+/// What the gateway needs besides the firewall: the egress CA, extra upstream CAs, the secrets.
+pub(crate) struct Options<'a> {
+    pub(crate) ca: Option<&'a crate::egress_ca::CaPem>,
+    pub(crate) trusted_ca: Option<&'a std::path::Path>,
+    pub(crate) secrets: Secrets,
+}
+
 pub(crate) struct Gateway {
     shared: Arc<Shared>,
     accept: tokio::task::JoinHandle<()>,
@@ -52,6 +66,11 @@ pub(crate) struct Gateway {
 
 struct Shared {
     fw: Arc<Firewall>,
+    /// Signs the certificates of intercepted TLS (`None`: no egress CA configured; TLS to hosts with header rules
+    /// is refused rather than passed without its headers).
+    signer: Option<Arc<crate::egress_ca::Signer>>,
+    upstream_tls: Arc<rustls::ClientConfig>,
+    secrets: Secrets,
     names: resolve::Names,
     sandbox_of: SandboxOf,
     /// Open connections per sandbox, for re-judging them when its policy changes.
@@ -76,6 +95,7 @@ impl Gateway {
         fw: Arc<Firewall>,
         dns_servers: &[Ipv4Addr],
         sandbox_of: SandboxOf,
+        options: Options<'_>,
     ) -> Option<Gateway> {
         let listener = match bind(addr) {
             Ok(l) => l,
@@ -84,8 +104,18 @@ impl Gateway {
                 return None;
             }
         };
+        let signer = options.ca.and_then(|ca| match crate::egress_ca::Signer::new(ca) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::warn!(error = %e, "egress gateway: the egress CA is unusable; TLS header rules are refused");
+                None
+            }
+        });
         let shared = Arc::new(Shared {
             fw,
+            signer,
+            upstream_tls: intercept::upstream_tls(options.trusted_ca),
+            secrets: options.secrets,
             names: resolve::Names::new(dns_servers),
             sandbox_of,
             open: Default::default(),
@@ -174,12 +204,14 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
     let (Some(policy), Some(original)) = (shared.fw.gateway_policy(&id), original_destination(&stream)) else { return };
     let (dst, port) = (*original.ip(), original.port());
     // Only HTTP and TLS are judged by name: other protocols may wait for the server to speak first.
-    let (name, head) = match policy.has_host_rules() && (port == 80 || port == 443) {
-        true => match peek::opening(&mut stream).await {
-            (peek::Opening::Tls(name) | peek::Opening::Http(name), head) => (name, head),
-            (peek::Opening::Other, head) => (None, head),
-        },
-        false => (None, Vec::new()),
+    let (opening, head) = match policy.has_host_rules() && (port == 80 || port == 443) {
+        true => peek::opening(&mut stream).await,
+        false => (peek::Opening::Other, Vec::new()),
+    };
+    let (name, tls) = match &opening {
+        peek::Opening::Tls(name) => (name.clone(), true),
+        peek::Opening::Http(name) => (name.clone(), false),
+        peek::Opening::Other => (None, false),
     };
     let refused = match decide::verdict(&shared.fw, &policy, name.as_deref(), dst, port) {
         Err(why) => Some(why),
@@ -191,6 +223,16 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
     };
     if let Some(why) = refused {
         tracing::info!(sandbox = %id, name = ?name, %dst, port, ?why, "egress gateway: refused");
+        return;
+    }
+    // Header rules for this host: the connection is served, not spliced.
+    let judged = name.as_deref().map(soulbox_protocol::hosts::normalize).unwrap_or_else(|| dst.to_string());
+    let rules = match opening {
+        peek::Opening::Other => vec![],
+        _ => intercept::matching(&policy.rules, Some(&judged), dst),
+    };
+    if !rules.is_empty() && tls && shared.signer.is_none() {
+        tracing::warn!(sandbox = %id, name = %judged, "egress gateway: refused TLS to a host with header rules (no egress CA)");
         return;
     }
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, dial(policy.egress_proxy.as_ref(), dst, port)).await {
@@ -217,7 +259,25 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
     {
         cut.cancel();
     }
-    splice(stream, upstream, head, &cut).await;
+    match (rules.is_empty(), shared.signer.clone()) {
+        (true, _) => splice(stream, upstream, head, &cut).await,
+        (false, signer) => {
+            let interception = intercept::Interception {
+                sandbox: id.clone(),
+                name: judged,
+                rules,
+                tls,
+                signer,
+                upstream_tls: shared.upstream_tls.clone(),
+                secrets: shared.secrets.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            };
+            tracing::debug!(sandbox = %id, %dst, port, "egress gateway: intercepting for header rules");
+            tokio::select! {
+                _ = intercept::serve(stream, head, upstream, interception) => {}
+                _ = cut.cancelled() => {}
+            }
+        }
+    }
     let mut open = shared.open.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(conns) = open.get_mut(&id) {
         conns.retain(|c| c.key != key);

@@ -5,6 +5,8 @@ pub mod config;
 pub mod disk;
 pub mod disk_image;
 pub mod driver;
+pub mod egress_ca;
+pub mod egress_secrets;
 pub mod envd_secret;
 pub mod envd_start;
 pub mod error;

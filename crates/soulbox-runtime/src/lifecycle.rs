@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     /// The egress gateway for sandboxes with host rules (`gateway.rs`); `None` until open finishes, or when it
     /// could not listen.
     pub gateway: std::sync::Mutex<Option<crate::gateway::Gateway>>,
+    /// Where the egress gateway gets header rules' secrets (`Runtime::set_egress_secrets`).
+    pub egress_secrets: crate::gateway::Secrets,
     /// Address and boot of every running sandbox, for callers that route traffic by sandbox id (the
     /// proxy): a sandbox that is not running here has no entry, so traffic for it can go nowhere else.
     /// Written only through [`Inner::serve`].
@@ -382,6 +384,12 @@ impl Runtime {
         rec.status = Status::Running;
         self.inner.resume_serving(id);
         rec.save(&self.inner.dir(id))
+    }
+
+    /// Where the egress gateway gets the values of `${e2b.secrets.NAME}` in header rules. Until this is set,
+    /// requests whose rules name a secret fail with a message saying secrets are unavailable.
+    pub fn set_egress_secrets(&self, secrets: std::sync::Arc<dyn crate::egress_secrets::EgressSecrets>) {
+        *self.inner.egress_secrets.write().unwrap_or_else(|e| e.into_inner()) = Some(secrets);
     }
 
     /// Replaces a sandbox's egress policy. Running or paused: its firewall (both chains, one

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-pub use soulbox_protocol::{NetworkPolicy, SocksProxy};
+pub use soulbox_protocol::{HeaderRule, NetworkPolicy, SocksProxy};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

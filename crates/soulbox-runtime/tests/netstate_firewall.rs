@@ -36,8 +36,23 @@ struct Outside {
     children: Vec<std::process::Child>,
 }
 
+/// The outside world's usual services.
+const SERVICES: [(&str, [&str; 2]); 5] = [
+    ("8080", ["/bin/echo", "outside-ok"]),
+    ("53", ["/bin/echo", "dns-ok"]),
+    ("7", ["/bin/cat", "-u"]),
+    // What the egress gateway passes to: it never reads past the request head or the ClientHello.
+    ("80", ["/bin/echo", "http-ok"]),
+    ("443", ["/bin/echo", "tls-ok"]),
+];
+
 impl Outside {
     fn new(n: u8) -> Outside {
+        Outside::with(n, &SERVICES)
+    }
+
+    /// An outside world with only `services` (port, program and its argument) of the usual ones.
+    fn with(n: u8, services: &[(&str, [&str; 2])]) -> Outside {
         let ns = format!("sbns-out{n}");
         let link = format!("sbnsout{n}");
         Outside::cleanup(&ns, &link);
@@ -64,14 +79,7 @@ impl Outside {
         // packets would still get answers, so only a drop keeps the outside out of reach.
         run(&["-n", &ns, "route", "add", "default", "via", &host_pub.to_string()]);
         let mut children = Vec::new();
-        for (port, program) in [
-            ("8080", ["/bin/echo", "outside-ok"]),
-            ("53", ["/bin/echo", "dns-ok"]),
-            ("7", ["/bin/cat", "-u"]),
-            // What the egress gateway passes to: it never reads past the request head or the ClientHello.
-            ("80", ["/bin/echo", "http-ok"]),
-            ("443", ["/bin/echo", "tls-ok"]),
-        ] {
+        for (port, program) in services {
             children.push(
                 std::process::Command::new("ip")
                     .args(["netns", "exec", &ns, "busybox", "nc", "-ll", "-p", port, "-e", program[0], program[1]])
@@ -82,17 +90,17 @@ impl Outside {
             );
         }
         let o = Outside { ns, link, public, private, children };
-        o.wait_listening();
+        o.wait_listening(&services.iter().map(|(port, _)| *port).collect::<Vec<_>>());
         o
     }
 
-    /// Until both listeners are up (`ss` inside the netns), bounded.
-    fn wait_listening(&self) {
+    /// Until the listeners on `ports` are up (`ss` inside the netns), bounded.
+    fn wait_listening(&self, ports: &[&str]) {
         for _ in 0..500 {
             let out =
                 std::process::Command::new("ip").args(["netns", "exec", &self.ns, "ss", "-ltnH"]).output().unwrap();
             let s = String::from_utf8_lossy(&out.stdout);
-            if [":8080", ":53 ", ":7 ", ":80 ", ":443 "].iter().all(|p| s.contains(p)) {
+            if ports.iter().all(|p| s.contains(&format!(":{p} "))) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -567,4 +575,171 @@ async fn an_egress_proxy_tunnels_all_tcp_and_fails_closed() {
     let before = socks.logged().len();
     assert!(reaches(rt, &s.id, out.public, 8080, "outside-ok").await);
     assert_eq!(socks.logged().len(), before, "{:?}", socks.logged());
+}
+
+/// An HTTP (80) and HTTPS (443) server for the outside world that answers every GET with the request's headers.
+const HEADER_ECHO: &str = r#"
+import http.server, ssl, sys, threading
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = "".join(f"{k}: {v}\n" for k, v in self.headers.items()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+plain = http.server.ThreadingHTTPServer(("0.0.0.0", 80), Echo)
+tls = http.server.ThreadingHTTPServer(("0.0.0.0", 443), Echo)
+context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+tls.socket = context.wrap_socket(tls.socket, server_side=True)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+tls.serve_forever()
+"#;
+
+/// Secrets for the gateway: one known name, and a record of who asked.
+struct FakeSecrets {
+    asked: Mutex<Vec<(String, String)>>,
+}
+
+impl soulbox_runtime::egress_secrets::EgressSecrets for FakeSecrets {
+    fn secret<'a>(&'a self, sandbox: &'a str, name: &'a str) -> soulbox_runtime::egress_secrets::SecretFuture<'a> {
+        self.asked.lock().unwrap().push((sandbox.to_owned(), name.to_owned()));
+        let value = (name == "TOKEN").then(|| "s3cr3t-value".to_string());
+        Box::pin(async move { Ok(value) })
+    }
+}
+
+/// A test CA and a server certificate from it for `names` (PEM: CA, certificate, key).
+fn test_server_certificate(names: &[&str]) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(rcgen::DnType::CommonName, "the outside world's CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
+/// E2B's header rules: HTTP and HTTPS to a host with rules get its headers, `${e2b.secrets.NAME}` filled in by
+/// the gateway; other hosts pass untouched; an unknown secret, a certificate the destination cannot show, and a
+/// second host on the same connection fail with a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_rules_inject_secrets_over_http_and_https() {
+    root_or_skip!("header_rules_inject_secrets_over_http_and_https");
+    log_lines();
+    let out = Outside::with(8, &SERVICES[..3]);
+    let _dns = FakeDns::start(
+        &out.ns,
+        vec![
+            ("api.test", out.public),
+            ("other.test", out.public),
+            ("a.wild.test", out.public),
+            ("bad.test", out.public),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_server_certificate(&["api.test", "other.test", "a.wild.test"]);
+    for (file, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
+        std::fs::write(dir.path().join(file), pem).unwrap();
+    }
+    let mut server = std::process::Command::new("ip")
+        .args(["netns", "exec", &out.ns, "python3", "-c", HEADER_ECHO])
+        .arg(dir.path().join("cert.pem"))
+        .arg(dir.path().join("key.pem"))
+        .spawn()
+        .unwrap();
+    out.wait_listening(&["80", "443"]);
+
+    let mut cfg = config(84);
+    cfg.dns = vec![out.public];
+    let egress_ca = soulbox_runtime::egress_ca::CaPem::generate().unwrap();
+    cfg.egress_ca = Some(egress_ca.clone());
+    cfg.egress_trusted_ca = Some(dir.path().join("ca.pem"));
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let secrets = std::sync::Arc::new(FakeSecrets { asked: Mutex::new(vec![]) });
+    rt.set_egress_secrets(secrets.clone());
+    let rule = |host: &str, headers: &[(&str, &str)]| soulbox_runtime::spec::HeaderRule {
+        host: host.into(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    };
+    let policy = NetworkPolicy {
+        allow_internet: true,
+        rules: vec![
+            rule("api.test", &[("Authorization", "Bearer ${e2b.secrets.TOKEN}"), ("X-Plain", "yes")]),
+            rule("*.wild.test", &[("X-Key", "${e2b.secrets.NOPE}")]),
+            rule("bad.test", &[("X-Plain", "yes")]),
+        ],
+        ..Default::default()
+    };
+    let s = rt.create(spec(policy)).await.unwrap();
+    // The request comes from the sandbox's network namespace (host curl: the busybox template has no TLS client
+    // that speaks ECDSA), trusting what a sandbox trusts: the installation's egress CA and the public CAs (here:
+    // the outside world's); names are pinned (`--resolve`), so the only DNS lookups are the gateway's, to the fake
+    // outside world.
+    let netns = h.cfg.netns_name(&s.id);
+    std::fs::write(dir.path().join("egress-ca.pem"), format!("{}{ca}", egress_ca.cert_pem)).unwrap();
+    let get = |url: &str| {
+        let host = url.split("://").nth(1).unwrap().trim_end_matches('/');
+        let port = if url.starts_with("https") { 443 } else { 80 };
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "curl", "-sS", "-i", "--max-time", "10", "--noproxy", "*", "--cacert"])
+            .arg(dir.path().join("egress-ca.pem"))
+            .args(["--resolve", &format!("{host}:{port}:{}", out.public), url])
+            .output()
+            .unwrap();
+        // Header names compare without case.
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        async move { text.to_ascii_lowercase() }
+    };
+    for scheme in ["http", "https"] {
+        let got = get(&format!("{scheme}://api.test/")).await;
+        assert!(got.contains("authorization: bearer s3cr3t-value") && got.contains("x-plain: yes"), "{scheme}: {got}");
+        let other = get(&format!("{scheme}://other.test/")).await;
+        assert!(other.contains("host: other.test") && !other.contains("authorization"), "{scheme}: {other}");
+        let missing = get(&format!("{scheme}://a.wild.test/")).await;
+        assert!(missing.contains("502") && !missing.contains("x-key"), "{scheme}: {missing}");
+    }
+    assert!(secrets.asked.lock().unwrap().iter().all(|(id, _)| *id == s.id), "secrets are asked for by sandbox");
+    // The destination cannot show a certificate for bad.test: the gateway does not send it the request.
+    let bad = get("https://bad.test/").await;
+    assert!(bad.contains("502") && !bad.contains("x-plain"), "{bad}");
+    // One connection, one host: a second request for another host on it is refused.
+    let two = format!(
+        "printf 'GET / HTTP/1.1\\r\\nHost: api.test\\r\\n\\r\\nGET / HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n' | nc -w 3 {} 80",
+        out.public
+    );
+    let (_, both) = sh(rt, &s.id, &two).await;
+    assert!(both.contains("s3cr3t-value") && both.contains("421"), "{both}");
+    // The sandbox trusts the installation's CA (envd put it in place) and never holds its key.
+    // (The variables that point tools at it are envd's to set: tests/e2e checks them through the SDK.)
+    let (_, bundle) = sh(rt, &s.id, "cat /usr/local/share/soulbox/ca-bundle.pem").await;
+    assert!(bundle.contains(egress_ca.cert_pem.trim()), "the egress CA is not in the sandbox's bundle: {bundle}");
+    let scan = |needle: &str| {
+        let script = format!(
+            "for d in /*; do case $d in /proc|/sys|/dev) ;; *) grep -rlsF '{needle}' $d;; esac; done; \
+             grep -lsF '{needle}' /proc/1/environ /proc/self/environ; echo scanned"
+        );
+        let (rt, id) = (rt, s.id.clone());
+        async move { sh(rt, &id, &script).await.1 }
+    };
+    // The scan finds what is there (a line of the certificate) ...
+    let cert_line = egress_ca.cert_pem.lines().nth(2).unwrap();
+    assert!(scan(cert_line).await.contains("/usr/local/share/soulbox/ca-bundle.pem"), "the scan finds nothing");
+    // ... and no line of the key, nor the secret's value outside what the echo server sent back.
+    for needle in [egress_ca.key_pem.lines().nth(1).unwrap(), egress_ca.key_pem.lines().nth(2).unwrap(), "s3cr3t-value"]
+    {
+        let found = scan(needle).await;
+        assert!(found.trim_end().ends_with("scanned") && !found.contains('/'), "{needle:?} is in the sandbox: {found}");
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -53,7 +53,7 @@ pub(crate) fn is_own_address(ip: Ipv4Addr) -> bool {
 }
 
 fn without_hosts(p: &NetworkPolicy) -> NetworkPolicy {
-    NetworkPolicy { allow_hosts: vec![], deny_hosts: vec![], egress_proxy: None, ..p.clone() }
+    NetworkPolicy { allow_hosts: vec![], deny_hosts: vec![], egress_proxy: None, rules: vec![], ..p.clone() }
 }
 
 #[cfg(test)]

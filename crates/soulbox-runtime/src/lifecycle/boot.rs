@@ -47,8 +47,10 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
-        let init =
-            crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns);
+        let init = crate::envd_start::with_egress_ca(
+            crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns),
+            self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
+        );
         let params = BundleParams {
             id,
             sandbox_dir: &dir,

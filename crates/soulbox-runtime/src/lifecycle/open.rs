@@ -80,6 +80,7 @@ impl Runtime {
             fw: Arc::new(Firewall::new(&cfg)),
             fw_watch: Default::default(),
             gateway: Default::default(),
+            egress_secrets: Default::default(),
             serving: Default::default(),
             frozen: Default::default(),
             boots: Default::default(),
@@ -120,8 +121,17 @@ impl Runtime {
             serving.iter().find(|(_, e)| e.ip == ip).map(|(id, _)| id.clone())
         });
         let at = std::net::SocketAddrV4::new(inner.cfg.gateway(), inner.cfg.egress_gateway_port);
-        *inner.gateway.lock().unwrap_or_else(|e| e.into_inner()) =
-            crate::gateway::Gateway::start(at, inner.fw.clone(), &inner.cfg.dns, sandbox_of);
+        *inner.gateway.lock().unwrap_or_else(|e| e.into_inner()) = crate::gateway::Gateway::start(
+            at,
+            inner.fw.clone(),
+            &inner.cfg.dns,
+            sandbox_of,
+            crate::gateway::Options {
+                ca: inner.cfg.egress_ca.as_ref(),
+                trusted_ca: inner.cfg.egress_trusted_ca.as_deref(),
+                secrets: inner.egress_secrets.clone(),
+            },
+        );
         Ok(())
     }
 }
