@@ -242,6 +242,7 @@ impl ServerArgs {
             node_lost_after_s: self.node_lost_after_s.or(file.node_lost_after_s).unwrap_or(60),
             templates: file.templates.unwrap_or_default(),
             allow_private_egress: self.allow_private_egress || file.allow_private_egress.unwrap_or(false),
+            egress_trusted_ca: file.egress_trusted_ca,
             team_limits: file.teams.unwrap_or_default(),
             http: file.http.unwrap_or_default(),
             default_disk_mb: file.default_disk_mb,

@@ -51,6 +51,9 @@ pub struct FileConfig {
     /// Whether `allowOut` may open private, link-local and metadata ranges (10/8, 169.254/16, ...). Off by
     /// default: such a create is refused with 400 and the sandbox firewall drops those ranges first.
     pub allow_private_egress: Option<bool>,
+    /// A PEM file of extra CA certificates the egress gateway trusts, besides the host's trust store, when it
+    /// re-makes intercepted TLS (header rules) to a destination: internal services with a CA of their own.
+    pub egress_trusted_ca: Option<PathBuf>,
     /// `[teams]`: every team's limits unless `soulbox teams limits` overrides them for a team.
     pub teams: Option<crate::store::TeamLimits>,
     /// `[http]`: connection cap, header-read and idle timeouts, body limits of the proxy and uploads.
@@ -108,6 +111,8 @@ pub struct ServerConfig {
     pub node_lost_after_s: u64,
     pub templates: TemplatesConfig,
     pub allow_private_egress: bool,
+    /// See [`FileConfig::egress_trusted_ca`].
+    pub egress_trusted_ca: Option<PathBuf>,
     pub team_limits: crate::store::TeamLimits,
     pub http: crate::serve::HttpConfig,
     /// `None`: the runtime's default (10 GiB).

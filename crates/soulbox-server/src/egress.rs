@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use soulbox_protocol::api::{EgressProxy, NetworkRule};
 
 use crate::node::NetworkPolicy;
-use soulbox_protocol::SocksProxy;
+use soulbox_protocol::{HeaderRule, SocksProxy};
 
 /// The runtime firewall's private/link-local/metadata/multicast/reserved set: one definition for both.
 pub use soulbox_runtime::firewall::PRIVATE_RANGES;
@@ -52,16 +52,75 @@ pub fn private_range_opened_by(cidr: &str) -> Option<String> {
 }
 
 /// E2B network options SoulBox does not carry out yet, refused with a message that says so instead of a sandbox
-/// that silently ignores them (header rules would not be injected; a proxy meant to carry all traffic would be
-/// bypassed).
-pub fn unsupported(rules: Option<&BTreeMap<String, Vec<NetworkRule>>>, proxy: Option<&EgressProxy>) -> Option<String> {
-    if rules.is_some_and(|r| !r.is_empty()) {
-        return Some("network rules (header transforms for egress requests) are not supported by SoulBox yet".into());
-    }
+/// that silently ignores them (a proxy meant to be reached over TLS would be spoken to in the clear).
+pub fn unsupported(proxy: Option<&EgressProxy>) -> Option<String> {
     if proxy.is_some_and(|p| p.tls.is_some()) {
         return Some("egressProxy.tls (TLS to the SOCKS5 proxy) is not supported by SoulBox yet".into());
     }
     None
+}
+
+/// Most hosts with rules, and most headers a sandbox's rules set in all.
+const MAX_RULE_HOSTS: usize = 100;
+const MAX_RULE_HEADERS: usize = 200;
+/// Longest header value in a rule (before secrets are filled in).
+const MAX_RULE_VALUE: usize = 8 * 1024;
+
+/// E2B's `rules` (`{host: [{transform: {headers}}]}`) as the node's policy takes them, in order, or why they are
+/// refused: each host a host name, `*.` wildcard or IPv4 address/CIDR; each header a valid name with a value
+/// whose only `${e2b.…}` placeholders are `${e2b.secrets.NAME}`. (Whether the named secrets exist is checked when a
+/// request leaves: a secret may be created after the sandbox.)
+pub fn header_rules(rules: Option<&BTreeMap<String, Vec<NetworkRule>>>) -> Result<Vec<HeaderRule>, String> {
+    let Some(rules) = rules else { return Ok(vec![]) };
+    if rules.len() > MAX_RULE_HOSTS {
+        return Err(format!("rules: at most {MAX_RULE_HOSTS} hosts"));
+    }
+    let mut out = Vec::new();
+    let mut headers_in_all = 0;
+    for (host, list) in rules {
+        let key = host.trim().to_ascii_lowercase();
+        if range(&key).is_none() && !soulbox_protocol::hosts::is_pattern(&key) {
+            return Err(format!(
+                "rules host {host:?} is neither a host name (`api.example.com`, `*.example.com`) nor an IPv4 address or CIDR"
+            ));
+        }
+        for rule in list {
+            let headers = rule.transform.as_ref().and_then(|t| t.headers.clone()).unwrap_or_default();
+            headers_in_all += headers.len();
+            for (name, value) in &headers {
+                if !soulbox_protocol::network::is_header_name(name) {
+                    return Err(format!("rules for {host}: {name:?} is not an HTTP header name"));
+                }
+                if value.len() > MAX_RULE_VALUE || value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                    return Err(format!(
+                        "rules for {host}: the value of {name} must be at most {MAX_RULE_VALUE} bytes without control characters"
+                    ));
+                }
+                soulbox_protocol::network::header_value_parts(value)
+                    .map_err(|e| format!("rules for {host}: the value of {name}: {e}"))?;
+            }
+            out.push(HeaderRule { host: key.clone(), headers });
+        }
+    }
+    if headers_in_all > MAX_RULE_HEADERS {
+        return Err(format!("rules: at most {MAX_RULE_HEADERS} headers in all"));
+    }
+    Ok(out)
+}
+
+/// A node policy's rules in E2B's shape (what `GET /sandboxes/{id}` shows; the values as given, placeholders and
+/// all, never a secret's value).
+pub fn rules_view(rules: &[HeaderRule]) -> Option<BTreeMap<String, Vec<NetworkRule>>> {
+    if rules.is_empty() {
+        return None;
+    }
+    let mut view: BTreeMap<String, Vec<NetworkRule>> = BTreeMap::new();
+    for rule in rules {
+        view.entry(rule.host.clone()).or_default().push(NetworkRule {
+            transform: Some(soulbox_protocol::api::NetworkTransform { headers: Some(rule.headers.clone()) }),
+        });
+    }
+    Some(view)
 }
 
 /// Longest SOCKS5 user name or password (RFC 1929: one length byte).
@@ -120,7 +179,7 @@ pub fn check_entries(allow_out: &[String], deny_out: &[String]) -> Result<(), St
 pub fn policy(allow_internet: bool, allow_out: &[String], deny_out: &[String]) -> NetworkPolicy {
     let (allow_out, allow_hosts) = split(allow_out);
     let (deny_out, deny_hosts) = split(deny_out);
-    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts, egress_proxy: None }
+    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts, egress_proxy: None, rules: vec![] }
 }
 
 /// E2B's lists for a node's policy: addresses first, then host names (what `GET /sandboxes/{id}` shows).
@@ -179,13 +238,44 @@ mod tests {
 
     #[test]
     fn unsupported_options_are_named() {
-        let rules: BTreeMap<String, Vec<NetworkRule>> = [("api.example.com".to_string(), vec![])].into();
-        assert!(unsupported(Some(&rules), None).unwrap().contains("rules"));
         let tls = EgressProxy { tls: Some(Default::default()), ..Default::default() };
-        assert!(unsupported(None, Some(&tls)).unwrap().contains("egressProxy.tls"));
-        assert_eq!(unsupported(None, Some(&EgressProxy::default())), None);
-        assert_eq!(unsupported(Some(&BTreeMap::new()), None), None);
-        assert_eq!(unsupported(None, None), None);
+        assert!(unsupported(Some(&tls)).unwrap().contains("egressProxy.tls"));
+        assert_eq!(unsupported(Some(&EgressProxy::default())), None);
+        assert_eq!(unsupported(None), None);
+    }
+
+    #[test]
+    fn header_rules_are_checked_and_shown_back() {
+        let rule = |headers: &[(&str, &str)]| NetworkRule {
+            transform: Some(soulbox_protocol::api::NetworkTransform {
+                headers: Some(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            }),
+        };
+        let rules: BTreeMap<String, Vec<NetworkRule>> = [
+            ("API.example.com".to_string(), vec![rule(&[("Authorization", "Bearer ${e2b.secrets.OPENAI}")])]),
+            ("203.0.113.0/24".to_string(), vec![rule(&[("x-a", "1")]), rule(&[("x-b", "2")])]),
+        ]
+        .into();
+        let got = header_rules(Some(&rules)).unwrap();
+        assert_eq!(
+            got.iter().map(|r| r.host.as_str()).collect::<Vec<_>>(),
+            ["203.0.113.0/24", "203.0.113.0/24", "api.example.com"]
+        );
+        let view = rules_view(&got).unwrap();
+        assert_eq!(view["203.0.113.0/24"].len(), 2);
+        assert_eq!(view["api.example.com"][0], rules["API.example.com"][0]);
+        assert_eq!(header_rules(None).unwrap(), vec![]);
+        assert_eq!(rules_view(&[]), None);
+        for (host, headers) in [
+            ("not a host", vec![("a", "b")]),
+            ("api.example.com", vec![("bad header", "b")]),
+            ("api.example.com", vec![("a", "line\nbreak")]),
+            ("api.example.com", vec![("a", "${e2b.identity.tokens.aws}")]),
+            ("api.example.com", vec![("a", "${e2b.secrets.open")]),
+        ] {
+            let bad: BTreeMap<String, Vec<NetworkRule>> = [(host.to_string(), vec![rule(&headers)])].into();
+            assert!(header_rules(Some(&bad)).is_err(), "{host} {headers:?}");
+        }
     }
 
     #[test]

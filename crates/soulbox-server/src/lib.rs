@@ -8,6 +8,7 @@ pub mod cluster_control;
 pub mod config;
 pub mod deadlines;
 pub mod egress;
+pub mod egress_secrets;
 pub mod ids;
 pub mod ingress;
 pub mod keys;

@@ -128,6 +128,8 @@ pub struct CreateRequest {
     pub deny_out: Vec<String>,
     /// E2B's `egressProxy` (its host not resolved yet: `create` does that).
     pub egress_proxy: Option<soulbox_protocol::SocksProxy>,
+    /// E2B's `rules` (checked by `egress::header_rules`).
+    pub rules: Vec<soulbox_protocol::HeaderRule>,
     /// E2B's `allowPublicTraffic: false`: the sandbox's ports need its traffic access token.
     pub private_ports: bool,
     /// E2B's `maskRequestHost`: the `Host` requests to its ports arrive with.

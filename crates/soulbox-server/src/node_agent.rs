@@ -457,6 +457,8 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         userns_mode: settings.userns_mode,
         network_pool: &settings.network_pool,
         allow_private_egress: settings.allow_private_egress,
+        egress_ca: None,
+        egress_trusted_ca: None,
     })?;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     // The same `base` as `soulbox server`'s: the build engine's recipe (a node agent has no [templates] section,

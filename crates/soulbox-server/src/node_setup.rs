@@ -27,6 +27,10 @@ pub struct RuntimeSettings<'a> {
     pub userns_mode: soulbox_runtime::userns::UsernsMode,
     pub network_pool: &'a str,
     pub allow_private_egress: bool,
+    /// The installation's egress CA (`soulbox_runtime::egress_ca`): the control plane's, on every node.
+    pub egress_ca: Option<soulbox_runtime::egress_ca::CaPem>,
+    /// Extra CAs the egress gateway trusts upstream (`egress_trusted_ca`).
+    pub egress_trusted_ca: Option<PathBuf>,
 }
 
 /// The runtime's configuration (its state under `<data_dir>/node`).
@@ -55,6 +59,8 @@ pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_r
     config.pool_net = pool_net;
     config.pool_prefix_len = pool_len;
     config.allow_private_egress = settings.allow_private_egress;
+    config.egress_ca = settings.egress_ca;
+    config.egress_trusted_ca = settings.egress_trusted_ca;
     Ok(config)
 }
 
@@ -94,6 +100,8 @@ mod tests {
             userns_mode: Default::default(),
             network_pool: "10.77.0.0/16",
             allow_private_egress: false,
+            egress_ca: None,
+            egress_trusted_ca: None,
         };
         let config = runtime_config(settings(&envd)).unwrap();
         assert_eq!((config.pool_size, config.default_disk_mb, config.pool_prefix_len), (2, 512, 16));

@@ -118,6 +118,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         None => {
             let reserved = recorded_addresses(&store).await?;
             let node = Arc::new(open_local_node(&config, &reserved).await?);
+            node.runtime().set_egress_secrets(Arc::new(crate::egress_secrets::StoreSecrets { store: store.clone() }));
             // From here on a failure must give back what the runtime made (warm pool, firewall table).
             let started_node = async {
                 let lifecycle = Lifecycle::start(store, node.clone(), lifecycle_config.clone())
@@ -291,6 +292,11 @@ async fn open_local_node(
         userns_mode: config.userns_mode,
         network_pool: &config.network_pool,
         allow_private_egress: config.allow_private_egress,
+        egress_ca: Some(
+            soulbox_runtime::egress_ca::CaPem::load_or_create(&config.data_dir)
+                .context("the installation's egress CA")?,
+        ),
+        egress_trusted_ca: config.egress_trusted_ca.clone(),
     })?;
     let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved)
         .await

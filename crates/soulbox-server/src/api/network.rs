@@ -35,9 +35,13 @@ pub async fn update(
         Ok(u) => u,
         Err(resp) => return resp,
     };
-    if let Some(message) = crate::egress::unsupported(update.rules.as_ref(), update.egress_proxy.as_ref()) {
+    if let Some(message) = crate::egress::unsupported(update.egress_proxy.as_ref()) {
         return error(StatusCode::BAD_REQUEST, message);
     }
+    let rules = match crate::egress::header_rules(update.rules.as_ref()) {
+        Ok(rules) => rules,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     if let Err(message) = check_dns_servers(update.dns_servers.as_deref().unwrap_or_default()) {
         return error(StatusCode::BAD_REQUEST, message);
     }
@@ -47,6 +51,7 @@ pub async fn update(
         &update.allow_out.unwrap_or_default(),
         &update.deny_out.unwrap_or_default(),
     );
+    policy.rules = rules;
     policy.egress_proxy = match update.egress_proxy.as_ref().map(crate::egress::socks_proxy).transpose() {
         Ok(proxy) => proxy,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),

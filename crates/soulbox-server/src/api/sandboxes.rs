@@ -65,6 +65,7 @@ fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateReque
         allow_out: network.allow_out.unwrap_or_default(),
         deny_out: network.deny_out.unwrap_or_default(),
         egress_proxy: network.egress_proxy.as_ref().and_then(|p| crate::egress::socks_proxy(p).ok()),
+        rules: crate::egress::header_rules(network.rules.as_ref()).unwrap_or_default(),
         private_ports: network.allow_public_traffic == Some(false),
         mask_request_host: network.mask_request_host,
         secure,
@@ -80,7 +81,10 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
         return error(StatusCode::BAD_REQUEST, "templateID is required");
     }
     if let Some(network) = &req.network {
-        if let Some(message) = crate::egress::unsupported(network.rules.as_ref(), network.egress_proxy.as_ref()) {
+        if let Some(message) = crate::egress::unsupported(network.egress_proxy.as_ref()) {
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+        if let Err(message) = crate::egress::header_rules(network.rules.as_ref()) {
             return error(StatusCode::BAD_REQUEST, message);
         }
         if let Some(Err(message)) = network.egress_proxy.as_ref().map(crate::egress::socks_proxy) {
@@ -152,6 +156,7 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
                 username: p.username.clone(),
                 ..Default::default()
             }),
+            rules: crate::egress::rules_view(&r.network.rules),
             ..Default::default()
         }),
         lifecycle: Some(ApiLifecycle {

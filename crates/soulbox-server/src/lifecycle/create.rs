@@ -96,6 +96,7 @@ impl Lifecycle {
             envd_access_token: token.clone(),
             network: NetworkPolicy {
                 egress_proxy: req.egress_proxy.clone(),
+                rules: req.rules.clone(),
                 ..crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out)
             },
             metadata: req.metadata.clone(),
@@ -162,6 +163,7 @@ impl Lifecycle {
             auto_resume: req.auto_resume,
             network: NetworkPolicy {
                 egress_proxy: req.egress_proxy,
+                rules: req.rules,
                 ..crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out)
             },
             ingress: Ingress {

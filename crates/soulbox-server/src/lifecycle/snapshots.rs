@@ -151,6 +151,7 @@ impl Lifecycle {
             allow_out: crate::egress::entries(&record.network).0,
             deny_out: crate::egress::entries(&record.network).1,
             egress_proxy: record.network.egress_proxy.clone(),
+            rules: record.network.rules.clone(),
             // Private like its source, with a token of its own.
             private_ports: record.ingress.traffic_access_token.is_some(),
             mask_request_host: record.ingress.mask_request_host.clone(),
