@@ -67,6 +67,20 @@ fi
 [ -x "$ENVD" ] || die "no $ENVD"
 for ver in $VERSIONS; do ensure_venv "$ver"; done
 
+# The fake outside world's HTTPS (tests/e2e/test_network.py): a CA of its own, which the server's egress gateway
+# trusts upstream (`egress_trusted_ca`), and a certificate for the outside's address.
+OUTSIDE_TLS="$DATA_DIR/outside-tls"
+if [ ! -s "$OUTSIDE_TLS/cert.pem" ]; then
+  mkdir -p "$OUTSIDE_TLS"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=the outside world's CA" \
+    -keyout "$OUTSIDE_TLS/ca.key" -out "$OUTSIDE_TLS/ca.pem" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=203.0.113.122" \
+    -keyout "$OUTSIDE_TLS/key.pem" -out "$OUTSIDE_TLS/cert.csr" 2>/dev/null
+  openssl x509 -req -in "$OUTSIDE_TLS/cert.csr" -CA "$OUTSIDE_TLS/ca.pem" -CAkey "$OUTSIDE_TLS/ca.key" -CAcreateserial \
+    -days 3650 -extfile <(printf 'subjectAltName=IP:203.0.113.122') -out "$OUTSIDE_TLS/cert.pem" 2>/dev/null
+fi
+SERVER_CONFIG_EXTRA="egress_trusted_ca = \"$OUTSIDE_TLS/ca.pem\""
+
 start_server
 stale="$(sandbox_ids)"
 if [ -n "$stale" ]; then
@@ -85,7 +99,7 @@ for ver in $VERSIONS; do
     cd "$HERE"
     E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
     SOULBOX_E2E_DOMAIN="$DOMAIN" SOULBOX_E2E_MAX_LIFETIME_S="$MAX_LIFETIME_S" SOULBOX_E2E_SERVER_LOG="$SERVER_LOG" \
-    NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
+    SOULBOX_E2E_OUTSIDE_TLS="$OUTSIDE_TLS" NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
       "$py" -m pytest "$@"
   ) || rc=$?
   if [ "$rc" -ne 0 ]; then

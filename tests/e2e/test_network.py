@@ -107,11 +107,13 @@ def sdk_sends_proxy_tls() -> bool:
     return True
 
 
-def test_rules_and_proxy_tls_are_refused_clearly_and_host_names_read_back(sandboxes):
+def test_bad_entries_rules_and_proxy_tls_are_refused_clearly_and_host_names_read_back(sandboxes):
     sbx = sandboxes.create()
     refused = [
         ({"allow_out": ["api.*.example.com"]}, "neither"),
-        ({"rules": {"api.example.com": [{"transform": {"headers": {"X-Key": "v"}}}]}}, "rules"),
+        ({"rules": {"api.*.example.com": [{"transform": {"headers": {"X-Key": "v"}}}]}}, "rules host"),
+        ({"rules": {"api.example.com": [{"transform": {"headers": {"bad header": "v"}}}]}}, "header name"),
+        ({"rules": {"api.example.com": [{"transform": {"headers": {"X": "${e2b.identity.tokens.aws}"}}}]}}, "only"),
         ({"egress_proxy": {"address": "169.254.169.254:1080"}}, "private"),
     ]
     if sdk_sends_proxy_tls():
@@ -124,6 +126,56 @@ def test_rules_and_proxy_tls_are_refused_clearly_and_host_names_read_back(sandbo
     # `host_rules_pass_named_http_and_tls_through_the_gateway`): no connection is made here.
     sbx.update_network({"allow_out": ["api.example.com", "*.example.org"], "deny_out": ["0.0.0.0/0"]})
     assert sbx.commands.run("echo still-fine").stdout.strip() == "still-fine"
+
+
+def header_rules_test_secret(api, name: str, value: str):
+    r = api.post("/secrets", json={"name": name, "value": value})
+    assert r.status_code in (200, 201), r.text
+
+
+def test_header_rules_put_a_secret_on_http_and_https_requests(sandboxes, outside, api):
+    """E2B's `rules`: requests to a host with rules carry its headers, `${e2b.secrets.NAME}` filled in by the node's
+    egress gateway as the request leaves. Over HTTPS the gateway terminates TLS with the installation's CA, which the
+    sandbox trusts by default (curl, Python); it verifies the destination with the outside world's own CA
+    (`egress_trusted_ca`). The sandbox never holds the secret; an unknown secret fails the request with a message."""
+    tls = os.environ.get("SOULBOX_E2E_OUTSIDE_TLS")
+    if not tls:
+        pytest.skip("run through tests/e2e/run.sh (it makes the outside world's TLS certificate)")
+    echo = os.path.join(os.path.dirname(__file__), "..", "lib", "header_echo.py")
+    outside.run(80, ["python3", echo, "80"])
+    outside.run(443, ["python3", echo, "443", f"{tls}/cert.pem", f"{tls}/key.pem"])
+    name, value = f"e2e-rules-{os.getpid()}", f"rules-secret-{os.urandom(8).hex()}"
+    header_rules_test_secret(api, name, value)
+    try:
+        rules = {OUTSIDE_ADDR: [{"transform": {"headers": {"Authorization": f"Bearer ${{e2b.secrets.{name}}}", "X-Plain": "yes"}}}]}
+        sbx = sandboxes.create(network={"rules": rules})
+        for url in (f"http://{OUTSIDE_ADDR}/", f"https://{OUTSIDE_ADDR}/"):
+            got = sbx.commands.run(f"curl -sS --max-time 10 {url}").stdout.lower()
+            assert f"authorization: bearer {value}" in got and "x-plain: yes" in got, (url, got)
+        py = f"import urllib.request; print(urllib.request.urlopen('https://{OUTSIDE_ADDR}/', timeout=10).read().decode())"
+        assert f"Bearer {value}" in sbx.commands.run(f'python3 -c "{py}"').stdout
+        env = sbx.commands.run("echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS").stdout
+        assert "/usr/local/share/soulbox/ca-bundle.pem" in env and "soulbox-egress.crt" in env, env
+        # The value exists only in requests on their way out (the echo above sent it back; nothing kept it).
+        leaked = sbx.commands.run(
+            f"grep -rlsF '{value}' /etc /home /root /tmp /usr/local /var 2>/dev/null; "
+            f"cat /proc/[0-9]*/environ 2>/dev/null | grep -c '{value}'; true",
+            user="root",
+        ).stdout
+        assert leaked.strip() == "0", f"the secret is in the sandbox: {leaked}"
+        shown = repr(sbx.get_info())
+        assert value not in shown, "the secret's value came back in the sandbox's info"
+        # A secret that does not exist: the request fails with a message, nothing is sent with a bad credential.
+        sbx.update_network({"rules": {OUTSIDE_ADDR: [{"transform": {"headers": {"X-Key": "${e2b.secrets.no-such-secret}"}}}]}})
+        got = sbx.commands.run(f"curl -sS -i --max-time 10 http://{OUTSIDE_ADDR}/").stdout
+        assert "502" in got and "no-such-secret" in got and "x-key" not in got.lower(), got
+        # Rules cleared: requests pass untouched (over TLS with the outside world's certificate, which the sandbox
+        # does not trust, so -k).
+        sbx.update_network({})
+        got = sbx.commands.run(f"curl -sS -k --max-time 10 https://{OUTSIDE_ADDR}/").stdout.lower()
+        assert "host:" in got and "authorization" not in got, got
+    finally:
+        api.delete(f"/secrets/{name}")
 
 
 @pytest.fixture

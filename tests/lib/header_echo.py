@@ -1,0 +1,31 @@
+"""A server for the fake outside world that answers every GET with the request's headers, one per line.
+
+    header_echo.py PORT                 plain HTTP
+    header_echo.py PORT CERT KEY        HTTPS with that certificate
+"""
+
+import http.server
+import ssl
+import sys
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = "".join(f"{k}: {v}\n" for k, v in self.headers.items()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[1])), Echo)
+if len(sys.argv) > 3:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(sys.argv[2], sys.argv[3])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
