@@ -645,6 +645,12 @@ async fn header_rules_inject_secrets_over_http_and_https() {
             ("bad.test", out.public),
         ],
     );
+    // A second address of the outside world, where api.test does not point (outside every Outside's /30).
+    let elsewhere = Ipv4Addr::new(203, 0, 113, 101);
+    let ip =
+        |args: &[&str]| assert!(std::process::Command::new("ip").args(args).status().unwrap().success(), "{args:?}");
+    ip(&["-n", &out.ns, "addr", "add", &format!("{elsewhere}/32"), "dev", "eth0"]);
+    ip(&["route", "add", &format!("{elsewhere}/32"), "via", &out.public.to_string(), "dev", &out.link]);
     let dir = tempfile::tempdir().unwrap();
     let (ca, cert, key) = test_server_certificate(&["api.test", "other.test", "a.wild.test"]);
     for (file, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
@@ -687,19 +693,20 @@ async fn header_rules_inject_secrets_over_http_and_https() {
     // outside world.
     let netns = h.cfg.netns_name(&s.id);
     std::fs::write(dir.path().join("egress-ca.pem"), format!("{}{ca}", egress_ca.cert_pem)).unwrap();
-    let get = |url: &str| {
+    let get_at = |url: &str, at: Ipv4Addr| {
         let host = url.split("://").nth(1).unwrap().trim_end_matches('/');
         let port = if url.starts_with("https") { 443 } else { 80 };
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &netns, "curl", "-sS", "-i", "--max-time", "10", "--noproxy", "*", "--cacert"])
             .arg(dir.path().join("egress-ca.pem"))
-            .args(["--resolve", &format!("{host}:{port}:{}", out.public), url])
+            .args(["--resolve", &format!("{host}:{port}:{at}"), url])
             .output()
             .unwrap();
         // Header names compare without case.
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         async move { text.to_ascii_lowercase() }
     };
+    let get = |url: &str| get_at(url, out.public);
     for scheme in ["http", "https"] {
         let got = get(&format!("{scheme}://api.test/")).await;
         assert!(got.contains("authorization: bearer s3cr3t-value") && got.contains("x-plain: yes"), "{scheme}: {got}");
@@ -712,6 +719,12 @@ async fn header_rules_inject_secrets_over_http_and_https() {
     // The destination cannot show a certificate for bad.test: the gateway does not send it the request.
     let bad = get("https://bad.test/").await;
     assert!(bad.contains("502") && !bad.contains("x-plain"), "{bad}");
+    // A ruled name sent to an address it does not resolve to gets nothing, least of all the secret (the gateway
+    // would otherwise hand it to whoever listens there).
+    for scheme in ["http", "https"] {
+        let spoofed = get_at(&format!("{scheme}://api.test/"), elsewhere).await;
+        assert!(!spoofed.contains("s3cr3t") && !spoofed.contains("200 ok"), "{scheme}: {spoofed}");
+    }
     // One connection, one host: a second request for another host on it is refused.
     let two = format!(
         "printf 'GET / HTTP/1.1\\r\\nHost: api.test\\r\\n\\r\\nGET / HTTP/1.1\\r\\nHost: other.test\\r\\n\\r\\n' | nc -w 3 {} 80",
@@ -742,4 +755,5 @@ async fn header_rules_inject_secrets_over_http_and_https() {
     }
     let _ = server.kill();
     let _ = server.wait();
+    let _ = std::process::Command::new("ip").args(["route", "del", &format!("{elsewhere}/32")]).status();
 }
