@@ -29,6 +29,8 @@ NODES = [("node1", "sbc1", "10.81.0.0/16"), ("node2", "sbc2", "10.82.0.0/16"), (
 HEARTBEAT_TIMEOUT_S = 3
 LOST_AFTER_S = 3
 TOKEN = secrets.token_hex(20)
+# Replicas on one database share the secrets key (README): it seals team secrets and the egress CA's key.
+SECRETS_KEY = __import__("base64").b64encode(secrets.token_bytes(32)).decode()
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 procs = {}
@@ -96,7 +98,7 @@ def start_server(name="server"):
     procs[name] = remember(subprocess.Popen(
         [BIN, "--data-dir", f"{RUN_DIR}/{name}", "server", "--listen", f"127.0.0.1:{port}", "--database-url", DB_URL,
          "--node-token", TOKEN, "--node-heartbeat-timeout-s", str(HEARTBEAT_TIMEOUT_S), "--node-lost-after-s", str(LOST_AFTER_S)],
-        stdout=subprocess.PIPE, stderr=out, env={**os.environ, "SOULBOX_LOG": "info"}))
+        stdout=subprocess.PIPE, stderr=out, env={**os.environ, "SOULBOX_LOG": "info", "SOULBOX_SECRETS_KEY": SECRETS_KEY}))
     for line in procs[name].stdout:
         line = line.decode()
         if line.startswith("export E2B_API_KEY=") and "shown once" in line:
@@ -247,6 +249,8 @@ def main():
     finally:
         sbx.kill()
 
+    egress_rules_across_the_cluster()
+
     log("snapshots and forks start on the node that holds the snapshot's layers")
     source = create()["sandboxID"]
     everything.append(source)
@@ -382,6 +386,49 @@ def seed_base_only(store):
     # The build engine's caches name layers: with them, the agent finds `base` built and builds nothing.
     if os.path.isdir(f"{TEMPLATE_DIR}/cache"):
         subprocess.run(["cp", "-a", f"{TEMPLATE_DIR}/cache", f"{store}/"], check=True)
+
+
+def egress_rules_across_the_cluster():
+    """Header rules in a cluster: every node signs with the installation's CA (handed out only for the node token)
+    and its egress gateway asks the control plane for a rule's secret as the request leaves. Network rule: the
+    sandbox talks only to a fake outside world on 203.0.113.116/30."""
+    log("header rules: the installation's CA on every node, secrets asked of the control plane")
+    from e2b import Sandbox
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "lib"))
+    from sbtest import OutsideWorld
+
+    def cluster_call(path, token, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+        return urllib.request.Request(agent_server + path, data=data, headers=headers, method="POST" if data else "GET")
+
+    with OPENER.open(cluster_call("/cluster/egress-ca", TOKEN), timeout=30) as r:
+        ca = json.loads(r.read())
+    assert http_status(cluster_call("/cluster/egress-ca", "not-the-token")) == 401
+    name, value = f"cluster-{uuid.uuid4().hex[:8]}", f"cluster-secret-{uuid.uuid4().hex}"
+    status, _ = call("POST", "/secrets", {"name": name, "value": value})
+    assert status in (200, 201), status
+    echo = os.path.join(os.path.dirname(__file__), "..", "lib", "header_echo.py")
+    outside_addr = "203.0.113.118"
+    try:
+        with OutsideWorld("sbns-clrules", "sbnsclrul0", "203.0.113.117", outside_addr) as world:
+            world.run(80, ["python3", echo, "80"])
+            rules = {outside_addr: [{"transform": {"headers": {"X-Key": f"${{e2b.secrets.{name}}}"}}}]}
+            sbx = Sandbox.create(timeout=120, network={"rules": rules})
+            try:
+                bundle = sbx.files.read("/usr/local/share/soulbox/ca-bundle.pem")
+                assert ca["certPem"].strip() in bundle, "the node's sandbox does not trust the installation's CA"
+                got = sbx.commands.run(f"curl -sS --max-time 10 http://{outside_addr}/").stdout.lower()
+                assert f"x-key: {value}" in got, got
+                # A node asking for a sandbox that is not placed on it gets nothing.
+                wrong = cluster_call("/cluster/secret", TOKEN, {"nodeId": "node-x", "sandboxId": sbx.sandbox_id, "name": name})
+                assert http_status(wrong) == 403
+                stranger = cluster_call("/cluster/secret", "not-the-token", {"nodeId": "node1", "sandboxId": sbx.sandbox_id, "name": name})
+                assert http_status(stranger) == 401
+            finally:
+                sbx.kill()
+    finally:
+        call("DELETE", f"/secrets/{name}")
 
 
 def http_status(req):

@@ -170,6 +170,9 @@ struct NodeArgs {
     /// Let `allowOut` open private, link-local and metadata ranges (set it like the control plane's).
     #[arg(long, env = "SOULBOX_ALLOW_PRIVATE_EGRESS")]
     allow_private_egress: bool,
+    /// A PEM file of extra CAs the egress gateway trusts when it re-makes intercepted TLS (header rules) upstream.
+    #[arg(long, env = "SOULBOX_EGRESS_TRUSTED_CA")]
+    egress_trusted_ca: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -198,6 +201,7 @@ impl NodeArgs {
             network_pool: self.network_pool,
             debian_mirror: self.debian_mirror,
             allow_private_egress: self.allow_private_egress,
+            egress_trusted_ca: self.egress_trusted_ca,
         })
     }
 }

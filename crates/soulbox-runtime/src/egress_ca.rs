@@ -2,14 +2,13 @@
 //! certificates with when it terminates a sandbox's TLS to a host with header rules. Sandboxes trust it (envd puts
 //! the certificate, never the key, into their trust stores); nothing else should.
 //!
-//! One CA per installation: the control plane creates it in its data dir (key file mode 0600) and every node of the
-//! installation gets the same, so a sandbox that moves between nodes keeps trusting the gateway it talks to.
+//! One CA per installation: the control plane keeps it in its store (the key sealed like a secret) and every node
+//! of the installation gets the same, so a sandbox that moves between nodes keeps trusting the gateway it talks to.
 //!
 //! Issuing needs no parsing of the CA certificate: the issuer is rebuilt from the key (its name carries a hash of
 //! the public key, and rcgen derives the key identifiers from the key), so it is exactly the CA's.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rcgen::{
@@ -30,8 +29,6 @@ const CA_LIFETIME: Duration = Duration::days(3650);
 pub enum CaError {
     #[error("egress CA: {0}")]
     Certificate(#[from] rcgen::Error),
-    #[error("egress CA file {path}: {error}")]
-    File { path: String, error: std::io::Error },
     #[error("egress CA: {0}")]
     Tls(#[from] rustls::Error),
 }
@@ -50,9 +47,6 @@ impl std::fmt::Debug for CaPem {
     }
 }
 
-const CERT_FILE: &str = "egress-ca.crt";
-const KEY_FILE: &str = "egress-ca.key";
-
 impl CaPem {
     /// A new CA (ECDSA P-256).
     pub fn generate() -> Result<CaPem, CaError> {
@@ -64,42 +58,6 @@ impl CaPem {
         let cert = params.self_signed(&key)?;
         Ok(CaPem { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
-
-    /// The CA kept in `dir` (`egress-ca.crt`, `egress-ca.key`), created there on first use with the key readable by
-    /// its owner only.
-    pub fn load_or_create(dir: &Path) -> Result<CaPem, CaError> {
-        let (cert_path, key_path) = (dir.join(CERT_FILE), dir.join(KEY_FILE));
-        let file_error = |path: &Path, error| CaError::File { path: path.display().to_string(), error };
-        match (std::fs::read_to_string(&cert_path), std::fs::read_to_string(&key_path)) {
-            (Ok(cert_pem), Ok(key_pem)) => {
-                let ca = CaPem { cert_pem, key_pem };
-                Signer::new(&ca)?;
-                return Ok(ca);
-            }
-            (Err(e), _) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_error(&cert_path, e)),
-            (_, Err(e)) if e.kind() != std::io::ErrorKind::NotFound => return Err(file_error(&key_path, e)),
-            _ => {}
-        }
-        let ca = CaPem::generate()?;
-        std::fs::create_dir_all(dir).map_err(|e| file_error(dir, e))?;
-        write_new(&key_path, ca.key_pem.as_bytes(), 0o600).map_err(|e| file_error(&key_path, e))?;
-        write_new(&cert_path, ca.cert_pem.as_bytes(), 0o644).map_err(|e| file_error(&cert_path, e))?;
-        tracing::info!(cert = %cert_path.display(), "created the installation's egress CA");
-        Ok(ca)
-    }
-}
-
-/// Writes `path` (replacing it) with `mode` from its creation on: the key is never readable by others, not even
-/// for a moment.
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The CA's subject and extensions, a function of its key alone.
@@ -181,13 +139,8 @@ mod tests {
     use rustls::client::danger::ServerCertVerifier;
 
     #[test]
-    fn leaves_verify_against_the_ca_and_the_key_file_is_private() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = CaPem::load_or_create(dir.path()).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(CaPem::load_or_create(dir.path()).unwrap(), ca, "a second start reuses the CA");
+    fn leaves_verify_against_the_ca() {
+        let ca = CaPem::generate().unwrap();
         assert!(!format!("{ca:?}").contains("PRIVATE"), "the key never reaches a log");
 
         let signer = Signer::new(&ca).unwrap();

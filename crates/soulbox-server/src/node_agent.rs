@@ -31,6 +31,8 @@ use crate::stream_cut::StreamCuts;
 /// A sandbox created less recently than this is reported in heartbeats (younger ones may not be recorded by the
 /// control plane yet, and would look unknown to it).
 const REPORT_AFTER: Duration = Duration::from_secs(15);
+/// How long a starting node agent waits for its control plane to answer (it needs the egress CA to start).
+const EGRESS_CA_PATIENCE: Duration = Duration::from_secs(120);
 /// A runtime error keeps the node Degraded this long.
 const TROUBLE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -415,6 +417,8 @@ pub struct NodeSettings {
     pub debian_mirror: String,
     /// allowOut may open private, link-local and metadata ranges (the runtime's firewall drops them otherwise).
     pub allow_private_egress: bool,
+    /// Extra CAs the egress gateway trusts upstream (`--egress-trusted-ca`, like the control plane's setting).
+    pub egress_trusted_ca: Option<std::path::PathBuf>,
 }
 
 /// The node's id: `--node-id`, else the one saved in the data dir, else a new random one saved there (so a
@@ -443,6 +447,12 @@ pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Re
 pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    // Every node signs intercepted TLS with the installation's CA (a sandbox that moves keeps trusting its gateway).
+    let http = crate::cluster::remote::RemoteNode::http_client();
+    let (server_url, token) = (&settings.agent.server_url, &settings.agent.token);
+    let egress_ca = crate::egress_secrets::fetch_egress_ca(&http, server_url, token, EGRESS_CA_PATIENCE)
+        .await
+        .map_err(|e| anyhow::anyhow!("getting the installation's egress CA from the control plane: {e}"))?;
     let runtime_config = crate::node_setup::runtime_config(crate::node_setup::RuntimeSettings {
         data_dir: &settings.data_dir,
         template_dir: settings.template_dir.clone(),
@@ -457,10 +467,16 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         userns_mode: settings.userns_mode,
         network_pool: &settings.network_pool,
         allow_private_egress: settings.allow_private_egress,
-        egress_ca: None,
-        egress_trusted_ca: None,
+        egress_ca: Some(egress_ca),
+        egress_trusted_ca: settings.egress_trusted_ca.clone(),
     })?;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
+    runtime.set_egress_secrets(Arc::new(crate::egress_secrets::RemoteSecrets {
+        http,
+        server_url: server_url.clone(),
+        token: token.clone(),
+        node_id: settings.agent.node_id.clone(),
+    }));
     // The same `base` as `soulbox server`'s: the build engine's recipe (a node agent has no [templates] section,
     // and base needs no registry).
     let engine = soulbox_templates::config::TemplatesConfig::default().engine_config(&settings.debian_mirror);

@@ -99,10 +99,13 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         allow_private_egress: config.allow_private_egress,
         ..LifecycleConfig::default()
     };
+    let egress_ca = store.egress_ca().await.context("the installation's egress CA")?;
     match &config.node_token {
         // Cluster mode: no runtime here; node agents register with the token and run the sandboxes.
         Some(token) => {
             let mut cluster = ClusterConfig::new(token.clone());
+            // The nodes' egress gateways sign with the installation's CA, which lives in the store.
+            cluster.egress_ca = Some(egress_ca);
             cluster.heartbeat_timeout = Duration::from_secs(config.node_heartbeat_timeout_s.max(1));
             cluster.lost_after = Duration::from_secs(config.node_lost_after_s);
             let registry = Arc::new(Registry::new(store.clone(), cluster));
@@ -117,7 +120,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
         None => {
             let reserved = recorded_addresses(&store).await?;
-            let node = Arc::new(open_local_node(&config, &reserved).await?);
+            let node = Arc::new(open_local_node(&config, &reserved, egress_ca).await?);
             node.runtime().set_egress_secrets(Arc::new(crate::egress_secrets::StoreSecrets { store: store.clone() }));
             // From here on a failure must give back what the runtime made (warm pool, firewall table).
             let started_node = async {
@@ -277,6 +280,7 @@ async fn reconcile_local_node(node: &LocalNode, lifecycle: &Lifecycle) -> anyhow
 async fn open_local_node(
     config: &ServerConfig,
     reserved: &[(String, std::net::Ipv4Addr)],
+    egress_ca: soulbox_runtime::egress_ca::CaPem,
 ) -> anyhow::Result<LocalNode> {
     let runtime_config = node_setup::runtime_config(RuntimeSettings {
         data_dir: &config.data_dir,
@@ -292,10 +296,7 @@ async fn open_local_node(
         userns_mode: config.userns_mode,
         network_pool: &config.network_pool,
         allow_private_egress: config.allow_private_egress,
-        egress_ca: Some(
-            soulbox_runtime::egress_ca::CaPem::load_or_create(&config.data_dir)
-                .context("the installation's egress CA")?,
-        ),
+        egress_ca: Some(egress_ca),
         egress_trusted_ca: config.egress_trusted_ca.clone(),
     })?;
     let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved)

@@ -1,5 +1,6 @@
 //! The E2B REST API (spec §1) plus SoulBox's additions, in E2B's error shape everywhere.
 
+mod cluster;
 mod linger;
 mod network;
 #[cfg(test)]
@@ -74,6 +75,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(system::openapi))
         // Node agents authenticate with the cluster's node token, checked in the handler.
         .route(crate::cluster::wire::HEARTBEAT_PATH, post(system::heartbeat))
+        .route(crate::cluster::wire::EGRESS_CA_PATH, get(cluster::egress_ca))
+        .route(crate::cluster::wire::SECRET_PATH, post(cluster::secret))
         .merge(authenticated)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn(refuse_oversized_bodies))

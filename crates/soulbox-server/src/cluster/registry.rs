@@ -30,6 +30,8 @@ pub struct ClusterConfig {
     /// Unhealthy (no heartbeat) for this long: the node's sandboxes are lost.
     pub lost_after: Duration,
     pub policy: Policy,
+    /// The installation's egress CA, handed to node agents (`GET /cluster/egress-ca`).
+    pub egress_ca: Option<soulbox_runtime::egress_ca::CaPem>,
 }
 
 impl ClusterConfig {
@@ -39,6 +41,7 @@ impl ClusterConfig {
             heartbeat_timeout: Duration::from_secs(10),
             lost_after: Duration::from_secs(60),
             policy: Policy::default(),
+            egress_ca: None,
         }
     }
 }

@@ -15,6 +15,25 @@ pub const HOST_HEADER: &str = "x-soulbox-sandbox-host";
 /// The server's endpoint for registration and heartbeats.
 pub const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
 pub const NODE_API_PREFIX: &str = "/node/v1";
+/// Where a node agent gets the installation's egress CA (certificate and key) before it opens its runtime.
+pub const EGRESS_CA_PATH: &str = "/cluster/egress-ca";
+/// Where a node agent's egress gateway asks for a header rule's secret as a request leaves.
+pub const SECRET_PATH: &str = "/cluster/secret";
+
+/// `POST /cluster/secret`: the secret `name` of the team owning `sandbox_id`, which runs on `node_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRequest {
+    pub node_id: String,
+    pub sandbox_id: String,
+    pub name: String,
+}
+
+/// The answer: `None` when the team has no such secret. Never logged.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SecretResponse {
+    pub value: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,6 +2,7 @@
 //! through sqlx's `Any` driver so every query is written once. Migrations are embedded.
 
 mod api_keys;
+mod egress_ca;
 mod nodes;
 mod sandboxes;
 mod secrets;

@@ -107,7 +107,7 @@ fn not_found(id_or_name: &str) -> StoreError {
 }
 
 impl Store {
-    fn secret_box(&self) -> Result<&SecretBox, StoreError> {
+    pub(super) fn secret_box(&self) -> Result<&SecretBox, StoreError> {
         Ok(self.secrets.as_deref().ok_or(SealError::NoKey)?)
     }
 
