@@ -19,16 +19,14 @@ use crate::lifecycle::LifecycleError;
 fn authorized<'a>(
     state: &'a ApiState,
     headers: &http::HeaderMap,
-) -> Result<&'a crate::cluster::registry::Registry, Response> {
+) -> Result<&'a crate::cluster::registry::Registry, Box<Response>> {
     let Some(registry) = state.lifecycle.nodes().cluster() else {
-        return Err(super::error(
-            StatusCode::NOT_FOUND,
-            "this server is not in cluster mode (no node_token configured)",
-        ));
+        let why = "this server is not in cluster mode (no node_token configured)";
+        return Err(Box::new(super::error(StatusCode::NOT_FOUND, why)));
     };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     if !crate::cluster::wire::token_matches(&registry.config().node_token, authorization) {
-        return Err(super::error(StatusCode::UNAUTHORIZED, "invalid node token"));
+        return Err(Box::new(super::error(StatusCode::UNAUTHORIZED, "invalid node token")));
     }
     Ok(registry)
 }
@@ -36,7 +34,7 @@ fn authorized<'a>(
 pub async fn egress_ca(State(state): State<ApiState>, headers: http::HeaderMap) -> Response {
     let registry = match authorized(&state, &headers) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     match &registry.config().egress_ca {
         Some(ca) => Json(ca.clone()).into_response(),
@@ -46,7 +44,7 @@ pub async fn egress_ca(State(state): State<ApiState>, headers: http::HeaderMap) 
 
 pub async fn secret(State(state): State<ApiState>, headers: http::HeaderMap, body: axum::body::Bytes) -> Response {
     if let Err(resp) = authorized(&state, &headers) {
-        return resp;
+        return *resp;
     }
     let request: SecretRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
