@@ -72,10 +72,11 @@ fn serve(port: u16, mib: usize, tls: Option<Arc<rustls::ServerConfig>>) {
     for conn in listener.incoming().flatten() {
         let (chunk, tls) = (chunk.clone(), tls.clone());
         std::thread::spawn(move || match tls {
-            Some(config) => match rustls::ServerConnection::new(config) {
-                Ok(server) => answer(rustls::StreamOwned::new(server, conn), mib, &chunk),
-                Err(_) => {}
-            },
+            Some(config) => {
+                if let Ok(server) = rustls::ServerConnection::new(config) {
+                    answer(rustls::StreamOwned::new(server, conn), mib, &chunk)
+                }
+            }
             None => answer(conn, mib, &chunk),
         });
     }
