@@ -94,7 +94,10 @@ async fn bad_updates_are_e2b_errors_and_change_nothing() {
         json!({"allowOut": ["api.*.example.com"]}),
         json!({"denyOut": ["::/0"]}),
         json!({"allowOut": ["169.254.169.254"]}),
-        json!({"rules": {"api.example.com": [{"transform": {"headers": {"X": "y"}}}]}}),
+        json!({"rules": {"api.*.example.com": [{"transform": {"headers": {"X": "y"}}}]}}),
+        json!({"rules": {"api.example.com": [{"transform": {"headers": {"bad header": "y"}}}]}}),
+        json!({"rules": {"api.example.com": [{"transform": {"headers": {"X": "${e2b.identity.tokens.aws}"}}}]}}),
+        json!({"rules": {"api.example.com": [{"transform": {"headers": {"X": "${e2b.secrets.open"}}}]}}),
         json!({"egressProxy": {"address": "203.0.113.9:1080", "tls": {}}}),
         json!({"egressProxy": {"address": "10.0.0.1:1080"}}),
         json!({"egressProxy": {"address": "169.254.169.254:1080"}}),
@@ -140,7 +143,28 @@ async fn private_sandboxes_get_a_token_and_forks_get_their_own() {
     let bad = json!({"templateID": "base", "network": {"maskRequestHost": "a\r\nX-Evil: 1"}});
     let (status, _, answer) = h.call("POST", "/v2/sandboxes", Some(bad)).await;
     assert_e2b_error(status, &answer, StatusCode::BAD_REQUEST);
-    let rules = json!({"templateID": "base", "network": {"rules": {"a.test": [{}]}}});
-    let (status, _, answer) = h.call("POST", "/v2/sandboxes", Some(rules)).await;
+}
+
+#[tokio::test]
+async fn header_rules_reach_the_node_and_read_back_without_secret_values() {
+    let h = harness().await;
+    let headers = json!({"Authorization": "Bearer ${e2b.secrets.openai}", "X-Plain": "yes"});
+    let create =
+        json!({"templateID": "base", "network": {"rules": {"API.test": [{"transform": {"headers": headers}}]}}});
+    let (status, _, created) = h.call("POST", "/v2/sandboxes", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["sandboxID"].as_str().unwrap();
+    let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(detail["network"]["rules"]["api.test"][0]["transform"]["headers"], headers, "{detail}");
+    // An update replaces them; the node gets the new rules, placeholders and all.
+    let update = json!({"rules": {"203.0.113.0/24": [{"transform": {"headers": {"X-Key": "${e2b.secrets.k}"}}}]}});
+    let (status, _, answer) = h.call("PUT", &format!("/sandboxes/{id}/network"), Some(update)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    let rules = h.node.networks.lock().unwrap()[id].rules.clone();
+    assert_eq!(rules.len(), 1);
+    assert_eq!((rules[0].host.as_str(), rules[0].headers["X-Key"].as_str()), ("203.0.113.0/24", "${e2b.secrets.k}"));
+    // A bad rule at create is refused before anything is made.
+    let bad = json!({"templateID": "base", "network": {"rules": {"a b": [{}]}}});
+    let (status, _, answer) = h.call("POST", "/v2/sandboxes", Some(bad)).await;
     assert_e2b_error(status, &answer, StatusCode::BAD_REQUEST);
 }
