@@ -15,6 +15,37 @@ pub enum ListQueryError {
     State(String),
     #[error("invalid nextToken")]
     Token,
+    #[error("limit must be between 1 and {MAX_PAGE}")]
+    Limit,
+}
+
+/// The largest page (and the default).
+pub const MAX_PAGE: usize = 100;
+
+/// A page request of the listing routes: `limit` (1..=100, default 100) and where `nextToken` left off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageParams {
+    pub limit: usize,
+    pub after: Option<PageCursor>,
+}
+
+/// `limit` and `nextToken` as given (an empty token is none).
+pub fn page_params(limit: Option<&str>, next_token: Option<&str>) -> Result<PageParams, ListQueryError> {
+    let limit = match limit.map(str::parse::<usize>) {
+        None => MAX_PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => return Err(ListQueryError::Limit),
+    };
+    let after = next_token.filter(|t| !t.is_empty()).map(PageCursor::decode).transpose()?;
+    Ok(PageParams { limit, after })
+}
+
+/// Cuts `items` (in page order, already past the cursor) to `limit`; the token of the next page when some were
+/// cut, made from the last item kept (`cursor_of`).
+pub fn take_page<T>(items: &mut Vec<T>, limit: usize, cursor_of: impl Fn(&T) -> PageCursor) -> Option<String> {
+    let has_more = items.len() > limit;
+    items.truncate(limit);
+    items.last().filter(|_| has_more).map(|last| cursor_of(last).encode())
 }
 
 /// Parses the `metadata` parameter (already URL-decoded once by the query parser): unescape it again, split on
@@ -84,6 +115,23 @@ fn query_unescape(s: &str) -> Result<String, ListQueryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pages_of_at_most_a_hundred_with_a_token_when_more_remain() {
+        assert_eq!(page_params(None, None), Ok(PageParams { limit: 100, after: None }));
+        assert_eq!(page_params(Some("7"), Some("")), Ok(PageParams { limit: 7, after: None }));
+        for bad in ["0", "101", "-1", "x"] {
+            assert_eq!(page_params(Some(bad), None), Err(ListQueryError::Limit), "{bad}");
+        }
+        assert_eq!(page_params(None, Some("not a token")), Err(ListQueryError::Token));
+        let cursor = |n: &i64| PageCursor { started_at_ms: *n, sandbox_id: format!("s{n}") };
+        let mut items: Vec<i64> = (1..=5).collect();
+        let token = take_page(&mut items, 2, cursor).expect("more remain");
+        assert_eq!(items, [1, 2]);
+        assert_eq!(page_params(None, Some(&token)).unwrap().after, Some(cursor(&2)));
+        let mut last: Vec<i64> = vec![4, 5];
+        assert_eq!(take_page(&mut last, 2, cursor), None, "a full last page has no token");
+    }
 
     #[test]
     fn metadata_filter_as_the_python_sdk_encodes_it() {

@@ -16,7 +16,7 @@ use soulbox_protocol::api::{
 
 use super::{ApiState, error};
 use crate::lifecycle::{CreateRequest, LifecycleError};
-use crate::listing::{PageCursor, parse_metadata_filter, parse_states};
+use crate::listing::{PageCursor, page_params, parse_metadata_filter, parse_states, take_page};
 use crate::node::LogQuery;
 use crate::store::{Caller, SandboxRecord};
 use crate::time::{parse_rfc3339_ms, rfc3339};
@@ -191,13 +191,8 @@ pub async fn list_v2(
         },
         None => None,
     };
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
-    };
-    let cursor = match params.get("nextToken").filter(|t| !t.is_empty()).map(|t| PageCursor::decode(t)).transpose() {
-        Ok(c) => c,
+    let page = match page_params(params.get("limit").map(String::as_str), params.get("nextToken").map(String::as_str)) {
+        Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let template = params.get("template");
@@ -218,21 +213,20 @@ pub async fn list_v2(
     if !ascending {
         records.reverse();
     }
-    if let Some(c) = &cursor {
+    if let Some(c) = &page.after {
         let pos = (c.started_at_ms, c.sandbox_id.clone());
         records.retain(|r| if ascending { key(r) > pos } else { key(r) < pos });
     }
-    let has_more = records.len() > limit;
-    records.truncate(limit);
+    let next = take_page(&mut records, page.limit, |r| PageCursor {
+        started_at_ms: r.started_at_ms,
+        sandbox_id: r.id.clone(),
+    });
 
     let items: Vec<ListedSandbox> = records.iter().map(listed).collect();
     let mut response = Json(items).into_response();
     let headers = response.headers_mut();
-    if has_more && let Some(last) = records.last() {
-        let token = PageCursor { started_at_ms: last.started_at_ms, sandbox_id: last.id.clone() }.encode();
-        if let Ok(v) = HeaderValue::from_str(&token) {
-            headers.insert("x-next-token", v);
-        }
+    if let Some(v) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        headers.insert("x-next-token", v);
     }
     if states.contains(&SandboxState::Running) {
         headers.insert("x-total-running", HeaderValue::from(total_running));

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{NewSecret, Secret, SecretUpdate};
 
 use super::{ApiState, error};
-use crate::listing::PageCursor;
+use crate::listing::{PageCursor, page_params, take_page};
 use crate::store::{Caller, SecretRecord, SecretValue, StoreError};
 use crate::time::rfc3339;
 
@@ -77,31 +77,25 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
-    };
-    let cursor = match params.get("nextToken").filter(|t| !t.is_empty()).map(|t| PageCursor::decode(t)).transpose() {
-        Ok(c) => c,
+    let page = match page_params(params.get("limit").map(String::as_str), params.get("nextToken").map(String::as_str)) {
+        Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let mut secrets = match state.lifecycle.store().list_team_secrets(&caller.team_id).await {
         Ok(s) => s,
         Err(e) => return failed(e),
     };
-    if let Some(c) = &cursor {
+    if let Some(c) = &page.after {
         let after = (c.started_at_ms, c.sandbox_id.as_str());
         secrets.retain(|s| (s.created_at_ms, s.id.as_str()) > after);
     }
-    let has_more = secrets.len() > limit;
-    secrets.truncate(limit);
+    let next = take_page(&mut secrets, page.limit, |s| PageCursor {
+        started_at_ms: s.created_at_ms,
+        sandbox_id: s.id.clone(),
+    });
     let mut response = Json(secrets.iter().map(info).collect::<Vec<_>>()).into_response();
-    if has_more && let Some(last) = secrets.last() {
-        let token = PageCursor { started_at_ms: last.created_at_ms, sandbox_id: last.id.clone() }.encode();
-        if let Ok(v) = HeaderValue::from_str(&token) {
-            response.headers_mut().insert("x-next-token", v);
-        }
+    if let Some(v) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("x-next-token", v);
     }
     response
 }

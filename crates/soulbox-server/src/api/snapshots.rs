@@ -15,7 +15,7 @@ use soulbox_protocol::api::{
 use super::sandboxes::{body, sandbox};
 use super::{ApiState, error, status_of};
 use crate::lifecycle::SnapshotFilter;
-use crate::listing::PageCursor;
+use crate::listing::{PageCursor, page_params, take_page};
 use crate::names::DEFAULT_TAG;
 use crate::store::{Caller, SnapshotRecord};
 use crate::time::rfc3339;
@@ -55,13 +55,8 @@ pub async fn list(
     Extension(caller): Extension<Caller>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let limit = match params.get("limit").map(|l| l.parse::<usize>()) {
-        None => 100,
-        Some(Ok(n)) if (1..=100).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "limit must be between 1 and 100"),
-    };
-    let cursor = match params.get("nextToken").filter(|t| !t.is_empty()).map(|t| PageCursor::decode(t)).transpose() {
-        Ok(c) => c,
+    let page = match page_params(params.get("limit").map(String::as_str), params.get("nextToken").map(String::as_str)) {
+        Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let filter = SnapshotFilter { sandbox_id: params.get("sandboxID").cloned(), name: params.get("name").cloned() };
@@ -69,19 +64,18 @@ pub async fn list(
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
-    if let Some(c) = &cursor {
+    if let Some(c) = &page.after {
         let after = (c.started_at_ms, c.sandbox_id.as_str());
         snapshots.retain(|s| (s.created_at_ms, s.template_id.as_str()) > after);
     }
-    let has_more = snapshots.len() > limit;
-    snapshots.truncate(limit);
+    let next = take_page(&mut snapshots, page.limit, |s| PageCursor {
+        started_at_ms: s.created_at_ms,
+        sandbox_id: s.template_id.clone(),
+    });
     let items: Vec<SnapshotInfo> = snapshots.iter().map(info).collect();
     let mut response = Json(items).into_response();
-    if has_more && let Some(last) = snapshots.last() {
-        let token = PageCursor { started_at_ms: last.created_at_ms, sandbox_id: last.template_id.clone() }.encode();
-        if let Ok(v) = HeaderValue::from_str(&token) {
-            response.headers_mut().insert("x-next-token", v);
-        }
+    if let Some(v) = next.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        response.headers_mut().insert("x-next-token", v);
     }
     response
 }
