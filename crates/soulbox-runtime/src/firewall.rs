@@ -464,14 +464,7 @@ impl Firewall {
             stdin.write_all(script.as_bytes()).await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
         }
         let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
-        if !out.status.success() {
-            return Err(Error::Command {
-                cmd: cmd(),
-                status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        in_netns::succeeded(cmd, out).map(drop)
     }
 
     /// Whether `pid` committed one of our own transactions (forgets it: one transaction per run).

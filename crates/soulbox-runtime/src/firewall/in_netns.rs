@@ -34,6 +34,11 @@ pub(crate) async fn run(netns: &str, program: &str, args: &[&str], stdin: Option
         pipe.write_all(input).await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
     }
     let out = child.wait_with_output().await.map_err(|source| Error::Spawn { cmd: cmd(), source })?;
+    succeeded(cmd, out)
+}
+
+/// A host tool's stdout when it exited 0, else the command's error with its stderr.
+pub(crate) fn succeeded(cmd: impl FnOnce() -> String, out: std::process::Output) -> Result<Vec<u8>> {
     if !out.status.success() {
         return Err(Error::Command {
             cmd: cmd(),
