@@ -128,6 +128,42 @@ def test_bad_entries_rules_and_proxy_tls_are_refused_clearly_and_host_names_read
     assert sbx.commands.run("echo still-fine").stdout.strip() == "still-fine"
 
 
+def test_host_names_allow_deny_wildcards_and_precedence(sandboxes, outside):
+    """Host names in `allow_out`/`deny_out` through the official SDK: allow over a deny-all lets only that name,
+    wildcards, deny by name with internet on, header rules by name. The names resolve through the sandbox's own
+    `dns_servers`: a fake DNS in the outside world answers `*.e2e.test` (nothing is looked up anywhere else)."""
+    echo = os.path.join(os.path.dirname(__file__), "..", "lib", "header_echo.py")
+    fake_dns = os.path.join(os.path.dirname(__file__), "..", "lib", "fake_dns.py")
+    outside.run(80, ["python3", echo, "80"])
+    outside.run(53, ["python3", fake_dns, OUTSIDE_ADDR, "e2e.test"], udp=True)
+    dns = {"dns_servers": [OUTSIDE_ADDR]}
+
+    def reached(sbx, name: str) -> bool:
+        got = sbx.commands.run(f"curl -sS --max-time 5 http://{name}/ 2>&1; true").stdout.lower()
+        return f"host: {name}" in got
+
+    sbx = sandboxes.create(network={"allow_out": ["good.e2e.test"], "deny_out": ["0.0.0.0/0"], **dns})
+    assert reached(sbx, "good.e2e.test"), "the allowed name"
+    assert not reached(sbx, "bad.e2e.test"), "another name under the deny-all"
+    looked_up = sbx.commands.run("getent hosts bad.e2e.test good.e2e.test; true").stdout
+    assert "good.e2e.test" in looked_up and "bad.e2e.test" not in looked_up, looked_up
+    info = sbx.get_info()
+    assert "good.e2e.test" in repr(info), "the host name reads back"
+
+    sbx.update_network({"allow_out": ["*.wild.e2e.test"], "deny_out": ["0.0.0.0/0"], **dns})
+    assert reached(sbx, "a.wild.e2e.test"), "a wildcard"
+    assert not reached(sbx, "wild.e2e.test") and not reached(sbx, "good.e2e.test")
+
+    sbx.update_network({"deny_out": ["bad.e2e.test"], **dns})
+    assert not reached(sbx, "bad.e2e.test"), "a denied name with internet on"
+    assert reached(sbx, "good.e2e.test"), "other names with internet on"
+
+    rules = {"good.e2e.test": [{"transform": {"headers": {"X-Named": "yes"}}}]}
+    sbx.update_network({"rules": rules, **dns})
+    assert "x-named: yes" in sbx.commands.run("curl -sS --max-time 5 http://good.e2e.test/").stdout.lower()
+    assert "x-named" not in sbx.commands.run("curl -sS --max-time 5 http://other.e2e.test/").stdout.lower()
+
+
 def header_rules_test_secret(api, name: str, value: str):
     r = api.post("/secrets", json={"name": name, "value": value})
     assert r.status_code in (200, 201), r.text

@@ -124,8 +124,8 @@ class OutsideWorld:
     def serve(self, port: int, *program: str) -> None:
         self.run(port, ["busybox", "nc", "-ll", "-p", str(port), "-e", *program])
 
-    def run(self, port: int, argv: list) -> None:
-        """Starts `argv` inside the netns and waits until something listens on TCP `port` there."""
+    def run(self, port: int, argv: list, udp: bool = False) -> None:
+        """Starts `argv` inside the netns and waits until something listens on `port` there (TCP, or UDP)."""
         import subprocess
 
         self.procs.append(
@@ -135,8 +135,9 @@ class OutsideWorld:
                 stderr=subprocess.DEVNULL,
             )
         )
+        listening = "-lunH" if udp else "-ltnH"
         wait_until(
-            lambda: f":{port} " in self._sh("ip", "netns", "exec", self.ns, "ss", "-ltnH").stdout, 10, f"port {port} outside"
+            lambda: f":{port} " in self._sh("ip", "netns", "exec", self.ns, "ss", listening).stdout, 10, f"port {port} outside"
         )
 
     def close(self) -> None:

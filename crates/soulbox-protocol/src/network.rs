@@ -28,6 +28,10 @@ pub struct NetworkPolicy {
     /// sets these headers on every request, `${e2b.secrets.NAME}` replaced as the request leaves.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<HeaderRule>,
+    /// E2B's `dnsServers`: where the egress gateway sends the DNS of a sandbox with host rules, and asks whether
+    /// a name goes where a connection goes (empty: the node's DNS servers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_servers: Vec<std::net::Ipv4Addr>,
 }
 
 /// One transform of E2B's `rules: {host: [{transform: {headers}}]}`: for requests to `host` (a host name, a

@@ -218,7 +218,11 @@ async fn handle(mut stream: TcpStream, source: Ipv4Addr, shared: Arc<Shared>) {
         Ok(false) => None,
         Ok(true) => {
             let name = soulbox_protocol::hosts::normalize(name.as_deref().unwrap_or_default());
-            (!shared.names.resolves_to(&name, dst).await).then_some(decide::Refusal::Mismatch)
+            let resolves = match decide::dns_servers(&shared.fw, &policy) {
+                Some(servers) => shared.names.resolves_to(&name, dst, &servers).await,
+                None => false,
+            };
+            (!resolves).then_some(decide::Refusal::Mismatch)
         }
     };
     if let Some(why) = refused {

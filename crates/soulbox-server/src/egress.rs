@@ -123,6 +123,31 @@ pub fn rules_view(rules: &[HeaderRule]) -> Option<BTreeMap<String, Vec<NetworkRu
     Some(view)
 }
 
+/// Most DNS servers a sandbox may name (E2B's limit).
+const MAX_DNS_SERVERS: usize = 10;
+
+/// E2B's `dnsServers`: IPv4 addresses, at most ten; private, link-local and metadata ones only with
+/// `allow_private_egress` (the node's gateway asks them from the node).
+pub fn dns_servers(servers: &[String], allow_private: bool) -> Result<Vec<Ipv4Addr>, String> {
+    if servers.len() > MAX_DNS_SERVERS {
+        return Err(format!("at most {MAX_DNS_SERVERS} dnsServers"));
+    }
+    servers
+        .iter()
+        .map(|s| {
+            let ip: Ipv4Addr =
+                s.trim().parse().map_err(|_| format!("dnsServers entry {s:?} is not an IPv4 address"))?;
+            if !allow_private && private_range_opened_by(&ip.to_string()).is_some() {
+                return Err(format!(
+                    "dnsServers entry {ip} is a private, link-local or metadata address (that needs the server \
+                     setting allow_private_egress)"
+                ));
+            }
+            Ok(ip)
+        })
+        .collect()
+}
+
 /// Longest SOCKS5 user name or password (RFC 1929: one length byte).
 const MAX_SOCKS_CREDENTIAL: usize = 255;
 
@@ -179,7 +204,7 @@ pub fn check_entries(allow_out: &[String], deny_out: &[String]) -> Result<(), St
 pub fn policy(allow_internet: bool, allow_out: &[String], deny_out: &[String]) -> NetworkPolicy {
     let (allow_out, allow_hosts) = split(allow_out);
     let (deny_out, deny_hosts) = split(deny_out);
-    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts, egress_proxy: None, rules: vec![] }
+    NetworkPolicy { allow_internet, allow_out, deny_out, allow_hosts, deny_hosts, ..Default::default() }
 }
 
 /// E2B's lists for a node's policy: addresses first, then host names (what `GET /sandboxes/{id}` shows).
@@ -276,6 +301,16 @@ mod tests {
             let bad: BTreeMap<String, Vec<NetworkRule>> = [(host.to_string(), vec![rule(&headers)])].into();
             assert!(header_rules(Some(&bad)).is_err(), "{host} {headers:?}");
         }
+    }
+
+    #[test]
+    fn dns_servers_are_few_public_ipv4_addresses() {
+        assert_eq!(dns_servers(&["8.8.8.8".into()], false), Ok(vec![Ipv4Addr::new(8, 8, 8, 8)]));
+        assert!(dns_servers(&["dns.google".into()], false).is_err());
+        assert!(dns_servers(&vec!["1.1.1.1".into(); 11], false).is_err());
+        let err = dns_servers(&["10.0.0.2".into()], false).unwrap_err();
+        assert!(err.contains("allow_private_egress"), "{err}");
+        assert!(dns_servers(&["10.0.0.2".into()], true).is_ok());
     }
 
     #[test]

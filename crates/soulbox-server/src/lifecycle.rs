@@ -130,6 +130,8 @@ pub struct CreateRequest {
     pub egress_proxy: Option<soulbox_protocol::SocksProxy>,
     /// E2B's `rules` (checked by `egress::header_rules`).
     pub rules: Vec<soulbox_protocol::HeaderRule>,
+    /// E2B's `dnsServers` (checked by `egress::dns_servers`).
+    pub dns_servers: Vec<std::net::Ipv4Addr>,
     /// E2B's `allowPublicTraffic: false`: the sandbox's ports need its traffic access token.
     pub private_ports: bool,
     /// E2B's `maskRequestHost`: the `Host` requests to its ports arrive with.

@@ -47,6 +47,17 @@ pub(crate) fn verdict(
     Ok(true)
 }
 
+/// The DNS servers the gateway asks for a sandbox: its own (`Some`, those it may use: never a private address
+/// without `allow_private_egress`, the pool, or the node itself, since the gateway asks from the node), the
+/// runtime's (`Some(empty)`), or none at all (`None`: it named only servers it may not use; falling back to the
+/// node's would answer what the sandbox did not ask for).
+pub(crate) fn dns_servers(fw: &Firewall, p: &NetworkPolicy) -> Option<Vec<Ipv4Addr>> {
+    let usable =
+        |ip: &&Ipv4Addr| (fw.allow_private_egress() || !is_private(**ip)) && !fw.in_pool(**ip) && !is_own_address(**ip);
+    let servers: Vec<Ipv4Addr> = p.dns_servers.iter().filter(usable).copied().collect();
+    (servers.len() == p.dns_servers.len() || !servers.is_empty()).then_some(servers)
+}
+
 /// Whether `ip` is one of this machine's addresses (binding to it succeeds only then).
 pub(crate) fn is_own_address(ip: Ipv4Addr) -> bool {
     ip.is_unspecified() || ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
@@ -97,6 +108,16 @@ mod tests {
         assert_eq!(verdict(&f, &deny_bad, Some("other.test"), out, 443), Ok(true));
         assert_eq!(verdict(&f, &deny_bad, Some("bad.test"), out, 443), Err(Refusal::Denied));
         assert_eq!(verdict(&f, &deny_bad, None, out, 443), Ok(false));
+        // The sandbox's own DNS servers: public ones are asked, a private one never (nor the node's instead).
+        let own = |servers: &[&str]| NetworkPolicy {
+            dns_servers: servers.iter().map(|s| s.parse().unwrap()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(dns_servers(&f, &own(&[])), Some(vec![]), "none named: the runtime's");
+        assert_eq!(dns_servers(&f, &own(&["203.0.113.53"])), Some(vec![ip("203.0.113.53")]));
+        assert_eq!(dns_servers(&f, &own(&["10.0.0.2", "203.0.113.53"])), Some(vec![ip("203.0.113.53")]));
+        assert_eq!(dns_servers(&f, &own(&["10.0.0.2"])), None, "only a private one: no DNS at all");
+        assert_eq!(dns_servers(&f, &own(&["127.0.0.1"])), None, "the node itself");
         // An allowed address wins over a denied name.
         let both = NetworkPolicy { allow_out: vec!["203.0.113.78/32".into()], ..deny_bad };
         assert_eq!(verdict(&f, &both, Some("bad.test"), out, 443), Ok(true));

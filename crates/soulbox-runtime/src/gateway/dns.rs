@@ -51,7 +51,12 @@ async fn answer(query: &[u8], from: SocketAddrV4, upstreams: &[Ipv4Addr], shared
         reply.queries = message.queries.clone();
         return reply.to_vec().ok();
     }
-    for server in upstreams {
+    let own = super::decide::dns_servers(&shared.fw, &policy).unwrap_or_default();
+    let servers = match own.is_empty() && policy.dns_servers.is_empty() {
+        true => upstreams,
+        false => &own,
+    };
+    for server in servers {
         if let Some(reply) = ask(query, *server).await {
             return Some(reply);
         }

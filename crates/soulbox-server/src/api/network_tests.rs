@@ -18,10 +18,12 @@ async fn an_update_replaces_the_policy_on_the_node_and_in_the_record() {
         allow_internet: true,
         allow_out: vec!["203.0.113.7".into()],
         deny_out: vec!["0.0.0.0/0".into()],
+        dns_servers: vec![std::net::Ipv4Addr::new(8, 8, 8, 8)],
         ..Default::default()
     };
     assert_eq!(h.node.networks.lock().unwrap()[&id], wanted);
     let (_, _, detail) = h.call("GET", &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(detail["network"]["dnsServers"], json!(["8.8.8.8"]), "{detail}");
     assert_eq!(detail["network"]["allowOut"], json!(["203.0.113.7"]), "{detail}");
     assert_eq!(detail["network"]["denyOut"], json!(["0.0.0.0/0"]), "{detail}");
 
@@ -104,6 +106,7 @@ async fn bad_updates_are_e2b_errors_and_change_nothing() {
         json!({"egressProxy": {"address": "203.0.113.9"}}),
         json!({"egressProxy": {"address": "203.0.113.9:1080", "password": "no-user"}}),
         json!({"dnsServers": ["dns.google"]}),
+        json!({"dnsServers": ["10.0.0.2"]}),
         json!({"allowOut": "not a list"}),
     ] {
         let (status, _, answer) = h.call("PUT", &path, Some(body.clone())).await;

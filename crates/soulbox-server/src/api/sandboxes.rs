@@ -66,6 +66,8 @@ fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateReque
         deny_out: network.deny_out.unwrap_or_default(),
         egress_proxy: network.egress_proxy.as_ref().and_then(|p| crate::egress::socks_proxy(p).ok()),
         rules: crate::egress::header_rules(network.rules.as_ref()).unwrap_or_default(),
+        dns_servers: crate::egress::dns_servers(network.dns_servers.as_deref().unwrap_or_default(), true)
+            .unwrap_or_default(),
         private_ports: network.allow_public_traffic == Some(false),
         mask_request_host: network.mask_request_host,
         secure,
@@ -85,6 +87,12 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
             return error(StatusCode::BAD_REQUEST, message);
         }
         if let Err(message) = crate::egress::header_rules(network.rules.as_ref()) {
+            return error(StatusCode::BAD_REQUEST, message);
+        }
+        let allow_private = state.lifecycle.config().allow_private_egress;
+        if let Err(message) =
+            crate::egress::dns_servers(network.dns_servers.as_deref().unwrap_or_default(), allow_private)
+        {
             return error(StatusCode::BAD_REQUEST, message);
         }
         if let Some(Err(message)) = network.egress_proxy.as_ref().map(crate::egress::socks_proxy) {
@@ -157,7 +165,8 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
                 ..Default::default()
             }),
             rules: crate::egress::rules_view(&r.network.rules),
-            ..Default::default()
+            dns_servers: (!r.network.dns_servers.is_empty())
+                .then(|| r.network.dns_servers.iter().map(|ip| ip.to_string()).collect()),
         }),
         lifecycle: Some(ApiLifecycle {
             auto_resume: r.auto_resume,

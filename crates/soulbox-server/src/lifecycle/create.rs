@@ -97,6 +97,7 @@ impl Lifecycle {
             network: NetworkPolicy {
                 egress_proxy: req.egress_proxy.clone(),
                 rules: req.rules.clone(),
+                dns_servers: req.dns_servers.clone(),
                 ..crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out)
             },
             metadata: req.metadata.clone(),
@@ -164,6 +165,7 @@ impl Lifecycle {
             network: NetworkPolicy {
                 egress_proxy: req.egress_proxy,
                 rules: req.rules,
+                dns_servers: req.dns_servers,
                 ..crate::egress::policy(req.allow_internet, &req.allow_out, &req.deny_out)
             },
             ingress: Ingress {

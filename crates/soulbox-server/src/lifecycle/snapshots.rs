@@ -152,6 +152,7 @@ impl Lifecycle {
             deny_out: crate::egress::entries(&record.network).1,
             egress_proxy: record.network.egress_proxy.clone(),
             rules: record.network.rules.clone(),
+            dns_servers: record.network.dns_servers.clone(),
             // Private like its source, with a token of its own.
             private_ports: record.ingress.traffic_access_token.is_some(),
             mask_request_host: record.ingress.mask_request_host.clone(),

@@ -65,6 +65,9 @@ fn network_json(n: &NetworkPolicy, ingress: &Ingress) -> String {
         json["allowHosts"] = n.allow_hosts.clone().into();
         json["denyHosts"] = n.deny_hosts.clone().into();
     }
+    if !n.dns_servers.is_empty() {
+        json["dnsServers"] = serde_json::to_value(&n.dns_servers).unwrap_or_default();
+    }
     if !n.rules.is_empty() {
         json["rules"] = serde_json::to_value(&n.rules).unwrap_or_default();
     }
@@ -119,6 +122,7 @@ fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
             deny_hosts: list("denyHosts"),
             egress_proxy: serde_json::from_value(network["egressProxy"].clone()).ok(),
             rules: serde_json::from_value(network["rules"].clone()).unwrap_or_default(),
+            dns_servers: serde_json::from_value(network["dnsServers"].clone()).unwrap_or_default(),
         },
         ingress: Ingress {
             traffic_access_token: network["trafficAccessToken"].as_str().map(str::to_owned),
