@@ -32,7 +32,8 @@ pub fn write_all(root: &Path, net: &NetworkIdentity) -> Vec<(String, std::io::Er
     ];
     let mut failures = Vec::new();
     for (name, content) in files {
-        if let Err(e) = replace(&etc, name, content.as_bytes()) {
+        // Mode 0644, as these files always are.
+        if let Err(e) = replace(&etc, name, content.as_bytes(), 0o644) {
             failures.push((format!("/etc/{name}"), e));
         }
     }
@@ -76,15 +77,16 @@ fn is_localhost_line(line: &str) -> bool {
         && names.iter().all(|n| matches!(*n, "localhost" | "ip6-localhost" | "ip6-loopback" | "localhost.localdomain"))
 }
 
-/// Replaces `dir/name` by a new file (written beside it, then renamed over it: a symlink at `name` is replaced,
-/// not followed). Mode 0644, as these files always are.
-fn replace(dir: &Path, name: &str, content: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// Replaces `dir/name` by a new file of exactly `mode` (written beside it, then renamed over it: a symlink at
+/// `name` is replaced, not followed). Shared with `trust.rs`.
+pub(crate) fn replace(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = dir.join(format!(".{name}.soulbox-new"));
     let _ = std::fs::remove_file(&tmp);
     let result = (|| {
         // create_new: O_EXCL, which never follows a link at `tmp` either.
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?; // exactly `mode`, whatever the umask
         f.write_all(content)?;
         drop(f);
         std::fs::rename(&tmp, dir.join(name))

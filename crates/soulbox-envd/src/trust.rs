@@ -12,9 +12,9 @@
 //! [`END`] replaced or appended: the CA may have changed since the last start), and [`EGRESS_CA_BUNDLE_FILE`],
 //! a copy of the system bundle with the block, for the variables the node sets (`SSL_CERT_FILE` and the like).
 
+use crate::etc_files::replace;
 use soulbox_protocol::envd_init::{EGRESS_CA_BUNDLE_FILE, EGRESS_CA_FILE};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The line before SoulBox's block in a system bundle.
@@ -134,25 +134,6 @@ fn write_new(root: &Path, path: &str, content: &[u8], mode: u32) -> std::io::Res
     };
     std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir)?;
     replace(dir, &name.to_string_lossy(), content, mode)
-}
-
-/// Replaces `dir/name` by a new file of `mode` (written beside it, then renamed over it: a symlink at `name` is
-/// replaced, not followed).
-fn replace(dir: &Path, name: &str, content: &[u8], mode: u32) -> std::io::Result<()> {
-    let tmp = dir.join(format!(".{name}.soulbox-new"));
-    let _ = std::fs::remove_file(&tmp);
-    let result = (|| {
-        // create_new: O_EXCL, which never follows a link at `tmp` either.
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?; // exactly `mode`, whatever the umask
-        f.write_all(content)?;
-        drop(f);
-        std::fs::rename(&tmp, dir.join(name))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]
