@@ -577,27 +577,8 @@ async fn an_egress_proxy_tunnels_all_tcp_and_fails_closed() {
     assert_eq!(socks.logged().len(), before, "{:?}", socks.logged());
 }
 
-/// An HTTP (80) and HTTPS (443) server for the outside world that answers every GET with the request's headers.
-const HEADER_ECHO: &str = r#"
-import http.server, ssl, sys, threading
-class Echo(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = "".join(f"{k}: {v}\n" for k, v in self.headers.items()).encode()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-plain = http.server.ThreadingHTTPServer(("0.0.0.0", 80), Echo)
-tls = http.server.ThreadingHTTPServer(("0.0.0.0", 443), Echo)
-context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-context.load_cert_chain(sys.argv[1], sys.argv[2])
-tls.socket = context.wrap_socket(tls.socket, server_side=True)
-threading.Thread(target=plain.serve_forever, daemon=True).start()
-tls.serve_forever()
-"#;
+/// The suites' header echo (tests/lib): answers every GET with the request's headers.
+const HEADER_ECHO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/lib/header_echo.py");
 
 /// Secrets for the gateway: one known name, and a record of who asked.
 struct FakeSecrets {
@@ -656,12 +637,15 @@ async fn header_rules_inject_secrets_over_http_and_https() {
     for (file, pem) in [("ca.pem", &ca), ("cert.pem", &cert), ("key.pem", &key)] {
         std::fs::write(dir.path().join(file), pem).unwrap();
     }
-    let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &out.ns, "python3", "-c", HEADER_ECHO])
-        .arg(dir.path().join("cert.pem"))
-        .arg(dir.path().join("key.pem"))
-        .spawn()
-        .unwrap();
+    let echo = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &out.ns, "python3", HEADER_ECHO])
+            .args(args)
+            .spawn()
+            .unwrap()
+    };
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let mut servers = [echo(&["80".as_ref()]), echo(&["443".as_ref(), cert_path.as_os_str(), key_path.as_os_str()])];
     out.wait_listening(&["80", "443"]);
 
     let mut cfg = config(84);
@@ -753,7 +737,9 @@ async fn header_rules_inject_secrets_over_http_and_https() {
         let found = scan(needle).await;
         assert!(found.trim_end().ends_with("scanned") && !found.contains('/'), "{needle:?} is in the sandbox: {found}");
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    for server in &mut servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
     let _ = std::process::Command::new("ip").args(["route", "del", &format!("{elsewhere}/32")]).status();
 }
