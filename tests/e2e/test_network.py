@@ -7,7 +7,9 @@ back through the host) and to themselves.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shlex
 import textwrap
 
 import pytest
@@ -224,6 +226,86 @@ def test_header_rules_put_a_secret_on_http_and_https_requests(sandboxes, outside
         sbx.update_network({})
         got = sbx.commands.run(f"curl -sS -k --max-time 10 https://{OUTSIDE_ADDR}/").stdout.lower()
         assert "host:" in got and "authorization" not in got, got
+    finally:
+        api.delete(f"/secrets/{name}")
+
+
+# Runs in the sandbox as `user`: a child process makes the ruled requests (HTTP and HTTPS, under /hashed so the
+# echo sends back only hashes) and keeps the answers and its connections' buffers; the parent, allowed to read a
+# child's memory, then searches every readable mapping of it and of every other process it may read for the
+# secret. The secret arrives reversed (argv, envd's memory) and is turned round only inside the scanner, which
+# skips itself.
+MEMORY_SCAN = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    needle = sys.argv[1][::-1].encode()
+    requester = subprocess.Popen([sys.executable, "-c", sys.argv[2]], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    answers = requester.stdout.readline().decode().strip()
+    scanned, found = [], []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            maps = open(f"/proc/{pid}/maps").read().splitlines()
+            mem = open(f"/proc/{pid}/mem", "rb", buffering=0)
+        except OSError:
+            continue
+        with mem:
+            for line in maps:
+                span, perms = line.split()[:2]
+                if not perms.startswith("r"):
+                    continue
+                start, end = (int(x, 16) for x in span.split("-"))
+                try:
+                    mem.seek(start)
+                    chunk = mem.read(end - start)
+                except (OSError, ValueError, OverflowError):
+                    continue
+                if needle in chunk:
+                    found.append(pid)
+        scanned.append(pid)
+    print("ANSWERS", answers)
+    print("SCANNED", str(requester.pid) in scanned, len(scanned))
+    print("FOUND", sorted(set(found)))
+    requester.stdin.close()
+    requester.wait()
+    """
+)
+
+REQUESTER = textwrap.dedent(
+    """
+    import hashlib, sys, urllib.request
+    got = [urllib.request.urlopen(u + "/hashed", timeout=10).read().decode() for u in ("http://{addr}", "https://{addr}")]
+    auth = [l.split(": ", 1)[1] for g in got for l in g.splitlines() if l.lower().startswith("authorization:")]
+    print(",".join(auth), flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def test_a_sandbox_that_used_a_secret_holds_it_nowhere_in_memory(sandboxes, outside, api):
+    """The secret a header rule injects is added outside the sandbox: after requests that carried it (the upstream
+    proves it by answering the value's hash), no memory of the requesting process — nor of any process the sandbox's
+    user can read — holds it. Fails if the gateway handed the value to the sandbox in any form its client keeps."""
+    tls = os.environ.get("SOULBOX_E2E_OUTSIDE_TLS")
+    if not tls:
+        pytest.skip("run through tests/e2e/run.sh (it makes the outside world's TLS certificate)")
+    echo = os.path.join(os.path.dirname(__file__), "..", "lib", "header_echo.py")
+    outside.run(80, ["python3", echo, "80"])
+    outside.run(443, ["python3", echo, "443", f"{tls}/cert.pem", f"{tls}/key.pem"])
+    name, value = f"e2e-memory-{os.getpid()}", f"memory-secret-{os.urandom(12).hex()}"
+    header_rules_test_secret(api, name, value)
+    try:
+        rules = {OUTSIDE_ADDR: [{"transform": {"headers": {"Authorization": f"Bearer ${{e2b.secrets.{name}}}"}}}]}
+        sbx = sandboxes.create(network={"rules": rules})
+        sbx.files.write("/tmp/scan.py", MEMORY_SCAN)
+        requester = REQUESTER.replace("{addr}", OUTSIDE_ADDR)
+        out = sbx.commands.run(f"python3 /tmp/scan.py {value[::-1]} {shlex.quote(requester)}", timeout=120).stdout
+        report = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+        sent = hashlib.sha256(f"Bearer {value}".encode()).hexdigest()
+        assert report.get("ANSWERS") == f"{sent},{sent}", f"the upstream did not get the secret over HTTP and HTTPS: {out}"
+        assert report.get("SCANNED", "").startswith("True"), f"the requester's memory could not be read: {out}"
+        assert report.get("FOUND") == "[]", f"the secret is in the memory of sandbox processes: {out}"
     finally:
         api.delete(f"/secrets/{name}")
 

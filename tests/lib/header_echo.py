@@ -1,9 +1,12 @@
 """A server for the fake outside world that answers every GET with the request's headers, one per line.
+Under `/hashed` each value is replaced by its SHA-256 (hex), so a client can check what was sent without ever
+receiving it (the tests that look for a secret in a sandbox's memory need the sandbox never to hold it).
 
     header_echo.py PORT                 plain HTTP
     header_echo.py PORT CERT KEY        HTTPS with that certificate
 """
 
+import hashlib
 import http.server
 import ssl
 import sys
@@ -13,7 +16,9 @@ class Echo(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self):
-        body = "".join(f"{k}: {v}\n" for k, v in self.headers.items()).encode()
+        hashed = self.path.startswith("/hashed")
+        shown = (lambda v: hashlib.sha256(v.encode()).hexdigest()) if hashed else (lambda v: v)
+        body = "".join(f"{k}: {shown(v)}\n" for k, v in self.headers.items()).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
