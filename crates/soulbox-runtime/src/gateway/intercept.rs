@@ -105,7 +105,11 @@ pub(crate) async fn serve(client: TcpStream, head: Vec<u8>, upstream: TcpStream,
     // HTTP/1 only: the headers are set per request, and h2 would need its own server.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let client = match tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(client).await {
-        Ok(c) => c,
+        Ok(mut c) => {
+            // A body chunk (up to hyper's read buffer) becomes one vectored send instead of one per 64 KiB.
+            c.get_mut().1.set_buffer_limit(Some(TLS_READ_BUFFER));
+            c
+        }
         Err(e) => {
             return tracing::info!(sandbox = %i.sandbox, name = %i.name, error = %e, "egress gateway: sandbox TLS failed");
         }
@@ -276,6 +280,18 @@ impl AsyncRead for Prefixed {
 impl AsyncWrite for Prefixed {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    // rustls hands over its queued records as one vectored write; without these the default sends only the first
+    // record per call, one ~16 KiB send(2) per record.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
