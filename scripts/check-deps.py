@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {
     "soulbox-protocol": 0,
     "soulbox-layer": 0,
+    "soulbox-volumes": 0,
     "soulbox-envd": 1,
     "soulbox-runtime": 1,
     "soulbox": 1,
