@@ -164,8 +164,15 @@ pub struct BootstrapPlan {
 }
 
 impl BootstrapPlan {
-    pub fn new(config: &BootstrapConfig, distro: Distro, suite: &str) -> Result<BootstrapPlan, BootstrapError> {
+    /// `extra`: packages on top of the config's (a `bootstrap:<distro>:<suite>:<pkg>,…` base).
+    pub fn new(
+        config: &BootstrapConfig,
+        distro: Distro,
+        suite: &str,
+        extra: &[String],
+    ) -> Result<BootstrapPlan, BootstrapError> {
         let mut packages = config.packages.clone();
+        packages.extend(extra.iter().cloned());
         packages.sort();
         packages.dedup();
         packages.retain(|p| !p.is_empty());
@@ -413,41 +420,43 @@ mod tests {
     #[test]
     fn cache_key_covers_every_input_but_not_package_order() {
         let c = config();
-        let key = BootstrapPlan::new(&c, Distro::Debian, "bookworm").unwrap().cache_key();
+        let key = BootstrapPlan::new(&c, Distro::Debian, "bookworm", &[]).unwrap().cache_key();
         assert_eq!(key.len(), 64);
         let mut reordered = c.clone();
         reordered.packages = vec!["bash".into(), "sudo".into(), "bash".into()];
         assert_eq!(
             key,
-            BootstrapPlan::new(&reordered, Distro::Debian, "bookworm").unwrap().cache_key(),
+            BootstrapPlan::new(&reordered, Distro::Debian, "bookworm", &[]).unwrap().cache_key(),
             "order and duplicates"
         );
-        assert_ne!(key, BootstrapPlan::new(&c, Distro::Debian, "trixie").unwrap().cache_key(), "suite");
+        assert_ne!(key, BootstrapPlan::new(&c, Distro::Debian, "trixie", &[]).unwrap().cache_key(), "suite");
         let mut other = c.clone();
         other.debian_mirror = "http://mirror.example/debian".into();
-        assert_ne!(key, BootstrapPlan::new(&other, Distro::Debian, "bookworm").unwrap().cache_key(), "mirror");
+        assert_ne!(key, BootstrapPlan::new(&other, Distro::Debian, "bookworm", &[]).unwrap().cache_key(), "mirror");
         let mut other = c.clone();
         other.variant = "apt".into();
-        assert_ne!(key, BootstrapPlan::new(&other, Distro::Debian, "bookworm").unwrap().cache_key(), "variant");
+        assert_ne!(key, BootstrapPlan::new(&other, Distro::Debian, "bookworm", &[]).unwrap().cache_key(), "variant");
         let mut other = c.clone();
         other.packages.push("git".into());
-        assert_ne!(key, BootstrapPlan::new(&other, Distro::Debian, "bookworm").unwrap().cache_key(), "packages");
+        assert_ne!(key, BootstrapPlan::new(&other, Distro::Debian, "bookworm", &[]).unwrap().cache_key(), "packages");
+        let extra = BootstrapPlan::new(&c, Distro::Debian, "bookworm", &["git".into()]).unwrap();
+        assert_eq!(extra, BootstrapPlan::new(&other, Distro::Debian, "bookworm", &[]).unwrap(), "extra = config's");
         let mut ubuntu = c.clone();
         ubuntu.ubuntu_keyring = PathBuf::from("/dev/null");
         // /dev/null is not a file: still refused; a real file is accepted and keys differently from Debian.
         assert!(matches!(
-            BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "noble"),
+            BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "noble", &[]),
             Err(BootstrapError::NoUbuntuKeyring(_))
         ));
         let keyring = tempfile::NamedTempFile::new().unwrap();
         ubuntu.ubuntu_keyring = keyring.path().to_path_buf();
-        let u = BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "bookworm").unwrap();
+        let u = BootstrapPlan::new(&ubuntu, Distro::Ubuntu, "bookworm", &[]).unwrap();
         assert_ne!(key, u.cache_key(), "distro");
     }
 
     #[test]
     fn mmdebstrap_arguments() {
-        let plan = BootstrapPlan::new(&config(), Distro::Debian, "bookworm").unwrap();
+        let plan = BootstrapPlan::new(&config(), Distro::Debian, "bookworm", &[]).unwrap();
         let args = plan.mmdebstrap_args(Path::new("/store/layers/.tmp-1/root"));
         assert_eq!(
             args,
@@ -467,7 +476,7 @@ mod tests {
         let mut c = config();
         c.ubuntu_keyring = keyring.path().to_path_buf();
         c.packages.clear();
-        let args = BootstrapPlan::new(&c, Distro::Ubuntu, "noble").unwrap().mmdebstrap_args(Path::new("/t"));
+        let args = BootstrapPlan::new(&c, Distro::Ubuntu, "noble", &[]).unwrap().mmdebstrap_args(Path::new("/t"));
         assert!(!args.iter().any(|a| a.starts_with("--include")));
         assert!(args.contains(&"--components=main,universe".to_string()));
         assert!(args.contains(&format!("--keyring={}", keyring.path().display())));
@@ -476,7 +485,7 @@ mod tests {
 
     #[test]
     fn ubuntu_without_keyring_says_why() {
-        let e = BootstrapPlan::new(&config(), Distro::Ubuntu, "noble").unwrap_err().to_string();
+        let e = BootstrapPlan::new(&config(), Distro::Ubuntu, "noble", &[]).unwrap_err().to_string();
         assert!(e.contains("ubuntu-keyring") && e.contains("/nonexistent/ubuntu.gpg"), "{e}");
     }
 
@@ -486,7 +495,7 @@ mod tests {
         let c = config();
         let mut rw = Rewrites::with_defaults();
         add_default_rewrites(&mut rw, &c);
-        let bookworm = BaseSource::Bootstrap { distro: Distro::Debian, suite: "bookworm".into() };
+        let bookworm = BaseSource::Bootstrap { distro: Distro::Debian, suite: "bookworm".into(), packages: vec![] };
         for r in ["debian:bookworm", "debian:12", "docker.io/library/debian:12", "debian:bookworm-slim"] {
             assert_eq!(rw.resolve(r).unwrap(), bookworm, "{r}");
         }
@@ -515,7 +524,7 @@ mod tests {
         add_default_rewrites(&mut rw, &c);
         assert_eq!(
             rw.resolve("ubuntu:24.04").unwrap(),
-            BaseSource::Bootstrap { distro: Distro::Ubuntu, suite: "noble".into() }
+            BaseSource::Bootstrap { distro: Distro::Ubuntu, suite: "noble".into(), packages: vec![] }
         );
     }
 

@@ -193,9 +193,9 @@ impl Engine {
                     .await
                     .map_err(|e| base_fail(format!("rootfs:{}: {e}", host.path.display())))?
             }
-            BaseSource::Bootstrap { distro, suite } => {
+            BaseSource::Bootstrap { distro, suite, packages } => {
                 let failed = |e: super::bootstrap::BootstrapError| base_fail(e.to_string());
-                let plan = BootstrapPlan::new(&self.config.bootstrap, distro, &suite).map_err(failed)?;
+                let plan = BootstrapPlan::new(&self.config.bootstrap, distro, &suite, &packages).map_err(failed)?;
                 let layer = super::bootstrap::bootstrap_layer(store, &plan, log).await.map_err(failed)?;
                 let ctx = StepContext { user: "root".into(), workdir: "/".into(), env: BTreeMap::new() };
                 return Ok(Base {

@@ -7,7 +7,7 @@
 //! | `template:<name>` | a local template |
 //! | `oci-archive:<path>` | an OCI image layout, as a tar file or a directory (air-gapped hosts) |
 //! | `rootfs:<path>` | a root filesystem tarball (`.tar`, `.tar.gz`) |
-//! | `bootstrap:<distro>:<suite>` | a Debian/Ubuntu bootstrap from the distribution's package mirror |
+//! | `bootstrap:<distro>:<suite>[:<pkg>,…]` | a Debian/Ubuntu bootstrap from the distribution's package mirror, with packages beyond the default set |
 //! | anything else | an OCI registry reference, `[host[:port]/]repo[:tag][@digest]` (Docker Hub defaults) |
 //!
 //! Rewrites map a reference to another base string before it is parsed: an exact reference (`e2bdev/base`
@@ -147,7 +147,12 @@ pub enum BaseSource {
     Registry(ImageRef),
     OciArchive(HostSource),
     RootfsTarball(HostSource),
-    Bootstrap { distro: Distro, suite: String },
+    /// `packages`: installed on top of the bootstrap's default set (sorted, no duplicates).
+    Bootstrap {
+        distro: Distro,
+        suite: String,
+        packages: Vec<String>,
+    },
 }
 
 /// Image reference rewrites from the config: exact references and registry hosts.
@@ -211,16 +216,29 @@ fn parse_scheme(raw: &str, origin: Origin) -> Result<Option<BaseSource>, SourceE
             if scheme == "rootfs" { BaseSource::RootfsTarball(host) } else { BaseSource::OciArchive(host) }
         }
         "bootstrap" => {
-            let (distro, suite) = rest.split_once(':').ok_or_else(|| bad("bootstrap:<debian|ubuntu>:<suite>"))?;
+            let (distro, rest) = rest.split_once(':').ok_or_else(|| bad("bootstrap:<debian|ubuntu>:<suite>"))?;
             let distro = match distro {
                 "debian" => Distro::Debian,
                 "ubuntu" => Distro::Ubuntu,
                 _ => return Err(bad("bootstrap supports debian and ubuntu")),
             };
+            let (suite, packages) = rest.split_once(':').unwrap_or((rest, ""));
             if suite.is_empty() || !suite.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
                 return Err(bad("a suite name is [a-z0-9-]"));
             }
-            BaseSource::Bootstrap { distro, suite: suite.to_string() }
+            let mut packages: Vec<String> = packages.split(',').filter(|p| !p.is_empty()).map(str::to_string).collect();
+            // Debian policy's package names; nothing else may reach mmdebstrap's --include.
+            let valid = |p: &String| {
+                p.len() >= 2
+                    && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+            };
+            if !packages.iter().all(valid) {
+                return Err(bad("bootstrap packages are Debian package names, comma-separated"));
+            }
+            packages.sort();
+            packages.dedup();
+            BaseSource::Bootstrap { distro, suite: suite.to_string(), packages }
         }
         _ => return Ok(None),
     };
@@ -263,8 +281,21 @@ mod tests {
         }
         assert_eq!(
             rw.resolve("docker.io/library/debian:bookworm").unwrap(),
-            BaseSource::Bootstrap { distro: Distro::Debian, suite: "bookworm".into() }
+            BaseSource::Bootstrap { distro: Distro::Debian, suite: "bookworm".into(), packages: vec![] }
         );
+        assert_eq!(
+            rw.resolve("bootstrap:debian:bookworm:npm,g++,npm,gh").unwrap(),
+            BaseSource::Bootstrap {
+                distro: Distro::Debian,
+                suite: "bookworm".into(),
+                packages: vec!["g++".into(), "gh".into(), "npm".into()]
+            }
+        );
+        for bad in
+            ["bootstrap:debian:bookworm:--option", "bootstrap:debian:bookworm:a b", "bootstrap:debian:bookworm:Pkg"]
+        {
+            assert!(rw.resolve(bad).is_err(), "{bad}");
+        }
         assert_eq!(rw.resolve("ghcr.io/o/r:2").unwrap(), reg("127.0.0.1:5000/o/r:2"));
         assert_eq!(rw.resolve("debian:trixie").unwrap(), reg("debian:trixie"));
         assert_eq!(rw.resolve("template:mine:default").unwrap(), BaseSource::Template("mine".into()));
