@@ -518,11 +518,18 @@ pub fn absolute(cwd: &str, p: &str) -> String {
 /// contents go into `dest`; a file goes into `dest` when it ends in `/` or is a directory, else becomes
 /// `dest`. Copied entries get `owner` and, when given, `mode`. A directory's entries come from shell globs, not
 /// `ls`: coreutils' `ls` calls statx in a way gVisor of Debian 12 (runsc 2022-12) refuses with EINVAL.
+///
+/// Symlinks in the context stay symlinks (dangling ones too): ownership and mode go to the links themselves,
+/// never through them (`chown -h`, `chmod` only on what is not a link), and an entry copied over an existing
+/// non-directory replaces it rather than writing through it (`--remove-destination`, BuildKit's rule), so a
+/// link copied by one COPY never redirects the next. It all runs inside the build sandbox: a link can only
+/// ever name the sandbox's own files.
 pub fn copy_script(archive: &str, src: &str, dest: &str, owner: &str, mode: &str) -> String {
     let src = src.trim_start_matches("./").trim_end_matches('/');
     let src = if src.is_empty() { "." } else { src };
     let q = shell_quote;
-    let chmod = if mode.is_empty() { String::new() } else { format!("chmod -R {} \"$t\"; ", q(mode)) };
+    let chmod =
+        if mode.is_empty() { String::new() } else { format!("find \"$t\" ! -type l -exec chmod {} {{}} +; ", q(mode)) };
     let glob = src.replace(['"', '\\', '$', '`'], "");
     format!(
         r#"set -e
@@ -532,8 +539,11 @@ rm -f {archive}
 cd "$S"
 D={dest}
 O={owner}
-# owner plus its login group when it has one
-own() {{ chown -R "$O:" "$1" 2>/dev/null || chown -R "$O" "$1"; }}
+# owner plus its login group when it has one; links themselves, not their targets
+own() {{ chown -hR "$O:" "$1" 2>/dev/null || chown -hR "$O" "$1"; }}
+# replace what is in the way instead of writing through it (busybox cp has no --remove-destination)
+cpa() {{ if [ "$RD" = 1 ]; then cp -a --remove-destination "$1" "$2"; else [ -d "$1" ] || [ ! -L "$2" ] || rm -f "$2"; cp -a "$1" "$2"; fi; }}
+RD=0; cp --help 2>&1 | grep -q -- --remove-destination && RD=1
 new=0; [ -e "$D" ] || new=1
 found=0
 IFS='
@@ -545,11 +555,11 @@ for f in {glob}; do
     mkdir -p "$D"
     for e in "$f"/* "$f"/.[!.]* "$f"/..?*; do
       [ -e "$e" ] || [ -L "$e" ] || continue
-      cp -a "$e" "$D/"; t="$D/${{e##*/}}"; own "$t"; {chmod}
+      t="$D/${{e##*/}}"; if [ -d "$e" ] && [ ! -L "$e" ]; then cpa "$e" "$D/"; else cpa "$e" "$t"; fi; own "$t"; {chmod}
     done
   else
     case "$D" in */) mkdir -p "$D"; t="$D$(basename "$f")";; *) if [ -d "$D" ]; then t="$D/$(basename "$f")"; else mkdir -p "$(dirname "$D")"; t="$D"; fi;; esac
-    cp -a "$f" "$t"; own "$t"; {chmod}
+    cpa "$f" "$t"; own "$t"; {chmod}
   fi
 done
 if [ "$new" = 1 ] && [ -d "$D" ]; then chown "$O:" "$D" 2>/dev/null || chown "$O" "$D"; fi
@@ -621,6 +631,45 @@ mod tests {
         assert!(out.join("into/one.txt").is_file());
         assert!(run("*.py", &d("py/"), "").status.success());
         assert!(out.join("py/x.py").is_file() && out.join("py/y.py").is_file());
+        // Symlinks stay links (relative, absolute, dangling), mode and owner never go through them, and a later
+        // COPY replaces a link in its way instead of writing through it.
+        let victim = root.path().join("victim.txt");
+        std::fs::write(&victim, "victim").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::create_dir_all(ctx.join("links/sub")).unwrap();
+        std::fs::write(ctx.join("links/sub/f"), "f").unwrap();
+        let links = [
+            ("rel", "sub/f".to_string()),
+            ("dir", "sub".to_string()),
+            ("dangling", "missing".to_string()),
+            ("dangling_abs", "/nonexistent/soulbox-test".to_string()),
+            ("victim", victim.display().to_string()),
+        ];
+        for (name, target) in &links {
+            std::os::unix::fs::symlink(target, ctx.join("links").join(name)).unwrap();
+        }
+        let r = run("links/", &d("links"), "0750");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        for (name, target) in &links {
+            assert_eq!(std::fs::read_link(out.join("links").join(name)).unwrap().display().to_string(), *target);
+        }
+        assert_eq!(std::fs::metadata(out.join("links/sub/f")).unwrap().permissions().mode() & 0o777, 0o750);
+        assert_eq!(std::fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o644, "chmod went through");
+        std::fs::create_dir_all(ctx.join("over")).unwrap();
+        for name in ["victim", "dangling", "dangling_abs"] {
+            std::fs::write(ctx.join("over").join(name), "new").unwrap();
+        }
+        let r = run("over/", &d("links"), "");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        for name in ["victim", "dangling", "dangling_abs"] {
+            assert_eq!(std::fs::read_to_string(out.join("links").join(name)).unwrap(), "new", "{name}");
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim", "a COPY wrote through a link");
+        assert!(!std::path::Path::new("/nonexistent/soulbox-test").exists());
+        let r = run("links/dangling", &d("single"), "");
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        assert_eq!(std::fs::read_link(out.join("single")).unwrap().display().to_string(), "missing");
+
         let missing = run("nope.txt", &d("z"), "");
         assert!(!missing.status.success());
         assert!(String::from_utf8_lossy(&missing.stderr).contains("no files match nope.txt"));
