@@ -298,7 +298,7 @@ fn template_build_list_delete() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.lines().any(|l| l == "[5] built-for-cli"), "plain lines `[step] message` when not a TTY:\n{stdout}");
+    assert!(stdout.lines().any(|l| l == "[7] built-for-cli"), "plain lines `[step] message` when not a TTY:\n{stdout}");
     assert!(stdout.contains(&format!("Built {name}:v1")), "{stdout}");
 
     let sbx = create(&e, &[&format!("{name}:v1")]);
@@ -330,7 +330,7 @@ fn template_build_list_delete() {
         run(&e, &["template", "build", "-f", failing.to_str().unwrap(), "--name", &format!("{name}-fail"), "--json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(9), "{stderr}");
-    assert!(stderr.contains("failed at step 1") && stderr.contains("going-down"), "{stderr}");
+    assert!(stderr.contains("failed at step 3") && stderr.contains("going-down"), "{stderr}");
     let bad = ctx.path().join("Dockerfile.bad");
     std::fs::write(&bad, "FROM base\nHEALTHCHECK CMD true\n").unwrap();
     let out = run(&e, &["template", "build", "-f", bad.to_str().unwrap(), "--name", &name]);

@@ -193,6 +193,7 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
     let mut envs: BTreeMap<String, String> = BTreeMap::new();
     let mut entrypoint: Option<String> = None;
     let mut cmd: Option<String> = None;
+    let (mut user_set, mut workdir_set) = (false, false);
     for (line, text) in logical_lines(text) {
         let (instr, rest) = match text.split_once(char::is_whitespace) {
             Some((i, r)) => (i.to_ascii_uppercase(), r.trim().to_string()),
@@ -230,6 +231,10 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                 seen_from = true;
                 // Args declared before FROM are only visible in FROM (Docker's rule).
                 args.clear();
+                // Docker's defaults for the instructions that follow, whatever the base's own user and workdir
+                // (what E2B's SDKs send for a Dockerfile).
+                recipe.steps.push(TemplateStep::new("USER", vec!["root".into()]));
+                recipe.steps.push(TemplateStep::new("WORKDIR", vec!["/".into()]));
             }
             "ARG" => {
                 for w in words(&rest) {
@@ -320,6 +325,7 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                     return Err(err(line, "WORKDIR needs a path"));
                 }
                 recipe.steps.push(TemplateStep::new("WORKDIR", vec![p]));
+                workdir_set = true;
             }
             "USER" => {
                 let u = substitute(&rest, &vars());
@@ -328,6 +334,7 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
                     return Err(err(line, "USER needs a user name"));
                 }
                 recipe.steps.push(TemplateStep::new("USER", vec![u]));
+                user_set = true;
             }
             "CMD" => cmd = Some(command_of(&rest, line)?),
             "ENTRYPOINT" => entrypoint = Some(command_of(&rest, line)?),
@@ -337,6 +344,13 @@ pub fn parse(text: &str, build_args: &BTreeMap<String, String>) -> Result<Recipe
     }
     if !seen_from {
         return Err(err(1, "no FROM instruction"));
+    }
+    // E2B's rule: a sandbox of the template runs as `user` in /home/user unless the Dockerfile said otherwise.
+    if !user_set {
+        recipe.steps.push(TemplateStep::new("USER", vec!["user".into()]));
+    }
+    if !workdir_set {
+        recipe.steps.push(TemplateStep::new("WORKDIR", vec!["/home/user".into()]));
     }
     recipe.start_cmd = match (entrypoint, cmd) {
         (Some(e), Some(c)) => Some(format!("{e} {c}")),
@@ -386,6 +400,8 @@ CMD ["http.server", "8080"]
         assert_eq!(
             r.steps,
             vec![
+                step("USER", &["root"]),
+                step("WORKDIR", &["/"]),
                 step("ENV", &["APP_HOME", "/app", "MODE", "prod"]),
                 step("ENV", &["LEGACY", "spaced value"]),
                 step("WORKDIR", &["/app"]),
@@ -407,7 +423,36 @@ CMD ["http.server", "8080"]
         let r = parse("ARG IMG=ubuntu\nFROM $IMG\nCMD sleep infinity\n", &a).unwrap();
         assert_eq!(r.from_image.as_deref(), Some("base"));
         assert_eq!(r.start_cmd.as_deref(), Some("sleep infinity"));
-        assert!(r.steps.is_empty());
+        assert_eq!(
+            r.steps,
+            vec![
+                step("USER", &["root"]),
+                step("WORKDIR", &["/"]),
+                step("USER", &["user"]),
+                step("WORKDIR", &["/home/user"])
+            ]
+        );
+    }
+
+    /// Docker's rule for the build (root in `/` until USER/WORKDIR, whatever the base's), E2B's for the
+    /// sandboxes afterwards (`user` in /home/user unless the Dockerfile set them), each on its own.
+    #[test]
+    fn builds_run_as_root_until_user_and_sandboxes_default_to_user() {
+        let r = p("FROM base\nRUN echo x > /built.txt\n").unwrap();
+        assert_eq!(
+            r.steps,
+            vec![
+                step("USER", &["root"]),
+                step("WORKDIR", &["/"]),
+                step("RUN", &["echo x > /built.txt"]),
+                step("USER", &["user"]),
+                step("WORKDIR", &["/home/user"])
+            ]
+        );
+        let r = p("FROM base\nUSER nobody\nRUN id\n").unwrap();
+        assert_eq!(r.steps[2..], [step("USER", &["nobody"]), step("RUN", &["id"]), step("WORKDIR", &["/home/user"])]);
+        let r = p("FROM base\nWORKDIR /app\n").unwrap();
+        assert_eq!(r.steps[2..], [step("WORKDIR", &["/app"]), step("USER", &["user"])]);
     }
 
     #[test]
@@ -438,7 +483,7 @@ CMD ["http.server", "8080"]
         let e = p("FROM a\nRUN echo \\\n  one \\\n  two\nSTOPSIGNAL 9\n").unwrap_err();
         assert_eq!(e.line, 5);
         let r = p("FROM a\nRUN echo \\\n  one \\\n  two\n").unwrap();
-        assert_eq!(r.steps, vec![step("RUN", &["echo one two"])]);
+        assert_eq!(r.steps[2], step("RUN", &["echo one two"]));
     }
 
     #[test]
