@@ -98,7 +98,11 @@ pub async fn run(
             let _ = err_tx.send((true, chunk.to_string()));
         });
     opts.envs = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let handle = envd.sandbox.commands().spawn_with(cmd, opts).await.map_err(|e| format!("envd: {e}"))?;
+    let handle = envd.sandbox.commands().spawn_with(cmd, opts).await.map_err(|e| match e {
+        // E2B's words, which SDK users match on (its SDK tests do): a user that does not exist.
+        soulbox::Error::Auth(m) => format!("failed to run command '{cmd}': command failed: unauthenticated: {m}"),
+        e => format!("envd: {e}"),
+    })?;
     let (mut out, mut err) = (Lines::default(), Lines::default());
     let mut lines = Vec::new();
     // Ends when the SDK's reader task is done with the process (it drops the callbacks and their senders).
