@@ -113,6 +113,10 @@ pub struct RuntimeConfig {
     /// second (envd's lines are then dropped, never waited for).
     #[serde(default = "default_sandbox_log_bytes_per_sec")]
     pub sandbox_log_bytes_per_sec: u64,
+    /// Where persistent volumes live (`<dir>/<volume id>/`, made by the server's volume store); `None`: sandboxes
+    /// of this node cannot mount volumes. May be a shared filesystem mounted on every node.
+    #[serde(default)]
+    pub volumes_dir: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -182,6 +186,7 @@ impl RuntimeConfig {
             userns_claims_dir: default_userns_claims_dir(),
             sandbox_log_max_bytes: default_sandbox_log_max_bytes(),
             sandbox_log_bytes_per_sec: default_sandbox_log_bytes_per_sec(),
+            volumes_dir: None,
         }
     }
 

@@ -29,10 +29,11 @@ pub mod spec;
 pub mod template;
 pub mod userns;
 pub mod util;
+pub mod volumes;
 
 pub use config::RuntimeConfig;
 pub use envd_secret::EnvdSecret;
 pub use error::{Error, Result};
 pub use lifecycle::{Endpoint, Runtime};
-pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, SocksProxy, Stats, Status};
+pub use spec::{NetworkPolicy, SandboxInfo, SandboxSpec, SocksProxy, Stats, Status, VolumeMount};
 pub use template::{Store, TemplateMeta};

@@ -300,6 +300,7 @@ impl Runtime {
                 return Err(Error::Invalid(format!("bad env/metadata entry {k:?}")));
             }
         }
+        crate::volumes::check(inner.cfg.volumes_dir.as_deref(), &spec.volumes)?;
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
         let driver = inner.drivers.named(spec.runtime.as_deref().or(meta.runtime.as_deref()))?;
         inner.check_layers_fit(driver)?;

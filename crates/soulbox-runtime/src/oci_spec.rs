@@ -100,6 +100,8 @@ pub struct BundleParams<'a> {
     pub id_range: Option<crate::userns::IdRange>,
     /// The OCI runtime that runs the bundle (the ready pipe's descriptor, whether seccomp applies).
     pub runtime: &'a crate::runtime_kind::RuntimeKind,
+    /// Persistent volumes: (host directory to bind, path inside), prepared by `volumes::prepare`.
+    pub volumes: &'a [(PathBuf, String)],
 }
 
 fn oci<E: std::fmt::Display>(e: E) -> Error {
@@ -159,8 +161,8 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
             ]));
         }
     }
-    // The only host file inside a sandbox is the envd binary, read-only. /etc/hosts and friends are the
-    // sandbox's own files (envd writes them at start), so no host file is writable from inside.
+    // The only host file inside a sandbox is the envd binary, read-only (and the volumes it was created with,
+    // below). /etc/hosts and friends are the sandbox's own files (envd writes them at start).
     if cfg.init_override.is_none() {
         let options = vec!["rbind".to_string(), "nosuid".into(), "nodev".into(), "ro".into()];
         mounts.push(
@@ -169,6 +171,19 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
                 .typ("bind")
                 .source(cfg.envd_path.clone())
                 .options(options)
+                .build()
+                .map_err(oci)?,
+        );
+    }
+
+    // Not `rbind`: nothing mounted below a volume's directory on the host comes along.
+    for (source, destination) in p.volumes {
+        mounts.push(
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(source)
+                .options(vec!["bind".to_string(), "nosuid".into(), "nodev".into(), "rw".into()])
                 .build()
                 .map_err(oci)?,
         );

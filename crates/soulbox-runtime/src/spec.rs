@@ -36,6 +36,17 @@ pub struct SandboxSpec {
     /// a sandbox of that id is on this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_id: Option<String>,
+    /// Persistent volumes bind-mounted into the sandbox (`RuntimeConfig::volumes_dir`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A persistent volume in a sandbox: the directory `<volumes_dir>/<volume_id>` at `path` (absolute, normalised).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeMount {
+    pub volume_id: String,
+    pub path: String,
 }
 
 impl SandboxSpec {
@@ -52,6 +63,7 @@ impl SandboxSpec {
             network: NetworkPolicy::open(),
             runtime: None,
             sandbox_id: None,
+            volumes: Vec::new(),
         }
     }
 }

@@ -47,6 +47,30 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
+        let sources =
+            crate::volumes::prepare(self.cfg.volumes_dir.as_deref(), &dir, &spec.volumes, id_range.is_some())?;
+        let volumes: Vec<(PathBuf, String)> =
+            sources.into_iter().zip(spec.volumes.iter().map(|m| m.path.clone())).collect();
+        let booted = self.boot_container(rec, lease, &volumes, id_range, driver, t0).await;
+        // The container holds its own binds of the volumes' idmapped clones (or never started).
+        let detached = crate::volumes::detach_helpers(&dir);
+        booted.and(detached)
+    }
+
+    async fn boot_container(
+        &self,
+        rec: &Record,
+        lease: &NetLease,
+        volumes: &[(PathBuf, String)],
+        id_range: Option<crate::userns::IdRange>,
+        driver: &crate::driver::Driver,
+        t0: std::time::Instant,
+    ) -> Result<()> {
+        let id = &rec.id;
+        let dir = self.dir(id);
+        let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
+            return Err(Error::Invalid("record without template/spec".into()));
+        };
         let init = crate::envd_start::with_egress_ca(
             crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns),
             self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
@@ -62,6 +86,7 @@ impl Inner {
                 .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
             id_range,
             runtime: driver.kind(),
+            volumes,
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
