@@ -1,6 +1,6 @@
 //! The `base` template (what `Sandbox.create()` without a template and E2B's `from_base_image()` get) is an
 //! ordinary recipe of the build engine: a Debian 12 bootstrap with the tools E2B's base has — `python` and
-//! `pip` (Python 3.11), `node` and `npm` (Debian's Node.js 18), `yarn` (Debian's yarnpkg 1.22),
+//! `pip` (Python 3.11), `node` and `npm` (Debian's Node.js 18.20), `yarn` (Debian's yarnpkg 1.22),
 //! `build-essential`, `git`, `curl`, `gh`, `sudo` — then one RUN step that adds the user `user` (uid 1000,
 //! home `/home/user`, passwordless sudo), umask 022 for login shells, a world-writable `/code` and
 //! `/usr/local` (so `pip install` and `npm install -g` work as `user`), then USER/WORKDIR.
