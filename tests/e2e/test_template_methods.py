@@ -9,6 +9,7 @@ builds is deleted at teardown; sandboxes are killed by the `sandboxes` fixture."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -428,3 +429,27 @@ def test_dockerfile_runs_as_root_until_user_and_defaults_to_user(front_end, tmp_
     sbx = sandboxes.create(template=with_user)
     r = sbx.commands.run("cat who; whoami; pwd")
     assert r.stdout.split() == ["builder", "builder", "/home/builder"], r.stdout
+
+
+def test_to_dockerfile_output_builds_through_the_soulbox_cli(tmp_path, names, sandboxes: Sandboxes):
+    # to_json and to_dockerfile are the SDK's own conversions; what to_dockerfile writes must build here.
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "hello.txt").write_text("hello\n")
+    tpl = (
+        Template(file_context_path=str(tmp_path))
+        .from_base_image()
+        .set_envs({"GREETING": "hi"})
+        .run_cmd("echo $GREETING > /tmp/g")
+        .copy("app/hello.txt", "/tmp/hello.txt")
+        .set_workdir("/tmp")
+        .set_user("root")
+    )
+    assert json.loads(Template.to_json(tpl))["fromImage"] == "e2bdev/base"
+    text = Template.to_dockerfile(tpl)
+    assert text.startswith("FROM e2bdev/base\n"), text
+    (tmp_path / "Dockerfile").write_text(text)
+    name = names("to-dockerfile")
+    r = cli("template", "build", "-f", str(tmp_path / "Dockerfile"), str(tmp_path), "--name", name)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sbx = sandboxes.create(template=name)
+    assert sh(sbx, "cat /tmp/g /tmp/hello.txt; whoami; pwd") == "hi\nhello\nroot\n/tmp"
