@@ -453,3 +453,26 @@ def test_to_dockerfile_output_builds_through_the_soulbox_cli(tmp_path, names, sa
     assert r.returncode == 0, r.stdout + r.stderr
     sbx = sandboxes.create(template=name)
     assert sh(sbx, "cat /tmp/g /tmp/hello.txt; whoami; pwd") == "hi\nhello\nroot\n/tmp"
+
+
+def test_switching_to_user_on_an_image_without_it_creates_it_as_e2b_does(tmp_path, names, sandboxes: Sandboxes):
+    # An image without E2B's `user` (here: base with it removed): a Dockerfile's implicit final `USER user`
+    # (CLI) and an explicit set_user("user") (SDK) create the account, with a home and passwordless sudo.
+    nouser = names("nouser")
+    build(
+        Template().from_template("base").set_user("root").set_workdir("/").run_cmd("userdel -r user && rm /etc/sudoers.d/user"),
+        nouser,
+    )
+    from_dockerfile, from_sdk = names("df-nouser"), names("sdk-nouser")
+    (tmp_path / "Dockerfile").write_text(f"FROM {nouser}\nRUN id user || echo no-user-yet\n")
+    r = cli("template", "build", "-f", str(tmp_path / "Dockerfile"), str(tmp_path), "--name", from_dockerfile)
+    assert r.returncode == 0 and "no-user-yet" in r.stdout, r.stdout + r.stderr
+    build(
+        Template().from_template(nouser).set_user("user").set_workdir("/home/user").run_cmd("whoami > /tmp/built-as"),
+        from_sdk,
+    )
+    for name in (from_dockerfile, from_sdk):
+        sbx = sandboxes.create(template=name)
+        out = sbx.commands.run("whoami; pwd; echo $HOME; sudo -n whoami")
+        assert out.stdout.split() == ["user", "/home/user", "/home/user", "root"], (name, out.stdout, out.stderr)
+    assert sbx.files.read("/tmp/built-as") == "user\n"

@@ -295,8 +295,11 @@ impl Engine {
                 }
                 "USER" => {
                     st.ctx.user = arg(0);
-                    log(LogLevel::Info, title, Some(n.clone()));
-                    continue;
+                    if st.ctx.user != super::provision::E2B_USER || self.has_e2b_user(&st.layers) {
+                        log(LogLevel::Info, title, Some(n.clone()));
+                        continue;
+                    }
+                    Action::Run { cmd: super::provision::CREATE_E2B_USER.to_string(), user: "root".into() }
                 }
                 "WORKDIR" => {
                     let dir = absolute(&st.ctx.workdir, &arg(0));
@@ -391,6 +394,12 @@ impl Engine {
             .iter()
             .rev()
             .any(|l| std::fs::symlink_metadata(self.runtime.store().layer_dir(l).join(rel)).is_ok_and(|m| m.is_dir()))
+    }
+
+    /// Whether the layers have E2B's `user` account (see [`super::provision`]).
+    fn has_e2b_user(&self, layers: &[String]) -> bool {
+        let dirs: Vec<_> = layers.iter().map(|l| self.runtime.store().layer_dir(l)).collect();
+        super::provision::passwd_has_user(&dirs, super::provision::E2B_USER)
     }
 
     fn shell(&self, layers: &[String]) -> &'static str {

@@ -12,6 +12,7 @@
 //!   tarballs) imported as one runtime layer per image layer, unpacked under strict safety rules.
 //! - [`bootstrap`]: `bootstrap:<debian|ubuntu>:<suite>` bases, made with mmdebstrap and cached as layers.
 //! - [`base`]: the `base` template's recipe, built by the engine at the server's first start.
+//! - [`provision`]: E2B's `user` account, created when a build switches to it on an image without one.
 //! - [`start`]: a template's start and ready commands, run by the node at every sandbox create.
 //! - [`envd`]: the small envd client the engine runs commands and uploads files with.
 //! - [`config`]: the `[templates]` section of the server's config and the [`engine::EngineConfig`] it makes.
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod envd;
 pub mod host_path;
 pub mod image;
+pub mod provision;
 pub mod registry;
 pub mod source;
 pub mod start;
