@@ -15,7 +15,9 @@
 mod access;
 mod as_user;
 mod download;
+mod drain;
 mod metadata;
+mod parents;
 mod upload;
 
 #[cfg(test)]

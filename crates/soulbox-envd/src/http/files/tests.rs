@@ -463,17 +463,39 @@ async fn downloads_and_uploads_use_the_users_permissions() {
     assert_eq!(r.status, 200);
 
     // Writing into a root-owned 0755 directory as nobody: refused, nothing created.
-    let target = dir.path().join("sub/new.txt");
-    let r = request(
-        addr,
-        "POST",
-        &format!("/files?path={}&username=nobody", enc(target.to_str().unwrap())),
-        &[("Content-Type", "application/octet-stream")],
-        b"x",
-    )
-    .await;
+    let target = dir.path().join("new.txt");
+    let upload_as_nobody = |target: std::path::PathBuf| async move {
+        request(
+            addr,
+            "POST",
+            &format!("/files?path={}&username=nobody", enc(target.to_str().unwrap())),
+            &[("Content-Type", "application/octet-stream")],
+            b"x",
+        )
+        .await
+    };
+    let r = upload_as_nobody(target.clone()).await;
     assert_eq!(r.status, 403, "{}", r.text());
-    assert!(!dir.path().join("sub").exists());
+    assert!(!target.exists());
+    // Missing parents there are made for the user, as E2B's agent does (SDK code writes `/0/a.txt` as `user`).
+    let nobody = crate::users::Accounts::load().user("nobody").unwrap();
+    let target = dir.path().join("sub/deeper/new.txt");
+    let r = upload_as_nobody(target.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    use std::os::unix::fs::MetadataExt;
+    for made in [dir.path().join("sub"), dir.path().join("sub/deeper"), target.clone()] {
+        let md = std::fs::metadata(&made).unwrap();
+        assert_eq!(md.uid(), nobody.uid, "{}", made.display());
+    }
+    assert_eq!(std::fs::metadata(dir.path().join("sub")).unwrap().mode() & 0o7777, 0o755);
+    // ... but never through a symlink the user planted: root does not follow it into a directory of root's.
+    let victim = dir.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    let planted = dir.path().join("sub/link");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    let r = upload_as_nobody(planted.join("new/file.txt")).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(!victim.join("new").exists(), "root made a directory through the user's symlink");
 
     // In a directory nobody may write to, the new file and its parents belong to nobody.
     let open = dir.path().join("open");
@@ -489,10 +511,27 @@ async fn downloads_and_uploads_use_the_users_permissions() {
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text());
-    use std::os::unix::fs::MetadataExt;
-    let nobody = crate::users::Accounts::load().user("nobody").unwrap();
     assert_eq!(std::fs::metadata(&target).unwrap().uid(), nobody.uid);
     assert_eq!(std::fs::metadata(open.join("deep")).unwrap().uid(), nobody.uid);
+
+    // A large upload refused before its body is read is answered, not reset: the client writes all of it and
+    // then reads the 403 (without the drain the kernel resets the connection and the writes fail with EPIPE).
+    const SIZE: usize = 16 * 1024 * 1024;
+    let refused = dir.path().join("refused.bin");
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /files?path={}&username=nobody HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {SIZE}\r\n\r\n",
+        enc(refused.to_str().unwrap())
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![7u8; 1024 * 1024];
+    for i in 0..SIZE / chunk.len() {
+        stream.write_all(&chunk).await.unwrap_or_else(|e| panic!("write {i} of the refused upload failed: {e}"));
+    }
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    assert_eq!(parse_reply(&raw).status, 403, "{}", String::from_utf8_lossy(&raw));
+    assert!(!refused.exists());
 }
 
 fn vm_hwm_kib() -> Option<u64> {

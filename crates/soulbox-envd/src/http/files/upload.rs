@@ -147,7 +147,7 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, String> {
 
 /// The request body as a stream of bytes, gunzipped on the fly when `Content-Encoding: gzip`.
 fn decoded_body(headers: &HeaderMap, body: Body) -> Result<ByteStream, String> {
-    let raw = body.into_data_stream().map_err(io::Error::other);
+    let raw = super::drain::DrainOnDrop::new(body.into_data_stream()).map_err(io::Error::other);
     let encoding = headers.get(header::CONTENT_ENCODING).map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
     match encoding.as_deref() {
         None | Some("") | Some("identity") => Ok(Box::pin(raw)),
@@ -204,10 +204,13 @@ impl UploadSession {
             ));
         }
         let path = target.clone();
-        let (created_dirs, opened) = run_as(&self.user, move || Ok(open_for_write(&path)))
+        let (created_dirs, mut opened) = run_as(&self.user, move || Ok(open_for_write(&path)))
             .await
             .map_err(|e| io_failure(&e, &target, &self.user))?;
         self.created_dirs.extend(created_dirs);
+        if matches!(&opened, Err(e) if e.kind() == io::ErrorKind::PermissionDenied) {
+            opened = self.with_parents_made_for_user(&target).await;
+        }
         let (file, created) = opened.map_err(|e| self.open_failure(&e, &target))?;
         if created {
             self.created_files.push(target.clone());
@@ -253,6 +256,25 @@ impl UploadSession {
             metadata: (!self.metadata.is_empty()).then(|| self.metadata.clone()),
         });
         Ok(())
+    }
+
+    /// The user could not make `target`'s missing parents: envd makes them for the user (E2B's behaviour,
+    /// `parents.rs`) and the file is opened again, as the user. Existing parents are not the user's to gain: when
+    /// none was missing the first answer stands.
+    async fn with_parents_made_for_user(&mut self, target: &Path) -> io::Result<(File, bool)> {
+        let denied = || Err(io::Error::from(io::ErrorKind::PermissionDenied));
+        let Some(parent) = target.parent().map(Path::to_path_buf) else { return denied() };
+        if !rustix::process::geteuid().is_root() || parent.is_dir() {
+            return denied();
+        }
+        let (uid, gid) = (self.user.uid, self.user.gid);
+        let made = tokio::task::spawn_blocking(move || super::parents::make_for_user(&parent, uid, gid))
+            .await
+            .map_err(io::Error::other)??;
+        self.created_dirs.extend(made);
+        let path = target.to_path_buf();
+        let (_, opened) = run_as(&self.user, move || Ok(open_for_write(&path))).await?;
+        opened
     }
 
     fn open_failure(&self, e: &io::Error, target: &Path) -> Response {
