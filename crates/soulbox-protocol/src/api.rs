@@ -13,9 +13,12 @@ mod nodes;
 mod secrets;
 mod snapshots;
 mod system;
+mod teams;
 mod templates;
 
-pub use logs::{SandboxLog, SandboxLogEntry, SandboxLogs};
+pub use logs::{
+    LogsDirection, SandboxLog, SandboxLogEntry, SandboxLogs, SandboxLogsV2Response, TemplateBuildLogsResponse,
+};
 pub use network::{
     EgressProxy, EgressProxyTls, MASK_PORT_PLACEHOLDER, NetworkRule, NetworkTransform, SandboxNetworkConfig,
     SandboxNetworkUpdate, TRAFFIC_ACCESS_TOKEN_HEADER,
@@ -23,7 +26,13 @@ pub use network::{
 pub use nodes::{EvacuationFailure, NodeEvacuation, NodeInfo};
 pub use secrets::{NewSecret, Secret, SecretText, SecretUpdate};
 pub use snapshots::{SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode};
-pub use system::{Health, HealthChecks, ProxyError, SandboxesMetrics, TemplateListEntry};
+pub use system::{
+    Health, HealthChecks, ProxyError, SandboxesMetrics, TemplateBuild, TemplateListEntry, TemplateWithBuilds,
+};
+pub use teams::{
+    AdminBuildCancelResult, AdminSandboxKillResult, CreatedAccessToken, MaxTeamMetric, NewAccessToken, TeamMetric,
+    TeamUser, TemplateUpdateRequest, TemplateUpdateResponse, UpdateTeamApiKey,
+};
 pub use templates::{
     AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel,
     TemplateAlias, TemplateBuildInfo, TemplateBuildRequested, TemplateFilesLink, TemplateTag,

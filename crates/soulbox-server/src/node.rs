@@ -19,6 +19,9 @@ pub struct TemplateInfo {
     pub memory_mb: u32,
     pub disk_size_mb: u32,
     pub envd_version: String,
+    /// When the node wrote the template (unix ms); 0 when it cannot tell.
+    #[serde(default)]
+    pub created_at_ms: i64,
 }
 
 pub use soulbox_protocol::NetworkPolicy;

@@ -1,10 +1,16 @@
 //! The E2B REST API (spec §1) plus SoulBox's additions, in E2B's error shape everywhere.
 
+mod admin;
 mod cluster;
+mod keys;
 mod linger;
+mod log_lines;
 mod network;
 #[cfg(test)]
 mod network_tests;
+#[cfg(test)]
+mod rest_tests;
+mod sandbox_logs;
 mod sandboxes;
 mod secrets;
 #[cfg(test)]
@@ -13,12 +19,14 @@ mod snapshots;
 #[cfg(test)]
 mod snapshots_tests;
 mod system;
+mod team_metrics;
 mod teams;
 #[cfg(test)]
 mod teams_tests;
 pub mod templates;
 #[cfg(test)]
 mod tests;
+mod unsupported;
 
 use std::sync::Arc;
 
@@ -26,7 +34,7 @@ use axum::Router;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use http::StatusCode;
 
 use crate::lifecycle::{Lifecycle, LifecycleError};
@@ -58,14 +66,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/sandboxes/{id}/resume", post(sandboxes::resume))
         .route("/sandboxes/{id}/refreshes", post(sandboxes::refresh))
         .route("/sandboxes/{id}/metrics", get(sandboxes::metrics_one))
-        .route("/sandboxes/{id}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{id}/logs", get(sandbox_logs::logs_v1))
+        .route("/v2/sandboxes/{id}/logs", get(sandbox_logs::logs_v2))
         .route("/sandboxes/{id}/snapshots", post(snapshots::create))
         .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/snapshots", get(snapshots::list))
         .route("/secrets", post(secrets::create).get(secrets::list))
         .route("/secrets/{id}", get(secrets::get).post(secrets::update).delete(secrets::delete))
-        .route("/templates", get(system::templates))
         .route("/teams", get(teams::list_teams))
+        .route("/teams/{id}/metrics", get(team_metrics::metrics))
+        .route("/teams/{id}/metrics/max", get(team_metrics::max))
+        .route("/api-keys", get(keys::list_keys).post(keys::create_key))
+        .route("/api-keys/{id}", patch(keys::rename_key).delete(keys::revoke_key))
+        .route("/access-tokens", post(keys::create_token))
+        .route("/access-tokens/{id}", delete(keys::delete_token))
         .merge(templates::routes())
         .merge(admin_routes())
         .layer(axum::middleware::from_fn_with_state(state.clone(), require_api_key));
@@ -92,12 +106,15 @@ pub fn router(state: ApiState) -> Router {
 fn admin_routes() -> Router<ApiState> {
     Router::new()
         .route("/nodes", get(system::nodes))
-        .route("/nodes/{id}", get(system::node).delete(system::remove_node))
+        .route("/nodes/{id}", get(system::node).post(system::set_node_status).delete(system::remove_node))
         .route("/nodes/{id}/drain", post(system::drain))
         .route("/nodes/{id}/undrain", post(system::undrain))
         .route("/nodes/{id}/evacuate", post(system::evacuate))
-        .route("/api-keys", get(teams::list_keys).post(teams::create_key))
-        .route("/api-keys/{id}", delete(teams::revoke_key))
+        .route("/admin/teams/{team}/api-keys", post(keys::admin_create_key))
+        .route("/admin/teams/{team}/api-keys/{id}", delete(keys::admin_revoke_key))
+        .route("/admin/teams/{team}/sandboxes/kill", post(admin::kill_team_sandboxes))
+        .route("/admin/teams/{team}/builds/cancel", post(admin::cancel_team_builds))
+        .route("/admin/sandboxes/running-counts", get(admin::running_counts))
         .route_layer(axum::middleware::from_fn(require_admin))
 }
 
@@ -140,19 +157,52 @@ async fn json_errors(request: Request, next: Next) -> Response {
     error(status, message)
 }
 
-/// `X-API-Key` on every API route, checked against the store (hashes, constant-time); the handlers get the
-/// key's [`Caller`] (its team scopes what they see).
+/// How a request authenticated: E2B's `X-API-Key` (or `X-Admin-Token` with an admin key), or an access token in
+/// `Authorization: Bearer` (E2B's `AccessTokenAuth`; it acts as a member of its team).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    ApiKey,
+    AccessToken,
+}
+
+/// Every API route needs a key or an access token, checked against the store (hashes, constant-time); the
+/// handlers get the [`Caller`] (its team scopes what they see) and the [`Credential`].
 async fn require_api_key(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
-    let key = request.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let Some(key) = key else {
-        return refuse_unread(&request, StatusCode::UNAUTHORIZED, "missing API key: set the X-API-Key header");
+    let headers = request.headers();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (api_key, admin_token) = (header("x-api-key"), header("x-admin-token"));
+    let bearer = header("authorization").and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_owned()));
+    let store = state.lifecycle.store();
+    let (found, credential) = if let Some(key) = api_key {
+        (store.authenticate_api_key(&key).await, Credential::ApiKey)
+    } else if let Some(key) = &admin_token {
+        // E2B's admin header: here it carries an admin API key.
+        let found = store.authenticate_api_key(key).await.map(|c| c.filter(Caller::is_admin));
+        (found, Credential::ApiKey)
+    } else if let Some(token) = bearer {
+        (store.authenticate_access_token(&token).await, Credential::AccessToken)
+    } else {
+        return refuse_unread(
+            &request,
+            StatusCode::UNAUTHORIZED,
+            "missing API key: set the X-API-Key header (or Authorization: Bearer with an access token)",
+        );
     };
-    match state.lifecycle.store().authenticate_api_key(&key).await {
+    match found {
         Ok(Some(caller)) => {
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(credential);
             next.run(request).await
         }
-        Ok(None) => refuse_unread(&request, StatusCode::UNAUTHORIZED, "invalid API key"),
+        Ok(None) => refuse_unread(
+            &request,
+            StatusCode::UNAUTHORIZED,
+            match credential {
+                Credential::ApiKey if admin_token.is_some() => "invalid admin token",
+                Credential::ApiKey => "invalid API key",
+                Credential::AccessToken => "invalid access token",
+            },
+        ),
         Err(e) => {
             tracing::error!(error = %e, "api key check failed");
             error(StatusCode::INTERNAL_SERVER_ERROR, "could not check the API key")

@@ -10,14 +10,12 @@ use http::{HeaderValue, StatusCode};
 use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{
     ConnectSandbox, Lifecycle as ApiLifecycle, ListedSandbox, NewSandbox, OnTimeout, Sandbox, SandboxDetail,
-    SandboxLog, SandboxLogEntry, SandboxLogs, SandboxNetworkConfig, SandboxPauseRequest, SandboxRefreshRequest,
-    SandboxState, SandboxTimeoutRequest,
+    SandboxNetworkConfig, SandboxPauseRequest, SandboxRefreshRequest, SandboxState, SandboxTimeoutRequest,
 };
 
 use super::{ApiState, error};
 use crate::lifecycle::{CreateRequest, LifecycleError};
 use crate::listing::{PageCursor, page_params, parse_metadata_filter, parse_states, take_page};
-use crate::node::LogQuery;
 use crate::store::{Caller, SandboxRecord};
 use crate::time::{parse_rfc3339_ms, rfc3339};
 
@@ -441,41 +439,4 @@ pub async fn metrics_many(
         .filter_map(|id| state.metrics.latest(id).map(|s| (id.to_owned(), s.to_api())))
         .collect();
     Json(soulbox_protocol::api::SandboxesMetrics { sandboxes }).into_response()
-}
-
-pub async fn logs(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    Query(params): Params,
-) -> Response {
-    let number = |key: &str, default: i64| -> Result<i64, String> {
-        match params.get(key) {
-            None => Ok(default),
-            Some(v) => {
-                v.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| format!("{key} must be a non-negative integer"))
-            }
-        }
-    };
-    let (start_ms, limit) = match (number("start", 0), number("limit", LogQuery::DEFAULT_LIMIT as i64)) {
-        (Ok(s), Ok(l)) => (s, (l as usize).min(LogQuery::MAX_LIMIT)),
-        (Err(m), _) | (_, Err(m)) => return error(StatusCode::BAD_REQUEST, m),
-    };
-    match state.lifecycle.sandbox_logs(&caller.team_id, &id, LogQuery { start_ms, limit }).await {
-        Ok(lines) => {
-            let logs =
-                lines.iter().map(|l| SandboxLog { line: l.line.clone(), timestamp: rfc3339(l.unix_ms) }).collect();
-            let log_entries = lines
-                .iter()
-                .map(|l| SandboxLogEntry {
-                    fields: Default::default(),
-                    level: "info".into(),
-                    message: l.line.clone(),
-                    timestamp: rfc3339(l.unix_ms),
-                })
-                .collect();
-            Json(SandboxLogs { log_entries, logs }).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
 }

@@ -45,6 +45,7 @@ pub(super) fn recorded_template(
         memory_mb: memory_mb.max(0) as u32,
         disk_size_mb: disk_mb.max(0) as u32,
         envd_version: ENVD_PROTOCOL_VERSION.into(),
+        created_at_ms: 0,
     }
 }
 

@@ -1,6 +1,7 @@
 //! The store: one schema for SQLite (default, a file in the data dir) and PostgreSQL (cluster mode), used
 //! through sqlx's `Any` driver so every query is written once. Migrations are embedded.
 
+mod access_tokens;
 mod api_keys;
 mod egress_ca;
 mod nodes;
@@ -13,9 +14,11 @@ mod teams;
 #[cfg(test)]
 mod teams_tests;
 mod templates;
+mod usage;
 #[cfg(test)]
 pub(crate) mod test_db;
 
+pub use access_tokens::AccessTokenRecord;
 pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
 pub use sandboxes::{ClaimCondition, Holds, Ingress, SandboxRecord};
@@ -26,6 +29,7 @@ pub use teams::{
     TeamLimits, TeamRecord, TeamUsage, valid_team_name,
 };
 pub use templates::{BuildLogRecord, BuildRecord, TagRecord, TemplateRecord};
+pub use usage::{RUN_RETENTION_MS, SandboxRun, TemplateStats};
 
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
