@@ -59,6 +59,7 @@ impl Node for LoopbackNode {
             memory_mb: 128,
             disk_size_mb: 0,
             envd_version: "0.6.13".into(),
+            created_at_ms: 0,
         };
         Ok(vec![base])
     }

@@ -16,10 +16,25 @@ pub struct NewKey {
 }
 
 pub fn generate() -> NewKey {
+    generate_with_prefix(KEY_PREFIX)
+}
+
+/// Access tokens: shaped like E2B's (`sk_e2b_` + 40 hex), stored the same way as keys.
+pub const ACCESS_TOKEN_PREFIX: &str = "sk_e2b_";
+
+/// A secret `prefix` + 40 hex.
+pub fn generate_with_prefix(prefix: &str) -> NewKey {
     let mut bytes = [0u8; 20];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = format!("{KEY_PREFIX}{}", hex(&bytes));
-    NewKey { hash: hash(&secret), display_prefix: secret[..KEY_PREFIX.len() + 6].to_owned(), secret }
+    let secret = format!("{prefix}{}", hex(&bytes));
+    NewKey { hash: hash(&secret), display_prefix: secret[..prefix.len() + 6].to_owned(), secret }
+}
+
+/// Cheap shape check of an access token before touching the store.
+pub fn looks_like_access_token(candidate: &str) -> bool {
+    candidate
+        .strip_prefix(ACCESS_TOKEN_PREFIX)
+        .is_some_and(|rest| rest.len() == 40 && rest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
 }
 
 pub fn hash(secret: &str) -> String {
@@ -49,5 +64,8 @@ mod tests {
         assert_eq!(k.hash, hash(&k.secret));
         assert_ne!(generate().secret, k.secret);
         assert!(!looks_like_key("e2b_XYZ") && !looks_like_key("sk_123"));
+        let token = generate_with_prefix(ACCESS_TOKEN_PREFIX);
+        assert!(looks_like_access_token(&token.secret) && !looks_like_access_token(&k.secret));
+        assert!(!looks_like_key(&token.secret), "a token is never taken for a key");
     }
 }

@@ -103,7 +103,9 @@ impl Node for LocalNode {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Ok(meta) = self.runtime.store().get(&name) {
-                out.push(template_info(&meta));
+                let mut info = template_info(&meta, self.runtime.config().default_disk_mb);
+                info.created_at_ms = written_at_ms(&entry.path().join("template.json"));
+                out.push(info);
             }
         }
         out.sort_by(|a, b| a.template_id.cmp(&b.template_id));
@@ -205,7 +207,7 @@ impl Node for LocalNode {
         // runc cannot checkpoint on this kernel (CRIU): a snapshot here holds the files, and sandboxes started
         // from it boot cold from them.
         let meta = self.runtime.snapshot(sandbox_id, name).await.map_err(node_error)?;
-        Ok(SnapshotTaken { template: template_info(&meta), memory: false })
+        Ok(SnapshotTaken { template: template_info(&meta, self.runtime.config().default_disk_mb), memory: false })
     }
 
     async fn copy_template(&self, from: &str, to: &str) -> Result<(), NodeError> {
@@ -324,14 +326,25 @@ fn load_fraction(cpus: u32) -> f64 {
     (load / f64::from(cpus.max(1))).clamp(0.0, 1.0)
 }
 
-/// A runtime template as the control plane sees it.
-fn template_info(meta: &soulbox_runtime::TemplateMeta) -> TemplateInfo {
+/// A runtime template as the control plane sees it; `default_disk_mb` is the disk limit its sandboxes get when
+/// the template sets none (what E2B's `diskSizeMB` reports).
+fn template_info(meta: &soulbox_runtime::TemplateMeta, default_disk_mb: u64) -> TemplateInfo {
     TemplateInfo {
         template_id: meta.name.clone(),
         aliases: vec![meta.name.clone()],
         cpu_count: meta.cpu_count,
         memory_mb: meta.memory_mb as u32,
-        disk_size_mb: meta.disk_mb.unwrap_or(0) as u32,
+        disk_size_mb: meta.disk_mb.unwrap_or(default_disk_mb) as u32,
         envd_version: ENVD_PROTOCOL_VERSION.into(),
+        created_at_ms: 0,
     }
+}
+
+/// A file's modification time (unix ms), 0 when unknown.
+fn written_at_ms(path: &std::path::Path) -> i64 {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64)
 }

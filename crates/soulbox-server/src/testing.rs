@@ -33,6 +33,7 @@ impl FakeNode {
             memory_mb: 512,
             disk_size_mb: 1024,
             envd_version: "0.6.13".into(),
+            created_at_ms: 0,
         }
     }
 }
@@ -112,7 +113,12 @@ impl Node for FakeNode {
         self.secrets.lock().unwrap().get(id).cloned()
     }
     async fn logs(&self, _id: &str, query: LogQuery) -> Result<Vec<LogLine>, NodeError> {
-        let lines = [(5, "envd listening"), (7, "second line"), (9, "third line")];
+        // envd's format (tracing's text): time, level, target, message.
+        let lines = [
+            (5, "2026-01-01T00:00:00.005Z  INFO soulbox_envd: envd listening"),
+            (7, "2026-01-01T00:00:00.007Z  WARN soulbox_envd::process: second line"),
+            (9, "2026-01-01T00:00:00.009Z ERROR soulbox_envd::process: third line"),
+        ];
         Ok(lines
             .into_iter()
             .filter(|(ms, _)| *ms >= query.start_ms)

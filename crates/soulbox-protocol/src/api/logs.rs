@@ -1,4 +1,5 @@
-//! A sandbox's logs: `GET /sandboxes/{id}/logs` (E2B's `SandboxLogs`).
+//! A sandbox's logs: `GET /sandboxes/{id}/logs` (E2B's `SandboxLogs`) and `GET /v2/sandboxes/{id}/logs`
+//! (`SandboxLogsV2Response`).
 //!
 //! Fields are declared in the order of their JSON names (bytewise): the order the server wrote them in before
 //! these types existed.
@@ -34,6 +35,29 @@ pub struct SandboxLogs {
     pub log_entries: Vec<SandboxLogEntry>,
     #[serde(default)]
     pub logs: Vec<SandboxLog>,
+}
+
+/// `GET /v2/sandboxes/{id}/logs` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxLogsV2Response {
+    #[serde(default)]
+    pub logs: Vec<SandboxLogEntry>,
+}
+
+/// `GET /templates/{id}/builds/{buildID}/logs` answer (E2B's `TemplateBuildLogsResponse`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateBuildLogsResponse {
+    #[serde(default)]
+    pub logs: Vec<super::BuildLogEntry>,
+}
+
+/// The `direction` of `GET /v2/sandboxes/{id}/logs`: oldest first from the cursor, or newest first back from it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogsDirection {
+    #[default]
+    Forward,
+    Backward,
 }
 
 #[cfg(test)]

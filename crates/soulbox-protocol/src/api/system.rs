@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::SandboxMetric;
+use super::{SandboxMetric, TeamUser};
 
-/// One template of `GET /templates` (E2B's `Template`, the fields SoulBox fills).
+/// One template of `GET /templates` (E2B's `Template`, every field its schema requires).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TemplateListEntry {
@@ -21,12 +21,25 @@ pub struct TemplateListEntry {
     /// Always `ready`: a template is listed once a build has made it.
     #[serde(default)]
     pub build_status: String,
+    /// How many builds the template has had (1 for a server template: it was built once, at setup).
+    #[serde(default)]
+    pub build_count: i32,
     #[serde(default)]
     pub cpu_count: u32,
+    /// RFC 3339.
+    #[serde(default)]
+    pub created_at: String,
+    /// The key that first built it; null for the server's own templates.
+    #[serde(default)]
+    pub created_by: Option<TeamUser>,
+    /// The sandboxes' disk limit (the template's own, else the node's default).
     #[serde(rename = "diskSizeMB", default)]
     pub disk_size_mb: u32,
     #[serde(default)]
     pub envd_version: String,
+    /// When a sandbox last started from it (RFC 3339); null if never.
+    #[serde(default)]
+    pub last_spawned_at: Option<String>,
     #[serde(rename = "memoryMB", default)]
     pub memory_mb: u32,
     /// E2B's newer name for `aliases`.
@@ -34,8 +47,52 @@ pub struct TemplateListEntry {
     pub names: Vec<String>,
     #[serde(default)]
     pub public: bool,
+    /// Sandboxes started from it.
+    #[serde(default)]
+    pub spawn_count: i64,
     #[serde(rename = "templateID")]
     pub template_id: String,
+    /// RFC 3339.
+    #[serde(default)]
+    pub updated_at: String,
+}
+
+/// `GET /templates/{id}` (E2B's `TemplateWithBuilds`): a template and its builds, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateWithBuilds {
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub builds: Vec<TemplateBuild>,
+    pub created_at: String,
+    #[serde(default)]
+    pub last_spawned_at: Option<String>,
+    #[serde(default)]
+    pub names: Vec<String>,
+    pub public: bool,
+    #[serde(default)]
+    pub spawn_count: i64,
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    pub updated_at: String,
+}
+
+/// One build of [`TemplateWithBuilds`] (E2B's `TemplateBuild`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TemplateBuild {
+    #[serde(rename = "buildID")]
+    pub build_id: String,
+    pub cpu_count: u32,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(rename = "memoryMB")]
+    pub memory_mb: u32,
+    /// `waiting` | `building` | `ready` | `error`.
+    pub status: String,
+    pub updated_at: String,
 }
 
 /// `GET /health` (SoulBox's): 200 when healthy, 503 with the same body when not.
@@ -82,16 +139,22 @@ mod tests {
         let entry = TemplateListEntry {
             aliases: vec!["base".into()],
             build_id: "base".into(),
+            build_count: 1,
             build_status: "ready".into(),
             cpu_count: 2,
-            disk_size_mb: 0,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            created_by: None,
+            disk_size_mb: 10240,
             envd_version: "0.6.13".into(),
+            last_spawned_at: None,
             memory_mb: 512,
             names: vec!["base".into()],
             public: true,
+            spawn_count: 0,
             template_id: "base".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
         };
-        let json = r#"{"aliases":["base"],"buildID":"base","buildStatus":"ready","cpuCount":2,"diskSizeMB":0,"envdVersion":"0.6.13","memoryMB":512,"names":["base"],"public":true,"templateID":"base"}"#;
+        let json = r#"{"aliases":["base"],"buildID":"base","buildCount":1,"buildStatus":"ready","cpuCount":2,"createdAt":"2026-01-01T00:00:00Z","createdBy":null,"diskSizeMB":10240,"envdVersion":"0.6.13","lastSpawnedAt":null,"memoryMB":512,"names":["base"],"public":true,"spawnCount":0,"templateID":"base","updatedAt":"2026-01-01T00:00:00Z"}"#;
         assert_eq!(serde_json::to_string(&entry).unwrap(), json);
         assert_eq!(serde_json::from_str::<TemplateListEntry>(json).unwrap(), entry);
     }

@@ -1,10 +1,9 @@
-//! Server health (seed feature 1), Prometheus metrics, the OpenAPI document, nodes (seed feature 10) and
-//! templates as the node knows them.
+//! Server health (seed feature 1), Prometheus metrics, the OpenAPI document and nodes (seed feature 10).
 
 use axum::Json;
 use std::collections::HashMap;
 
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{StatusCode, header};
 use soulbox_protocol::api::SandboxState;
@@ -14,7 +13,6 @@ use super::ApiState;
 use crate::lifecycle::LifecycleError;
 use crate::metrics::MetricsStore;
 use crate::node::NodeStatus;
-use crate::store::Caller;
 use crate::time::rfc3339;
 
 /// `GET /health`: 200 when the store answers and the node is usable, else 503 with the reason.
@@ -128,6 +126,42 @@ pub async fn evacuate(State(state): State<ApiState>, Path(id): Path<String>) -> 
     }
 }
 
+/// `POST /nodes/{id} {status}` (E2B's node status change): `draining` drains, `ready` undrains; E2B's other
+/// statuses are not ones an admin sets here (`connecting`, `unhealthy` are observed; SoulBox has no `standby`).
+pub async fn set_node_status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    #[derive(serde::Deserialize)]
+    struct NodeStatusChange {
+        status: String,
+    }
+    let change: NodeStatusChange = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return super::error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")),
+    };
+    let draining = match change.status.as_str() {
+        "draining" => true,
+        "ready" => false,
+        other => {
+            return super::error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "status '{other}' cannot be set: use draining or ready (POST /nodes/{{id}}/evacuate moves paused sandboxes off)"
+                ),
+            );
+        }
+    };
+    match state.lifecycle.nodes().set_draining(&id, draining).await {
+        Ok(()) => {
+            tracing::info!(node = %id, draining, "node status set");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => LifecycleError::from(e).into_response(),
+    }
+}
+
 async fn set_draining(state: ApiState, id: String, draining: bool) -> Response {
     match state.lifecycle.nodes().set_draining(&id, draining).await {
         Ok(()) => {
@@ -193,49 +227,6 @@ pub async fn heartbeat(State(state): State<ApiState>, headers: http::HeaderMap, 
     };
     match crate::cluster_control::heartbeat(&state.lifecycle, registry, request).await {
         Ok(answer) => Json(answer).into_response(),
-        Err(e) => LifecycleError::from(e).into_response(),
-    }
-}
-
-/// `GET /templates[?teamID=]`: the server's templates (public) and the caller's team's own.
-pub async fn templates(
-    State(state): State<ApiState>,
-    Extension(caller): Extension<Caller>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(team) = params.get("teamID").filter(|t| **t != caller.team_id) {
-        return super::error(StatusCode::FORBIDDEN, format!("the API key does not belong to team {team}"));
-    }
-    let records: HashMap<String, crate::store::TemplateRecord> =
-        match state.lifecycle.store().list_template_records().await {
-            Ok(list) => list.into_iter().map(|r| (r.id.clone(), r)).collect(),
-            Err(e) => return LifecycleError::from(e).into_response(),
-        };
-    match state.lifecycle.node().templates().await {
-        Ok(list) => Json(
-            list.iter()
-                .filter(|t| !crate::names::is_internal_template(&t.template_id))
-                // A server template has no record and is public; an API-built one is its team's unless public.
-                .filter_map(|t| match records.get(&t.template_id) {
-                    None => Some((t, true)),
-                    Some(r) if r.team_id == caller.team_id || r.public => Some((t, r.public)),
-                    Some(_) => None,
-                })
-                .map(|(t, public)| soulbox_protocol::api::TemplateListEntry {
-                    aliases: t.aliases.clone(),
-                    build_id: t.template_id.clone(),
-                    build_status: "ready".to_owned(),
-                    cpu_count: t.cpu_count,
-                    disk_size_mb: t.disk_size_mb,
-                    envd_version: t.envd_version.clone(),
-                    memory_mb: t.memory_mb,
-                    names: t.aliases.clone(),
-                    public,
-                    template_id: t.template_id.clone(),
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
         Err(e) => LifecycleError::from(e).into_response(),
     }
 }

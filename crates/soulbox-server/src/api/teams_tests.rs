@@ -15,7 +15,7 @@ pub(super) struct Teams {
     pub(super) app: axum::Router,
     pub(super) a: String,
     pub(super) b: String,
-    admin: String,
+    pub(super) admin: String,
     pub(super) store: Store,
     pub(super) node: std::sync::Arc<FakeNode>,
     _dir: tempfile::TempDir,
@@ -136,7 +136,7 @@ async fn members_get_403_on_admin_routes_and_the_admin_manages_keys() {
     assert!(e2b_error(status, &answer, StatusCode::CONFLICT).contains("not draining"), "{answer}");
     // Refused before its body was read: hyper closes such a connection, so the answer says so (a keep-alive
     // client would otherwise send its next request into a closed connection).
-    let refused = Request::post("/api-keys")
+    let refused = Request::post("/admin/teams/team_default/api-keys")
         .header("x-api-key", &t.a)
         .header("content-length", "12")
         .body(Body::from(r#"{"name":"x"}"#))

@@ -237,12 +237,16 @@ async fn system_endpoints() {
     assert!(doc.is_object());
     let id = h.create(json!({})).await;
     let (_, _, logs) = h.call("GET", &format!("/sandboxes/{id}/logs"), None).await;
-    assert_eq!(logs["logs"][0]["line"], "envd listening");
+    // E2B's line is a JSON object (the official CLI parses it and reads `level` and `logger`).
+    let line: Value = serde_json::from_str(logs["logs"][0]["line"].as_str().unwrap()).unwrap();
+    assert_eq!(line, json!({"level": "info", "logger": "soulbox_envd", "message": "envd listening"}));
     // E2B's start (unix ms) and limit select a range; the node does the selecting
     let (_, _, logs) = h.call("GET", &format!("/sandboxes/{id}/logs?start=6&limit=1"), None).await;
     assert_eq!(logs["logs"].as_array().unwrap().len(), 1);
-    assert_eq!(logs["logs"][0]["line"], "second line");
+    assert!(logs["logs"][0]["line"].as_str().unwrap().contains(r#""message":"second line""#));
     assert_eq!(logs["logEntries"][0]["message"], "second line");
+    assert_eq!(logs["logEntries"][0]["level"], "warn");
+    assert_eq!(logs["logEntries"][0]["fields"]["logger"], "soulbox_envd::process");
     for bad in ["start=-1", "limit=x", "start=1.5"] {
         let (status, _, body) = h.raw("GET", &format!("/sandboxes/{id}/logs?{bad}"), None, true).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
@@ -281,7 +285,11 @@ pub(super) async fn send(
 ) -> (StatusCode, http::HeaderMap, Value) {
     let mut req = Request::builder().method(method).uri(path).header("content-type", "application/json");
     if let Some(key) = key {
-        req = req.header("x-api-key", key);
+        // An access token goes where E2B sends it.
+        req = match key.starts_with(crate::keys::ACCESS_TOKEN_PREFIX) {
+            true => req.header("authorization", format!("Bearer {key}")),
+            false => req.header("x-api-key", key),
+        };
     }
     let resp = app.clone().oneshot(req.body(body.map(Body::from).unwrap_or_default()).unwrap()).await.unwrap();
     let status = resp.status();

@@ -121,6 +121,46 @@ impl Store {
         Ok(())
     }
 
+    /// Revokes team `team_id`'s key `id`; `NotFound` for an unknown, revoked or other team's key.
+    pub async fn revoke_team_api_key(&self, team_id: &str, id: &str) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND team_id = $3 AND revoked_at IS NULL")
+                .bind(now_ms())
+                .bind(id)
+                .bind(team_id)
+                .execute(&self.pool)
+                .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("api key {id}")));
+        }
+        Ok(())
+    }
+
+    /// Renames an active key, of team `team_id` when given (any team's otherwise); `NotFound` when there is none.
+    pub async fn rename_api_key(&self, team_id: Option<&str>, id: &str, name: &str) -> Result<(), StoreError> {
+        let done = match team_id {
+            Some(team) => {
+                sqlx::query("UPDATE api_keys SET name = $1 WHERE id = $2 AND revoked_at IS NULL AND team_id = $3")
+                    .bind(name)
+                    .bind(id)
+                    .bind(team)
+                    .execute(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("UPDATE api_keys SET name = $1 WHERE id = $2 AND revoked_at IS NULL")
+                    .bind(name)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+            }
+        };
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("api key {id}")));
+        }
+        Ok(())
+    }
+
     /// The caller behind `secret` when it is an active key. The lookup is by hash; the final comparison is
     /// constant-time.
     pub async fn authenticate_api_key(&self, secret: &str) -> Result<Option<Caller>, StoreError> {

@@ -170,6 +170,8 @@ impl Store {
             .bind(&s.team_id)
             .execute(&mut *tx)
             .await?;
+        let running = s.state == SandboxState::Running;
+        super::usage::record_created(&mut tx, &s.id, &s.team_id, &s.template_id, running).await?;
         holds.drop_in(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -198,7 +200,10 @@ impl Store {
     }
 
     pub async fn delete_sandbox(&self, id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query("DELETE FROM sandboxes WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        super::usage::record_stopped(&mut tx, id).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -282,6 +287,12 @@ impl Store {
         .bind(state_str(expected))
         .execute(&mut *tx)
         .await?;
+        if done.rows_affected() > 0 && expected != next {
+            match next {
+                SandboxState::Running => super::usage::record_running(&mut tx, id).await?,
+                SandboxState::Paused => super::usage::record_stopped(&mut tx, id).await?,
+            }
+        }
         holds.drop_in(&mut tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() > 0)

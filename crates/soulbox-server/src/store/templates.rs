@@ -153,11 +153,34 @@ impl Store {
         row.as_ref().map(template_from_row).transpose()
     }
 
+    /// Sets a template's `public` flag (E2B's template update); `NotFound` when there is no such template.
+    pub async fn set_template_public(&self, id: &str, public: bool) -> Result<(), StoreError> {
+        let done = sqlx::query("UPDATE templates SET public = $1, updated_at = $2 WHERE id = $3")
+            .bind(public as i32)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("template {id}")));
+        }
+        Ok(())
+    }
+
     /// Every template built through the API, of every team.
     pub async fn list_template_records(&self) -> Result<Vec<TemplateRecord>, StoreError> {
         let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates ORDER BY id");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(template_from_row).collect()
+    }
+
+    /// The ids of a template's builds, newest first.
+    pub async fn build_ids(&self, template_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM template_builds WHERE template_id = $1 ORDER BY created_at DESC, id")
+            .bind(template_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
     }
 
     pub async fn get_build(&self, build_id: &str) -> Result<Option<BuildRecord>, StoreError> {
@@ -208,6 +231,32 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Fails team `team_id`'s builds that have not started (`waiting`) with `reason`; returns how many, and how
+    /// many of its builds are running (those cannot be stopped part-way).
+    pub async fn cancel_waiting_builds(&self, team_id: &str, reason: &str) -> Result<(u64, u64), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let cancelled = sqlx::query(
+            "UPDATE template_builds SET status = 'error', reason = $1, finished_at = $2 \
+             WHERE status = 'waiting' AND template_id IN (SELECT id FROM templates WHERE team_id = $3)",
+        )
+        .bind(reason)
+        .bind(now_ms())
+        .bind(team_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let running: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM template_builds \
+             WHERE status = 'building' AND template_id IN (SELECT id FROM templates WHERE team_id = $1)",
+        )
+        .bind(team_id)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("n")?;
+        tx.commit().await?;
+        Ok((cancelled, running.max(0) as u64))
     }
 
     /// Builds a previous server left `waiting`/`building` can never finish: mark them failed.

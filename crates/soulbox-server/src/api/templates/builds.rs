@@ -90,7 +90,7 @@ pub(super) async fn start_build(
     StatusCode::ACCEPTED.into_response()
 }
 
-fn log_entry(r: &BuildLogRecord) -> BuildLogEntry {
+pub(super) fn log_entry(r: &BuildLogRecord) -> BuildLogEntry {
     let level = match r.level.as_str() {
         "debug" => LogLevel::Debug,
         "warn" => LogLevel::Warn,

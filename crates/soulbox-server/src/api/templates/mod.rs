@@ -9,6 +9,10 @@
 //! - `GET /templates/{id}/builds/{buildID}/logs/stream` → NDJSON, one log entry per line as it is produced
 //!   (replayed from the start), then `{"status": "ready"|"error", "reason"?}`; no polling: a broadcast per build
 //! - `GET /templates/aliases/{alias}` → 200/404, `DELETE /templates/{id}` → 204/404
+//! - `GET /templates`, `GET /v2/templates`, `PATCH /templates/{id}`, `PATCH /v2/templates/{id}`: `list.rs`
+//! - `GET /templates/{id}/builds/{buildID}/logs` (E2B's paged build log): `build_logs.rs`
+//! - E2B's deprecated build flows (`POST /templates`, `POST /v2/templates`, `POST /templates/{id}`,
+//!   `POST /templates/{id}/builds/{buildID}`): 501 with what to use (`api/unsupported.rs`)
 //! - tags: `POST /templates/tags` `{target: "name:tag", tags}` → 201 `{buildID, tags}`, `DELETE /templates/tags`
 //!   `{name, tags}` → 204, `GET /templates/{id}/tags` → 200 `[{tag, buildID, createdAt}]`
 //!
@@ -19,8 +23,10 @@
 mod access;
 #[cfg(test)]
 mod access_tests;
+mod build_logs;
 mod builds;
 mod files;
+mod list;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -29,7 +35,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{get, patch, post, put};
 use http::StatusCode;
 use serde::Deserialize;
 use soulbox_protocol::api::{TemplateAlias, TemplateBuildRequested};
@@ -59,7 +65,18 @@ impl Default for UploadLimit {
 pub fn routes() -> Router<ApiState> {
     Router::new()
         .route("/v3/templates", post(request_build))
-        .route("/templates/{id}", delete(delete_template))
+        .route("/templates", get(list::list_v1).post(crate::api::unsupported::create_template_v1))
+        .route("/v2/templates", get(list::list_v2).post(crate::api::unsupported::create_template_v2))
+        .route(
+            "/templates/{id}",
+            get(list::get_one)
+                .delete(delete_template)
+                .patch(list::update_v1)
+                .post(crate::api::unsupported::rebuild_template_v1),
+        )
+        .route("/templates/{id}/builds/{build}", post(crate::api::unsupported::start_build_v1))
+        .route("/templates/{id}/builds/{build}/logs", get(build_logs::logs))
+        .route("/v2/templates/{id}", patch(list::update_v2))
         .route("/templates/aliases/{alias}", get(alias))
         .route("/templates/{id}/files/{hash}", get(files::file_link))
         .route("/v2/templates/{id}/builds/{build}", post(builds::start_build))
@@ -154,6 +171,9 @@ async fn request_build(
         Ok(id) => id,
         Err(e) => return LifecycleError::from(e).into_response(),
     };
+    if let Err(e) = store.set_template_creator(&name, &caller.key_id).await {
+        tracing::warn!(template = %name, error = %e, "could not record who built the template");
+    }
     (
         StatusCode::ACCEPTED,
         Json(TemplateBuildRequested {

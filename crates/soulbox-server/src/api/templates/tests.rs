@@ -36,6 +36,7 @@ fn info(name: &str, cpu: u32) -> TemplateInfo {
         memory_mb: 512,
         disk_size_mb: 0,
         envd_version: "0.6.13".into(),
+        created_at_ms: 0,
     }
 }
 

@@ -1,0 +1,325 @@
+//! API keys and access tokens over REST, in E2B's shapes.
+//!
+//! - `GET /api-keys`, `POST /api-keys {name}` (the secret is in the answer only), `PATCH /api-keys/{id} {name}`,
+//!   `DELETE /api-keys/{id}`;
+//! - `POST /access-tokens {name}` (the token is in the answer only), `DELETE /access-tokens/{id}`;
+//! - the admin's `POST /admin/teams/{teamID}/api-keys`, `DELETE /admin/teams/{teamID}/api-keys/{id}`.
+//!
+//! Who may: E2B manages keys with a user's access token (`Authorization: Bearer`), scoped to that token's team.
+//! SoulBox has no users: an access token (made by the team's admin or by another of the team's tokens) acts for
+//! its team, and an admin API key acts for any team — the one in `X-Team-ID`, else every team for listing and
+//! revoking (issue 11's behaviour) and its own for creating. A member API key gets 403: keys are not what
+//! manages keys. Another team's key or token answers 404, as an unknown one does.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, Path, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, StatusCode};
+use serde::de::DeserializeOwned;
+use soulbox_protocol::api::{
+    CreatedAccessToken, CreatedTeamApiKey, IdentifierMaskingDetails, NewAccessToken, NewTeamApiKey, TeamApiKey,
+    UpdateTeamApiKey,
+};
+
+use super::{ApiState, Credential, error};
+use crate::keys::{ACCESS_TOKEN_PREFIX, KEY_PREFIX};
+use crate::lifecycle::LifecycleError;
+use crate::store::{ApiKeyRecord, Caller, Role, StoreError, TeamRecord};
+use crate::time::rfc3339;
+
+/// Keys are `e2b_` + 40 hex, tokens `sk_e2b_` + 40 hex.
+const SECRET_HEX: u32 = 40;
+
+/// Which teams' keys a request manages.
+enum Scope {
+    /// One team (an access token's, or the one an admin named in `X-Team-ID`).
+    Team(TeamRecord),
+    /// Every team (an admin key without `X-Team-ID`); new keys go to the admin's own team.
+    All,
+}
+
+fn failed(e: StoreError) -> Response {
+    LifecycleError::from(e).into_response()
+}
+
+async fn scope(
+    state: &ApiState,
+    caller: &Caller,
+    credential: Credential,
+    headers: &HeaderMap,
+) -> Result<Scope, Response> {
+    let store = state.lifecycle.store();
+    match credential {
+        Credential::AccessToken => store.get_team(&caller.team_id).await.map(Scope::Team).map_err(failed),
+        Credential::ApiKey if caller.is_admin() => match headers.get("x-team-id").and_then(|v| v.to_str().ok()) {
+            Some(team) => match store.get_team(team).await {
+                Ok(t) => Ok(Scope::Team(t)),
+                Err(StoreError::NotFound(_)) => Err(error(StatusCode::NOT_FOUND, format!("team {team} not found"))),
+                Err(e) => Err(failed(e)),
+            },
+            None => Ok(Scope::All),
+        },
+        Credential::ApiKey => Err(error(
+            StatusCode::FORBIDDEN,
+            "keys and access tokens are managed with an access token (Authorization: Bearer) or an admin API key \
+             (`soulbox keys create --admin`), not a member key",
+        )),
+    }
+}
+
+#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
+fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(raw).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+}
+
+#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
+fn check_name(name: &str) -> Result<(), Response> {
+    if name.trim().is_empty() || name.len() > 128 {
+        return Err(error(StatusCode::BAD_REQUEST, "name must be 1-128 characters"));
+    }
+    Ok(())
+}
+
+fn mask(prefix: &str, display_prefix: &str) -> IdentifierMaskingDetails {
+    IdentifierMaskingDetails {
+        prefix: prefix.into(),
+        value_length: prefix.len() as u32 + SECRET_HEX,
+        masked_value_prefix: display_prefix.strip_prefix(prefix).unwrap_or(display_prefix).to_owned(),
+        masked_value_suffix: String::new(),
+    }
+}
+
+fn listed(k: &ApiKeyRecord) -> TeamApiKey {
+    TeamApiKey {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        mask: mask(KEY_PREFIX, &k.key_prefix),
+        created_at: rfc3339(k.created_at_ms),
+        created_by: None,
+        last_used: None,
+        team_id: Some(k.team_id.clone()),
+        role: Some(k.role.as_str().into()),
+    }
+}
+
+/// `GET /api-keys`: the scope's active keys, masked.
+pub async fn list_keys(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+    headers: HeaderMap,
+) -> Response {
+    let scope = match scope(&state, &caller, credential, &headers).await {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    match state.lifecycle.store().list_api_keys().await {
+        Ok(keys) => Json(
+            keys.iter()
+                .filter(|k| k.revoked_at_ms.is_none())
+                .filter(|k| match &scope {
+                    Scope::Team(t) => k.team_id == t.id,
+                    Scope::All => true,
+                })
+                .map(listed)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn create_in(state: &ApiState, caller: &Caller, team_name: &str, raw: &[u8]) -> Response {
+    let req: NewTeamApiKey = match body(raw) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_name(&req.name) {
+        return r;
+    }
+    match state.lifecycle.store().create_api_key_in(&req.name, team_name, Role::Member).await {
+        Ok((record, key)) => {
+            tracing::info!(key = %record.id, team = %record.team_name, by = %caller.key_id, "api key created");
+            let created = CreatedTeamApiKey {
+                id: record.id.clone(),
+                key: key.secret,
+                mask: mask(KEY_PREFIX, &record.key_prefix),
+                name: record.name.clone(),
+                created_at: rfc3339(record.created_at_ms),
+                created_by: None,
+                last_used: None,
+            };
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `POST /api-keys {name}`: a member key in the scope's team; the secret is in this answer only.
+pub async fn create_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let team_name = match scope(&state, &caller, credential, &headers).await {
+        Ok(Scope::Team(t)) => t.name,
+        Ok(Scope::All) => caller.team_name.clone(),
+        Err(r) => return r,
+    };
+    create_in(&state, &caller, &team_name, &raw).await
+}
+
+/// `PATCH /api-keys/{id} {name}`.
+pub async fn rename_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    raw: Bytes,
+) -> Response {
+    let team = match scope(&state, &caller, credential, &headers).await {
+        Ok(Scope::Team(t)) => Some(t.id),
+        Ok(Scope::All) => None,
+        Err(r) => return r,
+    };
+    let req: UpdateTeamApiKey = match body(&raw) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_name(&req.name) {
+        return r;
+    }
+    match state.lifecycle.store().rename_api_key(team.as_deref(), &id, &req.name).await {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("api key {id} not found")),
+        Err(e) => failed(e),
+    }
+}
+
+async fn revoke(state: &ApiState, caller: &Caller, team: Option<&str>, id: &str) -> Response {
+    let store = state.lifecycle.store();
+    let done = match team {
+        Some(team) => store.revoke_team_api_key(team, id).await,
+        None => store.revoke_api_key(id).await,
+    };
+    match done {
+        Ok(()) => {
+            tracing::info!(key = %id, by = %caller.key_id, "api key revoked");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("api key {id} not found")),
+        Err(e) => failed(e),
+    }
+}
+
+/// `DELETE /api-keys/{id}`.
+pub async fn revoke_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let team = match scope(&state, &caller, credential, &headers).await {
+        Ok(Scope::Team(t)) => Some(t.id),
+        Ok(Scope::All) => None,
+        Err(r) => return r,
+    };
+    revoke(&state, &caller, team.as_deref(), &id).await
+}
+
+/// `POST /access-tokens {name}`: a token for the scope's team (an admin without `X-Team-ID`: its own).
+pub async fn create_token(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+    headers: HeaderMap,
+    raw: Bytes,
+) -> Response {
+    let team_id = match scope(&state, &caller, credential, &headers).await {
+        Ok(Scope::Team(t)) => t.id,
+        Ok(Scope::All) => caller.team_id.clone(),
+        Err(r) => return r,
+    };
+    let req: NewAccessToken = match body(&raw) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    if let Err(r) = check_name(&req.name) {
+        return r;
+    }
+    match state.lifecycle.store().create_access_token(&team_id, &req.name, &caller.key_id).await {
+        Ok((record, token)) => {
+            tracing::info!(token = %record.id, team = %record.team_id, by = %caller.key_id, "access token created");
+            let created = CreatedAccessToken {
+                created_at: rfc3339(record.created_at_ms),
+                id: record.id.clone(),
+                mask: mask(ACCESS_TOKEN_PREFIX, &record.token_prefix),
+                name: record.name,
+                token: token.secret,
+            };
+            (StatusCode::CREATED, Json(created)).into_response()
+        }
+        Err(e) => failed(e),
+    }
+}
+
+/// `DELETE /access-tokens/{id}`: the scope's team's token (an admin without `X-Team-ID`: its own team's).
+pub async fn delete_token(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Extension(credential): Extension<Credential>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let team_id = match scope(&state, &caller, credential, &headers).await {
+        Ok(Scope::Team(t)) => t.id,
+        Ok(Scope::All) => caller.team_id.clone(),
+        Err(r) => return r,
+    };
+    match state.lifecycle.store().delete_access_token(&team_id, &id).await {
+        Ok(()) => {
+            tracing::info!(token = %id, by = %caller.key_id, "access token deleted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("access token {id} not found")),
+        Err(e) => failed(e),
+    }
+}
+
+async fn admin_team(state: &ApiState, team_id: &str) -> Result<TeamRecord, Response> {
+    match state.lifecycle.store().get_team(team_id).await {
+        Ok(t) => Ok(t),
+        Err(StoreError::NotFound(_)) => Err(error(StatusCode::NOT_FOUND, format!("team {team_id} not found"))),
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// `POST /admin/teams/{teamID}/api-keys {name}` (admin).
+pub async fn admin_create_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path(team_id): Path<String>,
+    raw: Bytes,
+) -> Response {
+    match admin_team(&state, &team_id).await {
+        Ok(team) => create_in(&state, &caller, &team.name, &raw).await,
+        Err(r) => r,
+    }
+}
+
+/// `DELETE /admin/teams/{teamID}/api-keys/{id}` (admin).
+pub async fn admin_revoke_key(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    Path((team_id, id)): Path<(String, String)>,
+) -> Response {
+    match admin_team(&state, &team_id).await {
+        Ok(team) => revoke(&state, &caller, Some(&team.id), &id).await,
+        Err(r) => r,
+    }
+}
