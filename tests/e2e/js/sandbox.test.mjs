@@ -53,6 +53,32 @@ test('files: write, read, list, info, remove', async () => {
   assert.equal(await sbx.files.exists('notes/a.txt'), false)
 })
 
+test('multi-file write: missing parents are made for the user; a refused file is an error, not EPIPE', async () => {
+  const sbx = await sandbox()
+  // Parents the user could not make (in /) are made for it, as E2B's agent does.
+  await sbx.files.write([
+    { path: '/0/a.txt', data: 'a' },
+    { path: '/0/b/c.txt', data: 'c' },
+  ])
+  assert.equal(await sbx.files.read('/0/b/c.txt'), 'c')
+  const owner = await sbx.commands.run('stat -c %U /0 /0/b /0/b/c.txt')
+  assert.equal(owner.stdout, 'user\nuser\nuser\n')
+  // A part the user may not write (an existing root-owned directory), after a large one: the SDK gets envd's 403
+  // answer (a connection reset would surface as EPIPE / "other side closed").
+  const big = 'x'.repeat(8 * 1024 * 1024)
+  await assert.rejects(
+    sbx.files.write([
+      { path: '/etc/refused.txt', data: 'no' },
+      { path: '/home/user/big.txt', data: big },
+    ]),
+    (e) => {
+      assert.doesNotMatch(String(e), /EPIPE|ECONNRESET|other side closed/)
+      assert.match(String(e), /permission denied|403/i)
+      return true
+    },
+  )
+})
+
 test('list finds the sandbox by metadata; getInfo; kill', async () => {
   const sbx = await sandbox({ metadata: { probe: 'js-list' } })
   const paginator = Sandbox.list({ query: { metadata: { probe: 'js-list' } } })
