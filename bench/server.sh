@@ -4,6 +4,7 @@
 # bench/server_bench.py with the official Python SDK, then kills every sandbox and stops the server.
 # Usage (as root): bench/server.sh          env: N=30 SIZE_MIB=256 PORT=3190
 #   BENCH=bench/snapshot_bench.py bench/server.sh   pause, snapshot and fork (issue 13)
+#   BENCH=bench/volume_bench.py bench/server.sh     volumes vs the sandbox's own disk (issue 15)
 #   RUNTIME=runsc                              the server's OCI runtime (default runc)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,5 +38,5 @@ KEY="$(grep -o 'E2B_API_KEY=e2b_[0-9a-f]*' "$LOG" | cut -d= -f2 || true)"
 if [ -z "$KEY" ]; then
   KEY="$(target/release/soulbox --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
 fi
-E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" \
+E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_VOLUME_API_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" \
   SOULBOX_DATA_DIR="$DATA" "$VENV/bin/python" "${BENCH:-bench/server_bench.py}"

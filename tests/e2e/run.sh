@@ -97,7 +97,7 @@ for ver in $VERSIONS; do
   rc=0
   (
     cd "$HERE"
-    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
+    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_VOLUME_API_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
     SOULBOX_E2E_DOMAIN="$DOMAIN" SOULBOX_E2E_MAX_LIFETIME_S="$MAX_LIFETIME_S" SOULBOX_E2E_SERVER_LOG="$SERVER_LOG" \
     SOULBOX_E2E_OUTSIDE_TLS="$OUTSIDE_TLS" NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
       "$py" -m pytest "$@"
@@ -117,7 +117,7 @@ if [ -z "${SOULBOX_E2E_SKIP_JS:-}" ]; then
   (
     cd "$HERE/js"
     npm ci --no-audit --no-fund --silent
-    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" npm test --silent
+    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_VOLUME_API_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" npm test --silent
   ) || rc=$?
   if [ "$rc" -ne 0 ]; then
     status=1
@@ -134,7 +134,7 @@ state_file="$E2E_LOG_DIR/restart-state.json"
 run_phase() {
   (
     cd "$HERE"
-    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
+    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_VOLUME_API_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
     SOULBOX_E2E_RESTART_PHASE="$1" SOULBOX_E2E_RESTART_STATE="$state_file" NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
       "$py" -m pytest -q test_restart.py
   )

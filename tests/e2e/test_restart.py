@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+import e2b
 from e2b import Sandbox
 from e2b.sandbox.sandbox_api import SandboxState
 
@@ -36,8 +37,17 @@ def test_before_restart():
     paused = Sandbox.create(timeout=300, metadata={"e2e-run": RUN_ID, "restart": "paused"})
     paused.files.write("/home/user/restart.txt", "paused across restart")
     assert paused.pause() is True
+    state = {"running": running.sandbox_id, "pid": pid, "paused": paused.sandbox_id}
+    # A volume mounted by a paused sandbox, written by it and through the content API (SDKs that have volumes).
+    if hasattr(e2b, "Volume"):
+        volume = e2b.Volume.create(f"restart-{RUN_ID.replace('.', '-')}")
+        volume.write_file("/from-api.txt", "api wrote this")
+        mounting = Sandbox.create(timeout=300, metadata={"e2e-run": RUN_ID}, volume_mounts={"/data": volume})
+        mounting.commands.run("echo sandbox wrote this > /data/from-sandbox.txt")
+        assert mounting.pause() is True
+        state.update(volume=volume.volume_id, mounting=mounting.sandbox_id)
     with open(STATE_FILE, "w") as f:
-        json.dump({"running": running.sandbox_id, "pid": pid, "paused": paused.sandbox_id}, f)
+        json.dump(state, f)
 
 
 @pytest.mark.skipif(PHASE != "after", reason="phase after")
@@ -55,3 +65,10 @@ def test_after_restart():
     resumed = Sandbox.connect(state["paused"], timeout=120)
     assert resumed.files.read("/home/user/restart.txt") == "paused across restart"
     assert running.kill() is True and resumed.kill() is True
+    if "volume" in state:
+        volume = e2b.Volume.connect(state["volume"])
+        assert volume.read_file("/from-sandbox.txt") == "sandbox wrote this\n"
+        mounting = Sandbox.connect(state["mounting"], timeout=120)
+        assert mounting.commands.run("cat /data/from-api.txt").stdout == "api wrote this"
+        assert mounting.kill() is True
+        assert e2b.Volume.destroy(state["volume"])

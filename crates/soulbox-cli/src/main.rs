@@ -173,6 +173,10 @@ struct NodeArgs {
     /// A PEM file of extra CAs the egress gateway trusts when it re-makes intercepted TLS (header rules) upstream.
     #[arg(long, env = "SOULBOX_EGRESS_TRUSTED_CA")]
     egress_trusted_ca: Option<PathBuf>,
+    /// Persistent volumes [default: <data-dir>/volumes]: the control plane's volumes directory, shared (NFS,
+    /// CephFS) and mounted here, so sandboxes on this node can mount volumes.
+    #[arg(long, env = "SOULBOX_VOLUMES_DIR")]
+    volumes_dir: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -202,6 +206,7 @@ impl NodeArgs {
             debian_mirror: self.debian_mirror,
             allow_private_egress: self.allow_private_egress,
             egress_trusted_ca: self.egress_trusted_ca,
+            volumes_dir: self.volumes_dir,
         })
     }
 }
@@ -250,6 +255,8 @@ impl ServerArgs {
             team_limits: file.teams.unwrap_or_default(),
             http: file.http.unwrap_or_default(),
             default_disk_mb: file.default_disk_mb,
+            volumes_dir: file.volumes_dir,
+            volume_size_mb: file.volume_size_mb.unwrap_or(soulbox_server::config::DEFAULT_VOLUME_SIZE_MB),
             data_dir,
         })
     }

@@ -15,6 +15,7 @@ mod snapshots;
 mod system;
 mod teams;
 mod templates;
+mod volumes;
 
 pub use logs::{
     LogsDirection, SandboxLog, SandboxLogEntry, SandboxLogs, SandboxLogsV2Response, TemplateBuildLogsResponse,
@@ -36,6 +37,9 @@ pub use teams::{
 pub use templates::{
     AssignedTags, BuildEnd, BuildEndReason, BuildLogEntry, BuildReason, BuildStatus, BuildStreamLine, LogLevel,
     TemplateAlias, TemplateBuildInfo, TemplateBuildRequested, TemplateFilesLink, TemplateTag,
+};
+pub use volumes::{
+    NewVolume, SandboxVolumeMount, Volume, VolumeAndToken, VolumeEntryStat, VolumeEntryType, VolumePathUpdate,
 };
 
 /// Every API error body: `code` equals the HTTP status (the JS SDK branches on it).
@@ -80,6 +84,8 @@ pub struct NewSandbox {
     pub env_vars: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<SandboxVolumeMount>>,
 }
 
 /// Response of create / connect.
@@ -157,6 +163,8 @@ pub struct SandboxDetail {
     pub network: Option<SandboxNetworkConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<Lifecycle>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_mounts: Option<Vec<SandboxVolumeMount>>,
 }
 
 /// `GET /v2/sandboxes` items.

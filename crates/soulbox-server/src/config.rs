@@ -60,6 +60,12 @@ pub struct FileConfig {
     pub http: Option<crate::serve::HttpConfig>,
     /// Disk limit (MiB) of sandboxes whose template sets none [default: 10240, E2B's]; 0 = none.
     pub default_disk_mb: Option<u64>,
+    /// Persistent volumes [default: `<data_dir>/volumes`]. In a cluster: a filesystem mounted at the same path
+    /// on the server and on every node (NFS, CephFS), given to each node agent with `--volumes-dir`.
+    pub volumes_dir: Option<PathBuf>,
+    /// Size limit (MiB) of each volume, checked when files are written through the volume content API
+    /// [default: 10240]; 0 = none.
+    pub volume_size_mb: Option<u64>,
 }
 
 /// `userns_mode`'s values (the runtime's type), for the CLI.
@@ -117,6 +123,19 @@ pub struct ServerConfig {
     pub http: crate::serve::HttpConfig,
     /// `None`: the runtime's default (10 GiB).
     pub default_disk_mb: Option<u64>,
+    /// See [`FileConfig::volumes_dir`]; `None`: `<data_dir>/volumes`.
+    pub volumes_dir: Option<PathBuf>,
+    /// See [`FileConfig::volume_size_mb`] (MiB, 0 = none).
+    pub volume_size_mb: u64,
+}
+
+/// Each volume's size limit unless configured: 10 GiB, like a sandbox's disk.
+pub const DEFAULT_VOLUME_SIZE_MB: u64 = 10 * 1024;
+
+impl ServerConfig {
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.volumes_dir.clone().unwrap_or_else(|| self.data_dir.join("volumes"))
+    }
 }
 
 pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 3000);

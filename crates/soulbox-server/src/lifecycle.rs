@@ -23,6 +23,8 @@ mod network;
 mod snapshots;
 mod teams;
 mod timeouts;
+mod volumes;
+pub use volumes::volume_error;
 
 pub use snapshots::{ForkOutcome, SnapshotFilter};
 
@@ -47,6 +49,10 @@ pub struct LifecycleConfig {
     pub team_limits: TeamLimits,
     /// Whether `allowOut` may name private, link-local and metadata ranges (`allow_private_egress`).
     pub allow_private_egress: bool,
+    /// Where persistent volumes live (`soulbox-volumes`); `None`: the volume routes answer 501.
+    pub volumes_dir: Option<std::path::PathBuf>,
+    /// Each volume's size limit in bytes for content-API writes; `None`: none.
+    pub volume_size_bytes: Option<u64>,
 }
 
 impl Default for LifecycleConfig {
@@ -61,6 +67,8 @@ impl Default for LifecycleConfig {
             claim_lease: Duration::from_secs(120),
             team_limits: TeamLimits::default(),
             allow_private_egress: false,
+            volumes_dir: None,
+            volume_size_bytes: None,
         }
     }
 }
@@ -78,6 +86,12 @@ pub enum LifecycleError {
     /// Over one of the team's limits (E2B's 429).
     #[error("{0}")]
     LimitExceeded(String),
+    /// A write that would take a volume past its size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A feature this server was not set up for (501).
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -138,6 +152,8 @@ pub struct CreateRequest {
     pub mask_request_host: Option<String>,
     /// v1 issues an access token only when `secure`; v2 always does.
     pub secure: bool,
+    /// E2B's `volumeMounts`: the team's volumes by name (resolved by `create_from`).
+    pub volume_mounts: Vec<soulbox_protocol::api::SandboxVolumeMount>,
 }
 
 pub struct Lifecycle {
@@ -153,6 +169,8 @@ pub struct Lifecycle {
     streams: StreamCuts,
     /// Names this process in sandbox claims (random per start: a restarted replica is a new claimer).
     replica_id: String,
+    /// The volumes' files (`LifecycleConfig::volumes_dir`).
+    volume_files: Option<Arc<soulbox_volumes::VolumeStore>>,
 }
 
 /// How often a replica that lost a resume claim looks whether the winner has finished. Only concurrent resumes
@@ -176,6 +194,14 @@ impl Lifecycle {
         let template_node = nodes.template_node();
         let replica_id = format!("replica-{}", &ids::access_token()[..16]);
         tracing::info!(replica = %replica_id, "lifecycle starting");
+        let volume_files = match &config.volumes_dir {
+            Some(dir) => Some(Arc::new(
+                soulbox_volumes::VolumeStore::open(dir.clone())
+                    .map_err(|e| LifecycleError::Internal(format!("the volumes directory {}: {e}", dir.display())))?
+                    .with_size_limit(config.volume_size_bytes),
+            )),
+            None => None,
+        };
         let lifecycle = Arc::new(Lifecycle {
             store,
             nodes,
@@ -184,6 +210,7 @@ impl Lifecycle {
             config,
             streams: StreamCuts::default(),
             replica_id,
+            volume_files,
         });
         for record in lifecycle.store.list_sandboxes().await? {
             if record.state == SandboxState::Running {

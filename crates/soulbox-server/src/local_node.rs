@@ -126,6 +126,11 @@ impl Node for LocalNode {
             // The template's own (`TemplateMeta::runtime`), else the node's default.
             runtime: None,
             sandbox_id: spec.sandbox_id,
+            volumes: spec
+                .volumes
+                .into_iter()
+                .map(|v| soulbox_runtime::VolumeMount { volume_id: v.volume_id, path: v.path })
+                .collect(),
         };
         let info = self.runtime.create(runtime_spec).await.map_err(node_error)?;
         // A built template's start command runs now; create returns once its ready command succeeds.

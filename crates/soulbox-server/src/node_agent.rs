@@ -419,6 +419,9 @@ pub struct NodeSettings {
     pub allow_private_egress: bool,
     /// Extra CAs the egress gateway trusts upstream (`--egress-trusted-ca`, like the control plane's setting).
     pub egress_trusted_ca: Option<std::path::PathBuf>,
+    /// Persistent volumes (`--volumes-dir`) [default: `<data_dir>/volumes`]: the control plane's volumes
+    /// directory, shared (NFS, CephFS) and mounted at this path, for sandboxes here to mount volumes.
+    pub volumes_dir: Option<std::path::PathBuf>,
 }
 
 /// The node's id: `--node-id`, else the one saved in the data dir, else a new random one saved there (so a
@@ -469,6 +472,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         allow_private_egress: settings.allow_private_egress,
         egress_ca: Some(egress_ca),
         egress_trusted_ca: settings.egress_trusted_ca.clone(),
+        volumes_dir: Some(settings.volumes_dir.clone().unwrap_or_else(|| settings.data_dir.join("volumes"))),
     })?;
     let runtime = soulbox_runtime::Runtime::open(runtime_config).await.context("starting the node runtime")?;
     runtime.set_egress_secrets(Arc::new(crate::egress_secrets::RemoteSecrets {

@@ -31,6 +31,8 @@ pub struct RuntimeSettings<'a> {
     pub egress_ca: Option<soulbox_runtime::egress_ca::CaPem>,
     /// Extra CAs the egress gateway trusts upstream (`egress_trusted_ca`).
     pub egress_trusted_ca: Option<PathBuf>,
+    /// Where persistent volumes live (`soulbox_runtime::volumes`).
+    pub volumes_dir: Option<PathBuf>,
 }
 
 /// The runtime's configuration (its state under `<data_dir>/node`).
@@ -61,6 +63,7 @@ pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_r
     config.allow_private_egress = settings.allow_private_egress;
     config.egress_ca = settings.egress_ca;
     config.egress_trusted_ca = settings.egress_trusted_ca;
+    config.volumes_dir = settings.volumes_dir;
     Ok(config)
 }
 
@@ -100,6 +103,7 @@ mod tests {
             userns_mode: Default::default(),
             network_pool: "10.77.0.0/16",
             allow_private_egress: false,
+            volumes_dir: None,
             egress_ca: None,
             egress_trusted_ca: None,
         };

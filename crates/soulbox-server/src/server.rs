@@ -97,6 +97,8 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         node_id: "local".into(),
         team_limits: config.team_limits,
         allow_private_egress: config.allow_private_egress,
+        volumes_dir: Some(config.volumes_dir()),
+        volume_size_bytes: (config.volume_size_mb > 0).then_some(config.volume_size_mb << 20),
         ..LifecycleConfig::default()
     };
     let egress_ca = store.egress_ca().await.context("the installation's egress CA")?;
@@ -298,6 +300,7 @@ async fn open_local_node(
         allow_private_egress: config.allow_private_egress,
         egress_ca: Some(egress_ca),
         egress_trusted_ca: config.egress_trusted_ca.clone(),
+        volumes_dir: Some(config.volumes_dir()),
     })?;
     let runtime = soulbox_runtime::Runtime::open_reserving(runtime_config, reserved)
         .await

@@ -27,6 +27,10 @@ pub mod templates;
 #[cfg(test)]
 mod tests;
 mod unsupported;
+mod volume_content;
+mod volumes;
+#[cfg(test)]
+mod volumes_tests;
 
 use std::sync::Arc;
 
@@ -73,6 +77,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/snapshots", get(snapshots::list))
         .route("/secrets", post(secrets::create).get(secrets::list))
         .route("/secrets/{id}", get(secrets::get).post(secrets::update).delete(secrets::delete))
+        .route("/volumes", post(volumes::create).get(volumes::list))
+        .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
         .route("/teams", get(teams::list_teams))
         .route("/teams/{id}/metrics", get(team_metrics::metrics))
         .route("/teams/{id}/metrics/max", get(team_metrics::max))
@@ -98,6 +104,7 @@ pub fn router(state: ApiState) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Template file uploads (large, token in the URL) are outside the body limit and the API key.
         .merge(templates::upload_routes())
+        .merge(volume_content::routes())
         .layer(axum::middleware::from_fn(linger::linger_on_unread_body))
         .with_state(state)
 }
@@ -244,6 +251,8 @@ fn status_of(e: &LifecycleError) -> StatusCode {
         LifecycleError::BadRequest(_) => StatusCode::BAD_REQUEST,
         LifecycleError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         LifecycleError::LimitExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+        LifecycleError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        LifecycleError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
         LifecycleError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -11,6 +11,7 @@ use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{
     ConnectSandbox, Lifecycle as ApiLifecycle, ListedSandbox, NewSandbox, OnTimeout, Sandbox, SandboxDetail,
     SandboxNetworkConfig, SandboxPauseRequest, SandboxRefreshRequest, SandboxState, SandboxTimeoutRequest,
+    SandboxVolumeMount,
 };
 
 use super::{ApiState, error};
@@ -69,6 +70,7 @@ fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateReque
         private_ports: network.allow_public_traffic == Some(false),
         mask_request_host: network.mask_request_host,
         secure,
+        volume_mounts: req.volume_mounts.unwrap_or_default(),
     }
 }
 
@@ -134,7 +136,7 @@ fn listed(r: &SandboxRecord) -> ListedSandbox {
     }
 }
 
-fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
+fn detail(r: &SandboxRecord, domain: Option<String>, mounts: Vec<SandboxVolumeMount>) -> SandboxDetail {
     SandboxDetail {
         template_id: r.template_id.clone(),
         sandbox_id: r.id.clone(),
@@ -170,6 +172,7 @@ fn detail(r: &SandboxRecord, domain: Option<String>) -> SandboxDetail {
             auto_resume: r.auto_resume,
             on_timeout: if r.auto_pause { OnTimeout::Pause } else { OnTimeout::Kill },
         }),
+        volume_mounts: (!mounts.is_empty()).then_some(mounts),
     }
 }
 
@@ -272,7 +275,13 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Response {
     match state.lifecycle.team_sandbox(&caller.team_id, &id).await {
-        Ok(r) => Json(detail(&r, state.domain.clone())).into_response(),
+        Ok(r) => {
+            let mounts = match state.lifecycle.volume_mounts(&r.id).await {
+                Ok(m) => m.into_iter().map(|m| SandboxVolumeMount { name: m.name, path: m.path }).collect(),
+                Err(e) => return e.into_response(),
+            };
+            Json(detail(&r, state.domain.clone(), mounts)).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -87,6 +87,7 @@ impl Lifecycle {
         req: CreateRequest,
     ) -> Result<SandboxRecord> {
         let template = &source.template;
+        let mounts = self.resolve_mounts(&req.team_id, &req.volume_mounts).await?;
         let token = req.secure.then(ids::access_token);
         let spec = SandboxSpec {
             template_id: source.runtime_template.clone(),
@@ -103,6 +104,7 @@ impl Lifecycle {
             },
             metadata: req.metadata.clone(),
             sandbox_id: None,
+            volumes: super::volumes::node_mounts(&mounts),
         };
         // The team's limits first (a refused create touches no node), then a node with room.
         let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
@@ -117,7 +119,7 @@ impl Lifecycle {
         };
         let result = match placed {
             Ok(placement) => {
-                let created = self.create_on(&placement, spec, template, timeout_s, req, &team_hold).await;
+                let created = self.create_on(&placement, spec, template, timeout_s, req, &team_hold, &mounts).await;
                 self.nodes.release(&placement).await;
                 created
             }
@@ -130,6 +132,7 @@ impl Lifecycle {
         result
     }
 
+    #[allow(clippy::too_many_arguments)] // the create's parts as `create_from` holds them; a struct would only rename them
     async fn create_on(
         &self,
         placement: &crate::cluster::Placement,
@@ -138,6 +141,7 @@ impl Lifecycle {
         timeout_s: i32,
         req: CreateRequest,
         team_hold: &str,
+        mounts: &[crate::store::VolumeMountRecord],
     ) -> Result<SandboxRecord> {
         let (node_id, node) = (placement.node_id.clone(), &placement.node);
         let token = spec.envd_access_token.clone();
@@ -177,7 +181,18 @@ impl Lifecycle {
             team_id: req.team_id,
         };
         let holds = Holds { placement: placement.hold.as_deref(), team: Some(team_hold) };
-        if let Err(e) = self.store.insert_sandbox_for_holds(&record, holds).await {
+        let inserted = match self.store.insert_sandbox_for_holds(&record, holds).await {
+            Ok(()) if mounts.is_empty() => Ok(()),
+            Ok(()) => match self.store.add_volume_mounts(&id, mounts).await {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    let _ = self.store.delete_sandbox(&id).await;
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = inserted {
             // Leave nothing behind: the node's sandbox goes too.
             if let Err(kill) = node.kill(&id).await {
                 tracing::error!(sandbox = %id, error = %kill, "could not remove sandbox after a failed insert");

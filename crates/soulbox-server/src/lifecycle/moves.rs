@@ -92,6 +92,7 @@ impl Lifecycle {
         let id = record.id.as_str();
         from.snapshot(id, moved).await?;
         self.copy_template(from, placement.node.as_ref(), moved).await?;
+        let volumes = super::volumes::node_mounts(&self.store.volume_mounts(id).await?);
         let spec = SandboxSpec {
             template_id: moved.to_owned(),
             cpu_count: record.cpu_count.max(1) as u32,
@@ -102,6 +103,7 @@ impl Lifecycle {
             network: record.network.clone(),
             metadata: record.metadata.clone(),
             sandbox_id: Some(id.to_owned()),
+            volumes,
         };
         let created = placement.node.create(spec).await?;
         if !self.store.move_sandbox_node(id, &record.node_id, &placement.node_id).await? {

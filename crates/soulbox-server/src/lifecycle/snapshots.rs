@@ -132,6 +132,8 @@ impl Lifecycle {
         let internal = soulbox_templates::fork_template_name(&crate::ids::access_token()[..20]);
         node.snapshot(&record.id, &internal).await?;
         let sizes = (record.cpu_count, record.memory_mb, record.disk_size_mb);
+        // Forks mount what their source mounts (the volumes are shared, as they are between any two sandboxes).
+        let mounts = super::volumes::as_requested(&self.store.volume_mounts(&record.id).await?);
         let source = || Source {
             template: recorded_template(&record.template_id, record.alias.iter().cloned().collect(), sizes),
             runtime_template: internal.clone(),
@@ -157,6 +159,7 @@ impl Lifecycle {
             private_ports: record.ingress.traffic_access_token.is_some(),
             mask_request_host: record.ingress.mask_request_host.clone(),
             secure: record.envd_access_token.is_some(),
+            volume_mounts: mounts.clone(),
         };
         let forks = (0..count).map(|_| self.create_from(source(), timeout_s, request()));
         let outcomes = futures::future::join_all(forks).await;

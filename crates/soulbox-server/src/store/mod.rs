@@ -14,9 +14,10 @@ mod teams;
 #[cfg(test)]
 mod teams_tests;
 mod templates;
-mod usage;
 #[cfg(test)]
 pub(crate) mod test_db;
+mod usage;
+mod volumes;
 
 pub use access_tokens::AccessTokenRecord;
 pub use api_keys::{ApiKeyRecord, Caller};
@@ -30,6 +31,7 @@ pub use teams::{
 };
 pub use templates::{BuildLogRecord, BuildRecord, TagRecord, TemplateRecord};
 pub use usage::{RUN_RETENTION_MS, SandboxRun, TemplateStats};
+pub use volumes::{VolumeMountRecord, VolumeRecord, check_volume_name};
 
 use sqlx::AnyPool;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
