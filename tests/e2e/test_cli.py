@@ -102,6 +102,28 @@ def test_sandbox_snapshot_commands(cli, sandboxes, api):
             api.delete(f"/templates/{snap['snapshotID'].replace(':', '%3A')}")
 
 
+def test_js_sdk_api_client_v2_logs_and_team_metrics(cli, sandboxes, api):
+    """The npm SDK the CLI pins (its typed `ApiClient`) on the v2 logs filters and team metrics."""
+    sandboxes.create()
+    sid = sandboxes.create().sandbox_id
+    team_id = api.get("/teams").json()[0]["teamID"]
+    env = {"PATH": os.environ["PATH"], "E2B_API_URL": API_URL, "E2B_API_KEY": API_KEY, "E2B_DOMAIN": DOMAIN, "NO_PROXY": "*"}
+    wait_until(lambda: api.get(f"/v2/sandboxes/{sid}/logs").json()["logs"], 30, "the sandbox's first log line")
+    p = subprocess.run(["node", "rest_api.mjs", sid, team_id], cwd=CLI_DIR, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    messages = lambda name: [e["message"] for e in out[name]["data"]["logs"]]  # noqa: E731
+    assert out["all"]["status"] == 200 and messages("all"), out["all"]
+    assert any(m.startswith("envd listening") for m in messages("info")), out["info"]
+    assert not any(m.startswith("envd listening") for m in messages("error")), out["error"]
+    assert messages("backward") == messages("all")[-1:], out["backward"]
+    assert messages("future") == [], out["future"]
+    assert out["badDirection"]["status"] == 400 and out["badDirection"]["data"]["code"] == 400, out["badDirection"]
+    assert out["metrics"]["status"] == 200 and out["metrics"]["data"][-1]["concurrentSandboxes"] >= 2, out["metrics"]
+    assert out["max"]["status"] == 200 and out["max"]["data"]["value"] >= 2, out["max"]
+    assert out["otherTeam"]["status"] == 403, out["otherTeam"]
+
+
 def test_template_list_shows_real_dates(cli):
     templates = json.loads(ok(cli("template", "list", "--format", "json")))
     base = next(t for t in templates if t["templateID"] == "base")
