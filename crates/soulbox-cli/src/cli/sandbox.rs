@@ -316,12 +316,24 @@ pub async fn run(cmd: SandboxCommand) -> soulbox::Result<i32> {
                 print_json(&lines);
             } else {
                 for l in lines {
-                    println!("{} {}", l.timestamp, l.line);
+                    println!("{} {}", l.timestamp, readable_log_line(&l.line));
                 }
             }
         }
     }
     Ok(0)
+}
+
+/// A log line as E2B shapes it (a JSON object with `level` and `message`) as `LEVEL message`; other text as is.
+fn readable_log_line(line: &str) -> String {
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(line).ok();
+    match parsed {
+        Some(o) => {
+            let field = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            format!("{:<5} {}", field("level").to_uppercase(), field("message"))
+        }
+        None => line.to_owned(),
+    }
 }
 
 fn report(conn: &Conn, id: &str, status: &str) {
@@ -352,4 +364,16 @@ fn mib(b: i64) -> String {
 
 fn opt(v: Option<i64>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::readable_log_line;
+
+    #[test]
+    fn e2b_shaped_log_lines_read_as_level_and_message() {
+        let line = r#"{"level":"warn","logger":"soulbox_envd","message":"disk almost full"}"#;
+        assert_eq!(readable_log_line(line), "WARN  disk almost full");
+        assert_eq!(readable_log_line("plain text"), "plain text");
+    }
 }
