@@ -51,7 +51,13 @@ async fn scope(
 ) -> Result<Scope, Response> {
     let store = state.lifecycle.store();
     match credential {
-        Credential::AccessToken => store.get_team(&caller.team_id).await.map(Scope::Team).map_err(failed),
+        Credential::AccessToken => match headers.get("x-team-id").and_then(|v| v.to_str().ok()) {
+            // E2B sends the team with a user's token; a SoulBox token belongs to exactly one.
+            Some(team) if team != caller.team_id => {
+                Err(error(StatusCode::FORBIDDEN, format!("the access token does not belong to team {team}")))
+            }
+            _ => store.get_team(&caller.team_id).await.map(Scope::Team).map_err(failed),
+        },
         Credential::ApiKey if caller.is_admin() => match headers.get("x-team-id").and_then(|v| v.to_str().ok()) {
             Some(team) => match store.get_team(team).await {
                 Ok(t) => Ok(Scope::Team(t)),

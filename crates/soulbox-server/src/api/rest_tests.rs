@@ -162,6 +162,15 @@ async fn access_tokens_manage_their_own_teams_keys_only() {
     let token_b_id = token_b["id"].as_str().unwrap();
     let (status, body) = t.call(&token, "DELETE", &format!("/access-tokens/{token_b_id}"), None).await;
     e2b_error(status, &body, StatusCode::NOT_FOUND);
+    // A token names no other team.
+    let (status, body) = t
+        .call_with(&[("authorization", &format!("Bearer {token}")), ("x-team-id", &team_b)], "GET", "/api-keys", None)
+        .await;
+    e2b_error(status, &body, StatusCode::FORBIDDEN);
+    let (status, _) = t
+        .call_with(&[("authorization", &format!("Bearer {token}")), ("x-team-id", &team_a)], "GET", "/api-keys", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
     // A token is a member: no admin routes.
     let (status, body) = t.call(&token, "GET", "/admin/sandboxes/running-counts", None).await;
     e2b_error(status, &body, StatusCode::FORBIDDEN);
