@@ -110,7 +110,13 @@ async fn template_public_flag_is_the_owners_to_change() {
     let (status, body) = t.call(&t.a, "PATCH", "/v2/templates/app", Some(json!({"public": true}))).await;
     assert_eq!((status, body), (StatusCode::OK, json!({"names": ["app"]})));
     assert!(t.store.get_template_record("app").await.unwrap().unwrap().public);
+    // Public: another team may now use it (and sees it as public).
+    t.store.set_tags("app", built["buildID"].as_str().unwrap(), &["default".to_owned()]).await.unwrap();
+    let (status, alias) = t.call(&t.b, "GET", "/templates/aliases/app", None).await;
+    assert_eq!((status, alias["public"].as_bool()), (StatusCode::OK, Some(true)), "{alias}");
     assert_eq!(t.call(&t.a, "PATCH", "/templates/app", Some(json!({"public": false}))).await.0, StatusCode::OK);
+    let (status, body) = t.call(&t.b, "GET", "/templates/aliases/app", None).await;
+    e2b_error(status, &body, StatusCode::NOT_FOUND);
     assert!(!t.store.get_template_record("app").await.unwrap().unwrap().public);
     let (status, body) = t.call(&t.a, "PATCH", "/v2/templates/base", Some(json!({"public": false}))).await;
     e2b_error(status, &body, StatusCode::NOT_FOUND);

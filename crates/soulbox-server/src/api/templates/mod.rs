@@ -194,8 +194,13 @@ async fn alias(
     Path(alias): Path<String>,
 ) -> Response {
     let (name, tag) = split_tag(&alias);
-    let found = || Json(TemplateAlias { public: false, template_id: name.to_owned() }).into_response();
     let store = state.lifecycle.store();
+    // A built template's `public` is its flag (`PATCH /v2/templates/{id}`).
+    let public = match store.get_template_record(name).await {
+        Ok(record) => record.is_some_and(|r| r.public),
+        Err(e) => return internal(e),
+    };
+    let found = || Json(TemplateAlias { public, template_id: name.to_owned() }).into_response();
     // Another team's template is not confirmed to exist; the server's own are public.
     match state.lifecycle.template_visible(&caller.team_id, name).await {
         Ok(true) => {}
