@@ -117,6 +117,10 @@ pub struct RuntimeConfig {
     /// of this node cannot mount volumes. May be a shared filesystem mounted on every node.
     #[serde(default)]
     pub volumes_dir: Option<PathBuf>,
+    /// Show runc/crun sandboxes their own memory, CPUs, uptime and boot id in `/proc` (`procview.rs`): a FUSE
+    /// filesystem served by the runtime at `<data_dir>/procview`. Off: they see the host's.
+    #[serde(default = "default_true")]
+    pub proc_view: bool,
 }
 
 fn default_true() -> bool {
@@ -187,6 +191,7 @@ impl RuntimeConfig {
             sandbox_log_max_bytes: default_sandbox_log_max_bytes(),
             sandbox_log_bytes_per_sec: default_sandbox_log_bytes_per_sec(),
             volumes_dir: None,
+            proc_view: true,
         }
     }
 
@@ -217,6 +222,10 @@ impl RuntimeConfig {
     }
     pub fn sandboxes_dir(&self) -> PathBuf {
         self.data_dir.join("sandboxes")
+    }
+    /// Where the proc view's filesystem is mounted (`procview.rs`).
+    pub fn proc_view_dir(&self) -> PathBuf {
+        self.data_dir.join("procview")
     }
     pub fn runtime_root(&self) -> PathBuf {
         self.data_dir.join("oci")

@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod network;
 pub mod oci_spec;
 pub mod perms;
+pub mod procview;
 pub mod quota;
 pub mod record;
 pub mod rootfs;

@@ -27,6 +27,7 @@ mod close;
 mod drivers;
 mod open;
 mod pool;
+mod proc_view;
 mod reconcile;
 
 use pool::RefillOnDrop;
@@ -65,6 +66,8 @@ pub(crate) struct Inner {
     pub userns: Option<crate::userns::Userns>,
     /// Drainers of the sandboxes' logs (`sandbox_log.rs`).
     pub logs: crate::sandbox_log::Logs,
+    /// The sandboxes' own `/proc` files (`procview.rs`); None when off or when FUSE could not be mounted.
+    pub procview: Option<crate::procview::ProcView>,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     /// Every known sandbox's envd secret (as in its record), read on the proxy's hot path without touching the
     /// record's lock or the disk. Kept in step with `sandboxes` by [`Inner::remember`] and `delete`.
@@ -172,6 +175,9 @@ impl Inner {
             }
             let range = crate::userns::IdRange::load(&dir);
             util::remove_dir_all_idem(&dir)?;
+            if let Some(view) = &self.procview {
+                view.forget(id);
+            }
             // Only now that no directory names it can the id range go to another sandbox.
             if let (Some(userns), Some(range)) = (&self.userns, range) {
                 userns.release(&dir, range)?;

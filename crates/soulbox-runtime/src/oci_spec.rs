@@ -102,6 +102,10 @@ pub struct BundleParams<'a> {
     pub runtime: &'a crate::runtime_kind::RuntimeKind,
     /// Persistent volumes: (host directory to bind, path inside), prepared by `volumes::prepare`.
     pub volumes: &'a [(PathBuf, String)],
+    /// The sandbox's own `/proc` files: (file of the proc view, the `/proc` file it covers) (`procview.rs`).
+    pub proc_view: &'a [(PathBuf, &'static str)],
+    /// The host CPUs it runs on (`"0,2"`), so `nproc` counts its limit; None: all (`procview::cpuset`).
+    pub cpus: Option<String>,
 }
 
 fn oci<E: std::fmt::Display>(e: E) -> Error {
@@ -189,6 +193,19 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         );
     }
 
+    // Read-only, and only this sandbox's own files of the view (runc allows binds over these `/proc` files).
+    for (source, destination) in p.proc_view {
+        mounts.push(
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(source)
+                .options(vec!["bind".to_string(), "nosuid".into(), "nodev".into(), "noexec".into(), "ro".into()])
+                .build()
+                .map_err(oci)?,
+        );
+    }
+
     let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build().map_err(oci);
     let mut namespaces = vec![
         ns(LinuxNamespaceType::Pid)?,
@@ -205,17 +222,15 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
 
     let mem = (p.memory_mb as i64).saturating_mul(1024 * 1024);
     let period: u64 = 100_000;
+    let mut cpu = LinuxCpuBuilder::default().period(period).quota(period as i64 * p.cpu_count.max(1) as i64);
+    if let Some(cpus) = &p.cpus {
+        cpu = cpu.cpus(cpus.clone());
+    }
     let resources = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?])
         // swap == limit: memory+swap total equals memory, i.e. no swap.
         .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().map_err(oci)?)
-        .cpu(
-            LinuxCpuBuilder::default()
-                .period(period)
-                .quota(period as i64 * p.cpu_count.max(1) as i64)
-                .build()
-                .map_err(oci)?,
-        )
+        .cpu(cpu.build().map_err(oci)?)
         .pids(LinuxPidsBuilder::default().limit(p.runtime.host_pids_limit(p.pids_limit)).build().map_err(oci)?)
         .build()
         .map_err(oci)?;

@@ -146,9 +146,14 @@ impl RuntimeKind {
 
     /// Global flags the runtime needs from us, before the configured `runtime_args` (which may override
     /// them: the last flag wins). runsc: writes go to the rootfs the gofer serves (our overlay, its disk
-    /// limit), never to a sentry-side overlay in memory or a filestore outside the limit.
+    /// limit), never to a sentry-side overlay in memory or a filestore outside the limit; and the sandbox counts
+    /// as many CPUs as its quota allows (`nproc`, `/proc/cpuinfo`; gVisor shows at least 2), not the host's.
     pub fn global_args(&self) -> Vec<String> {
-        if self.is_runsc() { vec!["--overlay2=none".into(), "--network=sandbox".into()] } else { vec![] }
+        if self.is_runsc() {
+            vec!["--overlay2=none".into(), "--network=sandbox".into(), "--cpu-num-from-quota".into()]
+        } else {
+            vec![]
+        }
     }
 }
 

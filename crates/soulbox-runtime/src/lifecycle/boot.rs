@@ -47,6 +47,8 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
+        // A cold boot: its own uptime and boot id from now on (a resume from pause keeps both).
+        crate::procview::BootRecord::new().write(&dir)?;
         let sources =
             crate::volumes::prepare(self.cfg.volumes_dir.as_deref(), &dir, &spec.volumes, id_range.is_some())?;
         let volumes: Vec<(PathBuf, String)> =
@@ -75,11 +77,13 @@ impl Inner {
             crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns),
             self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
         );
+        let proc_view = self.proc_view_binds(id, driver);
+        let cpu_count = spec.cpu_count.unwrap_or(meta.cpu_count);
         let params = BundleParams {
             id,
             sandbox_dir: &dir,
             netns_path: lease.netns_path(),
-            cpu_count: spec.cpu_count.unwrap_or(meta.cpu_count),
+            cpu_count,
             memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
             pids_limit: spec.pids_limit.unwrap_or(4096),
             envd_init: serde_json::to_string(&init)
@@ -87,6 +91,9 @@ impl Inner {
             id_range,
             runtime: driver.kind(),
             volumes,
+            proc_view: &proc_view,
+            // Pinned with the view (gVisor counts its CPUs itself and its cgroup setup refuses a cpuset).
+            cpus: self.proc_view_for(driver).and_then(|_| crate::procview::cpuset::pick(cpu_count)),
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
@@ -118,6 +125,7 @@ impl Inner {
         };
         self.with_log(id, started.await).await?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
+        self.attach_proc_view(id, driver, false);
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
         let reason = match res {

@@ -15,6 +15,10 @@ impl Runtime {
         // Its port goes back (a runtime opened again in this process listens there); redirected connections of
         // sandboxes left running are refused until a runtime runs again.
         self.inner.gateway.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Sandboxes left running keep their binds of it, dead (ENOTCONN) until the next `open` re-attaches them.
+        if let Some(view) = &self.inner.procview {
+            view.close();
+        }
         let mut first: Option<Error> = None;
         if let Err(e) = self.drain_pool().await {
             first.get_or_insert(e);

@@ -74,6 +74,13 @@ impl Runtime {
             store = Store::shifted(&cfg.store_dir(), range.host_base)?;
         }
         crate::perms::secure_data_dir(&cfg, userns.is_some())?;
+        let procview = if cfg.proc_view {
+            crate::procview::ProcView::mount(&cfg.proc_view_dir(), &cfg.sandboxes_dir(), &cfg.cgroup_parent())
+                .inspect_err(|e| tracing::warn!(error = %e, "no proc view: sandboxes see the host's memory and CPUs"))
+                .ok()
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             drivers,
             ips: IpPool::new(&cfg),
@@ -86,6 +93,7 @@ impl Runtime {
             boots: Default::default(),
             disk,
             userns,
+            procview,
             logs: crate::sandbox_log::Logs::new(cfg.sandbox_log_limits()),
             store,
             sandboxes: Default::default(),
@@ -110,6 +118,7 @@ impl Runtime {
     async fn finish_open(&self, reserved: &[(String, Ipv4Addr)]) -> Result<()> {
         let inner = &self.inner;
         reconcile::reconcile(inner).await?;
+        inner.reattach_proc_views().await;
         self.set_reserved_addresses(reserved);
         if inner.cfg.pool_size > 0 {
             inner.fill_pool().await?;
