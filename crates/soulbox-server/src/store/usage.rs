@@ -141,16 +141,23 @@ impl Store {
         Ok(())
     }
 
-    /// The team's running stretches that overlap `[from_ms, to_ms]`, oldest first.
+    /// The team's running stretches that overlap `[from_ms, to_ms]`, oldest first. A running sandbox without an
+    /// open stretch (one that was running when this table was added) counts from its start.
     pub async fn team_runs(&self, team_id: &str, from_ms: i64, to_ms: i64) -> Result<Vec<SandboxRun>, StoreError> {
         let rows = sqlx::query(
             "SELECT started_at, ended_at, resumed FROM sandbox_runs \
              WHERE team_id = $1 AND started_at <= $2 AND (ended_at IS NULL OR ended_at >= $3) \
+             UNION ALL \
+             SELECT s.started_at AS started_at, NULL AS ended_at, 0 AS resumed FROM sandboxes s \
+             WHERE s.team_id = $4 AND s.state = 'running' AND s.started_at <= $5 AND NOT EXISTS \
+             (SELECT 1 FROM sandbox_runs r WHERE r.sandbox_id = s.id AND r.ended_at IS NULL) \
              ORDER BY started_at",
         )
         .bind(team_id)
         .bind(to_ms)
         .bind(from_ms)
+        .bind(team_id)
+        .bind(to_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -163,4 +170,61 @@ impl Store {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use soulbox_protocol::api::SandboxState;
+
+    use crate::store::test_db::store_test;
+    use crate::store::{DEFAULT_TEAM_ID, SandboxRecord};
+
+    fn record(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: id.into(),
+            template_id: "base".into(),
+            alias: None,
+            node_id: "local".into(),
+            state: SandboxState::Running,
+            started_at_ms: 1_000,
+            end_at_ms: 9_999_999_999_999,
+            cpu_count: 1,
+            memory_mb: 256,
+            disk_size_mb: 0,
+            envd_version: "0.6.13".into(),
+            envd_access_token: None,
+            metadata: Default::default(),
+            env_vars: Default::default(),
+            auto_pause: false,
+            auto_pause_memory: false,
+            auto_pause_grace_s: 0,
+            auto_resume: false,
+            network: Default::default(),
+            ingress: Default::default(),
+            address: None,
+            team_id: DEFAULT_TEAM_ID.into(),
+        }
+    }
+
+    store_test!(runs_follow_create_pause_resume_and_delete, |db| {
+        let store = db.open().await;
+        store.insert_sandbox(&record("s1")).await.unwrap();
+        let spawns = store.template_stats().await.unwrap();
+        assert_eq!(spawns["base"].spawn_count, 1);
+        assert!(spawns["base"].last_spawned_ms.is_some());
+        let all =
+            |store: crate::store::Store| async move { store.team_runs(DEFAULT_TEAM_ID, 0, i64::MAX).await.unwrap() };
+        let runs = all(store.clone()).await;
+        assert_eq!((runs.len(), runs[0].ended_at_ms, runs[0].resumed), (1, None, false));
+        assert!(store.transition_sandbox("s1", SandboxState::Running, SandboxState::Paused, None, 0).await.unwrap());
+        let runs = all(store.clone()).await;
+        assert!(runs.len() == 1 && runs[0].ended_at_ms.is_some(), "{runs:?}");
+        assert!(store.transition_sandbox("s1", SandboxState::Paused, SandboxState::Running, None, 0).await.unwrap());
+        let runs = all(store.clone()).await;
+        assert_eq!(runs.iter().filter(|r| r.ended_at_ms.is_none() && r.resumed).count(), 1, "{runs:?}");
+        assert!(store.delete_sandbox("s1").await.unwrap());
+        assert!(all(store.clone()).await.iter().all(|r| r.ended_at_ms.is_some()));
+        // Another team's runs are not this team's.
+        assert!(store.team_runs("team_other", 0, i64::MAX).await.unwrap().is_empty());
+    });
 }
