@@ -119,3 +119,20 @@ def test_access_tokens_act_for_their_team(sdk_http, team_id):
         assert bearer.delete(f"/access-tokens/{token['id']}").status_code == 204
         r = bearer.get("/teams")
         assert r.status_code == 401 and r.json()["code"] == 401, r.text
+
+
+def test_admin_routes(sdk_http, sandboxes, team_id, api):
+    # The suite's key is an admin. Killing its team's sandboxes is safe here: every other test's sandboxes are
+    # gone by now (each test kills its own at teardown; no module-shared sandbox in this file).
+    sbx = sandboxes.create()
+    counts = sdk_http.get("/admin/sandboxes/running-counts")
+    assert counts.status_code == 200 and counts.json()[team_id] >= 1, counts.text
+    cancelled = sdk_http.post(f"/admin/teams/{team_id}/builds/cancel")
+    assert cancelled.status_code == 200 and set(cancelled.json()) == {"cancelledCount", "failedCount"}, cancelled.text
+    killed = sdk_http.post(f"/admin/teams/{team_id}/sandboxes/kill")
+    assert killed.status_code == 200 and killed.json()["killedCount"] >= 1, killed.text
+    assert killed.json()["failedCount"] == 0, killed.text
+    assert api.get(f"/sandboxes/{sbx.sandbox_id}").status_code == 404
+    assert team_id not in sdk_http.get("/admin/sandboxes/running-counts").json()
+    r = sdk_http.post("/admin/teams/team_nope/sandboxes/kill")
+    assert r.status_code == 404 and r.json()["code"] == 404, r.text
