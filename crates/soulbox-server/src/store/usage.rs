@@ -4,6 +4,7 @@
 //! sandbox counts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use sqlx::Row;
 
@@ -13,6 +14,9 @@ use super::{Store, StoreError, now_ms};
 pub const RUN_RETENTION_MS: i64 = 30 * 24 * 3600 * 1000;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+const PRUNE_EVERY_MS: i64 = 3600 * 1000;
+static LAST_PRUNE_MS: AtomicI64 = AtomicI64::new(0);
 
 /// A template's history: how often sandboxes started from it, how often it was built, by which key first.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,10 +58,16 @@ pub(super) async fn record_created(
     if running {
         open_run(tx, sandbox_id, team_id, now, false).await?;
     }
-    sqlx::query("DELETE FROM sandbox_runs WHERE ended_at IS NOT NULL AND ended_at < $1")
-        .bind(now - RUN_RETENTION_MS)
-        .execute(&mut **tx)
-        .await?;
+    // Pruning scans the table: at most once an hour per process.
+    let last = LAST_PRUNE_MS.load(Ordering::Relaxed);
+    if now - last >= PRUNE_EVERY_MS
+        && LAST_PRUNE_MS.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+    {
+        sqlx::query("DELETE FROM sandbox_runs WHERE ended_at IS NOT NULL AND ended_at < $1")
+            .bind(now - RUN_RETENTION_MS)
+            .execute(&mut **tx)
+            .await?;
+    }
     Ok(())
 }
 
