@@ -1,5 +1,5 @@
-//! A sandbox sees its own machine: `/proc/meminfo`, `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime`, `/proc/swaps`
-//! and `/proc/sys/kernel/random/boot_id` inside a runc/crun sandbox show its limits, its own uptime and its own
+//! A sandbox sees its own machine: `/proc/meminfo`, `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime`, `/proc/swaps`,
+//! `/sys/devices/system/cpu/online` and `/proc/sys/kernel/random/boot_id` inside a runc/crun sandbox show its limits, its own uptime and its own
 //! boot id instead of the host's — lxcfs's approach, in process: a FUSE filesystem served by the runtime itself
 //! (no other daemon) at `<data_dir>/procview`, where `/<sandbox id>/<file>` is rendered, when opened, from that
 //! sandbox's cgroup (v1 or v2) and its boot record. Each sandbox gets only its own files, bound over the proc
@@ -37,6 +37,8 @@ pub const FILES: &[ViewFile] = &[
     ViewFile { name: "stat", covers: "/proc/stat", bound_by_runtime: true },
     ViewFile { name: "uptime", covers: "/proc/uptime", bound_by_runtime: true },
     ViewFile { name: "swaps", covers: "/proc/swaps", bound_by_runtime: true },
+    // glibc's get_nprocs (`sysconf(_SC_NPROCESSORS_ONLN)`, Python's `os.cpu_count()`) counts this list.
+    ViewFile { name: "cpu_online", covers: "/sys/devices/system/cpu/online", bound_by_runtime: true },
     ViewFile { name: "boot_id", covers: BOOT_ID_PATH, bound_by_runtime: false },
 ];
 
@@ -95,6 +97,7 @@ impl Source {
             }
             "uptime" => render::uptime(&machine),
             "swaps" => render::swaps(),
+            "cpu_online" => render::cpu_online(machine.cpus().len()),
             _ => return None,
         })
     }

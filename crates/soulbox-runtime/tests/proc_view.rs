@@ -1,7 +1,8 @@
 //! A sandbox sees its own machine (`procview.rs`): `/proc/meminfo`, `free`, `nproc`, `/proc/cpuinfo`,
 //! `/proc/stat`, `/proc/uptime` and `/proc/sys/kernel/random/boot_id` show its limits, its own uptime and boot,
 //! read as the sandbox's `user` through envd; with the view off they show the host's (so these checks can fail);
-//! a runtime restart re-attaches running sandboxes to the new runtime's view. Root only; harnesses 40–43.
+//! a runtime restart (a close, or SIGKILL) re-attaches running sandboxes to the new runtime's view. Root only;
+//! harnesses 40–44.
 //! Network: only the sandboxes' own addresses (envd).
 mod common;
 use common::*;
@@ -70,6 +71,7 @@ async fn a_sandbox_sees_its_own_memory_cpus_uptime_and_boot() {
 
     assert_eq!(user_out(rt, &a, "nproc").await.trim(), "1");
     assert_eq!(user_out(rt, &a, "grep -c ^processor /proc/cpuinfo").await.trim(), "1");
+    assert_eq!(user_out(rt, &a, "cat /sys/devices/system/cpu/online").await.trim(), "0");
     let stat = user_out(rt, &a, "grep ^cpu /proc/stat").await;
     assert_eq!(stat.lines().count(), 2, "the aggregate and cpu0: {stat}");
     assert!(stat.starts_with("cpu ") && stat.lines().nth(1).is_some_and(|l| l.starts_with("cpu0 ")), "{stat}");
@@ -103,21 +105,6 @@ async fn a_sandbox_sees_its_own_memory_cpus_uptime_and_boot() {
     for s in [&a, &b] {
         rt.delete(&s.id).await.unwrap();
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_view_a_sandbox_sees_the_host() {
-    root_or_skip!("without_the_view_a_sandbox_sees_the_host");
-    let mut cfg = config(41);
-    cfg.proc_view = false;
-    let h = harness_with(cfg).await;
-    let rt = h.rt();
-    let a = rt.create(spec(256, 1)).await.expect("create");
-    let host = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let inside = user_out(rt, &a, "cat /proc/meminfo").await;
-    assert_eq!(kb(&inside, "MemTotal"), kb(&host, "MemTotal"));
-    assert_eq!(user_out(rt, &a, "cat /proc/sys/kernel/random/boot_id").await.trim(), host_boot_id());
-    rt.delete(&a.id).await.unwrap();
 }
 
 /// gVisor is its own kernel: its `/proc/// gVisor is its own kernel: its `/proc` shows its memory limit and its own uptime by itself, its CPU count from
@@ -191,7 +178,7 @@ async fn a_restarted_runtime_serves_the_sandboxes_it_adopts() {
 }
 
 /// 20 creates with the view, then 20 without (the same harness reopened), one at a time: their p50s are printed
-/// (`--no-capture`), and the view may not make a create twice as slow.
+/// (`--no-capture`), and the view may not make a create twice as slow. Without the view a sandbox sees the host.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_keeps_creates_fast() {
     root_or_skip!("the_view_keeps_creates_fast");
@@ -204,6 +191,15 @@ async fn the_view_keeps_creates_fast() {
             drop(old);
             h.cfg.proc_view = false;
             h.rt = Some(open_after_drop(h.cfg.clone()).await.expect("reopen without the view"));
+            // Without the view a sandbox sees the host's files: what the other tests check can fail.
+            let rt = h.rt();
+            let a = rt.create(spec(256, 1)).await.expect("create");
+            let host = std::fs::read_to_string("/proc/meminfo").unwrap();
+            assert_eq!(kb(&user_out(rt, &a, "cat /proc/meminfo").await, "MemTotal"), kb(&host, "MemTotal"));
+            assert_eq!(user_out(rt, &a, "cat /proc/sys/kernel/random/boot_id").await.trim(), host_boot_id());
+            let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            assert_eq!(user_out(rt, &a, "nproc").await.trim(), host_cpus.to_string());
+            rt.delete(&a.id).await.unwrap();
         }
         let rt = h.rt();
         let mut times = Vec::new();
@@ -218,4 +214,49 @@ async fn the_view_keeps_creates_fast() {
         p50.push(times[10]);
     }
     assert!(p50[0] < p50[1] * 2, "with the view {:?}, without {:?}", p50[0], p50[1]);
+}
+
+/// Where the killed runtime's child process says what it made: `<sandbox id> <boot id>`.
+const CRASH_STATE_ENV: &str = "SOULBOX_PROC_VIEW_CRASH_STATE";
+
+/// Not a test of its own: the runtime process [`a_killed_runtime_leaves_dead_views_that_the_next_one_revives`]
+/// starts (this test binary again, filtered to this function) and kills with SIGKILL. Returns at once otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helper_runtime_process_to_kill() {
+    let Some(state) = std::env::var_os(CRASH_STATE_ENV) else { return };
+    let h = harness(41).await;
+    let a = h.rt().create(spec(256, 1)).await.expect("create");
+    let boot = user_out(h.rt(), &a, "cat /proc/sys/kernel/random/boot_id").await;
+    std::fs::write(&state, format!("{} {}", a.id, boot.trim())).unwrap();
+    std::mem::forget(h);
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runtime_leaves_dead_views_that_the_next_one_revives() {
+    root_or_skip!("a_killed_runtime_leaves_dead_views_that_the_next_one_revives");
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_runtime_process_to_kill", "--nocapture"])
+        .env(CRASH_STATE_ENV, &state)
+        .spawn()
+        .expect("start the runtime process");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !state.exists() && Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Whatever happened, the next runtime on that data dir cleans up (the harness deletes everything it has).
+    let cfg = config(41);
+    let h = Harness { rt: Some(open_after_drop(cfg.clone()).await.expect("open after the kill")), cfg };
+    let text = std::fs::read_to_string(&state).expect("the killed runtime made a sandbox");
+    let (id, boot) = text.split_once(' ').unwrap();
+    let rt = h.rt();
+    let a = rt.info(id).await.expect("adopted");
+    assert_eq!(kb(&user_out(rt, &a, "cat /proc/meminfo").await, "MemTotal"), 256 * 1024, "re-attached");
+    assert_eq!(user_out(rt, &a, "cat /proc/sys/kernel/random/boot_id").await.trim(), boot);
+    assert_eq!(user_out(rt, &a, "nproc").await.trim(), "1");
+    rt.delete(id).await.unwrap();
 }

@@ -58,7 +58,7 @@ fn the_mounted_view_serves_known_sandboxes_read_only() {
     let mut names: Vec<String> =
         std::fs::read_dir(mnt.join("sbxone")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, vec!["boot_id", "cpuinfo", "meminfo", "stat", "swaps", "uptime"]);
+    assert_eq!(names, vec!["boot_id", "cpu_online", "cpuinfo", "meminfo", "stat", "swaps", "uptime"]);
 
     view.close();
     assert!(read("meminfo").is_err(), "closed: nothing is served");

@@ -153,6 +153,11 @@ pub fn uptime(machine: &Machine) -> String {
     format!("{up:.2} {idle:.2}\n")
 }
 
+/// `/sys/devices/system/cpu/online`: the CPUs shown, numbered from 0 as in [`cpuinfo`].
+pub fn cpu_online(cpus: usize) -> String {
+    if cpus <= 1 { "0\n".to_string() } else { format!("0-{}\n", cpus - 1) }
+}
+
 /// `/proc/swaps`: a sandbox has no swap.
 pub fn swaps() -> String {
     "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n".to_string()

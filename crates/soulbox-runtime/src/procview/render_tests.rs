@@ -76,4 +76,5 @@ fn stat_and_uptime_count_the_sandbox() {
     assert_eq!(all.cpus(), vec![0, 1]);
     assert_eq!(stat("", &all, 100).lines().filter(|l| l.starts_with("cpu")).count(), 3);
     assert_eq!(uptime(&all), "10.00 20.00\n");
+    assert_eq!((cpu_online(1), cpu_online(3)), ("0\n".to_string(), "0-2\n".to_string()));
 }
