@@ -82,6 +82,12 @@ async fn a_sandbox_sees_its_own_memory_cpus_uptime_and_boot() {
     assert!(uptime_past(rt, &a, up).await > up, "uptime grows");
     assert!(user_out(rt, &a, "uptime").await.contains("up "), "busybox uptime reads it");
 
+    // `df /`: the disk limit (project quota or image, whichever this node uses), not the host's filesystem.
+    let df = user_out(rt, &a, "df -k / | tail -1").await;
+    let size_kb: u64 = df.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let limit_kb = h.cfg.default_disk_mb * 1024;
+    assert!(limit_kb * 9 / 10 <= size_kb && size_kb <= limit_kb, "df / {df:?}, limit {limit_kb} kB");
+
     let boot_a = user_out(rt, &a, "cat /proc/sys/kernel/random/boot_id").await.trim().to_string();
     let boot_b = user_out(rt, &b, "cat /proc/sys/kernel/random/boot_id").await.trim().to_string();
     assert_eq!(boot_a.len(), 36, "{boot_a:?}");
@@ -224,7 +230,7 @@ const CRASH_STATE_ENV: &str = "SOULBOX_PROC_VIEW_CRASH_STATE";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helper_runtime_process_to_kill() {
     let Some(state) = std::env::var_os(CRASH_STATE_ENV) else { return };
-    let h = harness(41).await;
+    let h = harness_with(image_config(41, 0)).await;
     let a = h.rt().create(spec(256, 1)).await.expect("create");
     let boot = user_out(h.rt(), &a, "cat /proc/sys/kernel/random/boot_id").await;
     std::fs::write(&state, format!("{} {}", a.id, boot.trim())).unwrap();
@@ -249,7 +255,8 @@ async fn a_killed_runtime_leaves_dead_views_that_the_next_one_revives() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Whatever happened, the next runtime on that data dir cleans up (the harness deletes everything it has).
-    let cfg = config(41);
+    // A disk image per sandbox here (the other tests: whichever backend this host picks).
+    let cfg = image_config(41, 0);
     let h = Harness { rt: Some(open_after_drop(cfg.clone()).await.expect("open after the kill")), cfg };
     let text = std::fs::read_to_string(&state).expect("the killed runtime made a sandbox");
     let (id, boot) = text.split_once(' ').unwrap();
@@ -258,5 +265,9 @@ async fn a_killed_runtime_leaves_dead_views_that_the_next_one_revives() {
     assert_eq!(kb(&user_out(rt, &a, "cat /proc/meminfo").await, "MemTotal"), 256 * 1024, "re-attached");
     assert_eq!(user_out(rt, &a, "cat /proc/sys/kernel/random/boot_id").await.trim(), boot);
     assert_eq!(user_out(rt, &a, "nproc").await.trim(), "1");
+    let df = user_out(rt, &a, "df -k / | tail -1").await;
+    let size_kb: u64 = df.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let limit_kb = h.cfg.default_disk_mb * 1024;
+    assert!(limit_kb * 9 / 10 <= size_kb && size_kb <= limit_kb, "df / {df:?} on its image, limit {limit_kb} kB");
     rt.delete(id).await.unwrap();
 }
