@@ -165,6 +165,9 @@ async fn a_restarted_runtime_serves_the_sandboxes_it_adopts() {
     let a = h.rt().create(spec(256, 1)).await.expect("create");
     let boot_id = user_out(h.rt(), &a, "cat /proc/sys/kernel/random/boot_id").await;
     let up = uptime_of(&user_out(h.rt(), &a, "cat /proc/uptime").await);
+    let paused = h.rt().create(spec(512, 1)).await.expect("create");
+    let paused_boot = user_out(h.rt(), &paused, "cat /proc/sys/kernel/random/boot_id").await;
+    h.rt().pause(&paused.id).await.expect("pause");
 
     // The runtime goes (its filesystem with it): the sandbox's binds are dead, not the host's numbers.
     let old = h.rt.take().unwrap();
@@ -180,7 +183,12 @@ async fn a_restarted_runtime_serves_the_sandboxes_it_adopts() {
     assert_eq!(user_out(rt, &a, "cat /proc/sys/kernel/random/boot_id").await, boot_id, "the same boot");
     assert!(uptime_of(&user_out(rt, &a, "cat /proc/uptime").await) >= up, "uptime goes on");
     assert_eq!(user_out(rt, &a, "nproc").await.trim(), "1");
+    // A sandbox paused across the restart was re-attached too.
+    rt.resume(&paused.id).await.expect("resume");
+    assert_eq!(kb(&user_out(rt, &paused, "cat /proc/meminfo").await, "MemTotal"), 512 * 1024);
+    assert_eq!(user_out(rt, &paused, "cat /proc/sys/kernel/random/boot_id").await, paused_boot);
     rt.delete(&a.id).await.unwrap();
+    rt.delete(&paused.id).await.unwrap();
 }
 
 /// 20 creates with the view, then 20 without (the same harness reopened), one at a time: their p50s are printed

@@ -25,10 +25,21 @@ const FILE_SIZE: u64 = 1 << 20;
 pub(super) struct ViewFs {
     pub source: Source,
     slots: Mutex<Slots>,
-    /// Open files' texts, by handle.
-    open: Mutex<HashMap<u64, Vec<u8>>>,
+    /// Open files' texts, by handle, and how many each sandbox holds.
+    open: Mutex<OpenFiles>,
     next_fh: AtomicU64,
 }
+
+/// Texts of open files: a sandbox holding files open holds host memory, so each may hold at most
+/// [`OPEN_PER_SANDBOX`] (a few KiB each) — more than any program reading `/proc` needs; past it an open fails
+/// with ENFILE.
+#[derive(Default)]
+struct OpenFiles {
+    texts: HashMap<u64, (String, Vec<u8>)>,
+    per_sandbox: HashMap<String, usize>,
+}
+
+pub(super) const OPEN_PER_SANDBOX: usize = 1024;
 
 #[derive(Default)]
 struct Slots {
@@ -133,7 +144,15 @@ impl Filesystem for ViewFs {
         let Some((id, Some(k))) = self.resolve(ino.0) else { return reply.error(Errno::ENOENT) };
         let Some(text) = self.source.render(&id, &FILES[k]) else { return reply.error(Errno::ENOENT) };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).insert(fh, text.into_bytes());
+        {
+            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let held = open.per_sandbox.entry(id.clone()).or_default();
+            if *held >= OPEN_PER_SANDBOX {
+                return reply.error(Errno::ENFILE);
+            }
+            *held += 1;
+            open.texts.insert(fh, (id, text.into_bytes()));
+        }
         // Direct: read(2) gets the server's text of this open, never a cached page.
         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
     }
@@ -150,7 +169,7 @@ impl Filesystem for ViewFs {
         reply: ReplyData,
     ) {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(text) = open.get(&fh.0) else { return reply.error(Errno::EBADF) };
+        let Some((_, text)) = open.texts.get(&fh.0) else { return reply.error(Errno::EBADF) };
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(text.len());
         let end = start.saturating_add(size as usize).min(text.len());
         reply.data(&text[start..end]);
@@ -166,7 +185,15 @@ impl Filesystem for ViewFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&fh.0);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((id, _)) = open.texts.remove(&fh.0)
+            && let Some(held) = open.per_sandbox.get_mut(&id)
+        {
+            *held -= 1;
+            if *held == 0 {
+                open.per_sandbox.remove(&id);
+            }
+        }
         reply.ok();
     }
 

@@ -60,6 +60,29 @@ fn the_mounted_view_serves_known_sandboxes_read_only() {
     names.sort();
     assert_eq!(names, vec!["boot_id", "cpu_online", "cpuinfo", "meminfo", "stat", "swaps", "uptime"]);
 
+    // A sandbox holding files open holds at most OPEN_PER_SANDBOX texts; closing them gives the room back.
+    // (Releases of the files read above reach the server asynchronously: a few may still count.)
+    let mut held = Vec::new();
+    let refused = loop {
+        match std::fs::File::open(mnt.join("sbxone/uptime")) {
+            Ok(f) if held.len() <= fs::OPEN_PER_SANDBOX => held.push(f),
+            Ok(_) => panic!("more than {} files open", fs::OPEN_PER_SANDBOX),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(refused.raw_os_error(), Some(libc::ENFILE), "{refused}");
+    assert!(held.len() + 64 >= fs::OPEN_PER_SANDBOX, "refused after {}", held.len());
+    // Another sandbox is not held up by one that holds files open without reading them.
+    std::fs::create_dir_all(sandboxes.join("sbxtwo")).unwrap();
+    assert!(std::fs::read_to_string(mnt.join("sbxtwo/meminfo")).unwrap().starts_with("MemTotal:"));
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // (release reaches the server asynchronously after close)
+    while read("uptime").is_err() && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert!(read("uptime").is_ok());
+
     view.close();
     assert!(read("meminfo").is_err(), "closed: nothing is served");
     assert!(!crate::rootfs::mounts_under(t.path()).iter().any(|m| m.starts_with(&mnt)), "unmounted");
