@@ -71,6 +71,51 @@ struct Tracker {
     step: Option<String>,
 }
 
+/// Undoes what a build left (its [`Tracker`]): at its end, or from `Drop` when the build future is dropped.
+struct Cleanup {
+    runtime: Runtime,
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl Cleanup {
+    fn take(&self) -> (Option<String>, Vec<String>) {
+        let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+        (t.sandbox.take(), std::mem::take(&mut t.temp_templates))
+    }
+
+    async fn now(&mut self) {
+        let (sandbox, temps) = self.take();
+        remove(&self.runtime, sandbox, temps).await;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let (sandbox, temps) = self.take();
+        if sandbox.is_none() && temps.is_empty() {
+            return;
+        }
+        let runtime = self.runtime.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { remove(&runtime, sandbox, temps).await });
+            }
+            Err(_) => tracing::warn!(sandbox = ?sandbox, "a cancelled build's sandbox is left for the next open"),
+        }
+    }
+}
+
+async fn remove(runtime: &Runtime, sandbox: Option<String>, temps: Vec<String>) {
+    if let Some(id) = sandbox
+        && let Err(e) = runtime.delete(&id).await
+    {
+        tracing::warn!(sandbox = %id, error = %e, "could not delete a build sandbox");
+    }
+    for t in temps {
+        let _ = runtime.store().delete(&t);
+    }
+}
+
 /// The state of the image being built.
 struct State {
     layers: Vec<String>,
@@ -228,9 +273,12 @@ impl Engine {
         })
     }
 
-    /// Runs a build; on success the template `job.template_name` is registered and returned.
+    /// Runs a build; on success the template `job.template_name` is registered and returned. Dropping the
+    /// returned future cancels the build (an admin's cancel, a node agent whose control plane hung up): its
+    /// build sandbox and temporary templates are removed all the same, in the background.
     pub async fn build(&self, job: BuildJob, log: LogSink) -> Result<TemplateMeta, BuildFailure> {
         let tracker = Arc::new(Mutex::new(Tracker::default()));
+        let mut cleanup = Cleanup { runtime: self.runtime.clone(), tracker: tracker.clone() };
         let res = match tokio::time::timeout(job.timeout, self.build_inner(&job, &log, &tracker)).await {
             Ok(r) => r,
             Err(_) => {
@@ -238,18 +286,7 @@ impl Engine {
                 Err(BuildFailure { message: format!("the build timed out after {} s", job.timeout.as_secs()), step })
             }
         };
-        let (sandbox, temps) = {
-            let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-            (t.sandbox.take(), std::mem::take(&mut t.temp_templates))
-        };
-        if let Some(id) = sandbox
-            && let Err(e) = self.runtime.delete(&id).await
-        {
-            tracing::warn!(sandbox = %id, error = %e, "could not delete a build sandbox");
-        }
-        for t in temps {
-            let _ = self.runtime.store().delete(&t);
-        }
+        cleanup.now().await;
         res
     }
 
