@@ -251,6 +251,8 @@ def main():
 
     egress_rules_across_the_cluster()
 
+    node_local_volumes()
+
     log("snapshots and forks start on the node that holds the snapshot's layers")
     source = create()["sandboxID"]
     everything.append(source)
@@ -372,6 +374,64 @@ def moves_off_a_drained_node():
     procs["node4"].send_signal(signal.SIGTERM)
     procs["node4"].wait(timeout=30)
     cli("nodes", "remove", "node4")
+
+
+def node_local_volumes():
+    """Issue 15: without a shared volumes directory (the default, `volumes_shared = false`) each volume lives on one
+    node. Official e2b SDK `Volume`: its content API is forwarded to that node, sandboxes mounting it are placed
+    there (and see what the content API wrote), volumes of two nodes in one sandbox are refused, the home node
+    drained means 503, and a node holding volumes is not removed without --force."""
+    from e2b import Sandbox, Volume
+    log("volumes: a node-local volume, its content forwarded to its node, its sandboxes placed there")
+    os.environ["E2B_VOLUME_API_URL"] = api_url
+    on = lambda n, vid: os.path.isdir(f"{RUN_DIR}/{n}/volumes/{vid}")
+    vol = Volume.create(f"cluster-{uuid.uuid4().hex[:8]}")
+    volumes, made = [vol], []
+    try:
+        homes = [n for n, _, _ in NODES if on(n, vol.volume_id)]
+        assert len(homes) == 1, f"the volume's directory is on {homes}"
+        home = homes[0]
+        assert not os.path.exists(f"{RUN_DIR}/server/volumes/{vol.volume_id}"), "made in the control plane's dir"
+        vol.write_file("/data/hello.txt", "hello from the content API", force=True)
+        assert vol.read_file("/data/hello.txt") == "hello from the content API"
+        assert [e.path for e in vol.list("/", depth=2)] == ["/data", "/data/hello.txt"]
+        with open(f"{RUN_DIR}/{home}/volumes/{vol.volume_id}/data/hello.txt") as f:
+            assert f.read() == "hello from the content API", "the file is not in the home node's directory"
+        for _ in range(3):
+            made.append(Sandbox.create(timeout=120, volume_mounts={"/mnt/vol": vol}))
+            assert made[-1].sandbox_id in runc_ids(home), f"a sandbox mounting the volume runs off {home}"
+        r = made[0].commands.run("cat /mnt/vol/data/hello.txt && echo from-sandbox > /mnt/vol/data/back.txt")
+        assert r.stdout == "hello from the content API", r.stdout
+        assert made[1].commands.run("cat /mnt/vol/data/back.txt").stdout == "from-sandbox\n"
+        assert vol.read_file("/data/back.txt") == "from-sandbox\n"
+
+        log("volumes: home drained → 503; volumes of two nodes → 400; remove refused while it holds volumes")
+        mount = lambda *vs: {"templateID": "base", "volumeMounts": [{"name": v.name, "path": f"/v{i}"} for i, v in enumerate(vs)]}
+        call("POST", f"/nodes/{home}/drain", expect=200)
+        try:
+            status, body = call("POST", "/sandboxes", mount(vol))
+            assert status == 503 and home in body["message"], (status, body)
+            other = Volume.create(f"cluster-{uuid.uuid4().hex[:8]}")  # a drained node gets no volume either
+            volumes.append(other)
+        finally:
+            call("POST", f"/nodes/{home}/undrain", expect=200)
+        assert not on(home, other.volume_id) and any(on(n, other.volume_id) for n, _, _ in NODES)
+        status, body = call("POST", "/sandboxes", mount(vol, other))
+        assert status == 400 and "different nodes" in body["message"], (status, body)
+        status, body = call("DELETE", f"/volumes/{vol.volume_id}")
+        assert status == 409 and "mounted" in body["message"], (status, body)
+        for sbx in made:
+            sbx.kill()
+        made = []
+        status, body = call("DELETE", f"/nodes/{home}")
+        assert status == 409 and "volumes" in body["message"], (status, body)
+        assert Volume.destroy(vol.volume_id)
+        assert not on(home, vol.volume_id), "the volume's directory stayed on its node"
+    finally:
+        for sbx in made:
+            sbx.kill()
+        for v in volumes:
+            call("DELETE", f"/volumes/{v.volume_id}")
 
 
 def seed_base_only(store):

@@ -173,8 +173,8 @@ struct NodeArgs {
     /// A PEM file of extra CAs the egress gateway trusts when it re-makes intercepted TLS (header rules) upstream.
     #[arg(long, env = "SOULBOX_EGRESS_TRUSTED_CA")]
     egress_trusted_ca: Option<PathBuf>,
-    /// Persistent volumes [default: <data-dir>/volumes]: the control plane's volumes directory, shared (NFS,
-    /// CephFS) and mounted here, so sandboxes on this node can mount volumes.
+    /// Persistent volumes [default: <data-dir>/volumes]: with the server's `volumes_shared = true`, the control
+    /// plane's volumes directory, shared (NFS, CephFS) and mounted here; otherwise this node's own volumes.
     #[arg(long, env = "SOULBOX_VOLUMES_DIR")]
     volumes_dir: Option<PathBuf>,
 }
@@ -257,6 +257,7 @@ impl ServerArgs {
             default_disk_mb: file.default_disk_mb,
             volumes_dir: file.volumes_dir,
             volume_size_mb: file.volume_size_mb.unwrap_or(soulbox_server::config::DEFAULT_VOLUME_SIZE_MB),
+            volumes_shared: file.volumes_shared.unwrap_or(false),
             data_dir,
         })
     }

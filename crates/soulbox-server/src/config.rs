@@ -60,12 +60,18 @@ pub struct FileConfig {
     pub http: Option<crate::serve::HttpConfig>,
     /// Disk limit (MiB) of sandboxes whose template sets none [default: 10240, E2B's]; 0 = none.
     pub default_disk_mb: Option<u64>,
-    /// Persistent volumes [default: `<data_dir>/volumes`]. In a cluster: a filesystem mounted at the same path
-    /// on the server and on every node (NFS, CephFS), given to each node agent with `--volumes-dir`.
+    /// Persistent volumes [default: `<data_dir>/volumes`]. In a cluster with `volumes_shared = true`: a
+    /// filesystem mounted at the same path on the server and on every node (NFS, CephFS), given to each node
+    /// agent with `--volumes-dir`.
     pub volumes_dir: Option<PathBuf>,
     /// Size limit (MiB) of each volume, checked when files are written through the volume content API
     /// [default: 10240]; 0 = none.
     pub volume_size_mb: Option<u64>,
+    /// Cluster mode only [default: false]. `true`: `volumes_dir` is one filesystem mounted on the server and on
+    /// every node at the same path (NFS, CephFS), so a sandbox mounting a volume may run on any node. `false`:
+    /// each new volume lives on one node (the scheduler's choice), sandboxes mounting it are placed there, and
+    /// its content API is forwarded there.
+    pub volumes_shared: Option<bool>,
 }
 
 /// `userns_mode`'s values (the runtime's type), for the CLI.
@@ -127,6 +133,8 @@ pub struct ServerConfig {
     pub volumes_dir: Option<PathBuf>,
     /// See [`FileConfig::volume_size_mb`] (MiB, 0 = none).
     pub volume_size_mb: u64,
+    /// See [`FileConfig::volumes_shared`].
+    pub volumes_shared: bool,
 }
 
 /// Each volume's size limit unless configured: 10 GiB, like a sandbox's disk.

@@ -24,7 +24,7 @@ mod snapshots;
 mod teams;
 mod timeouts;
 mod volumes;
-pub use volumes::volume_error;
+pub use volumes::{VolumeSite, volume_error};
 
 pub use snapshots::{ForkOutcome, SnapshotFilter};
 
@@ -53,6 +53,9 @@ pub struct LifecycleConfig {
     pub volumes_dir: Option<std::path::PathBuf>,
     /// Each volume's size limit in bytes for content-API writes; `None`: none.
     pub volume_size_bytes: Option<u64>,
+    /// Cluster mode: `volumes_dir` is one filesystem every node mounts at the same path (NFS, CephFS). When
+    /// false, each new volume lives on one node and sandboxes mounting it are placed there.
+    pub volumes_shared: bool,
 }
 
 impl Default for LifecycleConfig {
@@ -69,6 +72,7 @@ impl Default for LifecycleConfig {
             allow_private_egress: false,
             volumes_dir: None,
             volume_size_bytes: None,
+            volumes_shared: false,
         }
     }
 }

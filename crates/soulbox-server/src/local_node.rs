@@ -18,6 +18,8 @@ pub struct LocalNode {
     node_id: String,
     templates_dir: PathBuf,
     engine: soulbox_templates::engine::Engine,
+    /// The runtime's volumes directory, for volumes homed on this node (`None`: it has none, or it cannot open).
+    volume_files: Option<std::sync::Arc<soulbox_volumes::VolumeStore>>,
 }
 
 impl LocalNode {
@@ -34,7 +36,13 @@ impl LocalNode {
         // (the runtime's store: a shifted one of its own in the shared user namespace mode)
         let templates_dir = runtime.store().root().join("templates");
         let engine = soulbox_templates::engine::Engine::new(runtime.clone(), engine);
-        LocalNode { runtime, node_id: node_id.into(), templates_dir, engine }
+        let volume_files = runtime.config().volumes_dir.clone().and_then(|dir| {
+            soulbox_volumes::VolumeStore::open(dir.clone())
+                .inspect_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot open the volumes directory"))
+                .ok()
+                .map(std::sync::Arc::new)
+        });
+        LocalNode { runtime, node_id: node_id.into(), templates_dir, engine, volume_files }
     }
 
     /// Builds the `base` template through the engine (cached after the first start), its log on stderr.
@@ -56,6 +64,23 @@ impl LocalNode {
 
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    fn volumes(&self) -> Result<std::sync::Arc<soulbox_volumes::VolumeStore>, NodeError> {
+        self.volume_files.clone().ok_or_else(|| NodeError::Invalid("this node has no volumes directory".into()))
+    }
+}
+
+/// A volume store call on a blocking thread (filesystem work).
+async fn volume_call(
+    f: impl FnOnce() -> Result<(), soulbox_volumes::VolumeError> + Send + 'static,
+) -> Result<(), NodeError> {
+    use soulbox_volumes::VolumeError;
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e @ VolumeError::VolumeExists(_))) => Err(NodeError::Invalid(e.to_string())),
+        Ok(Err(e)) => Err(NodeError::Failed(e.to_string())),
+        Err(e) => Err(NodeError::Failed(format!("a volume operation failed: {e}"))),
     }
 }
 
@@ -227,6 +252,26 @@ impl Node for LocalNode {
 
     fn check_recipe(&self, recipe: &soulbox_templates::Recipe) -> Result<(), String> {
         self.engine.check_recipe(recipe)
+    }
+
+    async fn create_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+        let files = self.volumes()?;
+        let id = volume_id.to_owned();
+        volume_call(move || files.create(&id).map(|_| ())).await
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+        let files = self.volumes()?;
+        let id = volume_id.to_owned();
+        volume_call(move || match files.delete(&id) {
+            Err(soulbox_volumes::VolumeError::VolumeNotFound(_)) => Ok(()),
+            other => other,
+        })
+        .await
+    }
+
+    fn volume_files(&self) -> Option<std::sync::Arc<soulbox_volumes::VolumeStore>> {
+        self.volume_files.clone()
     }
 
     fn template_files_dir(&self) -> Option<PathBuf> {

@@ -231,6 +231,24 @@ pub trait Node: Send + Sync + 'static {
         None
     }
 
+    // Node-local volumes (cluster mode without a shared volumes directory): a volume's files live on one node.
+
+    /// Makes the empty volume `volume_id` in this node's volumes directory.
+    async fn create_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+        let _ = volume_id;
+        Err(NodeError::Invalid("this node cannot hold volumes".into()))
+    }
+    /// Removes the volume `volume_id` and its files from this node; an unknown volume is not an error.
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+        let _ = volume_id;
+        Err(NodeError::Invalid("this node cannot hold volumes".into()))
+    }
+    /// This node's volumes directory, when this process reaches it directly (the in-process node): content
+    /// requests for its volumes are then served here instead of forwarded to a node agent.
+    fn volume_files(&self) -> Option<std::sync::Arc<soulbox_volumes::VolumeStore>> {
+        None
+    }
+
     // Moving a template between nodes (cluster mode, `crate::lifecycle::moves`): its description, the layers the
     // receiving node lacks as OCI layer tars, then the description again on the receiving node.
 

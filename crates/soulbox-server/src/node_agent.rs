@@ -19,6 +19,7 @@ use http::StatusCode;
 use soulbox_protocol::ENVD_PORT;
 use subtle::ConstantTimeEq;
 
+use crate::api::volume_ops::ContentRequest;
 use crate::cluster::wire::{
     AddressResponse, DeletedResponse, ErrorBody, HEARTBEAT_PATH, HOST_HEADER, HeartbeatRequest, HeartbeatResponse,
     LayerList, NODE_API_PREFIX, PauseRequest, SECRET_HEADER, SnapshotRequest,
@@ -199,7 +200,9 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/snapshot", post(snapshot))
         .route("/sandboxes/{id}/stats", get(stats))
-        .route("/sandboxes/{id}/logs", get(logs));
+        .route("/sandboxes/{id}/logs", get(logs))
+        .route("/volumes/{id}", axum::routing::put(create_volume).delete(delete_volume))
+        .route("/volumes/{id}/{kind}", axum::routing::any(volume_content));
     axum::Router::new()
         .nest(NODE_API_PREFIX, api)
         .fallback(proxy_traffic)
@@ -341,6 +344,41 @@ async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Query(que
     respond(agent.node.logs(&id, query).await)
 }
 
+async fn create_volume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    match agent.node.create_volume(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+async fn delete_volume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
+    match agent.node.delete_volume(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => node_error(e),
+    }
+}
+
+/// The content API for a volume on this node, forwarded by the control plane once it authorised the caller
+/// (`api::volume_content`): the same operations, answered in E2B's shapes.
+async fn volume_content(
+    State(agent): State<Arc<Agent>>,
+    Path((id, kind)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let Some(files) = agent.node.volume_files() else {
+        return node_error(NodeError::Invalid("this node has no volumes directory".into()));
+    };
+    let (parts, body) = request.into_parts();
+    let size_limit = parts
+        .headers
+        .get(crate::cluster::wire::VOLUME_LIMIT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let request = ContentRequest { volume_id: id, kind, method: parts.method, params, size_limit, body };
+    crate::api::volume_ops::serve(files, request).await
+}
+
 /// Sandbox traffic from the control plane's proxy: `E2b-Sandbox-Id` (+ `E2b-Sandbox-Port`) name the sandbox,
 /// which must be running on this node.
 async fn proxy_traffic(State(agent): State<Arc<Agent>>, request: Request) -> Response {
@@ -420,7 +458,8 @@ pub struct NodeSettings {
     /// Extra CAs the egress gateway trusts upstream (`--egress-trusted-ca`, like the control plane's setting).
     pub egress_trusted_ca: Option<std::path::PathBuf>,
     /// Persistent volumes (`--volumes-dir`) [default: `<data_dir>/volumes`]: the control plane's volumes
-    /// directory, shared (NFS, CephFS) and mounted at this path, for sandboxes here to mount volumes.
+    /// directory, shared (NFS, CephFS) and mounted at this path (`volumes_shared = true`), or this node's own
+    /// volumes (the volumes homed here).
     pub volumes_dir: Option<std::path::PathBuf>,
 }
 

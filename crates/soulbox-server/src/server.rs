@@ -99,6 +99,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         allow_private_egress: config.allow_private_egress,
         volumes_dir: Some(config.volumes_dir()),
         volume_size_bytes: (config.volume_size_mb > 0).then_some(config.volume_size_mb << 20),
+        volumes_shared: config.volumes_shared,
         ..LifecycleConfig::default()
     };
     let egress_ca = store.egress_ca().await.context("the installation's egress CA")?;

@@ -22,9 +22,19 @@ pub struct FakeNode {
     pub created_from: Mutex<HashMap<String, String>>,
     /// The policy of each sandbox whose network was updated.
     pub networks: Mutex<HashMap<String, NetworkPolicy>>,
+    /// Volumes made on this node, and where their files go (`None`: names only).
+    pub volumes: Mutex<std::collections::HashSet<String>>,
+    pub volume_store: Option<std::sync::Arc<soulbox_volumes::VolumeStore>>,
+    /// Put in the ids of its sandboxes (several fake nodes in one test make distinct ids).
+    id_prefix: String,
 }
 
 impl FakeNode {
+    /// A node holding volumes of its own in `files` (and mounting only those), its sandbox ids `f<prefix>…`.
+    pub fn with_volumes(files: soulbox_volumes::VolumeStore, id_prefix: &str) -> FakeNode {
+        FakeNode { volume_store: Some(std::sync::Arc::new(files)), id_prefix: id_prefix.into(), ..FakeNode::default() }
+    }
+
     fn template(name: &str) -> TemplateInfo {
         TemplateInfo {
             template_id: name.into(),
@@ -64,7 +74,13 @@ impl Node for FakeNode {
         if spec.template_id != "base" && !self.snapshots.lock().unwrap().contains(&spec.template_id) {
             return Err(NodeError::TemplateNotFound(spec.template_id));
         }
-        let id = format!("f{}", self.next.fetch_add(1, Ordering::SeqCst));
+        // As a real node's runtime: a node with volumes of its own mounts only those.
+        if let Some(files) = &self.volume_store
+            && let Some(v) = spec.volumes.iter().find(|v| !files.exists(&v.volume_id).unwrap_or(false))
+        {
+            return Err(NodeError::Invalid(format!("volume {} is not on this node", v.volume_id)));
+        }
+        let id = format!("f{}{}", self.id_prefix, self.next.fetch_add(1, Ordering::SeqCst));
         self.created_from.lock().unwrap().insert(id.clone(), spec.template_id);
         self.sandboxes.lock().unwrap().insert(id.clone(), false);
         self.secrets.lock().unwrap().insert(id.clone(), soulbox_runtime::EnvdSecret::generate());
@@ -106,6 +122,22 @@ impl Node for FakeNode {
         snapshots.retain(|n| n != name);
         Ok(snapshots.len() < before)
     }
+    async fn create_volume(&self, id: &str) -> Result<(), NodeError> {
+        if let Some(files) = &self.volume_store {
+            files.create(id).map_err(|e| NodeError::Failed(e.to_string()))?;
+        }
+        self.volumes.lock().unwrap().insert(id.into());
+        Ok(())
+    }
+    async fn delete_volume(&self, id: &str) -> Result<(), NodeError> {
+        if let Some(files) = &self.volume_store
+            && self.volumes.lock().unwrap().contains(id)
+        {
+            files.delete(id).map_err(|e| NodeError::Failed(e.to_string()))?;
+        }
+        self.volumes.lock().unwrap().remove(id);
+        Ok(())
+    }
     async fn stats(&self, _id: &str) -> Result<SandboxStats, NodeError> {
         Ok(SandboxStats { cpu_count: 2, ..Default::default() })
     }
@@ -125,5 +157,92 @@ impl Node for FakeNode {
             .take(query.limit)
             .map(|(unix_ms, line)| LogLine { unix_ms, line: line.into() })
             .collect())
+    }
+}
+
+/// Several fake nodes as a cluster: placement goes round the nodes that are up, `place_on` refuses a node that
+/// is down, and the proxy's routes are whatever the test sets (a test's stand-in for a node agent).
+pub struct FakeCluster {
+    pub nodes: Vec<(String, std::sync::Arc<FakeNode>)>,
+    next: std::sync::atomic::AtomicUsize,
+    pub down: Mutex<std::collections::HashSet<String>>,
+    pub routes: Mutex<HashMap<String, crate::cluster::Route>>,
+}
+
+impl FakeCluster {
+    pub fn new(nodes: Vec<(String, std::sync::Arc<FakeNode>)>) -> FakeCluster {
+        FakeCluster { nodes, next: Default::default(), down: Default::default(), routes: Default::default() }
+    }
+
+    pub fn node(&self, id: &str) -> &FakeNode {
+        &self.nodes.iter().find(|(n, _)| n == id).expect("a node of the fake cluster").1
+    }
+
+    fn up(&self, id: &str) -> Result<std::sync::Arc<FakeNode>, NodeError> {
+        match self.nodes.iter().find(|(n, _)| n == id) {
+            Some(_) if self.down.lock().unwrap().contains(id) => {
+                Err(NodeError::Unreachable(format!("node {id} is unhealthy (no heartbeat)")))
+            }
+            Some((_, node)) => Ok(node.clone()),
+            None => Err(NodeError::Unreachable(format!("node {id} was removed"))),
+        }
+    }
+
+    fn placement(&self, id: &str, node: std::sync::Arc<FakeNode>) -> crate::cluster::Placement {
+        crate::cluster::Placement { node_id: id.into(), node, hold: None }
+    }
+}
+
+#[async_trait]
+impl crate::cluster::NodeSet for FakeCluster {
+    async fn get(&self, node_id: &str) -> Result<std::sync::Arc<dyn Node>, NodeError> {
+        Ok(self.up(node_id)?)
+    }
+    async fn place(&self, _need: crate::cluster::Requirements) -> Result<crate::cluster::Placement, NodeError> {
+        for _ in 0..self.nodes.len() {
+            let (id, _) = &self.nodes[self.next.fetch_add(1, Ordering::SeqCst) % self.nodes.len()];
+            if let Ok(node) = self.up(id) {
+                return Ok(self.placement(id, node));
+            }
+        }
+        Err(NodeError::NoCapacity("no healthy node".into()))
+    }
+    async fn place_on(
+        &self,
+        node_id: &str,
+        _need: crate::cluster::Requirements,
+    ) -> Result<crate::cluster::Placement, NodeError> {
+        let node = self.up(node_id).map_err(|e| NodeError::NoCapacity(e.to_string()))?;
+        Ok(self.placement(node_id, node))
+    }
+    async fn route(&self, node_id: &str) -> Option<crate::cluster::Route> {
+        self.up(node_id).ok()?;
+        self.routes.lock().unwrap().get(node_id).cloned()
+    }
+    fn template_node(&self) -> std::sync::Arc<dyn Node> {
+        self.nodes[0].1.clone()
+    }
+    async fn list(&self) -> Result<Vec<crate::cluster::NodeView>, NodeError> {
+        let mut views = Vec::new();
+        for (id, node) in &self.nodes {
+            let info = NodeInfo { node_id: id.clone(), ..node.info().await };
+            views.push(crate::cluster::NodeView {
+                info,
+                address: None,
+                draining: false,
+                registered_at_ms: None,
+                last_heartbeat_ms: None,
+            });
+        }
+        Ok(views)
+    }
+    async fn set_draining(&self, _node_id: &str, _draining: bool) -> Result<(), NodeError> {
+        Err(NodeError::Invalid("not in the fake cluster".into()))
+    }
+    async fn remove(&self, _node_id: &str) -> Result<(), NodeError> {
+        Err(NodeError::Invalid("not in the fake cluster".into()))
+    }
+    fn is_cluster(&self) -> bool {
+        true
     }
 }

@@ -38,7 +38,8 @@ pub enum NodesCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Forget a node (stop its agent first). Refused while it still runs sandboxes, unless --force (they are lost).
+    /// Forget a node (stop its agent first). Refused while it still runs sandboxes or holds volumes' files, unless
+    /// --force (its sandboxes are lost; its volumes unreachable until an agent with its id registers again).
     Remove {
         node_id: String,
         #[arg(long)]

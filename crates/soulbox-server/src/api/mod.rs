@@ -28,7 +28,10 @@ pub mod templates;
 mod tests;
 mod unsupported;
 mod volume_content;
+pub mod volume_ops;
 mod volumes;
+#[cfg(test)]
+mod volumes_cluster_tests;
 #[cfg(test)]
 mod volumes_tests;
 

@@ -199,6 +199,19 @@ pub async fn remove_node(
         ))
         .into_response();
     }
+    // Node-local volumes keep their files on the node whatever its health (an agent back under its id serves them
+    // again): removing it makes them unreachable, so only on purpose.
+    let volumes = match state.lifecycle.store().volumes_on_node(&id).await {
+        Ok(n) => n,
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
+    if volumes > 0 && !force {
+        return LifecycleError::Conflict(format!(
+            "node {id} holds the files of {volumes} volumes, which cannot move: delete them first, or remove with \
+             ?force=true (they are then unreachable until an agent with this node id registers again)"
+        ))
+        .into_response();
+    }
     if let Err(e) = state.lifecycle.nodes().remove(&id).await {
         return LifecycleError::from(e).into_response();
     }

@@ -80,6 +80,10 @@ pub trait NodeSet: Send + Sync + 'static {
     fn cluster(&self) -> Option<&registry::Registry> {
         None
     }
+    /// Whether sandboxes run on several nodes (what node-local volumes are about).
+    fn is_cluster(&self) -> bool {
+        self.cluster().is_some()
+    }
 }
 
 /// One machine: the in-process runtime is the only node, and every sandbox is on it.

@@ -210,6 +210,15 @@ impl Node for RemoteNode {
         self.layer_request(request).await.map(|_| ())
     }
 
+    async fn create_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+        self.call::<(), ()>(Method::PUT, &super::wire::volume_path(volume_id), None, CALL_TIMEOUT).await
+    }
+
+    async fn delete_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+        // A volume of gigabytes takes a while to remove.
+        self.call::<(), ()>(Method::DELETE, &super::wire::volume_path(volume_id), None, CREATE_TIMEOUT).await
+    }
+
     async fn import_template(&self, template: TemplateMeta) -> Result<(), NodeError> {
         let path = format!("/templates/{}", segment(&template.name));
         self.call::<_, ()>(Method::PUT, &path, Some(&template), CALL_TIMEOUT).await

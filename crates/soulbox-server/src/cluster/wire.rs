@@ -12,9 +12,18 @@ pub const SECRET_HEADER: &str = "x-soulbox-node-secret";
 /// On proxied traffic to a node agent: the `Host` the sandbox's port is to see (the sandbox's `maskRequestHost`),
 /// which only the control plane knows. Taken from the control plane only; dropped from any client's request.
 pub const HOST_HEADER: &str = "x-soulbox-sandbox-host";
+/// On a volume content request forwarded to the volume's node: the volume's size limit in bytes (a server
+/// setting the node does not have). Absent: no limit.
+pub const VOLUME_LIMIT_HEADER: &str = "x-soulbox-volume-size-limit";
 /// The server's endpoint for registration and heartbeats.
 pub const HEARTBEAT_PATH: &str = "/cluster/heartbeat";
 pub const NODE_API_PREFIX: &str = "/node/v1";
+
+/// The node API path of volume `id` (`PUT` makes it, `DELETE` removes it; `/{path|dir|file}` below it serve the
+/// content API's operations on it).
+pub fn volume_path(id: &str) -> String {
+    format!("/volumes/{}", percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC))
+}
 /// Where a node agent gets the installation's egress CA (certificate and key) before it opens its runtime.
 pub const EGRESS_CA_PATH: &str = "/cluster/egress-ca";
 /// Where a node agent's egress gateway asks for a header rule's secret as a request leaves.

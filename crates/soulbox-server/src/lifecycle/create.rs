@@ -88,6 +88,7 @@ impl Lifecycle {
     ) -> Result<SandboxRecord> {
         let template = &source.template;
         let mounts = self.resolve_mounts(&req.team_id, &req.volume_mounts).await?;
+        let home = super::volumes::volume_home(&mounts)?;
         let token = req.secure.then(ids::access_token);
         let spec = SandboxSpec {
             template_id: source.runtime_template.clone(),
@@ -109,13 +110,22 @@ impl Lifecycle {
         // The team's limits first (a refused create touches no node), then a node with room.
         let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
         let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
-        let placed = match &source.node_id {
-            // The node holding the snapshot was drained: the snapshot moves to where the sandbox goes.
-            Some(node_id) if self.nodes.is_draining(node_id).await => {
-                self.place_copy(node_id, &source.runtime_template, need).await
+        let placed = match (&source.node_id, &home) {
+            // The sandbox must run where its volumes live: the snapshot moves there.
+            (Some(holder), Some(home)) if holder != home => {
+                self.place_copy(holder, &source.runtime_template, need, Some(home)).await
             }
-            Some(node_id) => self.nodes.place_on(node_id, need).await.map_err(Into::into),
-            None => self.nodes.place(need).await.map_err(Into::into),
+            // The node holding the snapshot was drained: the snapshot moves to where the sandbox goes.
+            (Some(holder), None) if self.nodes.is_draining(holder).await => {
+                self.place_copy(holder, &source.runtime_template, need, None).await
+            }
+            (Some(node_id), None) => self.nodes.place_on(node_id, need).await.map_err(Into::into),
+            (_, Some(home)) => self.nodes.place_on(home, need).await.map_err(|e| {
+                LifecycleError::Unavailable(format!(
+                    "the sandbox's volumes live on node {home}, which cannot take it now: {e}"
+                ))
+            }),
+            (None, None) => self.nodes.place(need).await.map_err(Into::into),
         };
         let result = match placed {
             Ok(placement) => {

@@ -35,11 +35,21 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// A node for a snapshot's (or fork's) new sandbox when the node holding its layers is drained: another one,
-    /// with the template copied there; the snapshot's record then names the new node.
-    pub(super) async fn place_copy(&self, holder: &str, template: &str, need: Requirements) -> Result<Placement> {
+    /// A node for a snapshot's (or fork's) new sandbox when the node holding its layers is drained, or is not
+    /// `to` (the node its volumes live on): another one (`to` when given), with the template copied there; the
+    /// snapshot's record then names the new node.
+    pub(super) async fn place_copy(
+        &self,
+        holder: &str,
+        template: &str,
+        need: Requirements,
+        to: Option<&str>,
+    ) -> Result<Placement> {
         let from = self.nodes.get(holder).await?;
-        let placement = self.nodes.place(need).await?;
+        let placement = match to {
+            Some(node_id) => self.nodes.place_on(node_id, need).await?,
+            None => self.nodes.place(need).await?,
+        };
         if let Err(e) = self.copy_template(from.as_ref(), placement.node.as_ref(), template).await {
             self.nodes.release(&placement).await;
             return Err(e);
@@ -60,6 +70,14 @@ impl Lifecycle {
     /// the sandbox stays where it was, paused (the caller then resumes it there).
     pub(super) async fn move_paused(&self, record: &SandboxRecord) -> Result<(String, String)> {
         let id = record.id.as_str();
+        // Node-local volumes do not move: a sandbox mounting one runs on the volume's node or nowhere.
+        let mounts = self.store.volume_mounts(id).await?;
+        if let Some(pinned) = mounts.iter().find(|m| m.home_node.is_some()) {
+            return Err(LifecycleError::Conflict(format!(
+                "sandbox {id} mounts volume '{}', whose files live on node {}: it can only run there",
+                pinned.name, record.node_id
+            )));
+        }
         let from = self.nodes.get(&record.node_id).await?;
         let need =
             Requirements { cpu_count: record.cpu_count.max(1) as u32, memory_mb: record.memory_mb.max(0) as u64 };
@@ -147,7 +165,7 @@ impl Lifecycle {
                 cpu_count: snapshot.cpu_count.max(1) as u32,
                 memory_mb: snapshot.memory_mb.max(0) as u64,
             };
-            match self.place_copy(node_id, &snapshot.template_id, need).await {
+            match self.place_copy(node_id, &snapshot.template_id, need, None).await {
                 Ok(placement) => {
                     self.nodes.release(&placement).await;
                     out.moved_snapshots.push(format!("{}:default", snapshot.template_id));

@@ -16,6 +16,9 @@ pub struct VolumeRecord {
     pub team_id: String,
     pub name: String,
     pub created_at_ms: i64,
+    /// The node holding the volume's files (node-local volumes, migration 0014); `None`: the control plane's
+    /// volumes directory (one machine, or a filesystem shared by every node).
+    pub node_id: Option<String>,
 }
 
 /// A volume in a sandbox, as the create named it.
@@ -24,6 +27,8 @@ pub struct VolumeMountRecord {
     pub volume_id: String,
     pub name: String,
     pub path: String,
+    /// The volume's node (`VolumeRecord::node_id`): a sandbox mounting it runs there. Not stored with the mount.
+    pub home_node: Option<String>,
 }
 
 fn from_row(r: &AnyRow) -> Result<VolumeRecord, StoreError> {
@@ -32,6 +37,7 @@ fn from_row(r: &AnyRow) -> Result<VolumeRecord, StoreError> {
         team_id: r.try_get("team_id")?,
         name: r.try_get("name")?,
         created_at_ms: r.try_get("created_at")?,
+        node_id: r.try_get("node_id")?,
     })
 }
 
@@ -50,15 +56,20 @@ pub fn check_volume_name(name: &str) -> Result<(), StoreError> {
 
 impl Store {
     /// A new volume of `team_id` and its content token: `Invalid` for a bad name or one the team already uses
-    /// (E2B answers that with 400 too).
-    pub async fn create_volume(&self, team_id: &str, name: &str) -> Result<(VolumeRecord, SecretValue), StoreError> {
+    /// (E2B answers that with 400 too). `node_id`: the node holding its files (node-local volumes).
+    pub async fn create_volume(
+        &self,
+        team_id: &str,
+        name: &str,
+        node_id: Option<&str>,
+    ) -> Result<(VolumeRecord, SecretValue), StoreError> {
         check_volume_name(name)?;
         let id = crate::ids::uuid_like();
         let token = SecretValue::new(format!("sbvol_{}", crate::ids::access_token()));
         let sealed = self.secret_box()?.seal(team_id, &id, 0, &token)?;
         let now = now_ms();
         let inserted = sqlx::query(
-            "INSERT INTO volumes (id, team_id, name, token, created_at) VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO volumes (id, team_id, name, token, created_at, node_id) VALUES ($1, $2, $3, $4, $5, $6) \
              ON CONFLICT (team_id, name) DO NOTHING",
         )
         .bind(&id)
@@ -66,21 +77,29 @@ impl Store {
         .bind(name)
         .bind(&sealed)
         .bind(now)
+        .bind(node_id)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 0 {
             return Err(StoreError::Invalid(format!("Volume with name '{name}' already exists")));
         }
-        let record = VolumeRecord { id, team_id: team_id.to_owned(), name: name.to_owned(), created_at_ms: now };
+        let record = VolumeRecord {
+            id,
+            team_id: team_id.to_owned(),
+            name: name.to_owned(),
+            created_at_ms: now,
+            node_id: node_id.map(str::to_owned),
+        };
         Ok((record, token))
     }
 
     pub async fn get_volume(&self, team_id: &str, id: &str) -> Result<VolumeRecord, StoreError> {
-        let row = sqlx::query("SELECT id, team_id, name, created_at FROM volumes WHERE id = $1 AND team_id = $2")
-            .bind(id)
-            .bind(team_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, team_id, name, created_at, node_id FROM volumes WHERE id = $1 AND team_id = $2")
+                .bind(id)
+                .bind(team_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(from_row).transpose()?.ok_or_else(|| StoreError::NotFound(format!("volume '{id}'")))
     }
 
@@ -97,7 +116,7 @@ impl Store {
 
     /// A volume by id whatever its team: only for the content API, which then checks the caller's token or team.
     pub async fn find_volume(&self, id: &str) -> Result<Option<VolumeRecord>, StoreError> {
-        let row = sqlx::query("SELECT id, team_id, name, created_at FROM volumes WHERE id = $1")
+        let row = sqlx::query("SELECT id, team_id, name, created_at, node_id FROM volumes WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -106,21 +125,23 @@ impl Store {
 
     /// The team's volumes, oldest first.
     pub async fn list_volumes(&self, team_id: &str) -> Result<Vec<VolumeRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT id, team_id, name, created_at FROM volumes WHERE team_id = $1 ORDER BY created_at, id")
-                .bind(team_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT id, team_id, name, created_at, node_id FROM volumes WHERE team_id = $1 ORDER BY created_at, id",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(from_row).collect()
     }
 
     /// The team's volume of that name.
     pub async fn volume_named(&self, team_id: &str, name: &str) -> Result<VolumeRecord, StoreError> {
-        let row = sqlx::query("SELECT id, team_id, name, created_at FROM volumes WHERE team_id = $1 AND name = $2")
-            .bind(team_id)
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, team_id, name, created_at, node_id FROM volumes WHERE team_id = $1 AND name = $2")
+                .bind(team_id)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         row.as_ref().map(from_row).transpose()?.ok_or_else(|| StoreError::NotFound(format!("volume '{name}'")))
     }
 
@@ -175,20 +196,35 @@ impl Store {
         Ok(())
     }
 
+    /// The sandbox's mounts, each with its volume's node (a volume deleted since reads as having none).
     pub async fn volume_mounts(&self, sandbox_id: &str) -> Result<Vec<VolumeMountRecord>, StoreError> {
-        let rows =
-            sqlx::query("SELECT volume_id, name, path FROM sandbox_volume_mounts WHERE sandbox_id = $1 ORDER BY path")
-                .bind(sandbox_id)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(
+            "SELECT m.volume_id, m.name, m.path, v.node_id FROM sandbox_volume_mounts m \
+             LEFT JOIN volumes v ON v.id = m.volume_id WHERE m.sandbox_id = $1 ORDER BY m.path",
+        )
+        .bind(sandbox_id)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(VolumeMountRecord {
                     volume_id: r.try_get("volume_id")?,
                     name: r.try_get("name")?,
                     path: r.try_get("path")?,
+                    home_node: r.try_get("node_id")?,
                 })
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// How many volumes hold their files on `node_id` (a node removed with them makes them unreachable).
+    pub async fn volumes_on_node(&self, node_id: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM volumes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
     }
 }
