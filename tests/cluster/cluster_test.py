@@ -517,6 +517,9 @@ def node_api_refuses_strangers(node, sandbox_id):
         ("DELETE", f"/sandboxes/{sandbox_id}", None),
         ("POST", "/sandboxes", {"templateId": "base"}),
         ("GET", "/templates", None),
+        ("PUT", "/volumes/stolen", None),
+        ("GET", "/volumes/stolen/dir?path=/", None),
+        ("DELETE", "/volumes/stolen", None),
     ]
     for secret in (None, "not-the-secret"):
         for method, path, body in attempts:
