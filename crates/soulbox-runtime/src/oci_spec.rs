@@ -104,8 +104,6 @@ pub struct BundleParams<'a> {
     pub volumes: &'a [(PathBuf, String)],
     /// The sandbox's own `/proc` files: (file of the proc view, the `/proc` file it covers) (`procview.rs`).
     pub proc_view: &'a [(PathBuf, &'static str)],
-    /// The host CPUs it runs on (`"0,2"`), so `nproc` counts its limit; None: all (`procview::cpuset`).
-    pub cpus: Option<String>,
 }
 
 fn oci<E: std::fmt::Display>(e: E) -> Error {
@@ -222,15 +220,17 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
 
     let mem = (p.memory_mb as i64).saturating_mul(1024 * 1024);
     let period: u64 = 100_000;
-    let mut cpu = LinuxCpuBuilder::default().period(period).quota(period as i64 * p.cpu_count.max(1) as i64);
-    if let Some(cpus) = &p.cpus {
-        cpu = cpu.cpus(cpus.clone());
-    }
     let resources = LinuxResourcesBuilder::default()
         .devices(vec![LinuxDeviceCgroupBuilder::default().allow(false).access("rwm").build().map_err(oci)?])
         // swap == limit: memory+swap total equals memory, i.e. no swap.
         .memory(LinuxMemoryBuilder::default().limit(mem).swap(mem).build().map_err(oci)?)
-        .cpu(cpu.build().map_err(oci)?)
+        .cpu(
+            LinuxCpuBuilder::default()
+                .period(period)
+                .quota(period as i64 * p.cpu_count.max(1) as i64)
+                .build()
+                .map_err(oci)?,
+        )
         .pids(LinuxPidsBuilder::default().limit(p.runtime.host_pids_limit(p.pids_limit)).build().map_err(oci)?)
         .build()
         .map_err(oci)?;

@@ -212,12 +212,10 @@ impl ProcView {
         FILES.iter().filter(|f| f.bound_by_runtime).map(|f| (self.source(id, f), f.covers)).collect()
     }
 
-    /// Attaches into the running container whose init is `pid` the files runc does not bind (`boot_id`), or with
-    /// `all` every file (re-attaching a sandbox booted by an earlier runtime, whose binds went dead with it).
-    pub fn attach_to(&self, id: &str, pid: i32, all: bool) -> Result<()> {
-        let files: Vec<(PathBuf, &str)> =
-            FILES.iter().filter(|f| all || !f.bound_by_runtime).map(|f| (self.source(id, f), f.covers)).collect();
-        attach(pid, &files)
+    /// What [`attach`] mounts into a running container: the files runc does not bind (`boot_id`), or with `all`
+    /// every file (re-attaching a sandbox booted by an earlier runtime, whose binds went dead with it).
+    pub fn files(&self, id: &str, all: bool) -> Vec<(PathBuf, &'static str)> {
+        FILES.iter().filter(|f| all || !f.bound_by_runtime).map(|f| (self.source(id, f), f.covers)).collect()
     }
 
     /// Drops what the filesystem keeps for a deleted sandbox.

@@ -92,8 +92,6 @@ impl Inner {
             runtime: driver.kind(),
             volumes,
             proc_view: &proc_view,
-            // Pinned with the view (gVisor counts its CPUs itself and its cgroup setup refuses a cpuset).
-            cpus: self.proc_view_for(driver).and_then(|_| crate::procview::cpuset::pick(cpu_count)),
         };
         let oci = oci_spec::build(&self.cfg, &params)?;
         oci_spec::write(&dir, &oci)?;
@@ -125,12 +123,15 @@ impl Inner {
         };
         self.with_log(id, started.await).await?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
-        self.attach_proc_view(id, driver, false);
+        let attaching = self.attach_proc_view(id, driver, false);
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
+        self.attached(id, attaching).await;
+        tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "envd ready or not, proc view attached");
         let reason = match res {
             Ok(Ok(1)) => {
                 tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "envd ready");
+                self.pin_cpus(id, driver, cpu_count);
                 return Ok(());
             }
             Ok(Ok(_)) => {

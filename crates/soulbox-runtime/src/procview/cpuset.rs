@@ -1,7 +1,7 @@
 //! Which host CPUs a sandbox runs on. `nproc` (sched_getaffinity) and everything that sizes itself from it count
 //! the CPUs a process may run on, which only a cpuset changes: so a sandbox limited to fewer CPUs than the node
-//! may use is pinned to that many, taken in turn round the node's CPUs so sandboxes spread over all of them. Its
-//! CFS quota still caps what it may use of them.
+//! may use is pinned to that many, taken in turn round the node's CPUs so sandboxes spread over all of them (once
+//! it is up: `lifecycle/proc_view.rs`). Its CFS quota still caps what it may use of them.
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -17,6 +17,17 @@ pub fn node_cpus() -> Vec<u32> {
         // SAFETY: CPU_ISSET reads the set within its size.
         .filter(|c| unsafe { libc::CPU_ISSET(*c as usize, &set) })
         .collect()
+}
+
+/// Restricts sandbox `id`'s cgroup (made by the OCI runtime) to `cpus`; the kernel moves its processes' affinity
+/// with it.
+pub fn apply(cgroup_parent: &str, id: &str, cpus: &str) -> std::io::Result<()> {
+    let dir = if crate::cgroup::is_v2() {
+        std::path::Path::new("/sys/fs/cgroup").join(cgroup_parent).join(id)
+    } else {
+        std::path::Path::new("/sys/fs/cgroup/cpuset").join(cgroup_parent).join(id)
+    };
+    std::fs::write(dir.join("cpuset.cpus"), cpus)
 }
 
 /// The cpuset (`"2,3"`) for a sandbox of `cpu_count` CPUs; None when it may use all of the node's.

@@ -16,9 +16,10 @@ use std::time::{Duration, SystemTime};
 const SLOT: u64 = 16;
 /// Directories never change.
 const TTL: Duration = Duration::from_secs(60);
-/// Files are asked again every time: a splice/sendfile reader (busybox `cat`) goes through the page cache, where a
-/// short read shrinks the kernel's idea of the size to the text it got; the next reader must see the big one again.
-const FILE_TTL: Duration = Duration::ZERO;
+/// Files' attributes are asked again every time: a splice/sendfile reader (busybox `cat`) goes through the page
+/// cache, where a short read shrinks the kernel's idea of the size to the text it got; the next reader must see the
+/// big one again. Their names stay (lookups are cached like the directories').
+const FILE_ATTR_TTL: Duration = Duration::ZERO;
 /// The size files claim: more than any text here (sendfile reads at most the size; a short read ends it).
 const FILE_SIZE: u64 = 1 << 20;
 
@@ -121,7 +122,9 @@ impl Filesystem for ViewFs {
             };
         }
         match (self.resolve(parent.0), FILES.iter().position(|f| f.name == name)) {
-            (Some((_, None)), Some(k)) => reply.entry(&FILE_TTL, &attr(parent.0 + 1 + k as u64, false), Generation(0)),
+            (Some((_, None)), Some(k)) => {
+                reply.entry_with_ttls(&FILE_ATTR_TTL, &TTL, &attr(parent.0 + 1 + k as u64, false), Generation(0))
+            }
             _ => reply.error(Errno::ENOENT),
         }
     }
@@ -132,7 +135,7 @@ impl Filesystem for ViewFs {
         }
         match self.resolve(ino.0) {
             Some((_, None)) => reply.attr(&TTL, &attr(ino.0, true)),
-            Some((_, Some(_))) => reply.attr(&FILE_TTL, &attr(ino.0, false)),
+            Some((_, Some(_))) => reply.attr(&FILE_ATTR_TTL, &attr(ino.0, false)),
             None => reply.error(Errno::ENOENT),
         }
     }
