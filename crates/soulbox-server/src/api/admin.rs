@@ -3,8 +3,8 @@
 //!   running or paused;
 //! - `GET /admin/sandboxes/running-counts` → `{teamID: count}`, teams without running sandboxes left out;
 //! - `POST /admin/teams/{teamID}/builds/cancel` → `{cancelledCount, failedCount}`: builds not started yet are
-//!   cancelled; a build already running cannot be stopped part-way (the build engine cleans up only at its own
-//!   end or timeout), so it counts as failed to cancel and runs to its end.
+//!   cancelled, and so are running ones this replica runs (the engine removes their build sandboxes); one that
+//!   another replica runs counts as failed to cancel and runs to its end.
 //!
 //! An unknown team is a 404.
 
@@ -75,12 +75,18 @@ pub async fn cancel_team_builds(State(state): State<ApiState>, Path(team_id): Pa
     if let Err(r) = known_team(&state, &team_id).await {
         return r;
     }
-    match state.lifecycle.store().cancel_waiting_builds(&team_id, "cancelled by an admin").await {
-        Ok((cancelled, running)) => {
-            tracing::info!(team = %team_id, cancelled, running, "team's builds cancelled");
-            Json(AdminBuildCancelResult { cancelled_count: cancelled as u32, failed_count: running as u32 })
-                .into_response()
-        }
-        Err(e) => LifecycleError::from(e).into_response(),
-    }
+    let store = state.lifecycle.store();
+    let waiting = match store.cancel_waiting_builds(&team_id, "cancelled by an admin").await {
+        Ok((cancelled, _)) => cancelled as usize,
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
+    let running = match store.running_builds(&team_id).await {
+        Ok(ids) => ids,
+        Err(e) => return LifecycleError::from(e).into_response(),
+    };
+    let stopped = crate::builds::cancel_running(&running);
+    let failed = running.len() - stopped;
+    tracing::info!(team = %team_id, waiting, stopped, failed, "team's builds cancelled");
+    Json(AdminBuildCancelResult { cancelled_count: (waiting + stopped) as u32, failed_count: failed as u32 })
+        .into_response()
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use self::log::{BoundedLog, Line};
 use self::uploads::Uploads;
@@ -45,6 +46,21 @@ static LIVE: LazyLock<Mutex<HashMap<String, broadcast::Sender<LiveItem>>>> = Laz
 
 fn live() -> std::sync::MutexGuard<'static, HashMap<String, broadcast::Sender<LiveItem>>> {
     LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds this process is running, by id: cancelling one drops its node call, and the build engine then removes
+/// its build sandbox and temporary templates (a remote node's agent does the same when the call is dropped).
+static RUNNING: LazyLock<Mutex<HashMap<String, CancellationToken>>> = LazyLock::new(Default::default);
+
+fn running() -> std::sync::MutexGuard<'static, HashMap<String, CancellationToken>> {
+    RUNNING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Cancels those of `build_ids` that run in this process; returns how many. (A build another replica runs is
+/// not reachable from here.)
+pub fn cancel_running(build_ids: &[String]) -> usize {
+    let running = running();
+    build_ids.iter().filter_map(|id| running.get(id)).inspect(|token| token.cancel()).count()
 }
 
 /// Records a new build of `template` for `team_id` (waiting for its start) and opens its live log; returns the
@@ -127,7 +143,13 @@ async fn run(store: Store, node: Arc<dyn Node>, job: BuildJob, template: String,
     });
     log(LogLevel::Info, format!("Building template '{template}' (build {build_id})"), Some("base".into()));
     let started = std::time::Instant::now();
-    let mut result = node.build_template(job, log.clone()).await;
+    let cancel = CancellationToken::new();
+    running().insert(build_id.clone(), cancel.clone());
+    let mut result = tokio::select! {
+        built = node.build_template(job, log.clone()) => built,
+        () = cancel.cancelled() => Err(BuildFailure::new("the build was cancelled by an admin".to_string(), None)),
+    };
+    running().remove(&build_id);
     if result.is_ok() {
         result = point_tags(&store, node.as_ref(), &template, &build_id, &tags)
             .await

@@ -259,6 +259,18 @@ impl Store {
         Ok((cancelled, running.max(0) as u64))
     }
 
+    /// The team's builds that are running now (`building`).
+    pub async fn running_builds(&self, team_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id FROM template_builds \
+             WHERE status = 'building' AND template_id IN (SELECT id FROM templates WHERE team_id = $1)",
+        )
+        .bind(team_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
+
     /// Builds a previous server left `waiting`/`building` can never finish: mark them failed.
     pub async fn fail_unfinished_builds(&self, reason: &str) -> Result<u64, StoreError> {
         let r = sqlx::query(

@@ -26,6 +26,18 @@ pub(crate) struct BuildingNode {
     pub(crate) build_runtimes: Mutex<Vec<Option<String>>>,
     /// Where uploads go (default: the system temp dir).
     pub(crate) files_dir: Option<std::path::PathBuf>,
+    /// Builds run until their call is dropped (a cancel), which `builds_dropped` counts.
+    pub(crate) hang: bool,
+    pub(crate) builds_dropped: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Counts a dropped build call.
+struct CountDrop(Arc<std::sync::atomic::AtomicU32>);
+
+impl Drop for CountDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn info(name: &str, cpu: u32) -> TemplateInfo {
@@ -73,6 +85,10 @@ impl Node for BuildingNode {
     /// The build's cpu count marks which build a template came from.
     async fn build_template(&self, job: BuildJob, log: LogSink) -> Result<(), BuildFailure> {
         log(LogLevel::Info, format!("[1/1] building {}", job.template_name), Some("1".into()));
+        if self.hang {
+            let _counted = CountDrop(self.builds_dropped.clone());
+            return std::future::pending().await;
+        }
         self.build_runtimes.lock().unwrap().push(job.runtime.clone());
         self.templates.lock().unwrap().insert(job.template_name.clone(), info(&job.template_name, job.cpu_count));
         Ok(())
@@ -99,16 +115,24 @@ pub(crate) struct Harness {
     /// A member key of another team.
     pub(crate) key_b: String,
     pub(crate) node: Arc<BuildingNode>,
+    /// An admin key (of the default team).
+    pub(crate) admin: String,
     _dir: tempfile::TempDir,
 }
 
 impl Harness {
     pub(crate) async fn new() -> Harness {
+        Harness::with_node(BuildingNode::default()).await
+    }
+
+    pub(crate) async fn with_node(node: BuildingNode) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
         let (_, key) = store.create_api_key("test").await.unwrap();
         let (_, key_b) = store.create_api_key_in("b", "other", crate::store::Role::Member).await.unwrap();
-        let node = Arc::new(BuildingNode { files_dir: Some(dir.path().join("uploads")), ..Default::default() });
+        let (_, admin) =
+            store.create_api_key_in("ops", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await.unwrap();
+        let node = Arc::new(BuildingNode { files_dir: Some(dir.path().join("uploads")), ..node });
         let lifecycle = Lifecycle::start(store, node.clone(), LifecycleConfig::default()).await.unwrap();
         let state = ApiState {
             lifecycle,
@@ -116,7 +140,14 @@ impl Harness {
             domain: None,
             started: std::time::Instant::now(),
         };
-        Harness { app: crate::api::router(state), key: key.secret, key_b: key_b.secret, node, _dir: dir }
+        Harness {
+            app: crate::api::router(state),
+            key: key.secret,
+            key_b: key_b.secret,
+            node,
+            admin: admin.secret,
+            _dir: dir,
+        }
     }
 
     pub(crate) async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
@@ -249,4 +280,40 @@ async fn a_build_asking_for_a_runtime_hands_it_to_the_node_and_an_unknown_one_is
         StatusCode::NOT_FOUND,
         "a refused build left a record"
     );
+}
+
+/// An admin's cancel stops a running build: its node call is dropped (the engine then removes its build sandbox)
+/// and the build ends as an error saying why.
+#[tokio::test]
+async fn an_admin_cancels_a_running_build() {
+    let h = Harness::with_node(BuildingNode { hang: true, ..Default::default() }).await;
+    let (status, req) = h.call("POST", "/v3/templates", Some(json!({"name": "slow"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{req}");
+    let (id, build) = (req["templateID"].as_str().unwrap().to_string(), req["buildID"].as_str().unwrap().to_string());
+    let (status, _) =
+        h.call("POST", &format!("/v2/templates/{id}/builds/{build}"), Some(json!({"fromTemplate": "base"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let team = crate::store::DEFAULT_TEAM_ID;
+    // The build runs once its status says so (it is started in the background).
+    let status_of = || async {
+        let (_, got) = h.call("GET", &format!("/templates/{id}/builds/{build}/status"), None).await;
+        got["status"].as_str().unwrap_or_default().to_owned()
+    };
+    for _ in 0..500 {
+        if status_of().await == "building" {
+            break;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(status_of().await, "building");
+    let (status, cancelled) = h.call_as(&h.admin, "POST", &format!("/admin/teams/{team}/builds/cancel"), None).await;
+    assert_eq!((status, cancelled), (StatusCode::OK, json!({"cancelledCount": 1, "failedCount": 0})));
+    // The live log ends with the build: read to its end, the build has finished.
+    let (_, log) = h.call("GET", &format!("/templates/{id}/builds/{build}/logs/stream"), None).await;
+    let last = log.as_str().unwrap().lines().last().unwrap().to_string();
+    let end: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(end["status"], "error", "{log}");
+    assert!(log.as_str().unwrap().contains("cancelled by an admin"), "{log}");
+    assert_eq!(h.node.builds_dropped.load(std::sync::atomic::Ordering::SeqCst), 1, "the node call was not dropped");
 }
