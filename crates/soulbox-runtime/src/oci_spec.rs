@@ -102,7 +102,7 @@ pub struct BundleParams<'a> {
     pub runtime: &'a crate::runtime_kind::RuntimeKind,
     /// Persistent volumes: (host directory to bind, path inside), prepared by `volumes::prepare`.
     pub volumes: &'a [(PathBuf, String)],
-    /// The sandbox's own `/proc` files: (file of the proc view, the `/proc` file it covers) (`procview.rs`).
+    /// Host files bound read-only over `/proc` files (gVisor's boot id, `lifecycle/proc_view.rs`).
     pub proc_view: &'a [(PathBuf, &'static str)],
 }
 
@@ -191,7 +191,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         );
     }
 
-    // Read-only, and only this sandbox's own files of the view (runc allows binds over these `/proc` files).
+    // Read-only, and only this sandbox's own files.
     for (source, destination) in p.proc_view {
         mounts.push(
             MountBuilder::default()

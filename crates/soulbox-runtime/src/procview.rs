@@ -2,9 +2,10 @@
 //! `/sys/devices/system/cpu/online` and `/proc/sys/kernel/random/boot_id` inside a runc/crun sandbox show its limits, its own uptime and its own
 //! boot id instead of the host's — lxcfs's approach, in process: a FUSE filesystem served by the runtime itself
 //! (no other daemon) at `<data_dir>/procview`, where `/<sandbox id>/<file>` is rendered, when opened, from that
-//! sandbox's cgroup (v1 or v2) and its boot record. Each sandbox gets only its own files, bound over the proc
-//! files (`oci_spec.rs`; `boot_id`, which runc refuses to bind under `/proc/sys`, is attached into the running
-//! container by [`attach`]). `nproc` follows the cpuset each sandbox is given ([`cpuset`]).
+//! sandbox's cgroup (v1 or v2) and its boot record. Each sandbox gets only its own files, mounted over the proc
+//! files in its mount namespace by [`attach`] while envd starts (not bound from the bundle: runc refuses a bind
+//! under `/proc/sys`, and binds it does make cost its start a few FUSE lookups). `nproc` follows the cpuset each
+//! sandbox is given ([`cpuset`]).
 //!
 //! Restarts: a running sandbox keeps binds to the FUSE mount of the runtime that booted it; once that runtime is
 //! gone they answer ENOTCONN. So a runtime that opens mounts a new filesystem at the same place and re-attaches
@@ -26,20 +27,17 @@ pub use attach::attach;
 pub struct ViewFile {
     pub name: &'static str,
     pub covers: &'static str,
-    /// Whether runc binds it from the bundle (it allows binds over only some `/proc` files); the others are
-    /// attached after the container is made ([`attach`]).
-    pub bound_by_runtime: bool,
 }
 
 pub const FILES: &[ViewFile] = &[
-    ViewFile { name: "meminfo", covers: "/proc/meminfo", bound_by_runtime: true },
-    ViewFile { name: "cpuinfo", covers: "/proc/cpuinfo", bound_by_runtime: true },
-    ViewFile { name: "stat", covers: "/proc/stat", bound_by_runtime: true },
-    ViewFile { name: "uptime", covers: "/proc/uptime", bound_by_runtime: true },
-    ViewFile { name: "swaps", covers: "/proc/swaps", bound_by_runtime: true },
+    ViewFile { name: "meminfo", covers: "/proc/meminfo" },
+    ViewFile { name: "cpuinfo", covers: "/proc/cpuinfo" },
+    ViewFile { name: "stat", covers: "/proc/stat" },
+    ViewFile { name: "uptime", covers: "/proc/uptime" },
+    ViewFile { name: "swaps", covers: "/proc/swaps" },
     // glibc's get_nprocs (`sysconf(_SC_NPROCESSORS_ONLN)`, Python's `os.cpu_count()`) counts this list.
-    ViewFile { name: "cpu_online", covers: "/sys/devices/system/cpu/online", bound_by_runtime: true },
-    ViewFile { name: "boot_id", covers: BOOT_ID_PATH, bound_by_runtime: false },
+    ViewFile { name: "cpu_online", covers: "/sys/devices/system/cpu/online" },
+    ViewFile { name: "boot_id", covers: BOOT_ID_PATH },
 ];
 
 /// Where the kernel shows its boot id.
@@ -202,20 +200,14 @@ impl ProcView {
         &self.mountpoint
     }
 
-    /// `<mountpoint>/<id>/<file>`: what is bound over `file.covers` in sandbox `id`.
+    /// `<mountpoint>/<id>/<file>`: what is mounted over `file.covers` in sandbox `id`.
     pub fn source(&self, id: &str, file: &ViewFile) -> PathBuf {
         self.mountpoint.join(id).join(file.name)
     }
 
-    /// The files runc binds from the bundle: (source, destination).
-    pub fn binds(&self, id: &str) -> Vec<(PathBuf, &'static str)> {
-        FILES.iter().filter(|f| f.bound_by_runtime).map(|f| (self.source(id, f), f.covers)).collect()
-    }
-
-    /// What [`attach`] mounts into a running container: the files runc does not bind (`boot_id`), or with `all`
-    /// every file (re-attaching a sandbox booted by an earlier runtime, whose binds went dead with it).
-    pub fn files(&self, id: &str, all: bool) -> Vec<(PathBuf, &'static str)> {
-        FILES.iter().filter(|f| all || !f.bound_by_runtime).map(|f| (self.source(id, f), f.covers)).collect()
+    /// (file of the view, the path it covers): what [`attach`] mounts into sandbox `id`.
+    pub fn files(&self, id: &str) -> Vec<(PathBuf, &'static str)> {
+        FILES.iter().map(|f| (self.source(id, f), f.covers)).collect()
     }
 
     /// Drops what the filesystem keeps for a deleted sandbox.

@@ -15,18 +15,22 @@ impl Inner {
         self.procview.as_ref().filter(|_| !driver.kind().is_runsc())
     }
 
-    /// After the container started: its boot id (and with `all` every file of the view) mounted into it, on a
+    /// After the container started (or, re-attaching, while it runs): the view's files mounted into it, on a
     /// blocking thread (the caller waits for envd meanwhile); [`Inner::attached`] takes the outcome.
-    pub(super) fn attach_proc_view(&self, id: &str, driver: &Driver, all: bool) -> Option<Attaching> {
+    pub(super) fn attach_proc_view(&self, id: &str, driver: &Driver) -> Option<Attaching> {
         let view = self.proc_view_for(driver)?;
         let pid_file = self.dir(id).join("init.pid");
         let pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(0);
-        let files = view.files(id, all);
+        let files = view.files(id);
+        let sandbox = id.to_string();
         Some(tokio::task::spawn_blocking(move || {
             if pid <= 0 {
                 return Err(crate::Error::Invalid(format!("no container pid in {}", pid_file.display())));
             }
-            crate::procview::attach(pid, &files)
+            let t0 = std::time::Instant::now();
+            let res = crate::procview::attach(pid, &files);
+            tracing::debug!(sandbox, us = t0.elapsed().as_micros() as u64, "proc view attached");
+            res
         }))
     }
 
@@ -68,21 +72,18 @@ impl Inner {
                 continue;
             }
             if let Ok(driver) = self.drivers.for_record(&rec) {
-                let attaching = self.attach_proc_view(&rec.id, driver, true);
+                let attaching = self.attach_proc_view(&rec.id, driver);
                 self.attached(&rec.id, attaching).await;
             }
         }
     }
 
-    /// (host file, `/proc` file) pairs the OCI runtime binds in sandbox `id`'s bundle: the view's files on runc;
-    /// on gVisor, whose `/proc` has no boot id, the boot record's id file.
+    /// (host file, `/proc` file) pairs the OCI runtime binds in sandbox `id`'s bundle: on gVisor, whose `/proc` has
+    /// no boot id, the boot record's id file; nothing on runc (the view is attached).
     pub(super) fn proc_view_binds(&self, id: &str, driver: &Driver) -> Vec<(PathBuf, &'static str)> {
-        if driver.kind().is_runsc() {
-            if self.procview.is_none() {
-                return Vec::new();
-            }
+        if driver.kind().is_runsc() && self.procview.is_some() {
             return vec![(self.dir(id).join(crate::procview::BOOT_ID_FILE), crate::procview::BOOT_ID_PATH)];
         }
-        self.proc_view_for(driver).map(|v| v.binds(id)).unwrap_or_default()
+        Vec::new()
     }
 }

@@ -1,7 +1,7 @@
 //! Mounting host files over paths inside a running container: `open_tree` clones each file's mount here, then a
 //! thread of our own enters the container's mount namespace and moves the clones onto their places (over whatever
-//! is mounted there: a dead bind of an earlier runtime's view is detached first). For what runc will not bind from
-//! the bundle (`/proc/sys/kernel/random/boot_id`), and for re-attaching sandboxes after a runtime restart.
+//! is mounted there: a dead mount of an earlier runtime's view is detached first). How a sandbox gets its view at
+//! boot, and again after a runtime restart.
 use crate::error::{Error, Result};
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -1,6 +1,6 @@
 //! The FUSE filesystem: `/<sandbox id>/<file>`, each file rendered from that sandbox's numbers when it is opened
 //! (one consistent text per open, as procfs gives), read-only for everyone. A sandbox only ever has its own files
-//! bound into it (`oci_spec.rs`), never the directory above them.
+//! mounted into it (`attach.rs`), never the directory above them.
 use super::{FILES, Source};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenAccMode,
