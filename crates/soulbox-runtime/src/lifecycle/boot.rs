@@ -123,7 +123,7 @@ impl Inner {
         };
         self.with_log(id, started.await).await?;
         tracing::debug!(sandbox = %id, us = t0.elapsed().as_micros() as u64, "runtime start done");
-        let attaching = self.attach_proc_view(id, driver, false);
+        let attaching = self.attach_proc_view(id, driver);
         let mut b = [0u8; 1];
         let res = tokio::time::timeout(Duration::from_millis(self.cfg.ready_timeout_ms), rx.read(&mut b)).await;
         self.attached(id, attaching).await;
