@@ -22,13 +22,14 @@ impl Inner {
         let pid_file = self.dir(id).join("init.pid");
         let pid = std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<i32>().ok()).unwrap_or(0);
         let files = view.files(id);
+        let cgroup = self.cfg.cgroups_path(id);
         let sandbox = id.to_string();
         Some(tokio::task::spawn_blocking(move || {
             if pid <= 0 {
                 return Err(crate::Error::Invalid(format!("no container pid in {}", pid_file.display())));
             }
             let t0 = std::time::Instant::now();
-            let res = crate::procview::attach(pid, &files);
+            let res = crate::procview::attach(pid, &cgroup, &files);
             tracing::debug!(sandbox, us = t0.elapsed().as_micros() as u64, "proc view attached");
             res
         }))

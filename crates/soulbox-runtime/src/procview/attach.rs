@@ -19,8 +19,10 @@ fn cstr(p: &Path) -> Result<CString> {
     CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Error::Invalid(format!("{} has a NUL", p.display())))
 }
 
-/// Mounts each `(host file, path inside)` into the mount namespace of process `pid` (a container's init).
-pub fn attach(pid: i32, files: &[(PathBuf, &str)]) -> Result<()> {
+/// Mounts each `(host file, path inside)` into the mount namespace of process `pid`, a container's init that must
+/// be in cgroup `cgroup` (`/<parent>/<id>`): a pid file outliving its process must never lead here to another
+/// process's namespace — above all the host's own, whose `/proc/meminfo` would then be a sandbox's.
+pub fn attach(pid: i32, cgroup: &str, files: &[(PathBuf, &str)]) -> Result<()> {
     let mut clones = Vec::with_capacity(files.len());
     for (source, inside) in files {
         let c = cstr(source)?;
@@ -36,6 +38,17 @@ pub fn attach(pid: i32, files: &[(PathBuf, &str)]) -> Result<()> {
     }
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
     let ns = std::fs::File::open(&ns_path).map_err(|source| Error::Io { path: ns_path.clone(), source })?;
+    // Checked after the namespace is held: if the pid was someone else's by then, its cgroup says so now.
+    if !in_cgroup(pid, cgroup) {
+        return Err(Error::Invalid(format!("process {pid} is not in cgroup {cgroup}: not attaching the proc view")));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/mnt")
+        .map_err(|source| Error::Io { path: "/proc/self/ns/mnt".into(), source })?;
+    let theirs = ns.metadata().map_err(|source| Error::Io { path: ns_path.clone(), source })?;
+    if (own.dev(), own.ino()) == (theirs.dev(), theirs.ino()) {
+        return Err(Error::Invalid(format!("process {pid} shares the runtime's mount namespace: not attaching")));
+    }
     // Entering another mount namespace is allowed only to a thread that shares its filesystem context with no
     // other: a thread of its own, unshared, that ends right after.
     std::thread::spawn(move || -> Result<()> {
@@ -71,6 +84,14 @@ pub fn attach(pid: i32, files: &[(PathBuf, &str)]) -> Result<()> {
     })
     .join()
     .map_err(|_| Error::Invalid("the proc view's attach thread panicked".into()))?
+}
+
+/// Whether `/proc/<pid>/cgroup` (v1: any hierarchy; v2: the one line) names `cgroup` exactly.
+fn in_cgroup(pid: i32, cgroup: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.splitn(3, ':').nth(2) == Some(cgroup))
 }
 
 /// Whether the file at `inside` (in the current mount namespace) is a mount of the proc view: its filesystem is

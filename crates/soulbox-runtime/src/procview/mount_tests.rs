@@ -87,3 +87,21 @@ fn the_mounted_view_serves_known_sandboxes_read_only() {
     assert!(read("meminfo").is_err(), "closed: nothing is served");
     assert!(!crate::rootfs::mounts_under(t.path()).iter().any(|m| m.starts_with(&mnt)), "unmounted");
 }
+
+#[test]
+fn attach_never_mounts_into_a_process_outside_the_sandbox() {
+    if !crate::util::is_root() {
+        eprintln!("SKIP attach_never_mounts_into_a_process_outside_the_sandbox: needs root");
+        return;
+    }
+    let me = std::process::id() as i32;
+    let files = [(PathBuf::from("/proc/uptime"), "/proc/uptime")];
+    let err = attach(me, "/soulbox_none/sbxone", &files).unwrap_err().to_string();
+    assert!(err.contains("is not in cgroup"), "{err}");
+    // Even in the expected cgroup: never into the runtime's own mount namespace (a reused pid of the host).
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let cgroup = own.lines().next().and_then(|l| l.splitn(3, ':').nth(2)).unwrap().to_string();
+    let err = attach(me, &cgroup, &files).unwrap_err().to_string();
+    assert!(err.contains("shares the runtime's mount namespace"), "{err}");
+    assert!(!crate::rootfs::mounts_under(Path::new("/proc")).iter().any(|m| m == Path::new("/proc/uptime")));
+}
