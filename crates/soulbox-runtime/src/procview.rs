@@ -1,16 +1,17 @@
 //! A sandbox sees its own machine: `/proc/meminfo`, `/proc/cpuinfo`, `/proc/stat`, `/proc/uptime`, `/proc/swaps`,
-//! `/sys/devices/system/cpu/online` and `/proc/sys/kernel/random/boot_id` inside a runc/crun sandbox show its limits, its own uptime and its own
-//! boot id instead of the host's — lxcfs's approach, in process: a FUSE filesystem served by the runtime itself
-//! (no other daemon) at `<data_dir>/procview`, where `/<sandbox id>/<file>` is rendered, when opened, from that
-//! sandbox's cgroup (v1 or v2) and its boot record. Each sandbox gets only its own files, mounted over the proc
-//! files in its mount namespace by [`attach`] while envd starts (not bound from the bundle: runc refuses a bind
-//! under `/proc/sys`, and binds it does make cost its start a few FUSE lookups). `nproc` follows the cpuset each
-//! sandbox is given ([`cpuset`]).
+//! `/sys/devices/system/cpu/online` and `/proc/sys/kernel/random/boot_id` inside a runc/crun sandbox show its
+//! limits, its own uptime and its own boot id instead of the host's — lxcfs's approach, in process: a FUSE
+//! filesystem served by the runtime itself (no other daemon) at `<data_dir>/procview`, where `/<sandbox id>/<file>`
+//! is rendered, when opened, from that sandbox's cgroup (v1 or v2) and its boot record. Each sandbox gets only its
+//! own files, mounted over those paths in its mount namespace by [`attach`] while envd starts (not bound from the
+//! bundle: runc refuses a bind under `/proc/sys`, and binds it does make cost its start a few FUSE lookups).
+//! `nproc` follows the cpuset each sandbox is given ([`cpuset`]).
 //!
-//! Restarts: a running sandbox keeps binds to the FUSE mount of the runtime that booted it; once that runtime is
+//! Restarts: a running sandbox keeps mounts of the filesystem of the runtime that booted it; once that runtime is
 //! gone they answer ENOTCONN. So a runtime that opens mounts a new filesystem at the same place and re-attaches
-//! every running sandbox's files to it ([`ProcView::reattach`]). gVisor virtualizes these files itself
-//! (`runtime_kind.rs`), so runsc sandboxes get none of this.
+//! every running or paused sandbox to it (`lifecycle/proc_view.rs`). gVisor is its own kernel and shows its limits
+//! itself: runsc sandboxes get only the boot id (bound from the bundle) and `--cpu-num-from-quota`
+//! (`runtime_kind.rs`).
 use crate::error::{Error, IoCtx, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
