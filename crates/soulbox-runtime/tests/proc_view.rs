@@ -113,7 +113,7 @@ async fn a_sandbox_sees_its_own_memory_cpus_uptime_and_boot() {
     }
 }
 
-/// gVisor is its own kernel: its `/proc/// gVisor is its own kernel: its `/proc` shows its memory limit and its own uptime by itself, its CPU count from
+/// gVisor is its own kernel: its `/proc` shows its memory limit and its own uptime by itself, its CPU count from
 /// the quota (`--cpu-num-from-quota`: at least 2, at most the host's), and the boot id is bound from the sandbox's
 /// boot record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
