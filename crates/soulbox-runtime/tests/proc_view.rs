@@ -169,7 +169,7 @@ async fn a_restarted_runtime_serves_the_sandboxes_it_adopts() {
     let paused_boot = user_out(h.rt(), &paused, "cat /proc/sys/kernel/random/boot_id").await;
     h.rt().pause(&paused.id).await.expect("pause");
 
-    // The runtime goes (its filesystem with it): the sandbox's binds are dead, not the host's numbers.
+    // The runtime goes (its filesystem with it): the sandbox's mounts of it are dead, not the host's numbers.
     let old = h.rt.take().unwrap();
     old.close().await.expect("close");
     let (code, out, err) = run_user(&old, &a, "cat /proc/meminfo").await;
