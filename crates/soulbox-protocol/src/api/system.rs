@@ -154,7 +154,7 @@ mod tests {
             template_id: "base".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
         };
-        let json = r#"{"aliases":["base"],"buildID":"base","buildCount":1,"buildStatus":"ready","cpuCount":2,"createdAt":"2026-01-01T00:00:00Z","createdBy":null,"diskSizeMB":10240,"envdVersion":"0.6.13","lastSpawnedAt":null,"memoryMB":512,"names":["base"],"public":true,"spawnCount":0,"templateID":"base","updatedAt":"2026-01-01T00:00:00Z"}"#;
+        let json = r#"{"aliases":["base"],"buildID":"base","buildStatus":"ready","buildCount":1,"cpuCount":2,"createdAt":"2026-01-01T00:00:00Z","createdBy":null,"diskSizeMB":10240,"envdVersion":"0.6.13","lastSpawnedAt":null,"memoryMB":512,"names":["base"],"public":true,"spawnCount":0,"templateID":"base","updatedAt":"2026-01-01T00:00:00Z"}"#;
         assert_eq!(serde_json::to_string(&entry).unwrap(), json);
         assert_eq!(serde_json::from_str::<TemplateListEntry>(json).unwrap(), entry);
     }

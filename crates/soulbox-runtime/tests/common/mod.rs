@@ -288,11 +288,12 @@ pub async fn leftovers(cfg: &RuntimeConfig) -> Vec<String> {
     let mut v = Vec::new();
     v.extend(soulbox_runtime::network::netns_list(&cfg.prefix).into_iter().map(|n| format!("netns {n}")));
     v.extend(soulbox_runtime::network::host_links(&cfg.prefix).into_iter().map(|n| format!("link {n}")));
-    // The node-level disk image mounted on `sandboxes/` is not a per-sandbox resource: see node_leftovers.
+    // The node-level disk image mounted on `sandboxes/` is not a per-sandbox resource: see node_leftovers. Nor is
+    // the runtime's proc view (one FUSE mount while it is open; its own tests check that closing removes it).
     v.extend(
         soulbox_runtime::rootfs::mounts_under(&cfg.data_dir)
             .into_iter()
-            .filter(|m| *m != cfg.sandboxes_dir())
+            .filter(|m| *m != cfg.sandboxes_dir() && *m != cfg.proc_view_dir())
             .map(|m| format!("mount {}", m.display())),
     );
     // Loop devices of per-sandbox disk images (they go with their mount: autoclear).
