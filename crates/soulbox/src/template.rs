@@ -98,7 +98,9 @@ impl Template {
     ///
     /// ```
     /// let t = soulbox::Template::from_dockerfile("FROM base\nRUN echo hi > /hi\n", &Default::default()).unwrap();
-    /// assert_eq!(t.recipe.steps.len(), 1);
+    /// // The RUN, between Docker's defaults (USER root, WORKDIR /) and E2B's (USER user, WORKDIR /home/user).
+    /// let kinds: Vec<&str> = t.recipe.steps.iter().map(|s| s.kind.as_str()).collect();
+    /// assert_eq!(kinds, ["USER", "WORKDIR", "RUN", "USER", "WORKDIR"]);
     /// ```
     pub fn from_dockerfile(text: &str, build_args: &std::collections::BTreeMap<String, String>) -> Result<Template> {
         let recipe = soulbox_protocol::template::dockerfile::parse(text, build_args)
