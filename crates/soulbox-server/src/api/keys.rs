@@ -23,13 +23,10 @@ use soulbox_protocol::api::{
 };
 
 use super::{ApiState, Credential, error};
-use crate::keys::{ACCESS_TOKEN_PREFIX, KEY_PREFIX};
+use crate::keys::{ACCESS_TOKEN, API_KEY, SecretKind};
 use crate::lifecycle::LifecycleError;
 use crate::store::{ApiKeyRecord, Caller, Role, StoreError, TeamRecord};
 use crate::time::rfc3339;
-
-/// Keys are `e2b_` + 40 hex, tokens `sk_e2b_` + 40 hex.
-const SECRET_HEX: u32 = 40;
 
 /// Which teams' keys a request manages.
 enum Scope {
@@ -87,11 +84,12 @@ fn check_name(name: &str) -> Result<(), Response> {
     Ok(())
 }
 
-fn mask(prefix: &str, display_prefix: &str) -> IdentifierMaskingDetails {
+fn mask(kind: SecretKind, display_prefix: &str) -> IdentifierMaskingDetails {
+    let mask = kind.mask(display_prefix);
     IdentifierMaskingDetails {
-        prefix: prefix.into(),
-        value_length: prefix.len() as u32 + SECRET_HEX,
-        masked_value_prefix: display_prefix.strip_prefix(prefix).unwrap_or(display_prefix).to_owned(),
+        prefix: mask.prefix.into(),
+        value_length: mask.value_length,
+        masked_value_prefix: mask.masked_value_prefix,
         masked_value_suffix: String::new(),
     }
 }
@@ -100,7 +98,7 @@ fn listed(k: &ApiKeyRecord) -> TeamApiKey {
     TeamApiKey {
         id: k.id.clone(),
         name: k.name.clone(),
-        mask: mask(KEY_PREFIX, &k.key_prefix),
+        mask: mask(API_KEY, &k.key_prefix),
         created_at: rfc3339(k.created_at_ms),
         created_by: None,
         last_used: None,
@@ -150,7 +148,7 @@ async fn create_in(state: &ApiState, caller: &Caller, team_name: &str, raw: &[u8
             let created = CreatedTeamApiKey {
                 id: record.id.clone(),
                 key: key.secret,
-                mask: mask(KEY_PREFIX, &record.key_prefix),
+                mask: mask(API_KEY, &record.key_prefix),
                 name: record.name.clone(),
                 created_at: rfc3339(record.created_at_ms),
                 created_by: None,
@@ -264,7 +262,7 @@ pub async fn create_token(
             let created = CreatedAccessToken {
                 created_at: rfc3339(record.created_at_ms),
                 id: record.id.clone(),
-                mask: mask(ACCESS_TOKEN_PREFIX, &record.token_prefix),
+                mask: mask(ACCESS_TOKEN, &record.token_prefix),
                 name: record.name,
                 token: token.secret,
             };

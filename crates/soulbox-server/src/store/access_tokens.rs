@@ -2,11 +2,10 @@
 //! access-token routes, kept like API keys (only the SHA-256; the secret is shown once).
 
 use sqlx::Row;
-use subtle::ConstantTimeEq;
 
 use super::teams::Role;
 use super::{Caller, Store, StoreError, now_ms};
-use crate::keys::{self, ACCESS_TOKEN_PREFIX, NewKey};
+use crate::keys::{ACCESS_TOKEN, NewKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessTokenRecord {
@@ -28,8 +27,8 @@ impl Store {
         created_by: &str,
     ) -> Result<(AccessTokenRecord, NewKey), StoreError> {
         let team = self.get_team(team_id).await?;
-        let token = keys::generate_with_prefix(ACCESS_TOKEN_PREFIX);
-        let id = format!("tok_{}", &token.hash[..12]);
+        let token = ACCESS_TOKEN.generate();
+        let id = ACCESS_TOKEN.record_id(&token);
         let created = now_ms();
         sqlx::query(
             "INSERT INTO access_tokens (id, name, token_hash, token_prefix, created_at, team_id, created_by) \
@@ -70,22 +69,9 @@ impl Store {
 
     /// The caller behind an access token: its team, with a member's role (a token never has the admin's).
     pub async fn authenticate_access_token(&self, secret: &str) -> Result<Option<Caller>, StoreError> {
-        if !keys::looks_like_access_token(secret) {
-            return Ok(None);
-        }
-        let wanted = keys::hash(secret);
-        let row = sqlx::query(
-            "SELECT a.id AS id, a.token_hash AS token_hash, a.team_id AS team_id, t.name AS team_name \
-             FROM access_tokens a JOIN teams t ON t.id = a.team_id WHERE a.token_hash = $1",
-        )
-        .bind(&wanted)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let stored: String = r.try_get("token_hash")?;
-        if !bool::from(stored.as_bytes().ct_eq(wanted.as_bytes())) {
-            return Ok(None);
-        }
+        let select = "SELECT a.id AS id, a.token_hash AS secret_hash, a.team_id AS team_id, t.name AS team_name \
+             FROM access_tokens a JOIN teams t ON t.id = a.team_id WHERE a.token_hash = $1";
+        let Some(r) = self.find_by_secret(ACCESS_TOKEN, secret, select).await? else { return Ok(None) };
         Ok(Some(Caller {
             key_id: r.try_get("id")?,
             team_id: r.try_get("team_id")?,

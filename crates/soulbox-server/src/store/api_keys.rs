@@ -2,11 +2,10 @@
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use subtle::ConstantTimeEq;
 
 use super::teams::{DEFAULT_TEAM_NAME, Role};
 use super::{Store, StoreError, now_ms};
-use crate::keys::{self, NewKey};
+use crate::keys::{API_KEY, NewKey};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
@@ -65,8 +64,8 @@ impl Store {
         role: Role,
     ) -> Result<(ApiKeyRecord, NewKey), StoreError> {
         let team = self.ensure_team(team).await?;
-        let key = keys::generate();
-        let id = format!("key_{}", &key.hash[..12]);
+        let key = API_KEY.generate();
+        let id = API_KEY.record_id(&key);
         let created = now_ms();
         sqlx::query(
             "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at, team_id, role) VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -164,22 +163,10 @@ impl Store {
     /// The caller behind `secret` when it is an active key. The lookup is by hash; the final comparison is
     /// constant-time.
     pub async fn authenticate_api_key(&self, secret: &str) -> Result<Option<Caller>, StoreError> {
-        if !keys::looks_like_key(secret) {
-            return Ok(None);
-        }
-        let wanted = keys::hash(secret);
-        let row = sqlx::query(
-            "SELECT k.id AS id, k.key_hash AS key_hash, k.team_id AS team_id, t.name AS team_name, k.role AS role \
-             FROM api_keys k JOIN teams t ON t.id = k.team_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
-        )
-        .bind(&wanted)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(r) = row else { return Ok(None) };
-        let stored: String = r.try_get("key_hash")?;
-        if !bool::from(stored.as_bytes().ct_eq(wanted.as_bytes())) {
-            return Ok(None);
-        }
+        let select = "SELECT k.id AS id, k.key_hash AS secret_hash, k.team_id AS team_id, t.name AS team_name, \
+             k.role AS role FROM api_keys k JOIN teams t ON t.id = k.team_id \
+             WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
+        let Some(r) = self.find_by_secret(API_KEY, secret, select).await? else { return Ok(None) };
         Ok(Some(Caller {
             key_id: r.try_get("id")?,
             team_id: r.try_get("team_id")?,

@@ -4,6 +4,7 @@
 mod access_tokens;
 mod api_keys;
 mod egress_ca;
+mod hashed_secret;
 mod nodes;
 mod sandboxes;
 mod secrets;
