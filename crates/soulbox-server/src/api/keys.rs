@@ -71,17 +71,41 @@ async fn scope(
     }
 }
 
-#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
-fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(raw).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
+impl Scope {
+    /// The team whose keys a change may touch; `None`: any team's.
+    fn team_id(self) -> Option<String> {
+        match self {
+            Scope::Team(t) => Some(t.id),
+            Scope::All => None,
+        }
+    }
+
+    /// The team a new key or token goes to (and whose tokens a delete may touch): the scope's, or the admin's
+    /// own for every team.
+    fn home(self, caller: &Caller) -> Home {
+        match self {
+            Scope::Team(t) => Home { id: t.id, name: t.name },
+            Scope::All => Home { id: caller.team_id.clone(), name: caller.team_name.clone() },
+        }
+    }
 }
 
+/// See [`Scope::home`].
+struct Home {
+    id: String,
+    name: String,
+}
+
+/// A request body naming a key or token (1-128 characters).
 #[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
-fn check_name(name: &str) -> Result<(), Response> {
+fn named_body<T: DeserializeOwned>(raw: &[u8], name: impl Fn(&T) -> &str) -> Result<T, Response> {
+    let parsed: T = serde_json::from_slice(raw)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))?;
+    let name = name(&parsed);
     if name.trim().is_empty() || name.len() > 128 {
         return Err(error(StatusCode::BAD_REQUEST, "name must be 1-128 characters"));
     }
-    Ok(())
+    Ok(parsed)
 }
 
 fn mask(kind: SecretKind, display_prefix: &str) -> IdentifierMaskingDetails {
@@ -91,6 +115,21 @@ fn mask(kind: SecretKind, display_prefix: &str) -> IdentifierMaskingDetails {
         value_length: mask.value_length,
         masked_value_prefix: mask.masked_value_prefix,
         masked_value_suffix: String::new(),
+    }
+}
+
+/// A new key or token (its secret is in this answer only).
+fn created(body: impl serde::Serialize) -> Response {
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
+/// The answer to a change of `what` `id` (rename, revoke, delete): `ok`, or 404 when there is no such one
+/// (also another team's).
+fn changed(done: Result<(), StoreError>, what: &str, id: &str, ok: StatusCode) -> Response {
+    match done {
+        Ok(()) => ok.into_response(),
+        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("{what} {id} not found")),
+        Err(e) => failed(e),
     }
 }
 
@@ -114,18 +153,14 @@ pub async fn list_keys(
     Extension(credential): Extension<Credential>,
     headers: HeaderMap,
 ) -> Response {
-    let scope = match scope(&state, &caller, credential, &headers).await {
-        Ok(s) => s,
+    let team = match scope(&state, &caller, credential, &headers).await {
+        Ok(s) => s.team_id(),
         Err(r) => return r,
     };
     match state.lifecycle.store().list_api_keys().await {
         Ok(keys) => Json(
             keys.iter()
-                .filter(|k| k.revoked_at_ms.is_none())
-                .filter(|k| match &scope {
-                    Scope::Team(t) => k.team_id == t.id,
-                    Scope::All => true,
-                })
+                .filter(|k| k.revoked_at_ms.is_none() && team.as_ref().is_none_or(|t| &k.team_id == t))
                 .map(listed)
                 .collect::<Vec<_>>(),
         )
@@ -135,17 +170,14 @@ pub async fn list_keys(
 }
 
 async fn create_in(state: &ApiState, caller: &Caller, team_name: &str, raw: &[u8]) -> Response {
-    let req: NewTeamApiKey = match body(raw) {
+    let req: NewTeamApiKey = match named_body(raw, |r: &NewTeamApiKey| &r.name) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = check_name(&req.name) {
-        return r;
-    }
     match state.lifecycle.store().create_api_key_in(&req.name, team_name, Role::Member).await {
         Ok((record, key)) => {
             tracing::info!(key = %record.id, team = %record.team_name, by = %caller.key_id, "api key created");
-            let created = CreatedTeamApiKey {
+            created(CreatedTeamApiKey {
                 id: record.id.clone(),
                 key: key.secret,
                 mask: mask(API_KEY, &record.key_prefix),
@@ -153,8 +185,7 @@ async fn create_in(state: &ApiState, caller: &Caller, team_name: &str, raw: &[u8
                 created_at: rfc3339(record.created_at_ms),
                 created_by: None,
                 last_used: None,
-            };
-            (StatusCode::CREATED, Json(created)).into_response()
+            })
         }
         Err(e) => failed(e),
     }
@@ -168,12 +199,11 @@ pub async fn create_key(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
-    let team_name = match scope(&state, &caller, credential, &headers).await {
-        Ok(Scope::Team(t)) => t.name,
-        Ok(Scope::All) => caller.team_name.clone(),
+    let team = match scope(&state, &caller, credential, &headers).await {
+        Ok(s) => s.home(&caller),
         Err(r) => return r,
     };
-    create_in(&state, &caller, &team_name, &raw).await
+    create_in(&state, &caller, &team.name, &raw).await
 }
 
 /// `PATCH /api-keys/{id} {name}`.
@@ -186,22 +216,15 @@ pub async fn rename_key(
     raw: Bytes,
 ) -> Response {
     let team = match scope(&state, &caller, credential, &headers).await {
-        Ok(Scope::Team(t)) => Some(t.id),
-        Ok(Scope::All) => None,
+        Ok(s) => s.team_id(),
         Err(r) => return r,
     };
-    let req: UpdateTeamApiKey = match body(&raw) {
+    let req: UpdateTeamApiKey = match named_body(&raw, |r: &UpdateTeamApiKey| &r.name) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = check_name(&req.name) {
-        return r;
-    }
-    match state.lifecycle.store().rename_api_key(team.as_deref(), &id, &req.name).await {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("api key {id} not found")),
-        Err(e) => failed(e),
-    }
+    let done = state.lifecycle.store().rename_api_key(team.as_deref(), &id, &req.name).await;
+    changed(done, "api key", &id, StatusCode::OK)
 }
 
 async fn revoke(state: &ApiState, caller: &Caller, team: Option<&str>, id: &str) -> Response {
@@ -210,14 +233,10 @@ async fn revoke(state: &ApiState, caller: &Caller, team: Option<&str>, id: &str)
         Some(team) => store.revoke_team_api_key(team, id).await,
         None => store.revoke_api_key(id).await,
     };
-    match done {
-        Ok(()) => {
-            tracing::info!(key = %id, by = %caller.key_id, "api key revoked");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("api key {id} not found")),
-        Err(e) => failed(e),
+    if done.is_ok() {
+        tracing::info!(key = %id, by = %caller.key_id, "api key revoked");
     }
+    changed(done, "api key", id, StatusCode::NO_CONTENT)
 }
 
 /// `DELETE /api-keys/{id}`.
@@ -229,8 +248,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> Response {
     let team = match scope(&state, &caller, credential, &headers).await {
-        Ok(Scope::Team(t)) => Some(t.id),
-        Ok(Scope::All) => None,
+        Ok(s) => s.team_id(),
         Err(r) => return r,
     };
     revoke(&state, &caller, team.as_deref(), &id).await
@@ -244,29 +262,24 @@ pub async fn create_token(
     headers: HeaderMap,
     raw: Bytes,
 ) -> Response {
-    let team_id = match scope(&state, &caller, credential, &headers).await {
-        Ok(Scope::Team(t)) => t.id,
-        Ok(Scope::All) => caller.team_id.clone(),
+    let team = match scope(&state, &caller, credential, &headers).await {
+        Ok(s) => s.home(&caller),
         Err(r) => return r,
     };
-    let req: NewAccessToken = match body(&raw) {
+    let req: NewAccessToken = match named_body(&raw, |r: &NewAccessToken| &r.name) {
         Ok(r) => r,
         Err(r) => return r,
     };
-    if let Err(r) = check_name(&req.name) {
-        return r;
-    }
-    match state.lifecycle.store().create_access_token(&team_id, &req.name, &caller.key_id).await {
+    match state.lifecycle.store().create_access_token(&team.id, &req.name, &caller.key_id).await {
         Ok((record, token)) => {
             tracing::info!(token = %record.id, team = %record.team_id, by = %caller.key_id, "access token created");
-            let created = CreatedAccessToken {
+            created(CreatedAccessToken {
                 created_at: rfc3339(record.created_at_ms),
                 id: record.id.clone(),
                 mask: mask(ACCESS_TOKEN, &record.token_prefix),
                 name: record.name,
                 token: token.secret,
-            };
-            (StatusCode::CREATED, Json(created)).into_response()
+            })
         }
         Err(e) => failed(e),
     }
@@ -280,19 +293,15 @@ pub async fn delete_token(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let team_id = match scope(&state, &caller, credential, &headers).await {
-        Ok(Scope::Team(t)) => t.id,
-        Ok(Scope::All) => caller.team_id.clone(),
+    let team = match scope(&state, &caller, credential, &headers).await {
+        Ok(s) => s.home(&caller),
         Err(r) => return r,
     };
-    match state.lifecycle.store().delete_access_token(&team_id, &id).await {
-        Ok(()) => {
-            tracing::info!(token = %id, by = %caller.key_id, "access token deleted");
-            StatusCode::NO_CONTENT.into_response()
-        }
-        Err(StoreError::NotFound(_)) => error(StatusCode::NOT_FOUND, format!("access token {id} not found")),
-        Err(e) => failed(e),
+    let done = state.lifecycle.store().delete_access_token(&team.id, &id).await;
+    if done.is_ok() {
+        tracing::info!(token = %id, by = %caller.key_id, "access token deleted");
     }
+    changed(done, "access token", &id, StatusCode::NO_CONTENT)
 }
 
 async fn admin_team(state: &ApiState, team_id: &str) -> Result<TeamRecord, Response> {
