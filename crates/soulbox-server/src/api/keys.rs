@@ -140,7 +140,7 @@ fn listed(k: &ApiKeyRecord) -> TeamApiKey {
         mask: mask(API_KEY, &k.key_prefix),
         created_at: rfc3339(k.created_at_ms),
         created_by: None,
-        last_used: None,
+        last_used: k.last_used_ms.map(rfc3339),
         team_id: Some(k.team_id.clone()),
         role: Some(k.role.as_str().into()),
     }

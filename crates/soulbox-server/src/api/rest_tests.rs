@@ -9,6 +9,8 @@ use tower::ServiceExt;
 
 use super::teams_tests::{Teams, e2b_error, teams};
 use crate::lifecycle::LifecycleConfig;
+use crate::store::now_ms;
+use crate::time::parse_rfc3339_ms;
 
 impl Teams {
     async fn team_id(&self, key: &str) -> String {
@@ -186,6 +188,25 @@ async fn access_tokens_manage_their_own_teams_keys_only() {
     assert_eq!(t.call(&token, "DELETE", &format!("/access-tokens/{token_id}"), None).await.0, StatusCode::NO_CONTENT);
     let (status, body) = t.call(&token, "GET", "/teams", None).await;
     e2b_error(status, &body, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn a_key_used_once_shows_its_last_use_in_the_key_list() {
+    let t = teams(LifecycleConfig::default()).await;
+    let (status, created) = t.call(&t.admin, "POST", "/api-keys", Some(json!({"name": "ci"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert!(created["lastUsed"].is_null(), "{created}");
+    let (key, id) = (created["key"].as_str().unwrap().to_owned(), created["id"].clone());
+    let last_used = |keys: &Value| keys.as_array().unwrap().iter().find(|k| k["id"] == id).unwrap()["lastUsed"].clone();
+    let (status, keys) = t.call(&t.admin, "GET", "/api-keys", None).await;
+    assert_eq!(status, StatusCode::OK, "{keys}");
+    assert!(last_used(&keys).is_null(), "never used yet: {keys}");
+    assert_eq!(t.call(&key, "GET", "/teams", None).await.0, StatusCode::OK);
+    let (_, keys) = t.call(&t.admin, "GET", "/api-keys", None).await;
+    let used = last_used(&keys);
+    let used_ms = used.as_str().and_then(parse_rfc3339_ms).unwrap_or_else(|| panic!("an RFC 3339 time: {keys}"));
+    let created_ms = created["createdAt"].as_str().and_then(parse_rfc3339_ms).unwrap();
+    assert!(created_ms <= used_ms && used_ms <= now_ms(), "used {used} after its creation {created}");
 }
 
 #[tokio::test]

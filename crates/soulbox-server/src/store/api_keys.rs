@@ -14,6 +14,8 @@ pub struct ApiKeyRecord {
     pub key_prefix: String,
     pub created_at_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    /// When it last authenticated, to the minute (`api_key_use.rs`).
+    pub last_used_ms: Option<i64>,
     pub team_id: String,
     pub team_name: String,
     pub role: Role,
@@ -35,7 +37,7 @@ impl Caller {
 }
 
 const KEY_COLUMNS: &str = "k.id AS id, k.name AS name, k.key_prefix AS key_prefix, k.created_at AS created_at, \
-    k.revoked_at AS revoked_at, k.team_id AS team_id, t.name AS team_name, k.role AS role";
+    k.revoked_at AS revoked_at, k.last_used_at AS last_used_at, k.team_id AS team_id, t.name AS team_name, k.role AS role";
 
 fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
     Ok(ApiKeyRecord {
@@ -44,6 +46,7 @@ fn key_from_row(r: &AnyRow) -> Result<ApiKeyRecord, StoreError> {
         key_prefix: r.try_get("key_prefix")?,
         created_at_ms: r.try_get("created_at")?,
         revoked_at_ms: r.try_get("revoked_at")?,
+        last_used_ms: r.try_get("last_used_at")?,
         team_id: r.try_get("team_id")?,
         team_name: r.try_get("team_name")?,
         role: Role::parse(&r.try_get::<String, _>("role")?),
@@ -85,6 +88,7 @@ impl Store {
             key_prefix: key.display_prefix.clone(),
             created_at_ms: created,
             revoked_at_ms: None,
+            last_used_ms: None,
             team_id: team.id,
             team_name: team.name,
             role,
@@ -160,19 +164,24 @@ impl Store {
         Ok(())
     }
 
-    /// The caller behind `secret` when it is an active key. The lookup is by hash; the final comparison is
-    /// constant-time.
+    /// The caller behind `secret` when it is an active key (which stamps its last use). The lookup is by hash;
+    /// the final comparison is constant-time.
     pub async fn authenticate_api_key(&self, secret: &str) -> Result<Option<Caller>, StoreError> {
         let select = "SELECT k.id AS id, k.key_hash AS secret_hash, k.team_id AS team_id, t.name AS team_name, \
              k.role AS role FROM api_keys k JOIN teams t ON t.id = k.team_id \
              WHERE k.key_hash = $1 AND k.revoked_at IS NULL";
         let Some(r) = self.find_by_secret(API_KEY, secret, select).await? else { return Ok(None) };
-        Ok(Some(Caller {
+        let caller = Caller {
             key_id: r.try_get("id")?,
             team_id: r.try_get("team_id")?,
             team_name: r.try_get("team_name")?,
             role: Role::parse(&r.try_get::<String, _>("role")?),
-        }))
+        };
+        if let Err(e) = self.note_api_key_use(&caller.key_id, now_ms()).await {
+            // A stamp that could not be written is no reason to refuse a valid key.
+            tracing::warn!(key = %caller.key_id, error = %e, "could not record the API key's last use");
+        }
+        Ok(Some(caller))
     }
 }
 
@@ -194,7 +203,8 @@ mod tests {
         assert!(store.authenticate_api_key("e2b_0000000000000000000000000000000000000000").await.unwrap().is_none());
         assert!(store.authenticate_api_key("not-a-key").await.unwrap().is_none());
         let listed = store.list_api_keys().await.unwrap();
-        assert_eq!(listed, vec![record.clone()]);
+        assert!(listed[0].last_used_ms.is_some(), "authenticating stamped it");
+        assert_eq!(listed, vec![ApiKeyRecord { last_used_ms: listed[0].last_used_ms, ..record.clone() }]);
         assert!(!listed[0].key_prefix.is_empty() && !key.secret.contains(&listed[0].id));
         assert_eq!(store.count_active_api_keys().await.unwrap(), 1);
         store.revoke_api_key(&record.id).await.unwrap();

@@ -2,6 +2,7 @@
 //! through sqlx's `Any` driver so every query is written once. Migrations are embedded.
 
 mod access_tokens;
+mod api_key_use;
 mod api_keys;
 mod egress_ca;
 mod hashed_secret;
@@ -63,6 +64,8 @@ pub struct Store {
     /// Encrypts secrets' values (`secrets.rs`); `None` until the server gives it one ([`Store::with_secret_box`]):
     /// tools that open the store for keys and teams never need it.
     secrets: Option<std::sync::Arc<crate::secret_box::SecretBox>>,
+    /// The API key stamps this process wrote lately (`api_key_use.rs`), shared by the store's clones.
+    last_used_writes: std::sync::Arc<api_key_use::LastUsedWrites>,
 }
 
 impl Store {
@@ -91,7 +94,7 @@ impl Store {
             }
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, secrets: None })
+        Ok(Store { pool, secrets: None, last_used_writes: Default::default() })
     }
 
     /// The store with the key its secrets are encrypted with.
