@@ -1,41 +1,20 @@
 //! A build whose future is dropped (an admin's cancel, a node agent whose control plane hung up) leaves nothing:
 //! its build sandbox goes. Root only (runc, netns, mounts): skips otherwise. No network traffic.
+mod test_node;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use soulbox_runtime::{Runtime, RuntimeConfig};
+use soulbox_runtime::RuntimeConfig;
 use soulbox_templates::engine::{Engine, EngineConfig};
 use soulbox_templates::{BuildJob, LogSink, Recipe, TemplateStep};
+use test_node::TestNode;
 
 fn envd_binary() -> Option<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let p = workspace.join("target/static/x86_64-unknown-linux-gnu/release/soulbox-envd");
     p.exists().then_some(p)
-}
-
-/// Prefix `tqcan`, pool 10.77.238.0/24, its own data dir (removed at the end, also on failure).
-struct Node {
-    rt: Option<Runtime>,
-    dir: PathBuf,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            let dir = self.dir.clone();
-            let _ = std::thread::spawn(move || {
-                let tr = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                if let Err(e) = tr.block_on(rt.destroy_all()) {
-                    eprintln!("cleanup error: {e}");
-                }
-                drop(rt);
-                let _ = std::fs::remove_dir_all(&dir);
-            })
-            .join();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,6 +25,7 @@ async fn a_dropped_build_removes_its_build_sandbox() {
         eprintln!("skipping: needs root, /bin/busybox and the static envd (scripts/build-envd.sh)");
         return;
     };
+    // Prefix `tqcan`, pool 10.77.238.0/24, its own data dir (removed at the end, also on failure).
     let dir = PathBuf::from(format!("/var/tmp/soulbox-test-cancel-{}", std::process::id()));
     let mut cfg = RuntimeConfig::new(dir.join("node"));
     cfg.envd_path = envd;
@@ -53,8 +33,8 @@ async fn a_dropped_build_removes_its_build_sandbox() {
     cfg.pool_net = std::net::Ipv4Addr::new(10, 77, 238, 0);
     cfg.pool_prefix_len = 24;
     cfg.dns = vec![];
-    let node = Node { rt: Some(Runtime::open(cfg).await.expect("runtime open")), dir };
-    let rt = node.rt.as_ref().unwrap();
+    let node = TestNode::open(cfg, dir).await;
+    let rt = node.rt();
     rt.store().ensure_test_template(Path::new("/bin/busybox")).unwrap();
     let engine = Engine::new(rt.clone(), EngineConfig::default());
     let recipe = Recipe {

@@ -8,17 +8,19 @@
 //! (busybox-static) and the static envd; skips with a message otherwise. The image and the registry are in
 //! `image_fixture/` (shared with `registry_access.rs`).
 mod image_fixture;
+mod test_node;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use soulbox_runtime::{Runtime, RuntimeConfig, SandboxSpec, Store};
+use soulbox_runtime::{RuntimeConfig, SandboxSpec, Store};
 use soulbox_templates::engine::{Engine, EngineConfig};
 use soulbox_templates::{BuildJob, LogLevel, LogSink, Recipe, TemplateStep, envd, host_path, image};
 
 use image_fixture::*;
+use test_node::TestNode;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -37,44 +39,16 @@ fn trusted(path: &Path) -> host_path::OpenedPath {
 }
 
 /// Runtime objects of this test: prefix `tqimg`, pool 10.77.237.0/24, own data and store dirs.
-struct Node {
-    rt: Option<Runtime>,
-    dir: PathBuf,
-}
-
-impl Node {
-    async fn open(envd: PathBuf) -> Node {
-        let dir = PathBuf::from(format!("/var/tmp/soulbox-test-images-{}", std::process::id()));
-        let mut cfg = RuntimeConfig::new(dir.join("node"));
-        cfg.store_dir = Some(dir.join("store"));
-        cfg.envd_path = envd;
-        cfg.prefix = "tqimg".into();
-        cfg.pool_net = std::net::Ipv4Addr::new(10, 77, 237, 0);
-        cfg.pool_prefix_len = 24;
-        cfg.dns = vec![];
-        let rt = Runtime::open(cfg).await.expect("runtime open");
-        Node { rt: Some(rt), dir }
-    }
-    fn rt(&self) -> &Runtime {
-        self.rt.as_ref().unwrap()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            let dir = self.dir.clone();
-            let _ = std::thread::spawn(move || {
-                let tr = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                if let Err(e) = tr.block_on(rt.destroy_all()) {
-                    eprintln!("cleanup error: {e}");
-                }
-                drop(rt);
-                let _ = std::fs::remove_dir_all(&dir);
-            })
-            .join();
-        }
-    }
+async fn open_node(envd: PathBuf) -> TestNode {
+    let dir = PathBuf::from(format!("/var/tmp/soulbox-test-images-{}", std::process::id()));
+    let mut cfg = RuntimeConfig::new(dir.join("node"));
+    cfg.store_dir = Some(dir.join("store"));
+    cfg.envd_path = envd;
+    cfg.prefix = "tqimg".into();
+    cfg.pool_net = std::net::Ipv4Addr::new(10, 77, 237, 0);
+    cfg.pool_prefix_len = 24;
+    cfg.dns = vec![];
+    TestNode::open(cfg, dir).await
 }
 
 struct Build {
@@ -146,7 +120,7 @@ async fn templates_from_a_registry_an_oci_archive_and_a_rootfs_tarball() {
     let img = build_image();
     let reg = Registry::start().await;
     push(&reg, &img).await;
-    let node = Node::open(envd_binary().unwrap()).await;
+    let node = open_node(envd_binary().unwrap()).await;
     let rt = node.rt();
     // The archives below are written here; a caller's `oci-archive:`/`rootfs:` path must be in a listed dir.
     let work = tempfile::tempdir().unwrap();
