@@ -45,13 +45,20 @@
 //!
 //! # Size limit
 //!
-//! [`VolumeStore::with_size_limit`] (or a per-volume limit passed to [`VolumeStore::write_file`]) bounds a
-//! volume's [`VolumeStore::usage`]: the sum of its regular files' sizes, walked without following symlinks.
-//! It is checked at content-API uploads only (when the upload starts, on every chunk, and again before the
-//! rename), and an upload that would pass it fails with [`VolumeError::QuotaExceeded`] and leaves nothing
-//! behind. Writes from inside sandboxes are not bounded here (project quotas, where available, are the
-//! runtime's job). Each check walks the whole volume.
+//! With a [`VolumeBacking`] ([`VolumeStore::with_backing`]; the runtime's gives each volume an ext4 image of
+//! its size), a volume's storage bounds every writer, sandboxes included: a content-API write into a full
+//! volume fails with [`VolumeError::VolumeFull`] and leaves nothing behind, and the store does no accounting
+//! of its own. The backing is mounted on the volume's directory when it is made and again on first use
+//! ([`VolumeStore::attach`], done by every content operation).
+//!
+//! A volume without storage of its own (no backing, no size, or made before) is a plain directory: then
+//! [`VolumeStore::with_size_limit`] (or a per-volume limit passed to [`VolumeStore::write_file`]) bounds its
+//! [`VolumeStore::usage`] — the sum of its regular files' sizes, walked without following symlinks — at
+//! content-API uploads only (when the upload starts, on every chunk, and again before the rename). An upload
+//! that would pass it fails with [`VolumeError::QuotaExceeded`] and leaves nothing behind; writes from inside
+//! sandboxes are not bounded. Each check walks the whole volume.
 
+mod backing;
 mod confined;
 mod create;
 mod entry;
@@ -62,6 +69,7 @@ mod store;
 mod tree;
 mod upload;
 
+pub use backing::VolumeBacking;
 pub use create::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE};
 pub use entry::{EntryStat, EntryType};
 pub use error::VolumeError;

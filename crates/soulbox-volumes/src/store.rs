@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::backing::VolumeBacking;
 use crate::confined::{chmod_fd, chown_fd};
 use crate::error::VolumeError;
 use crate::path::check_volume_id;
@@ -26,6 +27,7 @@ pub struct VolumeStore {
     root_fd: OwnedFd,
     size_limit: Option<u64>,
     owner: (u32, u32),
+    backing: Option<std::sync::Arc<dyn VolumeBacking>>,
 }
 
 impl VolumeStore {
@@ -40,12 +42,18 @@ impl VolumeStore {
         }
         let root_fd = rustix::fs::open(&root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| io("open", e.into()))?;
-        Ok(VolumeStore { root, root_fd, size_limit: None, owner: (DEFAULT_UID, DEFAULT_GID) })
+        Ok(VolumeStore { root, root_fd, size_limit: None, owner: (DEFAULT_UID, DEFAULT_GID), backing: None })
     }
 
     /// The byte limit of each volume's content (see [`VolumeStore::usage`]); `None` for no limit.
     pub fn with_size_limit(mut self, limit: Option<u64>) -> Self {
         self.size_limit = limit;
+        self
+    }
+
+    /// Storage of their own for new volumes (see [`VolumeBacking`]); without it volumes are plain directories.
+    pub fn with_backing(mut self, backing: Option<std::sync::Arc<dyn VolumeBacking>>) -> Self {
+        self.backing = backing;
         self
     }
 
@@ -63,17 +71,40 @@ impl VolumeStore {
         self.size_limit
     }
 
+    /// The size of volume `id`'s own storage when it bounds every write (see [`VolumeBacking::size`]).
+    pub(crate) fn bounded_size(&self, id: &str) -> Option<u64> {
+        self.backing.as_ref().and_then(|b| b.size(&self.root, id))
+    }
+
     pub(crate) fn default_owner(&self) -> (u32, u32) {
         self.owner
     }
 
-    /// Creates the empty volume `id` (root mode [`VOLUME_ROOT_MODE`], the default owner) and returns its dir.
+    /// Creates the empty volume `id` (root mode [`VOLUME_ROOT_MODE`], the default owner) with the store's size
+    /// limit and returns its dir.
     pub fn create(&self, id: &str) -> Result<PathBuf, VolumeError> {
+        self.create_sized(id, self.size_limit)
+    }
+
+    /// Like [`VolumeStore::create`], with storage of `size_bytes` when the store has a backing.
+    pub fn create_sized(&self, id: &str, size_bytes: Option<u64>) -> Result<PathBuf, VolumeError> {
         check_volume_id(id)?;
         match rustix::fs::mkdirat(&self.root_fd, id, Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => return Err(VolumeError::VolumeExists(id.to_owned())),
             Err(e) => return Err(VolumeError::io("create volume", id, e)),
+        }
+        let undo = |backed: bool| {
+            if backed && let Some(backing) = &self.backing {
+                let _ = backing.delete(&self.root, id);
+            }
+            let _ = rustix::fs::unlinkat(&self.root_fd, id, rustix::fs::AtFlags::REMOVEDIR);
+        };
+        if let Some(backing) = &self.backing
+            && let Err(e) = backing.create(&self.root, id, size_bytes)
+        {
+            undo(false);
+            return Err(VolumeError::Io { op: "create volume storage", path: id.to_owned(), source: e });
         }
         let finish = || -> rustix::io::Result<()> {
             let dir = crate::confined::open_child(
@@ -85,7 +116,7 @@ impl VolumeStore {
             chmod_fd(dir.as_fd(), VOLUME_ROOT_MODE)
         };
         if let Err(e) = finish() {
-            let _ = rustix::fs::unlinkat(&self.root_fd, id, rustix::fs::AtFlags::REMOVEDIR);
+            undo(true);
             return Err(VolumeError::io("create volume", id, e));
         }
         Ok(self.root.join(id))
@@ -99,7 +130,29 @@ impl VolumeStore {
             Err(Errno::NOENT) => return Err(VolumeError::VolumeNotFound(id.to_owned())),
             Err(e) => return Err(VolumeError::io("delete volume", id, e)),
         }
+        if let Some(backing) = &self.backing {
+            // its storage first: what is left is the (now empty) mount point
+            backing.delete(&self.root, id).map_err(|e| VolumeError::Io {
+                op: "delete volume storage",
+                path: id.to_owned(),
+                source: e,
+            })?;
+        }
         tree::remove_entry(self.root_fd.as_fd(), id).map_err(|e| VolumeError::io("delete volume", id, e))
+    }
+
+    /// Makes sure volume `id`'s storage is mounted (see [`VolumeBacking::attach`]); every content operation
+    /// does this first.
+    pub fn attach(&self, id: &str) -> Result<(), VolumeError> {
+        check_volume_id(id)?;
+        match &self.backing {
+            Some(backing) => backing.attach(&self.root, id).map_err(|e| VolumeError::Io {
+                op: "attach volume storage",
+                path: id.to_owned(),
+                source: e,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// The host directory of volume `id`, to bind-mount into sandboxes (whether it exists is not checked).
@@ -127,6 +180,9 @@ impl VolumeStore {
     /// The directory fd of volume `id`, the root every content operation resolves in.
     pub(crate) fn volume(&self, id: &str) -> Result<OwnedFd, VolumeError> {
         check_volume_id(id)?;
+        if self.backing.is_some() && self.exists(id)? {
+            self.attach(id)?;
+        }
         crate::confined::open_child(self.root_fd.as_fd(), id, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
             .map_err(|e| match e {
                 Errno::NOENT | Errno::NOTDIR | Errno::LOOP => VolumeError::VolumeNotFound(id.to_owned()),

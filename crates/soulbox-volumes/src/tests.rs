@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::{CreateOptions, EntryType, MetadataChange, VolumeError, VolumeStore};
 
 mod attacks;
+mod backing;
 
 pub(crate) struct Fixture {
     pub(crate) temp: tempfile::TempDir,
@@ -70,7 +71,7 @@ impl Fixture {
     }
 }
 
-fn force() -> CreateOptions {
+pub(crate) fn force() -> CreateOptions {
     CreateOptions { force: true, ..CreateOptions::default() }
 }
 

@@ -78,7 +78,8 @@ impl VolumeStore {
             Err(Errno::NOENT) => 0,
             Err(e) => return Err(VolumeError::io("stat", path.to_string(), e)),
         };
-        let limit = size_limit.or(self.size_limit());
+        // A volume with storage of its own is bounded by it (a full one fails writes with `VolumeFull`): no walk.
+        let limit = if self.bounded_size(id).is_some() { None } else { size_limit.or(self.size_limit()) };
         let budget = match limit {
             None => None,
             Some(limit) => {
@@ -211,7 +212,7 @@ impl Upload {
     }
 
     fn io_error(&self, op: &'static str, source: std::io::Error) -> VolumeError {
-        VolumeError::Io { op, path: self.path.to_string(), source }
+        VolumeError::from_io(op, self.path.to_string(), source)
     }
 }
 
