@@ -59,6 +59,14 @@ impl Tools {
         };
         Ok(Tools { mkfs: find("mkfs.ext4")?, fsck: find("e2fsck")? })
     }
+
+    pub(crate) fn mkfs(&self) -> &Path {
+        &self.mkfs
+    }
+
+    pub(crate) fn fsck(&self) -> &Path {
+        &self.fsck
+    }
 }
 
 /// Image size for a limit (MiB → bytes), never below [`MIN_MB`].
@@ -188,7 +196,7 @@ pub fn discard(sandbox_dir: &Path) -> Result<()> {
 
 /// Something is mounted on `mp` (a child of `parent`): it is on another device. Two stats instead
 /// of reading mountinfo, which is long on a node with hundreds of sandboxes.
-fn is_mountpoint(parent: &Path, mp: &Path) -> bool {
+pub(crate) fn is_mountpoint(parent: &Path, mp: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(parent), std::fs::metadata(mp)) {
         (Ok(a), Ok(b)) => a.dev() != b.dev(),
@@ -208,15 +216,15 @@ pub fn usage(sandbox_dir: &Path) -> Option<(u64, u64)> {
     Some(((sb.blocks - sb.free_blocks) * sb.block_size, sb.blocks * sb.block_size))
 }
 
-struct Superblock {
-    clean: bool,
+pub(crate) struct Superblock {
+    pub(crate) clean: bool,
     blocks: u64,
     free_blocks: u64,
     block_size: u64,
 }
 
 /// The few ext4 superblock fields we need (at byte 1024 of the image).
-fn superblock(image: &Path) -> Result<Superblock> {
+pub(crate) fn superblock(image: &Path) -> Result<Superblock> {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(image).ctx(image)?;
     let mut b = [0u8; 1024];

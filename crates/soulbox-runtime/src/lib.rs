@@ -30,6 +30,7 @@ pub mod spec;
 pub mod template;
 pub mod userns;
 pub mod util;
+pub mod volume_images;
 pub mod volumes;
 
 pub use config::RuntimeConfig;

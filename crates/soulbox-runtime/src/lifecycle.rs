@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub logs: crate::sandbox_log::Logs,
     /// The sandboxes' own `/proc` files (`procview.rs`); None when off or when FUSE could not be mounted.
     pub procview: Option<crate::procview::ProcView>,
+    /// Volumes' own ext4 images (`volume_images.rs`); None without a volumes directory or loop devices.
+    pub volume_images: Option<Arc<crate::volume_images::VolumeImages>>,
     pub sandboxes: std::sync::Mutex<HashMap<String, Handle>>,
     /// Every known sandbox's envd secret (as in its record), read on the proxy's hot path without touching the
     /// record's lock or the disk. Kept in step with `sandboxes` by [`Inner::remember`] and `delete`.
@@ -78,6 +80,11 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// The node's volumes: their directory and their images.
+    pub(crate) fn volumes(&self) -> crate::volumes::NodeVolumes<'_> {
+        crate::volumes::NodeVolumes { dir: self.cfg.volumes_dir.as_deref(), images: self.volume_images.as_deref() }
+    }
+
     pub fn dir(&self, id: &str) -> PathBuf {
         self.cfg.sandboxes_dir().join(id)
     }
@@ -283,6 +290,12 @@ impl Inner {
 }
 
 impl Runtime {
+    /// Storage of their own for the node's volumes, for the volume stores of this process (a size limit that
+    /// bounds sandboxes' writes too); `None`: plain directories.
+    pub fn volume_backing(&self) -> Option<Arc<dyn soulbox_volumes::VolumeBacking>> {
+        self.inner.volume_images.clone().map(|v| v as Arc<dyn soulbox_volumes::VolumeBacking>)
+    }
+
     pub fn config(&self) -> &RuntimeConfig {
         &self.inner.cfg
     }
@@ -584,6 +597,9 @@ impl Runtime {
             first.get_or_insert(e);
         }
         cgroup::remove_parent(&self.inner.cfg.cgroup_parent());
+        if let (Some(images), Some(dir)) = (&self.inner.volume_images, &self.inner.cfg.volumes_dir) {
+            images.unmount_all(dir);
+        }
         // The node's disk image goes last (nothing may be mounted below it any more).
         if let Err(e) = self.inner.disk.teardown() {
             first.get_or_insert(e);

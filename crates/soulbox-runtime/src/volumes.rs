@@ -8,6 +8,9 @@
 //! namespace holds its own bind of it). Without a user namespace (gVisor, or user namespaces off) the directory is
 //! bound as it is.
 //!
+//! A volume with an image of its own (`volume_images.rs`) is mounted on its directory before the bind, so the
+//! sandbox gets the image's filesystem and its size limit.
+//!
 //! The mount is `nosuid,nodev`: a set-uid file a sandbox's root leaves in a volume is stored owned by host root,
 //! and must not mean anything in the next sandbox that mounts it. (On the host the volumes directory is 0700 root,
 //! so no host user reaches such a file either.)
@@ -80,6 +83,13 @@ fn nested(outer: &str, inner: &str) -> bool {
     inner == outer || inner.strip_prefix(outer).is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The volumes of this node: their directory and, when volumes have images of their own, the images.
+#[derive(Clone, Copy)]
+pub struct NodeVolumes<'a> {
+    pub dir: Option<&'a Path>,
+    pub images: Option<&'a crate::volume_images::VolumeImages>,
+}
+
 /// Where the `n`th volume's idmapped clone is mounted while the container starts.
 fn helper(sandbox_dir: &Path, n: usize) -> PathBuf {
     crate::idmap::helper_dir(sandbox_dir).join(format!("vol-{n}"))
@@ -88,7 +98,7 @@ fn helper(sandbox_dir: &Path, n: usize) -> PathBuf {
 /// The host directories the container binds, in the order of `mounts`: for a user-namespaced sandbox idmapped
 /// clones made now (detach them with [`detach_helpers`] once the container runs), else the volumes themselves.
 pub fn prepare(
-    volumes_dir: Option<&Path>,
+    volumes: NodeVolumes<'_>,
     sandbox_dir: &Path,
     mounts: &[VolumeMount],
     userns: bool,
@@ -96,8 +106,15 @@ pub fn prepare(
     if mounts.is_empty() {
         return Ok(Vec::new());
     }
-    check(volumes_dir, mounts)?;
-    let root = volumes_dir.ok_or_else(|| Error::Invalid("no volumes directory".into()))?;
+    check(volumes.dir, mounts)?;
+    let root = volumes.dir.ok_or_else(|| Error::Invalid("no volumes directory".into()))?;
+    if let Some(images) = volumes.images {
+        // a volume with an image is bound mounted, never as the empty directory under it
+        for m in mounts {
+            soulbox_volumes::VolumeBacking::attach(images, root, &m.volume_id)
+                .map_err(|e| Error::Io { path: root.join(&m.volume_id), source: e })?;
+        }
+    }
     detach_helpers(sandbox_dir)?;
     let mut sources = Vec::with_capacity(mounts.len());
     let ns = if userns {

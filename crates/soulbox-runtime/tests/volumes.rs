@@ -98,3 +98,53 @@ async fn bad_volume_mounts_are_refused_before_anything_is_made() {
     let h2 = harness(32).await;
     assert!(h2.rt().create(with_volume("vol-ok", "/data")).await.is_err());
 }
+
+/// A volume with an image of its own: its size bounds writes from sandboxes and from the content API alike, and
+/// the host mount comes back after the runtime let it go, as the same filesystem while a sandbox still holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_image_bounds_every_writer() {
+    root_or_skip!("a_volume_image_bounds_every_writer");
+    let mut cfg = config(33);
+    let volumes = cfg.data_dir.join("volumes");
+    cfg.volumes_dir = Some(volumes.clone());
+    let h = harness_with(cfg).await;
+    let rt = h.rt();
+    let store = soulbox_volumes::VolumeStore::open(volumes.clone())
+        .expect("open the volume store")
+        .with_backing(Some(rt.volume_backing().expect("this host has loop devices, ext4 and e2fsprogs")));
+    let volume = store.create_sized("vol-img", Some(32 << 20)).expect("create a 32 MiB volume");
+    let image = soulbox_runtime::volume_images::image_path(&volumes, "vol-img");
+    assert!(soulbox_runtime::mounts::is_mounted(&volume), "the image is mounted on the volume's directory");
+    assert!(std::fs::read_dir(&volume).unwrap().next().is_none(), "a new volume is empty (no lost+found)");
+    assert_eq!(std::fs::metadata(&volume).unwrap().uid(), 1000, "the root is user's, as a plain volume's");
+
+    // From inside a sandbox: the write stops at the volume's size, and df shows that size.
+    let a = rt.create(with_volume("vol-img", "/data")).await.expect("create");
+    let (_, out, err) = run_user(rt, &a, "dd if=/dev/zero of=/data/big bs=1M count=64; df -k /data | tail -1").await;
+    assert!(err.contains("No space left on device"), "dd past the limit: {err}");
+    let size_kib: u64 = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("df size");
+    assert!((16 * 1024..=32 * 1024).contains(&size_kib), "df /data: {out}");
+
+    // From the content API: a full volume is VolumeFull, and the upload leaves nothing behind.
+    let mut upload = store.write_file("vol-img", "/api.bin", Default::default(), None).expect("start");
+    let chunk = vec![1u8; 1 << 20];
+    let failed = (0..40).map(|_| upload.write_chunk(&chunk)).find_map(|r| r.err());
+    assert!(matches!(failed, Some(soulbox_volumes::VolumeError::VolumeFull { .. })), "{failed:?}");
+    drop(upload);
+    let names: Vec<_> = std::fs::read_dir(&volume).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["big"], "only the sandbox's file is left");
+
+    // The runtime lets the host mount go while the sandbox runs; the next use mounts the same filesystem again.
+    soulbox_runtime::volume_images::VolumeImages::open().expect("images").unmount_all(&volumes);
+    assert!(!soulbox_runtime::mounts::is_mounted(&volume), "unmounted on the host side");
+    let (_, out, _) = run_user(rt, &a, "rm /data/big && echo kept > /data/after && echo ok").await;
+    assert_eq!(out.trim(), "ok", "the sandbox kept its volume");
+    let stat = store.stat("vol-img", "/after").expect("the content API mounts it again");
+    assert_eq!(stat.size, 5);
+    assert_eq!(soulbox_runtime::loopdev::devices_for(&image).len(), 1, "one loop device: one filesystem");
+
+    rt.delete(&a.id).await.unwrap();
+    store.delete("vol-img").expect("delete the volume");
+    assert!(!image.exists() && !volume.exists(), "the image and the directory are gone");
+    assert!(leftovers(&h.cfg).await.is_empty(), "{:?}", leftovers(&h.cfg).await);
+}

@@ -19,6 +19,11 @@ impl Runtime {
         if let Some(view) = &self.inner.procview {
             view.close();
         }
+        // The host's view of the volumes; sandboxes left running keep their binds, and the next use mounts the
+        // same filesystem again (`volume_images.rs`).
+        if let (Some(images), Some(dir)) = (&self.inner.volume_images, &self.inner.cfg.volumes_dir) {
+            images.unmount_all(dir);
+        }
         let mut first: Option<Error> = None;
         if let Err(e) = self.drain_pool().await {
             first.get_or_insert(e);

@@ -81,6 +81,7 @@ impl Runtime {
         } else {
             None
         };
+        let volume_images = cfg.volumes_dir.as_ref().and_then(|_| crate::volume_images::VolumeImages::open()).map(Arc::new);
         let inner = Arc::new(Inner {
             drivers,
             ips: IpPool::new(&cfg),
@@ -94,6 +95,7 @@ impl Runtime {
             disk,
             userns,
             procview,
+            volume_images,
             logs: crate::sandbox_log::Logs::new(cfg.sandbox_log_limits()),
             store,
             sandboxes: Default::default(),
