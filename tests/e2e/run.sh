@@ -79,7 +79,9 @@ if [ ! -s "$OUTSIDE_TLS/cert.pem" ]; then
   openssl x509 -req -in "$OUTSIDE_TLS/cert.csr" -CA "$OUTSIDE_TLS/ca.pem" -CAkey "$OUTSIDE_TLS/ca.key" -CAcreateserial \
     -days 3650 -extfile <(printf 'subjectAltName=IP:203.0.113.122') -out "$OUTSIDE_TLS/cert.pem" 2>/dev/null
 fi
-SERVER_CONFIG_EXTRA="egress_trusted_ca = \"$OUTSIDE_TLS/ca.pem\""
+# Small volumes, so test_volumes.py can fill one.
+SERVER_CONFIG_EXTRA="egress_trusted_ca = \"$OUTSIDE_TLS/ca.pem\"
+volume_size_mb = 64"
 
 start_server
 stale="$(sandbox_ids)"

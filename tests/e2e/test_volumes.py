@@ -1,7 +1,7 @@
 """Persistent volumes with the official e2b SDK's `Volume` against `soulbox server` (issue 15): create, list, get,
 the content API without any sandbox (write, make_dir, list, stat, read, update metadata, remove), one volume
 mounted by two sandboxes at once (written in one as `user`, read in the other, owned right in both), delete
-refused while mounted, and destroy.
+refused while mounted, destroy, and the size limit (run.sh sets `volume_size_mb = 64`) for sandboxes and the API.
 
 The volume content API is reached through `E2B_VOLUME_API_URL` (run.sh sets it to the server; E2B's default is
 `https://api.<E2B_DOMAIN>`)."""
@@ -92,3 +92,19 @@ def test_bad_volume_mounts_are_refused_clearly(sandboxes, api):
         assert bad_name.status_code == 400, bad_name.text
     finally:
         api.delete(f"/volumes/{created['volumeID']}")
+
+
+def test_a_volume_is_full_at_its_size_for_sandboxes_and_the_api(volume, sandboxes):
+    sbx = sandboxes.create(volume_mounts={"/data": volume})
+    # dd fails past the size; the command's exit code is df's.
+    out = sbx.commands.run("dd if=/dev/zero of=/data/big bs=1M count=100 2>&1; df -k /data | tail -1").stdout
+    assert "No space left on device" in out, out
+    size_kib = int(out.strip().splitlines()[-1].split()[1])
+    assert 32 * 1024 <= size_kib <= 64 * 1024, out
+    # The content API meets the same limit, and a failed upload leaves nothing behind.
+    with pytest.raises(Exception, match="full"):
+        volume.write_file("/more.bin", b"x" * (8 << 20))
+    assert [e.name for e in volume.list("/")] == ["big"]
+    # Room again once the sandbox frees it.
+    sbx.commands.run("rm /data/big")
+    assert volume.write_file("/more.bin", b"x" * (8 << 20)).size == 8 << 20

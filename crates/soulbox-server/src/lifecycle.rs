@@ -17,6 +17,7 @@ use crate::node::{LogLine, LogQuery, Node, NodeError};
 use crate::store::{ClaimCondition, Holds, SandboxRecord, Store, StoreError, TeamLimits, now_ms};
 use crate::stream_cut::StreamCuts;
 
+mod builtin_templates;
 mod create;
 mod moves;
 mod network;
@@ -51,8 +52,12 @@ pub struct LifecycleConfig {
     pub allow_private_egress: bool,
     /// Where persistent volumes live (`soulbox-volumes`); `None`: the volume routes answer 501.
     pub volumes_dir: Option<std::path::PathBuf>,
-    /// Each volume's size limit in bytes for content-API writes; `None`: none.
+    /// Each new volume's size in bytes; `None`: none. With `volume_backing` it bounds every write (the volume
+    /// is an image of that size), without it only content-API uploads.
     pub volume_size_bytes: Option<u64>,
+    /// Storage of their own for volumes made in `volumes_dir` (the in-process runtime's images); `None` in a
+    /// shared volumes directory, where volumes stay plain directories.
+    pub volume_backing: Option<Arc<dyn soulbox_volumes::VolumeBacking>>,
     /// Cluster mode: `volumes_dir` is one filesystem every node mounts at the same path (NFS, CephFS). When
     /// false, each new volume lives on one node and sandboxes mounting it are placed there.
     pub volumes_shared: bool,
@@ -72,6 +77,7 @@ impl Default for LifecycleConfig {
             allow_private_egress: false,
             volumes_dir: None,
             volume_size_bytes: None,
+            volume_backing: None,
             volumes_shared: false,
         }
     }
@@ -202,7 +208,8 @@ impl Lifecycle {
             Some(dir) => Some(Arc::new(
                 soulbox_volumes::VolumeStore::open(dir.clone())
                     .map_err(|e| LifecycleError::Internal(format!("the volumes directory {}: {e}", dir.display())))?
-                    .with_size_limit(config.volume_size_bytes),
+                    .with_size_limit(config.volume_size_bytes)
+                    .with_backing(config.volume_backing.clone()),
             )),
             None => None,
         };

@@ -38,6 +38,7 @@ impl LocalNode {
         let engine = soulbox_templates::engine::Engine::new(runtime.clone(), engine);
         let volume_files = runtime.config().volumes_dir.clone().and_then(|dir| {
             soulbox_volumes::VolumeStore::open(dir.clone())
+                .map(|files| files.with_backing(runtime.volume_backing()))
                 .inspect_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot open the volumes directory"))
                 .ok()
                 .map(std::sync::Arc::new)
@@ -254,10 +255,10 @@ impl Node for LocalNode {
         self.engine.check_recipe(recipe)
     }
 
-    async fn create_volume(&self, volume_id: &str) -> Result<(), NodeError> {
+    async fn create_volume(&self, volume_id: &str, size_bytes: Option<u64>) -> Result<(), NodeError> {
         let files = self.volumes()?;
         let id = volume_id.to_owned();
-        volume_call(move || files.create(&id).map(|_| ())).await
+        volume_call(move || files.create_sized(&id, size_bytes).map(|_| ())).await
     }
 
     async fn delete_volume(&self, volume_id: &str) -> Result<(), NodeError> {

@@ -233,9 +233,9 @@ pub trait Node: Send + Sync + 'static {
 
     // Node-local volumes (cluster mode without a shared volumes directory): a volume's files live on one node.
 
-    /// Makes the empty volume `volume_id` in this node's volumes directory.
-    async fn create_volume(&self, volume_id: &str) -> Result<(), NodeError> {
-        let _ = volume_id;
+    /// Makes the empty volume `volume_id` in this node's volumes directory, of `size_bytes` (`None`: no limit).
+    async fn create_volume(&self, volume_id: &str, size_bytes: Option<u64>) -> Result<(), NodeError> {
+        let _ = (volume_id, size_bytes);
         Err(NodeError::Invalid("this node cannot hold volumes".into()))
     }
     /// Removes the volume `volume_id` and its files from this node; an unknown volume is not an error.

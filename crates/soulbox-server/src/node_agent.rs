@@ -344,8 +344,12 @@ async fn logs(State(agent): State<Arc<Agent>>, Path(id): Path<String>, Query(que
     respond(agent.node.logs(&id, query).await)
 }
 
-async fn create_volume(State(agent): State<Arc<Agent>>, Path(id): Path<String>) -> Response {
-    match agent.node.create_volume(&id).await {
+async fn create_volume(
+    State(agent): State<Arc<Agent>>,
+    Path(id): Path<String>,
+    Json(new): Json<crate::cluster::wire::NewNodeVolume>,
+) -> Response {
+    match agent.node.create_volume(&id, new.size_bytes).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => node_error(e),
     }

@@ -125,6 +125,9 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             let reserved = recorded_addresses(&store).await?;
             let node = Arc::new(open_local_node(&config, &reserved, egress_ca).await?);
             node.runtime().set_egress_secrets(Arc::new(crate::egress_secrets::StoreSecrets { store: store.clone() }));
+            // One machine: its volumes are the runtime's, with an image each (`volume_images.rs`).
+            let lifecycle_config =
+                LifecycleConfig { volume_backing: node.runtime().volume_backing(), ..lifecycle_config };
             // From here on a failure must give back what the runtime made (warm pool, firewall table).
             let started_node = async {
                 let lifecycle = Lifecycle::start(store, node.clone(), lifecycle_config.clone())

@@ -122,9 +122,9 @@ impl Node for FakeNode {
         snapshots.retain(|n| n != name);
         Ok(snapshots.len() < before)
     }
-    async fn create_volume(&self, id: &str) -> Result<(), NodeError> {
+    async fn create_volume(&self, id: &str, size_bytes: Option<u64>) -> Result<(), NodeError> {
         if let Some(files) = &self.volume_store {
-            files.create(id).map_err(|e| NodeError::Failed(e.to_string()))?;
+            files.create_sized(id, size_bytes).map_err(|e| NodeError::Failed(e.to_string()))?;
         }
         self.volumes.lock().unwrap().insert(id.into());
         Ok(())

@@ -210,8 +210,9 @@ impl Node for RemoteNode {
         self.layer_request(request).await.map(|_| ())
     }
 
-    async fn create_volume(&self, volume_id: &str) -> Result<(), NodeError> {
-        self.call::<(), ()>(Method::PUT, &super::wire::volume_path(volume_id), None, CALL_TIMEOUT).await
+    async fn create_volume(&self, volume_id: &str, size_bytes: Option<u64>) -> Result<(), NodeError> {
+        let body = super::wire::NewNodeVolume { size_bytes };
+        self.call::<_, ()>(Method::PUT, &super::wire::volume_path(volume_id), Some(&body), CALL_TIMEOUT).await
     }
 
     async fn delete_volume(&self, volume_id: &str) -> Result<(), NodeError> {

@@ -24,6 +24,12 @@ pub const NODE_API_PREFIX: &str = "/node/v1";
 pub fn volume_path(id: &str) -> String {
     format!("/volumes/{}", percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC))
 }
+/// `PUT` of [`volume_path`]: the new volume's size (its image's; `None`: a plain directory, no limit).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewNodeVolume {
+    pub size_bytes: Option<u64>,
+}
 /// Where a node agent gets the installation's egress CA (certificate and key) before it opens its runtime.
 pub const EGRESS_CA_PATH: &str = "/cluster/egress-ca";
 /// Where a node agent's egress gateway asks for a header rule's secret as a request leaves.

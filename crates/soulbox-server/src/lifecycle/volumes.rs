@@ -96,7 +96,7 @@ impl Lifecycle {
             placement.map_err(|e| LifecycleError::Unavailable(format!("no node can hold a volume: {e}")))?;
         self.nodes.release(&placement).await;
         let (volume, token) = self.store.create_volume(team_id, name, Some(&placement.node_id)).await?;
-        if let Err(e) = placement.node.create_volume(&volume.id).await {
+        if let Err(e) = placement.node.create_volume(&volume.id, self.config.volume_size_bytes).await {
             // No catalogue entry without its directory.
             let _ = self.store.delete_volume(team_id, &volume.id).await;
             return Err(e.into());
@@ -225,7 +225,7 @@ pub fn volume_error(e: VolumeError) -> LifecycleError {
     match e {
         VolumeError::VolumeNotFound(_) | VolumeError::NotFound(_) => LifecycleError::NotFound(e.to_string()),
         VolumeError::VolumeExists(_) | VolumeError::AlreadyExists(_) => LifecycleError::Conflict(e.to_string()),
-        VolumeError::QuotaExceeded { .. } => LifecycleError::TooLarge(e.to_string()),
+        VolumeError::QuotaExceeded { .. } | VolumeError::VolumeFull { .. } => LifecycleError::TooLarge(e.to_string()),
         VolumeError::Io { .. } => LifecycleError::Internal(e.to_string()),
         _ => LifecycleError::BadRequest(e.to_string()),
     }
