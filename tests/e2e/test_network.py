@@ -11,6 +11,7 @@ import hashlib
 import os
 import shlex
 import textwrap
+from dataclasses import dataclass
 
 import pytest
 from e2b import Sandbox
@@ -180,54 +181,69 @@ def test_host_names_allow_deny_wildcards_and_precedence(sandboxes, outside):
     assert "x-named" not in sbx.commands.run("curl -sS --max-time 5 http://other.e2e.test/").stdout.lower()
 
 
-def header_rules_test_secret(api, name: str, value: str):
-    r = api.post("/secrets", json={"name": name, "value": value})
-    assert r.status_code in (200, 201), r.text
+@dataclass(frozen=True)
+class RuleSecret:
+    """A team secret for the header-rule tests; `rules` puts it in an Authorization header to the outside world."""
+
+    name: str
+    value: str
+
+    def rules(self, extra_headers: dict[str, str] | None = None) -> dict:
+        headers = {"Authorization": f"Bearer ${{e2b.secrets.{self.name}}}", **(extra_headers or {})}
+        return {OUTSIDE_ADDR: [{"transform": {"headers": headers}}]}
 
 
-def test_header_rules_put_a_secret_on_http_and_https_requests(sandboxes, outside, api):
-    """E2B's `rules`: requests to a host with rules carry its headers, `${e2b.secrets.NAME}` filled in by the node's
-    egress gateway as the request leaves. Over HTTPS the gateway terminates TLS with the installation's CA, which the
-    sandbox trusts by default (curl, Python); it verifies the destination with the outside world's own CA
-    (`egress_trusted_ca`). The sandbox never holds the secret; an unknown secret fails the request with a message."""
+@pytest.fixture
+def rule_secret(outside, api):
+    """The header-rule tests' setup: the outside world's header echo on 80 (HTTP) and 443 (HTTPS, the outside
+    world's certificate), and a secret that is deleted afterwards, also when the test fails."""
     tls = os.environ.get("SOULBOX_E2E_OUTSIDE_TLS")
     if not tls:
         pytest.skip("run through tests/e2e/run.sh (it makes the outside world's TLS certificate)")
     echo = os.path.join(os.path.dirname(__file__), "..", "lib", "header_echo.py")
     outside.run(80, ["python3", echo, "80"])
     outside.run(443, ["python3", echo, "443", f"{tls}/cert.pem", f"{tls}/key.pem"])
-    name, value = f"e2e-rules-{os.getpid()}", f"rules-secret-{os.urandom(8).hex()}"
-    header_rules_test_secret(api, name, value)
+    secret = RuleSecret(f"e2e-rules-{os.getpid()}", f"rules-secret-{os.urandom(12).hex()}")
+    r = api.post("/secrets", json={"name": secret.name, "value": secret.value})
+    assert r.status_code in (200, 201), r.text
     try:
-        rules = {OUTSIDE_ADDR: [{"transform": {"headers": {"Authorization": f"Bearer ${{e2b.secrets.{name}}}", "X-Plain": "yes"}}}]}
-        sbx = sandboxes.create(network={"rules": rules})
-        for url in (f"http://{OUTSIDE_ADDR}/", f"https://{OUTSIDE_ADDR}/"):
-            got = sbx.commands.run(f"curl -sS --max-time 10 {url}").stdout.lower()
-            assert f"authorization: bearer {value}" in got and "x-plain: yes" in got, (url, got)
-        py = f"import urllib.request; print(urllib.request.urlopen('https://{OUTSIDE_ADDR}/', timeout=10).read().decode())"
-        assert f"Bearer {value}" in sbx.commands.run(f'python3 -c "{py}"').stdout
-        env = sbx.commands.run("echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS").stdout
-        assert "/usr/local/share/soulbox/ca-bundle.pem" in env and "soulbox-egress.crt" in env, env
-        # The value exists only in requests on their way out (the echo above sent it back; nothing kept it).
-        leaked = sbx.commands.run(
-            f"grep -rlsF '{value}' /etc /home /root /tmp /usr/local /var 2>/dev/null; "
-            f"cat /proc/[0-9]*/environ 2>/dev/null | grep -c '{value}'; true",
-            user="root",
-        ).stdout
-        assert leaked.strip() == "0", f"the secret is in the sandbox: {leaked}"
-        shown = repr(sbx.get_info())
-        assert value not in shown, "the secret's value came back in the sandbox's info"
-        # A secret that does not exist: the request fails with a message, nothing is sent with a bad credential.
-        sbx.update_network({"rules": {OUTSIDE_ADDR: [{"transform": {"headers": {"X-Key": "${e2b.secrets.no-such-secret}"}}}]}})
-        got = sbx.commands.run(f"curl -sS -i --max-time 10 http://{OUTSIDE_ADDR}/").stdout
-        assert "502" in got and "no-such-secret" in got and "x-key" not in got.lower(), got
-        # Rules cleared: requests pass untouched (over TLS with the outside world's certificate, which the sandbox
-        # does not trust, so -k).
-        sbx.update_network({})
-        got = sbx.commands.run(f"curl -sS -k --max-time 10 https://{OUTSIDE_ADDR}/").stdout.lower()
-        assert "host:" in got and "authorization" not in got, got
+        yield secret
     finally:
-        api.delete(f"/secrets/{name}")
+        api.delete(f"/secrets/{secret.name}")
+
+
+def test_header_rules_put_a_secret_on_http_and_https_requests(sandboxes, rule_secret):
+    """E2B's `rules`: requests to a host with rules carry its headers, `${e2b.secrets.NAME}` filled in by the node's
+    egress gateway as the request leaves. Over HTTPS the gateway terminates TLS with the installation's CA, which the
+    sandbox trusts by default (curl, Python); it verifies the destination with the outside world's own CA
+    (`egress_trusted_ca`). The sandbox never holds the secret; an unknown secret fails the request with a message."""
+    value = rule_secret.value
+    sbx = sandboxes.create(network={"rules": rule_secret.rules({"X-Plain": "yes"})})
+    for url in (f"http://{OUTSIDE_ADDR}/", f"https://{OUTSIDE_ADDR}/"):
+        got = sbx.commands.run(f"curl -sS --max-time 10 {url}").stdout.lower()
+        assert f"authorization: bearer {value}" in got and "x-plain: yes" in got, (url, got)
+    py = f"import urllib.request; print(urllib.request.urlopen('https://{OUTSIDE_ADDR}/', timeout=10).read().decode())"
+    assert f"Bearer {value}" in sbx.commands.run(f'python3 -c "{py}"').stdout
+    env = sbx.commands.run("echo $SSL_CERT_FILE $REQUESTS_CA_BUNDLE $NODE_EXTRA_CA_CERTS").stdout
+    assert "/usr/local/share/soulbox/ca-bundle.pem" in env and "soulbox-egress.crt" in env, env
+    # The value exists only in requests on their way out (the echo above sent it back; nothing kept it).
+    leaked = sbx.commands.run(
+        f"grep -rlsF '{value}' /etc /home /root /tmp /usr/local /var 2>/dev/null; "
+        f"cat /proc/[0-9]*/environ 2>/dev/null | grep -c '{value}'; true",
+        user="root",
+    ).stdout
+    assert leaked.strip() == "0", f"the secret is in the sandbox: {leaked}"
+    shown = repr(sbx.get_info())
+    assert value not in shown, "the secret's value came back in the sandbox's info"
+    # A secret that does not exist: the request fails with a message, nothing is sent with a bad credential.
+    sbx.update_network({"rules": {OUTSIDE_ADDR: [{"transform": {"headers": {"X-Key": "${e2b.secrets.no-such-secret}"}}}]}})
+    got = sbx.commands.run(f"curl -sS -i --max-time 10 http://{OUTSIDE_ADDR}/").stdout
+    assert "502" in got and "no-such-secret" in got and "x-key" not in got.lower(), got
+    # Rules cleared: requests pass untouched (over TLS with the outside world's certificate, which the sandbox
+    # does not trust, so -k).
+    sbx.update_network({})
+    got = sbx.commands.run(f"curl -sS -k --max-time 10 https://{OUTSIDE_ADDR}/").stdout.lower()
+    assert "host:" in got and "authorization" not in got, got
 
 
 # Runs in the sandbox as `user`: a child process makes the ruled requests (HTTP and HTTPS, under /hashed so the
@@ -283,31 +299,20 @@ REQUESTER = textwrap.dedent(
 )
 
 
-def test_a_sandbox_that_used_a_secret_holds_it_nowhere_in_memory(sandboxes, outside, api):
+def test_a_sandbox_that_used_a_secret_holds_it_nowhere_in_memory(sandboxes, rule_secret):
     """The secret a header rule injects is added outside the sandbox: after requests that carried it (the upstream
     proves it by answering the value's hash), no memory of the requesting process — nor of any process the sandbox's
     user can read — holds it. Fails if the gateway handed the value to the sandbox in any form its client keeps."""
-    tls = os.environ.get("SOULBOX_E2E_OUTSIDE_TLS")
-    if not tls:
-        pytest.skip("run through tests/e2e/run.sh (it makes the outside world's TLS certificate)")
-    echo = os.path.join(os.path.dirname(__file__), "..", "lib", "header_echo.py")
-    outside.run(80, ["python3", echo, "80"])
-    outside.run(443, ["python3", echo, "443", f"{tls}/cert.pem", f"{tls}/key.pem"])
-    name, value = f"e2e-memory-{os.getpid()}", f"memory-secret-{os.urandom(12).hex()}"
-    header_rules_test_secret(api, name, value)
-    try:
-        rules = {OUTSIDE_ADDR: [{"transform": {"headers": {"Authorization": f"Bearer ${{e2b.secrets.{name}}}"}}}]}
-        sbx = sandboxes.create(network={"rules": rules})
-        sbx.files.write("/tmp/scan.py", MEMORY_SCAN)
-        requester = REQUESTER.replace("{addr}", OUTSIDE_ADDR)
-        out = sbx.commands.run(f"python3 /tmp/scan.py {value[::-1]} {shlex.quote(requester)}", timeout=120).stdout
-        report = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
-        sent = hashlib.sha256(f"Bearer {value}".encode()).hexdigest()
-        assert report.get("ANSWERS") == f"{sent},{sent}", f"the upstream did not get the secret over HTTP and HTTPS: {out}"
-        assert report.get("SCANNED", "").startswith("True"), f"the requester's memory could not be read: {out}"
-        assert report.get("FOUND") == "[]", f"the secret is in the memory of sandbox processes: {out}"
-    finally:
-        api.delete(f"/secrets/{name}")
+    value = rule_secret.value
+    sbx = sandboxes.create(network={"rules": rule_secret.rules()})
+    sbx.files.write("/tmp/scan.py", MEMORY_SCAN)
+    requester = REQUESTER.replace("{addr}", OUTSIDE_ADDR)
+    out = sbx.commands.run(f"python3 /tmp/scan.py {value[::-1]} {shlex.quote(requester)}", timeout=120).stdout
+    report = dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    sent = hashlib.sha256(f"Bearer {value}".encode()).hexdigest()
+    assert report.get("ANSWERS") == f"{sent},{sent}", f"the upstream did not get the secret over HTTP and HTTPS: {out}"
+    assert report.get("SCANNED", "").startswith("True"), f"the requester's memory could not be read: {out}"
+    assert report.get("FOUND") == "[]", f"the secret is in the memory of sandbox processes: {out}"
 
 
 @pytest.fixture
