@@ -80,18 +80,9 @@ pub async fn ensure_base(engine: &Engine, files_dir: PathBuf, log: LogSink) -> R
     Ok(started.elapsed())
 }
 
-/// A log sink for the server's own output: `[template base/<step>] <message>` on stderr as each line comes
-/// (a multi-line message, like the setup step's title, is indented).
+/// A log sink for the server's own output: `[template base/<step>] <message>` on stderr as each line comes.
 pub fn stderr_log() -> LogSink {
-    std::sync::Arc::new(|level, message, step| {
-        let step = step.map(|s| format!("/{s}")).unwrap_or_default();
-        let level = match level {
-            super::LogLevel::Warn => " warning:",
-            super::LogLevel::Error => " error:",
-            _ => "",
-        };
-        eprintln!("[template base{step}]{level} {}", message.replace('\n', "\n    "));
-    })
+    super::builtin::stderr_log(BASE_TEMPLATE)
 }
 
 #[cfg(test)]

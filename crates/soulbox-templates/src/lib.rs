@@ -19,6 +19,8 @@
 
 pub mod base;
 pub mod bootstrap;
+pub mod builtin;
+pub mod code_interpreter;
 pub mod config;
 pub mod egress;
 pub mod engine;

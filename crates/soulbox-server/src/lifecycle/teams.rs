@@ -48,11 +48,13 @@ impl Lifecycle {
             },
             _ => return Err(not_found()),
         };
-        let templates = self.template_node.templates().await?;
-        let mut found = templates
-            .into_iter()
-            .find(|t| t.template_id == runtime_name || t.aliases.contains(&runtime_name))
-            .ok_or_else(not_found)?;
+        let mut templates = self.template_node.templates().await?;
+        let named = |t: &TemplateInfo| t.template_id == runtime_name || t.aliases.contains(&runtime_name);
+        // A template SoulBox ships (`code-interpreter-v1`) is built the first time a create names it.
+        if tag == "default" && !templates.iter().any(named) && self.build_on_first_use(&runtime_name).await? {
+            templates = self.template_node.templates().await?;
+        }
+        let mut found = templates.into_iter().find(|t| named(t)).ok_or_else(not_found)?;
         // What was found must be visible itself (an alias could name another team's template); a tag's build
         // template was vouched for by its template above.
         let reached_by_tag = tag != "default" && found.template_id == runtime_name;
