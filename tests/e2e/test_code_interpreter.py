@@ -1,0 +1,209 @@
+"""Issue 16: E2B's Code Interpreter SDK (`e2b_code_interpreter`, unmodified) against `soulbox server`.
+
+`Sandbox.create()` of the Code Interpreter SDK starts the template `code-interpreter-v1`, which the server builds
+on first use (the module's one sandbox waits for that build, minutes when cold; the data dir keeps it for warm
+runs). Then `run_code` and the contexts API go to our execution service on port 49999 through the server's
+proxy (`E2b-Sandbox-Port: 49999`). Nothing here needs the network."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+
+import pytest
+from e2b import NotFoundException, SandboxException, TimeoutException
+from e2b_code_interpreter import Sandbox as CodeInterpreter
+
+from conftest import RUN_ID
+
+# A cold first use builds the template (apt from the Debian mirror): generous, and a create that waits longer
+# than the SDK's default 60 s request timeout.
+FIRST_CREATE_TIMEOUT_S = 1800
+SANDBOX_ENV = {"SOULBOX_E2E_FROM_CREATE": "create-value"}
+
+
+@pytest.fixture(scope="module")
+def ci(api) -> CodeInterpreter:
+    sbx = CodeInterpreter.create(
+        timeout=600,
+        envs=SANDBOX_ENV,
+        metadata={"e2e-run": RUN_ID, "role": "code-interpreter"},
+        request_timeout=FIRST_CREATE_TIMEOUT_S,
+    )
+    try:
+        yield sbx
+    finally:
+        api.delete(f"/sandboxes/{sbx.sandbox_id}")
+
+
+def test_run_code_returns_the_main_result(ci):
+    execution = ci.run_code("1+1")
+    assert execution.error is None
+    assert execution.text == "2"
+    assert [r.is_main_result for r in execution.results] == [True]
+    assert isinstance(execution.execution_count, int) and execution.execution_count >= 1
+
+
+def test_state_is_kept_between_executions_of_the_default_context(ci):
+    ci.run_code("kept_value = 40")
+    assert ci.run_code("kept_value + 2").text == "42"
+
+
+def test_output_streams_while_the_code_runs(ci, tmp_path):
+    # The code prints, then waits for a file that only the on_stdout callback creates: if stdout arrived only
+    # when the execution ended, the code would never see the file and would end with "never released".
+    release = f"/tmp/release-{os.urandom(4).hex()}"
+    code = f"""
+import os, time
+print("waiting", flush=True)
+for _ in range(1200):
+    if os.path.exists({release!r}):
+        print("released", flush=True)
+        break
+    time.sleep(0.05)
+else:
+    print("never released", flush=True)
+"""
+    seen = []
+
+    def on_stdout(msg):
+        seen.append(msg.line)
+        if msg.line.strip() == "waiting":
+            ci.files.write(release, "go")
+
+    execution = ci.run_code(code, on_stdout=on_stdout)
+    assert execution.error is None, execution.error
+    assert [line.strip() for line in seen] == ["waiting", "released"]
+    assert all(isinstance(line, str) for line in execution.logs.stdout)
+
+
+def test_stderr_arrives_with_a_timestamp(ci):
+    got = []
+    execution = ci.run_code("import sys; print('to stderr', file=sys.stderr)", on_stderr=got.append)
+    assert [m.line for m in got] == ["to stderr\n"]
+    assert got[0].error is True and got[0].timestamp > 0
+    assert execution.logs.stderr == ["to stderr\n"]
+
+
+def test_matplotlib_figure_is_a_png(ci):
+    execution = ci.run_code(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9])\nplt.title('squares')\nplt.show()"
+    )
+    assert execution.error is None, execution.error
+    pngs = [r.png for r in execution.results if r.png]
+    assert len(pngs) == 1, execution.results
+    assert base64.b64decode(pngs[0]).startswith(b"\x89PNG\r\n\x1a\n")
+    assert not execution.results[0].is_main_result  # a display, not the cell's value
+
+
+def test_pandas_dataframe_has_html_and_text(ci):
+    execution = ci.run_code("import pandas as pd\npd.DataFrame({'name': ['a', 'b'], 'n': [1, 2]})")
+    main = [r for r in execution.results if r.is_main_result]
+    assert len(main) == 1
+    assert "<table" in main[0].html and "name" in main[0].html
+    assert "name" in main[0].text
+    assert set(main[0].formats()) >= {"text", "html"}
+
+
+def test_other_mime_types_reach_their_fields(ci):
+    execution = ci.run_code(
+        "from IPython.display import display, Markdown, Latex, SVG, JSON, Javascript\n"
+        "display(Markdown('**bold**'))\n"
+        "display(Latex(r'$x^2$'))\n"
+        "display(SVG('<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1\" height=\"1\"></svg>'))\n"
+        "display(JSON({'k': 1}))\n"
+        "display(Javascript('console.log(1)'))\n"
+        "display({'application/x-soulbox-test': 'custom'}, raw=True)"
+    )
+    assert execution.error is None, execution.error
+    r = execution.results
+    assert r[0].markdown == "**bold**"
+    assert r[1].latex == "$x^2$"
+    assert "<svg" in r[2].svg
+    assert r[3].json == {"k": 1}
+    assert r[4].javascript == "console.log(1)"
+    assert r[5].extra == {"application/x-soulbox-test": "custom"}
+
+
+def test_error_has_name_value_and_traceback(ci):
+    errors = []
+    execution = ci.run_code("def f():\n    return 1 / 0\nf()", on_error=errors.append)
+    assert execution.error is not None
+    assert execution.error.name == "ZeroDivisionError"
+    assert execution.error.value == "division by zero"
+    # IPython colours its tracebacks (as in E2B's): read it without the escape codes
+    traceback = re.sub(r"\x1b\[[0-9;]*m", "", execution.error.traceback)
+    assert "ZeroDivisionError" in traceback and "return 1 / 0" in traceback and "f()" in traceback
+    assert errors and errors[0].name == "ZeroDivisionError"
+    # the context still works after an error
+    assert ci.run_code("'fine'").text == "fine"
+
+
+def test_contexts_keep_state_apart_and_restart_clears_it(ci):
+    first = ci.create_code_context()
+    second = ci.create_code_context(language="python")
+    try:
+        assert first.language == "python" and first.cwd == "/home/user"
+        ids = {c.id for c in ci.list_code_contexts()}
+        assert {first.id, second.id} <= ids
+
+        ci.run_code("only_in_first = 7", context=first)
+        assert ci.run_code("only_in_first * 6", context=first).text == "42"
+        isolated = ci.run_code("only_in_first", context=second)
+        assert isolated.error is not None and isolated.error.name == "NameError"
+        default = ci.run_code("only_in_first")
+        assert default.error is not None and default.error.name == "NameError"
+
+        ci.restart_code_context(first)
+        cleared = ci.run_code("only_in_first", context=first)
+        assert cleared.error is not None and cleared.error.name == "NameError"
+    finally:
+        ci.remove_code_context(first)
+        ci.remove_code_context(second.id)
+    ids = {c.id for c in ci.list_code_contexts()}
+    assert first.id not in ids and second.id not in ids
+    with pytest.raises(NotFoundException):
+        ci.run_code("1", context=first)
+
+
+def test_context_cwd(ci):
+    assert ci.run_code("import os; os.getcwd()").text == "/home/user"
+    ctx = ci.create_code_context(cwd="/tmp")
+    try:
+        assert ctx.cwd == "/tmp"
+        assert ci.run_code("import os; os.getcwd()", context=ctx).text == "/tmp"
+    finally:
+        ci.remove_code_context(ctx)
+    with pytest.raises(SandboxException, match="not a directory"):
+        ci.create_code_context(cwd="/no/such/dir")
+
+
+def test_env_vars_per_execution_and_from_create(ci):
+    code = "import os, subprocess; (os.environ.get('E2E_EXEC_VAR'), subprocess.run(['sh', '-c', 'echo $E2E_EXEC_VAR'], capture_output=True, text=True).stdout.strip())"
+    assert ci.run_code(code, envs={"E2E_EXEC_VAR": "per-execution"}).text == "('per-execution', 'per-execution')"
+    # gone again in the next execution, and the kernel's own env untouched
+    assert ci.run_code(code).text == "(None, '')"
+    assert ci.run_code("import os; os.environ.get('SOULBOX_E2E_FROM_CREATE')").text == "create-value"
+    ci.run_code("import os; os.environ['SOULBOX_E2E_FROM_CREATE'] = 'kernel-value'")
+    assert ci.run_code("os.environ['SOULBOX_E2E_FROM_CREATE']", envs={"SOULBOX_E2E_FROM_CREATE": "x"}).text == "x"
+    assert ci.run_code("os.environ['SOULBOX_E2E_FROM_CREATE']").text == "kernel-value"
+
+
+def test_timeout_interrupts_the_execution(ci):
+    ctx = ci.create_code_context()
+    try:
+        with pytest.raises(TimeoutException):
+            ci.run_code("spins = 0\nwhile True:\n    spins += 1", context=ctx, timeout=2)
+        # Only an interrupted kernel answers: a kernel still spinning would make this time out too.
+        after = ci.run_code("spins > 0", context=ctx, timeout=60)
+        assert after.text == "True", after
+    finally:
+        ci.remove_code_context(ctx)
+
+
+def test_an_unavailable_language_is_a_clear_error(ci):
+    with pytest.raises(SandboxException, match="language 'r' is not available"):
+        ci.run_code("1", language="r")
+    with pytest.raises(SandboxException, match="language 'java' is not available"):
+        ci.create_code_context(language="java")
