@@ -17,6 +17,8 @@ use soulbox_protocol::connect::{Code, RpcError};
 use soulbox_protocol::filesystem as pb;
 
 use crate::entry::{EntryBuilder, entry_error};
+use crate::http::files::as_user::run_as;
+use crate::http::files::parents::make_for_user;
 use crate::rpc::{self, RpcContext, RpcStream};
 use crate::state::AppState;
 use crate::users::User;
@@ -51,6 +53,36 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|e| Err(RpcError::internal(format!("filesystem task failed: {e}"))))
 }
 
+/// Makes `dir` and its missing parents for `user`, owned by the user (E2B's `EnsureDirs`), without letting a link
+/// steer root: first with the user's own identity (the kernel's checks; links are followed only where the user
+/// may follow them), and only where the user may not make a directory (E2B SDK code makes `/0/a` as `user`) by
+/// envd for the user with the uploads' walk, which no link in the path passes (`http::files::parents`). Returns
+/// whether `dir` itself was made.
+async fn ensure_dirs_for(user: &User, dir: PathBuf) -> Result<bool, RpcError> {
+    let (uid, gid, name) = (user.uid, user.gid, user.name.clone());
+    let wanted = dir.clone();
+    let as_user = run_as(user, move || Ok(ops::ensure_dirs(&wanted, uid, gid)))
+        .await
+        .map_err(|e| RpcError::internal(format!("could not create directory {}: {e}", dir.display())))?;
+    match as_user {
+        Err(ops::EnsureDirsError::Io(_, e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+            let target = dir.clone();
+            let made = blocking(move || {
+                make_for_user(&target, uid, gid).map_err(|e| match e.kind() {
+                    io::ErrorKind::PermissionDenied => RpcError::new(
+                        Code::PermissionDenied,
+                        format!("permission denied: user '{name}' cannot create {}", target.display()),
+                    ),
+                    _ => RpcError::internal(format!("could not create directory {}: {e}", target.display())),
+                })
+            })
+            .await?;
+            Ok(made.last() == Some(&dir))
+        }
+        other => Ok(other?),
+    }
+}
+
 async fn stat(state: AppState, ctx: RpcContext, req: pb::StatRequest) -> Result<pb::StatResponse, RpcError> {
     let (_, path) = resolve(&state, &ctx, &req.path)?;
     blocking(move || {
@@ -62,7 +94,9 @@ async fn stat(state: AppState, ctx: RpcContext, req: pb::StatRequest) -> Result<
 
 async fn make_dir(state: AppState, ctx: RpcContext, req: pb::MakeDirRequest) -> Result<pb::MakeDirResponse, RpcError> {
     let (user, path) = resolve(&state, &ctx, &req.path)?;
-    let response = blocking(move || {
+    let checked = path.clone();
+    blocking(move || {
+        let path = checked;
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => {
                 return Err(RpcError::new(
@@ -80,10 +114,14 @@ async fn make_dir(state: AppState, ctx: RpcContext, req: pb::MakeDirRequest) -> 
             Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => {}
             Err(e) => return Err(RpcError::internal(format!("error getting file info: {e}"))),
         }
-        if !ops::ensure_dirs(&path, user.uid, user.gid)? {
-            // Created concurrently by someone else between our check and the mkdir.
-            return Err(RpcError::new(Code::AlreadyExists, format!("directory already exists: {}", path.display())));
-        }
+        Ok(())
+    })
+    .await?;
+    if !ensure_dirs_for(&user, path.clone()).await? {
+        // Created concurrently by someone else between our check and the mkdir.
+        return Err(RpcError::new(Code::AlreadyExists, format!("directory already exists: {}", path.display())));
+    }
+    let response = blocking(move || {
         let entry = EntryBuilder::new().entry(&path).map_err(|e| entry_error(&path, &e))?;
         Ok(pb::MakeDirResponse { entry: Some(entry) })
     })
@@ -96,10 +134,10 @@ async fn make_dir(state: AppState, ctx: RpcContext, req: pb::MakeDirRequest) -> 
 async fn move_entry(state: AppState, ctx: RpcContext, req: pb::MoveRequest) -> Result<pb::MoveResponse, RpcError> {
     let (user, source) = resolve(&state, &ctx, &req.source)?;
     let (_, destination) = resolve(&state, &ctx, &req.destination)?;
+    if let Some(parent) = destination.parent() {
+        ensure_dirs_for(&user, parent.to_path_buf()).await?;
+    }
     let response = blocking(move || {
-        if let Some(parent) = destination.parent() {
-            ops::ensure_dirs(parent, user.uid, user.gid)?;
-        }
         std::fs::rename(&source, &destination).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => RpcError::not_found(format!("source file not found: {}", source.display())),
             _ => RpcError::internal(format!("error renaming {} to {}: {e}", source.display(), destination.display())),

@@ -363,6 +363,41 @@ async fn move_creates_destination_parents() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn make_dir_and_move_never_follow_a_planted_link_as_root() {
+    let Some(nobody) = Accounts::load().user("nobody").filter(|_| me() == 0) else {
+        return eprintln!("skipping: needs root and a 'nobody' account");
+    };
+    let server = start(SandboxConfig::default()).await;
+    let (_dir, root) = temp_root();
+    std::fs::set_permissions(&root, mode(0o755)).unwrap();
+    let as_nobody = [("Authorization", basic("nobody"))];
+    // The user's own directory, with a link into a directory of root's and one into a directory it may write.
+    let (home, victim, open) = (root.join("home"), root.join("victim"), root.join("open"));
+    for d in [&home, &victim, &open] {
+        std::fs::create_dir(d).unwrap();
+    }
+    std::os::unix::fs::chown(&home, Some(nobody.uid), Some(nobody.gid)).unwrap();
+    std::fs::set_permissions(&open, mode(0o777)).unwrap();
+    std::os::unix::fs::symlink(&victim, home.join("link")).unwrap();
+    std::os::unix::fs::symlink(&open, home.join("ok")).unwrap();
+    std::fs::write(home.join("mine.txt"), b"x").unwrap();
+    std::os::unix::fs::chown(home.join("mine.txt"), Some(nobody.uid), Some(nobody.gid)).unwrap();
+
+    let (status, body) = unary(&server, "MakeDir", json!({"path": p(&home.join("link/new/deeper"))}), &as_nobody).await;
+    assert_eq!((status, &body["code"]), (403, &json!("permission_denied")), "{body}");
+    let moved = json!({"source": p(&home.join("mine.txt")), "destination": p(&home.join("link/new/mine.txt"))});
+    let (status, body) = unary(&server, "Move", moved, &as_nobody).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 0, "root made a directory through the user's link");
+    // A link the user may follow still works, and so does a directory below one of root's (E2B's behaviour).
+    for made in [home.join("ok/new"), root.join("made/inner")] {
+        let (status, body) = unary(&server, "MakeDir", json!({"path": p(&made)}), &as_nobody).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(super::ops::owner_ids(&made), (nobody.uid, nobody.gid), "{}", made.display());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_dir_depth_symlinks_and_errors() {
     let (_dir, root) = temp_root();
     let server = start(SandboxConfig { default_workdir: Some(p(&root)), ..Default::default() }).await;

@@ -13,11 +13,11 @@
 #![allow(clippy::result_large_err)]
 
 mod access;
-mod as_user;
+pub(crate) mod as_user;
 mod download;
 mod drain;
 mod metadata;
-mod parents;
+pub(crate) mod parents;
 mod upload;
 
 #[cfg(test)]
