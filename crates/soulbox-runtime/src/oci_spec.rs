@@ -180,6 +180,7 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
 
     // Not `rbind`: nothing mounted below a volume's directory on the host comes along.
     for (source, destination) in p.volumes {
+        crate::rootfs::refuse_links(p.sandbox_dir, destination)?;
         mounts.push(
             MountBuilder::default()
                 .destination(destination)

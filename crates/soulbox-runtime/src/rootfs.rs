@@ -57,7 +57,52 @@ pub fn mount(sandbox_dir: &Path, layers_bottom_first: &[PathBuf]) -> Result<()> 
         .map_err(|e| Error::Io { path: p.mountpoint.clone(), source: e.into() })
 }
 
+/// Refuses the path `inside` the sandbox (absolute) when one of its components is a symbolic link in the mounted
+/// root filesystem. runc follows links in a mount's destination (within the rootfs), so a link the sandbox's own
+/// root left there (`/data -> /.soulbox`, kept by a snapshot) would put a volume over a path its name was checked
+/// not to cover. Components that do not exist yet are fine: runc makes them as directories.
+pub fn refuse_links(sandbox_dir: &Path, inside: &str) -> Result<()> {
+    let mut at = paths(sandbox_dir).mountpoint;
+    let mut shown = String::new();
+    for name in inside.split('/').filter(|c| !c.is_empty()) {
+        at.push(name);
+        shown = format!("{shown}/{name}");
+        match std::fs::symlink_metadata(&at) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(Error::Invalid(format!(
+                    "mount path {inside:?}: {shown} is a symbolic link in the sandbox's filesystem"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(Error::Io { path: at, source: e }),
+        }
+    }
+    Ok(())
+}
+
 /// Unmount (idempotent). Uses a lazy detach as fallback so a busy mount never blocks release.
 pub fn unmount(sandbox_dir: &Path) -> Result<()> {
     umount_path(&paths(sandbox_dir).mountpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_paths_through_links_in_the_rootfs_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = paths(dir.path()).mountpoint;
+        std::fs::create_dir_all(root.join("home/user")).unwrap();
+        std::os::unix::fs::symlink("/.soulbox", root.join("data")).unwrap();
+        std::os::unix::fs::symlink("../proc", root.join("home/up")).unwrap();
+        for ok in ["/home/user", "/home/user/new/deeper", "/missing", "/home"] {
+            assert!(refuse_links(dir.path(), ok).is_ok(), "{ok}");
+        }
+        for bad in ["/data", "/data/x", "/home/up", "/home/up/meminfo"] {
+            let e = refuse_links(dir.path(), bad).unwrap_err().to_string();
+            assert!(e.contains("symbolic link"), "{bad}: {e}");
+        }
+    }
 }
