@@ -49,8 +49,7 @@ impl Inner {
 
         // A cold boot: its own uptime and boot id from now on (a resume from pause keeps both).
         crate::procview::BootRecord::new().write(&dir)?;
-        let sources =
-            crate::volumes::prepare(self.volumes(), &dir, &spec.volumes, id_range.is_some())?;
+        let sources = crate::volumes::prepare(self.volumes(), &dir, &spec.volumes, id_range.is_some())?;
         let volumes: Vec<(PathBuf, String)> =
             sources.into_iter().zip(spec.volumes.iter().map(|m| m.path.clone())).collect();
         let booted = self.boot_container(rec, lease, &volumes, id_range, driver, t0).await;

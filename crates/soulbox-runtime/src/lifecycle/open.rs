@@ -81,7 +81,8 @@ impl Runtime {
         } else {
             None
         };
-        let volume_images = cfg.volumes_dir.as_ref().and_then(|_| crate::volume_images::VolumeImages::open()).map(Arc::new);
+        let volume_images =
+            cfg.volumes_dir.as_ref().and_then(|_| crate::volume_images::VolumeImages::open()).map(Arc::new);
         let inner = Arc::new(Inner {
             drivers,
             ips: IpPool::new(&cfg),
