@@ -79,7 +79,7 @@ fn hex(bytes: &[u8]) -> String {
 /// Issues the gateway's certificates (one per name, cached until half its life is gone).
 pub(crate) struct Signer {
     issuer: Issuer<'static, KeyPair>,
-    ca_der: rustls::pki_types::CertificateDer<'static>,
+    pub(crate) ca_der: rustls::pki_types::CertificateDer<'static>,
     /// One key for every leaf: a sandbox learns nothing from it, and signing a certificate is all a new name costs.
     leaf_key: KeyPair,
     leaf_key_der: Vec<u8>,
