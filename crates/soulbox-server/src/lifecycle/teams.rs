@@ -51,7 +51,7 @@ impl Lifecycle {
         let mut templates = self.template_node.templates().await?;
         let named = |t: &TemplateInfo| t.template_id == runtime_name || t.aliases.contains(&runtime_name);
         // A template SoulBox ships (`code-interpreter-v1`) is built the first time a create names it.
-        if tag == "default" && !templates.iter().any(named) && self.build_on_first_use(&runtime_name).await? {
+        if tag == "default" && self.ensure_shipped_template(&runtime_name).await? {
             templates = self.template_node.templates().await?;
         }
         let mut found = templates.into_iter().find(|t| named(t)).ok_or_else(not_found)?;

@@ -91,7 +91,12 @@ class Context:
 
     async def _run(self, code: str, emit: Optional[Emit], abort: Optional[asyncio.Event]) -> None:
         """One execute request, read until the kernel is idle for it. `emit` None: a silent helper cell."""
-        msg_id = self._kc.execute(code, silent=emit is None, store_history=emit is not None, allow_stdin=False)
+        # stop_on_error=False: after an error (an interrupt too) ipykernel would otherwise abort every execute
+        # request that reaches it for a moment after, and the next client's code would end with no output at
+        # all. Executions are queued here (the context's lock), so the kernel never needs to abort any.
+        msg_id = self._kc.execute(
+            code, silent=emit is None, store_history=emit is not None, allow_stdin=False, stop_on_error=False
+        )
         aborted = asyncio.ensure_future(abort.wait()) if abort is not None else None
         died = self._kernel_exit()
         try:
@@ -106,8 +111,10 @@ class Context:
                 if msg["parent_header"].get("msg_id") != msg_id:
                     continue  # late output of an earlier, interrupted execution
                 if outputs.is_idle(msg):
-                    await self._shell_reply(msg_id)
+                    status = await self._shell_reply(msg_id)
                     if emit is not None:
+                        if status == "aborted":  # never an execution that ends with nothing to say why
+                            await emit(outputs.error_line("ExecutionAborted", "the kernel aborted the execution", ""))
                         await emit(outputs.END_OF_EXECUTION)
                     return
                 line = outputs.translate(msg)
@@ -138,12 +145,12 @@ class Context:
             return None
         return process_exit(process.pid)
 
-    async def _shell_reply(self, msg_id: str) -> None:
-        # Read (and drop) the execute_reply so replies do not pile up in the client's shell socket.
+    async def _shell_reply(self, msg_id: str) -> str:
+        """The execute_reply's status; every reply is read so none pile up in the client's shell socket."""
         while True:
             reply = await self._kc.get_shell_msg(timeout=KERNEL_READY_TIMEOUT_S)
             if reply["parent_header"].get("msg_id") == msg_id:
-                return
+                return str(reply["content"].get("status", ""))
 
     async def _interrupt(self, msg_id: str) -> None:
         log.info("context %s: client went away, interrupting the execution", self.id)
