@@ -30,11 +30,21 @@ pub fn make_for_user(dir: &Path, uid: u32, gid: u32) -> io::Result<Vec<PathBuf>>
     result.map(|()| created)
 }
 
+/// Opens the directory `name` in `at` without following a link. Not `O_DIRECTORY | O_NOFOLLOW`: gVisor (runsc
+/// 20221219) follows a link with that pair. A path descriptor of the entry itself, its type checked, is the
+/// directory opened again through `.` (the same inode, whatever happens to `name` meanwhile).
+fn open_dir_nofollow(at: &OwnedFd, name: &std::ffi::OsStr) -> Result<OwnedFd, Errno> {
+    let entry = rustix::fs::openat(at, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    match rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&entry)?.st_mode) {
+        rustix::fs::FileType::Directory => {}
+        rustix::fs::FileType::Symlink => return Err(Errno::LOOP),
+        _ => return Err(Errno::NOTDIR),
+    }
+    rustix::fs::openat(&entry, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+}
+
 fn walk(dir: &Path, uid: u32, gid: u32, created: &mut Vec<PathBuf>) -> io::Result<()> {
-    let open = |at: &OwnedFd, name: &std::ffi::OsStr| {
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        rustix::fs::openat(at, name, flags, Mode::empty())
-    };
+    let open = open_dir_nofollow;
     let mut at: OwnedFd = rustix::fs::open("/", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
     let mut here = PathBuf::from("/");
     for component in dir.components() {
