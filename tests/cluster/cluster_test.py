@@ -1,12 +1,15 @@
 """Issue 7 proof: one `soulbox server` in cluster mode and three `soulbox node` agents as separate processes on
 this machine (own data dirs, prefixes sbc1..sbc3, pools 10.81/10.82/10.83.0.0/16), driven through the server's
-HTTP API, the `soulbox` CLI and the official e2b Python SDK.
+HTTP API, the `soulbox` CLI and the official e2b Python SDK. Two phases add agents: node4 (sbc4, 10.84.0.0/16,
+moving off a drained node) and a second, small cluster for shared volumes (its own control plane on SQLite with
+`volumes_shared = true`, node5/node6 on sbc5/sbc6, 10.85/10.86.0.0/16).
 
 Run through tests/cluster/run.sh (root; it builds, seeds the template store and cleans up host objects even when
 this script dies). Environment: SOULBOX_BIN, SOULBOX_ENVD, SOULBOX_CLUSTER_DIR (run dir), SOULBOX_TEMPLATE_DIR,
 SOULBOX_CLUSTER_DATABASE_URL (default SQLite in the run dir; a postgres:// URL plugs in a shared database).
 """
 
+import contextlib
 import json
 import os
 import secrets
@@ -88,15 +91,16 @@ REPLICATED = DB_URL.startswith("postgres")
 replica_urls = {}
 
 
-def start_server(name="server"):
-    """Starts a control-plane replica; returns its URL and the admin key it printed (None after the first start)."""
+def start_server(name="server", database_url=DB_URL):
+    """Starts a control-plane replica; returns its URL and the admin key it printed (None after the first start).
+    A `config.toml` already in `<RUN_DIR>/<name>` is its config file."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     replica_urls[name] = url
     os.makedirs(f"{RUN_DIR}/{name}", exist_ok=True)
     out = open(f"{RUN_DIR}/{name}.log", "ab")
     procs[name] = remember(subprocess.Popen(
-        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "server", "--listen", f"127.0.0.1:{port}", "--database-url", DB_URL,
+        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "server", "--listen", f"127.0.0.1:{port}", "--database-url", database_url,
          "--node-token", TOKEN, "--node-heartbeat-timeout-s", str(HEARTBEAT_TIMEOUT_S), "--node-lost-after-s", str(LOST_AFTER_S)],
         stdout=subprocess.PIPE, stderr=out, env={**os.environ, "SOULBOX_LOG": "info", "SOULBOX_SECRETS_KEY": SECRETS_KEY}))
     for line in procs[name].stdout:
@@ -108,13 +112,14 @@ def start_server(name="server"):
     raise AssertionError(f"{name} exited during start; see {name}.log")
 
 
-def start_node(name, prefix, pool, template_dir=TEMPLATE_DIR):
+def start_node(name, prefix, pool, template_dir=TEMPLATE_DIR, server=None, volumes_dir=None):
     port = ports.setdefault(name, free_port())
     out = open(f"{RUN_DIR}/{name}.log", "ab")
+    extra = ["--volumes-dir", volumes_dir] if volumes_dir else []
     procs[name] = remember(subprocess.Popen(
-        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "node", "--server", agent_server, "--token", TOKEN, "--node-id", name,
+        [BIN, "--data-dir", f"{RUN_DIR}/{name}", "node", "--server", server or agent_server, "--token", TOKEN, "--node-id", name,
          "--listen", f"127.0.0.1:{port}", "--region", "test", "--heartbeat-interval-s", "1", "--template-dir", template_dir,
-         "--envd-path", ENVD, "--prefix", prefix, "--network-pool", pool, "--warm-pool", "1"],
+         "--envd-path", ENVD, "--prefix", prefix, "--network-pool", pool, "--warm-pool", "1", *extra],
         stdout=out, stderr=out, env={**os.environ, "SOULBOX_LOG": "info"}))
 
 
@@ -252,6 +257,8 @@ def main():
     egress_rules_across_the_cluster()
 
     node_local_volumes()
+
+    shared_volumes()
 
     log("snapshots and forks start on the node that holds the snapshot's layers")
     source = create()["sandboxID"]
@@ -434,6 +441,103 @@ def node_local_volumes():
             call("DELETE", f"/volumes/{v.volume_id}")
 
 
+SHARED_NODES = [("node5", "sbc5", "10.85.0.0/16"), ("node6", "sbc6", "10.86.0.0/16")]
+
+
+def shared_volumes():
+    """Issue 15 with `volumes_shared = true`: a second, small cluster — its own control plane (own data dir and
+    SQLite database, `volumes_dir` shared) and two node agents given the same directory with `--volumes-dir`.
+    In production that directory is one NFS or CephFS mounted at the same path everywhere; this machine's kernel
+    has no NFS, so here it is one local directory all three processes use. What is proven: the control plane
+    makes a volume as a plain directory there (no `<id>.img`: two nodes must never mount one image), sandboxes
+    mounting it run on either node (steered by draining the other) and see each other's writes with the owners a
+    sandbox sees, the content API reads it on the control plane with no sandbox running, and delete is refused
+    while mounted. Not proven: NFS/CephFS semantics themselves (caching, locking, idmapped mounts on them)."""
+    from e2b import Sandbox, Volume
+    log("shared volumes: a second control plane with volumes_shared = true, node5 and node6 on its volumes directory")
+    started = time.monotonic()
+    shared = f"{RUN_DIR}/shared-volumes"
+    os.makedirs(f"{RUN_DIR}/shared-server", exist_ok=True)
+    with open(f"{RUN_DIR}/shared-server/config.toml", "w") as f:
+        f.write(f'volumes_dir = "{shared}"\nvolumes_shared = true\n')
+    url, key = start_server("shared-server", database_url=f"sqlite://{RUN_DIR}/shared-server/soulbox.db?mode=rwc")
+    assert key, "the shared-volumes control plane has a store of its own (it prints its first admin key)"
+    for name, prefix, pool in SHARED_NODES:
+        start_node(name, prefix, pool, server=url, volumes_dir=shared)
+    images = lambda: [f for f in os.listdir(shared) if f.endswith(".img")]
+    made, vol = [], None
+    with talking_to(url, key):
+        try:
+            wait_for("node5 and node6 healthy", lambda: all(status_of(n) == "healthy" for n, _, _ in SHARED_NODES), 60)
+            vol = Volume.create(f"shared-{uuid.uuid4().hex[:8]}")
+            files = f"{shared}/{vol.volume_id}"
+            assert os.path.isdir(files) and images() == [], f"not a plain directory in {shared}: {os.listdir(shared)}"
+            vol.write_file("/from-api.txt", "written on the control plane")
+
+            for here, other in [("node5", "node6"), ("node6", "node5")]:
+                call("POST", f"/nodes/{other}/drain", expect=200)
+                try:
+                    made.append(Sandbox.create(timeout=120, volume_mounts={"/mnt/shared": vol}))
+                finally:
+                    call("POST", f"/nodes/{other}/undrain", expect=200)
+                assert made[-1].sandbox_id in runc_ids(here), f"the sandbox is not on {here}"
+            a, b = made
+            log("shared volumes: written on node5 as user, read on node6")
+            r = a.commands.run("id -un && echo from-node5 > /mnt/shared/from-a.txt && cat /mnt/shared/from-api.txt")
+            assert r.stdout == "user\nwritten on the control plane", r.stdout
+            r = b.commands.run("cat /mnt/shared/from-a.txt && stat -c %U:%G /mnt/shared/from-a.txt")
+            assert r.stdout == "from-node5\nuser:user\n", r.stdout
+            b.commands.run("echo from-node6 > /mnt/shared/from-b.txt")
+            assert a.commands.run("cat /mnt/shared/from-b.txt").stdout == "from-node6\n"
+            on_disk = os.stat(f"{files}/from-a.txt")
+            assert (on_disk.st_uid, on_disk.st_gid) == (1000, 1000), "stored unshifted: the ids a sandbox sees"
+
+            status, body = call("DELETE", f"/volumes/{vol.volume_id}")
+            assert status == 409 and "mounted" in body["message"], (status, body)
+            for sbx in made:
+                sbx.kill()
+            made = []
+            assert not (runc_ids("node5") | runc_ids("node6")), "a killed sandbox still runs"
+            log("shared volumes: the content API with no sandbox, then delete")
+            assert vol.read_file("/from-a.txt") == "from-node5\n"
+            entry = vol.get_info("/from-b.txt")
+            assert (entry.uid, entry.gid, entry.size) == (1000, 1000, len("from-node6\n")), entry
+            assert sorted(e.path for e in vol.list("/")) == ["/from-a.txt", "/from-api.txt", "/from-b.txt"]
+            assert images() == [], f"a volume image appeared in the shared directory: {images()}"
+            assert Volume.destroy(vol.volume_id)
+            assert not os.path.exists(files), "the volume's directory stayed"
+            assert call("GET", f"/volumes/{vol.volume_id}")[0] == 404
+            vol = None
+        finally:
+            for sbx in made:
+                sbx.kill()
+            if vol is not None:
+                call("DELETE", f"/volumes/{vol.volume_id}")
+    for name in ["node5", "node6", "shared-server"]:
+        procs[name].send_signal(signal.SIGTERM)
+        procs[name].wait(timeout=30)
+    log(f"  the shared-volumes cluster started, proved and stopped in {time.monotonic() - started:.1f} s")
+
+
+@contextlib.contextmanager
+def talking_to(url, key):
+    """`call` and the e2b SDK (through its environment variables) use the control plane at `url` for a while."""
+    global api_url, api_key
+    names = ["E2B_API_URL", "E2B_SANDBOX_URL", "E2B_VOLUME_API_URL", "E2B_API_KEY"]
+    saved_env, saved = {n: os.environ.get(n) for n in names}, (api_url, api_key)
+    api_url, api_key = url, key
+    os.environ.update({"E2B_API_URL": url, "E2B_SANDBOX_URL": url, "E2B_VOLUME_API_URL": url, "E2B_API_KEY": key})
+    try:
+        yield
+    finally:
+        api_url, api_key = saved
+        for n, v in saved_env.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
 def seed_base_only(store):
     """A template store of its own holding only `base` (hard links of the shared store's layers)."""
     base = json.load(open(f"{TEMPLATE_DIR}/templates/base/template.json"))
@@ -581,7 +685,7 @@ def call_at(url, method, path):
 
 
 def stop_all():
-    for name in ["node1", "node2", "node3", "node4", "server", "replica2"]:
+    for name in ["node1", "node2", "node3", "node4", "node5", "node6", "server", "replica2", "shared-server"]:
         p = procs.get(name)
         if p and p.poll() is None:
             p.send_signal(signal.SIGTERM)
