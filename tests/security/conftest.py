@@ -37,6 +37,8 @@ ENVD_BIN = os.environ.get("SOULBOX_SEC_ENVD", "")
 RUN_ID = uuid.uuid4().hex[:10]
 # The server's OCI runtime (tests/lib/server.sh passes it on; the CLI reads the same variable).
 RUNTIME = os.environ.get("SOULBOX_RUNTIME", "runc")
+# The SDK's Volume sends content requests to `https://api.<E2B_DOMAIN>` unless told otherwise: this server.
+os.environ.setdefault("E2B_VOLUME_API_URL", API_URL)
 
 
 def runc_only(why: str):
