@@ -81,10 +81,11 @@ async fn snapshot_names_that_are_refused() {
     let source = id_of(&t.create(&t.a).await);
     let path = format!("/sandboxes/{source}/snapshots");
     for (name, want) in [
-        ("base", StatusCode::CONFLICT),        // a server template
-        ("bad name", StatusCode::BAD_REQUEST), // not a template name
-        ("x:v2", StatusCode::BAD_REQUEST),     // a tag
-        ("sbb-1", StatusCode::BAD_REQUEST),    // internal
+        ("base", StatusCode::CONFLICT),                // a server template
+        ("code-interpreter-v1", StatusCode::CONFLICT), // shipped, before its first use too
+        ("bad name", StatusCode::BAD_REQUEST),         // not a template name
+        ("x:v2", StatusCode::BAD_REQUEST),             // a tag
+        ("sbb-1", StatusCode::BAD_REQUEST),            // internal
     ] {
         let (status, body) = t.call(&t.a, "POST", &path, Some(json!({"name": name}))).await;
         e2b_error(status, &body, want);

@@ -74,9 +74,9 @@ impl Lifecycle {
                 "invalid snapshot name {wanted:?}: letters, digits, '-', '_' and '.', at most 64, no tag"
             )));
         }
-        if self.store.get_template_record(name).await?.is_none()
-            && self.template_node.templates().await?.iter().any(|t| t.template_id == name)
-        {
+        let server_template = self.store.get_template_record(name).await?.is_none()
+            && self.template_node.templates().await?.iter().any(|t| t.template_id == name);
+        if server_template || soulbox_templates::builtin::is_shipped(name) {
             return Err(LifecycleError::Conflict(format!("the template name '{name}' is taken: choose another name")));
         }
         Ok(name.to_owned())

@@ -37,7 +37,7 @@ async fn another_teams_templates_builds_tags_and_names_are_out_of_reach() {
     assert_eq!(names, ["base"], "team B sees the server's templates only");
 
     // Its name and the server's `base` cannot be taken; a build cannot start from its tag.
-    for taken in ["app", "base"] {
+    for taken in ["app", "base", "code-interpreter-v1"] {
         let (status, body) = h.call_as(&b, "POST", "/v3/templates", Some(json!({"name": taken}))).await;
         assert_eq!(status, StatusCode::CONFLICT, "{taken}: {body}");
     }
