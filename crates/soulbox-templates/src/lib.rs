@@ -22,6 +22,7 @@ pub mod bootstrap;
 pub mod builtin;
 pub mod code_interpreter;
 pub mod config;
+pub mod desktop;
 pub mod egress;
 pub mod engine;
 pub mod envd;
