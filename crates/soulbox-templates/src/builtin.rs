@@ -8,8 +8,7 @@ use std::time::Duration;
 use super::{BaseAccess, BuildJob, LogLevel, LogSink, Recipe};
 
 /// The names of the templates built on first use.
-pub const ON_DEMAND: &[&str] =
-    &[super::code_interpreter::CODE_INTERPRETER_TEMPLATE, super::desktop::DESKTOP_TEMPLATE];
+pub const ON_DEMAND: &[&str] = &[super::code_interpreter::CODE_INTERPRETER_TEMPLATE, super::desktop::DESKTOP_TEMPLATE];
 
 /// Whether `name` is a template SoulBox ships (`base`, or one built on first use): no team may take it, even
 /// before its first use — a team's template of that name would be what every team's `Sandbox.create()` of the
