@@ -347,3 +347,14 @@ fn template_build_list_delete() {
     let out = run(&e, &["template", "delete", &name]);
     assert_eq!(out.status.code(), Some(3), "deleting a missing template is 'not found'");
 }
+
+/// `soulbox template prepare` refuses a name SoulBox does not ship before anything is built, naming what it
+/// ships. (Preparing `code-interpreter-v1` itself is minutes of apt when cold: tests/e2e/test_code_interpreter.py.)
+#[test]
+fn template_prepare_refuses_a_template_soulbox_does_not_ship() {
+    let e = live!();
+    let out = run(&e, &["template", "prepare", "not-shipped-by-soulbox"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not a template SoulBox ships") && stderr.contains("code-interpreter-v1"), "{stderr}");
+}

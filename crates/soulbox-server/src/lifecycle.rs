@@ -27,6 +27,7 @@ mod timeouts;
 mod volumes;
 pub use volumes::{VolumeSite, volume_error};
 
+pub use builtin_templates::{ShippedLogLine, Skip as ShippedSkip};
 pub use snapshots::{ForkOutcome, SnapshotFilter};
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! Templates SoulBox ships beyond `base` and builds when first needed (a create naming one that the node does
-//! not have yet, or `soulbox server --prepare-template NAME`): their recipes live in this crate, their builds
+//! not have yet, or `soulbox template prepare NAME` ahead of that): their recipes live in this crate, their builds
 //! are ordinary engine builds, cached step by step like any other.
 
 use std::path::PathBuf;

@@ -41,6 +41,7 @@ use crate::error::{Error, Result};
 
 mod build_log;
 mod context;
+mod prepare;
 
 pub use context::files_hash;
 use context::tar_gz;

@@ -48,6 +48,17 @@ pub enum TemplateCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Build a template SoulBox ships (code-interpreter-v1) now instead of at the first create naming it,
+    /// showing the live build log; cached steps are reused, so a prepared template takes a second.
+    #[command(
+        after_help = "Examples:\n  soulbox template prepare code-interpreter-v1\n  soulbox template prepare code-interpreter-v1 --json\n\nExit codes: 0 ready; 3 not a template SoulBox ships; 8 a team's own template has the name; 9 the build failed (the error names the step)."
+    )]
+    Prepare {
+        /// The shipped template's name.
+        name: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Templates sandboxes can start from.
     #[command(
         after_help = "Examples:\n  soulbox template list\n  soulbox template list --json | jq -r '.[].templateID'"
@@ -106,6 +117,30 @@ pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
                 }));
             } else {
                 println!("Built {name}: soulbox sandbox create {name}");
+            }
+            Ok(0)
+        }
+        TemplateCommand::Prepare { name, conn } => {
+            let client = conn.client()?;
+            if !conn.json {
+                println!("Preparing {name} (the server builds it; cached steps are reused)");
+            }
+            let mut logs = std::pin::pin!(client.prepare_template(&name).await?);
+            let mut display = Display::Plain;
+            let mut failure = None;
+            while let Some(item) = logs.next().await {
+                match item {
+                    Ok(entry) => display.entry(&entry, conn.json),
+                    Err(e) => failure = Some(e),
+                }
+            }
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if conn.json {
+                print_json(&serde_json::json!({"templateID": name, "status": "ready"}));
+            } else {
+                println!("{name} is ready: soulbox sandbox create {name}");
             }
             Ok(0)
         }

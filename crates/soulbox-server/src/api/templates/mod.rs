@@ -11,6 +11,8 @@
 //! - `GET /templates/aliases/{alias}` → 200/404, `DELETE /templates/{id}` → 204/404
 //! - `GET /templates`, `GET /v2/templates`, `PATCH /templates/{id}`, `PATCH /v2/templates/{id}`: `list.rs`
 //! - `GET /templates/{id}/builds/{buildID}/logs` (E2B's paged build log): `build_logs.rs`
+//! - `POST /templates/{name}/prepare` (SoulBox's own): builds a template SoulBox ships now, answering with its
+//!   live log in the stream's NDJSON shape (`prepare.rs`)
 //! - E2B's deprecated build flows (`POST /templates`, `POST /v2/templates`, `POST /templates/{id}`,
 //!   `POST /templates/{id}/builds/{buildID}`): 501 with what to use (`api/unsupported.rs`)
 //! - tags: `POST /templates/tags` `{target: "name:tag", tags}` → 201 `{buildID, tags}`, `DELETE /templates/tags`
@@ -27,6 +29,7 @@ mod build_logs;
 mod builds;
 mod files;
 mod list;
+mod prepare;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -84,6 +87,7 @@ pub fn routes() -> Router<ApiState> {
         .route("/templates/{id}/builds/{build}/logs/stream", get(builds::stream_logs))
         .route("/templates/tags", post(tags::assign_tags).delete(tags::remove_tags))
         .route("/templates/{id}/tags", get(tags::list_tags))
+        .route("/templates/{id}/prepare", post(prepare::prepare))
 }
 
 /// The upload route: authenticated by its URL token, outside the JSON body limit.
