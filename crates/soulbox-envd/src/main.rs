@@ -17,6 +17,7 @@ mod process_table;
 mod rpc;
 mod server;
 mod state;
+mod token_file;
 mod trust;
 mod users;
 mod watch;
@@ -98,7 +99,7 @@ fn main() -> anyhow::Result<()> {
         // SAFETY: the fd number comes from our parent (the node runtime), which passed it open for us alone.
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
-    let state = AppState::with_node_secret(config, node_secret);
+    let state = AppState::with_node_secret(config, node_secret).publishing_token_digest("/".into());
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(server::serve(state, SocketAddr::new(args.listen, args.port), move || {
         if let Some(fd) = ready_fd {

@@ -53,6 +53,9 @@ pub struct Envd {
     pub processes: ProcessRegistry,
     pub watchers: WatchRegistry,
     pub metrics: MetricsSampler,
+    /// Where the access token's digest is published (`token_file.rs`): `/` in a sandbox; `None` (tests) publishes
+    /// nothing.
+    pub token_file_root: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 #[derive(Clone)]
@@ -80,7 +83,15 @@ impl AppState {
             processes: ProcessRegistry::default(),
             watchers: WatchRegistry::default(),
             metrics: MetricsSampler::default(),
+            token_file_root: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// This agent publishes the access token's digest below `root` from now on (and once now).
+    pub fn publishing_token_digest(self, root: std::path::PathBuf) -> AppState {
+        crate::token_file::publish_logged(&root, self.config().access_token.as_deref());
+        let _ = self.token_file_root.set(root);
+        self
     }
 
     /// A copy of the current sandbox configuration.
@@ -97,6 +108,9 @@ impl AppState {
             Err(poisoned) => poisoned.into_inner(),
         };
         guard.apply(init);
+        if let Some(root) = self.token_file_root.get() {
+            crate::token_file::publish_logged(root, guard.access_token.as_deref());
+        }
     }
 }
 

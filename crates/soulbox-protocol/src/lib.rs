@@ -10,6 +10,7 @@
 //! - [`signature`]: signed file URLs (E2B's `v1_` scheme and SoulBox's HMAC scheme).
 //! - [`version`]: agent versions and the SDK feature gates tied to them.
 
+pub mod access_token_file;
 pub mod api;
 pub mod connect;
 pub mod envd_init;

@@ -35,6 +35,7 @@ pub const PACKAGES: &[&str] = &[
 /// The service's source files, as they are in the repository (`recipes/code-interpreter/server/`).
 pub const SERVICE_FILES: &[(&str, &str)] = &[
     ("main.py", include_str!("../recipes/code-interpreter/server/main.py")),
+    ("access.py", include_str!("../recipes/code-interpreter/server/access.py")),
     ("contexts.py", include_str!("../recipes/code-interpreter/server/contexts.py")),
     ("languages.py", include_str!("../recipes/code-interpreter/server/languages.py")),
     ("outputs.py", include_str!("../recipes/code-interpreter/server/outputs.py")),

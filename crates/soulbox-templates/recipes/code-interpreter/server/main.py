@@ -15,6 +15,7 @@ from typing import Any, Optional
 import tornado.web
 from tornado.iostream import StreamClosedError
 
+import access
 import languages
 from contexts import ContextNotFound, Contexts, InvalidRequest
 
@@ -92,6 +93,10 @@ class Execute(Handler):
         self.client_gone.set()
 
     async def post(self) -> None:
+        refused = access.refusal(self.request.headers.get("X-Access-Token"))
+        if refused is not None:
+            self.fail(*refused)
+            return
         await self.guarded(self._run_code)
 
     async def _run_code(self) -> None:
