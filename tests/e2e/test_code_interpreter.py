@@ -10,12 +10,13 @@ from __future__ import annotations
 import base64
 import os
 import re
+import subprocess
 
 import pytest
 from e2b import NotFoundException, SandboxException, TimeoutException
 from e2b_code_interpreter import Sandbox as CodeInterpreter
 
-from conftest import RUN_ID
+from conftest import API_KEY, API_URL, RUN_ID
 
 # A cold first use builds the template (apt from the Debian mirror): generous, and a create that waits longer
 # than the SDK's default 60 s request timeout.
@@ -203,7 +204,154 @@ def test_timeout_interrupts_the_execution(ci):
 
 
 def test_an_unavailable_language_is_a_clear_error(ci):
-    with pytest.raises(SandboxException, match="language 'r' is not available"):
-        ci.run_code("1", language="r")
+    # Java has no kernel in the registries a build can reach (Debian 12 packages none).
+    with pytest.raises(SandboxException, match="language 'java' is not available"):
+        ci.run_code("1", language="java")
     with pytest.raises(SandboxException, match="language 'java' is not available"):
         ci.create_code_context(language="java")
+    with pytest.raises(SandboxException, match="language 'cobol' is not available .*bash, javascript, python, r"):
+        ci.run_code("1", language="cobol")
+
+
+def _streams_before_the_end(ci, language: str, code_for_release) -> list[str]:
+    """Runs code that prints "waiting", then waits for a file only the on_stdout callback creates."""
+    release = f"/tmp/release-{os.urandom(4).hex()}"
+    seen = []
+
+    def on_stdout(msg):
+        seen.append(msg.line.strip())
+        if msg.line.strip() == "waiting":
+            ci.files.write(release, "go")
+
+    execution = ci.run_code(code_for_release(release), language=language, on_stdout=on_stdout, timeout=120)
+    assert execution.error is None, execution.error
+    return seen
+
+
+def test_bash_keeps_state_streams_and_reports_the_exit_status(ci):
+    ctx = ci.create_code_context(language="bash")
+    try:
+        assert ctx.language == "bash"
+        ci.run_code("KEPT=kept; cd /tmp; greet() { echo \"hi $1\"; }", context=ctx)
+        kept = ci.run_code('echo "$KEPT in $(pwd)"; greet there', context=ctx)
+        assert kept.error is None and "".join(kept.logs.stdout) == "kept in /tmp\nhi there\n"
+        failed = ci.run_code("echo to-stderr >&2; exit_with() { return $1; }; exit_with 3", context=ctx)
+        assert failed.error is not None and failed.error.value == "exit status 3"
+        assert "".join(failed.logs.stderr) == "to-stderr\n"
+        again = ci.run_code('echo "$KEPT"', context=ctx)
+        assert "".join(again.logs.stdout) == "kept\n", "the shell outlives an error"
+    finally:
+        ci.remove_code_context(ctx)
+    seen = _streams_before_the_end(
+        ci, "bash", lambda release: f"echo waiting; for i in $(seq 1200); do [ -e {release} ] && break; sleep 0.05; done; "
+        f"[ -e {release} ] && echo released || echo never released"
+    )
+    assert seen == ["waiting", "released"]
+
+
+def test_bash_timeout_interrupts_the_command_and_keeps_the_shell(ci):
+    ctx = ci.create_code_context(language="bash")
+    try:
+        ci.run_code("STILL=here", context=ctx)
+        with pytest.raises(TimeoutException):
+            ci.run_code("sleep 600", context=ctx, timeout=2)
+        after = ci.run_code('echo "$STILL"', context=ctx, timeout=60)
+        assert after.error is None and "".join(after.logs.stdout) == "here\n"
+    finally:
+        ci.remove_code_context(ctx)
+
+
+def test_javascript_keeps_state_awaits_imports_and_reports_errors(ci):
+    ci.run_code("const base = 40\nfunction twice(x) { return 2 * x }", language="js")
+    assert ci.run_code("base + 2", language="js").text == "42"
+    assert ci.run_code("const base = 1; twice(base)", language="javascript").text == "2", "a cell may declare again"
+    awaited = ci.run_code(
+        "import { join } from 'node:path'\nawait new Promise((r) => setTimeout(r, 10))\njoin('a', 'b')",
+        language="js",
+    )
+    assert awaited.error is None, awaited.error
+    assert awaited.text == "a/b" and awaited.results[0].is_main_result
+    printed = ci.run_code("console.log('out'); console.error('err'); ({ k: [1, 2] })", language="js")
+    assert "".join(printed.logs.stdout) == "out\n" and "".join(printed.logs.stderr) == "err\n"
+    assert printed.text == "{ k: [ 1, 2 ] }"
+    failed = ci.run_code("function f() { throw new TypeError('boom') }\nf()", language="js")
+    assert failed.error is not None
+    assert (failed.error.name, failed.error.value) == ("TypeError", "boom")
+    assert "TypeError: boom" in failed.error.traceback
+    seen = _streams_before_the_end(
+        ci, "js", lambda release: "console.log('waiting')\nlet released = false\n"
+        "for (let i = 0; i < 1200 && !released; i++) {\n"
+        "  await new Promise((r) => setTimeout(r, 50))\n"
+        f"  released = require('fs').existsSync({release!r})\n"
+        "}\nconsole.log(released ? 'released' : 'never released')"
+    )
+    assert seen == ["waiting", "released"]
+
+
+def test_typescript_is_transpiled_and_keeps_state(ci):
+    ctx = ci.create_code_context(language="ts")
+    try:
+        assert ctx.language == "typescript"
+        ci.run_code("interface Point { x: number; y: number }\nconst p: Point = { x: 20, y: 22 }", context=ctx)
+        assert ci.run_code("(p.x + p.y) as number", context=ctx).text == "42"
+        failed = ci.run_code("const s: string = 'x'\nthrow new RangeError(`bad ${s}`)", context=ctx)
+        assert failed.error is not None and (failed.error.name, failed.error.value) == ("RangeError", "bad x")
+    finally:
+        ci.remove_code_context(ctx)
+
+
+def test_javascript_timeout_interrupts_a_busy_loop(ci):
+    ctx = ci.create_code_context(language="js")
+    try:
+        ci.run_code("let spins = 0", context=ctx)
+        with pytest.raises(TimeoutException):
+            ci.run_code("while (true) { spins++ }", context=ctx, timeout=2)
+        after = ci.run_code("spins > 0", context=ctx, timeout=60)
+        assert after.text == "true", after
+    finally:
+        ci.remove_code_context(ctx)
+
+
+def test_r_keeps_state_streams_and_reports_errors(ci):
+    ctx = ci.create_code_context(language="r")
+    try:
+        assert ctx.language == "r"
+        ci.run_code("kept <- 40", context=ctx)
+        # IRkernel shows a value as display data (E2B runs IRkernel too): a result, not the main result
+        value = ci.run_code("kept + 2", context=ctx)
+        assert value.error is None and [r.text for r in value.results] == ["[1] 42"]
+        printed = ci.run_code('cat("from R\\n")', context=ctx)
+        assert "".join(printed.logs.stdout) == "from R\n"
+        failed = ci.run_code('stop("custom failure")', context=ctx)
+        assert failed.error is not None and "custom failure" in failed.error.value
+    finally:
+        ci.remove_code_context(ctx)
+
+
+def test_env_vars_per_execution_in_every_language(ci):
+    envs = {"E2E_LANG_VAR": "it's \"quoted\""}
+    bash = ci.run_code('echo "$E2E_LANG_VAR"', language="bash", envs=envs)
+    assert "".join(bash.logs.stdout) == "it's \"quoted\"\n"
+    unset = ci.run_code('echo "[${E2E_LANG_VAR-unset}]"', language="bash")
+    assert "".join(unset.logs.stdout) == "[unset]\n"
+    assert ci.run_code("process.env.E2E_LANG_VAR", language="js", envs=envs).text == "it's \"quoted\""
+    assert ci.run_code("process.env.E2E_LANG_VAR === undefined", language="js").text == "true"
+    in_r = ci.run_code('cat(Sys.getenv("E2E_LANG_VAR"))', language="r", envs=envs)
+    assert "".join(in_r.logs.stdout) == "it's \"quoted\""
+    gone = ci.run_code('cat(Sys.getenv("E2E_LANG_VAR", unset = "gone"))', language="r")
+    assert "".join(gone.logs.stdout) == "gone"
+    from_create = ci.run_code("echo $SOULBOX_E2E_FROM_CREATE", language="bash")
+    assert "".join(from_create.logs.stdout) == "create-value\n"
+    with pytest.raises(SandboxException, match="env var names"):
+        ci.run_code("true", language="bash", envs={"not a name": "x"})
+
+
+def test_prepare_command_reports_a_shipped_template_ready():
+    """`soulbox template prepare` against the server the module's sandbox came from (built by then)."""
+    soulbox = os.path.join(os.path.dirname(__file__), "..", "..", "target", "debug", "soulbox")
+    env = {"PATH": os.environ.get("PATH", ""), "SOULBOX_API_URL": API_URL, "SOULBOX_API_KEY": API_KEY}
+    ready = subprocess.run([soulbox, "template", "prepare", "code-interpreter-v1"], env=env, capture_output=True, text=True, timeout=1800)
+    assert ready.returncode == 0, ready.stderr
+    assert "code-interpreter-v1 is ready" in ready.stdout, ready.stdout
+    unknown = subprocess.run([soulbox, "template", "prepare", "no-such-shipped"], env=env, capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 3 and "not a template SoulBox ships" in unknown.stderr, unknown.stderr

@@ -8,8 +8,9 @@
 //! sandbox may not verify (a TLS-intercepting proxy's CA is the host's, not the sandbox's). Users add PyPI
 //! packages on top with `pip install` (base's pip installs system-wide).
 //!
-//! Two RUN steps so that changing the service rebuilds only its small layer, never the packages.
-//! The server builds it on first use (a create naming it) or at start (`soulbox server --prepare-template
+//! Three RUN steps (Python's packages, the other languages' packages, the service) so that changing the service
+//! rebuilds only its small layer, never the packages.
+//! The server builds it on first use (a create naming it) or ahead (`soulbox template prepare
 //! code-interpreter-v1`); the step cache makes later builds instant.
 
 use super::{Recipe, TemplateStep};
@@ -32,6 +33,19 @@ pub const PACKAGES: &[&str] = &[
     "python3-requests",
 ];
 
+/// Debian 12's packages for the other languages, in a step of their own (after Python's, so adding a language
+/// leaves Python's cached layer alone): Node.js 18 and TypeScript 4.8 for SoulBox's JavaScript/TypeScript
+/// driver (`node_driver.cjs`), R 4.2 with IRkernel (its kernelspec `ir` comes with the package). Bash is base's.
+pub const LANGUAGE_PACKAGES: &[&str] = &["nodejs", "node-typescript", "r-cran-irkernel"];
+
+/// SoulBox's own kernels (`process_kernel.py` under each): kernelspec name, display name, language, entry
+/// file, and the language the node driver runs.
+const KERNELS: &[(&str, &str, &str, &str, Option<&str>)] = &[
+    ("soulbox-bash", "Bash", "bash", "kernel_bash.py", None),
+    ("soulbox-javascript", "JavaScript (Node.js)", "javascript", "kernel_node.py", Some("javascript")),
+    ("soulbox-typescript", "TypeScript (Node.js)", "typescript", "kernel_node.py", Some("typescript")),
+];
+
 /// The service's source files, as they are in the repository (`recipes/code-interpreter/server/`).
 pub const SERVICE_FILES: &[(&str, &str)] = &[
     ("main.py", include_str!("../recipes/code-interpreter/server/main.py")),
@@ -39,6 +53,10 @@ pub const SERVICE_FILES: &[(&str, &str)] = &[
     ("contexts.py", include_str!("../recipes/code-interpreter/server/contexts.py")),
     ("languages.py", include_str!("../recipes/code-interpreter/server/languages.py")),
     ("outputs.py", include_str!("../recipes/code-interpreter/server/outputs.py")),
+    ("process_kernel.py", include_str!("../recipes/code-interpreter/server/process_kernel.py")),
+    ("kernel_bash.py", include_str!("../recipes/code-interpreter/server/kernel_bash.py")),
+    ("kernel_node.py", include_str!("../recipes/code-interpreter/server/kernel_node.py")),
+    ("node_driver.cjs", include_str!("../recipes/code-interpreter/server/node_driver.cjs")),
 ];
 
 const HEREDOC_END: &str = "SOULBOX_CODE_INTERPRETER_FILE_END";
@@ -54,6 +72,34 @@ fn install_packages() -> String {
     )
 }
 
+fn install_language_packages() -> String {
+    format!(
+        "set -e\nexport DEBIAN_FRONTEND=noninteractive\napt-get update\n\
+         apt-get install -y --no-install-recommends {}\n\
+         apt-get clean\nrm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/*\n\
+         test -f /usr/share/jupyter/kernels/ir/kernel.json",
+        LANGUAGE_PACKAGES.join(" ")
+    )
+}
+
+/// The kernelspecs of SoulBox's own kernels, where jupyter_client looks (`/usr/local/share/jupyter/kernels`).
+fn kernelspecs() -> String {
+    let mut script = String::new();
+    for (name, display, language, entry, node_language) in KERNELS {
+        let mut spec = serde_json::json!({
+            "argv": ["python3", format!("{SERVICE_DIR}/{entry}"), "-f", "{connection_file}"],
+            "display_name": display,
+            "language": language,
+        });
+        if let Some(node_language) = node_language {
+            spec["env"] = serde_json::json!({ "SOULBOX_NODE_LANGUAGE": node_language });
+        }
+        let dir = format!("/usr/local/share/jupyter/kernels/{name}");
+        script.push_str(&format!("mkdir -p {dir}\ncat > {dir}/kernel.json <<'{HEREDOC_END}'\n{spec}\n{HEREDOC_END}\n"));
+    }
+    script
+}
+
 fn install_service() -> String {
     let mut script = format!("set -e\nmkdir -p {SERVICE_DIR}\n");
     for (name, content) in SERVICE_FILES {
@@ -64,7 +110,10 @@ fn install_service() -> String {
         script.push_str(HEREDOC_END);
         script.push('\n');
     }
-    script.push_str(&format!("python3 -m compileall -q {SERVICE_DIR}\nchmod -R a+rX {SERVICE_DIR}"));
+    script.push_str(&kernelspecs());
+    script.push_str(&format!(
+        "python3 -m compileall -q {SERVICE_DIR}\nchmod -R a+rX {SERVICE_DIR} /usr/local/share/jupyter"
+    ));
     script
 }
 
@@ -74,6 +123,7 @@ pub fn recipe() -> Recipe {
         from_template: Some(super::base::BASE_TEMPLATE.to_string()),
         steps: vec![
             TemplateStep::new("RUN", vec![install_packages(), "root".to_string()]),
+            TemplateStep::new("RUN", vec![install_language_packages(), "root".to_string()]),
             TemplateStep::new("RUN", vec![install_service(), "root".to_string()]),
         ],
         start_cmd: Some(format!("python3 {SERVICE_DIR}/main.py")),
@@ -96,11 +146,22 @@ mod tests {
     }
 
     #[test]
+    fn every_own_kernel_has_a_kernelspec_naming_its_entry_file() {
+        let script = install_service();
+        for (name, _, _, entry, _) in KERNELS {
+            assert!(script.contains(&format!("/usr/local/share/jupyter/kernels/{name}/kernel.json")), "{name}");
+            assert!(SERVICE_FILES.iter().any(|(file, _)| file == entry), "{entry} is not installed");
+        }
+        assert!(script.contains(r#""env":{"SOULBOX_NODE_LANGUAGE":"typescript"}"#), "{script}");
+    }
+
+    #[test]
     fn the_recipe_starts_from_base_and_waits_for_the_service() {
         let r = recipe();
         assert_eq!(r.from_template.as_deref(), Some("base"));
         assert_eq!(r.ready_cmd.as_deref(), Some("curl -sf http://127.0.0.1:49999/health"));
         assert!(r.steps[0].args[0].contains("python3-ipykernel"));
+        assert!(r.steps[1].args[0].contains("r-cran-irkernel"));
         assert!(r.steps.iter().all(|s| s.kind == "RUN" && s.args[1] == "root"));
     }
 }

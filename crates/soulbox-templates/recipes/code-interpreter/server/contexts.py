@@ -80,9 +80,14 @@ class Context:
     async def execute(self, code: str, envs: Optional[Mapping[str, str]], emit: Emit, abort: asyncio.Event) -> None:
         """Runs `code`, emitting each output line as the kernel produces it. `abort` (the client went away)
         interrupts the kernel; the context is usable again once this returns."""
+        if envs:
+            try:
+                setup = self.language.set_env(envs)
+            except languages.InvalidEnvName as e:
+                raise InvalidRequest(str(e)) from e
         async with self._lock:
             if envs:
-                await self._run(self.language.set_env(envs), None, None)
+                await self._run(setup, None, None)
             try:
                 await self._run(code, emit, abort)
             finally:

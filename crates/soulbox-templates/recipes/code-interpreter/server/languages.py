@@ -3,11 +3,16 @@ and restored in it (env vars are per execution in E2B, so they must be undone wh
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 # What E2B's SDKs and users call a language → the name this service uses.
 ALIASES = {"py": "python", "python3": "python", "js": "javascript", "ts": "typescript", "sh": "bash"}
+# Names that are valid in every language's environment (bash cannot export any other).
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 DEFAULT_LANGUAGE = "python"
 
 
@@ -44,6 +49,78 @@ _PYTHON_RESTORE_ENV = (
 )
 
 
+def _env_names(envs: Mapping[str, str]) -> list[str]:
+    bad = [k for k in envs if not ENV_NAME.match(k)]
+    if bad:
+        raise InvalidEnvName(bad)
+    return list(envs)
+
+
+class InvalidEnvName(Exception):
+    def __init__(self, names: list[str]):
+        super().__init__(f"env var names must be letters, digits and '_' (not starting with a digit): {names!r}")
+
+
+def _bash_set_env(envs: Mapping[str, str]) -> str:
+    # `${K+x}` tells unset from empty; the saved value is restored exactly (shlex quotes the user's values).
+    lines = []
+    for k in _env_names(envs):
+        lines.append(f'__sbx_had_{k}="${{{k}+x}}"; __sbx_old_{k}="${{{k}-}}"; export {k}={shlex.quote(envs[k])}')
+    return "\n".join(lines) + "\n__sbx_env_names=" + shlex.quote(" ".join(envs)) + "\n"
+
+
+_BASH_RESTORE_ENV = (
+    "for __sbx_k in $__sbx_env_names; do\n"
+    '  __sbx_had="__sbx_had_$__sbx_k"; __sbx_old="__sbx_old_$__sbx_k"\n'
+    '  if [ -n "${!__sbx_had}" ]; then export "$__sbx_k=${!__sbx_old}"; else unset "$__sbx_k"; fi\n'
+    '  unset "$__sbx_had" "$__sbx_old"\n'
+    "done\n"
+    "unset __sbx_k __sbx_had __sbx_old __sbx_env_names\n"
+)
+
+
+def _node_set_env(envs: Mapping[str, str]) -> str:
+    values = json.dumps(dict(envs))
+    return (
+        f"globalThis.__sbx_saved_env = Object.fromEntries(Object.keys({values}).map((k) => [k, process.env[k]]));\n"
+        f"Object.assign(process.env, {values});\n"
+        "undefined\n"
+    )
+
+
+_NODE_RESTORE_ENV = (
+    "for (const [k, v] of Object.entries(globalThis.__sbx_saved_env)) {\n"
+    "  if (v === undefined) { delete process.env[k]; } else { process.env[k] = v; }\n"
+    "}\n"
+    "delete globalThis.__sbx_saved_env;\n"
+    "undefined\n"
+)
+
+
+def _r_string(value: str) -> str:
+    # A JSON string is a valid R string literal (R reads \", \\, \n and \uXXXX the same way).
+    return json.dumps(value)
+
+
+def _r_set_env(envs: Mapping[str, str]) -> str:
+    names = _env_names(envs)
+    keys = ", ".join(_r_string(k) for k in names)
+    values = ", ".join(f"{_r_string(k)} = {_r_string(envs[k])}" for k in names)
+    return (
+        f".sbx_saved_env <- Sys.getenv(c({keys}), unset = NA, names = TRUE)\n"
+        f"invisible(do.call(Sys.setenv, list({values})))\n"
+    )
+
+
+_R_RESTORE_ENV = (
+    "for (.sbx_k in names(.sbx_saved_env)) {\n"
+    "  if (is.na(.sbx_saved_env[[.sbx_k]])) Sys.unsetenv(.sbx_k)\n"
+    "  else do.call(Sys.setenv, stats::setNames(list(.sbx_saved_env[[.sbx_k]]), .sbx_k))\n"
+    "}\n"
+    "rm(.sbx_saved_env, .sbx_k)\n"
+)
+
+
 @dataclass(frozen=True)
 class Language:
     name: str
@@ -52,8 +129,15 @@ class Language:
     restore_env: str
 
 
+# The kernels: ipykernel for Python, IRkernel (Debian's r-cran-irkernel, kernelspec `ir`) for R, and SoulBox's
+# own for bash and JavaScript/TypeScript (kernel_bash.py, kernel_node.py; kernelspecs written by the recipe).
+# Java has no kernel in the registries a build can reach: it stays unavailable, a clear error.
 LANGUAGES: dict[str, Language] = {
     "python": Language("python", "python3", _python_set_env, _PYTHON_RESTORE_ENV),
+    "bash": Language("bash", "soulbox-bash", _bash_set_env, _BASH_RESTORE_ENV),
+    "javascript": Language("javascript", "soulbox-javascript", _node_set_env, _NODE_RESTORE_ENV),
+    "typescript": Language("typescript", "soulbox-typescript", _node_set_env, _NODE_RESTORE_ENV),
+    "r": Language("r", "ir", _r_set_env, _R_RESTORE_ENV),
 }
 
 

@@ -1,0 +1,81 @@
+// Issue 16: the official `@e2b/code-interpreter` npm SDK (unmodified) against `code-interpreter-v1` on a running
+// `soulbox server` (tests/e2e/run.sh builds the template before the suites, so no create here waits on a build).
+// run_code in Python and in JavaScript/TypeScript, bash: results, state kept, errors, streamed output.
+import { test, before, after } from 'node:test'
+import assert from 'node:assert/strict'
+import { Sandbox } from '@e2b/code-interpreter'
+
+for (const name of ['E2B_API_URL', 'E2B_SANDBOX_URL', 'E2B_API_KEY']) {
+  if (!process.env[name]) throw new Error(`${name} is not set: run through tests/e2e/run.sh`)
+}
+
+let sbx
+before(async () => {
+  sbx = await Sandbox.create({ timeoutMs: 300_000, requestTimeoutMs: 600_000, metadata: { suite: 'js-code-interpreter' } })
+})
+after(async () => {
+  if (sbx) await sbx.kill().catch(() => {})
+})
+
+test('python: the main result, state kept, an error with its traceback', async () => {
+  const first = await sbx.runCode('1+1')
+  assert.equal(first.error, undefined)
+  assert.equal(first.text, '2')
+  await sbx.runCode('kept = 40')
+  assert.equal((await sbx.runCode('kept + 2')).text, '42')
+  const failed = await sbx.runCode('1/0')
+  assert.equal(failed.error.name, 'ZeroDivisionError')
+  assert.match(failed.error.traceback, /ZeroDivisionError/)
+})
+
+test('javascript: state kept, top-level await, import, the last value, errors', async () => {
+  await sbx.runCode('const base = 40', { language: 'js' })
+  assert.equal((await sbx.runCode('base + 2', { language: 'js' })).text, '42')
+  const awaited = await sbx.runCode(
+    "import { join } from 'node:path'\nawait new Promise((r) => setTimeout(r, 10))\njoin('a', 'b')",
+    { language: 'javascript' },
+  )
+  assert.equal(awaited.error, undefined, JSON.stringify(awaited.error))
+  assert.equal(awaited.text, 'a/b')
+  const failed = await sbx.runCode("throw new TypeError('boom')", { language: 'js' })
+  assert.equal(failed.error.name, 'TypeError')
+  assert.equal(failed.error.value, 'boom')
+  assert.match(failed.error.traceback, /TypeError: boom/)
+  // the context survives its error
+  assert.equal((await sbx.runCode('base', { language: 'js' })).text, '40')
+})
+
+test('javascript: console output streams before the execution ends', async () => {
+  const release = `/tmp/release-js-${Date.now()}`
+  const seen = []
+  const code = `
+const fs = require('fs')
+console.log('waiting')
+let released = false
+for (let i = 0; i < 1200 && !released; i++) {
+  await new Promise((r) => setTimeout(r, 50))
+  released = fs.existsSync(${JSON.stringify(release)})
+}
+console.log(released ? 'released' : 'never released')`
+  const execution = await sbx.runCode(code, {
+    language: 'js',
+    onStdout: async (msg) => {
+      seen.push(msg.line.trim())
+      if (msg.line.trim() === 'waiting') await sbx.files.write(release, 'go')
+    },
+  })
+  assert.equal(execution.error, undefined, JSON.stringify(execution.error))
+  assert.deepEqual(seen, ['waiting', 'released'])
+})
+
+test('typescript and bash each keep their own state', async () => {
+  const ts = await sbx.runCode('const n: number = 41\nn + 1', { language: 'ts' })
+  assert.equal(ts.error, undefined, JSON.stringify(ts.error))
+  assert.equal(ts.text, '42')
+  await sbx.runCode('export SHELL_KEPT=kept; cd /tmp', { language: 'bash' })
+  const bash = await sbx.runCode('echo "$SHELL_KEPT in $(pwd)"', { language: 'bash' })
+  assert.deepEqual(bash.logs.stdout, ['kept in /tmp\n'])
+  const failed = await sbx.runCode('echo no >&2; false', { language: 'bash' })
+  assert.equal(failed.error.value, 'exit status 1')
+  assert.deepEqual(failed.logs.stderr, ['no\n'])
+})
