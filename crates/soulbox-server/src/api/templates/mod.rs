@@ -30,6 +30,8 @@ mod builds;
 mod files;
 mod list;
 mod prepare;
+#[cfg(test)]
+mod prepare_tests;
 mod tags;
 #[cfg(test)]
 pub(crate) mod tests;

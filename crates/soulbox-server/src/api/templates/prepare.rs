@@ -32,12 +32,8 @@ pub(super) async fn prepare(State(state): State<ApiState>, Path(name): Path<Stri
     // Until the build says something, its refusal can still be an HTTP status.
     let first = loop {
         tokio::select! {
-            ended = &mut task => {
-                return match joined(ended) {
-                    Err(e) => e.into_response(),
-                    Ok(_) => already_current(&name),
-                };
-            }
+            // Lines first: a build that logged and ended at once is answered with its log.
+            biased;
             line = lines.recv() => match line {
                 Ok(line) if line.template == name => break line,
                 Ok(_) | Err(RecvError::Lagged(_)) => continue,
@@ -49,6 +45,12 @@ pub(super) async fn prepare(State(state): State<ApiState>, Path(name): Path<Stri
                     };
                 }
             },
+            ended = &mut task => {
+                return match joined(ended) {
+                    Err(e) => e.into_response(),
+                    Ok(_) => already_current(&name),
+                };
+            }
         }
     };
     let follow = Follow { name, lines, task: Some(task), queue: VecDeque::from([entry(&first)]) };
