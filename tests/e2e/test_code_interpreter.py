@@ -355,3 +355,24 @@ def test_prepare_command_reports_a_shipped_template_ready():
     assert "code-interpreter-v1 is ready" in ready.stdout, ready.stdout
     unknown = subprocess.run([soulbox, "template", "prepare", "no-such-shipped"], env=env, capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 3 and "not a template SoulBox ships" in unknown.stderr, unknown.stderr
+
+
+def test_pause_and_resume_keep_every_kernels_state(api):
+    """A memory pause keeps the sandbox's processes, so each language's context keeps its state."""
+    sbx = CodeInterpreter.create(timeout=300, metadata={"e2e-run": RUN_ID, "role": "code-interpreter-pause"})
+    try:
+        contexts = {lang: sbx.create_code_context(language=lang) for lang in ("javascript", "bash", "r")}
+        sbx.run_code("kept_py = 41")
+        sbx.run_code("const keptJs = 41", context=contexts["javascript"])
+        sbx.run_code("KEPT_SH=41", context=contexts["bash"])
+        sbx.run_code("kept_r <- 41", context=contexts["r"])
+        assert sbx.pause() is True
+        resumed = CodeInterpreter.connect(sbx.sandbox_id, timeout=120)
+        assert resumed.run_code("kept_py + 1").text == "42"
+        assert resumed.run_code("keptJs + 1", context=contexts["javascript"]).text == "42"
+        shell = resumed.run_code("echo $((KEPT_SH + 1))", context=contexts["bash"])
+        assert "".join(shell.logs.stdout) == "42\n"
+        in_r = resumed.run_code("cat(kept_r + 1)", context=contexts["r"])
+        assert "".join(in_r.logs.stdout) == "42"
+    finally:
+        api.delete(f"/sandboxes/{sbx.sandbox_id}")
