@@ -10,13 +10,6 @@ use super::{BaseAccess, BuildJob, LogLevel, LogSink, Recipe};
 /// The names of the templates built on first use.
 pub const ON_DEMAND: &[&str] = &[super::code_interpreter::CODE_INTERPRETER_TEMPLATE, super::desktop::DESKTOP_TEMPLATE];
 
-/// Whether `name` is a template SoulBox ships (`base`, or one built on first use): no team may take it, even
-/// before its first use — a team's template of that name would be what every team's `Sandbox.create()` of the
-/// Code Interpreter SDK starts, once made public.
-pub fn is_shipped(name: &str) -> bool {
-    name == super::base::BASE_TEMPLATE || ON_DEMAND.contains(&name)
-}
-
 /// The recipe of a template SoulBox ships and builds on first use; `None` for any other name.
 pub fn recipe(name: &str) -> Option<Recipe> {
     match name {

@@ -159,6 +159,13 @@ pub fn build_template_name(build_id: &str) -> String {
     format!("sbb-{build_id}")
 }
 
+/// Whether `name` is a template SoulBox ships (`base`, or one built on first use, [`builtin::ON_DEMAND`]): no team
+/// may take it, even before its first use — a team's template of that name would be what every team's
+/// `Sandbox.create()` of the Code Interpreter SDK starts, once made public.
+pub fn is_shipped_template(name: &str) -> bool {
+    name == base::BASE_TEMPLATE || builtin::ON_DEMAND.contains(&name)
+}
+
 /// Runtime templates that are not user templates: builds (`sbb-`), build steps (`sbbuild-`, made by
 /// [`engine`]) and the snapshots forks start from (`sbfork-`, [`fork_template_name`]).
 pub fn is_internal_template(name: &str) -> bool {

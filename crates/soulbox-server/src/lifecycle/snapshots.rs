@@ -76,7 +76,7 @@ impl Lifecycle {
         }
         let server_template = self.store.get_template_record(name).await?.is_none()
             && self.template_node.templates().await?.iter().any(|t| t.template_id == name);
-        if server_template || soulbox_templates::builtin::is_shipped(name) {
+        if server_template || soulbox_templates::is_shipped_template(name) {
             return Err(LifecycleError::Conflict(format!("the template name '{name}' is taken: choose another name")));
         }
         Ok(name.to_owned())

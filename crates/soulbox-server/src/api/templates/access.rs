@@ -49,7 +49,7 @@ pub async fn check_not_a_server_template(state: &ApiState, name: &str) -> Result
         Ok(r) => r.is_some(),
         Err(e) => return Err(failed(e)),
     };
-    if (on_node && !recorded) || soulbox_templates::builtin::is_shipped(name) {
+    if (on_node && !recorded) || soulbox_templates::is_shipped_template(name) {
         return Err(error(
             StatusCode::CONFLICT,
             format!("the template name '{name}' is taken by a server template: choose another name"),
