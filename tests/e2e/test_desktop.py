@@ -132,6 +132,23 @@ def test_the_clipboard_tools_are_there(desk):
     assert desk.commands.run("wmctrl -m").stdout.startswith("Name: Xfwm4")
 
 
+def test_open_shows_a_page_in_the_browser(desk):
+    page_title = f"soulbox-page-{uuid.uuid4().hex[:8]}"
+    page = f"/home/user/{page_title}.html"
+    desk.files.write(page, f"<html><head><title>{page_title}</title></head><body>served from a file</body></html>")
+    try:
+        # xdg-open hands an HTML file to the default browser (firefox-esr); its window is titled after the page
+        desk.open(page)
+        # by the window manager's list (wmctrl): xdotool's search by name does not see Firefox's top window
+        def listed():
+            return [line.split()[0] for line in desk.commands.run("wmctrl -l").stdout.splitlines() if page_title in line]
+
+        window = wait_until(listed, 120, "a browser window showing the page")[0]
+        assert desk.get_window_title(str(int(window, 16))) == f"{page_title} — Mozilla Firefox"
+    finally:
+        desk.commands.run("pkill -x firefox-esr || true")
+
+
 def rfb_security_types_over_websocket(host: str) -> list[int]:
     """Opens noVNC's websocket (`/websockify`) through the server's proxy with `Host: host` and reads the VNC
     server's greeting and the security types it offers (RFB 3.8)."""

@@ -61,14 +61,20 @@ fn install_packages() -> String {
     )
 }
 
-/// noVNC where the SDK runs it, its page also at `/` (as in E2B's template), and the terminal and browser that
-/// `x-terminal-emulator` and `x-www-browser` name.
+/// Firefox's first run opens welcome and privacy tabs over the page it was asked for (and asks to be the
+/// default browser): an agent's `open(url)` should show that URL.
+const FIREFOX_POLICIES: &str = r#"{"policies": {"OverrideFirstRunPage": "", "OverridePostUpdatePage": "", "DontCheckDefaultBrowser": true, "DisableTelemetry": true}}"#;
+
+/// noVNC where the SDK runs it, its page also at `/` (as in E2B's template), the terminal and browser that
+/// `x-terminal-emulator` and `x-www-browser` name, and Firefox's policies.
 fn configure_desktop() -> String {
     format!(
         "set -e\nln -sfn /usr/share/novnc {NOVNC_DIR}\nln -sf vnc.html /usr/share/novnc/index.html\n\
          test -x {NOVNC_DIR}/utils/novnc_proxy\n\
          update-alternatives --set x-terminal-emulator /usr/bin/xfce4-terminal.wrapper\n\
-         update-alternatives --set x-www-browser /usr/bin/firefox-esr"
+         update-alternatives --set x-www-browser /usr/bin/firefox-esr\n\
+         mkdir -p /usr/lib/firefox-esr/distribution\n\
+         printf '%s\\n' '{FIREFOX_POLICIES}' > /usr/lib/firefox-esr/distribution/policies.json"
     )
 }
 
