@@ -21,6 +21,12 @@ from e2b_desktop import Sandbox as Desktop
 
 from conftest import API_URL, DOMAIN, RUN_ID, wait_until
 
+# Under Debian 12's runsc the SDK's Xfce session never comes up (`create` fails with "Could not start XFCE"); not
+# investigated yet, so the desktop is a runc template for now (README).
+pytestmark = pytest.mark.skipif(
+    os.environ.get("SOULBOX_RUNTIME") == "runsc", reason="the desktop session does not start under gVisor yet"
+)
+
 # A cold first use builds the template (apt from the Debian mirror): generous, and longer than the SDK's
 # default 60 s request timeout.
 FIRST_CREATE_TIMEOUT_S = 1800
