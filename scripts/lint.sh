@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Static checks of the workspace: formatting, clippy (warnings are errors), the module and crate dependency rules
-# (scripts/check-deps.py) and a dependency audit with cargo-deny (deny.toml: licenses, banned and duplicate
-# crates, sources, and RustSec advisories). Runs every check, then fails if any failed.
+# (scripts/check-deps.py), the Kubernetes manifests (scripts/check-k8s.sh) and a dependency audit with cargo-deny
+# (deny.toml: licenses, banned and duplicate crates, sources, and RustSec advisories). Runs every check, then
+# fails if any failed.
 #
 # Advisories need the RustSec advisory DB, a git repository this script never fetches by itself. It is checked
 # when a copy is present in deny.toml's db-path ($CARGO_HOME/advisory-dbs, e.g. after `cargo deny fetch db` on a
@@ -27,6 +28,8 @@ step() {
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 step check-deps python3 scripts/check-deps.py
+# Kubernetes manifests: rendered and validated against the Kubernetes schemas offline (scripts/check-k8s.sh).
+step k8s scripts/check-k8s.sh
 if command -v cargo-deny >/dev/null 2>&1; then
   step "deny licenses/bans/sources" cargo deny --offline check licenses bans sources
   db_path="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
