@@ -34,7 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 for _ in $(seq 1 600); do grep -q '^export E2B_API_KEY' "$LOG" && break; kill -0 "$SERVER" || { cat "$LOG"; exit 1; }; sleep 0.5; done
-KEY="$(grep -o 'E2B_API_KEY=e2b_[0-9a-f]*' "$LOG" | cut -d= -f2 || true)"
+# Off a terminal the first admin key is written to <data-dir>/admin-key, not printed.
+KEY="$(cat "$DATA/admin-key" 2>/dev/null || true)"
 if [ -z "$KEY" ]; then
   KEY="$(target/release/soulbox --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
 fi

@@ -105,8 +105,11 @@ def start_server(name="server", database_url=DB_URL):
         stdout=subprocess.PIPE, stderr=out, env={**os.environ, "SOULBOX_LOG": "info", "SOULBOX_SECRETS_KEY": SECRETS_KEY}))
     for line in procs[name].stdout:
         line = line.decode()
-        if line.startswith("export E2B_API_KEY=") and "shown once" in line:
-            return url, line.split("=", 1)[1].split()[0]
+        # Off a terminal the first admin key goes to <data-dir>/admin-key (0600); the line names the file.
+        key_file = f"{RUN_DIR}/{name}/admin-key"
+        if line.startswith("export E2B_API_KEY=") and key_file in line:
+            with open(key_file) as f:
+                return url, f.read().strip()
         if line.startswith("export E2B_API_KEY=<"):
             return url, None
     raise AssertionError(f"{name} exited during start; see {name}.log")

@@ -1,5 +1,6 @@
 //! The SoulBox control plane: E2B-compatible REST API, sandbox proxy, lifecycle, store and the `soulbox` command.
 
+pub mod admin_key;
 pub mod api;
 pub mod builds;
 pub mod client_socket;

@@ -193,7 +193,12 @@ async fn serve(
     println!("export E2B_API_URL={url}");
     println!("export E2B_SANDBOX_URL={url}");
     match fresh_key {
-        Some(key) => println!("export E2B_API_KEY={key}    # shown once; manage keys with `soulbox keys`"),
+        Some(key) => {
+            let on_terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let line = crate::admin_key::announce(&config.data_dir, &key, on_terminal)
+                .with_context(|| format!("writing the first admin key to {}", config.data_dir.display()))?;
+            println!("{line}");
+        }
         None => println!("export E2B_API_KEY=<a key from `soulbox keys create [--team NAME] [--admin]`>"),
     }
     serve::serve(listener, app, http, shutdown_signal()).await;
