@@ -9,6 +9,7 @@ use soulbox_server::store::Store;
 
 mod cli;
 mod keys_cli;
+mod logging;
 
 #[derive(Parser)]
 #[command(name = "soulbox", version, about = "SoulBox: self-hosted E2B-compatible sandboxes")]
@@ -16,6 +17,10 @@ struct Cli {
     /// Where SoulBox keeps its database, templates and sandboxes.
     #[arg(long, global = true, env = "SOULBOX_DATA_DIR", default_value = "/var/lib/soulbox")]
     data_dir: PathBuf,
+    /// Log lines as `text` or `json` (one object per line); the filter is `SOULBOX_LOG` (default `info`). The
+    /// envd of every sandbox this process starts logs the same way.
+    #[arg(long, global = true, env = "SOULBOX_LOG_FORMAT", value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -266,13 +271,7 @@ impl ServerArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SOULBOX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(cli.log_format);
     match cli.command {
         Command::Server(args) => soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
         Command::Node(args) => soulbox_server::node_agent::run(args.resolve(cli.data_dir)?).await,

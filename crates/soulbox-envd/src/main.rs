@@ -14,6 +14,7 @@ mod node_secret_tests;
 mod paths;
 mod process;
 mod process_table;
+mod request_log;
 mod rpc;
 mod server;
 mod state;
@@ -26,7 +27,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use clap::Parser;
-use soulbox_protocol::envd_init::{ENVD_PORT, INIT_ENV, PORT_FLAG, READY_FD_FLAG};
+use soulbox_protocol::envd_init::{
+    ENVD_PORT, INIT_ENV, LEGACY_LOG_ENV, LOG_ENV, LOG_FORMAT_ENV, PORT_FLAG, READY_FD_FLAG,
+};
 use tracing_subscriber::EnvFilter;
 
 use crate::state::{AppState, InitRequest, SandboxConfig};
@@ -58,10 +61,7 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(code);
     }
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("SOULBOX_ENVD_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
 
     let mut config = SandboxConfig::default();
     let mut node_secret = None;
@@ -109,6 +109,22 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }))
+}
+
+/// The node passes its own log setting (`envd_init::LOG_ENV`, `LOG_FORMAT_ENV`); the older `SOULBOX_ENVD_LOG`
+/// still wins when set. Lines go to stderr, which the node keeps as the sandbox's log.
+fn init_logging() {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let filter = var(LEGACY_LOG_ENV)
+        .or_else(|| var(LOG_ENV))
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if var(LOG_FORMAT_ENV).is_some_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().flatten_event(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
 }
 
 #[cfg(test)]

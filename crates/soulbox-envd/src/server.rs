@@ -8,7 +8,7 @@ use axum::serve::ListenerExt;
 use tower_http::cors::{Any, CorsLayer};
 
 use crate::state::AppState;
-use crate::{auth, filesystem, http, process};
+use crate::{auth, filesystem, http, process, request_log};
 
 pub fn router(state: AppState) -> Router {
     let cors = CorsLayer::new().allow_origin(Any).allow_headers(Any).allow_methods(Any).expose_headers(Any);
@@ -24,6 +24,8 @@ pub fn router(state: AppState) -> Router {
         .layer(cors)
         // Outermost, so that nothing (not even a CORS preflight or a 404) answers a caller without the secret.
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_node_secret))
+        // Outside even that: a refused request still runs in its request id's span.
+        .layer(axum::middleware::from_fn(request_log::log_request))
         .with_state(state)
 }
 

@@ -18,6 +18,20 @@ pub const ENVD_PORT: u16 = 49983;
 /// Environment variable carrying the start configuration (so the node needs no extra `/init` round trip).
 pub const INIT_ENV: &str = "SOULBOX_ENVD_INIT";
 
+/// envd's log filter (tracing `EnvFilter` syntax), in its environment: the node passes on its own `SOULBOX_LOG`
+/// so one setting drives the server, the node agents and every envd. The sandbox's processes never see it
+/// (envd builds their environment per call).
+pub const LOG_ENV: &str = "SOULBOX_LOG";
+
+/// envd's log format, `text` or `json`, in its environment (like the server's `--log-format`).
+pub const LOG_FORMAT_ENV: &str = "SOULBOX_LOG_FORMAT";
+
+/// The older envd-only filter: when set on the node it wins over [`LOG_ENV`] for envd, and envd still reads it.
+pub const LEGACY_LOG_ENV: &str = "SOULBOX_ENVD_LOG";
+
+/// The header carrying a request's id from the control plane (through the proxy) to envd and to node agents.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
 /// envd's flag for the port to listen on (long name, without the dashes).
 pub const PORT_FLAG: &str = "port";
 

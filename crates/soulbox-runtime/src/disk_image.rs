@@ -69,6 +69,32 @@ impl Tools {
     }
 }
 
+/// Whether an image gets ext4's journal: sandbox disks do without (module docs), volumes keep it (they outlive
+/// the sandboxes that write them, so a crash mid-write must not cost a `fsck` that loses files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Journal {
+    With,
+    Without,
+}
+
+/// `mkfs.ext4` arguments (before the image path) for one of our images: 4 KiB blocks (mke2fs would pick
+/// 1 KiB for small images), no root reserve, one inode per 16 KiB. The file is sparse, so the inode tables are zero already:
+/// `assume_storage_prezeroed` skips writing them now and the lazy-init thread later; `lazy_journal_init` keeps
+/// a journal's blocks unwritten (sparse) until it is used.
+pub(crate) fn mkfs_args(journal: Journal, label: &str) -> Vec<&str> {
+    let mut args = vec!["-q", "-F", "-b", "4096", "-m", "0", "-i", "16384"];
+    match journal {
+        Journal::Without => {
+            args.extend(["-O", "^has_journal", "-E", "lazy_itable_init=1,assume_storage_prezeroed=1,nodiscard"])
+        }
+        Journal::With => {
+            args.extend(["-E", "lazy_itable_init=1,lazy_journal_init=1,assume_storage_prezeroed=1,nodiscard"])
+        }
+    }
+    args.extend(["-L", label]);
+    args
+}
+
 /// Image size for a limit (MiB → bytes), never below [`MIN_MB`].
 pub fn size_for(limit_mb: u64) -> u64 {
     limit_mb.max(MIN_MB) << 20
@@ -82,27 +108,10 @@ pub async fn create(tools: &Tools, sandbox_dir: &Path, limit_mb: u64) -> Result<
     let f = crate::util::create_private(&tmp)?; // a sandbox's files: root only
     f.set_len(size_for(limit_mb)).ctx(&tmp)?;
     drop(f);
-    // 4 KiB blocks (mke2fs would pick 1 KiB for small images), no root reserve, one inode per
-    // 16 KiB, no journal (module docs); the file is sparse, so the inode tables are zero already:
-    // `assume_storage_prezeroed` skips writing them now and the lazy-init thread later.
-    let args = [
-        "-q",
-        "-F",
-        "-b",
-        "4096",
-        "-m",
-        "0",
-        "-i",
-        "16384",
-        "-O",
-        "^has_journal",
-        "-E",
-        "lazy_itable_init=1,assume_storage_prezeroed=1,nodiscard",
-        "-L",
-        "soulbox",
-    ];
     let path = tmp.to_string_lossy();
-    if let Err(e) = util::run(&tools.mkfs.to_string_lossy(), &[&args[..], &[path.as_ref()]].concat()).await {
+    let mut args = mkfs_args(Journal::Without, "soulbox");
+    args.push(&path);
+    if let Err(e) = util::run(&tools.mkfs.to_string_lossy(), &args).await {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }

@@ -57,22 +57,7 @@ impl VolumeImages {
         let f = crate::util::create_private(&tmp)?;
         f.set_len(size_bytes.max(disk_image::MIN_MB << 20)).ctx(&tmp)?;
         drop(f);
-        // As the sandbox images (disk_image.rs), but with ext4's default journal; lazy_journal_init keeps the
-        // sparse file sparse until the journal is used.
-        let args = [
-            "-q",
-            "-F",
-            "-b",
-            "4096",
-            "-m",
-            "0",
-            "-i",
-            "16384",
-            "-E",
-            "lazy_itable_init=1,lazy_journal_init=1,assume_storage_prezeroed=1,nodiscard",
-            "-L",
-            "soulbox-volume",
-        ];
+        let args = disk_image::mkfs_args(disk_image::Journal::With, "soulbox-volume");
         let formatted = run_blocking(self.tools.mkfs(), &args, &tmp);
         if let Err(e) = formatted.and_then(|()| std::fs::rename(&tmp, &image).ctx(&image)) {
             let _ = std::fs::remove_file(&tmp);

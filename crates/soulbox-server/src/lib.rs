@@ -10,6 +10,8 @@ pub mod config;
 pub mod deadlines;
 pub mod egress;
 pub mod egress_secrets;
+/// The log setting the envd of every sandbox started by this process gets (set by the binary's logging setup).
+pub use soulbox_runtime::envd_log;
 pub mod ids;
 pub mod ingress;
 pub mod keys;
