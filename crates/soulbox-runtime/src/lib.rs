@@ -7,6 +7,7 @@ pub mod disk_image;
 pub mod driver;
 pub mod egress_ca;
 pub mod egress_secrets;
+pub mod envd_log;
 pub mod envd_secret;
 pub mod envd_start;
 pub mod error;

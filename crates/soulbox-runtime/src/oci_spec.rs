@@ -129,10 +129,15 @@ pub fn build(cfg: &RuntimeConfig, p: &BundleParams) -> Result<Spec> {
         .terminal(false)
         .user(UserBuilder::default().uid(0u32).gid(0u32).umask(0o022u32).build().map_err(oci)?)
         .args(args)
-        .env(vec![
-            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-            format!("{}={}", envd_init::INIT_ENV, p.envd_init),
-        ])
+        .env(
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                format!("{}={}", envd_init::INIT_ENV, p.envd_init),
+            ]
+            .into_iter()
+            .chain(crate::envd_log::env_entries())
+            .collect::<Vec<_>>(),
+        )
         .cwd("/")
         .capabilities(capabilities)
         .no_new_privileges(cfg.no_new_privileges)
