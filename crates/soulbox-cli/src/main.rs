@@ -250,6 +250,11 @@ impl ServerArgs {
             userns_base: self.userns_base.or(file.userns_base),
             userns_mode: self.userns_mode.or(file.userns_mode).unwrap_or_default(),
             metrics_interval_s: file.metrics_interval_s.unwrap_or(5),
+            // Environment only (a flag would show the token in `ps`).
+            metrics_token: std::env::var("SOULBOX_METRICS_TOKEN")
+                .ok()
+                .or(file.metrics_token)
+                .filter(|t| !t.trim().is_empty()),
             template_dir: self.template_dir.or(file.template_dir),
             node_token: self.node_token.or(file.node_token).filter(|t| !t.is_empty()),
             node_heartbeat_timeout_s: self.node_heartbeat_timeout_s.or(file.node_heartbeat_timeout_s).unwrap_or(10),

@@ -36,6 +36,9 @@ pub struct FileConfig {
     /// range shared by every sandbox (a warning says so); `per-sandbox` or `shared` force one.
     pub userns_mode: Option<soulbox_runtime::userns::UsernsMode>,
     pub metrics_interval_s: Option<u64>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <metrics_token>` (401 otherwise); also
+    /// `SOULBOX_METRICS_TOKEN`, which wins.
+    pub metrics_token: Option<String>,
     /// Template store (layers, templates, build cache) [default: `<data_dir>/node`]; servers and node agents on
     /// one host may share one.
     pub template_dir: Option<PathBuf>,
@@ -115,6 +118,8 @@ pub struct ServerConfig {
     /// See [`FileConfig::userns_mode`].
     pub userns_mode: soulbox_runtime::userns::UsernsMode,
     pub metrics_interval_s: u64,
+    /// See [`FileConfig::metrics_token`]; `None`: `/metrics` is open.
+    pub metrics_token: Option<String>,
     /// See [`FileConfig::template_dir`].
     pub template_dir: Option<PathBuf>,
     /// `Some` = cluster mode (see [`FileConfig::node_token`]).

@@ -1,5 +1,6 @@
 //! The SoulBox control plane: E2B-compatible REST API, sandbox proxy, lifecycle, store and the `soulbox` command.
 
+pub mod access_log;
 pub mod admin_key;
 pub mod api;
 pub mod builds;
@@ -24,6 +25,9 @@ pub mod names;
 pub mod node;
 pub mod node_agent;
 pub mod node_setup;
+#[cfg(test)]
+mod observability_tests;
+pub mod prom;
 pub mod proxy;
 #[cfg(test)]
 mod proxy_ingress_tests;

@@ -207,6 +207,8 @@ pub fn router(agent: Arc<Agent>) -> axum::Router {
         .nest(NODE_API_PREFIX, api)
         .fallback(proxy_traffic)
         .layer(axum::middleware::from_fn_with_state(agent.clone(), require_secret))
+        // The control plane's request id (its node client and proxy send it) names this node's lines too.
+        .layer(axum::middleware::from_fn(crate::access_log::log_requests))
         .with_state(agent)
 }
 

@@ -31,7 +31,19 @@ struct Routing {
 /// Sandbox traffic goes to the proxy; everything else to the API.
 async fn route_sandbox_traffic(State(routing): State<Routing>, request: Request, next: Next) -> Response {
     match proxy::classify(request.method(), request.uri(), request.headers(), routing.domain.as_deref()) {
-        Some(target) => routing.proxy.forward(target, request).await,
+        Some(target) => {
+            let sandbox = match &target {
+                proxy::Target::Sandbox { id, .. } => Some(id.clone()),
+                proxy::Target::BySignature => None,
+            };
+            let started = Instant::now();
+            let mut response = routing.proxy.forward(target, request).await;
+            crate::prom::latencies().proxy.observe(started.elapsed());
+            if let Some(id) = sandbox {
+                response.extensions_mut().insert(crate::access_log::ProxiedSandbox(id));
+            }
+            response
+        }
         None => next.run(request).await,
     }
 }
@@ -49,6 +61,8 @@ pub fn app_with(state: ApiState, http: &HttpSettings) -> axum::Router {
     api::router(state)
         .layer(axum::Extension(UploadLimit(http.max_upload_bytes)))
         .layer(axum::middleware::from_fn_with_state(routing, route_sandbox_traffic))
+        // Outermost: every API and proxied request gets its id and its line.
+        .layer(axum::middleware::from_fn(crate::access_log::log_requests))
 }
 
 pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
@@ -183,7 +197,8 @@ async fn serve(
 
     let mut http = config.http.settings();
     http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
-    let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http);
+    let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http)
+        .layer(axum::Extension(crate::prom::MetricsToken(config.metrics_token.clone())));
 
     let url = format!("http://{}", config.listen);
     println!(

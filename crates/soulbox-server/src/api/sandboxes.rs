@@ -102,7 +102,10 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
     // v1 issues an access token only for `secure: true`; v2 always secures the sandbox.
     let secure = v2 || req.secure.unwrap_or(false);
     state.metrics.creates.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    match state.lifecycle.create(create_request(caller.team_id, req, secure)).await {
+    let started = std::time::Instant::now();
+    let created = state.lifecycle.create(create_request(caller.team_id, req, secure)).await;
+    crate::prom::latencies().create.observe(started.elapsed());
+    match created {
         Ok(record) => (StatusCode::CREATED, Json(sandbox(&record, state.domain.clone()))).into_response(),
         Err(e) => {
             state.metrics.create_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -302,8 +305,12 @@ pub async fn kill(
 }
 
 async fn connect(state: ApiState, caller: Caller, id: String, req: ConnectSandbox) -> Response {
+    let started = std::time::Instant::now();
     match state.lifecycle.connect(&caller.team_id, &id, req.timeout).await {
         Ok((record, resumed)) => {
+            if resumed {
+                crate::prom::latencies().resume.observe(started.elapsed());
+            }
             let status = if resumed { StatusCode::CREATED } else { StatusCode::OK };
             (status, Json(sandbox(&record, state.domain.clone()))).into_response()
         }
@@ -383,8 +390,12 @@ pub async fn resume(
         Ok(r) => r,
         Err(resp) => return resp,
     };
+    let started = std::time::Instant::now();
     match state.lifecycle.resume(&caller.team_id, &id, req.timeout).await {
-        Ok(record) => (StatusCode::CREATED, Json(sandbox(&record, state.domain.clone()))).into_response(),
+        Ok(record) => {
+            crate::prom::latencies().resume.observe(started.elapsed());
+            (StatusCode::CREATED, Json(sandbox(&record, state.domain.clone()))).into_response()
+        }
         Err(e) => e.into_response(),
     }
 }

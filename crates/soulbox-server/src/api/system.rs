@@ -34,8 +34,23 @@ pub async fn health(State(state): State<ApiState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// `GET /metrics`: Prometheus text exposition of the server's own state.
-pub async fn prometheus(State(state): State<ApiState>) -> Response {
+/// `GET /metrics`: Prometheus text exposition of the server's own state; with `metrics_token` configured only
+/// for `Authorization: Bearer <token>`.
+pub async fn prometheus(
+    State(state): State<ApiState>,
+    token: Option<axum::Extension<crate::prom::MetricsToken>>,
+    headers: http::HeaderMap,
+) -> Response {
+    let token = token.as_ref().and_then(|t| t.0.0.as_deref());
+    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !crate::prom::authorized(token, given) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "metrics need Authorization: Bearer <metrics_token>\n",
+        )
+            .into_response();
+    }
     let records = state.lifecycle.store().list_sandboxes().await.unwrap_or_default();
     let running = records.iter().filter(|r| r.state == SandboxState::Running).count();
     let paused = records.len() - running;
@@ -53,12 +68,13 @@ pub async fn prometheus(State(state): State<ApiState>) -> Response {
          # HELP soulbox_node_memory_available_bytes Memory available for new sandboxes.\n# TYPE soulbox_node_memory_available_bytes gauge\n\
          soulbox_node_memory_available_bytes {}\n\
          # HELP soulbox_uptime_seconds Seconds since the server started.\n# TYPE soulbox_uptime_seconds gauge\n\
-         soulbox_uptime_seconds {}\n",
+         soulbox_uptime_seconds {}\n{}",
         MetricsStore::counter(&m.creates),
         MetricsStore::counter(&m.create_failures),
         MetricsStore::counter(&m.kills),
         node.memory_available_mb * 1024 * 1024,
         state.started.elapsed().as_secs(),
+        crate::prom::render(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -184,6 +184,7 @@ async fn run(store: Store, node: Arc<dyn Node>, job: BuildJob, template: String,
     if let Err(e) = store.finish_build(&build_id, status, reason.as_deref(), step).await {
         tracing::error!(build = %build_id, error = %e, "could not record the end of a build");
     }
+    crate::prom::latencies().build.observe(started.elapsed());
     tracing::info!(template = %template, build = %build_id, status, "template build finished");
     let _ = sender.send(LiveItem::End);
     live().remove(&build_id);

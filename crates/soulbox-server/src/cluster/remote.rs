@@ -67,7 +67,8 @@ impl RemoteNode {
         timeout: Duration,
     ) -> Result<T, NodeError> {
         let url = format!("{}{NODE_API_PREFIX}{path}", self.base_url);
-        let mut request = self.http.request(method, &url).header(SECRET_HEADER, &self.secret).timeout(timeout);
+        let mut request =
+            with_request_id(self.http.request(method, &url).header(SECRET_HEADER, &self.secret).timeout(timeout));
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -88,7 +89,7 @@ impl RemoteNode {
 
     /// A request whose body or answer is a layer's bytes: the error an unsuccessful answer carries.
     async fn layer_request(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, NodeError> {
-        let response = request
+        let response = with_request_id(request)
             .header(SECRET_HEADER, &self.secret)
             .timeout(LAYER_TIMEOUT)
             .send()
@@ -111,6 +112,14 @@ impl RemoteNode {
 
     fn unreachable(&self, e: reqwest::Error) -> NodeError {
         NodeError::Unreachable(format!("node {} ({}): {e}", self.node_id, self.base_url))
+    }
+}
+
+/// The API request this call serves, named to the node agent (its access log shows the same id).
+fn with_request_id(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    match crate::access_log::current() {
+        Some(id) => request.header(soulbox_protocol::envd_init::REQUEST_ID_HEADER, id),
+        None => request,
     }
 }
 
