@@ -7,19 +7,23 @@
 # agent has its own target dir and RUSTFLAGS), a symlink and maintainer scripts, which is as short to say here
 # as in cargo-deb metadata, and it needs no extra tool built from crates.io on every machine that packages.
 #
-# Usage: scripts/package-deb.sh [--no-build] [--out DIR]
+# Usage: scripts/package-deb.sh [--no-build] [--debug] [--out DIR]
 #   --no-build  package the binaries already in target/ (scripts/build-envd.sh and
 #               `cargo build --release -p soulbox-cli` ran before)
+#   --debug     package target/debug/soulbox instead (with --no-build: CI checks the package's layout without a
+#               release build; never ship it) into target/deb-debug
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build=1
-out=target/deb
+profile=release
+out=
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-build) build=0 ;;
+    --debug) profile=debug ;;
     --out) out=$2; shift ;;
-    *) echo "usage: $0 [--no-build] [--out DIR]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--no-build] [--debug] [--out DIR]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -27,10 +31,11 @@ done
 started=$(date +%s)
 if [ "$build" = 1 ]; then
   scripts/build-envd.sh >/dev/null
-  cargo build --release -p soulbox-cli
+  if [ "$profile" = release ]; then cargo build --release -p soulbox-cli; else cargo build -p soulbox-cli; fi
 fi
 built=$(date +%s)
-bin=target/release/soulbox
+bin=target/$profile/soulbox
+[ -n "$out" ] || { [ "$profile" = release ] && out=target/deb || out=target/deb-debug; }
 envd=target/static/x86_64-unknown-linux-gnu/release/soulbox-envd
 for f in "$bin" "$envd"; do
   [ -x "$f" ] || { echo "package-deb: $f is missing (run without --no-build)" >&2; exit 1; }

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 scripts/lint.sh   # rustfmt, clippy -D warnings, module/crate dependency rules, cargo-deny (licenses, bans, sources; advisories when the DB is present)
 cargo build --workspace --all-targets
 scripts/build-envd.sh   # the static agent the runtime and server tests run in sandboxes
+# Packaging: the .deb's contents, units and conffiles (with the debug binary: CI makes no release build; the
+# release package is scripts/package-deb.sh) and run-server.sh's Rust check (needs root).
+tests/packaging/check-deb.sh --no-build --debug
+[ "$(id -u)" != 0 ] || tests/packaging/check-run-server.sh
 # The store and replica tests run on SQLite and on a throwaway PostgreSQL (install-deps.sh installs it); here
 # a missing PostgreSQL is a failure, not a skip. SOULBOX_REQUIRE_POSTGRES=0 to allow skipping.
 # Likewise gVisor: the runtime's runsc tests (crates/soulbox-runtime/tests/runsc.rs) fail instead of skipping without
