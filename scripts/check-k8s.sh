@@ -16,20 +16,25 @@ K8S_VERSIONS=(1.30.0 1.37.0)       # oldest still-supported by the major clouds 
 VALIDATE_VERSION=1.37.0
 venv=${SOULBOX_K8S_VENV:-$HOME/.cache/soulbox-k8s-venv}
 
-if command -v kubectl >/dev/null 2>&1; then
-  render() { kubectl kustomize "$1"; }
-elif command -v kustomize >/dev/null 2>&1; then
-  render() { kustomize build "$1"; }
-else
-  echo "check-k8s: needs kubectl (its built-in kustomize) or kustomize to render deploy/kubernetes"
-  exit 1
-fi
 if [ "$("$venv/bin/kubernetes-validate" --version 2>/dev/null)" != "$VALIDATE_VERSION" ]; then
   echo "check-k8s: installing kubernetes-validate $VALIDATE_VERSION into $venv"
   { python3 -m venv "$venv" && "$venv/bin/pip" install -q "kubernetes-validate==$VALIDATE_VERSION"; } || {
     echo "check-k8s: could not install kubernetes-validate (python3-venv and PyPI needed)"
     exit 1
   }
+fi
+
+# Rendering: kubectl's built-in kustomize, a kustomize binary, or (neither is in Debian 12) scripts/render_k8s.py,
+# which knows exactly the kustomize features these manifests use; where kubectl exists its rendering is compared
+# with the fallback's below, so the fallback stays right.
+fallback_render() { "$venv/bin/python" scripts/render_k8s.py "$1"; }
+if command -v kubectl >/dev/null 2>&1; then
+  render() { kubectl kustomize "$1"; }
+elif command -v kustomize >/dev/null 2>&1; then
+  render() { kustomize build "$1"; }
+else
+  echo "check-k8s: no kubectl or kustomize; rendering with scripts/render_k8s.py"
+  render() { fallback_render "$1"; }
 fi
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/check-k8s.XXXXXX")
@@ -63,6 +68,18 @@ for dir in deploy/kubernetes/base/ "${overlays[@]}"; do
   [ -s "$out/$name.yaml" ] || continue
   validate "$out/$name.yaml" >"$out/$name.log" 2>&1
   result "validate $name (Kubernetes ${K8S_VERSIONS[*]}, strict; cross-checks)" $? "$out/$name.log"
+  if command -v kubectl >/dev/null 2>&1 || command -v kustomize >/dev/null 2>&1; then
+    fallback_render "$dir" >"$out/$name.fallback.yaml" 2>"$out/$name.fallback.log" &&
+      "$venv/bin/python" - "$out/$name.yaml" "$out/$name.fallback.yaml" >>"$out/$name.fallback.log" 2>&1 <<'PY'
+import sys, yaml
+key = lambda d: (d["kind"], d["metadata"]["name"])
+a, b = ({key(d): d for d in yaml.safe_load_all(open(p)) if d} for p in sys.argv[1:3])
+bad = sorted(set(a) ^ set(b)) + sorted(k for k in a if k in b and a[k] != b[k])
+print("differs:", bad) if bad else None
+sys.exit(1 if bad else 0)
+PY
+    result "render_k8s.py renders $name as kustomize does" $? "$out/$name.fallback.log"
+  fi
 done
 
 # The checks must be able to fail: an unknown field (schemas) and a variable the binary does not read.
