@@ -33,7 +33,9 @@ pub fn init(format: LogFormat) {
         None => (EnvFilter::new("info"), "info".to_owned()),
     };
     soulbox_server::envd_log::set(&text, format.name());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal, not escape codes in a journal or a log file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         // Flattened: `{"timestamp":…,"level":"INFO","message":…,"request_id":…,"target":…}`.

@@ -119,7 +119,8 @@ fn init_logging() {
         .or_else(|| var(LOG_ENV))
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // stderr is the sandbox's log file: no colour codes in it.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false);
     if var(LOG_FORMAT_ENV).is_some_and(|f| f.eq_ignore_ascii_case("json")) {
         builder.json().flatten_event(true).with_span_list(false).init();
     } else {
