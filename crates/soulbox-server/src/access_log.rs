@@ -25,6 +25,12 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// Runs `f` as if serving the request `id` (tests of what is sent on a request's behalf).
+#[cfg(test)]
+pub async fn scoped<F: std::future::Future>(id: &str, f: F) -> F::Output {
+    REQUEST_ID.scope(id.to_owned(), f).await
+}
+
 /// Whether a client's id may be used as given.
 pub fn is_sane(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))

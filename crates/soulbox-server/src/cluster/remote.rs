@@ -262,4 +262,24 @@ mod tests {
         assert_eq!(q, LogQuery::default());
         assert_eq!(q.limit, LogQuery::DEFAULT_LIMIT);
     }
+
+    /// A node call made while serving an API request names that request to the agent; other calls name none.
+    #[tokio::test]
+    async fn node_calls_carry_the_request_id() {
+        let app = axum::Router::new().route(
+            &format!("{NODE_API_PREFIX}/sandboxes/{{id}}/logs"),
+            axum::routing::get(|headers: http::HeaderMap| async move {
+                let id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("none").to_owned();
+                axum::Json(vec![LogLine { unix_ms: 0, line: id }])
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let node = RemoteNode::new("n1", &url, "secret", reqwest::Client::builder().no_proxy().build().unwrap());
+        let seen = crate::access_log::scoped("req-9", node.logs("sbx1", LogQuery::default())).await.unwrap();
+        assert_eq!(seen[0].line, "req-9");
+        assert_eq!(node.logs("sbx1", LogQuery::default()).await.unwrap()[0].line, "none");
+    }
 }
