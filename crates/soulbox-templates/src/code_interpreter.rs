@@ -57,7 +57,13 @@ pub const SERVICE_FILES: &[(&str, &str)] = &[
     ("kernel_bash.py", include_str!("../recipes/code-interpreter/server/kernel_bash.py")),
     ("kernel_node.py", include_str!("../recipes/code-interpreter/server/kernel_node.py")),
     ("node_driver.cjs", include_str!("../recipes/code-interpreter/server/node_driver.cjs")),
+    ("charts.py", include_str!("../recipes/code-interpreter/server/charts.py")),
+    ("python_startup.py", include_str!("../recipes/code-interpreter/server/python_startup.py")),
 ];
+
+/// The Python kernelspec the service runs: Debian's ipykernel, plus `python_startup.py` run at every kernel
+/// start (it registers the `e2b/chart` formatter that gives matplotlib figures their chart data).
+pub const PYTHON_KERNEL: &str = "soulbox-python";
 
 const HEREDOC_END: &str = "SOULBOX_CODE_INTERPRETER_FILE_END";
 
@@ -85,6 +91,14 @@ fn install_language_packages() -> String {
 /// The kernelspecs of SoulBox's own kernels, where jupyter_client looks (`/usr/local/share/jupyter/kernels`).
 fn kernelspecs() -> String {
     let mut script = String::new();
+    let python = serde_json::json!({
+        "argv": ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                 format!("--InteractiveShellApp.exec_files={SERVICE_DIR}/python_startup.py")],
+        "display_name": "Python 3",
+        "language": "python",
+    });
+    let dir = format!("/usr/local/share/jupyter/kernels/{PYTHON_KERNEL}");
+    script.push_str(&format!("mkdir -p {dir}\ncat > {dir}/kernel.json <<'{HEREDOC_END}'\n{python}\n{HEREDOC_END}\n"));
     for (name, display, language, entry, node_language) in KERNELS {
         let mut spec = serde_json::json!({
             "argv": ["python3", format!("{SERVICE_DIR}/{entry}"), "-f", "{connection_file}"],
@@ -153,6 +167,9 @@ mod tests {
             assert!(SERVICE_FILES.iter().any(|(file, _)| file == entry), "{entry} is not installed");
         }
         assert!(script.contains(r#""env":{"SOULBOX_NODE_LANGUAGE":"typescript"}"#), "{script}");
+        let python = format!("/usr/local/share/jupyter/kernels/{PYTHON_KERNEL}/kernel.json");
+        assert!(script.contains(&python), "{script}");
+        assert!(script.contains(&format!("--InteractiveShellApp.exec_files={SERVICE_DIR}/python_startup.py")));
     }
 
     #[test]

@@ -129,11 +129,11 @@ class Language:
     restore_env: str
 
 
-# The kernels: ipykernel for Python, IRkernel (Debian's r-cran-irkernel, kernelspec `ir`) for R, and SoulBox's
+# The kernels: ipykernel for Python (kernelspec soulbox-python: Debian's, plus python_startup.py), IRkernel (Debian's r-cran-irkernel, kernelspec `ir`) for R, and SoulBox's
 # own for bash and JavaScript/TypeScript (kernel_bash.py, kernel_node.py; kernelspecs written by the recipe).
 # Java has no kernel in the registries a build can reach: it stays unavailable, a clear error.
 LANGUAGES: dict[str, Language] = {
-    "python": Language("python", "python3", _python_set_env, _PYTHON_RESTORE_ENV),
+    "python": Language("python", "soulbox-python", _python_set_env, _PYTHON_RESTORE_ENV),
     "bash": Language("bash", "soulbox-bash", _bash_set_env, _BASH_RESTORE_ENV),
     "javascript": Language("javascript", "soulbox-javascript", _node_set_env, _NODE_RESTORE_ENV),
     "typescript": Language("typescript", "soulbox-typescript", _node_set_env, _NODE_RESTORE_ENV),

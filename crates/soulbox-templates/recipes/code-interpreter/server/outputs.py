@@ -19,6 +19,7 @@ RESULT_FIELDS = {
     "application/json": "json",
     "application/javascript": "javascript",
     "e2b/data": "data",
+    "e2b/chart": "chart",  # python_startup.py's formatter: a matplotlib figure's data (charts.py)
 }
 
 
