@@ -288,6 +288,53 @@ def test_javascript_keeps_state_awaits_imports_and_reports_errors(ci):
     assert seen == ["waiting", "released"]
 
 
+def test_javascript_rich_results_follow_denos_display_protocol(ci):
+    """E2B runs JavaScript on Deno's kernel: a value with a `Symbol.for('Jupyter.display')` method shows as the
+    MIME bundle it returns, image bytes as the image. Our driver does the same, and gives `display(value)` (a
+    display beside the cell's result) with `display.html`/`.markdown`/`.svg`/`.json`/`.latex`/`.mime`."""
+    html = ci.run_code("display.html`<b>${1 + 1}</b>`", language="js")
+    assert html.error is None, html.error
+    assert (html.results[0].html, html.results[0].is_main_result) == ("<b>2</b>", True)
+    shown = ci.run_code(
+        "display(display.markdown('# title'));\ndisplay({ a: 1 });\n"
+        "({ [Symbol.for('Jupyter.display')]() { return { 'image/svg+xml': '<svg/>', 'text/plain': 'an svg' } } })",
+        language="js",
+    )
+    assert shown.error is None, shown.error
+    assert [r.is_main_result for r in shown.results] == [False, False, True], shown.results
+    assert shown.results[0].markdown == "# title" and shown.results[1].text == "{ a: 1 }"
+    assert (shown.results[2].svg, shown.results[2].text) == ("<svg/>", "an svg")
+    png = ci.run_code("Buffer.from('89504e470d0a1a0a0000', 'hex')", language="js")
+    assert base64.b64decode(png.results[0].png).startswith(b"\x89PNG\r\n\x1a\n")
+    assert ci.run_code("display.json({ k: [1, 2] })", language="js").results[0].json == {"k": [1, 2]}
+
+
+def _rss_mib(ci, pid: int) -> float:
+    status = ci.commands.run(f"cat /proc/{pid}/status").stdout
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) / 1024
+
+
+@pytest.mark.timeout(900)
+def test_memory_stays_bounded_over_thousands_of_executions(ci):
+    """3000 small executions in one context: neither the service nor the kernel keeps something per execution
+    (outputs, replies, digests) without bound. Measured after a warm-up, so imports and caches are already in."""
+    ctx = ci.create_code_context()
+    try:
+        kernel = int(ci.run_code("import os; os.getpid()", context=ctx).text)
+        service = int(ci.commands.run("pgrep -of code-interpreter/main.py").stdout.split()[0])
+        for i in range(200):
+            ci.run_code(f"x = {i}\nprint(x)\nx", context=ctx)
+        first = {"service": _rss_mib(ci, service), "kernel": _rss_mib(ci, kernel)}
+        for i in range(3000):
+            execution = ci.run_code(f"x = {i}\nprint(x)\nx", context=ctx)
+        assert execution.text == "2999" and execution.logs.stdout == ["2999\n"]
+        last = {"service": _rss_mib(ci, service), "kernel": _rss_mib(ci, kernel)}
+        for name in first:
+            assert last[name] < first[name] * 1.5 + 20, (name, first, last)
+    finally:
+        ci.remove_code_context(ctx)
+
+
 def test_typescript_is_transpiled_and_keeps_state(ci):
     ctx = ci.create_code_context(language="ts")
     try:

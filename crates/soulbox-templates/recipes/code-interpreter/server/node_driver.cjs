@@ -133,6 +133,70 @@ function errorOf(err) {
   return { ename: 'Error', evalue: util.inspect(err), traceback: [] };
 }
 
+// Rich results, as E2B's Deno kernel gives them: a value with a `Symbol.for('Jupyter.display')` method shows as
+// the MIME bundle that method returns (Deno's display protocol); PNG/JPEG/GIF bytes show as the image; anything
+// else as text. `display(value)` shows a value beside the cell's result (a display_data, like IPython's
+// display()); `display.html`, `.markdown`, `.svg`, `.json`, `.latex` (plain calls or tagged templates) and
+// `display.mime(bundle)` make such values.
+const DISPLAY = Symbol.for('Jupyter.display');
+const IMAGE_MAGIC = [
+  ['image/png', [0x89, 0x50, 0x4e, 0x47]],
+  ['image/jpeg', [0xff, 0xd8, 0xff]],
+  ['image/gif', [0x47, 0x49, 0x46, 0x38]],
+];
+
+function displayable(bundle) {
+  return { [DISPLAY]: () => bundle };
+}
+
+function templateText(strings, values) {
+  return Array.isArray(strings) && strings.raw ? String.raw(strings, ...values) : String(strings);
+}
+
+async function bundleOf(value) {
+  if (value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value[DISPLAY] === 'function') {
+    const bundle = await value[DISPLAY]();
+    if (bundle !== null && typeof bundle === 'object') {
+      const data = {};
+      for (const [mime, content] of Object.entries(bundle)) {
+        // JSON is the one MIME type the SDKs take as an object; every other one is a string.
+        data[mime] = mime === 'application/json' || typeof content === 'string' ? content : String(content);
+      }
+      try {
+        JSON.stringify(data); // a circular or BigInt JSON value cannot travel: show the value as text instead
+        return data;
+      } catch (_) {
+        // fall through
+      }
+    }
+  }
+  if (value instanceof Uint8Array) {
+    for (const [mime, magic] of IMAGE_MAGIC) {
+      if (magic.every((byte, i) => value[i] === byte)) {
+        return { [mime]: Buffer.from(value).toString('base64'), 'text/plain': `<${mime} ${value.length} bytes>` };
+      }
+    }
+  }
+  // A string is shown as itself (as the service shows Python's), anything else as Node's REPL shows it.
+  return { 'text/plain': typeof value === 'string' ? value : util.inspect(value, { depth: 4 }) };
+}
+
+// Displays are sent in the order they were asked for; one the cell did not await still belongs to it (the cell
+// ends only once every display is sent).
+let displays = Promise.resolve();
+function display(value) {
+  const sent = displays.then(() => bundleOf(value)).then((data) => control({ type: 'display', data }));
+  displays = sent.catch(() => {});
+  return sent;
+}
+display.mime = (bundle) => displayable(bundle);
+display.html = (strings, ...values) => displayable({ 'text/html': templateText(strings, values) });
+display.markdown = (strings, ...values) => displayable({ 'text/markdown': templateText(strings, values) });
+display.svg = (strings, ...values) => displayable({ 'image/svg+xml': templateText(strings, values) });
+display.latex = (strings, ...values) => displayable({ 'text/latex': templateText(strings, values) });
+display.json = (value) => displayable({ 'application/json': value, 'text/plain': util.inspect(value, { depth: 4 }) });
+contextGlobal.display = display;
+
 async function run(code) {
   try {
     const interrupted = new Promise((_, reject) => {
@@ -140,10 +204,9 @@ async function run(code) {
     });
     const script = new vm.Script(rewrite(code), { filename: 'cell' });
     const value = await Promise.race([script.runInContext(context, { breakOnSigint: true }), interrupted]);
+    await displays;
     if (value !== undefined) {
-      // A string is shown as itself (as the service shows Python's), anything else as Node's REPL shows it.
-      const text = typeof value === 'string' ? value : util.inspect(value, { depth: 4 });
-      control({ type: 'result', data: { 'text/plain': text } });
+      control({ type: 'result', data: await bundleOf(value) });
     }
     control({ type: 'done', status: 'ok' });
   } catch (err) {

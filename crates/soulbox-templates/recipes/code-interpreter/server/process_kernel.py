@@ -3,7 +3,8 @@ executions. The execution service drives it like any Jupyter kernel (contexts.py
 through its stdin and says where an execution ended on a control pipe of its own, so the cell's stdout and stderr
 stay the user's alone and stream as they come.
 
-Control lines are JSON: `{"type": "result", "data": {mime: value}}` (the cell's value) and
+Control lines are JSON: `{"type": "result", "data": {mime: value}}` (the cell's value), `{"type": "display",
+"data": {mime: value}}` (a value shown beside it, display_data) and
 `{"type": "done", "status": "ok"}` or `{"type": "done", "status": "error", "ename", "evalue", "traceback"}`.
 
 An interrupt (SIGINT to the kernel's process group, so the child and what it runs get it too) ends the cell in the
@@ -164,6 +165,9 @@ class ProcessKernel(Kernel):
             if message.get("type") == "result" and not silent:
                 content = {"execution_count": self.execution_count, "data": message.get("data", {}), "metadata": {}}
                 self.send_response(self.iopub_socket, "execute_result", content)
+            elif message.get("type") == "display" and not silent:
+                content = {"data": message.get("data", {}), "metadata": {}, "transient": {}}
+                self.send_response(self.iopub_socket, "display_data", content)
         return None
 
     def _forward(self, fd: int, decoders: dict, silent: bool) -> bool:
