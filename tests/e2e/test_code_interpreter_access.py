@@ -40,3 +40,25 @@ def test_execute_runs_only_for_the_sandboxs_access_token(secured):
     # The token the SDK holds opens it, over raw HTTP too.
     r = raw_execute(secured, "print('with the token')", secured._envd_access_token)
     assert r.status_code == 200 and "with the token" in r.text, r.text
+
+
+def test_contexts_take_no_token_but_nothing_runs_in_them_without_it(secured):
+    """E2B's SDKs send X-Access-Token with /execute only (Python 2.11, JS 2.8: not with /contexts), so the service
+    cannot demand it on /contexts without breaking their context calls: a context can be made, listed and removed
+    without the token, but code runs in it only with the token."""
+    ctx = secured.create_code_context()  # the SDK sends no token here
+    try:
+        assert ctx.id in [c.id for c in secured.list_code_contexts()]
+        headers = {"E2b-Sandbox-Id": secured.sandbox_id, "E2b-Sandbox-Port": "49999"}
+        marker = f"/tmp/pwned-ctx-{os.getpid()}"
+        r = httpx.post(
+            f"{secured._jupyter_url}/execute",
+            json={"code": f"open({marker!r}, 'w').write('x')", "context_id": ctx.id},
+            headers=headers,
+            timeout=60,
+        )
+        assert r.status_code == 401, (r.status_code, r.text)
+        assert not secured.files.exists(marker), "code ran in a context without the access token"
+        assert secured.run_code("6 * 7", context=ctx).text == "42"
+    finally:
+        secured.remove_code_context(ctx)

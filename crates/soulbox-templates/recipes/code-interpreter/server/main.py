@@ -93,6 +93,9 @@ class Execute(Handler):
         self.client_gone.set()
 
     async def post(self) -> None:
+        # Only /execute demands the token: E2B's SDKs (Python 2.11, JS 2.8) send X-Access-Token with /execute
+        # alone, so demanding it on /contexts would break their context calls on every sandbox that has a token.
+        # Without the token a context can be made, listed, restarted or removed, but nothing runs in it.
         refused = access.refusal(self.request.headers.get("X-Access-Token"))
         if refused is not None:
             self.fail(*refused)
