@@ -13,6 +13,7 @@ pub mod egress;
 pub mod egress_secrets;
 /// The log setting the envd of every sandbox started by this process gets (set by the binary's logging setup).
 pub use soulbox_runtime::envd_log;
+pub mod forwarded;
 pub mod ids;
 pub mod ingress;
 pub mod keys;
@@ -42,6 +43,8 @@ pub mod secret_box;
 pub mod serve;
 #[cfg(test)]
 mod serve_tests;
+#[cfg(test)]
+mod serve_tls_tests;
 pub mod server;
 pub mod signed_routing;
 pub mod store;
@@ -49,4 +52,5 @@ pub mod stream_cut;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod time;
+pub mod tls;
 pub mod upstream;

@@ -50,11 +50,32 @@ pub enum Target {
 
 /// Decides whether a request is sandbox traffic (and for which sandbox) or an API call (`None`).
 pub fn classify(method: &Method, uri: &Uri, headers: &HeaderMap, domain: Option<&str>) -> Option<Target> {
+    classify_for(method, uri, headers, domain, false)
+}
+
+/// [`classify`]; `local_client`: the client is on this machine (a loopback peer, not through a proxy), so
+/// `<port>-<id>.localhost` hosts route even when a domain is configured — browsers resolve `*.localhost` to
+/// loopback themselves, which makes port URLs work on one machine without DNS. Safe to allow: a client picks
+/// its `Host` freely, and the same sandbox port is reachable as `<port>-<id>.<domain>`; it is limited to local
+/// clients only so a public deployment answers for its own domain alone.
+pub fn classify_for(
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    domain: Option<&str>,
+    local_client: bool,
+) -> Option<Target> {
     if let Some((id, port)) = sandbox_route(headers) {
         return Some(Target::Sandbox { id, port });
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.host());
     if let Some(target) = host.and_then(|h| host_target(h, domain)) {
+        return Some(target);
+    }
+    if local_client
+        && domain.is_some()
+        && let Some(target) = host.and_then(|h| host_target(h, Some("localhost")))
+    {
         return Some(target);
     }
     let signed_files = uri.path() == "/files"
@@ -548,6 +569,14 @@ mod tests {
         assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "8001-iabc.other.com")]), Some("sb.local")), None);
         assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "127.0.0.1:3000")]), None), None);
         assert_eq!(classify(&Method::GET, &uri, &headers(&[("host", "api.sb.local")]), Some("sb.local")), None);
+        // `.localhost` port URLs: always without a domain; with one, for local clients only.
+        let local = headers(&[("host", "8080-iabc.localhost:3000")]);
+        let want = Some(Target::Sandbox { id: "iabc".into(), port: 8080 });
+        assert_eq!(classify(&Method::GET, &uri, &local, None), want);
+        assert_eq!(classify_for(&Method::GET, &uri, &local, Some("sb.local"), true), want);
+        assert_eq!(classify_for(&Method::GET, &uri, &local, Some("sb.local"), false), None);
+        let api_local = headers(&[("host", "localhost:3000")]);
+        assert_eq!(classify_for(&Method::GET, &uri, &api_local, Some("sb.local"), true), None);
 
         let signed: Uri = "/files?path=a.txt&signature=v1_abc".parse().unwrap();
         assert_eq!(

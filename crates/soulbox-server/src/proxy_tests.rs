@@ -234,3 +234,31 @@ async fn proxied_bodies_over_the_limit_are_413_in_e2b_shape() {
     let streamed = exchange(chunked).await;
     assert!(streamed.starts_with("HTTP/1.1 413") && streamed.contains(r#""code":413"#), "{streamed}");
 }
+
+/// The status line of a `GET /stream` sent with `host` (the upstream streams forever: only the head is read).
+async fn status_for_host(port: u16, host: &str) -> String {
+    let mut client = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    client.write_all(format!("GET /stream HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut client)).await.unwrap();
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn localhost_port_urls_route_for_local_clients_even_with_a_domain() {
+    // The server's domain is sb.test; a browser on this machine opens http://<port>-<id>.localhost:<port>.
+    let (lifecycle, port, _dir) = server().await;
+    let target = upstream().await;
+    let id = sandbox(&lifecycle).await;
+    assert_eq!(status_for_host(port, &format!("{target}-{id}.localhost:{port}")).await, "HTTP/1.1 200 OK");
+    assert_eq!(status_for_host(port, &format!("{target}-{id}.sb.test")).await, "HTTP/1.1 200 OK");
+    // Another domain goes to the API (which has no such route).
+    assert!(!status_for_host(port, &format!("{target}-{id}.other.test")).await.starts_with("HTTP/1.1 200"));
+
+    // Through a trusted proxy the client is not local, whatever the proxy's address: `.localhost` is the API's.
+    let trusted = crate::forwarded::TrustedProxies::parse(&["127.0.0.1/32"]).unwrap();
+    let (lifecycle, port, _dir) =
+        server_with(crate::serve::HttpSettings { trusted_proxies: trusted, ..Default::default() }).await;
+    let id = sandbox(&lifecycle).await;
+    assert!(!status_for_host(port, &format!("{target}-{id}.localhost:{port}")).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(status_for_host(port, &format!("{target}-{id}.sb.test")).await, "HTTP/1.1 200 OK");
+}

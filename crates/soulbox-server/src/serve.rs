@@ -39,6 +39,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::client_socket::ClientSocket;
+use crate::forwarded::{self, TrustedProxies};
+use crate::tls::{self, ClientIo, TlsFront};
 
 /// The `[http]` section of the server config (every field optional).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -54,6 +56,14 @@ pub struct HttpConfig {
     pub max_proxy_body_mb: Option<u64>,
     /// Largest template COPY context upload, in MiB [default: 4096].
     pub max_upload_mb: Option<u64>,
+    /// PEM certificate chain: the port serves HTTPS (with `tls_key`; `SOULBOX_TLS_CERT` overrides). Reloaded
+    /// when the file changes.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of `tls_cert` (`SOULBOX_TLS_KEY` overrides).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For/-Proto/-Host` are believed [default:
+    /// none].
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// The default of `[http] max_upload_mb`: 4 GiB.
@@ -69,6 +79,8 @@ pub struct HttpSettings {
     pub max_upload_bytes: u64,
     /// How long a shutdown waits for open connections to finish.
     pub shutdown_grace: Duration,
+    /// Peers whose forwarding headers are believed (`forwarded.rs`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for HttpSettings {
@@ -80,6 +92,7 @@ impl Default for HttpSettings {
             max_proxy_body_bytes: 10 << 30,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             shutdown_grace: Duration::from_secs(10),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -96,6 +109,29 @@ impl HttpConfig {
             max_proxy_body_bytes: self.max_proxy_body_mb.map_or(d.max_proxy_body_bytes, |m| m << 20),
             max_upload_bytes: self.max_upload_mb.map_or(d.max_upload_bytes, |m| m << 20),
             shutdown_grace: d.shutdown_grace,
+            trusted_proxies: d.trusted_proxies,
+        }
+    }
+
+    /// The `trusted_proxies` list, checked.
+    pub fn trusted_proxies(&self) -> Result<TrustedProxies, crate::forwarded::BadProxyEntry> {
+        TrustedProxies::parse(self.trusted_proxies.as_deref().unwrap_or_default())
+    }
+
+    /// The certificate and key to serve HTTPS with: `SOULBOX_TLS_CERT`/`SOULBOX_TLS_KEY` (`env`), else the
+    /// config's; both or neither.
+    pub fn tls_files(
+        &self,
+        env: impl Fn(&str) -> Option<std::path::PathBuf>,
+    ) -> Result<Option<crate::tls::TlsFiles>, &'static str> {
+        let cert = env(crate::tls::CERT_ENV).or_else(|| self.tls_cert.clone());
+        let key = env(crate::tls::KEY_ENV).or_else(|| self.tls_key.clone());
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::TlsFiles { cert, key })),
+            (None, None) => Ok(None),
+            _ => Err(
+                "HTTPS needs both a certificate and a key ([http] tls_cert and tls_key, or SOULBOX_TLS_CERT and SOULBOX_TLS_KEY)",
+            ),
         }
     }
 }
@@ -140,6 +176,18 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Serves `app` on `listener` until `shutdown` resolves; then stops accepting, asks every connection to finish
 /// and waits for them (at most `settings.shutdown_grace`).
 pub async fn serve(listener: TcpListener, app: Router, settings: HttpSettings, shutdown: impl Future<Output = ()>) {
+    serve_tls(listener, app, settings, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (the handshake runs in the connection's task, within the
+/// header-read timeout, so a slow handshake holds up no other connection).
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    settings: HttpSettings,
+    tls: Option<Arc<TlsFront>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let open = Arc::new(OpenConnections::default());
     let stop = CancellationToken::new();
     let settings = Arc::new(settings);
@@ -167,7 +215,18 @@ pub async fn serve(listener: TcpListener, app: Router, settings: HttpSettings, s
         }
         let slot = OpenConnections::enter(&open);
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, peer, slot, app.clone(), settings.clone(), stop.clone()));
+        let tls = tls.clone();
+        let (app, settings, stop) = (app.clone(), settings.clone(), stop.clone());
+        tokio::spawn(async move {
+            let io = match &tls {
+                Some(front) => match tls::handshake(front, stream, settings.header_read_timeout).await {
+                    Some(io) => io,
+                    None => return,
+                },
+                None => ClientIo::Plain(stream),
+            };
+            serve_connection(io, peer, slot, app, settings, stop).await
+        });
     }
     stop.cancel();
     let drained = tokio::time::timeout(settings.shutdown_grace, open.all_closed()).await;
@@ -326,7 +385,7 @@ impl Phase {
 
 /// The client socket, reporting its traffic to the connection's [`Phase`].
 struct TrackedIo {
-    inner: TcpStream,
+    inner: ClientIo,
     phase: Arc<Phase>,
     _slot: Slot,
 }
@@ -374,8 +433,8 @@ impl AsyncWrite for TrackedIo {
 
 impl Drop for TrackedIo {
     fn drop(&mut self) {
-        if self.phase.linger_on_close.load(Ordering::Relaxed) && !resets_on_close(&self.inner) {
-            linger(&self.inner);
+        if self.phase.linger_on_close.load(Ordering::Relaxed) && !resets_on_close(self.inner.tcp()) {
+            linger(self.inner.tcp());
         }
     }
 }
@@ -492,18 +551,32 @@ async fn read_small_body(request: Request<Incoming>) -> Result<Request<Body>, ht
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    stream: ClientIo,
     peer: SocketAddr,
     slot: Slot,
     app: Router,
     settings: Arc<HttpSettings>,
     stop: CancellationToken,
 ) {
-    let socket = ClientSocket::new(peer, std::os::fd::AsRawFd::as_raw_fd(&stream));
+    let socket = ClientSocket::new(peer, std::os::fd::AsRawFd::as_raw_fd(stream.tcp()));
+    let over_tls = !matches!(stream, ClientIo::Plain(_));
     let phase = Arc::new(Phase::new());
+    if stream.alpn_h2() {
+        phase.h2.store(true, Ordering::Relaxed);
+    }
     let io = TrackedIo { inner: stream, phase: phase.clone(), _slot: slot };
     let service_phase = phase.clone();
+    let trusted = settings.clone();
     let service = tower::service_fn(move |mut request: Request<Incoming>| {
+        let authority = request.uri().authority().map(|a| a.as_str().to_owned());
+        let origin = forwarded::resolve(
+            peer.ip(),
+            over_tls,
+            authority.as_deref(),
+            request.headers_mut(),
+            &trusted.trusted_proxies,
+        );
+        request.extensions_mut().insert(origin);
         request.extensions_mut().insert(axum::extract::ConnectInfo(socket));
         service_phase.request_started();
         let in_flight = InFlight(service_phase.clone());

@@ -13,6 +13,7 @@ use crate::api::templates::UploadLimit;
 use crate::api::{self, ApiState};
 use crate::cluster::registry::{ClusterConfig, Registry};
 use crate::config::ServerConfig;
+use crate::forwarded::ClientOrigin;
 use crate::lifecycle::{Lifecycle, LifecycleConfig};
 use crate::local_node::LocalNode;
 use crate::metrics::{self, MetricsStore};
@@ -21,6 +22,7 @@ use crate::proxy::{self, Proxy};
 use crate::secret_box::{self, KeySource, SecretBox};
 use crate::serve::{self, HttpSettings};
 use crate::store::Store;
+use crate::tls::TlsFront;
 
 #[derive(Clone)]
 struct Routing {
@@ -30,7 +32,8 @@ struct Routing {
 
 /// Sandbox traffic goes to the proxy; everything else to the API.
 async fn route_sandbox_traffic(State(routing): State<Routing>, request: Request, next: Next) -> Response {
-    match proxy::classify(request.method(), request.uri(), request.headers(), routing.domain.as_deref()) {
+    let local = request.extensions().get::<ClientOrigin>().is_some_and(ClientOrigin::is_local);
+    match proxy::classify_for(request.method(), request.uri(), request.headers(), routing.domain.as_deref(), local) {
         Some(target) => {
             let sandbox = match &target {
                 proxy::Target::Sandbox { id, .. } => Some(id.clone()),
@@ -70,6 +73,10 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     // The port first: a taken port fails the start before anything is made on the host.
     let listener = serve::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
+    // So is a certificate that does not load, or a bad proxy list.
+    let tls = load_tls(&config)?;
+    let trusted_proxies = config.http.trusted_proxies()?;
+    let listener = Front { listener, tls, trusted_proxies };
     let store = Store::open(&config.database_url).await.context("opening the store")?;
     let store = store.with_secret_box(secrets_key(&config.data_dir)?);
     store.check_secrets_key().await.with_context(|| {
@@ -179,11 +186,29 @@ fn secrets_key(data_dir: &std::path::Path) -> anyhow::Result<SecretBox> {
     Ok(secret_box)
 }
 
+/// The listening side: the port, its TLS if any, the proxies whose forwarding headers are believed.
+struct Front {
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<TlsFront>>,
+    trusted_proxies: crate::forwarded::TrustedProxies,
+}
+
+/// The HTTPS certificate, if configured (`[http] tls_cert`/`tls_key`, `SOULBOX_TLS_CERT`/`SOULBOX_TLS_KEY`).
+fn load_tls(config: &ServerConfig) -> anyhow::Result<Option<Arc<TlsFront>>> {
+    let files = config.http.tls_files(|name| std::env::var_os(name).filter(|v| !v.is_empty()).map(Into::into));
+    let Some(files) = files.map_err(|e| anyhow::anyhow!(e))? else { return Ok(None) };
+    let front = TlsFront::load(files.clone()).with_context(|| {
+        format!("loading the TLS certificate {} and key {}", files.cert.display(), files.key.display())
+    })?;
+    tracing::info!(cert = %files.cert.display(), "serving HTTPS (the certificate is reloaded when its files change)");
+    Ok(Some(Arc::new(front)))
+}
+
 /// Serves the API and sandbox traffic until SIGINT/SIGTERM.
 async fn serve(
     config: &ServerConfig,
     lifecycle: Arc<Lifecycle>,
-    listener: tokio::net::TcpListener,
+    front: Front,
     started: Instant,
     fresh_key: Option<String>,
 ) -> anyhow::Result<()> {
@@ -197,10 +222,12 @@ async fn serve(
 
     let mut http = config.http.settings();
     http.max_connections = serve::raise_fd_limit_and_cap(http.max_connections);
+    http.trusted_proxies = front.trusted_proxies;
     let app = app_with(ApiState { lifecycle, metrics: metrics_store, domain: config.domain.clone(), started }, &http)
         .layer(axum::Extension(crate::prom::MetricsToken(config.metrics_token.clone())));
 
-    let url = format!("http://{}", config.listen);
+    let scheme = if front.tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", config.listen);
     println!(
         "SoulBox is running on {url} (ready in {} ms). To use the E2B SDKs against it:",
         started.elapsed().as_millis()
@@ -216,7 +243,10 @@ async fn serve(
         }
         None => println!("export E2B_API_KEY=<a key from `soulbox keys create [--team NAME] [--admin]`>"),
     }
-    serve::serve(listener, app, http, shutdown_signal()).await;
+    if let (Some(domain), Some(_)) = (&config.domain, &front.tls) {
+        println!("# or, with DNS for api.{domain} and *.{domain} pointing here: export E2B_DOMAIN={domain}");
+    }
+    serve::serve_tls(front.listener, app, http, front.tls, shutdown_signal()).await;
     tracing::info!("server stopped; sandboxes keep running and are re-adopted on the next start");
     Ok(())
 }

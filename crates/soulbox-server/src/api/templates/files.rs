@@ -32,6 +32,7 @@ pub(super) async fn file_link(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path((id, hash)): Path<(String, String)>,
+    origin: Option<Extension<crate::forwarded::ClientOrigin>>,
     headers: HeaderMap,
 ) -> Response {
     if !is_valid_files_hash(&hash) {
@@ -47,9 +48,14 @@ pub(super) async fn file_link(
         return (StatusCode::CREATED, Json(TemplateFilesLink { headers: None, present: true, url: None }))
             .into_response();
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+    // The URL as the client reached us: https through our TLS or a trusted proxy that says so (forwarded.rs).
+    let (scheme, host) = match &origin {
+        Some(Extension(o)) => (o.scheme(), o.host.as_deref()),
+        None => ("http", headers.get(header::HOST).and_then(|h| h.to_str().ok())),
+    };
+    let host = host.unwrap_or("127.0.0.1");
     let url = format!(
-        "http://{host}/templates/{}/files/{hash}?token={}",
+        "{scheme}://{host}/templates/{}/files/{hash}?token={}",
         percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC),
         upload_token(&caller.team_id, &id, &hash)
     );
