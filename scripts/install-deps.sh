@@ -14,6 +14,7 @@ packages=(
   postgresql          # store + replica tests start throwaway PostgreSQL clusters (initdb/postgres binaries)
   docker-registry     # a real OCI registry the template tests start on a loopback port (FROM <image> pulls)
   tmux                # the CLI test drives `soulbox shell` (a PTY) in tmux
+  chromium            # tests/dashboard: the web dashboard in a real headless browser (playwright-core drives it)
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh must run as root (it calls apt-get)" >&2

@@ -25,6 +25,7 @@ fi
 tests/e2e/run.sh   # soulbox server end to end with the official e2b Python SDK (2.45.1 and latest)
 SOULBOX_SECURITY_SKIP_BUILD=1 tests/security/run.sh   # the attack suite (reuses the e2e data dir and its base)
 SOULBOX_CLUSTER_SKIP_BUILD=1 tests/cluster/run.sh   # cluster mode: server + three node agents (reuses the e2e base template)
+SOULBOX_E2E_SKIP_BUILD=1 tests/dashboard/run.sh   # the web dashboard in a real headless Chromium (reuses the e2e base template)
 SOULBOX_E2E_SKIP_BUILD=1 tests/domain/run.sh   # E2B_DOMAIN only: the SDK by name over the server's own HTTPS, in a netns with its own DNS (reuses the e2e base template)
 # gVisor (runsc): the same server end to end (newest Python SDK) and the attack suite, on their own data dir,
 # prefix and pool, sharing the e2e template store (no second `base` build). The attack suite skips runc-profile

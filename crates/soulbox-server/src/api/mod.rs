@@ -2,6 +2,7 @@
 
 mod admin;
 mod cluster;
+mod dashboard;
 mod keys;
 mod linger;
 mod log_lines;
@@ -100,6 +101,7 @@ pub fn router(state: ApiState) -> Router {
         .route(crate::cluster::wire::HEARTBEAT_PATH, post(system::heartbeat))
         .route(crate::cluster::wire::EGRESS_CA_PATH, get(cluster::egress_ca))
         .route(crate::cluster::wire::SECRET_PATH, post(cluster::secret))
+        .merge(dashboard::routes())
         .merge(authenticated)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route") })
         .layer(axum::middleware::from_fn(refuse_oversized_bodies))
