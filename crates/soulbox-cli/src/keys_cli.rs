@@ -1,44 +1,49 @@
 //! `soulbox keys` and `soulbox teams`: API keys, teams and team limits, managed directly in the server's
 //! database (whoever can read the data dir or the database URL is trusted like the server itself).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use soulbox_server::config::FileConfig;
+use serde_json::json;
+use soulbox_server::config::ServerConfig;
 use soulbox_server::store::{DEFAULT_TEAM_NAME, LimitChange, LimitChanges, Role, Store, TeamLimits};
 
-/// Which database: `--database-url` / `SOULBOX_DATABASE_URL`, else the server config's `database_url`, else the
-/// SQLite file in the data dir — the same one `soulbox server` opens.
+/// Which database: the server's own resolution (`crate::ServerArgs::resolve`) of `--database-url` /
+/// `SOULBOX_DATABASE_URL`, the config file's `database_url`, else the SQLite file in `--data-dir`.
 #[derive(Args)]
 pub struct StoreArgs {
-    /// Database URL [default: the config file's database_url, else SQLite in the data dir].
+    /// Database URL [default: the config file's database_url, else SQLite in the data dir]; `postgres://…` for a
+    /// cluster's shared database.
     #[arg(long, global = true, env = "SOULBOX_DATABASE_URL")]
     database_url: Option<String>,
     /// TOML config file of the server (for its database_url and [teams] defaults) [default: <data-dir>/config.toml].
     #[arg(long, global = true, env = "SOULBOX_CONFIG")]
     config: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 impl StoreArgs {
-    fn file_config(&self, data_dir: &Path) -> anyhow::Result<FileConfig> {
-        match self.config.clone().or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists())) {
-            Some(path) => FileConfig::load(&path),
-            None => Ok(FileConfig::default()),
-        }
+    /// The server's configuration as `soulbox server` would resolve it with these flags and environment.
+    fn resolve(&self, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
+        crate::ServerArgs { config: self.config.clone(), database_url: self.database_url.clone(), ..Default::default() }
+            .resolve(data_dir)
     }
+}
 
-    async fn open(&self, data_dir: &Path, file: &FileConfig) -> anyhow::Result<Store> {
-        let url = match self.database_url.clone().or_else(|| file.database_url.clone()) {
-            Some(url) => url,
-            None => {
-                std::fs::create_dir_all(data_dir)
-                    .with_context(|| format!("creating data dir {}", data_dir.display()))?;
-                Store::sqlite_url(&data_dir.join("soulbox.db"))
-            }
-        };
-        Store::open(&url).await.context("opening the store")
+async fn open(cfg: &ServerConfig) -> anyhow::Result<Store> {
+    if cfg.database_url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     }
+    Store::open(&cfg.database_url).await.context("opening the store")
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -93,13 +98,19 @@ pub enum TeamsCommand {
     },
 }
 
-pub async fn keys(data_dir: &Path, store_args: &StoreArgs, command: KeysCommand) -> anyhow::Result<()> {
-    let file = store_args.file_config(data_dir)?;
-    let store = store_args.open(data_dir, &file).await?;
+pub async fn keys(args: StoreArgs, data_dir: PathBuf, command: KeysCommand) -> anyhow::Result<()> {
+    let cfg = args.resolve(data_dir)?;
+    let store = open(&cfg).await?;
     match command {
         KeysCommand::Create { name, team, admin } => {
             let role = if admin { Role::Admin } else { Role::Member };
             let (record, key) = store.create_api_key_in(&name, &team, role).await?;
+            if args.json {
+                return print_json(&json!({
+                    "id": record.id, "name": record.name, "team": record.team_name, "role": record.role.as_str(),
+                    "key": key.secret,
+                }));
+            }
             // Scripts parse these two lines (`created key <id> ...`, `export E2B_API_KEY=...`).
             println!(
                 "created key {} ({}, team {}, {})",
@@ -109,6 +120,20 @@ pub async fn keys(data_dir: &Path, store_args: &StoreArgs, command: KeysCommand)
                 record.role.as_str()
             );
             println!("export E2B_API_KEY={}", key.secret);
+        }
+        KeysCommand::List if args.json => {
+            let keys: Vec<_> = store
+                .list_api_keys()
+                .await?
+                .into_iter()
+                .map(|k| {
+                    json!({
+                        "id": k.id, "name": k.name, "team": k.team_name, "role": k.role.as_str(),
+                        "prefix": k.key_prefix, "revoked": k.revoked_at_ms.is_some(), "revokedAtMs": k.revoked_at_ms,
+                    })
+                })
+                .collect();
+            print_json(&json!(keys))?;
         }
         KeysCommand::List => {
             println!("{:<20} {:<16} {:<16} {:<7} {:<12} STATUS", "ID", "NAME", "TEAM", "ROLE", "PREFIX");
@@ -126,17 +151,41 @@ pub async fn keys(data_dir: &Path, store_args: &StoreArgs, command: KeysCommand)
         }
         KeysCommand::Revoke { id } => {
             store.revoke_api_key(&id).await.with_context(|| format!("revoking {id}"))?;
-            println!("revoked {id}");
+            if args.json {
+                print_json(&json!({ "id": id, "revoked": true }))?;
+            } else {
+                println!("revoked {id}");
+            }
         }
     }
     Ok(())
 }
 
-pub async fn teams(data_dir: &Path, store_args: &StoreArgs, command: TeamsCommand) -> anyhow::Result<()> {
-    let file = store_args.file_config(data_dir)?;
-    let defaults = file.teams.unwrap_or_default();
-    let store = store_args.open(data_dir, &file).await?;
+pub async fn teams(args: StoreArgs, data_dir: PathBuf, command: TeamsCommand) -> anyhow::Result<()> {
+    let cfg = args.resolve(data_dir)?;
+    let defaults = cfg.team_limits;
+    let store = open(&cfg).await?;
     match command {
+        TeamsCommand::List if args.json => {
+            let mut teams = Vec::new();
+            for team in store.list_teams().await? {
+                let usage = store.team_usage(&team.id).await?;
+                let l = defaults.with(team.overrides);
+                teams.push(json!({
+                    "name": team.name, "id": team.id,
+                    "limits": {
+                        "maxSandboxes": l.max_sandboxes, "maxVcpus": l.max_vcpus, "maxMemoryMB": l.max_memory_mb,
+                        "maxBuilds": l.max_builds,
+                    },
+                    "overrides": {
+                        "maxSandboxes": team.overrides.max_sandboxes, "maxVcpus": team.overrides.max_vcpus,
+                        "maxMemoryMB": team.overrides.max_memory_mb, "maxBuilds": team.overrides.max_builds,
+                    },
+                    "usage": { "sandboxes": usage.sandboxes, "vcpus": usage.vcpus, "memoryMB": usage.memory_mb },
+                }));
+            }
+            print_json(&json!(teams))?;
+        }
         TeamsCommand::List => {
             println!(
                 "{:<16} {:<22} {:<16} {:<16} {:<18} {:<14} IN USE",
@@ -175,6 +224,12 @@ pub async fn teams(data_dir: &Path, store_args: &StoreArgs, command: TeamsComman
                 .await
                 .with_context(|| format!("setting the limits of team {name}"))?;
             let l: TeamLimits = defaults.with(team.overrides);
+            if args.json {
+                return print_json(&json!({
+                    "name": team.name, "maxSandboxes": l.max_sandboxes, "maxVcpus": l.max_vcpus,
+                    "maxMemoryMB": l.max_memory_mb, "maxBuilds": l.max_builds,
+                }));
+            }
             println!(
                 "team {}: max_sandboxes {}, max_vcpus {}, max_memory_mb {}, max_builds {}",
                 team.name, l.max_sandboxes, l.max_vcpus, l.max_memory_mb, l.max_builds

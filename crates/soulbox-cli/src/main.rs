@@ -1,13 +1,15 @@
 //! `soulbox`: the SoulBox command — `soulbox server` runs everything on one machine; `soulbox keys` and
-//! `soulbox teams` manage API keys, teams and team limits.
+//! `soulbox teams` manage API keys, teams and team limits (on the configuration `soulbox server` resolves, through
+//! the one `ServerArgs::resolve`); `completions` and `man` are generated from this clap definition.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use soulbox_server::config::{self, FileConfig, ServerConfig};
 use soulbox_server::store::Store;
 
 mod cli;
+mod docs_cli;
 mod keys_cli;
 mod logging;
 
@@ -46,22 +48,36 @@ enum Command {
         #[command(subcommand)]
         command: keys_cli::TeamsCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(
+        after_help = "Examples:\n  soulbox completions bash > /etc/bash_completion.d/soulbox\n  soulbox completions zsh > \"${fpath[1]}/_soulbox\"\n  soulbox completions fish > ~/.config/fish/completions/soulbox.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (soulbox.1), or write one page per command to a directory with --out.
+    #[command(after_help = "Example:\n  soulbox man --out /usr/local/share/man/man1 && man soulbox-sandbox-list")]
+    Man {
+        /// Directory for soulbox.1, soulbox-sandbox.1, soulbox-sandbox-list.1, …
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     #[command(flatten)]
     Client(cli::ClientCommand),
 }
 
-/// Flags override `SOULBOX_*` environment variables, which override the config file.
-#[derive(Args)]
-struct ServerArgs {
+/// Flags override `SOULBOX_*` environment variables, which override the config file. The admin commands
+/// (`keys`, `teams`) resolve through the same `resolve` with their `--config`/`--database-url`, so they open the
+/// database the server does.
+#[derive(Args, Default)]
+pub(crate) struct ServerArgs {
     /// TOML config file (default: <data-dir>/config.toml when it exists).
     #[arg(long, env = "SOULBOX_CONFIG")]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Address for the API and sandbox traffic [default: 127.0.0.1:3000].
     #[arg(long, env = "SOULBOX_LISTEN")]
     listen: Option<std::net::SocketAddr>,
     /// Database URL [default: SQLite in the data dir]; `postgres://…` for a shared database.
     #[arg(long, env = "SOULBOX_DATABASE_URL")]
-    database_url: Option<String>,
+    pub(crate) database_url: Option<String>,
     /// Domain for host-based routing `<port>-<sandboxID>.<domain>` (returned to clients as `domain`).
     #[arg(long, env = "SOULBOX_DOMAIN")]
     domain: Option<String>,
@@ -222,7 +238,8 @@ fn non_empty(names: Vec<String>) -> Vec<String> {
 }
 
 impl ServerArgs {
-    fn resolve(self, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
+    /// The one resolution of the server's configuration (flags > env > config file > defaults).
+    pub(crate) fn resolve(self, data_dir: PathBuf) -> anyhow::Result<ServerConfig> {
         let file_path = self.config.clone().or_else(|| Some(data_dir.join("config.toml")).filter(|p| p.exists()));
         let file = match file_path {
             Some(p) => FileConfig::load(&p)?,
@@ -280,8 +297,10 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => soulbox_server::server::run(args.resolve(cli.data_dir)?).await,
         Command::Node(args) => soulbox_server::node_agent::run(args.resolve(cli.data_dir)?).await,
-        Command::Keys { store, command } => keys_cli::keys(&cli.data_dir, &store, command).await,
-        Command::Teams { store, command } => keys_cli::teams(&cli.data_dir, &store, command).await,
+        Command::Keys { store, command } => keys_cli::keys(store, cli.data_dir, command).await,
+        Command::Teams { store, command } => keys_cli::teams(store, cli.data_dir, command).await,
+        Command::Completions { shell } => docs_cli::completions(shell, Cli::command()),
+        Command::Man { out } => docs_cli::man(Cli::command(), out.as_deref()),
         Command::Client(c) => std::process::exit(cli::run(c).await),
     }
 }

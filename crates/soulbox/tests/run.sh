@@ -48,5 +48,7 @@ kill_sandboxes
 
 export SOULBOX_TEST_API_URL="$API" SOULBOX_TEST_SANDBOX_URL="$API" SOULBOX_TEST_API_KEY="$KEY"
 export SOULBOX_TEST_BIN="$SOULBOX"
+# The CLI's admin tests create (and revoke) a key with `soulbox keys` on the running server's data dir.
+export SOULBOX_TEST_DATA_DIR="$DATA_DIR"
 cargo test -p soulbox "$@"
 cargo test -p soulbox-cli --test cli "$@"

@@ -1,15 +1,20 @@
 //! The client side of the `soulbox` command, built on the `soulbox` SDK: `soulbox sandbox …`, `exec`, `shell`,
-//! `cp`, `nodes`. Human tables by default, `--json` for scripts.
+//! `cp`, `nodes`, `profile`. Human tables by default, `--json` for scripts, `-q` for ids only on lists.
 //!
 //! Exit codes: 0 ok; 1 other error; 2 usage; 3 not found; 4 auth; 5 rate limited; 6 sandbox killed;
 //! 7 agent version; 8 invalid request; 9 template build failed; 124 timeout; `exec` passes the command's own exit code through.
 
+mod archive;
+mod chart;
+mod follow;
 mod nodes;
 mod output;
+mod profile;
 mod sandbox;
 mod shell;
 mod template;
 mod transfer;
+mod transfer_dir;
 
 use std::io::Write;
 use std::time::Duration;
@@ -22,7 +27,8 @@ use output::print_json;
 /// API URL when nothing is configured: `soulbox server`'s default listen address.
 const LOCAL_API_URL: &str = "http://127.0.0.1:3000";
 
-/// Connection flags shared by every client command (flags win over the environment).
+/// Connection flags shared by every client command (flags win over the environment, which wins over the
+/// profile).
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
     /// API URL [env: SOULBOX_API_URL / E2B_API_URL; default http://127.0.0.1:3000, or https://api.<domain> when
@@ -39,22 +45,53 @@ pub struct Conn {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Connection profile from ~/.config/soulbox/profiles.toml [env: SOULBOX_PROFILE; default: its `current`].
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+}
+
+/// The first of these environment variables that is set and not empty.
+fn env_var(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
 }
 
 impl Conn {
     fn client(&self) -> soulbox::Result<Client> {
-        Client::new(self.connection())
+        Client::new(self.connection()?)
     }
 
-    /// The resolved connection settings (flags over environment over the local default).
-    fn connection(&self) -> ConnectionConfig {
+    /// The domain set for sandbox URLs (environment, else the profile), if any.
+    fn domain(&self) -> Option<String> {
+        env_var(&["SOULBOX_DOMAIN", "E2B_DOMAIN"])
+            .or_else(|| profile::selected(self.profile.as_deref()).ok().flatten().and_then(|p| p.domain))
+    }
+
+    /// The resolved connection settings (flags over environment over the profile over the local default).
+    fn connection(&self) -> soulbox::Result<ConnectionConfig> {
         let mut c = ConnectionConfig::from_env();
-        let configured = ["SOULBOX_API_URL", "E2B_API_URL", "SOULBOX_DOMAIN", "E2B_DOMAIN"]
-            .iter()
-            .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty()));
-        if !configured {
-            // A self-hosted default: the local `soulbox server`, never a public host.
-            c.api_url = LOCAL_API_URL.to_owned();
+        let env_url = env_var(&["SOULBOX_API_URL", "E2B_API_URL"]);
+        let env_domain = env_var(&["SOULBOX_DOMAIN", "E2B_DOMAIN"]);
+        let p = profile::selected(self.profile.as_deref())?.unwrap_or_default();
+        if env_domain.is_none()
+            && let Some(d) = &p.domain
+        {
+            c.domain.clone_from(d);
+        }
+        if env_url.is_none() {
+            // The environment's domain is the environment's API (`https://api.<domain>`, as E2B's SDKs do).
+            c.api_url = match (env_domain, &p.api_url, &p.domain) {
+                (Some(d), _, _) => format!("https://api.{d}"),
+                (None, Some(u), _) => u.clone(),
+                (None, None, Some(d)) => format!("https://api.{d}"),
+                // A self-hosted default: the local `soulbox server`, never a public host.
+                (None, None, None) => LOCAL_API_URL.to_owned(),
+            };
+        }
+        if c.api_key.is_none() {
+            c.api_key = p.api_key;
+        }
+        if c.sandbox_url.is_none() {
+            c.sandbox_url = p.sandbox_url;
         }
         if let Some(u) = &self.api_url {
             c.api_url = u.clone();
@@ -67,7 +104,7 @@ impl Conn {
             None if c.sandbox_url.is_none() => c.sandbox_url = Some(c.api_url.clone()),
             None => {}
         }
-        c
+        Ok(c)
     }
 }
 
@@ -85,9 +122,9 @@ pub enum ClientCommand {
     /// Open an interactive shell (PTY) in a sandbox; the terminal follows window size changes.
     #[command(after_help = "Example:\n  soulbox shell i1a2b3")]
     Shell(ShellArgs),
-    /// Copy a file to or from a sandbox (`<sandbox-id>:<path>` names the sandbox side).
+    /// Copy a file, or with -r a directory, to or from a sandbox (`<sandbox-id>:<path>` names the sandbox side).
     #[command(
-        after_help = "Examples:\n  soulbox cp ./data.csv i1a2b3:/home/user/data.csv\n  soulbox cp i1a2b3:/var/log/app.log ./app.log"
+        after_help = "Examples:\n  soulbox cp ./data.csv i1a2b3:/home/user/data.csv\n  soulbox cp i1a2b3:/var/log/app.log ./app.log\n  soulbox cp -r ./src i1a2b3:/home/user/project\n  soulbox cp -r i1a2b3:/home/user/out ./results\n\nWith -r, like docker cp: when DST is an existing directory SRC is copied into it (DST/<name of SRC>),\notherwise DST is created with SRC's contents. Directories travel as one tar file (in /tmp of the sandbox);\nunpacking on this machine refuses absolute paths, `..`, links out of DST and device files."
     )]
     Cp(CpArgs),
     /// Cluster nodes: list, show, drain, undrain, evacuate, remove.
@@ -96,6 +133,9 @@ pub enum ClientCommand {
     /// Build (from a Dockerfile, with the live log), list and delete templates.
     #[command(subcommand)]
     Template(template::TemplateCommand),
+    /// Named connection profiles (API URL, key, domain) in ~/.config/soulbox/profiles.toml, like docker contexts.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
 }
 
 #[derive(Args, Debug)]
@@ -139,6 +179,9 @@ pub struct CpArgs {
     pub src: String,
     /// Destination: a local path or `<sandbox-id>:<path>`.
     pub dst: String,
+    /// Copy a directory (as a tar stream).
+    #[arg(short, long)]
+    pub recursive: bool,
     /// Never show a progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -172,9 +215,11 @@ pub async fn run(cmd: ClientCommand) -> i32 {
         ClientCommand::Sandbox(c) => sandbox::run(c).await,
         ClientCommand::Exec(a) => exec(a).await,
         ClientCommand::Shell(a) => shell::run(a).await,
+        ClientCommand::Cp(a) if a.recursive => transfer_dir::cp_dir(a).await,
         ClientCommand::Cp(a) => transfer::cp(a).await,
         ClientCommand::Nodes(c) => nodes::run(c).await,
         ClientCommand::Template(c) => template::run(c).await,
+        ClientCommand::Profile(c) => profile::run(c),
     };
     match result {
         Ok(code) => code,

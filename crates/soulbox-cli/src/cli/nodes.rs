@@ -11,6 +11,9 @@ use super::output::{print_json, table};
 pub enum NodesCommand {
     /// Nodes with status and capacity.
     List {
+        /// Print only the ids, one per line (for scripts: `xargs -n1 soulbox nodes drain`).
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -51,7 +54,7 @@ pub enum NodesCommand {
 
 pub async fn run(cmd: NodesCommand) -> soulbox::Result<i32> {
     match cmd {
-        NodesCommand::List { conn } => list(conn).await,
+        NodesCommand::List { quiet, conn } => list(conn, quiet).await,
         NodesCommand::Show { node_id, conn } => {
             let node = call(&conn, Method::GET, &format!("/nodes/{}", seg(&node_id))).await?;
             print_json(&node);
@@ -71,9 +74,11 @@ pub async fn run(cmd: NodesCommand) -> soulbox::Result<i32> {
     }
 }
 
-async fn list(conn: Conn) -> soulbox::Result<i32> {
+async fn list(conn: Conn, quiet: bool) -> soulbox::Result<i32> {
     let nodes = conn.client()?.list_nodes().await?;
-    if conn.json {
+    if quiet {
+        nodes.iter().for_each(|n| println!("{}", n.node_id));
+    } else if conn.json {
         print_json(&nodes);
     } else {
         table(
@@ -136,7 +141,7 @@ fn seg(s: &str) -> String {
 
 /// One admin call (the SDK has no node administration): JSON body back, errors mapped like the SDK's.
 async fn call(conn: &Conn, method: Method, path: &str) -> soulbox::Result<serde_json::Value> {
-    let config = conn.connection();
+    let config = conn.connection()?;
     let url = format!("{}{path}", config.api_url.trim_end_matches('/'));
     // reqwest is built without a crypto provider of its own: ring is the process default (Err: already set).
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Subcommand;
 use soulbox::{Error, ListQuery, Sandbox, SandboxState, TimeoutBehavior};
 
-use super::output::{print_json, table};
+use super::output::{print_json, readable_log_line, table};
 use super::{Conn, parse_kv};
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +66,9 @@ pub enum SandboxCommand {
         /// At most this many sandboxes.
         #[arg(long)]
         limit: Option<usize>,
+        /// Print only the ids, one per line (for scripts: `xargs soulbox sandbox kill`).
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -111,21 +114,45 @@ pub enum SandboxCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// CPU, memory, disk and network samples.
-    #[command(after_help = "Example:\n  soulbox sandbox metrics i1a2b3 --since 300")]
+    /// CPU, memory, disk and network samples; -f follows them (a live chart on a terminal).
+    #[command(
+        after_help = "Examples:\n  soulbox sandbox metrics i1a2b3 --since 300\n  soulbox sandbox metrics -f i1a2b3"
+    )]
     Metrics {
         id: String,
         /// Samples of the last SECONDS (default: all retained).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         since: Option<i64>,
+        /// Keep showing new samples until the sandbox ends: a live CPU/memory chart on a terminal, one line per
+        /// sample when piped (NDJSON with --json).
+        #[arg(short, long)]
+        follow: bool,
         #[command(flatten)]
         conn: Conn,
     },
-    /// The sandbox's log (agent output).
+    /// The sandbox's log (agent output); -f follows it until the sandbox ends.
+    #[command(
+        after_help = "Examples:\n  soulbox sandbox logs i1a2b3\n  soulbox sandbox logs -f i1a2b3 --json | jq -r .line"
+    )]
     Logs {
         id: String,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "follow")]
         limit: Option<u32>,
+        /// Keep printing new lines (polls once a second; with --json one object per line).
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Print the URL of a port of the sandbox, as the SDK's `get_host` would build it.
+    #[command(
+        after_help = "With a server domain: https://<port>-<id>.<domain> (http with the API URL's port when the API \
+URL is plain http). A local server without a domain: http://<port>-<id>.localhost:<api port>, which browsers \
+and curl resolve to the loopback address.\n\nExample:\n  curl \"$(soulbox sandbox url i1a2b3 8080)/\""
+    )]
+    Url {
+        id: String,
+        port: u16,
         #[command(flatten)]
         conn: Conn,
     },
@@ -185,7 +212,7 @@ pub async fn run(cmd: SandboxCommand) -> soulbox::Result<i32> {
                 println!("{}", s.id());
             }
         }
-        SandboxCommand::List { state, metadata, limit, conn } => {
+        SandboxCommand::List { state, metadata, limit, quiet, conn } => {
             let client = conn.client()?;
             let mut q = ListQuery::default();
             for s in state {
@@ -206,7 +233,9 @@ pub async fn run(cmd: SandboxCommand) -> soulbox::Result<i32> {
                     break;
                 }
             }
-            if conn.json {
+            if quiet {
+                items.iter().for_each(|s| println!("{}", s.sandbox_id));
+            } else if conn.json {
                 print_json(&items);
             } else {
                 let rows = items
@@ -287,7 +316,10 @@ pub async fn run(cmd: SandboxCommand) -> soulbox::Result<i32> {
             let info = c.get_info(&id).await?;
             report(&conn, &id, &format!("ends at {}", info.end_at));
         }
-        SandboxCommand::Metrics { id, since, conn } => {
+        SandboxCommand::Metrics { id, follow: true, conn, .. } => {
+            return super::chart::metrics(&conn.client()?, &id, conn.json).await;
+        }
+        SandboxCommand::Metrics { id, since, conn, .. } => {
             let now = chrono::Utc::now().timestamp();
             let samples = conn.client()?.get_metrics(&id, since.map(|s| now - s), None).await?;
             if conn.json {
@@ -310,7 +342,21 @@ pub async fn run(cmd: SandboxCommand) -> soulbox::Result<i32> {
                 table(&["TIME", "CPU %", "MEM MiB", "DISK MiB", "DISK R/W B", "NET RX/TX B", "PROCS"], rows);
             }
         }
-        SandboxCommand::Logs { id, limit, conn } => {
+        SandboxCommand::Logs { id, follow: true, conn, .. } => {
+            return super::follow::logs(&conn.client()?, &id, conn.json).await;
+        }
+        SandboxCommand::Url { id, port, conn } => {
+            let client = conn.client()?;
+            let info = client.get_info(&id).await?;
+            let url =
+                port_url(&client.config().api_url, info.domain.as_deref().or(conn.domain().as_deref()), &id, port)?;
+            if conn.json {
+                print_json(&serde_json::json!({ "sandboxID": id, "port": port, "url": url }));
+            } else {
+                println!("{url}");
+            }
+        }
+        SandboxCommand::Logs { id, limit, conn, .. } => {
             let lines = conn.client()?.logs(&id, None, limit).await?;
             if conn.json {
                 print_json(&lines);
@@ -324,15 +370,27 @@ pub async fn run(cmd: SandboxCommand) -> soulbox::Result<i32> {
     Ok(0)
 }
 
-/// A log line as E2B shapes it (a JSON object with `level` and `message`) as `LEVEL message`; other text as is.
-fn readable_log_line(line: &str) -> String {
-    let parsed: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(line).ok();
-    match parsed {
-        Some(o) => {
-            let field = |k: &str| o.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-            format!("{:<5} {}", field("level").to_uppercase(), field("message"))
-        }
-        None => line.to_owned(),
+/// The URL of `port` of sandbox `id`: the server's proxy routes by Host `<port>-<id>.<domain>` (any domain when
+/// the server has none configured; see `proxy::classify` in soulbox-server).
+fn port_url(api_url: &str, domain: Option<&str>, id: &str, port: u16) -> soulbox::Result<String> {
+    let api = reqwest::Url::parse(api_url).map_err(|e| Error::Invalid(format!("API URL {api_url:?}: {e}")))?;
+    let host = api.host_str().unwrap_or_default();
+    let local = host == "localhost"
+        || host.ends_with(".localhost")
+        || host.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    // The port the API is reached on carries the sandbox traffic too (one listener), unless it is the default.
+    let api_port = api.port().map(|p| format!(":{p}")).unwrap_or_default();
+    match domain.filter(|d| !d.is_empty()) {
+        // On the server's own machine `.localhost` needs no DNS: the proxy routes it for loopback clients with or
+        // without a domain, and browsers resolve `*.localhost` to loopback themselves.
+        _ if local => Ok(format!("{}://{port}-{id}.localhost{api_port}", api.scheme())),
+        Some(d) if api.scheme() == "http" => Ok(format!("http://{port}-{id}.{d}{api_port}")),
+        Some(d) => Ok(format!("https://{port}-{id}.{d}")),
+        None => Err(Error::Invalid(format!(
+            "the server at {api_url} has no domain, so a port has no URL of its own: configure `domain` (with \
+             wildcard DNS) on the server, or send the headers E2b-Sandbox-Id: {id} and E2b-Sandbox-Port: {port} to \
+             {api_url}"
+        ))),
     }
 }
 
@@ -368,12 +426,20 @@ fn opt(v: Option<i64>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::readable_log_line;
+    use super::port_url;
 
     #[test]
-    fn e2b_shaped_log_lines_read_as_level_and_message() {
-        let line = r#"{"level":"warn","logger":"soulbox_envd","message":"disk almost full"}"#;
-        assert_eq!(readable_log_line(line), "WARN  disk almost full");
-        assert_eq!(readable_log_line("plain text"), "plain text");
+    fn port_urls() {
+        let id = "i1a2b3";
+        assert_eq!(port_url("http://127.0.0.1:3000", None, id, 8080).unwrap(), "http://8080-i1a2b3.localhost:3000");
+        assert_eq!(port_url("http://localhost:3000/", None, id, 80).unwrap(), "http://80-i1a2b3.localhost:3000");
+        let with_domain = port_url("http://127.0.0.1:3000", Some("sb.example"), id, 80).unwrap();
+        assert_eq!(with_domain, "http://80-i1a2b3.localhost:3000", "a loopback API: no DNS needed");
+        assert_eq!(
+            port_url("https://api.sb.example", Some("sb.example"), id, 80).unwrap(),
+            "https://80-i1a2b3.sb.example"
+        );
+        assert_eq!(port_url("http://10.0.0.5:3000", Some("sb.lan"), id, 80).unwrap(), "http://80-i1a2b3.sb.lan:3000");
+        assert!(port_url("http://10.0.0.5:3000", None, id, 80).is_err(), "no domain, not local: no URL");
     }
 }

@@ -64,6 +64,9 @@ pub enum TemplateCommand {
         after_help = "Examples:\n  soulbox template list\n  soulbox template list --json | jq -r '.[].templateID'"
     )]
     List {
+        /// Print only the ids, one per line (for scripts: `xargs soulbox template delete`).
+        #[arg(short, long)]
+        quiet: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -144,9 +147,11 @@ pub async fn run(cmd: TemplateCommand) -> soulbox::Result<i32> {
             }
             Ok(0)
         }
-        TemplateCommand::List { conn } => {
+        TemplateCommand::List { quiet, conn } => {
             let list = conn.client()?.list_templates().await?;
-            if conn.json {
+            if quiet {
+                list.iter().for_each(|t| println!("{}", t.template_id));
+            } else if conn.json {
                 print_json(&list);
             } else {
                 table(

@@ -1,4 +1,5 @@
-//! `soulbox cp`: files to and from a sandbox, streamed, with a progress bar for large files.
+//! `soulbox cp`: files to and from a sandbox, streamed, with a progress bar for large files; `-r` directories as a
+//! tar stream (`archive.rs` packs and unpacks; the sandbox's own `tar` does its side through a file in /tmp).
 
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use super::CpArgs;
 const PROGRESS_MIN_BYTES: u64 = 1024 * 1024;
 
 /// `<sandbox-id>:<path>` → (id, path). Local paths containing ':' can be written as `./a:b`.
-fn remote(spec: &str) -> Option<(&str, &str)> {
+pub(super) fn remote(spec: &str) -> Option<(&str, &str)> {
     if spec.starts_with('/') || spec.starts_with('.') {
         return None;
     }
