@@ -64,16 +64,24 @@ fn safe_dir(dst: &Path, rel: &Path, shown: &str) -> std::io::Result<PathBuf> {
     Ok(at)
 }
 
-/// Whether a link at `rel` pointing to `target` stays inside the destination (judged by its text alone).
+/// Whether a link at `rel` pointing to `target` stays inside the destination, judged by its text alone. That
+/// is sound only when every name the text walks through is a real directory, so `..` may only lead the
+/// target: after a name, which may be another link of the archive (`a -> .`, then `b -> a/..` climbs out of the
+/// destination although its text never leaves it), `..` is refused. The leading `..`s walk the link's own
+/// parents, which [`safe_dir`] made as real directories.
 fn link_stays_inside(rel: &Path, target: &Path) -> bool {
     if target.is_absolute() {
         return false;
     }
     let mut depth = rel.components().count() as i64 - 1;
+    let mut named = false;
     for c in target.components() {
         match c {
-            Component::Normal(_) => depth += 1,
-            Component::ParentDir => depth -= 1,
+            Component::Normal(_) => {
+                named = true;
+                depth += 1;
+            }
+            Component::ParentDir if !named => depth -= 1,
             Component::CurDir => {}
             _ => return false,
         }
@@ -214,6 +222,17 @@ mod tests {
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside");
         assert!(!std::fs::symlink_metadata(dst.join("link")).unwrap().file_type().is_symlink());
         assert!(!dst.join("hard").exists() && !dst.join("rel").exists());
+
+        // Links whose text stays inside but which climb out through another link of the archive.
+        let chained = d.join("chained");
+        std::fs::create_dir_all(&chained).unwrap();
+        let mut buf = Vec::new();
+        raw(&mut buf, "dot", b'2', ".", b"");
+        raw(&mut buf, "up", b'2', "dot/..", b"");
+        raw(&mut buf, "deep/up2", b'2', "../dot/dot/..", b"");
+        let got = unpack(&buf[..], &chained, false).unwrap();
+        assert_eq!((got.links, got.skipped.len()), (1, 2), "only `dot` is made: {got:?}");
+        assert!(!chained.join("up").exists() && std::fs::symlink_metadata(chained.join("deep/up2")).is_err());
 
         // A symlink already in the destination is never followed either.
         std::os::unix::fs::symlink(&outside, dst.join("planted")).unwrap();
