@@ -1,6 +1,7 @@
 // Issue 16: the official `@e2b/code-interpreter` npm SDK (unmodified) against `code-interpreter-v1` on a running
 // `soulbox server` (tests/e2e/run.sh builds the template before the suites, so no create here waits on a build).
-// run_code in Python and in JavaScript/TypeScript, bash: results, state kept, errors, streamed output.
+// run_code in Python and in JavaScript/TypeScript, bash: results, state kept, errors, streamed output; rich
+// results (PNG, chart data, HTML), contexts, env vars, the execution timeout.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox } from '@e2b/code-interpreter'
@@ -78,4 +79,46 @@ test('typescript and bash each keep their own state', async () => {
   const failed = await sbx.runCode('echo no >&2; false', { language: 'bash' })
   assert.equal(failed.error.value, 'exit status 1')
   assert.deepEqual(failed.logs.stderr, ['no\n'])
+})
+
+test('rich results: a matplotlib PNG with its chart data, a pandas DataFrame as HTML', async () => {
+  const plot = await sbx.runCode(
+    "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3], [1, 4, 9], label='squares')\nplt.title('growth')\nplt.show()",
+  )
+  assert.equal(plot.error, undefined, JSON.stringify(plot.error))
+  const figures = plot.results.filter((r) => r.png)
+  assert.equal(figures.length, 1)
+  assert.equal(Buffer.from(figures[0].png, 'base64').subarray(0, 8).toString('hex'), '89504e470d0a1a0a')
+  const chart = figures[0].chart
+  assert.equal(chart.type, 'line')
+  assert.equal(chart.title, 'growth')
+  assert.equal(chart.elements[0].label, 'squares')
+  assert.deepEqual(chart.elements[0].points, [[1, 1], [2, 4], [3, 9]])
+  const frame = await sbx.runCode("import pandas as pd\npd.DataFrame({'a': [1, 2], 'b': ['x', 'y']})")
+  assert.equal(frame.error, undefined, JSON.stringify(frame.error))
+  assert.match(frame.results[0].html, /<table/)
+  assert.ok(frame.results[0].isMainResult)
+})
+
+test('contexts: own cwd and state, listed, restart clears them, removed', async () => {
+  const ctx = await sbx.createCodeContext({ language: 'python', cwd: '/tmp' })
+  assert.equal(ctx.cwd, '/tmp')
+  await sbx.runCode('secret = 7', { context: ctx })
+  assert.equal((await sbx.runCode('import os; (secret, os.getcwd())', { context: ctx })).text, "(7, '/tmp')")
+  const elsewhere = await sbx.runCode('secret')
+  assert.equal(elsewhere.error.name, 'NameError', 'the default context does not see it')
+  assert.ok((await sbx.listCodeContexts()).some((c) => c.id === ctx.id))
+  await sbx.restartCodeContext(ctx)
+  assert.equal((await sbx.runCode('secret', { context: ctx })).error.name, 'NameError')
+  await sbx.removeCodeContext(ctx)
+  assert.ok(!(await sbx.listCodeContexts()).some((c) => c.id === ctx.id))
+})
+
+test('env vars per execution, and a timeout that interrupts the execution', async () => {
+  const read = "import os; print(os.environ.get('PER_RUN'))"
+  assert.deepEqual((await sbx.runCode(read, { envs: { PER_RUN: 'only-now' } })).logs.stdout, ['only-now\n'])
+  assert.deepEqual((await sbx.runCode(read)).logs.stdout, ['None\n'], 'restored after the run')
+  await assert.rejects(sbx.runCode('import time; time.sleep(30)', { timeoutMs: 2_000 }), { name: 'TimeoutError' })
+  // The kernel was interrupted, not left sleeping: the next execution answers at once.
+  assert.equal((await sbx.runCode('6*7', { timeoutMs: 20_000 })).text, '42')
 })
