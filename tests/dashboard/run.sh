@@ -8,7 +8,7 @@
 #   SOULBOX_DASHBOARD_DIR=/var/tmp/soulbox-dashboard   data dir (store, sandboxes)
 #   SOULBOX_TEMPLATE_DIR=/var/tmp/soulbox-e2e/node     shared built templates (the e2e suite's: no second base
 #                                                      build); set it empty to keep templates in the data dir
-#   SOULBOX_DASHBOARD_PREFIX=sbdash, SOULBOX_DASHBOARD_POOL=10.237.0.0/16   runtime prefix and address pool
+#   SOULBOX_DASHBOARD_PREFIX=sbdsh, SOULBOX_DASHBOARD_POOL=10.237.0.0/16   runtime prefix and address pool
 #   SOULBOX_E2E_SKIP_BUILD=1                           use the existing target/debug/soulbox and static envd
 # npm's cache stays in ~/.npm (outside the checkout); node_modules is ignored by git.
 set -euo pipefail
@@ -20,7 +20,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 
 PYTHON="${PYTHON:-python3}"
 DATA_DIR="${SOULBOX_DASHBOARD_DIR:-/var/tmp/soulbox-dashboard}"
-PREFIX="${SOULBOX_DASHBOARD_PREFIX:-sbdash}"
+PREFIX="${SOULBOX_DASHBOARD_PREFIX:-sbdsh}"
 POOL="${SOULBOX_DASHBOARD_POOL:-10.237.0.0/16}"
 export SOULBOX_TEMPLATE_DIR="${SOULBOX_TEMPLATE_DIR-/var/tmp/soulbox-e2e/node}"
 [ -n "$SOULBOX_TEMPLATE_DIR" ] || unset SOULBOX_TEMPLATE_DIR
