@@ -59,8 +59,10 @@ def address(sandbox_id: str) -> str:
 
 
 def direct() -> httpx.Client:
-    """A client on the host that talks to sandbox addresses without the server (no proxy settings)."""
-    return httpx.Client(timeout=15, trust_env=False)
+    """A client on the host that talks to sandbox addresses without the server (no proxy settings). A connection
+    per request: envd may close one after refusing a request whose body it did not read, and a reused connection
+    then races that close ("Server disconnected without sending a response", seen under gVisor)."""
+    return httpx.Client(timeout=15, trust_env=False, limits=httpx.Limits(max_keepalive_connections=0))
 
 
 def proxied(headers: dict | None = None) -> httpx.Client:
