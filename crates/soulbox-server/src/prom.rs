@@ -211,11 +211,8 @@ pub struct MetricsToken(pub Option<String>);
 pub fn authorized(token: Option<&str>, authorization: Option<&str>) -> bool {
     let Some(token) = token else { return true };
     let Some(given) = authorization.and_then(|a| a.strip_prefix("Bearer ")) else { return false };
-    constant_time_eq(given.trim().as_bytes(), token.as_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(given.trim().as_bytes().ct_eq(token.as_bytes()))
 }
 
 #[cfg(test)]
