@@ -48,33 +48,20 @@ DNS_PID=""
 # shellcheck source=../lib/server.sh
 . "$ROOT/tests/lib/server.sh" # api, kill_all_sandboxes, shutdown_server, check_leaks
 
-cleanup() {
-  local rc=$?
-  set +e
+# After the server stops (trap_suite_exit): the fake DNS, the test's namespace and its resolv.conf.
+suite_cleanup() {
   [ -z "$DNS_PID" ] || { kill "$DNS_PID" 2>/dev/null; wait "$DNS_PID" 2>/dev/null; }
-  shutdown_server
   ip netns delete "$NS" 2>/dev/null
   ip link delete "${NS}0" 2>/dev/null
   rm -rf "/etc/netns/$NS"
-  log "leak check"
-  if ! check_leaks; then
-    [ "$rc" -ne 0 ] || rc=1
-  fi
   if ip netns list | grep -qx "$NS\( .*\)\?" || [ -e "/etc/netns/$NS" ]; then
     echo "the test namespace $NS or /etc/netns/$NS is left" >&2
-    [ "$rc" -ne 0 ] || rc=1
+    return 1
   fi
-  exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap_suite_exit
 
-if [ -z "${SOULBOX_E2E_SKIP_BUILD:-}" ]; then
-  log "building the static envd and the server (debug)"
-  (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-cli)
-fi
-[ -x "$SOULBOX" ] || die "no $SOULBOX"
-[ -x "$ENVD" ] || die "no $ENVD"
+build_server_unless "${SOULBOX_E2E_SKIP_BUILD:-}"
 ensure_venv latest
 VENV_PY="$ROOT/tests/compat/.venv-latest/bin/python"
 

@@ -46,25 +46,9 @@ ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
 # shellcheck source=../lib/server.sh
 . "$ROOT/tests/lib/server.sh" # start_server, stop_server, shutdown_server, kill_all_sandboxes, check_leaks
 
-cleanup() {
-  local rc=$?
-  set +e
-  shutdown_server
-  log "leak check"
-  if ! check_leaks; then
-    [ "$rc" -ne 0 ] || rc=1
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap_suite_exit
 
-if [ -z "${SOULBOX_E2E_SKIP_BUILD:-}" ]; then
-  log "building the static envd and the server (debug)"
-  (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-cli)
-fi
-[ -x "$SOULBOX" ] || die "no $SOULBOX"
-[ -x "$ENVD" ] || die "no $ENVD"
+build_server_unless "${SOULBOX_E2E_SKIP_BUILD:-}"
 for ver in $VERSIONS; do ensure_venv "$ver"; done
 
 # The fake outside world's HTTPS (tests/e2e/test_network.py): a CA of its own, which the server's egress gateway

@@ -145,3 +145,35 @@ check_leaks() {
   fi
   echo "leak check: nothing left behind (${SOULBOX_RUNTIME:-runc}, netns, veths, mounts, sandbox dirs, cgroups, nft chains)" >&2
 }
+
+# build_server_unless SKIP: builds the static envd and the debug server unless SKIP (the suite's *_SKIP_BUILD
+# variable) is set, then checks that both are there.
+build_server_unless() {
+  if [ -z "${1:-}" ]; then
+    log "building the static envd and the server (debug)"
+    (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-cli)
+  fi
+  [ -x "$SOULBOX" ] || die "no $SOULBOX"
+  [ -x "$ENVD" ] || die "no $ENVD"
+}
+
+# trap_suite_exit: on any exit (a failure, Ctrl-C) stop the server, run the suite's own `suite_cleanup` if it
+# defines one, then the leak check. A failing suite_cleanup or a leak fails the run.
+trap_suite_exit() {
+  trap _suite_exit EXIT
+  trap 'exit 130' INT TERM
+}
+
+_suite_exit() {
+  local rc=$?
+  set +e
+  shutdown_server
+  if declare -F suite_cleanup >/dev/null && ! suite_cleanup; then
+    [ "$rc" -ne 0 ] || rc=1
+  fi
+  log "leak check"
+  if ! check_leaks; then
+    [ "$rc" -ne 0 ] || rc=1
+  fi
+  exit "$rc"
+}

@@ -59,26 +59,15 @@ new_key() {
   NEW_KEY="$(sed -n 's/^export E2B_API_KEY=\([^ ]*\).*/\1/p' <<<"$out")"
 }
 
-cleanup() {
-  local rc=$? id
-  set +e
-  shutdown_server
+# After the server stops (trap_suite_exit): the run's extra keys are revoked.
+suite_cleanup() {
+  local id
   for id in "${EXTRA_KEY_IDS[@]}"; do "$SOULBOX" --data-dir "$DATA_DIR" keys revoke "$id" >/dev/null 2>&1; done
-  log "leak check"
-  if ! check_leaks; then
-    [ "$rc" -ne 0 ] || rc=1
-  fi
-  exit "$rc"
+  return 0
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap_suite_exit
 
-if [ -z "${SOULBOX_SECURITY_SKIP_BUILD:-}" ]; then
-  log "building the static envd and the server (debug)"
-  (cd "$ROOT" && scripts/build-envd.sh >/dev/null && cargo build -p soulbox-cli)
-fi
-[ -x "$SOULBOX" ] || die "no $SOULBOX"
-[ -x "$ENVD" ] || die "no $ENVD"
+build_server_unless "${SOULBOX_SECURITY_SKIP_BUILD:-}"
 ensure_venv latest
 
 # The usual soft open-file limit (systemd's default): the server must raise its own to hold many connections
