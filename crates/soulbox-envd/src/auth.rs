@@ -21,8 +21,8 @@ pub const FALLBACK_USER: &str = "root";
 /// `/health`, `/init`, CORS preflights and unknown paths alike. Only the node that started the sandbox knows the
 /// secret (its proxy adds it), so nothing else that reaches the sandbox's address talks to envd.
 pub async fn require_node_secret(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(secret) = state.node_secret.as_deref()
-        && !secret_matches(request.headers(), secret)
+    if let Some(secret) = state.node_secret()
+        && !secret_matches(request.headers(), &secret)
     {
         tracing::debug!(method = %request.method(), path = request.uri().path(), "refused a request without the node's secret");
         return node_secret_refused();

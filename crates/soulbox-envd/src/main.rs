@@ -1,6 +1,8 @@
 //! soulbox-envd: the agent inside every SoulBox sandbox, wire-compatible with E2B's envd.
 
 mod auth;
+#[cfg(test)]
+mod claim_tests;
 mod entry;
 mod env_scrub;
 mod errors;
@@ -65,10 +67,12 @@ fn main() -> anyhow::Result<()> {
 
     let mut config = SandboxConfig::default();
     let mut node_secret = None;
+    let mut pooled = false;
     if let Ok(raw) = std::env::var(INIT_ENV) {
         let mut init: InitRequest =
             serde_json::from_str(&raw).map_err(|e| anyhow::anyhow!("{INIT_ENV} is not valid init JSON: {e}"))?;
         node_secret = init.envd_secret.take();
+        pooled = init.pooled.take().unwrap_or(false);
         let network = init.network.take();
         let egress_ca = init.egress_ca.take();
         config.apply(init);
@@ -100,6 +104,10 @@ fn main() -> anyhow::Result<()> {
         unsafe { OwnedFd::from_raw_fd(fd) }
     });
     let state = AppState::with_node_secret(config, node_secret).publishing_token_digest("/".into());
+    // Only with a secret: the claim hands out a new one, and an agent anything may call has nothing to hand.
+    if pooled && state.node_secret().is_some() {
+        state.pooled.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(server::serve(state, SocketAddr::new(args.listen, args.port), move || {
         if let Some(fd) = ready_fd {

@@ -11,7 +11,7 @@ use crate::state::{AppState, InitRequest, SandboxConfig};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-async fn start(secret: Option<&str>, token: Option<&str>) -> (SocketAddr, AppState) {
+pub(crate) async fn start(secret: Option<&str>, token: Option<&str>) -> (SocketAddr, AppState) {
     let config = SandboxConfig { access_token: token.map(str::to_owned), ..Default::default() };
     let state = AppState::with_node_secret(config, secret.map(str::to_owned));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -21,14 +21,14 @@ async fn start(secret: Option<&str>, token: Option<&str>) -> (SocketAddr, AppSta
     (addr, state)
 }
 
-struct Reply {
-    status: u16,
-    head: String,
-    body: String,
+pub(crate) struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
 }
 
 impl Reply {
-    fn refused_for_secret(&self) -> bool {
+    pub fn refused_for_secret(&self) -> bool {
         self.status == 403
             && self.head.to_ascii_lowercase().contains(&format!(
                 "{}: {}",
@@ -38,7 +38,13 @@ impl Reply {
     }
 }
 
-async fn request(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+pub(crate) async fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let mut head = format!("{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {

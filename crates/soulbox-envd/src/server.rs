@@ -15,6 +15,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(http::health))
         .route("/init", axum::routing::post(http::init))
+        .route(soulbox_protocol::envd_init::CLAIM_PATH, axum::routing::post(http::claim::claim))
         .route("/envs", get(http::envs))
         .route("/metrics", get(http::metrics))
         .route("/files", get(http::files::download).post(http::files::upload))

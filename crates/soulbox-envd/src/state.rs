@@ -46,8 +46,11 @@ impl SandboxConfig {
 pub struct Envd {
     pub started: Instant,
     /// The secret every request must carry (`soulbox_protocol::envd_secret::HEADER`); `None` for a standalone
-    /// envd, which checks nothing. Set once at start, never changed.
-    pub node_secret: Option<String>,
+    /// envd, which checks nothing. Set at start; changed only once, by the claim of a pooled sandbox
+    /// (`http::claim`), which replaces the pool's secret with the sandbox's own.
+    pub node_secret: RwLock<Option<String>>,
+    /// Started in the node's booted pool and not claimed yet: `POST /soulbox/claim` is answered (once).
+    pub pooled: std::sync::atomic::AtomicBool,
     /// Read on every request, written only by `/init`; never held across an await.
     pub config: RwLock<SandboxConfig>,
     pub processes: ProcessRegistry,
@@ -78,7 +81,8 @@ impl AppState {
     pub fn with_node_secret(config: SandboxConfig, node_secret: Option<String>) -> AppState {
         AppState(Arc::new(Envd {
             started: Instant::now(),
-            node_secret: node_secret.filter(|s| !s.is_empty()),
+            node_secret: RwLock::new(node_secret.filter(|s| !s.is_empty())),
+            pooled: std::sync::atomic::AtomicBool::new(false),
             config: RwLock::new(config),
             processes: ProcessRegistry::default(),
             watchers: WatchRegistry::default(),
@@ -102,6 +106,18 @@ impl AppState {
         }
     }
 
+    /// Replaces the whole configuration (a pooled sandbox's claim) and publishes the new token's digest.
+    pub fn replace_config(&self, config: SandboxConfig) {
+        let mut guard = match self.config.write() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = config;
+        if let Some(root) = self.token_file_root.get() {
+            crate::token_file::publish_logged(root, guard.access_token.as_deref());
+        }
+    }
+
     pub fn update_config(&self, init: InitRequest) {
         let mut guard = match self.config.write() {
             Ok(c) => c,
@@ -115,6 +131,14 @@ impl AppState {
 }
 
 impl Envd {
+    /// The node secret requests must carry now (see [`Envd::node_secret`]).
+    pub fn node_secret(&self) -> Option<String> {
+        match self.node_secret.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// Why the agent is unhealthy, if it is: currently a root filesystem with no free space left, which makes
     /// every upload and most commands fail.
     pub fn health_problem(&self) -> Option<String> {

@@ -32,6 +32,13 @@ pub const LEGACY_LOG_ENV: &str = "SOULBOX_ENVD_LOG";
 /// The header carrying a request's id from the control plane (through the proxy) to envd and to node agents.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// SoulBox's own route of envd (node secret required, like every route): hands a pre-booted sandbox of the node's
+/// booted pool to its user. The body is a full [`InitRequest`] for the sandbox's real identity; envd replaces its
+/// configuration with it as a whole (nothing of the pool's stays), rewrites the network files, and from then on
+/// answers only the new `envdSecret` (which the body must carry). Answered only by an envd started with
+/// [`InitRequest::pooled`], and only once: afterwards (and in any other envd) the route does not exist (404).
+pub const CLAIM_PATH: &str = "/soulbox/claim";
+
 /// envd's flag for the port to listen on (long name, without the dashes).
 pub const PORT_FLAG: &str = "port";
 
@@ -83,6 +90,10 @@ pub struct InitRequest {
     /// reads as absent (it never makes the rest of the configuration unreadable).
     #[serde(default, deserialize_with = "lenient", skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkIdentity>,
+    /// SoulBox extension, start configuration only: this envd runs in a sandbox of the node's booted pool and
+    /// waits for its identity through [`CLAIM_PATH`] (once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooled: Option<bool>,
     /// SoulBox extension: the sandbox's id, reported by envd's `/health`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_id: Option<String>,
@@ -100,6 +111,7 @@ impl std::fmt::Debug for InitRequest {
             .field("env_vars", &self.env_vars)
             .field("envd_secret", &redacted(&self.envd_secret))
             .field("network", &self.network)
+            .field("pooled", &self.pooled)
             .field("sandbox_id", &self.sandbox_id)
             .finish()
     }
@@ -160,6 +172,7 @@ mod tests {
                 hostname: "sbx1".into(),
                 nameservers: vec![IpAddr::V4(Ipv4Addr::new(1, 1, 1, 1)), IpAddr::V4(Ipv4Addr::new(8, 8, 8, 8))],
             }),
+            pooled: None,
             sandbox_id: Some("sbx1".into()),
         }
     }

@@ -33,6 +33,7 @@ pub fn start_configuration(
             hostname: id.to_owned(),
             nameservers: nameservers.iter().map(|&d| d.into()).collect(),
         }),
+        pooled: None,
         sandbox_id: Some(id.to_owned()),
     }
 }

@@ -1,5 +1,6 @@
 //! envd's plain HTTP endpoints: `/health`, `/init`, `/envs`, `/files`, `/metrics`.
 
+pub mod claim;
 pub mod files;
 
 use axum::Json;
