@@ -1,6 +1,7 @@
 //! The client commands of the `soulbox` binary against a real server. Skipped (with a message) unless
 //! `SOULBOX_TEST_API_URL` and `SOULBOX_TEST_API_KEY` are set; `crates/soulbox/tests/run.sh` sets them.
 
+use soulbox_layer::testing::Tar;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -494,27 +495,6 @@ fn quiet_lists_and_port_urls() {
     assert_eq!(run(&e, &["sandbox", "url", "nosuchsandbox", "80"]).status.code(), Some(3));
 }
 
-/// One ustar entry written byte by byte (the `tar` crate will not build these hostile names).
-fn raw_tar(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..108].copy_from_slice(b"0000755\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-    h[136..148].copy_from_slice(b"00000000000\0");
-    h[156] = kind;
-    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    out.extend_from_slice(&h);
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-}
-
 /// `cp -r` both ways (names with spaces, nested dirs, a symlink, a binary file), like docker cp: into an existing
 /// directory, else as the new directory.
 #[test]
@@ -572,24 +552,17 @@ fn cp_recursive_refuses_a_hostile_archive() {
     let outside = dir.path().join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     let archives: [(&str, Vec<u8>); 3] = [
-        ("dotdot", {
-            let mut b = Vec::new();
-            raw_tar(&mut b, "dotdot/../../escape.txt", b'0', "", b"pwned");
-            b
-        }),
-        ("absolute", {
-            let mut b = Vec::new();
-            raw_tar(&mut b, &format!("{}/abs.txt", outside.display()), b'0', "", b"pwned");
-            b
-        }),
-        ("link", {
-            let mut b = Vec::new();
-            raw_tar(&mut b, "link/", b'5', "", b"");
-            raw_tar(&mut b, "link/out", b'2', outside.to_str().unwrap(), b"");
-            raw_tar(&mut b, "link/out/pwned", b'0', "", b"pwned");
-            raw_tar(&mut b, "link/up", b'2', "../../outside", b"");
-            b
-        }),
+        ("dotdot", Tar::new().file("dotdot/../../escape.txt", b"pwned").bytes()),
+        ("absolute", Tar::new().file(&format!("{}/abs.txt", outside.display()), b"pwned").bytes()),
+        (
+            "link",
+            Tar::new()
+                .dir("link/")
+                .symlink("link/out", outside.to_str().unwrap())
+                .file("link/out/pwned", b"pwned")
+                .symlink("link/up", "../../outside")
+                .bytes(),
+        ),
     ];
     for (name, bytes) in &archives {
         let local = dir.path().join(format!("{name}.tar"));

@@ -148,27 +148,7 @@ pub fn unpack(input: impl Read, dst: &Path, strip_top: bool) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// One ustar entry written byte by byte: the `tar` crate refuses to build the hostile names tested here.
-    fn raw(out: &mut Vec<u8>, name: &str, kind: u8, link: &str, data: &[u8]) {
-        let mut h = [0u8; 512];
-        h[..name.len()].copy_from_slice(name.as_bytes());
-        h[100..108].copy_from_slice(b"0000644\0");
-        h[108..116].copy_from_slice(b"0000000\0");
-        h[116..124].copy_from_slice(b"0000000\0");
-        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
-        h[136..148].copy_from_slice(b"00000000000\0");
-        h[156] = kind;
-        h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        h[148..156].copy_from_slice(b"        ");
-        let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-        out.extend_from_slice(&h);
-        out.extend_from_slice(data);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
+    use soulbox_layer::testing::Tar;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("soulbox-archive-{name}-{}", std::process::id()));
@@ -202,8 +182,7 @@ mod tests {
         let d = tmp("hostile");
         let dst = d.join("dst");
         for (name, why) in [("top/../../escape.txt", "`..`"), ("/tmp/soulbox-abs-test.txt", "absolute")] {
-            let mut buf = Vec::new();
-            raw(&mut buf, name, b'0', "", b"pwned");
+            let buf = Tar::new().file(name, b"pwned").bytes();
             let err = unpack(&buf[..], &dst, false).unwrap_err().to_string();
             assert!(err.contains("refusing") && err.contains(why), "{err}");
         }
@@ -212,11 +191,12 @@ mod tests {
         // A link out of the destination, then a file written "through" it: the link is never made, so the file
         // lands in a real directory inside.
         let outside = d.join("outside");
-        let mut buf = Vec::new();
-        raw(&mut buf, "link", b'2', outside.to_str().unwrap(), b"");
-        raw(&mut buf, "link/pwned", b'0', "", b"pwned");
-        raw(&mut buf, "rel", b'2', "../outside", b"");
-        raw(&mut buf, "hard", b'1', "/etc/passwd", b"");
+        let buf = Tar::new()
+            .symlink("link", outside.to_str().unwrap())
+            .file("link/pwned", b"pwned")
+            .symlink("rel", "../outside")
+            .hardlink("hard", "/etc/passwd")
+            .bytes();
         let got = unpack(&buf[..], &dst, false).unwrap();
         assert_eq!(got.skipped.len(), 3, "{got:?}");
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside");
@@ -226,21 +206,16 @@ mod tests {
         // Links whose text stays inside but which climb out through another link of the archive.
         let chained = d.join("chained");
         std::fs::create_dir_all(&chained).unwrap();
-        let mut buf = Vec::new();
-        raw(&mut buf, "dot", b'2', ".", b"");
-        raw(&mut buf, "up", b'2', "dot/..", b"");
-        raw(&mut buf, "deep/up2", b'2', "../dot/dot/..", b"");
+        let buf = Tar::new().symlink("dot", ".").symlink("up", "dot/..").symlink("deep/up2", "../dot/dot/..").bytes();
         let got = unpack(&buf[..], &chained, false).unwrap();
         assert_eq!((got.links, got.skipped.len()), (1, 2), "only `dot` is made: {got:?}");
         assert!(!chained.join("up").exists() && std::fs::symlink_metadata(chained.join("deep/up2")).is_err());
 
         // A symlink already in the destination is never followed either.
         std::os::unix::fs::symlink(&outside, dst.join("planted")).unwrap();
-        let mut buf = Vec::new();
-        raw(&mut buf, "planted/x", b'0', "", b"pwned");
+        let buf = Tar::new().file("planted/x", b"pwned").bytes();
         assert!(unpack(&buf[..], &dst, false).unwrap_err().to_string().contains("symlink"));
-        let mut buf = Vec::new();
-        raw(&mut buf, "planted", b'0', "", b"pwned");
+        let buf = Tar::new().file("planted", b"pwned").bytes();
         assert!(unpack(&buf[..], &dst, false).is_err(), "O_NOFOLLOW on the file itself");
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing written outside");
         std::fs::remove_dir_all(&d).unwrap();
