@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end proof of issue 4: a real `soulbox server` (runc, the in-process node runtime, the static envd) driven
 # by the official e2b Python SDK — pinned 2.45.1 (v1 create/connect paths) and the newest release (v2 paths) —
-# plus raw HTTP, through E2B_API_URL + E2B_SANDBOX_URL; then a server restart (kill -9) with a running and a paused
-# sandbox (test_restart.py, newest SDK); then cleanup through the API and a host leak check (also on failure).
+# plus raw HTTP, through E2B_API_URL + E2B_SANDBOX_URL; the official npm SDKs (tests/e2e/js: e2b,
+# @e2b/code-interpreter newest and pinned, @e2b/desktop); then a server restart (kill -9) with a running and a
+# paused sandbox (test_restart.py, newest SDK); then cleanup through the API and a host leak check (also on failure).
 #
 # Usage (as root: the node runtime needs mounts, netns, cgroups, nftables):
 #   tests/e2e/run.sh                      # both SDK versions
@@ -15,6 +16,7 @@
 #                                         finds before and after the tests. `rm -rf` it to start from scratch.
 #   SOULBOX_E2E_SKIP_BUILD=1              use the existing target/debug/soulbox and static envd
 #   SOULBOX_E2E_SKIP_JS=1                 skip the e2b npm SDK tests (tests/e2e/js)
+#   SOULBOX_E2E_ONLY_JS=1                 only the npm SDK tests: no Python venvs, pytest or restart phase
 #   SOULBOX_E2E_PREFIX=sbe2e, SOULBOX_E2E_POOL=10.213.0.0/16
 #                                         runtime prefix and address pool (to run beside another instance)
 #   PYTHON=python3                        interpreter for the venvs (shared with tests/compat)
@@ -49,6 +51,9 @@ ENVD="$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd"
 trap_suite_exit
 
 build_server_unless "${SOULBOX_E2E_SKIP_BUILD:-}"
+ONLY_JS="${SOULBOX_E2E_ONLY_JS:-}"
+[ -z "$ONLY_JS" ] || [ -z "${SOULBOX_E2E_SKIP_JS:-}" ] || die "SOULBOX_E2E_ONLY_JS and SOULBOX_E2E_SKIP_JS together run nothing"
+[ -z "$ONLY_JS" ] || VERSIONS=""
 for ver in $VERSIONS; do ensure_venv "$ver"; done
 
 # The fake outside world's HTTPS (tests/e2e/test_network.py): a CA of its own, which the server's egress gateway
@@ -113,6 +118,7 @@ done
 # The official e2b npm SDK through Node (tests/e2e/js, pinned in its package-lock.json).
 if [ -z "${SOULBOX_E2E_SKIP_JS:-}" ]; then
   log "e2b npm SDK against soulbox server $API_URL"
+  js_started="$SECONDS"
   rc=0
   (
     cd "$HERE/js"
@@ -123,8 +129,14 @@ if [ -z "${SOULBOX_E2E_SKIP_JS:-}" ]; then
     status=1
     summary+="  e2b npm SDK: FAILED (exit $rc)"$'\n'
   else
-    summary+="  e2b npm SDK: passed"$'\n'
+    summary+="  e2b npm SDK: passed ($((SECONDS - js_started)) s)"$'\n'
   fi
+fi
+
+if [ -n "$ONLY_JS" ]; then
+  log "e2e summary (npm SDKs only)"
+  printf '%s' "$summary"
+  exit "$status"
 fi
 
 # A server restart (kill -9) in the middle: running and paused sandboxes survive it (newest SDK).
