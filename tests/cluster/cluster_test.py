@@ -196,6 +196,8 @@ def main():
     assert len(call("GET", f"/sandboxes/{first[0]}/logs?limit=1", expect=200)[1]["logs"]) == 1
     assert call("GET", f"/sandboxes/{first[0]}/logs?start=32503680000000", expect=200)[1]["logs"] == []
 
+    admin_commands_on_the_database()
+
     log("drain: node3 gets no new sandboxes")
     assert json.loads(cli("nodes", "drain", "node3", "--json"))["status"] == "draining"
     more = [create()["sandboxID"] for _ in range(4)]
@@ -639,6 +641,38 @@ def node_api_refuses_strangers(node, sandbox_id):
     assert call("GET", f"/sandboxes/{sandbox_id}", expect=200)[1]["state"] == "running"
     templates = {t["templateID"] for t in call("GET", "/templates", expect=200)[1]}
     assert "base" in templates and "stolen" not in templates, templates
+
+
+def admin_commands_on_the_database():
+    """`soulbox keys`/`teams` open the database the server resolves (`--database-url`; in CI the shared
+    PostgreSQL), not a SQLite file in their own data dir: a key made there works against the running server at
+    once, and so does its revocation."""
+    log("admin commands on the server's database: keys create/list/revoke, teams list")
+    empty = f"{RUN_DIR}/admin-cli"
+    os.makedirs(empty, exist_ok=True)
+
+    def admin(*args):
+        r = subprocess.run([BIN, "--data-dir", empty, *args, "--database-url", DB_URL, "--json"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"soulbox {' '.join(args)}: exit {r.returncode}: {r.stderr}"
+        return json.loads(r.stdout)
+
+    def status_with(key):
+        req = urllib.request.Request(api_url + "/v2/sandboxes", headers={"X-API-Key": key})
+        try:
+            with OPENER.open(req, timeout=60) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    made = admin("keys", "create", "--name", "cli-on-the-database")
+    assert made["team"] == "default" and made["key"].startswith("e2b_"), made
+    assert status_with(made["key"]) == 200, "a key the CLI made is not known to the server"
+    assert any(k["id"] == made["id"] and not k["revoked"] for k in admin("keys", "list"))
+    assert any(t["name"] == "default" for t in admin("teams", "list"))
+    assert admin("keys", "revoke", made["id"])["revoked"] is True
+    assert status_with(made["key"]) == 401, "a key the CLI revoked still works"
+    assert not os.path.exists(f"{empty}/soulbox.db"), "the CLI opened a SQLite file of its own"
 
 
 def replicas(everything, gone):
