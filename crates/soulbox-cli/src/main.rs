@@ -97,6 +97,10 @@ pub(crate) struct ServerArgs {
     /// Pre-warmed network slots.
     #[arg(long, env = "SOULBOX_WARM_POOL")]
     warm_pool: Option<usize>,
+    /// Sandboxes booted ahead, per template: TEMPLATE=SIZE, comma-separated (replaces `[pool] booted`); a create
+    /// of the template's default sandbox takes one [default: none].
+    #[arg(long, env = "SOULBOX_BOOTED_POOL", value_delimiter = ',', value_parser = config::parse_booted_pool)]
+    booted_pool: Option<Vec<(String, usize)>>,
     /// Longest total lifetime a refresh may extend a sandbox to, in seconds [default: 86400].
     #[arg(long, env = "SOULBOX_MAX_LIFETIME_S")]
     max_lifetime_s: Option<i64>,
@@ -172,6 +176,12 @@ struct NodeArgs {
     envd_path: Option<PathBuf>,
     #[arg(long, env = "SOULBOX_WARM_POOL", default_value_t = 4)]
     warm_pool: usize,
+    /// Sandboxes booted ahead, per template: TEMPLATE=SIZE, comma-separated [default: none].
+    #[arg(long, env = "SOULBOX_BOOTED_POOL", value_delimiter = ',', value_parser = config::parse_booted_pool)]
+    booted_pool: Option<Vec<(String, usize)>>,
+    /// The most memory (MiB) booted sandboxes may hold [default: 4096]; 0: no bound.
+    #[arg(long, env = "SOULBOX_BOOTED_POOL_MEMORY_MB")]
+    booted_pool_memory_mb: Option<u64>,
     /// Name prefix of host objects; agents sharing a host need distinct prefixes and pools.
     #[arg(long, env = "SOULBOX_PREFIX", default_value = "sbx")]
     prefix: String,
@@ -219,6 +229,10 @@ impl NodeArgs {
             extra_runtimes: self.extra_runtimes.map(non_empty),
             envd_path: self.envd_path.unwrap_or_else(config::default_envd_path),
             warm_pool: self.warm_pool,
+            pool: config::PoolConfig {
+                booted: self.booted_pool.unwrap_or_default().into_iter().collect(),
+                memory_mb: self.booted_pool_memory_mb,
+            },
             prefix: self.prefix,
             user_namespaces: self.user_namespaces,
             userns_base: self.userns_base,
@@ -261,6 +275,13 @@ impl ServerArgs {
             max_lifetime_s: self.max_lifetime_s.or(file.max_lifetime_s).unwrap_or(24 * 3600),
             paused_retention_days: file.paused_retention_days.unwrap_or(30),
             warm_pool: self.warm_pool.or(file.warm_pool).unwrap_or(4),
+            pool: {
+                let mut pool = file.pool.unwrap_or_default();
+                if let Some(booted) = self.booted_pool {
+                    pool.booted = booted.into_iter().collect();
+                }
+                pool
+            },
             network_pool: self.network_pool.or(file.network_pool).unwrap_or_else(|| "10.77.0.0/16".into()),
             prefix: self.prefix.or(file.prefix).unwrap_or_else(|| "sbx".into()),
             user_namespaces: self.user_namespaces.or(file.user_namespaces).unwrap_or(true),

@@ -49,6 +49,13 @@ pub struct RuntimeConfig {
     pub egress_trusted_ca: Option<PathBuf>,
     /// Network slots (netns + veth + IP) prepared ahead of time.
     pub pool_size: usize,
+    /// Sandboxes booted ahead per template name, at most this many each (`lifecycle/booted.rs`): a create of
+    /// the template's default sandbox takes one. Empty: none.
+    #[serde(default)]
+    pub booted_pool: std::collections::BTreeMap<String, usize>,
+    /// The most memory (MiB, the sum of their memory limits) booted pooled sandboxes may hold; 0: no bound.
+    #[serde(default)]
+    pub booted_pool_memory_mb: u64,
     /// Time to wait for envd readiness.
     pub ready_timeout_ms: u64,
     /// Set no_new_privs on sandbox processes. Off by default: E2B users need `sudo` (setuid).
@@ -170,6 +177,8 @@ impl RuntimeConfig {
             egress_ca: None,
             egress_trusted_ca: None,
             pool_size: 0,
+            booted_pool: Default::default(),
+            booted_pool_memory_mb: 4096,
             ready_timeout_ms: 10_000,
             no_new_privileges: false,
             // envd sets every process it starts to oom_score_adj 100 before exec, so an OOM inside the

@@ -23,6 +23,7 @@ mod addresses;
 mod death;
 pub use addresses::Endpoint;
 mod boot;
+mod booted;
 mod close;
 mod drivers;
 mod open;
@@ -76,6 +77,8 @@ pub(crate) struct Inner {
     pub secrets: std::sync::RwLock<HashMap<String, EnvdSecret>>,
     pub pool: std::sync::Mutex<VecDeque<(String, NetLease)>>,
     pub refilling: std::sync::atomic::AtomicBool,
+    /// Sandboxes booted ahead per template (`lifecycle/booted.rs`).
+    pub booted: booted::BootedPool,
     pub _lock: std::fs::File,
 }
 
@@ -233,7 +236,7 @@ impl Inner {
     }
 
     /// Disk limit of a sandbox (MiB, 0 = none): spec, else template, else the node default.
-    fn disk_limit_mb(&self, spec: &SandboxSpec, meta: &TemplateMeta) -> u64 {
+    pub(crate) fn disk_limit_mb(&self, spec: &SandboxSpec, meta: &TemplateMeta) -> u64 {
         spec.disk_mb.or(meta.disk_mb).unwrap_or(self.cfg.default_disk_mb)
     }
 
@@ -323,6 +326,10 @@ impl Runtime {
         let meta: TemplateMeta = inner.store.get(&spec.template)?;
         let driver = inner.drivers.named(spec.runtime.as_deref().or(meta.runtime.as_deref()))?;
         inner.check_layers_fit(driver)?;
+        if let Some(info) = inner.create_from_booted(&spec, &meta, driver).await {
+            let _refill = RefillOnDrop(inner);
+            return Ok(info);
+        }
         let claimed = inner.claim_slot(driver, spec.sandbox_id.as_deref()).await;
         // Refill after this create, not during it: on a busy node the refill's work (netns, mkfs
         // and mount of a disk image) would otherwise compete with the create it was triggered by.

@@ -25,6 +25,8 @@ pub struct FileConfig {
     /// Days a paused sandbox is kept before it is deleted [default: 30] (E2B keeps paused sandboxes long).
     pub paused_retention_days: Option<u32>,
     pub warm_pool: Option<usize>,
+    /// `[pool]`: sandboxes booted ahead per template (`booted = { base = 2 }`) and their memory budget.
+    pub pool: Option<PoolConfig>,
     pub network_pool: Option<String>,
     /// Name prefix of the node's host objects (netns `<prefix>-<id>`, veths, nft table, cgroup parent).
     pub prefix: Option<String>,
@@ -77,6 +79,26 @@ pub struct FileConfig {
     pub volumes_shared: Option<bool>,
 }
 
+/// `[pool]` of the config file: pre-booted sandboxes (`soulbox_runtime::RuntimeConfig::booted_pool`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct PoolConfig {
+    /// Template name -> most sandboxes of it kept booted (the pool grows with the creates of the last minute up
+    /// to this) [default: none]. A create of the template's default sandbox takes one (~10 ms instead of a boot).
+    #[serde(default)]
+    pub booted: std::collections::BTreeMap<String, usize>,
+    /// The most memory (MiB, sum of the pooled sandboxes' memory limits) the pool may hold [default: 4096];
+    /// 0: no bound.
+    pub memory_mb: Option<u64>,
+}
+
+/// `--booted-pool base=2,other=1`: template name and size.
+pub fn parse_booted_pool(raw: &str) -> anyhow::Result<(String, usize)> {
+    let (name, n) = raw.split_once('=').ok_or_else(|| anyhow::anyhow!("{raw:?} is not TEMPLATE=SIZE"))?;
+    let n = n.trim().parse().map_err(|e| anyhow::anyhow!("{raw:?}: the size is not a number: {e}"))?;
+    Ok((name.trim().to_string(), n))
+}
+
 /// `userns_mode`'s values (the runtime's type), for the CLI.
 pub use soulbox_runtime::userns::UsernsMode;
 /// The `[templates]` section lives with the engine it configures.
@@ -107,6 +129,8 @@ pub struct ServerConfig {
     /// Days a paused sandbox is kept (see [`FileConfig::paused_retention_days`]).
     pub paused_retention_days: u32,
     pub warm_pool: usize,
+    /// See [`PoolConfig`].
+    pub pool: PoolConfig,
     /// `a.b.c.d/len`
     pub network_pool: String,
     /// Runtime name prefix (2-5 chars [a-z0-9], starting with a letter); default `sbx`. Two servers on one
@@ -187,6 +211,18 @@ mod tests {
         assert!(toml::from_str::<FileConfig>("userns_mode = \"shard\"\n").is_err());
         assert_eq!(parse_cidr("10.77.0.0/16").unwrap().1, 16);
         assert!(parse_cidr("10.77.0.0").is_err());
+    }
+
+    #[test]
+    fn pool_section_and_flag() {
+        let c: FileConfig = toml::from_str("[pool]\nbooted = { base = 2, \"code-interpreter-v1\" = 1 }\n").unwrap();
+        let pool = c.pool.unwrap();
+        assert_eq!((pool.booted["base"], pool.booted["code-interpreter-v1"], pool.memory_mb), (2, 1, None));
+        let c: FileConfig = toml::from_str("[pool]\nmemory_mb = 512\n").unwrap();
+        assert!(c.pool.as_ref().unwrap().booted.is_empty() && c.pool.unwrap().memory_mb == Some(512));
+        assert!(toml::from_str::<FileConfig>("[pool]\nbooted_size = 1\n").is_err());
+        assert_eq!(parse_booted_pool("base=3").unwrap(), ("base".to_string(), 3));
+        assert!(parse_booted_pool("base").is_err() && parse_booted_pool("base=x").is_err());
     }
 
     #[test]

@@ -453,6 +453,8 @@ pub struct NodeSettings {
     pub extra_runtimes: Option<Vec<String>>,
     pub envd_path: std::path::PathBuf,
     pub warm_pool: usize,
+    /// Sandboxes booted ahead (`--booted-pool`).
+    pub pool: crate::config::PoolConfig,
     pub prefix: String,
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
@@ -508,6 +510,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         extra_runtimes: settings.extra_runtimes.clone(),
         envd_path: &settings.envd_path,
         warm_pool: settings.warm_pool,
+        pool: settings.pool.clone(),
         default_disk_mb: None,
         prefix: settings.prefix.clone(),
         user_namespaces: settings.user_namespaces,
@@ -538,5 +541,6 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         }
         anyhow::bail!("building the base template: {}", e.message);
     }
+    node.runtime().refill_booted();
     serve(Agent::new(node, settings.agent), crate::server::shutdown_signal()).await
 }

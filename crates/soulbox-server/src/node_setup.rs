@@ -19,6 +19,8 @@ pub struct RuntimeSettings<'a> {
     pub extra_runtimes: Option<Vec<String>>,
     pub envd_path: &'a Path,
     pub warm_pool: usize,
+    /// Sandboxes booted ahead (`[pool]`).
+    pub pool: crate::config::PoolConfig,
     pub default_disk_mb: Option<u64>,
     pub prefix: String,
     pub user_namespaces: bool,
@@ -48,6 +50,10 @@ pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_r
         )
     })?;
     config.pool_size = settings.warm_pool;
+    config.booted_pool = settings.pool.booted;
+    if let Some(mb) = settings.pool.memory_mb {
+        config.booted_pool_memory_mb = mb;
+    }
     if let Some(mb) = settings.default_disk_mb {
         config.default_disk_mb = mb;
     }
@@ -96,6 +102,7 @@ mod tests {
             extra_runtimes: Some(vec![]),
             envd_path,
             warm_pool: 2,
+            pool: crate::config::PoolConfig { booted: [("base".into(), 3)].into(), memory_mb: Some(1024) },
             default_disk_mb: Some(512),
             prefix: "sx".into(),
             user_namespaces: true,
@@ -109,6 +116,7 @@ mod tests {
         };
         let config = runtime_config(settings(&envd)).unwrap();
         assert_eq!((config.pool_size, config.default_disk_mb, config.pool_prefix_len), (2, 512, 16));
+        assert_eq!((config.booted_pool["base"], config.booted_pool_memory_mb), (3, 1024));
         let missing = runtime_config(settings(&dir.path().join("nope"))).unwrap_err();
         assert!(format!("{missing:#}").contains("scripts/build-envd.sh"), "{missing:#}");
     }

@@ -345,6 +345,7 @@ async fn open_local_node(
         extra_runtimes: config.extra_runtimes.clone(),
         envd_path: &config.envd_path,
         warm_pool: config.warm_pool,
+        pool: config.pool.clone(),
         default_disk_mb: config.default_disk_mb,
         prefix: config.prefix.clone(),
         user_namespaces: config.user_namespaces,
@@ -366,6 +367,8 @@ async fn open_local_node(
     match node.ensure_base_template().await {
         Ok(took) => {
             eprintln!("base template ready in {} ms", took.as_millis());
+            // Built now (or found): the booted pool can boot it.
+            node.runtime().refill_booted();
             Ok(node)
         }
         Err(f) => {

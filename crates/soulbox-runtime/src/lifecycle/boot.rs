@@ -72,10 +72,14 @@ impl Inner {
         let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
             return Err(Error::Invalid("record without template/spec".into()));
         };
-        let init = crate::envd_start::with_egress_ca(
+        let mut init = crate::envd_start::with_egress_ca(
             crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns),
             self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
         );
+        // A booted pool's sandbox waits for its identity (`booted.rs`).
+        if rec.status == crate::spec::Status::Pooled {
+            init.pooled = Some(true);
+        }
         let proc_view = self.proc_view_binds(id, driver);
         let cpu_count = spec.cpu_count.unwrap_or(meta.cpu_count);
         let params = BundleParams {

@@ -103,6 +103,7 @@ impl Runtime {
             secrets: Default::default(),
             pool: Default::default(),
             refilling: Default::default(),
+            booted: Default::default(),
             _lock: lock,
             cfg,
         });
@@ -126,6 +127,8 @@ impl Runtime {
         if inner.cfg.pool_size > 0 {
             inner.fill_pool().await?;
         }
+        // In the background: an open does not wait for boots (and a template may not be built yet).
+        inner.spawn_booted_refill();
         *inner.fw_watch.lock().unwrap_or_else(|e| e.into_inner()) = Some(firewall::watch::spawn(inner.fw.clone()));
         let serving = inner.serving.clone();
         let sandbox_of: crate::gateway::SandboxOf = Box::new(move |ip| {

@@ -112,11 +112,12 @@ impl Inner {
 }
 
 impl Runtime {
-    /// Release all prepared pool slots.
+    /// Release all prepared pool slots and booted pooled sandboxes.
     pub async fn drain_pool(&self) -> Result<()> {
+        let booted = self.drain_booted().await;
         loop {
             let slot = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-            let Some((id, _)) = slot else { return Ok(()) };
+            let Some((id, _)) = slot else { return booted };
             self.inner.release(&id, false).await?;
         }
     }
@@ -135,5 +136,6 @@ impl Drop for RefillOnDrop<'_> {
         if self.0.cfg.pool_size > 0 && tokio::runtime::Handle::try_current().is_ok() {
             self.0.spawn_refill();
         }
+        self.0.spawn_booted_refill();
     }
 }

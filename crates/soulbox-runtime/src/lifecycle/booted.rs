@@ -1,0 +1,350 @@
+//! The booted pool: sandboxes of a template already running, envd listening, handed out by `create` with a
+//! fresh identity (issue 18 goal 1).
+//!
+//! A pooled sandbox boots as the template's default sandbox (its cpu, memory and disk, no volumes, the open
+//! network policy) with an envd start configuration that holds no user data: its id (never shown to anyone
+//! before its claim, so it is as fresh as a cold create's), the template's environment, and a secret of its
+//! own that only this node knows. It is in none of the runtime's maps (`sandboxes`, `serving`, `secrets`): no
+//! list, get, proxy route or metrics sees it. A create that fits (same template, the defaults, no wanted id, the
+//! default OCI runtime) takes one: the user's network policy goes on its firewall, then envd gets the real
+//! start configuration through its claim route (`envd_init::CLAIM_PATH`, under the pool's secret), which
+//! swaps the secret — the pool's stops working — and replaces envd's configuration as a whole. Everything else
+//! goes the cold path.
+//!
+//! Records of pooled sandboxes say `Pooled`; an open after a crash collects them like pool slots
+//! (`reconcile.rs`), and `close`/`destroy_all` drain them (`Runtime::drain_pool`).
+use super::{Inner, Runtime};
+use crate::config::ENVD_PORT;
+use crate::driver::Driver;
+use crate::envd_secret::EnvdSecret;
+use crate::error::{Error, Result};
+use crate::network::NetLease;
+use crate::record::Record;
+use crate::spec::{NetworkPolicy, SandboxInfo, SandboxSpec, Status};
+use crate::template::TemplateMeta;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// How far back create demand counts for a template's pool size.
+const DEMAND_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a claim waits for envd's answer.
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A booted pooled sandbox: its record (status `Pooled`, the pool's secret) and its network.
+pub(crate) struct Ready {
+    rec: Record,
+    lease: NetLease,
+}
+
+/// The booted pool's state (in [`Inner`]).
+#[derive(Default)]
+pub(crate) struct BootedPool {
+    ready: std::sync::Mutex<HashMap<String, VecDeque<Ready>>>,
+    /// When creates that fit a pooled template asked, per template (the last [`DEMAND_WINDOW`]).
+    demand: std::sync::Mutex<HashMap<String, VecDeque<Instant>>>,
+    refilling: AtomicBool,
+    /// Counters for tests and benches: creates served from the pool, and those that fit but found it empty.
+    pub hits: std::sync::atomic::AtomicU64,
+    pub misses: std::sync::atomic::AtomicU64,
+}
+
+impl BootedPool {
+    fn lock_ready(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Ready>>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records one create that fits `template`'s pool and drops demand older than the window.
+    fn note_demand(&self, template: &str) {
+        let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
+        let times = demand.entry(template.to_string()).or_default();
+        times.push_back(Instant::now());
+        if times.len() > 100_000 {
+            times.pop_front();
+        }
+    }
+
+    /// How many of `template` the pool should hold now: one more than the creates of the last minute, at most
+    /// `max` (so an idle node keeps one warm and a busy one grows up to its configured size).
+    fn target(&self, template: &str, max: usize) -> usize {
+        let mut demand = self.demand.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = demand.get_mut(template).map_or(0, |times| {
+            while times.front().is_some_and(|t| t.elapsed() > DEMAND_WINDOW) {
+                times.pop_front();
+            }
+            times.len()
+        });
+        max.min(recent + 1)
+    }
+}
+
+impl Inner {
+    /// Whether a create of `spec` may take a pooled sandbox of `meta` on `driver`: only the template's default
+    /// sandbox (what the pool booted), on the default runtime, with a new id and no volumes.
+    fn fits_booted_pool(&self, spec: &SandboxSpec, meta: &TemplateMeta, driver: &Driver) -> bool {
+        self.cfg.booted_pool.get(&spec.template).is_some_and(|&n| n > 0)
+            && std::ptr::eq(driver, self.drivers.default())
+            && spec.sandbox_id.is_none()
+            && spec.volumes.is_empty()
+            && spec.pids_limit.is_none()
+            && spec.cpu_count.is_none_or(|c| c == meta.cpu_count)
+            && spec.memory_mb.is_none_or(|m| m == meta.memory_mb)
+            && self.disk_limit_mb(spec, meta) == self.disk_limit_mb(&SandboxSpec::new(&meta.name), meta)
+    }
+
+    /// Hands out a pooled sandbox for `spec` if one fits, with the create's identity; `None`: go the cold path
+    /// (no fit, the pool is empty, or the claim failed — the failed sandbox is gone then).
+    pub(super) async fn create_from_booted(
+        self: &Arc<Self>,
+        spec: &SandboxSpec,
+        meta: &TemplateMeta,
+        driver: &Driver,
+    ) -> Option<SandboxInfo> {
+        if !self.fits_booted_pool(spec, meta, driver) {
+            return None;
+        }
+        self.booted.note_demand(&spec.template);
+        loop {
+            let ready = self.booted.lock_ready().get_mut(&spec.template).and_then(VecDeque::pop_front);
+            let Some(ready) = ready else {
+                self.booted.misses.fetch_add(1, Ordering::Relaxed);
+                return None;
+            };
+            // Booted from an older build of the template: not what this create asks for.
+            if ready.rec.template.as_ref() != Some(meta) {
+                self.discard(ready.rec.id);
+                continue;
+            }
+            let id = ready.rec.id.clone();
+            match self.claim_booted(ready, spec.clone()).await {
+                Ok(info) => {
+                    self.booted.hits.fetch_add(1, Ordering::Relaxed);
+                    return Some(info);
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "claiming a pooled sandbox failed; creating one cold");
+                    if let Err(e) = self.release(&id, false).await {
+                        tracing::error!(sandbox = %id, error = %e, "release of a pooled sandbox whose claim failed");
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Gives `ready` the create's identity: record, firewall, then envd (whose pool secret stops working).
+    async fn claim_booted(&self, ready: Ready, spec: SandboxSpec) -> Result<SandboxInfo> {
+        let Ready { mut rec, lease } = ready;
+        let id = rec.id.clone();
+        let dir = self.dir(&id);
+        let pool_secret =
+            rec.envd_secret.take().ok_or_else(|| Error::Invalid("pooled sandbox without secret".into()))?;
+        let Some(meta) = rec.template.clone() else {
+            return Err(Error::Invalid("pooled sandbox without template".into()));
+        };
+        let secret = EnvdSecret::generate();
+        let policy = spec.network.clone();
+        let init = crate::envd_start::with_egress_ca(
+            crate::envd_start::start_configuration(&id, &meta, &spec, Some(&secret), lease.ip, &self.cfg.dns),
+            self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
+        );
+        // (the CA itself was installed at the pool boot, by this node: only its variables are the create's)
+        let init = soulbox_protocol::envd_init::InitRequest { egress_ca: None, ..init };
+        rec.spec = Some(spec);
+        rec.envd_secret = Some(secret);
+        rec.status = Status::Creating;
+        // From here the record names the real secret: a crash mid-claim leaves a `Creating` record, collected.
+        rec.save(&dir)?;
+        // The user's rules before the user's first request can reach the sandbox.
+        if policy != NetworkPolicy::open() {
+            self.fw.apply_policy(&id, &lease, &policy).await?;
+        }
+        envd_claim(lease.ip, &pool_secret, &init).await?;
+        rec.status = Status::Running;
+        rec.save(&dir)?;
+        let info = super::info_of(&rec, Some(&lease));
+        self.remember(&rec);
+        self.serve(&id, lease.ip, self.drivers.default());
+        self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
+        Ok(info)
+    }
+
+    /// Releases a pooled sandbox in the background.
+    fn discard(self: &Arc<Self>, id: String) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.release(&id, false).await {
+                tracing::warn!(sandbox = %id, error = %e, "releasing a stale pooled sandbox");
+            }
+        });
+    }
+
+    /// Starts one background refill of the booted pool unless one runs.
+    pub fn spawn_booted_refill(self: &Arc<Self>) {
+        if self.cfg.booted_pool.values().all(|&n| n == 0) || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if self.booted.refilling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            me.fill_booted().await;
+            me.booted.refilling.store(false, Ordering::SeqCst);
+        });
+    }
+
+    /// Boots pooled sandboxes, one at a time (a boot is the work a create would compete with), until every
+    /// template holds its target or the memory budget is spent; shrinks templates over their target.
+    async fn fill_booted(self: &Arc<Self>) {
+        // Templates that cannot be booted now (not built yet, another runtime) are skipped until the next fill.
+        let mut skip: Vec<String> = Vec::new();
+        loop {
+            let (held_mb, counts) = {
+                let ready = self.booted.lock_ready();
+                let held: u64 =
+                    ready.values().flatten().filter_map(|r| r.rec.template.as_ref()).map(|m| m.memory_mb).sum();
+                let counts: HashMap<String, usize> = ready.iter().map(|(t, q)| (t.clone(), q.len())).collect();
+                (held, counts)
+            };
+            let mut next = None;
+            for (template, &max) in &self.cfg.booted_pool {
+                let have = counts.get(template).copied().unwrap_or(0);
+                let target = self.booted.target(template, max);
+                if have > target {
+                    let extra = self.booted.lock_ready().get_mut(template).and_then(VecDeque::pop_back);
+                    if let Some(extra) = extra {
+                        let _ = self.release(&extra.rec.id, false).await;
+                    }
+                } else if have < target && !skip.contains(template) && next.is_none() {
+                    next = Some(template.clone());
+                }
+            }
+            let Some(template) = next else { return };
+            let meta = match self.store.get(&template) {
+                Ok(meta) => meta,
+                Err(_) => {
+                    skip.push(template);
+                    continue;
+                }
+            };
+            let budget = self.cfg.booted_pool_memory_mb;
+            let driver = self.drivers.named(meta.runtime.as_deref());
+            let default_runtime = driver.is_ok_and(|d| std::ptr::eq(d, self.drivers.default()));
+            if (budget > 0 && held_mb + meta.memory_mb > budget) || !default_runtime {
+                skip.push(template);
+                continue;
+            }
+            match self.boot_pooled(meta).await {
+                Ok(ready) => self.booted.lock_ready().entry(template).or_default().push_back(ready),
+                Err(e) => {
+                    tracing::warn!(template = %template, error = %e, "booting a pooled sandbox failed");
+                    skip.push(template);
+                }
+            }
+        }
+    }
+
+    /// Boots one sandbox of `meta` for the pool.
+    async fn boot_pooled(self: &Arc<Self>, meta: TemplateMeta) -> Result<Ready> {
+        let driver = self.drivers.default();
+        let (id, lease, open_fw) = self.claim_slot(driver, None).await?;
+        let dir = self.dir(&id);
+        let spec = SandboxSpec::new(&meta.name);
+        let disk_mb = self.disk_limit_mb(&spec, &meta);
+        let rec = Record {
+            id: id.clone(),
+            status: Status::Pooled,
+            template: Some(meta),
+            spec: Some(spec),
+            envd_secret: Some(EnvdSecret::generate()),
+        };
+        let res = async {
+            rec.save(&dir)?;
+            self.disk.fit_pooled(&dir, disk_mb)?;
+            if !open_fw {
+                self.fw.apply_policy(&id, &lease, &NetworkPolicy::open()).await?;
+            }
+            self.boot(&rec, &lease).await
+        }
+        .await;
+        if let Err(e) = res {
+            let _ = self.release(&id, false).await;
+            return Err(e);
+        }
+        Ok(Ready { rec, lease })
+    }
+}
+
+/// `POST CLAIM_PATH` to the envd at `ip`, under the pool's secret.
+async fn envd_claim(
+    ip: std::net::Ipv4Addr,
+    pool_secret: &EnvdSecret,
+    init: &soulbox_protocol::envd_init::InitRequest,
+) -> Result<()> {
+    use http_body_util::BodyExt;
+    let failed = |what: String| Error::Invalid(format!("claim of the pooled envd at {ip}: {what}"));
+    let body = serde_json::to_vec(init).map_err(|e| failed(e.to_string()))?;
+    let call = async {
+        let stream = tokio::net::TcpStream::connect((ip, ENVD_PORT)).await.map_err(|e| failed(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        tokio::spawn(conn);
+        let request = http::Request::post(soulbox_protocol::envd_init::CLAIM_PATH)
+            .header(http::header::HOST, format!("{ip}:{ENVD_PORT}"))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(soulbox_protocol::envd_secret::HEADER, pool_secret.expose())
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .map_err(|e| failed(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(|e| failed(e.to_string()))?;
+        let status = response.status();
+        if status != http::StatusCode::NO_CONTENT {
+            let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(failed(format!("{status}: {}", String::from_utf8_lossy(&text))));
+        }
+        Ok(())
+    };
+    tokio::time::timeout(CLAIM_TIMEOUT, call).await.map_err(|_| failed("timed out".into()))?
+}
+
+impl Runtime {
+    /// Release every booted pooled sandbox.
+    pub(super) async fn drain_booted(&self) -> Result<()> {
+        let all: Vec<Ready> = self.inner.booted.lock_ready().drain().flat_map(|(_, q)| q).collect();
+        let mut first = None;
+        for ready in all {
+            if let Err(e) = self.inner.release(&ready.rec.id, false).await {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// How many booted sandboxes of `template` the pool holds now.
+    pub fn booted_len(&self, template: &str) -> usize {
+        self.inner.booted.lock_ready().get(template).map_or(0, VecDeque::len)
+    }
+
+    /// Creates served from the booted pool and creates that fitted it but found it empty, since open.
+    pub fn booted_hits_misses(&self) -> (u64, u64) {
+        (self.inner.booted.hits.load(Ordering::Relaxed), self.inner.booted.misses.load(Ordering::Relaxed))
+    }
+
+    /// Fill the booted pool now, in the background (after a template it holds was built, e.g. `base`).
+    pub fn refill_booted(&self) {
+        self.inner.spawn_booted_refill();
+    }
+
+    /// Fill the booted pool and wait until it holds its targets (tests, benches).
+    pub async fn fill_booted_now(&self) {
+        while self.inner.booted.refilling.swap(true, Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.inner.fill_booted().await;
+        self.inner.booted.refilling.store(false, Ordering::SeqCst);
+    }
+}
