@@ -31,6 +31,8 @@ mod observability_tests;
 pub mod prom;
 pub mod proxy;
 #[cfg(test)]
+mod proxy_cache_tests;
+#[cfg(test)]
 mod proxy_ingress_tests;
 #[cfg(test)]
 mod proxy_secret_tests;
@@ -39,6 +41,7 @@ mod proxy_tests;
 #[cfg(test)]
 mod replica_tests;
 pub mod reply;
+pub mod route_cache;
 pub mod secret_box;
 pub mod serve;
 #[cfg(test)]

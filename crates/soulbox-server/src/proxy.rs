@@ -20,16 +20,14 @@ use crate::upstream::UpstreamClient;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
-use http_body_util::BodyExt;
 use soulbox_protocol::ENVD_PORT;
 use soulbox_protocol::api::{SandboxState, TRAFFIC_ACCESS_TOKEN_HEADER};
 use soulbox_protocol::envd_secret;
 use soulbox_protocol::signature::{Operation, SignedQuery};
 use soulbox_runtime::EnvdSecret;
 
-use crate::client_socket::{ClientSocket, reset_on_close};
+use crate::client_socket::ClientSocket;
 use crate::cluster::Route;
 use crate::cluster::wire::{HOST_HEADER, SECRET_HEADER};
 use crate::lifecycle::Lifecycle;
@@ -108,6 +106,8 @@ pub struct Proxy {
     lifecycle: Arc<Lifecycle>,
     signed: SignedRouter,
     client: UpstreamClient,
+    /// Running sandboxes' records, so that most requests need no store query.
+    routes: crate::route_cache::RouteCache,
     /// Largest request body passed on to a sandbox (`[http] max_proxy_body_mb`).
     max_body: u64,
 }
@@ -130,6 +130,7 @@ impl Proxy {
             lifecycle,
             signed,
             client: http_client(),
+            routes: Default::default(),
             max_body: crate::serve::HttpSettings::default().max_proxy_body_bytes,
         }
     }
@@ -163,9 +164,20 @@ impl Proxy {
     }
 
     async fn forward_unlimited(&self, target: Target, request: Request) -> Response {
-        let (record, port) = match target {
-            Target::Sandbox { id, port } => {
-                let Ok(record) = self.lifecycle.store().get_sandbox(&id).await else { return not_found(&id) };
+        // A running sandbox reached directly is usually in the route cache (no store query); else the store says.
+        let cached = match &target {
+            Target::Sandbox { id, .. } => self.routes.get(id),
+            Target::BySignature => None,
+        };
+        let (record, port, cached_liveness) = match (target, cached) {
+            (Target::Sandbox { id, port }, cached) => {
+                let (record, live) = match cached {
+                    Some((record, live)) => (record, Some(live)),
+                    None => match self.lifecycle.store().get_sandbox(&id).await {
+                        Ok(record) => (Arc::new(record), None),
+                        Err(_) => return not_found(&id),
+                    },
+                };
                 // Before anything else, waking a paused sandbox included: a stranger gets nothing from a private one.
                 if !crate::ingress::admits(&record.ingress, port, request.headers()) {
                     tracing::debug!(sandbox = %id, port, "proxy: refused a request without the traffic access token");
@@ -174,27 +186,41 @@ impl Proxy {
                         format!("sandbox {id} is private: its ports need the {TRAFFIC_ACCESS_TOKEN_HEADER} header"),
                     );
                 }
-                match self.running(record).await {
-                    Some(r) => (r, port),
-                    None => return not_found(&id),
+                if live.is_some() {
+                    (record, port, live)
+                } else {
+                    match self.running(Arc::unwrap_or_clone(record)).await {
+                        Some(r) => (Arc::new(r), port, None),
+                        None => return not_found(&id),
+                    }
                 }
             }
-            Target::BySignature => match self
+            (Target::BySignature, _) => match self
                 .sandbox_by_signature(request.method().clone(), request.uri().clone())
                 .await
             {
-                Some(r) => (r, ENVD_PORT),
+                Some(r) => (Arc::new(r), ENVD_PORT, None),
                 None => {
                     return crate::reply::error(StatusCode::UNAUTHORIZED, "invalid signature: no sandbox matches it");
                 }
             },
         };
+        let hit = cached_liveness.is_some();
         // None while the sandbox is being killed or paused: its envd is going away.
-        let Some(liveness) = self.lifecycle.streams().serving(&record.id) else { return not_found(&record.id) };
+        let liveness = match cached_liveness {
+            Some(live) => live,
+            None => match self.lifecycle.streams().serving(&record.id) {
+                Some(live) => live,
+                None => return not_found(&record.id),
+            },
+        };
         let upstream = match self.lifecycle.nodes().route(&record.node_id).await {
             // The node says where the sandbox is (not the record): a sandbox that died or was removed there gets
             // no traffic, even while a record still names its old address.
             Some(Route::Direct) => {
+                if !hit {
+                    self.remember(&record, &liveness).await;
+                }
                 let recorded = record.address.as_deref().and_then(|a| a.parse().ok());
                 let Ok(node) = self.lifecycle.node_of(&record).await else { return not_found(&record.id) };
                 let Some(target) = node.traffic_address(&record.id, recorded).await else {
@@ -244,6 +270,17 @@ impl Proxy {
         };
         forward_to(&self.client, upstream, liveness, request).await
     }
+
+    /// Caches the sandbox's route for the next requests ([`crate::route_cache`]): from a record read again now
+    /// that `liveness` is held — the one read before it may predate a stop that has finished since.
+    async fn remember(&self, record: &SandboxRecord, liveness: &tokio_util::sync::CancellationToken) {
+        let read_at = std::time::Instant::now();
+        let Ok(now) = self.lifecycle.store().get_sandbox(&record.id).await else { return };
+        if now.state == SandboxState::Running && now.node_id == record.node_id && !liveness.is_cancelled() {
+            self.routes.insert(Arc::new(now), liveness.clone(), read_at);
+        }
+    }
+
     /// The sandbox's record if it can take traffic now (waking it when paused with auto-resume).
     async fn running(&self, record: SandboxRecord) -> Option<SandboxRecord> {
         match record.state {
@@ -418,36 +455,7 @@ pub async fn forward_to(
     parts.headers.remove(envd_secret::HEADER);
     // Cut the body when the sandbox stops: an error mid-body makes hyper drop the connection without a
     // clean end, which is what E2B clients recognise as a killed sandbox.
-    let frames =
-        futures::stream::unfold((body.into_data_stream(), liveness, false), move |(mut body, live, done)| async move {
-            if done {
-                return None;
-            }
-            tokio::select! {
-                chunk = body.next() => match chunk {
-                    Some(Ok(data)) => Some((Ok(data), (body, live, false))),
-                    // The upstream broke off (envd died, or the node agent cut the stream because the sandbox stopped
-                    // there): pass the break on the same way.
-                    Some(Err(e)) => {
-                        if let Some(socket) = socket {
-                            reset_on_close(socket);
-                        }
-                        Some((Err(std::io::Error::other(e)), (body, live, true)))
-                    }
-                    None => None,
-                },
-                _ = live.cancelled() => {
-                    if let Some(socket) = socket {
-                        reset_on_close(socket);
-                    }
-                    Some((
-                        Err(std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")),
-                        (body, live, true),
-                    ))
-                }
-            }
-        });
-    Response::from_parts(parts, Body::from_stream(frames.boxed()))
+    Response::from_parts(parts, Body::new(crate::stream_cut::CutBody::new(body, liveness, socket)))
 }
 
 /// Whether `path` names envd's `/init`, however it is spelled (percent-encoded, repeated or trailing slashes,

@@ -3,9 +3,16 @@
 //! sandbox (the lifecycle on kill, pause and timeout, a node agent on its node's kill and pause) cancels it.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, ready};
 
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::client_socket::{ClientSocket, reset_on_close};
 
 /// The live streams of every sandbox, and which sandboxes are being stopped.
 #[derive(Debug, Default)]
@@ -46,6 +53,85 @@ impl StreamCuts {
 
     pub fn done_stopping(&self, id: &str) {
         self.stopping.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+}
+
+/// A proxied response body that breaks off when its sandbox's streams are cut, or when the upstream breaks off
+/// mid-body; either way an HTTP/1 client connection is reset (not closed cleanly), which E2B clients read as a
+/// killed sandbox. Data passes through as it comes: the cut token is checked with an atomic load per chunk and
+/// only waited on (a waker registered) while the upstream has nothing to give, so a fast download costs no
+/// allocation or lock per chunk. Trailers are dropped, as they were by the body's data stream before.
+pub struct CutBody<B> {
+    inner: B,
+    liveness: CancellationToken,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
+    socket: Option<ClientSocket>,
+    done: bool,
+}
+
+impl<B> CutBody<B> {
+    pub fn new(inner: B, liveness: CancellationToken, socket: Option<ClientSocket>) -> Self {
+        let cancelled = Box::pin(liveness.clone().cancelled_owned());
+        CutBody { inner, liveness, cancelled, socket, done: false }
+    }
+
+    fn break_off(&mut self, error: std::io::Error) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.done = true;
+        if let Some(socket) = self.socket {
+            reset_on_close(socket);
+        }
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+fn stopped() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "sandbox stopped")
+}
+
+impl<B> Body for CutBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.liveness.is_cancelled() {
+                return this.break_off(stopped());
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) if frame.is_data() => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Ok(_trailers))) => continue,
+                // The upstream broke off (envd died, or the node agent cut the stream because the sandbox stopped
+                // there): pass the break on the same way.
+                Poll::Ready(Some(Err(e))) => return this.break_off(std::io::Error::other(e.into())),
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => {
+                    ready!(this.cancelled.as_mut().poll(cx));
+                    return this.break_off(stopped());
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || (self.inner.is_end_stream() && !self.liveness.is_cancelled())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
