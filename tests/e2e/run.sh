@@ -17,6 +17,9 @@
 #   SOULBOX_E2E_SKIP_BUILD=1              use the existing target/debug/soulbox and static envd
 #   SOULBOX_E2E_SKIP_JS=1                 skip the e2b npm SDK tests (tests/e2e/js)
 #   SOULBOX_E2E_ONLY_JS=1                 only the npm SDK tests: no Python venvs, pytest or restart phase
+#   SOULBOX_E2E_ONLY_POOL=1               only the booted pool phase (test_booted_pool.py; newest SDK)
+#   SOULBOX_E2E_CONFIG_EXTRA='...'        more top-level lines for the server's config.toml (e.g. a template_dir
+#                                         shared with another data dir whose templates are built)
 #   SOULBOX_E2E_PREFIX=sbe2e, SOULBOX_E2E_POOL=10.213.0.0/16
 #                                         runtime prefix and address pool (to run beside another instance)
 #   PYTHON=python3                        interpreter for the venvs (shared with tests/compat)
@@ -54,6 +57,8 @@ build_server_unless "${SOULBOX_E2E_SKIP_BUILD:-}"
 ONLY_JS="${SOULBOX_E2E_ONLY_JS:-}"
 [ -z "$ONLY_JS" ] || [ -z "${SOULBOX_E2E_SKIP_JS:-}" ] || die "SOULBOX_E2E_ONLY_JS and SOULBOX_E2E_SKIP_JS together run nothing"
 [ -z "$ONLY_JS" ] || VERSIONS=""
+ONLY_POOL="${SOULBOX_E2E_ONLY_POOL:-}"
+[ -z "$ONLY_POOL" ] || VERSIONS="${VERSIONS##* }"
 for ver in $VERSIONS; do ensure_venv "$ver"; done
 
 # The fake outside world's HTTPS (tests/e2e/test_network.py): a CA of its own, which the server's egress gateway
@@ -70,7 +75,8 @@ if [ ! -s "$OUTSIDE_TLS/cert.pem" ]; then
 fi
 # Small volumes, so test_volumes.py can fill one.
 SERVER_CONFIG_EXTRA="egress_trusted_ca = \"$OUTSIDE_TLS/ca.pem\"
-volume_size_mb = 64"
+volume_size_mb = 64
+${SOULBOX_E2E_CONFIG_EXTRA:-}"
 
 start_server
 stale="$(sandbox_ids)"
@@ -82,7 +88,9 @@ fi
 # The shipped templates test_code_interpreter.py and test_desktop.py use are built on their first use (minutes
 # when cold: apt): build them here, once per data dir, so no test's timeout includes a build. Their logs go to
 # the server log.
-for shipped in code-interpreter-v1 desktop; do
+SHIPPED="code-interpreter-v1 desktop"
+[ -z "$ONLY_POOL" ] || SHIPPED=""
+for shipped in $SHIPPED; do
   log "making sure $shipped is built (its first use builds it)"
   built_in="$SECONDS"
   made="$(curl -sS --noproxy '*' --max-time 1800 -H "X-API-Key: $API_KEY" -H 'Content-Type: application/json' \
@@ -95,7 +103,10 @@ done
 
 status=0
 summary=""
-for ver in $VERSIONS; do
+[ -z "$ONLY_POOL" ] || SOULBOX_E2E_SKIP_JS=1
+PYTEST_VERSIONS="$VERSIONS"
+[ -z "$ONLY_POOL" ] || PYTEST_VERSIONS=""
+for ver in $PYTEST_VERSIONS; do
   py="$ROOT/tests/compat/.venv-$ver/bin/python"
   sdk="$("$py" -c 'from importlib.metadata import version; print(version("e2b"))')"
   log "e2b $sdk against soulbox server $API_URL"
@@ -151,20 +162,56 @@ run_phase() {
       "$py" -m pytest -q test_restart.py
   )
 }
-log "server restart (kill -9) with a running and a paused sandbox"
+if [ -z "$ONLY_POOL" ]; then
+  log "server restart (kill -9) with a running and a paused sandbox"
+  rc=0
+  run_phase before || rc=$?
+  if [ "$rc" -eq 0 ]; then
+    port="${API_URL##*:}"
+    kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+    start_server "$port"
+    run_phase after || rc=$?
+  fi
+  if [ "$rc" -ne 0 ]; then
+    status=1
+    summary+="  server restart: FAILED"$'\n'
+  else
+    summary+="  server restart: passed"$'\n'
+  fi
+fi
+
+# The booted pool (issue 18): the server restarted with `[pool] booted = { base = 2 }`; pooled sandboxes get their
+# create's identity and share nothing (test_booted_pool.py), and a kill -9 with a full pool leaks nothing (the
+# after-kill phase, then the final leak check after the server with its new pool shut down).
+pool_phase() {
+  (
+    cd "$HERE"
+    E2B_API_URL="$API_URL" E2B_SANDBOX_URL="$API_URL" E2B_VOLUME_API_URL="$API_URL" E2B_API_KEY="$API_KEY" E2B_DOMAIN="$DOMAIN" \
+    SOULBOX_E2E_SERVER_LOG="$SERVER_LOG" SOULBOX_E2E_DATA_DIR="$DATA_DIR" SOULBOX_E2E_PREFIX="$PREFIX" \
+    SOULBOX_E2E_POOL_PHASE="$1" SOULBOX_E2E_POOL_STATE="$E2E_LOG_DIR/pool-state.json" NO_PROXY='*' PYTHONDONTWRITEBYTECODE=1 \
+      "$py" -m pytest -q test_booted_pool.py
+  )
+}
+log "booted pool: the server restarted with [pool] booted = { base = 2 }"
 rc=0
-run_phase before || rc=$?
+port="${API_URL##*:}"
+stop_server
+SERVER_CONFIG_EXTRA+=$'\n[pool]\nbooted = { base = 2 }'
+start_server "$port"
+pool_phase identity || rc=$?
 if [ "$rc" -eq 0 ]; then
-  port="${API_URL##*:}"
+  pool_phase before-kill || rc=$?
+fi
+if [ "$rc" -eq 0 ]; then
   kill -KILL "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
   start_server "$port"
-  run_phase after || rc=$?
+  pool_phase after-kill || rc=$?
 fi
 if [ "$rc" -ne 0 ]; then
   status=1
-  summary+="  server restart: FAILED"$'\n'
+  summary+="  booted pool: FAILED"$'\n'
 else
-  summary+="  server restart: passed"$'\n'
+  summary+="  booted pool: passed"$'\n'
 fi
 
 log "e2e summary"

@@ -165,6 +165,8 @@ impl Inner {
         rec.status = Status::Running;
         rec.save(&dir)?;
         let info = super::info_of(&rec, Some(&lease));
+        // (tests and operators tell hits from cold creates by this line)
+        tracing::info!(sandbox = %id, template = %meta.name, "claimed from the booted pool");
         self.remember(&rec);
         self.serve(&id, lease.ip, self.drivers.default());
         self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
@@ -238,7 +240,10 @@ impl Inner {
                 continue;
             }
             match self.boot_pooled(meta).await {
-                Ok(ready) => self.booted.lock_ready().entry(template).or_default().push_back(ready),
+                Ok(ready) => {
+                    tracing::info!(template = %template, "booted a sandbox for the pool");
+                    self.booted.lock_ready().entry(template).or_default().push_back(ready)
+                }
                 Err(e) => {
                     tracing::warn!(template = %template, error = %e, "booting a pooled sandbox failed");
                     skip.push(template);
