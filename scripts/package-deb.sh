@@ -67,9 +67,12 @@ install -d -m 0755 "$root/etc/soulbox"
 install -m 0600 "$src/config.toml" "$root/etc/soulbox/config.toml"
 install -m 0600 "$src/node.env" "$root/etc/soulbox/node.env"
 
-# Data dirs root-only until the server sets their modes itself (0711 with user namespaces). The link lets
+# Data dirs 0711 (traversable, not listable): the runtime's store is <data-dir>/node, and with user namespaces
+# (the default) runc's init walks to each sandbox's rootfs as the sandbox's mapped root, so the server refuses to
+# start below a 0700 directory (perms.rs, check_traversable; found by tests/packaging/boot-in-nspawn.sh). Every
+# file the server writes here (database, secrets key, admin key) is 0600 itself. The link lets
 # `soulbox keys`/`teams` (which read <data-dir>/config.toml) find the database the service uses.
-install -d -m 0700 "$root/var/lib/soulbox" "$root/var/lib/soulbox-node"
+install -d -m 0711 "$root/var/lib/soulbox" "$root/var/lib/soulbox-node"
 ln -s /etc/soulbox/config.toml "$root/var/lib/soulbox/config.toml"
 
 install -m 0644 README.md "$root/usr/share/doc/soulbox/README.md"

@@ -60,8 +60,8 @@ check "server unit" has -rw-r--r-- lib/systemd/system/soulbox.service
 check "node agent unit" has -rw-r--r-- lib/systemd/system/soulbox-node.service
 check "config.toml root-only" has -rw------- etc/soulbox/config.toml
 check "node.env root-only" has -rw------- etc/soulbox/node.env
-check "data dir /var/lib/soulbox" has drwx------ var/lib/soulbox/
-check "node data dir /var/lib/soulbox-node" has drwx------ var/lib/soulbox-node/
+check "data dir /var/lib/soulbox (traversable: runc walks to rootfs as a mapped root)" has drwx--x--x var/lib/soulbox/
+check "node data dir /var/lib/soulbox-node (traversable)" has drwx--x--x var/lib/soulbox-node/
 check "keys find the config" has lrwxrwxrwx var/lib/soulbox/config.toml /etc/soulbox/config.toml
 check "README in the docs" has -rw-r--r-- usr/share/doc/soulbox/README.md
 check "control: package name" field Package soulbox
