@@ -46,6 +46,8 @@ pub(crate) struct BootedPool {
     /// When creates that fit a pooled template asked, per template (the last [`DEMAND_WINDOW`]).
     demand: std::sync::Mutex<HashMap<String, VecDeque<Instant>>>,
     refilling: AtomicBool,
+    /// Set by [`Runtime::drain_booted`] (close, destroy_all): no more boots, and a boot in flight is released.
+    closed: AtomicBool,
     /// Counters for tests and benches: creates served from the pool, and those that fit but found it empty.
     pub hits: std::sync::atomic::AtomicU64,
     pub misses: std::sync::atomic::AtomicU64,
@@ -136,6 +138,7 @@ impl Inner {
 
     /// Gives `ready` the create's identity: record, firewall, then envd (whose pool secret stops working).
     async fn claim_booted(&self, ready: Ready, spec: SandboxSpec) -> Result<SandboxInfo> {
+        let t0 = Instant::now();
         let Ready { mut rec, lease } = ready;
         let id = rec.id.clone();
         let dir = self.dir(&id);
@@ -166,7 +169,7 @@ impl Inner {
         rec.save(&dir)?;
         let info = super::info_of(&rec, Some(&lease));
         // (tests and operators tell hits from cold creates by this line)
-        tracing::info!(sandbox = %id, template = %meta.name, "claimed from the booted pool");
+        tracing::info!(sandbox = %id, template = %meta.name, us = t0.elapsed().as_micros() as u64, "claimed from the booted pool");
         self.remember(&rec);
         self.serve(&id, lease.ip, self.drivers.default());
         self.sandboxes.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(AsyncMutex::new(rec)));
@@ -185,7 +188,10 @@ impl Inner {
 
     /// Starts one background refill of the booted pool unless one runs.
     pub fn spawn_booted_refill(self: &Arc<Self>) {
-        if self.cfg.booted_pool.values().all(|&n| n == 0) || tokio::runtime::Handle::try_current().is_err() {
+        if self.cfg.booted_pool.values().all(|&n| n == 0)
+            || self.booted.closed.load(Ordering::SeqCst)
+            || tokio::runtime::Handle::try_current().is_err()
+        {
             return;
         }
         if self.booted.refilling.swap(true, Ordering::SeqCst) {
@@ -204,6 +210,9 @@ impl Inner {
         // Templates that cannot be booted now (not built yet, another runtime) are skipped until the next fill.
         let mut skip: Vec<String> = Vec::new();
         loop {
+            if self.booted.closed.load(Ordering::SeqCst) {
+                return;
+            }
             let (held_mb, counts) = {
                 let ready = self.booted.lock_ready();
                 let held: u64 =
@@ -240,9 +249,16 @@ impl Inner {
                 continue;
             }
             match self.boot_pooled(meta).await {
+                // (checked under the lock `drain_booted` empties the pool with: nothing booted after it is kept)
                 Ok(ready) => {
+                    let mut pool = self.booted.lock_ready();
+                    if self.booted.closed.load(Ordering::SeqCst) {
+                        drop(pool);
+                        let _ = self.release(&ready.rec.id, false).await;
+                        return;
+                    }
                     tracing::info!(template = %template, "booted a sandbox for the pool");
-                    self.booted.lock_ready().entry(template).or_default().push_back(ready)
+                    pool.entry(template).or_default().push_back(ready)
                 }
                 Err(e) => {
                     tracing::warn!(template = %template, error = %e, "booting a pooled sandbox failed");
@@ -317,9 +333,19 @@ async fn envd_claim(
 }
 
 impl Runtime {
-    /// Release every booted pooled sandbox.
+    /// Release every booted pooled sandbox; no more are booted afterwards (a boot in flight releases its own).
     pub(super) async fn drain_booted(&self) -> Result<()> {
-        let all: Vec<Ready> = self.inner.booted.lock_ready().drain().flat_map(|(_, q)| q).collect();
+        let all: Vec<Ready> = {
+            let mut pool = self.inner.booted.lock_ready();
+            self.inner.booted.closed.store(true, Ordering::SeqCst);
+            pool.drain().flat_map(|(_, q)| q).collect()
+        };
+        // A boot in flight finishes (and releases what it made) before the caller goes on: a server exits after
+        // `close`, which would leave a half-made sandbox to the next open.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.inner.booted.refilling.load(Ordering::SeqCst) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let mut first = None;
         for ready in all {
             if let Err(e) = self.inner.release(&ready.rec.id, false).await {
@@ -346,10 +372,41 @@ impl Runtime {
 
     /// Fill the booted pool and wait until it holds its targets (tests, benches).
     pub async fn fill_booted_now(&self) {
+        if self.inner.booted.closed.load(Ordering::SeqCst) {
+            return;
+        }
         while self.inner.booted.refilling.swap(true, Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.inner.fill_booted().await;
         self.inner.booted.refilling.store(false, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_target_follows_the_last_minutes_creates_up_to_the_configured_size() {
+        let pool = BootedPool::default();
+        assert_eq!(pool.target("base", 4), 1, "an idle template keeps one warm");
+        assert_eq!(pool.target("base", 0), 0, "a size of 0 keeps none");
+        for _ in 0..2 {
+            pool.note_demand("base");
+        }
+        assert_eq!(pool.target("base", 4), 3);
+        assert_eq!(pool.target("other", 4), 1, "demand is per template");
+        for _ in 0..10 {
+            pool.note_demand("base");
+        }
+        assert_eq!(pool.target("base", 4), 4, "never above the configured size");
+        // Demand older than the window no longer counts.
+        let old = Instant::now().checked_sub(DEMAND_WINDOW + Duration::from_secs(1));
+        if let Some(old) = old {
+            let mut demand = pool.demand.lock().unwrap();
+            demand.get_mut("base").unwrap().iter_mut().for_each(|t| *t = old);
+        }
+        assert_eq!(pool.target("base", 4), 1);
     }
 }

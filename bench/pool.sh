@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Booted pool benchmark (not a test; issue 18 goal 1): builds the release server and static envd, then in one run
+# starts `soulbox server` twice on the same loopback port and data dir — without a booted pool, then with
+# `--booted-pool base=$POOL` — and runs bench/pool_bench.py against each (raw HTTP and the official Python SDK),
+# printing both side by side with the pool's hits counted in the server log. Every sandbox is killed at the end.
+# Usage (as root, under the heavy lock): flock /tmp/soulbox-heavy.lock bench/pool.sh
+#   env: N=30 (sequential creates per measure) TOTAL=48 (sustained creates at concurrency 8) POOL=8 PORT=3191
+#        SOULBOX_BENCH_DATA=/var/tmp/soulbox-bench-pool PREFIX=sbbp NETWORK_POOL=10.232.0.0/16
+#        TEMPLATE_DIR=<a template store with base built> (default: the data dir's own, built on first start)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PORT="${PORT:-3191}"
+DATA="${SOULBOX_BENCH_DATA:-/var/tmp/soulbox-bench-pool}"
+POOL="${POOL:-8}"
+PREFIX="${PREFIX:-sbbp}"
+NETWORK_POOL="${NETWORK_POOL:-10.232.0.0/16}"
+VENV="$ROOT/tests/compat/.venv-latest"
+[ -x "$VENV/bin/python" ] || { echo "missing $VENV: run tests/compat/run.sh once" >&2; exit 1; }
+
+scripts/build-envd.sh >/dev/null
+cargo build --release -p soulbox-cli
+install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
+mkdir -p "$DATA"
+if [ -n "${TEMPLATE_DIR:-}" ]; then printf 'template_dir = "%s"\n' "$TEMPLATE_DIR" >"$DATA/config.toml"; else : >"$DATA/config.toml"; fi
+LOG="$(mktemp)"
+SERVER=""
+KEY=""
+
+kill_all() {
+  [ -n "$KEY" ] || return 0
+  for _ in $(seq 1 50); do
+    ids="$(curl -s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/v2/sandboxes" | "$VENV/bin/python" -c 'import json,sys; print(" ".join(s["sandboxID"] for s in json.load(sys.stdin)))' || true)"
+    [ -n "$ids" ] || break
+    for id in $ids; do curl -s -o /dev/null -X DELETE -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/sandboxes/$id"; done
+  done
+}
+
+stop() {
+  [ -n "$SERVER" ] || return 0
+  kill_all
+  kill "$SERVER" 2>/dev/null || true
+  wait "$SERVER" 2>/dev/null || true
+  SERVER=""
+}
+trap 'stop; rm -f "$LOG"' EXIT
+
+# start [flags...]: the server with extra flags, until its key line is printed.
+start() {
+  : >"$LOG"
+  target/release/soulbox --data-dir "$DATA" server --listen "127.0.0.1:$PORT" --prefix "$PREFIX" \
+    --network-pool "$NETWORK_POOL" "$@" >"$LOG" 2>&1 &
+  SERVER=$!
+  for _ in $(seq 1 1200); do
+    grep -q '^export E2B_API_KEY' "$LOG" && break
+    kill -0 "$SERVER" || { cat "$LOG"; exit 1; }
+    sleep 0.5
+  done
+  KEY="$(cat "$DATA/admin-key" 2>/dev/null || true)"
+  [ -n "$KEY" ] || KEY="$(target/release/soulbox --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
+}
+
+measure() {
+  E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" \
+    SOULBOX_DATA_DIR="$DATA" POOL="$1" "$VENV/bin/python" bench/pool_bench.py
+}
+
+start
+off="$(measure 0)"
+stop
+start --booted-pool "base=$POOL"
+on="$(measure "$POOL")"
+hits="$(grep -c 'claimed from the booted pool' "$LOG" || true)"
+stop
+
+"$VENV/bin/python" - "$off" "$on" "$hits" "$POOL" <<'PY'
+import json, sys
+off, on, hits, pool = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+print(f"{'':28}{'pool off':>20}{'booted pool (base=' + pool + ')':>28}")
+for k, label in (("raw_create", "raw HTTP create"), ("raw_create_cmd", "raw HTTP create + cmd"),
+                 ("sdk_create", "Python SDK create"), ("sdk_create_cmd", "Python SDK create + cmd")):
+    a, b = off[k], on[k]
+    print(f"{label:<28}{a['p50']:>9.1f} / {a['p90']:<6.1f} ms{b['p50']:>13.1f} / {b['p90']:<6.1f} ms   (p50 / p90)")
+for k, label in (("burst8", "8 creates at once"), ("sustained8", f"{on['sustained8']['total']} creates, concurrency 8")):
+    a, b = off[k], on[k]
+    print(f"{label:<28}{a['rate']:>12.1f} /s (err {a['errors']}){b['rate']:>14.1f} /s (err {b['errors']})")
+print(f"pool hits in the server log: {hits}; pooled before the burst: {on['pooled_before_burst']}")
+PY
