@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # envd benchmark (not a test). Builds soulbox-envd (release), starts it as tests/compat/run.sh does, and prints:
 #   (a) commands.run("true") round trip through the official Python SDK, p50/p99
-#   (b) the same through a raw HTTP/1.1 client (crates/soulbox-envd/examples/envd_bench.rs), p50/p99
+#   (b) the same through a raw HTTP/1.1 client (crates/soulbox-envd/examples/envd_bench.rs), p50/p99: Process/Start
+#       of /bin/true (envd's own cost) and of `/bin/bash -l -c true` (exactly what (a) sends)
 #   (c) a plain posix_spawn of /bin/true, p50/p99, for the ratio; and a spawn of `bash -l -c true` as the sandbox
 #       user, which is what (a) runs (the SDK always wraps commands in a login shell)
 #   (d) download/upload throughput of a 256 MiB file (SDK and curl against /files) vs a local `cp`
@@ -110,6 +111,8 @@ verdict() { awk -v v="$1" -v g="$2" -v op="$3" 'BEGIN { ok = (op == "<") ? (v < 
 
 RAW_P50="$(field "$(grep raw_http_start_true <<<"$RAW_OUT")" p50_ms)"
 RAW_P99="$(field "$(grep raw_http_start_true <<<"$RAW_OUT")" p99_ms)"
+RAWB_P50="$(field "$(grep 'raw_http_start_bash_login ' <<<"$RAW_OUT")" p50_ms)"
+RAWB_P99="$(field "$(grep 'raw_http_start_bash_login ' <<<"$RAW_OUT")" p99_ms)"
 SP_P50="$(field "$(grep '^posix_spawn_true' <<<"$RAW_OUT")" p50_ms)"
 SP_P99="$(field "$(grep '^posix_spawn_true' <<<"$RAW_OUT")" p99_ms)"
 BASH_P50="$(field "$(grep spawn_bash_login_true <<<"$RAW_OUT")" p50_ms)"
@@ -126,6 +129,7 @@ row "--------------------------------------------" "------------" "------------"
 row "(c) posix_spawn /bin/true" "${SP_P50} ms" "${SP_P99} ms" "1.00x" ""
 row "(c) spawn bash -l -c true (as $BASH_USER)" "${BASH_P50} ms" "${BASH_P99} ms" "$(ratio "$BASH_P50" "$SP_P50")x" ""
 row "(b) raw HTTP Process/Start /bin/true" "${RAW_P50} ms" "${RAW_P99} ms" "$(ratio "$RAW_P50" "$SP_P50")x spawn" "p50 < 2 ms: $(verdict "$RAW_P50" 2 "<")"
+row "(b) raw HTTP Process/Start bash -l -c true" "${RAWB_P50} ms" "${RAWB_P99} ms" "$(ratio "$RAWB_P50" "$BASH_P50")x bash" ""
 row "(a) SDK commands.run(\"true\") (bash -l)" "${SDK_P50} ms" "${SDK_P99} ms" "$(ratio "$SDK_P50" "$BASH_P50")x bash" ""
 row "(d) local cp" "$CP_MIBPS MiB/s" "" "1.00x" ""
 v="$(mibps "$(med "${CAT_T[@]}")")"; row "(d) local dd bs=1M (userspace copy)" "$v MiB/s" "" "$(ratio "$v" "$CP_MIBPS")x cp" ""

@@ -2,7 +2,9 @@
 //!
 //! Measures the command round trip with a raw HTTP/1.1 client: one kept-alive TCP connection with
 //! `TCP_NODELAY`, a hand-written `POST /process.Process/Start` carrying one Connect JSON envelope for
-//! `/bin/true`, and the response read up to the end-stream envelope (flag `0x02`). As a baseline it times a plain
+//! `/bin/true` (envd's own cost) and for `/bin/bash -l -c true` (what the SDK sends for `commands.run("true")`),
+//! and the response read up to the end-stream envelope (flag `0x02`). The measurements take turns, one sample
+//! each per round, so that other load on the machine falls on all of them alike. As a baseline it times a plain
 //! spawn+wait of `/bin/true` (Rust's `Command` uses `posix_spawn` on Linux) and of `/bin/bash -l -c true` (what the
 //! SDK's `commands.run("true")` executes), the latter as the sandbox user (`--bash-user`, default `user`, if it
 //! exists) because a login shell's cost depends on that user's profile.
@@ -79,25 +81,24 @@ impl Conn {
         Ok(Conn { reader: BufReader::with_capacity(64 * 1024, stream), writer, host: addr.to_owned(), reusable: true })
     }
 
-    /// Sends `Process/Start` for `/bin/true` and reads the stream to its end-stream envelope.
-    /// Returns the exit code from the `end` event.
-    fn start_true(&mut self, token: Option<&str>) -> Result<i64> {
-        const PAYLOAD: &[u8] = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
+    /// Sends `Process/Start` with `payload` (a JSON `StartRequest`) and reads the stream to its end-stream
+    /// envelope. Returns the exit code from the `end` event.
+    fn start(&mut self, token: Option<&str>, payload: &[u8]) -> Result<i64> {
         let mut req = Vec::with_capacity(512);
         write!(
             req,
             "POST /process.Process/Start HTTP/1.1\r\nHost: {}\r\nContent-Type: application/connect+json\r\n\
              Connect-Protocol-Version: 1\r\nContent-Length: {}\r\n",
             self.host,
-            5 + PAYLOAD.len()
+            5 + payload.len()
         )?;
         if let Some(token) = token {
             write!(req, "X-Access-Token: {token}\r\n")?;
         }
         req.extend_from_slice(b"\r\n");
         req.push(0);
-        req.extend_from_slice(&(PAYLOAD.len() as u32).to_be_bytes());
-        req.extend_from_slice(PAYLOAD);
+        req.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        req.extend_from_slice(payload);
         self.writer.write_all(&req)?;
 
         let head = self.read_head()?;
@@ -276,28 +277,83 @@ fn report(name: &str, n: usize, s: &Stats) {
     );
 }
 
-fn bench_raw(args: &Args) -> Result<()> {
-    let mut conn = Conn::open(&args.addr)?;
-    let mut connections = 1;
-    let mut samples = Vec::with_capacity(args.n);
-    for i in 0..args.warmup + args.n {
-        if !conn.reusable {
-            conn = Conn::open(&args.addr)?;
-            connections += 1;
-        }
-        let t = Instant::now();
-        let code = conn.start_true(args.token.as_deref())?;
-        let elapsed = t.elapsed();
-        if code != 0 {
-            return Err(format!("/bin/true exited with {code}").into());
-        }
-        if i >= args.warmup {
-            samples.push(elapsed);
+/// `/bin/true` itself: envd's own cost over a plain spawn.
+const START_TRUE: &[u8] = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
+/// Exactly what the SDK's `commands.run("true")` sends (as the default user): the SDK's own cost over this.
+const START_BASH_LOGIN: &[u8] = br#"{"process":{"cmd":"/bin/bash","args":["-l","-c","true"]},"stdin":false}"#;
+
+/// The `PATH` envd starts every process with (`process::spawn::DEFAULT_PATH`).
+const ENVD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// One timed operation; every measurement takes one sample per round, in turn, so that load from other work
+/// on the machine falls on all of them alike and their ratios stay meaningful.
+enum Op {
+    Raw { payload: &'static [u8], conn: Option<Conn>, connections: usize },
+    Spawn { program: &'static str, argv: &'static [&'static str], identity: Option<(String, u32, u32, String)> },
+}
+
+struct Measure {
+    name: &'static str,
+    op: Op,
+    samples: Vec<Duration>,
+}
+
+impl Measure {
+    fn raw(name: &'static str, payload: &'static [u8]) -> Measure {
+        Measure { name, op: Op::Raw { payload, conn: None, connections: 0 }, samples: Vec::new() }
+    }
+
+    fn spawn(
+        name: &'static str,
+        program: &'static str,
+        argv: &'static [&'static str],
+        user: Option<&str>,
+    ) -> Result<Measure> {
+        let identity = match user {
+            Some(u) => {
+                let (uid, gid, home) = lookup_user(u).ok_or_else(|| format!("no user {u}"))?;
+                Some((u.to_owned(), uid, gid, home))
+            }
+            None => None,
+        };
+        Ok(Measure { name, op: Op::Spawn { program, argv, identity }, samples: Vec::new() })
+    }
+
+    fn run_once(&mut self, args: &Args) -> Result<Duration> {
+        match &mut self.op {
+            Op::Raw { payload, conn, connections } => {
+                if !conn.as_ref().is_some_and(|c| c.reusable) {
+                    *conn = Some(Conn::open(&args.addr)?);
+                    *connections += 1;
+                }
+                let Some(c) = conn.as_mut() else { return Err("no connection".into()) };
+                let t = Instant::now();
+                let code = c.start(args.token.as_deref(), payload)?;
+                let elapsed = t.elapsed();
+                if code != 0 {
+                    return Err(format!("{}: the process exited with {code}", self.name).into());
+                }
+                Ok(elapsed)
+            }
+            Op::Spawn { program, argv, identity } => {
+                let t = Instant::now();
+                let mut cmd = Command::new(*program);
+                cmd.args(*argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+                if let Some((u, uid, gid, home)) = identity {
+                    // fork+exec (std cannot posix_spawn with a uid change), with the environment envd gives a
+                    // process (no LANG etc. from the caller, whose locale a shell would load).
+                    cmd.uid(*uid).gid(*gid).env_clear().env("PATH", ENVD_PATH).env("HOME", &*home);
+                    cmd.env("USER", &*u).env("LOGNAME", &*u).env("E2B_SANDBOX", "true").current_dir(&*home);
+                }
+                let status = cmd.status()?;
+                let elapsed = t.elapsed();
+                if !status.success() {
+                    return Err(format!("{program} failed: {status}").into());
+                }
+                Ok(elapsed)
+            }
         }
     }
-    report("raw_http_start_true", args.n, &stats(samples));
-    println!("raw_http_connections={connections}");
-    Ok(())
 }
 
 /// uid, gid and home of `name` from /etc/passwd.
@@ -307,33 +363,6 @@ fn lookup_user(name: &str) -> Option<(u32, u32, String)> {
         let f: Vec<&str> = line.split(':').collect();
         (f.len() >= 7 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?, f[5].to_owned())))?
     })
-}
-
-fn bench_spawn(name: &str, program: &str, argv: &[&str], user: Option<&str>, args: &Args) -> Result<()> {
-    let identity = match user {
-        Some(u) => Some((u, lookup_user(u).ok_or_else(|| format!("no user {u}"))?)),
-        None => None,
-    };
-    let mut samples = Vec::with_capacity(args.n);
-    for i in 0..args.warmup + args.n {
-        let t = Instant::now();
-        let mut cmd = Command::new(program);
-        cmd.args(argv).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-        if let Some((u, (uid, gid, home))) = &identity {
-            // fork+exec (std cannot posix_spawn with a uid change); fine for a login-shell baseline
-            cmd.uid(*uid).gid(*gid).env("HOME", home).env("USER", u).env("LOGNAME", u).current_dir(home);
-        }
-        let status = cmd.status()?;
-        let elapsed = t.elapsed();
-        if !status.success() {
-            return Err(format!("{program} failed: {status}").into());
-        }
-        if i >= args.warmup {
-            samples.push(elapsed);
-        }
-    }
-    report(name, args.n, &stats(samples));
-    Ok(())
 }
 
 /// Whether we may switch users (std only: the effective uid from /proc).
@@ -346,12 +375,32 @@ fn running_as_root() -> bool {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    bench_raw(&args)?;
+    let mut measures = vec![
+        Measure::raw("raw_http_start_true", START_TRUE),
+        Measure::raw("raw_http_start_bash_login", START_BASH_LOGIN),
+    ];
+    let mut bash_user = None;
     if args.spawn {
-        bench_spawn("posix_spawn_true", "/bin/true", &[], None, &args)?;
-        let as_user = (running_as_root() && lookup_user(&args.bash_user).is_some()).then_some(args.bash_user.as_str());
-        bench_spawn("spawn_bash_login_true", "/bin/bash", &["-l", "-c", "true"], as_user, &args)?;
-        println!("spawn_bash_login_user={}", as_user.unwrap_or("(current)"));
+        measures.push(Measure::spawn("posix_spawn_true", "/bin/true", &[], None)?);
+        bash_user = (running_as_root() && lookup_user(&args.bash_user).is_some()).then_some(args.bash_user.as_str());
+        measures.push(Measure::spawn("spawn_bash_login_true", "/bin/bash", &["-l", "-c", "true"], bash_user)?);
+    }
+    for round in 0..args.warmup + args.n {
+        for m in &mut measures {
+            let elapsed = m.run_once(&args)?;
+            if round >= args.warmup {
+                m.samples.push(elapsed);
+            }
+        }
+    }
+    for m in measures {
+        report(m.name, args.n, &stats(m.samples));
+        if let Op::Raw { connections, .. } = m.op {
+            println!("{}_connections={connections}", m.name);
+        }
+    }
+    if args.spawn {
+        println!("spawn_bash_login_user={}", bash_user.unwrap_or("(current)"));
     }
     Ok(())
 }

@@ -1,12 +1,13 @@
 //! `process.Process`: start, attach to, signal and feed processes (spec §2.4).
 //!
-//! Lifecycle of a started process: [`spawn`] forks it; one [`output::pump`] task per output descriptor
-//! publishes chunks to its [`Fanout`]; one [`handle::run_input`] task writes its input; [`supervise`]
-//! waits for it (killing it at the `Connect-Timeout-Ms` deadline), lets the pumps drain, publishes the end
-//! event, and forgets it [`registry::FINISHED_RETENTION`] later. Streams are subscribers of the fan-out; a
-//! client going away only drops its subscription, never the process.
+//! Lifecycle of a started process: [`spawn`] starts it (clone + exec, [`fork_exec`]); one [`output::pump`]
+//! task per output descriptor publishes chunks to its [`Fanout`]; one [`handle::run_input`] task writes its
+//! input; [`supervise`] waits for it (killing it at the `Connect-Timeout-Ms` deadline), lets the pumps drain,
+//! publishes the end event, and forgets it [`registry::FINISHED_RETENTION`] later. Streams are subscribers of
+//! the fan-out; a client going away only drops its subscription, never the process.
 
 mod exit;
+mod fork_exec;
 mod output;
 mod spawn;
 #[cfg(test)]
@@ -221,7 +222,7 @@ async fn close_stdin(
 async fn supervise(
     state: AppState,
     handle: Arc<ProcessHandle>,
-    mut child: tokio::process::Child,
+    mut child: fork_exec::Child,
     exited: watch::Sender<bool>,
     drained: Vec<oneshot::Receiver<()>>,
     deadline: Option<Instant>,

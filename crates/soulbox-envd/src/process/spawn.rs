@@ -2,14 +2,13 @@
 //! few things done in the forked child before `exec`.
 //!
 //! The command is executed directly (no `/bin/sh` wrapper as E2B uses): the OOM score and the credentials are
-//! set in the child between fork and exec, which saves a shell start per command.
+//! set in the child between clone and exec ([`fork_exec`]), which saves a shell start per command.
 
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
@@ -18,8 +17,9 @@ use rustix::pty::OpenptFlags;
 use soulbox_protocol::connect::RpcError;
 use soulbox_protocol::process as pb;
 use tokio::io::unix::AsyncFd;
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::ChildStdin;
 
+use super::fork_exec::{self, Child, Program};
 use crate::process_table::handle::winsize;
 use crate::users::User;
 
@@ -78,12 +78,8 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
     let start_failed =
         |e: &dyn std::fmt::Display| RpcError::invalid_argument(format!("error starting process '{user_command}': {e}"));
 
-    let mut command = Command::new(&spec.config.cmd);
-    command.args(&spec.config.args).env_clear();
-    for (key, value) in environment(spec.user, spec.sandbox_env, &spec.config.envs) {
-        command.env(key, value);
-    }
-
+    let env = environment(spec.user, spec.sandbox_env, &spec.config.envs);
+    let program = Program::new(&spec.config.cmd, &spec.config.args, &env).map_err(|e| start_failed(&e))?;
     let cwd = CString::new(spec.cwd.as_os_str().as_bytes()).map_err(|e| start_failed(&e))?;
     let setup = ChildSetup {
         credentials: credentials(spec.user).map_err(|e| start_failed(&e))?,
@@ -92,40 +88,48 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
         no_new_privs: no_new_privs_for(spec.user),
     };
 
-    let stdio = match spec.pty {
+    // The child's ends (close-on-exec; the child installs them as 0, 1 and 2) and what envd keeps.
+    let (child_ends, pending): ([OwnedFd; 3], PendingStdio) = match spec.pty {
         Some(size) => {
             let (master, slave) = open_pty(size).map_err(|e| start_failed(&e))?;
-            let dup = |fd: &OwnedFd| fd.try_clone().map(Stdio::from);
-            command
-                .stdin(dup(&slave).map_err(|e| start_failed(&e))?)
-                .stdout(dup(&slave).map_err(|e| start_failed(&e))?)
-                .stderr(Stdio::from(slave));
-            PendingStdio::Pty { master }
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| start_failed(&e));
+            ([dup(&slave)?, dup(&slave)?, slave], PendingStdio::Pty { master })
         }
         None => {
             let (stdout, stdout_w) = std::io::pipe().map_err(|e| start_failed(&e))?;
             let (stderr, stderr_w) = std::io::pipe().map_err(|e| start_failed(&e))?;
-            command.stdin(if spec.stdin { Stdio::piped() } else { Stdio::null() }).stdout(stdout_w).stderr(stderr_w);
-            PendingStdio::Pipes { stdout: OwnedFd::from(stdout), stderr: OwnedFd::from(stderr) }
+            let (stdin_r, stdin) = if spec.stdin {
+                let (r, w) = std::io::pipe().map_err(|e| start_failed(&e))?;
+                (OwnedFd::from(r), Some(OwnedFd::from(w)))
+            } else {
+                let null = rustix::fs::open(c"/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(|e| start_failed(&e))?;
+                (null, None)
+            };
+            (
+                [stdin_r, OwnedFd::from(stdout_w), OwnedFd::from(stderr_w)],
+                PendingStdio::Pipes { stdin, stdout: OwnedFd::from(stdout), stderr: OwnedFd::from(stderr) },
+            )
         }
     };
 
-    // SAFETY: the closure only makes raw system calls (open/write/close, setsid, ioctl, setgroups/setgid/
-    // setuid, chdir, prctl) on data prepared before the fork; it neither allocates nor takes locks.
-    unsafe {
-        command.pre_exec(move || setup.run());
-    }
-    let mut child = command.spawn().map_err(|e| start_failed(&e))?;
+    let [a, b, c] = &child_ends;
+    let child = fork_exec::spawn(&program, [a, b, c], &|| setup.run()).map_err(|e| start_failed(&e))?;
     // Close our copies of the child's ends (pipe write ends, pty slave) so EOF/EIO arrives when it is done.
-    drop(command);
-    let pid = child.id().ok_or_else(|| RpcError::internal("the process exited before its pid was known"))?;
+    drop(child_ends);
+    let pid = child.id();
 
-    let stdio = match stdio {
+    let stdio = match pending {
         PendingStdio::Pty { master } => {
             SpawnedStdio::Pty { master: nonblocking(master).map_err(|e| start_failed(&e))? }
         }
-        PendingStdio::Pipes { stdout, stderr } => SpawnedStdio::Pipes {
-            stdin: child.stdin.take(),
+        PendingStdio::Pipes { stdin, stdout, stderr } => SpawnedStdio::Pipes {
+            stdin: match stdin {
+                Some(fd) => {
+                    Some(ChildStdin::from_std(std::process::ChildStdin::from(fd)).map_err(|e| start_failed(&e))?)
+                }
+                None => None,
+            },
             stdout: nonblocking(stdout).map_err(|e| start_failed(&e))?,
             stderr: nonblocking(stderr).map_err(|e| start_failed(&e))?,
         },
@@ -134,7 +138,7 @@ pub fn spawn(spec: SpawnSpec<'_>) -> Result<Spawned, RpcError> {
 }
 
 enum PendingStdio {
-    Pipes { stdout: OwnedFd, stderr: OwnedFd },
+    Pipes { stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd },
     Pty { master: OwnedFd },
 }
 
@@ -195,7 +199,8 @@ pub fn no_new_privs_for(user: &User) -> bool {
     user.uid == 0
 }
 
-/// What the child does between fork and exec. Runs in the forked child: raw system calls only.
+/// What the child does between clone and exec. Runs in the child, which shares envd's memory until it execs: raw
+/// system calls only, no allocation.
 struct ChildSetup {
     credentials: Option<Credentials>,
     cwd: CString,
@@ -217,7 +222,8 @@ impl ChildSetup {
             rustix::process::ioctl_tiocsctty(unsafe { BorrowedFd::borrow_raw(0) })?;
         }
         if let Some(c) = &self.credentials {
-            // Raw per-thread syscalls are right here: the forked child has exactly one thread.
+            // Raw per-thread syscalls are right here: the child is a single thread (and glibc's setuid() would
+            // signal envd's threads, whose memory the child shares).
             rustix::thread::set_thread_groups(&c.groups)?;
             rustix::thread::set_thread_gid(c.gid)?;
             rustix::thread::set_thread_uid(c.uid)?;

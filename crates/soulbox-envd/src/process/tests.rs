@@ -384,3 +384,61 @@ async fn round_trip_of_true_is_fast() {
     );
     assert!(times[25] < Duration::from_millis(50));
 }
+
+/// The program is looked up like `execvp` does, in the PATH of the process's own environment (the call's
+/// `PATH` wins): a non-executable file earlier in PATH is skipped, a script without `#!` runs through
+/// /bin/sh, and a file that cannot be executed at all is a start error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn program_lookup_follows_execvp() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = server().await;
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let write = |dir: &tempfile::TempDir, name: &str, text: &str, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    write(&first, "greet", "#!/bin/sh\necho not-executable\n", 0o644);
+    write(&second, "greet", "#!/bin/sh\necho \"found $1\"\n", 0o755);
+    write(&second, "bare", "echo \"no shebang $0 $1\"\n", 0o755);
+    let path = format!("{}:{}", first.path().display(), second.path().display());
+
+    let mut msg = start_msg("greet", &["it"]);
+    msg["process"]["envs"] = json!({"PATH": path});
+    assert_eq!(run(&s, msg).await.1.out(), "found it\n");
+
+    let mut msg = start_msg("bare", &["arg"]);
+    msg["process"]["envs"] = json!({"PATH": path});
+    let script = second.path().join("bare");
+    assert_eq!(run(&s, msg).await.1.out(), format!("no shebang {} arg\n", script.display()));
+
+    // Without the call's PATH the default one applies: `echo` is /usr/bin/echo or /bin/echo.
+    assert_eq!(run(&s, start_msg("echo", &["plain"])).await.1.out(), "plain\n");
+
+    for (cmd, why) in [(first.path().join("greet"), "Permission denied"), (first.path().join("none"), "No such file")] {
+        let mut events = Events::open(s.addr, "Start", start_msg(cmd.to_str().unwrap(), &[]), &[]).await;
+        assert!(events.next().await.is_none());
+        let error = &events.end.as_ref().unwrap()["error"];
+        assert_eq!(error["code"], "invalid_argument");
+        assert!(error["message"].as_str().unwrap().contains(why), "{error}");
+    }
+}
+
+/// The child starts with no blocked signals and SIGPIPE at its default (envd ignores it, as Rust programs do),
+/// whatever envd's own signal state: a shell pipeline into `head` must end its writers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_signal_state_is_clean() {
+    let s = server().await;
+    let (_, c) = run(&s, start_msg("/bin/grep", &["-E", "^Sig(Blk|Ign):", "/proc/self/status"])).await;
+    let out = c.out();
+    let field = |name: &str| {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} in {out}"));
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(field("SigBlk:"), 0, "blocked signals leaked into the child: {out}");
+    assert_eq!(field("SigIgn:") & (1 << (13 - 1)), 0, "SIGPIPE is ignored in the child: {out}");
+    // Killed by SIGPIPE (128 + 13), not a write error of its own (1) as with SIGPIPE ignored.
+    let (_, c) = run(&s, start_msg("/bin/bash", &["-c", "yes | head -n 1 >/dev/null; echo ${PIPESTATUS[0]}"])).await;
+    assert_eq!(c.out(), "141\n");
+}
