@@ -17,7 +17,7 @@ use soulbox_protocol::api::{
 use super::{ApiState, error};
 use crate::lifecycle::{CreateRequest, LifecycleError};
 use crate::listing::{PageCursor, page_params, parse_metadata_filter, parse_states, take_page};
-use crate::store::{Caller, SandboxRecord};
+use crate::store::{Caller, SandboxPageQuery, SandboxRecord};
 use crate::time::{parse_rfc3339_ms, rfc3339};
 
 type Params = Query<HashMap<String, String>>;
@@ -209,27 +209,45 @@ pub async fn list_v2(
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let template = params.get("template");
+    let after = page.after.as_ref().map(|c| (c.started_at_ms, c.sandbox_id.clone()));
 
-    let mut records = match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
-        Ok(r) => r,
-        Err(e) => return LifecycleError::from(e).into_response(),
+    let (mut records, total_running) = if filter.is_empty() {
+        // The common case: the database filters, orders and cuts the page (O(page), not O(sandboxes)).
+        let query = SandboxPageQuery {
+            states: states.clone(),
+            started_after_ms: started_after,
+            template: template.cloned(),
+            ascending,
+            after,
+            limit: page.limit,
+        };
+        match state.lifecycle.store().page_team_sandboxes(&caller.team_id, &query).await {
+            Ok(p) => (p.records, p.total_running as usize),
+            Err(e) => return LifecycleError::from(e).into_response(),
+        }
+    } else {
+        // A metadata filter matches inside a JSON column: every record of the team, filtered here.
+        let mut records = match state.lifecycle.store().list_team_sandboxes(&caller.team_id).await {
+            Ok(r) => r,
+            Err(e) => return LifecycleError::from(e).into_response(),
+        };
+        records.retain(|r| {
+            states.contains(&r.state)
+                && filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v))
+                && started_after.is_none_or(|after| r.started_at_ms >= after)
+                && template.is_none_or(|t| r.template_id == *t || r.alias.as_deref() == Some(t.as_str()))
+        });
+        let total_running = records.iter().filter(|r| r.state == SandboxState::Running).count();
+        let key = |r: &SandboxRecord| (r.started_at_ms, r.id.clone());
+        records.sort_by_key(key);
+        if !ascending {
+            records.reverse();
+        }
+        if let Some(pos) = after {
+            records.retain(|r| if ascending { key(r) > pos } else { key(r) < pos });
+        }
+        (records, total_running)
     };
-    records.retain(|r| {
-        states.contains(&r.state)
-            && filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v))
-            && started_after.is_none_or(|after| r.started_at_ms >= after)
-            && template.is_none_or(|t| r.template_id == *t || r.alias.as_deref() == Some(t.as_str()))
-    });
-    let total_running = records.iter().filter(|r| r.state == SandboxState::Running).count();
-    let key = |r: &SandboxRecord| (r.started_at_ms, r.id.clone());
-    records.sort_by_key(key);
-    if !ascending {
-        records.reverse();
-    }
-    if let Some(c) = &page.after {
-        let pos = (c.started_at_ms, c.sandbox_id.clone());
-        records.retain(|r| if ascending { key(r) > pos } else { key(r) < pos });
-    }
     let next = take_page(&mut records, page.limit, |r| PageCursor {
         started_at_ms: r.started_at_ms,
         sandbox_id: r.id.clone(),

@@ -298,3 +298,64 @@ pub(super) async fn send(
     let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
     (status, headers, value)
 }
+
+/// The listing pages in the database unless a metadata filter is given, which pages in memory. A filter every
+/// sandbox matches must therefore change nothing: the same pages, order, cursors and running count, for every
+/// order, state set, page size, start time and template.
+#[tokio::test]
+async fn list_pages_the_same_in_the_database_and_in_memory() {
+    let h = harness().await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(h.create(json!({"all": "yes"})).await);
+        if i % 2 == 1 {
+            h.call("POST", &format!("/sandboxes/{}/pause", ids[i]), None).await;
+        }
+    }
+    let (_, _, first) = h.call("GET", &format!("/sandboxes/{}", ids[2]), None).await;
+    let third_started = urlencoding(first["startedAt"].as_str().unwrap());
+    let h = &h;
+    let walk = |query: String| async move {
+        let (mut seen, mut running, mut path) = (Vec::new(), Vec::new(), format!("/v2/sandboxes?{query}"));
+        loop {
+            let (status, headers, page) = h.call("GET", &path, None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {page}");
+            seen.extend(page.as_array().unwrap().iter().map(|s| s["sandboxID"].as_str().unwrap().to_owned()));
+            running.push(headers.get("x-total-running").map(|v| v.to_str().unwrap().to_owned()));
+            match headers.get("x-next-token") {
+                Some(t) => path = format!("/v2/sandboxes?{query}&nextToken={}", t.to_str().unwrap()),
+                None => return (seen, running),
+            }
+        }
+    };
+    let mut checked = 0;
+    for order in ["order=asc", "order=desc"] {
+        for state in ["", "&state=running", "&state=paused", "&state=running,paused"] {
+            for limit in ["&limit=1", "&limit=2", ""] {
+                for extra in ["", &format!("&startedAfter={third_started}"), "&template=base", "&template=unknown"] {
+                    let query = format!("{order}{state}{limit}{extra}");
+                    let in_db = walk(query.clone()).await;
+                    let in_memory = walk(format!("{query}&metadata=all%3Dyes")).await;
+                    assert_eq!(in_db, in_memory, "{query}");
+                    checked += usize::from(!in_db.0.is_empty());
+                }
+            }
+        }
+    }
+    assert!(checked > 40, "most queries list something ({checked})");
+    let (all, running) = walk("order=asc".into()).await;
+    assert_eq!(all, ids, "every sandbox, oldest first");
+    assert_eq!(running, vec![Some("3".to_owned())]);
+}
+
+fn urlencoding(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -7,6 +7,7 @@ mod api_keys;
 mod egress_ca;
 mod hashed_secret;
 mod nodes;
+mod sandbox_page;
 mod sandboxes;
 mod secrets;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod volumes;
 pub use access_tokens::AccessTokenRecord;
 pub use api_keys::{ApiKeyRecord, Caller};
 pub use nodes::{NodeRecord, NodeReservation};
+pub use sandbox_page::{SandboxPage, SandboxPageQuery};
 pub use sandboxes::{ClaimCondition, Holds, Ingress, SandboxRecord};
 pub use secrets::{SECRET_ID_PREFIX, SecretRecord, SecretValue};
 pub use snapshots::SnapshotRecord;

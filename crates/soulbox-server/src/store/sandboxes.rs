@@ -47,11 +47,11 @@ pub struct Ingress {
     pub mask_request_host: Option<String>,
 }
 
-const COLUMNS: &str = "id, template_id, alias, node_id, state, started_at, end_at, cpu_count, memory_mb, disk_size_mb, \
+pub(super) const COLUMNS: &str = "id, template_id, alias, node_id, state, started_at, end_at, cpu_count, memory_mb, disk_size_mb, \
     envd_version, envd_access_token, metadata, env_vars, auto_pause, auto_pause_memory, auto_pause_grace_s, auto_resume, \
     allow_internet, network, address, team_id";
 
-fn state_str(state: SandboxState) -> &'static str {
+pub(super) fn state_str(state: SandboxState) -> &'static str {
     match state {
         SandboxState::Running => "running",
         SandboxState::Paused => "paused",
@@ -83,7 +83,7 @@ fn network_json(n: &NetworkPolicy, ingress: &Ingress) -> String {
     json.to_string()
 }
 
-fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
+pub(super) fn from_row(row: &AnyRow) -> Result<SandboxRecord, StoreError> {
     let state: String = row.try_get("state")?;
     let metadata: String = row.try_get("metadata")?;
     let env_vars: String = row.try_get("env_vars")?;
