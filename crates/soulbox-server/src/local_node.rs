@@ -205,7 +205,13 @@ impl Node for LocalNode {
     async fn stats(&self, sandbox_id: &str) -> Result<SandboxStats, NodeError> {
         let info = self.runtime.info(sandbox_id).await.map_err(node_error)?;
         let s = self.runtime.stats(sandbox_id).await.map_err(node_error)?;
-        let disk = disk_usage(&self.runtime.sandbox_dir(sandbox_id));
+        // A sandbox with its own disk image (or a project quota) has its usage from one statfs; walking the
+        // writable layer is the fallback, O(files) per sandbox per sampler round.
+        let (disk, disk_total) = if s.disk_limit_bytes > 0 {
+            (s.disk_used_bytes, s.disk_limit_bytes)
+        } else {
+            (disk_usage(&self.runtime.sandbox_dir(sandbox_id)), 0)
+        };
         Ok(SandboxStats {
             cpu_usage_ns: s.cpu_usage_ns,
             cpu_count: info.spec.cpu_count.unwrap_or(1),
@@ -213,7 +219,7 @@ impl Node for LocalNode {
             mem_total_bytes: s.memory_limit_bytes,
             mem_cache_bytes: 0,
             disk_used_bytes: disk,
-            disk_total_bytes: 0,
+            disk_total_bytes: disk_total,
             disk_read_bytes: s.io_read_bytes,
             disk_write_bytes: s.io_write_bytes,
             net_rx_bytes: s.net_rx_bytes,

@@ -68,12 +68,21 @@ pub async fn prometheus(
          # HELP soulbox_node_memory_available_bytes Memory available for new sandboxes.\n# TYPE soulbox_node_memory_available_bytes gauge\n\
          soulbox_node_memory_available_bytes {}\n\
          # HELP soulbox_uptime_seconds Seconds since the server started.\n# TYPE soulbox_uptime_seconds gauge\n\
-         soulbox_uptime_seconds {}\n{}",
+         soulbox_uptime_seconds {}\n\
+         # HELP soulbox_metrics_sampler_rounds_total Rounds of the per-sandbox metrics sampler.\n# TYPE soulbox_metrics_sampler_rounds_total counter\n\
+         soulbox_metrics_sampler_rounds_total {}\n\
+         # HELP soulbox_metrics_sampler_cpu_seconds_total CPU time the sampler's rounds took.\n# TYPE soulbox_metrics_sampler_cpu_seconds_total counter\n\
+         soulbox_metrics_sampler_cpu_seconds_total {}\n\
+         # HELP soulbox_metrics_sampler_last_round_seconds Wall time of the sampler's last round.\n# TYPE soulbox_metrics_sampler_last_round_seconds gauge\n\
+         soulbox_metrics_sampler_last_round_seconds {}\n{}",
         MetricsStore::counter(&m.creates),
         MetricsStore::counter(&m.create_failures),
         MetricsStore::counter(&m.kills),
         node.memory_available_mb * 1024 * 1024,
         state.started.elapsed().as_secs(),
+        MetricsStore::counter(&m.sampler_rounds),
+        MetricsStore::counter(&m.sampler_cpu_us) as f64 / 1e6,
+        MetricsStore::counter(&m.sampler_last_round_us) as f64 / 1e6,
         crate::prom::render(),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
