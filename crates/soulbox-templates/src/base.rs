@@ -2,8 +2,9 @@
 //! ordinary recipe of the build engine: a Debian 12 bootstrap with the tools E2B's base has — `python` and
 //! `pip` (Python 3.11), `node` and `npm` (Debian's Node.js 18.20), `yarn` (Debian's yarnpkg 1.22),
 //! `build-essential`, `git`, `curl`, `gh`, `sudo` — then one RUN step that adds the user `user` (uid 1000,
-//! home `/home/user`, passwordless sudo), umask 022 for login shells, a world-writable `/code` and
-//! `/usr/local` (so `pip install` and `npm install -g` work as `user`), then USER/WORKDIR.
+//! home `/home/user`, passwordless sudo), umask 022 for login shells, an /etc/profile that takes the uid from
+//! bash's `$EUID` rather than forking `id -u` (the SDKs run every command in a login shell), a world-writable
+//! `/code` and `/usr/local` (so `pip install` and `npm install -g` work as `user`), then USER/WORKDIR.
 //!
 //! Every tool comes from Debian packages in the bootstrap itself (no registry, no network in a build step).
 //! The extra packages are base's alone ([`BASE_PACKAGES`], a `bootstrap:debian:bookworm:<pkg>,…` base), so
@@ -37,6 +38,13 @@ chmod 0440 /etc/sudoers.d/user
 passwd -d root
 sed -i 's/^UMASK.*/UMASK 022/' /etc/login.defs
 echo 'umask 022' > /etc/profile.d/umask.sh
+# Every SDK command is `bash -l -c`: Debian's /etc/profile forks `id -u` for the uid, a third of a login shell's
+# start-up. bash knows it ($EUID); other shells (dash, for `sh -l`) still ask id. Same environment either way
+# (tests/e2e/test_login_env.py); the count check fails the build if Debian's file ever changes shape.
+sed -i -e '/^# and Bourne compatible shells/a\
+if [ -n "${BASH_VERSION-}" ]; then __profile_uid=$EUID; else __profile_uid=$(id -u); fi' \
+  -e 's/^\( *if \[ \)"$(id -u)"/\1"$__profile_uid"/' -e '$a unset __profile_uid' /etc/profile
+test "$(grep -c 'id -u' /etc/profile)" = 1
 mkdir -p /code && chmod 777 /code && chmod -R 777 /usr/local
 # Debian's pip refuses to install outside a venv (PEP 668); E2B's base (python:3.11) lets `pip install x` work.
 # pip.conf rather than deleting EXTERNALLY-MANAGED: it is our own file, so a python3 upgrade keeps it.
@@ -102,6 +110,7 @@ mod tests {
             "useradd -m -s /bin/bash -u 1000 user",
             "NOPASSWD: ALL",
             "umask 022",
+            "__profile_uid=$EUID",
             "chmod 777 /code",
             "break-system-packages = true",
             "/usr/bin/yarn",
