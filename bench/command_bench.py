@@ -26,7 +26,10 @@ WARMUP = 20
 
 # Each iteration prints one spawn's duration in microseconds; $EPOCHREALTIME is read by the shell itself.
 SPAWN_LOOP = r"""
-t() { local a b; for ((i = 0; i < $1; i++)); do a=${EPOCHREALTIME/./}; "${@:2}"; b=${EPOCHREALTIME/./}; echo $((b - a)); done; }
+t() {
+  local a b
+  for ((i = 0; i < $1; i++)); do a=${EPOCHREALTIME/./}; "${@:2}"; b=${EPOCHREALTIME/./}; echo $((b - a)); done
+}
 t {n} bash -l -c true | sed 's/^/login /'
 t {n} bash -c true | sed 's/^/plain /'
 t {n} /bin/true | sed 's/^/true /'
