@@ -15,6 +15,7 @@ packages=(
   docker-registry     # a real OCI registry the template tests start on a loopback port (FROM <image> pulls)
   tmux                # the CLI test drives `soulbox shell` (a PTY) in tmux
   chromium            # tests/dashboard: the web dashboard in a real headless browser (playwright-core drives it)
+  systemd-container socat  # tests/packaging/boot-in-nspawn.sh: the .deb's units under a real systemd (systemd-nspawn)
 )
 if [ "$(id -u)" -ne 0 ]; then
   echo "install-deps.sh must run as root (it calls apt-get)" >&2

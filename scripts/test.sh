@@ -10,6 +10,8 @@ scripts/build-envd.sh   # the static agent the runtime and server tests run in s
 # release package is scripts/package-deb.sh) and run-server.sh's Rust check (needs root).
 tests/packaging/check-deb.sh --no-build --debug
 [ "$(id -u)" != 0 ] || tests/packaging/check-run-server.sh
+# The same package's units under a real systemd: a Debian 12 tree booted with systemd-nspawn (~1.5 min; needs root).
+[ "$(id -u)" != 0 ] || tests/packaging/boot-in-nspawn.sh target/deb-debug/soulbox_*.deb
 # The store and replica tests run on SQLite and on a throwaway PostgreSQL (install-deps.sh installs it); here
 # a missing PostgreSQL is a failure, not a skip. SOULBOX_REQUIRE_POSTGRES=0 to allow skipping.
 # Likewise gVisor: the runtime's runsc tests (crates/soulbox-runtime/tests/runsc.rs) fail instead of skipping without

@@ -8,8 +8,8 @@
 #
 # As root, on a host without systemd as PID 1 (this one); needs systemd-container, mmdebstrap and socat from
 # Debian and the Debian mirror (for the tree and for the server's base template). Prints `N passed, N failed`.
-# About 1.5 minutes (the tree ~20 s, the first start's base bootstrap ~1 min). Not in CI yet. By hand, run it
-# under `flock /tmp/soulbox-heavy.lock`.
+# About 1.5 minutes (the tree ~20 s, the first start's base bootstrap ~1 min); CI runs it (scripts/test.sh) on
+# the debug-binary package. By hand, run it under `flock /tmp/soulbox-heavy.lock`.
 #
 # What the harness does that a real host would not need (each is nesting, not the unit):
 # - --register=no --keep-unit: no systemd/machined on the host to register with; the container runs in a cgroup
