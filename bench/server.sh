@@ -5,6 +5,7 @@
 # Usage (as root): bench/server.sh          env: N=30 SIZE_MIB=256 PORT=3190
 #   BENCH=bench/snapshot_bench.py bench/server.sh   pause, snapshot and fork (issue 13)
 #   BENCH=bench/volume_bench.py bench/server.sh     volumes vs the sandbox's own disk (issue 15)
+#   BENCH=bench/density_bench.py N=1000 bench/server.sh   1,000 idle sandboxes: memory, latencies, CPU (issue 18)
 #   RUNTIME=runsc                              the server's OCI runtime (default runc)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -24,8 +25,13 @@ SERVER=$!
 KEY=""
 cleanup() {
   if [ -n "$KEY" ]; then
-    for id in $(curl -s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/v2/sandboxes" | "$VENV/bin/python" -c 'import json,sys; print(" ".join(s["sandboxID"] for s in json.load(sys.stdin)))'); do
-      curl -s -o /dev/null -X DELETE -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/sandboxes/$id"
+    # The listing pages by 100: list again until nothing is left (bounded, in case kills keep failing).
+    for _ in $(seq 1 50); do
+      ids="$(curl -s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/v2/sandboxes" | "$VENV/bin/python" -c 'import json,sys; print(" ".join(s["sandboxID"] for s in json.load(sys.stdin)))' || true)"
+      [ -n "$ids" ] || break
+      for id in $ids; do
+        curl -s -o /dev/null -X DELETE -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/sandboxes/$id"
+      done
     done
   fi
   kill "$SERVER" 2>/dev/null || true
