@@ -94,22 +94,6 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not mark interrupted template builds"),
     }
 
-    // The first key is the admin (nodes, keys), in the default team.
-    let fresh_key = if store.count_active_api_keys().await? == 0 {
-        let (_, key) =
-            store.create_api_key_in("admin", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await?;
-        Some(key.secret)
-    } else {
-        // Keys made with `soulbox keys create` before the first start are members: say how to get an admin.
-        let keys = store.list_api_keys().await?;
-        if !keys.iter().any(|k| k.revoked_at_ms.is_none() && k.role == crate::store::Role::Admin) {
-            tracing::warn!(
-                "no active admin key: nodes and keys cannot be managed through the API until `soulbox keys create --admin`"
-            );
-        }
-        None
-    };
-
     let lifecycle_config = LifecycleConfig {
         default_timeout_s: config.default_timeout_s,
         max_timeout_s: config.max_timeout_s,
@@ -140,7 +124,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             eprintln!(
                 "cluster mode: waiting for node agents (`soulbox node --server <this URL> --token <node token>`)"
             );
-            serve(&config, lifecycle, listener, started, fresh_key).await
+            serve(&config, lifecycle, listener, started).await
         }
         None => {
             let reserved = recorded_addresses(&store).await?;
@@ -159,7 +143,7 @@ pub async fn run(config: ServerConfig) -> anyhow::Result<()> {
             }
             .await;
             let result = match started_node {
-                Ok(lifecycle) => serve(&config, lifecycle, listener, started, fresh_key).await,
+                Ok(lifecycle) => serve(&config, lifecycle, listener, started).await,
                 Err(e) => Err(e),
             };
             close_local_node(&node).await;
@@ -205,13 +189,10 @@ fn load_tls(config: &ServerConfig) -> anyhow::Result<Option<Arc<TlsFront>>> {
 }
 
 /// Serves the API and sandbox traffic until SIGINT/SIGTERM.
-async fn serve(
-    config: &ServerConfig,
-    lifecycle: Arc<Lifecycle>,
-    front: Front,
-    started: Instant,
-    fresh_key: Option<String>,
-) -> anyhow::Result<()> {
+async fn serve(config: &ServerConfig, lifecycle: Arc<Lifecycle>, front: Front, started: Instant) -> anyhow::Result<()> {
+    // The first key is made only once everything else has started: made earlier, a start that failed in between
+    // left a key in the store that was never shown nor written anywhere.
+    let fresh_key = first_admin_key(lifecycle.store()).await?;
     let metrics_store = Arc::new(MetricsStore::default());
     let _sampler = metrics::spawn_sampler(
         lifecycle.store().clone(),
@@ -395,4 +376,22 @@ pub async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term.recv() => {}
     }
+}
+
+/// The first admin key (team `default`) when the store has no active key; `None` otherwise, with a warning when
+/// no active key is an admin.
+async fn first_admin_key(store: &Store) -> anyhow::Result<Option<String>> {
+    if store.count_active_api_keys().await? == 0 {
+        let (_, key) =
+            store.create_api_key_in("admin", crate::store::DEFAULT_TEAM_NAME, crate::store::Role::Admin).await?;
+        return Ok(Some(key.secret));
+    }
+    // Keys made with `soulbox keys create` before the first start are members: say how to get an admin.
+    let keys = store.list_api_keys().await?;
+    if !keys.iter().any(|k| k.revoked_at_ms.is_none() && k.role == crate::store::Role::Admin) {
+        tracing::warn!(
+            "no active admin key: nodes and keys cannot be managed through the API until `soulbox keys create --admin`"
+        );
+    }
+    Ok(None)
 }
