@@ -257,7 +257,8 @@ impl Inner {
                         let _ = self.release(&ready.rec.id, false).await;
                         return;
                     }
-                    tracing::info!(template = %template, "booted a sandbox for the pool");
+                    // Logged under the pool's lock, so a create that follows this line finds the sandbox.
+                    tracing::info!(template = %template, sandbox = %ready.rec.id, "booted a sandbox for the pool");
                     pool.entry(template).or_default().push_back(ready)
                 }
                 Err(e) => {
