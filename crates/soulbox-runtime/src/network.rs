@@ -156,15 +156,18 @@ pub async fn setup(lease: &NetLease, on_link: bool) -> Result<()> {
     Ok(())
 }
 
-/// Remove veth and netns (idempotent).
+/// Remove veth and netns (idempotent). An empty `veth` removes only the netns (`Path::join("")` would name
+/// `/sys/class/net/` itself, which always exists).
 pub async fn teardown(netns: &str, veth: &str) -> Result<()> {
-    if Path::new("/sys/class/net").join(veth).exists()
+    if !veth.is_empty()
+        && Path::new("/sys/class/net").join(veth).exists()
         && let Err(e) = util::run("ip", &["link", "del", veth]).await
         && Path::new("/sys/class/net").join(veth).exists()
     {
         return Err(e);
     }
-    if Path::new("/run/netns").join(netns).exists()
+    if !netns.is_empty()
+        && Path::new("/run/netns").join(netns).exists()
         && let Err(e) = util::run("ip", &["netns", "del", netns]).await
         && Path::new("/run/netns").join(netns).exists()
     {

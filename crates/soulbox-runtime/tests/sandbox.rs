@@ -373,6 +373,37 @@ async fn killing_the_runtime_mid_create_leaks_nothing() {
     assert!(mid_create > 0, "no kill landed in the middle of a create; adjust the delays");
 }
 
+/// A netns and a veth of the runtime's prefix that no sandbox directory names (a process killed between making
+/// them and recording them, or a data dir wiped while they stayed) go when a runtime opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_runtime_deletes_netns_and_links_that_no_sandbox_owns() {
+    root_or_skip!("a_new_runtime_deletes_netns_and_links_that_no_sandbox_owns");
+    let cfg = config(23);
+    let store = soulbox_runtime::Store::new(cfg.store_dir()).unwrap();
+    store.ensure_test_template(std::path::Path::new("/bin/busybox")).unwrap();
+    let orphan_ns = cfg.netns_name("orphan0netns0000000");
+    let orphan_link = cfg.veth_name("orphan0link00000000");
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip").args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    let cleanup = |ns: &str, link: &str| {
+        let _ = std::process::Command::new("ip").args(["netns", "del", ns]).output();
+        let _ = std::process::Command::new("ip").args(["link", "del", link]).output();
+    };
+    cleanup(&orphan_ns, &orphan_link);
+    ip(&["netns", "add", &orphan_ns]);
+    ip(&["link", "add", &orphan_link, "type", "veth", "peer", "name", "eth0", "netns", &orphan_ns]);
+    let opened = soulbox_runtime::Runtime::open(cfg.clone()).await;
+    let left = leftovers(&cfg).await;
+    cleanup(&orphan_ns, &orphan_link);
+    let rt = opened.unwrap();
+    rt.destroy_all().await.unwrap();
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&cfg.data_dir);
+    assert!(left.is_empty(), "left after a runtime opened: {left:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn base_template_user_sudo_python() {
     root_or_skip!("base_template_user_sudo_python");

@@ -164,14 +164,18 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>) -> Result<()> {
     for ns in network::netns_list(&cfg.prefix) {
         if !live_ns.contains(&ns) {
             tracing::info!(netns = %ns, "deleting leaked netns");
-            let _ = network::teardown(&ns, "").await;
+            if let Err(e) = network::teardown(&ns, "").await {
+                tracing::warn!(netns = %ns, error = %e, "deleting a leaked netns failed");
+            }
         }
     }
     let live_veth: HashSet<String> = adopted.iter().map(|id| cfg.veth_name(id)).collect();
     for l in network::host_links(&cfg.prefix) {
         if !live_veth.contains(&l) {
             tracing::info!(link = %l, "deleting leaked link");
-            let _ = crate::util::run("ip", &["link", "del", &l]).await;
+            if let Err(e) = crate::util::run("ip", &["link", "del", &l]).await {
+                tracing::warn!(link = %l, error = %e, "deleting a leaked link failed");
+            }
         }
     }
     // cgroups
