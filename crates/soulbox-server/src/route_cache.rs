@@ -86,30 +86,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> Arc<SandboxRecord> {
-        Arc::new(SandboxRecord {
-            id: id.to_owned(),
-            template_id: "base".into(),
-            alias: None,
-            node_id: "local".into(),
-            state: soulbox_protocol::api::SandboxState::Running,
-            started_at_ms: 0,
-            end_at_ms: 0,
-            cpu_count: 1,
-            memory_mb: 512,
-            disk_size_mb: 1024,
-            envd_version: String::new(),
-            envd_access_token: None,
-            metadata: Default::default(),
-            env_vars: Default::default(),
-            auto_pause: false,
-            auto_pause_memory: false,
-            auto_pause_grace_s: 0,
-            auto_resume: false,
-            network: Default::default(),
-            ingress: Default::default(),
-            address: None,
-            team_id: String::new(),
-        })
+        Arc::new(SandboxRecord { started_at_ms: 0, end_at_ms: 0, disk_size_mb: 1024, ..SandboxRecord::running(id) })
     }
 
     #[test]

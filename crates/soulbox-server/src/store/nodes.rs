@@ -286,28 +286,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&Store::sqlite_url(&dir.path().join("db"))).await.unwrap();
         let rec = super::super::SandboxRecord {
-            id: "a".into(),
-            template_id: "base".into(),
-            alias: None,
             node_id: "n1".into(),
-            state: SandboxState::Running,
-            started_at_ms: 1,
-            end_at_ms: 2,
             cpu_count: 2,
-            memory_mb: 512,
-            disk_size_mb: 0,
-            envd_version: "0.6.13".into(),
-            envd_access_token: None,
-            metadata: Default::default(),
-            env_vars: Default::default(),
-            auto_pause: false,
-            auto_pause_memory: false,
-            auto_pause_grace_s: 0,
-            auto_resume: false,
-            network: Default::default(),
-            ingress: Default::default(),
-            address: None,
-            team_id: crate::store::DEFAULT_TEAM_ID.into(),
+            ..super::super::SandboxRecord::running("a")
         };
         store.insert_sandbox(&rec).await.unwrap();
         store.insert_sandbox(&super::super::SandboxRecord { id: "b".into(), ..rec.clone() }).await.unwrap();

@@ -38,6 +38,38 @@ pub struct SandboxRecord {
     pub team_id: String,
 }
 
+#[cfg(test)]
+impl SandboxRecord {
+    /// A running `base` sandbox of the default team on node `local` with every option at its default: tests
+    /// override the fields they are about (`SandboxRecord { state: .., ..SandboxRecord::running(id) }`).
+    pub fn running(id: &str) -> Self {
+        SandboxRecord {
+            id: id.into(),
+            template_id: "base".into(),
+            alias: None,
+            node_id: "local".into(),
+            state: SandboxState::Running,
+            started_at_ms: 1,
+            end_at_ms: 2,
+            cpu_count: 1,
+            memory_mb: 512,
+            disk_size_mb: 0,
+            envd_version: "0.6.13".into(),
+            envd_access_token: None,
+            metadata: Default::default(),
+            env_vars: Default::default(),
+            auto_pause: false,
+            auto_pause_memory: false,
+            auto_pause_grace_s: 0,
+            auto_resume: false,
+            network: Default::default(),
+            ingress: Default::default(),
+            address: None,
+            team_id: crate::store::DEFAULT_TEAM_ID.into(),
+        }
+    }
+}
+
 /// How requests reach a sandbox's ports (E2B's `allowPublicTraffic: false` and `maskRequestHost`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ingress {
@@ -383,33 +415,24 @@ mod tests {
 
     pub fn record(id: &str) -> SandboxRecord {
         SandboxRecord {
-            id: id.into(),
-            template_id: "base".into(),
             alias: Some("base".into()),
-            node_id: "local".into(),
-            state: SandboxState::Running,
             started_at_ms: 1_000,
             end_at_ms: 301_000,
             cpu_count: 2,
-            memory_mb: 512,
             disk_size_mb: 1024,
-            envd_version: "0.6.13".into(),
             envd_access_token: Some("tok".into()),
             metadata: BTreeMap::from([("k".into(), "v".into())]),
-            env_vars: BTreeMap::new(),
             auto_pause: true,
             auto_pause_memory: true,
             auto_pause_grace_s: 5,
-            auto_resume: false,
             network: NetworkPolicy {
                 allow_internet: true,
                 allow_out: vec!["1.1.1.1/32".into()],
                 deny_out: vec![],
                 ..Default::default()
             },
-            ingress: Default::default(),
             address: Some("10.77.0.2".into()),
-            team_id: crate::store::DEFAULT_TEAM_ID.into(),
+            ..SandboxRecord::running(id)
         }
     }
 

@@ -9,28 +9,11 @@ use super::*;
 
 fn sandbox(id: &str, team_id: &str, cpu: i32, memory_mb: i32) -> SandboxRecord {
     SandboxRecord {
-        id: id.into(),
-        template_id: "base".into(),
-        alias: None,
-        node_id: "local".into(),
-        state: SandboxState::Running,
-        started_at_ms: 1,
-        end_at_ms: 2,
         cpu_count: cpu,
         memory_mb,
-        disk_size_mb: 0,
-        envd_version: "0.6.13".into(),
-        envd_access_token: None,
-        metadata: Default::default(),
-        env_vars: Default::default(),
-        auto_pause: false,
-        auto_pause_memory: false,
-        auto_pause_grace_s: 0,
-        auto_resume: false,
-        network: Default::default(),
-        ingress: Default::default(),
         address: Some("10.0.0.2".into()),
         team_id: team_id.into(),
+        ..SandboxRecord::running(id)
     }
 }
 

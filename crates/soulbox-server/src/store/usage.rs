@@ -191,28 +191,10 @@ mod tests {
 
     fn record(id: &str) -> SandboxRecord {
         SandboxRecord {
-            id: id.into(),
-            template_id: "base".into(),
-            alias: None,
-            node_id: "local".into(),
-            state: SandboxState::Running,
             started_at_ms: 1_000,
             end_at_ms: 9_999_999_999_999,
-            cpu_count: 1,
             memory_mb: 256,
-            disk_size_mb: 0,
-            envd_version: "0.6.13".into(),
-            envd_access_token: None,
-            metadata: Default::default(),
-            env_vars: Default::default(),
-            auto_pause: false,
-            auto_pause_memory: false,
-            auto_pause_grace_s: 0,
-            auto_resume: false,
-            network: Default::default(),
-            ingress: Default::default(),
-            address: None,
-            team_id: DEFAULT_TEAM_ID.into(),
+            ..SandboxRecord::running(id)
         }
     }
 
