@@ -201,6 +201,13 @@ pub struct ConnectSandbox {
     pub memory: Option<bool>,
 }
 
+/// `POST /sandboxes/{id}/resume` (E2B's deprecated resume). Its `autoPause` is not read: SoulBox keeps the pause policy set at create.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResumedSandbox {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<i32>,
+}
+
 /// `POST /sandboxes/{id}/timeout`: end = now + timeout seconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxTimeoutRequest {

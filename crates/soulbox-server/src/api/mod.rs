@@ -3,6 +3,7 @@
 mod admin;
 mod cluster;
 mod dashboard;
+mod json_body;
 mod keys;
 mod linger;
 mod log_lines;

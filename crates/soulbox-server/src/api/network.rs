@@ -1,12 +1,11 @@
 //! `PUT /sandboxes/{id}/network` (E2B's live network update).
 
-use axum::body::Bytes;
 use axum::extract::{Extension, Path, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use soulbox_protocol::api::SandboxNetworkUpdate;
 
-use super::sandboxes::body;
+use super::json_body::JsonBody;
 use super::{ApiState, error};
 use crate::store::Caller;
 
@@ -14,12 +13,8 @@ pub async fn update(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(update): JsonBody<SandboxNetworkUpdate>,
 ) -> Response {
-    let update: SandboxNetworkUpdate = match body(&bytes) {
-        Ok(u) => u,
-        Err(resp) => return resp,
-    };
     if let Some(message) = crate::egress::unsupported(update.egress_proxy.as_ref()) {
         return error(StatusCode::BAD_REQUEST, message);
     }

@@ -7,13 +7,13 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
-use serde::de::DeserializeOwned;
 use soulbox_protocol::api::{
-    ConnectSandbox, Lifecycle as ApiLifecycle, ListedSandbox, NewSandbox, OnTimeout, Sandbox, SandboxDetail,
-    SandboxNetworkConfig, SandboxPauseRequest, SandboxRefreshRequest, SandboxState, SandboxTimeoutRequest,
-    SandboxVolumeMount,
+    ConnectSandbox, Lifecycle as ApiLifecycle, ListedSandbox, NewSandbox, OnTimeout, ResumedSandbox, Sandbox,
+    SandboxDetail, SandboxNetworkConfig, SandboxPauseRequest, SandboxRefreshRequest, SandboxState,
+    SandboxTimeoutRequest, SandboxVolumeMount,
 };
 
+use super::json_body::JsonBody;
 use super::{ApiState, error};
 use crate::lifecycle::{CreateRequest, LifecycleError};
 use crate::listing::{PageCursor, page_params, parse_metadata_filter, parse_states, take_page};
@@ -21,15 +21,6 @@ use crate::store::{Caller, SandboxPageQuery, SandboxRecord};
 use crate::time::{parse_rfc3339_ms, rfc3339};
 
 type Params = Query<HashMap<String, String>>;
-
-/// Parses a JSON body into `T`, answering 400 in E2B's shape; an empty body is `T::default()`.
-#[allow(clippy::result_large_err)] // the error is the handler's answer, returned at once
-pub(super) fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, Response> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes).map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid request body: {e}")))
-}
 
 /// E2B's constant (deprecated) client id, in every sandbox it describes.
 pub const CLIENT_ID: &str = "6532622b";
@@ -74,11 +65,7 @@ fn create_request(team_id: String, req: NewSandbox, secure: bool) -> CreateReque
     }
 }
 
-async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Response {
-    let req: NewSandbox = match body(&bytes) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
+async fn create(state: ApiState, caller: Caller, req: NewSandbox, v2: bool) -> Response {
     if req.template_id.is_empty() {
         return error(StatusCode::BAD_REQUEST, "templateID is required");
     }
@@ -114,12 +101,20 @@ async fn create(state: ApiState, caller: Caller, bytes: Bytes, v2: bool) -> Resp
     }
 }
 
-pub async fn create_v1(State(state): State<ApiState>, Extension(caller): Extension<Caller>, bytes: Bytes) -> Response {
-    create(state, caller, bytes, false).await
+pub async fn create_v1(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<NewSandbox>,
+) -> Response {
+    create(state, caller, req, false).await
 }
 
-pub async fn create_v2(State(state): State<ApiState>, Extension(caller): Extension<Caller>, bytes: Bytes) -> Response {
-    create(state, caller, bytes, true).await
+pub async fn create_v2(
+    State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    JsonBody(req): JsonBody<NewSandbox>,
+) -> Response {
+    create(state, caller, req, true).await
 }
 
 fn listed(r: &SandboxRecord) -> ListedSandbox {
@@ -340,25 +335,21 @@ pub async fn connect_v1(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<ConnectSandbox>,
 ) -> Response {
-    match body::<ConnectSandbox>(&bytes) {
-        Ok(req) if req.timeout.is_none() => error(StatusCode::BAD_REQUEST, "timeout is required"),
-        Ok(req) => connect(state, caller, id, req).await,
-        Err(resp) => resp,
+    if req.timeout.is_none() {
+        return error(StatusCode::BAD_REQUEST, "timeout is required");
     }
+    connect(state, caller, id, req).await
 }
 
 pub async fn connect_v2(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<ConnectSandbox>,
 ) -> Response {
-    match body::<ConnectSandbox>(&bytes) {
-        Ok(req) => connect(state, caller, id, req).await,
-        Err(resp) => resp,
-    }
+    connect(state, caller, id, req).await
 }
 
 pub async fn set_timeout(
@@ -381,33 +372,20 @@ pub async fn pause(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<SandboxPauseRequest>,
 ) -> Response {
-    let req: SandboxPauseRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
     match state.lifecycle.pause(&caller.team_id, &id, req.memory.unwrap_or(true)).await {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
     }
 }
 
-#[derive(Debug, Default, serde::Deserialize)]
-struct ResumeRequest {
-    timeout: Option<i32>,
-}
-
 pub async fn resume(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<ResumedSandbox>,
 ) -> Response {
-    let req: ResumeRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
     let started = std::time::Instant::now();
     match state.lifecycle.resume(&caller.team_id, &id, req.timeout).await {
         Ok(record) => {
@@ -422,12 +400,8 @@ pub async fn refresh(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<SandboxRefreshRequest>,
 ) -> Response {
-    let req: SandboxRefreshRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
     match state.lifecycle.refresh(&caller.team_id, &id, req.duration).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
@@ -12,7 +11,8 @@ use soulbox_protocol::api::{
     ApiError, SandboxForkRequest, SandboxForkResult, SandboxSnapshotRequest, SnapshotInfo, SnapshotMode,
 };
 
-use super::sandboxes::{body, sandbox};
+use super::json_body::JsonBody;
+use super::sandboxes::sandbox;
 use super::{ApiState, error, status_of};
 use crate::lifecycle::SnapshotFilter;
 use crate::listing::{PageCursor, page_params, take_page};
@@ -35,12 +35,8 @@ pub async fn create(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<SandboxSnapshotRequest>,
 ) -> Response {
-    let req: SandboxSnapshotRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
     let name = req.name.as_deref().filter(|n| !n.is_empty());
     match state.lifecycle.snapshot(&caller.team_id, &id, name).await {
         Ok(s) => (StatusCode::CREATED, Json(info(&s))).into_response(),
@@ -84,12 +80,8 @@ pub async fn fork(
     State(state): State<ApiState>,
     Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
-    bytes: Bytes,
+    JsonBody(req): JsonBody<SandboxForkRequest>,
 ) -> Response {
-    let req: SandboxForkRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(resp) => return resp,
-    };
     let outcomes = match state.lifecycle.fork(&caller.team_id, &id, req.timeout, req.count.unwrap_or(1)).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),

@@ -137,6 +137,16 @@ async fn bad_input_gets_e2b_errors_and_leaves_nothing() {
         ("PUT", "/v2/sandboxes", None, StatusCode::METHOD_NOT_ALLOWED),
         ("POST", "/sandboxes/x/connect", Some("{}".into()), StatusCode::BAD_REQUEST),
         ("POST", "/sandboxes/missing/timeout", Some(r#"{"timeout": 5}"#.into()), StatusCode::NOT_FOUND),
+        // Every optional-field body is parsed before the sandbox is looked up; an empty one is all defaults.
+        ("POST", "/sandboxes/missing/pause", Some("[1]".into()), StatusCode::BAD_REQUEST),
+        ("POST", "/sandboxes/missing/pause", None, StatusCode::NOT_FOUND),
+        ("POST", "/sandboxes/missing/resume", Some(r#"{"timeout": "x"}"#.into()), StatusCode::BAD_REQUEST),
+        ("POST", "/sandboxes/missing/refreshes", Some("{".into()), StatusCode::BAD_REQUEST),
+        ("POST", "/sandboxes/missing/fork", Some(r#"{"count": "two"}"#.into()), StatusCode::BAD_REQUEST),
+        ("POST", "/v2/sandboxes/missing/connect", Some("1".into()), StatusCode::BAD_REQUEST),
+        ("POST", "/sandboxes/missing/snapshots", Some(r#"{"name": 1}"#.into()), StatusCode::BAD_REQUEST),
+        ("POST", "/sandboxes/missing/snapshots", None, StatusCode::NOT_FOUND),
+        ("PUT", "/sandboxes/missing/network", Some(r#"{"allowOut": "x"}"#.into()), StatusCode::BAD_REQUEST),
     ];
     for (method, path, body, want) in cases {
         let (status, _, value) = h.raw(method, path, body, true).await;
