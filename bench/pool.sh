@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Booted pool benchmark (not a test; issue 18 goal 1): builds the release server and static envd, then in one run
-# starts `soulbox server` twice on the same loopback port and data dir — without a booted pool, then with
-# `--booted-pool base=$POOL` — and runs bench/pool_bench.py against each (raw HTTP and the official Python SDK),
+# starts `soulbox server` three times on the same loopback port and data dir — without a booted pool, with
+# `--booted-pool base=$POOL` and SQLite's synchronous=full, then with the pool and the store's defaults — and
+# runs bench/pool_bench.py against each (raw HTTP and the official Python SDK),
 # printing both side by side with the pool's hits counted in the server log. Every sandbox is killed at the end.
 # Usage (as root, under the heavy lock): flock /tmp/soulbox-heavy.lock bench/pool.sh
 #   env: N=30 (sequential creates per measure) TOTAL=48 (sustained creates at concurrency 8) POOL=8 PORT=3191
@@ -68,21 +69,25 @@ measure() {
 start
 off="$(measure 0)"
 stop
+# The same pool with SQLite waiting for the disk on every commit (the store's default before 2026-12-07).
+start --booted-pool "base=$POOL" --database-url "sqlite://$DATA/soulbox.db?mode=rwc&synchronous=full"
+full="$(measure "$POOL")"
+stop
 start --booted-pool "base=$POOL"
 on="$(measure "$POOL")"
 hits="$(grep -c 'claimed from the booted pool' "$LOG" || true)"
 stop
 
-"$VENV/bin/python" - "$off" "$on" "$hits" "$POOL" <<'PY'
+"$VENV/bin/python" - "$off" "$full" "$on" "$hits" "$POOL" <<'PY'
 import json, sys
-off, on, hits, pool = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-print(f"{'':28}{'pool off':>20}{'booted pool (base=' + pool + ')':>28}")
+off, full, on = (json.loads(a) for a in sys.argv[1:4])
+hits, pool = sys.argv[4], sys.argv[5]
+cols = (off, full, on)
+print(f"{'':28}{'pool off':>22}{'pool, sync=full':>22}{'booted pool (base=' + pool + ')':>26}")
 for k, label in (("raw_create", "raw HTTP create"), ("raw_create_cmd", "raw HTTP create + cmd"),
                  ("sdk_create", "Python SDK create"), ("sdk_create_cmd", "Python SDK create + cmd")):
-    a, b = off[k], on[k]
-    print(f"{label:<28}{a['p50']:>9.1f} / {a['p90']:<6.1f} ms{b['p50']:>13.1f} / {b['p90']:<6.1f} ms   (p50 / p90)")
+    print(f"{label:<28}" + "".join(f"{c[k]['p50']:>11.1f} / {c[k]['p90']:<6.1f} ms" for c in cols) + "   (p50 / p90)")
 for k, label in (("burst8", "8 creates at once"), ("sustained8", f"{on['sustained8']['total']} creates, concurrency 8")):
-    a, b = off[k], on[k]
-    print(f"{label:<28}{a['rate']:>12.1f} /s (err {a['errors']}){b['rate']:>14.1f} /s (err {b['errors']})")
-print(f"pool hits in the server log: {hits}; pooled before the burst: {on['pooled_before_burst']}")
+    print(f"{label:<28}" + "".join(f"{c[k]['rate']:>10.1f} /s (err {c[k]['errors']})" for c in cols))
+print(f"pool hits in the last server log: {hits}; pooled before the burst: {on['pooled_before_burst']}")
 PY
