@@ -143,8 +143,19 @@ async fn pooled_sandboxes_get_fresh_identities_share_nothing_and_leak_nothing() 
     rt.fill_booted_now().await;
     assert_eq!(rt.booted_len("test"), 2);
     pool_secrets.extend(pooled(&cfg).into_iter().map(|(_, s)| s));
+    let boot_id_in_pool: Vec<String> = pooled(&cfg)
+        .iter()
+        .filter_map(|(id, _)| soulbox_runtime::procview::BootRecord::load(&cfg.sandboxes_dir().join(id)))
+        .map(|b| b.boot_id)
+        .collect();
+    let before_b = soulbox_runtime::procview::boot_time_ns();
     let b = rt.create(spec("b")).await.expect("create b");
     assert_eq!(hits(&rt), 2, "b came from the pool");
+    // b booted before `before_b`, but its uptime counts from its create, like a cold sandbox's; its boot id is
+    // the one it booted with (its own).
+    let b_boot = soulbox_runtime::procview::BootRecord::load(&cfg.sandboxes_dir().join(&b.id)).expect("b's boot");
+    assert!(b_boot.boot_ns >= before_b, "b's uptime counts from its pool boot");
+    assert!(boot_id_in_pool.contains(&b_boot.boot_id), "{boot_id_in_pool:?}");
 
     // Nothing shared: id, address, secret, token, environment, hostname, files.
     assert_ne!(a.id, b.id);
