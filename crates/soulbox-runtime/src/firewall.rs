@@ -35,7 +35,10 @@ pub mod check;
 mod cut;
 pub mod guard;
 mod in_netns;
+mod sets;
 pub mod watch;
+
+use sets::{Const, SetStyle};
 
 /// Destinations a sandbox never reaches unless the node allows private egress: "this network",
 /// RFC 1918, CGNAT, loopback, link-local (incl. the cloud metadata service 169.254.169.254),
@@ -197,6 +200,9 @@ pub struct Firewall {
     dns: Vec<Ipv4Addr>,
     host_ports: Vec<u16>,
     allow_private_egress: bool,
+    /// How the host table's chains write the constant sets (`sets`): named, unless a benchmark asks for the
+    /// old inline sets to compare (`SOULBOX_BENCH_INLINE_NFT_SETS=1`, bench/throughput.sh).
+    host_sets: SetStyle,
     state: tokio::sync::Mutex<State>,
     /// The policies with host rules, by sandbox: read by the egress gateway per connection, without waiting for
     /// an `nft` run under `state`. Written together with `state.live`.
@@ -221,6 +227,10 @@ impl Firewall {
             dns: cfg.dns.clone(),
             host_ports: cfg.host_allowed_tcp_ports.clone(),
             allow_private_egress: cfg.allow_private_egress,
+            host_sets: match std::env::var("SOULBOX_BENCH_INLINE_NFT_SETS").as_deref() {
+                Ok("1") => SetStyle::Literal,
+                _ => SetStyle::Named,
+            },
             state: Default::default(),
             gateway_policies: Default::default(),
             own_pids: Default::default(),
@@ -258,14 +268,14 @@ impl Firewall {
 
     /// One sandbox's outbound chain: the policy as rules, in order.
     fn sandbox_chain(&self, id: &str, p: &NetworkPolicy) -> Result<ChainRules> {
-        let rules = self.policy_rules(p, Direction::Out, "goto refuse")?;
+        let rules = self.policy_rules(p, Direction::Out, "goto refuse", self.host_sets)?;
         Ok(ChainRules { name: format!("sb_{id}"), hook: None, rules })
     }
 
     /// The same policy for what reaches the sandbox on established flows, judged by their source: a
     /// flow opened while the policy allowed its destination stops when an update forbids it.
     fn inbound_chain(&self, id: &str, p: &NetworkPolicy) -> Result<ChainRules> {
-        let rules = self.policy_rules(p, Direction::In, "drop")?;
+        let rules = self.policy_rules(p, Direction::In, "drop", self.host_sets)?;
         Ok(ChainRules { name: format!("sbi_{id}"), hook: None, rules })
     }
 
@@ -273,9 +283,10 @@ impl Firewall {
     /// rules) its HTTP and TLS; with host rules its DNS too. Never traffic to the pool.
     fn nat_chain(&self, id: &str, p: &NetworkPolicy) -> ChainRules {
         let (pool, to) = (&self.pool, format!("{}:{}", self.gateway, self.gateway_port));
+        let ports = self.set(self.host_sets, Const::GatewayPorts);
         let mut rules = vec![match p.egress_proxy {
             Some(_) => format!("ip daddr != {pool} meta l4proto tcp dnat ip to {to}"),
-            None => format!("ip daddr != {pool} tcp dport {GATEWAY_PORTS} dnat ip to {to}"),
+            None => format!("ip daddr != {pool} tcp dport {ports} dnat ip to {to}"),
         }];
         if p.has_host_rules() {
             // The names it asks for are the ones the gateway judges (`gateway/dns.rs`).
@@ -285,31 +296,37 @@ impl Firewall {
     }
 
     /// The policy as rules on the remote end of the traffic (`direction`), `deny` being the verdict
-    /// for what it forbids.
-    pub(crate) fn policy_rules(&self, p: &NetworkPolicy, direction: Direction, deny: &str) -> Result<Vec<String>> {
+    /// for what it forbids; the constant sets named (host table) or written out (`sets`).
+    pub(crate) fn policy_rules(
+        &self,
+        p: &NetworkPolicy,
+        direction: Direction,
+        deny: &str,
+        sets: SetStyle,
+    ) -> Result<Vec<String>> {
         let (remote, remote_port) = match direction {
             Direction::Out => ("ip daddr", "th dport"),
             Direction::In => ("ip saddr", "th sport"),
         };
         let mut rules = Vec::new();
-        let private = private_set();
+        let private = self.set(sets, Const::Private);
+        let (dns, tcp_udp) = (self.set(sets, Const::Dns), self.set(sets, Const::TcpUdp));
         if !self.allow_private_egress {
             // Before allowOut: no allow rule can open private ranges or the metadata service.
             // The runtime's own DNS servers may be private (a LAN or cloud resolver): they are
             // exempt on port 53 only, and the rest of the chain decides about them as before.
-            let private_dns: Vec<Ipv4Addr> = self.dns.iter().copied().filter(|a| is_private(*a)).collect();
-            if private_dns.is_empty() {
+            if !self.dns.iter().any(|a| is_private(*a)) {
                 rules.push(format!("{remote} {private} {deny}"));
             } else {
-                let dns = addr_set(&private_dns);
+                let dns = self.set(sets, Const::PrivateDns);
                 rules.push(format!("{remote} {private} {remote} != {dns} {deny}"));
-                rules.push(format!("{remote} {dns} meta l4proto != {{ tcp, udp }} {deny}"));
+                rules.push(format!("{remote} {dns} meta l4proto != {tcp_udp} {deny}"));
                 rules.push(format!("{remote} {dns} {remote_port} != 53 {deny}"));
             }
         }
         if p.has_host_rules() && !self.dns.is_empty() {
             // Names are what host rules match: the node's DNS servers answer even under a deny-all.
-            rules.push(format!("{remote} {} meta l4proto {{ tcp, udp }} {remote_port} 53 accept", addr_set(&self.dns)));
+            rules.push(format!("{remote} {dns} meta l4proto {tcp_udp} {remote_port} 53 accept"));
         }
         if let Some(set) = set_expr(&p.allow_out)? {
             rules.push(format!("{remote} {set} accept"));
@@ -321,7 +338,7 @@ impl Firewall {
             rules.push(deny.to_string());
         }
         if !self.dns.is_empty() {
-            rules.push(format!("{remote} {} meta l4proto {{ tcp, udp }} {remote_port} 53 accept", addr_set(&self.dns)));
+            rules.push(format!("{remote} {dns} meta l4proto {tcp_udp} {remote_port} 53 accept"));
         }
         rules.push(format!("{remote} {private} {deny}"));
         rules.push(format!("meta nfproto ipv6 {deny}"));
@@ -415,6 +432,7 @@ impl Firewall {
         for map in [MAP_OUT, MAP_IN, MAP_NAT] {
             s += &format!("add map inet {t} {map} {{ type ifname : verdict; }}\n");
         }
+        s += &self.sets_script(t);
         for chain in self.base_chains() {
             let hook = chain.hook.as_deref().unwrap_or_default();
             s += &format!("add chain inet {t} {} {{ {hook} }}\n", chain.name);
@@ -492,8 +510,18 @@ impl Firewall {
 
     pub async fn add_sandbox(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<()> {
         let s = self.sandbox_script(id, veth, p)?;
+        let t0 = Instant::now();
         let mut state = self.state.lock().await;
+        let t1 = Instant::now();
         self.apply(&s).await?;
+        // Per-stage timing of creates (bench/throughput.sh reads it): the wait for the lock, the `nft` run.
+        tracing::debug!(
+            sandbox = id,
+            wait_us = (t1 - t0).as_micros() as u64,
+            nft_us = t1.elapsed().as_micros() as u64,
+            sandboxes = state.live.len(),
+            "firewall: sandbox added"
+        );
         state.live.insert(id.to_string(), (veth.to_string(), p.clone()));
         self.remember_gateway_policies(&state.live);
         Ok(())
@@ -506,7 +534,9 @@ impl Firewall {
         for (map, c) in [(MAP_OUT, format!("sb_{id}")), (MAP_IN, format!("sbi_{id}")), (MAP_NAT, format!("sbn_{id}"))] {
             s += &remove_chain_script(t, map, &c, veth);
         }
+        let t0 = Instant::now();
         let mut state = self.state.lock().await;
+        let t1 = Instant::now();
         if let Err(e) = self.apply(&s).await {
             // Without the table there is no chain to remove (the watcher rebuilds the table
             // without this sandbox); anything else is a real failure.
@@ -514,6 +544,13 @@ impl Firewall {
                 return Err(e);
             }
         }
+        tracing::debug!(
+            sandbox = id,
+            wait_us = (t1 - t0).as_micros() as u64,
+            nft_us = t1.elapsed().as_micros() as u64,
+            sandboxes = state.live.len(),
+            "firewall: sandbox removed"
+        );
         state.live.remove(id);
         self.remember_gateway_policies(&state.live);
         Ok(())
@@ -585,7 +622,7 @@ mod tests {
     }
 
     fn rules(f: &Firewall, p: &NetworkPolicy) -> Vec<String> {
-        f.policy_rules(p, Direction::Out, "drop").unwrap()
+        f.policy_rules(p, Direction::Out, "drop", SetStyle::Literal).unwrap()
     }
 
     #[test]

@@ -287,7 +287,9 @@ impl Inner {
             let range = userns.acquire(&dir)?;
             crate::userns::create_namespaces(range, &crate::userns::userns_path(&dir), &lease.netns_path())?;
         }
+        let t0 = std::time::Instant::now();
         network::setup(&lease, driver.kind().own_network_stack()).await?;
+        tracing::debug!(sandbox = id, us = t0.elapsed().as_micros() as u64, "network: namespace and links set up");
         Ok(lease)
     }
 }

@@ -13,7 +13,7 @@
 //!
 //! It is written once per network namespace (warm-pool slot, create with a non-default policy,
 //! start from disk, live network update) and disappears with the namespace.
-use super::{Direction, Firewall};
+use super::{Direction, Firewall, SetStyle};
 use crate::error::Result;
 use crate::spec::NetworkPolicy;
 
@@ -40,7 +40,8 @@ impl Firewall {
             // The host redirects these to the egress gateway, which judges them by name (`gateway.rs`).
             out.push(format!("tcp dport {} accept", super::GATEWAY_PORTS));
         }
-        out.extend(self.policy_rules(p, Direction::Out, "drop")?);
+        // Written out: the guard's table is one per namespace and small (see `sets`).
+        out.extend(self.policy_rules(p, Direction::Out, "drop", SetStyle::Literal)?);
         let input = [
             "iifname \"lo\" accept".to_string(),
             "ct state established,related accept".to_string(),
