@@ -12,6 +12,7 @@ SOULBOX_CLUSTER_DATABASE_URL (default SQLite in the run dir; a postgres:// URL p
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -115,10 +116,10 @@ def start_server(name="server", database_url=DB_URL):
     raise AssertionError(f"{name} exited during start; see {name}.log")
 
 
-def start_node(name, prefix, pool, template_dir=TEMPLATE_DIR, server=None, volumes_dir=None):
+def start_node(name, prefix, pool, template_dir=TEMPLATE_DIR, server=None, volumes_dir=None, extra=()):
     port = ports.setdefault(name, free_port())
     out = open(f"{RUN_DIR}/{name}.log", "ab")
-    extra = ["--volumes-dir", volumes_dir] if volumes_dir else []
+    extra = [*(["--volumes-dir", volumes_dir] if volumes_dir else []), *extra]
     procs[name] = remember(subprocess.Popen(
         [BIN, "--data-dir", f"{RUN_DIR}/{name}", "node", "--server", server or agent_server, "--token", TOKEN, "--node-id", name,
          "--listen", f"127.0.0.1:{port}", "--region", "test", "--heartbeat-interval-s", "1", "--template-dir", template_dir,
@@ -290,6 +291,7 @@ def main():
     assert run_in(from_snapshot[0], "cat /tmp/snap.txt").strip() == "snapped", "deleting a snapshot in use is safe"
 
     moves_off_a_drained_node()
+    booted_pool_on_a_node()
 
     if REPLICATED:
         replicas(everything, on_node2)
@@ -386,6 +388,42 @@ def moves_off_a_drained_node():
     procs["node4"].send_signal(signal.SIGTERM)
     procs["node4"].wait(timeout=30)
     cli("nodes", "remove", "node4")
+
+
+def booted_pool_on_a_node():
+    """Issue 18 goal 1 in cluster mode: a node agent with `--booted-pool base=1` hands a sandbox booted ahead to a
+    create the control plane places on it, with the create's identity (node7, sbc7, 10.87.0.0/16; the other nodes
+    drained so that the create lands there)."""
+    from e2b import Sandbox
+    log("booted pool on a node agent: a create placed there takes the sandbox booted ahead")
+    node_log = f"{RUN_DIR}/node7.log"
+
+    def logged(pattern):
+        with open(node_log, errors="replace") as f:
+            return re.search(pattern, f.read())
+
+    start_node("node7", "sbc7", "10.87.0.0/16", extra=["--booted-pool", "base=1"])
+    wait_for("node7 healthy", lambda: status_of("node7") == "healthy", 60)
+    wait_for("node7's pool to hold a booted sandbox", lambda: logged(r"booted a sandbox for the pool"), 120)
+    for n in ["node1", "node2", "node3"]:
+        call("POST", f"/nodes/{n}/drain", expect=200)
+    sbx = None
+    try:
+        sbx = Sandbox.create(timeout=600, envs={"WHO": "cluster-pool"}, metadata={"owner": "cluster-pool"})
+        assert sbx.sandbox_id in runc_ids("node7"), "the only undrained node runs it"
+        assert logged(rf"claimed from the booted pool sandbox={sbx.sandbox_id}\b"), "the create was not a pool hit"
+        assert sbx.commands.run("echo $WHO; cat /etc/hostname").stdout.split() == ["cluster-pool", sbx.sandbox_id]
+        listed = call("GET", f"/sandboxes/{sbx.sandbox_id}", expect=200)[1]
+        assert listed["metadata"] == {"owner": "cluster-pool"}, listed
+    finally:
+        if sbx is not None:
+            call("DELETE", f"/sandboxes/{sbx.sandbox_id}")
+        for n in ["node1", "node2", "node3"]:
+            call("POST", f"/nodes/{n}/undrain", expect=200)
+    procs["node7"].send_signal(signal.SIGTERM)
+    procs["node7"].wait(timeout=30)
+    assert not runc_ids("node7"), "node7's pooled sandboxes outlived it"
+    cli("nodes", "remove", "node7")
 
 
 def node_local_volumes():
@@ -722,7 +760,7 @@ def call_at(url, method, path):
 
 
 def stop_all():
-    for name in ["node1", "node2", "node3", "node4", "node5", "node6", "server", "replica2", "shared-server"]:
+    for name in ["node1", "node2", "node3", "node4", "node5", "node6", "node7", "server", "replica2", "shared-server"]:
         p = procs.get(name)
         if p and p.poll() is None:
             p.send_signal(signal.SIGTERM)

@@ -17,14 +17,15 @@
 #   SOULBOX_BIN, SOULBOX_ENVD      binaries (default: target/debug/soulbox, the static envd)
 #   SOULBOX_CLUSTER_PY             the driver (default cluster_test.py; bench/cluster_bench.py reuses this setup)
 #   SOULBOX_CLUSTER_SKIP_BUILD=1   do not build
-# Host objects are this test's own: prefixes sbc1..sbc6 (netns sbcN-*, nft tables soulbox_sbcN, cgroups
-# soulbox_sbcN), pools 10.81..10.86.0.0/16, a fresh run dir; all removed at the end, also on failure. (sbc4 is the
-# drained-node phase's fourth agent; sbc5/sbc6 are the agents of the shared-volumes phase's second control plane.)
+# Host objects are this test's own: prefixes sbc1..sbc7 (netns sbcN-*, nft tables soulbox_sbcN, cgroups
+# soulbox_sbcN), pools 10.81..10.87.0.0/16, a fresh run dir; all removed at the end, also on failure. (sbc4 is the
+# drained-node phase's fourth agent; sbc5/sbc6 are the agents of the shared-volumes phase's second control plane;
+# sbc7 the agent with a booted pool.)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-PREFIXES="sbc1 sbc2 sbc3 sbc4 sbc5 sbc6"
+PREFIXES="sbc1 sbc2 sbc3 sbc4 sbc5 sbc6 sbc7"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${SOULBOX_BIN:-$TARGET/debug/soulbox}"
 ENVD="${SOULBOX_ENVD:-$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd}"
