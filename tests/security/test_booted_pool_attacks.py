@@ -3,9 +3,11 @@ claims it (`POST /soulbox/claim`), which swaps in the sandbox's own secret and c
 
 - The pool's secret of a claimed sandbox opens nothing on its envd any more (every route, the claim route too),
   even for a local user on the host who read it from the node's record.
-- `POST /soulbox/claim` on a claimed sandbox and on a cold one is 404: through the proxy, where a stranger who
-  knows the id of a sandbox without an access token could otherwise hand it a secret and token of their own, and
-  straight to the sandbox's address with its real secret.
+- `POST /soulbox/claim` from a client: the proxy refuses it however it is spelled (403, like `/init`), so a
+  stranger who knows the id of a sandbox without an access token cannot reach it with the node's secret added;
+  envd itself answers it 404 on a claimed sandbox and on a cold one, even straight to the sandbox's address with
+  its real secret — either layer alone would have stopped that stranger handing it a secret and token of their
+  own.
 - Code inside a claimed sandbox finds no pool secret (environments, command lines, files) and cannot reach the
   envd of a sibling still in the pool, not even knowing that sibling's secret.
 - Pooled sandboxes are nobody's: no API call or proxied request names one.
@@ -156,10 +158,13 @@ def test_claim_route_is_404_on_a_claimed_or_cold_sandbox(server):
             kind = "claimed" if sid in claimed else "cold"
             route = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(ENVD_PORT)}
             with proxy(server) as c:
-                # A stranger (no key; the sandbox has no access token): the proxy adds the node's secret.
-                for path in (CLAIM, CLAIM + "/", "//soulbox/claim"):
+                # A stranger (no key; the sandbox has no access token), for whom the proxy would add the node's
+                # secret: the proxy refuses the node's own route, however it is spelled.
+                for path in (CLAIM, CLAIM + "/", "//soulbox/claim", "/SoulBox/%63laim"):
                     r = c.post(httpx.URL(server.url + path), headers=route, json=CLAIM_BODY)
-                    assert r.status_code == 404, f"{kind} {sid}: proxied POST {path}: {r.status_code} {r.text}"
+                    assert r.status_code == 403 and "reserved" in r.json()["message"], (
+                        f"{kind} {sid}: proxied POST {path}: {r.status_code} {r.text}"
+                    )
             rec = sandbox_record(server, sid)
             base = f"http://{rec['ip']}:{ENVD_PORT}"
             with direct() as c:

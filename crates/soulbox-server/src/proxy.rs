@@ -388,11 +388,13 @@ pub async fn forward_to(
 ) -> Response {
     let Upstream { authority, host, headers: extra_headers, sandbox_id, port, envd_secret } = upstream;
     let to_envd = port == ENVD_PORT;
-    if to_envd && is_init_path(request.uri().path()) {
-        tracing::info!(sandbox = %sandbox_id, path = request.uri().path(), "proxy: refused a client's /init");
+    if to_envd && let Some(reserved) = node_only_path(request.uri().path()) {
+        tracing::info!(sandbox = %sandbox_id, path = request.uri().path(), "proxy: refused a client's {reserved}");
         return crate::reply::error(
             StatusCode::FORBIDDEN,
-            "/init is reserved for the sandbox's node: a sandbox is configured when it is created (E2B's SDKs never call /init)",
+            format!(
+                "{reserved} is reserved for the sandbox's node: a sandbox is configured when it is created (E2B's SDKs never call {reserved})"
+            ),
         );
     }
     // HTTP/1 only: on h2 a body error resets just this stream, and the connection carries others.
@@ -458,9 +460,11 @@ pub async fn forward_to(
     Response::from_parts(parts, Body::new(crate::stream_cut::CutBody::new(body, liveness, socket)))
 }
 
-/// Whether `path` names envd's `/init`, however it is spelled (percent-encoded, repeated or trailing slashes,
-/// dot segments, any case). envd routes only the exact path, but the refusal must not depend on that.
-fn is_init_path(path: &str) -> bool {
+/// The node's own envd route `path` names, however it is spelled (percent-encoded, repeated or trailing slashes,
+/// dot segments, any case): `/init`, and the booted pool's claim (envd answers that one only while pooled, and
+/// only once; refusing it here too keeps a client from racing the node for it). envd routes only the exact
+/// paths, but the refusal must not depend on that.
+fn node_only_path(path: &str) -> Option<&'static str> {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
@@ -472,7 +476,13 @@ fn is_init_path(path: &str) -> bool {
             s => segments.push(s),
         }
     }
-    matches!(segments.as_slice(), [only] if only.eq_ignore_ascii_case("init"))
+    match segments.as_slice() {
+        [only] if only.eq_ignore_ascii_case("init") => Some("/init"),
+        [a, b] if a.eq_ignore_ascii_case("soulbox") && b.eq_ignore_ascii_case("claim") => {
+            Some(soulbox_protocol::envd_init::CLAIM_PATH)
+        }
+        _ => None,
+    }
 }
 
 /// envd's refusal of the node secret (`soulbox_protocol::envd_secret`), as opposed to its access-token checks.
@@ -605,12 +615,27 @@ mod tests {
     }
 
     #[test]
-    fn init_is_recognised_however_it_is_spelled() {
+    fn node_only_paths_are_recognised_however_they_are_spelled() {
         for path in ["/init", "/init/", "//init", "/./init", "/x/../init", "/%69nit", "/%2Finit", "/INIT", "/Init//"] {
-            assert!(is_init_path(path), "{path}");
+            assert_eq!(node_only_path(path), Some("/init"), "{path}");
         }
-        for path in ["/", "/health", "/initialize", "/init/x", "/files", "/x/init", "/process.Process/Start"] {
-            assert!(!is_init_path(path), "{path}");
+        for path in
+            ["/soulbox/claim", "//soulbox//claim/", "/SoulBox/Claim", "/soulbox/%63laim", "/x/../soulbox/./claim"]
+        {
+            assert_eq!(node_only_path(path), Some("/soulbox/claim"), "{path}");
+        }
+        for path in [
+            "/",
+            "/health",
+            "/initialize",
+            "/init/x",
+            "/files",
+            "/x/init",
+            "/process.Process/Start",
+            "/soulbox",
+            "/claim",
+        ] {
+            assert_eq!(node_only_path(path), None, "{path}");
         }
     }
 }

@@ -198,6 +198,24 @@ async fn init_never_reaches_envd_however_it_is_spelled() {
 }
 
 #[tokio::test]
+async fn the_pool_claim_never_reaches_envd_from_a_client() {
+    let secret = EnvdSecret::generate();
+    let echo = upstream(Answer::Echo).await;
+    let proxy = front(echo.port, ENVD_PORT, &secret).await;
+    for path in ["/soulbox/claim", "/SOULBOX/claim/", "/soulbox/%63laim"] {
+        let body = r#"{"envdSecret":"attacker","accessToken":"attacker"}"#;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let response = send(proxy, &request).await;
+        assert!(response.starts_with("HTTP/1.1 403"), "{path}: {response}");
+        assert!(response.contains("/soulbox/claim is reserved"), "{response}");
+    }
+    assert!(echo.heads.lock().unwrap().is_empty(), "nothing was forwarded");
+}
+
+#[tokio::test]
 async fn envd_refusing_the_secret_is_the_sandbox_not_found() {
     let secret = EnvdSecret::generate();
     let refusing = upstream(Answer::RefuseSecret).await;
