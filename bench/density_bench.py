@@ -15,14 +15,15 @@ Every sandbox the run made is killed at the end, also when it fails (CONCURRENCY
 listing); bench/server.sh then kills whatever is left.
 Goals: ≤ 5 MiB of host memory per idle sandbox; latencies at N ≤ 1.5× at BASE; the sampler < 10 % of one core.
 """
-import http.client
 import json
 import os
 import statistics
 import sys
-import threading
 import time
 import urllib.parse
+
+import benchlib  # noqa: E402
+from benchlib import api, pct, request  # noqa: E402,F401
 
 API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
 KEY = os.environ["E2B_API_KEY"]
@@ -38,62 +39,12 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
-
-
 def conn():
-    c = http.client.HTTPConnection(API.hostname, API.port, timeout=120)
-    c.connect()
-    c.sock.setsockopt(6, 1, 1)  # TCP_NODELAY
-    return c
-
-
-def request(c, method, path, body=None, headers=None):
-    h = {"X-API-Key": KEY, "Content-Type": "application/json"}
-    h.update(headers or {})
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    data = r.read()
-    return r.status, data
-
-
-def api(c, method, path, body=None):
-    status, data = request(c, method, path, body)
-    if status >= 300:
-        raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
-    return json.loads(data) if data else None
+    return benchlib.conn(timeout=120)
 
 
 def in_parallel(items, work):
-    """Runs work(conn, item) over items on CONCURRENCY threads; returns (results, errors)."""
-    lock, results, errors, queue = threading.Lock(), [], [], list(items)
-
-    def worker():
-        c = conn()
-        while True:
-            with lock:
-                if not queue:
-                    break
-                item = queue.pop()
-            try:
-                out = work(c, item)
-                with lock:
-                    results.append(out)
-            except Exception as e:  # noqa: BLE001 - counted and reported
-                with lock:
-                    errors.append(f"{item}: {e}")
-                c.close()
-                c = conn()
-        c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors
+    return benchlib.in_parallel(items, work, CONCURRENCY, conn)
 
 
 def create_many(count):

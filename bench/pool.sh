@@ -19,46 +19,17 @@ NETWORK_POOL="${NETWORK_POOL:-10.232.0.0/16}"
 VENV="$ROOT/tests/compat/.venv-latest"
 [ -x "$VENV/bin/python" ] || { echo "missing $VENV: run tests/compat/run.sh once" >&2; exit 1; }
 
-scripts/build-envd.sh >/dev/null
-cargo build --release -p soulbox-cli
-install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
+source bench/lib.sh
+SERVER_ENV=()
+bench_build
 mkdir -p "$DATA"
 if [ -n "${TEMPLATE_DIR:-}" ]; then printf 'template_dir = "%s"\n' "$TEMPLATE_DIR" >"$DATA/config.toml"; else : >"$DATA/config.toml"; fi
 LOG="$(mktemp)"
-SERVER=""
-KEY=""
-
-kill_all() {
-  [ -n "$KEY" ] || return 0
-  for _ in $(seq 1 50); do
-    ids="$(curl -s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/v2/sandboxes" | "$VENV/bin/python" -c 'import json,sys; print(" ".join(s["sandboxID"] for s in json.load(sys.stdin)))' || true)"
-    [ -n "$ids" ] || break
-    for id in $ids; do curl -s -o /dev/null -X DELETE -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/sandboxes/$id"; done
-  done
-}
-
-stop() {
-  [ -n "$SERVER" ] || return 0
-  kill_all
-  kill "$SERVER" 2>/dev/null || true
-  wait "$SERVER" 2>/dev/null || true
-  SERVER=""
-}
-trap 'stop; rm -f "$LOG"' EXIT
+trap 'bench_stop; rm -f "$LOG"' EXIT
 
 # start [flags...]: the server with extra flags, until its key line is printed.
 start() {
-  : >"$LOG"
-  target/release/soulbox --data-dir "$DATA" server --listen "127.0.0.1:$PORT" --prefix "$PREFIX" \
-    --network-pool "$NETWORK_POOL" "$@" >"$LOG" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 1 1200); do
-    grep -q '^export E2B_API_KEY' "$LOG" && break
-    kill -0 "$SERVER" || { cat "$LOG"; exit 1; }
-    sleep 0.5
-  done
-  KEY="$(cat "$DATA/admin-key" 2>/dev/null || true)"
-  [ -n "$KEY" ] || KEY="$(target/release/soulbox --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
+  bench_start "$LOG" --prefix "$PREFIX" --network-pool "$NETWORK_POOL" "$@"
 }
 
 measure() {
@@ -68,15 +39,15 @@ measure() {
 
 start
 off="$(measure 0)"
-stop
+bench_stop
 # The same pool with SQLite waiting for the disk on every commit (the store's default before 2026-12-07).
 start --booted-pool "base=$POOL" --database-url "sqlite://$DATA/soulbox.db?mode=rwc&synchronous=full"
 full="$(measure "$POOL")"
-stop
+bench_stop
 start --booted-pool "base=$POOL"
 on="$(measure "$POOL")"
 hits="$(grep -c 'claimed from the booted pool' "$LOG" || true)"
-stop
+bench_stop
 
 "$VENV/bin/python" - "$off" "$full" "$on" "$hits" "$POOL" <<'PY'
 import json, sys

@@ -9,7 +9,6 @@ sandbox's address (as the node does: with the envd secret from the node's record
       their ratio (goal >= 0.9)
 env: SMALL_N=2000 ROUNDS=9 SIZE_MIB=256 (SMALL_N=0: downloads only)
 """
-import http.client
 import json
 import os
 import statistics
@@ -19,29 +18,14 @@ import sys
 import time
 import urllib.parse
 
+from benchlib import api, conn, pct  # noqa: E402
+
 API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
 KEY = os.environ["E2B_API_KEY"]
 SIZE_MIB = int(os.environ.get("SIZE_MIB", "256"))
 SMALL_N = int(os.environ.get("SMALL_N", "2000"))
 ROUNDS = int(os.environ.get("ROUNDS", "9"))
 ENVD_PORT = 49983
-
-
-def conn(host, port):
-    c = http.client.HTTPConnection(host, port, timeout=60)
-    c.connect()
-    c.sock.setsockopt(6, 1, 1)  # TCP_NODELAY
-    return c
-
-
-def api(c, method, path, body=None):
-    c.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"X-API-Key": KEY, "Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    if r.status >= 300:
-        raise RuntimeError(f"{method} {path}: {r.status} {data[:200]!r}")
-    return json.loads(data) if data else None
 
 
 def run(c, sandbox, cmd):
@@ -61,11 +45,6 @@ def node_record(sandbox_id, name):
     path = os.path.join(os.environ.get("SOULBOX_DATA_DIR", ""), "node", "sandboxes", sandbox_id, name)
     with open(path) as f:
         return json.load(f)
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
 
 
 def timed_get(c, path, headers):

@@ -15,35 +15,12 @@ DATA="${SOULBOX_BENCH_DATA:-/var/tmp/soulbox-bench-server}"
 VENV="$ROOT/tests/compat/.venv-latest"
 [ -x "$VENV/bin/python" ] || { echo "missing $VENV: run tests/compat/run.sh once" >&2; exit 1; }
 
-scripts/build-envd.sh >/dev/null
-cargo build --release -p soulbox-cli
-install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
+source bench/lib.sh
+SERVER_ENV=()
+bench_build
 mkdir -p "$DATA"
 LOG="$(mktemp)"
-target/release/soulbox --data-dir "$DATA" server --listen "127.0.0.1:$PORT" --runtime "${RUNTIME:-runc}" >"$LOG" 2>&1 &
-SERVER=$!
-KEY=""
-cleanup() {
-  if [ -n "$KEY" ]; then
-    # The listing pages by 100: list again until nothing is left (bounded, in case kills keep failing).
-    for _ in $(seq 1 50); do
-      ids="$(curl -s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/v2/sandboxes" | "$VENV/bin/python" -c 'import json,sys; print(" ".join(s["sandboxID"] for s in json.load(sys.stdin)))' || true)"
-      [ -n "$ids" ] || break
-      for id in $ids; do
-        curl -s -o /dev/null -X DELETE -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/sandboxes/$id"
-      done
-    done
-  fi
-  kill "$SERVER" 2>/dev/null || true
-  wait "$SERVER" 2>/dev/null || true
-  rm -f "$LOG"
-}
-trap cleanup EXIT
-for _ in $(seq 1 600); do grep -q '^export E2B_API_KEY' "$LOG" && break; kill -0 "$SERVER" || { cat "$LOG"; exit 1; }; sleep 0.5; done
-# Off a terminal the first admin key is written to <data-dir>/admin-key, not printed.
-KEY="$(cat "$DATA/admin-key" 2>/dev/null || true)"
-if [ -z "$KEY" ]; then
-  KEY="$(target/release/soulbox --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
-fi
+trap 'bench_stop; rm -f "$LOG"' EXIT
+bench_start "$LOG" --runtime "${RUNTIME:-runc}"
 E2B_API_URL="http://127.0.0.1:$PORT" E2B_SANDBOX_URL="http://127.0.0.1:$PORT" E2B_VOLUME_API_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" \
   SOULBOX_DATA_DIR="$DATA" "$VENV/bin/python" "${BENCH:-bench/server_bench.py}"

@@ -8,10 +8,8 @@ Prints:
 Goals: create p50 < 60 ms end to end; proxy throughput >= 80 % of direct.
 """
 import base64
-import http.client
 import json
 import os
-import statistics
 import struct
 import subprocess
 import sys
@@ -19,34 +17,13 @@ import threading
 import time
 import urllib.parse
 
+from benchlib import api, conn, pct  # noqa: F401 (pool_bench uses them through this module)
 from e2b import Sandbox
 
 API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
 KEY = os.environ["E2B_API_KEY"]
 N = int(os.environ.get("N", "30"))
 SIZE_MIB = int(os.environ.get("SIZE_MIB", "256"))
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))]
-
-
-def conn():
-    c = http.client.HTTPConnection(API.hostname, API.port, timeout=60)
-    c.connect()
-    c.sock.setsockopt(6, 1, 1)  # TCP_NODELAY
-    return c
-
-
-def api(c, method, path, body=None):
-    c.request(method, path, body=json.dumps(body) if body is not None else None,
-              headers={"X-API-Key": KEY, "Content-Type": "application/json"})
-    r = c.getresponse()
-    data = r.read()
-    if r.status >= 300:
-        raise RuntimeError(f"{method} {path}: {r.status} {data[:200]!r}")
-    return json.loads(data) if data else None
 
 
 def raw_run(c, sandbox, cmd):

@@ -20,54 +20,21 @@ MODES="${MODES:-inline named}"
 VENV="$ROOT/tests/compat/.venv-latest"
 [ -x "$VENV/bin/python" ] || { echo "missing $VENV: run tests/compat/run.sh once" >&2; exit 1; }
 
+source bench/lib.sh
 BIN="${SOULBOX_BIN:-}"
-if [ -z "$BIN" ]; then
-  scripts/build-envd.sh >/dev/null
-  cargo build --release -p soulbox-cli
-  install -m 0755 target/static/x86_64-unknown-linux-gnu/release/soulbox-envd target/release/soulbox-envd-static
-  BIN=target/release/soulbox
-fi
+[ -n "$BIN" ] || bench_build
 mkdir -p "$DATA"
 {
   [ -z "${TEMPLATE_DIR:-}" ] || printf 'template_dir = "%s"\n' "$TEMPLATE_DIR"
   printf '[teams]\nmax_sandboxes = 1000\nmax_vcpus = 100000\nmax_memory_mb = 100000000\n'
 } >"$DATA/config.toml"
 LOG="$DATA/server.log"
-SERVER=""
-KEY=""
-
-kill_all() {
-  [ -n "$KEY" ] || return 0
-  for _ in $(seq 1 50); do
-    ids="$(curl -s -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/v2/sandboxes?limit=100" | "$VENV/bin/python" -c 'import json,sys; print(" ".join(s["sandboxID"] for s in json.load(sys.stdin)))' || true)"
-    [ -n "$ids" ] || break
-    for id in $ids; do curl -s -o /dev/null -X DELETE -H "X-API-Key: $KEY" "http://127.0.0.1:$PORT/sandboxes/$id"; done
-  done
-}
-
-stop() {
-  [ -n "$SERVER" ] || return 0
-  kill_all
-  kill "$SERVER" 2>/dev/null || true
-  wait "$SERVER" 2>/dev/null || true
-  SERVER=""
-}
-trap 'stop' EXIT
+trap 'bench_stop' EXIT
 
 # start <inline 0|1>: the server, until its key line is printed.
 start() {
-  : >"$LOG"
-  SOULBOX_BENCH_INLINE_NFT_SETS="$1" SOULBOX_LOG="info,soulbox_runtime=debug" NO_COLOR=1 \
-    "$BIN" --data-dir "$DATA" server --listen "127.0.0.1:$PORT" --prefix "$PREFIX" \
-    --network-pool "$NETWORK_POOL" >"$LOG" 2>&1 &
-  SERVER=$!
-  for _ in $(seq 1 1200); do
-    grep -q '^export E2B_API_KEY' "$LOG" && break
-    kill -0 "$SERVER" || { cat "$LOG"; exit 1; }
-    sleep 0.5
-  done
-  KEY="$(cat "$DATA/admin-key" 2>/dev/null || true)"
-  [ -n "$KEY" ] || KEY="$("$BIN" --data-dir "$DATA" keys create --name bench | grep -o 'e2b_[0-9a-f]*')"
+  SERVER_ENV=(SOULBOX_BENCH_INLINE_NFT_SETS="$1" SOULBOX_LOG="info,soulbox_runtime=debug" NO_COLOR=1)
+  bench_start "$LOG" --prefix "$PREFIX" --network-pool "$NETWORK_POOL"
 }
 
 PERF_DIR=""
@@ -79,7 +46,7 @@ for mode in $MODES; do
   start "$inline"
   OUT+=("$(E2B_API_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" SERVER_LOG="$LOG" PERF_DIR="$PERF_DIR" \
     LABEL="$mode" "$VENV/bin/python" bench/throughput_bench.py)")
-  stop
+  bench_stop
 done
 
 "$VENV/bin/python" - "$MODES" "${OUT[@]}" <<'PY'

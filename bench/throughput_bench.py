@@ -9,7 +9,6 @@ lines for that sandbox in between. PERF_DIR set: `perf record -a -g` runs during
 Every sandbox is killed at the end, also on failure. Prints one JSON object.
 """
 import datetime
-import http.client
 import json
 import os
 import re
@@ -17,9 +16,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
+
+from benchlib import pct, request  # noqa: E402
+import benchlib  # noqa: E402
 
 API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
 KEY = os.environ["E2B_API_KEY"]
@@ -33,47 +34,11 @@ LABEL = os.environ.get("LABEL", "run")
 
 
 def conn():
-    c = http.client.HTTPConnection(API.hostname, API.port, timeout=300)
-    c.connect()
-    c.sock.setsockopt(6, 1, 1)  # TCP_NODELAY
-    return c
-
-
-def request(c, method, path, body=None):
-    h = {"X-API-Key": KEY, "Content-Type": "application/json"}
-    c.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
-    r = c.getresponse()
-    return r.status, r.read()
+    return benchlib.conn(timeout=300)
 
 
 def in_parallel(items, work):
-    """work(conn, item) over items on CONCURRENCY threads; returns (results, errors)."""
-    lock, results, errors, queue = threading.Lock(), [], [], list(items)
-
-    def worker():
-        c = conn()
-        while True:
-            with lock:
-                if not queue:
-                    break
-                item = queue.pop()
-            try:
-                out = work(c, item)
-                with lock:
-                    results.append(out)
-            except Exception as e:  # noqa: BLE001 - counted and reported
-                with lock:
-                    errors.append(f"{item}: {e}")
-                c.close()
-                c = conn()
-        c.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(CONCURRENCY)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors
+    return benchlib.in_parallel(items, work, CONCURRENCY, conn)
 
 
 def create_one(c, _):
@@ -104,11 +69,6 @@ def all_ids():
         if not token or not page:
             c.close()
             return ids
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, round((len(values) - 1) * p))] if values else float("nan")
 
 
 def timed(items, work):
