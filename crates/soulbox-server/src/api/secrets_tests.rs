@@ -149,7 +149,21 @@ async fn listing_pages_with_next_tokens() {
             None => break,
         }
     }
-    assert_eq!(seen, made, "every secret once, oldest first");
+    // Oldest first, by millisecond, then by id: secrets made in the same millisecond come in id order.
+    let (_, _, all) = super::tests::send(&t.app, "GET", "/secrets", None, Some(&t.a)).await;
+    let listed: Vec<String> =
+        all.as_array().unwrap().iter().map(|s| s["secretID"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(seen, listed, "the pages, in order, are the listing");
+    let (mut seen_sorted, mut made_sorted) = (seen.clone(), made.clone());
+    seen_sorted.sort();
+    made_sorted.sort();
+    assert_eq!(seen_sorted, made_sorted, "every secret once");
+    let created: Vec<i64> = all.as_array().unwrap().iter().map(|s| created_ms(&s["createdAt"])).collect();
+    assert!(created.windows(2).all(|w| w[0] <= w[1]), "oldest first: {created:?}");
+}
+
+fn created_ms(value: &serde_json::Value) -> i64 {
+    crate::time::parse_rfc3339_ms(value.as_str().expect("createdAt")).expect("an RFC 3339 time")
 }
 
 async fn team_of(t: &Teams, key: &str) -> String {

@@ -248,12 +248,13 @@ impl Store {
         Ok(Some(self.secret_box()?.open(team_id, &id, version, &sealed)?))
     }
 
-    /// Checks that the configured key opens the newest stored version (if any): a replaced key file or a
+    /// Checks that the configured key opens the newest stored version (if any; of versions stored in the same
+    /// millisecond, the highest): a replaced key file or a
     /// replica with another key would otherwise only show when a secret is used.
     pub async fn check_secrets_key(&self) -> Result<(), StoreError> {
         let row = sqlx::query(
             "SELECT s.team_id, v.secret_id, v.version, v.ciphertext FROM secret_versions v \
-             JOIN secrets s ON s.id = v.secret_id ORDER BY v.created_at DESC LIMIT 1",
+             JOIN secrets s ON s.id = v.secret_id ORDER BY v.created_at DESC, v.version DESC, v.secret_id DESC LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?;
