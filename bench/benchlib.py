@@ -1,5 +1,6 @@
 """What the bench scripts share: percentiles, a kept-alive connection, the server's REST API with the key from
-E2B_API_KEY, and work spread over threads. Imported by the `bench/*_bench.py` scripts (run from bench/)."""
+E2B_API_KEY, the ids of every running sandbox, and work spread over threads. Imported by the `bench/*_bench.py`
+scripts (run from bench/)."""
 import http.client
 import json
 import os
@@ -39,6 +40,23 @@ def api(c, method, path, body=None):
     if status >= 300:
         raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
     return json.loads(data) if data else None
+
+
+def all_ids(connect=conn):
+    """The ids of every running sandbox, page by page through GET /v2/sandboxes (one connection from `connect`)."""
+    c, ids, token = connect(), [], ""
+    try:
+        while True:
+            path = "/v2/sandboxes?limit=100" + (f"&nextToken={urllib.parse.quote(token)}" if token else "")
+            c.request("GET", path, headers={"X-API-Key": KEY})
+            r = c.getresponse()
+            page = json.loads(r.read())
+            ids += [s["sandboxID"] for s in page]
+            token = r.getheader("x-next-token") or ""
+            if not token or not page:
+                return ids
+    finally:
+        c.close()
 
 
 def in_parallel(items, work, concurrency, connect=conn):

@@ -15,7 +15,6 @@ Every sandbox the run made is killed at the end, also when it fails (CONCURRENCY
 listing); bench/server.sh then kills whatever is left.
 Goals: ≤ 5 MiB of host memory per idle sandbox; latencies at N ≤ 1.5× at BASE; the sampler < 10 % of one core.
 """
-import json
 import os
 import statistics
 import sys
@@ -23,10 +22,9 @@ import time
 import urllib.parse
 
 import benchlib  # noqa: E402
-from benchlib import api, pct, request  # noqa: E402,F401
+from benchlib import all_ids, api, pct, request  # noqa: E402,F401
 
 API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
-KEY = os.environ["E2B_API_KEY"]
 N = int(os.environ.get("N", "1000"))
 BASE = int(os.environ.get("BASE", "10"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
@@ -53,20 +51,6 @@ def create_many(count):
     t = time.perf_counter()
     ids, errors = in_parallel(range(count), one)
     return ids, errors, time.perf_counter() - t
-
-
-def all_ids():
-    c, ids, token = conn(), [], ""
-    while True:
-        path = "/v2/sandboxes?limit=100" + (f"&nextToken={urllib.parse.quote(token)}" if token else "")
-        c.request("GET", path, headers={"X-API-Key": KEY})
-        r = c.getresponse()
-        page = json.loads(r.read())
-        ids += [s["sandboxID"] for s in page]
-        token = r.getheader("x-next-token") or ""
-        if not token or not page:
-            c.close()
-            return ids
 
 
 def kill_all(ids):
@@ -310,11 +294,11 @@ def main():
             print("           threads: " + ", ".join(f"{name} {p:.1f} %" for p, name in top))
     finally:
         c.close()
-        left = all_ids()
+        left = all_ids(conn)
         errors, took = kill_all(left)
         print(f"\nkilled {len(left) - len(errors)} of {len(left)} sandboxes in {took:.1f} s"
               + (f", errors: {errors[:3]}" if errors else ""), flush=True)
-        remaining = all_ids()
+        remaining = all_ids(conn)
         if remaining:
             print(f"{len(remaining)} sandboxes still listed after the kills", file=sys.stderr)
         if failures:

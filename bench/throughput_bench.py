@@ -17,13 +17,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.parse
 
-from benchlib import pct, request  # noqa: E402
+from benchlib import all_ids, pct, request  # noqa: E402
 import benchlib  # noqa: E402
 
-API = urllib.parse.urlparse(os.environ["E2B_API_URL"])
-KEY = os.environ["E2B_API_KEY"]
 LEVELS = [int(x) for x in os.environ.get("LEVELS", "10,300").split(",")]
 TOTAL = int(os.environ.get("TOTAL", "48"))
 CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
@@ -55,20 +52,6 @@ def kill_one(c, sid):
     if status not in (200, 204, 404):
         raise RuntimeError(f"kill {sid}: {status} {data[:200]!r}")
     return sid, t0[1], time.time()
-
-
-def all_ids():
-    c, ids, token = conn(), [], ""
-    while True:
-        path = "/v2/sandboxes?limit=100" + (f"&nextToken={urllib.parse.quote(token)}" if token else "")
-        c.request("GET", path, headers={"X-API-Key": KEY})
-        r = c.getresponse()
-        page = json.loads(r.read())
-        ids += [s["sandboxID"] for s in page]
-        token = r.getheader("x-next-token") or ""
-        if not token or not page:
-            c.close()
-            return ids
 
 
 def timed(items, work):
@@ -153,7 +136,7 @@ def main():
     results = {}
     try:
         for level in LEVELS:
-            have = len(all_ids())
+            have = len(all_ids(conn))
             _, errors = in_parallel(range(max(0, level - have)), create_one)
             if errors:
                 raise RuntimeError(f"topping up to {level}: {errors[:3]}")
@@ -167,10 +150,10 @@ def main():
             events = log_events()
             creates["stages"] = breakdown(created, CREATE_STAGES, events)
             kills["stages"] = breakdown(killed, KILL_STAGES, events)
-            results[str(level)] = {"running_after_kills": len(all_ids()), "create": creates, "kill": kills}
+            results[str(level)] = {"running_after_kills": len(all_ids(conn)), "create": creates, "kill": kills}
             print(f"{LABEL} at {level}: {creates['rate']:.1f} creates/s, {kills['rate']:.1f} kills/s", file=sys.stderr)
     finally:
-        left = all_ids()
+        left = all_ids(conn)
         t = time.perf_counter()
         _, errors = in_parallel(left, lambda c, sid: kill_one(c, sid))
         results["cleanup"] = {"killed": len(left), "errors": len(errors), "wall_s": time.perf_counter() - t}
