@@ -146,6 +146,24 @@ impl BootRecord {
         )
     }
 
+    /// Restarts the sandbox's clock (its uptime counts from now) and keeps its boot id: the booted pool's
+    /// hand-out, which is the user's boot but not a new one for the code inside. Only the record is rewritten —
+    /// the id file stays as it is (under gVisor it is bound into the sandbox). A sandbox without a readable record
+    /// gets a whole new one.
+    pub fn restart_clock(sandbox_dir: &Path) -> Result<BootRecord> {
+        let Some(old) = BootRecord::load(sandbox_dir) else {
+            let boot = BootRecord::new();
+            boot.write(sandbox_dir)?;
+            return Ok(boot);
+        };
+        let boot = BootRecord { boot_ns: boot_time_ns(), ..old };
+        crate::util::write_atomic_private(
+            &sandbox_dir.join(BOOT_RECORD),
+            format!("{} {}\n", boot.boot_ns, boot.boot_id).as_bytes(),
+        )?;
+        Ok(boot)
+    }
+
     pub fn load(sandbox_dir: &Path) -> Option<BootRecord> {
         let s = std::fs::read_to_string(sandbox_dir.join(BOOT_RECORD)).ok()?;
         let mut f = s.split_whitespace();
@@ -295,3 +313,35 @@ impl fuser::Filesystem for Shared {
 #[cfg(test)]
 #[path = "procview/mount_tests.rs"]
 mod mount_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn restart_clock_keeps_the_boot_id_and_moves_the_clock() {
+        let t = tempfile::tempdir().unwrap();
+        let first = BootRecord { boot_ns: 1, ..BootRecord::new() };
+        first.write(t.path()).unwrap();
+        let id_file = std::fs::metadata(t.path().join(BOOT_ID_FILE)).unwrap();
+
+        let now = BootRecord::restart_clock(t.path()).unwrap();
+        let loaded = BootRecord::load(t.path()).unwrap();
+        assert_eq!(loaded, now);
+        assert_eq!(loaded.boot_id, first.boot_id);
+        assert!(loaded.boot_ns > first.boot_ns && loaded.boot_ns <= boot_time_ns(), "{loaded:?}");
+        // The id file is the very same file (not rewritten), still saying the same id.
+        let after = std::fs::metadata(t.path().join(BOOT_ID_FILE)).unwrap();
+        assert_eq!((after.ino(), after.mode() & 0o777), (id_file.ino(), 0o444));
+        assert_eq!(std::fs::read_to_string(t.path().join(BOOT_ID_FILE)).unwrap(), format!("{}\n", first.boot_id));
+    }
+
+    #[test]
+    fn restart_clock_without_a_record_makes_a_whole_new_one() {
+        let t = tempfile::tempdir().unwrap();
+        let boot = BootRecord::restart_clock(t.path()).unwrap();
+        assert_eq!(BootRecord::load(t.path()), Some(boot.clone()));
+        assert_eq!(std::fs::read_to_string(t.path().join(BOOT_ID_FILE)).unwrap(), format!("{}\n", boot.boot_id));
+    }
+}

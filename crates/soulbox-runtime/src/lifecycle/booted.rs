@@ -162,9 +162,7 @@ impl Inner {
         rec.save(&dir)?;
         // Its uptime counts from the hand-out, as a cold sandbox's counts from its create (the boot id, random and
         // this sandbox's alone, stays: under gVisor it is a bind of the file as it was at the boot).
-        let boot_id = crate::procview::BootRecord::load(&dir).map(|b| b.boot_id);
-        let boot = crate::procview::BootRecord::new();
-        crate::procview::BootRecord { boot_id: boot_id.unwrap_or(boot.boot_id), ..boot }.write(&dir)?;
+        crate::procview::BootRecord::restart_clock(&dir)?;
         // The user's rules before the user's first request can reach the sandbox.
         if policy != NetworkPolicy::open() {
             self.fw.apply_policy(&id, &lease, &policy).await?;
