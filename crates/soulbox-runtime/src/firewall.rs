@@ -610,16 +610,19 @@ impl Firewall {
     }
 }
 
+/// A firewall on the default configuration with these DNS servers, for the unit tests of what it writes and
+/// decides (never applied: no `nft` runs).
+#[cfg(test)]
+pub(crate) fn test_firewall(dns: Vec<Ipv4Addr>, allow_private_egress: bool) -> Firewall {
+    let mut cfg = RuntimeConfig::new("/nonexistent");
+    cfg.dns = dns;
+    cfg.allow_private_egress = allow_private_egress;
+    Firewall::new(&cfg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fw(dns: Vec<Ipv4Addr>, allow_private: bool) -> Firewall {
-        let mut cfg = RuntimeConfig::new("/nonexistent");
-        cfg.dns = dns;
-        cfg.allow_private_egress = allow_private;
-        Firewall::new(&cfg)
-    }
 
     fn rules(f: &Firewall, p: &NetworkPolicy) -> Vec<String> {
         f.policy_rules(p, Direction::Out, "drop", SetStyle::Literal).unwrap()
@@ -627,7 +630,7 @@ mod tests {
 
     #[test]
     fn inbound_chain_mirrors_the_outbound_one_on_the_source() {
-        let f = fw(vec![Ipv4Addr::new(10, 255, 255, 53)], false);
+        let f = test_firewall(vec![Ipv4Addr::new(10, 255, 255, 53)], false);
         let p = NetworkPolicy {
             allow_internet: false,
             allow_out: vec!["203.0.113.7".into()],
@@ -649,7 +652,7 @@ mod tests {
 
     #[test]
     fn a_sandbox_script_writes_both_chains_and_both_map_elements() {
-        let s = fw(vec![], false).sandbox_script("x", "sbv1", &NetworkPolicy::open()).unwrap();
+        let s = test_firewall(vec![], false).sandbox_script("x", "sbv1", &NetworkPolicy::open()).unwrap();
         for needle in [
             "add element inet soulbox sb_out { \"sbv1\" : jump sb_x }",
             "add element inet soulbox sb_in { \"sbv1\" : jump sbi_x }",
@@ -666,19 +669,19 @@ mod tests {
             deny_out: vec![],
             ..Default::default()
         };
-        let r = rules(&fw(vec![], false), &p);
+        let r = rules(&test_firewall(vec![], false), &p);
         let drop = r.iter().position(|r| r.contains("169.254.0.0/16") && r.ends_with("drop")).unwrap();
         let allow = r.iter().position(|r| r.contains("169.254.169.254/32") && r.ends_with("accept")).unwrap();
         assert!(drop < allow, "{r:#?}");
         // Node allows private egress: today's order, allowOut first.
-        let r = rules(&fw(vec![], true), &p);
+        let r = rules(&test_firewall(vec![], true), &p);
         assert!(r[0].contains("169.254.169.254/32") && r[0].ends_with("accept"), "{r:#?}");
     }
 
     #[test]
     fn private_dns_servers_stay_reachable_on_port_53_only() {
         let dns = Ipv4Addr::new(10, 255, 255, 53);
-        let r = rules(&fw(vec![dns, Ipv4Addr::new(8, 8, 8, 8)], false), &NetworkPolicy::open());
+        let r = rules(&test_firewall(vec![dns, Ipv4Addr::new(8, 8, 8, 8)], false), &NetworkPolicy::open());
         assert!(r[0].contains("ip daddr != { 10.255.255.53 } drop"), "{r:#?}");
         assert!(r[1].contains("{ 10.255.255.53 } meta l4proto != { tcp, udp } drop"), "{r:#?}");
         assert!(r[2].contains("{ 10.255.255.53 } th dport != 53 drop"), "{r:#?}");

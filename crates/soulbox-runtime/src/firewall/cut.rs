@@ -79,17 +79,11 @@ fn peer_of(line: &str) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RuntimeConfig;
-
-    fn fw(dns: Vec<Ipv4Addr>) -> Firewall {
-        let mut cfg = RuntimeConfig::new("/nonexistent");
-        cfg.dns = dns;
-        Firewall::new(&cfg)
-    }
+    use crate::firewall::test_firewall;
 
     #[test]
     fn decisions_follow_the_rule_order() {
-        let f = fw(vec![Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(8, 8, 8, 8)]);
+        let f = test_firewall(vec![Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(8, 8, 8, 8)], false);
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let p = NetworkPolicy {
             allow_internet: true,

@@ -103,15 +103,9 @@ impl Firewall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RuntimeConfig;
     use crate::firewall::Direction;
+    use crate::firewall::test_firewall;
     use crate::spec::NetworkPolicy;
-
-    fn fw(dns: Vec<Ipv4Addr>) -> Firewall {
-        let mut cfg = RuntimeConfig::new("/nonexistent");
-        cfg.dns = dns;
-        Firewall::new(&cfg)
-    }
 
     /// Named and written-out rules are the same rules once each `@name` is replaced by the set's elements: the
     /// host table and the guard decide alike.
@@ -125,7 +119,7 @@ mod tests {
         for dns in
             [vec![], vec![Ipv4Addr::new(8, 8, 8, 8)], vec![Ipv4Addr::new(10, 255, 255, 53), Ipv4Addr::new(1, 1, 1, 1)]]
         {
-            let f = fw(dns.clone());
+            let f = test_firewall(dns.clone(), false);
             for p in &policies {
                 for dir in [Direction::Out, Direction::In] {
                     let named = f.policy_rules(p, dir, "drop", SetStyle::Named).unwrap();
@@ -156,7 +150,7 @@ mod tests {
     /// elements' (what made creates slow down with the number of sandboxes).
     #[test]
     fn a_default_sandbox_adds_no_anonymous_set() {
-        let f = fw(vec![Ipv4Addr::new(10, 255, 255, 53)]);
+        let f = test_firewall(vec![Ipv4Addr::new(10, 255, 255, 53)], false);
         let script = f.sandbox_script("x", "sbv1", &NetworkPolicy::open()).unwrap();
         for line in script.lines().filter(|l| l.contains('{')) {
             assert!(line.contains(" element inet "), "an inline set: {line}");
