@@ -213,6 +213,25 @@ pub struct Firewall {
     repairs: tokio::sync::watch::Sender<u64>,
 }
 
+/// How long one sandbox's firewall change waited for the state lock and how long its `nft` run took.
+struct Took {
+    wait: Duration,
+    nft: Duration,
+}
+
+impl Took {
+    /// The per-stage timing line of a create or a kill (bench/throughput.sh reads its message, `wait_us`, `nft_us`).
+    fn log(&self, id: &str, sandboxes: usize, stage: &str) {
+        tracing::debug!(
+            sandbox = id,
+            wait_us = self.wait.as_micros() as u64,
+            nft_us = self.nft.as_micros() as u64,
+            sandboxes,
+            "{stage}"
+        );
+    }
+}
+
 /// How long an own `nft` pid is remembered (its transaction's event arrives right after it commits).
 const OWN_PID_TTL: Duration = Duration::from_secs(60);
 
@@ -508,20 +527,21 @@ impl Firewall {
         Ok(())
     }
 
+    /// One sandbox's transaction under the state lock, the wait for the lock and the `nft` run timed. Returns the
+    /// guard, so the caller records the change in the same hold, and the run's result.
+    async fn apply_timed(&self, script: &str) -> (tokio::sync::MutexGuard<'_, State>, Result<()>, Took) {
+        let t0 = Instant::now();
+        let state = self.state.lock().await;
+        let t1 = Instant::now();
+        let applied = self.apply(script).await;
+        (state, applied, Took { wait: t1 - t0, nft: t1.elapsed() })
+    }
+
     pub async fn add_sandbox(&self, id: &str, veth: &str, p: &NetworkPolicy) -> Result<()> {
         let s = self.sandbox_script(id, veth, p)?;
-        let t0 = Instant::now();
-        let mut state = self.state.lock().await;
-        let t1 = Instant::now();
-        self.apply(&s).await?;
-        // Per-stage timing of creates (bench/throughput.sh reads it): the wait for the lock, the `nft` run.
-        tracing::debug!(
-            sandbox = id,
-            wait_us = (t1 - t0).as_micros() as u64,
-            nft_us = t1.elapsed().as_micros() as u64,
-            sandboxes = state.live.len(),
-            "firewall: sandbox added"
-        );
+        let (mut state, applied, took) = self.apply_timed(&s).await;
+        applied?;
+        took.log(id, state.live.len(), "firewall: sandbox added");
         state.live.insert(id.to_string(), (veth.to_string(), p.clone()));
         self.remember_gateway_policies(&state.live);
         Ok(())
@@ -534,23 +554,15 @@ impl Firewall {
         for (map, c) in [(MAP_OUT, format!("sb_{id}")), (MAP_IN, format!("sbi_{id}")), (MAP_NAT, format!("sbn_{id}"))] {
             s += &remove_chain_script(t, map, &c, veth);
         }
-        let t0 = Instant::now();
-        let mut state = self.state.lock().await;
-        let t1 = Instant::now();
-        if let Err(e) = self.apply(&s).await {
+        let (mut state, applied, took) = self.apply_timed(&s).await;
+        if let Err(e) = applied {
             // Without the table there is no chain to remove (the watcher rebuilds the table
             // without this sandbox); anything else is a real failure.
             if self.table_exists().await {
                 return Err(e);
             }
         }
-        tracing::debug!(
-            sandbox = id,
-            wait_us = (t1 - t0).as_micros() as u64,
-            nft_us = t1.elapsed().as_micros() as u64,
-            sandboxes = state.live.len(),
-            "firewall: sandbox removed"
-        );
+        took.log(id, state.live.len(), "firewall: sandbox removed");
         state.live.remove(id);
         self.remember_gateway_policies(&state.live);
         Ok(())
