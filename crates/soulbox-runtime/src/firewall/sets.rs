@@ -12,7 +12,7 @@
 //! elements (EBUSY), so they are as fixed as the inline sets they replace.
 //!
 //! The in-netns guard ([`super::guard`]) keeps the sets inline: its table is one per namespace and small.
-use super::{Firewall, PRIVATE_RANGES, addr_set, is_private, private_set};
+use super::{Firewall, PRIVATE_RANGES, is_private};
 use std::net::Ipv4Addr;
 
 /// How a rule names a constant set: by its name in the host table, or written out.
@@ -58,6 +58,16 @@ impl Const {
             Const::GatewayPorts => "type inet_service; flags constant;",
         }
     }
+}
+
+fn private_set() -> String {
+    let v: Vec<String> = PRIVATE_RANGES.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+fn addr_set(addrs: &[Ipv4Addr]) -> String {
+    let v: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    format!("{{ {} }}", v.join(", "))
 }
 
 impl Firewall {
