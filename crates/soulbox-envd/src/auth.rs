@@ -45,12 +45,14 @@ fn node_secret_refused() -> Response {
 }
 
 /// With an access token configured, every route except `GET /health`, `/files` (which checks the token or a
-/// signature itself) and `POST /init` needs a matching `X-Access-Token`.
+/// signature itself), `POST /init` and the node's quiesce (its secret alone; the route exists only with one)
+/// needs a matching `X-Access-Token`.
 pub async fn require_access_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let exempt = matches!(
         (request.method(), request.uri().path()),
         (&Method::GET, "/health")
             | (&Method::POST, "/init")
+            | (&Method::POST, soulbox_protocol::envd_init::QUIESCE_PATH)
             | (&Method::GET | &Method::POST, "/files")
             | (&Method::OPTIONS, _)
     );

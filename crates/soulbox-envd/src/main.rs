@@ -16,6 +16,7 @@ mod node_secret_tests;
 mod paths;
 mod process;
 mod process_table;
+mod quiesce;
 mod request_log;
 mod rpc;
 mod server;

@@ -1,12 +1,13 @@
 //! The HTTP server: routes, middleware, and a listener that speaks HTTP/1.1 and h2c with `TCP_NODELAY`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use tower_http::cors::{Any, CorsLayer};
 
+use crate::quiesce::{BlockingAcceptListener, ConnectionId, Connections};
 use crate::state::AppState;
 use crate::{auth, filesystem, http, process, request_log};
 
@@ -16,6 +17,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(http::health))
         .route("/init", axum::routing::post(http::init))
         .route(soulbox_protocol::envd_init::CLAIM_PATH, axum::routing::post(http::claim::claim))
+        .route(soulbox_protocol::envd_init::QUIESCE_PATH, axum::routing::post(http::quiesce::quiesce))
         .route("/envs", get(http::envs))
         .route("/metrics", get(http::metrics))
         .route("/files", get(http::files::download).post(http::files::upload))
@@ -30,17 +32,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Binds `addr`, reports readiness through `ready` (see `main`), then serves until the process ends.
+/// Binds `addr`, reports readiness through `ready` (see `main`), then serves until the process ends. Accepts on a
+/// thread of its own and keeps each connection closable, so that gVisor can checkpoint the agent (`quiesce.rs`).
 pub async fn serve(state: AppState, addr: SocketAddr, ready: impl FnOnce()) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let connections = Arc::new(Connections::default());
+    let listener = BlockingAcceptListener::bind(addr, connections.clone())?;
     tracing::info!(%addr, "envd listening");
     ready();
-    // Small Connect messages must not wait for Nagle: without NODELAY each request can stall ~40 ms.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "could not set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, router(state)).await?;
+    let app = router(state).layer(axum::Extension(connections));
+    axum::serve(listener, app.into_make_service_with_connect_info::<ConnectionId>()).await?;
     Ok(())
 }

@@ -39,6 +39,12 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// [`InitRequest::pooled`], and only once: afterwards (and in any other envd) the route does not exist (404).
 pub const CLAIM_PATH: &str = "/soulbox/claim";
 
+/// SoulBox's own route of envd (node secret required): the node is about to checkpoint the sandbox (gVisor). envd
+/// closes every other connection and answers `204` with `Connection: close`, or `409` (nothing closed) when a
+/// process of the sandbox holds sockets the checkpoint cannot save. Exists only in an agent started with a node
+/// secret. Like every path under `/soulbox/`, never forwarded from clients by the proxy.
+pub const QUIESCE_PATH: &str = "/soulbox/quiesce";
+
 /// envd's flag for the port to listen on (long name, without the dashes).
 pub const PORT_FLAG: &str = "port";
 

@@ -67,6 +67,10 @@ pub struct RuntimeConfig {
     /// process start). Only for runtimes whose pause *is* the cgroup freezer (runc, crun:
     /// `RuntimeKind::pause_is_cgroup_freezer`); others (runsc) always pause through their CLI.
     pub cgroup_freezer: bool,
+    /// runsc: pause saves the sandbox's memory to its dir and frees it (`lifecycle/checkpoint.rs`), so that a
+    /// paused sandbox costs no RAM and survives restarts of the runtime and the host; false keeps it in memory
+    /// (`runsc pause`: a faster resume, lost with the host).
+    pub pause_to_disk: bool,
     /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
     /// its own score (100) before exec.
     pub envd_oom_score_adj: Option<i32>,
@@ -187,6 +191,7 @@ impl RuntimeConfig {
             envd_oom_score_adj: Some(-900),
             run_detached: true,
             cgroup_freezer: true,
+            pause_to_disk: true,
             disk_quota: Default::default(),
             disk_backend: Default::default(),
             disk_image_gb: None,

@@ -80,6 +80,19 @@ impl Driver {
         self.create_or_run(&["run", "--detach"], id, bundle, stdio, ready_fd).await
     }
 
+    /// `restore --detach --image-path <image> --bundle <dir> <id>` (runsc): the container continues from the
+    /// state [`Driver::checkpoint`] saved; stdio as for [`Driver::create`].
+    pub async fn restore(&self, id: &str, bundle: &Path, stdio: OwnedFd, image: &Path) -> Result<()> {
+        let image = image.to_string_lossy();
+        self.create_or_run(&["restore", "--detach", "--image-path", &image], id, bundle, stdio, None).await
+    }
+
+    /// `checkpoint --image-path <image> <id>` (runsc): saves the container's memory and state; the container
+    /// stops, whether the save succeeded or not.
+    pub async fn checkpoint(&self, id: &str, image: &Path) -> Result<()> {
+        self.run(&["checkpoint", "--image-path", &image.to_string_lossy(), id]).await.map(|_| ())
+    }
+
     async fn create_or_run(
         &self,
         verb: &[&str],

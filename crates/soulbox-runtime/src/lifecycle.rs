@@ -24,6 +24,7 @@ mod death;
 pub use addresses::Endpoint;
 mod boot;
 mod booted;
+mod checkpoint;
 mod close;
 mod drivers;
 mod open;
@@ -114,6 +115,13 @@ impl Inner {
             .get(id)
             .cloned()
             .ok_or_else(|| Error::NotFound(id.into()))
+    }
+
+    /// What `rec` looks like from outside (`Runtime::info`).
+    fn info(&self, rec: &Record) -> SandboxInfo {
+        let dir = self.dir(&rec.id);
+        let saved_memory = rec.status == Status::Stopped && checkpoint::has_saved_memory(&dir);
+        info_with_memory(rec, NetLease::load(&dir).as_ref(), saved_memory)
     }
 
     /// Release everything a sandbox holds on the host. Idempotent and safe after a crash at any
@@ -377,7 +385,7 @@ impl Runtime {
     pub async fn info(&self, id: &str) -> Result<SandboxInfo> {
         let h = self.inner.handle(id)?;
         let rec = h.lock().await;
-        Ok(info_of(&rec, NetLease::load(&self.inner.dir(id)).as_ref()))
+        Ok(self.inner.info(&rec))
     }
 
     pub async fn list(&self) -> Vec<SandboxInfo> {
@@ -386,18 +394,41 @@ impl Runtime {
         let mut v = Vec::new();
         for h in hs {
             let rec = h.lock().await;
-            v.push(info_of(&rec, NetLease::load(&self.inner.dir(&rec.id)).as_ref()));
+            v.push(self.inner.info(&rec));
         }
         v
     }
 
-    /// Freeze all processes (cgroup freezer via the OCI runtime). envd stops answering.
+    /// Pause with memory: runc freezes all processes (cgroup freezer); runsc saves the sandbox to disk
+    /// (`checkpoint.rs`: the record is then `Stopped` with saved memory, and `start` continues from it), or
+    /// pauses it in memory where it cannot be saved. envd stops answering either way.
     pub async fn pause(&self, id: &str) -> Result<()> {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
         want(&rec, &[Status::Running])?;
         self.inner.hold_serving(id);
-        if let Err(e) = self.inner.freeze(&rec, true).await {
+        let driver = self.inner.drivers.for_record(&rec)?;
+        if driver.kind().is_runsc() && self.inner.cfg.pause_to_disk {
+            use checkpoint::PauseToDisk;
+            match self.inner.pause_to_disk(&rec, driver).await {
+                PauseToDisk::Saved => {}
+                PauseToDisk::NotSaved(reason) => {
+                    tracing::info!(sandbox = id, %reason, "memory not saved to disk; pausing in memory");
+                    return self.freeze_paused(id, &mut rec).await;
+                }
+                PauseToDisk::Lost(e) => {
+                    tracing::warn!(sandbox = id, error = %e, "saving memory failed and ended the sandbox; its files are kept and it boots from them");
+                }
+            }
+            self.inner.release(id, true).await?;
+            rec.status = Status::Stopped;
+            return rec.save(&self.inner.dir(id));
+        }
+        self.freeze_paused(id, &mut rec).await
+    }
+
+    async fn freeze_paused(&self, id: &str, rec: &mut Record) -> Result<()> {
+        if let Err(e) = self.inner.freeze(rec, true).await {
             self.inner.resume_serving(id);
             return Err(e);
         }
@@ -405,9 +436,14 @@ impl Runtime {
         rec.save(&self.inner.dir(id))
     }
 
+    /// Resume a paused sandbox: thaw it, or continue it from the memory its pause saved to disk.
     pub async fn resume(&self, id: &str) -> Result<()> {
         let h = self.inner.handle(id)?;
         let mut rec = h.lock().await;
+        if rec.status == Status::Stopped && checkpoint::has_saved_memory(&self.inner.dir(id)) {
+            drop(rec);
+            return self.start(id).await.map(|_| ());
+        }
         want(&rec, &[Status::Paused])?;
         self.inner.freeze(&rec, false).await?;
         rec.status = Status::Running;
@@ -656,12 +692,19 @@ fn want(rec: &Record, ok: &[Status]) -> Result<()> {
 }
 
 fn info_of(rec: &Record, lease: Option<&NetLease>) -> SandboxInfo {
-    let has_net = matches!(rec.status, Status::Running | Status::Paused);
+    info_with_memory(rec, lease, false)
+}
+
+/// `saved_memory`: a stopped sandbox with memory saved to disk (`checkpoint.rs`) is reported paused, at the
+/// address it will continue on.
+fn info_with_memory(rec: &Record, lease: Option<&NetLease>, saved_memory: bool) -> SandboxInfo {
+    let status = if saved_memory && rec.status == Status::Stopped { Status::Paused } else { rec.status };
+    let has_net = matches!(status, Status::Running | Status::Paused);
     let ip = if has_net { lease.map(|l| l.ip) } else { None };
     SandboxInfo {
         id: rec.id.clone(),
         template: rec.template.as_ref().map(|t| t.name.clone()).unwrap_or_default(),
-        status: rec.status,
+        status,
         ip,
         envd_addr: ip.map(|i| format!("{i}:{ENVD_PORT}")),
         spec: rec.spec.clone().unwrap_or_else(|| SandboxSpec::new("")),

@@ -506,6 +506,71 @@ async fn runsc_pause_resume_stop_start_and_reopen() {
     assert_eq!(out, "kept\n");
 }
 
+/// Pause to disk (`lifecycle/checkpoint.rs`): the paused sandbox holds nothing on the host but its dir (its
+/// memory image there), so a host that lost every process and mount still resumes it — the process inside goes on
+/// counting from where it stopped, at the same address. A sandbox with TCP connections of its own,
+/// which this gVisor cannot save, is paused in memory instead and thaws as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everything() {
+    runsc_or_skip!("runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everything");
+    let mut h = harness_with(runsc_config(92)).await;
+    let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+    start_counter(&a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `/tmp` is the Sentry's memory: only a restore brings the counter back, a cold boot would start with none.
+    let at_pause = counter(&a).await;
+    assert!(at_pause > 0);
+    let t = Instant::now();
+    h.rt().pause(&a.id).await.unwrap();
+    eprintln!("runsc pause to disk took {:?}", t.elapsed());
+    let dir = h.rt().sandbox_dir(&a.id);
+    assert!(dir.join("memory/checkpoint.img").is_file(), "no memory image in {}", dir.display());
+    assert_eq!(h.rt().info(&a.id).await.unwrap().status, Status::Paused);
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "a sandbox paused to disk still holds {left:?}");
+    // The host loses everything but the disk: every runsc process of this instance killed, the runtime reopened.
+    drop(h.rt.take());
+    rt_kill_all_runsc(&h.cfg);
+    h.rt = Some(open_after_drop(h.cfg.clone()).await.unwrap());
+    let rt = h.rt();
+    assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Paused, "still paused after the reopen");
+    let t = Instant::now();
+    rt.resume(&a.id).await.unwrap();
+    eprintln!("runsc resume from disk took {:?}", t.elapsed());
+    let info = rt.info(&a.id).await.unwrap();
+    assert_eq!((info.status, info.ip), (Status::Running, a.ip), "resumed at its address");
+    assert!(!dir.join("memory").exists(), "the used image stays behind");
+    let v1 = counter(&a).await;
+    assert!(v1 >= at_pause, "the counter went back: {v1} < {at_pause}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&a).await <= v1 {
+        assert!(Instant::now() < deadline, "the counting process did not survive the pause to disk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A loopback connection held inside: gVisor cannot save it, so the pause stays in memory.
+    let (code, out) = root_sh(
+        &a,
+        "(sleep 1000 | nc -l -p 7777 >/dev/null 2>&1 &); sleep 0.3; (sleep 1000 | nc 127.0.0.1 7777 >/dev/null 2>&1 &); sleep 0.3; cat /proc/net/tcp",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 01 "), "no established connection inside: {out}");
+    rt.pause(&a.id).await.unwrap();
+    assert!(!dir.join("memory").exists(), "a sandbox with connections was saved to disk: {out}");
+    assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Paused);
+    rt.resume(&a.id).await.unwrap();
+    let v2 = counter(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&a).await <= v2 {
+        assert!(Instant::now() < deadline, "the counter stopped after a pause in memory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.delete(&a.id).await.unwrap();
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// SIGKILL every runsc sandbox and gofer process of this instance (a host crash, as far as they go).
 fn rt_kill_all_runsc(cfg: &RuntimeConfig) {
     let root = cfg.runtime_root().canonicalize().unwrap_or(cfg.runtime_root());
@@ -559,7 +624,8 @@ async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed() {
     runsc_or_skip!("runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed");
-    let h = harness_with(runsc_config(88)).await;
+    // Pause in memory: a thaw, unlike a restore from disk (a new boot), keeps the boot.
+    let h = harness_with(RuntimeConfig { pause_to_disk: false, ..runsc_config(88) }).await;
     let rt = h.rt();
     let a = rt.create(SandboxSpec::new("test")).await.unwrap();
     let first = rt.endpoint(&a.id).expect("a running sandbox has an endpoint");

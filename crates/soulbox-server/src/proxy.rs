@@ -461,9 +461,10 @@ pub async fn forward_to(
 }
 
 /// The node's own envd route `path` names, however it is spelled (percent-encoded, repeated or trailing slashes,
-/// dot segments, any case): `/init`, and the booted pool's claim (envd answers that one only while pooled, and
-/// only once; refusing it here too keeps a client from racing the node for it). envd routes only the exact
-/// paths, but the refusal must not depend on that.
+/// dot segments, any case): `/init`, the booted pool's claim (envd answers that one only while pooled, and
+/// only once; refusing it here too keeps a client from racing the node for it), and everything else under
+/// `/soulbox/` (the quiesce before a gVisor checkpoint closes every connection of the sandbox). envd routes only
+/// the exact paths, but the refusal must not depend on that.
 fn node_only_path(path: &str) -> Option<&'static str> {
     let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
     let mut segments: Vec<&str> = Vec::new();
@@ -481,6 +482,8 @@ fn node_only_path(path: &str) -> Option<&'static str> {
         [a, b] if a.eq_ignore_ascii_case("soulbox") && b.eq_ignore_ascii_case("claim") => {
             Some(soulbox_protocol::envd_init::CLAIM_PATH)
         }
+        // The node's own routes of envd, present and future (the quiesce before a checkpoint, …).
+        [a, _, ..] if a.eq_ignore_ascii_case("soulbox") => Some("/soulbox/…"),
         _ => None,
     }
 }
@@ -624,6 +627,9 @@ mod tests {
         {
             assert_eq!(node_only_path(path), Some("/soulbox/claim"), "{path}");
         }
+        for path in ["/soulbox/quiesce", "/SOULBOX/%71uiesce", "//soulbox/x/y", "/x/../soulbox/quiesce/"] {
+            assert_eq!(node_only_path(path), Some("/soulbox/…"), "{path}");
+        }
         for path in [
             "/",
             "/health",
@@ -633,7 +639,9 @@ mod tests {
             "/x/init",
             "/process.Process/Start",
             "/soulbox",
+            "/soulboxes/quiesce",
             "/claim",
+            "/quiesce",
         ] {
             assert_eq!(node_only_path(path), None, "{path}");
         }

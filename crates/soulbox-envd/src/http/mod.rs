@@ -2,6 +2,7 @@
 
 pub mod claim;
 pub mod files;
+pub mod quiesce;
 
 use axum::Json;
 use axum::extract::State;

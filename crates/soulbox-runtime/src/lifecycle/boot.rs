@@ -47,11 +47,16 @@ impl Inner {
             None => rootfs::mount(&dir, &self.store.layer_dirs(meta))?,
         }
 
-        // A cold boot: its own uptime and boot id from now on (a resume from pause keeps both).
-        crate::procview::BootRecord::new().write(&dir)?;
         let sources = crate::volumes::prepare(self.volumes(), &dir, &spec.volumes, id_range.is_some())?;
         let volumes: Vec<(PathBuf, String)> =
             sources.into_iter().zip(spec.volumes.iter().map(|m| m.path.clone())).collect();
+        // A sandbox paused to disk continues from its saved memory (`checkpoint.rs`); if that fails it boots cold
+        // from its files, as after a filesystem-only pause.
+        if self.restore_saved_memory(rec, lease, &volumes, id_range, driver).await {
+            return crate::volumes::detach_helpers(&dir);
+        }
+        // A cold boot: its own uptime and boot id from now on (a resume from pause keeps both).
+        crate::procview::BootRecord::new().write(&dir)?;
         let booted = self.boot_container(rec, lease, &volumes, id_range, driver, t0).await;
         // The container holds its own binds of the volumes' idmapped clones (or never started).
         let detached = crate::volumes::detach_helpers(&dir);
@@ -69,35 +74,7 @@ impl Inner {
     ) -> Result<()> {
         let id = &rec.id;
         let dir = self.dir(id);
-        let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
-            return Err(Error::Invalid("record without template/spec".into()));
-        };
-        let mut init = crate::envd_start::with_egress_ca(
-            crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns),
-            self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
-        );
-        // A booted pool's sandbox waits for its identity (`booted.rs`).
-        if rec.status == crate::spec::Status::Pooled {
-            init.pooled = Some(true);
-        }
-        let proc_view = self.proc_view_binds(id, driver);
-        let cpu_count = spec.cpu_count.unwrap_or(meta.cpu_count);
-        let params = BundleParams {
-            id,
-            sandbox_dir: &dir,
-            netns_path: lease.netns_path(),
-            cpu_count,
-            memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
-            pids_limit: spec.pids_limit.unwrap_or(4096),
-            envd_init: serde_json::to_string(&init)
-                .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
-            id_range,
-            runtime: driver.kind(),
-            volumes,
-            proc_view: &proc_view,
-        };
-        let oci = oci_spec::build(&self.cfg, &params)?;
-        oci_spec::write(&dir, &oci)?;
+        let cpu_count = self.write_bundle(rec, lease, volumes, id_range, driver)?;
 
         // stdout/stderr of the container (and of the runtime CLI): the log's FIFO, drained on the host.
         let stdio = self.logs.attach(id, &dir)?;
@@ -148,8 +125,51 @@ impl Inner {
         Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
     }
 
+    /// The sandbox's OCI bundle (`config.json`) for `rec` on `lease`; returns its CPU count.
+    pub(super) fn write_bundle(
+        &self,
+        rec: &Record,
+        lease: &NetLease,
+        volumes: &[(PathBuf, String)],
+        id_range: Option<crate::userns::IdRange>,
+        driver: &crate::driver::Driver,
+    ) -> Result<u32> {
+        let id = &rec.id;
+        let dir = self.dir(id);
+        let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {
+            return Err(Error::Invalid("record without template/spec".into()));
+        };
+        let mut init = crate::envd_start::with_egress_ca(
+            crate::envd_start::start_configuration(id, meta, spec, rec.envd_secret.as_ref(), lease.ip, &self.cfg.dns),
+            self.cfg.egress_ca.as_ref().map(|ca| ca.cert_pem.as_str()),
+        );
+        // A booted pool's sandbox waits for its identity (`booted.rs`).
+        if rec.status == crate::spec::Status::Pooled {
+            init.pooled = Some(true);
+        }
+        let proc_view = self.proc_view_binds(id, driver);
+        let cpu_count = spec.cpu_count.unwrap_or(meta.cpu_count);
+        let params = BundleParams {
+            id,
+            sandbox_dir: &dir,
+            netns_path: lease.netns_path(),
+            cpu_count,
+            memory_mb: spec.memory_mb.unwrap_or(meta.memory_mb),
+            pids_limit: spec.pids_limit.unwrap_or(4096),
+            envd_init: serde_json::to_string(&init)
+                .map_err(|source| Error::Json { path: PathBuf::from(envd_init::INIT_ENV), source })?,
+            id_range,
+            runtime: driver.kind(),
+            volumes,
+            proc_view: &proc_view,
+        };
+        let oci = oci_spec::build(&self.cfg, &params)?;
+        oci_spec::write(&dir, &oci)?;
+        Ok(cpu_count)
+    }
+
     /// A failed runtime CLI call's message went to the sandbox log: add its tail to the error.
-    async fn with_log(&self, id: &str, res: Result<()>) -> Result<()> {
+    pub(super) async fn with_log(&self, id: &str, res: Result<()>) -> Result<()> {
         match res {
             Err(Error::Command { cmd, status, stderr }) if stderr.is_empty() => {
                 self.logs.flush(id).await;

@@ -132,7 +132,9 @@ pub async fn sh(rt: &Runtime, id: &str, script: &str) -> (i32, String) {
     (o.status.code().unwrap_or(-1), s)
 }
 
-/// Raw HTTP/1.1 request with `Connection: close`; returns (status, decoded body).
+/// Raw HTTP/1.1 request; returns (status, decoded body). The client closes the connection once the response is
+/// complete, as the server's proxy does: a server that closed first would hold the connection in TIME_WAIT, which
+/// a gVisor sandbox cannot be saved with (`lifecycle/checkpoint.rs`).
 pub async fn http(
     addr: &str,
     method: &str,
@@ -156,35 +158,83 @@ pub async fn http_with(
     let fut = async {
         let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
         let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
+        let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\n\r\n", body.len());
         s.write_all(head.as_bytes()).await.ok()?;
         s.write_all(body).await.ok()?;
         let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
-        let headers = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
-        let status: u16 = headers.split_whitespace().nth(1)?.parse().ok()?;
-        let mut rest = buf[split + 4..].to_vec();
-        if headers.contains("transfer-encoding: chunked") {
-            let mut out = Vec::new();
-            let mut i = 0;
-            while let Some(p) = rest[i..].windows(2).position(|w| w == b"\r\n") {
-                let len = usize::from_str_radix(String::from_utf8_lossy(&rest[i..i + p]).trim(), 16).ok()?;
-                i += p + 2;
-                if len == 0 {
-                    break;
-                }
-                out.extend_from_slice(rest.get(i..i + len)?);
-                i += len + 2;
+        let mut chunk = [0u8; 16384];
+        loop {
+            match complete_response(&buf) {
+                Response::Complete(status, body) => return Some((status, body)),
+                Response::Invalid => return None,
+                Response::Partial => {}
             }
-            rest = out;
+            let n = s.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                // Closed by the server: whatever arrived is the response (a body up to the end of the stream).
+                return match complete_response(&buf) {
+                    Response::Complete(status, body) => Some((status, body)),
+                    _ => until_close(&buf),
+                };
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
-        Some((status, rest))
     };
     tokio::time::timeout(timeout, fut).await.ok().flatten()
+}
+
+enum Response {
+    Complete(u16, Vec<u8>),
+    Partial,
+    Invalid,
+}
+
+/// A response whose body is delimited by `Content-Length` or chunked encoding, once all of it is in `buf`.
+fn complete_response(buf: &[u8]) -> Response {
+    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Response::Partial };
+    let headers = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+    let Some(status) = headers.split_whitespace().nth(1).and_then(|s| s.parse::<u16>().ok()) else {
+        return Response::Invalid;
+    };
+    let rest = &buf[split + 4..];
+    if status == 204 || status == 304 {
+        return Response::Complete(status, Vec::new());
+    }
+    if headers.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while let Some(p) = rest[i..].windows(2).position(|w| w == b"\r\n") {
+            let Ok(len) = usize::from_str_radix(String::from_utf8_lossy(&rest[i..i + p]).trim(), 16) else {
+                return Response::Invalid;
+            };
+            i += p + 2;
+            if len == 0 {
+                return Response::Complete(status, out);
+            }
+            let Some(data) = rest.get(i..i + len) else { return Response::Partial };
+            out.extend_from_slice(data);
+            i += len + 2;
+            if i > rest.len() {
+                return Response::Partial;
+            }
+        }
+        return Response::Partial;
+    }
+    let length =
+        headers.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse::<usize>().ok());
+    match length {
+        Some(n) if rest.len() >= n => Response::Complete(status, rest[..n].to_vec()),
+        Some(_) => Response::Partial,
+        // No length: the body runs to the end of the stream.
+        None => Response::Partial,
+    }
+}
+
+fn until_close(buf: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let headers = String::from_utf8_lossy(&buf[..split]);
+    let status: u16 = headers.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, buf[split + 4..].to_vec()))
 }
 
 /// The node's secret header for a sandbox's envd (what the server's proxy adds to every request).

@@ -1,0 +1,213 @@
+//! Pause to disk on gVisor: a paused runsc sandbox's memory and state go to `<sandbox dir>/memory/` (gVisor's
+//! own image, which it compresses), everything else it held on the host is released as by a stop, and its next
+//! start continues from the image — after a restart of the runtime or of the host too.
+//!
+//! This gVisor (Debian 12's) cannot save a TCP endpoint that something waits on through epoll, and a save that
+//! fails ends the sandbox. So before saving, envd is asked to close its connections (`envd_init::QUIESCE_PATH`; its
+//! listener is never in an epoll set) and checks that no process of the sandbox holds internet sockets beside an
+//! epoll set. If it finds one, the sandbox stays paused in memory as before (`runsc pause`). If the save fails
+//! anyway, the sandbox keeps its files and boots cold at its next start, as after a filesystem-only pause.
+//!
+//! A restored network stack keeps the address it was saved with, so an image restores only at that address (the
+//! sandbox's lease, which a stopped sandbox keeps); an image is used once and then removed, since the files move
+//! on from there.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::Inner;
+use crate::config::ENVD_PORT;
+use crate::driver::Driver;
+use crate::envd_secret::EnvdSecret;
+use crate::error::{Error, Result};
+use crate::network::NetLease;
+use crate::record::Record;
+
+const MEMORY_DIR: &str = "memory";
+/// gVisor's name for the image inside `--image-path`.
+const IMAGE_FILE: &str = "checkpoint.img";
+/// The address the image was saved at.
+const ADDRESS_FILE: &str = "address";
+/// How long envd may take to close its connections and answer.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether the sandbox in `sandbox_dir` has saved memory to continue from.
+pub(crate) fn has_saved_memory(sandbox_dir: &Path) -> bool {
+    sandbox_dir.join(MEMORY_DIR).join(IMAGE_FILE).is_file()
+}
+
+/// What a pause to disk did.
+pub(super) enum PauseToDisk {
+    /// Memory and state are in the sandbox dir; the container is gone.
+    Saved,
+    /// Nothing changed: the sandbox runs on (the caller pauses it in memory). The reason, for the log.
+    NotSaved(String),
+    /// The save failed after the sandbox had stopped: its processes are gone, its files are kept.
+    Lost(Error),
+}
+
+impl Inner {
+    /// Saves the running runsc sandbox `rec`'s memory and state to its dir (see the module docs).
+    pub(super) async fn pause_to_disk(&self, rec: &Record, driver: &Driver) -> PauseToDisk {
+        let id = &rec.id;
+        let dir = self.dir(id);
+        let (Some(lease), Some(secret)) = (NetLease::load(&dir), rec.envd_secret.as_ref()) else {
+            return PauseToDisk::NotSaved("no network lease or agent secret".into());
+        };
+        let t0 = Instant::now();
+        if let Err(reason) = quiesce_envd(lease.ip, secret).await {
+            return PauseToDisk::NotSaved(reason);
+        }
+        let quiesced_ms = t0.elapsed().as_millis() as u64;
+        let memory = dir.join(MEMORY_DIR);
+        let prepared = crate::util::remove_dir_all_idem(&memory)
+            .and_then(|()| std::fs::create_dir(&memory).map_err(|source| Error::Io { path: memory.clone(), source }))
+            .and_then(|()| crate::util::write_atomic(&memory.join(ADDRESS_FILE), lease.ip.to_string().as_bytes()));
+        if let Err(e) = prepared {
+            return PauseToDisk::NotSaved(format!("preparing {}: {e}", memory.display()));
+        }
+        match driver.checkpoint(id, &memory).await {
+            Ok(()) => {
+                let bytes = std::fs::metadata(memory.join(IMAGE_FILE)).map(|m| m.len()).unwrap_or(0);
+                tracing::info!(sandbox = %id, quiesced_ms, ms = t0.elapsed().as_millis() as u64, bytes, "memory saved to disk");
+                PauseToDisk::Saved
+            }
+            Err(e) => {
+                let _ = crate::util::remove_dir_all_idem(&memory);
+                match driver.state(id).await {
+                    // Refused before the save began: nothing is lost.
+                    Ok(Some(state)) if state.status == "running" => PauseToDisk::NotSaved(e.to_string()),
+                    _ => PauseToDisk::Lost(e),
+                }
+            }
+        }
+    }
+
+    /// If the sandbox `rec` has saved memory, continues from it on `lease` and returns true; false (after
+    /// cleaning up) when there is none or it cannot be used, so that the caller boots cold. The image goes either
+    /// way.
+    pub(super) async fn restore_saved_memory(
+        &self,
+        rec: &Record,
+        lease: &NetLease,
+        volumes: &[(PathBuf, String)],
+        id_range: Option<crate::userns::IdRange>,
+        driver: &Driver,
+    ) -> bool {
+        let id = &rec.id;
+        let dir = self.dir(id);
+        if !has_saved_memory(&dir) {
+            return false;
+        }
+        let memory = dir.join(MEMORY_DIR);
+        let saved_at = std::fs::read_to_string(memory.join(ADDRESS_FILE)).ok().and_then(|a| a.trim().parse().ok());
+        let t0 = Instant::now();
+        let restored = if !driver.kind().is_runsc() {
+            Err(Error::Invalid(format!("memory saved by runsc cannot be restored by {}", driver.bin())))
+        } else if saved_at != Some(lease.ip) {
+            Err(Error::Invalid(format!("saved at {saved_at:?}, the sandbox now has {}", lease.ip)))
+        } else {
+            self.restore_container(rec, lease, volumes, id_range, driver, &memory).await
+        };
+        if let Err(e) = crate::util::remove_dir_all_idem(&memory) {
+            tracing::warn!(sandbox = %id, error = %e, "could not remove the used memory image");
+        }
+        match restored {
+            Ok(()) => {
+                tracing::info!(sandbox = %id, ms = t0.elapsed().as_millis() as u64, "continued from memory saved to disk");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "could not continue from saved memory; booting from the files");
+                let _ = driver.delete_force(id).await;
+                self.logs.detach(id).await;
+                false
+            }
+        }
+    }
+
+    async fn restore_container(
+        &self,
+        rec: &Record,
+        lease: &NetLease,
+        volumes: &[(PathBuf, String)],
+        id_range: Option<crate::userns::IdRange>,
+        driver: &Driver,
+        memory: &Path,
+    ) -> Result<()> {
+        let id = &rec.id;
+        let dir = self.dir(id);
+        self.write_bundle(rec, lease, volumes, id_range, driver)?;
+        let stdio = self.logs.attach(id, &dir)?;
+        let restored = driver.restore(id, &dir, stdio, memory).await;
+        self.with_log(id, restored).await?;
+        // The restored agent's accept(2) resumes with it; connecting proves the network came back too.
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.ready_timeout_ms);
+        loop {
+            match tokio::net::TcpStream::connect((lease.ip, ENVD_PORT)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(Error::NotReady {
+                        id: id.clone(),
+                        reason: format!("the restored agent does not accept connections: {e}"),
+                        log_tail: crate::sandbox_log::tail(&dir, 4000),
+                    });
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+}
+
+/// `POST QUIESCE_PATH` to the envd at `ip` over a connection of its own. On `204` this side closes first (so
+/// that envd's end, closing second, does not wait in TIME_WAIT) and waits for envd's close: the end of the stream
+/// means envd's socket is gone. `Err` carries why the sandbox cannot be saved now.
+async fn quiesce_envd(ip: Ipv4Addr, secret: &EnvdSecret) -> std::result::Result<(), String> {
+    let call = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, ENVD_PORT)).await.map_err(|e| e.to_string())?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: {ip}:{ENVD_PORT}\r\n{header}: {secret}\r\nContent-Length: 0\r\n\r\n",
+            path = soulbox_protocol::envd_init::QUIESCE_PATH,
+            header = soulbox_protocol::envd_secret::HEADER,
+            secret = secret.expose(),
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        // A status line and headers, then (for a refusal) a short JSON message: bounded by the timeout below.
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("envd closed the connection without an answer".to_string());
+            }
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let status = text.lines().next().unwrap_or("").to_string();
+        if !status.starts_with("HTTP/1.1 204") {
+            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+            let length = head
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(64 * 1024);
+            let mut body = body.as_bytes().to_vec();
+            while body.len() < length {
+                let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+            return Err(format!("envd: {status}: {}", String::from_utf8_lossy(&body).trim()));
+        }
+        stream.shutdown().await.map_err(|e| e.to_string())?;
+        while stream.read(&mut buf).await.map_err(|e| e.to_string())? > 0 {}
+        Ok(())
+    };
+    tokio::time::timeout(QUIESCE_TIMEOUT, call).await.map_err(|_| "envd did not quiesce in time".to_string())?
+}
