@@ -65,6 +65,9 @@ pub struct FileConfig {
     pub http: Option<crate::serve::HttpConfig>,
     /// Disk limit (MiB) of sandboxes whose template sets none [default: 10240, E2B's]; 0 = none.
     pub default_disk_mb: Option<u64>,
+    /// gVisor sandboxes' pause with memory writes the memory to disk and frees it [default: true]; false keeps
+    /// it in RAM (a faster resume, lost with the host). `soulbox_runtime::RuntimeConfig::pause_to_disk`.
+    pub runsc_pause_to_disk: Option<bool>,
     /// Persistent volumes [default: `<data_dir>/volumes`]. In a cluster with `volumes_shared = true`: a
     /// filesystem mounted at the same path on the server and on every node (NFS, CephFS), given to each node
     /// agent with `--volumes-dir`.
@@ -158,6 +161,8 @@ pub struct ServerConfig {
     pub http: crate::serve::HttpConfig,
     /// `None`: the runtime's default (10 GiB).
     pub default_disk_mb: Option<u64>,
+    /// See [`FileConfig::runsc_pause_to_disk`].
+    pub runsc_pause_to_disk: bool,
     /// See [`FileConfig::volumes_dir`]; `None`: `<data_dir>/volumes`.
     pub volumes_dir: Option<PathBuf>,
     /// See [`FileConfig::volume_size_mb`] (MiB, 0 = none).

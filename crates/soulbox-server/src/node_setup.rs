@@ -22,6 +22,8 @@ pub struct RuntimeSettings<'a> {
     /// Sandboxes booted ahead (`[pool]`).
     pub pool: crate::config::PoolConfig,
     pub default_disk_mb: Option<u64>,
+    /// `soulbox_runtime::RuntimeConfig::pause_to_disk` (runsc).
+    pub pause_to_disk: bool,
     pub prefix: String,
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
@@ -54,6 +56,7 @@ pub fn runtime_config(settings: RuntimeSettings<'_>) -> anyhow::Result<soulbox_r
     if let Some(mb) = settings.pool.memory_mb {
         config.booted_pool_memory_mb = mb;
     }
+    config.pause_to_disk = settings.pause_to_disk;
     if let Some(mb) = settings.default_disk_mb {
         config.default_disk_mb = mb;
     }
@@ -104,6 +107,7 @@ mod tests {
             warm_pool: 2,
             pool: crate::config::PoolConfig { booted: [("base".into(), 3)].into(), memory_mb: Some(1024) },
             default_disk_mb: Some(512),
+            pause_to_disk: true,
             prefix: "sx".into(),
             user_namespaces: true,
             userns_base: None,

@@ -328,6 +328,7 @@ async fn open_local_node(
         warm_pool: config.warm_pool,
         pool: config.pool.clone(),
         default_disk_mb: config.default_disk_mb,
+        pause_to_disk: config.runsc_pause_to_disk,
         prefix: config.prefix.clone(),
         user_namespaces: config.user_namespaces,
         userns_base: config.userns_base,
