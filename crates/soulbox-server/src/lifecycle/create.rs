@@ -8,6 +8,7 @@ use crate::cluster::Requirements;
 use crate::ids;
 use crate::node::{NetworkPolicy, SandboxSpec, TemplateInfo};
 use crate::store::{Holds, Ingress, SandboxRecord, SnapshotRecord, now_ms};
+use std::time::Instant;
 
 /// What a new sandbox starts from.
 pub(super) struct Source {
@@ -31,6 +32,42 @@ impl Source {
     }
 }
 
+/// Where one create's time went, stage by stage (µs since the stage before), logged as one debug line when the
+/// create ends: the budget of a booted pool hit (issue 18 goal 1, BENCHMARKS "Where a pool hit's time goes").
+struct Stages {
+    started: Instant,
+    last: Instant,
+    parts: Vec<(&'static str, u64)>,
+}
+
+impl Stages {
+    fn new() -> Stages {
+        let now = Instant::now();
+        Stages { started: now, last: now, parts: Vec::with_capacity(8) }
+    }
+
+    /// Ends stage `name` now.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.parts.push((name, (now - self.last).as_micros() as u64));
+        self.last = now;
+    }
+
+    fn log(&self, id: Option<&str>) {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return;
+        }
+        let stages: Vec<String> = self.parts.iter().map(|(name, us)| format!("{name}={us}")).collect();
+        tracing::debug!(
+            sandbox = id.unwrap_or_default(),
+            request_id = crate::access_log::current().unwrap_or_default(),
+            us = self.started.elapsed().as_micros() as u64,
+            stages = stages.join(" "),
+            "create stages"
+        );
+    }
+}
+
 /// A template as a record names it (a snapshot's, or a fork's source's): its id and aliases, its (vCPUs, memory
 /// MiB, disk MiB) as stored, this envd's protocol version.
 pub(super) fn recorded_template(
@@ -51,6 +88,7 @@ pub(super) fn recorded_template(
 
 impl Lifecycle {
     pub async fn create(&self, mut req: CreateRequest) -> Result<SandboxRecord> {
+        let mut stages = Stages::new();
         let timeout_s = req.timeout_s.unwrap_or(self.config.default_timeout_s);
         self.check_timeout(timeout_s)?;
         self.check_policy(&req.allow_out, &req.deny_out)?;
@@ -59,7 +97,8 @@ impl Lifecycle {
         }
         req.egress_proxy = self.resolve_proxy(req.egress_proxy.take()).await?;
         let source = self.resolve_source(&req.team_id, &req.template).await?;
-        self.create_from(source, timeout_s, req).await
+        stages.mark("resolve");
+        self.create_from_timed(source, timeout_s, req, &mut stages).await
     }
 
     /// A snapshot of the team's (`name` or `name:default`), else a template.
@@ -86,6 +125,16 @@ impl Lifecycle {
         timeout_s: i32,
         req: CreateRequest,
     ) -> Result<SandboxRecord> {
+        self.create_from_timed(source, timeout_s, req, &mut Stages::new()).await
+    }
+
+    async fn create_from_timed(
+        &self,
+        source: Source,
+        timeout_s: i32,
+        req: CreateRequest,
+        stages: &mut Stages,
+    ) -> Result<SandboxRecord> {
         let template = &source.template;
         let mounts = self.resolve_mounts(&req.team_id, &req.volume_mounts).await?;
         let home = super::volumes::volume_home(&mounts)?;
@@ -108,7 +157,9 @@ impl Lifecycle {
             volumes: super::volumes::node_mounts(&mounts),
         };
         // The team's limits first (a refused create touches no node), then a node with room.
+        stages.mark("mounts");
         let team_hold = self.hold_team_capacity(&req.team_id, template.cpu_count, template.memory_mb).await?;
+        stages.mark("team_hold");
         let need = Requirements { cpu_count: template.cpu_count, memory_mb: u64::from(template.memory_mb) };
         let placed = match (&source.node_id, &home) {
             // The sandbox must run where its volumes live: the snapshot moves there.
@@ -129,8 +180,11 @@ impl Lifecycle {
         };
         let result = match placed {
             Ok(placement) => {
-                let created = self.create_on(&placement, spec, template, timeout_s, req, &team_hold, &mounts).await;
+                stages.mark("place");
+                let created =
+                    self.create_on(&placement, spec, template, timeout_s, req, &team_hold, &mounts, stages).await;
                 self.nodes.release(&placement).await;
+                stages.mark("release");
                 created
             }
             Err(e) => Err(e),
@@ -139,6 +193,7 @@ impl Lifecycle {
         if result.is_err() {
             self.release_team_hold(&team_hold).await;
         }
+        stages.log(result.as_ref().ok().map(|r| r.id.as_str()));
         result
     }
 
@@ -152,10 +207,12 @@ impl Lifecycle {
         req: CreateRequest,
         team_hold: &str,
         mounts: &[crate::store::VolumeMountRecord],
+        stages: &mut Stages,
     ) -> Result<SandboxRecord> {
         let (node_id, node) = (placement.node_id.clone(), &placement.node);
         let token = spec.envd_access_token.clone();
         let created = node.create(spec).await?;
+        stages.mark("node_create");
         let (id, address) = (created.sandbox_id, created.address);
         let now = now_ms();
         let record = SandboxRecord {
@@ -202,6 +259,7 @@ impl Lifecycle {
             },
             Err(e) => Err(e),
         };
+        stages.mark("insert");
         if let Err(e) = inserted {
             // Leave nothing behind: the node's sandbox goes too.
             if let Err(kill) = node.kill(&id).await {
@@ -211,6 +269,7 @@ impl Lifecycle {
         }
         self.arm(&record);
         tracing::info!(sandbox = %id, template = %record.template_id, "sandbox created");
+        stages.mark("arm_log");
         Ok(record)
     }
 }
