@@ -7,7 +7,7 @@
 # (bench/pool_stages.py on that server's log: its stage lines are debug, the log JSON lines). Every sandbox is
 # killed at the end.
 # Usage (as root, under the heavy lock): flock /tmp/soulbox-heavy.lock bench/pool.sh
-#   env: RUNS="off full on" (which servers, see below) N=30 (sequential creates per measure)
+#   env: RUNS="off full on" (which servers, see below; also `now`) N=30 (sequential creates per measure)
 #        TOTAL=48 (sustained creates at concurrency 8) POOL=8 PORT=3191
 #        SOULBOX_BENCH_DATA=/var/tmp/soulbox-bench-pool PREFIX=sbbp NETWORK_POOL=10.232.0.0/16
 #        TEMPLATE_DIR=<a template store with base built> (default: the data dir's own, built on first start)
@@ -42,7 +42,8 @@ measure() {
 
 # One server per run in RUNS, each measured the same way; the pooled ones also give their hits and where a hit's
 # time goes. off: no pool. full: the pool with SQLite waiting for the disk on every commit (the store's default
-# before 2026-12-07). on: the pool.
+# before 2026-12-07). on: the pool. now: the pool refilling at once after a create (before 2026-12-07: a hit's
+# insert and answer waited for the CPU the refill's boot took).
 RUNS="${RUNS:-off full on}"
 declare -a RESULTS=()
 for run in $RUNS; do
@@ -51,7 +52,8 @@ for run in $RUNS; do
     off) start ;;
     full) start --booted-pool "base=$POOL" --database-url "sqlite://$DATA/soulbox.db?mode=rwc&synchronous=full" ;;
     on) start --booted-pool "base=$POOL" ;;
-    *) echo "unknown run $run (off, full, on)" >&2; exit 2 ;;
+    now) SERVER_ENV+=(SOULBOX_BENCH_BOOTED_REFILL_DELAY_MS=0); start --booted-pool "base=$POOL" ;;
+    *) echo "unknown run $run (off, full, on, now)" >&2; exit 2 ;;
   esac
   SERVER_ENV=("${saved_env[@]}")
   pool=$POOL; [ "$run" = off ] && pool=0
@@ -65,7 +67,7 @@ done
 "$VENV/bin/python" - "$POOL" "${RESULTS[@]}" <<'PY'
 import json, sys
 pool, runs = sys.argv[1], [json.loads(a) for a in sys.argv[2:]]
-names = {"off": "pool off", "full": "pool, sync=full", "on": f"booted pool (base={pool})"}
+names = {"off": "pool off", "full": "pool, sync=full", "on": f"booted pool (base={pool})", "now": "pool, refill at once"}
 cols = [r["result"] for r in runs]
 print(f"{'':28}" + "".join(f"{names[r['run']]:>26}" for r in runs))
 for k, label in (("raw_create", "raw HTTP create"), ("raw_create_cmd", "raw HTTP create + cmd"),

@@ -32,6 +32,23 @@ use tokio::sync::Mutex as AsyncMutex;
 const DEMAND_WINDOW: Duration = Duration::from_secs(60);
 /// The longest a claim waits for envd's answer.
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a refill waits before its first boot. A create triggers the refill when the runtime's part of it
+/// ends, but the control plane still records the sandbox and answers: a boot started at once (runc, mounts and
+/// envd on the node's cores) makes that store insert wait for CPU now and then (on 2 cores its p90 was 5.3-6.2 ms
+/// at once, 3.7-3.8 ms with the delay; the p50, ~0.7 ms, did not move: BENCHMARKS "Where a pool hit's time
+/// goes"). `SOULBOX_BENCH_BOOTED_REFILL_DELAY_MS` overrides it for bench/pool.sh's comparison (RUNS=now).
+const REFILL_DELAY: Duration = Duration::from_millis(20);
+
+fn refill_delay() -> Duration {
+    static DELAY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("SOULBOX_BENCH_BOOTED_REFILL_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(REFILL_DELAY, Duration::from_millis)
+    })
+}
+
 /// A booted pooled sandbox: its record (status `Pooled`, the pool's secret) and its network.
 pub(crate) struct Ready {
     rec: Record,
@@ -218,6 +235,8 @@ impl Inner {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            // (the create that triggered it answers first: REFILL_DELAY)
+            tokio::time::sleep(refill_delay()).await;
             me.fill_booted().await;
             me.booted.refilling.store(false, Ordering::SeqCst);
         });
