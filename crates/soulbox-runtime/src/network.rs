@@ -14,6 +14,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+mod netlink;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct NetLease {
     pub ip: Ipv4Addr,
@@ -131,7 +133,38 @@ pub fn lease_for(cfg: &RuntimeConfig, id: &str, ip: Ipv4Addr) -> NetLease {
 /// `on_link`: the sandbox side gets `ip/32` and an on-link route to the gateway instead of a point-to-point
 /// `peer` address — for a runtime with its own network stack (gVisor), which copies the interface's addresses
 /// and routes and then removes them from the host kernel, and cannot remove a `peer` address.
+/// The links and addresses are made by netlink messages from this process (`netlink.rs`); only a netns not made
+/// already costs an `ip netns add` process.
 pub async fn setup(lease: &NetLease, on_link: bool) -> Result<()> {
+    if ip_processes() {
+        return setup_by_ip(lease, on_link).await;
+    }
+    if !lease.netns_path().exists() {
+        util::run("ip", &["netns", "add", &lease.netns]).await?;
+    }
+    let links = netlink::Links {
+        netns_path: lease.netns_path(),
+        veth: lease.veth.clone(),
+        gateway: lease.gateway,
+        ip: lease.ip,
+        on_link,
+    };
+    blocking(move || netlink::setup(&links)).await
+}
+
+/// Whether the network is made by `ip` processes as before netlink (`SOULBOX_BENCH_IP_PROCESSES=1`): for
+/// bench/throughput.sh to measure both in one run.
+fn ip_processes() -> bool {
+    static IP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IP.get_or_init(|| std::env::var("SOULBOX_BENCH_IP_PROCESSES").as_deref() == Ok("1"))
+}
+
+async fn blocking(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(Error::Invalid(format!("network task: {e}"))))
+}
+
+/// [`setup`] by two `ip -batch` processes (host side, then inside the netns): the path before netlink.
+async fn setup_by_ip(lease: &NetLease, on_link: bool) -> Result<()> {
     let add = if lease.netns_path().exists() { String::new() } else { format!("netns add {}\n", lease.netns) };
     let host = format!(
         "{add}link add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
@@ -159,19 +192,32 @@ pub async fn setup(lease: &NetLease, on_link: bool) -> Result<()> {
 /// Remove veth and netns (idempotent). An empty `veth` removes only the netns (`Path::join("")` would name
 /// `/sys/class/net/` itself, which always exists).
 pub async fn teardown(netns: &str, veth: &str) -> Result<()> {
-    if !veth.is_empty()
-        && Path::new("/sys/class/net").join(veth).exists()
-        && let Err(e) = util::run("ip", &["link", "del", veth]).await
-        && Path::new("/sys/class/net").join(veth).exists()
-    {
-        return Err(e);
+    let veth_path = Path::new("/sys/class/net").join(veth);
+    if !veth.is_empty() && veth_path.exists() {
+        let res = if ip_processes() {
+            util::run("ip", &["link", "del", veth]).await.map(drop)
+        } else {
+            let v = veth.to_string();
+            blocking(move || netlink::delete_link(&v)).await
+        };
+        if let Err(e) = res
+            && veth_path.exists()
+        {
+            return Err(e);
+        }
     }
-    if !netns.is_empty()
-        && Path::new("/run/netns").join(netns).exists()
-        && let Err(e) = util::run("ip", &["netns", "del", netns]).await
-        && Path::new("/run/netns").join(netns).exists()
-    {
-        return Err(e);
+    let ns_path = Path::new("/run/netns").join(netns);
+    if !netns.is_empty() && ns_path.exists() {
+        let res = if ip_processes() {
+            util::run("ip", &["netns", "del", netns]).await.map(drop)
+        } else {
+            netlink::delete_netns(&ns_path)
+        };
+        if let Err(e) = res
+            && ns_path.exists()
+        {
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -244,6 +290,83 @@ mod tests {
         assert!(!p.mark_used(ip(3), "a"), "two owners for one address");
         assert!(p.claim(ip(3), "b"), "its owner claims it again");
         assert!(!p.claim(ip(9), "b"), "outside the pool");
+    }
+
+    /// What `ip` shows of a sandbox's network, host side and inside the netns, with what differs between two
+    /// identical setups left out: link indexes, MAC addresses, IPv6 link-local addresses (made from the MAC).
+    fn shown(lease: &NetLease) -> String {
+        let ip = |args: &[&str]| {
+            let out = std::process::Command::new("ip").args(args).output().expect("ip");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let (v, ns) = (lease.veth.as_str(), lease.netns.as_str());
+        let all = [
+            ip(&["-d", "link", "show", "dev", v]),
+            ip(&["addr", "show", "dev", v]),
+            ip(&["route", "show", "table", "all", "dev", v]),
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{v}/disable_ipv6")).unwrap_or_default(),
+            ip(&["-n", ns, "-d", "link", "show"]),
+            ip(&["-n", ns, "addr", "show"]),
+            ip(&["-n", ns, "route", "show", "table", "all"]),
+            ip(&["-n", ns, "-6", "route", "show", "table", "all"]),
+        ]
+        .join("\n");
+        all.lines()
+            .filter(|l| !l.contains("fe80:") && !l.contains("valid_lft"))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter(|w| !(w.ends_with(':') && w[..w.len() - 1].parse::<u32>().is_ok()))
+                    .filter(|w| !(w.len() == 17 && w.matches(':').count() == 5))
+                    .map(|w| w.split("@if").next().unwrap_or(w))
+                    .filter(|w| !w.starts_with("link-netns"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The netlink path makes exactly what the `ip` processes made, in both address forms, and tears it down
+    /// (twice: idempotent). Root only: it makes a netns and a veth pair (names and addresses of this process).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn netlink_makes_what_ip_made() {
+        if !util::is_root() {
+            eprintln!("skipped: netlink_makes_what_ip_made needs root");
+            return;
+        }
+        let pid = std::process::id();
+        let lease = NetLease {
+            ip: Ipv4Addr::new(10, 236, 200 + (pid % 50) as u8, 2 + (pid % 250) as u8),
+            gateway: Ipv4Addr::new(10, 236, 0, 1),
+            netns: format!("qjt-{pid}"),
+            veth: format!("qjt{pid}"),
+        };
+        for on_link in [false, true] {
+            let mut seen = Vec::new();
+            for by_ip in [true, false] {
+                let made = if by_ip { setup_by_ip(&lease, on_link).await } else { setup(&lease, on_link).await };
+                let view = shown(&lease);
+                teardown(&lease.netns, &lease.veth).await.expect("teardown");
+                teardown(&lease.netns, &lease.veth).await.expect("teardown again");
+                made.unwrap_or_else(|e| panic!("setup (by ip: {by_ip}, on link: {on_link}): {e}"));
+                assert!(!lease.netns_path().exists() && host_links(&lease.veth).is_empty(), "left behind");
+                seen.push(view);
+            }
+            assert!(seen[0].contains(&format!("inet {}", lease.ip)), "nothing seen: {}", seen[0]);
+            assert_eq!(seen[0], seen[1], "on link: {on_link}");
+        }
+        let bad = NetLease { netns: "qjt-absent-never-made".into(), ..lease.clone() };
+        let _ = std::fs::File::create("/run/netns/qjt-absent-never-made"); // a plain file, no namespace
+        let e = netlink::setup(&netlink::Links {
+            netns_path: bad.netns_path(),
+            veth: bad.veth.clone(),
+            gateway: bad.gateway,
+            ip: bad.ip,
+            on_link: false,
+        });
+        let _ = std::fs::remove_file("/run/netns/qjt-absent-never-made");
+        assert!(e.is_err(), "a file that is no netns is refused");
+        assert!(host_links(&lease.veth).is_empty(), "a refused setup leaves no link");
     }
 
     #[test]
