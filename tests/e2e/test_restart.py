@@ -1,6 +1,8 @@
 """Server restart (kill -9) in the middle: run.sh runs phase `before`, kills the server with SIGKILL, starts it
 again on the same port and data dir, then runs phase `after`. Running and paused sandboxes must survive with
-their files, processes and state. Skipped unless SOULBOX_E2E_RESTART_PHASE is set."""
+their files, processes and state. On runsc the paused sandbox is on disk only (its memory image, no process of
+it on the host), so what a host reboot leaves is enough to resume it. Skipped unless SOULBOX_E2E_RESTART_PHASE is
+set."""
 
 from __future__ import annotations
 
@@ -16,11 +18,21 @@ from e2b.sandbox.sandbox_api import SandboxState
 from conftest import RUN_ID, wait_until
 
 PHASE = os.environ.get("SOULBOX_E2E_RESTART_PHASE")
+RUNTIME = os.environ.get("SOULBOX_RUNTIME", "runc")
+DATA_DIR = os.environ.get("SOULBOX_E2E_DATA_DIR", "")
 STATE_FILE = os.environ.get("SOULBOX_E2E_RESTART_STATE", "/tmp/soulbox-e2e-restart.json")
 
 pytestmark = pytest.mark.skipif(PHASE is None, reason="run by tests/e2e/run.sh around a server restart")
 
 COUNTER = "i=0; while true; do echo $i > /tmp/counter; i=$((i+1)); sleep 0.2; done"
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def counter(sbx: Sandbox) -> int:
@@ -36,8 +48,25 @@ def test_before_restart():
     wait_until(lambda: counter(running) >= 5, 30, "the counter to start")
     paused = Sandbox.create(timeout=300, metadata={"e2e-run": RUN_ID, "restart": "paused"})
     paused.files.write("/home/user/restart.txt", "paused across restart")
+    paused_pid = paused.commands.run(COUNTER, background=True).pid
+    wait_until(lambda: counter(paused) >= 5, 30, "the paused sandbox's counter to start")
+    at_pause = counter(paused)
     assert paused.pause() is True
-    state = {"running": running.sandbox_id, "pid": pid, "paused": paused.sandbox_id}
+    if RUNTIME == "runsc":
+        # Paused to disk: its memory image in its dir, and no process on the host names it any more.
+        assert os.path.isfile(f"{DATA_DIR}/node/sandboxes/{paused.sandbox_id}/memory/checkpoint.img")
+        assert not [
+            pid
+            for pid in os.listdir("/proc")
+            if pid.isdigit() and paused.sandbox_id.encode() in _cmdline(pid)
+        ], "a process of the paused sandbox is still on the host"
+    state = {
+        "running": running.sandbox_id,
+        "pid": pid,
+        "paused": paused.sandbox_id,
+        "paused_pid": paused_pid,
+        "at_pause": at_pause,
+    }
     # A volume mounted by a paused sandbox, written by it and through the content API (SDKs that have volumes).
     if hasattr(e2b, "Volume"):
         volume = e2b.Volume.create(f"restart-{RUN_ID.replace('.', '-')}")
@@ -64,6 +93,11 @@ def test_after_restart():
     assert Sandbox.get_info(state["paused"]).state == SandboxState.PAUSED
     resumed = Sandbox.connect(state["paused"], timeout=120)
     assert resumed.files.read("/home/user/restart.txt") == "paused across restart"
+    # Its memory came back: the same process, counting on from where the pause stopped it.
+    assert resumed.commands.run(f"kill -0 {state['paused_pid']} && echo alive").stdout == "alive\n"
+    n = counter(resumed)
+    assert n >= state["at_pause"], f"the counter went back from {state['at_pause']} to {n}"
+    wait_until(lambda: counter(resumed) > n, 30, "the paused sandbox's counter to go on after the restart")
     assert running.kill() is True and resumed.kill() is True
     if "volume" in state:
         volume = e2b.Volume.connect(state["volume"])

@@ -128,9 +128,12 @@ class OutsideWorld:
         """Starts `argv` inside the netns and waits until something listens on `port` there (TCP, or UDP)."""
         import subprocess
 
+        # nsenter joins the netns only: `ip netns exec` would also give the program a mount namespace of its own,
+        # a copy of the host's mounts that (on a host whose / is not shared) pins every sandbox mount of that
+        # moment for as long as the program runs — a sandbox stopped meanwhile could not mount its disk again.
         self.procs.append(
             subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, *argv],
+                ["nsenter", f"--net=/run/netns/{self.ns}", *argv],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

@@ -31,6 +31,8 @@ const MEMORY_DIR: &str = "memory";
 const IMAGE_FILE: &str = "checkpoint.img";
 /// The address the image was saved at.
 const ADDRESS_FILE: &str = "address";
+/// How long the checkpointed Sentry may take to exit (the ptrace platform tears down a stub per process).
+const SENTRY_EXIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long envd may take to close its connections and answer.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +73,10 @@ impl Inner {
         }
         match driver.checkpoint(id, &memory).await {
             Ok(()) => {
+                // Released only once the Sentry is gone: its mounts are busy until then (see `wait_exited`).
+                if !super::death::wait_exited(&dir, SENTRY_EXIT_LIMIT).await {
+                    tracing::warn!(sandbox = %id, "the checkpointed sandbox's process is still there; releasing anyway");
+                }
                 let bytes = std::fs::metadata(memory.join(IMAGE_FILE)).map(|m| m.len()).unwrap_or(0);
                 tracing::info!(sandbox = %id, quiesced_ms, ms = t0.elapsed().as_millis() as u64, bytes, "memory saved to disk");
                 PauseToDisk::Saved

@@ -42,3 +42,23 @@ pub(super) fn watch(serving: Arc<Mutex<HashMap<String, Endpoint>>>, id: &str, bo
         }
     });
 }
+
+/// Waits (at most `limit`) until the process in `<sandbox dir>/init.pid` has exited; true when it has, or when
+/// there is none to wait for. After a checkpoint the container is stopped while its Sentry is still exiting: its
+/// mounts are busy until then, and unmounting them meanwhile leaves lazily detached copies behind.
+pub(super) async fn wait_exited(sandbox_dir: &Path, limit: std::time::Duration) -> bool {
+    let pid = std::fs::read_to_string(sandbox_dir.join("init.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    let Some(pidfd) = pid
+        .and_then(rustix::process::Pid::from_raw)
+        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
+    else {
+        return true;
+    };
+    // SAFETY: the AsyncFd owns the pidfd (an OwnedFd) for as long as it is registered; nothing else closes it.
+    let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) })
+    else {
+        return false;
+    };
+    // A pidfd turns readable when its process exits.
+    tokio::time::timeout(limit, fd.readable()).await.is_ok_and(|r| r.is_ok())
+}
