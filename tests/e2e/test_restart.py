@@ -1,7 +1,7 @@
 """Server restart (kill -9) in the middle: run.sh runs phase `before`, kills the server with SIGKILL, starts it
 again on the same port and data dir, then runs phase `after`. Running and paused sandboxes must survive with
-their files, processes and state. On runsc the paused sandbox is on disk only (its memory image, no process of
-it on the host), so what a host reboot leaves is enough to resume it. Skipped unless SOULBOX_E2E_RESTART_PHASE is
+their files, processes and state. On runsc with pause to disk the paused sandbox is on disk only (its memory
+image, no process of it on the host), so what a host reboot leaves is enough to resume it. Skipped unless SOULBOX_E2E_RESTART_PHASE is
 set."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from conftest import RUN_ID, wait_until
 
 PHASE = os.environ.get("SOULBOX_E2E_RESTART_PHASE")
 RUNTIME = os.environ.get("SOULBOX_RUNTIME", "runc")
+# runsc with `runsc_pause_to_disk = true` (SOULBOX_E2E_CONFIG_EXTRA): the pause writes the memory to disk.
+PAUSE_TO_DISK = RUNTIME == "runsc" and "runsc_pause_to_disk = true" in os.environ.get("SOULBOX_E2E_CONFIG_EXTRA", "")
 DATA_DIR = os.environ.get("SOULBOX_E2E_DATA_DIR", "")
 STATE_FILE = os.environ.get("SOULBOX_E2E_RESTART_STATE", "/tmp/soulbox-e2e-restart.json")
 
@@ -52,7 +54,7 @@ def test_before_restart():
     wait_until(lambda: counter(paused) >= 5, 30, "the paused sandbox's counter to start")
     at_pause = counter(paused)
     assert paused.pause() is True
-    if RUNTIME == "runsc":
+    if PAUSE_TO_DISK:
         # Paused to disk: its memory image in its dir, and no process on the host names it any more.
         assert os.path.isfile(f"{DATA_DIR}/node/sandboxes/{paused.sandbox_id}/memory/checkpoint.img")
         assert not [

@@ -68,8 +68,10 @@ pub struct RuntimeConfig {
     /// `RuntimeKind::pause_is_cgroup_freezer`); others (runsc) always pause through their CLI.
     pub cgroup_freezer: bool,
     /// runsc: pause saves the sandbox's memory to its dir and frees it (`lifecycle/checkpoint.rs`), so that a
-    /// paused sandbox costs no RAM and survives restarts of the runtime and the host; false keeps it in memory
-    /// (`runsc pause`: a faster resume, lost with the host).
+    /// paused sandbox costs no RAM and survives restarts of the runtime and the host; false (the default) keeps
+    /// it in memory (`runsc pause`: a faster resume, lost with the host). Off by default: on this gVisor a
+    /// restored agent sometimes crashes at once (seen in about half the restores of a 1-CPU sandbox), and the
+    /// sandbox then boots cold from its files.
     pub pause_to_disk: bool,
     /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
     /// its own score (100) before exec.
@@ -191,7 +193,7 @@ impl RuntimeConfig {
             envd_oom_score_adj: Some(-900),
             run_detached: true,
             cgroup_freezer: true,
-            pause_to_disk: true,
+            pause_to_disk: false,
             disk_quota: Default::default(),
             disk_backend: Default::default(),
             disk_image_gb: None,

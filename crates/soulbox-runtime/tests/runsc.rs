@@ -513,7 +513,7 @@ async fn runsc_pause_resume_stop_start_and_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everything() {
     runsc_or_skip!("runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everything");
-    let mut h = harness_with(runsc_config(92)).await;
+    let mut h = harness_with(RuntimeConfig { pause_to_disk: true, ..runsc_config(92) }).await;
     let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
     start_counter(&a).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -624,8 +624,7 @@ async fn runsc_envd_dying_before_ready_is_an_error_with_log_tail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed() {
     runsc_or_skip!("runsc_a_sandbox_killed_outside_soulbox_is_no_longer_routed");
-    // Pause in memory: a thaw, unlike a restore from disk (a new boot), keeps the boot.
-    let h = harness_with(RuntimeConfig { pause_to_disk: false, ..runsc_config(88) }).await;
+    let h = harness_with(runsc_config(88)).await;
     let rt = h.rt();
     let a = rt.create(SandboxSpec::new("test")).await.unwrap();
     let first = rt.endpoint(&a.id).expect("a running sandbox has an endpoint");

@@ -512,7 +512,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         warm_pool: settings.warm_pool,
         pool: settings.pool.clone(),
         default_disk_mb: None,
-        pause_to_disk: true,
+        pause_to_disk: false,
         prefix: settings.prefix.clone(),
         user_namespaces: settings.user_namespaces,
         userns_base: settings.userns_base,

@@ -150,15 +150,18 @@ impl Inner {
         let stdio = self.logs.attach(id, &dir)?;
         let restored = driver.restore(id, &dir, stdio, memory).await;
         self.with_log(id, restored).await?;
-        // The restored agent's accept(2) resumes with it; connecting proves the network came back too.
+        // The restored agent answers its health route: the network came back, and the agent runs (on this gVisor
+        // a restored agent sometimes faults at once; a bare connect would still succeed on the netstack's backlog).
+        let secret = rec.envd_secret.as_ref().ok_or_else(|| Error::Invalid("no agent secret".into()))?;
         let deadline = Instant::now() + Duration::from_millis(self.cfg.ready_timeout_ms);
         loop {
-            match tokio::net::TcpStream::connect((lease.ip, ENVD_PORT)).await {
-                Ok(_) => return Ok(()),
+            match health(lease.ip, secret).await {
+                Ok(()) => return Ok(()),
                 Err(e) if Instant::now() >= deadline => {
+                    self.logs.flush(id).await;
                     return Err(Error::NotReady {
                         id: id.clone(),
-                        reason: format!("the restored agent does not accept connections: {e}"),
+                        reason: format!("the restored agent does not answer: {e}"),
                         log_tail: crate::sandbox_log::tail(&dir, 4000),
                     });
                 }
@@ -166,6 +169,29 @@ impl Inner {
             }
         }
     }
+}
+
+/// `GET /health` of the envd at `ip` answered with a success status.
+async fn health(ip: Ipv4Addr, secret: &EnvdSecret) -> std::result::Result<(), String> {
+    let call = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, ENVD_PORT)).await.map_err(|e| e.to_string())?;
+        let request = format!(
+            "GET /health HTTP/1.1\r\nHost: {ip}:{ENVD_PORT}\r\n{header}: {secret}\r\n\r\n",
+            header = soulbox_protocol::envd_secret::HEADER,
+            secret = secret.expose(),
+        );
+        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        let status = String::from_utf8_lossy(&buf[..n]).into_owned();
+        // This side closes first (a keep-alive answer): envd's end of it does not linger in TIME_WAIT.
+        if status.starts_with("HTTP/1.1 2") {
+            Ok(())
+        } else {
+            Err(format!("envd: {}", status.lines().next().unwrap_or("no answer")))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(2), call).await.map_err(|_| "no answer in 2 s".to_string())?
 }
 
 /// `POST QUIESCE_PATH` to the envd at `ip` over a connection of its own. On `204` this side closes first (so
