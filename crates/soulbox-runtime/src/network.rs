@@ -189,6 +189,14 @@ async fn setup_by_ip(lease: &NetLease, on_link: bool) -> Result<()> {
     Ok(())
 }
 
+/// Makes the sandbox's links anew in its namespace, which stays. A runtime with its own network stack takes the
+/// addresses and routes off the interface when it starts (see [`setup`]), so a second start in the same namespace
+/// (a cold boot after a failed restore) would find none and give the sandbox no network.
+pub async fn renew_links(lease: &NetLease, on_link: bool) -> Result<()> {
+    teardown("", &lease.veth).await?;
+    setup(lease, on_link).await
+}
+
 /// Remove veth and netns (idempotent). An empty `veth` removes only the netns (`Path::join("")` would name
 /// `/sys/class/net/` itself, which always exists).
 pub async fn teardown(netns: &str, veth: &str) -> Result<()> {

@@ -513,12 +513,56 @@ async fn runsc_pause_resume_stop_start_and_reopen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everything() {
     runsc_or_skip!("runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everything");
+    trace_runtime();
     let mut h = harness_with(RuntimeConfig { pause_to_disk: true, ..runsc_config(92) }).await;
-    let a = h.rt().create(SandboxSpec::new("test")).await.unwrap();
-    start_counter(&a).await;
+    // This gVisor saves about one image in ten whose agent faults at once after every restore of it (docs/
+    // ARCHITECTURE.md, "Pause to disk"); the sandbox then boots cold from its files, which
+    // `runsc_an_unusable_memory_image_boots_the_sandbox_cold_from_its_files` covers. So up to three sandboxes go
+    // through the cycle, and one must come back with its memory.
+    let mut a = None;
+    for round in 1..=3 {
+        let candidate = h.rt().create(SandboxSpec::new("test")).await.unwrap();
+        if pause_to_disk_and_back(&mut h, &candidate).await {
+            a = Some(candidate);
+            break;
+        }
+        eprintln!("round {round}: the restored sandbox booted cold (its image faults on this gVisor); another sandbox");
+        h.rt().delete(&candidate.id).await.unwrap();
+    }
+    let a = a.expect("no sandbox of three continued from its memory saved to disk");
+    let rt = h.rt();
+    let dir = rt.sandbox_dir(&a.id);
+
+    // A loopback connection held inside: gVisor cannot save it, so the pause stays in memory.
+    let (code, out) = root_sh(
+        &a,
+        "(sleep 1000 | nc -l -p 7777 >/dev/null 2>&1 &); sleep 0.3; (sleep 1000 | nc 127.0.0.1 7777 >/dev/null 2>&1 &); sleep 0.3; cat /proc/net/tcp",
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(" 01 "), "no established connection inside: {out}");
+    rt.pause(&a.id).await.unwrap();
+    assert!(!dir.join("memory").exists(), "a sandbox with connections was saved to disk: {out}");
+    assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Paused);
+    rt.resume(&a.id).await.unwrap();
+    let v2 = counter(&a).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&a).await <= v2 {
+        assert!(Instant::now() < deadline, "the counter stopped after a pause in memory");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rt.delete(&a.id).await.unwrap();
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Pauses `a` (counting in `/tmp`, which is the Sentry's memory) to disk, kills every runsc process of the
+/// instance, reopens the runtime and resumes `a`: true when the counter goes on from its value at the pause, false
+/// when `a` booted cold (no counter; a fault of the restored image). Panics on anything else.
+async fn pause_to_disk_and_back(h: &mut Harness, a: &SandboxInfo) -> bool {
+    start_counter(a).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // `/tmp` is the Sentry's memory: only a restore brings the counter back, a cold boot would start with none.
-    let at_pause = counter(&a).await;
+    let at_pause = counter(a).await;
     assert!(at_pause > 0);
     let t = Instant::now();
     h.rt().pause(&a.id).await.unwrap();
@@ -540,32 +584,41 @@ async fn runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everyt
     let info = rt.info(&a.id).await.unwrap();
     assert_eq!((info.status, info.ip), (Status::Running, a.ip), "resumed at its address");
     assert!(!dir.join("memory").exists(), "the used image stays behind");
-    let v1 = counter(&a).await;
+    let (code, out) = root_sh(a, "cat /tmp/c").await;
+    if code != 0 {
+        assert!(out.contains("No such file"), "neither memory nor a cold boot: {out}");
+        return false;
+    }
+    let v1: u64 = out.trim().parse().unwrap_or(0);
     assert!(v1 >= at_pause, "the counter went back: {v1} < {at_pause}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while counter(&a).await <= v1 {
+    while counter(a).await <= v1 {
         assert!(Instant::now() < deadline, "the counting process did not survive the pause to disk");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    true
+}
 
-    // A loopback connection held inside: gVisor cannot save it, so the pause stays in memory.
-    let (code, out) = root_sh(
-        &a,
-        "(sleep 1000 | nc -l -p 7777 >/dev/null 2>&1 &); sleep 0.3; (sleep 1000 | nc 127.0.0.1 7777 >/dev/null 2>&1 &); sleep 0.3; cat /proc/net/tcp",
-    )
-    .await;
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains(" 01 "), "no established connection inside: {out}");
+/// A memory image that cannot be restored (damaged here; in the wild, a restored agent that faults at once) costs
+/// the sandbox its memory, never the sandbox: resume boots it cold from its files, at its address, and it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_an_unusable_memory_image_boots_the_sandbox_cold_from_its_files() {
+    runsc_or_skip!("runsc_an_unusable_memory_image_boots_the_sandbox_cold_from_its_files");
+    trace_runtime();
+    let h = harness_with(RuntimeConfig { pause_to_disk: true, ..runsc_config(93) }).await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec::new("test")).await.unwrap();
+    let (code, _) = root_sh(&a, "echo kept > /home/user/file").await;
+    assert_eq!(code, 0);
     rt.pause(&a.id).await.unwrap();
-    assert!(!dir.join("memory").exists(), "a sandbox with connections was saved to disk: {out}");
-    assert_eq!(rt.info(&a.id).await.unwrap().status, Status::Paused);
+    let image = rt.sandbox_dir(&a.id).join("memory/checkpoint.img");
+    assert!(image.is_file(), "no memory image at {}", image.display());
+    std::fs::write(&image, b"not a checkpoint").unwrap();
     rt.resume(&a.id).await.unwrap();
-    let v2 = counter(&a).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while counter(&a).await <= v2 {
-        assert!(Instant::now() < deadline, "the counter stopped after a pause in memory");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let info = rt.info(&a.id).await.unwrap();
+    assert_eq!((info.status, info.ip), (Status::Running, a.ip));
+    let (code, out) = root_sh(&a, "cat /home/user/file; cat /tmp/c 2>/dev/null || echo no-memory").await;
+    assert_eq!((code, out.as_str()), (0, "kept\nno-memory\n"));
     rt.delete(&a.id).await.unwrap();
     let left = settled_leftovers(&h.cfg).await;
     assert!(left.is_empty(), "{left:?}");

@@ -116,7 +116,11 @@ impl Inner {
         } else if saved_at != Some(lease.ip) {
             Err(Error::Invalid(format!("saved at {saved_at:?}, the sandbox now has {}", lease.ip)))
         } else {
-            self.restore_container(rec, lease, volumes, id_range, driver, &memory).await
+            let restored = self.restore_container(rec, lease, volumes, id_range, driver, &memory).await;
+            if restored.is_err() {
+                self.undo_restore(id, lease, driver).await;
+            }
+            restored
         };
         if let Err(e) = crate::util::remove_dir_all_idem(&memory) {
             tracing::warn!(sandbox = %id, error = %e, "could not remove the used memory image");
@@ -128,10 +132,21 @@ impl Inner {
             }
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "could not continue from saved memory; booting from the files");
-                let _ = driver.delete_force(id).await;
-                self.logs.detach(id).await;
                 false
             }
+        }
+    }
+
+    /// Removes what a failed restore left: the container, its Sentry (which holds the sandbox's link until it
+    /// exits), the log's reader, and the link itself, whose addresses the restore took into its own network stack.
+    async fn undo_restore(&self, id: &str, lease: &NetLease, driver: &Driver) {
+        let _ = driver.delete_force(id).await;
+        if !super::death::wait_exited(&self.dir(id), SENTRY_EXIT_LIMIT).await {
+            tracing::warn!(sandbox = %id, "the restored sandbox's process is still there");
+        }
+        self.logs.detach(id).await;
+        if let Err(e) = crate::network::renew_links(lease, driver.kind().own_network_stack()).await {
+            tracing::warn!(sandbox = %id, error = %e, "could not make the sandbox's links anew");
         }
     }
 
@@ -148,26 +163,44 @@ impl Inner {
         let dir = self.dir(id);
         self.write_bundle(rec, lease, volumes, id_range, driver)?;
         let stdio = self.logs.attach(id, &dir)?;
+        // The pid file names the Sentry of this restore or none: an older pid may belong to another process now.
+        crate::util::remove_file_idem(&dir.join("init.pid"))?;
         let restored = driver.restore(id, &dir, stdio, memory).await;
         self.with_log(id, restored).await?;
-        // The restored agent answers its health route: the network came back, and the agent runs (on this gVisor
-        // a restored agent sometimes faults at once; a bare connect would still succeed on the netstack's backlog).
+        // The restored agent answers its health route: the network came back, and the agent runs (a bare connect
+        // would succeed on the netstack's backlog even with the agent dead). A sandbox that exits meanwhile has
+        // nothing left to answer: that ends the wait at once. (This gVisor saves some images whose agent faults
+        // in its first instant after the restore, every time the image is restored: docs/ARCHITECTURE.md.)
         let secret = rec.envd_secret.as_ref().ok_or_else(|| Error::Invalid("no agent secret".into()))?;
-        let deadline = Instant::now() + Duration::from_millis(self.cfg.ready_timeout_ms);
-        loop {
-            match health(lease.ip, secret).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => {
-                    self.logs.flush(id).await;
-                    return Err(Error::NotReady {
-                        id: id.clone(),
-                        reason: format!("the restored agent does not answer: {e}"),
-                        log_tail: crate::sandbox_log::tail(&dir, 4000),
-                    });
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        let sentry = super::death::sandbox_pidfd(&dir);
+        let sentry_exited = async {
+            let exited = match sentry {
+                Some(pidfd) => super::death::exited(pidfd).await,
+                None => false,
+            };
+            if !exited {
+                std::future::pending::<()>().await;
             }
-        }
+        };
+        let deadline = Instant::now() + Duration::from_millis(self.cfg.ready_timeout_ms);
+        let answered = async {
+            loop {
+                match health(lease.ip, secret).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        };
+        let reason = tokio::select! {
+            answered = answered => match answered {
+                Ok(()) => return Ok(()),
+                Err(e) => format!("the restored agent does not answer: {e}"),
+            },
+            () = sentry_exited => "the restored sandbox exited before its agent answered".to_string(),
+        };
+        self.logs.flush(id).await;
+        Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
     }
 }
 

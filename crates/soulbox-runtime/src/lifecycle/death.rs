@@ -5,6 +5,7 @@
 //! at the next open (reconcile: stopped, files kept).
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -15,24 +16,13 @@ use super::Endpoint;
 /// watched (the sandbox then behaves as before: a reopen finds it dead).
 pub(super) fn watch(serving: Arc<Mutex<HashMap<String, Endpoint>>>, id: &str, boot: u64, sandbox_dir: &Path) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else { return };
-    let pid = std::fs::read_to_string(sandbox_dir.join("init.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
-    let Some(pidfd) = pid
-        .and_then(rustix::process::Pid::from_raw)
-        .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
-    else {
+    let Some(pidfd) = sandbox_pidfd(sandbox_dir) else {
         tracing::debug!(sandbox = id, "no sandbox process to watch");
         return;
     };
     let id = id.to_string();
     handle.spawn(async move {
-        // SAFETY: the AsyncFd owns the pidfd (an OwnedFd) for as long as it is registered; nothing else closes it.
-        let Ok(fd) =
-            (unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) })
-        else {
-            return;
-        };
-        // A pidfd turns readable when its process exits.
-        if fd.readable().await.is_err() {
+        if !exited(pidfd).await {
             return;
         }
         let mut serving = serving.lock().unwrap_or_else(|e| e.into_inner());
@@ -47,18 +37,24 @@ pub(super) fn watch(serving: Arc<Mutex<HashMap<String, Endpoint>>>, id: &str, bo
 /// there is none to wait for. After a checkpoint the container is stopped while its Sentry is still exiting: its
 /// mounts are busy until then, and unmounting them meanwhile leaves lazily detached copies behind.
 pub(super) async fn wait_exited(sandbox_dir: &Path, limit: std::time::Duration) -> bool {
+    let Some(pidfd) = sandbox_pidfd(sandbox_dir) else { return true };
+    tokio::time::timeout(limit, exited(pidfd)).await.unwrap_or(false)
+}
+
+/// A pidfd for the process in `<sandbox dir>/init.pid`; `None` without a pid file or a process of that pid.
+pub(super) fn sandbox_pidfd(sandbox_dir: &Path) -> Option<OwnedFd> {
     let pid = std::fs::read_to_string(sandbox_dir.join("init.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
-    let Some(pidfd) = pid
-        .and_then(rustix::process::Pid::from_raw)
+    pid.and_then(rustix::process::Pid::from_raw)
         .and_then(|pid| rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok())
-    else {
-        return true;
-    };
+}
+
+/// Waits until the process of `pidfd` exits: true then, false when it cannot be watched.
+pub(super) async fn exited(pidfd: OwnedFd) -> bool {
     // SAFETY: the AsyncFd owns the pidfd (an OwnedFd) for as long as it is registered; nothing else closes it.
     let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE) })
     else {
         return false;
     };
     // A pidfd turns readable when its process exits.
-    tokio::time::timeout(limit, fd.readable()).await.is_ok_and(|r| r.is_ok())
+    fd.readable().await.is_ok()
 }
