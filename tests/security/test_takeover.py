@@ -258,3 +258,28 @@ def test_processes_inside_cannot_read_the_secret(sandboxes):
     for user in ("root", "user"):
         r = root_run(sbx, script) if user == "root" else sbx.commands.run(script)
         assert r.stdout.split() == ["0"], f"as {user}: {r.stdout} {r.stderr}"
+
+
+def test_the_nodes_own_envd_routes_are_refused_through_the_proxy(sandboxes):
+    """`/soulbox/quiesce` (before a gVisor checkpoint) resets every other connection of envd and, when it refuses,
+    names the sandbox's processes. The proxy adds the node secret to what it forwards, so only its refusal keeps a
+    client from cutting the owner's streams; a stream open meanwhile must come through whole."""
+    created = sandboxes.create_raw(path="/sandboxes")
+    sid = created["sandboxID"]
+    sbx = Sandbox.connect(sid)
+    streaming = sbx.commands.run("sleep 2; echo survived", background=True)
+    attempts = [
+        ("header", envd_headers(sid), "/soulbox/quiesce"),
+        ("host", by_host(sid), "/soulbox/quiesce"),
+        ("header, other case", envd_headers(sid), "/SoulBox//quiesce/"),
+        ("host, encoded", by_host(sid), "/%73oulbox/quiesce"),
+        ("header, dot segments", envd_headers(sid), "/x/../soulbox/./quiesce"),
+        ("host, a future route", by_host(sid), "/soulbox/anything"),
+    ]
+    with proxied() as c:
+        for how, headers, path in attempts:
+            r = c.post(httpx.URL(API_URL + path), headers=headers)
+            assert r.status_code == 403, f"{path} by {how} answered {r.status_code}: {r.text}"
+            assert "/soulbox/" in r.json()["message"], r.text
+    result = streaming.wait()
+    assert result.stdout == "survived\n", result
