@@ -27,6 +27,7 @@ mod booted;
 mod checkpoint;
 mod close;
 mod drivers;
+mod envd_call;
 mod open;
 mod pool;
 mod proc_view;

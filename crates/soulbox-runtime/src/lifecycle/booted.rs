@@ -13,8 +13,8 @@
 //!
 //! Records of pooled sandboxes say `Pooled`; an open after a crash collects them like pool slots
 //! (`reconcile.rs`), and `close`/`destroy_all` drain them (`Runtime::drain_pool`).
+use super::envd_call::{self, Close, EnvdRequest};
 use super::{Inner, Runtime};
-use crate::config::ENVD_PORT;
 use crate::driver::Driver;
 use crate::envd_secret::EnvdSecret;
 use crate::error::{Error, Result};
@@ -344,31 +344,15 @@ async fn envd_claim(
     pool_secret: &EnvdSecret,
     init: &soulbox_protocol::envd_init::InitRequest,
 ) -> Result<()> {
-    use http_body_util::BodyExt;
     let failed = |what: String| Error::Invalid(format!("claim of the pooled envd at {ip}: {what}"));
-    let body = serde_json::to_vec(init).map_err(|e| failed(e.to_string()))?;
-    let call = async {
-        let stream = tokio::net::TcpStream::connect((ip, ENVD_PORT)).await.map_err(|e| failed(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(conn);
-        let request = http::Request::post(soulbox_protocol::envd_init::CLAIM_PATH)
-            .header(http::header::HOST, format!("{ip}:{ENVD_PORT}"))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .header(soulbox_protocol::envd_secret::HEADER, pool_secret.expose())
-            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-            .map_err(|e| failed(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(|e| failed(e.to_string()))?;
-        let status = response.status();
-        if status != http::StatusCode::NO_CONTENT {
-            let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(failed(format!("{status}: {}", String::from_utf8_lossy(&text))));
-        }
-        Ok(())
-    };
-    tokio::time::timeout(CLAIM_TIMEOUT, call).await.map_err(|_| failed("timed out".into()))?
+    let json = serde_json::to_vec(init).map_err(|e| failed(e.to_string()))?;
+    let path = soulbox_protocol::envd_init::CLAIM_PATH;
+    let request = EnvdRequest { method: http::Method::POST, path, json: Some(json) };
+    let answer = envd_call::call(ip, pool_secret, request, Close::Drop, CLAIM_TIMEOUT).await.map_err(failed)?;
+    if answer.status != http::StatusCode::NO_CONTENT {
+        return Err(failed(answer.describe()));
+    }
+    Ok(())
 }
 
 impl Runtime {

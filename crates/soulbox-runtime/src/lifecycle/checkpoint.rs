@@ -16,10 +16,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use super::Inner;
-use crate::config::ENVD_PORT;
+use super::envd_call::{self, Close, EnvdRequest};
 use crate::driver::Driver;
 use crate::envd_secret::EnvdSecret;
 use crate::error::{Error, Result};
@@ -206,73 +204,18 @@ impl Inner {
 
 /// `GET /health` of the envd at `ip` answered with a success status.
 async fn health(ip: Ipv4Addr, secret: &EnvdSecret) -> std::result::Result<(), String> {
-    let call = async {
-        let mut stream = tokio::net::TcpStream::connect((ip, ENVD_PORT)).await.map_err(|e| e.to_string())?;
-        let request = format!(
-            "GET /health HTTP/1.1\r\nHost: {ip}:{ENVD_PORT}\r\n{header}: {secret}\r\n\r\n",
-            header = soulbox_protocol::envd_secret::HEADER,
-            secret = secret.expose(),
-        );
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-        let status = String::from_utf8_lossy(&buf[..n]).into_owned();
-        // This side closes first (a keep-alive answer): envd's end of it does not linger in TIME_WAIT.
-        if status.starts_with("HTTP/1.1 2") {
-            Ok(())
-        } else {
-            Err(format!("envd: {}", status.lines().next().unwrap_or("no answer")))
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(2), call).await.map_err(|_| "no answer in 2 s".to_string())?
+    let request = EnvdRequest { method: http::Method::GET, path: "/health", json: None };
+    let answer = envd_call::call(ip, secret, request, Close::Drop, Duration::from_secs(2)).await?;
+    if answer.status.is_success() { Ok(()) } else { Err(format!("envd: {}", answer.describe())) }
 }
 
 /// `POST QUIESCE_PATH` to the envd at `ip` over a connection of its own. On `204` this side closes first (so
 /// that envd's end, closing second, does not wait in TIME_WAIT) and waits for envd's close: the end of the stream
 /// means envd's socket is gone. `Err` carries why the sandbox cannot be saved now.
 async fn quiesce_envd(ip: Ipv4Addr, secret: &EnvdSecret) -> std::result::Result<(), String> {
-    let call = async {
-        let mut stream = tokio::net::TcpStream::connect((ip, ENVD_PORT)).await.map_err(|e| e.to_string())?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {ip}:{ENVD_PORT}\r\n{header}: {secret}\r\nContent-Length: 0\r\n\r\n",
-            path = soulbox_protocol::envd_init::QUIESCE_PATH,
-            header = soulbox_protocol::envd_secret::HEADER,
-            secret = secret.expose(),
-        );
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut answer = Vec::new();
-        let mut buf = [0u8; 4096];
-        // A status line and headers, then (for a refusal) a short JSON message: bounded by the timeout below.
-        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                return Err("envd closed the connection without an answer".to_string());
-            }
-            answer.extend_from_slice(&buf[..n]);
-        }
-        let text = String::from_utf8_lossy(&answer).into_owned();
-        let status = text.lines().next().unwrap_or("").to_string();
-        if !status.starts_with("HTTP/1.1 204") {
-            let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-            let length = head
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-                .and_then(|(_, v)| v.trim().parse::<usize>().ok())
-                .unwrap_or(0)
-                .min(64 * 1024);
-            let mut body = body.as_bytes().to_vec();
-            while body.len() < length {
-                let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-                if n == 0 {
-                    break;
-                }
-                body.extend_from_slice(&buf[..n]);
-            }
-            return Err(format!("envd: {status}: {}", String::from_utf8_lossy(&body).trim()));
-        }
-        stream.shutdown().await.map_err(|e| e.to_string())?;
-        while stream.read(&mut buf).await.map_err(|e| e.to_string())? > 0 {}
-        Ok(())
-    };
-    tokio::time::timeout(QUIESCE_TIMEOUT, call).await.map_err(|_| "envd did not quiesce in time".to_string())?
+    let path = soulbox_protocol::envd_init::QUIESCE_PATH;
+    let request = EnvdRequest { method: http::Method::POST, path, json: None };
+    let answer = envd_call::call(ip, secret, request, Close::AwaitPeer, QUIESCE_TIMEOUT).await;
+    let answer = answer.map_err(|e| format!("envd did not quiesce: {e}"))?;
+    if answer.status == http::StatusCode::NO_CONTENT { Ok(()) } else { Err(format!("envd: {}", answer.describe())) }
 }
