@@ -10,6 +10,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
+/// What a boot works from once the rootfs is mounted: the sandbox's record and network, its volumes (host source,
+/// path inside), its user namespace range and its OCI runtime.
+#[derive(Clone, Copy)]
+pub(super) struct BootInputs<'a> {
+    pub rec: &'a Record,
+    pub lease: &'a NetLease,
+    pub volumes: &'a [(PathBuf, String)],
+    pub id_range: Option<crate::userns::IdRange>,
+    pub driver: &'a crate::driver::Driver,
+}
+
 impl Inner {
     /// Mount the rootfs, write the bundle, start the container, wait for envd.
     pub(super) async fn boot(&self, rec: &Record, lease: &NetLease) -> Result<()> {
@@ -52,29 +63,22 @@ impl Inner {
             sources.into_iter().zip(spec.volumes.iter().map(|m| m.path.clone())).collect();
         // A sandbox paused to disk continues from its saved memory (`checkpoint.rs`); if that fails it boots cold
         // from its files, as after a filesystem-only pause.
-        if self.restore_saved_memory(rec, lease, &volumes, id_range, driver).await {
+        let inputs = BootInputs { rec, lease, volumes: &volumes, id_range, driver };
+        if self.restore_saved_memory(&inputs).await {
             return crate::volumes::detach_helpers(&dir);
         }
         // A cold boot: its own uptime and boot id from now on (a resume from pause keeps both).
         crate::procview::BootRecord::new().write(&dir)?;
-        let booted = self.boot_container(rec, lease, &volumes, id_range, driver, t0).await;
+        let booted = self.boot_container(&inputs, t0).await;
         // The container holds its own binds of the volumes' idmapped clones (or never started).
         let detached = crate::volumes::detach_helpers(&dir);
         booted.and(detached)
     }
 
-    async fn boot_container(
-        &self,
-        rec: &Record,
-        lease: &NetLease,
-        volumes: &[(PathBuf, String)],
-        id_range: Option<crate::userns::IdRange>,
-        driver: &crate::driver::Driver,
-        t0: std::time::Instant,
-    ) -> Result<()> {
-        let id = &rec.id;
+    async fn boot_container(&self, inputs: &BootInputs<'_>, t0: std::time::Instant) -> Result<()> {
+        let (id, driver) = (&inputs.rec.id, inputs.driver);
         let dir = self.dir(id);
-        let cpu_count = self.write_bundle(rec, lease, volumes, id_range, driver)?;
+        let cpu_count = self.write_bundle(inputs)?;
 
         // stdout/stderr of the container (and of the runtime CLI): the log's FIFO, drained on the host.
         let stdio = self.logs.attach(id, &dir)?;
@@ -125,15 +129,9 @@ impl Inner {
         Err(Error::NotReady { id: id.clone(), reason, log_tail: crate::sandbox_log::tail(&dir, 4000) })
     }
 
-    /// The sandbox's OCI bundle (`config.json`) for `rec` on `lease`; returns its CPU count.
-    pub(super) fn write_bundle(
-        &self,
-        rec: &Record,
-        lease: &NetLease,
-        volumes: &[(PathBuf, String)],
-        id_range: Option<crate::userns::IdRange>,
-        driver: &crate::driver::Driver,
-    ) -> Result<u32> {
+    /// The sandbox's OCI bundle (`config.json`); returns its CPU count.
+    pub(super) fn write_bundle(&self, inputs: &BootInputs<'_>) -> Result<u32> {
+        let BootInputs { rec, lease, volumes, id_range, driver } = *inputs;
         let id = &rec.id;
         let dir = self.dir(id);
         let (Some(meta), Some(spec)) = (&rec.template, &rec.spec) else {

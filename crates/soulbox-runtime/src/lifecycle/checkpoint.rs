@@ -13,10 +13,11 @@
 //! on from there.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use super::Inner;
+use super::boot::BootInputs;
 use super::envd_call::{self, Close, EnvdRequest};
 use crate::driver::Driver;
 use crate::envd_secret::EnvdSecret;
@@ -93,14 +94,8 @@ impl Inner {
     /// If the sandbox `rec` has saved memory, continues from it on `lease` and returns true; false (after
     /// cleaning up) when there is none or it cannot be used, so that the caller boots cold. The image goes either
     /// way.
-    pub(super) async fn restore_saved_memory(
-        &self,
-        rec: &Record,
-        lease: &NetLease,
-        volumes: &[(PathBuf, String)],
-        id_range: Option<crate::userns::IdRange>,
-        driver: &Driver,
-    ) -> bool {
+    pub(super) async fn restore_saved_memory(&self, inputs: &BootInputs<'_>) -> bool {
+        let BootInputs { rec, lease, driver, .. } = *inputs;
         let id = &rec.id;
         let dir = self.dir(id);
         if !has_saved_memory(&dir) {
@@ -114,7 +109,7 @@ impl Inner {
         } else if saved_at != Some(lease.ip) {
             Err(Error::Invalid(format!("saved at {saved_at:?}, the sandbox now has {}", lease.ip)))
         } else {
-            let restored = self.restore_container(rec, lease, volumes, id_range, driver, &memory).await;
+            let restored = self.restore_container(inputs, &memory).await;
             if restored.is_err() {
                 self.undo_restore(id, lease, driver).await;
             }
@@ -148,18 +143,11 @@ impl Inner {
         }
     }
 
-    async fn restore_container(
-        &self,
-        rec: &Record,
-        lease: &NetLease,
-        volumes: &[(PathBuf, String)],
-        id_range: Option<crate::userns::IdRange>,
-        driver: &Driver,
-        memory: &Path,
-    ) -> Result<()> {
+    async fn restore_container(&self, inputs: &BootInputs<'_>, memory: &Path) -> Result<()> {
+        let BootInputs { rec, lease, driver, .. } = *inputs;
         let id = &rec.id;
         let dir = self.dir(id);
-        self.write_bundle(rec, lease, volumes, id_range, driver)?;
+        self.write_bundle(inputs)?;
         let stdio = self.logs.attach(id, &dir)?;
         // The pid file names the Sentry of this restore or none: an older pid may belong to another process now.
         crate::util::remove_file_idem(&dir.join("init.pid"))?;
