@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import tomllib
 import urllib.parse
 
 import benchlib  # noqa: E402
@@ -31,7 +32,19 @@ CONCURRENCY = int(os.environ.get("CONCURRENCY", "8"))
 REPS = int(os.environ.get("REPS", "300"))
 IDLE_S = float(os.environ.get("IDLE_S", "30"))
 TEMPLATE = os.environ.get("TEMPLATE", "base")
-PREFIX = os.environ.get("SOULBOX_PREFIX", "sb")
+def server_prefix():
+    """The server's prefix: SOULBOX_PREFIX, else the bench data dir's config.toml (which names its cgroups)."""
+    if os.environ.get("SOULBOX_PREFIX"):
+        return os.environ["SOULBOX_PREFIX"]
+    config = os.path.join(os.environ.get("SOULBOX_BENCH_DATA", "/var/tmp/soulbox-bench-server"), "config.toml")
+    try:
+        with open(config, "rb") as f:
+            return tomllib.load(f).get("prefix", "sbx")
+    except FileNotFoundError:
+        return "sbx"
+
+
+PREFIX = server_prefix()
 TICK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MIB = 1024 * 1024
@@ -112,9 +125,10 @@ def threads(pid):
 
 def cgroup_dirs():
     """The sandboxes' memory cgroups (v2, else v1's memory hierarchy)."""
-    parent = f"/sys/fs/cgroup/soulbox_{PREFIX}"
+    name = "soulbox" if PREFIX == "sbx" else f"soulbox_{PREFIX}"  # RuntimeConfig's cgroup parent
+    parent = f"/sys/fs/cgroup/{name}"
     if not os.path.exists(os.path.join(parent, "cgroup.controllers")):
-        parent = f"/sys/fs/cgroup/memory/soulbox_{PREFIX}"
+        parent = f"/sys/fs/cgroup/memory/{name}"
     try:
         return [os.path.join(parent, d) for d in os.listdir(parent) if os.path.isdir(os.path.join(parent, d))]
     except FileNotFoundError:
