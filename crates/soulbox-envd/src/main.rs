@@ -10,6 +10,7 @@ mod etc_files;
 mod filesystem;
 mod http;
 mod init_process;
+mod io_memory;
 mod metrics;
 #[cfg(test)]
 mod node_secret_tests;
@@ -36,6 +37,11 @@ use soulbox_protocol::envd_init::{
 use tracing_subscriber::EnvFilter;
 
 use crate::state::{AppState, InitRequest, SandboxConfig};
+
+/// tokio's I/O registrations at addresses never reused: a gVisor restore may wake them after they were freed
+/// (`io_memory`).
+#[global_allocator]
+static ALLOCATOR: io_memory::RegistrationArena = io_memory::RegistrationArena::new();
 
 #[derive(Debug, Parser)]
 #[command(name = "soulbox-envd", version, about = "SoulBox in-sandbox agent (E2B envd compatible)")]
