@@ -19,8 +19,8 @@ from conftest import RUN_ID, wait_until
 
 PHASE = os.environ.get("SOULBOX_E2E_RESTART_PHASE")
 RUNTIME = os.environ.get("SOULBOX_RUNTIME", "runc")
-# runsc with `runsc_pause_to_disk = true` (SOULBOX_E2E_CONFIG_EXTRA): the pause writes the memory to disk.
-PAUSE_TO_DISK = RUNTIME == "runsc" and "runsc_pause_to_disk = true" in os.environ.get("SOULBOX_E2E_CONFIG_EXTRA", "")
+# runsc (unless SOULBOX_E2E_CONFIG_EXTRA says `runsc_pause_to_disk = false`): the pause writes the memory to disk.
+PAUSE_TO_DISK = RUNTIME == "runsc" and "runsc_pause_to_disk = false" not in os.environ.get("SOULBOX_E2E_CONFIG_EXTRA", "")
 DATA_DIR = os.environ.get("SOULBOX_E2E_DATA_DIR", "")
 STATE_FILE = os.environ.get("SOULBOX_E2E_RESTART_STATE", "/tmp/soulbox-e2e-restart.json")
 

@@ -303,7 +303,7 @@ impl ServerArgs {
             team_limits: file.teams.unwrap_or_default(),
             http: file.http.unwrap_or_default(),
             default_disk_mb: file.default_disk_mb,
-            runsc_pause_to_disk: file.runsc_pause_to_disk.unwrap_or(false),
+            runsc_pause_to_disk: file.runsc_pause_to_disk.unwrap_or(true),
             volumes_dir: file.volumes_dir,
             volume_size_mb: file.volume_size_mb.unwrap_or(soulbox_server::config::DEFAULT_VOLUME_SIZE_MB),
             volumes_shared: file.volumes_shared.unwrap_or(false),

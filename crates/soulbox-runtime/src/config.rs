@@ -68,10 +68,9 @@ pub struct RuntimeConfig {
     /// `RuntimeKind::pause_is_cgroup_freezer`); others (runsc) always pause through their CLI.
     pub cgroup_freezer: bool,
     /// runsc: pause saves the sandbox's memory to its dir and frees it (`lifecycle/checkpoint.rs`), so that a
-    /// paused sandbox costs no RAM and survives restarts of the runtime and the host; false (the default) keeps
-    /// it in memory (`runsc pause`: a faster resume, lost with the host). Off by default: on this gVisor a
-    /// restored agent sometimes crashes at once (seen in about half the restores of a 1-CPU sandbox), and the
-    /// sandbox then boots cold from its files.
+    /// paused sandbox costs no RAM and survives restarts of the runtime and the host; false keeps it in memory
+    /// (`runsc pause`: a faster resume, lost with the host). False here, as every feature of the library is
+    /// off until asked for; the server turns it on unless its config says `runsc_pause_to_disk = false`.
     pub pause_to_disk: bool,
     /// oom_score_adj of PID 1 (envd). None = inherit. Safe to lower: envd gives each process it starts
     /// its own score (100) before exec.

@@ -65,7 +65,7 @@ pub struct FileConfig {
     pub http: Option<crate::serve::HttpConfig>,
     /// Disk limit (MiB) of sandboxes whose template sets none [default: 10240, E2B's]; 0 = none.
     pub default_disk_mb: Option<u64>,
-    /// gVisor sandboxes' pause with memory writes the memory to disk and frees it; false [the default] keeps it
+    /// gVisor sandboxes' pause with memory writes the memory to disk and frees it [the default]; false keeps it
     /// in RAM (a faster resume, lost with the host). `soulbox_runtime::RuntimeConfig::pause_to_disk`.
     pub runsc_pause_to_disk: Option<bool>,
     /// Persistent volumes [default: `<data_dir>/volumes`]. In a cluster with `volumes_shared = true`: a
