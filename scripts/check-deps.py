@@ -24,6 +24,7 @@ LAYERS = {
     "soulbox-protocol": 0,
     "soulbox-layer": 0,
     "soulbox-volumes": 0,
+    "soulbox-http": 0,
     "soulbox-envd": 1,
     "soulbox-runtime": 1,
     "soulbox": 1,

@@ -193,3 +193,45 @@ fn the_boot_field_is_the_protocols() {
     let init: InitRequest = serde_json::from_str(&format!(r#"{{"{}":"s"}}"#, envd_secret::INIT_FIELD)).unwrap();
     assert_eq!(init.envd_secret.as_deref(), Some("s"));
 }
+
+/// The compat suite's `test_sdk_run_without_token` once saw "broken pipe" instead of the 401: the SDK writes a
+/// Connect call's body after its head, and envd had answered and closed in between. The refused body is now read,
+/// so the answer arrives and the connection stays usable for the next request.
+#[tokio::test]
+async fn a_refused_call_whose_body_comes_after_the_answer_keeps_its_connection() {
+    let (addr, _) = start(None, Some("the-token")).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let body = connect_envelope(&format!(r#"{{"process":{{"cmd":"/bin/true","args":["{}"]}}}}"#, "x".repeat(1 << 20)));
+    let head = format!(
+        "POST /process.Process/Start HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/connect+json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    assert!(read_head(&mut stream).await.expect("the refusal").starts_with("HTTP/1.1 401"));
+    stream.write_all(&body).await.expect("the body is still read after the refusal");
+    stream.write_all(b"GET /envs HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n").await.unwrap();
+    let second = read_head(&mut stream).await.expect("the connection outlived the refused body");
+    assert!(second.starts_with("HTTP/1.1 401"), "{second}");
+}
+
+/// One response head and its Content-Length body; None when the connection was closed first.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => raw.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&raw).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>()))
+        .and_then(Result::ok)
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.ok()?;
+    Some(head)
+}

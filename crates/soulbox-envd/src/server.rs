@@ -29,6 +29,9 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_node_secret))
         // Outside even that: a refused request still runs in its request id's span.
         .layer(axum::middleware::from_fn(request_log::log_request))
+        // A refused caller still streaming its body (the SDK sends a Connect call's body after its head) must
+        // read the 401 rather than a broken pipe.
+        .layer(axum::middleware::from_fn(soulbox_http::linger_on_unread_body))
         .with_state(state)
 }
 

@@ -5,7 +5,6 @@ mod cluster;
 mod dashboard;
 mod json_body;
 mod keys;
-mod linger;
 mod log_lines;
 mod network;
 #[cfg(test)]
@@ -111,7 +110,7 @@ pub fn router(state: ApiState) -> Router {
         // Template file uploads (large, token in the URL) are outside the body limit and the API key.
         .merge(templates::upload_routes())
         .merge(volume_content::routes())
-        .layer(axum::middleware::from_fn(linger::linger_on_unread_body))
+        .layer(axum::middleware::from_fn(soulbox_http::linger_on_unread_body))
         .with_state(state)
 }
 

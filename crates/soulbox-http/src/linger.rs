@@ -1,8 +1,10 @@
-//! Lingering on a refused body. A request whose body the API stops reading (over the body limit, or a route that
-//! never reads one) would otherwise be answered and the connection closed with the client still sending: the
-//! kernel then resets the connection, and a client that has not read the answer yet sees "server disconnected"
-//! instead of E2B's 413. Like a web server's lingering close, the rest of such a body is read and discarded in
-//! the background — at most [`LINGER_BYTES`] for at most [`LINGER_TIME`] — so the answer arrives first.
+//! Lingering on a refused body. A request whose body the server stops reading (over a body limit, refused before
+//! the handler, or a route that never reads one) would otherwise be answered and the connection closed with the
+//! client still sending: the kernel then resets the connection, and a client that has not read the answer yet sees
+//! "broken pipe" or "server disconnected" instead of the 401 or 413 it was sent. A client that streams its body
+//! after the head (the e2b SDK's Connect calls do) loses that race often. Like a web server's lingering close, the
+//! rest of such a body is read and discarded in the background — at most [`LINGER_BYTES`] for at most
+//! [`LINGER_TIME`] — so the answer arrives first and the connection stays usable.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -73,3 +75,6 @@ impl Drop for Lingering {
         });
     }
 }
+
+#[cfg(test)]
+mod tests;
