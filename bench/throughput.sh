@@ -7,8 +7,7 @@
 # Usage (as root, under the heavy lock): flock /tmp/soulbox-heavy.lock bench/throughput.sh
 #   env: LEVELS=10,300 TOTAL=48 PORT=3192 SOULBOX_BENCH_DATA=/var/tmp/soulbox-bench-throughput PREFIX=sbtp
 #        NETWORK_POOL=10.234.0.0/16 TEMPLATE_DIR=<a template store with base built> MODES="inline named"
-#        (a mode is a server setting: `inline` the old inline nft sets, `ip` the sandbox network made by `ip`
-#        processes instead of netlink (SOULBOX_BENCH_IP_PROCESSES=1), any other name the defaults; MODES="ip netlink")
+#        (a mode is a server setting: `inline` the old inline nft sets, any other name the defaults)
 #        SOULBOX_BIN=<a built soulbox binary: skips the build> PERF=1 (perf record -a during the create phases;
 #        the top processes and kernel symbols are printed)
 set -euo pipefail
@@ -33,9 +32,9 @@ mkdir -p "$DATA"
 LOG="$DATA/server.log"
 trap 'bench_stop' EXIT
 
-# start <inline 0|1> <ip 0|1>: the server, until its key line is printed.
+# start <inline 0|1>: the server, until its key line is printed.
 start() {
-  SERVER_ENV=(SOULBOX_BENCH_INLINE_NFT_SETS="$1" SOULBOX_BENCH_IP_PROCESSES="$2" SOULBOX_LOG="info,soulbox_runtime=debug"
+  SERVER_ENV=(SOULBOX_BENCH_INLINE_NFT_SETS="$1" SOULBOX_LOG="info,soulbox_runtime=debug"
     NO_COLOR=1)
   bench_start "$LOG" --prefix "$PREFIX" --network-pool "$NETWORK_POOL"
 }
@@ -44,10 +43,9 @@ PERF_DIR=""
 [ -z "${PERF:-}" ] || PERF_DIR="$DATA"
 OUT=()
 for mode in $MODES; do
-  inline=0 ip=0
+  inline=0
   [ "$mode" = inline ] && inline=1
-  [ "$mode" = ip ] && ip=1
-  start "$inline" "$ip"
+  start "$inline"
   OUT+=("$(E2B_API_URL="http://127.0.0.1:$PORT" E2B_API_KEY="$KEY" SERVER_LOG="$LOG" PERF_DIR="$PERF_DIR" \
     LABEL="$mode" "$VENV/bin/python" bench/throughput_bench.py)")
   bench_stop

@@ -136,9 +136,6 @@ pub fn lease_for(cfg: &RuntimeConfig, id: &str, ip: Ipv4Addr) -> NetLease {
 /// The links and addresses are made by netlink messages from this process (`netlink.rs`); only a netns not made
 /// already costs an `ip netns add` process.
 pub async fn setup(lease: &NetLease, on_link: bool) -> Result<()> {
-    if ip_processes() {
-        return setup_by_ip(lease, on_link).await;
-    }
     if !lease.netns_path().exists() {
         util::run("ip", &["netns", "add", &lease.netns]).await?;
     }
@@ -152,41 +149,8 @@ pub async fn setup(lease: &NetLease, on_link: bool) -> Result<()> {
     blocking(move || netlink::setup(&links)).await
 }
 
-/// Whether the network is made by `ip` processes as before netlink (`SOULBOX_BENCH_IP_PROCESSES=1`): for
-/// bench/throughput.sh to measure both in one run.
-fn ip_processes() -> bool {
-    static IP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *IP.get_or_init(|| std::env::var("SOULBOX_BENCH_IP_PROCESSES").as_deref() == Ok("1"))
-}
-
 async fn blocking(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
     tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| Err(Error::Invalid(format!("network task: {e}"))))
-}
-
-/// [`setup`] by two `ip -batch` processes (host side, then inside the netns): the path before netlink.
-async fn setup_by_ip(lease: &NetLease, on_link: bool) -> Result<()> {
-    let add = if lease.netns_path().exists() { String::new() } else { format!("netns add {}\n", lease.netns) };
-    let host = format!(
-        "{add}link add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
-        ns = lease.netns,
-        veth = lease.veth,
-        gw = lease.gateway,
-        ip = lease.ip
-    );
-    util::run_stdin("ip", &["-batch", "-"], Some(&host)).await?;
-    let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", lease.veth), "1");
-    let (gw, ip) = (lease.gateway, lease.ip);
-    let inner = if on_link {
-        format!(
-            "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\nroute add {gw}/32 dev eth0 scope link\nroute add default via {gw} dev eth0\n"
-        )
-    } else {
-        format!(
-            "link set lo up\naddr add {ip}/32 peer {gw}/32 dev eth0\nlink set eth0 up\nroute add default via {gw} dev eth0\n"
-        )
-    };
-    util::run_stdin("ip", &["-n", &lease.netns, "-batch", "-"], Some(&inner)).await?;
-    Ok(())
 }
 
 /// Makes the sandbox's links anew in its namespace, which stays. A runtime with its own network stack takes the
@@ -202,32 +166,22 @@ pub async fn renew_links(lease: &NetLease, on_link: bool) -> Result<()> {
 pub async fn teardown(netns: &str, veth: &str) -> Result<()> {
     let veth_path = Path::new("/sys/class/net").join(veth);
     if !veth.is_empty() && veth_path.exists() {
-        let res = if ip_processes() {
-            util::run("ip", &["link", "del", veth]).await.map(drop)
-        } else {
-            let v = veth.to_string();
-            blocking(move || netlink::delete_link(&v)).await
-        };
-        if let Err(e) = res
-            && veth_path.exists()
-        {
-            return Err(e);
-        }
+        let v = veth.to_string();
+        gone_or(&veth_path, blocking(move || netlink::delete_link(&v)).await)?;
     }
     let ns_path = Path::new("/run/netns").join(netns);
     if !netns.is_empty() && ns_path.exists() {
-        let res = if ip_processes() {
-            util::run("ip", &["netns", "del", netns]).await.map(drop)
-        } else {
-            netlink::delete_netns(&ns_path)
-        };
-        if let Err(e) = res
-            && ns_path.exists()
-        {
-            return Err(e);
-        }
+        gone_or(&ns_path, netlink::delete_netns(&ns_path))?;
     }
     Ok(())
+}
+
+/// A failed delete is fine when the thing is gone anyway (someone else removed it meanwhile).
+fn gone_or(path: &Path, deleted: Result<()>) -> Result<()> {
+    match deleted {
+        Err(e) if path.exists() => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Host links whose name starts with `prefix`.
@@ -332,6 +286,33 @@ mod tests {
             })
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The reference `netlink_makes_what_ip_made` compares with: the network made by two `ip -batch` processes
+    /// (host side, then inside the netns), as the runtime did before netlink.
+    async fn setup_by_ip(lease: &NetLease, on_link: bool) -> Result<()> {
+        let add = if lease.netns_path().exists() { String::new() } else { format!("netns add {}\n", lease.netns) };
+        let host = format!(
+            "{add}link add {veth} type veth peer name eth0 netns {ns}\naddr add {gw}/32 peer {ip}/32 dev {veth}\nlink set {veth} up\n",
+            ns = lease.netns,
+            veth = lease.veth,
+            gw = lease.gateway,
+            ip = lease.ip
+        );
+        util::run_stdin("ip", &["-batch", "-"], Some(&host)).await?;
+        let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", lease.veth), "1");
+        let (gw, ip) = (lease.gateway, lease.ip);
+        let inner = if on_link {
+            format!(
+                "link set lo up\naddr add {ip}/32 dev eth0\nlink set eth0 up\nroute add {gw}/32 dev eth0 scope link\nroute add default via {gw} dev eth0\n"
+            )
+        } else {
+            format!(
+                "link set lo up\naddr add {ip}/32 peer {gw}/32 dev eth0\nlink set eth0 up\nroute add default via {gw} dev eth0\n"
+            )
+        };
+        util::run_stdin("ip", &["-n", &lease.netns, "-batch", "-"], Some(&inner)).await?;
+        Ok(())
     }
 
     /// The netlink path makes exactly what the `ip` processes made, in both address forms, and tears it down
