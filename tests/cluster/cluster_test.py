@@ -1,8 +1,9 @@
 """Issue 7 proof: one `soulbox server` in cluster mode and three `soulbox node` agents as separate processes on
 this machine (own data dirs, prefixes sbc1..sbc3, pools 10.81/10.82/10.83.0.0/16), driven through the server's
-HTTP API, the `soulbox` CLI and the official e2b Python SDK. Two phases add agents: node4 (sbc4, 10.84.0.0/16,
-moving off a drained node) and a second, small cluster for shared volumes (its own control plane on SQLite with
-`volumes_shared = true`, node5/node6 on sbc5/sbc6, 10.85/10.86.0.0/16).
+HTTP API, the `soulbox` CLI and the official e2b Python SDK. Phases add agents: node4 (sbc4, 10.84.0.0/16,
+moving off a drained node), a second, small cluster for shared volumes (its own control plane on SQLite with
+`volumes_shared = true`, node5/node6 on sbc5/sbc6, 10.85/10.86.0.0/16), node7 (sbc7, 10.87.0.0/16, a booted pool)
+and node8 (sbc8, 10.88.0.0/16, gVisor: pause to disk across a kill -9 of the agent).
 
 Run through tests/cluster/run.sh (root; it builds, seeds the template store and cleans up host objects even when
 this script dies). Environment: SOULBOX_BIN, SOULBOX_ENVD, SOULBOX_CLUSTER_DIR (run dir), SOULBOX_TEMPLATE_DIR,
@@ -292,6 +293,7 @@ def main():
 
     moves_off_a_drained_node()
     booted_pool_on_a_node()
+    runsc_pause_survives_its_node_agent()
 
     if REPLICATED:
         replicas(everything, on_node2)
@@ -424,6 +426,71 @@ def booted_pool_on_a_node():
     procs["node7"].wait(timeout=30)
     assert not runc_ids("node7"), "node7's pooled sandboxes outlived it"
     cli("nodes", "remove", "node7")
+
+
+COUNTER = "i=0; while true; do echo $i > /tmp/counter; i=$((i+1)); sleep 0.2; done"
+
+
+def runsc_pause_survives_its_node_agent():
+    """Issue 13 in cluster mode: a node agent on gVisor (`--runtime runsc`) pauses to disk by default — the memory
+    image in its data dir, no process of the sandbox left on the host — and after a `kill -9` of the agent and its
+    restart, `connect` resumes the same process, counting on from where it stopped (node8, sbc8, 10.88.0.0/16; the
+    other nodes drained so that the create lands there). The restart must beat the lost-node grace period
+    (HEARTBEAT_TIMEOUT_S + LOST_AFTER_S): an agent takes about a second to come back."""
+    from e2b import Sandbox
+    if shutil.which("runsc") is None:
+        log("SKIPPED the runsc node agent phase: runsc is not installed")
+        return
+    log("runsc node agent: pause to disk, kill -9 the agent, restart it, resume the same process")
+
+    def counter(sbx):
+        text = sbx.commands.run("cat /tmp/counter 2>/dev/null || true").stdout.strip()
+        return int(text) if text else -1
+
+    start_node("node8", "sbc8", "10.88.0.0/16", extra=["--runtime", "runsc"])
+    wait_for("node8 healthy", lambda: status_of("node8") == "healthy", 60)
+    others = ["node1", "node2", "node3"]
+    for n in others:
+        call("POST", f"/nodes/{n}/drain", expect=200)
+    sbx, sandbox_dir = None, None
+    try:
+        sbx = Sandbox.create(timeout=600)
+        sandbox_dir = f"{RUN_DIR}/node8/node/sandboxes/{sbx.sandbox_id}"
+        pid = sbx.commands.run(COUNTER, background=True).pid
+        wait_for("the counter to start", lambda: counter(sbx) >= 3, 30)
+        at_pause = counter(sbx)
+        sbx.pause()
+        assert os.path.isfile(f"{sandbox_dir}/memory/checkpoint.img"), "the pause wrote no memory image"
+        holders = [p for p in os.listdir("/proc") if p.isdigit() and sbx.sandbox_id.encode() in cmdline(p)]
+        assert not holders, f"processes still name the paused sandbox: {holders}"
+        procs["node8"].send_signal(signal.SIGKILL)
+        procs["node8"].wait()
+        killed = time.monotonic()
+        start_node("node8", "sbc8", "10.88.0.0/16", extra=["--runtime", "runsc"])
+        wait_for("node8 healthy after its restart", lambda: status_of("node8") == "healthy", 60)
+        log(f"node8 healthy again {time.monotonic() - killed:.1f} s after its kill -9")
+        resumed = Sandbox.connect(sbx.sandbox_id)
+        assert resumed.commands.run(f"kill -0 {pid} && echo alive").stdout == "alive\n", "the process did not survive"
+        n = counter(resumed)
+        assert n >= at_pause, f"the counter went back from {at_pause} to {n}"
+        wait_for("the counter to go on", lambda: counter(resumed) > n, 30)
+    finally:
+        if sbx is not None:
+            call("DELETE", f"/sandboxes/{sbx.sandbox_id}")
+        for n in others:
+            call("POST", f"/nodes/{n}/undrain", expect=200)
+    procs["node8"].send_signal(signal.SIGTERM)
+    procs["node8"].wait(timeout=30)
+    assert not os.path.exists(sandbox_dir), "the killed sandbox's directory (and memory image) outlived it"
+    cli("nodes", "remove", "node8")
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def node_local_volumes():
@@ -760,7 +827,7 @@ def call_at(url, method, path):
 
 
 def stop_all():
-    for name in ["node1", "node2", "node3", "node4", "node5", "node6", "node7", "server", "replica2", "shared-server"]:
+    for name in ["node1", "node2", "node3", "node4", "node5", "node6", "node7", "node8", "server", "replica2", "shared-server"]:
         p = procs.get(name)
         if p and p.poll() is None:
             p.send_signal(signal.SIGTERM)

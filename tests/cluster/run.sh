@@ -17,15 +17,15 @@
 #   SOULBOX_BIN, SOULBOX_ENVD      binaries (default: target/debug/soulbox, the static envd)
 #   SOULBOX_CLUSTER_PY             the driver (default cluster_test.py; bench/cluster_bench.py reuses this setup)
 #   SOULBOX_CLUSTER_SKIP_BUILD=1   do not build
-# Host objects are this test's own: prefixes sbc1..sbc7 (netns sbcN-*, nft tables soulbox_sbcN, cgroups
-# soulbox_sbcN), pools 10.81..10.87.0.0/16, a fresh run dir; all removed at the end, also on failure. (sbc4 is the
+# Host objects are this test's own: prefixes sbc1..sbc8 (netns sbcN-*, nft tables soulbox_sbcN, cgroups
+# soulbox_sbcN), pools 10.81..10.88.0.0/16, a fresh run dir; all removed at the end, also on failure. (sbc4 is the
 # drained-node phase's fourth agent; sbc5/sbc6 are the agents of the shared-volumes phase's second control plane;
-# sbc7 the agent with a booted pool.)
+# sbc7 the agent with a booted pool; sbc8 the gVisor agent, skipped without runsc.)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-PREFIXES="sbc1 sbc2 sbc3 sbc4 sbc5 sbc6 sbc7"
+PREFIXES="sbc1 sbc2 sbc3 sbc4 sbc5 sbc6 sbc7 sbc8"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="${SOULBOX_BIN:-$TARGET/debug/soulbox}"
 ENVD="${SOULBOX_ENVD:-$ROOT/target/static/x86_64-unknown-linux-gnu/release/soulbox-envd}"
@@ -43,12 +43,15 @@ chmod 0711 "$RUN_DIR"
 
 # Removes every host object of this test's prefixes and run dir (whatever the test left, e.g. after a crash).
 collect() {
-  local dir prefix c ns leaks=""
+  local dir prefix c ns oci leaks=""
   for dir in "$RUN_DIR"/node*; do
     [ -d "$dir/node/oci" ] || continue
-    for c in $(runc --root "$dir/node/oci" list -q 2>/dev/null); do
-      leaks+="runc $c; "
-      runc --root "$dir/node/oci" delete --force "$c" >/dev/null 2>&1 || true
+    # node8 runs gVisor; the others runc (`--quiet`: runsc refuses `-q`).
+    oci=runc
+    [ "$(basename "$dir")" = node8 ] && oci=runsc
+    for c in $("$oci" --root "$dir/node/oci" list --quiet 2>/dev/null); do
+      leaks+="$oci $c; "
+      "$oci" --root "$dir/node/oci" delete --force "$c" >/dev/null 2>&1 || true
     done
   done
   for prefix in $PREFIXES; do

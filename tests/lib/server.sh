@@ -125,8 +125,11 @@ shutdown_server() {
 check_leaks() {
   local leaks="" out
   local oci="${SOULBOX_RUNTIME:-runc}"
-  out="$("$oci" --root "$DATA_DIR/node/oci" list -q 2>/dev/null || true)"
-  [ -z "$out" ] || leaks+="$oci containers ($oci --root $DATA_DIR/node/oci list):"$'\n'"$out"$'\n'
+  # `--quiet`, which both runc and runsc take (runsc refuses `-q`: this check once listed nothing on gVisor).
+  if [ -d "$DATA_DIR/node/oci" ]; then
+    out="$("$oci" --root "$DATA_DIR/node/oci" list --quiet 2>&1)" || out="(the listing failed) $out"
+    [ -z "$out" ] || leaks+="$oci containers ($oci --root $DATA_DIR/node/oci list):"$'\n'"$out"$'\n'
+  fi
   out="$(ip netns list | grep -E "^$PREFIX-" || true)"
   [ -z "$out" ] || leaks+="network namespaces:"$'\n'"$out"$'\n'
   out="$(ip -o link show | grep -oE ": $PREFIX[a-z0-9]*[@:]" || true)"

@@ -185,6 +185,10 @@ struct NodeArgs {
     /// Name prefix of host objects; agents sharing a host need distinct prefixes and pools.
     #[arg(long, env = "SOULBOX_PREFIX", default_value = "sbx")]
     prefix: String,
+    /// On `--runtime runsc`, pause writes a sandbox's memory to disk and frees it (it survives a restart of the
+    /// agent and of the host); `false` keeps it in RAM. Like the server's `runsc_pause_to_disk`.
+    #[arg(long, env = "SOULBOX_RUNSC_PAUSE_TO_DISK", default_value_t = true, action = clap::ArgAction::Set)]
+    runsc_pause_to_disk: bool,
     /// Run every sandbox in its own user namespace (root inside is an unprivileged host uid).
     #[arg(long, env = "SOULBOX_USER_NAMESPACES", default_value_t = true, action = clap::ArgAction::Set)]
     user_namespaces: bool,
@@ -233,6 +237,7 @@ impl NodeArgs {
                 booted: self.booted_pool.unwrap_or_default().into_iter().collect(),
                 memory_mb: self.booted_pool_memory_mb,
             },
+            pause_to_disk: self.runsc_pause_to_disk,
             prefix: self.prefix,
             user_namespaces: self.user_namespaces,
             userns_base: self.userns_base,

@@ -455,6 +455,8 @@ pub struct NodeSettings {
     pub warm_pool: usize,
     /// Sandboxes booted ahead (`--booted-pool`).
     pub pool: crate::config::PoolConfig,
+    /// `soulbox_runtime::RuntimeConfig::pause_to_disk` (`--runsc-pause-to-disk`; the runtime uses it on runsc).
+    pub pause_to_disk: bool,
     pub prefix: String,
     pub user_namespaces: bool,
     pub userns_base: Option<u32>,
@@ -512,7 +514,7 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         warm_pool: settings.warm_pool,
         pool: settings.pool.clone(),
         default_disk_mb: None,
-        pause_to_disk: false,
+        pause_to_disk: settings.pause_to_disk,
         prefix: settings.prefix.clone(),
         user_namespaces: settings.user_namespaces,
         userns_base: settings.userns_base,
