@@ -219,11 +219,18 @@ def main():
     status, body = call("DELETE", "/nodes/node1")
     assert status == 409 and "still has" in body["message"], (status, body)
 
-    log("kill -9 node2: Unhealthy, its sandboxes lost (404), the others keep working")
+    log("kill -9 node2: Unhealthy, its running sandboxes lost (404), its paused ones kept, the others keep working")
+    from e2b import Sandbox
     everything = first + more
     on_node2 = [s for s, n in {**where, **where_more}.items() if n == "node2"]
     elsewhere = [s for s, n in {**where, **where_more}.items() if n != "node2"]
-    assert on_node2, "node2 has sandboxes"
+    assert len(on_node2) >= 3, f"node2 has too few sandboxes: {on_node2}"
+    # Two of node2's sandboxes are paused first: one resumes when node2 is back, one is killed while it is down.
+    kept, killed_while_down = on_node2.pop(), on_node2.pop()
+    everything = [s for s in everything if s not in (kept, killed_while_down)]
+    Sandbox.connect(kept).files.write("/home/user/kept.txt", "kept through the outage")
+    for sid in (kept, killed_while_down):
+        call("POST", f"/sandboxes/{sid}/pause", expect=204)
     procs["node2"].send_signal(signal.SIGKILL)
     procs["node2"].wait()
     wait_for("node2 unhealthy", lambda: status_of("node2") == "unhealthy", HEARTBEAT_TIMEOUT_S + 10)
@@ -236,14 +243,25 @@ def main():
     assert placement([body["sandboxID"]])[body["sandboxID"]] in ("node1", "node3")
     everything.append(body["sandboxID"])
     assert runc_ids("node2") >= set(on_node2), "the lost sandboxes still run on the dead node's host"
+    status, body = call("GET", f"/sandboxes/{kept}")
+    assert status == 200 and body["state"] == "paused", ("a paused sandbox was lost with its node", status, body)
+    status, body = call("POST", f"/sandboxes/{kept}/connect", {"timeout": 600})
+    assert status >= 500, ("a resume on a node that is down", status, body)
+    assert call("GET", f"/sandboxes/{kept}", expect=200)[1]["state"] == "paused", "a failed resume changed the record"
+    call("DELETE", f"/sandboxes/{killed_while_down}", expect=204)
+    assert call("GET", f"/sandboxes/{killed_while_down}")[0] == 404
 
-    log("node2 returns: it reconciles — the sandboxes the control plane forgot are killed")
+    log("node2 returns: it reconciles — the sandboxes the control plane forgot are killed, the paused one resumes")
     start_node(*NODES[1])
     wait_for("node2 healthy", lambda: status_of("node2") == "healthy", 30)
-    wait_for("node2's forgotten sandboxes killed", lambda: not (runc_ids("node2") & set(on_node2)), 30)
+    forgotten = set(on_node2) | {killed_while_down}
+    wait_for("node2's forgotten sandboxes killed", lambda: not (runc_ids("node2") & forgotten), 30)
+    resumed = Sandbox.connect(kept)
+    assert resumed.files.read("/home/user/kept.txt") == "kept through the outage"
+    assert placement([kept])[kept] == "node2"
+    resumed.kill()
 
     log("official e2b SDK: create and run a command through the server")
-    from e2b import Sandbox
     sbx = Sandbox.create(timeout=120)
     try:
         r = sbx.commands.run("echo sdk-ok && id -un")
@@ -467,8 +485,10 @@ def runsc_pause_survives_its_node_agent():
         procs["node8"].wait()
         killed = time.monotonic()
         start_node("node8", "sbc8", "10.88.0.0/16", extra=["--runtime", "runsc"])
+        # Still "healthy" from before the kill (the heartbeat timeout has not passed): wait for the new agent's API.
+        wait_for("node8's new agent to listen", lambda: listening(ports["node8"]), 60)
         wait_for("node8 healthy after its restart", lambda: status_of("node8") == "healthy", 60)
-        log(f"node8 healthy again {time.monotonic() - killed:.1f} s after its kill -9")
+        log(f"node8 serving again {time.monotonic() - killed:.1f} s after its kill -9")
         resumed = Sandbox.connect(sbx.sandbox_id)
         assert resumed.commands.run(f"kill -0 {pid} && echo alive").stdout == "alive\n", "the process did not survive"
         n = counter(resumed)
@@ -483,6 +503,12 @@ def runsc_pause_survives_its_node_agent():
     procs["node8"].wait(timeout=30)
     assert not os.path.exists(sandbox_dir), "the killed sandbox's directory (and memory image) outlived it"
     cli("nodes", "remove", "node8")
+
+
+def listening(port):
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+        return True
+    return False
 
 
 def cmdline(pid):

@@ -111,7 +111,10 @@ async fn reconcile(lifecycle: &Lifecycle, node_id: &str, reported: &[String]) ->
 }
 
 /// Every replica runs this: sandboxes on a node without heartbeats for `heartbeat_timeout + lost_after` are
-/// lost — their records go, so they answer 404 — and the node kills them if it ever comes back.
+/// lost — their records go, so they answer 404 — and the node kills them if it ever comes back. Paused sandboxes
+/// are kept: what they need (a memory image, frozen processes, their files) is on the node's disk or host and
+/// outlives an agent crash or a reboot; they resume when the node is back, and a kill meanwhile drops the record
+/// at once (the returning node kills what is unknown). Removing the node drops them.
 pub fn spawn_lost_node_sweep(lifecycle: Arc<Lifecycle>) {
     let Some(config) = lifecycle.nodes().cluster().map(|r| r.config().clone()) else { return };
     let period = (config.heartbeat_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
@@ -138,7 +141,7 @@ async fn sweep_lost(lifecycle: &Lifecycle, config: &ClusterConfig) -> Result<(),
         if now - node.last_heartbeat_ms <= lost_after_ms {
             continue;
         }
-        for (id, _) in lifecycle.store().sandboxes_on_node(&node.id).await? {
+        for id in lifecycle.store().unpaused_sandboxes_on_node(&node.id).await? {
             if let Err(e) =
                 lifecycle.forget(&id, &format!("node {} has been unhealthy past the grace period", node.id)).await
             {

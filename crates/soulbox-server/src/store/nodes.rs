@@ -228,6 +228,16 @@ impl Store {
             .await?;
         rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("started_at")?))).collect()
     }
+
+    /// Ids of the sandboxes on `node_id` that are not paused: what a lost node loses (a paused sandbox's memory
+    /// image or files wait on the node's disk for it to come back).
+    pub async fn unpaused_sandboxes_on_node(&self, node_id: &str) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM sandboxes WHERE node_id = $1 AND state <> 'paused' ORDER BY id")
+            .bind(node_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("id")?)).collect()
+    }
 }
 
 #[cfg(test)]
@@ -313,5 +323,6 @@ mod tests {
         );
         assert_eq!(store.sandboxes_on_node("n1").await.unwrap().len(), 4);
         assert!(store.sandboxes_on_node("n2").await.unwrap().is_empty());
+        assert_eq!(store.unpaused_sandboxes_on_node("n1").await.unwrap(), ["a", "b"], "both pauses wait for the node");
     }
 }
