@@ -216,7 +216,8 @@ struct NodeArgs {
 
 impl NodeArgs {
     fn resolve(self, data_dir: PathBuf) -> anyhow::Result<soulbox_server::node_agent::NodeSettings> {
-        use soulbox_server::node_agent::{AgentConfig, NodeSettings, node_id};
+        use soulbox_server::node_agent::{AgentConfig, NodeSettings};
+        use soulbox_server::node_identity::node_id;
         Ok(NodeSettings {
             agent: AgentConfig {
                 node_id: node_id(&data_dir, self.node_id)?,

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod names;
 pub mod node;
 pub mod node_agent;
+pub mod node_identity;
 pub mod node_setup;
 #[cfg(test)]
 mod observability_tests;

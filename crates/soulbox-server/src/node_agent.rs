@@ -2,7 +2,7 @@
 //! runs in-process), serves the node API and a header-routed sandbox proxy on one port — both only for callers
 //! presenting the node's secret — and registers and heartbeats with the control plane.
 //!
-//! The secret is generated at every start and handed to the control plane inside the heartbeat, which is itself
+//! The secret (see [`crate::node_identity`]) is handed to the control plane inside the heartbeat, which is itself
 //! authenticated with the cluster's node token: the token lets a node join, the secret lets the control plane in.
 
 use std::collections::HashMap;
@@ -63,11 +63,11 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn new(node: LocalNode, config: AgentConfig) -> Arc<Agent> {
+    pub fn new(node: LocalNode, config: AgentConfig, secret: String) -> Arc<Agent> {
         Arc::new(Agent {
             node,
             config,
-            secret: crate::ids::access_token(),
+            secret,
             streams: StreamCuts::default(),
             created: Mutex::default(),
             last_error: Mutex::default(),
@@ -473,32 +473,11 @@ pub struct NodeSettings {
     pub volumes_dir: Option<std::path::PathBuf>,
 }
 
-/// The node's id: `--node-id`, else the one saved in the data dir, else a new random one saved there (so a
-/// restarted agent comes back as the same node and its sandboxes are reconciled, not orphaned).
-pub fn node_id(data_dir: &std::path::Path, wanted: Option<String>) -> anyhow::Result<String> {
-    if let Some(id) = wanted {
-        anyhow::ensure!(
-            crate::cluster::wire::valid_node_id(&id),
-            "invalid node id {id:?}: use [a-z0-9-], at most 63 characters"
-        );
-        return Ok(id);
-    }
-    let path = data_dir.join("node-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if crate::cluster::wire::valid_node_id(id.trim()) => Ok(id.trim().to_owned()),
-        _ => {
-            let id = format!("node-{}", &crate::ids::access_token()[..8]);
-            std::fs::create_dir_all(data_dir)?;
-            std::fs::write(&path, &id).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-            Ok(id)
-        }
-    }
-}
-
 /// `soulbox node`: opens the runtime (re-adopting what runs), makes sure the `base` template exists, and serves.
 pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
     use anyhow::Context;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let secret = crate::node_identity::node_secret(&settings.data_dir)?;
     // Every node signs intercepted TLS with the installation's CA (a sandbox that moves keeps trusting its gateway).
     let http = crate::cluster::remote::RemoteNode::http_client();
     let (server_url, token) = (&settings.agent.server_url, &settings.agent.token);
@@ -545,5 +524,5 @@ pub async fn run(settings: NodeSettings) -> anyhow::Result<()> {
         anyhow::bail!("building the base template: {}", e.message);
     }
     node.runtime().refill_booted();
-    serve(Agent::new(node, settings.agent), crate::server::shutdown_signal()).await
+    serve(Agent::new(node, settings.agent, secret), crate::server::shutdown_signal()).await
 }

@@ -81,10 +81,7 @@ impl RemoteNode {
             return response.json::<T>().await.map_err(|e| self.unreachable(e));
         }
         let text = response.text().await.map_err(|e| self.unreachable(e))?;
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => body.into_error(),
-            Err(_) => NodeError::Failed(format!("node {} answered {status}: {}", self.node_id, text.trim())),
-        })
+        Err(self.refusal(status, &text))
     }
 
     /// A request whose body or answer is a layer's bytes: the error an unsuccessful answer carries.
@@ -100,14 +97,27 @@ impl RemoteNode {
             return Ok(response);
         }
         let text = response.text().await.map_err(|e| self.unreachable(e))?;
-        Err(match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) => body.into_error(),
-            Err(_) => NodeError::Failed(format!("node {} answered {status}: {}", self.node_id, text.trim())),
-        })
+        Err(self.refusal(status, &text))
     }
 
     fn layer_url(&self, digest: &str) -> String {
         format!("{}{NODE_API_PREFIX}/layers/{}", self.base_url, segment(digest))
+    }
+
+    /// What an unsuccessful answer means. A 401 comes from an agent whose secret is not the one this control
+    /// plane holds: it lost its saved secret and restarted with a new one, which its next heartbeat brings — so
+    /// it is unavailable for now (a 503 to the caller, who may retry), not a failure.
+    fn refusal(&self, status: StatusCode, text: &str) -> NodeError {
+        if status == StatusCode::UNAUTHORIZED {
+            return NodeError::Unreachable(format!(
+                "node {} refused the control plane's secret: it restarted with a new one, which its next heartbeat brings",
+                self.node_id
+            ));
+        }
+        match serde_json::from_str::<ErrorBody>(text) {
+            Ok(body) => body.into_error(),
+            Err(_) => NodeError::Failed(format!("node {} answered {status}: {}", self.node_id, text.trim())),
+        }
     }
 
     fn unreachable(&self, e: reqwest::Error) -> NodeError {
@@ -281,5 +291,22 @@ mod tests {
         let seen = crate::access_log::scoped("req-9", node.logs("sbx1", LogQuery::default())).await.unwrap();
         assert_eq!(seen[0].line, "req-9");
         assert_eq!(node.logs("sbx1", LogQuery::default()).await.unwrap()[0].line, "none");
+    }
+
+    /// An agent that restarted with a new secret refuses the old one with a 401: the caller is told the node is
+    /// unavailable for now (503), not that something failed (500).
+    #[tokio::test]
+    async fn a_refused_secret_is_unavailable_not_a_failure() {
+        let app = axum::Router::new()
+            .fallback(|| async { crate::reply::error(StatusCode::UNAUTHORIZED, "only its control plane may call it") });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let node = RemoteNode::new("n1", &url, "old", reqwest::Client::builder().no_proxy().build().unwrap());
+        match node.resume("sbx1").await {
+            Err(NodeError::Unreachable(why)) => assert!(why.contains("next heartbeat"), "{why}"),
+            other => panic!("expected unreachable, got {other:?}"),
+        }
     }
 }
