@@ -8,7 +8,11 @@ Prints, for this server's runtime (runc unless the server was started with anoth
   - pause and resume with memory of a sandbox whose process holds 512 MiB and then 2 GiB of touched memory (a
     template `bench-big`, 4 GiB and 2 vCPUs, built from `base` for it and deleted after)
   - snapshot of a sandbox with 64 MiB written to its disk, create from that snapshot, fork (1 and 4 at once)
-Environment: N (samples per measure, default 15).
+Environment: N (samples per measure, default 15), SETTLE_S (seconds between a pause and its resume, default 3).
+
+A pause answers before the sandbox has released what it held on the host (on gVisor its Sentry takes ~1.3 s to
+exit: crates/soulbox-runtime/src/lifecycle/settle.rs), and a resume waits for that release. Sandboxes are resumed
+later, not at once, so the bench waits SETTLE_S before each resume (SETTLE_S=0: the resume absorbs the release).
 """
 import os
 import statistics
@@ -21,6 +25,7 @@ import server_bench  # noqa: E402
 from server_bench import pct  # noqa: E402
 
 N = int(os.environ.get("N", "15"))
+SETTLE_S = float(os.environ.get("SETTLE_S", "3"))
 C = None
 
 
@@ -69,6 +74,7 @@ def main():
             pauses, resumes = [], []
             for _ in range(max(3, N // 3)):
                 pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {"memory": False}))[0])
+                time.sleep(SETTLE_S)
                 resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
             row(f"filesystem-only pause, {mib} MiB in /dev/shm (dropped)", pauses)
             row("resume after a filesystem-only pause (cold boot)", resumes)
@@ -116,6 +122,7 @@ def pause_and_resume_with_memory(sbx, what):
     pauses, resumes = [], []
     for _ in range(N):
         pauses.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/pause", {}))[0])
+        time.sleep(SETTLE_S)
         resumes.append(timed(lambda: api("POST", f"/sandboxes/{sbx['sandboxID']}/connect", {"timeout": 600}))[0])
     row(f"pause with memory, {what}", pauses)
     row(f"resume with memory, {what}", resumes)

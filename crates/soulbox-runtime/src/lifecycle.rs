@@ -32,6 +32,7 @@ mod open;
 mod pool;
 mod proc_view;
 mod reconcile;
+mod settle;
 
 use pool::RefillOnDrop;
 
@@ -402,17 +403,24 @@ impl Runtime {
 
     /// Pause with memory: runc freezes all processes (cgroup freezer); runsc saves the sandbox to disk
     /// (`checkpoint.rs`: the record is then `Stopped` with saved memory, and `start` continues from it), or
-    /// pauses it in memory where it cannot be saved. envd stops answering either way.
+    /// pauses it in memory where it cannot be saved. envd stops answering either way. A save answers once the
+    /// image is whole; what the sandbox held on the host is released after (`settle.rs`).
     pub async fn pause(&self, id: &str) -> Result<()> {
         let h = self.inner.handle(id)?;
-        let mut rec = h.lock().await;
+        let mut rec = h.lock_owned().await;
         want(&rec, &[Status::Running])?;
         self.inner.hold_serving(id);
         let driver = self.inner.drivers.for_record(&rec)?;
         if driver.kind().is_runsc() && self.inner.cfg.pause_to_disk {
             use checkpoint::PauseToDisk;
             match self.inner.pause_to_disk(&rec, driver).await {
-                PauseToDisk::Saved => {}
+                PauseToDisk::Saved => {
+                    // Paused from here on: its processes are in the image, and none of them runs any more.
+                    rec.status = Status::Stopped;
+                    let saved = rec.save(&self.inner.dir(id));
+                    settle::release_in_background(self.inner.clone(), rec);
+                    return saved;
+                }
                 PauseToDisk::NotSaved(reason) => {
                     tracing::info!(sandbox = id, %reason, "memory not saved to disk; pausing in memory");
                     return self.freeze_paused(id, &mut rec).await;
@@ -496,8 +504,20 @@ impl Runtime {
     /// Stop to disk: processes, network and mount go away, the writable layer stays.
     pub async fn stop(&self, id: &str) -> Result<()> {
         let h = self.inner.handle(id)?;
-        let mut rec = h.lock().await;
+        let mut rec = h.lock_owned().await;
         want(&rec, &[Status::Running, Status::Paused])?;
+        let driver = self.inner.drivers.for_record(&rec)?;
+        if rec.status == Status::Running && driver.kind().is_runsc() {
+            // The sandbox's processes end now; the release waits for its Sentry in the background (`settle.rs`).
+            self.inner.hold_serving(id);
+            if let Err(e) = driver.kill(id, "KILL").await {
+                tracing::warn!(sandbox = id, error = %e, "could not kill the sandbox's processes; the release forces it");
+            }
+            rec.status = Status::Stopped;
+            let saved = rec.save(&self.inner.dir(id));
+            settle::release_in_background(self.inner.clone(), rec);
+            return saved;
+        }
         self.inner.release(id, true).await?;
         rec.status = Status::Stopped;
         rec.save(&self.inner.dir(id))

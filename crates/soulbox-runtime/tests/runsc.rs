@@ -549,6 +549,46 @@ async fn runsc_pause_saves_memory_to_disk_and_resumes_after_the_host_lost_everyt
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A pause to disk answers once the image is whole, and a stop once the processes are killed; both release the
+/// rest (the Sentry's teardown) in the background, under the sandbox's lock (`lifecycle/settle.rs`): a resume, a
+/// start and a kill made the instant they answer wait for it, and each finds the sandbox as a finished release
+/// left it — the resume continues from memory, the start boots from the files, the kill leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runsc_what_follows_a_pause_to_disk_or_a_stop_at_once_waits_for_its_release() {
+    runsc_or_skip!("runsc_what_follows_a_pause_to_disk_or_a_stop_at_once_waits_for_its_release");
+    trace_runtime();
+    let h = harness_with(RuntimeConfig { pause_to_disk: true, ..runsc_config(94) }).await;
+    let rt = h.rt();
+    let a = rt.create(SandboxSpec::new("test")).await.unwrap();
+    start_counter(&a).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let at_pause = counter(&a).await;
+    assert!(at_pause > 0);
+    rt.pause(&a.id).await.unwrap();
+    rt.resume(&a.id).await.unwrap();
+    assert!(!rt.sandbox_dir(&a.id).join("memory").exists(), "it booted from a pause that had not finished");
+    let v = counter(&a).await;
+    assert!(v >= at_pause, "the counter went back or the sandbox booted cold: {v} < {at_pause}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while counter(&a).await <= v {
+        assert!(Instant::now() < deadline, "the counting process did not survive the pause to disk");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, _) = root_sh(&a, "echo kept > /home/user/file").await;
+    assert_eq!(code, 0);
+    let t = Instant::now();
+    rt.stop(&a.id).await.unwrap();
+    eprintln!("runsc stop answered in {:?}", t.elapsed());
+    let a = rt.start(&a.id).await.unwrap();
+    let (code, out) = root_sh(&a, "cat /home/user/file; cat /tmp/c 2>/dev/null || echo cold").await;
+    assert_eq!((code, out.as_str()), (0, "kept\ncold\n"), "a start after a stop boots from the files");
+    rt.pause(&a.id).await.unwrap();
+    rt.delete(&a.id).await.unwrap();
+    assert!(!rt.sandbox_dir(&a.id).exists(), "the killed sandbox's dir (and image) is left");
+    let left = settled_leftovers(&h.cfg).await;
+    assert!(left.is_empty(), "{left:?}");
+}
+
 /// Pauses `a` (counting in `/tmp`, which is the Sentry's memory; the counter starts on the first call) to disk,
 /// kills every runsc process of the instance, reopens the runtime and resumes `a`: true when the counter goes on
 /// from its value at the pause, false when `a` booted cold (no counter: the restore failed). Panics otherwise.

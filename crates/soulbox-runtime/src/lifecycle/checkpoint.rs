@@ -30,8 +30,6 @@ const MEMORY_DIR: &str = "memory";
 const IMAGE_FILE: &str = "checkpoint.img";
 /// The address the image was saved at.
 const ADDRESS_FILE: &str = "address";
-/// How long the checkpointed Sentry may take to exit (the ptrace platform tears down a stub per process).
-const SENTRY_EXIT_LIMIT: Duration = Duration::from_secs(10);
 /// How long envd may take to close its connections and answer.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,10 +70,6 @@ impl Inner {
         }
         match driver.checkpoint(id, &memory).await {
             Ok(()) => {
-                // Released only once the Sentry is gone: its mounts are busy until then (see `wait_exited`).
-                if !super::death::wait_exited(&dir, SENTRY_EXIT_LIMIT).await {
-                    tracing::warn!(sandbox = %id, "the checkpointed sandbox's process is still there; releasing anyway");
-                }
                 let bytes = std::fs::metadata(memory.join(IMAGE_FILE)).map(|m| m.len()).unwrap_or(0);
                 tracing::info!(sandbox = %id, quiesced_ms, ms = t0.elapsed().as_millis() as u64, bytes, "memory saved to disk");
                 PauseToDisk::Saved
@@ -134,7 +128,7 @@ impl Inner {
     /// exits), the log's reader, and the link itself, whose addresses the restore took into its own network stack.
     async fn undo_restore(&self, id: &str, lease: &NetLease, driver: &Driver) {
         let _ = driver.delete_force(id).await;
-        if !super::death::wait_exited(&self.dir(id), SENTRY_EXIT_LIMIT).await {
+        if !super::death::wait_exited(&self.dir(id), super::settle::SENTRY_EXIT_LIMIT).await {
             tracing::warn!(sandbox = %id, "the restored sandbox's process is still there");
         }
         self.logs.detach(id).await;
